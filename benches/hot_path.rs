@@ -1,0 +1,166 @@
+//! Criterion benches of the hot path: the whole verdict (credential parse, format check, BLAKE3
+//! hash, table lookup, environment, permission, customer and rate-limit checks) with 1 thousand
+//! and 1 million keys in the table, and its parts on their own.
+//!
+//! `cargo bench --bench hot_path`
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use http::header::HeaderMap;
+use http::Request;
+
+use keygate::core::clock::system_clock;
+use keygate::core::environment::Environment;
+use keygate::core::key::RateLimitSpec;
+use keygate::core::permission::{Permission, PermissionSet};
+use keygate::core::secret::{check_format, Hasher, Secret};
+use keygate::proxy::credentials::{self, Schemes};
+use keygate::proxy::limits::KeyLimits;
+use keygate::proxy::pipeline::{decide, Peer};
+use keygate::proxy::state::Shared;
+use keygate::proxy::table::{AuthKey, KeyTable};
+use keygate::telemetry::Metrics;
+
+const CONFIG: &str = r#"
+[rate_limit]
+default = "1000000000/s"
+
+[[upstream]]
+name = "api"
+url = "http://127.0.0.1:9"
+
+[[route]]
+name = "customers"
+path = "/v1/customers/{customer}"
+upstream = "api"
+customer_param = "customer"
+permissions = { GET = "customer:read", "*" = "customer:write" }
+"#;
+
+fn basic(key: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("X:{key}"))
+    )
+}
+
+/// A gateway state holding `n` production keys; returns it with one of their secrets.
+fn gateway_with_keys(n: usize) -> (Shared, String) {
+    let config = keygate::config::parse(CONFIG, std::path::Path::new(".")).expect("bench config is valid");
+    let hasher = Hasher::unkeyed();
+    let table = Arc::new(KeyTable::with_capacity(n));
+    let permissions = Arc::new(PermissionSet::new(vec!["customer:read".parse().unwrap()]));
+    let mut probe = String::new();
+    for seq in 0..n as u64 {
+        let secret = Secret::generate(Environment::Production);
+        table.upsert(AuthKey {
+            seq,
+            id: format!("key_{seq:020}").into(),
+            hash: hasher.hash(secret.expose().as_bytes()),
+            environment: Environment::Production,
+            revoked: false,
+            expires_at: None,
+            permissions: permissions.clone(),
+            rate_limit: None,
+            customer_id: Some("acme".into()),
+            allowed_ips: Box::new([]),
+            previous: None,
+        });
+        if seq == n as u64 / 2 {
+            probe = secret.expose().to_owned();
+        }
+    }
+    let shared = Shared::new(Arc::new(config), table, hasher, Metrics::new(), system_clock());
+    (shared, probe)
+}
+
+fn verdict(c: &mut Criterion) {
+    let peer = Peer {
+        addr: SocketAddr::from(([127, 0, 0, 1], 40000)),
+        tls: false,
+    };
+    let mut group = c.benchmark_group("verdict");
+    for (label, n) in [("1k_keys", 1_000), ("1M_keys", 1_000_000)] {
+        let (shared, key) = gateway_with_keys(n);
+        let request = Request::get("http://api.example.com/v1/customers/acme/orders")
+            .header("authorization", basic(&key))
+            .body(())
+            .unwrap();
+        assert!(decide(&shared, peer, &request).is_ok());
+        group.bench_function(format!("valid_key/{label}"), |b| {
+            b.iter(|| decide(&shared, peer, black_box(&request)))
+        });
+        let wrong = Secret::generate(Environment::Production);
+        let unknown = Request::get("http://api.example.com/v1/customers/acme")
+            .header("authorization", basic(wrong.expose()))
+            .body(())
+            .unwrap();
+        group.bench_function(format!("unknown_key/{label}"), |b| {
+            b.iter(|| decide(&shared, peer, black_box(&unknown)))
+        });
+    }
+    group.finish();
+}
+
+fn parts(c: &mut Criterion) {
+    let key = Secret::generate(Environment::Production);
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", basic(key.expose()).parse().unwrap());
+    let schemes = Schemes {
+        basic: true,
+        bearer: true,
+        header: Some(http::header::HeaderName::from_static("x-api-key")),
+    };
+    c.bench_function("credential/basic_extract_and_format_check", |b| {
+        b.iter(|| {
+            let mut buf = [0; 1024];
+            let (secret, _) = credentials::extract(black_box(&headers), &schemes, &mut buf).unwrap();
+            check_format(secret)
+        })
+    });
+    let hasher = Hasher::unkeyed();
+    c.bench_function("hash/blake3_generated_key", |b| {
+        b.iter(|| hasher.hash(black_box(key.expose().as_bytes())))
+    });
+
+    let held = PermissionSet::new(
+        ["customer:read", "license:*", "invoice:read", "order:write"]
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect(),
+    );
+    let required: Permission = "license:delete".parse().unwrap();
+    c.bench_function("permission/grants_wildcard_of_four", |b| {
+        b.iter(|| held.grants(black_box(&required)))
+    });
+
+    let limits = KeyLimits::default();
+    let spec = RateLimitSpec {
+        requests: NonZeroU32::new(1_000_000_000).unwrap(),
+        per: Duration::from_secs(1),
+        burst: None,
+    };
+    c.bench_function("rate_limit/check_existing_bucket", |b| {
+        b.iter(|| limits.check(black_box(7), &spec))
+    });
+    c.bench_function("rate_limit/check_new_bucket", |b| {
+        let mut seq = 1_000u64;
+        b.iter_batched(
+            || {
+                seq += 1;
+                seq
+            },
+            |seq| limits.check(seq, &spec),
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, verdict, parts);
+criterion_main!(benches);

@@ -1,0 +1,111 @@
+//! The key table at scale: time to load N keys from the SQLite store at start, the memory they
+//! take, and the cost of syncing one changed key into the loaded table.
+//!
+//! `cargo bench --bench table_scale` (1,000,000 keys), or with `KEYGATE_SCALE_KEYS=N`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use jiff::Timestamp;
+
+use keygate::control::store::{NewKey, SqliteStore};
+use keygate::control::sync::KeySync;
+use keygate::core::clock::system_clock;
+use keygate::core::environment::Environment;
+use keygate::core::key::new_key_id;
+use keygate::core::secret::{Hasher, Secret};
+use keygate::proxy::state::SyncStatus;
+use keygate::proxy::table::KeyTable;
+use keygate::telemetry::Metrics;
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+fn main() {
+    let n: usize = std::env::var("KEYGATE_SCALE_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scale.db");
+    let hasher = Hasher::unkeyed();
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+
+    let started = Instant::now();
+    let now = Timestamp::now();
+    let permission_sets: [Vec<keygate::core::permission::Permission>; 3] = [
+        vec!["customer:read".parse().unwrap()],
+        vec!["customer:*".parse().unwrap(), "license:read".parse().unwrap()],
+        vec!["*".parse().unwrap()],
+    ];
+    for chunk in 0..n.div_ceil(100_000) {
+        let keys: Vec<NewKey> = (chunk * 100_000..((chunk + 1) * 100_000).min(n))
+            .map(|i| {
+                let secret = Secret::generate(Environment::Production);
+                NewKey {
+                    id: new_key_id(),
+                    name: format!("customer integration {i}"),
+                    environment: Environment::Production,
+                    hash: hasher.hash(secret.expose().as_bytes()),
+                    prefix: secret.display_prefix(),
+                    permissions: permission_sets[i % 3].clone(),
+                    rate_limit: None,
+                    customer_id: (i % 2 == 0).then(|| format!("cust_{i:08}")),
+                    allowed_ips: Vec::new(),
+                    expires_at: None,
+                    metadata: serde_json::Map::new(),
+                    now,
+                }
+            })
+            .collect();
+        store.insert_many(&keys).unwrap();
+    }
+    println!(
+        "store: wrote {n} keys in {:.1?} (setup, not a target)",
+        started.elapsed()
+    );
+    drop(store);
+
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let table = Arc::new(KeyTable::default());
+    let sync = KeySync::new(
+        store.clone(),
+        table.clone(),
+        Arc::new(SyncStatus::default()),
+        Metrics::new(),
+        system_clock(),
+    );
+    let before = rss_mib();
+    let started = Instant::now();
+    sync.sync_once().unwrap();
+    let load = started.elapsed();
+    let after = rss_mib();
+    assert_eq!(table.len(), n);
+    println!("load: {n} keys from SQLite into the table in {load:.2?}");
+    println!(
+        "memory: process RSS {after:.0} MiB after load ({:.0} MiB added by the table)",
+        after - before
+    );
+
+    let first = store
+        .list(&Default::default(), now)
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap();
+    let service = keygate::control::keys::KeyService::new(store.clone(), hasher, system_clock());
+    service.revoke(&first.id).unwrap();
+    let started = Instant::now();
+    sync.sync_once().unwrap();
+    println!(
+        "sync: one changed key applied to the {n}-key table in {:.2?}",
+        started.elapsed()
+    );
+}

@@ -1,0 +1,300 @@
+//! `keygate keys ...`: key management against the store the config names, through the same key
+//! service the admin API uses.
+
+use std::io::Read;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use ipnet::IpNet;
+use jiff::Timestamp;
+
+use super::output;
+use super::Failure;
+use crate::control::keys::{KeyError, KeyPatch, KeyService, KeySpec};
+use crate::control::store::{self, KeyFilter};
+use crate::core::clock::system_clock;
+use crate::core::environment::Environment;
+use crate::core::key::{KeyStatus, RateLimitSpec};
+use crate::core::permission::Permission;
+use crate::core::secret::Secret;
+use crate::core::units::{parse_duration, Rate};
+use crate::gateway::hasher_from_env;
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    /// The gateway.toml whose store holds the keys.
+    #[arg(long, short, global = true, env = "KEYGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print exactly one JSON document on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: KeysCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key; its secret is printed this once.
+    Create(CreateArgs),
+    /// Import an existing secret (read from stdin) as a key.
+    Import(CreateArgs),
+    /// List keys (deleted ones are not listed).
+    List {
+        #[arg(long = "env", value_name = "ENV")]
+        environment: Option<Environment>,
+        #[arg(long)]
+        status: Option<KeyStatus>,
+        #[arg(long = "customer", value_name = "ID")]
+        customer_id: Option<String>,
+    },
+    /// Show one key.
+    Show { id: String },
+    /// Change a key's settings.
+    Update(UpdateArgs),
+    /// Give a key a new secret; the old one stops now, or after --grace.
+    Regenerate {
+        id: String,
+        /// How long the old secret keeps working, e.g. 10m (at most 30d).
+        #[arg(long, value_parser = duration)]
+        grace: Option<Duration>,
+    },
+    /// Disable a key (reversible with activate).
+    Revoke { id: String },
+    /// Re-enable a revoked key.
+    Activate { id: String },
+    /// Delete a key for good (its usage history stays).
+    Delete { id: String },
+    /// Request counts by day and last use.
+    Usage { id: String },
+}
+
+#[derive(Debug, Args)]
+struct CreateArgs {
+    #[arg(long)]
+    name: String,
+    /// production, staging or development (or prod, stg, dev).
+    #[arg(long = "env", value_name = "ENV")]
+    environment: Environment,
+    /// A permission the key holds, e.g. customer:read, license:* or *; repeatable.
+    #[arg(long = "perm", value_name = "PERMISSION")]
+    permissions: Vec<Permission>,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// Limit the key to this customer's resources.
+    #[arg(long = "customer", value_name = "ID")]
+    customer_id: Option<String>,
+    /// Allow only clients in this CIDR (or IP); repeatable.
+    #[arg(long = "allow-ip", value_name = "CIDR", value_parser = cidr)]
+    allowed_ips: Vec<IpNet>,
+    #[command(flatten)]
+    expiry: ExpiryArgs,
+    /// Free JSON object stored with the key.
+    #[arg(long, value_parser = metadata)]
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Args)]
+struct LimitArgs {
+    /// The key's own rate limit, e.g. 100/s or 6000/m (default: the gateway's).
+    #[arg(long)]
+    rate: Option<Rate>,
+    /// Requests allowed at once (default: the rate's count).
+    #[arg(long, requires = "rate")]
+    burst: Option<NonZeroU32>,
+}
+
+impl LimitArgs {
+    fn spec(&self) -> Option<RateLimitSpec> {
+        self.rate.map(|rate| RateLimitSpec::from_rate(rate, self.burst))
+    }
+}
+
+#[derive(Debug, Args)]
+struct ExpiryArgs {
+    /// When the key expires (RFC 3339).
+    #[arg(long, value_parser = timestamp, conflicts_with = "expires_in")]
+    expires_at: Option<Timestamp>,
+    /// Expire the key this long from now, e.g. 30d.
+    #[arg(long, value_parser = duration)]
+    expires_in: Option<Duration>,
+}
+
+impl ExpiryArgs {
+    fn instant(&self) -> Option<Timestamp> {
+        self.expires_at
+            .or_else(|| self.expires_in.map(|d| Timestamp::now() + d))
+    }
+}
+
+#[derive(Debug, Args)]
+struct UpdateArgs {
+    id: String,
+    #[arg(long)]
+    name: Option<String>,
+    /// Replaces the key's permissions; repeatable.
+    #[arg(long = "perm", value_name = "PERMISSION")]
+    permissions: Vec<Permission>,
+    /// Remove every permission.
+    #[arg(long, conflicts_with = "permissions")]
+    no_perms: bool,
+    #[command(flatten)]
+    limits: LimitArgs,
+    /// Go back to the gateway's default rate limit.
+    #[arg(long, conflicts_with = "rate")]
+    default_rate: bool,
+    #[arg(long = "customer", value_name = "ID")]
+    customer_id: Option<String>,
+    /// Lift the customer scope.
+    #[arg(long, conflicts_with = "customer_id")]
+    no_customer: bool,
+    /// Replaces the allowed CIDRs; repeatable.
+    #[arg(long = "allow-ip", value_name = "CIDR", value_parser = cidr)]
+    allowed_ips: Vec<IpNet>,
+    /// Allow every client IP.
+    #[arg(long, conflicts_with = "allowed_ips")]
+    any_ip: bool,
+    #[command(flatten)]
+    expiry: ExpiryArgs,
+    /// Remove the expiry.
+    #[arg(long, conflicts_with_all = ["expires_at", "expires_in"])]
+    no_expiry: bool,
+    #[arg(long, value_parser = metadata)]
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text).map_err(|e| e.to_string())
+}
+
+fn timestamp(text: &str) -> Result<Timestamp, String> {
+    text.parse()
+        .map_err(|e| format!("{text:?} is not an RFC 3339 instant like 2027-01-31T00:00:00Z: {e}"))
+}
+
+fn cidr(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not a CIDR like 10.0.0.0/8 or an IP address"))
+}
+
+fn metadata(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    serde_json::from_str(text).map_err(|e| format!("metadata must be a JSON object: {e}"))
+}
+
+impl From<KeyError> for Failure {
+    fn from(error: KeyError) -> Self {
+        match error {
+            KeyError::Invalid { .. } => Failure::Usage(error.to_string()),
+            other => Failure::Runtime(other.to_string()),
+        }
+    }
+}
+
+pub fn run(args: KeysArgs) -> Result<(), Failure> {
+    let path = args
+        .config
+        .ok_or_else(|| Failure::Usage("--config FILE is required (or set KEYGATE_CONFIG)".into()))?;
+    let config = super::serve::load(&path)?;
+    let hasher = hasher_from_env(&config)?;
+    let store = store::open(&config.store.url).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let service = KeyService::new(Arc::new(store), hasher, system_clock());
+    let json = args.json;
+    match args.command {
+        KeysCommand::Create(create) => {
+            let created = service.create(spec(create))?;
+            output::created(&created, json)
+        }
+        KeysCommand::Import(create) => {
+            let secret = read_secret()?;
+            let view = service.import(spec(create), secret)?;
+            output::key(&view, json, "Imported")
+        }
+        KeysCommand::List {
+            environment,
+            status,
+            customer_id,
+        } => {
+            let filter = KeyFilter {
+                environment,
+                status,
+                customer_id,
+            };
+            output::list(&service.list(&filter)?, json)
+        }
+        KeysCommand::Show { id } => output::key(&service.get(&id)?, json, ""),
+        KeysCommand::Update(update) => {
+            let id = update.id.clone();
+            output::key(&service.update(&id, patch(update))?, json, "Updated")
+        }
+        KeysCommand::Regenerate { id, grace } => output::created(&service.regenerate(&id, grace)?, json),
+        KeysCommand::Revoke { id } => output::key(&service.revoke(&id)?, json, "Revoked"),
+        KeysCommand::Activate { id } => output::key(&service.activate(&id)?, json, "Activated"),
+        KeysCommand::Delete { id } => {
+            service.delete(&id)?;
+            output::deleted(&id, json)
+        }
+        KeysCommand::Usage { id } => output::usage(&service.usage(&id)?, json),
+    }
+}
+
+fn spec(args: CreateArgs) -> KeySpec {
+    KeySpec {
+        name: args.name,
+        environment: args.environment,
+        permissions: args.permissions,
+        rate_limit: args.limits.spec(),
+        customer_id: args.customer_id,
+        allowed_ips: args.allowed_ips,
+        expires_at: args.expiry.instant(),
+        metadata: args.metadata.unwrap_or_default(),
+    }
+}
+
+fn patch(args: UpdateArgs) -> KeyPatch {
+    KeyPatch {
+        name: args.name,
+        permissions: match (args.no_perms, args.permissions.is_empty()) {
+            (true, _) => Some(Vec::new()),
+            (false, false) => Some(args.permissions),
+            (false, true) => None,
+        },
+        rate_limit: args.limits.spec().map(Some).or(clear_if(args.default_rate)),
+        customer_id: args.customer_id.map(Some).or(clear_if(args.no_customer)),
+        allowed_ips: match (args.any_ip, args.allowed_ips.is_empty()) {
+            (true, _) => Some(Vec::new()),
+            (false, false) => Some(args.allowed_ips),
+            (false, true) => None,
+        },
+        expires_at: args.expiry.instant().map(Some).or(clear_if(args.no_expiry)),
+        metadata: args.metadata,
+    }
+}
+
+/// `Some(None)` (clear the field) when the flag is given.
+fn clear_if<T>(flag: bool) -> Option<Option<T>> {
+    flag.then_some(None)
+}
+
+/// The secret to import: the first line of stdin, without its line ending.
+fn read_secret() -> Result<Secret, Failure> {
+    let mut input = String::new();
+    std::io::stdin()
+        .take(4096)
+        .read_to_string(&mut input)
+        .map_err(|e| Failure::Runtime(format!("cannot read the secret from stdin: {e}")))?;
+    let line = input
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('\r')
+        .to_owned();
+    if line.is_empty() {
+        return Err(Failure::Usage(
+            "import reads the secret from stdin, and stdin was empty".into(),
+        ));
+    }
+    Secret::import(line).map_err(Failure::Usage)
+}

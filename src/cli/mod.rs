@@ -1,0 +1,93 @@
+//! The command line: `serve`, `check`, `keys ...`. Parses arguments, calls into the library,
+//! maps outcomes to exit codes: 0 success, 1 runtime error, 2 usage error.
+
+mod dev;
+mod keys;
+mod output;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::telemetry::logs::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(name = "keygate", version, about = "API-key authentication gateway")]
+pub struct Cli {
+    /// Log format on stdout.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The gateway.toml to run with.
+        #[arg(long, short, env = "KEYGATE_CONFIG", required_unless_present = "dev")]
+        config: Option<PathBuf>,
+        /// Run with no config: a temporary store, a built-in echo upstream and a demo key.
+        #[arg(long, conflicts_with = "config")]
+        dev: bool,
+    },
+    /// Validate a config file and name the line of each mistake.
+    Check {
+        #[arg(long, short, env = "KEYGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Manage API keys in the store the config names (running gateway or not).
+    Keys(Box<keys::KeysArgs>),
+}
+
+/// What went wrong, and so which exit code.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad arguments or input: exit 2.
+    Usage(String),
+    /// Anything else: exit 1.
+    Runtime(String),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure::Runtime(format!("{error:#}"))
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, dev } => {
+            crate::telemetry::logs::init(cli.log_format);
+            if dev {
+                dev::run()
+            } else {
+                serve::run(config.expect("clap requires --config without --dev"))
+            }
+        }
+        Command::Check { config } => serve::check(&config),
+        Command::Keys(args) => keys::run(*args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("keygate: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(message)) => {
+            eprintln!("keygate: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(format!("cannot start the async runtime: {e}")))
+}

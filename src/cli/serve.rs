@@ -1,0 +1,60 @@
+//! `keygate serve --config FILE` and `keygate check --config FILE`.
+
+use std::path::Path;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::{runtime, Failure};
+use crate::config::{self, Config};
+use crate::gateway::{hasher_from_env, Gateway};
+
+pub fn load(path: &Path) -> Result<Config, Failure> {
+    config::load(path).map_err(|error| Failure::Runtime(format!("{} is not valid:\n{error}", path.display())))
+}
+
+pub fn check(path: &Path) -> Result<(), Failure> {
+    let config = load(path)?;
+    println!(
+        "{} is valid: {} route(s), {} upstream(s)",
+        path.display(),
+        config.routes.len(),
+        config.upstreams.len()
+    );
+    Ok(())
+}
+
+pub fn run(path: std::path::PathBuf) -> Result<(), Failure> {
+    let config = load(&path)?;
+    let hasher = hasher_from_env(&config)?;
+    runtime()?.block_on(async move {
+        let gateway = Gateway::start(config, hasher).await?;
+        serve_until_stopped(gateway, Some(&path)).await
+    })
+}
+
+/// Serves until SIGTERM or Ctrl-C; SIGHUP reloads the config from `path`.
+pub async fn serve_until_stopped(gateway: Gateway, path: Option<&Path>) -> Result<(), Failure> {
+    let signal_error = |e: std::io::Error| Failure::Runtime(format!("cannot install signal handlers: {e}"));
+    let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => match path {
+                Some(path) => match config::load(path) {
+                    Ok(config) => gateway.reload(config),
+                    Err(error) => tracing::error!(
+                        file = %path.display(),
+                        problems = %error,
+                        "config reload refused; the running config stays"
+                    ),
+                },
+                None => tracing::info!("SIGHUP ignored: no config file to reload"),
+            },
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    gateway.shutdown().await;
+    Ok(())
+}

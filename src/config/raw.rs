@@ -1,0 +1,190 @@
+//! `gateway.toml` exactly as written: serde structs that refuse unknown fields and keep the
+//! position of every value, so [`super::validate`] can name the line of each mistake.
+//!
+//! Every section and every field is optional; the default each one takes is on its doc line and
+//! applied in validation, which owns all meaning. Nothing here interprets a value.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A value that may be absent, with its position in the file when present.
+pub type Field<T> = Option<Spanned<T>>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub auth: RawAuth,
+    #[serde(default)]
+    pub rate_limit: RawRateLimit,
+    #[serde(default)]
+    pub lifecycle: RawLifecycle,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+    /// `[[upstream]]` tables.
+    #[serde(default, rename = "upstream")]
+    pub upstreams: Vec<Spanned<RawUpstream>>,
+    /// `[[route]]` tables.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Socket address of the proxy listener. Default `"0.0.0.0:8080"`.
+    pub listen: Field<String>,
+    /// Environment of routes that name none: production, staging, development. Default production.
+    pub environment: Field<String>,
+    /// `{ cert = "cert.pem", key = "key.pem" }`, PEM files relative to the config file. Default: plain HTTP.
+    pub tls: Field<RawTls>,
+    /// CIDRs (or bare IPs) whose `X-Forwarded-For` is believed. Default none.
+    pub trusted_proxies: Field<Vec<Spanned<String>>>,
+    /// Duration in-flight requests may finish in after SIGTERM. Default `"30s"`.
+    pub shutdown_grace: Field<String>,
+    /// Duration within which a request head must arrive. Default `"10s"`.
+    pub header_read_timeout: Field<String>,
+    /// Bytes of request head at most. Default 65536.
+    pub max_header_bytes: Field<u64>,
+    /// Request headers at most. Default 100.
+    pub max_headers: Field<u64>,
+    /// Bytes of request URI at most. Default 8192.
+    pub max_uri_bytes: Field<u64>,
+    /// Duration after which an idle keep-alive connection is closed. Default `"60s"`.
+    pub idle_timeout: Field<String>,
+    /// Concurrent HTTP/2 streams per connection. Default 100.
+    pub http2_max_concurrent_streams: Field<u64>,
+    /// Open client connections past which new ones wait. Default 10000.
+    pub max_connections: Field<u64>,
+    /// Bytes of request body at most (413 past it). Default: no limit.
+    pub max_request_body: Field<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain.
+    pub cert: Spanned<String>,
+    /// PEM private key.
+    pub key: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Socket address of the admin listener. Default `"127.0.0.1:9901"`.
+    pub listen: Field<String>,
+    /// Environment variable holding the admin bearer token. Default `"KEYGATE_ADMIN_TOKEN"`.
+    pub token_env: Field<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// `sqlite://PATH` (relative to the config file) or `postgres://...`. Default `"sqlite://keygate.db"`.
+    pub url: Field<String>,
+    /// Duration between pulls of key changes. Default `"1s"`.
+    pub sync_interval: Field<String>,
+    /// Duration between writes of per-key usage. Default `"5s"`.
+    pub usage_flush_interval: Field<String>,
+    /// Environment variable holding the hash pepper. Default: unkeyed BLAKE3.
+    pub pepper_env: Field<String>,
+    /// Duration of key-table staleness past which requests fail closed with 503. Default: never.
+    pub max_staleness: Field<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// Accepted credential schemes among basic, bearer, header. Default all three.
+    pub schemes: Field<Vec<Spanned<String>>>,
+    /// Header name of the `header` scheme. Default `"X-API-Key"`.
+    pub header: Field<String>,
+    /// Realm of `WWW-Authenticate: Basic`. Default `"keygate"`.
+    pub realm: Field<String>,
+    /// Rate of failed authentications allowed per client IP. Default `"30/m"`.
+    pub failed_per_ip: Field<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// Rate of keys without their own limit. Default `"100/s"`.
+    pub default: Field<String>,
+    /// Requests of burst for the default rate. Default: the rate's request count.
+    pub default_burst: Field<u64>,
+    /// Also send the IETF draft `RateLimit-Policy` / `RateLimit` headers. Default false.
+    pub draft_headers: Field<bool>,
+    /// `local` or `redis`. Default local.
+    pub backend: Field<String>,
+    /// `redis://...`, required by the redis backend.
+    pub redis_url: Field<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLifecycle {
+    /// Duration of disuse after which a key is revoked. Default: never.
+    pub idle_expiry: Field<String>,
+    /// Durations before idle revocation at which to warn. Default none.
+    pub warn_before: Field<Vec<Spanned<String>>>,
+    /// Duration between idle sweeps. Default `"1h"`.
+    pub check_interval: Field<String>,
+    /// `http(s)://` URL receiving lifecycle events as JSON POSTs. Default none.
+    pub webhook: Field<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Export `keygate_key_requests_total` per key. Default true.
+    pub per_key: Field<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Unique name routes refer to. Required.
+    pub name: Field<String>,
+    /// `http://host[:port][/prefix]`. Required.
+    pub url: Field<String>,
+    /// Duration to establish a connection (502 past it). Default `"2s"`.
+    pub connect_timeout: Field<String>,
+    /// Duration to the response head (504 past it). Default `"30s"`.
+    pub timeout: Field<String>,
+    /// Idle pooled connections kept. Default 128.
+    pub pool_max_idle: Field<u64>,
+    /// Duration an idle pooled connection is kept. Default `"90s"`.
+    pub pool_idle_timeout: Field<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Unique name, used in metrics and logs. Required.
+    pub name: Field<String>,
+    /// Host the route is limited to (no port). Default: any host.
+    pub host: Field<String>,
+    /// `/literal/{param}/...`: matches this path and everything below it. Required.
+    pub path: Field<String>,
+    /// Environment of keys admitted. Default `server.environment`.
+    pub environment: Field<String>,
+    /// Name of an `[[upstream]]`. Required.
+    pub upstream: Field<String>,
+    /// Name of the path parameter holding the customer id. Default none.
+    pub customer_param: Field<String>,
+    /// Method (or `"*"`) to required permission. Default: any valid key is admitted.
+    pub permissions: Field<BTreeMap<String, Spanned<String>>>,
+    /// Forward `Authorization` / the key header to the upstream. Default false.
+    pub forward_credentials: Field<bool>,
+    /// Forward the client's `Host` instead of the upstream's. Default false.
+    pub preserve_host: Field<bool>,
+}

@@ -1,0 +1,324 @@
+//! Validation of `[[upstream]]` and `[[route]]` tables: URLs, compiled path patterns, upstream
+//! references, permission maps, and the clashes between routes that would make one unreachable.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::{Method, Uri};
+use toml::Spanned;
+
+use super::raw::{Field, RawRoute, RawUpstream};
+use super::validate::Checker;
+use super::{PathPattern, Route, RoutePermissions, Segment, Upstream};
+use crate::core::environment::Environment;
+use crate::core::permission::Permission;
+
+/// How a table is named in messages: by its `name` when it has one, else by position.
+fn label(kind: &str, name: &Field<String>, index: usize) -> String {
+    match name {
+        Some(name) => format!("{kind} {:?}", name.get_ref()),
+        None => format!("{kind} #{}", index + 1),
+    }
+}
+
+/// Reports a missing required field at the table's own position.
+fn required<'a, T>(
+    checker: &mut Checker,
+    value: &'a Field<T>,
+    table: &Spanned<impl Sized>,
+    field: String,
+) -> Option<&'a T> {
+    if value.is_none() {
+        checker.fail(&table.span(), &field, "is required");
+    }
+    value.as_ref().map(Spanned::get_ref)
+}
+
+fn check_name(checker: &mut Checker, name: &Field<String>, label: &str, seen: &mut HashSet<String>) {
+    let Some(name) = name else { return };
+    let text = name.get_ref();
+    if text.is_empty()
+        || !text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        checker.fail(
+            &name.span(),
+            &format!("{label}.name"),
+            "must be non-empty: letters, digits, - _ .",
+        );
+    } else if !seen.insert(text.clone()) {
+        checker.fail(
+            &name.span(),
+            &format!("{label}.name"),
+            format!("{text:?} is used twice"),
+        );
+    }
+}
+
+pub(super) fn upstreams(checker: &mut Checker, raw: &[Spanned<RawUpstream>]) -> Vec<Upstream> {
+    let mut seen = HashSet::new();
+    raw.iter()
+        .enumerate()
+        .map(|(index, table)| {
+            let upstream = table.get_ref();
+            let label = label("upstream", &upstream.name, index);
+            check_name(checker, &upstream.name, &label, &mut seen);
+            required(checker, &upstream.name, table, format!("{label}.name"));
+            let url = required(checker, &upstream.url, table, format!("{label}.url"));
+            let url = url
+                .and_then(|_| {
+                    checker.parsed(&upstream.url, &format!("{label}.url"), |text| upstream_url(text))
+                })
+                .unwrap_or_else(|| Uri::from_static("http://127.0.0.1"));
+            let field = |name: &str| format!("{label}.{name}");
+            Upstream {
+                name: upstream
+                    .name
+                    .as_ref()
+                    .map_or_else(String::new, |n| n.get_ref().clone()),
+                url,
+                connect_timeout: checker.duration_or(
+                    &upstream.connect_timeout,
+                    &field("connect_timeout"),
+                    secs(2),
+                ),
+                timeout: checker.duration_or(&upstream.timeout, &field("timeout"), secs(30)),
+                pool_max_idle: checker
+                    .parsed(&upstream.pool_max_idle, &field("pool_max_idle"), |&n| {
+                        usize::try_from(n).map_err(|_| "is too large")
+                    })
+                    .unwrap_or(128),
+                pool_idle_timeout: checker.duration_or(
+                    &upstream.pool_idle_timeout,
+                    &field("pool_idle_timeout"),
+                    secs(90),
+                ),
+            }
+        })
+        .collect()
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// `http://host[:port][/prefix]`, stored without a trailing slash.
+fn upstream_url(text: &str) -> Result<Uri, String> {
+    let uri = Uri::from_str(text.trim())
+        .map_err(|_| format!("{text:?} is not a URL like \"http://127.0.0.1:7001\""))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err("https upstreams are not supported yet; use http:// on a trusted network".into())
+        }
+        _ => return Err(format!("{text:?} must start with http://")),
+    }
+    let authority = uri.authority().ok_or_else(|| format!("{text:?} has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err("credentials in the upstream URL are not supported".into());
+    }
+    if authority.host().is_empty() {
+        return Err(format!("{text:?} has no host"));
+    }
+    if uri.query().is_some() {
+        return Err("an upstream URL cannot have a query".into());
+    }
+    let prefix = uri.path().trim_end_matches('/');
+    Uri::from_str(&format!("http://{authority}{prefix}")).map_err(|e| e.to_string())
+}
+
+pub(super) fn routes(
+    checker: &mut Checker,
+    raw: &[Spanned<RawRoute>],
+    upstreams: &[Upstream],
+    default_environment: Environment,
+) -> Vec<Route> {
+    let mut seen = HashSet::new();
+    let mut shapes: Vec<(Option<String>, Vec<Option<String>>, String)> = Vec::new();
+    let mut routes = Vec::with_capacity(raw.len());
+    for (index, table) in raw.iter().enumerate() {
+        let route = table.get_ref();
+        let label = label("route", &route.name, index);
+        let field = |name: &str| format!("{label}.{name}");
+        check_name(checker, &route.name, &label, &mut seen);
+        required(checker, &route.name, table, field("name"));
+        required(checker, &route.path, table, field("path"));
+        required(checker, &route.upstream, table, field("upstream"));
+        let path = checker.parsed(&route.path, &field("path"), |text| path_pattern(text));
+        let host = checker.parsed(&route.host, &field("host"), |text| host(text));
+        let upstream = checker.parsed(&route.upstream, &field("upstream"), |name| {
+            upstreams
+                .iter()
+                .position(|u| &u.name == name)
+                .ok_or_else(|| format!("no upstream named {name:?}"))
+        });
+        let environment = checker
+            .parsed(&route.environment, &field("environment"), |text| {
+                Environment::from_str(text)
+            })
+            .unwrap_or(default_environment);
+        let customer_param = path.as_ref().and_then(|path| {
+            checker.parsed(&route.customer_param, &field("customer_param"), |name| {
+                path.segments
+                    .iter()
+                    .position(|s| matches!(s, Segment::Param(p) if p == name))
+                    .ok_or_else(|| format!("the path {:?} has no {{{name}}} segment", path.source))
+            })
+        });
+        let permissions = route
+            .permissions
+            .as_ref()
+            .and_then(|map| route_permissions(checker, map, &field("permissions")));
+        let (Some(path), Some(upstream)) = (path, upstream) else {
+            continue;
+        };
+        let shape = (
+            host.clone(),
+            path.segments
+                .iter()
+                .map(|s| match s {
+                    Segment::Literal(l) => Some(l.clone()),
+                    Segment::Param(_) => None,
+                })
+                .collect(),
+            label.clone(),
+        );
+        if let Some((_, _, other)) = shapes.iter().find(|(h, s, _)| *h == shape.0 && *s == shape.1) {
+            let span = route.path.as_ref().map_or(table.span(), Spanned::span);
+            let message = format!("has the same host and path as {other}, so one could never match");
+            checker.fail(&span, &field("path"), message);
+        }
+        shapes.push(shape);
+        routes.push(Route {
+            name: route
+                .name
+                .as_ref()
+                .map_or_else(String::new, |n| n.get_ref().clone()),
+            host,
+            path,
+            environment,
+            upstream,
+            customer_param,
+            permissions,
+            forward_credentials: route.forward_credentials.as_ref().is_some_and(|v| *v.get_ref()),
+            preserve_host: route.preserve_host.as_ref().is_some_and(|v| *v.get_ref()),
+        });
+    }
+    routes
+}
+
+fn host(text: &str) -> Result<String, String> {
+    let host = text.trim().to_ascii_lowercase();
+    let valid = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if valid {
+        Ok(host)
+    } else {
+        Err(format!(
+            "{text:?} must be a host name without port or path, e.g. \"api.example.com\""
+        ))
+    }
+}
+
+/// Characters a literal segment may hold: RFC 3986 unreserved and sub-delims, `:` and `@`.
+/// No `%`: the gateway matches normalized paths, and an escape would never equal one.
+fn literal_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b)
+}
+
+pub(crate) fn path_pattern(text: &str) -> Result<PathPattern, String> {
+    if !text.starts_with('/') {
+        return Err(format!("{text:?} must start with \"/\""));
+    }
+    let mut segments = Vec::new();
+    let trimmed = text.strip_suffix('/').unwrap_or(text);
+    for part in trimmed.split('/').skip(1) {
+        let segment = match part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+            Some(name)
+                if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+            {
+                if segments.contains(&Segment::Param(name.to_owned())) {
+                    return Err(format!("{text:?} names {{{name}}} twice"));
+                }
+                Segment::Param(name.to_owned())
+            }
+            Some(_) => {
+                return Err(format!(
+                    "{text:?}: a parameter is {{name}} with letters, digits and _"
+                ))
+            }
+            None if part.is_empty() => return Err(format!("{text:?} has an empty segment (\"//\")")),
+            None if part == "." || part == ".." => return Err(format!("{text:?} has a dot segment")),
+            None if !part.bytes().all(literal_char) => {
+                return Err(format!(
+                    "{text:?}: segment {part:?} has a character that must not appear in a path"
+                ))
+            }
+            None => Segment::Literal(part.to_owned()),
+        };
+        segments.push(segment);
+    }
+    Ok(PathPattern {
+        segments,
+        source: text.to_owned(),
+    })
+}
+
+fn route_permissions(
+    checker: &mut Checker,
+    map: &Spanned<std::collections::BTreeMap<String, Spanned<String>>>,
+    field: &str,
+) -> Option<RoutePermissions> {
+    let mut permissions = RoutePermissions {
+        by_method: Vec::new(),
+        fallback: None,
+    };
+    if map.get_ref().is_empty() {
+        checker.fail(
+            &map.span(),
+            field,
+            "must map at least one method (or \"*\") to a permission; leave it out to admit any key",
+        );
+        return None;
+    }
+    for (method, required) in map.get_ref() {
+        let Some(permission) =
+            checker.parsed(&Some(required.clone()), field, |text| Permission::from_str(text))
+        else {
+            continue;
+        };
+        if method == "*" {
+            permissions.fallback = Some(permission);
+            continue;
+        }
+        let upper = method.to_ascii_uppercase();
+        let Some(method) = Method::from_bytes(upper.as_bytes())
+            .ok()
+            .filter(|_| is_token(&upper))
+        else {
+            checker.fail(
+                &required.span(),
+                field,
+                format!("{method:?} is not an HTTP method"),
+            );
+            continue;
+        };
+        if permissions.by_method.iter().any(|(m, _)| *m == method) {
+            checker.fail(&required.span(), field, format!("{method} is listed twice"));
+            continue;
+        }
+        permissions.by_method.push((method, permission));
+    }
+    Some(permissions)
+}
+
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+}

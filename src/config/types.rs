@@ -1,0 +1,198 @@
+//! The validated configuration: typed values the gateway runs with, produced from the raw file
+//! by [`super::validate`]. Nothing here is a string that still needs parsing.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::{Method, Uri};
+use ipnet::IpNet;
+
+use crate::core::environment::Environment;
+use crate::core::key::RateLimitSpec;
+use crate::core::permission::Permission;
+use crate::core::units::Rate;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub admin: Admin,
+    pub store: Store,
+    pub auth: Auth,
+    pub rate_limit: RateLimit,
+    pub lifecycle: Lifecycle,
+    pub metrics: Metrics,
+    pub upstreams: Vec<Upstream>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    /// Environment of routes that name none.
+    pub environment: Environment,
+    pub tls: Option<Tls>,
+    /// Peers whose `X-Forwarded-For` is believed when finding the client IP.
+    pub trusted_proxies: Vec<IpNet>,
+    /// How long in-flight requests may run after SIGTERM. Default 30s.
+    pub shutdown_grace: Duration,
+    /// A request head must arrive within this. Default 10s.
+    pub header_read_timeout: Duration,
+    /// Largest request head in bytes. Default 64 KiB.
+    pub max_header_bytes: usize,
+    /// Most request headers. Default 100.
+    pub max_headers: usize,
+    /// Longest request URI in bytes. Default 8 KiB.
+    pub max_uri_bytes: usize,
+    /// Idle keep-alive connections are closed after this. Default 60s.
+    pub idle_timeout: Duration,
+    /// HTTP/2 streams per connection. Default 100.
+    pub http2_max_concurrent_streams: u32,
+    /// Open client connections past which new ones wait. Default 10000.
+    pub max_connections: usize,
+    /// Largest request body in bytes (413 past it); none by default.
+    pub max_request_body: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// Name of the environment variable holding the admin bearer token.
+    pub token_env: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// An embedded SQLite database file (resolved against the config file's folder).
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection string, as given.
+    Postgres(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub url: StoreUrl,
+    /// How often a gateway pulls key changes. Default 1s.
+    pub sync_interval: Duration,
+    /// Environment variable holding the hash pepper, if any.
+    pub pepper_env: Option<String>,
+    /// Past this age of the key table, fail closed with 503. None by default: serve stale.
+    pub max_staleness: Option<Duration>,
+    /// How often per-key usage is written to the store. Default 5s.
+    pub usage_flush_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub basic: bool,
+    pub bearer: bool,
+    /// The API-key header, when the `header` scheme is on. Default `X-API-Key`.
+    pub header: Option<HeaderName>,
+    pub realm: String,
+    /// Failed authentications allowed per client IP. Default 30/m.
+    pub failed_per_ip: Rate,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    /// Limit of keys that have none of their own. Default 100/s, burst = requests.
+    pub default: RateLimitSpec,
+    /// Also send the IETF draft `RateLimit-Policy` and `RateLimit` headers. Default false.
+    pub draft_headers: bool,
+    pub backend: RateLimitBackend,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitBackend {
+    Local,
+    Redis { url: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    /// Keys unused this long are revoked. None: never.
+    pub idle_expiry: Option<Duration>,
+    /// Warning thresholds before idle revocation, longest first.
+    pub warn_before: Vec<Duration>,
+    /// How often the idle sweep runs. Default 1h.
+    pub check_interval: Duration,
+    pub webhook: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Export `keygate_key_requests_total` per key. Default true; switch off for very many keys.
+    pub per_key: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    /// Scheme `http`, an authority, and an optional path prefix (no trailing slash, no query).
+    pub url: Uri,
+    /// Default 2s.
+    pub connect_timeout: Duration,
+    /// Time to the response head. Default 30s.
+    pub timeout: Duration,
+    /// Idle pooled connections kept per upstream. Default 128.
+    pub pool_max_idle: usize,
+    /// Default 90s.
+    pub pool_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    /// Lower-case host (port stripped) this route is limited to.
+    pub host: Option<String>,
+    pub path: PathPattern,
+    pub environment: Environment,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Index into `path.segments` of the parameter holding the customer id.
+    pub customer_param: Option<usize>,
+    /// None: any valid key of the environment is admitted.
+    pub permissions: Option<RoutePermissions>,
+    pub forward_credentials: bool,
+    pub preserve_host: bool,
+}
+
+/// `/v1/customers/{customer}`: literal and parameter segments; matches the path and all below.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern {
+    pub segments: Vec<Segment>,
+    /// As written in the file, for messages.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePermissions {
+    /// Methods in upper case, each once.
+    pub by_method: Vec<(Method, Permission)>,
+    /// The `"*"` entry: every method not listed.
+    pub fallback: Option<Permission>,
+}
+
+impl RoutePermissions {
+    /// The permission `method` needs; `None` when the map names neither it nor `"*"`.
+    pub fn required(&self, method: &Method) -> Option<&Permission> {
+        self.by_method
+            .iter()
+            .find(|(listed, _)| listed == method)
+            .map(|(_, permission)| permission)
+            .or(self.fallback.as_ref())
+    }
+}

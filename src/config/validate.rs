@@ -1,0 +1,547 @@
+//! Turns the raw file into a [`Config`]: parses every value, fills defaults, checks every
+//! reference, and collects every problem (not just the first) with its line and field.
+//!
+//! Pure: reads no environment variable and binds no socket, so `keygate check` and `keygate
+//! serve` share it. The only I/O is [`load`] reading the file.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use ipnet::IpNet;
+use toml::Spanned;
+
+use super::raw::{self, Field, RawConfig};
+use super::routes;
+use super::*;
+use crate::core::environment::Environment;
+use crate::core::key::RateLimitSpec;
+use crate::core::units::{parse_duration, Rate};
+
+/// One mistake in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line of the offending value, when known.
+    pub line: Option<usize>,
+    /// Dotted path of the field, e.g. `server.listen` or `route "customers".upstream`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every mistake in the file, one per line when displayed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates the file at `path`; relative paths in it are taken from its folder.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let source = std::fs::read_to_string(path).map_err(|error| ConfigError {
+        problems: vec![Problem {
+            line: None,
+            field: String::new(),
+            message: format!("cannot read {}: {error}", path.display()),
+        }],
+    })?;
+    let base_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    parse(&source, base_dir)
+}
+
+/// Validates config text; relative paths in it are taken from `base_dir`.
+pub fn parse(source: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+    let mut checker = Checker {
+        source,
+        problems: Vec::new(),
+    };
+    let raw: RawConfig = match toml::from_str(source) {
+        Ok(raw) => raw,
+        Err(error) => {
+            let line = error.span().map(|span| checker.line(&span));
+            let message = error.message().trim().replace('\n', " ");
+            return Err(ConfigError {
+                problems: vec![Problem {
+                    line,
+                    field: String::new(),
+                    message,
+                }],
+            });
+        }
+    };
+    let config = checker.config(raw, base_dir);
+    match config {
+        Some(config) if checker.problems.is_empty() => Ok(config),
+        _ => Err(ConfigError {
+            problems: checker.problems,
+        }),
+    }
+}
+
+/// Collects problems while turning raw values into typed ones. Each method returns a usable
+/// value (the default, when the written one is wrong) so validation goes on and reports all.
+pub(super) struct Checker<'s> {
+    source: &'s str,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    pub(super) fn line(&self, span: &Range<usize>) -> usize {
+        let end = span.start.min(self.source.len());
+        self.source.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    pub(super) fn fail(&mut self, span: &Range<usize>, field: &str, message: impl Into<String>) {
+        let line = Some(self.line(span));
+        self.problems.push(Problem {
+            line,
+            field: field.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    /// Parses a present value with `parse`, reporting its error; `None` when absent or wrong.
+    pub(super) fn parsed<T, R, E: fmt::Display>(
+        &mut self,
+        value: &Field<R>,
+        field: &str,
+        parse: impl FnOnce(&R) -> Result<T, E>,
+    ) -> Option<T> {
+        let value = value.as_ref()?;
+        match parse(value.get_ref()) {
+            Ok(parsed) => Some(parsed),
+            Err(error) => {
+                self.fail(&value.span(), field, error.to_string());
+                None
+            }
+        }
+    }
+
+    pub(super) fn duration(&mut self, value: &Field<String>, field: &str) -> Option<Duration> {
+        self.parsed(value, field, |text| match parse_duration(text) {
+            Ok(duration) if duration.is_zero() => Err("must be longer than zero".to_owned()),
+            Ok(duration) => Ok(duration),
+            Err(error) => Err(error.to_string()),
+        })
+    }
+
+    pub(super) fn duration_or(&mut self, value: &Field<String>, field: &str, default: Duration) -> Duration {
+        self.duration(value, field).unwrap_or(default)
+    }
+
+    /// A count between 1 and `max`.
+    pub(super) fn count(&mut self, value: &Field<u64>, field: &str, max: u64) -> Option<u64> {
+        self.parsed(value, field, |&n| match n {
+            0 => Err("must be at least 1".to_owned()),
+            n if n > max => Err(format!("must be at most {max}")),
+            n => Ok(n),
+        })
+    }
+
+    fn string_or(&mut self, value: &Field<String>, default: &str) -> String {
+        value
+            .as_ref()
+            .map_or_else(|| default.to_owned(), |v| v.get_ref().clone())
+    }
+
+    fn config(&mut self, raw: RawConfig, base_dir: &Path) -> Option<Config> {
+        let server = self.server(&raw.server, base_dir);
+        let admin = self.admin(&raw.admin);
+        let store = self.store(&raw.store, base_dir);
+        let auth = self.auth(&raw.auth);
+        let rate_limit = self.rate_limit(&raw.rate_limit);
+        let lifecycle = self.lifecycle(&raw.lifecycle);
+        let metrics = Metrics {
+            per_key: raw.metrics.per_key.as_ref().is_none_or(|v| *v.get_ref()),
+        };
+        if admin.listen == server.listen && server.listen.port() != 0 {
+            let span = raw.admin.listen.as_ref().map_or(0..0, Spanned::span);
+            self.fail(&span, "admin.listen", "must differ from server.listen");
+        }
+        let upstreams = routes::upstreams(self, &raw.upstreams);
+        let routes = routes::routes(self, &raw.routes, &upstreams, server.environment);
+        Some(Config {
+            server,
+            admin,
+            store,
+            auth,
+            rate_limit,
+            lifecycle,
+            metrics,
+            upstreams,
+            routes,
+        })
+    }
+
+    fn socket_addr(&mut self, value: &Field<String>, field: &str, default: &str) -> SocketAddr {
+        let default: SocketAddr = default.parse().expect("defaults are valid socket addresses");
+        self.parsed(value, field, |text| {
+            SocketAddr::from_str(text.trim()).map_err(|_| {
+                format!("{text:?} is not a socket address like \"0.0.0.0:8080\" or \"[::1]:8080\"")
+            })
+        })
+        .unwrap_or(default)
+    }
+
+    fn environment(&mut self, value: &Field<String>, field: &str) -> Option<Environment> {
+        self.parsed(value, field, |text| Environment::from_str(text))
+    }
+
+    fn server(&mut self, raw: &raw::RawServer, base_dir: &Path) -> Server {
+        let tls = raw.tls.as_ref().map(|tls| {
+            let tls = tls.get_ref();
+            let path = |checker: &mut Self, value: &Spanned<String>, field: &str| {
+                if value.get_ref().trim().is_empty() {
+                    checker.fail(&value.span(), field, "must name a PEM file");
+                }
+                base_dir.join(value.get_ref())
+            };
+            Tls {
+                cert: path(self, &tls.cert, "server.tls.cert"),
+                key: path(self, &tls.key, "server.tls.key"),
+            }
+        });
+        let trusted_proxies = raw.trusted_proxies.as_ref().map_or_else(Vec::new, |list| {
+            list.get_ref()
+                .iter()
+                .filter_map(|entry| {
+                    self.parsed(&Some(entry.clone()), "server.trusted_proxies", |text| {
+                        ip_net(text)
+                    })
+                })
+                .collect()
+        });
+        Server {
+            listen: self.socket_addr(&raw.listen, "server.listen", "0.0.0.0:8080"),
+            environment: self
+                .environment(&raw.environment, "server.environment")
+                .unwrap_or(Environment::Production),
+            tls,
+            trusted_proxies,
+            shutdown_grace: self.duration_or(&raw.shutdown_grace, "server.shutdown_grace", secs(30)),
+            header_read_timeout: self.duration_or(
+                &raw.header_read_timeout,
+                "server.header_read_timeout",
+                secs(10),
+            ),
+            max_header_bytes: self.usize(&raw.max_header_bytes, "server.max_header_bytes", 65_536),
+            max_headers: self.usize(&raw.max_headers, "server.max_headers", 100),
+            max_uri_bytes: self.usize(&raw.max_uri_bytes, "server.max_uri_bytes", 8_192),
+            idle_timeout: self.duration_or(&raw.idle_timeout, "server.idle_timeout", secs(60)),
+            http2_max_concurrent_streams: self
+                .count(
+                    &raw.http2_max_concurrent_streams,
+                    "server.http2_max_concurrent_streams",
+                    1 << 20,
+                )
+                .map_or(100, |n| n as u32),
+            max_connections: self.usize(&raw.max_connections, "server.max_connections", 10_000),
+            max_request_body: self.count(&raw.max_request_body, "server.max_request_body", u64::MAX),
+        }
+    }
+
+    fn usize(&mut self, value: &Field<u64>, field: &str, default: usize) -> usize {
+        self.count(value, field, u32::MAX.into())
+            .map_or(default, |n| n as usize)
+    }
+
+    fn admin(&mut self, raw: &raw::RawAdmin) -> Admin {
+        let token_env = self.string_or(&raw.token_env, "KEYGATE_ADMIN_TOKEN");
+        if let Some(value) = &raw.token_env {
+            if !is_env_name(value.get_ref()) {
+                self.fail(
+                    &value.span(),
+                    "admin.token_env",
+                    "must be an environment variable name",
+                );
+            }
+        }
+        Admin {
+            listen: self.socket_addr(&raw.listen, "admin.listen", "127.0.0.1:9901"),
+            token_env,
+        }
+    }
+
+    fn store(&mut self, raw: &raw::RawStore, base_dir: &Path) -> Store {
+        let url = self
+            .parsed(&raw.url, "store.url", |text| store_url(text, base_dir))
+            .unwrap_or_else(|| StoreUrl::Sqlite(base_dir.join("keygate.db")));
+        let pepper_env = raw.pepper_env.as_ref().map(|value| {
+            if !is_env_name(value.get_ref()) {
+                self.fail(
+                    &value.span(),
+                    "store.pepper_env",
+                    "must be an environment variable name",
+                );
+            }
+            value.get_ref().clone()
+        });
+        Store {
+            url,
+            sync_interval: self.duration_or(&raw.sync_interval, "store.sync_interval", secs(1)),
+            pepper_env,
+            max_staleness: self.duration(&raw.max_staleness, "store.max_staleness"),
+            usage_flush_interval: self.duration_or(
+                &raw.usage_flush_interval,
+                "store.usage_flush_interval",
+                secs(5),
+            ),
+        }
+    }
+
+    fn auth(&mut self, raw: &raw::RawAuth) -> Auth {
+        let (mut basic, mut bearer, mut header_on) = (true, true, true);
+        if let Some(schemes) = &raw.schemes {
+            (basic, bearer, header_on) = (false, false, false);
+            if schemes.get_ref().is_empty() {
+                self.fail(
+                    &schemes.span(),
+                    "auth.schemes",
+                    "must name at least one of basic, bearer, header",
+                );
+                basic = true;
+            }
+            for scheme in schemes.get_ref() {
+                let flag = match scheme.get_ref().as_str() {
+                    "basic" => &mut basic,
+                    "bearer" => &mut bearer,
+                    "header" => &mut header_on,
+                    other => {
+                        let message = format!("unknown scheme {other:?} (use basic, bearer, header)");
+                        self.fail(&scheme.span(), "auth.schemes", message);
+                        continue;
+                    }
+                };
+                if std::mem::replace(flag, true) {
+                    self.fail(
+                        &scheme.span(),
+                        "auth.schemes",
+                        format!("{:?} is listed twice", scheme.get_ref()),
+                    );
+                }
+            }
+        }
+        let header = self
+            .parsed(&raw.header, "auth.header", |text| key_header(text))
+            .unwrap_or_else(|| HeaderName::from_static("x-api-key"));
+        let realm = self.string_or(&raw.realm, "keygate");
+        if let Some(value) = &raw.realm {
+            if realm.is_empty() || realm.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
+                self.fail(
+                    &value.span(),
+                    "auth.realm",
+                    "must be non-empty, without quotes, backslashes or control characters",
+                );
+            }
+        }
+        Auth {
+            basic,
+            bearer,
+            header: header_on.then_some(header),
+            realm,
+            failed_per_ip: self
+                .parsed(&raw.failed_per_ip, "auth.failed_per_ip", |text| {
+                    Rate::from_str(text)
+                })
+                .unwrap_or_else(|| "30/m".parse().expect("a valid default rate")),
+        }
+    }
+
+    fn rate_limit(&mut self, raw: &raw::RawRateLimit) -> RateLimit {
+        let rate = self
+            .parsed(&raw.default, "rate_limit.default", |text| Rate::from_str(text))
+            .unwrap_or_else(|| "100/s".parse().expect("a valid default rate"));
+        let burst = self
+            .count(&raw.default_burst, "rate_limit.default_burst", u32::MAX.into())
+            .and_then(|n| NonZeroU32::new(n as u32));
+        let backend = match raw.backend.as_ref().map(|b| (b.get_ref().as_str(), b.span())) {
+            None | Some(("local", _)) => RateLimitBackend::Local,
+            Some(("redis", span)) => match &raw.redis_url {
+                Some(url)
+                    if url.get_ref().starts_with("redis://") || url.get_ref().starts_with("rediss://") =>
+                {
+                    RateLimitBackend::Redis {
+                        url: url.get_ref().clone(),
+                    }
+                }
+                Some(url) => {
+                    self.fail(
+                        &url.span(),
+                        "rate_limit.redis_url",
+                        "must start with redis:// or rediss://",
+                    );
+                    RateLimitBackend::Local
+                }
+                None => {
+                    self.fail(
+                        &span,
+                        "rate_limit.redis_url",
+                        "is required by backend = \"redis\"",
+                    );
+                    RateLimitBackend::Local
+                }
+            },
+            Some((other, span)) => {
+                self.fail(
+                    &span,
+                    "rate_limit.backend",
+                    format!("unknown backend {other:?} (use local or redis)"),
+                );
+                RateLimitBackend::Local
+            }
+        };
+        if let (Some(url), RateLimitBackend::Local) = (&raw.redis_url, &backend) {
+            if raw.backend.is_none() {
+                self.fail(
+                    &url.span(),
+                    "rate_limit.redis_url",
+                    "is only used with backend = \"redis\"",
+                );
+            }
+        }
+        RateLimit {
+            default: RateLimitSpec::from_rate(rate, burst),
+            draft_headers: raw.draft_headers.as_ref().is_some_and(|v| *v.get_ref()),
+            backend,
+        }
+    }
+
+    fn lifecycle(&mut self, raw: &raw::RawLifecycle) -> Lifecycle {
+        let idle_expiry = self.duration(&raw.idle_expiry, "lifecycle.idle_expiry");
+        let mut warn_before: Vec<Duration> = Vec::new();
+        if let Some(list) = &raw.warn_before {
+            if idle_expiry.is_none() && !list.get_ref().is_empty() {
+                self.fail(
+                    &list.span(),
+                    "lifecycle.warn_before",
+                    "needs lifecycle.idle_expiry",
+                );
+            }
+            for entry in list.get_ref() {
+                let Some(warning) = self.duration(&Some(entry.clone()), "lifecycle.warn_before") else {
+                    continue;
+                };
+                if warn_before.contains(&warning) {
+                    self.fail(
+                        &entry.span(),
+                        "lifecycle.warn_before",
+                        format!("{:?} is listed twice", entry.get_ref()),
+                    );
+                } else if idle_expiry.is_some_and(|idle| warning >= idle) {
+                    self.fail(
+                        &entry.span(),
+                        "lifecycle.warn_before",
+                        "must be shorter than lifecycle.idle_expiry",
+                    );
+                } else {
+                    warn_before.push(warning);
+                }
+            }
+        }
+        warn_before.sort_unstable_by(|a, b| b.cmp(a));
+        let webhook = self.parsed(&raw.webhook, "lifecycle.webhook", |text| webhook(text));
+        Lifecycle {
+            idle_expiry,
+            warn_before,
+            check_interval: self.duration_or(&raw.check_interval, "lifecycle.check_interval", secs(3600)),
+            webhook,
+        }
+    }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn is_env_name(text: &str) -> bool {
+    !text.is_empty()
+        && !text.starts_with(|c: char| c.is_ascii_digit())
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// A CIDR, or a bare IP taken as a single host.
+fn ip_net(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    IpNet::from_str(text)
+        .or_else(|_| IpAddr::from_str(text).map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not a CIDR like \"10.0.0.0/8\" or an IP address"))
+}
+
+fn store_url(text: &str, base_dir: &Path) -> Result<StoreUrl, String> {
+    let text = text.trim();
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        return Ok(StoreUrl::Postgres(text.to_owned()));
+    }
+    let path = text
+        .strip_prefix("sqlite://")
+        .or_else(|| text.strip_prefix("sqlite:"))
+        .ok_or_else(|| format!("{text:?} must start with sqlite://, postgres:// or postgresql://"))?;
+    if path.is_empty() || path == ":memory:" {
+        return Err("sqlite:// needs a file path, e.g. \"sqlite://keygate.db\"".to_owned());
+    }
+    Ok(StoreUrl::Sqlite(resolve(base_dir, path)))
+}
+
+fn resolve(base_dir: &Path, path: &str) -> PathBuf {
+    let path = Path::new(path);
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        base_dir.join(path)
+    }
+}
+
+fn key_header(text: &str) -> Result<HeaderName, String> {
+    let name =
+        HeaderName::from_str(text.trim()).map_err(|_| format!("{text:?} is not a valid header name"))?;
+    if name == http::header::AUTHORIZATION || name.as_str().starts_with("x-keygate-") {
+        return Err(format!("{text:?} is reserved; choose another header name"));
+    }
+    Ok(name)
+}
+
+fn webhook(text: &str) -> Result<String, String> {
+    let uri = http::Uri::from_str(text.trim()).map_err(|_| format!("{text:?} is not a URL"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) => Ok(text.trim().to_owned()),
+        _ => Err(format!("{text:?} must be an http:// or https:// URL")),
+    }
+}
+
+#[cfg(test)]
+#[path = "validate_tests.rs"]
+mod tests;

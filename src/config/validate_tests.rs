@@ -1,0 +1,290 @@
+use std::path::Path;
+use std::time::Duration;
+
+use http::Method;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[[upstream]]
+name = "api"
+url = "http://127.0.0.1:7001"
+
+[[route]]
+name = "api"
+path = "/"
+upstream = "api"
+"#;
+
+fn parse_ok(source: &str) -> Config {
+    parse(source, Path::new("/etc/keygate")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn problems(source: &str) -> Vec<Problem> {
+    match parse(source, Path::new("/etc/keygate")) {
+        Ok(_) => panic!("accepted:\n{source}"),
+        Err(error) => error.problems,
+    }
+}
+
+#[test]
+fn an_empty_file_takes_every_default() {
+    let config = parse_ok("");
+    assert_eq!(config.server.listen, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(config.server.environment, Environment::Production);
+    assert_eq!(config.server.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(config.server.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(config.server.max_header_bytes, 65_536);
+    assert_eq!(config.server.max_headers, 100);
+    assert_eq!(config.server.max_uri_bytes, 8_192);
+    assert_eq!(config.server.http2_max_concurrent_streams, 100);
+    assert_eq!(config.server.max_request_body, None);
+    assert_eq!(config.admin.listen, "127.0.0.1:9901".parse().unwrap());
+    assert_eq!(config.admin.token_env, "KEYGATE_ADMIN_TOKEN");
+    assert_eq!(
+        config.store.url,
+        StoreUrl::Sqlite("/etc/keygate/keygate.db".into())
+    );
+    assert_eq!(config.store.sync_interval, Duration::from_secs(1));
+    assert!(config.auth.basic && config.auth.bearer);
+    assert_eq!(config.auth.header.as_ref().map(|h| h.as_str()), Some("x-api-key"));
+    assert_eq!(config.auth.realm, "keygate");
+    assert_eq!(config.auth.failed_per_ip.to_string(), "30/m");
+    assert_eq!(config.rate_limit.default.rate().to_string(), "100/s");
+    assert_eq!(config.rate_limit.backend, RateLimitBackend::Local);
+    assert_eq!(config.lifecycle.check_interval, Duration::from_secs(3600));
+    assert!(config.metrics.per_key);
+    assert!(config.routes.is_empty() && config.upstreams.is_empty());
+}
+
+#[test]
+fn the_example_file_is_valid() {
+    let example = include_str!("../../gateway.toml.example");
+    let config = parse_ok(example);
+    assert_eq!(config.routes.len(), 1);
+    let route = &config.routes[0];
+    assert_eq!(route.customer_param, Some(2));
+    let permissions = route.permissions.as_ref().unwrap();
+    assert_eq!(
+        permissions.required(&Method::GET).unwrap().as_str(),
+        "customer:read"
+    );
+    assert_eq!(
+        permissions.required(&Method::DELETE).unwrap().as_str(),
+        "customer:write"
+    );
+}
+
+#[test]
+fn routes_compile_to_segments_and_upstream_indexes() {
+    let config = parse_ok(
+        r#"
+[server]
+environment = "staging"
+[[upstream]]
+name = "a"
+url = "http://127.0.0.1:1"
+[[upstream]]
+name = "b"
+url = "http://localhost:2/base/"
+[[route]]
+name = "r"
+host = "API.Example.com"
+path = "/v1/{org}/items/"
+upstream = "b"
+customer_param = "org"
+permissions = { get = "item:read" }
+"#,
+    );
+    let route = &config.routes[0];
+    assert_eq!(route.upstream, 1);
+    assert_eq!(route.host.as_deref(), Some("api.example.com"));
+    assert_eq!(route.environment, Environment::Staging);
+    assert_eq!(
+        route.path.segments,
+        vec![
+            Segment::Literal("v1".into()),
+            Segment::Param("org".into()),
+            Segment::Literal("items".into())
+        ]
+    );
+    assert_eq!(route.customer_param, Some(1));
+    let permissions = route.permissions.as_ref().unwrap();
+    assert_eq!(permissions.required(&Method::GET).unwrap().as_str(), "item:read");
+    assert_eq!(permissions.required(&Method::POST), None);
+    assert_eq!(config.upstreams[1].url.to_string(), "http://localhost:2/base");
+}
+
+#[test]
+fn store_urls_resolve_against_the_config_folder() {
+    for (written, expected) in [
+        (
+            "sqlite://keys.db",
+            StoreUrl::Sqlite("/etc/keygate/keys.db".into()),
+        ),
+        (
+            "sqlite:data/keys.db",
+            StoreUrl::Sqlite("/etc/keygate/data/keys.db".into()),
+        ),
+        (
+            "sqlite:///var/lib/keys.db",
+            StoreUrl::Sqlite("/var/lib/keys.db".into()),
+        ),
+        (
+            "postgres://u@h/db",
+            StoreUrl::Postgres("postgres://u@h/db".into()),
+        ),
+        (
+            "postgresql://u@h/db",
+            StoreUrl::Postgres("postgresql://u@h/db".into()),
+        ),
+    ] {
+        let config = parse_ok(&format!("[store]\nurl = {written:?}\n"));
+        assert_eq!(config.store.url, expected, "{written}");
+    }
+}
+
+#[test]
+fn schemes_and_trusted_proxies_parse() {
+    let config = parse_ok(
+        "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.168.1.1\", \"::1\"]\n[auth]\nschemes = [\"bearer\"]\n",
+    );
+    assert!(!config.auth.basic && config.auth.bearer && config.auth.header.is_none());
+    let proxies: Vec<String> = config
+        .server
+        .trusted_proxies
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(proxies, ["10.0.0.0/8", "192.168.1.1/32", "::1/128"]);
+}
+
+#[test]
+fn warnings_are_sorted_longest_first() {
+    let config = parse_ok("[lifecycle]\nidle_expiry = \"90d\"\nwarn_before = [\"1d\", \"15d\", \"7d\"]\n");
+    let days: Vec<u64> = config
+        .lifecycle
+        .warn_before
+        .iter()
+        .map(|d| d.as_secs() / 86_400)
+        .collect();
+    assert_eq!(days, [15, 7, 1]);
+}
+
+/// Each mistake is reported with its field and the line it is on (1-based, counting the
+/// leading newline of the snippet as line 1).
+#[test]
+fn each_mistake_names_its_field_and_line() {
+    let cases: &[(&str, &str, usize)] = &[
+        ("\n[server]\nlisen = 1\n", "lisen", 3),
+        ("\n[server]\nlisten = \"8080\"\n", "server.listen", 3),
+        ("\n[server]\nenvironment = \"live\"\n", "server.environment", 3),
+        ("\n[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n", "server.trusted_proxies", 3),
+        ("\n[server]\nshutdown_grace = \"30\"\n", "server.shutdown_grace", 3),
+        ("\n[server]\nheader_read_timeout = \"0s\"\n", "server.header_read_timeout", 3),
+        ("\n[server]\nmax_headers = 0\n", "server.max_headers", 3),
+        ("\n[server]\ntls = { cert = \"c.pem\" }\n", "key", 3),
+        ("\n[admin]\ntoken_env = \"not a name\"\n", "admin.token_env", 3),
+        ("\n[store]\nurl = \"mysql://x\"\n", "store.url", 3),
+        ("\n[store]\nsync_interval = \"fast\"\n", "store.sync_interval", 3),
+        ("\n[auth]\nschemes = []\n", "auth.schemes", 3),
+        ("\n[auth]\nschemes = [\"basic\", \"digest\"]\n", "auth.schemes", 3),
+        ("\n[auth]\nschemes = [\"basic\", \"basic\"]\n", "auth.schemes", 3),
+        ("\n[auth]\nheader = \"Authorization\"\n", "auth.header", 3),
+        ("\n[auth]\nheader = \"bad header\"\n", "auth.header", 3),
+        ("\n[auth]\nrealm = 'a\"b'\n", "auth.realm", 3),
+        ("\n[auth]\nfailed_per_ip = \"30 per minute\"\n", "auth.failed_per_ip", 3),
+        ("\n[rate_limit]\ndefault = \"0/s\"\n", "rate_limit.default", 3),
+        ("\n[rate_limit]\nbackend = \"redis\"\n", "rate_limit.redis_url", 3),
+        ("\n[rate_limit]\nbackend = \"memcached\"\n", "rate_limit.backend", 3),
+        ("\n[lifecycle]\nwarn_before = [\"1d\"]\n", "lifecycle.warn_before", 3),
+        ("\n[lifecycle]\nidle_expiry = \"7d\"\nwarn_before = [\"7d\"]\n", "lifecycle.warn_before", 4),
+        ("\n[lifecycle]\nidle_expiry = \"9d\"\nwarn_before = [\"1d\", \"1d\"]\n", "lifecycle.warn_before", 4),
+        ("\n[lifecycle]\nwebhook = \"ftp://x\"\n", "lifecycle.webhook", 3),
+        ("\n[[upstream]]\nname = \"a\"\nurl = \"https://x\"\n", "upstream \"a\".url", 4),
+        ("\n[[upstream]]\nname = \"a\"\nurl = \"http://x/?q=1\"\n", "upstream \"a\".url", 4),
+        ("\n[[upstream]]\nname = \"a\"\n", "upstream \"a\".url", 2),
+        ("\n[[upstream]]\nname = \"a\"\nurl = \"http://x\"\n[[upstream]]\nname = \"a\"\nurl = \"http://y\"\n", "upstream \"a\".name", 6),
+    ];
+    for (source, field, line) in cases {
+        let found = problems(source);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.line == Some(*line) && (p.field.contains(field) || p.message.contains(field))),
+            "{source:?}: expected {field} on line {line}, got {found:?}"
+        );
+    }
+}
+
+#[test]
+fn route_mistakes_name_the_route_and_line() {
+    let route = |body: &str| format!("{MINIMAL}\n[[route]]\nname = \"r\"\nupstream = \"api\"\n{body}\n");
+    let body_line = MINIMAL.lines().count() + 5;
+    let cases: &[(&str, &str)] = &[
+        ("path = \"v1\"", "must start with"),
+        ("path = \"/v1//x\"", "empty segment"),
+        ("path = \"/v1/../x\"", "dot segment"),
+        ("path = \"/v1/%2F\"", "character"),
+        ("path = \"/{a}/{a}\"", "twice"),
+        ("path = \"/{a-b}\"", "parameter"),
+        ("path = \"/x\"\ncustomer_param = \"c\"", "no {c} segment"),
+        ("path = \"/x\"\nhost = \"a.com:443\"", "host name"),
+        ("path = \"/x\"\nenvironment = \"qa\"", "qa"),
+        ("path = \"/x\"\npermissions = {}", "at least one method"),
+        (
+            "path = \"/x\"\npermissions = { GET = \"read\" }",
+            "resource:action",
+        ),
+        (
+            "path = \"/x\"\npermissions = { \"G T\" = \"a:b\" }",
+            "not an HTTP method",
+        ),
+        (
+            "path = \"/x\"\npermissions = { GET = \"a:b\", get = \"a:c\" }",
+            "twice",
+        ),
+        ("path = \"/\"", "same host and path"),
+    ];
+    for (body, message) in cases {
+        let found = problems(&route(body));
+        assert!(
+            found.iter().any(|p| p.field.starts_with("route \"r\"")
+                && p.message.contains(message)
+                && p.line.is_some_and(|l| l >= body_line)),
+            "{body:?}: expected {message:?} at or after line {body_line}, got {found:?}"
+        );
+    }
+    let missing = problems(&format!("{MINIMAL}\n[[route]]\nname = \"r\"\n"));
+    let fields: Vec<&str> = missing.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["route \"r\".path", "route \"r\".upstream"]);
+    let unknown = problems(&format!(
+        "{MINIMAL}\n[[route]]\nname = \"r\"\npath = \"/x\"\nupstream = \"nope\"\n"
+    ));
+    assert_eq!(unknown[0].message, "no upstream named \"nope\"");
+}
+
+#[test]
+fn every_problem_is_reported_not_just_the_first() {
+    let error = parse(
+        "[server]\nlisten = \"x\"\n[store]\nsync_interval = \"y\"\n[auth]\nrealm = \"\"\n",
+        Path::new("."),
+    )
+    .unwrap_err();
+    assert_eq!(error.problems.len(), 3, "{error}");
+    let text = error.to_string();
+    assert_eq!(text.lines().count(), 3);
+    assert!(
+        text.lines()
+            .next()
+            .unwrap()
+            .starts_with("line 2: server.listen: "),
+        "{text}"
+    );
+}
+
+#[test]
+fn toml_syntax_errors_carry_their_line() {
+    let found = problems("[server]\nlisten = \"127.0.0.1:1\"\nenvironment = \n");
+    assert_eq!(found[0].line, Some(3), "{found:?}");
+}

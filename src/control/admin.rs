@@ -1,0 +1,134 @@
+//! The admin listener (control plane): `/healthz`, `/readyz`, `/metrics`, on its own port so
+//! the data plane's port exposes nothing but the proxied API.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::core::environment::Environment;
+use crate::core::key::KeyStatus;
+use crate::proxy::state::Shared;
+
+type AdminBody = Full<Bytes>;
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
+const PROMETHEUS: HeaderValue = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+
+pub struct Admin {
+    pub shared: Arc<Shared>,
+}
+
+impl Admin {
+    async fn handle(&self, request: Request<Incoming>) -> Response<AdminBody> {
+        match (request.method(), request.uri().path()) {
+            (&Method::GET | &Method::HEAD, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+            (&Method::GET | &Method::HEAD, "/readyz") => self.readyz(),
+            (&Method::GET | &Method::HEAD, "/metrics") => self.metrics(),
+            _ => json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into()),
+        }
+    }
+
+    fn readyz(&self) -> Response<AdminBody> {
+        let shared = &self.shared;
+        let ready = shared.sync.is_loaded();
+        let age = ready.then(|| {
+            let ms = shared.clock.now().as_millisecond() - shared.sync.last_success_ms();
+            ms.max(0) as f64 / 1000.0
+        });
+        let body = serde_json::json!({
+            "ready": ready,
+            "key_table_revision": shared.keys.revision(),
+            "keys": shared.keys.len(),
+            "last_sync_age_seconds": age,
+        });
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json(status, body.to_string().into())
+    }
+
+    fn metrics(&self) -> Response<AdminBody> {
+        self.update_key_gauge();
+        let mut response = Response::new(Full::new(Bytes::from(self.shared.metrics.encode())));
+        response.headers_mut().insert(CONTENT_TYPE, PROMETHEUS);
+        response
+    }
+
+    /// `keygate_keys` by environment and status, counted at scrape time: expiry changes the
+    /// status of a key without any write, so only a count at the moment is right.
+    fn update_key_gauge(&self) {
+        let now = self.shared.clock.now().as_second();
+        let mut counts = [[0i64; 3]; 3];
+        self.shared.keys.for_each(|key| {
+            let status = match (key.revoked, key.expires_at) {
+                (true, _) => 1,
+                (false, Some(at)) if at <= now => 2,
+                _ => 0,
+            };
+            counts[key.environment as usize][status] += 1;
+        });
+        let statuses = [KeyStatus::Active, KeyStatus::Revoked, KeyStatus::Expired];
+        for env in Environment::ALL {
+            for (i, status) in statuses.iter().enumerate() {
+                self.shared
+                    .metrics
+                    .keys
+                    .with_label_values(&[env.as_str(), status.as_str()])
+                    .set(counts[env as usize][i]);
+            }
+        }
+    }
+
+    /// Serves the admin API until `shutdown` resolves.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::error!(%error, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let admin = self.clone();
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(request).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let _ = watcher.watch(conn.into_owned()).await;
+            });
+        }
+        drop(listener);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
+    }
+}
+
+fn json(status: StatusCode, body: Bytes) -> Response<AdminBody> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, JSON);
+    response
+}

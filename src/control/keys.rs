@@ -1,0 +1,327 @@
+//! The key lifecycle (control plane): create, import, update, regenerate with grace, revoke,
+//! activate, delete, usage. The one place these rules live; the CLI and the admin API both call
+//! it, and neither talks to the store for key changes directly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use jiff::Timestamp;
+
+use super::store::{KeyFilter, NewKey, Store, StoreError, StoredKey, Usage};
+use crate::core::clock::Clock;
+use crate::core::environment::Environment;
+use crate::core::key::{new_key_id, KeyView, KeyWithSecret, RateLimitSpec, StoredStatus};
+use crate::core::permission::Permission;
+use crate::core::secret::{check_format, Format, Hasher, Secret};
+
+/// Longest grace period a regeneration may give the old secret.
+const MAX_GRACE: Duration = Duration::from_secs(30 * 86_400);
+const MAX_NAME_LEN: usize = 200;
+const MAX_CUSTOMER_LEN: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("no key with id {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl KeyError {
+    fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        KeyError::Invalid {
+            field,
+            message: message.into(),
+        }
+    }
+
+    fn from_store(error: StoreError, id: &str) -> Self {
+        match error {
+            StoreError::NotFound => KeyError::NotFound(id.to_owned()),
+            StoreError::Conflict(why) => KeyError::Conflict(why),
+            other => KeyError::Store(other),
+        }
+    }
+}
+
+/// Everything about a new key but its secret.
+#[derive(Debug, Clone)]
+pub struct KeySpec {
+    pub name: String,
+    pub environment: Environment,
+    pub permissions: Vec<Permission>,
+    pub rate_limit: Option<RateLimitSpec>,
+    pub customer_id: Option<String>,
+    pub allowed_ips: Vec<IpNet>,
+    pub expires_at: Option<Timestamp>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A partial update: `None` leaves a field as it is; `Some(None)` clears an optional one.
+#[derive(Debug, Clone, Default)]
+pub struct KeyPatch {
+    pub name: Option<String>,
+    pub permissions: Option<Vec<Permission>>,
+    pub rate_limit: Option<Option<RateLimitSpec>>,
+    pub customer_id: Option<Option<String>>,
+    pub allowed_ips: Option<Vec<IpNet>>,
+    pub expires_at: Option<Option<Timestamp>>,
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl KeyPatch {
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.permissions.is_none()
+            && self.rate_limit.is_none()
+            && self.customer_id.is_none()
+            && self.allowed_ips.is_none()
+            && self.expires_at.is_none()
+            && self.metadata.is_none()
+    }
+}
+
+#[derive(Clone)]
+pub struct KeyService {
+    store: Arc<Store>,
+    hasher: Hasher,
+    clock: Clock,
+}
+
+impl KeyService {
+    pub fn new(store: Arc<Store>, hasher: Hasher, clock: Clock) -> Self {
+        KeyService { store, hasher, clock }
+    }
+
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Creates a key with a new random secret, returned this once.
+    pub fn create(&self, spec: KeySpec) -> Result<KeyWithSecret, KeyError> {
+        let secret = Secret::generate(spec.environment);
+        let view = self.insert(spec, &secret)?;
+        Ok(KeyWithSecret {
+            view,
+            key: secret.expose().to_owned(),
+        })
+    }
+
+    /// Imports an existing secret as it is, so the clients that hold it keep working.
+    pub fn import(&self, spec: KeySpec, secret: Secret) -> Result<KeyView, KeyError> {
+        if let Format::Generated(env) = check_format(secret.expose().as_bytes()) {
+            if env != spec.environment {
+                return Err(KeyError::invalid(
+                    "key",
+                    format!("this kg_ key is for {env}; import it into that environment"),
+                ));
+            }
+        }
+        self.insert(spec, &secret)
+    }
+
+    fn insert(&self, spec: KeySpec, secret: &Secret) -> Result<KeyView, KeyError> {
+        let now = self.now();
+        validate_spec(&spec, now)?;
+        let id = new_key_id();
+        let stored = self
+            .store
+            .insert(&NewKey {
+                id: id.clone(),
+                name: spec.name,
+                environment: spec.environment,
+                hash: self.hasher.hash(secret.expose().as_bytes()),
+                prefix: secret.display_prefix(),
+                permissions: spec.permissions,
+                rate_limit: spec.rate_limit,
+                customer_id: spec.customer_id,
+                allowed_ips: spec.allowed_ips,
+                expires_at: spec.expires_at,
+                metadata: spec.metadata,
+                now,
+            })
+            .map_err(|e| KeyError::from_store(e, &id))?;
+        tracing::info!(key_id = %stored.id, environment = %stored.environment, "key created");
+        Ok(stored.view(now))
+    }
+
+    pub fn get(&self, id: &str) -> Result<KeyView, KeyError> {
+        let key = self.store.get(id).map_err(|e| KeyError::from_store(e, id))?;
+        match key {
+            Some(key) if key.status != StoredStatus::Deleted => Ok(key.view(self.now())),
+            _ => Err(KeyError::NotFound(id.to_owned())),
+        }
+    }
+
+    pub fn list(&self, filter: &KeyFilter) -> Result<Vec<KeyView>, KeyError> {
+        let now = self.now();
+        let keys = self.store.list(filter, now).map_err(KeyError::Store)?;
+        Ok(keys.iter().map(|key| key.view(now)).collect())
+    }
+
+    pub fn update(&self, id: &str, patch: KeyPatch) -> Result<KeyView, KeyError> {
+        if patch.is_empty() {
+            return Err(KeyError::invalid("body", "nothing to change"));
+        }
+        let now = self.now();
+        self.modify(id, "updated", |key| {
+            apply_patch(key, patch.clone(), now)?;
+            validate_spec(&spec_of(key), now)
+        })
+    }
+
+    /// A new secret for the same key. The old one stops at once, or after `grace`.
+    pub fn regenerate(&self, id: &str, grace: Option<Duration>) -> Result<KeyWithSecret, KeyError> {
+        if grace.is_some_and(|grace| grace > MAX_GRACE) {
+            return Err(KeyError::invalid("grace", "the grace period may be at most 30d"));
+        }
+        let now = self.now();
+        let mut secret = None;
+        let view = self.modify(id, "regenerated", |key| {
+            let new = Secret::generate(key.environment);
+            let old_hash = std::mem::replace(&mut key.hash, self.hasher.hash(new.expose().as_bytes()));
+            key.prefix = new.display_prefix();
+            match grace.filter(|grace| !grace.is_zero()) {
+                Some(grace) => {
+                    key.previous_hash = Some(old_hash);
+                    key.grace_until = Some(now + grace);
+                    key.previous_last_used_at = key.last_used_at;
+                }
+                None => {
+                    key.previous_hash = None;
+                    key.grace_until = None;
+                    key.previous_last_used_at = None;
+                }
+            }
+            secret = Some(new);
+            Ok(())
+        })?;
+        let secret = secret.expect("modify ran the change");
+        Ok(KeyWithSecret {
+            view,
+            key: secret.expose().to_owned(),
+        })
+    }
+
+    pub fn revoke(&self, id: &str) -> Result<KeyView, KeyError> {
+        self.set_status(id, StoredStatus::Revoked, "revoked")
+    }
+
+    pub fn activate(&self, id: &str) -> Result<KeyView, KeyError> {
+        self.set_status(id, StoredStatus::Active, "activated")
+    }
+
+    /// The key stops working for good; its row stays as a tombstone and its usage is kept.
+    pub fn delete(&self, id: &str) -> Result<(), KeyError> {
+        self.set_status(id, StoredStatus::Deleted, "deleted").map(drop)
+    }
+
+    pub fn usage(&self, id: &str) -> Result<Usage, KeyError> {
+        self.store.usage(id).map_err(|e| KeyError::from_store(e, id))
+    }
+
+    fn set_status(&self, id: &str, status: StoredStatus, event: &'static str) -> Result<KeyView, KeyError> {
+        self.modify(id, event, |key| {
+            key.status = status;
+            if status != StoredStatus::Active {
+                // A disabled key's old secret must not outlive it through a grace period.
+                key.previous_hash = None;
+                key.grace_until = None;
+            }
+            Ok(())
+        })
+    }
+
+    fn modify(
+        &self,
+        id: &str,
+        event: &'static str,
+        mut change: impl FnMut(&mut StoredKey) -> Result<(), KeyError>,
+    ) -> Result<KeyView, KeyError> {
+        let now = self.now();
+        let mut failure = None;
+        let result = self.store.modify(id, &mut |key| {
+            change(key).map_err(|e| {
+                failure = Some(e);
+                StoreError::Conflict(String::new())
+            })?;
+            key.updated_at = now;
+            Ok(())
+        });
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+        let key = result.map_err(|e| KeyError::from_store(e, id))?;
+        tracing::info!(key_id = %key.id, revision = key.revision, "key {event}");
+        Ok(key.view(now))
+    }
+}
+
+fn spec_of(key: &StoredKey) -> KeySpec {
+    KeySpec {
+        name: key.name.clone(),
+        environment: key.environment,
+        permissions: key.permissions.clone(),
+        rate_limit: key.rate_limit,
+        customer_id: key.customer_id.clone(),
+        allowed_ips: key.allowed_ips.clone(),
+        expires_at: None,
+        metadata: serde_json::Map::new(),
+    }
+}
+
+fn apply_patch(key: &mut StoredKey, patch: KeyPatch, now: Timestamp) -> Result<(), KeyError> {
+    if let Some(name) = patch.name {
+        key.name = name;
+    }
+    if let Some(permissions) = patch.permissions {
+        key.permissions = permissions;
+    }
+    if let Some(rate_limit) = patch.rate_limit {
+        key.rate_limit = rate_limit;
+    }
+    if let Some(customer_id) = patch.customer_id {
+        key.customer_id = customer_id;
+    }
+    if let Some(allowed_ips) = patch.allowed_ips {
+        key.allowed_ips = allowed_ips;
+    }
+    if let Some(expires_at) = patch.expires_at {
+        if expires_at.is_some_and(|at| at <= now) {
+            return Err(KeyError::invalid("expires_at", "must be in the future"));
+        }
+        key.expires_at = expires_at;
+    }
+    if let Some(metadata) = patch.metadata {
+        key.metadata = metadata;
+    }
+    Ok(())
+}
+
+fn validate_spec(spec: &KeySpec, now: Timestamp) -> Result<(), KeyError> {
+    let name = spec.name.trim();
+    if name.is_empty() || spec.name.len() > MAX_NAME_LEN || spec.name.chars().any(char::is_control) {
+        return Err(KeyError::invalid(
+            "name",
+            format!("must be 1 to {MAX_NAME_LEN} characters without control characters"),
+        ));
+    }
+    if let Some(customer) = &spec.customer_id {
+        let printable = customer.chars().all(|c| !c.is_control() && c != '/');
+        if customer.is_empty() || customer.len() > MAX_CUSTOMER_LEN || !printable {
+            return Err(KeyError::invalid(
+                "customer_id",
+                format!("must be 1 to {MAX_CUSTOMER_LEN} characters, without '/' or control characters"),
+            ));
+        }
+    }
+    if spec.expires_at.is_some_and(|at| at <= now) {
+        return Err(KeyError::invalid("expires_at", "must be in the future"));
+    }
+    Ok(())
+}

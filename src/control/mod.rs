@@ -1,0 +1,8 @@
+//! The control plane: the store, the sync that feeds the key table, the key lifecycle, usage
+//! flushing, the admin listener. Nothing here runs per proxied request.
+
+pub mod admin;
+pub mod keys;
+pub mod store;
+pub mod sync;
+pub mod usage;

@@ -1,0 +1,130 @@
+//! What the store holds for a key, and the changes the key service asks of it.
+
+use ipnet::IpNet;
+use jiff::Timestamp;
+
+use crate::core::environment::Environment;
+use crate::core::key::{KeyStatus, KeyView, RateLimitSpec, StoredStatus};
+use crate::core::permission::Permission;
+use crate::core::secret::KeyHash;
+
+/// One key row: the key object plus what only the store and the key table see.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredKey {
+    /// Internal sequence number: the key table's and usage counters' handle on the key.
+    pub seq: u64,
+    pub id: String,
+    pub name: String,
+    pub environment: Environment,
+    pub hash: KeyHash,
+    pub prefix: String,
+    pub permissions: Vec<Permission>,
+    pub rate_limit: Option<RateLimitSpec>,
+    pub customer_id: Option<String>,
+    pub allowed_ips: Vec<IpNet>,
+    pub expires_at: Option<Timestamp>,
+    pub status: StoredStatus,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub last_used_at: Option<Timestamp>,
+    /// The secret that a regeneration replaced, while its grace period runs.
+    pub previous_hash: Option<KeyHash>,
+    pub grace_until: Option<Timestamp>,
+    pub previous_last_used_at: Option<Timestamp>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The store revision of this row's last change.
+    pub revision: u64,
+}
+
+impl StoredKey {
+    pub fn status_at(&self, now: Timestamp) -> KeyStatus {
+        KeyStatus::of(self.status, self.expires_at, now)
+    }
+
+    /// The grace period is shown only while it runs.
+    fn grace_at(&self, now: Timestamp) -> Option<Timestamp> {
+        self.grace_until.filter(|until| *until > now)
+    }
+
+    pub fn view(&self, now: Timestamp) -> KeyView {
+        let grace_until = self.grace_at(now);
+        KeyView {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            environment: self.environment,
+            permissions: self.permissions.clone(),
+            rate_limit: self.rate_limit.map(RateLimitSpec::normalized),
+            customer_id: self.customer_id.clone(),
+            allowed_ips: self.allowed_ips.clone(),
+            expires_at: self.expires_at,
+            status: self.status_at(now),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            last_used_at: self.last_used_at,
+            prefix: self.prefix.clone(),
+            grace_until,
+            previous_last_used_at: grace_until.and(self.previous_last_used_at),
+            metadata: self.metadata.clone(),
+        }
+    }
+}
+
+/// A key to insert. The service has hashed the secret and chosen the id.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub id: String,
+    pub name: String,
+    pub environment: Environment,
+    pub hash: KeyHash,
+    pub prefix: String,
+    pub permissions: Vec<Permission>,
+    pub rate_limit: Option<RateLimitSpec>,
+    pub customer_id: Option<String>,
+    pub allowed_ips: Vec<IpNet>,
+    pub expires_at: Option<Timestamp>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub now: Timestamp,
+}
+
+/// Filters for listing keys; `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct KeyFilter {
+    pub environment: Option<Environment>,
+    pub status: Option<KeyStatus>,
+    pub customer_id: Option<String>,
+}
+
+/// Requests counted for one key since the last flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageDelta {
+    pub seq: u64,
+    /// Counted against the secret a regeneration replaced (during its grace period).
+    pub previous: bool,
+    pub requests: u64,
+    pub last_used_at: Timestamp,
+}
+
+/// A key's usage history.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Usage {
+    pub key_id: String,
+    pub last_used_at: Option<Timestamp>,
+    pub total_requests: u64,
+    pub days: Vec<DayUsage>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DayUsage {
+    /// `YYYY-MM-DD`, UTC.
+    pub date: String,
+    pub requests: u64,
+}
+
+/// The rows changed since a revision, and the revision they bring the reader to.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub keys: Vec<StoredKey>,
+    /// Rows that could not be read back, with why; skipped, never fatal.
+    pub bad_rows: Vec<String>,
+    pub revision: u64,
+}

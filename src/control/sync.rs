@@ -1,0 +1,140 @@
+//! Keeps the key table in step with the store (control plane → data plane).
+//!
+//! At start the whole table is loaded; then, every `store.sync_interval`, only the rows whose
+//! revision is past the table's. Each changed key is one O(1) upsert or removal, so a change to
+//! one key of a million rebuilds nothing. A row that cannot be read is logged, counted and
+//! skipped; the rest still apply.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::store::{Changes, Store, StoreError, StoredKey};
+use crate::core::clock::Clock;
+use crate::core::key::StoredStatus;
+use crate::core::permission::{Permission, PermissionSet};
+use crate::proxy::state::SyncStatus;
+use crate::proxy::table::{AuthKey, KeyTable, PreviousSecret};
+use crate::telemetry::Metrics;
+
+pub struct KeySync {
+    store: Arc<Store>,
+    table: Arc<KeyTable>,
+    status: Arc<SyncStatus>,
+    metrics: Metrics,
+    clock: Clock,
+    /// Keys mostly share a few permission sets; each distinct set is kept once.
+    interned: Mutex<HashMap<Vec<Permission>, Arc<PermissionSet>>>,
+}
+
+impl KeySync {
+    pub fn new(
+        store: Arc<Store>,
+        table: Arc<KeyTable>,
+        status: Arc<SyncStatus>,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> Self {
+        KeySync {
+            store,
+            table,
+            status,
+            metrics,
+            clock,
+            interned: Mutex::default(),
+        }
+    }
+
+    /// Pulls and applies the changes since the table's revision. Blocking: call it from a
+    /// blocking thread.
+    pub fn sync_once(&self) -> Result<usize, StoreError> {
+        let changes = self.store.changes_since(self.table.revision());
+        match changes {
+            Ok(changes) => {
+                let applied = self.apply(changes);
+                self.status.record_success(self.clock.now().as_millisecond());
+                self.metrics
+                    .key_table_last_sync
+                    .set(self.clock.now().as_millisecond() as f64 / 1000.0);
+                Ok(applied)
+            }
+            Err(error) => {
+                self.metrics.store_sync_errors.inc();
+                Err(error)
+            }
+        }
+    }
+
+    fn apply(&self, changes: Changes) -> usize {
+        for why in &changes.bad_rows {
+            self.metrics.store_sync_errors.inc();
+            tracing::error!(error = %why, "skipping a key row the store holds in a form keygate cannot read");
+        }
+        let applied = changes.keys.len();
+        for key in changes.keys {
+            match self.auth_key(&key) {
+                Some(auth) => self.table.upsert(auth),
+                None => self.table.remove(key.seq),
+            }
+        }
+        self.table.set_revision(changes.revision);
+        self.metrics.key_table_revision.set(changes.revision as i64);
+        applied
+    }
+
+    /// The hot path's view of a stored key; `None` for a deleted one.
+    fn auth_key(&self, key: &StoredKey) -> Option<AuthKey> {
+        if key.status == StoredStatus::Deleted {
+            return None;
+        }
+        let previous = match (key.previous_hash, key.grace_until) {
+            (Some(hash), Some(until)) => Some(PreviousSecret {
+                hash,
+                until: until.as_second(),
+            }),
+            _ => None,
+        };
+        Some(AuthKey {
+            seq: key.seq,
+            id: key.id.as_str().into(),
+            hash: key.hash,
+            environment: key.environment,
+            revoked: key.status == StoredStatus::Revoked,
+            expires_at: key.expires_at.map(|at| at.as_second()),
+            permissions: self.intern(&key.permissions),
+            rate_limit: key.rate_limit,
+            customer_id: key.customer_id.as_deref().map(Into::into),
+            allowed_ips: key.allowed_ips.clone().into_boxed_slice(),
+            previous,
+        })
+    }
+
+    fn intern(&self, permissions: &[Permission]) -> Arc<PermissionSet> {
+        let mut interned = self.interned.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(set) = interned.get(permissions) {
+            return set.clone();
+        }
+        let set = Arc::new(PermissionSet::new(permissions.to_vec()));
+        interned.insert(permissions.to_vec(), set.clone());
+        set
+    }
+
+    /// Syncs every `interval` until the task is dropped. Failures are logged and counted; the
+    /// table keeps serving what it has.
+    pub async fn run(self: Arc<Self>, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let sync = self.clone();
+            match tokio::task::spawn_blocking(move || sync.sync_once()).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(applied)) => {
+                    tracing::info!(applied, revision = self.table.revision(), "key changes synced")
+                }
+                Ok(Err(error)) => tracing::warn!(%error, "key sync failed; serving the last table"),
+                Err(panic) => tracing::error!(%panic, "key sync task failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The API key object of SPEC section 2: what the CLI prints, the admin API returns and the store
+//! keeps (less the hash). Shared by both planes.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use jiff::Timestamp;
+use rand::distr::{Alphanumeric, SampleString};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::environment::Environment;
+use super::permission::Permission;
+use super::units::{format_duration, parse_duration, Rate};
+
+/// A key's public id: `key_` and 20 base62 characters.
+pub fn new_key_id() -> String {
+    format!("key_{}", Alphanumeric.sample_string(&mut rand::rng(), 20))
+}
+
+/// A key's own rate limit: `requests` per `per`, with bursts of up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    pub requests: NonZeroU32,
+    #[serde(serialize_with = "ser_duration", deserialize_with = "de_duration")]
+    pub per: Duration,
+    #[serde(default)]
+    pub burst: Option<NonZeroU32>,
+}
+
+impl RateLimitSpec {
+    pub fn from_rate(rate: Rate, burst: Option<NonZeroU32>) -> Self {
+        RateLimitSpec {
+            requests: rate.requests,
+            per: rate.per,
+            burst,
+        }
+    }
+
+    /// The burst, defaulting to one period's worth of requests.
+    pub fn burst(&self) -> NonZeroU32 {
+        self.burst.unwrap_or(self.requests)
+    }
+
+    pub fn rate(&self) -> Rate {
+        Rate {
+            requests: self.requests,
+            per: self.per,
+        }
+    }
+
+    /// The normal form, with the burst spelled out, as returned to clients.
+    pub fn normalized(self) -> Self {
+        RateLimitSpec {
+            burst: Some(self.burst()),
+            ..self
+        }
+    }
+}
+
+fn ser_duration<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format_duration(*duration))
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    let duration = parse_duration(&text).map_err(serde::de::Error::custom)?;
+    if duration.is_zero() {
+        return Err(serde::de::Error::custom("the period must be longer than zero"));
+    }
+    Ok(duration)
+}
+
+/// The status a key is stored with. `expired` is not stored: it follows from `expires_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoredStatus {
+    Active,
+    Revoked,
+    Deleted,
+}
+
+impl StoredStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoredStatus::Active => "active",
+            StoredStatus::Revoked => "revoked",
+            StoredStatus::Deleted => "deleted",
+        }
+    }
+}
+
+impl FromStr for StoredStatus {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "active" => Ok(StoredStatus::Active),
+            "revoked" => Ok(StoredStatus::Revoked),
+            "deleted" => Ok(StoredStatus::Deleted),
+            other => Err(format!("unknown stored key status {other:?}")),
+        }
+    }
+}
+
+/// The status a key shows at a given instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    Active,
+    Revoked,
+    Expired,
+    Deleted,
+}
+
+impl KeyStatus {
+    pub const ALL: [KeyStatus; 4] = [
+        KeyStatus::Active,
+        KeyStatus::Revoked,
+        KeyStatus::Expired,
+        KeyStatus::Deleted,
+    ];
+
+    pub fn of(stored: StoredStatus, expires_at: Option<Timestamp>, now: Timestamp) -> KeyStatus {
+        match stored {
+            StoredStatus::Deleted => KeyStatus::Deleted,
+            StoredStatus::Revoked => KeyStatus::Revoked,
+            StoredStatus::Active if expires_at.is_some_and(|at| at <= now) => KeyStatus::Expired,
+            StoredStatus::Active => KeyStatus::Active,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Revoked => "revoked",
+            KeyStatus::Expired => "expired",
+            KeyStatus::Deleted => "deleted",
+        }
+    }
+}
+
+impl FromStr for KeyStatus {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
+            .ok_or_else(|| format!("unknown status {text:?} (expected active, revoked, expired or deleted)"))
+    }
+}
+
+impl fmt::Display for KeyStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The key object of SPEC section 2, as shown to operators. Never holds the secret; `key` is
+/// added beside it only in the answers to create and regenerate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyView {
+    pub id: String,
+    pub name: String,
+    pub environment: Environment,
+    pub permissions: Vec<Permission>,
+    pub rate_limit: Option<RateLimitSpec>,
+    pub customer_id: Option<String>,
+    pub allowed_ips: Vec<IpNet>,
+    pub expires_at: Option<Timestamp>,
+    pub status: KeyStatus,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub last_used_at: Option<Timestamp>,
+    pub prefix: String,
+    pub grace_until: Option<Timestamp>,
+    pub previous_last_used_at: Option<Timestamp>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A key view with its secret, for the one answer that shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyWithSecret {
+    #[serde(flatten)]
+    pub view: KeyView,
+    /// The secret, shown this once.
+    pub key: String,
+}

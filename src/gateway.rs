@@ -1,0 +1,186 @@
+//! Assembles a running gateway from a validated config: the store, the key table and its sync,
+//! usage flushing, the admin listener and the proxy listener. The one place both planes meet.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::control::admin::Admin;
+use crate::control::store::{self, Store};
+use crate::control::sync::KeySync;
+use crate::control::usage::UsageFlusher;
+use crate::core::clock::{system_clock, Clock};
+use crate::core::secret::Hasher;
+use crate::proxy::server;
+use crate::proxy::state::Shared;
+use crate::proxy::table::KeyTable;
+use crate::telemetry::Metrics;
+
+/// A gateway serving on its listeners until [`Gateway::shutdown`].
+pub struct Gateway {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    pub store: Arc<Store>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    servers: Vec<JoinHandle<()>>,
+    flusher: Arc<UsageFlusher>,
+    sync: Arc<KeySync>,
+}
+
+/// Reads the pepper from the environment variable the config names. A named but unset
+/// variable is an error: every key would hash differently and fail.
+pub fn hasher_from_env(config: &Config) -> anyhow::Result<Hasher> {
+    match &config.store.pepper_env {
+        None => Ok(Hasher::unkeyed()),
+        Some(name) => match std::env::var(name) {
+            Ok(pepper) if !pepper.is_empty() => Ok(Hasher::with_pepper(pepper.as_bytes())),
+            _ => anyhow::bail!("store.pepper_env names {name}, but that environment variable is not set"),
+        },
+    }
+}
+
+impl Gateway {
+    /// Opens the store, loads the key table, binds both listeners and starts serving.
+    pub async fn start(config: Config, hasher: Hasher) -> anyhow::Result<Gateway> {
+        Self::start_with_clock(config, hasher, system_clock()).await
+    }
+
+    pub async fn start_with_clock(config: Config, hasher: Hasher, clock: Clock) -> anyhow::Result<Gateway> {
+        let config = Arc::new(config);
+        let tls = config.server.tls.as_ref().map(server::tls_acceptor).transpose()?;
+        let store_url = config.store.url.clone();
+        let store = tokio::task::spawn_blocking(move || store::open(&store_url))
+            .await
+            .context("store open task failed")??;
+        let store = Arc::new(store);
+        let metrics = Metrics::new();
+        let keys = Arc::new(KeyTable::default());
+        let shared = Arc::new(Shared::new(
+            config.clone(),
+            keys.clone(),
+            hasher,
+            metrics.clone(),
+            clock.clone(),
+        ));
+        let sync = Arc::new(KeySync::new(
+            store.clone(),
+            keys,
+            shared.sync.clone(),
+            metrics.clone(),
+            clock,
+        ));
+
+        let loader = sync.clone();
+        let started = std::time::Instant::now();
+        tokio::task::spawn_blocking(move || loader.sync_once())
+            .await
+            .context("key table load task failed")?
+            .context("cannot load the key table")?;
+        tracing::info!(keys = shared.keys.len(), revision = shared.keys.revision(), elapsed = ?started.elapsed(), "key table loaded");
+
+        let proxy = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
+        let admin = TcpListener::bind(config.admin.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin.listen)", config.admin.listen))?;
+        let proxy_addr = proxy.local_addr()?;
+        let admin_addr = admin.local_addr()?;
+
+        let (stop, _) = watch::channel(false);
+        let stopped = |stop: &watch::Sender<bool>| {
+            let mut rx = stop.subscribe();
+            async move {
+                let _ = rx.wait_for(|stopped| *stopped).await;
+            }
+        };
+        let flusher = Arc::new(UsageFlusher {
+            store: store.clone(),
+            counters: shared.usage.clone(),
+            metrics: metrics.clone(),
+        });
+        let tasks = vec![
+            tokio::spawn(sync.clone().run(config.store.sync_interval)),
+            tokio::spawn(flusher.clone().run(config.store.usage_flush_interval)),
+            tokio::spawn(housekeeping(shared.clone())),
+        ];
+        let admin_server = Arc::new(Admin {
+            shared: shared.clone(),
+        });
+        let servers = vec![
+            tokio::spawn(admin_server.serve(admin, stopped(&stop))),
+            tokio::spawn(server::serve(proxy, shared.clone(), tls, stopped(&stop))),
+        ];
+        tracing::info!(%proxy_addr, %admin_addr, "keygate serving");
+        Ok(Gateway {
+            proxy_addr,
+            admin_addr,
+            shared,
+            store,
+            stop,
+            tasks,
+            servers,
+            flusher,
+            sync,
+        })
+    }
+
+    /// Replaces routes, upstreams and limits. Listen addresses and the store need a restart.
+    pub fn reload(&self, config: Config) {
+        let current = &self.shared.snapshot.load().config;
+        if config.server.listen != current.server.listen || config.admin.listen != current.admin.listen {
+            tracing::warn!("listen addresses changed in the config; they take effect at the next restart");
+        }
+        if config.store.url != current.store.url {
+            tracing::warn!("store.url changed in the config; it takes effect at the next restart");
+        }
+        self.shared.reload(Arc::new(config));
+        tracing::info!("config reloaded");
+    }
+
+    /// Pulls key changes now rather than at the next interval (tests, admin actions).
+    pub async fn sync_now(&self) -> anyhow::Result<()> {
+        let sync = self.sync.clone();
+        tokio::task::spawn_blocking(move || sync.sync_once()).await??;
+        Ok(())
+    }
+
+    /// Writes counted usage now.
+    pub async fn flush_usage(&self) {
+        let flusher = self.flusher.clone();
+        let _ = tokio::task::spawn_blocking(move || flusher.flush()).await;
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to `server.shutdown_grace`), and
+    /// writes the last usage counts.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for server in self.servers {
+            let _ = server.await;
+        }
+        for task in &self.tasks {
+            task.abort();
+        }
+        let flusher = self.flusher.clone();
+        let _ = tokio::task::spawn_blocking(move || flusher.flush()).await;
+        tracing::info!("keygate stopped");
+    }
+}
+
+/// Trims per-IP and per-key limiter state now and then, so it tracks only recent clients.
+async fn housekeeping(shared: Arc<Shared>) {
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        ticker.tick().await;
+        shared.snapshot.load().ip_throttle.forget_idle();
+        let keys = shared.keys.clone();
+        shared.key_limits.retain(|seq| keys.contains(seq));
+    }
+}

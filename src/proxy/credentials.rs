@@ -1,0 +1,260 @@
+//! Step 2 of the request path: finding the API key in a request (data plane).
+//!
+//! Basic (the password is the key; the username is ignored), Bearer, and a dedicated header,
+//! each switchable. More than one credential, or a repeated header, is refused as ambiguous: a
+//! gateway and its upstream must never disagree about which key a request carries.
+
+use base64::Engine;
+use http::header::{HeaderMap, HeaderName, AUTHORIZATION};
+
+/// Which schemes the gateway accepts, from the `[auth]` config.
+#[derive(Debug, Clone)]
+pub struct Schemes {
+    pub basic: bool,
+    pub bearer: bool,
+    pub header: Option<HeaderName>,
+}
+
+/// Where the key came from: decides which header is stripped before forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Authorization,
+    Header,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialError {
+    /// No credential at all.
+    Missing,
+    /// A credential that cannot be decoded.
+    Malformed,
+    /// Repeated or competing credentials: refused with 400.
+    Ambiguous,
+}
+
+/// Longest credential header considered; a key is at most 256 characters.
+const MAX_CREDENTIAL_LEN: usize = 1024;
+
+/// Space for a decoded Basic credential, so decoding needs no allocation.
+pub type DecodeBuf = [u8; MAX_CREDENTIAL_LEN];
+
+/// Finds the key in `headers`. A Basic credential is decoded into `buf`.
+pub fn extract<'a>(
+    headers: &'a HeaderMap,
+    schemes: &Schemes,
+    buf: &'a mut DecodeBuf,
+) -> Result<(&'a [u8], Source), CredentialError> {
+    let from_authorization = authorization(headers, schemes, buf)?;
+    let from_header = match &schemes.header {
+        Some(name) => single(headers, name)?,
+        None => None,
+    };
+    match (from_authorization, from_header) {
+        (Some(key), None) => Ok((key, Source::Authorization)),
+        (None, Some(key)) => Ok((key, Source::Header)),
+        (Some(_), Some(_)) => Err(CredentialError::Ambiguous),
+        (None, None) => Err(CredentialError::Missing),
+    }
+}
+
+/// The one value of a header, if present; repeated headers are ambiguous.
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a [u8]>, CredentialError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(CredentialError::Ambiguous);
+    }
+    Ok(first.map(|value| value.as_bytes()))
+}
+
+/// The key in `Authorization`, if it uses an enabled scheme. Other schemes are left alone: that
+/// header may be meant for the upstream.
+fn authorization<'a>(
+    headers: &'a HeaderMap,
+    schemes: &Schemes,
+    buf: &'a mut DecodeBuf,
+) -> Result<Option<&'a [u8]>, CredentialError> {
+    let Some(value) = single(headers, &AUTHORIZATION)? else {
+        return Ok(None);
+    };
+    let Some((scheme, rest)) = split_scheme(value) else {
+        return Ok(None);
+    };
+    if schemes.basic && scheme.eq_ignore_ascii_case(b"basic") {
+        return basic_password(rest, buf).map(Some);
+    }
+    if schemes.bearer && scheme.eq_ignore_ascii_case(b"bearer") {
+        return non_empty(rest).map(Some);
+    }
+    Ok(None)
+}
+
+fn split_scheme(value: &[u8]) -> Option<(&[u8], &[u8])> {
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    Some((scheme, trim(rest)))
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
+}
+
+fn non_empty(bytes: &[u8]) -> Result<&[u8], CredentialError> {
+    if bytes.is_empty() || bytes.len() > MAX_CREDENTIAL_LEN {
+        Err(CredentialError::Malformed)
+    } else {
+        Ok(bytes)
+    }
+}
+
+/// `base64(user:password)` → password.
+fn basic_password<'a>(encoded: &[u8], buf: &'a mut DecodeBuf) -> Result<&'a [u8], CredentialError> {
+    if encoded.len() > MAX_CREDENTIAL_LEN * 4 / 3 {
+        return Err(CredentialError::Malformed);
+    }
+    let len = base64::engine::general_purpose::STANDARD
+        .decode_slice(encoded, buf)
+        .map_err(|_| CredentialError::Malformed)?;
+    let decoded = &buf[..len];
+    let colon = decoded
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or(CredentialError::Malformed)?;
+    non_empty(&decoded[colon + 1..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::STANDARD;
+
+    fn all_schemes() -> Schemes {
+        Schemes {
+            basic: true,
+            bearer: true,
+            header: Some(HeaderName::from_static("x-api-key")),
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    fn basic(user_pass: &str) -> String {
+        format!("Basic {}", STANDARD.encode(user_pass))
+    }
+
+    fn run(pairs: &[(&str, &str)], schemes: &Schemes) -> Result<(Vec<u8>, Source), CredentialError> {
+        let map = headers(pairs);
+        let mut buf = [0; MAX_CREDENTIAL_LEN];
+        extract(&map, schemes, &mut buf).map(|(key, source)| (key.to_vec(), source))
+    }
+
+    #[test]
+    fn keys_are_found_in_every_enabled_scheme() {
+        let basic_x = basic("X:secret-key");
+        let basic_empty_user = basic(":secret-key");
+        let basic_colon_in_key = basic("API:secret:key");
+        for (pairs, key, source) in [
+            (
+                vec![("authorization", basic_x.as_str())],
+                "secret-key",
+                Source::Authorization,
+            ),
+            (
+                vec![("authorization", basic_empty_user.as_str())],
+                "secret-key",
+                Source::Authorization,
+            ),
+            (
+                vec![("authorization", basic_colon_in_key.as_str())],
+                "secret:key",
+                Source::Authorization,
+            ),
+            (
+                vec![("authorization", "Bearer secret-key")],
+                "secret-key",
+                Source::Authorization,
+            ),
+            (
+                vec![("authorization", "bearer  secret-key ")],
+                "secret-key",
+                Source::Authorization,
+            ),
+            (vec![("x-api-key", "secret-key")], "secret-key", Source::Header),
+        ] {
+            assert_eq!(
+                run(&pairs, &all_schemes()),
+                Ok((key.as_bytes().to_vec(), source)),
+                "{pairs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn broken_credentials_are_malformed() {
+        let no_colon = format!("Basic {}", STANDARD.encode("no-colon"));
+        let empty_password = basic("user:");
+        for value in ["Basic !!!", no_colon.as_str(), empty_password.as_str(), "Bearer "] {
+            assert_eq!(
+                run(&[("authorization", value)], &all_schemes()),
+                Err(CredentialError::Malformed),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn repeated_or_competing_credentials_are_ambiguous() {
+        for pairs in [
+            vec![
+                ("authorization", "Bearer a-key-000000000"),
+                ("authorization", "Bearer b-key-000000000"),
+            ],
+            vec![("x-api-key", "a"), ("x-api-key", "b")],
+            vec![("authorization", "Bearer a-key-000000000"), ("x-api-key", "b")],
+        ] {
+            assert_eq!(
+                run(&pairs, &all_schemes()),
+                Err(CredentialError::Ambiguous),
+                "{pairs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn disabled_or_foreign_schemes_leave_authorization_alone() {
+        let header_only = Schemes {
+            basic: false,
+            bearer: false,
+            header: Some(HeaderName::from_static("x-api-key")),
+        };
+        assert_eq!(
+            run(&[("authorization", "Bearer upstream-token")], &header_only),
+            Err(CredentialError::Missing)
+        );
+        assert_eq!(
+            run(
+                &[("authorization", "Digest abc"), ("x-api-key", "secret-key")],
+                &all_schemes()
+            ),
+            Ok((b"secret-key".to_vec(), Source::Header))
+        );
+        assert_eq!(run(&[], &all_schemes()), Err(CredentialError::Missing));
+    }
+}

@@ -1,0 +1,21 @@
+//! The data plane: everything a proxied request touches. It reads the key table, the config
+//! snapshot and the metrics; it never imports the store or the admin code.
+
+pub mod client_ip;
+pub mod credentials;
+pub mod error;
+pub mod forward;
+pub mod limits;
+pub mod path;
+pub mod pipeline;
+pub mod router;
+pub mod server;
+pub mod state;
+pub mod table;
+pub mod usage;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+
+/// Response bodies: the upstream's, streamed, or the gateway's own small JSON.
+pub type Body = Either<hyper::body::Incoming, Full<Bytes>>;

@@ -1,0 +1,438 @@
+//! The request path: one function of named steps, in the order of SPEC section 1 (data plane).
+//!
+//! ```text
+//!  request ─▶ 0 sanity ─▶ 1 route ─▶ 2 credential ─▶ 3 lookup ─▶ 4 environment
+//!          ─▶ 5 client IP ─▶ 6 permission ─▶ 7 customer ─▶ 8 rate limit ─▶ 9 forward
+//!                                         (every exit) ─▶ log + metrics
+//! ```
+//!
+//! - 0: the method and path are put in one form (or refused with 400) before anything reads
+//!   them, so the path that is routed and checked is the one that is forwarded.
+//! - 1 comes first because the route decides the environment, the permission and the upstream.
+//! - 2 begins with the failed-auth throttle: an IP over its allowance gets 429 before any key is
+//!   parsed or looked up, so key scanning costs the gateway as little as possible. A malformed
+//!   key (bad checksum) is refused before the lookup.
+//! - 3 and 4 both answer with the one identical 401, so a caller cannot tell an unknown key from
+//!   a revoked one or one of another environment.
+//! - 5 to 7 are the key's restrictions, cheapest first; they answer 403.
+//! - 8 comes last of the checks so that a request refused for another reason does not spend the
+//!   key's allowance.
+//! - 9 forwards; the final phase (access log, metrics) runs for every request, whatever step it
+//!   stopped at.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
+use http::{Request, Response, StatusCode};
+use http_body_util::Either;
+use hyper::body::Incoming;
+
+use super::client_ip::client_ip;
+use super::credentials::{self, CredentialError, Source};
+use super::error::{AuthFailure, BadRequest, Denial, Refusal};
+use super::forward::{self, method_is_canonical, Credentials, Identity, X_REQUEST_ID};
+use super::limits::{Decision, LimitState};
+use super::path::{decode_segment, normalize};
+use super::state::{RouteState, Shared, Snapshot};
+use super::table::{AuthKey, Secret};
+use super::Body;
+use crate::core::secret::{check_format, Format};
+
+/// Where a connection comes from.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+/// What one request carries through the steps, for the final phase.
+struct Context {
+    start: Instant,
+    request_id: HeaderValue,
+    client: IpAddr,
+    route: Option<usize>,
+    key: Option<Arc<AuthKey>>,
+    limit: Option<LimitState>,
+    upstream_time: Option<Duration>,
+    /// The cause of a refusal, for the log.
+    reason: Option<&'static str>,
+}
+
+/// A request that passed every check.
+struct Admitted {
+    route: usize,
+    key: Arc<AuthKey>,
+    uri: http::Uri,
+    source: Source,
+}
+
+/// Answers one request. Never fails: every refusal is a response.
+pub async fn handle(shared: &Shared, peer: Peer, request: Request<Incoming>) -> Response<Body> {
+    let snapshot = shared.snapshot.load_full();
+    let mut ctx = Context {
+        start: Instant::now(),
+        request_id: request_id(&request),
+        client: client_ip(
+            peer.addr.ip(),
+            request.headers(),
+            &snapshot.config.server.trusted_proxies,
+        ),
+        route: None,
+        key: None,
+        limit: None,
+        upstream_time: None,
+        reason: None,
+    };
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = match admit(shared, &snapshot, &mut ctx, &request) {
+        Ok(admitted) => forward(shared, &snapshot, &mut ctx, peer, admitted, request).await,
+        Err(refusal) => Err(refusal),
+    };
+    let response = match response {
+        Ok(response) => response,
+        Err(refusal) => refuse(shared, &snapshot, &mut ctx, refusal),
+    };
+    finish(shared, &snapshot, &ctx, &method, &path, response)
+}
+
+/// Steps 0 to 8 alone, without forwarding, logging or metrics: the gateway's verdict on a
+/// request. For benchmarks and checks of the decision itself.
+pub fn decide<B>(shared: &Shared, peer: Peer, request: &Request<B>) -> Result<(), Refusal> {
+    let snapshot = shared.snapshot.load();
+    let mut ctx = Context {
+        start: Instant::now(),
+        request_id: HeaderValue::from_static("-"),
+        client: client_ip(
+            peer.addr.ip(),
+            request.headers(),
+            &snapshot.config.server.trusted_proxies,
+        ),
+        route: None,
+        key: None,
+        limit: None,
+        upstream_time: None,
+        reason: None,
+    };
+    admit(shared, &snapshot, &mut ctx, request).map(drop)
+}
+
+/// Steps 0 to 8.
+fn admit<B>(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    ctx: &mut Context,
+    request: &Request<B>,
+) -> Result<Admitted, Refusal> {
+    // 0: one form for the method and the path.
+    if !method_is_canonical(request.method()) {
+        return Err(Refusal::BadRequest(BadRequest::Method));
+    }
+    let path = normalize(request.uri().path()).map_err(|_| Refusal::BadRequest(BadRequest::AmbiguousPath))?;
+
+    // 1: the route.
+    let host = request_host(request);
+    let matched = snapshot.router.route(host, &path).ok_or(Refusal::NoRoute)?;
+    ctx.route = Some(matched.route);
+    let route = &snapshot.routes[matched.route];
+    check_freshness(shared, snapshot)?;
+
+    // 2: the credential, unless this IP has failed too often.
+    if let Some(retry_after) = snapshot.ip_throttle.throttled(ctx.client) {
+        return Err(Refusal::IpThrottled { retry_after });
+    }
+    let mut buf = [0; 1024];
+    let (secret, source) =
+        credentials::extract(request.headers(), &snapshot.schemes, &mut buf).map_err(|e| match e {
+            CredentialError::Missing => Refusal::Unauthenticated(AuthFailure::Missing),
+            CredentialError::Malformed => Refusal::Unauthenticated(AuthFailure::Malformed),
+            CredentialError::Ambiguous => Refusal::BadRequest(BadRequest::AmbiguousCredentials),
+        })?;
+    if check_format(secret) == Format::Malformed {
+        return Err(Refusal::Unauthenticated(AuthFailure::Malformed));
+    }
+
+    // 3: the key, and whether it may be used now.
+    let hash = shared.hasher().hash(secret);
+    let (key, which) = shared
+        .keys
+        .lookup(&hash)
+        .ok_or(Refusal::Unauthenticated(AuthFailure::Unknown))?;
+    let now = shared.clock.now().as_second();
+    usable(&key, which, now)?;
+
+    // 4: the key's environment is the route's.
+    if key.environment != route.environment {
+        return Err(Refusal::Unauthenticated(AuthFailure::WrongEnvironment));
+    }
+    let previous = matches!(which, Secret::Previous { .. });
+    shared.record_use(&key, previous, now, snapshot.config.metrics.per_key);
+    ctx.key = Some(key.clone());
+
+    // 5: the client IP.
+    if !key.allowed_ips.is_empty() && !key.allowed_ips.iter().any(|net| net.contains(&ctx.client)) {
+        return Err(Refusal::Denied(Denial::Ip));
+    }
+
+    // 6: the permission the route requires for this method.
+    check_permission(route, &key, request.method())?;
+
+    // 7: a customer-scoped key reaches only its own customer.
+    if let (Some(own), true) = (&key.customer_id, route.has_customer_param) {
+        let asked = matched.customer.map(decode_segment);
+        if asked.as_deref() != Some(&**own) {
+            return Err(Refusal::Denied(Denial::Customer));
+        }
+    }
+
+    // 8: the key's rate limit.
+    let spec = key.rate_limit.unwrap_or(snapshot.default_limit);
+    match shared.key_limits.check(key.seq, &spec) {
+        Decision::Allowed(state) => ctx.limit = Some(state),
+        Decision::Limited { state, retry_after } => {
+            ctx.limit = Some(state);
+            return Err(Refusal::RateLimited { state, retry_after });
+        }
+    }
+
+    let upstream = &snapshot.upstreams[route.upstream].0;
+    let uri = upstream
+        .uri(&path, request.uri().query())
+        .map_err(|_| Refusal::BadRequest(BadRequest::AmbiguousPath))?;
+    Ok(Admitted {
+        route: matched.route,
+        key,
+        uri,
+        source,
+    })
+}
+
+fn usable(key: &AuthKey, which: Secret, now: i64) -> Result<(), Refusal> {
+    if key.revoked {
+        return Err(Refusal::Unauthenticated(AuthFailure::Revoked));
+    }
+    if key.expires_at.is_some_and(|at| at <= now) {
+        return Err(Refusal::Unauthenticated(AuthFailure::Expired));
+    }
+    match which {
+        Secret::Previous { until } if until <= now => Err(Refusal::Unauthenticated(AuthFailure::Unknown)),
+        Secret::Current | Secret::Previous { .. } => Ok(()),
+    }
+}
+
+fn check_permission(route: &RouteState, key: &AuthKey, method: &http::Method) -> Result<(), Refusal> {
+    let Some(permissions) = &route.permissions else {
+        return Ok(());
+    };
+    match permissions.required(method) {
+        Some(required) if key.permissions.grants(required) => Ok(()),
+        required => Err(Refusal::MissingPermission(required.cloned())),
+    }
+}
+
+/// Fails closed once the key table is older than `store.max_staleness`.
+fn check_freshness(shared: &Shared, snapshot: &Snapshot) -> Result<(), Refusal> {
+    let Some(max) = snapshot.config.store.max_staleness else {
+        return Ok(());
+    };
+    let age_ms = shared.clock.now().as_millisecond() - shared.sync.last_success_ms();
+    if age_ms > max.as_millis() as i64 {
+        return Err(Refusal::Stale);
+    }
+    Ok(())
+}
+
+/// Step 9.
+async fn forward(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    ctx: &mut Context,
+    peer: Peer,
+    admitted: Admitted,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Refusal> {
+    let route = &snapshot.routes[admitted.route];
+    if let Some(max) = snapshot.config.server.max_request_body {
+        let declared = request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > max) {
+            return Err(Refusal::TooLarge);
+        }
+    }
+    let key = &admitted.key;
+    let host = request.headers().get(HOST).cloned().or_else(|| {
+        request
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let identity = Identity {
+        key_id: &key.id,
+        environment: key.environment.as_str(),
+        customer: key.customer_id.as_deref(),
+        request_id: &ctx.request_id,
+        client: peer.addr.ip(),
+        tls: peer.tls,
+        host: host.as_ref(),
+    };
+    let credentials = (!route.forward_credentials).then(|| Credentials {
+        authorization: admitted.source == Source::Authorization,
+        header: snapshot.key_header.as_ref(),
+    });
+    let mut outgoing = request;
+    forward::prepare(
+        &mut outgoing,
+        admitted.uri,
+        &identity,
+        credentials,
+        route.preserve_host,
+    );
+
+    let (upstream, histogram) = &snapshot.upstreams[route.upstream];
+    let sent = Instant::now();
+    let result = upstream.send(outgoing).await;
+    let elapsed = sent.elapsed();
+    ctx.upstream_time = Some(elapsed);
+    histogram.observe(elapsed.as_secs_f64());
+    match result {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            forward::strip_hop_by_hop(&mut parts.headers);
+            Ok(Response::from_parts(parts, Either::Left(body)))
+        }
+        Err(failure) => {
+            shared
+                .metrics
+                .upstream_errors
+                .with_label_values(&[&upstream.name, failure.as_str()])
+                .inc();
+            Err(Refusal::Upstream(failure))
+        }
+    }
+}
+
+/// The response for a refusal, with its metric and log cause.
+fn refuse(shared: &Shared, snapshot: &Snapshot, ctx: &mut Context, refusal: Refusal) -> Response<Body> {
+    let metrics = &shared.metrics;
+    ctx.reason = Some(match &refusal {
+        Refusal::Unauthenticated(failure) => {
+            metrics.auth_failures.with_label_values(&[failure.as_str()]).inc();
+            if *failure != AuthFailure::Missing {
+                snapshot.ip_throttle.record_failure(ctx.client);
+            }
+            failure.as_str()
+        }
+        Refusal::IpThrottled { .. } => {
+            metrics.auth_failures.with_label_values(&["ip_throttled"]).inc();
+            "ip_throttled"
+        }
+        Refusal::Denied(denial) => {
+            metrics.denied.with_label_values(&[denial.as_str()]).inc();
+            denial.as_str()
+        }
+        Refusal::MissingPermission(_) => {
+            metrics.denied.with_label_values(&["permission"]).inc();
+            "permission"
+        }
+        Refusal::RateLimited { .. } => {
+            if let Some(route) = ctx.route {
+                snapshot.routes[route].rate_limited.inc();
+            }
+            "rate_limited"
+        }
+        Refusal::BadRequest(why) => why.as_str(),
+        Refusal::NoRoute => "no_route",
+        Refusal::TooLarge => "body_too_large",
+        Refusal::Stale => "stale_key_table",
+        Refusal::Upstream(failure) => failure.as_str(),
+    });
+    refusal.into_response(&snapshot.www_authenticate)
+}
+
+/// The final phase, for every request: response headers, metrics, the access log.
+fn finish(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    ctx: &Context,
+    method: &http::Method,
+    path: &str,
+    mut response: Response<Body>,
+) -> Response<Body> {
+    let headers = response.headers_mut();
+    headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+    if let Some(limit) = ctx.limit {
+        limit.write_headers(headers, snapshot.config.rate_limit.draft_headers);
+    }
+    let status = response.status();
+    let route = ctx.route.map(|i| &snapshot.routes[i]);
+    let route_name = route.map_or("none", |r| r.name.as_str());
+    let environment = route.map_or("none", |r| r.environment.as_str());
+    let elapsed = ctx.start.elapsed();
+    shared
+        .metrics
+        .requests
+        .with_label_values(&[route_name, environment, status.as_str()])
+        .inc();
+    if let Some(route) = route {
+        route.duration.observe(elapsed.as_secs_f64());
+    }
+    log_access(ctx, method, path, route_name, status, elapsed);
+    response
+}
+
+fn log_access(
+    ctx: &Context,
+    method: &http::Method,
+    path: &str,
+    route: &str,
+    status: StatusCode,
+    elapsed: Duration,
+) {
+    tracing::info!(
+        target: "keygate::access",
+        request_id = ctx.request_id.to_str().unwrap_or("-"),
+        route,
+        key_id = ctx.key.as_ref().map(|k| &*k.id),
+        environment = ctx.key.as_ref().map(|k| k.environment.as_str()),
+        client = %ctx.client,
+        method = method.as_str(),
+        path,
+        status = status.as_u16(),
+        duration_ms = elapsed.as_secs_f64() * 1e3,
+        upstream_ms = ctx.upstream_time.map(|t| t.as_secs_f64() * 1e3),
+        reason = ctx.reason,
+    );
+}
+
+/// The client's request id if it sent a sane one, a new one otherwise.
+fn request_id(request: &Request<Incoming>) -> HeaderValue {
+    request
+        .headers()
+        .get(X_REQUEST_ID)
+        .filter(|v| (1..=128).contains(&v.len()) && v.as_bytes().iter().all(|b| b.is_ascii_graphic()))
+        .cloned()
+        .unwrap_or_else(|| {
+            let id = format!("{:032x}", rand::random::<u128>());
+            HeaderValue::from_str(&id).expect("hex is a valid header value")
+        })
+}
+
+/// The host the client addressed, without port: the `Host` header, or the HTTP/2 authority.
+fn request_host<B>(request: &Request<B>) -> Option<&str> {
+    let host = match request.headers().get(HOST).and_then(|h| h.to_str().ok()) {
+        Some(host) => host,
+        None => request.uri().authority()?.as_str(),
+    };
+    Some(strip_port(host))
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_inclusive(']').next().unwrap_or(host);
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
+}

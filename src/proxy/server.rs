@@ -1,0 +1,161 @@
+//! The listener (data plane): accepts connections, with TLS when configured, serves HTTP/1.1
+//! and HTTP/2 through the request pipeline, and drains in-flight requests on shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use super::pipeline::{self, Peer};
+use super::state::Shared;
+use crate::config::{Server, Tls};
+
+/// Builds the TLS acceptor for a `[server] tls` setting: HTTP/2 and HTTP/1.1 by ALPN.
+pub fn tls_acceptor(tls: &Tls) -> anyhow::Result<TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let certs = CertificateDer::pem_file_iter(&tls.cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("cannot read certificates from {}: {e}", tls.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| anyhow::anyhow!("cannot read private key from {}: {e}", tls.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "TLS certificate and key of {} do not fit: {e}",
+                path_name(&tls.cert)
+            )
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+fn path_name(path: &Path) -> String {
+    path.display().to_string()
+}
+
+fn builder(settings: &Server) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes.max(8192))
+        .max_headers(settings.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.http2_max_concurrent_streams)
+        .max_header_list_size(settings.max_header_bytes as u32)
+        .keep_alive_interval(Some(settings.idle_timeout))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+/// Serves `listener` until `shutdown` resolves, then waits up to `server.shutdown_grace` for
+/// in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let settings = shared.snapshot.load().config.server.clone();
+    let builder = Arc::new(builder(&settings));
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // Past the connection cap, new connections wait in the kernel's backlog.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    accept_error(error).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            match tls {
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(stream) => {
+                        let peer = Peer { addr, tls: true };
+                        let conn = builder.serve_connection(TokioIo::new(stream), service(shared, peer));
+                        log_conn_error(watcher.watch(conn.into_owned()).await);
+                    }
+                    Err(error) => tracing::debug!(%addr, %error, "TLS handshake failed"),
+                },
+                None => {
+                    let peer = Peer { addr, tls: false };
+                    let conn = builder.serve_connection(TokioIo::new(stream), service(shared, peer));
+                    log_conn_error(watcher.watch(conn.into_owned()).await);
+                }
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("stopped accepting; draining in-flight requests");
+    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?settings.shutdown_grace, "requests still running after the shutdown grace");
+    }
+}
+
+fn service(
+    shared: Arc<Shared>,
+    peer: Peer,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<super::Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<http::Response<super::Body>, Infallible>> + Send,
+> + Clone {
+    let shared = shared.clone();
+    service_fn(move |request| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(pipeline::handle(&shared, peer, request).await) }
+    })
+}
+
+fn log_conn_error(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(error) = result {
+        tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+/// Accept errors (out of file descriptors, mostly) are logged and waited out; the loop never
+/// ends because of one.
+async fn accept_error(error: io::Error) {
+    tracing::error!(%error, "accept failed; retrying in 100ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}

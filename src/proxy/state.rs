@@ -1,0 +1,172 @@
+//! What the hot path reads (data plane): the config snapshot, swapped whole on reload, and the
+//! long-lived shared state (key table, limits, usage counters, metrics) that outlives reloads.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::header::{HeaderName, HeaderValue};
+use prometheus::{Histogram, IntCounter};
+
+use super::credentials::Schemes;
+use super::forward::UpstreamClient;
+use super::limits::{IpThrottle, KeyLimits};
+use super::router::Router;
+use super::table::{AuthKey, KeyTable};
+use super::usage::UsageCounters;
+use crate::config::{Config, RoutePermissions};
+use crate::core::clock::Clock;
+use crate::core::environment::Environment;
+use crate::core::key::RateLimitSpec;
+use crate::core::secret::Hasher;
+use crate::telemetry::Metrics;
+
+/// One route, ready for the hot path, with its metric handles resolved once.
+pub struct RouteState {
+    pub name: String,
+    pub environment: Environment,
+    pub upstream: usize,
+    pub permissions: Option<RoutePermissions>,
+    pub has_customer_param: bool,
+    pub forward_credentials: bool,
+    pub preserve_host: bool,
+    pub duration: Histogram,
+    pub rate_limited: IntCounter,
+}
+
+/// Everything the config decides, swapped whole when the config is reloaded.
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub routes: Vec<RouteState>,
+    pub upstreams: Vec<(UpstreamClient, Histogram)>,
+    pub schemes: Schemes,
+    pub key_header: Option<HeaderName>,
+    pub www_authenticate: HeaderValue,
+    pub default_limit: RateLimitSpec,
+    pub ip_throttle: IpThrottle,
+}
+
+impl Snapshot {
+    pub fn new(config: Arc<Config>, metrics: &Metrics) -> Self {
+        let routes = config
+            .routes
+            .iter()
+            .map(|route| RouteState {
+                name: route.name.clone(),
+                environment: route.environment,
+                upstream: route.upstream,
+                permissions: route.permissions.clone(),
+                has_customer_param: route.customer_param.is_some(),
+                forward_credentials: route.forward_credentials,
+                preserve_host: route.preserve_host,
+                duration: metrics.request_duration.with_label_values(&[&route.name]),
+                rate_limited: metrics.rate_limited.with_label_values(&[&route.name]),
+            })
+            .collect();
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|upstream| {
+                let histogram = metrics.upstream_duration.with_label_values(&[&upstream.name]);
+                (UpstreamClient::new(upstream), histogram)
+            })
+            .collect();
+        let auth = &config.auth;
+        let challenge = format!("Basic realm=\"{}\"", auth.realm);
+        Snapshot {
+            router: Router::new(&config.routes),
+            routes,
+            upstreams,
+            schemes: Schemes {
+                basic: auth.basic,
+                bearer: auth.bearer,
+                header: auth.header.clone(),
+            },
+            key_header: auth.header.clone(),
+            www_authenticate: HeaderValue::from_str(&challenge)
+                .unwrap_or_else(|_| HeaderValue::from_static("Basic realm=\"keygate\"")),
+            default_limit: config.rate_limit.default,
+            ip_throttle: IpThrottle::new(auth.failed_per_ip),
+            config,
+        }
+    }
+}
+
+/// How fresh the key table is, as the sync last reported.
+#[derive(Debug, Default)]
+pub struct SyncStatus {
+    loaded: AtomicBool,
+    /// Unix milliseconds of the last successful sync.
+    last_success_ms: AtomicI64,
+}
+
+impl SyncStatus {
+    pub fn record_success(&self, now_ms: i64) {
+        self.last_success_ms.store(now_ms, Ordering::Release);
+        self.loaded.store(true, Ordering::Release);
+    }
+
+    /// Whether the key table has been loaded once.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    pub fn last_success_ms(&self) -> i64 {
+        self.last_success_ms.load(Ordering::Acquire)
+    }
+}
+
+/// The hot path's whole world.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub keys: Arc<KeyTable>,
+    pub key_limits: KeyLimits,
+    pub usage: Arc<UsageCounters>,
+    pub metrics: Metrics,
+    pub sync: Arc<SyncStatus>,
+    pub clock: Clock,
+    hasher: Hasher,
+}
+
+impl Shared {
+    pub fn new(
+        config: Arc<Config>,
+        keys: Arc<KeyTable>,
+        hasher: Hasher,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> Self {
+        Shared {
+            hasher,
+            snapshot: ArcSwap::from_pointee(Snapshot::new(config, &metrics)),
+            keys,
+            key_limits: KeyLimits::default(),
+            usage: Arc::default(),
+            metrics,
+            sync: Arc::default(),
+            clock,
+        }
+    }
+
+    pub fn hasher(&self) -> &Hasher {
+        &self.hasher
+    }
+
+    /// Counts an authenticated request of `key` (`previous`: with its pre-regeneration secret).
+    pub fn record_use(&self, key: &AuthKey, previous: bool, now: i64, per_key_metric: bool) {
+        self.usage.record(key.seq, previous, now);
+        if per_key_metric {
+            self.metrics
+                .key_requests
+                .with_label_values(&[&key.id, key.environment.as_str()])
+                .inc();
+        }
+    }
+
+    /// Installs a new config; requests already running finish with the old one.
+    pub fn reload(&self, config: Arc<Config>) {
+        self.snapshot
+            .store(Arc::new(Snapshot::new(config, &self.metrics)));
+    }
+}

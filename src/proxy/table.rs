@@ -1,0 +1,218 @@
+//! The in-memory key table the hot path authenticates against (data plane state).
+//!
+//! Indexed by the first 16 bytes of the key's BLAKE3 hash; the full hash is compared after, in
+//! constant time. A key being regenerated with a grace period is indexed under both hashes.
+//! The control plane's sync writes single keys in O(1) ([`KeyTable::upsert`],
+//! [`KeyTable::remove`]); readers never wait on more than one shard's short write.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use ipnet::IpNet;
+
+use crate::core::environment::Environment;
+use crate::core::key::RateLimitSpec;
+use crate::core::permission::PermissionSet;
+use crate::core::secret::KeyHash;
+
+/// What the hot path knows of a key: only what it needs to admit or refuse a request.
+#[derive(Debug)]
+pub struct AuthKey {
+    pub seq: u64,
+    pub id: Box<str>,
+    pub hash: KeyHash,
+    pub environment: Environment,
+    /// Revoked keys stay in the table so their refusals are told apart from unknown keys.
+    pub revoked: bool,
+    /// Unix seconds.
+    pub expires_at: Option<i64>,
+    /// Shared between keys with the same set.
+    pub permissions: Arc<PermissionSet>,
+    /// `None`: the configured default.
+    pub rate_limit: Option<RateLimitSpec>,
+    pub customer_id: Option<Box<str>>,
+    pub allowed_ips: Box<[IpNet]>,
+    /// The secret a regeneration replaced, while its grace period runs.
+    pub previous: Option<PreviousSecret>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PreviousSecret {
+    pub hash: KeyHash,
+    /// Unix seconds at which the old secret stops.
+    pub until: i64,
+}
+
+/// Which of a key's secrets a request presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secret {
+    Current,
+    /// The regenerated-away secret; valid only until `PreviousSecret::until`.
+    Previous {
+        until: i64,
+    },
+}
+
+/// Shards: enough that two writers rarely meet and a shard's rehash stays short.
+const SHARDS: usize = 64;
+
+#[derive(Debug)]
+pub struct KeyTable {
+    by_hash: DashMap<u128, Arc<AuthKey>>,
+    by_seq: DashMap<u64, Arc<AuthKey>>,
+    revision: AtomicU64,
+}
+
+impl Default for KeyTable {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
+}
+
+impl KeyTable {
+    pub fn with_capacity(keys: usize) -> Self {
+        KeyTable {
+            by_hash: DashMap::with_capacity_and_shard_amount(keys, SHARDS),
+            by_seq: DashMap::with_capacity_and_shard_amount(keys, SHARDS),
+            revision: AtomicU64::new(0),
+        }
+    }
+
+    /// The key whose secret hashes to `hash`, and which of its secrets it is.
+    pub fn lookup(&self, hash: &KeyHash) -> Option<(Arc<AuthKey>, Secret)> {
+        let key = self.by_hash.get(&hash.short())?.value().clone();
+        if key.hash.ct_eq(hash) {
+            return Some((key, Secret::Current));
+        }
+        let previous = key.previous.filter(|previous| previous.hash.ct_eq(hash))?;
+        Some((
+            key,
+            Secret::Previous {
+                until: previous.until,
+            },
+        ))
+    }
+
+    /// Inserts or replaces one key, dropping whatever hashes its older version was indexed by.
+    pub fn upsert(&self, key: AuthKey) {
+        let key = Arc::new(key);
+        if let Some(old) = self.by_seq.insert(key.seq, key.clone()) {
+            self.unindex(&old);
+        }
+        self.by_hash.insert(key.hash.short(), key.clone());
+        if let Some(previous) = key.previous {
+            self.by_hash.insert(previous.hash.short(), key);
+        }
+    }
+
+    pub fn remove(&self, seq: u64) {
+        if let Some((_, old)) = self.by_seq.remove(&seq) {
+            self.unindex(&old);
+        }
+    }
+
+    /// Removes the hash entries that still point at `old` (and only those: another key may
+    /// have taken a hash over since).
+    fn unindex(&self, old: &Arc<AuthKey>) {
+        let hashes = std::iter::once(old.hash).chain(old.previous.map(|p| p.hash));
+        for hash in hashes {
+            self.by_hash
+                .remove_if(&hash.short(), |_, current| Arc::ptr_eq(current, old));
+        }
+    }
+
+    pub fn contains(&self, seq: u64) -> bool {
+        self.by_seq.contains_key(&seq)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_seq.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_seq.is_empty()
+    }
+
+    /// Calls `visit` for every key (for gauges; holds one shard's read lock at a time).
+    pub fn for_each(&self, mut visit: impl FnMut(&AuthKey)) {
+        for entry in self.by_seq.iter() {
+            visit(entry.value());
+        }
+    }
+
+    /// The store revision the table reflects.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    pub fn set_revision(&self, revision: u64) {
+        self.revision.store(revision, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::secret::Hasher;
+
+    fn key(seq: u64, secret: &str, previous: Option<&str>) -> AuthKey {
+        let hasher = Hasher::unkeyed();
+        AuthKey {
+            seq,
+            id: format!("key_{seq}").into(),
+            hash: hasher.hash(secret.as_bytes()),
+            environment: Environment::Production,
+            revoked: false,
+            expires_at: None,
+            permissions: Arc::default(),
+            rate_limit: None,
+            customer_id: None,
+            allowed_ips: Box::new([]),
+            previous: previous.map(|p| PreviousSecret {
+                hash: hasher.hash(p.as_bytes()),
+                until: 100,
+            }),
+        }
+    }
+
+    fn find(table: &KeyTable, secret: &str) -> Option<(u64, Secret)> {
+        table
+            .lookup(&Hasher::unkeyed().hash(secret.as_bytes()))
+            .map(|(key, which)| (key.seq, which))
+    }
+
+    #[test]
+    fn a_key_is_found_by_its_secret_only() {
+        let table = KeyTable::default();
+        table.upsert(key(1, "secret-one-0123456", None));
+        assert_eq!(find(&table, "secret-one-0123456"), Some((1, Secret::Current)));
+        assert_eq!(find(&table, "secret-two-0123456"), None);
+    }
+
+    #[test]
+    fn regeneration_with_grace_indexes_both_secrets_and_replacing_drops_the_old() {
+        let table = KeyTable::default();
+        table.upsert(key(1, "old-secret-0123456", None));
+        table.upsert(key(1, "new-secret-0123456", Some("old-secret-0123456")));
+        assert_eq!(find(&table, "new-secret-0123456"), Some((1, Secret::Current)));
+        assert_eq!(
+            find(&table, "old-secret-0123456"),
+            Some((1, Secret::Previous { until: 100 }))
+        );
+        table.upsert(key(1, "new-secret-0123456", None));
+        assert_eq!(find(&table, "old-secret-0123456"), None);
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn removal_forgets_every_secret_of_the_key() {
+        let table = KeyTable::default();
+        table.upsert(key(1, "new-secret-0123456", Some("old-secret-0123456")));
+        table.upsert(key(2, "other-secret-01234", None));
+        table.remove(1);
+        assert_eq!(find(&table, "new-secret-0123456"), None);
+        assert_eq!(find(&table, "old-secret-0123456"), None);
+        assert_eq!(find(&table, "other-secret-01234"), Some((2, Secret::Current)));
+    }
+}

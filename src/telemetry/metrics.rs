@@ -1,0 +1,170 @@
+//! Every metric of SPEC section 6, in one owned registry (shared by both planes). Owned, not
+//! global, so two gateways in one test process count apart. Label values come from bounded sets:
+//! route and upstream names, reasons, status codes, key ids (switchable).
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Buckets for request and upstream latency, in seconds: 100 µs to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0,
+];
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub auth_failures: IntCounterVec,
+    pub denied: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub key_requests: IntCounterVec,
+    pub keys: IntGaugeVec,
+    pub key_table_revision: IntGauge,
+    pub key_table_last_sync: Gauge,
+    pub store_sync_errors: IntCounter,
+    pub upstream_errors: IntCounterVec,
+    pub usage_flush_errors: IntCounter,
+    pub build_info: IntGaugeVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
+fn histogram_vec(registry: &Registry, name: &str, help: &str, label: &str) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    let metric = HistogramVec::new(opts, &[label]).expect("static metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        let keys = IntGaugeVec::new(
+            Opts::new("keygate_keys", "Keys in the key table by environment and status"),
+            &["environment", "status"],
+        )
+        .expect("static metric definition");
+        let key_table_revision = IntGauge::new(
+            "keygate_key_table_revision",
+            "Store revision the key table reflects",
+        )
+        .expect("static metric definition");
+        let key_table_last_sync = Gauge::new(
+            "keygate_key_table_last_sync_timestamp_seconds",
+            "Unix time of the last successful key sync",
+        )
+        .expect("static metric definition");
+        let store_sync_errors = IntCounter::new("keygate_store_sync_errors_total", "Failed key syncs")
+            .expect("static metric definition");
+        let usage_flush_errors = IntCounter::new(
+            "keygate_usage_flush_errors_total",
+            "Failed writes of key usage to the store",
+        )
+        .expect("static metric definition");
+        let build_info = IntGaugeVec::new(Opts::new("keygate_build_info", "Always 1"), &["version"])
+            .expect("static metric definition");
+        for metric in [
+            Box::new(keys.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(key_table_revision.clone()),
+            Box::new(key_table_last_sync.clone()),
+            Box::new(store_sync_errors.clone()),
+            Box::new(usage_flush_errors.clone()),
+            Box::new(build_info.clone()),
+        ] {
+            registry.register(metric).expect("metric names are unique");
+        }
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Metrics {
+            requests: counter_vec(
+                r,
+                "keygate_requests_total",
+                "Requests answered",
+                &["route", "environment", "status"],
+            ),
+            request_duration: histogram_vec(
+                r,
+                "keygate_request_duration_seconds",
+                "Time to answer a request",
+                "route",
+            ),
+            upstream_duration: histogram_vec(
+                r,
+                "keygate_upstream_duration_seconds",
+                "Time from forwarding to the upstream's response head",
+                "upstream",
+            ),
+            auth_failures: counter_vec(
+                r,
+                "keygate_auth_failures_total",
+                "Failed authentications",
+                &["reason"],
+            ),
+            denied: counter_vec(
+                r,
+                "keygate_denied_total",
+                "Authenticated requests refused",
+                &["reason"],
+            ),
+            rate_limited: counter_vec(
+                r,
+                "keygate_rate_limited_total",
+                "Requests over their key's limit",
+                &["route"],
+            ),
+            key_requests: counter_vec(
+                r,
+                "keygate_key_requests_total",
+                "Admitted requests per key",
+                &["key_id", "environment"],
+            ),
+            upstream_errors: counter_vec(
+                r,
+                "keygate_upstream_errors_total",
+                "Failed upstream exchanges",
+                &["upstream", "kind"],
+            ),
+            keys,
+            key_table_revision,
+            key_table_last_sync,
+            store_sync_errors,
+            usage_flush_errors,
+            build_info,
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into memory does not fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,6 @@
+//! Metrics and logs, shared by both planes.
+
+pub mod logs;
+pub mod metrics;
+
+pub use metrics::Metrics;

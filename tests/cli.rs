@@ -1,0 +1,340 @@
+//! The `keygate` binary: `check` and every `keys` command, with `--json` and exit codes.
+
+mod support;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const CONFIG: &str = r#"
+[store]
+url = "sqlite://keys.db"
+
+[[upstream]]
+name = "api"
+url = "http://127.0.0.1:7001"
+
+[[route]]
+name = "api"
+path = "/"
+upstream = "api"
+"#;
+
+fn keygate(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(args)
+        .env_remove("KEYGATE_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    Setup { _dir: dir, config }
+}
+
+impl Setup {
+    fn keys(&self, args: &[&str]) -> Output {
+        self.keys_with_stdin(args, None)
+    }
+
+    fn keys_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let config = self.config.to_str().unwrap();
+        let mut all = vec!["keys", "--config", config];
+        all.extend_from_slice(args);
+        keygate(&all, stdin)
+    }
+
+    /// Runs a `keys` command with `--json`, expecting success and exactly one JSON document.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let output = self.keys(&all);
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?} printed no single JSON document ({e}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
+    }
+}
+
+fn code(output: &Output) -> i32 {
+    output.status.code().unwrap()
+}
+
+fn one_line_stderr(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!stderr.trim().is_empty(), "no message on stderr");
+    stderr
+}
+
+#[test]
+fn check_accepts_the_example_and_names_the_line_of_a_mistake() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml.example");
+    let output = keygate(&["check", "--config", example.to_str().unwrap()], None);
+    assert_eq!(code(&output), 0, "{}", String::from_utf8_lossy(&output.stderr));
+
+    let s = setup();
+    let text = format!("{CONFIG}\n[server]\nlisten = \"127.0.0.1:8080\"\nlisen = 1\n");
+    std::fs::write(&s.config, &text).unwrap();
+    let line = text.lines().position(|l| l.starts_with("lisen")).unwrap() + 1;
+    let output = keygate(&["check", "--config", s.config.to_str().unwrap()], None);
+    assert_eq!(code(&output), 1);
+    let stderr = one_line_stderr(&output);
+    assert!(stderr.contains(&format!("line {line}")), "{stderr}");
+    assert!(stderr.contains("lisen"), "{stderr}");
+}
+
+#[test]
+fn create_prints_the_key_object_with_its_secret_once() {
+    let s = setup();
+    let created = s.json(&[
+        "create",
+        "--name",
+        "Main Website",
+        "--env",
+        "production",
+        "--perm",
+        "customer:read",
+        "--perm",
+        "license:*",
+        "--rate",
+        "50/s",
+        "--burst",
+        "80",
+        "--customer",
+        "acme",
+        "--allow-ip",
+        "10.0.0.0/8",
+        "--expires-in",
+        "30d",
+        "--metadata",
+        r#"{"team":"web"}"#,
+    ]);
+    let secret = created["key"].as_str().unwrap();
+    assert!(secret.starts_with("kg_prod_") && secret.len() == 46, "{secret}");
+    assert_eq!(created["name"], "Main Website");
+    assert_eq!(created["environment"], "production");
+    assert_eq!(
+        created["permissions"],
+        serde_json::json!(["customer:read", "license:*"])
+    );
+    assert_eq!(
+        created["rate_limit"],
+        serde_json::json!({"requests": 50, "per": "1s", "burst": 80})
+    );
+    assert_eq!(created["customer_id"], "acme");
+    assert_eq!(created["allowed_ips"], serde_json::json!(["10.0.0.0/8"]));
+    assert_eq!(created["status"], "active");
+    assert_eq!(created["prefix"], &secret[..12]);
+    assert_eq!(created["metadata"]["team"], "web");
+    assert!(created["last_used_at"].is_null());
+    assert!(created["expires_at"].is_string() && created["created_at"].is_string());
+    let id = created["id"].as_str().unwrap();
+    assert!(id.starts_with("key_"));
+
+    let shown = s.json(&["show", id]);
+    assert!(shown.get("key").is_none(), "the secret is shown only once");
+    assert!(!serde_json::to_string(&shown).unwrap().contains(secret));
+}
+
+#[test]
+fn every_key_command_works_end_to_end() {
+    let s = setup();
+    let created = s.json(&["create", "--name", "k", "--env", "staging"]);
+    let id = created["id"].as_str().unwrap();
+    let list = s.json(&["list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(
+        s.json(&["list", "--env", "production"]).as_array().unwrap().len(),
+        0
+    );
+
+    let updated = s.json(&[
+        "update",
+        id,
+        "--name",
+        "renamed",
+        "--perm",
+        "customer:read",
+        "--rate",
+        "5/m",
+    ]);
+    assert_eq!(updated["name"], "renamed");
+    assert_eq!(updated["permissions"], serde_json::json!(["customer:read"]));
+    assert_eq!(updated["rate_limit"]["per"], "1m");
+    let cleared = s.json(&["update", id, "--default-rate", "--no-perms"]);
+    assert!(cleared["rate_limit"].is_null());
+    assert_eq!(cleared["permissions"], serde_json::json!([]));
+
+    let regenerated = s.json(&["regenerate", id, "--grace", "10m"]);
+    assert_ne!(regenerated["key"], created["key"]);
+    assert_eq!(regenerated["id"], id);
+    assert!(regenerated["grace_until"].is_string());
+    assert!(regenerated["key"].as_str().unwrap().starts_with("kg_stg_"));
+
+    assert_eq!(s.json(&["revoke", id])["status"], "revoked");
+    assert_eq!(
+        s.json(&["list", "--status", "revoked"]).as_array().unwrap().len(),
+        1
+    );
+    assert_eq!(s.json(&["activate", id])["status"], "active");
+    let usage = s.json(&["usage", id]);
+    assert_eq!(usage["total_requests"], 0);
+
+    let deleted = s.keys(&["delete", id, "--json"]);
+    assert_eq!(code(&deleted), 0);
+    let shown = s.keys(&["show", id]);
+    assert_eq!(code(&shown), 1);
+    one_line_stderr(&shown);
+    assert_eq!(code(&s.keys(&["usage", id])), 0, "usage stays after deletion");
+    assert_eq!(s.json(&["list"]).as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn import_takes_an_existing_secret_from_stdin() {
+    let s = setup();
+    let output = s.keys_with_stdin(
+        &["import", "--name", "legacy", "--env", "prod", "--json"],
+        Some("sk_live_legacy_0123456789\n"),
+    );
+    assert_eq!(code(&output), 0, "{}", String::from_utf8_lossy(&output.stderr));
+    let imported: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(imported["prefix"], "sk_l");
+    assert!(imported.get("key").is_none());
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("sk_live_legacy_0123456789"));
+
+    let again = s.keys_with_stdin(
+        &["import", "--name", "dup", "--env", "prod"],
+        Some("sk_live_legacy_0123456789\n"),
+    );
+    assert_eq!(code(&again), 1, "the same secret twice is a conflict");
+    let short = s.keys_with_stdin(&["import", "--name", "short", "--env", "prod"], Some("tiny\n"));
+    assert_eq!(code(&short), 2);
+    let empty = s.keys_with_stdin(&["import", "--name", "none", "--env", "prod"], Some(""));
+    assert_eq!(code(&empty), 2);
+}
+
+#[test]
+fn usage_errors_exit_2_and_runtime_errors_exit_1() {
+    let s = setup();
+    for args in [
+        vec!["create", "--env", "production"],
+        vec!["create", "--name", "x", "--env", "qa"],
+        vec!["create", "--name", "x", "--env", "prod", "--rate", "lots"],
+        vec![
+            "create",
+            "--name",
+            "x",
+            "--env",
+            "prod",
+            "--perm",
+            "not a permission",
+        ],
+        vec![
+            "create",
+            "--name",
+            "x",
+            "--env",
+            "prod",
+            "--allow-ip",
+            "10.0.0.0/99",
+        ],
+        vec![
+            "create",
+            "--name",
+            "x",
+            "--env",
+            "prod",
+            "--expires-at",
+            "tomorrow",
+        ],
+        vec![
+            "create",
+            "--name",
+            "x",
+            "--env",
+            "prod",
+            "--expires-at",
+            "2001-01-01T00:00:00Z",
+        ],
+        vec!["create", "--name", "", "--env", "prod"],
+        vec!["regenerate", "key_x", "--grace", "10 minutes"],
+        vec!["frobnicate"],
+    ] {
+        let output = s.keys(&args);
+        assert_eq!(
+            code(&output),
+            2,
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        one_line_stderr(&output);
+    }
+    assert_eq!(code(&s.keys(&["show", "key_doesnotexist"])), 1);
+    assert_eq!(code(&keygate(&["keys", "list"], None)), 2, "--config is required");
+    let missing = keygate(&["keys", "--config", "/nonexistent/gateway.toml", "list"], None);
+    assert_eq!(code(&missing), 1);
+}
+
+#[tokio::test]
+async fn a_key_created_by_the_cli_reaches_a_running_gateway() {
+    let h = support::Harness::start().await;
+    let config = h.config_path.to_str().unwrap().to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        keygate(
+            &[
+                "keys",
+                "create",
+                "--config",
+                &config,
+                "--name",
+                "cli",
+                "--env",
+                "production",
+                "--perm",
+                "*",
+                "--json",
+            ],
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code(&output), 0, "{}", String::from_utf8_lossy(&output.stderr));
+    let created: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    let seen = support::eventually(Duration::from_secs(5), || async {
+        h.get("/v1/status", &key).await.status == 200
+    })
+    .await;
+    assert!(
+        seen,
+        "the gateway did not pick up a key created by another process"
+    );
+}
