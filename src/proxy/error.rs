@@ -104,6 +104,8 @@ pub enum Refusal {
         retry_after: u64,
     },
     TooLarge,
+    /// The request URI is longer than `server.max_uri_bytes`.
+    UriTooLong,
     /// The key table is older than `store.max_staleness`: fail closed.
     Stale,
     Upstream(UpstreamFailure),
@@ -115,6 +117,7 @@ const DENIED: &str = r#"{"error":"permission denied"}"#;
 const RATE_LIMITED: &str = r#"{"error":"rate limit exceeded"}"#;
 const BAD_REQUEST: &str = r#"{"error":"bad request"}"#;
 const TOO_LARGE: &str = r#"{"error":"request body too large"}"#;
+const URI_TOO_LONG: &str = r#"{"error":"uri too long"}"#;
 const UNAVAILABLE: &str = r#"{"error":"service unavailable"}"#;
 const BAD_GATEWAY: &str = r#"{"error":"bad gateway"}"#;
 const GATEWAY_TIMEOUT: &str = r#"{"error":"gateway timeout"}"#;
@@ -138,6 +141,7 @@ impl Refusal {
             Refusal::IpThrottled { .. } | Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::Denied(_) | Refusal::MissingPermission(_) => StatusCode::FORBIDDEN,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
             Refusal::Stale => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             Refusal::Upstream(UpstreamFailure::Connect | UpstreamFailure::Reset) => StatusCode::BAD_GATEWAY,
@@ -160,6 +164,7 @@ impl Refusal {
             .to_string()
             .into(),
             Refusal::TooLarge => TOO_LARGE.into(),
+            Refusal::UriTooLong => URI_TOO_LONG.into(),
             Refusal::Stale => UNAVAILABLE.into(),
             Refusal::Upstream(UpstreamFailure::Timeout) => GATEWAY_TIMEOUT.into(),
             Refusal::Upstream(UpstreamFailure::Connect | UpstreamFailure::Reset) => BAD_GATEWAY.into(),
@@ -178,6 +183,7 @@ impl Refusal {
             | Refusal::Denied(_)
             | Refusal::MissingPermission(_)
             | Refusal::TooLarge
+            | Refusal::UriTooLong
             | Refusal::Stale
             | Refusal::Upstream(_) => {}
         }

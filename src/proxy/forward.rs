@@ -14,6 +14,7 @@ use http::header::{
 };
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, Version};
+use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -32,7 +33,19 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-type HttpClient = Client<HttpConnector, Incoming>;
+/// The request body as sent upstream: the client's, streamed, cut off past
+/// `server.max_request_body` (bodies without a Content-Length are only counted as they pass).
+pub type OutBody = Limited<Incoming>;
+
+type HttpClient = Client<HttpConnector, OutBody>;
+
+/// Why a request sent upstream got no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendFailure {
+    Upstream(UpstreamFailure),
+    /// The client's body grew past `server.max_request_body` while streaming.
+    BodyTooLarge,
+}
 
 /// One upstream's connection pools.
 pub struct UpstreamClient {
@@ -95,19 +108,31 @@ impl UpstreamClient {
     }
 
     /// Sends the request; the response head must come within the upstream's timeout.
-    pub async fn send(&self, request: Request<Incoming>) -> Result<Response<Incoming>, UpstreamFailure> {
+    pub async fn send(&self, request: Request<OutBody>) -> Result<Response<Incoming>, SendFailure> {
         let client = if request.method().is_idempotent() {
             &self.idempotent
         } else {
             &self.other
         };
         match tokio::time::timeout(self.timeout, client.request(request)).await {
-            Err(_) => Err(UpstreamFailure::Timeout),
-            Ok(Err(error)) if error.is_connect() => Err(UpstreamFailure::Connect),
-            Ok(Err(_)) => Err(UpstreamFailure::Reset),
+            Err(_) => Err(SendFailure::Upstream(UpstreamFailure::Timeout)),
+            Ok(Err(error)) if error.is_connect() => Err(SendFailure::Upstream(UpstreamFailure::Connect)),
+            Ok(Err(error)) if caused_by_length_limit(&error) => Err(SendFailure::BodyTooLarge),
+            Ok(Err(_)) => Err(SendFailure::Upstream(UpstreamFailure::Reset)),
             Ok(Ok(response)) => Ok(response),
         }
     }
+}
+
+fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<LengthLimitError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// Removes the hop-by-hop headers of RFC 9110 section 7.6.1, and those `Connection` names.

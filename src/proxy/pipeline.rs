@@ -26,13 +26,13 @@ use std::time::{Duration, Instant};
 
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
 use http::{Request, Response, StatusCode};
-use http_body_util::Either;
+use http_body_util::{Either, Limited};
 use hyper::body::Incoming;
 
 use super::client_ip::client_ip;
 use super::credentials::{self, CredentialError, Source};
 use super::error::{AuthFailure, BadRequest, Denial, Refusal};
-use super::forward::{self, method_is_canonical, Credentials, Identity, X_REQUEST_ID};
+use super::forward::{self, method_is_canonical, Credentials, Identity, SendFailure, X_REQUEST_ID};
 use super::limits::{Decision, LimitState};
 use super::path::{decode_segment, normalize};
 use super::state::{RouteState, Shared, Snapshot};
@@ -126,7 +126,11 @@ fn admit<B>(
     ctx: &mut Context,
     request: &Request<B>,
 ) -> Result<Admitted, Refusal> {
-    // 0: one form for the method and the path.
+    // 0: a bounded URI, and one form for the method and the path.
+    let uri_len = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if uri_len > snapshot.config.server.max_uri_bytes {
+        return Err(Refusal::UriTooLong);
+    }
     if !method_is_canonical(request.method()) {
         return Err(Refusal::BadRequest(BadRequest::Method));
     }
@@ -292,6 +296,12 @@ async fn forward(
         route.preserve_host,
     );
 
+    let limit = snapshot
+        .config
+        .server
+        .max_request_body
+        .map_or(usize::MAX, |max| usize::try_from(max).unwrap_or(usize::MAX));
+    let outgoing = outgoing.map(|body| Limited::new(body, limit));
     let (upstream, histogram) = &snapshot.upstreams[route.upstream];
     let sent = Instant::now();
     let result = upstream.send(outgoing).await;
@@ -304,7 +314,8 @@ async fn forward(
             forward::strip_hop_by_hop(&mut parts.headers);
             Ok(Response::from_parts(parts, Either::Left(body)))
         }
-        Err(failure) => {
+        Err(SendFailure::BodyTooLarge) => Err(Refusal::TooLarge),
+        Err(SendFailure::Upstream(failure)) => {
             shared
                 .metrics
                 .upstream_errors
@@ -347,6 +358,7 @@ fn refuse(shared: &Shared, snapshot: &Snapshot, ctx: &mut Context, refusal: Refu
         Refusal::BadRequest(why) => why.as_str(),
         Refusal::NoRoute => "no_route",
         Refusal::TooLarge => "body_too_large",
+        Refusal::UriTooLong => "uri_too_long",
         Refusal::Stale => "stale_key_table",
         Refusal::Upstream(failure) => failure.as_str(),
     });

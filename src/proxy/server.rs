@@ -51,10 +51,12 @@ fn path_name(path: &Path) -> String {
 
 fn builder(settings: &Server) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's HTTP/1 header timer also runs while a keep-alive connection waits for its next
+    // request, so the idle bound and the head bound are one timer: the smaller one wins.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
+        .header_read_timeout(settings.header_read_timeout.min(settings.idle_timeout))
         .max_buf_size(settings.max_header_bytes.max(8192))
         .max_headers(settings.max_headers)
         .keep_alive(true);
