@@ -95,12 +95,17 @@ fn main() {
     );
 
     let first = store
-        .list(&Default::default(), now)
+        .list(&Default::default(), now, 0, 1)
         .unwrap()
         .into_iter()
         .next()
         .unwrap();
-    let service = keygate::control::keys::KeyService::new(store.clone(), hasher, system_clock());
+    let service = keygate::control::keys::KeyService::new(
+        store.clone(),
+        hasher,
+        system_clock(),
+        keygate::control::store::Actor::Cli,
+    );
     service.revoke(&first.id).unwrap();
     let started = Instant::now();
     sync.sync_once().unwrap();

@@ -11,7 +11,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::control::admin::Admin;
-use crate::control::store::{self, Store};
+use crate::control::keys::KeyService;
+use crate::control::store::{self, Actor, Store};
 use crate::control::sync::KeySync;
 use crate::control::usage::UsageFlusher;
 use crate::core::clock::{system_clock, Clock};
@@ -34,6 +35,34 @@ pub struct Gateway {
     sync: Arc<KeySync>,
 }
 
+/// What a gateway needs beside its config: secrets from the environment, and the clock.
+pub struct Options {
+    pub hasher: Hasher,
+    /// The admin API's bearer token; without one, everything under `/v1` answers 401.
+    pub admin_token: Option<String>,
+    pub clock: Clock,
+}
+
+impl Options {
+    /// The pepper and the admin token from the environment variables the config names.
+    pub fn from_env(config: &Config) -> anyhow::Result<Options> {
+        let admin_token = std::env::var(&config.admin.token_env)
+            .ok()
+            .filter(|t| !t.is_empty());
+        if admin_token.is_none() {
+            tracing::warn!(
+                variable = %config.admin.token_env,
+                "no admin token in the environment: the admin API under /v1 refuses every request"
+            );
+        }
+        Ok(Options {
+            hasher: hasher_from_env(config)?,
+            admin_token,
+            clock: system_clock(),
+        })
+    }
+}
+
 /// Reads the pepper from the environment variable the config names. A named but unset
 /// variable is an error: every key would hash differently and fail.
 pub fn hasher_from_env(config: &Config) -> anyhow::Result<Hasher> {
@@ -48,11 +77,12 @@ pub fn hasher_from_env(config: &Config) -> anyhow::Result<Hasher> {
 
 impl Gateway {
     /// Opens the store, loads the key table, binds both listeners and starts serving.
-    pub async fn start(config: Config, hasher: Hasher) -> anyhow::Result<Gateway> {
-        Self::start_with_clock(config, hasher, system_clock()).await
-    }
-
-    pub async fn start_with_clock(config: Config, hasher: Hasher, clock: Clock) -> anyhow::Result<Gateway> {
+    pub async fn start(config: Config, options: Options) -> anyhow::Result<Gateway> {
+        let Options {
+            hasher,
+            admin_token,
+            clock,
+        } = options;
         let config = Arc::new(config);
         let tls = config.server.tls.as_ref().map(server::tls_acceptor).transpose()?;
         let store_url = config.store.url.clone();
@@ -65,7 +95,7 @@ impl Gateway {
         let shared = Arc::new(Shared::new(
             config.clone(),
             keys.clone(),
-            hasher,
+            hasher.clone(),
             metrics.clone(),
             clock.clone(),
         ));
@@ -74,7 +104,7 @@ impl Gateway {
             keys,
             shared.sync.clone(),
             metrics.clone(),
-            clock,
+            clock.clone(),
         ));
 
         let loader = sync.clone();
@@ -111,9 +141,11 @@ impl Gateway {
             tokio::spawn(flusher.clone().run(config.store.usage_flush_interval)),
             tokio::spawn(housekeeping(shared.clone())),
         ];
-        let admin_server = Arc::new(Admin {
-            shared: shared.clone(),
-        });
+        let admin_server = Arc::new(Admin::new(
+            shared.clone(),
+            KeyService::new(store.clone(), hasher, clock, Actor::AdminApi),
+            admin_token,
+        ));
         let servers = vec![
             tokio::spawn(admin_server.serve(admin, stopped(&stop))),
             tokio::spawn(server::serve(proxy, shared.clone(), tls, stopped(&stop))),

@@ -16,12 +16,12 @@ use tokio::net::TcpListener;
 
 use super::{runtime, serve::serve_until_stopped, Failure};
 use crate::control::keys::{KeyService, KeySpec};
-use crate::control::store;
+use crate::control::store::{self, Actor};
 use crate::core::clock::system_clock;
 use crate::core::environment::Environment;
 use crate::core::key::RateLimitSpec;
 use crate::core::secret::Hasher;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Options};
 
 const PREFERRED_PROXY: &str = "127.0.0.1:8080";
 const PREFERRED_ADMIN: &str = "127.0.0.1:9901";
@@ -39,10 +39,15 @@ pub fn run() -> Result<(), Failure> {
         let config = crate::config::parse(&config_text, dir.path())
             .map_err(|e| Failure::Runtime(format!("the built-in dev config is invalid: {e}")))?;
         let store = store::open(&config.store.url).map_err(|e| Failure::Runtime(e.to_string()))?;
-        let service = KeyService::new(Arc::new(store), Hasher::unkeyed(), system_clock());
+        let service = KeyService::new(Arc::new(store), Hasher::unkeyed(), system_clock(), Actor::Cli);
         let demo = service.create(demo_key())?;
         let admin_token = crate::core::key::new_key_id().replace("key_", "adm_");
-        let gateway = Gateway::start(config, Hasher::unkeyed()).await?;
+        let options = Options {
+            hasher: Hasher::unkeyed(),
+            admin_token: Some(admin_token.clone()),
+            clock: system_clock(),
+        };
+        let gateway = Gateway::start(config, options).await?;
         print_welcome(&gateway, &demo.key, &admin_token);
         serve_until_stopped(gateway, None).await
     })

@@ -13,8 +13,8 @@ use jiff::Timestamp;
 
 use super::output;
 use super::Failure;
-use crate::control::keys::{KeyError, KeyPatch, KeyService, KeySpec};
-use crate::control::store::{self, KeyFilter};
+use crate::control::keys::{KeyError, KeyPatch, KeyService, KeySpec, MAX_PAGE};
+use crate::control::store::{self, Actor, KeyEvent, KeyFilter};
 use crate::core::clock::system_clock;
 use crate::core::environment::Environment;
 use crate::core::key::{KeyStatus, RateLimitSpec};
@@ -69,6 +69,8 @@ enum KeysCommand {
     Delete { id: String },
     /// Request counts by day and last use.
     Usage { id: String },
+    /// The key's audit trail: every change, who made it and when (kept after deletion).
+    Events { id: String },
 }
 
 #[derive(Debug, Args)]
@@ -200,7 +202,7 @@ pub fn run(args: KeysArgs) -> Result<(), Failure> {
     let config = super::serve::load(&path)?;
     let hasher = hasher_from_env(&config)?;
     let store = store::open(&config.store.url).map_err(|e| Failure::Runtime(e.to_string()))?;
-    let service = KeyService::new(Arc::new(store), hasher, system_clock());
+    let service = KeyService::new(Arc::new(store), hasher, system_clock(), Actor::Cli);
     let json = args.json;
     match args.command {
         KeysCommand::Create(create) => {
@@ -237,6 +239,19 @@ pub fn run(args: KeysArgs) -> Result<(), Failure> {
             output::deleted(&id, json)
         }
         KeysCommand::Usage { id } => output::usage(&service.usage(&id)?, json),
+        KeysCommand::Events { id } => {
+            let mut events = Vec::new();
+            loop {
+                let after = events.last().map_or(0, |event: &KeyEvent| event.id);
+                let page = service.events(&id, after, MAX_PAGE)?;
+                let last = page.len() < MAX_PAGE;
+                events.extend(page);
+                if last {
+                    break;
+                }
+            }
+            output::events(&events, json)
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use super::Failure;
-use crate::control::store::Usage;
+use crate::control::store::{KeyEvent, Usage};
 use crate::core::key::{KeyView, KeyWithSecret};
 
 fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), Failure> {
@@ -122,6 +122,23 @@ pub fn usage(usage: &Usage, json: bool) -> Result<(), Failure> {
     );
     for day in &usage.days {
         println!("  {}  {}", day.date, day.requests);
+    }
+    Ok(())
+}
+
+pub fn events(events: &[KeyEvent], json: bool) -> Result<(), Failure> {
+    if json {
+        return print_json(events);
+    }
+    for event in events {
+        let fields: Vec<&str> = event.changes.keys().map(String::as_str).collect();
+        println!(
+            "{}  {:<12} by {:<9} {}",
+            event.at,
+            event.event,
+            event.actor,
+            fields.join(", ")
+        );
     }
     Ok(())
 }

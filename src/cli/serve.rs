@@ -6,7 +6,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::{runtime, Failure};
 use crate::config::{self, Config};
-use crate::gateway::{hasher_from_env, Gateway};
+use crate::gateway::{Gateway, Options};
 
 pub fn load(path: &Path) -> Result<Config, Failure> {
     config::load(path).map_err(|error| Failure::Runtime(format!("{} is not valid:\n{error}", path.display())))
@@ -25,9 +25,9 @@ pub fn check(path: &Path) -> Result<(), Failure> {
 
 pub fn run(path: std::path::PathBuf) -> Result<(), Failure> {
     let config = load(&path)?;
-    let hasher = hasher_from_env(&config)?;
     runtime()?.block_on(async move {
-        let gateway = Gateway::start(config, hasher).await?;
+        let options = Options::from_env(&config)?;
+        let gateway = Gateway::start(config, options).await?;
         serve_until_stopped(gateway, Some(&path)).await
     })
 }

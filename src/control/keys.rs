@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use jiff::Timestamp;
 
-use super::store::{KeyFilter, NewKey, Store, StoreError, StoredKey, Usage};
+use super::store::{Actor, Audit, KeyEvent, KeyFilter, NewKey, Store, StoreError, StoredKey, Usage};
 use crate::core::clock::Clock;
 use crate::core::environment::Environment;
 use crate::core::key::{new_key_id, KeyView, KeyWithSecret, RateLimitSpec, StoredStatus};
@@ -86,16 +86,41 @@ impl KeyPatch {
     }
 }
 
+/// One page of a key listing.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub keys: Vec<KeyView>,
+    /// Pass as `after` to read the next page; `None` on the last one.
+    pub next: Option<u64>,
+}
+
+/// Most keys or events one page holds.
+pub const MAX_PAGE: usize = 1000;
+
 #[derive(Clone)]
 pub struct KeyService {
     store: Arc<Store>,
     hasher: Hasher,
     clock: Clock,
+    /// Who the changes made through this service are recorded as.
+    actor: Actor,
 }
 
 impl KeyService {
-    pub fn new(store: Arc<Store>, hasher: Hasher, clock: Clock) -> Self {
-        KeyService { store, hasher, clock }
+    pub fn new(store: Arc<Store>, hasher: Hasher, clock: Clock, actor: Actor) -> Self {
+        KeyService {
+            store,
+            hasher,
+            clock,
+            actor,
+        }
+    }
+
+    fn audit(&self, event: &'static str) -> Audit {
+        Audit {
+            actor: self.actor,
+            event,
+        }
     }
 
     pub fn now(&self) -> Timestamp {
@@ -105,7 +130,7 @@ impl KeyService {
     /// Creates a key with a new random secret, returned this once.
     pub fn create(&self, spec: KeySpec) -> Result<KeyWithSecret, KeyError> {
         let secret = Secret::generate(spec.environment);
-        let view = self.insert(spec, &secret)?;
+        let view = self.insert(spec, &secret, "created")?;
         Ok(KeyWithSecret {
             view,
             key: secret.expose().to_owned(),
@@ -122,31 +147,34 @@ impl KeyService {
                 ));
             }
         }
-        self.insert(spec, &secret)
+        self.insert(spec, &secret, "imported")
     }
 
-    fn insert(&self, spec: KeySpec, secret: &Secret) -> Result<KeyView, KeyError> {
+    fn insert(&self, spec: KeySpec, secret: &Secret, event: &'static str) -> Result<KeyView, KeyError> {
         let now = self.now();
         validate_spec(&spec, now)?;
         let id = new_key_id();
         let stored = self
             .store
-            .insert(&NewKey {
-                id: id.clone(),
-                name: spec.name,
-                environment: spec.environment,
-                hash: self.hasher.hash(secret.expose().as_bytes()),
-                prefix: secret.display_prefix(),
-                permissions: spec.permissions,
-                rate_limit: spec.rate_limit,
-                customer_id: spec.customer_id,
-                allowed_ips: spec.allowed_ips,
-                expires_at: spec.expires_at,
-                metadata: spec.metadata,
-                now,
-            })
+            .insert(
+                &NewKey {
+                    id: id.clone(),
+                    name: spec.name,
+                    environment: spec.environment,
+                    hash: self.hasher.hash(secret.expose().as_bytes()),
+                    prefix: secret.display_prefix(),
+                    permissions: spec.permissions,
+                    rate_limit: spec.rate_limit,
+                    customer_id: spec.customer_id,
+                    allowed_ips: spec.allowed_ips,
+                    expires_at: spec.expires_at,
+                    metadata: spec.metadata,
+                    now,
+                },
+                self.audit(event),
+            )
             .map_err(|e| KeyError::from_store(e, &id))?;
-        tracing::info!(key_id = %stored.id, environment = %stored.environment, "key created");
+        tracing::info!(key_id = %stored.id, environment = %stored.environment, actor = self.actor.as_str(), "key {event}");
         Ok(stored.view(now))
     }
 
@@ -158,10 +186,39 @@ impl KeyService {
         }
     }
 
+    /// Every key matching `filter`.
     pub fn list(&self, filter: &KeyFilter) -> Result<Vec<KeyView>, KeyError> {
         let now = self.now();
-        let keys = self.store.list(filter, now).map_err(KeyError::Store)?;
+        let keys = self
+            .store
+            .list(filter, now, 0, usize::MAX)
+            .map_err(KeyError::Store)?;
         Ok(keys.iter().map(|key| key.view(now)).collect())
+    }
+
+    /// Up to `limit` keys matching `filter` after the cursor `after` (0 for the first page).
+    pub fn page(&self, filter: &KeyFilter, after: u64, limit: usize) -> Result<Page, KeyError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let now = self.now();
+        let mut keys = self
+            .store
+            .list(filter, now, after, limit + 1)
+            .map_err(KeyError::Store)?;
+        let next = (keys.len() > limit).then(|| {
+            keys.truncate(limit);
+            keys.last().map_or(after, |key| key.seq)
+        });
+        Ok(Page {
+            keys: keys.iter().map(|key| key.view(now)).collect(),
+            next,
+        })
+    }
+
+    /// A key's audit trail, deleted or not: up to `limit` events after event `after`.
+    pub fn events(&self, id: &str, after: u64, limit: usize) -> Result<Vec<KeyEvent>, KeyError> {
+        self.store
+            .events(id, after, limit.clamp(1, MAX_PAGE))
+            .map_err(|e| KeyError::from_store(e, id))
     }
 
     pub fn update(&self, id: &str, patch: KeyPatch) -> Result<KeyView, KeyError> {
@@ -184,6 +241,8 @@ impl KeyService {
         let mut secret = None;
         let view = self.modify(id, "regenerated", |key| {
             let new = Secret::generate(key.environment);
+            // The new secret has not had a chance to be used: idle time starts over.
+            key.idle_from = Some(now);
             let old_hash = std::mem::replace(&mut key.hash, self.hasher.hash(new.expose().as_bytes()));
             key.prefix = new.display_prefix();
             match grace.filter(|grace| !grace.is_zero()) {
@@ -225,8 +284,41 @@ impl KeyService {
         self.store.usage(id).map_err(|e| KeyError::from_store(e, id))
     }
 
+    /// Revokes a key for idleness, unless it was used (or reactivated, or regenerated) since
+    /// the sweep saw it: then `None`.
+    pub fn revoke_idle(&self, id: &str, idle_expiry: Duration) -> Result<Option<KeyView>, KeyError> {
+        let now = self.now();
+        let mut still_idle = true;
+        let result = self.modify(id, "idle_revoked", |key| {
+            let since = key
+                .idle_from
+                .unwrap_or(key.created_at)
+                .max(key.last_used_at.unwrap_or(key.created_at));
+            still_idle = key.status == StoredStatus::Active
+                && since
+                    .checked_add(idle_expiry)
+                    .is_ok_and(|deadline| deadline <= now);
+            if !still_idle {
+                return Err(KeyError::Conflict("no longer idle".into()));
+            }
+            key.status = StoredStatus::Revoked;
+            key.previous_hash = None;
+            key.grace_until = None;
+            Ok(())
+        });
+        match result {
+            Err(KeyError::Conflict(_)) if !still_idle => Ok(None),
+            other => other.map(Some),
+        }
+    }
+
     fn set_status(&self, id: &str, status: StoredStatus, event: &'static str) -> Result<KeyView, KeyError> {
+        let now = self.now();
         self.modify(id, event, |key| {
+            if status == StoredStatus::Active && key.status != StoredStatus::Active {
+                // Reactivated: idle time starts over, or the next sweep would revoke it again.
+                key.idle_from = Some(now);
+            }
             key.status = status;
             if status != StoredStatus::Active {
                 // A disabled key's old secret must not outlive it through a grace period.
@@ -245,7 +337,7 @@ impl KeyService {
     ) -> Result<KeyView, KeyError> {
         let now = self.now();
         let mut failure = None;
-        let result = self.store.modify(id, &mut |key| {
+        let result = self.store.modify(id, self.audit(event), &mut |key| {
             change(key).map_err(|e| {
                 failure = Some(e);
                 StoreError::Conflict(String::new())
@@ -257,7 +349,7 @@ impl KeyService {
             return Err(failure);
         }
         let key = result.map_err(|e| KeyError::from_store(e, id))?;
-        tracing::info!(key_id = %key.id, revision = key.revision, "key {event}");
+        tracing::info!(key_id = %key.id, revision = key.revision, actor = self.actor.as_str(), "key {event}");
         Ok(key.view(now))
     }
 }

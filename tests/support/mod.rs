@@ -23,7 +23,10 @@ use keygate::control::store;
 use keygate::core::clock::{Clock, ManualClock};
 use keygate::core::environment::Environment;
 use keygate::core::secret::Hasher;
-use keygate::gateway::Gateway;
+use keygate::gateway::{Gateway, Options};
+
+/// The admin token every harness gateway runs with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 /// What the upstream received.
 #[derive(Debug, Clone)]
@@ -197,10 +200,18 @@ impl Harness {
         let clock = ManualClock::new(jiff::Timestamp::now());
         let shared_clock: Clock = Arc::new(clock.clone());
         let store = store::open(&config.store.url).unwrap();
-        let keys = KeyService::new(Arc::new(store), Hasher::unkeyed(), shared_clock.clone());
-        let gateway = Gateway::start_with_clock(config, Hasher::unkeyed(), shared_clock)
-            .await
-            .unwrap();
+        let keys = KeyService::new(
+            Arc::new(store),
+            Hasher::unkeyed(),
+            shared_clock.clone(),
+            store::Actor::Cli,
+        );
+        let options = Options {
+            hasher: Hasher::unkeyed(),
+            admin_token: Some(ADMIN_TOKEN.into()),
+            clock: shared_clock,
+        };
+        let gateway = Gateway::start(config, options).await.unwrap();
         Harness {
             gateway,
             upstream,

@@ -34,6 +34,9 @@ pub struct StoredKey {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// The store revision of this row's last change.
     pub revision: u64,
+    /// Idle time counts from the later of this and `last_used_at`: set when the key is
+    /// reactivated or regenerated (creation when unset).
+    pub idle_from: Option<Timestamp>,
 }
 
 impl StoredKey {
@@ -127,4 +130,64 @@ pub struct Changes {
     /// Rows that could not be read back, with why; skipped, never fatal.
     pub bad_rows: Vec<String>,
     pub revision: u64,
+}
+
+/// Who changed a key, for its audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor {
+    Cli,
+    AdminApi,
+    Lifecycle,
+}
+
+impl Actor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Actor::Cli => "cli",
+            Actor::AdminApi => "admin_api",
+            Actor::Lifecycle => "lifecycle",
+        }
+    }
+}
+
+/// The audit record a change writes in the same transaction as the change.
+#[derive(Debug, Clone, Copy)]
+pub struct Audit {
+    pub actor: Actor,
+    /// `created`, `imported`, `updated`, `regenerated`, `revoked`, `activated`, `deleted`,
+    /// `idle_revoked`.
+    pub event: &'static str,
+}
+
+/// One entry of a key's audit trail. `changes` holds the new value of every field the change
+/// touched (all of them for creation); a new secret appears as `"secret": "replaced"`, never
+/// as a value.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct KeyEvent {
+    pub id: u64,
+    pub key_id: String,
+    pub event: String,
+    pub actor: String,
+    pub at: Timestamp,
+    pub changes: serde_json::Map<String, serde_json::Value>,
+}
+
+/// An active key that has been idle long enough to be warned about or revoked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdleKey {
+    pub seq: u64,
+    pub id: String,
+    pub name: String,
+    pub environment: Environment,
+    pub last_used_at: Option<Timestamp>,
+    /// The later of its last use and its creation, reactivation or regeneration.
+    pub idle_since: Timestamp,
+}
+
+/// A webhook delivery waiting in the store's outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingWebhook {
+    pub id: u64,
+    pub payload: String,
+    pub attempts: u32,
 }

@@ -13,13 +13,17 @@ use std::time::Duration;
 use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
-use super::model::{Changes, DayUsage, KeyFilter, NewKey, StoredKey, Usage, UsageDelta};
+use super::model::{
+    Audit, Changes, DayUsage, IdleKey, KeyEvent, KeyFilter, NewKey, PendingWebhook, StoredKey, Usage,
+    UsageDelta,
+};
 use super::StoreError;
-use crate::core::key::StoredStatus;
+use crate::core::key::{KeyStatus, StoredStatus};
 use crate::core::secret::KeyHash;
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
     INSERT INTO meta (name, value) VALUES ('revision', 0);
     CREATE TABLE keys (
@@ -52,11 +56,39 @@ const MIGRATIONS: &[&str] = &[r#"
         requests INTEGER NOT NULL,
         PRIMARY KEY (key_seq, day)
     ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+    ALTER TABLE keys ADD COLUMN idle_from INTEGER;
+    CREATE TABLE key_events (
+        id INTEGER PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        event TEXT NOT NULL,
+        changes TEXT NOT NULL
+    );
+    CREATE INDEX key_events_key ON key_events (key_id, id);
+    CREATE TABLE idle_warnings (
+        key_seq INTEGER NOT NULL REFERENCES keys (seq),
+        deadline INTEGER NOT NULL,
+        threshold INTEGER NOT NULL,
+        sent_at INTEGER NOT NULL,
+        PRIMARY KEY (key_seq, deadline, threshold)
+    ) WITHOUT ROWID;
+    CREATE TABLE webhook_outbox (
+        id INTEGER PRIMARY KEY,
+        payload TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until_ms INTEGER NOT NULL);
+"#,
+];
 
 const COLUMNS: &str = "seq, id, name, environment, hash, prefix, permissions, rate_limit, customer_id, \
      allowed_ips, expires_at, status, created_at, updated_at, last_used_at, previous_hash, grace_until, \
-     previous_last_used_at, metadata, revision";
+     previous_last_used_at, metadata, revision, idle_from";
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -89,7 +121,7 @@ impl SqliteStore {
         self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn insert(&self, key: &NewKey) -> Result<StoredKey, StoreError> {
+    pub fn insert(&self, key: &NewKey, audit: Audit) -> Result<StoredKey, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let revision = next_revision(&tx)?;
@@ -123,6 +155,7 @@ impl SqliteStore {
         }
         inserted?;
         let stored = select_one(&tx, "id = ?1", &key.id)?.ok_or(StoreError::NotFound)?;
+        record_event(&tx, &stored.id, audit, key.now, audited_fields(&stored))?;
         tx.commit()?;
         Ok(stored)
     }
@@ -137,6 +170,7 @@ impl SqliteStore {
     pub fn modify(
         &self,
         id: &str,
+        audit: Audit,
         change: &mut dyn FnMut(&mut StoredKey) -> Result<(), StoreError>,
     ) -> Result<StoredKey, StoreError> {
         let mut conn = self.conn();
@@ -144,31 +178,88 @@ impl SqliteStore {
         let mut key = select_one(&tx, "id = ?1", id)?
             .filter(|key| key.status != StoredStatus::Deleted)
             .ok_or(StoreError::NotFound)?;
+        let before = key.clone();
         change(&mut key)?;
         key.revision = next_revision(&tx)?;
         write_back(&tx, &key)?;
+        record_event(&tx, &key.id, audit, key.updated_at, changed_fields(&before, &key))?;
         tx.commit()?;
         Ok(key)
     }
 
-    pub fn list(&self, filter: &KeyFilter, now: Timestamp) -> Result<Vec<StoredKey>, StoreError> {
+    /// A key's audit trail, oldest first, from after event `after` on. Kept for deleted keys.
+    pub fn events(&self, id: &str, after: u64, limit: usize) -> Result<Vec<KeyEvent>, StoreError> {
+        let conn = self.conn();
+        let exists: bool = conn.query_row("SELECT EXISTS (SELECT 1 FROM keys WHERE id = ?1)", [id], |r| {
+            r.get(0)
+        })?;
+        if !exists {
+            return Err(StoreError::NotFound);
+        }
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, at, actor, event, changes FROM key_events WHERE key_id = ?1 AND id > ?2 \
+             ORDER BY id LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![id, after as i64, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?;
+        let mut events = Vec::new();
+        for row in rows {
+            let (event_id, at, actor, event, changes) = row?;
+            events.push(KeyEvent {
+                id: event_id as u64,
+                key_id: id.to_owned(),
+                event,
+                actor,
+                at: instant(Some(at))
+                    .map_err(StoreError::Corrupt)?
+                    .ok_or_else(|| StoreError::Corrupt(format!("event {event_id} has no time")))?,
+                changes: json("changes", &changes).map_err(StoreError::Corrupt)?,
+            });
+        }
+        Ok(events)
+    }
+
+    /// Keys matching `filter`, in creation order, starting after the key with sequence number
+    /// `after`, at most `limit`. Every condition is in SQL, so a page costs the same however
+    /// many keys there are.
+    pub fn list(
+        &self,
+        filter: &KeyFilter,
+        now: Timestamp,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredKey>, StoreError> {
+        let status = match filter.status {
+            None => "status != 'deleted'",
+            Some(KeyStatus::Active) => "status = 'active' AND (expires_at IS NULL OR expires_at > ?4)",
+            Some(KeyStatus::Expired) => "status = 'active' AND expires_at <= ?4",
+            Some(KeyStatus::Revoked) => "status = 'revoked'",
+            Some(KeyStatus::Deleted) => "status = 'deleted'",
+        };
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM keys WHERE status != 'deleted' \
-             AND (?1 IS NULL OR environment = ?1) AND (?2 IS NULL OR customer_id = ?2) ORDER BY seq"
+            "SELECT {COLUMNS} FROM keys WHERE {status} AND seq > ?3 \
+             AND (?1 IS NULL OR environment = ?1) AND (?2 IS NULL OR customer_id = ?2) ORDER BY seq LIMIT ?5"
         ))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = stmt.query_map(
-            params![filter.environment.map(|env| env.as_str()), filter.customer_id],
+            params![
+                filter.environment.map(|env| env.as_str()),
+                filter.customer_id,
+                after as i64,
+                now.as_second(),
+                limit
+            ],
             read_row,
         )?;
-        let mut keys = Vec::new();
-        for row in rows {
-            let key = row?.map_err(StoreError::Corrupt)?;
-            if filter.status.is_none_or(|status| key.status_at(now) == status) {
-                keys.push(key);
-            }
-        }
-        Ok(keys)
+        rows.map(|row| row?.map_err(StoreError::Corrupt)).collect()
     }
 
     /// Every row changed after `revision`, tombstones included, oldest change first.
@@ -265,6 +356,127 @@ impl SqliteStore {
         Ok(value as u64)
     }
 
+    /// Active, unexpired keys idle since `cutoff` or longer, oldest first.
+    pub fn idle_keys(&self, cutoff: Timestamp, now: Timestamp) -> Result<Vec<IdleKey>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, id, name, environment, last_used_at, \
+             MAX(COALESCE(idle_from, created_at), COALESCE(last_used_at, 0)) AS since FROM keys \
+             WHERE status = 'active' AND (expires_at IS NULL OR expires_at > ?2) AND since <= ?1 \
+             ORDER BY since",
+        )?;
+        let rows = stmt.query_map(params![cutoff.as_second(), now.as_second()], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })?;
+        let mut keys = Vec::new();
+        for row in rows {
+            let (seq, id, name, environment, last_used_at, since) = row?;
+            let decoded = (|| {
+                Ok::<_, String>(IdleKey {
+                    seq: seq as u64,
+                    environment: environment.parse()?,
+                    last_used_at: instant(last_used_at)?,
+                    idle_since: instant(Some(since))?.ok_or("no idle time")?,
+                    id: id.clone(),
+                    name,
+                })
+            })();
+            keys.push(decoded.map_err(|why| StoreError::Corrupt(format!("key {id}: {why}")))?);
+        }
+        Ok(keys)
+    }
+
+    /// Records that the idle warning `threshold` (seconds before `deadline`) went out for a key,
+    /// and queues its webhook payload, in one transaction. False when it was recorded before:
+    /// each warning goes out once, whichever gateway sweeps and however often it restarts.
+    pub fn record_warning(
+        &self,
+        seq: u64,
+        deadline: Timestamp,
+        threshold: u64,
+        now: Timestamp,
+        webhook: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO idle_warnings (key_seq, deadline, threshold, sent_at) VALUES (?1, ?2, ?3, ?4)",
+            params![seq as i64, deadline.as_second(), threshold as i64, now.as_second()],
+        )?;
+        if inserted == 1 {
+            if let Some(payload) = webhook {
+                enqueue(&tx, payload, now)?;
+            }
+        }
+        tx.commit()?;
+        Ok(inserted == 1)
+    }
+
+    /// Queues a webhook payload for delivery.
+    pub fn enqueue_webhook(&self, payload: &str, now: Timestamp) -> Result<(), StoreError> {
+        enqueue(&self.conn(), payload, now)
+    }
+
+    /// Webhook deliveries due at `now`, oldest first.
+    pub fn due_webhooks(&self, now: Timestamp, limit: usize) -> Result<Vec<PendingWebhook>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, payload, attempts FROM webhook_outbox WHERE next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![now.as_millisecond(), limit as i64], |r| {
+            Ok(PendingWebhook {
+                id: r.get::<_, i64>(0)? as u64,
+                payload: r.get(1)?,
+                attempts: r.get::<_, i64>(2)?.clamp(0, u32::MAX as i64) as u32,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Removes a delivered (or abandoned) webhook from the outbox.
+    pub fn webhook_done(&self, id: u64) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM webhook_outbox WHERE id = ?1", [id as i64])?;
+        Ok(())
+    }
+
+    /// Counts a failed attempt and sets when to try again.
+    pub fn webhook_retry_at(&self, id: u64, attempts: u32, at: Timestamp) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE webhook_outbox SET attempts = ?2, next_attempt_at = ?3 WHERE id = ?1",
+            params![id as i64, attempts as i64, at.as_millisecond()],
+        )?;
+        Ok(())
+    }
+
+    /// Takes or renews the lease `name` for `holder` until `now + ttl`. True when `holder` has
+    /// it: nobody held it, its holder let it run out, or `holder` held it already.
+    pub fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let until = now
+            .as_millisecond()
+            .saturating_add(ttl.as_millis().min(i64::MAX as u128) as i64);
+        let changed = self.conn().execute(
+            "INSERT INTO leases (name, holder, until_ms) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms \
+             WHERE leases.holder = excluded.holder OR leases.until_ms < ?4",
+            params![name, holder, until, now.as_millisecond()],
+        )?;
+        Ok(changed == 1)
+    }
+
     /// Inserts many keys in one transaction, for bulk loads (benchmarks, migrations from
     /// another system). Each key gets its own revision.
     pub fn insert_many(&self, keys: &[NewKey]) -> Result<(), StoreError> {
@@ -334,8 +546,8 @@ fn write_back(tx: &Transaction<'_>, key: &StoredKey) -> Result<(), StoreError> {
     tx.prepare_cached(
         "UPDATE keys SET name = ?2, hash = ?3, prefix = ?4, permissions = ?5, rate_limit = ?6, \
          customer_id = ?7, allowed_ips = ?8, expires_at = ?9, status = ?10, updated_at = ?11, \
-         previous_hash = ?12, grace_until = ?13, previous_last_used_at = ?14, metadata = ?15, revision = ?16 \
-         WHERE seq = ?1",
+         previous_hash = ?12, grace_until = ?13, previous_last_used_at = ?14, metadata = ?15, revision = ?16, \
+         idle_from = ?17 WHERE seq = ?1",
     )?
     .execute(params![
         key.seq as i64,
@@ -354,6 +566,7 @@ fn write_back(tx: &Transaction<'_>, key: &StoredKey) -> Result<(), StoreError> {
         key.previous_last_used_at.map(|at| at.as_second()),
         to_json(&key.metadata),
         key.revision as i64,
+        key.idle_from.map(|at| at.as_second()),
     ])
     .map_err(|e| match e {
         rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
@@ -362,6 +575,71 @@ fn write_back(tx: &Transaction<'_>, key: &StoredKey) -> Result<(), StoreError> {
         other => other.into(),
     })?;
     Ok(())
+}
+
+fn enqueue(conn: &Connection, payload: &str, now: Timestamp) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO webhook_outbox (payload, next_attempt_at, created_at) VALUES (?1, ?2, ?2)",
+    )?
+    .execute(params![payload, now.as_millisecond()])?;
+    Ok(())
+}
+
+fn record_event(
+    tx: &Transaction<'_>,
+    key_id: &str,
+    audit: Audit,
+    at: Timestamp,
+    changes: serde_json::Map<String, serde_json::Value>,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO key_events (key_id, at, actor, event, changes) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        key_id,
+        at.as_second(),
+        audit.actor.as_str(),
+        audit.event,
+        to_json(&changes)
+    ])?;
+    Ok(())
+}
+
+/// The fields of a key an audit record shows: its settings, never its secret or hash.
+fn audited_fields(key: &StoredKey) -> serde_json::Map<String, serde_json::Value> {
+    let serde_json::Value::Object(mut fields) = serde_json::json!({
+        "name": key.name,
+        "environment": key.environment,
+        "permissions": key.permissions,
+        "rate_limit": key.rate_limit,
+        "customer_id": key.customer_id,
+        "allowed_ips": key.allowed_ips,
+        "expires_at": key.expires_at,
+        "status": key.status.as_str(),
+        "prefix": key.prefix,
+        "grace_until": key.grace_until,
+        "metadata": key.metadata,
+    }) else {
+        unreachable!("a json! object literal is an object")
+    };
+    fields.retain(|_, value| !value.is_null());
+    fields
+}
+
+/// The audited fields that differ between `before` and `after`, with their new values.
+fn changed_fields(before: &StoredKey, after: &StoredKey) -> serde_json::Map<String, serde_json::Value> {
+    let old = audited_fields(before);
+    let new = audited_fields(after);
+    let mut changes: serde_json::Map<_, _> = old
+        .keys()
+        .chain(new.keys())
+        .filter(|field| old.get(*field) != new.get(*field))
+        .map(|field| (field.clone(), new.get(field).cloned().unwrap_or_default()))
+        .collect();
+    if before.hash != after.hash {
+        changes.insert("secret".into(), "replaced".into());
+    }
+    changes
 }
 
 fn select_one(conn: &Connection, condition: &str, value: &str) -> Result<Option<StoredKey>, StoreError> {
@@ -401,6 +679,7 @@ fn read_row(row: &Row<'_>) -> rusqlite::Result<Result<StoredKey, String>> {
         previous_last_used_at: row.get(17)?,
         metadata: row.get(18)?,
         revision: row.get(19)?,
+        idle_from: row.get(20)?,
     };
     Ok(raw.decode(id.clone()).map_err(|why| format!("key {id}: {why}")))
 }
@@ -425,6 +704,7 @@ struct RawRow {
     previous_last_used_at: Option<i64>,
     metadata: String,
     revision: i64,
+    idle_from: Option<i64>,
 }
 
 impl RawRow {
@@ -456,6 +736,7 @@ impl RawRow {
             previous_last_used_at: instant(self.previous_last_used_at)?,
             metadata: json("metadata", &self.metadata)?,
             revision: self.revision as u64,
+            idle_from: instant(self.idle_from)?,
         })
     }
 }

@@ -1,12 +1,17 @@
-//! The admin listener (control plane): `/healthz`, `/readyz`, `/metrics`, on its own port so
-//! the data plane's port exposes nothing but the proxied API.
+//! The admin listener (control plane): `/healthz`, `/readyz`, `/metrics` open, and the admin
+//! API under `/v1` behind the admin token, on its own port so the data plane's port exposes
+//! nothing but the proxied API.
+
+mod api;
+
+pub use api::{MAX_BODY, OPENAPI};
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -16,8 +21,10 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::control::keys::KeyService;
 use crate::core::environment::Environment;
 use crate::core::key::KeyStatus;
+use crate::core::secret::{Hasher, KeyHash};
 use crate::proxy::state::Shared;
 
 type AdminBody = Full<Bytes>;
@@ -26,11 +33,54 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json; charset=ut
 const PROMETHEUS: HeaderValue = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
 
 pub struct Admin {
-    pub shared: Arc<Shared>,
+    shared: Arc<Shared>,
+    keys: KeyService,
+    /// BLAKE3 of the admin token: compared in constant time, whatever the lengths.
+    token: Option<KeyHash>,
 }
 
 impl Admin {
+    pub fn new(shared: Arc<Shared>, keys: KeyService, token: Option<String>) -> Self {
+        Admin {
+            shared,
+            keys,
+            token: token.map(|token| Hasher::unkeyed().hash(token.as_bytes())),
+        }
+    }
+
+    /// Whether the request carries `Authorization: Bearer <admin token>`.
+    fn authorized<B>(&self, request: &Request<B>) -> bool {
+        let Some(expected) = &self.token else {
+            return false;
+        };
+        let mut presented = request.headers().get_all(AUTHORIZATION).iter();
+        let (Some(value), None) = (presented.next(), presented.next()) else {
+            return false;
+        };
+        let token = value.as_bytes();
+        let token = match token.get(..7) {
+            Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => &token[7..],
+            _ => return false,
+        };
+        Hasher::unkeyed().hash(token).ct_eq(expected)
+    }
+
     async fn handle(&self, request: Request<Incoming>) -> Response<AdminBody> {
+        let path = request.uri().path();
+        if path == "/v1" || path.starts_with("/v1/") {
+            if !self.authorized(&request) {
+                let mut response = json(
+                    StatusCode::UNAUTHORIZED,
+                    r#"{"error":"admin token required"}"#.into(),
+                );
+                response.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"keygate admin\""),
+                );
+                return response;
+            }
+            return api::serve(self, request).await;
+        }
         match (request.method(), request.uri().path()) {
             (&Method::GET | &Method::HEAD, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
             (&Method::GET | &Method::HEAD, "/readyz") => self.readyz(),

@@ -1,0 +1,679 @@
+//! The admin API under `/v1` (SPEC 5): key management over HTTP through the same
+//! [`KeyService`] the CLI uses, so no lifecycle rule exists twice. The document that describes
+//! it is `openapi.json` beside this file; the tests check every answer against it.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use ipnet::IpNet;
+use jiff::Timestamp;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::{json, Admin, AdminBody};
+use crate::control::keys::{KeyError, KeyPatch, KeyService, KeySpec};
+use crate::control::store::KeyFilter;
+use crate::core::environment::Environment;
+use crate::core::key::{KeyStatus, RateLimitSpec};
+use crate::core::permission::Permission;
+use crate::core::secret::{check_format, Format, Secret};
+use crate::core::units::parse_duration;
+use crate::proxy::limits::Decision;
+use crate::proxy::table::Secret as Presented;
+
+/// Largest request body the admin API reads.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Keys or events per page unless `limit` says otherwise.
+const DEFAULT_PAGE: usize = 100;
+
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// An answer that is not a success: status and the JSON error body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn bad(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+
+    fn status(status: StatusCode, message: &str) -> Self {
+        ApiError {
+            status,
+            message: message.to_owned(),
+            field: None,
+        }
+    }
+
+    fn into_response(self) -> Response<AdminBody> {
+        let body = match &self.field {
+            Some(field) => serde_json::json!({ "error": self.message, "field": field }),
+            None => serde_json::json!({ "error": self.message }),
+        };
+        json(self.status, body.to_string().into())
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(error: KeyError) -> Self {
+        match error {
+            KeyError::Invalid { field, message } => ApiError::bad(field, message),
+            KeyError::NotFound(_) => ApiError::status(StatusCode::NOT_FOUND, "key not found"),
+            KeyError::Conflict(why) => ApiError {
+                status: StatusCode::CONFLICT,
+                message: why,
+                field: None,
+            },
+            KeyError::Store(error) => {
+                tracing::error!(%error, "admin API: store failed");
+                ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+            }
+        }
+    }
+}
+
+type Answer = Result<Response<AdminBody>, ApiError>;
+
+/// Serves one request under `/v1`, the admin token already checked.
+pub(super) async fn serve(admin: &Admin, request: Request<Incoming>) -> Response<AdminBody> {
+    dispatch(admin, request)
+        .await
+        .unwrap_or_else(ApiError::into_response)
+}
+
+async fn dispatch(admin: &Admin, request: Request<Incoming>) -> Answer {
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
+    let method = request.method().clone();
+    match (segments.as_slice(), &method) {
+        (["openapi.json"], &Method::GET) => Ok(openapi()),
+        (["keys"], &Method::GET) => list(admin, &request).await,
+        (["keys"], &Method::POST) => create(admin, request).await,
+        (["keys", "verify"], &Method::POST) => verify(admin, request).await,
+        (["keys", id], &Method::GET) => {
+            let id = id.to_string();
+            blocking(admin, move |keys| keys.get(&id))
+                .await
+                .map(|key| ok(&key))
+        }
+        (["keys", id], &Method::PATCH) => update(admin, id.to_string(), request).await,
+        (["keys", id], &Method::DELETE) => {
+            let id = id.to_string();
+            blocking(admin, move |keys| keys.delete(&id))
+                .await
+                .map(|()| no_content())
+        }
+        (["keys", id, "regenerate"], &Method::POST) => regenerate(admin, id.to_string(), request).await,
+        (["keys", id, "revoke"], &Method::POST) => {
+            let id = id.to_string();
+            read_empty(request).await?;
+            blocking(admin, move |keys| keys.revoke(&id))
+                .await
+                .map(|key| ok(&key))
+        }
+        (["keys", id, "activate"], &Method::POST) => {
+            let id = id.to_string();
+            read_empty(request).await?;
+            blocking(admin, move |keys| keys.activate(&id))
+                .await
+                .map(|key| ok(&key))
+        }
+        (["keys", id, "usage"], &Method::GET) => {
+            let id = id.to_string();
+            blocking(admin, move |keys| keys.usage(&id))
+                .await
+                .map(|usage| ok(&usage))
+        }
+        (["keys", id, "events"], &Method::GET) => events(admin, id.to_string(), &request).await,
+        (shape, _) => match allowed(shape) {
+            Some(allow) => Ok(method_not_allowed(allow)),
+            None => Err(ApiError::status(StatusCode::NOT_FOUND, "not found")),
+        },
+    }
+}
+
+/// The methods a known path takes, for 405's `Allow`.
+fn allowed(shape: &[&str]) -> Option<&'static str> {
+    match shape {
+        ["openapi.json"] => Some("GET"),
+        ["keys"] => Some("GET, POST"),
+        ["keys", "verify"] => Some("POST"),
+        ["keys", _] => Some("GET, PATCH, DELETE"),
+        ["keys", _, "regenerate" | "revoke" | "activate"] => Some("POST"),
+        ["keys", _, "usage" | "events"] => Some("GET"),
+        _ => None,
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<AdminBody> {
+    let mut response = ApiError::status(StatusCode::METHOD_NOT_ALLOWED, "method not allowed").into_response();
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+fn openapi() -> Response<AdminBody> {
+    json(StatusCode::OK, Bytes::from_static(OPENAPI.as_bytes()))
+}
+
+fn ok<T: Serialize>(value: &T) -> Response<AdminBody> {
+    with_status(StatusCode::OK, value)
+}
+
+fn with_status<T: Serialize>(status: StatusCode, value: &T) -> Response<AdminBody> {
+    match serde_json::to_vec(value) {
+        Ok(body) => json(status, body.into()),
+        Err(error) => {
+            tracing::error!(%error, "admin API: answer did not serialize");
+            ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "answer could not be written").into_response()
+        }
+    }
+}
+
+fn no_content() -> Response<AdminBody> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+}
+
+/// Runs a key service call on the blocking pool: the store is synchronous.
+async fn blocking<T: Send + 'static>(
+    admin: &Admin,
+    call: impl FnOnce(&KeyService) -> Result<T, KeyError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let keys = admin.keys.clone();
+    match tokio::task::spawn_blocking(move || call(&keys)).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(error) => {
+            tracing::error!(%error, "admin API: store task failed");
+            Err(ApiError::status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store unavailable",
+            ))
+        }
+    }
+}
+
+/// Reads a JSON body of at most [`MAX_BODY`] bytes into `T`; an empty body reads as `{}`.
+async fn read_json<T: DeserializeOwned>(request: Request<Incoming>) -> Result<T, ApiError> {
+    let bytes = read_body(request).await?;
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &bytes
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(body_error)?;
+    deserializer
+        .end()
+        .map_err(|e| ApiError::bad("body", format!("not one JSON document: {e}")))?;
+    Ok(value)
+}
+
+/// Endpoints that take no body take an empty one or `{}`.
+async fn read_empty(request: Request<Incoming>) -> Result<(), ApiError> {
+    read_json::<NoFields>(request).await.map(drop)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoFields {}
+
+async fn read_body(request: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    if let Some(kind) = request.headers().get(CONTENT_TYPE) {
+        let kind = kind.to_str().unwrap_or("").to_ascii_lowercase();
+        if !kind.starts_with("application/json") {
+            return Err(ApiError::status(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "the body must be application/json",
+            ));
+        }
+    }
+    match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Err(_) => Err(ApiError::bad("body", "the request body could not be read")),
+    }
+}
+
+fn too_large() -> ApiError {
+    ApiError::status(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+}
+
+/// A JSON error naming the field at fault: its path (`rate_limit.per`), or the unknown field.
+fn body_error(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let message = error.inner().to_string();
+    let path = error.path().to_string();
+    let unknown = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+        .map(|name| match path.as_str() {
+            "." => name.to_owned(),
+            parent => format!("{parent}.{name}"),
+        });
+    let field = match (unknown, error.inner().classify()) {
+        (Some(field), _) => field,
+        (None, serde_json::error::Category::Syntax | serde_json::error::Category::Eof) => "body".to_owned(),
+        (None, _) if path == "." => "body".to_owned(),
+        (None, _) => path,
+    };
+    // serde's message ends with " at line L column C"; keep only the reason.
+    let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
+    ApiError::bad(field, message)
+}
+
+/// The query string as pairs, refusing names the endpoint does not take.
+fn query<'a>(request: &'a Request<Incoming>, known: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
+    let text = request.uri().query().unwrap_or("");
+    let mut pairs = Vec::new();
+    for pair in text.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = decode(name).ok_or_else(|| ApiError::bad("query", "not valid percent-encoded UTF-8"))?;
+        let value =
+            decode(value).ok_or_else(|| ApiError::bad(name.clone(), "not valid percent-encoded UTF-8"))?;
+        if !known.contains(&name.as_str()) {
+            return Err(ApiError::bad(
+                name,
+                format!("unknown query parameter; expected one of {}", known.join(", ")),
+            ));
+        }
+        pairs.push((name, value));
+    }
+    Ok(pairs)
+}
+
+fn decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `limit` and `cursor` of a paged listing.
+fn paging(pairs: &[(String, String)]) -> Result<(u64, usize), ApiError> {
+    let mut after = 0;
+    let mut limit = DEFAULT_PAGE;
+    for (name, value) in pairs {
+        match name.as_str() {
+            "cursor" => {
+                after = value
+                    .parse()
+                    .map_err(|_| ApiError::bad("cursor", "not a cursor this API returned"))?
+            }
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=crate::control::keys::MAX_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad(
+                            "limit",
+                            format!("must be 1 to {}", crate::control::keys::MAX_PAGE),
+                        )
+                    })?
+            }
+            _ => {}
+        }
+    }
+    Ok((after, limit))
+}
+
+/// A page of results, with the next page's cursor in `X-Next-Cursor` and a `Link` header.
+fn paged<T: Serialize>(items: &[T], next: Option<u64>, request: &Request<Incoming>) -> Response<AdminBody> {
+    let mut response = ok(&items);
+    if let Some(next) = next {
+        let others: Vec<&str> = request
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty() && !p.starts_with("cursor="))
+            .collect();
+        let mut query = others.join("&");
+        if !query.is_empty() {
+            query.push('&');
+        }
+        let link = format!("<{}?{query}cursor={next}>; rel=\"next\"", request.uri().path());
+        if let Ok(link) = HeaderValue::from_str(&link) {
+            response.headers_mut().insert(http::header::LINK, link);
+        }
+        response
+            .headers_mut()
+            .insert("x-next-cursor", HeaderValue::from(next));
+    }
+    response
+}
+
+async fn list(admin: &Admin, request: &Request<Incoming>) -> Answer {
+    let pairs = query(
+        request,
+        &["environment", "status", "customer_id", "limit", "cursor"],
+    )?;
+    let mut filter = KeyFilter::default();
+    for (name, value) in &pairs {
+        match name.as_str() {
+            "environment" => {
+                filter.environment = Some(
+                    value
+                        .parse()
+                        .map_err(|e: String| ApiError::bad("environment", e))?,
+                )
+            }
+            "status" => {
+                let status: KeyStatus = value.parse().map_err(|e: String| ApiError::bad("status", e))?;
+                if status == KeyStatus::Deleted {
+                    return Err(ApiError::bad("status", "deleted keys are not listed"));
+                }
+                filter.status = Some(status);
+            }
+            "customer_id" => filter.customer_id = Some(value.clone()),
+            _ => {}
+        }
+    }
+    let (after, limit) = paging(&pairs)?;
+    let page = blocking(admin, move |keys| keys.page(&filter, after, limit)).await?;
+    Ok(paged(&page.keys, page.next, request))
+}
+
+async fn events(admin: &Admin, id: String, request: &Request<Incoming>) -> Answer {
+    let pairs = query(request, &["limit", "cursor"])?;
+    let (after, limit) = paging(&pairs)?;
+    let events = blocking(admin, move |keys| keys.events(&id, after, limit)).await?;
+    let next = (events.len() == limit).then(|| events.last().map_or(after, |e| e.id));
+    Ok(paged(&events, next, request))
+}
+
+/// `POST /v1/keys`: a new key, or with `key` an imported existing secret.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    environment: Environment,
+    #[serde(default)]
+    permissions: Vec<Permission>,
+    #[serde(default)]
+    rate_limit: Option<RateLimitSpec>,
+    #[serde(default)]
+    customer_id: Option<String>,
+    #[serde(default)]
+    allowed_ips: Vec<Cidr>,
+    #[serde(default)]
+    expires_at: Option<Timestamp>,
+    /// Alternative to `expires_at`: a duration from now, e.g. "30d".
+    #[serde(default)]
+    expires_in: Option<String>,
+    #[serde(default)]
+    metadata: serde_json::Map<String, serde_json::Value>,
+    /// An existing secret to import instead of generating one.
+    #[serde(default)]
+    key: Option<String>,
+}
+
+/// A CIDR, or a bare IP address meaning just that address.
+#[derive(Debug, Clone, Copy)]
+struct Cidr(IpNet);
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse::<IpNet>()
+            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+            .map(Cidr)
+            .map_err(|_| {
+                serde::de::Error::custom(format!("{text:?} is not a CIDR like 10.0.0.0/8 or an IP address"))
+            })
+    }
+}
+
+fn cidrs(list: Vec<Cidr>) -> Vec<IpNet> {
+    list.into_iter().map(|c| c.0).collect()
+}
+
+async fn create(admin: &Admin, request: Request<Incoming>) -> Answer {
+    let body: CreateBody = read_json(request).await?;
+    let expires_at = match (body.expires_at, body.expires_in) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad(
+                "expires_in",
+                "give expires_at or expires_in, not both",
+            ))
+        }
+        (at, None) => at,
+        (None, Some(text)) => {
+            let duration = parse_duration(&text).map_err(|e| ApiError::bad("expires_in", e.to_string()))?;
+            Some(
+                after_now(admin, duration)
+                    .ok_or_else(|| ApiError::bad("expires_in", "too far in the future"))?,
+            )
+        }
+    };
+    let spec = KeySpec {
+        name: body.name,
+        environment: body.environment,
+        permissions: body.permissions,
+        rate_limit: body.rate_limit,
+        customer_id: body.customer_id,
+        allowed_ips: cidrs(body.allowed_ips),
+        expires_at,
+        metadata: body.metadata,
+    };
+    match body.key {
+        None => {
+            let created = blocking(admin, move |keys| keys.create(spec)).await?;
+            Ok(with_status(StatusCode::CREATED, &created))
+        }
+        Some(secret) => {
+            let secret = Secret::import(secret).map_err(|e| ApiError::bad("key", e))?;
+            let imported = blocking(admin, move |keys| keys.import(spec, secret)).await?;
+            Ok(with_status(StatusCode::CREATED, &imported))
+        }
+    }
+}
+
+fn after_now(admin: &Admin, duration: Duration) -> Option<Timestamp> {
+    admin.shared.clock.now().checked_add(duration).ok()
+}
+
+/// `Some(None)` for an explicit `null` (clear the field), `None` when the field is absent.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchBody {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    permissions: Option<Vec<Permission>>,
+    #[serde(default, deserialize_with = "present")]
+    rate_limit: Option<Option<RateLimitSpec>>,
+    #[serde(default, deserialize_with = "present")]
+    customer_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    allowed_ips: Option<Option<Vec<Cidr>>>,
+    #[serde(default, deserialize_with = "present")]
+    expires_at: Option<Option<Timestamp>>,
+    #[serde(default, deserialize_with = "present")]
+    metadata: Option<Option<serde_json::Map<String, serde_json::Value>>>,
+}
+
+async fn update(admin: &Admin, id: String, request: Request<Incoming>) -> Answer {
+    let body: PatchBody = read_json(request).await?;
+    let patch = KeyPatch {
+        name: body.name,
+        permissions: body.permissions,
+        rate_limit: body.rate_limit,
+        customer_id: body.customer_id,
+        allowed_ips: body.allowed_ips.map(|list| list.map(cidrs).unwrap_or_default()),
+        expires_at: body.expires_at,
+        metadata: body.metadata.map(Option::unwrap_or_default),
+    };
+    let key = blocking(admin, move |keys| keys.update(&id, patch)).await?;
+    Ok(ok(&key))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegenerateBody {
+    #[serde(default)]
+    grace: Option<String>,
+}
+
+async fn regenerate(admin: &Admin, id: String, request: Request<Incoming>) -> Answer {
+    let body: RegenerateBody = read_json(request).await?;
+    let grace = body
+        .grace
+        .map(|text| parse_duration(&text).map_err(|e| ApiError::bad("grace", e.to_string())))
+        .transpose()?;
+    let regenerated = blocking(admin, move |keys| keys.regenerate(&id, grace)).await?;
+    Ok(ok(&regenerated))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyBody {
+    key: String,
+    #[serde(default)]
+    permission: Option<Permission>,
+    #[serde(default)]
+    environment: Option<Environment>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum Code {
+    Valid,
+    NotFound,
+    Revoked,
+    Expired,
+    WrongEnvironment,
+    InsufficientPermissions,
+    RateLimited,
+}
+
+#[derive(Serialize)]
+struct Verdict {
+    valid: bool,
+    code: Code,
+    key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    environment: Option<Environment>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    customer_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    permissions: Option<Vec<Permission>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratelimit: Option<VerdictLimit>,
+}
+
+#[derive(Serialize)]
+struct VerdictLimit {
+    limit: u32,
+    remaining: u32,
+    reset: u64,
+}
+
+/// `POST /v1/keys/verify`: the proxy's verdict on a key, from the same table and limits,
+/// without forwarding anything. A check of a valid key counts as a use and against its limit.
+async fn verify(admin: &Admin, request: Request<Incoming>) -> Answer {
+    let body: VerifyBody = read_json(request).await?;
+    let shared = &admin.shared;
+    let verdict = |code, key: Option<&crate::proxy::table::AuthKey>| Verdict {
+        valid: matches!(code, Code::Valid),
+        code,
+        key_id: key.map(|k| k.id.to_string()),
+        environment: key.map(|k| k.environment),
+        customer_id: key.and_then(|k| k.customer_id.as_deref().map(str::to_owned)),
+        permissions: key.map(|k| k.permissions.to_vec()),
+        ratelimit: None,
+    };
+    let secret = body.key.as_bytes();
+    if secret.is_empty() || check_format(secret) == Format::Malformed {
+        return Ok(ok(&verdict(Code::NotFound, None)));
+    }
+    let Some((key, which)) = shared.keys.lookup(&shared.hasher().hash(secret)) else {
+        return Ok(ok(&verdict(Code::NotFound, None)));
+    };
+    let now = shared.clock.now().as_second();
+    let code = if matches!(which, Presented::Previous { until } if until <= now) {
+        return Ok(ok(&verdict(Code::NotFound, None)));
+    } else if key.revoked {
+        Code::Revoked
+    } else if key.expires_at.is_some_and(|at| at <= now) {
+        Code::Expired
+    } else if body.environment.is_some_and(|env| env != key.environment) {
+        Code::WrongEnvironment
+    } else if body
+        .permission
+        .as_ref()
+        .is_some_and(|p| !key.permissions.grants(p))
+    {
+        Code::InsufficientPermissions
+    } else {
+        Code::Valid
+    };
+    if !matches!(code, Code::Valid) {
+        return Ok(ok(&verdict(code, Some(&key))));
+    }
+    let snapshot = shared.snapshot.load();
+    let spec = key.rate_limit.unwrap_or(snapshot.default_limit);
+    let (code, state) = match shared.key_limits.check(key.seq, &spec) {
+        Decision::Allowed(state) => {
+            let previous = matches!(which, Presented::Previous { .. });
+            shared.record_use(&key, previous, now, snapshot.config.metrics.per_key);
+            (Code::Valid, state)
+        }
+        Decision::Limited { state, .. } => (Code::RateLimited, state),
+    };
+    let mut answer = verdict(code, Some(&key));
+    answer.ratelimit = Some(VerdictLimit {
+        limit: state.limit,
+        remaining: state.remaining,
+        reset: state.reset,
+    });
+    let mut response = ok(&answer);
+    state.write_headers(response.headers_mut(), snapshot.config.rate_limit.draft_headers);
+    Ok(response)
+}
