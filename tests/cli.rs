@@ -214,6 +214,38 @@ fn every_key_command_works_end_to_end() {
     one_line_stderr(&shown);
     assert_eq!(code(&s.keys(&["usage", id])), 0, "usage stays after deletion");
     assert_eq!(s.json(&["list"]).as_array().unwrap().len(), 0);
+
+    // The audit trail outlives the key, names the CLI as the actor and never holds a secret.
+    let events = s.json(&["events", id]);
+    let names: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "created",
+            "updated",
+            "updated",
+            "regenerated",
+            "revoked",
+            "activated",
+            "deleted"
+        ]
+    );
+    assert!(events.as_array().unwrap().iter().all(|e| e["actor"] == "cli"));
+    assert_eq!(events[1]["changes"]["name"], "renamed");
+    assert!(events[2]["changes"]["rate_limit"].is_null());
+    assert_eq!(events[3]["changes"]["secret"], "replaced");
+    let text = events.to_string();
+    for secret in [&created["key"], &regenerated["key"]] {
+        assert!(!text.contains(secret.as_str().unwrap()));
+    }
+    let plain = s.keys(&["events", id]);
+    assert_eq!(code(&plain), 0);
+    assert!(String::from_utf8_lossy(&plain.stdout).contains("regenerated"));
 }
 
 #[test]

@@ -160,7 +160,7 @@ fn print_welcome(gateway: &Gateway, key: &str, admin_token: &str) {
 keygate is running in dev mode (temporary store, built-in echo upstream).
 
   gateway  {base}
-  admin    http://{admin}   (/metrics, /healthz, /readyz)
+  admin    http://{admin}   (admin API under /v1, /metrics, /healthz, /readyz)
   demo key {key}
            development, customer:read, 5 requests/s
   admin token {admin_token}
@@ -181,6 +181,12 @@ Try it:
 
   # metrics
   curl -s http://{admin}/metrics | grep '^keygate_requests_total'
+
+  # admin API: list keys, create one, read the API's OpenAPI document
+  curl -s -H 'Authorization: Bearer {admin_token}' http://{admin}/v1/keys
+  curl -s -H 'Authorization: Bearer {admin_token}' -H 'Content-Type: application/json' \
+       -d '{{"name":"mine","environment":"development","permissions":["customer:*"]}}' http://{admin}/v1/keys
+  curl -s -H 'Authorization: Bearer {admin_token}' http://{admin}/v1/openapi.json
 
 Ctrl-C stops it and removes the temporary store.
 "#,

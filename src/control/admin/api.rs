@@ -262,15 +262,19 @@ fn too_large() -> ApiError {
     ApiError::status(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
 }
 
-/// A JSON error naming the field at fault: its path (`rate_limit.per`), or the unknown field.
+/// A JSON error naming the field at fault: its path (`rate_limit.per`), or the unknown,
+/// missing or repeated field.
 fn body_error(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     let message = error.inner().to_string();
     let path = error.path().to_string();
-    let unknown = message
-        .strip_prefix("unknown field `")
+    let unknown = ["unknown field `", "missing field `", "duplicate field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
         .and_then(|rest| rest.split('`').next())
         .map(|name| match path.as_str() {
             "." => name.to_owned(),
+            // An unknown field's path ends with it already; a missing one's is its parent's.
+            path if path == name || path.ends_with(&format!(".{name}")) => path.to_owned(),
             parent => format!("{parent}.{name}"),
         });
     let field = match (unknown, error.inner().classify()) {
@@ -285,7 +289,7 @@ fn body_error(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError 
 }
 
 /// The query string as pairs, refusing names the endpoint does not take.
-fn query<'a>(request: &'a Request<Incoming>, known: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
+fn query(request: &Request<Incoming>, known: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
     let text = request.uri().query().unwrap_or("");
     let mut pairs = Vec::new();
     for pair in text.split('&').filter(|p| !p.is_empty()) {

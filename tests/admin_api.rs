@@ -1,0 +1,730 @@
+//! The admin API of SPEC 5, from the outside: every endpoint, its errors, and every answer
+//! checked against the OpenAPI document the gateway serves, so the two cannot drift apart.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::Full;
+use serde_json::{json, Value};
+
+use support::{Answer, Harness, ADMIN_TOKEN};
+
+/// The document, and which operations' answers have been checked against it.
+struct Contract {
+    doc: Value,
+    checked: Mutex<BTreeSet<(String, String, u16)>>,
+}
+
+impl Contract {
+    fn new() -> Contract {
+        Contract {
+            doc: serde_json::from_str(keygate::control::admin::OPENAPI)
+                .expect("the OpenAPI document is JSON"),
+            checked: Mutex::default(),
+        }
+    }
+
+    /// Checks `answer` against the document's response for `method template`: the status is
+    /// documented, and a JSON body matches its schema.
+    fn check(&self, method: &Method, template: &str, answer: &Answer) {
+        let status = answer.status.as_u16();
+        let operation = &self.doc["paths"][template][method.as_str().to_ascii_lowercase()];
+        assert!(
+            operation.is_object(),
+            "{method} {template} is not in the document"
+        );
+        let response = &operation["responses"][status.to_string()];
+        assert!(
+            response.is_object(),
+            "{method} {template} answered {status}, which the document does not list: {}",
+            answer.text()
+        );
+        match response["content"]["application/json"]["schema"].as_object() {
+            Some(schema) => {
+                let content_type = answer.headers.get("content-type").unwrap().to_str().unwrap();
+                assert!(content_type.starts_with("application/json"), "{content_type}");
+                let mut root = schema.clone();
+                root.insert("components".into(), self.doc["components"].clone());
+                root.insert(
+                    "$schema".into(),
+                    "https://json-schema.org/draft/2020-12/schema".into(),
+                );
+                let validator = jsonschema::draft202012::options()
+                    .should_validate_formats(true)
+                    .build(&Value::Object(root))
+                    .expect("the document's schema compiles");
+                let body = answer.json();
+                let errors: Vec<String> = validator
+                    .iter_errors(&body)
+                    .map(|e| format!("{e} at {}", e.instance_path()))
+                    .collect();
+                assert!(
+                    errors.is_empty(),
+                    "{method} {template} {status}: {errors:?}\nbody: {body}"
+                );
+            }
+            None => assert!(
+                answer.body.is_empty(),
+                "{method} {template} {status} has an undocumented body"
+            ),
+        }
+        self.checked
+            .lock()
+            .unwrap()
+            .insert((method.to_string(), template.to_owned(), status));
+    }
+
+    /// Every documented operation has had a success answer checked.
+    fn assert_all_covered(&self) {
+        let checked = self.checked.lock().unwrap();
+        for (path, item) in self.doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                if method == "parameters" {
+                    continue;
+                }
+                let method = method.to_ascii_uppercase();
+                let success: Vec<u16> = operation["responses"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .filter_map(|code| code.parse().ok())
+                    .filter(|code: &u16| (200..300).contains(code))
+                    .collect();
+                assert!(
+                    success
+                        .iter()
+                        .any(|code| checked.contains(&(method.clone(), path.clone(), *code))),
+                    "no test checked a success answer of {method} {path}"
+                );
+            }
+        }
+    }
+}
+
+/// Sends an admin request with the right token, or `token` when given.
+async fn admin(h: &Harness, method: Method, path: &str, body: Option<&str>, token: Option<&str>) -> Answer {
+    let token = token.unwrap_or(ADMIN_TOKEN);
+    let mut request = Request::builder().method(method).uri(h.admin_url(path));
+    if !token.is_empty() {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    let body = Full::new(Bytes::from(body.unwrap_or("").to_owned()));
+    h.send(request.body(body).unwrap()).await
+}
+
+async fn call(
+    h: &Harness,
+    c: &Contract,
+    method: Method,
+    path: &str,
+    template: &str,
+    body: Option<Value>,
+) -> Answer {
+    let text = body.map(|b| b.to_string());
+    let answer = admin(h, method.clone(), path, text.as_deref(), None).await;
+    c.check(&method, template, &answer);
+    answer
+}
+
+#[tokio::test]
+async fn every_endpoint_answers_as_documented() {
+    let h = Harness::start().await;
+    let c = Contract::new();
+
+    // Create, with every field.
+    let created = call(
+        &h,
+        &c,
+        Method::POST,
+        "/v1/keys",
+        "/v1/keys",
+        Some(json!({
+            "name": "Main Website Integration",
+            "environment": "production",
+            "permissions": ["customer:read", "license:*"],
+            "rate_limit": {"requests": 100, "per": "1s", "burst": 50},
+            "customer_id": "cust_42",
+            "allowed_ips": ["127.0.0.0/8", "::1"],
+            "expires_in": "30d",
+            "metadata": {"team": "web"}
+        })),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let key = created.json();
+    let id = key["id"].as_str().unwrap().to_owned();
+    let secret = key["key"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("kg_prod_"));
+    assert_eq!(
+        key["rate_limit"],
+        json!({"requests": 100, "per": "1s", "burst": 50})
+    );
+    assert_eq!(key["allowed_ips"], json!(["127.0.0.0/8", "::1/128"]));
+
+    // Import an existing secret.
+    let imported = call(
+        &h,
+        &c,
+        Method::POST,
+        "/v1/keys",
+        "/v1/keys",
+        Some(json!({"name": "legacy", "environment": "staging", "key": "legacy-secret-0123456789"})),
+    )
+    .await;
+    assert_eq!(imported.status, 201, "{}", imported.text());
+    assert!(
+        imported.json().get("key").is_none(),
+        "an imported secret is never echoed"
+    );
+
+    // The new key works on the proxy.
+    h.sync().await;
+    assert_eq!(h.get("/v1/customers/cust_42", &secret).await.status, 200);
+
+    // Show, list with filters, paging.
+    let shown = call(
+        &h,
+        &c,
+        Method::GET,
+        &format!("/v1/keys/{id}"),
+        "/v1/keys/{id}",
+        None,
+    )
+    .await;
+    assert_eq!(shown.json()["name"], "Main Website Integration");
+    assert!(shown.json().get("key").is_none(), "the secret is shown only once");
+    let listed = call(
+        &h,
+        &c,
+        Method::GET,
+        "/v1/keys?environment=production",
+        "/v1/keys",
+        None,
+    )
+    .await;
+    assert_eq!(listed.json().as_array().unwrap().len(), 1);
+    let listed = call(&h, &c, Method::GET, "/v1/keys?limit=1", "/v1/keys", None).await;
+    assert_eq!(listed.json().as_array().unwrap().len(), 1);
+    let cursor = listed
+        .headers
+        .get("x-next-cursor")
+        .expect("a next page")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(listed
+        .headers
+        .get("link")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .contains("rel=\"next\""));
+    let rest = call(
+        &h,
+        &c,
+        Method::GET,
+        &format!("/v1/keys?limit=1&cursor={cursor}"),
+        "/v1/keys",
+        None,
+    )
+    .await;
+    assert_eq!(rest.json()[0]["environment"], "staging");
+    assert!(
+        rest.headers.get("x-next-cursor").is_none(),
+        "the last page has no next cursor"
+    );
+    let by_customer = call(
+        &h,
+        &c,
+        Method::GET,
+        "/v1/keys?customer_id=cust_42&status=active",
+        "/v1/keys",
+        None,
+    )
+    .await;
+    assert_eq!(by_customer.json()[0]["id"], id.as_str());
+
+    // Update: change some fields, clear others with null.
+    let updated = call(
+        &h,
+        &c,
+        Method::PATCH,
+        &format!("/v1/keys/{id}"),
+        "/v1/keys/{id}",
+        Some(
+            json!({"name": "Renamed", "customer_id": null, "rate_limit": null, "metadata": {"team": "api"}}),
+        ),
+    )
+    .await;
+    assert_eq!(updated.status, 200, "{}", updated.text());
+    let body = updated.json();
+    assert_eq!(
+        (body["name"].as_str(), body["customer_id"].is_null()),
+        (Some("Renamed"), true)
+    );
+    assert!(body["rate_limit"].is_null());
+    assert_eq!(
+        body["permissions"],
+        json!(["customer:read", "license:*"]),
+        "absent fields stay"
+    );
+
+    // Verify.
+    let verify = |key: &str, extra: Value| {
+        let mut body = json!({"key": key});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let verdict = call(
+        &h,
+        &c,
+        Method::POST,
+        "/v1/keys/verify",
+        "/v1/keys/verify",
+        Some(verify(
+            &secret,
+            json!({"permission": "customer:read", "environment": "production"}),
+        )),
+    )
+    .await;
+    assert_eq!(
+        (verdict.json()["valid"].as_bool(), verdict.json()["code"].as_str()),
+        (Some(true), Some("VALID"))
+    );
+    assert_eq!(verdict.json()["key_id"], id.as_str());
+    let codes = [
+        (
+            verify("kg_prod_nothingLikeARealKeyAtAll000000000", json!({})),
+            "NOT_FOUND",
+        ),
+        (
+            verify(&secret, json!({"environment": "staging"})),
+            "WRONG_ENVIRONMENT",
+        ),
+        (
+            verify(&secret, json!({"permission": "billing:write"})),
+            "INSUFFICIENT_PERMISSIONS",
+        ),
+    ];
+    for (body, code) in codes {
+        let verdict = call(
+            &h,
+            &c,
+            Method::POST,
+            "/v1/keys/verify",
+            "/v1/keys/verify",
+            Some(body),
+        )
+        .await;
+        assert_eq!(verdict.json()["code"], code);
+        assert_eq!(verdict.json()["valid"], false);
+    }
+
+    // Regenerate with grace: both secrets work until it ends.
+    let regenerated = call(
+        &h,
+        &c,
+        Method::POST,
+        &format!("/v1/keys/{id}/regenerate"),
+        "/v1/keys/{id}/regenerate",
+        Some(json!({"grace": "10m"})),
+    )
+    .await;
+    assert_eq!(regenerated.status, 200, "{}", regenerated.text());
+    let new_secret = regenerated.json()["key"].as_str().unwrap().to_owned();
+    assert_eq!(regenerated.json()["id"], id.as_str());
+    assert!(regenerated.json()["grace_until"].is_string());
+    h.sync().await;
+    assert_eq!(
+        h.get("/v1/customers/x", &secret).await.status,
+        200,
+        "old secret in its grace"
+    );
+    assert_eq!(h.get("/v1/customers/x", &new_secret).await.status, 200);
+    h.clock.advance(std::time::Duration::from_secs(601));
+    assert_eq!(
+        h.get("/v1/customers/x", &secret).await.status,
+        401,
+        "old secret after its grace"
+    );
+    assert_eq!(h.get("/v1/customers/x", &new_secret).await.status, 200);
+
+    // Revoke, verify says so, activate.
+    let revoked = call(
+        &h,
+        &c,
+        Method::POST,
+        &format!("/v1/keys/{id}/revoke"),
+        "/v1/keys/{id}/revoke",
+        None,
+    )
+    .await;
+    assert_eq!(revoked.json()["status"], "revoked");
+    h.sync().await;
+    let verdict = call(
+        &h,
+        &c,
+        Method::POST,
+        "/v1/keys/verify",
+        "/v1/keys/verify",
+        Some(verify(&new_secret, json!({}))),
+    )
+    .await;
+    assert_eq!(verdict.json()["code"], "REVOKED");
+    let activated = call(
+        &h,
+        &c,
+        Method::POST,
+        &format!("/v1/keys/{id}/activate"),
+        "/v1/keys/{id}/activate",
+        None,
+    )
+    .await;
+    assert_eq!(activated.json()["status"], "active");
+
+    // Usage after a flush.
+    h.gateway.flush_usage().await;
+    let usage = call(
+        &h,
+        &c,
+        Method::GET,
+        &format!("/v1/keys/{id}/usage"),
+        "/v1/keys/{id}/usage",
+        None,
+    )
+    .await;
+    assert!(
+        usage.json()["total_requests"].as_u64().unwrap() >= 3,
+        "{}",
+        usage.text()
+    );
+
+    // Delete: 204, then 404, and the events stay.
+    let deleted = call(
+        &h,
+        &c,
+        Method::DELETE,
+        &format!("/v1/keys/{id}"),
+        "/v1/keys/{id}",
+        None,
+    )
+    .await;
+    assert_eq!(deleted.status, 204);
+    let gone = call(
+        &h,
+        &c,
+        Method::GET,
+        &format!("/v1/keys/{id}"),
+        "/v1/keys/{id}",
+        None,
+    )
+    .await;
+    assert_eq!(gone.status, 404);
+    let events = call(
+        &h,
+        &c,
+        Method::GET,
+        &format!("/v1/keys/{id}/events"),
+        "/v1/keys/{id}/events",
+        None,
+    )
+    .await;
+    let events = events.json();
+    let names: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "created",
+            "updated",
+            "regenerated",
+            "revoked",
+            "activated",
+            "deleted"
+        ]
+    );
+    assert!(events
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["actor"] == "admin_api"));
+    assert_eq!(events[2]["changes"]["secret"], "replaced");
+    assert!(!events.to_string().contains(&new_secret) && !events.to_string().contains(&secret));
+    let page = call(
+        &h,
+        &c,
+        Method::GET,
+        &format!("/v1/keys/{id}/events?limit=2"),
+        "/v1/keys/{id}/events",
+        None,
+    )
+    .await;
+    assert_eq!(page.json().as_array().unwrap().len(), 2);
+    assert!(page.headers.get("x-next-cursor").is_some());
+
+    // The document itself.
+    let doc = call(&h, &c, Method::GET, "/v1/openapi.json", "/v1/openapi.json", None).await;
+    assert_eq!(doc.json()["openapi"], "3.1.0");
+
+    c.assert_all_covered();
+}
+
+#[tokio::test]
+async fn the_admin_token_is_required_and_checked() {
+    let h = Harness::start().await;
+    let c = Contract::new();
+    for token in [
+        "",
+        "wrong",
+        "test-admin-token-012345678",
+        "test-admin-token-0123456789x",
+    ] {
+        let answer = admin(&h, Method::GET, "/v1/keys", None, Some(token)).await;
+        assert_eq!(answer.status, 401, "token {token:?}");
+        c.check(&Method::GET, "/v1/keys", &answer);
+        assert!(answer.headers.get("www-authenticate").is_some());
+    }
+    // Basic or a second Authorization header is not the bearer token.
+    let request = Request::get(h.admin_url("/v1/keys"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .header("authorization", "Bearer other")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(h.send(request).await.status, 401);
+    assert_eq!(admin(&h, Method::GET, "/v1/keys", None, None).await.status, 200);
+    // The open endpoints stay open.
+    assert_eq!(h.admin_get("/healthz").await.status, 200);
+    assert_eq!(h.admin_get("/metrics").await.status, 200);
+}
+
+#[tokio::test]
+async fn bad_bodies_get_400_naming_the_field() {
+    let h = Harness::start().await;
+    let c = Contract::new();
+    let cases: &[(&str, &str)] = &[
+        ("{", "body"),
+        ("[]", "body"),
+        (r#"{"name": "x"}"#, "environment"),
+        (r#"{"name": "x", "environment": "moon"}"#, "environment"),
+        (r#"{"name": 5, "environment": "production"}"#, "name"),
+        (
+            r#"{"name": "x", "environment": "production", "colour": "red"}"#,
+            "colour",
+        ),
+        (
+            r#"{"name": "x", "environment": "production", "permissions": ["no spaces allowed"]}"#,
+            "permissions[0]",
+        ),
+        (
+            r#"{"name": "x", "environment": "production", "rate_limit": {"requests": 0, "per": "1s"}}"#,
+            "rate_limit.requests",
+        ),
+        (
+            r#"{"name": "x", "environment": "production", "rate_limit": {"requests": 5, "per": "soon"}}"#,
+            "rate_limit.per",
+        ),
+        (
+            r#"{"name": "x", "environment": "production", "rate_limit": {"requests": 5, "per": "1s", "x": 1}}"#,
+            "rate_limit.x",
+        ),
+        (
+            r#"{"name": "x", "environment": "production", "allowed_ips": ["10.0.0.0/33"]}"#,
+            "allowed_ips[0]",
+        ),
+        (
+            r#"{"name": "x", "environment": "production", "expires_at": "yesterday"}"#,
+            "expires_at",
+        ),
+        (
+            r#"{"name": "x", "environment": "production", "expires_at": "2001-01-01T00:00:00Z"}"#,
+            "expires_at",
+        ),
+        (
+            r#"{"name": "x", "environment": "production", "expires_in": "-1d"}"#,
+            "expires_in",
+        ),
+        (r#"{"name": "", "environment": "production"}"#, "name"),
+        (
+            r#"{"name": "x", "environment": "production", "key": "short"}"#,
+            "key",
+        ),
+        (
+            r#"{"name": "x", "environment": "production", "metadata": []}"#,
+            "metadata",
+        ),
+        (r#"{"name": "x", "environment": "production"} {}"#, "body"),
+    ];
+    for (body, field) in cases {
+        let answer = admin(&h, Method::POST, "/v1/keys", Some(body), None).await;
+        assert_eq!(answer.status, 400, "{body}: {}", answer.text());
+        c.check(&Method::POST, "/v1/keys", &answer);
+        assert_eq!(answer.json()["field"], *field, "{body}: {}", answer.text());
+    }
+    // Nothing was created by any of them.
+    assert_eq!(
+        admin(&h, Method::GET, "/v1/keys", None, None).await.json(),
+        json!([])
+    );
+
+    let (id, _) = h.key(&["customer:read"]).await;
+    let path = format!("/v1/keys/{id}");
+    for (body, field) in [
+        (r#"{"permissions": "customer:read"}"#, "permissions"),
+        (r#"{"status": "active"}"#, "status"),
+        ("{}", "body"),
+    ] {
+        let answer = admin(&h, Method::PATCH, &path, Some(body), None).await;
+        assert_eq!(answer.status, 400, "{body}: {}", answer.text());
+        c.check(&Method::PATCH, "/v1/keys/{id}", &answer);
+        assert_eq!(answer.json()["field"], field, "{body}");
+    }
+    let answer = admin(
+        &h,
+        Method::POST,
+        &format!("{path}/regenerate"),
+        Some(r#"{"grace": "40d"}"#),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (answer.status.as_u16(), answer.json()["field"].as_str()),
+        (400, Some("grace"))
+    );
+    let answer = admin(
+        &h,
+        Method::POST,
+        &format!("{path}/revoke"),
+        Some(r#"{"why": "x"}"#),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (answer.status.as_u16(), answer.json()["field"].as_str()),
+        (400, Some("why"))
+    );
+    let answer = admin(
+        &h,
+        Method::POST,
+        "/v1/keys/verify",
+        Some(r#"{"permission": "customer:read"}"#),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (answer.status.as_u16(), answer.json()["field"].as_str()),
+        (400, Some("key"))
+    );
+    for query in [
+        "status=deleted",
+        "environment=moon",
+        "limit=0",
+        "limit=5000",
+        "cursor=abc",
+        "sort=name",
+    ] {
+        let answer = admin(&h, Method::GET, &format!("/v1/keys?{query}"), None, None).await;
+        assert_eq!(answer.status, 400, "{query}");
+        c.check(&Method::GET, "/v1/keys", &answer);
+    }
+}
+
+#[tokio::test]
+async fn huge_bodies_wrong_types_and_unknown_paths() {
+    let h = Harness::start().await;
+    let c = Contract::new();
+    let huge = format!(
+        r#"{{"name": "{}", "environment": "production"}}"#,
+        "x".repeat(100_000)
+    );
+    let answer = admin(&h, Method::POST, "/v1/keys", Some(&huge), None).await;
+    assert_eq!(answer.status, 413);
+    c.check(&Method::POST, "/v1/keys", &answer);
+
+    let request = Request::post(h.admin_url("/v1/keys"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from_static(b"name=x")))
+        .unwrap();
+    let answer = h.send(request).await;
+    assert_eq!(answer.status, 415);
+    c.check(&Method::POST, "/v1/keys", &answer);
+
+    let answer = admin(&h, Method::GET, "/v1/keys/key_doesNotExist", None, None).await;
+    assert_eq!(answer.status, 404);
+    c.check(&Method::GET, "/v1/keys/{id}", &answer);
+    for (method, path) in [
+        (Method::POST, "/v1/keys/key_nope/revoke"),
+        (Method::DELETE, "/v1/keys/key_nope"),
+        (Method::GET, "/v1/keys/key_nope/usage"),
+        (Method::GET, "/v1/keys/key_nope/events"),
+    ] {
+        assert_eq!(
+            admin(&h, method.clone(), path, None, None).await.status,
+            404,
+            "{method} {path}"
+        );
+    }
+    assert_eq!(
+        admin(&h, Method::GET, "/v1/nothing", None, None).await.status,
+        404
+    );
+    let answer = admin(&h, Method::PUT, "/v1/keys", None, None).await;
+    assert_eq!(answer.status, 405);
+    assert_eq!(answer.headers.get("allow").unwrap(), "GET, POST");
+}
+
+#[tokio::test]
+async fn verify_counts_against_the_rate_limit_and_sees_expiry() {
+    let h = Harness::start().await;
+    let c = Contract::new();
+    let created = admin(
+        &h,
+        Method::POST,
+        "/v1/keys",
+        Some(r#"{"name": "tight", "environment": "production", "rate_limit": {"requests": 2, "per": "1h"}}"#),
+        None,
+    )
+    .await;
+    let secret = created.json()["key"].as_str().unwrap().to_owned();
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    h.sync().await;
+    let body = json!({"key": secret}).to_string();
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let answer = admin(&h, Method::POST, "/v1/keys/verify", Some(&body), None).await;
+        c.check(&Method::POST, "/v1/keys/verify", &answer);
+        assert!(answer.headers.get("ratelimit-limit").is_some());
+        codes.push(answer.json()["code"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(codes, ["VALID", "VALID", "RATE_LIMITED"]);
+    // The proxy shares the same bucket.
+    assert_eq!(h.get("/v1/status", &secret).await.status, 429);
+
+    let patch =
+        json!({"expires_at": (h.clock_now() + std::time::Duration::from_secs(60)).to_string()}).to_string();
+    assert_eq!(
+        admin(&h, Method::PATCH, &format!("/v1/keys/{id}"), Some(&patch), None)
+            .await
+            .status,
+        200
+    );
+    h.sync().await;
+    h.clock.advance(std::time::Duration::from_secs(61));
+    let answer = admin(&h, Method::POST, "/v1/keys/verify", Some(&body), None).await;
+    assert_eq!(answer.json()["code"], "EXPIRED");
+    let listed = admin(&h, Method::GET, "/v1/keys?status=expired", None, None).await;
+    assert_eq!(listed.json()[0]["id"], id.as_str());
+}
