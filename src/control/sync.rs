@@ -17,6 +17,9 @@ use crate::proxy::state::SyncStatus;
 use crate::proxy::table::{AuthKey, KeyTable, PreviousSecret};
 use crate::telemetry::Metrics;
 
+/// Rows read per store query: bounds the memory a full load needs beside the table itself.
+const BATCH: usize = 10_000;
+
 pub struct KeySync {
     store: Arc<Store>,
     table: Arc<KeyTable>,
@@ -48,21 +51,22 @@ impl KeySync {
     /// Pulls and applies the changes since the table's revision. Blocking: call it from a
     /// blocking thread.
     pub fn sync_once(&self) -> Result<usize, StoreError> {
-        let changes = self.store.changes_since(self.table.revision());
-        match changes {
-            Ok(changes) => {
-                let applied = self.apply(changes);
-                self.status.record_success(self.clock.now().as_millisecond());
-                self.metrics
-                    .key_table_last_sync
-                    .set(self.clock.now().as_millisecond() as f64 / 1000.0);
-                Ok(applied)
-            }
-            Err(error) => {
-                self.metrics.store_sync_errors.inc();
-                Err(error)
+        let mut applied = 0;
+        loop {
+            let changes = self
+                .store
+                .changes_since(self.table.revision(), BATCH)
+                .inspect_err(|_| self.metrics.store_sync_errors.inc())?;
+            let more = changes.more;
+            applied += self.apply(changes);
+            if !more {
+                break;
             }
         }
+        let now_ms = self.clock.now().as_millisecond();
+        self.status.record_success(now_ms);
+        self.metrics.key_table_last_sync.set(now_ms as f64 / 1000.0);
+        Ok(applied)
     }
 
     fn apply(&self, changes: Changes) -> usize {
@@ -88,10 +92,10 @@ impl KeySync {
             return None;
         }
         let previous = match (key.previous_hash, key.grace_until) {
-            (Some(hash), Some(until)) => Some(PreviousSecret {
+            (Some(hash), Some(until)) => Some(Box::new(PreviousSecret {
                 hash,
                 until: until.as_second(),
-            }),
+            })),
             _ => None,
         };
         Some(AuthKey {
@@ -102,7 +106,7 @@ impl KeySync {
             revoked: key.status == StoredStatus::Revoked,
             expires_at: key.expires_at.map(|at| at.as_second()),
             permissions: self.intern(&key.permissions),
-            rate_limit: key.rate_limit,
+            rate_limit: key.rate_limit.map(Box::new),
             customer_id: key.customer_id.as_deref().map(Into::into),
             allowed_ips: key.allowed_ips.clone().into_boxed_slice(),
             previous,
@@ -136,5 +140,69 @@ impl KeySync {
                 Err(panic) => tracing::error!(%panic, "key sync task failed"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::Timestamp;
+
+    use super::*;
+    use crate::control::store::{NewKey, SqliteStore};
+    use crate::core::clock::system_clock;
+    use crate::core::environment::Environment;
+    use crate::core::secret::Hasher;
+
+    fn keys(from: usize, n: usize) -> Vec<NewKey> {
+        (from..from + n)
+            .map(|i| NewKey {
+                id: format!("key_{i}"),
+                name: format!("key {i}"),
+                environment: Environment::Production,
+                hash: Hasher::unkeyed().hash(format!("secret-number-{i:08}").as_bytes()),
+                prefix: "kg_prod_x".into(),
+                permissions: Vec::new(),
+                rate_limit: None,
+                customer_id: None,
+                allowed_ips: Vec::new(),
+                expires_at: None,
+                metadata: serde_json::Map::new(),
+                now: Timestamp::now(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_load_larger_than_a_batch_arrives_whole_and_at_the_store_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("k.db")).unwrap());
+        store.insert_many(&keys(0, BATCH * 2 + 3)).unwrap();
+        let table = Arc::new(KeyTable::default());
+        let sync = KeySync::new(
+            store.clone(),
+            table.clone(),
+            Arc::default(),
+            Metrics::new(),
+            system_clock(),
+        );
+        assert_eq!(sync.sync_once().unwrap(), BATCH * 2 + 3);
+        assert_eq!(table.len(), BATCH * 2 + 3);
+        assert_eq!(table.revision(), store.revision().unwrap());
+        store.insert_many(&keys(BATCH * 2 + 3, 2)).unwrap();
+        assert_eq!(sync.sync_once().unwrap(), 2, "only what changed since");
+        assert_eq!(table.revision(), store.revision().unwrap());
+    }
+
+    #[test]
+    fn batches_end_at_their_last_row_until_the_last_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("k.db")).unwrap();
+        store.insert_many(&keys(0, 5)).unwrap();
+        let first = store.changes_since(0, 2).unwrap();
+        assert_eq!((first.keys.len(), first.more, first.revision), (2, true, 2));
+        let last = store.changes_since(4, 2).unwrap();
+        assert_eq!((last.keys.len(), last.more, last.revision), (1, false, 5));
+        let none = store.changes_since(5, 2).unwrap();
+        assert_eq!((none.keys.len(), none.more, none.revision), (0, false, 5));
     }
 }

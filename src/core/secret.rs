@@ -148,8 +148,10 @@ pub struct KeyHash(pub [u8; 32]);
 
 impl KeyHash {
     /// The first 16 bytes, used as the key table's index (the full hash is compared after).
-    pub fn short(&self) -> u128 {
-        u128::from_le_bytes(self.0[..16].try_into().expect("16 of 32 bytes"))
+    /// Two words rather than a `u128`, whose 16-byte alignment would pad every table entry.
+    pub fn short(&self) -> [u64; 2] {
+        let word = |at: usize| u64::from_le_bytes(self.0[at..at + 8].try_into().expect("8 of 32 bytes"));
+        [word(0), word(8)]
     }
 
     /// Constant-time comparison, so a lookup's timing says nothing about how close a guess was.

@@ -192,7 +192,11 @@ fn admit<B>(
     }
 
     // 8: the key's rate limit.
-    let spec = key.rate_limit.unwrap_or(snapshot.default_limit);
+    let spec = key
+        .rate_limit
+        .as_deref()
+        .copied()
+        .unwrap_or(snapshot.default_limit);
     match shared.key_limits.check(key.seq, &spec) {
         Decision::Allowed(state) => ctx.limit = Some(state),
         Decision::Limited { state, retry_after } => {

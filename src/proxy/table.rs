@@ -29,12 +29,12 @@ pub struct AuthKey {
     pub expires_at: Option<i64>,
     /// Shared between keys with the same set.
     pub permissions: Arc<PermissionSet>,
-    /// `None`: the configured default.
-    pub rate_limit: Option<RateLimitSpec>,
+    /// `None`: the configured default (most keys; boxed so they pay 8 bytes for it).
+    pub rate_limit: Option<Box<RateLimitSpec>>,
     pub customer_id: Option<Box<str>>,
     pub allowed_ips: Box<[IpNet]>,
-    /// The secret a regeneration replaced, while its grace period runs.
-    pub previous: Option<PreviousSecret>,
+    /// The secret a regeneration replaced, while its grace period runs (rare: boxed).
+    pub previous: Option<Box<PreviousSecret>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -59,7 +59,7 @@ const SHARDS: usize = 64;
 
 #[derive(Debug)]
 pub struct KeyTable {
-    by_hash: DashMap<u128, Arc<AuthKey>>,
+    by_hash: DashMap<[u64; 2], Arc<AuthKey>>,
     by_seq: DashMap<u64, Arc<AuthKey>>,
     revision: AtomicU64,
 }
@@ -85,13 +85,12 @@ impl KeyTable {
         if key.hash.ct_eq(hash) {
             return Some((key, Secret::Current));
         }
-        let previous = key.previous.filter(|previous| previous.hash.ct_eq(hash))?;
-        Some((
-            key,
-            Secret::Previous {
-                until: previous.until,
-            },
-        ))
+        let until = key
+            .previous
+            .as_deref()
+            .filter(|previous| previous.hash.ct_eq(hash))?
+            .until;
+        Some((key, Secret::Previous { until }))
     }
 
     /// Inserts or replaces one key, dropping whatever hashes its older version was indexed by.
@@ -101,8 +100,8 @@ impl KeyTable {
             self.unindex(&old);
         }
         self.by_hash.insert(key.hash.short(), key.clone());
-        if let Some(previous) = key.previous {
-            self.by_hash.insert(previous.hash.short(), key);
+        if let Some(previous) = key.previous.as_deref() {
+            self.by_hash.insert(previous.hash.short(), key.clone());
         }
     }
 
@@ -115,7 +114,7 @@ impl KeyTable {
     /// Removes the hash entries that still point at `old` (and only those: another key may
     /// have taken a hash over since).
     fn unindex(&self, old: &Arc<AuthKey>) {
-        let hashes = std::iter::once(old.hash).chain(old.previous.map(|p| p.hash));
+        let hashes = std::iter::once(old.hash).chain(old.previous.as_deref().map(|p| p.hash));
         for hash in hashes {
             self.by_hash
                 .remove_if(&hash.short(), |_, current| Arc::ptr_eq(current, old));
@@ -169,9 +168,11 @@ mod tests {
             rate_limit: None,
             customer_id: None,
             allowed_ips: Box::new([]),
-            previous: previous.map(|p| PreviousSecret {
-                hash: hasher.hash(p.as_bytes()),
-                until: 100,
+            previous: previous.map(|p| {
+                Box::new(PreviousSecret {
+                    hash: hasher.hash(p.as_bytes()),
+                    until: 100,
+                })
             }),
         }
     }

@@ -662,7 +662,11 @@ async fn verify(admin: &Admin, request: Request<Incoming>) -> Answer {
         return Ok(ok(&verdict(code, Some(&key))));
     }
     let snapshot = shared.snapshot.load();
-    let spec = key.rate_limit.unwrap_or(snapshot.default_limit);
+    let spec = key
+        .rate_limit
+        .as_deref()
+        .copied()
+        .unwrap_or(snapshot.default_limit);
     let (code, state) = match shared.key_limits.check(key.seq, &spec) {
         Decision::Allowed(state) => {
             let previous = matches!(which, Presented::Previous { .. });

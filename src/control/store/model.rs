@@ -130,6 +130,8 @@ pub struct Changes {
     /// Rows that could not be read back, with why; skipped, never fatal.
     pub bad_rows: Vec<String>,
     pub revision: u64,
+    /// Whether more changed rows wait past this batch.
+    pub more: bool,
 }
 
 /// Who changed a key, for its audit trail.

@@ -262,25 +262,39 @@ impl SqliteStore {
         rows.map(|row| row?.map_err(StoreError::Corrupt)).collect()
     }
 
-    /// Every row changed after `revision`, tombstones included, oldest change first.
-    pub fn changes_since(&self, revision: u64) -> Result<Changes, StoreError> {
+    /// Up to `limit` rows changed after `revision`, tombstones included, oldest change first.
+    /// `Changes::revision` is where the next call starts: the last row's revision when there
+    /// may be more, the store's revision (read in the same snapshot) when this was the last
+    /// batch.
+    pub fn changes_since(&self, revision: u64, limit: usize) -> Result<Changes, StoreError> {
         let conn = self.conn();
         let tx = conn.unchecked_transaction()?;
         let current: i64 =
             tx.query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| r.get(0))?;
         let mut stmt = tx.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM keys WHERE revision > ?1 ORDER BY revision"
+            "SELECT {COLUMNS} FROM keys WHERE revision > ?1 ORDER BY revision LIMIT ?2"
         ))?;
-        let mut changes = Changes {
-            revision: current as u64,
-            ..Changes::default()
-        };
-        for row in stmt.query_map([revision as i64], read_row)? {
-            match row? {
+        let mut changes = Changes::default();
+        let mut rows = 0;
+        let mut last = revision;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        for row in stmt.query_map(params![revision as i64, limit], |row| {
+            Ok((row.get::<_, i64>(19)?, read_row(row)?))
+        })? {
+            let (row_revision, key) = row?;
+            rows += 1;
+            last = row_revision as u64;
+            match key {
                 Ok(key) => changes.keys.push(key),
                 Err(why) => changes.bad_rows.push(why),
             }
         }
+        changes.more = rows == limit;
+        changes.revision = if changes.more {
+            last
+        } else {
+            (current as u64).max(last)
+        };
         drop(stmt);
         tx.finish()?;
         Ok(changes)
