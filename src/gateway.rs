@@ -1,5 +1,6 @@
 //! Assembles a running gateway from a validated config: the store, the key table and its sync,
-//! usage flushing, the admin listener and the proxy listener. The one place both planes meet.
+//! usage flushing, the lifecycle jobs, the admin listener and the proxy listener. The one place
+//! both planes meet.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::control::admin::Admin;
 use crate::control::keys::KeyService;
+use crate::control::lifecycle::LifecycleJobs;
 use crate::control::store::{self, Actor, Store};
 use crate::control::sync::KeySync;
 use crate::control::usage::UsageFlusher;
@@ -33,6 +35,7 @@ pub struct Gateway {
     servers: Vec<JoinHandle<()>>,
     flusher: Arc<UsageFlusher>,
     sync: Arc<KeySync>,
+    lifecycle: LifecycleJobs,
 }
 
 /// What a gateway needs beside its config: secrets from the environment, and the clock.
@@ -136,11 +139,19 @@ impl Gateway {
             counters: shared.usage.clone(),
             metrics: metrics.clone(),
         });
-        let tasks = vec![
+        let lifecycle = LifecycleJobs::new(
+            &config.lifecycle,
+            store.clone(),
+            KeyService::new(store.clone(), hasher.clone(), clock.clone(), Actor::Lifecycle),
+            clock.clone(),
+            metrics.clone(),
+        )?;
+        let mut tasks = vec![
             tokio::spawn(sync.clone().run(config.store.sync_interval)),
             tokio::spawn(flusher.clone().run(config.store.usage_flush_interval)),
             tokio::spawn(housekeeping(shared.clone())),
         ];
+        tasks.extend(lifecycle.spawn());
         let admin_server = Arc::new(Admin::new(
             shared.clone(),
             KeyService::new(store.clone(), hasher, clock, Actor::AdminApi),
@@ -161,6 +172,7 @@ impl Gateway {
             servers,
             flusher,
             sync,
+            lifecycle,
         })
     }
 
@@ -184,19 +196,31 @@ impl Gateway {
         Ok(())
     }
 
+    /// Runs the idle sweep now rather than at the next interval (tests). A no-op without
+    /// `lifecycle.idle_expiry`, or while another gateway on the store holds the lifecycle lease.
+    pub async fn sweep_now(&self) {
+        self.lifecycle.sweep_now().await;
+    }
+
+    /// Attempts the lifecycle webhooks due now (tests). A no-op without `lifecycle.webhook`.
+    pub async fn deliver_webhooks_now(&self) {
+        self.lifecycle.deliver_now().await;
+    }
+
     /// Writes counted usage now.
     pub async fn flush_usage(&self) {
         let flusher = self.flusher.clone();
         let _ = tokio::task::spawn_blocking(move || flusher.flush()).await;
     }
 
-    /// Stops accepting, lets in-flight requests finish (up to `server.shutdown_grace`), and
-    /// writes the last usage counts.
+    /// Stops accepting, lets in-flight requests finish (up to `server.shutdown_grace`) and the
+    /// webhook attempt in flight be recorded, and writes the last usage counts.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for server in self.servers {
             let _ = server.await;
         }
+        self.lifecycle.stop().await;
         for task in &self.tasks {
             task.abort();
         }

@@ -1,8 +1,11 @@
-//! The control plane: the store, the sync that feeds the key table, the key lifecycle, usage
-//! flushing, the admin listener. Nothing here runs per proxied request.
+//! The control plane: the store, the sync that feeds the key table, the key lifecycle (with the
+//! idle sweep and its webhooks), usage flushing, the admin listener. Nothing here runs per
+//! proxied request.
 
 pub mod admin;
 pub mod keys;
+pub mod lifecycle;
 pub mod store;
 pub mod sync;
 pub mod usage;
+pub mod webhook;

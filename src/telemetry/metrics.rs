@@ -1,6 +1,6 @@
 //! Every metric of SPEC section 6, in one owned registry (shared by both planes). Owned, not
 //! global, so two gateways in one test process count apart. Label values come from bounded sets:
-//! route and upstream names, reasons, status codes, key ids (switchable).
+//! route and upstream names, reasons, status codes, idle-warning thresholds, key ids (switchable).
 
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -30,6 +30,11 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     pub usage_flush_errors: IntCounter,
     pub build_info: IntGaugeVec,
+    pub idle_warnings: IntCounterVec,
+    pub idle_revocations: IntCounter,
+    pub webhook_deliveries: IntCounter,
+    pub webhook_failures: IntCounter,
+    pub webhook_abandoned: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -40,6 +45,14 @@ impl std::fmt::Debug for Metrics {
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("static metric definition");
     registry
         .register(Box::new(metric.clone()))
         .expect("metric names are unique");
@@ -142,6 +155,28 @@ impl Metrics {
                 "keygate_upstream_errors_total",
                 "Failed upstream exchanges",
                 &["upstream", "kind"],
+            ),
+            idle_warnings: counter_vec(
+                r,
+                "keygate_idle_warnings_total",
+                "Idle-expiry warnings issued, by how long before revocation",
+                &["threshold"],
+            ),
+            idle_revocations: counter(r, "keygate_idle_revocations_total", "Keys revoked for idleness"),
+            webhook_deliveries: counter(
+                r,
+                "keygate_webhook_deliveries_total",
+                "Lifecycle webhooks the receiver accepted",
+            ),
+            webhook_failures: counter(
+                r,
+                "keygate_webhook_failures_total",
+                "Failed lifecycle webhook attempts",
+            ),
+            webhook_abandoned: counter(
+                r,
+                "keygate_webhook_abandoned_total",
+                "Lifecycle webhooks given up after the last retry",
             ),
             keys,
             key_table_revision,

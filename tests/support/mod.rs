@@ -384,3 +384,18 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
         .lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+impl Harness {
+    /// Another gateway from the same config file, on the same store and clock: a second
+    /// replica, or this one after a restart.
+    pub async fn another_gateway(&self) -> Gateway {
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        let config = keygate::config::parse(&text, self.dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let options = Options {
+            hasher: Hasher::unkeyed(),
+            admin_token: Some(ADMIN_TOKEN.into()),
+            clock: Arc::new(self.clock.clone()),
+        };
+        Gateway::start(config, options).await.unwrap()
+    }
+}
