@@ -12,6 +12,7 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use rustc_hash::FxBuildHasher;
 
 use crate::core::key::RateLimitSpec;
 use crate::core::units::Rate;
@@ -84,7 +85,8 @@ struct Bucket<C: Clock> {
 
 /// One GCRA bucket per key, made on the key's first request and replaced when its limit changes.
 pub struct KeyLimits<C: Clock = DefaultClock> {
-    buckets: DashMap<u64, Arc<Bucket<C>>>,
+    /// By key sequence number (ours, not a client's: a fast hash is safe).
+    buckets: DashMap<u64, Arc<Bucket<C>>, FxBuildHasher>,
     clock: C,
 }
 
@@ -97,7 +99,7 @@ impl Default for KeyLimits<DefaultClock> {
 impl<C: Clock + Clone> KeyLimits<C> {
     pub fn with_clock(clock: C) -> Self {
         KeyLimits {
-            buckets: DashMap::with_shard_amount(64),
+            buckets: DashMap::with_hasher_and_shard_amount(FxBuildHasher, 64),
             clock,
         }
     }

@@ -155,13 +155,7 @@ impl Shared {
 
     /// Counts an authenticated request of `key` (`previous`: with its pre-regeneration secret).
     pub fn record_use(&self, key: &AuthKey, previous: bool, now: i64, per_key_metric: bool) {
-        self.usage.record(key.seq, previous, now);
-        if per_key_metric {
-            self.metrics
-                .key_requests
-                .with_label_values(&[&key.id, key.environment.as_str()])
-                .inc();
-        }
+        self.usage.record(key.seq, previous, now, per_key_metric);
     }
 
     /// Installs a new config; requests already running finish with the old one.

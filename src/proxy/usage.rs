@@ -1,15 +1,21 @@
 //! Per-key request counters (data plane), so that tracking last use costs an atomic add, not a
-//! store write, per request. The control plane drains them into the store every few seconds.
+//! store write, per request. The control plane drains them into the store every few seconds,
+//! and the metrics endpoint reads the per-key totals from them at scrape time (so the
+//! per-key metric costs no label lookup per request either).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use dashmap::DashMap;
+use rustc_hash::FxBuildHasher;
 
 #[derive(Debug, Default)]
 struct Counter {
     requests: AtomicU64,
     /// Unix seconds.
     last_used: AtomicI64,
+    /// Requests counted for the per-key metric, and how many of them it has shown.
+    total: AtomicU64,
+    exported: AtomicU64,
 }
 
 /// Requests counted for one key and secret since the last drain.
@@ -23,30 +29,47 @@ pub struct Counted {
 
 #[derive(Debug, Default)]
 pub struct UsageCounters {
-    counters: DashMap<(u64, bool), Counter>,
+    counters: DashMap<(u64, bool), Counter, FxBuildHasher>,
 }
 
 impl UsageCounters {
-    /// Counts one admitted request of key `seq` (`previous`: with its pre-regeneration secret).
-    pub fn record(&self, seq: u64, previous: bool, now: i64) {
-        if let Some(counter) = self.counters.get(&(seq, previous)) {
+    /// Counts one admitted request of key `seq` (`previous`: with its pre-regeneration secret);
+    /// `per_key`: also for the per-key metric.
+    pub fn record(&self, seq: u64, previous: bool, now: i64, per_key: bool) {
+        let count = |counter: &Counter| {
             counter.requests.fetch_add(1, Ordering::Relaxed);
             counter.last_used.fetch_max(now, Ordering::Relaxed);
-            return;
+            if per_key {
+                counter.total.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        match self.counters.get(&(seq, previous)) {
+            Some(counter) => count(&counter),
+            None => count(&self.counters.entry((seq, previous)).or_default()),
         }
-        let counter = self.counters.entry((seq, previous)).or_default();
-        counter.requests.fetch_add(1, Ordering::Relaxed);
-        counter.last_used.fetch_max(now, Ordering::Relaxed);
     }
 
-    /// Takes every non-zero count, leaving zero behind. Idle counters are dropped, so the map
-    /// holds only keys in recent use.
+    /// Hands the per-key requests counted since the last call to `export`, by key.
+    pub fn export_totals(&self, mut export: impl FnMut(u64, u64)) {
+        for entry in self.counters.iter() {
+            let total = entry.total.load(Ordering::Relaxed);
+            let shown = entry.exported.swap(total, Ordering::Relaxed);
+            if total > shown {
+                export(entry.key().0, total - shown);
+            }
+        }
+    }
+
+    /// Takes every non-zero count, leaving zero behind. Idle counters are dropped once the
+    /// metric has shown their totals, so the map holds only keys in recent use.
     pub fn drain(&self) -> Vec<Counted> {
         let mut counted = Vec::new();
         self.counters.retain(|&(seq, previous), counter| {
             let requests = counter.requests.swap(0, Ordering::Relaxed);
             if requests == 0 {
-                return false;
+                let unshown =
+                    counter.total.load(Ordering::Relaxed) != counter.exported.load(Ordering::Relaxed);
+                return unshown;
             }
             counted.push(Counted {
                 seq,
@@ -76,9 +99,9 @@ mod tests {
     #[test]
     fn counts_are_drained_once_and_idle_counters_dropped() {
         let usage = UsageCounters::default();
-        usage.record(1, false, 10);
-        usage.record(1, false, 12);
-        usage.record(1, true, 11);
+        usage.record(1, false, 10, false);
+        usage.record(1, false, 12, false);
+        usage.record(1, true, 11, false);
         let mut drained = usage.drain();
         drained.sort_by_key(|c| (c.seq, c.previous));
         assert_eq!(
@@ -105,9 +128,24 @@ mod tests {
     #[test]
     fn restored_counts_are_drained_again() {
         let usage = UsageCounters::default();
-        usage.record(7, false, 5);
+        usage.record(7, false, 5, false);
         let drained = usage.drain();
         usage.restore(&drained);
         assert_eq!(usage.drain(), drained);
+    }
+
+    #[test]
+    fn per_key_totals_are_exported_once_and_kept_until_shown() {
+        let usage = UsageCounters::default();
+        usage.record(3, false, 5, true);
+        usage.record(3, true, 6, true);
+        usage.drain();
+        usage.drain();
+        let mut shown = Vec::new();
+        usage.export_totals(|seq, delta| shown.push((seq, delta)));
+        assert_eq!(shown, [(3, 1), (3, 1)], "kept past the drain until exported");
+        usage.export_totals(|_, _| panic!("nothing new"));
+        usage.drain();
+        assert!(usage.counters.is_empty(), "idle and shown: dropped");
     }
 }

@@ -112,6 +112,7 @@ impl Admin {
 
     fn metrics(&self) -> Response<AdminBody> {
         self.update_key_gauge();
+        self.export_key_requests();
         let mut response = Response::new(Full::new(Bytes::from(self.shared.metrics.encode())));
         response.headers_mut().insert(CONTENT_TYPE, PROMETHEUS);
         response
@@ -140,6 +141,20 @@ impl Admin {
                     .set(counts[env as usize][i]);
             }
         }
+    }
+
+    /// `keygate_key_requests_total`, from the usage counters the hot path keeps anyway.
+    fn export_key_requests(&self) {
+        let shared = &self.shared;
+        shared.usage.export_totals(|seq, requests| {
+            if let Some(key) = shared.keys.get(seq) {
+                shared
+                    .metrics
+                    .key_requests
+                    .with_label_values(&[&key.id, key.environment.as_str()])
+                    .inc_by(requests);
+            }
+        });
     }
 
     /// Serves the admin API until `shutdown` resolves.
