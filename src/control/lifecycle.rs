@@ -16,9 +16,9 @@
 //! clock, so tests move time instead of waiting. The webhook payloads, all instants RFC 3339:
 //!
 //! ```json
-//! {"event":"key.idle_warning","key_id":"key_…","name":"…","environment":"production",
+//! {"event_id":"key_….warn.<deadline>.7d","event":"key.idle_warning","key_id":"key_…","name":"…","environment":"production",
 //!  "last_used_at":null,"idle_since":"…","revokes_at":"…","warn_before":"7d","sent_at":"…"}
-//! {"event":"key.idle_revoked","key_id":"key_…","name":"…","environment":"production",
+//! {"event_id":"key_….revoked.<time>","event":"key.idle_revoked","key_id":"key_…","name":"…","environment":"production",
 //!  "last_used_at":null,"idle_since":"…","revoked_at":"…","idle_expiry":"90d","sent_at":"…"}
 //! ```
 
@@ -331,6 +331,9 @@ mod payloads {
 
     #[derive(Serialize)]
     struct Warning<'a> {
+        /// The same for every delivery attempt of this event, so a receiver can drop the
+        /// duplicate that a crash between its 2xx and our bookkeeping would cause.
+        event_id: String,
         event: &'static str,
         key_id: &'a str,
         name: &'a str,
@@ -344,6 +347,7 @@ mod payloads {
 
     #[derive(Serialize)]
     struct Revoked<'a> {
+        event_id: String,
         event: &'static str,
         key_id: &'a str,
         name: &'a str,
@@ -357,6 +361,7 @@ mod payloads {
 
     pub fn warning(key: &IdleKey, deadline: Timestamp, warn_before: &str, now: Timestamp) -> String {
         to_json(&Warning {
+            event_id: format!("{}.warn.{}.{warn_before}", key.id, deadline.as_second()),
             event: "key.idle_warning",
             key_id: &key.id,
             name: &key.name,
@@ -371,6 +376,7 @@ mod payloads {
 
     pub fn revoked(key: &IdleKey, idle_expiry: &str, now: Timestamp) -> String {
         to_json(&Revoked {
+            event_id: format!("{}.revoked.{}", key.id, now.as_second()),
             event: "key.idle_revoked",
             key_id: &key.id,
             name: &key.name,
@@ -459,6 +465,7 @@ mod tests {
     fn the_warning_payload_names_the_key_its_deadline_and_the_threshold() {
         let payload = payloads::warning(&key(None), at(91), "7d", at(84));
         let expected = serde_json::json!({
+            "event_id": "key_1.warn.7862400.7d",
             "event": "key.idle_warning",
             "key_id": "key_1",
             "name": "Main \"Website\"",
@@ -473,13 +480,14 @@ mod tests {
             serde_json::from_str::<serde_json::Value>(&payload).unwrap(),
             expected
         );
-        assert!(payload.starts_with(r#"{"event":"key.idle_warning","key_id":"key_1""#));
+        assert!(payload.starts_with(r#"{"event_id":"key_1.warn.7862400.7d","event":"key.idle_warning""#));
     }
 
     #[test]
     fn the_revocation_payload_names_the_key_and_the_idle_expiry() {
         let payload = payloads::revoked(&key(Some(at(1))), "90d", at(91));
         let expected = serde_json::json!({
+            "event_id": "key_1.revoked.7862400",
             "event": "key.idle_revoked",
             "key_id": "key_1",
             "name": "Main \"Website\"",
