@@ -27,7 +27,7 @@ const PREFERRED_PROXY: &str = "127.0.0.1:8080";
 const PREFERRED_ADMIN: &str = "127.0.0.1:9901";
 
 pub fn run() -> Result<(), Failure> {
-    runtime()?.block_on(async {
+    runtime(None)?.block_on(async {
         let dir = tempfile::tempdir()
             .map_err(|e| Failure::Runtime(format!("cannot make a temporary folder: {e}")))?;
         let upstream = echo_upstream().await?;

@@ -25,7 +25,7 @@ pub fn check(path: &Path) -> Result<(), Failure> {
 
 pub fn run(path: std::path::PathBuf) -> Result<(), Failure> {
     let config = load(&path)?;
-    runtime()?.block_on(async move {
+    runtime(config.server.worker_threads)?.block_on(async move {
         let options = Options::from_env(&config)?;
         let gateway = Gateway::start(config, options).await?;
         serve_until_stopped(gateway, Some(&path)).await

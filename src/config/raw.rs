@@ -66,6 +66,8 @@ pub struct RawServer {
     pub max_connections: Field<u64>,
     /// Bytes of request body at most (413 past it). Default: no limit.
     pub max_request_body: Field<u64>,
+    /// Threads serving requests. Default: one per CPU.
+    pub worker_threads: Field<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -53,6 +53,8 @@ pub struct Server {
     pub max_connections: usize,
     /// Largest request body in bytes (413 past it); none by default.
     pub max_request_body: Option<u64>,
+    /// Threads of the async runtime; `None`: one per CPU.
+    pub worker_threads: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -271,6 +271,9 @@ impl Checker<'_> {
                 .map_or(100, |n| n as u32),
             max_connections: self.usize(&raw.max_connections, "server.max_connections", 10_000),
             max_request_body: self.count(&raw.max_request_body, "server.max_request_body", u64::MAX),
+            worker_threads: self
+                .count(&raw.worker_threads, "server.worker_threads", 1024)
+                .map(|n| n as usize),
         }
     }
 

@@ -1,0 +1,580 @@
+#!/usr/bin/env python3
+"""Load benchmark: keygate beside nginx and HAProxy doing the same job, on loopback.
+
+One run starts a fast upstream (nginx `return 200`), keygate, and the peers, all holding the
+same keys; then runs the contenders interleaved, round after round (A B C ... A B C ...), so
+drift hits all alike, over four scenarios: a valid key (200), one wrong key (401), a different
+wrong key on every request (401, key scanning) and a key over its limit (429). It prints a
+table and stops every process it started, by PID.
+
+Contenders run pinned to CPU 0 with one worker; wrk and the upstream share CPU 1, so the
+contender's CPU time per request is its own. See benches/load/README.md and the README's
+Performance section.
+
+    benches/load/run [--rounds 3] [--duration 5] [--connections 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass, field
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+KEYGATE = os.path.join(ROOT, "target", "release", "keygate")
+BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
+ADMIN_TOKEN = "load-benchmark-admin-token-" + "".join(random.choices(BASE62, k=16))
+CONTENDER_CPU = "0"
+DRIVER_CPU = "1"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+started: list[subprocess.Popen] = []
+
+
+# --- keys ---------------------------------------------------------------------------------
+
+def generated_key(env_tag: str = "prod") -> str:
+    """A well-formed keygate key: kg_<env>_<32 base62><6 base62 CRC32 checksum>."""
+    signed = f"kg_{env_tag}_" + "".join(random.choices(BASE62, k=32))
+    value = zlib.crc32(signed.encode())
+    checksum = ""
+    for _ in range(6):
+        checksum = BASE62[value % 62] + checksum
+        value //= 62
+    return signed + checksum
+
+
+def basic(user: str, key: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{key}".encode()).decode()
+
+
+def ssha(password: str) -> str:
+    import hashlib
+
+    salt = os.urandom(8)
+    digest = hashlib.sha1(password.encode() + salt).digest()
+    return "{SSHA}" + base64.b64encode(digest + salt).decode()
+
+
+@dataclass
+class Keys:
+    valid: list[tuple[str, str, str]]  # (user, key, key id)
+    limited: tuple[str, str, str]
+    wrong: str
+    scanning: list[str]
+
+
+def make_keys(n: int, scanning: int) -> Keys:
+    valid = [(f"u{i:07d}", generated_key(), f"key_bench{i:07d}") for i in range(n)]
+    limited = ("ulimited", generated_key(), "key_benchlimited")
+    return Keys(valid, limited, generated_key(), [generated_key() for _ in range(scanning)])
+
+
+# --- processes ----------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args: list[str], cpu: str, log: str, env: dict | None = None) -> subprocess.Popen:
+    out = open(log, "w")
+    process = subprocess.Popen(
+        ["taskset", "-c", cpu, *args], stdout=out, stderr=subprocess.STDOUT, env=env
+    )
+    started.append(process)
+    return process
+
+
+def stop_all() -> None:
+    for process in reversed(started):
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.time() + 10
+    for process in started:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def wait_for_port(port: int, what: str, timeout: float = 20) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"{what} did not start listening on 127.0.0.1:{port}")
+
+
+def process_tree(pid: int) -> list[int]:
+    pids = [pid]
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    for child in children.split():
+        pids.extend(process_tree(int(child)))
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    total = 0
+    for p in process_tree(pid):
+        try:
+            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICKS
+
+
+# --- contenders ---------------------------------------------------------------------------
+
+@dataclass
+class Contender:
+    name: str
+    port: int
+    pid: int = 0
+    scenarios: tuple[str, ...] = ("valid", "wrong", "scanning", "limited")
+
+
+def upstream_config(work: str, port: int) -> str:
+    return f"""
+worker_processes 1;
+daemon off;
+pid {work}/upstream.pid;
+error_log {work}/upstream-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            default_type application/json;
+            return 200 '{{"customer":"acme","plan":"pro","seats":42}}';
+        }}
+    }}
+}}
+"""
+
+
+def nginx_peers_config(work: str, keys: Keys, upstream: int, ports: dict[str, int]) -> str:
+    """One nginx, one worker, three servers: plain proxy, auth_basic, and a map lookup."""
+    everyone = keys.valid + [keys.limited]
+    with open(f"{work}/htpasswd", "w") as f:
+        for user, key, _ in everyone:
+            f.write(f"{user}:{ssha(key)}\n")
+    ids = "\n".join(f"        {user} {kid};" for user, _, kid in everyone)
+    by_header = "\n".join(f'        "{basic(user, key)}" {kid};' for user, key, kid in everyone)
+    proxy = f"""
+            proxy_pass http://upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "";
+            proxy_set_header X-API-Key "";
+            proxy_set_header X-Request-Id $request_id;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Keygate-Environment production;"""
+    return f"""
+worker_processes 1;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log crit;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    map_hash_bucket_size 256;
+    map_hash_max_size {max(16384, 16 * len(everyone))};
+    upstream upstream {{
+        server 127.0.0.1:{upstream};
+        keepalive 128;
+    }}
+    map $remote_user $key_id {{
+        default "";
+{ids}
+    }}
+    map $http_authorization $map_key_id {{
+        default "";
+{by_header}
+    }}
+    map $remote_user $tight_user {{ default ""; ulimited $remote_user; }}
+    map $map_key_id $map_tight {{ default ""; key_benchlimited $map_key_id; }}
+    limit_req_zone $remote_user zone=perkey:10m rate=1000000r/s;
+    limit_req_zone $tight_user zone=tight:1m rate=1r/m;
+    limit_req_zone $map_key_id zone=mapkey:10m rate=1000000r/s;
+    limit_req_zone $map_tight zone=maptight:1m rate=1r/m;
+    limit_req_status 429;
+    server {{
+        listen 127.0.0.1:{ports['nginx-plain']} backlog=4096;
+        location / {{ {proxy} }}
+    }}
+    server {{
+        listen 127.0.0.1:{ports['nginx-basic']} backlog=4096;
+        location / {{
+            auth_basic "keygate";
+            auth_basic_user_file {work}/htpasswd;
+            limit_req zone=perkey burst=1000000 nodelay;
+            limit_req zone=tight nodelay;
+            proxy_set_header X-Keygate-Key-Id $key_id;
+            {proxy}
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{ports['nginx-map']} backlog=4096;
+        location / {{
+            if ($map_key_id = "") {{
+                add_header WWW-Authenticate 'Basic realm="keygate"' always;
+                return 401 '{{"error":"authentication failed"}}';
+            }}
+            limit_req zone=mapkey burst=1000000 nodelay;
+            limit_req zone=maptight nodelay;
+            proxy_set_header X-Keygate-Key-Id $map_key_id;
+            {proxy}
+        }}
+    }}
+}}
+"""
+
+
+def haproxy_config(keys: Keys, upstream: int, ports: dict[str, int]) -> str:
+    everyone = keys.valid + [keys.limited]
+    users = "\n".join(f"    user {user} insecure-password {key}" for user, key, _ in everyone)
+    return f"""
+global
+    nbthread 1
+    maxconn 4000
+defaults
+    mode http
+    timeout client 30s
+    timeout server 30s
+    timeout connect 2s
+    option http-keep-alive
+userlist keys
+{users}
+backend per_key
+    stick-table type string len 32 size 10k expire 60s store http_req_rate(60s)
+frontend plain
+    bind 127.0.0.1:{ports['haproxy-plain']}
+    default_backend api
+frontend auth
+    bind 127.0.0.1:{ports['haproxy']}
+    http-request auth realm keygate unless {{ http_auth(keys) }}
+    http-request track-sc0 http_auth_user table per_key
+    http-request deny deny_status 429 if {{ http_auth_user -m str ulimited }} {{ sc_http_req_rate(0) gt 1 }}
+    http-request del-header Authorization
+    http-request del-header X-API-Key
+    http-request set-header X-Keygate-Key-Id %[http_auth_user]
+    http-request set-header X-Keygate-Environment production
+    http-request set-header X-Request-Id %[uuid]
+    option forwardfor
+    default_backend api
+backend api
+    http-reuse always
+    server upstream 127.0.0.1:{upstream} maxconn 128
+"""
+
+
+def keygate_config(work: str, upstream: int, proxy: int, admin: int) -> str:
+    return f"""
+[server]
+listen = "127.0.0.1:{proxy}"
+environment = "production"
+worker_threads = 1
+
+[admin]
+listen = "127.0.0.1:{admin}"
+token_env = "KEYGATE_BENCH_ADMIN_TOKEN"
+
+[store]
+url = "sqlite://{work}/keygate.db"
+sync_interval = "1s"
+
+[auth]
+# The scanning scenario is one client sending millions of wrong keys: keygate would throttle
+# it with 429s (auth.failed_per_ip); the peers have no such guard, so it is off here.
+failed_per_ip = "1000000000/s"
+
+[rate_limit]
+default = "1000000000/s"
+
+[metrics]
+per_key = false
+
+[[upstream]]
+name = "api"
+url = "http://127.0.0.1:{upstream}"
+pool_max_idle = 128
+
+[[route]]
+name = "api"
+path = "/"
+upstream = "api"
+"""
+
+
+def admin_call(port: int, method: str, path: str, body: dict | None = None) -> dict | list:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"null")
+
+
+def status_of(port: int, authorization: str) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/customers/acme")
+    request.add_header("Authorization", authorization)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+# --- load ---------------------------------------------------------------------------------
+
+EXPECTED = {"valid": 200, "wrong": 401, "scanning": 401, "limited": 429}
+
+
+@dataclass
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float
+    requests: int
+    unexpected: int
+
+
+def parse_latency(text: str, percentile: str) -> float:
+    match = re.search(rf"^\s*{percentile}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    if not match:
+        return float("nan")
+    value, unit = float(match.group(1)), match.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def run_wrk(contender: Contender, scenario: str, header: str, args, scan_script: str) -> Result:
+    command = [
+        "taskset", "-c", DRIVER_CPU, "wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s",
+        "--latency", "--timeout", "5s",
+    ]
+    if scenario == "scanning":
+        command += ["-s", scan_script]
+    else:
+        command += ["-H", f"Authorization: {header}"]
+    command.append(f"http://127.0.0.1:{contender.port}/v1/customers/acme")
+    before = cpu_seconds(contender.pid)
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(contender.pid) - before
+    requests = int(re.search(r"(\d+) requests in", output).group(1))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    non_2xx = int(non_2xx.group(1)) if non_2xx else 0
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    socket_errors = sum(int(g) for g in errors.groups()) if errors else 0
+    # wrk tells 2xx from the rest; the exact status was checked before the run (see `check`).
+    unexpected = (non_2xx if EXPECTED[scenario] == 200 else requests - non_2xx) + socket_errors
+    return Result(
+        rps=float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        p50_ms=parse_latency(output, "50"),
+        p99_ms=parse_latency(output, "99"),
+        cpu_us=cpu / max(requests, 1) * 1e6,
+        requests=requests,
+        unexpected=unexpected,
+    )
+
+
+def check(contender: Contender, scenario: str, header: str) -> None:
+    # A limited key's first requests pass; by the third it is over its limit everywhere.
+    for _ in range(3 if scenario == "limited" else 1):
+        status = status_of(contender.port, header)
+    if status != EXPECTED[scenario]:
+        raise SystemExit(f"{contender.name} answered {status} for {scenario}, not {EXPECTED[scenario]}")
+
+
+def scan_script(work: str, keys: Keys, user: str) -> str:
+    path = f"{work}/scan.lua"
+    with open(f"{work}/scan-keys.txt", "w") as f:
+        for key in keys.scanning:
+            f.write(basic(user, key) + "\n")
+    with open(path, "w") as f:
+        f.write(f"""
+local headers = {{}}
+for line in io.lines("{work}/scan-keys.txt") do headers[#headers + 1] = line end
+local i = 0
+request = function()
+  i = i % #headers + 1
+  return wrk.format("GET", nil, {{ ["Authorization"] = headers[i] }})
+end
+""")
+    return path
+
+
+# --- report -------------------------------------------------------------------------------
+
+def report(results: dict, contenders: list[Contender], args) -> None:
+    cores = os.cpu_count()
+    print(f"\nkeygate load benchmark: {args.keys} keys, {args.rounds} rounds x {args.duration}s, "
+          f"{args.connections} connections, wrk -t1 on CPU {DRIVER_CPU} with the upstream, "
+          f"contenders on CPU {CONTENDER_CPU} with one worker; {cores} CPUs\n")
+    header = (f"{'scenario':<9} {'contender':<14} {'req/s median':>12} {'(min - max)':>19} "
+              f"{'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'keygate x':>9} {'unexpected':>10}")
+    print(header)
+    print("-" * len(header))
+    for scenario in EXPECTED:
+        rows = [(c, results.get((c.name, scenario))) for c in contenders]
+        rows = [(c, r) for c, r in rows if r]
+        ours = next((statistics.median(x.rps for x in r) for c, r in rows if c.name == "keygate"), None)
+        for contender, runs in rows:
+            rps = statistics.median(r.rps for r in runs)
+            ratio = f"{ours / rps:.2f}" if ours and contender.name != "keygate" else ""
+            print(f"{scenario:<9} {contender.name:<14} {rps:>12,.0f} "
+                  f"{'(' + format(min(r.rps for r in runs), ',.0f') + ' - ' + format(max(r.rps for r in runs), ',.0f') + ')':>19} "
+                  f"{statistics.median(r.p50_ms for r in runs):>7.2f} {statistics.median(r.p99_ms for r in runs):>7.2f} "
+                  f"{statistics.median(r.cpu_us for r in runs):>10.1f} {ratio:>9} {sum(r.unexpected for r in runs):>10}")
+        print()
+
+
+# --- main ---------------------------------------------------------------------------------
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per run")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--keys", type=int, default=1000)
+    parser.add_argument("--scanning-keys", type=int, default=100_000)
+    parser.add_argument("--only", default="", help="comma-separated contenders to run")
+    args = parser.parse_args()
+    for tool in ("nginx", "haproxy", "wrk", "taskset"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is not installed; benches/load/run installs it")
+    if not os.path.exists(KEYGATE):
+        raise SystemExit(f"{KEYGATE} is missing; benches/load/run builds it")
+
+    work = tempfile.mkdtemp(prefix="keygate-load-")
+    os.chmod(work, 0o755)  # nginx workers drop root and must read the htpasswd file
+    try:
+        bench(work, args)
+    finally:
+        stop_all()
+        if os.environ.get("KEEP_WORK"):
+            print(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def bench(work: str, args) -> None:
+    keys = make_keys(args.keys, args.scanning_keys)
+    names = ["keygate", "nginx-basic", "nginx-map", "haproxy", "nginx-plain", "haproxy-plain"]
+    ports = {name: free_port() for name in names}
+    upstream = free_port()
+    admin = free_port()
+
+    with open(f"{work}/upstream.conf", "w") as f:
+        f.write(upstream_config(work, upstream))
+    start(["nginx", "-p", work, "-c", f"{work}/upstream.conf"], DRIVER_CPU, f"{work}/upstream.log")
+    wait_for_port(upstream, "the upstream nginx")
+
+    with open(f"{work}/keygate.toml", "w") as f:
+        f.write(keygate_config(work, upstream, ports["keygate"], admin))
+    env = dict(os.environ, KEYGATE_BENCH_ADMIN_TOKEN=ADMIN_TOKEN, RUST_LOG="warn")
+    gateway = start([KEYGATE, "serve", "--config", f"{work}/keygate.toml"], CONTENDER_CPU,
+                    f"{work}/keygate.log", env)
+    wait_for_port(admin, "keygate's admin listener")
+    loaded = time.time()
+    for user, key, _ in keys.valid:
+        admin_call(admin, "POST", "/v1/keys", {"name": user, "environment": "production", "key": key})
+    user, key, _ = keys.limited
+    admin_call(admin, "POST", "/v1/keys", {
+        "name": user, "environment": "production", "key": key,
+        "rate_limit": {"requests": 1, "per": "1m"},
+    })
+    print(f"keygate: imported {args.keys + 1} keys through the admin API in {time.time() - loaded:.1f}s")
+
+    with open(f"{work}/nginx.conf", "w") as f:
+        f.write(nginx_peers_config(work, keys, upstream, ports))
+    nginx = start(["nginx", "-p", work, "-c", f"{work}/nginx.conf"], CONTENDER_CPU, f"{work}/nginx.log")
+    with open(f"{work}/haproxy.cfg", "w") as f:
+        f.write(haproxy_config(keys, upstream, ports))
+    haproxy = start(["haproxy", "-f", f"{work}/haproxy.cfg"], CONTENDER_CPU, f"{work}/haproxy.log")
+    for name in names:
+        wait_for_port(ports[name], name)
+
+    contenders = [
+        Contender("keygate", ports["keygate"], gateway.pid),
+        Contender("nginx-basic", ports["nginx-basic"], nginx.pid),
+        Contender("nginx-map", ports["nginx-map"], nginx.pid),
+        Contender("haproxy", ports["haproxy"], haproxy.pid),
+        Contender("nginx-plain", ports["nginx-plain"], nginx.pid, ("valid",)),
+        Contender("haproxy-plain", ports["haproxy-plain"], haproxy.pid, ("valid",)),
+    ]
+    if args.only:
+        wanted = set(args.only.split(","))
+        contenders = [c for c in contenders if c.name in wanted]
+
+    valid_user, valid_key, _ = keys.valid[len(keys.valid) // 2]
+    headers = {
+        "valid": basic(valid_user, valid_key),
+        "wrong": basic(valid_user, keys.wrong),
+        "limited": basic(*keys.limited[:2]),
+    }
+    scan = scan_script(work, keys, valid_user)
+    deadline = time.time() + 15
+    while status_of(ports["keygate"], headers["valid"]) != 200:
+        if time.time() > deadline:
+            raise SystemExit("keygate did not pick up the imported keys")
+        time.sleep(0.2)
+    for contender in contenders:
+        for scenario in contender.scenarios:
+            if scenario != "scanning":
+                check(contender, scenario, headers[scenario])
+
+    # Warm every contender up once (pools, caches), then the measured rounds.
+    warm = argparse.Namespace(**{**vars(args), "duration": 1})
+    for contender in contenders:
+        run_wrk(contender, "valid", headers["valid"], warm, scan)
+
+    results: dict = {}
+    for round_ in range(args.rounds):
+        for scenario in EXPECTED:
+            order = contenders[round_ % len(contenders):] + contenders[:round_ % len(contenders)]
+            for contender in order:
+                if scenario not in contender.scenarios:
+                    continue
+                if scenario == "limited":
+                    # The limit refills one request a minute: use it up, so the run sees 429s.
+                    check(contender, scenario, headers[scenario])
+                result = run_wrk(contender, scenario, headers.get(scenario, ""), args, scan)
+                results.setdefault((contender.name, scenario), []).append(result)
+                print(f"round {round_ + 1} {scenario:<9} {contender.name:<14} {result.rps:>10,.0f} req/s "
+                      f"p99 {result.p99_ms:.2f} ms  cpu {result.cpu_us:.1f} us/req", flush=True)
+    rss = open(f"/proc/{gateway.pid}/status").read()
+    rss_kib = int(re.search(r"VmRSS:\s+(\d+)", rss).group(1))
+    report(results, contenders, args)
+    print(f"keygate RSS after the run: {rss_kib / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
