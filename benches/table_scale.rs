@@ -74,7 +74,15 @@ fn main() {
                 }
             })
             .collect();
-        store.insert_many(&keys).unwrap();
+        store
+            .insert_many(
+                &keys,
+                keygate::control::store::Audit {
+                    actor: keygate::control::store::Actor::Cli,
+                    event: "imported",
+                },
+            )
+            .unwrap();
     }
     println!(
         "store: wrote {n} keys in {:.1?} (setup, not a target)",

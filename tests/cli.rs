@@ -273,6 +273,79 @@ fn import_takes_an_existing_secret_from_stdin() {
 }
 
 #[test]
+fn import_file_takes_many_keys_all_or_none() {
+    let s = setup();
+    let dir = s.config.parent().unwrap();
+    let write = |name: &str, lines: &[&str]| {
+        let path = dir.join(name);
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let good = write(
+        "good.jsonl",
+        &[
+            r#"{"key": "legacy-secret-number-one", "name": "one", "environment": "production"}"#,
+            "",
+            r#"{"key": "legacy-secret-number-two", "name": "two", "environment": "staging", "permissions": ["customer:*"], "rate_limit": {"requests": 5, "per": "1s"}, "customer_id": "acme"}"#,
+        ],
+    );
+    assert_eq!(s.json(&["import-file", &good])["imported"], 2);
+    let list = s.json(&["list"]);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let two = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "two")
+        .unwrap();
+    assert_eq!(two["customer_id"], "acme");
+    let events = s.json(&["events", two["id"].as_str().unwrap()]);
+    assert_eq!(
+        (events[0]["event"].as_str(), events[0]["actor"].as_str()),
+        (Some("imported"), Some("cli"))
+    );
+
+    // A bad line, a repeated secret or a secret the store holds already: exit 2 or 1, the line
+    // named, and nothing of the file imported.
+    for (lines, code_wanted, says) in [
+        (
+            [
+                r#"{"key": "legacy-secret-number-333", "name": "x", "environment": "production"}"#,
+                r#"{"key": "legacy-secret-number-444", "name": "y", "environment": "moon"}"#,
+            ],
+            2,
+            "line 2",
+        ),
+        (
+            [
+                r#"{"key": "legacy-secret-number-555", "name": "x", "environment": "production"}"#,
+                r#"{"key": "legacy-secret-number-555", "name": "y", "environment": "production"}"#,
+            ],
+            2,
+            "line 2",
+        ),
+        (
+            [
+                r#"{"key": "legacy-secret-number-666", "name": "x", "environment": "production"}"#,
+                r#"{"key": "legacy-secret-number-one", "name": "y", "environment": "production"}"#,
+            ],
+            1,
+            "stored key",
+        ),
+    ] {
+        let path = write("bad.jsonl", &lines);
+        let output = s.keys(&["import-file", &path]);
+        assert_eq!(code(&output), code_wanted, "{lines:?}");
+        assert!(
+            one_line_stderr(&output).contains(says),
+            "{}",
+            one_line_stderr(&output)
+        );
+        assert_eq!(s.json(&["list"]).as_array().unwrap().len(), 2, "nothing imported");
+    }
+}
+
+#[test]
 fn usage_errors_exit_2_and_runtime_errors_exit_1() {
     let s = setup();
     for args in [

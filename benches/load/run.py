@@ -354,7 +354,9 @@ def status_of(port: int, authorization: str) -> int:
 
 # --- load ---------------------------------------------------------------------------------
 
-EXPECTED = {"valid": 200, "wrong": 401, "scanning": 401, "limited": 429}
+EXPECTED = {"valid": 200, "wrong": 401, "scanning": 401, "limited": 429, "churn": 200}
+# Past this many keys only keygate runs: the peers' credential lists are searched linearly.
+PEER_KEYS = 10_000
 
 
 @dataclass
@@ -431,6 +433,46 @@ end
     return path
 
 
+# --- churn --------------------------------------------------------------------------------
+
+def key_ids(admin: int, n: int) -> list[str]:
+    ids, cursor = [], ""
+    while len(ids) < n:
+        page = urllib.request.Request(
+            f"http://127.0.0.1:{admin}/v1/keys?limit=1000{'&cursor=' + cursor if cursor else ''}",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+        with urllib.request.urlopen(page, timeout=30) as response:
+            ids += [key["id"] for key in json.loads(response.read()) if key["name"] != "ulimited"]
+            cursor = response.headers.get("X-Next-Cursor") or ""
+        if not cursor:
+            break
+    return ids[:n]
+
+
+class Churn(__import__("threading").Thread):
+    """Changes keys (their metadata) through the admin API, spread over `seconds`."""
+
+    def __init__(self, admin: int, ids: list[str], seconds: float):
+        super().__init__(daemon=True)
+        self.admin, self.ids, self.seconds, self.done = admin, ids, seconds, 0
+
+    def run(self) -> None:
+        started = time.time()
+        for i, key_id in enumerate(self.ids):
+            due = started + self.seconds * 0.9 * i / len(self.ids)
+            if due > time.time():
+                time.sleep(due - time.time())
+            admin_call(self.admin, "PATCH", f"/v1/keys/{key_id}", {"metadata": {"churn": i}})
+            self.done += 1
+
+
+def start_churn(admin: int, ids: list[str], seconds: float) -> Churn:
+    churn = Churn(admin, ids, seconds)
+    churn.start()
+    return churn
+
+
 # --- report -------------------------------------------------------------------------------
 
 def report(results: dict, contenders: list[Contender], args) -> None:
@@ -466,6 +508,8 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=1000)
     parser.add_argument("--scanning-keys", type=int, default=100_000)
     parser.add_argument("--only", default="", help="comma-separated contenders to run")
+    parser.add_argument("--churn", type=int, default=0,
+                        help="also run keygate's valid scenario while this many key changes go in")
     args = parser.parse_args()
     for tool in ("nginx", "haproxy", "wrk", "taskset"):
         if not shutil.which(tool):
@@ -473,6 +517,8 @@ def main() -> None:
     if not os.path.exists(KEYGATE):
         raise SystemExit(f"{KEYGATE} is missing; benches/load/run builds it")
 
+    # The driver (this script, wrk, the upstream) stays off the contenders' CPU.
+    os.sched_setaffinity(0, {int(DRIVER_CPU)})
     work = tempfile.mkdtemp(prefix="keygate-load-")
     os.chmod(work, 0o755)  # nginx workers drop root and must read the htpasswd file
     try:
@@ -499,37 +545,46 @@ def bench(work: str, args) -> None:
 
     with open(f"{work}/keygate.toml", "w") as f:
         f.write(keygate_config(work, upstream, ports["keygate"], admin))
+    # The keys go in with `keygate keys import-file` before the gateway starts, so the start
+    # measures loading them.
+    with open(f"{work}/keys.jsonl", "w") as f:
+        for user, key, _ in keys.valid:
+            f.write(json.dumps({"name": user, "environment": "production", "key": key}) + "\n")
+        user, key, _ = keys.limited
+        f.write(json.dumps({"name": user, "environment": "production", "key": key,
+                            "rate_limit": {"requests": 1, "per": "1m"}}) + "\n")
+    began = time.time()
+    subprocess.run([KEYGATE, "keys", "--config", f"{work}/keygate.toml", "import-file",
+                    f"{work}/keys.jsonl"], check=True, stdout=subprocess.DEVNULL)
+    print(f"keygate: imported {len(keys.valid) + 1} keys with keys import-file in {time.time() - began:.1f}s")
     env = dict(os.environ, KEYGATE_BENCH_ADMIN_TOKEN=ADMIN_TOKEN, RUST_LOG="warn")
+    began = time.time()
     gateway = start([KEYGATE, "serve", "--config", f"{work}/keygate.toml"], CONTENDER_CPU,
                     f"{work}/keygate.log", env)
-    wait_for_port(admin, "keygate's admin listener")
-    loaded = time.time()
-    for user, key, _ in keys.valid:
-        admin_call(admin, "POST", "/v1/keys", {"name": user, "environment": "production", "key": key})
-    user, key, _ = keys.limited
-    admin_call(admin, "POST", "/v1/keys", {
-        "name": user, "environment": "production", "key": key,
-        "rate_limit": {"requests": 1, "per": "1m"},
-    })
-    print(f"keygate: imported {args.keys + 1} keys through the admin API in {time.time() - loaded:.1f}s")
+    wait_for_port(ports["keygate"], "keygate")
+    print(f"keygate: started with its {len(keys.valid) + 1} keys loaded in {time.time() - began:.1f}s")
 
-    with open(f"{work}/nginx.conf", "w") as f:
-        f.write(nginx_peers_config(work, keys, upstream, ports))
-    nginx = start(["nginx", "-p", work, "-c", f"{work}/nginx.conf"], CONTENDER_CPU, f"{work}/nginx.log")
-    with open(f"{work}/haproxy.cfg", "w") as f:
-        f.write(haproxy_config(keys, upstream, ports))
-    haproxy = start(["haproxy", "-f", f"{work}/haproxy.cfg"], CONTENDER_CPU, f"{work}/haproxy.log")
-    for name in names:
-        wait_for_port(ports[name], name)
-
-    contenders = [
-        Contender("keygate", ports["keygate"], gateway.pid),
-        Contender("nginx-basic", ports["nginx-basic"], nginx.pid),
-        Contender("nginx-map", ports["nginx-map"], nginx.pid),
-        Contender("haproxy", ports["haproxy"], haproxy.pid),
-        Contender("nginx-plain", ports["nginx-plain"], nginx.pid, ("valid",)),
-        Contender("haproxy-plain", ports["haproxy-plain"], haproxy.pid, ("valid",)),
-    ]
+    keygate_scenarios = ("valid", "wrong", "scanning", "limited") + (("churn",) if args.churn else ())
+    contenders = [Contender("keygate", ports["keygate"], gateway.pid, keygate_scenarios)]
+    if len(keys.valid) <= PEER_KEYS:
+        with open(f"{work}/nginx.conf", "w") as f:
+            f.write(nginx_peers_config(work, keys, upstream, ports))
+        nginx = start(["nginx", "-p", work, "-c", f"{work}/nginx.conf"], CONTENDER_CPU, f"{work}/nginx.log")
+        with open(f"{work}/haproxy.cfg", "w") as f:
+            f.write(haproxy_config(keys, upstream, ports))
+        haproxy = start(["haproxy", "-f", f"{work}/haproxy.cfg"], CONTENDER_CPU, f"{work}/haproxy.log")
+        for name in names:
+            wait_for_port(ports[name], name)
+        contenders += [
+            Contender("nginx-basic", ports["nginx-basic"], nginx.pid),
+            Contender("nginx-map", ports["nginx-map"], nginx.pid),
+            Contender("haproxy", ports["haproxy"], haproxy.pid),
+            Contender("nginx-plain", ports["nginx-plain"], nginx.pid, ("valid",)),
+            Contender("haproxy-plain", ports["haproxy-plain"], haproxy.pid, ("valid",)),
+        ]
+    else:
+        print(f"peers skipped: nginx's htpasswd and HAProxy's userlist are searched line by line, "
+              f"so only keygate runs with {len(keys.valid)} keys")
     if args.only:
         wanted = set(args.only.split(","))
         contenders = [c for c in contenders if c.name in wanted]
@@ -537,6 +592,7 @@ def bench(work: str, args) -> None:
     valid_user, valid_key, _ = keys.valid[len(keys.valid) // 2]
     headers = {
         "valid": basic(valid_user, valid_key),
+        "churn": basic(valid_user, valid_key),
         "wrong": basic(valid_user, keys.wrong),
         "limited": basic(*keys.limited[:2]),
     }
@@ -550,6 +606,8 @@ def bench(work: str, args) -> None:
         for scenario in contender.scenarios:
             if scenario != "scanning":
                 check(contender, scenario, headers[scenario])
+
+    churn_ids = key_ids(admin, args.churn) if args.churn else []
 
     # Warm every contender up once (pools, caches), then the measured rounds.
     warm = argparse.Namespace(**{**vars(args), "duration": 1})
@@ -566,7 +624,11 @@ def bench(work: str, args) -> None:
                 if scenario == "limited":
                     # The limit refills one request a minute: use it up, so the run sees 429s.
                     check(contender, scenario, headers[scenario])
+                churn = start_churn(admin, churn_ids, args.duration) if scenario == "churn" else None
                 result = run_wrk(contender, scenario, headers.get(scenario, ""), args, scan)
+                if churn:
+                    churn.join()
+                    print(f"  churn: {churn.done} key changes through the admin API during the run")
                 results.setdefault((contender.name, scenario), []).append(result)
                 print(f"round {round_ + 1} {scenario:<9} {contender.name:<14} {result.rps:>10,.0f} req/s "
                       f"p99 {result.p99_ms:.2f} ms  cpu {result.cpu_us:.1f} us/req", flush=True)

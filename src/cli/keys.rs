@@ -41,6 +41,10 @@ enum KeysCommand {
     Create(CreateArgs),
     /// Import an existing secret (read from stdin) as a key.
     Import(CreateArgs),
+    /// Import many existing secrets from a JSON Lines file, all or none: one object per line
+    /// with key, name and environment, and optionally permissions, rate_limit, customer_id,
+    /// allowed_ips, expires_at and metadata (as in the admin API).
+    ImportFile { file: PathBuf },
     /// List keys (deleted ones are not listed).
     List {
         #[arg(long = "env", value_name = "ENV")]
@@ -214,6 +218,19 @@ pub fn run(args: KeysArgs) -> Result<(), Failure> {
             let view = service.import(spec(create), secret)?;
             output::key(&view, json, "Imported")
         }
+        KeysCommand::ImportFile { file } => {
+            let items = read_import_file(&file)?;
+            let imported = service.import_many(items).map_err(|(index, error)| {
+                let failure = Failure::from(error);
+                match index {
+                    Some(index) => {
+                        failure.map(|why| format!("{}: line {}: {why}", file.display(), index + 1))
+                    }
+                    None => failure,
+                }
+            })?;
+            output::imported(imported, json)
+        }
         KeysCommand::List {
             environment,
             status,
@@ -312,4 +329,54 @@ fn read_secret() -> Result<Secret, Failure> {
         ));
     }
     Secret::import(line).map_err(Failure::Usage)
+}
+
+/// One line of an import file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportLine {
+    key: String,
+    name: String,
+    environment: Environment,
+    #[serde(default)]
+    permissions: Vec<Permission>,
+    #[serde(default)]
+    rate_limit: Option<RateLimitSpec>,
+    #[serde(default)]
+    customer_id: Option<String>,
+    #[serde(default)]
+    allowed_ips: Vec<IpNet>,
+    #[serde(default)]
+    expires_at: Option<Timestamp>,
+    #[serde(default)]
+    metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Reads and checks every line before anything is written; blank lines are skipped.
+fn read_import_file(path: &std::path::Path) -> Result<Vec<(KeySpec, Secret)>, Failure> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path)
+        .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", path.display())))?;
+    let mut items = Vec::new();
+    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let at = |why: String| Failure::Usage(format!("{}: line {}: {why}", path.display(), index + 1));
+        let line = line.map_err(|e| at(e.to_string()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let item: ImportLine = serde_json::from_str(&line).map_err(|e| at(e.to_string()))?;
+        let secret = Secret::import(item.key).map_err(|why| at(format!("key: {why}")))?;
+        let spec = KeySpec {
+            name: item.name,
+            environment: item.environment,
+            permissions: item.permissions,
+            rate_limit: item.rate_limit,
+            customer_id: item.customer_id,
+            allowed_ips: item.allowed_ips,
+            expires_at: item.expires_at,
+            metadata: item.metadata,
+        };
+        items.push((spec, secret));
+    }
+    Ok(items)
 }

@@ -52,6 +52,16 @@ pub enum Failure {
     Runtime(String),
 }
 
+impl Failure {
+    /// The same failure with its message rewritten.
+    pub fn map(self, rewrite: impl FnOnce(String) -> String) -> Self {
+        match self {
+            Failure::Usage(why) => Failure::Usage(rewrite(why)),
+            Failure::Runtime(why) => Failure::Runtime(rewrite(why)),
+        }
+    }
+}
+
 impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Self {
         Failure::Runtime(format!("{error:#}"))

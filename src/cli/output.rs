@@ -142,3 +142,11 @@ pub fn events(events: &[KeyEvent], json: bool) -> Result<(), Failure> {
     }
     Ok(())
 }
+
+pub fn imported(count: usize, json: bool) -> Result<(), Failure> {
+    if json {
+        return print_json(&serde_json::json!({ "imported": count }));
+    }
+    println!("Imported {count} key(s)");
+    Ok(())
+}

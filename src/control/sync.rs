@@ -148,10 +148,15 @@ mod tests {
     use jiff::Timestamp;
 
     use super::*;
-    use crate::control::store::{NewKey, SqliteStore};
+    use crate::control::store::{Actor, Audit, NewKey, SqliteStore};
     use crate::core::clock::system_clock;
     use crate::core::environment::Environment;
     use crate::core::secret::Hasher;
+
+    const AUDIT: Audit = Audit {
+        actor: Actor::Cli,
+        event: "imported",
+    };
 
     fn keys(from: usize, n: usize) -> Vec<NewKey> {
         (from..from + n)
@@ -176,7 +181,7 @@ mod tests {
     fn a_load_larger_than_a_batch_arrives_whole_and_at_the_store_revision() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("k.db")).unwrap());
-        store.insert_many(&keys(0, BATCH * 2 + 3)).unwrap();
+        store.insert_many(&keys(0, BATCH * 2 + 3), AUDIT).unwrap();
         let table = Arc::new(KeyTable::default());
         let sync = KeySync::new(
             store.clone(),
@@ -188,7 +193,7 @@ mod tests {
         assert_eq!(sync.sync_once().unwrap(), BATCH * 2 + 3);
         assert_eq!(table.len(), BATCH * 2 + 3);
         assert_eq!(table.revision(), store.revision().unwrap());
-        store.insert_many(&keys(BATCH * 2 + 3, 2)).unwrap();
+        store.insert_many(&keys(BATCH * 2 + 3, 2), AUDIT).unwrap();
         assert_eq!(sync.sync_once().unwrap(), 2, "only what changed since");
         assert_eq!(table.revision(), store.revision().unwrap());
     }
@@ -197,7 +202,7 @@ mod tests {
     fn batches_end_at_their_last_row_until_the_last_one() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("k.db")).unwrap();
-        store.insert_many(&keys(0, 5)).unwrap();
+        store.insert_many(&keys(0, 5), AUDIT).unwrap();
         let first = store.changes_since(0, 2).unwrap();
         assert_eq!((first.keys.len(), first.more, first.revision), (2, true, 2));
         let last = store.changes_since(4, 2).unwrap();

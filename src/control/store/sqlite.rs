@@ -491,9 +491,9 @@ impl SqliteStore {
         Ok(changed == 1)
     }
 
-    /// Inserts many keys in one transaction, for bulk loads (benchmarks, migrations from
-    /// another system). Each key gets its own revision.
-    pub fn insert_many(&self, keys: &[NewKey]) -> Result<(), StoreError> {
+    /// Inserts many keys in one transaction, all or none, each with its own revision and audit
+    /// record: bulk imports from another system, benchmarks.
+    pub fn insert_many(&self, keys: &[NewKey], audit: Audit) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let start: i64 = tx.query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| r.get(0))?;
@@ -518,7 +518,9 @@ impl SqliteStore {
                     key.now.as_second(),
                     to_json(&key.metadata),
                     start + 1 + i as i64,
-                ])?;
+                ])
+                .map_err(|e| conflict(e, "a key in the batch has the secret or id of a stored key"))?;
+                record_event(&tx, &key.id, audit, key.now, new_key_fields(key))?;
             }
         }
         tx.execute(
@@ -527,6 +529,16 @@ impl SqliteStore {
         )?;
         tx.commit()?;
         Ok(())
+    }
+}
+
+/// A unique-constraint violation as a conflict; other errors as they are.
+fn conflict(error: rusqlite::Error, why: &str) -> StoreError {
+    match error {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+            StoreError::Conflict(why.to_owned())
+        }
+        other => other.into(),
     }
 }
 
@@ -597,6 +609,26 @@ fn enqueue(conn: &Connection, payload: &str, now: Timestamp) -> Result<(), Store
     )?
     .execute(params![payload, now.as_millisecond()])?;
     Ok(())
+}
+
+/// What a creation's audit record shows of a new key (as [`audited_fields`] would).
+fn new_key_fields(key: &NewKey) -> serde_json::Map<String, serde_json::Value> {
+    let serde_json::Value::Object(mut fields) = serde_json::json!({
+        "name": key.name,
+        "environment": key.environment,
+        "permissions": key.permissions,
+        "rate_limit": key.rate_limit,
+        "customer_id": key.customer_id,
+        "allowed_ips": key.allowed_ips,
+        "expires_at": key.expires_at,
+        "status": "active",
+        "prefix": key.prefix,
+        "metadata": key.metadata,
+    }) else {
+        unreachable!("a json! object literal is an object")
+    };
+    fields.retain(|_, value| !value.is_null());
+    fields
 }
 
 fn record_event(
