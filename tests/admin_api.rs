@@ -474,6 +474,13 @@ async fn every_endpoint_answers_as_documented() {
     .await;
     assert_eq!(page.json().as_array().unwrap().len(), 2);
     assert!(page.headers.get("x-next-cursor").is_some());
+    let path = format!("/v1/keys/{id}/events?limit=6");
+    let whole = call(&h, &c, Method::GET, &path, "/v1/keys/{id}/events", None).await;
+    assert_eq!(whole.json().as_array().unwrap().len(), 6);
+    assert!(
+        whole.headers.get("x-next-cursor").is_none(),
+        "a full last page has no next page"
+    );
 
     // The document itself.
     let doc = call(&h, &c, Method::GET, "/v1/openapi.json", "/v1/openapi.json", None).await;
@@ -566,6 +573,15 @@ async fn bad_bodies_get_400_naming_the_field() {
             "metadata",
         ),
         (r#"{"name": "x", "environment": "production"} {}"#, "body"),
+        // Limits governor could not hold (they used to panic the proxy).
+        (
+            r#"{"name": "x", "environment": "production", "rate_limit": {"requests": 1, "per": "99999999d", "burst": 1}}"#,
+            "rate_limit",
+        ),
+        (
+            r#"{"name": "x", "environment": "production", "rate_limit": {"requests": 1, "per": "1d", "burst": 4294967295}}"#,
+            "rate_limit",
+        ),
     ];
     for (body, field) in cases {
         let answer = admin(&h, Method::POST, "/v1/keys", Some(body), None).await;
@@ -633,6 +649,8 @@ async fn bad_bodies_get_400_naming_the_field() {
         "limit=0",
         "limit=5000",
         "cursor=abc",
+        "cursor=18446744073709551615",
+        "cursor=-1",
         "sort=name",
     ] {
         let answer = admin(&h, Method::GET, &format!("/v1/keys?{query}"), None, None).await;
@@ -727,4 +745,48 @@ async fn verify_counts_against_the_rate_limit_and_sees_expiry() {
     assert_eq!(answer.json()["code"], "EXPIRED");
     let listed = admin(&h, Method::GET, "/v1/keys?status=expired", None, None).await;
     assert_eq!(listed.json()[0]["id"], id.as_str());
+}
+
+#[tokio::test]
+async fn a_revoked_key_regenerated_with_grace_cannot_bring_its_old_secret_back() {
+    let h = Harness::start().await;
+    let (id, old) = h.key(&["*"]).await;
+    let revoke = format!("/v1/keys/{id}/revoke");
+    assert_eq!(admin(&h, Method::POST, &revoke, None, None).await.status, 200);
+    let regenerate = format!("/v1/keys/{id}/regenerate");
+    let answer = admin(&h, Method::POST, &regenerate, Some(r#"{"grace": "10m"}"#), None).await;
+    assert_eq!(
+        (answer.status.as_u16(), answer.json()["field"].as_str()),
+        (400, Some("grace"))
+    );
+    let regenerated = admin(&h, Method::POST, &regenerate, None, None).await;
+    assert_eq!(regenerated.status, 200);
+    let activate = format!("/v1/keys/{id}/activate");
+    assert_eq!(admin(&h, Method::POST, &activate, None, None).await.status, 200);
+    h.sync().await;
+    assert_eq!(
+        h.get("/v1/status", &old).await.status,
+        401,
+        "the leaked secret stays dead"
+    );
+    let new = regenerated.json()["key"].as_str().unwrap().to_owned();
+    assert_eq!(h.get("/v1/status", &new).await.status, 200);
+}
+
+#[tokio::test]
+async fn verify_fails_closed_past_max_staleness_like_the_proxy() {
+    let template = support::STANDARD.replace(
+        "sync_interval = \"100ms\"",
+        "sync_interval = \"1h\"\nmax_staleness = \"5s\"",
+    );
+    let h = Harness::with_config(&template, "").await;
+    let (_, key) = h.key(&["*"]).await;
+    let body = json!({ "key": key }).to_string();
+    let answer = admin(&h, Method::POST, "/v1/keys/verify", Some(&body), None).await;
+    assert_eq!(answer.json()["code"], "VALID");
+    h.clock.advance(std::time::Duration::from_secs(60));
+    assert_eq!(h.get("/v1/status", &key).await.status, 503);
+    let answer = admin(&h, Method::POST, "/v1/keys/verify", Some(&body), None).await;
+    assert_eq!(answer.status, 503);
+    Contract::new().check(&Method::POST, "/v1/keys/verify", &answer);
 }

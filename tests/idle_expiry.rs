@@ -204,7 +204,7 @@ async fn warnings_then_revocation_reach_the_webhook_once_each() {
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(status(&h, &id), KeyStatus::Revoked);
-    let events = h.keys.events(&id, 0, 100).unwrap();
+    let (events, _) = h.keys.events(&id, 0, 100).unwrap();
     assert!(events
         .iter()
         .any(|e| e.event == "idle_revoked" && e.actor == "lifecycle"));

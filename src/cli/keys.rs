@@ -14,7 +14,7 @@ use jiff::Timestamp;
 use super::output;
 use super::Failure;
 use crate::control::keys::{KeyError, KeyPatch, KeyService, KeySpec, MAX_PAGE};
-use crate::control::store::{self, Actor, KeyEvent, KeyFilter};
+use crate::control::store::{self, Actor, KeyFilter};
 use crate::core::clock::system_clock;
 use crate::core::environment::Environment;
 use crate::core::key::{KeyStatus, RateLimitSpec};
@@ -258,13 +258,13 @@ pub fn run(args: KeysArgs) -> Result<(), Failure> {
         KeysCommand::Usage { id } => output::usage(&service.usage(&id)?, json),
         KeysCommand::Events { id } => {
             let mut events = Vec::new();
+            let mut after = 0;
             loop {
-                let after = events.last().map_or(0, |event: &KeyEvent| event.id);
-                let page = service.events(&id, after, MAX_PAGE)?;
-                let last = page.len() < MAX_PAGE;
+                let (page, next) = service.events(&id, after, MAX_PAGE)?;
                 events.extend(page);
-                if last {
-                    break;
+                match next {
+                    Some(next) => after = next,
+                    None => break,
                 }
             }
             output::events(&events, json)

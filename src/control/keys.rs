@@ -19,6 +19,8 @@ use crate::core::secret::{check_format, Format, Hasher, Secret};
 const MAX_GRACE: Duration = Duration::from_secs(30 * 86_400);
 const MAX_NAME_LEN: usize = 200;
 const MAX_CUSTOMER_LEN: usize = 256;
+/// Longest time a key's bucket may take to refill completely.
+const MAX_BUCKET_REFILL: Duration = Duration::from_secs(366 * 86_400);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -242,11 +244,24 @@ impl KeyService {
         })
     }
 
-    /// A key's audit trail, deleted or not: up to `limit` events after event `after`.
-    pub fn events(&self, id: &str, after: u64, limit: usize) -> Result<Vec<KeyEvent>, KeyError> {
-        self.store
-            .events(id, after, limit.clamp(1, MAX_PAGE))
-            .map_err(|e| KeyError::from_store(e, id))
+    /// A key's audit trail, deleted or not: up to `limit` events after event `after`, and the
+    /// cursor of the next page when there is one.
+    pub fn events(
+        &self,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<KeyEvent>, Option<u64>), KeyError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let mut events = self
+            .store
+            .events(id, after, limit + 1)
+            .map_err(|e| KeyError::from_store(e, id))?;
+        let next = (events.len() > limit).then(|| {
+            events.truncate(limit);
+            events.last().map_or(after, |event| event.id)
+        });
+        Ok((events, next))
     }
 
     pub fn update(&self, id: &str, patch: KeyPatch) -> Result<KeyView, KeyError> {
@@ -268,6 +283,13 @@ impl KeyService {
         let now = self.now();
         let mut secret = None;
         let view = self.modify(id, "regenerated", |key| {
+            if key.status != StoredStatus::Active && grace.is_some_and(|grace| !grace.is_zero()) {
+                // A revoked key's old secret must not come back when it is activated again.
+                return Err(KeyError::invalid(
+                    "grace",
+                    "the key is not active: regenerate it without a grace period",
+                ));
+            }
             let new = Secret::generate(key.environment);
             // The new secret has not had a chance to be used: idle time starts over.
             key.idle_from = Some(now);
@@ -313,15 +335,21 @@ impl KeyService {
     }
 
     /// Revokes a key for idleness, unless it was used (or reactivated, or regenerated) since
-    /// the sweep saw it: then `None`.
-    pub fn revoke_idle(&self, id: &str, idle_expiry: Duration) -> Result<Option<KeyView>, KeyError> {
+    /// the sweep saw it: then `None`. `webhook` is queued with the revocation, or not at all.
+    pub fn revoke_idle(
+        &self,
+        id: &str,
+        idle_expiry: Duration,
+        webhook: Option<&str>,
+    ) -> Result<Option<KeyView>, KeyError> {
         let now = self.now();
         let mut still_idle = true;
-        let result = self.modify(id, "idle_revoked", |key| {
-            let since = key
-                .idle_from
-                .unwrap_or(key.created_at)
-                .max(key.last_used_at.unwrap_or(key.created_at));
+        let result = self.modify_with_webhook(id, "idle_revoked", webhook, |key| {
+            // Use of the pre-regeneration secret during its grace counts as use too.
+            let since = [key.last_used_at, key.previous_last_used_at]
+                .into_iter()
+                .flatten()
+                .fold(key.idle_from.unwrap_or(key.created_at), Timestamp::max);
             still_idle = key.status == StoredStatus::Active
                 && since
                     .checked_add(idle_expiry)
@@ -361,11 +389,22 @@ impl KeyService {
         &self,
         id: &str,
         event: &'static str,
+        change: impl FnMut(&mut StoredKey) -> Result<(), KeyError>,
+    ) -> Result<KeyView, KeyError> {
+        self.modify_with_webhook(id, event, None, change)
+    }
+
+    /// Like `modify`, queuing `webhook` in the change's own transaction.
+    fn modify_with_webhook(
+        &self,
+        id: &str,
+        event: &'static str,
+        webhook: Option<&str>,
         mut change: impl FnMut(&mut StoredKey) -> Result<(), KeyError>,
     ) -> Result<KeyView, KeyError> {
         let now = self.now();
         let mut failure = None;
-        let result = self.store.modify(id, self.audit(event), &mut |key| {
+        let result = self.store.modify(id, self.audit(event), webhook, &mut |key| {
             change(key).map_err(|e| {
                 failure = Some(e);
                 StoreError::Conflict(String::new())
@@ -453,6 +492,16 @@ fn validate_spec(spec: &KeySpec, now: Timestamp) -> Result<(), KeyError> {
     }
     if spec.expires_at.is_some_and(|at| at <= now) {
         return Err(KeyError::invalid("expires_at", "must be in the future"));
+    }
+    if let Some(limit) = &spec.rate_limit {
+        // The bucket refills one request every per/requests; a full one must stay within a year.
+        let refill = limit.per / limit.requests.get();
+        if refill.saturating_mul(limit.burst().get()) > MAX_BUCKET_REFILL {
+            return Err(KeyError::invalid(
+                "rate_limit",
+                "refilling the whole burst may take at most 366d (per / requests x burst)",
+            ));
+        }
     }
     Ok(())
 }

@@ -291,7 +291,12 @@ impl Sweeper {
     /// Revokes the key unless it was used or reactivated since the sweep read it; true when
     /// it did.
     fn revoke(&self, key: &IdleKey, now: Timestamp) -> bool {
-        match self.keys.revoke_idle(&key.id, self.policy.idle_expiry) {
+        let idle_expiry = format_duration(self.policy.idle_expiry);
+        let payload = self.webhooks.then(|| payloads::revoked(key, &idle_expiry, now));
+        match self
+            .keys
+            .revoke_idle(&key.id, self.policy.idle_expiry, payload.as_deref())
+        {
             Ok(Some(_)) => {}
             Ok(None) => {
                 tracing::debug!(key_id = %key.id, "key used or reactivated since the sweep read it");
@@ -303,7 +308,6 @@ impl Sweeper {
             }
         }
         self.metrics.idle_revocations.inc();
-        let idle_expiry = format_duration(self.policy.idle_expiry);
         tracing::warn!(
             key_id = %key.id,
             name = %key.name,
@@ -312,12 +316,6 @@ impl Sweeper {
             %idle_expiry,
             "API key revoked for idleness"
         );
-        if self.webhooks {
-            let payload = payloads::revoked(key, &idle_expiry, now);
-            if let Err(error) = self.store.enqueue_webhook(&payload, now) {
-                tracing::error!(key_id = %key.id, %error, "cannot queue the idle revocation webhook");
-            }
-        }
         true
     }
 }

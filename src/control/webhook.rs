@@ -38,6 +38,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 const INTERVAL: Duration = Duration::from_secs(5);
 /// Payloads attempted per pass.
 const BATCH: usize = 100;
+/// How long a payload stays claimed by the deliverer attempting it: its timeout and a margin.
+const CLAIM: Duration = Duration::from_secs(TIMEOUT.as_secs() + 30);
 /// Most of a receiver's answer body read (and discarded), so its connection can be reused.
 const MAX_ANSWER: usize = 64 * 1024;
 const AGENT: &str = concat!("keygate/", env!("CARGO_PKG_VERSION"));
@@ -137,27 +139,30 @@ impl Deliverer {
         if self.stopped.load(Ordering::SeqCst) {
             return;
         }
-        let now = self.clock.now();
-        let (store, lease) = (self.store.clone(), self.lease.clone());
-        let due = blocking(move || {
-            let due = store.due_webhooks(now, BATCH)?;
-            if due.is_empty() || lease.hold(now)? {
-                Ok(due)
-            } else {
-                Ok(Vec::new())
+        for _ in 0..BATCH {
+            if self.stopped.load(Ordering::SeqCst) {
+                return;
             }
-        })
-        .await;
-        match due {
-            Ok(due) => {
-                for pending in due {
-                    if self.stopped.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    self.deliver(pending).await;
+            // One payload at a time, claimed for the length of its attempt: a lease that runs
+            // out during a long pass cannot let another gateway post the same payload.
+            let now = self.clock.now();
+            let until = now.checked_add(CLAIM).unwrap_or(Timestamp::MAX);
+            let (store, lease) = (self.store.clone(), self.lease.clone());
+            let claimed = blocking(move || {
+                if store.due_webhooks(now, 1)?.is_empty() || !lease.hold(now)? {
+                    return Ok(None);
+                }
+                store.claim_webhook(now, until)
+            })
+            .await;
+            match claimed {
+                Ok(Some(pending)) => self.deliver(pending).await,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the webhook outbox; retrying shortly");
+                    return;
                 }
             }
-            Err(error) => tracing::warn!(%error, "cannot read the webhook outbox; retrying shortly"),
         }
     }
 
@@ -283,6 +288,25 @@ mod tests {
             .store
             .due_webhooks(now.checked_add(FIRST_BACKOFF).unwrap(), 10);
         assert_eq!(retry.unwrap()[0].attempts, 1);
+    }
+
+    #[test]
+    fn a_claimed_payload_is_not_due_to_anyone_else_until_its_claim_ends() {
+        let store = Store::open(std::path::Path::new(":memory:")).unwrap();
+        let now = Timestamp::UNIX_EPOCH;
+        store.enqueue_webhook(r#"{"event":"x"}"#, now).unwrap();
+        let until = now.checked_add(CLAIM).unwrap();
+        assert!(store.claim_webhook(now, until).unwrap().is_some());
+        let later = now.checked_add(Duration::from_secs(31)).unwrap();
+        assert_eq!(
+            store.claim_webhook(later, until).unwrap(),
+            None,
+            "a second deliverer"
+        );
+        assert!(
+            store.claim_webhook(until, until).unwrap().is_some(),
+            "after a dead attempt"
+        );
     }
 
     #[test]

@@ -68,7 +68,10 @@ pub enum Decision {
 }
 
 fn quota(spec: &RateLimitSpec) -> Quota {
-    let per_request = spec.per / spec.requests.get();
+    // governor keeps the bucket in u64 nanoseconds: a time per request times the burst past
+    // that would panic inside it. Validation refuses such limits; this keeps stored ones safe.
+    let longest = Duration::from_nanos(u64::MAX / (u64::from(spec.burst().get()) + 1));
+    let per_request = (spec.per / spec.requests.get()).min(longest);
     Quota::with_period(per_request.max(Duration::from_nanos(1)))
         .expect("period is at least 1ns")
         .allow_burst(spec.burst())
@@ -244,6 +247,14 @@ mod tests {
             requests: NonZeroU32::new(requests).unwrap(),
             per: Duration::from_secs(per_secs),
             burst: NonZeroU32::new(burst),
+        }
+    }
+
+    #[test]
+    fn limits_past_what_governor_holds_are_clamped_not_a_panic() {
+        let limits = KeyLimits::with_clock(FakeRelativeClock::default());
+        for spec in [spec(1, 99_999_999 * 86_400, 1), spec(1, 86_400, u32::MAX)] {
+            assert!(matches!(limits.check(7, &spec), Decision::Allowed(_)));
         }
     }
 

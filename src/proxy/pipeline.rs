@@ -241,7 +241,7 @@ fn check_permission(route: &RouteState, key: &AuthKey, method: &http::Method) ->
 }
 
 /// Fails closed once the key table is older than `store.max_staleness`.
-fn check_freshness(shared: &Shared, snapshot: &Snapshot) -> Result<(), Refusal> {
+pub(crate) fn check_freshness(shared: &Shared, snapshot: &Snapshot) -> Result<(), Refusal> {
     let Some(max) = snapshot.config.store.max_staleness else {
         return Ok(());
     };

@@ -24,6 +24,7 @@ use crate::core::permission::Permission;
 use crate::core::secret::{check_format, Format, Secret};
 use crate::core::units::parse_duration;
 use crate::proxy::limits::Decision;
+use crate::proxy::pipeline::check_freshness;
 use crate::proxy::table::Secret as Presented;
 
 /// Largest request body the admin API reads.
@@ -96,7 +97,7 @@ pub(super) async fn serve(admin: &Admin, request: Request<Incoming>) -> Response
 
 async fn dispatch(admin: &Admin, request: Request<Incoming>) -> Answer {
     let path = request.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
+    let segments: Vec<&str> = path.strip_prefix("/v1/").unwrap_or("").split('/').collect();
     let method = request.method().clone();
     match (segments.as_slice(), &method) {
         (["openapi.json"], &Method::GET) => Ok(openapi()),
@@ -244,7 +245,8 @@ async fn read_body(request: Request<Incoming>) -> Result<Bytes, ApiError> {
     }
     if let Some(kind) = request.headers().get(CONTENT_TYPE) {
         let kind = kind.to_str().unwrap_or("").to_ascii_lowercase();
-        if !kind.starts_with("application/json") {
+        let media_type = kind.split(';').next().unwrap_or("").trim();
+        if media_type != "application/json" {
             return Err(ApiError::status(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "the body must be application/json",
@@ -339,9 +341,12 @@ fn paging(pairs: &[(String, String)]) -> Result<(u64, usize), ApiError> {
     for (name, value) in pairs {
         match name.as_str() {
             "cursor" => {
+                // Cursors are row numbers the store keeps as signed 64-bit integers.
                 after = value
-                    .parse()
-                    .map_err(|_| ApiError::bad("cursor", "not a cursor this API returned"))?
+                    .parse::<i64>()
+                    .ok()
+                    .and_then(|n| u64::try_from(n).ok())
+                    .ok_or_else(|| ApiError::bad("cursor", "not a cursor this API returned"))?
             }
             "limit" => {
                 limit = value
@@ -421,8 +426,7 @@ async fn list(admin: &Admin, request: &Request<Incoming>) -> Answer {
 async fn events(admin: &Admin, id: String, request: &Request<Incoming>) -> Answer {
     let pairs = query(request, &["limit", "cursor"])?;
     let (after, limit) = paging(&pairs)?;
-    let events = blocking(admin, move |keys| keys.events(&id, after, limit)).await?;
-    let next = (events.len() == limit).then(|| events.last().map_or(after, |e| e.id));
+    let (events, next) = blocking(admin, move |keys| keys.events(&id, after, limit)).await?;
     Ok(paged(&events, next, request))
 }
 
@@ -624,6 +628,13 @@ struct VerdictLimit {
 async fn verify(admin: &Admin, request: Request<Incoming>) -> Answer {
     let body: VerifyBody = read_json(request).await?;
     let shared = &admin.shared;
+    // Past store.max_staleness the proxy fails closed; so does its verdict here.
+    if check_freshness(shared, &shared.snapshot.load()).is_err() {
+        return Err(ApiError::status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service unavailable",
+        ));
+    }
     let verdict = |code, key: Option<&crate::proxy::table::AuthKey>| Verdict {
         valid: matches!(code, Code::Valid),
         code,

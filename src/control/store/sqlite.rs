@@ -167,10 +167,12 @@ impl SqliteStore {
 
     /// Reads the key, lets `change` edit it, and writes it back with a new revision, all in one
     /// transaction so concurrent changes cannot lose each other. Deleted keys are not found.
+    /// `webhook`: a payload to queue in the same transaction (lifecycle events).
     pub fn modify(
         &self,
         id: &str,
         audit: Audit,
+        webhook: Option<&str>,
         change: &mut dyn FnMut(&mut StoredKey) -> Result<(), StoreError>,
     ) -> Result<StoredKey, StoreError> {
         let mut conn = self.conn();
@@ -183,6 +185,9 @@ impl SqliteStore {
         key.revision = next_revision(&tx)?;
         write_back(&tx, &key)?;
         record_event(&tx, &key.id, audit, key.updated_at, changed_fields(&before, &key))?;
+        if let Some(payload) = webhook {
+            enqueue(&tx, payload, key.updated_at)?;
+        }
         tx.commit()?;
         Ok(key)
     }
@@ -375,7 +380,8 @@ impl SqliteStore {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT seq, id, name, environment, last_used_at, \
-             MAX(COALESCE(idle_from, created_at), COALESCE(last_used_at, 0)) AS since FROM keys \
+             MAX(COALESCE(idle_from, created_at), COALESCE(last_used_at, 0), \
+             COALESCE(previous_last_used_at, 0)) AS since FROM keys \
              WHERE status = 'active' AND (expires_at IS NULL OR expires_at > ?2) AND since <= ?1 \
              ORDER BY since",
         )?;
@@ -452,6 +458,32 @@ impl SqliteStore {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Takes the oldest payload due at `now` for one delivery attempt: it is not due again
+    /// before `until`, so no other deliverer posts it meanwhile, and a deliverer that dies
+    /// mid-attempt leaves it to be tried again after `until`.
+    pub fn claim_webhook(
+        &self,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<Option<PendingWebhook>, StoreError> {
+        let conn = self.conn();
+        let claimed = conn
+            .prepare_cached(
+                "UPDATE webhook_outbox SET next_attempt_at = ?2 WHERE id = \
+                 (SELECT id FROM webhook_outbox WHERE next_attempt_at <= ?1 ORDER BY id LIMIT 1) \
+                 RETURNING id, payload, attempts",
+            )?
+            .query_row(params![now.as_millisecond(), until.as_millisecond()], |r| {
+                Ok(PendingWebhook {
+                    id: r.get::<_, i64>(0)? as u64,
+                    payload: r.get(1)?,
+                    attempts: r.get::<_, i64>(2)?.clamp(0, u32::MAX as i64) as u32,
+                })
+            })
+            .optional()?;
+        Ok(claimed)
     }
 
     /// Removes a delivered (or abandoned) webhook from the outbox.
