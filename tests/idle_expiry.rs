@@ -311,38 +311,45 @@ async fn a_never_used_key_counts_from_creation_and_reactivation_starts_the_count
     let (id, _, created) = idle_key(&h).await;
     let deadline = plus(created, DAY * 90);
 
-    sweep_at(
-        &h,
-        &h.gateway,
-        deadline.checked_sub(Duration::from_secs(1)).unwrap(),
-    )
-    .await;
+    // The first sweep to see it comes a second before its deadline: every warning goes out
+    // now, and the key gets the shortest of them (a day) as notice, deadline or not.
+    let warned = deadline.checked_sub(Duration::from_secs(1)).unwrap();
+    sweep_at(&h, &h.gateway, warned).await;
     assert_eq!(
         status(&h, &id),
         KeyStatus::Active,
         "one second before its deadline"
     );
     sweep_at(&h, &h.gateway, deadline).await;
-    assert_eq!(status(&h, &id), KeyStatus::Revoked, "at its deadline");
+    assert_eq!(
+        status(&h, &id),
+        KeyStatus::Active,
+        "at its deadline, warned a second ago"
+    );
+    let revoked_at = plus(warned, DAY);
+    sweep_at(&h, &h.gateway, revoked_at).await;
+    assert_eq!(status(&h, &id), KeyStatus::Revoked, "a day after its warnings");
+    deliver_all(&h, &h.gateway).await;
+    let expected = [
+        warning("15d", revoked_at),
+        warning("7d", revoked_at),
+        warning("1d", revoked_at),
+        REVOKED.into(),
+    ];
+    assert_eq!(story(&receiver.accepted()), expected);
 
+    h.clock.set(revoked_at);
     h.keys.activate(&id).unwrap();
-    sweep_at(&h, &h.gateway, plus(deadline, HOUR)).await;
-    sweep_at(&h, &h.gateway, plus(deadline, DAY * 74)).await;
+    sweep_at(&h, &h.gateway, plus(revoked_at, HOUR)).await;
+    sweep_at(&h, &h.gateway, plus(revoked_at, DAY * 74)).await;
     assert_eq!(
         status(&h, &id),
         KeyStatus::Active,
         "reactivated: idle from its reactivation"
     );
-    deliver_all(&h, &h.gateway).await;
-    let expected = [
-        warning("15d", deadline),
-        warning("7d", deadline),
-        warning("1d", deadline),
-        REVOKED.into(),
-    ];
-    assert_eq!(story(&receiver.accepted()), expected);
-
-    sweep_at(&h, &h.gateway, plus(deadline, DAY * 90)).await;
+    // Swept on time this round: warned 15 days ahead, revoked at its deadline.
+    sweep_at(&h, &h.gateway, plus(revoked_at, DAY * 76)).await;
+    sweep_at(&h, &h.gateway, plus(revoked_at, DAY * 90)).await;
     assert_eq!(
         status(&h, &id),
         KeyStatus::Revoked,
@@ -369,6 +376,8 @@ async fn only_the_gateway_holding_the_lease_sweeps_and_delivers() {
     assert_eq!(status(&h, &id), KeyStatus::Active);
 
     replica.sweep_now().await;
+    // Warned only now, a day past its deadline: revoked a day later, after its notice.
+    sweep_at(&h, &replica, plus(created, DAY * 92)).await;
     deliver_all(&h, &replica).await;
     assert_eq!(receiver.accepted().len(), 4);
     assert_eq!(status(&h, &id), KeyStatus::Revoked);

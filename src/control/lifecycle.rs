@@ -10,7 +10,9 @@
 //!    for this deadline goes out now, longest first: the store records it and queues its
 //!    webhook in one transaction, so each goes out once across sweeps, replicas and restarts;
 //! 3. at the deadline, and only once all its warnings have gone out, the key is revoked,
-//!    unless it was used or reactivated since the store was read.
+//!    unless it was used or reactivated since the store was read. A key whose first warning
+//!    came late (idle expiry just switched on, sweeps stopped for a while) is revoked no
+//!    sooner than the shortest warning's lead after it: never without notice.
 //!
 //! A key used again gets a new deadline, and so fresh warnings. Decisions read the injected
 //! clock, so tests move time instead of waiting. The webhook payloads, all instants RFC 3339:
@@ -158,6 +160,20 @@ impl Policy {
         }
     }
 
+    /// The least notice a key gets before it is revoked: the shortest warning.
+    fn notice(&self) -> Option<Duration> {
+        self.warn_before.last().copied()
+    }
+
+    /// When a key first warned at `first_warning` about `deadline` is revoked: the deadline,
+    /// or the shortest warning's lead after the first warning when that came late.
+    fn revokes_at(&self, deadline: Timestamp, first_warning: Timestamp) -> Timestamp {
+        let notice = self.notice().unwrap_or_default();
+        first_warning
+            .checked_add(notice)
+            .map_or(deadline, |noticed| noticed.max(deadline))
+    }
+
     /// How long a key must have been idle before the sweep has anything to do about it.
     fn concern_after(&self) -> Duration {
         let earliest_warning = self.warn_before.first().copied().unwrap_or_default();
@@ -245,8 +261,18 @@ impl Sweeper {
             tracing::warn!(key_id = %key.id, idle_since = %key.idle_since, "idle deadline out of range; skipped");
             return;
         };
+        // A key warned on time is revoked at its deadline; one warned late (idle expiry just
+        // switched on, sweeps stopped for a while) gets the shortest warning as notice first.
+        let first_warning = match self.store.first_warning_at(key.seq, deadline) {
+            Ok(first) => first,
+            Err(error) => {
+                tracing::error!(key_id = %key.id, %error, "cannot read an idle key's warnings; retrying at the next sweep");
+                return;
+            }
+        };
+        let revokes_at = self.policy.revokes_at(deadline, first_warning.unwrap_or(now));
         for before in self.policy.due_warnings(deadline, now) {
-            match self.warn(key, deadline, before, now) {
+            match self.warn(key, deadline, revokes_at, before, now) {
                 Ok(sent) => swept.warned += usize::from(sent),
                 Err(error) => {
                     tracing::error!(key_id = %key.id, %error, "cannot record an idle warning; retrying at the next sweep");
@@ -254,7 +280,7 @@ impl Sweeper {
                 }
             }
         }
-        if now >= deadline && self.revoke(key, now) {
+        if now >= revokes_at && self.revoke(key, now) {
             swept.revoked += 1;
         }
     }
@@ -264,13 +290,14 @@ impl Sweeper {
         &self,
         key: &IdleKey,
         deadline: Timestamp,
+        revokes_at: Timestamp,
         before: Duration,
         now: Timestamp,
     ) -> Result<bool, StoreError> {
         let label = format_duration(before);
         let payload = self
             .webhooks
-            .then(|| payloads::warning(key, deadline, &label, now));
+            .then(|| payloads::warning(key, deadline, revokes_at, &label, now));
         let sent = self
             .store
             .record_warning(key.seq, deadline, before.as_secs(), now, payload.as_deref())?;
@@ -357,7 +384,14 @@ mod payloads {
         sent_at: Timestamp,
     }
 
-    pub fn warning(key: &IdleKey, deadline: Timestamp, warn_before: &str, now: Timestamp) -> String {
+    /// `revokes_at` is the deadline, or later when the warning comes late (see `noticed`).
+    pub fn warning(
+        key: &IdleKey,
+        deadline: Timestamp,
+        revokes_at: Timestamp,
+        warn_before: &str,
+        now: Timestamp,
+    ) -> String {
         to_json(&Warning {
             event_id: format!("{}.warn.{}.{warn_before}", key.id, deadline.as_second()),
             event: "key.idle_warning",
@@ -366,7 +400,7 @@ mod payloads {
             environment: key.environment.as_str(),
             last_used_at: key.last_used_at,
             idle_since: key.idle_since,
-            revokes_at: deadline,
+            revokes_at,
             warn_before,
             sent_at: now,
         })
@@ -461,7 +495,7 @@ mod tests {
 
     #[test]
     fn the_warning_payload_names_the_key_its_deadline_and_the_threshold() {
-        let payload = payloads::warning(&key(None), at(91), "7d", at(84));
+        let payload = payloads::warning(&key(None), at(91), at(91), "7d", at(84));
         let expected = serde_json::json!({
             "event_id": "key_1.warn.7862400.7d",
             "event": "key.idle_warning",

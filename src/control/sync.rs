@@ -128,6 +128,8 @@ impl KeySync {
     pub async fn run(self: Arc<Self>, interval: Duration) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate, and the gateway has just loaded the table.
+        ticker.tick().await;
         loop {
             ticker.tick().await;
             let sync = self.clone();

@@ -104,6 +104,7 @@ async fn dispatch(admin: &Admin, request: Request<Incoming>) -> Answer {
         (["keys"], &Method::GET) => list(admin, &request).await,
         (["keys"], &Method::POST) => create(admin, request).await,
         (["keys", "verify"], &Method::POST) => verify(admin, request).await,
+        (["keys", "verify"], _) => Ok(method_not_allowed("POST")),
         (["keys", id], &Method::GET) => {
             let id = id.to_string();
             blocking(admin, move |keys| keys.get(&id))

@@ -439,6 +439,16 @@ impl SqliteStore {
         Ok(inserted == 1)
     }
 
+    /// When the first idle warning for this deadline went out, if one did.
+    pub fn first_warning_at(&self, seq: u64, deadline: Timestamp) -> Result<Option<Timestamp>, StoreError> {
+        let seconds: Option<i64> = self.conn().query_row(
+            "SELECT MIN(sent_at) FROM idle_warnings WHERE key_seq = ?1 AND deadline = ?2",
+            params![seq as i64, deadline.as_second()],
+            |r| r.get(0),
+        )?;
+        instant(seconds).map_err(StoreError::Corrupt)
+    }
+
     /// Queues a webhook payload for delivery.
     pub fn enqueue_webhook(&self, payload: &str, now: Timestamp) -> Result<(), StoreError> {
         enqueue(&self.conn(), payload, now)
