@@ -97,10 +97,16 @@ pub fn main() -> ExitCode {
 
 /// The async runtime: `workers` threads, or one per CPU.
 fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, Failure> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = workers {
-        builder.worker_threads(workers);
-    }
+    let mut builder = match workers {
+        // One worker: no work stealing to pay for, and tasks wake on the thread that polls.
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     builder
         .enable_all()
         .build()
