@@ -487,6 +487,8 @@ def report(results: dict, contenders: list[Contender], args) -> None:
     for scenario in EXPECTED:
         rows = [(c, results.get((c.name, scenario))) for c in contenders]
         rows = [(c, r) for c, r in rows if r]
+        if not rows:
+            continue
         ours = next((statistics.median(x.rps for x in r) for c, r in rows if c.name == "keygate"), None)
         for contender, runs in rows:
             rps = statistics.median(r.rps for r in runs)
