@@ -701,7 +701,9 @@ async fn huge_bodies_wrong_types_and_unknown_paths() {
     );
     let answer = admin(&h, Method::PUT, "/v1/keys", None, None).await;
     assert_eq!(answer.status, 405);
-    assert_eq!(answer.headers.get("allow").unwrap(), "GET, POST");
+    assert_eq!(answer.headers.get("allow").unwrap(), "GET, HEAD, POST");
+    let head = admin(&h, Method::HEAD, "/v1/keys", None, None).await;
+    assert_eq!((head.status.as_u16(), head.body.len()), (200, 0));
 }
 
 #[tokio::test]

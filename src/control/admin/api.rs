@@ -98,7 +98,11 @@ pub(super) async fn serve(admin: &Admin, request: Request<Incoming>) -> Response
 async fn dispatch(admin: &Admin, request: Request<Incoming>) -> Answer {
     let path = request.uri().path().to_owned();
     let segments: Vec<&str> = path.strip_prefix("/v1/").unwrap_or("").split('/').collect();
-    let method = request.method().clone();
+    // HEAD is GET without the body (hyper leaves the body out).
+    let method = match request.method() {
+        &Method::HEAD => Method::GET,
+        other => other.clone(),
+    };
     match (segments.as_slice(), &method) {
         (["openapi.json"], &Method::GET) => Ok(openapi()),
         (["keys"], &Method::GET) => list(admin, &request).await,
@@ -150,12 +154,12 @@ async fn dispatch(admin: &Admin, request: Request<Incoming>) -> Answer {
 /// The methods a known path takes, for 405's `Allow`.
 fn allowed(shape: &[&str]) -> Option<&'static str> {
     match shape {
-        ["openapi.json"] => Some("GET"),
-        ["keys"] => Some("GET, POST"),
+        ["openapi.json"] => Some("GET, HEAD"),
+        ["keys"] => Some("GET, HEAD, POST"),
         ["keys", "verify"] => Some("POST"),
-        ["keys", _] => Some("GET, PATCH, DELETE"),
+        ["keys", _] => Some("GET, HEAD, PATCH, DELETE"),
         ["keys", _, "regenerate" | "revoke" | "activate"] => Some("POST"),
-        ["keys", _, "usage" | "events"] => Some("GET"),
+        ["keys", _, "usage" | "events"] => Some("GET, HEAD"),
         _ => None,
     }
 }
