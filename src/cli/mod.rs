@@ -72,7 +72,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, dev } => {
-            crate::telemetry::logs::init(cli.log_format);
+            // Held until the gateway stops, so the last lines are written.
+            let _logs = crate::telemetry::logs::init(cli.log_format);
             if dev {
                 dev::run()
             } else {

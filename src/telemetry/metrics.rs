@@ -35,6 +35,8 @@ pub struct Metrics {
     pub webhook_deliveries: IntCounter,
     pub webhook_failures: IntCounter,
     pub webhook_abandoned: IntCounter,
+    /// Log lines dropped because the log queue was full (stdout too slow).
+    pub log_lines_dropped: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -177,6 +179,11 @@ impl Metrics {
                 r,
                 "keygate_webhook_abandoned_total",
                 "Lifecycle webhooks given up after the last retry",
+            ),
+            log_lines_dropped: counter(
+                r,
+                "keygate_log_lines_dropped_total",
+                "Log lines dropped because stdout could not keep up",
             ),
             keys,
             key_table_revision,

@@ -113,6 +113,8 @@ impl Admin {
     fn metrics(&self) -> Response<AdminBody> {
         self.update_key_gauge();
         self.export_key_requests();
+        let dropped = &self.shared.metrics.log_lines_dropped;
+        dropped.inc_by(crate::telemetry::logs::dropped_lines().saturating_sub(dropped.get()));
         let mut response = Response::new(Full::new(Bytes::from(self.shared.metrics.encode())));
         response.headers_mut().insert(CONTENT_TYPE, PROMETHEUS);
         response
