@@ -410,3 +410,31 @@ async fn a_webhook_failing_every_attempt_is_abandoned_after_the_last_retry() {
     assert_eq!(status(&h, &id), KeyStatus::Active);
     assert_eq!(h.get("/v1/status", &secret).await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn use_of_the_old_secret_during_its_grace_counts_as_use() {
+    let receiver = Receiver::start(0).await;
+    let h = Harness::with_config(STANDARD, &lifecycle(&receiver, "")).await;
+    let (id, old, created) = idle_key(&h).await;
+    h.clock.set(plus(created, DAY));
+    h.keys.regenerate(&id, Some(DAY * 30)).unwrap();
+    h.sync().await;
+
+    // Clients still on the old secret 20 days in: the key is in use.
+    h.clock.set(plus(created, DAY * 20));
+    assert_eq!(h.get("/v1/status", &old).await.status, StatusCode::OK);
+    h.gateway.flush_usage().await;
+
+    // 90 days after the regeneration, but only 72 and 76 after that use: not revoked.
+    sweep_at(&h, &h.gateway, plus(created, DAY * 92)).await;
+    deliver_all(&h, &h.gateway).await;
+    assert!(
+        receiver.accepted().is_empty(),
+        "no warning for a deadline that moved on"
+    );
+    sweep_at(&h, &h.gateway, plus(created, DAY * 96)).await;
+    assert_eq!(status(&h, &id), KeyStatus::Active);
+    // Revoked 90 days after the last use.
+    sweep_at(&h, &h.gateway, plus(created, DAY * 110)).await;
+    assert_eq!(status(&h, &id), KeyStatus::Revoked);
+}
