@@ -42,6 +42,8 @@ use crate::telemetry::Metrics;
 /// The shortest sweep interval and lease, whatever the config says.
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 const MIN_LEASE: Duration = Duration::from_secs(30);
+/// Idle keys read from the store per query during a sweep.
+const SWEEP_PAGE: usize = 1000;
 
 /// The lifecycle jobs a config asks for: the sweeper when `idle_expiry` is set, the webhook
 /// deliverer when `webhook` is.
@@ -248,8 +250,17 @@ impl Sweeper {
             .checked_sub(self.policy.concern_after())
             .unwrap_or(Timestamp::MIN);
         let mut swept = Swept::default();
-        for key in self.store.idle_keys(cutoff, now)? {
-            self.check(&key, now, &mut swept);
+        // A page at a time: a million idle keys never sit in memory at once.
+        let mut after = 0;
+        loop {
+            let page = self.store.idle_keys(cutoff, now, after, SWEEP_PAGE)?;
+            for key in &page {
+                self.check(key, now, &mut swept);
+            }
+            match page.last() {
+                Some(last) if page.len() == SWEEP_PAGE => after = last.seq,
+                _ => break,
+            }
         }
         Ok(Some(swept))
     }
@@ -439,6 +450,43 @@ mod tests {
 
     fn policy() -> Policy {
         Policy::new(DAY * 90, &[DAY * 7, DAY, DAY * 15])
+    }
+
+    #[test]
+    fn idle_keys_come_in_pages_that_cover_them_all_once() {
+        use crate::control::store::{Actor, Audit, NewKey};
+        let store = Store::open(std::path::Path::new(":memory:")).unwrap();
+        let keys: Vec<NewKey> = (0..2 * SWEEP_PAGE + 7)
+            .map(|i| NewKey {
+                id: format!("key_{i}"),
+                name: format!("key {i}"),
+                environment: Environment::Production,
+                hash: crate::core::secret::Hasher::unkeyed().hash(format!("idle-secret-{i:08}").as_bytes()),
+                prefix: "idle".into(),
+                permissions: Vec::new(),
+                rate_limit: None,
+                customer_id: None,
+                allowed_ips: Vec::new(),
+                expires_at: None,
+                metadata: serde_json::Map::new(),
+                now: at(1),
+            })
+            .collect();
+        let audit = Audit {
+            actor: Actor::Cli,
+            event: "imported",
+        };
+        store.insert_many(&keys, audit).unwrap();
+        let (mut seen, mut after) = (std::collections::HashSet::new(), 0);
+        loop {
+            let page = store.idle_keys(at(10), at(100), after, SWEEP_PAGE).unwrap();
+            seen.extend(page.iter().map(|key| key.seq));
+            match page.last() {
+                Some(last) if page.len() == SWEEP_PAGE => after = last.seq,
+                _ => break,
+            }
+        }
+        assert_eq!(seen.len(), keys.len());
     }
 
     #[test]

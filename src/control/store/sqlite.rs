@@ -375,17 +375,26 @@ impl SqliteStore {
         Ok(value as u64)
     }
 
-    /// Active, unexpired keys idle since `cutoff` or longer, oldest first.
-    pub fn idle_keys(&self, cutoff: Timestamp, now: Timestamp) -> Result<Vec<IdleKey>, StoreError> {
+    /// Up to `limit` active, unexpired keys idle since `cutoff` or longer, in creation order
+    /// from after the key with sequence number `after` (a page; the sweep reads them all).
+    pub fn idle_keys(
+        &self,
+        cutoff: Timestamp,
+        now: Timestamp,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<IdleKey>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT seq, id, name, environment, last_used_at, \
              MAX(COALESCE(idle_from, created_at), COALESCE(last_used_at, 0), \
              COALESCE(previous_last_used_at, 0)) AS since FROM keys \
              WHERE status = 'active' AND (expires_at IS NULL OR expires_at > ?2) AND since <= ?1 \
-             ORDER BY since",
+             AND seq > ?3 ORDER BY seq LIMIT ?4",
         )?;
-        let rows = stmt.query_map(params![cutoff.as_second(), now.as_second()], |r| {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![cutoff.as_second(), now.as_second(), after, limit], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
