@@ -13,7 +13,7 @@ use crate::core::clock::Clock;
 use crate::core::environment::Environment;
 use crate::core::key::{new_key_id, KeyView, KeyWithSecret, RateLimitSpec, StoredStatus};
 use crate::core::permission::Permission;
-use crate::core::secret::{check_format, Format, Hasher, Secret};
+use crate::core::secret::{check_format, Format, Hasher, KeyHash, Secret};
 
 /// Longest grace period a regeneration may give the old secret.
 const MAX_GRACE: Duration = Duration::from_secs(30 * 86_400);
@@ -158,20 +158,7 @@ impl KeyService {
             if !seen.insert(hash.0) {
                 return Err(at(KeyError::invalid("key", "the same secret appears twice")));
             }
-            keys.push(NewKey {
-                id: new_key_id(),
-                name: spec.name,
-                environment: spec.environment,
-                hash,
-                prefix: secret.display_prefix(),
-                permissions: spec.permissions,
-                rate_limit: spec.rate_limit,
-                customer_id: spec.customer_id,
-                allowed_ips: spec.allowed_ips,
-                expires_at: spec.expires_at,
-                metadata: spec.metadata,
-                now,
-            });
+            keys.push(new_key(spec, &secret, hash, now));
         }
         self.store
             .insert_many(&keys, self.audit("imported"))
@@ -183,27 +170,11 @@ impl KeyService {
     fn insert(&self, spec: KeySpec, secret: &Secret, event: &'static str) -> Result<KeyView, KeyError> {
         let now = self.now();
         validate_spec(&spec, now)?;
-        let id = new_key_id();
+        let key = new_key(spec, secret, self.hasher.hash(secret.expose().as_bytes()), now);
         let stored = self
             .store
-            .insert(
-                &NewKey {
-                    id: id.clone(),
-                    name: spec.name,
-                    environment: spec.environment,
-                    hash: self.hasher.hash(secret.expose().as_bytes()),
-                    prefix: secret.display_prefix(),
-                    permissions: spec.permissions,
-                    rate_limit: spec.rate_limit,
-                    customer_id: spec.customer_id,
-                    allowed_ips: spec.allowed_ips,
-                    expires_at: spec.expires_at,
-                    metadata: spec.metadata,
-                    now,
-                },
-                self.audit(event),
-            )
-            .map_err(|e| KeyError::from_store(e, &id))?;
+            .insert(&key, self.audit(event))
+            .map_err(|e| KeyError::from_store(e, &key.id))?;
         tracing::info!(key_id = %stored.id, environment = %stored.environment, actor = self.actor.as_str(), "key {event}");
         Ok(stored.view(now))
     }
@@ -418,6 +389,24 @@ impl KeyService {
         let key = result.map_err(|e| KeyError::from_store(e, id))?;
         tracing::info!(key_id = %key.id, revision = key.revision, actor = self.actor.as_str(), "key {event}");
         Ok(key.view(now))
+    }
+}
+
+/// The row to insert for a new key with a fresh id.
+fn new_key(spec: KeySpec, secret: &Secret, hash: KeyHash, now: Timestamp) -> NewKey {
+    NewKey {
+        id: new_key_id(),
+        name: spec.name,
+        environment: spec.environment,
+        hash,
+        prefix: secret.display_prefix(),
+        permissions: spec.permissions,
+        rate_limit: spec.rate_limit,
+        customer_id: spec.customer_id,
+        allowed_ips: spec.allowed_ips,
+        expires_at: spec.expires_at,
+        metadata: spec.metadata,
+        now,
     }
 }
 

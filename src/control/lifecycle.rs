@@ -365,8 +365,9 @@ mod payloads {
 
     use crate::control::store::IdleKey;
 
+    /// What every payload carries, around its event's own fields.
     #[derive(Serialize)]
-    struct Warning<'a> {
+    struct Envelope<'a, T> {
         /// The same for every delivery attempt of this event, so a receiver can drop the
         /// duplicate that a crash between its 2xx and our bookkeeping would cause.
         event_id: String,
@@ -376,26 +377,48 @@ mod payloads {
         environment: &'static str,
         last_used_at: Option<Timestamp>,
         idle_since: Timestamp,
+        #[serde(flatten)]
+        detail: T,
+        sent_at: Timestamp,
+    }
+
+    impl<'a, T: Serialize> Envelope<'a, T> {
+        fn to_json(
+            key: &'a IdleKey,
+            event_id: String,
+            event: &'static str,
+            detail: T,
+            now: Timestamp,
+        ) -> String {
+            let envelope = Envelope {
+                event_id,
+                event,
+                key_id: &key.id,
+                name: &key.name,
+                environment: key.environment.as_str(),
+                last_used_at: key.last_used_at,
+                idle_since: key.idle_since,
+                detail,
+                sent_at: now,
+            };
+            serde_json::to_string(&envelope).expect("strings and instants always serialize")
+        }
+    }
+
+    #[derive(Serialize)]
+    struct Warning<'a> {
         revokes_at: Timestamp,
         warn_before: &'a str,
-        sent_at: Timestamp,
     }
 
     #[derive(Serialize)]
     struct Revoked<'a> {
-        event_id: String,
-        event: &'static str,
-        key_id: &'a str,
-        name: &'a str,
-        environment: &'static str,
-        last_used_at: Option<Timestamp>,
-        idle_since: Timestamp,
         revoked_at: Timestamp,
         idle_expiry: &'a str,
-        sent_at: Timestamp,
     }
 
-    /// `revokes_at` is the deadline, or later when the warning comes late (see `noticed`).
+    /// `revokes_at` is the deadline, or later when the warning comes late (see
+    /// `Policy::revokes_at`).
     pub fn warning(
         key: &IdleKey,
         deadline: Timestamp,
@@ -403,37 +426,21 @@ mod payloads {
         warn_before: &str,
         now: Timestamp,
     ) -> String {
-        to_json(&Warning {
-            event_id: format!("{}.warn.{}.{warn_before}", key.id, deadline.as_second()),
-            event: "key.idle_warning",
-            key_id: &key.id,
-            name: &key.name,
-            environment: key.environment.as_str(),
-            last_used_at: key.last_used_at,
-            idle_since: key.idle_since,
+        let event_id = format!("{}.warn.{}.{warn_before}", key.id, deadline.as_second());
+        let detail = Warning {
             revokes_at,
             warn_before,
-            sent_at: now,
-        })
+        };
+        Envelope::to_json(key, event_id, "key.idle_warning", detail, now)
     }
 
     pub fn revoked(key: &IdleKey, idle_expiry: &str, now: Timestamp) -> String {
-        to_json(&Revoked {
-            event_id: format!("{}.revoked.{}", key.id, now.as_second()),
-            event: "key.idle_revoked",
-            key_id: &key.id,
-            name: &key.name,
-            environment: key.environment.as_str(),
-            last_used_at: key.last_used_at,
-            idle_since: key.idle_since,
+        let event_id = format!("{}.revoked.{}", key.id, now.as_second());
+        let detail = Revoked {
             revoked_at: now,
             idle_expiry,
-            sent_at: now,
-        })
-    }
-
-    fn to_json(event: &impl Serialize) -> String {
-        serde_json::to_string(event).expect("strings and instants always serialize")
+        };
+        Envelope::to_json(key, event_id, "key.idle_revoked", detail, now)
     }
 }
 

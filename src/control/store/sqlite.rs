@@ -125,37 +125,14 @@ impl SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let revision = next_revision(&tx)?;
-        let now = key.now.as_second();
-        let inserted = tx.execute(
-            "INSERT INTO keys (id, name, environment, hash, prefix, permissions, rate_limit, customer_id, \
-             allowed_ips, expires_at, status, created_at, updated_at, metadata, revision) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'active', ?11, ?11, ?12, ?13)",
-            params![
-                key.id,
-                key.name,
-                key.environment.as_str(),
-                &key.hash.0[..],
-                key.prefix,
-                to_json(&key.permissions),
-                key.rate_limit.as_ref().map(to_json),
-                key.customer_id,
-                to_json(&key.allowed_ips),
-                key.expires_at.map(|at| at.as_second()),
-                now,
-                to_json(&key.metadata),
-                revision as i64,
-            ],
-        );
-        if let Err(rusqlite::Error::SqliteFailure(e, _)) = &inserted {
-            if e.code == rusqlite::ErrorCode::ConstraintViolation {
-                return Err(StoreError::Conflict(
-                    "a key with this secret or id exists already".into(),
-                ));
-            }
-        }
-        inserted?;
+        insert_row(
+            &tx,
+            key,
+            revision,
+            audit,
+            "a key with this secret or id exists already",
+        )?;
         let stored = select_one(&tx, "id = ?1", &key.id)?.ok_or(StoreError::NotFound)?;
-        record_event(&tx, &stored.id, audit, key.now, audited_fields(&stored))?;
         tx.commit()?;
         Ok(stored)
     }
@@ -548,31 +525,10 @@ impl SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let start: i64 = tx.query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| r.get(0))?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO keys (id, name, environment, hash, prefix, permissions, rate_limit, customer_id, \
-                 allowed_ips, expires_at, status, created_at, updated_at, metadata, revision) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'active', ?11, ?11, ?12, ?13)",
-            )?;
-            for (i, key) in keys.iter().enumerate() {
-                stmt.execute(params![
-                    key.id,
-                    key.name,
-                    key.environment.as_str(),
-                    &key.hash.0[..],
-                    key.prefix,
-                    to_json(&key.permissions),
-                    key.rate_limit.as_ref().map(to_json),
-                    key.customer_id,
-                    to_json(&key.allowed_ips),
-                    key.expires_at.map(|at| at.as_second()),
-                    key.now.as_second(),
-                    to_json(&key.metadata),
-                    start + 1 + i as i64,
-                ])
-                .map_err(|e| conflict(e, "a key in the batch has the secret or id of a stored key"))?;
-                record_event(&tx, &key.id, audit, key.now, new_key_fields(key))?;
-            }
+        for (i, key) in keys.iter().enumerate() {
+            let revision = (start + 1 + i as i64) as u64;
+            let why = "a key in the batch has the secret or id of a stored key";
+            insert_row(&tx, key, revision, audit, why)?;
         }
         tx.execute(
             "UPDATE meta SET value = ?1 WHERE name = 'revision'",
@@ -581,6 +537,39 @@ impl SqliteStore {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// Inserts one new key row at `revision` with its creation's audit record; a clash with a
+/// stored secret or id is a conflict saying `clash`.
+fn insert_row(
+    tx: &Transaction<'_>,
+    key: &NewKey,
+    revision: u64,
+    audit: Audit,
+    clash: &str,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO keys (id, name, environment, hash, prefix, permissions, rate_limit, customer_id, \
+         allowed_ips, expires_at, status, created_at, updated_at, metadata, revision) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'active', ?11, ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        key.id,
+        key.name,
+        key.environment.as_str(),
+        &key.hash.0[..],
+        key.prefix,
+        to_json(&key.permissions),
+        key.rate_limit.as_ref().map(to_json),
+        key.customer_id,
+        to_json(&key.allowed_ips),
+        key.expires_at.map(|at| at.as_second()),
+        key.now.as_second(),
+        to_json(&key.metadata),
+        revision as i64,
+    ])
+    .map_err(|e| conflict(e, clash))?;
+    record_event(tx, &key.id, audit, key.now, new_key_fields(key))
 }
 
 /// A unique-constraint violation as a conflict; other errors as they are.
