@@ -13,7 +13,7 @@ use jiff::Timestamp;
 
 use super::output;
 use super::Failure;
-use crate::control::keys::{KeyError, KeyPatch, KeyService, KeySpec, MAX_PAGE};
+use crate::control::keys::{KeyError, KeyPatch, KeyRequest, KeyService, KeySpec, MAX_PAGE};
 use crate::control::store::{self, Actor, KeyFilter};
 use crate::core::clock::system_clock;
 use crate::core::environment::Environment;
@@ -331,27 +331,6 @@ fn read_secret() -> Result<Secret, Failure> {
     Secret::import(line).map_err(Failure::Usage)
 }
 
-/// One line of an import file.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ImportLine {
-    key: String,
-    name: String,
-    environment: Environment,
-    #[serde(default)]
-    permissions: Vec<Permission>,
-    #[serde(default)]
-    rate_limit: Option<RateLimitSpec>,
-    #[serde(default)]
-    customer_id: Option<String>,
-    #[serde(default)]
-    allowed_ips: Vec<IpNet>,
-    #[serde(default)]
-    expires_at: Option<Timestamp>,
-    #[serde(default)]
-    metadata: serde_json::Map<String, serde_json::Value>,
-}
-
 /// Reads and checks every line before anything is written; blank lines are skipped.
 fn read_import_file(path: &std::path::Path) -> Result<Vec<(KeySpec, Secret)>, Failure> {
     use std::io::BufRead;
@@ -364,18 +343,10 @@ fn read_import_file(path: &std::path::Path) -> Result<Vec<(KeySpec, Secret)>, Fa
         if line.trim().is_empty() {
             continue;
         }
-        let item: ImportLine = serde_json::from_str(&line).map_err(|e| at(e.to_string()))?;
-        let secret = Secret::import(item.key).map_err(|why| at(format!("key: {why}")))?;
-        let spec = KeySpec {
-            name: item.name,
-            environment: item.environment,
-            permissions: item.permissions,
-            rate_limit: item.rate_limit,
-            customer_id: item.customer_id,
-            allowed_ips: item.allowed_ips,
-            expires_at: item.expires_at,
-            metadata: item.metadata,
-        };
+        let item: KeyRequest = serde_json::from_str(&line).map_err(|e| at(e.to_string()))?;
+        let (spec, secret) = item.into_spec(Timestamp::now()).map_err(|e| at(e.to_string()))?;
+        let secret = secret.ok_or_else(|| at("key: the secret to import is missing".into()))?;
+        let secret = Secret::import(secret).map_err(|why| at(format!("key: {why}")))?;
         items.push((spec, secret));
     }
     Ok(items)

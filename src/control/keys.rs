@@ -14,6 +14,7 @@ use crate::core::environment::Environment;
 use crate::core::key::{new_key_id, KeyView, KeyWithSecret, RateLimitSpec, StoredStatus};
 use crate::core::permission::Permission;
 use crate::core::secret::{check_format, Format, Hasher, KeyHash, Secret};
+use crate::core::units::parse_duration;
 
 /// Longest grace period a regeneration may give the old secret.
 const MAX_GRACE: Duration = Duration::from_secs(30 * 86_400);
@@ -62,6 +63,81 @@ pub struct KeySpec {
     pub allowed_ips: Vec<IpNet>,
     pub expires_at: Option<Timestamp>,
     pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A key as a client describes it: the admin API's `POST /v1/keys` body, a line of an import
+/// file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRequest {
+    pub name: String,
+    pub environment: Environment,
+    #[serde(default)]
+    pub permissions: Vec<Permission>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSpec>,
+    #[serde(default)]
+    pub customer_id: Option<String>,
+    #[serde(default)]
+    pub allowed_ips: Vec<Cidr>,
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+    /// Alternative to `expires_at`: a duration from now, e.g. "30d".
+    #[serde(default)]
+    pub expires_in: Option<String>,
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// An existing secret to import instead of generating one.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+impl KeyRequest {
+    /// The spec, `expires_in` counted from `now`, and the secret to import when one is given.
+    pub fn into_spec(self, now: Timestamp) -> Result<(KeySpec, Option<String>), KeyError> {
+        let expires_at = match (self.expires_at, self.expires_in) {
+            (Some(_), Some(_)) => {
+                return Err(KeyError::invalid(
+                    "expires_in",
+                    "give expires_at or expires_in, not both",
+                ))
+            }
+            (at, None) => at,
+            (None, Some(text)) => {
+                let duration =
+                    parse_duration(&text).map_err(|e| KeyError::invalid("expires_in", e.to_string()))?;
+                let at = now.checked_add(duration).ok();
+                Some(at.ok_or_else(|| KeyError::invalid("expires_in", "too far in the future"))?)
+            }
+        };
+        let spec = KeySpec {
+            name: self.name,
+            environment: self.environment,
+            permissions: self.permissions,
+            rate_limit: self.rate_limit,
+            customer_id: self.customer_id,
+            allowed_ips: self.allowed_ips.into_iter().map(|cidr| cidr.0).collect(),
+            expires_at,
+            metadata: self.metadata,
+        };
+        Ok((spec, self.key))
+    }
+}
+
+/// A CIDR, or a bare IP address meaning just that address.
+#[derive(Debug, Clone, Copy)]
+pub struct Cidr(pub IpNet);
+
+impl<'de> serde::Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse::<IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map(Cidr)
+            .map_err(|_| {
+                serde::de::Error::custom(format!("{text:?} is not a CIDR like 10.0.0.0/8 or an IP address"))
+            })
+    }
 }
 
 /// A partial update: `None` leaves a field as it is; `Some(None)` clears an optional one.

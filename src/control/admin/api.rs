@@ -2,9 +2,6 @@
 //! [`KeyService`] the CLI uses, so no lifecycle rule exists twice. The document that describes
 //! it is `openapi.json` beside this file; the tests check every answer against it.
 
-use std::net::IpAddr;
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
@@ -16,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{json, Admin, AdminBody};
-use crate::control::keys::{KeyError, KeyPatch, KeyService, KeySpec};
+use crate::control::keys::{Cidr, KeyError, KeyPatch, KeyRequest, KeyService};
 use crate::control::store::KeyFilter;
 use crate::core::environment::Environment;
 use crate::core::key::{KeyStatus, RateLimitSpec};
@@ -435,81 +432,14 @@ async fn events(admin: &Admin, id: String, request: &Request<Incoming>) -> Answe
     Ok(paged(&events, next, request))
 }
 
-/// `POST /v1/keys`: a new key, or with `key` an imported existing secret.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateBody {
-    name: String,
-    environment: Environment,
-    #[serde(default)]
-    permissions: Vec<Permission>,
-    #[serde(default)]
-    rate_limit: Option<RateLimitSpec>,
-    #[serde(default)]
-    customer_id: Option<String>,
-    #[serde(default)]
-    allowed_ips: Vec<Cidr>,
-    #[serde(default)]
-    expires_at: Option<Timestamp>,
-    /// Alternative to `expires_at`: a duration from now, e.g. "30d".
-    #[serde(default)]
-    expires_in: Option<String>,
-    #[serde(default)]
-    metadata: serde_json::Map<String, serde_json::Value>,
-    /// An existing secret to import instead of generating one.
-    #[serde(default)]
-    key: Option<String>,
-}
-
-/// A CIDR, or a bare IP address meaning just that address.
-#[derive(Debug, Clone, Copy)]
-struct Cidr(IpNet);
-
-impl<'de> Deserialize<'de> for Cidr {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse::<IpNet>()
-            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-            .map(Cidr)
-            .map_err(|_| {
-                serde::de::Error::custom(format!("{text:?} is not a CIDR like 10.0.0.0/8 or an IP address"))
-            })
-    }
-}
-
 fn cidrs(list: Vec<Cidr>) -> Vec<IpNet> {
     list.into_iter().map(|c| c.0).collect()
 }
 
 async fn create(admin: &Admin, request: Request<Incoming>) -> Answer {
-    let body: CreateBody = read_json(request).await?;
-    let expires_at = match (body.expires_at, body.expires_in) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad(
-                "expires_in",
-                "give expires_at or expires_in, not both",
-            ))
-        }
-        (at, None) => at,
-        (None, Some(text)) => {
-            let duration = parse_duration(&text).map_err(|e| ApiError::bad("expires_in", e.to_string()))?;
-            Some(
-                after_now(admin, duration)
-                    .ok_or_else(|| ApiError::bad("expires_in", "too far in the future"))?,
-            )
-        }
-    };
-    let spec = KeySpec {
-        name: body.name,
-        environment: body.environment,
-        permissions: body.permissions,
-        rate_limit: body.rate_limit,
-        customer_id: body.customer_id,
-        allowed_ips: cidrs(body.allowed_ips),
-        expires_at,
-        metadata: body.metadata,
-    };
-    match body.key {
+    let body: KeyRequest = read_json(request).await?;
+    let (spec, secret) = body.into_spec(admin.shared.clock.now())?;
+    match secret {
         None => {
             let created = blocking(admin, move |keys| keys.create(spec)).await?;
             Ok(with_status(StatusCode::CREATED, &created))
@@ -520,10 +450,6 @@ async fn create(admin: &Admin, request: Request<Incoming>) -> Answer {
             Ok(with_status(StatusCode::CREATED, &imported))
         }
     }
-}
-
-fn after_now(admin: &Admin, duration: Duration) -> Option<Timestamp> {
-    admin.shared.clock.now().checked_add(duration).ok()
 }
 
 /// `Some(None)` for an explicit `null` (clear the field), `None` when the field is absent.
