@@ -176,7 +176,7 @@ impl Refusal {
                 headers.insert(WWW_AUTHENTICATE, www_authenticate.clone());
             }
             Refusal::IpThrottled { retry_after } | Refusal::RateLimited { retry_after, .. } => {
-                headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
+                headers.insert(RETRY_AFTER, super::limits::number(retry_after));
             }
             Refusal::BadRequest(_)
             | Refusal::NoRoute

@@ -1,27 +1,15 @@
 //! Step 9 of the request path: forwarding to the upstream (data plane).
 //!
 //! The request goes out as it came, less hop-by-hop headers and the credential, with identity
-//! headers the gateway sets after removing any a client sent. Bodies stream both ways. A pooled
-//! hyper client per upstream; requests that are not idempotent go through a client that never
-//! retries.
+//! headers the gateway sets after removing any a client sent. Bodies stream both ways; the
+//! connections are [`super::upstream`]'s.
 
 use std::net::IpAddr;
-use std::time::Duration;
 
-use http::header::{
-    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING,
-    UPGRADE,
-};
-use http::uri::{PathAndQuery, Uri};
-use http::{Method, Request, Response, Version};
-use http_body_util::{LengthLimitError, Limited};
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, HOST};
+use http::uri::Uri;
+use http::{Method, Request, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-
-use super::error::UpstreamFailure;
-use crate::config;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_KEYGATE_KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
@@ -30,146 +18,43 @@ pub const X_KEYGATE_CUSTOMER: HeaderName = HeaderName::from_static("x-keygate-cu
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// The request body as sent upstream: the client's, streamed, cut off past
-/// `server.max_request_body` (bodies without a Content-Length are only counted as they pass).
-pub type OutBody = Limited<Incoming>;
-
-type HttpClient = Client<HttpConnector, OutBody>;
-
-/// Why a request sent upstream got no response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendFailure {
-    Upstream(UpstreamFailure),
-    /// The client's body grew past `server.max_request_body` while streaming.
-    BodyTooLarge,
-}
-
-/// One upstream's connection pools.
-pub struct UpstreamClient {
-    pub name: String,
-    /// `scheme://authority`, and the path prefix without a trailing slash.
-    scheme_authority: (http::uri::Scheme, http::uri::Authority),
-    prefix: String,
-    timeout: Duration,
-    idempotent: HttpClient,
-    other: HttpClient,
-}
-
-impl UpstreamClient {
-    pub fn new(upstream: &config::Upstream) -> Self {
-        let build = |retry: bool| {
-            let mut connector = HttpConnector::new();
-            connector.set_connect_timeout(Some(upstream.connect_timeout));
-            connector.set_nodelay(true);
-            Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(upstream.pool_idle_timeout)
-                .pool_max_idle_per_host(upstream.pool_max_idle)
-                .retry_canceled_requests(retry)
-                .build(connector)
-        };
-        let parts = upstream.url.clone().into_parts();
-        UpstreamClient {
-            name: upstream.name.clone(),
-            scheme_authority: (
-                parts.scheme.unwrap_or(http::uri::Scheme::HTTP),
-                parts
-                    .authority
-                    .expect("validated upstream URLs have an authority"),
-            ),
-            prefix: parts
-                .path_and_query
-                .map(|pq| pq.path().trim_end_matches('/').to_owned())
-                .unwrap_or_default(),
-            timeout: upstream.timeout,
-            idempotent: build(true),
-            other: build(false),
-        }
-    }
-
-    /// The upstream URI for a normalized path and the original query.
-    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
-        let mut target =
-            String::with_capacity(self.prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1));
-        target.push_str(&self.prefix);
-        target.push_str(path);
-        if let Some(query) = query {
-            target.push('?');
-            target.push_str(query);
-        }
-        Uri::builder()
-            .scheme(self.scheme_authority.0.clone())
-            .authority(self.scheme_authority.1.clone())
-            .path_and_query(PathAndQuery::try_from(target)?)
-            .build()
-    }
-
-    /// Sends the request; the response head must come within the upstream's timeout.
-    pub async fn send(&self, request: Request<OutBody>) -> Result<Response<Incoming>, SendFailure> {
-        let client = if request.method().is_idempotent() {
-            &self.idempotent
-        } else {
-            &self.other
-        };
-        match tokio::time::timeout(self.timeout, client.request(request)).await {
-            Err(_) => Err(SendFailure::Upstream(UpstreamFailure::Timeout)),
-            Ok(Err(error)) if error.is_connect() => Err(SendFailure::Upstream(UpstreamFailure::Connect)),
-            Ok(Err(error)) if caused_by_length_limit(&error) => Err(SendFailure::BodyTooLarge),
-            Ok(Err(_)) => Err(SendFailure::Upstream(UpstreamFailure::Reset)),
-            Ok(Ok(response)) => Ok(response),
-        }
-    }
-}
-
-fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(error) = cause {
-        if error.is::<LengthLimitError>() {
-            return true;
-        }
-        cause = error.source();
-    }
-    false
-}
 
 /// Removes the hop-by-hop headers of RFC 9110 section 7.6.1, and those `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    strip(headers, |_| false);
+}
+
+/// Removes, besides the hop-by-hop headers, every header `also` picks. One pass over the names
+/// finds them; most heads have none, and then nothing is hashed or removed.
+fn strip(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
+    let doomed = |name: &HeaderName| is_hop_by_hop(name) || also(name);
+    if !headers.keys().any(doomed) {
+        return;
     }
-    for name in [
-        CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        TE,
-        TRAILER,
-        TRANSFER_ENCODING,
-        UPGRADE,
-    ] {
+    let mut names: Vec<HeaderName> = headers.keys().filter(|name| doomed(name)).cloned().collect();
+    names.extend(
+        headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
+    );
+    for name in names {
         headers.remove(name);
     }
 }
 
-/// Removes every header whose name starts with `x-keygate-`: only the gateway sets those.
-fn strip_identity(headers: &mut HeaderMap) {
-    let forged: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("x-keygate-"))
-        .cloned()
-        .collect();
-    for name in forged {
-        headers.remove(name);
-    }
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+    )
+}
+
+/// Whether a header is one only the gateway sets.
+fn is_identity(name: &HeaderName) -> bool {
+    name.as_str().starts_with("x-keygate-")
 }
 
 /// What the gateway tells the upstream about an admitted request.
@@ -192,37 +77,32 @@ pub struct Credentials<'a> {
     pub header: Option<&'a HeaderName>,
 }
 
-/// Rewrites the request head for the upstream.
+/// Rewrites the request head for the upstream: `upstream_host` is its `Host` unless the route
+/// preserves the client's.
 pub fn prepare(
     request: &mut Request<Incoming>,
     uri: Uri,
     identity: &Identity<'_>,
     credentials: Option<Credentials<'_>>,
+    upstream_host: &HeaderValue,
     preserve_host: bool,
 ) {
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     let headers = request.headers_mut();
-    strip_hop_by_hop(headers);
-    strip_identity(headers);
-    if let Some(credentials) = credentials {
-        if credentials.authorization {
-            headers.remove(AUTHORIZATION);
-        }
-        if let Some(name) = credentials.header {
-            headers.remove(name);
-        }
-    }
+    let (authorization, key_header) = match &credentials {
+        Some(credentials) => (credentials.authorization, credentials.header),
+        None => (false, None),
+    };
+    strip(headers, |name| {
+        is_identity(name) || (authorization && name == AUTHORIZATION) || key_header == Some(name)
+    });
     set_identity(headers, identity);
-    match (preserve_host, identity.host) {
-        (true, Some(host)) => {
-            headers.insert(HOST, host.clone());
-        }
-        // The client sets `Host` from the upstream URI when none is present.
-        _ => {
-            headers.remove(HOST);
-        }
-    }
+    let host = match (preserve_host, identity.host) {
+        (true, Some(host)) => host,
+        _ => upstream_host,
+    };
+    headers.insert(HOST, host.clone());
 }
 
 fn set_identity(headers: &mut HeaderMap, identity: &Identity<'_>) {
@@ -247,17 +127,19 @@ fn set_identity(headers: &mut HeaderMap, identity: &Identity<'_>) {
 
 /// Appends the client to `X-Forwarded-For`, folding any earlier values into one line.
 fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    let mut line = String::new();
+    use std::io::Write as _;
+
+    let mut line = Vec::with_capacity(64);
     for value in headers
         .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
     {
-        line.push_str(value);
-        line.push_str(", ");
+        line.extend_from_slice(value.as_bytes());
+        line.extend_from_slice(b", ");
     }
-    line.push_str(&client.to_string());
-    if let Ok(value) = HeaderValue::from_str(&line) {
+    let _ = write!(line, "{client}");
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(line)) {
         headers.insert(X_FORWARDED_FOR, value);
     }
 }
@@ -299,7 +181,7 @@ mod tests {
         headers.insert("x-keygate-key-id", HeaderValue::from_static("forged"));
         headers.insert("x-keygate-anything", HeaderValue::from_static("forged"));
         headers.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
-        strip_identity(&mut headers);
+        strip(&mut headers, is_identity);
         let request_id = HeaderValue::from_static("req-1");
         set_identity(
             &mut headers,

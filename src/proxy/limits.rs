@@ -3,7 +3,7 @@
 //! move a fake clock instead of sleeping.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -35,9 +35,9 @@ impl LimitState {
     /// The `RateLimit-*` headers, and with `draft` the IETF draft's `RateLimit-Policy` and
     /// `RateLimit` pair.
     pub fn write_headers(&self, headers: &mut HeaderMap, draft: bool) {
-        headers.insert(RATELIMIT_LIMIT, HeaderValue::from(self.limit));
-        headers.insert(RATELIMIT_REMAINING, HeaderValue::from(self.remaining));
-        headers.insert(RATELIMIT_RESET, HeaderValue::from(self.reset));
+        headers.insert(RATELIMIT_LIMIT, number(self.limit.into()));
+        headers.insert(RATELIMIT_REMAINING, number(self.remaining.into()));
+        headers.insert(RATELIMIT_RESET, number(self.reset));
         if draft {
             let policy = format!("\"key\";q={};w={}", self.limit, self.window);
             let current = format!("\"key\";r={};t={}", self.remaining, self.reset);
@@ -47,6 +47,21 @@ impl LimitState {
                 }
             }
         }
+    }
+}
+
+/// A number as a header value. The first thousand are made once, for the life of the process,
+/// so the usual `RateLimit-*` values cost no allocation or reference count per response.
+pub fn number(n: u64) -> HeaderValue {
+    const SHARED: u64 = 1000;
+    static SMALL: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
+        (0..SHARED)
+            .map(|n| HeaderValue::from_static(n.to_string().leak()))
+            .collect()
+    });
+    match usize::try_from(n) {
+        Ok(i) if n < SHARED => SMALL[i].clone(),
+        _ => HeaderValue::from(n),
     }
 }
 

@@ -12,10 +12,11 @@ pub mod router;
 pub mod server;
 pub mod state;
 pub mod table;
+pub mod upstream;
 pub mod usage;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 
 /// Response bodies: the upstream's, streamed, or the gateway's own small JSON.
-pub type Body = Either<hyper::body::Incoming, Full<Bytes>>;
+pub type Body = Either<upstream::UpstreamBody, Full<Bytes>>;

@@ -32,11 +32,12 @@ use hyper::body::Incoming;
 use super::client_ip::client_ip;
 use super::credentials::{self, CredentialError, Source};
 use super::error::{AuthFailure, BadRequest, Denial, Refusal};
-use super::forward::{self, method_is_canonical, Credentials, Identity, SendFailure, X_REQUEST_ID};
+use super::forward::{self, method_is_canonical, Credentials, Identity, X_REQUEST_ID};
 use super::limits::{Decision, LimitState};
 use super::path::{decode_segment, normalize};
 use super::state::{RouteState, Shared, Snapshot};
 use super::table::{AuthKey, Secret};
+use super::upstream::{OutBody, SendFailure};
 use super::Body;
 use crate::core::secret::{check_format, Format};
 
@@ -86,16 +87,20 @@ pub async fn handle(shared: &Shared, peer: Peer, request: Request<Incoming>) -> 
         reason: None,
     };
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let response = match admit(shared, &snapshot, &mut ctx, &request) {
-        Ok(admitted) => forward(shared, &snapshot, &mut ctx, peer, admitted, request).await,
+    let path = access_log_on().then(|| request.uri().path().to_owned());
+    // The one await is the upstream's answer; everything before it is synchronous, which keeps
+    // this future (moved by value into hyper's connection task) small.
+    let outgoing = admit(shared, &snapshot, &mut ctx, &request)
+        .and_then(|admitted| outgoing(&snapshot, &ctx, peer, admitted, request));
+    let response = match outgoing {
+        Ok((upstream, outgoing)) => forward(shared, &snapshot, &mut ctx, upstream, outgoing).await,
         Err(refusal) => Err(refusal),
     };
     let response = match response {
         Ok(response) => response,
         Err(refusal) => refuse(shared, &snapshot, &mut ctx, refusal),
     };
-    finish(shared, &snapshot, &ctx, &method, &path, response)
+    finish(&snapshot, &ctx, &method, path.as_deref(), response)
 }
 
 /// Steps 0 to 8 alone, without forwarding, logging or metrics: the gateway's verdict on a
@@ -252,17 +257,16 @@ pub(crate) fn check_freshness(shared: &Shared, snapshot: &Snapshot) -> Result<()
     Ok(())
 }
 
-/// Step 9.
-async fn forward(
-    shared: &Shared,
+/// Step 9, its first half: the request as the upstream gets it, and which upstream.
+fn outgoing(
     snapshot: &Snapshot,
-    ctx: &mut Context,
+    ctx: &Context,
     peer: Peer,
     admitted: Admitted,
-    request: Request<Incoming>,
-) -> Result<Response<Body>, Refusal> {
-    let route = &snapshot.routes[admitted.route];
-    if let Some(max) = snapshot.config.server.max_request_body {
+    mut request: Request<Incoming>,
+) -> Result<(usize, Request<OutBody>), Refusal> {
+    let server = &snapshot.config.server;
+    if let Some(max) = server.max_request_body {
         let declared = request
             .headers()
             .get(CONTENT_LENGTH)
@@ -271,6 +275,7 @@ async fn forward(
             return Err(Refusal::TooLarge);
         }
     }
+    let route = &snapshot.routes[admitted.route];
     let key = &admitted.key;
     let host = request.headers().get(HOST).cloned().or_else(|| {
         request
@@ -291,22 +296,30 @@ async fn forward(
         authorization: admitted.source == Source::Authorization,
         header: snapshot.key_header.as_ref(),
     });
-    let mut outgoing = request;
+    let upstream = &snapshot.upstreams[route.upstream].0;
     forward::prepare(
-        &mut outgoing,
+        &mut request,
         admitted.uri,
         &identity,
         credentials,
+        &upstream.host,
         route.preserve_host,
     );
-
-    let limit = snapshot
-        .config
-        .server
+    let limit = server
         .max_request_body
         .map_or(usize::MAX, |max| usize::try_from(max).unwrap_or(usize::MAX));
-    let outgoing = outgoing.map(|body| Limited::new(body, limit));
-    let (upstream, histogram) = &snapshot.upstreams[route.upstream];
+    Ok((route.upstream, request.map(|body| Limited::new(body, limit))))
+}
+
+/// Step 9, its second half: the upstream's answer.
+async fn forward(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    ctx: &mut Context,
+    upstream: usize,
+    outgoing: Request<OutBody>,
+) -> Result<Response<Body>, Refusal> {
+    let (upstream, histogram) = &snapshot.upstreams[upstream];
     let sent = Instant::now();
     let result = upstream.send(outgoing).await;
     let elapsed = sent.elapsed();
@@ -371,11 +384,10 @@ fn refuse(shared: &Shared, snapshot: &Snapshot, ctx: &mut Context, refusal: Refu
 
 /// The final phase, for every request: response headers, metrics, the access log.
 fn finish(
-    shared: &Shared,
     snapshot: &Snapshot,
     ctx: &Context,
     method: &http::Method,
-    path: &str,
+    path: Option<&str>,
     mut response: Response<Body>,
 ) -> Response<Body> {
     let headers = response.headers_mut();
@@ -386,24 +398,28 @@ fn finish(
     let status = response.status();
     let route = ctx.route.map(|i| &snapshot.routes[i]);
     let route_name = route.map_or("none", |r| r.name.as_str());
-    let environment = route.map_or("none", |r| r.environment.as_str());
     let elapsed = ctx.start.elapsed();
-    shared
-        .metrics
-        .requests
-        .with_label_values(&[route_name, environment, status.as_str()])
-        .inc();
-    if let Some(route) = route {
-        route.duration.observe(elapsed.as_secs_f64());
+    match route {
+        Some(route) => {
+            route.requests.get(status).inc();
+            route.duration.observe(elapsed.as_secs_f64());
+        }
+        None => snapshot.unrouted.get(status).inc(),
     }
     log_access(ctx, method, path, route_name, status, elapsed);
     response
 }
 
+/// Whether access-log events are on (`RUST_LOG`): the request's path is kept for them only
+/// then.
+fn access_log_on() -> bool {
+    tracing::enabled!(target: "keygate::access", tracing::Level::INFO)
+}
+
 fn log_access(
     ctx: &Context,
     method: &http::Method,
-    path: &str,
+    path: Option<&str>,
     route: &str,
     status: StatusCode,
     elapsed: Duration,
@@ -431,10 +447,18 @@ fn request_id(request: &Request<Incoming>) -> HeaderValue {
         .get(X_REQUEST_ID)
         .filter(|v| (1..=128).contains(&v.len()) && v.as_bytes().iter().all(|b| b.is_ascii_graphic()))
         .cloned()
-        .unwrap_or_else(|| {
-            let id = format!("{:032x}", rand::random::<u128>());
-            HeaderValue::from_str(&id).expect("hex is a valid header value")
-        })
+        .unwrap_or_else(new_request_id)
+}
+
+/// 128 random bits in 32 lower-case hex digits.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = rand::random::<u128>();
+    let mut id = [0; 32];
+    for (i, digit) in id.iter_mut().enumerate() {
+        *digit = HEX[(bits >> (4 * (31 - i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).expect("hex is a valid header value")
 }
 
 /// The host the client addressed, without port: the `Host` header, or the HTTP/2 authority.

@@ -2,17 +2,18 @@
 //! long-lived shared state (key table, limits, usage counters, metrics) that outlives reloads.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue};
-use prometheus::{Histogram, IntCounter};
+use http::StatusCode;
+use prometheus::{Histogram, IntCounter, IntCounterVec};
 
 use super::credentials::Schemes;
-use super::forward::UpstreamClient;
 use super::limits::{IpThrottle, KeyLimits};
 use super::router::Router;
 use super::table::{AuthKey, KeyTable};
+use super::upstream::UpstreamClient;
 use super::usage::UsageCounters;
 use crate::config::{Config, RoutePermissions};
 use crate::core::clock::Clock;
@@ -32,6 +33,35 @@ pub struct RouteState {
     pub preserve_host: bool,
     pub duration: Histogram,
     pub rate_limited: IntCounter,
+    pub requests: StatusCounters,
+}
+
+/// `keygate_requests_total` of one route, a counter per status code, each looked up in the
+/// registry the first time that status is answered and never again.
+pub struct StatusCounters {
+    family: IntCounterVec,
+    route: String,
+    environment: &'static str,
+    by_status: Box<[OnceLock<IntCounter>]>,
+}
+
+impl StatusCounters {
+    pub fn new(family: &IntCounterVec, route: &str, environment: &'static str) -> Self {
+        StatusCounters {
+            family: family.clone(),
+            route: route.to_owned(),
+            environment,
+            // Status codes are three digits: 100 to 999.
+            by_status: (100..1000).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    pub fn get(&self, status: StatusCode) -> &IntCounter {
+        self.by_status[usize::from(status.as_u16()) - 100].get_or_init(|| {
+            self.family
+                .with_label_values(&[&self.route, self.environment, status.as_str()])
+        })
+    }
 }
 
 /// Everything the config decides, swapped whole when the config is reloaded.
@@ -45,6 +75,8 @@ pub struct Snapshot {
     pub www_authenticate: HeaderValue,
     pub default_limit: RateLimitSpec,
     pub ip_throttle: IpThrottle,
+    /// `keygate_requests_total` of requests that matched no route.
+    pub unrouted: StatusCounters,
 }
 
 impl Snapshot {
@@ -62,6 +94,7 @@ impl Snapshot {
                 preserve_host: route.preserve_host,
                 duration: metrics.request_duration.with_label_values(&[&route.name]),
                 rate_limited: metrics.rate_limited.with_label_values(&[&route.name]),
+                requests: StatusCounters::new(&metrics.requests, &route.name, route.environment.as_str()),
             })
             .collect();
         let upstreams = config
@@ -88,6 +121,7 @@ impl Snapshot {
                 .unwrap_or_else(|_| HeaderValue::from_static("Basic realm=\"keygate\"")),
             default_limit: config.rate_limit.default,
             ip_throttle: IpThrottle::new(auth.failed_per_ip),
+            unrouted: StatusCounters::new(&metrics.requests, "none", "none"),
             config,
         }
     }

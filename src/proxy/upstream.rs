@@ -1,0 +1,326 @@
+//! Step 9's connections (data plane): one upstream's pool of HTTP/1.1 keep-alive connections,
+//! on hyper's connection-level client.
+//!
+//! A request takes the most recently used idle connection (LIFO keeps few connections warm) or
+//! opens one. The connection goes back to the pool when the response body has been read to its
+//! end, by the body wrapper [`UpstreamBody`], so no task is spawned per request to watch for it;
+//! a response abandoned half-read takes its connection with it, since the rest of that body
+//! would still be on the wire.
+//!
+//! Nothing is retried once hyper may have written any of it: a request comes back from a pooled
+//! connection that turned out to be closed only when hyper never began to send it, and only an
+//! idempotent one is then sent again, on another connection.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::HeaderValue;
+use http::uri::{Authority, PathAndQuery, Uri};
+use http::{Request, Response};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::{LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::error::UpstreamFailure;
+use crate::config;
+
+/// The request body as sent upstream: the client's, streamed, cut off past
+/// `server.max_request_body` (bodies without a Content-Length are only counted as they pass).
+pub type OutBody = Limited<Incoming>;
+
+type Sender = http1::SendRequest<OutBody>;
+
+/// Why a request sent upstream got no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendFailure {
+    Upstream(UpstreamFailure),
+    /// The client's body grew past `server.max_request_body` while streaming.
+    BodyTooLarge,
+}
+
+/// One upstream: where it is, its timeouts, and its connection pool.
+pub struct UpstreamClient {
+    pub name: String,
+    /// The `Host` the upstream gets unless a route preserves the client's.
+    pub host: HeaderValue,
+    /// The path prefix, without a trailing slash.
+    prefix: String,
+    /// `host:port` to connect to, the host without IPv6 brackets.
+    address: (String, u16),
+    connect_timeout: Duration,
+    timeout: Duration,
+    pool: Arc<Pool>,
+}
+
+impl UpstreamClient {
+    pub fn new(upstream: &config::Upstream) -> Self {
+        let authority = upstream
+            .url
+            .authority()
+            .cloned()
+            .unwrap_or_else(|| Authority::from_static("localhost"));
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        UpstreamClient {
+            name: upstream.name.clone(),
+            host: HeaderValue::from_str(authority.as_str()).expect("an authority is a valid header value"),
+            prefix: upstream.url.path().trim_end_matches('/').to_owned(),
+            address: (host.to_owned(), authority.port_u16().unwrap_or(80)),
+            connect_timeout: upstream.connect_timeout,
+            timeout: upstream.timeout,
+            pool: Arc::new(Pool::new(upstream.pool_max_idle, upstream.pool_idle_timeout)),
+        }
+    }
+
+    /// The origin-form target for a normalized path and the original query.
+    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+        let mut target =
+            String::with_capacity(self.prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+        target.push_str(&self.prefix);
+        target.push_str(path);
+        if let Some(query) = query {
+            target.push('?');
+            target.push_str(query);
+        }
+        Ok(Uri::from(PathAndQuery::try_from(target)?))
+    }
+
+    /// Sends the request; the response head must come within the upstream's timeout.
+    pub async fn send(&self, request: Request<OutBody>) -> Result<Response<UpstreamBody>, SendFailure> {
+        match tokio::time::timeout(self.timeout, self.exchange(request)).await {
+            Ok(result) => result,
+            Err(_) => Err(SendFailure::Upstream(UpstreamFailure::Timeout)),
+        }
+    }
+
+    async fn exchange(&self, mut request: Request<OutBody>) -> Result<Response<UpstreamBody>, SendFailure> {
+        let resend = request.method().is_idempotent();
+        loop {
+            let (mut sender, reused) = match self.pool.take() {
+                Some(sender) if sender.is_ready() => (sender, true),
+                // Boxed: rare, and its future would otherwise enlarge every request's future,
+                // which is moved by value several times.
+                taken => Box::pin(self.connection(taken)).await?,
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(self.pool.lend(sender, response)),
+                Err(mut error) => match error.take_message() {
+                    // A pooled connection closed before hyper began to send: nothing reached
+                    // the upstream.
+                    Some(unsent) if reused && resend => request = unsent,
+                    _ => return Err(failure(error.error())),
+                },
+            }
+        }
+    }
+
+    /// A pooled connection that becomes ready for a request, starting with `taken`, or a new
+    /// one.
+    async fn connection(&self, mut taken: Option<Sender>) -> Result<(Sender, bool), SendFailure> {
+        while let Some(mut sender) = taken.or_else(|| self.pool.take()) {
+            taken = None;
+            // Back in the pool at the end of a body, before hyper's connection task took up
+            // its next turn; closed ones answer at once.
+            let ready = tokio::time::timeout(self.connect_timeout, sender.ready()).await;
+            if matches!(ready, Ok(Ok(()))) {
+                return Ok((sender, true));
+            }
+        }
+        Ok((self.connect().await?, false))
+    }
+
+    async fn connect(&self) -> Result<Sender, SendFailure> {
+        let refused = SendFailure::Upstream(UpstreamFailure::Connect);
+        let (host, port) = (self.address.0.as_str(), self.address.1);
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| refused)?
+            .map_err(|error| {
+                tracing::debug!(upstream = %self.name, %error, "upstream connect failed");
+                refused
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| refused)?;
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(upstream = %name, %error, "upstream connection ended with an error");
+            }
+        });
+        self.pool.start_reaper();
+        Ok(sender)
+    }
+}
+
+fn failure(error: &hyper::Error) -> SendFailure {
+    if caused_by_length_limit(error) {
+        SendFailure::BodyTooLarge
+    } else {
+        SendFailure::Upstream(UpstreamFailure::Reset)
+    }
+}
+
+fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<LengthLimitError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// Idle keep-alive connections, most recently used last.
+struct Pool {
+    idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    reaper: std::sync::Once,
+}
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+impl Pool {
+    fn new(max_idle: usize, idle_timeout: Duration) -> Self {
+        Pool {
+            idle: Mutex::new(Vec::with_capacity(max_idle.min(1024))),
+            max_idle,
+            idle_timeout,
+            reaper: std::sync::Once::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        // The lock guards plain pushes and pops, which cannot leave the list half-changed.
+        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The most recently used connection that has not been idle too long.
+    fn take(&self) -> Option<Sender> {
+        let mut idle = self.lock();
+        let newest = idle.pop()?;
+        if newest.since.elapsed() >= self.idle_timeout {
+            // The rest are older still.
+            idle.clear();
+            return None;
+        }
+        Some(newest.sender)
+    }
+
+    fn give_back(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() < self.max_idle {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Wraps the response body so that the connection comes back when the body is done.
+    fn lend(self: &Arc<Self>, sender: Sender, response: Response<Incoming>) -> Response<UpstreamBody> {
+        let loan = if response.body().is_end_stream() {
+            self.give_back(sender);
+            None
+        } else {
+            Some(Loan {
+                sender,
+                pool: Arc::downgrade(self),
+            })
+        };
+        response.map(|body| UpstreamBody { body, loan })
+    }
+
+    /// Closes connections idle past `idle_timeout`, from a task that ends with the pool.
+    fn start_reaper(self: &Arc<Self>) {
+        self.reaper.call_once(|| {
+            let pool = Arc::downgrade(self);
+            let period = (self.idle_timeout / 2).max(Duration::from_millis(100));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(pool) = pool.upgrade() else { break };
+                    let timeout = pool.idle_timeout;
+                    pool.lock()
+                        .retain(|idle| idle.since.elapsed() < timeout && !idle.sender.is_closed());
+                }
+            });
+        });
+    }
+}
+
+/// A connection out on loan to one response body.
+struct Loan {
+    sender: Sender,
+    pool: Weak<Pool>,
+}
+
+/// An upstream response body, streamed; its connection goes back to the pool at the end.
+pub struct UpstreamBody {
+    body: Incoming,
+    loan: Option<Loan>,
+}
+
+impl UpstreamBody {
+    fn give_back(&mut self) {
+        if let Some(loan) = self.loan.take() {
+            if let Some(pool) = loan.pool.upgrade() {
+                pool.give_back(loan.sender);
+            }
+        }
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        match &frame {
+            None => self.give_back(),
+            Some(Ok(_)) if self.body.is_end_stream() => self.give_back(),
+            // A failed body leaves the connection in an unknown state: it goes with the loan.
+            Some(Err(_)) => self.loan = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A server that saw the end from the length alone may drop the body without polling
+        // it to `None`; one dropped half-read closes its connection.
+        if self.body.is_end_stream() {
+            self.give_back();
+        }
+    }
+}
