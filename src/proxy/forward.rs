@@ -90,6 +90,8 @@ pub fn prepare(
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     let headers = request.headers_mut();
+    // Room for the headers set below, so the map grows once, not once per insert.
+    headers.reserve(8);
     let (authorization, key_header) = match &credentials {
         Some(credentials) => (credentials.authorization, credentials.header),
         None => (false, None),
@@ -127,8 +129,6 @@ fn set_identity(headers: &mut HeaderMap, identity: &Identity<'_>) {
 
 /// Appends the client to `X-Forwarded-For`, folding any earlier values into one line.
 fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    use std::io::Write as _;
-
     let mut line = Vec::with_capacity(64);
     for value in headers
         .get_all(X_FORWARDED_FOR)
@@ -138,9 +138,30 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
         line.extend_from_slice(value.as_bytes());
         line.extend_from_slice(b", ");
     }
-    let _ = write!(line, "{client}");
+    push_ip(&mut line, client);
     if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(line)) {
         headers.insert(X_FORWARDED_FOR, value);
+    }
+}
+
+/// Writes an address as `Display` does; IPv4, the usual case, without the formatting machinery.
+fn push_ip(line: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    line.push(b'.');
+                }
+                if octet >= 100 {
+                    line.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    line.push(b'0' + octet / 10 % 10);
+                }
+                line.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => line.extend_from_slice(v6.to_string().as_bytes()),
     }
 }
 
@@ -202,6 +223,22 @@ mod tests {
         assert_eq!(headers["x-forwarded-for"], "198.51.100.7, 203.0.113.5");
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers["x-request-id"], "req-1");
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let mut line = Vec::new();
+            push_ip(&mut line, ip.parse().unwrap());
+            assert_eq!(String::from_utf8(line).unwrap(), ip);
+        }
     }
 
     #[test]

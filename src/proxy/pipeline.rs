@@ -391,6 +391,7 @@ fn finish(
     mut response: Response<Body>,
 ) -> Response<Body> {
     let headers = response.headers_mut();
+    headers.reserve(4);
     headers.insert(X_REQUEST_ID, ctx.request_id.clone());
     if let Some(limit) = ctx.limit {
         limit.write_headers(headers, snapshot.config.rate_limit.draft_headers);
