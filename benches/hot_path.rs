@@ -1,6 +1,6 @@
 //! Criterion benches of the hot path: the whole verdict (credential parse, format check, BLAKE3
 //! hash, table lookup, environment, permission, customer and rate-limit checks) with 1 thousand
-//! and 1 million keys in the table, and its parts on their own.
+//! and 1 million keys in the table, its parts on their own, and the header rewriting of step 9.
 //!
 //! `cargo bench --bench hot_path`
 
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use http::header::HeaderMap;
+use http::header::{HeaderMap, HeaderValue};
 use http::Request;
 
 use keygate::core::clock::system_clock;
@@ -20,6 +20,7 @@ use keygate::core::key::RateLimitSpec;
 use keygate::core::permission::{Permission, PermissionSet};
 use keygate::core::secret::{check_format, Hasher, Secret};
 use keygate::proxy::credentials::{self, Schemes};
+use keygate::proxy::forward::{prepare, strip_hop_by_hop, Credentials, Identity};
 use keygate::proxy::limits::KeyLimits;
 use keygate::proxy::pipeline::{decide, Peer};
 use keygate::proxy::state::Shared;
@@ -162,5 +163,78 @@ fn parts(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, verdict, parts);
+/// Step 9's header work: the request head rewritten for the upstream (hop-by-hop, credential and
+/// forged identity headers out; identity and forwarding headers in), and the upstream's
+/// response head cleaned, for a typical request of a browser-less API client.
+fn rewrite(c: &mut Criterion) {
+    let request = || {
+        Request::get("/v1/customers/acme?expand=plan")
+            .header("host", "api.example.com")
+            .header("authorization", "Basic WDprZ19wcm9kX3NlY3JldA==")
+            .header("user-agent", "client/1.0")
+            .header("accept", "application/json")
+            .header("x-forwarded-for", "198.51.100.7")
+            .body(())
+            .unwrap()
+    };
+    let request_id = HeaderValue::from_static("6f1c0a6e2b8d4f00a1b2c3d4e5f60718");
+    let upstream_host = HeaderValue::from_static("127.0.0.1:7001");
+    let uri: http::Uri = "/v1/customers/acme?expand=plan".parse().unwrap();
+    c.bench_function("rewrite/request_head", |b| {
+        b.iter_batched(
+            request,
+            |mut request| {
+                let host = request.headers().get(http::header::HOST).cloned();
+                let identity = Identity {
+                    key_id: "key_2Vx9c8aQe1",
+                    environment: "production",
+                    customer: None,
+                    request_id: &request_id,
+                    client: "203.0.113.5".parse().unwrap(),
+                    tls: false,
+                    host: host.as_ref(),
+                };
+                let credentials = Credentials {
+                    authorization: true,
+                    header: None,
+                };
+                prepare(
+                    &mut request,
+                    uri.clone(),
+                    &identity,
+                    Some(credentials),
+                    &upstream_host,
+                    false,
+                );
+                request
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let response_head = || {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("server", "nginx"),
+            ("date", "Wed, 25 Nov 2026 16:00:00 GMT"),
+            ("content-type", "application/json"),
+            ("content-length", "43"),
+            ("connection", "keep-alive"),
+        ] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        headers
+    };
+    c.bench_function("rewrite/response_head", |b| {
+        b.iter_batched(
+            response_head,
+            |mut headers| {
+                strip_hop_by_hop(&mut headers);
+                headers
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, verdict, parts, rewrite);
 criterion_main!(benches);

@@ -9,7 +9,6 @@ use std::net::IpAddr;
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, HOST};
 use http::uri::Uri;
 use http::{Method, Request, Version};
-use hyper::body::Incoming;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_KEYGATE_KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
@@ -79,8 +78,8 @@ pub struct Credentials<'a> {
 
 /// Rewrites the request head for the upstream: `upstream_host` is its `Host` unless the route
 /// preserves the client's.
-pub fn prepare(
-    request: &mut Request<Incoming>,
+pub fn prepare<B>(
+    request: &mut Request<B>,
     uri: Uri,
     identity: &Identity<'_>,
     credentials: Option<Credentials<'_>>,
