@@ -3,15 +3,19 @@
 //!
 //! A request takes the most recently used idle connection (LIFO keeps few connections warm) or
 //! opens one. The connection goes back to the pool when the response body has been read to its
-//! end, by the body wrapper [`UpstreamBody`], so no task is spawned per request to watch for it;
-//! a response abandoned half-read takes its connection with it, since the rest of that body
-//! would still be on the wire.
+//! end, by the body wrapper [`UpstreamBody`], so no task is spawned per request to watch for it.
+//! It goes back only if the request body has been sent whole as well: an upstream may answer
+//! early (a 401, a 413) while a slow client is still uploading, and that connection is busy
+//! until the upload ends. Such a connection, and one whose response was abandoned half-read,
+//! is closed after its exchange instead.
 //!
 //! Nothing is retried once hyper may have written any of it: a request comes back from a pooled
 //! connection that turned out to be closed only when hyper never began to send it, and only an
 //! idempotent one is then sent again, on another connection.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -34,7 +38,7 @@ use crate::config;
 /// `server.max_request_body` (bodies without a Content-Length are only counted as they pass).
 pub type OutBody = Limited<Incoming>;
 
-type Sender = http1::SendRequest<OutBody>;
+type Sender = http1::SendRequest<SentBody>;
 
 /// Why a request sent upstream got no response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,8 +102,9 @@ impl UpstreamClient {
         }
     }
 
-    async fn exchange(&self, mut request: Request<OutBody>) -> Result<Response<UpstreamBody>, SendFailure> {
+    async fn exchange(&self, request: Request<OutBody>) -> Result<Response<UpstreamBody>, SendFailure> {
         let resend = request.method().is_idempotent();
+        let (mut request, sent) = SentBody::track(request);
         loop {
             let (mut sender, reused) = match self.pool.take() {
                 Some(sender) if sender.is_ready() => (sender, true),
@@ -108,7 +113,7 @@ impl UpstreamClient {
                 taken => Box::pin(self.connection(taken)).await?,
             };
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.pool.lend(sender, response)),
+                Ok(response) => return Ok(self.pool.lend(sender, sent, response)),
                 Err(mut error) => match error.take_message() {
                     // A pooled connection closed before hyper began to send: nothing reached
                     // the upstream.
@@ -180,7 +185,7 @@ fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
 
 /// Idle keep-alive connections, most recently used last.
 struct Pool {
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<VecDeque<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
     reaper: std::sync::Once,
@@ -194,14 +199,14 @@ struct Idle {
 impl Pool {
     fn new(max_idle: usize, idle_timeout: Duration) -> Self {
         Pool {
-            idle: Mutex::new(Vec::with_capacity(max_idle.min(1024))),
+            idle: Mutex::new(VecDeque::with_capacity(max_idle.min(1024))),
             max_idle,
             idle_timeout,
             reaper: std::sync::Once::new(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
         // The lock guards plain pushes and pops, which cannot leave the list half-changed.
         self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -209,7 +214,7 @@ impl Pool {
     /// The most recently used connection that has not been idle too long.
     fn take(&self) -> Option<Sender> {
         let mut idle = self.lock();
-        let newest = idle.pop()?;
+        let newest = idle.pop_back()?;
         if newest.since.elapsed() >= self.idle_timeout {
             // The rest are older still.
             idle.clear();
@@ -218,27 +223,35 @@ impl Pool {
         Some(newest.sender)
     }
 
-    fn give_back(&self, sender: Sender) {
-        if sender.is_closed() {
+    /// Keeps a connection whose exchange is over; when full, the least recently used goes.
+    fn give_back(&self, sender: Sender, sent: &Sent) {
+        if sender.is_closed() || !sent.is_done() || self.max_idle == 0 {
             return;
         }
         let mut idle = self.lock();
-        if idle.len() < self.max_idle {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+        if idle.len() == self.max_idle {
+            idle.pop_front();
         }
+        idle.push_back(Idle {
+            sender,
+            since: Instant::now(),
+        });
     }
 
     /// Wraps the response body so that the connection comes back when the body is done.
-    fn lend(self: &Arc<Self>, sender: Sender, response: Response<Incoming>) -> Response<UpstreamBody> {
+    fn lend(
+        self: &Arc<Self>,
+        sender: Sender,
+        sent: Sent,
+        response: Response<Incoming>,
+    ) -> Response<UpstreamBody> {
         let loan = if response.body().is_end_stream() {
-            self.give_back(sender);
+            self.give_back(sender, &sent);
             None
         } else {
             Some(Loan {
                 sender,
+                sent,
                 pool: Arc::downgrade(self),
             })
         };
@@ -268,6 +281,7 @@ impl Pool {
 /// A connection out on loan to one response body.
 struct Loan {
     sender: Sender,
+    sent: Sent,
     pool: Weak<Pool>,
 }
 
@@ -281,7 +295,7 @@ impl UpstreamBody {
     fn give_back(&mut self) {
         if let Some(loan) = self.loan.take() {
             if let Some(pool) = loan.pool.upgrade() {
-                pool.give_back(loan.sender);
+                pool.give_back(loan.sender, &loan.sent);
             }
         }
     }
@@ -322,5 +336,72 @@ impl Drop for UpstreamBody {
         if self.body.is_end_stream() {
             self.give_back();
         }
+    }
+}
+
+/// Whether a request body has been sent whole: known at once for requests without one, told
+/// by [`SentBody`] for the others.
+enum Sent {
+    Empty,
+    Streaming(Arc<AtomicBool>),
+}
+
+impl Sent {
+    fn is_done(&self) -> bool {
+        match self {
+            Sent::Empty => true,
+            Sent::Streaming(done) => done.load(Ordering::Acquire),
+        }
+    }
+}
+
+/// The request body on its way upstream, telling [`Sent`] when it has all gone.
+struct SentBody {
+    body: OutBody,
+    done: Option<Arc<AtomicBool>>,
+}
+
+impl SentBody {
+    fn track(request: Request<OutBody>) -> (Request<SentBody>, Sent) {
+        let (parts, body) = request.into_parts();
+        let (done, sent) = if body.is_end_stream() {
+            (None, Sent::Empty)
+        } else {
+            let done = Arc::new(AtomicBool::new(false));
+            (Some(done.clone()), Sent::Streaming(done))
+        };
+        (Request::from_parts(parts, SentBody { body, done }), sent)
+    }
+
+    fn finished(&self) {
+        if let Some(done) = &self.done {
+            done.store(true, Ordering::Release);
+        }
+    }
+}
+
+impl http_body::Body for SentBody {
+    type Data = Bytes;
+    type Error = <OutBody as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        match &frame {
+            None => self.finished(),
+            Some(Ok(_)) if self.body.is_end_stream() => self.finished(),
+            Some(_) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
