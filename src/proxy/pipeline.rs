@@ -345,25 +345,24 @@ async fn forward(
 
 /// The response for a refusal, with its metric and log cause.
 fn refuse(shared: &Shared, snapshot: &Snapshot, ctx: &mut Context, refusal: Refusal) -> Response<Body> {
-    let metrics = &shared.metrics;
     ctx.reason = Some(match &refusal {
         Refusal::Unauthenticated(failure) => {
-            metrics.auth_failures.with_label_values(&[failure.as_str()]).inc();
+            shared.auth_failures.inc(failure.as_str());
             if *failure != AuthFailure::Missing {
                 snapshot.ip_throttle.record_failure(ctx.client);
             }
             failure.as_str()
         }
         Refusal::IpThrottled { .. } => {
-            metrics.auth_failures.with_label_values(&["ip_throttled"]).inc();
+            shared.auth_failures.inc("ip_throttled");
             "ip_throttled"
         }
         Refusal::Denied(denial) => {
-            metrics.denied.with_label_values(&[denial.as_str()]).inc();
+            shared.denied.inc(denial.as_str());
             denial.as_str()
         }
         Refusal::MissingPermission(_) => {
-            metrics.denied.with_label_values(&["permission"]).inc();
+            shared.denied.inc("permission");
             "permission"
         }
         Refusal::RateLimited { .. } => {
@@ -475,5 +474,28 @@ fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split_inclusive(']').next().unwrap_or(host);
     }
-    host.rsplit_once(':').map_or(host, |(name, _)| name)
+    // By bytes: `rsplit_once` goes through the pattern machinery, ten times the work here.
+    match host.bytes().rposition(|b| b == b':') {
+        Some(colon) => &host[..colon],
+        None => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_port;
+
+    #[test]
+    fn the_port_is_stripped_from_names_and_addresses() {
+        for (host, name) in [
+            ("api.example.com", "api.example.com"),
+            ("api.example.com:8080", "api.example.com"),
+            ("127.0.0.1:7300", "127.0.0.1"),
+            ("[::1]:8080", "[::1]"),
+            ("[::1]", "[::1]"),
+            ("", ""),
+        ] {
+            assert_eq!(strip_port(host), name, "{host}");
+        }
+    }
 }

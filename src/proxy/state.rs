@@ -127,6 +127,32 @@ impl Snapshot {
     }
 }
 
+/// A counter family's series for a fixed set of label values, looked up in the registry once.
+/// They exist, at 0, from the start, as Prometheus advises for series that may appear later.
+pub struct Series {
+    family: IntCounterVec,
+    by_label: Vec<(&'static str, IntCounter)>,
+}
+
+impl Series {
+    pub fn new(family: &IntCounterVec, labels: &[&'static str]) -> Self {
+        Series {
+            family: family.clone(),
+            by_label: labels
+                .iter()
+                .map(|&label| (label, family.with_label_values(&[label])))
+                .collect(),
+        }
+    }
+
+    pub fn inc(&self, label: &'static str) {
+        match self.by_label.iter().find(|(known, _)| *known == label) {
+            Some((_, counter)) => counter.inc(),
+            None => self.family.with_label_values(&[label]).inc(),
+        }
+    }
+}
+
 /// How fresh the key table is, as the sync last reported.
 #[derive(Debug, Default)]
 pub struct SyncStatus {
@@ -158,6 +184,10 @@ pub struct Shared {
     pub key_limits: KeyLimits,
     pub usage: Arc<UsageCounters>,
     pub metrics: Metrics,
+    /// `keygate_auth_failures_total` by reason.
+    pub auth_failures: Series,
+    /// `keygate_denied_total` by reason.
+    pub denied: Series,
     pub sync: Arc<SyncStatus>,
     pub clock: Clock,
     hasher: Hasher,
@@ -177,6 +207,19 @@ impl Shared {
             keys,
             key_limits: KeyLimits::default(),
             usage: Arc::default(),
+            auth_failures: Series::new(
+                &metrics.auth_failures,
+                &[
+                    "missing",
+                    "malformed",
+                    "unknown",
+                    "revoked",
+                    "expired",
+                    "wrong_environment",
+                    "ip_throttled",
+                ],
+            ),
+            denied: Series::new(&metrics.denied, &["permission", "customer", "ip"]),
             metrics,
             sync: Arc::default(),
             clock,
