@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::HeaderValue;
-use http::uri::{Authority, PathAndQuery, Uri};
+use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::{LengthLimitError, Limited};
@@ -68,7 +68,7 @@ impl UpstreamClient {
             .url
             .authority()
             .cloned()
-            .unwrap_or_else(|| Authority::from_static("localhost"));
+            .expect("validated upstream URLs have an authority");
         let host = authority.host().trim_start_matches('[').trim_end_matches(']');
         UpstreamClient {
             name: upstream.name.clone(),
