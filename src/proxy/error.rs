@@ -25,6 +25,15 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
+    pub const ALL: [AuthFailure; 6] = [
+        AuthFailure::Missing,
+        AuthFailure::Malformed,
+        AuthFailure::Unknown,
+        AuthFailure::Revoked,
+        AuthFailure::Expired,
+        AuthFailure::WrongEnvironment,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AuthFailure::Missing => "missing",
@@ -45,6 +54,8 @@ pub enum Denial {
 }
 
 impl Denial {
+    pub const ALL: [Denial; 2] = [Denial::Ip, Denial::Customer];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Denial::Ip => "ip",

@@ -10,6 +10,7 @@ use http::StatusCode;
 use prometheus::{Histogram, IntCounter, IntCounterVec};
 
 use super::credentials::Schemes;
+use super::error::{AuthFailure, Denial};
 use super::limits::{IpThrottle, KeyLimits};
 use super::router::Router;
 use super::table::{AuthKey, KeyTable};
@@ -153,6 +154,11 @@ impl Series {
     }
 }
 
+/// A refusal enum's reasons, and the one reason outside it.
+fn reasons<const N: usize>(known: [&'static str; N], other: &'static str) -> Vec<&'static str> {
+    known.into_iter().chain([other]).collect()
+}
+
 /// How fresh the key table is, as the sync last reported.
 #[derive(Debug, Default)]
 pub struct SyncStatus {
@@ -209,17 +215,12 @@ impl Shared {
             usage: Arc::default(),
             auth_failures: Series::new(
                 &metrics.auth_failures,
-                &[
-                    "missing",
-                    "malformed",
-                    "unknown",
-                    "revoked",
-                    "expired",
-                    "wrong_environment",
-                    "ip_throttled",
-                ],
+                &reasons(AuthFailure::ALL.map(AuthFailure::as_str), "ip_throttled"),
             ),
-            denied: Series::new(&metrics.denied, &["permission", "customer", "ip"]),
+            denied: Series::new(
+                &metrics.denied,
+                &reasons(Denial::ALL.map(Denial::as_str), "permission"),
+            ),
             metrics,
             sync: Arc::default(),
             clock,
