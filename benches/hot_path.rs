@@ -24,7 +24,7 @@ use keygate::proxy::forward::{prepare, strip_hop_by_hop, Credentials, Identity};
 use keygate::proxy::limits::KeyLimits;
 use keygate::proxy::pipeline::{decide, Peer};
 use keygate::proxy::state::Shared;
-use keygate::proxy::table::{AuthKey, KeyTable};
+use keygate::proxy::table::{AuthKey, Extras, KeyTable, NEVER};
 use keygate::telemetry::Metrics;
 
 const CONFIG: &str = r#"
@@ -66,12 +66,13 @@ fn gateway_with_keys(n: usize) -> (Shared, String) {
             hash: hasher.hash(secret.expose().as_bytes()),
             environment: Environment::Production,
             revoked: false,
-            expires_at: None,
+            expires_at: NEVER,
             permissions: permissions.clone(),
-            rate_limit: None,
-            customer_id: Some("acme".into()),
-            allowed_ips: Box::new([]),
-            previous: None,
+            extras: Extras {
+                customer_id: Some("acme".into()),
+                ..Extras::default()
+            }
+            .boxed(),
         });
         if seq == n as u64 / 2 {
             probe = secret.expose().to_owned();

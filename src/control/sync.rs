@@ -14,7 +14,7 @@ use crate::core::clock::Clock;
 use crate::core::key::StoredStatus;
 use crate::core::permission::{Permission, PermissionSet};
 use crate::proxy::state::SyncStatus;
-use crate::proxy::table::{AuthKey, KeyTable, PreviousSecret};
+use crate::proxy::table::{AuthKey, Extras, KeyTable, PreviousSecret, NEVER};
 use crate::telemetry::Metrics;
 
 /// Rows read per store query: bounds the memory a full load needs beside the table itself.
@@ -92,11 +92,17 @@ impl KeySync {
             return None;
         }
         let previous = match (key.previous_hash, key.grace_until) {
-            (Some(hash), Some(until)) => Some(Box::new(PreviousSecret {
+            (Some(hash), Some(until)) => Some(PreviousSecret {
                 hash,
                 until: until.as_second(),
-            })),
+            }),
             _ => None,
+        };
+        let extras = Extras {
+            rate_limit: key.rate_limit,
+            customer_id: key.customer_id.as_deref().map(Into::into),
+            allowed_ips: key.allowed_ips.clone().into_boxed_slice(),
+            previous,
         };
         Some(AuthKey {
             seq: key.seq,
@@ -104,12 +110,9 @@ impl KeySync {
             hash: key.hash,
             environment: key.environment,
             revoked: key.status == StoredStatus::Revoked,
-            expires_at: key.expires_at.map(|at| at.as_second()),
+            expires_at: key.expires_at.map_or(NEVER, |at| at.as_second()),
             permissions: self.intern(&key.permissions),
-            rate_limit: key.rate_limit.map(Box::new),
-            customer_id: key.customer_id.as_deref().map(Into::into),
-            allowed_ips: key.allowed_ips.clone().into_boxed_slice(),
-            previous,
+            extras: extras.boxed(),
         })
     }
 

@@ -181,7 +181,8 @@ fn admit<B>(
     ctx.key = Some(key.clone());
 
     // 5: the client IP.
-    if !key.allowed_ips.is_empty() && !key.allowed_ips.iter().any(|net| net.contains(&ctx.client)) {
+    let allowed_ips = key.allowed_ips();
+    if !allowed_ips.is_empty() && !allowed_ips.iter().any(|net| net.contains(&ctx.client)) {
         return Err(Refusal::Denied(Denial::Ip));
     }
 
@@ -189,19 +190,15 @@ fn admit<B>(
     check_permission(route, &key, request.method())?;
 
     // 7: a customer-scoped key reaches only its own customer.
-    if let (Some(own), true) = (&key.customer_id, route.has_customer_param) {
+    if let (Some(own), true) = (key.customer_id(), route.has_customer_param) {
         let asked = matched.customer.map(decode_segment);
-        if asked.as_deref() != Some(&**own) {
+        if asked.as_deref() != Some(own) {
             return Err(Refusal::Denied(Denial::Customer));
         }
     }
 
     // 8: the key's rate limit.
-    let spec = key
-        .rate_limit
-        .as_deref()
-        .copied()
-        .unwrap_or(snapshot.default_limit);
+    let spec = key.rate_limit().copied().unwrap_or(snapshot.default_limit);
     match shared.key_limits.check(key.seq, &spec) {
         Decision::Allowed(state) => ctx.limit = Some(state),
         Decision::Limited { state, retry_after } => {
@@ -226,7 +223,7 @@ fn usable(key: &AuthKey, which: Secret, now: i64) -> Result<(), Refusal> {
     if key.revoked {
         return Err(Refusal::Unauthenticated(AuthFailure::Revoked));
     }
-    if key.expires_at.is_some_and(|at| at <= now) {
+    if key.expired(now) {
         return Err(Refusal::Unauthenticated(AuthFailure::Expired));
     }
     match which {
@@ -286,7 +283,7 @@ fn outgoing(
     let identity = Identity {
         key_id: &key.id,
         environment: key.environment.as_str(),
-        customer: key.customer_id.as_deref(),
+        customer: key.customer_id(),
         request_id: &ctx.request_id,
         client: peer.addr.ip(),
         tls: peer.tls,

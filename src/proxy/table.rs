@@ -19,6 +19,10 @@ use crate::core::permission::PermissionSet;
 use crate::core::secret::KeyHash;
 
 /// What the hot path knows of a key: only what it needs to admit or refuse a request.
+///
+/// A million of these live in memory, so the layout is kept small (104 bytes with the `Arc`'s
+/// counts): what few keys have sits behind one pointer, and "never expires" is a sentinel
+/// rather than an `Option`.
 #[derive(Debug)]
 pub struct AuthKey {
     pub seq: u64,
@@ -27,16 +31,59 @@ pub struct AuthKey {
     pub environment: Environment,
     /// Revoked keys stay in the table so their refusals are told apart from unknown keys.
     pub revoked: bool,
-    /// Unix seconds.
-    pub expires_at: Option<i64>,
+    /// Unix seconds; [`NEVER`] for a key without an expiry.
+    pub expires_at: i64,
     /// Shared between keys with the same set.
     pub permissions: Arc<PermissionSet>,
-    /// `None`: the configured default (most keys; boxed so they pay 8 bytes for it).
-    pub rate_limit: Option<Box<RateLimitSpec>>,
+    /// `None` for a key with none of them (most keys).
+    pub extras: Option<Box<Extras>>,
+}
+
+/// [`AuthKey::expires_at`] of a key that does not expire.
+pub const NEVER: i64 = i64::MAX;
+
+/// The settings most keys do without, boxed together so a plain key pays 8 bytes for them all.
+#[derive(Debug, Default)]
+pub struct Extras {
+    /// `None`: the configured default.
+    pub rate_limit: Option<RateLimitSpec>,
     pub customer_id: Option<Box<str>>,
     pub allowed_ips: Box<[IpNet]>,
-    /// The secret a regeneration replaced, while its grace period runs (rare: boxed).
-    pub previous: Option<Box<PreviousSecret>>,
+    /// The secret a regeneration replaced, while its grace period runs.
+    pub previous: Option<PreviousSecret>,
+}
+
+impl Extras {
+    /// Boxed, or `None` when there is nothing in them.
+    pub fn boxed(self) -> Option<Box<Extras>> {
+        let empty = self.rate_limit.is_none()
+            && self.customer_id.is_none()
+            && self.allowed_ips.is_empty()
+            && self.previous.is_none();
+        (!empty).then(|| Box::new(self))
+    }
+}
+
+impl AuthKey {
+    pub fn expired(&self, now: i64) -> bool {
+        self.expires_at <= now
+    }
+
+    pub fn rate_limit(&self) -> Option<&RateLimitSpec> {
+        self.extras.as_ref()?.rate_limit.as_ref()
+    }
+
+    pub fn customer_id(&self) -> Option<&str> {
+        self.extras.as_ref()?.customer_id.as_deref()
+    }
+
+    pub fn allowed_ips(&self) -> &[IpNet] {
+        self.extras.as_ref().map_or(&[], |extras| &extras.allowed_ips)
+    }
+
+    pub fn previous(&self) -> Option<&PreviousSecret> {
+        self.extras.as_ref()?.previous.as_ref()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -127,11 +174,7 @@ impl KeyTable {
         if key.hash.ct_eq(hash) {
             return Some((key, Secret::Current));
         }
-        let until = key
-            .previous
-            .as_deref()
-            .filter(|previous| previous.hash.ct_eq(hash))?
-            .until;
+        let until = key.previous().filter(|previous| previous.hash.ct_eq(hash))?.until;
         Some((key, Secret::Previous { until }))
     }
 
@@ -142,7 +185,7 @@ impl KeyTable {
             self.unindex(&old);
         }
         self.by_hash.insert(Index::from(&key.hash), key.clone());
-        if let Some(previous) = key.previous.as_deref() {
+        if let Some(previous) = key.previous() {
             self.by_hash.insert(Index::from(&previous.hash), key.clone());
         }
     }
@@ -156,7 +199,7 @@ impl KeyTable {
     /// Removes the hash entries that still point at `old` (and only those: another key may
     /// have taken a hash over since).
     fn unindex(&self, old: &Arc<AuthKey>) {
-        let hashes = std::iter::once(old.hash).chain(old.previous.as_deref().map(|p| p.hash));
+        let hashes = std::iter::once(old.hash).chain(old.previous().map(|p| p.hash));
         for hash in hashes {
             self.by_hash
                 .remove_if(&Index::from(&hash), |_, current| Arc::ptr_eq(current, old));
@@ -210,17 +253,16 @@ mod tests {
             hash: hasher.hash(secret.as_bytes()),
             environment: Environment::Production,
             revoked: false,
-            expires_at: None,
+            expires_at: NEVER,
             permissions: Arc::default(),
-            rate_limit: None,
-            customer_id: None,
-            allowed_ips: Box::new([]),
-            previous: previous.map(|p| {
-                Box::new(PreviousSecret {
+            extras: Extras {
+                previous: previous.map(|p| PreviousSecret {
                     hash: hasher.hash(p.as_bytes()),
                     until: 100,
-                })
-            }),
+                }),
+                ..Extras::default()
+            }
+            .boxed(),
         }
     }
 
@@ -228,6 +270,17 @@ mod tests {
         table
             .lookup(&Hasher::unkeyed().hash(secret.as_bytes()))
             .map(|(key, which)| (key.seq, which))
+    }
+
+    #[test]
+    fn a_plain_key_stays_small() {
+        // The 1M-key memory budget counts on this; grow it only on purpose.
+        assert!(
+            std::mem::size_of::<AuthKey>() <= 88,
+            "{}",
+            std::mem::size_of::<AuthKey>()
+        );
+        assert!(key(1, "secret-one-0123456", None).extras.is_none());
     }
 
     #[test]

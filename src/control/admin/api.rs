@@ -571,7 +571,7 @@ async fn verify(admin: &Admin, request: Request<Incoming>) -> Answer {
         code,
         key_id: key.map(|k| k.id.to_string()),
         environment: key.map(|k| k.environment),
-        customer_id: key.and_then(|k| k.customer_id.as_deref().map(str::to_owned)),
+        customer_id: key.and_then(|k| k.customer_id().map(str::to_owned)),
         permissions: key.map(|k| k.permissions.to_vec()),
         ratelimit: None,
     };
@@ -587,7 +587,7 @@ async fn verify(admin: &Admin, request: Request<Incoming>) -> Answer {
         return Ok(ok(&verdict(Code::NotFound, None)));
     } else if key.revoked {
         Code::Revoked
-    } else if key.expires_at.is_some_and(|at| at <= now) {
+    } else if key.expired(now) {
         Code::Expired
     } else if body.environment.is_some_and(|env| env != key.environment) {
         Code::WrongEnvironment
@@ -604,11 +604,7 @@ async fn verify(admin: &Admin, request: Request<Incoming>) -> Answer {
         return Ok(ok(&verdict(code, Some(&key))));
     }
     let snapshot = shared.snapshot.load();
-    let spec = key
-        .rate_limit
-        .as_deref()
-        .copied()
-        .unwrap_or(snapshot.default_limit);
+    let spec = key.rate_limit().copied().unwrap_or(snapshot.default_limit);
     let (code, state) = match shared.key_limits.check(key.seq, &spec) {
         Decision::Allowed(state) => {
             let previous = matches!(which, Presented::Previous { .. });

@@ -126,10 +126,10 @@ impl Admin {
         let now = self.shared.clock.now().as_second();
         let mut counts = [[0i64; 3]; 3];
         self.shared.keys.for_each(|key| {
-            let status = match (key.revoked, key.expires_at) {
+            let status = match (key.revoked, key.expired(now)) {
                 (true, _) => 1,
-                (false, Some(at)) if at <= now => 2,
-                _ => 0,
+                (false, true) => 2,
+                (false, false) => 0,
             };
             counts[key.environment as usize][status] += 1;
         });
