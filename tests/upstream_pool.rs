@@ -40,6 +40,9 @@ const LARGE_CHUNK: usize = 16 * 1024;
 const LARGE_CHUNKS: usize = 64;
 const LARGE_PACE: Duration = Duration::from_millis(20);
 
+/// How long `/v1/status/slow` takes to answer.
+const SLOW: Duration = Duration::from_millis(100);
+
 /// How the test upstream treats its connections.
 #[derive(Debug, Clone, Copy)]
 enum Connections {
@@ -71,8 +74,8 @@ struct Counts {
 
 /// An upstream on a port of its own. By path under `/v1/status`: `echo` answers the request
 /// body, `chunked` the [`CHUNKS`], `large` a slow 1 MiB, `gather` only once as many requests
-/// wait there as it was started with, `early` before it has read the request body, `hang`
-/// never; anything else `ok`.
+/// wait there as it was started with, `early` before it has read the request body, `slow`
+/// after [`SLOW`], `hang` never; anything else `ok`.
 struct Upstream {
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -189,6 +192,10 @@ async fn answer(request: Request<Incoming>, shared: &Shared, connection: usize) 
             Either::Left(Full::new(Bytes::from_static(b"ok")))
         }
         "/v1/status/hang" => std::future::pending().await,
+        "/v1/status/slow" => {
+            tokio::time::sleep(SLOW).await;
+            Either::Left(Full::new(Bytes::from_static(b"ok")))
+        }
         _ => Either::Left(Full::new(Bytes::from_static(b"ok"))),
     };
     let mut response = Response::new(body);
@@ -542,4 +549,44 @@ async fn a_connection_still_sending_an_earlier_request_body_does_not_hold_up_the
     assert_eq!((answer.status.as_u16(), answer.text()), (200, "ok".to_owned()));
     // Connected to the end, so that its body stays unfinished.
     drop(uploader);
+}
+
+#[tokio::test]
+async fn at_pool_max_connections_requests_wait_for_a_connection_instead_of_opening_more() {
+    let upstream = Upstream::start(Connections::KeepAlive).await;
+    let h = gateway(
+        &upstream,
+        "timeout = \"5s\"\nconnect_timeout = \"5s\"\npool_max_connections = 2",
+    )
+    .await;
+    let (_, key) = h.key(&["*"]).await;
+    let statuses = all_at_once(&h, &key, "/v1/status/slow", 8).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(upstream.requests().len(), 8);
+    assert_eq!(upstream.most_open(), 2);
+    assert_eq!(upstream.accepted(), 2);
+}
+
+#[tokio::test]
+async fn at_the_cap_a_request_no_connection_frees_up_for_is_502_and_a_closed_one_frees_its_slot() {
+    let upstream = Upstream::start(Connections::KeepAlive).await;
+    let settings = "timeout = \"1s\"\nconnect_timeout = \"200ms\"\npool_max_connections = 1";
+    let h = Arc::new(gateway(&upstream, settings).await);
+    let (_, key) = h.key(&["*"]).await;
+    let hung = {
+        let (h, key) = (h.clone(), key.clone());
+        tokio::spawn(async move { h.get("/v1/status/hang", &key).await.status })
+    };
+    assert!(eventually(DEADLINE, || async { upstream.open() == 1 }).await);
+    let answer = h.get("/v1/status", &key).await;
+    assert_eq!(answer.status, 502, "{}", answer.text());
+    assert_eq!(answer.json()["error"], "bad gateway");
+    let metrics = h.metrics().await;
+    let series = r#"keygate_upstream_errors_total{kind="connect",upstream="api"}"#;
+    assert_eq!(support::sample(&metrics, series), Some(1.0), "{metrics}");
+    // The hung exchange times out and its connection closes: its slot serves the next request.
+    assert_eq!(hung.await.unwrap(), 504);
+    let answer = h.get("/v1/status", &key).await;
+    assert_eq!((answer.status.as_u16(), answer.text()), (200, "ok".to_owned()));
+    assert_eq!(upstream.accepted(), 2);
 }

@@ -162,6 +162,9 @@ pub struct RawUpstream {
     pub connect_timeout: Field<String>,
     /// Duration to the response head (504 past it). Default `"30s"`.
     pub timeout: Field<String>,
+    /// Open connections at most, busy or idle; at the cap a request waits for one to come
+    /// free, within `connect_timeout`. Default 1024.
+    pub pool_max_connections: Field<u64>,
     /// Idle pooled connections kept. Default 128.
     pub pool_max_idle: Field<u64>,
     /// Duration an idle pooled connection is kept. Default `"90s"`.

@@ -14,6 +14,9 @@ use super::{PathPattern, Route, RoutePermissions, Segment, Upstream};
 use crate::core::environment::Environment;
 use crate::core::permission::Permission;
 
+/// The most `pool_max_connections` may be: past it the cap protects nothing.
+const MAX_CONNECTIONS: u64 = 1_000_000;
+
 /// How a table is named in messages: by its `name` when it has one, else by position.
 fn label(kind: &str, name: &Field<String>, index: usize) -> String {
     match name {
@@ -85,6 +88,13 @@ pub(super) fn upstreams(checker: &mut Checker, raw: &[Spanned<RawUpstream>]) -> 
                     secs(2),
                 ),
                 timeout: checker.duration_or(&upstream.timeout, &field("timeout"), secs(30)),
+                pool_max_connections: checker
+                    .count(
+                        &upstream.pool_max_connections,
+                        &field("pool_max_connections"),
+                        MAX_CONNECTIONS,
+                    )
+                    .map_or(1024, |n| n as usize),
                 pool_max_idle: checker
                     .parsed(&upstream.pool_max_idle, &field("pool_max_idle"), |&n| {
                         usize::try_from(n).map_err(|_| "is too large")

@@ -143,6 +143,8 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// Time to the response head. Default 30s.
     pub timeout: Duration,
+    /// Open connections per upstream at most, busy or idle. Default 1024.
+    pub pool_max_connections: usize,
     /// Idle pooled connections kept per upstream. Default 128.
     pub pool_max_idle: usize,
     /// Default 90s.

@@ -9,6 +9,9 @@
 //! until the upload ends. Such a connection, and one whose response was abandoned half-read,
 //! is closed after its exchange instead.
 //!
+//! At most `pool_max_connections` are open at once, busy or idle: at the cap a request waits
+//! for one to be given back or to close, within `connect_timeout`, rather than open more.
+//!
 //! Nothing is retried once hyper may have written any of it: a request comes back from a pooled
 //! connection that turned out to be closed only when hyper never began to send it, and only an
 //! idempotent one is then sent again, on another connection.
@@ -30,6 +33,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::error::UpstreamFailure;
 use crate::config;
@@ -77,7 +81,11 @@ impl UpstreamClient {
             address: (host.to_owned(), authority.port_u16().unwrap_or(80)),
             connect_timeout: upstream.connect_timeout,
             timeout: upstream.timeout,
-            pool: Arc::new(Pool::new(upstream.pool_max_idle, upstream.pool_idle_timeout)),
+            pool: Arc::new(Pool::new(
+                upstream.pool_max_connections,
+                upstream.pool_max_idle,
+                upstream.pool_idle_timeout,
+            )),
         }
     }
 
@@ -124,31 +132,58 @@ impl UpstreamClient {
         }
     }
 
-    /// A pooled connection that becomes ready for a request, starting with `taken`, or a new
-    /// one.
-    async fn connection(&self, mut taken: Option<Sender>) -> Result<(Sender, bool), SendFailure> {
-        while let Some(mut sender) = taken.or_else(|| self.pool.take()) {
-            taken = None;
-            // Back in the pool at the end of a body, before hyper's connection task took up
-            // its next turn; closed ones answer at once.
-            let ready = tokio::time::timeout(self.connect_timeout, sender.ready()).await;
-            if matches!(ready, Ok(Ok(()))) {
-                return Ok((sender, true));
+    /// A connection ready for a request: a pooled one, starting with `taken`, or a new one
+    /// while the upstream is under its cap; at the cap, the first to come free. All within
+    /// `connect_timeout`.
+    async fn connection(&self, taken: Option<Sender>) -> Result<(Sender, bool), SendFailure> {
+        match tokio::time::timeout(self.connect_timeout, self.wait_for_connection(taken)).await {
+            Ok(result) => result,
+            Err(_) => {
+                if self.pool.slots.available_permits() == 0 {
+                    tracing::warn!(
+                        upstream = %self.name,
+                        "no upstream connection came free within connect_timeout: all pool_max_connections are busy"
+                    );
+                }
+                Err(SendFailure::Upstream(UpstreamFailure::Connect))
             }
         }
-        Ok((self.connect().await?, false))
     }
 
-    async fn connect(&self) -> Result<Sender, SendFailure> {
+    async fn wait_for_connection(&self, mut taken: Option<Sender>) -> Result<(Sender, bool), SendFailure> {
+        loop {
+            // Listening before looking, so that a connection given back in between is not missed.
+            let returned = self.pool.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            while let Some(mut sender) = taken.take().or_else(|| self.pool.take()) {
+                // Back in the pool at the end of a body, before hyper's connection task took
+                // up its next turn; closed ones answer at once.
+                if sender.ready().await.is_ok() {
+                    return Ok((sender, true));
+                }
+            }
+            let slot = match self.pool.slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => tokio::select! {
+                    _ = returned => continue,
+                    slot = self.pool.slots.clone().acquire_owned() => {
+                        slot.expect("the pool never closes its semaphore")
+                    }
+                },
+            };
+            return Ok((self.connect(slot).await?, false));
+        }
+    }
+
+    /// Opens a connection, which holds `slot` for as long as it is open.
+    async fn connect(&self, slot: OwnedSemaphorePermit) -> Result<Sender, SendFailure> {
         let refused = SendFailure::Upstream(UpstreamFailure::Connect);
         let (host, port) = (self.address.0.as_str(), self.address.1);
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
-            .await
-            .map_err(|_| refused)?
-            .map_err(|error| {
-                tracing::debug!(upstream = %self.name, %error, "upstream connect failed");
-                refused
-            })?;
+        let stream = TcpStream::connect((host, port)).await.map_err(|error| {
+            tracing::debug!(upstream = %self.name, %error, "upstream connect failed");
+            refused
+        })?;
         let _ = stream.set_nodelay(true);
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
@@ -158,6 +193,7 @@ impl UpstreamClient {
             if let Err(error) = connection.await {
                 tracing::debug!(upstream = %name, %error, "upstream connection ended with an error");
             }
+            drop(slot);
         });
         self.pool.start_reaper();
         Ok(sender)
@@ -183,11 +219,16 @@ fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Idle keep-alive connections, most recently used last.
+/// One upstream's connections: the idle ones, most recently used last, and a slot for each
+/// open one.
 struct Pool {
     idle: Mutex<VecDeque<Idle>>,
     max_idle: usize,
     idle_timeout: Duration,
+    /// `pool_max_connections` permits; each open connection's task holds one until it ends.
+    slots: Arc<Semaphore>,
+    /// Told when a connection is given back, for requests waiting at the cap.
+    returned: Notify,
     reaper: std::sync::Once,
 }
 
@@ -197,11 +238,13 @@ struct Idle {
 }
 
 impl Pool {
-    fn new(max_idle: usize, idle_timeout: Duration) -> Self {
+    fn new(max_connections: usize, max_idle: usize, idle_timeout: Duration) -> Self {
         Pool {
             idle: Mutex::new(VecDeque::with_capacity(max_idle.min(1024))),
             max_idle,
             idle_timeout,
+            slots: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
+            returned: Notify::new(),
             reaper: std::sync::Once::new(),
         }
     }
@@ -236,6 +279,8 @@ impl Pool {
             sender,
             since: Instant::now(),
         });
+        drop(idle);
+        self.returned.notify_one();
     }
 
     /// Wraps the response body so that the connection comes back when the body is done.
