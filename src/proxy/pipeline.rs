@@ -20,7 +20,9 @@
 //! - 9 forwards; the final phase (access log, metrics) runs for every request, whatever step it
 //!   stopped at.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,7 +72,42 @@ struct Admitted {
 }
 
 /// Answers one request. Never fails: every refusal is a response.
+///
+/// Steps 0 to 8 run synchronously, and only an admitted request awaits anything: the upstream's
+/// answer. That exchange is boxed. Its future is most of this one's size, and hyper moves this
+/// one by value several times, so unboxed every request, refused ones too, would pay for
+/// copying it.
 pub async fn handle(shared: &Shared, peer: Peer, request: Request<Incoming>) -> Response<Body> {
+    match begin(shared, peer, request) {
+        Begun::Answered(response) => response,
+        Begun::Admitted(exchange) => exchange.await,
+    }
+}
+
+/// How far a request got without waiting for anything.
+enum Begun<F> {
+    /// Refused, and the final phase done.
+    Answered(Response<Body>),
+    /// Admitted: the rest of its way, boxed.
+    Admitted(Pin<Box<F>>),
+}
+
+/// An admitted request, on its way upstream.
+struct Exchange {
+    snapshot: Arc<Snapshot>,
+    ctx: Context,
+    method: http::Method,
+    path: Option<String>,
+    upstream: usize,
+    outgoing: Request<OutBody>,
+}
+
+/// Steps 0 to 8 and the rewrite of the admitted request; the final phase for a refused one.
+fn begin(
+    shared: &Shared,
+    peer: Peer,
+    request: Request<Incoming>,
+) -> Begun<impl Future<Output = Response<Body>> + Send + '_> {
     let snapshot = shared.snapshot.load_full();
     let mut ctx = Context {
         start: Instant::now(),
@@ -88,19 +125,44 @@ pub async fn handle(shared: &Shared, peer: Peer, request: Request<Incoming>) -> 
     };
     let method = request.method().clone();
     let path = access_log_on().then(|| request.uri().path().to_owned());
-    // The one await is the upstream's answer; everything before it is synchronous, which keeps
-    // this future (moved by value into hyper's connection task) small.
     let outgoing = admit(shared, &snapshot, &mut ctx, &request)
         .and_then(|admitted| outgoing(&snapshot, &ctx, peer, admitted, request));
-    let response = match outgoing {
-        Ok((upstream, outgoing)) => forward(shared, &snapshot, &mut ctx, upstream, outgoing).await,
-        Err(refusal) => Err(refusal),
-    };
-    let response = match response {
-        Ok(response) => response,
-        Err(refusal) => refuse(shared, &snapshot, &mut ctx, refusal),
-    };
-    finish(&snapshot, &ctx, &method, path.as_deref(), response)
+    match outgoing {
+        Ok((upstream, outgoing)) => {
+            let exchange = Exchange {
+                snapshot,
+                ctx,
+                method,
+                path,
+                upstream,
+                outgoing,
+            };
+            Begun::Admitted(Box::pin(exchange.run(shared)))
+        }
+        Err(refusal) => {
+            let response = refuse(shared, &snapshot, &mut ctx, refusal);
+            Begun::Answered(finish(&snapshot, &ctx, &method, path.as_deref(), response))
+        }
+    }
+}
+
+impl Exchange {
+    /// Step 9, then the final phase.
+    async fn run(self, shared: &Shared) -> Response<Body> {
+        let Exchange {
+            snapshot,
+            mut ctx,
+            method,
+            path,
+            upstream,
+            outgoing,
+        } = self;
+        let response = match forward(shared, &snapshot, &mut ctx, upstream, outgoing).await {
+            Ok(response) => response,
+            Err(refusal) => refuse(shared, &snapshot, &mut ctx, refusal),
+        };
+        finish(&snapshot, &ctx, &method, path.as_deref(), response)
+    }
 }
 
 /// Steps 0 to 8 alone, without forwarding, logging or metrics: the gateway's verdict on a
