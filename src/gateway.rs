@@ -176,7 +176,8 @@ impl Gateway {
         })
     }
 
-    /// Replaces routes, upstreams and limits. Listen addresses and the store need a restart.
+    /// Replaces routes, upstreams and limits; an upstream whose pool settings are unchanged
+    /// keeps its connections. Listen addresses and the store need a restart.
     pub fn reload(&self, config: Config) {
         let current = &self.shared.snapshot.load().config;
         if config.server.listen != current.server.listen || config.admin.listen != current.admin.listen {

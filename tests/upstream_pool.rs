@@ -590,3 +590,32 @@ async fn at_the_cap_a_request_no_connection_frees_up_for_is_502_and_a_closed_one
     assert_eq!((answer.status.as_u16(), answer.text()), (200, "ok".to_owned()));
     assert_eq!(upstream.accepted(), 2);
 }
+
+#[tokio::test]
+async fn a_config_reload_keeps_the_connections_of_an_upstream_whose_pool_settings_are_unchanged() {
+    let upstream = Upstream::start(Connections::KeepAlive).await;
+    let h = gateway(&upstream, DEFAULTS).await;
+    let (_, key) = h.key(&["*"]).await;
+    let reload = |text: &str| {
+        let config = keygate::config::parse(text, h.dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        h.gateway.reload(config);
+    };
+    assert_eq!(h.get("/v1/status", &key).await.status, 200);
+    // Reloaded with the upstream as it was (as when only a route changed): the same pool.
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    reload(&text);
+    assert_eq!(h.get("/v1/status", &key).await.status, 200);
+    assert_eq!(upstream.accepted(), 1);
+    // The response timeout is the client's, not the pool's.
+    reload(&text.replace(DEFAULTS, "timeout = \"3s\""));
+    assert_eq!(h.get("/v1/status", &key).await.status, 200);
+    assert_eq!(upstream.accepted(), 1);
+    // New pool settings, a new pool: the old one's idle connection closes with it.
+    reload(&text.replace(DEFAULTS, "timeout = \"3s\"\npool_max_idle = 7"));
+    assert_eq!(h.get("/v1/status", &key).await.status, 200);
+    assert_eq!(upstream.accepted(), 2);
+    assert!(
+        upstream.open_drops_to(1).await,
+        "the replaced pool's connection closes"
+    );
+}

@@ -81,7 +81,9 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn new(config: Arc<Config>, metrics: &Metrics) -> Self {
+    /// The snapshot of `config`; `previous`, the one it replaces, lends it the upstream pools
+    /// that carry on unchanged.
+    pub fn new(config: Arc<Config>, metrics: &Metrics, previous: Option<&Snapshot>) -> Self {
         let routes = config
             .routes
             .iter()
@@ -103,7 +105,15 @@ impl Snapshot {
             .iter()
             .map(|upstream| {
                 let histogram = metrics.upstream_duration.with_label_values(&[&upstream.name]);
-                (UpstreamClient::new(upstream), histogram)
+                let previous = previous.and_then(|p| {
+                    p.upstreams
+                        .iter()
+                        .find(|(client, _)| client.name == upstream.name)
+                });
+                (
+                    UpstreamClient::new(upstream, previous.map(|(client, _)| client)),
+                    histogram,
+                )
             })
             .collect();
         let auth = &config.auth;
@@ -209,7 +219,7 @@ impl Shared {
     ) -> Self {
         Shared {
             hasher,
-            snapshot: ArcSwap::from_pointee(Snapshot::new(config, &metrics)),
+            snapshot: ArcSwap::from_pointee(Snapshot::new(config, &metrics, None)),
             keys,
             key_limits: KeyLimits::default(),
             usage: Arc::default(),
@@ -238,7 +248,8 @@ impl Shared {
 
     /// Installs a new config; requests already running finish with the old one.
     pub fn reload(&self, config: Arc<Config>) {
-        self.snapshot
-            .store(Arc::new(Snapshot::new(config, &self.metrics)));
+        let previous = self.snapshot.load();
+        let next = Snapshot::new(config, &self.metrics, Some(&previous));
+        self.snapshot.store(Arc::new(next));
     }
 }

@@ -59,33 +59,39 @@ pub struct UpstreamClient {
     pub host: HeaderValue,
     /// The path prefix, without a trailing slash.
     prefix: String,
-    /// `host:port` to connect to, the host without IPv6 brackets.
-    address: (String, u16),
     connect_timeout: Duration,
     timeout: Duration,
     pool: Arc<Pool>,
 }
 
 impl UpstreamClient {
-    pub fn new(upstream: &config::Upstream) -> Self {
+    /// The client for `upstream`. It takes over `previous`'s pool, open connections and all,
+    /// when that pool connects to the same address with the same settings: a config reload
+    /// then costs the upstream no new connections.
+    pub fn new(upstream: &config::Upstream, previous: Option<&UpstreamClient>) -> Self {
         let authority = upstream
             .url
             .authority()
             .cloned()
             .expect("validated upstream URLs have an authority");
         let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let settings = PoolSettings {
+            address: (host.to_owned(), authority.port_u16().unwrap_or(80)),
+            max_connections: upstream.pool_max_connections,
+            max_idle: upstream.pool_max_idle,
+            idle_timeout: upstream.pool_idle_timeout,
+        };
+        let pool = match previous {
+            Some(previous) if previous.pool.settings == settings => previous.pool.clone(),
+            _ => Arc::new(Pool::new(settings)),
+        };
         UpstreamClient {
             name: upstream.name.clone(),
             host: HeaderValue::from_str(authority.as_str()).expect("an authority is a valid header value"),
             prefix: upstream.url.path().trim_end_matches('/').to_owned(),
-            address: (host.to_owned(), authority.port_u16().unwrap_or(80)),
             connect_timeout: upstream.connect_timeout,
             timeout: upstream.timeout,
-            pool: Arc::new(Pool::new(
-                upstream.pool_max_connections,
-                upstream.pool_max_idle,
-                upstream.pool_idle_timeout,
-            )),
+            pool,
         }
     }
 
@@ -179,7 +185,10 @@ impl UpstreamClient {
     /// Opens a connection, which holds `slot` for as long as it is open.
     async fn connect(&self, slot: OwnedSemaphorePermit) -> Result<Sender, SendFailure> {
         let refused = SendFailure::Upstream(UpstreamFailure::Connect);
-        let (host, port) = (self.address.0.as_str(), self.address.1);
+        let (host, port) = (
+            self.pool.settings.address.0.as_str(),
+            self.pool.settings.address.1,
+        );
         let stream = TcpStream::connect((host, port)).await.map_err(|error| {
             tracing::debug!(upstream = %self.name, %error, "upstream connect failed");
             refused
@@ -222,14 +231,23 @@ fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
 /// One upstream's connections: the idle ones, most recently used last, and a slot for each
 /// open one.
 struct Pool {
+    settings: PoolSettings,
     idle: Mutex<VecDeque<Idle>>,
-    max_idle: usize,
-    idle_timeout: Duration,
     /// `pool_max_connections` permits; each open connection's task holds one until it ends.
     slots: Arc<Semaphore>,
     /// Told when a connection is given back, for requests waiting at the cap.
     returned: Notify,
     reaper: std::sync::Once,
+}
+
+/// What a pool's connections are: equal settings, interchangeable connections.
+#[derive(Debug, PartialEq, Eq)]
+struct PoolSettings {
+    /// `host:port` to connect to, the host without IPv6 brackets.
+    address: (String, u16),
+    max_connections: usize,
+    max_idle: usize,
+    idle_timeout: Duration,
 }
 
 struct Idle {
@@ -238,12 +256,13 @@ struct Idle {
 }
 
 impl Pool {
-    fn new(max_connections: usize, max_idle: usize, idle_timeout: Duration) -> Self {
+    fn new(settings: PoolSettings) -> Self {
         Pool {
-            idle: Mutex::new(VecDeque::with_capacity(max_idle.min(1024))),
-            max_idle,
-            idle_timeout,
-            slots: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
+            idle: Mutex::new(VecDeque::with_capacity(settings.max_idle.min(1024))),
+            slots: Arc::new(Semaphore::new(
+                settings.max_connections.min(Semaphore::MAX_PERMITS),
+            )),
+            settings,
             returned: Notify::new(),
             reaper: std::sync::Once::new(),
         }
@@ -258,7 +277,7 @@ impl Pool {
     fn take(&self) -> Option<Sender> {
         let mut idle = self.lock();
         let newest = idle.pop_back()?;
-        if newest.since.elapsed() >= self.idle_timeout {
+        if newest.since.elapsed() >= self.settings.idle_timeout {
             // The rest are older still.
             idle.clear();
             return None;
@@ -268,11 +287,11 @@ impl Pool {
 
     /// Keeps a connection whose exchange is over; when full, the least recently used goes.
     fn give_back(&self, sender: Sender, sent: &Sent) {
-        if sender.is_closed() || !sent.is_done() || self.max_idle == 0 {
+        if sender.is_closed() || !sent.is_done() || self.settings.max_idle == 0 {
             return;
         }
         let mut idle = self.lock();
-        if idle.len() == self.max_idle {
+        if idle.len() == self.settings.max_idle {
             idle.pop_front();
         }
         idle.push_back(Idle {
@@ -307,14 +326,14 @@ impl Pool {
     fn start_reaper(self: &Arc<Self>) {
         self.reaper.call_once(|| {
             let pool = Arc::downgrade(self);
-            let period = (self.idle_timeout / 2).max(Duration::from_millis(100));
+            let period = (self.settings.idle_timeout / 2).max(Duration::from_millis(100));
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(period);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
                     let Some(pool) = pool.upgrade() else { break };
-                    let timeout = pool.idle_timeout;
+                    let timeout = pool.settings.idle_timeout;
                     pool.lock()
                         .retain(|idle| idle.since.elapsed() < timeout && !idle.sender.is_closed());
                 }
