@@ -142,26 +142,26 @@ impl UpstreamClient {
     /// while the upstream is under its cap; at the cap, the first to come free. All within
     /// `connect_timeout`.
     async fn connection(&self, taken: Option<Sender>) -> Result<(Sender, bool), SendFailure> {
-        match tokio::time::timeout(self.connect_timeout, self.wait_for_connection(taken)).await {
+        let mut at_cap = false;
+        let waited = tokio::time::timeout(self.connect_timeout, self.wait_for_connection(taken, &mut at_cap));
+        match waited.await {
             Ok(result) => result,
             Err(_) => {
-                if self.pool.slots.available_permits() == 0 {
-                    tracing::warn!(
-                        upstream = %self.name,
-                        "no upstream connection came free within connect_timeout: all pool_max_connections are busy"
-                    );
+                if at_cap {
+                    self.pool.warn_at_cap(&self.name);
                 }
                 Err(SendFailure::Upstream(UpstreamFailure::Connect))
             }
         }
     }
 
-    async fn wait_for_connection(&self, mut taken: Option<Sender>) -> Result<(Sender, bool), SendFailure> {
+    /// `at_cap` is set once the request has had to wait for a connection to come free.
+    async fn wait_for_connection(
+        &self,
+        mut taken: Option<Sender>,
+        at_cap: &mut bool,
+    ) -> Result<(Sender, bool), SendFailure> {
         loop {
-            // Listening before looking, so that a connection given back in between is not missed.
-            let returned = self.pool.returned.notified();
-            tokio::pin!(returned);
-            returned.as_mut().enable();
             while let Some(mut sender) = taken.take().or_else(|| self.pool.take()) {
                 // Back in the pool at the end of a body, before hyper's connection task took
                 // up its next turn; closed ones answer at once.
@@ -169,14 +169,29 @@ impl UpstreamClient {
                     return Ok((sender, true));
                 }
             }
-            let slot = match self.pool.slots.clone().try_acquire_owned() {
-                Ok(slot) => slot,
-                Err(_) => tokio::select! {
-                    _ = returned => continue,
-                    slot = self.pool.slots.clone().acquire_owned() => {
-                        slot.expect("the pool never closes its semaphore")
+            // Listening only while there is nothing else to wait for, so that a connection
+            // given back goes to a request that is waiting, not to one busy connecting.
+            let slot = {
+                let returned = self.pool.returned.notified();
+                tokio::pin!(returned);
+                returned.as_mut().enable();
+                // Looked for again now that a give-back cannot be missed.
+                if let Some(sender) = self.pool.take() {
+                    taken = Some(sender);
+                    continue;
+                }
+                match self.pool.slots.clone().try_acquire_owned() {
+                    Ok(slot) => slot,
+                    Err(_) => {
+                        *at_cap = true;
+                        tokio::select! {
+                            _ = returned => continue,
+                            slot = self.pool.slots.clone().acquire_owned() => {
+                                slot.expect("the pool never closes its semaphore")
+                            }
+                        }
                     }
-                },
+                }
             };
             return Ok((self.connect(slot).await?, false));
         }
@@ -228,6 +243,9 @@ fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The least time between two warnings of requests refused at the connection cap.
+const CAP_WARNING_EVERY: Duration = Duration::from_secs(10);
+
 /// One upstream's connections: the idle ones, most recently used last, and a slot for each
 /// open one.
 struct Pool {
@@ -237,6 +255,8 @@ struct Pool {
     slots: Arc<Semaphore>,
     /// Told when a connection is given back, for requests waiting at the cap.
     returned: Notify,
+    /// When a request last gave up waiting at the cap was logged.
+    cap_warned: Mutex<Option<Instant>>,
     reaper: std::sync::Once,
 }
 
@@ -264,8 +284,28 @@ impl Pool {
             )),
             settings,
             returned: Notify::new(),
+            cap_warned: Mutex::new(None),
             reaper: std::sync::Once::new(),
         }
+    }
+
+    /// Logs a request that found no connection free at the cap, at most once per
+    /// [`CAP_WARNING_EVERY`]: under overload there would be one per request.
+    fn warn_at_cap(&self, upstream: &str) {
+        let mut warned = self
+            .cap_warned
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if warned.is_some_and(|at| at.elapsed() < CAP_WARNING_EVERY) {
+            return;
+        }
+        *warned = Some(Instant::now());
+        tracing::warn!(
+            upstream,
+            pool_max_connections = self.settings.max_connections,
+            "a request waited connect_timeout for a connection at the cap and got 502 \
+             (logged at most every 10s; keygate_upstream_errors_total{{kind=\"connect\"}} counts each)"
+        );
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
