@@ -24,7 +24,7 @@ use keygate::proxy::forward::{prepare, strip_hop_by_hop, Credentials, Identity};
 use keygate::proxy::limits::KeyLimits;
 use keygate::proxy::pipeline::{decide, Peer};
 use keygate::proxy::state::Shared;
-use keygate::proxy::table::{AuthKey, Extras, KeyTable, NEVER};
+use keygate::proxy::table::{AuthKey, KeyTable, NEVER};
 use keygate::telemetry::Metrics;
 
 const CONFIG: &str = r#"
@@ -68,11 +68,8 @@ fn gateway_with_keys(n: usize) -> (Shared, String) {
             revoked: false,
             expires_at: NEVER,
             permissions: permissions.clone(),
-            extras: Extras {
-                customer_id: Some("acme".into()),
-                ..Extras::default()
-            }
-            .boxed(),
+            customer_id: Some("acme".into()),
+            extras: None,
         });
         if seq == n as u64 / 2 {
             probe = secret.expose().to_owned();

@@ -100,7 +100,6 @@ impl KeySync {
         };
         let extras = Extras {
             rate_limit: key.rate_limit,
-            customer_id: key.customer_id.as_deref().map(Into::into),
             allowed_ips: key.allowed_ips.clone().into_boxed_slice(),
             previous,
         };
@@ -112,6 +111,7 @@ impl KeySync {
             revoked: key.status == StoredStatus::Revoked,
             expires_at: key.expires_at.map_or(NEVER, |at| at.as_second()),
             permissions: self.intern(&key.permissions),
+            customer_id: key.customer_id.as_deref().map(Into::into),
             extras: extras.boxed(),
         })
     }

@@ -252,7 +252,7 @@ fn admit<B>(
     check_permission(route, &key, request.method())?;
 
     // 7: a customer-scoped key reaches only its own customer.
-    if let (Some(own), true) = (key.customer_id(), route.has_customer_param) {
+    if let (Some(own), true) = (key.customer_id.as_deref(), route.has_customer_param) {
         let asked = matched.customer.map(decode_segment);
         if asked.as_deref() != Some(own) {
             return Err(Refusal::Denied(Denial::Customer));
@@ -345,7 +345,7 @@ fn outgoing(
     let identity = Identity {
         key_id: &key.id,
         environment: key.environment.as_str(),
-        customer: key.customer_id(),
+        customer: key.customer_id.as_deref(),
         request_id: &ctx.request_id,
         client: peer.addr.ip(),
         tls: peer.tls,

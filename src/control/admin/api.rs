@@ -571,7 +571,7 @@ async fn verify(admin: &Admin, request: Request<Incoming>) -> Answer {
         code,
         key_id: key.map(|k| k.id.to_string()),
         environment: key.map(|k| k.environment),
-        customer_id: key.and_then(|k| k.customer_id().map(str::to_owned)),
+        customer_id: key.and_then(|k| k.customer_id.as_deref().map(str::to_owned)),
         permissions: key.map(|k| k.permissions.to_vec()),
         ratelimit: None,
     };
