@@ -63,6 +63,22 @@ struct Context {
     reason: Option<&'static str>,
 }
 
+impl Context {
+    /// A request's context as it arrives: nothing decided yet.
+    fn new(snapshot: &Snapshot, peer: Peer, headers: &http::HeaderMap, request_id: HeaderValue) -> Self {
+        Context {
+            start: Instant::now(),
+            request_id,
+            client: client_ip(peer.addr.ip(), headers, &snapshot.config.server.trusted_proxies),
+            route: None,
+            key: None,
+            limit: None,
+            upstream_time: None,
+            reason: None,
+        }
+    }
+}
+
 /// A request that passed every check.
 struct Admitted {
     route: usize,
@@ -109,20 +125,7 @@ fn begin(
     request: Request<Incoming>,
 ) -> Begun<impl Future<Output = Response<Body>> + Send + '_> {
     let snapshot = shared.snapshot.load_full();
-    let mut ctx = Context {
-        start: Instant::now(),
-        request_id: request_id(&request),
-        client: client_ip(
-            peer.addr.ip(),
-            request.headers(),
-            &snapshot.config.server.trusted_proxies,
-        ),
-        route: None,
-        key: None,
-        limit: None,
-        upstream_time: None,
-        reason: None,
-    };
+    let mut ctx = Context::new(&snapshot, peer, request.headers(), request_id(&request));
     let method = request.method().clone();
     let path = access_log_on().then(|| request.uri().path().to_owned());
     let outgoing = admit(shared, &snapshot, &mut ctx, &request)
@@ -169,20 +172,7 @@ impl Exchange {
 /// request. For benchmarks and checks of the decision itself.
 pub fn decide<B>(shared: &Shared, peer: Peer, request: &Request<B>) -> Result<(), Refusal> {
     let snapshot = shared.snapshot.load();
-    let mut ctx = Context {
-        start: Instant::now(),
-        request_id: HeaderValue::from_static("-"),
-        client: client_ip(
-            peer.addr.ip(),
-            request.headers(),
-            &snapshot.config.server.trusted_proxies,
-        ),
-        route: None,
-        key: None,
-        limit: None,
-        upstream_time: None,
-        reason: None,
-    };
+    let mut ctx = Context::new(&snapshot, peer, request.headers(), HeaderValue::from_static("-"));
     admit(shared, &snapshot, &mut ctx, request).map(drop)
 }
 
