@@ -303,8 +303,9 @@ impl Pool {
         tracing::warn!(
             upstream,
             pool_max_connections = self.settings.max_connections,
+            logged_at_most_every = ?CAP_WARNING_EVERY,
             "a request waited connect_timeout for a connection at the cap and got 502 \
-             (logged at most every 10s; keygate_upstream_errors_total{{kind=\"connect\"}} counts each)"
+             (keygate_upstream_errors_total{{kind=\"connect\"}} counts each)"
         );
     }
 
