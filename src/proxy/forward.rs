@@ -24,22 +24,35 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Removes, besides the hop-by-hop headers, every header `also` picks. One pass over the names
-/// finds them; most heads have none, and then nothing is hashed or removed.
+/// finds them; most heads have none, and then nothing is hashed or removed. The rest mostly
+/// have one or two (`Connection: keep-alive`, the credential), removed as they are found; only
+/// the names `Connection` lists beyond its usual `close` and `keep-alive` options, which are
+/// rare, are gathered in a list first.
 fn strip(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
     let doomed = |name: &HeaderName| is_hop_by_hop(name) || also(name);
     if !headers.keys().any(doomed) {
         return;
     }
-    let mut names: Vec<HeaderName> = headers.keys().filter(|name| doomed(name)).cloned().collect();
-    names.extend(
-        headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
-    );
-    for name in names {
+    // RFC 9110 7.6.1: a field named like any option `Connection` lists goes, `close` included;
+    // one named `keep-alive` is hop-by-hop anyway.
+    let mut lists_close = false;
+    let listed: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|option| {
+            lists_close |= option.eq_ignore_ascii_case("close");
+            !option.eq_ignore_ascii_case("close") && !option.eq_ignore_ascii_case("keep-alive")
+        })
+        .filter_map(|option| HeaderName::from_bytes(option.as_bytes()).ok())
+        .collect();
+    let doomed = |name: &HeaderName| doomed(name) || (lists_close && name == "close");
+    while let Some(name) = headers.keys().find(|name| doomed(name)).cloned() {
+        headers.remove(&name);
+    }
+    for name in listed {
         headers.remove(name);
     }
 }
@@ -186,6 +199,24 @@ mod tests {
             ("transfer-encoding", "chunked"),
             ("upgrade", "websocket"),
             ("x-secret-hop", "1"),
+            ("x-end-to-end", "kept"),
+        ] {
+            headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-end-to-end"]);
+    }
+
+    #[test]
+    fn every_name_connection_lists_goes_whatever_its_case_and_spacing() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "Close, X-Hop-One"),
+            ("connection", "KEEP-ALIVE ,x-hop-two"),
+            ("x-hop-one", "1"),
+            ("x-hop-two", "2"),
+            ("close", "named like the option, so it goes too"),
             ("x-end-to-end", "kept"),
         ] {
             headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
