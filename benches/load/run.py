@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KEYGATE = os.path.join(ROOT, "target", "release", "keygate")
+# examples/hyper_floor.rs: hyper's server and pooled client with no checks, keygate's floor.
+HYPER_FLOOR = os.path.join(ROOT, "target", "release", "examples", "hyper_floor")
 BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 ADMIN_TOKEN = "load-benchmark-admin-token-" + "".join(random.choices(BASE62, k=16))
 CONTENDER_CPU = "0"
@@ -132,15 +134,17 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
-def cpu_seconds(pid: int) -> float:
-    total = 0
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time of a process and its children so far: (user, kernel) seconds."""
+    user = kernel = 0
     for p in process_tree(pid):
         try:
             fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
         except FileNotFoundError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICKS
+        user += int(fields[11])  # utime
+        kernel += int(fields[12])  # stime
+    return user / TICKS, kernel / TICKS
 
 
 # --- contenders ---------------------------------------------------------------------------
@@ -365,6 +369,8 @@ class Result:
     p50_ms: float
     p99_ms: float
     cpu_us: float
+    # The part of cpu_us spent in the kernel: loopback TCP, epoll, the syscalls themselves.
+    kernel_us: float
     requests: int
     unexpected: int
 
@@ -389,7 +395,8 @@ def run_wrk(contender: Contender, scenario: str, header: str, args, scan_script:
     command.append(f"http://127.0.0.1:{contender.port}/v1/customers/acme")
     before = cpu_seconds(contender.pid)
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    cpu = cpu_seconds(contender.pid) - before
+    after = cpu_seconds(contender.pid)
+    user, kernel = after[0] - before[0], after[1] - before[1]
     requests = int(re.search(r"(\d+) requests in", output).group(1))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     non_2xx = int(non_2xx.group(1)) if non_2xx else 0
@@ -401,7 +408,8 @@ def run_wrk(contender: Contender, scenario: str, header: str, args, scan_script:
         rps=float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
         p50_ms=parse_latency(output, "50"),
         p99_ms=parse_latency(output, "99"),
-        cpu_us=cpu / max(requests, 1) * 1e6,
+        cpu_us=(user + kernel) / max(requests, 1) * 1e6,
+        kernel_us=kernel / max(requests, 1) * 1e6,
         requests=requests,
         unexpected=unexpected,
     )
@@ -487,7 +495,7 @@ def report(results: dict, contenders: list[Contender], args) -> None:
           f"{args.connections} connections, wrk -t1 on CPU {DRIVER_CPU} with the upstream, "
           f"contenders on CPU {CONTENDER_CPU} with one worker; {cores} CPUs\n")
     header = (f"{'scenario':<9} {'contender':<14} {'req/s median':>12} {'(min - max)':>19} "
-              f"{'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'keygate x':>9} {'unexpected':>10}")
+              f"{'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'kernel':>6} {'keygate x':>9} {'unexpected':>10}")
     print(header)
     print("-" * len(header))
     for scenario in EXPECTED:
@@ -502,7 +510,8 @@ def report(results: dict, contenders: list[Contender], args) -> None:
             print(f"{scenario:<9} {contender.name:<14} {rps:>12,.0f} "
                   f"{'(' + format(min(r.rps for r in runs), ',.0f') + ' - ' + format(max(r.rps for r in runs), ',.0f') + ')':>19} "
                   f"{statistics.median(r.p50_ms for r in runs):>7.2f} {statistics.median(r.p99_ms for r in runs):>7.2f} "
-                  f"{statistics.median(r.cpu_us for r in runs):>10.1f} {ratio:>9} {sum(r.unexpected for r in runs):>10}")
+                  f"{statistics.median(r.cpu_us for r in runs):>10.1f} {statistics.median(r.kernel_us for r in runs):>6.1f} "
+                  f"{ratio:>9} {sum(r.unexpected for r in runs):>10}")
         print()
 
 
@@ -541,7 +550,7 @@ def main() -> None:
 
 def bench(work: str, args) -> None:
     keys = make_keys(args.keys, args.scanning_keys)
-    names = ["keygate", "nginx-basic", "nginx-map", "haproxy", "nginx-plain", "haproxy-plain"]
+    names = ["keygate", "nginx-basic", "nginx-map", "haproxy", "nginx-plain", "haproxy-plain", "hyper-plain"]
     ports = {name: free_port() for name in names}
     upstream = free_port()
     admin = free_port()
@@ -581,6 +590,8 @@ def bench(work: str, args) -> None:
         with open(f"{work}/haproxy.cfg", "w") as f:
             f.write(haproxy_config(keys, upstream, ports))
         haproxy = start(["haproxy", "-f", f"{work}/haproxy.cfg"], CONTENDER_CPU, f"{work}/haproxy.log")
+        floor = start([HYPER_FLOOR, f"127.0.0.1:{ports['hyper-plain']}", f"http://127.0.0.1:{upstream}"],
+                      CONTENDER_CPU, f"{work}/hyper-floor.log")
         for name in names:
             wait_for_port(ports[name], name)
         contenders += [
@@ -589,6 +600,7 @@ def bench(work: str, args) -> None:
             Contender("haproxy", ports["haproxy"], haproxy.pid),
             Contender("nginx-plain", ports["nginx-plain"], nginx.pid, ("valid",)),
             Contender("haproxy-plain", ports["haproxy-plain"], haproxy.pid, ("valid",)),
+            Contender("hyper-plain", ports["hyper-plain"], floor.pid, ("valid",)),
         ]
     else:
         print(f"peers skipped: nginx's htpasswd and HAProxy's userlist are searched line by line, "
@@ -639,7 +651,7 @@ def bench(work: str, args) -> None:
                     print(f"  churn: {churn.done} key changes through the admin API during the run")
                 results.setdefault((contender.name, scenario), []).append(result)
                 print(f"round {round_ + 1} {scenario:<9} {contender.name:<14} {result.rps:>10,.0f} req/s "
-                      f"p99 {result.p99_ms:.2f} ms  cpu {result.cpu_us:.1f} us/req", flush=True)
+                      f"p99 {result.p99_ms:.2f} ms  cpu {result.cpu_us:.1f} us/req ({result.kernel_us:.1f} kernel)", flush=True)
     rss = open(f"/proc/{gateway.pid}/status").read()
     rss_kib = int(re.search(r"VmRSS:\s+(\d+)", rss).group(1))
     report(results, contenders, args)
