@@ -590,8 +590,9 @@ def bench(work: str, args) -> None:
         with open(f"{work}/haproxy.cfg", "w") as f:
             f.write(haproxy_config(keys, upstream, ports))
         haproxy = start(["haproxy", "-f", f"{work}/haproxy.cfg"], CONTENDER_CPU, f"{work}/haproxy.log")
-        floor = start([HYPER_FLOOR, f"127.0.0.1:{ports['hyper-plain']}", f"http://127.0.0.1:{upstream}"],
-                      CONTENDER_CPU, f"{work}/hyper-floor.log")
+        valid_user, valid_key, _ = keys.valid[len(keys.valid) // 2]
+        floor = start([HYPER_FLOOR, f"127.0.0.1:{ports['hyper-plain']}", f"http://127.0.0.1:{upstream}",
+                       basic(valid_user, valid_key)], CONTENDER_CPU, f"{work}/hyper-floor.log")
         for name in names:
             wait_for_port(ports[name], name)
         contenders += [
@@ -600,7 +601,7 @@ def bench(work: str, args) -> None:
             Contender("haproxy", ports["haproxy"], haproxy.pid),
             Contender("nginx-plain", ports["nginx-plain"], nginx.pid, ("valid",)),
             Contender("haproxy-plain", ports["haproxy-plain"], haproxy.pid, ("valid",)),
-            Contender("hyper-plain", ports["hyper-plain"], floor.pid, ("valid",)),
+            Contender("hyper-plain", ports["hyper-plain"], floor.pid, ("valid", "wrong", "scanning")),
         ]
     else:
         print(f"peers skipped: nginx's htpasswd and HAProxy's userlist are searched line by line, "
