@@ -51,7 +51,8 @@ impl LimitState {
 }
 
 /// A number as a header value. The first thousand are made once, for the life of the process,
-/// so the usual `RateLimit-*` values cost no allocation or reference count per response.
+/// so the usual `RateLimit-*` values cost no allocation or reference count per response; a
+/// larger one costs one allocation (`HeaderValue::from(u64)` takes two).
 pub fn number(n: u64) -> HeaderValue {
     const SHARED: u64 = 1000;
     static SMALL: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
@@ -59,10 +60,21 @@ pub fn number(n: u64) -> HeaderValue {
             .map(|n| HeaderValue::from_static(n.to_string().leak()))
             .collect()
     });
-    match usize::try_from(n) {
-        Ok(i) if n < SHARED => SMALL[i].clone(),
-        _ => HeaderValue::from(n),
+    if let Some(value) = usize::try_from(n).ok().and_then(|i| SMALL.get(i)) {
+        return value.clone();
     }
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut rest = n;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    HeaderValue::from_bytes(&digits[start..]).expect("ASCII digits are a valid header value")
 }
 
 const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
@@ -262,6 +274,13 @@ mod tests {
             requests: NonZeroU32::new(requests).unwrap(),
             per: Duration::from_secs(per_secs),
             burst: NonZeroU32::new(burst),
+        }
+    }
+
+    #[test]
+    fn numbers_read_as_their_decimal_text_cached_or_not() {
+        for n in [0, 7, 999, 1000, 1001, 60_000, 1_000_000_000, u64::MAX] {
+            assert_eq!(number(n).to_str().unwrap(), n.to_string(), "{n}");
         }
     }
 
