@@ -119,16 +119,18 @@ pub fn prepare<B>(
     headers.insert(HOST, host.clone());
 }
 
+/// Sets the identity and forwarding headers. The `X-Keygate-` ones are appended, which costs
+/// less than replacing: [`strip`] has removed every one a client sent.
 fn set_identity(headers: &mut HeaderMap, identity: &Identity<'_>) {
     if let Ok(value) = HeaderValue::from_str(identity.key_id) {
-        headers.insert(X_KEYGATE_KEY_ID, value);
+        headers.append(X_KEYGATE_KEY_ID, value);
     }
-    headers.insert(
+    headers.append(
         X_KEYGATE_ENVIRONMENT,
         HeaderValue::from_static(identity.environment),
     );
     if let Some(value) = identity.customer.and_then(|c| HeaderValue::from_str(c).ok()) {
-        headers.insert(X_KEYGATE_CUSTOMER, value);
+        headers.append(X_KEYGATE_CUSTOMER, value);
     }
     headers.insert(X_REQUEST_ID, identity.request_id.clone());
     append_forwarded_for(headers, identity.client);
@@ -144,12 +146,8 @@ fn set_identity(headers: &mut HeaderMap, identity: &Identity<'_>) {
 fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
     let mut text = [0; 39];
     let ip = ip_text(client, &mut text);
-    let earlier = || {
-        headers
-            .get_all(X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-    };
+    let all = headers.get_all(X_FORWARDED_FOR);
+    let earlier = || all.iter().filter_map(|v| v.to_str().ok());
     let mut line = Vec::with_capacity(earlier().map(|value| value.len() + 2).sum::<usize>() + ip.len());
     for value in earlier() {
         line.extend_from_slice(value.as_bytes());
