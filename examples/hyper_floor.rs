@@ -26,6 +26,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+// The allocator keygate's binary uses, so that the two differ only in what keygate does.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 type Upstream = Client<HttpConnector, Incoming>;
 type Body = Either<Incoming, Empty<Bytes>>;
 
