@@ -192,9 +192,10 @@ fn rewrite(c: &mut Criterion) {
                     tls: false,
                     host: host.as_ref(),
                 };
+                let key_header = http::HeaderName::from_static("x-api-key");
                 let credentials = Credentials {
                     authorization: true,
-                    header: None,
+                    header: &key_header,
                 };
                 prepare(
                     &mut request,

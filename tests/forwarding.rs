@@ -84,6 +84,24 @@ async fn the_api_key_header_is_stripped_and_foreign_authorization_kept() {
 }
 
 #[tokio::test]
+async fn the_api_key_header_is_stripped_even_with_its_scheme_off() {
+    let config = support::STANDARD.replace("[auth]\n", "[auth]\nschemes = [\"basic\"]\n");
+    assert_ne!(config, support::STANDARD, "the template has an [auth] table");
+    let h = Harness::with_config(&config, "").await;
+    let (_, key) = h.key(&["*"]).await;
+    let answer = h
+        .call(
+            "GET",
+            "/v1/status",
+            Some(&key),
+            &[("x-api-key", "some-other-secret")],
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+    assert!(h.upstream.last().headers.get("x-api-key").is_none());
+}
+
+#[tokio::test]
 async fn routes_can_forward_credentials_and_preserve_host() {
     let config = support::STANDARD.replace(
         "name = \"status\"\npath = \"/v1/status\"",

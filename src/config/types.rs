@@ -95,8 +95,11 @@ pub struct Store {
 pub struct Auth {
     pub basic: bool,
     pub bearer: bool,
-    /// The API-key header, when the `header` scheme is on. Default `X-API-Key`.
-    pub header: Option<HeaderName>,
+    /// The API-key header. Default `X-API-Key`. Removed from every forwarded request (unless
+    /// the route forwards credentials), whether or not the `header` scheme is on.
+    pub header: HeaderName,
+    /// Whether a key is looked for in `header` (the `header` scheme).
+    pub header_scheme: bool,
     pub realm: String,
     /// Failed authentications allowed per client IP. Default 30/m.
     pub failed_per_ip: Rate,

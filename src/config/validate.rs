@@ -374,7 +374,8 @@ impl Checker<'_> {
         Auth {
             basic,
             bearer,
-            header: header_on.then_some(header),
+            header,
+            header_scheme: header_on,
             realm,
             failed_per_ip: self
                 .parsed(&raw.failed_per_ip, "auth.failed_per_ip", |text| {

@@ -47,7 +47,8 @@ fn an_empty_file_takes_every_default() {
     );
     assert_eq!(config.store.sync_interval, Duration::from_secs(1));
     assert!(config.auth.basic && config.auth.bearer);
-    assert_eq!(config.auth.header.as_ref().map(|h| h.as_str()), Some("x-api-key"));
+    assert_eq!(config.auth.header.as_str(), "x-api-key");
+    assert!(config.auth.header_scheme);
     assert_eq!(config.auth.realm, "keygate");
     assert_eq!(config.auth.failed_per_ip.to_string(), "30/m");
     assert_eq!(config.rate_limit.default.rate().to_string(), "100/s");
@@ -149,7 +150,7 @@ fn schemes_and_trusted_proxies_parse() {
     let config = parse_ok(
         "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.168.1.1\", \"::1\"]\n[auth]\nschemes = [\"bearer\"]\n",
     );
-    assert!(!config.auth.basic && config.auth.bearer && config.auth.header.is_none());
+    assert!(!config.auth.basic && config.auth.bearer && !config.auth.header_scheme);
     let proxies: Vec<String> = config
         .server
         .trusted_proxies

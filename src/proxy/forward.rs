@@ -24,37 +24,40 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Removes, besides the hop-by-hop headers, every header `also` picks. One pass over the names
-/// finds them; most heads have none, and then nothing is hashed or removed. The rest mostly
-/// have one or two (`Connection: keep-alive`, the credential), removed as they are found; only
-/// the names `Connection` lists beyond its usual `close` and `keep-alive` options, which are
-/// rare, are gathered in a list first.
+/// finds them; most heads have none, and then nothing is hashed or removed, and most of the
+/// rest have one (the credential, or `Connection: keep-alive`), removed without a list.
 fn strip(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
-    let doomed = |name: &HeaderName| is_hop_by_hop(name) || also(name);
-    if !headers.keys().any(doomed) {
+    let mut found = headers.keys().filter(|name| is_hop_by_hop(name) || also(name));
+    let Some(first) = found.next().cloned() else {
         return;
-    }
-    // RFC 9110 7.6.1: a field named like any option `Connection` lists goes, `close` included;
-    // one named `keep-alive` is hop-by-hop anyway.
-    let mut lists_close = false;
-    let listed: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(str::trim)
-        .filter(|option| {
-            lists_close |= option.eq_ignore_ascii_case("close");
-            !option.eq_ignore_ascii_case("close") && !option.eq_ignore_ascii_case("keep-alive")
-        })
-        .filter_map(|option| HeaderName::from_bytes(option.as_bytes()).ok())
-        .collect();
-    let doomed = |name: &HeaderName| doomed(name) || (lists_close && name == "close");
-    while let Some(name) = headers.keys().find(|name| doomed(name)).cloned() {
-        headers.remove(&name);
-    }
-    for name in listed {
+    };
+    let more: Vec<HeaderName> = found.cloned().collect();
+    let (listed, lists_close) = connection_options(headers);
+    for name in std::iter::once(first).chain(more).chain(listed) {
         headers.remove(name);
     }
+    // RFC 9110 7.6.1: a field named like any option `Connection` lists goes, `close` included.
+    if lists_close {
+        headers.remove("close");
+    }
+}
+
+/// The header names `Connection` lists, less its usual `close` and `keep-alive` options (the
+/// `Keep-Alive` field is hop-by-hop anyway), and whether it lists `close`. Read as bytes, so
+/// that an option past a non-ASCII one is not missed.
+fn connection_options(headers: &HeaderMap) -> (Vec<HeaderName>, bool) {
+    let mut lists_close = false;
+    let mut listed = Vec::new();
+    for value in headers.get_all(CONNECTION) {
+        for option in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if option.eq_ignore_ascii_case(b"close") {
+                lists_close = true;
+            } else if !option.eq_ignore_ascii_case(b"keep-alive") {
+                listed.extend(HeaderName::from_bytes(option).ok());
+            }
+        }
+    }
+    (listed, lists_close)
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -86,7 +89,7 @@ pub struct Credentials<'a> {
     /// Strip `Authorization` (it carried the key).
     pub authorization: bool,
     /// The key header name, stripped when present.
-    pub header: Option<&'a HeaderName>,
+    pub header: &'a HeaderName,
 }
 
 /// Rewrites the request head for the upstream: `upstream_host` is its `Host` unless the route
@@ -105,7 +108,7 @@ pub fn prepare<B>(
     // Room for the headers set below, so the map grows once, not once per insert.
     headers.reserve(8);
     let (authorization, key_header) = match &credentials {
-        Some(credentials) => (credentials.authorization, credentials.header),
+        Some(credentials) => (credentials.authorization, Some(credentials.header)),
         None => (false, None),
     };
     strip(headers, |name| {
@@ -122,6 +125,7 @@ pub fn prepare<B>(
 /// Sets the identity and forwarding headers. The `X-Keygate-` ones are appended, which costs
 /// less than replacing: [`strip`] has removed every one a client sent.
 fn set_identity(headers: &mut HeaderMap, identity: &Identity<'_>) {
+    debug_assert!(!headers.keys().any(is_identity), "strip() runs first");
     if let Ok(value) = HeaderValue::from_str(identity.key_id) {
         headers.append(X_KEYGATE_KEY_ID, value);
     }
@@ -229,13 +233,26 @@ mod tests {
         for (name, value) in [
             ("connection", "Close, X-Hop-One"),
             ("connection", "KEEP-ALIVE ,x-hop-two"),
+            ("connection", "\tx-hop-three\t"),
             ("x-hop-one", "1"),
             ("x-hop-two", "2"),
+            ("x-hop-three", "3"),
             ("close", "named like the option, so it goes too"),
             ("x-end-to-end", "kept"),
         ] {
             headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
         }
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-end-to-end"]);
+    }
+
+    #[test]
+    fn an_option_beside_a_non_ascii_one_is_still_honoured() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONNECTION, HeaderValue::from_bytes(b"\xff\xfe, x-hop").unwrap());
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert("x-end-to-end", HeaderValue::from_static("kept"));
         strip_hop_by_hop(&mut headers);
         let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-end-to-end"]);

@@ -343,7 +343,7 @@ fn outgoing(
     };
     let credentials = (!route.forward_credentials).then(|| Credentials {
         authorization: admitted.source == Source::Authorization,
-        header: snapshot.key_header.as_ref(),
+        header: &snapshot.key_header,
     });
     let upstream = &snapshot.upstreams[route.upstream].0;
     forward::prepare(

@@ -72,7 +72,8 @@ pub struct Snapshot {
     pub routes: Vec<RouteState>,
     pub upstreams: Vec<(UpstreamClient, Histogram)>,
     pub schemes: Schemes,
-    pub key_header: Option<HeaderName>,
+    /// `auth.header`, stripped before forwarding even when its scheme is off.
+    pub key_header: HeaderName,
     pub www_authenticate: HeaderValue,
     pub default_limit: RateLimitSpec,
     pub ip_throttle: IpThrottle,
@@ -125,7 +126,7 @@ impl Snapshot {
             schemes: Schemes {
                 basic: auth.basic,
                 bearer: auth.bearer,
-                header: auth.header.clone(),
+                header: auth.header_scheme.then(|| auth.header.clone()),
             },
             key_header: auth.header.clone(),
             www_authenticate: HeaderValue::from_str(&challenge)
