@@ -53,7 +53,15 @@ async fn serve(listen: SocketAddr, upstream: Uri, admitted: Option<Arc<str>>) ->
     let client: Upstream = Client::builder(TokioExecutor::new()).build(connector);
     let server = auto::Builder::new(TokioExecutor::new());
     loop {
-        let (stream, _) = listener.accept().await?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // Out of file descriptors, mostly: wait it out, as keygate does.
+            Err(error) => {
+                eprintln!("accept failed: {error}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let (client, upstream, server) = (client.clone(), upstream.clone(), server.clone());
         let admitted = admitted.clone();

@@ -531,8 +531,9 @@ def main() -> None:
     for tool in ("nginx", "haproxy", "wrk", "taskset"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is not installed; benches/load/run installs it")
-    if not os.path.exists(KEYGATE):
-        raise SystemExit(f"{KEYGATE} is missing; benches/load/run builds it")
+    for binary in (KEYGATE, HYPER_FLOOR):
+        if not os.path.exists(binary):
+            raise SystemExit(f"{binary} is missing; benches/load/run builds it")
 
     # The driver (this script, wrk, the upstream) stays off the contenders' CPU.
     os.sched_setaffinity(0, {int(DRIVER_CPU)})
@@ -583,6 +584,13 @@ def bench(work: str, args) -> None:
 
     keygate_scenarios = ("valid", "wrong", "scanning", "limited") + (("churn",) if args.churn else ())
     contenders = [Contender("keygate", ports["keygate"], gateway.pid, keygate_scenarios)]
+    # The floor holds no keys (it compares the header with the valid one), so it runs at any
+    # key count.
+    valid_user, valid_key, _ = keys.valid[len(keys.valid) // 2]
+    floor = start([HYPER_FLOOR, f"127.0.0.1:{ports['hyper-plain']}", f"http://127.0.0.1:{upstream}",
+                   basic(valid_user, valid_key)], CONTENDER_CPU, f"{work}/hyper-floor.log")
+    wait_for_port(ports["hyper-plain"], "hyper-plain")
+    contenders.append(Contender("hyper-plain", ports["hyper-plain"], floor.pid, ("valid", "wrong", "scanning")))
     if len(keys.valid) <= PEER_KEYS:
         with open(f"{work}/nginx.conf", "w") as f:
             f.write(nginx_peers_config(work, keys, upstream, ports))
@@ -590,9 +598,6 @@ def bench(work: str, args) -> None:
         with open(f"{work}/haproxy.cfg", "w") as f:
             f.write(haproxy_config(keys, upstream, ports))
         haproxy = start(["haproxy", "-f", f"{work}/haproxy.cfg"], CONTENDER_CPU, f"{work}/haproxy.log")
-        valid_user, valid_key, _ = keys.valid[len(keys.valid) // 2]
-        floor = start([HYPER_FLOOR, f"127.0.0.1:{ports['hyper-plain']}", f"http://127.0.0.1:{upstream}",
-                       basic(valid_user, valid_key)], CONTENDER_CPU, f"{work}/hyper-floor.log")
         for name in names:
             wait_for_port(ports[name], name)
         contenders += [
@@ -601,7 +606,6 @@ def bench(work: str, args) -> None:
             Contender("haproxy", ports["haproxy"], haproxy.pid),
             Contender("nginx-plain", ports["nginx-plain"], nginx.pid, ("valid",)),
             Contender("haproxy-plain", ports["haproxy-plain"], haproxy.pid, ("valid",)),
-            Contender("hyper-plain", ports["hyper-plain"], floor.pid, ("valid", "wrong", "scanning")),
         ]
     else:
         print(f"peers skipped: nginx's htpasswd and HAProxy's userlist are searched line by line, "
