@@ -151,10 +151,15 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
     let mut text = [0; 39];
     let ip = ip_text(client, &mut text);
     let all = headers.get_all(X_FORWARDED_FOR);
-    let earlier = || all.iter().filter_map(|v| v.to_str().ok());
+    // As bytes: a value that is not UTF-8 is passed on as it came, not dropped. Blank ones go.
+    let earlier = || {
+        all.iter()
+            .map(|value| value.as_bytes().trim_ascii())
+            .filter(|value| !value.is_empty())
+    };
     let mut line = Vec::with_capacity(earlier().map(|value| value.len() + 2).sum::<usize>() + ip.len());
     for value in earlier() {
-        line.extend_from_slice(value.as_bytes());
+        line.extend_from_slice(value);
         line.extend_from_slice(b", ");
     }
     line.extend_from_slice(ip);
@@ -285,6 +290,21 @@ mod tests {
         assert_eq!(headers["x-forwarded-for"], "198.51.100.7, 203.0.113.5");
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers["x-request-id"], "req-1");
+    }
+
+    #[test]
+    fn earlier_forwarded_for_values_are_kept_as_they_came_and_blank_ones_dropped() {
+        let mut headers = HeaderMap::new();
+        for value in [&b"198.51.100.7"[..], b"  ", b"unknown, \xe9t\xe9 ", b""] {
+            headers.append(X_FORWARDED_FOR, HeaderValue::from_bytes(value).unwrap());
+        }
+        append_forwarded_for(&mut headers, "203.0.113.5".parse().unwrap());
+        let all: Vec<_> = headers.get_all(X_FORWARDED_FOR).iter().collect();
+        assert_eq!(all.len(), 1);
+        assert_eq!(
+            all[0].as_bytes(),
+            b"198.51.100.7, unknown, \xe9t\xe9, 203.0.113.5"
+        );
     }
 
     #[test]
