@@ -27,6 +27,9 @@ use keygate::proxy::state::Shared;
 use keygate::proxy::table::{AuthKey, KeyTable, NEVER};
 use keygate::telemetry::Metrics;
 
+/// The key header the rewrite strips, as the default config has it.
+const KEY_HEADER: http::HeaderName = http::HeaderName::from_static("x-api-key");
+
 const CONFIG: &str = r#"
 [rate_limit]
 default = "1000000000/s"
@@ -192,10 +195,9 @@ fn rewrite(c: &mut Criterion) {
                     tls: false,
                     host: host.as_ref(),
                 };
-                let key_header = http::HeaderName::from_static("x-api-key");
                 let credentials = Credentials {
                     authorization: true,
-                    header: &key_header,
+                    header: &KEY_HEADER,
                 };
                 prepare(
                     &mut request,

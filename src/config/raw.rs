@@ -108,7 +108,8 @@ pub struct RawStore {
 pub struct RawAuth {
     /// Accepted credential schemes among basic, bearer, header. Default all three.
     pub schemes: Field<Vec<Spanned<String>>>,
-    /// Header name of the `header` scheme. Default `"X-API-Key"`.
+    /// Header name of the `header` scheme, also stripped before forwarding when that scheme is
+    /// off. Default `"X-API-Key"`.
     pub header: Field<String>,
     /// Realm of `WWW-Authenticate: Basic`. Default `"keygate"`.
     pub realm: Field<String>,

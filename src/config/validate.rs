@@ -532,7 +532,27 @@ fn resolve(base_dir: &Path, path: &str) -> PathBuf {
 fn key_header(text: &str) -> Result<HeaderName, String> {
     let name =
         HeaderName::from_str(text.trim()).map_err(|_| format!("{text:?} is not a valid header name"))?;
-    if name == http::header::AUTHORIZATION || name.as_str().starts_with("x-keygate-") {
+    // The key header is stripped from every forwarded request: not one that carries the
+    // message's framing or routing, or one the gateway sets itself.
+    let reserved = matches!(
+        name.as_str(),
+        "authorization"
+            | "host"
+            | "content-length"
+            | "content-type"
+            | "cookie"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "x-request-id"
+    ) || ["x-keygate-", "x-forwarded-"]
+        .iter()
+        .any(|prefix| name.as_str().starts_with(prefix));
+    if reserved {
         return Err(format!("{text:?} is reserved; choose another header name"));
     }
     Ok(name)

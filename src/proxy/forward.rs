@@ -163,9 +163,11 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
         line.extend_from_slice(b", ");
     }
     line.extend_from_slice(ip);
-    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(line)) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
+    // The earlier values were valid header bytes and the rest is ASCII, so this holds; were it
+    // ever not to, the client's own values must not go on without the address appended.
+    let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(line))
+        .unwrap_or_else(|_| HeaderValue::from_bytes(ip).expect("an address is ASCII"));
+    headers.insert(X_FORWARDED_FOR, value);
 }
 
 /// An address as `Display` writes it (39 bytes at most); IPv4, the usual case, without the
@@ -211,7 +213,7 @@ pub fn method_is_canonical(method: &Method) -> bool {
 mod tests {
     use super::*;
 
-    /// The names `strip_hop_by_hop` leaves of a head, in order.
+    /// The names `strip_hop_by_hop` leaves of a head.
     fn kept_by_strip(head: impl IntoIterator<Item = (&'static str, &'static str)>) -> Vec<String> {
         let mut headers = HeaderMap::new();
         for (name, value) in head {
@@ -293,7 +295,7 @@ mod tests {
     }
 
     #[test]
-    fn earlier_forwarded_for_values_are_kept_as_they_came_and_blank_ones_dropped() {
+    fn earlier_forwarded_for_values_pass_on_as_bytes_and_blank_ones_are_dropped() {
         let mut headers = HeaderMap::new();
         for value in [&b"198.51.100.7"[..], b"  ", b"unknown, \xe9t\xe9 ", b""] {
             headers.append(X_FORWARDED_FOR, HeaderValue::from_bytes(value).unwrap());
