@@ -536,22 +536,11 @@ fn key_header(text: &str) -> Result<HeaderName, String> {
     // message's framing or routing, or one the gateway sets itself.
     let reserved = matches!(
         name.as_str(),
-        "authorization"
-            | "host"
-            | "content-length"
-            | "content-type"
-            | "cookie"
-            | "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "x-request-id"
-    ) || ["x-keygate-", "x-forwarded-"]
-        .iter()
-        .any(|prefix| name.as_str().starts_with(prefix));
+        "authorization" | "host" | "content-length" | "content-type" | "cookie" | "x-request-id"
+    ) || crate::core::headers::is_hop_by_hop(name.as_str())
+        || ["x-keygate-", "x-forwarded-"]
+            .iter()
+            .any(|prefix| name.as_str().starts_with(prefix));
     if reserved {
         return Err(format!("{text:?} is reserved; choose another header name"));
     }

@@ -194,6 +194,7 @@ fn each_mistake_names_its_field_and_line() {
         ("\n[auth]\nheader = \"Authorization\"\n", "auth.header", 3),
         ("\n[auth]\nheader = \"X-Forwarded-For\"\n", "auth.header", 3),
         ("\n[auth]\nheader = \"Content-Length\"\n", "auth.header", 3),
+        ("\n[auth]\nheader = \"Upgrade\"\n", "auth.header", 3),
         ("\n[auth]\nheader = \"bad header\"\n", "auth.header", 3),
         ("\n[auth]\nrealm = 'a\"b'\n", "auth.realm", 3),
         ("\n[auth]\nfailed_per_ip = \"30 per minute\"\n", "auth.failed_per_ip", 3),

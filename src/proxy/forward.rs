@@ -61,10 +61,7 @@ fn connection_options(headers: &HeaderMap) -> (Vec<HeaderName>, bool) {
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection" | "keep-alive" | "proxy-connection" | "te" | "trailer" | "transfer-encoding" | "upgrade"
-    )
+    crate::core::headers::is_hop_by_hop(name.as_str())
 }
 
 /// Whether a header is one only the gateway sets.
