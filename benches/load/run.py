@@ -614,7 +614,6 @@ def bench(work: str, args) -> None:
         wanted = set(args.only.split(","))
         contenders = [c for c in contenders if c.name in wanted]
 
-    valid_user, valid_key, _ = keys.valid[len(keys.valid) // 2]
     headers = {
         "valid": basic(valid_user, valid_key),
         "churn": basic(valid_user, valid_key),
