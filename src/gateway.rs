@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, RateLimitBackend};
 use crate::control::admin::Admin;
 use crate::control::keys::KeyService;
 use crate::control::lifecycle::LifecycleJobs;
@@ -20,6 +20,7 @@ use crate::control::usage::UsageFlusher;
 use crate::core::clock::{system_clock, Clock};
 use crate::core::secret::Hasher;
 use crate::proxy::server;
+use crate::proxy::shared_limits::{RedisSettings, SharedLimits};
 use crate::proxy::state::Shared;
 use crate::proxy::table::KeyTable;
 use crate::telemetry::Metrics;
@@ -95,13 +96,18 @@ impl Gateway {
         let store = Arc::new(store);
         let metrics = Metrics::new();
         let keys = Arc::new(KeyTable::default());
-        let shared = Arc::new(Shared::new(
+        let mut shared = Shared::new(
             config.clone(),
             keys.clone(),
             hasher.clone(),
             metrics.clone(),
             clock.clone(),
-        ));
+        );
+        let shared_limits = shared_limits(&config, &metrics).await?;
+        if let Some(limits) = &shared_limits {
+            shared = shared.with_shared_limits(limits.clone());
+        }
+        let shared = Arc::new(shared);
         let sync = Arc::new(KeySync::new(
             store.clone(),
             keys,
@@ -152,6 +158,7 @@ impl Gateway {
             tokio::spawn(housekeeping(shared.clone())),
         ];
         tasks.extend(lifecycle.spawn());
+        tasks.extend(shared_limits.map(|limits| tokio::spawn(limits.watch())));
         let admin_server = Arc::new(Admin::new(
             shared.clone(),
             KeyService::new(store.clone(), hasher, clock, Actor::AdminApi),
@@ -182,6 +189,9 @@ impl Gateway {
         let current = &self.shared.snapshot.load().config;
         if config.server.listen != current.server.listen || config.admin.listen != current.admin.listen {
             tracing::warn!("listen addresses changed in the config; they take effect at the next restart");
+        }
+        if config.rate_limit.backend != current.rate_limit.backend {
+            tracing::warn!("rate_limit.backend or its Redis settings changed in the config; they take effect at the next restart");
         }
         if config.store.url != current.store.url {
             tracing::warn!("store.url changed in the config; it takes effect at the next restart");
@@ -229,6 +239,27 @@ impl Gateway {
         let _ = tokio::task::spawn_blocking(move || flusher.flush()).await;
         tracing::info!("keygate stopped");
     }
+}
+
+/// The Redis limiter of `rate_limit.backend = "redis"`, given a moment to connect so the first
+/// requests are shared; a Redis that does not answer yet is no reason not to start (requests
+/// are limited locally, visibly, until it does).
+async fn shared_limits(config: &Config, metrics: &Metrics) -> anyhow::Result<Option<Arc<SharedLimits>>> {
+    let RateLimitBackend::Redis { url, prefix, timeout } = &config.rate_limit.backend else {
+        return Ok(None);
+    };
+    let settings = RedisSettings {
+        url,
+        prefix,
+        timeout: *timeout,
+    };
+    let limits = SharedLimits::new(&settings, metrics.rate_limit_fallback.clone())
+        .context("cannot set up the Redis rate-limit backend (rate_limit.redis_url)")?;
+    let limits = Arc::new(limits);
+    if !limits.connect(std::time::Duration::from_secs(2)).await {
+        tracing::warn!("Redis rate-limit backend does not answer yet: limiting locally until it does");
+    }
+    Ok(Some(limits))
 }
 
 /// Trims per-IP and per-key limiter state now and then, so it tracks only recent clients.

@@ -128,8 +128,12 @@ pub struct RawRateLimit {
     pub draft_headers: Field<bool>,
     /// `local` or `redis`. Default local.
     pub backend: Field<String>,
-    /// `redis://...`, required by the redis backend.
+    /// `redis://...` or `rediss://...` (TLS), required by the redis backend.
     pub redis_url: Field<String>,
+    /// Duration a check waits on Redis before it is decided locally. Default `"5ms"`.
+    pub redis_timeout: Field<String>,
+    /// Prefix of the keygate's bucket names in Redis. Default `"keygate:"`.
+    pub redis_prefix: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -117,7 +117,14 @@ pub struct RateLimit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RateLimitBackend {
     Local,
-    Redis { url: String },
+    /// One limit per key across every replica that shares the Redis.
+    Redis {
+        url: String,
+        /// Prefix of the bucket names, so deployments can share one Redis. Default `keygate:`.
+        prefix: String,
+        /// The longest a check waits on Redis before it is decided locally. Default 5ms.
+        timeout: Duration,
+    },
 }
 
 #[derive(Debug, Clone)]

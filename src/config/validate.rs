@@ -395,21 +395,21 @@ impl Checker<'_> {
         let backend = match raw.backend.as_ref().map(|b| (b.get_ref().as_str(), b.span())) {
             None | Some(("local", _)) => RateLimitBackend::Local,
             Some(("redis", span)) => match &raw.redis_url {
-                Some(url)
-                    if url.get_ref().starts_with("redis://") || url.get_ref().starts_with("rediss://") =>
-                {
-                    RateLimitBackend::Redis {
+                Some(url) => match redis_url(url.get_ref()) {
+                    Ok(()) => RateLimitBackend::Redis {
                         url: url.get_ref().clone(),
+                        prefix: self.string_or(&raw.redis_prefix, "keygate:"),
+                        timeout: self.duration_or(
+                            &raw.redis_timeout,
+                            "rate_limit.redis_timeout",
+                            Duration::from_millis(5),
+                        ),
+                    },
+                    Err(why) => {
+                        self.fail(&url.span(), "rate_limit.redis_url", why);
+                        RateLimitBackend::Local
                     }
-                }
-                Some(url) => {
-                    self.fail(
-                        &url.span(),
-                        "rate_limit.redis_url",
-                        "must start with redis:// or rediss://",
-                    );
-                    RateLimitBackend::Local
-                }
+                },
                 None => {
                     self.fail(
                         &span,
@@ -428,13 +428,22 @@ impl Checker<'_> {
                 RateLimitBackend::Local
             }
         };
-        if let (Some(url), RateLimitBackend::Local) = (&raw.redis_url, &backend) {
-            if raw.backend.is_none() {
-                self.fail(
-                    &url.span(),
-                    "rate_limit.redis_url",
-                    "is only used with backend = \"redis\"",
-                );
+        if raw.backend.is_none() {
+            let redis_only = [
+                ("rate_limit.redis_url", raw.redis_url.as_ref().map(Spanned::span)),
+                (
+                    "rate_limit.redis_timeout",
+                    raw.redis_timeout.as_ref().map(Spanned::span),
+                ),
+                (
+                    "rate_limit.redis_prefix",
+                    raw.redis_prefix.as_ref().map(Spanned::span),
+                ),
+            ];
+            for (field, span) in redis_only {
+                if let Some(span) = span {
+                    self.fail(&span, field, "is only used with backend = \"redis\"");
+                }
             }
         }
         RateLimit {
@@ -505,10 +514,22 @@ fn ip_net(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{text:?} is not a CIDR like \"10.0.0.0/8\" or an IP address"))
 }
 
+/// A `redis://` or `rediss://` URL the Redis client can connect with (parsed, not dialled).
+fn redis_url(text: &str) -> Result<(), String> {
+    if !(text.starts_with("redis://") || text.starts_with("rediss://")) {
+        return Err("must start with redis:// or rediss://".to_owned());
+    }
+    redis::Client::open(text)
+        .map(drop)
+        .map_err(|e| format!("is not a Redis URL: {e}"))
+}
+
 fn store_url(text: &str, base_dir: &Path) -> Result<StoreUrl, String> {
     let text = text.trim();
     if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-        return Ok(StoreUrl::Postgres(text.to_owned()));
+        // Refused rather than accepted and then failing at `serve`: `check` must catch
+        // everything this build cannot run.
+        return Err("this build has no PostgreSQL store yet; use sqlite://".to_owned());
     }
     let path = text
         .strip_prefix("sqlite://")

@@ -131,14 +131,6 @@ fn store_urls_resolve_against_the_config_folder() {
             "sqlite:///var/lib/keys.db",
             StoreUrl::Sqlite("/var/lib/keys.db".into()),
         ),
-        (
-            "postgres://u@h/db",
-            StoreUrl::Postgres("postgres://u@h/db".into()),
-        ),
-        (
-            "postgresql://u@h/db",
-            StoreUrl::Postgres("postgresql://u@h/db".into()),
-        ),
     ] {
         let config = parse_ok(&format!("[store]\nurl = {written:?}\n"));
         assert_eq!(config.store.url, expected, "{written}");
@@ -201,6 +193,12 @@ fn each_mistake_names_its_field_and_line() {
         ("\n[rate_limit]\ndefault = \"0/s\"\n", "rate_limit.default", 3),
         ("\n[rate_limit]\nbackend = \"redis\"\n", "rate_limit.redis_url", 3),
         ("\n[rate_limit]\nbackend = \"memcached\"\n", "rate_limit.backend", 3),
+        ("\n[rate_limit]\nbackend = \"redis\"\nredis_url = \"http://r\"\n", "rate_limit.redis_url", 4),
+        ("\n[rate_limit]\nbackend = \"redis\"\nredis_url = \"redis://r:port\"\n", "rate_limit.redis_url", 4),
+        ("\n[rate_limit]\nbackend = \"redis\"\nredis_url = \"redis://r\"\nredis_timeout = \"0ms\"\n", "rate_limit.redis_timeout", 5),
+        ("\n[rate_limit]\nredis_timeout = \"5ms\"\n", "rate_limit.redis_timeout", 3),
+        ("\n[rate_limit]\nredis_prefix = \"x:\"\n", "rate_limit.redis_prefix", 3),
+        ("\n[store]\nurl = \"postgres://u@h/db\"\n", "store.url", 3),
         ("\n[lifecycle]\nwarn_before = [\"1d\"]\n", "lifecycle.warn_before", 3),
         ("\n[lifecycle]\nidle_expiry = \"7d\"\nwarn_before = [\"7d\"]\n", "lifecycle.warn_before", 4),
         ("\n[lifecycle]\nidle_expiry = \"9d\"\nwarn_before = [\"1d\", \"1d\"]\n", "lifecycle.warn_before", 4),
@@ -292,4 +290,30 @@ fn every_problem_is_reported_not_just_the_first() {
 fn toml_syntax_errors_carry_their_line() {
     let found = problems("[server]\nlisten = \"127.0.0.1:1\"\nenvironment = \n");
     assert_eq!(found[0].line, Some(3), "{found:?}");
+}
+
+#[test]
+fn the_redis_backend_takes_its_url_prefix_and_budget() {
+    let config = parse_ok(&format!(
+        "{MINIMAL}\n[rate_limit]\nbackend = \"redis\"\nredis_url = \"rediss://:pw@cache.internal:6380/2\"\n"
+    ));
+    assert_eq!(
+        config.rate_limit.backend,
+        RateLimitBackend::Redis {
+            url: "rediss://:pw@cache.internal:6380/2".into(),
+            prefix: "keygate:".into(),
+            timeout: Duration::from_millis(5),
+        }
+    );
+    let config = parse_ok(&format!(
+        "{MINIMAL}\n[rate_limit]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1\"\nredis_prefix = \"eu1:\"\nredis_timeout = \"20ms\"\n"
+    ));
+    assert_eq!(
+        config.rate_limit.backend,
+        RateLimitBackend::Redis {
+            url: "redis://127.0.0.1".into(),
+            prefix: "eu1:".into(),
+            timeout: Duration::from_millis(20),
+        }
+    );
 }

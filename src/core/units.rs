@@ -56,7 +56,7 @@ pub fn format_duration(duration: Duration) -> String {
     UNITS
         .iter()
         .rev()
-        .find(|(_, ms)| millis % ms == 0 && millis > 0)
+        .find(|(_, ms)| millis.is_multiple_of(*ms) && millis > 0)
         .map(|(name, ms)| format!("{}{name}", millis / ms))
         .unwrap_or_else(|| "0s".to_owned())
 }

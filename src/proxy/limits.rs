@@ -94,7 +94,7 @@ fn quota(spec: &RateLimitSpec) -> Quota {
         .allow_burst(spec.burst())
 }
 
-fn ceil_secs(duration: Duration) -> u64 {
+pub(crate) fn ceil_secs(duration: Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }
 

@@ -10,6 +10,7 @@ pub mod path;
 pub mod pipeline;
 pub mod router;
 pub mod server;
+pub mod shared_limits;
 pub mod state;
 pub mod table;
 pub mod upstream;

@@ -16,7 +16,8 @@
 //!   a revoked one or one of another environment.
 //! - 5 to 7 are the key's restrictions, cheapest first; they answer 403.
 //! - 8 comes last of the checks so that a request refused for another reason does not spend the
-//!   key's allowance.
+//!   key's allowance. A local limit is decided in place; a shared one (Redis) is the one check
+//!   that awaits, so it runs at the start of the admitted request's exchange.
 //! - 9 forwards; the final phase (access log, metrics) runs for every request, whatever step it
 //!   stopped at.
 
@@ -41,6 +42,7 @@ use super::state::{RouteState, Shared, Snapshot};
 use super::table::{AuthKey, Secret};
 use super::upstream::{OutBody, SendFailure};
 use super::Body;
+use crate::core::key::RateLimitSpec;
 use crate::core::secret::{check_format, Format};
 
 /// Where a connection comes from.
@@ -85,6 +87,8 @@ struct Admitted {
     key: Arc<AuthKey>,
     uri: http::Uri,
     source: Source,
+    /// Step 8 still to do, in the shared limiter: the key's limit.
+    shared_limit: Option<RateLimitSpec>,
 }
 
 /// Answers one request. Never fails: every refusal is a response.
@@ -114,6 +118,7 @@ struct Exchange {
     ctx: Context,
     method: http::Method,
     path: Option<String>,
+    shared_limit: Option<RateLimitSpec>,
     upstream: usize,
     outgoing: Request<OutBody>,
 }
@@ -128,15 +133,18 @@ fn begin(
     let mut ctx = Context::new(&snapshot, peer, request.headers(), request_id(&request));
     let method = request.method().clone();
     let path = access_log_on().then(|| request.uri().path().to_owned());
-    let outgoing = admit(shared, &snapshot, &mut ctx, &request)
-        .and_then(|admitted| outgoing(&snapshot, &ctx, peer, admitted, request));
+    let outgoing = admit(shared, &snapshot, &mut ctx, &request).and_then(|admitted| {
+        let shared_limit = admitted.shared_limit;
+        outgoing(&snapshot, &ctx, peer, admitted, request).map(|out| (shared_limit, out))
+    });
     match outgoing {
-        Ok((upstream, outgoing)) => {
+        Ok((shared_limit, (upstream, outgoing))) => {
             let exchange = Exchange {
                 snapshot,
                 ctx,
                 method,
                 path,
+                shared_limit,
                 upstream,
                 outgoing,
             };
@@ -150,17 +158,29 @@ fn begin(
 }
 
 impl Exchange {
-    /// Step 9, then the final phase.
+    /// A shared step 8, step 9, then the final phase.
     async fn run(self, shared: &Shared) -> Response<Body> {
         let Exchange {
             snapshot,
             mut ctx,
             method,
             path,
+            shared_limit,
             upstream,
             outgoing,
         } = self;
-        let response = match forward(shared, &snapshot, &mut ctx, upstream, outgoing).await {
+        let limited = match (shared_limit, &ctx.key) {
+            (Some(spec), Some(key)) => {
+                let decision = shared.limit(key, &spec).await;
+                apply_limit(&mut ctx, decision)
+            }
+            _ => Ok(()),
+        };
+        let forwarded = match limited {
+            Ok(()) => forward(shared, &snapshot, &mut ctx, upstream, outgoing).await,
+            Err(refusal) => Err(refusal),
+        };
+        let response = match forwarded {
             Ok(response) => response,
             Err(refusal) => refuse(shared, &snapshot, &mut ctx, refusal),
         };
@@ -169,7 +189,8 @@ impl Exchange {
 }
 
 /// Steps 0 to 8 alone, without forwarding, logging or metrics: the gateway's verdict on a
-/// request. For benchmarks and checks of the decision itself.
+/// request. For benchmarks and checks of the decision itself; a shared (Redis) limit is not
+/// checked here.
 pub fn decide<B>(shared: &Shared, peer: Peer, request: &Request<B>) -> Result<(), Refusal> {
     let snapshot = shared.snapshot.load();
     let mut ctx = Context::new(&snapshot, peer, request.headers(), HeaderValue::from_static("-"));
@@ -249,15 +270,15 @@ fn admit<B>(
         }
     }
 
-    // 8: the key's rate limit.
+    // 8: the key's rate limit, here when it is local; a shared one is awaited by the exchange.
     let spec = key.rate_limit().copied().unwrap_or(snapshot.default_limit);
-    match shared.key_limits.check(key.seq, &spec) {
-        Decision::Allowed(state) => ctx.limit = Some(state),
-        Decision::Limited { state, retry_after } => {
-            ctx.limit = Some(state);
-            return Err(Refusal::RateLimited { state, retry_after });
+    let shared_limit = match shared.shared_limits {
+        Some(_) => Some(spec),
+        None => {
+            apply_limit(ctx, shared.key_limits.check(key.seq, &spec))?;
+            None
         }
-    }
+    };
 
     let upstream = &snapshot.upstreams[route.upstream].0;
     let uri = upstream
@@ -268,7 +289,22 @@ fn admit<B>(
         key,
         uri,
         source,
+        shared_limit,
     })
+}
+
+/// Step 8's outcome: the numbers for the `RateLimit-*` headers either way.
+fn apply_limit(ctx: &mut Context, decision: Decision) -> Result<(), Refusal> {
+    match decision {
+        Decision::Allowed(state) => {
+            ctx.limit = Some(state);
+            Ok(())
+        }
+        Decision::Limited { state, retry_after } => {
+            ctx.limit = Some(state);
+            Err(Refusal::RateLimited { state, retry_after })
+        }
+    }
 }
 
 fn usable(key: &AuthKey, which: Secret, now: i64) -> Result<(), Refusal> {

@@ -11,8 +11,9 @@ use prometheus::{Histogram, IntCounter, IntCounterVec};
 
 use super::credentials::Schemes;
 use super::error::{AuthFailure, Denial};
-use super::limits::{IpThrottle, KeyLimits};
+use super::limits::{Decision, IpThrottle, KeyLimits};
 use super::router::Router;
+use super::shared_limits::SharedLimits;
 use super::table::{AuthKey, KeyTable};
 use super::upstream::UpstreamClient;
 use super::usage::UsageCounters;
@@ -199,6 +200,8 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub keys: Arc<KeyTable>,
     pub key_limits: KeyLimits,
+    /// The fleet-wide limiter of `rate_limit.backend = "redis"`; `None`: limits are local.
+    pub shared_limits: Option<Arc<SharedLimits>>,
     pub usage: Arc<UsageCounters>,
     pub metrics: Metrics,
     /// `keygate_auth_failures_total` by reason.
@@ -223,6 +226,7 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::new(config, &metrics, None)),
             keys,
             key_limits: KeyLimits::default(),
+            shared_limits: None,
             usage: Arc::default(),
             auth_failures: Series::new(
                 &metrics.auth_failures,
@@ -236,6 +240,26 @@ impl Shared {
             sync: Arc::default(),
             clock,
         }
+    }
+
+    /// With the shared limiter of `rate_limit.backend = "redis"`.
+    pub fn with_shared_limits(self, limits: Arc<SharedLimits>) -> Self {
+        Shared {
+            shared_limits: Some(limits),
+            ..self
+        }
+    }
+
+    /// Step 8 for a key: its shared bucket when there is a shared backend that answers in time,
+    /// its local one otherwise. The request path calls it only with a shared backend, and
+    /// decides locally without awaiting anything otherwise.
+    pub async fn limit(&self, key: &AuthKey, spec: &RateLimitSpec) -> Decision {
+        if let Some(shared) = &self.shared_limits {
+            if let Some(decision) = shared.check(&key.id, spec).await {
+                return decision;
+            }
+        }
+        self.key_limits.check(key.seq, spec)
     }
 
     pub fn hasher(&self) -> &Hasher {

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub key_table_last_sync: Gauge,
     pub store_sync_errors: IntCounter,
     pub upstream_errors: IntCounterVec,
+    /// Rate-limit checks decided locally because the shared backend (Redis) did not answer.
+    pub rate_limit_fallback: IntCounter,
     pub usage_flush_errors: IntCounter,
     pub build_info: IntGaugeVec,
     pub idle_warnings: IntCounterVec,
@@ -163,6 +165,11 @@ impl Metrics {
                 "keygate_idle_warnings_total",
                 "Idle-expiry warnings issued, by how long before revocation",
                 &["threshold"],
+            ),
+            rate_limit_fallback: counter(
+                r,
+                "keygate_rate_limit_fallback_total",
+                "Rate-limit checks decided locally because Redis did not answer in time",
             ),
             idle_revocations: counter(r, "keygate_idle_revocations_total", "Keys revoked for idleness"),
             webhook_deliveries: counter(

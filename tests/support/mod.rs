@@ -3,6 +3,8 @@
 //! synchronisation: waits poll with a deadline.
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;

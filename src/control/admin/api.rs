@@ -605,7 +605,7 @@ async fn verify(admin: &Admin, request: Request<Incoming>) -> Answer {
     }
     let snapshot = shared.snapshot.load();
     let spec = key.rate_limit().copied().unwrap_or(snapshot.default_limit);
-    let (code, state) = match shared.key_limits.check(key.seq, &spec) {
+    let (code, state) = match shared.limit(&key, &spec).await {
         Decision::Allowed(state) => {
             let previous = matches!(which, Presented::Previous { .. });
             shared.record_use(&key, previous, now, snapshot.config.metrics.per_key);

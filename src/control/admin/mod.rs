@@ -96,11 +96,17 @@ impl Admin {
             let ms = shared.clock.now().as_millisecond() - shared.sync.last_success_ms();
             ms.max(0) as f64 / 1000.0
         });
+        // Ready whether limits are shared or not: a replica limiting locally still serves.
+        let rate_limit = match &shared.shared_limits {
+            None => serde_json::json!({ "backend": "local" }),
+            Some(limits) => serde_json::json!({ "backend": "redis", "shared": limits.is_shared() }),
+        };
         let body = serde_json::json!({
             "ready": ready,
             "key_table_revision": shared.keys.revision(),
             "keys": shared.keys.len(),
             "last_sync_age_seconds": age,
+            "rate_limit": rate_limit,
         });
         let status = if ready {
             StatusCode::OK

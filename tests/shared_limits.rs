@@ -1,0 +1,239 @@
+//! Shared rate limits in Redis: replicas that count as one, a Redis cut off that holds no
+//! request up, and shared limiting that comes back by itself. Needs `KEYGATE_TEST_REDIS_URL`;
+//! each test uses a bucket prefix of its own, so tests run in parallel on one Redis.
+
+mod support;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use keygate::core::environment::Environment;
+use keygate::core::key::RateLimitSpec;
+use keygate::gateway::Gateway;
+use keygate::proxy::limits::Decision;
+use keygate::proxy::shared_limits::{RedisSettings, SharedLimits};
+use support::relay::{service_addr, Relay};
+use support::{basic, eventually, read, sample, spec, Answer, Harness, ADMIN_TOKEN, STANDARD};
+
+fn redis_url() -> Option<String> {
+    let url = std::env::var("KEYGATE_TEST_REDIS_URL").ok();
+    if url.is_none() {
+        eprintln!("skipped: KEYGATE_TEST_REDIS_URL is not set (e.g. redis://127.0.0.1:6379)");
+    }
+    url
+}
+
+/// A bucket prefix no other test (or earlier run) uses.
+fn fresh_prefix() -> String {
+    format!("keygate-test:{:032x}:", rand::random::<u128>())
+}
+
+/// The standard config with the Redis backend at `url`.
+fn redis_config(url: &str, prefix: &str) -> String {
+    STANDARD.replace(
+        "default = \"1000/s\"",
+        &format!(
+            "default = \"1000/s\"\nbackend = \"redis\"\nredis_url = \"{url}\"\nredis_prefix = \"{prefix}\"\nredis_timeout = \"50ms\""
+        ),
+    )
+}
+
+fn limited(requests: u32, per_secs: u64) -> keygate::control::keys::KeySpec {
+    let mut spec = spec(Environment::Production, &["*"]);
+    spec.rate_limit = Some(RateLimitSpec {
+        requests: NonZeroU32::new(requests).unwrap(),
+        per: Duration::from_secs(per_secs),
+        burst: None,
+    });
+    spec
+}
+
+async fn get(gateway: &Gateway, key: &str) -> Answer {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::get(format!("http://{}/v1/status", gateway.proxy_addr))
+        .header("authorization", basic(key))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    read(client.request(request).await.unwrap()).await
+}
+
+async fn admin(gateway: &Gateway, method: &str, path: &str, body: &str) -> Answer {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", gateway.admin_addr))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    read(client.request(request).await.unwrap()).await
+}
+
+async fn shares_limits(gateway: &Gateway) -> bool {
+    let ready = admin(gateway, "GET", "/readyz", "").await.json();
+    assert_eq!(ready["rate_limit"]["backend"], "redis", "{ready}");
+    ready["rate_limit"]["shared"] == true
+}
+
+#[tokio::test]
+async fn the_script_counts_a_burst_then_refuses_with_the_wait() {
+    let Some(url) = redis_url() else { return };
+    let prefix = fresh_prefix();
+    let settings = RedisSettings {
+        url: &url,
+        prefix: &prefix,
+        timeout: Duration::from_millis(500),
+    };
+    let fallbacks = prometheus::IntCounter::new("f", "f").unwrap();
+    let limits = Arc::new(SharedLimits::new(&settings, fallbacks.clone()).unwrap());
+    assert!(limits.connect(Duration::from_secs(5)).await, "Redis answers");
+    let six_a_minute = RateLimitSpec {
+        requests: NonZeroU32::new(6).unwrap(),
+        per: Duration::from_secs(60),
+        burst: None,
+    };
+    let mut remaining = Vec::new();
+    for _ in 0..6 {
+        match limits.check("key_a", &six_a_minute).await {
+            Some(Decision::Allowed(state)) => {
+                assert_eq!((state.limit, state.window), (6, 60));
+                remaining.push(state.remaining);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(remaining, [5, 4, 3, 2, 1, 0]);
+    match limits.check("key_a", &six_a_minute).await {
+        Some(Decision::Limited { retry_after, state }) => {
+            assert!((9..=10).contains(&retry_after), "{retry_after}");
+            assert_eq!(state.remaining, 0);
+            assert!(state.reset >= retry_after);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Another key has a bucket of its own.
+    assert!(matches!(
+        limits.check("key_b", &six_a_minute).await,
+        Some(Decision::Allowed(_))
+    ));
+    assert_eq!(fallbacks.get(), 0);
+}
+
+#[tokio::test]
+async fn three_replicas_admit_a_keys_limit_once_not_three_times() {
+    let Some(url) = redis_url() else { return };
+    let harness = Harness::with_config(&redis_config(&url, &fresh_prefix()), "").await;
+    let (_, key) = harness.create_key(limited(6, 60)).await;
+    let second = harness.another_gateway().await;
+    let third = harness.another_gateway().await;
+    let replicas = [&harness.gateway, &second, &third];
+
+    // `verify` spends the same allowance as proxied requests.
+    let verdict = admin(
+        &harness.gateway,
+        "POST",
+        "/v1/keys/verify",
+        &format!(r#"{{"key":"{key}"}}"#),
+    )
+    .await
+    .json();
+    assert_eq!(verdict["code"], "VALID", "{verdict}");
+    assert_eq!(verdict["ratelimit"]["remaining"], 5, "{verdict}");
+
+    let mut statuses = Vec::new();
+    for round in 0..4 {
+        for replica in replicas {
+            let answer = get(replica, &key).await;
+            if answer.status == 429 {
+                assert!(answer.headers.contains_key("retry-after"), "round {round}");
+                assert_eq!(answer.headers["ratelimit-remaining"], "0");
+            }
+            statuses.push(answer.status.as_u16());
+        }
+    }
+    let admitted = statuses.iter().filter(|&&s| s == 200).count();
+    assert_eq!(
+        admitted, 5,
+        "6 a minute across the fleet, one spent on verify: {statuses:?}"
+    );
+    assert_eq!(statuses.iter().filter(|&&s| s == 429).count(), 7);
+    for replica in replicas {
+        let metrics = admin(replica, "GET", "/metrics", "").await.text();
+        assert_eq!(sample(&metrics, "keygate_rate_limit_fallback_total"), Some(0.0));
+    }
+    second.shutdown().await;
+    third.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_redis_cut_off_holds_no_request_up_and_shared_limits_come_back() {
+    let Some(url) = redis_url() else { return };
+    let relay = Relay::start(service_addr(&url)).await;
+    let through_relay = format!("redis://{}", relay.addr);
+    let harness = Harness::with_config(&redis_config(&through_relay, &fresh_prefix()), "").await;
+    let (_, roomy) = harness.key(&["*"]).await;
+    assert!(shares_limits(&harness.gateway).await);
+
+    relay.cut();
+    for _ in 0..20 {
+        assert_eq!(harness.get("/v1/status", &roomy).await.status, 200);
+    }
+    assert!(
+        !shares_limits(&harness.gateway).await,
+        "readyz shows the local fallback"
+    );
+    let metrics = harness.metrics().await;
+    let fallbacks = sample(&metrics, "keygate_rate_limit_fallback_total").unwrap();
+    assert!(fallbacks >= 19.0, "{fallbacks}");
+    assert_eq!(
+        harness.admin_get("/readyz").await.status,
+        200,
+        "a local limit still serves"
+    );
+
+    relay.restore();
+    assert!(
+        eventually(Duration::from_secs(10), || shares_limits(&harness.gateway)).await,
+        "shared limits resume by themselves"
+    );
+    // Shared again: two replicas together admit one limit.
+    let (_, key) = harness.create_key(limited(3, 60)).await;
+    let second = harness.another_gateway().await;
+    assert!(eventually(Duration::from_secs(10), || shares_limits(&second)).await);
+    let mut admitted = 0;
+    for _ in 0..3 {
+        for replica in [&harness.gateway, &second] {
+            admitted += usize::from(get(replica, &key).await.status == 200);
+        }
+    }
+    assert_eq!(admitted, 3);
+    second.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_gateway_starts_while_redis_is_unreachable_and_limits_locally_meanwhile() {
+    let Some(url) = redis_url() else { return };
+    let relay = Relay::start(service_addr(&url)).await;
+    relay.cut();
+    let through_relay = format!("redis://{}", relay.addr);
+    let harness = Harness::with_config(&redis_config(&through_relay, &fresh_prefix()), "").await;
+    let (_, key) = harness.create_key(limited(2, 60)).await;
+    assert!(!shares_limits(&harness.gateway).await);
+    let statuses: Vec<u16> = {
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            statuses.push(harness.get("/v1/status", &key).await.status.as_u16());
+        }
+        statuses
+    };
+    assert_eq!(statuses, [200, 200, 429], "the local limit holds meanwhile");
+    relay.restore();
+    assert!(eventually(Duration::from_secs(10), || shares_limits(&harness.gateway)).await);
+}
