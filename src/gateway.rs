@@ -93,7 +93,6 @@ impl Gateway {
         let store = tokio::task::spawn_blocking(move || store::open(&store_url))
             .await
             .context("store open task failed")??;
-        let store = Arc::new(store);
         let metrics = Metrics::new();
         let keys = Arc::new(KeyTable::default());
         let mut shared = Shared::new(

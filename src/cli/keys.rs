@@ -4,7 +4,6 @@
 use std::io::Read;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -206,7 +205,7 @@ pub fn run(args: KeysArgs) -> Result<(), Failure> {
     let config = super::serve::load(&path)?;
     let hasher = hasher_from_env(&config)?;
     let store = store::open(&config.store.url).map_err(|e| Failure::Runtime(e.to_string()))?;
-    let service = KeyService::new(Arc::new(store), hasher, system_clock(), Actor::Cli);
+    let service = KeyService::new(store, hasher, system_clock(), Actor::Cli);
     let json = args.json;
     match args.command {
         KeysCommand::Create(create) => {

@@ -514,6 +514,41 @@ fn ip_net(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{text:?} is not a CIDR like \"10.0.0.0/8\" or an IP address"))
 }
 
+/// A PostgreSQL URL (libpq's form) as the store connects with it. keygate verifies the
+/// server's certificate whenever it uses TLS, so `sslmode` takes libpq's values with that
+/// difference: `disable` (the default here) is plain text; `prefer` uses TLS when the server
+/// offers it; `require`, `verify-ca` and `verify-full` insist on TLS. Every TLS connection checks
+/// the certificate chain (system and Mozilla roots) and the host name, as libpq's `verify-full`.
+pub fn postgres_url(text: &str) -> Result<tokio_postgres::Config, String> {
+    let (base, query) = text.split_once('?').unwrap_or((text, ""));
+    let mut mode = "disable";
+    let mut rest: Vec<&str> = Vec::new();
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        match pair.split_once('=') {
+            Some(("sslmode", value)) => mode = value,
+            _ => rest.push(pair),
+        }
+    }
+    let mode = match mode {
+        "disable" => "disable",
+        "prefer" => "prefer",
+        "require" | "verify-ca" | "verify-full" => "require",
+        other => {
+            return Err(format!(
+                "sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full"
+            ))
+        }
+    };
+    rest.push(match mode {
+        "disable" => "sslmode=disable",
+        "prefer" => "sslmode=prefer",
+        _ => "sslmode=require",
+    });
+    format!("{base}?{}", rest.join("&"))
+        .parse::<tokio_postgres::Config>()
+        .map_err(|e| format!("is not a PostgreSQL URL: {e}"))
+}
+
 /// A `redis://` or `rediss://` URL the Redis client can connect with (parsed, not dialled).
 fn redis_url(text: &str) -> Result<(), String> {
     if !(text.starts_with("redis://") || text.starts_with("rediss://")) {
@@ -527,9 +562,9 @@ fn redis_url(text: &str) -> Result<(), String> {
 fn store_url(text: &str, base_dir: &Path) -> Result<StoreUrl, String> {
     let text = text.trim();
     if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-        // Refused rather than accepted and then failing at `serve`: `check` must catch
-        // everything this build cannot run.
-        return Err("this build has no PostgreSQL store yet; use sqlite://".to_owned());
+        // Parsed as the store will, so `check` refuses what `serve` would.
+        postgres_url(text)?;
+        return Ok(StoreUrl::Postgres(text.to_owned()));
     }
     let path = text
         .strip_prefix("sqlite://")

@@ -131,6 +131,14 @@ fn store_urls_resolve_against_the_config_folder() {
             "sqlite:///var/lib/keys.db",
             StoreUrl::Sqlite("/var/lib/keys.db".into()),
         ),
+        (
+            "postgres://u@h/db",
+            StoreUrl::Postgres("postgres://u@h/db".into()),
+        ),
+        (
+            "postgresql://u@h:5433/db?sslmode=require",
+            StoreUrl::Postgres("postgresql://u@h:5433/db?sslmode=require".into()),
+        ),
     ] {
         let config = parse_ok(&format!("[store]\nurl = {written:?}\n"));
         assert_eq!(config.store.url, expected, "{written}");
@@ -198,7 +206,7 @@ fn each_mistake_names_its_field_and_line() {
         ("\n[rate_limit]\nbackend = \"redis\"\nredis_url = \"redis://r\"\nredis_timeout = \"0ms\"\n", "rate_limit.redis_timeout", 5),
         ("\n[rate_limit]\nredis_timeout = \"5ms\"\n", "rate_limit.redis_timeout", 3),
         ("\n[rate_limit]\nredis_prefix = \"x:\"\n", "rate_limit.redis_prefix", 3),
-        ("\n[store]\nurl = \"postgres://u@h/db\"\n", "store.url", 3),
+        ("\n[store]\nurl = \"postgres://u@h/db?sslmode=sometimes\"\n", "store.url", 3),
         ("\n[lifecycle]\nwarn_before = [\"1d\"]\n", "lifecycle.warn_before", 3),
         ("\n[lifecycle]\nidle_expiry = \"7d\"\nwarn_before = [\"7d\"]\n", "lifecycle.warn_before", 4),
         ("\n[lifecycle]\nidle_expiry = \"9d\"\nwarn_before = [\"1d\", \"1d\"]\n", "lifecycle.warn_before", 4),

@@ -447,6 +447,7 @@ mod payloads {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::store::SqliteStore;
     use crate::core::environment::Environment;
 
     const DAY: Duration = Duration::from_secs(86_400);
@@ -462,7 +463,7 @@ mod tests {
     #[test]
     fn idle_keys_come_in_pages_that_cover_them_all_once() {
         use crate::control::store::{Actor, Audit, NewKey};
-        let store = Store::open(std::path::Path::new(":memory:")).unwrap();
+        let store = SqliteStore::open(std::path::Path::new(":memory:")).unwrap();
         let keys: Vec<NewKey> = (0..2 * SWEEP_PAGE + 7)
             .map(|i| NewKey {
                 id: format!("key_{i}"),
@@ -528,7 +529,7 @@ mod tests {
 
     #[test]
     fn the_lease_outlives_a_missed_sweep_and_half_a_minute() {
-        let store = Arc::new(Store::open(std::path::Path::new(":memory:")).unwrap());
+        let store = Arc::new(SqliteStore::open(std::path::Path::new(":memory:")).unwrap());
         assert_eq!(
             Lease::new(store.clone(), Duration::from_secs(3600)).ttl,
             Duration::from_secs(7200)

@@ -1,7 +1,8 @@
 //! Keeps the key table in step with the store (control plane → data plane).
 //!
-//! At start the whole table is loaded; then, every `store.sync_interval`, only the rows whose
-//! revision is past the table's. Each changed key is one O(1) upsert or removal, so a change to
+//! At start the whole table is loaded; then only the rows whose revision is past the table's:
+//! at once when the store announces a change (PostgreSQL's `NOTIFY`), and every
+//! `store.sync_interval` in any case, the fallback for an announcement that was lost. Each changed key is one O(1) upsert or removal, so a change to
 //! one key of a million rebuilds nothing. A row that cannot be read is logged, counted and
 //! skipped; the rest still apply.
 
@@ -126,15 +127,19 @@ impl KeySync {
         set
     }
 
-    /// Syncs every `interval` until the task is dropped. Failures are logged and counted; the
-    /// table keeps serving what it has.
+    /// Syncs on each announced change and every `interval`, until the task is dropped.
+    /// Failures are logged and counted; the table keeps serving what it has.
     pub async fn run(self: Arc<Self>, interval: Duration) {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick is immediate, and the gateway has just loaded the table.
         ticker.tick().await;
+        let mut announced = self.store.change_feed();
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                Some(()) = changed(&mut announced) => {}
+            }
             let sync = self.clone();
             match tokio::task::spawn_blocking(move || sync.sync_once()).await {
                 Ok(Ok(0)) => {}
@@ -145,6 +150,21 @@ impl KeySync {
                 Err(panic) => tracing::error!(%panic, "key sync task failed"),
             }
         }
+    }
+}
+
+/// The next announcement of a change; `None` when the store announces none (or stopped),
+/// which leaves the ticker alone to wake the sync.
+async fn changed(feed: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Option<()> {
+    match feed {
+        Some(receiver) => match receiver.changed().await {
+            Ok(()) => Some(()),
+            Err(_) => {
+                *feed = None;
+                None
+            }
+        },
+        None => None,
     }
 }
 

@@ -254,10 +254,11 @@ async fn blocking<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::store::SqliteStore;
     use crate::core::clock::ManualClock;
 
     fn deliverer(url: &str, clock: &ManualClock) -> Result<Deliverer, SetupError> {
-        let store = Arc::new(Store::open(std::path::Path::new(":memory:")).unwrap());
+        let store = Arc::new(SqliteStore::open(std::path::Path::new(":memory:")).unwrap());
         let lease = Lease::new(store.clone(), Duration::from_secs(3600));
         let clock = Arc::new(clock.clone());
         Deliverer::new(url, store, clock, Metrics::new(), lease, Arc::default())
@@ -292,7 +293,7 @@ mod tests {
 
     #[test]
     fn a_claimed_payload_is_not_due_to_anyone_else_until_its_claim_ends() {
-        let store = Store::open(std::path::Path::new(":memory:")).unwrap();
+        let store = SqliteStore::open(std::path::Path::new(":memory:")).unwrap();
         let now = Timestamp::UNIX_EPOCH;
         store.enqueue_webhook(r#"{"event":"x"}"#, now).unwrap();
         let until = now.checked_add(CLAIM).unwrap();

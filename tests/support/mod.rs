@@ -202,12 +202,7 @@ impl Harness {
         let clock = ManualClock::new(jiff::Timestamp::now());
         let shared_clock: Clock = Arc::new(clock.clone());
         let store = store::open(&config.store.url).unwrap();
-        let keys = KeyService::new(
-            Arc::new(store),
-            Hasher::unkeyed(),
-            shared_clock.clone(),
-            store::Actor::Cli,
-        );
+        let keys = KeyService::new(store, Hasher::unkeyed(), shared_clock.clone(), store::Actor::Cli);
         let options = Options {
             hasher: Hasher::unkeyed(),
             admin_token: Some(ADMIN_TOKEN.into()),

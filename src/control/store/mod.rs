@@ -1,16 +1,28 @@
-//! The backing store of keys and their usage (control plane). SQLite, embedded, for now; the
-//! rest of the crate sees only [`Store`] and the [`model`] types.
+//! The backing store of keys and their usage (control plane), behind one seam: [`KeyStore`].
+//! SQLite, embedded, for one host; PostgreSQL for replicas on several hosts. The CLI, the admin
+//! API, the key sync, the lifecycle sweep, the webhook outbox and the usage flusher name only
+//! [`Store`] and the [`model`] types.
+//!
+//! Both stores are synchronous and are called from blocking threads (`spawn_blocking`, the
+//! CLI), never from async tasks.
 
 pub mod model;
+mod postgres;
 mod sqlite;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::watch;
 
 pub use model::*;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
-/// The store a deployment uses.
-pub type Store = SqliteStore;
+/// The store a deployment uses, whichever backend it is.
+pub type Store = dyn KeyStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -31,11 +43,86 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 /// Opens the store a config names.
-pub fn open(url: &crate::config::StoreUrl) -> Result<Store, StoreError> {
-    match url {
-        crate::config::StoreUrl::Sqlite(path) => SqliteStore::open(Path::new(path)),
-        crate::config::StoreUrl::Postgres(_) => Err(StoreError::Unavailable(
-            "PostgreSQL stores are not supported by this build yet; use sqlite://".into(),
-        )),
-    }
+pub fn open(url: &crate::config::StoreUrl) -> Result<Arc<Store>, StoreError> {
+    Ok(match url {
+        crate::config::StoreUrl::Sqlite(path) => Arc::new(SqliteStore::open(Path::new(path))?),
+        crate::config::StoreUrl::Postgres(url) => Arc::new(PgStore::open(url)?),
+    })
+}
+
+/// Writes the seam once: the trait, and each backend's implementation of it by its own
+/// methods of the same names (documented there).
+macro_rules! seam {
+    ($( fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty; )*) => {
+        /// What the control plane asks of a store. Every change bumps the store revision and
+        /// writes its audit record in the same transaction.
+        pub trait KeyStore: Send + Sync + std::fmt::Debug {
+            $( fn $name(&self $(, $arg: $ty)*) -> $ret; )*
+
+            /// Wakes on each change committed anywhere, where the store pushes changes
+            /// (PostgreSQL's `NOTIFY`); `None` where readers poll.
+            fn change_feed(&self) -> Option<watch::Receiver<u64>> {
+                None
+            }
+        }
+
+        impl KeyStore for SqliteStore {
+            $( fn $name(&self $(, $arg: $ty)*) -> $ret { SqliteStore::$name(self $(, $arg)*) } )*
+        }
+
+        impl KeyStore for PgStore {
+            $( fn $name(&self $(, $arg: $ty)*) -> $ret { PgStore::$name(self $(, $arg)*) } )*
+
+            fn change_feed(&self) -> Option<watch::Receiver<u64>> {
+                Some(PgStore::change_feed(self))
+            }
+        }
+    };
+}
+
+seam! {
+    fn insert(&self, key: &NewKey, audit: Audit) -> Result<StoredKey, StoreError>;
+    fn get(&self, id: &str) -> Result<Option<StoredKey>, StoreError>;
+    fn modify(
+        &self,
+        id: &str,
+        audit: Audit,
+        webhook: Option<&str>,
+        change: &mut dyn FnMut(&mut StoredKey) -> Result<(), StoreError>
+    ) -> Result<StoredKey, StoreError>;
+    fn events(&self, id: &str, after: u64, limit: usize) -> Result<Vec<KeyEvent>, StoreError>;
+    fn list(
+        &self,
+        filter: &KeyFilter,
+        now: Timestamp,
+        after: u64,
+        limit: usize
+    ) -> Result<Vec<StoredKey>, StoreError>;
+    fn changes_since(&self, revision: u64, limit: usize) -> Result<Changes, StoreError>;
+    fn record_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError>;
+    fn usage(&self, id: &str) -> Result<Usage, StoreError>;
+    fn revision(&self) -> Result<u64, StoreError>;
+    fn idle_keys(
+        &self,
+        cutoff: Timestamp,
+        now: Timestamp,
+        after: u64,
+        limit: usize
+    ) -> Result<Vec<IdleKey>, StoreError>;
+    fn record_warning(
+        &self,
+        seq: u64,
+        deadline: Timestamp,
+        threshold: u64,
+        now: Timestamp,
+        webhook: Option<&str>
+    ) -> Result<bool, StoreError>;
+    fn first_warning_at(&self, seq: u64, deadline: Timestamp) -> Result<Option<Timestamp>, StoreError>;
+    fn enqueue_webhook(&self, payload: &str, now: Timestamp) -> Result<(), StoreError>;
+    fn due_webhooks(&self, now: Timestamp, limit: usize) -> Result<Vec<PendingWebhook>, StoreError>;
+    fn claim_webhook(&self, now: Timestamp, until: Timestamp) -> Result<Option<PendingWebhook>, StoreError>;
+    fn webhook_done(&self, id: u64) -> Result<(), StoreError>;
+    fn webhook_retry_at(&self, id: u64, attempts: u32, at: Timestamp) -> Result<(), StoreError>;
+    fn try_lease(&self, name: &str, holder: &str, now: Timestamp, ttl: Duration) -> Result<bool, StoreError>;
+    fn insert_many(&self, keys: &[NewKey], audit: Audit) -> Result<(), StoreError>;
 }

@@ -86,7 +86,8 @@ const MIGRATIONS: &[&str] = &[
 "#,
 ];
 
-const COLUMNS: &str = "seq, id, name, environment, hash, prefix, permissions, rate_limit, customer_id, \
+pub(super) const COLUMNS: &str =
+    "seq, id, name, environment, hash, prefix, permissions, rate_limit, customer_id, \
      allowed_ips, expires_at, status, created_at, updated_at, last_used_at, previous_hash, grace_until, \
      previous_last_used_at, metadata, revision, idle_from";
 
@@ -652,7 +653,7 @@ fn enqueue(conn: &Connection, payload: &str, now: Timestamp) -> Result<(), Store
 }
 
 /// What a creation's audit record shows of a new key (as [`audited_fields`] would).
-fn new_key_fields(key: &NewKey) -> serde_json::Map<String, serde_json::Value> {
+pub(super) fn new_key_fields(key: &NewKey) -> serde_json::Map<String, serde_json::Value> {
     let serde_json::Value::Object(mut fields) = serde_json::json!({
         "name": key.name,
         "environment": key.environment,
@@ -713,7 +714,10 @@ fn audited_fields(key: &StoredKey) -> serde_json::Map<String, serde_json::Value>
 }
 
 /// The audited fields that differ between `before` and `after`, with their new values.
-fn changed_fields(before: &StoredKey, after: &StoredKey) -> serde_json::Map<String, serde_json::Value> {
+pub(super) fn changed_fields(
+    before: &StoredKey,
+    after: &StoredKey,
+) -> serde_json::Map<String, serde_json::Value> {
     let old = audited_fields(before);
     let new = audited_fields(after);
     let mut changes: serde_json::Map<_, _> = old
@@ -737,7 +741,7 @@ fn select_one(conn: &Connection, condition: &str, value: &str) -> Result<Option<
     }
 }
 
-fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> String {
+pub(super) fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).expect("key fields always serialize")
 }
 
@@ -770,31 +774,31 @@ fn read_row(row: &Row<'_>) -> rusqlite::Result<Result<StoredKey, String>> {
     Ok(raw.decode(id.clone()).map_err(|why| format!("key {id}: {why}")))
 }
 
-struct RawRow {
-    seq: i64,
-    name: String,
-    environment: String,
-    hash: Vec<u8>,
-    prefix: String,
-    permissions: String,
-    rate_limit: Option<String>,
-    customer_id: Option<String>,
-    allowed_ips: String,
-    expires_at: Option<i64>,
-    status: String,
-    created_at: i64,
-    updated_at: i64,
-    last_used_at: Option<i64>,
-    previous_hash: Option<Vec<u8>>,
-    grace_until: Option<i64>,
-    previous_last_used_at: Option<i64>,
-    metadata: String,
-    revision: i64,
-    idle_from: Option<i64>,
+pub(super) struct RawRow {
+    pub(super) seq: i64,
+    pub(super) name: String,
+    pub(super) environment: String,
+    pub(super) hash: Vec<u8>,
+    pub(super) prefix: String,
+    pub(super) permissions: String,
+    pub(super) rate_limit: Option<String>,
+    pub(super) customer_id: Option<String>,
+    pub(super) allowed_ips: String,
+    pub(super) expires_at: Option<i64>,
+    pub(super) status: String,
+    pub(super) created_at: i64,
+    pub(super) updated_at: i64,
+    pub(super) last_used_at: Option<i64>,
+    pub(super) previous_hash: Option<Vec<u8>>,
+    pub(super) grace_until: Option<i64>,
+    pub(super) previous_last_used_at: Option<i64>,
+    pub(super) metadata: String,
+    pub(super) revision: i64,
+    pub(super) idle_from: Option<i64>,
 }
 
 impl RawRow {
-    fn decode(self, id: String) -> Result<StoredKey, String> {
+    pub(super) fn decode(self, id: String) -> Result<StoredKey, String> {
         Ok(StoredKey {
             seq: self.seq as u64,
             id,
@@ -831,11 +835,11 @@ fn hash(bytes: &[u8]) -> Option<KeyHash> {
     bytes.try_into().ok().map(KeyHash)
 }
 
-fn json<T: serde::de::DeserializeOwned>(field: &str, text: &str) -> Result<T, String> {
+pub(super) fn json<T: serde::de::DeserializeOwned>(field: &str, text: &str) -> Result<T, String> {
     serde_json::from_str(text).map_err(|e| format!("{field}: {e}"))
 }
 
-fn instant(seconds: Option<i64>) -> Result<Option<Timestamp>, String> {
+pub(super) fn instant(seconds: Option<i64>) -> Result<Option<Timestamp>, String> {
     seconds
         .map(|s| Timestamp::from_second(s).map_err(|e| format!("bad timestamp {s}: {e}")))
         .transpose()

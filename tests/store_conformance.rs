@@ -1,0 +1,509 @@
+//! One conformance suite for every store backend, written once as plain functions of the seam
+//! (the way `object_store`'s integration suite is): each runs against SQLite always, and against
+//! PostgreSQL when `KEYGATE_TEST_POSTGRES_URL` is set, each test in a fresh schema. A backend is
+//! done when it passes the same suite, so the two cannot drift.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use keygate::control::store::{
+    Actor, Audit, KeyFilter, NewKey, PgStore, SqliteStore, Store, StoreError, StoredKey, UsageDelta,
+};
+use keygate::core::environment::Environment;
+use keygate::core::key::{KeyStatus, StoredStatus};
+use keygate::core::secret::KeyHash;
+
+const AUDIT: Audit = Audit {
+    actor: Actor::Cli,
+    event: "created",
+};
+
+fn new_key(n: u8, environment: Environment, now: Timestamp) -> NewKey {
+    NewKey {
+        id: format!("key_conformance{n:05}"),
+        name: format!("key {n}"),
+        environment,
+        hash: KeyHash([n; 32]),
+        prefix: format!("kg_prod_{n:04}"),
+        permissions: vec!["customer:read".parse().unwrap()],
+        rate_limit: None,
+        customer_id: n.is_multiple_of(2).then(|| "acme".to_owned()),
+        allowed_ips: Vec::new(),
+        expires_at: None,
+        metadata: serde_json::Map::new(),
+        now,
+    }
+}
+
+fn t(seconds: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+}
+
+fn audit(event: &'static str) -> Audit {
+    Audit {
+        actor: Actor::AdminApi,
+        event,
+    }
+}
+
+fn revoke(store: &Store, id: &str, at: Timestamp) -> Result<StoredKey, StoreError> {
+    store.modify(id, audit("revoked"), None, &mut |key| {
+        key.status = StoredStatus::Revoked;
+        key.updated_at = at;
+        Ok(())
+    })
+}
+
+// --- the suite ---------------------------------------------------------------------------
+
+fn keys_are_created_read_and_listed_in_pages(store: &Store) {
+    for n in 1..=5 {
+        let env = if n == 5 {
+            Environment::Staging
+        } else {
+            Environment::Production
+        };
+        store.insert(&new_key(n, env, t(n.into())), AUDIT).unwrap();
+    }
+    let one = store.get("key_conformance00001").unwrap().unwrap();
+    assert_eq!(
+        (one.name.as_str(), one.hash, one.status),
+        ("key 1", KeyHash([1; 32]), StoredStatus::Active)
+    );
+    assert_eq!(one.created_at, t(1));
+    assert!(store.get("key_missing").unwrap().is_none());
+
+    let all = KeyFilter::default();
+    let first = store.list(&all, t(10), 0, 3).unwrap();
+    let rest = store.list(&all, t(10), first.last().unwrap().seq, 3).unwrap();
+    let ids: Vec<_> = first.iter().chain(&rest).map(|k| k.id.clone()).collect();
+    assert_eq!(ids.len(), 5);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "creation order: {ids:?}");
+
+    let staging = KeyFilter {
+        environment: Some(Environment::Staging),
+        ..KeyFilter::default()
+    };
+    assert_eq!(store.list(&staging, t(10), 0, 10).unwrap().len(), 1);
+    let acme = KeyFilter {
+        customer_id: Some("acme".into()),
+        ..KeyFilter::default()
+    };
+    assert_eq!(store.list(&acme, t(10), 0, 10).unwrap().len(), 2);
+    revoke(store, "key_conformance00002", t(11)).unwrap();
+    let revoked = KeyFilter {
+        status: Some(KeyStatus::Revoked),
+        ..KeyFilter::default()
+    };
+    let listed = store.list(&revoked, t(12), 0, 10).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, "key_conformance00002");
+}
+
+fn every_change_bumps_the_revision_and_is_read_back_once(store: &Store) {
+    let start = store.revision().unwrap();
+    store
+        .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
+        .unwrap();
+    store
+        .insert(&new_key(2, Environment::Production, t(0)), AUDIT)
+        .unwrap();
+    revoke(store, "key_conformance00001", t(5)).unwrap();
+    assert_eq!(store.revision().unwrap(), start + 3);
+
+    let changes = store.changes_since(start, 10).unwrap();
+    assert!(!changes.more);
+    assert_eq!(changes.revision, start + 3);
+    let ids: Vec<_> = changes.keys.iter().map(|k| (k.id.as_str(), k.status)).collect();
+    assert_eq!(
+        ids,
+        [
+            ("key_conformance00002", StoredStatus::Active),
+            ("key_conformance00001", StoredStatus::Revoked)
+        ]
+    );
+    let paged = store.changes_since(start, 1).unwrap();
+    assert!(paged.more);
+    assert_eq!(paged.revision, start + 2);
+    assert!(store.changes_since(start + 3, 10).unwrap().keys.is_empty());
+}
+
+fn a_change_is_audited_without_its_secret(store: &Store) {
+    store
+        .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
+        .unwrap();
+    store
+        .modify("key_conformance00001", audit("regenerated"), None, &mut |key| {
+            key.hash = KeyHash([99; 32]);
+            key.name = "renamed".into();
+            Ok(())
+        })
+        .unwrap();
+    let events = store.events("key_conformance00001", 0, 10).unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(
+        (events[0].event.as_str(), events[0].actor.as_str()),
+        ("created", "cli")
+    );
+    assert_eq!(events[1].event, "regenerated");
+    assert_eq!(events[1].changes["secret"], "replaced");
+    assert_eq!(events[1].changes["name"], "renamed");
+    let after_first = store.events("key_conformance00001", events[0].id, 10).unwrap();
+    assert_eq!(after_first.len(), 1);
+    assert!(matches!(
+        store.events("key_missing", 0, 10),
+        Err(StoreError::NotFound)
+    ));
+}
+
+fn a_deleted_key_is_a_tombstone_that_cannot_change(store: &Store) {
+    store
+        .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
+        .unwrap();
+    store
+        .modify("key_conformance00001", audit("deleted"), None, &mut |key| {
+            key.status = StoredStatus::Deleted;
+            Ok(())
+        })
+        .unwrap();
+    assert!(matches!(
+        revoke(store, "key_conformance00001", t(1)),
+        Err(StoreError::NotFound)
+    ));
+    let tombstone = store.get("key_conformance00001").unwrap().unwrap();
+    assert_eq!(tombstone.status, StoredStatus::Deleted);
+    assert!(store.list(&KeyFilter::default(), t(2), 0, 10).unwrap().is_empty());
+}
+
+fn a_secret_belongs_to_one_key_current_or_in_grace(store: &Store) {
+    store
+        .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
+        .unwrap();
+    let mut twin = new_key(2, Environment::Production, t(0));
+    twin.hash = KeyHash([1; 32]);
+    assert!(matches!(store.insert(&twin, AUDIT), Err(StoreError::Conflict(_))));
+
+    // Regenerated with a grace period: the old secret still answers for key 1 ...
+    store
+        .modify("key_conformance00001", audit("regenerated"), None, &mut |key| {
+            key.previous_hash = Some(key.hash);
+            key.hash = KeyHash([101; 32]);
+            key.grace_until = Some(t(600));
+            Ok(())
+        })
+        .unwrap();
+    // ... so no other key may take it, by import or by its own change.
+    assert!(matches!(store.insert(&twin, AUDIT), Err(StoreError::Conflict(_))));
+    store
+        .insert(&new_key(3, Environment::Production, t(0)), AUDIT)
+        .unwrap();
+    let taken = store.modify("key_conformance00003", audit("regenerated"), None, &mut |key| {
+        key.hash = KeyHash([1; 32]);
+        Ok(())
+    });
+    assert!(matches!(taken, Err(StoreError::Conflict(_))), "{taken:?}");
+    let grace_taken = store.modify("key_conformance00003", audit("regenerated"), None, &mut |key| {
+        key.previous_hash = Some(KeyHash([101; 32]));
+        Ok(())
+    });
+    assert!(
+        matches!(grace_taken, Err(StoreError::Conflict(_))),
+        "{grace_taken:?}"
+    );
+    assert_eq!(
+        store.get("key_conformance00003").unwrap().unwrap().hash,
+        KeyHash([3; 32]),
+        "a refused change leaves the key as it was"
+    );
+}
+
+fn usage_is_added_up_by_day_and_moves_last_use_forward(store: &Store) {
+    let key = store
+        .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
+        .unwrap();
+    let day = 86_400;
+    let delta = |requests, at, previous| UsageDelta {
+        seq: key.seq,
+        previous,
+        requests,
+        last_used_at: t(at),
+    };
+    store
+        .record_usage(&[delta(3, 100, false), delta(2, 50, false), delta(1, 70, true)])
+        .unwrap();
+    store.record_usage(&[delta(4, day + 10, false)]).unwrap();
+    store
+        .record_usage(&[UsageDelta {
+            seq: 987_654,
+            ..delta(1, 10, false)
+        }])
+        .unwrap();
+    let usage = store.usage("key_conformance00001").unwrap();
+    assert_eq!(usage.total_requests, 10);
+    assert_eq!(usage.days.iter().map(|d| d.requests).collect::<Vec<_>>(), [6, 4]);
+    assert_eq!(usage.last_used_at, Some(t(day + 10)));
+    let stored = store.get("key_conformance00001").unwrap().unwrap();
+    assert_eq!(stored.previous_last_used_at, Some(t(70)));
+    assert!(matches!(store.usage("key_missing"), Err(StoreError::NotFound)));
+}
+
+fn idle_keys_are_found_and_each_warning_is_recorded_once(store: &Store) {
+    let old = store
+        .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
+        .unwrap();
+    store
+        .insert(&new_key(2, Environment::Production, t(1000)), AUDIT)
+        .unwrap();
+    let idle = store.idle_keys(t(500), t(2000), 0, 10).unwrap();
+    assert_eq!(
+        idle.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+        ["key_conformance00001"]
+    );
+    assert_eq!(idle[0].idle_since, t(0));
+
+    assert!(store
+        .record_warning(old.seq, t(9000), 86_400, t(2000), Some("{\"w\":1}"))
+        .unwrap());
+    assert!(!store
+        .record_warning(old.seq, t(9000), 86_400, t(2100), Some("{\"w\":1}"))
+        .unwrap());
+    assert_eq!(store.first_warning_at(old.seq, t(9000)).unwrap(), Some(t(2000)));
+    assert_eq!(
+        store.due_webhooks(t(3000), 10).unwrap().len(),
+        1,
+        "queued with the warning, once"
+    );
+}
+
+fn a_webhook_is_claimed_by_one_deliverer_at_a_time(store: &Store) {
+    store.enqueue_webhook("{\"n\":1}", t(0)).unwrap();
+    store.enqueue_webhook("{\"n\":2}", t(0)).unwrap();
+    let first = store.claim_webhook(t(1), t(61)).unwrap().unwrap();
+    let second = store.claim_webhook(t(1), t(61)).unwrap().unwrap();
+    assert_eq!(
+        (first.payload.as_str(), second.payload.as_str()),
+        ("{\"n\":1}", "{\"n\":2}")
+    );
+    assert!(
+        store.claim_webhook(t(2), t(62)).unwrap().is_none(),
+        "both are taken"
+    );
+    store.webhook_retry_at(first.id, 1, t(100)).unwrap();
+    store.webhook_done(second.id).unwrap();
+    assert!(store.claim_webhook(t(99), t(200)).unwrap().is_none());
+    let again = store.claim_webhook(t(100), t(200)).unwrap().unwrap();
+    assert_eq!((again.id, again.attempts), (first.id, 1));
+}
+
+fn a_lease_has_one_holder_until_it_runs_out(store: &Store) {
+    let ttl = Duration::from_secs(60);
+    assert!(store.try_lease("sweep", "a", t(0), ttl).unwrap());
+    assert!(!store.try_lease("sweep", "b", t(30), ttl).unwrap());
+    assert!(
+        store.try_lease("sweep", "a", t(30), ttl).unwrap(),
+        "renewed by its holder"
+    );
+    assert!(!store.try_lease("sweep", "b", t(89), ttl).unwrap());
+    assert!(
+        store.try_lease("sweep", "b", t(91), ttl).unwrap(),
+        "taken once it ran out"
+    );
+}
+
+fn a_batch_goes_in_whole_or_not_at_all(store: &Store) {
+    let start = store.revision().unwrap();
+    let batch: Vec<_> = (1..=3)
+        .map(|n| new_key(n, Environment::Production, t(0)))
+        .collect();
+    store.insert_many(&batch, AUDIT).unwrap();
+    assert_eq!(store.revision().unwrap(), start + 3);
+    assert_eq!(store.changes_since(start, 10).unwrap().keys.len(), 3);
+
+    let mut clashing: Vec<_> = (4..=5)
+        .map(|n| new_key(n, Environment::Production, t(0)))
+        .collect();
+    clashing.push(new_key(1, Environment::Production, t(0)));
+    assert!(matches!(
+        store.insert_many(&clashing, AUDIT),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(store.get("key_conformance00004").unwrap().is_none());
+    assert_eq!(store.revision().unwrap(), start + 3);
+}
+
+/// One conformance test: its name and the function that runs it against a store.
+type Conformance = (&'static str, fn(&Store));
+
+const SUITE: &[Conformance] = &[
+    (
+        "keys_are_created_read_and_listed_in_pages",
+        keys_are_created_read_and_listed_in_pages,
+    ),
+    (
+        "every_change_bumps_the_revision_and_is_read_back_once",
+        every_change_bumps_the_revision_and_is_read_back_once,
+    ),
+    (
+        "a_change_is_audited_without_its_secret",
+        a_change_is_audited_without_its_secret,
+    ),
+    (
+        "a_deleted_key_is_a_tombstone_that_cannot_change",
+        a_deleted_key_is_a_tombstone_that_cannot_change,
+    ),
+    (
+        "a_secret_belongs_to_one_key_current_or_in_grace",
+        a_secret_belongs_to_one_key_current_or_in_grace,
+    ),
+    (
+        "usage_is_added_up_by_day_and_moves_last_use_forward",
+        usage_is_added_up_by_day_and_moves_last_use_forward,
+    ),
+    (
+        "idle_keys_are_found_and_each_warning_is_recorded_once",
+        idle_keys_are_found_and_each_warning_is_recorded_once,
+    ),
+    (
+        "a_webhook_is_claimed_by_one_deliverer_at_a_time",
+        a_webhook_is_claimed_by_one_deliverer_at_a_time,
+    ),
+    (
+        "a_lease_has_one_holder_until_it_runs_out",
+        a_lease_has_one_holder_until_it_runs_out,
+    ),
+    (
+        "a_batch_goes_in_whole_or_not_at_all",
+        a_batch_goes_in_whole_or_not_at_all,
+    ),
+];
+
+// --- the backends ------------------------------------------------------------------------
+
+#[test]
+fn sqlite_passes_the_suite() {
+    for (name, test) in SUITE {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<Store> = Arc::new(SqliteStore::open(&dir.path().join("keys.db")).unwrap());
+        eprintln!("sqlite: {name}");
+        test(&*store);
+    }
+}
+
+#[test]
+fn postgres_passes_the_suite() {
+    let Some(url) = postgres_url() else { return };
+    for (name, test) in SUITE {
+        let schema = FreshSchema::new(&url);
+        let store: Arc<Store> = Arc::new(PgStore::open(&schema.url).unwrap());
+        eprintln!("postgres: {name}");
+        test(&*store);
+    }
+}
+
+#[test]
+fn postgres_migrations_run_once_when_replicas_start_together() {
+    let Some(url) = postgres_url() else { return };
+    let schema = FreshSchema::new(&url);
+    let stores: Vec<_> = std::thread::scope(|s| {
+        let opening: Vec<_> = (0..4).map(|_| s.spawn(|| PgStore::open(&schema.url))).collect();
+        opening.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+    });
+    stores[0]
+        .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
+        .unwrap();
+    assert!(stores[3].get("key_conformance00001").unwrap().is_some());
+    schema.sql("UPDATE keygate_schema SET version = version + 1");
+    let refused = PgStore::open(&schema.url).unwrap_err().to_string();
+    assert!(refused.contains("newer than this keygate knows"), "{refused}");
+}
+
+#[test]
+fn postgres_announces_each_change_to_every_store_on_it() {
+    let Some(url) = postgres_url() else { return };
+    let schema = FreshSchema::new(&url);
+    let writer = PgStore::open(&schema.url).unwrap();
+    let reader = PgStore::open(&schema.url).unwrap();
+    let mut feed = reader.change_feed();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The listener announces itself once it listens; from then on no change is missed.
+    runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), feed.changed())
+            .await
+            .unwrap()
+            .unwrap();
+    });
+    writer
+        .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
+        .unwrap();
+    runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), feed.changed())
+            .await
+            .expect("the change is announced")
+            .unwrap();
+    });
+}
+
+fn postgres_url() -> Option<String> {
+    let url = std::env::var("KEYGATE_TEST_POSTGRES_URL").ok();
+    if url.is_none() {
+        eprintln!(
+            "skipped: KEYGATE_TEST_POSTGRES_URL is not set (e.g. postgres://postgres@127.0.0.1:5432/test)"
+        );
+    }
+    url
+}
+
+/// A schema of its own for one test, dropped at the end; `url` points the store at it.
+struct FreshSchema {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl FreshSchema {
+    fn new(url: &str) -> FreshSchema {
+        let name = format!("kg_test_{:016x}", rand::random::<u64>());
+        let schema = FreshSchema {
+            admin: url.to_owned(),
+            url: format!(
+                "{url}{}options=-c%20search_path%3D{name}",
+                if url.contains('?') { '&' } else { '?' }
+            ),
+            name,
+        };
+        schema.sql_admin(&format!("CREATE SCHEMA {}", schema.name));
+        schema
+    }
+
+    /// Runs `sql` in the schema.
+    fn sql(&self, sql: &str) {
+        self.sql_admin(&format!("SET search_path TO {}; {sql}", self.name));
+    }
+
+    fn sql_admin(&self, sql: &str) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&self.admin, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            client.batch_execute(sql).await.unwrap();
+        });
+    }
+}
+
+impl Drop for FreshSchema {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.sql_admin(&format!("DROP SCHEMA {} CASCADE", self.name));
+        }
+    }
+}
