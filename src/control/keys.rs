@@ -436,7 +436,7 @@ impl KeyService {
         &self,
         id: &str,
         event: &'static str,
-        change: impl FnMut(&mut StoredKey) -> Result<(), KeyError>,
+        change: impl FnMut(&mut StoredKey) -> Result<(), KeyError> + Send,
     ) -> Result<KeyView, KeyError> {
         self.modify_with_webhook(id, event, None, change)
     }
@@ -447,7 +447,7 @@ impl KeyService {
         id: &str,
         event: &'static str,
         webhook: Option<&str>,
-        mut change: impl FnMut(&mut StoredKey) -> Result<(), KeyError>,
+        mut change: impl FnMut(&mut StoredKey) -> Result<(), KeyError> + Send,
     ) -> Result<KeyView, KeyError> {
         let now = self.now();
         let mut failure = None;

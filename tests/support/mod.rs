@@ -3,6 +3,7 @@
 //! synchronisation: waits poll with a deadline.
 #![allow(dead_code)]
 
+pub mod postgres;
 pub mod relay;
 
 use std::convert::Infallible;

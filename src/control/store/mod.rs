@@ -88,7 +88,7 @@ seam! {
         id: &str,
         audit: Audit,
         webhook: Option<&str>,
-        change: &mut dyn FnMut(&mut StoredKey) -> Result<(), StoreError>
+        change: &mut (dyn FnMut(&mut StoredKey) -> Result<(), StoreError> + Send)
     ) -> Result<StoredKey, StoreError>;
     fn events(&self, id: &str, after: u64, limit: usize) -> Result<Vec<KeyEvent>, StoreError>;
     fn list(

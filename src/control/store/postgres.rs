@@ -119,6 +119,10 @@ const MIGRATIONS: &[&str] = &[r#"
 
 /// Connections each gateway's pool holds at most (the listening connection is one more).
 const POOL_SIZE: usize = 4;
+/// The longest one store operation may take, waiting for a connection included.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the listening connection proves it is alive; a silent one is replaced.
+const LISTEN_CHECK: Duration = Duration::from_secs(5);
 /// How long the listener waits before it reconnects, at first and at most.
 const LISTEN_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
@@ -208,12 +212,13 @@ impl PgStore {
             .create_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|e| StoreError::Unavailable(format!("PostgreSQL pool: {e}")))?;
-        let channel = handle.block_on(async {
+        let opening = async {
             let mut client = pool.get().await?;
             migrate(&mut client).await?;
             let schema: String = client.query_one("SELECT current_schema()", &[]).await?.get(0);
             Ok::<_, StoreError>(format!("keygate_changes_{}", schema.replace('"', "")))
-        })?;
+        };
+        let channel = block_on(&handle, opening)?;
         let (tx, changes) = watch::channel(0);
         handle.spawn(listen(config, tls, channel.clone(), tx));
         Ok(PgStore {
@@ -231,9 +236,21 @@ impl PgStore {
         self.changes.clone()
     }
 
-    /// Runs `work` to completion on this store's runtime, blocking the calling thread.
-    fn run<T>(&self, work: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
-        self.handle.block_on(work)
+    /// Runs `work` on the store's runtime, giving up after [`OPERATION_TIMEOUT`]: a database
+    /// that stops answering (a network that drops packets) must not hold a sync or an admin
+    /// call forever.
+    fn run<T: Send>(
+        &self,
+        work: impl Future<Output = Result<T, StoreError>> + Send,
+    ) -> Result<T, StoreError> {
+        block_on(&self.handle, async {
+            match tokio::time::timeout(OPERATION_TIMEOUT, work).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Unavailable(format!(
+                    "PostgreSQL did not answer within {OPERATION_TIMEOUT:?}"
+                ))),
+            }
+        })
     }
 
     pub fn insert(&self, key: &NewKey, audit: Audit) -> Result<StoredKey, StoreError> {
@@ -271,7 +288,7 @@ impl PgStore {
         id: &str,
         audit: Audit,
         webhook: Option<&str>,
-        change: &mut dyn FnMut(&mut StoredKey) -> Result<(), StoreError>,
+        change: &mut (dyn FnMut(&mut StoredKey) -> Result<(), StoreError> + Send),
     ) -> Result<StoredKey, StoreError> {
         self.run(async {
             let mut client = self.pool.get().await?;
@@ -722,6 +739,21 @@ impl PgStore {
     }
 }
 
+/// Runs `work` to completion on the store's runtime, blocking the calling thread. A caller
+/// inside another runtime (a blocking-pool thread, or async code such as a test) cannot block
+/// on a runtime from there, so the work then waits on a thread of its own.
+fn block_on<T: Send>(handle: &tokio::runtime::Handle, work: impl Future<Output = T> + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return handle.block_on(work);
+    }
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| handle.block_on(work))
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
 /// rustls for TLS to the database, used when the URL's `sslmode` asks for it: the system's
 /// roots and Mozilla's.
 fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
@@ -807,19 +839,7 @@ async fn listen(
                 if ready {
                     backoff = LISTEN_BACKOFF.0;
                     changes.send_modify(|n| *n = n.wrapping_add(1));
-                    while let Some(message) = messages.next().await {
-                        match message {
-                            Ok(AsyncMessage::Notification(note)) => {
-                                tracing::trace!(revision = note.payload(), "store change announced");
-                                changes.send_modify(|n| *n = n.wrapping_add(1));
-                            }
-                            Ok(_) => {}
-                            Err(error) => {
-                                tracing::warn!(error = %postgres_error(&error), "PostgreSQL change listener lost its connection");
-                                break;
-                            }
-                        }
-                    }
+                    relay_notifications(&client, &mut messages, &changes).await;
                 }
             }
             Err(error) => {
@@ -831,6 +851,59 @@ async fn listen(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(LISTEN_BACKOFF.1);
+    }
+}
+
+/// Passes each notification on until the connection fails or stops answering the periodic
+/// check (a connection through a network that silently drops packets never fails by itself).
+async fn relay_notifications(
+    client: &tokio_postgres::Client,
+    messages: &mut (impl futures_util::Stream<Item = Result<AsyncMessage, tokio_postgres::Error>> + Unpin),
+    changes: &watch::Sender<u64>,
+) {
+    let mut check = tokio::time::interval(LISTEN_CHECK);
+    check.tick().await;
+    loop {
+        let alive = async {
+            matches!(
+                tokio::time::timeout(LISTEN_CHECK, client.simple_query("SELECT 1")).await,
+                Ok(Ok(_))
+            )
+        };
+        tokio::select! {
+            message = messages.next() => match message {
+                Some(Ok(AsyncMessage::Notification(note))) => {
+                    tracing::trace!(revision = note.payload(), "store change announced");
+                    changes.send_modify(|n| *n = n.wrapping_add(1));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(error)) => {
+                    tracing::warn!(error = %postgres_error(&error), "PostgreSQL change listener lost its connection");
+                    return;
+                }
+                None => return,
+            },
+            _ = check.tick() => {
+                // The check's answer arrives through `messages`, so both are polled together.
+                let mut alive = std::pin::pin!(alive);
+                let answered = loop {
+                    tokio::select! {
+                        answered = &mut alive => break answered,
+                        message = messages.next() => match message {
+                            Some(Ok(AsyncMessage::Notification(_))) => {
+                                changes.send_modify(|n| *n = n.wrapping_add(1));
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(_)) | None => break false,
+                        },
+                    }
+                };
+                if !answered {
+                    tracing::warn!("PostgreSQL change listener's connection stopped answering; reconnecting");
+                    return;
+                }
+            }
+        }
     }
 }
 

@@ -151,7 +151,7 @@ impl SqliteStore {
         id: &str,
         audit: Audit,
         webhook: Option<&str>,
-        change: &mut dyn FnMut(&mut StoredKey) -> Result<(), StoreError>,
+        change: &mut (dyn FnMut(&mut StoredKey) -> Result<(), StoreError> + Send),
     ) -> Result<StoredKey, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
