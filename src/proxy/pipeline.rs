@@ -6,8 +6,12 @@
 //!                                         (every exit) ─▶ log + metrics
 //! ```
 //!
-//! - 0: the method and path are put in one form (or refused with 400) before anything reads
-//!   them, so the path that is routed and checked is the one that is forwarded.
+//! - 0: the head must have one reading before anything reads it ([`super::head`]): one framing
+//!   of the body, one host, at most `server.max_headers` headers (hyper counts them for HTTP/1
+//!   only). A 400 here also closes an HTTP/1 connection, since what follows on it cannot be
+//!   trusted to start where the gateway thinks. Then the method and path are put in one form
+//!   (or refused with 400), so the path that is routed and checked is the one that is
+//!   forwarded.
 //! - 1 comes first because the route decides the environment, the permission and the upstream.
 //! - 2 begins with the failed-auth throttle: an IP over its allowance gets 429 before any key is
 //!   parsed or looked up, so key scanning costs the gateway as little as possible. A malformed
@@ -26,7 +30,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Limited};
 use hyper::body::Incoming;
@@ -35,6 +39,7 @@ use super::client_ip::client_ip;
 use super::credentials::{self, CredentialError, Source};
 use super::error::{AuthFailure, BadRequest, Denial, Refusal};
 use super::forward::{self, method_is_canonical, Credentials, Identity, X_REQUEST_ID};
+use super::head;
 use super::limits::{Decision, LimitState};
 use super::path::{decode_segment, normalize};
 use super::state::{RouteState, Shared, Snapshot};
@@ -127,6 +132,7 @@ fn begin(
     let snapshot = shared.snapshot.load_full();
     let mut ctx = Context::new(&snapshot, peer, request.headers(), request_id(&request));
     let method = request.method().clone();
+    let version = request.version();
     let path = access_log_on().then(|| request.uri().path().to_owned());
     let outgoing = admit(shared, &snapshot, &mut ctx, &request)
         .and_then(|admitted| outgoing(&snapshot, &ctx, peer, admitted, request));
@@ -143,7 +149,14 @@ fn begin(
             Begun::Admitted(Box::pin(exchange.run(shared)))
         }
         Err(refusal) => {
-            let response = refuse(shared, &snapshot, &mut ctx, refusal);
+            // HTTP/2 has no `Connection` header; its streams are framed apart anyway.
+            let close = refusal.closes_connection() && version < http::Version::HTTP_2;
+            let mut response = refuse(shared, &snapshot, &mut ctx, refusal);
+            if close {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
             Begun::Answered(finish(&snapshot, &ctx, &method, path.as_deref(), response))
         }
     }
@@ -183,7 +196,13 @@ fn admit<B>(
     ctx: &mut Context,
     request: &Request<B>,
 ) -> Result<Admitted, Refusal> {
-    // 0: a bounded URI, and one form for the method and the path.
+    // 0: a head with one reading, a bounded URI, and one form for the method and the path.
+    let server = &snapshot.config.server;
+    if request.headers().len() > server.max_headers {
+        return Err(Refusal::TooManyHeaders);
+    }
+    head::framing(request.headers()).map_err(Refusal::BadRequest)?;
+    let host = head::host(request).map_err(Refusal::BadRequest)?.map(strip_port);
     let uri_len = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len > snapshot.config.server.max_uri_bytes {
         return Err(Refusal::UriTooLong);
@@ -194,7 +213,6 @@ fn admit<B>(
     let path = normalize(request.uri().path()).map_err(|_| Refusal::BadRequest(BadRequest::AmbiguousPath))?;
 
     // 1: the route.
-    let host = request_host(request);
     let matched = snapshot.router.route(host, &path).ok_or(Refusal::NoRoute)?;
     ctx.route = Some(matched.route);
     let route = &snapshot.routes[matched.route];
@@ -423,6 +441,7 @@ fn refuse(shared: &Shared, snapshot: &Snapshot, ctx: &mut Context, refusal: Refu
         Refusal::BadRequest(why) => why.as_str(),
         Refusal::NoRoute => "no_route",
         Refusal::TooLarge => "body_too_large",
+        Refusal::TooManyHeaders => "too_many_headers",
         Refusal::UriTooLong => "uri_too_long",
         Refusal::Stale => "stale_key_table",
         Refusal::Upstream(failure) => failure.as_str(),
@@ -508,15 +527,6 @@ fn new_request_id() -> HeaderValue {
         *digit = HEX[(bits >> (4 * (31 - i)) & 0xf) as usize];
     }
     HeaderValue::from_bytes(&id).expect("hex is a valid header value")
-}
-
-/// The host the client addressed, without port: the `Host` header, or the HTTP/2 authority.
-fn request_host<B>(request: &Request<B>) -> Option<&str> {
-    let host = match request.headers().get(HOST).and_then(|h| h.to_str().ok()) {
-        Some(host) => host,
-        None => request.uri().authority()?.as_str(),
-    };
-    Some(strip_port(host))
 }
 
 fn strip_port(host: &str) -> &str {
