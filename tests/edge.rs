@@ -309,6 +309,89 @@ async fn the_absolute_form_routes_by_its_authority() {
     run(&h, &auth, &rows).await;
 }
 
+/// Paths an upstream would read as another path than the one the gateway routed and checked.
+const PATHS: &[Row] = &[
+    row(
+        "..; is .. to Tomcat and Spring",
+        "GET /v1/status/..;/customers/other HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\n\r\n",
+        400,
+        false,
+    ),
+    row(
+        "..;jsessionid=",
+        "GET /v1/status/..;jsessionid=1/x HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\n\r\n",
+        400,
+        false,
+    ),
+    row(
+        ".;",
+        "GET /v1/status/.;/x HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\n\r\n",
+        400,
+        false,
+    ),
+    row(
+        "%252e%252e, a dot segment to an upstream that decodes twice",
+        "GET /v1/status/%252e%252e/x HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\n\r\n",
+        400,
+        false,
+    ),
+    row(
+        "%252F, a slash to an upstream that decodes twice",
+        "GET /v1/status%252Fx HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\n\r\n",
+        400,
+        false,
+    ),
+    row(
+        "%255c, a backslash to an upstream that decodes twice",
+        "GET /v1/status%255cx HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\n\r\n",
+        400,
+        false,
+    ),
+    row(
+        "a parameter on an ordinary segment is no dot segment (it routes nowhere here)",
+        "GET /v1/status;v=1 HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\n\r\n",
+        404,
+        false,
+    ),
+    row(
+        "an encoded percent sign passes",
+        "GET /v1/status/100%25 HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\n\r\n",
+        200,
+        true,
+    ),
+];
+
+#[tokio::test]
+async fn paths_an_upstream_reads_as_dot_segments_or_slashes_are_refused() {
+    let (h, auth) = standard().await;
+    run(&h, &auth, PATHS).await;
+}
+
+/// The server's first SETTINGS frame, read as bytes after the client preface: HTTP/2 flow
+/// control lets a stream make the gateway buffer at most 64 KiB.
+#[tokio::test]
+async fn http2_streams_get_a_64_kib_window() {
+    let (h, _) = standard().await;
+    let mut stream = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // an empty SETTINGS frame
+    stream.write_all(&hello).await.unwrap();
+    let mut header = [0; 9];
+    tokio::time::timeout(DEADLINE, stream.read_exact(&mut header))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(header[3], 4, "the server speaks first with SETTINGS");
+    let len = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+    let mut payload = vec![0; len];
+    stream.read_exact(&mut payload).await.unwrap();
+    let window = payload
+        .chunks(6)
+        .find(|setting| setting[..2] == [0, 4]) // SETTINGS_INITIAL_WINDOW_SIZE
+        .map(|setting| u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]));
+    assert!(window.is_some_and(|w| w <= 65_535), "{window:?}");
+}
+
 mod h2 {
     //! HTTP/2 in prior-knowledge mode on the plain port (hyper-util's auto server).
 

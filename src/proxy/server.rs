@@ -49,6 +49,9 @@ fn path_name(path: &Path) -> String {
     path.display().to_string()
 }
 
+const HTTP2_STREAM_WINDOW: u32 = 65_535;
+const HTTP2_CONNECTION_WINDOW: u32 = 1 << 20;
+
 fn builder(settings: &Server) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's HTTP/1 header timer also runs while a keep-alive connection waits for its next
@@ -64,6 +67,10 @@ fn builder(settings: &Server) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(settings.http2_max_concurrent_streams)
+        // Flow control caps what one client may make the gateway hold for a stream it does
+        // not read: 64 KiB a stream (the RFC 9113 default), 1 MiB for the whole connection.
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
         .max_header_list_size(settings.max_header_bytes as u32)
         .keep_alive_interval(Some(settings.idle_timeout))
         .keep_alive_timeout(Duration::from_secs(20));
