@@ -13,11 +13,13 @@
 //!   (or refused with 400), so the path that is routed and checked is the one that is
 //!   forwarded.
 //! - 1 comes first because the route decides the environment, the permission and the upstream.
-//! - 2 begins with the failed-auth throttle: an IP over its allowance gets 429 before any key is
-//!   parsed or looked up, so key scanning costs the gateway as little as possible. A malformed
-//!   key (bad checksum) is refused before the lookup.
+//! - 2 finds and parses the key; a malformed one (bad checksum) is refused before the lookup.
 //! - 3 and 4 both answer with the one identical 401, so a caller cannot tell an unknown key from
 //!   a revoked one or one of another environment.
+//! - The failed-auth throttle applies only once 2 to 4 have failed: an IP over its allowance
+//!   gets 429 instead of 401 for a key that fails, which has cost no more than a hash and a
+//!   lookup, while a valid key from the same IP (another client behind the same NAT or load
+//!   balancer) still passes.
 //! - 5 to 7 are the key's restrictions, cheapest first; they answer 403.
 //! - 8 comes last of the checks so that a request refused for another reason does not spend the
 //!   key's allowance.
@@ -218,34 +220,10 @@ fn admit<B>(
     let route = &snapshot.routes[matched.route];
     check_freshness(shared, snapshot)?;
 
-    // 2: the credential, unless this IP has failed too often.
-    if let Some(retry_after) = snapshot.ip_throttle.throttled(ctx.client) {
-        return Err(Refusal::IpThrottled { retry_after });
-    }
-    let mut buf = [0; 1024];
-    let (secret, source) =
-        credentials::extract(request.headers(), &snapshot.schemes, &mut buf).map_err(|e| match e {
-            CredentialError::Missing => Refusal::Unauthenticated(AuthFailure::Missing),
-            CredentialError::Malformed => Refusal::Unauthenticated(AuthFailure::Malformed),
-            CredentialError::Ambiguous => Refusal::BadRequest(BadRequest::AmbiguousCredentials),
-        })?;
-    if check_format(secret) == Format::Malformed {
-        return Err(Refusal::Unauthenticated(AuthFailure::Malformed));
-    }
-
-    // 3: the key, and whether it may be used now.
-    let hash = shared.hasher().hash(secret);
-    let (key, which) = shared
-        .keys
-        .lookup(&hash)
-        .ok_or(Refusal::Unauthenticated(AuthFailure::Unknown))?;
+    // 2 to 4: the key, from an IP over its failed-auth allowance only if it is valid.
     let now = shared.clock.now().as_second();
-    usable(&key, which, now)?;
-
-    // 4: the key's environment is the route's.
-    if key.environment != route.environment {
-        return Err(Refusal::Unauthenticated(AuthFailure::WrongEnvironment));
-    }
+    let (key, which, source) = authenticate(shared, snapshot, route, request, now)
+        .map_err(|refusal| throttle(snapshot, ctx.client, refusal))?;
     let previous = matches!(which, Secret::Previous { .. });
     shared.record_use(&key, previous, now, snapshot.config.metrics.per_key);
     ctx.key = Some(key.clone());
@@ -287,6 +265,54 @@ fn admit<B>(
         uri,
         source,
     })
+}
+
+/// Steps 2 to 4: the credential, the key it names, and whether that key may be used on this
+/// route now.
+fn authenticate<B>(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    route: &RouteState,
+    request: &Request<B>,
+    now: i64,
+) -> Result<(Arc<AuthKey>, Secret, Source), Refusal> {
+    // 2: the credential; a malformed key (bad checksum) is refused before the lookup.
+    let mut buf = [0; 1024];
+    let (secret, source) =
+        credentials::extract(request.headers(), &snapshot.schemes, &mut buf).map_err(|e| match e {
+            CredentialError::Missing => Refusal::Unauthenticated(AuthFailure::Missing),
+            CredentialError::Malformed => Refusal::Unauthenticated(AuthFailure::Malformed),
+            CredentialError::Ambiguous => Refusal::BadRequest(BadRequest::AmbiguousCredentials),
+        })?;
+    if check_format(secret) == Format::Malformed {
+        return Err(Refusal::Unauthenticated(AuthFailure::Malformed));
+    }
+
+    // 3: the key, and whether it may be used now.
+    let hash = shared.hasher().hash(secret);
+    let (key, which) = shared
+        .keys
+        .lookup(&hash)
+        .ok_or(Refusal::Unauthenticated(AuthFailure::Unknown))?;
+    usable(&key, which, now)?;
+
+    // 4: the key's environment is the route's.
+    if key.environment != route.environment {
+        return Err(Refusal::Unauthenticated(AuthFailure::WrongEnvironment));
+    }
+    Ok((key, which, source))
+}
+
+/// A failed authentication from an IP past its allowance of failures: 429 instead of 401. A
+/// request without any credential is not a guess, and stays a 401.
+fn throttle(snapshot: &Snapshot, client: IpAddr, refusal: Refusal) -> Refusal {
+    match refusal {
+        Refusal::Unauthenticated(failure) if failure != AuthFailure::Missing => snapshot
+            .ip_throttle
+            .throttled(client)
+            .map_or(refusal, |retry_after| Refusal::IpThrottled { retry_after }),
+        refusal => refusal,
+    }
 }
 
 fn usable(key: &AuthKey, which: Secret, now: i64) -> Result<(), Refusal> {
