@@ -58,7 +58,14 @@ const DEADLINE: Duration = Duration::from_secs(5);
 /// Sends `bytes` on a new connection and reads one response: the head, then as much body as
 /// it declares, then whether the connection ends (within the deadline).
 async fn exchange(h: &Harness, bytes: &[u8]) -> Raw {
-    let mut stream = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+    exchange_from(h, "127.0.0.1", bytes).await
+}
+
+/// [`exchange`] from another loopback address, e.g. a trusted proxy's.
+async fn exchange_from(h: &Harness, local: &str, bytes: &[u8]) -> Raw {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+    let mut stream = socket.connect(h.gateway.proxy_addr).await.unwrap();
     stream.write_all(bytes).await.unwrap();
     let mut got = Vec::new();
     let mut buf = [0; 4096];
@@ -307,6 +314,126 @@ async fn the_absolute_form_routes_by_its_authority() {
         ),
     ];
     run(&h, &auth, &rows).await;
+}
+
+/// Header names with `_`, which CGI-style upstreams read with `-`: dropped before forwarding by
+/// default, the request refused with `underscore_headers = "refuse"`.
+#[tokio::test]
+async fn underscore_headers_are_dropped_or_refused() {
+    let forged =
+        "GET /v1/status HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\nx_keygate_key_id: forged\r\n\
+                  x_forwarded_for: 6.6.6.6\r\nx-custom: kept\r\n\r\n";
+    let (h, auth) = standard().await;
+    run(
+        &h,
+        &auth,
+        &[row("an underscore header, dropped", forged, 200, true)],
+    )
+    .await;
+    let got = h.upstream.last().headers;
+    assert!(
+        got.get("x_keygate_key_id").is_none() && got.get("x_forwarded_for").is_none(),
+        "{got:?}"
+    );
+    assert_eq!(got["x-custom"], "kept");
+
+    let refusing = STANDARD.replace("[server]\n", "[server]\nunderscore_headers = \"refuse\"\n");
+    let h = Harness::with_config(&refusing, "").await;
+    let (_, key) = h.key(&["*"]).await;
+    let auth = support::basic(&key);
+    let rows = [
+        row("an underscore header, refused", forged, 400, false),
+        row(
+            "no underscore, served",
+            "GET /v1/status HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\nx-custom: kept\r\n\r\n",
+            200,
+            true,
+        ),
+    ];
+    run(&h, &auth, &rows).await;
+}
+
+/// A route that lets the method-override headers through to its upstream.
+const OVERRIDE_ROUTE: &str = "[[route]]\nname = \"override\"\npath = \"/override\"\nupstream = \"api\"\n\
+     allow_method_override = true\npermissions = { GET = \"customer:read\", \"*\" = \"customer:write\" }\n";
+
+/// A read-only key cannot delete by sending `GET` with `X-HTTP-Method-Override: DELETE`.
+#[tokio::test]
+async fn method_overrides_are_stripped_or_checked_as_the_method_they_name() {
+    let h = Harness::with_config(STANDARD, OVERRIDE_ROUTE).await;
+    let (_, key) = h.key(&["customer:read"]).await;
+    let auth = support::basic(&key);
+    let rows = [
+        row(
+            "an override on a route that does not allow it goes nowhere",
+            "GET /v1/customers/acme HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\nx-http-method-override: DELETE\r\n\
+             x-method-override: DELETE\r\nx-http-method: DELETE\r\n\r\n",
+            200,
+            true,
+        ),
+        row(
+            "GET overridden to DELETE needs the DELETE permission",
+            "GET /override HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\nx-http-method-override: DELETE\r\n\r\n",
+            403,
+            false,
+        ),
+        row(
+            "X-HTTP-Method too",
+            "GET /override HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\nx-http-method: DELETE\r\n\r\n",
+            403,
+            false,
+        ),
+        row(
+            "overrides that disagree",
+            "GET /override HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\nx-http-method: GET\r\nx-method-override: DELETE\r\n\r\n",
+            400,
+            false,
+        ),
+        row(
+            "an override to a permitted method passes",
+            "POST /override HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\nx-http-method-override: GET\r\ncontent-length: 0\r\n\r\n",
+            200,
+            true,
+        ),
+    ];
+    run(&h, &auth, &rows[..1]).await;
+    let got = h.upstream.last().headers;
+    for name in ["x-http-method-override", "x-method-override", "x-http-method"] {
+        assert!(got.get(name).is_none(), "{name} reached the upstream: {got:?}");
+    }
+    run(&h, &auth, &rows[1..]).await;
+    assert_eq!(h.upstream.last().headers["x-http-method-override"], "GET");
+}
+
+/// `X-Real-IP` and `Forwarded` are believed only from a trusted proxy; `Proxy-Authorization`
+/// never goes on.
+#[tokio::test]
+async fn forwarding_headers_are_the_gateways_unless_a_trusted_proxy_sent_them() {
+    let (h, auth) = standard().await;
+    let request =
+        "GET /v1/status HTTP/1.1\r\nhost: api.test\r\nauthorization: {auth}\r\nx-real-ip: 6.6.6.6\r\n\
+                   forwarded: for=6.6.6.6\r\nproxy-authorization: Basic c2VjcmV0\r\n\r\n"
+            .replace("{auth}", &auth);
+    // From an untrusted peer: the gateway's own element only.
+    assert_eq!(exchange(&h, request.as_bytes()).await.status, 200);
+    let got = h.upstream.last().headers;
+    assert!(got.get("x-real-ip").is_none(), "{got:?}");
+    assert!(got.get("proxy-authorization").is_none(), "{got:?}");
+    let forwarded: Vec<_> = got.get_all("forwarded").iter().collect();
+    assert_eq!(forwarded, [r#"for=127.0.0.1;proto=http;host="api.test""#]);
+    // From the trusted proxy (127.0.0.2 in the standard config): its values, then ours.
+    assert_eq!(
+        exchange_from(&h, "127.0.0.2", request.as_bytes()).await.status,
+        200
+    );
+    let got = h.upstream.last().headers;
+    assert_eq!(got["x-real-ip"], "6.6.6.6");
+    assert!(got.get("proxy-authorization").is_none(), "{got:?}");
+    let forwarded: Vec<_> = got.get_all("forwarded").iter().collect();
+    assert_eq!(
+        forwarded,
+        ["for=6.6.6.6", r#"for=127.0.0.2;proto=http;host="api.test""#]
+    );
 }
 
 /// Paths an upstream would read as another path than the one the gateway routed and checked.

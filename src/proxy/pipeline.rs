@@ -37,10 +37,10 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Limited};
 use hyper::body::Incoming;
 
-use super::client_ip::client_ip;
+use super::client_ip::{client_ip, is_trusted};
 use super::credentials::{self, CredentialError, Source};
 use super::error::{AuthFailure, BadRequest, Denial, Refusal};
-use super::forward::{self, method_is_canonical, Credentials, Identity, X_REQUEST_ID};
+use super::forward::{self, method_is_canonical, Credentials, Identity, Passing, X_REQUEST_ID};
 use super::head;
 use super::limits::{Decision, LimitState};
 use super::path::{decode_segment, normalize};
@@ -48,6 +48,7 @@ use super::state::{RouteState, Shared, Snapshot};
 use super::table::{AuthKey, Secret};
 use super::upstream::{OutBody, SendFailure};
 use super::Body;
+use crate::config::UnderscoreHeaders;
 use crate::core::secret::{check_format, Format};
 
 /// Where a connection comes from.
@@ -204,6 +205,9 @@ fn admit<B>(
         return Err(Refusal::TooManyHeaders);
     }
     head::framing(request.headers()).map_err(Refusal::BadRequest)?;
+    if server.underscore_headers == UnderscoreHeaders::Refuse {
+        head::underscores(request.headers(), &snapshot.key_header).map_err(Refusal::BadRequest)?;
+    }
     let host = head::host(request).map_err(Refusal::BadRequest)?.map(strip_port);
     let uri_len = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len > snapshot.config.server.max_uri_bytes {
@@ -234,8 +238,14 @@ fn admit<B>(
         return Err(Refusal::Denied(Denial::Ip));
     }
 
-    // 6: the permission the route requires for this method.
-    check_permission(route, &key, request.method())?;
+    // 6: the permission the route requires for this method, or for the one the method-override
+    // headers name where the route lets them through to the upstream.
+    let overridden = match route.allow_method_override {
+        true => forward::method_override(request.headers())
+            .map_err(|_| Refusal::BadRequest(BadRequest::Method))?,
+        false => None,
+    };
+    check_permission(route, &key, overridden.as_ref().unwrap_or(request.method()))?;
 
     // 7: a customer-scoped key reaches only its own customer.
     if let (Some(own), true) = (key.customer_id.as_deref(), route.has_customer_param) {
@@ -385,19 +395,17 @@ fn outgoing(
         tls: peer.tls,
         host: host.as_ref(),
     };
-    let credentials = (!route.forward_credentials).then(|| Credentials {
-        authorization: admitted.source == Source::Authorization,
-        header: &snapshot.key_header,
-    });
+    let passing = Passing {
+        credentials: (!route.forward_credentials).then(|| Credentials {
+            authorization: admitted.source == Source::Authorization,
+            header: &snapshot.key_header,
+        }),
+        preserve_host: route.preserve_host,
+        method_override: route.allow_method_override,
+        trusted_peer: is_trusted(peer.addr.ip(), &server.trusted_proxies),
+    };
     let upstream = &snapshot.upstreams[route.upstream].0;
-    forward::prepare(
-        &mut request,
-        admitted.uri,
-        &identity,
-        credentials,
-        &upstream.host,
-        route.preserve_host,
-    );
+    forward::prepare(&mut request, admitted.uri, &identity, &passing, &upstream.host);
     let limit = server
         .max_request_body
         .map_or(usize::MAX, |max| usize::try_from(max).unwrap_or(usize::MAX));
