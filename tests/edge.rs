@@ -519,6 +519,112 @@ async fn http2_streams_get_a_64_kib_window() {
     assert!(window.is_some_and(|w| w <= 65_535), "{window:?}");
 }
 
+mod silent {
+    //! Connections that never send a byte, or stop inside the TLS handshake, must not hold the
+    //! connection cap: past `first_byte_timeout` / `tls_handshake_timeout` they are closed and
+    //! a legitimate client gets its turn.
+
+    use super::*;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    const CAP: usize = 4;
+
+    fn capped(extra: &str) -> String {
+        STANDARD.replace(
+            "[server]\n",
+            &format!(
+                "[server]\nmax_connections = {CAP}\nfirst_byte_timeout = \"200ms\"\n\
+                 tls_handshake_timeout = \"200ms\"\n{extra}"
+            ),
+        )
+    }
+
+    /// Every socket ends (the gateway closed it) within the deadline.
+    async fn all_closed(sockets: Vec<TcpStream>) {
+        for mut socket in sockets {
+            let mut buf = [0; 64];
+            let end = tokio::time::timeout(DEADLINE, socket.read(&mut buf)).await;
+            assert!(matches!(end, Ok(Ok(0) | Err(_))), "still open: {end:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn silent_sockets_are_closed_and_do_not_starve_the_cap() {
+        let h = Harness::with_config(&capped(""), "").await;
+        let (_, key) = h.key(&["*"]).await;
+        let mut silent = Vec::new();
+        for _ in 0..CAP {
+            silent.push(TcpStream::connect(h.gateway.proxy_addr).await.unwrap());
+        }
+        let answer = tokio::time::timeout(DEADLINE, h.get("/v1/status", &key))
+            .await
+            .expect("a legitimate request is served while silent sockets held the cap");
+        assert_eq!(answer.status, 200);
+        all_closed(silent).await;
+    }
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tls")
+            .join(name)
+    }
+
+    /// A request over TLS, trusting the fixtures' CA; the raw response.
+    async fn over_tls(h: &Harness, request: &str) -> String {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(fixture("ca.pem")).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut stream = connector.connect(name, tcp).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = stream.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn half_done_tls_handshakes_are_closed_and_do_not_starve_the_cap() {
+        let tls = format!(
+            "tls = {{ cert = {:?}, key = {:?} }}\n",
+            fixture("cert.pem"),
+            fixture("key.pem")
+        );
+        let h = Harness::with_config(&capped(&tls), "").await;
+        let (_, key) = h.key(&["*"]).await;
+        let mut stalled = Vec::new();
+        for _ in 0..CAP {
+            let mut socket = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+            // A TLS record header announcing a 255-byte handshake message, and nothing more.
+            socket
+                .write_all(&[0x16, 0x03, 0x01, 0x00, 0xff, 0x01])
+                .await
+                .unwrap();
+            stalled.push(socket);
+        }
+        let request = format!(
+            "GET /v1/status HTTP/1.1\r\nhost: localhost\r\nauthorization: {}\r\nconnection: close\r\n\r\n",
+            support::basic(&key)
+        );
+        let answer = tokio::time::timeout(DEADLINE, over_tls(&h, &request))
+            .await
+            .expect("a legitimate TLS request is served while stalled handshakes held the cap");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        all_closed(stalled).await;
+    }
+}
+
 mod h2 {
     //! HTTP/2 in prior-knowledge mode on the plain port (hyper-util's auto server).
 
