@@ -316,6 +316,38 @@ async fn the_absolute_form_routes_by_its_authority() {
     run(&h, &auth, &rows).await;
 }
 
+/// Every refusal the gateway answers itself is `Cache-Control: no-store` (checked by [`run`] for
+/// each row; the statuses not reachable here are pinned by error.rs's unit tests).
+#[tokio::test]
+async fn refusals_are_not_cacheable() {
+    let template = STANDARD.replace("[server]\n", "[server]\nmax_request_body = 4\n");
+    let h = Harness::with_config(&template, "").await;
+    let (_, key) = h.key(&["customer:read"]).await;
+    let auth = support::basic(&key);
+    let rows = [
+        row("401", "GET /v1/status HTTP/1.1\r\nhost: x\r\n\r\n", 401, false),
+        row(
+            "404",
+            "GET /nowhere HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\n\r\n",
+            404,
+            false,
+        ),
+        row(
+            "403",
+            "DELETE /v1/customers/acme HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\n\r\n",
+            403,
+            false,
+        ),
+        row(
+            "413",
+            "POST /v1/status HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-length: 5\r\n\r\nabcde",
+            413,
+            false,
+        ),
+    ];
+    run(&h, &auth, &rows).await;
+}
+
 /// Header names with `_`, which CGI-style upstreams read with `-`: dropped before forwarding by
 /// default, the request refused with `underscore_headers = "refuse"`.
 #[tokio::test]
