@@ -2,7 +2,9 @@
 //!
 //! [`Refusal`] is closed and mapped by an exhaustive `match`: a new variant forces a decision
 //! about its status, body and headers. Bodies are fixed strings that say nothing a caller could
-//! learn from; the cause is kept for the log and the metric label.
+//! learn from; the cause is kept for the log and the metric label. Every refusal is
+//! `Cache-Control: no-store`: it answers one request at one moment (a key revoked a second ago,
+//! a limit that refills), and no cache between the client and the gateway may replay it.
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
