@@ -91,6 +91,7 @@ fn verdict(c: &mut Criterion) {
     for (label, n) in [("1k_keys", 1_000), ("1M_keys", 1_000_000)] {
         let (shared, key) = gateway_with_keys(n);
         let request = Request::get("http://api.example.com/v1/customers/acme/orders")
+            .header("host", "api.example.com")
             .header("authorization", basic(&key))
             .body(())
             .unwrap();
@@ -100,6 +101,7 @@ fn verdict(c: &mut Criterion) {
         });
         let wrong = Secret::generate(Environment::Production);
         let unknown = Request::get("http://api.example.com/v1/customers/acme")
+            .header("host", "api.example.com")
             .header("authorization", basic(wrong.expose()))
             .body(())
             .unwrap();
