@@ -210,7 +210,7 @@ fn admit<B>(
     }
     let host = head::host(request).map_err(Refusal::BadRequest)?.map(strip_port);
     let uri_len = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
-    if uri_len > snapshot.config.server.max_uri_bytes {
+    if uri_len > server.max_uri_bytes {
         return Err(Refusal::UriTooLong);
     }
     if !method_is_canonical(request.method()) {
@@ -240,10 +240,10 @@ fn admit<B>(
 
     // 6: the permission the route requires for this method, or for the one the method-override
     // headers name where the route lets them through to the upstream.
-    let overridden = match route.allow_method_override {
-        true => forward::method_override(request.headers())
-            .map_err(|_| Refusal::BadRequest(BadRequest::Method))?,
-        false => None,
+    let overridden = if route.allow_method_override {
+        forward::method_override(request.headers()).map_err(|_| Refusal::BadRequest(BadRequest::Method))?
+    } else {
+        None
     };
     check_permission(route, &key, overridden.as_ref().unwrap_or(request.method()))?;
 
