@@ -193,6 +193,14 @@ const FRAMING: &[Row] = &[
         "POST /v1/status HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ntransfer-encoding: xchunked\r\n\r\n0\r\n\r\n",
     ),
     hyper_refuses(
+        "Transfer-Encoding in HTTP/1.0",
+        "POST /v1/status HTTP/1.0\r\nhost: x\r\nauthorization: {auth}\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+    ),
+    hyper_refuses(
+        "chunked not the final coding",
+        "POST /v1/status HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ntransfer-encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+    ),
+    hyper_refuses(
         "obs-fold",
         "GET /v1/status HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\nx-folded: a\r\n b\r\n\r\n",
     ),

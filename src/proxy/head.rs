@@ -17,6 +17,11 @@
 //!   so it must be one host;
 //! - with `server.underscore_headers = "refuse"`, a header name with `_`.
 //!
+//! For HTTP/2, h2 itself refuses connection-specific fields (`Transfer-Encoding`, `TE` other
+//! than `trailers`), and no header value in either version can hold NUL, CR or LF (both hyper
+//! and h2 build values with `HeaderValue`'s checks). A repeated `Content-Length` does reach
+//! here in HTTP/2.
+//!
 //! Each check is a scan over a few values of the header map: nothing is allocated.
 
 use http::header::{HeaderMap, HeaderName, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
