@@ -20,7 +20,7 @@ use keygate::core::key::RateLimitSpec;
 use keygate::core::permission::{Permission, PermissionSet};
 use keygate::core::secret::{check_format, Hasher, Secret};
 use keygate::proxy::credentials::{self, Schemes};
-use keygate::proxy::forward::{prepare, strip_hop_by_hop, Credentials, Identity};
+use keygate::proxy::forward::{prepare, strip_hop_by_hop, Credentials, Identity, Passing};
 use keygate::proxy::limits::KeyLimits;
 use keygate::proxy::pipeline::{decide, Peer};
 use keygate::proxy::state::Shared;
@@ -91,6 +91,7 @@ fn verdict(c: &mut Criterion) {
     for (label, n) in [("1k_keys", 1_000), ("1M_keys", 1_000_000)] {
         let (shared, key) = gateway_with_keys(n);
         let request = Request::get("http://api.example.com/v1/customers/acme/orders")
+            .header("host", "api.example.com")
             .header("authorization", basic(&key))
             .body(())
             .unwrap();
@@ -100,6 +101,7 @@ fn verdict(c: &mut Criterion) {
         });
         let wrong = Secret::generate(Environment::Production);
         let unknown = Request::get("http://api.example.com/v1/customers/acme")
+            .header("host", "api.example.com")
             .header("authorization", basic(wrong.expose()))
             .body(())
             .unwrap();
@@ -195,18 +197,16 @@ fn rewrite(c: &mut Criterion) {
                     tls: false,
                     host: host.as_ref(),
                 };
-                let credentials = Credentials {
-                    authorization: true,
-                    header: &KEY_HEADER,
+                let passing = Passing {
+                    credentials: Some(Credentials {
+                        authorization: true,
+                        header: &KEY_HEADER,
+                    }),
+                    preserve_host: false,
+                    method_override: false,
+                    trusted_peer: false,
                 };
-                prepare(
-                    &mut request,
-                    uri.clone(),
-                    &identity,
-                    Some(credentials),
-                    &upstream_host,
-                    false,
-                );
+                prepare(&mut request, uri.clone(), &identity, &passing, &upstream_host);
                 request
             },
             BatchSize::SmallInput,

@@ -241,7 +241,7 @@ async fn draft_rate_limit_headers_are_sent_when_switched_on() {
 }
 
 #[tokio::test]
-async fn an_ip_that_keeps_failing_is_throttled_before_any_lookup() {
+async fn an_ip_that_keeps_failing_is_throttled_but_its_valid_keys_still_pass() {
     let config = support::STANDARD.replace("failed_per_ip = \"1000/m\"", "failed_per_ip = \"3/m\"");
     let h = Harness::with_config(&config, "").await;
     let (_, key) = h.key(&["*"]).await;
@@ -249,23 +249,30 @@ async fn an_ip_that_keeps_failing_is_throttled_before_any_lookup() {
     for _ in 0..3 {
         assert_eq!(h.get("/v1/status", wrong.expose()).await.status, 401);
     }
-    let throttled = h.get("/v1/status", &key).await;
+    let throttled = h.get("/v1/status", wrong.expose()).await;
     assert_eq!(throttled.status, 429);
     assert_eq!(throttled.text(), r#"{"error":"rate limit exceeded"}"#);
     assert!(throttled.headers.contains_key("retry-after"));
+    // A malformed key is throttled the same way.
+    assert_eq!(h.get("/v1/status", "short").await.status, 429);
     assert_eq!(
         sample(
             &h.metrics().await,
             r#"keygate_auth_failures_total{reason="ip_throttled"}"#
         ),
-        Some(1.0)
+        Some(2.0)
     );
+    // A valid key from the same IP (another client behind the same NAT) still passes.
+    assert_eq!(h.get("/v1/status", &key).await.status, 200);
+    assert_eq!(h.upstream.count(), 1);
+    // A request without any key is no guess: still 401.
+    assert_eq!(h.call("GET", "/v1/status", None, &[]).await.status, 401);
     // Another client is not affected.
     assert_eq!(
-        h.call_from("127.0.0.3", "GET", "/v1/status", Some(&key), &[])
+        h.call_from("127.0.0.3", "GET", "/v1/status", Some(wrong.expose()), &[])
             .await
             .status,
-        200
+        401
     );
 }
 

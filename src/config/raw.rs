@@ -50,6 +50,12 @@ pub struct RawServer {
     pub trusted_proxies: Field<Vec<Spanned<String>>>,
     /// Duration in-flight requests may finish in after SIGTERM. Default `"30s"`.
     pub shutdown_grace: Field<String>,
+    /// Duration within which a new connection must send its first byte, or it is closed.
+    /// Default `"5s"`.
+    pub first_byte_timeout: Field<String>,
+    /// Duration within which a TLS handshake must complete, or the connection is closed.
+    /// Default `"5s"`.
+    pub tls_handshake_timeout: Field<String>,
     /// Duration within which a request head must arrive. Default `"10s"`.
     pub header_read_timeout: Field<String>,
     /// Bytes of request head at most. Default 65536.
@@ -66,6 +72,9 @@ pub struct RawServer {
     pub max_connections: Field<u64>,
     /// Bytes of request body at most (413 past it). Default: no limit.
     pub max_request_body: Field<u64>,
+    /// Request headers whose name has `_`: `"drop"` them before forwarding, or `"refuse"` the
+    /// request with 400. Default `"drop"`.
+    pub underscore_headers: Field<String>,
     /// Threads serving requests. Default: one per CPU.
     pub worker_threads: Field<u64>,
 }
@@ -197,4 +206,7 @@ pub struct RawRoute {
     pub forward_credentials: Field<bool>,
     /// Forward the client's `Host` instead of the upstream's. Default false.
     pub preserve_host: Field<bool>,
+    /// Forward `X-HTTP-Method-Override`, `X-Method-Override` and `X-HTTP-Method`, and check the
+    /// permission of the method they name. Default false: they are stripped.
+    pub allow_method_override: Field<bool>,
 }

@@ -214,6 +214,7 @@ pub(super) fn routes(
             permissions,
             forward_credentials: route.forward_credentials.as_ref().is_some_and(|v| *v.get_ref()),
             preserve_host: route.preserve_host.as_ref().is_some_and(|v| *v.get_ref()),
+            allow_method_override: route.allow_method_override.as_ref().is_some_and(|v| *v.get_ref()),
         });
     }
     routes

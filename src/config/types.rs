@@ -37,6 +37,10 @@ pub struct Server {
     pub trusted_proxies: Vec<IpNet>,
     /// How long in-flight requests may run after SIGTERM. Default 30s.
     pub shutdown_grace: Duration,
+    /// A new connection must send its first byte within this, or it is closed. Default 5s.
+    pub first_byte_timeout: Duration,
+    /// A TLS handshake must complete within this, or the connection is closed. Default 5s.
+    pub tls_handshake_timeout: Duration,
     /// A request head must arrive within this. Default 10s.
     pub header_read_timeout: Duration,
     /// Largest request head in bytes. Default 64 KiB.
@@ -55,6 +59,18 @@ pub struct Server {
     pub max_request_body: Option<u64>,
     /// Threads of the async runtime; `None`: one per CPU.
     pub worker_threads: Option<usize>,
+    /// What becomes of request headers whose name has `_`. Default drop.
+    pub underscore_headers: UnderscoreHeaders,
+}
+
+/// Request headers whose name has `_`: CGI-style upstreams read `X_Keygate_Key_Id` as
+/// `X-Keygate-Key-Id`, so such a name could pass for one the gateway sets or strips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnderscoreHeaders {
+    /// Removed before forwarding (nginx's default).
+    Drop,
+    /// The request is refused with 400.
+    Refuse,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +192,8 @@ pub struct Route {
     pub permissions: Option<RoutePermissions>,
     pub forward_credentials: bool,
     pub preserve_host: bool,
+    /// Forward the method-override headers and check the permission of the method they name.
+    pub allow_method_override: bool,
 }
 
 /// `/v1/customers/{customer}`: literal and parameter segments; matches the path and all below.

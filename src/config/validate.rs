@@ -253,6 +253,16 @@ impl Checker<'_> {
             tls,
             trusted_proxies,
             shutdown_grace: self.duration_or(&raw.shutdown_grace, "server.shutdown_grace", secs(30)),
+            first_byte_timeout: self.duration_or(
+                &raw.first_byte_timeout,
+                "server.first_byte_timeout",
+                secs(5),
+            ),
+            tls_handshake_timeout: self.duration_or(
+                &raw.tls_handshake_timeout,
+                "server.tls_handshake_timeout",
+                secs(5),
+            ),
             header_read_timeout: self.duration_or(
                 &raw.header_read_timeout,
                 "server.header_read_timeout",
@@ -274,6 +284,11 @@ impl Checker<'_> {
             worker_threads: self
                 .count(&raw.worker_threads, "server.worker_threads", 1024)
                 .map(|n| n as usize),
+            underscore_headers: self
+                .parsed(&raw.underscore_headers, "server.underscore_headers", |text| {
+                    underscore_headers(text)
+                })
+                .unwrap_or(UnderscoreHeaders::Drop),
         }
     }
 
@@ -582,6 +597,14 @@ fn resolve(base_dir: &Path, path: &str) -> PathBuf {
         path.to_owned()
     } else {
         base_dir.join(path)
+    }
+}
+
+fn underscore_headers(text: &str) -> Result<UnderscoreHeaders, String> {
+    match text.trim() {
+        "drop" => Ok(UnderscoreHeaders::Drop),
+        "refuse" => Ok(UnderscoreHeaders::Refuse),
+        other => Err(format!("{other:?} is neither \"drop\" nor \"refuse\"")),
     }
 }
 

@@ -39,6 +39,9 @@ fn an_empty_file_takes_every_default() {
     assert_eq!(config.server.max_uri_bytes, 8_192);
     assert_eq!(config.server.http2_max_concurrent_streams, 100);
     assert_eq!(config.server.max_request_body, None);
+    assert_eq!(config.server.first_byte_timeout, Duration::from_secs(5));
+    assert_eq!(config.server.tls_handshake_timeout, Duration::from_secs(5));
+    assert_eq!(config.server.underscore_headers, UnderscoreHeaders::Drop);
     assert_eq!(config.admin.listen, "127.0.0.1:9901".parse().unwrap());
     assert_eq!(config.admin.token_env, "KEYGATE_ADMIN_TOKEN");
     assert_eq!(
@@ -117,6 +120,19 @@ permissions = { get = "item:read" }
 }
 
 #[test]
+fn edge_settings_parse() {
+    let config = parse_ok(&format!(
+        "[server]\nfirst_byte_timeout = \"250ms\"\ntls_handshake_timeout = \"2s\"\n\
+         underscore_headers = \"refuse\"\n{MINIMAL}allow_method_override = true\n"
+    ));
+    assert_eq!(config.server.first_byte_timeout, Duration::from_millis(250));
+    assert_eq!(config.server.tls_handshake_timeout, Duration::from_secs(2));
+    assert_eq!(config.server.underscore_headers, UnderscoreHeaders::Refuse);
+    assert!(config.routes[0].allow_method_override);
+    assert!(!parse_ok(MINIMAL).routes[0].allow_method_override);
+}
+
+#[test]
 fn store_urls_resolve_against_the_config_folder() {
     for (written, expected) in [
         (
@@ -184,6 +200,10 @@ fn each_mistake_names_its_field_and_line() {
         ("\n[server]\nshutdown_grace = \"30\"\n", "server.shutdown_grace", 3),
         ("\n[server]\nheader_read_timeout = \"0s\"\n", "server.header_read_timeout", 3),
         ("\n[server]\nmax_headers = 0\n", "server.max_headers", 3),
+        ("\n[server]\nfirst_byte_timeout = \"0s\"\n", "server.first_byte_timeout", 3),
+        ("\n[server]\nfirst_byte_timeout = \"soon\"\n", "server.first_byte_timeout", 3),
+        ("\n[server]\ntls_handshake_timeout = \"5\"\n", "server.tls_handshake_timeout", 3),
+        ("\n[server]\nunderscore_headers = \"keep\"\n", "server.underscore_headers", 3),
         ("\n[server]\ntls = { cert = \"c.pem\" }\n", "key", 3),
         ("\n[admin]\ntoken_env = \"not a name\"\n", "admin.token_env", 3),
         ("\n[store]\nurl = \"mysql://x\"\n", "store.url", 3),

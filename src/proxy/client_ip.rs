@@ -9,8 +9,13 @@ use ipnet::IpNet;
 
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
+/// Whether `ip` is one of the trusted proxies.
+pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let is_trusted = |ip: &IpAddr| is_trusted(*ip, trusted);
     if trusted.is_empty() || !is_trusted(&peer) {
         return peer;
     }

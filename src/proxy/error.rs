@@ -2,10 +2,12 @@
 //!
 //! [`Refusal`] is closed and mapped by an exhaustive `match`: a new variant forces a decision
 //! about its status, body and headers. Bodies are fixed strings that say nothing a caller could
-//! learn from; the cause is kept for the log and the metric label.
+//! learn from; the cause is kept for the log and the metric label. Every refusal is
+//! `Cache-Control: no-store`: it answers one request at one moment (a key revoked a second ago,
+//! a limit that refills), and no cache between the client and the gateway may replay it.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 
@@ -64,9 +66,20 @@ impl Denial {
     }
 }
 
-/// What made a request unanswerable as such: the path, a method or the credentials.
+/// What made a request unanswerable as such: its framing, its host, the path, a method, a
+/// header name or the credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BadRequest {
+    /// `Transfer-Encoding` other than exactly one final `chunked`.
+    TransferEncoding,
+    /// `Content-Length` together with `Transfer-Encoding`: the request smuggling classic.
+    LengthAndEncoding,
+    /// `Content-Length` repeated, or not a plain decimal number.
+    ContentLength,
+    /// No `Host` in HTTP/1.1, two of them, or one that disagrees with the target's authority.
+    Host,
+    /// A header name with `_` while `server.underscore_headers = "refuse"`.
+    UnderscoreHeader,
     AmbiguousPath,
     AmbiguousCredentials,
     Method,
@@ -75,6 +88,11 @@ pub enum BadRequest {
 impl BadRequest {
     pub fn as_str(self) -> &'static str {
         match self {
+            BadRequest::TransferEncoding => "transfer_encoding",
+            BadRequest::LengthAndEncoding => "length_and_encoding",
+            BadRequest::ContentLength => "content_length",
+            BadRequest::Host => "host",
+            BadRequest::UnderscoreHeader => "underscore_header",
             BadRequest::AmbiguousPath => "ambiguous_path",
             BadRequest::AmbiguousCredentials => "ambiguous_credentials",
             BadRequest::Method => "method",
@@ -115,6 +133,8 @@ pub enum Refusal {
         retry_after: u64,
     },
     TooLarge,
+    /// More request headers than `server.max_headers` (hyper counts them for HTTP/1 only).
+    TooManyHeaders,
     /// The request URI is longer than `server.max_uri_bytes`.
     UriTooLong,
     /// The key table is older than `store.max_staleness`: fail closed.
@@ -128,10 +148,13 @@ const DENIED: &str = r#"{"error":"permission denied"}"#;
 const RATE_LIMITED: &str = r#"{"error":"rate limit exceeded"}"#;
 const BAD_REQUEST: &str = r#"{"error":"bad request"}"#;
 const TOO_LARGE: &str = r#"{"error":"request body too large"}"#;
+const HEADERS_TOO_LARGE: &str = r#"{"error":"request header fields too large"}"#;
 const URI_TOO_LONG: &str = r#"{"error":"uri too long"}"#;
 const UNAVAILABLE: &str = r#"{"error":"service unavailable"}"#;
 const BAD_GATEWAY: &str = r#"{"error":"bad gateway"}"#;
 const GATEWAY_TIMEOUT: &str = r#"{"error":"gateway timeout"}"#;
+
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
 pub const JSON: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
 
@@ -152,10 +175,30 @@ impl Refusal {
             Refusal::IpThrottled { .. } | Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::Denied(_) | Refusal::MissingPermission(_) => StatusCode::FORBIDDEN,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
             Refusal::Stale => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             Refusal::Upstream(UpstreamFailure::Connect | UpstreamFailure::Reset) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Whether the connection must close after this answer: after a request whose framing or
+    /// head could be read two ways, nothing more on that connection can be trusted to start
+    /// where the gateway thinks it does.
+    pub fn closes_connection(&self) -> bool {
+        match self {
+            Refusal::BadRequest(_) | Refusal::TooManyHeaders => true,
+            Refusal::NoRoute
+            | Refusal::Unauthenticated(_)
+            | Refusal::IpThrottled { .. }
+            | Refusal::Denied(_)
+            | Refusal::MissingPermission(_)
+            | Refusal::RateLimited { .. }
+            | Refusal::TooLarge
+            | Refusal::UriTooLong
+            | Refusal::Stale
+            | Refusal::Upstream(_) => false,
         }
     }
 
@@ -175,6 +218,7 @@ impl Refusal {
             .to_string()
             .into(),
             Refusal::TooLarge => TOO_LARGE.into(),
+            Refusal::TooManyHeaders => HEADERS_TOO_LARGE.into(),
             Refusal::UriTooLong => URI_TOO_LONG.into(),
             Refusal::Stale => UNAVAILABLE.into(),
             Refusal::Upstream(UpstreamFailure::Timeout) => GATEWAY_TIMEOUT.into(),
@@ -182,6 +226,8 @@ impl Refusal {
         };
         let mut response = json_response(status, body);
         let headers = response.headers_mut();
+        // A refusal is about this request and this moment: no cache may keep it.
+        headers.insert(CACHE_CONTROL, NO_STORE);
         match self {
             Refusal::Unauthenticated(_) => {
                 headers.insert(WWW_AUTHENTICATE, www_authenticate.clone());
@@ -194,10 +240,87 @@ impl Refusal {
             | Refusal::Denied(_)
             | Refusal::MissingPermission(_)
             | Refusal::TooLarge
+            | Refusal::TooManyHeaders
             | Refusal::UriTooLong
             | Refusal::Stale
             | Refusal::Upstream(_) => {}
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_refusal() -> Vec<Refusal> {
+        let state = LimitState {
+            limit: 1,
+            remaining: 0,
+            reset: 1,
+            window: 1,
+        };
+        vec![
+            Refusal::BadRequest(BadRequest::TransferEncoding),
+            Refusal::NoRoute,
+            Refusal::Unauthenticated(AuthFailure::Unknown),
+            Refusal::IpThrottled { retry_after: 3 },
+            Refusal::Denied(Denial::Ip),
+            Refusal::MissingPermission(None),
+            Refusal::MissingPermission(Some("customer:write".parse().unwrap())),
+            Refusal::RateLimited {
+                state,
+                retry_after: 1,
+            },
+            Refusal::TooLarge,
+            Refusal::TooManyHeaders,
+            Refusal::UriTooLong,
+            Refusal::Stale,
+            Refusal::Upstream(UpstreamFailure::Connect),
+            Refusal::Upstream(UpstreamFailure::Timeout),
+            Refusal::Upstream(UpstreamFailure::Reset),
+        ]
+    }
+
+    #[test]
+    fn no_refusal_may_be_cached() {
+        let challenge = HeaderValue::from_static("Basic realm=\"keygate\"");
+        for refusal in every_refusal() {
+            let response = refusal.clone().into_response(&challenge);
+            assert_eq!(response.headers()[CACHE_CONTROL], "no-store", "{refusal:?}");
+            assert_eq!(response.headers()[CONTENT_TYPE], JSON, "{refusal:?}");
+        }
+    }
+
+    #[test]
+    fn too_many_headers_is_431_with_a_json_body() {
+        let response = Refusal::TooManyHeaders.into_response(&HeaderValue::from_static("x"));
+        assert_eq!(response.status(), 431);
+        let body = match response.into_body() {
+            Either::Right(full) => full,
+            Either::Left(_) => panic!("the gateway's own body"),
+        };
+        let bytes = futures_body(body);
+        assert_eq!(bytes, HEADERS_TOO_LARGE.as_bytes());
+    }
+
+    /// The bytes of a full body, without a runtime: `Full` is ready at once.
+    fn futures_body(body: Full<Bytes>) -> Bytes {
+        use http_body::Body as _;
+        let mut body = std::pin::pin!(body);
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        match body.as_mut().poll_frame(&mut cx) {
+            std::task::Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+            _ => Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn only_refusals_of_an_unreadable_head_close_the_connection() {
+        for refusal in every_refusal() {
+            let closes = matches!(refusal, Refusal::BadRequest(_) | Refusal::TooManyHeaders);
+            assert_eq!(refusal.closes_connection(), closes, "{refusal:?}");
+        }
     }
 }

@@ -1,12 +1,18 @@
 //! Step 9 of the request path: forwarding to the upstream (data plane).
 //!
 //! The request goes out as it came, less hop-by-hop headers and the credential, with identity
-//! headers the gateway sets after removing any a client sent. Bodies stream both ways; the
+//! headers the gateway sets after removing any a client sent. Also removed, in the same one
+//! pass over the names: names with `_` (which CGI-style upstreams read as `-`, so they could
+//! pass for identity headers), `Proxy-Authorization`, the method-override headers unless the
+//! route allows them, and from a peer that is not a trusted proxy `X-Real-IP` and `Forwarded`,
+//! which the gateway replaces with its own element (RFC 7239). Bodies stream both ways; the
 //! connections are [`super::upstream`]'s.
 
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, HOST};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, FORWARDED, HOST, PROXY_AUTHORIZATION,
+};
 use http::uri::Uri;
 use http::{Method, Request, Version};
 
@@ -17,6 +23,14 @@ pub const X_KEYGATE_CUSTOMER: HeaderName = HeaderName::from_static("x-keygate-cu
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Headers that ask an upstream to take the request as another method than its own.
+const METHOD_OVERRIDES: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-http-method"),
+];
 
 /// Removes the hop-by-hop headers of RFC 9110 section 7.6.1, and those `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -69,6 +83,37 @@ fn is_identity(name: &HeaderName) -> bool {
     name.as_str().starts_with("x-keygate-")
 }
 
+fn is_method_override(name: &HeaderName) -> bool {
+    METHOD_OVERRIDES.contains(name)
+}
+
+/// The method a request's override headers name, if any: one method, in canonical form, the
+/// same in every override header it sends; anything else is not a method the gateway can
+/// check, and is refused.
+pub fn method_override(headers: &HeaderMap) -> Result<Option<Method>, InvalidOverride> {
+    let mut named: Option<&[u8]> = None;
+    for value in METHOD_OVERRIDES.iter().flat_map(|name| headers.get_all(name)) {
+        let value = value.as_bytes().trim_ascii();
+        match named {
+            Some(earlier) if earlier != value => return Err(InvalidOverride),
+            _ => named = Some(value),
+        }
+    }
+    let Some(named) = named else {
+        return Ok(None);
+    };
+    let method = Method::from_bytes(named).map_err(|_| InvalidOverride)?;
+    if method_is_canonical(&method) {
+        Ok(Some(method))
+    } else {
+        Err(InvalidOverride)
+    }
+}
+
+/// Method-override headers that do not name one canonical method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidOverride;
+
 /// What the gateway tells the upstream about an admitted request.
 pub struct Identity<'a> {
     pub key_id: &'a str,
@@ -79,6 +124,18 @@ pub struct Identity<'a> {
     pub tls: bool,
     /// The host the client asked for, for `X-Forwarded-Host` and `preserve_host`.
     pub host: Option<&'a HeaderValue>,
+}
+
+/// What a route and the peer let through of the client's own headers.
+pub struct Passing<'a> {
+    /// The credentials to strip; `None` when the route forwards them.
+    pub credentials: Option<Credentials<'a>>,
+    /// The client's `Host` goes on instead of the upstream's.
+    pub preserve_host: bool,
+    /// The method-override headers go on.
+    pub method_override: bool,
+    /// The peer is a trusted proxy: its `X-Real-IP` and `Forwarded` go on.
+    pub trusted_peer: bool,
 }
 
 /// Which credentials leave the gateway.
@@ -95,28 +152,34 @@ pub fn prepare<B>(
     request: &mut Request<B>,
     uri: Uri,
     identity: &Identity<'_>,
-    credentials: Option<Credentials<'_>>,
+    passing: &Passing<'_>,
     upstream_host: &HeaderValue,
-    preserve_host: bool,
 ) {
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     let headers = request.headers_mut();
     // Room for the headers set below, so the map grows once, not once per insert.
-    headers.reserve(8);
-    let (authorization, key_header) = match &credentials {
-        Some(credentials) => (credentials.authorization, Some(credentials.header)),
-        None => (false, None),
-    };
-    strip(headers, |name| {
-        is_identity(name) || (authorization && name == AUTHORIZATION) || key_header == Some(name)
-    });
+    headers.reserve(9);
+    strip(headers, |name| is_refused(name, passing));
     set_identity(headers, identity);
-    let host = match (preserve_host, identity.host) {
+    let host = match (passing.preserve_host, identity.host) {
         (true, Some(host)) => host,
         _ => upstream_host,
     };
     headers.insert(HOST, host.clone());
+}
+
+/// Whether a client header is kept from the upstream (besides the hop-by-hop ones).
+fn is_refused(name: &HeaderName, passing: &Passing<'_>) -> bool {
+    let credential = passing.credentials.as_ref().is_some_and(|credentials| {
+        (credentials.authorization && name == AUTHORIZATION) || name == credentials.header
+    });
+    is_identity(name)
+        || credential
+        || super::head::has_underscore(name)
+        || name == PROXY_AUTHORIZATION
+        || (!passing.method_override && is_method_override(name))
+        || (!passing.trusted_peer && (name == X_REAL_IP || name == FORWARDED))
 }
 
 /// Sets the identity and forwarding headers. The `X-Keygate-` ones are appended, which costs
@@ -140,6 +203,43 @@ fn set_identity(headers: &mut HeaderMap, identity: &Identity<'_>) {
     if let Some(host) = identity.host {
         headers.insert(X_FORWARDED_HOST, host.clone());
     }
+    headers.append(FORWARDED, forwarded(identity));
+}
+
+/// The gateway's own `Forwarded` element (RFC 7239): `for=<client>;proto=<http|https>` and
+/// `;host=<host>` when the host can be written as a quoted string. Appended as a line of its
+/// own, which reads as the last element of the list.
+fn forwarded(identity: &Identity<'_>) -> HeaderValue {
+    let mut text = [0; 39];
+    let ip = ip_text(identity.client, &mut text);
+    let host = identity.host.map(HeaderValue::as_bytes).filter(|host| {
+        !host.is_empty()
+            && host
+                .iter()
+                .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    });
+    let mut line = Vec::with_capacity(64 + host.map_or(0, <[u8]>::len));
+    line.extend_from_slice(b"for=");
+    match identity.client {
+        IpAddr::V4(_) => line.extend_from_slice(ip),
+        IpAddr::V6(_) => {
+            line.extend_from_slice(b"\"[");
+            line.extend_from_slice(ip);
+            line.extend_from_slice(b"]\"");
+        }
+    }
+    line.extend_from_slice(if identity.tls {
+        b";proto=https"
+    } else {
+        b";proto=http"
+    });
+    if let Some(host) = host {
+        line.extend_from_slice(b";host=\"");
+        line.extend_from_slice(host);
+        line.push(b'"');
+    }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(line))
+        .unwrap_or_else(|_| HeaderValue::from_static("for=unknown"))
 }
 
 /// Appends the client to `X-Forwarded-For`, folding any earlier values into one line. The line
@@ -320,6 +420,128 @@ mod tests {
         ] {
             let mut text = [0; 39];
             assert_eq!(ip_text(ip.parse().unwrap(), &mut text), ip.as_bytes());
+        }
+    }
+
+    fn passing(method_override: bool, trusted_peer: bool) -> Passing<'static> {
+        static KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
+        Passing {
+            credentials: Some(Credentials {
+                authorization: true,
+                header: &KEY_HEADER,
+            }),
+            preserve_host: false,
+            method_override,
+            trusted_peer,
+        }
+    }
+
+    #[test]
+    fn client_headers_that_could_forge_or_leak_are_refused() {
+        let (plain, overrides, trusted) = (passing(false, false), passing(true, false), passing(false, true));
+        for (name, refused_plain, refused_with_overrides, refused_from_trusted) in [
+            ("x-custom", false, false, false),
+            ("authorization", true, true, true),
+            ("x-api-key", true, true, true),
+            ("x-keygate-key-id", true, true, true),
+            ("x_keygate_key_id", true, true, true),
+            ("x_forwarded_for", true, true, true),
+            ("my_header", true, true, true),
+            ("proxy-authorization", true, true, true),
+            ("x-http-method-override", true, false, true),
+            ("x-method-override", true, false, true),
+            ("x-http-method", true, false, true),
+            ("x-real-ip", true, true, false),
+            ("forwarded", true, true, false),
+        ] {
+            let name = HeaderName::from_static(name);
+            assert_eq!(is_refused(&name, &plain), refused_plain, "{name}");
+            assert_eq!(
+                is_refused(&name, &overrides),
+                refused_with_overrides,
+                "{name} (overrides)"
+            );
+            assert_eq!(
+                is_refused(&name, &trusted),
+                refused_from_trusted,
+                "{name} (trusted)"
+            );
+        }
+    }
+
+    #[test]
+    fn the_forwarded_element_names_client_proto_and_host() {
+        let request_id = HeaderValue::from_static("r");
+        for (client, tls, host, expected) in [
+            (
+                "203.0.113.5",
+                false,
+                Some("api.test"),
+                r#"for=203.0.113.5;proto=http;host="api.test""#,
+            ),
+            (
+                "203.0.113.5",
+                true,
+                Some("api.test:8443"),
+                r#"for=203.0.113.5;proto=https;host="api.test:8443""#,
+            ),
+            ("::1", false, None, r#"for="[::1]";proto=http"#),
+            (
+                "2001:db8::7",
+                true,
+                Some("a\"b"),
+                r#"for="[2001:db8::7]";proto=https"#,
+            ),
+        ] {
+            let host = host.map(|h| HeaderValue::from_str(h).unwrap());
+            let identity = Identity {
+                key_id: "k",
+                environment: "production",
+                customer: None,
+                request_id: &request_id,
+                client: client.parse().unwrap(),
+                tls,
+                host: host.as_ref(),
+            };
+            assert_eq!(forwarded(&identity), expected, "{client} {host:?}");
+        }
+    }
+
+    #[test]
+    fn an_override_names_one_canonical_method_or_is_invalid() {
+        type Case = (
+            &'static [(&'static str, &'static str)],
+            Result<Option<Method>, InvalidOverride>,
+        );
+        let cases: &[Case] = &[
+            (&[], Ok(None)),
+            (&[("x-http-method-override", "DELETE")], Ok(Some(Method::DELETE))),
+            (&[("x-method-override", " PATCH ")], Ok(Some(Method::PATCH))),
+            (
+                &[("x-http-method", "DELETE"), ("x-http-method-override", "DELETE")],
+                Ok(Some(Method::DELETE)),
+            ),
+            (
+                &[("x-http-method", "DELETE"), ("x-http-method-override", "PUT")],
+                Err(InvalidOverride),
+            ),
+            (
+                &[
+                    ("x-http-method-override", "GET"),
+                    ("x-http-method-override", "POST"),
+                ],
+                Err(InvalidOverride),
+            ),
+            (&[("x-http-method-override", "delete")], Err(InvalidOverride)),
+            (&[("x-http-method-override", "")], Err(InvalidOverride)),
+            (&[("x-http-method-override", "DE LETE")], Err(InvalidOverride)),
+        ];
+        for (fields, expected) in cases {
+            let mut headers = HeaderMap::new();
+            for (name, value) in *fields {
+                headers.append(*name, HeaderValue::from_static(value));
+            }
+            assert_eq!(method_override(&headers), *expected, "{fields:?}");
         }
     }
 

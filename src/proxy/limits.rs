@@ -178,8 +178,8 @@ impl<C: Clock + Clone> KeyLimits<C> {
     }
 }
 
-/// Throttles client IPs that fail authentication too often: past the allowance, the IP is
-/// refused before any key lookup until its bucket has room again.
+/// Throttles client IPs that fail authentication too often: past the allowance, the IP's failing
+/// requests get 429 instead of 401 until its bucket has room again; its valid keys still pass.
 pub struct IpThrottle<C: Clock = DefaultClock> {
     /// Each failing IP's bucket and when it last failed.
     failures: DashMap<IpAddr, (Limiter<C>, C::Instant)>,

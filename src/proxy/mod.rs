@@ -5,6 +5,7 @@ pub mod client_ip;
 pub mod credentials;
 pub mod error;
 pub mod forward;
+pub mod head;
 pub mod limits;
 pub mod path;
 pub mod pipeline;

@@ -4,7 +4,10 @@
 //! normal form, used for both routing and forwarding: percent-encoded unreserved characters are
 //! decoded (`%61` is `a`), other escapes are upper-cased. What could still be read two ways is
 //! refused with 400: encoded `/`, `\` or NUL, dot segments (`.`, `..`, also when encoded), empty
-//! segments (`//`), and a raw backslash.
+//! segments (`//`), and a raw backslash. So are what common upstreams read as those: a dot
+//! segment with path parameters (`..;x`, `.;`, which Tomcat and Spring read as `..` and `.`),
+//! and the double-encoded `%252e`, `%252f`, `%255c`, `%2500`, which an upstream that decodes
+//! twice reads as `.`, `/`, `\`, NUL.
 
 use std::borrow::Cow;
 
@@ -50,6 +53,9 @@ fn decode_unreserved(path: &str) -> Result<String, AmbiguousPath> {
             return Err(AmbiguousPath);
         };
         let decoded = high << 4 | low;
+        if decoded == b'%' && is_double_encoded(&bytes[i + 3..]) {
+            return Err(AmbiguousPath);
+        }
         match decoded {
             b'/' | b'\\' | 0 => return Err(AmbiguousPath),
             b if is_unreserved(b) => out.push(char::from(b)),
@@ -64,6 +70,27 @@ fn decode_unreserved(path: &str) -> Result<String, AmbiguousPath> {
     Ok(out)
 }
 
+/// Whether what follows an encoded `%` would decode, a second time, to `.`, `/`, `\` or NUL.
+fn is_double_encoded(rest: &[u8]) -> bool {
+    match rest {
+        [high, low, ..] => matches!(
+            (high, low.to_ascii_lowercase()),
+            (b'2', b'e' | b'f') | (b'5', b'c') | (b'0', b'0')
+        ),
+        _ => false,
+    }
+}
+
+/// A dot segment, also with path parameters (`..;jsessionid=x`), which some upstreams strip
+/// before they resolve dot segments.
+fn is_dot_segment(segment: &str) -> bool {
+    if !segment.starts_with('.') {
+        return false;
+    }
+    let name = segment.split_once(';').map_or(segment, |(name, _)| name);
+    name == "." || name == ".."
+}
+
 fn check_segments(path: &str) -> Result<(), AmbiguousPath> {
     if path == "/" {
         return Ok(());
@@ -76,7 +103,7 @@ fn check_segments(path: &str) -> Result<(), AmbiguousPath> {
     let body = body.strip_suffix('/').unwrap_or(body);
     let bad = body
         .split('/')
-        .any(|segment| segment.is_empty() || segment == "." || segment == "..");
+        .any(|segment| segment.is_empty() || is_dot_segment(segment));
     if bad {
         Err(AmbiguousPath)
     } else {
@@ -131,6 +158,10 @@ mod tests {
             ("/v1/customers/a%7ecme", "/v1/customers/a~cme"),
             ("/v1/customers/a%20b", "/v1/customers/a%20b"),
             ("/v1/customers/a%c3%a9", "/v1/customers/a%C3%A9"),
+            ("/v1/customers/100%25", "/v1/customers/100%25"),
+            ("/v1/customers/a%2541", "/v1/customers/a%2541"),
+            ("/v1/customers/a;b", "/v1/customers/a;b"),
+            ("/v1/customers/...;x", "/v1/customers/...;x"),
         ] {
             assert_eq!(normalize(path).as_deref(), Ok(normal), "{path}");
         }
@@ -155,6 +186,18 @@ mod tests {
             "/v1/a%00b",
             "/v1/a%zz",
             "/v1/a%4",
+            "/v1/..;/admin",
+            "/v1/..;jsessionid=x/admin",
+            "/v1/.;/admin",
+            "/v1/customers/..;",
+            "/v1/%2e%2e;x/admin",
+            "/v1/%252e%252e/admin",
+            "/v1/%252E%252E/admin",
+            "/v1/customers%252facme",
+            "/v1/customers%252Facme",
+            "/v1/customers%255cacme",
+            "/v1/customers%255Cacme",
+            "/v1/a%2500b",
         ] {
             assert_eq!(normalize(path), Err(AmbiguousPath), "{path}");
         }

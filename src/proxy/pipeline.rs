@@ -6,14 +6,20 @@
 //!                                         (every exit) ─▶ log + metrics
 //! ```
 //!
-//! - 0: the method and path are put in one form (or refused with 400) before anything reads
-//!   them, so the path that is routed and checked is the one that is forwarded.
+//! - 0: the head must have one reading before anything reads it ([`super::head`]): one framing
+//!   of the body, one host, at most `server.max_headers` headers (hyper counts them for HTTP/1
+//!   only). A 400 here also closes an HTTP/1 connection, since what follows on it cannot be
+//!   trusted to start where the gateway thinks. Then the method and path are put in one form
+//!   (or refused with 400), so the path that is routed and checked is the one that is
+//!   forwarded.
 //! - 1 comes first because the route decides the environment, the permission and the upstream.
-//! - 2 begins with the failed-auth throttle: an IP over its allowance gets 429 before any key is
-//!   parsed or looked up, so key scanning costs the gateway as little as possible. A malformed
-//!   key (bad checksum) is refused before the lookup.
+//! - 2 finds and parses the key; a malformed one (bad checksum) is refused before the lookup.
 //! - 3 and 4 both answer with the one identical 401, so a caller cannot tell an unknown key from
 //!   a revoked one or one of another environment.
+//! - The failed-auth throttle applies only once 2 to 4 have failed: an IP over its allowance
+//!   gets 429 instead of 401 for a key that fails, which has cost no more than a hash and a
+//!   lookup, while a valid key from the same IP (another client behind the same NAT or load
+//!   balancer) still passes.
 //! - 5 to 7 are the key's restrictions, cheapest first; they answer 403.
 //! - 8 comes last of the checks so that a request refused for another reason does not spend the
 //!   key's allowance. A local limit is decided in place; a shared one (Redis) is the one check
@@ -27,21 +33,23 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Limited};
 use hyper::body::Incoming;
 
-use super::client_ip::client_ip;
+use super::client_ip::{client_ip, is_trusted};
 use super::credentials::{self, CredentialError, Source};
 use super::error::{AuthFailure, BadRequest, Denial, Refusal};
-use super::forward::{self, method_is_canonical, Credentials, Identity, X_REQUEST_ID};
+use super::forward::{self, method_is_canonical, Credentials, Identity, Passing, X_REQUEST_ID};
+use super::head;
 use super::limits::{Decision, LimitState};
 use super::path::{decode_segment, normalize};
 use super::state::{RouteState, Shared, Snapshot};
 use super::table::{AuthKey, Secret};
 use super::upstream::{OutBody, SendFailure};
 use super::Body;
+use crate::config::UnderscoreHeaders;
 use crate::core::key::RateLimitSpec;
 use crate::core::secret::{check_format, Format};
 
@@ -132,6 +140,7 @@ fn begin(
     let snapshot = shared.snapshot.load_full();
     let mut ctx = Context::new(&snapshot, peer, request.headers(), request_id(&request));
     let method = request.method().clone();
+    let version = request.version();
     let path = access_log_on().then(|| request.uri().path().to_owned());
     let outgoing = admit(shared, &snapshot, &mut ctx, &request).and_then(|admitted| {
         let shared_limit = admitted.shared_limit;
@@ -151,7 +160,14 @@ fn begin(
             Begun::Admitted(Box::pin(exchange.run(shared)))
         }
         Err(refusal) => {
-            let response = refuse(shared, &snapshot, &mut ctx, refusal);
+            // HTTP/2 has no `Connection` header; its streams are framed apart anyway.
+            let close = refusal.closes_connection() && version < http::Version::HTTP_2;
+            let mut response = refuse(shared, &snapshot, &mut ctx, refusal);
+            if close {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
             Begun::Answered(finish(&snapshot, &ctx, &method, path.as_deref(), response))
         }
     }
@@ -204,9 +220,18 @@ fn admit<B>(
     ctx: &mut Context,
     request: &Request<B>,
 ) -> Result<Admitted, Refusal> {
-    // 0: a bounded URI, and one form for the method and the path.
+    // 0: a head with one reading, a bounded URI, and one form for the method and the path.
+    let server = &snapshot.config.server;
+    if request.headers().len() > server.max_headers {
+        return Err(Refusal::TooManyHeaders);
+    }
+    head::framing(request.headers()).map_err(Refusal::BadRequest)?;
+    if server.underscore_headers == UnderscoreHeaders::Refuse {
+        head::underscores(request.headers(), &snapshot.key_header).map_err(Refusal::BadRequest)?;
+    }
+    let host = head::host(request).map_err(Refusal::BadRequest)?.map(strip_port);
     let uri_len = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
-    if uri_len > snapshot.config.server.max_uri_bytes {
+    if uri_len > server.max_uri_bytes {
         return Err(Refusal::UriTooLong);
     }
     if !method_is_canonical(request.method()) {
@@ -215,40 +240,15 @@ fn admit<B>(
     let path = normalize(request.uri().path()).map_err(|_| Refusal::BadRequest(BadRequest::AmbiguousPath))?;
 
     // 1: the route.
-    let host = request_host(request);
     let matched = snapshot.router.route(host, &path).ok_or(Refusal::NoRoute)?;
     ctx.route = Some(matched.route);
     let route = &snapshot.routes[matched.route];
     check_freshness(shared, snapshot)?;
 
-    // 2: the credential, unless this IP has failed too often.
-    if let Some(retry_after) = snapshot.ip_throttle.throttled(ctx.client) {
-        return Err(Refusal::IpThrottled { retry_after });
-    }
-    let mut buf = [0; 1024];
-    let (secret, source) =
-        credentials::extract(request.headers(), &snapshot.schemes, &mut buf).map_err(|e| match e {
-            CredentialError::Missing => Refusal::Unauthenticated(AuthFailure::Missing),
-            CredentialError::Malformed => Refusal::Unauthenticated(AuthFailure::Malformed),
-            CredentialError::Ambiguous => Refusal::BadRequest(BadRequest::AmbiguousCredentials),
-        })?;
-    if check_format(secret) == Format::Malformed {
-        return Err(Refusal::Unauthenticated(AuthFailure::Malformed));
-    }
-
-    // 3: the key, and whether it may be used now.
-    let hash = shared.hasher().hash(secret);
-    let (key, which) = shared
-        .keys
-        .lookup(&hash)
-        .ok_or(Refusal::Unauthenticated(AuthFailure::Unknown))?;
+    // 2 to 4: the key, from an IP over its failed-auth allowance only if it is valid.
     let now = shared.clock.now().as_second();
-    usable(&key, which, now)?;
-
-    // 4: the key's environment is the route's.
-    if key.environment != route.environment {
-        return Err(Refusal::Unauthenticated(AuthFailure::WrongEnvironment));
-    }
+    let (key, which, source) = authenticate(shared, snapshot, route, request, now)
+        .map_err(|refusal| throttle(snapshot, ctx.client, refusal))?;
     let previous = matches!(which, Secret::Previous { .. });
     shared.record_use(&key, previous, now, snapshot.config.metrics.per_key);
     ctx.key = Some(key.clone());
@@ -259,8 +259,14 @@ fn admit<B>(
         return Err(Refusal::Denied(Denial::Ip));
     }
 
-    // 6: the permission the route requires for this method.
-    check_permission(route, &key, request.method())?;
+    // 6: the permission the route requires for this method, or for the one the method-override
+    // headers name where the route lets them through to the upstream.
+    let overridden = if route.allow_method_override {
+        forward::method_override(request.headers()).map_err(|_| Refusal::BadRequest(BadRequest::Method))?
+    } else {
+        None
+    };
+    check_permission(route, &key, overridden.as_ref().unwrap_or(request.method()))?;
 
     // 7: a customer-scoped key reaches only its own customer.
     if let (Some(own), true) = (key.customer_id.as_deref(), route.has_customer_param) {
@@ -304,6 +310,54 @@ fn apply_limit(ctx: &mut Context, decision: Decision) -> Result<(), Refusal> {
             ctx.limit = Some(state);
             Err(Refusal::RateLimited { state, retry_after })
         }
+    }
+}
+
+/// Steps 2 to 4: the credential, the key it names, and whether that key may be used on this
+/// route now.
+fn authenticate<B>(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    route: &RouteState,
+    request: &Request<B>,
+    now: i64,
+) -> Result<(Arc<AuthKey>, Secret, Source), Refusal> {
+    // 2: the credential; a malformed key (bad checksum) is refused before the lookup.
+    let mut buf = [0; 1024];
+    let (secret, source) =
+        credentials::extract(request.headers(), &snapshot.schemes, &mut buf).map_err(|e| match e {
+            CredentialError::Missing => Refusal::Unauthenticated(AuthFailure::Missing),
+            CredentialError::Malformed => Refusal::Unauthenticated(AuthFailure::Malformed),
+            CredentialError::Ambiguous => Refusal::BadRequest(BadRequest::AmbiguousCredentials),
+        })?;
+    if check_format(secret) == Format::Malformed {
+        return Err(Refusal::Unauthenticated(AuthFailure::Malformed));
+    }
+
+    // 3: the key, and whether it may be used now.
+    let hash = shared.hasher().hash(secret);
+    let (key, which) = shared
+        .keys
+        .lookup(&hash)
+        .ok_or(Refusal::Unauthenticated(AuthFailure::Unknown))?;
+    usable(&key, which, now)?;
+
+    // 4: the key's environment is the route's.
+    if key.environment != route.environment {
+        return Err(Refusal::Unauthenticated(AuthFailure::WrongEnvironment));
+    }
+    Ok((key, which, source))
+}
+
+/// A failed authentication from an IP past its allowance of failures: 429 instead of 401. A
+/// request without any credential is not a guess, and stays a 401.
+fn throttle(snapshot: &Snapshot, client: IpAddr, refusal: Refusal) -> Refusal {
+    match refusal {
+        Refusal::Unauthenticated(failure) if failure != AuthFailure::Missing => snapshot
+            .ip_throttle
+            .throttled(client)
+            .map_or(refusal, |retry_after| Refusal::IpThrottled { retry_after }),
+        refusal => refusal,
     }
 }
 
@@ -377,19 +431,17 @@ fn outgoing(
         tls: peer.tls,
         host: host.as_ref(),
     };
-    let credentials = (!route.forward_credentials).then(|| Credentials {
-        authorization: admitted.source == Source::Authorization,
-        header: &snapshot.key_header,
-    });
+    let passing = Passing {
+        credentials: (!route.forward_credentials).then(|| Credentials {
+            authorization: admitted.source == Source::Authorization,
+            header: &snapshot.key_header,
+        }),
+        preserve_host: route.preserve_host,
+        method_override: route.allow_method_override,
+        trusted_peer: is_trusted(peer.addr.ip(), &server.trusted_proxies),
+    };
     let upstream = &snapshot.upstreams[route.upstream].0;
-    forward::prepare(
-        &mut request,
-        admitted.uri,
-        &identity,
-        credentials,
-        &upstream.host,
-        route.preserve_host,
-    );
+    forward::prepare(&mut request, admitted.uri, &identity, &passing, &upstream.host);
     let limit = server
         .max_request_body
         .map_or(usize::MAX, |max| usize::try_from(max).unwrap_or(usize::MAX));
@@ -459,6 +511,7 @@ fn refuse(shared: &Shared, snapshot: &Snapshot, ctx: &mut Context, refusal: Refu
         Refusal::BadRequest(why) => why.as_str(),
         Refusal::NoRoute => "no_route",
         Refusal::TooLarge => "body_too_large",
+        Refusal::TooManyHeaders => "too_many_headers",
         Refusal::UriTooLong => "uri_too_long",
         Refusal::Stale => "stale_key_table",
         Refusal::Upstream(failure) => failure.as_str(),
@@ -544,15 +597,6 @@ fn new_request_id() -> HeaderValue {
         *digit = HEX[(bits >> (4 * (31 - i)) & 0xf) as usize];
     }
     HeaderValue::from_bytes(&id).expect("hex is a valid header value")
-}
-
-/// The host the client addressed, without port: the `Host` header, or the HTTP/2 authority.
-fn request_host<B>(request: &Request<B>) -> Option<&str> {
-    let host = match request.headers().get(HOST).and_then(|h| h.to_str().ok()) {
-        Some(host) => host,
-        None => request.uri().authority()?.as_str(),
-    };
-    Some(strip_port(host))
 }
 
 fn strip_port(host: &str) -> &str {

@@ -12,7 +12,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
@@ -49,6 +49,9 @@ fn path_name(path: &Path) -> String {
     path.display().to_string()
 }
 
+const HTTP2_STREAM_WINDOW: u32 = 65_535;
+const HTTP2_CONNECTION_WINDOW: u32 = 1 << 20;
+
 fn builder(settings: &Server) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's HTTP/1 header timer also runs while a keep-alive connection waits for its next
@@ -64,6 +67,10 @@ fn builder(settings: &Server) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(settings.http2_max_concurrent_streams)
+        // Flow control caps what one client may make the gateway hold for a stream it does
+        // not read: 64 KiB a stream (the RFC 9113 default), 1 MiB for the whole connection.
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
         .max_header_list_size(settings.max_header_bytes as u32)
         .keep_alive_interval(Some(settings.idle_timeout))
         .keep_alive_timeout(Duration::from_secs(20));
@@ -104,16 +111,24 @@ pub async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
+        let timeouts = (settings.first_byte_timeout, settings.tls_handshake_timeout);
         tokio::spawn(async move {
             let _slot = slot;
+            // hyper's head timer starts at the first byte, and rustls has none: a connection
+            // that stays silent would hold its slot of the cap for good.
+            if !first_byte(&stream, timeouts.0).await {
+                tracing::debug!(%addr, "connection closed: no first byte in time");
+                return;
+            }
             match tls {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(stream) => {
+                Some(acceptor) => match tokio::time::timeout(timeouts.1, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
                         let peer = Peer { addr, tls: true };
                         let conn = builder.serve_connection(TokioIo::new(stream), service(shared, peer));
                         log_conn_error(watcher.watch(conn.into_owned()).await);
                     }
-                    Err(error) => tracing::debug!(%addr, %error, "TLS handshake failed"),
+                    Ok(Err(error)) => tracing::debug!(%addr, %error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
                 },
                 None => {
                     let peer = Peer { addr, tls: false };
@@ -131,6 +146,16 @@ pub async fn serve(
     {
         tracing::warn!(grace = ?settings.shutdown_grace, "requests still running after the shutdown grace");
     }
+}
+
+/// Whether the client sends a first byte within `timeout` (it stays in the socket for the TLS
+/// acceptor or hyper to read). One `peek` per connection, none per request.
+async fn first_byte(stream: &TcpStream, timeout: Duration) -> bool {
+    let mut byte = [0; 1];
+    matches!(
+        tokio::time::timeout(timeout, stream.peek(&mut byte)).await,
+        Ok(Ok(1..))
+    )
 }
 
 fn service(
