@@ -792,3 +792,30 @@ async fn verify_fails_closed_past_max_staleness_like_the_proxy() {
     assert_eq!(answer.status, 503);
     Contract::new().check(&Method::POST, "/v1/keys/verify", &answer);
 }
+
+#[tokio::test]
+async fn an_import_of_a_secret_in_use_is_a_conflict_that_names_no_key() {
+    let h = Harness::start().await;
+    let (id, old) = h.key(&["customer:read"]).await;
+    let regenerate = format!("/v1/keys/{id}/regenerate");
+    let regenerated = admin(&h, Method::POST, &regenerate, Some(r#"{"grace":"10m"}"#), None).await;
+    assert_eq!(regenerated.status, 200);
+    let new = regenerated.json()["key"].as_str().unwrap().to_owned();
+    for secret in [&old, &new] {
+        let body = json!({ "name": "B", "environment": "production", "permissions": ["*"], "key": secret });
+        let answer = admin(&h, Method::POST, "/v1/keys", Some(&body.to_string()), None).await;
+        assert_eq!(answer.status, 409);
+        assert_eq!(
+            answer.json(),
+            json!({ "error": "this secret is already in use", "field": "key" })
+        );
+        Contract::new().check(&Method::POST, "/v1/keys", &answer);
+    }
+    h.sync().await;
+    let answer = h.get("/v1/customers/acme", &old).await;
+    assert_eq!(
+        answer.status, 200,
+        "the old secret is still A's, in its grace period"
+    );
+    assert_eq!(h.upstream.last().headers["x-keygate-key-id"], id.as_str());
+}

@@ -330,7 +330,7 @@ fn import_file_takes_many_keys_all_or_none() {
                 r#"{"key": "legacy-secret-number-one", "name": "y", "environment": "production"}"#,
             ],
             1,
-            "stored key",
+            "already in use",
         ),
     ] {
         let path = write("bad.jsonl", &lines);
@@ -442,4 +442,31 @@ async fn a_key_created_by_the_cli_reaches_a_running_gateway() {
         seen,
         "the gateway did not pick up a key created by another process"
     );
+}
+
+#[test]
+fn a_secret_cannot_belong_to_two_keys_not_even_during_a_grace_period() {
+    let s = setup();
+    let a = s.json(&["create", "--name", "A", "--env", "prod"]);
+    let a_id = a["id"].as_str().unwrap();
+    let old = a["key"].as_str().unwrap();
+    let regenerated = s.json(&["regenerate", a_id, "--grace", "10m"]);
+    let new = regenerated["key"].as_str().unwrap();
+    for secret in [old, new] {
+        let output = s.keys_with_stdin(
+            &["import", "--name", "B", "--env", "production", "--perm", "*"],
+            Some(&format!("{secret}\n")),
+        );
+        assert_eq!(code(&output), 1, "{}", String::from_utf8_lossy(&output.stderr));
+        let stderr = one_line_stderr(&output);
+        assert_eq!(stderr.trim(), "keygate: this secret is already in use");
+        assert!(!stderr.contains(a_id), "the holder is not named: {stderr}");
+    }
+    let file = s.config.parent().unwrap().join("keys.jsonl");
+    let line = serde_json::json!({ "key": old, "name": "B", "environment": "production" });
+    std::fs::write(&file, line.to_string()).unwrap();
+    let output = s.keys(&["import-file", file.to_str().unwrap()]);
+    assert_eq!(code(&output), 1);
+    assert!(one_line_stderr(&output).contains("this secret is already in use"));
+    assert_eq!(s.json(&["list"]).as_array().unwrap().len(), 1, "no key B");
 }

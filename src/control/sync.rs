@@ -77,7 +77,16 @@ impl KeySync {
         let applied = changes.keys.len();
         for key in changes.keys {
             match self.auth_key(&key) {
-                Some(auth) => self.table.upsert(auth),
+                Some(auth) => {
+                    let upserted = self.table.upsert(auth);
+                    if upserted.contested > 0 {
+                        self.metrics.key_hash_conflicts.inc_by(upserted.contested as u64);
+                        tracing::error!(
+                            key_id = %key.id,
+                            "a secret of this key is another key's too; neither key is admitted with it"
+                        );
+                    }
+                }
                 None => self.table.remove(key.seq),
             }
         }
@@ -201,6 +210,39 @@ mod tests {
         store.insert_many(&keys(BATCH * 2 + 3, 2), AUDIT).unwrap();
         assert_eq!(sync.sync_once().unwrap(), 2, "only what changed since");
         assert_eq!(table.revision(), store.revision().unwrap());
+    }
+
+    #[test]
+    fn rows_that_share_a_secret_past_the_store_guard_admit_neither_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let store = Arc::new(SqliteStore::open(&path).unwrap());
+        store.insert_many(&keys(0, 2), AUDIT).unwrap();
+        // Rows written straight into the file by something that removed the guard first.
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.execute_batch(
+            "DROP TRIGGER keys_secrets_update; \
+             UPDATE meta SET value = value + 1 WHERE name = 'revision'; \
+             UPDATE keys SET previous_hash = (SELECT hash FROM keys WHERE id = 'key_0'), \
+             grace_until = 4000000000, revision = (SELECT value FROM meta WHERE name = 'revision') \
+             WHERE id = 'key_1';",
+        )
+        .unwrap();
+        let table = Arc::new(KeyTable::default());
+        let metrics = Metrics::new();
+        let sync = KeySync::new(
+            store,
+            table.clone(),
+            Arc::default(),
+            metrics.clone(),
+            system_clock(),
+        );
+        sync.sync_once().unwrap();
+        let shared = Hasher::unkeyed().hash(b"secret-number-00000000");
+        assert!(table.lookup(&shared).is_none(), "neither key_0 nor key_1");
+        let own = Hasher::unkeyed().hash(b"secret-number-00000001");
+        assert!(table.lookup(&own).is_some(), "key_1's own secret still works");
+        assert_eq!(metrics.key_hash_conflicts.get(), 1);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub key_table_revision: IntGauge,
     pub key_table_last_sync: Gauge,
     pub store_sync_errors: IntCounter,
+    /// Secrets the key table refused because another key holds the same hash.
+    pub key_hash_conflicts: IntCounter,
     pub upstream_errors: IntCounterVec,
     pub usage_flush_errors: IntCounter,
     pub build_info: IntGaugeVec,
@@ -179,6 +181,11 @@ impl Metrics {
                 r,
                 "keygate_webhook_abandoned_total",
                 "Lifecycle webhooks given up after the last retry",
+            ),
+            key_hash_conflicts: counter(
+                r,
+                "keygate_key_hash_conflicts_total",
+                "Key secrets not admitted because another key holds the same hash",
             ),
             log_lines_dropped: counter(
                 r,

@@ -75,6 +75,11 @@ impl From<KeyError> for ApiError {
                 message: why,
                 field: None,
             },
+            KeyError::SecretInUse => ApiError {
+                status: StatusCode::CONFLICT,
+                message: error.to_string(),
+                field: Some("key".into()),
+            },
             KeyError::Store(error) => {
                 tracing::error!(%error, "admin API: store failed");
                 ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")

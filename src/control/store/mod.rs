@@ -18,6 +18,9 @@ pub enum StoreError {
     NotFound,
     #[error("{0}")]
     Conflict(String),
+    /// The secret of a change is another key's, current or in its grace period.
+    #[error("{}", sqlite::SECRET_IN_USE)]
+    SecretInUse,
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error("store holds an unreadable row: {0}")]

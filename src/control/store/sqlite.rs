@@ -84,7 +84,55 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until_ms INTEGER NOT NULL);
 "#,
+    // One secret, one key: every hash that authenticates (a key's current secret, and the one a
+    // regeneration replaced while its grace runs) appears once across all keys. The UNIQUE on
+    // keys.hash and one on previous_hash could not see a current secret equal to another key's
+    // previous one, so every secret gets a row here, kept by triggers in the same statement as
+    // the change: whatever writes the keys table (keygate, a script, sqlite3) cannot make two
+    // keys share a secret. Tombstones keep their secret: a deleted key's secret is not reissued.
+    //
+    // Stores written before this check may hold such a pair already: the grace period of the
+    // replaced secret ends (it is the side that was meant to stop anyway), with a new revision
+    // so running gateways drop it at their next sync.
+    r#"
+    UPDATE meta SET value = value + 1 WHERE name = 'revision' AND EXISTS (
+        SELECT 1 FROM keys k WHERE k.previous_hash IS NOT NULL AND (
+            k.previous_hash IN (SELECT hash FROM keys)
+            OR EXISTS (SELECT 1 FROM keys o WHERE o.previous_hash = k.previous_hash AND o.seq < k.seq)));
+    UPDATE keys SET previous_hash = NULL, grace_until = NULL, previous_last_used_at = NULL,
+        revision = (SELECT value FROM meta WHERE name = 'revision')
+    WHERE previous_hash IS NOT NULL AND (
+        previous_hash IN (SELECT hash FROM keys)
+        OR EXISTS (SELECT 1 FROM keys o WHERE o.previous_hash = keys.previous_hash AND o.seq < keys.seq));
+    CREATE TABLE secret_hashes (
+        hash BLOB PRIMARY KEY,
+        key_seq INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('current', 'previous'))
+    ) WITHOUT ROWID;
+    CREATE INDEX secret_hashes_key ON secret_hashes (key_seq);
+    INSERT INTO secret_hashes (hash, key_seq, kind) SELECT hash, seq, 'current' FROM keys;
+    INSERT INTO secret_hashes (hash, key_seq, kind)
+        SELECT previous_hash, seq, 'previous' FROM keys WHERE previous_hash IS NOT NULL;
+    CREATE TRIGGER keys_secrets_insert AFTER INSERT ON keys BEGIN
+        INSERT INTO secret_hashes (hash, key_seq, kind) VALUES (NEW.hash, NEW.seq, 'current');
+        INSERT INTO secret_hashes (hash, key_seq, kind)
+            SELECT NEW.previous_hash, NEW.seq, 'previous' WHERE NEW.previous_hash IS NOT NULL;
+    END;
+    CREATE TRIGGER keys_secrets_update AFTER UPDATE OF seq, hash, previous_hash ON keys BEGIN
+        DELETE FROM secret_hashes WHERE key_seq = OLD.seq;
+        INSERT INTO secret_hashes (hash, key_seq, kind) VALUES (NEW.hash, NEW.seq, 'current');
+        INSERT INTO secret_hashes (hash, key_seq, kind)
+            SELECT NEW.previous_hash, NEW.seq, 'previous' WHERE NEW.previous_hash IS NOT NULL;
+    END;
+    CREATE TRIGGER keys_secrets_delete AFTER DELETE ON keys BEGIN
+        DELETE FROM secret_hashes WHERE key_seq = OLD.seq;
+    END;
+"#,
 ];
+
+/// What a change that would give a secret to a second key is told. It names no key: whoever
+/// tries a secret must not learn which key holds it.
+pub const SECRET_IN_USE: &str = "this secret is already in use";
 
 const COLUMNS: &str = "seq, id, name, environment, hash, prefix, permissions, rate_limit, customer_id, \
      allowed_ips, expires_at, status, created_at, updated_at, last_used_at, previous_hash, grace_until, \
@@ -125,13 +173,7 @@ impl SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let revision = next_revision(&tx)?;
-        insert_row(
-            &tx,
-            key,
-            revision,
-            audit,
-            "a key with this secret or id exists already",
-        )?;
+        insert_row(&tx, key, revision, audit, "a key with this id exists already")?;
         let stored = select_one(&tx, "id = ?1", &key.id)?.ok_or(StoreError::NotFound)?;
         tx.commit()?;
         Ok(stored)
@@ -527,7 +569,7 @@ impl SqliteStore {
         let start: i64 = tx.query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| r.get(0))?;
         for (i, key) in keys.iter().enumerate() {
             let revision = (start + 1 + i as i64) as u64;
-            let why = "a key in the batch has the secret or id of a stored key";
+            let why = "a key in the batch has the id of a stored key";
             insert_row(&tx, key, revision, audit, why)?;
         }
         tx.execute(
@@ -539,8 +581,8 @@ impl SqliteStore {
     }
 }
 
-/// Inserts one new key row at `revision` with its creation's audit record; a clash with a
-/// stored secret or id is a conflict saying `clash`.
+/// Inserts one new key row at `revision` with its creation's audit record; a secret in use is
+/// [`StoreError::SecretInUse`], a clash of ids a conflict saying `clash`.
 fn insert_row(
     tx: &Transaction<'_>,
     key: &NewKey,
@@ -572,11 +614,17 @@ fn insert_row(
     record_event(tx, &key.id, audit, key.now, new_key_fields(key))
 }
 
-/// A unique-constraint violation as a conflict; other errors as they are.
+/// A unique-constraint violation as a conflict: on a secret's hash (`keys.hash`,
+/// `secret_hashes.hash`) [`StoreError::SecretInUse`], on anything else one saying `why`; other
+/// errors as they are.
 fn conflict(error: rusqlite::Error, why: &str) -> StoreError {
     match error {
-        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-            StoreError::Conflict(why.to_owned())
+        rusqlite::Error::SqliteFailure(f, message) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+            if message.is_some_and(|m| m.ends_with(".hash")) {
+                StoreError::SecretInUse
+            } else {
+                StoreError::Conflict(why.to_owned())
+            }
         }
         other => other.into(),
     }
@@ -634,12 +682,7 @@ fn write_back(tx: &Transaction<'_>, key: &StoredKey) -> Result<(), StoreError> {
         key.revision as i64,
         key.idle_from.map(|at| at.as_second()),
     ])
-    .map_err(|e| match e {
-        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-            StoreError::Conflict("a key with this secret exists already".into())
-        }
-        other => other.into(),
-    })?;
+    .map_err(|e| conflict(e, "the change conflicts with another key"))?;
     Ok(())
 }
 
@@ -840,3 +883,7 @@ fn instant(seconds: Option<i64>) -> Result<Option<Timestamp>, String> {
         .map(|s| Timestamp::from_second(s).map_err(|e| format!("bad timestamp {s}: {e}")))
         .transpose()
 }
+
+#[cfg(test)]
+#[path = "sqlite_tests.rs"]
+mod tests;
