@@ -194,7 +194,7 @@ mod tests {
     #[test]
     fn a_load_larger_than_a_batch_arrives_whole_and_at_the_store_revision() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("k.db")).unwrap());
+        let store = Arc::new(SqliteStore::create(&dir.path().join("k.db")).unwrap());
         store.insert_many(&keys(0, BATCH * 2 + 3), AUDIT).unwrap();
         let table = Arc::new(KeyTable::default());
         let sync = KeySync::new(
@@ -216,7 +216,7 @@ mod tests {
     fn rows_that_share_a_secret_past_the_store_guard_admit_neither_and_are_counted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.db");
-        let store = Arc::new(SqliteStore::open(&path).unwrap());
+        let store = Arc::new(SqliteStore::create(&path).unwrap());
         store.insert_many(&keys(0, 2), AUDIT).unwrap();
         // Rows written straight into the file by something that removed the guard first.
         let raw = rusqlite::Connection::open(&path).unwrap();
@@ -248,7 +248,7 @@ mod tests {
     #[test]
     fn batches_end_at_their_last_row_until_the_last_one() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("k.db")).unwrap();
+        let store = SqliteStore::create(&dir.path().join("k.db")).unwrap();
         store.insert_many(&keys(0, 5), AUDIT).unwrap();
         let first = store.changes_since(0, 2).unwrap();
         assert_eq!((first.keys.len(), first.more, first.revision), (2, true, 2));

@@ -199,7 +199,7 @@ impl Harness {
         let config = keygate::config::parse(&text, dir.path()).unwrap_or_else(|e| panic!("{e}"));
         let clock = ManualClock::new(jiff::Timestamp::now());
         let shared_clock: Clock = Arc::new(clock.clone());
-        let store = store::open(&config.store.url).unwrap();
+        let store = store::create(&config.store.url).unwrap();
         let keys = KeyService::new(
             Arc::new(store),
             Hasher::unkeyed(),

@@ -21,6 +21,9 @@ pub enum StoreError {
     /// The secret of a change is another key's, current or in its grace period.
     #[error("{}", sqlite::SECRET_IN_USE)]
     SecretInUse,
+    /// The store does not exist (or the folder it would be in): it is created only on purpose.
+    #[error("{0}")]
+    Missing(String),
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error("store holds an unreadable row: {0}")]
@@ -33,12 +36,32 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// Opens the store a config names.
+/// Opens the existing store a config names; a missing one is [`StoreError::Missing`].
 pub fn open(url: &crate::config::StoreUrl) -> Result<Store, StoreError> {
     match url {
         crate::config::StoreUrl::Sqlite(path) => SqliteStore::open(Path::new(path)),
-        crate::config::StoreUrl::Postgres(_) => Err(StoreError::Unavailable(
-            "PostgreSQL stores are not supported by this build yet; use sqlite://".into(),
-        )),
+        crate::config::StoreUrl::Postgres(_) => Err(unsupported()),
     }
+}
+
+/// Opens the store a config names, creating it first when it does not exist: the explicit acts
+/// of `keygate store init` and of the commands that add keys.
+pub fn create(url: &crate::config::StoreUrl) -> Result<Store, StoreError> {
+    match url {
+        crate::config::StoreUrl::Sqlite(path) => SqliteStore::create(Path::new(path)),
+        crate::config::StoreUrl::Postgres(_) => Err(unsupported()),
+    }
+}
+
+/// Whether the store a config names exists, without opening it: [`StoreError::Missing`] when
+/// it does not.
+pub fn exists(url: &crate::config::StoreUrl) -> Result<(), StoreError> {
+    match url {
+        crate::config::StoreUrl::Sqlite(path) => sqlite::exists(Path::new(path)),
+        crate::config::StoreUrl::Postgres(_) => Ok(()),
+    }
+}
+
+fn unsupported() -> StoreError {
+    StoreError::Unavailable("PostgreSQL stores are not supported by this build yet; use sqlite://".into())
 }

@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
 
 use super::model::{
     Audit, Changes, DayUsage, IdleKey, KeyEvent, KeyFilter, NewKey, PendingWebhook, StoredKey, Usage,
@@ -149,11 +149,11 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and brings its schema up to date.
+    /// Opens the existing database file and brings its schema up to date. A missing file is
+    /// [`StoreError::Missing`], never a new empty store: a volume that did not mount must not
+    /// look like a store without keys. `:memory:` opens a private in-memory store (tests).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let mut conn = Connection::open(path).map_err(|e| {
-            StoreError::Unavailable(format!("cannot open SQLite store {}: {e}", path.display()))
-        })?;
+        let mut conn = connect(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -162,6 +162,15 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
+    }
+
+    /// Creates the database file, readable by its owner only, unless it exists; then opens it.
+    /// SQLite gives its `-wal` and `-shm` files the database file's mode.
+    pub fn create(path: &Path) -> Result<Self, StoreError> {
+        if path != Path::new(MEMORY) {
+            create_file(path)?;
+        }
+        Self::open(path)
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -578,6 +587,67 @@ impl SqliteStore {
         )?;
         tx.commit()?;
         Ok(())
+    }
+}
+
+/// The path SQLite takes for a private in-memory database.
+const MEMORY: &str = ":memory:";
+
+/// [`StoreError::Missing`] unless the store file at `path` exists.
+pub(super) fn exists(path: &Path) -> Result<(), StoreError> {
+    if path == Path::new(MEMORY) || path.exists() {
+        Ok(())
+    } else {
+        Err(StoreError::Missing(missing(path)))
+    }
+}
+
+/// A connection to the existing file at `path`; SQLite is not allowed to create it.
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    if path == Path::new(MEMORY) {
+        return Ok(Connection::open_in_memory()?);
+    }
+    exists(path)?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite store {}: {e}", path.display())))
+}
+
+/// The folder the store at `path` would be in, when that is missing.
+fn missing_folder(path: &Path) -> Option<&Path> {
+    path.parent()
+        .filter(|dir| !dir.as_os_str().is_empty() && !dir.exists())
+}
+
+/// What is missing of the store at `path`: the file, or the folder it would be in.
+fn missing(path: &Path) -> String {
+    match missing_folder(path) {
+        Some(dir) => format!(
+            "the folder {} of the store {} does not exist",
+            dir.display(),
+            path.display()
+        ),
+        None => format!("the store {} does not exist", path.display()),
+    }
+}
+
+/// Creates an empty file at `path` with mode 0600, unless one exists.
+fn create_file(path: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => {
+            tracing::info!(store = %path.display(), "created a new, empty store");
+            Ok(())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(_) if missing_folder(path).is_some() => Err(StoreError::Missing(missing(path))),
+        Err(error) => Err(StoreError::Unavailable(format!(
+            "cannot create the store {}: {error}",
+            path.display()
+        ))),
     }
 }
 

@@ -45,7 +45,7 @@ fn regenerate_with_grace(store: &SqliteStore, id: &str, new: KeyHash) -> Result<
 
 fn store() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("k.db")).unwrap();
+    let store = SqliteStore::create(&dir.path().join("k.db")).unwrap();
     (dir, store)
 }
 
