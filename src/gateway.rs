@@ -155,6 +155,7 @@ impl Gateway {
         let admin_server = Arc::new(Admin::new(
             shared.clone(),
             KeyService::new(store.clone(), hasher, clock, Actor::AdminApi),
+            sync.clone(),
             admin_token,
         ));
         let servers = vec![

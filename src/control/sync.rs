@@ -28,6 +28,9 @@ pub struct KeySync {
     clock: Clock,
     /// Keys mostly share a few permission sets; each distinct set is kept once.
     interned: Mutex<HashMap<Vec<Permission>, Arc<PermissionSet>>>,
+    /// Held through a sync: the periodic one and those the admin API runs after a change take
+    /// turns, so an older read of a key never lands after a newer one.
+    running: Mutex<()>,
 }
 
 impl KeySync {
@@ -45,12 +48,14 @@ impl KeySync {
             metrics,
             clock,
             interned: Mutex::default(),
+            running: Mutex::default(),
         }
     }
 
     /// Pulls and applies the changes since the table's revision. Blocking: call it from a
     /// blocking thread.
     pub fn sync_once(&self) -> Result<usize, StoreError> {
+        let _turn = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let mut applied = 0;
         loop {
             let changes = self

@@ -22,6 +22,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::control::keys::KeyService;
+use crate::control::sync::KeySync;
 use crate::core::environment::Environment;
 use crate::core::key::KeyStatus;
 use crate::core::secret::{Hasher, KeyHash};
@@ -35,15 +36,18 @@ const PROMETHEUS: HeaderValue = HeaderValue::from_static("text/plain; version=0.
 pub struct Admin {
     shared: Arc<Shared>,
     keys: KeyService,
+    /// Run after every change, so the change is in force on this gateway when it answers.
+    sync: Arc<KeySync>,
     /// BLAKE3 of the admin token: compared in constant time, whatever the lengths.
     token: Option<KeyHash>,
 }
 
 impl Admin {
-    pub fn new(shared: Arc<Shared>, keys: KeyService, token: Option<String>) -> Self {
+    pub fn new(shared: Arc<Shared>, keys: KeyService, sync: Arc<KeySync>, token: Option<String>) -> Self {
         Admin {
             shared,
             keys,
+            sync,
             token: token.map(|token| Hasher::unkeyed().hash(token.as_bytes())),
         }
     }
