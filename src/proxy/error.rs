@@ -117,8 +117,11 @@ pub enum Refusal {
     TooLarge,
     /// The request URI is longer than `server.max_uri_bytes`.
     UriTooLong,
-    /// The key table is older than `store.max_staleness`: fail closed.
-    Stale,
+    /// The key table is older than `store.max_staleness` (or not loaded yet): fail closed.
+    /// `retry_after`: whole seconds, at least 1 (a sync interval).
+    Stale {
+        retry_after: u64,
+    },
     Upstream(UpstreamFailure),
 }
 
@@ -144,6 +147,14 @@ pub fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Bod
 }
 
 impl Refusal {
+    /// Stale, to be tried again after one sync interval: whole seconds, rounded up, at least 1.
+    pub fn stale(sync_interval: std::time::Duration) -> Refusal {
+        let seconds = sync_interval.as_millis().div_ceil(1000).max(1);
+        Refusal::Stale {
+            retry_after: u64::try_from(seconds).unwrap_or(u64::MAX),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -153,7 +164,7 @@ impl Refusal {
             Refusal::Denied(_) | Refusal::MissingPermission(_) => StatusCode::FORBIDDEN,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
-            Refusal::Stale => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Stale { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             Refusal::Upstream(UpstreamFailure::Connect | UpstreamFailure::Reset) => StatusCode::BAD_GATEWAY,
         }
@@ -176,7 +187,7 @@ impl Refusal {
             .into(),
             Refusal::TooLarge => TOO_LARGE.into(),
             Refusal::UriTooLong => URI_TOO_LONG.into(),
-            Refusal::Stale => UNAVAILABLE.into(),
+            Refusal::Stale { .. } => UNAVAILABLE.into(),
             Refusal::Upstream(UpstreamFailure::Timeout) => GATEWAY_TIMEOUT.into(),
             Refusal::Upstream(UpstreamFailure::Connect | UpstreamFailure::Reset) => BAD_GATEWAY.into(),
         };
@@ -186,7 +197,9 @@ impl Refusal {
             Refusal::Unauthenticated(_) => {
                 headers.insert(WWW_AUTHENTICATE, www_authenticate.clone());
             }
-            Refusal::IpThrottled { retry_after } | Refusal::RateLimited { retry_after, .. } => {
+            Refusal::IpThrottled { retry_after }
+            | Refusal::RateLimited { retry_after, .. }
+            | Refusal::Stale { retry_after } => {
                 headers.insert(RETRY_AFTER, super::limits::number(retry_after));
             }
             Refusal::BadRequest(_)
@@ -195,9 +208,31 @@ impl Refusal {
             | Refusal::MissingPermission(_)
             | Refusal::TooLarge
             | Refusal::UriTooLong
-            | Refusal::Stale
             | Refusal::Upstream(_) => {}
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_stale_table_is_retried_after_a_sync_interval_in_whole_seconds_at_least_one() {
+        for (interval_ms, seconds) in [
+            (0, "1"),
+            (100, "1"),
+            (1000, "1"),
+            (1500, "2"),
+            (3_600_000, "3600"),
+        ] {
+            let response = Refusal::stale(Duration::from_millis(interval_ms))
+                .into_response(&HeaderValue::from_static("Basic realm=\"k\""));
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()[RETRY_AFTER], seconds, "{interval_ms} ms");
+        }
     }
 }

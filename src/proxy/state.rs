@@ -247,6 +247,14 @@ impl Shared {
         self.usage.record(key.seq, previous, now, per_key_metric);
     }
 
+    /// How old the key table is, in milliseconds, when that is past `store.max_staleness`
+    /// (the gateway then fails closed); `None` while it is fresh enough or without a limit.
+    pub fn staleness(&self, config: &Config) -> Option<i64> {
+        let max = config.store.max_staleness?;
+        let age_ms = self.clock.now().as_millisecond() - self.sync.last_success_ms();
+        (age_ms > max.as_millis() as i64).then_some(age_ms)
+    }
+
     /// Installs a new config; requests already running finish with the old one.
     pub fn reload(&self, config: Arc<Config>) {
         let previous = self.snapshot.load();

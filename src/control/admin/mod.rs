@@ -93,23 +93,36 @@ impl Admin {
         }
     }
 
+    /// 200 once the key table is loaded and, with `store.max_staleness`, no older than that:
+    /// ready means the data plane admits keys. Otherwise 503 with the reason.
     fn readyz(&self) -> Response<AdminBody> {
         let shared = &self.shared;
-        let ready = shared.sync.is_loaded();
-        let age = ready.then(|| {
-            let ms = shared.clock.now().as_millisecond() - shared.sync.last_success_ms();
-            ms.max(0) as f64 / 1000.0
-        });
+        let loaded = shared.sync.is_loaded();
+        let age_ms = shared.clock.now().as_millisecond() - shared.sync.last_success_ms();
+        let config = shared.snapshot.load().config.clone();
+        let reason = if !loaded {
+            Some("key table not loaded yet".to_owned())
+        } else {
+            shared.staleness(&config).map(|age_ms| {
+                let max = config.store.max_staleness.unwrap_or_default();
+                format!(
+                    "key table is {:.1}s old, past store.max_staleness ({}s): the proxy answers 503",
+                    age_ms as f64 / 1000.0,
+                    max.as_secs_f64()
+                )
+            })
+        };
         let body = serde_json::json!({
-            "ready": ready,
+            "ready": reason.is_none(),
+            "reason": reason,
             "key_table_revision": shared.keys.revision(),
             "keys": shared.keys.len(),
-            "last_sync_age_seconds": age,
+            "last_sync_age_seconds": loaded.then(|| age_ms.max(0) as f64 / 1000.0),
+            "max_staleness_seconds": config.store.max_staleness.map(|max| max.as_secs_f64()),
         });
-        let status = if ready {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
+        let status = match reason {
+            None => StatusCode::OK,
+            Some(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         json(status, body.to_string().into())
     }
