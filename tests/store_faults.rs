@@ -3,9 +3,16 @@
 
 mod support;
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use support::{Harness, STANDARD};
+use keygate::control::keys::KeyService;
+use keygate::control::store::{Actor, SqliteStore};
+use keygate::core::clock::system_clock;
+use keygate::core::environment::Environment;
+use keygate::core::secret::Hasher;
+use support::{eventually, sample, spec, Harness, STANDARD};
 
 /// The standard config with `sync_interval` and `extra` store settings.
 fn with_store(sync_interval: &str, extra: &str) -> String {
@@ -45,4 +52,58 @@ async fn past_max_staleness_readyz_says_so_and_the_proxy_says_when_to_retry() {
     h.sync().await;
     assert_eq!(h.admin_get("/readyz").await.status, 200);
     assert_eq!(h.get("/v1/status", &key).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_store_file_replaced_under_the_gateway_is_reopened_and_its_keys_replace_the_old() {
+    let mut h = Harness::start().await;
+    // Two keys in the old file, one in the new: seq 1 is replaced, seq 2 must be dropped.
+    let (_, first_key) = h.key(&["*"]).await;
+    let (_, old_key) = h.key(&["*"]).await;
+    assert_eq!(h.get("/v1/status", &old_key).await.status, 200);
+    // The harness's own connection to the file goes, as a CLI's does when it exits.
+    let memory = SqliteStore::open(Path::new(":memory:")).unwrap();
+    h.keys = KeyService::new(Arc::new(memory), Hasher::unkeyed(), system_clock(), Actor::Cli);
+
+    // Another store, made beside it and closed, with another key: a restored backup.
+    let path = h.dir.path().join("keygate.db");
+    let restored = h.dir.path().join("restored.db");
+    let new_key = {
+        let store = SqliteStore::create(&restored).unwrap();
+        let keys = KeyService::new(Arc::new(store), Hasher::unkeyed(), system_clock(), Actor::Cli);
+        keys.create(spec(Environment::Production, &["*"])).unwrap().key
+    };
+    std::fs::rename(&restored, &path).unwrap();
+
+    let swapped = eventually(Duration::from_secs(10), || async {
+        h.get("/v1/status", &new_key).await.status == 200
+            && h.get("/v1/status", &old_key).await.status == 401
+            && h.get("/v1/status", &first_key).await.status == 401
+    })
+    .await;
+    assert!(swapped, "the periodic sync reads the new file");
+    let metrics = h.metrics().await;
+    assert_eq!(sample(&metrics, "keygate_store_reopened_total"), Some(1.0));
+    assert_eq!(h.admin_get("/readyz").await.status, 200);
+    assert_eq!(h.admin_get("/readyz").await.json()["keys"], 1);
+}
+
+#[tokio::test]
+async fn a_store_file_deleted_under_the_gateway_fails_the_sync_and_the_last_table_serves() {
+    let h = Harness::with_config(&with_store("1h", ""), "").await;
+    let (_, key) = h.key(&["*"]).await;
+    let path = h.dir.path().join("keygate.db");
+    std::fs::remove_file(&path).unwrap();
+
+    let failed = h.gateway.sync_now().await.unwrap_err();
+    assert!(failed.to_string().contains("is gone"), "{failed}");
+    assert!(!path.exists(), "no new empty store");
+    assert_eq!(
+        h.get("/v1/status", &key).await.status,
+        200,
+        "the last table serves"
+    );
+    let metrics = h.metrics().await;
+    assert_eq!(sample(&metrics, "keygate_store_sync_errors_total"), Some(1.0));
+    assert_eq!(sample(&metrics, "keygate_store_reopened_total"), Some(0.0));
 }

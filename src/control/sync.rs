@@ -5,7 +5,8 @@
 //! one key of a million rebuilds nothing. A row that cannot be read is logged, counted and
 //! skipped; the rest still apply.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +32,8 @@ pub struct KeySync {
     /// Held through a sync: the periodic one and those the admin API runs after a change take
     /// turns, so an older read of a key never lands after a newer one.
     running: Mutex<()>,
+    /// The store file was replaced: the next sync loads the whole table again.
+    reload_pending: AtomicBool,
 }
 
 impl KeySync {
@@ -49,29 +52,80 @@ impl KeySync {
             clock,
             interned: Mutex::default(),
             running: Mutex::default(),
+            reload_pending: AtomicBool::new(false),
         }
     }
 
     /// Pulls and applies the changes since the table's revision. Blocking: call it from a
     /// blocking thread.
+    ///
+    /// First it checks that the store's path still names the file it has open: a file renamed
+    /// over it is another store, whose revisions say nothing about this table's, so it is
+    /// reopened and the whole table reloaded from it. A path that names nothing any more is a
+    /// failed sync: the table keeps serving what it has.
     pub fn sync_once(&self) -> Result<usize, StoreError> {
         let _turn = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        let mut applied = 0;
-        loop {
-            let changes = self
-                .store
-                .changes_since(self.table.revision(), BATCH)
-                .inspect_err(|_| self.metrics.store_sync_errors.inc())?;
-            let more = changes.more;
-            applied += self.apply(changes);
-            if !more {
-                break;
+        let result = self.check_file().and_then(|()| {
+            if self.reload_pending.load(Ordering::Acquire) {
+                self.reload()
+            } else {
+                self.pull(self.table.revision()).map(|(applied, _)| applied)
             }
-        }
+        });
+        let applied = result.inspect_err(|_| self.metrics.store_sync_errors.inc())?;
         let now_ms = self.clock.now().as_millisecond();
         self.status.record_success(now_ms);
         self.metrics.key_table_last_sync.set(now_ms as f64 / 1000.0);
         Ok(applied)
+    }
+
+    fn check_file(&self) -> Result<(), StoreError> {
+        if self.store.reopen_if_replaced()? {
+            self.metrics.store_reopened.inc();
+            tracing::error!(
+                "the store file was replaced under the running gateway; reopened it, reloading the whole key table"
+            );
+            self.reload_pending.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Applies every change after `revision`, batch by batch; how many, and the seqs of the
+    /// keys they were.
+    fn pull(&self, mut revision: u64) -> Result<(usize, HashSet<u64>), StoreError> {
+        let mut applied = 0;
+        let mut seen = HashSet::new();
+        loop {
+            let changes = self.store.changes_since(revision, BATCH)?;
+            let more = changes.more;
+            revision = changes.revision;
+            seen.extend(changes.keys.iter().map(|key| key.seq));
+            applied += self.apply(changes);
+            if !more {
+                return Ok((applied, seen));
+            }
+        }
+    }
+
+    /// Loads the whole store again, then drops the keys the table holds that it does not.
+    fn reload(&self) -> Result<usize, StoreError> {
+        let (applied, seen) = self.pull(0)?;
+        let mut gone = Vec::new();
+        self.table.for_each(|key| {
+            if !seen.contains(&key.seq) {
+                gone.push(key.seq);
+            }
+        });
+        for seq in &gone {
+            self.table.remove(*seq);
+        }
+        self.reload_pending.store(false, Ordering::Release);
+        tracing::info!(
+            keys = self.table.len(),
+            dropped = gone.len(),
+            "key table reloaded"
+        );
+        Ok(applied + gone.len())
     }
 
     fn apply(&self, changes: Changes) -> usize {

@@ -6,7 +6,7 @@
 //! Usage counters are written beside the keys without bumping the revision: they do not change
 //! what the gateway admits.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -140,6 +140,51 @@ const COLUMNS: &str = "seq, id, name, environment, hash, prefix, permissions, ra
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// The file's path; `None` in memory.
+    path: Option<PathBuf>,
+    /// The files the connection has open, to tell whether the path still names them. Locked
+    /// before `conn` when both are.
+    files: Mutex<Files>,
+}
+
+/// The identities of the database file and its write-ahead log as opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Files {
+    db: Option<FileId>,
+    /// Stable while the connection is open: SQLite deletes the log only when the last
+    /// connection closes.
+    wal: Option<FileId>,
+}
+
+impl Files {
+    fn of(path: &Path) -> Files {
+        let id = |path: &Path| std::fs::metadata(path).ok().and_then(|meta| file_id(&meta));
+        Files {
+            db: id(path),
+            wal: id(&side_file(path, "-wal")),
+        }
+    }
+}
+
+/// SQLite's `-wal` or `-shm` file beside the database at `path`.
+fn side_file(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// A file's identity: (device, inode). A file renamed over the path has another.
+type FileId = (u64, u64);
+
+#[cfg(unix)]
+fn file_id(meta: &std::fs::Metadata) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    Some((meta.dev(), meta.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_: &std::fs::Metadata) -> Option<FileId> {
+    None
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -153,15 +198,53 @@ impl SqliteStore {
     /// [`StoreError::Missing`], never a new empty store: a volume that did not mount must not
     /// look like a store without keys. `:memory:` opens a private in-memory store (tests).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let mut conn = connect(path)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        migrate(&mut conn)?;
+        let conn = open_connection(path)?;
+        let in_memory = path == Path::new(MEMORY);
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            path: (!in_memory).then(|| path.to_owned()),
+            files: Mutex::new(Files::of(path)),
         })
+    }
+
+    /// Checks that the path still names the file this store has open. When another file has
+    /// been renamed over it (a restore, a replaced volume), closes the old one and opens the
+    /// new: true. When the path names nothing any more, [`StoreError::Missing`], and the store
+    /// keeps the old file open rather than create an empty one.
+    pub fn reopen_if_replaced(&self) -> Result<bool, StoreError> {
+        let Some(path) = &self.path else {
+            return Ok(false);
+        };
+        let now = match std::fs::metadata(path) {
+            Ok(meta) => file_id(&meta),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Missing(format!(
+                    "the store file {} is gone (deleted or moved away)",
+                    path.display()
+                )))
+            }
+            Err(error) => {
+                return Err(StoreError::Unavailable(format!(
+                    "cannot read {}: {error}",
+                    path.display()
+                )))
+            }
+        };
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        if now == files.db {
+            return Ok(false);
+        }
+        let mut conn = self.conn();
+        // The old file is closed first. Until the new one opens, an empty in-memory
+        // placeholder makes every query fail, and the next check tries again.
+        let old = std::mem::replace(&mut *conn, Connection::open_in_memory()?);
+        if let Err((_, error)) = old.close() {
+            tracing::warn!(%error, "closing the replaced store file failed");
+        }
+        set_aside_old_log(path, files.wal);
+        *conn = open_connection(path)?;
+        *files = Files::of(path);
+        Ok(true)
     }
 
     /// Creates the database file, readable by its owner only, unless it exists; then opens it.
@@ -600,6 +683,44 @@ pub(super) fn exists(path: &Path) -> Result<(), StoreError> {
     } else {
         Err(StoreError::Missing(missing(path)))
     }
+}
+
+/// Moves the replaced database's write-ahead log away from `path`, and drops its shared-memory
+/// index. Both go by the path, not the file: SQLite does not checkpoint a database that has
+/// been moved, and would read the old database's pages out of its log as the new one's. Only
+/// the log this store had open is moved (`wal`): one made since belongs to the new file.
+fn set_aside_old_log(path: &Path, wal: Option<FileId>) {
+    let log = side_file(path, "-wal");
+    let current = std::fs::metadata(&log).ok().and_then(|meta| file_id(&meta));
+    if current.is_none() || current != wal {
+        return;
+    }
+    let aside = side_file(path, "-wal.replaced");
+    match std::fs::rename(&log, &aside) {
+        Ok(()) => tracing::warn!(
+            log = %aside.display(),
+            "the replaced store's write-ahead log was moved aside; changes it held were not in the new file"
+        ),
+        Err(error) => {
+            tracing::error!(%error, log = %log.display(), "cannot move the replaced store's write-ahead log aside")
+        }
+    }
+    if let Err(error) = std::fs::remove_file(side_file(path, "-shm")) {
+        if error.kind() != std::io::ErrorKind::NotFound {
+            tracing::error!(%error, "cannot remove the replaced store's shared-memory index");
+        }
+    }
+}
+
+/// A connection to the existing file at `path`, its schema brought up to date.
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let mut conn = connect(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    migrate(&mut conn)?;
+    Ok(conn)
 }
 
 /// A connection to the existing file at `path`; SQLite is not allowed to create it.

@@ -143,3 +143,27 @@ fn the_migration_ends_a_grace_period_whose_secret_another_key_holds() {
     let taken = regenerate_with_grace(&store, "key_a", secret("a-old"));
     assert!(matches!(taken, Err(StoreError::SecretInUse)), "{taken:?}");
 }
+
+#[test]
+fn a_file_renamed_over_the_path_is_opened_in_place_of_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let store = SqliteStore::create(&path).unwrap();
+    store.insert(&new_key("key_old", secret("old")), AUDIT).unwrap();
+    assert!(!store.reopen_if_replaced().unwrap(), "nothing changed");
+    let restored = dir.path().join("restored.db");
+    SqliteStore::create(&restored)
+        .unwrap()
+        .insert(&new_key("key_new", secret("new")), AUDIT)
+        .unwrap();
+    std::fs::rename(&restored, &path).unwrap();
+    assert!(store.reopen_if_replaced().unwrap());
+    assert!(store.get("key_new").unwrap().is_some());
+    assert!(store.get("key_old").unwrap().is_none());
+    assert!(!store.reopen_if_replaced().unwrap(), "once");
+
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(store.reopen_if_replaced(), Err(StoreError::Missing(_))));
+    assert!(!path.exists(), "no new empty store");
+    assert!(store.get("key_new").unwrap().is_some(), "the open file serves on");
+}
