@@ -7,6 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
 use keygate::control::keys::KeyService;
 use keygate::control::store::{Actor, SqliteStore};
 use keygate::core::clock::system_clock;
@@ -106,4 +109,84 @@ async fn a_store_file_deleted_under_the_gateway_fails_the_sync_and_the_last_tabl
     let metrics = h.metrics().await;
     assert_eq!(sample(&metrics, "keygate_store_sync_errors_total"), Some(1.0));
     assert_eq!(sample(&metrics, "keygate_store_reopened_total"), Some(0.0));
+}
+
+#[tokio::test]
+async fn a_store_locked_at_start_delays_readiness_until_it_can_be_read() {
+    let upstream = support::Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = STANDARD.replace("{upstream}", &upstream.addr.to_string());
+    let config = keygate::config::parse(&text, dir.path()).unwrap();
+    let path = dir.path().join("keygate.db");
+    let key = {
+        let store = SqliteStore::create(&path).unwrap();
+        let keys = KeyService::new(Arc::new(store), Hasher::unkeyed(), system_clock(), Actor::Cli);
+        keys.create(spec(Environment::Production, &["*"])).unwrap().key
+    };
+    // Another process holds the store with an exclusive lock, which in WAL mode readers wait on
+    // too.
+    let holder = rusqlite::Connection::open(&path).unwrap();
+    holder
+        .execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;")
+        .unwrap();
+
+    let options = keygate::gateway::Options {
+        hasher: Hasher::unkeyed(),
+        admin_token: Some(support::ADMIN_TOKEN.into()),
+        clock: system_clock(),
+    };
+    let gateway = keygate::gateway::Gateway::start(config, options).await.unwrap();
+    let client = Client::new();
+    let readyz = format!("http://{}/readyz", gateway.admin_addr);
+    let ready = client.get(&readyz).await;
+    assert_eq!(ready.status, 503);
+    let says_why = eventually(Duration::from_secs(20), || async {
+        let ready = client.get(&readyz).await;
+        let reason = ready.json()["reason"].as_str().unwrap_or("").to_owned();
+        ready.status == 503 && reason.starts_with("store unavailable: ") && reason.contains("locked")
+    })
+    .await;
+    assert!(says_why, "{}", client.get(&readyz).await.text());
+    let status = format!("http://{}/v1/status", gateway.proxy_addr);
+    let refused = client.get_with_key(&status, &key).await;
+    assert_eq!(refused.status, 503, "nothing is admitted against an empty table");
+    assert_eq!(
+        refused.json(),
+        serde_json::json!({ "error": "service unavailable" })
+    );
+    assert_eq!(refused.headers["retry-after"], "1");
+
+    drop(holder);
+    let ready = eventually(Duration::from_secs(20), || async {
+        client.get(&readyz).await.status == 200
+    })
+    .await;
+    assert!(ready, "{}", client.get(&readyz).await.text());
+    assert_eq!(client.get_with_key(&status, &key).await.status, 200);
+    gateway.shutdown().await;
+}
+
+/// A plain HTTP client for a gateway started outside the harness.
+struct Client(
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+);
+
+impl Client {
+    fn new() -> Client {
+        Client(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http())
+    }
+
+    async fn get(&self, url: &str) -> support::Answer {
+        self.send(Request::get(url)).await
+    }
+
+    async fn get_with_key(&self, url: &str, key: &str) -> support::Answer {
+        self.send(Request::get(url).header("authorization", support::basic(key)))
+            .await
+    }
+
+    async fn send(&self, request: http::request::Builder) -> support::Answer {
+        let request = request.body(Full::new(Bytes::new())).unwrap();
+        support::read(self.0.request(request).await.unwrap()).await
+    }
 }

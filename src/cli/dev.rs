@@ -48,6 +48,7 @@ pub fn run() -> Result<(), Failure> {
             clock: system_clock(),
         };
         let gateway = Gateway::start(config, options).await?;
+        gateway.loaded().await;
         print_welcome(&gateway, &demo.key, &admin_token);
         serve_until_stopped(gateway, None).await
     })

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use super::store::{Changes, Store, StoreError, StoredKey};
 use crate::core::clock::Clock;
 use crate::core::key::StoredStatus;
@@ -20,6 +22,9 @@ use crate::telemetry::Metrics;
 
 /// Rows read per store query: bounds the memory a full load needs beside the table itself.
 const BATCH: usize = 10_000;
+/// Waits between attempts of the first load.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct KeySync {
     store: Arc<Store>,
@@ -72,7 +77,10 @@ impl KeySync {
                 self.pull(self.table.revision()).map(|(applied, _)| applied)
             }
         });
-        let applied = result.inspect_err(|_| self.metrics.store_sync_errors.inc())?;
+        let applied = result.inspect_err(|error| {
+            self.metrics.store_sync_errors.inc();
+            self.status.record_failure(error.to_string());
+        })?;
         let now_ms = self.clock.now().as_millisecond();
         self.status.record_success(now_ms);
         self.metrics.key_table_last_sync.set(now_ms as f64 / 1000.0);
@@ -194,12 +202,14 @@ impl KeySync {
         set
     }
 
-    /// Syncs every `interval` until the task is dropped. Failures are logged and counted; the
-    /// table keeps serving what it has.
-    pub async fn run(self: Arc<Self>, interval: Duration) {
+    /// Loads the table (see [`KeySync::load`]), then syncs every `interval` until the task is
+    /// dropped. Failures are logged and counted; the table keeps serving what it has.
+    pub async fn run(self: Arc<Self>, interval: Duration, loaded: watch::Sender<bool>) {
+        self.load().await;
+        let _ = loaded.send(true);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick is immediate, and the gateway has just loaded the table.
+        // The first tick is immediate, and the table has just been loaded.
         ticker.tick().await;
         loop {
             ticker.tick().await;
@@ -212,6 +222,32 @@ impl KeySync {
                 Ok(Err(error)) => tracing::warn!(%error, "key sync failed; serving the last table"),
                 Err(panic) => tracing::error!(%panic, "key sync task failed"),
             }
+        }
+    }
+
+    /// The first load, tried until the store answers: a store locked or unreachable at start
+    /// delays readiness, it does not stop the gateway. Waits 100 ms after the first failure,
+    /// doubling up to 5 s.
+    async fn load(self: &Arc<Self>) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let started = std::time::Instant::now();
+            let sync = self.clone();
+            match tokio::task::spawn_blocking(move || sync.sync_once()).await {
+                Ok(Ok(_)) => {
+                    let (keys, revision) = (self.table.len(), self.table.revision());
+                    tracing::info!(keys, revision, elapsed = ?started.elapsed(), "key table loaded");
+                    return;
+                }
+                Ok(Err(error)) => tracing::error!(
+                    %error,
+                    retry_in = ?backoff,
+                    "cannot load the key table; not ready until it loads"
+                ),
+                Err(panic) => tracing::error!(%panic, "key table load task failed"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 }

@@ -294,9 +294,12 @@ fn check_permission(route: &RouteState, key: &AuthKey, method: &http::Method) ->
     }
 }
 
-/// Fails closed once the key table is older than `store.max_staleness`; the client may try
-/// again after a sync interval.
+/// Fails closed until the key table is loaded (try again in a second), and once it is older
+/// than `store.max_staleness` (try again after a sync interval).
 pub(crate) fn check_freshness(shared: &Shared, snapshot: &Snapshot) -> Result<(), Refusal> {
+    if !shared.sync.is_loaded() {
+        return Err(Refusal::stale(Duration::ZERO));
+    }
     match shared.staleness(&snapshot.config) {
         None => Ok(()),
         Some(_) => Err(Refusal::stale(snapshot.config.store.sync_interval)),

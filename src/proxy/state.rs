@@ -2,7 +2,7 @@
 //! long-lived shared state (key table, limits, usage counters, metrics) that outlives reloads.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue};
@@ -176,12 +176,24 @@ pub struct SyncStatus {
     loaded: AtomicBool,
     /// Unix milliseconds of the last successful sync.
     last_success_ms: AtomicI64,
+    /// Why the last sync failed, until one succeeds (for `/readyz`; never read on the hot path).
+    last_error: Mutex<Option<String>>,
 }
 
 impl SyncStatus {
     pub fn record_success(&self, now_ms: i64) {
         self.last_success_ms.store(now_ms, Ordering::Release);
         self.loaded.store(true, Ordering::Release);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    pub fn record_failure(&self, why: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    /// Why the last sync failed, if it did.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Whether the key table has been loaded once.

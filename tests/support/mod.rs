@@ -212,6 +212,7 @@ impl Harness {
             clock: shared_clock,
         };
         let gateway = Gateway::start(config, options).await.unwrap();
+        loaded(&gateway).await;
         Harness {
             gateway,
             upstream,
@@ -396,6 +397,15 @@ impl Harness {
             admin_token: Some(ADMIN_TOKEN.into()),
             clock: Arc::new(self.clock.clone()),
         };
-        Gateway::start(config, options).await.unwrap()
+        let gateway = Gateway::start(config, options).await.unwrap();
+        loaded(&gateway).await;
+        gateway
     }
+}
+
+/// Waits (with a deadline) until the gateway's key table has loaded.
+pub async fn loaded(gateway: &Gateway) {
+    tokio::time::timeout(Duration::from_secs(30), gateway.loaded())
+        .await
+        .expect("the key table loads within 30 s");
 }

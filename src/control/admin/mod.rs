@@ -100,8 +100,13 @@ impl Admin {
         let loaded = shared.sync.is_loaded();
         let age_ms = shared.clock.now().as_millisecond() - shared.sync.last_success_ms();
         let config = shared.snapshot.load().config.clone();
+        let last_error = shared.sync.last_error();
         let reason = if !loaded {
-            Some("key table not loaded yet".to_owned())
+            Some(match &last_error {
+                Some(error) if error.starts_with("store unavailable") => error.clone(),
+                Some(error) => format!("store unavailable: {error}"),
+                None => "key table not loaded yet".to_owned(),
+            })
         } else {
             shared.staleness(&config).map(|age_ms| {
                 let max = config.store.max_staleness.unwrap_or_default();
@@ -119,6 +124,7 @@ impl Admin {
             "keys": shared.keys.len(),
             "last_sync_age_seconds": loaded.then(|| age_ms.max(0) as f64 / 1000.0),
             "max_staleness_seconds": config.store.max_staleness.map(|max| max.as_secs_f64()),
+            "last_sync_error": last_error,
         });
         let status = match reason {
             None => StatusCode::OK,

@@ -44,6 +44,15 @@ pub fn open(url: &crate::config::StoreUrl) -> Result<Store, StoreError> {
     }
 }
 
+/// The existing store a config names, opened by the key sync's first attempt that can (a
+/// gateway starts while its store is locked); a missing one is [`StoreError::Missing`].
+pub fn open_later(url: &crate::config::StoreUrl) -> Result<Store, StoreError> {
+    match url {
+        crate::config::StoreUrl::Sqlite(path) => SqliteStore::open_later(Path::new(path)),
+        crate::config::StoreUrl::Postgres(_) => Err(unsupported()),
+    }
+}
+
 /// Opens the store a config names, creating it first when it does not exist: the explicit acts
 /// of `keygate store init` and of the commands that add keys.
 pub fn create(url: &crate::config::StoreUrl) -> Result<Store, StoreError> {

@@ -139,7 +139,9 @@ const COLUMNS: &str = "seq, id, name, environment, hash, prefix, permissions, ra
      previous_last_used_at, metadata, revision, idle_from";
 
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    /// `None` until the file could be opened (see [`SqliteStore::open_later`]), and between
+    /// closing a replaced file and opening its successor.
+    conn: Mutex<Option<Connection>>,
     /// The file's path; `None` in memory.
     path: Option<PathBuf>,
     /// The files the connection has open, to tell whether the path still names them. Locked
@@ -173,6 +175,27 @@ fn side_file(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// A held, open connection.
+struct Conn<'a>(MutexGuard<'a, Option<Connection>>);
+
+impl std::ops::Deref for Conn<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.0
+            .as_ref()
+            .expect("SqliteStore::conn hands out only open connections")
+    }
+}
+
+impl std::ops::DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.0
+            .as_mut()
+            .expect("SqliteStore::conn hands out only open connections")
+    }
+}
+
 /// A file's identity: (device, inode). A file renamed over the path has another.
 type FileId = (u64, u64);
 
@@ -201,16 +224,29 @@ impl SqliteStore {
         let conn = open_connection(path)?;
         let in_memory = path == Path::new(MEMORY);
         Ok(SqliteStore {
-            conn: Mutex::new(conn),
+            conn: Mutex::new(Some(conn)),
             path: (!in_memory).then(|| path.to_owned()),
             files: Mutex::new(Files::of(path)),
         })
     }
 
-    /// Checks that the path still names the file this store has open. When another file has
-    /// been renamed over it (a restore, a replaced volume), closes the old one and opens the
-    /// new: true. When the path names nothing any more, [`StoreError::Missing`], and the store
-    /// keeps the old file open rather than create an empty one.
+    /// The store at the existing file `path`, opened at the first [`Self::reopen_if_replaced`]
+    /// that can: a gateway starts while its store is locked or unreadable, and answers "not
+    /// ready" until then. Until it opens, every operation fails as unavailable.
+    pub fn open_later(path: &Path) -> Result<Self, StoreError> {
+        exists(path)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(None),
+            path: Some(path.to_owned()),
+            files: Mutex::new(Files { db: None, wal: None }),
+        })
+    }
+
+    /// Opens the file if it is not open yet, and checks that the path still names the file
+    /// this store has open. When another file has been renamed over it (a restore, a replaced
+    /// volume), closes the old one and opens the new: true. When the path names nothing any
+    /// more, [`StoreError::Missing`], and the store keeps the old file open rather than create
+    /// an empty one.
     pub fn reopen_if_replaced(&self) -> Result<bool, StoreError> {
         let Some(path) = &self.path else {
             return Ok(false);
@@ -231,20 +267,24 @@ impl SqliteStore {
             }
         };
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        if now == files.db {
+        let mut conn = self.lock();
+        if now == files.db && conn.is_some() {
             return Ok(false);
         }
-        let mut conn = self.conn();
-        // The old file is closed first. Until the new one opens, an empty in-memory
-        // placeholder makes every query fail, and the next check tries again.
-        let old = std::mem::replace(&mut *conn, Connection::open_in_memory()?);
-        if let Err((_, error)) = old.close() {
-            tracing::warn!(%error, "closing the replaced store file failed");
+        let replaced = files.db.is_some() && now != files.db;
+        // The old file is closed first; until the new one opens, every operation fails as
+        // unavailable, and the next check tries again.
+        if let Some(old) = conn.take() {
+            if let Err((_, error)) = old.close() {
+                tracing::warn!(%error, "closing the replaced store file failed");
+            }
         }
-        set_aside_old_log(path, files.wal);
-        *conn = open_connection(path)?;
+        if replaced {
+            set_aside_old_log(path, files.wal);
+        }
+        *conn = Some(open_connection(path)?);
         *files = Files::of(path);
-        Ok(true)
+        Ok(replaced)
     }
 
     /// Creates the database file, readable by its owner only, unless it exists; then opens it.
@@ -256,13 +296,26 @@ impl SqliteStore {
         Self::open(path)
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    fn lock(&self) -> MutexGuard<'_, Option<Connection>> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back on drop).
         self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The open connection, held; unavailable while the file is not open.
+    fn conn(&self) -> Result<Conn<'_>, StoreError> {
+        let guard = self.lock();
+        if guard.is_none() {
+            let path = self.path.as_deref().unwrap_or(Path::new(MEMORY));
+            return Err(StoreError::Unavailable(format!(
+                "the store {} is not open (yet)",
+                path.display()
+            )));
+        }
+        Ok(Conn(guard))
+    }
+
     pub fn insert(&self, key: &NewKey, audit: Audit) -> Result<StoredKey, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let revision = next_revision(&tx)?;
         insert_row(&tx, key, revision, audit, "a key with this id exists already")?;
@@ -273,7 +326,7 @@ impl SqliteStore {
 
     /// The key with this id, deleted or not.
     pub fn get(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
-        select_one(&self.conn(), "id = ?1", id)
+        select_one(&*self.conn()?, "id = ?1", id)
     }
 
     /// Reads the key, lets `change` edit it, and writes it back with a new revision, all in one
@@ -286,7 +339,7 @@ impl SqliteStore {
         webhook: Option<&str>,
         change: &mut dyn FnMut(&mut StoredKey) -> Result<(), StoreError>,
     ) -> Result<StoredKey, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut key = select_one(&tx, "id = ?1", id)?
             .filter(|key| key.status != StoredStatus::Deleted)
@@ -305,7 +358,7 @@ impl SqliteStore {
 
     /// A key's audit trail, oldest first, from after event `after` on. Kept for deleted keys.
     pub fn events(&self, id: &str, after: u64, limit: usize) -> Result<Vec<KeyEvent>, StoreError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let exists: bool = conn.query_row("SELECT EXISTS (SELECT 1 FROM keys WHERE id = ?1)", [id], |r| {
             r.get(0)
         })?;
@@ -359,7 +412,7 @@ impl SqliteStore {
             Some(KeyStatus::Revoked) => "status = 'revoked'",
             Some(KeyStatus::Deleted) => "status = 'deleted'",
         };
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM keys WHERE {status} AND seq > ?3 \
              AND (?1 IS NULL OR environment = ?1) AND (?2 IS NULL OR customer_id = ?2) ORDER BY seq LIMIT ?5"
@@ -383,7 +436,7 @@ impl SqliteStore {
     /// may be more, the store's revision (read in the same snapshot) when this was the last
     /// batch.
     pub fn changes_since(&self, revision: u64, limit: usize) -> Result<Changes, StoreError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let tx = conn.unchecked_transaction()?;
         let current: i64 =
             tx.query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| r.get(0))?;
@@ -418,7 +471,7 @@ impl SqliteStore {
 
     /// Adds counted requests to the daily totals and moves `last_used_at` forward.
     pub fn record_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for delta in deltas {
             let seq = delta.seq as i64;
@@ -453,7 +506,7 @@ impl SqliteStore {
 
     /// Usage history of a key, deleted or not.
     pub fn usage(&self, id: &str) -> Result<Usage, StoreError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let (seq, last_used_at): (i64, Option<i64>) = conn
             .query_row("SELECT seq, last_used_at FROM keys WHERE id = ?1", [id], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -481,7 +534,7 @@ impl SqliteStore {
     /// The current store revision.
     pub fn revision(&self) -> Result<u64, StoreError> {
         let value: i64 =
-            self.conn()
+            self.conn()?
                 .query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| r.get(0))?;
         Ok(value as u64)
     }
@@ -495,7 +548,7 @@ impl SqliteStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<IdleKey>, StoreError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare_cached(
             "SELECT seq, id, name, environment, last_used_at, \
              MAX(COALESCE(idle_from, created_at), COALESCE(last_used_at, 0), \
@@ -544,7 +597,7 @@ impl SqliteStore {
         now: Timestamp,
         webhook: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let inserted = tx.execute(
             "INSERT OR IGNORE INTO idle_warnings (key_seq, deadline, threshold, sent_at) VALUES (?1, ?2, ?3, ?4)",
@@ -561,7 +614,7 @@ impl SqliteStore {
 
     /// When the first idle warning for this deadline went out, if one did.
     pub fn first_warning_at(&self, seq: u64, deadline: Timestamp) -> Result<Option<Timestamp>, StoreError> {
-        let seconds: Option<i64> = self.conn().query_row(
+        let seconds: Option<i64> = self.conn()?.query_row(
             "SELECT MIN(sent_at) FROM idle_warnings WHERE key_seq = ?1 AND deadline = ?2",
             params![seq as i64, deadline.as_second()],
             |r| r.get(0),
@@ -571,12 +624,12 @@ impl SqliteStore {
 
     /// Queues a webhook payload for delivery.
     pub fn enqueue_webhook(&self, payload: &str, now: Timestamp) -> Result<(), StoreError> {
-        enqueue(&self.conn(), payload, now)
+        enqueue(&*self.conn()?, payload, now)
     }
 
     /// Webhook deliveries due at `now`, oldest first.
     pub fn due_webhooks(&self, now: Timestamp, limit: usize) -> Result<Vec<PendingWebhook>, StoreError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare_cached(
             "SELECT id, payload, attempts FROM webhook_outbox WHERE next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
         )?;
@@ -598,7 +651,7 @@ impl SqliteStore {
         now: Timestamp,
         until: Timestamp,
     ) -> Result<Option<PendingWebhook>, StoreError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let claimed = conn
             .prepare_cached(
                 "UPDATE webhook_outbox SET next_attempt_at = ?2 WHERE id = \
@@ -618,14 +671,14 @@ impl SqliteStore {
 
     /// Removes a delivered (or abandoned) webhook from the outbox.
     pub fn webhook_done(&self, id: u64) -> Result<(), StoreError> {
-        self.conn()
+        self.conn()?
             .execute("DELETE FROM webhook_outbox WHERE id = ?1", [id as i64])?;
         Ok(())
     }
 
     /// Counts a failed attempt and sets when to try again.
     pub fn webhook_retry_at(&self, id: u64, attempts: u32, at: Timestamp) -> Result<(), StoreError> {
-        self.conn().execute(
+        self.conn()?.execute(
             "UPDATE webhook_outbox SET attempts = ?2, next_attempt_at = ?3 WHERE id = ?1",
             params![id as i64, attempts as i64, at.as_millisecond()],
         )?;
@@ -644,7 +697,7 @@ impl SqliteStore {
         let until = now
             .as_millisecond()
             .saturating_add(ttl.as_millis().min(i64::MAX as u128) as i64);
-        let changed = self.conn().execute(
+        let changed = self.conn()?.execute(
             "INSERT INTO leases (name, holder, until_ms) VALUES (?1, ?2, ?3) \
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms \
              WHERE leases.holder = excluded.holder OR leases.until_ms < ?4",
@@ -656,7 +709,7 @@ impl SqliteStore {
     /// Inserts many keys in one transaction, all or none, each with its own revision and audit
     /// record: bulk imports from another system, benchmarks.
     pub fn insert_many(&self, keys: &[NewKey], audit: Audit) -> Result<(), StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let start: i64 = tx.query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| r.get(0))?;
         for (i, key) in keys.iter().enumerate() {
@@ -672,6 +725,10 @@ impl SqliteStore {
         Ok(())
     }
 }
+
+/// How long an operation waits for another connection's lock before failing as unavailable.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+const OPEN_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The path SQLite takes for a private in-memory database.
 const MEMORY: &str = ":memory:";
@@ -715,11 +772,14 @@ fn set_aside_old_log(path: &Path, wal: Option<FileId>) {
 /// A connection to the existing file at `path`, its schema brought up to date.
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let mut conn = connect(path)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
+    // Opening waits little for a lock: a gateway retries it with backoff, reporting why
+    // meanwhile. Once open, a change waits up to 10 s for another writer.
+    conn.busy_timeout(OPEN_BUSY_TIMEOUT)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     migrate(&mut conn)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     Ok(conn)
 }
 

@@ -93,7 +93,7 @@ fn rows_written_past_keygate_cannot_share_a_secret_either() {
     let (_dir, store) = store();
     store.insert(&new_key("key_a", secret("a")), AUDIT).unwrap();
     store.insert(&new_key("key_b", secret("b")), AUDIT).unwrap();
-    let conn = store.conn();
+    let conn = store.conn().unwrap();
     let raw = conn.execute(
         "UPDATE keys SET previous_hash = ?1 WHERE id = 'key_b'",
         [&secret("a").0[..]],
