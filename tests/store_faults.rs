@@ -78,6 +78,11 @@ async fn a_store_file_replaced_under_the_gateway_is_reopened_and_its_keys_replac
     };
     std::fs::rename(&restored, &path).unwrap();
 
+    // A change through the admin API goes to the new file, and is in force when it answers.
+    let body = r#"{"name":"after","environment":"production","key":"restored-era-secret-0123"}"#;
+    assert_eq!(admin_post(&h, "/v1/keys", Some(body)).await.status, 201);
+    assert_eq!(h.get("/v1/status", "restored-era-secret-0123").await.status, 200);
+
     let swapped = eventually(Duration::from_secs(10), || async {
         h.get("/v1/status", &new_key).await.status == 200
             && h.get("/v1/status", &old_key).await.status == 401
@@ -88,15 +93,33 @@ async fn a_store_file_replaced_under_the_gateway_is_reopened_and_its_keys_replac
     let metrics = h.metrics().await;
     assert_eq!(sample(&metrics, "keygate_store_reopened_total"), Some(1.0));
     assert_eq!(h.admin_get("/readyz").await.status, 200);
-    assert_eq!(h.admin_get("/readyz").await.json()["keys"], 1);
+    assert_eq!(h.admin_get("/readyz").await.json()["keys"], 2);
+    let rows = KeyService::new(
+        Arc::new(SqliteStore::open(&path).unwrap()),
+        Hasher::unkeyed(),
+        system_clock(),
+        Actor::Cli,
+    );
+    let names: Vec<String> = rows
+        .list(&Default::default())
+        .unwrap()
+        .into_iter()
+        .map(|k| k.name)
+        .collect();
+    assert_eq!(names, ["test key", "after"], "the new file holds both");
 }
 
 #[tokio::test]
 async fn a_store_file_deleted_under_the_gateway_fails_the_sync_and_the_last_table_serves() {
     let h = Harness::with_config(&with_store("1h", ""), "").await;
-    let (_, key) = h.key(&["*"]).await;
+    let (id, key) = h.key(&["*"]).await;
     let path = h.dir.path().join("keygate.db");
     std::fs::remove_file(&path).unwrap();
+
+    // A change now would land in a file nothing reads again: refused, not lost.
+    let revoke = admin_post(&h, &format!("/v1/keys/{id}/revoke"), None).await;
+    assert_eq!(revoke.status, 503, "{}", revoke.text());
+    assert_eq!(revoke.json()["error"], "store unavailable");
 
     let failed = h.gateway.sync_now().await.unwrap_err();
     assert!(failed.to_string().contains("is gone"), "{failed}");
@@ -107,7 +130,7 @@ async fn a_store_file_deleted_under_the_gateway_fails_the_sync_and_the_last_tabl
         "the last table serves"
     );
     let metrics = h.metrics().await;
-    assert_eq!(sample(&metrics, "keygate_store_sync_errors_total"), Some(1.0));
+    assert!(sample(&metrics, "keygate_store_sync_errors_total").unwrap() >= 1.0);
     assert_eq!(sample(&metrics, "keygate_store_reopened_total"), Some(0.0));
 }
 
@@ -189,4 +212,14 @@ impl Client {
         let request = request.body(Full::new(Bytes::new())).unwrap();
         support::read(self.0.request(request).await.unwrap()).await
     }
+}
+
+async fn admin_post(h: &Harness, path: &str, body: Option<&str>) -> support::Answer {
+    let mut request =
+        Request::post(h.admin_url(path)).header("authorization", format!("Bearer {}", support::ADMIN_TOKEN));
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    let body = Full::new(Bytes::from(body.unwrap_or("").to_owned()));
+    h.send(request.body(body).unwrap()).await
 }

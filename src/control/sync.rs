@@ -6,7 +6,7 @@
 //! skipped; the rest still apply.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +39,8 @@ pub struct KeySync {
     running: Mutex<()>,
     /// The store file was replaced: the next sync loads the whole table again.
     reload_pending: AtomicBool,
+    /// The store's [`Store::generation`] the table reflects.
+    generation: AtomicU64,
 }
 
 impl KeySync {
@@ -58,6 +60,7 @@ impl KeySync {
             interned: Mutex::default(),
             running: Mutex::default(),
             reload_pending: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -87,9 +90,16 @@ impl KeySync {
         Ok(applied)
     }
 
+    /// Notices a replaced store file, whichever operation reopened it (this check, or a write
+    /// through the admin API in between), and schedules the whole table's reload.
     fn check_file(&self) -> Result<(), StoreError> {
-        if self.store.reopen_if_replaced()? {
-            self.metrics.store_reopened.inc();
+        self.store.reopen_if_replaced()?;
+        let generation = self.store.generation();
+        let seen = self.generation.swap(generation, Ordering::AcqRel);
+        if generation != seen {
+            self.metrics
+                .store_reopened
+                .inc_by(generation.saturating_sub(seen));
             tracing::error!(
                 "the store file was replaced under the running gateway; reopened it, reloading the whole key table"
             );

@@ -18,8 +18,9 @@ pub enum StoreError {
     NotFound,
     #[error("{0}")]
     Conflict(String),
-    /// The secret of a change is another key's, current or in its grace period.
-    #[error("{}", sqlite::SECRET_IN_USE)]
+    /// The secret of a change is another key's, current or in its grace period. The message
+    /// names no key: whoever tries a secret must not learn which key holds it.
+    #[error("this secret is already in use")]
     SecretInUse,
     /// The store does not exist (or the folder it would be in): it is created only on purpose.
     #[error("{0}")]

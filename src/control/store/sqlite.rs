@@ -7,11 +7,12 @@
 //! what the gateway admits.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
 use super::model::{
     Audit, Changes, DayUsage, IdleKey, KeyEvent, KeyFilter, NewKey, PendingWebhook, StoredKey, Usage,
@@ -21,122 +22,19 @@ use super::StoreError;
 use crate::core::key::{KeyStatus, StoredStatus};
 use crate::core::secret::KeyHash;
 
-/// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[
-    r#"
-    CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-    INSERT INTO meta (name, value) VALUES ('revision', 0);
-    CREATE TABLE keys (
-        seq INTEGER PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
-        name TEXT NOT NULL,
-        environment TEXT NOT NULL,
-        hash BLOB NOT NULL UNIQUE,
-        prefix TEXT NOT NULL,
-        permissions TEXT NOT NULL,
-        rate_limit TEXT,
-        customer_id TEXT,
-        allowed_ips TEXT NOT NULL,
-        expires_at INTEGER,
-        status TEXT NOT NULL,
-        created_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL,
-        last_used_at INTEGER,
-        previous_hash BLOB,
-        grace_until INTEGER,
-        previous_last_used_at INTEGER,
-        metadata TEXT NOT NULL,
-        revision INTEGER NOT NULL
-    );
-    CREATE INDEX keys_revision ON keys (revision);
-    CREATE INDEX keys_customer ON keys (customer_id);
-    CREATE TABLE key_usage (
-        key_seq INTEGER NOT NULL REFERENCES keys (seq),
-        day TEXT NOT NULL,
-        requests INTEGER NOT NULL,
-        PRIMARY KEY (key_seq, day)
-    ) WITHOUT ROWID;
-"#,
-    r#"
-    ALTER TABLE keys ADD COLUMN idle_from INTEGER;
-    CREATE TABLE key_events (
-        id INTEGER PRIMARY KEY,
-        key_id TEXT NOT NULL,
-        at INTEGER NOT NULL,
-        actor TEXT NOT NULL,
-        event TEXT NOT NULL,
-        changes TEXT NOT NULL
-    );
-    CREATE INDEX key_events_key ON key_events (key_id, id);
-    CREATE TABLE idle_warnings (
-        key_seq INTEGER NOT NULL REFERENCES keys (seq),
-        deadline INTEGER NOT NULL,
-        threshold INTEGER NOT NULL,
-        sent_at INTEGER NOT NULL,
-        PRIMARY KEY (key_seq, deadline, threshold)
-    ) WITHOUT ROWID;
-    CREATE TABLE webhook_outbox (
-        id INTEGER PRIMARY KEY,
-        payload TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at INTEGER NOT NULL,
-        created_at INTEGER NOT NULL
-    );
-    CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until_ms INTEGER NOT NULL);
-"#,
-    // One secret, one key: every hash that authenticates (a key's current secret, and the one a
-    // regeneration replaced while its grace runs) appears once across all keys. The UNIQUE on
-    // keys.hash and one on previous_hash could not see a current secret equal to another key's
-    // previous one, so every secret gets a row here, kept by triggers in the same statement as
-    // the change: whatever writes the keys table (keygate, a script, sqlite3) cannot make two
-    // keys share a secret. Tombstones keep their secret: a deleted key's secret is not reissued.
-    //
-    // Stores written before this check may hold such a pair already: the grace period of the
-    // replaced secret ends (it is the side that was meant to stop anyway), with a new revision
-    // so running gateways drop it at their next sync.
-    r#"
-    UPDATE meta SET value = value + 1 WHERE name = 'revision' AND EXISTS (
-        SELECT 1 FROM keys k WHERE k.previous_hash IS NOT NULL AND (
-            k.previous_hash IN (SELECT hash FROM keys)
-            OR EXISTS (SELECT 1 FROM keys o WHERE o.previous_hash = k.previous_hash AND o.seq < k.seq)));
-    UPDATE keys SET previous_hash = NULL, grace_until = NULL, previous_last_used_at = NULL,
-        revision = (SELECT value FROM meta WHERE name = 'revision')
-    WHERE previous_hash IS NOT NULL AND (
-        previous_hash IN (SELECT hash FROM keys)
-        OR EXISTS (SELECT 1 FROM keys o WHERE o.previous_hash = keys.previous_hash AND o.seq < keys.seq));
-    CREATE TABLE secret_hashes (
-        hash BLOB PRIMARY KEY,
-        key_seq INTEGER NOT NULL,
-        kind TEXT NOT NULL CHECK (kind IN ('current', 'previous'))
-    ) WITHOUT ROWID;
-    CREATE INDEX secret_hashes_key ON secret_hashes (key_seq);
-    INSERT INTO secret_hashes (hash, key_seq, kind) SELECT hash, seq, 'current' FROM keys;
-    INSERT INTO secret_hashes (hash, key_seq, kind)
-        SELECT previous_hash, seq, 'previous' FROM keys WHERE previous_hash IS NOT NULL;
-    CREATE TRIGGER keys_secrets_insert AFTER INSERT ON keys BEGIN
-        INSERT INTO secret_hashes (hash, key_seq, kind) VALUES (NEW.hash, NEW.seq, 'current');
-        INSERT INTO secret_hashes (hash, key_seq, kind)
-            SELECT NEW.previous_hash, NEW.seq, 'previous' WHERE NEW.previous_hash IS NOT NULL;
-    END;
-    CREATE TRIGGER keys_secrets_update AFTER UPDATE OF seq, hash, previous_hash ON keys BEGIN
-        DELETE FROM secret_hashes WHERE key_seq = OLD.seq;
-        INSERT INTO secret_hashes (hash, key_seq, kind) VALUES (NEW.hash, NEW.seq, 'current');
-        INSERT INTO secret_hashes (hash, key_seq, kind)
-            SELECT NEW.previous_hash, NEW.seq, 'previous' WHERE NEW.previous_hash IS NOT NULL;
-    END;
-    CREATE TRIGGER keys_secrets_delete AFTER DELETE ON keys BEGIN
-        DELETE FROM secret_hashes WHERE key_seq = OLD.seq;
-    END;
-"#,
-];
-
-/// What a change that would give a secret to a second key is told. It names no key: whoever
-/// tries a secret must not learn which key holds it.
-pub const SECRET_IN_USE: &str = "this secret is already in use";
-
 const COLUMNS: &str = "seq, id, name, environment, hash, prefix, permissions, rate_limit, customer_id, \
      allowed_ips, expires_at, status, created_at, updated_at, last_used_at, previous_hash, grace_until, \
      previous_last_used_at, metadata, revision, idle_from";
+
+#[path = "sqlite_file.rs"]
+mod file;
+#[path = "sqlite_schema.rs"]
+mod schema;
+
+pub(super) use file::exists;
+use file::{create_file, file_id, open_connection, set_aside_old_log, Files, MEMORY};
+#[cfg(test)]
+use schema::MIGRATIONS;
 
 pub struct SqliteStore {
     /// `None` until the file could be opened (see [`SqliteStore::open_later`]), and between
@@ -147,32 +45,9 @@ pub struct SqliteStore {
     /// The files the connection has open, to tell whether the path still names them. Locked
     /// before `conn` when both are.
     files: Mutex<Files>,
-}
-
-/// The identities of the database file and its write-ahead log as opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Files {
-    db: Option<FileId>,
-    /// Stable while the connection is open: SQLite deletes the log only when the last
-    /// connection closes.
-    wal: Option<FileId>,
-}
-
-impl Files {
-    fn of(path: &Path) -> Files {
-        let id = |path: &Path| std::fs::metadata(path).ok().and_then(|meta| file_id(&meta));
-        Files {
-            db: id(path),
-            wal: id(&side_file(path, "-wal")),
-        }
-    }
-}
-
-/// SQLite's `-wal` or `-shm` file beside the database at `path`.
-fn side_file(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
+    /// How many times a replaced file has been reopened, for the key sync to notice whichever
+    /// operation found it.
+    generation: AtomicU64,
 }
 
 /// A held, open connection.
@@ -196,20 +71,6 @@ impl std::ops::DerefMut for Conn<'_> {
     }
 }
 
-/// A file's identity: (device, inode). A file renamed over the path has another.
-type FileId = (u64, u64);
-
-#[cfg(unix)]
-fn file_id(meta: &std::fs::Metadata) -> Option<FileId> {
-    use std::os::unix::fs::MetadataExt;
-    Some((meta.dev(), meta.ino()))
-}
-
-#[cfg(not(unix))]
-fn file_id(_: &std::fs::Metadata) -> Option<FileId> {
-    None
-}
-
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore").finish_non_exhaustive()
@@ -227,6 +88,7 @@ impl SqliteStore {
             conn: Mutex::new(Some(conn)),
             path: (!in_memory).then(|| path.to_owned()),
             files: Mutex::new(Files::of(path)),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -239,6 +101,7 @@ impl SqliteStore {
             conn: Mutex::new(None),
             path: Some(path.to_owned()),
             files: Mutex::new(Files { db: None, wal: None }),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -284,7 +147,15 @@ impl SqliteStore {
         }
         *conn = Some(open_connection(path)?);
         *files = Files::of(path);
+        if replaced {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
         Ok(replaced)
+    }
+
+    /// How many times a replaced store file has been reopened (by any operation).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Creates the database file, readable by its owner only, unless it exists; then opens it.
@@ -301,8 +172,12 @@ impl SqliteStore {
         self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The open connection, held; unavailable while the file is not open.
+    /// The open connection, held. Every operation first checks that the path still names the
+    /// open file (one `stat`): a store replaced under a running gateway is reopened before it is
+    /// read or written, and a deleted one fails every operation rather than have changes land in
+    /// a file nothing will read again.
     fn conn(&self) -> Result<Conn<'_>, StoreError> {
+        self.reopen_if_replaced()?;
         let guard = self.lock();
         if guard.is_none() {
             let path = self.path.as_deref().unwrap_or(Path::new(MEMORY));
@@ -726,112 +601,6 @@ impl SqliteStore {
     }
 }
 
-/// How long an operation waits for another connection's lock before failing as unavailable.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-const OPEN_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The path SQLite takes for a private in-memory database.
-const MEMORY: &str = ":memory:";
-
-/// [`StoreError::Missing`] unless the store file at `path` exists.
-pub(super) fn exists(path: &Path) -> Result<(), StoreError> {
-    if path == Path::new(MEMORY) || path.exists() {
-        Ok(())
-    } else {
-        Err(StoreError::Missing(missing(path)))
-    }
-}
-
-/// Moves the replaced database's write-ahead log away from `path`, and drops its shared-memory
-/// index. Both go by the path, not the file: SQLite does not checkpoint a database that has
-/// been moved, and would read the old database's pages out of its log as the new one's. Only
-/// the log this store had open is moved (`wal`): one made since belongs to the new file.
-fn set_aside_old_log(path: &Path, wal: Option<FileId>) {
-    let log = side_file(path, "-wal");
-    let current = std::fs::metadata(&log).ok().and_then(|meta| file_id(&meta));
-    if current.is_none() || current != wal {
-        return;
-    }
-    let aside = side_file(path, "-wal.replaced");
-    match std::fs::rename(&log, &aside) {
-        Ok(()) => tracing::warn!(
-            log = %aside.display(),
-            "the replaced store's write-ahead log was moved aside; changes it held were not in the new file"
-        ),
-        Err(error) => {
-            tracing::error!(%error, log = %log.display(), "cannot move the replaced store's write-ahead log aside")
-        }
-    }
-    if let Err(error) = std::fs::remove_file(side_file(path, "-shm")) {
-        if error.kind() != std::io::ErrorKind::NotFound {
-            tracing::error!(%error, "cannot remove the replaced store's shared-memory index");
-        }
-    }
-}
-
-/// A connection to the existing file at `path`, its schema brought up to date.
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let mut conn = connect(path)?;
-    // Opening waits little for a lock: a gateway retries it with backoff, reporting why
-    // meanwhile. Once open, a change waits up to 10 s for another writer.
-    conn.busy_timeout(OPEN_BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    migrate(&mut conn)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    Ok(conn)
-}
-
-/// A connection to the existing file at `path`; SQLite is not allowed to create it.
-fn connect(path: &Path) -> Result<Connection, StoreError> {
-    if path == Path::new(MEMORY) {
-        return Ok(Connection::open_in_memory()?);
-    }
-    exists(path)?;
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    Connection::open_with_flags(path, flags)
-        .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite store {}: {e}", path.display())))
-}
-
-/// The folder the store at `path` would be in, when that is missing.
-fn missing_folder(path: &Path) -> Option<&Path> {
-    path.parent()
-        .filter(|dir| !dir.as_os_str().is_empty() && !dir.exists())
-}
-
-/// What is missing of the store at `path`: the file, or the folder it would be in.
-fn missing(path: &Path) -> String {
-    match missing_folder(path) {
-        Some(dir) => format!(
-            "the folder {} of the store {} does not exist",
-            dir.display(),
-            path.display()
-        ),
-        None => format!("the store {} does not exist", path.display()),
-    }
-}
-
-/// Creates an empty file at `path` with mode 0600, unless one exists.
-fn create_file(path: &Path) -> Result<(), StoreError> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
-        Ok(_) => {
-            tracing::info!(store = %path.display(), "created a new, empty store");
-            Ok(())
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(_) if missing_folder(path).is_some() => Err(StoreError::Missing(missing(path))),
-        Err(error) => Err(StoreError::Unavailable(format!(
-            "cannot create the store {}: {error}",
-            path.display()
-        ))),
-    }
-}
-
 /// Inserts one new key row at `revision` with its creation's audit record; a secret in use is
 /// [`StoreError::SecretInUse`], a clash of ids a conflict saying `clash`.
 fn insert_row(
@@ -879,23 +648,6 @@ fn conflict(error: rusqlite::Error, why: &str) -> StoreError {
         }
         other => other.into(),
     }
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let applied: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if applied as usize > MIGRATIONS.len() {
-        return Err(StoreError::Unavailable(format!(
-            "the store's schema version {applied} is newer than this keygate knows ({}); upgrade keygate",
-            MIGRATIONS.len()
-        )));
-    }
-    for (version, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", version as i64 + 1)?;
-        tx.commit()?;
-    }
-    Ok(())
 }
 
 fn next_revision(tx: &Transaction<'_>) -> Result<u64, StoreError> {

@@ -157,7 +157,9 @@ fn a_file_renamed_over_the_path_is_opened_in_place_of_the_old() {
         .insert(&new_key("key_new", secret("new")), AUDIT)
         .unwrap();
     std::fs::rename(&restored, &path).unwrap();
+    assert_eq!(store.generation(), 0);
     assert!(store.reopen_if_replaced().unwrap());
+    assert_eq!(store.generation(), 1);
     assert!(store.get("key_new").unwrap().is_some());
     assert!(store.get("key_old").unwrap().is_none());
     assert!(!store.reopen_if_replaced().unwrap(), "once");
@@ -165,5 +167,6 @@ fn a_file_renamed_over_the_path_is_opened_in_place_of_the_old() {
     std::fs::remove_file(&path).unwrap();
     assert!(matches!(store.reopen_if_replaced(), Err(StoreError::Missing(_))));
     assert!(!path.exists(), "no new empty store");
-    assert!(store.get("key_new").unwrap().is_some(), "the open file serves on");
+    let read = store.get("key_new");
+    assert!(matches!(read, Err(StoreError::Missing(_))), "no operation on a file that is gone: {read:?}");
 }
