@@ -532,6 +532,15 @@ fn serve_refuses_a_store_that_does_not_exist_and_says_how_to_create_one() {
         assert!(one_line_stderr(&listed).contains("does not exist"));
         assert!(!dir.path().join(store).exists(), "list makes no store either");
     }
+    // store init makes the file, not a folder that a volume should have brought.
+    let init = keygate(&["store", "init", "--config", config.to_str().unwrap()], None);
+    assert_eq!(code(&init), 1);
+    let stderr = one_line_stderr(&init);
+    assert!(
+        stderr.contains("the folder ") && stderr.contains("create it first"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("unmounted").exists());
     let help = keygate(&["serve", "--help"], None);
     assert!(String::from_utf8_lossy(&help.stdout).contains("keygate store init"));
 }

@@ -28,7 +28,7 @@ pub fn run(path: std::path::PathBuf) -> Result<(), Failure> {
     let config = load(&path)?;
     // Before anything binds: a store that is not there is the operator's to create.
     if let Err(error @ StoreError::Missing(_)) = store::exists(&config.store.url) {
-        return Err(super::store::failure(error, &path));
+        return Err(super::store::failure(error, &config, &path));
     }
     runtime(config.server.worker_threads)?.block_on(async move {
         let options = Options::from_env(&config)?;

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::Failure;
-use crate::config::Config;
+use crate::config::{Config, StoreUrl};
 use crate::control::store::{self, Store, StoreError};
 
 /// Whether a command may create the store it names.
@@ -21,18 +21,30 @@ pub fn open(config: &Config, config_path: &Path, create: Create) -> Result<Store
         Create::IfMissing => store::create(&config.store.url),
         Create::Never => store::open(&config.store.url),
     };
-    opened.map_err(|error| failure(error, config_path))
+    opened.map_err(|error| failure(error, config, config_path))
 }
 
 /// A store error as one line; a missing store's says how to create one.
-pub fn failure(error: StoreError, config_path: &Path) -> Failure {
+pub fn failure(error: StoreError, config: &Config, config_path: &Path) -> Failure {
+    let init = format!("keygate store init --config {}", config_path.display());
     match error {
+        StoreError::Missing(what) if folder_missing(config) => Failure::Runtime(format!(
+            "{what} (is its volume mounted?); to start with an empty store, create the folder, then run: {init}"
+        )),
         StoreError::Missing(what) => Failure::Runtime(format!(
-            "{what} (is its volume mounted?); to start with an empty store, create it with: \
-             keygate store init --config {}",
-            config_path.display()
+            "{what} (is its volume mounted?); to start with an empty store, run: {init}"
         )),
         other => Failure::Runtime(other.to_string()),
+    }
+}
+
+/// Whether the folder the store would be in is missing too.
+fn folder_missing(config: &Config) -> bool {
+    match &config.store.url {
+        StoreUrl::Sqlite(path) => path
+            .parent()
+            .is_some_and(|dir| !dir.as_os_str().is_empty() && !dir.exists()),
+        StoreUrl::Postgres(_) => false,
     }
 }
 
@@ -46,18 +58,23 @@ pub fn init(config_path: &Path) -> Result<(), Failure> {
             "{}: the store exists; its schema is up to date",
             describe(&config)
         ),
+        Err(StoreError::Missing(what)) if folder_missing(&config) => {
+            return Err(Failure::Runtime(format!(
+                "{what}: create it first (or mount its volume); store init makes the store file, not folders"
+            )))
+        }
         Err(StoreError::Missing(_)) => {
             open(&config, config_path, Create::IfMissing)?;
             println!("{}: created an empty store", describe(&config));
         }
-        Err(other) => return Err(failure(other, config_path)),
+        Err(other) => return Err(failure(other, &config, config_path)),
     }
     Ok(())
 }
 
 fn describe(config: &Config) -> String {
     match &config.store.url {
-        crate::config::StoreUrl::Sqlite(path) => path.display().to_string(),
-        crate::config::StoreUrl::Postgres(_) => "store.url".into(),
+        StoreUrl::Sqlite(path) => path.display().to_string(),
+        StoreUrl::Postgres(_) => "store.url".into(),
     }
 }

@@ -168,5 +168,8 @@ fn a_file_renamed_over_the_path_is_opened_in_place_of_the_old() {
     assert!(matches!(store.reopen_if_replaced(), Err(StoreError::Missing(_))));
     assert!(!path.exists(), "no new empty store");
     let read = store.get("key_new");
-    assert!(matches!(read, Err(StoreError::Missing(_))), "no operation on a file that is gone: {read:?}");
+    assert!(
+        matches!(read, Err(StoreError::Missing(_))),
+        "no operation on a file that is gone: {read:?}"
+    );
 }
