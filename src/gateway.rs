@@ -130,11 +130,11 @@ impl Gateway {
                 let _ = rx.wait_for(|stopped| *stopped).await;
             }
         };
-        let flusher = Arc::new(UsageFlusher {
-            store: store.clone(),
-            counters: shared.usage.clone(),
-            metrics: metrics.clone(),
-        });
+        let flusher = Arc::new(UsageFlusher::new(
+            store.clone(),
+            shared.usage.clone(),
+            metrics.clone(),
+        ));
         let lifecycle = LifecycleJobs::new(
             &config.lifecycle,
             store.clone(),
