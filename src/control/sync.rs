@@ -77,7 +77,7 @@ impl KeySync {
             if self.reload_pending.load(Ordering::Acquire) {
                 self.reload()
             } else {
-                self.pull(self.table.revision()).map(|(applied, _)| applied)
+                self.pull(self.table.revision(), |_| {})
             }
         });
         let applied = result.inspect_err(|error| {
@@ -108,26 +108,28 @@ impl KeySync {
         Ok(())
     }
 
-    /// Applies every change after `revision`, batch by batch; how many, and the seqs of the
-    /// keys they were.
-    fn pull(&self, mut revision: u64) -> Result<(usize, HashSet<u64>), StoreError> {
+    /// Applies every change after `revision`, batch by batch, showing each changed key's seq
+    /// to `seen`; how many.
+    fn pull(&self, mut revision: u64, mut seen: impl FnMut(u64)) -> Result<usize, StoreError> {
         let mut applied = 0;
-        let mut seen = HashSet::new();
         loop {
             let changes = self.store.changes_since(revision, BATCH)?;
             let more = changes.more;
             revision = changes.revision;
-            seen.extend(changes.keys.iter().map(|key| key.seq));
+            changes.keys.iter().for_each(|key| seen(key.seq));
             applied += self.apply(changes);
             if !more {
-                return Ok((applied, seen));
+                return Ok(applied);
             }
         }
     }
 
     /// Loads the whole store again, then drops the keys the table holds that it does not.
     fn reload(&self) -> Result<usize, StoreError> {
-        let (applied, seen) = self.pull(0)?;
+        let mut seen = HashSet::new();
+        let applied = self.pull(0, |seq| {
+            seen.insert(seq);
+        })?;
         let mut gone = Vec::new();
         self.table.for_each(|key| {
             if !seen.contains(&key.seq) {
