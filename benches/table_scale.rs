@@ -45,7 +45,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("scale.db");
     let hasher = Hasher::unkeyed();
-    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let store = Arc::new(SqliteStore::create(&path).unwrap());
 
     let started = Instant::now();
     let now = Timestamp::now();

@@ -37,6 +37,8 @@ pub struct Gateway {
     flusher: Arc<UsageFlusher>,
     sync: Arc<KeySync>,
     lifecycle: LifecycleJobs,
+    /// True once the key table has loaded.
+    loaded: watch::Receiver<bool>,
 }
 
 /// What a gateway needs beside its config: secrets from the environment, and the clock.
@@ -80,7 +82,13 @@ pub fn hasher_from_env(config: &Config) -> anyhow::Result<Hasher> {
 }
 
 impl Gateway {
-    /// Opens the store, loads the key table, binds both listeners and starts serving.
+    /// Binds both listeners and starts serving; the key table loads in the background.
+    ///
+    /// A store that does not exist is an error: creating one is the operator's act. A store
+    /// that exists but is locked or unreadable is not: the key sync tries it until it loads
+    /// (see [`KeySync::load`]). Until then `/readyz` answers 503 with the reason and the proxy
+    /// answers 503 with `Retry-After`, so a probe keeps traffic away and nothing is admitted
+    /// against an empty table. [`Gateway::loaded`] waits for the load.
     pub async fn start(config: Config, options: Options) -> anyhow::Result<Gateway> {
         let Options {
             hasher,
@@ -89,10 +97,7 @@ impl Gateway {
         } = options;
         let config = Arc::new(config);
         let tls = config.server.tls.as_ref().map(server::tls_acceptor).transpose()?;
-        let store_url = config.store.url.clone();
-        let store = tokio::task::spawn_blocking(move || store::open(&store_url))
-            .await
-            .context("store open task failed")??;
+        let store = store::open_later(&config.store.url)?;
         let metrics = Metrics::new();
         let keys = Arc::new(KeyTable::default());
         let mut shared = Shared::new(
@@ -115,14 +120,6 @@ impl Gateway {
             clock.clone(),
         ));
 
-        let loader = sync.clone();
-        let started = std::time::Instant::now();
-        tokio::task::spawn_blocking(move || loader.sync_once())
-            .await
-            .context("key table load task failed")?
-            .context("cannot load the key table")?;
-        tracing::info!(keys = shared.keys.len(), revision = shared.keys.revision(), elapsed = ?started.elapsed(), "key table loaded");
-
         let proxy = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
@@ -139,11 +136,11 @@ impl Gateway {
                 let _ = rx.wait_for(|stopped| *stopped).await;
             }
         };
-        let flusher = Arc::new(UsageFlusher {
-            store: store.clone(),
-            counters: shared.usage.clone(),
-            metrics: metrics.clone(),
-        });
+        let flusher = Arc::new(UsageFlusher::new(
+            store.clone(),
+            shared.usage.clone(),
+            metrics.clone(),
+        ));
         let lifecycle = LifecycleJobs::new(
             &config.lifecycle,
             store.clone(),
@@ -151,8 +148,9 @@ impl Gateway {
             clock.clone(),
             metrics.clone(),
         )?;
+        let (loaded_tx, loaded) = watch::channel(false);
         let mut tasks = vec![
-            tokio::spawn(sync.clone().run(config.store.sync_interval)),
+            tokio::spawn(sync.clone().run(config.store.sync_interval, loaded_tx)),
             tokio::spawn(flusher.clone().run(config.store.usage_flush_interval)),
             tokio::spawn(housekeeping(shared.clone())),
         ];
@@ -161,6 +159,7 @@ impl Gateway {
         let admin_server = Arc::new(Admin::new(
             shared.clone(),
             KeyService::new(store.clone(), hasher, clock, Actor::AdminApi),
+            sync.clone(),
             admin_token,
         ));
         let servers = vec![
@@ -179,6 +178,7 @@ impl Gateway {
             flusher,
             sync,
             lifecycle,
+            loaded,
         })
     }
 
@@ -197,6 +197,12 @@ impl Gateway {
         }
         self.shared.reload(Arc::new(config));
         tracing::info!("config reloaded");
+    }
+
+    /// Waits until the key table has loaded for the first time.
+    pub async fn loaded(&self) {
+        let mut loaded = self.loaded.clone();
+        let _ = loaded.wait_for(|loaded| *loaded).await;
     }
 
     /// Pulls key changes now rather than at the next interval (tests, admin actions).

@@ -792,3 +792,77 @@ async fn verify_fails_closed_past_max_staleness_like_the_proxy() {
     assert_eq!(answer.status, 503);
     Contract::new().check(&Method::POST, "/v1/keys/verify", &answer);
 }
+
+#[tokio::test]
+async fn an_import_of_a_secret_in_use_is_a_conflict_that_names_no_key() {
+    let h = Harness::start().await;
+    let (id, old) = h.key(&["customer:read"]).await;
+    let regenerate = format!("/v1/keys/{id}/regenerate");
+    let regenerated = admin(&h, Method::POST, &regenerate, Some(r#"{"grace":"10m"}"#), None).await;
+    assert_eq!(regenerated.status, 200);
+    let new = regenerated.json()["key"].as_str().unwrap().to_owned();
+    for secret in [&old, &new] {
+        let body = json!({ "name": "B", "environment": "production", "permissions": ["*"], "key": secret });
+        let answer = admin(&h, Method::POST, "/v1/keys", Some(&body.to_string()), None).await;
+        assert_eq!(answer.status, 409);
+        assert_eq!(
+            answer.json(),
+            json!({ "error": "this secret is already in use", "field": "key" })
+        );
+        Contract::new().check(&Method::POST, "/v1/keys", &answer);
+    }
+    h.sync().await;
+    let answer = h.get("/v1/customers/acme", &old).await;
+    assert_eq!(
+        answer.status, 200,
+        "the old secret is still A's, in its grace period"
+    );
+    assert_eq!(h.upstream.last().headers["x-keygate-key-id"], id.as_str());
+}
+
+#[tokio::test]
+async fn every_admin_change_is_in_force_on_the_answering_gateway_when_it_answers() {
+    // No periodic sync within the test: only the change's own sync can bring it in.
+    let template = support::STANDARD.replace("sync_interval = \"100ms\"", "sync_interval = \"1h\"");
+    let h = Harness::with_config(&template, "").await;
+    let post = |path: String, body: Option<Value>| {
+        let h = &h;
+        async move {
+            let text = body.map(|b| b.to_string());
+            admin(h, Method::POST, &path, text.as_deref(), None).await
+        }
+    };
+    let status = |key: String| {
+        let h = &h;
+        async move { h.get("/v1/customers/acme", &key).await.status.as_u16() }
+    };
+    let body = json!({ "name": "A", "environment": "production", "permissions": ["customer:read"] });
+    let created = post("/v1/keys".into(), Some(body)).await;
+    assert_eq!(created.status, 201);
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let key = created.json()["key"].as_str().unwrap().to_owned();
+    assert_eq!(status(key.clone()).await, 200, "created");
+
+    assert_eq!(post(format!("/v1/keys/{id}/revoke"), None).await.status, 200);
+    assert_eq!(status(key.clone()).await, 401, "revoked");
+    assert_eq!(post(format!("/v1/keys/{id}/activate"), None).await.status, 200);
+    assert_eq!(status(key.clone()).await, 200, "activated");
+
+    let patch = json!({ "permissions": ["license:read"] }).to_string();
+    let updated = admin(&h, Method::PATCH, &format!("/v1/keys/{id}"), Some(&patch), None).await;
+    assert_eq!(updated.status, 200);
+    assert_eq!(status(key.clone()).await, 403, "updated");
+
+    let regenerated = post(format!("/v1/keys/{id}/regenerate"), None).await;
+    let new = regenerated.json()["key"].as_str().unwrap().to_owned();
+    assert_eq!(status(key).await, 401, "regenerated: the old secret stops");
+    assert_eq!(status(new.clone()).await, 403, "regenerated: the new one works");
+
+    let deleted = admin(&h, Method::DELETE, &format!("/v1/keys/{id}"), None, None).await;
+    assert_eq!(deleted.status, 204);
+    assert_eq!(status(new).await, 401, "deleted");
+
+    let imported = json!({ "name": "B", "environment": "production", "permissions": ["*"], "key": "legacy-secret-0123456789" });
+    assert_eq!(post("/v1/keys".into(), Some(imported)).await.status, 201);
+    assert_eq!(status("legacy-secret-0123456789".into()).await, 200, "imported");
+}

@@ -330,7 +330,7 @@ fn import_file_takes_many_keys_all_or_none() {
                 r#"{"key": "legacy-secret-number-one", "name": "y", "environment": "production"}"#,
             ],
             1,
-            "stored key",
+            "already in use",
         ),
     ] {
         let path = write("bad.jsonl", &lines);
@@ -442,4 +442,136 @@ async fn a_key_created_by_the_cli_reaches_a_running_gateway() {
         seen,
         "the gateway did not pick up a key created by another process"
     );
+}
+
+#[test]
+fn a_secret_cannot_belong_to_two_keys_not_even_during_a_grace_period() {
+    let s = setup();
+    let a = s.json(&["create", "--name", "A", "--env", "prod"]);
+    let a_id = a["id"].as_str().unwrap();
+    let old = a["key"].as_str().unwrap();
+    let regenerated = s.json(&["regenerate", a_id, "--grace", "10m"]);
+    let new = regenerated["key"].as_str().unwrap();
+    for secret in [old, new] {
+        let output = s.keys_with_stdin(
+            &["import", "--name", "B", "--env", "production", "--perm", "*"],
+            Some(&format!("{secret}\n")),
+        );
+        assert_eq!(code(&output), 1, "{}", String::from_utf8_lossy(&output.stderr));
+        let stderr = one_line_stderr(&output);
+        assert_eq!(stderr.trim(), "keygate: this secret is already in use");
+        assert!(!stderr.contains(a_id), "the holder is not named: {stderr}");
+    }
+    let file = s.config.parent().unwrap().join("keys.jsonl");
+    let line = serde_json::json!({ "key": old, "name": "B", "environment": "production" });
+    std::fs::write(&file, line.to_string()).unwrap();
+    let output = s.keys(&["import-file", file.to_str().unwrap()]);
+    assert_eq!(code(&output), 1);
+    assert!(one_line_stderr(&output).contains("this secret is already in use"));
+    assert_eq!(s.json(&["list"]).as_array().unwrap().len(), 1, "no key B");
+}
+
+/// Runs `keygate serve` until it exits, or kills it after `deadline` (then `None`).
+fn serve_exit(config: &Path, deadline: Duration) -> Option<Output> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env_remove("KEYGATE_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = std::time::Instant::now() + deadline;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > end {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
+const SERVE_ON: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[store]
+url = "sqlite://{store}"
+[[upstream]]
+name = "api"
+url = "http://127.0.0.1:7001"
+[[route]]
+name = "api"
+path = "/"
+upstream = "api"
+"#;
+
+#[test]
+fn serve_refuses_a_store_that_does_not_exist_and_says_how_to_create_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    for (store, says) in [("keys.db", "the store "), ("unmounted/keys.db", "the folder ")] {
+        std::fs::write(&config, SERVE_ON.replace("{store}", store)).unwrap();
+        let output = serve_exit(&config, Duration::from_secs(20)).expect("serve exits");
+        assert_eq!(code(&output), 1);
+        let stderr = one_line_stderr(&output);
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(says) && stderr.contains("does not exist"),
+            "{stderr}"
+        );
+        let init = format!("keygate store init --config {}", config.display());
+        assert!(stderr.contains(&init), "{stderr}");
+        assert!(!dir.path().join(store).exists(), "no empty store was made");
+
+        let listed = keygate(&["keys", "--config", config.to_str().unwrap(), "list"], None);
+        assert_eq!(code(&listed), 1);
+        assert!(one_line_stderr(&listed).contains("does not exist"));
+        assert!(!dir.path().join(store).exists(), "list makes no store either");
+    }
+    // store init makes the file, not a folder that a volume should have brought.
+    let init = keygate(&["store", "init", "--config", config.to_str().unwrap()], None);
+    assert_eq!(code(&init), 1);
+    let stderr = one_line_stderr(&init);
+    assert!(
+        stderr.contains("the folder ") && stderr.contains("create it first"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("unmounted").exists());
+    let help = keygate(&["serve", "--help"], None);
+    assert!(String::from_utf8_lossy(&help.stdout).contains("keygate store init"));
+}
+
+#[cfg(unix)]
+#[test]
+fn a_store_is_created_on_purpose_and_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let s = setup();
+    let config = s.config.to_str().unwrap();
+    let store = s.config.parent().unwrap().join("keys.db");
+    let init = keygate(&["store", "init", "--config", config], None);
+    assert_eq!(code(&init), 0, "{}", String::from_utf8_lossy(&init.stderr));
+    assert!(String::from_utf8_lossy(&init.stdout).contains("created"));
+    assert_eq!(mode(&store), 0o600);
+    let again = keygate(&["store", "init", "--config", config], None);
+    assert_eq!(code(&again), 0, "init is safe to run again");
+    assert!(String::from_utf8_lossy(&again.stdout).contains("exists"));
+    assert_eq!(s.json(&["list"]), serde_json::json!([]));
+
+    // The first key makes the store too, with the same mode, and SQLite's side files follow it.
+    let other = setup();
+    other.json(&["create", "--name", "first", "--env", "dev"]);
+    let store = other.config.parent().unwrap().join("keys.db");
+    assert_eq!(mode(&store), 0o600);
+    let writer = rusqlite::Connection::open(&store).unwrap();
+    writer
+        .execute("UPDATE meta SET value = value WHERE name = 'revision'", [])
+        .unwrap();
+    for side in ["keys.db-wal", "keys.db-shm"] {
+        assert_eq!(mode(&store.with_file_name(side)), 0o600, "{side}");
+    }
 }

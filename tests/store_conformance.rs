@@ -186,7 +186,7 @@ fn a_secret_belongs_to_one_key_current_or_in_grace(store: &Store) {
         .unwrap();
     let mut twin = new_key(2, Environment::Production, t(0));
     twin.hash = KeyHash([1; 32]);
-    assert!(matches!(store.insert(&twin, AUDIT), Err(StoreError::Conflict(_))));
+    assert!(matches!(store.insert(&twin, AUDIT), Err(StoreError::SecretInUse)));
 
     // Regenerated with a grace period: the old secret still answers for key 1 ...
     store
@@ -198,7 +198,7 @@ fn a_secret_belongs_to_one_key_current_or_in_grace(store: &Store) {
         })
         .unwrap();
     // ... so no other key may take it, by import or by its own change.
-    assert!(matches!(store.insert(&twin, AUDIT), Err(StoreError::Conflict(_))));
+    assert!(matches!(store.insert(&twin, AUDIT), Err(StoreError::SecretInUse)));
     store
         .insert(&new_key(3, Environment::Production, t(0)), AUDIT)
         .unwrap();
@@ -206,13 +206,13 @@ fn a_secret_belongs_to_one_key_current_or_in_grace(store: &Store) {
         key.hash = KeyHash([1; 32]);
         Ok(())
     });
-    assert!(matches!(taken, Err(StoreError::Conflict(_))), "{taken:?}");
+    assert!(matches!(taken, Err(StoreError::SecretInUse)), "{taken:?}");
     let grace_taken = store.modify("key_conformance00003", audit("regenerated"), None, &mut |key| {
         key.previous_hash = Some(KeyHash([101; 32]));
         Ok(())
     });
     assert!(
-        matches!(grace_taken, Err(StoreError::Conflict(_))),
+        matches!(grace_taken, Err(StoreError::SecretInUse)),
         "{grace_taken:?}"
     );
     assert_eq!(
@@ -330,7 +330,7 @@ fn a_batch_goes_in_whole_or_not_at_all(store: &Store) {
     clashing.push(new_key(1, Environment::Production, t(0)));
     assert!(matches!(
         store.insert_many(&clashing, AUDIT),
-        Err(StoreError::Conflict(_))
+        Err(StoreError::Conflict(_) | StoreError::SecretInUse)
     ));
     assert!(store.get("key_conformance00004").unwrap().is_none());
     assert_eq!(store.revision().unwrap(), start + 3);
@@ -388,7 +388,7 @@ const SUITE: &[Conformance] = &[
 fn sqlite_passes_the_suite() {
     for (name, test) in SUITE {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<Store> = Arc::new(SqliteStore::open(&dir.path().join("keys.db")).unwrap());
+        let store: Arc<Store> = Arc::new(SqliteStore::create(&dir.path().join("keys.db")).unwrap());
         eprintln!("sqlite: {name}");
         test(&*store);
     }

@@ -38,7 +38,7 @@ pub fn run() -> Result<(), Failure> {
         );
         let config = crate::config::parse(&config_text, dir.path())
             .map_err(|e| Failure::Runtime(format!("the built-in dev config is invalid: {e}")))?;
-        let store = store::open(&config.store.url).map_err(|e| Failure::Runtime(e.to_string()))?;
+        let store = store::create(&config.store.url).map_err(|e| Failure::Runtime(e.to_string()))?;
         let service = KeyService::new(store, Hasher::unkeyed(), system_clock(), Actor::Cli);
         let demo = service.create(demo_key())?;
         let admin_token = crate::core::key::new_key_id().replace("key_", "adm_");
@@ -48,6 +48,7 @@ pub fn run() -> Result<(), Failure> {
             clock: system_clock(),
         };
         let gateway = Gateway::start(config, options).await?;
+        gateway.loaded().await;
         print_welcome(&gateway, &demo.key, &admin_token);
         serve_until_stopped(gateway, None).await
     })

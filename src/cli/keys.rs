@@ -11,9 +11,10 @@ use ipnet::IpNet;
 use jiff::Timestamp;
 
 use super::output;
+use super::store::Create;
 use super::Failure;
 use crate::control::keys::{KeyError, KeyPatch, KeyRequest, KeyService, KeySpec, MAX_PAGE};
-use crate::control::store::{self, Actor, KeyFilter};
+use crate::control::store::{Actor, KeyFilter};
 use crate::core::clock::system_clock;
 use crate::core::environment::Environment;
 use crate::core::key::{KeyStatus, RateLimitSpec};
@@ -204,7 +205,12 @@ pub fn run(args: KeysArgs) -> Result<(), Failure> {
         .ok_or_else(|| Failure::Usage("--config FILE is required (or set KEYGATE_CONFIG)".into()))?;
     let config = super::serve::load(&path)?;
     let hasher = hasher_from_env(&config)?;
-    let store = store::open(&config.store.url).map_err(|e| Failure::Runtime(e.to_string()))?;
+    // The commands that add keys may make the store they add them to; the rest need one.
+    let create = match args.command {
+        KeysCommand::Create(_) | KeysCommand::Import(_) | KeysCommand::ImportFile { .. } => Create::IfMissing,
+        _ => Create::Never,
+    };
+    let store = super::store::open(&config, &path, create)?;
     let service = KeyService::new(store, hasher, system_clock(), Actor::Cli);
     let json = args.json;
     match args.command {

@@ -5,6 +5,7 @@ mod dev;
 mod keys;
 mod output;
 mod serve;
+mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +27,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gateway.
+    ///
+    /// The store the config names must exist: a missing store file is an error, not an empty
+    /// store (a volume that did not mount must not look like a store without keys). Create it
+    /// once with `keygate store init --config FILE` (or by adding the first key with `keygate
+    /// keys create` or `keys import`).
     Serve {
         /// The gateway.toml to run with.
         #[arg(long, short, env = "KEYGATE_CONFIG", required_unless_present = "dev")]
@@ -41,6 +47,19 @@ enum Command {
     },
     /// Manage API keys in the store the config names (running gateway or not).
     Keys(Box<keys::KeysArgs>),
+    /// Manage the store itself.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Create the store the config names, empty, readable by its owner only (0600); on an
+    /// existing store, bring its schema up to date. Safe to run again.
+    Init {
+        #[arg(long, short, env = "KEYGATE_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 /// What went wrong, and so which exit code.
@@ -82,6 +101,7 @@ pub fn main() -> ExitCode {
         }
         Command::Check { config } => serve::check(&config),
         Command::Keys(args) => keys::run(*args),
+        Command::Store(StoreCommand::Init { config }) => store::init(&config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

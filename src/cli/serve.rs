@@ -6,6 +6,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::{runtime, Failure};
 use crate::config::{self, Config};
+use crate::control::store::{self, StoreError};
 use crate::gateway::{Gateway, Options};
 
 pub fn load(path: &Path) -> Result<Config, Failure> {
@@ -25,6 +26,10 @@ pub fn check(path: &Path) -> Result<(), Failure> {
 
 pub fn run(path: std::path::PathBuf) -> Result<(), Failure> {
     let config = load(&path)?;
+    // Before anything binds: a store that is not there is the operator's to create.
+    if let Err(error @ StoreError::Missing(_)) = store::exists(&config.store.url) {
+        return Err(super::store::failure(error, &config, &path));
+    }
     runtime(config.server.worker_threads)?.block_on(async move {
         let options = Options::from_env(&config)?;
         let gateway = Gateway::start(config, options).await?;

@@ -31,6 +31,9 @@ pub enum KeyError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The secret is another key's already; which one is not said.
+    #[error("{}", StoreError::SecretInUse)]
+    SecretInUse,
     #[error(transparent)]
     Store(StoreError),
 }
@@ -47,6 +50,7 @@ impl KeyError {
         match error {
             StoreError::NotFound => KeyError::NotFound(id.to_owned()),
             StoreError::Conflict(why) => KeyError::Conflict(why),
+            StoreError::SecretInUse => KeyError::SecretInUse,
             other => KeyError::Store(other),
         }
     }

@@ -6,9 +6,12 @@
 //! one key of a million rebuilds nothing. A row that cannot be read is logged, counted and
 //! skipped; the rest still apply.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use super::store::{Changes, Store, StoreError, StoredKey};
 use crate::core::clock::Clock;
@@ -20,6 +23,9 @@ use crate::telemetry::Metrics;
 
 /// Rows read per store query: bounds the memory a full load needs beside the table itself.
 const BATCH: usize = 10_000;
+/// Waits between attempts of the first load.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct KeySync {
     store: Arc<Store>,
@@ -29,6 +35,13 @@ pub struct KeySync {
     clock: Clock,
     /// Keys mostly share a few permission sets; each distinct set is kept once.
     interned: Mutex<HashMap<Vec<Permission>, Arc<PermissionSet>>>,
+    /// Held through a sync: the periodic one and those the admin API runs after a change take
+    /// turns, so an older read of a key never lands after a newer one.
+    running: Mutex<()>,
+    /// The store file was replaced: the next sync loads the whole table again.
+    reload_pending: AtomicBool,
+    /// The store's [`Store::generation`] the table reflects.
+    generation: AtomicU64,
 }
 
 impl KeySync {
@@ -46,28 +59,94 @@ impl KeySync {
             metrics,
             clock,
             interned: Mutex::default(),
+            running: Mutex::default(),
+            reload_pending: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         }
     }
 
     /// Pulls and applies the changes since the table's revision. Blocking: call it from a
     /// blocking thread.
+    ///
+    /// First it checks that the store's path still names the file it has open: a file renamed
+    /// over it is another store, whose revisions say nothing about this table's, so it is
+    /// reopened and the whole table reloaded from it. A path that names nothing any more is a
+    /// failed sync: the table keeps serving what it has.
     pub fn sync_once(&self) -> Result<usize, StoreError> {
-        let mut applied = 0;
-        loop {
-            let changes = self
-                .store
-                .changes_since(self.table.revision(), BATCH)
-                .inspect_err(|_| self.metrics.store_sync_errors.inc())?;
-            let more = changes.more;
-            applied += self.apply(changes);
-            if !more {
-                break;
+        let _turn = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.check_file().and_then(|()| {
+            if self.reload_pending.load(Ordering::Acquire) {
+                self.reload()
+            } else {
+                self.pull(self.table.revision(), |_| {})
             }
-        }
+        });
+        let applied = result.inspect_err(|error| {
+            self.metrics.store_sync_errors.inc();
+            self.status.record_failure(error.to_string());
+        })?;
         let now_ms = self.clock.now().as_millisecond();
         self.status.record_success(now_ms);
         self.metrics.key_table_last_sync.set(now_ms as f64 / 1000.0);
         Ok(applied)
+    }
+
+    /// Notices a replaced store file, whichever operation reopened it (this check, or a write
+    /// through the admin API in between), and schedules the whole table's reload.
+    fn check_file(&self) -> Result<(), StoreError> {
+        self.store.reopen_if_replaced()?;
+        let generation = self.store.generation();
+        let seen = self.generation.swap(generation, Ordering::AcqRel);
+        if generation != seen {
+            self.metrics
+                .store_reopened
+                .inc_by(generation.saturating_sub(seen));
+            tracing::error!(
+                "the store file was replaced under the running gateway; reopened it, reloading the whole key table"
+            );
+            self.reload_pending.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Applies every change after `revision`, batch by batch, showing each changed key's seq
+    /// to `seen`; how many.
+    fn pull(&self, mut revision: u64, mut seen: impl FnMut(u64)) -> Result<usize, StoreError> {
+        let mut applied = 0;
+        loop {
+            let changes = self.store.changes_since(revision, BATCH)?;
+            let more = changes.more;
+            revision = changes.revision;
+            changes.keys.iter().for_each(|key| seen(key.seq));
+            applied += self.apply(changes);
+            if !more {
+                return Ok(applied);
+            }
+        }
+    }
+
+    /// Loads the whole store again, then drops the keys the table holds that it does not.
+    fn reload(&self) -> Result<usize, StoreError> {
+        let mut seen = HashSet::new();
+        let applied = self.pull(0, |seq| {
+            seen.insert(seq);
+        })?;
+        let mut gone = Vec::new();
+        self.table.for_each(|key| {
+            if !seen.contains(&key.seq) {
+                gone.push(key.seq);
+            }
+        });
+        for seq in &gone {
+            self.table.remove(*seq);
+        }
+        self.reload_pending.store(false, Ordering::Release);
+        tracing::info!(
+            keys = self.table.len(),
+            dropped = gone.len(),
+            "key table reloaded"
+        );
+        Ok(applied + gone.len())
     }
 
     fn apply(&self, changes: Changes) -> usize {
@@ -78,7 +157,16 @@ impl KeySync {
         let applied = changes.keys.len();
         for key in changes.keys {
             match self.auth_key(&key) {
-                Some(auth) => self.table.upsert(auth),
+                Some(auth) => {
+                    let upserted = self.table.upsert(auth);
+                    if upserted.contested > 0 {
+                        self.metrics.key_hash_conflicts.inc_by(upserted.contested as u64);
+                        tracing::error!(
+                            key_id = %key.id,
+                            "a secret of this key is another key's too; neither key is admitted with it"
+                        );
+                    }
+                }
                 None => self.table.remove(key.seq),
             }
         }
@@ -127,14 +215,18 @@ impl KeySync {
         set
     }
 
-    /// Syncs on each announced change and every `interval`, until the task is dropped.
-    /// Failures are logged and counted; the table keeps serving what it has.
-    pub async fn run(self: Arc<Self>, interval: Duration) {
+    /// Loads the table (see [`KeySync::load`]), then syncs on each change the store announces
+    /// and every `interval`, until the task is dropped. Failures are logged and counted; the
+    /// table keeps serving what it has.
+    pub async fn run(self: Arc<Self>, interval: Duration, loaded: watch::Sender<bool>) {
+        // Subscribed before the load, so a change committed during it still wakes the sync.
+        let mut announced = self.store.change_feed();
+        self.load().await;
+        let _ = loaded.send(true);
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick is immediate, and the gateway has just loaded the table.
+        // The first tick is immediate, and the table has just been loaded.
         ticker.tick().await;
-        let mut announced = self.store.change_feed();
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
@@ -149,6 +241,32 @@ impl KeySync {
                 Ok(Err(error)) => tracing::warn!(%error, "key sync failed; serving the last table"),
                 Err(panic) => tracing::error!(%panic, "key sync task failed"),
             }
+        }
+    }
+
+    /// The first load, tried until the store answers: a store locked or unreachable at start
+    /// delays readiness, it does not stop the gateway. Waits 100 ms after the first failure,
+    /// doubling up to 5 s.
+    async fn load(self: &Arc<Self>) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let started = std::time::Instant::now();
+            let sync = self.clone();
+            match tokio::task::spawn_blocking(move || sync.sync_once()).await {
+                Ok(Ok(_)) => {
+                    let (keys, revision) = (self.table.len(), self.table.revision());
+                    tracing::info!(keys, revision, elapsed = ?started.elapsed(), "key table loaded");
+                    return;
+                }
+                Ok(Err(error)) => tracing::error!(
+                    %error,
+                    retry_in = ?backoff,
+                    "cannot load the key table; not ready until it loads"
+                ),
+                Err(panic) => tracing::error!(%panic, "key table load task failed"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 }
@@ -205,7 +323,7 @@ mod tests {
     #[test]
     fn a_load_larger_than_a_batch_arrives_whole_and_at_the_store_revision() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(&dir.path().join("k.db")).unwrap());
+        let store = Arc::new(SqliteStore::create(&dir.path().join("k.db")).unwrap());
         store.insert_many(&keys(0, BATCH * 2 + 3), AUDIT).unwrap();
         let table = Arc::new(KeyTable::default());
         let sync = KeySync::new(
@@ -224,9 +342,42 @@ mod tests {
     }
 
     #[test]
+    fn rows_that_share_a_secret_past_the_store_guard_admit_neither_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let store = Arc::new(SqliteStore::create(&path).unwrap());
+        store.insert_many(&keys(0, 2), AUDIT).unwrap();
+        // Rows written straight into the file by something that removed the guard first.
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.execute_batch(
+            "DROP TRIGGER keys_secrets_update; \
+             UPDATE meta SET value = value + 1 WHERE name = 'revision'; \
+             UPDATE keys SET previous_hash = (SELECT hash FROM keys WHERE id = 'key_0'), \
+             grace_until = 4000000000, revision = (SELECT value FROM meta WHERE name = 'revision') \
+             WHERE id = 'key_1';",
+        )
+        .unwrap();
+        let table = Arc::new(KeyTable::default());
+        let metrics = Metrics::new();
+        let sync = KeySync::new(
+            store,
+            table.clone(),
+            Arc::default(),
+            metrics.clone(),
+            system_clock(),
+        );
+        sync.sync_once().unwrap();
+        let shared = Hasher::unkeyed().hash(b"secret-number-00000000");
+        assert!(table.lookup(&shared).is_none(), "neither key_0 nor key_1");
+        let own = Hasher::unkeyed().hash(b"secret-number-00000001");
+        assert!(table.lookup(&own).is_some(), "key_1's own secret still works");
+        assert_eq!(metrics.key_hash_conflicts.get(), 1);
+    }
+
+    #[test]
     fn batches_end_at_their_last_row_until_the_last_one() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("k.db")).unwrap();
+        let store = SqliteStore::create(&dir.path().join("k.db")).unwrap();
         store.insert_many(&keys(0, 5), AUDIT).unwrap();
         let first = store.changes_since(0, 2).unwrap();
         assert_eq!((first.keys.len(), first.more, first.revision), (2, true, 2));

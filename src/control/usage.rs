@@ -1,6 +1,7 @@
 //! Writes the hot path's per-key usage counters to the store in batches (control plane), so
 //! `last_used_at` and daily counts cost no store write per request.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,15 +12,43 @@ use crate::proxy::usage::UsageCounters;
 use crate::telemetry::Metrics;
 
 pub struct UsageFlusher {
-    pub store: Arc<Store>,
-    pub counters: Arc<UsageCounters>,
-    pub metrics: Metrics,
+    store: Arc<Store>,
+    counters: Arc<UsageCounters>,
+    metrics: Metrics,
+    /// The store's [`Store::generation`] the counts were made under.
+    generation: AtomicU64,
 }
 
 impl UsageFlusher {
+    pub fn new(store: Arc<Store>, counters: Arc<UsageCounters>, metrics: Metrics) -> Self {
+        let generation = AtomicU64::new(store.generation());
+        UsageFlusher {
+            store,
+            counters,
+            metrics,
+            generation,
+        }
+    }
+
     /// Writes what has been counted. On failure the counts go back, to be written next time.
+    ///
+    /// Counts are by key sequence number, which means something only within one store file:
+    /// those made before the file was replaced are dropped, not credited to whichever key of
+    /// the new file has the same number.
     pub fn flush(&self) {
+        // Reopens a replaced file now, so the generation below is the one the write goes to.
+        let _ = self.store.reopen_if_replaced();
+        let generation = self.store.generation();
         let counted = self.counters.drain();
+        if self.generation.swap(generation, Ordering::AcqRel) != generation {
+            if !counted.is_empty() {
+                tracing::warn!(
+                    keys = counted.len(),
+                    "key usage counted before the store file was replaced is dropped"
+                );
+            }
+            return;
+        }
         if counted.is_empty() {
             return;
         }
@@ -48,5 +77,67 @@ impl UsageFlusher {
             let flusher = self.clone();
             let _ = tokio::task::spawn_blocking(move || flusher.flush()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::Timestamp;
+
+    use super::*;
+    use crate::control::store::{Actor, Audit, NewKey, SqliteStore};
+    use crate::core::environment::Environment;
+    use crate::core::secret::Hasher;
+
+    fn store_with_one_key(path: &std::path::Path, secret: &str) -> SqliteStore {
+        let store = SqliteStore::create(path).unwrap();
+        let key = NewKey {
+            id: format!("key_{secret}"),
+            name: secret.into(),
+            environment: Environment::Production,
+            hash: Hasher::unkeyed().hash(secret.as_bytes()),
+            prefix: "pfx_".into(),
+            permissions: Vec::new(),
+            rate_limit: None,
+            customer_id: None,
+            allowed_ips: Vec::new(),
+            expires_at: None,
+            metadata: serde_json::Map::new(),
+            now: Timestamp::now(),
+        };
+        let audit = Audit {
+            actor: Actor::Cli,
+            event: "created",
+        };
+        store.insert(&key, audit).unwrap();
+        store
+    }
+
+    #[test]
+    fn usage_counted_before_the_store_file_was_replaced_is_not_credited_to_the_new_files_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.db");
+        let store = Arc::new(store_with_one_key(&path, "old-secret"));
+        let counters = Arc::new(UsageCounters::default());
+        let flusher = UsageFlusher::new(store.clone(), counters.clone(), Metrics::new());
+        let now = Timestamp::now().as_second();
+        counters.record(1, false, now, false);
+        flusher.flush();
+        assert_eq!(store.usage("key_old-secret").unwrap().total_requests, 1);
+
+        counters.record(1, false, now, false);
+        let restored = dir.path().join("restored.db");
+        drop(store_with_one_key(&restored, "new-secret"));
+        std::fs::rename(&restored, &path).unwrap();
+        flusher.flush();
+        assert_eq!(store.usage("key_new-secret").unwrap().total_requests, 0);
+
+        counters.record(1, false, now, false);
+        flusher.flush();
+        assert_eq!(
+            store.usage("key_new-secret").unwrap().total_requests,
+            1,
+            "counts since go in"
+        );
     }
 }

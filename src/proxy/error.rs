@@ -137,8 +137,11 @@ pub enum Refusal {
     TooManyHeaders,
     /// The request URI is longer than `server.max_uri_bytes`.
     UriTooLong,
-    /// The key table is older than `store.max_staleness`: fail closed.
-    Stale,
+    /// The key table is older than `store.max_staleness` (or not loaded yet): fail closed.
+    /// `retry_after`: whole seconds, at least 1 (a sync interval).
+    Stale {
+        retry_after: u64,
+    },
     Upstream(UpstreamFailure),
 }
 
@@ -167,6 +170,14 @@ pub fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Bod
 }
 
 impl Refusal {
+    /// Stale, to be tried again after one sync interval: whole seconds, rounded up, at least 1.
+    pub fn stale(sync_interval: std::time::Duration) -> Refusal {
+        let seconds = sync_interval.as_millis().div_ceil(1000).max(1);
+        Refusal::Stale {
+            retry_after: u64::try_from(seconds).unwrap_or(u64::MAX),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -177,7 +188,7 @@ impl Refusal {
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
-            Refusal::Stale => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Stale { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             Refusal::Upstream(UpstreamFailure::Connect | UpstreamFailure::Reset) => StatusCode::BAD_GATEWAY,
         }
@@ -197,7 +208,7 @@ impl Refusal {
             | Refusal::RateLimited { .. }
             | Refusal::TooLarge
             | Refusal::UriTooLong
-            | Refusal::Stale
+            | Refusal::Stale { .. }
             | Refusal::Upstream(_) => false,
         }
     }
@@ -220,7 +231,7 @@ impl Refusal {
             Refusal::TooLarge => TOO_LARGE.into(),
             Refusal::TooManyHeaders => HEADERS_TOO_LARGE.into(),
             Refusal::UriTooLong => URI_TOO_LONG.into(),
-            Refusal::Stale => UNAVAILABLE.into(),
+            Refusal::Stale { .. } => UNAVAILABLE.into(),
             Refusal::Upstream(UpstreamFailure::Timeout) => GATEWAY_TIMEOUT.into(),
             Refusal::Upstream(UpstreamFailure::Connect | UpstreamFailure::Reset) => BAD_GATEWAY.into(),
         };
@@ -232,7 +243,9 @@ impl Refusal {
             Refusal::Unauthenticated(_) => {
                 headers.insert(WWW_AUTHENTICATE, www_authenticate.clone());
             }
-            Refusal::IpThrottled { retry_after } | Refusal::RateLimited { retry_after, .. } => {
+            Refusal::IpThrottled { retry_after }
+            | Refusal::RateLimited { retry_after, .. }
+            | Refusal::Stale { retry_after } => {
                 headers.insert(RETRY_AFTER, super::limits::number(retry_after));
             }
             Refusal::BadRequest(_)
@@ -242,7 +255,6 @@ impl Refusal {
             | Refusal::TooLarge
             | Refusal::TooManyHeaders
             | Refusal::UriTooLong
-            | Refusal::Stale
             | Refusal::Upstream(_) => {}
         }
         response
@@ -275,7 +287,7 @@ mod tests {
             Refusal::TooLarge,
             Refusal::TooManyHeaders,
             Refusal::UriTooLong,
-            Refusal::Stale,
+            Refusal::stale(std::time::Duration::from_secs(1)),
             Refusal::Upstream(UpstreamFailure::Connect),
             Refusal::Upstream(UpstreamFailure::Timeout),
             Refusal::Upstream(UpstreamFailure::Reset),
@@ -321,6 +333,22 @@ mod tests {
         for refusal in every_refusal() {
             let closes = matches!(refusal, Refusal::BadRequest(_) | Refusal::TooManyHeaders);
             assert_eq!(refusal.closes_connection(), closes, "{refusal:?}");
+        }
+    }
+
+    #[test]
+    fn a_stale_table_is_retried_after_a_sync_interval_in_whole_seconds_at_least_one() {
+        for (interval_ms, seconds) in [
+            (0, "1"),
+            (100, "1"),
+            (1000, "1"),
+            (1500, "2"),
+            (3_600_000, "3600"),
+        ] {
+            let response = Refusal::stale(std::time::Duration::from_millis(interval_ms))
+                .into_response(&HeaderValue::from_static("Basic realm=\"k\""));
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()[RETRY_AFTER], seconds, "{interval_ms} ms");
         }
     }
 }

@@ -384,16 +384,16 @@ fn check_permission(route: &RouteState, key: &AuthKey, method: &http::Method) ->
     }
 }
 
-/// Fails closed once the key table is older than `store.max_staleness`.
+/// Fails closed until the key table is loaded (try again in a second), and once it is older
+/// than `store.max_staleness` (try again after a sync interval).
 pub(crate) fn check_freshness(shared: &Shared, snapshot: &Snapshot) -> Result<(), Refusal> {
-    let Some(max) = snapshot.config.store.max_staleness else {
-        return Ok(());
-    };
-    let age_ms = shared.clock.now().as_millisecond() - shared.sync.last_success_ms();
-    if age_ms > max.as_millis() as i64 {
-        return Err(Refusal::Stale);
+    if !shared.sync.is_loaded() {
+        return Err(Refusal::stale(Duration::ZERO));
     }
-    Ok(())
+    match shared.staleness(&snapshot.config) {
+        None => Ok(()),
+        Some(_) => Err(Refusal::stale(snapshot.config.store.sync_interval)),
+    }
 }
 
 /// Step 9, its first half: the request as the upstream gets it, and which upstream.
@@ -513,7 +513,7 @@ fn refuse(shared: &Shared, snapshot: &Snapshot, ctx: &mut Context, refusal: Refu
         Refusal::TooLarge => "body_too_large",
         Refusal::TooManyHeaders => "too_many_headers",
         Refusal::UriTooLong => "uri_too_long",
-        Refusal::Stale => "stale_key_table",
+        Refusal::Stale { .. } => "stale_key_table",
         Refusal::Upstream(failure) => failure.as_str(),
     });
     refusal.into_response(&snapshot.www_authenticate)

@@ -2,7 +2,7 @@
 //! long-lived shared state (key table, limits, usage counters, metrics) that outlives reloads.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
 use http::header::{HeaderName, HeaderValue};
@@ -179,12 +179,24 @@ pub struct SyncStatus {
     loaded: AtomicBool,
     /// Unix milliseconds of the last successful sync.
     last_success_ms: AtomicI64,
+    /// Why the last sync failed, until one succeeds (for `/readyz`; never read on the hot path).
+    last_error: Mutex<Option<String>>,
 }
 
 impl SyncStatus {
     pub fn record_success(&self, now_ms: i64) {
         self.last_success_ms.store(now_ms, Ordering::Release);
         self.loaded.store(true, Ordering::Release);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    pub fn record_failure(&self, why: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    /// Why the last sync failed, if it did.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Whether the key table has been loaded once.
@@ -271,6 +283,14 @@ impl Shared {
     /// Counts an authenticated request of `key` (`previous`: with its pre-regeneration secret).
     pub fn record_use(&self, key: &AuthKey, previous: bool, now: i64, per_key_metric: bool) {
         self.usage.record(key.seq, previous, now, per_key_metric);
+    }
+
+    /// How old the key table is, in milliseconds, when that is past `store.max_staleness`
+    /// (the gateway then fails closed); `None` while it is fresh enough or without a limit.
+    pub fn staleness(&self, config: &Config) -> Option<i64> {
+        let max = config.store.max_staleness?;
+        let age_ms = self.clock.now().as_millisecond() - self.sync.last_success_ms();
+        (age_ms > max.as_millis() as i64).then_some(age_ms)
     }
 
     /// Installs a new config; requests already running finish with the old one.

@@ -4,14 +4,22 @@
 //! constant time. A key being regenerated with a grace period is indexed under both hashes.
 //! The control plane's sync writes single keys in O(1) ([`KeyTable::upsert`],
 //! [`KeyTable::remove`]); readers never wait on more than one shard's short write.
+//!
+//! One hash, one key: the store refuses a secret that another key holds, but the table does
+//! not count on it (a store written by an older keygate, by hand, or two rows met mid-sync). A
+//! hash that two keys claim is *contested*: it is indexed for neither until only one claims it
+//! again. Failing closed for both is the one safe choice: the table cannot tell which key the
+//! secret's holder was meant to be, and letting either win would admit a caller with another
+//! key's permissions. The key's other secret (current or previous) keeps working.
 
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use ipnet::IpNet;
-use rustc_hash::FxBuildHasher;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use crate::core::environment::Environment;
 use crate::core::key::RateLimitSpec;
@@ -80,6 +88,11 @@ impl AuthKey {
     }
 }
 
+/// Every hash a key authenticates with: its current secret's, and the previous one's.
+fn hashes(key: &AuthKey) -> impl Iterator<Item = KeyHash> {
+    std::iter::once(key.hash).chain(key.previous().map(|p| p.hash))
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct PreviousSecret {
     pub hash: KeyHash,
@@ -144,7 +157,18 @@ pub struct KeyTable {
     by_hash: DashMap<Index, Arc<AuthKey>, BuildHasherDefault<PassThrough>>,
     /// Sequence numbers are ours, not a client's: a fast hash needs no defence against floods.
     by_seq: DashMap<u64, Arc<AuthKey>, FxBuildHasher>,
+    /// Hashes that more than one key claims, with the keys that claim them; indexed for none.
+    /// Empty but for a faulty store. Held for the whole of a write, so writers take turns (the
+    /// hot path never takes it).
+    contested: Mutex<FxHashMap<Index, Vec<u64>>>,
     revision: AtomicU64,
+}
+
+/// What an upsert could not index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Upserted {
+    /// Hashes of the key that another key holds too: indexed for neither.
+    pub contested: usize,
 }
 
 impl Default for KeyTable {
@@ -158,6 +182,7 @@ impl KeyTable {
         KeyTable {
             by_hash: DashMap::with_capacity_and_hasher_and_shard_amount(keys, Default::default(), SHARDS),
             by_seq: DashMap::with_capacity_and_hasher_and_shard_amount(keys, FxBuildHasher, SHARDS),
+            contested: Mutex::default(),
             revision: AtomicU64::new(0),
         }
     }
@@ -173,30 +198,91 @@ impl KeyTable {
     }
 
     /// Inserts or replaces one key, dropping whatever hashes its older version was indexed by.
-    pub fn upsert(&self, key: AuthKey) {
+    /// A hash another key holds is not indexed for either (see the module doc).
+    pub fn upsert(&self, key: AuthKey) -> Upserted {
+        let mut contested = self.contested();
         let key = Arc::new(key);
-        if let Some(old) = self.by_seq.insert(key.seq, key.clone()) {
-            self.unindex(&old);
+        let old = self.by_seq.insert(key.seq, key.clone());
+        let mut upserted = Upserted::default();
+        // The new hashes first, so a hash both versions hold is never free in between.
+        for hash in hashes(&key) {
+            if !self.index(&mut contested, hash, &key) {
+                upserted.contested += 1;
+            }
         }
-        self.by_hash.insert(Index::from(&key.hash), key.clone());
-        if let Some(previous) = key.previous() {
-            self.by_hash.insert(Index::from(&previous.hash), key.clone());
+        if let Some(old) = old {
+            for hash in hashes(&old).filter(|h| !hashes(&key).any(|new| new == *h)) {
+                self.unindex(&mut contested, hash, &old);
+            }
         }
+        upserted
     }
 
     pub fn remove(&self, seq: u64) {
+        let mut contested = self.contested();
         if let Some((_, old)) = self.by_seq.remove(&seq) {
-            self.unindex(&old);
+            for hash in hashes(&old) {
+                self.unindex(&mut contested, hash, &old);
+            }
         }
     }
 
-    /// Removes the hash entries that still point at `old` (and only those: another key may
-    /// have taken a hash over since).
-    fn unindex(&self, old: &Arc<AuthKey>) {
-        let hashes = std::iter::once(old.hash).chain(old.previous().map(|p| p.hash));
-        for hash in hashes {
+    fn contested(&self) -> MutexGuard<'_, FxHashMap<Index, Vec<u64>>> {
+        // The map is consistent between statements; a panic cannot leave it half-written.
+        self.contested
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Indexes `hash` for `key`; false when another key claims it (now or before).
+    fn index(&self, contested: &mut FxHashMap<Index, Vec<u64>>, hash: KeyHash, key: &Arc<AuthKey>) -> bool {
+        let index = Index::from(&hash);
+        if let Some(claims) = contested.get_mut(&index) {
+            if !claims.contains(&key.seq) {
+                claims.push(key.seq);
+            }
+            return false;
+        }
+        match self.by_hash.entry(index) {
+            Entry::Occupied(held) if held.get().seq != key.seq => {
+                let (_, holder) = held.remove_entry();
+                contested.insert(index, vec![holder.seq, key.seq]);
+                false
+            }
+            Entry::Occupied(mut held) => {
+                held.insert(key.clone());
+                true
+            }
+            Entry::Vacant(free) => {
+                free.insert(key.clone());
+                true
+            }
+        }
+    }
+
+    /// Drops `old`'s claim on `hash`: its entry, if it still points at `old` (another key may
+    /// have taken the hash over since). A contested hash goes to the one key left claiming it,
+    /// if that key still holds it.
+    fn unindex(&self, contested: &mut FxHashMap<Index, Vec<u64>>, hash: KeyHash, old: &Arc<AuthKey>) {
+        let index = Index::from(&hash);
+        let Some(claims) = contested.get_mut(&index) else {
             self.by_hash
-                .remove_if(&Index::from(&hash), |_, current| Arc::ptr_eq(current, old));
+                .remove_if(&index, |_, current| Arc::ptr_eq(current, old));
+            return;
+        };
+        claims.retain(|seq| *seq != old.seq);
+        match claims[..] {
+            [] => {
+                contested.remove(&index);
+            }
+            [last] => {
+                contested.remove(&index);
+                let holder = self.by_seq.get(&last).map(|entry| entry.value().clone());
+                if let Some(holder) = holder.filter(|key| hashes(key).any(|h| h == hash)) {
+                    self.by_hash.insert(index, holder);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -299,6 +385,39 @@ mod tests {
         table.upsert(key(1, "new-secret-0123456", None));
         assert_eq!(find(&table, "old-secret-0123456"), None);
         assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_hash_two_keys_claim_admits_neither_until_one_lets_go() {
+        let table = KeyTable::default();
+        table.upsert(key(1, "a-new-secret-01234", Some("a-old-secret-01234")));
+        let upserted = table.upsert(key(2, "a-old-secret-01234", None));
+        assert_eq!(upserted.contested, 1);
+        assert_eq!(find(&table, "a-old-secret-01234"), None, "neither key");
+        assert_eq!(find(&table, "a-new-secret-01234"), Some((1, Secret::Current)));
+        // A change to either that keeps the hash keeps it contested.
+        assert_eq!(table.upsert(key(2, "a-old-secret-01234", None)).contested, 1);
+        assert_eq!(find(&table, "a-old-secret-01234"), None);
+        // Key 1's grace ends: the hash is key 2's alone.
+        assert_eq!(table.upsert(key(1, "a-new-secret-01234", None)).contested, 0);
+        assert_eq!(find(&table, "a-old-secret-01234"), Some((2, Secret::Current)));
+        assert_eq!(find(&table, "a-new-secret-01234"), Some((1, Secret::Current)));
+    }
+
+    #[test]
+    fn a_contested_hash_goes_to_the_key_left_when_the_other_is_removed() {
+        let table = KeyTable::default();
+        table.upsert(key(1, "shared-secret-0123", None));
+        table.upsert(key(2, "shared-secret-0123", None));
+        table.upsert(key(3, "shared-secret-0123", None));
+        assert_eq!(find(&table, "shared-secret-0123"), None);
+        table.remove(1);
+        assert_eq!(find(&table, "shared-secret-0123"), None, "still two claim it");
+        table.remove(3);
+        assert_eq!(find(&table, "shared-secret-0123"), Some((2, Secret::Current)));
+        table.remove(2);
+        assert_eq!(find(&table, "shared-secret-0123"), None);
+        assert!(table.contested().is_empty());
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub struct Metrics {
     pub key_table_revision: IntGauge,
     pub key_table_last_sync: Gauge,
     pub store_sync_errors: IntCounter,
+    /// Times the store file was found replaced under a running gateway and reopened.
+    pub store_reopened: IntCounter,
+    /// Secrets the key table refused because another key holds the same hash.
+    pub key_hash_conflicts: IntCounter,
     pub upstream_errors: IntCounterVec,
     /// Rate-limit checks decided locally because the shared backend (Redis) did not answer.
     pub rate_limit_fallback: IntCounter,
@@ -186,6 +190,16 @@ impl Metrics {
                 r,
                 "keygate_webhook_abandoned_total",
                 "Lifecycle webhooks given up after the last retry",
+            ),
+            store_reopened: counter(
+                r,
+                "keygate_store_reopened_total",
+                "Times the store file was replaced under the gateway and opened again",
+            ),
+            key_hash_conflicts: counter(
+                r,
+                "keygate_key_hash_conflicts_total",
+                "Key secrets not admitted because another key holds the same hash",
             ),
             log_lines_dropped: counter(
                 r,

@@ -202,7 +202,7 @@ impl Harness {
         let config = keygate::config::parse(&text, dir.path()).unwrap_or_else(|e| panic!("{e}"));
         let clock = ManualClock::new(jiff::Timestamp::now());
         let shared_clock: Clock = Arc::new(clock.clone());
-        let store = store::open(&config.store.url).unwrap();
+        let store = store::create(&config.store.url).unwrap();
         let keys = KeyService::new(store, Hasher::unkeyed(), shared_clock.clone(), store::Actor::Cli);
         let options = Options {
             hasher: Hasher::unkeyed(),
@@ -210,6 +210,7 @@ impl Harness {
             clock: shared_clock,
         };
         let gateway = Gateway::start(config, options).await.unwrap();
+        loaded(&gateway).await;
         Harness {
             gateway,
             upstream,
@@ -394,6 +395,15 @@ impl Harness {
             admin_token: Some(ADMIN_TOKEN.into()),
             clock: Arc::new(self.clock.clone()),
         };
-        Gateway::start(config, options).await.unwrap()
+        let gateway = Gateway::start(config, options).await.unwrap();
+        loaded(&gateway).await;
+        gateway
     }
+}
+
+/// Waits (with a deadline) until the gateway's key table has loaded.
+pub async fn loaded(gateway: &Gateway) {
+    tokio::time::timeout(Duration::from_secs(30), gateway.loaded())
+        .await
+        .expect("the key table loads within 30 s");
 }

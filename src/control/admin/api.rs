@@ -75,6 +75,11 @@ impl From<KeyError> for ApiError {
                 message: why,
                 field: None,
             },
+            KeyError::SecretInUse => ApiError {
+                status: StatusCode::CONFLICT,
+                message: error.to_string(),
+                field: Some("key".into()),
+            },
             KeyError::Store(error) => {
                 tracing::error!(%error, "admin API: store failed");
                 ApiError::status(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
@@ -115,7 +120,7 @@ async fn dispatch(admin: &Admin, request: Request<Incoming>) -> Answer {
         (["keys", id], &Method::PATCH) => update(admin, id.to_string(), request).await,
         (["keys", id], &Method::DELETE) => {
             let id = id.to_string();
-            blocking(admin, move |keys| keys.delete(&id))
+            changing(admin, move |keys| keys.delete(&id))
                 .await
                 .map(|()| no_content())
         }
@@ -123,14 +128,14 @@ async fn dispatch(admin: &Admin, request: Request<Incoming>) -> Answer {
         (["keys", id, "revoke"], &Method::POST) => {
             let id = id.to_string();
             read_empty(request).await?;
-            blocking(admin, move |keys| keys.revoke(&id))
+            changing(admin, move |keys| keys.revoke(&id))
                 .await
                 .map(|key| ok(&key))
         }
         (["keys", id, "activate"], &Method::POST) => {
             let id = id.to_string();
             read_empty(request).await?;
-            blocking(admin, move |keys| keys.activate(&id))
+            changing(admin, move |keys| keys.activate(&id))
                 .await
                 .map(|key| ok(&key))
         }
@@ -209,6 +214,25 @@ async fn blocking<T: Send + 'static>(
             ))
         }
     }
+}
+
+/// Like [`blocking`] for a change: once it is in the store, this gateway's key table takes it
+/// before the answer goes out, so a key revoked here is refused here from the next request on.
+/// (Other gateways take it at their next sync.) If that sync fails, the change stands and is
+/// answered as made; the failure is logged and counted, and the periodic sync brings it in.
+async fn changing<T: Send + 'static>(
+    admin: &Admin,
+    call: impl FnOnce(&KeyService) -> Result<T, KeyError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let sync = admin.sync.clone();
+    blocking(admin, move |keys| {
+        let changed = call(keys)?;
+        if let Err(error) = sync.sync_once() {
+            tracing::error!(%error, "admin API: change stored, but not yet in force on this gateway");
+        }
+        Ok(changed)
+    })
+    .await
 }
 
 /// Reads a JSON body of at most [`MAX_BODY`] bytes into `T`; an empty body reads as `{}`.
@@ -441,12 +465,12 @@ async fn create(admin: &Admin, request: Request<Incoming>) -> Answer {
     let (spec, secret) = body.into_spec(admin.shared.clock.now())?;
     match secret {
         None => {
-            let created = blocking(admin, move |keys| keys.create(spec)).await?;
+            let created = changing(admin, move |keys| keys.create(spec)).await?;
             Ok(with_status(StatusCode::CREATED, &created))
         }
         Some(secret) => {
             let secret = Secret::import(secret).map_err(|e| ApiError::bad("key", e))?;
-            let imported = blocking(admin, move |keys| keys.import(spec, secret)).await?;
+            let imported = changing(admin, move |keys| keys.import(spec, secret)).await?;
             Ok(with_status(StatusCode::CREATED, &imported))
         }
     }
@@ -489,7 +513,7 @@ async fn update(admin: &Admin, id: String, request: Request<Incoming>) -> Answer
         expires_at: body.expires_at,
         metadata: body.metadata.map(Option::unwrap_or_default),
     };
-    let key = blocking(admin, move |keys| keys.update(&id, patch)).await?;
+    let key = changing(admin, move |keys| keys.update(&id, patch)).await?;
     Ok(ok(&key))
 }
 
@@ -506,7 +530,7 @@ async fn regenerate(admin: &Admin, id: String, request: Request<Incoming>) -> An
         .grace
         .map(|text| parse_duration(&text).map_err(|e| ApiError::bad("grace", e.to_string())))
         .transpose()?;
-    let regenerated = blocking(admin, move |keys| keys.regenerate(&id, grace)).await?;
+    let regenerated = changing(admin, move |keys| keys.regenerate(&id, grace)).await?;
     Ok(ok(&regenerated))
 }
 

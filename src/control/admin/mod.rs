@@ -22,6 +22,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::control::keys::KeyService;
+use crate::control::sync::KeySync;
 use crate::core::environment::Environment;
 use crate::core::key::KeyStatus;
 use crate::core::secret::{Hasher, KeyHash};
@@ -35,15 +36,18 @@ const PROMETHEUS: HeaderValue = HeaderValue::from_static("text/plain; version=0.
 pub struct Admin {
     shared: Arc<Shared>,
     keys: KeyService,
+    /// Run after every change, so the change is in force on this gateway when it answers.
+    sync: Arc<KeySync>,
     /// BLAKE3 of the admin token: compared in constant time, whatever the lengths.
     token: Option<KeyHash>,
 }
 
 impl Admin {
-    pub fn new(shared: Arc<Shared>, keys: KeyService, token: Option<String>) -> Self {
+    pub fn new(shared: Arc<Shared>, keys: KeyService, sync: Arc<KeySync>, token: Option<String>) -> Self {
         Admin {
             shared,
             keys,
+            sync,
             token: token.map(|token| Hasher::unkeyed().hash(token.as_bytes())),
         }
     }
@@ -89,29 +93,48 @@ impl Admin {
         }
     }
 
+    /// 200 once the key table is loaded and, with `store.max_staleness`, no older than that:
+    /// ready means the data plane admits keys. Otherwise 503 with the reason.
     fn readyz(&self) -> Response<AdminBody> {
         let shared = &self.shared;
-        let ready = shared.sync.is_loaded();
-        let age = ready.then(|| {
-            let ms = shared.clock.now().as_millisecond() - shared.sync.last_success_ms();
-            ms.max(0) as f64 / 1000.0
-        });
+        let loaded = shared.sync.is_loaded();
+        let age_ms = shared.clock.now().as_millisecond() - shared.sync.last_success_ms();
+        let config = shared.snapshot.load().config.clone();
+        let last_error = shared.sync.last_error();
+        let reason = if !loaded {
+            Some(match &last_error {
+                Some(error) if error.starts_with("store unavailable") => error.clone(),
+                Some(error) => format!("store unavailable: {error}"),
+                None => "key table not loaded yet".to_owned(),
+            })
+        } else {
+            shared.staleness(&config).map(|age_ms| {
+                let max = config.store.max_staleness.unwrap_or_default();
+                format!(
+                    "key table is {:.1}s old, past store.max_staleness ({}s): the proxy answers 503",
+                    age_ms as f64 / 1000.0,
+                    max.as_secs_f64()
+                )
+            })
+        };
         // Ready whether limits are shared or not: a replica limiting locally still serves.
         let rate_limit = match &shared.shared_limits {
             None => serde_json::json!({ "backend": "local" }),
             Some(limits) => serde_json::json!({ "backend": "redis", "shared": limits.is_shared() }),
         };
         let body = serde_json::json!({
-            "ready": ready,
+            "ready": reason.is_none(),
+            "reason": reason,
             "key_table_revision": shared.keys.revision(),
             "keys": shared.keys.len(),
-            "last_sync_age_seconds": age,
+            "last_sync_age_seconds": loaded.then(|| age_ms.max(0) as f64 / 1000.0),
+            "max_staleness_seconds": config.store.max_staleness.map(|max| max.as_secs_f64()),
+            "last_sync_error": last_error,
             "rate_limit": rate_limit,
         });
-        let status = if ready {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
+        let status = match reason {
+            None => StatusCode::OK,
+            Some(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         json(status, body.to_string().into())
     }

@@ -4,7 +4,7 @@
 //! [`Store`] and the [`model`] types.
 //!
 //! Both stores are synchronous and are called from blocking threads (`spawn_blocking`, the
-//! CLI), never from async tasks.
+//! CLI); the PostgreSQL one also copes with a caller inside a runtime.
 
 pub mod model;
 mod postgres;
@@ -30,6 +30,13 @@ pub enum StoreError {
     NotFound,
     #[error("{0}")]
     Conflict(String),
+    /// The secret of a change is another key's, current or in its grace period. The message
+    /// names no key: whoever tries a secret must not learn which key holds it.
+    #[error("this secret is already in use")]
+    SecretInUse,
+    /// The store does not exist (or the folder it would be in): it is created only on purpose.
+    #[error("{0}")]
+    Missing(String),
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error("store holds an unreadable row: {0}")]
@@ -42,12 +49,40 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// Opens the store a config names.
+/// Opens the existing store a config names; a missing one is [`StoreError::Missing`].
 pub fn open(url: &crate::config::StoreUrl) -> Result<Arc<Store>, StoreError> {
-    Ok(match url {
-        crate::config::StoreUrl::Sqlite(path) => Arc::new(SqliteStore::open(Path::new(path))?),
-        crate::config::StoreUrl::Postgres(url) => Arc::new(PgStore::open(url)?),
-    })
+    match url {
+        crate::config::StoreUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::open(Path::new(path))?)),
+        crate::config::StoreUrl::Postgres(url) => Ok(Arc::new(PgStore::open(url)?)),
+    }
+}
+
+/// The existing store a config names, opened by the key sync's first attempt that can (a
+/// gateway starts while its store is locked); a missing one is [`StoreError::Missing`].
+pub fn open_later(url: &crate::config::StoreUrl) -> Result<Arc<Store>, StoreError> {
+    match url {
+        crate::config::StoreUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::open_later(Path::new(path))?)),
+        crate::config::StoreUrl::Postgres(url) => Ok(Arc::new(PgStore::open_later(url)?)),
+    }
+}
+
+/// Opens the store a config names, creating it first when it does not exist: the explicit acts
+/// of `keygate store init` and of the commands that add keys.
+pub fn create(url: &crate::config::StoreUrl) -> Result<Arc<Store>, StoreError> {
+    match url {
+        crate::config::StoreUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::create(Path::new(path))?)),
+        // The database is the operator's to create; its tables are created on first open.
+        crate::config::StoreUrl::Postgres(url) => Ok(Arc::new(PgStore::open(url)?)),
+    }
+}
+
+/// Whether the store a config names exists, without opening it: [`StoreError::Missing`] when
+/// it does not.
+pub fn exists(url: &crate::config::StoreUrl) -> Result<(), StoreError> {
+    match url {
+        crate::config::StoreUrl::Sqlite(path) => sqlite::exists(Path::new(path)),
+        crate::config::StoreUrl::Postgres(_) => Ok(()),
+    }
 }
 
 /// Writes the seam once: the trait, and each backend's implementation of it by its own
@@ -64,10 +99,30 @@ macro_rules! seam {
             fn change_feed(&self) -> Option<watch::Receiver<u64>> {
                 None
             }
+
+            /// Opens a store not open yet, and reopens one whose file was replaced under it:
+            /// true when it was (a file store's concern; a database server's store is never
+            /// replaced under its clients).
+            fn reopen_if_replaced(&self) -> Result<bool, StoreError> {
+                Ok(false)
+            }
+
+            /// How many times the store was reopened because it was replaced.
+            fn generation(&self) -> u64 {
+                0
+            }
         }
 
         impl KeyStore for SqliteStore {
             $( fn $name(&self $(, $arg: $ty)*) -> $ret { SqliteStore::$name(self $(, $arg)*) } )*
+
+            fn reopen_if_replaced(&self) -> Result<bool, StoreError> {
+                SqliteStore::reopen_if_replaced(self)
+            }
+
+            fn generation(&self) -> u64 {
+                SqliteStore::generation(self)
+            }
         }
 
         impl KeyStore for PgStore {

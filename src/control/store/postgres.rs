@@ -128,18 +128,21 @@ const LISTEN_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Durati
 
 pub struct PgStore {
     pool: Pool,
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
     runtime: Option<tokio::runtime::Runtime>,
     handle: tokio::runtime::Handle,
-    /// The channel this store's changes are announced on (one per schema, so stores in
-    /// different schemas of one database do not wake each other).
-    channel: String,
-    changes: watch::Receiver<u64>,
+    /// Set once the schema is up to date and the listener started: the channel this store's
+    /// changes are announced on (one per schema, so stores in different schemas of one
+    /// database do not wake each other).
+    ready: tokio::sync::OnceCell<String>,
+    changes: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore")
-            .field("channel", &self.channel)
+            .field("channel", &self.ready.get())
             .finish_non_exhaustive()
     }
 }
@@ -176,12 +179,17 @@ fn postgres_error(error: &tokio_postgres::Error) -> String {
     }
 }
 
-/// A unique-constraint violation as a conflict; other errors as they are.
+/// A unique-constraint violation as a conflict: a clash of ids says `why`, a clash of secrets
+/// (the keys' hash column, or the trigger that guards every secret) names no key. Other errors
+/// as they are.
 fn conflict(error: tokio_postgres::Error, why: &str) -> StoreError {
-    if error.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-        return StoreError::Conflict(why.to_owned());
+    if error.code() != Some(&SqlState::UNIQUE_VIOLATION) {
+        return error.into();
     }
-    error.into()
+    match error.as_db_error().and_then(|db| db.constraint()) {
+        Some("keys_id_key") => StoreError::Conflict(why.to_owned()),
+        _ => StoreError::SecretInUse,
+    }
 }
 
 impl PgStore {
@@ -189,6 +197,15 @@ impl PgStore {
     /// [`crate::config::validate::postgres_url`] reads it: TLS always verifies the server),
     /// brings its schema up to date under an advisory lock, and starts listening for changes.
     pub fn open(url: &str) -> Result<Self, StoreError> {
+        let store = Self::open_later(url)?;
+        store.run(async { Ok(()) })?;
+        Ok(store)
+    }
+
+    /// The store at `url`, connected by its first operation, which also brings the schema up
+    /// to date and starts the listener: a gateway starts while its database is unreachable and
+    /// answers "not ready" until then. Fails only on a URL it cannot use.
+    pub fn open_later(url: &str) -> Result<Self, StoreError> {
         let config = crate::config::validate::postgres_url(url).map_err(StoreError::Unavailable)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -212,28 +229,47 @@ impl PgStore {
             .create_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|e| StoreError::Unavailable(format!("PostgreSQL pool: {e}")))?;
-        let opening = async {
-            let mut client = pool.get().await?;
-            migrate(&mut client).await?;
-            let schema: String = client.query_one("SELECT current_schema()", &[]).await?.get(0);
-            Ok::<_, StoreError>(format!("keygate_changes_{}", schema.replace('"', "")))
-        };
-        let channel = block_on(&handle, opening)?;
-        let (tx, changes) = watch::channel(0);
-        handle.spawn(listen(config, tls, channel.clone(), tx));
         Ok(PgStore {
             pool,
+            config,
+            tls,
             runtime: Some(runtime),
             handle,
-            channel,
-            changes,
+            ready: tokio::sync::OnceCell::new(),
+            changes: watch::channel(0).0,
         })
     }
 
-    /// Revisions announced by `NOTIFY`, as they commit anywhere. The value is only a wake-up:
-    /// the reader still reads the changes since the last revision it saw.
+    /// Brings the schema up to date and starts the listener, once.
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.ready
+            .get_or_try_init(|| async {
+                let mut client = self.pool.get().await?;
+                migrate(&mut client).await?;
+                let schema: String = client.query_one("SELECT current_schema()", &[]).await?.get(0);
+                let channel = format!("keygate_changes_{}", schema.replace('"', ""));
+                self.handle.spawn(listen(
+                    self.config.clone(),
+                    self.tls.clone(),
+                    channel.clone(),
+                    self.changes.clone(),
+                ));
+                Ok::<_, StoreError>(channel)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The channel changes are announced on; set by [`Self::ready`], which every operation
+    /// runs first.
+    fn channel(&self) -> &str {
+        self.ready.get().map_or("", String::as_str)
+    }
+
+    /// Wakes on each change announced by `NOTIFY`, as it commits anywhere. Only a wake-up: the
+    /// reader still reads the changes since the last revision it saw.
     pub fn change_feed(&self) -> watch::Receiver<u64> {
-        self.changes.clone()
+        self.changes.subscribe()
     }
 
     /// Runs `work` on the store's runtime, giving up after [`OPERATION_TIMEOUT`]: a database
@@ -243,6 +279,10 @@ impl PgStore {
         &self,
         work: impl Future<Output = Result<T, StoreError>> + Send,
     ) -> Result<T, StoreError> {
+        let work = async {
+            self.ready().await?;
+            work.await
+        };
         block_on(&self.handle, async {
             match tokio::time::timeout(OPERATION_TIMEOUT, work).await {
                 Ok(result) => result,
@@ -266,7 +306,7 @@ impl PgStore {
                 "a key with this secret or id exists already",
             )
             .await?;
-            announce(&tx, &self.channel, revision).await?;
+            announce(&tx, self.channel(), revision).await?;
             let stored = select_one(&tx, &key.id).await?.ok_or(StoreError::NotFound)?;
             tx.commit().await?;
             Ok(stored)
@@ -312,7 +352,7 @@ impl PgStore {
             if let Some(payload) = webhook {
                 enqueue(&tx, payload, key.updated_at).await?;
             }
-            announce(&tx, &self.channel, key.revision).await?;
+            announce(&tx, self.channel(), key.revision).await?;
             tx.commit().await?;
             Ok(key)
         })
@@ -732,7 +772,7 @@ impl PgStore {
             let last = start + keys.len() as i64;
             tx.execute("UPDATE meta SET value = $1 WHERE name = 'revision'", &[&last])
                 .await?;
-            announce(&tx, &self.channel, last as u64).await?;
+            announce(&tx, self.channel(), last as u64).await?;
             tx.commit().await?;
             Ok(())
         })
@@ -845,9 +885,6 @@ async fn listen(
             Err(error) => {
                 tracing::warn!(error = %postgres_error(&error), retry_in = ?backoff, "PostgreSQL change listener cannot connect");
             }
-        }
-        if changes.is_closed() {
-            return;
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(LISTEN_BACKOFF.1);

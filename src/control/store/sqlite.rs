@@ -6,7 +6,8 @@
 //! Usage counters are written beside the keys without bumping the revision: they do not change
 //! what the gateway admits.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -21,78 +22,54 @@ use super::StoreError;
 use crate::core::key::{KeyStatus, StoredStatus};
 use crate::core::secret::KeyHash;
 
-/// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[
-    r#"
-    CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-    INSERT INTO meta (name, value) VALUES ('revision', 0);
-    CREATE TABLE keys (
-        seq INTEGER PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
-        name TEXT NOT NULL,
-        environment TEXT NOT NULL,
-        hash BLOB NOT NULL UNIQUE,
-        prefix TEXT NOT NULL,
-        permissions TEXT NOT NULL,
-        rate_limit TEXT,
-        customer_id TEXT,
-        allowed_ips TEXT NOT NULL,
-        expires_at INTEGER,
-        status TEXT NOT NULL,
-        created_at INTEGER NOT NULL,
-        updated_at INTEGER NOT NULL,
-        last_used_at INTEGER,
-        previous_hash BLOB,
-        grace_until INTEGER,
-        previous_last_used_at INTEGER,
-        metadata TEXT NOT NULL,
-        revision INTEGER NOT NULL
-    );
-    CREATE INDEX keys_revision ON keys (revision);
-    CREATE INDEX keys_customer ON keys (customer_id);
-    CREATE TABLE key_usage (
-        key_seq INTEGER NOT NULL REFERENCES keys (seq),
-        day TEXT NOT NULL,
-        requests INTEGER NOT NULL,
-        PRIMARY KEY (key_seq, day)
-    ) WITHOUT ROWID;
-"#,
-    r#"
-    ALTER TABLE keys ADD COLUMN idle_from INTEGER;
-    CREATE TABLE key_events (
-        id INTEGER PRIMARY KEY,
-        key_id TEXT NOT NULL,
-        at INTEGER NOT NULL,
-        actor TEXT NOT NULL,
-        event TEXT NOT NULL,
-        changes TEXT NOT NULL
-    );
-    CREATE INDEX key_events_key ON key_events (key_id, id);
-    CREATE TABLE idle_warnings (
-        key_seq INTEGER NOT NULL REFERENCES keys (seq),
-        deadline INTEGER NOT NULL,
-        threshold INTEGER NOT NULL,
-        sent_at INTEGER NOT NULL,
-        PRIMARY KEY (key_seq, deadline, threshold)
-    ) WITHOUT ROWID;
-    CREATE TABLE webhook_outbox (
-        id INTEGER PRIMARY KEY,
-        payload TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at INTEGER NOT NULL,
-        created_at INTEGER NOT NULL
-    );
-    CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until_ms INTEGER NOT NULL);
-"#,
-];
-
 pub(super) const COLUMNS: &str =
     "seq, id, name, environment, hash, prefix, permissions, rate_limit, customer_id, \
      allowed_ips, expires_at, status, created_at, updated_at, last_used_at, previous_hash, grace_until, \
      previous_last_used_at, metadata, revision, idle_from";
 
+#[path = "sqlite_file.rs"]
+mod file;
+#[path = "sqlite_schema.rs"]
+mod schema;
+
+pub(super) use file::exists;
+use file::{create_file, file_id, open_connection, set_aside_old_log, Files, MEMORY};
+#[cfg(test)]
+use schema::MIGRATIONS;
+
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    /// `None` until the file could be opened (see [`SqliteStore::open_later`]), and between
+    /// closing a replaced file and opening its successor.
+    conn: Mutex<Option<Connection>>,
+    /// The file's path; `None` in memory.
+    path: Option<PathBuf>,
+    /// The files the connection has open, to tell whether the path still names them. Locked
+    /// before `conn` when both are.
+    files: Mutex<Files>,
+    /// How many times a replaced file has been reopened, for the key sync to notice whichever
+    /// operation found it.
+    generation: AtomicU64,
+}
+
+/// A held, open connection.
+struct Conn<'a>(MutexGuard<'a, Option<Connection>>);
+
+impl std::ops::Deref for Conn<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.0
+            .as_ref()
+            .expect("SqliteStore::conn hands out only open connections")
+    }
+}
+
+impl std::ops::DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.0
+            .as_mut()
+            .expect("SqliteStore::conn hands out only open connections")
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -102,37 +79,122 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and brings its schema up to date.
+    /// Opens the existing database file and brings its schema up to date. A missing file is
+    /// [`StoreError::Missing`], never a new empty store: a volume that did not mount must not
+    /// look like a store without keys. `:memory:` opens a private in-memory store (tests).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let mut conn = Connection::open(path).map_err(|e| {
-            StoreError::Unavailable(format!("cannot open SQLite store {}: {e}", path.display()))
-        })?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        migrate(&mut conn)?;
+        let conn = open_connection(path)?;
+        let in_memory = path == Path::new(MEMORY);
         Ok(SqliteStore {
-            conn: Mutex::new(conn),
+            conn: Mutex::new(Some(conn)),
+            path: (!in_memory).then(|| path.to_owned()),
+            files: Mutex::new(Files::of(path)),
+            generation: AtomicU64::new(0),
         })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    /// The store at the existing file `path`, opened at the first [`Self::reopen_if_replaced`]
+    /// that can: a gateway starts while its store is locked or unreadable, and answers "not
+    /// ready" until then. Until it opens, every operation fails as unavailable.
+    pub fn open_later(path: &Path) -> Result<Self, StoreError> {
+        exists(path)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(None),
+            path: Some(path.to_owned()),
+            files: Mutex::new(Files { db: None, wal: None }),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    /// Opens the file if it is not open yet, and checks that the path still names the file
+    /// this store has open. When another file has been renamed over it (a restore, a replaced
+    /// volume), closes the old one and opens the new: true. When the path names nothing any
+    /// more, [`StoreError::Missing`], and the store keeps the old file open rather than create
+    /// an empty one.
+    pub fn reopen_if_replaced(&self) -> Result<bool, StoreError> {
+        let Some(path) = &self.path else {
+            return Ok(false);
+        };
+        let now = match std::fs::metadata(path) {
+            Ok(meta) => file_id(&meta),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Missing(format!(
+                    "the store file {} is gone (deleted or moved away)",
+                    path.display()
+                )))
+            }
+            Err(error) => {
+                return Err(StoreError::Unavailable(format!(
+                    "cannot read {}: {error}",
+                    path.display()
+                )))
+            }
+        };
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conn = self.lock();
+        if now == files.db && conn.is_some() {
+            return Ok(false);
+        }
+        let replaced = files.db.is_some() && now != files.db;
+        // The old file is closed first; until the new one opens, every operation fails as
+        // unavailable, and the next check tries again.
+        if let Some(old) = conn.take() {
+            if let Err((_, error)) = old.close() {
+                tracing::warn!(%error, "closing the replaced store file failed");
+            }
+        }
+        if replaced {
+            set_aside_old_log(path, files.wal);
+        }
+        *conn = Some(open_connection(path)?);
+        *files = Files::of(path);
+        if replaced {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(replaced)
+    }
+
+    /// How many times a replaced store file has been reopened (by any operation).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Creates the database file, readable by its owner only, unless it exists; then opens it.
+    /// SQLite gives its `-wal` and `-shm` files the database file's mode.
+    pub fn create(path: &Path) -> Result<Self, StoreError> {
+        if path != Path::new(MEMORY) {
+            create_file(path)?;
+        }
+        Self::open(path)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Connection>> {
         // A panic while holding the lock leaves SQLite consistent (transactions roll back on drop).
         self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The open connection, held. Every operation first checks that the path still names the
+    /// open file (one `stat`): a store replaced under a running gateway is reopened before it is
+    /// read or written, and a deleted one fails every operation rather than have changes land in
+    /// a file nothing will read again.
+    fn conn(&self) -> Result<Conn<'_>, StoreError> {
+        self.reopen_if_replaced()?;
+        let guard = self.lock();
+        if guard.is_none() {
+            let path = self.path.as_deref().unwrap_or(Path::new(MEMORY));
+            return Err(StoreError::Unavailable(format!(
+                "the store {} is not open (yet)",
+                path.display()
+            )));
+        }
+        Ok(Conn(guard))
+    }
+
     pub fn insert(&self, key: &NewKey, audit: Audit) -> Result<StoredKey, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let revision = next_revision(&tx)?;
-        insert_row(
-            &tx,
-            key,
-            revision,
-            audit,
-            "a key with this secret or id exists already",
-        )?;
+        insert_row(&tx, key, revision, audit, "a key with this id exists already")?;
         let stored = select_one(&tx, "id = ?1", &key.id)?.ok_or(StoreError::NotFound)?;
         tx.commit()?;
         Ok(stored)
@@ -140,7 +202,7 @@ impl SqliteStore {
 
     /// The key with this id, deleted or not.
     pub fn get(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
-        select_one(&self.conn(), "id = ?1", id)
+        select_one(&*self.conn()?, "id = ?1", id)
     }
 
     /// Reads the key, lets `change` edit it, and writes it back with a new revision, all in one
@@ -153,7 +215,7 @@ impl SqliteStore {
         webhook: Option<&str>,
         change: &mut (dyn FnMut(&mut StoredKey) -> Result<(), StoreError> + Send),
     ) -> Result<StoredKey, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut key = select_one(&tx, "id = ?1", id)?
             .filter(|key| key.status != StoredStatus::Deleted)
@@ -172,7 +234,7 @@ impl SqliteStore {
 
     /// A key's audit trail, oldest first, from after event `after` on. Kept for deleted keys.
     pub fn events(&self, id: &str, after: u64, limit: usize) -> Result<Vec<KeyEvent>, StoreError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let exists: bool = conn.query_row("SELECT EXISTS (SELECT 1 FROM keys WHERE id = ?1)", [id], |r| {
             r.get(0)
         })?;
@@ -226,7 +288,7 @@ impl SqliteStore {
             Some(KeyStatus::Revoked) => "status = 'revoked'",
             Some(KeyStatus::Deleted) => "status = 'deleted'",
         };
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM keys WHERE {status} AND seq > ?3 \
              AND (?1 IS NULL OR environment = ?1) AND (?2 IS NULL OR customer_id = ?2) ORDER BY seq LIMIT ?5"
@@ -250,7 +312,7 @@ impl SqliteStore {
     /// may be more, the store's revision (read in the same snapshot) when this was the last
     /// batch.
     pub fn changes_since(&self, revision: u64, limit: usize) -> Result<Changes, StoreError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let tx = conn.unchecked_transaction()?;
         let current: i64 =
             tx.query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| r.get(0))?;
@@ -285,7 +347,7 @@ impl SqliteStore {
 
     /// Adds counted requests to the daily totals and moves `last_used_at` forward.
     pub fn record_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for delta in deltas {
             let seq = delta.seq as i64;
@@ -320,7 +382,7 @@ impl SqliteStore {
 
     /// Usage history of a key, deleted or not.
     pub fn usage(&self, id: &str) -> Result<Usage, StoreError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let (seq, last_used_at): (i64, Option<i64>) = conn
             .query_row("SELECT seq, last_used_at FROM keys WHERE id = ?1", [id], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -348,7 +410,7 @@ impl SqliteStore {
     /// The current store revision.
     pub fn revision(&self) -> Result<u64, StoreError> {
         let value: i64 =
-            self.conn()
+            self.conn()?
                 .query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| r.get(0))?;
         Ok(value as u64)
     }
@@ -362,7 +424,7 @@ impl SqliteStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<IdleKey>, StoreError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare_cached(
             "SELECT seq, id, name, environment, last_used_at, \
              MAX(COALESCE(idle_from, created_at), COALESCE(last_used_at, 0), \
@@ -411,7 +473,7 @@ impl SqliteStore {
         now: Timestamp,
         webhook: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let inserted = tx.execute(
             "INSERT OR IGNORE INTO idle_warnings (key_seq, deadline, threshold, sent_at) VALUES (?1, ?2, ?3, ?4)",
@@ -428,7 +490,7 @@ impl SqliteStore {
 
     /// When the first idle warning for this deadline went out, if one did.
     pub fn first_warning_at(&self, seq: u64, deadline: Timestamp) -> Result<Option<Timestamp>, StoreError> {
-        let seconds: Option<i64> = self.conn().query_row(
+        let seconds: Option<i64> = self.conn()?.query_row(
             "SELECT MIN(sent_at) FROM idle_warnings WHERE key_seq = ?1 AND deadline = ?2",
             params![seq as i64, deadline.as_second()],
             |r| r.get(0),
@@ -438,12 +500,12 @@ impl SqliteStore {
 
     /// Queues a webhook payload for delivery.
     pub fn enqueue_webhook(&self, payload: &str, now: Timestamp) -> Result<(), StoreError> {
-        enqueue(&self.conn(), payload, now)
+        enqueue(&*self.conn()?, payload, now)
     }
 
     /// Webhook deliveries due at `now`, oldest first.
     pub fn due_webhooks(&self, now: Timestamp, limit: usize) -> Result<Vec<PendingWebhook>, StoreError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare_cached(
             "SELECT id, payload, attempts FROM webhook_outbox WHERE next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
         )?;
@@ -465,7 +527,7 @@ impl SqliteStore {
         now: Timestamp,
         until: Timestamp,
     ) -> Result<Option<PendingWebhook>, StoreError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let claimed = conn
             .prepare_cached(
                 "UPDATE webhook_outbox SET next_attempt_at = ?2 WHERE id = \
@@ -485,14 +547,14 @@ impl SqliteStore {
 
     /// Removes a delivered (or abandoned) webhook from the outbox.
     pub fn webhook_done(&self, id: u64) -> Result<(), StoreError> {
-        self.conn()
+        self.conn()?
             .execute("DELETE FROM webhook_outbox WHERE id = ?1", [id as i64])?;
         Ok(())
     }
 
     /// Counts a failed attempt and sets when to try again.
     pub fn webhook_retry_at(&self, id: u64, attempts: u32, at: Timestamp) -> Result<(), StoreError> {
-        self.conn().execute(
+        self.conn()?.execute(
             "UPDATE webhook_outbox SET attempts = ?2, next_attempt_at = ?3 WHERE id = ?1",
             params![id as i64, attempts as i64, at.as_millisecond()],
         )?;
@@ -511,7 +573,7 @@ impl SqliteStore {
         let until = now
             .as_millisecond()
             .saturating_add(ttl.as_millis().min(i64::MAX as u128) as i64);
-        let changed = self.conn().execute(
+        let changed = self.conn()?.execute(
             "INSERT INTO leases (name, holder, until_ms) VALUES (?1, ?2, ?3) \
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms \
              WHERE leases.holder = excluded.holder OR leases.until_ms < ?4",
@@ -523,12 +585,12 @@ impl SqliteStore {
     /// Inserts many keys in one transaction, all or none, each with its own revision and audit
     /// record: bulk imports from another system, benchmarks.
     pub fn insert_many(&self, keys: &[NewKey], audit: Audit) -> Result<(), StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let start: i64 = tx.query_row("SELECT value FROM meta WHERE name = 'revision'", [], |r| r.get(0))?;
         for (i, key) in keys.iter().enumerate() {
             let revision = (start + 1 + i as i64) as u64;
-            let why = "a key in the batch has the secret or id of a stored key";
+            let why = "a key in the batch has the id of a stored key";
             insert_row(&tx, key, revision, audit, why)?;
         }
         tx.execute(
@@ -540,8 +602,8 @@ impl SqliteStore {
     }
 }
 
-/// Inserts one new key row at `revision` with its creation's audit record; a clash with a
-/// stored secret or id is a conflict saying `clash`.
+/// Inserts one new key row at `revision` with its creation's audit record; a secret in use is
+/// [`StoreError::SecretInUse`], a clash of ids a conflict saying `clash`.
 fn insert_row(
     tx: &Transaction<'_>,
     key: &NewKey,
@@ -573,31 +635,20 @@ fn insert_row(
     record_event(tx, &key.id, audit, key.now, new_key_fields(key))
 }
 
-/// A unique-constraint violation as a conflict; other errors as they are.
+/// A unique-constraint violation as a conflict: on a secret's hash (`keys.hash`,
+/// `secret_hashes.hash`) [`StoreError::SecretInUse`], on anything else one saying `why`; other
+/// errors as they are.
 fn conflict(error: rusqlite::Error, why: &str) -> StoreError {
     match error {
-        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-            StoreError::Conflict(why.to_owned())
+        rusqlite::Error::SqliteFailure(f, message) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+            if message.is_some_and(|m| m.ends_with(".hash")) {
+                StoreError::SecretInUse
+            } else {
+                StoreError::Conflict(why.to_owned())
+            }
         }
         other => other.into(),
     }
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let applied: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if applied as usize > MIGRATIONS.len() {
-        return Err(StoreError::Unavailable(format!(
-            "the store's schema version {applied} is newer than this keygate knows ({}); upgrade keygate",
-            MIGRATIONS.len()
-        )));
-    }
-    for (version, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", version as i64 + 1)?;
-        tx.commit()?;
-    }
-    Ok(())
 }
 
 fn next_revision(tx: &Transaction<'_>) -> Result<u64, StoreError> {
@@ -635,12 +686,7 @@ fn write_back(tx: &Transaction<'_>, key: &StoredKey) -> Result<(), StoreError> {
         key.revision as i64,
         key.idle_from.map(|at| at.as_second()),
     ])
-    .map_err(|e| match e {
-        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-            StoreError::Conflict("a key with this secret exists already".into())
-        }
-        other => other.into(),
-    })?;
+    .map_err(|e| conflict(e, "the change conflicts with another key"))?;
     Ok(())
 }
 
@@ -844,3 +890,7 @@ pub(super) fn instant(seconds: Option<i64>) -> Result<Option<Timestamp>, String>
         .map(|s| Timestamp::from_second(s).map_err(|e| format!("bad timestamp {s}: {e}")))
         .transpose()
 }
+
+#[cfg(test)]
+#[path = "sqlite_tests.rs"]
+mod tests;

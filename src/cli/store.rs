@@ -1,0 +1,81 @@
+//! `keygate store init --config FILE`, and how every command reaches the store: the store is
+//! created only on purpose (`store init`, or a command that adds keys), never because a path
+//! named nothing, so a volume that did not mount is an error and not an empty store.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::Failure;
+use crate::config::{Config, StoreUrl};
+use crate::control::store::{self, Store, StoreError};
+
+/// Whether a command may create the store it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    IfMissing,
+    Never,
+}
+
+/// The store `config` (read from `config_path`) names.
+pub fn open(config: &Config, config_path: &Path, create: Create) -> Result<Arc<Store>, Failure> {
+    let opened = match create {
+        Create::IfMissing => store::create(&config.store.url),
+        Create::Never => store::open(&config.store.url),
+    };
+    opened.map_err(|error| failure(error, config, config_path))
+}
+
+/// A store error as one line; a missing store's says how to create one.
+pub fn failure(error: StoreError, config: &Config, config_path: &Path) -> Failure {
+    let init = format!("keygate store init --config {}", config_path.display());
+    match error {
+        StoreError::Missing(what) if folder_missing(config) => Failure::Runtime(format!(
+            "{what} (is its volume mounted?); to start with an empty store, create the folder, then run: {init}"
+        )),
+        StoreError::Missing(what) => Failure::Runtime(format!(
+            "{what} (is its volume mounted?); to start with an empty store, run: {init}"
+        )),
+        other => Failure::Runtime(other.to_string()),
+    }
+}
+
+/// Whether the folder the store would be in is missing too.
+fn folder_missing(config: &Config) -> bool {
+    match &config.store.url {
+        StoreUrl::Sqlite(path) => path
+            .parent()
+            .is_some_and(|dir| !dir.as_os_str().is_empty() && !dir.exists()),
+        StoreUrl::Postgres(_) => false,
+    }
+}
+
+/// `keygate store init`: creates the store the config names, or brings an existing one's
+/// schema up to date. Safe to run again.
+pub fn init(config_path: &Path) -> Result<(), Failure> {
+    let config = super::serve::load(config_path)?;
+    let existed = store::open(&config.store.url).map(drop);
+    match existed {
+        Ok(()) => println!(
+            "{}: the store exists; its schema is up to date",
+            describe(&config)
+        ),
+        Err(StoreError::Missing(what)) if folder_missing(&config) => {
+            return Err(Failure::Runtime(format!(
+                "{what}: create it first (or mount its volume); store init makes the store file, not folders"
+            )))
+        }
+        Err(StoreError::Missing(_)) => {
+            open(&config, config_path, Create::IfMissing)?;
+            println!("{}: created an empty store", describe(&config));
+        }
+        Err(other) => return Err(failure(other, &config, config_path)),
+    }
+    Ok(())
+}
+
+fn describe(config: &Config) -> String {
+    match &config.store.url {
+        StoreUrl::Sqlite(path) => path.display().to_string(),
+        StoreUrl::Postgres(_) => "store.url".into(),
+    }
+}

@@ -1,0 +1,131 @@
+//! The SQLite store's schema and its migrations (control plane).
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::control::store::StoreError;
+
+/// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
+    CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO meta (name, value) VALUES ('revision', 0);
+    CREATE TABLE keys (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        hash BLOB NOT NULL UNIQUE,
+        prefix TEXT NOT NULL,
+        permissions TEXT NOT NULL,
+        rate_limit TEXT,
+        customer_id TEXT,
+        allowed_ips TEXT NOT NULL,
+        expires_at INTEGER,
+        status TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        last_used_at INTEGER,
+        previous_hash BLOB,
+        grace_until INTEGER,
+        previous_last_used_at INTEGER,
+        metadata TEXT NOT NULL,
+        revision INTEGER NOT NULL
+    );
+    CREATE INDEX keys_revision ON keys (revision);
+    CREATE INDEX keys_customer ON keys (customer_id);
+    CREATE TABLE key_usage (
+        key_seq INTEGER NOT NULL REFERENCES keys (seq),
+        day TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        PRIMARY KEY (key_seq, day)
+    ) WITHOUT ROWID;
+"#,
+    r#"
+    ALTER TABLE keys ADD COLUMN idle_from INTEGER;
+    CREATE TABLE key_events (
+        id INTEGER PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        event TEXT NOT NULL,
+        changes TEXT NOT NULL
+    );
+    CREATE INDEX key_events_key ON key_events (key_id, id);
+    CREATE TABLE idle_warnings (
+        key_seq INTEGER NOT NULL REFERENCES keys (seq),
+        deadline INTEGER NOT NULL,
+        threshold INTEGER NOT NULL,
+        sent_at INTEGER NOT NULL,
+        PRIMARY KEY (key_seq, deadline, threshold)
+    ) WITHOUT ROWID;
+    CREATE TABLE webhook_outbox (
+        id INTEGER PRIMARY KEY,
+        payload TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until_ms INTEGER NOT NULL);
+"#,
+    // One secret, one key: every hash that authenticates (a key's current secret, and the one a
+    // regeneration replaced while its grace runs) appears once across all keys. The UNIQUE on
+    // keys.hash and one on previous_hash could not see a current secret equal to another key's
+    // previous one, so every secret gets a row here, kept by triggers in the same statement as
+    // the change: whatever writes the keys table (keygate, a script, sqlite3) cannot make two
+    // keys share a secret. Tombstones keep their secret: a deleted key's secret is not reissued.
+    //
+    // Stores written before this check may hold such a pair already: the grace period of the
+    // replaced secret ends (it is the side that was meant to stop anyway), with a new revision
+    // so running gateways drop it at their next sync.
+    r#"
+    UPDATE meta SET value = value + 1 WHERE name = 'revision' AND EXISTS (
+        SELECT 1 FROM keys k WHERE k.previous_hash IS NOT NULL AND (
+            k.previous_hash IN (SELECT hash FROM keys)
+            OR EXISTS (SELECT 1 FROM keys o WHERE o.previous_hash = k.previous_hash AND o.seq < k.seq)));
+    UPDATE keys SET previous_hash = NULL, grace_until = NULL, previous_last_used_at = NULL,
+        revision = (SELECT value FROM meta WHERE name = 'revision')
+    WHERE previous_hash IS NOT NULL AND (
+        previous_hash IN (SELECT hash FROM keys)
+        OR EXISTS (SELECT 1 FROM keys o WHERE o.previous_hash = keys.previous_hash AND o.seq < keys.seq));
+    CREATE TABLE secret_hashes (
+        hash BLOB PRIMARY KEY,
+        key_seq INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('current', 'previous'))
+    ) WITHOUT ROWID;
+    CREATE INDEX secret_hashes_key ON secret_hashes (key_seq);
+    INSERT INTO secret_hashes (hash, key_seq, kind) SELECT hash, seq, 'current' FROM keys;
+    INSERT INTO secret_hashes (hash, key_seq, kind)
+        SELECT previous_hash, seq, 'previous' FROM keys WHERE previous_hash IS NOT NULL;
+    CREATE TRIGGER keys_secrets_insert AFTER INSERT ON keys BEGIN
+        INSERT INTO secret_hashes (hash, key_seq, kind) VALUES (NEW.hash, NEW.seq, 'current');
+        INSERT INTO secret_hashes (hash, key_seq, kind)
+            SELECT NEW.previous_hash, NEW.seq, 'previous' WHERE NEW.previous_hash IS NOT NULL;
+    END;
+    CREATE TRIGGER keys_secrets_update AFTER UPDATE OF seq, hash, previous_hash ON keys BEGIN
+        DELETE FROM secret_hashes WHERE key_seq = OLD.seq;
+        INSERT INTO secret_hashes (hash, key_seq, kind) VALUES (NEW.hash, NEW.seq, 'current');
+        INSERT INTO secret_hashes (hash, key_seq, kind)
+            SELECT NEW.previous_hash, NEW.seq, 'previous' WHERE NEW.previous_hash IS NOT NULL;
+    END;
+    CREATE TRIGGER keys_secrets_delete AFTER DELETE ON keys BEGIN
+        DELETE FROM secret_hashes WHERE key_seq = OLD.seq;
+    END;
+"#,
+];
+
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let applied: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if applied as usize > MIGRATIONS.len() {
+        return Err(StoreError::Unavailable(format!(
+            "the store's schema version {applied} is newer than this keygate knows ({}); upgrade keygate",
+            MIGRATIONS.len()
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! The SQLite store's own guarantees, beyond what the key service checks first.
+
+use jiff::Timestamp;
+
+use super::*;
+use crate::control::store::{Actor, NewKey};
+use crate::core::environment::Environment;
+use crate::core::secret::Hasher;
+
+const AUDIT: Audit = Audit {
+    actor: Actor::Cli,
+    event: "imported",
+};
+
+fn secret(text: &str) -> KeyHash {
+    Hasher::unkeyed().hash(text.as_bytes())
+}
+
+fn new_key(id: &str, hash: KeyHash) -> NewKey {
+    NewKey {
+        id: id.into(),
+        name: id.into(),
+        environment: Environment::Production,
+        hash,
+        prefix: "pfx_".into(),
+        permissions: Vec::new(),
+        rate_limit: None,
+        customer_id: None,
+        allowed_ips: Vec::new(),
+        expires_at: None,
+        metadata: serde_json::Map::new(),
+        now: Timestamp::now(),
+    }
+}
+
+/// Gives `id` the secret `new`, keeping its current one as the previous (a regeneration
+/// with grace).
+fn regenerate_with_grace(store: &SqliteStore, id: &str, new: KeyHash) -> Result<StoredKey, StoreError> {
+    store.modify(id, AUDIT, None, &mut |key| {
+        key.previous_hash = Some(std::mem::replace(&mut key.hash, new));
+        key.grace_until = Some(Timestamp::now() + Duration::from_secs(600));
+        Ok(())
+    })
+}
+
+fn store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::create(&dir.path().join("k.db")).unwrap();
+    (dir, store)
+}
+
+#[test]
+fn a_secret_in_its_grace_period_cannot_be_given_to_another_key() {
+    let (_dir, store) = store();
+    store.insert(&new_key("key_a", secret("a-old")), AUDIT).unwrap();
+    regenerate_with_grace(&store, "key_a", secret("a-new")).unwrap();
+    let taken = store.insert(&new_key("key_b", secret("a-old")), AUDIT);
+    assert!(matches!(taken, Err(StoreError::SecretInUse)), "{taken:?}");
+    let current = store.insert(&new_key("key_b", secret("a-new")), AUDIT);
+    assert!(matches!(current, Err(StoreError::SecretInUse)), "{current:?}");
+    let batch = [new_key("key_c", secret("c")), new_key("key_d", secret("a-old"))];
+    let many = store.insert_many(&batch, AUDIT);
+    assert!(matches!(many, Err(StoreError::SecretInUse)), "{many:?}");
+    assert!(store.get("key_c").unwrap().is_none(), "all or none");
+}
+
+#[test]
+fn a_regeneration_cannot_take_a_secret_another_key_holds_in_either_role() {
+    let (_dir, store) = store();
+    store.insert(&new_key("key_a", secret("a")), AUDIT).unwrap();
+    store.insert(&new_key("key_b", secret("b")), AUDIT).unwrap();
+    regenerate_with_grace(&store, "key_b", secret("b-new")).unwrap();
+    for taken in ["a", "b", "b-new"] {
+        let clash = regenerate_with_grace(&store, "key_a", secret(taken));
+        assert!(
+            matches!(clash, Err(StoreError::SecretInUse)),
+            "{taken}: {clash:?}"
+        );
+    }
+    // Its grace over, a previous secret is free again.
+    store
+        .modify("key_b", AUDIT, None, &mut |key| {
+            key.previous_hash = None;
+            key.grace_until = None;
+            Ok(())
+        })
+        .unwrap();
+    store.insert(&new_key("key_c", secret("b")), AUDIT).unwrap();
+}
+
+#[test]
+fn rows_written_past_keygate_cannot_share_a_secret_either() {
+    let (_dir, store) = store();
+    store.insert(&new_key("key_a", secret("a")), AUDIT).unwrap();
+    store.insert(&new_key("key_b", secret("b")), AUDIT).unwrap();
+    let conn = store.conn().unwrap();
+    let raw = conn.execute(
+        "UPDATE keys SET previous_hash = ?1 WHERE id = 'key_b'",
+        [&secret("a").0[..]],
+    );
+    assert!(
+        raw.is_err(),
+        "a raw update giving key_b key_a's secret is refused"
+    );
+    let previous: Option<Vec<u8>> = conn
+        .query_row("SELECT previous_hash FROM keys WHERE id = 'key_b'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(previous, None);
+}
+
+#[test]
+fn the_migration_ends_a_grace_period_whose_secret_another_key_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    {
+        // A store as keygate left it before secrets were unique across keys.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(MIGRATIONS[1]).unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        let row = "INSERT INTO keys (id, name, environment, hash, prefix, permissions, allowed_ips, \
+                   status, created_at, updated_at, metadata, revision, previous_hash, grace_until) \
+                   VALUES (?1, 'k', 'production', ?2, 'p', '[]', '[]', 'active', 1, 1, '{}', ?3, ?4, ?5)";
+        let old = &secret("a-old").0[..];
+        conn.execute(
+            row,
+            params!["key_a", &secret("a-new").0[..], 1, old, i64::MAX / 2],
+        )
+        .unwrap();
+        conn.execute(row, params!["key_b", old, 2, None::<Vec<u8>>, None::<i64>])
+            .unwrap();
+        conn.execute("UPDATE meta SET value = 2 WHERE name = 'revision'", [])
+            .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let a = store.get("key_a").unwrap().unwrap();
+    assert_eq!((a.previous_hash, a.grace_until), (None, None));
+    assert_eq!(a.revision, 3, "running gateways see the change");
+    assert_eq!(store.revision().unwrap(), 3);
+    assert_eq!(store.get("key_b").unwrap().unwrap().hash, secret("a-old"));
+    let taken = regenerate_with_grace(&store, "key_a", secret("a-old"));
+    assert!(matches!(taken, Err(StoreError::SecretInUse)), "{taken:?}");
+}
+
+#[test]
+fn a_file_renamed_over_the_path_is_opened_in_place_of_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    let store = SqliteStore::create(&path).unwrap();
+    store.insert(&new_key("key_old", secret("old")), AUDIT).unwrap();
+    assert!(!store.reopen_if_replaced().unwrap(), "nothing changed");
+    let restored = dir.path().join("restored.db");
+    SqliteStore::create(&restored)
+        .unwrap()
+        .insert(&new_key("key_new", secret("new")), AUDIT)
+        .unwrap();
+    std::fs::rename(&restored, &path).unwrap();
+    assert_eq!(store.generation(), 0);
+    assert!(store.reopen_if_replaced().unwrap());
+    assert_eq!(store.generation(), 1);
+    assert!(store.get("key_new").unwrap().is_some());
+    assert!(store.get("key_old").unwrap().is_none());
+    assert!(!store.reopen_if_replaced().unwrap(), "once");
+
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(store.reopen_if_replaced(), Err(StoreError::Missing(_))));
+    assert!(!path.exists(), "no new empty store");
+    let read = store.get("key_new");
+    assert!(
+        matches!(read, Err(StoreError::Missing(_))),
+        "no operation on a file that is gone: {read:?}"
+    );
+}

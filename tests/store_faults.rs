@@ -1,0 +1,225 @@
+//! The gateway when its store lets it down: a stale key table, a store file replaced or
+//! deleted under it, a store locked at start.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use keygate::control::keys::KeyService;
+use keygate::control::store::{Actor, SqliteStore};
+use keygate::core::clock::system_clock;
+use keygate::core::environment::Environment;
+use keygate::core::secret::Hasher;
+use support::{eventually, sample, spec, Harness, STANDARD};
+
+/// The standard config with `sync_interval` and `extra` store settings.
+fn with_store(sync_interval: &str, extra: &str) -> String {
+    STANDARD.replace(
+        "sync_interval = \"100ms\"",
+        &format!("sync_interval = \"{sync_interval}\"\n{extra}"),
+    )
+}
+
+#[tokio::test]
+async fn past_max_staleness_readyz_says_so_and_the_proxy_says_when_to_retry() {
+    // No periodic sync within the test: the table ages only as the manual clock moves.
+    let h = Harness::with_config(&with_store("1h", "max_staleness = \"5s\""), "").await;
+    let (_, key) = h.key(&["*"]).await;
+    assert_eq!(h.admin_get("/readyz").await.status, 200);
+    assert_eq!(h.get("/v1/status", &key).await.status, 200);
+
+    h.clock.advance(Duration::from_secs(65));
+    let ready = h.admin_get("/readyz").await;
+    assert_eq!(ready.status, 503);
+    let detail = ready.json();
+    assert_eq!(detail["ready"], false);
+    assert_eq!(detail["last_sync_age_seconds"], 65.0);
+    assert_eq!(detail["max_staleness_seconds"], 5.0);
+    assert!(
+        detail["reason"].as_str().unwrap().contains("65.0s old"),
+        "{detail}"
+    );
+    let refused = h.get("/v1/status", &key).await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(
+        refused.json(),
+        serde_json::json!({ "error": "service unavailable" })
+    );
+    assert_eq!(refused.headers["retry-after"], "3600", "one sync interval");
+
+    h.sync().await;
+    assert_eq!(h.admin_get("/readyz").await.status, 200);
+    assert_eq!(h.get("/v1/status", &key).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_store_file_replaced_under_the_gateway_is_reopened_and_its_keys_replace_the_old() {
+    let mut h = Harness::start().await;
+    // Two keys in the old file, one in the new: seq 1 is replaced, seq 2 must be dropped.
+    let (_, first_key) = h.key(&["*"]).await;
+    let (_, old_key) = h.key(&["*"]).await;
+    assert_eq!(h.get("/v1/status", &old_key).await.status, 200);
+    // The harness's own connection to the file goes, as a CLI's does when it exits.
+    let memory = SqliteStore::open(Path::new(":memory:")).unwrap();
+    h.keys = KeyService::new(Arc::new(memory), Hasher::unkeyed(), system_clock(), Actor::Cli);
+
+    // Another store, made beside it and closed, with another key: a restored backup.
+    let path = h.dir.path().join("keygate.db");
+    let restored = h.dir.path().join("restored.db");
+    let new_key = {
+        let store = SqliteStore::create(&restored).unwrap();
+        let keys = KeyService::new(Arc::new(store), Hasher::unkeyed(), system_clock(), Actor::Cli);
+        keys.create(spec(Environment::Production, &["*"])).unwrap().key
+    };
+    std::fs::rename(&restored, &path).unwrap();
+
+    // A change through the admin API goes to the new file, and is in force when it answers.
+    let body = r#"{"name":"after","environment":"production","key":"restored-era-secret-0123"}"#;
+    assert_eq!(admin_post(&h, "/v1/keys", Some(body)).await.status, 201);
+    assert_eq!(h.get("/v1/status", "restored-era-secret-0123").await.status, 200);
+
+    let swapped = eventually(Duration::from_secs(10), || async {
+        h.get("/v1/status", &new_key).await.status == 200
+            && h.get("/v1/status", &old_key).await.status == 401
+            && h.get("/v1/status", &first_key).await.status == 401
+    })
+    .await;
+    assert!(swapped, "the periodic sync reads the new file");
+    let metrics = h.metrics().await;
+    assert_eq!(sample(&metrics, "keygate_store_reopened_total"), Some(1.0));
+    assert_eq!(h.admin_get("/readyz").await.status, 200);
+    assert_eq!(h.admin_get("/readyz").await.json()["keys"], 2);
+    let rows = KeyService::new(
+        Arc::new(SqliteStore::open(&path).unwrap()),
+        Hasher::unkeyed(),
+        system_clock(),
+        Actor::Cli,
+    );
+    let names: Vec<String> = rows
+        .list(&Default::default())
+        .unwrap()
+        .into_iter()
+        .map(|k| k.name)
+        .collect();
+    assert_eq!(names, ["test key", "after"], "the new file holds both");
+}
+
+#[tokio::test]
+async fn a_store_file_deleted_under_the_gateway_fails_the_sync_and_the_last_table_serves() {
+    let h = Harness::with_config(&with_store("1h", ""), "").await;
+    let (id, key) = h.key(&["*"]).await;
+    let path = h.dir.path().join("keygate.db");
+    std::fs::remove_file(&path).unwrap();
+
+    // A change now would land in a file nothing reads again: refused, not lost.
+    let revoke = admin_post(&h, &format!("/v1/keys/{id}/revoke"), None).await;
+    assert_eq!(revoke.status, 503, "{}", revoke.text());
+    assert_eq!(revoke.json()["error"], "store unavailable");
+
+    let failed = h.gateway.sync_now().await.unwrap_err();
+    assert!(failed.to_string().contains("is gone"), "{failed}");
+    assert!(!path.exists(), "no new empty store");
+    assert_eq!(
+        h.get("/v1/status", &key).await.status,
+        200,
+        "the last table serves"
+    );
+    let metrics = h.metrics().await;
+    assert!(sample(&metrics, "keygate_store_sync_errors_total").unwrap() >= 1.0);
+    assert_eq!(sample(&metrics, "keygate_store_reopened_total"), Some(0.0));
+}
+
+#[tokio::test]
+async fn a_store_locked_at_start_delays_readiness_until_it_can_be_read() {
+    let upstream = support::Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = STANDARD.replace("{upstream}", &upstream.addr.to_string());
+    let config = keygate::config::parse(&text, dir.path()).unwrap();
+    let path = dir.path().join("keygate.db");
+    let key = {
+        let store = SqliteStore::create(&path).unwrap();
+        let keys = KeyService::new(Arc::new(store), Hasher::unkeyed(), system_clock(), Actor::Cli);
+        keys.create(spec(Environment::Production, &["*"])).unwrap().key
+    };
+    // Another process holds the store with an exclusive lock, which in WAL mode readers wait on
+    // too.
+    let holder = rusqlite::Connection::open(&path).unwrap();
+    holder
+        .execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;")
+        .unwrap();
+
+    let options = keygate::gateway::Options {
+        hasher: Hasher::unkeyed(),
+        admin_token: Some(support::ADMIN_TOKEN.into()),
+        clock: system_clock(),
+    };
+    let gateway = keygate::gateway::Gateway::start(config, options).await.unwrap();
+    let client = Client::new();
+    let readyz = format!("http://{}/readyz", gateway.admin_addr);
+    let ready = client.get(&readyz).await;
+    assert_eq!(ready.status, 503);
+    let says_why = eventually(Duration::from_secs(20), || async {
+        let ready = client.get(&readyz).await;
+        let reason = ready.json()["reason"].as_str().unwrap_or("").to_owned();
+        ready.status == 503 && reason.starts_with("store unavailable: ") && reason.contains("locked")
+    })
+    .await;
+    assert!(says_why, "{}", client.get(&readyz).await.text());
+    let status = format!("http://{}/v1/status", gateway.proxy_addr);
+    let refused = client.get_with_key(&status, &key).await;
+    assert_eq!(refused.status, 503, "nothing is admitted against an empty table");
+    assert_eq!(
+        refused.json(),
+        serde_json::json!({ "error": "service unavailable" })
+    );
+    assert_eq!(refused.headers["retry-after"], "1");
+
+    drop(holder);
+    let ready = eventually(Duration::from_secs(20), || async {
+        client.get(&readyz).await.status == 200
+    })
+    .await;
+    assert!(ready, "{}", client.get(&readyz).await.text());
+    assert_eq!(client.get_with_key(&status, &key).await.status, 200);
+    gateway.shutdown().await;
+}
+
+/// A plain HTTP client for a gateway started outside the harness.
+struct Client(
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+);
+
+impl Client {
+    fn new() -> Client {
+        Client(hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http())
+    }
+
+    async fn get(&self, url: &str) -> support::Answer {
+        self.send(Request::get(url)).await
+    }
+
+    async fn get_with_key(&self, url: &str, key: &str) -> support::Answer {
+        self.send(Request::get(url).header("authorization", support::basic(key)))
+            .await
+    }
+
+    async fn send(&self, request: http::request::Builder) -> support::Answer {
+        let request = request.body(Full::new(Bytes::new())).unwrap();
+        support::read(self.0.request(request).await.unwrap()).await
+    }
+}
+
+async fn admin_post(h: &Harness, path: &str, body: Option<&str>) -> support::Answer {
+    let mut request =
+        Request::post(h.admin_url(path)).header("authorization", format!("Bearer {}", support::ADMIN_TOKEN));
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    let body = Full::new(Bytes::from(body.unwrap_or("").to_owned()));
+    h.send(request.body(body).unwrap()).await
+}
