@@ -39,17 +39,26 @@ impl FreshSchema {
         self.sql_admin(&format!("SET search_path TO {}; {sql}", self.name));
     }
 
+    /// Runs `sql` on a thread and runtime of its own, so sync and async tests alike can call it.
     fn sql_admin(&self, sql: &str) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let (client, connection) = tokio_postgres::connect(&self.admin, tokio_postgres::NoTls)
-                .await
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    runtime.block_on(async {
+                        let (client, connection) =
+                            tokio_postgres::connect(&self.admin, tokio_postgres::NoTls)
+                                .await
+                                .unwrap();
+                        tokio::spawn(connection);
+                        client.batch_execute(sql).await.unwrap();
+                    });
+                })
+                .join()
                 .unwrap();
-            tokio::spawn(connection);
-            client.batch_execute(sql).await.unwrap();
         });
     }
 }

@@ -119,6 +119,8 @@ const MIGRATIONS: &[&str] = &[r#"
 
 /// Connections each gateway's pool holds at most (the listening connection is one more).
 const POOL_SIZE: usize = 4;
+/// How long a connection attempt may take, unless the URL says (`connect_timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest one store operation may take, waiting for a connection included.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the listening connection proves it is alive; a silent one is replaced.
@@ -206,7 +208,10 @@ impl PgStore {
     /// to date and starts the listener: a gateway starts while its database is unreachable and
     /// answers "not ready" until then. Fails only on a URL it cannot use.
     pub fn open_later(url: &str) -> Result<Self, StoreError> {
-        let config = crate::config::validate::postgres_url(url).map_err(StoreError::Unavailable)?;
+        let mut config = crate::config::validate::postgres_url(url).map_err(StoreError::Unavailable)?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("keygate-postgres")

@@ -1,0 +1,185 @@
+//! Three gateways on one PostgreSQL store and one Redis, acting as one: a change made through
+//! any of them is in force on all (pushed by NOTIFY: the poll here is an hour), a key's limit
+//! is one limit, and with PostgreSQL cut off every replica keeps serving and catches up once it
+//! is back. Needs `KEYGATE_TEST_POSTGRES_URL` and `KEYGATE_TEST_REDIS_URL`; each test has a
+//! schema and a bucket prefix of its own.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use keygate::gateway::Gateway;
+use support::postgres::{postgres_url, FreshSchema};
+use support::relay::{service_addr, Relay};
+use support::{basic, eventually, loaded, read, Answer, Harness, ADMIN_TOKEN, STANDARD};
+
+fn redis_url() -> Option<String> {
+    let url = std::env::var("KEYGATE_TEST_REDIS_URL").ok();
+    if url.is_none() {
+        eprintln!("skipped: KEYGATE_TEST_REDIS_URL is not set (e.g. redis://127.0.0.1:6379)");
+    }
+    url
+}
+
+/// The standard config on PostgreSQL at `store` and Redis at `redis`, polling only hourly, so
+/// whatever arrives sooner was pushed.
+fn fleet_config(store: &str, redis: &str) -> String {
+    let prefix = format!("keygate-fleet:{:016x}:", rand::random::<u64>());
+    STANDARD
+        .replace("url = \"sqlite://keygate.db\"", &format!("url = \"{store}\""))
+        .replace("sync_interval = \"100ms\"", "sync_interval = \"1h\"")
+        .replace(
+            "default = \"1000/s\"",
+            &format!(
+                "default = \"1000/s\"\nbackend = \"redis\"\nredis_url = \"{redis}\"\nredis_prefix = \"{prefix}\""
+            ),
+        )
+}
+
+async fn status(gateway: &Gateway, key: &str) -> u16 {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::get(format!("http://{}/v1/status", gateway.proxy_addr))
+        .header("authorization", basic(key))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    client.request(request).await.unwrap().status().as_u16()
+}
+
+async fn admin(gateway: &Gateway, method: &str, path: &str, body: &str) -> Answer {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", gateway.admin_addr))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    read(client.request(request).await.unwrap()).await
+}
+
+/// Whether every replica answers `want` for `key` within a few seconds.
+async fn all_answer(replicas: &[&Gateway], key: &str, want: u16) -> bool {
+    for replica in replicas {
+        let answered = eventually(Duration::from_secs(5), || async {
+            status(replica, key).await == want
+        })
+        .await;
+        if !answered {
+            return false;
+        }
+    }
+    true
+}
+
+#[tokio::test]
+async fn a_change_through_one_replica_is_in_force_on_all_and_a_limit_is_one_limit() {
+    let (Some(postgres), Some(redis)) = (postgres_url(), redis_url()) else {
+        return;
+    };
+    let schema = FreshSchema::new(&postgres);
+    let harness = Harness::with_config(&fleet_config(&schema.url, &redis), "").await;
+    let second = harness.another_gateway().await;
+    let third = harness.another_gateway().await;
+    loaded(&second).await;
+    loaded(&third).await;
+    let replicas = [&harness.gateway, &second, &third];
+
+    let created = admin(
+        &second,
+        "POST",
+        "/v1/keys",
+        r#"{"name":"fleet","environment":"production","permissions":["*"],"rate_limit":{"requests":6,"per":"1m"}}"#,
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let created = created.json();
+    let (id, key) = (created["id"].as_str().unwrap(), created["key"].as_str().unwrap());
+    assert!(
+        all_answer(&replicas, key, 200).await,
+        "created through one, accepted by all"
+    );
+
+    // Three requests were admitted above; the limit of 6 is shared, so 3 more in all.
+    let mut admitted = 3;
+    for _ in 0..3 {
+        for replica in replicas {
+            admitted += usize::from(status(replica, key).await == 200);
+        }
+    }
+    assert_eq!(admitted, 6, "6 a minute across three replicas");
+
+    let revoked = admin(&third, "POST", &format!("/v1/keys/{id}/revoke"), "").await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    assert_eq!(
+        status(&third, key).await,
+        401,
+        "in force where it was made, at once"
+    );
+    assert!(
+        all_answer(&replicas, key, 401).await,
+        "revoked through one, refused by all"
+    );
+    second.shutdown().await;
+    third.shutdown().await;
+}
+
+// Multi-threaded: the harness's own store calls block their thread, and the relay must go on
+// forwarding meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_cut_off_every_replica_keeps_serving_and_catches_up() {
+    let (Some(postgres), Some(redis)) = (postgres_url(), redis_url()) else {
+        return;
+    };
+    let schema = FreshSchema::new(&postgres);
+    let relay = Relay::start(service_addr(&postgres)).await;
+    let through_relay = schema
+        .url
+        .replacen(&service_addr(&postgres).to_string(), &relay.addr.to_string(), 1);
+    let harness = Harness::with_config(&fleet_config(&through_relay, &redis), "").await;
+    let second = harness.another_gateway().await;
+    loaded(&second).await;
+    let replicas = [&harness.gateway, &second];
+    let (id, key) = harness.key(&["*"]).await;
+    assert!(all_answer(&replicas, &key, 200).await);
+
+    relay.cut();
+    for replica in replicas {
+        for _ in 0..5 {
+            assert_eq!(status(replica, &key).await, 200, "the last table keeps serving");
+        }
+        let ready = admin(replica, "GET", "/readyz", "").await;
+        assert_eq!(
+            ready.status,
+            200,
+            "no max_staleness: still ready: {}",
+            ready.text()
+        );
+    }
+    // A revocation written straight to the database while the gateways cannot see it.
+    let direct = keygate::control::store::PgStore::open(&schema.url).unwrap();
+    let direct = keygate::control::keys::KeyService::new(
+        std::sync::Arc::new(direct),
+        keygate::core::secret::Hasher::unkeyed(),
+        keygate::core::clock::system_clock(),
+        keygate::control::store::Actor::Cli,
+    );
+    direct.revoke(&id).unwrap();
+    assert_eq!(
+        status(&harness.gateway, &key).await,
+        200,
+        "not seen while cut off"
+    );
+
+    relay.restore();
+    assert!(
+        all_answer(&replicas, &key, 401).await,
+        "caught up once the store is back, without waiting for the hourly poll"
+    );
+    second.shutdown().await;
+}
