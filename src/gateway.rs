@@ -112,13 +112,22 @@ impl Gateway {
             shared = shared.with_shared_limits(limits.clone());
         }
         let shared = Arc::new(shared);
-        let sync = Arc::new(KeySync::new(
-            store.clone(),
-            keys,
-            shared.sync.clone(),
-            metrics.clone(),
-            clock.clone(),
-        ));
+        // The snapshot is saved at most every ten sync intervals (within 1 s to 1 min): a
+        // million keys take a second or two to write.
+        let snapshot_every = (config.store.sync_interval * 10).clamp(
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(60),
+        );
+        let sync = Arc::new(
+            KeySync::new(
+                store.clone(),
+                keys,
+                shared.sync.clone(),
+                metrics.clone(),
+                clock.clone(),
+            )
+            .with_snapshot(config.store.snapshot.clone(), snapshot_every),
+        );
 
         let proxy = TcpListener::bind(config.server.listen)
             .await

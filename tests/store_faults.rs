@@ -223,3 +223,69 @@ async fn admin_post(h: &Harness, path: &str, body: Option<&str>) -> support::Ans
     let body = Full::new(Bytes::from(body.unwrap_or("").to_owned()));
     h.send(request.body(body).unwrap()).await
 }
+
+#[tokio::test]
+async fn a_gateway_starts_from_its_saved_table_while_the_store_is_locked() {
+    let config = with_store("100ms", "snapshot = \"table.snap\"");
+    let h = Harness::with_config(&config, "").await;
+    let (id, key) = h.key(&["*"]).await;
+    let snapshot = h.dir.path().join("table.snap");
+    let saved = eventually(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&snapshot).is_ok_and(|text| text.contains(&id))
+    })
+    .await;
+    assert!(saved, "the table is saved after the change");
+    let text = std::fs::read_to_string(&snapshot).unwrap();
+    assert!(!text.contains(&key), "hashes only, never a secret");
+
+    // The gateway stops; another process holds the store, and a new gateway cannot read it: it
+    // starts from the file.
+    let support::Harness {
+        gateway,
+        keys,
+        dir,
+        upstream: _upstream,
+        ..
+    } = h;
+    gateway.shutdown().await;
+    drop(keys);
+    let holder = rusqlite::Connection::open(dir.path().join("keygate.db")).unwrap();
+    holder.busy_timeout(Duration::from_secs(10)).unwrap();
+    holder
+        .execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;")
+        .unwrap();
+    let text = std::fs::read_to_string(dir.path().join("gateway.toml")).unwrap();
+    let options = keygate::gateway::Options {
+        hasher: Hasher::unkeyed(),
+        admin_token: Some(support::ADMIN_TOKEN.into()),
+        clock: system_clock(),
+    };
+    let replica =
+        keygate::gateway::Gateway::start(keygate::config::parse(&text, dir.path()).unwrap(), options)
+            .await
+            .unwrap();
+    support::loaded(&replica).await;
+    let client = Client::new();
+    let readyz = format!("http://{}/readyz", replica.admin_addr);
+    let ready = client.get(&readyz).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(ready.json()["table_source"], "snapshot", "{}", ready.text());
+    let status = format!("http://{}/v1/status", replica.proxy_addr);
+    assert_eq!(client.get_with_key(&status, &key).await.status, 200);
+    assert_eq!(
+        client
+            .get_with_key(&status, "kg_prod_not0a0key0at0all0000000000000000")
+            .await
+            .status,
+        401
+    );
+
+    drop(holder);
+    let from_store = eventually(Duration::from_secs(20), || async {
+        client.get(&readyz).await.json()["table_source"] == "store"
+    })
+    .await;
+    assert!(from_store, "the store replaces the saved table once it answers");
+    assert_eq!(client.get_with_key(&status, &key).await.status, 200);
+    replica.shutdown().await;
+}

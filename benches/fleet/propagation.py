@@ -115,7 +115,8 @@ def main() -> None:
     finally:
         stop_all()
         shutil.rmtree(work, ignore_errors=True)
-        subprocess.run(["psql", "-q", args.postgres, "-c", f"DROP SCHEMA {schema} CASCADE"], check=False)
+        subprocess.run(["psql", "-q", args.postgres, "-c", "SET client_min_messages = warning",
+                        "-c", f"DROP SCHEMA {schema} CASCADE"], check=False)
 
 
 def bench(work: str, store: str, args) -> None:

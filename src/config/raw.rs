@@ -110,6 +110,9 @@ pub struct RawStore {
     pub pepper_env: Field<String>,
     /// Duration of key-table staleness past which requests fail closed with 503. Default: never.
     pub max_staleness: Field<String>,
+    /// File (relative to the config file) the loaded key table is saved to, hashes only, to
+    /// start from while the store is down. Default: none.
+    pub snapshot: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

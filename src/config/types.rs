@@ -105,6 +105,9 @@ pub struct Store {
     pub max_staleness: Option<Duration>,
     /// How often per-key usage is written to the store. Default 5s.
     pub usage_flush_interval: Duration,
+    /// Where the loaded key table is saved (hashes only), to start from while the store is
+    /// down. None by default.
+    pub snapshot: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]

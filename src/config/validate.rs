@@ -333,6 +333,14 @@ impl Checker<'_> {
             sync_interval: self.duration_or(&raw.sync_interval, "store.sync_interval", secs(1)),
             pepper_env,
             max_staleness: self.duration(&raw.max_staleness, "store.max_staleness"),
+            snapshot: raw.snapshot.as_ref().and_then(|value| {
+                let text = value.get_ref().trim();
+                if text.is_empty() {
+                    self.fail(&value.span(), "store.snapshot", "must be a file path");
+                    return None;
+                }
+                Some(resolve(base_dir, text))
+            }),
             usage_flush_interval: self.duration_or(
                 &raw.usage_flush_interval,
                 "store.usage_flush_interval",

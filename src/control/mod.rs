@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod keys;
 pub mod lifecycle;
+pub mod snapshot;
 pub mod store;
 pub mod sync;
 pub mod usage;

@@ -7,6 +7,7 @@
 //! skipped; the rest still apply.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,6 +43,10 @@ pub struct KeySync {
     reload_pending: AtomicBool,
     /// The store's [`Store::generation`] the table reflects.
     generation: AtomicU64,
+    /// `store.snapshot`: where the table is saved, and how often at most.
+    snapshot: Option<(PathBuf, Duration)>,
+    /// The revision last saved, and when.
+    saved: Mutex<Option<(u64, std::time::Instant)>>,
 }
 
 impl KeySync {
@@ -62,6 +67,17 @@ impl KeySync {
             running: Mutex::default(),
             reload_pending: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            snapshot: None,
+            saved: Mutex::default(),
+        }
+    }
+
+    /// Saves the table to `path` after changes, at most every `every`; starts from it when the
+    /// store cannot be read at start ([`super::snapshot`]).
+    pub fn with_snapshot(self, path: Option<PathBuf>, every: Duration) -> Self {
+        KeySync {
+            snapshot: path.map(|path| (path, every)),
+            ..self
         }
     }
 
@@ -221,8 +237,9 @@ impl KeySync {
     pub async fn run(self: Arc<Self>, interval: Duration, loaded: watch::Sender<bool>) {
         // Subscribed before the load, so a change committed during it still wakes the sync.
         let mut announced = self.store.change_feed();
-        self.load().await;
+        self.load(&loaded).await;
         let _ = loaded.send(true);
+        self.save_snapshot().await;
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick is immediate, and the table has just been loaded.
@@ -241,13 +258,77 @@ impl KeySync {
                 Ok(Err(error)) => tracing::warn!(%error, "key sync failed; serving the last table"),
                 Err(panic) => tracing::error!(%panic, "key sync task failed"),
             }
+            self.save_snapshot().await;
+        }
+    }
+
+    /// Saves the table when it changed since the last save and the last save is old enough;
+    /// never a table that came from the snapshot itself.
+    async fn save_snapshot(self: &Arc<Self>) {
+        let Some((path, every)) = self.snapshot.clone() else {
+            return;
+        };
+        let revision = self.table.revision();
+        let due = match *self.saved.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((saved, at)) => saved != revision && at.elapsed() >= every,
+            None => true,
+        };
+        if !due || self.status.from_snapshot() {
+            return;
+        }
+        let sync = self.clone();
+        let now_ms = self.clock.now().as_millisecond();
+        let written =
+            tokio::task::spawn_blocking(move || super::snapshot::write(&sync.table, &path, now_ms)).await;
+        *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some((revision, std::time::Instant::now()));
+        match written {
+            Ok(Ok(())) => tracing::debug!(revision, "key table snapshot saved"),
+            Ok(Err(error)) => tracing::warn!(%error, "cannot save the key table snapshot"),
+            Err(panic) => tracing::error!(%panic, "key table snapshot task failed"),
+        }
+    }
+
+    /// Loads the saved table, once, while the store cannot be read: the gateway serves the keys
+    /// it had, and is ready, until the first sync that reaches the store replaces them whole.
+    async fn start_from_snapshot(self: &Arc<Self>, loaded: &watch::Sender<bool>) {
+        let Some((path, _)) = self.snapshot.clone() else {
+            return;
+        };
+        if *loaded.borrow() {
+            return;
+        }
+        let sync = self.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            super::snapshot::read(&path, |permissions| sync.intern(permissions))
+        })
+        .await;
+        match read {
+            Ok(Ok(snapshot)) => {
+                let keys = snapshot.keys.len();
+                for key in snapshot.keys {
+                    self.table.upsert(key);
+                }
+                self.table.set_revision(snapshot.revision);
+                // The next sync that reaches the store loads it whole: the snapshot may be of
+                // another store, or older than its tombstones.
+                self.reload_pending.store(true, Ordering::Release);
+                self.status.record_snapshot(snapshot.written_ms);
+                let _ = loaded.send(true);
+                tracing::warn!(
+                    keys,
+                    revision = snapshot.revision,
+                    "store unreachable: serving the key table saved locally until it answers"
+                );
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "no key table snapshot to start from"),
+            Err(panic) => tracing::error!(%panic, "key table snapshot task failed"),
         }
     }
 
     /// The first load, tried until the store answers: a store locked or unreachable at start
     /// delays readiness, it does not stop the gateway. Waits 100 ms after the first failure,
     /// doubling up to 5 s.
-    async fn load(self: &Arc<Self>) {
+    async fn load(self: &Arc<Self>, loaded: &watch::Sender<bool>) {
         let mut backoff = FIRST_BACKOFF;
         loop {
             let started = std::time::Instant::now();
@@ -265,6 +346,7 @@ impl KeySync {
                 ),
                 Err(panic) => tracing::error!(%panic, "key table load task failed"),
             }
+            self.start_from_snapshot(loaded).await;
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }

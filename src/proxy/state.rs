@@ -181,13 +181,29 @@ pub struct SyncStatus {
     last_success_ms: AtomicI64,
     /// Why the last sync failed, until one succeeds (for `/readyz`; never read on the hot path).
     last_error: Mutex<Option<String>>,
+    /// The table came from the local snapshot, not (yet) from the store.
+    from_snapshot: AtomicBool,
 }
 
 impl SyncStatus {
     pub fn record_success(&self, now_ms: i64) {
         self.last_success_ms.store(now_ms, Ordering::Release);
         self.loaded.store(true, Ordering::Release);
+        self.from_snapshot.store(false, Ordering::Release);
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The table was loaded from the local snapshot written at `written_ms`: its age counts
+    /// from then (`store.max_staleness` included).
+    pub fn record_snapshot(&self, written_ms: i64) {
+        self.last_success_ms.store(written_ms, Ordering::Release);
+        self.from_snapshot.store(true, Ordering::Release);
+        self.loaded.store(true, Ordering::Release);
+    }
+
+    /// Whether the table came from the local snapshot and the store has not answered since.
+    pub fn from_snapshot(&self) -> bool {
+        self.from_snapshot.load(Ordering::Acquire)
     }
 
     pub fn record_failure(&self, why: String) {

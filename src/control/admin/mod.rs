@@ -130,6 +130,7 @@ impl Admin {
             "last_sync_age_seconds": loaded.then(|| age_ms.max(0) as f64 / 1000.0),
             "max_staleness_seconds": config.store.max_staleness.map(|max| max.as_secs_f64()),
             "last_sync_error": last_error,
+            "table_source": if shared.sync.from_snapshot() { "snapshot" } else { "store" },
             "rate_limit": rate_limit,
         });
         let status = match reason {

@@ -1,0 +1,333 @@
+//! The key table's local snapshot (`store.snapshot`), so a gateway that starts while its store
+//! is down can serve (control plane).
+//!
+//! After a sync that changed the table, and at most every few sync intervals, the table is
+//! written to the file: one JSON line of header, then one line per key with what the hot path
+//! needs of it (hashes, never secrets). It is written to a temporary file beside the target,
+//! synced and renamed over it, so a crash leaves the old snapshot or the new one, never half of
+//! one; the file is readable by its owner only. At start, when the store cannot be read, the
+//! table is loaded from it; the first sync that can reach the store replaces it whole.
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::Path;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::core::environment::Environment;
+use crate::core::key::RateLimitSpec;
+use crate::core::permission::{Permission, PermissionSet};
+use crate::core::secret::KeyHash;
+use crate::proxy::table::{AuthKey, Extras, KeyTable, PreviousSecret};
+
+const FORMAT: &str = "keygate-key-table";
+const VERSION: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    format: String,
+    version: u32,
+    /// The store revision the table reflects.
+    revision: u64,
+    /// Unix milliseconds when it was written.
+    written_ms: i64,
+    keys: usize,
+}
+
+/// One key as the hot path needs it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Entry {
+    seq: u64,
+    id: String,
+    #[serde(with = "hex")]
+    hash: [u8; 32],
+    environment: Environment,
+    revoked: bool,
+    expires_at: i64,
+    permissions: Vec<Permission>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    customer_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<RateLimitSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    allowed_ips: Vec<IpNet>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "hex_opt")]
+    previous_hash: Option<[u8; 32]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous_until: Option<i64>,
+}
+
+/// A snapshot read back: the keys, the revision they reflect and when they were written.
+pub struct Loaded {
+    pub keys: Vec<AuthKey>,
+    pub revision: u64,
+    pub written_ms: i64,
+}
+
+/// Writes `table` to `path`, atomically.
+pub fn write(table: &KeyTable, path: &Path, now_ms: i64) -> std::io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    let file = create_private(&temporary)?;
+    let mut out = BufWriter::new(file);
+    let header = Header {
+        format: FORMAT.into(),
+        version: VERSION,
+        revision: table.revision(),
+        written_ms: now_ms,
+        keys: table.len(),
+    };
+    serde_json::to_writer(&mut out, &header)?;
+    out.write_all(b"\n")?;
+    let mut failed = None;
+    table.for_each(|key| {
+        if failed.is_none() {
+            let written = serde_json::to_writer(&mut out, &entry(key)).map_err(std::io::Error::from);
+            failed = written.and_then(|()| out.write_all(b"\n")).err();
+        }
+    });
+    if let Some(error) = failed {
+        return Err(error);
+    }
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+}
+
+/// Reads the snapshot at `path`; `intern` shares permission sets as the sync does.
+pub fn read(
+    path: &Path,
+    mut intern: impl FnMut(&[Permission]) -> std::sync::Arc<PermissionSet>,
+) -> Result<Loaded, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut lines = std::io::BufReader::new(file).lines();
+    let header: Header = match lines.next() {
+        Some(line) => {
+            let line = line.map_err(|e| e.to_string())?;
+            serde_json::from_str(&line)
+                .map_err(|e| format!("{}: not a key-table snapshot: {e}", path.display()))?
+        }
+        None => return Err(format!("{} is empty", path.display())),
+    };
+    if header.format != FORMAT || header.version != VERSION {
+        return Err(format!(
+            "{}: a snapshot of format {} version {}, not {FORMAT} version {VERSION}",
+            path.display(),
+            header.format,
+            header.version
+        ));
+    }
+    let mut keys = Vec::with_capacity(header.keys);
+    for (n, line) in lines.enumerate() {
+        let line = line.map_err(|e| e.to_string())?;
+        let entry: Entry =
+            serde_json::from_str(&line).map_err(|e| format!("{}: line {}: {e}", path.display(), n + 2))?;
+        keys.push(auth_key(entry, &mut intern));
+    }
+    if keys.len() != header.keys {
+        return Err(format!(
+            "{}: {} keys where the header says {} (a cut-off file)",
+            path.display(),
+            keys.len(),
+            header.keys
+        ));
+    }
+    Ok(Loaded {
+        keys,
+        revision: header.revision,
+        written_ms: header.written_ms,
+    })
+}
+
+fn entry(key: &AuthKey) -> Entry {
+    let previous = key.extras.as_ref().and_then(|e| e.previous.as_ref());
+    Entry {
+        seq: key.seq,
+        id: key.id.to_string(),
+        hash: key.hash.0,
+        environment: key.environment,
+        revoked: key.revoked,
+        expires_at: key.expires_at,
+        permissions: key.permissions.to_vec(),
+        customer_id: key.customer_id.as_deref().map(str::to_owned),
+        rate_limit: key.rate_limit().copied(),
+        allowed_ips: key.allowed_ips().to_vec(),
+        previous_hash: previous.map(|p| p.hash.0),
+        previous_until: previous.map(|p| p.until),
+    }
+}
+
+fn auth_key(
+    entry: Entry,
+    intern: &mut impl FnMut(&[Permission]) -> std::sync::Arc<PermissionSet>,
+) -> AuthKey {
+    let previous = match (entry.previous_hash, entry.previous_until) {
+        (Some(hash), Some(until)) => Some(PreviousSecret {
+            hash: KeyHash(hash),
+            until,
+        }),
+        _ => None,
+    };
+    let extras = Extras {
+        rate_limit: entry.rate_limit,
+        allowed_ips: entry.allowed_ips.into_boxed_slice(),
+        previous,
+    };
+    AuthKey {
+        seq: entry.seq,
+        id: entry.id.into(),
+        hash: KeyHash(entry.hash),
+        environment: entry.environment,
+        revoked: entry.revoked,
+        expires_at: entry.expires_at,
+        permissions: intern(&entry.permissions),
+        customer_id: entry.customer_id.map(Into::into),
+        extras: extras.boxed(),
+    }
+}
+
+/// A new file readable and writable by its owner only: it holds every key's hash.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+mod hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8; 32], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u8; 32], D::Error> {
+        let text = <&str>::deserialize(deserializer)?;
+        decode(text).ok_or_else(|| serde::de::Error::custom("not 64 hex digits"))
+    }
+
+    pub fn encode(bytes: &[u8; 32]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn decode(text: &str) -> Option<[u8; 32]> {
+        if text.len() != 64 {
+            return None;
+        }
+        let mut out = [0; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(out)
+    }
+}
+
+mod hex_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<[u8; 32]>, serializer: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(bytes) => serializer.serialize_str(&super::hex::encode(bytes)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<[u8; 32]>, D::Error> {
+        match Option::<&str>::deserialize(deserializer)? {
+            Some(text) => super::hex::decode(text)
+                .map(Some)
+                .ok_or_else(|| serde::de::Error::custom("not 64 hex digits")),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::proxy::table::NEVER;
+
+    fn key(seq: u64, extras: Option<Extras>) -> AuthKey {
+        AuthKey {
+            seq,
+            id: format!("key_{seq}").into(),
+            hash: KeyHash([seq as u8; 32]),
+            environment: Environment::Production,
+            revoked: seq.is_multiple_of(2),
+            expires_at: NEVER,
+            permissions: Arc::new(PermissionSet::new(vec!["customer:read".parse().unwrap()])),
+            customer_id: Some("acme".into()),
+            extras: extras.and_then(Extras::boxed),
+        }
+    }
+
+    #[test]
+    fn a_table_written_and_read_back_is_the_same_table() {
+        let table = KeyTable::default();
+        table.upsert(key(1, None));
+        table.upsert(key(
+            2,
+            Some(Extras {
+                rate_limit: Some(RateLimitSpec::from_rate("6/m".parse().unwrap(), None)),
+                allowed_ips: vec!["10.0.0.0/8".parse().unwrap()].into_boxed_slice(),
+                previous: Some(PreviousSecret {
+                    hash: KeyHash([9; 32]),
+                    until: 1_900_000_000,
+                }),
+            }),
+        ));
+        table.set_revision(42);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("table.snap");
+        write(&table, &path, 1_234).unwrap();
+        let loaded = read(&path, |p| Arc::new(PermissionSet::new(p.to_vec()))).unwrap();
+        assert_eq!(
+            (loaded.revision, loaded.written_ms, loaded.keys.len()),
+            (42, 1_234, 2)
+        );
+        let mut keys = loaded.keys;
+        keys.sort_by_key(|k| k.seq);
+        let (plain, rich) = (&keys[0], &keys[1]);
+        assert_eq!(
+            (plain.seq, &*plain.id, plain.hash, plain.revoked),
+            (1, "key_1", KeyHash([1; 32]), false)
+        );
+        assert_eq!(plain.customer_id.as_deref(), Some("acme"));
+        assert!(plain.extras.is_none());
+        assert_eq!(rich.rate_limit().map(|r| r.requests.get()), Some(6));
+        assert_eq!(rich.allowed_ips().len(), 1);
+        let previous = rich.extras.as_ref().and_then(|e| e.previous.as_ref()).unwrap();
+        assert_eq!((previous.hash, previous.until), (KeyHash([9; 32]), 1_900_000_000));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+    }
+
+    #[test]
+    fn a_cut_off_or_foreign_file_is_refused_not_half_loaded() {
+        let table = KeyTable::default();
+        for seq in 1..=3 {
+            table.upsert(key(seq, None));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("table.snap");
+        write(&table, &path, 0).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cut: Vec<&str> = text.lines().take(3).collect();
+        std::fs::write(&path, cut.join("\n")).unwrap();
+        let intern = |p: &[Permission]| Arc::new(PermissionSet::new(p.to_vec()));
+        assert!(read(&path, intern).err().unwrap().contains("cut-off"));
+        std::fs::write(&path, "{\"not\":\"a snapshot\"}\n").unwrap();
+        assert!(read(&path, intern).is_err());
+        std::fs::write(&path, "").unwrap();
+        assert!(read(&path, intern).is_err());
+    }
+}
