@@ -17,6 +17,7 @@ Performance section.
 from __future__ import annotations
 
 import argparse
+import atexit
 import base64
 import json
 import os
@@ -297,7 +298,9 @@ backend api
 """
 
 
-def keygate_config(work: str, upstream: int, proxy: int, admin: int, redis: str = "") -> str:
+def keygate_config(work: str, upstream: int, proxy: int, admin: int, redis: str = "", store: str = "") -> str:
+    # With a PostgreSQL URL: that store instead of the SQLite file.
+    store = store or f"sqlite://{work}/keygate.db"
     # With a Redis URL: the shared (fleet-wide) limiter instead of the local one.
     backend = f'backend = "redis"\nredis_url = "{redis}"\nredis_prefix = "keygate-bench:{proxy}:"' if redis else ""
     return f"""
@@ -311,7 +314,7 @@ listen = "127.0.0.1:{admin}"
 token_env = "KEYGATE_BENCH_ADMIN_TOKEN"
 
 [store]
-url = "sqlite://{work}/keygate.db"
+url = "{store}"
 sync_interval = "1s"
 
 [auth]
@@ -528,6 +531,8 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=1000)
     parser.add_argument("--scanning-keys", type=int, default=100_000)
     parser.add_argument("--only", default="", help="comma-separated contenders to run")
+    parser.add_argument("--postgres", default="",
+                        help="also run keygate on a fresh schema of this PostgreSQL database")
     parser.add_argument("--redis", default="",
                         help="also run keygate with its limits in this Redis (redis://127.0.0.1:6379)")
     parser.add_argument("--churn", type=int, default=0,
@@ -556,7 +561,7 @@ def main() -> None:
 
 def bench(work: str, args) -> None:
     keys = make_keys(args.keys, args.scanning_keys)
-    names = ["keygate", "keygate-redis", "nginx-basic", "nginx-map", "haproxy", "nginx-plain", "haproxy-plain", "hyper-plain"]
+    names = ["keygate", "keygate-redis", "keygate-pg", "nginx-basic", "nginx-map", "haproxy", "nginx-plain", "haproxy-plain", "hyper-plain"]
     ports = {name: free_port() for name in names}
     upstream = free_port()
     admin = free_port()
@@ -599,6 +604,25 @@ def bench(work: str, args) -> None:
                        f"{work}/keygate-redis.log", env)
         wait_for_port(ports["keygate-redis"], "keygate-redis")
         contenders.append(Contender("keygate-redis", ports["keygate-redis"], shared.pid, ("valid", "limited")))
+    if args.postgres:
+        # The same keys in PostgreSQL: the request path reads only the in-memory table, so this
+        # should run as keygate on SQLite does.
+        schema = f"kg_load_{random.getrandbits(48):012x}"
+        subprocess.run(["psql", "-q", args.postgres, "-c", f"CREATE SCHEMA {schema}"], check=True)
+        atexit.register(subprocess.run, ["psql", "-q", args.postgres, "-c", "SET client_min_messages = warning",
+                                         "-c", f"DROP SCHEMA {schema} CASCADE"], check=False)
+        sep = "&" if "?" in args.postgres else "?"
+        pg_url = f"{args.postgres}{sep}options=-c%20search_path%3D{schema}"
+        with open(f"{work}/keygate-pg.toml", "w") as f:
+            f.write(keygate_config(work, upstream, ports["keygate-pg"], free_port(), store=pg_url))
+        began = time.time()
+        subprocess.run([KEYGATE, "keys", "--config", f"{work}/keygate-pg.toml", "import-file",
+                        f"{work}/keys.jsonl"], check=True, stdout=subprocess.DEVNULL)
+        print(f"keygate-pg: imported {len(keys.valid) + 1} keys into PostgreSQL in {time.time() - began:.1f}s")
+        on_pg = start([KEYGATE, "serve", "--config", f"{work}/keygate-pg.toml"], CONTENDER_CPU,
+                      f"{work}/keygate-pg.log", env)
+        wait_for_port(ports["keygate-pg"], "keygate-pg")
+        contenders.append(Contender("keygate-pg", ports["keygate-pg"], on_pg.pid))
     # The floor holds no keys (it compares the header with the valid one), so it runs at any
     # key count.
     valid_user, valid_key, _ = keys.valid[len(keys.valid) // 2]

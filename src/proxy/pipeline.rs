@@ -362,14 +362,21 @@ fn throttle(snapshot: &Snapshot, client: IpAddr, refusal: Refusal) -> Refusal {
 }
 
 fn usable(key: &AuthKey, which: Secret, now: i64) -> Result<(), Refusal> {
+    key_usable(key, which, now).map_err(Refusal::Unauthenticated)
+}
+
+/// Whether a key found by the secret presented may be used at `now`: not revoked, not expired,
+/// and, for a replaced secret, still in its grace period (past it, the secret is unknown). The
+/// admin API's `verify` asks the same.
+pub fn key_usable(key: &AuthKey, which: Secret, now: i64) -> Result<(), AuthFailure> {
     if key.revoked {
-        return Err(Refusal::Unauthenticated(AuthFailure::Revoked));
+        return Err(AuthFailure::Revoked);
     }
     if key.expired(now) {
-        return Err(Refusal::Unauthenticated(AuthFailure::Expired));
+        return Err(AuthFailure::Expired);
     }
     match which {
-        Secret::Previous { until } if until <= now => Err(Refusal::Unauthenticated(AuthFailure::Unknown)),
+        Secret::Previous { until } if until <= now => Err(AuthFailure::Unknown),
         Secret::Current | Secret::Previous { .. } => Ok(()),
     }
 }

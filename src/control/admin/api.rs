@@ -20,8 +20,9 @@ use crate::core::key::{KeyStatus, RateLimitSpec};
 use crate::core::permission::Permission;
 use crate::core::secret::{check_format, Format, Secret};
 use crate::core::units::parse_duration;
+use crate::proxy::error::AuthFailure;
 use crate::proxy::limits::Decision;
-use crate::proxy::pipeline::check_freshness;
+use crate::proxy::pipeline::{check_freshness, key_usable};
 use crate::proxy::table::Secret as Presented;
 
 /// Largest request body the admin API reads.
@@ -607,12 +608,20 @@ async fn verify(admin: &Admin, request: Request<Incoming>) -> Answer {
         return Ok(ok(&verdict(Code::NotFound, None)));
     };
     let now = shared.clock.now().as_second();
-    let code = if matches!(which, Presented::Previous { until } if until <= now) {
-        return Ok(ok(&verdict(Code::NotFound, None)));
-    } else if key.revoked {
-        Code::Revoked
-    } else if key.expired(now) {
-        Code::Expired
+    let code = match key_usable(&key, which, now) {
+        Ok(()) => None,
+        Err(AuthFailure::Revoked) => Some(Code::Revoked),
+        Err(AuthFailure::Expired) => Some(Code::Expired),
+        // A replaced secret past its grace period is unknown, as on the proxy.
+        Err(
+            AuthFailure::Unknown
+            | AuthFailure::Missing
+            | AuthFailure::Malformed
+            | AuthFailure::WrongEnvironment,
+        ) => return Ok(ok(&verdict(Code::NotFound, None))),
+    };
+    let code = if let Some(code) = code {
+        code
     } else if body.environment.is_some_and(|env| env != key.environment) {
         Code::WrongEnvironment
     } else if body
