@@ -1,5 +1,6 @@
-//! Metrics and logs, shared by both planes.
+//! Metrics and logs, shared by both planes; the access log is the data plane's.
 
+pub mod access;
 pub mod logs;
 pub mod metrics;
 
