@@ -122,7 +122,12 @@ impl Gateway {
             .await
             .context("key table load task failed")?
             .context("cannot load the key table")?;
-        tracing::info!(keys = shared.keys.len(), revision = shared.keys.revision(), elapsed = ?started.elapsed(), "key table loaded");
+        tracing::info!(
+            keys = shared.keys.len(),
+            revision = shared.keys.revision(),
+            elapsed_ms = crate::telemetry::logs::millis(started.elapsed()),
+            "key table loaded"
+        );
 
         let proxy = TcpListener::bind(config.server.listen)
             .await

@@ -3,5 +3,6 @@
 pub mod access;
 pub mod logs;
 pub mod metrics;
+pub mod throttle;
 
 pub use metrics::Metrics;
