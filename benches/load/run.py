@@ -162,7 +162,7 @@ class Contender:
 
 
 # With --logs: each of these beside its twin with the access log on (name + "-log").
-LOGGED = ("keygate", "nginx-map")
+LOGGED = ("keygate", "nginx-basic", "nginx-map")
 LOG_SCENARIOS = ("valid", "scanning")
 
 
@@ -187,6 +187,17 @@ http {{
 """
 
 
+def log_format(name: str, key_id: str) -> str:
+    """An nginx log_format of keygate's access record (written with `buffer=64k flush=1s`)."""
+    fields = (
+        '{"time":"$time_iso8601","request_id":"$request_id","route":"api",'
+        f'"key_id":"{key_id}","environment":"production","client":"$remote_addr",'
+        '"method":"$request_method","path":"$uri","status":$status,"duration_ms":$request_time,'
+        '"upstream_ms":"$upstream_response_time","reason":null}'
+    )
+    return f"    log_format {name} escape=json '{fields}';"
+
+
 def nginx_peers_config(work: str, keys: Keys, upstream: int, ports: dict[str, int]) -> str:
     """One nginx, one worker, three servers: plain proxy, auth_basic, and a map lookup."""
     everyone = keys.valid + [keys.limited]
@@ -206,6 +217,15 @@ def nginx_peers_config(work: str, keys: Keys, upstream: int, ports: dict[str, in
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Forwarded-Host $host;
             proxy_set_header X-Keygate-Environment production;"""
+    basic_location = f"""
+        location / {{
+            auth_basic "keygate";
+            auth_basic_user_file {work}/htpasswd;
+            limit_req zone=perkey burst=1000000 nodelay;
+            limit_req zone=tight nodelay;
+            proxy_set_header X-Keygate-Key-Id $key_id;
+            {proxy}
+        }}"""
     map_location = f"""
         location / {{
             if ($map_key_id = "") {{
@@ -240,11 +260,9 @@ http {{
         default "";
 {by_header}
     }}
-    # As keygate's access record: the same fields, JSON-escaped, buffered as nginx's docs advise.
-    log_format keygate escape=json '{{"time":"$time_iso8601","request_id":"$request_id",'
-        '"route":"api","key_id":"$map_key_id","environment":"production","client":"$remote_addr",'
-        '"method":"$request_method","path":"$uri","status":$status,"duration_ms":$request_time,'
-        '"upstream_ms":"$upstream_response_time","reason":null}}';
+    # As keygate's access record: the same fields, JSON-escaped; each server's own key id.
+{log_format("keygate_basic", "$key_id")}
+{log_format("keygate_map", "$map_key_id")}
     map $remote_user $tight_user {{ default ""; ulimited $remote_user; }}
     map $map_key_id $map_tight {{ default ""; key_benchlimited $map_key_id; }}
     limit_req_zone $remote_user zone=perkey:10m rate=1000000r/s;
@@ -258,14 +276,12 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{ports['nginx-basic']} backlog=4096;
-        location / {{
-            auth_basic "keygate";
-            auth_basic_user_file {work}/htpasswd;
-            limit_req zone=perkey burst=1000000 nodelay;
-            limit_req zone=tight nodelay;
-            proxy_set_header X-Keygate-Key-Id $key_id;
-            {proxy}
-        }}
+        {basic_location}
+    }}
+    server {{
+        listen 127.0.0.1:{ports['nginx-basic-log']} backlog=4096;
+        access_log {work}/nginx-basic-access.log keygate_basic buffer=64k flush=1s;
+        {basic_location}
     }}
     server {{
         listen 127.0.0.1:{ports['nginx-map']} backlog=4096;
@@ -273,7 +289,7 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{ports['nginx-map-log']} backlog=4096;
-        access_log {work}/nginx-access.log keygate buffer=64k flush=1s;
+        access_log {work}/nginx-map-access.log keygate_map buffer=64k flush=1s;
         {map_location}
     }}
 }}
@@ -652,13 +668,15 @@ def bench(work: str, args) -> None:
         with open(f"{work}/haproxy.cfg", "w") as f:
             f.write(haproxy_config(keys, upstream, ports))
         haproxy = start(["haproxy", "-f", f"{work}/haproxy.cfg"], CONTENDER_CPU, f"{work}/haproxy.log")
-        for name in names + ["nginx-map-log"]:
+        for name in names + ["nginx-basic-log", "nginx-map-log"]:
             wait_for_port(ports[name], name)
         contenders += [
             Contender("nginx-basic", ports["nginx-basic"], nginx.pid),
             Contender("nginx-map", ports["nginx-map"], nginx.pid),
+            Contender("nginx-basic-log", ports["nginx-basic-log"], nginx.pid, LOG_SCENARIOS,
+                      f"{work}/nginx-basic-access.log"),
             Contender("nginx-map-log", ports["nginx-map-log"], nginx.pid, LOG_SCENARIOS,
-                      f"{work}/nginx-access.log"),
+                      f"{work}/nginx-map-access.log"),
             Contender("haproxy", ports["haproxy"], haproxy.pid),
             Contender("nginx-plain", ports["nginx-plain"], nginx.pid, ("valid",)),
             Contender("haproxy-plain", ports["haproxy-plain"], haproxy.pid, ("valid",)),
