@@ -12,7 +12,7 @@ contender's CPU time per request is its own. See benches/load/README.md and the 
 Performance section.
 
     benches/load/run [--rounds 3] [--duration 5] [--connections 64]
-    benches/load/run --logs     # the cost of the access log: keygate and nginx `map`, logs on and off
+    benches/load/run --logs     # the cost of the access log: keygate and nginx, logs on and off
 """
 
 from __future__ import annotations
@@ -584,7 +584,7 @@ def main() -> None:
     parser.add_argument("--churn", type=int, default=0,
                         help="also run keygate's valid scenario while this many key changes go in")
     parser.add_argument("--logs", action="store_true",
-                        help="the access log's cost: keygate and nginx `map`, each with its access "
+                        help="the access log's cost: keygate, nginx auth_basic and map, each with its access "
                              "log off and on (to a file), valid and scanning only")
     args = parser.parse_args()
     for tool in ("nginx", "haproxy", "wrk", "taskset"):
