@@ -122,19 +122,34 @@ fn text_value(out: &mut Vec<u8>, value: Option<&[u8]>) {
 /// Whether a text value can go unquoted: not empty, not `-` (which means absent), and only
 /// printable ASCII other than `"`, `\` and `=`.
 fn plain(value: &[u8]) -> bool {
-    !value.is_empty()
-        && value != b"-"
-        && value
-            .iter()
-            .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\' && b != b'=')
+    !value.is_empty() && value != b"-" && value.iter().all(|&b| BYTES[usize::from(b)] & TEXT_PLAIN != 0)
 }
+
+/// A byte that goes as it is in a text value...
+const TEXT_PLAIN: u8 = 1;
+/// ...and in a JSON string.
+const JSON_PLAIN: u8 = 2;
+
+/// What each byte may go as: every byte of every field is looked up here, one load rather than
+/// a chain of comparisons.
+static BYTES: [u8; 256] = {
+    let mut table = [0; 256];
+    let mut b = 0x20;
+    while b < 0x7f {
+        if b != b'"' && b != b'\\' {
+            table[b as usize] = JSON_PLAIN;
+            if b != b' ' && b != b'=' {
+                table[b as usize] |= TEXT_PLAIN;
+            }
+        }
+        b += 1;
+    }
+    table
+};
 
 /// The inside of a JSON string.
 fn escape(out: &mut Vec<u8>, value: &[u8]) {
-    if value
-        .iter()
-        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-    {
+    if value.iter().all(|&b| BYTES[usize::from(b)] & JSON_PLAIN != 0) {
         out.extend_from_slice(value);
         return;
     }
