@@ -12,6 +12,7 @@ contender's CPU time per request is its own. See benches/load/README.md and the 
 Performance section.
 
     benches/load/run [--rounds 3] [--duration 5] [--connections 64]
+    benches/load/run --logs     # the cost of the access log: keygate and nginx, logs on and off
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def free_port() -> int:
 
 
 def start(args: list[str], cpu: str, log: str, env: dict | None = None) -> subprocess.Popen:
-    out = open(log, "w")
+    # Appending, so a log can be truncated between runs while the process writes it.
+    out = open(log, "a")
     process = subprocess.Popen(
         ["taskset", "-c", cpu, *args], stdout=out, stderr=subprocess.STDOUT, env=env
     )
@@ -156,6 +158,13 @@ class Contender:
     port: int
     pid: int = 0
     scenarios: tuple[str, ...] = ("valid", "wrong", "scanning", "limited")
+    # The access log it writes, checked and emptied after each run.
+    access_log: str | None = None
+
+
+# With --logs: each of these beside its twin with the access log on (name + "-log").
+LOGGED = ("keygate", "nginx-basic", "nginx-map")
+LOG_SCENARIOS = ("valid", "scanning")
 
 
 def upstream_config(work: str, port: int) -> str:
@@ -179,6 +188,17 @@ http {{
 """
 
 
+def log_format(name: str, key_id: str) -> str:
+    """An nginx log_format of keygate's access record (written with `buffer=64k flush=1s`)."""
+    fields = (
+        '{"time":"$time_iso8601","request_id":"$request_id","route":"api",'
+        f'"key_id":"{key_id}","environment":"production","client":"$remote_addr",'
+        '"method":"$request_method","path":"$uri","status":$status,"duration_ms":$request_time,'
+        '"upstream_ms":"$upstream_response_time","reason":null}'
+    )
+    return f"    log_format {name} escape=json '{fields}';"
+
+
 def nginx_peers_config(work: str, keys: Keys, upstream: int, ports: dict[str, int]) -> str:
     """One nginx, one worker, three servers: plain proxy, auth_basic, and a map lookup."""
     everyone = keys.valid + [keys.limited]
@@ -198,6 +218,26 @@ def nginx_peers_config(work: str, keys: Keys, upstream: int, ports: dict[str, in
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Forwarded-Host $host;
             proxy_set_header X-Keygate-Environment production;"""
+    basic_location = f"""
+        location / {{
+            auth_basic "keygate";
+            auth_basic_user_file {work}/htpasswd;
+            limit_req zone=perkey burst=1000000 nodelay;
+            limit_req zone=tight nodelay;
+            proxy_set_header X-Keygate-Key-Id $key_id;
+            {proxy}
+        }}"""
+    map_location = f"""
+        location / {{
+            if ($map_key_id = "") {{
+                add_header WWW-Authenticate 'Basic realm="keygate"' always;
+                return 401 '{{"error":"authentication failed"}}';
+            }}
+            limit_req zone=mapkey burst=1000000 nodelay;
+            limit_req zone=maptight nodelay;
+            proxy_set_header X-Keygate-Key-Id $map_key_id;
+            {proxy}
+        }}"""
     return f"""
 worker_processes 1;
 daemon off;
@@ -221,6 +261,9 @@ http {{
         default "";
 {by_header}
     }}
+    # As keygate's access record: the same fields, JSON-escaped; each server's own key id.
+{log_format("keygate_basic", "$key_id")}
+{log_format("keygate_map", "$map_key_id")}
     map $remote_user $tight_user {{ default ""; ulimited $remote_user; }}
     map $map_key_id $map_tight {{ default ""; key_benchlimited $map_key_id; }}
     limit_req_zone $remote_user zone=perkey:10m rate=1000000r/s;
@@ -234,27 +277,21 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{ports['nginx-basic']} backlog=4096;
-        location / {{
-            auth_basic "keygate";
-            auth_basic_user_file {work}/htpasswd;
-            limit_req zone=perkey burst=1000000 nodelay;
-            limit_req zone=tight nodelay;
-            proxy_set_header X-Keygate-Key-Id $key_id;
-            {proxy}
-        }}
+        {basic_location}
+    }}
+    server {{
+        listen 127.0.0.1:{ports['nginx-basic-log']} backlog=4096;
+        access_log {work}/nginx-basic-access.log keygate_basic buffer=64k flush=1s;
+        {basic_location}
     }}
     server {{
         listen 127.0.0.1:{ports['nginx-map']} backlog=4096;
-        location / {{
-            if ($map_key_id = "") {{
-                add_header WWW-Authenticate 'Basic realm="keygate"' always;
-                return 401 '{{"error":"authentication failed"}}';
-            }}
-            limit_req zone=mapkey burst=1000000 nodelay;
-            limit_req zone=maptight nodelay;
-            proxy_set_header X-Keygate-Key-Id $map_key_id;
-            {proxy}
-        }}
+        {map_location}
+    }}
+    server {{
+        listen 127.0.0.1:{ports['nginx-map-log']} backlog=4096;
+        access_log {work}/nginx-map-access.log keygate_map buffer=64k flush=1s;
+        {map_location}
     }}
 }}
 """
@@ -298,7 +335,8 @@ backend api
 """
 
 
-def keygate_config(work: str, upstream: int, proxy: int, admin: int, redis: str = "", store: str = "") -> str:
+def keygate_config(work: str, upstream: int, proxy: int, admin: int, access_log: bool = False,
+                   redis: str = "", store: str = "") -> str:
     # With a PostgreSQL URL: that store instead of the SQLite file.
     store = store or f"sqlite://{work}/keygate.db"
     # With a Redis URL: the shared (fleet-wide) limiter instead of the local one.
@@ -328,6 +366,9 @@ default = "1000000000/s"
 
 [metrics]
 per_key = false
+
+[logs]
+access = {str(access_log).lower()}
 
 [[upstream]]
 name = "api"
@@ -402,6 +443,14 @@ def run_wrk(contender: Contender, scenario: str, header: str, args, scan_script:
     before = cpu_seconds(contender.pid)
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     after = cpu_seconds(contender.pid)
+    if contender.access_log:
+        # Written within a second (both flush at least that often); emptied for the next run.
+        deadline = time.time() + 5
+        while not os.path.exists(contender.access_log) or os.path.getsize(contender.access_log) == 0:
+            if time.time() > deadline:
+                raise SystemExit(f"{contender.name} wrote no access log to {contender.access_log}")
+            time.sleep(0.1)
+        os.truncate(contender.access_log, 0)
     user, kernel = after[0] - before[0], after[1] - before[1]
     requests = int(re.search(r"(\d+) requests in", output).group(1))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
@@ -501,7 +550,8 @@ def report(results: dict, contenders: list[Contender], args) -> None:
           f"{args.connections} connections, wrk -t1 on CPU {DRIVER_CPU} with the upstream, "
           f"contenders on CPU {CONTENDER_CPU} with one worker; {cores} CPUs\n")
     header = (f"{'scenario':<9} {'contender':<14} {'req/s median':>12} {'(min - max)':>19} "
-              f"{'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'kernel':>6} {'keygate x':>9} {'unexpected':>10}")
+              f"{'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'kernel':>6} {'log +us':>7} {'keygate x':>9} "
+              f"{'unexpected':>10}")
     print(header)
     print("-" * len(header))
     for scenario in EXPECTED:
@@ -509,15 +559,22 @@ def report(results: dict, contenders: list[Contender], args) -> None:
         rows = [(c, r) for c, r in rows if r]
         if not rows:
             continue
-        ours = next((statistics.median(x.rps for x in r) for c, r in rows if c.name == "keygate"), None)
+        rps_of = {c.name: statistics.median(x.rps for x in r) for c, r in rows}
+        cpu_of = {c.name: statistics.median(x.cpu_us for x in r) for c, r in rows}
         for contender, runs in rows:
-            rps = statistics.median(r.rps for r in runs)
-            ratio = f"{ours / rps:.2f}" if ours and contender.name != "keygate" else ""
+            rps = rps_of[contender.name]
+            # Logging contenders against keygate logging; the others against keygate without.
+            logged = contender.name.endswith("-log")
+            ours = rps_of.get("keygate-log" if logged else "keygate")
+            ratio = f"{ours / rps:.2f}" if ours and not contender.name.startswith("keygate") else ""
+            # What the access log costs it: CPU per request beside its twin without one.
+            twin = cpu_of.get(contender.name.removesuffix("-log")) if logged else None
+            cost = f"{cpu_of[contender.name] - twin:+.1f}" if twin is not None else ""
             print(f"{scenario:<9} {contender.name:<14} {rps:>12,.0f} "
                   f"{'(' + format(min(r.rps for r in runs), ',.0f') + ' - ' + format(max(r.rps for r in runs), ',.0f') + ')':>19} "
                   f"{statistics.median(r.p50_ms for r in runs):>7.2f} {statistics.median(r.p99_ms for r in runs):>7.2f} "
-                  f"{statistics.median(r.cpu_us for r in runs):>10.1f} {statistics.median(r.kernel_us for r in runs):>6.1f} "
-                  f"{ratio:>9} {sum(r.unexpected for r in runs):>10}")
+                  f"{cpu_of[contender.name]:>10.1f} {statistics.median(r.kernel_us for r in runs):>6.1f} "
+                  f"{cost:>7} {ratio:>9} {sum(r.unexpected for r in runs):>10}")
         print()
 
 
@@ -537,6 +594,9 @@ def main() -> None:
                         help="also run keygate with its limits in this Redis (redis://127.0.0.1:6379)")
     parser.add_argument("--churn", type=int, default=0,
                         help="also run keygate's valid scenario while this many key changes go in")
+    parser.add_argument("--logs", action="store_true",
+                        help="the access log's cost: keygate, nginx auth_basic and map, each with its access "
+                             "log off and on (to a file), valid and scanning only")
     args = parser.parse_args()
     for tool in ("nginx", "haproxy", "wrk", "taskset"):
         if not shutil.which(tool):
@@ -562,7 +622,7 @@ def main() -> None:
 def bench(work: str, args) -> None:
     keys = make_keys(args.keys, args.scanning_keys)
     names = ["keygate", "keygate-redis", "keygate-pg", "nginx-basic", "nginx-map", "haproxy", "nginx-plain", "haproxy-plain", "hyper-plain"]
-    ports = {name: free_port() for name in names}
+    ports = {name: free_port() for name in names + [f"{name}-log" for name in LOGGED]}
     upstream = free_port()
     admin = free_port()
 
@@ -591,6 +651,14 @@ def bench(work: str, args) -> None:
                     f"{work}/keygate.log", env)
     wait_for_port(ports["keygate"], "keygate")
     print(f"keygate: started with its {len(keys.valid) + 1} keys loaded in {time.time() - began:.1f}s")
+    if args.logs:
+        # A second gateway on the same store, its access log on, its stdout to a file.
+        with open(f"{work}/keygate-log.toml", "w") as f:
+            f.write(keygate_config(work, upstream, ports["keygate-log"], free_port(), access_log=True))
+        logging_gateway = start([KEYGATE, "serve", "--config", f"{work}/keygate-log.toml", "--log-format", "json"],
+                                CONTENDER_CPU, f"{work}/keygate-access.log",
+                                dict(env, RUST_LOG="warn,keygate::access=info"))
+        wait_for_port(ports["keygate-log"], "keygate-log")
 
     keygate_scenarios = ("valid", "wrong", "scanning", "limited") + (("churn",) if args.churn else ())
     contenders = [Contender("keygate", ports["keygate"], gateway.pid, keygate_scenarios)]
@@ -599,7 +667,7 @@ def bench(work: str, args) -> None:
         # check goes there, so only the valid and limited scenarios differ. Redis's own CPU time
         # is not in its column (Redis runs beside the driver, not pinned).
         with open(f"{work}/keygate-redis.toml", "w") as f:
-            f.write(keygate_config(work, upstream, ports["keygate-redis"], free_port(), args.redis))
+            f.write(keygate_config(work, upstream, ports["keygate-redis"], free_port(), redis=args.redis))
         shared = start([KEYGATE, "serve", "--config", f"{work}/keygate-redis.toml"], CONTENDER_CPU,
                        f"{work}/keygate-redis.log", env)
         wait_for_port(ports["keygate-redis"], "keygate-redis")
@@ -623,6 +691,9 @@ def bench(work: str, args) -> None:
                       f"{work}/keygate-pg.log", env)
         wait_for_port(ports["keygate-pg"], "keygate-pg")
         contenders.append(Contender("keygate-pg", ports["keygate-pg"], on_pg.pid))
+    if args.logs:
+        contenders.append(Contender("keygate-log", ports["keygate-log"], logging_gateway.pid, LOG_SCENARIOS,
+                                    f"{work}/keygate-access.log"))
     # The floor holds no keys (it compares the header with the valid one), so it runs at any
     # key count.
     valid_user, valid_key, _ = keys.valid[len(keys.valid) // 2]
@@ -637,12 +708,16 @@ def bench(work: str, args) -> None:
         with open(f"{work}/haproxy.cfg", "w") as f:
             f.write(haproxy_config(keys, upstream, ports))
         haproxy = start(["haproxy", "-f", f"{work}/haproxy.cfg"], CONTENDER_CPU, f"{work}/haproxy.log")
-        for name in names:
+        for name in names + ["nginx-basic-log", "nginx-map-log"]:
             if name.startswith(("nginx", "haproxy")):
                 wait_for_port(ports[name], name)
         contenders += [
             Contender("nginx-basic", ports["nginx-basic"], nginx.pid),
             Contender("nginx-map", ports["nginx-map"], nginx.pid),
+            Contender("nginx-basic-log", ports["nginx-basic-log"], nginx.pid, LOG_SCENARIOS,
+                      f"{work}/nginx-basic-access.log"),
+            Contender("nginx-map-log", ports["nginx-map-log"], nginx.pid, LOG_SCENARIOS,
+                      f"{work}/nginx-map-access.log"),
             Contender("haproxy", ports["haproxy"], haproxy.pid),
             Contender("nginx-plain", ports["nginx-plain"], nginx.pid, ("valid",)),
             Contender("haproxy-plain", ports["haproxy-plain"], haproxy.pid, ("valid",)),
@@ -650,6 +725,12 @@ def bench(work: str, args) -> None:
     else:
         print(f"peers skipped: nginx's htpasswd and HAProxy's userlist are searched line by line, "
               f"so only keygate runs with {len(keys.valid)} keys")
+    if args.logs:
+        contenders = [c for c in contenders if c.name.removesuffix("-log") in LOGGED]
+        for contender in contenders:
+            contender.scenarios = LOG_SCENARIOS
+    else:
+        contenders = [c for c in contenders if not c.name.endswith("-log")]
     if args.only:
         wanted = set(args.only.split(","))
         contenders = [c for c in contenders if c.name in wanted]
@@ -662,10 +743,11 @@ def bench(work: str, args) -> None:
     }
     scan = scan_script(work, keys, valid_user)
     deadline = time.time() + 15
-    while status_of(ports["keygate"], headers["valid"]) != 200:
-        if time.time() > deadline:
-            raise SystemExit("keygate did not pick up the imported keys")
-        time.sleep(0.2)
+    for name in ("keygate", "keygate-log") if args.logs else ("keygate",):
+        while status_of(ports[name], headers["valid"]) != 200:
+            if time.time() > deadline:
+                raise SystemExit(f"{name} did not pick up the imported keys")
+            time.sleep(0.2)
     for contender in contenders:
         for scenario in contender.scenarios:
             if scenario != "scanning":

@@ -29,6 +29,8 @@ pub struct RawConfig {
     pub lifecycle: RawLifecycle,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub logs: RawLogs,
     /// `[[upstream]]` tables.
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<Spanned<RawUpstream>>,
@@ -166,6 +168,13 @@ pub struct RawLifecycle {
 pub struct RawMetrics {
     /// Export `keygate_key_requests_total` per key. Default true.
     pub per_key: Field<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogs {
+    /// Write one access record per request to stdout. Default true.
+    pub access: Field<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -23,6 +23,7 @@ pub struct Config {
     pub rate_limit: RateLimit,
     pub lifecycle: Lifecycle,
     pub metrics: Metrics,
+    pub logs: Logs,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
 }
@@ -161,6 +162,12 @@ pub struct Lifecycle {
 pub struct Metrics {
     /// Export `keygate_key_requests_total` per key. Default true; switch off for very many keys.
     pub per_key: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Logs {
+    /// One access record per request on stdout. Default true.
+    pub access: bool,
 }
 
 #[derive(Debug, Clone)]

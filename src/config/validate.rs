@@ -188,6 +188,9 @@ impl Checker<'_> {
         let metrics = Metrics {
             per_key: raw.metrics.per_key.as_ref().is_none_or(|v| *v.get_ref()),
         };
+        let logs = Logs {
+            access: raw.logs.access.as_ref().is_none_or(|v| *v.get_ref()),
+        };
         if admin.listen == server.listen && server.listen.port() != 0 {
             let span = raw.admin.listen.as_ref().map_or(0..0, Spanned::span);
             self.fail(&span, "admin.listen", "must differ from server.listen");
@@ -202,6 +205,7 @@ impl Checker<'_> {
             rate_limit,
             lifecycle,
             metrics,
+            logs,
             upstreams,
             routes,
         })

@@ -58,6 +58,7 @@ fn an_empty_file_takes_every_default() {
     assert_eq!(config.rate_limit.backend, RateLimitBackend::Local);
     assert_eq!(config.lifecycle.check_interval, Duration::from_secs(3600));
     assert!(config.metrics.per_key);
+    assert!(config.logs.access);
     assert!(config.routes.is_empty() && config.upstreams.is_empty());
 }
 
@@ -344,4 +345,16 @@ fn the_redis_backend_takes_its_url_prefix_and_budget() {
             timeout: Duration::from_millis(20),
         }
     );
+}
+
+#[test]
+fn the_access_log_can_be_switched_off() {
+    assert!(!parse_ok("[logs]\naccess = false\n").logs.access);
+    assert!(parse_ok("[logs]\naccess = true\n").logs.access);
+}
+
+#[test]
+fn logs_recent_is_not_a_setting_yet() {
+    let error = parse("[logs]\nrecent = 100\n", Path::new("/")).unwrap_err();
+    assert!(error.to_string().contains("recent"), "{error}");
 }

@@ -336,12 +336,17 @@ impl KeySync {
             match tokio::task::spawn_blocking(move || sync.sync_once()).await {
                 Ok(Ok(_)) => {
                     let (keys, revision) = (self.table.len(), self.table.revision());
-                    tracing::info!(keys, revision, elapsed = ?started.elapsed(), "key table loaded");
+                    tracing::info!(
+                        keys,
+                        revision,
+                        elapsed_ms = crate::telemetry::logs::millis(started.elapsed()),
+                        "key table loaded"
+                    );
                     return;
                 }
                 Ok(Err(error)) => tracing::error!(
                     %error,
-                    retry_in = ?backoff,
+                    retry_in_s = backoff.as_secs_f64(),
                     "cannot load the key table; not ready until it loads"
                 ),
                 Err(panic) => tracing::error!(%panic, "key table load task failed"),

@@ -195,7 +195,7 @@ impl Deliverer {
             Err(failure) => {
                 self.metrics.webhook_failures.inc();
                 let wait = backoff(attempts);
-                tracing::warn!(event = %about.event, key_id = %about.key_id, %failure, attempts, retry_in = ?wait, "webhook failed; will retry");
+                tracing::warn!(event = %about.event, key_id = %about.key_id, %failure, attempts, retry_in_s = wait.as_secs(), "webhook failed; will retry");
                 let at = now.checked_add(wait).unwrap_or(Timestamp::MAX);
                 blocking(move || store.webhook_retry_at(id, attempts, at)).await
             }

@@ -31,7 +31,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST};
 use http::{Request, Response, StatusCode};
@@ -52,6 +52,7 @@ use super::Body;
 use crate::config::UnderscoreHeaders;
 use crate::core::key::RateLimitSpec;
 use crate::core::secret::{check_format, Format};
+use crate::telemetry::access;
 
 /// Where a connection comes from.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +72,9 @@ struct Context {
     upstream_time: Option<Duration>,
     /// The cause of a refusal, for the log.
     reason: Option<&'static str>,
+    /// The request's target as it came, for the access log's `path` (when it is on). A clone
+    /// shares the request's bytes: nothing is copied.
+    target: Option<http::Uri>,
 }
 
 impl Context {
@@ -85,6 +89,7 @@ impl Context {
             limit: None,
             upstream_time: None,
             reason: None,
+            target: None,
         }
     }
 }
@@ -125,7 +130,6 @@ struct Exchange {
     snapshot: Arc<Snapshot>,
     ctx: Context,
     method: http::Method,
-    path: Option<String>,
     shared_limit: Option<RateLimitSpec>,
     upstream: usize,
     outgoing: Request<OutBody>,
@@ -141,7 +145,7 @@ fn begin(
     let mut ctx = Context::new(&snapshot, peer, request.headers(), request_id(&request));
     let method = request.method().clone();
     let version = request.version();
-    let path = access_log_on().then(|| request.uri().path().to_owned());
+    ctx.target = access_log_on(&snapshot).then(|| request.uri().clone());
     let outgoing = admit(shared, &snapshot, &mut ctx, &request).and_then(|admitted| {
         let shared_limit = admitted.shared_limit;
         outgoing(&snapshot, &ctx, peer, admitted, request).map(|out| (shared_limit, out))
@@ -152,7 +156,6 @@ fn begin(
                 snapshot,
                 ctx,
                 method,
-                path,
                 shared_limit,
                 upstream,
                 outgoing,
@@ -168,7 +171,7 @@ fn begin(
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            Begun::Answered(finish(&snapshot, &ctx, &method, path.as_deref(), response))
+            Begun::Answered(finish(&snapshot, &ctx, &method, response))
         }
     }
 }
@@ -180,7 +183,6 @@ impl Exchange {
             snapshot,
             mut ctx,
             method,
-            path,
             shared_limit,
             upstream,
             outgoing,
@@ -200,7 +202,7 @@ impl Exchange {
             Ok(response) => response,
             Err(refusal) => refuse(shared, &snapshot, &mut ctx, refusal),
         };
-        finish(&snapshot, &ctx, &method, path.as_deref(), response)
+        finish(&snapshot, &ctx, &method, response)
     }
 }
 
@@ -247,11 +249,10 @@ fn admit<B>(
 
     // 2 to 4: the key, from an IP over its failed-auth allowance only if it is valid.
     let now = shared.clock.now().as_second();
-    let (key, which, source) = authenticate(shared, snapshot, route, request, now)
+    let (key, which, source) = authenticate(shared, snapshot, route, request, now, &mut ctx.key)
         .map_err(|refusal| throttle(snapshot, ctx.client, refusal))?;
     let previous = matches!(which, Secret::Previous { .. });
     shared.record_use(&key, previous, now, snapshot.config.metrics.per_key);
-    ctx.key = Some(key.clone());
 
     // 5: the client IP.
     let allowed_ips = key.allowed_ips();
@@ -314,13 +315,15 @@ fn apply_limit(ctx: &mut Context, decision: Decision) -> Result<(), Refusal> {
 }
 
 /// Steps 2 to 4: the credential, the key it names, and whether that key may be used on this
-/// route now.
+/// route now. The key, once found, goes into `found` whatever follows, so a refusal's access
+/// record names the key that was used (revoked, expired, of another environment).
 fn authenticate<B>(
     shared: &Shared,
     snapshot: &Snapshot,
     route: &RouteState,
     request: &Request<B>,
     now: i64,
+    found: &mut Option<Arc<AuthKey>>,
 ) -> Result<(Arc<AuthKey>, Secret, Source), Refusal> {
     // 2: the credential; a malformed key (bad checksum) is refused before the lookup.
     let mut buf = [0; 1024];
@@ -340,6 +343,7 @@ fn authenticate<B>(
         .keys
         .lookup(&hash)
         .ok_or(Refusal::Unauthenticated(AuthFailure::Unknown))?;
+    *found = Some(key.clone());
     usable(&key, which, now)?;
 
     // 4: the key's environment is the route's.
@@ -531,7 +535,6 @@ fn finish(
     snapshot: &Snapshot,
     ctx: &Context,
     method: &http::Method,
-    path: Option<&str>,
     mut response: Response<Body>,
 ) -> Response<Body> {
     let headers = response.headers_mut();
@@ -542,7 +545,6 @@ fn finish(
     }
     let status = response.status();
     let route = ctx.route.map(|i| &snapshot.routes[i]);
-    let route_name = route.map_or("none", |r| r.name.as_str());
     let elapsed = ctx.start.elapsed();
     match route {
         Some(route) => {
@@ -551,38 +553,43 @@ fn finish(
         }
         None => snapshot.unrouted.get(status).inc(),
     }
-    log_access(ctx, method, path, route_name, status, elapsed);
+    if ctx.target.is_some() {
+        log_access(ctx, method, route.map(|r| r.name.as_str()), status, elapsed);
+    }
     response
 }
 
-/// Whether access-log events are on (`RUST_LOG`): the request's path is kept for them only
-/// then.
-fn access_log_on() -> bool {
-    tracing::enabled!(target: "keygate::access", tracing::Level::INFO)
+/// Whether this request gets an access record: `logs.access`, and the writer started (by
+/// `serve`, unless `RUST_LOG` turns `keygate::access` off).
+fn access_log_on(snapshot: &Snapshot) -> bool {
+    snapshot.config.logs.access && access::installed()
 }
 
+/// The request's access record (SPEC section 7), into this thread's log buffer.
 fn log_access(
     ctx: &Context,
     method: &http::Method,
-    path: Option<&str>,
-    route: &str,
+    route: Option<&str>,
     status: StatusCode,
     elapsed: Duration,
 ) {
-    tracing::info!(
-        target: "keygate::access",
-        request_id = ctx.request_id.to_str().unwrap_or("-"),
+    let time_us = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_micros()).unwrap_or(u64::MAX));
+    access::log(&access::Record {
+        time_us,
+        request_id: ctx.request_id.as_bytes(),
         route,
-        key_id = ctx.key.as_ref().map(|k| &*k.id),
-        environment = ctx.key.as_ref().map(|k| k.environment.as_str()),
-        client = %ctx.client,
-        method = method.as_str(),
-        path,
-        status = status.as_u16(),
-        duration_ms = elapsed.as_secs_f64() * 1e3,
-        upstream_ms = ctx.upstream_time.map(|t| t.as_secs_f64() * 1e3),
-        reason = ctx.reason,
-    );
+        key_id: ctx.key.as_ref().map(|k| &*k.id),
+        environment: ctx.key.as_ref().map(|k| k.environment.as_str()),
+        client: ctx.client,
+        method: method.as_str(),
+        path: ctx.target.as_ref().map(|t| t.path().as_bytes()),
+        status: status.as_u16(),
+        duration: elapsed,
+        upstream: ctx.upstream_time,
+        reason: ctx.reason,
+    });
 }
 
 /// The client's request id if it sent a sane one, a new one otherwise.

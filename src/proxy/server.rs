@@ -144,7 +144,10 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!(grace = ?settings.shutdown_grace, "requests still running after the shutdown grace");
+        tracing::warn!(
+            grace_s = settings.shutdown_grace.as_secs_f64(),
+            "requests still running after the shutdown grace"
+        );
     }
 }
 

@@ -37,6 +37,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::error::UpstreamFailure;
 use crate::config;
+use crate::telemetry::throttle::Throttle;
 
 /// The request body as sent upstream: the client's, streamed, cut off past
 /// `server.max_request_body` (bodies without a Content-Length are only counted as they pass).
@@ -110,10 +111,36 @@ impl UpstreamClient {
 
     /// Sends the request; the response head must come within the upstream's timeout.
     pub async fn send(&self, request: Request<OutBody>) -> Result<Response<UpstreamBody>, SendFailure> {
-        match tokio::time::timeout(self.timeout, self.exchange(request)).await {
+        let result = match tokio::time::timeout(self.timeout, self.exchange(request)).await {
             Ok(result) => result,
             Err(_) => Err(SendFailure::Upstream(UpstreamFailure::Timeout)),
+        };
+        if let Err(SendFailure::Upstream(failure)) = result {
+            self.warn(failure);
         }
+        result
+    }
+
+    /// Logs a failed exchange, at most once per [`FAILURE_WARNING_EVERY`] for each kind: while
+    /// an upstream is down every request would log one.
+    fn warn(&self, failure: UpstreamFailure) {
+        let throttle = &self.pool.failure_warnings[failure as usize];
+        let Some(suppressed) = throttle.due(Instant::now()) else {
+            return;
+        };
+        let what = match failure {
+            UpstreamFailure::Connect => "cannot connect to the upstream: 502",
+            UpstreamFailure::Timeout => "the upstream did not answer within its timeout: 504",
+            UpstreamFailure::Reset => "the upstream closed the connection without an answer: 502",
+        };
+        tracing::warn!(
+            upstream = %self.name,
+            kind = failure.as_str(),
+            suppressed,
+            logged_at_most_every_s = throttle.every().as_secs(),
+            "{what} (suppressed: like failures since the last warning; \
+             keygate_upstream_errors_total counts each)"
+        );
     }
 
     async fn exchange(&self, request: Request<OutBody>) -> Result<Response<UpstreamBody>, SendFailure> {
@@ -246,6 +273,9 @@ fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
 /// The least time between two warnings of requests refused at the connection cap.
 const CAP_WARNING_EVERY: Duration = Duration::from_secs(10);
 
+/// The least time between two warnings of one upstream's failures of one kind.
+const FAILURE_WARNING_EVERY: Duration = Duration::from_secs(10);
+
 /// One upstream's connections: the idle ones, most recently used last, and a slot for each
 /// open one.
 struct Pool {
@@ -257,6 +287,8 @@ struct Pool {
     returned: Notify,
     /// When a request last gave up waiting at the cap was logged.
     cap_warned: Mutex<Option<Instant>>,
+    /// Warnings of failed exchanges, by [`UpstreamFailure`] kind.
+    failure_warnings: [Throttle; 3],
     reaper: std::sync::Once,
 }
 
@@ -285,6 +317,7 @@ impl Pool {
             settings,
             returned: Notify::new(),
             cap_warned: Mutex::new(None),
+            failure_warnings: [(); 3].map(|()| Throttle::new(FAILURE_WARNING_EVERY)),
             reaper: std::sync::Once::new(),
         }
     }
@@ -303,7 +336,7 @@ impl Pool {
         tracing::warn!(
             upstream,
             pool_max_connections = self.settings.max_connections,
-            logged_at_most_every = ?CAP_WARNING_EVERY,
+            logged_at_most_every_s = CAP_WARNING_EVERY.as_secs(),
             "a request waited connect_timeout for a connection at the cap and got 502 \
              (keygate_upstream_errors_total{{kind=\"connect\"}} counts each)"
         );

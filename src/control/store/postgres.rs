@@ -911,7 +911,7 @@ async fn listen(
                 }
             }
             Err(error) => {
-                tracing::warn!(error = %postgres_error(&error), retry_in = ?backoff, "PostgreSQL change listener cannot connect");
+                tracing::warn!(error = %postgres_error(&error), retry_in_s = backoff.as_secs_f64(), "PostgreSQL change listener cannot connect");
             }
         }
         tokio::time::sleep(backoff).await;
