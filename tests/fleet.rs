@@ -17,15 +17,7 @@ use hyper_util::rt::TokioExecutor;
 use keygate::gateway::Gateway;
 use support::postgres::{postgres_url, FreshSchema};
 use support::relay::{service_addr, Relay};
-use support::{basic, eventually, loaded, read, Answer, Harness, ADMIN_TOKEN, STANDARD};
-
-fn redis_url() -> Option<String> {
-    let url = std::env::var("KEYGATE_TEST_REDIS_URL").ok();
-    if url.is_none() {
-        eprintln!("skipped: KEYGATE_TEST_REDIS_URL is not set (e.g. redis://127.0.0.1:6379)");
-    }
-    url
-}
+use support::{admin_call, basic, eventually, loaded, redis_url, Harness, STANDARD};
 
 /// The standard config on PostgreSQL at `store` and Redis at `redis`, polling only hourly, so
 /// whatever arrives sooner was pushed.
@@ -49,18 +41,6 @@ async fn status(gateway: &Gateway, key: &str) -> u16 {
         .body(Full::new(Bytes::new()))
         .unwrap();
     client.request(request).await.unwrap().status().as_u16()
-}
-
-async fn admin(gateway: &Gateway, method: &str, path: &str, body: &str) -> Answer {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let request = Request::builder()
-        .method(method)
-        .uri(format!("http://{}{path}", gateway.admin_addr))
-        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
-    read(client.request(request).await.unwrap()).await
 }
 
 /// Whether every replica answers `want` for `key` within a few seconds.
@@ -90,7 +70,7 @@ async fn a_change_through_one_replica_is_in_force_on_all_and_a_limit_is_one_limi
     loaded(&third).await;
     let replicas = [&harness.gateway, &second, &third];
 
-    let created = admin(
+    let created = admin_call(
         &second,
         "POST",
         "/v1/keys",
@@ -114,7 +94,7 @@ async fn a_change_through_one_replica_is_in_force_on_all_and_a_limit_is_one_limi
     }
     assert_eq!(admitted, 6, "6 a minute across three replicas");
 
-    let revoked = admin(&third, "POST", &format!("/v1/keys/{id}/revoke"), "").await;
+    let revoked = admin_call(&third, "POST", &format!("/v1/keys/{id}/revoke"), "").await;
     assert_eq!(revoked.status, 200, "{}", revoked.text());
     assert_eq!(
         status(&third, key).await,
@@ -153,7 +133,7 @@ async fn with_postgres_cut_off_every_replica_keeps_serving_and_catches_up() {
         for _ in 0..5 {
             assert_eq!(status(replica, &key).await, 200, "the last table keeps serving");
         }
-        let ready = admin(replica, "GET", "/readyz", "").await;
+        let ready = admin_call(replica, "GET", "/readyz", "").await;
         assert_eq!(
             ready.status,
             200,

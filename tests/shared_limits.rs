@@ -20,15 +20,7 @@ use keygate::gateway::Gateway;
 use keygate::proxy::limits::Decision;
 use keygate::proxy::shared_limits::{RedisSettings, SharedLimits};
 use support::relay::{service_addr, Relay};
-use support::{basic, eventually, read, sample, spec, Answer, Harness, ADMIN_TOKEN, STANDARD};
-
-fn redis_url() -> Option<String> {
-    let url = std::env::var("KEYGATE_TEST_REDIS_URL").ok();
-    if url.is_none() {
-        eprintln!("skipped: KEYGATE_TEST_REDIS_URL is not set (e.g. redis://127.0.0.1:6379)");
-    }
-    url
-}
+use support::{admin_call, basic, eventually, read, redis_url, sample, spec, Answer, Harness, STANDARD};
 
 /// A bucket prefix no other test (or earlier run) uses.
 fn fresh_prefix() -> String {
@@ -64,20 +56,8 @@ async fn get(gateway: &Gateway, key: &str) -> Answer {
     read(client.request(request).await.unwrap()).await
 }
 
-async fn admin(gateway: &Gateway, method: &str, path: &str, body: &str) -> Answer {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let request = Request::builder()
-        .method(method)
-        .uri(format!("http://{}{path}", gateway.admin_addr))
-        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
-    read(client.request(request).await.unwrap()).await
-}
-
 async fn shares_limits(gateway: &Gateway) -> bool {
-    let ready = admin(gateway, "GET", "/readyz", "").await.json();
+    let ready = admin_call(gateway, "GET", "/readyz", "").await.json();
     assert_eq!(ready["rate_limit"]["backend"], "redis", "{ready}");
     ready["rate_limit"]["shared"] == true
 }
@@ -136,7 +116,7 @@ async fn three_replicas_admit_a_keys_limit_once_not_three_times() {
     let replicas = [&harness.gateway, &second, &third];
 
     // `verify` spends the same allowance as proxied requests.
-    let verdict = admin(
+    let verdict = admin_call(
         &harness.gateway,
         "POST",
         "/v1/keys/verify",
@@ -165,7 +145,7 @@ async fn three_replicas_admit_a_keys_limit_once_not_three_times() {
     );
     assert_eq!(statuses.iter().filter(|&&s| s == 429).count(), 7);
     for replica in replicas {
-        let metrics = admin(replica, "GET", "/metrics", "").await.text();
+        let metrics = admin_call(replica, "GET", "/metrics", "").await.text();
         assert_eq!(sample(&metrics, "keygate_rate_limit_fallback_total"), Some(0.0));
     }
     second.shutdown().await;

@@ -407,3 +407,26 @@ pub async fn loaded(gateway: &Gateway) {
         .await
         .expect("the key table loads within 30 s");
 }
+
+/// `method path` on a gateway's admin listener with the admin token and a JSON `body`.
+pub async fn admin_call(gateway: &Gateway, method: &str, path: &str, body: &str) -> Answer {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", gateway.admin_addr))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    read(client.request(request).await.unwrap()).await
+}
+
+/// The Redis of the tests that need one, from `KEYGATE_TEST_REDIS_URL`; `None` (and why, on
+/// stderr) when it is not set.
+pub fn redis_url() -> Option<String> {
+    let url = std::env::var("KEYGATE_TEST_REDIS_URL").ok();
+    if url.is_none() {
+        eprintln!("skipped: KEYGATE_TEST_REDIS_URL is not set (e.g. redis://127.0.0.1:6379)");
+    }
+    url
+}
