@@ -130,3 +130,19 @@ async fn a_large_body_streams_through_unchanged() {
     assert_eq!(h.send(request).await.status, 200);
     assert_eq!(h.upstream.last().body, Bytes::from(body));
 }
+
+#[tokio::test]
+async fn raw_utf8_beside_an_escape_reaches_the_upstream_as_the_same_bytes() {
+    let h = Harness::start().await;
+    let (_, key) = h.key(&["*"]).await;
+    let head = format!(
+        "GET /v1/%73tatus/\u{44b}\u{43d} HTTP/1.1\r\nHost: api.test\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+        basic(&key)
+    );
+    let answer = h.raw(head.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(
+        h.upstream.last().uri.path().as_bytes(),
+        "/v1/status/\u{44b}\u{43d}".as_bytes()
+    );
+}
