@@ -503,6 +503,12 @@ const PATHS: &[Row] = &[
         false,
     ),
     row(
+        "%252%65 (found by fuzzing): its normal form is %252e, a dot to an upstream that decodes twice",
+        "GET /v1/status/%252%65%252%65/x HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\n\r\n",
+        400,
+        false,
+    ),
+    row(
         "%252F, a slash to an upstream that decodes twice",
         "GET /v1/status%252Fx HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\n\r\n",
         400,

@@ -20,12 +20,26 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, AmbiguousPath> {
         return Err(AmbiguousPath);
     }
     let normalized = if path.contains('%') {
-        Cow::Owned(decode_unreserved(path)?)
+        let decoded = decode_unreserved(path)?;
+        // Checked on the result, not the input: `%25` `2` `%65` decodes to `%252e` as well.
+        if has_double_encoded(&decoded) {
+            return Err(AmbiguousPath);
+        }
+        Cow::Owned(decoded)
     } else {
         Cow::Borrowed(path)
     };
     check_segments(&normalized)?;
     Ok(normalized)
+}
+
+/// Whether a normal form holds an encoded `%` that, decoded once more, is `.`, `/`, `\` or NUL.
+fn has_double_encoded(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    bytes
+        .windows(3)
+        .enumerate()
+        .any(|(i, w)| w == b"%25" && is_double_encoded(&bytes[i + 3..]))
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -55,9 +69,6 @@ fn decode_unreserved(path: &str) -> Result<String, AmbiguousPath> {
             return Err(AmbiguousPath);
         };
         let decoded = high << 4 | low;
-        if decoded == b'%' && is_double_encoded(&bytes[i + 3..]) {
-            return Err(AmbiguousPath);
-        }
         match decoded {
             b'/' | b'\\' | 0 => return Err(AmbiguousPath),
             b if is_unreserved(b) => out.push(b),
@@ -204,6 +215,10 @@ mod tests {
             "/v1/customers/..;",
             "/v1/%2e%2e;x/admin",
             "/v1/%252e%252e/admin",
+            // Found by fuzzing: the second digit encoded, so only the decoded form reads `%252e`.
+            "/v1/%252%65%252%65/admin",
+            "/%252%652|",
+            "/v1/%25%32%65/admin",
             "/v1/%252E%252E/admin",
             "/v1/customers%252facme",
             "/v1/customers%252Facme",
