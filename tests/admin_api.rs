@@ -866,3 +866,21 @@ async fn every_admin_change_is_in_force_on_the_answering_gateway_when_it_answers
     assert_eq!(post("/v1/keys".into(), Some(imported)).await.status, 201);
     assert_eq!(status("legacy-secret-0123456789".into()).await, 200, "imported");
 }
+
+#[tokio::test]
+async fn metrics_include_the_process_resident_memory_open_files_and_cpu() {
+    let h = Harness::start().await;
+    let metrics = h.metrics().await;
+    for name in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_cpu_seconds_total",
+    ] {
+        // CPU seconds may still round to 0 in a fresh test process; present is what counts.
+        let value = support::sample(&metrics, name);
+        assert!(value.is_some_and(|v| v >= 0.0), "{name}: {value:?}");
+    }
+    for name in ["process_resident_memory_bytes", "process_open_fds"] {
+        assert!(support::sample(&metrics, name).is_some_and(|v| v > 0.0), "{name}");
+    }
+}

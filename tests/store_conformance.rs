@@ -161,6 +161,25 @@ fn a_change_is_audited_without_its_secret(store: &Store) {
     ));
 }
 
+fn a_change_that_changes_nothing_writes_nothing(store: &Store) {
+    store
+        .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
+        .unwrap();
+    revoke(store, "key_conformance00001", t(5)).unwrap();
+    let (revision, events) = (
+        store.revision().unwrap(),
+        store.events("key_conformance00001", 0, 10).unwrap().len(),
+    );
+    let again = revoke(store, "key_conformance00001", t(9)).unwrap();
+    assert_eq!(again.updated_at, t(5), "the key as it was");
+    assert_eq!(store.revision().unwrap(), revision, "no revision spent");
+    assert_eq!(
+        store.events("key_conformance00001", 0, 10).unwrap().len(),
+        events,
+        "no second, empty event"
+    );
+}
+
 fn a_deleted_key_is_a_tombstone_that_cannot_change(store: &Store) {
     store
         .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
@@ -351,6 +370,10 @@ const SUITE: &[Conformance] = &[
     (
         "a_change_is_audited_without_its_secret",
         a_change_is_audited_without_its_secret,
+    ),
+    (
+        "a_change_that_changes_nothing_writes_nothing",
+        a_change_that_changes_nothing_writes_nothing,
     ),
     (
         "a_deleted_key_is_a_tombstone_that_cannot_change",

@@ -115,6 +115,14 @@ impl Metrics {
             registry.register(metric).expect("metric names are unique");
         }
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        // process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total, ...
+        // (Linux; read from /proc at scrape time).
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metric names are unique");
         Metrics {
             requests: counter_vec(
                 r,

@@ -28,7 +28,7 @@ use super::model::{
     Audit, Changes, DayUsage, IdleKey, KeyEvent, KeyFilter, NewKey, PendingWebhook, StoredKey, Usage,
     UsageDelta,
 };
-use super::sqlite::{changed_fields, instant, json, new_key_fields, to_json, RawRow, COLUMNS};
+use super::sqlite::{changed_fields, instant, is_no_change, json, new_key_fields, to_json, RawRow, COLUMNS};
 use super::StoreError;
 use crate::core::key::{KeyStatus, StoredStatus};
 
@@ -363,6 +363,9 @@ impl PgStore {
             };
             let before = key.clone();
             change(&mut key)?;
+            if is_no_change(&before, &key) {
+                return Ok(before);
+            }
             key.revision = next_revision(&tx).await?;
             write_back(&tx, &key).await?;
             record_event(&tx, &key.id, audit, key.updated_at, changed_fields(&before, &key)).await?;

@@ -222,6 +222,9 @@ impl SqliteStore {
             .ok_or(StoreError::NotFound)?;
         let before = key.clone();
         change(&mut key)?;
+        if is_no_change(&before, &key) {
+            return Ok(before);
+        }
         key.revision = next_revision(&tx)?;
         write_back(&tx, &key)?;
         record_event(&tx, &key.id, audit, key.updated_at, changed_fields(&before, &key))?;
@@ -760,6 +763,14 @@ fn audited_fields(key: &StoredKey) -> serde_json::Map<String, serde_json::Value>
 }
 
 /// The audited fields that differ between `before` and `after`, with their new values.
+/// Whether a change leaves the key as it was but for its `updated_at` (revoking a revoked key):
+/// then nothing is written, no revision spent, no audit record made.
+pub(super) fn is_no_change(before: &StoredKey, after: &StoredKey) -> bool {
+    let mut same = after.clone();
+    same.updated_at = before.updated_at;
+    same == *before
+}
+
 pub(super) fn changed_fields(
     before: &StoredKey,
     after: &StoredKey,
