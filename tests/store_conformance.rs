@@ -46,7 +46,7 @@ fn t(seconds: i64) -> Timestamp {
 
 fn audit(event: &'static str) -> Audit {
     Audit {
-        actor: Actor::AdminApi,
+        actor: Actor::AdminApi(None),
         event,
     }
 }

@@ -30,6 +30,8 @@ use keygate::gateway::{Gateway, Options};
 
 /// The admin token every harness gateway runs with.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// The read-only admin token every harness gateway also takes.
+pub const READ_TOKEN: &str = "test-read-token-0123456789";
 
 /// What the upstream received.
 #[derive(Debug, Clone)]
@@ -207,6 +209,7 @@ impl Harness {
         let options = Options {
             hasher: Hasher::unkeyed(),
             admin_token: Some(ADMIN_TOKEN.into()),
+            admin_read_token: Some(READ_TOKEN.into()),
             clock: shared_clock,
         };
         let gateway = Gateway::start(config, options).await.unwrap();
@@ -393,6 +396,7 @@ impl Harness {
         let options = Options {
             hasher: Hasher::unkeyed(),
             admin_token: Some(ADMIN_TOKEN.into()),
+            admin_read_token: Some(READ_TOKEN.into()),
             clock: Arc::new(self.clock.clone()),
         };
         let gateway = Gateway::start(config, options).await.unwrap();
