@@ -916,15 +916,47 @@ async fn the_read_only_token_reads_and_verifies_but_changes_nothing() {
         assert_eq!(read(Method::GET, &path, None).await.status, 200, "GET {path}");
     }
     let verify = format!(r#"{{"key":"{secret}"}}"#);
-    let verdict = admin(&h, Method::POST, "/v1/keys/verify", Some(&verify), Some(READ_TOKEN)).await;
+    let verdict = admin(
+        &h,
+        Method::POST,
+        "/v1/keys/verify",
+        Some(&verify),
+        Some(READ_TOKEN),
+    )
+    .await;
     assert_eq!(verdict.json()["valid"], true);
 
     let writes: [(Method, String, &str, Option<&'static str>); 7] = [
-        (Method::POST, "/v1/keys".into(), "/v1/keys", Some(r#"{"name":"x","environment":"production"}"#)),
-        (Method::PATCH, format!("/v1/keys/{id}"), "/v1/keys/{id}", Some(r#"{"name":"renamed"}"#)),
-        (Method::POST, format!("/v1/keys/{id}/regenerate"), "/v1/keys/{id}/regenerate", None),
-        (Method::POST, format!("/v1/keys/{id}/revoke"), "/v1/keys/{id}/revoke", None),
-        (Method::POST, format!("/v1/keys/{id}/activate"), "/v1/keys/{id}/activate", None),
+        (
+            Method::POST,
+            "/v1/keys".into(),
+            "/v1/keys",
+            Some(r#"{"name":"x","environment":"production"}"#),
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/keys/{id}"),
+            "/v1/keys/{id}",
+            Some(r#"{"name":"renamed"}"#),
+        ),
+        (
+            Method::POST,
+            format!("/v1/keys/{id}/regenerate"),
+            "/v1/keys/{id}/regenerate",
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/keys/{id}/revoke"),
+            "/v1/keys/{id}/revoke",
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/keys/{id}/activate"),
+            "/v1/keys/{id}/activate",
+            None,
+        ),
         (Method::DELETE, format!("/v1/keys/{id}"), "/v1/keys/{id}", None),
         // Unknown paths too: a read-only token learns nothing by writing.
         (Method::POST, "/v1/nothing".into(), "", None),
@@ -952,11 +984,24 @@ async fn recent_requests_show_each_answer_with_its_reason_newest_first() {
     let (id, secret) = h.key(&["customer:read"]).await;
     let (other, other_secret) = h.key(&["customer:read"]).await;
     assert_eq!(h.get("/v1/customers/c1?token=hidden", &secret).await.status, 200);
-    assert_eq!(h.call("DELETE", "/v1/customers/c1", Some(&secret), &[]).await.status, 403);
+    assert_eq!(
+        h.call("DELETE", "/v1/customers/c1", Some(&secret), &[])
+            .await
+            .status,
+        403
+    );
     assert_eq!(h.get("/v1/customers/c2", &other_secret).await.status, 200);
     assert_eq!(h.get("/v1/status", "kg_prod_not_a_key_at_all").await.status, 401);
 
-    let mine = call(&h, &c, Method::GET, &format!("/v1/requests?key_id={id}"), "/v1/requests", None).await;
+    let mine = call(
+        &h,
+        &c,
+        Method::GET,
+        &format!("/v1/requests?key_id={id}"),
+        "/v1/requests",
+        None,
+    )
+    .await;
     let mine = mine.json();
     let items = mine["items"].as_array().unwrap();
     assert_eq!(mine["capacity"], 10_000);
@@ -972,20 +1017,44 @@ async fn recent_requests_show_each_answer_with_its_reason_newest_first() {
     assert_eq!(items[1]["environment"], "production");
     assert_eq!(items[1]["client"], "127.0.0.1");
 
-    let refused = admin(&h, Method::GET, "/v1/requests?status=4xx", None, None).await.json();
-    let statuses: Vec<&Value> = refused["items"].as_array().unwrap().iter().map(|r| &r["status"]).collect();
+    let refused = admin(&h, Method::GET, "/v1/requests?status=4xx", None, None)
+        .await
+        .json();
+    let statuses: Vec<&Value> = refused["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["status"])
+        .collect();
     assert_eq!(statuses, [&json!(401), &json!(403)]);
     assert_eq!(refused["items"][0]["reason"], "malformed");
-    let one = admin(&h, Method::GET, "/v1/requests?limit=1", None, None).await.json();
+    let one = admin(&h, Method::GET, "/v1/requests?limit=1", None, None)
+        .await
+        .json();
     assert_eq!(one["items"].as_array().unwrap().len(), 1);
-    let others = admin(&h, Method::GET, &format!("/v1/requests?key_id={other}&status=200"), None, None).await;
+    let others = admin(
+        &h,
+        Method::GET,
+        &format!("/v1/requests?key_id={other}&status=200"),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(others.json()["items"].as_array().unwrap().len(), 1);
     // Nothing the log must not hold: no secret, no query string.
     let all = admin(&h, Method::GET, "/v1/requests", None, None).await.text();
     assert!(!all.contains(&secret) && !all.contains("hidden"), "{all}");
 
     for bad in ["status=abc", "status=6xx", "limit=0", "limit=1001", "limit=x"] {
-        let answer = call(&h, &c, Method::GET, &format!("/v1/requests?{bad}"), "/v1/requests", None).await;
+        let answer = call(
+            &h,
+            &c,
+            Method::GET,
+            &format!("/v1/requests?{bad}"),
+            "/v1/requests",
+            None,
+        )
+        .await;
         assert_eq!(answer.status, 400, "{bad}");
     }
 }

@@ -368,10 +368,19 @@ fn the_read_only_token_is_optional_and_differs_from_the_admin_token() {
     let config = parse_ok("[admin]\nread_token_env = \"KEYGATE_READ_TOKEN\"\n");
     assert_eq!(config.admin.read_token_env.as_deref(), Some("KEYGATE_READ_TOKEN"));
     for (text, why) in [
-        ("[admin]\nread_token_env = \"KEYGATE_ADMIN_TOKEN\"\n", "must differ"),
-        ("[admin]\nread_token_env = \"not a name\"\n", "environment variable name"),
+        (
+            "[admin]\nread_token_env = \"KEYGATE_ADMIN_TOKEN\"\n",
+            "must differ",
+        ),
+        (
+            "[admin]\nread_token_env = \"not a name\"\n",
+            "environment variable name",
+        ),
     ] {
         let error = parse(text, Path::new("/")).unwrap_err().to_string();
-        assert!(error.contains("admin.read_token_env") && error.contains(why), "{error}");
+        assert!(
+            error.contains("admin.read_token_env") && error.contains(why),
+            "{error}"
+        );
     }
 }

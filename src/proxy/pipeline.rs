@@ -554,7 +554,14 @@ fn finish(
         None => snapshot.unrouted.get(status).inc(),
     }
     if ctx.target.is_some() {
-        record(snapshot, ctx, method, route.map(|r| r.name.as_str()), status, elapsed);
+        record(
+            snapshot,
+            ctx,
+            method,
+            route.map(|r| r.name.as_str()),
+            status,
+            elapsed,
+        );
     }
     response
 }

@@ -485,7 +485,9 @@ fn requests(admin: &Admin, request: &Request<Incoming>) -> Answer {
     }
     let recent = admin.shared.snapshot.load().recent.clone();
     let items = recent.newest(&filter, limit);
-    Ok(ok(&serde_json::json!({ "items": items, "capacity": recent.capacity() })))
+    Ok(ok(
+        &serde_json::json!({ "items": items, "capacity": recent.capacity() }),
+    ))
 }
 
 async fn events(admin: &Admin, id: String, request: &Request<Incoming>) -> Answer {

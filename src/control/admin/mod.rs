@@ -23,10 +23,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::control::keys::KeyService;
+use crate::control::store::{Actor, Origin, TokenKind};
 use crate::control::sync::KeySync;
 use crate::core::environment::Environment;
 use crate::core::key::KeyStatus;
-use crate::control::store::{Actor, Origin, TokenKind};
 use crate::core::secret::{Hasher, KeyHash};
 use crate::proxy::client_ip::client_ip;
 use crate::proxy::state::Shared;

@@ -1110,7 +1110,15 @@ async fn copy_events(
     let sink = tx
         .copy_in("COPY key_events (key_id, at, actor, event, changes, token, client) FROM STDIN BINARY")
         .await?;
-    let types = [Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT];
+    let types = [
+        Type::TEXT,
+        Type::INT8,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+    ];
     let (token, client) = audit.actor.origin();
     let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, &types);
     let mut writer = std::pin::pin!(writer);
