@@ -391,6 +391,13 @@ impl Harness {
     /// Another gateway from the same config file, on the same store and clock: a second
     /// replica, or this one after a restart.
     pub async fn another_gateway(&self) -> Gateway {
+        let gateway = self.another_gateway_loading().await;
+        loaded(&gateway).await;
+        gateway
+    }
+
+    /// [`Harness::another_gateway`], answering before its key table has loaded.
+    pub async fn another_gateway_loading(&self) -> Gateway {
         let text = std::fs::read_to_string(&self.config_path).unwrap();
         let config = keygate::config::parse(&text, self.dir.path()).unwrap_or_else(|e| panic!("{e}"));
         let options = Options {
@@ -399,9 +406,7 @@ impl Harness {
             admin_read_token: Some(READ_TOKEN.into()),
             clock: Arc::new(self.clock.clone()),
         };
-        let gateway = Gateway::start(config, options).await.unwrap();
-        loaded(&gateway).await;
-        gateway
+        Gateway::start(config, options).await.unwrap()
     }
 }
 
