@@ -624,7 +624,8 @@ fn root_cert_path(value: &str) -> Result<PathBuf, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
 
-    let decoded = percent_decode(value).ok_or("sslrootcert is not a valid percent-encoded path")?;
+    let decoded = crate::core::percent::decode(value, false)
+        .ok_or("sslrootcert is not a valid percent-encoded path")?;
     let path = PathBuf::from(decoded);
     if !path.is_absolute() {
         return Err(format!("sslrootcert={} must be an absolute path", path.display()));
@@ -644,26 +645,6 @@ fn root_cert_path(value: &str) -> Result<PathBuf, String> {
         ));
     }
     Ok(path)
-}
-
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            byte => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// A `redis://` or `rediss://` URL the Redis client can connect with (parsed, not dialled).

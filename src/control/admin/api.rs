@@ -340,9 +340,10 @@ fn query(request: &Request<Incoming>, known: &[&str]) -> Result<Vec<(String, Str
     let mut pairs = Vec::new();
     for pair in text.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = decode(name).ok_or_else(|| ApiError::bad("query", "not valid percent-encoded UTF-8"))?;
-        let value =
-            decode(value).ok_or_else(|| ApiError::bad(name.clone(), "not valid percent-encoded UTF-8"))?;
+        let name = crate::core::percent::decode(name, true)
+            .ok_or_else(|| ApiError::bad("query", "not valid percent-encoded UTF-8"))?;
+        let value = crate::core::percent::decode(value, true)
+            .ok_or_else(|| ApiError::bad(name.clone(), "not valid percent-encoded UTF-8"))?;
         if !known.contains(&name.as_str()) {
             return Err(ApiError::bad(
                 name,
@@ -352,30 +353,6 @@ fn query(request: &Request<Incoming>, known: &[&str]) -> Result<Vec<(String, Str
         pairs.push((name, value));
     }
     Ok(pairs)
-}
-
-fn decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            byte => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// `limit` and `cursor` of a paged listing.
