@@ -132,16 +132,46 @@ impl<'de> serde::Deserialize<'de> for Cidr {
     }
 }
 
-/// A partial update: `None` leaves a field as it is; `Some(None)` clears an optional one.
-#[derive(Debug, Clone, Default)]
+/// A partial update: `None` leaves a field as it is; `Some(None)` clears an optional one. Also
+/// the admin API's `PATCH /v1/keys/{id}` body, where a field left out is `None` and `null`
+/// clears (the lists and the metadata to empty).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KeyPatch {
+    #[serde(default)]
     pub name: Option<String>,
+    #[serde(default)]
     pub permissions: Option<Vec<Permission>>,
+    #[serde(default, deserialize_with = "present")]
     pub rate_limit: Option<Option<RateLimitSpec>>,
+    #[serde(default, deserialize_with = "present")]
     pub customer_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "cidrs_or_null")]
     pub allowed_ips: Option<Vec<IpNet>>,
+    #[serde(default, deserialize_with = "present")]
     pub expires_at: Option<Option<Timestamp>>,
+    #[serde(default, deserialize_with = "present_or_empty")]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// `Some(None)` for an explicit `null` (clear the field), `None` when the field is absent.
+fn present<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
+/// A field that `null` empties: present, it is `Some`, the default for `null`.
+fn present_or_empty<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de> + Default>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(|value| Some(value.unwrap_or_default()))
+}
+
+/// `allowed_ips`: CIDRs or bare addresses; `null` empties the list.
+fn cidrs_or_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<IpNet>>, D::Error> {
+    let list: Option<Vec<Cidr>> = present_or_empty(deserializer)?;
+    Ok(list.map(|list| list.into_iter().map(|cidr| cidr.0).collect()))
 }
 
 impl KeyPatch {

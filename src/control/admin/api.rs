@@ -7,16 +7,15 @@ use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use ipnet::IpNet;
-use jiff::Timestamp;
+
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 use super::{json, Admin, AdminBody, Caller};
-use crate::control::keys::{Cidr, KeyError, KeyPatch, KeyRequest, KeyService};
+use crate::control::keys::{KeyError, KeyPatch, KeyRequest, KeyService};
 use crate::control::store::{KeyFilter, TokenKind};
 use crate::core::environment::Environment;
-use crate::core::key::{KeyStatus, RateLimitSpec};
+use crate::core::key::KeyStatus;
 use crate::core::permission::Permission;
 use crate::core::secret::{check_format, Format, Secret};
 use crate::core::units::parse_duration;
@@ -474,10 +473,6 @@ async fn events(admin: &Admin, id: String, request: &Request<Incoming>) -> Answe
     Ok(paged(&events, next, request))
 }
 
-fn cidrs(list: Vec<Cidr>) -> Vec<IpNet> {
-    list.into_iter().map(|c| c.0).collect()
-}
-
 async fn create(admin: &Admin, request: Request<Incoming>) -> Answer {
     let body: KeyRequest = read_json(request).await?;
     let (spec, secret) = body.into_spec(admin.shared.clock.now())?;
@@ -494,43 +489,8 @@ async fn create(admin: &Admin, request: Request<Incoming>) -> Answer {
     }
 }
 
-/// `Some(None)` for an explicit `null` (clear the field), `None` when the field is absent.
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    deserializer: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(deserializer).map(Some)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PatchBody {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    permissions: Option<Vec<Permission>>,
-    #[serde(default, deserialize_with = "present")]
-    rate_limit: Option<Option<RateLimitSpec>>,
-    #[serde(default, deserialize_with = "present")]
-    customer_id: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    allowed_ips: Option<Option<Vec<Cidr>>>,
-    #[serde(default, deserialize_with = "present")]
-    expires_at: Option<Option<Timestamp>>,
-    #[serde(default, deserialize_with = "present")]
-    metadata: Option<Option<serde_json::Map<String, serde_json::Value>>>,
-}
-
 async fn update(admin: &Admin, id: String, request: Request<Incoming>) -> Answer {
-    let body: PatchBody = read_json(request).await?;
-    let patch = KeyPatch {
-        name: body.name,
-        permissions: body.permissions,
-        rate_limit: body.rate_limit,
-        customer_id: body.customer_id,
-        allowed_ips: body.allowed_ips.map(|list| list.map(cidrs).unwrap_or_default()),
-        expires_at: body.expires_at,
-        metadata: body.metadata.map(Option::unwrap_or_default),
-    };
+    let patch: KeyPatch = read_json(request).await?;
     let key = changing(admin, move |keys| keys.update(&id, patch)).await?;
     Ok(ok(&key))
 }

@@ -1094,58 +1094,14 @@ async fn announce(
     Ok(())
 }
 
-async fn insert_row(
-    tx: &deadpool_postgres::Transaction<'_>,
-    key: &NewKey,
-    revision: u64,
-    audit: Audit,
-    clash: &str,
-) -> Result<(), StoreError> {
-    let statement = tx
-        .prepare_cached(
-            "INSERT INTO keys (id, name, environment, hash, prefix, permissions, rate_limit, customer_id, \
-             allowed_ips, expires_at, status, created_at, updated_at, metadata, revision) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'active', $11, $11, $12, $13)",
-        )
-        .await?;
-    tx.execute(
-        &statement,
-        &[
-            &key.id,
-            &key.spec.name,
-            &key.spec.environment.as_str(),
-            &&key.hash.0[..],
-            &key.prefix,
-            &to_json(&key.spec.permissions),
-            &key.spec.rate_limit.as_ref().map(to_json),
-            &key.spec.customer_id,
-            &to_json(&key.spec.allowed_ips),
-            &key.spec.expires_at.map(|at| at.as_second()),
-            &key.now.as_second(),
-            &to_json(&key.spec.metadata),
-            &signed(revision),
-        ],
-    )
-    .await
-    .map_err(|e| conflict(e, clash))?;
-    record_event(tx, &key.id, audit, key.now, new_key_fields(key)).await
-}
+/// The columns a new key's row fills, in the order of [`NewRow::values`] and [`NEW_ROW_TYPES`].
+const NEW_ROW_COLUMNS: &str = "id, name, environment, hash, prefix, permissions, rate_limit, customer_id, \
+     allowed_ips, expires_at, status, created_at, updated_at, metadata, revision";
 
-/// `COPY`s new key rows in, at revisions `start + 1` onwards. The secrets' trigger runs for
-/// each row as it would for an `INSERT`.
-async fn copy_keys(
-    tx: &deadpool_postgres::Transaction<'_>,
-    keys: &[NewKey],
-    start: i64,
-) -> Result<(), tokio_postgres::Error> {
-    use tokio_postgres::types::{ToSql, Type};
-    let sink = tx
-        .copy_in(
-            "COPY keys (id, name, environment, hash, prefix, permissions, rate_limit, customer_id, \
-             allowed_ips, expires_at, status, created_at, updated_at, metadata, revision) FROM STDIN BINARY",
-        )
-        .await?;
-    let types = [
+/// The column types of [`NEW_ROW_COLUMNS`], for `COPY ... BINARY`.
+const NEW_ROW_TYPES: [tokio_postgres::types::Type; 15] = {
+    use tokio_postgres::types::Type;
+    [
         Type::TEXT,
         Type::TEXT,
         Type::TEXT,
@@ -1161,28 +1117,97 @@ async fn copy_keys(
         Type::INT8,
         Type::TEXT,
         Type::INT8,
-    ];
-    let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, &types);
-    let mut writer = std::pin::pin!(writer);
-    for (i, key) in keys.iter().enumerate() {
-        let row: [&(dyn ToSql + Sync); 15] = [
+    ]
+};
+
+/// A new key's row as PostgreSQL takes it: the one place its values are laid out, for both
+/// `INSERT` and `COPY`.
+struct NewRow<'a> {
+    key: &'a NewKey,
+    environment: &'static str,
+    hash: &'a [u8],
+    permissions: String,
+    rate_limit: Option<String>,
+    allowed_ips: String,
+    metadata: String,
+    expires_at: Option<i64>,
+    now: i64,
+    revision: i64,
+}
+
+impl<'a> NewRow<'a> {
+    fn new(key: &'a NewKey, revision: i64) -> Self {
+        NewRow {
+            key,
+            environment: key.spec.environment.as_str(),
+            hash: &key.hash.0,
+            permissions: to_json(&key.spec.permissions),
+            rate_limit: key.spec.rate_limit.as_ref().map(to_json),
+            allowed_ips: to_json(&key.spec.allowed_ips),
+            metadata: to_json(&key.spec.metadata),
+            expires_at: key.spec.expires_at.map(|at| at.as_second()),
+            now: key.now.as_second(),
+            revision,
+        }
+    }
+
+    fn values(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 15] {
+        let key = self.key;
+        [
             &key.id,
             &key.spec.name,
-            &key.spec.environment.as_str(),
-            &&key.hash.0[..],
+            &self.environment,
+            &self.hash,
             &key.prefix,
-            &to_json(&key.spec.permissions),
-            &key.spec.rate_limit.as_ref().map(to_json),
+            &self.permissions,
+            &self.rate_limit,
             &key.spec.customer_id,
-            &to_json(&key.spec.allowed_ips),
-            &key.spec.expires_at.map(|at| at.as_second()),
+            &self.allowed_ips,
+            &self.expires_at,
             &"active",
-            &key.now.as_second(),
-            &key.now.as_second(),
-            &to_json(&key.spec.metadata),
-            &(start + 1 + i as i64),
-        ];
-        writer.as_mut().write(&row).await?;
+            &self.now,
+            &self.now,
+            &self.metadata,
+            &self.revision,
+        ]
+    }
+}
+
+async fn insert_row(
+    tx: &deadpool_postgres::Transaction<'_>,
+    key: &NewKey,
+    revision: u64,
+    audit: Audit,
+    clash: &str,
+) -> Result<(), StoreError> {
+    let statement = tx
+        .prepare_cached(&format!(
+            "INSERT INTO keys ({NEW_ROW_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        ))
+        .await?;
+    let row = NewRow::new(key, signed(revision));
+    tx.execute(&statement, &row.values())
+        .await
+        .map_err(|e| conflict(e, clash))?;
+    record_event(tx, &key.id, audit, key.now, new_key_fields(key)).await
+}
+
+/// `COPY`s new key rows in, at revisions `start + 1` onwards. The secrets' trigger runs for
+/// each row as it would for an `INSERT`.
+async fn copy_keys(
+    tx: &deadpool_postgres::Transaction<'_>,
+    keys: &[NewKey],
+    start: i64,
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx
+        .copy_in(&format!("COPY keys ({NEW_ROW_COLUMNS}) FROM STDIN BINARY"))
+        .await?;
+    let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, &NEW_ROW_TYPES);
+    let mut writer = std::pin::pin!(writer);
+    for (i, key) in keys.iter().enumerate() {
+        let row = NewRow::new(key, start + 1 + i as i64);
+        writer.as_mut().write(&row.values()).await?;
     }
     writer.finish().await?;
     Ok(())
