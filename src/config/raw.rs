@@ -66,7 +66,8 @@ pub struct RawServer {
     pub max_headers: Field<u64>,
     /// Bytes of request URI at most. Default 8192.
     pub max_uri_bytes: Field<u64>,
-    /// Duration after which an idle keep-alive connection is closed. Default `"60s"`.
+    /// Duration after which an idle keep-alive connection, or an upgrade tunnel without a byte
+    /// either way, is closed. Default `"60s"`.
     pub idle_timeout: Field<String>,
     /// Concurrent HTTP/2 streams per connection. Default 100.
     pub http2_max_concurrent_streams: Field<u64>,

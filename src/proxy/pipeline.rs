@@ -33,21 +33,23 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, UPGRADE};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Limited};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 
 use super::client_ip::{client_ip, is_trusted};
 use super::credentials::{self, CredentialError, Source};
-use super::error::{AuthFailure, BadRequest, Denial, Refusal};
+use super::error::{AuthFailure, BadRequest, Denial, Refusal, UpstreamFailure};
 use super::forward::{self, method_is_canonical, Credentials, Identity, Passing, X_REQUEST_ID};
 use super::head;
 use super::limits::{Decision, LimitState};
 use super::path::{decode_segment, normalize};
 use super::state::{RouteState, Shared, Snapshot};
 use super::table::{AuthKey, Secret};
-use super::upstream::{OutBody, SendFailure};
+use super::tunnel;
+use super::upstream::{OutBody, SendFailure, UpstreamBody, UpstreamClient};
 use super::Body;
 use crate::config::UnderscoreHeaders;
 use crate::core::key::RateLimitSpec;
@@ -133,6 +135,14 @@ struct Exchange {
     shared_limit: Option<RateLimitSpec>,
     upstream: usize,
     outgoing: Request<OutBody>,
+    upgrade: Option<Upgrade>,
+}
+
+/// What an upgrade request needs from its client for a tunnel: the protocol it asked for and
+/// its side of the switch.
+struct Upgrade {
+    protocol: HeaderValue,
+    client: OnUpgrade,
 }
 
 /// Steps 0 to 8 and the rewrite of the admitted request; the final phase for a refused one.
@@ -151,7 +161,7 @@ fn begin(
         outgoing(&snapshot, &ctx, peer, admitted, request).map(|out| (shared_limit, out))
     });
     match outgoing {
-        Ok((shared_limit, (upstream, outgoing))) => {
+        Ok((shared_limit, (upstream, outgoing, upgrade))) => {
             let exchange = Exchange {
                 snapshot,
                 ctx,
@@ -159,6 +169,7 @@ fn begin(
                 shared_limit,
                 upstream,
                 outgoing,
+                upgrade,
             };
             Begun::Admitted(Box::pin(exchange.run(shared)))
         }
@@ -186,6 +197,7 @@ impl Exchange {
             shared_limit,
             upstream,
             outgoing,
+            upgrade,
         } = self;
         let limited = match (shared_limit, &ctx.key) {
             (Some(spec), Some(key)) => {
@@ -195,7 +207,7 @@ impl Exchange {
             _ => Ok(()),
         };
         let forwarded = match limited {
-            Ok(()) => forward(shared, &snapshot, &mut ctx, upstream, outgoing).await,
+            Ok(()) => forward(shared, &snapshot, &mut ctx, (upstream, outgoing, upgrade)).await,
             Err(refusal) => Err(refusal),
         };
         let response = match forwarded {
@@ -407,6 +419,9 @@ pub(crate) fn check_freshness(shared: &Shared, snapshot: &Snapshot) -> Result<()
     }
 }
 
+/// The request as the upstream gets it, which upstream, and the client's side of an upgrade.
+type Outgoing = (usize, Request<OutBody>, Option<Upgrade>);
+
 /// Step 9, its first half: the request as the upstream gets it, and which upstream.
 fn outgoing(
     snapshot: &Snapshot,
@@ -414,7 +429,7 @@ fn outgoing(
     peer: Peer,
     admitted: Admitted,
     mut request: Request<Incoming>,
-) -> Result<(usize, Request<OutBody>), Refusal> {
+) -> Result<Outgoing, Refusal> {
     let server = &snapshot.config.server;
     if let Some(max) = server.max_request_body {
         let declared = request
@@ -452,11 +467,22 @@ fn outgoing(
         trusted_peer: is_trusted(peer.addr.ip(), &server.trusted_proxies),
     };
     let upstream = &snapshot.upstreams[route.upstream].0;
+    let protocol = tunnel::requested(request.version(), request.headers());
     forward::prepare(&mut request, admitted.uri, &identity, &passing, &upstream.host);
+    // The client's side of the switch comes out of the request, so it does not go upstream.
+    let client = hyper::upgrade::on(&mut request);
+    let upgrade = protocol.map(|protocol| {
+        tunnel::restore(request.headers_mut(), protocol.clone());
+        Upgrade { protocol, client }
+    });
     let limit = server
         .max_request_body
         .map_or(usize::MAX, |max| usize::try_from(max).unwrap_or(usize::MAX));
-    Ok((route.upstream, request.map(|body| Limited::new(body, limit))))
+    Ok((
+        route.upstream,
+        request.map(|body| Limited::new(body, limit)),
+        upgrade,
+    ))
 }
 
 /// Step 9, its second half: the upstream's answer.
@@ -464,8 +490,7 @@ async fn forward(
     shared: &Shared,
     snapshot: &Snapshot,
     ctx: &mut Context,
-    upstream: usize,
-    outgoing: Request<OutBody>,
+    (upstream, outgoing, upgrade): Outgoing,
 ) -> Result<Response<Body>, Refusal> {
     let (upstream, histogram) = &snapshot.upstreams[upstream];
     let sent = Instant::now();
@@ -474,6 +499,9 @@ async fn forward(
     ctx.upstream_time = Some(elapsed);
     histogram.observe(elapsed.as_secs_f64());
     match result {
+        Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            switch(shared, snapshot, upstream, upgrade, response)
+        }
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             forward::strip_hop_by_hop(&mut parts.headers);
@@ -489,6 +517,35 @@ async fn forward(
             Err(Refusal::Upstream(failure))
         }
     }
+}
+
+/// The upstream switched protocols: the 101 goes back to the client with its upgrade headers,
+/// and a tunnel joins the two once both sides have switched. A 101 to a request that asked
+/// for no upgrade (or for one the gateway does not tunnel) is the upstream's error: 502.
+fn switch(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    upstream: &UpstreamClient,
+    upgrade: Option<Upgrade>,
+    mut response: Response<UpstreamBody>,
+) -> Result<Response<Body>, Refusal> {
+    let Some(Upgrade { protocol, client }) = upgrade else {
+        let failure = UpstreamFailure::Reset;
+        shared
+            .metrics
+            .upstream_errors
+            .with_label_values(&[&upstream.name, failure.as_str()])
+            .inc();
+        return Err(Refusal::Upstream(failure));
+    };
+    let upstream_side = hyper::upgrade::on(&mut response);
+    let (mut parts, body) = response.into_parts();
+    let chosen = parts.headers.get(UPGRADE).cloned().unwrap_or(protocol);
+    forward::strip_hop_by_hop(&mut parts.headers);
+    tunnel::restore(&mut parts.headers, chosen);
+    let idle = snapshot.config.server.idle_timeout;
+    shared.tunnels.spawn(client, upstream_side, idle);
+    Ok(Response::from_parts(parts, Either::Left(body)))
 }
 
 /// The response for a refusal, with its metric and log cause.

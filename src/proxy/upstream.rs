@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::HeaderValue;
 use http::uri::{PathAndQuery, Uri};
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -36,6 +36,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::error::UpstreamFailure;
+use super::tunnel::Counted;
 use crate::config;
 use crate::telemetry::throttle::Throttle;
 
@@ -154,6 +155,10 @@ impl UpstreamClient {
                 taken => Box::pin(self.connection(taken)).await?,
             };
             match sender.try_send_request(request).await {
+                // A connection switched to another protocol is the tunnel's, not the pool's.
+                Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    return Ok(response.map(|body| UpstreamBody { body, loan: None }))
+                }
                 Ok(response) => return Ok(self.pool.lend(sender, sent, response)),
                 Err(mut error) => match error.take_message() {
                     // A pooled connection closed before hyper began to send: nothing reached
@@ -224,7 +229,7 @@ impl UpstreamClient {
         }
     }
 
-    /// Opens a connection, which holds `slot` for as long as it is open.
+    /// Opens a connection, which holds `slot` for as long as it (or a tunnel it became) is open.
     async fn connect(&self, slot: OwnedSemaphorePermit) -> Result<Sender, SendFailure> {
         let refused = SendFailure::Upstream(UpstreamFailure::Connect);
         let (host, port) = (
@@ -236,15 +241,15 @@ impl UpstreamClient {
             refused
         })?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        // The slot goes with the socket, so a connection that becomes a tunnel keeps it.
+        let (sender, connection) = http1::handshake(TokioIo::new(Counted::new(stream, slot)))
             .await
             .map_err(|_| refused)?;
         let name = self.name.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            if let Err(error) = connection.with_upgrades().await {
                 tracing::debug!(upstream = %name, %error, "upstream connection ended with an error");
             }
-            drop(slot);
         });
         self.pool.start_reaper();
         Ok(sender)
