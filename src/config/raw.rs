@@ -183,8 +183,17 @@ pub struct RawLogs {
 pub struct RawUpstream {
     /// Unique name routes refer to. Required.
     pub name: Field<String>,
-    /// `http://host[:port][/prefix]`. Required.
+    /// `http://host[:port][/prefix]` or `https://...`. Required.
     pub url: Field<String>,
+    /// PEM file of the CA certificates an `https` upstream's certificate must chain to; they
+    /// replace the web's roots. Relative to the config file. Default: the web's roots
+    /// (Mozilla's, compiled in).
+    pub ca: Field<String>,
+    /// PEM file of the certificate chain presented to an `https` upstream that asks for one;
+    /// with `client_key`. Default: none.
+    pub client_cert: Field<String>,
+    /// PEM file of `client_cert`'s private key. Default: none.
+    pub client_key: Field<String>,
     /// Duration to establish a connection (502 past it). Default `"2s"`.
     pub connect_timeout: Field<String>,
     /// Duration to the response head (504 past it). Default `"30s"`.

@@ -173,8 +173,11 @@ pub struct Logs {
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub name: String,
-    /// Scheme `http`, an authority, and an optional path prefix (no trailing slash, no query).
+    /// Scheme `http` or `https`, an authority, and an optional path prefix (no trailing slash,
+    /// no query).
     pub url: Uri,
+    /// For an `https` URL: how to verify the upstream, and what to present to it.
+    pub tls: Option<UpstreamTls>,
     /// Default 2s.
     pub connect_timeout: Duration,
     /// Time to the response head. Default 30s.
@@ -237,4 +240,18 @@ impl RoutePermissions {
             .map(|(_, permission)| permission)
             .or(self.fallback.as_ref())
     }
+}
+
+/// An `https` upstream's TLS client, built and checked (files read, PEM parsed, certificate and
+/// key matched) when the config is validated, so `keygate check` finds what `serve` would.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// Roots (the configured `ca` or the web's), the optional client certificate, ALPN
+    /// `http/1.1`.
+    pub client: std::sync::Arc<rustls::ClientConfig>,
+    /// The name sent as SNI and verified in the certificate: the URL's host.
+    pub server_name: rustls::pki_types::ServerName<'static>,
+    /// A digest of the files' contents and of the name: equal digests, interchangeable
+    /// connections, so a reload that changes none of them keeps the pool.
+    pub digest: [u8; 32],
 }

@@ -2,7 +2,8 @@
 //! reference, and collects every problem (not just the first) with its line and field.
 //!
 //! Pure: reads no environment variable and binds no socket, so `keygate check` and `keygate
-//! serve` share it. The only I/O is [`load`] reading the file.
+//! serve` share it. The only I/O is [`load`] reading the file, and reading the certificate
+//! files an `https` upstream names (`upstream_tls`), so that `check` finds what `serve` would.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -195,7 +196,7 @@ impl Checker<'_> {
             let span = raw.admin.listen.as_ref().map_or(0..0, Spanned::span);
             self.fail(&span, "admin.listen", "must differ from server.listen");
         }
-        let upstreams = routes::upstreams(self, &raw.upstreams);
+        let upstreams = routes::upstreams(self, &raw.upstreams, base_dir);
         let routes = routes::routes(self, &raw.routes, &upstreams, server.environment);
         Some(Config {
             server,

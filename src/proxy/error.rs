@@ -103,15 +103,28 @@ impl BadRequest {
 /// How an exchange with the upstream failed; the `kind` label of `keygate_upstream_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamFailure {
+    /// No connection within `connect_timeout`: refused, unreachable, or none free at the cap.
     Connect,
+    /// The TLS handshake with an `https` upstream failed: a certificate not trusted or for
+    /// another name, a client certificate refused, no common protocol.
+    Tls,
     Timeout,
     Reset,
 }
 
 impl UpstreamFailure {
+    /// Every kind, in the order of their `as usize`.
+    pub const ALL: [UpstreamFailure; 4] = [
+        UpstreamFailure::Connect,
+        UpstreamFailure::Tls,
+        UpstreamFailure::Timeout,
+        UpstreamFailure::Reset,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Tls => "tls",
             UpstreamFailure::Timeout => "timeout",
             UpstreamFailure::Reset => "reset",
         }
@@ -190,7 +203,9 @@ impl Refusal {
             Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
             Refusal::Stale { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
-            Refusal::Upstream(UpstreamFailure::Connect | UpstreamFailure::Reset) => StatusCode::BAD_GATEWAY,
+            Refusal::Upstream(UpstreamFailure::Connect | UpstreamFailure::Tls | UpstreamFailure::Reset) => {
+                StatusCode::BAD_GATEWAY
+            }
         }
     }
 
@@ -233,7 +248,9 @@ impl Refusal {
             Refusal::UriTooLong => URI_TOO_LONG.into(),
             Refusal::Stale { .. } => UNAVAILABLE.into(),
             Refusal::Upstream(UpstreamFailure::Timeout) => GATEWAY_TIMEOUT.into(),
-            Refusal::Upstream(UpstreamFailure::Connect | UpstreamFailure::Reset) => BAD_GATEWAY.into(),
+            Refusal::Upstream(UpstreamFailure::Connect | UpstreamFailure::Tls | UpstreamFailure::Reset) => {
+                BAD_GATEWAY.into()
+            }
         };
         let mut response = json_response(status, body);
         let headers = response.headers_mut();
@@ -289,6 +306,7 @@ mod tests {
             Refusal::UriTooLong,
             Refusal::stale(std::time::Duration::from_secs(1)),
             Refusal::Upstream(UpstreamFailure::Connect),
+            Refusal::Upstream(UpstreamFailure::Tls),
             Refusal::Upstream(UpstreamFailure::Timeout),
             Refusal::Upstream(UpstreamFailure::Reset),
         ]

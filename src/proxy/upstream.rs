@@ -1,5 +1,6 @@
 //! Step 9's connections (data plane): one upstream's pool of HTTP/1.1 keep-alive connections,
-//! on hyper's connection-level client.
+//! on hyper's connection-level client, over TLS (rustls, the client the config built) for an
+//! `https` upstream.
 //!
 //! A request takes the most recently used idle connection (LIFO keeps few connections warm) or
 //! opens one. The connection goes back to the pool when the response body has been read to its
@@ -34,6 +35,8 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
 
 use super::error::UpstreamFailure;
 use super::tunnel::Counted;
@@ -63,7 +66,15 @@ pub struct UpstreamClient {
     prefix: String,
     connect_timeout: Duration,
     timeout: Duration,
+    /// For an `https` upstream: the handshake's client and the name to verify.
+    tls: Option<TlsClient>,
     pool: Arc<Pool>,
+}
+
+/// What an `https` upstream's connections are opened with.
+struct TlsClient {
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
 }
 
 impl UpstreamClient {
@@ -77,8 +88,13 @@ impl UpstreamClient {
             .cloned()
             .expect("validated upstream URLs have an authority");
         let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let https = upstream.tls.is_some();
         let settings = PoolSettings {
-            address: (host.to_owned(), authority.port_u16().unwrap_or(80)),
+            address: (
+                host.to_owned(),
+                authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
+            ),
+            tls: upstream.tls.as_ref().map(|tls| tls.digest),
             max_connections: upstream.pool_max_connections,
             max_idle: upstream.pool_max_idle,
             idle_timeout: upstream.pool_idle_timeout,
@@ -93,6 +109,10 @@ impl UpstreamClient {
             prefix: upstream.url.path().trim_end_matches('/').to_owned(),
             connect_timeout: upstream.connect_timeout,
             timeout: upstream.timeout,
+            tls: upstream.tls.as_ref().map(|tls| TlsClient {
+                connector: TlsConnector::from(tls.client.clone()),
+                server_name: tls.server_name.clone(),
+            }),
             pool,
         }
     }
@@ -131,6 +151,8 @@ impl UpstreamClient {
         };
         let what = match failure {
             UpstreamFailure::Connect => "cannot connect to the upstream: 502",
+            // Logged where it happens, with the handshake's error.
+            UpstreamFailure::Tls => return,
             UpstreamFailure::Timeout => "the upstream did not answer within its timeout: 504",
             UpstreamFailure::Reset => "the upstream closed the connection without an answer: 502",
         };
@@ -231,20 +253,56 @@ impl UpstreamClient {
 
     /// Opens a connection, which holds `slot` for as long as it (or a tunnel it became) is open.
     async fn connect(&self, slot: OwnedSemaphorePermit) -> Result<Sender, SendFailure> {
-        let refused = SendFailure::Upstream(UpstreamFailure::Connect);
         let (host, port) = (
             self.pool.settings.address.0.as_str(),
             self.pool.settings.address.1,
         );
         let stream = TcpStream::connect((host, port)).await.map_err(|error| {
             tracing::debug!(upstream = %self.name, %error, "upstream connect failed");
-            refused
+            SendFailure::Upstream(UpstreamFailure::Connect)
         })?;
         let _ = stream.set_nodelay(true);
         // The slot goes with the socket, so a connection that becomes a tunnel keeps it.
-        let (sender, connection) = http1::handshake(TokioIo::new(Counted::new(stream, slot)))
+        let stream = Counted::new(stream, slot);
+        let Some(tls) = &self.tls else {
+            return self.start(stream).await;
+        };
+        match tls.connector.connect(tls.server_name.clone(), stream).await {
+            Ok(stream) => self.start(stream).await,
+            Err(error) => {
+                self.warn_tls(&error);
+                Err(SendFailure::Upstream(UpstreamFailure::Tls))
+            }
+        }
+    }
+
+    /// A failed TLS handshake, with its cause (an untrusted or misnamed certificate, mostly),
+    /// at most once per [`FAILURE_WARNING_EVERY`].
+    fn warn_tls(&self, error: &std::io::Error) {
+        let throttle = &self.pool.failure_warnings[UpstreamFailure::Tls as usize];
+        let Some(suppressed) = throttle.due(Instant::now()) else {
+            tracing::debug!(upstream = %self.name, %error, "TLS handshake with the upstream failed");
+            return;
+        };
+        tracing::warn!(
+            upstream = %self.name,
+            kind = UpstreamFailure::Tls.as_str(),
+            %error,
+            suppressed,
+            logged_at_most_every_s = throttle.every().as_secs(),
+            "TLS handshake with the upstream failed: 502 (suppressed: like failures since the \
+             last warning; keygate_upstream_errors_total counts each)"
+        );
+    }
+
+    /// HTTP/1.1 on an open connection, driven by a task of its own.
+    async fn start<T>(&self, io: T) -> Result<Sender, SendFailure>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, connection) = http1::handshake(TokioIo::new(io))
             .await
-            .map_err(|_| refused)?;
+            .map_err(|_| SendFailure::Upstream(UpstreamFailure::Connect))?;
         let name = self.name.clone();
         tokio::spawn(async move {
             if let Err(error) = connection.with_upgrades().await {
@@ -293,7 +351,7 @@ struct Pool {
     /// When a request last gave up waiting at the cap was logged.
     cap_warned: Mutex<Option<Instant>>,
     /// Warnings of failed exchanges, by [`UpstreamFailure`] kind.
-    failure_warnings: [Throttle; 3],
+    failure_warnings: [Throttle; UpstreamFailure::ALL.len()],
     reaper: std::sync::Once,
 }
 
@@ -302,6 +360,8 @@ struct Pool {
 struct PoolSettings {
     /// `host:port` to connect to, the host without IPv6 brackets.
     address: (String, u16),
+    /// For `https`: the digest of the TLS settings' files and name.
+    tls: Option<[u8; 32]>,
     max_connections: usize,
     max_idle: usize,
     idle_timeout: Duration,
@@ -322,7 +382,7 @@ impl Pool {
             settings,
             returned: Notify::new(),
             cap_warned: Mutex::new(None),
-            failure_warnings: [(); 3].map(|()| Throttle::new(FAILURE_WARNING_EVERY)),
+            failure_warnings: UpstreamFailure::ALL.map(|_| Throttle::new(FAILURE_WARNING_EVERY)),
             reaper: std::sync::Once::new(),
         }
     }
