@@ -198,9 +198,12 @@ pub struct RawUpstream {
     pub connect_timeout: Field<String>,
     /// Duration to the response head (504 past it). Default `"30s"`.
     pub timeout: Field<String>,
-    /// Open connections at most, busy or idle; at the cap a request waits for one to come
-    /// free, within `connect_timeout`. Default 1024.
+    /// Connections in use at most, and open at most, busy or idle; past the cap a request
+    /// queues for its turn, first come first served, within `queue_timeout`. Default 1024.
     pub pool_max_connections: Field<u64>,
+    /// Duration a request waits for its turn past `pool_max_connections` before a 503 with
+    /// `Retry-After: 1`; shorter than `timeout`. Default `"100ms"`.
+    pub queue_timeout: Field<String>,
     /// Idle pooled connections kept. Default 128.
     pub pool_max_idle: Field<u64>,
     /// Duration an idle pooled connection is kept. Default `"90s"`.

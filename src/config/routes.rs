@@ -83,6 +83,8 @@ pub(super) fn upstreams(
                 .unwrap_or_else(|| Uri::from_static("http://127.0.0.1"));
             let field = |name: &str| format!("{label}.{name}");
             let tls = upstream_tls(checker, upstream, &label, &url, base_dir);
+            let timeout = checker.duration_or(&upstream.timeout, &field("timeout"), secs(30));
+            let queue_timeout = queue_timeout(checker, upstream, &field("queue_timeout"), timeout);
             Upstream {
                 name: upstream
                     .name
@@ -95,7 +97,8 @@ pub(super) fn upstreams(
                     &field("connect_timeout"),
                     secs(2),
                 ),
-                timeout: checker.duration_or(&upstream.timeout, &field("timeout"), secs(30)),
+                timeout,
+                queue_timeout,
                 pool_max_connections: checker
                     .count(
                         &upstream.pool_max_connections,
@@ -116,6 +119,27 @@ pub(super) fn upstreams(
             }
         })
         .collect()
+}
+
+/// The default is short because a wait past the cap is only worth it when a connection is
+/// about to come free; behind a stalled upstream every waiter would wait in vain, and the
+/// client is better off with a prompt 503 to retry or go elsewhere. A tenth of a second
+/// covers a busy upstream answering in tens of milliseconds.
+const QUEUE_TIMEOUT: Duration = Duration::from_millis(100);
+
+fn queue_timeout(checker: &mut Checker, upstream: &RawUpstream, field: &str, timeout: Duration) -> Duration {
+    let default = QUEUE_TIMEOUT.min(timeout / 2);
+    checker
+        .parsed(&upstream.queue_timeout, field, |text| {
+            match crate::core::units::parse_duration(text) {
+                Ok(wait) if wait.is_zero() => Err("must be longer than zero".to_owned()),
+                // A wait as long as the response timeout would always end in a 504 instead.
+                Ok(wait) if wait >= timeout => Err(format!("must be shorter than timeout ({timeout:?})")),
+                Ok(wait) => Ok(wait),
+                Err(error) => Err(error.to_string()),
+            }
+        })
+        .unwrap_or(default)
 }
 
 fn secs(n: u64) -> Duration {

@@ -182,6 +182,8 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// Time to the response head. Default 30s.
     pub timeout: Duration,
+    /// Longest wait for a turn past `pool_max_connections` (503 past it). Default 100ms.
+    pub queue_timeout: Duration,
     /// Open connections per upstream at most, busy or idle. Default 1024.
     pub pool_max_connections: usize,
     /// Idle pooled connections kept per upstream. Default 128.

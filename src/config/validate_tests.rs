@@ -239,6 +239,8 @@ fn each_mistake_names_its_field_and_line() {
         ("\n[[upstream]]\nname = \"a\"\nurl = \"http://x/?q=1\"\n", "upstream \"a\".url", 4),
         ("\n[[upstream]]\nname = \"a\"\n", "upstream \"a\".url", 2),
         ("\n[[upstream]]\nname = \"a\"\nurl = \"http://x\"\npool_max_connections = 0\n", "upstream \"a\".pool_max_connections", 5),
+        ("\n[[upstream]]\nname = \"a\"\nurl = \"http://x\"\ntimeout = \"1s\"\nqueue_timeout = \"1s\"\n", "upstream \"a\".queue_timeout", 6),
+        ("\n[[upstream]]\nname = \"a\"\nurl = \"http://x\"\nqueue_timeout = \"0ms\"\n", "upstream \"a\".queue_timeout", 5),
         ("\n[[upstream]]\nname = \"a\"\nurl = \"http://x\"\n[[upstream]]\nname = \"a\"\nurl = \"http://y\"\n", "upstream \"a\".name", 6),
     ];
     for (source, field, line) in cases {

@@ -110,15 +110,19 @@ pub enum UpstreamFailure {
     Tls,
     Timeout,
     Reset,
+    /// Every connection the upstream may have (`pool_max_connections`) stayed busy for the
+    /// request's `queue_timeout`: 503, to be tried again shortly.
+    Saturated,
 }
 
 impl UpstreamFailure {
     /// Every kind, in the order of their `as usize`.
-    pub const ALL: [UpstreamFailure; 4] = [
+    pub const ALL: [UpstreamFailure; 5] = [
         UpstreamFailure::Connect,
         UpstreamFailure::Tls,
         UpstreamFailure::Timeout,
         UpstreamFailure::Reset,
+        UpstreamFailure::Saturated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -127,6 +131,7 @@ impl UpstreamFailure {
             UpstreamFailure::Tls => "tls",
             UpstreamFailure::Timeout => "timeout",
             UpstreamFailure::Reset => "reset",
+            UpstreamFailure::Saturated => "saturated",
         }
     }
 }
@@ -201,7 +206,9 @@ impl Refusal {
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
-            Refusal::Stale { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Stale { .. } | Refusal::Upstream(UpstreamFailure::Saturated) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Refusal::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             Refusal::Upstream(UpstreamFailure::Connect | UpstreamFailure::Tls | UpstreamFailure::Reset) => {
                 StatusCode::BAD_GATEWAY
@@ -246,7 +253,7 @@ impl Refusal {
             Refusal::TooLarge => TOO_LARGE.into(),
             Refusal::TooManyHeaders => HEADERS_TOO_LARGE.into(),
             Refusal::UriTooLong => URI_TOO_LONG.into(),
-            Refusal::Stale { .. } => UNAVAILABLE.into(),
+            Refusal::Stale { .. } | Refusal::Upstream(UpstreamFailure::Saturated) => UNAVAILABLE.into(),
             Refusal::Upstream(UpstreamFailure::Timeout) => GATEWAY_TIMEOUT.into(),
             Refusal::Upstream(UpstreamFailure::Connect | UpstreamFailure::Tls | UpstreamFailure::Reset) => {
                 BAD_GATEWAY.into()
@@ -265,6 +272,11 @@ impl Refusal {
             | Refusal::Stale { retry_after } => {
                 headers.insert(RETRY_AFTER, super::limits::number(retry_after));
             }
+            // A turn at the upstream comes within moments, or the upstream is stalled; either
+            // way a second is the shortest wait the header can say.
+            Refusal::Upstream(UpstreamFailure::Saturated) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             Refusal::BadRequest(_)
             | Refusal::NoRoute
             | Refusal::Denied(_)
@@ -272,7 +284,12 @@ impl Refusal {
             | Refusal::TooLarge
             | Refusal::TooManyHeaders
             | Refusal::UriTooLong
-            | Refusal::Upstream(_) => {}
+            | Refusal::Upstream(
+                UpstreamFailure::Connect
+                | UpstreamFailure::Tls
+                | UpstreamFailure::Timeout
+                | UpstreamFailure::Reset,
+            ) => {}
         }
         response
     }
@@ -309,6 +326,7 @@ mod tests {
             Refusal::Upstream(UpstreamFailure::Tls),
             Refusal::Upstream(UpstreamFailure::Timeout),
             Refusal::Upstream(UpstreamFailure::Reset),
+            Refusal::Upstream(UpstreamFailure::Saturated),
         ]
     }
 

@@ -539,12 +539,14 @@ fn switch(
         return Err(Refusal::Upstream(failure));
     };
     let upstream_side = hyper::upgrade::on(&mut response);
+    // The tunnel keeps the connection's turn: it is one of the upstream's connections in use.
+    let turn = response.body_mut().take_turn();
     let (mut parts, body) = response.into_parts();
     let chosen = parts.headers.get(UPGRADE).cloned().unwrap_or(protocol);
     forward::strip_hop_by_hop(&mut parts.headers);
     tunnel::restore(&mut parts.headers, chosen);
     let idle = snapshot.config.server.idle_timeout;
-    shared.tunnels.spawn(client, upstream_side, idle);
+    shared.tunnels.spawn(client, upstream_side, idle, turn);
     Ok(Response::from_parts(parts, Either::Left(body)))
 }
 

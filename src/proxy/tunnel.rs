@@ -93,9 +93,11 @@ impl Tunnels {
 
     /// Copies between the client and the upstream once both are upgraded, until either side
     /// closes, `idle` passes without a byte either way, or the gateway closes its tunnels.
-    pub fn spawn(&self, client: OnUpgrade, upstream: OnUpgrade, idle: Duration) {
+    /// `hold` (the upstream connection's turn) is kept as long.
+    pub fn spawn(&self, client: OnUpgrade, upstream: OnUpgrade, idle: Duration, hold: impl Send + 'static) {
         let mut closing = self.close.subscribe();
         tokio::spawn(async move {
+            let _hold = hold;
             if *closing.borrow_and_update() {
                 return;
             }

@@ -10,8 +10,12 @@
 //! until the upload ends. Such a connection, and one whose response was abandoned half-read,
 //! is closed after its exchange instead.
 //!
-//! At most `pool_max_connections` are open at once, busy or idle: at the cap a request waits
-//! for one to be given back or to close, within `connect_timeout`, rather than open more.
+//! At most `pool_max_connections` are in use at once: past that a request queues, first come
+//! first served, for at most `queue_timeout`, and is then refused with 503 (`saturated`): a
+//! stalled upstream gets no more work than it holds, and the excess gets a fast answer rather
+//! than a slow 502. A request whose turn comes takes an idle connection or opens one; at most
+//! `pool_max_connections` are open, busy or idle, and in the rare case that a slot is still
+//! held by a connection finishing an earlier upload, it waits for one within `connect_timeout`.
 //!
 //! Nothing is retried once hyper may have written any of it: a request comes back from a pooled
 //! connection that turned out to be closed only when hyper never began to send it, and only an
@@ -19,7 +23,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -66,6 +70,8 @@ pub struct UpstreamClient {
     prefix: String,
     connect_timeout: Duration,
     timeout: Duration,
+    /// How long a request waits for its turn past the connection cap.
+    queue_timeout: Duration,
     /// For an `https` upstream: the handshake's client and the name to verify.
     tls: Option<TlsClient>,
     pool: Arc<Pool>,
@@ -109,6 +115,7 @@ impl UpstreamClient {
             prefix: upstream.url.path().trim_end_matches('/').to_owned(),
             connect_timeout: upstream.connect_timeout,
             timeout: upstream.timeout,
+            queue_timeout: upstream.queue_timeout,
             tls: upstream.tls.as_ref().map(|tls| TlsClient {
                 connector: TlsConnector::from(tls.client.clone()),
                 server_name: tls.server_name.clone(),
@@ -155,6 +162,10 @@ impl UpstreamClient {
             UpstreamFailure::Tls => return,
             UpstreamFailure::Timeout => "the upstream did not answer within its timeout: 504",
             UpstreamFailure::Reset => "the upstream closed the connection without an answer: 502",
+            UpstreamFailure::Saturated => {
+                "every connection to the upstream stayed busy for queue_timeout: 503 \
+                 (pool_max_connections reached)"
+            }
         };
         tracing::warn!(
             upstream = %self.name,
@@ -167,6 +178,7 @@ impl UpstreamClient {
     }
 
     async fn exchange(&self, request: Request<OutBody>) -> Result<Response<UpstreamBody>, SendFailure> {
+        let turn = self.turn().await?;
         let resend = request.method().is_idempotent();
         let (mut request, sent) = SentBody::track(request);
         loop {
@@ -179,9 +191,12 @@ impl UpstreamClient {
             match sender.try_send_request(request).await {
                 // A connection switched to another protocol is the tunnel's, not the pool's.
                 Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                    return Ok(response.map(|body| UpstreamBody { body, loan: None }))
+                    return Ok(response.map(|body| UpstreamBody {
+                        body,
+                        held: Held::Switched(turn),
+                    }))
                 }
-                Ok(response) => return Ok(self.pool.lend(sender, sent, response)),
+                Ok(response) => return Ok(self.pool.lend(sender, sent, response, turn)),
                 Err(mut error) => match error.take_message() {
                     // A pooled connection closed before hyper began to send: nothing reached
                     // the upstream.
@@ -190,6 +205,31 @@ impl UpstreamClient {
                 },
             }
         }
+    }
+
+    /// The request's turn to use a connection: at once under the cap, else in the order of
+    /// arrival (tokio's semaphore is fair, and no newcomer takes a permit ahead of those
+    /// queued), within `queue_timeout`.
+    async fn turn(&self) -> Result<Turn, SendFailure> {
+        if let Ok(permit) = self.pool.busy.try_acquire() {
+            return Ok(Turn::taking(&self.pool.busy, permit));
+        }
+        let queued = self.pool.busy.acquire();
+        let in_queue = InQueue::enter(&self.pool.queued);
+        let waited = tokio::time::timeout(self.queue_timeout, queued).await;
+        drop(in_queue);
+        match waited {
+            Ok(permit) => Ok(Turn::taking(
+                &self.pool.busy,
+                permit.expect("the pool never closes its semaphore"),
+            )),
+            Err(_) => Err(SendFailure::Upstream(UpstreamFailure::Saturated)),
+        }
+    }
+
+    /// How many requests wait for their turn past the cap now.
+    pub fn queued(&self) -> usize {
+        self.pool.queued.load(Ordering::Relaxed)
     }
 
     /// A connection ready for a request: a pooled one, starting with `taken`, or a new one
@@ -344,8 +384,13 @@ const FAILURE_WARNING_EVERY: Duration = Duration::from_secs(10);
 struct Pool {
     settings: PoolSettings,
     idle: Mutex<VecDeque<Idle>>,
-    /// `pool_max_connections` permits; each open connection's task holds one until it ends.
+    /// `pool_max_connections` permits; each open connection's socket holds one until it closes.
     slots: Arc<Semaphore>,
+    /// `pool_max_connections` permits; each request holds one (its [`Turn`]) while it uses a
+    /// connection, and requests past the cap queue here.
+    busy: Arc<Semaphore>,
+    /// Requests waiting in `busy`'s queue.
+    queued: AtomicUsize,
     /// Told when a connection is given back, for requests waiting at the cap.
     returned: Notify,
     /// When a request last gave up waiting at the cap was logged.
@@ -379,6 +424,10 @@ impl Pool {
             slots: Arc::new(Semaphore::new(
                 settings.max_connections.min(Semaphore::MAX_PERMITS),
             )),
+            busy: Arc::new(Semaphore::new(
+                settings.max_connections.min(Semaphore::MAX_PERMITS),
+            )),
+            queued: AtomicUsize::new(0),
             settings,
             returned: Notify::new(),
             cap_warned: Mutex::new(None),
@@ -447,18 +496,20 @@ impl Pool {
         sender: Sender,
         sent: Sent,
         response: Response<Incoming>,
+        turn: Turn,
     ) -> Response<UpstreamBody> {
-        let loan = if response.body().is_end_stream() {
+        let held = if response.body().is_end_stream() {
             self.give_back(sender, &sent);
-            None
+            Held::Nothing
         } else {
-            Some(Loan {
+            Held::Loan(Loan {
                 sender,
                 sent,
                 pool: Arc::downgrade(self),
+                _turn: turn,
             })
         };
-        response.map(|body| UpstreamBody { body, loan })
+        response.map(|body| UpstreamBody { body, held })
     }
 
     /// Closes connections idle past `idle_timeout`, from a task that ends with the pool.
@@ -481,22 +532,83 @@ impl Pool {
     }
 }
 
+/// Counts a request in the queue for as long as it is there, whether it gets its turn, times
+/// out, or is dropped with its client.
+struct InQueue<'a>(&'a AtomicUsize);
+
+impl<'a> InQueue<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        InQueue(count)
+    }
+}
+
+impl Drop for InQueue<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request's place among those using an upstream's connections (at most
+/// `pool_max_connections`): held until its response body ends, or by the tunnel its
+/// connection became. The semaphore's permit without its count (which every response body
+/// would carry): one permit, given back on drop.
+pub struct Turn(Arc<Semaphore>);
+
+impl Turn {
+    fn taking(busy: &Arc<Semaphore>, permit: tokio::sync::SemaphorePermit<'_>) -> Turn {
+        permit.forget();
+        Turn(Arc::clone(busy))
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.0.add_permits(1);
+    }
+}
+
 /// A connection out on loan to one response body.
 struct Loan {
     sender: Sender,
     sent: Sent,
     pool: Weak<Pool>,
+    /// Given up with the loan, after the connection has gone back to the pool.
+    _turn: Turn,
 }
 
 /// An upstream response body, streamed; its connection goes back to the pool at the end.
 pub struct UpstreamBody {
     body: Incoming,
-    loan: Option<Loan>,
+    held: Held,
+}
+
+/// What a response body holds of the upstream's.
+enum Held {
+    Nothing,
+    /// The connection, until the body ends.
+    Loan(Loan),
+    /// A 101's turn, for the tunnel its connection becomes.
+    Switched(Turn),
 }
 
 impl UpstreamBody {
+    /// The turn a switched (101) connection holds, for its tunnel to keep.
+    pub fn take_turn(&mut self) -> Option<Turn> {
+        match std::mem::replace(&mut self.held, Held::Nothing) {
+            Held::Switched(turn) => Some(turn),
+            held => {
+                self.held = held;
+                None
+            }
+        }
+    }
+
     fn give_back(&mut self) {
-        if let Some(loan) = self.loan.take() {
+        if !matches!(self.held, Held::Loan(_)) {
+            return;
+        }
+        if let Held::Loan(loan) = std::mem::replace(&mut self.held, Held::Nothing) {
             if let Some(pool) = loan.pool.upgrade() {
                 pool.give_back(loan.sender, &loan.sent);
             }
@@ -517,7 +629,7 @@ impl http_body::Body for UpstreamBody {
             None => self.give_back(),
             Some(Ok(_)) if self.body.is_end_stream() => self.give_back(),
             // A failed body leaves the connection in an unknown state: it goes with the loan.
-            Some(Err(_)) => self.loan = None,
+            Some(Err(_)) => self.held = Held::Nothing,
             Some(Ok(_)) => {}
         }
         Poll::Ready(frame)
