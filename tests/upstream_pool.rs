@@ -679,3 +679,71 @@ async fn a_config_reload_keeps_the_connections_of_an_upstream_whose_pool_setting
         "the replaced pool's connection closes"
     );
 }
+
+/// Writes `head` and then `body` a byte at a time, `pace` apart, on a new connection to the
+/// gateway, and reads the answer to its end.
+async fn paced_upload(h: &Harness, head: &str, body: &[u8], pace: Duration) -> String {
+    let mut client = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+    client.write_all(head.as_bytes()).await.unwrap();
+    for byte in body {
+        tokio::time::sleep(pace).await;
+        client.write_all(&[*byte]).await.unwrap();
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, client.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn an_upload_longer_than_timeout_succeeds_the_timeout_runs_from_its_end() {
+    let upstream = Upstream::start(Connections::KeepAlive).await;
+    let h = gateway(&upstream, "timeout = \"400ms\"").await;
+    let (_, key) = h.key(&["*"]).await;
+    let body = b"slowbody";
+    let head = format!(
+        "POST /v1/status/echo HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n",
+        basic(&key),
+        body.len()
+    );
+    // Eight bytes 150 ms apart: 1.2 s, three times the timeout, never idle for as long.
+    let answer = paced_upload(&h, &head, body, Duration::from_millis(150)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("slowbody"), "{answer}");
+    assert_eq!(upstream.requests(), ["POST /v1/status/echo slowbody"]);
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_past_body_idle_timeout_is_408_and_its_upstream_connection_closes() {
+    let upstream = Upstream::start(Connections::KeepAlive).await;
+    let template = STANDARD
+        .replace("http://{upstream}", &format!("http://{}", upstream.addr))
+        .replace("[server]\n", "[server]\nbody_idle_timeout = \"300ms\"\n")
+        .replace("timeout = \"1s\"\n", "timeout = \"5s\"\n");
+    let h = Harness::with_config(&template, "").await;
+    let (_, key) = h.key(&["*"]).await;
+    let mut client = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+    let head = format!(
+        "POST /v1/status/echo HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\ncontent-length: 100\r\n\r\n",
+        basic(&key)
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    client.write_all(&[b'x'; 10]).await.unwrap();
+    assert!(eventually(DEADLINE, || async { upstream.open() == 1 }).await);
+    // ...and nothing more: the gateway answers and closes.
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, client.read_to_end(&mut answer))
+        .await
+        .expect("the gateway closes the connection")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 408"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(answer.ends_with(r#"{"error":"request timeout"}"#), "{answer}");
+    assert!(
+        upstream.open_drops_to(0).await,
+        "the upstream connection holding half a request is closed"
+    );
+    let answer = h.get("/v1/status", &key).await;
+    assert_eq!((answer.status.as_u16(), answer.text()), (200, "ok".to_owned()));
+}

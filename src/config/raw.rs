@@ -60,6 +60,9 @@ pub struct RawServer {
     pub tls_handshake_timeout: Field<String>,
     /// Duration within which a request head must arrive. Default `"10s"`.
     pub header_read_timeout: Field<String>,
+    /// Longest pause in a request body while the upstream waits for it (408 past it).
+    /// Default `"30s"`.
+    pub body_idle_timeout: Field<String>,
     /// Bytes of request head at most. Default 65536.
     pub max_header_bytes: Field<u64>,
     /// Request headers at most. Default 100.
@@ -196,7 +199,8 @@ pub struct RawUpstream {
     pub client_key: Field<String>,
     /// Duration to establish a connection (502 past it). Default `"2s"`.
     pub connect_timeout: Field<String>,
-    /// Duration to the response head (504 past it). Default `"30s"`.
+    /// Duration to the response head from the end of the request body (504 past it); also the
+    /// longest the upstream may take none of a streaming body. Default `"30s"`.
     pub timeout: Field<String>,
     /// Connections in use at most, and open at most, busy or idle; past the cap a request
     /// queues for its turn, first come first served, within `queue_timeout`. Default 1024.

@@ -44,6 +44,8 @@ pub struct Server {
     pub tls_handshake_timeout: Duration,
     /// A request head must arrive within this. Default 10s.
     pub header_read_timeout: Duration,
+    /// Longest pause in a request body being forwarded (408 past it). Default 30s.
+    pub body_idle_timeout: Duration,
     /// Largest request head in bytes. Default 64 KiB.
     pub max_header_bytes: usize,
     /// Most request headers. Default 100.
@@ -180,7 +182,7 @@ pub struct Upstream {
     pub tls: Option<UpstreamTls>,
     /// Default 2s.
     pub connect_timeout: Duration,
-    /// Time to the response head. Default 30s.
+    /// Time to the response head, from the end of the request body. Default 30s.
     pub timeout: Duration,
     /// Longest wait for a turn past `pool_max_connections` (503 past it). Default 100ms.
     pub queue_timeout: Duration,

@@ -273,6 +273,7 @@ impl Checker<'_> {
                 "server.header_read_timeout",
                 secs(10),
             ),
+            body_idle_timeout: self.duration_or(&raw.body_idle_timeout, "server.body_idle_timeout", secs(30)),
             max_header_bytes: self.usize(&raw.max_header_bytes, "server.max_header_bytes", 65_536),
             max_headers: self.usize(&raw.max_headers, "server.max_headers", 100),
             max_uri_bytes: self.usize(&raw.max_uri_bytes, "server.max_uri_bytes", 8_192),

@@ -151,6 +151,8 @@ pub enum Refusal {
         retry_after: u64,
     },
     TooLarge,
+    /// The request body paused past `server.body_idle_timeout` before the upstream answered.
+    BodyTimeout,
     /// More request headers than `server.max_headers` (hyper counts them for HTTP/1 only).
     TooManyHeaders,
     /// The request URI is longer than `server.max_uri_bytes`.
@@ -169,6 +171,7 @@ const DENIED: &str = r#"{"error":"permission denied"}"#;
 const RATE_LIMITED: &str = r#"{"error":"rate limit exceeded"}"#;
 const BAD_REQUEST: &str = r#"{"error":"bad request"}"#;
 const TOO_LARGE: &str = r#"{"error":"request body too large"}"#;
+const REQUEST_TIMEOUT: &str = r#"{"error":"request timeout"}"#;
 const HEADERS_TOO_LARGE: &str = r#"{"error":"request header fields too large"}"#;
 const URI_TOO_LONG: &str = r#"{"error":"uri too long"}"#;
 const UNAVAILABLE: &str = r#"{"error":"service unavailable"}"#;
@@ -204,6 +207,7 @@ impl Refusal {
             Refusal::IpThrottled { .. } | Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::Denied(_) | Refusal::MissingPermission(_) => StatusCode::FORBIDDEN,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
             Refusal::Stale { .. } | Refusal::Upstream(UpstreamFailure::Saturated) => {
@@ -221,7 +225,8 @@ impl Refusal {
     /// where the gateway thinks it does.
     pub fn closes_connection(&self) -> bool {
         match self {
-            Refusal::BadRequest(_) | Refusal::TooManyHeaders => true,
+            // The rest of a stalled body may still come, and would be read as a request.
+            Refusal::BadRequest(_) | Refusal::TooManyHeaders | Refusal::BodyTimeout => true,
             Refusal::NoRoute
             | Refusal::Unauthenticated(_)
             | Refusal::IpThrottled { .. }
@@ -251,6 +256,7 @@ impl Refusal {
             .to_string()
             .into(),
             Refusal::TooLarge => TOO_LARGE.into(),
+            Refusal::BodyTimeout => REQUEST_TIMEOUT.into(),
             Refusal::TooManyHeaders => HEADERS_TOO_LARGE.into(),
             Refusal::UriTooLong => URI_TOO_LONG.into(),
             Refusal::Stale { .. } | Refusal::Upstream(UpstreamFailure::Saturated) => UNAVAILABLE.into(),
@@ -282,6 +288,7 @@ impl Refusal {
             | Refusal::Denied(_)
             | Refusal::MissingPermission(_)
             | Refusal::TooLarge
+            | Refusal::BodyTimeout
             | Refusal::TooManyHeaders
             | Refusal::UriTooLong
             | Refusal::Upstream(
@@ -319,6 +326,7 @@ mod tests {
                 retry_after: 1,
             },
             Refusal::TooLarge,
+            Refusal::BodyTimeout,
             Refusal::TooManyHeaders,
             Refusal::UriTooLong,
             Refusal::stale(std::time::Duration::from_secs(1)),
@@ -367,7 +375,10 @@ mod tests {
     #[test]
     fn only_refusals_of_an_unreadable_head_close_the_connection() {
         for refusal in every_refusal() {
-            let closes = matches!(refusal, Refusal::BadRequest(_) | Refusal::TooManyHeaders);
+            let closes = matches!(
+                refusal,
+                Refusal::BadRequest(_) | Refusal::TooManyHeaders | Refusal::BodyTimeout
+            );
             assert_eq!(refusal.closes_connection(), closes, "{refusal:?}");
         }
     }

@@ -10,6 +10,7 @@ pub mod limits;
 pub mod path;
 pub mod pipeline;
 pub mod router;
+mod sent;
 pub mod server;
 pub mod shared_limits;
 pub mod state;

@@ -132,6 +132,7 @@ struct Exchange {
     snapshot: Arc<Snapshot>,
     ctx: Context,
     method: http::Method,
+    version: http::Version,
     shared_limit: Option<RateLimitSpec>,
     upstream: usize,
     outgoing: Request<OutBody>,
@@ -166,6 +167,7 @@ fn begin(
                 snapshot,
                 ctx,
                 method,
+                version,
                 shared_limit,
                 upstream,
                 outgoing,
@@ -174,14 +176,7 @@ fn begin(
             Begun::Admitted(Box::pin(exchange.run(shared)))
         }
         Err(refusal) => {
-            // HTTP/2 has no `Connection` header; its streams are framed apart anyway.
-            let close = refusal.closes_connection() && version < http::Version::HTTP_2;
-            let mut response = refuse(shared, &snapshot, &mut ctx, refusal);
-            if close {
-                response
-                    .headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
-            }
+            let response = refuse(shared, &snapshot, &mut ctx, refusal, version);
             Begun::Answered(finish(&snapshot, &ctx, &method, response))
         }
     }
@@ -194,6 +189,7 @@ impl Exchange {
             snapshot,
             mut ctx,
             method,
+            version,
             shared_limit,
             upstream,
             outgoing,
@@ -212,7 +208,7 @@ impl Exchange {
         };
         let response = match forwarded {
             Ok(response) => response,
-            Err(refusal) => refuse(shared, &snapshot, &mut ctx, refusal),
+            Err(refusal) => refuse(shared, &snapshot, &mut ctx, refusal, version),
         };
         finish(&snapshot, &ctx, &method, response)
     }
@@ -494,7 +490,9 @@ async fn forward(
 ) -> Result<Response<Body>, Refusal> {
     let (upstream, histogram) = &snapshot.upstreams[upstream];
     let sent = Instant::now();
-    let result = upstream.send(outgoing).await;
+    let result = upstream
+        .send(outgoing, snapshot.config.server.body_idle_timeout)
+        .await;
     let elapsed = sent.elapsed();
     ctx.upstream_time = Some(elapsed);
     histogram.observe(elapsed.as_secs_f64());
@@ -508,6 +506,7 @@ async fn forward(
             Ok(Response::from_parts(parts, Either::Left(body)))
         }
         Err(SendFailure::BodyTooLarge) => Err(Refusal::TooLarge),
+        Err(SendFailure::BodyIdle) => Err(Refusal::BodyTimeout),
         Err(SendFailure::Upstream(failure)) => {
             shared
                 .metrics
@@ -550,8 +549,32 @@ fn switch(
     Ok(Response::from_parts(parts, Either::Left(body)))
 }
 
-/// The response for a refusal, with its metric and log cause.
-fn refuse(shared: &Shared, snapshot: &Snapshot, ctx: &mut Context, refusal: Refusal) -> Response<Body> {
+/// The response for a refusal, with its metric and log cause; `Connection: close` after one
+/// that leaves an HTTP/1 connection unusable (HTTP/2 has no `Connection` header, and its
+/// streams are framed apart anyway).
+fn refuse(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    ctx: &mut Context,
+    refusal: Refusal,
+    version: http::Version,
+) -> Response<Body> {
+    let close = refusal.closes_connection() && version < http::Version::HTTP_2;
+    let mut response = refusal_response(shared, snapshot, ctx, refusal);
+    if close {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+fn refusal_response(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    ctx: &mut Context,
+    refusal: Refusal,
+) -> Response<Body> {
     ctx.reason = Some(match &refusal {
         Refusal::Unauthenticated(failure) => {
             shared.auth_failures.inc(failure.as_str());
@@ -581,6 +604,7 @@ fn refuse(shared: &Shared, snapshot: &Snapshot, ctx: &mut Context, refusal: Refu
         Refusal::BadRequest(why) => why.as_str(),
         Refusal::NoRoute => "no_route",
         Refusal::TooLarge => "body_too_large",
+        Refusal::BodyTimeout => "body_timeout",
         Refusal::TooManyHeaders => "too_many_headers",
         Refusal::UriTooLong => "uri_too_long",
         Refusal::Stale { .. } => "stale_key_table",

@@ -23,7 +23,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -43,6 +43,7 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
 use super::error::UpstreamFailure;
+use super::sent::{response_deadline, BodyIdle, Sent, SentBody};
 use super::tunnel::Counted;
 use crate::config;
 use crate::telemetry::throttle::Throttle;
@@ -59,6 +60,8 @@ pub enum SendFailure {
     Upstream(UpstreamFailure),
     /// The client's body grew past `server.max_request_body` while streaming.
     BodyTooLarge,
+    /// The client's body brought no byte for `server.body_idle_timeout`.
+    BodyIdle,
 }
 
 /// One upstream: where it is, its timeouts, and its connection pool.
@@ -137,11 +140,20 @@ impl UpstreamClient {
         Ok(Uri::from(PathAndQuery::try_from(target)?))
     }
 
-    /// Sends the request; the response head must come within the upstream's timeout.
-    pub async fn send(&self, request: Request<OutBody>) -> Result<Response<UpstreamBody>, SendFailure> {
-        let result = match tokio::time::timeout(self.timeout, self.exchange(request)).await {
-            Ok(result) => result,
-            Err(_) => Err(SendFailure::Upstream(UpstreamFailure::Timeout)),
+    /// Sends the request; the response head must come within the upstream's timeout of the
+    /// end of the request body, and the body may stall at most `body_idle` at a time.
+    pub async fn send(
+        &self,
+        request: Request<OutBody>,
+        body_idle: Duration,
+    ) -> Result<Response<UpstreamBody>, SendFailure> {
+        let started = tokio::time::Instant::now();
+        let (request, sent) = SentBody::track(request, body_idle);
+        let result = tokio::select! {
+            result = self.exchange(request, sent.clone()) => result,
+            () = response_deadline(&sent, started, self.timeout) => {
+                Err(SendFailure::Upstream(UpstreamFailure::Timeout))
+            }
         };
         if let Err(SendFailure::Upstream(failure)) = result {
             self.warn(failure);
@@ -177,10 +189,13 @@ impl UpstreamClient {
         );
     }
 
-    async fn exchange(&self, request: Request<OutBody>) -> Result<Response<UpstreamBody>, SendFailure> {
+    async fn exchange(
+        &self,
+        mut request: Request<SentBody>,
+        sent: Sent,
+    ) -> Result<Response<UpstreamBody>, SendFailure> {
         let turn = self.turn().await?;
         let resend = request.method().is_idempotent();
-        let (mut request, sent) = SentBody::track(request);
         loop {
             let (mut sender, reused) = match self.pool.take() {
                 Some(sender) if sender.is_ready() => (sender, true),
@@ -355,17 +370,19 @@ impl UpstreamClient {
 }
 
 fn failure(error: &hyper::Error) -> SendFailure {
-    if caused_by_length_limit(error) {
+    if caused_by::<LengthLimitError>(error) {
         SendFailure::BodyTooLarge
+    } else if caused_by::<BodyIdle>(error) {
+        SendFailure::BodyIdle
     } else {
         SendFailure::Upstream(UpstreamFailure::Reset)
     }
 }
 
-fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(error);
     while let Some(error) = cause {
-        if error.is::<LengthLimitError>() {
+        if error.is::<E>() {
             return true;
         }
         cause = error.source();
@@ -651,72 +668,5 @@ impl Drop for UpstreamBody {
         if self.body.is_end_stream() {
             self.give_back();
         }
-    }
-}
-
-/// Whether a request body has been sent whole: known at once for requests without one, told
-/// by [`SentBody`] for the others.
-enum Sent {
-    Empty,
-    Streaming(Arc<AtomicBool>),
-}
-
-impl Sent {
-    fn is_done(&self) -> bool {
-        match self {
-            Sent::Empty => true,
-            Sent::Streaming(done) => done.load(Ordering::Acquire),
-        }
-    }
-}
-
-/// The request body on its way upstream, telling [`Sent`] when it has all gone.
-struct SentBody {
-    body: OutBody,
-    done: Option<Arc<AtomicBool>>,
-}
-
-impl SentBody {
-    fn track(request: Request<OutBody>) -> (Request<SentBody>, Sent) {
-        let (parts, body) = request.into_parts();
-        let (done, sent) = if body.is_end_stream() {
-            (None, Sent::Empty)
-        } else {
-            let done = Arc::new(AtomicBool::new(false));
-            (Some(done.clone()), Sent::Streaming(done))
-        };
-        (Request::from_parts(parts, SentBody { body, done }), sent)
-    }
-
-    fn finished(&self) {
-        if let Some(done) = &self.done {
-            done.store(true, Ordering::Release);
-        }
-    }
-}
-
-impl http_body::Body for SentBody {
-    type Data = Bytes;
-    type Error = <OutBody as http_body::Body>::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
-        match &frame {
-            None => self.finished(),
-            Some(Ok(_)) if self.body.is_end_stream() => self.finished(),
-            Some(_) => {}
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
