@@ -361,7 +361,69 @@ fn the_access_log_can_be_switched_off() {
 }
 
 #[test]
-fn logs_recent_is_not_a_setting_yet() {
-    let error = parse("[logs]\nrecent = 100\n", Path::new("/")).unwrap_err();
-    assert!(error.to_string().contains("recent"), "{error}");
+fn recent_requests_are_kept_by_default_and_bounded() {
+    assert_eq!(parse_ok("").logs.recent, 10_000);
+    assert_eq!(parse_ok("[logs]\nrecent = 0\n").logs.recent, 0);
+    assert_eq!(parse_ok("[logs]\nrecent = 500\n").logs.recent, 500);
+    let error = parse("[logs]\nrecent = 2000000\n", Path::new("/")).unwrap_err();
+    assert!(error.to_string().contains("logs.recent"), "{error}");
+}
+
+#[test]
+fn the_read_only_token_is_optional_and_differs_from_the_admin_token() {
+    assert_eq!(parse_ok("").admin.read_token_env, None);
+    let config = parse_ok("[admin]\nread_token_env = \"KEYGATE_READ_TOKEN\"\n");
+    assert_eq!(config.admin.read_token_env.as_deref(), Some("KEYGATE_READ_TOKEN"));
+    for (text, why) in [
+        (
+            "[admin]\nread_token_env = \"KEYGATE_ADMIN_TOKEN\"\n",
+            "must differ",
+        ),
+        (
+            "[admin]\nread_token_env = \"not a name\"\n",
+            "environment variable name",
+        ),
+    ] {
+        let error = parse(text, Path::new("/")).unwrap_err().to_string();
+        assert!(
+            error.contains("admin.read_token_env") && error.contains(why),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn postgres_tls_roots_come_from_an_absolute_pem_file() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let ca = fixtures.join("ca.pem");
+    let (_, tls) = postgres_url(&format!(
+        "postgres://u@h/db?sslmode=verify-ca&sslrootcert={}",
+        ca.display()
+    ))
+    .unwrap();
+    assert_eq!(
+        tls,
+        PostgresTls {
+            verify_name: false,
+            root_cert: Some(ca.clone()),
+        }
+    );
+    let (_, tls) = postgres_url("postgres://u@h/db?sslmode=verify-full").unwrap();
+    assert!(tls.verify_name && tls.root_cert.is_none());
+    let not_pem = fixtures.join("README.md");
+    for (url, why) in [
+        ("postgres://u@h/db?sslrootcert=ca.pem".to_owned(), "absolute path"),
+        (
+            "postgres://u@h/db?sslrootcert=/nonexistent/ca.pem".to_owned(),
+            "cannot read",
+        ),
+        (
+            format!("postgres://u@h/db?sslrootcert={}", not_pem.display()),
+            "no PEM certificate",
+        ),
+        ("postgres://u@h/db?sslrootcert=%zz".to_owned(), "percent-encoded"),
+    ] {
+        let error = postgres_url(&url).unwrap_err();
+        assert!(error.contains(why), "{url}: {error}");
+    }
 }

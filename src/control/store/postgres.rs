@@ -30,11 +30,13 @@ use super::model::{
 };
 use super::sqlite::{changed_fields, instant, is_no_change, json, new_key_fields, to_json, RawRow, COLUMNS};
 use super::StoreError;
+use crate::config::validate::PostgresTls;
 use crate::core::key::{KeyStatus, StoredStatus};
 
 /// Schema versions, applied in order under an advisory lock; `keygate_schema` records how many
 /// ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
     INSERT INTO meta (name, value) VALUES ('revision', 0);
     CREATE TABLE keys (
@@ -119,7 +121,13 @@ const MIGRATIONS: &[&str] = &[r#"
         created_at BIGINT NOT NULL
     );
     CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until_ms BIGINT NOT NULL);
-"#];
+"#,
+    // Which admin token made a change through the admin API, and from which client address.
+    r#"
+    ALTER TABLE key_events ADD COLUMN token TEXT;
+    ALTER TABLE key_events ADD COLUMN client TEXT;
+"#,
+];
 
 /// Connections each gateway's pool holds at most (the listening connection is one more).
 const POOL_SIZE: usize = 4;
@@ -181,7 +189,21 @@ impl From<deadpool_postgres::PoolError> for StoreError {
 fn postgres_error(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("PostgreSQL: {}", db.message()),
-        None => format!("PostgreSQL: {error}"),
+        // tokio-postgres says what failed ("error performing TLS handshake") and keeps why
+        // (the certificate's issuer is unknown) in the source: the operator needs both.
+        None => {
+            let mut message = format!("PostgreSQL: {error}");
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !message.ends_with(&cause_text) {
+                    message.push_str(": ");
+                    message.push_str(&cause_text);
+                }
+                source = cause.source();
+            }
+            message
+        }
     }
 }
 
@@ -199,8 +221,8 @@ fn conflict(error: tokio_postgres::Error, why: &str) -> StoreError {
 }
 
 impl PgStore {
-    /// Connects to the database at `url` (libpq's URL form; `sslmode` as
-    /// [`crate::config::validate::postgres_url`] reads it: TLS always verifies the server),
+    /// Connects to the database at `url` (libpq's URL form; `sslmode` and `sslrootcert` as
+    /// [`crate::config::validate::postgres_url`] reads them: TLS always verifies the server),
     /// brings its schema up to date under an advisory lock, and starts listening for changes.
     pub fn open(url: &str) -> Result<Self, StoreError> {
         let store = Self::open_later(url)?;
@@ -212,7 +234,8 @@ impl PgStore {
     /// to date and starts the listener: a gateway starts while its database is unreachable and
     /// answers "not ready" until then. Fails only on a URL it cannot use.
     pub fn open_later(url: &str) -> Result<Self, StoreError> {
-        let mut config = crate::config::validate::postgres_url(url).map_err(StoreError::Unavailable)?;
+        let (mut config, tls) =
+            crate::config::validate::postgres_url(url).map_err(StoreError::Unavailable)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -223,7 +246,7 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Unavailable(format!("cannot start the PostgreSQL runtime: {e}")))?;
         let handle = runtime.handle().clone();
-        let tls = tls_connector()?;
+        let tls = tls_connector(&tls)?;
         let manager = Manager::from_config(
             config.clone(),
             tls.clone(),
@@ -391,8 +414,8 @@ impl PgStore {
             }
             let rows = client
                 .query(
-                    "SELECT id, at, actor, event, changes FROM key_events WHERE key_id = $1 AND id > $2 \
-                     ORDER BY id LIMIT $3",
+                    "SELECT id, at, actor, event, changes, token, client FROM key_events \
+                     WHERE key_id = $1 AND id > $2 ORDER BY id LIMIT $3",
                     &[&id, &signed(after), &signed_len(limit)],
                 )
                 .await?;
@@ -407,6 +430,8 @@ impl PgStore {
                             .ok_or_else(|| StoreError::Corrupt(format!("event {event_id} has no time")))?,
                         actor: row.get(2),
                         event: row.get(3),
+                        token: row.get(5),
+                        client: row.get(6),
                         changes: json("changes", row.get(4)).map_err(StoreError::Corrupt)?,
                     })
                 })
@@ -825,20 +850,92 @@ fn block_on<T: Send>(handle: &tokio::runtime::Handle, work: impl Future<Output =
     })
 }
 
-/// rustls for TLS to the database, used when the URL's `sslmode` asks for it: the system's
-/// roots and Mozilla's.
-fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+/// rustls for TLS to the database, used when the URL's `sslmode` asks for it: the roots of
+/// `sslrootcert`, else the system's and Mozilla's; the server's name checked unless the mode is
+/// `verify-ca`.
+fn tls_connector(tls: &PostgresTls) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    let unavailable = |e: &dyn std::fmt::Display| StoreError::Unavailable(format!("TLS for PostgreSQL: {e}"));
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.root_cert {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| unavailable(&format!("sslrootcert {}: {e}", path.display())))?;
+            roots.add_parsable_certificates(certs);
+        }
+        None => {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| StoreError::Unavailable(format!("TLS for PostgreSQL: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .map_err(|e| unavailable(&e))?;
+    let config = if tls.verify_name {
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        let chain = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| unavailable(&e))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ChainOnly(chain)))
+            .with_no_client_auth()
+    };
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// `sslmode=verify-ca`: the server's chain must lead to a trusted root, whatever name the
+/// certificate is for (libpq's meaning). Everything else is WebPKI's own verification.
+#[derive(Debug)]
+struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::{CertificateError, Error};
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            verified => verified,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// Applies the migrations this store has not run, once, even when several gateways start
@@ -1099,18 +1196,29 @@ async fn copy_events(
 ) -> Result<(), StoreError> {
     use tokio_postgres::types::{ToSql, Type};
     let sink = tx
-        .copy_in("COPY key_events (key_id, at, actor, event, changes) FROM STDIN BINARY")
+        .copy_in("COPY key_events (key_id, at, actor, event, changes, token, client) FROM STDIN BINARY")
         .await?;
-    let types = [Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT];
+    let types = [
+        Type::TEXT,
+        Type::INT8,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+    ];
+    let (token, client) = audit.actor.origin();
     let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, &types);
     let mut writer = std::pin::pin!(writer);
     for key in keys {
-        let row: [&(dyn ToSql + Sync); 5] = [
+        let row: [&(dyn ToSql + Sync); 7] = [
             &key.id,
             &key.now.as_second(),
             &audit.actor.as_str(),
             &audit.event,
             &to_json(&new_key_fields(key)),
+            &token,
+            &client,
         ];
         writer.as_mut().write(&row).await?;
     }
@@ -1175,14 +1283,18 @@ async fn record_event(
     at: Timestamp,
     changes: serde_json::Map<String, serde_json::Value>,
 ) -> Result<(), StoreError> {
+    let (token, client) = audit.actor.origin();
     tx.execute(
-        "INSERT INTO key_events (key_id, at, actor, event, changes) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO key_events (key_id, at, actor, event, changes, token, client) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
         &[
             &key_id,
             &at.as_second(),
             &audit.actor.as_str(),
             &audit.event,
             &to_json(&changes),
+            &token,
+            &client,
         ],
     )
     .await?;
