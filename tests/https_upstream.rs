@@ -282,3 +282,34 @@ fn check_reports_tls_files_that_serve_could_not_use() {
         assert!(stderr.contains(expected), "{settings}: {stderr}");
     }
 }
+
+/// A reload rereads the TLS files: unchanged, the pool and its connection stay; a CA file
+/// whose contents changed makes a new pool, which connects anew.
+#[tokio::test]
+async fn a_reload_keeps_the_pool_only_while_the_tls_files_are_unchanged() {
+    let ca = Authority::new();
+    let (addr, seen) = tls_upstream(&ca, None).await;
+    let files = tempfile::tempdir().unwrap();
+    let paths = write(files.path(), &[("ca.pem", &ca.pem())]);
+    let h = gateway(addr, &format!("ca = {:?}", paths[0])).await;
+    let (_, key) = h.key(&["*"]).await;
+    let reload = || {
+        let text = std::fs::read_to_string(&h.config_path).unwrap();
+        h.gateway
+            .reload(keygate::config::parse(&text, h.dir.path()).unwrap_or_else(|e| panic!("{e}")));
+    };
+    assert_eq!(h.get("/v1/status", &key).await.status, 200);
+    reload();
+    assert_eq!(h.get("/v1/status", &key).await.status, 200);
+    assert_eq!(
+        seen.handshakes.load(Ordering::SeqCst),
+        1,
+        "the same files, the same pool"
+    );
+    // The same CA and another beside it: new contents, a new pool.
+    let both = format!("{}{}", ca.pem(), Authority::new().pem());
+    std::fs::write(&paths[0], both).unwrap();
+    reload();
+    assert_eq!(h.get("/v1/status", &key).await.status, 200);
+    assert_eq!(seen.handshakes.load(Ordering::SeqCst), 2);
+}

@@ -85,8 +85,16 @@ async fn echo(stream: TcpStream, head: Arc<Mutex<Option<HeaderMap>>>) {
 
 /// The standard gateway in front of `upstream`, with `server` settings added.
 async fn gateway(upstream: &EchoUpstream, server: &str) -> Harness {
+    gateway_with(upstream, server, "").await
+}
+
+/// [`gateway`], with `settings` added to the upstream's table too.
+async fn gateway_with(upstream: &EchoUpstream, server: &str, settings: &str) -> Harness {
     let template = STANDARD
-        .replace("http://{upstream}", &format!("http://{}", upstream.addr))
+        .replace(
+            "url = \"http://{upstream}\"",
+            &format!("url = \"http://{}\"\n{settings}", upstream.addr),
+        )
         .replace("[server]\n", &format!("[server]\n{server}\n"));
     Harness::with_config(&template, "").await
 }
@@ -285,4 +293,23 @@ async fn a_tunnel_idle_past_server_idle_timeout_is_closed() {
     let ended = tokio::time::timeout(DEADLINE, async { while let Some(Ok(_)) = ws.next().await {} }).await;
     assert!(ended.is_ok(), "the idle tunnel is closed");
     assert!(eventually(DEADLINE, || async { h.gateway.shared.tunnels.open() == 0 }).await);
+}
+
+#[tokio::test]
+async fn a_tunnel_holds_its_upstream_connection_s_turn() {
+    let upstream = EchoUpstream::start().await;
+    let h = gateway_with(&upstream, "", "pool_max_connections = 1").await;
+    let (_, key) = h.key(&["*"]).await;
+    let mut ws = connect(&h, "/v1/status/ws", Some(&key)).await.unwrap();
+    assert_eq!(round_trip(&mut ws, Message::text("a")).await, Message::text("a"));
+    // The upstream's one connection is the tunnel: the next request gets its fast 503.
+    let answer = h.get("/v1/status", &key).await;
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    assert_eq!(upstream.accepted(), 1);
+    ws.close(None).await.unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(DEADLINE, ws.next()).await {}
+    drop(ws);
+    assert!(eventually(DEADLINE, || async { h.gateway.shared.tunnels.open() == 0 }).await);
+    let mut ws = connect(&h, "/v1/status/ws", Some(&key)).await.unwrap();
+    assert_eq!(round_trip(&mut ws, Message::text("b")).await, Message::text("b"));
 }
