@@ -465,10 +465,10 @@ fn outgoing(
     let upstream = &snapshot.upstreams[route.upstream].0;
     let protocol = tunnel::requested(request.version(), request.headers());
     forward::prepare(&mut request, admitted.uri, &identity, &passing, &upstream.host);
-    // The client's side of the switch comes out of the request, so it does not go upstream.
-    let client = hyper::upgrade::on(&mut request);
     let upgrade = protocol.map(|protocol| {
         tunnel::restore(request.headers_mut(), protocol.clone());
+        // The client's side of the switch comes out of the request, so it does not go upstream.
+        let client = hyper::upgrade::on(&mut request);
         Upgrade { protocol, client }
     });
     let limit = server

@@ -164,14 +164,17 @@ impl UpstreamClient {
     /// Logs a failed exchange, at most once per [`FAILURE_WARNING_EVERY`] for each kind: while
     /// an upstream is down every request would log one.
     fn warn(&self, failure: UpstreamFailure) {
+        if failure == UpstreamFailure::Tls {
+            // Logged where it happens, with the handshake's error ([`Self::warn_tls`]).
+            return;
+        }
         let throttle = &self.pool.failure_warnings[failure as usize];
         let Some(suppressed) = throttle.due(Instant::now()) else {
             return;
         };
         let what = match failure {
             UpstreamFailure::Connect => "cannot connect to the upstream: 502",
-            // Logged where it happens, with the handshake's error.
-            UpstreamFailure::Tls => return,
+            UpstreamFailure::Tls => "the TLS handshake with the upstream failed: 502",
             UpstreamFailure::Timeout => "the upstream did not answer within its timeout: 504",
             UpstreamFailure::Reset => "the upstream closed the connection without an answer: 502",
             UpstreamFailure::Saturated => {
