@@ -575,3 +575,161 @@ fn a_store_is_created_on_purpose_and_readable_by_its_owner_only() {
         assert_eq!(mode(&store.with_file_name(side)), 0o600, "{side}");
     }
 }
+
+fn check(config: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["check", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    keygate(&args, None)
+}
+
+fn json_of(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not one JSON document ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+#[test]
+fn check_json_prints_one_document_with_every_error_at_its_line_and_column() {
+    let s = setup();
+    let output = check(&s.config, &["--json"]);
+    assert_eq!(code(&output), 0, "{}", String::from_utf8_lossy(&output.stderr));
+    let report = json_of(&output);
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["config"], s.config.to_str().unwrap());
+    assert_eq!(
+        (report["routes"].as_u64(), report["upstreams"].as_u64()),
+        (Some(1), Some(1))
+    );
+
+    let text = format!("{CONFIG}\n[server]\n  listen = \"nowhere\"\nshutdown_grace = \"soon\"\n");
+    std::fs::write(&s.config, &text).unwrap();
+    let line = text.lines().position(|l| l.contains("nowhere")).unwrap() + 1;
+    let output = check(&s.config, &["--json"]);
+    assert_eq!(
+        code(&output),
+        1,
+        "the exit status of an invalid file, as without --json"
+    );
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = json_of(&output);
+    assert_eq!(report["ok"], false);
+    let errors = report["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2, "{report}");
+    assert_eq!(errors[0]["line"], line);
+    assert_eq!(errors[0]["column"], 12);
+    assert_eq!(errors[0]["field"], "server.listen");
+    assert!(errors[0]["message"].as_str().unwrap().contains("nowhere"));
+    assert_eq!(errors[1]["line"], line + 1);
+
+    let missing = s.config.with_file_name("absent.toml");
+    let report = json_of(&check(&missing, &["--json"]));
+    assert_eq!(report["ok"], false);
+    assert!(report["errors"][0]["line"].is_null());
+    assert!(report["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("cannot read"));
+}
+
+const WITH_SECRETS: &str = r#"
+[store]
+url = "postgres://keygate:hunter2@127.0.0.1:5432/keygate?sslmode=disable&password=hunter3"
+pepper_env = "KEYGATE_PEPPER"
+snapshot = "table.snapshot"
+[rate_limit]
+backend = "redis"
+redis_url = "redis://:hunter4@127.0.0.1:6379/0"
+[lifecycle]
+idle_expiry = "90d"
+warn_before = ["1d", "7d"]
+webhook = "https://hooks.example.com/services/hunter5?token=hunter6"
+[[upstream]]
+name = "api"
+url = "http://127.0.0.1:7001"
+[[route]]
+name = "customers"
+path = "/v1/customers/{customer}"
+upstream = "api"
+customer_param = "customer"
+permissions = { GET = "customer:read", "*" = "customer:write" }
+"#;
+
+#[test]
+fn check_print_shows_every_default_redacts_secrets_and_round_trips() {
+    let s = setup();
+    std::fs::write(&s.config, WITH_SECRETS).unwrap();
+    let output = check(&s.config, &["--print"]);
+    assert_eq!(code(&output), 0, "{}", String::from_utf8_lossy(&output.stderr));
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert!(!printed.contains("hunter"), "a secret was printed:\n{printed}");
+    let dir = s.config.parent().unwrap().to_str().unwrap();
+    for shown in [
+        "url = \"postgres://keygate:REDACTED@127.0.0.1:5432/keygate?sslmode=disable&password=REDACTED\"",
+        "redis_url = \"redis://:REDACTED@127.0.0.1:6379/0\"",
+        "webhook = \"https://hooks.example.com/REDACTED?token=REDACTED\"",
+        "pepper_env = \"KEYGATE_PEPPER\"",
+        "shutdown_grace = \"30s\"",
+        "redis_timeout = \"5ms\"",
+        "warn_before = [\"7d\", \"1d\"]",
+        "pool_max_idle = 128",
+        &format!("snapshot = \"{dir}/table.snapshot\""),
+    ] {
+        assert!(printed.contains(shown), "{shown} not in:\n{printed}");
+    }
+
+    // The printed file is a config in its own right, and prints the same again.
+    let copy = s.config.with_file_name("effective.toml");
+    std::fs::write(&copy, &printed).unwrap();
+    let again = check(&copy, &["--print"]);
+    assert_eq!(code(&again), 0, "{}", String::from_utf8_lossy(&again.stderr));
+    let body = |text: &str| text.lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert_eq!(body(&String::from_utf8_lossy(&again.stdout)), body(&printed));
+
+    let report = json_of(&check(&s.config, &["--print", "--json"]));
+    assert_eq!(report["ok"], true);
+    let effective = &report["effective"];
+    assert_eq!(effective["server"]["max_headers"], 100);
+    assert_eq!(effective["route"][0]["permissions"]["GET"], "customer:read");
+    assert!(!report.to_string().contains("hunter"), "{report}");
+}
+
+#[test]
+fn check_refuses_a_missing_store_folder_and_warns_of_a_missing_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, SERVE_ON.replace("{store}", "unmounted/keys.db")).unwrap();
+    let line = SERVE_ON.lines().position(|l| l.contains("{store}")).unwrap() + 1;
+    let output = check(&config, &[]);
+    assert_eq!(code(&output), 1);
+    let stderr = one_line_stderr(&output);
+    let folder = dir.path().join("unmounted");
+    assert!(
+        stderr.contains(&format!(
+            "line {line}: store.url: the folder {} ",
+            folder.display()
+        )),
+        "{stderr}"
+    );
+    let report = json_of(&check(&config, &["--json"]));
+    assert_eq!(report["errors"][0]["field"], "store.url");
+    assert_eq!(report["errors"][0]["line"], line);
+    // A config for another host: its folders are not this machine's.
+    assert_eq!(code(&check(&config, &["--file-only"])), 0);
+
+    // The folder is there, the store not yet: what store init is for, so a warning.
+    std::fs::create_dir(&folder).unwrap();
+    let output = check(&config, &[]);
+    assert_eq!(code(&output), 0, "{}", String::from_utf8_lossy(&output.stderr));
+    let init = format!("keygate store init --config {}", config.display());
+    assert!(String::from_utf8_lossy(&output.stderr).contains(&init));
+    let report = json_of(&check(&config, &["--json"]));
+    assert!(report["warnings"].to_string().contains("store init"), "{report}");
+    assert!(!folder.join("keys.db").exists(), "check creates nothing");
+}
