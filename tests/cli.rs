@@ -733,3 +733,40 @@ fn check_refuses_a_missing_store_folder_and_warns_of_a_missing_store() {
     assert!(report["warnings"].to_string().contains("store init"), "{report}");
     assert!(!folder.join("keys.db").exists(), "check creates nothing");
 }
+
+#[test]
+fn keys_list_columns_line_up_for_values_of_every_width() {
+    let s = setup();
+    let dev = s.json(&["create", "--name", "a", "--env", "dev"]);
+    s.json(&[
+        "create",
+        "--name",
+        "a rather long name for a key",
+        "--env",
+        "prod",
+    ]);
+    s.json(&["revoke", dev["id"].as_str().unwrap()]);
+    let imported = s.keys_with_stdin(
+        &["import", "--name", "legacy", "--env", "stg"],
+        Some("sk_live_legacy_0123456789\n"),
+    );
+    assert_eq!(code(&imported), 0);
+    let output = s.keys(&["list"]);
+    assert_eq!(code(&output), 0);
+    let text = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    let header = lines[0];
+    for column in ["ENVIRONMENT", "STATUS", "PREFIX", "LAST USED", "NAME"] {
+        let at = header.find(column).unwrap();
+        for line in &lines[1..] {
+            let (before, value) = line.split_at(at);
+            assert!(
+                before.ends_with(' ') && !value.starts_with(' '),
+                "{column} does not start at column {at}:\n{text}"
+            );
+        }
+    }
+    assert!(text.contains("development  revoked"), "{text}");
+    assert!(lines.iter().all(|line| !line.ends_with(' ')));
+}

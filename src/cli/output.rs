@@ -84,22 +84,48 @@ pub fn list(keys: &[KeyView], json: bool) -> Result<(), Failure> {
     if json {
         return print_json(keys);
     }
-    println!(
-        "{:<26} {:<12} {:<8} {:<14} {:<22} NAME",
-        "ID", "ENVIRONMENT", "STATUS", "PREFIX", "LAST USED"
-    );
-    for key in keys {
-        println!(
-            "{:<26} {:<12} {:<8} {:<14} {:<22} {}",
-            key.id,
-            key.environment,
-            key.status,
-            key.prefix,
+    let rows = keys.iter().map(|key| {
+        vec![
+            key.id.clone(),
+            key.environment.to_string(),
+            key.status.to_string(),
+            key.prefix.clone(),
             or_dash(key.last_used_at),
-            key.name
-        );
+            key.name.clone(),
+        ]
+    });
+    let header = ["ID", "ENVIRONMENT", "STATUS", "PREFIX", "LAST USED", "NAME"];
+    for line in table(&header, rows.collect()) {
+        println!("{line}");
     }
     Ok(())
+}
+
+/// Rows under a header, each column as wide as its widest cell (in characters) and two spaces
+/// apart; the last column is not padded, so no line ends in spaces.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> Vec<String> {
+    let header: Vec<String> = header.iter().map(|&cell| cell.to_owned()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|cell| cell.chars().count()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    std::iter::once(header)
+        .chain(rows)
+        .map(|row| {
+            let last = row.len().saturating_sub(1);
+            let cells: Vec<String> = row
+                .iter()
+                .enumerate()
+                .map(|(i, cell)| match i == last {
+                    true => cell.clone(),
+                    false => format!("{cell:<width$}", width = widths[i]),
+                })
+                .collect();
+            cells.join("  ")
+        })
+        .collect()
 }
 
 pub fn deleted(id: &str, json: bool) -> Result<(), Failure> {
@@ -149,4 +175,25 @@ pub fn imported(count: usize, json: bool) -> Result<(), Failure> {
     }
     println!("Imported {count} key(s)");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_columns_line_up_whatever_the_widths() {
+        let rows = vec![
+            vec!["a".to_owned(), "development".to_owned(), "x".to_owned()],
+            vec!["a-much-longer-id".to_owned(), "é".to_owned(), "last".to_owned()],
+        ];
+        assert_eq!(
+            table(&["ID", "ENV", "NAME"], rows),
+            [
+                "ID                ENV          NAME",
+                "a                 development  x",
+                "a-much-longer-id  é            last",
+            ]
+        );
+    }
 }
