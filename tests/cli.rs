@@ -770,3 +770,48 @@ fn keys_list_columns_line_up_for_values_of_every_width() {
     assert!(text.contains("development  revoked"), "{text}");
     assert!(lines.iter().all(|line| !line.ends_with(' ')));
 }
+
+#[test]
+fn import_file_takes_short_environments_and_names_one_line_and_the_expected_shape() {
+    let s = setup();
+    let file = s.config.with_file_name("keys.jsonl");
+    std::fs::write(
+        &file,
+        [
+            r#"{"key": "legacy-secret-number-one", "name": "one", "environment": "prod"}"#,
+            r#"{"key": "legacy-secret-number-two", "name": "two", "environment": "Stg"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    assert_eq!(s.json(&["import-file", file.to_str().unwrap()])["imported"], 2);
+    let list = s.json(&["list"]);
+    let environments: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["environment"].as_str().unwrap())
+        .collect();
+    assert_eq!(environments, ["production", "staging"]);
+
+    std::fs::write(
+        &file,
+        [
+            r#"{"key": "legacy-secret-number-333", "name": "x", "environment": "dev"}"#,
+            r#"{"key": "legacy-secret-number-444", "name": "y", "environment": "dev", "rate_limit": "100/s"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let output = s.keys(&["import-file", file.to_str().unwrap()]);
+    assert_eq!(code(&output), 2);
+    let stderr = one_line_stderr(&output);
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            r#"keygate: {}: line 2: rate_limit: got string "100/s", expected {{"requests":N,"per":"1s","burst":N}} or null"#,
+            file.display()
+        )
+    );
+    assert_eq!(s.json(&["list"]).as_array().unwrap().len(), 2, "nothing imported");
+}

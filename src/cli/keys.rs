@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use super::output;
 use super::store::Create;
 use super::Failure;
-use crate::control::keys::{KeyError, KeyPatch, KeyRequest, KeyService, KeySpec, MAX_PAGE};
+use crate::control::keys::{KeyError, KeyPatch, KeyService, KeySpec, MAX_PAGE};
 use crate::control::store::{Actor, KeyFilter};
 use crate::core::clock::system_clock;
 use crate::core::environment::Environment;
@@ -224,7 +224,7 @@ pub fn run(args: KeysArgs) -> Result<(), Failure> {
             output::key(&view, json, "Imported")
         }
         KeysCommand::ImportFile { file } => {
-            let items = read_import_file(&file)?;
+            let items = super::import::read_file(&file)?;
             let imported = service.import_many(items).map_err(|(index, error)| {
                 let failure = Failure::from(error);
                 match index {
@@ -334,25 +334,4 @@ fn read_secret() -> Result<Secret, Failure> {
         ));
     }
     Secret::import(line).map_err(Failure::Usage)
-}
-
-/// Reads and checks every line before anything is written; blank lines are skipped.
-fn read_import_file(path: &std::path::Path) -> Result<Vec<(KeySpec, Secret)>, Failure> {
-    use std::io::BufRead;
-    let file = std::fs::File::open(path)
-        .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", path.display())))?;
-    let mut items = Vec::new();
-    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let at = |why: String| Failure::Usage(format!("{}: line {}: {why}", path.display(), index + 1));
-        let line = line.map_err(|e| at(e.to_string()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let item: KeyRequest = serde_json::from_str(&line).map_err(|e| at(e.to_string()))?;
-        let (spec, secret) = item.into_spec(Timestamp::now()).map_err(|e| at(e.to_string()))?;
-        let secret = secret.ok_or_else(|| at("key: the secret to import is missing".into()))?;
-        let secret = Secret::import(secret).map_err(|why| at(format!("key: {why}")))?;
-        items.push((spec, secret));
-    }
-    Ok(items)
 }

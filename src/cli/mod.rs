@@ -3,6 +3,7 @@
 
 mod check;
 mod dev;
+mod import;
 mod keys;
 mod output;
 mod serve;
