@@ -815,3 +815,56 @@ fn import_file_takes_short_environments_and_names_one_line_and_the_expected_shap
     );
     assert_eq!(s.json(&["list"]).as_array().unwrap().len(), 2, "nothing imported");
 }
+
+fn help(command: &[&str]) -> String {
+    let mut args = command.to_vec();
+    args.push("-h");
+    let output = keygate(&args, None);
+    assert_eq!(code(&output), 0, "{command:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn every_option_and_argument_has_help_and_log_format_shows_only_on_serve() {
+    let keys = [
+        "create",
+        "import",
+        "import-file",
+        "list",
+        "show",
+        "update",
+        "regenerate",
+    ];
+    let more = ["revoke", "activate", "delete", "usage", "events"];
+    let mut commands: Vec<Vec<&str>> = vec![vec![], vec!["serve"], vec!["check"], vec!["keys"]];
+    commands.push(vec!["store", "init"]);
+    commands.extend(keys.iter().chain(&more).map(|c| vec!["keys", c]));
+    for command in &commands {
+        let text = help(command);
+        let listed = text
+            .lines()
+            .skip_while(|line| !matches!(*line, "Arguments:" | "Options:" | "Commands:"))
+            .filter(|line| line.starts_with("  "));
+        for line in listed {
+            assert!(
+                line.trim().contains("  "),
+                "{command:?}: no help for {line:?}\n{text}"
+            );
+        }
+        let logs = text.contains("--log-format");
+        assert_eq!(logs, command == &["serve"], "{command:?}: --log-format\n{text}");
+    }
+    let list = help(&["keys", "list"]);
+    assert!(list.contains("deleted keys only with --status deleted"), "{list}");
+}
+
+#[test]
+fn serve_without_a_config_names_both_ways_to_start() {
+    let output = keygate(&["serve"], None);
+    assert_eq!(code(&output), 2);
+    let stderr = one_line_stderr(&output);
+    assert!(
+        stderr.contains("--config FILE") && stderr.contains("keygate serve --dev"),
+        "{stderr}"
+    );
+}
