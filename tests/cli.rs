@@ -868,3 +868,41 @@ fn serve_without_a_config_names_both_ways_to_start() {
         "{stderr}"
     );
 }
+
+/// The `event` of each audit record, from a JSON array or an admin API page of them.
+fn event_names(events: &Value) -> Vec<String> {
+    let list = events.as_array().or_else(|| events["events"].as_array());
+    list.expect("an array of events")
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn revoking_a_revoked_key_or_activating_an_active_one_records_nothing() {
+    let s = setup();
+    let id = s.json(&["create", "--name", "k", "--env", "dev"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for command in ["revoke", "revoke", "activate", "activate"] {
+        s.json(&[command, &id]);
+    }
+    assert_eq!(
+        event_names(&s.json(&["events", &id])),
+        ["created", "revoked", "activated"]
+    );
+}
+
+#[tokio::test]
+async fn the_admin_api_records_no_empty_revoked_event_either() {
+    let h = support::Harness::start().await;
+    let (id, _) = h.key(&[]).await;
+    for action in ["revoke", "revoke", "activate", "activate"] {
+        let path = format!("/v1/keys/{id}/{action}");
+        let answer = support::admin_call(&h.gateway, "POST", &path, "").await;
+        assert_eq!(answer.status, 200, "{action}: {}", answer.text());
+    }
+    let events = support::admin_call(&h.gateway, "GET", &format!("/v1/keys/{id}/events"), "").await;
+    assert_eq!(event_names(&events.json()), ["created", "revoked", "activated"]);
+}
