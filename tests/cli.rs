@@ -906,3 +906,81 @@ async fn the_admin_api_records_no_empty_revoked_event_either() {
     let events = support::admin_call(&h.gateway, "GET", &format!("/v1/keys/{id}/events"), "").await;
     assert_eq!(event_names(&events.json()), ["created", "revoked", "activated"]);
 }
+
+/// Every instant in `value` (strings that parse as one), whatever its depth.
+fn instants(value: &Value, found: &mut Vec<String>) {
+    match value {
+        Value::String(text) if text.parse::<jiff::Timestamp>().is_ok() => found.push(text.clone()),
+        Value::Array(items) => items.iter().for_each(|item| instants(item, found)),
+        Value::Object(fields) => fields.values().for_each(|field| instants(field, found)),
+        _ => {}
+    }
+}
+
+fn assert_whole_seconds(what: &str, times: &[String]) {
+    assert!(!times.is_empty(), "{what}: no times");
+    for time in times {
+        let whole = time.len() == 20 && time.ends_with('Z') && !time.contains('.');
+        assert!(whole, "{what}: {time} is not RFC 3339 in whole seconds");
+    }
+}
+
+#[test]
+fn key_times_are_whole_seconds_in_every_answer_text_and_json() {
+    let s = setup();
+    let created = s.json(&["create", "--name", "t", "--env", "dev", "--expires-in", "30d"]);
+    let id = created["id"].as_str().unwrap().to_owned();
+    let at = "2031-01-31T10:00:00.123456789Z";
+    let mut answers = vec![
+        created,
+        s.json(&["update", &id, "--expires-at", at]),
+        s.json(&["regenerate", &id, "--grace", "1500ms"]),
+        s.json(&["revoke", &id]),
+        s.json(&["show", &id]),
+        s.json(&["list"]),
+    ];
+    answers.push(s.json(&["events", &id]));
+    for answer in &answers {
+        let mut found = Vec::new();
+        instants(answer, &mut found);
+        assert_whole_seconds(&answer.to_string(), &found);
+    }
+    assert_eq!(answers[1]["expires_at"], "2031-01-31T10:00:00Z");
+    for command in [
+        ["show", id.as_str()],
+        ["revoke", id.as_str()],
+        ["events", id.as_str()],
+    ] {
+        let text = String::from_utf8(s.keys(&command).stdout).unwrap();
+        let times: Vec<String> = text
+            .split_whitespace()
+            .filter(|word| word.starts_with("20") && word.contains('T'))
+            .map(str::to_owned)
+            .collect();
+        assert_whole_seconds(&text, &times);
+    }
+}
+
+#[tokio::test]
+async fn the_admin_api_answers_key_times_in_whole_seconds_too() {
+    let h = support::Harness::start().await;
+    let body = r#"{"name":"t","environment":"production","expires_in":"90d"}"#;
+    let created = support::admin_call(&h.gateway, "POST", "/v1/keys", body).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    h.clock.advance(Duration::from_millis(1_234));
+    let path = format!("/v1/keys/{id}");
+    let patch = r#"{"expires_at":"2031-01-31T10:00:00.5Z"}"#;
+    let answers = [
+        created,
+        support::admin_call(&h.gateway, "PATCH", &path, patch).await,
+        support::admin_call(&h.gateway, "POST", &format!("{path}/revoke"), "").await,
+        support::admin_call(&h.gateway, "POST", &format!("{path}/regenerate"), "").await,
+        support::admin_call(&h.gateway, "GET", &format!("{path}/events"), "").await,
+    ];
+    for answer in &answers {
+        let mut found = Vec::new();
+        instants(&answer.json(), &mut found);
+        assert_whole_seconds(&answer.text(), &found);
+    }
+}
