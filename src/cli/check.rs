@@ -73,67 +73,75 @@ impl From<Problem> for JsonProblem {
 pub fn run(args: CheckArgs) -> Result<(), Failure> {
     // Absolute, so the printed paths name the same files from anywhere.
     let path = std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone());
-    let checked = config::load(&path).and_then(|config| {
-        let problems = if args.file_only {
-            Vec::new()
-        } else {
-            host_problems(&config, &path)
-        };
-        match problems.is_empty() {
-            true => Ok(config),
-            false => Err(ConfigError { problems }),
-        }
-    });
-    let shown = args.config.display().to_string();
-    match (checked, args.json) {
-        (Ok(config), json) => {
-            let warnings = if args.file_only {
-                Vec::new()
-            } else {
-                warnings(&config, &args.config)
-            };
-            let effective = args.print.then(|| Effective::of(&config));
-            if json {
-                return print_json(&Report {
-                    ok: true,
-                    config: shown,
-                    routes: Some(config.routes.len()),
-                    upstreams: Some(config.upstreams.len()),
-                    errors: Vec::new(),
-                    warnings,
-                    effective: effective.as_ref(),
-                });
-            }
-            for warning in &warnings {
-                eprintln!("keygate: warning: {warning}");
-            }
-            match effective {
-                Some(effective) => print!(
-                    "# The effective configuration of {shown}: every default filled in, secrets redacted.\n\n{}",
-                    effective.to_toml()
-                ),
-                None => println!(
-                    "{shown} is valid: {} route(s), {} upstream(s)",
-                    config.routes.len(),
-                    config.upstreams.len()
-                ),
-            }
-            Ok(())
-        }
-        (Err(error), false) => Err(Failure::Runtime(format!("{shown} is not valid:\n{error}"))),
-        (Err(error), true) => {
-            print_json(&Report {
-                ok: false,
-                config: shown,
-                routes: None,
-                upstreams: None,
-                errors: error.problems.into_iter().map(JsonProblem::from).collect(),
-                warnings: Vec::new(),
-                effective: None,
-            })?;
-            Err(Failure::Reported)
-        }
+    match validate(&path, args.file_only) {
+        Ok(config) => valid(&config, &args),
+        Err(error) => invalid(error, &args),
     }
+}
+
+/// The config as `serve` would load it, and what `serve` would refuse of it on this machine.
+fn validate(path: &Path, file_only: bool) -> Result<Config, ConfigError> {
+    let config = config::load(path)?;
+    let problems = match file_only {
+        true => Vec::new(),
+        false => host_problems(&config, path),
+    };
+    match problems.is_empty() {
+        true => Ok(config),
+        false => Err(ConfigError { problems }),
+    }
+}
+
+fn valid(config: &Config, args: &CheckArgs) -> Result<(), Failure> {
+    let shown = args.config.display().to_string();
+    let warnings = match args.file_only {
+        true => Vec::new(),
+        false => warnings(config, &args.config),
+    };
+    let effective = args.print.then(|| Effective::of(config));
+    if args.json {
+        return print_json(&Report {
+            ok: true,
+            config: shown,
+            routes: Some(config.routes.len()),
+            upstreams: Some(config.upstreams.len()),
+            errors: Vec::new(),
+            warnings,
+            effective: effective.as_ref(),
+        });
+    }
+    for warning in &warnings {
+        eprintln!("keygate: warning: {warning}");
+    }
+    match effective {
+        Some(effective) => print!(
+            "# The effective configuration of {shown}: every default filled in, secrets redacted.\n\n{}",
+            effective.to_toml()
+        ),
+        None => println!(
+            "{shown} is valid: {} route(s), {} upstream(s)",
+            config.routes.len(),
+            config.upstreams.len()
+        ),
+    }
+    Ok(())
+}
+
+fn invalid(error: ConfigError, args: &CheckArgs) -> Result<(), Failure> {
+    let shown = args.config.display().to_string();
+    if !args.json {
+        return Err(Failure::Runtime(format!("{shown} is not valid:\n{error}")));
+    }
+    print_json(&Report {
+        ok: false,
+        config: shown,
+        routes: None,
+        upstreams: None,
+        errors: error.problems.into_iter().map(JsonProblem::from).collect(),
+        warnings: Vec::new(),
+        effective: None,
+    })?;
+    Err(Failure::Reported)
 }
 
 fn print_json(report: &Report<'_>) -> Result<(), Failure> {

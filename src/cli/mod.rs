@@ -98,20 +98,7 @@ pub fn main() -> ExitCode {
             config,
             dev,
             log_format,
-        } => match (config, dev) {
-            (None, false) => Err(Failure::Usage(
-                "serve needs --config FILE (or KEYGATE_CONFIG); to try keygate without a config, run: keygate serve --dev"
-                    .into(),
-            )),
-            (config, dev) => {
-                // Held until the gateway stops, so the last lines are written.
-                let _logs = crate::telemetry::logs::init(log_format);
-                match config {
-                    Some(config) if !dev => serve::run(config),
-                    _ => dev::run(),
-                }
-            }
-        },
+        } => serve_command(config, dev, log_format),
         Command::Check(args) => check::run(args),
         Command::Keys(args) => keys::run(*args),
         Command::Store(StoreCommand::Init { config }) => store::init(&config),
@@ -127,6 +114,22 @@ pub fn main() -> ExitCode {
             ExitCode::from(1)
         }
         Err(Failure::Reported) => ExitCode::from(1),
+    }
+}
+
+/// `keygate serve`: with `--config FILE`, or `--dev` for a demo that needs none.
+fn serve_command(config: Option<PathBuf>, dev: bool, log_format: LogFormat) -> Result<(), Failure> {
+    if config.is_none() && !dev {
+        return Err(Failure::Usage(
+            "serve needs --config FILE (or KEYGATE_CONFIG); to try keygate without a config, run: keygate serve --dev"
+                .into(),
+        ));
+    }
+    // Held until the gateway stops, so the last lines are written.
+    let _logs = crate::telemetry::logs::init(log_format);
+    match config {
+        Some(config) if !dev => serve::run(config),
+        _ => dev::run(),
     }
 }
 
