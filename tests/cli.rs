@@ -984,3 +984,33 @@ async fn the_admin_api_answers_key_times_in_whole_seconds_too() {
         assert_whole_seconds(&answer.text(), &found);
     }
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly_not_with_a_panic() {
+    let s = setup();
+    let id = s.json(&["create", "--name", "k", "--env", "dev"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let config = s.config.to_str().unwrap();
+    for args in [
+        vec!["keys", "--config", config, "list"],
+        vec!["keys", "--config", config, "show", &id, "--json"],
+        vec!["check", "--config", config, "--print"],
+    ] {
+        // The read end is closed before the command starts: its first write finds no reader,
+        // as `keygate keys list | head -1` does once head has its line.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(&args)
+            .env_remove("KEYGATE_CONFIG")
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(code(&output), 141, "{args:?}: {stderr}");
+    }
+}

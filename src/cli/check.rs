@@ -114,11 +114,11 @@ fn valid(config: &Config, args: &CheckArgs) -> Result<(), Failure> {
         eprintln!("keygate: warning: {warning}");
     }
     match effective {
-        Some(effective) => print!(
+        Some(effective) => out!(
             "# The effective configuration of {shown}: every default filled in, secrets redacted.\n\n{}",
-            effective.to_toml()
+            effective.to_toml().trim_end()
         ),
-        None => println!(
+        None => out!(
             "{shown} is valid: {} route(s), {} upstream(s)",
             config.routes.len(),
             config.upstreams.len()
@@ -146,7 +146,7 @@ fn invalid(error: ConfigError, args: &CheckArgs) -> Result<(), Failure> {
 
 fn print_json(report: &Report<'_>) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(report).map_err(|e| Failure::Runtime(e.to_string()))?;
-    println!("{text}");
+    out!("{text}");
     Ok(())
 }
 

@@ -1,6 +1,14 @@
 //! The command line: `serve`, `check`, `keys ...`. Parses arguments, calls into the library,
 //! maps outcomes to exit codes: 0 success, 1 runtime error, 2 usage error.
 
+/// `println!` for commands: a line on stdout, or `Err(Failure::Closed)` from the enclosing
+/// function when the reader has gone (`keygate keys list | head -1`), where `println!` panics.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_line(format_args!($($arg)*))?
+    };
+}
+
 mod check;
 mod dev;
 mod import;
@@ -72,6 +80,9 @@ pub enum Failure {
     Runtime(String),
     /// A failure already reported on stdout (as a JSON document): exit 1, nothing on stderr.
     Reported,
+    /// Stdout was closed by its reader: exit 141 quietly, as a process killed by SIGPIPE would
+    /// (the status a shell shows for `| head`).
+    Closed,
 }
 
 impl Failure {
@@ -81,6 +92,7 @@ impl Failure {
             Failure::Usage(why) => Failure::Usage(rewrite(why)),
             Failure::Runtime(why) => Failure::Runtime(rewrite(why)),
             Failure::Reported => Failure::Reported,
+            Failure::Closed => Failure::Closed,
         }
     }
 }
@@ -114,6 +126,17 @@ pub fn main() -> ExitCode {
             ExitCode::from(1)
         }
         Err(Failure::Reported) => ExitCode::from(1),
+        Err(Failure::Closed) => ExitCode::from(141),
+    }
+}
+
+/// One line on stdout; see [`out!`].
+pub fn write_line(line: std::fmt::Arguments<'_>) -> Result<(), Failure> {
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Err(Failure::Closed),
+        Err(error) => Err(Failure::Runtime(format!("cannot write to stdout: {error}"))),
     }
 }
 

@@ -8,7 +8,7 @@ use crate::core::key::{KeyView, KeyWithSecret};
 
 fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value).map_err(|e| Failure::Runtime(e.to_string()))?;
-    println!("{text}");
+    out!("{text}");
     Ok(())
 }
 
@@ -21,13 +21,13 @@ pub fn created(created: &KeyWithSecret, json: bool) -> Result<(), Failure> {
         return print_json(created);
     }
     let key = &created.view;
-    println!("Key {} ({}, {})", key.id, key.name, key.environment);
-    println!();
-    println!("    {}", created.key);
-    println!();
-    println!("Store this secret now: keygate does not keep it and will not show it again.");
+    out!("Key {} ({}, {})", key.id, key.name, key.environment);
+    out!("");
+    out!("    {}", created.key);
+    out!("");
+    out!("Store this secret now: keygate does not keep it and will not show it again.");
     if let Some(until) = key.grace_until {
-        println!("The previous secret keeps working until {until}.");
+        out!("The previous secret keeps working until {until}.");
     }
     Ok(())
 }
@@ -37,7 +37,7 @@ pub fn key(key: &KeyView, json: bool, verb: &str) -> Result<(), Failure> {
         return print_json(key);
     }
     if !verb.is_empty() {
-        println!("{verb} {}", key.id);
+        out!("{verb} {}", key.id);
     }
     let permissions: Vec<&str> = key.permissions.iter().map(|p| p.as_str()).collect();
     let allowed: Vec<String> = key.allowed_ips.iter().map(ToString::to_string).collect();
@@ -75,7 +75,7 @@ pub fn key(key: &KeyView, json: bool, verb: &str) -> Result<(), Failure> {
         ("last used at", or_dash(key.last_used_at)),
         ("grace until", or_dash(key.grace_until)),
     ] {
-        println!("{label:>13}  {value}");
+        out!("{label:>13}  {value}");
     }
     Ok(())
 }
@@ -96,7 +96,7 @@ pub fn list(keys: &[KeyView], json: bool) -> Result<(), Failure> {
     });
     let header = ["ID", "ENVIRONMENT", "STATUS", "PREFIX", "LAST USED", "NAME"];
     for line in table(&header, rows.collect()) {
-        println!("{line}");
+        out!("{line}");
     }
     Ok(())
 }
@@ -132,7 +132,7 @@ pub fn deleted(id: &str, json: bool) -> Result<(), Failure> {
     if json {
         return print_json(&serde_json::json!({ "id": id, "deleted": true }));
     }
-    println!("Deleted {id}");
+    out!("Deleted {id}");
     Ok(())
 }
 
@@ -140,14 +140,14 @@ pub fn usage(usage: &Usage, json: bool) -> Result<(), Failure> {
     if json {
         return print_json(usage);
     }
-    println!(
+    out!(
         "{}: {} request(s), last used {}",
         usage.key_id,
         usage.total_requests,
         or_dash(usage.last_used_at)
     );
     for day in &usage.days {
-        println!("  {}  {}", day.date, day.requests);
+        out!("  {}  {}", day.date, day.requests);
     }
     Ok(())
 }
@@ -158,7 +158,7 @@ pub fn events(events: &[KeyEvent], json: bool) -> Result<(), Failure> {
     }
     for event in events {
         let fields: Vec<&str> = event.changes.keys().map(String::as_str).collect();
-        println!(
+        out!(
             "{}  {:<12} by {:<9} {}",
             event.at,
             event.event,
@@ -173,7 +173,7 @@ pub fn imported(count: usize, json: bool) -> Result<(), Failure> {
     if json {
         return print_json(&serde_json::json!({ "imported": count }));
     }
-    println!("Imported {count} key(s)");
+    out!("Imported {count} key(s)");
     Ok(())
 }
 
