@@ -731,6 +731,17 @@ fn check_refuses_a_missing_store_folder_and_warns_of_a_missing_store() {
     assert!(String::from_utf8_lossy(&output.stderr).contains(&init));
     let report = json_of(&check(&config, &["--json"]));
     assert!(report["warnings"].to_string().contains("store init"), "{report}");
+    // A snapshot serve could never save: serve starts and warns at each save, check warns now.
+    let with_snapshot = SERVE_ON
+        .replace("{store}", "unmounted/keys.db")
+        .replace("[store]\n", "[store]\nsnapshot = \"elsewhere/table.snap\"\n");
+    std::fs::write(&config, with_snapshot).unwrap();
+    let report = json_of(&check(&config, &["--json"]));
+    assert_eq!(report["ok"], true);
+    assert!(
+        report["warnings"].to_string().contains("store.snapshot"),
+        "{report}"
+    );
     assert!(!folder.join("keys.db").exists(), "check creates nothing");
 }
 
