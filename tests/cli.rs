@@ -575,3 +575,453 @@ fn a_store_is_created_on_purpose_and_readable_by_its_owner_only() {
         assert_eq!(mode(&store.with_file_name(side)), 0o600, "{side}");
     }
 }
+
+fn check(config: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["check", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    keygate(&args, None)
+}
+
+fn json_of(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not one JSON document ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+#[test]
+fn check_json_prints_one_document_with_every_error_at_its_line_and_column() {
+    let s = setup();
+    let output = check(&s.config, &["--json"]);
+    assert_eq!(code(&output), 0, "{}", String::from_utf8_lossy(&output.stderr));
+    let report = json_of(&output);
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["config"], s.config.to_str().unwrap());
+    assert_eq!(
+        (report["routes"].as_u64(), report["upstreams"].as_u64()),
+        (Some(1), Some(1))
+    );
+
+    let text = format!("{CONFIG}\n[server]\n  listen = \"nowhere\"\nshutdown_grace = \"soon\"\n");
+    std::fs::write(&s.config, &text).unwrap();
+    let line = text.lines().position(|l| l.contains("nowhere")).unwrap() + 1;
+    let output = check(&s.config, &["--json"]);
+    assert_eq!(
+        code(&output),
+        1,
+        "the exit status of an invalid file, as without --json"
+    );
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = json_of(&output);
+    assert_eq!(report["ok"], false);
+    let errors = report["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2, "{report}");
+    assert_eq!(errors[0]["line"], line);
+    assert_eq!(errors[0]["column"], 12);
+    assert_eq!(errors[0]["field"], "server.listen");
+    assert!(errors[0]["message"].as_str().unwrap().contains("nowhere"));
+    assert_eq!(errors[1]["line"], line + 1);
+
+    let missing = s.config.with_file_name("absent.toml");
+    let report = json_of(&check(&missing, &["--json"]));
+    assert_eq!(report["ok"], false);
+    assert!(report["errors"][0]["line"].is_null());
+    assert!(report["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("cannot read"));
+}
+
+const WITH_SECRETS: &str = r#"
+[store]
+url = "postgres://keygate:hunter2@127.0.0.1:5432/keygate?sslmode=disable&password=hunter3"
+pepper_env = "KEYGATE_PEPPER"
+snapshot = "table.snapshot"
+[rate_limit]
+backend = "redis"
+redis_url = "redis://:hunter4@127.0.0.1:6379/0"
+[lifecycle]
+idle_expiry = "90d"
+warn_before = ["1d", "7d"]
+webhook = "https://hooks.example.com/services/hunter5?token=hunter6"
+[[upstream]]
+name = "api"
+url = "http://127.0.0.1:7001"
+[[route]]
+name = "customers"
+path = "/v1/customers/{customer}"
+upstream = "api"
+customer_param = "customer"
+permissions = { GET = "customer:read", "*" = "customer:write" }
+"#;
+
+#[test]
+fn check_print_shows_every_default_redacts_secrets_and_round_trips() {
+    let s = setup();
+    std::fs::write(&s.config, WITH_SECRETS).unwrap();
+    let output = check(&s.config, &["--print"]);
+    assert_eq!(code(&output), 0, "{}", String::from_utf8_lossy(&output.stderr));
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert!(!printed.contains("hunter"), "a secret was printed:\n{printed}");
+    let dir = s.config.parent().unwrap().to_str().unwrap();
+    for shown in [
+        "url = \"postgres://keygate:REDACTED@127.0.0.1:5432/keygate?sslmode=disable&password=REDACTED\"",
+        "redis_url = \"redis://:REDACTED@127.0.0.1:6379/0\"",
+        "webhook = \"https://hooks.example.com/REDACTED?token=REDACTED\"",
+        "pepper_env = \"KEYGATE_PEPPER\"",
+        "shutdown_grace = \"30s\"",
+        "redis_timeout = \"5ms\"",
+        "warn_before = [\"7d\", \"1d\"]",
+        "pool_max_idle = 128",
+        &format!("snapshot = \"{dir}/table.snapshot\""),
+    ] {
+        assert!(printed.contains(shown), "{shown} not in:\n{printed}");
+    }
+
+    // The printed file is a config in its own right, and prints the same again.
+    let copy = s.config.with_file_name("effective.toml");
+    std::fs::write(&copy, &printed).unwrap();
+    let again = check(&copy, &["--print"]);
+    assert_eq!(code(&again), 0, "{}", String::from_utf8_lossy(&again.stderr));
+    let body = |text: &str| text.lines().skip(1).collect::<Vec<_>>().join("\n");
+    assert_eq!(body(&String::from_utf8_lossy(&again.stdout)), body(&printed));
+
+    let report = json_of(&check(&s.config, &["--print", "--json"]));
+    assert_eq!(report["ok"], true);
+    let effective = &report["effective"];
+    assert_eq!(effective["server"]["max_headers"], 100);
+    assert_eq!(effective["route"][0]["permissions"]["GET"], "customer:read");
+    assert!(!report.to_string().contains("hunter"), "{report}");
+}
+
+#[test]
+fn check_refuses_a_missing_store_folder_and_warns_of_a_missing_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, SERVE_ON.replace("{store}", "unmounted/keys.db")).unwrap();
+    let line = SERVE_ON.lines().position(|l| l.contains("{store}")).unwrap() + 1;
+    let output = check(&config, &[]);
+    assert_eq!(code(&output), 1);
+    let stderr = one_line_stderr(&output);
+    let folder = dir.path().join("unmounted");
+    assert!(
+        stderr.contains(&format!(
+            "line {line}: store.url: the folder {} ",
+            folder.display()
+        )),
+        "{stderr}"
+    );
+    let report = json_of(&check(&config, &["--json"]));
+    assert_eq!(report["errors"][0]["field"], "store.url");
+    assert_eq!(report["errors"][0]["line"], line);
+    // A config for another host: its folders are not this machine's.
+    assert_eq!(code(&check(&config, &["--file-only"])), 0);
+
+    // The folder is there, the store not yet: what store init is for, so a warning.
+    std::fs::create_dir(&folder).unwrap();
+    let output = check(&config, &[]);
+    assert_eq!(code(&output), 0, "{}", String::from_utf8_lossy(&output.stderr));
+    let init = format!("keygate store init --config {}", config.display());
+    assert!(String::from_utf8_lossy(&output.stderr).contains(&init));
+    let report = json_of(&check(&config, &["--json"]));
+    assert!(report["warnings"].to_string().contains("store init"), "{report}");
+    // A snapshot serve could never save: serve starts and warns at each save, check warns now.
+    let with_snapshot = SERVE_ON
+        .replace("{store}", "unmounted/keys.db")
+        .replace("[store]\n", "[store]\nsnapshot = \"elsewhere/table.snap\"\n");
+    std::fs::write(&config, with_snapshot).unwrap();
+    let report = json_of(&check(&config, &["--json"]));
+    assert_eq!(report["ok"], true);
+    assert!(
+        report["warnings"].to_string().contains("store.snapshot"),
+        "{report}"
+    );
+    assert!(!folder.join("keys.db").exists(), "check creates nothing");
+}
+
+#[test]
+fn keys_list_columns_line_up_for_values_of_every_width() {
+    let s = setup();
+    let dev = s.json(&["create", "--name", "a", "--env", "dev"]);
+    s.json(&[
+        "create",
+        "--name",
+        "a rather long name for a key",
+        "--env",
+        "prod",
+    ]);
+    s.json(&["revoke", dev["id"].as_str().unwrap()]);
+    let imported = s.keys_with_stdin(
+        &["import", "--name", "legacy", "--env", "stg"],
+        Some("sk_live_legacy_0123456789\n"),
+    );
+    assert_eq!(code(&imported), 0);
+    let output = s.keys(&["list"]);
+    assert_eq!(code(&output), 0);
+    let text = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    let header = lines[0];
+    for column in ["ENVIRONMENT", "STATUS", "PREFIX", "LAST USED", "NAME"] {
+        let at = header.find(column).unwrap();
+        for line in &lines[1..] {
+            let (before, value) = line.split_at(at);
+            assert!(
+                before.ends_with(' ') && !value.starts_with(' '),
+                "{column} does not start at column {at}:\n{text}"
+            );
+        }
+    }
+    assert!(text.contains("development  revoked"), "{text}");
+    assert!(lines.iter().all(|line| !line.ends_with(' ')));
+}
+
+#[test]
+fn import_file_takes_short_environments_and_names_one_line_and_the_expected_shape() {
+    let s = setup();
+    let file = s.config.with_file_name("keys.jsonl");
+    std::fs::write(
+        &file,
+        [
+            r#"{"key": "legacy-secret-number-one", "name": "one", "environment": "prod"}"#,
+            r#"{"key": "legacy-secret-number-two", "name": "two", "environment": "Stg"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    assert_eq!(s.json(&["import-file", file.to_str().unwrap()])["imported"], 2);
+    let list = s.json(&["list"]);
+    let environments: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["environment"].as_str().unwrap())
+        .collect();
+    assert_eq!(environments, ["production", "staging"]);
+
+    std::fs::write(
+        &file,
+        [
+            r#"{"key": "legacy-secret-number-333", "name": "x", "environment": "dev"}"#,
+            r#"{"key": "legacy-secret-number-444", "name": "y", "environment": "dev", "rate_limit": "100/s"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let output = s.keys(&["import-file", file.to_str().unwrap()]);
+    assert_eq!(code(&output), 2);
+    let stderr = one_line_stderr(&output);
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            r#"keygate: {}: line 2: rate_limit: got string "100/s", expected {{"requests":N,"per":"1s","burst":N}} or null"#,
+            file.display()
+        )
+    );
+    assert_eq!(s.json(&["list"]).as_array().unwrap().len(), 2, "nothing imported");
+}
+
+fn help(command: &[&str]) -> String {
+    let mut args = command.to_vec();
+    args.push("-h");
+    let output = keygate(&args, None);
+    assert_eq!(code(&output), 0, "{command:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn every_option_and_argument_has_help_and_log_format_shows_only_on_serve() {
+    let keys = [
+        "create",
+        "import",
+        "import-file",
+        "list",
+        "show",
+        "update",
+        "regenerate",
+    ];
+    let more = ["revoke", "activate", "delete", "usage", "events"];
+    let mut commands: Vec<Vec<&str>> = vec![vec![], vec!["serve"], vec!["check"], vec!["keys"]];
+    commands.push(vec!["store", "init"]);
+    commands.extend(keys.iter().chain(&more).map(|c| vec!["keys", c]));
+    for command in &commands {
+        let text = help(command);
+        let listed = text
+            .lines()
+            .skip_while(|line| !matches!(*line, "Arguments:" | "Options:" | "Commands:"))
+            .filter(|line| line.starts_with("  "));
+        for line in listed {
+            assert!(
+                line.trim().contains("  "),
+                "{command:?}: no help for {line:?}\n{text}"
+            );
+        }
+        let logs = text.contains("--log-format");
+        assert_eq!(logs, command == &["serve"], "{command:?}: --log-format\n{text}");
+    }
+    let list = help(&["keys", "list"]);
+    assert!(list.contains("deleted keys only with --status deleted"), "{list}");
+}
+
+#[test]
+fn serve_without_a_config_names_both_ways_to_start() {
+    let output = keygate(&["serve"], None);
+    assert_eq!(code(&output), 2);
+    let stderr = one_line_stderr(&output);
+    assert!(
+        stderr.contains("--config FILE") && stderr.contains("keygate serve --dev"),
+        "{stderr}"
+    );
+}
+
+/// The `event` of each audit record, from a JSON array or an admin API page of them.
+fn event_names(events: &Value) -> Vec<String> {
+    let list = events.as_array().or_else(|| events["events"].as_array());
+    list.expect("an array of events")
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn revoking_a_revoked_key_or_activating_an_active_one_records_nothing() {
+    let s = setup();
+    let id = s.json(&["create", "--name", "k", "--env", "dev"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for command in ["revoke", "revoke", "activate", "activate"] {
+        s.json(&[command, &id]);
+    }
+    assert_eq!(
+        event_names(&s.json(&["events", &id])),
+        ["created", "revoked", "activated"]
+    );
+}
+
+#[tokio::test]
+async fn the_admin_api_records_no_empty_revoked_event_either() {
+    let h = support::Harness::start().await;
+    let (id, _) = h.key(&[]).await;
+    for action in ["revoke", "revoke", "activate", "activate"] {
+        let path = format!("/v1/keys/{id}/{action}");
+        let answer = support::admin_call(&h.gateway, "POST", &path, "").await;
+        assert_eq!(answer.status, 200, "{action}: {}", answer.text());
+    }
+    let events = support::admin_call(&h.gateway, "GET", &format!("/v1/keys/{id}/events"), "").await;
+    assert_eq!(event_names(&events.json()), ["created", "revoked", "activated"]);
+}
+
+/// Every instant in `value` (strings that parse as one), whatever its depth.
+fn instants(value: &Value, found: &mut Vec<String>) {
+    match value {
+        Value::String(text) if text.parse::<jiff::Timestamp>().is_ok() => found.push(text.clone()),
+        Value::Array(items) => items.iter().for_each(|item| instants(item, found)),
+        Value::Object(fields) => fields.values().for_each(|field| instants(field, found)),
+        _ => {}
+    }
+}
+
+fn assert_whole_seconds(what: &str, times: &[String]) {
+    assert!(!times.is_empty(), "{what}: no times");
+    for time in times {
+        let whole = time.len() == 20 && time.ends_with('Z') && !time.contains('.');
+        assert!(whole, "{what}: {time} is not RFC 3339 in whole seconds");
+    }
+}
+
+#[test]
+fn key_times_are_whole_seconds_in_every_answer_text_and_json() {
+    let s = setup();
+    let created = s.json(&["create", "--name", "t", "--env", "dev", "--expires-in", "30d"]);
+    let id = created["id"].as_str().unwrap().to_owned();
+    let at = "2031-01-31T10:00:00.123456789Z";
+    let mut answers = vec![
+        created,
+        s.json(&["update", &id, "--expires-at", at]),
+        s.json(&["regenerate", &id, "--grace", "1500ms"]),
+        s.json(&["revoke", &id]),
+        s.json(&["show", &id]),
+        s.json(&["list"]),
+    ];
+    answers.push(s.json(&["events", &id]));
+    for answer in &answers {
+        let mut found = Vec::new();
+        instants(answer, &mut found);
+        assert_whole_seconds(&answer.to_string(), &found);
+    }
+    assert_eq!(answers[1]["expires_at"], "2031-01-31T10:00:00Z");
+    for command in [
+        ["show", id.as_str()],
+        ["revoke", id.as_str()],
+        ["events", id.as_str()],
+    ] {
+        let text = String::from_utf8(s.keys(&command).stdout).unwrap();
+        let times: Vec<String> = text
+            .split_whitespace()
+            .filter(|word| word.starts_with("20") && word.contains('T'))
+            .map(str::to_owned)
+            .collect();
+        assert_whole_seconds(&text, &times);
+    }
+}
+
+#[tokio::test]
+async fn the_admin_api_answers_key_times_in_whole_seconds_too() {
+    let h = support::Harness::start().await;
+    let body = r#"{"name":"t","environment":"production","expires_in":"90d"}"#;
+    let created = support::admin_call(&h.gateway, "POST", "/v1/keys", body).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    h.clock.advance(Duration::from_millis(1_234));
+    let path = format!("/v1/keys/{id}");
+    let patch = r#"{"expires_at":"2031-01-31T10:00:00.5Z"}"#;
+    let answers = [
+        created,
+        support::admin_call(&h.gateway, "PATCH", &path, patch).await,
+        support::admin_call(&h.gateway, "POST", &format!("{path}/revoke"), "").await,
+        support::admin_call(&h.gateway, "POST", &format!("{path}/regenerate"), "").await,
+        support::admin_call(&h.gateway, "GET", &format!("{path}/events"), "").await,
+    ];
+    for answer in &answers {
+        let mut found = Vec::new();
+        instants(&answer.json(), &mut found);
+        assert_whole_seconds(&answer.text(), &found);
+    }
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly_not_with_a_panic() {
+    let s = setup();
+    let id = s.json(&["create", "--name", "k", "--env", "dev"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let config = s.config.to_str().unwrap();
+    for args in [
+        vec!["keys", "--config", config, "list"],
+        vec!["keys", "--config", config, "show", &id, "--json"],
+        vec!["check", "--config", config, "--print"],
+    ] {
+        // The read end is closed before the command starts: its first write finds no reader,
+        // as `keygate keys list | head -1` does once head has its line.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(&args)
+            .env_remove("KEYGATE_CONFIG")
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(code(&output), 141, "{args:?}: {stderr}");
+    }
+}

@@ -68,10 +68,11 @@ fn run_ok(program: &Path, args: &[&str]) -> Output {
     output
 }
 
+/// `--file-only`: the folders these configs name are the container's, not this machine's.
 fn keygate_check(config: &Path) {
     run_ok(
         Path::new(env!("CARGO_BIN_EXE_keygate")),
-        &["check", "--config", &config.to_string_lossy()],
+        &["check", "--file-only", "--config", &config.to_string_lossy()],
     );
 }
 

@@ -188,6 +188,10 @@ async fn a_customer_scoped_key_reaches_only_its_customer() {
         (403, r#"{"error":"permission denied"}"#.to_owned())
     );
     assert_eq!(h.upstream.last().headers["x-keygate-customer"], "acme");
+    // A route without customer_param has no customer to compare: the key passes, and the
+    // upstream learns its customer (README, "1. Config").
+    assert_eq!(h.get("/v1/status", &key).await.status, 200);
+    assert_eq!(h.upstream.last().headers["x-keygate-customer"], "acme");
     let (_, unscoped) = h.key(&["customer:read"]).await;
     assert_eq!(h.get("/v1/customers/globex", &unscoped).await.status, 200);
     assert!(sample(&h.metrics().await, r#"keygate_denied_total{reason="customer"}"#).is_some());

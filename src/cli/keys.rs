@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use super::output;
 use super::store::Create;
 use super::Failure;
-use crate::control::keys::{KeyError, KeyPatch, KeyRequest, KeyService, KeySpec, MAX_PAGE};
+use crate::control::keys::{KeyError, KeyPatch, KeyService, KeySpec, MAX_PAGE};
 use crate::control::store::{Actor, KeyFilter};
 use crate::core::clock::system_clock;
 use crate::core::environment::Environment;
@@ -44,41 +44,67 @@ enum KeysCommand {
     /// Import many existing secrets from a JSON Lines file, all or none: one object per line
     /// with key, name and environment, and optionally permissions, rate_limit, customer_id,
     /// allowed_ips, expires_at and metadata (as in the admin API).
-    ImportFile { file: PathBuf },
-    /// List keys (deleted ones are not listed).
+    ImportFile {
+        /// The JSON Lines file.
+        file: PathBuf,
+    },
+    /// List keys, oldest first (deleted keys only with --status deleted).
     List {
+        /// Only keys of this environment: production, staging or development (or prod, stg, dev).
         #[arg(long = "env", value_name = "ENV")]
         environment: Option<Environment>,
+        /// Only keys in this status: active, revoked, expired, or deleted (listed only so).
         #[arg(long)]
         status: Option<KeyStatus>,
+        /// Only keys limited to this customer.
         #[arg(long = "customer", value_name = "ID")]
         customer_id: Option<String>,
     },
     /// Show one key.
-    Show { id: String },
+    Show {
+        /// The key's id (key_..., as keys list shows it).
+        id: String,
+    },
     /// Change a key's settings.
     Update(UpdateArgs),
     /// Give a key a new secret; the old one stops now, or after --grace.
     Regenerate {
+        /// The key's id (key_..., as keys list shows it).
         id: String,
         /// How long the old secret keeps working, e.g. 10m (at most 30d).
         #[arg(long, value_parser = duration)]
         grace: Option<Duration>,
     },
     /// Disable a key (reversible with activate).
-    Revoke { id: String },
+    Revoke {
+        /// The key's id (key_..., as keys list shows it).
+        id: String,
+    },
     /// Re-enable a revoked key.
-    Activate { id: String },
+    Activate {
+        /// The key's id (key_..., as keys list shows it).
+        id: String,
+    },
     /// Delete a key for good (its usage history stays).
-    Delete { id: String },
+    Delete {
+        /// The key's id (key_..., as keys list shows it).
+        id: String,
+    },
     /// Request counts by day and last use.
-    Usage { id: String },
+    Usage {
+        /// The key's id (key_..., as keys list shows it).
+        id: String,
+    },
     /// The key's audit trail: every change, who made it and when (kept after deletion).
-    Events { id: String },
+    Events {
+        /// The key's id (key_..., as keys list shows it).
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
 struct CreateArgs {
+    /// What the key is for, shown in lists and logs, e.g. "Main Website".
     #[arg(long)]
     name: String,
     /// production, staging or development (or prod, stg, dev).
@@ -137,7 +163,9 @@ impl ExpiryArgs {
 
 #[derive(Debug, Args)]
 struct UpdateArgs {
+    /// The key's id (key_..., as keys list shows it).
     id: String,
+    /// A new name for the key.
     #[arg(long)]
     name: Option<String>,
     /// Replaces the key's permissions; repeatable.
@@ -151,6 +179,7 @@ struct UpdateArgs {
     /// Go back to the gateway's default rate limit.
     #[arg(long, conflicts_with = "rate")]
     default_rate: bool,
+    /// Limit the key to this customer's resources (replaces its customer).
     #[arg(long = "customer", value_name = "ID")]
     customer_id: Option<String>,
     /// Lift the customer scope.
@@ -167,6 +196,7 @@ struct UpdateArgs {
     /// Remove the expiry.
     #[arg(long, conflicts_with_all = ["expires_at", "expires_in"])]
     no_expiry: bool,
+    /// Replaces the key's metadata with this JSON object ('{}' clears it).
     #[arg(long, value_parser = metadata)]
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
@@ -224,7 +254,7 @@ pub fn run(args: KeysArgs) -> Result<(), Failure> {
             output::key(&view, json, "Imported")
         }
         KeysCommand::ImportFile { file } => {
-            let items = read_import_file(&file)?;
+            let items = super::import::read_file(&file)?;
             let imported = service.import_many(items).map_err(|(index, error)| {
                 let failure = Failure::from(error);
                 match index {
@@ -334,25 +364,4 @@ fn read_secret() -> Result<Secret, Failure> {
         ));
     }
     Secret::import(line).map_err(Failure::Usage)
-}
-
-/// Reads and checks every line before anything is written; blank lines are skipped.
-fn read_import_file(path: &std::path::Path) -> Result<Vec<(KeySpec, Secret)>, Failure> {
-    use std::io::BufRead;
-    let file = std::fs::File::open(path)
-        .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", path.display())))?;
-    let mut items = Vec::new();
-    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let at = |why: String| Failure::Usage(format!("{}: line {}: {why}", path.display(), index + 1));
-        let line = line.map_err(|e| at(e.to_string()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let item: KeyRequest = serde_json::from_str(&line).map_err(|e| at(e.to_string()))?;
-        let (spec, secret) = item.into_spec(Timestamp::now()).map_err(|e| at(e.to_string()))?;
-        let secret = secret.ok_or_else(|| at("key: the secret to import is missing".into()))?;
-        let secret = Secret::import(secret).map_err(|why| at(format!("key: {why}")))?;
-        items.push((spec, secret));
-    }
-    Ok(items)
 }

@@ -1,7 +1,17 @@
 //! The command line: `serve`, `check`, `keys ...`. Parses arguments, calls into the library,
 //! maps outcomes to exit codes: 0 success, 1 runtime error, 2 usage error.
 
+/// `println!` for commands: a line on stdout, or `Err(Failure::Closed)` from the enclosing
+/// function when the reader has gone (`keygate keys list | head -1`), where `println!` panics.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_line(format_args!($($arg)*))?
+    };
+}
+
+mod check;
 mod dev;
+mod import;
 mod keys;
 mod output;
 mod serve;
@@ -17,9 +27,6 @@ use crate::telemetry::logs::LogFormat;
 #[derive(Debug, Parser)]
 #[command(name = "keygate", version, about = "API-key authentication gateway")]
 pub struct Cli {
-    /// Log format on stdout.
-    #[arg(long, global = true, value_enum, default_value = "text")]
-    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -33,18 +40,19 @@ enum Command {
     /// once with `keygate store init --config FILE` (or by adding the first key with `keygate
     /// keys create` or `keys import`).
     Serve {
-        /// The gateway.toml to run with.
-        #[arg(long, short, env = "KEYGATE_CONFIG", required_unless_present = "dev")]
+        /// The gateway.toml to run with (or --dev to try keygate without one).
+        #[arg(long, short, env = "KEYGATE_CONFIG")]
         config: Option<PathBuf>,
         /// Run with no config: a temporary store, a built-in echo upstream and a demo key.
         #[arg(long, conflicts_with = "config")]
         dev: bool,
+        /// Log format on stdout.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
     },
-    /// Validate a config file and name the line of each mistake.
-    Check {
-        #[arg(long, short, env = "KEYGATE_CONFIG")]
-        config: PathBuf,
-    },
+    /// Validate a config file, naming the line of each mistake, and what serve would refuse
+    /// at start on this machine.
+    Check(check::CheckArgs),
     /// Manage API keys in the store the config names (running gateway or not).
     Keys(Box<keys::KeysArgs>),
     /// Manage the store itself.
@@ -57,6 +65,7 @@ enum StoreCommand {
     /// Create the store the config names, empty, readable by its owner only (0600); on an
     /// existing store, bring its schema up to date. Safe to run again.
     Init {
+        /// The gateway.toml whose store to create.
         #[arg(long, short, env = "KEYGATE_CONFIG")]
         config: PathBuf,
     },
@@ -69,6 +78,11 @@ pub enum Failure {
     Usage(String),
     /// Anything else: exit 1.
     Runtime(String),
+    /// A failure already reported on stdout (as a JSON document): exit 1, nothing on stderr.
+    Reported,
+    /// Stdout was closed by its reader: exit 141 quietly, as a process killed by SIGPIPE would
+    /// (the status a shell shows for `| head`).
+    Closed,
 }
 
 impl Failure {
@@ -77,6 +91,8 @@ impl Failure {
         match self {
             Failure::Usage(why) => Failure::Usage(rewrite(why)),
             Failure::Runtime(why) => Failure::Runtime(rewrite(why)),
+            Failure::Reported => Failure::Reported,
+            Failure::Closed => Failure::Closed,
         }
     }
 }
@@ -90,16 +106,12 @@ impl From<anyhow::Error> for Failure {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config, dev } => {
-            // Held until the gateway stops, so the last lines are written.
-            let _logs = crate::telemetry::logs::init(cli.log_format);
-            if dev {
-                dev::run()
-            } else {
-                serve::run(config.expect("clap requires --config without --dev"))
-            }
-        }
-        Command::Check { config } => serve::check(&config),
+        Command::Serve {
+            config,
+            dev,
+            log_format,
+        } => serve_command(config, dev, log_format),
+        Command::Check(args) => check::run(args),
         Command::Keys(args) => keys::run(*args),
         Command::Store(StoreCommand::Init { config }) => store::init(&config),
     };
@@ -113,6 +125,34 @@ pub fn main() -> ExitCode {
             eprintln!("keygate: {message}");
             ExitCode::from(1)
         }
+        Err(Failure::Reported) => ExitCode::from(1),
+        Err(Failure::Closed) => ExitCode::from(141),
+    }
+}
+
+/// One line on stdout; see [`out!`].
+pub fn write_line(line: std::fmt::Arguments<'_>) -> Result<(), Failure> {
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Err(Failure::Closed),
+        Err(error) => Err(Failure::Runtime(format!("cannot write to stdout: {error}"))),
+    }
+}
+
+/// `keygate serve`: with `--config FILE`, or `--dev` for a demo that needs none.
+fn serve_command(config: Option<PathBuf>, dev: bool, log_format: LogFormat) -> Result<(), Failure> {
+    if config.is_none() && !dev {
+        return Err(Failure::Usage(
+            "serve needs --config FILE (or KEYGATE_CONFIG); to try keygate without a config, run: keygate serve --dev"
+                .into(),
+        ));
+    }
+    // Held until the gateway stops, so the last lines are written.
+    let _logs = crate::telemetry::logs::init(log_format);
+    match config {
+        Some(config) if !dev => serve::run(config),
+        _ => dev::run(),
     }
 }
 

@@ -8,7 +8,7 @@ use crate::core::key::{KeyView, KeyWithSecret};
 
 fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value).map_err(|e| Failure::Runtime(e.to_string()))?;
-    println!("{text}");
+    out!("{text}");
     Ok(())
 }
 
@@ -21,13 +21,13 @@ pub fn created(created: &KeyWithSecret, json: bool) -> Result<(), Failure> {
         return print_json(created);
     }
     let key = &created.view;
-    println!("Key {} ({}, {})", key.id, key.spec.name, key.spec.environment);
-    println!();
-    println!("    {}", created.key);
-    println!();
-    println!("Store this secret now: keygate does not keep it and will not show it again.");
+    out!("Key {} ({}, {})", key.id, key.spec.name, key.spec.environment);
+    out!("");
+    out!("    {}", created.key);
+    out!("");
+    out!("Store this secret now: keygate does not keep it and will not show it again.");
     if let Some(until) = key.grace_until {
-        println!("The previous secret keeps working until {until}.");
+        out!("The previous secret keeps working until {until}.");
     }
     Ok(())
 }
@@ -37,7 +37,7 @@ pub fn key(key: &KeyView, json: bool, verb: &str) -> Result<(), Failure> {
         return print_json(key);
     }
     if !verb.is_empty() {
-        println!("{verb} {}", key.id);
+        out!("{verb} {}", key.id);
     }
     let permissions: Vec<&str> = key.spec.permissions.iter().map(|p| p.as_str()).collect();
     let allowed: Vec<String> = key.spec.allowed_ips.iter().map(ToString::to_string).collect();
@@ -76,7 +76,7 @@ pub fn key(key: &KeyView, json: bool, verb: &str) -> Result<(), Failure> {
         ("last used at", or_dash(key.last_used_at)),
         ("grace until", or_dash(key.grace_until)),
     ] {
-        println!("{label:>13}  {value}");
+        out!("{label:>13}  {value}");
     }
     Ok(())
 }
@@ -85,29 +85,55 @@ pub fn list(keys: &[KeyView], json: bool) -> Result<(), Failure> {
     if json {
         return print_json(keys);
     }
-    println!(
-        "{:<26} {:<12} {:<8} {:<14} {:<22} NAME",
-        "ID", "ENVIRONMENT", "STATUS", "PREFIX", "LAST USED"
-    );
-    for key in keys {
-        println!(
-            "{:<26} {:<12} {:<8} {:<14} {:<22} {}",
-            key.id,
-            key.spec.environment,
-            key.status,
-            key.prefix,
+    let rows = keys.iter().map(|key| {
+        vec![
+            key.id.clone(),
+            key.spec.environment.to_string(),
+            key.status.to_string(),
+            key.prefix.clone(),
             or_dash(key.last_used_at),
-            key.spec.name
-        );
+            key.spec.name.clone(),
+        ]
+    });
+    let header = ["ID", "ENVIRONMENT", "STATUS", "PREFIX", "LAST USED", "NAME"];
+    for line in table(&header, rows.collect()) {
+        out!("{line}");
     }
     Ok(())
+}
+
+/// Rows under a header, each column as wide as its widest cell (in characters) and two spaces
+/// apart; the last column is not padded, so no line ends in spaces.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> Vec<String> {
+    let header: Vec<String> = header.iter().map(|&cell| cell.to_owned()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|cell| cell.chars().count()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    std::iter::once(header)
+        .chain(rows)
+        .map(|row| {
+            let last = row.len().saturating_sub(1);
+            let cells: Vec<String> = row
+                .iter()
+                .enumerate()
+                .map(|(i, cell)| match i == last {
+                    true => cell.clone(),
+                    false => format!("{cell:<width$}", width = widths[i]),
+                })
+                .collect();
+            cells.join("  ")
+        })
+        .collect()
 }
 
 pub fn deleted(id: &str, json: bool) -> Result<(), Failure> {
     if json {
         return print_json(&serde_json::json!({ "id": id, "deleted": true }));
     }
-    println!("Deleted {id}");
+    out!("Deleted {id}");
     Ok(())
 }
 
@@ -115,14 +141,14 @@ pub fn usage(usage: &Usage, json: bool) -> Result<(), Failure> {
     if json {
         return print_json(usage);
     }
-    println!(
+    out!(
         "{}: {} request(s), last used {}",
         usage.key_id,
         usage.total_requests,
         or_dash(usage.last_used_at)
     );
     for day in &usage.days {
-        println!("  {}  {}", day.date, day.requests);
+        out!("  {}  {}", day.date, day.requests);
     }
     Ok(())
 }
@@ -133,7 +159,7 @@ pub fn events(events: &[KeyEvent], json: bool) -> Result<(), Failure> {
     }
     for event in events {
         let fields: Vec<&str> = event.changes.keys().map(String::as_str).collect();
-        println!(
+        out!(
             "{}  {:<12} by {:<9} {}",
             event.at,
             event.event,
@@ -148,6 +174,27 @@ pub fn imported(count: usize, json: bool) -> Result<(), Failure> {
     if json {
         return print_json(&serde_json::json!({ "imported": count }));
     }
-    println!("Imported {count} key(s)");
+    out!("Imported {count} key(s)");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_columns_line_up_whatever_the_widths() {
+        let rows = vec![
+            vec!["a".to_owned(), "development".to_owned(), "x".to_owned()],
+            vec!["a-much-longer-id".to_owned(), "é".to_owned(), "last".to_owned()],
+        ];
+        assert_eq!(
+            table(&["ID", "ENV", "NAME"], rows),
+            [
+                "ID                ENV          NAME",
+                "a                 development  x",
+                "a-much-longer-id  é            last",
+            ]
+        );
+    }
 }

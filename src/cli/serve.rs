@@ -1,4 +1,4 @@
-//! `keygate serve --config FILE` and `keygate check --config FILE`.
+//! `keygate serve --config FILE`.
 
 use std::path::Path;
 
@@ -11,17 +11,6 @@ use crate::gateway::{Gateway, Options};
 
 pub fn load(path: &Path) -> Result<Config, Failure> {
     config::load(path).map_err(|error| Failure::Runtime(format!("{} is not valid:\n{error}", path.display())))
-}
-
-pub fn check(path: &Path) -> Result<(), Failure> {
-    let config = load(path)?;
-    println!(
-        "{} is valid: {} route(s), {} upstream(s)",
-        path.display(),
-        config.routes.len(),
-        config.upstreams.len()
-    );
-    Ok(())
 }
 
 pub fn run(path: std::path::PathBuf) -> Result<(), Failure> {

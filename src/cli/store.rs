@@ -55,7 +55,7 @@ pub fn init(config_path: &Path) -> Result<(), Failure> {
     let config = super::serve::load(config_path)?;
     let existed = store::open(&config.store.url).map(drop);
     match existed {
-        Ok(()) => println!(
+        Ok(()) => out!(
             "{}: the store exists; its schema is up to date",
             describe(&config)
         ),
@@ -66,7 +66,7 @@ pub fn init(config_path: &Path) -> Result<(), Failure> {
         }
         Err(StoreError::Missing(_)) => {
             open(&config, config_path, Create::IfMissing)?;
-            println!("{}: created an empty store", describe(&config));
+            out!("{}: created an empty store", describe(&config));
         }
         Err(other) => return Err(failure(other, &config, config_path)),
     }

@@ -2,6 +2,7 @@
 //! defaults filled), and [`validate`] turns it, purely, into the typed [`Config`]. `keygate
 //! check` and `keygate serve` share both.
 
+pub mod effective;
 pub mod raw;
 mod routes;
 mod types;
@@ -9,4 +10,4 @@ mod upstream_tls;
 pub mod validate;
 
 pub use types::*;
-pub use validate::{load, parse, ConfigError, Problem};
+pub use validate::{load, parse, position, ConfigError, Problem};

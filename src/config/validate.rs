@@ -29,6 +29,8 @@ use crate::core::units::{parse_duration, Rate};
 pub struct Problem {
     /// 1-based line of the offending value, when known.
     pub line: Option<usize>,
+    /// 1-based column (in characters) of the offending value, when known.
+    pub column: Option<usize>,
     /// Dotted path of the field, e.g. `server.listen` or `route "customers".upstream`.
     pub field: String,
     pub message: String,
@@ -70,6 +72,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         problems: vec![Problem {
             line: None,
             field: String::new(),
+            column: None,
             message: format!("cannot read {}: {error}", path.display()),
         }],
     })?;
@@ -89,11 +92,12 @@ pub fn parse(source: &str, base_dir: &Path) -> Result<Config, ConfigError> {
     let raw: RawConfig = match toml::from_str(source) {
         Ok(raw) => raw,
         Err(error) => {
-            let line = error.span().map(|span| checker.line(&span));
+            let position = error.span().map(|span| checker.position(&span));
             let message = error.message().trim().replace('\n', " ");
             return Err(ConfigError {
                 problems: vec![Problem {
-                    line,
+                    line: position.map(|(line, _)| line),
+                    column: position.map(|(_, column)| column),
                     field: String::new(),
                     message,
                 }],
@@ -117,19 +121,16 @@ pub(super) struct Checker<'s> {
 }
 
 impl Checker<'_> {
-    pub(super) fn line(&self, span: &Range<usize>) -> usize {
-        let end = span.start.min(self.source.len());
-        self.source.as_bytes()[..end]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1
+    /// The 1-based line and column (in characters) where `span` starts.
+    pub(super) fn position(&self, span: &Range<usize>) -> (usize, usize) {
+        position(self.source, span.start)
     }
 
     pub(super) fn fail(&mut self, span: &Range<usize>, field: &str, message: impl Into<String>) {
-        let line = Some(self.line(span));
+        let (line, column) = self.position(span);
         self.problems.push(Problem {
-            line,
+            line: Some(line),
+            column: Some(column),
             field: field.to_owned(),
             message: message.into(),
         });
@@ -548,6 +549,18 @@ impl Checker<'_> {
 
 /// Recent access records kept by default: a few minutes of a busy replica, a few MB.
 const DEFAULT_RECENT: usize = 10_000;
+
+/// The 1-based line and column (in characters) of byte `offset` in `source`.
+pub fn position(source: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(source.len());
+    while !source.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &source[..end];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
+    (line, before[line_start..].chars().count() + 1)
+}
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)

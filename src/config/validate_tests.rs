@@ -326,6 +326,18 @@ fn every_problem_is_reported_not_just_the_first() {
 fn toml_syntax_errors_carry_their_line() {
     let found = problems("[server]\nlisten = \"127.0.0.1:1\"\nenvironment = \n");
     assert_eq!(found[0].line, Some(3), "{found:?}");
+    assert!(found[0].column.is_some(), "{found:?}");
+}
+
+#[test]
+fn problems_carry_the_column_of_the_value() {
+    let found = problems("[server]\n  listen = \"x\"\n");
+    assert_eq!((found[0].line, found[0].column), (Some(2), Some(12)), "{found:?}");
+    // Columns count characters, not bytes.
+    let found = problems("[auth]\nschemes = [\"é\", \"nope\"]\n");
+    assert_eq!(found[1].column, Some(17), "{found:?}");
+    assert_eq!(position("ab\ncé\nd", 6), (2, 3));
+    assert_eq!(position("", 10), (1, 1));
 }
 
 #[test]

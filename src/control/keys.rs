@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use jiff::Timestamp;
 
 use super::store::{Actor, Audit, KeyEvent, KeyFilter, NewKey, Store, StoreError, StoredKey, Usage};
-use crate::core::clock::Clock;
+use crate::core::clock::{whole_second, Clock};
 use crate::core::environment::Environment;
 pub use crate::core::key::KeySpec;
 use crate::core::key::{new_key_id, KeyView, KeyWithSecret, RateLimitSpec, StoredStatus};
@@ -231,8 +231,10 @@ impl KeyService {
         }
     }
 
+    /// The time of a change, in whole seconds as the store keeps it, so an answer shows the
+    /// same instant as a later read.
     pub fn now(&self) -> Timestamp {
-        self.clock.now()
+        whole_second(self.clock.now())
     }
 
     /// Creates a key with a new random secret, returned this once.
@@ -381,7 +383,7 @@ impl KeyService {
             match grace.filter(|grace| !grace.is_zero()) {
                 Some(grace) => {
                     key.previous_hash = Some(old_hash);
-                    key.grace_until = Some(now + grace);
+                    key.grace_until = Some(whole_second(now + grace));
                     key.previous_last_used_at = key.last_used_at;
                 }
                 None => {
@@ -508,7 +510,10 @@ impl KeyService {
 fn new_key(spec: KeySpec, secret: &Secret, hash: KeyHash, now: Timestamp) -> NewKey {
     NewKey {
         id: new_key_id(),
-        spec,
+        spec: KeySpec {
+            expires_at: spec.expires_at.map(whole_second),
+            ..spec
+        },
         hash,
         prefix: secret.display_prefix(),
         now,
@@ -543,10 +548,10 @@ fn apply_patch(key: &mut StoredKey, patch: KeyPatch, now: Timestamp) -> Result<(
         key.spec.allowed_ips = allowed_ips;
     }
     if let Some(expires_at) = patch.expires_at {
-        if expires_at.is_some_and(|at| at <= now) {
+        if expires_at.is_some_and(|at| whole_second(at) <= now) {
             return Err(KeyError::invalid("expires_at", "must be in the future"));
         }
-        key.spec.expires_at = expires_at;
+        key.spec.expires_at = expires_at.map(whole_second);
     }
     if let Some(metadata) = patch.metadata {
         key.spec.metadata = metadata;
@@ -571,7 +576,7 @@ fn validate_spec(spec: &KeySpec, now: Timestamp) -> Result<(), KeyError> {
             ));
         }
     }
-    if spec.expires_at.is_some_and(|at| at <= now) {
+    if spec.expires_at.is_some_and(|at| whole_second(at) <= now) {
         return Err(KeyError::invalid("expires_at", "must be in the future"));
     }
     if let Some(limit) = &spec.rate_limit {

@@ -44,9 +44,31 @@ impl WallClock for ManualClock {
     }
 }
 
+/// `at` without its fraction of a second: key times are kept, stored and shown in whole
+/// seconds (`2027-01-31T00:00:00Z`), whatever the clock or the client gave.
+pub fn whole_second(at: Timestamp) -> Timestamp {
+    Timestamp::from_second(at.as_second()).unwrap_or(at)
+}
+
 /// The clock the gateway runs with.
 pub type Clock = Arc<dyn WallClock>;
 
 pub fn system_clock() -> Clock {
     Arc::new(SystemClock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_second_drops_the_fraction_only() {
+        for (at, whole) in [
+            ("2027-01-31T10:00:00.999999999Z", "2027-01-31T10:00:00Z"),
+            ("2027-01-31T10:00:00Z", "2027-01-31T10:00:00Z"),
+        ] {
+            let at: Timestamp = at.parse().unwrap();
+            assert_eq!(whole_second(at).to_string(), whole);
+        }
+    }
 }

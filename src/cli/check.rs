@@ -1,0 +1,219 @@
+//! `keygate check --config FILE [--json] [--print] [--file-only]`: validates a config as `serve`
+//! would, then looks on this machine for what `serve` would refuse at start (the SQLite store's
+//! folder), and says what it would only warn about. With `--print`, the effective
+//! configuration: every default filled in, secrets redacted.
+//!
+//! Errors make the exit status 1, warnings do not. Validation itself reads no environment
+//! (STYLE 4); the warnings here do, since they are about this machine.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Serialize;
+
+use super::Failure;
+use crate::config::effective::Effective;
+use crate::config::raw::RawConfig;
+use crate::config::{self, Config, ConfigError, Problem, StoreUrl};
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The gateway.toml to check.
+    #[arg(long, short, env = "KEYGATE_CONFIG")]
+    config: PathBuf,
+    /// Print exactly one JSON document on stdout: {"ok":true,...} or {"ok":false,"errors":[...]}.
+    #[arg(long)]
+    json: bool,
+    /// Print the effective configuration: every default filled in, paths resolved, secrets
+    /// redacted (TOML that passes check again; JSON with --json).
+    #[arg(long)]
+    print: bool,
+    /// Check the file alone, not the folders it names on this machine: for a config made for
+    /// another host (a container's, say).
+    #[arg(long)]
+    file_only: bool,
+}
+
+/// What `check --json` prints.
+#[derive(Debug, Serialize)]
+struct Report<'a> {
+    ok: bool,
+    config: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    routes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstreams: Option<usize>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<JsonProblem>,
+    warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    effective: Option<&'a Effective>,
+}
+
+#[derive(Debug, Serialize)]
+struct JsonProblem {
+    line: Option<usize>,
+    column: Option<usize>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    field: String,
+    message: String,
+}
+
+impl From<Problem> for JsonProblem {
+    fn from(problem: Problem) -> Self {
+        JsonProblem {
+            line: problem.line,
+            column: problem.column,
+            field: problem.field,
+            message: problem.message,
+        }
+    }
+}
+
+pub fn run(args: CheckArgs) -> Result<(), Failure> {
+    // Absolute, so the printed paths name the same files from anywhere.
+    let path = std::path::absolute(&args.config).unwrap_or_else(|_| args.config.clone());
+    match validate(&path, args.file_only) {
+        Ok(config) => valid(&config, &args),
+        Err(error) => invalid(error, &args),
+    }
+}
+
+/// The config as `serve` would load it, and what `serve` would refuse of it on this machine.
+fn validate(path: &Path, file_only: bool) -> Result<Config, ConfigError> {
+    let config = config::load(path)?;
+    let problems = match file_only {
+        true => Vec::new(),
+        false => host_problems(&config, path),
+    };
+    match problems.is_empty() {
+        true => Ok(config),
+        false => Err(ConfigError { problems }),
+    }
+}
+
+fn valid(config: &Config, args: &CheckArgs) -> Result<(), Failure> {
+    let shown = args.config.display().to_string();
+    let warnings = match args.file_only {
+        true => Vec::new(),
+        false => warnings(config, &args.config),
+    };
+    let effective = args.print.then(|| Effective::of(config));
+    if args.json {
+        return print_json(&Report {
+            ok: true,
+            config: shown,
+            routes: Some(config.routes.len()),
+            upstreams: Some(config.upstreams.len()),
+            errors: Vec::new(),
+            warnings,
+            effective: effective.as_ref(),
+        });
+    }
+    for warning in &warnings {
+        eprintln!("keygate: warning: {warning}");
+    }
+    match effective {
+        Some(effective) => out!(
+            "# The effective configuration of {shown}: every default filled in, secrets redacted.\n\n{}",
+            effective.to_toml().trim_end()
+        ),
+        None => out!(
+            "{shown} is valid: {} route(s), {} upstream(s)",
+            config.routes.len(),
+            config.upstreams.len()
+        ),
+    }
+    Ok(())
+}
+
+fn invalid(error: ConfigError, args: &CheckArgs) -> Result<(), Failure> {
+    let shown = args.config.display().to_string();
+    if !args.json {
+        return Err(Failure::Runtime(format!("{shown} is not valid:\n{error}")));
+    }
+    print_json(&Report {
+        ok: false,
+        config: shown,
+        routes: None,
+        upstreams: None,
+        errors: error.problems.into_iter().map(JsonProblem::from).collect(),
+        warnings: Vec::new(),
+        effective: None,
+    })?;
+    Err(Failure::Reported)
+}
+
+fn print_json(report: &Report<'_>) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(report).map_err(|e| Failure::Runtime(e.to_string()))?;
+    out!("{text}");
+    Ok(())
+}
+
+/// What `serve` would refuse at start that this machine shows: the SQLite store's folder.
+fn host_problems(config: &Config, path: &Path) -> Vec<Problem> {
+    let StoreUrl::Sqlite(store) = &config.store.url else {
+        return Vec::new();
+    };
+    let Some(folder) = missing_folder(store) else {
+        return Vec::new();
+    };
+    let (line, column) = store_url_position(path).unzip();
+    vec![Problem {
+        line,
+        column,
+        field: "store.url".into(),
+        message: format!(
+            "the folder {} of the store does not exist: create it (or mount its volume); serve refuses to start without it",
+            folder.display()
+        ),
+    }]
+}
+
+fn missing_folder(store: &Path) -> Option<&Path> {
+    store
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty() && !dir.exists())
+}
+
+/// Where `store.url` is written in the file, if it is.
+fn store_url_position(path: &Path) -> Option<(usize, usize)> {
+    let source = std::fs::read_to_string(path).ok()?;
+    let raw: RawConfig = toml::from_str(&source).ok()?;
+    let span = raw.store.url?.span();
+    Some(config::position(&source, span.start))
+}
+
+/// What `serve` would start with but warn about, or refuse on this machine for a reason that
+/// another machine may not have (its environment).
+fn warnings(config: &Config, shown: &Path) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let StoreUrl::Sqlite(store) = &config.store.url {
+        if !store.exists() {
+            warnings.push(format!(
+                "the store {} does not exist yet; serve refuses to start without it: create it with keygate store init --config {}",
+                store.display(),
+                shown.display()
+            ));
+        }
+    }
+    if let Some(folder) = config.store.snapshot.as_deref().and_then(missing_folder) {
+        warnings.push(format!(
+            "the folder {} of store.snapshot does not exist; serve would fail to save the snapshot",
+            folder.display()
+        ));
+    }
+    let unset = |name: &str| std::env::var_os(name).is_none_or(|value| value.is_empty());
+    if let Some(name) = config.store.pepper_env.as_deref().filter(|name| unset(name)) {
+        warnings.push(format!(
+            "store.pepper_env names {name}, which is not set here; serve refuses to start without it"
+        ));
+    }
+    if unset(&config.admin.token_env) {
+        warnings.push(format!(
+            "admin.token_env names {}, which is not set here; without it the admin API refuses every request",
+            config.admin.token_env
+        ));
+    }
+    warnings
+}
