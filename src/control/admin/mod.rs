@@ -3,6 +3,7 @@
 //! nothing but the proxied API.
 
 mod api;
+pub mod ui;
 
 pub use api::{MAX_BODY, OPENAPI};
 
@@ -71,6 +72,9 @@ impl Admin {
 
     async fn handle(&self, request: Request<Incoming>) -> Response<AdminBody> {
         let path = request.uri().path();
+        if ui::is_ui(path) {
+            return ui::serve(request.method(), path);
+        }
         if path == "/v1" || path.starts_with("/v1/") {
             if !self.authorized(&request) {
                 let mut response = json(

@@ -1,0 +1,238 @@
+//! The API Keys page (SPEC 9) in a real headless Chromium, against a real gateway from the
+//! harness: each story signs in, does what a person would do, checks the effect through the
+//! proxy, and leaves a screenshot in target/ui-screenshots/ for a person to look at.
+
+mod support;
+
+use http::StatusCode;
+use keygate::core::environment::Environment;
+use support::browser::Browser;
+use support::{spec, Harness, ADMIN_TOKEN};
+
+/// A gateway and a browser, or `None` (the test skips) when there is no browser here.
+async fn setup(name: &str) -> Option<(Harness, Browser)> {
+    let browser = Browser::start(name).await?;
+    Some((Harness::start().await, browser))
+}
+
+fn page(harness: &Harness) -> String {
+    harness.admin_url("/ui/")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_in_keeps_the_token_in_the_tab_only() {
+    let Some((harness, browser)) = setup("sign_in").await else {
+        return;
+    };
+    browser.goto(&page(&harness)).await;
+    browser.fill("input[name=\"token\"]", "not-the-token").await;
+    browser.click("Sign in").await;
+    browser.until_text(".signin [role=alert]", "did not accept").await;
+
+    browser.sign_in(&page(&harness), ADMIN_TOKEN).await;
+    browser.until_text("main", "No keys yet").await;
+    let stored = browser
+        .eval("return sessionStorage.getItem('keygate.token');")
+        .await;
+    assert_eq!(stored, ADMIN_TOKEN);
+    assert_eq!(browser.eval("return document.cookie;").await, "");
+    assert_eq!(browser.eval("return localStorage.length;").await, 0);
+    browser.until_text("#access", "Full access").await;
+    browser.screenshot().await;
+
+    browser.click("Sign out").await;
+    browser.find("input[name=\"token\"]").await;
+    assert!(browser
+        .eval("return sessionStorage.getItem('keygate.token');")
+        .await
+        .is_null());
+    browser.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_key_shows_its_secret_once_and_the_secret_works() {
+    let Some((harness, browser)) = setup("create").await else {
+        return;
+    };
+    browser.sign_in(&page(&harness), ADMIN_TOKEN).await;
+    browser.click("Create key").await;
+    browser.fill("#f-name", "billing service").await;
+    browser.fill("#f-permissions", "customer:read, invoice:*").await;
+    browser.fill("#f-requests", "100").await;
+    browser.fill("#f-customer_id", "acme").await;
+    browser
+        .find("dialog button[type=\"submit\"]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let secret = browser.text("[data-secret]").await;
+    browser.screenshot().await;
+
+    let answer = harness.get("/v1/status", &secret).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+
+    browser.click("Done").await;
+    browser.until_gone("dialog").await;
+    assert_eq!(
+        browser.count("[data-secret]").await,
+        0,
+        "the secret left the page"
+    );
+    let source = browser.eval("return document.documentElement.outerHTML;").await;
+    assert!(
+        !source.as_str().unwrap().contains(&secret),
+        "the secret is nowhere in the page"
+    );
+    browser.until_text("table#keys", "billing service").await;
+    let row = browser.text("table#keys tr[data-key-id]").await;
+    for shown in [
+        "production",
+        "customer:read, invoice:*",
+        "active",
+        "never",
+        "100 per 1m",
+        "acme",
+    ] {
+        assert!(row.contains(shown), "{shown:?} in {row:?}");
+    }
+    browser.finish().await;
+}
+
+/// Opens the page of key `id`.
+async fn open_key(harness: &Harness, browser: &Browser, id: &str) {
+    browser.sign_in(&page(harness), ADMIN_TOKEN).await;
+    browser
+        .find(&format!("tr[data-key-id=\"{id}\"] a"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.until_text("main h3", "Daily usage").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regenerating_shows_the_new_secret_and_the_grace_period() {
+    let Some((harness, browser)) = setup("regenerate").await else {
+        return;
+    };
+    let (id, old) = harness.key(&[]).await;
+    assert_eq!(harness.get("/v1/status", &old).await.status, StatusCode::OK);
+    open_key(&harness, &browser, &id).await;
+    browser.click("Regenerate").await;
+    browser.fill("#f-grace", "10m").await;
+    browser
+        .find("dialog button[type=\"submit\"]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let new = browser.text("[data-secret]").await;
+    assert_ne!(new, old);
+    assert_eq!(harness.get("/v1/status", &new).await.status, StatusCode::OK);
+    assert_eq!(
+        harness.get("/v1/status", &old).await.status,
+        StatusCode::OK,
+        "the old secret works while the grace period runs"
+    );
+    browser.click("Done").await;
+    browser.until_gone("[data-secret]").await;
+    browser
+        .until_text(".grace", "previous secret keeps working")
+        .await;
+    browser.until_text("main", "regenerated").await;
+    browser.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_from_the_page_refuses_the_key_at_once() {
+    let Some((harness, browser)) = setup("revoke").await else {
+        return;
+    };
+    let (id, secret) = harness.key(&[]).await;
+    open_key(&harness, &browser, &id).await;
+    browser.click("Revoke").await;
+    browser.until_text("main h2 .badge", "revoked").await;
+    assert_eq!(
+        harness.get("/v1/status", &secret).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    browser.button("Activate").await;
+    browser.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activating_from_the_page_lets_the_key_in_again() {
+    let Some((harness, browser)) = setup("activate").await else {
+        return;
+    };
+    let (id, secret) = harness.key(&[]).await;
+    harness.keys.revoke(&id).unwrap();
+    harness.sync().await;
+    assert_eq!(
+        harness.get("/v1/status", &secret).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    open_key(&harness, &browser, &id).await;
+    browser.click("Activate").await;
+    browser.until_text("main h2 .badge", "active").await;
+    assert_eq!(harness.get("/v1/status", &secret).await.status, StatusCode::OK);
+    browser.until_text("table.events", "activated").await;
+    browser.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_asks_first_then_removes_the_key() {
+    let Some((harness, browser)) = setup("delete").await else {
+        return;
+    };
+    let (id, secret) = harness.key(&[]).await;
+    open_key(&harness, &browser, &id).await;
+    browser.click("Delete").await;
+    browser.until_text("dialog", "cannot be brought back").await;
+    browser.screenshot().await;
+    browser.click("Cancel").await;
+    browser.until_gone("dialog").await;
+    assert_eq!(harness.get("/v1/status", &secret).await.status, StatusCode::OK);
+
+    browser.click("Delete").await;
+    browser.click("Delete key").await;
+    browser.until_text("#flash", "deleted").await;
+    browser.until_text("main", "No keys yet").await;
+    assert_eq!(
+        harness.get("/v1/status", &secret).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    browser.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_with_markup_is_shown_as_text_and_never_runs() {
+    let Some((harness, browser)) = setup("xss").await else {
+        return;
+    };
+    let name = "<img src=x onerror=window.__xss=1>";
+    let mut hostile = spec(Environment::Production, &[]);
+    hostile.name = name.into();
+    hostile.customer_id = Some("<svg onload=window.__xss=2>".into());
+    let (id, _) = harness.create_key(hostile).await;
+    browser.sign_in(&page(&harness), ADMIN_TOKEN).await;
+    browser.until_text("table#keys .key-name", name).await;
+    assert_eq!(browser.count("table#keys img, table#keys script").await, 0);
+    browser.screenshot().await;
+    browser
+        .find(&format!("tr[data-key-id=\"{id}\"] a"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.until_text("main h2", name).await;
+    browser.until_text("main", "Audit trail").await;
+    assert_eq!(browser.count("main img, main script").await, 0);
+    assert!(browser
+        .eval("return window.__xss === undefined;")
+        .await
+        .as_bool()
+        .unwrap());
+    browser.finish().await;
+}
