@@ -236,3 +236,34 @@ async fn a_name_with_markup_is_shown_as_text_and_never_runs() {
         .unwrap());
     browser.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_idle_expiry_will_soon_revoke_carries_a_notice() {
+    let Some(browser) = Browser::start("idle").await else {
+        return;
+    };
+    let lifecycle = "[lifecycle]\nidle_expiry = \"90d\"\nwarn_before = [\"15d\", \"7d\", \"1d\"]\n";
+    let harness = Harness::with_config(support::STANDARD, lifecycle).await;
+    let (idle, _) = harness.key(&[]).await;
+    let (used, secret) = harness.key(&[]).await;
+    let created = harness.keys.get(&idle).unwrap().created_at;
+    harness.clock.set(
+        created
+            .checked_add(std::time::Duration::from_secs(86_400 * 80))
+            .unwrap(),
+    );
+    assert_eq!(harness.get("/v1/status", &secret).await.status, StatusCode::OK);
+    harness.gateway.flush_usage().await;
+
+    browser.sign_in(&page(&harness), ADMIN_TOKEN).await;
+    browser
+        .until_text(&format!("tr[data-key-id=\"{idle}\"] .idle-warning"), "revoked")
+        .await;
+    assert_eq!(
+        browser
+            .count(&format!("tr[data-key-id=\"{used}\"] .idle-warning"))
+            .await,
+        0
+    );
+    browser.finish().await;
+}

@@ -88,7 +88,7 @@ impl Browser {
             _profile: profile,
             _slot: slot,
         };
-        browser.client.set_window_size(1280, 900).await.unwrap();
+        browser.client.set_window_size(1280, 1100).await.unwrap();
         Some(browser)
     }
 
@@ -217,7 +217,7 @@ async fn connect(port: u16, chromium: &Path, profile: &Path) -> Client {
             "args": [
                 "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--no-first-run", "--disable-extensions", "--force-device-scale-factor=1",
-                "--window-size=1280,900", format!("--user-data-dir={}", profile.display()),
+                "--window-size=1280,1100", format!("--user-data-dir={}", profile.display()),
             ],
         }
     });

@@ -12,6 +12,8 @@ use jiff::Timestamp;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
+mod idle;
+
 use super::{json, Admin, AdminBody};
 use crate::control::keys::{Cidr, KeyError, KeyPatch, KeyRequest, KeyService};
 use crate::control::store::KeyFilter;
@@ -147,6 +149,7 @@ async fn dispatch(admin: &Admin, request: Request<Incoming>) -> Answer {
                 .map(|usage| ok(&usage))
         }
         (["keys", id, "events"], &Method::GET) => events(admin, id.to_string(), &request).await,
+        (["idle-keys"], &Method::GET) => idle::idle_keys(admin, &request).await,
         (shape, _) => match allowed(shape) {
             Some(allow) => Ok(method_not_allowed(allow)),
             None => Err(ApiError::status(StatusCode::NOT_FOUND, "not found")),
@@ -163,6 +166,7 @@ fn allowed(shape: &[&str]) -> Option<&'static str> {
         ["keys", _] => Some("GET, HEAD, PATCH, DELETE"),
         ["keys", _, "regenerate" | "revoke" | "activate"] => Some("POST"),
         ["keys", _, "usage" | "events"] => Some("GET, HEAD"),
+        ["idle-keys"] => Some("GET, HEAD"),
         _ => None,
     }
 }

@@ -42,10 +42,10 @@ export function permissions(list) {
   return list.length > 2 ? `${shown} +${list.length - 2} more` : shown;
 }
 
-/** "100 per 1m (burst 20)" or "gateway default". */
+/** "100 per 1m (burst 20)" or "default" (the gateway's rate_limit.default). */
 export function rateLimit(limit) {
-  if (!limit) return "gateway default";
-  const burst = limit.burst ? ` (burst ${limit.burst})` : "";
+  if (!limit) return "default";
+  const burst = limit.burst && limit.burst !== limit.requests ? ` (burst ${limit.burst})` : "";
   return `${limit.requests} per ${limit.per}${burst}`;
 }
 

@@ -21,9 +21,8 @@ export async function loadIdle() {
 export function idleNotice(idle, id, now = Date.now()) {
   const key = idle && idle.byId.get(id);
   if (!key) return null;
-  const when = format.relative(key.revokes_at, now);
-  const text = Date.parse(key.revokes_at) <= now ?
-    `Idle for ${idle.idle_expiry}: revoked at the next idle sweep unless used now.` :
-    `Idle: revoked ${when} (${format.exact(key.revokes_at)}) unless it is used before.`;
-  return h("p", { class: "idle-warning", title: `unused since ${format.exact(key.idle_since)}` }, `⚠ ${text}`);
+  const due = Date.parse(key.revokes_at) <= now;
+  const text = due ? "Idle: revoked at the next sweep unless used" : `Idle: revoked ${format.relative(key.revokes_at, now)} unless used`;
+  const title = `Unused since ${format.exact(key.idle_since)}; idle expiry (${idle.idle_expiry}) revokes it at ${format.exact(key.revokes_at)}.`;
+  return h("p", { class: "idle-warning", title }, `⚠ ${text}`);
 }

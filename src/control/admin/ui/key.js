@@ -83,7 +83,7 @@ function details(key) {
   return h("section", { class: "card" }, h("h3", {}, "Details"), h("dl", { class: "details" },
     row("Environment", key.environment),
     row("Permissions", key.permissions.length ? key.permissions.join(", ") : "none"),
-    row("Rate limit", format.rateLimit(key.rate_limit)),
+    row("Rate limit", key.rate_limit ? format.rateLimit(key.rate_limit) : "the gateway's default (rate_limit.default)"),
     row("Customer", key.customer_id || "—"),
     row("Allowed IPs", key.allowed_ips.length ? key.allowed_ips.join(", ") : "any address"),
     row("Expires", key.expires_at ? `${format.exact(key.expires_at)} (${format.relative(key.expires_at)})` : "never"),
