@@ -67,7 +67,7 @@ async fn a_created_key_shows_its_secret_once_and_the_secret_works() {
         .await
         .unwrap();
     let secret = browser.text("[data-secret]").await;
-    browser.screenshot().await;
+    browser.screenshot_as("create_secret").await;
 
     let answer = harness.get("/v1/status", &secret).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
@@ -190,7 +190,7 @@ async fn deleting_asks_first_then_removes_the_key() {
     open_key(&harness, &browser, &id).await;
     browser.click("Delete").await;
     browser.until_text("dialog", "cannot be brought back").await;
-    browser.screenshot().await;
+    browser.screenshot_as("delete_confirm").await;
     browser.click("Cancel").await;
     browser.until_gone("dialog").await;
     assert_eq!(harness.get("/v1/status", &secret).await.status, StatusCode::OK);
@@ -219,7 +219,7 @@ async fn a_name_with_markup_is_shown_as_text_and_never_runs() {
     browser.sign_in(&page(&harness), ADMIN_TOKEN).await;
     browser.until_text("table#keys .key-name", name).await;
     assert_eq!(browser.count("table#keys img, table#keys script").await, 0);
-    browser.screenshot().await;
+    browser.screenshot_as("xss_list").await;
     browser
         .find(&format!("tr[data-key-id=\"{id}\"] a"))
         .await
@@ -265,5 +265,158 @@ async fn a_key_idle_expiry_will_soon_revoke_carries_a_notice() {
             .await,
         0
     );
+    browser.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_saves_the_changes_and_shows_api_errors_in_words() {
+    let Some((harness, browser)) = setup("edit").await else {
+        return;
+    };
+    let (id, _) = harness.key(&["customer:read"]).await;
+    open_key(&harness, &browser, &id).await;
+    browser.click("Edit").await;
+    browser.fill("#f-permissions", "not a permission").await;
+    browser
+        .find("dialog button[type=\"submit\"]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.until_text("dialog .form-error", "permissions").await;
+    browser.screenshot_as("edit_error").await;
+
+    browser.fill("#f-name", "renamed key").await;
+    browser
+        .fill("#f-permissions", "customer:read, customer:write")
+        .await;
+    browser.fill("#f-requests", "5").await;
+    browser
+        .find("dialog button[type=\"submit\"]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.until_gone("dialog").await;
+    browser.until_text("main h2", "renamed key").await;
+    browser.until_text("dl.details", "5 per 1m").await;
+    let key = harness.keys.get(&id).unwrap();
+    assert_eq!(key.name, "renamed key");
+    assert_eq!(key.permissions.len(), 2);
+    assert_eq!(key.rate_limit.unwrap().requests.get(), 5);
+    browser.until_text("table.events", "updated").await;
+    browser.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_is_said_in_words() {
+    let Some((harness, browser)) = setup("connection_lost").await else {
+        return;
+    };
+    browser.sign_in(&page(&harness), ADMIN_TOKEN).await;
+    harness.gateway.shutdown().await;
+    browser.click("Filter").await;
+    browser.until_text("main [role=alert]", "cannot be reached").await;
+    browser.button("Try again").await;
+    browser.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_list_pages_by_cursor_and_filters() {
+    let Some((harness, browser)) = setup("paging").await else {
+        return;
+    };
+    for n in 0..53 {
+        let mut key = spec(Environment::Production, &["customer:read"]);
+        key.name = format!("production key {n:02}");
+        harness.keys.create(key).unwrap();
+    }
+    for n in 0..2 {
+        let mut key = spec(Environment::Staging, &[]);
+        key.name = format!("staging key {n}");
+        key.customer_id = Some("acme".into());
+        harness.keys.create(key).unwrap();
+    }
+    browser.sign_in(&page(&harness), ADMIN_TOKEN).await;
+    browser.until_text("table#keys", "production key 00").await;
+    assert_eq!(browser.count("table#keys tbody tr").await, 50);
+    browser.click("Next page →").await;
+    browser.until_text("table#keys", "staging key 1").await;
+    assert_eq!(browser.count("table#keys tbody tr").await, 5);
+    browser.click("← Previous page").await;
+    browser.until_text("table#keys", "production key 00").await;
+
+    browser
+        .find("#filter-environment")
+        .await
+        .select_by_value("staging")
+        .await
+        .unwrap();
+    browser.click("Filter").await;
+    browser
+        .until(
+            "two rows",
+            "return document.querySelectorAll('table#keys tbody tr').length === 2;",
+        )
+        .await;
+    browser
+        .find("#filter-environment")
+        .await
+        .select_by_value("")
+        .await
+        .unwrap();
+    browser.fill("#filter-customer", "nobody").await;
+    browser.click("Filter").await;
+    browser.until_text("main", "No key matches these filters.").await;
+    browser.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn it_works_from_the_keyboard_and_at_a_phone_width() {
+    let Some((harness, browser)) = setup("phone").await else {
+        return;
+    };
+    let mut key = spec(
+        Environment::Production,
+        &["customer:read", "customer:write", "invoice:read"],
+    );
+    key.name = "mobile app".into();
+    key.customer_id = Some("acme".into());
+    harness.create_key(key).await;
+    browser.client.set_window_size(390, 844).await.unwrap();
+    browser.sign_in(&page(&harness), ADMIN_TOKEN).await;
+    browser.until_text("table#keys", "mobile app").await;
+    let fits = "return document.documentElement.scrollWidth <= window.innerWidth;";
+    assert_eq!(browser.eval(fits).await, true, "nothing wider than the phone");
+
+    // Enter on the focused button opens the dialog with the focus inside; Escape closes it.
+    browser
+        .eval("document.querySelector('.view-head button').focus(); return true;")
+        .await;
+    browser
+        .client
+        .active_element()
+        .await
+        .unwrap()
+        .send_keys("\u{E007}")
+        .await
+        .unwrap();
+    browser
+        .until(
+            "the name field focused",
+            "return document.activeElement.id === 'f-name';",
+        )
+        .await;
+    browser.screenshot_as("phone_dialog").await;
+    assert_eq!(browser.eval(fits).await, true, "the dialog fits too");
+    browser
+        .client
+        .active_element()
+        .await
+        .unwrap()
+        .send_keys("\u{E00C}")
+        .await
+        .unwrap();
+    browser.until_gone("dialog").await;
     browser.finish().await;
 }

@@ -181,10 +181,15 @@ impl Browser {
 
     /// Saves the page as `target/ui-screenshots/<name>.png`.
     pub async fn screenshot(&self) {
+        self.screenshot_as(&self.name).await;
+    }
+
+    /// Saves the page as `target/ui-screenshots/<name>.png`, e.g. a step in the middle.
+    pub async fn screenshot_as(&self, name: &str) {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
         std::fs::create_dir_all(&dir).unwrap();
         let png = self.client.screenshot().await.unwrap();
-        std::fs::write(dir.join(format!("{}.png", self.name)), png).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
     }
 
     /// Takes the screenshot and closes the browser.

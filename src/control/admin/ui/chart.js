@@ -20,6 +20,10 @@ export function usageChart(usage) {
   const days = lastDays(usage.days);
   const max = Math.max(1, ...days.map((day) => day.requests));
   const inWindow = days.reduce((sum, day) => sum + day.requests, 0);
+  if (inWindow === 0) {
+    return h("p", { class: "notice" }, `No requests in the last ${DAYS} days (${usage.total_requests} in all). ` +
+      "Usage reaches the store every few seconds, so the latest requests may show a little later.");
+  }
   const width = 10;
   const chart = svg("svg", {
     class: "chart", viewBox: `0 0 ${DAYS * width} 100`, preserveAspectRatio: "none", role: "img",

@@ -61,7 +61,7 @@ export function describe(error) {
   if (!error) return "Something went wrong.";
   if (error.status === 0) return error.message;
   const field = error.field ? ` (field: ${error.field})` : "";
-  const status = error.status ? `The gateway answered ${error.status}: ` : "";
+  const status = error.status && error.status !== 400 ? `The gateway answered ${error.status}: ` : "";
   return `${status}${error.message}${field}`;
 }
 
