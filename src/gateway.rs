@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, RateLimitBackend};
-use crate::control::admin::Admin;
+use crate::control::admin::{Admin, Tokens};
 use crate::control::keys::KeyService;
 use crate::control::lifecycle::LifecycleJobs;
 use crate::control::store::{self, Actor, Store};
@@ -46,6 +46,8 @@ pub struct Options {
     pub hasher: Hasher,
     /// The admin API's bearer token; without one, everything under `/v1` answers 401.
     pub admin_token: Option<String>,
+    /// The read-only admin token, if the config names one.
+    pub admin_read_token: Option<String>,
     pub clock: Clock,
 }
 
@@ -61,9 +63,20 @@ impl Options {
                 "no admin token in the environment: the admin API under /v1 refuses every request"
             );
         }
+        let admin_read_token = config.admin.read_token_env.as_ref().and_then(|name| {
+            let token = std::env::var(name).ok().filter(|t| !t.is_empty());
+            if token.is_none() {
+                tracing::warn!(variable = %name, "admin.read_token_env names a variable that is not set: no read-only token");
+            }
+            token
+        });
+        if admin_token.is_some() && admin_token == admin_read_token {
+            anyhow::bail!("the read-only admin token equals the admin token: set two different tokens");
+        }
         Ok(Options {
             hasher: hasher_from_env(config)?,
             admin_token,
+            admin_read_token,
             clock: system_clock(),
         })
     }
@@ -93,6 +106,7 @@ impl Gateway {
         let Options {
             hasher,
             admin_token,
+            admin_read_token,
             clock,
         } = options;
         let config = Arc::new(config);
@@ -167,9 +181,12 @@ impl Gateway {
         tasks.extend(shared_limits.map(|limits| tokio::spawn(limits.watch())));
         let admin_server = Arc::new(Admin::new(
             shared.clone(),
-            KeyService::new(store.clone(), hasher, clock, Actor::AdminApi),
+            KeyService::new(store.clone(), hasher, clock, Actor::AdminApi(None)),
             sync.clone(),
-            admin_token,
+            Tokens {
+                write: admin_token,
+                read: admin_read_token,
+            },
         ));
         let servers = vec![
             tokio::spawn(admin_server.serve(admin, stopped(&stop))),

@@ -11,7 +11,7 @@ use http::{Method, Request};
 use http_body_util::Full;
 use serde_json::{json, Value};
 
-use support::{Answer, Harness, ADMIN_TOKEN};
+use support::{Answer, Harness, ADMIN_TOKEN, READ_TOKEN};
 
 /// The document, and which operations' answers have been checked against it.
 struct Contract {
@@ -464,7 +464,7 @@ async fn every_endpoint_answers_as_documented() {
         .as_array()
         .unwrap()
         .iter()
-        .all(|e| e["actor"] == "admin_api"));
+        .all(|e| e["actor"] == "admin_api" && e["token"] == "write" && e["client"] == "127.0.0.1"));
     assert_eq!(events[2]["changes"]["secret"], "replaced");
     assert!(!events.to_string().contains(&new_secret) && !events.to_string().contains(&secret));
     let page = call(
@@ -485,6 +485,13 @@ async fn every_endpoint_answers_as_documented() {
         whole.headers.get("x-next-cursor").is_none(),
         "a full last page has no next page"
     );
+
+    // The token's access, and this replica's recent requests.
+    let access = call(&h, &c, Method::GET, "/v1/token", "/v1/token", None).await;
+    assert_eq!(access.json(), json!({ "access": "write" }));
+    h.get("/v1/status", "kg_prod_not_a_key_at_all").await;
+    let recent = call(&h, &c, Method::GET, "/v1/requests?limit=5", "/v1/requests", None).await;
+    assert_eq!(recent.json()["items"][0]["status"], 401);
 
     // The document itself.
     let doc = call(&h, &c, Method::GET, "/v1/openapi.json", "/v1/openapi.json", None).await;
@@ -887,4 +894,180 @@ async fn metrics_include_the_process_resident_memory_open_files_and_cpu() {
     for name in ["process_resident_memory_bytes", "process_open_fds"] {
         assert!(support::sample(&metrics, name).is_some_and(|v| v > 0.0), "{name}");
     }
+}
+
+#[tokio::test]
+async fn the_read_only_token_reads_and_verifies_but_changes_nothing() {
+    let h = Harness::start().await;
+    let c = Contract::new();
+    let (id, secret) = h.key(&["customer:read"]).await;
+    let read = |method: Method, path: &str, body: Option<&'static str>| {
+        let h = &h;
+        let path = path.to_owned();
+        async move { admin(h, method, &path, body, Some(READ_TOKEN)).await }
+    };
+
+    let access = read(Method::GET, "/v1/token", None).await;
+    assert_eq!(access.json(), json!({ "access": "read" }));
+    for path in [
+        "/v1/keys".to_owned(),
+        format!("/v1/keys/{id}"),
+        format!("/v1/keys/{id}/usage"),
+        format!("/v1/keys/{id}/events"),
+        "/v1/requests".to_owned(),
+        "/v1/openapi.json".to_owned(),
+    ] {
+        assert_eq!(read(Method::GET, &path, None).await.status, 200, "GET {path}");
+    }
+    let verify = format!(r#"{{"key":"{secret}"}}"#);
+    let verdict = admin(
+        &h,
+        Method::POST,
+        "/v1/keys/verify",
+        Some(&verify),
+        Some(READ_TOKEN),
+    )
+    .await;
+    assert_eq!(verdict.json()["valid"], true);
+
+    let writes: [(Method, String, &str, Option<&'static str>); 7] = [
+        (
+            Method::POST,
+            "/v1/keys".into(),
+            "/v1/keys",
+            Some(r#"{"name":"x","environment":"production"}"#),
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/keys/{id}"),
+            "/v1/keys/{id}",
+            Some(r#"{"name":"renamed"}"#),
+        ),
+        (
+            Method::POST,
+            format!("/v1/keys/{id}/regenerate"),
+            "/v1/keys/{id}/regenerate",
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/keys/{id}/revoke"),
+            "/v1/keys/{id}/revoke",
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/keys/{id}/activate"),
+            "/v1/keys/{id}/activate",
+            None,
+        ),
+        (Method::DELETE, format!("/v1/keys/{id}"), "/v1/keys/{id}", None),
+        // Unknown paths too: a read-only token learns nothing by writing.
+        (Method::POST, "/v1/nothing".into(), "", None),
+    ];
+    for (method, path, template, body) in writes {
+        let answer = read(method.clone(), &path, body).await;
+        assert_eq!(answer.status, 403, "{method} {path}");
+        assert_eq!(answer.json(), json!({ "error": "read-only admin token" }));
+        if !template.is_empty() {
+            c.check(&method, template, &answer);
+        }
+    }
+    // Nothing changed: the key works, with its name, and its trail holds its creation only.
+    assert_eq!(h.get("/v1/customers/c1", &secret).await.status, 200);
+    let key = admin(&h, Method::GET, &format!("/v1/keys/{id}"), None, None).await;
+    assert_eq!(key.json()["status"], "active");
+    let events = admin(&h, Method::GET, &format!("/v1/keys/{id}/events"), None, None).await;
+    assert_eq!(events.json().as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn recent_requests_show_each_answer_with_its_reason_newest_first() {
+    let h = Harness::start().await;
+    let c = Contract::new();
+    let (id, secret) = h.key(&["customer:read"]).await;
+    let (other, other_secret) = h.key(&["customer:read"]).await;
+    assert_eq!(h.get("/v1/customers/c1?token=hidden", &secret).await.status, 200);
+    assert_eq!(
+        h.call("DELETE", "/v1/customers/c1", Some(&secret), &[])
+            .await
+            .status,
+        403
+    );
+    assert_eq!(h.get("/v1/customers/c2", &other_secret).await.status, 200);
+    assert_eq!(h.get("/v1/status", "kg_prod_not_a_key_at_all").await.status, 401);
+
+    let mine = call(
+        &h,
+        &c,
+        Method::GET,
+        &format!("/v1/requests?key_id={id}"),
+        "/v1/requests",
+        None,
+    )
+    .await;
+    let mine = mine.json();
+    let items = mine["items"].as_array().unwrap();
+    assert_eq!(mine["capacity"], 10_000);
+    assert_eq!(items.len(), 2, "{mine}");
+    assert_eq!(items[0]["status"], 403);
+    assert_eq!(items[0]["method"], "DELETE");
+    assert_eq!(items[0]["reason"], "permission");
+    assert_eq!(items[0]["route"], "customers");
+    assert_eq!(items[1]["status"], 200);
+    assert_eq!(items[1]["reason"], Value::Null);
+    assert_eq!(items[1]["path"], "/v1/customers/c1", "no query string");
+    assert!(items[1]["upstream_ms"].is_number());
+    assert_eq!(items[1]["environment"], "production");
+    assert_eq!(items[1]["client"], "127.0.0.1");
+
+    let refused = admin(&h, Method::GET, "/v1/requests?status=4xx", None, None)
+        .await
+        .json();
+    let statuses: Vec<&Value> = refused["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["status"])
+        .collect();
+    assert_eq!(statuses, [&json!(401), &json!(403)]);
+    assert_eq!(refused["items"][0]["reason"], "malformed");
+    let one = admin(&h, Method::GET, "/v1/requests?limit=1", None, None)
+        .await
+        .json();
+    assert_eq!(one["items"].as_array().unwrap().len(), 1);
+    let others = admin(
+        &h,
+        Method::GET,
+        &format!("/v1/requests?key_id={other}&status=200"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(others.json()["items"].as_array().unwrap().len(), 1);
+    // Nothing the log must not hold: no secret, no query string.
+    let all = admin(&h, Method::GET, "/v1/requests", None, None).await.text();
+    assert!(!all.contains(&secret) && !all.contains("hidden"), "{all}");
+
+    for bad in ["status=abc", "status=6xx", "limit=0", "limit=1001", "limit=x"] {
+        let answer = call(
+            &h,
+            &c,
+            Method::GET,
+            &format!("/v1/requests?{bad}"),
+            "/v1/requests",
+            None,
+        )
+        .await;
+        assert_eq!(answer.status, 400, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn recent_requests_can_be_switched_off() {
+    let h = Harness::with_config(support::STANDARD, "[logs]\nrecent = 0\n").await;
+    let (_, secret) = h.key(&[]).await;
+    assert_eq!(h.get("/v1/status", &secret).await.status, 200);
+    let recent = admin(&h, Method::GET, "/v1/requests", None, None).await.json();
+    assert_eq!(recent, json!({ "items": [], "capacity": 0 }));
 }

@@ -163,3 +163,44 @@ async fn with_postgres_cut_off_every_replica_keeps_serving_and_catches_up() {
     );
     second.shutdown().await;
 }
+
+// Multi-threaded, as above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_while_postgres_is_down_is_not_ready_until_it_is_back() {
+    let (Some(postgres), Some(redis)) = (postgres_url(), redis_url()) else {
+        return;
+    };
+    let schema = FreshSchema::new(&postgres);
+    let relay = Relay::start(service_addr(&postgres)).await;
+    let through_relay = schema
+        .url
+        .replacen(&service_addr(&postgres).to_string(), &relay.addr.to_string(), 1);
+    let harness = Harness::with_config(&fleet_config(&through_relay, &redis), "").await;
+    let (_, key) = harness.key(&["*"]).await;
+
+    relay.cut();
+    let late = harness.another_gateway_loading().await;
+    let ready = admin_call(&late, "GET", "/readyz", "").await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert_eq!(ready.json()["ready"], false);
+    assert_eq!(
+        status(&late, &key).await,
+        503,
+        "nothing is admitted against an empty table"
+    );
+    assert_eq!(
+        status(&harness.gateway, &key).await,
+        200,
+        "the running replica keeps serving"
+    );
+
+    relay.restore();
+    loaded(&late).await;
+    assert!(
+        all_answer(&[&late], &key, 200).await,
+        "loaded once the store is back"
+    );
+    let ready = admin_call(&late, "GET", "/readyz", "").await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    late.shutdown().await;
+}

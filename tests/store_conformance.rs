@@ -9,7 +9,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use keygate::control::store::{
-    Actor, Audit, KeyFilter, NewKey, PgStore, SqliteStore, Store, StoreError, StoredKey, UsageDelta,
+    Actor, Audit, KeyFilter, NewKey, Origin, PgStore, SqliteStore, Store, StoreError, StoredKey, TokenKind,
+    UsageDelta,
 };
 use keygate::core::environment::Environment;
 use keygate::core::key::{KeyStatus, StoredStatus};
@@ -46,7 +47,10 @@ fn t(seconds: i64) -> Timestamp {
 
 fn audit(event: &'static str) -> Audit {
     Audit {
-        actor: Actor::AdminApi,
+        actor: Actor::AdminApi(Some(Origin {
+            token: TokenKind::Write,
+            client: "192.0.2.9".parse().unwrap(),
+        })),
         event,
     }
 }
@@ -150,7 +154,16 @@ fn a_change_is_audited_without_its_secret(store: &Store) {
         (events[0].event.as_str(), events[0].actor.as_str()),
         ("created", "cli")
     );
+    assert_eq!(
+        (events[0].token.as_deref(), events[0].client.as_deref()),
+        (None, None)
+    );
     assert_eq!(events[1].event, "regenerated");
+    assert_eq!(events[1].actor, "admin_api");
+    assert_eq!(
+        (events[1].token.as_deref(), events[1].client.as_deref()),
+        (Some("write"), Some("192.0.2.9"))
+    );
     assert_eq!(events[1].changes["secret"], "replaced");
     assert_eq!(events[1].changes["name"], "renamed");
     let after_first = store.events("key_conformance00001", events[0].id, 10).unwrap();

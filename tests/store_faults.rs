@@ -156,6 +156,7 @@ async fn a_store_locked_at_start_delays_readiness_until_it_can_be_read() {
     let options = keygate::gateway::Options {
         hasher: Hasher::unkeyed(),
         admin_token: Some(support::ADMIN_TOKEN.into()),
+        admin_read_token: Some(support::READ_TOKEN.into()),
         clock: system_clock(),
     };
     let gateway = keygate::gateway::Gateway::start(config, options).await.unwrap();
@@ -258,6 +259,7 @@ async fn a_gateway_starts_from_its_saved_table_while_the_store_is_locked() {
     let options = keygate::gateway::Options {
         hasher: Hasher::unkeyed(),
         admin_token: Some(support::ADMIN_TOKEN.into()),
+        admin_read_token: Some(support::READ_TOKEN.into()),
         clock: system_clock(),
     };
     let replica =

@@ -45,6 +45,7 @@ pub fn run() -> Result<(), Failure> {
         let options = Options {
             hasher: Hasher::unkeyed(),
             admin_token: Some(admin_token.clone()),
+            admin_read_token: None,
             clock: system_clock(),
         };
         let gateway = Gateway::start(config, options).await?;

@@ -97,6 +97,9 @@ pub struct RawAdmin {
     pub listen: Field<String>,
     /// Environment variable holding the admin bearer token. Default `"KEYGATE_ADMIN_TOKEN"`.
     pub token_env: Field<String>,
+    /// Environment variable holding a read-only admin token (every `GET`, and `verify`).
+    /// Default: none.
+    pub read_token_env: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -175,6 +178,9 @@ pub struct RawMetrics {
 pub struct RawLogs {
     /// Write one access record per request to stdout. Default true.
     pub access: Field<bool>,
+    /// How many recent access records to keep in memory for `GET /v1/requests` and the page.
+    /// Default 10000; 0 keeps none.
+    pub recent: Field<u64>,
 }
 
 #[derive(Debug, Deserialize)]

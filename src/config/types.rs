@@ -85,6 +85,8 @@ pub struct Admin {
     pub listen: SocketAddr,
     /// Name of the environment variable holding the admin bearer token.
     pub token_env: String,
+    /// Name of the environment variable holding the read-only admin token, if there is one.
+    pub read_token_env: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +170,8 @@ pub struct Metrics {
 pub struct Logs {
     /// One access record per request on stdout. Default true.
     pub access: bool,
+    /// Recent access records kept in memory (`GET /v1/requests`). Default 10000; 0 keeps none.
+    pub recent: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -190,6 +190,7 @@ impl Checker<'_> {
         };
         let logs = Logs {
             access: raw.logs.access.as_ref().is_none_or(|v| *v.get_ref()),
+            recent: self.recent(&raw.logs.recent),
         };
         if admin.listen == server.listen && server.listen.port() != 0 {
             let span = raw.admin.listen.as_ref().map_or(0..0, Spanned::span);
@@ -301,6 +302,16 @@ impl Checker<'_> {
             .map_or(default, |n| n as usize)
     }
 
+    /// `logs.recent`: 0 keeps none; a record takes at most about 800 bytes.
+    fn recent(&mut self, value: &Field<u64>) -> usize {
+        const MAX: u64 = 1_000_000;
+        self.parsed(value, "logs.recent", |&n| match n {
+            n if n > MAX => Err(format!("must be at most {MAX}")),
+            n => Ok(n as usize),
+        })
+        .unwrap_or(DEFAULT_RECENT)
+    }
+
     fn admin(&mut self, raw: &raw::RawAdmin) -> Admin {
         let token_env = self.string_or(&raw.token_env, "KEYGATE_ADMIN_TOKEN");
         if let Some(value) = &raw.token_env {
@@ -312,9 +323,19 @@ impl Checker<'_> {
                 );
             }
         }
+        let read_token_env = self.parsed(&raw.read_token_env, "admin.read_token_env", |name| {
+            if !is_env_name(name) {
+                Err("must be an environment variable name")
+            } else if *name == token_env {
+                Err("must differ from admin.token_env")
+            } else {
+                Ok(name.clone())
+            }
+        });
         Admin {
             listen: self.socket_addr(&raw.listen, "admin.listen", "127.0.0.1:9901"),
             token_env,
+            read_token_env,
         }
     }
 
@@ -522,6 +543,9 @@ impl Checker<'_> {
         }
     }
 }
+
+/// Recent access records kept by default: a few minutes of a busy replica, a few MB.
+const DEFAULT_RECENT: usize = 10_000;
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)

@@ -354,7 +354,33 @@ fn the_access_log_can_be_switched_off() {
 }
 
 #[test]
-fn logs_recent_is_not_a_setting_yet() {
-    let error = parse("[logs]\nrecent = 100\n", Path::new("/")).unwrap_err();
-    assert!(error.to_string().contains("recent"), "{error}");
+fn recent_requests_are_kept_by_default_and_bounded() {
+    assert_eq!(parse_ok("").logs.recent, 10_000);
+    assert_eq!(parse_ok("[logs]\nrecent = 0\n").logs.recent, 0);
+    assert_eq!(parse_ok("[logs]\nrecent = 500\n").logs.recent, 500);
+    let error = parse("[logs]\nrecent = 2000000\n", Path::new("/")).unwrap_err();
+    assert!(error.to_string().contains("logs.recent"), "{error}");
+}
+
+#[test]
+fn the_read_only_token_is_optional_and_differs_from_the_admin_token() {
+    assert_eq!(parse_ok("").admin.read_token_env, None);
+    let config = parse_ok("[admin]\nread_token_env = \"KEYGATE_READ_TOKEN\"\n");
+    assert_eq!(config.admin.read_token_env.as_deref(), Some("KEYGATE_READ_TOKEN"));
+    for (text, why) in [
+        (
+            "[admin]\nread_token_env = \"KEYGATE_ADMIN_TOKEN\"\n",
+            "must differ",
+        ),
+        (
+            "[admin]\nread_token_env = \"not a name\"\n",
+            "environment variable name",
+        ),
+    ] {
+        let error = parse(text, Path::new("/")).unwrap_err().to_string();
+        assert!(
+            error.contains("admin.read_token_env") && error.contains(why),
+            "{error}"
+        );
+    }
 }

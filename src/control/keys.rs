@@ -198,6 +198,14 @@ impl KeyService {
         }
     }
 
+    /// This service, recording its changes as made by `actor`.
+    pub fn acting_as(&self, actor: Actor) -> KeyService {
+        KeyService {
+            actor,
+            ..self.clone()
+        }
+    }
+
     fn audit(&self, event: &'static str) -> Audit {
         Audit {
             actor: self.actor,

@@ -72,7 +72,7 @@ struct Context {
     upstream_time: Option<Duration>,
     /// The cause of a refusal, for the log.
     reason: Option<&'static str>,
-    /// The request's target as it came, for the access log's `path` (when it is on). A clone
+    /// The request's target as it came, for the access record's `path` (when records are kept). A clone
     /// shares the request's bytes: nothing is copied.
     target: Option<http::Uri>,
 }
@@ -145,7 +145,7 @@ fn begin(
     let mut ctx = Context::new(&snapshot, peer, request.headers(), request_id(&request));
     let method = request.method().clone();
     let version = request.version();
-    ctx.target = access_log_on(&snapshot).then(|| request.uri().clone());
+    ctx.target = keeps_records(&snapshot).then(|| request.uri().clone());
     let outgoing = admit(shared, &snapshot, &mut ctx, &request).and_then(|admitted| {
         let shared_limit = admitted.shared_limit;
         outgoing(&snapshot, &ctx, peer, admitted, request).map(|out| (shared_limit, out))
@@ -554,9 +554,21 @@ fn finish(
         None => snapshot.unrouted.get(status).inc(),
     }
     if ctx.target.is_some() {
-        log_access(ctx, method, route.map(|r| r.name.as_str()), status, elapsed);
+        record(
+            snapshot,
+            ctx,
+            method,
+            route.map(|r| r.name.as_str()),
+            status,
+            elapsed,
+        );
     }
     response
+}
+
+/// Whether this request's access record goes anywhere: to the access log or the recent ones.
+fn keeps_records(snapshot: &Snapshot) -> bool {
+    access_log_on(snapshot) || snapshot.recent.capacity() > 0
 }
 
 /// Whether this request gets an access record: `logs.access`, and the writer started (by
@@ -565,8 +577,10 @@ fn access_log_on(snapshot: &Snapshot) -> bool {
     snapshot.config.logs.access && access::installed()
 }
 
-/// The request's access record (SPEC section 7), into this thread's log buffer.
-fn log_access(
+/// The request's access record (SPEC section 7), into this thread's log buffer and among the
+/// recent ones.
+fn record(
+    snapshot: &Snapshot,
     ctx: &Context,
     method: &http::Method,
     route: Option<&str>,
@@ -576,7 +590,7 @@ fn log_access(
     let time_us = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |since| u64::try_from(since.as_micros()).unwrap_or(u64::MAX));
-    access::log(&access::Record {
+    let record = access::Record {
         time_us,
         request_id: ctx.request_id.as_bytes(),
         route,
@@ -589,7 +603,11 @@ fn log_access(
         duration: elapsed,
         upstream: ctx.upstream_time,
         reason: ctx.reason,
-    });
+    };
+    if access_log_on(snapshot) {
+        access::log(&record);
+    }
+    snapshot.recent.push(&record);
 }
 
 /// The client's request id if it sent a sane one, a new one otherwise.

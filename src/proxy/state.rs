@@ -22,6 +22,7 @@ use crate::core::clock::Clock;
 use crate::core::environment::Environment;
 use crate::core::key::RateLimitSpec;
 use crate::core::secret::Hasher;
+use crate::telemetry::recent::Recent;
 use crate::telemetry::Metrics;
 
 /// One route, ready for the hot path, with its metric handles resolved once.
@@ -81,6 +82,8 @@ pub struct Snapshot {
     pub ip_throttle: IpThrottle,
     /// `keygate_requests_total` of requests that matched no route.
     pub unrouted: StatusCounters,
+    /// The last `logs.recent` access records. A reload that keeps the size keeps the records.
+    pub recent: Arc<Recent>,
 }
 
 impl Snapshot {
@@ -137,6 +140,10 @@ impl Snapshot {
             default_limit: config.rate_limit.default,
             ip_throttle: IpThrottle::new(auth.failed_per_ip),
             unrouted: StatusCounters::new(&metrics.requests, "none", "none"),
+            recent: match previous {
+                Some(previous) if previous.recent.capacity() == config.logs.recent => previous.recent.clone(),
+                _ => Arc::new(Recent::new(config.logs.recent)),
+            },
             config,
         }
     }

@@ -3,6 +3,7 @@
 pub mod access;
 pub mod logs;
 pub mod metrics;
+pub mod recent;
 pub mod throttle;
 
 pub use metrics::Metrics;

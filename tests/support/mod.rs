@@ -31,6 +31,8 @@ use keygate::gateway::{Gateway, Options};
 
 /// The admin token every harness gateway runs with.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// The read-only admin token every harness gateway also takes.
+pub const READ_TOKEN: &str = "test-read-token-0123456789";
 
 /// What the upstream received.
 #[derive(Debug, Clone)]
@@ -208,6 +210,7 @@ impl Harness {
         let options = Options {
             hasher: Hasher::unkeyed(),
             admin_token: Some(ADMIN_TOKEN.into()),
+            admin_read_token: Some(READ_TOKEN.into()),
             clock: shared_clock,
         };
         let gateway = Gateway::start(config, options).await.unwrap();
@@ -389,16 +392,22 @@ impl Harness {
     /// Another gateway from the same config file, on the same store and clock: a second
     /// replica, or this one after a restart.
     pub async fn another_gateway(&self) -> Gateway {
+        let gateway = self.another_gateway_loading().await;
+        loaded(&gateway).await;
+        gateway
+    }
+
+    /// [`Harness::another_gateway`], answering before its key table has loaded.
+    pub async fn another_gateway_loading(&self) -> Gateway {
         let text = std::fs::read_to_string(&self.config_path).unwrap();
         let config = keygate::config::parse(&text, self.dir.path()).unwrap_or_else(|e| panic!("{e}"));
         let options = Options {
             hasher: Hasher::unkeyed(),
             admin_token: Some(ADMIN_TOKEN.into()),
+            admin_read_token: Some(READ_TOKEN.into()),
             clock: Arc::new(self.clock.clone()),
         };
-        let gateway = Gateway::start(config, options).await.unwrap();
-        loaded(&gateway).await;
-        gateway
+        Gateway::start(config, options).await.unwrap()
     }
 }
 

@@ -14,9 +14,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 mod idle;
 
-use super::{json, Admin, AdminBody};
+use super::{json, Admin, AdminBody, Caller};
 use crate::control::keys::{Cidr, KeyError, KeyPatch, KeyRequest, KeyService};
-use crate::control::store::KeyFilter;
+use crate::control::store::{KeyFilter, TokenKind};
 use crate::core::environment::Environment;
 use crate::core::key::{KeyStatus, RateLimitSpec};
 use crate::core::permission::Permission;
@@ -26,6 +26,7 @@ use crate::proxy::error::AuthFailure;
 use crate::proxy::limits::Decision;
 use crate::proxy::pipeline::{check_freshness, key_usable};
 use crate::proxy::table::Secret as Presented;
+use crate::telemetry::recent::{Filter as RecentFilter, StatusFilter};
 
 /// Largest request body the admin API reads.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -94,13 +95,27 @@ impl From<KeyError> for ApiError {
 type Answer = Result<Response<AdminBody>, ApiError>;
 
 /// Serves one request under `/v1`, the admin token already checked.
-pub(super) async fn serve(admin: &Admin, request: Request<Incoming>) -> Response<AdminBody> {
-    dispatch(admin, request)
+pub(super) async fn serve(admin: &Admin, caller: Caller, request: Request<Incoming>) -> Response<AdminBody> {
+    if caller.token == TokenKind::Read && !reads(&request) {
+        return ApiError::status(StatusCode::FORBIDDEN, "read-only admin token").into_response();
+    }
+    let admin = admin.for_caller(caller);
+    dispatch(&admin, caller, request)
         .await
         .unwrap_or_else(ApiError::into_response)
 }
 
-async fn dispatch(admin: &Admin, request: Request<Incoming>) -> Answer {
+/// Whether a request only reads: every `GET` and `HEAD`, and `verify`, which changes no key
+/// (it counts a use, as a proxied request would).
+fn reads<B>(request: &Request<B>) -> bool {
+    match *request.method() {
+        Method::GET | Method::HEAD => true,
+        Method::POST => request.uri().path() == "/v1/keys/verify",
+        _ => false,
+    }
+}
+
+async fn dispatch(admin: &Admin, caller: Caller, request: Request<Incoming>) -> Answer {
     let path = request.uri().path().to_owned();
     let segments: Vec<&str> = path.strip_prefix("/v1/").unwrap_or("").split('/').collect();
     // HEAD is GET without the body (hyper leaves the body out).
@@ -110,6 +125,8 @@ async fn dispatch(admin: &Admin, request: Request<Incoming>) -> Answer {
     };
     match (segments.as_slice(), &method) {
         (["openapi.json"], &Method::GET) => Ok(openapi()),
+        (["token"], &Method::GET) => Ok(ok(&serde_json::json!({ "access": caller.token.as_str() }))),
+        (["requests"], &Method::GET) => requests(admin, &request),
         (["keys"], &Method::GET) => list(admin, &request).await,
         (["keys"], &Method::POST) => create(admin, request).await,
         (["keys", "verify"], &Method::POST) => verify(admin, request).await,
@@ -160,7 +177,7 @@ async fn dispatch(admin: &Admin, request: Request<Incoming>) -> Answer {
 /// The methods a known path takes, for 405's `Allow`.
 fn allowed(shape: &[&str]) -> Option<&'static str> {
     match shape {
-        ["openapi.json"] => Some("GET, HEAD"),
+        ["openapi.json" | "token" | "requests"] => Some("GET, HEAD"),
         ["keys"] => Some("GET, HEAD, POST"),
         ["keys", "verify"] => Some("POST"),
         ["keys", _] => Some("GET, HEAD, PATCH, DELETE"),
@@ -379,22 +396,21 @@ fn paging(pairs: &[(String, String)]) -> Result<(u64, usize), ApiError> {
                     .and_then(|n| u64::try_from(n).ok())
                     .ok_or_else(|| ApiError::bad("cursor", "not a cursor this API returned"))?
             }
-            "limit" => {
-                limit = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=crate::control::keys::MAX_PAGE).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::bad(
-                            "limit",
-                            format!("must be 1 to {}", crate::control::keys::MAX_PAGE),
-                        )
-                    })?
-            }
+            "limit" => limit = page_limit(value)?,
             _ => {}
         }
     }
     Ok((after, limit))
+}
+
+/// `limit`: 1 to [`MAX_PAGE`](crate::control::keys::MAX_PAGE).
+fn page_limit(value: &str) -> Result<usize, ApiError> {
+    let max = crate::control::keys::MAX_PAGE;
+    value
+        .parse()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| ApiError::bad("limit", format!("must be 1 to {max}")))
 }
 
 /// A page of results, with the next page's cursor in `X-Next-Cursor` and a `Link` header.
@@ -452,6 +468,30 @@ async fn list(admin: &Admin, request: &Request<Incoming>) -> Answer {
     let (after, limit) = paging(&pairs)?;
     let page = blocking(admin, move |keys| keys.page(&filter, after, limit)).await?;
     Ok(paged(&page.keys, page.next, request))
+}
+
+/// `GET /v1/requests`: this replica's most recent access records, newest first.
+fn requests(admin: &Admin, request: &Request<Incoming>) -> Answer {
+    let pairs = query(request, &["key_id", "status", "limit"])?;
+    let mut filter = RecentFilter::default();
+    let mut limit = DEFAULT_PAGE;
+    for (name, value) in &pairs {
+        match name.as_str() {
+            "key_id" => filter.key_id = Some(value.clone()),
+            "status" => {
+                let status = StatusFilter::parse(value)
+                    .ok_or_else(|| ApiError::bad("status", "must be a status code (403) or a class (4xx)"))?;
+                filter.status = Some(status);
+            }
+            "limit" => limit = page_limit(value)?,
+            _ => {}
+        }
+    }
+    let recent = admin.shared.snapshot.load().recent.clone();
+    let items = recent.newest(&filter, limit);
+    Ok(ok(
+        &serde_json::json!({ "items": items, "capacity": recent.capacity() }),
+    ))
 }
 
 async fn events(admin: &Admin, id: String, request: &Request<Incoming>) -> Answer {

@@ -9,6 +9,7 @@ pub use api::{MAX_BODY, OPENAPI};
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,10 +24,12 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::control::keys::KeyService;
+use crate::control::store::{Actor, Origin, TokenKind};
 use crate::control::sync::KeySync;
 use crate::core::environment::Environment;
 use crate::core::key::KeyStatus;
 use crate::core::secret::{Hasher, KeyHash};
+use crate::proxy::client_ip::client_ip;
 use crate::proxy::state::Shared;
 
 type AdminBody = Full<Bytes>;
@@ -36,47 +39,85 @@ const PROMETHEUS: HeaderValue = HeaderValue::from_static("text/plain; version=0.
 
 pub struct Admin {
     shared: Arc<Shared>,
+    /// Records its changes as the admin API's; each request's own origin is set on a copy.
     keys: KeyService,
     /// Run after every change, so the change is in force on this gateway when it answers.
     sync: Arc<KeySync>,
-    /// BLAKE3 of the admin token: compared in constant time, whatever the lengths.
-    token: Option<KeyHash>,
+    /// BLAKE3 of the admin tokens: compared in constant time, whatever the lengths.
+    write_token: Option<KeyHash>,
+    read_token: Option<KeyHash>,
+}
+
+/// The admin tokens, as the environment gives them.
+pub struct Tokens {
+    /// May do everything.
+    pub write: Option<String>,
+    /// May read: every `GET`, and `verify`.
+    pub read: Option<String>,
+}
+
+/// Who is calling the admin API: the token's kind and the client's address.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Caller {
+    token: TokenKind,
+    client: IpAddr,
 }
 
 impl Admin {
-    pub fn new(shared: Arc<Shared>, keys: KeyService, sync: Arc<KeySync>, token: Option<String>) -> Self {
+    pub fn new(shared: Arc<Shared>, keys: KeyService, sync: Arc<KeySync>, tokens: Tokens) -> Self {
+        let hash = |token: String| Hasher::unkeyed().hash(token.as_bytes());
         Admin {
             shared,
             keys,
             sync,
-            token: token.map(|token| Hasher::unkeyed().hash(token.as_bytes())),
+            write_token: tokens.write.map(hash),
+            read_token: tokens.read.map(hash),
         }
     }
 
-    /// Whether the request carries `Authorization: Bearer <admin token>`.
-    fn authorized<B>(&self, request: &Request<B>) -> bool {
-        let Some(expected) = &self.token else {
-            return false;
+    /// This admin API as one caller uses it: its changes recorded with the caller's origin.
+    fn for_caller(&self, caller: Caller) -> Admin {
+        let origin = Origin {
+            token: caller.token,
+            client: caller.client,
         };
+        Admin {
+            shared: self.shared.clone(),
+            keys: self.keys.acting_as(Actor::AdminApi(Some(origin))),
+            sync: self.sync.clone(),
+            write_token: None,
+            read_token: None,
+        }
+    }
+
+    /// The kind of the admin token in `Authorization: Bearer <token>`, if it is one. Both
+    /// comparisons always run, so the time taken tells nothing about which token is near.
+    fn token_kind<B>(&self, request: &Request<B>) -> Option<TokenKind> {
         let mut presented = request.headers().get_all(AUTHORIZATION).iter();
         let (Some(value), None) = (presented.next(), presented.next()) else {
-            return false;
+            return None;
         };
         let token = value.as_bytes();
         let token = match token.get(..7) {
             Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => &token[7..],
-            _ => return false,
+            _ => return None,
         };
-        Hasher::unkeyed().hash(token).ct_eq(expected)
+        let presented = Hasher::unkeyed().hash(token);
+        let is = |expected: &Option<KeyHash>| expected.as_ref().is_some_and(|e| presented.ct_eq(e));
+        match (is(&self.write_token), is(&self.read_token)) {
+            (true, _) => Some(TokenKind::Write),
+            (false, true) => Some(TokenKind::Read),
+            (false, false) => None,
+        }
     }
 
-    async fn handle(&self, request: Request<Incoming>) -> Response<AdminBody> {
+    async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<AdminBody> {
         let path = request.uri().path();
         if ui::is_ui(path) {
             return ui::serve(request.method(), path);
         }
         if path == "/v1" || path.starts_with("/v1/") {
-            if !self.authorized(&request) {
+            let Some(token) = self.token_kind(&request) else {
                 let mut response = json(
                     StatusCode::UNAUTHORIZED,
                     r#"{"error":"admin token required"}"#.into(),
@@ -86,8 +127,10 @@ impl Admin {
                     HeaderValue::from_static("Bearer realm=\"keygate admin\""),
                 );
                 return response;
-            }
-            return api::serve(self, request).await;
+            };
+            let trusted = &self.shared.snapshot.load().config.server.trusted_proxies;
+            let client = client_ip(peer.ip(), request.headers(), trusted);
+            return api::serve(self, Caller { token, client }, request).await;
         }
         match (request.method(), request.uri().path()) {
             (&Method::GET | &Method::HEAD, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
@@ -199,7 +242,7 @@ impl Admin {
         let graceful = GracefulShutdown::new();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
-            let (stream, _) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -216,7 +259,7 @@ impl Admin {
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
                     let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.handle(request).await) }
+                    async move { Ok::<_, Infallible>(admin.handle(request, peer).await) }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 let _ = watcher.watch(conn.into_owned()).await;

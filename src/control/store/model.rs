@@ -138,16 +138,51 @@ pub struct Changes {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Actor {
     Cli,
-    AdminApi,
+    /// The admin API, and which token from where when the request is known.
+    AdminApi(Option<Origin>),
     Lifecycle,
+}
+
+/// Where an admin API change came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub token: TokenKind,
+    /// The client's address, as the proxy would see it (`server.trusted_proxies` applies).
+    pub client: std::net::IpAddr,
+}
+
+/// The kind of admin token a request presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// `admin.token_env`: may do everything.
+    Write,
+    /// `admin.read_token_env`: every `GET` and `verify`, nothing else.
+    Read,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Write => "write",
+            TokenKind::Read => "read",
+        }
+    }
 }
 
 impl Actor {
     pub fn as_str(self) -> &'static str {
         match self {
             Actor::Cli => "cli",
-            Actor::AdminApi => "admin_api",
+            Actor::AdminApi(_) => "admin_api",
             Actor::Lifecycle => "lifecycle",
+        }
+    }
+
+    /// The audit row's `token` and `client` columns.
+    pub fn origin(self) -> (Option<&'static str>, Option<String>) {
+        match self {
+            Actor::AdminApi(Some(origin)) => (Some(origin.token.as_str()), Some(origin.client.to_string())),
+            Actor::Cli | Actor::AdminApi(None) | Actor::Lifecycle => (None, None),
         }
     }
 }
@@ -170,6 +205,10 @@ pub struct KeyEvent {
     pub key_id: String,
     pub event: String,
     pub actor: String,
+    /// Which kind of admin token made the change (`write`), for changes through the admin API.
+    pub token: Option<String>,
+    /// The admin API client's address.
+    pub client: Option<String>,
     pub at: Timestamp,
     pub changes: serde_json::Map<String, serde_json::Value>,
 }

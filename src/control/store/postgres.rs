@@ -34,7 +34,8 @@ use crate::core::key::{KeyStatus, StoredStatus};
 
 /// Schema versions, applied in order under an advisory lock; `keygate_schema` records how many
 /// ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
     INSERT INTO meta (name, value) VALUES ('revision', 0);
     CREATE TABLE keys (
@@ -119,7 +120,13 @@ const MIGRATIONS: &[&str] = &[r#"
         created_at BIGINT NOT NULL
     );
     CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until_ms BIGINT NOT NULL);
-"#];
+"#,
+    // Which admin token made a change through the admin API, and from which client address.
+    r#"
+    ALTER TABLE key_events ADD COLUMN token TEXT;
+    ALTER TABLE key_events ADD COLUMN client TEXT;
+"#,
+];
 
 /// Connections each gateway's pool holds at most (the listening connection is one more).
 const POOL_SIZE: usize = 4;
@@ -391,8 +398,8 @@ impl PgStore {
             }
             let rows = client
                 .query(
-                    "SELECT id, at, actor, event, changes FROM key_events WHERE key_id = $1 AND id > $2 \
-                     ORDER BY id LIMIT $3",
+                    "SELECT id, at, actor, event, changes, token, client FROM key_events \
+                     WHERE key_id = $1 AND id > $2 ORDER BY id LIMIT $3",
                     &[&id, &signed(after), &signed_len(limit)],
                 )
                 .await?;
@@ -407,6 +414,8 @@ impl PgStore {
                             .ok_or_else(|| StoreError::Corrupt(format!("event {event_id} has no time")))?,
                         actor: row.get(2),
                         event: row.get(3),
+                        token: row.get(5),
+                        client: row.get(6),
                         changes: json("changes", row.get(4)).map_err(StoreError::Corrupt)?,
                     })
                 })
@@ -1099,18 +1108,29 @@ async fn copy_events(
 ) -> Result<(), StoreError> {
     use tokio_postgres::types::{ToSql, Type};
     let sink = tx
-        .copy_in("COPY key_events (key_id, at, actor, event, changes) FROM STDIN BINARY")
+        .copy_in("COPY key_events (key_id, at, actor, event, changes, token, client) FROM STDIN BINARY")
         .await?;
-    let types = [Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT];
+    let types = [
+        Type::TEXT,
+        Type::INT8,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+    ];
+    let (token, client) = audit.actor.origin();
     let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, &types);
     let mut writer = std::pin::pin!(writer);
     for key in keys {
-        let row: [&(dyn ToSql + Sync); 5] = [
+        let row: [&(dyn ToSql + Sync); 7] = [
             &key.id,
             &key.now.as_second(),
             &audit.actor.as_str(),
             &audit.event,
             &to_json(&new_key_fields(key)),
+            &token,
+            &client,
         ];
         writer.as_mut().write(&row).await?;
     }
@@ -1175,14 +1195,18 @@ async fn record_event(
     at: Timestamp,
     changes: serde_json::Map<String, serde_json::Value>,
 ) -> Result<(), StoreError> {
+    let (token, client) = audit.actor.origin();
     tx.execute(
-        "INSERT INTO key_events (key_id, at, actor, event, changes) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO key_events (key_id, at, actor, event, changes, token, client) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
         &[
             &key_id,
             &at.as_second(),
             &audit.actor.as_str(),
             &audit.event,
             &to_json(&changes),
+            &token,
+            &client,
         ],
     )
     .await?;

@@ -245,26 +245,27 @@ impl SqliteStore {
             return Err(StoreError::NotFound);
         }
         let mut stmt = conn.prepare_cached(
-            "SELECT id, at, actor, event, changes FROM key_events WHERE key_id = ?1 AND id > ?2 \
-             ORDER BY id LIMIT ?3",
+            "SELECT id, at, actor, event, changes, token, client FROM key_events \
+             WHERE key_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![id, after as i64, limit as i64], |r| {
             Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
+                (r.get::<_, i64>(0)?, r.get::<_, i64>(1)?),
+                (r.get::<_, String>(2)?, r.get::<_, String>(3)?),
                 r.get::<_, String>(4)?,
+                (r.get::<_, Option<String>>(5)?, r.get::<_, Option<String>>(6)?),
             ))
         })?;
         let mut events = Vec::new();
         for row in rows {
-            let (event_id, at, actor, event, changes) = row?;
+            let ((event_id, at), (actor, event), changes, (token, client)) = row?;
             events.push(KeyEvent {
                 id: event_id as u64,
                 key_id: id.to_owned(),
                 event,
                 actor,
+                token,
+                client,
                 at: instant(Some(at))
                     .map_err(StoreError::Corrupt)?
                     .ok_or_else(|| StoreError::Corrupt(format!("event {event_id} has no time")))?,
@@ -728,15 +729,19 @@ fn record_event(
     at: Timestamp,
     changes: serde_json::Map<String, serde_json::Value>,
 ) -> Result<(), StoreError> {
+    let (token, client) = audit.actor.origin();
     tx.prepare_cached(
-        "INSERT INTO key_events (key_id, at, actor, event, changes) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO key_events (key_id, at, actor, event, changes, token, client) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         key_id,
         at.as_second(),
         audit.actor.as_str(),
         audit.event,
-        to_json(&changes)
+        to_json(&changes),
+        token,
+        client,
     ])?;
     Ok(())
 }

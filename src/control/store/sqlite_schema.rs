@@ -111,6 +111,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
         DELETE FROM secret_hashes WHERE key_seq = OLD.seq;
     END;
 "#,
+    // Which admin token made a change through the admin API, and from which client address.
+    r#"
+    ALTER TABLE key_events ADD COLUMN token TEXT;
+    ALTER TABLE key_events ADD COLUMN client TEXT;
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -1,0 +1,367 @@
+//! The last `logs.recent` access records of this replica, kept in memory for
+//! `GET /v1/requests` and the API Keys page. Written by the data plane, read by the admin plane.
+//!
+//! A ring of slots. A request takes the next slot with one atomic increment and copies its
+//! record into it under that slot's own lock, held for those few copies and never across
+//! requests: two requests meet on a slot only when `logs.recent` others came between them.
+//! A slot keeps its buffers, so once warm a record allocates nothing. The reader locks one
+//! slot at a time, newest first.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use super::access::Record;
+
+/// Longest path kept, in bytes; a longer one is cut there and marked with `...`.
+const MAX_PATH: usize = 512;
+
+/// The ring. `capacity` records; 0 keeps none.
+pub struct Recent {
+    slots: Box<[Mutex<Slot>]>,
+    /// How many records were ever taken: the next record's sequence number.
+    next: AtomicU64,
+}
+
+/// One record, in buffers that outlive it. `seq` is the record's number plus one; 0 is empty.
+struct Slot {
+    seq: u64,
+    time_us: u64,
+    request_id: String,
+    route: Text,
+    key_id: Text,
+    environment: Text,
+    client: IpAddr,
+    method: String,
+    path: String,
+    status: u16,
+    duration_us: u64,
+    upstream_us: Option<u64>,
+    reason: Text,
+}
+
+/// An optional string whose buffer stays when it is absent, for the next record that has one.
+#[derive(Default)]
+struct Text {
+    buffer: String,
+    present: bool,
+}
+
+impl Text {
+    fn set(&mut self, text: Option<&str>) {
+        self.present = text.is_some();
+        copy(&mut self.buffer, text.unwrap_or_default());
+    }
+
+    fn get(&self) -> Option<&str> {
+        self.present.then_some(self.buffer.as_str())
+    }
+}
+
+/// Which records a reader wants.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub key_id: Option<String>,
+    pub status: Option<StatusFilter>,
+}
+
+/// `403` or a class, `4xx`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFilter {
+    Code(u16),
+    Class(u16),
+}
+
+impl StatusFilter {
+    /// `"403"`, or `"4xx"` for every 4xx (`X` as well): `None` for anything else.
+    pub fn parse(text: &str) -> Option<StatusFilter> {
+        let bytes = text.as_bytes();
+        match bytes {
+            [class @ b'1'..=b'5', rest @ ..] if rest.eq_ignore_ascii_case(b"xx") => {
+                Some(StatusFilter::Class(u16::from(class - b'0')))
+            }
+            [b'1'..=b'5', _, _] => text.parse().ok().map(StatusFilter::Code),
+            _ => None,
+        }
+    }
+
+    fn admits(self, status: u16) -> bool {
+        match self {
+            StatusFilter::Code(code) => status == code,
+            StatusFilter::Class(class) => status / 100 == class,
+        }
+    }
+}
+
+/// One record as the admin API answers it: the fields of the access log (SPEC 7).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecentRequest {
+    pub time: jiff::Timestamp,
+    pub request_id: String,
+    pub route: Option<String>,
+    pub key_id: Option<String>,
+    pub environment: Option<String>,
+    pub client: IpAddr,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub duration_ms: f64,
+    pub upstream_ms: Option<f64>,
+    pub reason: Option<String>,
+}
+
+impl Recent {
+    pub fn new(capacity: usize) -> Recent {
+        Recent {
+            slots: (0..capacity).map(|_| Mutex::new(Slot::empty())).collect(),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Keeps `record`, in place of the oldest one.
+    pub fn push(&self, record: &Record) {
+        if self.slots.is_empty() {
+            return;
+        }
+        let seq = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let index = (seq % self.slots.len() as u64) as usize;
+        // A panic while a slot was held (none can happen in `fill`) leaves a record half
+        // written: still one that reads, so the poison is ignored.
+        let mut slot = self.slots[index].lock().unwrap_or_else(|e| e.into_inner());
+        // A writer that was overtaken by one a whole ring later leaves the newer record.
+        if slot.seq < seq {
+            slot.fill(seq, record);
+        }
+    }
+
+    /// At most `limit` records that `filter` admits, newest first.
+    pub fn newest(&self, filter: &Filter, limit: usize) -> Vec<RecentRequest> {
+        let len = self.slots.len() as u64;
+        let newest = self.next.load(Ordering::Relaxed);
+        let mut found = Vec::new();
+        for seq in (newest.saturating_sub(len) + 1..=newest).rev() {
+            if found.len() >= limit {
+                break;
+            }
+            let slot = self.slots[(seq % len) as usize]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            // Not written yet, or already replaced by a newer record (seen earlier, or not).
+            if slot.seq == seq && slot.admitted_by(filter) {
+                found.push(slot.to_request());
+            }
+        }
+        found
+    }
+}
+
+impl Slot {
+    fn empty() -> Slot {
+        Slot {
+            seq: 0,
+            time_us: 0,
+            request_id: String::new(),
+            route: Text::default(),
+            key_id: Text::default(),
+            environment: Text::default(),
+            client: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            method: String::new(),
+            path: String::new(),
+            status: 0,
+            duration_us: 0,
+            upstream_us: None,
+            reason: Text::default(),
+        }
+    }
+
+    fn fill(&mut self, seq: u64, record: &Record) {
+        self.seq = seq;
+        self.time_us = record.time_us;
+        copy_bytes(&mut self.request_id, record.request_id);
+        self.route.set(record.route);
+        self.key_id.set(record.key_id);
+        self.environment.set(record.environment);
+        self.client = record.client;
+        copy(&mut self.method, record.method);
+        self.path.clear();
+        if let Some(path) = record.path {
+            match path.get(..MAX_PATH) {
+                Some(head) => {
+                    push_lossy(&mut self.path, head);
+                    self.path.push_str("...");
+                }
+                None => push_lossy(&mut self.path, path),
+            }
+        }
+        self.status = record.status;
+        self.duration_us = micros(record.duration);
+        self.upstream_us = record.upstream.map(micros);
+        self.reason.set(record.reason);
+    }
+
+    fn admitted_by(&self, filter: &Filter) -> bool {
+        filter
+            .key_id
+            .as_deref()
+            .is_none_or(|id| self.key_id.get() == Some(id))
+            && filter.status.is_none_or(|status| status.admits(self.status))
+    }
+
+    fn to_request(&self) -> RecentRequest {
+        let time_us = i64::try_from(self.time_us).unwrap_or(i64::MAX);
+        RecentRequest {
+            time: jiff::Timestamp::from_microsecond(time_us).unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+            request_id: self.request_id.clone(),
+            route: self.route.get().map(str::to_owned),
+            key_id: self.key_id.get().map(str::to_owned),
+            environment: self.environment.get().map(str::to_owned),
+            client: self.client,
+            method: self.method.clone(),
+            path: self.path.clone(),
+            status: self.status,
+            duration_ms: self.duration_us as f64 / 1000.0,
+            upstream_ms: self.upstream_us.map(|us| us as f64 / 1000.0),
+            reason: self.reason.get().map(str::to_owned),
+        }
+    }
+}
+
+fn micros(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn copy(buffer: &mut String, text: &str) {
+    buffer.clear();
+    buffer.push_str(text);
+}
+
+fn copy_bytes(buffer: &mut String, bytes: &[u8]) {
+    buffer.clear();
+    push_lossy(buffer, bytes);
+}
+
+/// Bytes as text; a byte that is not part of valid UTF-8 as `%XX`, as the access log writes it.
+fn push_lossy(buffer: &mut String, mut bytes: &[u8]) {
+    loop {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => return buffer.push_str(text),
+            Err(error) => {
+                let (valid, rest) = bytes.split_at(error.valid_up_to());
+                buffer.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                let Some((&bad, rest)) = rest.split_first() else {
+                    return;
+                };
+                buffer.push_str(&format!("%{bad:02X}"));
+                bytes = rest;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn record<'a>(key_id: Option<&'a str>, status: u16, path: &'a [u8]) -> Record<'a> {
+        Record {
+            time_us: 1_700_000_000_000_000,
+            request_id: b"0123456789abcdef",
+            route: Some("customers"),
+            key_id,
+            environment: Some("production"),
+            client: "192.0.2.7".parse().unwrap(),
+            method: "GET",
+            path: Some(path),
+            status,
+            duration: Duration::from_micros(1500),
+            upstream: Some(Duration::from_micros(1200)),
+            reason: (status >= 400).then_some("permission"),
+        }
+    }
+
+    fn statuses(recent: &Recent, filter: &Filter, limit: usize) -> Vec<u16> {
+        recent.newest(filter, limit).iter().map(|r| r.status).collect()
+    }
+
+    #[test]
+    fn the_newest_records_come_first_and_the_oldest_make_room() {
+        let recent = Recent::new(3);
+        for status in [200, 201, 202, 203, 204] {
+            recent.push(&record(None, status, b"/"));
+        }
+        assert_eq!(statuses(&recent, &Filter::default(), 10), [204, 203, 202]);
+        assert_eq!(statuses(&recent, &Filter::default(), 2), [204, 203]);
+    }
+
+    #[test]
+    fn a_ring_of_none_keeps_nothing() {
+        let recent = Recent::new(0);
+        recent.push(&record(None, 200, b"/"));
+        assert!(recent.newest(&Filter::default(), 10).is_empty());
+    }
+
+    #[test]
+    fn filters_by_key_and_status() {
+        let recent = Recent::new(10);
+        recent.push(&record(Some("key_a"), 200, b"/"));
+        recent.push(&record(Some("key_b"), 403, b"/"));
+        recent.push(&record(Some("key_a"), 403, b"/"));
+        recent.push(&record(None, 401, b"/"));
+        let key_a = Filter {
+            key_id: Some("key_a".into()),
+            status: None,
+        };
+        assert_eq!(statuses(&recent, &key_a, 10), [403, 200]);
+        let refused = Filter {
+            key_id: None,
+            status: StatusFilter::parse("4xx"),
+        };
+        assert_eq!(statuses(&recent, &refused, 10), [401, 403, 403]);
+        let forbidden_a = Filter {
+            key_id: Some("key_a".into()),
+            status: StatusFilter::parse("403"),
+        };
+        assert_eq!(statuses(&recent, &forbidden_a, 10), [403]);
+    }
+
+    #[test]
+    fn status_filters_parse_codes_and_classes_only() {
+        assert_eq!(StatusFilter::parse("403"), Some(StatusFilter::Code(403)));
+        assert_eq!(StatusFilter::parse("5xx"), Some(StatusFilter::Class(5)));
+        assert_eq!(StatusFilter::parse("2XX"), Some(StatusFilter::Class(2)));
+        for bad in ["", "4", "40", "4000", "6xx", "abc", "4x", "-403", "4+3"] {
+            assert_eq!(StatusFilter::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_record_reads_back_with_the_access_log_fields() {
+        let recent = Recent::new(1);
+        recent.push(&record(Some("key_a"), 403, b"/v1/\xffx"));
+        let got = recent.newest(&Filter::default(), 1).remove(0);
+        assert_eq!(got.path, "/v1/%FFx");
+        assert_eq!(got.key_id.as_deref(), Some("key_a"));
+        assert_eq!(got.reason.as_deref(), Some("permission"));
+        assert_eq!(got.duration_ms, 1.5);
+        assert_eq!(got.upstream_ms, Some(1.2));
+        assert_eq!(got.time.to_string(), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn a_long_path_is_cut() {
+        let recent = Recent::new(1);
+        let long = vec![b'a'; 2000];
+        recent.push(&record(None, 200, &long));
+        let got = recent.newest(&Filter::default(), 1).remove(0);
+        assert_eq!(got.path.len(), MAX_PATH + 3);
+        assert!(got.path.ends_with("..."));
+    }
+}
