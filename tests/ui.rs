@@ -7,7 +7,7 @@ mod support;
 use http::StatusCode;
 use keygate::core::environment::Environment;
 use support::browser::Browser;
-use support::{spec, Harness, ADMIN_TOKEN};
+use support::{spec, Harness, ADMIN_TOKEN, READ_TOKEN};
 
 /// A gateway and a browser, or `None` (the test skips) when there is no browser here.
 async fn setup(name: &str) -> Option<(Harness, Browser)> {
@@ -178,6 +178,15 @@ async fn activating_from_the_page_lets_the_key_in_again() {
     browser.until_text("main h2 .badge", "active").await;
     assert_eq!(harness.get("/v1/status", &secret).await.status, StatusCode::OK);
     browser.until_text("table.events", "activated").await;
+    // Who and from where: the page's change went through the admin API with the full token.
+    let activated = "return Array.from(document.querySelectorAll('table.events tr'))\
+        .find(r => r.textContent.includes('activated')).textContent;";
+    let row = browser.eval(activated).await;
+    let row = row.as_str().unwrap();
+    assert!(
+        row.contains("admin_api") && row.contains("write token") && row.contains("127.0.0.1"),
+        "{row}"
+    );
     browser.finish().await;
 }
 
@@ -418,5 +427,84 @@ async fn it_works_from_the_keyboard_and_at_a_phone_width() {
         .await
         .unwrap();
     browser.until_gone("dialog").await;
+    browser.finish().await;
+}
+
+/// The texts of the buttons in the main area.
+async fn main_buttons(browser: &Browser) -> Vec<String> {
+    let texts = browser
+        .eval("return Array.from(document.querySelectorAll('main button')).map(b => b.textContent);")
+        .await;
+    serde_json::from_value(texts).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_only_token_sees_everything_and_no_button_that_changes_anything() {
+    let Some((harness, browser)) = setup("read_only").await else {
+        return;
+    };
+    let (id, _) = harness.key(&["customer:read"]).await;
+    browser.sign_in(&page(&harness), READ_TOKEN).await;
+    browser.until_text("#access", "Read-only").await;
+    browser.until_text("table#keys", "test key").await;
+    assert_eq!(main_buttons(&browser).await, ["Filter"]);
+    browser.screenshot_as("read_only_list").await;
+
+    browser
+        .find(&format!("tr[data-key-id=\"{id}\"] a"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.until_text("main h3", "Audit trail").await;
+    browser.until_text("table.events", "created").await;
+    assert_eq!(main_buttons(&browser).await, Vec::<String>::new());
+    assert_eq!(
+        harness.keys.get(&id).unwrap().status,
+        keygate::core::key::KeyStatus::Active
+    );
+    browser.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_requests_show_a_refusal_with_its_reason() {
+    let Some((harness, browser)) = setup("requests").await else {
+        return;
+    };
+    let (id, secret) = harness.key(&["customer:read"]).await;
+    assert_eq!(
+        harness.get("/v1/customers/c1", &secret).await.status,
+        StatusCode::OK
+    );
+    let refused = harness.call("POST", "/v1/customers/c1", Some(&secret), &[]).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+
+    open_key(&harness, &browser, &id).await;
+    browser
+        .until_text("table.requests tr[data-status=\"403\"]", "permission")
+        .await;
+    let row = browser.text("table.requests tr[data-status=\"403\"]").await;
+    assert!(row.contains("POST /v1/customers/c1"), "{row}");
+    browser
+        .until_text("table.requests tr[data-status=\"200\"]", "GET /v1/customers/c1")
+        .await;
+    browser.screenshot_as("requests_key").await;
+
+    browser
+        .find("#nav a[data-nav=\"requests\"]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.until_text("main h2", "Recent requests").await;
+    browser
+        .until_text("table.requests tr[data-status=\"403\"]", &id)
+        .await;
+    browser.fill("#filter-status", "4xx").await;
+    browser.click("Filter").await;
+    browser.until_gone("table.requests tr[data-status=\"200\"]").await;
+    browser
+        .until_text("table.requests tr[data-status=\"403\"]", "permission")
+        .await;
     browser.finish().await;
 }

@@ -9,7 +9,7 @@ const filter = { status: "" };
 
 export function renderRequests() {
   const results = h("div", { class: "results" }, notice("Loading recent requests…"));
-  const status = h("input", { id: "filter-status", name: "status", inputmode: "numeric", value: filter.status, placeholder: "e.g. 403" });
+  const status = h("input", { id: "filter-status", name: "status", inputmode: "numeric", value: filter.status, placeholder: "403 or 4xx" });
   const form = h("form", { class: "filters", "aria-label": "Filter requests", on: { submit: (event) => {
     event.preventDefault();
     filter.status = status.value.trim();
