@@ -9,6 +9,78 @@ use keygate::core::environment::Environment;
 use support::browser::Browser;
 use support::{spec, Harness, ADMIN_TOKEN, READ_TOKEN};
 
+/// The files a served text refers to: `src`/`href` under /ui/ and `from "./x.js"` imports.
+fn references(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for (marker, end) in [("src=\"/ui/", '"'), ("href=\"/ui/", '"'), ("from \"./", '"')] {
+        for (at, _) in text.match_indices(marker) {
+            let rest = &text[at + marker.len()..];
+            found.push(format!("/ui/{}", &rest[..rest.find(end).unwrap()]));
+        }
+    }
+    found
+}
+
+/// Without a browser: every file the page loads is served with the headers of SPEC 9 and its
+/// type, no HTML carries inline script or handlers, and the page itself needs no token.
+#[tokio::test]
+async fn the_page_is_served_whole_with_its_security_headers() {
+    let harness = Harness::start().await;
+    let bare = harness.admin_get("/ui").await;
+    assert_eq!(bare.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(bare.headers["location"], "/ui/");
+
+    let mut pending = vec!["/ui/".to_owned()];
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(path) = pending.pop() {
+        if !seen.insert(path.clone()) {
+            continue;
+        }
+        let answer = harness.admin_get(&path).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}");
+        let headers = &answer.headers;
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+            "{path}: {csp}"
+        );
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(headers["cache-control"], "no-store", "{path}");
+        assert_eq!(headers["referrer-policy"], "no-referrer", "{path}");
+        let kind = headers["content-type"].to_str().unwrap();
+        let text = answer.text();
+        match path.rsplit_once('.').map(|(_, ext)| ext) {
+            Some("js") => assert!(kind.starts_with("text/javascript"), "{path}: {kind}"),
+            Some("css") => assert!(kind.starts_with("text/css"), "{path}: {kind}"),
+            _ => {
+                assert!(kind.starts_with("text/html"), "{path}: {kind}");
+                let lower = text.to_ascii_lowercase();
+                assert!(
+                    !lower.contains("<script>") && !lower.contains("<script type=\"module\">"),
+                    "{path}: inline script"
+                );
+                let handler = lower
+                    .split_ascii_whitespace()
+                    .any(|word| word.starts_with("on") && word.contains('='));
+                assert!(!handler, "{path}: an on*= attribute");
+                assert!(!lower.contains(" style="), "{path}: a style attribute");
+            }
+        }
+        pending.extend(references(&text));
+    }
+    assert!(seen.len() > 5, "the page loads its scripts: {seen:?}");
+
+    let missing = harness.admin_get("/ui/nothing-here.js").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.headers["x-content-type-options"], "nosniff");
+    assert!(missing.headers.contains_key("content-security-policy"));
+    assert_eq!(
+        harness.admin_get("/v1/keys").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
 /// A gateway and a browser, or `None` (the test skips) when there is no browser here.
 async fn setup(name: &str) -> Option<(Harness, Browser)> {
     let browser = Browser::start(name).await?;
@@ -506,5 +578,91 @@ async fn recent_requests_show_a_refusal_with_its_reason() {
     browser
         .until_text("table.requests tr[data-status=\"403\"]", "permission")
         .await;
+    browser.finish().await;
+}
+
+/// The README's picture (docs/ui.png): a list with keys of every kind. Not a check; run it with
+/// `cargo test --test ui -- --ignored readme_picture` and copy target/ui-screenshots/readme.png.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn readme_picture() {
+    let Some(browser) = Browser::start("readme").await else {
+        return;
+    };
+    let lifecycle = "[lifecycle]\nidle_expiry = \"30d\"\nwarn_before = [\"7d\", \"1d\"]\n";
+    let harness = Harness::with_config(support::STANDARD, lifecycle).await;
+    let now = harness.clock_now();
+    let days = |n: i64| jiff::SignedDuration::from_hours(24 * n);
+    let key = |name: &str, env, permissions: &[&str], customer: Option<&str>| {
+        let mut key = spec(env, permissions);
+        key.name = name.into();
+        key.customer_id = customer.map(str::to_owned);
+        key
+    };
+    harness.clock.set(now.checked_sub(days(26)).unwrap());
+    let mut expiring = key(
+        "Partner export (old)",
+        Environment::Production,
+        &["invoice:read"],
+        Some("globex"),
+    );
+    expiring.expires_at = Some(now.checked_sub(days(2)).unwrap());
+    harness.create_key(expiring).await;
+    harness
+        .create_key(key(
+            "Nightly reports",
+            Environment::Production,
+            &["report:read"],
+            None,
+        ))
+        .await;
+    let (website, website_secret) = harness
+        .create_key(key(
+            "Main website",
+            Environment::Production,
+            &["customer:read", "customer:write", "invoice:read"],
+            Some("acme"),
+        ))
+        .await;
+    let mut limited = key(
+        "Mobile app",
+        Environment::Production,
+        &["customer:read"],
+        Some("acme"),
+    );
+    limited.rate_limit = Some(keygate::core::key::RateLimitSpec {
+        requests: std::num::NonZeroU32::new(100).unwrap(),
+        per: std::time::Duration::from_secs(60),
+        burst: None,
+    });
+    let (_, mobile_secret) = harness.create_key(limited).await;
+    harness
+        .create_key(key("Staging CI", Environment::Staging, &["*"], None))
+        .await;
+    let (old, _) = harness
+        .create_key(key(
+            "Agency Berlin",
+            Environment::Production,
+            &["customer:read"],
+            Some("initech"),
+        ))
+        .await;
+    harness.keys.revoke(&old).unwrap();
+    harness
+        .clock
+        .set(now.checked_sub(jiff::SignedDuration::from_hours(3)).unwrap());
+    harness.get("/v1/customers/acme", &mobile_secret).await;
+    harness.clock.set(now);
+    for _ in 0..3 {
+        harness.get("/v1/customers/acme", &website_secret).await;
+    }
+    harness.gateway.flush_usage().await;
+    harness.sync().await;
+    let _ = website;
+
+    browser.client.set_window_size(1280, 800).await.unwrap();
+    browser.sign_in(&page(&harness), ADMIN_TOKEN).await;
+    browser.until_text("table#keys", "Agency Berlin").await;
+    browser.until_text("table#keys", "Idle").await;
     browser.finish().await;
 }

@@ -1,6 +1,6 @@
-//! The admin listener (control plane): `/healthz`, `/readyz`, `/metrics` open, and the admin
-//! API under `/v1` behind the admin token, on its own port so the data plane's port exposes
-//! nothing but the proxied API.
+//! The admin listener (control plane): `/healthz`, `/readyz`, `/metrics` open, the admin API
+//! under `/v1` behind the admin token, and the API Keys page at `/ui/` (static files that call
+//! that API), on its own port so the data plane's port exposes nothing but the proxied API.
 
 mod api;
 pub mod ui;
