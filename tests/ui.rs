@@ -144,6 +144,13 @@ async fn a_created_key_shows_its_secret_once_and_the_secret_works() {
     let answer = harness.get("/v1/status", &secret).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
 
+    browser.click("Copy").await;
+    browser
+        .until(
+            "the copy said what it did",
+            "return document.querySelector('dialog [role=status]').textContent !== '';",
+        )
+        .await;
     browser.click("Done").await;
     browser.until_gone("dialog").await;
     assert_eq!(
@@ -403,6 +410,31 @@ async fn a_lost_connection_is_said_in_words() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_no_longer_accepted_signs_out_in_words() {
+    let Some((harness, browser)) = setup("token_refused").await else {
+        return;
+    };
+    browser.sign_in(&page(&harness), ADMIN_TOKEN).await;
+    // As if the token had been rotated on the gateway while the tab stayed open.
+    browser
+        .eval("sessionStorage.setItem('keygate.token', 'rotated-away'); return true;")
+        .await;
+    browser.click("Filter").await;
+    browser.find("input[name=\"token\"]").await;
+    browser.until_text("#flash", "no longer accepts your token").await;
+    assert!(browser
+        .eval("return sessionStorage.getItem('keygate.token');")
+        .await
+        .is_null());
+
+    // A mangled address is no key, said in words.
+    browser.sign_in(&page(&harness), ADMIN_TOKEN).await;
+    browser.goto(&harness.admin_url("/ui/#/keys/%E0%A4%A")).await;
+    browser.until_text("main", "There is no key with this id").await;
+    browser.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_list_pages_by_cursor_and_filters() {
     let Some((harness, browser)) = setup("paging").await else {
         return;
@@ -530,7 +562,11 @@ async fn the_read_only_token_sees_everything_and_no_button_that_changes_anything
         .unwrap();
     browser.until_text("main h3", "Audit trail").await;
     browser.until_text("table.events", "created").await;
-    assert_eq!(main_buttons(&browser).await, Vec::<String>::new());
+    assert_eq!(
+        main_buttons(&browser).await,
+        ["Refresh"],
+        "only a button that reads"
+    );
     assert_eq!(
         harness.keys.get(&id).unwrap().status,
         keygate::core::key::KeyStatus::Active

@@ -24,9 +24,18 @@ function route() {
   const hash = location.hash || "#/keys";
   const key = hash.match(/^#\/keys\/([^/?]+)$/);
   markNav(hash.startsWith("#/requests") ? "requests" : "keys");
-  if (key) return renderKey(decodeURIComponent(key[1]));
+  if (key) return renderKey(decoded(key[1]));
   if (hash.startsWith("#/requests")) return renderRequests();
   return renderKeys();
+}
+
+/** A key id from the address; a malformed escape is kept as typed (and is no key). */
+function decoded(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
 }
 
 function markNav(current) {

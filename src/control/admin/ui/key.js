@@ -31,7 +31,11 @@ export async function renderKey(id) {
   loadIdle().then((data) => idle.replaceChildren(idleNotice(data, key.id) || "")).catch(() => {});
   loadUsage(key.id, usage);
   loadEvents(key.id, events);
-  loadRequests(requests, { key_id: key.id, limit: 50 }, false, () => renderKey(id));
+  const reload = () => loadRequests(requests, { key_id: key.id, limit: 50 }, false, reload);
+  reload();
+  requests.before(h("p", { class: "muted small section-note" },
+    "This key's latest requests on this gateway replica, newest first, with why each refusal happened. ",
+    button("Refresh", reload)));
 }
 
 function header(key) {
@@ -102,27 +106,38 @@ async function loadUsage(id, target) {
   }
 }
 
-async function loadEvents(id, target) {
+/** The audit trail in the order it happened, a page at a time. */
+async function loadEvents(id, target, cursor = "") {
+  const more = cursor ? `&cursor=${encodeURIComponent(cursor)}` : "";
   try {
-    const { data } = await api("GET", keyPath(id, "/events?limit=100"));
-    target.replaceChildren(data.length ? eventsTable(data) : notice("No changes recorded."));
+    const { data, headers } = await api("GET", keyPath(id, `/events?limit=100${more}`));
+    const next = headers.get("x-next-cursor");
+    const table = target.querySelector("table.events");
+    if (table) table.tBodies[0].append(...data.map(eventRow));
+    else target.replaceChildren(data.length ? eventsTable(data) : notice("No changes recorded."));
+    const button = target.querySelector("button.more");
+    if (button) button.remove();
+    if (next) target.append(h("button", { type: "button", class: "more", on: { click: () => loadEvents(id, target, next) } }, "Show later changes"));
   } catch (error) {
     target.replaceChildren(errorBox(error, () => loadEvents(id, target)));
   }
 }
 
 function eventsTable(events) {
-  const now = Date.now();
   const head = ["When", "Event", "By", "Token", "Client", "Changes"];
   return h("table", { class: "list events" },
     h("thead", {}, h("tr", {}, head.map((name) => h("th", { scope: "col" }, name)))),
-    h("tbody", {}, [...events].reverse().map((event) => h("tr", {},
-      h("td", { "data-label": "When", title: format.exact(event.at) }, format.relative(event.at, now)),
-      h("td", { "data-label": "Event" }, event.event),
-      h("td", { "data-label": "By" }, event.actor),
-      h("td", { "data-label": "Token" }, event.token ? `${event.token} token` : "—"),
-      h("td", { "data-label": "Client" }, event.client || "—"),
-      h("td", { "data-label": "Changes", class: "changes" }, changes(event.changes))))));
+    h("tbody", {}, events.map(eventRow)));
+}
+
+function eventRow(event) {
+  return h("tr", {},
+    h("td", { "data-label": "When", title: format.exact(event.at) }, format.relative(event.at)),
+    h("td", { "data-label": "Event" }, event.event),
+    h("td", { "data-label": "By" }, event.actor),
+    h("td", { "data-label": "Token" }, event.token ? `${event.token} token` : "—"),
+    h("td", { "data-label": "Client" }, event.client || "—"),
+    h("td", { "data-label": "Changes", class: "changes" }, changes(event.changes)));
 }
 
 function changes(map) {
