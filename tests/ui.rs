@@ -266,6 +266,9 @@ async fn activating_from_the_page_lets_the_key_in_again() {
         row.contains("admin_api") && row.contains("write token") && row.contains("127.0.0.1"),
         "{row}"
     );
+    browser
+        .eval("document.querySelector('table.events').scrollIntoView(); return true;")
+        .await;
     browser.finish().await;
 }
 
