@@ -9,78 +9,6 @@ use keygate::core::environment::Environment;
 use support::browser::Browser;
 use support::{spec, Harness, ADMIN_TOKEN, READ_TOKEN};
 
-/// The files a served text refers to: `src`/`href` under /ui/ and `from "./x.js"` imports.
-fn references(text: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for (marker, end) in [("src=\"/ui/", '"'), ("href=\"/ui/", '"'), ("from \"./", '"')] {
-        for (at, _) in text.match_indices(marker) {
-            let rest = &text[at + marker.len()..];
-            found.push(format!("/ui/{}", &rest[..rest.find(end).unwrap()]));
-        }
-    }
-    found
-}
-
-/// Without a browser: every file the page loads is served with the headers of SPEC 9 and its
-/// type, no HTML carries inline script or handlers, and the page itself needs no token.
-#[tokio::test]
-async fn the_page_is_served_whole_with_its_security_headers() {
-    let harness = Harness::start().await;
-    let bare = harness.admin_get("/ui").await;
-    assert_eq!(bare.status, StatusCode::PERMANENT_REDIRECT);
-    assert_eq!(bare.headers["location"], "/ui/");
-
-    let mut pending = vec!["/ui/".to_owned()];
-    let mut seen = std::collections::BTreeSet::new();
-    while let Some(path) = pending.pop() {
-        if !seen.insert(path.clone()) {
-            continue;
-        }
-        let answer = harness.admin_get(&path).await;
-        assert_eq!(answer.status, StatusCode::OK, "{path}");
-        let headers = &answer.headers;
-        let csp = headers["content-security-policy"].to_str().unwrap();
-        assert!(
-            csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
-            "{path}: {csp}"
-        );
-        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
-        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
-        assert_eq!(headers["cache-control"], "no-store", "{path}");
-        assert_eq!(headers["referrer-policy"], "no-referrer", "{path}");
-        let kind = headers["content-type"].to_str().unwrap();
-        let text = answer.text();
-        match path.rsplit_once('.').map(|(_, ext)| ext) {
-            Some("js") => assert!(kind.starts_with("text/javascript"), "{path}: {kind}"),
-            Some("css") => assert!(kind.starts_with("text/css"), "{path}: {kind}"),
-            _ => {
-                assert!(kind.starts_with("text/html"), "{path}: {kind}");
-                let lower = text.to_ascii_lowercase();
-                assert!(
-                    !lower.contains("<script>") && !lower.contains("<script type=\"module\">"),
-                    "{path}: inline script"
-                );
-                let handler = lower
-                    .split_ascii_whitespace()
-                    .any(|word| word.starts_with("on") && word.contains('='));
-                assert!(!handler, "{path}: an on*= attribute");
-                assert!(!lower.contains(" style="), "{path}: a style attribute");
-            }
-        }
-        pending.extend(references(&text));
-    }
-    assert!(seen.len() > 5, "the page loads its scripts: {seen:?}");
-
-    let missing = harness.admin_get("/ui/nothing-here.js").await;
-    assert_eq!(missing.status, StatusCode::NOT_FOUND);
-    assert_eq!(missing.headers["x-content-type-options"], "nosniff");
-    assert!(missing.headers.contains_key("content-security-policy"));
-    assert_eq!(
-        harness.admin_get("/v1/keys").await.status,
-        StatusCode::UNAUTHORIZED
-    );
-}
-
 /// A gateway and a browser, or `None` (the test skips) when there is no browser here.
 async fn setup(name: &str) -> Option<(Harness, Browser)> {
     let browser = Browser::start(name).await?;
@@ -703,5 +631,59 @@ async fn readme_picture() {
     browser.sign_in(&page(&harness), ADMIN_TOKEN).await;
     browser.until_text("table#keys", "Agency Berlin").await;
     browser.until_text("table#keys", "Idle").await;
+    browser.finish().await;
+}
+
+/// The page's pure formatting (format.js), table-driven, in the browser that runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formatting_turns_api_values_into_words() {
+    let Some((harness, browser)) = setup("format").await else {
+        return;
+    };
+    browser.goto(&page(&harness)).await;
+    browser.find("input[name=\"token\"]").await;
+    let script = r#"
+        const [done] = arguments;
+        import("/ui/format.js").then((f) => {
+          const now = Date.parse("2026-12-01T12:00:00Z");
+          done([
+            f.relative(null, now),
+            f.relative("2026-12-01T11:59:30Z", now),
+            f.relative("2026-12-01T09:00:00Z", now),
+            f.relative("2026-11-30T12:00:00Z", now),
+            f.relative("2026-12-11T12:00:00Z", now),
+            f.permissions([]),
+            f.permissions(["*"]),
+            f.permissions(["a:read", "b:read", "c:read", "d:read"]),
+            f.rateLimit(null),
+            f.rateLimit({ requests: 100, per: "1m", burst: 100 }),
+            f.rateLimit({ requests: 100, per: "1s", burst: 200 }),
+            f.reason("permission"),
+            f.reason("some_new_reason"),
+            f.list(" a, b  c,,"),
+            f.exact("2026-12-01T12:00:00Z"),
+          ].map(String));
+        }, (e) => done(["import failed: " + e]));
+    "#;
+    let out = browser.client.execute_async(script, Vec::new()).await.unwrap();
+    let out: Vec<String> = serde_json::from_value(out).unwrap();
+    let expected = [
+        "never",
+        "just now",
+        "3 hours ago",
+        "1 day ago",
+        "in 10 days",
+        "none",
+        "all (*)",
+        "a:read, b:read +2 more",
+        "default",
+        "100 per 1m",
+        "100 per 1s (burst 200)",
+        "permission denied (permission)",
+        "some new reason",
+        "a,b,c",
+        "2026-12-01 12:00:00 UTC",
+    ];
+    assert_eq!(out, expected);
     browser.finish().await;
 }
