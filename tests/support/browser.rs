@@ -43,7 +43,7 @@ fn missing(what: &str) -> Option<Browser> {
 /// The first of `names` on the PATH, or the path in the environment variable `var`.
 fn find_program(var: &str, names: &[&str], extra: &[&str]) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(var) {
-        return Some(PathBuf::from(path));
+        return Some(PathBuf::from(path)).filter(|path| path.is_file());
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     let dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
