@@ -687,3 +687,29 @@ async fn formatting_turns_api_values_into_words() {
     assert_eq!(out, expected);
     browser.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_keeping_no_recent_requests_says_so() {
+    let Some(browser) = Browser::start("requests_off").await else {
+        return;
+    };
+    let harness = Harness::with_config(support::STANDARD, "[logs]\nrecent = 0\n").await;
+    let (_, secret) = harness.key(&[]).await;
+    assert_eq!(harness.get("/v1/status", &secret).await.status, StatusCode::OK);
+    browser.sign_in(&page(&harness), ADMIN_TOKEN).await;
+    browser
+        .find("#nav a[data-nav=\"requests\"]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser
+        .until_text("main", "keeps no recent requests (logs.recent = 0)")
+        .await;
+    assert_eq!(
+        browser.eval("return document.activeElement.id;").await,
+        "main",
+        "after moving to another view the keyboard starts at its content"
+    );
+    browser.finish().await;
+}

@@ -45,7 +45,11 @@ function markNav(current) {
   }
 }
 
-window.addEventListener("hashchange", route);
+// After a move to another view, the keyboard and screen readers start at its content.
+window.addEventListener("hashchange", () => {
+  route();
+  document.getElementById("main").focus({ preventScroll: true });
+});
 window.addEventListener("keygate:signed-out", (event) => {
   route();
   flash(event.detail);

@@ -39,7 +39,7 @@ export function button(label, onClick, className = "") {
   return h("button", { type: "button", class: className || null, on: { click: onClick } }, label);
 }
 
-/** Replaces the main area's content and moves focus there for keyboard and screen readers. */
+/** Replaces the main area's content. */
 export function show(...children) {
   const main = document.getElementById("main");
   main.replaceChildren(...children.filter((child) => child !== null && child !== undefined));

@@ -29,13 +29,17 @@ export async function loadRequests(target, params, withKey, retry) {
   try {
     const { data } = await api("GET", `/v1/requests${query(params)}`);
     const items = (data && data.items) || [];
-    target.replaceChildren(items.length ? requestsTable(items, withKey) :
-      notice(params.key_id ? "No recent requests with this key on this replica." : "No recent requests match."));
+    target.replaceChildren(items.length ? requestsTable(items, withKey) : notice(empty(data, params)));
   } catch (error) {
     target.replaceChildren(error.status === 404 ?
       notice("This gateway does not keep recent requests (GET /v1/requests is missing).") :
       errorBox(error, retry));
   }
+}
+
+function empty(data, params) {
+  if (data && data.capacity === 0) return "This gateway keeps no recent requests (logs.recent = 0).";
+  return params.key_id ? "No recent requests with this key on this replica." : "No recent requests match.";
 }
 
 function requestsTable(items, withKey) {

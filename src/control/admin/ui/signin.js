@@ -7,7 +7,7 @@ import { describe, h, show } from "./dom.js";
 export function renderSignIn(done) {
   const input = h("input", {
     id: "token", name: "token", type: "password", required: true,
-    autocomplete: "current-password", spellcheck: "false",
+    autocomplete: "off", spellcheck: "false",
   });
   const status = h("p", { class: "form-error", role: "alert" });
   const form = h("form", { class: "card signin", on: { submit: (event) => submit(event, input, status, done) } },
