@@ -539,6 +539,9 @@ async fn recent_requests_show_a_refusal_with_its_reason() {
     browser
         .until_text("table.requests tr[data-status=\"403\"]", &id)
         .await;
+    browser
+        .until_text("table.requests tr[data-status=\"403\"] a", "test key")
+        .await;
     browser.fill("#filter-status", "4xx").await;
     browser.click("Filter").await;
     browser.until_gone("table.requests tr[data-status=\"200\"]").await;

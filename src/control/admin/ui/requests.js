@@ -1,7 +1,7 @@
 // Recent requests (GET /v1/requests): this replica's last access records, newest first,
 // with the refusal reason of each; for all keys here, and per key in the key view.
 
-import { api, query } from "./api.js";
+import { api, keyPath, query } from "./api.js";
 import { errorBox, h, notice, show } from "./dom.js";
 import * as format from "./format.js";
 
@@ -30,10 +30,26 @@ export async function loadRequests(target, params, withKey, retry) {
     const { data } = await api("GET", `/v1/requests${query(params)}`);
     const items = (data && data.items) || [];
     target.replaceChildren(items.length ? requestsTable(items, withKey) : notice(empty(data, params)));
+    if (withKey) nameKeys(target);
   } catch (error) {
     target.replaceChildren(error.status === 404 ?
       notice("This gateway does not keep recent requests (GET /v1/requests is missing).") :
       errorBox(error, retry));
+  }
+}
+
+const NAMED = 25;
+
+/** Shows the names of the first keys in the table beside their ids (a deleted one keeps its id). */
+function nameKeys(target) {
+  const links = [...target.querySelectorAll("a[data-key]")];
+  const ids = [...new Set(links.map((link) => link.dataset.key))].slice(0, NAMED);
+  for (const id of ids) {
+    api("GET", keyPath(id)).then(({ data }) => {
+      for (const link of links.filter((link) => link.dataset.key === id)) {
+        link.replaceChildren(data.name || "(no name)", h("span", { class: "muted small" }, ` ${id}`));
+      }
+    }, () => {});
   }
 }
 
@@ -53,7 +69,7 @@ function requestsTable(items, withKey) {
 function requestRow(item, withKey, now) {
   const cell = (label, ...content) => h("td", { "data-label": label }, ...content);
   const keyCell = item.key_id ?
-    h("a", { href: `#/keys/${encodeURIComponent(item.key_id)}` }, item.key_id) : h("span", { class: "muted" }, "no key");
+    h("a", { href: `#/keys/${encodeURIComponent(item.key_id)}`, "data-key": item.key_id }, item.key_id) : h("span", { class: "muted" }, "no key");
   return h("tr", { "data-request-id": item.request_id || null, "data-status": item.status },
     cell("When", h("span", { title: format.exact(item.time) }, format.relative(item.time, now))),
     withKey ? cell("Key", keyCell) : null,
