@@ -12,7 +12,7 @@ use keygate::control::store::{NewKey, SqliteStore};
 use keygate::control::sync::KeySync;
 use keygate::core::clock::system_clock;
 use keygate::core::environment::Environment;
-use keygate::core::key::new_key_id;
+use keygate::core::key::{new_key_id, KeySpec};
 use keygate::core::secret::{Hasher, Secret};
 use keygate::proxy::state::SyncStatus;
 use keygate::proxy::table::KeyTable;
@@ -59,17 +59,19 @@ fn main() {
             .map(|i| {
                 let secret = Secret::generate(Environment::Production);
                 NewKey {
+                    spec: KeySpec {
+                        name: format!("customer integration {i}"),
+                        environment: Environment::Production,
+                        permissions: permission_sets[i % 3].clone(),
+                        rate_limit: None,
+                        customer_id: (i % 2 == 0).then(|| format!("cust_{i:08}")),
+                        allowed_ips: Vec::new(),
+                        expires_at: None,
+                        metadata: serde_json::Map::new(),
+                    },
                     id: new_key_id(),
-                    name: format!("customer integration {i}"),
-                    environment: Environment::Production,
                     hash: hasher.hash(secret.expose().as_bytes()),
                     prefix: secret.display_prefix(),
-                    permissions: permission_sets[i % 3].clone(),
-                    rate_limit: None,
-                    customer_id: (i % 2 == 0).then(|| format!("cust_{i:08}")),
-                    allowed_ips: Vec::new(),
-                    expires_at: None,
-                    metadata: serde_json::Map::new(),
                     now,
                 }
             })

@@ -266,6 +266,11 @@ impl Gateway {
         for task in &self.tasks {
             task.abort();
         }
+        // Awaited, so their hold on the store ends before this returns: a process that opens
+        // the store next (a restart, `keygate store`) does not find it busy.
+        for task in self.tasks {
+            let _ = task.await;
+        }
         let flusher = self.flusher.clone();
         let _ = tokio::task::spawn_blocking(move || flusher.flush()).await;
         tracing::info!("keygate stopped");

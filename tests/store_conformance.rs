@@ -13,7 +13,7 @@ use keygate::control::store::{
     UsageDelta,
 };
 use keygate::core::environment::Environment;
-use keygate::core::key::{KeyStatus, StoredStatus};
+use keygate::core::key::{KeySpec, KeyStatus, StoredStatus};
 use keygate::core::secret::KeyHash;
 
 mod support;
@@ -27,16 +27,18 @@ const AUDIT: Audit = Audit {
 fn new_key(n: u8, environment: Environment, now: Timestamp) -> NewKey {
     NewKey {
         id: format!("key_conformance{n:05}"),
-        name: format!("key {n}"),
-        environment,
+        spec: KeySpec {
+            name: format!("key {n}"),
+            environment,
+            permissions: vec!["customer:read".parse().unwrap()],
+            rate_limit: None,
+            customer_id: n.is_multiple_of(2).then(|| "acme".to_owned()),
+            allowed_ips: Vec::new(),
+            expires_at: None,
+            metadata: serde_json::Map::new(),
+        },
         hash: KeyHash([n; 32]),
         prefix: format!("kg_prod_{n:04}"),
-        permissions: vec!["customer:read".parse().unwrap()],
-        rate_limit: None,
-        customer_id: n.is_multiple_of(2).then(|| "acme".to_owned()),
-        allowed_ips: Vec::new(),
-        expires_at: None,
-        metadata: serde_json::Map::new(),
         now,
     }
 }
@@ -76,7 +78,7 @@ fn keys_are_created_read_and_listed_in_pages(store: &Store) {
     }
     let one = store.get("key_conformance00001").unwrap().unwrap();
     assert_eq!(
-        (one.name.as_str(), one.hash, one.status),
+        (one.spec.name.as_str(), one.hash, one.status),
         ("key 1", KeyHash([1; 32]), StoredStatus::Active)
     );
     assert_eq!(one.created_at, t(1));
@@ -144,7 +146,7 @@ fn a_change_is_audited_without_its_secret(store: &Store) {
     store
         .modify("key_conformance00001", audit("regenerated"), None, &mut |key| {
             key.hash = KeyHash([99; 32]);
-            key.name = "renamed".into();
+            key.spec.name = "renamed".into();
             Ok(())
         })
         .unwrap();

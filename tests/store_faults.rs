@@ -104,7 +104,7 @@ async fn a_store_file_replaced_under_the_gateway_is_reopened_and_its_keys_replac
         .list(&Default::default())
         .unwrap()
         .into_iter()
-        .map(|k| k.name)
+        .map(|k| k.spec.name)
         .collect();
     assert_eq!(names, ["test key", "after"], "the new file holds both");
 }

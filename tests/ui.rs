@@ -320,9 +320,9 @@ async fn editing_saves_the_changes_and_shows_api_errors_in_words() {
     browser.until_text("main h2", "renamed key").await;
     browser.until_text("dl.details", "5 per 1m").await;
     let key = harness.keys.get(&id).unwrap();
-    assert_eq!(key.name, "renamed key");
-    assert_eq!(key.permissions.len(), 2);
-    assert_eq!(key.rate_limit.unwrap().requests.get(), 5);
+    assert_eq!(key.spec.name, "renamed key");
+    assert_eq!(key.spec.permissions.len(), 2);
+    assert_eq!(key.spec.rate_limit.unwrap().requests.get(), 5);
     browser.until_text("table.events", "updated").await;
     browser.finish().await;
 }

@@ -21,7 +21,7 @@ pub fn created(created: &KeyWithSecret, json: bool) -> Result<(), Failure> {
         return print_json(created);
     }
     let key = &created.view;
-    println!("Key {} ({}, {})", key.id, key.name, key.environment);
+    println!("Key {} ({}, {})", key.id, key.spec.name, key.spec.environment);
     println!();
     println!("    {}", created.key);
     println!();
@@ -39,16 +39,17 @@ pub fn key(key: &KeyView, json: bool, verb: &str) -> Result<(), Failure> {
     if !verb.is_empty() {
         println!("{verb} {}", key.id);
     }
-    let permissions: Vec<&str> = key.permissions.iter().map(|p| p.as_str()).collect();
-    let allowed: Vec<String> = key.allowed_ips.iter().map(ToString::to_string).collect();
+    let permissions: Vec<&str> = key.spec.permissions.iter().map(|p| p.as_str()).collect();
+    let allowed: Vec<String> = key.spec.allowed_ips.iter().map(ToString::to_string).collect();
     let rate = key
+        .spec
         .rate_limit
         .map(|r| format!("{} (burst {})", r.rate(), r.burst()))
         .unwrap_or_else(|| "gateway default".into());
     for (label, value) in [
         ("id", key.id.clone()),
-        ("name", key.name.clone()),
-        ("environment", key.environment.to_string()),
+        ("name", key.spec.name.clone()),
+        ("environment", key.spec.environment.to_string()),
         ("status", key.status.to_string()),
         ("prefix", key.prefix.clone()),
         (
@@ -60,7 +61,7 @@ pub fn key(key: &KeyView, json: bool, verb: &str) -> Result<(), Failure> {
             },
         ),
         ("rate limit", rate),
-        ("customer", or_dash(key.customer_id.as_ref())),
+        ("customer", or_dash(key.spec.customer_id.as_ref())),
         (
             "allowed ips",
             if allowed.is_empty() {
@@ -69,7 +70,7 @@ pub fn key(key: &KeyView, json: bool, verb: &str) -> Result<(), Failure> {
                 allowed.join(", ")
             },
         ),
-        ("expires at", or_dash(key.expires_at)),
+        ("expires at", or_dash(key.spec.expires_at)),
         ("created at", key.created_at.to_string()),
         ("updated at", key.updated_at.to_string()),
         ("last used at", or_dash(key.last_used_at)),
@@ -92,11 +93,11 @@ pub fn list(keys: &[KeyView], json: bool) -> Result<(), Failure> {
         println!(
             "{:<26} {:<12} {:<8} {:<14} {:<22} {}",
             key.id,
-            key.environment,
+            key.spec.environment,
             key.status,
             key.prefix,
             or_dash(key.last_used_at),
-            key.name
+            key.spec.name
         );
     }
     Ok(())

@@ -565,39 +565,86 @@ fn ip_net(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{text:?} is not a CIDR like \"10.0.0.0/8\" or an IP address"))
 }
 
-/// A PostgreSQL URL (libpq's form) as the store connects with it. keygate verifies the
-/// server's certificate whenever it uses TLS, so `sslmode` takes libpq's values with that
-/// difference: `disable` (the default here) is plain text; `prefer` uses TLS when the server
-/// offers it; `require`, `verify-ca` and `verify-full` insist on TLS. Every TLS connection checks
-/// the certificate chain (system and Mozilla roots) and the host name, as libpq's `verify-full`.
-pub fn postgres_url(text: &str) -> Result<tokio_postgres::Config, String> {
+/// How the PostgreSQL store uses TLS, from the URL's `sslmode` and `sslrootcert`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresTls {
+    /// Whether the server's name must match its certificate: every mode but `verify-ca`.
+    pub verify_name: bool,
+    /// Trust these roots (PEM) instead of the system's and Mozilla's: `sslrootcert`.
+    pub root_cert: Option<PathBuf>,
+}
+
+/// A `postgres://` URL as the store connects with it (parsed, not dialled): libpq's form, with
+/// `sslmode` (`disable`, the default; `prefer`; `require`, `verify-ca`, `verify-full`) and
+/// `sslrootcert` (an absolute path to PEM roots, read here so `check` refuses what `serve`
+/// would) taken out for rustls. Whenever TLS is used the server's chain is verified; the name
+/// too, except with `verify-ca`.
+pub fn postgres_url(text: &str) -> Result<(tokio_postgres::Config, PostgresTls), String> {
     let (base, query) = text.split_once('?').unwrap_or((text, ""));
     let mut mode = "disable";
+    let mut root_cert = None;
     let mut rest: Vec<&str> = Vec::new();
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         match pair.split_once('=') {
             Some(("sslmode", value)) => mode = value,
+            Some(("sslrootcert", value)) => root_cert = Some(root_cert_path(value)?),
             _ => rest.push(pair),
         }
     }
-    let mode = match mode {
-        "disable" => "disable",
-        "prefer" => "prefer",
-        "require" | "verify-ca" | "verify-full" => "require",
+    let (libpq_mode, verify_name) = match mode {
+        "disable" => ("disable", true),
+        "prefer" => ("prefer", true),
+        "require" | "verify-full" => ("require", true),
+        "verify-ca" => ("require", false),
         other => {
             return Err(format!(
                 "sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full"
             ))
         }
     };
-    rest.push(match mode {
+    rest.push(match libpq_mode {
         "disable" => "sslmode=disable",
         "prefer" => "sslmode=prefer",
         _ => "sslmode=require",
     });
-    format!("{base}?{}", rest.join("&"))
+    let config = format!("{base}?{}", rest.join("&"))
         .parse::<tokio_postgres::Config>()
-        .map_err(|e| format!("is not a PostgreSQL URL: {e}"))
+        .map_err(|e| format!("is not a PostgreSQL URL: {e}"))?;
+    Ok((
+        config,
+        PostgresTls {
+            verify_name,
+            root_cert,
+        },
+    ))
+}
+
+/// `sslrootcert`: an absolute path (percent-decoded) to a file of PEM certificates, at least one.
+fn root_cert_path(value: &str) -> Result<PathBuf, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    let decoded = crate::core::percent::decode(value, false)
+        .ok_or("sslrootcert is not a valid percent-encoded path")?;
+    let path = PathBuf::from(decoded);
+    if !path.is_absolute() {
+        return Err(format!("sslrootcert={} must be an absolute path", path.display()));
+    }
+    let certs = CertificateDer::pem_file_iter(&path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            format!(
+                "sslrootcert: cannot read certificates from {}: {e}",
+                path.display()
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(format!(
+            "sslrootcert: {} holds no PEM certificate",
+            path.display()
+        ));
+    }
+    Ok(path)
 }
 
 /// A `redis://` or `rediss://` URL the Redis client can connect with (parsed, not dialled).

@@ -11,6 +11,7 @@ use jiff::Timestamp;
 use super::store::{Actor, Audit, IdleKey, KeyEvent, KeyFilter, NewKey, Store, StoreError, StoredKey, Usage};
 use crate::core::clock::Clock;
 use crate::core::environment::Environment;
+pub use crate::core::key::KeySpec;
 use crate::core::key::{new_key_id, KeyView, KeyWithSecret, RateLimitSpec, StoredStatus};
 use crate::core::permission::Permission;
 use crate::core::secret::{check_format, Format, Hasher, KeyHash, Secret};
@@ -54,19 +55,6 @@ impl KeyError {
             other => KeyError::Store(other),
         }
     }
-}
-
-/// Everything about a new key but its secret.
-#[derive(Debug, Clone)]
-pub struct KeySpec {
-    pub name: String,
-    pub environment: Environment,
-    pub permissions: Vec<Permission>,
-    pub rate_limit: Option<RateLimitSpec>,
-    pub customer_id: Option<String>,
-    pub allowed_ips: Vec<IpNet>,
-    pub expires_at: Option<Timestamp>,
-    pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A key as a client describes it: the admin API's `POST /v1/keys` body, a line of an import
@@ -144,16 +132,46 @@ impl<'de> serde::Deserialize<'de> for Cidr {
     }
 }
 
-/// A partial update: `None` leaves a field as it is; `Some(None)` clears an optional one.
-#[derive(Debug, Clone, Default)]
+/// A partial update: `None` leaves a field as it is; `Some(None)` clears an optional one. Also
+/// the admin API's `PATCH /v1/keys/{id}` body, where a field left out is `None` and `null`
+/// clears (the lists and the metadata to empty).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KeyPatch {
+    #[serde(default)]
     pub name: Option<String>,
+    #[serde(default)]
     pub permissions: Option<Vec<Permission>>,
+    #[serde(default, deserialize_with = "present")]
     pub rate_limit: Option<Option<RateLimitSpec>>,
+    #[serde(default, deserialize_with = "present")]
     pub customer_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "cidrs_or_null")]
     pub allowed_ips: Option<Vec<IpNet>>,
+    #[serde(default, deserialize_with = "present")]
     pub expires_at: Option<Option<Timestamp>>,
+    #[serde(default, deserialize_with = "present_or_empty")]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// `Some(None)` for an explicit `null` (clear the field), `None` when the field is absent.
+fn present<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
+/// A field that `null` empties: present, it is `Some`, the default for `null`.
+fn present_or_empty<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de> + Default>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(|value| Some(value.unwrap_or_default()))
+}
+
+/// `allowed_ips`: CIDRs or bare addresses; `null` empties the list.
+fn cidrs_or_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<IpNet>>, D::Error> {
+    let list: Option<Vec<Cidr>> = present_or_empty(deserializer)?;
+    Ok(list.map(|list| list.into_iter().map(|cidr| cidr.0).collect()))
 }
 
 impl KeyPatch {
@@ -263,7 +281,7 @@ impl KeyService {
             .store
             .insert(&key, self.audit(event))
             .map_err(|e| KeyError::from_store(e, &key.id))?;
-        tracing::info!(key_id = %stored.id, environment = %stored.environment, actor = self.actor.as_str(), "key {event}");
+        tracing::info!(key_id = %stored.id, environment = %stored.spec.environment, actor = self.actor.as_str(), "key {event}");
         Ok(stored.view(now))
     }
 
@@ -330,7 +348,13 @@ impl KeyService {
         let now = self.now();
         self.modify(id, "updated", |key| {
             apply_patch(key, patch.clone(), now)?;
-            validate_spec(&spec_of(key), now)
+            // An expiry already past is the key's state, not this change's fault: a change to
+            // it was checked by `apply_patch`.
+            let kept = KeySpec {
+                expires_at: None,
+                ..key.spec.clone()
+            };
+            validate_spec(&kept, now)
         })
     }
 
@@ -349,7 +373,7 @@ impl KeyService {
                     "the key is not active: regenerate it without a grace period",
                 ));
             }
-            let new = Secret::generate(key.environment);
+            let new = Secret::generate(key.spec.environment);
             // The new secret has not had a chance to be used: idle time starts over.
             key.idle_from = Some(now);
             let old_hash = std::mem::replace(&mut key.hash, self.hasher.hash(new.expose().as_bytes()));
@@ -491,16 +515,9 @@ impl KeyService {
 fn new_key(spec: KeySpec, secret: &Secret, hash: KeyHash, now: Timestamp) -> NewKey {
     NewKey {
         id: new_key_id(),
-        name: spec.name,
-        environment: spec.environment,
+        spec,
         hash,
         prefix: secret.display_prefix(),
-        permissions: spec.permissions,
-        rate_limit: spec.rate_limit,
-        customer_id: spec.customer_id,
-        allowed_ips: spec.allowed_ips,
-        expires_at: spec.expires_at,
-        metadata: spec.metadata,
         now,
     }
 }
@@ -516,43 +533,30 @@ fn check_import(spec: &KeySpec, secret: &Secret) -> Result<(), KeyError> {
     }
 }
 
-fn spec_of(key: &StoredKey) -> KeySpec {
-    KeySpec {
-        name: key.name.clone(),
-        environment: key.environment,
-        permissions: key.permissions.clone(),
-        rate_limit: key.rate_limit,
-        customer_id: key.customer_id.clone(),
-        allowed_ips: key.allowed_ips.clone(),
-        expires_at: None,
-        metadata: serde_json::Map::new(),
-    }
-}
-
 fn apply_patch(key: &mut StoredKey, patch: KeyPatch, now: Timestamp) -> Result<(), KeyError> {
     if let Some(name) = patch.name {
-        key.name = name;
+        key.spec.name = name;
     }
     if let Some(permissions) = patch.permissions {
-        key.permissions = permissions;
+        key.spec.permissions = permissions;
     }
     if let Some(rate_limit) = patch.rate_limit {
-        key.rate_limit = rate_limit;
+        key.spec.rate_limit = rate_limit;
     }
     if let Some(customer_id) = patch.customer_id {
-        key.customer_id = customer_id;
+        key.spec.customer_id = customer_id;
     }
     if let Some(allowed_ips) = patch.allowed_ips {
-        key.allowed_ips = allowed_ips;
+        key.spec.allowed_ips = allowed_ips;
     }
     if let Some(expires_at) = patch.expires_at {
         if expires_at.is_some_and(|at| at <= now) {
             return Err(KeyError::invalid("expires_at", "must be in the future"));
         }
-        key.expires_at = expires_at;
+        key.spec.expires_at = expires_at;
     }
     if let Some(metadata) = patch.metadata {
-        key.metadata = metadata;
+        key.spec.metadata = metadata;
     }
     Ok(())
 }

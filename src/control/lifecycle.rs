@@ -449,6 +449,7 @@ mod tests {
     use super::*;
     use crate::control::store::SqliteStore;
     use crate::core::environment::Environment;
+    use crate::core::key::KeySpec;
 
     const DAY: Duration = Duration::from_secs(86_400);
 
@@ -466,17 +467,19 @@ mod tests {
         let store = SqliteStore::open(std::path::Path::new(":memory:")).unwrap();
         let keys: Vec<NewKey> = (0..2 * SWEEP_PAGE + 7)
             .map(|i| NewKey {
+                spec: KeySpec {
+                    name: format!("key {i}"),
+                    environment: Environment::Production,
+                    permissions: Vec::new(),
+                    rate_limit: None,
+                    customer_id: None,
+                    allowed_ips: Vec::new(),
+                    expires_at: None,
+                    metadata: serde_json::Map::new(),
+                },
                 id: format!("key_{i}"),
-                name: format!("key {i}"),
-                environment: Environment::Production,
                 hash: crate::core::secret::Hasher::unkeyed().hash(format!("idle-secret-{i:08}").as_bytes()),
                 prefix: "idle".into(),
-                permissions: Vec::new(),
-                rate_limit: None,
-                customer_id: None,
-                allowed_ips: Vec::new(),
-                expires_at: None,
-                metadata: serde_json::Map::new(),
                 now: at(1),
             })
             .collect();

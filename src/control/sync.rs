@@ -204,19 +204,19 @@ impl KeySync {
             _ => None,
         };
         let extras = Extras {
-            rate_limit: key.rate_limit,
-            allowed_ips: key.allowed_ips.clone().into_boxed_slice(),
+            rate_limit: key.spec.rate_limit,
+            allowed_ips: key.spec.allowed_ips.clone().into_boxed_slice(),
             previous,
         };
         Some(AuthKey {
             seq: key.seq,
             id: key.id.as_str().into(),
             hash: key.hash,
-            environment: key.environment,
+            environment: key.spec.environment,
             revoked: key.status == StoredStatus::Revoked,
-            expires_at: key.expires_at.map_or(NEVER, |at| at.as_second()),
-            permissions: self.intern(&key.permissions),
-            customer_id: key.customer_id.as_deref().map(Into::into),
+            expires_at: key.spec.expires_at.map_or(NEVER, |at| at.as_second()),
+            permissions: self.intern(&key.spec.permissions),
+            customer_id: key.spec.customer_id.as_deref().map(Into::into),
             extras: extras.boxed(),
         })
     }
@@ -381,6 +381,7 @@ mod tests {
     use crate::control::store::{Actor, Audit, NewKey, SqliteStore};
     use crate::core::clock::system_clock;
     use crate::core::environment::Environment;
+    use crate::core::key::KeySpec;
     use crate::core::secret::Hasher;
 
     const AUDIT: Audit = Audit {
@@ -391,17 +392,19 @@ mod tests {
     fn keys(from: usize, n: usize) -> Vec<NewKey> {
         (from..from + n)
             .map(|i| NewKey {
+                spec: KeySpec {
+                    name: format!("key {i}"),
+                    environment: Environment::Production,
+                    permissions: Vec::new(),
+                    rate_limit: None,
+                    customer_id: None,
+                    allowed_ips: Vec::new(),
+                    expires_at: None,
+                    metadata: serde_json::Map::new(),
+                },
                 id: format!("key_{i}"),
-                name: format!("key {i}"),
-                environment: Environment::Production,
                 hash: Hasher::unkeyed().hash(format!("secret-number-{i:08}").as_bytes()),
                 prefix: "kg_prod_x".into(),
-                permissions: Vec::new(),
-                rate_limit: None,
-                customer_id: None,
-                allowed_ips: Vec::new(),
-                expires_at: None,
-                metadata: serde_json::Map::new(),
                 now: Timestamp::now(),
             })
             .collect()

@@ -87,22 +87,25 @@ mod tests {
     use super::*;
     use crate::control::store::{Actor, Audit, NewKey, SqliteStore};
     use crate::core::environment::Environment;
+    use crate::core::key::KeySpec;
     use crate::core::secret::Hasher;
 
     fn store_with_one_key(path: &std::path::Path, secret: &str) -> SqliteStore {
         let store = SqliteStore::create(path).unwrap();
         let key = NewKey {
+            spec: KeySpec {
+                name: secret.into(),
+                environment: Environment::Production,
+                permissions: Vec::new(),
+                rate_limit: None,
+                customer_id: None,
+                allowed_ips: Vec::new(),
+                expires_at: None,
+                metadata: serde_json::Map::new(),
+            },
             id: format!("key_{secret}"),
-            name: secret.into(),
-            environment: Environment::Production,
             hash: Hasher::unkeyed().hash(secret.as_bytes()),
             prefix: "pfx_".into(),
-            permissions: Vec::new(),
-            rate_limit: None,
-            customer_id: None,
-            allowed_ips: Vec::new(),
-            expires_at: None,
-            metadata: serde_json::Map::new(),
             now: Timestamp::now(),
         };
         let audit = Audit {

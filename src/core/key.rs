@@ -159,11 +159,11 @@ impl fmt::Display for KeyStatus {
     }
 }
 
-/// The key object of SPEC section 2, as shown to operators. Never holds the secret; `key` is
-/// added beside it only in the answers to create and regenerate.
+/// What an operator chooses about a key: everything but its identity, secret, status and
+/// history. The one list of these fields: the key service takes it, the store keeps it, the
+/// key object shows it, and the audit trail records its changes through its serialization.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct KeyView {
-    pub id: String,
+pub struct KeySpec {
     pub name: String,
     pub environment: Environment,
     pub permissions: Vec<Permission>,
@@ -171,6 +171,16 @@ pub struct KeyView {
     pub customer_id: Option<String>,
     pub allowed_ips: Vec<IpNet>,
     pub expires_at: Option<Timestamp>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The key object of SPEC section 2, as shown to operators. Never holds the secret; `key` is
+/// added beside it only in the answers to create and regenerate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyView {
+    pub id: String,
+    #[serde(flatten)]
+    pub spec: KeySpec,
     pub status: KeyStatus,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
@@ -178,7 +188,6 @@ pub struct KeyView {
     pub prefix: String,
     pub grace_until: Option<Timestamp>,
     pub previous_last_used_at: Option<Timestamp>,
-    pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A key view with its secret, for the one answer that shows it.

@@ -7,18 +7,17 @@ use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use ipnet::IpNet;
-use jiff::Timestamp;
+
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 mod idle;
 
 use super::{json, Admin, AdminBody, Caller};
-use crate::control::keys::{Cidr, KeyError, KeyPatch, KeyRequest, KeyService};
+use crate::control::keys::{KeyError, KeyPatch, KeyRequest, KeyService};
 use crate::control::store::{KeyFilter, TokenKind};
 use crate::core::environment::Environment;
-use crate::core::key::{KeyStatus, RateLimitSpec};
+use crate::core::key::KeyStatus;
 use crate::core::permission::Permission;
 use crate::core::secret::{check_format, Format, Secret};
 use crate::core::units::parse_duration;
@@ -344,9 +343,10 @@ fn query(request: &Request<Incoming>, known: &[&str]) -> Result<Vec<(String, Str
     let mut pairs = Vec::new();
     for pair in text.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = decode(name).ok_or_else(|| ApiError::bad("query", "not valid percent-encoded UTF-8"))?;
-        let value =
-            decode(value).ok_or_else(|| ApiError::bad(name.clone(), "not valid percent-encoded UTF-8"))?;
+        let name = crate::core::percent::decode(name, true)
+            .ok_or_else(|| ApiError::bad("query", "not valid percent-encoded UTF-8"))?;
+        let value = crate::core::percent::decode(value, true)
+            .ok_or_else(|| ApiError::bad(name.clone(), "not valid percent-encoded UTF-8"))?;
         if !known.contains(&name.as_str()) {
             return Err(ApiError::bad(
                 name,
@@ -356,30 +356,6 @@ fn query(request: &Request<Incoming>, known: &[&str]) -> Result<Vec<(String, Str
         pairs.push((name, value));
     }
     Ok(pairs)
-}
-
-fn decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            byte => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// `limit` and `cursor` of a paged listing.
@@ -501,10 +477,6 @@ async fn events(admin: &Admin, id: String, request: &Request<Incoming>) -> Answe
     Ok(paged(&events, next, request))
 }
 
-fn cidrs(list: Vec<Cidr>) -> Vec<IpNet> {
-    list.into_iter().map(|c| c.0).collect()
-}
-
 async fn create(admin: &Admin, request: Request<Incoming>) -> Answer {
     let body: KeyRequest = read_json(request).await?;
     let (spec, secret) = body.into_spec(admin.shared.clock.now())?;
@@ -521,43 +493,8 @@ async fn create(admin: &Admin, request: Request<Incoming>) -> Answer {
     }
 }
 
-/// `Some(None)` for an explicit `null` (clear the field), `None` when the field is absent.
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    deserializer: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(deserializer).map(Some)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PatchBody {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    permissions: Option<Vec<Permission>>,
-    #[serde(default, deserialize_with = "present")]
-    rate_limit: Option<Option<RateLimitSpec>>,
-    #[serde(default, deserialize_with = "present")]
-    customer_id: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    allowed_ips: Option<Option<Vec<Cidr>>>,
-    #[serde(default, deserialize_with = "present")]
-    expires_at: Option<Option<Timestamp>>,
-    #[serde(default, deserialize_with = "present")]
-    metadata: Option<Option<serde_json::Map<String, serde_json::Value>>>,
-}
-
 async fn update(admin: &Admin, id: String, request: Request<Incoming>) -> Answer {
-    let body: PatchBody = read_json(request).await?;
-    let patch = KeyPatch {
-        name: body.name,
-        permissions: body.permissions,
-        rate_limit: body.rate_limit,
-        customer_id: body.customer_id,
-        allowed_ips: body.allowed_ips.map(|list| list.map(cidrs).unwrap_or_default()),
-        expires_at: body.expires_at,
-        metadata: body.metadata.map(Option::unwrap_or_default),
-    };
+    let patch: KeyPatch = read_json(request).await?;
     let key = changing(admin, move |keys| keys.update(&id, patch)).await?;
     Ok(ok(&key))
 }

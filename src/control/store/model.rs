@@ -1,11 +1,9 @@
 //! What the store holds for a key, and the changes the key service asks of it.
 
-use ipnet::IpNet;
 use jiff::Timestamp;
 
 use crate::core::environment::Environment;
-use crate::core::key::{KeyStatus, KeyView, RateLimitSpec, StoredStatus};
-use crate::core::permission::Permission;
+use crate::core::key::{KeySpec, KeyStatus, KeyView, RateLimitSpec, StoredStatus};
 use crate::core::secret::KeyHash;
 
 /// One key row: the key object plus what only the store and the key table see.
@@ -14,15 +12,9 @@ pub struct StoredKey {
     /// Internal sequence number: the key table's and usage counters' handle on the key.
     pub seq: u64,
     pub id: String,
-    pub name: String,
-    pub environment: Environment,
+    pub spec: KeySpec,
     pub hash: KeyHash,
     pub prefix: String,
-    pub permissions: Vec<Permission>,
-    pub rate_limit: Option<RateLimitSpec>,
-    pub customer_id: Option<String>,
-    pub allowed_ips: Vec<IpNet>,
-    pub expires_at: Option<Timestamp>,
     pub status: StoredStatus,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
@@ -31,7 +23,6 @@ pub struct StoredKey {
     pub previous_hash: Option<KeyHash>,
     pub grace_until: Option<Timestamp>,
     pub previous_last_used_at: Option<Timestamp>,
-    pub metadata: serde_json::Map<String, serde_json::Value>,
     /// The store revision of this row's last change.
     pub revision: u64,
     /// Idle time counts from the later of this and `last_used_at`: set when the key is
@@ -41,7 +32,7 @@ pub struct StoredKey {
 
 impl StoredKey {
     pub fn status_at(&self, now: Timestamp) -> KeyStatus {
-        KeyStatus::of(self.status, self.expires_at, now)
+        KeyStatus::of(self.status, self.spec.expires_at, now)
     }
 
     /// The grace period is shown only while it runs.
@@ -51,15 +42,11 @@ impl StoredKey {
 
     pub fn view(&self, now: Timestamp) -> KeyView {
         let grace_until = self.grace_at(now);
+        let mut spec = self.spec.clone();
+        spec.rate_limit = spec.rate_limit.map(RateLimitSpec::normalized);
         KeyView {
             id: self.id.clone(),
-            name: self.name.clone(),
-            environment: self.environment,
-            permissions: self.permissions.clone(),
-            rate_limit: self.rate_limit.map(RateLimitSpec::normalized),
-            customer_id: self.customer_id.clone(),
-            allowed_ips: self.allowed_ips.clone(),
-            expires_at: self.expires_at,
+            spec,
             status: self.status_at(now),
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -67,7 +54,6 @@ impl StoredKey {
             prefix: self.prefix.clone(),
             grace_until,
             previous_last_used_at: grace_until.and(self.previous_last_used_at),
-            metadata: self.metadata.clone(),
         }
     }
 }
@@ -76,16 +62,9 @@ impl StoredKey {
 #[derive(Debug, Clone)]
 pub struct NewKey {
     pub id: String,
-    pub name: String,
-    pub environment: Environment,
+    pub spec: KeySpec,
     pub hash: KeyHash,
     pub prefix: String,
-    pub permissions: Vec<Permission>,
-    pub rate_limit: Option<RateLimitSpec>,
-    pub customer_id: Option<String>,
-    pub allowed_ips: Vec<IpNet>,
-    pub expires_at: Option<Timestamp>,
-    pub metadata: serde_json::Map<String, serde_json::Value>,
     pub now: Timestamp,
 }
 

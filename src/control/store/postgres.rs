@@ -30,6 +30,7 @@ use super::model::{
 };
 use super::sqlite::{changed_fields, instant, is_no_change, json, new_key_fields, to_json, RawRow, COLUMNS};
 use super::StoreError;
+use crate::config::validate::PostgresTls;
 use crate::core::key::{KeyStatus, StoredStatus};
 
 /// Schema versions, applied in order under an advisory lock; `keygate_schema` records how many
@@ -188,7 +189,21 @@ impl From<deadpool_postgres::PoolError> for StoreError {
 fn postgres_error(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("PostgreSQL: {}", db.message()),
-        None => format!("PostgreSQL: {error}"),
+        // tokio-postgres says what failed ("error performing TLS handshake") and keeps why
+        // (the certificate's issuer is unknown) in the source: the operator needs both.
+        None => {
+            let mut message = format!("PostgreSQL: {error}");
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !message.ends_with(&cause_text) {
+                    message.push_str(": ");
+                    message.push_str(&cause_text);
+                }
+                source = cause.source();
+            }
+            message
+        }
     }
 }
 
@@ -206,8 +221,8 @@ fn conflict(error: tokio_postgres::Error, why: &str) -> StoreError {
 }
 
 impl PgStore {
-    /// Connects to the database at `url` (libpq's URL form; `sslmode` as
-    /// [`crate::config::validate::postgres_url`] reads it: TLS always verifies the server),
+    /// Connects to the database at `url` (libpq's URL form; `sslmode` and `sslrootcert` as
+    /// [`crate::config::validate::postgres_url`] reads them: TLS always verifies the server),
     /// brings its schema up to date under an advisory lock, and starts listening for changes.
     pub fn open(url: &str) -> Result<Self, StoreError> {
         let store = Self::open_later(url)?;
@@ -219,7 +234,8 @@ impl PgStore {
     /// to date and starts the listener: a gateway starts while its database is unreachable and
     /// answers "not ready" until then. Fails only on a URL it cannot use.
     pub fn open_later(url: &str) -> Result<Self, StoreError> {
-        let mut config = crate::config::validate::postgres_url(url).map_err(StoreError::Unavailable)?;
+        let (mut config, tls) =
+            crate::config::validate::postgres_url(url).map_err(StoreError::Unavailable)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -230,7 +246,7 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Unavailable(format!("cannot start the PostgreSQL runtime: {e}")))?;
         let handle = runtime.handle().clone();
-        let tls = tls_connector()?;
+        let tls = tls_connector(&tls)?;
         let manager = Manager::from_config(
             config.clone(),
             tls.clone(),
@@ -834,20 +850,92 @@ fn block_on<T: Send>(handle: &tokio::runtime::Handle, work: impl Future<Output =
     })
 }
 
-/// rustls for TLS to the database, used when the URL's `sslmode` asks for it: the system's
-/// roots and Mozilla's.
-fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+/// rustls for TLS to the database, used when the URL's `sslmode` asks for it: the roots of
+/// `sslrootcert`, else the system's and Mozilla's; the server's name checked unless the mode is
+/// `verify-ca`.
+fn tls_connector(tls: &PostgresTls) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    let unavailable = |e: &dyn std::fmt::Display| StoreError::Unavailable(format!("TLS for PostgreSQL: {e}"));
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.root_cert {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| unavailable(&format!("sslrootcert {}: {e}", path.display())))?;
+            roots.add_parsable_certificates(certs);
+        }
+        None => {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| StoreError::Unavailable(format!("TLS for PostgreSQL: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .map_err(|e| unavailable(&e))?;
+    let config = if tls.verify_name {
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        let chain = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| unavailable(&e))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ChainOnly(chain)))
+            .with_no_client_auth()
+    };
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// `sslmode=verify-ca`: the server's chain must lead to a trusted root, whatever name the
+/// certificate is for (libpq's meaning). Everything else is WebPKI's own verification.
+#[derive(Debug)]
+struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::{CertificateError, Error};
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            verified => verified,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// Applies the migrations this store has not run, once, even when several gateways start
@@ -1006,58 +1094,14 @@ async fn announce(
     Ok(())
 }
 
-async fn insert_row(
-    tx: &deadpool_postgres::Transaction<'_>,
-    key: &NewKey,
-    revision: u64,
-    audit: Audit,
-    clash: &str,
-) -> Result<(), StoreError> {
-    let statement = tx
-        .prepare_cached(
-            "INSERT INTO keys (id, name, environment, hash, prefix, permissions, rate_limit, customer_id, \
-             allowed_ips, expires_at, status, created_at, updated_at, metadata, revision) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'active', $11, $11, $12, $13)",
-        )
-        .await?;
-    tx.execute(
-        &statement,
-        &[
-            &key.id,
-            &key.name,
-            &key.environment.as_str(),
-            &&key.hash.0[..],
-            &key.prefix,
-            &to_json(&key.permissions),
-            &key.rate_limit.as_ref().map(to_json),
-            &key.customer_id,
-            &to_json(&key.allowed_ips),
-            &key.expires_at.map(|at| at.as_second()),
-            &key.now.as_second(),
-            &to_json(&key.metadata),
-            &signed(revision),
-        ],
-    )
-    .await
-    .map_err(|e| conflict(e, clash))?;
-    record_event(tx, &key.id, audit, key.now, new_key_fields(key)).await
-}
+/// The columns a new key's row fills, in the order of [`NewRow::values`] and [`NEW_ROW_TYPES`].
+const NEW_ROW_COLUMNS: &str = "id, name, environment, hash, prefix, permissions, rate_limit, customer_id, \
+     allowed_ips, expires_at, status, created_at, updated_at, metadata, revision";
 
-/// `COPY`s new key rows in, at revisions `start + 1` onwards. The secrets' trigger runs for
-/// each row as it would for an `INSERT`.
-async fn copy_keys(
-    tx: &deadpool_postgres::Transaction<'_>,
-    keys: &[NewKey],
-    start: i64,
-) -> Result<(), tokio_postgres::Error> {
-    use tokio_postgres::types::{ToSql, Type};
-    let sink = tx
-        .copy_in(
-            "COPY keys (id, name, environment, hash, prefix, permissions, rate_limit, customer_id, \
-             allowed_ips, expires_at, status, created_at, updated_at, metadata, revision) FROM STDIN BINARY",
-        )
-        .await?;
-    let types = [
+/// The column types of [`NEW_ROW_COLUMNS`], for `COPY ... BINARY`.
+const NEW_ROW_TYPES: [tokio_postgres::types::Type; 15] = {
+    use tokio_postgres::types::Type;
+    [
         Type::TEXT,
         Type::TEXT,
         Type::TEXT,
@@ -1073,28 +1117,97 @@ async fn copy_keys(
         Type::INT8,
         Type::TEXT,
         Type::INT8,
-    ];
-    let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, &types);
+    ]
+};
+
+/// A new key's row as PostgreSQL takes it: the one place its values are laid out, for both
+/// `INSERT` and `COPY`.
+struct NewRow<'a> {
+    key: &'a NewKey,
+    environment: &'static str,
+    hash: &'a [u8],
+    permissions: String,
+    rate_limit: Option<String>,
+    allowed_ips: String,
+    metadata: String,
+    expires_at: Option<i64>,
+    now: i64,
+    revision: i64,
+}
+
+impl<'a> NewRow<'a> {
+    fn new(key: &'a NewKey, revision: i64) -> Self {
+        NewRow {
+            key,
+            environment: key.spec.environment.as_str(),
+            hash: &key.hash.0,
+            permissions: to_json(&key.spec.permissions),
+            rate_limit: key.spec.rate_limit.as_ref().map(to_json),
+            allowed_ips: to_json(&key.spec.allowed_ips),
+            metadata: to_json(&key.spec.metadata),
+            expires_at: key.spec.expires_at.map(|at| at.as_second()),
+            now: key.now.as_second(),
+            revision,
+        }
+    }
+
+    fn values(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 15] {
+        let key = self.key;
+        [
+            &key.id,
+            &key.spec.name,
+            &self.environment,
+            &self.hash,
+            &key.prefix,
+            &self.permissions,
+            &self.rate_limit,
+            &key.spec.customer_id,
+            &self.allowed_ips,
+            &self.expires_at,
+            &"active",
+            &self.now,
+            &self.now,
+            &self.metadata,
+            &self.revision,
+        ]
+    }
+}
+
+async fn insert_row(
+    tx: &deadpool_postgres::Transaction<'_>,
+    key: &NewKey,
+    revision: u64,
+    audit: Audit,
+    clash: &str,
+) -> Result<(), StoreError> {
+    let statement = tx
+        .prepare_cached(&format!(
+            "INSERT INTO keys ({NEW_ROW_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        ))
+        .await?;
+    let row = NewRow::new(key, signed(revision));
+    tx.execute(&statement, &row.values())
+        .await
+        .map_err(|e| conflict(e, clash))?;
+    record_event(tx, &key.id, audit, key.now, new_key_fields(key)).await
+}
+
+/// `COPY`s new key rows in, at revisions `start + 1` onwards. The secrets' trigger runs for
+/// each row as it would for an `INSERT`.
+async fn copy_keys(
+    tx: &deadpool_postgres::Transaction<'_>,
+    keys: &[NewKey],
+    start: i64,
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx
+        .copy_in(&format!("COPY keys ({NEW_ROW_COLUMNS}) FROM STDIN BINARY"))
+        .await?;
+    let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, &NEW_ROW_TYPES);
     let mut writer = std::pin::pin!(writer);
     for (i, key) in keys.iter().enumerate() {
-        let row: [&(dyn ToSql + Sync); 15] = [
-            &key.id,
-            &key.name,
-            &key.environment.as_str(),
-            &&key.hash.0[..],
-            &key.prefix,
-            &to_json(&key.permissions),
-            &key.rate_limit.as_ref().map(to_json),
-            &key.customer_id,
-            &to_json(&key.allowed_ips),
-            &key.expires_at.map(|at| at.as_second()),
-            &"active",
-            &key.now.as_second(),
-            &key.now.as_second(),
-            &to_json(&key.metadata),
-            &(start + 1 + i as i64),
-        ];
-        writer.as_mut().write(&row).await?;
+        let row = NewRow::new(key, start + 1 + i as i64);
+        writer.as_mut().write(&row.values()).await?;
     }
     writer.finish().await?;
     Ok(())
@@ -1151,20 +1264,20 @@ async fn write_back(tx: &deadpool_postgres::Transaction<'_>, key: &StoredKey) ->
         &statement,
         &[
             &signed(key.seq),
-            &key.name,
+            &key.spec.name,
             &&key.hash.0[..],
             &key.prefix,
-            &to_json(&key.permissions),
-            &key.rate_limit.as_ref().map(to_json),
-            &key.customer_id,
-            &to_json(&key.allowed_ips),
-            &key.expires_at.map(|at| at.as_second()),
+            &to_json(&key.spec.permissions),
+            &key.spec.rate_limit.as_ref().map(to_json),
+            &key.spec.customer_id,
+            &to_json(&key.spec.allowed_ips),
+            &key.spec.expires_at.map(|at| at.as_second()),
             &key.status.as_str(),
             &key.updated_at.as_second(),
             &key.previous_hash.as_ref().map(|h| h.0.to_vec()),
             &key.grace_until.map(|at| at.as_second()),
             &key.previous_last_used_at.map(|at| at.as_second()),
-            &to_json(&key.metadata),
+            &to_json(&key.spec.metadata),
             &signed(key.revision),
             &key.idle_from.map(|at| at.as_second()),
         ],

@@ -19,7 +19,7 @@ use super::model::{
     UsageDelta,
 };
 use super::StoreError;
-use crate::core::key::{KeyStatus, StoredStatus};
+use crate::core::key::{KeySpec, KeyStatus, StoredStatus};
 use crate::core::secret::KeyHash;
 
 pub(super) const COLUMNS: &str =
@@ -622,17 +622,17 @@ fn insert_row(
     )?
     .execute(params![
         key.id,
-        key.name,
-        key.environment.as_str(),
+        key.spec.name,
+        key.spec.environment.as_str(),
         &key.hash.0[..],
         key.prefix,
-        to_json(&key.permissions),
-        key.rate_limit.as_ref().map(to_json),
-        key.customer_id,
-        to_json(&key.allowed_ips),
-        key.expires_at.map(|at| at.as_second()),
+        to_json(&key.spec.permissions),
+        key.spec.rate_limit.as_ref().map(to_json),
+        key.spec.customer_id,
+        to_json(&key.spec.allowed_ips),
+        key.spec.expires_at.map(|at| at.as_second()),
         key.now.as_second(),
-        to_json(&key.metadata),
+        to_json(&key.spec.metadata),
         revision as i64,
     ])
     .map_err(|e| conflict(e, clash))?;
@@ -673,20 +673,20 @@ fn write_back(tx: &Transaction<'_>, key: &StoredKey) -> Result<(), StoreError> {
     )?
     .execute(params![
         key.seq as i64,
-        key.name,
+        key.spec.name,
         &key.hash.0[..],
         key.prefix,
-        to_json(&key.permissions),
-        key.rate_limit.as_ref().map(to_json),
-        key.customer_id,
-        to_json(&key.allowed_ips),
-        key.expires_at.map(|at| at.as_second()),
+        to_json(&key.spec.permissions),
+        key.spec.rate_limit.as_ref().map(to_json),
+        key.spec.customer_id,
+        to_json(&key.spec.allowed_ips),
+        key.spec.expires_at.map(|at| at.as_second()),
         key.status.as_str(),
         key.updated_at.as_second(),
         key.previous_hash.as_ref().map(|h| h.0.to_vec()),
         key.grace_until.map(|at| at.as_second()),
         key.previous_last_used_at.map(|at| at.as_second()),
-        to_json(&key.metadata),
+        to_json(&key.spec.metadata),
         key.revision as i64,
         key.idle_from.map(|at| at.as_second()),
     ])
@@ -704,22 +704,7 @@ fn enqueue(conn: &Connection, payload: &str, now: Timestamp) -> Result<(), Store
 
 /// What a creation's audit record shows of a new key (as [`audited_fields`] would).
 pub(super) fn new_key_fields(key: &NewKey) -> serde_json::Map<String, serde_json::Value> {
-    let serde_json::Value::Object(mut fields) = serde_json::json!({
-        "name": key.name,
-        "environment": key.environment,
-        "permissions": key.permissions,
-        "rate_limit": key.rate_limit,
-        "customer_id": key.customer_id,
-        "allowed_ips": key.allowed_ips,
-        "expires_at": key.expires_at,
-        "status": "active",
-        "prefix": key.prefix,
-        "metadata": key.metadata,
-    }) else {
-        unreachable!("a json! object literal is an object")
-    };
-    fields.retain(|_, value| !value.is_null());
-    fields
+    fields_of(&key.spec, "active", &key.prefix, None)
 }
 
 fn record_event(
@@ -748,21 +733,26 @@ fn record_event(
 
 /// The fields of a key an audit record shows: its settings, never its secret or hash.
 fn audited_fields(key: &StoredKey) -> serde_json::Map<String, serde_json::Value> {
-    let serde_json::Value::Object(mut fields) = serde_json::json!({
-        "name": key.name,
-        "environment": key.environment,
-        "permissions": key.permissions,
-        "rate_limit": key.rate_limit,
-        "customer_id": key.customer_id,
-        "allowed_ips": key.allowed_ips,
-        "expires_at": key.expires_at,
-        "status": key.status.as_str(),
-        "prefix": key.prefix,
-        "grace_until": key.grace_until,
-        "metadata": key.metadata,
-    }) else {
-        unreachable!("a json! object literal is an object")
+    fields_of(&key.spec, key.status.as_str(), &key.prefix, key.grace_until)
+}
+
+/// The spec as it serializes, with the status, the prefix and a grace period; no nulls.
+fn fields_of(
+    spec: &KeySpec,
+    status: &str,
+    prefix: &str,
+    grace_until: Option<Timestamp>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut fields = match serde_json::to_value(spec) {
+        Ok(serde_json::Value::Object(fields)) => fields,
+        // A struct of plain fields serializes to an object; nothing else can come back.
+        _ => serde_json::Map::new(),
     };
+    fields.insert("status".into(), status.into());
+    fields.insert("prefix".into(), prefix.into());
+    if let Some(until) = grace_until {
+        fields.insert("grace_until".into(), serde_json::json!(until));
+    }
     fields.retain(|_, value| !value.is_null());
     fields
 }
@@ -861,13 +851,9 @@ pub(super) struct RawRow {
 
 impl RawRow {
     pub(super) fn decode(self, id: String) -> Result<StoredKey, String> {
-        Ok(StoredKey {
-            seq: self.seq as u64,
-            id,
+        let spec = KeySpec {
             name: self.name,
             environment: self.environment.parse()?,
-            hash: hash(&self.hash).ok_or("hash is not 32 bytes")?,
-            prefix: self.prefix,
             permissions: json("permissions", &self.permissions)?,
             rate_limit: self
                 .rate_limit
@@ -876,6 +862,14 @@ impl RawRow {
             customer_id: self.customer_id,
             allowed_ips: json("allowed_ips", &self.allowed_ips)?,
             expires_at: instant(self.expires_at)?,
+            metadata: json("metadata", &self.metadata)?,
+        };
+        Ok(StoredKey {
+            seq: self.seq as u64,
+            id,
+            spec,
+            hash: hash(&self.hash).ok_or("hash is not 32 bytes")?,
+            prefix: self.prefix,
             status: self.status.parse()?,
             created_at: instant(Some(self.created_at))?.ok_or("no created_at")?,
             updated_at: instant(Some(self.updated_at))?.ok_or("no updated_at")?,
@@ -886,7 +880,6 @@ impl RawRow {
             },
             grace_until: instant(self.grace_until)?,
             previous_last_used_at: instant(self.previous_last_used_at)?,
-            metadata: json("metadata", &self.metadata)?,
             revision: self.revision as u64,
             idle_from: instant(self.idle_from)?,
         })

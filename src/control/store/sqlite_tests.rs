@@ -19,16 +19,18 @@ fn secret(text: &str) -> KeyHash {
 fn new_key(id: &str, hash: KeyHash) -> NewKey {
     NewKey {
         id: id.into(),
-        name: id.into(),
-        environment: Environment::Production,
+        spec: KeySpec {
+            name: id.into(),
+            environment: Environment::Production,
+            permissions: Vec::new(),
+            rate_limit: None,
+            customer_id: None,
+            allowed_ips: Vec::new(),
+            expires_at: None,
+            metadata: serde_json::Map::new(),
+        },
         hash,
         prefix: "pfx_".into(),
-        permissions: Vec::new(),
-        rate_limit: None,
-        customer_id: None,
-        allowed_ips: Vec::new(),
-        expires_at: None,
-        metadata: serde_json::Map::new(),
         now: Timestamp::now(),
     }
 }
