@@ -753,3 +753,42 @@ mod h2 {
         assert_eq!(h.upstream.count(), 1);
     }
 }
+
+/// `Upgrade` requests: refused like any other before anything reaches the upstream; an
+/// upstream that does not switch answers as it answered; `h2c` is never tunnelled (the HTTP/2
+/// requests on such a tunnel would pass no check), so it goes on as a plain request.
+#[tokio::test]
+async fn upgrade_requests_pass_the_same_checks_and_h2c_is_not_tunnelled() {
+    let (h, auth) = standard().await;
+    let rows = [
+        row(
+            "a WebSocket upgrade without a key",
+            "GET /v1/status HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+             sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            401,
+            false,
+        ),
+        row(
+            "a WebSocket upgrade the upstream does not take",
+            "GET /v1/status HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\nconnection: upgrade\r\n\
+             upgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            200,
+            true,
+        ),
+    ];
+    run(&h, &auth, &rows).await;
+    assert_eq!(h.upstream.last().headers["upgrade"], "websocket");
+    let h2c = "GET /v1/status HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\nconnection: upgrade, http2-settings\r\n\
+               upgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n";
+    run(
+        &h,
+        &auth,
+        &[row("an h2c upgrade, as a plain request", h2c, 200, true)],
+    )
+    .await;
+    let got = h.upstream.last().headers;
+    assert!(
+        got.get("upgrade").is_none() && got.get("http2-settings").is_none(),
+        "{got:?}"
+    );
+}

@@ -556,7 +556,7 @@ async fn at_pool_max_connections_requests_wait_for_a_connection_instead_of_openi
     let upstream = Upstream::start(Connections::KeepAlive).await;
     let h = gateway(
         &upstream,
-        "timeout = \"5s\"\nconnect_timeout = \"5s\"\npool_max_connections = 2",
+        "timeout = \"5s\"\nconnect_timeout = \"5s\"\nqueue_timeout = \"4s\"\npool_max_connections = 2",
     )
     .await;
     let (_, key) = h.key(&["*"]).await;
@@ -568,27 +568,87 @@ async fn at_pool_max_connections_requests_wait_for_a_connection_instead_of_openi
 }
 
 #[tokio::test]
-async fn at_the_cap_a_request_no_connection_frees_up_for_is_502_and_a_closed_one_frees_its_slot() {
+async fn past_the_cap_a_request_waits_queue_timeout_then_gets_a_fast_503() {
     let upstream = Upstream::start(Connections::KeepAlive).await;
-    let settings = "timeout = \"1s\"\nconnect_timeout = \"200ms\"\npool_max_connections = 1";
+    let settings = "timeout = \"5s\"\npool_max_connections = 1";
     let h = Arc::new(gateway(&upstream, settings).await);
     let (_, key) = h.key(&["*"]).await;
+    // A stalled upstream: the one connection hangs.
     let hung = {
         let (h, key) = (h.clone(), key.clone());
         tokio::spawn(async move { h.get("/v1/status/hang", &key).await.status })
     };
     assert!(eventually(DEADLINE, || async { upstream.open() == 1 }).await);
+    let started = std::time::Instant::now();
     let answer = h.get("/v1/status", &key).await;
-    assert_eq!(answer.status, 502, "{}", answer.text());
-    assert_eq!(answer.json()["error"], "bad gateway");
+    let waited = started.elapsed();
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    assert_eq!(answer.json()["error"], "service unavailable");
+    assert_eq!(answer.headers["retry-after"], "1");
+    assert_eq!(answer.headers["cache-control"], "no-store");
+    // The default queue_timeout is 100 ms; the bound is loose for a busy machine, and far
+    // below the 5 s the hung exchange will take.
+    assert!(waited < Duration::from_millis(2500), "waited {waited:?}");
     let metrics = h.metrics().await;
-    let series = r#"keygate_upstream_errors_total{kind="connect",upstream="api"}"#;
+    let series = r#"keygate_upstream_errors_total{kind="saturated",upstream="api"}"#;
     assert_eq!(support::sample(&metrics, series), Some(1.0), "{metrics}");
-    // The hung exchange times out and its connection closes: its slot serves the next request.
+    assert_eq!(upstream.accepted(), 1, "no connection past the cap");
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "the refused request never reached the upstream"
+    );
+    // The hung exchange times out and its connection closes: its turn serves the next request.
     assert_eq!(hung.await.unwrap(), 504);
     let answer = h.get("/v1/status", &key).await;
     assert_eq!((answer.status.as_u16(), answer.text()), (200, "ok".to_owned()));
-    assert_eq!(upstream.accepted(), 2);
+}
+
+#[tokio::test]
+async fn requests_queued_past_the_cap_are_served_in_the_order_they_came() {
+    let upstream = Upstream::start(Connections::KeepAlive).await;
+    let settings =
+        "timeout = \"10s\"\nconnect_timeout = \"5s\"\nqueue_timeout = \"8s\"\npool_max_connections = 1";
+    let h = Arc::new(gateway(&upstream, settings).await);
+    let (_, key) = h.key(&["*"]).await;
+    let queued = || h.gateway.shared.snapshot.load().upstreams[0].0.queued();
+    // The one connection is held by a response its client does not read.
+    let mut holder = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+    let request = format!(
+        "GET /v1/status/large HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\n\r\n",
+        basic(&key)
+    );
+    holder.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0; 12];
+    holder.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // Each waiter joins the queue before the next is sent.
+    let mut waiters = Vec::new();
+    for n in 1..=4 {
+        let (h2, key) = (h.clone(), key.clone());
+        waiters.push(tokio::spawn(async move {
+            h2.get(&format!("/v1/status/{n}"), &key).await.status
+        }));
+        assert!(
+            eventually(DEADLINE, || async { queued() == n }).await,
+            "waiter {n} queued"
+        );
+    }
+    drop(holder);
+    for waiter in waiters {
+        assert_eq!(waiter.await.unwrap(), 200);
+    }
+    let order: Vec<String> = upstream.requests().into_iter().skip(1).collect();
+    assert_eq!(
+        order,
+        [
+            "GET /v1/status/1 ",
+            "GET /v1/status/2 ",
+            "GET /v1/status/3 ",
+            "GET /v1/status/4 "
+        ]
+    );
+    assert_eq!(queued(), 0);
 }
 
 #[tokio::test]
@@ -618,4 +678,72 @@ async fn a_config_reload_keeps_the_connections_of_an_upstream_whose_pool_setting
         upstream.open_drops_to(1).await,
         "the replaced pool's connection closes"
     );
+}
+
+/// Writes `head` and then `body` a byte at a time, `pace` apart, on a new connection to the
+/// gateway, and reads the answer to its end.
+async fn paced_upload(h: &Harness, head: &str, body: &[u8], pace: Duration) -> String {
+    let mut client = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+    client.write_all(head.as_bytes()).await.unwrap();
+    for byte in body {
+        tokio::time::sleep(pace).await;
+        client.write_all(&[*byte]).await.unwrap();
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, client.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn an_upload_longer_than_timeout_succeeds_the_timeout_runs_from_its_end() {
+    let upstream = Upstream::start(Connections::KeepAlive).await;
+    let h = gateway(&upstream, "timeout = \"400ms\"").await;
+    let (_, key) = h.key(&["*"]).await;
+    let body = b"slowbody";
+    let head = format!(
+        "POST /v1/status/echo HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n",
+        basic(&key),
+        body.len()
+    );
+    // Eight bytes 150 ms apart: 1.2 s, three times the timeout, never idle for as long.
+    let answer = paced_upload(&h, &head, body, Duration::from_millis(150)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("slowbody"), "{answer}");
+    assert_eq!(upstream.requests(), ["POST /v1/status/echo slowbody"]);
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_past_body_idle_timeout_is_408_and_its_upstream_connection_closes() {
+    let upstream = Upstream::start(Connections::KeepAlive).await;
+    let template = STANDARD
+        .replace("http://{upstream}", &format!("http://{}", upstream.addr))
+        .replace("[server]\n", "[server]\nbody_idle_timeout = \"300ms\"\n")
+        .replace("timeout = \"1s\"\n", "timeout = \"5s\"\n");
+    let h = Harness::with_config(&template, "").await;
+    let (_, key) = h.key(&["*"]).await;
+    let mut client = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+    let head = format!(
+        "POST /v1/status/echo HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\ncontent-length: 100\r\n\r\n",
+        basic(&key)
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    client.write_all(&[b'x'; 10]).await.unwrap();
+    assert!(eventually(DEADLINE, || async { upstream.open() == 1 }).await);
+    // ...and nothing more: the gateway answers and closes.
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, client.read_to_end(&mut answer))
+        .await
+        .expect("the gateway closes the connection")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 408"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(answer.ends_with(r#"{"error":"request timeout"}"#), "{answer}");
+    assert!(
+        upstream.open_drops_to(0).await,
+        "the upstream connection holding half a request is closed"
+    );
+    let answer = h.get("/v1/status", &key).await;
+    assert_eq!((answer.status.as_u16(), answer.text()), (200, "ok".to_owned()));
 }

@@ -13,6 +13,8 @@ Performance section.
 
     benches/load/run [--rounds 3] [--duration 5] [--connections 64]
     benches/load/run --logs     # the cost of the access log: keygate and nginx, logs on and off
+    benches/load/run --recent   # the cost of the recent-requests ring: keygate with it (the
+                                # default, 10000 kept) beside keygate-norecent (logs.recent = 0)
 """
 
 from __future__ import annotations
@@ -336,7 +338,7 @@ backend api
 
 
 def keygate_config(work: str, upstream: int, proxy: int, admin: int, access_log: bool = False,
-                   redis: str = "", store: str = "") -> str:
+                   redis: str = "", store: str = "", recent: int = 10000) -> str:
     # With a PostgreSQL URL: that store instead of the SQLite file.
     store = store or f"sqlite://{work}/keygate.db"
     # With a Redis URL: the shared (fleet-wide) limiter instead of the local one.
@@ -369,6 +371,7 @@ per_key = false
 
 [logs]
 access = {str(access_log).lower()}
+recent = {recent}
 
 [[upstream]]
 name = "api"
@@ -594,6 +597,8 @@ def main() -> None:
                         help="also run keygate with its limits in this Redis (redis://127.0.0.1:6379)")
     parser.add_argument("--churn", type=int, default=0,
                         help="also run keygate's valid scenario while this many key changes go in")
+    parser.add_argument("--recent", action="store_true",
+                        help="also run keygate without its recent-requests ring (logs.recent = 0)")
     parser.add_argument("--logs", action="store_true",
                         help="the access log's cost: keygate, nginx auth_basic and map, each with its access "
                              "log off and on (to a file), valid and scanning only")
@@ -621,7 +626,7 @@ def main() -> None:
 
 def bench(work: str, args) -> None:
     keys = make_keys(args.keys, args.scanning_keys)
-    names = ["keygate", "keygate-redis", "keygate-pg", "nginx-basic", "nginx-map", "haproxy", "nginx-plain", "haproxy-plain", "hyper-plain"]
+    names = ["keygate", "keygate-norecent", "keygate-redis", "keygate-pg", "nginx-basic", "nginx-map", "haproxy", "nginx-plain", "haproxy-plain", "hyper-plain"]
     ports = {name: free_port() for name in names + [f"{name}-log" for name in LOGGED]}
     upstream = free_port()
     admin = free_port()
@@ -672,6 +677,15 @@ def bench(work: str, args) -> None:
                        f"{work}/keygate-redis.log", env)
         wait_for_port(ports["keygate-redis"], "keygate-redis")
         contenders.append(Contender("keygate-redis", ports["keygate-redis"], shared.pid, ("valid", "limited")))
+    if args.recent:
+        # A second gateway on the same store keeping no recent requests: the difference to
+        # keygate is what the ring costs a request.
+        with open(f"{work}/keygate-norecent.toml", "w") as f:
+            f.write(keygate_config(work, upstream, ports["keygate-norecent"], free_port(), recent=0))
+        norecent = start([KEYGATE, "serve", "--config", f"{work}/keygate-norecent.toml"], CONTENDER_CPU,
+                         f"{work}/keygate-norecent.log", env)
+        wait_for_port(ports["keygate-norecent"], "keygate-norecent")
+        contenders.append(Contender("keygate-norecent", ports["keygate-norecent"], norecent.pid, ("valid", "wrong")))
     if args.postgres:
         # The same keys in PostgreSQL: the request path reads only the in-memory table, so this
         # should run as keygate on SQLite does.

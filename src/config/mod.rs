@@ -5,6 +5,7 @@
 pub mod raw;
 mod routes;
 mod types;
+mod upstream_tls;
 pub mod validate;
 
 pub use types::*;

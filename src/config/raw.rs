@@ -60,13 +60,17 @@ pub struct RawServer {
     pub tls_handshake_timeout: Field<String>,
     /// Duration within which a request head must arrive. Default `"10s"`.
     pub header_read_timeout: Field<String>,
+    /// Longest pause in a request body while the upstream waits for it (408 past it).
+    /// Default `"30s"`.
+    pub body_idle_timeout: Field<String>,
     /// Bytes of request head at most. Default 65536.
     pub max_header_bytes: Field<u64>,
     /// Request headers at most. Default 100.
     pub max_headers: Field<u64>,
     /// Bytes of request URI at most. Default 8192.
     pub max_uri_bytes: Field<u64>,
-    /// Duration after which an idle keep-alive connection is closed. Default `"60s"`.
+    /// Duration after which an idle keep-alive connection, or an upgrade tunnel without a byte
+    /// either way, is closed. Default `"60s"`.
     pub idle_timeout: Field<String>,
     /// Concurrent HTTP/2 streams per connection. Default 100.
     pub http2_max_concurrent_streams: Field<u64>,
@@ -188,15 +192,28 @@ pub struct RawLogs {
 pub struct RawUpstream {
     /// Unique name routes refer to. Required.
     pub name: Field<String>,
-    /// `http://host[:port][/prefix]`. Required.
+    /// `http://host[:port][/prefix]` or `https://...`. Required.
     pub url: Field<String>,
+    /// PEM file of the CA certificates an `https` upstream's certificate must chain to; they
+    /// replace the web's roots. Relative to the config file. Default: the web's roots
+    /// (Mozilla's, compiled in).
+    pub ca: Field<String>,
+    /// PEM file of the certificate chain presented to an `https` upstream that asks for one;
+    /// with `client_key`. Default: none.
+    pub client_cert: Field<String>,
+    /// PEM file of `client_cert`'s private key. Default: none.
+    pub client_key: Field<String>,
     /// Duration to establish a connection (502 past it). Default `"2s"`.
     pub connect_timeout: Field<String>,
-    /// Duration to the response head (504 past it). Default `"30s"`.
+    /// Duration to the response head from the end of the request body (504 past it); also the
+    /// longest the upstream may take none of a streaming body. Default `"30s"`.
     pub timeout: Field<String>,
-    /// Open connections at most, busy or idle; at the cap a request waits for one to come
-    /// free, within `connect_timeout`. Default 1024.
+    /// Connections in use at most, and open at most, busy or idle; past the cap a request
+    /// queues for its turn, first come first served, within `queue_timeout`. Default 1024.
     pub pool_max_connections: Field<u64>,
+    /// Duration a request waits for its turn past `pool_max_connections` before a 503 with
+    /// `Retry-After: 1`; shorter than `timeout`. Default `"100ms"`.
+    pub queue_timeout: Field<String>,
     /// Idle pooled connections kept. Default 128.
     pub pool_max_idle: Field<u64>,
     /// Duration an idle pooled connection is kept. Default `"90s"`.

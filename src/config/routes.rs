@@ -2,6 +2,7 @@
 //! references, permission maps, and the clashes between routes that would make one unreachable.
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use http::{Method, Uri};
 use toml::Spanned;
 
 use super::raw::{Field, RawRoute, RawUpstream};
+use super::upstream_tls::upstream_tls;
 use super::validate::Checker;
 use super::{PathPattern, Route, RoutePermissions, Segment, Upstream};
 use crate::core::environment::Environment;
@@ -60,7 +62,11 @@ fn check_name(checker: &mut Checker, name: &Field<String>, label: &str, seen: &m
     }
 }
 
-pub(super) fn upstreams(checker: &mut Checker, raw: &[Spanned<RawUpstream>]) -> Vec<Upstream> {
+pub(super) fn upstreams(
+    checker: &mut Checker,
+    raw: &[Spanned<RawUpstream>],
+    base_dir: &Path,
+) -> Vec<Upstream> {
     let mut seen = HashSet::new();
     raw.iter()
         .enumerate()
@@ -76,18 +82,23 @@ pub(super) fn upstreams(checker: &mut Checker, raw: &[Spanned<RawUpstream>]) -> 
                 })
                 .unwrap_or_else(|| Uri::from_static("http://127.0.0.1"));
             let field = |name: &str| format!("{label}.{name}");
+            let tls = upstream_tls(checker, upstream, &label, &url, base_dir);
+            let timeout = checker.duration_or(&upstream.timeout, &field("timeout"), secs(30));
+            let queue_timeout = queue_timeout(checker, upstream, &field("queue_timeout"), timeout);
             Upstream {
                 name: upstream
                     .name
                     .as_ref()
                     .map_or_else(String::new, |n| n.get_ref().clone()),
                 url,
+                tls,
                 connect_timeout: checker.duration_or(
                     &upstream.connect_timeout,
                     &field("connect_timeout"),
                     secs(2),
                 ),
-                timeout: checker.duration_or(&upstream.timeout, &field("timeout"), secs(30)),
+                timeout,
+                queue_timeout,
                 pool_max_connections: checker
                     .count(
                         &upstream.pool_max_connections,
@@ -110,21 +121,39 @@ pub(super) fn upstreams(checker: &mut Checker, raw: &[Spanned<RawUpstream>]) -> 
         .collect()
 }
 
+/// The default is short because a wait past the cap is only worth it when a connection is
+/// about to come free; behind a stalled upstream every waiter would wait in vain, and the
+/// client is better off with a prompt 503 to retry or go elsewhere. A tenth of a second
+/// covers a busy upstream answering in tens of milliseconds.
+const QUEUE_TIMEOUT: Duration = Duration::from_millis(100);
+
+fn queue_timeout(checker: &mut Checker, upstream: &RawUpstream, field: &str, timeout: Duration) -> Duration {
+    let default = QUEUE_TIMEOUT.min(timeout / 2);
+    checker
+        .parsed(&upstream.queue_timeout, field, |text| {
+            match crate::core::units::parse_duration(text) {
+                Ok(wait) if wait.is_zero() => Err("must be longer than zero".to_owned()),
+                // A wait as long as the response timeout would always end in a 504 instead.
+                Ok(wait) if wait >= timeout => Err(format!("must be shorter than timeout ({timeout:?})")),
+                Ok(wait) => Ok(wait),
+                Err(error) => Err(error.to_string()),
+            }
+        })
+        .unwrap_or(default)
+}
+
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-/// `http://host[:port][/prefix]`, stored without a trailing slash.
+/// `http[s]://host[:port][/prefix]`, stored without a trailing slash.
 fn upstream_url(text: &str) -> Result<Uri, String> {
     let uri = Uri::from_str(text.trim())
         .map_err(|_| format!("{text:?} is not a URL like \"http://127.0.0.1:7001\""))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err("https upstreams are not supported yet; use http:// on a trusted network".into())
-        }
-        _ => return Err(format!("{text:?} must start with http://")),
-    }
+    let scheme = match uri.scheme_str() {
+        Some(scheme @ ("http" | "https")) => scheme,
+        _ => return Err(format!("{text:?} must start with http:// or https://")),
+    };
     let authority = uri.authority().ok_or_else(|| format!("{text:?} has no host"))?;
     if authority.as_str().contains('@') {
         return Err("credentials in the upstream URL are not supported".into());
@@ -136,7 +165,7 @@ fn upstream_url(text: &str) -> Result<Uri, String> {
         return Err("an upstream URL cannot have a query".into());
     }
     let prefix = uri.path().trim_end_matches('/');
-    Uri::from_str(&format!("http://{authority}{prefix}")).map_err(|e| e.to_string())
+    Uri::from_str(&format!("{scheme}://{authority}{prefix}")).map_err(|e| e.to_string())
 }
 
 pub(super) fn routes(

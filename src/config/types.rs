@@ -44,13 +44,15 @@ pub struct Server {
     pub tls_handshake_timeout: Duration,
     /// A request head must arrive within this. Default 10s.
     pub header_read_timeout: Duration,
+    /// Longest pause in a request body being forwarded (408 past it). Default 30s.
+    pub body_idle_timeout: Duration,
     /// Largest request head in bytes. Default 64 KiB.
     pub max_header_bytes: usize,
     /// Most request headers. Default 100.
     pub max_headers: usize,
     /// Longest request URI in bytes. Default 8 KiB.
     pub max_uri_bytes: usize,
-    /// Idle keep-alive connections are closed after this. Default 60s.
+    /// Idle keep-alive connections and idle upgrade tunnels are closed after this. Default 60s.
     pub idle_timeout: Duration,
     /// HTTP/2 streams per connection. Default 100.
     pub http2_max_concurrent_streams: u32,
@@ -177,12 +179,17 @@ pub struct Logs {
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub name: String,
-    /// Scheme `http`, an authority, and an optional path prefix (no trailing slash, no query).
+    /// Scheme `http` or `https`, an authority, and an optional path prefix (no trailing slash,
+    /// no query).
     pub url: Uri,
+    /// For an `https` URL: how to verify the upstream, and what to present to it.
+    pub tls: Option<UpstreamTls>,
     /// Default 2s.
     pub connect_timeout: Duration,
-    /// Time to the response head. Default 30s.
+    /// Time to the response head, from the end of the request body. Default 30s.
     pub timeout: Duration,
+    /// Longest wait for a turn past `pool_max_connections` (503 past it). Default 100ms.
+    pub queue_timeout: Duration,
     /// Open connections per upstream at most, busy or idle. Default 1024.
     pub pool_max_connections: usize,
     /// Idle pooled connections kept per upstream. Default 128.
@@ -241,4 +248,18 @@ impl RoutePermissions {
             .map(|(_, permission)| permission)
             .or(self.fallback.as_ref())
     }
+}
+
+/// An `https` upstream's TLS client, built and checked (files read, PEM parsed, certificate and
+/// key matched) when the config is validated, so `keygate check` finds what `serve` would.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// Roots (the configured `ca` or the web's), the optional client certificate, ALPN
+    /// `http/1.1`.
+    pub client: std::sync::Arc<rustls::ClientConfig>,
+    /// The name sent as SNI and verified in the certificate: the URL's host.
+    pub server_name: rustls::pki_types::ServerName<'static>,
+    /// A digest of the files' contents and of the name: equal digests, interchangeable
+    /// connections, so a reload that changes none of them keeps the pool.
+    pub digest: [u8; 32],
 }

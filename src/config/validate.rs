@@ -2,7 +2,8 @@
 //! reference, and collects every problem (not just the first) with its line and field.
 //!
 //! Pure: reads no environment variable and binds no socket, so `keygate check` and `keygate
-//! serve` share it. The only I/O is [`load`] reading the file.
+//! serve` share it. The only I/O is [`load`] reading the file, and reading the certificate
+//! files an `https` upstream names (`upstream_tls`), so that `check` finds what `serve` would.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -196,7 +197,7 @@ impl Checker<'_> {
             let span = raw.admin.listen.as_ref().map_or(0..0, Spanned::span);
             self.fail(&span, "admin.listen", "must differ from server.listen");
         }
-        let upstreams = routes::upstreams(self, &raw.upstreams);
+        let upstreams = routes::upstreams(self, &raw.upstreams, base_dir);
         let routes = routes::routes(self, &raw.routes, &upstreams, server.environment);
         Some(Config {
             server,
@@ -273,6 +274,7 @@ impl Checker<'_> {
                 "server.header_read_timeout",
                 secs(10),
             ),
+            body_idle_timeout: self.duration_or(&raw.body_idle_timeout, "server.body_idle_timeout", secs(30)),
             max_header_bytes: self.usize(&raw.max_header_bytes, "server.max_header_bytes", 65_536),
             max_headers: self.usize(&raw.max_headers, "server.max_headers", 100),
             max_uri_bytes: self.usize(&raw.max_uri_bytes, "server.max_uri_bytes", 8_192),

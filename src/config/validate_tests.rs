@@ -34,6 +34,7 @@ fn an_empty_file_takes_every_default() {
     assert_eq!(config.server.environment, Environment::Production);
     assert_eq!(config.server.shutdown_grace, Duration::from_secs(30));
     assert_eq!(config.server.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(config.server.body_idle_timeout, Duration::from_secs(30));
     assert_eq!(config.server.max_header_bytes, 65_536);
     assert_eq!(config.server.max_headers, 100);
     assert_eq!(config.server.max_uri_bytes, 8_192);
@@ -200,6 +201,7 @@ fn each_mistake_names_its_field_and_line() {
         ("\n[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n", "server.trusted_proxies", 3),
         ("\n[server]\nshutdown_grace = \"30\"\n", "server.shutdown_grace", 3),
         ("\n[server]\nheader_read_timeout = \"0s\"\n", "server.header_read_timeout", 3),
+        ("\n[server]\nbody_idle_timeout = \"soon\"\n", "server.body_idle_timeout", 3),
         ("\n[server]\nmax_headers = 0\n", "server.max_headers", 3),
         ("\n[server]\nfirst_byte_timeout = \"0s\"\n", "server.first_byte_timeout", 3),
         ("\n[server]\nfirst_byte_timeout = \"soon\"\n", "server.first_byte_timeout", 3),
@@ -232,10 +234,15 @@ fn each_mistake_names_its_field_and_line() {
         ("\n[lifecycle]\nidle_expiry = \"7d\"\nwarn_before = [\"7d\"]\n", "lifecycle.warn_before", 4),
         ("\n[lifecycle]\nidle_expiry = \"9d\"\nwarn_before = [\"1d\", \"1d\"]\n", "lifecycle.warn_before", 4),
         ("\n[lifecycle]\nwebhook = \"ftp://x\"\n", "lifecycle.webhook", 3),
-        ("\n[[upstream]]\nname = \"a\"\nurl = \"https://x\"\n", "upstream \"a\".url", 4),
+        ("\n[[upstream]]\nname = \"a\"\nurl = \"ftp://x\"\n", "upstream \"a\".url", 4),
+        ("\n[[upstream]]\nname = \"a\"\nurl = \"http://x\"\nca = \"ca.pem\"\n", "upstream \"a\".ca", 5),
+        ("\n[[upstream]]\nname = \"a\"\nurl = \"https://x\"\nca = \"/nonexistent/ca.pem\"\n", "upstream \"a\".ca", 5),
+        ("\n[[upstream]]\nname = \"a\"\nurl = \"https://x\"\nclient_key = \"/nonexistent/k.pem\"\n", "upstream \"a\".client_key", 5),
         ("\n[[upstream]]\nname = \"a\"\nurl = \"http://x/?q=1\"\n", "upstream \"a\".url", 4),
         ("\n[[upstream]]\nname = \"a\"\n", "upstream \"a\".url", 2),
         ("\n[[upstream]]\nname = \"a\"\nurl = \"http://x\"\npool_max_connections = 0\n", "upstream \"a\".pool_max_connections", 5),
+        ("\n[[upstream]]\nname = \"a\"\nurl = \"http://x\"\ntimeout = \"1s\"\nqueue_timeout = \"1s\"\n", "upstream \"a\".queue_timeout", 6),
+        ("\n[[upstream]]\nname = \"a\"\nurl = \"http://x\"\nqueue_timeout = \"0ms\"\n", "upstream \"a\".queue_timeout", 5),
         ("\n[[upstream]]\nname = \"a\"\nurl = \"http://x\"\n[[upstream]]\nname = \"a\"\nurl = \"http://y\"\n", "upstream \"a\".name", 6),
     ];
     for (source, field, line) in cases {

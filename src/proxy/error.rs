@@ -103,17 +103,35 @@ impl BadRequest {
 /// How an exchange with the upstream failed; the `kind` label of `keygate_upstream_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamFailure {
+    /// No connection within `connect_timeout`: refused, unreachable, or none free at the cap.
     Connect,
+    /// The TLS handshake with an `https` upstream failed: a certificate not trusted or for
+    /// another name, a client certificate refused, no common protocol.
+    Tls,
     Timeout,
     Reset,
+    /// Every connection the upstream may have (`pool_max_connections`) stayed busy for the
+    /// request's `queue_timeout`: 503, to be tried again shortly.
+    Saturated,
 }
 
 impl UpstreamFailure {
+    /// Every kind, in the order of their `as usize`.
+    pub const ALL: [UpstreamFailure; 5] = [
+        UpstreamFailure::Connect,
+        UpstreamFailure::Tls,
+        UpstreamFailure::Timeout,
+        UpstreamFailure::Reset,
+        UpstreamFailure::Saturated,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Tls => "tls",
             UpstreamFailure::Timeout => "timeout",
             UpstreamFailure::Reset => "reset",
+            UpstreamFailure::Saturated => "saturated",
         }
     }
 }
@@ -133,6 +151,8 @@ pub enum Refusal {
         retry_after: u64,
     },
     TooLarge,
+    /// The request body paused past `server.body_idle_timeout` before the upstream answered.
+    BodyTimeout,
     /// More request headers than `server.max_headers` (hyper counts them for HTTP/1 only).
     TooManyHeaders,
     /// The request URI is longer than `server.max_uri_bytes`.
@@ -151,6 +171,7 @@ const DENIED: &str = r#"{"error":"permission denied"}"#;
 const RATE_LIMITED: &str = r#"{"error":"rate limit exceeded"}"#;
 const BAD_REQUEST: &str = r#"{"error":"bad request"}"#;
 const TOO_LARGE: &str = r#"{"error":"request body too large"}"#;
+const REQUEST_TIMEOUT: &str = r#"{"error":"request timeout"}"#;
 const HEADERS_TOO_LARGE: &str = r#"{"error":"request header fields too large"}"#;
 const URI_TOO_LONG: &str = r#"{"error":"uri too long"}"#;
 const UNAVAILABLE: &str = r#"{"error":"service unavailable"}"#;
@@ -186,11 +207,16 @@ impl Refusal {
             Refusal::IpThrottled { .. } | Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::Denied(_) | Refusal::MissingPermission(_) => StatusCode::FORBIDDEN,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
-            Refusal::Stale { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Stale { .. } | Refusal::Upstream(UpstreamFailure::Saturated) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Refusal::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
-            Refusal::Upstream(UpstreamFailure::Connect | UpstreamFailure::Reset) => StatusCode::BAD_GATEWAY,
+            Refusal::Upstream(UpstreamFailure::Connect | UpstreamFailure::Tls | UpstreamFailure::Reset) => {
+                StatusCode::BAD_GATEWAY
+            }
         }
     }
 
@@ -199,7 +225,8 @@ impl Refusal {
     /// where the gateway thinks it does.
     pub fn closes_connection(&self) -> bool {
         match self {
-            Refusal::BadRequest(_) | Refusal::TooManyHeaders => true,
+            // The rest of a stalled body may still come, and would be read as a request.
+            Refusal::BadRequest(_) | Refusal::TooManyHeaders | Refusal::BodyTimeout => true,
             Refusal::NoRoute
             | Refusal::Unauthenticated(_)
             | Refusal::IpThrottled { .. }
@@ -229,11 +256,14 @@ impl Refusal {
             .to_string()
             .into(),
             Refusal::TooLarge => TOO_LARGE.into(),
+            Refusal::BodyTimeout => REQUEST_TIMEOUT.into(),
             Refusal::TooManyHeaders => HEADERS_TOO_LARGE.into(),
             Refusal::UriTooLong => URI_TOO_LONG.into(),
-            Refusal::Stale { .. } => UNAVAILABLE.into(),
+            Refusal::Stale { .. } | Refusal::Upstream(UpstreamFailure::Saturated) => UNAVAILABLE.into(),
             Refusal::Upstream(UpstreamFailure::Timeout) => GATEWAY_TIMEOUT.into(),
-            Refusal::Upstream(UpstreamFailure::Connect | UpstreamFailure::Reset) => BAD_GATEWAY.into(),
+            Refusal::Upstream(UpstreamFailure::Connect | UpstreamFailure::Tls | UpstreamFailure::Reset) => {
+                BAD_GATEWAY.into()
+            }
         };
         let mut response = json_response(status, body);
         let headers = response.headers_mut();
@@ -248,14 +278,25 @@ impl Refusal {
             | Refusal::Stale { retry_after } => {
                 headers.insert(RETRY_AFTER, super::limits::number(retry_after));
             }
+            // A turn at the upstream comes within moments, or the upstream is stalled; either
+            // way a second is the shortest wait the header can say.
+            Refusal::Upstream(UpstreamFailure::Saturated) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             Refusal::BadRequest(_)
             | Refusal::NoRoute
             | Refusal::Denied(_)
             | Refusal::MissingPermission(_)
             | Refusal::TooLarge
+            | Refusal::BodyTimeout
             | Refusal::TooManyHeaders
             | Refusal::UriTooLong
-            | Refusal::Upstream(_) => {}
+            | Refusal::Upstream(
+                UpstreamFailure::Connect
+                | UpstreamFailure::Tls
+                | UpstreamFailure::Timeout
+                | UpstreamFailure::Reset,
+            ) => {}
         }
         response
     }
@@ -285,12 +326,15 @@ mod tests {
                 retry_after: 1,
             },
             Refusal::TooLarge,
+            Refusal::BodyTimeout,
             Refusal::TooManyHeaders,
             Refusal::UriTooLong,
             Refusal::stale(std::time::Duration::from_secs(1)),
             Refusal::Upstream(UpstreamFailure::Connect),
+            Refusal::Upstream(UpstreamFailure::Tls),
             Refusal::Upstream(UpstreamFailure::Timeout),
             Refusal::Upstream(UpstreamFailure::Reset),
+            Refusal::Upstream(UpstreamFailure::Saturated),
         ]
     }
 
@@ -331,7 +375,10 @@ mod tests {
     #[test]
     fn only_refusals_of_an_unreadable_head_close_the_connection() {
         for refusal in every_refusal() {
-            let closes = matches!(refusal, Refusal::BadRequest(_) | Refusal::TooManyHeaders);
+            let closes = matches!(
+                refusal,
+                Refusal::BadRequest(_) | Refusal::TooManyHeaders | Refusal::BodyTimeout
+            );
             assert_eq!(refusal.closes_connection(), closes, "{refusal:?}");
         }
     }

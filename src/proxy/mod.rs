@@ -10,10 +10,12 @@ pub mod limits;
 pub mod path;
 pub mod pipeline;
 pub mod router;
+mod sent;
 pub mod server;
 pub mod shared_limits;
 pub mod state;
 pub mod table;
+pub mod tunnel;
 pub mod upstream;
 pub mod usage;
 

@@ -33,21 +33,23 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, UPGRADE};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Limited};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 
 use super::client_ip::{client_ip, is_trusted};
 use super::credentials::{self, CredentialError, Source};
-use super::error::{AuthFailure, BadRequest, Denial, Refusal};
+use super::error::{AuthFailure, BadRequest, Denial, Refusal, UpstreamFailure};
 use super::forward::{self, method_is_canonical, Credentials, Identity, Passing, X_REQUEST_ID};
 use super::head;
 use super::limits::{Decision, LimitState};
 use super::path::{decode_segment, normalize};
 use super::state::{RouteState, Shared, Snapshot};
 use super::table::{AuthKey, Secret};
-use super::upstream::{OutBody, SendFailure};
+use super::tunnel;
+use super::upstream::{OutBody, SendFailure, UpstreamBody, UpstreamClient};
 use super::Body;
 use crate::config::UnderscoreHeaders;
 use crate::core::key::RateLimitSpec;
@@ -130,9 +132,18 @@ struct Exchange {
     snapshot: Arc<Snapshot>,
     ctx: Context,
     method: http::Method,
+    version: http::Version,
     shared_limit: Option<RateLimitSpec>,
     upstream: usize,
     outgoing: Request<OutBody>,
+    upgrade: Option<Upgrade>,
+}
+
+/// What an upgrade request needs from its client for a tunnel: the protocol it asked for and
+/// its side of the switch.
+struct Upgrade {
+    protocol: HeaderValue,
+    client: OnUpgrade,
 }
 
 /// Steps 0 to 8 and the rewrite of the admitted request; the final phase for a refused one.
@@ -151,26 +162,21 @@ fn begin(
         outgoing(&snapshot, &ctx, peer, admitted, request).map(|out| (shared_limit, out))
     });
     match outgoing {
-        Ok((shared_limit, (upstream, outgoing))) => {
+        Ok((shared_limit, (upstream, outgoing, upgrade))) => {
             let exchange = Exchange {
                 snapshot,
                 ctx,
                 method,
+                version,
                 shared_limit,
                 upstream,
                 outgoing,
+                upgrade,
             };
             Begun::Admitted(Box::pin(exchange.run(shared)))
         }
         Err(refusal) => {
-            // HTTP/2 has no `Connection` header; its streams are framed apart anyway.
-            let close = refusal.closes_connection() && version < http::Version::HTTP_2;
-            let mut response = refuse(shared, &snapshot, &mut ctx, refusal);
-            if close {
-                response
-                    .headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
-            }
+            let response = refuse(shared, &snapshot, &mut ctx, refusal, version);
             Begun::Answered(finish(&snapshot, &ctx, &method, response))
         }
     }
@@ -183,9 +189,11 @@ impl Exchange {
             snapshot,
             mut ctx,
             method,
+            version,
             shared_limit,
             upstream,
             outgoing,
+            upgrade,
         } = self;
         let limited = match (shared_limit, &ctx.key) {
             (Some(spec), Some(key)) => {
@@ -195,12 +203,12 @@ impl Exchange {
             _ => Ok(()),
         };
         let forwarded = match limited {
-            Ok(()) => forward(shared, &snapshot, &mut ctx, upstream, outgoing).await,
+            Ok(()) => forward(shared, &snapshot, &mut ctx, (upstream, outgoing, upgrade)).await,
             Err(refusal) => Err(refusal),
         };
         let response = match forwarded {
             Ok(response) => response,
-            Err(refusal) => refuse(shared, &snapshot, &mut ctx, refusal),
+            Err(refusal) => refuse(shared, &snapshot, &mut ctx, refusal, version),
         };
         finish(&snapshot, &ctx, &method, response)
     }
@@ -407,6 +415,9 @@ pub(crate) fn check_freshness(shared: &Shared, snapshot: &Snapshot) -> Result<()
     }
 }
 
+/// The request as the upstream gets it, which upstream, and the client's side of an upgrade.
+type Outgoing = (usize, Request<OutBody>, Option<Upgrade>);
+
 /// Step 9, its first half: the request as the upstream gets it, and which upstream.
 fn outgoing(
     snapshot: &Snapshot,
@@ -414,7 +425,7 @@ fn outgoing(
     peer: Peer,
     admitted: Admitted,
     mut request: Request<Incoming>,
-) -> Result<(usize, Request<OutBody>), Refusal> {
+) -> Result<Outgoing, Refusal> {
     let server = &snapshot.config.server;
     if let Some(max) = server.max_request_body {
         let declared = request
@@ -452,11 +463,22 @@ fn outgoing(
         trusted_peer: is_trusted(peer.addr.ip(), &server.trusted_proxies),
     };
     let upstream = &snapshot.upstreams[route.upstream].0;
+    let protocol = tunnel::requested(request.version(), request.headers());
     forward::prepare(&mut request, admitted.uri, &identity, &passing, &upstream.host);
+    let upgrade = protocol.map(|protocol| {
+        tunnel::restore(request.headers_mut(), protocol.clone());
+        // The client's side of the switch comes out of the request, so it does not go upstream.
+        let client = hyper::upgrade::on(&mut request);
+        Upgrade { protocol, client }
+    });
     let limit = server
         .max_request_body
         .map_or(usize::MAX, |max| usize::try_from(max).unwrap_or(usize::MAX));
-    Ok((route.upstream, request.map(|body| Limited::new(body, limit))))
+    Ok((
+        route.upstream,
+        request.map(|body| Limited::new(body, limit)),
+        upgrade,
+    ))
 }
 
 /// Step 9, its second half: the upstream's answer.
@@ -464,22 +486,27 @@ async fn forward(
     shared: &Shared,
     snapshot: &Snapshot,
     ctx: &mut Context,
-    upstream: usize,
-    outgoing: Request<OutBody>,
+    (upstream, outgoing, upgrade): Outgoing,
 ) -> Result<Response<Body>, Refusal> {
     let (upstream, histogram) = &snapshot.upstreams[upstream];
     let sent = Instant::now();
-    let result = upstream.send(outgoing).await;
+    let result = upstream
+        .send(outgoing, snapshot.config.server.body_idle_timeout)
+        .await;
     let elapsed = sent.elapsed();
     ctx.upstream_time = Some(elapsed);
     histogram.observe(elapsed.as_secs_f64());
     match result {
+        Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            switch(shared, snapshot, upstream, upgrade, response)
+        }
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             forward::strip_hop_by_hop(&mut parts.headers);
             Ok(Response::from_parts(parts, Either::Left(body)))
         }
         Err(SendFailure::BodyTooLarge) => Err(Refusal::TooLarge),
+        Err(SendFailure::BodyIdle) => Err(Refusal::BodyTimeout),
         Err(SendFailure::Upstream(failure)) => {
             shared
                 .metrics
@@ -491,8 +518,63 @@ async fn forward(
     }
 }
 
-/// The response for a refusal, with its metric and log cause.
-fn refuse(shared: &Shared, snapshot: &Snapshot, ctx: &mut Context, refusal: Refusal) -> Response<Body> {
+/// The upstream switched protocols: the 101 goes back to the client with its upgrade headers,
+/// and a tunnel joins the two once both sides have switched. A 101 to a request that asked
+/// for no upgrade (or for one the gateway does not tunnel) is the upstream's error: 502.
+fn switch(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    upstream: &UpstreamClient,
+    upgrade: Option<Upgrade>,
+    mut response: Response<UpstreamBody>,
+) -> Result<Response<Body>, Refusal> {
+    let Some(Upgrade { protocol, client }) = upgrade else {
+        let failure = UpstreamFailure::Reset;
+        shared
+            .metrics
+            .upstream_errors
+            .with_label_values(&[&upstream.name, failure.as_str()])
+            .inc();
+        return Err(Refusal::Upstream(failure));
+    };
+    let upstream_side = hyper::upgrade::on(&mut response);
+    // The tunnel keeps the connection's turn: it is one of the upstream's connections in use.
+    let turn = response.body_mut().take_turn();
+    let (mut parts, body) = response.into_parts();
+    let chosen = parts.headers.get(UPGRADE).cloned().unwrap_or(protocol);
+    forward::strip_hop_by_hop(&mut parts.headers);
+    tunnel::restore(&mut parts.headers, chosen);
+    let idle = snapshot.config.server.idle_timeout;
+    shared.tunnels.spawn(client, upstream_side, idle, turn);
+    Ok(Response::from_parts(parts, Either::Left(body)))
+}
+
+/// The response for a refusal, with its metric and log cause; `Connection: close` after one
+/// that leaves an HTTP/1 connection unusable (HTTP/2 has no `Connection` header, and its
+/// streams are framed apart anyway).
+fn refuse(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    ctx: &mut Context,
+    refusal: Refusal,
+    version: http::Version,
+) -> Response<Body> {
+    let close = refusal.closes_connection() && version < http::Version::HTTP_2;
+    let mut response = refusal_response(shared, snapshot, ctx, refusal);
+    if close {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+fn refusal_response(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    ctx: &mut Context,
+    refusal: Refusal,
+) -> Response<Body> {
     ctx.reason = Some(match &refusal {
         Refusal::Unauthenticated(failure) => {
             shared.auth_failures.inc(failure.as_str());
@@ -522,6 +604,7 @@ fn refuse(shared: &Shared, snapshot: &Snapshot, ctx: &mut Context, refusal: Refu
         Refusal::BadRequest(why) => why.as_str(),
         Refusal::NoRoute => "no_route",
         Refusal::TooLarge => "body_too_large",
+        Refusal::BodyTimeout => "body_timeout",
         Refusal::TooManyHeaders => "too_many_headers",
         Refusal::UriTooLong => "uri_too_long",
         Refusal::Stale { .. } => "stale_key_table",

@@ -18,6 +18,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::pipeline::{self, Peer};
 use super::state::Shared;
+use super::tunnel::Counted;
 use crate::config::{Server, Tls};
 
 /// Builds the TLS acceptor for a `[server] tls` setting: HTTP/2 and HTTP/1.1 by ALPN.
@@ -113,10 +114,11 @@ pub async fn serve(
         let tls = tls.clone();
         let timeouts = (settings.first_byte_timeout, settings.tls_handshake_timeout);
         tokio::spawn(async move {
-            let _slot = slot;
+            // The slot goes with the socket: into a tunnel, when the connection becomes one.
+            let stream = Counted::new(stream, slot);
             // hyper's head timer starts at the first byte, and rustls has none: a connection
             // that stays silent would hold its slot of the cap for good.
-            if !first_byte(&stream, timeouts.0).await {
+            if !first_byte(stream.get_ref(), timeouts.0).await {
                 tracing::debug!(%addr, "connection closed: no first byte in time");
                 return;
             }
@@ -124,7 +126,8 @@ pub async fn serve(
                 Some(acceptor) => match tokio::time::timeout(timeouts.1, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => {
                         let peer = Peer { addr, tls: true };
-                        let conn = builder.serve_connection(TokioIo::new(stream), service(shared, peer));
+                        let io = TokioIo::new(stream);
+                        let conn = builder.serve_connection_with_upgrades(io, service(shared, peer));
                         log_conn_error(watcher.watch(conn.into_owned()).await);
                     }
                     Ok(Err(error)) => tracing::debug!(%addr, %error, "TLS handshake failed"),
@@ -132,7 +135,8 @@ pub async fn serve(
                 },
                 None => {
                     let peer = Peer { addr, tls: false };
-                    let conn = builder.serve_connection(TokioIo::new(stream), service(shared, peer));
+                    let io = TokioIo::new(stream);
+                    let conn = builder.serve_connection_with_upgrades(io, service(shared, peer));
                     log_conn_error(watcher.watch(conn.into_owned()).await);
                 }
             }
@@ -140,15 +144,22 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!("stopped accepting; draining in-flight requests");
-    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown())
+    // Upgrade tunnels have left their connections: the drain waits for them apart.
+    let drained = async {
+        graceful.shutdown().await;
+        shared.tunnels.drained().await;
+    };
+    if tokio::time::timeout(settings.shutdown_grace, drained)
         .await
         .is_err()
     {
         tracing::warn!(
             grace_s = settings.shutdown_grace.as_secs_f64(),
-            "requests still running after the shutdown grace"
+            tunnels = shared.tunnels.open(),
+            "requests or tunnels still running after the shutdown grace; closing the tunnels"
         );
     }
+    shared.tunnels.close();
 }
 
 /// Whether the client sends a first byte within `timeout` (it stays in the socket for the TLS

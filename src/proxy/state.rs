@@ -15,6 +15,7 @@ use super::limits::{Decision, IpThrottle, KeyLimits};
 use super::router::Router;
 use super::shared_limits::SharedLimits;
 use super::table::{AuthKey, KeyTable};
+use super::tunnel::Tunnels;
 use super::upstream::UpstreamClient;
 use super::usage::UsageCounters;
 use crate::config::{Config, RoutePermissions};
@@ -247,6 +248,8 @@ pub struct Shared {
     pub denied: Series,
     pub sync: Arc<SyncStatus>,
     pub clock: Clock,
+    /// The open upgrade tunnels, closed at the end of the shutdown grace.
+    pub tunnels: Tunnels,
     hasher: Hasher,
 }
 
@@ -276,6 +279,7 @@ impl Shared {
             metrics,
             sync: Arc::default(),
             clock,
+            tunnels: Tunnels::default(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Step 9's connections (data plane): one upstream's pool of HTTP/1.1 keep-alive connections,
-//! on hyper's connection-level client.
+//! on hyper's connection-level client, over TLS (rustls, the client the config built) for an
+//! `https` upstream.
 //!
 //! A request takes the most recently used idle connection (LIFO keeps few connections warm) or
 //! opens one. The connection goes back to the pool when the response body has been read to its
@@ -9,8 +10,12 @@
 //! until the upload ends. Such a connection, and one whose response was abandoned half-read,
 //! is closed after its exchange instead.
 //!
-//! At most `pool_max_connections` are open at once, busy or idle: at the cap a request waits
-//! for one to be given back or to close, within `connect_timeout`, rather than open more.
+//! At most `pool_max_connections` are in use at once: past that a request queues, first come
+//! first served, for at most `queue_timeout`, and is then refused with 503 (`saturated`): a
+//! stalled upstream gets no more work than it holds, and the excess gets a fast answer rather
+//! than a slow 502. A request whose turn comes takes an idle connection or opens one; at most
+//! `pool_max_connections` are open, busy or idle, and in the rare case that a slot is still
+//! held by a connection finishing an earlier upload, it waits for one within `connect_timeout`.
 //!
 //! Nothing is retried once hyper may have written any of it: a request comes back from a pooled
 //! connection that turned out to be closed only when hyper never began to send it, and only an
@@ -18,7 +23,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -26,7 +31,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::HeaderValue;
 use http::uri::{PathAndQuery, Uri};
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -34,8 +39,12 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
 
 use super::error::UpstreamFailure;
+use super::sent::{response_deadline, BodyIdle, Sent, SentBody};
+use super::tunnel::Counted;
 use crate::config;
 use crate::telemetry::throttle::Throttle;
 
@@ -51,6 +60,8 @@ pub enum SendFailure {
     Upstream(UpstreamFailure),
     /// The client's body grew past `server.max_request_body` while streaming.
     BodyTooLarge,
+    /// The client's body brought no byte for `server.body_idle_timeout`.
+    BodyIdle,
 }
 
 /// One upstream: where it is, its timeouts, and its connection pool.
@@ -62,7 +73,17 @@ pub struct UpstreamClient {
     prefix: String,
     connect_timeout: Duration,
     timeout: Duration,
+    /// How long a request waits for its turn past the connection cap.
+    queue_timeout: Duration,
+    /// For an `https` upstream: the handshake's client and the name to verify.
+    tls: Option<TlsClient>,
     pool: Arc<Pool>,
+}
+
+/// What an `https` upstream's connections are opened with.
+struct TlsClient {
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
 }
 
 impl UpstreamClient {
@@ -76,8 +97,13 @@ impl UpstreamClient {
             .cloned()
             .expect("validated upstream URLs have an authority");
         let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let https = upstream.tls.is_some();
         let settings = PoolSettings {
-            address: (host.to_owned(), authority.port_u16().unwrap_or(80)),
+            address: (
+                host.to_owned(),
+                authority.port_u16().unwrap_or(if https { 443 } else { 80 }),
+            ),
+            tls: upstream.tls.as_ref().map(|tls| tls.digest),
             max_connections: upstream.pool_max_connections,
             max_idle: upstream.pool_max_idle,
             idle_timeout: upstream.pool_idle_timeout,
@@ -92,6 +118,11 @@ impl UpstreamClient {
             prefix: upstream.url.path().trim_end_matches('/').to_owned(),
             connect_timeout: upstream.connect_timeout,
             timeout: upstream.timeout,
+            queue_timeout: upstream.queue_timeout,
+            tls: upstream.tls.as_ref().map(|tls| TlsClient {
+                connector: TlsConnector::from(tls.client.clone()),
+                server_name: tls.server_name.clone(),
+            }),
             pool,
         }
     }
@@ -109,11 +140,20 @@ impl UpstreamClient {
         Ok(Uri::from(PathAndQuery::try_from(target)?))
     }
 
-    /// Sends the request; the response head must come within the upstream's timeout.
-    pub async fn send(&self, request: Request<OutBody>) -> Result<Response<UpstreamBody>, SendFailure> {
-        let result = match tokio::time::timeout(self.timeout, self.exchange(request)).await {
-            Ok(result) => result,
-            Err(_) => Err(SendFailure::Upstream(UpstreamFailure::Timeout)),
+    /// Sends the request; the response head must come within the upstream's timeout of the
+    /// end of the request body, and the body may stall at most `body_idle` at a time.
+    pub async fn send(
+        &self,
+        request: Request<OutBody>,
+        body_idle: Duration,
+    ) -> Result<Response<UpstreamBody>, SendFailure> {
+        let started = tokio::time::Instant::now();
+        let (request, sent) = SentBody::track(request, body_idle);
+        let result = tokio::select! {
+            result = self.exchange(request, sent.clone()) => result,
+            () = response_deadline(&sent, started, self.timeout) => {
+                Err(SendFailure::Upstream(UpstreamFailure::Timeout))
+            }
         };
         if let Err(SendFailure::Upstream(failure)) = result {
             self.warn(failure);
@@ -124,14 +164,23 @@ impl UpstreamClient {
     /// Logs a failed exchange, at most once per [`FAILURE_WARNING_EVERY`] for each kind: while
     /// an upstream is down every request would log one.
     fn warn(&self, failure: UpstreamFailure) {
+        if failure == UpstreamFailure::Tls {
+            // Logged where it happens, with the handshake's error ([`Self::warn_tls`]).
+            return;
+        }
         let throttle = &self.pool.failure_warnings[failure as usize];
         let Some(suppressed) = throttle.due(Instant::now()) else {
             return;
         };
         let what = match failure {
             UpstreamFailure::Connect => "cannot connect to the upstream: 502",
+            UpstreamFailure::Tls => "the TLS handshake with the upstream failed: 502",
             UpstreamFailure::Timeout => "the upstream did not answer within its timeout: 504",
             UpstreamFailure::Reset => "the upstream closed the connection without an answer: 502",
+            UpstreamFailure::Saturated => {
+                "every connection to the upstream stayed busy for queue_timeout: 503 \
+                 (pool_max_connections reached)"
+            }
         };
         tracing::warn!(
             upstream = %self.name,
@@ -143,9 +192,13 @@ impl UpstreamClient {
         );
     }
 
-    async fn exchange(&self, request: Request<OutBody>) -> Result<Response<UpstreamBody>, SendFailure> {
+    async fn exchange(
+        &self,
+        mut request: Request<SentBody>,
+        sent: Sent,
+    ) -> Result<Response<UpstreamBody>, SendFailure> {
+        let turn = self.turn().await?;
         let resend = request.method().is_idempotent();
-        let (mut request, sent) = SentBody::track(request);
         loop {
             let (mut sender, reused) = match self.pool.take() {
                 Some(sender) if sender.is_ready() => (sender, true),
@@ -154,7 +207,14 @@ impl UpstreamClient {
                 taken => Box::pin(self.connection(taken)).await?,
             };
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.pool.lend(sender, sent, response)),
+                // A connection switched to another protocol is the tunnel's, not the pool's.
+                Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    return Ok(response.map(|body| UpstreamBody {
+                        body,
+                        held: Held::Switched(turn),
+                    }))
+                }
+                Ok(response) => return Ok(self.pool.lend(sender, sent, response, turn)),
                 Err(mut error) => match error.take_message() {
                     // A pooled connection closed before hyper began to send: nothing reached
                     // the upstream.
@@ -163,6 +223,31 @@ impl UpstreamClient {
                 },
             }
         }
+    }
+
+    /// The request's turn to use a connection: at once under the cap, else in the order of
+    /// arrival (tokio's semaphore is fair, and no newcomer takes a permit ahead of those
+    /// queued), within `queue_timeout`.
+    async fn turn(&self) -> Result<Turn, SendFailure> {
+        if let Ok(permit) = self.pool.busy.try_acquire() {
+            return Ok(Turn::taking(&self.pool.busy, permit));
+        }
+        let queued = self.pool.busy.acquire();
+        let in_queue = InQueue::enter(&self.pool.queued);
+        let waited = tokio::time::timeout(self.queue_timeout, queued).await;
+        drop(in_queue);
+        match waited {
+            Ok(permit) => Ok(Turn::taking(
+                &self.pool.busy,
+                permit.expect("the pool never closes its semaphore"),
+            )),
+            Err(_) => Err(SendFailure::Upstream(UpstreamFailure::Saturated)),
+        }
+    }
+
+    /// How many requests wait for their turn past the cap now.
+    pub fn queued(&self) -> usize {
+        self.pool.queued.load(Ordering::Relaxed)
     }
 
     /// A connection ready for a request: a pooled one, starting with `taken`, or a new one
@@ -224,27 +309,63 @@ impl UpstreamClient {
         }
     }
 
-    /// Opens a connection, which holds `slot` for as long as it is open.
+    /// Opens a connection, which holds `slot` for as long as it (or a tunnel it became) is open.
     async fn connect(&self, slot: OwnedSemaphorePermit) -> Result<Sender, SendFailure> {
-        let refused = SendFailure::Upstream(UpstreamFailure::Connect);
         let (host, port) = (
             self.pool.settings.address.0.as_str(),
             self.pool.settings.address.1,
         );
         let stream = TcpStream::connect((host, port)).await.map_err(|error| {
             tracing::debug!(upstream = %self.name, %error, "upstream connect failed");
-            refused
+            SendFailure::Upstream(UpstreamFailure::Connect)
         })?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        // The slot goes with the socket, so a connection that becomes a tunnel keeps it.
+        let stream = Counted::new(stream, slot);
+        let Some(tls) = &self.tls else {
+            return self.start(stream).await;
+        };
+        match tls.connector.connect(tls.server_name.clone(), stream).await {
+            Ok(stream) => self.start(stream).await,
+            Err(error) => {
+                self.warn_tls(&error);
+                Err(SendFailure::Upstream(UpstreamFailure::Tls))
+            }
+        }
+    }
+
+    /// A failed TLS handshake, with its cause (an untrusted or misnamed certificate, mostly),
+    /// at most once per [`FAILURE_WARNING_EVERY`].
+    fn warn_tls(&self, error: &std::io::Error) {
+        let throttle = &self.pool.failure_warnings[UpstreamFailure::Tls as usize];
+        let Some(suppressed) = throttle.due(Instant::now()) else {
+            tracing::debug!(upstream = %self.name, %error, "TLS handshake with the upstream failed");
+            return;
+        };
+        tracing::warn!(
+            upstream = %self.name,
+            kind = UpstreamFailure::Tls.as_str(),
+            %error,
+            suppressed,
+            logged_at_most_every_s = throttle.every().as_secs(),
+            "TLS handshake with the upstream failed: 502 (suppressed: like failures since the \
+             last warning; keygate_upstream_errors_total counts each)"
+        );
+    }
+
+    /// HTTP/1.1 on an open connection, driven by a task of its own.
+    async fn start<T>(&self, io: T) -> Result<Sender, SendFailure>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, connection) = http1::handshake(TokioIo::new(io))
             .await
-            .map_err(|_| refused)?;
+            .map_err(|_| SendFailure::Upstream(UpstreamFailure::Connect))?;
         let name = self.name.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            if let Err(error) = connection.with_upgrades().await {
                 tracing::debug!(upstream = %name, %error, "upstream connection ended with an error");
             }
-            drop(slot);
         });
         self.pool.start_reaper();
         Ok(sender)
@@ -252,17 +373,19 @@ impl UpstreamClient {
 }
 
 fn failure(error: &hyper::Error) -> SendFailure {
-    if caused_by_length_limit(error) {
+    if caused_by::<LengthLimitError>(error) {
         SendFailure::BodyTooLarge
+    } else if caused_by::<BodyIdle>(error) {
+        SendFailure::BodyIdle
     } else {
         SendFailure::Upstream(UpstreamFailure::Reset)
     }
 }
 
-fn caused_by_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(error);
     while let Some(error) = cause {
-        if error.is::<LengthLimitError>() {
+        if error.is::<E>() {
             return true;
         }
         cause = error.source();
@@ -281,14 +404,19 @@ const FAILURE_WARNING_EVERY: Duration = Duration::from_secs(10);
 struct Pool {
     settings: PoolSettings,
     idle: Mutex<VecDeque<Idle>>,
-    /// `pool_max_connections` permits; each open connection's task holds one until it ends.
+    /// `pool_max_connections` permits; each open connection's socket holds one until it closes.
     slots: Arc<Semaphore>,
+    /// `pool_max_connections` permits; each request holds one (its [`Turn`]) while it uses a
+    /// connection, and requests past the cap queue here.
+    busy: Arc<Semaphore>,
+    /// Requests waiting in `busy`'s queue.
+    queued: AtomicUsize,
     /// Told when a connection is given back, for requests waiting at the cap.
     returned: Notify,
     /// When a request last gave up waiting at the cap was logged.
     cap_warned: Mutex<Option<Instant>>,
     /// Warnings of failed exchanges, by [`UpstreamFailure`] kind.
-    failure_warnings: [Throttle; 3],
+    failure_warnings: [Throttle; UpstreamFailure::ALL.len()],
     reaper: std::sync::Once,
 }
 
@@ -297,6 +425,8 @@ struct Pool {
 struct PoolSettings {
     /// `host:port` to connect to, the host without IPv6 brackets.
     address: (String, u16),
+    /// For `https`: the digest of the TLS settings' files and name.
+    tls: Option<[u8; 32]>,
     max_connections: usize,
     max_idle: usize,
     idle_timeout: Duration,
@@ -314,10 +444,14 @@ impl Pool {
             slots: Arc::new(Semaphore::new(
                 settings.max_connections.min(Semaphore::MAX_PERMITS),
             )),
+            busy: Arc::new(Semaphore::new(
+                settings.max_connections.min(Semaphore::MAX_PERMITS),
+            )),
+            queued: AtomicUsize::new(0),
             settings,
             returned: Notify::new(),
             cap_warned: Mutex::new(None),
-            failure_warnings: [(); 3].map(|()| Throttle::new(FAILURE_WARNING_EVERY)),
+            failure_warnings: UpstreamFailure::ALL.map(|_| Throttle::new(FAILURE_WARNING_EVERY)),
             reaper: std::sync::Once::new(),
         }
     }
@@ -382,18 +516,20 @@ impl Pool {
         sender: Sender,
         sent: Sent,
         response: Response<Incoming>,
+        turn: Turn,
     ) -> Response<UpstreamBody> {
-        let loan = if response.body().is_end_stream() {
+        let held = if response.body().is_end_stream() {
             self.give_back(sender, &sent);
-            None
+            Held::Nothing
         } else {
-            Some(Loan {
+            Held::Loan(Loan {
                 sender,
                 sent,
                 pool: Arc::downgrade(self),
+                _turn: turn,
             })
         };
-        response.map(|body| UpstreamBody { body, loan })
+        response.map(|body| UpstreamBody { body, held })
     }
 
     /// Closes connections idle past `idle_timeout`, from a task that ends with the pool.
@@ -416,22 +552,83 @@ impl Pool {
     }
 }
 
+/// Counts a request in the queue for as long as it is there, whether it gets its turn, times
+/// out, or is dropped with its client.
+struct InQueue<'a>(&'a AtomicUsize);
+
+impl<'a> InQueue<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        InQueue(count)
+    }
+}
+
+impl Drop for InQueue<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request's place among those using an upstream's connections (at most
+/// `pool_max_connections`): held until its response body ends, or by the tunnel its
+/// connection became. The semaphore's permit without its count (which every response body
+/// would carry): one permit, given back on drop.
+pub struct Turn(Arc<Semaphore>);
+
+impl Turn {
+    fn taking(busy: &Arc<Semaphore>, permit: tokio::sync::SemaphorePermit<'_>) -> Turn {
+        permit.forget();
+        Turn(Arc::clone(busy))
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.0.add_permits(1);
+    }
+}
+
 /// A connection out on loan to one response body.
 struct Loan {
     sender: Sender,
     sent: Sent,
     pool: Weak<Pool>,
+    /// Given up with the loan, after the connection has gone back to the pool.
+    _turn: Turn,
 }
 
 /// An upstream response body, streamed; its connection goes back to the pool at the end.
 pub struct UpstreamBody {
     body: Incoming,
-    loan: Option<Loan>,
+    held: Held,
+}
+
+/// What a response body holds of the upstream's.
+enum Held {
+    Nothing,
+    /// The connection, until the body ends.
+    Loan(Loan),
+    /// A 101's turn, for the tunnel its connection becomes.
+    Switched(Turn),
 }
 
 impl UpstreamBody {
+    /// The turn a switched (101) connection holds, for its tunnel to keep.
+    pub fn take_turn(&mut self) -> Option<Turn> {
+        match std::mem::replace(&mut self.held, Held::Nothing) {
+            Held::Switched(turn) => Some(turn),
+            held => {
+                self.held = held;
+                None
+            }
+        }
+    }
+
     fn give_back(&mut self) {
-        if let Some(loan) = self.loan.take() {
+        if !matches!(self.held, Held::Loan(_)) {
+            return;
+        }
+        if let Held::Loan(loan) = std::mem::replace(&mut self.held, Held::Nothing) {
             if let Some(pool) = loan.pool.upgrade() {
                 pool.give_back(loan.sender, &loan.sent);
             }
@@ -452,7 +649,7 @@ impl http_body::Body for UpstreamBody {
             None => self.give_back(),
             Some(Ok(_)) if self.body.is_end_stream() => self.give_back(),
             // A failed body leaves the connection in an unknown state: it goes with the loan.
-            Some(Err(_)) => self.loan = None,
+            Some(Err(_)) => self.held = Held::Nothing,
             Some(Ok(_)) => {}
         }
         Poll::Ready(frame)
@@ -474,72 +671,5 @@ impl Drop for UpstreamBody {
         if self.body.is_end_stream() {
             self.give_back();
         }
-    }
-}
-
-/// Whether a request body has been sent whole: known at once for requests without one, told
-/// by [`SentBody`] for the others.
-enum Sent {
-    Empty,
-    Streaming(Arc<AtomicBool>),
-}
-
-impl Sent {
-    fn is_done(&self) -> bool {
-        match self {
-            Sent::Empty => true,
-            Sent::Streaming(done) => done.load(Ordering::Acquire),
-        }
-    }
-}
-
-/// The request body on its way upstream, telling [`Sent`] when it has all gone.
-struct SentBody {
-    body: OutBody,
-    done: Option<Arc<AtomicBool>>,
-}
-
-impl SentBody {
-    fn track(request: Request<OutBody>) -> (Request<SentBody>, Sent) {
-        let (parts, body) = request.into_parts();
-        let (done, sent) = if body.is_end_stream() {
-            (None, Sent::Empty)
-        } else {
-            let done = Arc::new(AtomicBool::new(false));
-            (Some(done.clone()), Sent::Streaming(done))
-        };
-        (Request::from_parts(parts, SentBody { body, done }), sent)
-    }
-
-    fn finished(&self) {
-        if let Some(done) = &self.done {
-            done.store(true, Ordering::Release);
-        }
-    }
-}
-
-impl http_body::Body for SentBody {
-    type Data = Bytes;
-    type Error = <OutBody as http_body::Body>::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
-        match &frame {
-            None => self.finished(),
-            Some(Ok(_)) if self.body.is_end_stream() => self.finished(),
-            Some(_) => {}
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }

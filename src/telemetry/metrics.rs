@@ -31,6 +31,8 @@ pub struct Metrics {
     pub store_reopened: IntCounter,
     /// Secrets the key table refused because another key holds the same hash.
     pub key_hash_conflicts: IntCounter,
+    /// Failed upstream exchanges by `upstream` and `kind`: the values of
+    /// [`crate::proxy::error::UpstreamFailure::as_str`].
     pub upstream_errors: IntCounterVec,
     /// Rate-limit checks decided locally because the shared backend (Redis) did not answer.
     pub rate_limit_fallback: IntCounter,

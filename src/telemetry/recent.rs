@@ -26,16 +26,18 @@ pub struct Recent {
 }
 
 /// One record, in buffers that outlive it. `seq` is the record's number plus one; 0 is empty.
+/// Strings are kept as the bytes they came as and turned into text when read: the request pays
+/// for copies only.
 struct Slot {
     seq: u64,
     time_us: u64,
-    request_id: String,
+    request_id: Vec<u8>,
     route: Text,
     key_id: Text,
     environment: Text,
     client: IpAddr,
-    method: String,
-    path: String,
+    method: Vec<u8>,
+    path: Vec<u8>,
     status: u16,
     duration_us: u64,
     upstream_us: Option<u64>,
@@ -45,18 +47,22 @@ struct Slot {
 /// An optional string whose buffer stays when it is absent, for the next record that has one.
 #[derive(Default)]
 struct Text {
-    buffer: String,
+    buffer: Vec<u8>,
     present: bool,
 }
 
 impl Text {
     fn set(&mut self, text: Option<&str>) {
         self.present = text.is_some();
-        copy(&mut self.buffer, text.unwrap_or_default());
+        copy(&mut self.buffer, text.unwrap_or_default().as_bytes());
     }
 
-    fn get(&self) -> Option<&str> {
-        self.present.then_some(self.buffer.as_str())
+    fn get(&self) -> Option<&[u8]> {
+        self.present.then_some(self.buffer.as_slice())
+    }
+
+    fn text(&self) -> Option<String> {
+        self.get().map(lossy)
     }
 }
 
@@ -166,13 +172,13 @@ impl Slot {
         Slot {
             seq: 0,
             time_us: 0,
-            request_id: String::new(),
+            request_id: Vec::new(),
             route: Text::default(),
             key_id: Text::default(),
             environment: Text::default(),
             client: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            method: String::new(),
-            path: String::new(),
+            method: Vec::new(),
+            path: Vec::new(),
             status: 0,
             duration_us: 0,
             upstream_us: None,
@@ -183,20 +189,19 @@ impl Slot {
     fn fill(&mut self, seq: u64, record: &Record) {
         self.seq = seq;
         self.time_us = record.time_us;
-        copy_bytes(&mut self.request_id, record.request_id);
+        copy(&mut self.request_id, record.request_id);
         self.route.set(record.route);
         self.key_id.set(record.key_id);
         self.environment.set(record.environment);
         self.client = record.client;
-        copy(&mut self.method, record.method);
+        copy(&mut self.method, record.method.as_bytes());
         self.path.clear();
         if let Some(path) = record.path {
-            match path.get(..MAX_PATH) {
-                Some(head) => {
-                    push_lossy(&mut self.path, head);
-                    self.path.push_str("...");
-                }
-                None => push_lossy(&mut self.path, path),
+            if path.len() > MAX_PATH {
+                self.path.extend_from_slice(&path[..MAX_PATH]);
+                self.path.extend_from_slice(b"...");
+            } else {
+                self.path.extend_from_slice(path);
             }
         }
         self.status = record.status;
@@ -209,7 +214,7 @@ impl Slot {
         filter
             .key_id
             .as_deref()
-            .is_none_or(|id| self.key_id.get() == Some(id))
+            .is_none_or(|id| self.key_id.get() == Some(id.as_bytes()))
             && filter.status.is_none_or(|status| status.admits(self.status))
     }
 
@@ -217,17 +222,17 @@ impl Slot {
         let time_us = i64::try_from(self.time_us).unwrap_or(i64::MAX);
         RecentRequest {
             time: jiff::Timestamp::from_microsecond(time_us).unwrap_or(jiff::Timestamp::UNIX_EPOCH),
-            request_id: self.request_id.clone(),
-            route: self.route.get().map(str::to_owned),
-            key_id: self.key_id.get().map(str::to_owned),
-            environment: self.environment.get().map(str::to_owned),
+            request_id: lossy(&self.request_id),
+            route: self.route.text(),
+            key_id: self.key_id.text(),
+            environment: self.environment.text(),
             client: self.client,
-            method: self.method.clone(),
-            path: self.path.clone(),
+            method: lossy(&self.method),
+            path: lossy(&self.path),
             status: self.status,
             duration_ms: self.duration_us as f64 / 1000.0,
             upstream_ms: self.upstream_us.map(|us| us as f64 / 1000.0),
-            reason: self.reason.get().map(str::to_owned),
+            reason: self.reason.text(),
         }
     }
 }
@@ -236,28 +241,27 @@ fn micros(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
-fn copy(buffer: &mut String, text: &str) {
+fn copy(buffer: &mut Vec<u8>, bytes: &[u8]) {
     buffer.clear();
-    buffer.push_str(text);
-}
-
-fn copy_bytes(buffer: &mut String, bytes: &[u8]) {
-    buffer.clear();
-    push_lossy(buffer, bytes);
+    buffer.extend_from_slice(bytes);
 }
 
 /// Bytes as text; a byte that is not part of valid UTF-8 as `%XX`, as the access log writes it.
-fn push_lossy(buffer: &mut String, mut bytes: &[u8]) {
+fn lossy(mut bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len());
     loop {
         match std::str::from_utf8(bytes) {
-            Ok(text) => return buffer.push_str(text),
+            Ok(valid) => {
+                text.push_str(valid);
+                return text;
+            }
             Err(error) => {
                 let (valid, rest) = bytes.split_at(error.valid_up_to());
-                buffer.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                text.push_str(std::str::from_utf8(valid).unwrap_or_default());
                 let Some((&bad, rest)) = rest.split_first() else {
-                    return;
+                    return text;
                 };
-                buffer.push_str(&format!("%{bad:02X}"));
+                text.push_str(&format!("%{bad:02X}"));
                 bytes = rest;
             }
         }
@@ -363,5 +367,8 @@ mod tests {
         let got = recent.newest(&Filter::default(), 1).remove(0);
         assert_eq!(got.path.len(), MAX_PATH + 3);
         assert!(got.path.ends_with("..."));
+        let whole = vec![b'a'; MAX_PATH];
+        recent.push(&record(None, 200, &whole));
+        assert_eq!(recent.newest(&Filter::default(), 1)[0].path.len(), MAX_PATH);
     }
 }

@@ -1,0 +1,240 @@
+//! The request body on its way upstream (data plane): how far it has gone, and the two clocks
+//! that run while it streams.
+//!
+//! - The client's: a body that brings no byte for `server.body_idle_timeout` while the upstream
+//!   waits for it is cut off ([`BodyIdle`]): 408 when the upstream has not answered yet, and the
+//!   upstream connection, holding half a request, closes.
+//! - The upstream's: its `timeout` for the response head runs from the end of the request body
+//!   ([`response_deadline`]), so an upload longer than `timeout` is not a 504. While the body
+//!   streams, the same `timeout` bounds the time without progress when the gateway is not
+//!   waiting on the client, that is when the upstream does not take what is sent.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use super::upstream::OutBody;
+
+/// How far a request body has gone: known at once for requests without one, told by
+/// [`SentBody`] for the others.
+#[derive(Clone)]
+pub(super) enum Sent {
+    Empty,
+    Streaming(Arc<Progress>),
+}
+
+/// What [`SentBody`] tells of a streaming body.
+pub(super) struct Progress {
+    start: Instant,
+    /// Milliseconds from `start` to the last frame taken from the client (0: none yet).
+    last_ms: AtomicU64,
+    done: AtomicBool,
+    /// The upstream's side is asking for more and the client has none yet.
+    waiting_on_client: AtomicBool,
+}
+
+impl Progress {
+    fn moved(&self) {
+        let ms = self.start.elapsed().as_millis();
+        self.last_ms
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Release);
+        self.waiting_on_client.store(false, Ordering::Release);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Acquire))
+    }
+}
+
+impl Sent {
+    pub(super) fn is_done(&self) -> bool {
+        match self {
+            Sent::Empty => true,
+            Sent::Streaming(progress) => progress.done.load(Ordering::Acquire),
+        }
+    }
+}
+
+/// Resolves when the upstream is late: `timeout` after the end of the request body (after the
+/// start, without one), or `timeout` without progress while the body streams and the gateway is
+/// not waiting on the client. A client that stalls is [`SentBody`]'s to cut off.
+pub(super) async fn response_deadline(sent: &Sent, started: Instant, timeout: Duration) {
+    let Sent::Streaming(progress) = sent else {
+        return tokio::time::sleep_until(started + timeout).await;
+    };
+    loop {
+        let due = progress.last() + timeout;
+        tokio::time::sleep_until(due).await;
+        if progress.waiting_on_client.load(Ordering::Acquire) && !progress.done.load(Ordering::Acquire) {
+            // The client's idle clock runs; look again a timeout later.
+            tokio::time::sleep(timeout).await;
+            continue;
+        }
+        if progress.last() + timeout <= Instant::now() {
+            return;
+        }
+    }
+}
+
+/// The client sent no byte of its body for `server.body_idle_timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyIdle;
+
+impl std::fmt::Display for BodyIdle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body stalled past body_idle_timeout")
+    }
+}
+
+impl std::error::Error for BodyIdle {}
+
+/// The request body on its way upstream, telling [`Sent`] how far it has gone, and cut off
+/// once the client has sent nothing for `idle`.
+pub(super) struct SentBody {
+    body: OutBody,
+    progress: Option<Arc<Progress>>,
+    idle: Duration,
+    /// Armed at the first wait for the client, pushed on by every frame.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl SentBody {
+    pub(super) fn track(request: Request<OutBody>, idle: Duration) -> (Request<SentBody>, Sent) {
+        let (parts, body) = request.into_parts();
+        let (progress, sent) = if body.is_end_stream() {
+            (None, Sent::Empty)
+        } else {
+            let progress = Arc::new(Progress {
+                start: Instant::now(),
+                last_ms: AtomicU64::new(0),
+                done: AtomicBool::new(false),
+                waiting_on_client: AtomicBool::new(false),
+            });
+            (Some(progress.clone()), Sent::Streaming(progress))
+        };
+        let body = SentBody {
+            body,
+            progress,
+            idle,
+            timer: None,
+        };
+        (Request::from_parts(parts, body), sent)
+    }
+
+    fn took(&mut self, end: bool) {
+        if let Some(progress) = &self.progress {
+            progress.moved();
+            if end {
+                progress.done.store(true, Ordering::Release);
+            }
+        }
+        if let Some(timer) = &mut self.timer {
+            timer.as_mut().reset(Instant::now() + self.idle);
+        }
+    }
+
+    /// Whether the client has let `idle` pass without a byte; arms the timer at the first wait.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(progress) = &self.progress {
+            progress.waiting_on_client.store(true, Ordering::Release);
+        }
+        let idle = self.idle;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+impl http_body::Body for SentBody {
+    type Data = Bytes;
+    type Error = <OutBody as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let end = match &frame {
+                    None => true,
+                    Some(Ok(_)) => self.body.is_end_stream(),
+                    Some(Err(_)) => false,
+                };
+                self.took(end);
+                Poll::Ready(frame)
+            }
+            Poll::Pending if self.stalled(cx) => Poll::Ready(Some(Err(Box::new(BodyIdle)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_body_the_deadline_runs_from_the_start() {
+        let started = Instant::now();
+        response_deadline(&Sent::Empty, started, Duration::from_secs(5)).await;
+        assert_eq!(Instant::now() - started, Duration::from_secs(5));
+    }
+
+    fn streaming() -> Arc<Progress> {
+        Arc::new(Progress {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            done: AtomicBool::new(false),
+            waiting_on_client: AtomicBool::new(false),
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_a_body_the_deadline_runs_from_its_last_byte() {
+        let progress = streaming();
+        let sent = Sent::Streaming(progress.clone());
+        let started = Instant::now();
+        let feeder = {
+            let progress = progress.clone();
+            tokio::spawn(async move {
+                // A byte every 4 s for 20 s: longer than the 5 s timeout, never idle that long.
+                for _ in 0..5 {
+                    tokio::time::sleep(Duration::from_secs(4)).await;
+                    progress.moved();
+                }
+                progress.done.store(true, Ordering::Release);
+            })
+        };
+        response_deadline(&sent, started, Duration::from_secs(5)).await;
+        assert_eq!(Instant::now() - started, Duration::from_secs(25));
+        feeder.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_client_is_not_the_upstream_s_timeout() {
+        let progress = streaming();
+        progress.waiting_on_client.store(true, Ordering::Release);
+        let sent = Sent::Streaming(progress.clone());
+        let started = Instant::now();
+        let deadline = response_deadline(&sent, started, Duration::from_secs(5));
+        let outcome = tokio::time::timeout(Duration::from_secs(60), deadline).await;
+        assert!(outcome.is_err(), "no 504 while the client is what is awaited");
+    }
+}
