@@ -408,6 +408,10 @@ async fn every_endpoint_answers_as_documented() {
         usage.text()
     );
 
+    // Idle expiry is off in this config: no settings, no keys.
+    let idle = call(&h, &c, Method::GET, "/v1/idle-keys", "/v1/idle-keys", None).await;
+    assert_eq!(idle.json()["idle_expiry"], Value::Null);
+
     // Delete: 204, then 404, and the events stay.
     let deleted = call(
         &h,

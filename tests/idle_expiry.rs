@@ -438,3 +438,40 @@ async fn use_of_the_old_secret_during_its_grace_counts_as_use() {
     sweep_at(&h, &h.gateway, plus(created, DAY * 110)).await;
     assert_eq!(status(&h, &id), KeyStatus::Revoked);
 }
+
+/// `GET /v1/idle-keys` (for the page's notice): a key shows there once its deadline is within
+/// the largest warning, with that deadline, and leaves once it is used again.
+#[tokio::test]
+async fn the_admin_api_lists_the_keys_idle_expiry_will_soon_revoke() {
+    let receiver = Receiver::start(0).await;
+    let h = Harness::with_config(STANDARD, &lifecycle(&receiver, "")).await;
+    let (id, secret, created) = idle_key(&h).await;
+    let idle = || async {
+        support::admin_call(&h.gateway, "GET", "/v1/idle-keys", "")
+            .await
+            .json()
+    };
+
+    h.clock.set(plus(created, DAY * 74));
+    let report = idle().await;
+    assert_eq!(report["idle_expiry"], "90d");
+    assert_eq!(report["warn_before"], serde_json::json!(["15d", "7d", "1d"]));
+    assert_eq!(report["keys"], serde_json::json!([]), "16 days from its deadline");
+
+    h.clock.set(plus(created, DAY * 76));
+    let report = idle().await;
+    assert_eq!(report["keys"][0]["id"], id.as_str());
+    assert_eq!(
+        report["keys"][0]["revokes_at"],
+        plus(created, DAY * 90).to_string()
+    );
+    assert_eq!(report["truncated"], false);
+
+    assert_eq!(h.get("/v1/status", &secret).await.status, StatusCode::OK);
+    h.gateway.flush_usage().await;
+    assert_eq!(
+        idle().await["keys"],
+        serde_json::json!([]),
+        "used again: no longer idle"
+    );
+}

@@ -163,6 +163,7 @@ keygate is running in dev mode (temporary store, built-in echo upstream).
 
   gateway  {base}
   admin    http://{admin}   (admin API under /v1, /metrics, /healthz, /readyz)
+  page     http://{admin}/ui/   (the API Keys page: sign in with the admin token)
   demo key {key}
            development, customer:read, 5 requests/s
   admin token {admin_token}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use jiff::Timestamp;
 
-use super::store::{Actor, Audit, KeyEvent, KeyFilter, NewKey, Store, StoreError, StoredKey, Usage};
+use super::store::{Actor, Audit, IdleKey, KeyEvent, KeyFilter, NewKey, Store, StoreError, StoredKey, Usage};
 use crate::core::clock::{whole_second, Clock};
 use crate::core::environment::Environment;
 pub use crate::core::key::KeySpec;
@@ -413,6 +413,13 @@ impl KeyService {
     /// The key stops working for good; its row stays as a tombstone and its usage is kept.
     pub fn delete(&self, id: &str) -> Result<(), KeyError> {
         self.set_status(id, StoredStatus::Deleted, "deleted").map(drop)
+    }
+
+    /// Up to `limit` active keys idle since `cutoff` or longer, the oldest seq first.
+    pub fn idle_since(&self, cutoff: Timestamp, limit: usize) -> Result<Vec<IdleKey>, KeyError> {
+        self.store
+            .idle_keys(cutoff, self.now(), 0, limit)
+            .map_err(KeyError::Store)
     }
 
     pub fn usage(&self, id: &str) -> Result<Usage, KeyError> {

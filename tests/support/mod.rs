@@ -3,6 +3,7 @@
 //! synchronisation: waits poll with a deadline.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod postgres;
 pub mod relay;
 

@@ -11,6 +11,8 @@ use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+mod idle;
+
 use super::{json, Admin, AdminBody, Caller};
 use crate::control::keys::{KeyError, KeyPatch, KeyRequest, KeyService};
 use crate::control::store::{KeyFilter, TokenKind};
@@ -163,6 +165,7 @@ async fn dispatch(admin: &Admin, caller: Caller, request: Request<Incoming>) -> 
                 .map(|usage| ok(&usage))
         }
         (["keys", id, "events"], &Method::GET) => events(admin, id.to_string(), &request).await,
+        (["idle-keys"], &Method::GET) => idle::idle_keys(admin, &request).await,
         (shape, _) => match allowed(shape) {
             Some(allow) => Ok(method_not_allowed(allow)),
             None => Err(ApiError::status(StatusCode::NOT_FOUND, "not found")),
@@ -179,6 +182,7 @@ fn allowed(shape: &[&str]) -> Option<&'static str> {
         ["keys", _] => Some("GET, HEAD, PATCH, DELETE"),
         ["keys", _, "regenerate" | "revoke" | "activate"] => Some("POST"),
         ["keys", _, "usage" | "events"] => Some("GET, HEAD"),
+        ["idle-keys"] => Some("GET, HEAD"),
         _ => None,
     }
 }

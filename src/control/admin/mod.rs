@@ -1,8 +1,9 @@
-//! The admin listener (control plane): `/healthz`, `/readyz`, `/metrics` open, and the admin
-//! API under `/v1` behind the admin token, on its own port so the data plane's port exposes
-//! nothing but the proxied API.
+//! The admin listener (control plane): `/healthz`, `/readyz`, `/metrics` open, the admin API
+//! under `/v1` behind the admin token, and the API Keys page at `/ui/` (static files that call
+//! that API), on its own port so the data plane's port exposes nothing but the proxied API.
 
 mod api;
+pub mod ui;
 
 pub use api::{MAX_BODY, OPENAPI};
 
@@ -112,6 +113,9 @@ impl Admin {
 
     async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<AdminBody> {
         let path = request.uri().path();
+        if ui::is_ui(path) {
+            return ui::serve(request.method(), path);
+        }
         if path == "/v1" || path.starts_with("/v1/") {
             let Some(token) = self.token_kind(&request) else {
                 let mut response = json(

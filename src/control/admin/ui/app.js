@@ -1,0 +1,63 @@
+// The page's entry: which view the address (#/keys, #/keys/<id>, #/requests) asks for, and
+// the sign-in when there is no token in this tab.
+
+import { session } from "./api.js";
+import { ageFlash, flash } from "./dom.js";
+import { renderSignIn } from "./signin.js";
+import { renderKeys } from "./keys.js";
+import { renderKey } from "./key.js";
+import { renderRequests } from "./requests.js";
+
+function route() {
+  ageFlash();
+  const nav = document.getElementById("nav");
+  if (!session.token()) {
+    nav.hidden = true;
+    renderSignIn(() => {
+      if (location.hash === "" || location.hash === "#/keys") route();
+      else location.hash = "#/keys";
+    });
+    return;
+  }
+  nav.hidden = false;
+  document.getElementById("access").textContent = session.canWrite() ? "Full access" : "Read-only";
+  const hash = location.hash || "#/keys";
+  const key = hash.match(/^#\/keys\/([^/?]+)$/);
+  markNav(hash.startsWith("#/requests") ? "requests" : "keys");
+  if (key) return renderKey(decoded(key[1]));
+  if (hash.startsWith("#/requests")) return renderRequests();
+  return renderKeys();
+}
+
+/** A key id from the address; a malformed escape is kept as typed (and is no key). */
+function decoded(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
+}
+
+function markNav(current) {
+  for (const link of document.querySelectorAll("#nav a[data-nav]")) {
+    if (link.dataset.nav === current) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+}
+
+// After a move to another view, the keyboard and screen readers start at its content.
+window.addEventListener("hashchange", () => {
+  route();
+  document.getElementById("main").focus({ preventScroll: true });
+});
+window.addEventListener("keygate:signed-out", (event) => {
+  route();
+  flash(event.detail);
+});
+document.getElementById("sign-out").addEventListener("click", () => {
+  session.signOut();
+  history.replaceState(null, "", "#/keys");
+  route();
+  flash("Signed out. The token is gone from this tab.");
+});
+route();

@@ -1,0 +1,162 @@
+// The dialogs that change keys: create, edit, regenerate, and a confirmation. Each is a
+// <dialog> (the browser traps focus and Escape closes it) removed from the page when it
+// closes, so a secret shown in one is gone with it.
+
+import { api, keyPath } from "./api.js";
+import { button, describe, h } from "./dom.js";
+import * as format from "./format.js";
+
+/** Opens a modal dialog titled `title`; it removes itself from the page once closed. */
+export function openDialog(title) {
+  const heading = h("h2", { id: "dialog-title" }, title);
+  const body = h("div", { class: "dialog-body" });
+  const dialog = h("dialog", { class: "dialog", "aria-labelledby": "dialog-title" }, heading, body);
+  dialog.addEventListener("close", () => dialog.remove());
+  document.body.append(dialog);
+  dialog.showModal();
+  return { dialog, heading, body };
+}
+
+/** Shows a new secret once, with a copy button; `done` runs when the dialog closes. */
+export function showSecret({ dialog, heading, body }, secret, done) {
+  heading.textContent = "Copy the secret now";
+  const status = h("p", { class: "muted", role: "status" });
+  const code = h("code", { class: "secret", "data-secret": "" }, secret);
+  const copy = button("Copy", async () => {
+    try {
+      await navigator.clipboard.writeText(secret);
+      status.textContent = "Copied to the clipboard.";
+    } catch {
+      window.getSelection().selectAllChildren(code);
+      status.textContent = "The browser refused the clipboard: the secret is selected, copy it with Ctrl+C.";
+    }
+  });
+  const close = button("Done", () => dialog.close(), "primary");
+  body.replaceChildren(
+    h("p", {}, "This is the only time the secret is shown: keygate keeps only its hash. Store it somewhere safe."),
+    h("div", { class: "secret-row" }, code, copy),
+    status,
+    h("div", { class: "actions" }, close));
+  dialog.addEventListener("close", done, { once: true });
+  copy.focus();
+}
+
+/** The fields shared by create and edit, filled from `key` when editing. */
+function keyFields(key) {
+  const field = (name, label, input, help) => h("div", { class: "field" },
+    h("label", { for: `f-${name}` }, label), input, help ? h("small", { class: "muted", id: `h-${name}` }, help) : null);
+  const input = (name, attrs = {}) => h("input", { id: `f-${name}`, name, "aria-describedby": `h-${name}`, ...attrs });
+  const limit = key ? key.rate_limit : null;
+  const per = limit ? limit.per : "1m";
+  const pers = ["1s", "1m", "1h", "1d"].includes(per) ? ["1s", "1m", "1h", "1d"] : ["1s", "1m", "1h", "1d", per];
+  return [
+    field("name", "Name", input("name", { required: true, maxlength: 200, value: key ? key.name : "" })),
+    key ? null : field("environment", "Environment", h("select", { id: "f-environment", name: "environment" },
+      ["production", "staging", "development"].map((env) => h("option", { value: env }, env)))),
+    field("permissions", "Permissions", input("permissions", { value: key ? key.permissions.join(", ") : "", placeholder: "customer:read, invoice:*" }),
+      "resource:action, comma separated; * grants everything; empty grants nothing"),
+    h("fieldset", { class: "inline" }, h("legend", {}, "Rate limit"),
+      field("requests", "Requests", input("requests", { type: "number", min: 1, value: limit ? limit.requests : "" }), "empty: the gateway's default"),
+      field("per", "per", h("select", { id: "f-per", name: "per" }, pers.map((p) => h("option", { value: p, selected: p === per }, p))))),
+    field("customer_id", "Customer", input("customer_id", { value: key && key.customer_id ? key.customer_id : "" }), "optional: the customer this key may act for"),
+    field("allowed_ips", "Allowed IPs", input("allowed_ips", { value: key ? key.allowed_ips.join(", ") : "", placeholder: "203.0.113.0/24" }),
+      "addresses or CIDRs, comma separated; empty: any address"),
+    field("expires_at", "Expires", input("expires_at", { type: "datetime-local", value: format.toLocalInput(key && key.expires_at) }), "your local time; empty: never"),
+  ];
+}
+
+/** The body of a create or edit request from the form; throws an Error with words. */
+function readFields(form, creating) {
+  const value = (name) => form.elements[name].value.trim();
+  const body = {
+    name: value("name"),
+    permissions: format.list(value("permissions")),
+    rate_limit: value("requests") ? { requests: Number(value("requests")), per: value("per") } : null,
+    customer_id: value("customer_id") || null,
+    allowed_ips: format.list(value("allowed_ips")),
+    expires_at: null,
+  };
+  if (value("expires_at")) {
+    const at = new Date(value("expires_at"));
+    if (Number.isNaN(at.getTime())) throw new Error("The expiry is not a date and time.");
+    body.expires_at = at.toISOString();
+  }
+  if (creating) body.environment = value("environment");
+  return body;
+}
+
+/** A form in a dialog that sends `submit(form)` and shows API errors beside it. */
+function formDialog(parts, fields, label, submit) {
+  const error = h("p", { class: "form-error", role: "alert" });
+  const send = h("button", { type: "submit", class: "primary" }, label);
+  const form = h("form", { class: "key-form", method: "dialog", on: { submit: async (event) => {
+    event.preventDefault();
+    error.textContent = "";
+    send.disabled = true;
+    try {
+      await submit(form);
+    } catch (failure) {
+      error.textContent = failure.status !== undefined ? describe(failure) : failure.message;
+      markField(form, failure.field);
+    } finally {
+      send.disabled = false;
+    }
+  } } }, fields, error, h("div", { class: "actions" }, button("Cancel", () => parts.dialog.close()), send));
+  parts.body.replaceChildren(form);
+  const first = form.querySelector("input, select");
+  if (first) first.focus();
+  return form;
+}
+
+function markField(form, field) {
+  for (const input of form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
+  const name = field && field.split(/[.[]/)[0];
+  const input = name && form.elements[name];
+  if (input && input.setAttribute) {
+    input.setAttribute("aria-invalid", "true");
+    input.focus();
+  }
+}
+
+export function createDialog(done) {
+  const parts = openDialog("Create a key");
+  formDialog(parts, keyFields(null), "Create key", async (form) => {
+    const { data } = await api("POST", "/v1/keys", readFields(form, true));
+    showSecret(parts, data.key, done);
+  });
+}
+
+export function editDialog(key, done) {
+  const parts = openDialog(`Edit “${key.name}”`);
+  formDialog(parts, keyFields(key), "Save", async (form) => {
+    await api("PATCH", keyPath(key.id), readFields(form, false));
+    parts.dialog.close();
+    done("Changes saved.");
+  });
+}
+
+export function regenerateDialog(key, done) {
+  const parts = openDialog(`Regenerate “${key.name}”`);
+  const grace = h("input", { id: "f-grace", name: "grace", placeholder: "e.g. 10m, 1h, 7d", "aria-describedby": "h-grace" });
+  const fields = [
+    h("p", {}, "A new secret replaces the current one; the key keeps its name, permissions and limits."),
+    h("div", { class: "field" }, h("label", { for: "f-grace" }, "Grace period"), grace,
+      h("small", { class: "muted", id: "h-grace" }, "how long the old secret keeps working (at most 30d); empty: it stops now")),
+  ];
+  formDialog(parts, fields, "Regenerate", async () => {
+    const body = grace.value.trim() ? { grace: grace.value.trim() } : {};
+    const { data } = await api("POST", keyPath(key.id, "/regenerate"), body);
+    showSecret(parts, data.key, done);
+  });
+}
+
+/** Asks before `action` runs; `label` names the button that confirms. */
+export function confirmDialog(title, text, label, action) {
+  const parts = openDialog(title);
+  formDialog(parts, [h("p", {}, text)], label, async () => {
+    await action();
+    parts.dialog.close();
+  });
+  parts.body.querySelector("button.primary").classList.add("danger");
+  parts.body.querySelector("button").focus();
+}

@@ -1,0 +1,85 @@
+// Turning API values into words for people. Pure functions: no DOM.
+
+const UNITS = [
+  ["year", 365 * 86400],
+  ["month", 30 * 86400],
+  ["day", 86400],
+  ["hour", 3600],
+  ["minute", 60],
+];
+
+/** "3 hours ago", "in 2 days", "just now", or `never` for a missing time. */
+export function relative(iso, now = Date.now(), never = "never") {
+  if (!iso) return never;
+  const then = Date.parse(iso);
+  if (Number.isNaN(then)) return iso;
+  const seconds = Math.round((now - then) / 1000);
+  const size = Math.abs(seconds);
+  if (size < 60) return "just now";
+  for (const [unit, length] of UNITS) {
+    if (size >= length) {
+      const n = Math.floor(size / length);
+      const words = `${n} ${unit}${n === 1 ? "" : "s"}`;
+      return seconds >= 0 ? `${words} ago` : `in ${words}`;
+    }
+  }
+  return "just now";
+}
+
+/** A full UTC time, e.g. "2026-12-01 14:05:09 UTC". */
+export function exact(iso) {
+  if (!iso) return "";
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return iso;
+  return `${date.toISOString().slice(0, 19).replace("T", " ")} UTC`;
+}
+
+/** "customer:read, customer:write +2 more", "all (*)", or "none". */
+export function permissions(list) {
+  if (!list || list.length === 0) return "none";
+  if (list.includes("*")) return "all (*)";
+  const shown = list.slice(0, 2).join(", ");
+  return list.length > 2 ? `${shown} +${list.length - 2} more` : shown;
+}
+
+/** "100 per 1m (burst 20)" or "default" (the gateway's rate_limit.default). */
+export function rateLimit(limit) {
+  if (!limit) return "default";
+  const burst = limit.burst && limit.burst !== limit.requests ? ` (burst ${limit.burst})` : "";
+  return `${limit.requests} per ${limit.per}${burst}`;
+}
+
+const REASONS = {
+  missing: "no key sent",
+  malformed: "malformed key",
+  unknown: "unknown key",
+  revoked: "key revoked",
+  expired: "key expired",
+  wrong_environment: "key of another environment",
+  permission: "permission denied",
+  ip: "client address not allowed",
+  customer: "other customer's resource",
+  rate_limited: "rate limited",
+  no_route: "no route",
+};
+
+/** A refusal reason in words, keeping the code: "permission denied (permission)". */
+export function reason(code) {
+  if (!code) return "";
+  const words = REASONS[code];
+  return words ? `${words} (${code})` : code.replaceAll("_", " ");
+}
+
+/** Splits "a, b c" into ["a", "b", "c"]. */
+export function list(text) {
+  return text.split(/[\s,]+/).filter((item) => item !== "");
+}
+
+/** A datetime-local input value (local time) from an RFC 3339 time, or "". */
+export function toLocalInput(iso) {
+  if (!iso) return "";
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return "";
+  const local = new Date(date.getTime() - date.getTimezoneOffset() * 60000);
+  return local.toISOString().slice(0, 16);
+}

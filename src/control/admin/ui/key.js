@@ -1,0 +1,147 @@
+// One key: its details, the actions on it (for a full-access token), daily usage, the audit
+// trail and its recent requests. Each part loads on its own, so one failure hides nothing else.
+
+import { api, keyPath, session } from "./api.js";
+import { button, errorBox, flash, h, notice, section, show } from "./dom.js";
+import * as format from "./format.js";
+import { confirmDialog, editDialog, regenerateDialog } from "./dialogs.js";
+import { usageChart } from "./chart.js";
+import { loadRequests } from "./requests.js";
+import { idleNotice, loadIdle } from "./idle.js";
+
+export async function renderKey(id) {
+  const back = h("p", {}, h("a", { href: "#/keys" }, "← All keys"));
+  const view = h("section", { class: "view", "data-key-id": id }, back, notice("Loading the key…"));
+  show(view);
+  let key;
+  try {
+    key = (await api("GET", keyPath(id))).data;
+  } catch (error) {
+    const words = error.status === 404 ? notice("There is no key with this id (it may have been deleted).", "error") : errorBox(error, () => renderKey(id));
+    view.replaceChildren(back, words);
+    return;
+  }
+  const idle = h("div", {});
+  const usage = h("div", {}, notice("Loading usage…"));
+  const events = h("div", {}, notice("Loading the audit trail…"));
+  const requests = h("div", {}, notice("Loading recent requests…"));
+  const parts = [back, header(key), grace(key), idle, details(key),
+    section("Daily usage", usage), section("Recent requests", requests), section("Audit trail", events)];
+  view.replaceChildren(...parts.filter(Boolean));
+  loadIdle().then((data) => idle.replaceChildren(idleNotice(data, key.id) || "")).catch(() => {});
+  loadUsage(key.id, usage);
+  loadEvents(key.id, events);
+  const reload = () => loadRequests(requests, { key_id: key.id, limit: 50 }, false, reload);
+  reload();
+  requests.before(h("p", { class: "muted small section-note" },
+    "This key's latest requests on this gateway replica, newest first, with why each refusal happened. ",
+    button("Refresh", reload)));
+}
+
+function header(key) {
+  return h("div", { class: "view-head key-head" },
+    h("div", {},
+      h("h2", {}, key.name || "(no name)", " ", h("span", { class: `badge status-${key.status}` }, key.status)),
+      h("p", { class: "muted small" }, `${key.id} · ${key.prefix}… · ${key.environment}`)),
+    session.canWrite() ? actions(key) : null);
+}
+
+function actions(key) {
+  const again = (message) => {
+    if (message) flash(message);
+    renderKey(key.id);
+  };
+  const change = (verb, done) => async () => {
+    try {
+      await api("POST", keyPath(key.id, `/${verb}`), {});
+      again(done);
+    } catch (error) {
+      flash(`Could not ${verb} the key: ${error.message}`);
+    }
+  };
+  return h("div", { class: "actions key-actions" },
+    button("Edit", () => editDialog(key, again)),
+    button("Regenerate", () => regenerateDialog(key, () => again("Key regenerated: the new secret is in force."))),
+    key.status === "revoked" ?
+      button("Activate", change("activate", "Key activated: it works again."), "") :
+      button("Revoke", change("revoke", "Key revoked: the gateway refuses it from now on."), "danger"),
+    button("Delete", () => confirmDialog(`Delete “${key.name}”?`,
+      "The key stops working at once and cannot be brought back. Its audit trail is kept.", "Delete key",
+      async () => {
+        await api("DELETE", keyPath(key.id));
+        flash(`Key “${key.name}” deleted.`);
+        location.hash = "#/keys";
+      }), "danger"));
+}
+
+function grace(key) {
+  if (!key.grace_until) return null;
+  const used = key.previous_last_used_at ? `last used ${format.relative(key.previous_last_used_at)} (${format.exact(key.previous_last_used_at)})` : "not used since the regeneration";
+  return h("p", { class: "notice warn grace" },
+    `Grace period: the previous secret keeps working until ${format.exact(key.grace_until)} (${format.relative(key.grace_until)}); it was ${used}.`);
+}
+
+function details(key) {
+  const row = (term, value, title) => [h("dt", {}, term), h("dd", { title: title || null }, value)];
+  const metadata = Object.keys(key.metadata || {}).length ? JSON.stringify(key.metadata) : "none";
+  return h("section", { class: "card" }, h("h3", {}, "Details"), h("dl", { class: "details" },
+    row("Environment", key.environment),
+    row("Permissions", key.permissions.length ? key.permissions.join(", ") : "none"),
+    row("Rate limit", key.rate_limit ? format.rateLimit(key.rate_limit) : "the gateway's default (rate_limit.default)"),
+    row("Customer", key.customer_id || "—"),
+    row("Allowed IPs", key.allowed_ips.length ? key.allowed_ips.join(", ") : "any address"),
+    row("Expires", key.expires_at ? `${format.exact(key.expires_at)} (${format.relative(key.expires_at)})` : "never"),
+    row("Last used", format.relative(key.last_used_at), format.exact(key.last_used_at)),
+    row("Created", format.exact(key.created_at)),
+    row("Updated", format.exact(key.updated_at)),
+    row("Metadata", metadata)));
+}
+
+async function loadUsage(id, target) {
+  try {
+    const { data } = await api("GET", keyPath(id, "/usage"));
+    target.replaceChildren(usageChart(data));
+  } catch (error) {
+    target.replaceChildren(errorBox(error, () => loadUsage(id, target)));
+  }
+}
+
+/** The audit trail in the order it happened, a page at a time. */
+async function loadEvents(id, target, cursor = "") {
+  const more = cursor ? `&cursor=${encodeURIComponent(cursor)}` : "";
+  try {
+    const { data, headers } = await api("GET", keyPath(id, `/events?limit=100${more}`));
+    const next = headers.get("x-next-cursor");
+    const table = target.querySelector("table.events");
+    if (table) table.tBodies[0].append(...data.map(eventRow));
+    else target.replaceChildren(data.length ? eventsTable(data) : notice("No changes recorded."));
+    const button = target.querySelector("button.more");
+    if (button) button.remove();
+    if (next) target.append(h("button", { type: "button", class: "more", on: { click: () => loadEvents(id, target, next) } }, "Show later changes"));
+  } catch (error) {
+    target.replaceChildren(errorBox(error, () => loadEvents(id, target)));
+  }
+}
+
+function eventsTable(events) {
+  const head = ["When", "Event", "By", "Token", "Client", "Changes"];
+  return h("table", { class: "list events" },
+    h("thead", {}, h("tr", {}, head.map((name) => h("th", { scope: "col" }, name)))),
+    h("tbody", {}, events.map(eventRow)));
+}
+
+function eventRow(event) {
+  return h("tr", {},
+    h("td", { "data-label": "When", title: format.exact(event.at) }, format.relative(event.at)),
+    h("td", { "data-label": "Event" }, event.event),
+    h("td", { "data-label": "By" }, event.actor),
+    h("td", { "data-label": "Token" }, event.token ? `${event.token} token` : "—"),
+    h("td", { "data-label": "Client" }, event.client || "—"),
+    h("td", { "data-label": "Changes", class: "changes" }, changes(event.changes)));
+}
+
+function changes(map) {
+  const entries = Object.entries(map || {});
+  if (entries.length === 0) return "—";
+  return entries.map(([name, value]) => `${name}: ${typeof value === "string" ? value : JSON.stringify(value)}`).join("; ");
+}

@@ -1,0 +1,81 @@
+// Recent requests (GET /v1/requests): this replica's last access records, newest first,
+// with the refusal reason of each; for all keys here, and per key in the key view.
+
+import { api, keyPath, query } from "./api.js";
+import { errorBox, h, notice, show } from "./dom.js";
+import * as format from "./format.js";
+
+const filter = { status: "" };
+
+export function renderRequests() {
+  const results = h("div", { class: "results" }, notice("Loading recent requests…"));
+  const status = h("input", { id: "filter-status", name: "status", inputmode: "numeric", value: filter.status, placeholder: "403 or 4xx" });
+  const form = h("form", { class: "filters", "aria-label": "Filter requests", on: { submit: (event) => {
+    event.preventDefault();
+    filter.status = status.value.trim();
+    renderRequests();
+  } } },
+  h("div", { class: "field" }, h("label", { for: "filter-status" }, "Status"), status),
+  h("div", { class: "field end" }, h("button", { type: "submit" }, "Filter")));
+  show(h("section", { class: "view" },
+    h("div", { class: "view-head" }, h("h2", {}, "Recent requests")),
+    h("p", { class: "muted" }, "The most recent requests this gateway replica answered, newest first."),
+    form, results));
+  loadRequests(results, { status: filter.status, limit: 200 }, true, () => renderRequests());
+}
+
+/** Fills `target` with the requests matching `params`; `withKey` adds a key column. */
+export async function loadRequests(target, params, withKey, retry) {
+  try {
+    const { data } = await api("GET", `/v1/requests${query(params)}`);
+    const items = (data && data.items) || [];
+    target.replaceChildren(items.length ? requestsTable(items, withKey) : notice(empty(data, params)));
+    if (withKey) nameKeys(target);
+  } catch (error) {
+    target.replaceChildren(error.status === 404 ?
+      notice("This gateway does not keep recent requests (GET /v1/requests is missing).") :
+      errorBox(error, retry));
+  }
+}
+
+const NAMED = 25;
+
+/** Shows the names of the first keys in the table beside their ids (a deleted one keeps its id). */
+function nameKeys(target) {
+  const links = [...target.querySelectorAll("a[data-key]")];
+  const ids = [...new Set(links.map((link) => link.dataset.key))].slice(0, NAMED);
+  for (const id of ids) {
+    api("GET", keyPath(id)).then(({ data }) => {
+      for (const link of links.filter((link) => link.dataset.key === id)) {
+        link.replaceChildren(data.name || "(no name)", h("span", { class: "muted small" }, ` ${id}`));
+      }
+    }, () => {});
+  }
+}
+
+function empty(data, params) {
+  if (data && data.capacity === 0) return "This gateway keeps no recent requests (logs.recent = 0).";
+  return params.key_id ? "No recent requests with this key on this replica." : "No recent requests match.";
+}
+
+function requestsTable(items, withKey) {
+  const now = Date.now();
+  const head = ["When", withKey ? "Key" : null, "Request", "Route", "Status", "Reason", "Time"].filter(Boolean);
+  return h("table", { class: "list requests" },
+    h("thead", {}, h("tr", {}, head.map((name) => h("th", { scope: "col" }, name)))),
+    h("tbody", {}, items.map((item) => requestRow(item, withKey, now))));
+}
+
+function requestRow(item, withKey, now) {
+  const cell = (label, ...content) => h("td", { "data-label": label }, ...content);
+  const keyCell = item.key_id ?
+    h("a", { href: `#/keys/${encodeURIComponent(item.key_id)}`, "data-key": item.key_id }, item.key_id) : h("span", { class: "muted" }, "no key");
+  return h("tr", { "data-request-id": item.request_id || null, "data-status": item.status },
+    cell("When", h("span", { title: format.exact(item.time) }, format.relative(item.time, now))),
+    withKey ? cell("Key", keyCell) : null,
+    cell("Request", h("code", {}, `${item.method} ${item.path}`), item.client ? h("div", { class: "muted small" }, `from ${item.client}`) : null),
+    cell("Route", item.route || "—"),
+    cell("Status", h("span", { class: `badge http-${String(item.status)[0]}xx` }, String(item.status))),
+    cell("Reason", item.reason ? format.reason(item.reason) : "—"),
+    cell("Time", item.duration_ms === undefined || item.duration_ms === null ? "" : `${item.duration_ms} ms`));
+}

@@ -1,0 +1,53 @@
+// Sign-in: an admin token, checked against the gateway, then kept in this tab only.
+
+import { api, session } from "./api.js";
+import { describe, h, show } from "./dom.js";
+
+/** Shows the sign-in form; `done` runs once a token is accepted. */
+export function renderSignIn(done) {
+  const input = h("input", {
+    id: "token", name: "token", type: "password", required: true,
+    autocomplete: "off", spellcheck: "false",
+  });
+  const status = h("p", { class: "form-error", role: "alert" });
+  const form = h("form", { class: "card signin", on: { submit: (event) => submit(event, input, status, done) } },
+    h("h2", {}, "Sign in"),
+    h("p", {}, "Paste an admin token: the full one (admin.token_env) or the read-only one (admin.read_token_env). " +
+      "It stays in this browser tab only and is gone when you sign out or close the tab."),
+    h("label", { for: "token" }, "Admin token"),
+    input,
+    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Sign in")),
+    status);
+  show(form);
+  input.focus();
+}
+
+async function submit(event, input, status, done) {
+  event.preventDefault();
+  const token = input.value.trim();
+  if (!token) {
+    status.textContent = "Enter a token.";
+    return;
+  }
+  status.textContent = "Checking the token…";
+  try {
+    const access = await accessOf(token);
+    session.signIn(token, access);
+    done();
+  } catch (error) {
+    status.textContent = error.status === 401 ? "The gateway did not accept that token." : describe(error);
+    input.focus();
+  }
+}
+
+/** "write" or "read". A gateway without GET /v1/token knows only the full token. */
+async function accessOf(token) {
+  try {
+    const { data } = await api("GET", "/v1/token", undefined, token);
+    return data && data.access === "write" ? "write" : "read";
+  } catch (error) {
+    if (error.status !== 404) throw error;
+    await api("GET", "/v1/keys?limit=1", undefined, token);
+    return "write";
+  }
+}
