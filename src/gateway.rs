@@ -3,6 +3,7 @@
 //! both planes meet.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -10,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, RateLimitBackend};
+use crate::config::{self, Config, ConfigError, RateLimitBackend};
 use crate::control::admin::Admin;
 use crate::control::keys::KeyService;
 use crate::control::lifecycle::LifecycleJobs;
@@ -23,6 +24,7 @@ use crate::proxy::server;
 use crate::proxy::shared_limits::{RedisSettings, SharedLimits};
 use crate::proxy::state::Shared;
 use crate::proxy::table::KeyTable;
+use crate::proxy::tls::Tls;
 use crate::telemetry::Metrics;
 
 /// A gateway serving on its listeners until [`Gateway::shutdown`].
@@ -39,6 +41,17 @@ pub struct Gateway {
     lifecycle: LifecycleJobs,
     /// True once the key table has loaded.
     loaded: watch::Receiver<bool>,
+    /// The proxy listener's TLS, whose certificate a reload replaces.
+    tls: Option<Tls>,
+    /// The config the gateway started with: what its listeners, store and limiter were built
+    /// from, which a reload does not change.
+    started: Arc<Config>,
+}
+
+/// What a reload could not apply: the settings that take effect at the next restart.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    pub restart_needed: Vec<&'static str>,
 }
 
 /// What a gateway needs beside its config: secrets from the environment, and the clock.
@@ -96,9 +109,10 @@ impl Gateway {
             clock,
         } = options;
         let config = Arc::new(config);
-        let tls = config.server.tls.as_ref().map(server::tls_acceptor).transpose()?;
-        let store = store::open_later(&config.store.url)?;
         let metrics = Metrics::new();
+        let tls = tls(&config, &metrics, clock.now())?;
+        metrics.config_loaded(clock.now());
+        let store = store::open_later(&config.store.url)?;
         let keys = Arc::new(KeyTable::default());
         let mut shared = Shared::new(
             config.clone(),
@@ -173,7 +187,7 @@ impl Gateway {
         ));
         let servers = vec![
             tokio::spawn(admin_server.serve(admin, stopped(&stop))),
-            tokio::spawn(server::serve(proxy, shared.clone(), tls, stopped(&stop))),
+            tokio::spawn(server::serve(proxy, shared.clone(), tls.clone(), stopped(&stop))),
         ];
         tracing::info!(%proxy_addr, %admin_addr, "keygate serving");
         Ok(Gateway {
@@ -188,24 +202,54 @@ impl Gateway {
             sync,
             lifecycle,
             loaded,
+            tls,
+            started: config,
         })
     }
 
-    /// Replaces routes, upstreams and limits; an upstream whose pool settings are unchanged
-    /// keeps its connections. Listen addresses and the store need a restart.
-    pub fn reload(&self, config: Config) {
-        let current = &self.shared.snapshot.load().config;
-        if config.server.listen != current.server.listen || config.admin.listen != current.admin.listen {
-            tracing::warn!("listen addresses changed in the config; they take effect at the next restart");
+    /// Reads the config file again and applies it (SIGHUP). A file that is not valid, or whose
+    /// TLS pair would not serve, is refused and logged, and the running config stays.
+    pub fn reload_file(&self, path: &Path) -> Result<Reloaded, ConfigError> {
+        config::load(path)
+            .and_then(|config| self.reload(config))
+            .inspect_err(|error| {
+                tracing::error!(
+                    file = %path.display(),
+                    problems = %error,
+                    "config reload refused; the running config stays"
+                );
+                self.shared
+                    .metrics
+                    .config_reloaded(false, self.shared.clock.now());
+            })
+    }
+
+    /// Replaces routes, upstreams, limits and the TLS certificate (read again from its files,
+    /// so a certificate replaced on disk is served to new connections); an upstream whose pool
+    /// settings are unchanged keeps its connections. A TLS pair that would not serve refuses
+    /// the whole reload. Listen addresses, the store and the limiter's backend need a restart:
+    /// they are compared with the config the gateway started with, what it actually runs.
+    pub fn reload(&self, config: Config) -> Result<Reloaded, ConfigError> {
+        let now = self.shared.clock.now();
+        let pair = match &self.tls {
+            Some(_) => config::tls_pair(&config, now.as_second())?,
+            None => None,
+        };
+        let restart_needed = restart_needed(&self.started, &config);
+        for setting in &restart_needed {
+            tracing::warn!(
+                setting,
+                "changed in the config; it takes effect at the next restart"
+            );
         }
-        if config.rate_limit.backend != current.rate_limit.backend {
-            tracing::warn!("rate_limit.backend or its Redis settings changed in the config; they take effect at the next restart");
-        }
-        if config.store.url != current.store.url {
-            tracing::warn!("store.url changed in the config; it takes effect at the next restart");
+        if let (Some(tls), Some(pair)) = (&self.tls, &pair) {
+            tls.replace(pair);
+            self.shared.metrics.tls_certificate_expires(pair.not_after);
         }
         self.shared.reload(Arc::new(config));
+        self.shared.metrics.config_reloaded(true, now);
         tracing::info!("config reloaded");
+        Ok(Reloaded { restart_needed })
     }
 
     /// Waits until the key table has loaded for the first time.
@@ -253,6 +297,37 @@ impl Gateway {
         let _ = tokio::task::spawn_blocking(move || flusher.flush()).await;
         tracing::info!("keygate stopped");
     }
+}
+
+/// The proxy listener's TLS, when configured, serving the pair its files hold now.
+fn tls(config: &Config, metrics: &Metrics, now: jiff::Timestamp) -> anyhow::Result<Option<Tls>> {
+    let Some(pair) = config::tls_pair(config, now.as_second())? else {
+        return Ok(None);
+    };
+    metrics.tls_certificate_expires(pair.not_after);
+    Ok(Some(Tls::new(&pair)?))
+}
+
+/// The settings of `next` that differ from what the gateway started with and that only a
+/// restart applies.
+fn restart_needed(started: &Config, next: &Config) -> Vec<&'static str> {
+    let changed = [
+        ("server.listen", started.server.listen != next.server.listen),
+        ("admin.listen", started.admin.listen != next.admin.listen),
+        (
+            "server.tls",
+            started.server.tls.is_some() != next.server.tls.is_some(),
+        ),
+        ("store.url", started.store.url != next.store.url),
+        (
+            "rate_limit.backend",
+            started.rate_limit.backend != next.rate_limit.backend,
+        ),
+    ];
+    changed
+        .into_iter()
+        .filter_map(|(setting, changed)| changed.then_some(setting))
+        .collect()
 }
 
 /// The Redis limiter of `rate_limit.backend = "redis"`, given a moment to connect so the first

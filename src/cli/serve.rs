@@ -45,14 +45,10 @@ pub async fn serve_until_stopped(gateway: Gateway, path: Option<&Path>) -> Resul
     loop {
         tokio::select! {
             _ = hangup.recv() => match path {
-                Some(path) => match config::load(path) {
-                    Ok(config) => gateway.reload(config),
-                    Err(error) => tracing::error!(
-                        file = %path.display(),
-                        problems = %error,
-                        "config reload refused; the running config stays"
-                    ),
-                },
+                // Refusals are logged and counted there.
+                Some(path) => {
+                    let _ = gateway.reload_file(path);
+                }
                 None => tracing::info!("SIGHUP ignored: no config file to reload"),
             },
             _ = terminate.recv() => break,

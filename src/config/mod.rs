@@ -4,8 +4,9 @@
 
 pub mod raw;
 mod routes;
+pub mod tls_files;
 mod types;
 pub mod validate;
 
 pub use types::*;
-pub use validate::{load, parse, ConfigError, Problem};
+pub use validate::{check_files, load, parse, tls_pair, ConfigError, Problem};

@@ -76,8 +76,14 @@ pub enum UnderscoreHeaders {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tls {
+    /// PEM certificate chain, leaf first.
     pub cert: PathBuf,
+    /// PEM private key of the leaf.
     pub key: PathBuf,
+    /// Lines of the two settings in the file, for the problems [`super::load`] finds in the
+    /// files they name.
+    pub cert_line: Option<usize>,
+    pub key_line: Option<usize>,
 }
 
 #[derive(Debug, Clone)]

@@ -14,6 +14,7 @@ pub mod server;
 pub mod shared_limits;
 pub mod state;
 pub mod table;
+pub mod tls;
 pub mod upstream;
 pub mod usage;
 

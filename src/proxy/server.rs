@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,40 +13,11 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 
 use super::pipeline::{self, Peer};
 use super::state::Shared;
-use crate::config::{Server, Tls};
-
-/// Builds the TLS acceptor for a `[server] tls` setting: HTTP/2 and HTTP/1.1 by ALPN.
-pub fn tls_acceptor(tls: &Tls) -> anyhow::Result<TlsAcceptor> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-    let certs = CertificateDer::pem_file_iter(&tls.cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| anyhow::anyhow!("cannot read certificates from {}: {e}", tls.cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key)
-        .map_err(|e| anyhow::anyhow!("cannot read private key from {}: {e}", tls.key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "TLS certificate and key of {} do not fit: {e}",
-                path_name(&tls.cert)
-            )
-        })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-fn path_name(path: &Path) -> String {
-    path.display().to_string()
-}
+use super::tls::Tls;
+use crate::config::Server;
 
 const HTTP2_STREAM_WINDOW: u32 = 65_535;
 const HTTP2_CONNECTION_WINDOW: u32 = 1 << 20;
@@ -82,7 +52,7 @@ fn builder(settings: &Server) -> auto::Builder<TokioExecutor> {
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Tls>,
     shutdown: impl Future<Output = ()>,
 ) {
     let settings = shared.snapshot.load().config.server.clone();
@@ -121,7 +91,7 @@ pub async fn serve(
                 return;
             }
             match tls {
-                Some(acceptor) => match tokio::time::timeout(timeouts.1, acceptor.accept(stream)).await {
+                Some(tls) => match tokio::time::timeout(timeouts.1, tls.acceptor().accept(stream)).await {
                     Ok(Ok(stream)) => {
                         let peer = Peer { addr, tls: true };
                         let conn = builder.serve_connection(TokioIo::new(stream), service(shared, peer));
