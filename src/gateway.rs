@@ -210,7 +210,7 @@ impl Gateway {
     /// Reads the config file again and applies it (SIGHUP). A file that is not valid, or whose
     /// TLS pair would not serve, is refused and logged, and the running config stays.
     pub fn reload_file(&self, path: &Path) -> Result<Reloaded, ConfigError> {
-        config::load(path)
+        config::load_to_serve(path)
             .and_then(|config| self.reload(config))
             .inspect_err(|error| {
                 tracing::error!(

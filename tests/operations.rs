@@ -145,7 +145,7 @@ async fn a_certificate_replaced_on_disk_is_served_after_a_reload_and_a_bad_pair_
 
 /// The config file at `path` with a TLS pair; what `check` and `serve` say of it.
 fn load_problems(path: &Path) -> String {
-    match keygate::config::load(path) {
+    match keygate::config::load_to_serve(path) {
         Ok(_) => String::new(),
         Err(error) => error.to_string(),
     }
@@ -269,4 +269,22 @@ async fn a_restored_setting_needs_no_restart_on_the_next_reload() {
         let reloaded = h.gateway.reload_file(&h.config_path).unwrap();
         assert_eq!(reloaded.restart_needed, restart_needed);
     }
+}
+
+/// The `keys` and `store` commands serve nothing: a certificate to renew does not stop them.
+#[test]
+fn the_store_commands_do_not_read_the_certificate() {
+    let files = Files::new();
+    let (expired, expired_key, _) = certificate((2021, 1, 1));
+    files.write(&expired, &expired_key);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, files.config().replace("{upstream}", "127.0.0.1:7001")).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["store", "init", "--config", config.to_str().unwrap()])
+        .env_remove("KEYGATE_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
 }

@@ -13,8 +13,14 @@ pub fn load(path: &Path) -> Result<Config, Failure> {
     config::load(path).map_err(|error| Failure::Runtime(format!("{} is not valid:\n{error}", path.display())))
 }
 
+/// [`load`], with the files `serve` reads (the TLS pair) checked too.
+fn load_to_serve(path: &Path) -> Result<Config, Failure> {
+    config::load_to_serve(path)
+        .map_err(|error| Failure::Runtime(format!("{} is not valid:\n{error}", path.display())))
+}
+
 pub fn check(path: &Path) -> Result<(), Failure> {
-    let config = load(path)?;
+    let config = load_to_serve(path)?;
     println!(
         "{} is valid: {} route(s), {} upstream(s)",
         path.display(),
@@ -25,7 +31,7 @@ pub fn check(path: &Path) -> Result<(), Failure> {
 }
 
 pub fn run(path: std::path::PathBuf) -> Result<(), Failure> {
-    let config = load(&path)?;
+    let config = load_to_serve(&path)?;
     // Before anything binds: a store that is not there is the operator's to create.
     if let Err(error @ StoreError::Missing(_)) = store::exists(&config.store.url) {
         return Err(super::store::failure(error, &config, &path));

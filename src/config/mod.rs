@@ -9,4 +9,4 @@ mod types;
 pub mod validate;
 
 pub use types::*;
-pub use validate::{check_files, load, parse, tls_pair, ConfigError, Problem};
+pub use validate::{check_files, load, load_to_serve, parse, tls_pair, ConfigError, Problem};

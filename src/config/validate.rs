@@ -64,9 +64,16 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// [`load`], and the files the config names read and checked as `serve` uses them: the TLS
+/// certificate and key (see [`super::tls_files`]). What `check`, `serve` and a reload read;
+/// the `keys` commands, which serve nothing, read the file with [`load`].
+pub fn load_to_serve(path: &Path) -> Result<Config, ConfigError> {
+    let config = load(path)?;
+    check_files(&config, jiff::Timestamp::now().as_second())?;
+    Ok(config)
+}
+
 /// Reads and validates the file at `path`; relative paths in it are taken from its folder.
-/// Beyond [`parse`], the files the config names are read and checked as `serve` would use
-/// them: the TLS certificate and key (see [`super::tls_files`]).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let source = std::fs::read_to_string(path).map_err(|error| ConfigError {
         problems: vec![Problem {
@@ -79,9 +86,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let config = parse(&source, base_dir)?;
-    check_files(&config, jiff::Timestamp::now().as_second())?;
-    Ok(config)
+    parse(&source, base_dir)
 }
 
 /// The problems of the files a valid config names, as of `now` (Unix seconds).
