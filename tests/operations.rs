@@ -288,3 +288,152 @@ fn the_store_commands_do_not_read_the_certificate() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
 }
+
+mod drain {
+    //! SIGTERM: the drain lasts as long as the work, not as long as the clients' connections.
+
+    use super::*;
+    use bytes::Bytes;
+    use http::Request;
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use std::time::Instant;
+
+    const GRACE: &str = "shutdown_grace = \"20s\"\n";
+
+    /// An HTTP/2 connection (prior knowledge) that has answered one request and stays open.
+    async fn idle_h2(h: &Harness, key: &str) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+        let stream = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let request = Request::get("http://a.test/v1/status")
+            .header("authorization", support::basic(key))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        sender
+    }
+
+    /// An HTTP/2 connection that has had one answer and that the client then stops reading,
+    /// as a client does whose connection pool reads only while a request runs (curl's): it
+    /// never answers the PING that hyper's graceful shutdown sends with its first GOAWAY. The
+    /// connection is returned so that it stays open.
+    async fn unread_h2(h: &Harness, key: &str) -> impl Sized {
+        let stream = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+        let (mut sender, conn) = h2::client::handshake(stream).await.unwrap();
+        let mut conn = Box::pin(conn);
+        let request = Request::get("http://a.test/v1/status")
+            .header("authorization", support::basic(key))
+            .body(())
+            .unwrap();
+        let (response, _) = sender.send_request(request, true).unwrap();
+        let answered = async {
+            let mut body = response.await.unwrap().into_body();
+            while let Some(chunk) = body.data().await {
+                chunk.unwrap();
+            }
+        };
+        tokio::select! {
+            () = answered => {}
+            _ = &mut conn => panic!("the connection ended"),
+        }
+        (sender, conn)
+    }
+
+    async fn drain_time(h: Harness) -> Duration {
+        let Harness { gateway, .. } = h;
+        let started = Instant::now();
+        gateway.shutdown().await;
+        started.elapsed()
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_whose_client_does_not_read_does_not_hold_the_drain() {
+        let h =
+            Harness::with_config(&STANDARD.replace("[server]\n", &format!("[server]\n{GRACE}")), "").await;
+        let (_, key) = h.key(&["*"]).await;
+        let _client = unread_h2(&h, &key).await;
+        let took = drain_time(h).await;
+        assert!(took < Duration::from_secs(10), "the drain took {took:?}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_http2_connection_does_not_hold_the_drain() {
+        let h =
+            Harness::with_config(&STANDARD.replace("[server]\n", &format!("[server]\n{GRACE}")), "").await;
+        let (_, key) = h.key(&["*"]).await;
+        let _client = idle_h2(&h, &key).await;
+        let Harness { gateway, .. } = h;
+        let started = Instant::now();
+        gateway.shutdown().await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(10), "the drain took {took:?}");
+    }
+
+    #[tokio::test]
+    async fn requests_in_flight_finish_during_the_drain() {
+        let config = STANDARD
+            .replace("[server]\n", &format!("[server]\n{GRACE}"))
+            .replace("timeout = \"1s\"", "timeout = \"15s\"");
+        let h = Harness::with_config(&config, "").await;
+        let (_, key) = h.key(&["*"]).await;
+        let mut h2 = idle_h2(&h, &key).await;
+        let slow = || {
+            Request::get("http://a.test/slow")
+                .header("authorization", support::basic(&key))
+                .body(Full::new(Bytes::new()))
+                .unwrap()
+        };
+        let over_h2 = h2.send_request(slow());
+        let addr = h.gateway.proxy_addr;
+        let over_h1 = async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            let request = format!(
+                "GET /slow HTTP/1.1\r\nhost: a.test\r\nauthorization: {}\r\n\r\n",
+                support::basic(&key)
+            );
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).await.unwrap();
+            String::from_utf8_lossy(&answer).into_owned()
+        };
+        let Harness {
+            gateway, upstream, ..
+        } = h;
+        let drain = async {
+            // Both requests are at the upstream before the drain starts.
+            let reached = support::eventually(Duration::from_secs(10), || {
+                let reached = upstream.count() >= 3;
+                async move { reached }
+            });
+            assert!(reached.await, "the slow requests reach the upstream");
+            let started = Instant::now();
+            gateway.shutdown().await;
+            started.elapsed()
+        };
+        let (over_h2, over_h1, took) = tokio::join!(over_h2, over_h1, drain);
+        assert_eq!(over_h2.unwrap().status(), 200);
+        assert!(over_h1.starts_with("HTTP/1.1 200"), "{over_h1}");
+        assert!(took < Duration::from_secs(10), "the drain took {took:?}");
+    }
+
+    /// hyper's own HTTP/2 keep-alive PING keeps a connection whose client answers it open for
+    /// good; with no stream open for `idle_timeout`, the gateway closes it.
+    #[tokio::test]
+    async fn an_http2_connection_idle_past_idle_timeout_is_closed_though_it_answers_pings() {
+        let config = STANDARD.replace("[server]\n", "[server]\nidle_timeout = \"1s\"\n");
+        let h = Harness::with_config(&config, "").await;
+        let (_, key) = h.key(&["*"]).await;
+        let sender = idle_h2(&h, &key).await;
+        let closed = support::eventually(Duration::from_secs(20), || {
+            let closed = sender.is_closed();
+            async move { closed }
+        });
+        assert!(closed.await, "the idle connection is still open");
+    }
+}

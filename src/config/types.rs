@@ -50,7 +50,7 @@ pub struct Server {
     pub max_headers: usize,
     /// Longest request URI in bytes. Default 8 KiB.
     pub max_uri_bytes: usize,
-    /// Idle keep-alive connections are closed after this. Default 60s.
+    /// Idle client connections are closed after this (HTTP/2: no stream open). Default 60s.
     pub idle_timeout: Duration,
     /// HTTP/2 streams per connection. Default 100.
     pub http2_max_concurrent_streams: u32,

@@ -2,6 +2,7 @@
 //! snapshot and the metrics; it never imports the store or the admin code.
 
 pub mod client_ip;
+pub mod connection;
 pub mod credentials;
 pub mod error;
 pub mod forward;

@@ -4,16 +4,17 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
+use super::connection::{self, Activity, Tracked};
 use super::pipeline::{self, Peer};
 use super::state::Shared;
 use super::tls::Tls;
@@ -48,7 +49,7 @@ fn builder(settings: &Server) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves `listener` until `shutdown` resolves, then waits up to `server.shutdown_grace` for
-/// in-flight requests.
+/// the connections to finish their work (see [`super::connection`]).
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -56,9 +57,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let settings = shared.snapshot.load().config.server.clone();
-    let builder = Arc::new(builder(&settings));
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let (stop, stopping) = watch::channel(false);
+    let context = Arc::new(Context {
+        builder: builder(&settings),
+        shared,
+        tls,
+        stopping,
+        settings: settings.clone(),
+    });
+    let cap = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
+    let slots = Arc::new(Semaphore::new(cap as usize));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         // Past the connection cap, new connections wait in the kernel's backlog.
@@ -77,40 +85,17 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let tls = tls.clone();
-        let timeouts = (settings.first_byte_timeout, settings.tls_handshake_timeout);
+        let context = context.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            // hyper's head timer starts at the first byte, and rustls has none: a connection
-            // that stays silent would hold its slot of the cap for good.
-            if !first_byte(&stream, timeouts.0).await {
-                tracing::debug!(%addr, "connection closed: no first byte in time");
-                return;
-            }
-            match tls {
-                Some(tls) => match tokio::time::timeout(timeouts.1, tls.acceptor().accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        let peer = Peer { addr, tls: true };
-                        let conn = builder.serve_connection(TokioIo::new(stream), service(shared, peer));
-                        log_conn_error(watcher.watch(conn.into_owned()).await);
-                    }
-                    Ok(Err(error)) => tracing::debug!(%addr, %error, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
-                },
-                None => {
-                    let peer = Peer { addr, tls: false };
-                    let conn = builder.serve_connection(TokioIo::new(stream), service(shared, peer));
-                    log_conn_error(watcher.watch(conn.into_owned()).await);
-                }
-            }
+            context.connection(stream, addr).await;
         });
     }
     drop(listener);
+    let _ = stop.send(true);
     tracing::info!("stopped accepting; draining in-flight requests");
-    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown())
+    // Every connection holds a slot until it ends.
+    if tokio::time::timeout(settings.shutdown_grace, slots.acquire_many(cap))
         .await
         .is_err()
     {
@@ -118,6 +103,64 @@ pub async fn serve(
             grace_s = settings.shutdown_grace.as_secs_f64(),
             "requests still running after the shutdown grace"
         );
+    }
+}
+
+/// What every connection of the listener shares.
+struct Context {
+    builder: auto::Builder<TokioExecutor>,
+    shared: Arc<Shared>,
+    tls: Option<Tls>,
+    /// True once the listener has stopped accepting: connections finish their work and close.
+    stopping: watch::Receiver<bool>,
+    settings: Server,
+}
+
+impl Context {
+    async fn connection(&self, stream: TcpStream, addr: SocketAddr) {
+        // hyper's head timer starts at the first byte, and rustls has none: a connection that
+        // stays silent would hold its slot of the cap for good.
+        let first = first_byte(&stream, self.settings.first_byte_timeout);
+        if self.unless_stopping(first).await != Some(true) {
+            tracing::debug!(%addr, "connection closed: no first byte in time");
+            return;
+        }
+        let Some(tls) = &self.tls else {
+            return self.serve(TokioIo::new(stream), Peer { addr, tls: false }).await;
+        };
+        let handshake =
+            tokio::time::timeout(self.settings.tls_handshake_timeout, tls.acceptor().accept(stream));
+        match self.unless_stopping(handshake).await {
+            Some(Ok(Ok(stream))) => self.serve(TokioIo::new(stream), Peer { addr, tls: true }).await,
+            Some(Ok(Err(error))) => tracing::debug!(%addr, %error, "TLS handshake failed"),
+            Some(Err(_)) => tracing::debug!(%addr, "TLS handshake timed out"),
+            None => tracing::debug!(%addr, "connection closed during its handshake: stopping"),
+        }
+    }
+
+    /// `step` unless the listener stops first: a connection not served yet has no work to
+    /// finish.
+    async fn unless_stopping<F: Future>(&self, step: F) -> Option<F::Output> {
+        let mut stopping = self.stopping.clone();
+        tokio::select! {
+            output = step => Some(output),
+            _ = stopping.wait_for(|stop| *stop) => None,
+        }
+    }
+
+    async fn serve<I>(&self, io: I, peer: Peer)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let (activity, open) = Activity::new();
+        let conn = self
+            .builder
+            .serve_connection(io, service(self.shared.clone(), peer, activity));
+        let idle = self.settings.idle_timeout;
+        match connection::drive(conn, open, self.stopping.clone(), idle).await {
+            Some(ended) => log_conn_error(ended),
+            None => tracing::debug!(addr = %peer.addr, "connection closed: told to go away, and idle"),
+        }
     }
 }
 
@@ -131,19 +174,25 @@ async fn first_byte(stream: &TcpStream, timeout: Duration) -> bool {
     )
 }
 
+/// The request pipeline as a hyper service; each exchange counts as open on its connection
+/// until its response body is done.
 fn service(
     shared: Arc<Shared>,
     peer: Peer,
+    activity: Activity,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
-    Response = http::Response<super::Body>,
+    Response = http::Response<Tracked<super::Body>>,
     Error = Infallible,
-    Future = impl Future<Output = Result<http::Response<super::Body>, Infallible>> + Send,
+    Future = impl Future<Output = Result<http::Response<Tracked<super::Body>>, Infallible>> + Send,
 > + Clone {
-    let shared = shared.clone();
     service_fn(move |request| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(pipeline::handle(&shared, peer, request).await) }
+        let exchange = activity.open();
+        async move {
+            let response = pipeline::handle(&shared, peer, request).await;
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, exchange)))
+        }
     })
 }
 
