@@ -33,9 +33,13 @@ pub struct Gateway {
     pub admin_addr: SocketAddr,
     pub shared: Arc<Shared>,
     pub store: Arc<Store>,
+    /// Stops the proxy listener, and turns `/readyz` to 503.
+    drain: watch::Sender<bool>,
+    /// Stops the admin listener, last.
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    servers: Vec<JoinHandle<()>>,
+    proxy_server: JoinHandle<()>,
+    admin_server: JoinHandle<()>,
     flusher: Arc<UsageFlusher>,
     sync: Arc<KeySync>,
     lifecycle: LifecycleJobs,
@@ -152,6 +156,7 @@ impl Gateway {
         let proxy_addr = proxy.local_addr()?;
         let admin_addr = admin.local_addr()?;
 
+        let (drain, _) = watch::channel(false);
         let (stop, _) = watch::channel(false);
         let stopped = |stop: &watch::Sender<bool>| {
             let mut rx = stop.subscribe();
@@ -179,25 +184,26 @@ impl Gateway {
         ];
         tasks.extend(lifecycle.spawn());
         tasks.extend(shared_limits.map(|limits| tokio::spawn(limits.watch())));
-        let admin_server = Arc::new(Admin::new(
+        let admin_server = Admin::new(
             shared.clone(),
             KeyService::new(store.clone(), hasher, clock, Actor::AdminApi),
             sync.clone(),
             admin_token,
-        ));
-        let servers = vec![
-            tokio::spawn(admin_server.serve(admin, stopped(&stop))),
-            tokio::spawn(server::serve(proxy, shared.clone(), tls.clone(), stopped(&stop))),
-        ];
+        )
+        .with_drain(drain.subscribe());
+        let admin_server = tokio::spawn(Arc::new(admin_server).serve(admin, stopped(&stop)));
+        let proxy_server = tokio::spawn(server::serve(proxy, shared.clone(), tls.clone(), stopped(&drain)));
         tracing::info!(%proxy_addr, %admin_addr, "keygate serving");
         Ok(Gateway {
             proxy_addr,
             admin_addr,
             shared,
             store,
+            drain,
             stop,
             tasks,
-            servers,
+            proxy_server,
+            admin_server,
             flusher,
             sync,
             lifecycle,
@@ -283,18 +289,20 @@ impl Gateway {
     }
 
     /// Stops accepting, lets in-flight requests finish (up to `server.shutdown_grace`) and the
-    /// webhook attempt in flight be recorded, and writes the last usage counts.
+    /// webhook attempt in flight be recorded, and writes the last usage counts. The admin
+    /// listener stays up until the end, its `/readyz` answering 503, so that a load balancer
+    /// sees the replica leave.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        for server in self.servers {
-            let _ = server.await;
-        }
+        let _ = self.drain.send(true);
+        let _ = self.proxy_server.await;
         self.lifecycle.stop().await;
         for task in &self.tasks {
             task.abort();
         }
         let flusher = self.flusher.clone();
         let _ = tokio::task::spawn_blocking(move || flusher.flush()).await;
+        let _ = self.stop.send(true);
+        let _ = self.admin_server.await;
         tracing::info!("keygate stopped");
     }
 }

@@ -436,4 +436,61 @@ mod drain {
         });
         assert!(closed.await, "the idle connection is still open");
     }
+
+    /// `GET path` on the admin listener at `addr`: status and body.
+    async fn admin_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, answer)
+    }
+
+    /// Issue 15: the admin listener used to close with the proxy's; a load balancer then saw a
+    /// refused probe, not a replica leaving.
+    #[tokio::test]
+    async fn readyz_answers_503_while_the_gateway_drains() {
+        let config = STANDARD
+            .replace("[server]\n", &format!("[server]\n{GRACE}"))
+            .replace("timeout = \"1s\"", "timeout = \"15s\"");
+        let h = Harness::with_config(&config, "").await;
+        let (_, key) = h.key(&["*"]).await;
+        let (admin, proxy) = (h.gateway.admin_addr, h.gateway.proxy_addr);
+        assert_eq!(admin_get(admin, "/readyz").await.0, 200);
+        let sender = idle_h2(&h, &key).await;
+        let Harness {
+            gateway, upstream, ..
+        } = h;
+        let slow = Request::get("http://a.test/slow")
+            .header("authorization", support::basic(&key))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let in_flight = tokio::spawn(sender.clone().send_request(slow));
+        let reached = support::eventually(Duration::from_secs(10), || {
+            let reached = upstream.count() >= 2;
+            async move { reached }
+        });
+        assert!(reached.await, "the slow request reaches the upstream");
+        let shutdown = tokio::spawn(gateway.shutdown());
+        let draining = support::eventually(Duration::from_secs(10), || async {
+            let (status, body) = admin_get(admin, "/readyz").await;
+            status == 503 && body.contains("shutting down")
+        });
+        assert!(draining.await, "/readyz says the replica is leaving");
+        assert_eq!(admin_get(admin, "/healthz").await.0, 200, "still alive");
+        assert!(
+            TcpStream::connect(proxy).await.is_err(),
+            "the proxy no longer accepts"
+        );
+        assert_eq!(in_flight.await.unwrap().unwrap().status(), 200);
+        shutdown.await.unwrap();
+        assert!(
+            TcpStream::connect(admin).await.is_err(),
+            "closed once the gateway stopped"
+        );
+    }
 }

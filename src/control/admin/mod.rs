@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::control::keys::KeyService;
 use crate::control::sync::KeySync;
@@ -40,6 +41,8 @@ pub struct Admin {
     sync: Arc<KeySync>,
     /// BLAKE3 of the admin token: compared in constant time, whatever the lengths.
     token: Option<KeyHash>,
+    /// True once the gateway drains (SIGTERM): `/readyz` answers 503 until the process exits.
+    draining: Option<watch::Receiver<bool>>,
 }
 
 impl Admin {
@@ -49,7 +52,19 @@ impl Admin {
             keys,
             sync,
             token: token.map(|token| Hasher::unkeyed().hash(token.as_bytes())),
+            draining: None,
         }
+    }
+
+    /// `/readyz` answers 503 once `draining` turns true, so that a load balancer sees the
+    /// replica leave while it finishes its requests.
+    pub fn with_drain(mut self, draining: watch::Receiver<bool>) -> Self {
+        self.draining = Some(draining);
+        self
+    }
+
+    fn is_draining(&self) -> bool {
+        self.draining.as_ref().is_some_and(|draining| *draining.borrow())
     }
 
     /// Whether the request carries `Authorization: Bearer <admin token>`.
@@ -101,7 +116,9 @@ impl Admin {
         let age_ms = shared.clock.now().as_millisecond() - shared.sync.last_success_ms();
         let config = shared.snapshot.load().config.clone();
         let last_error = shared.sync.last_error();
-        let reason = if !loaded {
+        let reason = if self.is_draining() {
+            Some("shutting down: finishing in-flight requests".to_owned())
+        } else if !loaded {
             Some(match &last_error {
                 Some(error) if error.starts_with("store unavailable") => error.clone(),
                 Some(error) => format!("store unavailable: {error}"),
