@@ -322,8 +322,8 @@ mod drain {
     /// as a client does whose connection pool reads only while a request runs (curl's): it
     /// never answers the PING that hyper's graceful shutdown sends with its first GOAWAY. The
     /// connection is returned so that it stays open.
-    async fn unread_h2(h: &Harness, key: &str) -> impl Sized {
-        let stream = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+    pub(super) async fn unread_h2(addr: std::net::SocketAddr, key: &str) -> impl Sized {
+        let stream = TcpStream::connect(addr).await.unwrap();
         let (mut sender, conn) = h2::client::handshake(stream).await.unwrap();
         let mut conn = Box::pin(conn);
         let request = Request::get("http://a.test/v1/status")
@@ -356,7 +356,7 @@ mod drain {
         let h =
             Harness::with_config(&STANDARD.replace("[server]\n", &format!("[server]\n{GRACE}")), "").await;
         let (_, key) = h.key(&["*"]).await;
-        let _client = unread_h2(&h, &key).await;
+        let _client = unread_h2(h.gateway.proxy_addr, &key).await;
         let took = drain_time(h).await;
         assert!(took < Duration::from_secs(10), "the drain took {took:?}");
     }
@@ -492,5 +492,165 @@ mod drain {
             TcpStream::connect(admin).await.is_err(),
             "closed once the gateway stopped"
         );
+    }
+}
+
+mod process {
+    //! The real binary under SIGHUP and SIGTERM.
+
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Instant;
+
+    const CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "20s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[store]
+url = "sqlite://keys.db"
+
+[[upstream]]
+name = "api"
+url = "http://{upstream}"
+
+[[route]]
+name = "api"
+path = "/v1"
+upstream = "api"
+"#;
+
+    /// The gateway process, killed if the test ends before it exits.
+    struct Serving {
+        child: Child,
+        log: PathBuf,
+    }
+
+    impl Drop for Serving {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Serving {
+        fn start(config: &Path) -> Serving {
+            let log = config.with_file_name("stdout.log");
+            let child = Command::new(env!("CARGO_BIN_EXE_keygate"))
+                .args([
+                    "serve",
+                    "--config",
+                    config.to_str().unwrap(),
+                    "--log-format",
+                    "json",
+                ])
+                .env_remove("KEYGATE_CONFIG")
+                .env_remove("RUST_LOG")
+                .stdout(std::fs::File::create(&log).unwrap())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            Serving { child, log }
+        }
+
+        fn signal(&self, name: &str) {
+            let pid = self.child.id().to_string();
+            let sent = Command::new("kill").args([name, &pid]).status().unwrap();
+            assert!(sent.success());
+        }
+
+        fn lines(&self, containing: &str) -> Vec<serde_json::Value> {
+            std::fs::read_to_string(&self.log)
+                .unwrap_or_default()
+                .lines()
+                .filter(|line| line.contains(containing))
+                .filter_map(|line| serde_json::from_str(line).ok())
+                .collect()
+        }
+
+        /// Waits (with a deadline) until `count` lines contain `containing`.
+        async fn await_lines(&self, containing: &str, count: usize) -> Vec<serde_json::Value> {
+            let found = support::eventually(Duration::from_secs(30), || {
+                let enough = self.lines(containing).len() >= count;
+                async move { enough }
+            });
+            assert!(
+                found.await,
+                "{count} x {containing:?} in {:?}",
+                std::fs::read_to_string(&self.log)
+            );
+            self.lines(containing)
+        }
+
+        /// Waits up to `deadline` for the exit: its status and when it came.
+        fn exit(&mut self, deadline: Duration) -> (Option<i32>, Duration) {
+            let started = Instant::now();
+            while started.elapsed() < deadline {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    return (status.code(), started.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            panic!("still running after {deadline:?}");
+        }
+    }
+
+    fn create_key(config: &Path) -> String {
+        let output = Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args([
+                "keys",
+                "--config",
+                config.to_str().unwrap(),
+                "create",
+                "--name",
+                "k",
+            ])
+            .args(["--env", "production", "--json"])
+            .env_remove("KEYGATE_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let key: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        key["key"].as_str().unwrap().to_owned()
+    }
+
+    /// Issue 15's reproduction: change `listen`, SIGHUP, restore it, SIGHUP: one warning, for
+    /// the first reload only. Then SIGTERM with an idle HTTP/2 client connection open: the
+    /// process exits well before `shutdown_grace` (20 s).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sighup_warns_only_while_listen_differs_and_sigterm_exits_when_the_work_is_done() {
+        let upstream = support::Upstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("gateway.toml");
+        let text = CONFIG.replace("{upstream}", &upstream.addr.to_string());
+        std::fs::write(&config, &text).unwrap();
+        let key = create_key(&config);
+        let mut gateway = Serving::start(&config);
+        let serving = gateway.await_lines("keygate serving", 1).await;
+        let proxy: std::net::SocketAddr = serving[0]["proxy_addr"].as_str().unwrap().parse().unwrap();
+
+        std::fs::write(&config, text.replacen("127.0.0.1:0", "127.0.0.1:1", 1)).unwrap();
+        gateway.signal("-HUP");
+        gateway.await_lines("config reloaded", 1).await;
+        std::fs::write(&config, &text).unwrap();
+        gateway.signal("-HUP");
+        gateway.await_lines("config reloaded", 2).await;
+        let warnings = gateway.lines("takes effect at the next restart");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0]["setting"], "server.listen");
+
+        let _client = super::drain::unread_h2(proxy, &key).await;
+        gateway.signal("-TERM");
+        let (code, took) = gateway.exit(Duration::from_secs(25));
+        assert_eq!(code, Some(0));
+        assert!(took < Duration::from_secs(10), "exited after {took:?}");
+        println!("exit after SIGTERM with an unread HTTP/2 connection open: {took:?}");
     }
 }
