@@ -18,6 +18,7 @@ pub mod table;
 pub mod tls;
 pub mod upstream;
 pub mod usage;
+pub mod wire;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};

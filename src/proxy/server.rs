@@ -5,12 +5,14 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
@@ -18,6 +20,7 @@ use super::connection::{self, Activity, Tracked};
 use super::pipeline::{self, Peer};
 use super::state::Shared;
 use super::tls::Tls;
+use super::wire::{Folded, Watched};
 use crate::config::Server;
 
 const HTTP2_STREAM_WINDOW: u32 = 65_535;
@@ -126,12 +129,12 @@ impl Context {
             return;
         }
         let Some(tls) = &self.tls else {
-            return self.serve(TokioIo::new(stream), Peer { addr, tls: false }).await;
+            return self.serve(stream, Peer { addr, tls: false }).await;
         };
         let handshake =
             tokio::time::timeout(self.settings.tls_handshake_timeout, tls.acceptor().accept(stream));
         match self.unless_stopping(handshake).await {
-            Some(Ok(Ok(stream))) => self.serve(TokioIo::new(stream), Peer { addr, tls: true }).await,
+            Some(Ok(Ok(stream))) => self.serve(stream, Peer { addr, tls: true }).await,
             Some(Ok(Err(error))) => tracing::debug!(%addr, %error, "TLS handshake failed"),
             Some(Err(_)) => tracing::debug!(%addr, "TLS handshake timed out"),
             None => tracing::debug!(%addr, "connection closed during its handshake: stopping"),
@@ -148,14 +151,15 @@ impl Context {
         }
     }
 
-    async fn serve<I>(&self, io: I, peer: Peer)
+    async fn serve<S>(&self, stream: S, peer: Peer)
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (activity, open) = Activity::new();
-        let conn = self
-            .builder
-            .serve_connection(io, service(self.shared.clone(), peer, activity));
+        let folded = Arc::new(Folded::default());
+        let io = TokioIo::new(Watched::new(stream, folded.clone()));
+        let service = service(self.shared.clone(), peer, activity, folded);
+        let conn = self.builder.serve_connection(io, service);
         let idle = self.settings.idle_timeout;
         match connection::drive(conn, open, self.stopping.clone(), idle).await {
             Some(ended) => log_conn_error(ended),
@@ -175,20 +179,26 @@ async fn first_byte(stream: &TcpStream, timeout: Duration) -> bool {
 }
 
 /// The request pipeline as a hyper service; each exchange counts as open on its connection
-/// until its response body is done.
+/// until its response body is done. A request whose head hyper folded carries the
+/// [`Fold`](super::wire::Fold), for the pipeline to refuse.
 fn service(
     shared: Arc<Shared>,
     peer: Peer,
     activity: Activity,
+    folded: Arc<Folded>,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
     Response = http::Response<Tracked<super::Body>>,
     Error = Infallible,
     Future = impl Future<Output = Result<http::Response<Tracked<super::Body>>, Infallible>> + Send,
 > + Clone {
-    service_fn(move |request| {
+    let requests = Arc::new(AtomicUsize::new(0));
+    service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
         let shared = shared.clone();
         let exchange = activity.open();
+        if let Some(fold) = folded.at(requests.fetch_add(1, Ordering::Relaxed)) {
+            request.extensions_mut().insert(fold);
+        }
         async move {
             let response = pipeline::handle(&shared, peer, request).await;
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, exchange)))
