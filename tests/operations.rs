@@ -299,7 +299,7 @@ mod drain {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use std::time::Instant;
 
-    const GRACE: &str = "shutdown_grace = \"20s\"\n";
+    const GRACE: &str = "shutdown_grace = \"60s\"\n";
 
     /// An HTTP/2 connection (prior knowledge) that has answered one request and stays open.
     async fn idle_h2(h: &Harness, key: &str) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
@@ -358,7 +358,7 @@ mod drain {
         let (_, key) = h.key(&["*"]).await;
         let _client = unread_h2(h.gateway.proxy_addr, &key).await;
         let took = drain_time(h).await;
-        assert!(took < Duration::from_secs(10), "the drain took {took:?}");
+        assert!(took < Duration::from_secs(20), "the drain took {took:?}");
     }
 
     #[tokio::test]
@@ -371,7 +371,7 @@ mod drain {
         let started = Instant::now();
         gateway.shutdown().await;
         let took = started.elapsed();
-        assert!(took < Duration::from_secs(10), "the drain took {took:?}");
+        assert!(took < Duration::from_secs(20), "the drain took {took:?}");
     }
 
     #[tokio::test]
@@ -419,7 +419,7 @@ mod drain {
         let (over_h2, over_h1, took) = tokio::join!(over_h2, over_h1, drain);
         assert_eq!(over_h2.unwrap().status(), 200);
         assert!(over_h1.starts_with("HTTP/1.1 200"), "{over_h1}");
-        assert!(took < Duration::from_secs(10), "the drain took {took:?}");
+        assert!(took < Duration::from_secs(20), "the drain took {took:?}");
     }
 
     /// hyper's own HTTP/2 keep-alive PING keeps a connection whose client answers it open for
@@ -505,7 +505,7 @@ mod process {
     const CONFIG: &str = r#"
 [server]
 listen = "127.0.0.1:0"
-shutdown_grace = "20s"
+shutdown_grace = "60s"
 
 [admin]
 listen = "127.0.0.1:0"
@@ -623,7 +623,7 @@ upstream = "api"
 
     /// Issue 15's reproduction: change `listen`, SIGHUP, restore it, SIGHUP: one warning, for
     /// the first reload only. Then SIGTERM with an idle HTTP/2 client connection open: the
-    /// process exits well before `shutdown_grace` (20 s).
+    /// process exits well before `shutdown_grace` (60 s).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sighup_warns_only_while_listen_differs_and_sigterm_exits_when_the_work_is_done() {
         let upstream = support::Upstream::start().await;
@@ -648,9 +648,9 @@ upstream = "api"
 
         let _client = super::drain::unread_h2(proxy, &key).await;
         gateway.signal("-TERM");
-        let (code, took) = gateway.exit(Duration::from_secs(25));
+        let (code, took) = gateway.exit(Duration::from_secs(65));
         assert_eq!(code, Some(0));
-        assert!(took < Duration::from_secs(10), "exited after {took:?}");
+        assert!(took < Duration::from_secs(20), "exited after {took:?}");
         println!("exit after SIGTERM with an unread HTTP/2 connection open: {took:?}");
     }
 }

@@ -27,10 +27,13 @@ use hyper::service::HttpService;
 use hyper_util::server::conn::auto;
 use tokio::sync::watch;
 
-/// How long a connection told to go away may stay with nothing open: the time for a request
-/// the client sent before it read the GOAWAY to arrive. Go's HTTP/2 server waits the same
-/// (`goAwayTimeout`).
-pub const AFTER_GOAWAY: Duration = Duration::from_secs(1);
+/// How long a connection told to go away may stay with nothing open before it is dropped,
+/// when its client has not let hyper close it by then. Long enough for a request the client
+/// sent before it read the GOAWAY to arrive, and for the last stream window of a response (up
+/// to 64 KiB, which h2 may still hold after the body has ended) to reach a slow reader; short
+/// beside `shutdown_grace`. Envoy's `drain_timeout` (between its first GOAWAY and the last)
+/// defaults to the same.
+pub const AFTER_GOAWAY: Duration = Duration::from_secs(5);
 
 /// The count of a connection's open exchanges, shared by its requests.
 #[derive(Clone)]
