@@ -233,8 +233,9 @@ impl Gateway {
     /// Replaces routes, upstreams, limits and the TLS certificate (read again from its files,
     /// so a certificate replaced on disk is served to new connections); an upstream whose pool
     /// settings are unchanged keeps its connections. A TLS pair that would not serve refuses
-    /// the whole reload. Listen addresses, the store and the limiter's backend need a restart:
-    /// they are compared with the config the gateway started with, what it actually runs.
+    /// the whole reload. What needs a restart (listen addresses, the store, the limiter's
+    /// backend, see [`restart_needed`]) is compared with the config the gateway started with,
+    /// what it actually runs, and each change is logged as a warning.
     pub fn reload(&self, config: Config) -> Result<Reloaded, ConfigError> {
         let now = self.shared.clock.now();
         let pair = match &self.tls {
@@ -317,20 +318,66 @@ fn tls(config: &Config, metrics: &Metrics, now: jiff::Timestamp) -> anyhow::Resu
 }
 
 /// The settings of `next` that differ from what the gateway started with and that only a
-/// restart applies.
+/// restart applies: what the listeners, the store, the limiter and the background jobs were
+/// built from. Everything else (routes, upstreams, auth, limits, the per-request `[server]`
+/// checks, the TLS certificate) a reload applies.
 fn restart_needed(started: &Config, next: &Config) -> Vec<&'static str> {
+    let (a, b) = (&started.server, &next.server);
+    let (store, next_store) = (&started.store, &next.store);
+    let (life, next_life) = (&started.lifecycle, &next.lifecycle);
     let changed = [
-        ("server.listen", started.server.listen != next.server.listen),
-        ("admin.listen", started.admin.listen != next.admin.listen),
+        ("server.listen", a.listen != b.listen),
+        ("server.tls", a.tls.is_some() != b.tls.is_some()),
+        ("server.shutdown_grace", a.shutdown_grace != b.shutdown_grace),
         (
-            "server.tls",
-            started.server.tls.is_some() != next.server.tls.is_some(),
+            "server.first_byte_timeout",
+            a.first_byte_timeout != b.first_byte_timeout,
         ),
-        ("store.url", started.store.url != next.store.url),
+        (
+            "server.tls_handshake_timeout",
+            a.tls_handshake_timeout != b.tls_handshake_timeout,
+        ),
+        (
+            "server.header_read_timeout",
+            a.header_read_timeout != b.header_read_timeout,
+        ),
+        (
+            "server.max_header_bytes",
+            a.max_header_bytes != b.max_header_bytes,
+        ),
+        // Counted per request too, but hyper's HTTP/1 parser holds the first value.
+        ("server.max_headers", a.max_headers != b.max_headers),
+        ("server.idle_timeout", a.idle_timeout != b.idle_timeout),
+        (
+            "server.http2_max_concurrent_streams",
+            a.http2_max_concurrent_streams != b.http2_max_concurrent_streams,
+        ),
+        ("server.max_connections", a.max_connections != b.max_connections),
+        ("server.worker_threads", a.worker_threads != b.worker_threads),
+        ("admin.listen", started.admin.listen != next.admin.listen),
+        ("admin.token_env", started.admin.token_env != next.admin.token_env),
+        ("store.url", store.url != next_store.url),
+        (
+            "store.sync_interval",
+            store.sync_interval != next_store.sync_interval,
+        ),
+        ("store.pepper_env", store.pepper_env != next_store.pepper_env),
+        (
+            "store.usage_flush_interval",
+            store.usage_flush_interval != next_store.usage_flush_interval,
+        ),
+        ("store.snapshot", store.snapshot != next_store.snapshot),
         (
             "rate_limit.backend",
             started.rate_limit.backend != next.rate_limit.backend,
         ),
+        ("lifecycle.idle_expiry", life.idle_expiry != next_life.idle_expiry),
+        ("lifecycle.warn_before", life.warn_before != next_life.warn_before),
+        (
+            "lifecycle.check_interval",
+            life.check_interval != next_life.check_interval,
+        ),
+        ("lifecycle.webhook", life.webhook != next_life.webhook),
     ];
     changed
         .into_iter()

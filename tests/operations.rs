@@ -269,6 +269,19 @@ async fn a_restored_setting_needs_no_restart_on_the_next_reload() {
         let reloaded = h.gateway.reload_file(&h.config_path).unwrap();
         assert_eq!(reloaded.restart_needed, restart_needed);
     }
+    // What the listener was built from is named too; what a reload applies is not.
+    for (edit, restart_needed) in [
+        (
+            ("[server]\n", "[server]\nidle_timeout = \"5s\"\n"),
+            vec!["server.idle_timeout"],
+        ),
+        (("[server]\n", "[server]\nmax_uri_bytes = 100\n"), vec![]),
+        (("timeout = \"1s\"", "timeout = \"2s\""), vec![]),
+    ] {
+        std::fs::write(&h.config_path, original.replace(edit.0, edit.1)).unwrap();
+        let reloaded = h.gateway.reload_file(&h.config_path).unwrap();
+        assert_eq!(reloaded.restart_needed, restart_needed, "{edit:?}");
+    }
 }
 
 /// The `keys` and `store` commands serve nothing: a certificate to renew does not stop them.
