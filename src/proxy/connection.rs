@@ -17,6 +17,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -26,6 +27,7 @@ use hyper::body::Incoming;
 use hyper::service::HttpService;
 use hyper_util::server::conn::auto;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// How long a connection told to go away may stay with nothing open before it is dropped,
 /// when its client has not let hyper close it by then. Long enough for a request the client
@@ -35,30 +37,74 @@ use tokio::sync::watch;
 /// defaults to the same.
 pub const AFTER_GOAWAY: Duration = Duration::from_secs(5);
 
-/// The count of a connection's open exchanges, shared by its requests.
+/// A connection's open exchanges and when the last one ended, shared by its requests. Kept
+/// with two atomics and read by a timer, so a request wakes nothing.
 #[derive(Clone)]
-pub struct Activity(Arc<watch::Sender<usize>>);
+pub struct Activity(Arc<Counters>);
+
+struct Counters {
+    open: AtomicUsize,
+    /// When the last exchange ended, in milliseconds since `since`.
+    last_end_ms: AtomicU64,
+    since: Instant,
+}
+
+impl Counters {
+    fn last_end(&self) -> Instant {
+        self.since + Duration::from_millis(self.last_end_ms.load(Ordering::Acquire))
+    }
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl Activity {
-    /// The counter, and the receiving end that [`drive`] watches.
-    pub fn new() -> (Activity, watch::Receiver<usize>) {
-        let (sender, receiver) = watch::channel(0);
-        (Activity(Arc::new(sender)), receiver)
+    pub fn new() -> Activity {
+        Activity(Arc::new(Counters {
+            open: AtomicUsize::new(0),
+            last_end_ms: AtomicU64::new(0),
+            since: Instant::now(),
+        }))
     }
 
     /// Counts an exchange open until the returned guard is dropped.
     pub fn open(&self) -> Exchange {
-        self.0.send_modify(|open| *open += 1);
+        self.0.open.fetch_add(1, Ordering::AcqRel);
         Exchange(self.0.clone())
+    }
+
+    /// Resolves once no exchange has been open for `period`.
+    pub async fn quiet_for(&self, period: Duration) {
+        loop {
+            let now = Instant::now();
+            let next = if self.0.open.load(Ordering::Acquire) == 0 {
+                let quiet_from = self.0.last_end();
+                if now >= quiet_from + period {
+                    return;
+                }
+                quiet_from + period
+            } else {
+                now + period
+            };
+            tokio::time::sleep_until(next).await;
+        }
     }
 }
 
 /// An open exchange; dropped when its response body is done.
-pub struct Exchange(Arc<watch::Sender<usize>>);
+pub struct Exchange(Arc<Counters>);
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        self.0.send_modify(|open| *open = open.saturating_sub(1));
+        let counters = &self.0;
+        let ms = counters.since.elapsed().as_millis();
+        counters
+            .last_end_ms
+            .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Release);
+        counters.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -128,11 +174,11 @@ graceful!(Connection);
 graceful!(UpgradeableConnection);
 
 /// Serves `conn` until it ends, it idles past `idle_timeout`, or `stop` turns true; in the
-/// last two cases it is shut down gracefully, then dropped once nothing is open. `None` when
-/// the gateway dropped it.
+/// last two cases it is shut down gracefully, then dropped once nothing has been open on it
+/// for [`AFTER_GOAWAY`]. `None` when the gateway dropped it.
 pub async fn drive<C: Graceful>(
     conn: C,
-    mut open: watch::Receiver<usize>,
+    activity: Activity,
     mut stop: watch::Receiver<bool>,
     idle_timeout: Duration,
 ) -> Option<C::Output> {
@@ -140,29 +186,13 @@ pub async fn drive<C: Graceful>(
     let told = tokio::select! {
         ended = conn.as_mut() => return Some(ended),
         _ = stop.wait_for(|stop| *stop) => "the gateway is stopping",
-        () = quiet_for(&mut open, idle_timeout) => "idle",
+        () = activity.quiet_for(idle_timeout) => "idle",
     };
     tracing::debug!(why = told, "closing the connection gracefully");
     conn.as_mut().graceful_shutdown();
     tokio::select! {
         ended = conn.as_mut() => Some(ended),
-        () = quiet_for(&mut open, AFTER_GOAWAY) => None,
-    }
-}
-
-/// Resolves once no exchange has been open for `period`.
-async fn quiet_for(open: &mut watch::Receiver<usize>, period: Duration) {
-    loop {
-        if open.wait_for(|open| *open == 0).await.is_err() {
-            // No request can open an exchange any more.
-            return tokio::time::sleep(period).await;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(period) => return,
-            changed = open.changed() => if changed.is_err() {
-                return tokio::time::sleep(period).await;
-            },
-        }
+        () = activity.quiet_for(AFTER_GOAWAY) => None,
     }
 }
 
@@ -172,13 +202,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn quiet_means_nothing_open_for_the_whole_period() {
-        let (activity, mut open) = Activity::new();
-        let exchange = activity.open();
+        let activity = Activity::new();
+        let started = Instant::now();
         let period = Duration::from_secs(10);
-        let started = tokio::time::Instant::now();
-        let quiet = tokio::spawn(async move {
-            quiet_for(&mut open, period).await;
-            tokio::time::Instant::now()
+        let exchange = activity.open();
+        let quiet = tokio::spawn({
+            let activity = activity.clone();
+            async move {
+                activity.quiet_for(period).await;
+                Instant::now()
+            }
         });
         tokio::time::sleep(Duration::from_secs(30)).await;
         drop(exchange);
@@ -187,5 +220,13 @@ mod tests {
         drop(activity.open());
         let quiet_at = quiet.await.unwrap();
         assert_eq!(quiet_at - started, Duration::from_secs(45));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_never_had_an_exchange_is_quiet_from_its_start() {
+        let activity = Activity::new();
+        let started = Instant::now();
+        activity.quiet_for(Duration::from_secs(3)).await;
+        assert_eq!(Instant::now() - started, Duration::from_secs(3));
     }
 }

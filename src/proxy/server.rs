@@ -155,13 +155,13 @@ impl Context {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (activity, open) = Activity::new();
+        let activity = Activity::new();
         let folded = Arc::new(Folded::default());
         let io = TokioIo::new(Watched::new(stream, folded.clone()));
-        let service = service(self.shared.clone(), peer, activity, folded);
+        let service = service(self.shared.clone(), peer, activity.clone(), folded);
         let conn = self.builder.serve_connection(io, service);
         let idle = self.settings.idle_timeout;
-        match connection::drive(conn, open, self.stopping.clone(), idle).await {
+        match connection::drive(conn, activity, self.stopping.clone(), idle).await {
             Some(ended) => log_conn_error(ended),
             None => tracing::debug!(addr = %peer.addr, "connection closed: told to go away, and idle"),
         }
