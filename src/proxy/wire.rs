@@ -319,24 +319,38 @@ fn chunk_byte(chunk: Chunk, byte: u8) -> Option<Step> {
 /// The end of a head in `bytes` (after its empty line), searching from `from`: CRLF CRLF, or
 /// the bare LF LF that hyper's parser accepts too.
 fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
-    let mut at = from;
-    while let Some(lf) = bytes.get(at..)?.iter().position(|&b| b == b'\n') {
-        let lf = at + lf;
+    let rest = bytes.get(from..)?;
+    memchr::memchr_iter(b'\n', rest).find_map(|lf| {
+        let lf = from + lf;
         match bytes.get(lf + 1) {
-            Some(b'\n') => return Some(lf + 2),
-            Some(b'\r') if bytes.get(lf + 2) == Some(&b'\n') => return Some(lf + 3),
-            _ => at = lf + 1,
+            Some(b'\n') => Some(lf + 2),
+            Some(b'\r') if bytes.get(lf + 2) == Some(&b'\n') => Some(lf + 3),
+            _ => None,
         }
-    }
-    None
+    })
+}
+
+/// The lines of `head`, without their CR LF (or bare LF).
+fn lines(head: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', head).map(move |lf| {
+        let line = &head[start..lf];
+        start = lf + 1;
+        line.strip_suffix(b"\r").unwrap_or(line)
+    })
+}
+
+/// The value of `line` when it is the header `name` (lower case): hyper refuses a space
+/// before the colon, so the name ends right at it.
+fn header<'l>(line: &'l [u8], name: &[u8]) -> Option<&'l [u8]> {
+    let named =
+        line.len() > name.len() && line[name.len()] == b':' && line[..name.len()].eq_ignore_ascii_case(name);
+    named.then(|| line[name.len() + 1..].trim_ascii())
 }
 
 /// The framing a request head declares, read the way hyper reads it.
 fn framing(head: &[u8]) -> Framing {
-    let mut lines = head
-        .split(|&b| b == b'\n')
-        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
-        .skip_while(|line| line.is_empty());
+    let mut lines = lines(head).skip_while(|line| line.is_empty());
     let Some(request_line) = lines.next() else {
         return Framing::Stop;
     };
@@ -347,20 +361,20 @@ fn framing(head: &[u8]) -> Framing {
     }
     let (mut lengths, mut chunked, mut length) = (0u32, false, 0);
     for line in lines.take_while(|line| !line.is_empty()) {
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            return Framing::Stop;
-        };
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        if name.eq_ignore_ascii_case(b"content-length") {
-            lengths += 1;
-            length = match std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()) {
-                Some(length) => length,
-                None => return Framing::Stop,
-            };
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            chunked = true;
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            return Framing::Stop;
+        // Most lines are none of the three: one byte tells.
+        match line[0] | 0x20 {
+            b'c' => {
+                if let Some(value) = header(line, b"content-length") {
+                    lengths += 1;
+                    length = match std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()) {
+                        Some(length) => length,
+                        None => return Framing::Stop,
+                    };
+                }
+            }
+            b't' if header(line, b"transfer-encoding").is_some() => chunked = true,
+            b'u' if header(line, b"upgrade").is_some() => return Framing::Stop,
+            _ => {}
         }
     }
     match (chunked, lengths) {
