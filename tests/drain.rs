@@ -206,10 +206,10 @@ mod in_process {
         });
         assert!(draining.await, "/readyz says the replica is leaving");
         assert_eq!(admin_get(admin, "/healthz").await.0, 200, "still alive");
-        assert!(
-            TcpStream::connect(proxy).await.is_err(),
-            "the proxy no longer accepts"
-        );
+        let refused = support::eventually(Duration::from_secs(10), || async {
+            TcpStream::connect(proxy).await.is_err()
+        });
+        assert!(refused.await, "the proxy no longer accepts");
         assert_eq!(in_flight.await.unwrap().unwrap().status(), 200);
         shutdown.await.unwrap();
         assert!(
