@@ -216,18 +216,21 @@ impl Gateway {
     /// Reads the config file again and applies it (SIGHUP). A file that is not valid, or whose
     /// TLS pair would not serve, is refused and logged, and the running config stays.
     pub fn reload_file(&self, path: &Path) -> Result<Reloaded, ConfigError> {
-        config::load_to_serve(path)
-            .and_then(|config| self.reload(config))
-            .inspect_err(|error| {
-                tracing::error!(
-                    file = %path.display(),
-                    problems = %error,
-                    "config reload refused; the running config stays"
-                );
-                self.shared
-                    .metrics
-                    .config_reloaded(false, self.shared.clock.now());
-            })
+        match config::load_to_serve(path) {
+            Ok(config) => self.reload(config),
+            Err(error) => {
+                tracing::error!(file = %path.display(), "config file refused at reload");
+                Err(self.refused(error))
+            }
+        }
+    }
+
+    /// Logs and counts a refused reload.
+    fn refused(&self, error: ConfigError) -> ConfigError {
+        tracing::error!(problems = %error, "config reload refused; the running config stays");
+        let now = self.shared.clock.now();
+        self.shared.metrics.config_reloaded(false, now);
+        error
     }
 
     /// Replaces routes, upstreams, limits and the TLS certificate (read again from its files,
@@ -239,7 +242,7 @@ impl Gateway {
     pub fn reload(&self, config: Config) -> Result<Reloaded, ConfigError> {
         let now = self.shared.clock.now();
         let pair = match &self.tls {
-            Some(_) => config::tls_pair(&config, now.as_second())?,
+            Some(_) => config::tls_pair(&config, now.as_second()).map_err(|e| self.refused(e))?,
             None => None,
         };
         let restart_needed = restart_needed(&self.started, &config);
