@@ -3,6 +3,7 @@
 //! both planes meet.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -10,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, RateLimitBackend};
+use crate::config::{self, Config, ConfigError, RateLimitBackend};
 use crate::control::admin::{Admin, Tokens};
 use crate::control::keys::KeyService;
 use crate::control::lifecycle::LifecycleJobs;
@@ -23,6 +24,7 @@ use crate::proxy::server;
 use crate::proxy::shared_limits::{RedisSettings, SharedLimits};
 use crate::proxy::state::Shared;
 use crate::proxy::table::KeyTable;
+use crate::proxy::tls::Tls;
 use crate::telemetry::Metrics;
 
 /// A gateway serving on its listeners until [`Gateway::shutdown`].
@@ -31,14 +33,29 @@ pub struct Gateway {
     pub admin_addr: SocketAddr,
     pub shared: Arc<Shared>,
     pub store: Arc<Store>,
+    /// Stops the proxy listener, and turns `/readyz` to 503.
+    drain: watch::Sender<bool>,
+    /// Stops the admin listener, last.
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    servers: Vec<JoinHandle<()>>,
+    proxy_server: JoinHandle<()>,
+    admin_server: JoinHandle<()>,
     flusher: Arc<UsageFlusher>,
     sync: Arc<KeySync>,
     lifecycle: LifecycleJobs,
     /// True once the key table has loaded.
     loaded: watch::Receiver<bool>,
+    /// The proxy listener's TLS, whose certificate a reload replaces.
+    tls: Option<Tls>,
+    /// The config the gateway started with: what its listeners, store and limiter were built
+    /// from, which a reload does not change.
+    started: Arc<Config>,
+}
+
+/// What a reload could not apply: the settings that take effect at the next restart.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    pub restart_needed: Vec<&'static str>,
 }
 
 /// What a gateway needs beside its config: secrets from the environment, and the clock.
@@ -110,9 +127,10 @@ impl Gateway {
             clock,
         } = options;
         let config = Arc::new(config);
-        let tls = config.server.tls.as_ref().map(server::tls_acceptor).transpose()?;
-        let store = store::open_later(&config.store.url)?;
         let metrics = Metrics::new();
+        let tls = tls(&config, &metrics, clock.now())?;
+        metrics.config_loaded(clock.now());
+        let store = store::open_later(&config.store.url)?;
         let keys = Arc::new(KeyTable::default());
         let mut shared = Shared::new(
             config.clone(),
@@ -152,6 +170,7 @@ impl Gateway {
         let proxy_addr = proxy.local_addr()?;
         let admin_addr = admin.local_addr()?;
 
+        let (drain, _) = watch::channel(false);
         let (stop, _) = watch::channel(false);
         let stopped = |stop: &watch::Sender<bool>| {
             let mut rx = stop.subscribe();
@@ -179,7 +198,7 @@ impl Gateway {
         ];
         tasks.extend(lifecycle.spawn());
         tasks.extend(shared_limits.map(|limits| tokio::spawn(limits.watch())));
-        let admin_server = Arc::new(Admin::new(
+        let admin_server = Admin::new(
             shared.clone(),
             KeyService::new(store.clone(), hasher, clock, Actor::AdminApi(None)),
             sync.clone(),
@@ -187,42 +206,77 @@ impl Gateway {
                 write: admin_token,
                 read: admin_read_token,
             },
-        ));
-        let servers = vec![
-            tokio::spawn(admin_server.serve(admin, stopped(&stop))),
-            tokio::spawn(server::serve(proxy, shared.clone(), tls, stopped(&stop))),
-        ];
+        )
+        .with_drain(drain.subscribe());
+        let admin_server = tokio::spawn(Arc::new(admin_server).serve(admin, stopped(&stop)));
+        let proxy_server = tokio::spawn(server::serve(proxy, shared.clone(), tls.clone(), stopped(&drain)));
         tracing::info!(%proxy_addr, %admin_addr, "keygate serving");
         Ok(Gateway {
             proxy_addr,
             admin_addr,
             shared,
             store,
+            drain,
             stop,
             tasks,
-            servers,
+            proxy_server,
+            admin_server,
             flusher,
             sync,
             lifecycle,
             loaded,
+            tls,
+            started: config,
         })
     }
 
-    /// Replaces routes, upstreams and limits; an upstream whose pool settings are unchanged
-    /// keeps its connections. Listen addresses and the store need a restart.
-    pub fn reload(&self, config: Config) {
-        let current = &self.shared.snapshot.load().config;
-        if config.server.listen != current.server.listen || config.admin.listen != current.admin.listen {
-            tracing::warn!("listen addresses changed in the config; they take effect at the next restart");
+    /// Reads the config file again and applies it (SIGHUP). A file that is not valid, or whose
+    /// TLS pair would not serve, is refused and logged, and the running config stays.
+    pub fn reload_file(&self, path: &Path) -> Result<Reloaded, ConfigError> {
+        match config::load_to_serve(path) {
+            Ok(config) => self.reload(config),
+            Err(error) => {
+                tracing::error!(file = %path.display(), "config file refused at reload");
+                Err(self.refused(error))
+            }
         }
-        if config.rate_limit.backend != current.rate_limit.backend {
-            tracing::warn!("rate_limit.backend or its Redis settings changed in the config; they take effect at the next restart");
+    }
+
+    /// Logs and counts a refused reload.
+    fn refused(&self, error: ConfigError) -> ConfigError {
+        tracing::error!(problems = %error, "config reload refused; the running config stays");
+        let now = self.shared.clock.now();
+        self.shared.metrics.config_reloaded(false, now);
+        error
+    }
+
+    /// Replaces routes, upstreams, limits and the TLS certificate (read again from its files,
+    /// so a certificate replaced on disk is served to new connections); an upstream whose pool
+    /// settings are unchanged keeps its connections. A TLS pair that would not serve refuses
+    /// the whole reload. What needs a restart (listen addresses, the store, the limiter's
+    /// backend, see [`restart_needed`]) is compared with the config the gateway started with,
+    /// what it actually runs, and each change is logged as a warning.
+    pub fn reload(&self, config: Config) -> Result<Reloaded, ConfigError> {
+        let now = self.shared.clock.now();
+        let pair = match &self.tls {
+            Some(_) => config::tls_pair(&config, now.as_second()).map_err(|e| self.refused(e))?,
+            None => None,
+        };
+        let restart_needed = restart_needed(&self.started, &config);
+        for setting in &restart_needed {
+            tracing::warn!(
+                setting,
+                "changed in the config; it takes effect at the next restart"
+            );
         }
-        if config.store.url != current.store.url {
-            tracing::warn!("store.url changed in the config; it takes effect at the next restart");
+        if let (Some(tls), Some(pair)) = (&self.tls, &pair) {
+            tls.replace(pair);
+            self.shared.metrics.tls_certificate_expires(pair.not_after);
         }
         self.shared.reload(Arc::new(config));
+        self.shared.metrics.config_reloaded(true, now);
         tracing::info!("config reloaded");
+        Ok(Reloaded { restart_needed })
     }
 
     /// Waits until the key table has loaded for the first time.
@@ -256,12 +310,12 @@ impl Gateway {
     }
 
     /// Stops accepting, lets in-flight requests finish (up to `server.shutdown_grace`) and the
-    /// webhook attempt in flight be recorded, and writes the last usage counts.
+    /// webhook attempt in flight be recorded, and writes the last usage counts. The admin
+    /// listener stays up until the end, its `/readyz` answering 503, so that a load balancer
+    /// sees the replica leave.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        for server in self.servers {
-            let _ = server.await;
-        }
+        let _ = self.drain.send(true);
+        let _ = self.proxy_server.await;
         self.lifecycle.stop().await;
         for task in &self.tasks {
             task.abort();
@@ -273,8 +327,87 @@ impl Gateway {
         }
         let flusher = self.flusher.clone();
         let _ = tokio::task::spawn_blocking(move || flusher.flush()).await;
+        let _ = self.stop.send(true);
+        let _ = self.admin_server.await;
         tracing::info!("keygate stopped");
     }
+}
+
+/// The proxy listener's TLS, when configured, serving the pair its files hold now.
+fn tls(config: &Config, metrics: &Metrics, now: jiff::Timestamp) -> anyhow::Result<Option<Tls>> {
+    let Some(pair) = config::tls_pair(config, now.as_second())? else {
+        return Ok(None);
+    };
+    metrics.tls_certificate_expires(pair.not_after);
+    Ok(Some(Tls::new(&pair)?))
+}
+
+/// The settings of `next` that differ from what the gateway started with and that only a
+/// restart applies: what the listeners, the store, the limiter and the background jobs were
+/// built from. Everything else (routes, upstreams, auth, limits, the per-request `[server]`
+/// checks, the TLS certificate) a reload applies.
+fn restart_needed(started: &Config, next: &Config) -> Vec<&'static str> {
+    let (a, b) = (&started.server, &next.server);
+    let (store, next_store) = (&started.store, &next.store);
+    let (life, next_life) = (&started.lifecycle, &next.lifecycle);
+    let changed = [
+        ("server.listen", a.listen != b.listen),
+        ("server.tls", a.tls.is_some() != b.tls.is_some()),
+        ("server.shutdown_grace", a.shutdown_grace != b.shutdown_grace),
+        (
+            "server.first_byte_timeout",
+            a.first_byte_timeout != b.first_byte_timeout,
+        ),
+        (
+            "server.tls_handshake_timeout",
+            a.tls_handshake_timeout != b.tls_handshake_timeout,
+        ),
+        (
+            "server.header_read_timeout",
+            a.header_read_timeout != b.header_read_timeout,
+        ),
+        (
+            "server.max_header_bytes",
+            a.max_header_bytes != b.max_header_bytes,
+        ),
+        // Counted per request too, but hyper's HTTP/1 parser holds the first value.
+        ("server.max_headers", a.max_headers != b.max_headers),
+        ("server.idle_timeout", a.idle_timeout != b.idle_timeout),
+        (
+            "server.http2_max_concurrent_streams",
+            a.http2_max_concurrent_streams != b.http2_max_concurrent_streams,
+        ),
+        ("server.max_connections", a.max_connections != b.max_connections),
+        ("server.worker_threads", a.worker_threads != b.worker_threads),
+        ("admin.listen", started.admin.listen != next.admin.listen),
+        ("admin.token_env", started.admin.token_env != next.admin.token_env),
+        ("store.url", store.url != next_store.url),
+        (
+            "store.sync_interval",
+            store.sync_interval != next_store.sync_interval,
+        ),
+        ("store.pepper_env", store.pepper_env != next_store.pepper_env),
+        (
+            "store.usage_flush_interval",
+            store.usage_flush_interval != next_store.usage_flush_interval,
+        ),
+        ("store.snapshot", store.snapshot != next_store.snapshot),
+        (
+            "rate_limit.backend",
+            started.rate_limit.backend != next.rate_limit.backend,
+        ),
+        ("lifecycle.idle_expiry", life.idle_expiry != next_life.idle_expiry),
+        ("lifecycle.warn_before", life.warn_before != next_life.warn_before),
+        (
+            "lifecycle.check_interval",
+            life.check_interval != next_life.check_interval,
+        ),
+        ("lifecycle.webhook", life.webhook != next_life.webhook),
+    ];
+    changed
+        .into_iter()
+        .filter_map(|(setting, changed)| changed.then_some(setting))
+        .collect()
 }
 
 /// The Redis limiter of `rate_limit.backend = "redis"`, given a moment to connect so the first

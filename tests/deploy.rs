@@ -390,10 +390,23 @@ async fn exercised_gateway() -> Harness {
     h
 }
 
+/// A gateway serving TLS with the test certificate of tests/fixtures/tls.
+async fn tls_gateway() -> Harness {
+    let fixture = |name: &str| repo("tests/fixtures/tls").join(name);
+    let tls = format!(
+        "[server]\ntls = {{ cert = {:?}, key = {:?} }}\n",
+        fixture("cert.pem"),
+        fixture("key.pem")
+    );
+    Harness::with_config(&STANDARD.replace("[server]\n", &tls), "").await
+}
+
 #[tokio::test]
 async fn alerts_and_dashboard_name_only_metrics_the_gateway_exports() {
     let h = exercised_gateway().await;
-    let exported = exported_names(&h.metrics().await);
+    let mut exported = exported_names(&h.metrics().await);
+    // The certificate's expiry is exported by a gateway that serves TLS.
+    exported.extend(exported_names(&tls_gateway().await.metrics().await));
     for file in [
         "deploy/prometheus/alerts.yml",
         "deploy/prometheus/alerts_test.yml",

@@ -176,6 +176,26 @@ const FRAMING: &[Row] = &[
         400,
         false,
     ),
+    // hyper drops a Content-Length beside Transfer-Encoding and keeps one of two equal ones:
+    // the gateway finds them in the bytes as sent (src/proxy/wire.rs).
+    row(
+        "CL.TE: Content-Length, then chunked",
+        "POST /v1/status HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-length: 6\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nG",
+        400,
+        false,
+    ),
+    row(
+        "TE.CL: chunked, then Content-Length",
+        "POST /v1/status HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\nGET /v1/status HTTP/1.1\r\nhost: x\r\n\r\n",
+        400,
+        false,
+    ),
+    row(
+        "Content-Length twice, same value",
+        "POST /v1/status HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\nabc",
+        400,
+        false,
+    ),
     hyper_refuses(
         "Content-Length twice, differing",
         "POST /v1/status HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
@@ -260,38 +280,29 @@ const HOSTS: &[Row] = &[
     ),
 ];
 
-/// What hyper reads one way and passes on re-framed, without a trace in the header map the
-/// gateway sees: `Content-Length` beside `Transfer-Encoding` is dropped (RFC 9112 6.1: the
-/// chunked reading wins, the connection closes after the answer), and a repeated identical
-/// `Content-Length` is kept once. The upstream gets one framing, so nothing is smuggled; the
-/// 400 the issue asks for would need the raw head, which hyper does not expose.
+/// A folded head is found at its place among a connection's requests: the requests before it
+/// on the same connection are served.
 #[tokio::test]
-async fn length_beside_chunked_is_read_as_chunked_and_the_connection_closes() {
+async fn a_folded_head_after_a_served_request_is_refused_on_the_same_connection() {
     let (h, auth) = standard().await;
-    for (name, request) in [
-        (
-            "CL.TE: the upstream would read a G as the start of the next request",
-            "POST /v1/status HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-length: 6\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nG",
-        ),
-        (
-            "TE.CL: a chunk the upstream would read as a request",
-            "POST /v1/status HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\nGET /v1/status HTTP/1.1\r\nhost: x\r\n\r\n",
-        ),
-    ] {
-        let before = h.upstream.count();
-        let answer = exchange(&h, request.replace("{auth}", &auth).as_bytes()).await;
-        assert_eq!(answer.status, 200, "{name}: {answer:?}");
-        assert!(answer.closed, "{name}: the connection stays open");
-        assert_eq!(h.upstream.count(), before + 1, "{name}");
-        let got = h.upstream.last();
-        assert!(got.headers.get("content-length").is_none(), "{name}: {:?}", got.headers);
-    }
-    let request = "POST /v1/status HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\nabc";
-    let answer = exchange(&h, request.replace("{auth}", &auth).as_bytes()).await;
-    assert_eq!(answer.status, 200);
-    let got = h.upstream.last();
-    assert_eq!(got.headers.get_all("content-length").iter().count(), 1);
-    assert_eq!(got.body, "abc");
+    let request = format!(
+        "POST /v1/status HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-length: 29\r\n\r\n\
+         content-length: 1\r\ntransfer-e\
+         POST /v1/status HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-length: 6\r\n\
+         transfer-encoding: chunked\r\n\r\n0\r\n\r\nG"
+    );
+    let mut stream = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answers = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answers)).await;
+    let answers = String::from_utf8_lossy(&answers);
+    let statuses: Vec<_> = answers
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &answers[at + 9..at + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "400"], "{answers}");
+    assert_eq!(h.upstream.count(), 1);
+    assert_eq!(h.upstream.last().body, "content-length: 1\r\ntransfer-e");
 }
 
 #[tokio::test]

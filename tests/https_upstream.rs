@@ -296,7 +296,8 @@ async fn a_reload_keeps_the_pool_only_while_the_tls_files_are_unchanged() {
     let reload = || {
         let text = std::fs::read_to_string(&h.config_path).unwrap();
         h.gateway
-            .reload(keygate::config::parse(&text, h.dir.path()).unwrap_or_else(|e| panic!("{e}")));
+            .reload(keygate::config::parse(&text, h.dir.path()).unwrap_or_else(|e| panic!("{e}")))
+            .unwrap();
     };
     assert_eq!(h.get("/v1/status", &key).await.status, 200);
     reload();

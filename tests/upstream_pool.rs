@@ -658,7 +658,7 @@ async fn a_config_reload_keeps_the_connections_of_an_upstream_whose_pool_setting
     let (_, key) = h.key(&["*"]).await;
     let reload = |text: &str| {
         let config = keygate::config::parse(text, h.dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        h.gateway.reload(config);
+        h.gateway.reload(config).unwrap();
     };
     assert_eq!(h.get("/v1/status", &key).await.status, 200);
     // Reloaded with the upstream as it was (as when only a route changed): the same pool.

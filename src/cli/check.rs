@@ -150,8 +150,17 @@ fn print_json(report: &Report<'_>) -> Result<(), Failure> {
     Ok(())
 }
 
-/// What `serve` would refuse at start that this machine shows: the SQLite store's folder.
+/// What `serve` would refuse at start that this machine shows: the SQLite store's folder, and
+/// the TLS certificate and key (missing, not PEM, not a pair, expired).
 fn host_problems(config: &Config, path: &Path) -> Vec<Problem> {
+    let mut problems = store_folder_problem(config, path);
+    if let Err(error) = config::check_files(config, jiff::Timestamp::now().as_second()) {
+        problems.extend(error.problems);
+    }
+    problems
+}
+
+fn store_folder_problem(config: &Config, path: &Path) -> Vec<Problem> {
     let StoreUrl::Sqlite(store) = &config.store.url else {
         return Vec::new();
     };

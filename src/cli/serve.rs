@@ -13,8 +13,14 @@ pub fn load(path: &Path) -> Result<Config, Failure> {
     config::load(path).map_err(|error| Failure::Runtime(format!("{} is not valid:\n{error}", path.display())))
 }
 
+/// [`load`], with the files `serve` reads (the TLS pair) checked too.
+fn load_to_serve(path: &Path) -> Result<Config, Failure> {
+    config::load_to_serve(path)
+        .map_err(|error| Failure::Runtime(format!("{} is not valid:\n{error}", path.display())))
+}
+
 pub fn run(path: std::path::PathBuf) -> Result<(), Failure> {
-    let config = load(&path)?;
+    let config = load_to_serve(&path)?;
     // Before anything binds: a store that is not there is the operator's to create.
     if let Err(error @ StoreError::Missing(_)) = store::exists(&config.store.url) {
         return Err(super::store::failure(error, &config, &path));
@@ -34,14 +40,10 @@ pub async fn serve_until_stopped(gateway: Gateway, path: Option<&Path>) -> Resul
     loop {
         tokio::select! {
             _ = hangup.recv() => match path {
-                Some(path) => match config::load(path) {
-                    Ok(config) => gateway.reload(config),
-                    Err(error) => tracing::error!(
-                        file = %path.display(),
-                        problems = %error,
-                        "config reload refused; the running config stays"
-                    ),
-                },
+                // Refusals are logged and counted there.
+                Some(path) => {
+                    let _ = gateway.reload_file(path);
+                }
                 None => tracing::info!("SIGHUP ignored: no config file to reload"),
             },
             _ = terminate.recv() => break,

@@ -5,9 +5,10 @@
 pub mod effective;
 pub mod raw;
 mod routes;
+pub mod tls_files;
 mod types;
 mod upstream_tls;
 pub mod validate;
 
 pub use types::*;
-pub use validate::{load, parse, position, ConfigError, Problem};
+pub use validate::{check_files, load, load_to_serve, parse, position, tls_pair, ConfigError, Problem};

@@ -52,7 +52,8 @@ pub struct Server {
     pub max_headers: usize,
     /// Longest request URI in bytes. Default 8 KiB.
     pub max_uri_bytes: usize,
-    /// Idle keep-alive connections and idle upgrade tunnels are closed after this. Default 60s.
+    /// Idle client connections (HTTP/2: no stream open) and idle upgrade tunnels are closed
+    /// after this. Default 60s.
     pub idle_timeout: Duration,
     /// HTTP/2 streams per connection. Default 100.
     pub http2_max_concurrent_streams: u32,
@@ -78,8 +79,14 @@ pub enum UnderscoreHeaders {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tls {
+    /// PEM certificate chain, leaf first.
     pub cert: PathBuf,
+    /// PEM private key of the leaf.
     pub key: PathBuf,
+    /// Line and column of the two settings in the file, for the problems
+    /// [`super::load_to_serve`] finds in the files they name.
+    pub cert_line: Option<(usize, usize)>,
+    pub key_line: Option<(usize, usize)>,
 }
 
 #[derive(Debug, Clone)]

@@ -19,6 +19,7 @@ use toml::Spanned;
 
 use super::raw::{self, Field, RawConfig};
 use super::routes;
+use super::tls_files::{self, CertificatePair, TlsFile};
 use super::*;
 use crate::core::environment::Environment;
 use crate::core::key::RateLimitSpec;
@@ -66,6 +67,15 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// [`load`], and the files the config names read and checked as `serve` uses them: the TLS
+/// certificate and key (see [`super::tls_files`]). What `check`, `serve` and a reload read;
+/// the `keys` commands, which serve nothing, read the file with [`load`].
+pub fn load_to_serve(path: &Path) -> Result<Config, ConfigError> {
+    let config = load(path)?;
+    check_files(&config, jiff::Timestamp::now().as_second())?;
+    Ok(config)
+}
+
 /// Reads and validates the file at `path`; relative paths in it are taken from its folder.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let source = std::fs::read_to_string(path).map_err(|error| ConfigError {
@@ -81,6 +91,33 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     parse(&source, base_dir)
+}
+
+/// The problems of the files a valid config names, as of `now` (Unix seconds).
+pub fn check_files(config: &Config, now: i64) -> Result<(), ConfigError> {
+    tls_pair(config, now).map(drop)
+}
+
+/// The TLS certificate and key `server.tls` names, read and checked as of `now` (Unix
+/// seconds); `None` without TLS. A problem names the setting and its line.
+pub fn tls_pair(config: &Config, now: i64) -> Result<Option<CertificatePair>, ConfigError> {
+    let Some(tls) = &config.server.tls else {
+        return Ok(None);
+    };
+    let at = |file: TlsFile| match file {
+        TlsFile::Cert => tls.cert_line,
+        TlsFile::Key => tls.key_line,
+    };
+    tls_files::read_pair(tls, now)
+        .map(Some)
+        .map_err(|error| ConfigError {
+            problems: vec![Problem {
+                line: at(error.file).map(|(line, _)| line),
+                column: at(error.file).map(|(_, column)| column),
+                field: error.file.field().to_owned(),
+                message: error.message,
+            }],
+        })
 }
 
 /// Validates config text; relative paths in it are taken from `base_dir`.
@@ -240,6 +277,8 @@ impl Checker<'_> {
             Tls {
                 cert: path(self, &tls.cert, "server.tls.cert"),
                 key: path(self, &tls.key, "server.tls.key"),
+                cert_line: Some(self.position(&tls.cert.span())),
+                key_line: Some(self.position(&tls.key.span())),
             }
         });
         let trusted_proxies = raw.trusted_proxies.as_ref().map_or_else(Vec::new, |list| {

@@ -10,9 +10,11 @@
 //! - `Transfer-Encoding` that is not exactly one `chunked` (`chunked, chunked`,
 //!   `gzip, chunked`, two lines): hyper decodes the last coding and forwards the rest as its
 //!   own, an upstream may not;
-//! - `Content-Length` beside `Transfer-Encoding` (hyper drops the length, RFC 9112 6.3 says the
-//!   message is to be treated as an error by a server that forwards it);
-//! - `Content-Length` twice, even with one value;
+//! - `Content-Length` beside `Transfer-Encoding` (RFC 9112 6.3 says the message is to be
+//!   treated as an error by a server that forwards it) and `Content-Length` twice, even with one
+//!   value: hyper drops the length in the first case and keeps one in the second, so these are
+//!   found in the bytes as the client sent them ([`super::wire`], [`on_the_wire`]), and also in
+//!   the header map, where HTTP/2 leaves them;
 //! - a missing, doubled or disagreeing `Host` (RFC 9112 3.2): the host routes the request,
 //!   so it must be one host;
 //! - with `server.underscore_headers = "refuse"`, a header name with `_`.
@@ -28,6 +30,7 @@ use http::header::{HeaderMap, HeaderName, CONTENT_LENGTH, HOST, TRANSFER_ENCODIN
 use http::{Request, Version};
 
 use super::error::BadRequest;
+use super::wire::Fold;
 
 /// The framing of the head: how its body is delimited must have one reading.
 pub fn framing(headers: &HeaderMap) -> Result<(), BadRequest> {
@@ -47,6 +50,17 @@ pub fn framing(headers: &HeaderMap) -> Result<(), BadRequest> {
         (None, _) => Ok(()),
         (Some(length), None) if is_decimal(length.as_bytes()) => Ok(()),
         (Some(_), _) => Err(BadRequest::ContentLength),
+    }
+}
+
+/// What hyper folded in the head as the client sent it (see [`super::wire`]): `Content-Length`
+/// beside `Transfer-Encoding`, or `Content-Length` repeated, which the header map no longer
+/// shows.
+pub fn on_the_wire<B>(request: &Request<B>) -> Result<(), BadRequest> {
+    match request.extensions().get::<Fold>() {
+        None => Ok(()),
+        Some(Fold::LengthAndEncoding) => Err(BadRequest::LengthAndEncoding),
+        Some(Fold::RepeatedLength) => Err(BadRequest::ContentLength),
     }
 }
 

@@ -2,6 +2,7 @@
 //! snapshot and the metrics; it never imports the store or the admin code.
 
 pub mod client_ip;
+pub mod connection;
 pub mod credentials;
 pub mod error;
 pub mod forward;
@@ -15,9 +16,11 @@ pub mod server;
 pub mod shared_limits;
 pub mod state;
 pub mod table;
+pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 pub mod usage;
+pub mod wire;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};

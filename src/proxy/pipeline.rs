@@ -235,6 +235,7 @@ fn admit<B>(
     if request.headers().len() > server.max_headers {
         return Err(Refusal::TooManyHeaders);
     }
+    head::on_the_wire(request).map_err(Refusal::BadRequest)?;
     head::framing(request.headers()).map_err(Refusal::BadRequest)?;
     if server.underscore_headers == UnderscoreHeaders::Refuse {
         head::underscores(request.headers(), &snapshot.key_header).map_err(Refusal::BadRequest)?;

@@ -4,51 +4,25 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::path::Path;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
+use tokio::sync::{watch, Semaphore};
 
+use super::connection::{self, Activity, Tracked};
 use super::pipeline::{self, Peer};
 use super::state::Shared;
+use super::tls::Tls;
 use super::tunnel::Counted;
-use crate::config::{Server, Tls};
-
-/// Builds the TLS acceptor for a `[server] tls` setting: HTTP/2 and HTTP/1.1 by ALPN.
-pub fn tls_acceptor(tls: &Tls) -> anyhow::Result<TlsAcceptor> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-    let certs = CertificateDer::pem_file_iter(&tls.cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| anyhow::anyhow!("cannot read certificates from {}: {e}", tls.cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key)
-        .map_err(|e| anyhow::anyhow!("cannot read private key from {}: {e}", tls.key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "TLS certificate and key of {} do not fit: {e}",
-                path_name(&tls.cert)
-            )
-        })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-fn path_name(path: &Path) -> String {
-    path.display().to_string()
-}
+use super::wire::{Folded, Watched};
+use crate::config::Server;
 
 const HTTP2_STREAM_WINDOW: u32 = 65_535;
 const HTTP2_CONNECTION_WINDOW: u32 = 1 << 20;
@@ -79,17 +53,24 @@ fn builder(settings: &Server) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves `listener` until `shutdown` resolves, then waits up to `server.shutdown_grace` for
-/// in-flight requests.
+/// the connections to finish their work (see [`super::connection`]).
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Tls>,
     shutdown: impl Future<Output = ()>,
 ) {
     let settings = shared.snapshot.load().config.server.clone();
-    let builder = Arc::new(builder(&settings));
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let (stop, stopping) = watch::channel(false);
+    let context = Arc::new(Context {
+        builder: builder(&settings),
+        shared,
+        tls,
+        stopping,
+        settings: settings.clone(),
+    });
+    let cap = u32::try_from(settings.max_connections).unwrap_or(u32::MAX);
+    let slots = Arc::new(Semaphore::new(cap as usize));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         // Past the connection cap, new connections wait in the kernel's backlog.
@@ -108,58 +89,87 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let tls = tls.clone();
-        let timeouts = (settings.first_byte_timeout, settings.tls_handshake_timeout);
+        let context = context.clone();
         tokio::spawn(async move {
             // The slot goes with the socket: into a tunnel, when the connection becomes one.
-            let stream = Counted::new(stream, slot);
-            // hyper's head timer starts at the first byte, and rustls has none: a connection
-            // that stays silent would hold its slot of the cap for good.
-            if !first_byte(stream.get_ref(), timeouts.0).await {
-                tracing::debug!(%addr, "connection closed: no first byte in time");
-                return;
-            }
-            match tls {
-                Some(acceptor) => match tokio::time::timeout(timeouts.1, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        let peer = Peer { addr, tls: true };
-                        let io = TokioIo::new(stream);
-                        let conn = builder.serve_connection_with_upgrades(io, service(shared, peer));
-                        log_conn_error(watcher.watch(conn.into_owned()).await);
-                    }
-                    Ok(Err(error)) => tracing::debug!(%addr, %error, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
-                },
-                None => {
-                    let peer = Peer { addr, tls: false };
-                    let io = TokioIo::new(stream);
-                    let conn = builder.serve_connection_with_upgrades(io, service(shared, peer));
-                    log_conn_error(watcher.watch(conn.into_owned()).await);
-                }
-            }
+            context.connection(Counted::new(stream, slot), addr).await;
         });
     }
     drop(listener);
+    let _ = stop.send(true);
     tracing::info!("stopped accepting; draining in-flight requests");
-    // Upgrade tunnels have left their connections: the drain waits for them apart.
-    let drained = async {
-        graceful.shutdown().await;
-        shared.tunnels.drained().await;
-    };
-    if tokio::time::timeout(settings.shutdown_grace, drained)
+    // Every connection holds a slot until it ends, and an upgrade tunnel takes its
+    // connection's slot over: all slots back means no request and no tunnel is left.
+    if tokio::time::timeout(settings.shutdown_grace, slots.acquire_many(cap))
         .await
         .is_err()
     {
         tracing::warn!(
             grace_s = settings.shutdown_grace.as_secs_f64(),
-            tunnels = shared.tunnels.open(),
+            tunnels = context.shared.tunnels.open(),
             "requests or tunnels still running after the shutdown grace; closing the tunnels"
         );
     }
-    shared.tunnels.close();
+    context.shared.tunnels.close();
+}
+
+/// What every connection of the listener shares.
+struct Context {
+    builder: auto::Builder<TokioExecutor>,
+    shared: Arc<Shared>,
+    tls: Option<Tls>,
+    /// True once the listener has stopped accepting: connections finish their work and close.
+    stopping: watch::Receiver<bool>,
+    settings: Server,
+}
+
+impl Context {
+    async fn connection(&self, stream: Counted<TcpStream>, addr: SocketAddr) {
+        // hyper's head timer starts at the first byte, and rustls has none: a connection that
+        // stays silent would hold its slot of the cap for good.
+        let first = first_byte(stream.get_ref(), self.settings.first_byte_timeout);
+        if self.unless_stopping(first).await != Some(true) {
+            tracing::debug!(%addr, "connection closed: no first byte in time");
+            return;
+        }
+        let Some(tls) = &self.tls else {
+            return self.serve(stream, Peer { addr, tls: false }).await;
+        };
+        let handshake =
+            tokio::time::timeout(self.settings.tls_handshake_timeout, tls.acceptor().accept(stream));
+        match self.unless_stopping(handshake).await {
+            Some(Ok(Ok(stream))) => self.serve(stream, Peer { addr, tls: true }).await,
+            Some(Ok(Err(error))) => tracing::debug!(%addr, %error, "TLS handshake failed"),
+            Some(Err(_)) => tracing::debug!(%addr, "TLS handshake timed out"),
+            None => tracing::debug!(%addr, "connection closed during its handshake: stopping"),
+        }
+    }
+
+    /// `step` unless the listener stops first: a connection not served yet has no work to
+    /// finish.
+    async fn unless_stopping<F: Future>(&self, step: F) -> Option<F::Output> {
+        let mut stopping = self.stopping.clone();
+        tokio::select! {
+            output = step => Some(output),
+            _ = stopping.wait_for(|stop| *stop) => None,
+        }
+    }
+
+    async fn serve<S>(&self, stream: S, peer: Peer)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Activity::new();
+        let folded = Arc::new(Folded::default());
+        let io = TokioIo::new(Watched::new(stream, folded.clone()));
+        let service = service(self.shared.clone(), peer, activity.clone(), folded);
+        let conn = self.builder.serve_connection_with_upgrades(io, service);
+        let idle = self.settings.idle_timeout;
+        match connection::drive(conn, activity, self.stopping.clone(), idle).await {
+            Some(ended) => log_conn_error(ended),
+            None => tracing::debug!(addr = %peer.addr, "connection closed: told to go away, and idle"),
+        }
+    }
 }
 
 /// Whether the client sends a first byte within `timeout` (it stays in the socket for the TLS
@@ -172,19 +182,31 @@ async fn first_byte(stream: &TcpStream, timeout: Duration) -> bool {
     )
 }
 
+/// The request pipeline as a hyper service; each exchange counts as open on its connection
+/// until its response body is done. A request whose head hyper folded carries the
+/// [`Fold`](super::wire::Fold), for the pipeline to refuse.
 fn service(
     shared: Arc<Shared>,
     peer: Peer,
+    activity: Activity,
+    folded: Arc<Folded>,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
-    Response = http::Response<super::Body>,
+    Response = http::Response<Tracked<super::Body>>,
     Error = Infallible,
-    Future = impl Future<Output = Result<http::Response<super::Body>, Infallible>> + Send,
+    Future = impl Future<Output = Result<http::Response<Tracked<super::Body>>, Infallible>> + Send,
 > + Clone {
-    let shared = shared.clone();
-    service_fn(move |request| {
+    let requests = Arc::new(AtomicUsize::new(0));
+    service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(pipeline::handle(&shared, peer, request).await) }
+        let exchange = activity.open();
+        if let Some(fold) = folded.at(requests.fetch_add(1, Ordering::Relaxed)) {
+            request.extensions_mut().insert(fold);
+        }
+        async move {
+            let response = pipeline::handle(&shared, peer, request).await;
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, exchange)))
+        }
     })
 }
 

@@ -45,6 +45,13 @@ pub struct Metrics {
     pub webhook_abandoned: IntCounter,
     /// Log lines dropped because the log queue was full (stdout too slow).
     pub log_lines_dropped: IntCounter,
+    /// Config reloads by `result`: `success` or `failure` (the file or its TLS pair refused).
+    pub config_reloads: IntCounterVec,
+    /// Unix time of the last config load that took effect (the start counts as one).
+    pub config_last_reload_success: Gauge,
+    /// Unix time the served TLS certificate expires; exported only with `server.tls`, see
+    /// [`Metrics::tls_certificate_expires`].
+    tls_certificate_expiry: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -66,6 +73,29 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     registry
         .register(Box::new(metric.clone()))
         .expect("metric names are unique");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
+    let metric = Gauge::new(name, help).expect("static metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
+/// `keygate_config_reloads_total`, with both results at 0 from the start, so that a rule on
+/// failures sees the series before the first one.
+fn reloads(registry: &Registry) -> IntCounterVec {
+    let metric = counter_vec(
+        registry,
+        "keygate_config_reloads_total",
+        "Config reloads (SIGHUP) by result: success, or failure (refused, the running config kept)",
+        &["result"],
+    );
+    for result in ["success", "failure"] {
+        metric.with_label_values(&[result]);
+    }
     metric
 }
 
@@ -216,6 +246,17 @@ impl Metrics {
                 "keygate_log_lines_dropped_total",
                 "Log lines dropped because stdout could not keep up",
             ),
+            config_reloads: reloads(r),
+            config_last_reload_success: gauge(
+                r,
+                "keygate_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last config load that took effect (the start included)",
+            ),
+            tls_certificate_expiry: Gauge::new(
+                "keygate_tls_certificate_expiry_timestamp_seconds",
+                "Unix time the TLS certificate the proxy listener serves expires",
+            )
+            .expect("static metric definition"),
             keys,
             key_table_revision,
             key_table_last_sync,
@@ -224,6 +265,33 @@ impl Metrics {
             build_info,
             registry,
         }
+    }
+
+    /// Records the expiry (Unix seconds) of the certificate now served, and exports the gauge
+    /// from the first call on: a gateway without TLS has no certificate to alert on.
+    pub fn tls_certificate_expires(&self, not_after: i64) {
+        if self.tls_certificate_expiry.get() == 0.0 {
+            // Registered once: a second attempt is refused by the registry, harmlessly.
+            let _ = self
+                .registry
+                .register(Box::new(self.tls_certificate_expiry.clone()));
+        }
+        self.tls_certificate_expiry.set(not_after as f64);
+    }
+
+    /// Counts a reload; a successful one also sets the time of the last success to `now`.
+    pub fn config_reloaded(&self, success: bool, now: jiff::Timestamp) {
+        let result = if success { "success" } else { "failure" };
+        self.config_reloads.with_label_values(&[result]).inc();
+        if success {
+            self.config_loaded(now);
+        }
+    }
+
+    /// The time of the last config load that took effect (also set at start).
+    pub fn config_loaded(&self, now: jiff::Timestamp) {
+        self.config_last_reload_success
+            .set(now.as_millisecond() as f64 / 1000.0);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -22,6 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::control::keys::KeyService;
 use crate::control::store::{Actor, Origin, TokenKind};
@@ -46,6 +47,8 @@ pub struct Admin {
     /// BLAKE3 of the admin tokens: compared in constant time, whatever the lengths.
     write_token: Option<KeyHash>,
     read_token: Option<KeyHash>,
+    /// True once the gateway drains (SIGTERM): `/readyz` answers 503 until the process exits.
+    draining: Option<watch::Receiver<bool>>,
 }
 
 /// The admin tokens, as the environment gives them.
@@ -72,7 +75,19 @@ impl Admin {
             sync,
             write_token: tokens.write.map(hash),
             read_token: tokens.read.map(hash),
+            draining: None,
         }
+    }
+
+    /// `/readyz` answers 503 once `draining` turns true, so that a load balancer sees the
+    /// replica leave while it finishes its requests.
+    pub fn with_drain(mut self, draining: watch::Receiver<bool>) -> Self {
+        self.draining = Some(draining);
+        self
+    }
+
+    fn is_draining(&self) -> bool {
+        self.draining.as_ref().is_some_and(|draining| *draining.borrow())
     }
 
     /// This admin API as one caller uses it: its changes recorded with the caller's origin.
@@ -87,6 +102,7 @@ impl Admin {
             sync: self.sync.clone(),
             write_token: None,
             read_token: None,
+            draining: None,
         }
     }
 
@@ -148,7 +164,9 @@ impl Admin {
         let age_ms = shared.clock.now().as_millisecond() - shared.sync.last_success_ms();
         let config = shared.snapshot.load().config.clone();
         let last_error = shared.sync.last_error();
-        let reason = if !loaded {
+        let reason = if self.is_draining() {
+            Some("shutting down: finishing in-flight requests".to_owned())
+        } else if !loaded {
             Some(match &last_error {
                 Some(error) if error.starts_with("store unavailable") => error.clone(),
                 Some(error) => format!("store unavailable: {error}"),

@@ -1,0 +1,480 @@
+//! What hyper's HTTP/1 parser folds away before the gateway sees a request (data plane):
+//! `Content-Length` beside `Transfer-Encoding` (hyper drops the length and reads the body as
+//! chunked) and a `Content-Length` repeated with the same value (hyper keeps one). RFC 9112
+//! 6.3 asks a server that forwards such a message to treat it as an error, and the gateway
+//! refuses each with 400 and closes ([`super::head::on_the_wire`]); for that it must see the
+//! head as the client sent it.
+//!
+//! [`Watched`] wraps a connection's byte stream and, as hyper reads it, follows the HTTP/1
+//! messages in it: each head is scanned once for its framing headers, and each body is skipped
+//! by that framing (a length, or chunk sizes), so the next head is found where hyper will find
+//! it. Where the bytes stop being plain HTTP/1.1 messages (the HTTP/2 preface, `CONNECT`, an
+//! `Upgrade`, anything that does not parse), watching stops: hyper refuses what does not parse,
+//! and nothing after a tunnel is HTTP. Nothing is allocated but the head being read, and only
+//! while it arrives in pieces.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Longest head followed; past it hyper answers 431 anyway.
+const MAX_HEAD: usize = 256 * 1024;
+
+/// What hyper folded in a head, so that the gateway cannot see it in the header map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fold {
+    /// `Content-Length` beside `Transfer-Encoding` (hyper drops the length).
+    LengthAndEncoding,
+    /// `Content-Length` more than once (hyper keeps one when they agree, refuses otherwise).
+    RepeatedLength,
+}
+
+/// The first request of a connection whose head hyper folded: its 0-based index among the
+/// connection's requests, and the fold. Written by the scanner, read by the service.
+#[derive(Debug)]
+pub struct Folded {
+    index: AtomicUsize,
+    fold: AtomicU8,
+}
+
+impl Default for Folded {
+    fn default() -> Self {
+        Folded {
+            index: AtomicUsize::new(usize::MAX),
+            fold: AtomicU8::new(0),
+        }
+    }
+}
+
+impl Folded {
+    /// What hyper folded in the head of the connection's request number `index` (0-based).
+    pub fn at(&self, index: usize) -> Option<Fold> {
+        if self.index.load(Ordering::Acquire) != index {
+            return None;
+        }
+        Some(match self.fold.load(Ordering::Relaxed) {
+            0 => Fold::LengthAndEncoding,
+            _ => Fold::RepeatedLength,
+        })
+    }
+
+    fn mark(&self, index: usize, fold: Fold) {
+        // Once per connection: a folded head is its last request.
+        self.fold.store(fold as u8, Ordering::Relaxed);
+        self.index.store(index, Ordering::Release);
+    }
+}
+
+/// A connection's byte stream, watched as hyper reads it.
+pub struct Watched<I> {
+    io: I,
+    scanner: Scanner,
+}
+
+impl<I> Watched<I> {
+    pub fn new(io: I, folded: Arc<Folded>) -> Self {
+        Watched {
+            io,
+            scanner: Scanner::new(folded),
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            self.scanner.feed(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Where in the stream of messages the scanner is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// In a head (its bytes so far are in `Scanner::head`).
+    Head,
+    /// In a body of this many bytes still to come.
+    Length(u64),
+    /// In a chunked body.
+    Chunked(Chunk),
+    /// No longer HTTP/1 messages, or nothing more to learn: the rest passes unwatched.
+    Stopped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// The chunk size, hex digits so far (`digits` of them).
+    Size { size: u64, digits: u8 },
+    /// Past the size: an extension, up to the end of the line.
+    Extension { size: u64 },
+    /// Chunk data still to come.
+    Data(u64),
+    /// The CRLF after the data.
+    DataEnd,
+    /// In the trailer section: at the start of a line or not.
+    Trailer { line_start: bool },
+}
+
+/// What a head says about the body after it.
+#[derive(Debug, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Folded by hyper: refused by the gateway, and the last request of the connection.
+    Folded(Fold),
+    /// Not an HTTP/1.1 request head that is followed by HTTP/1.1 messages.
+    Stop,
+}
+
+struct Scanner {
+    state: State,
+    /// The head read so far, while it arrives in pieces.
+    head: Vec<u8>,
+    /// Heads seen so far on the connection.
+    requests: usize,
+    folded: Arc<Folded>,
+}
+
+impl Scanner {
+    fn new(folded: Arc<Folded>) -> Self {
+        Scanner {
+            state: State::Head,
+            head: Vec::new(),
+            requests: 0,
+            folded,
+        }
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            bytes = match self.state {
+                State::Stopped => return,
+                State::Head => self.head_bytes(bytes),
+                State::Length(left) => {
+                    let skipped = left.min(bytes.len() as u64);
+                    self.state = match left - skipped {
+                        0 => State::Head,
+                        left => State::Length(left),
+                    };
+                    &bytes[skipped as usize..]
+                }
+                State::Chunked(chunk) => self.chunk_bytes(chunk, bytes),
+            };
+        }
+    }
+
+    /// Takes bytes of a head; returns those after it.
+    fn head_bytes<'b>(&mut self, bytes: &'b [u8]) -> &'b [u8] {
+        // Only the new bytes (and the last three before them) can complete the head.
+        let from = self.head.len().saturating_sub(3);
+        let end = if self.head.is_empty() {
+            head_end(bytes, 0)
+        } else {
+            let mut joined = self.head[from..].to_vec();
+            joined.extend_from_slice(&bytes[..bytes.len().min(4)]);
+            match head_end(&joined, 0) {
+                Some(end) => Some(end - (self.head.len() - from)),
+                None => head_end(bytes, 0),
+            }
+        };
+        let Some(end) = end else {
+            self.head.extend_from_slice(bytes);
+            if self.head.len() > MAX_HEAD {
+                self.stop();
+            }
+            return &[];
+        };
+        if self.head.len() + end > MAX_HEAD {
+            self.stop();
+            return &[];
+        }
+        let framing = if self.head.is_empty() {
+            framing(&bytes[..end])
+        } else {
+            self.head.extend_from_slice(&bytes[..end]);
+            let framing = framing(&self.head);
+            self.head = Vec::new();
+            framing
+        };
+        self.message(framing);
+        &bytes[end..]
+    }
+
+    /// Starts the body of the head just read.
+    fn message(&mut self, framing: Framing) {
+        let index = self.requests;
+        self.requests += 1;
+        self.state = match framing {
+            Framing::None => State::Head,
+            Framing::Length(0) => State::Head,
+            Framing::Length(length) => State::Length(length),
+            Framing::Chunked => State::Chunked(Chunk::Size { size: 0, digits: 0 }),
+            Framing::Folded(fold) => {
+                self.folded.mark(index, fold);
+                State::Stopped
+            }
+            Framing::Stop => State::Stopped,
+        };
+    }
+
+    fn stop(&mut self) {
+        self.state = State::Stopped;
+        self.head = Vec::new();
+    }
+
+    /// Takes bytes of a chunked body; returns those after the part consumed.
+    fn chunk_bytes<'b>(&mut self, chunk: Chunk, bytes: &'b [u8]) -> &'b [u8] {
+        if let Chunk::Data(left) = chunk {
+            let skipped = left.min(bytes.len() as u64);
+            self.state = State::Chunked(match left - skipped {
+                0 => Chunk::DataEnd,
+                left => Chunk::Data(left),
+            });
+            return &bytes[skipped as usize..];
+        }
+        self.state = match chunk_byte(chunk, bytes[0]) {
+            Some(Step::Chunk(next)) => State::Chunked(next),
+            Some(Step::Done) => State::Head,
+            None => State::Stopped,
+        };
+        &bytes[1..]
+    }
+}
+
+enum Step {
+    Chunk(Chunk),
+    /// The body ended.
+    Done,
+}
+
+/// One byte of the chunked framing outside chunk data; `None` where it does not parse (hyper
+/// refuses the body then, and the connection ends).
+fn chunk_byte(chunk: Chunk, byte: u8) -> Option<Step> {
+    let next = match (chunk, byte) {
+        (Chunk::Size { size, digits }, _) if byte.is_ascii_hexdigit() => {
+            let digit = (byte as char).to_digit(16)? as u64;
+            let size = size.checked_mul(16)?.checked_add(digit)?;
+            Chunk::Size {
+                size,
+                digits: digits.checked_add(1)?,
+            }
+        }
+        (Chunk::Size { digits: 0, .. }, _) => return None,
+        (Chunk::Size { size, .. } | Chunk::Extension { size }, b'\n') => match size {
+            0 => Chunk::Trailer { line_start: true },
+            size => Chunk::Data(size),
+        },
+        (Chunk::Size { size, .. } | Chunk::Extension { size }, _) => Chunk::Extension { size },
+        (Chunk::DataEnd, b'\r') => Chunk::DataEnd,
+        (Chunk::DataEnd, b'\n') => Chunk::Size { size: 0, digits: 0 },
+        (Chunk::DataEnd, _) => return None,
+        (Chunk::Trailer { line_start: true }, b'\n') => return Some(Step::Done),
+        (Chunk::Trailer { line_start: true }, b'\r') => Chunk::Trailer { line_start: true },
+        (Chunk::Trailer { .. }, b'\n') => Chunk::Trailer { line_start: true },
+        (Chunk::Trailer { .. }, _) => Chunk::Trailer { line_start: false },
+        // Chunk data is skipped whole, never a byte at a time.
+        (Chunk::Data(_), _) => return None,
+    };
+    Some(Step::Chunk(next))
+}
+
+/// The end of a head in `bytes` (after its empty line), searching from `from`: CRLF CRLF, or
+/// the bare LF LF that hyper's parser accepts too.
+fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
+    let rest = bytes.get(from..)?;
+    memchr::memchr_iter(b'\n', rest).find_map(|lf| {
+        let lf = from + lf;
+        match bytes.get(lf + 1) {
+            Some(b'\n') => Some(lf + 2),
+            Some(b'\r') if bytes.get(lf + 2) == Some(&b'\n') => Some(lf + 3),
+            _ => None,
+        }
+    })
+}
+
+/// The lines of `head`, without their CR LF (or bare LF).
+fn lines(head: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', head).map(move |lf| {
+        let line = &head[start..lf];
+        start = lf + 1;
+        line.strip_suffix(b"\r").unwrap_or(line)
+    })
+}
+
+/// The value of `line` when it is the header `name` (lower case): hyper refuses a space
+/// before the colon, so the name ends right at it.
+fn header<'l>(line: &'l [u8], name: &[u8]) -> Option<&'l [u8]> {
+    let named =
+        line.len() > name.len() && line[name.len()] == b':' && line[..name.len()].eq_ignore_ascii_case(name);
+    named.then(|| line[name.len() + 1..].trim_ascii())
+}
+
+/// The framing a request head declares, read the way hyper reads it.
+fn framing(head: &[u8]) -> Framing {
+    let mut lines = lines(head).skip_while(|line| line.is_empty());
+    let Some(request_line) = lines.next() else {
+        return Framing::Stop;
+    };
+    if !request_line.ends_with(b" HTTP/1.1") || request_line.starts_with(b"CONNECT ") {
+        // HTTP/1.0 cannot carry Transfer-Encoding (hyper refuses it); HTTP/2 and tunnels are
+        // not HTTP/1 messages.
+        return Framing::Stop;
+    }
+    let (mut lengths, mut chunked, mut length) = (0u32, false, 0);
+    for line in lines.take_while(|line| !line.is_empty()) {
+        // Most lines are none of the three: one byte tells.
+        match line[0] | 0x20 {
+            b'c' => {
+                if let Some(value) = header(line, b"content-length") {
+                    lengths += 1;
+                    length = match std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()) {
+                        Some(length) => length,
+                        None => return Framing::Stop,
+                    };
+                }
+            }
+            b't' if header(line, b"transfer-encoding").is_some() => chunked = true,
+            b'u' if header(line, b"upgrade").is_some() => return Framing::Stop,
+            _ => {}
+        }
+    }
+    match (chunked, lengths) {
+        (true, 1..) => Framing::Folded(Fold::LengthAndEncoding),
+        (false, 2..) => Framing::Folded(Fold::RepeatedLength),
+        (true, 0) => Framing::Chunked,
+        (false, 1) => Framing::Length(length),
+        (false, 0) => Framing::None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `stream` in pieces of `piece` bytes; the index of the folded request, if any.
+    fn folded_in(stream: &[u8], piece: usize) -> Option<usize> {
+        let folded = Arc::new(Folded::default());
+        let mut scanner = Scanner::new(folded.clone());
+        for part in stream.chunks(piece) {
+            scanner.feed(part);
+        }
+        (0..16).find(|&i| folded.at(i).is_some())
+    }
+
+    const GET: &str = "GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+    const CL_TE: &str =
+        "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 6\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nG";
+    const TE_CL: &str = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n";
+    const CL_CL: &str = "POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\nabc";
+    const LENGTH: &str = "POST / HTTP/1.1\r\ncontent-length: 30\r\n\r\ncontent-length: 1\r\ntransfer-";
+    const CHUNKED: &str = "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n18;ext=1\r\ncontent-length: 3\r\n\r\nxxx\r\n0\r\nx-trailer: 1\r\n\r\n";
+
+    #[test]
+    fn a_folded_head_is_found_at_its_place_among_the_requests() {
+        let cases: &[(&str, String, Option<usize>)] = &[
+            ("plain requests", [GET, GET].concat(), None),
+            ("length then chunked", CL_TE.to_owned(), Some(0)),
+            ("chunked then length", TE_CL.to_owned(), Some(0)),
+            ("a repeated length", CL_CL.to_owned(), Some(0)),
+            ("after a request", [GET, CL_TE].concat(), Some(1)),
+            ("after a body that looks like a head", [LENGTH, CL_TE].concat(), Some(1)),
+            ("after chunks that look like a head", [CHUNKED, GET, TE_CL].concat(), Some(2)),
+            ("bare LF lines", "GET / HTTP/1.1\nhost: a\n\nPOST / HTTP/1.1\ncontent-length: 1\ntransfer-encoding: chunked\n\n".to_owned(), Some(1)),
+            ("a chunked body, then a plain request", [CHUNKED, GET].concat(), None),
+        ];
+        for (name, stream, expected) in cases {
+            for piece in [1, 2, 3, 7, stream.len()] {
+                assert_eq!(
+                    folded_in(stream.as_bytes(), piece),
+                    *expected,
+                    "{name}, pieces of {piece}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn watching_stops_where_the_bytes_are_not_http1_messages() {
+        let cases = [
+            (
+                "HTTP/2",
+                [&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..], CL_TE.as_bytes()].concat(),
+            ),
+            (
+                "an upgrade",
+                [
+                    &b"GET / HTTP/1.1\r\nupgrade: websocket\r\n\r\n"[..],
+                    CL_TE.as_bytes(),
+                ]
+                .concat(),
+            ),
+            (
+                "CONNECT",
+                [&b"CONNECT a:443 HTTP/1.1\r\n\r\n"[..], CL_TE.as_bytes()].concat(),
+            ),
+            (
+                "HTTP/1.0",
+                [&b"GET / HTTP/1.0\r\n\r\n"[..], CL_TE.as_bytes()].concat(),
+            ),
+            (
+                "a bad chunk size",
+                [
+                    &b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"[..],
+                    CL_TE.as_bytes(),
+                ]
+                .concat(),
+            ),
+        ];
+        for (name, stream) in cases {
+            assert_eq!(folded_in(&stream, 5), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_head_past_the_limit_stops_the_watch() {
+        let mut stream = b"GET / HTTP/1.1\r\n".to_vec();
+        stream.extend(std::iter::repeat_n(b"x-a: b\r\n".as_slice(), MAX_HEAD / 8 + 1).flatten());
+        stream.extend_from_slice(b"\r\n");
+        stream.extend_from_slice(CL_TE.as_bytes());
+        assert_eq!(folded_in(&stream, 4096), None);
+    }
+}
