@@ -467,16 +467,7 @@ mod tests {
         let store = SqliteStore::open(std::path::Path::new(":memory:")).unwrap();
         let keys: Vec<NewKey> = (0..2 * SWEEP_PAGE + 7)
             .map(|i| NewKey {
-                spec: KeySpec {
-                    name: format!("key {i}"),
-                    environment: Environment::Production,
-                    permissions: Vec::new(),
-                    rate_limit: None,
-                    customer_id: None,
-                    allowed_ips: Vec::new(),
-                    expires_at: None,
-                    metadata: serde_json::Map::new(),
-                },
+                spec: KeySpec::new(format!("key {i}"), Environment::Production),
                 id: format!("key_{i}"),
                 hash: crate::core::secret::Hasher::unkeyed().hash(format!("idle-secret-{i:08}").as_bytes()),
                 prefix: "idle".into(),

@@ -392,16 +392,7 @@ mod tests {
     fn keys(from: usize, n: usize) -> Vec<NewKey> {
         (from..from + n)
             .map(|i| NewKey {
-                spec: KeySpec {
-                    name: format!("key {i}"),
-                    environment: Environment::Production,
-                    permissions: Vec::new(),
-                    rate_limit: None,
-                    customer_id: None,
-                    allowed_ips: Vec::new(),
-                    expires_at: None,
-                    metadata: serde_json::Map::new(),
-                },
+                spec: KeySpec::new(format!("key {i}"), Environment::Production),
                 id: format!("key_{i}"),
                 hash: Hasher::unkeyed().hash(format!("secret-number-{i:08}").as_bytes()),
                 prefix: "kg_prod_x".into(),

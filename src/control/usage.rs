@@ -93,16 +93,7 @@ mod tests {
     fn store_with_one_key(path: &std::path::Path, secret: &str) -> SqliteStore {
         let store = SqliteStore::create(path).unwrap();
         let key = NewKey {
-            spec: KeySpec {
-                name: secret.into(),
-                environment: Environment::Production,
-                permissions: Vec::new(),
-                rate_limit: None,
-                customer_id: None,
-                allowed_ips: Vec::new(),
-                expires_at: None,
-                metadata: serde_json::Map::new(),
-            },
+            spec: KeySpec::new(secret, Environment::Production),
             id: format!("key_{secret}"),
             hash: Hasher::unkeyed().hash(secret.as_bytes()),
             prefix: "pfx_".into(),

@@ -174,6 +174,23 @@ pub struct KeySpec {
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
+impl KeySpec {
+    /// A key named `name` for `environment` with nothing else set: no permissions, the
+    /// default limit, no customer, any address, no expiry, no metadata.
+    pub fn new(name: impl Into<String>, environment: Environment) -> Self {
+        KeySpec {
+            name: name.into(),
+            environment,
+            permissions: Vec::new(),
+            rate_limit: None,
+            customer_id: None,
+            allowed_ips: Vec::new(),
+            expires_at: None,
+            metadata: serde_json::Map::new(),
+        }
+    }
+}
+
 /// The key object of SPEC section 2, as shown to operators. Never holds the secret; `key` is
 /// added beside it only in the answers to create and regenerate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -19,16 +19,7 @@ fn secret(text: &str) -> KeyHash {
 fn new_key(id: &str, hash: KeyHash) -> NewKey {
     NewKey {
         id: id.into(),
-        spec: KeySpec {
-            name: id.into(),
-            environment: Environment::Production,
-            permissions: Vec::new(),
-            rate_limit: None,
-            customer_id: None,
-            allowed_ips: Vec::new(),
-            expires_at: None,
-            metadata: serde_json::Map::new(),
-        },
+        spec: KeySpec::new(id, Environment::Production),
         hash,
         prefix: "pfx_".into(),
         now: Timestamp::now(),
