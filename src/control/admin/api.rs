@@ -25,7 +25,7 @@ use crate::proxy::error::AuthFailure;
 use crate::proxy::limits::Decision;
 use crate::proxy::pipeline::{check_freshness, key_usable};
 use crate::proxy::table::Secret as Presented;
-use crate::telemetry::recent::{Filter as RecentFilter, StatusFilter};
+use crate::telemetry::recent::{Filter as RecentFilter, RecentRequest, StatusFilter};
 
 /// Largest request body the admin API reads.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -464,10 +464,16 @@ fn requests(admin: &Admin, request: &Request<Incoming>) -> Answer {
         }
     }
     let recent = admin.shared.snapshot.load().recent.clone();
-    let items = recent.newest(&filter, limit);
-    Ok(ok(
-        &serde_json::json!({ "items": items, "capacity": recent.capacity() }),
-    ))
+    // A struct, not `json!`: the records keep the access log's field order.
+    #[derive(Serialize)]
+    struct Recent {
+        items: Vec<RecentRequest>,
+        capacity: usize,
+    }
+    Ok(ok(&Recent {
+        items: recent.newest(&filter, limit),
+        capacity: recent.capacity(),
+    }))
 }
 
 async fn events(admin: &Admin, id: String, request: &Request<Incoming>) -> Answer {
