@@ -18,9 +18,6 @@ struct Row {
     request: &'static str,
     status: u16,
     reaches_upstream: bool,
-    /// hyper refuses the request itself, before the gateway sees it: an empty 400, not the
-    /// gateway's JSON refusal with `Cache-Control: no-store`.
-    by_hyper: bool,
 }
 
 const fn row(name: &'static str, request: &'static str, status: u16, reaches_upstream: bool) -> Row {
@@ -29,19 +26,13 @@ const fn row(name: &'static str, request: &'static str, status: u16, reaches_ups
         request,
         status,
         reaches_upstream,
-        by_hyper: false,
     }
 }
 
-/// A row hyper refuses on its own; kept so that a change of parser cannot let it through.
+/// A row hyper's parser refuses before the gateway sees a request (the gateway still gives the
+/// refusal its JSON body on the way out); kept so that a change of parser cannot let it through.
 const fn hyper_refuses(name: &'static str, request: &'static str) -> Row {
-    Row {
-        name,
-        request,
-        status: 400,
-        reaches_upstream: false,
-        by_hyper: true,
-    }
+    row(name, request, 400, false)
 }
 
 /// A response as read off the socket: its status, its head in lower case, and whether the
@@ -121,7 +112,7 @@ async fn run(h: &Harness, auth: &str, rows: &[Row]) {
             ));
             continue;
         }
-        if answer.status >= 400 && !row.by_hyper && !answer.head.contains("cache-control: no-store") {
+        if answer.status >= 400 && !answer.head.contains("cache-control: no-store") {
             failures.push(format!(
                 "{}: a refusal without no-store\n{}",
                 row.name, answer.head
@@ -802,4 +793,56 @@ async fn upgrade_requests_pass_the_same_checks_and_h2c_is_not_tunnelled() {
         got.get("upgrade").is_none() && got.get("http2-settings").is_none(),
         "{got:?}"
     );
+}
+
+/// hyper answers a head its parser cannot take by itself, with an empty body; the gateway gives
+/// those answers the JSON body of their kind, `no-store` and a request id, like every other
+/// refusal (issue 12: "431 has an empty body and no Content-Type").
+#[tokio::test]
+async fn hypers_own_refusals_carry_the_gateways_json_body() {
+    let (h, _) = standard().await;
+    let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let huge = format!("X-Big: {}\r\n", "a".repeat(70_000));
+    for (name, request, status, body) in [
+        (
+            "more headers than max_headers",
+            format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n"),
+            431,
+            r#"{"error":"request header fields too large"}"#,
+        ),
+        (
+            "a head past max_header_bytes",
+            format!("GET / HTTP/1.1\r\nHost: x\r\n{huge}\r\n"),
+            431,
+            r#"{"error":"request header fields too large"}"#,
+        ),
+        (
+            "a header line that does not parse",
+            "GET / HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n\r\n".to_owned(),
+            400,
+            r#"{"error":"bad request"}"#,
+        ),
+    ] {
+        let before = h.upstream.count();
+        let mut stream = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "{name}: the connection is closed after the answer");
+        let answer = String::from_utf8_lossy(&answer).to_lowercase();
+        let (head, got) = answer
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("{name}: {answer}"));
+        assert!(head.starts_with(&format!("http/1.1 {status} ")), "{name}: {head}");
+        assert_eq!(got, body, "{name}");
+        for header in [
+            "content-type: application/json; charset=utf-8",
+            "cache-control: no-store",
+            "x-request-id: ",
+            "connection: close",
+        ] {
+            assert!(head.contains(header), "{name}: {header} in {head}");
+        }
+        assert_eq!(h.upstream.count(), before, "{name}: nothing reaches the upstream");
+    }
 }

@@ -705,7 +705,7 @@ fn request_id(request: &Request<Incoming>) -> HeaderValue {
 }
 
 /// 128 random bits in 32 lower-case hex digits.
-fn new_request_id() -> HeaderValue {
+pub(super) fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits = rand::random::<u128>();
     let mut id = [0; 32];

@@ -69,10 +69,13 @@ impl Folded {
     }
 }
 
-/// A connection's byte stream, watched as hyper reads it.
+/// A connection's byte stream, watched as hyper reads it; on the way out, hyper's own bare
+/// refusals are given the gateway's JSON body ([`super::bare`]).
 pub struct Watched<I> {
     io: I,
     scanner: Scanner,
+    /// The answer written in place of hyper's bare refusal, and how much of it is out.
+    rewritten: Option<(Vec<u8>, usize)>,
 }
 
 impl<I> Watched<I> {
@@ -80,7 +83,46 @@ impl<I> Watched<I> {
         Watched {
             io,
             scanner: Scanner::new(folded),
+            rewritten: None,
         }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> Watched<I> {
+    /// Takes `head` over when it is hyper's bare refusal: the gateway's answer goes out in its
+    /// place (by [`Watched::flush_rewritten`]), and `head` counts as written.
+    fn rewrite(&mut self, head: &[u8]) -> bool {
+        if head.len() > super::bare::MAX_BARE || !head.starts_with(b"HTTP/1.1 4") {
+            return false;
+        }
+        let request_id = || {
+            let id = super::pipeline::new_request_id();
+            id.to_str().unwrap_or_default().to_owned()
+        };
+        match super::bare::answer(head, request_id) {
+            Some(answer) => {
+                self.rewritten = Some((answer, 0));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Writes out what is left of a rewritten answer before anything else.
+    fn flush_rewritten(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((answer, written)) = &mut self.rewritten {
+            if *written == answer.len() {
+                self.rewritten = None;
+                break;
+            }
+            match Pin::new(&mut self.io).poll_write(cx, &answer[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -101,14 +143,20 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.flush_rewritten(cx))?;
+        if self.rewrite(data) {
+            return Poll::Ready(Ok(data.len()));
+        }
         Pin::new(&mut self.io).poll_write(cx, data)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.flush_rewritten(cx))?;
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.flush_rewritten(cx))?;
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 
@@ -117,6 +165,16 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.flush_rewritten(cx))?;
+        // A bare refusal is one short head, however hyper slices it.
+        let first = bufs.iter().find(|buf| !buf.is_empty());
+        let short = bufs.iter().map(|buf| buf.len()).sum::<usize>() <= super::bare::MAX_BARE;
+        if short && first.is_some_and(|buf| buf.starts_with(b"HTTP/1.1 4")) {
+            let head: Vec<u8> = bufs.iter().flat_map(|buf| buf.iter().copied()).collect();
+            if self.rewrite(&head) {
+                return Poll::Ready(Ok(head.len()));
+            }
+        }
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
