@@ -62,6 +62,12 @@ impl Folded {
         })
     }
 
+    /// The folded request, if one was found: its index and the fold.
+    pub fn first(&self) -> Option<(usize, Fold)> {
+        let index = self.index.load(Ordering::Acquire);
+        self.at(index).map(|fold| (index, fold))
+    }
+
     fn mark(&self, index: usize, fold: Fold) {
         // Once per connection: a folded head is its last request.
         self.fold.store(fold as u8, Ordering::Relaxed);
@@ -181,6 +187,18 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
+}
+
+/// What the scanner finds in a connection's bytes delivered as `chunks` (as hyper's reads
+/// would deliver them): the folded request, if any. For the fuzz target and the tests; the
+/// answer must not depend on where the chunks are cut.
+pub fn scan<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Option<(usize, Fold)> {
+    let folded = Arc::new(Folded::default());
+    let mut scanner = Scanner::new(folded.clone());
+    for chunk in chunks {
+        scanner.feed(chunk);
+    }
+    folded.first()
 }
 
 /// Where in the stream of messages the scanner is.
