@@ -403,39 +403,3 @@ fn the_read_only_token_is_optional_and_differs_from_the_admin_token() {
         );
     }
 }
-
-#[test]
-fn postgres_tls_roots_come_from_an_absolute_pem_file() {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
-    let ca = fixtures.join("ca.pem");
-    let (_, tls) = postgres_url(&format!(
-        "postgres://u@h/db?sslmode=verify-ca&sslrootcert={}",
-        ca.display()
-    ))
-    .unwrap();
-    assert_eq!(
-        tls,
-        PostgresTls {
-            verify_name: false,
-            root_cert: Some(ca.clone()),
-        }
-    );
-    let (_, tls) = postgres_url("postgres://u@h/db?sslmode=verify-full").unwrap();
-    assert!(tls.verify_name && tls.root_cert.is_none());
-    let not_pem = fixtures.join("README.md");
-    for (url, why) in [
-        ("postgres://u@h/db?sslrootcert=ca.pem".to_owned(), "absolute path"),
-        (
-            "postgres://u@h/db?sslrootcert=/nonexistent/ca.pem".to_owned(),
-            "cannot read",
-        ),
-        (
-            format!("postgres://u@h/db?sslrootcert={}", not_pem.display()),
-            "no PEM certificate",
-        ),
-        ("postgres://u@h/db?sslrootcert=%zz".to_owned(), "percent-encoded"),
-    ] {
-        let error = postgres_url(&url).unwrap_err();
-        assert!(error.contains(why), "{url}: {error}");
-    }
-}

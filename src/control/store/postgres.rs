@@ -30,7 +30,7 @@ use super::model::{
 };
 use super::sqlite::{changed_fields, instant, is_no_change, json, new_key_fields, to_json, RawRow, COLUMNS};
 use super::StoreError;
-use crate::config::validate::PostgresTls;
+use crate::config::urls::PostgresTls;
 use crate::core::key::{KeyStatus, StoredStatus};
 
 /// Schema versions, applied in order under an advisory lock; `keygate_schema` records how many
@@ -222,7 +222,7 @@ fn conflict(error: tokio_postgres::Error, why: &str) -> StoreError {
 
 impl PgStore {
     /// Connects to the database at `url` (libpq's URL form; `sslmode` and `sslrootcert` as
-    /// [`crate::config::validate::postgres_url`] reads them: TLS always verifies the server),
+    /// [`crate::config::urls::postgres_url`] reads them: TLS always verifies the server),
     /// brings its schema up to date under an advisory lock, and starts listening for changes.
     pub fn open(url: &str) -> Result<Self, StoreError> {
         let store = Self::open_later(url)?;
@@ -234,8 +234,7 @@ impl PgStore {
     /// to date and starts the listener: a gateway starts while its database is unreachable and
     /// answers "not ready" until then. Fails only on a URL it cannot use.
     pub fn open_later(url: &str) -> Result<Self, StoreError> {
-        let (mut config, tls) =
-            crate::config::validate::postgres_url(url).map_err(StoreError::Unavailable)?;
+        let (mut config, tls) = crate::config::urls::postgres_url(url).map_err(StoreError::Unavailable)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
