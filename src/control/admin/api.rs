@@ -12,19 +12,14 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 mod idle;
+mod verify;
 
 use super::{json, Admin, AdminBody, Caller};
 use crate::control::keys::{KeyError, KeyPatch, KeyRequest, KeyService};
 use crate::control::store::{KeyFilter, TokenKind};
-use crate::core::environment::Environment;
 use crate::core::key::KeyStatus;
-use crate::core::permission::Permission;
-use crate::core::secret::{check_format, Format, Secret};
+use crate::core::secret::Secret;
 use crate::core::units::parse_duration;
-use crate::proxy::error::AuthFailure;
-use crate::proxy::limits::Decision;
-use crate::proxy::pipeline::{check_freshness, key_usable};
-use crate::proxy::table::Secret as Presented;
 use crate::telemetry::recent::{Filter as RecentFilter, RecentRequest, StatusFilter};
 
 /// Largest request body the admin API reads.
@@ -128,7 +123,7 @@ async fn dispatch(admin: &Admin, caller: Caller, request: Request<Incoming>) -> 
         (["requests"], &Method::GET) => requests(admin, &request),
         (["keys"], &Method::GET) => list(admin, &request).await,
         (["keys"], &Method::POST) => create(admin, request).await,
-        (["keys", "verify"], &Method::POST) => verify(admin, request).await,
+        (["keys", "verify"], &Method::POST) => verify::verify(admin, request).await,
         (["keys", "verify"], _) => Ok(method_not_allowed("POST")),
         (["keys", id], &Method::GET) => {
             let id = id.to_string();
@@ -520,126 +515,4 @@ async fn regenerate(admin: &Admin, id: String, request: Request<Incoming>) -> An
         .transpose()?;
     let regenerated = changing(admin, move |keys| keys.regenerate(&id, grace)).await?;
     Ok(ok(&regenerated))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VerifyBody {
-    key: String,
-    #[serde(default)]
-    permission: Option<Permission>,
-    #[serde(default)]
-    environment: Option<Environment>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-enum Code {
-    Valid,
-    NotFound,
-    Revoked,
-    Expired,
-    WrongEnvironment,
-    InsufficientPermissions,
-    RateLimited,
-}
-
-#[derive(Serialize)]
-struct Verdict {
-    valid: bool,
-    code: Code,
-    key_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    environment: Option<Environment>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    customer_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    permissions: Option<Vec<Permission>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ratelimit: Option<VerdictLimit>,
-}
-
-#[derive(Serialize)]
-struct VerdictLimit {
-    limit: u32,
-    remaining: u32,
-    reset: u64,
-}
-
-/// `POST /v1/keys/verify`: the proxy's verdict on a key, from the same table and limits,
-/// without forwarding anything. A check of a valid key counts as a use and against its limit.
-async fn verify(admin: &Admin, request: Request<Incoming>) -> Answer {
-    let body: VerifyBody = read_json(request).await?;
-    let shared = &admin.shared;
-    // Past store.max_staleness the proxy fails closed; so does its verdict here.
-    if check_freshness(shared, &shared.snapshot.load()).is_err() {
-        return Err(ApiError::status(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service unavailable",
-        ));
-    }
-    let verdict = |code, key: Option<&crate::proxy::table::AuthKey>| Verdict {
-        valid: matches!(code, Code::Valid),
-        code,
-        key_id: key.map(|k| k.id.to_string()),
-        environment: key.map(|k| k.environment),
-        customer_id: key.and_then(|k| k.customer_id.as_deref().map(str::to_owned)),
-        permissions: key.map(|k| k.permissions.to_vec()),
-        ratelimit: None,
-    };
-    let secret = body.key.as_bytes();
-    if secret.is_empty() || check_format(secret) == Format::Malformed {
-        return Ok(ok(&verdict(Code::NotFound, None)));
-    }
-    let Some((key, which)) = shared.keys.lookup(&shared.hasher().hash(secret)) else {
-        return Ok(ok(&verdict(Code::NotFound, None)));
-    };
-    let now = shared.clock.now().as_second();
-    let code = match key_usable(&key, which, now) {
-        Ok(()) => None,
-        Err(AuthFailure::Revoked) => Some(Code::Revoked),
-        Err(AuthFailure::Expired) => Some(Code::Expired),
-        // A replaced secret past its grace period is unknown, as on the proxy.
-        Err(
-            AuthFailure::Unknown
-            | AuthFailure::Missing
-            | AuthFailure::Malformed
-            | AuthFailure::WrongEnvironment,
-        ) => return Ok(ok(&verdict(Code::NotFound, None))),
-    };
-    let code = if let Some(code) = code {
-        code
-    } else if body.environment.is_some_and(|env| env != key.environment) {
-        Code::WrongEnvironment
-    } else if body
-        .permission
-        .as_ref()
-        .is_some_and(|p| !key.permissions.grants(p))
-    {
-        Code::InsufficientPermissions
-    } else {
-        Code::Valid
-    };
-    if !matches!(code, Code::Valid) {
-        return Ok(ok(&verdict(code, Some(&key))));
-    }
-    let snapshot = shared.snapshot.load();
-    let spec = key.rate_limit().copied().unwrap_or(snapshot.default_limit);
-    let (code, state) = match shared.limit(&key, &spec).await {
-        Decision::Allowed(state) => {
-            let previous = matches!(which, Presented::Previous { .. });
-            shared.record_use(&key, previous, now, snapshot.config.metrics.per_key);
-            (Code::Valid, state)
-        }
-        Decision::Limited { state, .. } => (Code::RateLimited, state),
-    };
-    let mut answer = verdict(code, Some(&key));
-    answer.ratelimit = Some(VerdictLimit {
-        limit: state.limit,
-        remaining: state.remaining,
-        reset: state.reset,
-    });
-    let mut response = ok(&answer);
-    state.write_headers(response.headers_mut(), snapshot.config.rate_limit.draft_headers);
-    Ok(response)
 }
