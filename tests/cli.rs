@@ -731,17 +731,21 @@ fn check_refuses_a_missing_store_folder_and_warns_of_a_missing_store() {
     assert!(String::from_utf8_lossy(&output.stderr).contains(&init));
     let report = json_of(&check(&config, &["--json"]));
     assert!(report["warnings"].to_string().contains("store init"), "{report}");
-    // A snapshot serve could never save: serve starts and warns at each save, check warns now.
+    // A snapshot serve could never save: refused by check, as by serve.
     let with_snapshot = SERVE_ON
         .replace("{store}", "unmounted/keys.db")
         .replace("[store]\n", "[store]\nsnapshot = \"elsewhere/table.snap\"\n");
     std::fs::write(&config, with_snapshot).unwrap();
     let report = json_of(&check(&config, &["--json"]));
-    assert_eq!(report["ok"], true);
+    assert_eq!(report["ok"], false);
     assert!(
-        report["warnings"].to_string().contains("store.snapshot"),
+        report["errors"].to_string().contains("store.snapshot"),
         "{report}"
     );
+    assert!(report["errors"].to_string().contains("elsewhere"), "{report}");
+    let serve = serve_exit(&config, Duration::from_secs(30)).expect("serve refuses it at once");
+    assert_eq!(code(&serve), 1);
+    assert!(String::from_utf8_lossy(&serve.stderr).contains("store.snapshot"));
     assert!(!folder.join("keys.db").exists(), "check creates nothing");
 }
 

@@ -206,12 +206,6 @@ fn warnings(config: &Config, shown: &Path) -> Vec<String> {
             ));
         }
     }
-    if let Some(folder) = config.store.snapshot.as_deref().and_then(missing_folder) {
-        warnings.push(format!(
-            "the folder {} of store.snapshot does not exist; serve would fail to save the snapshot",
-            folder.display()
-        ));
-    }
     let unset = |name: &str| std::env::var_os(name).is_none_or(|value| value.is_empty());
     if let Some(name) = config.store.pepper_env.as_deref().filter(|name| unset(name)) {
         warnings.push(format!(

@@ -94,9 +94,25 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&source, base_dir)
 }
 
-/// The problems of the files a valid config names, as of `now` (Unix seconds).
+/// The problems of the files a valid config names, as of `now` (Unix seconds): the TLS pair,
+/// and a `store.snapshot` whose folder is missing (every save would fail).
 pub fn check_files(config: &Config, now: i64) -> Result<(), ConfigError> {
-    tls_pair(config, now).map(drop)
+    tls_pair(config, now)?;
+    let snapshot_folder = config.store.snapshot.as_deref().and_then(Path::parent);
+    match snapshot_folder {
+        Some(folder) if !folder.as_os_str().is_empty() && !folder.is_dir() => Err(ConfigError {
+            problems: vec![Problem {
+                line: None,
+                column: None,
+                field: "store.snapshot".to_owned(),
+                message: format!(
+                    "the folder {} does not exist: create it (or mount its volume); no snapshot could be saved there",
+                    folder.display()
+                ),
+            }],
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The TLS certificate and key `server.tls` names, read and checked as of `now` (Unix
