@@ -845,4 +845,10 @@ async fn hypers_own_refusals_carry_the_gateways_json_body() {
         }
         assert_eq!(h.upstream.count(), before, "{name}: nothing reaches the upstream");
     }
+    // Counted as the requests that matched no route are.
+    let metrics = h.metrics().await;
+    let series =
+        |status| format!("keygate_requests_total{{environment=\"none\",route=\"none\",status=\"{status}\"}}");
+    assert_eq!(support::sample(&metrics, &series(431)), Some(2.0), "{metrics}");
+    assert_eq!(support::sample(&metrics, &series(400)), Some(1.0));
 }

@@ -161,7 +161,8 @@ impl Context {
     {
         let activity = Activity::new();
         let folded = Arc::new(Folded::default());
-        let io = TokioIo::new(Watched::new(stream, folded.clone()));
+        let requests = self.shared.metrics.requests.clone();
+        let io = TokioIo::new(Watched::new(stream, folded.clone(), requests));
         let service = service(self.shared.clone(), peer, activity.clone(), folded);
         let conn = self.builder.serve_connection_with_upgrades(io, service);
         let idle = self.settings.idle_timeout;

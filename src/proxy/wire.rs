@@ -82,14 +82,17 @@ pub struct Watched<I> {
     scanner: Scanner,
     /// The answer written in place of hyper's bare refusal, and how much of it is out.
     rewritten: Option<(Vec<u8>, usize)>,
+    /// `keygate_requests_total`, where a bare refusal counts as an unrouted request.
+    requests: prometheus::IntCounterVec,
 }
 
 impl<I> Watched<I> {
-    pub fn new(io: I, folded: Arc<Folded>) -> Self {
+    pub fn new(io: I, folded: Arc<Folded>, requests: prometheus::IntCounterVec) -> Self {
         Watched {
             io,
             scanner: Scanner::new(folded),
             rewritten: None,
+            requests,
         }
     }
 }
@@ -107,6 +110,9 @@ impl<I: AsyncWrite + Unpin> Watched<I> {
         };
         match super::bare::answer(head, request_id) {
             Some(answer) => {
+                // `answer` took only a head with a three-digit status at 9..12.
+                let status = std::str::from_utf8(&head[9..12]).unwrap_or("400");
+                self.requests.with_label_values(&["none", "none", status]).inc();
                 self.rewritten = Some((answer, 0));
                 true
             }
