@@ -111,19 +111,27 @@ async fn a_change_through_one_replica_is_in_force_on_all_and_a_limit_is_one_limi
     third.shutdown().await;
 }
 
-// Multi-threaded: the harness's own store calls block their thread, and the relay must go on
-// forwarding meanwhile.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_postgres_cut_off_every_replica_keeps_serving_and_catches_up() {
-    let (Some(postgres), Some(redis)) = (postgres_url(), redis_url()) else {
-        return;
-    };
+/// A gateway on a fresh schema whose PostgreSQL connections go through a relay the test can
+/// cut; `None` (the test skips) without PostgreSQL and Redis. The schema lives as long as the
+/// value kept for it.
+async fn behind_relay() -> Option<(Harness, Relay, FreshSchema)> {
+    let (postgres, redis) = (postgres_url()?, redis_url()?);
     let schema = FreshSchema::new(&postgres);
     let relay = Relay::start(service_addr(&postgres)).await;
     let through_relay = schema
         .url
         .replacen(&service_addr(&postgres).to_string(), &relay.addr.to_string(), 1);
     let harness = Harness::with_config(&fleet_config(&through_relay, &redis), "").await;
+    Some((harness, relay, schema))
+}
+
+// Multi-threaded: the harness's own store calls block their thread, and the relay must go on
+// forwarding meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_cut_off_every_replica_keeps_serving_and_catches_up() {
+    let Some((harness, relay, schema)) = behind_relay().await else {
+        return;
+    };
     let second = harness.another_gateway().await;
     loaded(&second).await;
     let replicas = [&harness.gateway, &second];
@@ -169,15 +177,9 @@ async fn with_postgres_cut_off_every_replica_keeps_serving_and_catches_up() {
 // Multi-threaded, as above.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_started_while_postgres_is_down_is_not_ready_until_it_is_back() {
-    let (Some(postgres), Some(redis)) = (postgres_url(), redis_url()) else {
+    let Some((harness, relay, _schema)) = behind_relay().await else {
         return;
     };
-    let schema = FreshSchema::new(&postgres);
-    let relay = Relay::start(service_addr(&postgres)).await;
-    let through_relay = schema
-        .url
-        .replacen(&service_addr(&postgres).to_string(), &relay.addr.to_string(), 1);
-    let harness = Harness::with_config(&fleet_config(&through_relay, &redis), "").await;
     let (_, key) = harness.key(&["*"]).await;
 
     relay.cut();

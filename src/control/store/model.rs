@@ -211,3 +211,9 @@ pub struct PendingWebhook {
     pub payload: String,
     pub attempts: u32,
 }
+
+/// When a lease taken at `now` for `ttl` runs out, in Unix milliseconds (saturating).
+pub fn lease_until(now: jiff::Timestamp, ttl: std::time::Duration) -> i64 {
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    now.as_millisecond().saturating_add(ttl_ms)
+}

@@ -25,8 +25,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Row};
 
 use super::model::{
-    Audit, Changes, DayUsage, IdleKey, KeyEvent, KeyFilter, NewKey, PendingWebhook, StoredKey, Usage,
-    UsageDelta,
+    lease_until, Audit, Changes, DayUsage, IdleKey, KeyEvent, KeyFilter, NewKey, PendingWebhook, StoredKey,
+    Usage, UsageDelta,
 };
 use super::sqlite::{changed_fields, instant, is_no_change, json, new_key_fields, to_json, RawRow, COLUMNS};
 use super::StoreError;
@@ -781,9 +781,7 @@ impl PgStore {
         now: Timestamp,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let until = now
-            .as_millisecond()
-            .saturating_add(ttl.as_millis().min(i64::MAX as u128) as i64);
+        let until = lease_until(now, ttl);
         self.run(async {
             let client = self.pool.get().await?;
             let changed = client

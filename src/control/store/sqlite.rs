@@ -15,8 +15,8 @@ use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
 use super::model::{
-    Audit, Changes, DayUsage, IdleKey, KeyEvent, KeyFilter, NewKey, PendingWebhook, StoredKey, Usage,
-    UsageDelta,
+    lease_until, Audit, Changes, DayUsage, IdleKey, KeyEvent, KeyFilter, NewKey, PendingWebhook, StoredKey,
+    Usage, UsageDelta,
 };
 use super::StoreError;
 use crate::core::key::{KeySpec, KeyStatus, StoredStatus};
@@ -574,9 +574,7 @@ impl SqliteStore {
         now: Timestamp,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let until = now
-            .as_millisecond()
-            .saturating_add(ttl.as_millis().min(i64::MAX as u128) as i64);
+        let until = lease_until(now, ttl);
         let changed = self.conn()?.execute(
             "INSERT INTO leases (name, holder, until_ms) VALUES (?1, ?2, ?3) \
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until_ms = excluded.until_ms \
