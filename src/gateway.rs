@@ -436,7 +436,9 @@ async fn housekeeping(shared: Arc<Shared>) {
     let mut ticker = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
         ticker.tick().await;
-        shared.snapshot.load().ip_throttle.forget_idle();
+        let snapshot = shared.snapshot.load();
+        snapshot.ip_throttle.forget_idle();
+        snapshot.verify_throttle.forget_idle();
         let keys = shared.keys.clone();
         shared.key_limits.retain(|seq| keys.contains(seq));
     }

@@ -11,6 +11,7 @@ use http::{Method, Request};
 use http_body_util::Full;
 use serde_json::{json, Value};
 
+use keygate::core::environment::Environment;
 use support::{Answer, Harness, ADMIN_TOKEN, READ_TOKEN};
 
 /// The document, and which operations' answers have been checked against it.
@@ -1070,4 +1071,87 @@ async fn recent_requests_can_be_switched_off() {
     assert_eq!(h.get("/v1/status", &secret).await.status, 200);
     let recent = admin(&h, Method::GET, "/v1/requests", None, None).await.json();
     assert_eq!(recent, json!({ "items": [], "capacity": 0 }));
+}
+
+#[tokio::test]
+async fn verify_is_throttled_per_token_and_address_once_its_failures_pass_the_allowance() {
+    let template = support::STANDARD.replace("failed_per_ip = \"1000/m\"", "failed_per_ip = \"3/h\"");
+    assert_ne!(template, support::STANDARD, "the config edit must apply");
+    let h = Harness::with_config(&template, "").await;
+    let c = Contract::new();
+    let (_, secret) = h.create_key(support::spec(Environment::Production, &["*"])).await;
+    let guess = json!({"key": "an-imported-guess-0001"}).to_string();
+    let valid = json!({"key": secret}).to_string();
+    for _ in 0..3 {
+        let answer = admin(&h, Method::POST, "/v1/keys/verify", Some(&guess), None).await;
+        assert_eq!(answer.json()["code"], "NOT_FOUND");
+    }
+    let refused = admin(&h, Method::POST, "/v1/keys/verify", Some(&guess), None).await;
+    c.check(&Method::POST, "/v1/keys/verify", &refused);
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(
+        refused.json(),
+        json!({"error": "too many failed authentications"})
+    );
+    let retry_after: u64 = refused.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry_after >= 1, "{retry_after}");
+    // A valid key still gets its verdict from the throttled caller, as on the proxy.
+    let answer = admin(&h, Method::POST, "/v1/keys/verify", Some(&valid), None).await;
+    assert_eq!(
+        (answer.status.as_u16(), answer.json()["code"].as_str()),
+        (200, Some("VALID"))
+    );
+    // The read-only token has an allowance of its own.
+    let answer = admin(
+        &h,
+        Method::POST,
+        "/v1/keys/verify",
+        Some(&guess),
+        Some(READ_TOKEN),
+    )
+    .await;
+    assert_eq!(
+        (answer.status.as_u16(), answer.json()["code"].as_str()),
+        (200, Some("NOT_FOUND"))
+    );
+}
+
+#[tokio::test]
+async fn answers_that_carry_a_secret_are_never_cached() {
+    let h = Harness::start().await;
+    let created = admin(
+        &h,
+        Method::POST,
+        "/v1/keys",
+        Some(r#"{"name": "cached?", "environment": "production"}"#),
+        None,
+    )
+    .await;
+    assert_eq!(created.status, 201);
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let regenerated = admin(&h, Method::POST, &format!("/v1/keys/{id}/regenerate"), None, None).await;
+    let imported = admin(
+        &h,
+        Method::POST,
+        "/v1/keys",
+        Some(r#"{"name": "imported", "environment": "production", "key": "an-imported-secret-0001"}"#),
+        None,
+    )
+    .await;
+    assert_eq!(imported.status, 201, "{}", imported.text());
+    let refused = admin(&h, Method::POST, "/v1/keys", Some("{"), None).await;
+    let read_only = admin(&h, Method::POST, "/v1/keys", Some("{}"), Some(READ_TOKEN)).await;
+    for (what, answer) in [
+        ("create", &created),
+        ("regenerate", &regenerated),
+        ("import", &imported),
+        ("a 400", &refused),
+        ("a read-only 403", &read_only),
+    ] {
+        assert_eq!(
+            answer.headers.get("cache-control").map(|v| v.to_str().unwrap()),
+            Some("no-store"),
+            "{what}"
+        );
+    }
 }

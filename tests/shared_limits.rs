@@ -125,7 +125,7 @@ async fn three_replicas_admit_a_keys_limit_once_not_three_times() {
     .await
     .json();
     assert_eq!(verdict["code"], "VALID", "{verdict}");
-    assert_eq!(verdict["ratelimit"]["remaining"], 5, "{verdict}");
+    assert_eq!(verdict["rate_limit"]["remaining"], 5, "{verdict}");
 
     let mut statuses = Vec::new();
     for round in 0..4 {

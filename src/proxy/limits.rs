@@ -2,6 +2,7 @@
 //! IPs that keep failing authentication. Both on governor's GCRA, generic over its clock so tests
 //! move a fake clock instead of sleeping.
 
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -180,21 +181,23 @@ impl<C: Clock + Clone> KeyLimits<C> {
 
 /// Throttles client IPs that fail authentication too often: past the allowance, the IP's failing
 /// requests get 429 instead of 401 until its bucket has room again; its valid keys still pass.
-pub struct IpThrottle<C: Clock = DefaultClock> {
-    /// Each failing IP's bucket and when it last failed.
-    failures: DashMap<IpAddr, (Limiter<C>, C::Instant)>,
-    blocked: DashMap<IpAddr, C::Instant>,
+/// `K` is what is throttled: the client IP on the proxy, the admin token's kind and the client
+/// IP for `POST /v1/keys/verify`.
+pub struct IpThrottle<C: Clock = DefaultClock, K = IpAddr> {
+    /// Each failing client's bucket and when it last failed.
+    failures: DashMap<K, (Limiter<C>, C::Instant)>,
+    blocked: DashMap<K, C::Instant>,
     quota: Quota,
     clock: C,
 }
 
-impl IpThrottle<DefaultClock> {
+impl<K: Eq + Hash + Copy> IpThrottle<DefaultClock, K> {
     pub fn new(allowance: Rate) -> Self {
         Self::with_clock(allowance, DefaultClock::default())
     }
 }
 
-impl<C: Clock + Clone> IpThrottle<C> {
+impl<C: Clock + Clone, K: Eq + Hash + Copy> IpThrottle<C, K> {
     pub fn with_clock(allowance: Rate, clock: C) -> Self {
         let spec = RateLimitSpec::from_rate(allowance, None);
         IpThrottle {
@@ -206,7 +209,7 @@ impl<C: Clock + Clone> IpThrottle<C> {
     }
 
     /// Seconds the IP must still wait, if it is throttled now.
-    pub fn throttled(&self, ip: IpAddr) -> Option<u64> {
+    pub fn throttled(&self, ip: K) -> Option<u64> {
         if self.blocked.is_empty() {
             return None;
         }
@@ -222,7 +225,7 @@ impl<C: Clock + Clone> IpThrottle<C> {
 
     /// Counts a failed authentication; once the allowance is spent, the IP is blocked until the
     /// next failure would be allowed.
-    pub fn record_failure(&self, ip: IpAddr) {
+    pub fn record_failure(&self, ip: K) {
         let now = self.clock.now();
         let outcome = {
             let mut entry = self.failures.entry(ip).or_insert_with(|| {

@@ -1,10 +1,12 @@
 //! What the hot path reads (data plane): the config snapshot, swapped whole on reload, and the
 //! long-lived shared state (key table, limits, usage counters, metrics) that outlives reloads.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
+use governor::clock::DefaultClock;
 use http::header::{HeaderName, HeaderValue};
 use http::StatusCode;
 use prometheus::{Histogram, IntCounter, IntCounterVec};
@@ -81,6 +83,9 @@ pub struct Snapshot {
     pub www_authenticate: HeaderValue,
     pub default_limit: RateLimitSpec,
     pub ip_throttle: IpThrottle,
+    /// The same allowance for `POST /v1/keys/verify`, per admin token kind and client IP, so the
+    /// admin API is no unthrottled oracle for guessing keys.
+    pub verify_throttle: IpThrottle<DefaultClock, (&'static str, IpAddr)>,
     /// `keygate_requests_total` of requests that matched no route.
     pub unrouted: StatusCounters,
     /// The last `logs.recent` access records. A reload that keeps the size keeps the records.
@@ -140,6 +145,7 @@ impl Snapshot {
                 .unwrap_or_else(|_| HeaderValue::from_static("Basic realm=\"keygate\"")),
             default_limit: config.rate_limit.default,
             ip_throttle: IpThrottle::new(auth.failed_per_ip),
+            verify_throttle: IpThrottle::new(auth.failed_per_ip),
             unrouted: StatusCounters::new(&metrics.requests, "none", "none"),
             recent: match previous {
                 Some(previous) if previous.recent.capacity() == config.logs.recent => previous.recent.clone(),

@@ -3,7 +3,7 @@
 //! it is `openapi.json` beside this file; the tests check every answer against it.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -90,13 +90,17 @@ type Answer = Result<Response<AdminBody>, ApiError>;
 
 /// Serves one request under `/v1`, the admin token already checked.
 pub(super) async fn serve(admin: &Admin, caller: Caller, request: Request<Incoming>) -> Response<AdminBody> {
-    if caller.token == TokenKind::Read && !reads(&request) {
-        return ApiError::status(StatusCode::FORBIDDEN, "read-only admin token").into_response();
-    }
-    let admin = admin.for_caller(caller);
-    dispatch(&admin, caller, request)
-        .await
-        .unwrap_or_else(ApiError::into_response)
+    let answer = if caller.token == TokenKind::Read && !reads(&request) {
+        Err(ApiError::status(StatusCode::FORBIDDEN, "read-only admin token"))
+    } else {
+        dispatch(&admin.for_caller(caller), caller, request).await
+    };
+    let mut response = answer.unwrap_or_else(ApiError::into_response);
+    // Answers carry new secrets (create, regenerate) and key details: no cache keeps them.
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// Whether a request only reads: every `GET` and `HEAD`, and `verify`, which changes no key
@@ -123,7 +127,7 @@ async fn dispatch(admin: &Admin, caller: Caller, request: Request<Incoming>) -> 
         (["requests"], &Method::GET) => requests(admin, &request),
         (["keys"], &Method::GET) => list(admin, &request).await,
         (["keys"], &Method::POST) => create(admin, request).await,
-        (["keys", "verify"], &Method::POST) => verify::verify(admin, request).await,
+        (["keys", "verify"], &Method::POST) => verify::verify(admin, caller, request).await,
         (["keys", "verify"], _) => Ok(method_not_allowed("POST")),
         (["keys", id], &Method::GET) => {
             let id = id.to_string();

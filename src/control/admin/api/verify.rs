@@ -2,18 +2,22 @@
 //! services that check keys themselves; the same table, the same checks
 //! ([`key_usable`]) and the same limiter as the request path.
 
-use http::{Request, StatusCode};
+use std::sync::Arc;
+
+use http::header::{HeaderValue, RETRY_AFTER};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use super::{ok, read_json, Admin, Answer, ApiError};
+use super::{ok, read_json, Admin, AdminBody, Answer, ApiError, Caller};
 use crate::core::environment::Environment;
 use crate::core::permission::Permission;
 use crate::core::secret::{check_format, Format};
 use crate::proxy::error::AuthFailure;
 use crate::proxy::limits::Decision;
 use crate::proxy::pipeline::{check_freshness, key_usable};
-use crate::proxy::table::Secret as Presented;
+use crate::proxy::state::Shared;
+use crate::proxy::table::{AuthKey, Secret as Presented};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,7 +53,7 @@ struct Verdict {
     #[serde(skip_serializing_if = "Option::is_none")]
     permissions: Option<Vec<Permission>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    ratelimit: Option<VerdictLimit>,
+    rate_limit: Option<VerdictLimit>,
 }
 
 #[derive(Serialize)]
@@ -61,7 +65,10 @@ struct VerdictLimit {
 
 /// `POST /v1/keys/verify`: the proxy's verdict on a key, from the same table and limits,
 /// without forwarding anything. A check of a valid key counts as a use and against its limit.
-pub(super) async fn verify(admin: &Admin, request: Request<Incoming>) -> Answer {
+/// A key that fails authentication counts against the failed-auth allowance of the caller
+/// (its token's kind and address), as on the proxy: past it, such a check is 429 while a valid
+/// key still gets its verdict.
+pub(super) async fn verify(admin: &Admin, caller: Caller, request: Request<Incoming>) -> Answer {
     let body: VerifyBody = read_json(request).await?;
     let shared = &admin.shared;
     // Past store.max_staleness the proxy fails closed; so does its verdict here.
@@ -71,38 +78,29 @@ pub(super) async fn verify(admin: &Admin, request: Request<Incoming>) -> Answer 
             "service unavailable",
         ));
     }
-    let verdict = |code, key: Option<&crate::proxy::table::AuthKey>| Verdict {
+    let verdict = |code, key: Option<&AuthKey>| Verdict {
         valid: matches!(code, Code::Valid),
         code,
         key_id: key.map(|k| k.id.to_string()),
         environment: key.map(|k| k.environment),
         customer_id: key.and_then(|k| k.customer_id.as_deref().map(str::to_owned)),
         permissions: key.map(|k| k.permissions.to_vec()),
-        ratelimit: None,
-    };
-    let secret = body.key.as_bytes();
-    if secret.is_empty() || check_format(secret) == Format::Malformed {
-        return Ok(ok(&verdict(Code::NotFound, None)));
-    }
-    let Some((key, which)) = shared.keys.lookup(&shared.hasher().hash(secret)) else {
-        return Ok(ok(&verdict(Code::NotFound, None)));
+        rate_limit: None,
     };
     let now = shared.clock.now().as_second();
-    let code = match key_usable(&key, which, now) {
-        Ok(()) => None,
-        Err(AuthFailure::Revoked) => Some(Code::Revoked),
-        Err(AuthFailure::Expired) => Some(Code::Expired),
-        // A replaced secret past its grace period is unknown, as on the proxy.
-        Err(
-            AuthFailure::Unknown
-            | AuthFailure::Missing
-            | AuthFailure::Malformed
-            | AuthFailure::WrongEnvironment,
-        ) => return Ok(ok(&verdict(Code::NotFound, None))),
+    let (key, which) = match authenticate(shared, body.key.as_bytes(), now) {
+        Ok(found) => found,
+        Err((code, key)) => {
+            let throttle = &shared.snapshot.load().verify_throttle;
+            let caller = (caller.token.as_str(), caller.client);
+            if let Some(retry_after) = throttle.throttled(caller) {
+                return Ok(throttled(retry_after));
+            }
+            throttle.record_failure(caller);
+            return Ok(ok(&verdict(code, key.as_deref())));
+        }
     };
-    let code = if let Some(code) = code {
-        code
-    } else if body.environment.is_some_and(|env| env != key.environment) {
+    let code = if body.environment.is_some_and(|env| env != key.environment) {
         Code::WrongEnvironment
     } else if body
         .permission
@@ -127,7 +125,7 @@ pub(super) async fn verify(admin: &Admin, request: Request<Incoming>) -> Answer 
         Decision::Limited { state, .. } => (Code::RateLimited, state),
     };
     let mut answer = verdict(code, Some(&key));
-    answer.ratelimit = Some(VerdictLimit {
+    answer.rate_limit = Some(VerdictLimit {
         limit: state.limit,
         remaining: state.remaining,
         reset: state.reset,
@@ -135,4 +133,41 @@ pub(super) async fn verify(admin: &Admin, request: Request<Incoming>) -> Answer 
     let mut response = ok(&answer);
     state.write_headers(response.headers_mut(), snapshot.config.rate_limit.draft_headers);
     Ok(response)
+}
+
+/// The key a secret presents, if it authenticates now; otherwise the verdict's code, with the
+/// key when the secret is one (revoked, expired).
+fn authenticate(
+    shared: &Shared,
+    secret: &[u8],
+    now: i64,
+) -> Result<(Arc<AuthKey>, Presented), (Code, Option<Arc<AuthKey>>)> {
+    if secret.is_empty() || check_format(secret) == Format::Malformed {
+        return Err((Code::NotFound, None));
+    }
+    let Some((key, which)) = shared.keys.lookup(&shared.hasher().hash(secret)) else {
+        return Err((Code::NotFound, None));
+    };
+    match key_usable(&key, which, now) {
+        Ok(()) => Ok((key, which)),
+        Err(AuthFailure::Revoked) => Err((Code::Revoked, Some(key))),
+        Err(AuthFailure::Expired) => Err((Code::Expired, Some(key))),
+        // A replaced secret past its grace period is unknown, as on the proxy.
+        Err(
+            AuthFailure::Unknown
+            | AuthFailure::Missing
+            | AuthFailure::Malformed
+            | AuthFailure::WrongEnvironment,
+        ) => Err((Code::NotFound, None)),
+    }
+}
+
+/// 429 for a caller past its allowance of failed authentications, like the proxy's.
+fn throttled(retry_after: u64) -> Response<AdminBody> {
+    let mut response =
+        ApiError::status(StatusCode::TOO_MANY_REQUESTS, "too many failed authentications").into_response();
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(retry_after));
+    response
 }
