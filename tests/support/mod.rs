@@ -6,6 +6,7 @@
 pub mod browser;
 pub mod postgres;
 pub mod relay;
+pub mod services;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -431,12 +432,7 @@ pub async fn admin_call(gateway: &Gateway, method: &str, path: &str, body: &str)
     read(client.request(request).await.unwrap()).await
 }
 
-/// The Redis of the tests that need one, from `KEYGATE_TEST_REDIS_URL`; `None` (and why, on
-/// stderr) when it is not set.
+/// The Redis of the tests that need one: see [`services`].
 pub fn redis_url() -> Option<String> {
-    let url = std::env::var("KEYGATE_TEST_REDIS_URL").ok();
-    if url.is_none() {
-        eprintln!("skipped: KEYGATE_TEST_REDIS_URL is not set (e.g. redis://127.0.0.1:6379)");
-    }
-    url
+    services::redis_url()
 }

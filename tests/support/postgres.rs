@@ -1,14 +1,9 @@
-//! PostgreSQL for tests: the URL from `KEYGATE_TEST_POSTGRES_URL`, and a schema of its own per
+//! PostgreSQL for tests: the server of [`super::services`], and a schema of its own per
 //! test, so tests run in parallel on one database and leave nothing behind.
 
+/// The PostgreSQL of the tests that need one: see [`super::services`].
 pub fn postgres_url() -> Option<String> {
-    let url = std::env::var("KEYGATE_TEST_POSTGRES_URL").ok();
-    if url.is_none() {
-        eprintln!(
-            "skipped: KEYGATE_TEST_POSTGRES_URL is not set (e.g. postgres://postgres@127.0.0.1:5432/test)"
-        );
-    }
-    url
+    super::services::postgres_url()
 }
 
 /// A schema of its own for one test, dropped at the end; `url` points the store at it.
