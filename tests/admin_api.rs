@@ -798,8 +798,21 @@ async fn verify_fails_closed_past_max_staleness_like_the_proxy() {
     let body = json!({ "key": key }).to_string();
     let answer = admin(&h, Method::POST, "/v1/keys/verify", Some(&body), None).await;
     assert_eq!(answer.json()["code"], "VALID");
+    let gauge = |metrics: &str, name| support::sample(metrics, name);
+    let metrics = h.metrics().await;
+    assert_eq!(gauge(&metrics, "keygate_ready"), Some(1.0));
+    assert_eq!(
+        gauge(&metrics, "keygate_rate_limit_shared"),
+        Some(0.0),
+        "local limits"
+    );
     h.clock.advance(std::time::Duration::from_secs(60));
     assert_eq!(h.get("/v1/status", &key).await.status, 503);
+    assert_eq!(
+        gauge(&h.metrics().await, "keygate_ready"),
+        Some(0.0),
+        "as /readyz says"
+    );
     let answer = admin(&h, Method::POST, "/v1/keys/verify", Some(&body), None).await;
     assert_eq!(answer.status, 503);
     Contract::new().check(&Method::POST, "/v1/keys/verify", &answer);

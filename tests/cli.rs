@@ -853,6 +853,7 @@ fn every_option_and_argument_has_help_and_log_format_shows_only_on_serve() {
     let more = ["revoke", "activate", "delete", "usage", "events"];
     let mut commands: Vec<Vec<&str>> = vec![vec![], vec!["serve"], vec!["check"], vec!["keys"]];
     commands.push(vec!["store", "init"]);
+    commands.push(vec!["probe"]);
     commands.extend(keys.iter().chain(&more).map(|c| vec!["keys", c]));
     for command in &commands {
         let text = help(command);
@@ -1028,4 +1029,30 @@ fn a_reader_that_goes_away_ends_the_output_quietly_not_with_a_panic() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert_eq!(code(&output), 141, "{args:?}: {stderr}");
     }
+}
+
+#[tokio::test]
+async fn probe_exits_0_for_a_ready_gateway_and_1_with_the_reason_otherwise() {
+    let h = support::Harness::start().await;
+    let s = setup();
+    let config = format!("[admin]\nlisten = \"{}\"\n{CONFIG}", h.gateway.admin_addr);
+    std::fs::write(&s.config, config).unwrap();
+    let probe = |config: &Path| {
+        let config = config.to_str().unwrap().to_owned();
+        tokio::task::spawn_blocking(move || keygate(&["probe", "--config", &config, "--timeout", "5s"], None))
+    };
+    let ready = probe(&s.config).await.unwrap();
+    assert_eq!(code(&ready), 0, "{}", String::from_utf8_lossy(&ready.stderr));
+    assert_eq!(String::from_utf8_lossy(&ready.stdout).trim(), "ready");
+
+    // Nothing listens there any more.
+    let addr = h.gateway.admin_addr;
+    h.gateway.shutdown().await;
+    let down = probe(&s.config).await.unwrap();
+    assert_eq!(code(&down), 1);
+    let message = one_line_stderr(&down);
+    assert!(
+        message.contains("not ready") && message.contains(&addr.to_string()),
+        "{message}"
+    );
 }

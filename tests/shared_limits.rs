@@ -160,6 +160,8 @@ async fn a_redis_cut_off_holds_no_request_up_and_shared_limits_come_back() {
     let harness = Harness::with_config(&redis_config(&through_relay, &fresh_prefix()), "").await;
     let (_, roomy) = harness.key(&["*"]).await;
     assert!(shares_limits(&harness.gateway).await);
+    let shared_gauge = || async { sample(&harness.metrics().await, "keygate_rate_limit_shared") };
+    assert_eq!(shared_gauge().await, Some(1.0));
 
     relay.cut();
     for _ in 0..20 {
@@ -172,6 +174,16 @@ async fn a_redis_cut_off_holds_no_request_up_and_shared_limits_come_back() {
     let metrics = harness.metrics().await;
     let fallbacks = sample(&metrics, "keygate_rate_limit_fallback_total").unwrap();
     assert!(fallbacks >= 19.0, "{fallbacks}");
+    assert_eq!(
+        sample(&metrics, "keygate_rate_limit_shared"),
+        Some(0.0),
+        "alertable"
+    );
+    assert_eq!(
+        sample(&metrics, "keygate_ready"),
+        Some(1.0),
+        "a local limit still serves"
+    );
     assert_eq!(
         harness.admin_get("/readyz").await.status,
         200,

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `keys ...`. Parses arguments, calls into the library,
+//! The command line: `serve`, `check`, `keys ...`, `store ...`, `probe`. Parses arguments, calls into the library,
 //! maps outcomes to exit codes: 0 success, 1 runtime error, 2 usage error.
 
 /// `println!` for commands: a line on stdout, or `Err(Failure::Closed)` from the enclosing
@@ -14,6 +14,7 @@ mod dev;
 mod import;
 mod keys;
 mod output;
+mod probe;
 mod serve;
 mod store;
 
@@ -58,6 +59,20 @@ enum Command {
     /// Manage the store itself.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Exit 0 when the gateway of this config answers ready (`/readyz` 200), 1 otherwise: a
+    /// health check for an image without a shell.
+    Probe {
+        /// The gateway.toml of the gateway to ask (its `admin.listen`).
+        #[arg(long, short, env = "KEYGATE_CONFIG")]
+        config: PathBuf,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = parse_timeout)]
+        timeout: std::time::Duration,
+    },
+}
+
+fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    crate::core::units::parse_duration(text).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +129,7 @@ pub fn main() -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::Keys(args) => keys::run(*args),
         Command::Store(StoreCommand::Init { config }) => store::init(&config),
+        Command::Probe { config, timeout } => probe::run(&config, timeout),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -49,6 +49,10 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Unix time of the last config load that took effect (the start counts as one).
     pub config_last_reload_success: Gauge,
+    /// 1 while `/readyz` answers 200, 0 otherwise; set at scrape time.
+    pub ready: IntGauge,
+    /// 1 while rate limits are shared through Redis, 0 while local (by design or in fallback).
+    pub rate_limit_shared: IntGauge,
     /// Unix time the served TLS certificate expires; exported only with `server.tls`, see
     /// [`Metrics::tls_certificate_expires`].
     tls_certificate_expiry: Gauge,
@@ -78,6 +82,14 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
     let metric = Gauge::new(name, help).expect("static metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
+fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric = IntGauge::new(name, help).expect("static metric definition");
     registry
         .register(Box::new(metric.clone()))
         .expect("metric names are unique");
@@ -251,6 +263,16 @@ impl Metrics {
                 r,
                 "keygate_config_last_reload_success_timestamp_seconds",
                 "Unix time of the last config load that took effect (the start included)",
+            ),
+            ready: int_gauge(
+                r,
+                "keygate_ready",
+                "1 while this replica answers /readyz with 200 (key table loaded and fresh, not draining)",
+            ),
+            rate_limit_shared: int_gauge(
+                r,
+                "keygate_rate_limit_shared",
+                "1 while key rate limits are shared through Redis; 0 while they are decided locally",
             ),
             tls_certificate_expiry: Gauge::new(
                 "keygate_tls_certificate_expiry_timestamp_seconds",

@@ -164,24 +164,7 @@ impl Admin {
         let age_ms = shared.clock.now().as_millisecond() - shared.sync.last_success_ms();
         let config = shared.snapshot.load().config.clone();
         let last_error = shared.sync.last_error();
-        let reason = if self.is_draining() {
-            Some("shutting down: finishing in-flight requests".to_owned())
-        } else if !loaded {
-            Some(match &last_error {
-                Some(error) if error.starts_with("store unavailable") => error.clone(),
-                Some(error) => format!("store unavailable: {error}"),
-                None => "key table not loaded yet".to_owned(),
-            })
-        } else {
-            shared.staleness(&config).map(|age_ms| {
-                let max = config.store.max_staleness.unwrap_or_default();
-                format!(
-                    "key table is {:.1}s old, past store.max_staleness ({}s): the proxy answers 503",
-                    age_ms as f64 / 1000.0,
-                    max.as_secs_f64()
-                )
-            })
-        };
+        let reason = self.not_ready();
         // Ready whether limits are shared or not: a replica limiting locally still serves.
         let rate_limit = match &shared.shared_limits {
             None => serde_json::json!({ "backend": "local" }),
@@ -205,8 +188,41 @@ impl Admin {
         json(status, body.to_string().into())
     }
 
+    /// Why this replica is not ready, or `None` when it is: what `/readyz` and `keygate_ready`
+    /// say.
+    fn not_ready(&self) -> Option<String> {
+        let shared = &self.shared;
+        let loaded = shared.sync.is_loaded();
+        let config = shared.snapshot.load().config.clone();
+        let last_error = shared.sync.last_error();
+        if self.is_draining() {
+            Some("shutting down: finishing in-flight requests".to_owned())
+        } else if !loaded {
+            Some(match &last_error {
+                Some(error) if error.starts_with("store unavailable") => error.clone(),
+                Some(error) => format!("store unavailable: {error}"),
+                None => "key table not loaded yet".to_owned(),
+            })
+        } else {
+            shared.staleness(&config).map(|age_ms| {
+                let max = config.store.max_staleness.unwrap_or_default();
+                format!(
+                    "key table is {:.1}s old, past store.max_staleness ({}s): the proxy answers 503",
+                    age_ms as f64 / 1000.0,
+                    max.as_secs_f64()
+                )
+            })
+        }
+    }
+
     fn metrics(&self) -> Response<AdminBody> {
         self.update_key_gauge();
+        let metrics = &self.shared.metrics;
+        metrics.ready.set(i64::from(self.not_ready().is_none()));
+        let shared_limits = self.shared.shared_limits.as_ref();
+        metrics
+            .rate_limit_shared
+            .set(i64::from(shared_limits.is_some_and(|limits| limits.is_shared())));
         self.export_key_requests();
         let dropped = &self.shared.metrics.log_lines_dropped;
         dropped.inc_by(crate::telemetry::logs::dropped_lines().saturating_sub(dropped.get()));
