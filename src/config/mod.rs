@@ -11,5 +11,6 @@ mod upstream_tls;
 pub mod urls;
 pub mod validate;
 
+pub use routes::serving_problems;
 pub use types::*;
 pub use validate::{check_files, load, load_to_serve, parse, position, tls_pair, ConfigError, Problem};
