@@ -8,6 +8,7 @@ mod routes;
 pub mod tls_files;
 mod types;
 mod upstream_tls;
+mod upstream_verifier;
 pub mod urls;
 pub mod validate;
 
