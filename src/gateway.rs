@@ -19,6 +19,7 @@ use crate::control::store::{self, Actor, Store};
 use crate::control::sync::KeySync;
 use crate::control::usage::UsageFlusher;
 use crate::core::clock::{system_clock, Clock};
+use crate::core::environment::Environment;
 use crate::core::secret::Hasher;
 use crate::proxy::server;
 use crate::proxy::shared_limits::{RedisSettings, SharedLimits};
@@ -52,10 +53,17 @@ pub struct Gateway {
     started: Arc<Config>,
 }
 
-/// What a reload could not apply: the settings that take effect at the next restart.
+/// What a reload could not apply, and what it applied that the log warns of.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Reloaded {
+    /// The settings that take effect at the next restart.
     pub restart_needed: Vec<&'static str>,
+    /// The environments the running config had routes for and the new one has none for: their
+    /// keys get 404 from now on.
+    pub environments_unrouted: Vec<Environment>,
+    /// The routes (by name) that had `permissions` and have none now: any valid key of their
+    /// environment passes them.
+    pub routes_opened: Vec<String>,
 }
 
 /// What a gateway needs beside its config: secrets from the environment, and the clock.
@@ -126,6 +134,10 @@ impl Gateway {
             admin_read_token,
             clock,
         } = options;
+        let problems = config::serving_problems(&config);
+        if !problems.is_empty() {
+            return Err(ConfigError { problems }.into());
+        }
         let config = Arc::new(config);
         let metrics = Metrics::new();
         let tls = tls(&config, &metrics, clock.now())?;
@@ -230,8 +242,9 @@ impl Gateway {
         })
     }
 
-    /// Reads the config file again and applies it (SIGHUP). A file that is not valid, or whose
-    /// TLS pair would not serve, is refused and logged, and the running config stays.
+    /// Reads the config file again and applies it (SIGHUP). A file that is not valid, that
+    /// would serve nothing, or whose TLS pair would not serve, is refused and logged, and the
+    /// running config stays.
     pub fn reload_file(&self, path: &Path) -> Result<Reloaded, ConfigError> {
         match config::load_to_serve(path) {
             Ok(config) => self.reload(config),
@@ -253,11 +266,17 @@ impl Gateway {
     /// Replaces routes, upstreams, limits and the TLS certificate (read again from its files,
     /// so a certificate replaced on disk is served to new connections); an upstream whose pool
     /// settings are unchanged keeps its connections. A TLS pair that would not serve refuses
-    /// the whole reload. What needs a restart (listen addresses, the store, the limiter's
-    /// backend, see [`restart_needed`]) is compared with the config the gateway started with,
-    /// what it actually runs, and each change is logged as a warning.
+    /// the whole reload, and so does a config with no route or no upstream. What needs a
+    /// restart (listen addresses, the store, the limiter's backend, see [`restart_needed`]) is
+    /// compared with the config the gateway started with, what it actually runs, and each
+    /// change is logged as a warning; so is an environment left without routes, or a route
+    /// left without permissions (see [`dropped`]).
     pub fn reload(&self, config: Config) -> Result<Reloaded, ConfigError> {
         let now = self.shared.clock.now();
+        let problems = config::serving_problems(&config);
+        if !problems.is_empty() {
+            return Err(self.refused(ConfigError { problems }));
+        }
         let pair = match &self.tls {
             Some(_) => config::tls_pair(&config, now.as_second()).map_err(|e| self.refused(e))?,
             None => None,
@@ -269,6 +288,20 @@ impl Gateway {
                 "changed in the config; it takes effect at the next restart"
             );
         }
+        let running = self.shared.snapshot.load().config.clone();
+        let (environments_unrouted, routes_opened) = dropped(&running, &config);
+        for environment in &environments_unrouted {
+            tracing::warn!(
+                %environment,
+                "the reloaded config has no route for this environment: its keys now get 404"
+            );
+        }
+        for route in &routes_opened {
+            tracing::warn!(
+                route,
+                "the reloaded config has no permissions for this route: any valid key of its environment passes it"
+            );
+        }
         if let (Some(tls), Some(pair)) = (&self.tls, &pair) {
             tls.replace(pair);
             self.shared.metrics.tls_certificate_expires(pair.not_after);
@@ -276,7 +309,11 @@ impl Gateway {
         self.shared.reload(Arc::new(config));
         self.shared.metrics.config_reloaded(true, now);
         tracing::info!("config reloaded");
-        Ok(Reloaded { restart_needed })
+        Ok(Reloaded {
+            restart_needed,
+            environments_unrouted,
+            routes_opened,
+        })
     }
 
     /// Waits until the key table has loaded for the first time.
@@ -408,6 +445,38 @@ fn restart_needed(started: &Config, next: &Config) -> Vec<&'static str> {
         .into_iter()
         .filter_map(|(setting, changed)| changed.then_some(setting))
         .collect()
+}
+
+/// What `next` drops of what `running` serves, short of refusing it: the environments left
+/// without a route, and the routes (by name) left without permissions. Applied, not refused: a
+/// valid file is the operator's intent, and retiring an environment's routes must not need a
+/// restart; but a file cut short drops its tail silently, so each is logged as a warning.
+fn dropped(running: &Config, next: &Config) -> (Vec<Environment>, Vec<String>) {
+    let routed = |config: &Config| {
+        config
+            .routes
+            .iter()
+            .map(|route| route.environment)
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let still = routed(next);
+    let environments = routed(running)
+        .into_iter()
+        .filter(|e| !still.contains(e))
+        .collect();
+    let opened = next
+        .routes
+        .iter()
+        .filter(|route| route.permissions.is_none())
+        .filter(|route| {
+            running
+                .routes
+                .iter()
+                .any(|old| old.name == route.name && old.permissions.is_some())
+        })
+        .map(|route| route.name.clone())
+        .collect();
+    (environments, opened)
 }
 
 /// The Redis limiter of `rate_limit.backend = "redis"`, given a moment to connect so the first

@@ -110,6 +110,44 @@ fn check_accepts_the_example_and_names_the_line_of_a_mistake() {
     assert!(stderr.contains("lisen"), "{stderr}");
 }
 
+/// Issue 19, item 1: an empty file used to be "valid: 0 route(s)"; `serve` refuses it now, and
+/// `check` says so, even with `--file-only`. The `keys` commands serve nothing and still take it.
+#[test]
+fn check_and_serve_refuse_a_file_that_would_serve_nothing() {
+    let s = setup();
+    let config = s.config.to_str().unwrap();
+    let upstream_only = CONFIG.split("[[route]]").next().unwrap();
+    for (text, routes_only) in [("", false), (upstream_only, true)] {
+        std::fs::write(&s.config, text).unwrap();
+        for extra in [&[][..], &["--file-only"]] {
+            let output = check(&s.config, extra);
+            assert_eq!(code(&output), 1, "{text:?} {extra:?}");
+            let stderr = one_line_stderr(&output);
+            assert!(stderr.contains("route: no [[route]]"), "{stderr}");
+            assert_eq!(stderr.contains("no [[upstream]]"), !routes_only, "{stderr}");
+        }
+        let report = json_of(&check(&s.config, &["--json", "--file-only"]));
+        assert_eq!(report["ok"], false, "{report}");
+        let fields: Vec<&str> = report["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["field"].as_str().unwrap())
+            .collect();
+        let expected = if routes_only {
+            vec!["route"]
+        } else {
+            vec!["upstream", "route"]
+        };
+        assert_eq!(fields, expected, "{report}");
+        let served = keygate(&["serve", "--config", config], None);
+        assert_eq!(code(&served), 1);
+        assert!(one_line_stderr(&served).contains("no [[route]]"));
+    }
+    s.json(&["create", "--name", "k", "--env", "dev"]);
+    assert_eq!(s.json(&["list"]).as_array().unwrap().len(), 1);
+}
+
 #[test]
 fn create_prints_the_key_object_with_its_secret_once() {
     let s = setup();

@@ -70,6 +70,11 @@ struct Seen {
 /// certificate signed by `clients` when given one. It answers `tls ok`.
 async fn tls_upstream(ca: &Authority, clients: Option<&Authority>) -> (SocketAddr, Arc<Seen>) {
     let (cert, key) = ca.issue(&["localhost", "127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth);
+    serve_tls(&cert, &key, clients).await
+}
+
+/// An HTTPS upstream serving `cert` (PEM) with `key`, as [`tls_upstream`] does.
+async fn serve_tls(cert: &str, key: &str, clients: Option<&Authority>) -> (SocketAddr, Arc<Seen>) {
     let chain = vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
     let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -313,4 +318,87 @@ async fn a_reload_keeps_the_pool_only_while_the_tls_files_are_unchanged() {
     reload();
     assert_eq!(h.get("/v1/status", &key).await.status, 200);
     assert_eq!(seen.handshakes.load(Ordering::SeqCst), 2);
+}
+
+/// A self-signed certificate made as `openssl req -x509` makes one (CA:TRUE), for `names`,
+/// valid from `from` to `until` (year, month, day), with `usage` when given: (cert, key) PEM.
+fn self_signed_ca(
+    names: &[&str],
+    (from, until): ((i32, u8, u8), (i32, u8, u8)),
+    usage: Option<ExtendedKeyUsagePurpose>,
+) -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+    params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+    params.extended_key_usages = usage.into_iter().collect();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+const VALID: ((i32, u8, u8), (i32, u8, u8)) = ((2020, 1, 1), (2090, 1, 1));
+
+/// Issue 19, item 8: the upstream's own self-signed certificate as its `ca`, the way curl,
+/// nginx and Envoy take it, used to be refused at every request (`CaUsedAsEndEntity`).
+#[tokio::test]
+async fn an_upstreams_self_signed_ca_certificate_given_as_its_ca_is_trusted() {
+    for usage in [None, Some(ExtendedKeyUsagePurpose::ServerAuth)] {
+        let (cert, key_pem) = self_signed_ca(&["localhost", "127.0.0.1"], VALID, usage.clone());
+        let (addr, seen) = serve_tls(&cert, &key_pem, None).await;
+        let files = tempfile::tempdir().unwrap();
+        let paths = write(files.path(), &[("upstream.pem", &cert)]);
+        let h = gateway(addr, &format!("ca = {:?}", paths[0])).await;
+        let (_, key) = h.key(&["*"]).await;
+        let answer = h.get("/v1/status", &key).await;
+        assert_eq!(
+            (answer.status.as_u16(), answer.text()),
+            (200, "tls ok".to_owned()),
+            "{usage:?}"
+        );
+        assert_eq!(seen.requests.load(Ordering::SeqCst), 1);
+        assert_eq!(tls_errors(&h.metrics().await).unwrap_or(0.0), 0.0);
+    }
+}
+
+/// Pinned by its bytes, the certificate is still checked as webpki would: for the upstream's
+/// name, within its dates, for serving; and only the very certificate in `ca` is pinned.
+#[tokio::test]
+async fn a_pinned_upstream_certificate_with_a_wrong_name_dates_or_purpose_is_502() {
+    let client_only = Some(ExtendedKeyUsagePurpose::ClientAuth);
+    let (stranger, _) = self_signed_ca(&["localhost"], VALID, None);
+    let cases = [
+        ("another name", self_signed_ca(&["other.test"], VALID, None), None),
+        (
+            "expired",
+            self_signed_ca(&["localhost"], ((2020, 1, 1), (2021, 1, 1)), None),
+            None,
+        ),
+        (
+            "not valid yet",
+            self_signed_ca(&["localhost"], ((2089, 1, 1), (2090, 1, 1)), None),
+            None,
+        ),
+        (
+            "for clients only",
+            self_signed_ca(&["localhost"], VALID, client_only),
+            None,
+        ),
+        (
+            "not the one in ca",
+            self_signed_ca(&["localhost"], VALID, None),
+            Some(stranger),
+        ),
+    ];
+    for (case, (cert, key_pem), ca) in cases {
+        let (addr, seen) = serve_tls(&cert, &key_pem, None).await;
+        let files = tempfile::tempdir().unwrap();
+        let paths = write(files.path(), &[("upstream.pem", ca.as_deref().unwrap_or(&cert))]);
+        let h = gateway(addr, &format!("ca = {:?}", paths[0])).await;
+        let (_, key) = h.key(&["*"]).await;
+        let answer = h.get("/v1/status", &key).await;
+        assert_eq!(answer.status, 502, "{case}: {}", answer.text());
+        assert_eq!(tls_errors(&h.metrics().await), Some(1.0), "{case}");
+        assert_eq!(seen.requests.load(Ordering::SeqCst), 0, "{case}");
+    }
 }

@@ -1,11 +1,13 @@
-//! Config reloads (SIGHUP): their outcomes as metrics, and the settings a reload cannot apply
-//! named against what the gateway started with (issues 12 and 15).
+//! Config reloads (SIGHUP): their outcomes as metrics, the settings a reload cannot apply
+//! named against what the gateway started with (issues 12 and 15), and what a reload refuses
+//! or warns of because it would stop serving (issue 19).
 
 mod support;
 
 use std::time::Duration;
 
-use support::{sample, Harness};
+use keygate::core::environment::Environment;
+use support::{sample, spec, Harness};
 
 async fn metric(h: &Harness, series: &str) -> Option<f64> {
     sample(&h.metrics().await, series)
@@ -77,4 +79,99 @@ async fn a_restored_setting_needs_no_restart_on_the_next_reload() {
         let reloaded = h.gateway.reload_file(&h.config_path).unwrap();
         assert_eq!(reloaded.restart_needed, restart_needed, "{edit:?}");
     }
+}
+
+/// Issue 19, item 1: `: > gateway.toml` (or a write cut short), then SIGHUP, used to be
+/// "config reloaded" and 404 for every request from then on.
+#[tokio::test]
+async fn a_file_emptied_or_cut_short_is_refused_and_the_routes_keep_serving() {
+    let h = Harness::start().await;
+    let (_, key) = h.key(&["*"]).await;
+    assert_eq!(h.get("/v1/status", &key).await.status, 200);
+    let good = std::fs::read_to_string(&h.config_path).unwrap();
+    let before_routes = &good[..good.find("[[route]]").unwrap()];
+    let before_upstreams = &good[..good.find("[[upstream]]").unwrap()];
+    for (n, (text, says)) in [
+        ("", vec!["upstream: no [[upstream]]", "route: no [[route]]"]),
+        (before_routes, vec!["route: no [[route]]"]),
+        (
+            before_upstreams,
+            vec!["upstream: no [[upstream]]", "route: no [[route]]"],
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        std::fs::write(&h.config_path, text).unwrap();
+        let refused = h.gateway.reload_file(&h.config_path).unwrap_err();
+        let problems: Vec<String> = refused.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), says.len(), "{problems:?}");
+        for (problem, says) in problems.iter().zip(says) {
+            assert!(problem.starts_with(says), "{problem}");
+        }
+        assert_eq!(metric(&h, FAILURES).await, Some(n as f64 + 1.0));
+        assert_eq!(metric(&h, SUCCESSES).await, Some(0.0));
+        assert_eq!(
+            h.get("/v1/status", &key).await.status,
+            200,
+            "the old routes serve"
+        );
+    }
+    // The same config handed over in process is refused the same way.
+    let empty = keygate::config::parse("", h.dir.path()).unwrap();
+    assert!(h.gateway.reload(empty).is_err());
+    assert_eq!(metric(&h, FAILURES).await, Some(4.0));
+    assert_eq!(h.get("/v1/status", &key).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_gateway_with_no_route_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keygate::config::parse(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        dir.path(),
+    )
+    .unwrap();
+    let options = keygate::gateway::Options {
+        hasher: keygate::core::secret::Hasher::unkeyed(),
+        admin_token: None,
+        admin_read_token: None,
+        clock: keygate::core::clock::system_clock(),
+    };
+    let refused = keygate::gateway::Gateway::start(config, options)
+        .await
+        .err()
+        .expect("refused");
+    assert!(refused.to_string().contains("no [[route]]"), "{refused}");
+}
+
+/// A valid file that drops every route of an environment, or a route's permissions, is the
+/// operator's to apply (retiring staging must not need a restart), but never silently: a file
+/// cut short between two routes looks just like it.
+#[tokio::test]
+async fn a_reload_that_unroutes_an_environment_or_opens_a_route_says_so() {
+    let h = Harness::start().await;
+    let (_, staging) = h.create_key(spec(Environment::Staging, &[])).await;
+    assert_eq!(h.get("/staging/customers", &staging).await.status, 200);
+    let good = std::fs::read_to_string(&h.config_path).unwrap();
+    let staging_route = "[[route]]\nname = \"staging-customers\"\npath = \"/staging/customers\"\nenvironment = \"staging\"\nupstream = \"api\"\n";
+    let open =
+        "permissions = { GET = \"customer:read\", HEAD = \"customer:read\", \"*\" = \"customer:write\" }\n";
+    assert!(good.contains(staging_route) && good.contains(open));
+
+    std::fs::write(&h.config_path, good.replace(staging_route, "")).unwrap();
+    let reloaded = h.gateway.reload_file(&h.config_path).unwrap();
+    assert_eq!(reloaded.environments_unrouted, vec![Environment::Staging]);
+    assert!(reloaded.routes_opened.is_empty());
+    assert_eq!(h.get("/staging/customers", &staging).await.status, 404);
+
+    std::fs::write(&h.config_path, good.replace(open, "")).unwrap();
+    let reloaded = h.gateway.reload_file(&h.config_path).unwrap();
+    assert!(
+        reloaded.environments_unrouted.is_empty(),
+        "staging is routed again"
+    );
+    assert_eq!(reloaded.routes_opened, vec!["customers".to_owned()]);
+    assert_eq!(h.get("/staging/customers", &staging).await.status, 200);
+    assert_eq!(metric(&h, SUCCESSES).await, Some(2.0));
 }

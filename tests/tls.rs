@@ -15,9 +15,14 @@ use tokio::net::TcpStream;
 /// A self-signed certificate for `localhost` and `127.0.0.1`, valid until `until` (year,
 /// month, day): (certificate PEM, key PEM, certificate DER).
 fn certificate(until: (i32, u8, u8)) -> (String, String, Vec<u8>) {
+    certificate_between((2020, 1, 1), until)
+}
+
+/// [`certificate`], valid from `from`.
+fn certificate_between(from: (i32, u8, u8), until: (i32, u8, u8)) -> (String, String, Vec<u8>) {
     let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
     let mut params = rcgen::CertificateParams::new(names).unwrap();
-    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
     params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = params.self_signed(&key).unwrap();
@@ -130,6 +135,10 @@ async fn a_certificate_replaced_on_disk_is_served_after_a_reload_and_a_bad_pair_
         files.write(cert, key);
         assert!(h.gateway.reload_file(&h.config_path).is_err());
     }
+    let (early, early_key, _) = certificate_between(FAR, FARTHER);
+    files.write(&early, &early_key);
+    let refused = h.gateway.reload_file(&h.config_path).unwrap_err().to_string();
+    assert!(refused.contains("is not valid before 2090-01-01"), "{refused}");
     std::fs::remove_file(files.cert()).unwrap();
     let refused = h.gateway.reload_file(&h.config_path).unwrap_err().to_string();
     assert!(
@@ -138,7 +147,7 @@ async fn a_certificate_replaced_on_disk_is_served_after_a_reload_and_a_bad_pair_
     );
     assert_eq!(served_certificate(&h, &trusted).await, new_der);
     assert_eq!(metric(&h, EXPIRY).await, Some(unix(FARTHER)));
-    assert_eq!(metric(&h, FAILURES).await, Some(4.0));
+    assert_eq!(metric(&h, FAILURES).await, Some(5.0));
     assert_eq!(metric(&h, SUCCESSES).await, Some(1.0));
 }
 
@@ -162,11 +171,14 @@ async fn check_and_serve_refuse_certificate_files_that_would_not_serve() {
     let (cert, key, _) = certificate(FAR);
     let (_, other_key, _) = certificate(FAR);
     let (expired, expired_key, _) = certificate((2021, 1, 1));
+    let (early, early_key, _) = certificate_between(FAR, FARTHER);
     let cases = [
         (None, "server.tls.cert: cannot read"),
         (Some(("not pem", key.as_str())), "server.tls.cert: "),
         (Some((&cert, "not pem")), "server.tls.key: "),
         (Some((&cert, &other_key)), "server.tls.key: "),
+        // Issue 19, item 8: accepted, and then every client refused it.
+        (Some((&early, &early_key)), "server.tls.cert: the certificate in"),
         (
             Some((&expired, &expired_key)),
             "server.tls.cert: the certificate in",
@@ -194,6 +206,12 @@ async fn check_and_serve_refuse_certificate_files_that_would_not_serve() {
         assert!(refused.contains(says), "{says}: {refused}");
     }
     assert!(load_problems(&config).contains("expired at 2021-01-01T00:00:00Z"));
+    files.write(&early, &early_key);
+    let problems = load_problems(&config);
+    assert!(
+        problems.contains("is not valid before 2090-01-01T00:00:00Z"),
+        "{problems}"
+    );
     files.write(&cert, &key);
     assert_eq!(load_problems(&config), "");
 }

@@ -79,13 +79,14 @@ pub fn run(args: CheckArgs) -> Result<(), Failure> {
     }
 }
 
-/// The config as `serve` would load it, and what `serve` would refuse of it on this machine.
+/// The config as `serve` would load it (refused when it would serve nothing), and what `serve`
+/// would refuse of it on this machine.
 fn validate(path: &Path, file_only: bool) -> Result<Config, ConfigError> {
     let config = config::load(path)?;
-    let problems = match file_only {
-        true => Vec::new(),
-        false => host_problems(&config, path),
-    };
+    let mut problems = config::serving_problems(&config);
+    if !file_only {
+        problems.extend(host_problems(&config, path));
+    }
     match problems.is_empty() {
         true => Ok(config),
         false => Err(ConfigError { problems }),

@@ -8,8 +8,10 @@ mod routes;
 pub mod tls_files;
 mod types;
 mod upstream_tls;
+mod upstream_verifier;
 pub mod urls;
 pub mod validate;
 
+pub use routes::serving_problems;
 pub use types::*;
 pub use validate::{check_files, load, load_to_serve, parse, position, tls_pair, ConfigError, Problem};

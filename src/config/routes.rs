@@ -11,8 +11,8 @@ use toml::Spanned;
 
 use super::raw::{Field, RawRoute, RawUpstream};
 use super::upstream_tls::upstream_tls;
-use super::validate::Checker;
-use super::{PathPattern, Route, RoutePermissions, Segment, Upstream};
+use super::validate::{Checker, Problem};
+use super::{Config, PathPattern, Route, RoutePermissions, Segment, Upstream};
 use crate::core::environment::Environment;
 use crate::core::permission::Permission;
 
@@ -60,6 +60,33 @@ fn check_name(checker: &mut Checker, name: &Field<String>, label: &str, seen: &m
             format!("{text:?} is used twice"),
         );
     }
+}
+
+/// What keeps a valid file from serving anything: no route (every request would be a 404), or
+/// no upstream (no route could name one). `check`, `serve` and every reload refuse it; an empty
+/// file or one cut short by a non-atomic write is the usual cause. Not part of
+/// [`super::parse`]: the `keys` and `store` commands serve nothing and take such a file.
+pub fn serving_problems(config: &Config) -> Vec<Problem> {
+    let missing = |field: &str, message: &str| Problem {
+        line: None,
+        column: None,
+        field: field.to_owned(),
+        message: format!("{message} (is the file empty, or cut short?)"),
+    };
+    let mut problems = Vec::new();
+    if config.upstreams.is_empty() {
+        problems.push(missing(
+            "upstream",
+            "no [[upstream]]: a gateway needs at least one to forward to",
+        ));
+    }
+    if config.routes.is_empty() {
+        problems.push(missing(
+            "route",
+            "no [[route]]: every request would be answered 404 \"no route\"; a gateway needs at least one",
+        ));
+    }
+    problems
 }
 
 pub(super) fn upstreams(

@@ -1,5 +1,6 @@
 //! The files of `server.tls`, read and checked: the certificate chain and the private key are
-//! PEM, the key belongs to the certificate, and the certificate has not expired. `keygate
+//! PEM, the key belongs to the certificate, and the certificate is valid now (neither expired
+//! nor not valid yet: every client would refuse it either way). `keygate
 //! check`, `serve` at start and every reload read them through [`read_pair`], so what `check`
 //! passes is what the listener can serve, and a pair that would not serve is refused with the
 //! setting it came from.
@@ -63,13 +64,26 @@ fn fault(file: TlsFile, message: String) -> TlsFileError {
 /// Reads and checks the pair `tls` names, as of `now` (Unix seconds).
 pub fn read_pair(tls: &Tls, now: i64) -> Result<CertificatePair, TlsFileError> {
     let chain = certificates(&tls.cert)?;
-    let not_after = not_after(&chain[0], &tls.cert)?;
+    let (not_before, not_after) = validity(&chain[0], &tls.cert)?;
+    let when = |t: i64| jiff::Timestamp::from_second(t).map_or_else(|_| t.to_string(), |t| t.to_string());
     if not_after <= now {
-        let when =
-            jiff::Timestamp::from_second(not_after).map_or_else(|_| not_after.to_string(), |t| t.to_string());
         return Err(fault(
             TlsFile::Cert,
-            format!("the certificate in {} expired at {when}", tls.cert.display()),
+            format!(
+                "the certificate in {} expired at {}",
+                tls.cert.display(),
+                when(not_after)
+            ),
+        ));
+    }
+    if not_before > now {
+        return Err(fault(
+            TlsFile::Cert,
+            format!(
+                "the certificate in {} is not valid before {} (notBefore); check the clock of the machine that made it, or wait",
+                tls.cert.display(),
+                when(not_before)
+            ),
         ));
     }
     let key = private_key(&tls.key)?;
@@ -130,8 +144,8 @@ fn read(path: &Path, file: TlsFile) -> Result<Vec<u8>, TlsFileError> {
     std::fs::read(path).map_err(|error| fault(file, format!("cannot read {}: {error}", path.display())))
 }
 
-/// The leaf's `notAfter`, in Unix seconds.
-fn not_after(leaf: &CertificateDer<'_>, path: &Path) -> Result<i64, TlsFileError> {
+/// The leaf's `notBefore` and `notAfter`, in Unix seconds.
+fn validity(leaf: &CertificateDer<'_>, path: &Path) -> Result<(i64, i64), TlsFileError> {
     use x509_cert::der::Decode;
     let cert = x509_cert::Certificate::from_der(leaf).map_err(|error| {
         fault(
@@ -142,13 +156,10 @@ fn not_after(leaf: &CertificateDer<'_>, path: &Path) -> Result<i64, TlsFileError
             ),
         )
     })?;
-    let seconds = cert
-        .tbs_certificate
-        .validity
-        .not_after
-        .to_unix_duration()
-        .as_secs();
-    Ok(i64::try_from(seconds).unwrap_or(i64::MAX))
+    let validity = &cert.tbs_certificate.validity;
+    let seconds =
+        |time: &x509_cert::time::Time| i64::try_from(time.to_unix_duration().as_secs()).unwrap_or(i64::MAX);
+    Ok((seconds(&validity.not_before), seconds(&validity.not_after)))
 }
 
 #[cfg(test)]
@@ -237,6 +248,15 @@ mod tests {
         let (file, message) = refused(read_pair(&pair(&files, &cert, &key), NOW));
         assert_eq!(file, TlsFile::Cert);
         assert!(message.contains("expired at 2027-01-14"), "{message}");
+    }
+
+    #[test]
+    fn a_certificate_not_valid_yet_is_refused_with_its_start() {
+        let files = Files::new();
+        let (cert, key) = generated(LATER, (2028, 1, 1));
+        let (file, message) = refused(read_pair(&pair(&files, &cert, &key), NOW));
+        assert_eq!(file, TlsFile::Cert);
+        assert!(message.contains("is not valid before 2027-02-14"), "{message}");
     }
 
     #[test]

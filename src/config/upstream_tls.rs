@@ -12,6 +12,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 
 use super::raw::{Field, RawUpstream};
+use super::upstream_verifier::UpstreamVerifier;
 use super::validate::Checker;
 use super::UpstreamTls;
 
@@ -53,18 +54,26 @@ pub(super) fn upstream_tls(
     let host = url.host()?.trim_start_matches('[').trim_end_matches(']');
     digest.update(host.as_bytes());
 
-    let roots = match ca {
-        Some((path, bytes)) => checker.parsed(&raw.ca, &field("ca"), |_| roots_from_pem(&path, &bytes))?,
-        None if raw.ca.is_some() => return None,
-        None => RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        },
-    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots);
+        .expect("ring supports the default protocol versions");
+    let builder = match ca {
+        Some((path, bytes)) => {
+            let verifier = checker.parsed(&raw.ca, &field("ca"), |_| {
+                let certificates = certificates(&path, &bytes)?;
+                UpstreamVerifier::new(certificates, provider)
+                    .map_err(|why| format!("{} {why}", path.display()))
+            })?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+        }
+        None if raw.ca.is_some() => return None,
+        None => builder.with_root_certificates(RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        }),
+    };
     let mut client = match (cert, key) {
         (None, None) if raw.client_cert.is_none() && raw.client_key.is_none() => {
             builder.with_no_client_auth()
@@ -118,19 +127,6 @@ fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>,
         return Err(format!("{} holds no PEM certificate", path.display()));
     }
     Ok(certs)
-}
-
-fn roots_from_pem(path: &Path, pem: &[u8]) -> Result<RootCertStore, String> {
-    let mut roots = RootCertStore::empty();
-    for cert in certificates(path, pem)? {
-        roots.add(cert).map_err(|e| {
-            format!(
-                "{} holds a certificate that cannot be a root: {e}",
-                path.display()
-            )
-        })?;
-    }
-    Ok(roots)
 }
 
 fn client_auth(

@@ -68,11 +68,16 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// [`load`], and the files the config names read and checked as `serve` uses them: the TLS
-/// certificate and key (see [`super::tls_files`]). What `check`, `serve` and a reload read;
-/// the `keys` commands, which serve nothing, read the file with [`load`].
+/// [`load`], refused when it would serve nothing (see [`super::serving_problems`]), and the
+/// files the config names read and checked as `serve` uses them: the TLS certificate and key
+/// (see [`super::tls_files`]). What `check`, `serve` and a reload read; the `keys` commands,
+/// which serve nothing, read the file with [`load`].
 pub fn load_to_serve(path: &Path) -> Result<Config, ConfigError> {
     let config = load(path)?;
+    let problems = super::serving_problems(&config);
+    if !problems.is_empty() {
+        return Err(ConfigError { problems });
+    }
     check_files(&config, jiff::Timestamp::now().as_second())?;
     Ok(config)
 }

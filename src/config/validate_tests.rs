@@ -403,3 +403,17 @@ fn the_read_only_token_is_optional_and_differs_from_the_admin_token() {
         );
     }
 }
+
+#[test]
+fn a_file_without_routes_parses_but_would_serve_nothing() {
+    let fields = |source: &str| -> Vec<String> {
+        crate::config::serving_problems(&parse_ok(source))
+            .into_iter()
+            .map(|p| p.field)
+            .collect()
+    };
+    assert_eq!(fields(""), ["upstream", "route"]);
+    let upstream_only = MINIMAL.split("[[route]]").next().unwrap();
+    assert_eq!(fields(upstream_only), ["route"]);
+    assert!(fields(MINIMAL).is_empty());
+}
