@@ -583,6 +583,114 @@ fn serve_refuses_a_store_that_does_not_exist_and_says_how_to_create_one() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("keygate store init"));
 }
 
+#[test]
+fn serve_and_keys_refuse_an_empty_or_foreign_file_and_give_it_no_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(&config, SERVE_ON.replace("{store}", "keys.db")).unwrap();
+    let store = dir.path().join("keys.db");
+    let config_arg = config.to_str().unwrap();
+    for (bytes, says) in [
+        (&b""[..], "an empty file (0 bytes)"),
+        (
+            &b"id,name\n1,not a database at all, just some text\n"[..],
+            "not a SQLite database",
+        ),
+    ] {
+        std::fs::write(&store, bytes).unwrap();
+        let output = serve_exit(&config, Duration::from_secs(20)).expect("serve refuses, it does not serve");
+        assert_eq!(code(&output), 1);
+        let stderr = one_line_stderr(&output);
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("is not a keygate store") && stderr.contains(says),
+            "{stderr}"
+        );
+        assert!(stderr.contains("keygate store init --config"), "{stderr}");
+        assert_eq!(
+            std::fs::read(&store).unwrap(),
+            bytes,
+            "serve left the file as it was"
+        );
+
+        for command in [&["list"][..], &["create", "--name", "first", "--env", "prod"][..]] {
+            let mut args = vec!["keys", "--config", config_arg];
+            args.extend_from_slice(command);
+            let keys = keygate(&args, None);
+            assert_eq!(code(&keys), 1, "{command:?}");
+            assert!(one_line_stderr(&keys).contains(says), "{command:?}");
+            assert_eq!(
+                std::fs::read(&store).unwrap(),
+                bytes,
+                "{command:?} left the file as it was"
+            );
+        }
+    }
+}
+
+#[test]
+fn store_init_if_missing_creates_once_keeps_a_store_and_refuses_any_other_file_untouched() {
+    let s = setup();
+    let config = s.config.to_str().unwrap();
+    let store = s.config.parent().unwrap().join("keys.db");
+    let init = || keygate(&["store", "init", "--config", config, "--if-missing"], None);
+
+    let first = init();
+    assert_eq!(code(&first), 0, "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("created an empty store"));
+    s.json(&["create", "--name", "kept", "--env", "prod"]);
+    let second = init();
+    assert_eq!(code(&second), 0, "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(
+        String::from_utf8_lossy(&second.stdout).contains("left as it is"),
+        "{}",
+        String::from_utf8_lossy(&second.stdout)
+    );
+    assert_eq!(
+        s.json(&["list"]).as_array().unwrap().len(),
+        1,
+        "the key is still there"
+    );
+
+    // A restore that wrote nothing, a file that is not SQLite, another program's database.
+    let foreign = {
+        let other = s.config.parent().unwrap().join("other.db");
+        let conn = rusqlite::Connection::open(&other).unwrap();
+        conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        drop(conn);
+        std::fs::read(&other).unwrap()
+    };
+    for (bytes, says) in [
+        (Vec::new(), "an empty file (0 bytes)"),
+        (b"not a database".to_vec(), "not a SQLite database"),
+        (foreign, "without keygate's tables"),
+    ] {
+        std::fs::write(&store, &bytes).unwrap();
+        let refused = init();
+        assert_eq!(code(&refused), 1, "{says}");
+        let stderr = one_line_stderr(&refused);
+        assert!(
+            stderr.contains("is not a keygate store") && stderr.contains(says),
+            "{stderr}"
+        );
+        assert!(stderr.contains("untouched"), "{stderr}");
+        assert_eq!(std::fs::read(&store).unwrap(), bytes, "{says}: the same bytes");
+    }
+
+    // Without --if-missing, init is the deliberate act: an empty file becomes an empty store,
+    // a file holding something else is still refused.
+    std::fs::write(&store, b"not a database").unwrap();
+    let plain = keygate(&["store", "init", "--config", config], None);
+    assert_eq!(code(&plain), 1);
+    assert_eq!(std::fs::read(&store).unwrap(), b"not a database");
+    std::fs::write(&store, b"").unwrap();
+    let plain = keygate(&["store", "init", "--config", config], None);
+    assert_eq!(code(&plain), 0, "{}", String::from_utf8_lossy(&plain.stderr));
+    assert_eq!(s.json(&["list"]), serde_json::json!([]));
+    assert_eq!(code(&init()), 0, "now a keygate store");
+}
+
 #[cfg(unix)]
 #[test]
 fn a_store_is_created_on_purpose_and_readable_by_its_owner_only() {

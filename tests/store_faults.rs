@@ -135,6 +135,66 @@ async fn a_store_file_deleted_under_the_gateway_fails_the_sync_and_the_last_tabl
 }
 
 #[tokio::test]
+async fn an_empty_file_renamed_over_the_store_is_refused_and_the_last_table_serves() {
+    let h = Harness::with_config(&with_store("1h", ""), "").await;
+    let (id, key) = h.key(&["*"]).await;
+    let path = h.dir.path().join("keygate.db");
+    let kept = h.dir.path().join("keygate.db.kept");
+    std::fs::rename(&path, &kept).unwrap();
+    let empty = h.dir.path().join("restore.tmp");
+    std::fs::write(&empty, b"").unwrap();
+    std::fs::rename(&empty, &path).unwrap();
+
+    let failed = h.gateway.sync_now().await.unwrap_err().to_string();
+    assert!(
+        failed.contains("is not a keygate store") && failed.contains("empty file"),
+        "{failed}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        b"",
+        "no schema was written into it"
+    );
+    assert_eq!(
+        h.get("/v1/status", &key).await.status,
+        200,
+        "the last table serves"
+    );
+    let ready = h.admin_get("/readyz").await;
+    assert_eq!(
+        ready.status,
+        200,
+        "a store outage, as when it is unreachable: {}",
+        ready.text()
+    );
+    let detail = ready.json();
+    assert_eq!(detail["keys"], 1, "{detail}");
+    assert!(
+        detail["last_sync_error"]
+            .as_str()
+            .is_some_and(|why| why.contains("is not a keygate store")),
+        "{detail}"
+    );
+    let revoke = admin_post(&h, &format!("/v1/keys/{id}/revoke"), None).await;
+    assert_eq!(
+        revoke.status,
+        503,
+        "a change is refused, not lost: {}",
+        revoke.text()
+    );
+    assert_eq!(h.get("/v1/status", &key).await.status, 200);
+
+    // The store comes back: the same file, nothing to reload.
+    std::fs::rename(&kept, &path).unwrap();
+    h.sync().await;
+    let ready = h.admin_get("/readyz").await.json();
+    assert_eq!(ready["last_sync_error"], serde_json::Value::Null, "{ready}");
+    let metrics = h.metrics().await;
+    assert_eq!(sample(&metrics, "keygate_store_reopened_total"), Some(0.0));
+    assert_eq!(h.get("/v1/status", &key).await.status, 200);
+}
+
+#[tokio::test]
 async fn a_store_locked_at_start_delays_readiness_until_it_can_be_read() {
     let upstream = support::Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();

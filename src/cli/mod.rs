@@ -78,11 +78,17 @@ fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
 #[derive(Debug, Subcommand)]
 enum StoreCommand {
     /// Create the store the config names, empty, readable by its owner only (0600); on an
-    /// existing store, bring its schema up to date. Safe to run again.
+    /// existing store, bring its schema up to date; an existing empty file becomes an empty
+    /// store. Safe to run again.
     Init {
         /// The gateway.toml whose store to create.
         #[arg(long, short, env = "KEYGATE_CONFIG")]
         config: PathBuf,
+        /// Only create a missing store: leave an existing keygate store as it is, and refuse
+        /// (exit 1, file untouched) a file that is not one, an empty file included. Safe to
+        /// run at every start.
+        #[arg(long)]
+        if_missing: bool,
     },
 }
 
@@ -128,7 +134,7 @@ pub fn main() -> ExitCode {
         } => serve_command(config, dev, log_format),
         Command::Check(args) => check::run(args),
         Command::Keys(args) => keys::run(*args),
-        Command::Store(StoreCommand::Init { config }) => store::init(&config),
+        Command::Store(StoreCommand::Init { config, if_missing }) => store::init(&config, if_missing),
         Command::Probe { config, timeout } => probe::run(&config, timeout),
     };
     match result {

@@ -21,8 +21,10 @@ fn load_to_serve(path: &Path) -> Result<Config, Failure> {
 
 pub fn run(path: std::path::PathBuf) -> Result<(), Failure> {
     let config = load_to_serve(&path)?;
-    // Before anything binds: a store that is not there is the operator's to create.
-    if let Err(error @ StoreError::Missing(_)) = store::exists(&config.store.url) {
+    // Before anything binds: a store that is not there, or a file that is not one (an empty
+    // file included), is the operator's to create. A locked store is waited for.
+    if let Err(error @ (StoreError::Missing(_) | StoreError::NotAStore(_))) = store::check(&config.store.url)
+    {
         return Err(super::store::failure(error, &config, &path));
     }
     runtime(config.server.worker_threads)?.block_on(async move {

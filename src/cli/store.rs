@@ -1,6 +1,7 @@
-//! `keygate store init --config FILE`, and how every command reaches the store: the store is
-//! created only on purpose (`store init`, or a command that adds keys), never because a path
-//! named nothing, so a volume that did not mount is an error and not an empty store.
+//! `keygate store init --config FILE [--if-missing]`, and how every command reaches the store:
+//! the store is created only on purpose (`store init`, or a command that adds keys), never
+//! because a path named nothing or an empty file, so a volume that did not mount, or a restore
+//! that wrote nothing, is an error and not an empty store.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -35,6 +36,9 @@ pub fn failure(error: StoreError, config: &Config, config_path: &Path) -> Failur
         StoreError::Missing(what) => Failure::Runtime(format!(
             "{what} (is its volume mounted?); to start with an empty store, run: {init}"
         )),
+        StoreError::NotAStore(what) => Failure::Runtime(format!(
+            "{what} (a restore or copy that did not complete?); keygate makes a store only on purpose, in a missing or empty file: {init}"
+        )),
         other => Failure::Runtime(other.to_string()),
     }
 }
@@ -50,15 +54,18 @@ fn folder_missing(config: &Config) -> bool {
 }
 
 /// `keygate store init`: creates the store the config names, or brings an existing one's
-/// schema up to date. Safe to run again.
-pub fn init(config_path: &Path) -> Result<(), Failure> {
+/// schema up to date (an existing empty file becomes an empty store). Safe to run again.
+/// With `if_missing`, an existing keygate store is left as it is and any other file (an empty
+/// one included) is refused untouched: safe to run at every start.
+pub fn init(config_path: &Path, if_missing: bool) -> Result<(), Failure> {
     let config = super::serve::load(config_path)?;
-    let existed = store::open(&config.store.url).map(drop);
+    let existed = store::check(&config.store.url);
     match existed {
-        Ok(()) => out!(
-            "{}: the store exists; its schema is up to date",
-            describe(&config)
-        ),
+        Ok(()) if if_missing => out!("{}: a keygate store exists; left as it is", describe(&config)),
+        Ok(()) => {
+            store::open(&config.store.url).map_err(|e| failure(e, &config, config_path))?;
+            out!("{}: the store exists; its schema is up to date", describe(&config))
+        }
         Err(StoreError::Missing(what)) if folder_missing(&config) => {
             return Err(Failure::Runtime(format!(
                 "{what}: create it first (or mount its volume); store init makes the store file, not folders"
@@ -67,6 +74,16 @@ pub fn init(config_path: &Path) -> Result<(), Failure> {
         Err(StoreError::Missing(_)) => {
             open(&config, config_path, Create::IfMissing)?;
             out!("{}: created an empty store", describe(&config));
+        }
+        Err(StoreError::NotAStore(what)) if if_missing => {
+            return Err(Failure::Runtime(format!(
+                "{what}; --if-missing leaves it untouched: move it away, or run keygate store init --config {} without --if-missing to make an empty file an empty store",
+                config_path.display()
+            )))
+        }
+        Err(StoreError::NotAStore(_)) => {
+            store::init(&config.store.url).map_err(|e| failure(e, &config, config_path))?;
+            out!("{}: the empty file is now an empty store", describe(&config));
         }
         Err(other) => return Err(failure(other, &config, config_path)),
     }

@@ -37,6 +37,10 @@ pub enum StoreError {
     /// The store does not exist (or the folder it would be in): it is created only on purpose.
     #[error("{0}")]
     Missing(String),
+    /// The file is there but is not a keygate store (an empty file included): it gets a schema
+    /// only from `keygate store init`, never because something opened it.
+    #[error("{0}")]
+    NotAStore(String),
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error("store holds an unreadable row: {0}")]
@@ -66,13 +70,31 @@ pub fn open_later(url: &crate::config::StoreUrl) -> Result<Arc<Store>, StoreErro
     }
 }
 
-/// Opens the store a config names, creating it first when it does not exist: the explicit acts
-/// of `keygate store init` and of the commands that add keys.
+/// Opens the store a config names, creating it first when it does not exist: the explicit act
+/// of the commands that add keys. A file that exists must be a keygate store already.
 pub fn create(url: &crate::config::StoreUrl) -> Result<Arc<Store>, StoreError> {
     match url {
         crate::config::StoreUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::create(Path::new(path))?)),
         // The database is the operator's to create; its tables are created on first open.
         crate::config::StoreUrl::Postgres(url) => Ok(Arc::new(PgStore::open(url)?)),
+    }
+}
+
+/// `keygate store init`: [`create`], and an existing empty file gets keygate's schema too.
+pub fn init(url: &crate::config::StoreUrl) -> Result<Arc<Store>, StoreError> {
+    match url {
+        crate::config::StoreUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::init(Path::new(path))?)),
+        crate::config::StoreUrl::Postgres(url) => Ok(Arc::new(PgStore::open(url)?)),
+    }
+}
+
+/// Whether the store a config names exists ([`StoreError::Missing`] when it does not) and is a
+/// keygate store ([`StoreError::NotAStore`] when it is not), without writing to it. A store
+/// that cannot be read now (locked) is [`StoreError::Unavailable`].
+pub fn check(url: &crate::config::StoreUrl) -> Result<(), StoreError> {
+    match url {
+        crate::config::StoreUrl::Sqlite(path) => sqlite::check_store(Path::new(path)),
+        crate::config::StoreUrl::Postgres(_) => Ok(()),
     }
 }
 

@@ -32,8 +32,10 @@ mod file;
 #[path = "sqlite_schema.rs"]
 mod schema;
 
-pub(super) use file::exists;
-use file::{create_file, file_id, open_connection, set_aside_old_log, Files, MEMORY};
+use file::{
+    check_header, create_file, file_id, open_connection, set_aside_old_log, Content, Files, Schema, MEMORY,
+};
+pub(super) use file::{check_store, exists};
 #[cfg(test)]
 use schema::MIGRATIONS;
 
@@ -80,10 +82,22 @@ impl std::fmt::Debug for SqliteStore {
 
 impl SqliteStore {
     /// Opens the existing database file and brings its schema up to date. A missing file is
-    /// [`StoreError::Missing`], never a new empty store: a volume that did not mount must not
-    /// look like a store without keys. `:memory:` opens a private in-memory store (tests).
+    /// [`StoreError::Missing`], and one without keygate's schema (an empty file included)
+    /// [`StoreError::NotAStore`], never a new empty store: a volume that did not mount, or a
+    /// restore that wrote nothing, must not look like a store without keys. `:memory:` opens a
+    /// private in-memory store (tests).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = open_connection(path)?;
+        let in_memory = path == Path::new(MEMORY);
+        let schema = if in_memory {
+            Schema::CreateInEmpty
+        } else {
+            Schema::Existing
+        };
+        Self::open_with(path, schema)
+    }
+
+    fn open_with(path: &Path, schema: Schema) -> Result<Self, StoreError> {
+        let conn = open_connection(path, schema)?;
         let in_memory = path == Path::new(MEMORY);
         Ok(SqliteStore {
             conn: Mutex::new(Some(conn)),
@@ -97,7 +111,11 @@ impl SqliteStore {
     /// that can: a gateway starts while its store is locked or unreadable, and answers "not
     /// ready" until then. Until it opens, every operation fails as unavailable.
     pub fn open_later(path: &Path) -> Result<Self, StoreError> {
-        exists(path)?;
+        match check_store(path) {
+            // Locked or unreadable for now: the gateway waits, saying why.
+            Ok(()) | Err(StoreError::Unavailable(_)) => {}
+            Err(refused) => return Err(refused),
+        }
         Ok(SqliteStore {
             conn: Mutex::new(None),
             path: Some(path.to_owned()),
@@ -136,6 +154,14 @@ impl SqliteStore {
             return Ok(false);
         }
         let replaced = files.db.is_some() && now != files.db;
+        // A file that is empty or not SQLite is refused before the open one is let go of: the
+        // last table keeps serving, and the store comes back as it was if its file does.
+        if replaced && check_header(path)? == Content::Empty {
+            return Err(file::not_a_store(
+                path,
+                "an empty file (0 bytes) was renamed over the open store; the last key table keeps serving",
+            ));
+        }
         // The old file is closed first; until the new one opens, every operation fails as
         // unavailable, and the next check tries again.
         if let Some(old) = conn.take() {
@@ -146,7 +172,7 @@ impl SqliteStore {
         if replaced {
             set_aside_old_log(path, files.wal);
         }
-        *conn = Some(open_connection(path)?);
+        *conn = Some(open_connection(path, Schema::Existing)?);
         *files = Files::of(path);
         if replaced {
             self.generation.fetch_add(1, Ordering::AcqRel);
@@ -160,12 +186,23 @@ impl SqliteStore {
     }
 
     /// Creates the database file, readable by its owner only, unless it exists; then opens it.
+    /// Only a file created here gets keygate's schema: an existing one must hold it already.
     /// SQLite gives its `-wal` and `-shm` files the database file's mode.
     pub fn create(path: &Path) -> Result<Self, StoreError> {
+        if path == Path::new(MEMORY) || create_file(path)? {
+            Self::open_with(path, Schema::CreateInEmpty)
+        } else {
+            Self::open(path)
+        }
+    }
+
+    /// `keygate store init`: [`Self::create`], and an existing empty file (or empty SQLite
+    /// database) gets keygate's schema too; a file holding anything else is refused.
+    pub fn init(path: &Path) -> Result<Self, StoreError> {
         if path != Path::new(MEMORY) {
             create_file(path)?;
         }
-        Self::open(path)
+        Self::open_with(path, Schema::CreateInEmpty)
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Connection>> {

@@ -1,5 +1,7 @@
-//! The SQLite store's file (control plane): opening only a file that exists, creating one on
-//! purpose (mode 0600), and telling whether the path still names the file that is open.
+//! The SQLite store's file (control plane): opening only a file that exists and holds keygate's
+//! schema, creating one on purpose (mode 0600), and telling whether the path still names the
+//! file that is open. An empty file, or one that is not keygate's, is never given a schema by
+//! an open: only by `keygate store init` (or the command that created the file just before).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -92,12 +94,121 @@ pub(super) fn set_aside_old_log(path: &Path, wal: Option<FileId>) {
     }
 }
 
-/// A connection to the existing file at `path`, its schema brought up to date.
-pub(super) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+/// What an open may find in the file: only keygate's schema, or also nothing yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Schema {
+    /// The file must hold keygate's schema (brought up to date if older).
+    Existing,
+    /// An empty file gets keygate's schema: `store init`, or a file created just before.
+    CreateInEmpty,
+}
+
+/// What the file at `path` holds, by its first bytes, read without SQLite: a replaced file is
+/// judged before the open store lets go of its own (see [`set_aside_old_log`]).
+pub(super) fn check_header(path: &Path) -> Result<Content, StoreError> {
+    use std::io::Read;
+    let unreadable =
+        |e: std::io::Error| StoreError::Unavailable(format!("cannot read {}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut header = [0u8; 16];
+    let mut read = 0;
+    while read < header.len() {
+        match file.read(&mut header[read..]).map_err(unreadable)? {
+            0 => break,
+            n => read += n,
+        }
+    }
+    match read {
+        0 => Ok(Content::Empty),
+        _ if header[..read] == SQLITE_MAGIC[..read] && read == SQLITE_MAGIC.len() => Ok(Content::Sqlite),
+        _ => Err(not_a_store(path, "not a SQLite database")),
+    }
+}
+
+/// The first 16 bytes of every SQLite database file.
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// What a file holds, as far as [`check_header`] can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Content {
+    /// 0 bytes.
+    Empty,
+    Sqlite,
+}
+
+/// [`StoreError::NotAStore`] for the file at `path`, and why.
+pub(super) fn not_a_store(path: &Path, why: &str) -> StoreError {
+    StoreError::NotAStore(format!("{} is not a keygate store: {why}", path.display()))
+}
+
+/// Whether the open database holds keygate's schema (`Ok(true)`), nothing at all (`Ok(false)`),
+/// or something else ([`StoreError::NotAStore`]). Reads only.
+fn holds_keygate_schema(conn: &Connection, path: &Path) -> Result<bool, StoreError> {
+    let read = |e: rusqlite::Error| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => not_a_store(path, "not a SQLite database"),
+        _ => StoreError::Unavailable(format!("cannot read the store {}: {e}", path.display())),
+    };
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(read)?;
+    let (objects, meta): (i64, i64) = conn
+        .query_row(
+            "SELECT count(*), count(CASE WHEN type = 'table' AND name = 'meta' THEN 1 END) FROM sqlite_master",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(read)?;
+    match (version, objects, meta) {
+        (0, 0, _) => Ok(false),
+        (1.., _, 1) => Ok(true),
+        _ => Err(not_a_store(path, "a SQLite database without keygate's tables")),
+    }
+}
+
+/// Checks, without writing anything, that the file at `path` is a keygate store: what
+/// `serve` and `store init --if-missing` ask before anything else. A store locked by another
+/// process is [`StoreError::Unavailable`].
+pub(crate) fn check_store(path: &Path) -> Result<(), StoreError> {
+    exists(path)?;
+    if path == Path::new(MEMORY) {
+        return Ok(());
+    }
+    if check_header(path)? == Content::Empty {
+        return Err(not_a_store(path, "an empty file (0 bytes)"));
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite store {}: {e}", path.display())))?;
+    conn.busy_timeout(OPEN_BUSY_TIMEOUT)?;
+    match holds_keygate_schema(&conn, path)? {
+        true => Ok(()),
+        false => Err(not_a_store(
+            path,
+            "an empty SQLite database, without keygate's tables",
+        )),
+    }
+}
+
+/// A connection to the existing file at `path`, its schema brought up to date; a file
+/// without keygate's schema is [`StoreError::NotAStore`] unless `schema` allows creating it
+/// in an empty one.
+pub(super) fn open_connection(path: &Path, schema: Schema) -> Result<Connection, StoreError> {
+    if path != Path::new(MEMORY) {
+        exists(path)?;
+        if check_header(path)? == Content::Empty && schema == Schema::Existing {
+            return Err(not_a_store(path, "an empty file (0 bytes)"));
+        }
+    }
     let mut conn = connect(path)?;
     // Opening waits little for a lock: a gateway retries it with backoff, reporting why
     // meanwhile. Once open, a change waits up to 10 s for another writer.
     conn.busy_timeout(OPEN_BUSY_TIMEOUT)?;
+    if !holds_keygate_schema(&conn, path)? && schema == Schema::Existing {
+        return Err(not_a_store(
+            path,
+            "an empty SQLite database, without keygate's tables",
+        ));
+    }
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -135,8 +246,8 @@ fn missing(path: &Path) -> String {
     }
 }
 
-/// Creates an empty file at `path` with mode 0600, unless one exists.
-pub(super) fn create_file(path: &Path) -> Result<(), StoreError> {
+/// Creates an empty file at `path` with mode 0600, unless one exists: whether it did.
+pub(super) fn create_file(path: &Path) -> Result<bool, StoreError> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -144,9 +255,9 @@ pub(super) fn create_file(path: &Path) -> Result<(), StoreError> {
     match options.open(path) {
         Ok(_) => {
             tracing::info!(store = %path.display(), "created a new, empty store");
-            Ok(())
+            Ok(true)
         }
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(_) if missing_folder(path).is_some() => Err(StoreError::Missing(missing(path))),
         Err(error) => Err(StoreError::Unavailable(format!(
             "cannot create the store {}: {error}",
