@@ -351,3 +351,139 @@ async fn a_gateway_starts_from_its_saved_table_while_the_store_is_locked() {
     assert_eq!(client.get_with_key(&status, &key).await.status, 200);
     replica.shutdown().await;
 }
+
+/// What a gateway restarted on its saved table needs kept alive.
+struct Restarted {
+    gateway: keygate::gateway::Gateway,
+    /// Holds the store locked; drop it to let the store answer.
+    holder: rusqlite::Connection,
+    client: Client,
+    /// The clock both gateways run on.
+    clock: keygate::core::clock::ManualClock,
+    _dir: tempfile::TempDir,
+    _upstream: support::Upstream,
+}
+
+impl Restarted {
+    async fn readyz(&self) -> support::Answer {
+        self.client
+            .get(&format!("http://{}/readyz", self.gateway.admin_addr))
+            .await
+    }
+
+    async fn status(&self, key: &str) -> u16 {
+        let url = format!("http://{}/v1/status", self.gateway.proxy_addr);
+        self.client.get_with_key(&url, key).await.status.as_u16()
+    }
+}
+
+/// Stops the harness's gateway, locks its store as another process would, and starts it again
+/// on the same config and clock: it can only start from its saved table.
+async fn restart_with_the_store_locked(h: Harness) -> Restarted {
+    let support::Harness {
+        gateway,
+        keys,
+        dir,
+        upstream,
+        clock,
+        ..
+    } = h;
+    gateway.shutdown().await;
+    drop(keys);
+    let holder = rusqlite::Connection::open(dir.path().join("keygate.db")).unwrap();
+    holder.busy_timeout(Duration::from_secs(10)).unwrap();
+    holder
+        .execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;")
+        .unwrap();
+    let text = std::fs::read_to_string(dir.path().join("gateway.toml")).unwrap();
+    let options = keygate::gateway::Options {
+        hasher: Hasher::unkeyed(),
+        admin_token: Some(support::ADMIN_TOKEN.into()),
+        admin_read_token: Some(support::READ_TOKEN.into()),
+        clock: Arc::new(clock.clone()),
+    };
+    let config = keygate::config::parse(&text, dir.path()).unwrap();
+    let gateway = keygate::gateway::Gateway::start(config, options).await.unwrap();
+    support::loaded(&gateway).await;
+    Restarted {
+        gateway,
+        holder,
+        client: Client::new(),
+        clock,
+        _dir: dir,
+        _upstream: upstream,
+    }
+}
+
+/// Waits until the snapshot file itself (not only its journal) holds `id`.
+async fn written_whole_with(h: &Harness, id: &str) {
+    let snapshot = h.dir.path().join("table.snap");
+    let saved = eventually(Duration::from_secs(20), || async {
+        std::fs::read_to_string(&snapshot).is_ok_and(|text| text.contains(id))
+    })
+    .await;
+    assert!(saved, "the table is written whole within a few sync intervals");
+}
+
+#[tokio::test]
+async fn a_revocation_in_force_before_a_stop_is_in_force_after_a_start_from_the_saved_table() {
+    let h = Harness::with_config(&with_store("100ms", "snapshot = \"table.snap\""), "").await;
+    let (id, key) = h.key(&["*"]).await;
+    let (_, kept) = h.key(&["*"]).await;
+    written_whole_with(&h, &id).await;
+
+    // Revoked, in force, and the gateway stops at once: no periodic write in between.
+    h.keys.revoke(&id).unwrap();
+    h.sync().await;
+    assert_eq!(h.get("/v1/status", &key).await.status, 401);
+    let replica = restart_with_the_store_locked(h).await;
+
+    let ready = replica.readyz().await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(ready.json()["table_source"], "snapshot", "{}", ready.text());
+    assert_eq!(
+        replica.status(&key).await,
+        401,
+        "the revocation was saved before it was enforced"
+    );
+    assert_eq!(replica.status(&kept).await, 200);
+
+    drop(replica.holder);
+    let from_store = eventually(Duration::from_secs(20), || async {
+        let ready = replica
+            .client
+            .get(&format!("http://{}/readyz", replica.gateway.admin_addr))
+            .await;
+        ready.json()["table_source"] == "store"
+    })
+    .await;
+    assert!(from_store);
+    let url = format!("http://{}/v1/status", replica.gateway.proxy_addr);
+    assert_eq!(replica.client.get_with_key(&url, &key).await.status, 401);
+    replica.gateway.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_start_after_a_quiet_period_counts_the_saved_table_age_from_its_last_sync() {
+    let config = with_store("100ms", "snapshot = \"table.snap\"\nmax_staleness = \"5m\"");
+    let h = Harness::with_config(&config, "").await;
+    let (id, key) = h.key(&["*"]).await;
+    written_whole_with(&h, &id).await;
+
+    // Ten quiet minutes: no change, but the store answers every sync.
+    h.clock.advance(Duration::from_secs(600));
+    h.sync().await;
+    assert_eq!(h.admin_get("/readyz").await.status, 200);
+    let replica = restart_with_the_store_locked(h).await;
+    replica.clock.advance(Duration::from_secs(60));
+
+    let ready = replica.readyz().await;
+    assert_eq!(ready.status, 200, "synced a minute ago, not 11: {}", ready.text());
+    let detail = ready.json();
+    assert_eq!(detail["table_source"], "snapshot", "{detail}");
+    assert_eq!(detail["last_sync_age_seconds"], 60.0, "{detail}");
+    assert_eq!(replica.status(&key).await, 200);
+
+    replica.gateway.shutdown().await;
+    drop(replica.holder);
+}

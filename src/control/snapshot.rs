@@ -1,13 +1,18 @@
 //! The key table's local snapshot (`store.snapshot`), so a gateway that starts while its store
 //! is down can serve (control plane).
 //!
-//! After a sync that changed the table, and at most every few sync intervals, the table is
-//! written to the file: one JSON line of header, then one line per key with what the hot path
-//! needs of it (hashes, never secrets). It is written to a temporary file beside the target,
-//! synced and renamed over it, so a crash leaves the old snapshot or the new one, never half of
-//! one; the file is readable by its owner only. At start, when the store cannot be read, the
-//! table is loaded from it; the first sync that can reach the store replaces it whole.
+//! The table is written whole after the first load (before the gateway is ready), then at most
+//! every few sync intervals when it changed: one JSON line of header, then one line per key
+//! with what the hot path needs of it (hashes, never secrets). It is written to a temporary
+//! file beside the target, synced and renamed over it, so a crash leaves the old snapshot or the
+//! new one, never half of one; the file is readable by its owner only. In between, every change
+//! set is journaled before it is applied ([`journal`]), so the snapshot and its journal are
+//! never older than the table the gateway enforces, and they record the time of the last sync
+//! they reflect: a start counts the table's age (`store.max_staleness`) from there. At start,
+//! when the store cannot be read, the table is loaded from both; the first sync that can reach
+//! the store replaces it whole.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufWriter, Write};
 use std::path::Path;
 
@@ -31,6 +36,10 @@ struct Header {
     revision: u64,
     /// Unix milliseconds when it was written.
     written_ms: i64,
+    /// Unix milliseconds of the last successful sync the table reflects (absent in files of
+    /// earlier versions: then `written_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    synced_ms: Option<i64>,
     keys: usize,
 }
 
@@ -57,15 +66,20 @@ struct Entry {
     previous_until: Option<i64>,
 }
 
-/// A snapshot read back: the keys, the revision they reflect and when they were written.
+#[path = "snapshot_journal.rs"]
+pub mod journal;
+
+/// A snapshot read back with its journal: the keys, the revision they reflect, when the
+/// snapshot was written and the last successful sync they reflect.
 pub struct Loaded {
     pub keys: Vec<AuthKey>,
     pub revision: u64,
     pub written_ms: i64,
+    pub synced_ms: i64,
 }
 
-/// Writes `table` to `path`, atomically.
-pub fn write(table: &KeyTable, path: &Path, now_ms: i64) -> std::io::Result<()> {
+/// Writes `table` to `path`, atomically and durably, as of the sync at `synced_ms`.
+pub fn write(table: &KeyTable, path: &Path, now_ms: i64, synced_ms: i64) -> std::io::Result<()> {
     let temporary = path.with_extension("tmp");
     let file = create_private(&temporary)?;
     let mut out = BufWriter::new(file);
@@ -74,6 +88,7 @@ pub fn write(table: &KeyTable, path: &Path, now_ms: i64) -> std::io::Result<()> 
         version: VERSION,
         revision: table.revision(),
         written_ms: now_ms,
+        synced_ms: Some(synced_ms),
         keys: table.len(),
     };
     serde_json::to_writer(&mut out, &header)?;
@@ -90,10 +105,16 @@ pub fn write(table: &KeyTable, path: &Path, now_ms: i64) -> std::io::Result<()> 
     }
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
-    std::fs::rename(&temporary, path)
+    std::fs::rename(&temporary, path)?;
+    // The rename itself made durable, before the journal it replaces is emptied.
+    match path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => std::fs::File::open(".")?.sync_all(),
+    }
 }
 
-/// Reads the snapshot at `path`; `intern` shares permission sets as the sync does.
+/// Reads the snapshot at `path` and replays its journal; `intern` shares permission sets as the
+/// sync does.
 pub fn read(
     path: &Path,
     mut intern: impl FnMut(&[Permission]) -> std::sync::Arc<PermissionSet>,
@@ -131,10 +152,14 @@ pub fn read(
             header.keys
         ));
     }
+    let mut keys: HashMap<u64, AuthKey> = keys.into_iter().map(|key| (key.seq, key)).collect();
+    let replayed = journal::replay(path, &mut keys, &mut intern)?;
+    let synced_ms = header.synced_ms.unwrap_or(header.written_ms);
     Ok(Loaded {
-        keys,
-        revision: header.revision,
+        keys: keys.into_values().collect(),
+        revision: replayed.revision.unwrap_or(header.revision),
         written_ms: header.written_ms,
+        synced_ms: replayed.synced_ms.map_or(synced_ms, |at| at.max(synced_ms)),
     })
 }
 
@@ -284,11 +309,16 @@ mod tests {
         table.set_revision(42);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("table.snap");
-        write(&table, &path, 1_234).unwrap();
+        write(&table, &path, 1_234, 1_000).unwrap();
         let loaded = read(&path, |p| Arc::new(PermissionSet::new(p.to_vec()))).unwrap();
         assert_eq!(
-            (loaded.revision, loaded.written_ms, loaded.keys.len()),
-            (42, 1_234, 2)
+            (
+                loaded.revision,
+                loaded.written_ms,
+                loaded.synced_ms,
+                loaded.keys.len()
+            ),
+            (42, 1_234, 1_000, 2)
         );
         let mut keys = loaded.keys;
         keys.sort_by_key(|k| k.seq);
@@ -319,7 +349,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("table.snap");
-        write(&table, &path, 0).unwrap();
+        write(&table, &path, 0, 0).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let cut: Vec<&str> = text.lines().take(3).collect();
         std::fs::write(&path, cut.join("\n")).unwrap();
@@ -329,5 +359,45 @@ mod tests {
         assert!(read(&path, intern).is_err());
         std::fs::write(&path, "").unwrap();
         assert!(read(&path, intern).is_err());
+    }
+
+    #[test]
+    fn the_journal_replays_over_the_snapshot_and_a_cut_off_last_line_was_never_applied() {
+        let table = KeyTable::default();
+        for seq in [1, 3] {
+            table.upsert(key(seq, None));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("table.snap");
+        write(&table, &path, 10, 10).unwrap();
+        let mut journal = journal::Journal::new(&path);
+        let revoked = AuthKey {
+            revoked: true,
+            ..key(3, None)
+        };
+        journal.record(&[&revoked], &[1], 7, 20);
+        journal.mark(30, 5);
+        let intern = |p: &[Permission]| Arc::new(PermissionSet::new(p.to_vec()));
+        let loaded = read(&path, intern).unwrap();
+        assert_eq!(
+            (loaded.revision, loaded.synced_ms, loaded.written_ms),
+            (7, 30, 10)
+        );
+        assert_eq!(loaded.keys.len(), 1, "key 1 removed");
+        assert!(loaded.keys[0].revoked, "key 3 revoked");
+
+        let journal_path = journal::path_of(&path);
+        let mut text = std::fs::read(&journal_path).unwrap();
+        text.extend_from_slice(b"{\"synced_ms\":40,\"revision\":8,\"del\":[3");
+        std::fs::write(&journal_path, &text).unwrap();
+        let loaded = read(&path, intern).unwrap();
+        assert_eq!((loaded.revision, loaded.synced_ms, loaded.keys.len()), (7, 30, 1));
+
+        text.extend_from_slice(b"\n{\"synced_ms\":50}\n");
+        std::fs::write(&journal_path, &text).unwrap();
+        assert!(
+            read(&path, intern).is_err(),
+            "a bad line before the last refuses the whole"
+        );
     }
 }

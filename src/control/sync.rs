@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::snapshot::journal::Journal;
 use super::store::{Changes, Store, StoreError, StoredKey};
 use crate::core::clock::Clock;
 use crate::core::key::StoredStatus;
@@ -43,10 +44,12 @@ pub struct KeySync {
     reload_pending: AtomicBool,
     /// The store's [`Store::generation`] the table reflects.
     generation: AtomicU64,
-    /// `store.snapshot`: where the table is saved, and how often at most.
+    /// `store.snapshot`: where the table is saved, and how often at most it is written whole.
     snapshot: Option<(PathBuf, Duration)>,
-    /// The revision last saved, and when.
-    saved: Mutex<Option<(u64, std::time::Instant)>>,
+    /// The snapshot's journal; locked inside `running` by whoever holds the sync's turn.
+    journal: Mutex<Option<Journal>>,
+    /// When the snapshot was last written whole.
+    saved: Mutex<Option<std::time::Instant>>,
 }
 
 impl KeySync {
@@ -68,6 +71,7 @@ impl KeySync {
             reload_pending: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             snapshot: None,
+            journal: Mutex::default(),
             saved: Mutex::default(),
         }
     }
@@ -76,6 +80,7 @@ impl KeySync {
     /// store cannot be read at start ([`super::snapshot`]).
     pub fn with_snapshot(self, path: Option<PathBuf>, every: Duration) -> Self {
         KeySync {
+            journal: Mutex::new(path.as_deref().map(Journal::new)),
             snapshot: path.map(|path| (path, every)),
             ..self
         }
@@ -88,13 +93,20 @@ impl KeySync {
     /// over it is another store, whose revisions say nothing about this table's, so it is
     /// reopened and the whole table reloaded from it. A path that names nothing any more is a
     /// failed sync: the table keeps serving what it has.
+    ///
+    /// With `store.snapshot`, what the table takes is saved first: the first load is written
+    /// whole before the gateway is ready, and each later change set is journaled before it is
+    /// applied, so the saved table is never older than the one enforced.
     pub fn sync_once(&self) -> Result<usize, StoreError> {
         let _turn = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        // The first load fills an empty table the proxy does not use yet: nothing to journal,
+        // it is written whole below.
+        let first = !self.status.is_loaded();
         let result = self.check_file().and_then(|()| {
             if self.reload_pending.load(Ordering::Acquire) {
                 self.reload()
             } else {
-                self.pull(self.table.revision(), |_| {})
+                self.pull(self.table.revision(), |_| {}, !first)
             }
         });
         let applied = result.inspect_err(|error| {
@@ -102,6 +114,11 @@ impl KeySync {
             self.status.record_failure(error.to_string());
         })?;
         let now_ms = self.clock.now().as_millisecond();
+        if first {
+            self.write_whole(now_ms);
+        } else {
+            self.with_journal(|journal, every| journal.mark(now_ms, every.as_millis() as i64));
+        }
         self.status.record_success(now_ms);
         self.metrics.key_table_last_sync.set(now_ms as f64 / 1000.0);
         Ok(applied)
@@ -125,16 +142,52 @@ impl KeySync {
         Ok(())
     }
 
+    /// Runs `f` on the snapshot's journal, if there is one. Call with the sync's turn held.
+    fn with_journal(&self, f: impl FnOnce(&mut Journal, Duration)) {
+        if let Some((_, every)) = &self.snapshot {
+            if let Some(journal) = self.journal.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                f(journal, *every);
+            }
+        }
+    }
+
+    /// Writes the table whole to the snapshot, as of the sync at the status's last success or
+    /// `synced_ms`, and empties the journal. Call with the sync's turn held. A failure removes
+    /// nothing newer: the old snapshot and journal stay, and are as new as the table.
+    fn write_whole(&self, synced_ms: i64) {
+        let Some((path, _)) = &self.snapshot else {
+            return;
+        };
+        let now_ms = self.clock.now().as_millisecond();
+        let started = std::time::Instant::now();
+        let written = super::snapshot::write(&self.table, path, now_ms, synced_ms);
+        *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+        let emptied = written.and_then(|()| {
+            let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+            journal
+                .as_mut()
+                .map_or(Ok(()), |journal| journal.written_whole(synced_ms))
+        });
+        match emptied {
+            Ok(()) => tracing::debug!(
+                revision = self.table.revision(),
+                elapsed_ms = crate::telemetry::logs::millis(started.elapsed()),
+                "key table snapshot written whole"
+            ),
+            Err(error) => tracing::warn!(%error, "cannot save the key table snapshot"),
+        }
+    }
+
     /// Applies every change after `revision`, batch by batch, showing each changed key's seq
-    /// to `seen`; how many.
-    fn pull(&self, mut revision: u64, mut seen: impl FnMut(u64)) -> Result<usize, StoreError> {
+    /// to `seen`, journaling each batch first when `journal`; how many.
+    fn pull(&self, mut revision: u64, mut seen: impl FnMut(u64), journal: bool) -> Result<usize, StoreError> {
         let mut applied = 0;
         loop {
             let changes = self.store.changes_since(revision, BATCH)?;
             let more = changes.more;
             revision = changes.revision;
             changes.keys.iter().for_each(|key| seen(key.seq));
-            applied += self.apply(changes);
+            applied += self.apply(changes, journal);
             if !more {
                 return Ok(applied);
             }
@@ -144,15 +197,23 @@ impl KeySync {
     /// Loads the whole store again, then drops the keys the table holds that it does not.
     fn reload(&self) -> Result<usize, StoreError> {
         let mut seen = HashSet::new();
-        let applied = self.pull(0, |seq| {
-            seen.insert(seq);
-        })?;
+        let applied = self.pull(
+            0,
+            |seq| {
+                seen.insert(seq);
+            },
+            true,
+        )?;
         let mut gone = Vec::new();
         self.table.for_each(|key| {
             if !seen.contains(&key.seq) {
                 gone.push(key.seq);
             }
         });
+        if !gone.is_empty() {
+            let (revision, now_ms) = (self.table.revision(), self.clock.now().as_millisecond());
+            self.with_journal(|journal, _| journal.record(&[], &gone, revision, now_ms));
+        }
         for seq in &gone {
             self.table.remove(*seq);
         }
@@ -165,14 +226,27 @@ impl KeySync {
         Ok(applied + gone.len())
     }
 
-    fn apply(&self, changes: Changes) -> usize {
+    /// Applies one batch of changes, journaled first when `journal` (and a snapshot is kept).
+    fn apply(&self, changes: Changes, journal: bool) -> usize {
         for why in &changes.bad_rows {
             self.metrics.store_sync_errors.inc();
             tracing::error!(error = %why, "skipping a key row the store holds in a form keygate cannot read");
         }
         let applied = changes.keys.len();
-        for key in changes.keys {
-            match self.auth_key(&key) {
+        let keys: Vec<(&StoredKey, Option<AuthKey>)> =
+            changes.keys.iter().map(|key| (key, self.auth_key(key))).collect();
+        if journal && !keys.is_empty() {
+            let put: Vec<&AuthKey> = keys.iter().filter_map(|(_, auth)| auth.as_ref()).collect();
+            let del: Vec<u64> = keys
+                .iter()
+                .filter(|(_, auth)| auth.is_none())
+                .map(|(key, _)| key.seq)
+                .collect();
+            let now_ms = self.clock.now().as_millisecond();
+            self.with_journal(|journal, _| journal.record(&put, &del, changes.revision, now_ms));
+        }
+        for (key, auth) in keys {
+            match auth {
                 Some(auth) => {
                     let upserted = self.table.upsert(auth);
                     if upserted.contested > 0 {
@@ -239,10 +313,9 @@ impl KeySync {
         let mut announced = self.store.change_feed();
         self.load(&loaded).await;
         let _ = loaded.send(true);
-        self.save_snapshot().await;
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick is immediate, and the table has just been loaded.
+        // The first tick is immediate, and the table has just been loaded (and saved).
         ticker.tick().await;
         loop {
             tokio::select! {
@@ -262,29 +335,40 @@ impl KeySync {
         }
     }
 
-    /// Saves the table when it changed since the last save and the last save is old enough;
-    /// never a table that came from the snapshot itself.
+    /// Writes the table whole when the journal holds changes and the last whole write is old
+    /// enough, so the journal stays short; never a table that came from the snapshot itself.
+    /// Takes the sync's turn: a change waits for the write rather than be lost by it.
     async fn save_snapshot(self: &Arc<Self>) {
-        let Some((path, every)) = self.snapshot.clone() else {
+        let Some((_, every)) = self.snapshot.clone() else {
             return;
         };
-        let revision = self.table.revision();
         let due = match *self.saved.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some((saved, at)) => saved != revision && at.elapsed() >= every,
+            Some(at) => at.elapsed() >= every,
             None => true,
         };
-        if !due || self.status.from_snapshot() {
+        let needed = || {
+            let journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+            journal.as_ref().is_some_and(Journal::needs_rewrite)
+        };
+        if !due || self.status.from_snapshot() || !needed() {
             return;
         }
         let sync = self.clone();
-        let now_ms = self.clock.now().as_millisecond();
-        let written =
-            tokio::task::spawn_blocking(move || super::snapshot::write(&sync.table, &path, now_ms)).await;
-        *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some((revision, std::time::Instant::now()));
-        match written {
-            Ok(Ok(())) => tracing::debug!(revision, "key table snapshot saved"),
-            Ok(Err(error)) => tracing::warn!(%error, "cannot save the key table snapshot"),
-            Err(panic) => tracing::error!(%panic, "key table snapshot task failed"),
+        let written = tokio::task::spawn_blocking(move || {
+            let _turn = sync.running.lock().unwrap_or_else(|p| p.into_inner());
+            let needed = sync
+                .journal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_some_and(Journal::needs_rewrite);
+            if needed && !sync.status.from_snapshot() {
+                sync.write_whole(sync.status.last_success_ms());
+            }
+        })
+        .await;
+        if let Err(panic) = written {
+            tracing::error!(%panic, "key table snapshot task failed");
         }
     }
 
@@ -312,11 +396,12 @@ impl KeySync {
                 // The next sync that reaches the store loads it whole: the snapshot may be of
                 // another store, or older than its tombstones.
                 self.reload_pending.store(true, Ordering::Release);
-                self.status.record_snapshot(snapshot.written_ms);
+                self.status.record_snapshot(snapshot.synced_ms);
                 let _ = loaded.send(true);
                 tracing::warn!(
                     keys,
                     revision = snapshot.revision,
+                    synced_ms = snapshot.synced_ms,
                     "store unreachable: serving the key table saved locally until it answers"
                 );
             }

@@ -207,10 +207,10 @@ impl SyncStatus {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    /// The table was loaded from the local snapshot written at `written_ms`: its age counts
-    /// from then (`store.max_staleness` included).
-    pub fn record_snapshot(&self, written_ms: i64) {
-        self.last_success_ms.store(written_ms, Ordering::Release);
+    /// The table was loaded from the local snapshot reflecting the sync at `synced_ms`: its age
+    /// counts from then (`store.max_staleness` included).
+    pub fn record_snapshot(&self, synced_ms: i64) {
+        self.last_success_ms.store(synced_ms, Ordering::Release);
         self.from_snapshot.store(true, Ordering::Release);
         self.loaded.store(true, Ordering::Release);
     }
