@@ -136,6 +136,15 @@ impl UpstreamFailure {
     }
 }
 
+/// The access record's reason of a request its client abandoned (status 499).
+pub const CLIENT_CLOSED_REASON: &str = "client_closed";
+
+/// 499, "client closed request", as nginx logs a request whose client left before the answer.
+/// Never seen by the client; it is the access record's and the metric's status.
+pub fn client_closed() -> StatusCode {
+    StatusCode::from_u16(499).expect("499 is a three-digit status")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     BadRequest(BadRequest),

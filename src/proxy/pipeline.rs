@@ -25,7 +25,9 @@
 //!   key's allowance. A local limit is decided in place; a shared one (Redis) is the one check
 //!   that awaits, so it runs at the start of the admitted request's exchange.
 //! - 9 forwards; the final phase (access log, metrics) runs for every request, whatever step it
-//!   stopped at.
+//!   stopped at. An admitted request keeps it in a guard ([`Final`]) that runs on drop too: a
+//!   client that leaves (or resets its stream) while the upstream works drops the exchange,
+//!   and the record, the metric and the recent entry say 499, as nginx logs it.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -41,7 +43,7 @@ use hyper::upgrade::OnUpgrade;
 
 use super::client_ip::{client_ip, is_trusted};
 use super::credentials::{self, CredentialError, Source};
-use super::error::{AuthFailure, BadRequest, Denial, Refusal, UpstreamFailure};
+use super::error::{self, AuthFailure, BadRequest, Denial, Refusal, UpstreamFailure};
 use super::forward::{self, method_is_canonical, Credentials, Identity, Passing, X_REQUEST_ID};
 use super::head;
 use super::limits::{Decision, LimitState};
@@ -71,6 +73,8 @@ struct Context {
     route: Option<usize>,
     key: Option<Arc<AuthKey>>,
     limit: Option<LimitState>,
+    /// When the request went upstream, for the time spent there by one abandoned meanwhile.
+    sent: Option<Instant>,
     upstream_time: Option<Duration>,
     /// The cause of a refusal, for the log.
     reason: Option<&'static str>,
@@ -89,6 +93,7 @@ impl Context {
             route: None,
             key: None,
             limit: None,
+            sent: None,
             upstream_time: None,
             reason: None,
             target: None,
@@ -129,9 +134,7 @@ enum Begun<F> {
 
 /// An admitted request, on its way upstream.
 struct Exchange {
-    snapshot: Arc<Snapshot>,
-    ctx: Context,
-    method: http::Method,
+    last: Final,
     version: http::Version,
     shared_limit: Option<RateLimitSpec>,
     upstream: usize,
@@ -144,6 +147,38 @@ struct Exchange {
 struct Upgrade {
     protocol: HeaderValue,
     client: OnUpgrade,
+}
+
+/// An admitted request's final phase, run exactly once: by [`Final::finish`] with the answer,
+/// or, when the exchange is dropped before it has one (the client closed its connection or
+/// reset its stream), by the drop, as 499. It holds what the exchange held anyway: no
+/// allocation of its own.
+struct Final {
+    snapshot: Arc<Snapshot>,
+    ctx: Context,
+    method: http::Method,
+    done: bool,
+}
+
+impl Final {
+    fn finish(mut self, response: Response<Body>) -> Response<Body> {
+        self.done = true;
+        finish(&self.snapshot, &self.ctx, &self.method, response)
+    }
+}
+
+impl Drop for Final {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let ctx = &mut self.ctx;
+        ctx.reason = Some(error::CLIENT_CLOSED_REASON);
+        if ctx.upstream_time.is_none() {
+            ctx.upstream_time = ctx.sent.map(|sent| sent.elapsed());
+        }
+        account(&self.snapshot, ctx, &self.method, error::client_closed());
+    }
 }
 
 /// Steps 0 to 8 and the rewrite of the admitted request; the final phase for a refused one.
@@ -164,9 +199,12 @@ fn begin(
     match outgoing {
         Ok((shared_limit, (upstream, outgoing, upgrade))) => {
             let exchange = Exchange {
-                snapshot,
-                ctx,
-                method,
+                last: Final {
+                    snapshot,
+                    ctx,
+                    method,
+                    done: false,
+                },
                 version,
                 shared_limit,
                 upstream,
@@ -186,31 +224,30 @@ impl Exchange {
     /// A shared step 8, step 9, then the final phase.
     async fn run(self, shared: &Shared) -> Response<Body> {
         let Exchange {
-            snapshot,
-            mut ctx,
-            method,
+            mut last,
             version,
             shared_limit,
             upstream,
             outgoing,
             upgrade,
         } = self;
+        let Final { snapshot, ctx, .. } = &mut last;
         let limited = match (shared_limit, &ctx.key) {
             (Some(spec), Some(key)) => {
                 let decision = shared.limit(key, &spec).await;
-                apply_limit(&mut ctx, decision)
+                apply_limit(ctx, decision)
             }
             _ => Ok(()),
         };
         let forwarded = match limited {
-            Ok(()) => forward(shared, &snapshot, &mut ctx, (upstream, outgoing, upgrade)).await,
+            Ok(()) => forward(shared, snapshot, ctx, (upstream, outgoing, upgrade)).await,
             Err(refusal) => Err(refusal),
         };
         let response = match forwarded {
             Ok(response) => response,
-            Err(refusal) => refuse(shared, &snapshot, &mut ctx, refusal, version),
+            Err(refusal) => refuse(shared, snapshot, ctx, refusal, version),
         };
-        finish(&snapshot, &ctx, &method, response)
+        last.finish(response)
     }
 }
 
@@ -491,6 +528,7 @@ async fn forward(
 ) -> Result<Response<Body>, Refusal> {
     let (upstream, histogram) = &snapshot.upstreams[upstream];
     let sent = Instant::now();
+    ctx.sent = Some(sent);
     let result = upstream
         .send(outgoing, snapshot.config.server.body_idle_timeout)
         .await;
@@ -627,7 +665,13 @@ fn finish(
     if let Some(limit) = ctx.limit {
         limit.write_headers(headers, snapshot.config.rate_limit.draft_headers);
     }
-    let status = response.status();
+    account(snapshot, ctx, method, response.status());
+    response
+}
+
+/// The request metric, the access record and the recent entry, for a request answered with
+/// `status` (499 for one its client abandoned).
+fn account(snapshot: &Snapshot, ctx: &Context, method: &http::Method, status: StatusCode) {
     let route = ctx.route.map(|i| &snapshot.routes[i]);
     let elapsed = ctx.start.elapsed();
     match route {
@@ -647,7 +691,6 @@ fn finish(
             elapsed,
         );
     }
-    response
 }
 
 /// Whether this request's access record goes anywhere: to the access log or the recent ones.
