@@ -28,6 +28,8 @@
 //!   stopped at. An admitted request keeps it in a guard ([`Final`]) that runs on drop too: a
 //!   client that leaves (or resets its stream) while the upstream works drops the exchange,
 //!   and the record, the metric and the recent entry say 499, as nginx logs it.
+//! - A request body that breaks on its way upstream (framing hyper cannot read, a client gone
+//!   mid-upload) is the client's fault: 400 (499 when it left), never the upstream's 502.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -51,7 +53,7 @@ use super::path::{decode_segment, normalize};
 use super::state::{RouteState, Shared, Snapshot};
 use super::table::{AuthKey, Secret};
 use super::tunnel;
-use super::upstream::{OutBody, SendFailure, UpstreamBody, UpstreamClient};
+use super::upstream::{FromClient, OutBody, SendFailure, UpstreamBody, UpstreamClient};
 use super::Body;
 use crate::config::UnderscoreHeaders;
 use crate::core::key::RateLimitSpec;
@@ -514,7 +516,7 @@ fn outgoing(
         .map_or(usize::MAX, |max| usize::try_from(max).unwrap_or(usize::MAX));
     Ok((
         route.upstream,
-        request.map(|body| Limited::new(body, limit)),
+        request.map(|body| Limited::new(FromClient::new(body), limit)),
         upgrade,
     ))
 }
@@ -546,6 +548,15 @@ async fn forward(
         }
         Err(SendFailure::BodyTooLarge) => Err(Refusal::TooLarge),
         Err(SendFailure::BodyIdle) => Err(Refusal::BodyTimeout),
+        Err(SendFailure::ClientBody(fault)) => {
+            tracing::debug!(
+                upstream = %upstream.name,
+                reason = fault.as_str(),
+                "the client's request body broke on its way upstream: the client's fault, not \
+                 the upstream's"
+            );
+            Err(Refusal::ClientBody(fault))
+        }
         Err(SendFailure::Upstream(failure)) => {
             shared
                 .metrics
@@ -648,6 +659,7 @@ fn refusal_response(
         Refusal::UriTooLong => "uri_too_long",
         Refusal::Stale { .. } => "stale_key_table",
         Refusal::Upstream(failure) => failure.as_str(),
+        Refusal::ClientBody(fault) => fault.as_str(),
     });
     refusal.into_response(&snapshot.www_authenticate)
 }
