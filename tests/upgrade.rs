@@ -401,3 +401,76 @@ async fn an_upgrade_the_upstream_refuses_leaves_one_record_of_its_answer() {
     assert_eq!(records[0]["status"], 404, "{records:?}");
     assert_eq!(records[0]["key_id"], id.as_str());
 }
+
+/// Whether the tunnel `ws` has been closed by the gateway (within the deadline).
+async fn closed(ws: &mut Client) -> bool {
+    tokio::time::timeout(DEADLINE, async { while let Some(Ok(_)) = ws.next().await {} })
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn a_tunnel_is_closed_once_its_key_no_longer_lets_anyone_in() {
+    let upstream = EchoUpstream::start().await;
+    let h = gateway(&upstream, "").await;
+    type Change = fn(&Harness, &str);
+    let changes: [(&str, Change); 4] = [
+        ("revoked", |h, id| {
+            h.keys.revoke(id).unwrap();
+        }),
+        ("deleted", |h, id| h.keys.delete(id).unwrap()),
+        ("regenerated without grace", |h, id| {
+            h.keys.regenerate(id, None).unwrap();
+        }),
+        ("expired", |h, id| {
+            let soon = h.clock_now() + Duration::from_secs(60);
+            let patch = keygate::control::keys::KeyPatch {
+                expires_at: Some(Some(soon)),
+                ..Default::default()
+            };
+            h.keys.update(id, patch).unwrap();
+        }),
+    ];
+    for (what, change) in changes {
+        let (id, key) = h.key(&["*"]).await;
+        let mut ws = connect(&h, "/v1/status/ws", Some(&key)).await.unwrap();
+        assert_eq!(round_trip(&mut ws, Message::text("a")).await, Message::text("a"));
+        change(&h, &id);
+        h.sync().await;
+        if what == "expired" {
+            // Still valid for a minute: the tunnel carries on.
+            assert_eq!(
+                round_trip(&mut ws, Message::text("b")).await,
+                Message::text("b"),
+                "{what}"
+            );
+            // Expiry comes by time; the sync's next tick (every sync_interval) notices it.
+            h.clock.advance(Duration::from_secs(61));
+        }
+        assert!(closed(&mut ws).await, "the tunnel outlived its key: {what}");
+    }
+    assert!(eventually(DEADLINE, || async { h.gateway.shared.tunnels.open() == 0 }).await);
+}
+
+#[tokio::test]
+async fn a_tunnel_outlives_changes_that_keep_its_key_valid() {
+    let upstream = EchoUpstream::start().await;
+    let h = gateway(&upstream, "").await;
+    let (id, key) = h.key(&["*"]).await;
+    let mut ws = connect(&h, "/v1/status/ws", Some(&key)).await.unwrap();
+    // Another key revoked, this one renamed, this one regenerated with a grace period.
+    let (other, _) = h.key(&["*"]).await;
+    h.keys.revoke(&other).unwrap();
+    let renamed = keygate::control::keys::KeyPatch {
+        name: Some("renamed".into()),
+        ..Default::default()
+    };
+    h.keys.update(&id, renamed).unwrap();
+    h.keys.regenerate(&id, Some(Duration::from_secs(600))).unwrap();
+    h.sync().await;
+    assert_eq!(round_trip(&mut ws, Message::text("a")).await, Message::text("a"));
+    assert_eq!(h.gateway.shared.tunnels.open(), 1);
+    // The grace period ends: the old secret lets nobody in, and its tunnel closes.
+    h.clock.advance(Duration::from_secs(601));
+    assert!(closed(&mut ws).await, "the tunnel outlived its secret's grace");
+}

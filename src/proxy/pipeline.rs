@@ -107,6 +107,8 @@ impl Context {
 struct Admitted {
     route: usize,
     key: Arc<AuthKey>,
+    /// Which of the key's secrets the request presented.
+    secret: Secret,
     uri: http::Uri,
     source: Source,
     /// Step 8 still to do, in the shared limiter: the key's limit.
@@ -145,10 +147,12 @@ struct Exchange {
 }
 
 /// What an upgrade request needs from its client for a tunnel: the protocol it asked for and
-/// its side of the switch.
+/// its side of the switch; and which of its key's secrets it was let in with, for the tunnel to
+/// close once that secret no longer lets anyone in.
 struct Upgrade {
     protocol: HeaderValue,
     client: OnUpgrade,
+    secret: Secret,
 }
 
 /// An admitted request's final phase, run exactly once: by [`Final::finish`] with the answer,
@@ -342,6 +346,7 @@ fn admit<B>(
     Ok(Admitted {
         route: matched.route,
         key,
+        secret: which,
         uri,
         source,
         shared_limit,
@@ -509,7 +514,11 @@ fn outgoing(
         tunnel::restore(request.headers_mut(), protocol.clone());
         // The client's side of the switch comes out of the request, so it does not go upstream.
         let client = hyper::upgrade::on(&mut request);
-        Upgrade { protocol, client }
+        Upgrade {
+            protocol,
+            client,
+            secret: admitted.secret,
+        }
     });
     let limit = server
         .max_request_body
@@ -539,7 +548,7 @@ async fn forward(
     histogram.observe(elapsed.as_secs_f64());
     match result {
         Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            switch(shared, snapshot, upstream, upgrade, response)
+            switch(shared, snapshot, upstream, ctx.key.as_ref(), upgrade, response)
         }
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
@@ -575,10 +584,11 @@ fn switch(
     shared: &Shared,
     snapshot: &Snapshot,
     upstream: &UpstreamClient,
+    key: Option<&Arc<AuthKey>>,
     upgrade: Option<Upgrade>,
     mut response: Response<UpstreamBody>,
 ) -> Result<Response<Body>, Refusal> {
-    let Some(Upgrade { protocol, client }) = upgrade else {
+    let (Some(key), Some(upgrade)) = (key, upgrade) else {
         let failure = UpstreamFailure::Reset;
         shared
             .metrics
@@ -587,6 +597,11 @@ fn switch(
             .inc();
         return Err(Refusal::Upstream(failure));
     };
+    let Upgrade {
+        protocol,
+        client,
+        secret,
+    } = upgrade;
     let upstream_side = hyper::upgrade::on(&mut response);
     // The tunnel keeps the connection's turn: it is one of the upstream's connections in use.
     let turn = response.body_mut().take_turn();
@@ -595,7 +610,8 @@ fn switch(
     forward::strip_hop_by_hop(&mut parts.headers);
     tunnel::restore(&mut parts.headers, chosen);
     let idle = snapshot.config.server.idle_timeout;
-    shared.tunnels.spawn(client, upstream_side, idle, turn);
+    let holder = tunnel::KeyHolder::new(&shared.keys, key.clone(), secret, shared.clock.clone());
+    shared.tunnels.spawn(client, upstream_side, idle, holder, turn);
     Ok(Response::from_parts(parts, Either::Left(body)))
 }
 
