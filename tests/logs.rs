@@ -160,6 +160,13 @@ async fn a_log_written_to_a_file_has_no_colour_and_well_formed_access_records() 
     let serving = wait_for_line(&log, "serving event", |line| line.contains("keygate serving")).await;
     let serving: Value = serde_json::from_str(&serving).unwrap();
     let proxy = serving["proxy_addr"].as_str().unwrap().to_owned();
+    // Serving comes before the key table has loaded (503 until then): wait for /readyz.
+    let admin = serving["admin_addr"].as_str().unwrap().to_owned();
+    let ready = eventually(Duration::from_secs(30), || async {
+        get(&admin, "/readyz", "not-a-key").await == 200
+    })
+    .await;
+    assert!(ready, "the gateway never got ready");
 
     assert_eq!(
         get(&proxy, "/v1/customers/acme?token=not-logged", &production_key).await,
