@@ -1,6 +1,7 @@
 //! The log on stdout of the real binary, written to a file: no colour, one well-formed access
 //! record per request with the fields of SPEC section 7 in order, the key named on a refusal,
-//! and no secret.
+//! and no secret. And one record for a request its client abandoned while the upstream worked
+//! (499), seen in the recent requests and the metric of the in-process gateway.
 
 mod support;
 
@@ -12,7 +13,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{basic, Upstream};
+use support::{admin_call, basic, eventually, sample, Harness, Upstream};
 
 const FIELDS: [&str; 12] = [
     "time",
@@ -159,6 +160,13 @@ async fn a_log_written_to_a_file_has_no_colour_and_well_formed_access_records() 
     let serving = wait_for_line(&log, "serving event", |line| line.contains("keygate serving")).await;
     let serving: Value = serde_json::from_str(&serving).unwrap();
     let proxy = serving["proxy_addr"].as_str().unwrap().to_owned();
+    // Serving comes before the key table has loaded (503 until then): wait for /readyz.
+    let admin = serving["admin_addr"].as_str().unwrap().to_owned();
+    let ready = eventually(Duration::from_secs(30), || async {
+        get(&admin, "/readyz", "not-a-key").await == 200
+    })
+    .await;
+    assert!(ready, "the gateway never got ready");
 
     assert_eq!(
         get(&proxy, "/v1/customers/acme?token=not-logged", &production_key).await,
@@ -217,4 +225,131 @@ async fn a_log_written_to_a_file_has_no_colour_and_well_formed_access_records() 
         assert!(!text.contains(secret.as_str()), "a secret in the log");
     }
     assert!(!text.contains("not-logged"), "the query string in the log");
+}
+
+/// The recent records of `request_id`, from `GET /v1/requests`.
+async fn records_of(h: &Harness, request_id: &str) -> Vec<Value> {
+    let answer = admin_call(&h.gateway, "GET", "/v1/requests?limit=1000", "").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let items = answer.json()["items"].as_array().cloned().unwrap_or_default();
+    items
+        .into_iter()
+        .filter(|record| record["request_id"] == request_id)
+        .collect()
+}
+
+/// Waits for the one record of `request_id` and checks it is the 499 of a request abandoned at
+/// the `slow` route by the key `key_id`, counted once in `keygate_requests_total`.
+async fn assert_one_499(h: &Harness, request_id: &str, key_id: &str) {
+    let deadline = Duration::from_secs(10);
+    let recorded = eventually(deadline, || async { !records_of(h, request_id).await.is_empty() }).await;
+    assert!(recorded, "no record of the abandoned request");
+    let records = records_of(h, request_id).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record = &records[0];
+    assert_eq!(record["status"], 499, "{record}");
+    assert_eq!(record["reason"], "client_closed", "{record}");
+    assert_eq!(record["route"], "slow", "{record}");
+    assert_eq!(record["key_id"], key_id, "{record}");
+    assert_eq!(record["path"], "/slow", "{record}");
+    assert!(record["duration_ms"].as_f64().is_some(), "{record}");
+    assert!(
+        record["upstream_ms"].as_f64().is_some(),
+        "the time spent at the upstream: {record}"
+    );
+    let counted = sample(
+        &h.metrics().await,
+        r#"keygate_requests_total{environment="production",route="slow",status="499"}"#,
+    );
+    assert_eq!(counted, Some(1.0));
+}
+
+#[tokio::test]
+async fn an_http1_client_that_disconnects_while_the_upstream_works_leaves_one_499_record() {
+    let h = Harness::start().await;
+    let (id, key) = h.key(&[]).await;
+    let mut stream = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+    let request = format!(
+        "GET /slow HTTP/1.1\r\nHost: api.test\r\nAuthorization: {}\r\nX-Request-Id: gone-h1\r\n\r\n",
+        basic(&key)
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // The upstream has the request (it answers after 3 s, the gateway gives up after 1 s).
+    assert!(eventually(Duration::from_secs(10), || async { h.upstream.count() == 1 }).await);
+    drop(stream);
+    assert_one_499(&h, "gone-h1", &id).await;
+}
+
+#[tokio::test]
+async fn an_http2_stream_reset_while_the_upstream_works_leaves_one_499_record() {
+    let h = Harness::start().await;
+    let (id, key) = h.key(&[]).await;
+    let tcp = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{}/slow", h.gateway.proxy_addr))
+        .header("authorization", basic(&key))
+        .header("x-request-id", "gone-h2")
+        .body(())
+        .unwrap();
+    let (_response, mut stream) = client.send_request(request, true).unwrap();
+    assert!(eventually(Duration::from_secs(10), || async { h.upstream.count() == 1 }).await);
+    stream.send_reset(h2::Reason::CANCEL);
+    assert_one_499(&h, "gone-h2", &id).await;
+    // The connection itself stays: only the stream was abandoned.
+    assert!(!connection.is_finished());
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_while_the_body_streams_is_recorded_with_the_status_it_got() {
+    // An upstream that sends its head and the start of a long body, then nothing more.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = upstream.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0; 4096];
+                let _ = stream.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nstart";
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.read(&mut buf).await;
+            });
+        }
+    });
+    let template = support::STANDARD.replace(
+        "url = \"http://{upstream}\"",
+        &format!("url = \"http://{upstream_addr}\""),
+    );
+    let h = Harness::with_config(&template, "").await;
+    let (id, key) = h.key(&[]).await;
+    let mut stream = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+    let request = format!(
+        "GET /v1/status HTTP/1.1\r\nHost: api.test\r\nAuthorization: {}\r\nX-Request-Id: cut-body\r\n\r\n",
+        basic(&key)
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.windows(5).any(|w| w == b"start") {
+        let mut buf = [0; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("the head and the start of the body")
+            .unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&head));
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"));
+    drop(stream);
+    let deadline = Duration::from_secs(10);
+    assert!(
+        eventually(deadline, || async {
+            !records_of(&h, "cut-body").await.is_empty()
+        })
+        .await
+    );
+    // One record, of the status sent: the final phase ran with the head, not again at the cut.
+    let records = records_of(&h, "cut-body").await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["status"], 200);
+    assert_eq!(records[0]["key_id"], id.as_str());
 }

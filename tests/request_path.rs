@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use keygate::core::environment::Environment;
 use keygate::core::key::RateLimitSpec;
-use support::{sample, spec, Harness};
+use support::{admin_call, basic, eventually, sample, spec, Harness};
 
 const AUTH_FAILED: &str = r#"{"error":"authentication failed"}"#;
 
@@ -372,5 +372,102 @@ async fn requests_and_durations_are_counted_per_route_and_status() {
             r#"keygate_keys{environment="production",status="active"}"#
         ),
         Some(1.0)
+    );
+}
+
+/// How many times `keygate_upstream_errors_total` has counted a failure of `kind`.
+fn upstream_errors(metrics: &str, kind: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with("keygate_upstream_errors_total{"))
+        .filter(|line| line.contains(&format!("kind=\"{kind}\"")))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The one recent record of `request_id`, once there is one.
+async fn record_of(h: &Harness, request_id: &str) -> serde_json::Value {
+    let records = || async {
+        let answer = admin_call(&h.gateway, "GET", "/v1/requests?limit=1000", "").await;
+        let items = answer.json()["items"].as_array().cloned().unwrap_or_default();
+        items
+            .into_iter()
+            .filter(|record| record["request_id"] == request_id)
+            .collect::<Vec<_>>()
+    };
+    let found = eventually(Duration::from_secs(10), || async { !records().await.is_empty() }).await;
+    assert!(found, "no record of {request_id}");
+    let records = records().await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    records[0].clone()
+}
+
+/// A POST of `body` (after the head) to `/v1/status` with `framing` among its headers, on a
+/// connection of its own; what came back.
+async fn post_raw(h: &Harness, key: &str, request_id: &str, framing: &str, body: &[u8]) -> String {
+    let head = format!(
+        "POST /v1/status HTTP/1.1\r\nHost: api.test\r\nAuthorization: {}\r\n\
+         X-Request-Id: {request_id}\r\n{framing}\r\n\r\n",
+        basic(key)
+    );
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body);
+    h.raw(&bytes).await
+}
+
+#[tokio::test]
+async fn a_request_body_with_broken_chunks_is_the_client_s_400_not_the_upstream_s_502() {
+    let h = Harness::start().await;
+    let (id, key) = h.key(&[]).await;
+    for (request_id, body) in [
+        ("bad-chunk-size", &b"zz\r\nhello\r\n0\r\n\r\n"[..]),
+        ("bare-lf-chunks", &b"5\nhello\n0\n\n"[..]),
+    ] {
+        let answer = post_raw(&h, &key, request_id, "Transfer-Encoding: chunked", body).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{request_id}: {answer}");
+        assert!(
+            answer.ends_with(r#"{"error":"bad request"}"#),
+            "{request_id}: {answer}"
+        );
+        let record = record_of(&h, request_id).await;
+        assert_eq!(record["status"], 400, "{record}");
+        assert_eq!(record["reason"], "bad_body", "{record}");
+        assert_eq!(record["key_id"], id.as_str(), "{record}");
+    }
+    let metrics = h.metrics().await;
+    assert_eq!(upstream_errors(&metrics, "reset"), 0.0, "{metrics}");
+    // The gateway, and the upstream, serve on.
+    assert_eq!(h.get("/v1/status", &key).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_client_that_closes_mid_upload_is_a_499_not_an_upstream_error() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start().await;
+    let (id, key) = h.key(&[]).await;
+    let mut stream = tokio::net::TcpStream::connect(h.gateway.proxy_addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/status HTTP/1.1\r\nHost: api.test\r\nAuthorization: {}\r\n\
+         X-Request-Id: gone-mid-upload\r\nContent-Length: 1000\r\n\r\n",
+        basic(&key)
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&[b'x'; 100]).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let record = record_of(&h, "gone-mid-upload").await;
+    assert_eq!(record["status"], 499, "{record}");
+    assert_eq!(record["reason"], "client_closed", "{record}");
+    assert_eq!(record["key_id"], id.as_str(), "{record}");
+    let metrics = h.metrics().await;
+    assert_eq!(upstream_errors(&metrics, "reset"), 0.0, "{metrics}");
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"keygate_requests_total{environment="production",route="status",status="502"}"#
+        ),
+        None,
+        "{metrics}"
     );
 }

@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::HeaderMap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use support::{basic, eventually, Harness, STANDARD};
+use support::{admin_call, basic, eventually, Harness, STANDARD};
 
 const DEADLINE: Duration = Duration::from_secs(5);
 
@@ -312,4 +313,164 @@ async fn a_tunnel_holds_its_upstream_connection_s_turn() {
     assert!(eventually(DEADLINE, || async { h.gateway.shared.tunnels.open() == 0 }).await);
     let mut ws = connect(&h, "/v1/status/ws", Some(&key)).await.unwrap();
     assert_eq!(round_trip(&mut ws, Message::text("b")).await, Message::text("b"));
+}
+
+/// The recent records of `request_id`, from `GET /v1/requests`.
+async fn records_of(h: &Harness, request_id: &str) -> Vec<serde_json::Value> {
+    let answer = admin_call(&h.gateway, "GET", "/v1/requests?limit=1000", "").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let items = answer.json()["items"].as_array().cloned().unwrap_or_default();
+    items
+        .into_iter()
+        .filter(|record| record["request_id"] == request_id)
+        .collect()
+}
+
+/// Waits for the records of `request_id` and returns them once there is one.
+async fn recorded(h: &Harness, request_id: &str) -> Vec<serde_json::Value> {
+    let found = eventually(Duration::from_secs(10), || async {
+        !records_of(h, request_id).await.is_empty()
+    })
+    .await;
+    assert!(found, "no record of {request_id}");
+    records_of(h, request_id).await
+}
+
+#[tokio::test]
+async fn an_upgrade_abandoned_before_the_upstream_answers_leaves_one_499_record() {
+    // An upstream that takes the upgrade and never answers it.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let (got, mut received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = silent.accept().await {
+            let got = got.clone();
+            tokio::spawn(async move {
+                let mut buf = [0; 4096];
+                while let Ok(1..) = stream.read(&mut buf).await {
+                    let _ = got.send(());
+                }
+            });
+        }
+    });
+    let template = STANDARD.replace(
+        "url = \"http://{upstream}\"",
+        &format!("url = \"http://{silent_addr}\""),
+    );
+    let h = Harness::with_config(&template, "").await;
+    let (id, key) = h.key(&["*"]).await;
+    let mut client = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+    let request = format!(
+        "GET /v1/status/ws HTTP/1.1\r\nHost: api.test\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: {}\r\n\
+         X-Request-Id: gone-ws\r\n\r\n",
+        basic(&key)
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::timeout(DEADLINE, received.recv())
+        .await
+        .expect("the upgrade reaches the upstream");
+    drop(client);
+    let records = recorded(&h, "gone-ws").await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["status"], 499, "{records:?}");
+    assert_eq!(records[0]["key_id"], id.as_str());
+    assert_eq!(records[0]["route"], "status");
+    assert_eq!(h.gateway.shared.tunnels.open(), 0);
+}
+
+#[tokio::test]
+async fn an_upgrade_the_upstream_refuses_leaves_one_record_of_its_answer() {
+    let upstream = EchoUpstream::start().await;
+    let h = gateway(&upstream, "").await;
+    let (id, key) = h.key(&["*"]).await;
+    let mut request = format!("ws://{}/v1/status/refuse", h.gateway.proxy_addr)
+        .into_client_request()
+        .unwrap();
+    let headers = request.headers_mut();
+    headers.insert("authorization", basic(&key).parse().unwrap());
+    headers.insert("x-request-id", "refused-ws".parse().unwrap());
+    let connected = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("the gateway answers the upgrade")
+        .map(|(ws, _)| ws);
+    assert_eq!(refused_status(connected), 404);
+    let records = recorded(&h, "refused-ws").await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["status"], 404, "{records:?}");
+    assert_eq!(records[0]["key_id"], id.as_str());
+}
+
+/// Whether the tunnel `ws` has been closed by the gateway (within the deadline).
+async fn closed(ws: &mut Client) -> bool {
+    tokio::time::timeout(DEADLINE, async { while let Some(Ok(_)) = ws.next().await {} })
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn a_tunnel_is_closed_once_its_key_no_longer_lets_anyone_in() {
+    let upstream = EchoUpstream::start().await;
+    let h = gateway(&upstream, "").await;
+    type Change = fn(&Harness, &str);
+    let changes: [(&str, Change); 4] = [
+        ("revoked", |h, id| {
+            h.keys.revoke(id).unwrap();
+        }),
+        ("deleted", |h, id| h.keys.delete(id).unwrap()),
+        ("regenerated without grace", |h, id| {
+            h.keys.regenerate(id, None).unwrap();
+        }),
+        ("expired", |h, id| {
+            let soon = h.clock_now() + Duration::from_secs(60);
+            let patch = keygate::control::keys::KeyPatch {
+                expires_at: Some(Some(soon)),
+                ..Default::default()
+            };
+            h.keys.update(id, patch).unwrap();
+        }),
+    ];
+    for (what, change) in changes {
+        let (id, key) = h.key(&["*"]).await;
+        let mut ws = connect(&h, "/v1/status/ws", Some(&key)).await.unwrap();
+        assert_eq!(round_trip(&mut ws, Message::text("a")).await, Message::text("a"));
+        change(&h, &id);
+        h.sync().await;
+        if what == "expired" {
+            // Still valid for a minute: the tunnel carries on.
+            assert_eq!(
+                round_trip(&mut ws, Message::text("b")).await,
+                Message::text("b"),
+                "{what}"
+            );
+            // Expiry comes by time; the sync's next tick (every sync_interval) notices it.
+            h.clock.advance(Duration::from_secs(61));
+        }
+        assert!(closed(&mut ws).await, "the tunnel outlived its key: {what}");
+    }
+    assert!(eventually(DEADLINE, || async { h.gateway.shared.tunnels.open() == 0 }).await);
+}
+
+#[tokio::test]
+async fn a_tunnel_outlives_changes_that_keep_its_key_valid() {
+    let upstream = EchoUpstream::start().await;
+    let h = gateway(&upstream, "").await;
+    let (id, key) = h.key(&["*"]).await;
+    let mut ws = connect(&h, "/v1/status/ws", Some(&key)).await.unwrap();
+    // Another key revoked, this one renamed, this one regenerated with a grace period.
+    let (other, _) = h.key(&["*"]).await;
+    h.keys.revoke(&other).unwrap();
+    let renamed = keygate::control::keys::KeyPatch {
+        name: Some("renamed".into()),
+        ..Default::default()
+    };
+    h.keys.update(&id, renamed).unwrap();
+    h.keys.regenerate(&id, Some(Duration::from_secs(600))).unwrap();
+    h.sync().await;
+    assert_eq!(round_trip(&mut ws, Message::text("a")).await, Message::text("a"));
+    assert_eq!(h.gateway.shared.tunnels.open(), 1);
+    // The grace period ends: the old secret lets nobody in, and its tunnel closes.
+    h.clock.advance(Duration::from_secs(601));
+    assert!(closed(&mut ws).await, "the tunnel outlived its secret's grace");
 }

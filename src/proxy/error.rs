@@ -136,6 +136,36 @@ impl UpstreamFailure {
     }
 }
 
+/// How a client's request body broke on its way upstream: the client's fault, never the
+/// upstream's, so neither `keygate_upstream_errors_total` nor a warning about the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    /// The body's framing could not be read (an invalid chunk size, a bare LF in a chunk line):
+    /// 400.
+    Malformed,
+    /// The client went away mid-body (closed before its Content-Length or its last chunk, or
+    /// reset its stream): 499, which only the access record and the metric see.
+    Gone,
+}
+
+impl BodyFault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BodyFault::Malformed => "bad_body",
+            BodyFault::Gone => CLIENT_CLOSED_REASON,
+        }
+    }
+}
+
+/// The access record's reason of a request its client abandoned (status 499).
+pub const CLIENT_CLOSED_REASON: &str = "client_closed";
+
+/// 499, "client closed request", as nginx logs a request whose client left before the answer.
+/// Never seen by the client; it is the access record's and the metric's status.
+pub fn client_closed() -> StatusCode {
+    StatusCode::from_u16(499).expect("499 is a three-digit status")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     BadRequest(BadRequest),
@@ -163,6 +193,8 @@ pub enum Refusal {
         retry_after: u64,
     },
     Upstream(UpstreamFailure),
+    /// The client's request body broke while it streamed upstream.
+    ClientBody(BodyFault),
 }
 
 const NO_ROUTE: &str = r#"{"error":"no route"}"#;
@@ -177,6 +209,7 @@ pub(super) const URI_TOO_LONG: &str = r#"{"error":"uri too long"}"#;
 const UNAVAILABLE: &str = r#"{"error":"service unavailable"}"#;
 const BAD_GATEWAY: &str = r#"{"error":"bad gateway"}"#;
 const GATEWAY_TIMEOUT: &str = r#"{"error":"gateway timeout"}"#;
+const CLIENT_CLOSED: &str = r#"{"error":"client closed request"}"#;
 
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
@@ -201,7 +234,8 @@ impl Refusal {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::BadRequest(_) | Refusal::ClientBody(BodyFault::Malformed) => StatusCode::BAD_REQUEST,
+            Refusal::ClientBody(BodyFault::Gone) => client_closed(),
             Refusal::NoRoute => StatusCode::NOT_FOUND,
             Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Refusal::IpThrottled { .. } | Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -226,7 +260,11 @@ impl Refusal {
     pub fn closes_connection(&self) -> bool {
         match self {
             // The rest of a stalled body may still come, and would be read as a request.
-            Refusal::BadRequest(_) | Refusal::TooManyHeaders | Refusal::BodyTimeout => true,
+            // A body that broke leaves its rest unread, or the client gone.
+            Refusal::BadRequest(_)
+            | Refusal::TooManyHeaders
+            | Refusal::BodyTimeout
+            | Refusal::ClientBody(_) => true,
             Refusal::NoRoute
             | Refusal::Unauthenticated(_)
             | Refusal::IpThrottled { .. }
@@ -244,7 +282,8 @@ impl Refusal {
     pub fn into_response(self, www_authenticate: &HeaderValue) -> Response<Body> {
         let status = self.status();
         let body: Bytes = match &self {
-            Refusal::BadRequest(_) => BAD_REQUEST.into(),
+            Refusal::BadRequest(_) | Refusal::ClientBody(BodyFault::Malformed) => BAD_REQUEST.into(),
+            Refusal::ClientBody(BodyFault::Gone) => CLIENT_CLOSED.into(),
             Refusal::NoRoute => NO_ROUTE.into(),
             Refusal::Unauthenticated(_) => AUTH_FAILED.into(),
             Refusal::IpThrottled { .. } | Refusal::RateLimited { .. } => RATE_LIMITED.into(),
@@ -284,6 +323,7 @@ impl Refusal {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Refusal::BadRequest(_)
+            | Refusal::ClientBody(_)
             | Refusal::NoRoute
             | Refusal::Denied(_)
             | Refusal::MissingPermission(_)
@@ -335,6 +375,8 @@ mod tests {
             Refusal::Upstream(UpstreamFailure::Timeout),
             Refusal::Upstream(UpstreamFailure::Reset),
             Refusal::Upstream(UpstreamFailure::Saturated),
+            Refusal::ClientBody(BodyFault::Malformed),
+            Refusal::ClientBody(BodyFault::Gone),
         ]
     }
 
@@ -377,7 +419,10 @@ mod tests {
         for refusal in every_refusal() {
             let closes = matches!(
                 refusal,
-                Refusal::BadRequest(_) | Refusal::TooManyHeaders | Refusal::BodyTimeout
+                Refusal::BadRequest(_)
+                    | Refusal::TooManyHeaders
+                    | Refusal::BodyTimeout
+                    | Refusal::ClientBody(_)
             );
             assert_eq!(refusal.closes_connection(), closes, "{refusal:?}");
         }

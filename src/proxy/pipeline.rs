@@ -25,7 +25,11 @@
 //!   key's allowance. A local limit is decided in place; a shared one (Redis) is the one check
 //!   that awaits, so it runs at the start of the admitted request's exchange.
 //! - 9 forwards; the final phase (access log, metrics) runs for every request, whatever step it
-//!   stopped at.
+//!   stopped at. An admitted request keeps it in a guard ([`Final`]) that runs on drop too: a
+//!   client that leaves (or resets its stream) while the upstream works drops the exchange,
+//!   and the record, the metric and the recent entry say 499, as nginx logs it.
+//! - A request body that breaks on its way upstream (framing hyper cannot read, a client gone
+//!   mid-upload) is the client's fault: 400 (499 when it left), never the upstream's 502.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -41,7 +45,7 @@ use hyper::upgrade::OnUpgrade;
 
 use super::client_ip::{client_ip, is_trusted};
 use super::credentials::{self, CredentialError, Source};
-use super::error::{AuthFailure, BadRequest, Denial, Refusal, UpstreamFailure};
+use super::error::{self, AuthFailure, BadRequest, Denial, Refusal, UpstreamFailure};
 use super::forward::{self, method_is_canonical, Credentials, Identity, Passing, X_REQUEST_ID};
 use super::head;
 use super::limits::{Decision, LimitState};
@@ -49,7 +53,7 @@ use super::path::{decode_segment, normalize};
 use super::state::{RouteState, Shared, Snapshot};
 use super::table::{AuthKey, Secret};
 use super::tunnel;
-use super::upstream::{OutBody, SendFailure, UpstreamBody, UpstreamClient};
+use super::upstream::{FromClient, OutBody, SendFailure, UpstreamBody, UpstreamClient};
 use super::Body;
 use crate::config::UnderscoreHeaders;
 use crate::core::key::RateLimitSpec;
@@ -71,6 +75,8 @@ struct Context {
     route: Option<usize>,
     key: Option<Arc<AuthKey>>,
     limit: Option<LimitState>,
+    /// When the request went upstream, for the time spent there by one abandoned meanwhile.
+    sent: Option<Instant>,
     upstream_time: Option<Duration>,
     /// The cause of a refusal, for the log.
     reason: Option<&'static str>,
@@ -89,6 +95,7 @@ impl Context {
             route: None,
             key: None,
             limit: None,
+            sent: None,
             upstream_time: None,
             reason: None,
             target: None,
@@ -100,6 +107,8 @@ impl Context {
 struct Admitted {
     route: usize,
     key: Arc<AuthKey>,
+    /// Which of the key's secrets the request presented.
+    secret: Secret,
     uri: http::Uri,
     source: Source,
     /// Step 8 still to do, in the shared limiter: the key's limit.
@@ -129,9 +138,7 @@ enum Begun<F> {
 
 /// An admitted request, on its way upstream.
 struct Exchange {
-    snapshot: Arc<Snapshot>,
-    ctx: Context,
-    method: http::Method,
+    last: Final,
     version: http::Version,
     shared_limit: Option<RateLimitSpec>,
     upstream: usize,
@@ -140,10 +147,44 @@ struct Exchange {
 }
 
 /// What an upgrade request needs from its client for a tunnel: the protocol it asked for and
-/// its side of the switch.
+/// its side of the switch; and which of its key's secrets it was let in with, for the tunnel to
+/// close once that secret no longer lets anyone in.
 struct Upgrade {
     protocol: HeaderValue,
     client: OnUpgrade,
+    secret: Secret,
+}
+
+/// An admitted request's final phase, run exactly once: by [`Final::finish`] with the answer,
+/// or, when the exchange is dropped before it has one (the client closed its connection or
+/// reset its stream), by the drop, as 499. It holds what the exchange held anyway: no
+/// allocation of its own.
+struct Final {
+    snapshot: Arc<Snapshot>,
+    ctx: Context,
+    method: http::Method,
+    done: bool,
+}
+
+impl Final {
+    fn finish(mut self, response: Response<Body>) -> Response<Body> {
+        self.done = true;
+        finish(&self.snapshot, &self.ctx, &self.method, response)
+    }
+}
+
+impl Drop for Final {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let ctx = &mut self.ctx;
+        ctx.reason = Some(error::CLIENT_CLOSED_REASON);
+        if ctx.upstream_time.is_none() {
+            ctx.upstream_time = ctx.sent.map(|sent| sent.elapsed());
+        }
+        account(&self.snapshot, ctx, &self.method, error::client_closed());
+    }
 }
 
 /// Steps 0 to 8 and the rewrite of the admitted request; the final phase for a refused one.
@@ -164,9 +205,12 @@ fn begin(
     match outgoing {
         Ok((shared_limit, (upstream, outgoing, upgrade))) => {
             let exchange = Exchange {
-                snapshot,
-                ctx,
-                method,
+                last: Final {
+                    snapshot,
+                    ctx,
+                    method,
+                    done: false,
+                },
                 version,
                 shared_limit,
                 upstream,
@@ -186,31 +230,30 @@ impl Exchange {
     /// A shared step 8, step 9, then the final phase.
     async fn run(self, shared: &Shared) -> Response<Body> {
         let Exchange {
-            snapshot,
-            mut ctx,
-            method,
+            mut last,
             version,
             shared_limit,
             upstream,
             outgoing,
             upgrade,
         } = self;
+        let Final { snapshot, ctx, .. } = &mut last;
         let limited = match (shared_limit, &ctx.key) {
             (Some(spec), Some(key)) => {
                 let decision = shared.limit(key, &spec).await;
-                apply_limit(&mut ctx, decision)
+                apply_limit(ctx, decision)
             }
             _ => Ok(()),
         };
         let forwarded = match limited {
-            Ok(()) => forward(shared, &snapshot, &mut ctx, (upstream, outgoing, upgrade)).await,
+            Ok(()) => forward(shared, snapshot, ctx, (upstream, outgoing, upgrade)).await,
             Err(refusal) => Err(refusal),
         };
         let response = match forwarded {
             Ok(response) => response,
-            Err(refusal) => refuse(shared, &snapshot, &mut ctx, refusal, version),
+            Err(refusal) => refuse(shared, snapshot, ctx, refusal, version),
         };
-        finish(&snapshot, &ctx, &method, response)
+        last.finish(response)
     }
 }
 
@@ -303,6 +346,7 @@ fn admit<B>(
     Ok(Admitted {
         route: matched.route,
         key,
+        secret: which,
         uri,
         source,
         shared_limit,
@@ -470,14 +514,18 @@ fn outgoing(
         tunnel::restore(request.headers_mut(), protocol.clone());
         // The client's side of the switch comes out of the request, so it does not go upstream.
         let client = hyper::upgrade::on(&mut request);
-        Upgrade { protocol, client }
+        Upgrade {
+            protocol,
+            client,
+            secret: admitted.secret,
+        }
     });
     let limit = server
         .max_request_body
         .map_or(usize::MAX, |max| usize::try_from(max).unwrap_or(usize::MAX));
     Ok((
         route.upstream,
-        request.map(|body| Limited::new(body, limit)),
+        request.map(|body| Limited::new(FromClient::new(body), limit)),
         upgrade,
     ))
 }
@@ -491,6 +539,7 @@ async fn forward(
 ) -> Result<Response<Body>, Refusal> {
     let (upstream, histogram) = &snapshot.upstreams[upstream];
     let sent = Instant::now();
+    ctx.sent = Some(sent);
     let result = upstream
         .send(outgoing, snapshot.config.server.body_idle_timeout)
         .await;
@@ -499,7 +548,7 @@ async fn forward(
     histogram.observe(elapsed.as_secs_f64());
     match result {
         Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            switch(shared, snapshot, upstream, upgrade, response)
+            switch(shared, snapshot, upstream, ctx.key.as_ref(), upgrade, response)
         }
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
@@ -508,6 +557,15 @@ async fn forward(
         }
         Err(SendFailure::BodyTooLarge) => Err(Refusal::TooLarge),
         Err(SendFailure::BodyIdle) => Err(Refusal::BodyTimeout),
+        Err(SendFailure::ClientBody(fault)) => {
+            tracing::debug!(
+                upstream = %upstream.name,
+                reason = fault.as_str(),
+                "the client's request body broke on its way upstream: the client's fault, not \
+                 the upstream's"
+            );
+            Err(Refusal::ClientBody(fault))
+        }
         Err(SendFailure::Upstream(failure)) => {
             shared
                 .metrics
@@ -526,10 +584,11 @@ fn switch(
     shared: &Shared,
     snapshot: &Snapshot,
     upstream: &UpstreamClient,
+    key: Option<&Arc<AuthKey>>,
     upgrade: Option<Upgrade>,
     mut response: Response<UpstreamBody>,
 ) -> Result<Response<Body>, Refusal> {
-    let Some(Upgrade { protocol, client }) = upgrade else {
+    let (Some(key), Some(upgrade)) = (key, upgrade) else {
         let failure = UpstreamFailure::Reset;
         shared
             .metrics
@@ -538,6 +597,11 @@ fn switch(
             .inc();
         return Err(Refusal::Upstream(failure));
     };
+    let Upgrade {
+        protocol,
+        client,
+        secret,
+    } = upgrade;
     let upstream_side = hyper::upgrade::on(&mut response);
     // The tunnel keeps the connection's turn: it is one of the upstream's connections in use.
     let turn = response.body_mut().take_turn();
@@ -546,7 +610,8 @@ fn switch(
     forward::strip_hop_by_hop(&mut parts.headers);
     tunnel::restore(&mut parts.headers, chosen);
     let idle = snapshot.config.server.idle_timeout;
-    shared.tunnels.spawn(client, upstream_side, idle, turn);
+    let holder = tunnel::KeyHolder::new(&shared.keys, key.clone(), secret, shared.clock.clone());
+    shared.tunnels.spawn(client, upstream_side, idle, holder, turn);
     Ok(Response::from_parts(parts, Either::Left(body)))
 }
 
@@ -610,6 +675,7 @@ fn refusal_response(
         Refusal::UriTooLong => "uri_too_long",
         Refusal::Stale { .. } => "stale_key_table",
         Refusal::Upstream(failure) => failure.as_str(),
+        Refusal::ClientBody(fault) => fault.as_str(),
     });
     refusal.into_response(&snapshot.www_authenticate)
 }
@@ -627,7 +693,13 @@ fn finish(
     if let Some(limit) = ctx.limit {
         limit.write_headers(headers, snapshot.config.rate_limit.draft_headers);
     }
-    let status = response.status();
+    account(snapshot, ctx, method, response.status());
+    response
+}
+
+/// The request metric, the access record and the recent entry, for a request answered with
+/// `status` (499 for one its client abandoned).
+fn account(snapshot: &Snapshot, ctx: &Context, method: &http::Method, status: StatusCode) {
     let route = ctx.route.map(|i| &snapshot.routes[i]);
     let elapsed = ctx.start.elapsed();
     match route {
@@ -647,7 +719,6 @@ fn finish(
             elapsed,
         );
     }
-    response
 }
 
 /// Whether this request's access record goes anywhere: to the access log or the recent ones.

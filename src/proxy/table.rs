@@ -20,6 +20,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use ipnet::IpNet;
 use rustc_hash::{FxBuildHasher, FxHashMap};
+use tokio::sync::watch;
 
 use crate::core::environment::Environment;
 use crate::core::key::RateLimitSpec;
@@ -162,6 +163,9 @@ pub struct KeyTable {
     /// hot path never takes it).
     contested: Mutex<FxHashMap<Index, Vec<u64>>>,
     revision: AtomicU64,
+    /// Told of every applied batch of changes (each sync, changes or not) and every removal,
+    /// for the open tunnels to check their keys ([`super::tunnel::KeyHolder`]).
+    changed: watch::Sender<()>,
 }
 
 /// What an upsert could not index.
@@ -184,6 +188,7 @@ impl KeyTable {
             by_seq: DashMap::with_capacity_and_hasher_and_shard_amount(keys, FxBuildHasher, SHARDS),
             contested: Mutex::default(),
             revision: AtomicU64::new(0),
+            changed: watch::Sender::new(()),
         }
     }
 
@@ -224,6 +229,8 @@ impl KeyTable {
             for hash in hashes(&old) {
                 self.unindex(&mut contested, hash, &old);
             }
+            drop(contested);
+            self.changed.send_replace(());
         }
     }
 
@@ -315,8 +322,17 @@ impl KeyTable {
         self.revision.load(Ordering::Acquire)
     }
 
+    /// Records the store revision the table now reflects, after a sync's batch of changes
+    /// (none, on a quiet tick), and tells whoever watches the table ([`KeyTable::changes`]).
     pub fn set_revision(&self, revision: u64) {
         self.revision.store(revision, Ordering::Release);
+        self.changed.send_replace(());
+    }
+
+    /// Told after each batch of changes, each sync tick and each removal: a time to look
+    /// again at a key held since (a tunnel's), including its expiry.
+    pub fn changes(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
     }
 }
 
@@ -418,6 +434,24 @@ mod tests {
         table.remove(2);
         assert_eq!(find(&table, "shared-secret-0123"), None);
         assert!(table.contested().is_empty());
+    }
+
+    #[test]
+    fn watchers_are_told_of_each_sync_and_each_removal() {
+        let table = KeyTable::default();
+        table.upsert(key(1, "secret-one-0123456", None));
+        let mut changes = table.changes();
+        assert!(!changes.has_changed().unwrap());
+        table.set_revision(1);
+        assert!(
+            changes.has_changed().unwrap(),
+            "a sync's batch, or its quiet tick"
+        );
+        changes.mark_unchanged();
+        table.remove(2);
+        assert!(!changes.has_changed().unwrap(), "nothing was removed");
+        table.remove(1);
+        assert!(changes.has_changed().unwrap());
     }
 
     #[test]

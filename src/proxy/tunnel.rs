@@ -8,6 +8,12 @@
 //! hyper hands the socket to the tunnel. On shutdown a tunnel has the grace to end by itself,
 //! then it is closed ([`Tunnels`]).
 //!
+//! A tunnel lasts only as long as the secret it was opened with lets anyone in: at every change
+//! of the key table (a sync applies changes, and ticks every `store.sync_interval` even without
+//! any), a tunnel whose key was revoked, deleted, expired, regenerated past that secret's grace,
+//! or moved to another environment is closed ([`KeyHolder`]). The check runs on the sync's
+//! path, never on a request's.
+//!
 //! `Upgrade: h2c` is never tunnelled: the HTTP/2 requests that would follow on the tunnel would
 //! reach the upstream without passing the gateway's checks (the "h2c smuggling" of proxies that
 //! tunnel it). Such a request goes on as a plain one, its upgrade headers stripped. HTTP/2
@@ -16,6 +22,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,6 +32,11 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, OwnedSemaphorePermit};
+
+use super::pipeline::key_usable;
+use super::table::{AuthKey, KeyTable, Secret};
+use crate::core::clock::Clock;
+use crate::core::secret::KeyHash;
 
 /// The protocol an HTTP/1.1 request asks to upgrade to, when it asks in the way RFC 9110
 /// 7.8 says (an `Upgrade` field and `upgrade` among the `Connection` options) and the protocol
@@ -92,15 +104,25 @@ impl Tunnels {
     }
 
     /// Copies between the client and the upstream once both are upgraded, until either side
-    /// closes, `idle` passes without a byte either way, or the gateway closes its tunnels.
-    /// `hold` (the upstream connection's turn) is kept as long.
-    pub fn spawn(&self, client: OnUpgrade, upstream: OnUpgrade, idle: Duration, hold: impl Send + 'static) {
+    /// closes, `idle` passes without a byte either way, the key stops letting its holder in,
+    /// or the gateway closes its tunnels. `hold` (the upstream connection's turn) is kept as
+    /// long.
+    pub fn spawn(
+        &self,
+        client: OnUpgrade,
+        upstream: OnUpgrade,
+        idle: Duration,
+        key: KeyHolder,
+        hold: impl Send + 'static,
+    ) {
         let mut closing = self.close.subscribe();
         tokio::spawn(async move {
             let _hold = hold;
             if *closing.borrow_and_update() {
                 return;
             }
+            // Subscribed before the switch completes, so a change meanwhile is seen.
+            let mut changes = key.table.changes();
             let (client, upstream) = match tokio::try_join!(client, upstream) {
                 Ok(both) => both,
                 Err(error) => {
@@ -119,8 +141,65 @@ impl Tunnels {
                 _ = closing.wait_for(|closing| *closing) => {
                     tracing::debug!("tunnel closed: the gateway is stopping");
                 }
+                () = key.lets_in_until_it_does_not(&mut changes) => {
+                    tracing::info!(
+                        key_id = %key.key.id,
+                        "tunnel closed: its key was revoked, deleted, expired or replaced"
+                    );
+                }
             }
         });
+    }
+}
+
+/// The key a tunnel was opened with, and what tells whether it still lets its holder in.
+pub struct KeyHolder {
+    table: Arc<KeyTable>,
+    key: Arc<AuthKey>,
+    /// The hash of the secret presented.
+    hash: KeyHash,
+    clock: Clock,
+}
+
+impl KeyHolder {
+    /// `secret`: which of `key`'s secrets the upgrade request presented.
+    pub fn new(table: &Arc<KeyTable>, key: Arc<AuthKey>, secret: Secret, clock: Clock) -> Self {
+        let hash = match secret {
+            Secret::Previous { .. } => key.previous().map_or(key.hash, |previous| previous.hash),
+            Secret::Current => key.hash,
+        };
+        KeyHolder {
+            table: table.clone(),
+            key,
+            hash,
+            clock,
+        }
+    }
+
+    /// Whether the secret still finds the same key, in the same environment, usable now: as
+    /// steps 3 and 4 of the request path would decide for a new request with it.
+    fn lets_in(&self) -> bool {
+        let Some((found, which)) = self.table.lookup(&self.hash) else {
+            return false;
+        };
+        let now = self.clock.now().as_second();
+        found.seq == self.key.seq
+            && found.environment == self.key.environment
+            && key_usable(&found, which, now).is_ok()
+    }
+
+    /// Resolves once a change of the table (or its tick) finds the key no longer letting its
+    /// holder in; never while the table lives and it does.
+    async fn lets_in_until_it_does_not(&self, changes: &mut watch::Receiver<()>) {
+        loop {
+            changes.mark_unchanged();
+            if !self.lets_in() {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 }
 
