@@ -152,13 +152,29 @@ async fn regenerating_shows_the_new_secret_and_the_grace_period() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoking_from_the_page_refuses_the_key_at_once() {
+async fn revoking_asks_first_naming_the_key_and_the_401_then_refuses_it_at_once() {
     let Some((harness, browser)) = setup("revoke").await else {
         return;
     };
     let (id, secret) = harness.key(&[]).await;
     open_key(&harness, &browser, &id).await;
     browser.click("Revoke").await;
+    browser.until_text("dialog h2", "Revoke “test key”?").await;
+    browser.until_text("dialog", "gets 401 at once").await;
+    browser.until_text("dialog p", "“test key”").await;
+    browser.screenshot_as("revoke_confirm").await;
+    browser.click("Cancel").await;
+    browser.until_gone("dialog").await;
+    assert_eq!(
+        harness.get("/v1/status", &secret).await.status,
+        StatusCode::OK,
+        "cancelled: the key still works"
+    );
+    browser.until_text("main h2 .badge", "active").await;
+
+    browser.click("Revoke").await;
+    browser.click("Revoke key").await;
+    browser.until_gone("dialog").await;
     browser.until_text("main h2 .badge", "revoked").await;
     assert_eq!(
         harness.get("/v1/status", &secret).await.status,

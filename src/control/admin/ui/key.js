@@ -64,7 +64,13 @@ function actions(key) {
     button("Regenerate", () => regenerateDialog(key, () => again("Key regenerated: the new secret is in force."))),
     key.status === "revoked" ?
       button("Activate", change("activate", "Key activated: it works again."), "") :
-      button("Revoke", change("revoke", "Key revoked: the gateway refuses it from now on."), "danger"),
+      button("Revoke", () => confirmDialog(`Revoke “${key.name}”?`,
+        `Traffic using “${key.name}” gets 401 at once: the gateway refuses every request with this key ` +
+        "until it is activated again. Nothing is deleted.", "Revoke key",
+        async () => {
+          await api("POST", keyPath(key.id, "/revoke"), {});
+          again("Key revoked: the gateway refuses it from now on.");
+        }), "danger"),
     button("Delete", () => confirmDialog(`Delete “${key.name}”?`,
       "The key stops working at once and cannot be brought back. Its audit trail is kept.", "Delete key",
       async () => {
