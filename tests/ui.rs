@@ -335,6 +335,10 @@ async fn editing_saves_the_changes_and_shows_api_errors_in_words() {
     browser.until_gone("dialog").await;
     browser.until_text("main h2", "renamed key").await;
     browser.until_text("dl.details", "5 per 1m").await;
+    assert!(
+        !browser.text("dl.details").await.contains("burst"),
+        "an empty burst is the default: as many as requests"
+    );
     let key = harness.keys.get(&id).unwrap();
     assert_eq!(key.spec.name, "renamed key");
     assert_eq!(key.spec.permissions.len(), 2);
@@ -564,6 +568,90 @@ async fn recent_requests_show_a_refusal_with_its_reason() {
     browser
         .until_text("table.requests tr[data-status=\"403\"]", "permission")
         .await;
+    browser.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_create_and_edit_forms_set_a_burst() {
+    let Some((harness, browser)) = setup("burst").await else {
+        return;
+    };
+    browser.sign_in(&page(&harness), ADMIN_TOKEN).await;
+    browser.click("Create key").await;
+    browser.fill("#f-name", "bursty").await;
+    browser.fill("#f-burst", "30").await;
+    browser
+        .find("dialog button[type=\"submit\"]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser
+        .until_text("dialog .form-error", "A burst needs a rate")
+        .await;
+    assert_eq!(
+        browser.eval("return document.activeElement.id;").await,
+        "f-requests"
+    );
+    browser.fill("#f-requests", "10").await;
+    browser.find("#f-per").await.select_by_value("1s").await.unwrap();
+    browser
+        .find("dialog button[type=\"submit\"]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.find("[data-secret]").await;
+    browser.click("Done").await;
+    browser.until_text("table#keys", "10 per 1s (burst 30)").await;
+    let id = browser
+        .eval("return document.querySelector('table#keys tr[data-key-id]').dataset.keyId;")
+        .await;
+    let id = id.as_str().unwrap().to_owned();
+    let limit = harness.keys.get(&id).unwrap().spec.rate_limit.unwrap();
+    assert_eq!((limit.requests.get(), limit.burst().get()), (10, 30));
+
+    browser
+        .find(&format!("tr[data-key-id=\"{id}\"] a"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.until_text("dl.details", "(burst 30)").await;
+    browser.click("Edit").await;
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('f-burst').value;")
+            .await,
+        "30",
+        "the edit form shows the key's burst"
+    );
+    browser.screenshot_as("burst_edit").await;
+    // More than the API takes (a burst is a 32-bit count): the browser lets it through.
+    browser.fill("#f-burst", "4294967296").await;
+    browser
+        .find("dialog button[type=\"submit\"]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.until_text("dialog .form-error", "burst").await;
+    assert_eq!(
+        browser.eval("return document.activeElement.id;").await,
+        "f-burst",
+        "the API's error marks the burst field"
+    );
+    browser.fill("#f-burst", "50").await;
+    browser
+        .find("dialog button[type=\"submit\"]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.until_gone("dialog").await;
+    browser.until_text("dl.details", "10 per 1s (burst 50)").await;
+    let limit = harness.keys.get(&id).unwrap().spec.rate_limit.unwrap();
+    assert_eq!(limit.burst().get(), 50);
     browser.finish().await;
 }
 
