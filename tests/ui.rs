@@ -655,6 +655,110 @@ async fn the_create_and_edit_forms_set_a_burst() {
     browser.finish().await;
 }
 
+/// The part of the page's address after the `#`.
+async fn hash(browser: &Browser) -> String {
+    let hash = browser.eval("return location.hash;").await;
+    hash.as_str().unwrap().to_owned()
+}
+
+async fn rows(browser: &Browser, n: usize) {
+    let check = format!("return document.querySelectorAll('table#keys tbody tr').length === {n};");
+    browser.until(&format!("{n} rows"), &check).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_and_the_page_live_in_the_address() {
+    let Some((harness, browser)) = setup("address").await else {
+        return;
+    };
+    for n in 0..53 {
+        let mut key = spec(Environment::Production, &[]);
+        key.name = format!("production key {n:02}");
+        harness.keys.create(key).unwrap();
+    }
+    for n in 0..3 {
+        let mut key = spec(Environment::Staging, &[]);
+        key.name = format!("staging key {n}");
+        key.customer_id = Some(if n == 0 { "globex" } else { "acme" }.into());
+        harness.keys.create(key).unwrap();
+    }
+    browser.sign_in(&page(&harness), ADMIN_TOKEN).await;
+    rows(&browser, 50).await;
+
+    // Filtering writes the address; a reload shows the same view, filters filled in.
+    browser
+        .find("#filter-environment")
+        .await
+        .select_by_value("staging")
+        .await
+        .unwrap();
+    browser.fill("#filter-customer", "acme").await;
+    browser.click("Filter").await;
+    rows(&browser, 2).await;
+    let filtered = hash(&browser).await;
+    assert_eq!(filtered, "#/keys?environment=staging&customer_id=acme");
+    browser.client.refresh().await.unwrap();
+    rows(&browser, 2).await;
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('filter-environment').value;")
+            .await,
+        "staging"
+    );
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('filter-customer').value;")
+            .await,
+        "acme"
+    );
+
+    // Back and forward move between the views.
+    browser.client.back().await.unwrap();
+    rows(&browser, 50).await;
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('filter-environment').value;")
+            .await,
+        ""
+    );
+    browser.client.forward().await.unwrap();
+    rows(&browser, 2).await;
+
+    // The page is in the address too, and the way back survives a reload.
+    browser
+        .find("#filter-environment")
+        .await
+        .select_by_value("")
+        .await
+        .unwrap();
+    browser.fill("#filter-customer", "").await;
+    browser.click("Filter").await;
+    rows(&browser, 50).await;
+    browser.click("Next page →").await;
+    browser.until_text("table#keys", "staging key 2").await;
+    let second = hash(&browser).await;
+    assert!(second.starts_with("#/keys?cursor="), "{second}");
+    browser.client.refresh().await.unwrap();
+    browser.until_text("table#keys", "staging key 2").await;
+    rows(&browser, 6).await;
+    browser.click("← Previous page").await;
+    browser.until_text("table#keys", "production key 00").await;
+    assert_eq!(hash(&browser).await, "#/keys");
+    browser.client.back().await.unwrap();
+    browser.until_text("table#keys", "staging key 2").await;
+
+    // A shared link opens its view once the person signs in, in a tab of their own.
+    browser.click("Sign out").await;
+    let link = harness.admin_url(&format!("/ui/{filtered}"));
+    browser.goto(&link).await;
+    browser.fill("input[name=\"token\"]", ADMIN_TOKEN).await;
+    browser.click("Sign in").await;
+    rows(&browser, 2).await;
+    browser.until_text("table#keys", "staging key 1").await;
+    assert_eq!(hash(&browser).await, filtered);
+    browser.finish().await;
+}
+
 /// The README's picture (docs/ui.png): a list with keys of every kind. Not a check; run it with
 /// `cargo test --test ui -- --ignored readme_picture` and copy target/ui-screenshots/readme.png.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
