@@ -1063,7 +1063,15 @@ async fn recent_requests_show_each_answer_with_its_reason_newest_first() {
     let all = admin(&h, Method::GET, "/v1/requests", None, None).await.text();
     assert!(!all.contains(&secret) && !all.contains("hidden"), "{all}");
 
-    for bad in ["status=abc", "status=6xx", "limit=0", "limit=1001", "limit=x"] {
+    for bad in [
+        "status=abc",
+        "status=6xx",
+        "limit=0",
+        "limit=1001",
+        "limit=x",
+        "cursor=x",
+        "cursor=-1",
+    ] {
         let answer = call(
             &h,
             &c,
@@ -1075,6 +1083,64 @@ async fn recent_requests_show_each_answer_with_its_reason_newest_first() {
         .await;
         assert_eq!(answer.status, 400, "{bad}");
     }
+}
+
+#[tokio::test]
+async fn recent_requests_page_back_by_cursor_newest_first() {
+    let h = Harness::start().await;
+    let c = Contract::new();
+    let (id, secret) = h.key(&[]).await;
+    let (_, other) = h.key(&[]).await;
+    for n in 0..5 {
+        assert_eq!(h.get(&format!("/v1/status/{n}"), &secret).await.status, 200);
+        assert_eq!(h.get("/v1/status/other", &other).await.status, 200);
+    }
+    let mut path = format!("/v1/requests?key_id={id}&limit=2");
+    let mut pages = Vec::new();
+    loop {
+        let answer = call(&h, &c, Method::GET, &path, "/v1/requests", None).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        let paths: Vec<String> = answer.json()["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["path"].as_str().unwrap().to_owned())
+            .collect();
+        pages.push(paths);
+        let Some(next) = answer.headers.get("x-next-cursor") else {
+            assert!(answer.headers.get("link").is_none());
+            break;
+        };
+        let next = next.to_str().unwrap();
+        let link = answer.headers["link"].to_str().unwrap();
+        assert_eq!(
+            link,
+            format!("</v1/requests?key_id={id}&limit=2&cursor={next}>; rel=\"next\"")
+        );
+        path = format!("/v1/requests?key_id={id}&limit=2&cursor={next}");
+    }
+    assert_eq!(
+        pages,
+        [
+            vec!["/v1/status/4", "/v1/status/3"],
+            vec!["/v1/status/2", "/v1/status/1"],
+            vec!["/v1/status/0"],
+        ]
+    );
+    // Newer records do not move a page already asked for.
+    let second = format!("/v1/requests?key_id={id}&limit=2&cursor=");
+    let first = admin(
+        &h,
+        Method::GET,
+        &format!("/v1/requests?key_id={id}&limit=2"),
+        None,
+        None,
+    )
+    .await;
+    let cursor = first.headers["x-next-cursor"].to_str().unwrap().to_owned();
+    assert_eq!(h.get("/v1/status/5", &secret).await.status, 200);
+    let again = admin(&h, Method::GET, &format!("{second}{cursor}"), None, None).await;
+    assert_eq!(again.json()["items"][0]["path"], "/v1/status/2");
 }
 
 #[tokio::test]

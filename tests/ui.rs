@@ -759,6 +759,57 @@ async fn filters_and_the_page_live_in_the_address() {
     browser.finish().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_requests_are_paged_newest_first() {
+    let Some((harness, browser)) = setup("requests_paged").await else {
+        return;
+    };
+    let (id, secret) = harness.key(&[]).await;
+    for n in 0..105 {
+        let answer = harness.get(&format!("/v1/status/{n}"), &secret).await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    browser.sign_in(&page(&harness), ADMIN_TOKEN).await;
+    browser
+        .find("#nav a[data-nav=\"requests\"]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.until_text("table.requests", "GET /v1/status/104").await;
+    let count = "return document.querySelectorAll('table.requests tbody tr').length;";
+    assert_eq!(browser.eval(count).await, 100);
+    browser.click("Older requests →").await;
+    browser.until_text("table.requests", "GET /v1/status/0").await;
+    assert_eq!(browser.eval(count).await, 5);
+    let older = hash(&browser).await;
+    assert!(older.starts_with("#/requests?cursor="), "{older}");
+    browser.screenshot_as("requests_older").await;
+    browser.client.refresh().await.unwrap();
+    browser.until_text("table.requests", "GET /v1/status/0").await;
+    browser.click("← Newer requests").await;
+    browser.until_text("table.requests", "GET /v1/status/104").await;
+    assert_eq!(hash(&browser).await, "#/requests");
+
+    // In the key's view, paged in place.
+    browser
+        .goto(&harness.admin_url(&format!("/ui/#/keys/{id}")))
+        .await;
+    browser.until_text("main h3", "Daily usage").await;
+    browser.until_text("table.requests", "GET /v1/status/104").await;
+    assert_eq!(browser.eval(count).await, 50);
+    browser.click("Older requests →").await;
+    browser.until_text("table.requests", "GET /v1/status/54").await;
+    browser.click("Older requests →").await;
+    browser.until_text("table.requests", "GET /v1/status/0").await;
+    assert_eq!(browser.eval(count).await, 5);
+    browser.click("← Newer requests").await;
+    browser.until_text("table.requests", "GET /v1/status/54").await;
+    browser.click("Refresh").await;
+    browser.until_text("table.requests", "GET /v1/status/104").await;
+    browser.finish().await;
+}
+
 /// The README's picture (docs/ui.png): a list with keys of every kind. Not a check; run it with
 /// `cargo test --test ui -- --ignored readme_picture` and copy target/ui-screenshots/readme.png.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

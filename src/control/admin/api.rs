@@ -363,19 +363,22 @@ fn paging(pairs: &[(String, String)]) -> Result<(u64, usize), ApiError> {
     let mut limit = DEFAULT_PAGE;
     for (name, value) in pairs {
         match name.as_str() {
-            "cursor" => {
-                // Cursors are row numbers the store keeps as signed 64-bit integers.
-                after = value
-                    .parse::<i64>()
-                    .ok()
-                    .and_then(|n| u64::try_from(n).ok())
-                    .ok_or_else(|| ApiError::bad("cursor", "not a cursor this API returned"))?
-            }
+            "cursor" => after = cursor(value)?,
             "limit" => limit = page_limit(value)?,
             _ => {}
         }
     }
     Ok((after, limit))
+}
+
+/// A `cursor` this API gave: row numbers the store keeps as signed 64-bit integers, or the
+/// sequence number of a recent request.
+fn cursor(value: &str) -> Result<u64, ApiError> {
+    value
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(|| ApiError::bad("cursor", "not a cursor this API returned"))
 }
 
 /// `limit`: 1 to [`MAX_PAGE`](crate::control::keys::MAX_PAGE).
@@ -390,7 +393,15 @@ fn page_limit(value: &str) -> Result<usize, ApiError> {
 
 /// A page of results, with the next page's cursor in `X-Next-Cursor` and a `Link` header.
 fn paged<T: Serialize>(items: &[T], next: Option<u64>, request: &Request<Incoming>) -> Response<AdminBody> {
-    let mut response = ok(&items);
+    with_next(ok(&items), next, request)
+}
+
+/// `response` with the next page's cursor in `X-Next-Cursor` and a `Link` header, if any.
+fn with_next(
+    mut response: Response<AdminBody>,
+    next: Option<u64>,
+    request: &Request<Incoming>,
+) -> Response<AdminBody> {
     if let Some(next) = next {
         let others: Vec<&str> = request
             .uri()
@@ -445,9 +456,10 @@ async fn list(admin: &Admin, request: &Request<Incoming>) -> Answer {
     Ok(paged(&page.keys, page.next, request))
 }
 
-/// `GET /v1/requests`: this replica's most recent access records, newest first.
+/// `GET /v1/requests`: this replica's most recent access records, newest first, a page at a
+/// time (`cursor`: older than the last record of the page before).
 fn requests(admin: &Admin, request: &Request<Incoming>) -> Answer {
-    let pairs = query(request, &["key_id", "status", "limit"])?;
+    let pairs = query(request, &["key_id", "status", "limit", "cursor"])?;
     let mut filter = RecentFilter::default();
     let mut limit = DEFAULT_PAGE;
     for (name, value) in &pairs {
@@ -459,6 +471,7 @@ fn requests(admin: &Admin, request: &Request<Incoming>) -> Answer {
                 filter.status = Some(status);
             }
             "limit" => limit = page_limit(value)?,
+            "cursor" => filter.before = Some(cursor(value)?),
             _ => {}
         }
     }
@@ -469,11 +482,11 @@ fn requests(admin: &Admin, request: &Request<Incoming>) -> Answer {
         items: Vec<RecentRequest>,
         capacity: usize,
     }
-    Ok(ok(&Recent {
-        items: recent.newest(&filter, limit),
-        capacity: recent.capacity(),
-    }))
+    let (items, next) = recent.page(&filter, limit);
+    let capacity = recent.capacity();
+    Ok(with_next(ok(&Recent { items, capacity }), next, request))
 }
+
 
 async fn events(admin: &Admin, id: String, request: &Request<Incoming>) -> Answer {
     let pairs = query(request, &["limit", "cursor"])?;

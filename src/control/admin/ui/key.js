@@ -6,7 +6,7 @@ import { button, errorBox, flash, h, notice, section, show } from "./dom.js";
 import * as format from "./format.js";
 import { confirmDialog, editDialog, regenerateDialog } from "./dialogs.js";
 import { usageChart } from "./chart.js";
-import { loadRequests } from "./requests.js";
+import { keyRequests } from "./requests.js";
 import { idleNotice, loadIdle } from "./idle.js";
 
 export async function renderKey(id) {
@@ -31,11 +31,10 @@ export async function renderKey(id) {
   loadIdle().then((data) => idle.replaceChildren(idleNotice(data, key.id) || "")).catch(() => {});
   loadUsage(key.id, usage);
   loadEvents(key.id, events);
-  const reload = () => loadRequests(requests, { key_id: key.id, limit: 50 }, false, reload);
-  reload();
+  const newest = keyRequests(requests, key.id);
   requests.before(h("p", { class: "muted small section-note" },
     "This key's latest requests on this gateway replica, newest first, with why each refusal happened. ",
-    button("Refresh", reload)));
+    button("Refresh", newest)));
 }
 
 function header(key) {
