@@ -408,6 +408,7 @@ async fn every_endpoint_answers_as_documented() {
         "{}",
         usage.text()
     );
+    assert!(usage.json()["flushed_at"].is_string(), "{}", usage.text());
 
     // Idle expiry is off in this config: no settings, no keys.
     let idle = call(&h, &c, Method::GET, "/v1/idle-keys", "/v1/idle-keys", None).await;
@@ -1141,6 +1142,38 @@ async fn recent_requests_page_back_by_cursor_newest_first() {
     assert_eq!(h.get("/v1/status/5", &secret).await.status, 200);
     let again = admin(&h, Method::GET, &format!("{second}{cursor}"), None, None).await;
     assert_eq!(again.json()["items"][0]["path"], "/v1/status/2");
+}
+
+#[tokio::test]
+async fn usage_says_when_this_replica_last_wrote_its_counts() {
+    // No flush but the ones the test asks for.
+    let template = support::STANDARD.replace(
+        "sync_interval = \"100ms\"",
+        "sync_interval = \"100ms\"\nusage_flush_interval = \"1h\"",
+    );
+    assert_ne!(template, support::STANDARD, "the config edit must apply");
+    let h = Harness::with_config(&template, "").await;
+    let c = Contract::new();
+    let (id, secret) = h.key(&[]).await;
+    let path = format!("/v1/keys/{id}/usage");
+    let before = call(&h, &c, Method::GET, &path, "/v1/keys/{id}/usage", None).await;
+    assert_eq!(before.json()["flushed_at"], Value::Null, "{}", before.text());
+
+    assert_eq!(h.get("/v1/status", &secret).await.status, 200);
+    let at: jiff::Timestamp = "2031-05-06T07:08:09Z".parse().unwrap();
+    h.clock.set(at);
+    h.gateway.flush_usage().await;
+    let after = call(&h, &c, Method::GET, &path, "/v1/keys/{id}/usage", None).await;
+    let after = after.json();
+    assert_eq!(after["flushed_at"], "2031-05-06T07:08:09Z");
+    assert_eq!(after["total_requests"], 1);
+
+    // A flush with nothing to write still brings the counts up to its time.
+    let later: jiff::Timestamp = "2031-05-06T07:09:00Z".parse().unwrap();
+    h.clock.set(later);
+    h.gateway.flush_usage().await;
+    let again = admin(&h, Method::GET, &path, None, None).await.json();
+    assert_eq!(again["flushed_at"], "2031-05-06T07:09:00Z");
 }
 
 #[tokio::test]

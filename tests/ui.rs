@@ -810,6 +810,36 @@ async fn recent_requests_are_paged_newest_first() {
     browser.finish().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usage_total_says_when_this_replica_last_flushed() {
+    let Some(browser) = Browser::start("usage_flushed").await else {
+        return;
+    };
+    // No flush but the ones the test asks for.
+    let template = support::STANDARD.replace(
+        "sync_interval = \"100ms\"",
+        "sync_interval = \"100ms\"\nusage_flush_interval = \"1h\"",
+    );
+    assert_ne!(template, support::STANDARD, "the config edit must apply");
+    let harness = Harness::with_config(&template, "").await;
+    let (id, secret) = harness.key(&[]).await;
+    open_key(&harness, &browser, &id).await;
+    browser.until_text(".flushed", "Not flushed yet").await;
+
+    assert_eq!(harness.get("/v1/status", &secret).await.status, StatusCode::OK);
+    harness.gateway.flush_usage().await;
+    let at = harness.clock_now().strftime("%H:%M:%S").to_string();
+    browser.client.refresh().await.unwrap();
+    browser.until_text(".flushed", &format!("as of {at}")).await;
+    browser
+        .until_text("figure.usage figcaption", "1 request in all")
+        .await;
+    browser
+        .eval("document.querySelector('.flushed').scrollIntoView(); return true;")
+        .await;
+    browser.finish().await;
+}
+
 /// The README's picture (docs/ui.png): a list with keys of every kind. Not a check; run it with
 /// `cargo test --test ui -- --ignored readme_picture` and copy target/ui-screenshots/readme.png.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -924,6 +954,9 @@ async fn formatting_turns_api_values_into_words() {
             f.reason("some_new_reason"),
             f.list(" a, b  c,,"),
             f.exact("2026-12-01T12:00:00Z"),
+            f.asOf(null, now),
+            f.asOf("2026-12-01T11:59:30Z", now),
+            f.asOf("2026-11-30T23:59:30Z", now),
           ].map(String));
         }, (e) => done(["import failed: " + e]));
     "#;
@@ -945,6 +978,9 @@ async fn formatting_turns_api_values_into_words() {
         "some new reason",
         "a,b,c",
         "2026-12-01 12:00:00 UTC",
+        "null",
+        "11:59:30 UTC",
+        "2026-11-30 23:59:30 UTC",
     ];
     assert_eq!(out, expected);
     browser.finish().await;

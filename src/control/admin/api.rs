@@ -16,7 +16,7 @@ mod verify;
 
 use super::{json, Admin, AdminBody, Caller};
 use crate::control::keys::{KeyError, KeyPatch, KeyRequest, KeyService};
-use crate::control::store::{KeyFilter, TokenKind};
+use crate::control::store::{KeyFilter, TokenKind, Usage};
 use crate::core::key::KeyStatus;
 use crate::core::secret::Secret;
 use crate::core::units::parse_duration;
@@ -157,12 +157,7 @@ async fn dispatch(admin: &Admin, caller: Caller, request: Request<Incoming>) -> 
                 .await
                 .map(|key| ok(&key))
         }
-        (["keys", id, "usage"], &Method::GET) => {
-            let id = id.to_string();
-            blocking(admin, move |keys| keys.usage(&id))
-                .await
-                .map(|usage| ok(&usage))
-        }
+        (["keys", id, "usage"], &Method::GET) => usage(admin, id.to_string()).await,
         (["keys", id, "events"], &Method::GET) => events(admin, id.to_string(), &request).await,
         (["idle-keys"], &Method::GET) => idle::idle_keys(admin, &request).await,
         (shape, _) => match allowed(shape) {
@@ -487,6 +482,19 @@ fn requests(admin: &Admin, request: &Request<Incoming>) -> Answer {
     Ok(with_next(ok(&Recent { items, capacity }), next, request))
 }
 
+/// `GET /v1/keys/{id}/usage`: the store's counts, and when this replica last wrote its own
+/// there, so a reader knows how fresh the counts are.
+async fn usage(admin: &Admin, id: String) -> Answer {
+    let usage = blocking(admin, move |keys| keys.usage(&id)).await?;
+    #[derive(Serialize)]
+    struct KeyUsage {
+        #[serde(flatten)]
+        usage: Usage,
+        flushed_at: Option<jiff::Timestamp>,
+    }
+    let flushed_at = admin.usage_flushed_at();
+    Ok(ok(&KeyUsage { usage, flushed_at }))
+}
 
 async fn events(admin: &Admin, id: String, request: &Request<Incoming>) -> Answer {
     let pairs = query(request, &["limit", "cursor"])?;

@@ -5,7 +5,7 @@ import { api, keyPath, session } from "./api.js";
 import { button, errorBox, flash, h, notice, section, show } from "./dom.js";
 import * as format from "./format.js";
 import { confirmDialog, editDialog, regenerateDialog } from "./dialogs.js";
-import { usageChart } from "./chart.js";
+import { flushedNote, usageChart } from "./chart.js";
 import { keyRequests } from "./requests.js";
 import { idleNotice, loadIdle } from "./idle.js";
 
@@ -105,7 +105,7 @@ function details(key) {
 async function loadUsage(id, target) {
   try {
     const { data } = await api("GET", keyPath(id, "/usage"));
-    target.replaceChildren(usageChart(data));
+    target.replaceChildren(usageChart(data), flushedNote(data));
   } catch (error) {
     target.replaceChildren(errorBox(error, () => loadUsage(id, target)));
   }
