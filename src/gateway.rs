@@ -194,6 +194,7 @@ impl Gateway {
             store.clone(),
             shared.usage.clone(),
             metrics.clone(),
+            clock.clone(),
         ));
         let lifecycle = LifecycleJobs::new(
             &config.lifecycle,
@@ -219,7 +220,8 @@ impl Gateway {
                 read: admin_read_token,
             },
         )
-        .with_drain(drain.subscribe());
+        .with_drain(drain.subscribe())
+        .with_usage(flusher.clone());
         let admin_server = tokio::spawn(Arc::new(admin_server).serve(admin, stopped(&stop)));
         let proxy_server = tokio::spawn(server::serve(proxy, shared.clone(), tls.clone(), stopped(&drain)));
         tracing::info!(%proxy_addr, %admin_addr, "keygate serving");

@@ -408,6 +408,7 @@ async fn every_endpoint_answers_as_documented() {
         "{}",
         usage.text()
     );
+    assert!(usage.json()["flushed_at"].is_string(), "{}", usage.text());
 
     // Idle expiry is off in this config: no settings, no keys.
     let idle = call(&h, &c, Method::GET, "/v1/idle-keys", "/v1/idle-keys", None).await;
@@ -1063,7 +1064,15 @@ async fn recent_requests_show_each_answer_with_its_reason_newest_first() {
     let all = admin(&h, Method::GET, "/v1/requests", None, None).await.text();
     assert!(!all.contains(&secret) && !all.contains("hidden"), "{all}");
 
-    for bad in ["status=abc", "status=6xx", "limit=0", "limit=1001", "limit=x"] {
+    for bad in [
+        "status=abc",
+        "status=6xx",
+        "limit=0",
+        "limit=1001",
+        "limit=x",
+        "cursor=x",
+        "cursor=-1",
+    ] {
         let answer = call(
             &h,
             &c,
@@ -1075,6 +1084,96 @@ async fn recent_requests_show_each_answer_with_its_reason_newest_first() {
         .await;
         assert_eq!(answer.status, 400, "{bad}");
     }
+}
+
+#[tokio::test]
+async fn recent_requests_page_back_by_cursor_newest_first() {
+    let h = Harness::start().await;
+    let c = Contract::new();
+    let (id, secret) = h.key(&[]).await;
+    let (_, other) = h.key(&[]).await;
+    for n in 0..5 {
+        assert_eq!(h.get(&format!("/v1/status/{n}"), &secret).await.status, 200);
+        assert_eq!(h.get("/v1/status/other", &other).await.status, 200);
+    }
+    let mut path = format!("/v1/requests?key_id={id}&limit=2");
+    let mut pages = Vec::new();
+    loop {
+        let answer = call(&h, &c, Method::GET, &path, "/v1/requests", None).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        let paths: Vec<String> = answer.json()["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["path"].as_str().unwrap().to_owned())
+            .collect();
+        pages.push(paths);
+        let Some(next) = answer.headers.get("x-next-cursor") else {
+            assert!(answer.headers.get("link").is_none());
+            break;
+        };
+        let next = next.to_str().unwrap();
+        let link = answer.headers["link"].to_str().unwrap();
+        assert_eq!(
+            link,
+            format!("</v1/requests?key_id={id}&limit=2&cursor={next}>; rel=\"next\"")
+        );
+        path = format!("/v1/requests?key_id={id}&limit=2&cursor={next}");
+    }
+    assert_eq!(
+        pages,
+        [
+            vec!["/v1/status/4", "/v1/status/3"],
+            vec!["/v1/status/2", "/v1/status/1"],
+            vec!["/v1/status/0"],
+        ]
+    );
+    // Newer records do not move a page already asked for.
+    let second = format!("/v1/requests?key_id={id}&limit=2&cursor=");
+    let first = admin(
+        &h,
+        Method::GET,
+        &format!("/v1/requests?key_id={id}&limit=2"),
+        None,
+        None,
+    )
+    .await;
+    let cursor = first.headers["x-next-cursor"].to_str().unwrap().to_owned();
+    assert_eq!(h.get("/v1/status/5", &secret).await.status, 200);
+    let again = admin(&h, Method::GET, &format!("{second}{cursor}"), None, None).await;
+    assert_eq!(again.json()["items"][0]["path"], "/v1/status/2");
+}
+
+#[tokio::test]
+async fn usage_says_when_this_replica_last_wrote_its_counts() {
+    // No flush but the ones the test asks for.
+    let template = support::STANDARD.replace(
+        "sync_interval = \"100ms\"",
+        "sync_interval = \"100ms\"\nusage_flush_interval = \"1h\"",
+    );
+    assert_ne!(template, support::STANDARD, "the config edit must apply");
+    let h = Harness::with_config(&template, "").await;
+    let c = Contract::new();
+    let (id, secret) = h.key(&[]).await;
+    let path = format!("/v1/keys/{id}/usage");
+    let before = call(&h, &c, Method::GET, &path, "/v1/keys/{id}/usage", None).await;
+    assert_eq!(before.json()["flushed_at"], Value::Null, "{}", before.text());
+
+    assert_eq!(h.get("/v1/status", &secret).await.status, 200);
+    let at: jiff::Timestamp = "2031-05-06T07:08:09Z".parse().unwrap();
+    h.clock.set(at);
+    h.gateway.flush_usage().await;
+    let after = call(&h, &c, Method::GET, &path, "/v1/keys/{id}/usage", None).await;
+    let after = after.json();
+    assert_eq!(after["flushed_at"], "2031-05-06T07:08:09Z");
+    assert_eq!(after["total_requests"], 1);
+
+    // A flush with nothing to write still brings the counts up to its time.
+    let later: jiff::Timestamp = "2031-05-06T07:09:00Z".parse().unwrap();
+    h.clock.set(later);
+    h.gateway.flush_usage().await;
+    let again = admin(&h, Method::GET, &path, None, None).await.json();
+    assert_eq!(again["flushed_at"], "2031-05-06T07:09:00Z");
 }
 
 #[tokio::test]

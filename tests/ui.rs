@@ -152,13 +152,29 @@ async fn regenerating_shows_the_new_secret_and_the_grace_period() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoking_from_the_page_refuses_the_key_at_once() {
+async fn revoking_asks_first_naming_the_key_and_the_401_then_refuses_it_at_once() {
     let Some((harness, browser)) = setup("revoke").await else {
         return;
     };
     let (id, secret) = harness.key(&[]).await;
     open_key(&harness, &browser, &id).await;
     browser.click("Revoke").await;
+    browser.until_text("dialog h2", "Revoke “test key”?").await;
+    browser.until_text("dialog", "gets 401 at once").await;
+    browser.until_text("dialog p", "“test key”").await;
+    browser.screenshot_as("revoke_confirm").await;
+    browser.click("Cancel").await;
+    browser.until_gone("dialog").await;
+    assert_eq!(
+        harness.get("/v1/status", &secret).await.status,
+        StatusCode::OK,
+        "cancelled: the key still works"
+    );
+    browser.until_text("main h2 .badge", "active").await;
+
+    browser.click("Revoke").await;
+    browser.click("Revoke key").await;
+    browser.until_gone("dialog").await;
     browser.until_text("main h2 .badge", "revoked").await;
     assert_eq!(
         harness.get("/v1/status", &secret).await.status,
@@ -319,6 +335,10 @@ async fn editing_saves_the_changes_and_shows_api_errors_in_words() {
     browser.until_gone("dialog").await;
     browser.until_text("main h2", "renamed key").await;
     browser.until_text("dl.details", "5 per 1m").await;
+    assert!(
+        !browser.text("dl.details").await.contains("burst"),
+        "an empty burst is the default: as many as requests"
+    );
     let key = harness.keys.get(&id).unwrap();
     assert_eq!(key.spec.name, "renamed key");
     assert_eq!(key.spec.permissions.len(), 2);
@@ -551,6 +571,275 @@ async fn recent_requests_show_a_refusal_with_its_reason() {
     browser.finish().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_create_and_edit_forms_set_a_burst() {
+    let Some((harness, browser)) = setup("burst").await else {
+        return;
+    };
+    browser.sign_in(&page(&harness), ADMIN_TOKEN).await;
+    browser.click("Create key").await;
+    browser.fill("#f-name", "bursty").await;
+    browser.fill("#f-burst", "30").await;
+    browser
+        .find("dialog button[type=\"submit\"]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser
+        .until_text("dialog .form-error", "A burst needs a rate")
+        .await;
+    assert_eq!(
+        browser.eval("return document.activeElement.id;").await,
+        "f-requests"
+    );
+    browser.fill("#f-requests", "10").await;
+    browser.find("#f-per").await.select_by_value("1s").await.unwrap();
+    browser
+        .find("dialog button[type=\"submit\"]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.find("[data-secret]").await;
+    browser.click("Done").await;
+    browser.until_text("table#keys", "10 per 1s (burst 30)").await;
+    let id = browser
+        .eval("return document.querySelector('table#keys tr[data-key-id]').dataset.keyId;")
+        .await;
+    let id = id.as_str().unwrap().to_owned();
+    let limit = harness.keys.get(&id).unwrap().spec.rate_limit.unwrap();
+    assert_eq!((limit.requests.get(), limit.burst().get()), (10, 30));
+
+    browser
+        .find(&format!("tr[data-key-id=\"{id}\"] a"))
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.until_text("dl.details", "(burst 30)").await;
+    browser.click("Edit").await;
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('f-burst').value;")
+            .await,
+        "30",
+        "the edit form shows the key's burst"
+    );
+    browser.screenshot_as("burst_edit").await;
+    // More than the API takes (a burst is a 32-bit count): the browser lets it through.
+    browser.fill("#f-burst", "4294967296").await;
+    browser
+        .find("dialog button[type=\"submit\"]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.until_text("dialog .form-error", "burst").await;
+    assert_eq!(
+        browser.eval("return document.activeElement.id;").await,
+        "f-burst",
+        "the API's error marks the burst field"
+    );
+    browser.fill("#f-burst", "50").await;
+    browser
+        .find("dialog button[type=\"submit\"]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.until_gone("dialog").await;
+    browser.until_text("dl.details", "10 per 1s (burst 50)").await;
+    let limit = harness.keys.get(&id).unwrap().spec.rate_limit.unwrap();
+    assert_eq!(limit.burst().get(), 50);
+    browser.finish().await;
+}
+
+/// The part of the page's address after the `#`.
+async fn hash(browser: &Browser) -> String {
+    let hash = browser.eval("return location.hash;").await;
+    hash.as_str().unwrap().to_owned()
+}
+
+async fn rows(browser: &Browser, n: usize) {
+    let check = format!("return document.querySelectorAll('table#keys tbody tr').length === {n};");
+    browser.until(&format!("{n} rows"), &check).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_and_the_page_live_in_the_address() {
+    let Some((harness, browser)) = setup("address").await else {
+        return;
+    };
+    for n in 0..53 {
+        let mut key = spec(Environment::Production, &[]);
+        key.name = format!("production key {n:02}");
+        harness.keys.create(key).unwrap();
+    }
+    for n in 0..3 {
+        let mut key = spec(Environment::Staging, &[]);
+        key.name = format!("staging key {n}");
+        key.customer_id = Some(if n == 0 { "globex" } else { "acme" }.into());
+        harness.keys.create(key).unwrap();
+    }
+    browser.sign_in(&page(&harness), ADMIN_TOKEN).await;
+    rows(&browser, 50).await;
+
+    // Filtering writes the address; a reload shows the same view, filters filled in.
+    browser
+        .find("#filter-environment")
+        .await
+        .select_by_value("staging")
+        .await
+        .unwrap();
+    browser.fill("#filter-customer", "acme").await;
+    browser.click("Filter").await;
+    rows(&browser, 2).await;
+    let filtered = hash(&browser).await;
+    assert_eq!(filtered, "#/keys?environment=staging&customer_id=acme");
+    browser.client.refresh().await.unwrap();
+    rows(&browser, 2).await;
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('filter-environment').value;")
+            .await,
+        "staging"
+    );
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('filter-customer').value;")
+            .await,
+        "acme"
+    );
+
+    // Back and forward move between the views.
+    browser.client.back().await.unwrap();
+    rows(&browser, 50).await;
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('filter-environment').value;")
+            .await,
+        ""
+    );
+    browser.client.forward().await.unwrap();
+    rows(&browser, 2).await;
+
+    // The page is in the address too, and the way back survives a reload.
+    browser
+        .find("#filter-environment")
+        .await
+        .select_by_value("")
+        .await
+        .unwrap();
+    browser.fill("#filter-customer", "").await;
+    browser.click("Filter").await;
+    rows(&browser, 50).await;
+    browser.click("Next page →").await;
+    browser.until_text("table#keys", "staging key 2").await;
+    let second = hash(&browser).await;
+    assert!(second.starts_with("#/keys?cursor="), "{second}");
+    browser.client.refresh().await.unwrap();
+    browser.until_text("table#keys", "staging key 2").await;
+    rows(&browser, 6).await;
+    browser.click("← Previous page").await;
+    browser.until_text("table#keys", "production key 00").await;
+    assert_eq!(hash(&browser).await, "#/keys");
+    browser.client.back().await.unwrap();
+    browser.until_text("table#keys", "staging key 2").await;
+
+    // A shared link opens its view once the person signs in, in a tab of their own.
+    browser.click("Sign out").await;
+    let link = harness.admin_url(&format!("/ui/{filtered}"));
+    browser.goto(&link).await;
+    browser.fill("input[name=\"token\"]", ADMIN_TOKEN).await;
+    browser.click("Sign in").await;
+    rows(&browser, 2).await;
+    browser.until_text("table#keys", "staging key 1").await;
+    assert_eq!(hash(&browser).await, filtered);
+    browser.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_requests_are_paged_newest_first() {
+    let Some((harness, browser)) = setup("requests_paged").await else {
+        return;
+    };
+    let (id, secret) = harness.key(&[]).await;
+    for n in 0..105 {
+        let answer = harness.get(&format!("/v1/status/{n}"), &secret).await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    browser.sign_in(&page(&harness), ADMIN_TOKEN).await;
+    browser
+        .find("#nav a[data-nav=\"requests\"]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.until_text("table.requests", "GET /v1/status/104").await;
+    let count = "return document.querySelectorAll('table.requests tbody tr').length;";
+    assert_eq!(browser.eval(count).await, 100);
+    browser.click("Older requests →").await;
+    browser.until_text("table.requests", "GET /v1/status/0").await;
+    assert_eq!(browser.eval(count).await, 5);
+    let older = hash(&browser).await;
+    assert!(older.starts_with("#/requests?cursor="), "{older}");
+    browser.screenshot_as("requests_older").await;
+    browser.client.refresh().await.unwrap();
+    browser.until_text("table.requests", "GET /v1/status/0").await;
+    browser.click("← Newer requests").await;
+    browser.until_text("table.requests", "GET /v1/status/104").await;
+    assert_eq!(hash(&browser).await, "#/requests");
+
+    // In the key's view, paged in place.
+    browser
+        .goto(&harness.admin_url(&format!("/ui/#/keys/{id}")))
+        .await;
+    browser.until_text("main h3", "Daily usage").await;
+    browser.until_text("table.requests", "GET /v1/status/104").await;
+    assert_eq!(browser.eval(count).await, 50);
+    browser.click("Older requests →").await;
+    browser.until_text("table.requests", "GET /v1/status/54").await;
+    browser.click("Older requests →").await;
+    browser.until_text("table.requests", "GET /v1/status/0").await;
+    assert_eq!(browser.eval(count).await, 5);
+    browser.click("← Newer requests").await;
+    browser.until_text("table.requests", "GET /v1/status/54").await;
+    browser.click("Refresh").await;
+    browser.until_text("table.requests", "GET /v1/status/104").await;
+    browser.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usage_total_says_when_this_replica_last_flushed() {
+    let Some(browser) = Browser::start("usage_flushed").await else {
+        return;
+    };
+    // No flush but the ones the test asks for.
+    let template = support::STANDARD.replace(
+        "sync_interval = \"100ms\"",
+        "sync_interval = \"100ms\"\nusage_flush_interval = \"1h\"",
+    );
+    assert_ne!(template, support::STANDARD, "the config edit must apply");
+    let harness = Harness::with_config(&template, "").await;
+    let (id, secret) = harness.key(&[]).await;
+    open_key(&harness, &browser, &id).await;
+    browser.until_text(".flushed", "Not flushed yet").await;
+
+    assert_eq!(harness.get("/v1/status", &secret).await.status, StatusCode::OK);
+    harness.gateway.flush_usage().await;
+    let at = harness.clock_now().strftime("%H:%M:%S").to_string();
+    browser.client.refresh().await.unwrap();
+    browser.until_text(".flushed", &format!("as of {at}")).await;
+    browser
+        .until_text("figure.usage figcaption", "1 request in all")
+        .await;
+    browser
+        .eval("document.querySelector('.flushed').scrollIntoView(); return true;")
+        .await;
+    browser.finish().await;
+}
+
 /// The README's picture (docs/ui.png): a list with keys of every kind. Not a check; run it with
 /// `cargo test --test ui -- --ignored readme_picture` and copy target/ui-screenshots/readme.png.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -665,6 +954,9 @@ async fn formatting_turns_api_values_into_words() {
             f.reason("some_new_reason"),
             f.list(" a, b  c,,"),
             f.exact("2026-12-01T12:00:00Z"),
+            f.asOf(null, now),
+            f.asOf("2026-12-01T11:59:30Z", now),
+            f.asOf("2026-11-30T23:59:30Z", now),
           ].map(String));
         }, (e) => done(["import failed: " + e]));
     "#;
@@ -686,6 +978,9 @@ async fn formatting_turns_api_values_into_words() {
         "some new reason",
         "a,b,c",
         "2026-12-01 12:00:00 UTC",
+        "null",
+        "11:59:30 UTC",
+        "2026-11-30 23:59:30 UTC",
     ];
     assert_eq!(out, expected);
     browser.finish().await;

@@ -1,13 +1,14 @@
 //! Writes the hot path's per-key usage counters to the store in batches (control plane), so
 //! `last_used_at` and daily counts cost no store write per request.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
 
 use super::store::{Store, UsageDelta};
+use crate::core::clock::Clock;
 use crate::proxy::usage::UsageCounters;
 use crate::telemetry::Metrics;
 
@@ -17,16 +18,33 @@ pub struct UsageFlusher {
     metrics: Metrics,
     /// The store's [`Store::generation`] the counts were made under.
     generation: AtomicU64,
+    clock: Clock,
+    /// When the store last took every count made before it, in Unix microseconds;
+    /// [`NEVER`] until then.
+    flushed_at: AtomicI64,
 }
 
+const NEVER: i64 = i64::MIN;
+
 impl UsageFlusher {
-    pub fn new(store: Arc<Store>, counters: Arc<UsageCounters>, metrics: Metrics) -> Self {
+    pub fn new(store: Arc<Store>, counters: Arc<UsageCounters>, metrics: Metrics, clock: Clock) -> Self {
         let generation = AtomicU64::new(store.generation());
         UsageFlusher {
             store,
             counters,
             metrics,
             generation,
+            clock,
+            flushed_at: AtomicI64::new(NEVER),
+        }
+    }
+
+    /// When this replica last wrote its counts (or found none to write), so a reader of the
+    /// store's counts knows what they include; `None` before the first flush.
+    pub fn flushed_at(&self) -> Option<Timestamp> {
+        match self.flushed_at.load(Ordering::Acquire) {
+            NEVER => None,
+            micros => Timestamp::from_microsecond(micros).ok(),
         }
     }
 
@@ -39,6 +57,7 @@ impl UsageFlusher {
         // Reopens a replaced file now, so the generation below is the one the write goes to.
         let _ = self.store.reopen_if_replaced();
         let generation = self.store.generation();
+        let started = self.clock.now();
         let counted = self.counters.drain();
         if self.generation.swap(generation, Ordering::AcqRel) != generation {
             if !counted.is_empty() {
@@ -50,6 +69,7 @@ impl UsageFlusher {
             return;
         }
         if counted.is_empty() {
+            self.flushed(started);
             return;
         }
         let deltas: Vec<UsageDelta> = counted
@@ -61,11 +81,19 @@ impl UsageFlusher {
                 last_used_at: Timestamp::from_second(c.last_used).unwrap_or(Timestamp::UNIX_EPOCH),
             })
             .collect();
-        if let Err(error) = self.store.record_usage(&deltas) {
-            self.metrics.usage_flush_errors.inc();
-            self.counters.restore(&counted);
-            tracing::warn!(%error, "could not write key usage; will retry");
+        match self.store.record_usage(&deltas) {
+            Ok(()) => self.flushed(started),
+            Err(error) => {
+                self.metrics.usage_flush_errors.inc();
+                self.counters.restore(&counted);
+                tracing::warn!(%error, "could not write key usage; will retry");
+            }
         }
+    }
+
+    /// Every count made before `at` is in the store.
+    fn flushed(&self, at: Timestamp) {
+        self.flushed_at.fetch_max(at.as_microsecond(), Ordering::AcqRel);
     }
 
     pub async fn run(self: Arc<Self>, interval: Duration) {
@@ -113,7 +141,12 @@ mod tests {
         let path = dir.path().join("k.db");
         let store = Arc::new(store_with_one_key(&path, "old-secret"));
         let counters = Arc::new(UsageCounters::default());
-        let flusher = UsageFlusher::new(store.clone(), counters.clone(), Metrics::new());
+        let flusher = UsageFlusher::new(
+            store.clone(),
+            counters.clone(),
+            Metrics::new(),
+            crate::core::clock::system_clock(),
+        );
         let now = Timestamp::now().as_second();
         counters.record(1, false, now, false);
         flusher.flush();

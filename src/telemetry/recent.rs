@@ -71,6 +71,8 @@ impl Text {
 pub struct Filter {
     pub key_id: Option<String>,
     pub status: Option<StatusFilter>,
+    /// Only records older than this one: the cursor [`Recent::page`] gave for the next page.
+    pub before: Option<u64>,
 }
 
 /// `403` or a class, `4xx`.
@@ -148,22 +150,38 @@ impl Recent {
 
     /// At most `limit` records that `filter` admits, newest first.
     pub fn newest(&self, filter: &Filter, limit: usize) -> Vec<RecentRequest> {
+        self.page(filter, limit).0
+    }
+
+    /// The same, and the cursor of the next (older) page when at least one more record there
+    /// is admitted: the sequence number of the last record given, for [`Filter::before`]. The
+    /// ring moves on meanwhile, so a later page holds what is still kept of the older records.
+    pub fn page(&self, filter: &Filter, limit: usize) -> (Vec<RecentRequest>, Option<u64>) {
         let len = self.slots.len() as u64;
         let newest = self.next.load(Ordering::Relaxed);
+        let top = filter
+            .before
+            .map_or(newest, |before| newest.min(before.saturating_sub(1)));
         let mut found = Vec::new();
-        for seq in (newest.saturating_sub(len) + 1..=newest).rev() {
-            if found.len() >= limit {
-                break;
-            }
+        let mut last = None;
+        if len == 0 {
+            return (found, None);
+        }
+        for seq in (newest.saturating_sub(len) + 1..=top).rev() {
             let slot = self.slots[(seq % len) as usize]
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             // Not written yet, or already replaced by a newer record (seen earlier, or not).
-            if slot.seq == seq && slot.admitted_by(filter) {
-                found.push(slot.to_request());
+            if slot.seq != seq || !slot.admitted_by(filter) {
+                continue;
             }
+            if found.len() >= limit {
+                return (found, last);
+            }
+            found.push(slot.to_request());
+            last = Some(seq);
         }
-        found
+        (found, None)
     }
 }
 
@@ -321,19 +339,75 @@ mod tests {
         recent.push(&record(None, 401, b"/"));
         let key_a = Filter {
             key_id: Some("key_a".into()),
-            status: None,
+            ..Filter::default()
         };
         assert_eq!(statuses(&recent, &key_a, 10), [403, 200]);
         let refused = Filter {
-            key_id: None,
             status: StatusFilter::parse("4xx"),
+            ..Filter::default()
         };
         assert_eq!(statuses(&recent, &refused, 10), [401, 403, 403]);
         let forbidden_a = Filter {
             key_id: Some("key_a".into()),
             status: StatusFilter::parse("403"),
+            before: None,
         };
         assert_eq!(statuses(&recent, &forbidden_a, 10), [403]);
+    }
+
+    #[test]
+    fn pages_go_back_by_cursor_until_the_oldest_record_kept() {
+        let recent = Recent::new(5);
+        for status in [200, 401, 201, 402, 202, 403, 203] {
+            recent.push(&record(None, status, b"/"));
+        }
+        let mut filter = Filter::default();
+        let mut pages = Vec::new();
+        loop {
+            let (items, next) = recent.page(&filter, 2);
+            pages.push(items.iter().map(|r| r.status).collect::<Vec<_>>());
+            match next {
+                Some(cursor) => filter.before = Some(cursor),
+                None => break,
+            }
+        }
+        assert_eq!(pages, [vec![203, 403], vec![202, 402], vec![201]]);
+
+        let refused = Filter {
+            status: StatusFilter::parse("4xx"),
+            ..Filter::default()
+        };
+        let (first, next) = recent.page(&refused, 1);
+        assert_eq!(first[0].status, 403);
+        let (rest, next) = recent.page(
+            &Filter {
+                before: next,
+                ..refused.clone()
+            },
+            5,
+        );
+        assert_eq!(rest.iter().map(|r| r.status).collect::<Vec<_>>(), [402]);
+        assert_eq!(next, None, "no cursor when nothing older is admitted");
+        let (none, _) = recent.page(
+            &Filter {
+                before: Some(1),
+                ..Filter::default()
+            },
+            5,
+        );
+        assert!(none.is_empty(), "nothing before the first record");
+        let (all, _) = recent.page(
+            &Filter {
+                before: Some(u64::MAX),
+                ..Filter::default()
+            },
+            5,
+        );
+        assert_eq!(
+            all.len(),
+            5,
+            "a cursor past the newest record starts at the newest"
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ mod verify;
 
 use super::{json, Admin, AdminBody, Caller};
 use crate::control::keys::{KeyError, KeyPatch, KeyRequest, KeyService};
-use crate::control::store::{KeyFilter, TokenKind};
+use crate::control::store::{KeyFilter, TokenKind, Usage};
 use crate::core::key::KeyStatus;
 use crate::core::secret::Secret;
 use crate::core::units::parse_duration;
@@ -157,12 +157,7 @@ async fn dispatch(admin: &Admin, caller: Caller, request: Request<Incoming>) -> 
                 .await
                 .map(|key| ok(&key))
         }
-        (["keys", id, "usage"], &Method::GET) => {
-            let id = id.to_string();
-            blocking(admin, move |keys| keys.usage(&id))
-                .await
-                .map(|usage| ok(&usage))
-        }
+        (["keys", id, "usage"], &Method::GET) => usage(admin, id.to_string()).await,
         (["keys", id, "events"], &Method::GET) => events(admin, id.to_string(), &request).await,
         (["idle-keys"], &Method::GET) => idle::idle_keys(admin, &request).await,
         (shape, _) => match allowed(shape) {
@@ -363,19 +358,22 @@ fn paging(pairs: &[(String, String)]) -> Result<(u64, usize), ApiError> {
     let mut limit = DEFAULT_PAGE;
     for (name, value) in pairs {
         match name.as_str() {
-            "cursor" => {
-                // Cursors are row numbers the store keeps as signed 64-bit integers.
-                after = value
-                    .parse::<i64>()
-                    .ok()
-                    .and_then(|n| u64::try_from(n).ok())
-                    .ok_or_else(|| ApiError::bad("cursor", "not a cursor this API returned"))?
-            }
+            "cursor" => after = cursor(value)?,
             "limit" => limit = page_limit(value)?,
             _ => {}
         }
     }
     Ok((after, limit))
+}
+
+/// A `cursor` this API gave: row numbers the store keeps as signed 64-bit integers, or the
+/// sequence number of a recent request.
+fn cursor(value: &str) -> Result<u64, ApiError> {
+    value
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(|| ApiError::bad("cursor", "not a cursor this API returned"))
 }
 
 /// `limit`: 1 to [`MAX_PAGE`](crate::control::keys::MAX_PAGE).
@@ -390,7 +388,15 @@ fn page_limit(value: &str) -> Result<usize, ApiError> {
 
 /// A page of results, with the next page's cursor in `X-Next-Cursor` and a `Link` header.
 fn paged<T: Serialize>(items: &[T], next: Option<u64>, request: &Request<Incoming>) -> Response<AdminBody> {
-    let mut response = ok(&items);
+    with_next(ok(&items), next, request)
+}
+
+/// `response` with the next page's cursor in `X-Next-Cursor` and a `Link` header, if any.
+fn with_next(
+    mut response: Response<AdminBody>,
+    next: Option<u64>,
+    request: &Request<Incoming>,
+) -> Response<AdminBody> {
     if let Some(next) = next {
         let others: Vec<&str> = request
             .uri()
@@ -445,9 +451,10 @@ async fn list(admin: &Admin, request: &Request<Incoming>) -> Answer {
     Ok(paged(&page.keys, page.next, request))
 }
 
-/// `GET /v1/requests`: this replica's most recent access records, newest first.
+/// `GET /v1/requests`: this replica's most recent access records, newest first, a page at a
+/// time (`cursor`: older than the last record of the page before).
 fn requests(admin: &Admin, request: &Request<Incoming>) -> Answer {
-    let pairs = query(request, &["key_id", "status", "limit"])?;
+    let pairs = query(request, &["key_id", "status", "limit", "cursor"])?;
     let mut filter = RecentFilter::default();
     let mut limit = DEFAULT_PAGE;
     for (name, value) in &pairs {
@@ -459,6 +466,7 @@ fn requests(admin: &Admin, request: &Request<Incoming>) -> Answer {
                 filter.status = Some(status);
             }
             "limit" => limit = page_limit(value)?,
+            "cursor" => filter.before = Some(cursor(value)?),
             _ => {}
         }
     }
@@ -469,10 +477,23 @@ fn requests(admin: &Admin, request: &Request<Incoming>) -> Answer {
         items: Vec<RecentRequest>,
         capacity: usize,
     }
-    Ok(ok(&Recent {
-        items: recent.newest(&filter, limit),
-        capacity: recent.capacity(),
-    }))
+    let (items, next) = recent.page(&filter, limit);
+    let capacity = recent.capacity();
+    Ok(with_next(ok(&Recent { items, capacity }), next, request))
+}
+
+/// `GET /v1/keys/{id}/usage`: the store's counts, and when this replica last wrote its own
+/// there, so a reader knows how fresh the counts are.
+async fn usage(admin: &Admin, id: String) -> Answer {
+    let usage = blocking(admin, move |keys| keys.usage(&id)).await?;
+    #[derive(Serialize)]
+    struct KeyUsage {
+        #[serde(flatten)]
+        usage: Usage,
+        flushed_at: Option<jiff::Timestamp>,
+    }
+    let flushed_at = admin.usage_flushed_at();
+    Ok(ok(&KeyUsage { usage, flushed_at }))
 }
 
 async fn events(admin: &Admin, id: String, request: &Request<Incoming>) -> Answer {

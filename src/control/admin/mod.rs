@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use crate::control::keys::KeyService;
 use crate::control::store::{Actor, Origin, TokenKind};
 use crate::control::sync::KeySync;
+use crate::control::usage::UsageFlusher;
 use crate::core::environment::Environment;
 use crate::core::key::KeyStatus;
 use crate::core::secret::{Hasher, KeyHash};
@@ -49,6 +50,8 @@ pub struct Admin {
     read_token: Option<KeyHash>,
     /// True once the gateway drains (SIGTERM): `/readyz` answers 503 until the process exits.
     draining: Option<watch::Receiver<bool>>,
+    /// This replica's usage writer, for when it last wrote (`GET /v1/keys/{id}/usage`).
+    usage: Option<Arc<UsageFlusher>>,
 }
 
 /// The admin tokens, as the environment gives them.
@@ -76,7 +79,18 @@ impl Admin {
             write_token: tokens.write.map(hash),
             read_token: tokens.read.map(hash),
             draining: None,
+            usage: None,
         }
+    }
+
+    /// Usage answers say when `flusher` last wrote this replica's counts to the store.
+    pub fn with_usage(mut self, flusher: Arc<UsageFlusher>) -> Self {
+        self.usage = Some(flusher);
+        self
+    }
+
+    fn usage_flushed_at(&self) -> Option<jiff::Timestamp> {
+        self.usage.as_ref().and_then(|usage| usage.flushed_at())
     }
 
     /// `/readyz` answers 503 once `draining` turns true, so that a load balancer sees the
@@ -103,6 +117,7 @@ impl Admin {
             write_token: None,
             read_token: None,
             draining: None,
+            usage: self.usage.clone(),
         }
     }
 

@@ -30,6 +30,7 @@ pub const ASSETS: &[(&str, &str, &str)] = &[
     ("style.css", CSS, include_str!("ui/style.css")),
     ("app.js", JS, include_str!("ui/app.js")),
     ("api.js", JS, include_str!("ui/api.js")),
+    ("address.js", JS, include_str!("ui/address.js")),
     ("dom.js", JS, include_str!("ui/dom.js")),
     ("format.js", JS, include_str!("ui/format.js")),
     ("signin.js", JS, include_str!("ui/signin.js")),

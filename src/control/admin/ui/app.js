@@ -1,5 +1,5 @@
-// The page's entry: which view the address (#/keys, #/keys/<id>, #/requests) asks for, and
-// the sign-in when there is no token in this tab.
+// The page's entry: which view the address (#/keys, #/keys/<id>, #/requests, each with its
+// filters after a "?") asks for, and the sign-in when there is no token in this tab.
 
 import { session } from "./api.js";
 import { ageFlash, flash } from "./dom.js";
@@ -7,25 +7,24 @@ import { renderSignIn } from "./signin.js";
 import { renderKeys } from "./keys.js";
 import { renderKey } from "./key.js";
 import { renderRequests } from "./requests.js";
+import { viewPath } from "./address.js";
 
 function route() {
   ageFlash();
   const nav = document.getElementById("nav");
   if (!session.token()) {
     nav.hidden = true;
-    renderSignIn(() => {
-      if (location.hash === "" || location.hash === "#/keys") route();
-      else location.hash = "#/keys";
-    });
+    // Signed in, the address shown first still holds: a shared link opens its view.
+    renderSignIn(() => route());
     return;
   }
   nav.hidden = false;
   document.getElementById("access").textContent = session.canWrite() ? "Full access" : "Read-only";
-  const hash = location.hash || "#/keys";
-  const key = hash.match(/^#\/keys\/([^/?]+)$/);
-  markNav(hash.startsWith("#/requests") ? "requests" : "keys");
+  const path = viewPath();
+  const key = path.match(/^#\/keys\/([^/]+)$/);
+  markNav(path === "#/requests" ? "requests" : "keys");
   if (key) return renderKey(decoded(key[1]));
-  if (hash.startsWith("#/requests")) return renderRequests();
+  if (path === "#/requests") return renderRequests();
   return renderKeys();
 }
 

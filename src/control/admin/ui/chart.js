@@ -1,6 +1,8 @@
-// Daily usage as an SVG bar chart, built with DOM calls: one bar per day of the last 30.
+// Daily usage as an SVG bar chart, built with DOM calls: one bar per day of the last 30; and
+// how fresh the counts are.
 
 import { h, svg } from "./dom.js";
+import * as format from "./format.js";
 
 const DAYS = 30;
 
@@ -21,8 +23,7 @@ export function usageChart(usage) {
   const max = Math.max(1, ...days.map((day) => day.requests));
   const inWindow = days.reduce((sum, day) => sum + day.requests, 0);
   if (inWindow === 0) {
-    return h("p", { class: "notice" }, `No requests in the last ${DAYS} days (${usage.total_requests} in all). ` +
-      "Usage reaches the store every few seconds, so the latest requests may show a little later.");
+    return h("p", { class: "notice" }, `No requests in the last ${DAYS} days (${usage.total_requests} in all).`);
   }
   const width = 10;
   const chart = svg("svg", {
@@ -36,5 +37,22 @@ export function usageChart(usage) {
   return h("figure", { class: "usage" },
     h("div", { class: "chart-frame" }, h("span", { class: "chart-max muted small" }, `${max}`), chart),
     h("div", { class: "chart-axis muted small" }, h("span", {}, days[0].date), h("span", {}, "today (UTC)")),
-    h("figcaption", {}, `${usage.total_requests} requests in all; ${inWindow} in the last ${DAYS} days.`));
+    h("figcaption", {}, `${requests(usage.total_requests)} in all; ${inWindow} in the last ${DAYS} days.`));
+}
+
+function requests(n) {
+  return `${n} request${n === 1 ? "" : "s"}`;
+}
+
+/**
+ * When this replica last wrote its counts to the store (its usage flush): the counts hold its
+ * requests up to then. Nothing when the gateway does not say.
+ */
+export function flushedNote(usage, now = Date.now()) {
+  if (usage.flushed_at === undefined) return "";
+  const at = format.asOf(usage.flushed_at, now);
+  const text = at ?
+    `Counts as of ${at}, when this gateway replica last wrote its usage to the store; later requests show after its next write.` :
+    "Not flushed yet: this gateway replica has not written its usage to the store since it started, so its latest requests are not counted here.";
+  return h("p", { class: "muted small flushed", title: at ? format.exact(usage.flushed_at) : null }, text);
 }

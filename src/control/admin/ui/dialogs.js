@@ -47,6 +47,8 @@ function keyFields(key) {
     h("label", { for: `f-${name}` }, label), input, help ? h("small", { class: "muted", id: `h-${name}` }, help) : null);
   const input = (name, attrs = {}) => h("input", { id: `f-${name}`, name, "aria-describedby": `h-${name}`, ...attrs });
   const limit = key ? key.rate_limit : null;
+  // The API spells out the default burst (one period's requests); the field shows only another.
+  const burst = limit && limit.burst && limit.burst !== limit.requests ? limit.burst : "";
   const per = limit ? limit.per : "1m";
   const pers = ["1s", "1m", "1h", "1d"].includes(per) ? ["1s", "1m", "1h", "1d"] : ["1s", "1m", "1h", "1d", per];
   return [
@@ -57,7 +59,8 @@ function keyFields(key) {
       "resource:action, comma separated; * grants everything; empty grants nothing"),
     h("fieldset", { class: "inline" }, h("legend", {}, "Rate limit"),
       field("requests", "Requests", input("requests", { type: "number", min: 1, value: limit ? limit.requests : "" }), "empty: the gateway's default"),
-      field("per", "per", h("select", { id: "f-per", name: "per" }, pers.map((p) => h("option", { value: p, selected: p === per }, p))))),
+      field("per", "per", h("select", { id: "f-per", name: "per" }, pers.map((p) => h("option", { value: p, selected: p === per }, p)))),
+      field("burst", "Burst", input("burst", { type: "number", min: 1, value: burst }), "most requests at once; empty: as many as requests")),
     field("customer_id", "Customer", input("customer_id", { value: key && key.customer_id ? key.customer_id : "" }), "optional: the customer this key may act for"),
     field("allowed_ips", "Allowed IPs", input("allowed_ips", { value: key ? key.allowed_ips.join(", ") : "", placeholder: "203.0.113.0/24" }),
       "addresses or CIDRs, comma separated; empty: any address"),
@@ -71,7 +74,7 @@ function readFields(form, creating) {
   const body = {
     name: value("name"),
     permissions: format.list(value("permissions")),
-    rate_limit: value("requests") ? { requests: Number(value("requests")), per: value("per") } : null,
+    rate_limit: rateLimit(value("requests"), value("per"), value("burst")),
     customer_id: value("customer_id") || null,
     allowed_ips: format.list(value("allowed_ips")),
     expires_at: null,
@@ -83,6 +86,17 @@ function readFields(form, creating) {
   }
   if (creating) body.environment = value("environment");
   return body;
+}
+
+/** The `rate_limit` of the form's fields: null (the gateway's default) without requests. */
+function rateLimit(requests, per, burst) {
+  if (!requests) {
+    if (burst) throw Object.assign(new Error("A burst needs a rate: fill in Requests as well."), { field: "requests" });
+    return null;
+  }
+  const limit = { requests: Number(requests), per };
+  if (burst) limit.burst = Number(burst);
+  return limit;
 }
 
 /** A form in a dialog that sends `submit(form)` and shows API errors beside it. */
@@ -110,7 +124,8 @@ function formDialog(parts, fields, label, submit) {
 
 function markField(form, field) {
   for (const input of form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
-  const name = field && field.split(/[.[]/)[0];
+  // The rate limit's parts have fields of their own: "rate_limit.burst" is the burst field.
+  const name = field && (field.startsWith("rate_limit.") ? field.slice("rate_limit.".length) : field.split(/[.[]/)[0]);
   const input = name && form.elements[name];
   if (input && input.setAttribute) {
     input.setAttribute("aria-invalid", "true");

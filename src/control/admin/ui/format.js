@@ -34,6 +34,19 @@ export function exact(iso) {
   return `${date.toISOString().slice(0, 19).replace("T", " ")} UTC`;
 }
 
+/**
+ * When usage counts were last written, for "as of": "14:05:09 UTC" on the same UTC day as
+ * `now`, the full time otherwise; `null` for never.
+ */
+export function asOf(iso, now = Date.now()) {
+  if (!iso) return null;
+  const full = exact(iso);
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return full;
+  const sameDay = date.toISOString().slice(0, 10) === new Date(now).toISOString().slice(0, 10);
+  return sameDay ? full.slice(11) : full;
+}
+
 /** "customer:read, customer:write +2 more", "all (*)", or "none". */
 export function permissions(list) {
   if (!list || list.length === 0) return "none";

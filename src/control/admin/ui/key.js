@@ -5,8 +5,8 @@ import { api, keyPath, session } from "./api.js";
 import { button, errorBox, flash, h, notice, section, show } from "./dom.js";
 import * as format from "./format.js";
 import { confirmDialog, editDialog, regenerateDialog } from "./dialogs.js";
-import { usageChart } from "./chart.js";
-import { loadRequests } from "./requests.js";
+import { flushedNote, usageChart } from "./chart.js";
+import { keyRequests } from "./requests.js";
 import { idleNotice, loadIdle } from "./idle.js";
 
 export async function renderKey(id) {
@@ -31,11 +31,10 @@ export async function renderKey(id) {
   loadIdle().then((data) => idle.replaceChildren(idleNotice(data, key.id) || "")).catch(() => {});
   loadUsage(key.id, usage);
   loadEvents(key.id, events);
-  const reload = () => loadRequests(requests, { key_id: key.id, limit: 50 }, false, reload);
-  reload();
+  const newest = keyRequests(requests, key.id);
   requests.before(h("p", { class: "muted small section-note" },
     "This key's latest requests on this gateway replica, newest first, with why each refusal happened. ",
-    button("Refresh", reload)));
+    button("Refresh", newest)));
 }
 
 function header(key) {
@@ -64,7 +63,13 @@ function actions(key) {
     button("Regenerate", () => regenerateDialog(key, () => again("Key regenerated: the new secret is in force."))),
     key.status === "revoked" ?
       button("Activate", change("activate", "Key activated: it works again."), "") :
-      button("Revoke", change("revoke", "Key revoked: the gateway refuses it from now on."), "danger"),
+      button("Revoke", () => confirmDialog(`Revoke “${key.name}”?`,
+        `Traffic using “${key.name}” gets 401 at once: the gateway refuses every request with this key ` +
+        "until it is activated again. Nothing is deleted.", "Revoke key",
+        async () => {
+          await api("POST", keyPath(key.id, "/revoke"), {});
+          again("Key revoked: the gateway refuses it from now on.");
+        }), "danger"),
     button("Delete", () => confirmDialog(`Delete “${key.name}”?`,
       "The key stops working at once and cannot be brought back. Its audit trail is kept.", "Delete key",
       async () => {
@@ -100,7 +105,7 @@ function details(key) {
 async function loadUsage(id, target) {
   try {
     const { data } = await api("GET", keyPath(id, "/usage"));
-    target.replaceChildren(usageChart(data));
+    target.replaceChildren(usageChart(data), flushedNote(data));
   } catch (error) {
     target.replaceChildren(errorBox(error, () => loadUsage(id, target)));
   }

@@ -1,39 +1,40 @@
 // The key list: filters, one row per key, paging by the API's cursor, and the create button.
+// The filters and the cursor are in the address (#/keys?environment=staging&cursor=42).
 
 import { api, query, session } from "./api.js";
 import { button, errorBox, h, notice, show } from "./dom.js";
 import * as format from "./format.js";
 import { createDialog } from "./dialogs.js";
 import { loadIdle, idleNotice } from "./idle.js";
+import { go, pager, viewParams } from "./address.js";
 
 const PAGE = 50;
-const state = { environment: "", status: "", customer_id: "", cursor: "", previous: [] };
+const PATH = "#/keys";
+const FILTERS = ["environment", "status", "customer_id"];
 
 export function renderKeys() {
+  const state = viewParams([...FILTERS, "cursor"]);
   const results = h("div", { class: "results" }, notice("Loading keys…"));
   show(h("section", { class: "view" },
     h("div", { class: "view-head" },
       h("h2", {}, "API keys"),
       session.canWrite() ? button("Create key", () => createDialog(() => renderKeys()), "primary") : null),
-    filters(),
+    filters(state),
     results));
-  load(results);
+  load(results, state);
 }
 
-function filters() {
+function filters(state) {
   const environment = select("environment", "Environment", ["", "production", "staging", "development"], state.environment);
   const status = select("status", "Status", ["", "active", "revoked", "expired"], state.status);
   const customer = h("input", { id: "filter-customer", name: "customer_id", type: "search", value: state.customer_id });
   const apply = (event) => {
     event.preventDefault();
-    Object.assign(state, {
+    go(PATH, {
       environment: environment.querySelector("select").value,
       status: status.querySelector("select").value,
       customer_id: customer.value.trim(),
-      cursor: "",
-      previous: [],
     });
-    renderKeys();
   };
   return h("form", { class: "filters", "aria-label": "Filter keys", on: { submit: apply } },
     environment, status,
@@ -49,24 +50,23 @@ function select(name, label, values, current) {
       values.map((value) => h("option", { value, selected: value === current }, value || "any"))));
 }
 
-async function load(results) {
-  const params = { environment: state.environment, status: state.status, customer_id: state.customer_id, limit: PAGE, cursor: state.cursor };
+async function load(results, state) {
   try {
-    const [{ data, headers }, idle] = await Promise.all([api("GET", `/v1/keys${query(params)}`), loadIdle()]);
-    results.replaceChildren(...page(data || [], headers.get("x-next-cursor"), idle));
+    const [{ data, headers }, idle] = await Promise.all([api("GET", `/v1/keys${query({ ...state, limit: PAGE })}`), loadIdle()]);
+    results.replaceChildren(...page(state, data || [], headers.get("x-next-cursor"), idle));
   } catch (error) {
     results.replaceChildren(errorBox(error, () => renderKeys()));
   }
 }
 
-function page(keys, next, idle) {
+function page(state, keys, next, idle) {
   const filtered = state.environment || state.status || state.customer_id;
   if (keys.length === 0 && !state.cursor) {
     const text = filtered ? "No key matches these filters." :
       session.canWrite() ? "No keys yet. Create the first one with “Create key”." : "No keys yet.";
     return [notice(text)];
   }
-  return [table(keys, idle), pager(next)];
+  return [table(keys, idle), pager(PATH, state, next)];
 }
 
 function table(keys, idle) {
@@ -91,19 +91,4 @@ function row(key, now, idle) {
     cell("Last used", h("span", { title: format.exact(key.last_used_at) || "never used" }, format.relative(key.last_used_at, now))),
     cell("Rate limit", format.rateLimit(key.rate_limit)),
     cell("Customer", key.customer_id || "—"));
-}
-
-function pager(next) {
-  const previous = () => {
-    state.cursor = state.previous.pop() || "";
-    renderKeys();
-  };
-  const forward = () => {
-    state.previous.push(state.cursor);
-    state.cursor = next;
-    renderKeys();
-  };
-  return h("nav", { class: "pager", "aria-label": "Pages" },
-    state.previous.length || state.cursor ? button("← Previous page", previous) : null,
-    next ? button("Next page →", forward) : null);
 }

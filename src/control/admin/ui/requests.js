@@ -1,19 +1,24 @@
-// Recent requests (GET /v1/requests): this replica's last access records, newest first,
-// with the refusal reason of each; for all keys here, and per key in the key view.
+// Recent requests (GET /v1/requests): this replica's last access records, newest first, a
+// page at a time, with the refusal reason of each; for all keys here (the status filter and
+// the page in the address, #/requests?status=4xx&cursor=42), and per key in the key view.
 
 import { api, keyPath, query } from "./api.js";
-import { errorBox, h, notice, show } from "./dom.js";
+import { button, errorBox, h, notice, show } from "./dom.js";
 import * as format from "./format.js";
+import { go, pager, viewParams } from "./address.js";
 
-const filter = { status: "" };
+const PATH = "#/requests";
+const PAGE = 100;
+const KEY_PAGE = 50;
+const OLDER = { back: "← Newer requests", forward: "Older requests →" };
 
 export function renderRequests() {
+  const state = viewParams(["status", "cursor"]);
   const results = h("div", { class: "results" }, notice("Loading recent requests…"));
-  const status = h("input", { id: "filter-status", name: "status", inputmode: "numeric", value: filter.status, placeholder: "403 or 4xx" });
+  const status = h("input", { id: "filter-status", name: "status", inputmode: "numeric", value: state.status, placeholder: "403 or 4xx" });
   const form = h("form", { class: "filters", "aria-label": "Filter requests", on: { submit: (event) => {
     event.preventDefault();
-    filter.status = status.value.trim();
-    renderRequests();
+    go(PATH, { status: status.value.trim() });
   } } },
   h("div", { class: "field" }, h("label", { for: "filter-status" }, "Status"), status),
   h("div", { class: "field end" }, h("button", { type: "submit" }, "Filter")));
@@ -21,15 +26,51 @@ export function renderRequests() {
     h("div", { class: "view-head" }, h("h2", {}, "Recent requests")),
     h("p", { class: "muted" }, "The most recent requests this gateway replica answered, newest first."),
     form, results));
-  loadRequests(results, { status: filter.status, limit: 200 }, true, () => renderRequests());
+  loadRequests(results, { ...state, limit: PAGE }, {
+    withKey: true,
+    retry: () => renderRequests(),
+    pager: (next) => pager(PATH, state, next, OLDER),
+  });
 }
 
-/** Fills `target` with the requests matching `params`; `withKey` adds a key column. */
-export async function loadRequests(target, params, withKey, retry) {
+/**
+ * Key `id`'s recent requests in `target`, paged in place (the key view's address stays);
+ * returns a function that shows the newest again.
+ */
+export function keyRequests(target, id) {
+  const before = [];
+  let cursor = "";
+  const load = () => loadRequests(target, { key_id: id, limit: KEY_PAGE, cursor }, {
+    retry: load,
+    pager: (next) => h("nav", { class: "pager", "aria-label": "Pages" },
+      cursor ? button(OLDER.back, () => {
+        cursor = before.pop() || "";
+        load();
+      }) : h("span"),
+      next ? button(OLDER.forward, () => {
+        before.push(cursor);
+        cursor = next;
+        load();
+      }) : null),
+  });
+  const newest = () => {
+    before.length = 0;
+    cursor = "";
+    return load();
+  };
+  newest();
+  return newest;
+}
+
+/** Fills `target` with the requests matching `params`: `withKey` adds a key column, `pager`
+ * makes the buttons to the pages around (from the next page's cursor). */
+async function loadRequests(target, params, { withKey = false, retry, pager }) {
   try {
-    const { data } = await api("GET", `/v1/requests${query(params)}`);
+    const { data, headers } = await api("GET", `/v1/requests${query(params)}`);
     const items = (data && data.items) || [];
-    target.replaceChildren(items.length ? requestsTable(items, withKey) : notice(empty(data, params)));
+    const next = headers.get("x-next-cursor");
+    const paged = params.cursor || next ? pager(next) : null;
+    target.replaceChildren(items.length ? requestsTable(items, withKey) : notice(empty(data, params)), paged || "");
     if (withKey) nameKeys(target);
   } catch (error) {
     target.replaceChildren(error.status === 404 ?
@@ -55,6 +96,7 @@ function nameKeys(target) {
 
 function empty(data, params) {
   if (data && data.capacity === 0) return "This gateway keeps no recent requests (logs.recent = 0).";
+  if (params.cursor) return "No older requests are kept: newer ones have taken their place.";
   return params.key_id ? "No recent requests with this key on this replica." : "No recent requests match.";
 }
 
