@@ -884,6 +884,117 @@ fn serve_without_a_config_names_both_ways_to_start() {
     );
 }
 
+/// A port free a moment ago on 127.0.0.1 (bound, then let go).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP/1.1 GET over a new connection; the whole answer as text.
+fn http_get(address: &str, path: &str, basic_user_pass: &str) -> String {
+    use base64::Engine;
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let credential = base64::engine::general_purpose::STANDARD.encode(basic_user_pass);
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Basic {credential}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn serve_dev_listens_where_it_is_told_and_its_curl_lines_say_so() {
+    use std::io::BufRead;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            &listen,
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("KEYGATE_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut welcome = String::new();
+    while !welcome.contains("Ctrl-C stops it") {
+        match received.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => {
+                welcome.push_str(&line);
+                welcome.push('\n');
+            }
+            Err(_) => break,
+        }
+    }
+    let url = format!("http://{listen}/v1/customers/acme");
+    let key = welcome
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("demo key "))
+        .map(str::to_owned);
+    let admin = welcome
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("admin    http://"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_owned);
+    let answer = key
+        .as_ref()
+        .map(|key| http_get(&listen, "/v1/customers/acme", &format!("X:{key}")));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let key = key.unwrap_or_else(|| panic!("no demo key in: {welcome}"));
+    assert!(
+        welcome.contains(&format!("curl -i -u X:{key} {url}")),
+        "{welcome}"
+    );
+    assert!(!welcome.contains("127.0.0.1:8080"), "{welcome}");
+    let admin = admin.unwrap_or_else(|| panic!("no admin address in: {welcome}"));
+    assert_ne!(admin, "127.0.0.1:0", "the port taken is shown, not 0");
+    assert!(
+        welcome.contains(&format!("curl -s http://{admin}/metrics")),
+        "{welcome}"
+    );
+    let answer = answer.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // An address asked for is not swapped for another: taken, it is an error naming the flag.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap().to_string();
+    let output = keygate(&["serve", "--dev", "--admin-listen", &taken], None);
+    assert_eq!(code(&output), 1);
+    let stderr = one_line_stderr(&output);
+    assert!(
+        stderr.contains(&taken) && stderr.contains("--admin-listen"),
+        "{stderr}"
+    );
+    drop(holder);
+    // The flags belong to --dev.
+    assert_eq!(code(&keygate(&["serve", "--listen", &listen], None)), 2);
+}
+
 /// The `event` of each audit record, from a JSON array or an admin API page of them.
 fn event_names(events: &Value) -> Vec<String> {
     let list = events.as_array().or_else(|| events["events"].as_array());

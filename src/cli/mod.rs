@@ -17,6 +17,7 @@ mod output;
 mod serve;
 mod store;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -46,6 +47,14 @@ enum Command {
         /// Run with no config: a temporary store, a built-in echo upstream and a demo key.
         #[arg(long, conflicts_with = "config")]
         dev: bool,
+        /// With --dev: the gateway's address, e.g. 127.0.0.1:8000 (default 127.0.0.1:8080, or
+        /// any free port when that is taken).
+        #[arg(long, value_name = "ADDR", requires = "dev")]
+        listen: Option<SocketAddr>,
+        /// With --dev: the admin API's address (default 127.0.0.1:9901, or any free port when
+        /// that is taken).
+        #[arg(long, value_name = "ADDR", requires = "dev")]
+        admin_listen: Option<SocketAddr>,
         /// Log format on stdout.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
@@ -109,8 +118,14 @@ pub fn main() -> ExitCode {
         Command::Serve {
             config,
             dev,
+            listen,
+            admin_listen,
             log_format,
-        } => serve_command(config, dev, log_format),
+        } => serve_command(
+            config,
+            dev.then_some(dev::Addresses { listen, admin_listen }),
+            log_format,
+        ),
         Command::Check(args) => check::run(args),
         Command::Keys(args) => keys::run(*args),
         Command::Store(StoreCommand::Init { config }) => store::init(&config),
@@ -140,9 +155,14 @@ pub fn write_line(line: std::fmt::Arguments<'_>) -> Result<(), Failure> {
     }
 }
 
-/// `keygate serve`: with `--config FILE`, or `--dev` for a demo that needs none.
-fn serve_command(config: Option<PathBuf>, dev: bool, log_format: LogFormat) -> Result<(), Failure> {
-    if config.is_none() && !dev {
+/// `keygate serve`: with `--config FILE`, or `--dev` (`Some`, with the addresses asked for) for
+/// a demo that needs none.
+fn serve_command(
+    config: Option<PathBuf>,
+    dev: Option<dev::Addresses>,
+    log_format: LogFormat,
+) -> Result<(), Failure> {
+    if config.is_none() && dev.is_none() {
         return Err(Failure::Usage(
             "serve needs --config FILE (or KEYGATE_CONFIG); to try keygate without a config, run: keygate serve --dev"
                 .into(),
@@ -150,9 +170,10 @@ fn serve_command(config: Option<PathBuf>, dev: bool, log_format: LogFormat) -> R
     }
     // Held until the gateway stops, so the last lines are written.
     let _logs = crate::telemetry::logs::init(log_format);
-    match config {
-        Some(config) if !dev => serve::run(config),
-        _ => dev::run(),
+    match (config, dev) {
+        (_, Some(addresses)) => dev::run(addresses),
+        (Some(config), None) => serve::run(config),
+        (None, None) => Ok(()),
     }
 }
 
