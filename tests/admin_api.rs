@@ -670,6 +670,120 @@ async fn bad_bodies_get_400_naming_the_field() {
     }
 }
 
+/// Words a client should never read in an answer: Rust type names and jiff's internals.
+const INTERNAL: [&str; 6] = [
+    "struct",
+    "RateLimitSpec",
+    "NonZero",
+    "u32",
+    "unix-seconds",
+    "time component",
+];
+
+#[tokio::test]
+async fn expiry_takes_a_date_as_midnight_utc_and_refuses_past_9999_naming_the_field() {
+    let h = Harness::start().await;
+    let c = Contract::new();
+    let created = admin(
+        &h,
+        Method::POST,
+        "/v1/keys",
+        Some(r#"{"name": "x", "environment": "production", "expires_at": "2099-01-31"}"#),
+        None,
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    c.check(&Method::POST, "/v1/keys", &created);
+    assert_eq!(created.json()["expires_at"], "2099-01-31T00:00:00Z");
+    let path = format!("/v1/keys/{}", created.json()["id"].as_str().unwrap());
+    let patched = admin(
+        &h,
+        Method::PATCH,
+        &path,
+        Some(r#"{"expires_at": "2098-12-31"}"#),
+        None,
+    )
+    .await;
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    assert_eq!(patched.json()["expires_at"], "2098-12-31T00:00:00Z");
+
+    // "Never", written as the last day there is: refused in words, on create and on change.
+    for (method, path, template, body) in [
+        (
+            Method::POST,
+            "/v1/keys",
+            "/v1/keys",
+            r#"{"name": "x", "environment": "production", "expires_at": "9999-12-31"}"#,
+        ),
+        (
+            Method::POST,
+            "/v1/keys",
+            "/v1/keys",
+            r#"{"name": "x", "environment": "production", "expires_at": "9999-12-31T23:59:59Z"}"#,
+        ),
+        (
+            Method::PATCH,
+            path.as_str(),
+            "/v1/keys/{id}",
+            r#"{"expires_at": "9999-12-31"}"#,
+        ),
+    ] {
+        let answer = admin(&h, method.clone(), path, Some(body), None).await;
+        assert_eq!(answer.status, 400, "{body}: {}", answer.text());
+        c.check(&method, template, &answer);
+        let error = answer.json();
+        assert_eq!(error["field"], "expires_at", "{body}");
+        let message = error["error"].as_str().unwrap();
+        assert!(message.contains("9999-12-30T22:00:00Z"), "{body}: {message}");
+        for internal in INTERNAL {
+            assert!(!message.contains(internal), "{body}: {message}");
+        }
+    }
+
+    // A value of the wrong type is answered with the shape the field takes, not a Rust type.
+    for (body, field, says) in [
+        (
+            r#"{"name": "x", "environment": "production", "rate_limit": "5/s"}"#,
+            "rate_limit",
+            r#"got string "5/s", expected {"requests":N,"per":"1s","burst":N} or null"#,
+        ),
+        (
+            r#"{"name": "x", "environment": "production", "expires_at": 5}"#,
+            "expires_at",
+            "got integer `5`, expected an RFC 3339 instant",
+        ),
+        (
+            r#"{"name": "x", "environment": "production", "expires_at": "2099-01-31T10:00:00"}"#,
+            "expires_at",
+            "has no offset",
+        ),
+        (
+            r#"{"name": "x", "environment": "production", "rate_limit": {"requests": 0, "per": "1s"}}"#,
+            "rate_limit.requests",
+            "got integer `0`, expected a whole number from 1",
+        ),
+    ] {
+        let answer = admin(&h, Method::POST, "/v1/keys", Some(body), None).await;
+        assert_eq!(answer.status, 400, "{body}: {}", answer.text());
+        let error = answer.json();
+        assert_eq!(error["field"], field, "{body}");
+        let message = error["error"].as_str().unwrap();
+        assert!(message.contains(says), "{body}: {message}");
+        for internal in INTERNAL {
+            assert!(!message.contains(internal), "{body}: {message}");
+        }
+    }
+    assert_eq!(
+        admin(&h, Method::GET, "/v1/keys", None, None)
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
 #[tokio::test]
 async fn huge_bodies_wrong_types_and_unknown_paths() {
     let h = Harness::start().await;

@@ -884,6 +884,80 @@ fn serve_without_a_config_names_both_ways_to_start() {
     );
 }
 
+#[test]
+fn expiry_takes_a_date_as_midnight_utc_and_refuses_past_9999_naming_the_field() {
+    let s = setup();
+    let created = s.json(&[
+        "create",
+        "--name",
+        "d",
+        "--env",
+        "dev",
+        "--expires-at",
+        "2099-01-31",
+    ]);
+    assert_eq!(created["expires_at"], "2099-01-31T00:00:00Z");
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(
+        s.json(&["update", id, "--expires-at", "2098-12-31"])["expires_at"],
+        "2098-12-31T00:00:00Z"
+    );
+    for args in [
+        vec![
+            "create",
+            "--name",
+            "n",
+            "--env",
+            "dev",
+            "--expires-at",
+            "9999-12-31",
+        ],
+        vec!["update", id, "--expires-at", "9999-12-31T12:00:00Z"],
+        vec![
+            "create",
+            "--name",
+            "n",
+            "--env",
+            "dev",
+            "--expires-in",
+            "99999999999d",
+        ],
+    ] {
+        let output = s.keys(&args);
+        assert_eq!(code(&output), 2, "{args:?}");
+        let stderr = one_line_stderr(&output);
+        assert!(stderr.contains("--expires-"), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("unix-seconds") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
+
+    // In an import file, the line and the field are named.
+    let file = s.config.with_file_name("never.jsonl");
+    std::fs::write(
+        &file,
+        r#"{"key": "legacy-secret-number-one", "name": "one", "environment": "prod", "expires_at": "9999-12-31"}"#,
+    )
+    .unwrap();
+    let output = s.keys(&["import-file", file.to_str().unwrap()]);
+    assert_ne!(code(&output), 0);
+    let stderr = one_line_stderr(&output);
+    assert!(
+        stderr.contains("line 1: expires_at: \"9999-12-31\" is past the last instant keygate holds"),
+        "{stderr}"
+    );
+    let dated = s.config.with_file_name("dated.jsonl");
+    std::fs::write(
+        &dated,
+        r#"{"key": "legacy-secret-number-one", "name": "one", "environment": "prod", "expires_at": "2099-01-31"}"#,
+    )
+    .unwrap();
+    assert_eq!(s.json(&["import-file", dated.to_str().unwrap()])["imported"], 1);
+    let list = s.json(&["list", "--env", "prod"]);
+    assert_eq!(list[0]["expires_at"], "2099-01-31T00:00:00Z");
+}
+
 /// A port free a moment ago on 127.0.0.1 (bound, then let go).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::Failure;
 use crate::control::keys::{KeyRequest, KeySpec};
 use crate::core::environment::Environment;
+use crate::core::key::reword;
 use crate::core::secret::Secret;
 
 /// Every key of the file; blank lines are skipped.
@@ -42,7 +43,9 @@ fn parse_line(line: &str) -> Result<KeyRequest, String> {
         format!("not valid JSON: {reason} (column {})", e.column())
     })?;
     let Some(object) = value.as_object_mut() else {
-        return Err(format!("expected an object, {}", shape("")));
+        return Err(
+            r#"expected an object, like {"key":"...","name":"...","environment":"production"}"#.into(),
+        );
     };
     // The spellings `--env` takes: production, prod, Staging, stg, ...
     if let Some(Value::String(text)) = object.get("environment") {
@@ -64,37 +67,9 @@ fn describe(path: &str, message: &str) -> String {
     if message.starts_with("unknown field `") {
         field = field.rsplit_once('.').map_or("", |(parent, _)| parent);
     }
-    let got = ["invalid type: ", "invalid value: ", "invalid length "]
-        .iter()
-        .find_map(|prefix| message.strip_prefix(prefix))
-        .and_then(|rest| rest.split(", expected").next());
-    match (field, got) {
-        ("", _) => message.to_owned(),
-        (field, Some(got)) => format!("{field}: got {got}, expected {}", shape(field)),
-        (field, None) => format!("{field}: {message}"),
-    }
-}
-
-/// What a field of an import line looks like, for messages.
-fn shape(field: &str) -> &'static str {
-    // `permissions[2]` and `permissions[0]` take the same shape.
-    let element = field.split_once('[').map(|(array, _)| array);
-    match element.map_or(field, |array| array) {
-        "permissions" if element.is_some() => r#"a permission like "customer:read""#,
-        "allowed_ips" if element.is_some() => r#"a CIDR or an IP address like "10.0.0.0/8""#,
-        "name" => "a string",
-        "environment" => "production, staging or development (or prod, stg, dev)",
-        "permissions" => r#"an array of permissions like ["customer:read", "license:*"]"#,
-        "rate_limit" => r#"{"requests":N,"per":"1s","burst":N} or null"#,
-        "rate_limit.requests" | "rate_limit.burst" => "a whole number from 1",
-        "rate_limit.per" => r#"a duration like "1s" or "1m""#,
-        "customer_id" => "a string or null",
-        "allowed_ips" => r#"an array of CIDRs or IP addresses like ["10.0.0.0/8"]"#,
-        "expires_at" => r#"an RFC 3339 instant like "2027-01-31T00:00:00Z" or null"#,
-        "expires_in" => r#"a duration like "30d" or null"#,
-        "metadata" => "a JSON object",
-        "key" => "the secret to import, a string",
-        _ => r#"like {"key":"...","name":"...","environment":"production"}"#,
+    match field {
+        "" => message.to_owned(),
+        field => format!("{field}: {}", reword(field, message)),
     }
 }
 

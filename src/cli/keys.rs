@@ -20,7 +20,7 @@ use crate::core::environment::Environment;
 use crate::core::key::{KeyStatus, RateLimitSpec};
 use crate::core::permission::Permission;
 use crate::core::secret::Secret;
-use crate::core::units::{parse_duration, Rate};
+use crate::core::units::{parse_duration, parse_instant, Rate};
 use crate::gateway::hasher_from_env;
 
 #[derive(Debug, Args)]
@@ -146,7 +146,7 @@ impl LimitArgs {
 
 #[derive(Debug, Args)]
 struct ExpiryArgs {
-    /// When the key expires (RFC 3339).
+    /// When the key expires: an RFC 3339 instant, or a date (its midnight UTC).
     #[arg(long, value_parser = timestamp, conflicts_with = "expires_in")]
     expires_at: Option<Timestamp>,
     /// Expire the key this long from now, e.g. 30d.
@@ -155,9 +155,15 @@ struct ExpiryArgs {
 }
 
 impl ExpiryArgs {
-    fn instant(&self) -> Option<Timestamp> {
-        self.expires_at
-            .or_else(|| self.expires_in.map(|d| Timestamp::now() + d))
+    fn instant(&self) -> Result<Option<Timestamp>, Failure> {
+        match (self.expires_at, self.expires_in) {
+            (Some(at), _) => Ok(Some(at)),
+            (None, Some(duration)) => Timestamp::now()
+                .checked_add(duration)
+                .map(Some)
+                .map_err(|_| Failure::Usage("--expires-in: too far in the future".into())),
+            (None, None) => Ok(None),
+        }
     }
 }
 
@@ -206,8 +212,7 @@ fn duration(text: &str) -> Result<Duration, String> {
 }
 
 fn timestamp(text: &str) -> Result<Timestamp, String> {
-    text.parse()
-        .map_err(|e| format!("{text:?} is not an RFC 3339 instant like 2027-01-31T00:00:00Z: {e}"))
+    parse_instant(text).map_err(|e| e.to_string())
 }
 
 fn cidr(text: &str) -> Result<IpNet, String> {
@@ -245,12 +250,12 @@ pub fn run(args: KeysArgs) -> Result<(), Failure> {
     let json = args.json;
     match args.command {
         KeysCommand::Create(create) => {
-            let created = service.create(spec(create))?;
+            let created = service.create(spec(create)?)?;
             output::created(&created, json)
         }
         KeysCommand::Import(create) => {
             let secret = read_secret()?;
-            let view = service.import(spec(create), secret)?;
+            let view = service.import(spec(create)?, secret)?;
             output::key(&view, json, "Imported")
         }
         KeysCommand::ImportFile { file } => {
@@ -281,7 +286,7 @@ pub fn run(args: KeysArgs) -> Result<(), Failure> {
         KeysCommand::Show { id } => output::key(&service.get(&id)?, json, ""),
         KeysCommand::Update(update) => {
             let id = update.id.clone();
-            output::key(&service.update(&id, patch(update))?, json, "Updated")
+            output::key(&service.update(&id, patch(update)?)?, json, "Updated")
         }
         KeysCommand::Regenerate { id, grace } => output::created(&service.regenerate(&id, grace)?, json),
         KeysCommand::Revoke { id } => output::key(&service.revoke(&id)?, json, "Revoked"),
@@ -307,21 +312,21 @@ pub fn run(args: KeysArgs) -> Result<(), Failure> {
     }
 }
 
-fn spec(args: CreateArgs) -> KeySpec {
-    KeySpec {
+fn spec(args: CreateArgs) -> Result<KeySpec, Failure> {
+    Ok(KeySpec {
         name: args.name,
         environment: args.environment,
         permissions: args.permissions,
         rate_limit: args.limits.spec(),
         customer_id: args.customer_id,
         allowed_ips: args.allowed_ips,
-        expires_at: args.expiry.instant(),
+        expires_at: args.expiry.instant()?,
         metadata: args.metadata.unwrap_or_default(),
-    }
+    })
 }
 
-fn patch(args: UpdateArgs) -> KeyPatch {
-    KeyPatch {
+fn patch(args: UpdateArgs) -> Result<KeyPatch, Failure> {
+    Ok(KeyPatch {
         name: args.name,
         permissions: match (args.no_perms, args.permissions.is_empty()) {
             (true, _) => Some(Vec::new()),
@@ -335,9 +340,9 @@ fn patch(args: UpdateArgs) -> KeyPatch {
             (false, false) => Some(args.allowed_ips),
             (false, true) => None,
         },
-        expires_at: args.expiry.instant().map(Some).or(clear_if(args.no_expiry)),
+        expires_at: args.expiry.instant()?.map(Some).or(clear_if(args.no_expiry)),
         metadata: args.metadata,
-    }
+    })
 }
 
 /// `Some(None)` (clear the field) when the flag is given.

@@ -72,7 +72,7 @@ pub struct KeyRequest {
     pub customer_id: Option<String>,
     #[serde(default)]
     pub allowed_ips: Vec<Cidr>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::core::key::de_expiry")]
     pub expires_at: Option<Timestamp>,
     /// Alternative to `expires_at`: a duration from now, e.g. "30d".
     #[serde(default)]
@@ -148,7 +148,7 @@ pub struct KeyPatch {
     pub customer_id: Option<Option<String>>,
     #[serde(default, deserialize_with = "cidrs_or_null")]
     pub allowed_ips: Option<Vec<IpNet>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::core::key::de_expiry_change")]
     pub expires_at: Option<Option<Timestamp>>,
     #[serde(default, deserialize_with = "present_or_empty")]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
