@@ -10,9 +10,9 @@ use clap::{Args, Subcommand};
 use ipnet::IpNet;
 use jiff::Timestamp;
 
-use super::output;
 use super::store::Create;
-use super::Failure;
+use super::{import, output};
+use super::{Detailed, Failure};
 use crate::control::keys::{KeyError, KeyPatch, KeyService, KeySpec, MAX_PAGE};
 use crate::control::store::{Actor, KeyFilter};
 use crate::core::clock::system_clock;
@@ -43,7 +43,7 @@ enum KeysCommand {
     Import(CreateArgs),
     /// Import many existing secrets from a JSON Lines file, all or none: one object per line
     /// with key, name and environment, and optionally permissions, rate_limit, customer_id,
-    /// allowed_ips, expires_at and metadata (as in the admin API).
+    /// allowed_ips, expires_at and metadata (as in the admin API). Every bad line is reported.
     ImportFile {
         /// The JSON Lines file.
         file: PathBuf,
@@ -60,7 +60,7 @@ enum KeysCommand {
         #[arg(long = "customer", value_name = "ID")]
         customer_id: Option<String>,
     },
-    /// Show one key.
+    /// Show one key (a deleted one too).
     Show {
         /// The key's id (key_..., as keys list shows it).
         id: String,
@@ -228,9 +228,21 @@ fn metadata(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, St
 impl From<KeyError> for Failure {
     fn from(error: KeyError) -> Self {
         match error {
-            KeyError::Invalid { .. } => Failure::Usage(error.to_string()),
+            KeyError::Invalid { field, .. } => Failure::Detailed(Box::new(Detailed {
+                usage: true,
+                message: error.to_string(),
+                notes: Vec::new(),
+                detail: [("field".to_owned(), field.into())].into_iter().collect(),
+            })),
             other => Failure::Runtime(other.to_string()),
         }
+    }
+}
+
+impl KeysArgs {
+    /// Whether the command is to print one JSON document, failed or not.
+    pub fn json(&self) -> bool {
+        self.json
     }
 }
 
@@ -259,15 +271,29 @@ pub fn run(args: KeysArgs) -> Result<(), Failure> {
             output::key(&view, json, "Imported")
         }
         KeysCommand::ImportFile { file } => {
-            let items = super::import::read_file(&file)?;
-            let imported = service.import_many(items).map_err(|(index, error)| {
-                let failure = Failure::from(error);
-                match index {
-                    Some(index) => {
-                        failure.map(|why| format!("{}: line {}: {why}", file.display(), index + 1))
-                    }
-                    None => failure,
-                }
+            let (items, mut bad) = import::read_file(&file)?;
+            let (lines, items): (Vec<usize>, Vec<_>) = items
+                .into_iter()
+                .map(|(line, spec, secret)| (line, (spec, secret)))
+                .unzip();
+            let checked = service.check_many(&items);
+            bad.extend(
+                checked
+                    .into_iter()
+                    .map(|(index, error)| (lines[index], error.to_string())),
+            );
+            if !bad.is_empty() {
+                bad.sort_by_key(|(line, _)| *line);
+                return Err(import::bad_lines(&file, bad));
+            }
+            let imported = service.import_many(items).map_err(|errors| {
+                let mut failures = errors.into_iter().map(|(index, error)| match index {
+                    Some(index) => import::bad_lines(&file, vec![(lines[index], error.to_string())]),
+                    None => Failure::from(error),
+                });
+                failures
+                    .next()
+                    .unwrap_or_else(|| Failure::Runtime("the import failed".into()))
             })?;
             output::imported(imported, json)
         }
@@ -283,7 +309,7 @@ pub fn run(args: KeysArgs) -> Result<(), Failure> {
             };
             output::list(&service.list(&filter)?, json)
         }
-        KeysCommand::Show { id } => output::key(&service.get(&id)?, json, ""),
+        KeysCommand::Show { id } => output::key(&service.get_any(&id)?, json, ""),
         KeysCommand::Update(update) => {
             let id = update.id.clone();
             output::key(&service.update(&id, patch(update)?)?, json, "Updated")
