@@ -960,6 +960,27 @@ fn expiry_takes_a_date_as_midnight_utc_and_refuses_past_9999_naming_the_field() 
     assert_eq!(list[0]["expires_at"], "2099-01-31T00:00:00Z");
 }
 
+#[test]
+fn check_names_the_field_of_a_value_of_the_wrong_type() {
+    let s = setup();
+    let text = CONFIG.replace(
+        "url = \"sqlite://keys.db\"",
+        "url = \"sqlite://keys.db\"\nsync_interval = 1",
+    );
+    assert_ne!(text, CONFIG);
+    std::fs::write(&s.config, &text).unwrap();
+    let line = text.lines().position(|l| l.starts_with("sync_interval")).unwrap() + 1;
+    let output = keygate(&["check", "--config", s.config.to_str().unwrap()], None);
+    assert_eq!(code(&output), 1);
+    let stderr = one_line_stderr(&output);
+    assert!(
+        stderr.contains(&format!(
+            r#"line {line}: store.sync_interval: got integer `1`, expected a string in quotes, like "1s""#
+        )),
+        "{stderr}"
+    );
+}
+
 /// Runs a `keys` command with `--json` that fails: its exit code and its one JSON document.
 fn json_failure(s: &Setup, args: &[&str]) -> (i32, Value, String) {
     let mut all = args.to_vec();
