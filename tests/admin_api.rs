@@ -529,6 +529,41 @@ async fn the_admin_token_is_required_and_checked() {
 }
 
 #[tokio::test]
+async fn a_gateway_without_an_admin_token_says_so_and_the_page_shows_it() {
+    use std::sync::Arc;
+    let h = Harness::start().await;
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    let config = keygate::config::parse(&text, h.dir.path()).unwrap();
+    let options = keygate::gateway::Options {
+        hasher: keygate::core::secret::Hasher::unkeyed(),
+        admin_token: None,
+        admin_read_token: None,
+        clock: Arc::new(h.clock.clone()),
+    };
+    let tokenless = keygate::gateway::Gateway::start(config, options).await.unwrap();
+    let answer = support::admin_call(&tokenless, "GET", "/v1/token", "").await;
+    assert_eq!(answer.status, 401);
+    assert!(answer.headers.contains_key("www-authenticate"));
+    let error = answer.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.starts_with("no admin token is configured: set the environment variable KEYGATE_ADMIN_TOKEN"),
+        "{error}"
+    );
+    // A gateway with a token still says only that one is required.
+    let answer = admin(&h, Method::GET, "/v1/token", None, Some("wrong")).await;
+    assert_eq!(answer.text(), r#"{"error":"admin token required"}"#);
+    // The page tells the two apart by these words.
+    let signin = support::admin_call(&tokenless, "GET", "/ui/signin.js", "")
+        .await
+        .text();
+    assert!(
+        signin.contains(r#"const NO_TOKEN = "no admin token is configured: ";"#)
+            && signin.contains("This gateway has no admin token configured"),
+        "{signin}"
+    );
+}
+
+#[tokio::test]
 async fn bad_bodies_get_400_naming_the_field() {
     let h = Harness::start().await;
     let c = Contract::new();
