@@ -531,6 +531,41 @@ async fn the_admin_token_is_required_and_checked() {
 }
 
 #[tokio::test]
+async fn a_gateway_without_an_admin_token_says_so_and_the_page_shows_it() {
+    use std::sync::Arc;
+    let h = Harness::start().await;
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    let config = keygate::config::parse(&text, h.dir.path()).unwrap();
+    let options = keygate::gateway::Options {
+        hasher: keygate::core::secret::Hasher::unkeyed(),
+        admin_token: None,
+        admin_read_token: None,
+        clock: Arc::new(h.clock.clone()),
+    };
+    let tokenless = keygate::gateway::Gateway::start(config, options).await.unwrap();
+    let answer = support::admin_call(&tokenless, "GET", "/v1/token", "").await;
+    assert_eq!(answer.status, 401);
+    assert!(answer.headers.contains_key("www-authenticate"));
+    let error = answer.json()["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.starts_with("no admin token is configured: set the environment variable KEYGATE_ADMIN_TOKEN"),
+        "{error}"
+    );
+    // A gateway with a token still says only that one is required.
+    let answer = admin(&h, Method::GET, "/v1/token", None, Some("wrong")).await;
+    assert_eq!(answer.text(), r#"{"error":"admin token required"}"#);
+    // The page tells the two apart by these words.
+    let signin = support::admin_call(&tokenless, "GET", "/ui/signin.js", "")
+        .await
+        .text();
+    assert!(
+        signin.contains(r#"const NO_TOKEN = "no admin token is configured: ";"#)
+            && signin.contains("This gateway has no admin token configured"),
+        "{signin}"
+    );
+}
+
+#[tokio::test]
 async fn bad_bodies_get_400_naming_the_field() {
     let h = Harness::start().await;
     let c = Contract::new();
@@ -670,6 +705,120 @@ async fn bad_bodies_get_400_naming_the_field() {
         assert_eq!(answer.status, 400, "{query}");
         c.check(&Method::GET, "/v1/keys", &answer);
     }
+}
+
+/// Words a client should never read in an answer: Rust type names and jiff's internals.
+const INTERNAL: [&str; 6] = [
+    "struct",
+    "RateLimitSpec",
+    "NonZero",
+    "u32",
+    "unix-seconds",
+    "time component",
+];
+
+#[tokio::test]
+async fn expiry_takes_a_date_as_midnight_utc_and_refuses_past_9999_naming_the_field() {
+    let h = Harness::start().await;
+    let c = Contract::new();
+    let created = admin(
+        &h,
+        Method::POST,
+        "/v1/keys",
+        Some(r#"{"name": "x", "environment": "production", "expires_at": "2099-01-31"}"#),
+        None,
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    c.check(&Method::POST, "/v1/keys", &created);
+    assert_eq!(created.json()["expires_at"], "2099-01-31T00:00:00Z");
+    let path = format!("/v1/keys/{}", created.json()["id"].as_str().unwrap());
+    let patched = admin(
+        &h,
+        Method::PATCH,
+        &path,
+        Some(r#"{"expires_at": "2098-12-31"}"#),
+        None,
+    )
+    .await;
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    assert_eq!(patched.json()["expires_at"], "2098-12-31T00:00:00Z");
+
+    // "Never", written as the last day there is: refused in words, on create and on change.
+    for (method, path, template, body) in [
+        (
+            Method::POST,
+            "/v1/keys",
+            "/v1/keys",
+            r#"{"name": "x", "environment": "production", "expires_at": "9999-12-31"}"#,
+        ),
+        (
+            Method::POST,
+            "/v1/keys",
+            "/v1/keys",
+            r#"{"name": "x", "environment": "production", "expires_at": "9999-12-31T23:59:59Z"}"#,
+        ),
+        (
+            Method::PATCH,
+            path.as_str(),
+            "/v1/keys/{id}",
+            r#"{"expires_at": "9999-12-31"}"#,
+        ),
+    ] {
+        let answer = admin(&h, method.clone(), path, Some(body), None).await;
+        assert_eq!(answer.status, 400, "{body}: {}", answer.text());
+        c.check(&method, template, &answer);
+        let error = answer.json();
+        assert_eq!(error["field"], "expires_at", "{body}");
+        let message = error["error"].as_str().unwrap();
+        assert!(message.contains("9999-12-30T22:00:00Z"), "{body}: {message}");
+        for internal in INTERNAL {
+            assert!(!message.contains(internal), "{body}: {message}");
+        }
+    }
+
+    // A value of the wrong type is answered with the shape the field takes, not a Rust type.
+    for (body, field, says) in [
+        (
+            r#"{"name": "x", "environment": "production", "rate_limit": "5/s"}"#,
+            "rate_limit",
+            r#"got string "5/s", expected {"requests":N,"per":"1s","burst":N} or null"#,
+        ),
+        (
+            r#"{"name": "x", "environment": "production", "expires_at": 5}"#,
+            "expires_at",
+            "got integer `5`, expected an RFC 3339 instant",
+        ),
+        (
+            r#"{"name": "x", "environment": "production", "expires_at": "2099-01-31T10:00:00"}"#,
+            "expires_at",
+            "has no offset",
+        ),
+        (
+            r#"{"name": "x", "environment": "production", "rate_limit": {"requests": 0, "per": "1s"}}"#,
+            "rate_limit.requests",
+            "got integer `0`, expected a whole number from 1",
+        ),
+    ] {
+        let answer = admin(&h, Method::POST, "/v1/keys", Some(body), None).await;
+        assert_eq!(answer.status, 400, "{body}: {}", answer.text());
+        let error = answer.json();
+        assert_eq!(error["field"], field, "{body}");
+        let message = error["error"].as_str().unwrap();
+        assert!(message.contains(says), "{body}: {message}");
+        for internal in INTERNAL {
+            assert!(!message.contains(internal), "{body}: {message}");
+        }
+    }
+    assert_eq!(
+        admin(&h, Method::GET, "/v1/keys", None, None)
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]

@@ -247,9 +247,8 @@ fn every_key_command_works_end_to_end() {
 
     let deleted = s.keys(&["delete", id, "--json"]);
     assert_eq!(code(&deleted), 0);
-    let shown = s.keys(&["show", id]);
-    assert_eq!(code(&shown), 1);
-    one_line_stderr(&shown);
+    // Shown as deleted, as `list --status deleted` and `events` show it.
+    assert_eq!(s.json(&["show", id])["status"], "deleted");
     assert_eq!(code(&s.keys(&["usage", id])), 0, "usage stays after deletion");
     assert_eq!(s.json(&["list"]).as_array().unwrap().len(), 0);
 
@@ -343,7 +342,7 @@ fn import_file_takes_many_keys_all_or_none() {
         (Some("imported"), Some("cli"))
     );
 
-    // A bad line, a repeated secret or a secret the store holds already: exit 2 or 1, the line
+    // A bad line, a repeated secret or a secret the store holds already: exit 1, the line
     // named, and nothing of the file imported.
     for (lines, code_wanted, says) in [
         (
@@ -351,7 +350,7 @@ fn import_file_takes_many_keys_all_or_none() {
                 r#"{"key": "legacy-secret-number-333", "name": "x", "environment": "production"}"#,
                 r#"{"key": "legacy-secret-number-444", "name": "y", "environment": "moon"}"#,
             ],
-            2,
+            1,
             "line 2",
         ),
         (
@@ -359,7 +358,7 @@ fn import_file_takes_many_keys_all_or_none() {
                 r#"{"key": "legacy-secret-number-555", "name": "x", "environment": "production"}"#,
                 r#"{"key": "legacy-secret-number-555", "name": "y", "environment": "production"}"#,
             ],
-            2,
+            1,
             "line 2",
         ),
         (
@@ -965,14 +964,17 @@ fn import_file_takes_short_environments_and_names_one_line_and_the_expected_shap
     )
     .unwrap();
     let output = s.keys(&["import-file", file.to_str().unwrap()]);
-    assert_eq!(code(&output), 2);
+    assert_eq!(code(&output), 1);
     let stderr = one_line_stderr(&output);
     assert_eq!(
-        stderr.trim(),
-        format!(
-            r#"keygate: {}: line 2: rate_limit: got string "100/s", expected {{"requests":N,"per":"1s","burst":N}} or null"#,
-            file.display()
-        )
+        stderr.trim().lines().collect::<Vec<_>>(),
+        [
+            format!(
+                r#"keygate: {}: line 2: rate_limit: got string "100/s", expected {{"requests":N,"per":"1s","burst":N}} or null"#,
+                file.display()
+            ),
+            format!("keygate: {}: 1 bad line(s), nothing imported", file.display()),
+        ]
     );
     assert_eq!(s.json(&["list"]).as_array().unwrap().len(), 2, "nothing imported");
 }
@@ -1029,6 +1031,347 @@ fn serve_without_a_config_names_both_ways_to_start() {
         stderr.contains("--config FILE") && stderr.contains("keygate serve --dev"),
         "{stderr}"
     );
+}
+
+#[test]
+fn expiry_takes_a_date_as_midnight_utc_and_refuses_past_9999_naming_the_field() {
+    let s = setup();
+    let created = s.json(&[
+        "create",
+        "--name",
+        "d",
+        "--env",
+        "dev",
+        "--expires-at",
+        "2099-01-31",
+    ]);
+    assert_eq!(created["expires_at"], "2099-01-31T00:00:00Z");
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(
+        s.json(&["update", id, "--expires-at", "2098-12-31"])["expires_at"],
+        "2098-12-31T00:00:00Z"
+    );
+    for args in [
+        vec![
+            "create",
+            "--name",
+            "n",
+            "--env",
+            "dev",
+            "--expires-at",
+            "9999-12-31",
+        ],
+        vec!["update", id, "--expires-at", "9999-12-31T12:00:00Z"],
+        vec![
+            "create",
+            "--name",
+            "n",
+            "--env",
+            "dev",
+            "--expires-in",
+            "99999999999d",
+        ],
+    ] {
+        let output = s.keys(&args);
+        assert_eq!(code(&output), 2, "{args:?}");
+        let stderr = one_line_stderr(&output);
+        assert!(stderr.contains("--expires-"), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("unix-seconds") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
+
+    // In an import file, the line and the field are named.
+    let file = s.config.with_file_name("never.jsonl");
+    std::fs::write(
+        &file,
+        r#"{"key": "legacy-secret-number-one", "name": "one", "environment": "prod", "expires_at": "9999-12-31"}"#,
+    )
+    .unwrap();
+    let output = s.keys(&["import-file", file.to_str().unwrap()]);
+    assert_ne!(code(&output), 0);
+    let stderr = one_line_stderr(&output);
+    assert!(
+        stderr.contains("line 1: expires_at: \"9999-12-31\" is past the last instant keygate holds"),
+        "{stderr}"
+    );
+    let dated = s.config.with_file_name("dated.jsonl");
+    std::fs::write(
+        &dated,
+        r#"{"key": "legacy-secret-number-one", "name": "one", "environment": "prod", "expires_at": "2099-01-31"}"#,
+    )
+    .unwrap();
+    assert_eq!(s.json(&["import-file", dated.to_str().unwrap()])["imported"], 1);
+    let list = s.json(&["list", "--env", "prod"]);
+    assert_eq!(list[0]["expires_at"], "2099-01-31T00:00:00Z");
+}
+
+#[test]
+fn check_names_the_field_of_a_value_of_the_wrong_type() {
+    let s = setup();
+    let text = CONFIG.replace(
+        "url = \"sqlite://keys.db\"",
+        "url = \"sqlite://keys.db\"\nsync_interval = 1",
+    );
+    assert_ne!(text, CONFIG);
+    std::fs::write(&s.config, &text).unwrap();
+    let line = text.lines().position(|l| l.starts_with("sync_interval")).unwrap() + 1;
+    let output = keygate(&["check", "--config", s.config.to_str().unwrap()], None);
+    assert_eq!(code(&output), 1);
+    let stderr = one_line_stderr(&output);
+    assert!(
+        stderr.contains(&format!(
+            r#"line {line}: store.sync_interval: got integer `1`, expected a string in quotes, like "1s""#
+        )),
+        "{stderr}"
+    );
+}
+
+/// Runs a `keys` command with `--json` that fails: its exit code and its one JSON document.
+fn json_failure(s: &Setup, args: &[&str]) -> (i32, Value, String) {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let output = s.keys(&all);
+    let document = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?} printed no single JSON document ({e}): {:?}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    (code(&output), document, one_line_stderr(&output))
+}
+
+#[test]
+fn every_json_command_prints_a_json_error_document_when_it_fails() {
+    let s = setup();
+    let (id, _) = {
+        let created = s.json(&["create", "--name", "gone", "--env", "dev"]);
+        (created["id"].as_str().unwrap().to_owned(), created)
+    };
+    let (code_of, document, stderr) = json_failure(&s, &["show", "key_doesnotexist"]);
+    assert_eq!(
+        (code_of, &document),
+        (
+            1,
+            &serde_json::json!({"error": "no key with id key_doesnotexist"})
+        )
+    );
+    assert!(
+        stderr.contains("no key with id key_doesnotexist"),
+        "the stderr line stays: {stderr}"
+    );
+    let (code_of, document, _) = json_failure(&s, &["revoke", "key_doesnotexist"]);
+    assert_eq!(code_of, 1);
+    assert!(document["error"].is_string());
+    // A refused value: exit 2, and the field named for a script to read.
+    let (code_of, document, _) = json_failure(
+        &s,
+        &[
+            "create",
+            "--name",
+            "x",
+            "--env",
+            "dev",
+            "--expires-at",
+            "2001-01-01T00:00:00Z",
+        ],
+    );
+    assert_eq!(
+        (code_of, document),
+        (
+            2,
+            serde_json::json!({"error": "expires_at: must be in the future", "field": "expires_at"})
+        )
+    );
+    // Arguments refused before any command runs: still one document.
+    for args in [
+        vec!["create", "--name", "x", "--env", "qa"],
+        vec!["show"],
+        vec!["frobnicate"],
+    ] {
+        let (code_of, document, _) = json_failure(&s, &args);
+        assert_eq!(code_of, 2, "{args:?}");
+        assert!(
+            document["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{args:?}: {document}"
+        );
+    }
+    let output = keygate(&["keys", "list", "--json"], None);
+    assert_eq!(code(&output), 2);
+    let document: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        document["error"].as_str().unwrap().contains("--config"),
+        "{document}"
+    );
+    // A deleted key is shown, not denied.
+    assert_eq!(code(&s.keys(&["delete", &id])), 0);
+    assert_eq!(s.json(&["show", &id])["status"], "deleted");
+    assert!(String::from_utf8_lossy(&s.keys(&["show", &id]).stdout).contains("deleted"));
+}
+
+#[test]
+fn import_file_reports_every_bad_line_and_exits_1() {
+    let s = setup();
+    let file = s.config.with_file_name("keys.jsonl");
+    let mut lines = vec![
+        r#"{"key": "legacy-secret-number-one", "name": "one", "environment": "moon"}"#.to_owned(),
+        r#"{"key": "legacy-secret-number-two", "name": "two", "environment": "prod"}"#.to_owned(),
+        "not json".to_owned(),
+        r#"{"key": "legacy-secret-number-two", "name": "again", "environment": "prod"}"#.to_owned(),
+        r#"{"key": "legacy-secret-number-333", "name": "", "environment": "prod"}"#.to_owned(),
+    ];
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let (code_of, document, stderr) = json_failure(&s, &["import-file", file.to_str().unwrap()]);
+    assert_eq!(code_of, 1, "{stderr}");
+    let bad: Vec<u64> = document["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|line| line["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(bad, [1, 3, 4, 5], "{document}");
+    assert_eq!(document["bad_lines"], 4);
+    assert!(document["error"]
+        .as_str()
+        .unwrap()
+        .ends_with("4 bad line(s), nothing imported"));
+    let stderr: Vec<&str> = stderr.trim().lines().collect();
+    assert_eq!(stderr.len(), 5, "{stderr:?}");
+    for (said, line) in stderr.iter().zip([
+        "line 1: environment",
+        "line 3: not valid JSON",
+        "line 4: key: the same secret",
+        "line 5: name",
+    ]) {
+        assert!(said.contains(line), "{said}");
+    }
+    assert_eq!(s.json(&["list"]).as_array().unwrap().len(), 0, "nothing imported");
+
+    // Past a hundred, a count of the rest.
+    lines = (0..150)
+        .map(|i| format!(r#"{{"key": "legacy-secret-{i:06}", "name": "", "environment": "prod"}}"#))
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let output = s.keys(&["import-file", file.to_str().unwrap()]);
+    assert_eq!(code(&output), 1);
+    let stderr = one_line_stderr(&output);
+    assert_eq!(stderr.lines().count(), 102, "{stderr}");
+    assert!(
+        stderr.contains("and 50 more bad line(s)") && stderr.contains("150 bad line(s)"),
+        "{stderr}"
+    );
+}
+
+/// A port free a moment ago on 127.0.0.1 (bound, then let go).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP/1.1 GET over a new connection; the whole answer as text.
+fn http_get(address: &str, path: &str, basic_user_pass: &str) -> String {
+    use base64::Engine;
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let credential = base64::engine::general_purpose::STANDARD.encode(basic_user_pass);
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Basic {credential}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn serve_dev_listens_where_it_is_told_and_its_curl_lines_say_so() {
+    use std::io::BufRead;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            &listen,
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("KEYGATE_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut welcome = String::new();
+    while !welcome.contains("Ctrl-C stops it") {
+        match received.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => {
+                welcome.push_str(&line);
+                welcome.push('\n');
+            }
+            Err(_) => break,
+        }
+    }
+    let url = format!("http://{listen}/v1/customers/acme");
+    let key = welcome
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("demo key "))
+        .map(str::to_owned);
+    let admin = welcome
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("admin    http://"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_owned);
+    let answer = key
+        .as_ref()
+        .map(|key| http_get(&listen, "/v1/customers/acme", &format!("X:{key}")));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let key = key.unwrap_or_else(|| panic!("no demo key in: {welcome}"));
+    assert!(
+        welcome.contains(&format!("curl -i -u X:{key} {url}")),
+        "{welcome}"
+    );
+    assert!(!welcome.contains("127.0.0.1:8080"), "{welcome}");
+    let admin = admin.unwrap_or_else(|| panic!("no admin address in: {welcome}"));
+    assert_ne!(admin, "127.0.0.1:0", "the port taken is shown, not 0");
+    assert!(
+        welcome.contains(&format!("curl -s http://{admin}/metrics")),
+        "{welcome}"
+    );
+    let answer = answer.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // An address asked for is not swapped for another: taken, it is an error naming the flag.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap().to_string();
+    let output = keygate(&["serve", "--dev", "--admin-listen", &taken], None);
+    assert_eq!(code(&output), 1);
+    let stderr = one_line_stderr(&output);
+    assert!(
+        stderr.contains(&taken) && stderr.contains("--admin-listen"),
+        "{stderr}"
+    );
+    drop(holder);
+    // The flags belong to --dev.
+    assert_eq!(code(&keygate(&["serve", "--listen", &listen], None)), 2);
 }
 
 /// The `event` of each audit record, from a JSON array or an admin API page of them.

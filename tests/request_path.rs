@@ -62,6 +62,53 @@ async fn every_authentication_failure_is_the_same_401() {
 }
 
 #[tokio::test]
+async fn a_key_as_the_basic_username_with_an_empty_password_is_taken() {
+    use base64::Engine;
+    let h = Harness::start().await;
+    let (id, key) = h.key(&["*"]).await;
+    let basic = |user_pass: String| {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(user_pass);
+        format!("Basic {encoded}")
+    };
+    // `curl -u $KEY:`, Stripe's convention.
+    let stripe = basic(format!("{key}:"));
+    let answer = h
+        .call("GET", "/v1/customers/acme", None, &[("authorization", &stripe)])
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let forwarded = h.upstream.last();
+    assert_eq!(forwarded.headers["x-keygate-key-id"], id.as_str());
+    assert!(
+        !forwarded.headers.contains_key("authorization"),
+        "the credential is not forwarded"
+    );
+    // A user name with no password is no key: the same 401 as ever, counted malformed.
+    for user_pass in ["alice:".to_owned(), ":".to_owned()] {
+        let answer = h
+            .call(
+                "GET",
+                "/v1/customers/acme",
+                None,
+                &[("authorization", &basic(user_pass.clone()))],
+            )
+            .await;
+        assert_eq!(
+            (answer.status.as_u16(), answer.text()),
+            (401, AUTH_FAILED.to_owned()),
+            "{user_pass}"
+        );
+    }
+    // With a password, the password is the key, whatever the username looks like.
+    let unknown = keygate::core::secret::Secret::generate(Environment::Production);
+    let both = basic(format!("{key}:{}", unknown.expose()));
+    let answer = h
+        .call("GET", "/v1/customers/acme", None, &[("authorization", &both)])
+        .await;
+    assert_eq!(answer.status, 401);
+    assert_eq!(h.upstream.count(), 1);
+}
+
+#[tokio::test]
 async fn an_expired_key_is_refused_once_its_time_passes() {
     let h = Harness::start().await;
     let mut expiring = spec(Environment::Production, &["*"]);
@@ -255,7 +302,8 @@ async fn an_ip_that_keeps_failing_is_throttled_but_its_valid_keys_still_pass() {
     }
     let throttled = h.get("/v1/status", wrong.expose()).await;
     assert_eq!(throttled.status, 429);
-    assert_eq!(throttled.text(), r#"{"error":"rate limit exceeded"}"#);
+    // Its own words: not the key's limit, which a valid key's client could mistake it for.
+    assert_eq!(throttled.text(), r#"{"error":"too many failed authentications"}"#);
     assert!(throttled.headers.contains_key("retry-after"));
     // A malformed key is throttled the same way.
     assert_eq!(h.get("/v1/status", "short").await.status, 429);

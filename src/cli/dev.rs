@@ -2,7 +2,7 @@
 //! built-in echo upstream, one route, one demo key and an admin token, and curl lines to paste.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -26,16 +26,22 @@ use crate::gateway::{Gateway, Options};
 const PREFERRED_PROXY: &str = "127.0.0.1:8080";
 const PREFERRED_ADMIN: &str = "127.0.0.1:9901";
 
-pub fn run() -> Result<(), Failure> {
+/// The addresses `serve --dev` was asked to listen on; `None` takes the preferred one, or any
+/// free port when that is taken.
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses {
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+}
+
+pub fn run(addresses: Addresses) -> Result<(), Failure> {
     runtime(None)?.block_on(async {
         let dir = tempfile::tempdir()
             .map_err(|e| Failure::Runtime(format!("cannot make a temporary folder: {e}")))?;
+        let proxy = chosen_or_free(addresses.listen, "--listen", PREFERRED_PROXY).await?;
+        let admin = chosen_or_free(addresses.admin_listen, "--admin-listen", PREFERRED_ADMIN).await?;
         let upstream = echo_upstream().await?;
-        let config_text = dev_config(
-            free_or_any(PREFERRED_PROXY).await,
-            free_or_any(PREFERRED_ADMIN).await,
-            upstream,
-        );
+        let config_text = dev_config(proxy, admin, upstream);
         let config = crate::config::parse(&config_text, dir.path())
             .map_err(|e| Failure::Runtime(format!("the built-in dev config is invalid: {e}")))?;
         let store = store::create(&config.store.url).map_err(|e| Failure::Runtime(e.to_string()))?;
@@ -98,6 +104,25 @@ permissions = {{ GET = "customer:read", HEAD = "customer:read", "*" = "customer:
     )
 }
 
+/// The address given with `flag`, which must be free (an address asked for is not swapped for
+/// another); without one, [`free_or_any`].
+async fn chosen_or_free(
+    chosen: Option<SocketAddr>,
+    flag: &str,
+    preferred: &str,
+) -> Result<SocketAddr, Failure> {
+    match chosen {
+        // Port 0 stays 0: the gateway takes a free port and the welcome shows which.
+        Some(address) => match TcpListener::bind(address).await {
+            Ok(_) => Ok(address),
+            Err(error) => Err(Failure::Runtime(format!(
+                "cannot listen on {address} ({flag}): {error}"
+            ))),
+        },
+        None => Ok(free_or_any(preferred).await),
+    }
+}
+
 /// The preferred address if it is free, else any free port on loopback.
 async fn free_or_any(preferred: &str) -> SocketAddr {
     let preferred: SocketAddr = preferred.parse().expect("a valid address");
@@ -154,8 +179,19 @@ fn echo(request: Request<Incoming>) -> Response<Full<Bytes>> {
     response
 }
 
+/// Where a curl on this machine reaches a listener: a wildcard address (`0.0.0.0`, `[::]`) is
+/// not one to connect to, so its loopback stands in.
+fn reachable(mut address: SocketAddr) -> SocketAddr {
+    match address.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => address.set_ip(Ipv4Addr::LOCALHOST.into()),
+        IpAddr::V6(ip) if ip.is_unspecified() => address.set_ip(Ipv6Addr::LOCALHOST.into()),
+        _ => {}
+    }
+    address
+}
+
 fn print_welcome(gateway: &Gateway, key: &str, admin_token: &str) {
-    let base = format!("http://{}", gateway.proxy_addr);
+    let base = format!("http://{}", reachable(gateway.proxy_addr));
     let url = format!("{base}/v1/customers/acme");
     println!(
         r#"
@@ -193,6 +229,6 @@ Try it:
 
 Ctrl-C stops it and removes the temporary store.
 "#,
-        admin = gateway.admin_addr,
+        admin = reachable(gateway.admin_addr),
     );
 }

@@ -9,29 +9,78 @@ use std::str::FromStr;
 use jiff::Timestamp;
 use serde_json::Value;
 
-use super::Failure;
+use super::{Detailed, Failure};
 use crate::control::keys::{KeyRequest, KeySpec};
 use crate::core::environment::Environment;
+use crate::core::key::reword;
 use crate::core::secret::Secret;
 
-/// Every key of the file; blank lines are skipped.
-pub fn read_file(path: &Path) -> Result<Vec<(KeySpec, Secret)>, Failure> {
+/// Most bad lines reported one by one; past it, how many more.
+const MAX_REPORTED: usize = 100;
+
+/// A key of the file: its line (from 1), what it asks for, and its secret.
+pub type Item = (usize, KeySpec, Secret);
+
+/// Every key of the file, and every bad line with why (blank lines are skipped). Only a file
+/// that cannot be read at all is an error here.
+#[allow(clippy::type_complexity)]
+pub fn read_file(path: &Path) -> Result<(Vec<Item>, Vec<(usize, String)>), Failure> {
     let file = std::fs::File::open(path)
         .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", path.display())))?;
     let mut items = Vec::new();
+    let mut bad = Vec::new();
     for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let at = |why: String| Failure::Usage(format!("{}: line {}: {why}", path.display(), index + 1));
-        let line = line.map_err(|e| at(e.to_string()))?;
-        if line.trim().is_empty() {
-            continue;
+        let number = index + 1;
+        match line.map_err(|e| e.to_string()).and_then(|line| read_line(&line)) {
+            Ok(Some((spec, secret))) => items.push((number, spec, secret)),
+            Ok(None) => {}
+            Err(why) => bad.push((number, why)),
         }
-        let item = parse_line(&line).map_err(at)?;
-        let (spec, secret) = item.into_spec(Timestamp::now()).map_err(|e| at(e.to_string()))?;
-        let secret = secret.ok_or_else(|| at("key: the secret to import is missing".into()))?;
-        let secret = Secret::import(secret).map_err(|why| at(format!("key: {why}")))?;
-        items.push((spec, secret));
     }
-    Ok(items)
+    Ok((items, bad))
+}
+
+/// One line's key, `None` for a blank line.
+fn read_line(line: &str) -> Result<Option<(KeySpec, Secret)>, String> {
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    let (spec, secret) = parse_line(line)?
+        .into_spec(Timestamp::now())
+        .map_err(|e| e.to_string())?;
+    let secret = secret.ok_or("key: the secret to import is missing")?;
+    let secret = Secret::import(secret).map_err(|why| format!("key: {why}"))?;
+    Ok(Some((spec, secret)))
+}
+
+/// The failure for a file with bad lines (sorted): each on stderr, up to [`MAX_REPORTED`], a
+/// count last; with `--json`, the same in the error document. Exit 1: the command was right,
+/// the file is not.
+pub fn bad_lines(path: &Path, bad: Vec<(usize, String)>) -> Failure {
+    let shown = path.display();
+    let count = bad.len();
+    let reported = &bad[..count.min(MAX_REPORTED)];
+    let mut notes: Vec<String> = reported
+        .iter()
+        .map(|(line, why)| format!("{shown}: line {line}: {why}"))
+        .collect();
+    if count > MAX_REPORTED {
+        notes.push(format!("{shown}: and {} more bad line(s)", count - MAX_REPORTED));
+    }
+    let lines: Vec<serde_json::Value> = reported
+        .iter()
+        .map(|(line, why)| serde_json::json!({ "line": line, "error": why }))
+        .collect();
+    let detail = serde_json::json!({ "file": shown.to_string(), "bad_lines": count, "lines": lines });
+    Failure::Detailed(Box::new(Detailed {
+        usage: false,
+        message: format!("{shown}: {count} bad line(s), nothing imported"),
+        notes,
+        detail: match detail {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        },
+    }))
 }
 
 /// One line as a key request; the error names the field and, for bad JSON, the column.
@@ -42,7 +91,9 @@ fn parse_line(line: &str) -> Result<KeyRequest, String> {
         format!("not valid JSON: {reason} (column {})", e.column())
     })?;
     let Some(object) = value.as_object_mut() else {
-        return Err(format!("expected an object, {}", shape("")));
+        return Err(
+            r#"expected an object, like {"key":"...","name":"...","environment":"production"}"#.into(),
+        );
     };
     // The spellings `--env` takes: production, prod, Staging, stg, ...
     if let Some(Value::String(text)) = object.get("environment") {
@@ -64,37 +115,9 @@ fn describe(path: &str, message: &str) -> String {
     if message.starts_with("unknown field `") {
         field = field.rsplit_once('.').map_or("", |(parent, _)| parent);
     }
-    let got = ["invalid type: ", "invalid value: ", "invalid length "]
-        .iter()
-        .find_map(|prefix| message.strip_prefix(prefix))
-        .and_then(|rest| rest.split(", expected").next());
-    match (field, got) {
-        ("", _) => message.to_owned(),
-        (field, Some(got)) => format!("{field}: got {got}, expected {}", shape(field)),
-        (field, None) => format!("{field}: {message}"),
-    }
-}
-
-/// What a field of an import line looks like, for messages.
-fn shape(field: &str) -> &'static str {
-    // `permissions[2]` and `permissions[0]` take the same shape.
-    let element = field.split_once('[').map(|(array, _)| array);
-    match element.map_or(field, |array| array) {
-        "permissions" if element.is_some() => r#"a permission like "customer:read""#,
-        "allowed_ips" if element.is_some() => r#"a CIDR or an IP address like "10.0.0.0/8""#,
-        "name" => "a string",
-        "environment" => "production, staging or development (or prod, stg, dev)",
-        "permissions" => r#"an array of permissions like ["customer:read", "license:*"]"#,
-        "rate_limit" => r#"{"requests":N,"per":"1s","burst":N} or null"#,
-        "rate_limit.requests" | "rate_limit.burst" => "a whole number from 1",
-        "rate_limit.per" => r#"a duration like "1s" or "1m""#,
-        "customer_id" => "a string or null",
-        "allowed_ips" => r#"an array of CIDRs or IP addresses like ["10.0.0.0/8"]"#,
-        "expires_at" => r#"an RFC 3339 instant like "2027-01-31T00:00:00Z" or null"#,
-        "expires_in" => r#"a duration like "30d" or null"#,
-        "metadata" => "a JSON object",
-        "key" => "the secret to import, a string",
-        _ => r#"like {"key":"...","name":"...","environment":"production"}"#,
+    match field {
+        "" => message.to_owned(),
+        field => format!("{field}: {}", reword(field, message)),
     }
 }
 

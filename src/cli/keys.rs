@@ -10,9 +10,9 @@ use clap::{Args, Subcommand};
 use ipnet::IpNet;
 use jiff::Timestamp;
 
-use super::output;
 use super::store::Create;
-use super::Failure;
+use super::{import, output};
+use super::{Detailed, Failure};
 use crate::control::keys::{KeyError, KeyPatch, KeyService, KeySpec, MAX_PAGE};
 use crate::control::store::{Actor, KeyFilter};
 use crate::core::clock::system_clock;
@@ -20,7 +20,7 @@ use crate::core::environment::Environment;
 use crate::core::key::{KeyStatus, RateLimitSpec};
 use crate::core::permission::Permission;
 use crate::core::secret::Secret;
-use crate::core::units::{parse_duration, Rate};
+use crate::core::units::{parse_duration, parse_instant, Rate};
 use crate::gateway::hasher_from_env;
 
 #[derive(Debug, Args)]
@@ -43,7 +43,7 @@ enum KeysCommand {
     Import(CreateArgs),
     /// Import many existing secrets from a JSON Lines file, all or none: one object per line
     /// with key, name and environment, and optionally permissions, rate_limit, customer_id,
-    /// allowed_ips, expires_at and metadata (as in the admin API).
+    /// allowed_ips, expires_at and metadata (as in the admin API). Every bad line is reported.
     ImportFile {
         /// The JSON Lines file.
         file: PathBuf,
@@ -60,7 +60,7 @@ enum KeysCommand {
         #[arg(long = "customer", value_name = "ID")]
         customer_id: Option<String>,
     },
-    /// Show one key.
+    /// Show one key (a deleted one too).
     Show {
         /// The key's id (key_..., as keys list shows it).
         id: String,
@@ -146,7 +146,7 @@ impl LimitArgs {
 
 #[derive(Debug, Args)]
 struct ExpiryArgs {
-    /// When the key expires (RFC 3339).
+    /// When the key expires: an RFC 3339 instant, or a date (its midnight UTC).
     #[arg(long, value_parser = timestamp, conflicts_with = "expires_in")]
     expires_at: Option<Timestamp>,
     /// Expire the key this long from now, e.g. 30d.
@@ -155,9 +155,15 @@ struct ExpiryArgs {
 }
 
 impl ExpiryArgs {
-    fn instant(&self) -> Option<Timestamp> {
-        self.expires_at
-            .or_else(|| self.expires_in.map(|d| Timestamp::now() + d))
+    fn instant(&self) -> Result<Option<Timestamp>, Failure> {
+        match (self.expires_at, self.expires_in) {
+            (Some(at), _) => Ok(Some(at)),
+            (None, Some(duration)) => Timestamp::now()
+                .checked_add(duration)
+                .map(Some)
+                .map_err(|_| Failure::Usage("--expires-in: too far in the future".into())),
+            (None, None) => Ok(None),
+        }
     }
 }
 
@@ -206,8 +212,7 @@ fn duration(text: &str) -> Result<Duration, String> {
 }
 
 fn timestamp(text: &str) -> Result<Timestamp, String> {
-    text.parse()
-        .map_err(|e| format!("{text:?} is not an RFC 3339 instant like 2027-01-31T00:00:00Z: {e}"))
+    parse_instant(text).map_err(|e| e.to_string())
 }
 
 fn cidr(text: &str) -> Result<IpNet, String> {
@@ -223,9 +228,21 @@ fn metadata(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, St
 impl From<KeyError> for Failure {
     fn from(error: KeyError) -> Self {
         match error {
-            KeyError::Invalid { .. } => Failure::Usage(error.to_string()),
+            KeyError::Invalid { field, .. } => Failure::Detailed(Box::new(Detailed {
+                usage: true,
+                message: error.to_string(),
+                notes: Vec::new(),
+                detail: [("field".to_owned(), field.into())].into_iter().collect(),
+            })),
             other => Failure::Runtime(other.to_string()),
         }
+    }
+}
+
+impl KeysArgs {
+    /// Whether the command is to print one JSON document, failed or not.
+    pub fn json(&self) -> bool {
+        self.json
     }
 }
 
@@ -245,24 +262,38 @@ pub fn run(args: KeysArgs) -> Result<(), Failure> {
     let json = args.json;
     match args.command {
         KeysCommand::Create(create) => {
-            let created = service.create(spec(create))?;
+            let created = service.create(spec(create)?)?;
             output::created(&created, json)
         }
         KeysCommand::Import(create) => {
             let secret = read_secret()?;
-            let view = service.import(spec(create), secret)?;
+            let view = service.import(spec(create)?, secret)?;
             output::key(&view, json, "Imported")
         }
         KeysCommand::ImportFile { file } => {
-            let items = super::import::read_file(&file)?;
-            let imported = service.import_many(items).map_err(|(index, error)| {
-                let failure = Failure::from(error);
-                match index {
-                    Some(index) => {
-                        failure.map(|why| format!("{}: line {}: {why}", file.display(), index + 1))
-                    }
-                    None => failure,
-                }
+            let (items, mut bad) = import::read_file(&file)?;
+            let (lines, items): (Vec<usize>, Vec<_>) = items
+                .into_iter()
+                .map(|(line, spec, secret)| (line, (spec, secret)))
+                .unzip();
+            let checked = service.check_many(&items);
+            bad.extend(
+                checked
+                    .into_iter()
+                    .map(|(index, error)| (lines[index], error.to_string())),
+            );
+            if !bad.is_empty() {
+                bad.sort_by_key(|(line, _)| *line);
+                return Err(import::bad_lines(&file, bad));
+            }
+            let imported = service.import_many(items).map_err(|errors| {
+                let mut failures = errors.into_iter().map(|(index, error)| match index {
+                    Some(index) => import::bad_lines(&file, vec![(lines[index], error.to_string())]),
+                    None => Failure::from(error),
+                });
+                failures
+                    .next()
+                    .unwrap_or_else(|| Failure::Runtime("the import failed".into()))
             })?;
             output::imported(imported, json)
         }
@@ -278,10 +309,10 @@ pub fn run(args: KeysArgs) -> Result<(), Failure> {
             };
             output::list(&service.list(&filter)?, json)
         }
-        KeysCommand::Show { id } => output::key(&service.get(&id)?, json, ""),
+        KeysCommand::Show { id } => output::key(&service.get_any(&id)?, json, ""),
         KeysCommand::Update(update) => {
             let id = update.id.clone();
-            output::key(&service.update(&id, patch(update))?, json, "Updated")
+            output::key(&service.update(&id, patch(update)?)?, json, "Updated")
         }
         KeysCommand::Regenerate { id, grace } => output::created(&service.regenerate(&id, grace)?, json),
         KeysCommand::Revoke { id } => output::key(&service.revoke(&id)?, json, "Revoked"),
@@ -307,21 +338,21 @@ pub fn run(args: KeysArgs) -> Result<(), Failure> {
     }
 }
 
-fn spec(args: CreateArgs) -> KeySpec {
-    KeySpec {
+fn spec(args: CreateArgs) -> Result<KeySpec, Failure> {
+    Ok(KeySpec {
         name: args.name,
         environment: args.environment,
         permissions: args.permissions,
         rate_limit: args.limits.spec(),
         customer_id: args.customer_id,
         allowed_ips: args.allowed_ips,
-        expires_at: args.expiry.instant(),
+        expires_at: args.expiry.instant()?,
         metadata: args.metadata.unwrap_or_default(),
-    }
+    })
 }
 
-fn patch(args: UpdateArgs) -> KeyPatch {
-    KeyPatch {
+fn patch(args: UpdateArgs) -> Result<KeyPatch, Failure> {
+    Ok(KeyPatch {
         name: args.name,
         permissions: match (args.no_perms, args.permissions.is_empty()) {
             (true, _) => Some(Vec::new()),
@@ -335,9 +366,9 @@ fn patch(args: UpdateArgs) -> KeyPatch {
             (false, false) => Some(args.allowed_ips),
             (false, true) => None,
         },
-        expires_at: args.expiry.instant().map(Some).or(clear_if(args.no_expiry)),
+        expires_at: args.expiry.instant()?.map(Some).or(clear_if(args.no_expiry)),
         metadata: args.metadata,
-    }
+    })
 }
 
 /// `Some(None)` (clear the field) when the flag is given.

@@ -18,6 +18,7 @@ mod probe;
 mod serve;
 mod store;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -47,6 +48,14 @@ enum Command {
         /// Run with no config: a temporary store, a built-in echo upstream and a demo key.
         #[arg(long, conflicts_with = "config")]
         dev: bool,
+        /// With --dev: the gateway's address, e.g. 127.0.0.1:8000 (default 127.0.0.1:8080, or
+        /// any free port when that is taken).
+        #[arg(long, value_name = "ADDR", requires = "dev")]
+        listen: Option<SocketAddr>,
+        /// With --dev: the admin API's address (default 127.0.0.1:9901, or any free port when
+        /// that is taken).
+        #[arg(long, value_name = "ADDR", requires = "dev")]
+        admin_listen: Option<SocketAddr>,
         /// Log format on stdout.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
@@ -99,11 +108,26 @@ pub enum Failure {
     Usage(String),
     /// Anything else: exit 1.
     Runtime(String),
+    /// A usage or runtime error with more to say: see [`Detailed`].
+    Detailed(Box<Detailed>),
     /// A failure already reported on stdout (as a JSON document): exit 1, nothing on stderr.
     Reported,
     /// Stdout was closed by its reader: exit 141 quietly, as a process killed by SIGPIPE would
     /// (the status a shell shows for `| head`).
     Closed,
+}
+
+/// A failure with more than a line to say.
+#[derive(Debug)]
+pub struct Detailed {
+    /// A usage error (exit 2) or a runtime one (exit 1).
+    pub usage: bool,
+    /// The one line that sums it up: on stderr last, and the JSON document's `error`.
+    pub message: String,
+    /// Lines on stderr before the message, one each, e.g. every bad line of a file.
+    pub notes: Vec<String>,
+    /// Fields beside `error` in the JSON document, e.g. `field`.
+    pub detail: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Failure {
@@ -112,9 +136,27 @@ impl Failure {
         match self {
             Failure::Usage(why) => Failure::Usage(rewrite(why)),
             Failure::Runtime(why) => Failure::Runtime(rewrite(why)),
+            Failure::Detailed(mut detailed) => {
+                detailed.message = rewrite(std::mem::take(&mut detailed.message));
+                Failure::Detailed(detailed)
+            }
             Failure::Reported => Failure::Reported,
             Failure::Closed => Failure::Closed,
         }
+    }
+
+    /// The JSON error document of SPEC 4 (`{"error": "...", ...}`), for a failure not reported
+    /// already.
+    fn json_document(&self) -> Option<serde_json::Value> {
+        let (message, detail) = match self {
+            Failure::Usage(message) | Failure::Runtime(message) => (message, None),
+            Failure::Detailed(detailed) => (&detailed.message, Some(&detailed.detail)),
+            Failure::Reported | Failure::Closed => return None,
+        };
+        let mut document = serde_json::Map::new();
+        document.insert("error".into(), message.as_str().into());
+        document.extend(detail.into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
+        Some(document.into())
     }
 }
 
@@ -125,18 +167,38 @@ impl From<anyhow::Error> for Failure {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => refuse_arguments(error),
+    };
+    // `check --json` prints its own document, failed or not.
+    let json = matches!(&cli.command, Command::Keys(args) if args.json());
     let result = match cli.command {
         Command::Serve {
             config,
             dev,
+            listen,
+            admin_listen,
             log_format,
-        } => serve_command(config, dev, log_format),
+        } => serve_command(
+            config,
+            dev.then_some(dev::Addresses { listen, admin_listen }),
+            log_format,
+        ),
         Command::Check(args) => check::run(args),
         Command::Keys(args) => keys::run(*args),
         Command::Store(StoreCommand::Init { config, if_missing }) => store::init(&config, if_missing),
         Command::Probe { config, timeout } => probe::run(&config, timeout),
     };
+    if let Some(document) = result
+        .as_ref()
+        .err()
+        .filter(|_| json)
+        .and_then(Failure::json_document)
+    {
+        // Stdout may be gone; the line on stderr and the status still tell.
+        let _ = write_line(format_args!("{document:#}"));
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(message)) => {
@@ -147,9 +209,38 @@ pub fn main() -> ExitCode {
             eprintln!("keygate: {message}");
             ExitCode::from(1)
         }
+        Err(Failure::Detailed(detailed)) => {
+            for note in &detailed.notes {
+                eprintln!("keygate: {note}");
+            }
+            eprintln!("keygate: {}", detailed.message);
+            ExitCode::from(if detailed.usage { 2 } else { 1 })
+        }
         Err(Failure::Reported) => ExitCode::from(1),
         Err(Failure::Closed) => ExitCode::from(141),
     }
+}
+
+/// Arguments clap refuses: its message on stderr and exit 2 as always, and with `--json` the
+/// error document on stdout too, since a script asked for one. Help and version are no error.
+fn refuse_arguments(error: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    let asked_json = std::env::args()
+        .take_while(|arg| arg != "--")
+        .any(|arg| arg == "--json");
+    let is_error = !matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if asked_json && is_error {
+        let text = error.render().to_string();
+        let first = text.lines().next().unwrap_or("invalid arguments");
+        let message = first.strip_prefix("error: ").unwrap_or(first);
+        let _ = write_line(format_args!("{:#}", serde_json::json!({ "error": message })));
+    }
+    error.exit()
 }
 
 /// One line on stdout; see [`out!`].
@@ -162,9 +253,14 @@ pub fn write_line(line: std::fmt::Arguments<'_>) -> Result<(), Failure> {
     }
 }
 
-/// `keygate serve`: with `--config FILE`, or `--dev` for a demo that needs none.
-fn serve_command(config: Option<PathBuf>, dev: bool, log_format: LogFormat) -> Result<(), Failure> {
-    if config.is_none() && !dev {
+/// `keygate serve`: with `--config FILE`, or `--dev` (`Some`, with the addresses asked for) for
+/// a demo that needs none.
+fn serve_command(
+    config: Option<PathBuf>,
+    dev: Option<dev::Addresses>,
+    log_format: LogFormat,
+) -> Result<(), Failure> {
+    if config.is_none() && dev.is_none() {
         return Err(Failure::Usage(
             "serve needs --config FILE (or KEYGATE_CONFIG); to try keygate without a config, run: keygate serve --dev"
                 .into(),
@@ -172,9 +268,10 @@ fn serve_command(config: Option<PathBuf>, dev: bool, log_format: LogFormat) -> R
     }
     // Held until the gateway stops, so the last lines are written.
     let _logs = crate::telemetry::logs::init(log_format);
-    match config {
-        Some(config) if !dev => serve::run(config),
-        _ => dev::run(),
+    match (config, dev) {
+        (_, Some(addresses)) => dev::run(addresses),
+        (Some(config), None) => serve::run(config),
+        (None, None) => Ok(()),
     }
 }
 

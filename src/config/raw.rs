@@ -2,15 +2,92 @@
 //! position of every value, so [`super::validate`] can name the line of each mistake.
 //!
 //! Every section and every field is optional; the default each one takes is on its doc line and
-//! applied in validation, which owns all meaning. Nothing here interprets a value.
+//! applied in validation, which owns all meaning. Nothing here interprets a value; a value of
+//! the wrong type is refused here, naming its field.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use serde::Deserialize;
 use toml::Spanned;
 
 /// A value that may be absent, with its position in the file when present.
 pub type Field<T> = Option<Spanned<T>>;
+
+/// A file these structs cannot take: where, the dotted field (empty when the TOML itself is
+/// broken), and why in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub span: Option<Range<usize>>,
+    pub field: String,
+    pub message: String,
+}
+
+/// Reads `source` into the raw structs. A value of the wrong type is named by its field and
+/// the shape it takes (`store.sync_interval: got integer `1`, expected a string in quotes, like
+/// "1s"`), not by serde's types alone.
+pub fn from_toml(source: &str) -> Result<RawConfig, Refusal> {
+    let deserializer = toml::Deserializer::parse(source).map_err(|error| Refusal {
+        span: error.span(),
+        field: String::new(),
+        message: error.message().trim().replace('\n', " "),
+    })?;
+    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let field = field_path(&error.path().to_string());
+        let inner = error.into_inner();
+        let message = inner.message().trim().replace('\n', " ");
+        Refusal {
+            span: inner.span(),
+            message: reword(&field, &message),
+            field,
+        }
+    })
+}
+
+/// The dotted path of a field, less the segments `Spanned` adds inside each value and the
+/// trailing name of an unknown field (its message names it).
+fn field_path(path: &str) -> String {
+    let path = if path == "." { "" } else { path };
+    let segments: Vec<&str> = path
+        .split('.')
+        .filter(|segment| !segment.starts_with("$__") && !segment.is_empty())
+        .collect();
+    segments.join(".")
+}
+
+/// serde's `invalid type: integer `1`, expected a string` in the words of this file: what was
+/// written, and how the field is written, with an example where the field's name tells it.
+fn reword(field: &str, message: &str) -> String {
+    let Some(rest) = message.strip_prefix("invalid type: ") else {
+        return message.to_owned();
+    };
+    let Some((got, expected)) = rest.split_once(", expected ") else {
+        return message.to_owned();
+    };
+    let name = field.rsplit('.').next().unwrap_or(field);
+    let example = match name {
+        "failed_per_ip" | "default" => Some("\"100/s\""),
+        _ if [
+            "interval",
+            "timeout",
+            "grace",
+            "staleness",
+            "expiry",
+            "warn_before",
+        ]
+        .iter()
+        .any(|part| name.contains(part)) =>
+        {
+            Some("\"1s\"")
+        }
+        _ => None,
+    };
+    match (expected, example) {
+        ("a string", Some(example)) => format!("got {got}, expected a string in quotes, like {example}"),
+        ("a string", None) => format!("got {got}, expected a string in quotes"),
+        (expected, _) => format!("got {got}, expected {expected}"),
+    }
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -244,4 +321,70 @@ pub struct RawRoute {
     /// Forward `X-HTTP-Method-Override`, `X-Method-Override` and `X-HTTP-Method`, and check the
     /// permission of the method they name. Default false: they are stripped.
     pub allow_method_override: Field<bool>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(source: &str) -> Refusal {
+        match from_toml(source) {
+            Ok(raw) => panic!("accepted {source}: {raw:?}"),
+            Err(refusal) => refusal,
+        }
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_named_by_its_field_and_shape() {
+        for (source, field, message) in [
+            (
+                "[store]\nsync_interval = 1\n",
+                "store.sync_interval",
+                r#"got integer `1`, expected a string in quotes, like "1s""#,
+            ),
+            (
+                "[auth]\nfailed_per_ip = 30\n",
+                "auth.failed_per_ip",
+                r#"got integer `30`, expected a string in quotes, like "100/s""#,
+            ),
+            (
+                "[server]\nlisten = 8080\n",
+                "server.listen",
+                "got integer `8080`, expected a string in quotes",
+            ),
+            (
+                "[server]\nmax_headers = \"100\"\n",
+                "server.max_headers",
+                r#"got string "100", expected u64"#,
+            ),
+            (
+                "[[route]]\nname = \"r\"\npath = 5\n",
+                "route[0].path",
+                "got integer `5`, expected a string in quotes",
+            ),
+        ] {
+            let found = refusal(source);
+            assert_eq!(
+                (found.field.as_str(), found.message.as_str()),
+                (field, message),
+                "{source}"
+            );
+            assert_eq!(
+                found.span.map(|span| &source[span]),
+                source.lines().last().and_then(|l| l.split(" = ").nth(1)),
+                "{source}"
+            );
+        }
+    }
+
+    #[test]
+    fn broken_toml_and_unknown_fields_keep_their_messages() {
+        let broken = refusal("[store\n");
+        assert_eq!(broken.field, "");
+        let unknown = refusal("[store]\nsync_intervall = \"1s\"\n");
+        assert!(
+            unknown.message.starts_with("unknown field `sync_intervall`"),
+            "{unknown:?}"
+        );
+    }
 }

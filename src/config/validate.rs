@@ -148,17 +148,16 @@ pub fn parse(source: &str, base_dir: &Path) -> Result<Config, ConfigError> {
         source,
         problems: Vec::new(),
     };
-    let raw: RawConfig = match toml::from_str(source) {
+    let raw: RawConfig = match raw::from_toml(source) {
         Ok(raw) => raw,
-        Err(error) => {
-            let position = error.span().map(|span| checker.position(&span));
-            let message = error.message().trim().replace('\n', " ");
+        Err(refusal) => {
+            let position = refusal.span.map(|span| checker.position(&span));
             return Err(ConfigError {
                 problems: vec![Problem {
                     line: position.map(|(line, _)| line),
                     column: position.map(|(_, column)| column),
-                    field: String::new(),
-                    message,
+                    field: refusal.field,
+                    message: refusal.message,
                 }],
             });
         }

@@ -72,7 +72,7 @@ pub struct KeyRequest {
     pub customer_id: Option<String>,
     #[serde(default)]
     pub allowed_ips: Vec<Cidr>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::core::key::de_expiry")]
     pub expires_at: Option<Timestamp>,
     /// Alternative to `expires_at`: a duration from now, e.g. "30d".
     #[serde(default)]
@@ -148,7 +148,7 @@ pub struct KeyPatch {
     pub customer_id: Option<Option<String>>,
     #[serde(default, deserialize_with = "cidrs_or_null")]
     pub allowed_ips: Option<Vec<IpNet>>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "crate::core::key::de_expiry_change")]
     pub expires_at: Option<Option<Timestamp>>,
     #[serde(default, deserialize_with = "present_or_empty")]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
@@ -253,24 +253,50 @@ impl KeyService {
         self.insert(spec, &secret, "imported")
     }
 
-    /// Imports many existing secrets at once, all or none. On a bad item, its index and why.
-    pub fn import_many(&self, items: Vec<(KeySpec, Secret)>) -> Result<usize, (Option<usize>, KeyError)> {
+    /// What is wrong with each item of an import, by index, without writing anything: every
+    /// bad item, not only the first, so a file is fixed in one go.
+    pub fn check_many(&self, items: &[(KeySpec, Secret)]) -> Vec<(usize, KeyError)> {
         let now = self.now();
         let mut seen = std::collections::HashSet::with_capacity(items.len());
-        let mut keys = Vec::with_capacity(items.len());
-        for (index, (spec, secret)) in items.into_iter().enumerate() {
-            let at = |error| (Some(index), error);
-            check_import(&spec, &secret).map_err(at)?;
-            validate_spec(&spec, now).map_err(at)?;
+        let mut bad = Vec::new();
+        for (index, (spec, secret)) in items.iter().enumerate() {
+            let checked = check_import(spec, secret).and_then(|()| validate_spec(spec, now));
             let hash = self.hasher.hash(secret.expose().as_bytes());
-            if !seen.insert(hash.0) {
-                return Err(at(KeyError::invalid("key", "the same secret appears twice")));
+            let checked = checked.and_then(|()| match seen.insert(hash.0) {
+                true => Ok(()),
+                false => Err(KeyError::invalid("key", "the same secret appears twice")),
+            });
+            if let Err(error) = checked {
+                bad.push((index, error));
             }
-            keys.push(new_key(spec, &secret, hash, now));
         }
+        bad
+    }
+
+    /// Imports many existing secrets at once, all or none. On bad items, each one's index and
+    /// why (see [`KeyService::check_many`]); on a failed write, `None` and why.
+    pub fn import_many(
+        &self,
+        items: Vec<(KeySpec, Secret)>,
+    ) -> Result<usize, Vec<(Option<usize>, KeyError)>> {
+        let bad = self.check_many(&items);
+        if !bad.is_empty() {
+            return Err(bad
+                .into_iter()
+                .map(|(index, error)| (Some(index), error))
+                .collect());
+        }
+        let now = self.now();
+        let keys: Vec<NewKey> = items
+            .into_iter()
+            .map(|(spec, secret)| {
+                let hash = self.hasher.hash(secret.expose().as_bytes());
+                new_key(spec, &secret, hash, now)
+            })
+            .collect();
         self.store
             .insert_many(&keys, self.audit("imported"))
-            .map_err(|e| (None, KeyError::from_store(e, "")))?;
+            .map_err(|e| vec![(None, KeyError::from_store(e, ""))])?;
         tracing::info!(keys = keys.len(), actor = self.actor.as_str(), "keys imported");
         Ok(keys.len())
     }
@@ -292,6 +318,15 @@ impl KeyService {
         match key {
             Some(key) if key.status != StoredStatus::Deleted => Ok(key.view(self.now())),
             _ => Err(KeyError::NotFound(id.to_owned())),
+        }
+    }
+
+    /// A key whatever its status: a deleted one shows as `deleted`, as listings of deleted
+    /// keys and its audit trail show it.
+    pub fn get_any(&self, id: &str) -> Result<KeyView, KeyError> {
+        match self.store.get(id).map_err(|e| KeyError::from_store(e, id))? {
+            Some(key) => Ok(key.view(self.now())),
+            None => Err(KeyError::NotFound(id.to_owned())),
         }
     }
 

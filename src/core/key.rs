@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::environment::Environment;
 use super::permission::Permission;
-use super::units::{format_duration, parse_duration, Rate};
+use super::units::{format_duration, parse_duration, parse_instant, Rate};
 
 /// A key's public id: `key_` and 20 base62 characters.
 pub fn new_key_id() -> String {
@@ -72,6 +72,61 @@ fn de_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D
         return Err(serde::de::Error::custom("the period must be longer than zero"));
     }
     Ok(duration)
+}
+
+/// `expires_at` as a client writes it: an instant, a date (its midnight UTC) or null. See
+/// [`parse_instant`] for what is refused, and why.
+pub fn de_expiry<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Timestamp>, D::Error> {
+    let text: Option<String> = Option::deserialize(deserializer)?;
+    text.map(|text| parse_instant(&text).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+/// [`de_expiry`] for a change: present (`null` clears), so `Some`.
+pub fn de_expiry_change<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<Timestamp>>, D::Error> {
+    de_expiry(deserializer).map(Some)
+}
+
+/// What a field of a key, as a client writes it, looks like: for messages, in place of the
+/// Rust types serde would name (`expected struct RateLimitSpec`). `permissions[2]` takes the
+/// shape of an element of `permissions`.
+pub fn field_shape(field: &str) -> Option<&'static str> {
+    let element = field.split_once('[').map(|(array, _)| array);
+    Some(match element.unwrap_or(field) {
+        "permissions" if element.is_some() => r#"a permission like "customer:read""#,
+        "allowed_ips" if element.is_some() => r#"a CIDR or an IP address like "10.0.0.0/8""#,
+        "name" => "a string",
+        "environment" => "production, staging or development (or prod, stg, dev)",
+        "permissions" => r#"an array of permissions like ["customer:read", "license:*"]"#,
+        "rate_limit" => r#"{"requests":N,"per":"1s","burst":N} or null"#,
+        "rate_limit.requests" | "rate_limit.burst" => "a whole number from 1",
+        "rate_limit.per" => r#"a duration like "1s" or "1m""#,
+        "customer_id" => "a string or null",
+        "allowed_ips" => r#"an array of CIDRs or IP addresses like ["10.0.0.0/8"]"#,
+        "expires_at" => {
+            r#"an RFC 3339 instant like "2027-01-31T00:00:00Z", a date like "2027-01-31", or null"#
+        }
+        "expires_in" | "grace" => r#"a duration like "30d" or null"#,
+        "metadata" => "a JSON object",
+        "key" => "the secret to import, a string",
+        _ => return None,
+    })
+}
+
+/// serde's message about `field` with its type names replaced by the shape the field takes:
+/// `invalid type: string "5/s", expected struct RateLimitSpec` becomes `got string "5/s",
+/// expected {"requests":N,"per":"1s","burst":N} or null`. Other messages are kept.
+pub fn reword(field: &str, message: &str) -> String {
+    let got = ["invalid type: ", "invalid value: ", "invalid length "]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
+        .and_then(|rest| rest.split(", expected").next());
+    match (got, field_shape(field)) {
+        (Some(got), Some(shape)) => format!("got {got}, expected {shape}"),
+        _ => message.to_owned(),
+    }
 }
 
 /// The status a key is stored with. `expired` is not stored: it follows from `expires_at`.

@@ -1,5 +1,6 @@
-//! Durations (`"250ms"`, `"30s"`, `"10m"`, `"90d"`) and rates (`"100/s"`, `"6000/m"`) as written
-//! in the config file, on the command line and in admin API bodies.
+//! Durations (`"250ms"`, `"30s"`, `"10m"`, `"90d"`), rates (`"100/s"`, `"6000/m"`) and instants
+//! (`"2027-01-31T00:00:00Z"`, `"2027-01-31"`) as written in the config file, on the command line
+//! and in admin API bodies.
 //!
 //! Shared by both planes; pure parsing, no I/O.
 
@@ -7,6 +8,11 @@ use std::fmt;
 use std::num::NonZeroU32;
 use std::str::FromStr;
 use std::time::Duration;
+
+use jiff::civil::Time;
+use jiff::fmt::temporal::Pieces;
+use jiff::tz::Offset;
+use jiff::Timestamp;
 
 /// Why a duration or rate string was refused. The message is shown to the operator as is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,6 +65,36 @@ pub fn format_duration(duration: Duration) -> String {
         .find(|(_, ms)| millis.is_multiple_of(*ms) && millis > 0)
         .map(|(name, ms)| format!("{}{name}", millis / ms))
         .unwrap_or_else(|| "0s".to_owned())
+}
+
+/// How an instant is written, for messages.
+pub const INSTANT_SHAPE: &str =
+    "an RFC 3339 instant like 2027-01-31T00:00:00Z or a date like 2027-01-31 (midnight UTC)";
+
+/// Parses an RFC 3339 instant (`2027-01-31T12:00:00Z`, `2027-01-31T14:00:00+02:00`), or a date
+/// alone as its midnight UTC. A time without an offset is refused: which zone it meant is
+/// anyone's guess. So is an instant past the last one a timestamp holds (9999-12-30T22:00:00Z):
+/// a date such as 9999-12-31 is written to mean "never", and is refused with that said.
+pub fn parse_instant(text: &str) -> Result<Timestamp, UnitError> {
+    let text = text.trim();
+    let pieces = Pieces::parse(text).map_err(|_| UnitError(format!("{text:?} is not {INSTANT_SHAPE}")))?;
+    let (time, offset) = match (pieces.time(), pieces.to_numeric_offset()) {
+        (None, _) => (Time::midnight(), Offset::UTC),
+        (Some(time), Some(offset)) => (time, offset),
+        (Some(_), None) => {
+            return Err(UnitError(format!(
+                "{text:?} has no offset: add Z for UTC (or one like +02:00)"
+            )))
+        }
+    };
+    offset
+        .to_timestamp(pieces.date().to_datetime(time))
+        .map_err(|_| {
+            UnitError(format!(
+                "{text:?} is past the last instant keygate holds, {}; for a key that does not expire, give no expiry",
+                Timestamp::MAX.strftime("%Y-%m-%dT%H:%M:%SZ")
+            ))
+        })
 }
 
 /// `requests` per `per`: `"100/s"`, `"6000/m"`, `"10/30s"`.
@@ -175,6 +211,40 @@ mod tests {
     fn bad_rates_are_refused() {
         for text in ["", "100", "0/s", "100/", "/s", "100/0s", "x/s", "100/x"] {
             assert!(text.parse::<Rate>().is_err(), "{text} should be refused");
+        }
+    }
+
+    #[test]
+    fn instants_parse_with_an_offset_and_dates_as_midnight_utc() {
+        for (text, instant) in [
+            ("2027-01-31T00:00:00Z", "2027-01-31T00:00:00Z"),
+            ("2027-01-31T14:30:00+02:00", "2027-01-31T12:30:00Z"),
+            ("2027-01-31", "2027-01-31T00:00:00Z"),
+            (" 2027-01-31 ", "2027-01-31T00:00:00Z"),
+            ("9999-12-30", "9999-12-30T00:00:00Z"),
+        ] {
+            assert_eq!(parse_instant(text).unwrap().to_string(), instant, "{text}");
+        }
+    }
+
+    #[test]
+    fn instants_without_an_offset_or_past_9999_are_refused_in_words() {
+        for (text, says) in [
+            ("tomorrow", "is not an RFC 3339 instant"),
+            ("2027-01-31T10:00:00", "has no offset"),
+            ("2027-02-30", "is not an RFC 3339 instant"),
+            (
+                "9999-12-31",
+                "past the last instant keygate holds, 9999-12-30T22:00:00Z",
+            ),
+            ("9999-12-31T23:59:59Z", "past the last instant"),
+        ] {
+            let error = parse_instant(text).unwrap_err().to_string();
+            assert!(error.contains(says), "{text}: {error}");
+            assert!(
+                !error.contains("unix-seconds") && !error.contains("parameter"),
+                "{text}: {error}"
+            );
         }
     }
 

@@ -1,7 +1,8 @@
 //! Step 2 of the request path: finding the API key in a request (data plane).
 //!
-//! Basic (the password is the key; the username is ignored), Bearer, and a dedicated header,
-//! each switchable. More than one credential, or a repeated header, is refused as ambiguous: a
+//! Basic (the password is the key; the username is ignored, except that with an empty password
+//! the username is the key, as `curl -u $KEY:` sends it), Bearer, and a dedicated header, each
+//! switchable. More than one credential, or a repeated header, is refused as ambiguous: a
 //! gateway and its upstream must never disagree about which key a request carries.
 
 use base64::Engine;
@@ -115,7 +116,10 @@ fn non_empty(bytes: &[u8]) -> Result<&[u8], CredentialError> {
     }
 }
 
-/// `base64(user:password)` → password.
+/// `base64(user:password)` → password; `base64(key:)` → key. Stripe and others take the key
+/// as the username with no password, and clients written for them send it so. Whether the
+/// username is shaped like a key is the format check's to say, as for any credential: a
+/// username that is not one is malformed, one that is is looked up (and counted unknown).
 fn basic_password<'a>(encoded: &[u8], buf: &'a mut DecodeBuf) -> Result<&'a [u8], CredentialError> {
     if encoded.len() > MAX_CREDENTIAL_LEN * 4 / 3 {
         return Err(CredentialError::Malformed);
@@ -128,7 +132,11 @@ fn basic_password<'a>(encoded: &[u8], buf: &'a mut DecodeBuf) -> Result<&'a [u8]
         .iter()
         .position(|&b| b == b':')
         .ok_or(CredentialError::Malformed)?;
-    non_empty(&decoded[colon + 1..])
+    let (user, password) = (&decoded[..colon], &decoded[colon + 1..]);
+    match password.is_empty() {
+        true => non_empty(user),
+        false => non_empty(password),
+    }
 }
 
 #[cfg(test)]
@@ -170,6 +178,7 @@ mod tests {
         let basic_x = basic("X:secret-key");
         let basic_empty_user = basic(":secret-key");
         let basic_colon_in_key = basic("API:secret:key");
+        let basic_key_as_user = basic("secret-key:");
         for (pairs, key, source) in [
             (
                 vec![("authorization", basic_x.as_str())],
@@ -184,6 +193,11 @@ mod tests {
             (
                 vec![("authorization", basic_colon_in_key.as_str())],
                 "secret:key",
+                Source::Authorization,
+            ),
+            (
+                vec![("authorization", basic_key_as_user.as_str())],
+                "secret-key",
                 Source::Authorization,
             ),
             (
@@ -209,8 +223,8 @@ mod tests {
     #[test]
     fn broken_credentials_are_malformed() {
         let no_colon = format!("Basic {}", STANDARD.encode("no-colon"));
-        let empty_password = basic("user:");
-        for value in ["Basic !!!", no_colon.as_str(), empty_password.as_str(), "Bearer "] {
+        let both_empty = basic(":");
+        for value in ["Basic !!!", no_colon.as_str(), both_empty.as_str(), "Bearer "] {
             assert_eq!(
                 run(&[("authorization", value)], &all_schemes()),
                 Err(CredentialError::Malformed),

@@ -201,6 +201,8 @@ const NO_ROUTE: &str = r#"{"error":"no route"}"#;
 const AUTH_FAILED: &str = r#"{"error":"authentication failed"}"#;
 const DENIED: &str = r#"{"error":"permission denied"}"#;
 const RATE_LIMITED: &str = r#"{"error":"rate limit exceeded"}"#;
+/// Not the key's limit: this address failed authentication too often, whatever key it sends.
+const AUTH_THROTTLED: &str = r#"{"error":"too many failed authentications"}"#;
 pub(super) const BAD_REQUEST: &str = r#"{"error":"bad request"}"#;
 const TOO_LARGE: &str = r#"{"error":"request body too large"}"#;
 const REQUEST_TIMEOUT: &str = r#"{"error":"request timeout"}"#;
@@ -286,7 +288,8 @@ impl Refusal {
             Refusal::ClientBody(BodyFault::Gone) => CLIENT_CLOSED.into(),
             Refusal::NoRoute => NO_ROUTE.into(),
             Refusal::Unauthenticated(_) => AUTH_FAILED.into(),
-            Refusal::IpThrottled { .. } | Refusal::RateLimited { .. } => RATE_LIMITED.into(),
+            Refusal::IpThrottled { .. } => AUTH_THROTTLED.into(),
+            Refusal::RateLimited { .. } => RATE_LIMITED.into(),
             Refusal::Denied(_) | Refusal::MissingPermission(None) => DENIED.into(),
             Refusal::MissingPermission(Some(permission)) => serde_json::json!({
                 "error": "permission denied",

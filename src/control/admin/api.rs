@@ -326,8 +326,10 @@ fn body_error(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError 
         (None, _) if path == "." => "body".to_owned(),
         (None, _) => path,
     };
-    // serde's message ends with " at line L column C"; keep only the reason.
-    let message = message.split(" at line ").next().unwrap_or(&message).to_owned();
+    // serde's message ends with " at line L column C"; keep only the reason, in the shape the
+    // field takes rather than the Rust type it is read into.
+    let message = message.split(" at line ").next().unwrap_or(&message);
+    let message = crate::core::key::reword(&field, message);
     ApiError::bad(field, message)
 }
 

@@ -36,6 +36,9 @@ use crate::proxy::state::Shared;
 
 type AdminBody = Full<Bytes>;
 
+/// How the 401 of a gateway without an admin token starts; the page tells it by these words.
+pub const NO_ADMIN_TOKEN: &str = "no admin token is configured";
+
 const JSON: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
 const PROMETHEUS: HeaderValue = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
 
@@ -149,10 +152,7 @@ impl Admin {
         }
         if path == "/v1" || path.starts_with("/v1/") {
             let Some(token) = self.token_kind(&request) else {
-                let mut response = json(
-                    StatusCode::UNAUTHORIZED,
-                    r#"{"error":"admin token required"}"#.into(),
-                );
+                let mut response = json(StatusCode::UNAUTHORIZED, self.refusal().into());
                 response.headers_mut().insert(
                     WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"keygate admin\""),
@@ -169,6 +169,20 @@ impl Admin {
             (&Method::GET | &Method::HEAD, "/metrics") => self.metrics(),
             _ => json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into()),
         }
+    }
+
+    /// The 401 body under `/v1`. A gateway started without an admin token accepts none, and
+    /// says so (which variable to set), so that nobody keeps trying tokens at it: that it has
+    /// none tells a caller nothing more than that every token fails.
+    fn refusal(&self) -> String {
+        if self.write_token.is_some() || self.read_token.is_some() {
+            return r#"{"error":"admin token required"}"#.to_owned();
+        }
+        let variable = &self.shared.snapshot.load().config.admin.token_env;
+        let error = format!(
+            "{NO_ADMIN_TOKEN}: set the environment variable {variable} (admin.token_env) and restart the gateway"
+        );
+        serde_json::json!({ "error": error }).to_string()
     }
 
     /// 200 once the key table is loaded and, with `store.max_staleness`, no older than that:

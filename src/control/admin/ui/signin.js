@@ -35,9 +35,23 @@ async function submit(event, input, status, done) {
     session.signIn(token, access);
     done();
   } catch (error) {
-    status.textContent = error.status === 401 ? "The gateway did not accept that token." : describe(error);
+    status.textContent = error.status === 401 ? refusal(error.message) : describe(error);
     input.focus();
   }
+}
+
+/** The words of the admin API's 401 from a gateway started without an admin token. */
+const NO_TOKEN = "no admin token is configured: ";
+
+/** Why a token was refused: a gateway with no admin token configured accepts none, and says
+ * what to set. */
+function refusal(message) {
+  if (typeof message !== "string" || !message.startsWith(NO_TOKEN)) {
+    return "The gateway did not accept that token.";
+  }
+  const what = message.slice(NO_TOKEN.length);
+  return "This gateway has no admin token configured, so it accepts none. " +
+    what.charAt(0).toUpperCase() + what.slice(1) + ".";
 }
 
 /** "write" or "read". A gateway without GET /v1/token knows only the full token. */
