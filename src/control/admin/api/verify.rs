@@ -135,13 +135,11 @@ pub(super) async fn verify(admin: &Admin, caller: Caller, request: Request<Incom
     Ok(response)
 }
 
-/// The key a secret presents, if it authenticates now; otherwise the verdict's code, with the
-/// key when the secret is one (revoked, expired).
-fn authenticate(
-    shared: &Shared,
-    secret: &[u8],
-    now: i64,
-) -> Result<(Arc<AuthKey>, Presented), (Code, Option<Arc<AuthKey>>)> {
+/// A verdict other than valid, with the key when the secret is one of its (revoked, expired).
+type NotUsable = (Code, Option<Arc<AuthKey>>);
+
+/// The key a secret presents, and which of its secrets, if it authenticates now.
+fn authenticate(shared: &Shared, secret: &[u8], now: i64) -> Result<(Arc<AuthKey>, Presented), NotUsable> {
     if secret.is_empty() || check_format(secret) == Format::Malformed {
         return Err((Code::NotFound, None));
     }
