@@ -326,6 +326,94 @@ async fn the_absolute_form_routes_by_its_authority() {
     run(&h, &auth, &rows).await;
 }
 
+/// A route bound to `admin.example.com` beside a host-less one on the same path, with other
+/// permissions: the host-less route is open to any key, the bound one wants `admin:all`, and
+/// tells the upstream the client's host (`preserve_host`).
+const ADMIN_ROUTE: &str =
+    "[[route]]\nname = \"admin\"\nhost = \"admin.example.com\"\npath = \"/v1/status\"\n\
+     upstream = \"api\"\npreserve_host = true\npermissions = { \"*\" = \"admin:all\" }\n";
+
+/// Issue 19, item 3: another spelling of a bound route's host (a trailing dot, a list, a port
+/// after the dot) must reach that route or be refused, never fall through to a host-less route
+/// with other permissions.
+#[tokio::test]
+async fn a_host_bound_route_is_not_skipped_by_another_spelling_of_its_host() {
+    let h = Harness::with_config(STANDARD, ADMIN_ROUTE).await;
+    let (_, key) = h.key(&["customer:read"]).await;
+    let auth = support::basic(&key);
+    macro_rules! get {
+        ($host:literal) => {
+            concat!(
+                "GET /v1/status HTTP/1.1\r\nhost: ",
+                $host,
+                "\r\nauthorization: {auth}\r\n\r\n"
+            )
+        };
+    }
+    let rows = [
+        row("the bound host", get!("admin.example.com"), 403, false),
+        row(
+            "the bound host in upper case",
+            get!("ADMIN.example.com"),
+            403,
+            false,
+        ),
+        row("a trailing dot", get!("admin.example.com."), 403, false),
+        row(
+            "a trailing dot and a port",
+            get!("admin.example.com.:80"),
+            403,
+            false,
+        ),
+        row("a list", get!("x, admin.example.com"), 400, false),
+        row("a list without a space", get!("x,admin.example.com"), 400, false),
+        row("a space", get!("admin.example.com x"), 400, false),
+        row("a quote", get!("\"admin.example.com\""), 400, false),
+        row("a slash", get!("admin.example.com/x"), 400, false),
+        row("user info", get!("u@admin.example.com"), 400, false),
+        row("two trailing dots", get!("admin.example.com.."), 400, false),
+        row(
+            "a port that is no number",
+            get!("admin.example.com:x"),
+            400,
+            false,
+        ),
+        row(
+            "empty",
+            "GET /v1/status HTTP/1.1\r\nhost:\r\nauthorization: {auth}\r\n\r\n",
+            400,
+            false,
+        ),
+        row(
+            "absolute form with a trailing dot",
+            "GET http://admin.example.com./v1/status HTTP/1.1\r\nhost: admin.example.com\r\n\
+             authorization: {auth}\r\n\r\n",
+            403,
+            false,
+        ),
+        row("another host", get!("other.example.com"), 200, true),
+        row("an IPv6 literal with a port", get!("[::1]:8080"), 200, true),
+    ];
+    run(&h, &auth, &rows).await;
+
+    // A key that may: the upstream is told the host in its normal form.
+    let (_, admin) = h.key(&["admin:all"]).await;
+    let admin = support::basic(&admin);
+    for (host, told) in [
+        ("admin.example.com.", "admin.example.com"),
+        ("admin.example.com.:80", "admin.example.com:80"),
+        ("Admin.Example.com", "Admin.Example.com"),
+    ] {
+        let request = format!("GET /v1/status HTTP/1.1\r\nhost: {host}\r\nauthorization: {admin}\r\n\r\n");
+        assert_eq!(exchange(&h, request.as_bytes()).await.status, 200, "{host}");
+        let got = h.upstream.last().headers;
+        assert_eq!(got["host"], told, "{host}");
+        assert_eq!(got["x-forwarded-host"], told, "{host}");
+        let forwarded = got["forwarded"].to_str().unwrap();
+        assert!(forwarded.ends_with(&format!(";host=\"{told}\"")), "{forwarded}");
+    }
+}
+
 /// Every refusal the gateway answers itself is `Cache-Control: no-store` (checked by [`run`] for
 /// each row; the statuses not reachable here are pinned by error.rs's unit tests).
 #[tokio::test]
@@ -737,6 +825,34 @@ mod h2 {
             .unwrap();
         assert_eq!(send(&h, request).await, 400);
         assert_eq!(h.upstream.count(), 0);
+    }
+
+    /// Issue 19, item 3 over HTTP/2: `:authority` routes in its normal form, and one that is no
+    /// valid host is refused.
+    #[tokio::test]
+    async fn the_authority_routes_in_its_normal_form() {
+        let h = Harness::with_config(STANDARD, ADMIN_ROUTE).await;
+        let (_, key) = h.key(&["customer:read"]).await;
+        let auth = support::basic(&key);
+        let body = || Full::new(Bytes::new());
+        for (authority, status) in [
+            ("admin.example.com", 403),
+            ("admin.example.com.", 403),
+            ("admin.example.com.:443", 403),
+            ("x,admin.example.com", 400),
+            ("other.example.com", 200),
+        ] {
+            let request = get(&h, authority, &auth).body(body()).unwrap();
+            assert_eq!(send(&h, request).await, status, "{authority}");
+        }
+        let (_, admin) = h.key(&["admin:all"]).await;
+        let request = get(&h, "admin.example.com.:443", &support::basic(&admin))
+            .body(body())
+            .unwrap();
+        assert_eq!(send(&h, request).await, 200);
+        let got = h.upstream.last().headers;
+        assert_eq!(got["host"], "admin.example.com:443");
+        assert_eq!(got["x-forwarded-host"], "admin.example.com:443");
     }
 
     #[tokio::test]

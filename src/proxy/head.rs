@@ -15,8 +15,9 @@
 //!   value: hyper drops the length in the first case and keeps one in the second, so these are
 //!   found in the bytes as the client sent them ([`super::wire`], [`on_the_wire`]), and also in
 //!   the header map, where HTTP/2 leaves them;
-//! - a missing, doubled or disagreeing `Host` (RFC 9112 3.2): the host routes the request,
-//!   so it must be one host;
+//! - a missing, doubled or disagreeing `Host` (RFC 9112 3.2), or one that is not a valid
+//!   host\[:port\] (`x, admin.example.com`, a space, a quote, a slash, empty): the host routes
+//!   the request, so it must be one host, in one form ([`Host`]);
 //! - with `server.underscore_headers = "refuse"`, a header name with `_`.
 //!
 //! For HTTP/2, h2 itself refuses connection-specific fields (`Transfer-Encoding`, `TE` other
@@ -26,7 +27,9 @@
 //!
 //! Each check is a scan over a few values of the header map: nothing is allocated.
 
-use http::header::{HeaderMap, HeaderName, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use std::net::Ipv6Addr;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{Request, Version};
 
 use super::error::BadRequest;
@@ -68,26 +71,130 @@ fn is_decimal(text: &[u8]) -> bool {
     !text.is_empty() && text.iter().all(u8::is_ascii_digit)
 }
 
-/// The host the client addressed, port included, when it named one: the target's authority
-/// (absolute form, HTTP/2 `:authority`), else the one `Host` header. Refused when HTTP/1.1
-/// names none, when `Host` is repeated or not text, or when it disagrees with the authority.
-pub fn host<B>(request: &Request<B>) -> Result<Option<&str>, BadRequest> {
+/// The host a request addressed, in the one form that routes it and that the upstream is told
+/// (RFC 3986 host, RFC 9110 7.2): a name of letters, digits, `-`, `_` and dots, an IPv4
+/// address or a bracketed IPv6 one, and an optional port. One trailing dot is dropped, as nginx
+/// drops it: `api.example.com.` is `api.example.com` to DNS, and must reach the routes bound to
+/// that name, not the host-less ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Host<'a> {
+    /// The name or address without a port or a trailing dot: `api.example.com`, `[::1]`.
+    pub name: &'a str,
+    /// The port's digits, when there is one.
+    pub port: Option<&'a str>,
+    /// The value as the client wrote it, when it is the `Host` header's; absent when it came
+    /// from the target's authority.
+    header: Option<&'a HeaderValue>,
+    /// The text as the client wrote it, when that is this form already (no trailing dot
+    /// dropped).
+    as_written: Option<&'a str>,
+}
+
+impl Host<'_> {
+    /// The host for the upstream (`X-Forwarded-Host`, `Host` under `preserve_host`): the
+    /// client's own `Host` value when it was already in normal form, else the normal form.
+    pub fn to_header_value(&self) -> Option<HeaderValue> {
+        match (self.header, self.as_written) {
+            (Some(header), Some(_)) => Some(header.clone()),
+            (None, Some(text)) => HeaderValue::from_str(text).ok(),
+            (_, None) => {
+                let text = match self.port {
+                    Some(port) => format!("{}:{port}", self.name),
+                    None => self.name.to_owned(),
+                };
+                HeaderValue::from_str(&text).ok()
+            }
+        }
+    }
+
+    fn same(&self, other: &Host<'_>) -> bool {
+        self.name.eq_ignore_ascii_case(other.name) && self.port == other.port
+    }
+}
+
+/// The host the client addressed, when it named one: the target's authority (absolute form,
+/// HTTP/2 `:authority`), else the one `Host` header. Refused when HTTP/1.1 names none, when
+/// `Host` is repeated or not a valid host\[:port\] (a list, a space, a quote, a slash, empty),
+/// or when it disagrees with the authority.
+pub fn host<B>(request: &Request<B>) -> Result<Option<Host<'_>>, BadRequest> {
     let mut hosts = request.headers().get_all(HOST).iter();
     let header = match (hosts.next(), hosts.next()) {
         (None, _) => None,
-        (Some(value), None) => Some(value.to_str().map_err(|_| BadRequest::Host)?),
+        (Some(value), None) => {
+            let text = value.to_str().map_err(|_| BadRequest::Host)?;
+            let mut host = parse_host(text)?;
+            host.header = Some(value);
+            Some(host)
+        }
         (Some(_), Some(_)) => return Err(BadRequest::Host),
     };
-    let authority = request.uri().authority().map(|a| a.as_str());
+    let authority = request
+        .uri()
+        .authority()
+        .map(|a| parse_host(a.as_str()))
+        .transpose()?;
     match (authority, header) {
-        (Some(authority), Some(header)) if !authority.eq_ignore_ascii_case(header) => Err(BadRequest::Host),
-        (Some(authority), _) if request.version() != Version::HTTP_11 || header.is_some() => {
-            Ok(Some(authority))
-        }
+        (Some(authority), Some(header)) if !authority.same(&header) => Err(BadRequest::Host),
+        // The header is what the client wrote for the host; the upstream is told that one.
+        (Some(_), Some(header)) => Ok(Some(header)),
+        (Some(authority), None) if request.version() != Version::HTTP_11 => Ok(Some(authority)),
         (None, Some(header)) => Ok(Some(header)),
         // RFC 9112 3.2: an HTTP/1.1 request without Host is refused, absolute form or not.
         (_, None) if request.version() == Version::HTTP_11 => Err(BadRequest::Host),
         (authority, _) => Ok(authority),
+    }
+}
+
+/// A host\[:port\] in its parts, or refused.
+fn parse_host(text: &str) -> Result<Host<'_>, BadRequest> {
+    let (name, port) = split_port(text).ok_or(BadRequest::Host)?;
+    let port = match port {
+        None => None,
+        Some(port) if port.len() <= 5 && is_decimal(port.as_bytes()) && port.parse::<u16>().is_ok() => {
+            Some(port)
+        }
+        Some(_) => return Err(BadRequest::Host),
+    };
+    let name = if let Some(literal) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        literal.parse::<Ipv6Addr>().map_err(|_| BadRequest::Host)?;
+        name
+    } else {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let valid = !name.is_empty()
+            && !name.starts_with('.')
+            && !name.ends_with('.')
+            && !name.contains("..")
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !valid {
+            return Err(BadRequest::Host);
+        }
+        name
+    };
+    Ok(Host {
+        name,
+        port,
+        header: None,
+        as_written: (name.len() + port.map_or(0, |port| port.len() + 1) == text.len()).then_some(text),
+    })
+}
+
+/// The name (an IPv6 literal with its brackets) and the port after the last `:`; `None` when an
+/// IPv6 literal is not closed or is followed by anything but a port.
+fn split_port(text: &str) -> Option<(&str, Option<&str>)> {
+    if text.starts_with('[') {
+        let close = text.find(']')?;
+        let (name, rest) = text.split_at(close + 1);
+        return match rest {
+            "" => Some((name, None)),
+            rest => Some((name, Some(rest.strip_prefix(':')?))),
+        };
+    }
+    // By bytes: `rsplit_once` goes through the pattern machinery, ten times the work here.
+    match text.bytes().rposition(|b| b == b':') {
+        Some(colon) => Some((&text[..colon], Some(&text[colon + 1..]))),
+        None => Some((text, None)),
     }
 }
 
@@ -185,6 +292,16 @@ mod tests {
         request
     }
 
+    /// The host a request routes by, as `name` or `name:port`.
+    fn routed(request: &Request<()>) -> Result<Option<String>, BadRequest> {
+        host(request).map(|host| {
+            host.map(|h| match h.port {
+                Some(port) => format!("{}:{port}", h.name),
+                None => h.name.to_owned(),
+            })
+        })
+    }
+
     #[test]
     fn one_host_routes_the_request_or_it_is_refused() {
         use Version as V;
@@ -225,6 +342,13 @@ mod tests {
                 V::HTTP_11,
                 "http://a.test/v1",
                 &["A.test"],
+                Ok(Some("A.test")),
+            ),
+            (
+                "absolute form agreeing but for a trailing dot",
+                V::HTTP_11,
+                "http://a.test./v1",
+                &["a.test"],
                 Ok(Some("a.test")),
             ),
             (
@@ -232,6 +356,13 @@ mod tests {
                 V::HTTP_11,
                 "http://a.test/v1",
                 &["b.test"],
+                Err(BadRequest::Host),
+            ),
+            (
+                "absolute form disagreeing on the port",
+                V::HTTP_11,
+                "http://a.test:8080/v1",
+                &["a.test"],
                 Err(BadRequest::Host),
             ),
             (
@@ -249,11 +380,32 @@ mod tests {
                 Ok(Some("a.test")),
             ),
             (
+                "absolute form with a list for a host",
+                V::HTTP_10,
+                "http://x,a.test/v1",
+                &[],
+                Err(BadRequest::Host),
+            ),
+            (
+                "absolute form with user info",
+                V::HTTP_11,
+                "http://u@a.test/v1",
+                &["a.test"],
+                Err(BadRequest::Host),
+            ),
+            (
                 "h2 authority",
                 V::HTTP_2,
                 "http://a.test/v1",
                 &[],
                 Ok(Some("a.test")),
+            ),
+            (
+                "h2 authority with a trailing dot",
+                V::HTTP_2,
+                "http://a.test.:443/v1",
+                &[],
+                Ok(Some("a.test:443")),
             ),
             (
                 "h2 host agreeing",
@@ -271,8 +423,77 @@ mod tests {
             ),
         ];
         for (name, version, target, hosts, expected) in cases {
-            assert_eq!(host(&request(*version, target, hosts)), *expected, "{name}");
+            let expected = expected.map(|host| host.map(str::to_owned));
+            assert_eq!(routed(&request(*version, target, hosts)), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn a_host_is_one_name_or_address_with_an_optional_port() {
+        for (value, expected) in [
+            ("api.example.com", Some(("api.example.com", None))),
+            ("API.Example.com", Some(("API.Example.com", None))),
+            ("api.example.com.", Some(("api.example.com", None))),
+            ("api.example.com.:80", Some(("api.example.com", Some("80")))),
+            ("api.example.com:8080", Some(("api.example.com", Some("8080")))),
+            ("my_host-1", Some(("my_host-1", None))),
+            ("127.0.0.1:7300", Some(("127.0.0.1", Some("7300")))),
+            ("[::1]", Some(("[::1]", None))),
+            ("[::1]:8080", Some(("[::1]", Some("8080")))),
+            ("[2001:db8::7]:443", Some(("[2001:db8::7]", Some("443")))),
+            ("", None),
+            (".", None),
+            (":80", None),
+            ("x, admin.example.com", None),
+            ("x,admin.example.com", None),
+            ("admin.example.com x", None),
+            (" admin.example.com", None),
+            ("\"admin.example.com\"", None),
+            ("admin.example.com/x", None),
+            ("admin.example.com\\x", None),
+            ("user@admin.example.com", None),
+            ("admin.example.com..", None),
+            ("admin..example.com", None),
+            (".admin.example.com", None),
+            ("admin.example.com:", None),
+            ("admin.example.com:80x", None),
+            ("admin.example.com:+80", None),
+            ("admin.example.com:65536", None),
+            ("admin.example.com:123456", None),
+            ("admin.example.com:80:80", None),
+            ("a%2eexample.com", None),
+            ("::1", None),
+            ("[::1", None),
+            ("[::1]x", None),
+            ("[::1]:", None),
+            ("[not-an-address]", None),
+            ("[::1%25eth0]", None),
+        ] {
+            let got = parse_host(value).ok().map(|h| (h.name, h.port));
+            assert_eq!(got, expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn the_upstream_is_told_the_normal_form() {
+        for (value, told) in [
+            ("a.test", "a.test"),
+            ("A.Test:8080", "A.Test:8080"),
+            ("a.test.", "a.test"),
+            ("a.test.:80", "a.test:80"),
+            ("[::1]:8080", "[::1]:8080"),
+        ] {
+            let request = request(Version::HTTP_11, "/v1", &[]);
+            let mut request = request;
+            request
+                .headers_mut()
+                .insert(HOST, HeaderValue::from_str(value).unwrap());
+            let host = host(&request).unwrap().unwrap();
+            assert_eq!(host.to_header_value().unwrap(), told, "{value}");
+        }
+        let h2 = request(Version::HTTP_2, "http://a.test.:443/v1", &[]);
+        let host = host(&h2).unwrap().unwrap();
+        assert_eq!(host.to_header_value().unwrap(), "a.test:443");
     }
 
     #[test]

@@ -33,7 +33,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, UPGRADE};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, UPGRADE};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Limited};
 use hyper::body::Incoming;
@@ -102,6 +102,8 @@ struct Admitted {
     key: Arc<AuthKey>,
     uri: http::Uri,
     source: Source,
+    /// The host the client addressed, in normal form, for the upstream.
+    host: Option<HeaderValue>,
     /// Step 8 still to do, in the shared limiter: the key's limit.
     shared_limit: Option<RateLimitSpec>,
 }
@@ -240,7 +242,7 @@ fn admit<B>(
     if server.underscore_headers == UnderscoreHeaders::Refuse {
         head::underscores(request.headers(), &snapshot.key_header).map_err(Refusal::BadRequest)?;
     }
-    let host = head::host(request).map_err(Refusal::BadRequest)?.map(strip_port);
+    let host = head::host(request).map_err(Refusal::BadRequest)?;
     let uri_len = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len > server.max_uri_bytes {
         return Err(Refusal::UriTooLong);
@@ -251,7 +253,10 @@ fn admit<B>(
     let path = normalize(request.uri().path()).map_err(|_| Refusal::BadRequest(BadRequest::AmbiguousPath))?;
 
     // 1: the route.
-    let matched = snapshot.router.route(host, &path).ok_or(Refusal::NoRoute)?;
+    let matched = snapshot
+        .router
+        .route(host.map(|h| h.name), &path)
+        .ok_or(Refusal::NoRoute)?;
     ctx.route = Some(matched.route);
     let route = &snapshot.routes[matched.route];
     check_freshness(shared, snapshot)?;
@@ -305,6 +310,7 @@ fn admit<B>(
         key,
         uri,
         source,
+        host: host.and_then(|h| h.to_header_value()),
         shared_limit,
     })
 }
@@ -439,12 +445,6 @@ fn outgoing(
     }
     let route = &snapshot.routes[admitted.route];
     let key = &admitted.key;
-    let host = request.headers().get(HOST).cloned().or_else(|| {
-        request
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
     let identity = Identity {
         key_id: &key.id,
         environment: key.environment.as_str(),
@@ -452,7 +452,7 @@ fn outgoing(
         request_id: &ctx.request_id,
         client: peer.addr.ip(),
         tls: peer.tls,
-        host: host.as_ref(),
+        host: admitted.host.as_ref(),
     };
     let passing = Passing {
         credentials: (!route.forward_credentials).then(|| Credentials {
@@ -713,34 +713,4 @@ pub(super) fn new_request_id() -> HeaderValue {
         *digit = HEX[(bits >> (4 * (31 - i)) & 0xf) as usize];
     }
     HeaderValue::from_bytes(&id).expect("hex is a valid header value")
-}
-
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.split_inclusive(']').next().unwrap_or(host);
-    }
-    // By bytes: `rsplit_once` goes through the pattern machinery, ten times the work here.
-    match host.bytes().rposition(|b| b == b':') {
-        Some(colon) => &host[..colon],
-        None => host,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::strip_port;
-
-    #[test]
-    fn the_port_is_stripped_from_names_and_addresses() {
-        for (host, name) in [
-            ("api.example.com", "api.example.com"),
-            ("api.example.com:8080", "api.example.com"),
-            ("127.0.0.1:7300", "127.0.0.1"),
-            ("[::1]:8080", "[::1]"),
-            ("[::1]", "[::1]"),
-            ("", ""),
-        ] {
-            assert_eq!(strip_port(host), name, "{host}");
-        }
-    }
 }
