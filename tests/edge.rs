@@ -827,6 +827,46 @@ mod h2 {
         assert_eq!(h.upstream.count(), 0);
     }
 
+    /// Issue 19, item 9: a header list past `max_header_bytes` (measured as RFC 9113 measures
+    /// it) is the gateway's 431, with its JSON body, `no-store` and a request id, not h2's
+    /// bare one.
+    #[tokio::test]
+    async fn a_header_list_past_max_header_bytes_gets_the_gateways_431() {
+        let template = STANDARD.replace("[server]\n", "[server]\nmax_header_bytes = 4096\n");
+        let h = Harness::with_config(&template, "").await;
+        let (_, key) = h.key(&["*"]).await;
+        let auth = support::basic(&key);
+        for size in [4_200, 6_000, 7_500] {
+            let big = get(&h, "a.test", &auth)
+                .header("x-big", "a".repeat(size))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let stream = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let response = sender.send_request(big).await.unwrap();
+            assert_eq!(response.status(), 431, "{size}");
+            let headers = response.headers().clone();
+            assert_eq!(headers["cache-control"], "no-store", "{size}");
+            assert_eq!(headers["content-type"], "application/json; charset=utf-8");
+            assert!(headers.contains_key("x-request-id"), "{size}: {headers:?}");
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            assert_eq!(body, r#"{"error":"request header fields too large"}"#, "{size}");
+        }
+        let small = get(&h, "a.test", &auth)
+            .header("x-small", "a".repeat(3_000))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(send(&h, small).await, 200);
+        assert_eq!(h.upstream.count(), 1);
+    }
+
     /// Issue 19, item 3 over HTTP/2: `:authority` routes in its normal form, and one that is no
     /// valid host is refused.
     #[tokio::test]

@@ -25,6 +25,9 @@
 //! and h2 build values with `HeaderValue`'s checks). A repeated `Content-Length` does reach
 //! here in HTTP/2.
 //!
+//! For HTTP/2 also a header list past `server.max_header_bytes`, measured as RFC 9113 measures
+//! it ([`header_list_size`]).
+//!
 //! Each check is a scan over a few values of the header map: nothing is allocated.
 
 use std::net::Ipv6Addr;
@@ -196,6 +199,34 @@ fn split_port(text: &str) -> Option<(&str, Option<&str>)> {
         Some(colon) => Some((&text[..colon], Some(&text[colon + 1..]))),
         None => Some((text, None)),
     }
+}
+
+/// The size of an HTTP/2 request's header list as RFC 9113 (6.5.2, `SETTINGS_MAX_HEADER_LIST_SIZE`)
+/// counts it, and h2 with it: each field's name and value and 32 bytes, the pseudo-header fields
+/// included. hyper's HTTP/2 server answers a list past its own limit by itself, with a bare
+/// 431 and no body; that limit is set above `server.max_header_bytes` ([`super::server`]), so
+/// that a list past `max_header_bytes` is refused here, with the gateway's 431.
+pub fn header_list_size<B>(request: &Request<B>) -> usize {
+    const FIELD: usize = 32;
+    let uri = request.uri();
+    let pseudo = [
+        Some((":method", request.method().as_str())),
+        uri.scheme_str().map(|scheme| (":scheme", scheme)),
+        uri.authority()
+            .map(|authority| (":authority", authority.as_str())),
+        uri.path_and_query().map(|path| (":path", path.as_str())),
+    ];
+    let pseudo: usize = pseudo
+        .iter()
+        .flatten()
+        .map(|(name, value)| name.len() + value.len() + FIELD)
+        .sum();
+    let fields: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + FIELD)
+        .sum();
+    pseudo + fields
 }
 
 /// Under `server.underscore_headers = "refuse"`: a header name with `_` other than `allowed`
@@ -494,6 +525,17 @@ mod tests {
         let h2 = request(Version::HTTP_2, "http://a.test.:443/v1", &[]);
         let host = host(&h2).unwrap().unwrap();
         assert_eq!(host.to_header_value().unwrap(), "a.test:443");
+    }
+
+    #[test]
+    fn an_http2_header_list_is_measured_as_rfc_9113_measures_it() {
+        let mut request = request(Version::HTTP_2, "https://a.test/v1?q=1", &[]);
+        request
+            .headers_mut()
+            .insert("x-h", HeaderValue::from_static("value"));
+        // :method GET, :scheme https, :authority a.test, :path /v1?q=1, x-h value.
+        let expected = (7 + 3 + 32) + (7 + 5 + 32) + (10 + 6 + 32) + (5 + 7 + 32) + (3 + 5 + 32);
+        assert_eq!(header_list_size(&request), expected);
     }
 
     #[test]

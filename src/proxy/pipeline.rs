@@ -8,10 +8,10 @@
 //!
 //! - 0: the head must have one reading before anything reads it ([`super::head`]): one framing
 //!   of the body, one host, at most `server.max_headers` headers (hyper counts them for HTTP/1
-//!   only). A 400 here also closes an HTTP/1 connection, since what follows on it cannot be
-//!   trusted to start where the gateway thinks. Then the method and path are put in one form
-//!   (or refused with 400), so the path that is routed and checked is the one that is
-//!   forwarded.
+//!   only) and, for HTTP/2, a header list of at most `server.max_header_bytes`. A 400 here
+//!   also closes an HTTP/1 connection, since what follows on it cannot be trusted to start
+//!   where the gateway thinks. Then the method and path are put in one form (or refused with
+//!   400), so the path that is routed and checked is the one that is forwarded.
 //! - 1 comes first because the route decides the environment, the permission and the upstream.
 //! - 2 finds and parses the key; a malformed one (bad checksum) is refused before the lookup.
 //! - 3 and 4 both answer with the one identical 401, so a caller cannot tell an unknown key from
@@ -234,7 +234,10 @@ fn admit<B>(
 ) -> Result<Admitted, Refusal> {
     // 0: a head with one reading, a bounded URI, and one form for the method and the path.
     let server = &snapshot.config.server;
-    if request.headers().len() > server.max_headers {
+    let http2 = request.version() == http::Version::HTTP_2;
+    if request.headers().len() > server.max_headers
+        || (http2 && head::header_list_size(request) > server.max_header_bytes)
+    {
         return Err(Refusal::TooManyHeaders);
     }
     head::on_the_wire(request).map_err(Refusal::BadRequest)?;
