@@ -4,7 +4,7 @@
 //! headers the gateway sets after removing any a client sent. Also removed, in the same one
 //! pass over the names: names with `_` (which CGI-style upstreams read as `-`, so they could
 //! pass for identity headers), `Proxy-Authorization`, the method-override headers unless the
-//! route allows them, and from a peer that is not a trusted proxy `X-Real-IP` and `Forwarded`,
+//! route allows them ([`super::overrides`]), and from a peer that is not a trusted proxy `X-Real-IP` and `Forwarded`,
 //! which the gateway replaces with its own element (RFC 7239). Bodies stream both ways; the
 //! connections are [`super::upstream`]'s.
 
@@ -24,13 +24,6 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-
-/// Headers that ask an upstream to take the request as another method than its own.
-const METHOD_OVERRIDES: [HeaderName; 3] = [
-    HeaderName::from_static("x-http-method-override"),
-    HeaderName::from_static("x-method-override"),
-    HeaderName::from_static("x-http-method"),
-];
 
 /// Removes the hop-by-hop headers of RFC 9110 section 7.6.1, and those `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -82,37 +75,6 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 fn is_identity(name: &HeaderName) -> bool {
     name.as_str().starts_with("x-keygate-")
 }
-
-fn is_method_override(name: &HeaderName) -> bool {
-    METHOD_OVERRIDES.contains(name)
-}
-
-/// The method a request's override headers name, if any: one method, in canonical form, the
-/// same in every override header it sends; anything else is not a method the gateway can
-/// check, and is refused.
-pub fn method_override(headers: &HeaderMap) -> Result<Option<Method>, InvalidOverride> {
-    let mut named: Option<&[u8]> = None;
-    for value in METHOD_OVERRIDES.iter().flat_map(|name| headers.get_all(name)) {
-        let value = value.as_bytes().trim_ascii();
-        match named {
-            Some(earlier) if earlier != value => return Err(InvalidOverride),
-            _ => named = Some(value),
-        }
-    }
-    let Some(named) = named else {
-        return Ok(None);
-    };
-    let method = Method::from_bytes(named).map_err(|_| InvalidOverride)?;
-    if method_is_canonical(&method) {
-        Ok(Some(method))
-    } else {
-        Err(InvalidOverride)
-    }
-}
-
-/// Method-override headers that do not name one canonical method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InvalidOverride;
 
 /// What the gateway tells the upstream about an admitted request.
 pub struct Identity<'a> {
@@ -178,7 +140,7 @@ fn is_refused(name: &HeaderName, passing: &Passing<'_>) -> bool {
         || credential
         || super::head::has_underscore(name)
         || name == PROXY_AUTHORIZATION
-        || (!passing.method_override && is_method_override(name))
+        || (!passing.method_override && super::overrides::is_header(name))
         || (!passing.trusted_peer && (name == X_REAL_IP || name == FORWARDED))
 }
 
@@ -504,44 +466,6 @@ mod tests {
                 host: host.as_ref(),
             };
             assert_eq!(forwarded(&identity), expected, "{client} {host:?}");
-        }
-    }
-
-    #[test]
-    fn an_override_names_one_canonical_method_or_is_invalid() {
-        type Case = (
-            &'static [(&'static str, &'static str)],
-            Result<Option<Method>, InvalidOverride>,
-        );
-        let cases: &[Case] = &[
-            (&[], Ok(None)),
-            (&[("x-http-method-override", "DELETE")], Ok(Some(Method::DELETE))),
-            (&[("x-method-override", " PATCH ")], Ok(Some(Method::PATCH))),
-            (
-                &[("x-http-method", "DELETE"), ("x-http-method-override", "DELETE")],
-                Ok(Some(Method::DELETE)),
-            ),
-            (
-                &[("x-http-method", "DELETE"), ("x-http-method-override", "PUT")],
-                Err(InvalidOverride),
-            ),
-            (
-                &[
-                    ("x-http-method-override", "GET"),
-                    ("x-http-method-override", "POST"),
-                ],
-                Err(InvalidOverride),
-            ),
-            (&[("x-http-method-override", "delete")], Err(InvalidOverride)),
-            (&[("x-http-method-override", "")], Err(InvalidOverride)),
-            (&[("x-http-method-override", "DE LETE")], Err(InvalidOverride)),
-        ];
-        for (fields, expected) in cases {
-            let mut headers = HeaderMap::new();
-            for (name, value) in *fields {
-                headers.append(*name, HeaderValue::from_static(value));
-            }
-            assert_eq!(method_override(&headers), *expected, "{fields:?}");
         }
     }
 

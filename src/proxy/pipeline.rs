@@ -45,6 +45,7 @@ use super::error::{AuthFailure, BadRequest, Denial, Refusal, UpstreamFailure};
 use super::forward::{self, method_is_canonical, Credentials, Identity, Passing, X_REQUEST_ID};
 use super::head;
 use super::limits::{Decision, LimitState};
+use super::overrides;
 use super::path::{decode_segment, normalize};
 use super::state::{RouteState, Shared, Snapshot};
 use super::table::{AuthKey, Secret};
@@ -277,10 +278,15 @@ fn admit<B>(
         return Err(Refusal::Denied(Denial::Ip));
     }
 
-    // 6: the permission the route requires for this method, or for the one the method-override
-    // headers name where the route lets them through to the upstream.
+    // 6: the permission the route requires for this method, or for the one the method overrides
+    // (headers, `_method` in the query) name where the route lets them through to the upstream.
+    let query = request.uri().query();
     let overridden = if route.allow_method_override {
-        forward::method_override(request.headers()).map_err(|_| Refusal::BadRequest(BadRequest::Method))?
+        overrides::method_override(request.headers(), query)
+            .map_err(|_| Refusal::BadRequest(BadRequest::Method))?
+    } else if overrides::in_query(query) {
+        // The headers are stripped; a `_method` parameter cannot be, so it is refused.
+        return Err(Refusal::BadRequest(BadRequest::Method));
     } else {
         None
     };
