@@ -615,6 +615,54 @@ async fn a_method_parameter_in_the_query_is_refused_or_checked_like_the_override
     assert_eq!(h.upstream.last().uri.query(), Some("_method=GET"));
 }
 
+/// Issue 19, item 5: headers an upstream reads as another path or another hop never pass;
+/// headers that name a client address pass only from a trusted proxy; `X-Forwarded-For`,
+/// `-Proto` and `-Host` are the gateway's (the chain extended only from a trusted proxy).
+#[tokio::test]
+async fn path_and_client_address_headers_a_client_could_forge_do_not_reach_the_upstream() {
+    let (h, auth) = standard().await;
+    let request = format!(
+        "GET /v1/status HTTP/1.1\r\nhost: api.test\r\nauthorization: {auth}\r\n\
+         x-original-url: /admin\r\nx-rewrite-url: /admin\r\nx-forwarded-prefix: /admin\r\n\
+         x-forwarded-port: 443\r\nx-forwarded-server: forged\r\nclient-ip: 6.6.6.6\r\n\
+         true-client-ip: 6.6.6.6\r\nx-client-ip: 6.6.6.6\r\nx-real-ip: 6.6.6.6\r\n\
+         x-forwarded-for: 6.6.6.6\r\nx-forwarded-proto: https\r\nx-forwarded-host: forged.test\r\n\r\n"
+    );
+    let rewrites = [
+        "x-original-url",
+        "x-rewrite-url",
+        "x-forwarded-prefix",
+        "x-forwarded-port",
+        "x-forwarded-server",
+    ];
+    let addresses = ["client-ip", "true-client-ip", "x-client-ip", "x-real-ip"];
+
+    assert_eq!(exchange(&h, request.as_bytes()).await.status, 200);
+    let got = h.upstream.last().headers;
+    for name in rewrites.iter().chain(&addresses) {
+        assert!(got.get(*name).is_none(), "{name} from an untrusted peer: {got:?}");
+    }
+    assert_eq!(got["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(got["x-forwarded-proto"], "http");
+    assert_eq!(got["x-forwarded-host"], "api.test");
+
+    // From the trusted proxy (127.0.0.2 in the standard config).
+    assert_eq!(
+        exchange_from(&h, "127.0.0.2", request.as_bytes()).await.status,
+        200
+    );
+    let got = h.upstream.last().headers;
+    for name in rewrites {
+        assert!(got.get(name).is_none(), "{name} from a trusted proxy: {got:?}");
+    }
+    for name in addresses {
+        assert_eq!(got[name], "6.6.6.6", "{name} from a trusted proxy");
+    }
+    assert_eq!(got["x-forwarded-for"], "6.6.6.6, 127.0.0.2");
+    assert_eq!(got["x-forwarded-proto"], "http");
+    assert_eq!(got["x-forwarded-host"], "api.test");
+}
+
 /// `X-Real-IP` and `Forwarded` are believed only from a trusted proxy; `Proxy-Authorization`
 /// never goes on.
 #[tokio::test]
