@@ -326,6 +326,94 @@ async fn the_absolute_form_routes_by_its_authority() {
     run(&h, &auth, &rows).await;
 }
 
+/// A route bound to `admin.example.com` beside a host-less one on the same path, with other
+/// permissions: the host-less route is open to any key, the bound one wants `admin:all`, and
+/// tells the upstream the client's host (`preserve_host`).
+const ADMIN_ROUTE: &str =
+    "[[route]]\nname = \"admin\"\nhost = \"admin.example.com\"\npath = \"/v1/status\"\n\
+     upstream = \"api\"\npreserve_host = true\npermissions = { \"*\" = \"admin:all\" }\n";
+
+/// Issue 19, item 3: another spelling of a bound route's host (a trailing dot, a list, a port
+/// after the dot) must reach that route or be refused, never fall through to a host-less route
+/// with other permissions.
+#[tokio::test]
+async fn a_host_bound_route_is_not_skipped_by_another_spelling_of_its_host() {
+    let h = Harness::with_config(STANDARD, ADMIN_ROUTE).await;
+    let (_, key) = h.key(&["customer:read"]).await;
+    let auth = support::basic(&key);
+    macro_rules! get {
+        ($host:literal) => {
+            concat!(
+                "GET /v1/status HTTP/1.1\r\nhost: ",
+                $host,
+                "\r\nauthorization: {auth}\r\n\r\n"
+            )
+        };
+    }
+    let rows = [
+        row("the bound host", get!("admin.example.com"), 403, false),
+        row(
+            "the bound host in upper case",
+            get!("ADMIN.example.com"),
+            403,
+            false,
+        ),
+        row("a trailing dot", get!("admin.example.com."), 403, false),
+        row(
+            "a trailing dot and a port",
+            get!("admin.example.com.:80"),
+            403,
+            false,
+        ),
+        row("a list", get!("x, admin.example.com"), 400, false),
+        row("a list without a space", get!("x,admin.example.com"), 400, false),
+        row("a space", get!("admin.example.com x"), 400, false),
+        row("a quote", get!("\"admin.example.com\""), 400, false),
+        row("a slash", get!("admin.example.com/x"), 400, false),
+        row("user info", get!("u@admin.example.com"), 400, false),
+        row("two trailing dots", get!("admin.example.com.."), 400, false),
+        row(
+            "a port that is no number",
+            get!("admin.example.com:x"),
+            400,
+            false,
+        ),
+        row(
+            "empty",
+            "GET /v1/status HTTP/1.1\r\nhost:\r\nauthorization: {auth}\r\n\r\n",
+            400,
+            false,
+        ),
+        row(
+            "absolute form with a trailing dot",
+            "GET http://admin.example.com./v1/status HTTP/1.1\r\nhost: admin.example.com\r\n\
+             authorization: {auth}\r\n\r\n",
+            403,
+            false,
+        ),
+        row("another host", get!("other.example.com"), 200, true),
+        row("an IPv6 literal with a port", get!("[::1]:8080"), 200, true),
+    ];
+    run(&h, &auth, &rows).await;
+
+    // A key that may: the upstream is told the host in its normal form.
+    let (_, admin) = h.key(&["admin:all"]).await;
+    let admin = support::basic(&admin);
+    for (host, told) in [
+        ("admin.example.com.", "admin.example.com"),
+        ("admin.example.com.:80", "admin.example.com:80"),
+        ("Admin.Example.com", "Admin.Example.com"),
+    ] {
+        let request = format!("GET /v1/status HTTP/1.1\r\nhost: {host}\r\nauthorization: {admin}\r\n\r\n");
+        assert_eq!(exchange(&h, request.as_bytes()).await.status, 200, "{host}");
+        let got = h.upstream.last().headers;
+        assert_eq!(got["host"], told, "{host}");
+        assert_eq!(got["x-forwarded-host"], told, "{host}");
+        let forwarded = got["forwarded"].to_str().unwrap();
+        assert!(forwarded.ends_with(&format!(";host=\"{told}\"")), "{forwarded}");
+    }
+}
+
 /// Every refusal the gateway answers itself is `Cache-Control: no-store` (checked by [`run`] for
 /// each row; the statuses not reachable here are pinned by error.rs's unit tests).
 #[tokio::test]
@@ -445,6 +533,134 @@ async fn method_overrides_are_stripped_or_checked_as_the_method_they_name() {
     }
     run(&h, &auth, &rows[1..]).await;
     assert_eq!(h.upstream.last().headers["x-http-method-override"], "GET");
+}
+
+/// A route whose `DELETE` wants more than its `POST`, without method overrides.
+const ITEMS_ROUTE: &str = "[[route]]\nname = \"items\"\npath = \"/v1/items\"\nupstream = \"api\"\n\
+     permissions = { GET = \"item:read\", POST = \"item:write\", DELETE = \"item:delete\" }\n";
+
+/// Issue 19, item 5: `_method` in the query is an override like the headers. Where the route
+/// does not allow overrides it is refused (it cannot be stripped without rewriting the
+/// target), under every spelling a framework reads as `_method`; where the route allows them,
+/// the permission checked is that of the method it names.
+#[tokio::test]
+async fn a_method_parameter_in_the_query_is_refused_or_checked_like_the_override_headers() {
+    let h = Harness::with_config(STANDARD, &format!("{ITEMS_ROUTE}{OVERRIDE_ROUTE}")).await;
+    let (_, writer) = h.key(&["item:write", "customer:read"]).await;
+    let auth = support::basic(&writer);
+    let rows = [
+        row(
+            "DELETE itself",
+            "DELETE /v1/items/1 HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\n\r\n",
+            403,
+            false,
+        ),
+        row(
+            "a plain POST",
+            "POST /v1/items/1?a=1 HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-length: 0\r\n\r\n",
+            200,
+            true,
+        ),
+        row(
+            "POST ?_method=DELETE",
+            "POST /v1/items/1?_method=DELETE HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-length: 0\r\n\r\n",
+            400,
+            false,
+        ),
+        row(
+            "POST ?_METHOD=DELETE",
+            "POST /v1/items/1?a=1&_METHOD=DELETE HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-length: 0\r\n\r\n",
+            400,
+            false,
+        ),
+        row(
+            "POST ?%5Fmethod=DELETE",
+            "POST /v1/items/1?%5Fmethod=DELETE HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-length: 0\r\n\r\n",
+            400,
+            false,
+        ),
+        row(
+            "POST ?.method=DELETE, which PHP reads as _method",
+            "POST /v1/items/1?.method=DELETE HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-length: 0\r\n\r\n",
+            400,
+            false,
+        ),
+        row(
+            "a parameter that only ends in _method",
+            "POST /v1/items/1?x_method=DELETE HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-length: 0\r\n\r\n",
+            200,
+            true,
+        ),
+        // On a route that allows overrides (GET needs customer:read, the rest customer:write).
+        row(
+            "GET ?_method=DELETE where overrides are allowed",
+            "GET /override?_method=DELETE HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\n\r\n",
+            403,
+            false,
+        ),
+        row(
+            "a parameter and a header that disagree",
+            "GET /override?_method=GET HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\nx-http-method-override: DELETE\r\n\r\n",
+            400,
+            false,
+        ),
+        row(
+            "POST ?_method=GET where overrides are allowed",
+            "POST /override?_method=GET HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-length: 0\r\n\r\n",
+            200,
+            true,
+        ),
+    ];
+    run(&h, &auth, &rows).await;
+    assert_eq!(h.upstream.last().uri.query(), Some("_method=GET"));
+}
+
+/// Issue 19, item 5: headers an upstream reads as another path or another hop never pass;
+/// headers that name a client address pass only from a trusted proxy; `X-Forwarded-For`,
+/// `-Proto` and `-Host` are the gateway's (the chain extended only from a trusted proxy).
+#[tokio::test]
+async fn path_and_client_address_headers_a_client_could_forge_do_not_reach_the_upstream() {
+    let (h, auth) = standard().await;
+    let request = format!(
+        "GET /v1/status HTTP/1.1\r\nhost: api.test\r\nauthorization: {auth}\r\n\
+         x-original-url: /admin\r\nx-rewrite-url: /admin\r\nx-forwarded-prefix: /admin\r\n\
+         x-forwarded-port: 443\r\nx-forwarded-server: forged\r\nclient-ip: 6.6.6.6\r\n\
+         true-client-ip: 6.6.6.6\r\nx-client-ip: 6.6.6.6\r\nx-real-ip: 6.6.6.6\r\n\
+         x-forwarded-for: 6.6.6.6\r\nx-forwarded-proto: https\r\nx-forwarded-host: forged.test\r\n\r\n"
+    );
+    let rewrites = [
+        "x-original-url",
+        "x-rewrite-url",
+        "x-forwarded-prefix",
+        "x-forwarded-port",
+        "x-forwarded-server",
+    ];
+    let addresses = ["client-ip", "true-client-ip", "x-client-ip", "x-real-ip"];
+
+    assert_eq!(exchange(&h, request.as_bytes()).await.status, 200);
+    let got = h.upstream.last().headers;
+    for name in rewrites.iter().chain(&addresses) {
+        assert!(got.get(*name).is_none(), "{name} from an untrusted peer: {got:?}");
+    }
+    assert_eq!(got["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(got["x-forwarded-proto"], "http");
+    assert_eq!(got["x-forwarded-host"], "api.test");
+
+    // From the trusted proxy (127.0.0.2 in the standard config).
+    assert_eq!(
+        exchange_from(&h, "127.0.0.2", request.as_bytes()).await.status,
+        200
+    );
+    let got = h.upstream.last().headers;
+    for name in rewrites {
+        assert!(got.get(name).is_none(), "{name} from a trusted proxy: {got:?}");
+    }
+    for name in addresses {
+        assert_eq!(got[name], "6.6.6.6", "{name} from a trusted proxy");
+    }
+    assert_eq!(got["x-forwarded-for"], "6.6.6.6, 127.0.0.2");
+    assert_eq!(got["x-forwarded-proto"], "http");
+    assert_eq!(got["x-forwarded-host"], "api.test");
 }
 
 /// `X-Real-IP` and `Forwarded` are believed only from a trusted proxy; `Proxy-Authorization`
@@ -737,6 +953,74 @@ mod h2 {
             .unwrap();
         assert_eq!(send(&h, request).await, 400);
         assert_eq!(h.upstream.count(), 0);
+    }
+
+    /// Issue 19, item 9: a header list past `max_header_bytes` (measured as RFC 9113 measures
+    /// it) is the gateway's 431, with its JSON body, `no-store` and a request id, not h2's
+    /// bare one.
+    #[tokio::test]
+    async fn a_header_list_past_max_header_bytes_gets_the_gateways_431() {
+        let template = STANDARD.replace("[server]\n", "[server]\nmax_header_bytes = 4096\n");
+        let h = Harness::with_config(&template, "").await;
+        let (_, key) = h.key(&["*"]).await;
+        let auth = support::basic(&key);
+        for size in [4_200, 6_000, 7_500] {
+            let big = get(&h, "a.test", &auth)
+                .header("x-big", "a".repeat(size))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let stream = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let response = sender.send_request(big).await.unwrap();
+            assert_eq!(response.status(), 431, "{size}");
+            let headers = response.headers().clone();
+            assert_eq!(headers["cache-control"], "no-store", "{size}");
+            assert_eq!(headers["content-type"], "application/json; charset=utf-8");
+            assert!(headers.contains_key("x-request-id"), "{size}: {headers:?}");
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            assert_eq!(body, r#"{"error":"request header fields too large"}"#, "{size}");
+        }
+        let small = get(&h, "a.test", &auth)
+            .header("x-small", "a".repeat(3_000))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(send(&h, small).await, 200);
+        assert_eq!(h.upstream.count(), 1);
+    }
+
+    /// Issue 19, item 3 over HTTP/2: `:authority` routes in its normal form, and one that is no
+    /// valid host is refused.
+    #[tokio::test]
+    async fn the_authority_routes_in_its_normal_form() {
+        let h = Harness::with_config(STANDARD, ADMIN_ROUTE).await;
+        let (_, key) = h.key(&["customer:read"]).await;
+        let auth = support::basic(&key);
+        let body = || Full::new(Bytes::new());
+        for (authority, status) in [
+            ("admin.example.com", 403),
+            ("admin.example.com.", 403),
+            ("admin.example.com.:443", 403),
+            ("x,admin.example.com", 400),
+            ("other.example.com", 200),
+        ] {
+            let request = get(&h, authority, &auth).body(body()).unwrap();
+            assert_eq!(send(&h, request).await, status, "{authority}");
+        }
+        let (_, admin) = h.key(&["admin:all"]).await;
+        let request = get(&h, "admin.example.com.:443", &support::basic(&admin))
+            .body(body())
+            .unwrap();
+        assert_eq!(send(&h, request).await, 200);
+        let got = h.upstream.last().headers;
+        assert_eq!(got["host"], "admin.example.com:443");
+        assert_eq!(got["x-forwarded-host"], "admin.example.com:443");
     }
 
     #[tokio::test]

@@ -42,7 +42,8 @@ async fn the_upstream_gets_the_request_less_the_credential_plus_identity() {
         headers.get("x-keygate-customer").is_none(),
         "only customer-scoped keys carry a customer"
     );
-    assert_eq!(headers["x-forwarded-for"], "198.51.100.9, 127.0.0.1");
+    // The peer is no trusted proxy: its X-Forwarded-For is its own address, nothing it wrote.
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(headers["x-forwarded-proto"], "http");
     assert_eq!(
         headers["x-forwarded-host"],
@@ -52,6 +53,26 @@ async fn the_upstream_gets_the_request_less_the_credential_plus_identity() {
     let request_id = headers["x-request-id"].to_str().unwrap();
     assert_eq!(request_id.len(), 32);
     assert_eq!(answer.headers["x-request-id"], request_id);
+}
+
+/// SPEC 1: the client's IP is appended to a trusted chain only; an untrusted peer's chain is
+/// replaced (any client could write one).
+#[tokio::test]
+async fn forwarded_for_is_extended_from_a_trusted_proxy_and_replaced_from_anyone_else() {
+    let h = Harness::start().await;
+    let (_, key) = h.key(&["*"]).await;
+    let chain = [("x-forwarded-for", "198.51.100.9, 6.6.6.6")];
+    for (peer, forwarded_for) in [
+        ("127.0.0.1", "127.0.0.1"),
+        // 127.0.0.2 is the standard config's trusted proxy.
+        ("127.0.0.2", "198.51.100.9, 6.6.6.6, 127.0.0.2"),
+    ] {
+        let answer = h.call_from(peer, "GET", "/v1/status", Some(&key), &chain).await;
+        assert_eq!(answer.status, 200);
+        let headers = h.upstream.last().headers;
+        let all: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, [forwarded_for], "from {peer}");
+    }
 }
 
 #[tokio::test]

@@ -4,9 +4,13 @@
 //! headers the gateway sets after removing any a client sent. Also removed, in the same one
 //! pass over the names: names with `_` (which CGI-style upstreams read as `-`, so they could
 //! pass for identity headers), `Proxy-Authorization`, the method-override headers unless the
-//! route allows them, and from a peer that is not a trusted proxy `X-Real-IP` and `Forwarded`,
-//! which the gateway replaces with its own element (RFC 7239). Bodies stream both ways; the
-//! connections are [`super::upstream`]'s.
+//! route allows them ([`super::overrides`]), headers that would tell the upstream another
+//! path or hop ([`REWRITES`]), and from a peer that is not a trusted proxy the headers that
+//! name a client address ([`CLIENT_ADDRESSES`], `Forwarded`, to which the gateway adds its own
+//! element, RFC 7239). `X-Forwarded-For` is the peer's address alone from such a peer, and the
+//! trusted chain with the peer appended from a trusted proxy; `X-Forwarded-Proto` and `-Host`
+//! are always the gateway's. Bodies stream both ways; the connections are
+//! [`super::upstream`]'s.
 
 use std::net::IpAddr;
 
@@ -23,13 +27,26 @@ pub const X_KEYGATE_CUSTOMER: HeaderName = HeaderName::from_static("x-keygate-cu
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// Headers that ask an upstream to take the request as another method than its own.
-const METHOD_OVERRIDES: [HeaderName; 3] = [
-    HeaderName::from_static("x-http-method-override"),
-    HeaderName::from_static("x-method-override"),
-    HeaderName::from_static("x-http-method"),
+/// Headers that would tell an upstream another path than the one routed and checked (IIS's and
+/// Symfony's `X-Original-URL` and `X-Rewrite-URL`, Spring's `X-Forwarded-Prefix`), or another
+/// hop than the one the gateway describes with its own `X-Forwarded-Proto` and `-Host`: always
+/// removed, whoever sent them.
+const REWRITES: [HeaderName; 5] = [
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-server"),
+];
+
+/// Headers that name the client's address to an upstream (nginx's, Akamai's and Cloudflare's,
+/// and others'); a trusted proxy may vouch for them, anyone else may not. `Forwarded` too.
+const CLIENT_ADDRESSES: [HeaderName; 4] = [
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("client-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-client-ip"),
 ];
 
 /// Removes the hop-by-hop headers of RFC 9110 section 7.6.1, and those `Connection` names.
@@ -83,37 +100,6 @@ fn is_identity(name: &HeaderName) -> bool {
     name.as_str().starts_with("x-keygate-")
 }
 
-fn is_method_override(name: &HeaderName) -> bool {
-    METHOD_OVERRIDES.contains(name)
-}
-
-/// The method a request's override headers name, if any: one method, in canonical form, the
-/// same in every override header it sends; anything else is not a method the gateway can
-/// check, and is refused.
-pub fn method_override(headers: &HeaderMap) -> Result<Option<Method>, InvalidOverride> {
-    let mut named: Option<&[u8]> = None;
-    for value in METHOD_OVERRIDES.iter().flat_map(|name| headers.get_all(name)) {
-        let value = value.as_bytes().trim_ascii();
-        match named {
-            Some(earlier) if earlier != value => return Err(InvalidOverride),
-            _ => named = Some(value),
-        }
-    }
-    let Some(named) = named else {
-        return Ok(None);
-    };
-    let method = Method::from_bytes(named).map_err(|_| InvalidOverride)?;
-    if method_is_canonical(&method) {
-        Ok(Some(method))
-    } else {
-        Err(InvalidOverride)
-    }
-}
-
-/// Method-override headers that do not name one canonical method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InvalidOverride;
-
 /// What the gateway tells the upstream about an admitted request.
 pub struct Identity<'a> {
     pub key_id: &'a str,
@@ -134,7 +120,8 @@ pub struct Passing<'a> {
     pub preserve_host: bool,
     /// The method-override headers go on.
     pub method_override: bool,
-    /// The peer is a trusted proxy: its `X-Real-IP` and `Forwarded` go on.
+    /// The peer is a trusted proxy: the client addresses it names go on (`X-Real-IP`,
+    /// `Forwarded`, ...), and its `X-Forwarded-For` is extended, not replaced.
     pub trusted_peer: bool,
 }
 
@@ -161,7 +148,7 @@ pub fn prepare<B>(
     // Room for the headers set below, so the map grows once, not once per insert.
     headers.reserve(9);
     strip(headers, |name| is_refused(name, passing));
-    set_identity(headers, identity);
+    set_identity(headers, identity, passing.trusted_peer);
     let host = match (passing.preserve_host, identity.host) {
         (true, Some(host)) => host,
         _ => upstream_host,
@@ -178,13 +165,15 @@ fn is_refused(name: &HeaderName, passing: &Passing<'_>) -> bool {
         || credential
         || super::head::has_underscore(name)
         || name == PROXY_AUTHORIZATION
-        || (!passing.method_override && is_method_override(name))
-        || (!passing.trusted_peer && (name == X_REAL_IP || name == FORWARDED))
+        || (!passing.method_override && super::overrides::is_header(name))
+        || REWRITES.contains(name)
+        || (!passing.trusted_peer && (name == FORWARDED || CLIENT_ADDRESSES.contains(name)))
 }
 
 /// Sets the identity and forwarding headers. The `X-Keygate-` ones are appended, which costs
-/// less than replacing: [`strip`] has removed every one a client sent.
-fn set_identity(headers: &mut HeaderMap, identity: &Identity<'_>) {
+/// less than replacing: [`strip`] has removed every one a client sent. `trusted_peer`: the
+/// client's `X-Forwarded-For` is a chain to extend, else it is replaced.
+fn set_identity(headers: &mut HeaderMap, identity: &Identity<'_>, trusted_peer: bool) {
     debug_assert!(!headers.keys().any(is_identity), "strip() runs first");
     if let Ok(value) = HeaderValue::from_str(identity.key_id) {
         headers.append(X_KEYGATE_KEY_ID, value);
@@ -197,12 +186,19 @@ fn set_identity(headers: &mut HeaderMap, identity: &Identity<'_>) {
         headers.append(X_KEYGATE_CUSTOMER, value);
     }
     headers.insert(X_REQUEST_ID, identity.request_id.clone());
-    append_forwarded_for(headers, identity.client);
+    if trusted_peer {
+        append_forwarded_for(headers, identity.client);
+    } else {
+        let mut text = [0; 39];
+        let ip = HeaderValue::from_bytes(ip_text(identity.client, &mut text)).expect("an address is ASCII");
+        headers.insert(X_FORWARDED_FOR, ip);
+    }
     let proto = if identity.tls { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if let Some(host) = identity.host {
-        headers.insert(X_FORWARDED_HOST, host.clone());
-    }
+    match identity.host {
+        Some(host) => headers.insert(X_FORWARDED_HOST, host.clone()),
+        None => headers.remove(X_FORWARDED_HOST),
+    };
     headers.append(FORWARDED, forwarded(identity));
 }
 
@@ -364,31 +360,38 @@ mod tests {
 
     #[test]
     fn client_identity_headers_are_dropped_before_the_gateway_sets_its_own() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-keygate-key-id", HeaderValue::from_static("forged"));
-        headers.insert("x-keygate-anything", HeaderValue::from_static("forged"));
-        headers.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
-        strip(&mut headers, is_identity);
-        let request_id = HeaderValue::from_static("req-1");
-        set_identity(
-            &mut headers,
-            &Identity {
-                key_id: "key_1",
-                environment: "production",
-                customer: Some("acme"),
-                request_id: &request_id,
-                client: "203.0.113.5".parse().unwrap(),
-                tls: false,
-                host: None,
-            },
-        );
-        assert_eq!(headers["x-keygate-key-id"], "key_1");
-        assert_eq!(headers["x-keygate-environment"], "production");
-        assert_eq!(headers["x-keygate-customer"], "acme");
-        assert!(headers.get("x-keygate-anything").is_none());
-        assert_eq!(headers["x-forwarded-for"], "198.51.100.7, 203.0.113.5");
-        assert_eq!(headers["x-forwarded-proto"], "http");
-        assert_eq!(headers["x-request-id"], "req-1");
+        for (trusted_peer, forwarded_for) in [(true, "198.51.100.7, 203.0.113.5"), (false, "203.0.113.5")] {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-keygate-key-id", HeaderValue::from_static("forged"));
+            headers.insert("x-keygate-anything", HeaderValue::from_static("forged"));
+            headers.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
+            headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+            headers.insert("x-forwarded-host", HeaderValue::from_static("forged.test"));
+            strip(&mut headers, is_identity);
+            let request_id = HeaderValue::from_static("req-1");
+            set_identity(
+                &mut headers,
+                &Identity {
+                    key_id: "key_1",
+                    environment: "production",
+                    customer: Some("acme"),
+                    request_id: &request_id,
+                    client: "203.0.113.5".parse().unwrap(),
+                    tls: false,
+                    host: None,
+                },
+                trusted_peer,
+            );
+            assert_eq!(headers["x-keygate-key-id"], "key_1");
+            assert_eq!(headers["x-keygate-environment"], "production");
+            assert_eq!(headers["x-keygate-customer"], "acme");
+            assert!(headers.get("x-keygate-anything").is_none());
+            let all: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
+            assert_eq!(all, [forwarded_for], "trusted: {trusted_peer}");
+            assert_eq!(headers["x-forwarded-proto"], "http");
+            assert!(headers.get("x-forwarded-host").is_none(), "no host: none forged");
+            assert_eq!(headers["x-request-id"], "req-1");
+        }
     }
 
     #[test]
@@ -453,6 +456,14 @@ mod tests {
             ("x-http-method", true, false, true),
             ("x-real-ip", true, true, false),
             ("forwarded", true, true, false),
+            ("client-ip", true, true, false),
+            ("true-client-ip", true, true, false),
+            ("x-client-ip", true, true, false),
+            ("x-original-url", true, true, true),
+            ("x-rewrite-url", true, true, true),
+            ("x-forwarded-prefix", true, true, true),
+            ("x-forwarded-port", true, true, true),
+            ("x-forwarded-server", true, true, true),
         ] {
             let name = HeaderName::from_static(name);
             assert_eq!(is_refused(&name, &plain), refused_plain, "{name}");
@@ -504,44 +515,6 @@ mod tests {
                 host: host.as_ref(),
             };
             assert_eq!(forwarded(&identity), expected, "{client} {host:?}");
-        }
-    }
-
-    #[test]
-    fn an_override_names_one_canonical_method_or_is_invalid() {
-        type Case = (
-            &'static [(&'static str, &'static str)],
-            Result<Option<Method>, InvalidOverride>,
-        );
-        let cases: &[Case] = &[
-            (&[], Ok(None)),
-            (&[("x-http-method-override", "DELETE")], Ok(Some(Method::DELETE))),
-            (&[("x-method-override", " PATCH ")], Ok(Some(Method::PATCH))),
-            (
-                &[("x-http-method", "DELETE"), ("x-http-method-override", "DELETE")],
-                Ok(Some(Method::DELETE)),
-            ),
-            (
-                &[("x-http-method", "DELETE"), ("x-http-method-override", "PUT")],
-                Err(InvalidOverride),
-            ),
-            (
-                &[
-                    ("x-http-method-override", "GET"),
-                    ("x-http-method-override", "POST"),
-                ],
-                Err(InvalidOverride),
-            ),
-            (&[("x-http-method-override", "delete")], Err(InvalidOverride)),
-            (&[("x-http-method-override", "")], Err(InvalidOverride)),
-            (&[("x-http-method-override", "DE LETE")], Err(InvalidOverride)),
-        ];
-        for (fields, expected) in cases {
-            let mut headers = HeaderMap::new();
-            for (name, value) in *fields {
-                headers.append(*name, HeaderValue::from_static(value));
-            }
-            assert_eq!(method_override(&headers), *expected, "{fields:?}");
         }
     }
 

@@ -15,8 +15,9 @@
 //!   value: hyper drops the length in the first case and keeps one in the second, so these are
 //!   found in the bytes as the client sent them ([`super::wire`], [`on_the_wire`]), and also in
 //!   the header map, where HTTP/2 leaves them;
-//! - a missing, doubled or disagreeing `Host` (RFC 9112 3.2): the host routes the request,
-//!   so it must be one host;
+//! - a missing, doubled or disagreeing `Host` (RFC 9112 3.2), or one that is not a valid
+//!   host\[:port\] (`x, admin.example.com`, a space, a quote, a slash, empty): the host routes
+//!   the request, so it must be one host, in one form ([`Host`]);
 //! - with `server.underscore_headers = "refuse"`, a header name with `_`.
 //!
 //! For HTTP/2, h2 itself refuses connection-specific fields (`Transfer-Encoding`, `TE` other
@@ -24,9 +25,14 @@
 //! and h2 build values with `HeaderValue`'s checks). A repeated `Content-Length` does reach
 //! here in HTTP/2.
 //!
+//! For HTTP/2 also a header list past `server.max_header_bytes`, measured as RFC 9113 measures
+//! it ([`header_list_size`]).
+//!
 //! Each check is a scan over a few values of the header map: nothing is allocated.
 
-use http::header::{HeaderMap, HeaderName, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use std::net::Ipv6Addr;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{Request, Version};
 
 use super::error::BadRequest;
@@ -68,27 +74,159 @@ fn is_decimal(text: &[u8]) -> bool {
     !text.is_empty() && text.iter().all(u8::is_ascii_digit)
 }
 
-/// The host the client addressed, port included, when it named one: the target's authority
-/// (absolute form, HTTP/2 `:authority`), else the one `Host` header. Refused when HTTP/1.1
-/// names none, when `Host` is repeated or not text, or when it disagrees with the authority.
-pub fn host<B>(request: &Request<B>) -> Result<Option<&str>, BadRequest> {
+/// The host a request addressed, in the one form that routes it and that the upstream is told
+/// (RFC 3986 host, RFC 9110 7.2): a name of letters, digits, `-`, `_` and dots, an IPv4
+/// address or a bracketed IPv6 one, and an optional port. One trailing dot is dropped, as nginx
+/// drops it: `api.example.com.` is `api.example.com` to DNS, and must reach the routes bound to
+/// that name, not the host-less ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Host<'a> {
+    /// The name or address without a port or a trailing dot: `api.example.com`, `[::1]`.
+    pub name: &'a str,
+    /// The port's digits, when there is one.
+    pub port: Option<&'a str>,
+    /// The value as the client wrote it, when it is the `Host` header's; absent when it came
+    /// from the target's authority.
+    header: Option<&'a HeaderValue>,
+    /// The text as the client wrote it, when that is this form already (no trailing dot
+    /// dropped).
+    as_written: Option<&'a str>,
+}
+
+impl Host<'_> {
+    /// The host for the upstream (`X-Forwarded-Host`, `Host` under `preserve_host`): the
+    /// client's own `Host` value when it was already in normal form, else the normal form.
+    pub fn to_header_value(&self) -> Option<HeaderValue> {
+        match (self.header, self.as_written) {
+            (Some(header), Some(_)) => Some(header.clone()),
+            (None, Some(text)) => HeaderValue::from_str(text).ok(),
+            (_, None) => {
+                let text = match self.port {
+                    Some(port) => format!("{}:{port}", self.name),
+                    None => self.name.to_owned(),
+                };
+                HeaderValue::from_str(&text).ok()
+            }
+        }
+    }
+
+    fn same(&self, other: &Host<'_>) -> bool {
+        self.name.eq_ignore_ascii_case(other.name) && self.port == other.port
+    }
+}
+
+/// The host the client addressed, when it named one: the target's authority (absolute form,
+/// HTTP/2 `:authority`), else the one `Host` header. Refused when HTTP/1.1 names none, when
+/// `Host` is repeated or not a valid host\[:port\] (a list, a space, a quote, a slash, empty),
+/// or when it disagrees with the authority.
+pub fn host<B>(request: &Request<B>) -> Result<Option<Host<'_>>, BadRequest> {
     let mut hosts = request.headers().get_all(HOST).iter();
     let header = match (hosts.next(), hosts.next()) {
         (None, _) => None,
-        (Some(value), None) => Some(value.to_str().map_err(|_| BadRequest::Host)?),
+        (Some(value), None) => {
+            let text = value.to_str().map_err(|_| BadRequest::Host)?;
+            let mut host = parse_host(text)?;
+            host.header = Some(value);
+            Some(host)
+        }
         (Some(_), Some(_)) => return Err(BadRequest::Host),
     };
-    let authority = request.uri().authority().map(|a| a.as_str());
+    let authority = request
+        .uri()
+        .authority()
+        .map(|a| parse_host(a.as_str()))
+        .transpose()?;
     match (authority, header) {
-        (Some(authority), Some(header)) if !authority.eq_ignore_ascii_case(header) => Err(BadRequest::Host),
-        (Some(authority), _) if request.version() != Version::HTTP_11 || header.is_some() => {
-            Ok(Some(authority))
-        }
+        (Some(authority), Some(header)) if !authority.same(&header) => Err(BadRequest::Host),
+        // The header is what the client wrote for the host; the upstream is told that one.
+        (Some(_), Some(header)) => Ok(Some(header)),
+        (Some(authority), None) if request.version() != Version::HTTP_11 => Ok(Some(authority)),
         (None, Some(header)) => Ok(Some(header)),
         // RFC 9112 3.2: an HTTP/1.1 request without Host is refused, absolute form or not.
         (_, None) if request.version() == Version::HTTP_11 => Err(BadRequest::Host),
         (authority, _) => Ok(authority),
     }
+}
+
+/// A host\[:port\] in its parts, or refused.
+fn parse_host(text: &str) -> Result<Host<'_>, BadRequest> {
+    let (name, port) = split_port(text).ok_or(BadRequest::Host)?;
+    let port = match port {
+        None => None,
+        Some(port) if port.len() <= 5 && is_decimal(port.as_bytes()) && port.parse::<u16>().is_ok() => {
+            Some(port)
+        }
+        Some(_) => return Err(BadRequest::Host),
+    };
+    let name = if let Some(literal) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        literal.parse::<Ipv6Addr>().map_err(|_| BadRequest::Host)?;
+        name
+    } else {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let valid = !name.is_empty()
+            && !name.starts_with('.')
+            && !name.ends_with('.')
+            && !name.contains("..")
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !valid {
+            return Err(BadRequest::Host);
+        }
+        name
+    };
+    Ok(Host {
+        name,
+        port,
+        header: None,
+        as_written: (name.len() + port.map_or(0, |port| port.len() + 1) == text.len()).then_some(text),
+    })
+}
+
+/// The name (an IPv6 literal with its brackets) and the port after the last `:`; `None` when an
+/// IPv6 literal is not closed or is followed by anything but a port.
+fn split_port(text: &str) -> Option<(&str, Option<&str>)> {
+    if text.starts_with('[') {
+        let close = text.find(']')?;
+        let (name, rest) = text.split_at(close + 1);
+        return match rest {
+            "" => Some((name, None)),
+            rest => Some((name, Some(rest.strip_prefix(':')?))),
+        };
+    }
+    // By bytes: `rsplit_once` goes through the pattern machinery, ten times the work here.
+    match text.bytes().rposition(|b| b == b':') {
+        Some(colon) => Some((&text[..colon], Some(&text[colon + 1..]))),
+        None => Some((text, None)),
+    }
+}
+
+/// The size of an HTTP/2 request's header list as RFC 9113 (6.5.2, `SETTINGS_MAX_HEADER_LIST_SIZE`)
+/// counts it, and h2 with it: each field's name and value and 32 bytes, the pseudo-header fields
+/// included. hyper's HTTP/2 server answers a list past its own limit by itself, with a bare
+/// 431 and no body; that limit is set above `server.max_header_bytes` ([`super::server`]), so
+/// that a list past `max_header_bytes` is refused here, with the gateway's 431.
+pub fn header_list_size<B>(request: &Request<B>) -> usize {
+    const FIELD: usize = 32;
+    let uri = request.uri();
+    let pseudo = [
+        Some((":method", request.method().as_str())),
+        uri.scheme_str().map(|scheme| (":scheme", scheme)),
+        uri.authority()
+            .map(|authority| (":authority", authority.as_str())),
+        uri.path_and_query().map(|path| (":path", path.as_str())),
+    ];
+    let pseudo: usize = pseudo
+        .iter()
+        .flatten()
+        .map(|(name, value)| name.len() + value.len() + FIELD)
+        .sum();
+    let fields: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + FIELD)
+        .sum();
+    pseudo + fields
 }
 
 /// Under `server.underscore_headers = "refuse"`: a header name with `_` other than `allowed`
@@ -185,6 +323,16 @@ mod tests {
         request
     }
 
+    /// The host a request routes by, as `name` or `name:port`.
+    fn routed(request: &Request<()>) -> Result<Option<String>, BadRequest> {
+        host(request).map(|host| {
+            host.map(|h| match h.port {
+                Some(port) => format!("{}:{port}", h.name),
+                None => h.name.to_owned(),
+            })
+        })
+    }
+
     #[test]
     fn one_host_routes_the_request_or_it_is_refused() {
         use Version as V;
@@ -225,6 +373,13 @@ mod tests {
                 V::HTTP_11,
                 "http://a.test/v1",
                 &["A.test"],
+                Ok(Some("A.test")),
+            ),
+            (
+                "absolute form agreeing but for a trailing dot",
+                V::HTTP_11,
+                "http://a.test./v1",
+                &["a.test"],
                 Ok(Some("a.test")),
             ),
             (
@@ -232,6 +387,13 @@ mod tests {
                 V::HTTP_11,
                 "http://a.test/v1",
                 &["b.test"],
+                Err(BadRequest::Host),
+            ),
+            (
+                "absolute form disagreeing on the port",
+                V::HTTP_11,
+                "http://a.test:8080/v1",
+                &["a.test"],
                 Err(BadRequest::Host),
             ),
             (
@@ -249,11 +411,32 @@ mod tests {
                 Ok(Some("a.test")),
             ),
             (
+                "absolute form with a list for a host",
+                V::HTTP_10,
+                "http://x,a.test/v1",
+                &[],
+                Err(BadRequest::Host),
+            ),
+            (
+                "absolute form with user info",
+                V::HTTP_11,
+                "http://u@a.test/v1",
+                &["a.test"],
+                Err(BadRequest::Host),
+            ),
+            (
                 "h2 authority",
                 V::HTTP_2,
                 "http://a.test/v1",
                 &[],
                 Ok(Some("a.test")),
+            ),
+            (
+                "h2 authority with a trailing dot",
+                V::HTTP_2,
+                "http://a.test.:443/v1",
+                &[],
+                Ok(Some("a.test:443")),
             ),
             (
                 "h2 host agreeing",
@@ -271,8 +454,88 @@ mod tests {
             ),
         ];
         for (name, version, target, hosts, expected) in cases {
-            assert_eq!(host(&request(*version, target, hosts)), *expected, "{name}");
+            let expected = expected.map(|host| host.map(str::to_owned));
+            assert_eq!(routed(&request(*version, target, hosts)), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn a_host_is_one_name_or_address_with_an_optional_port() {
+        for (value, expected) in [
+            ("api.example.com", Some(("api.example.com", None))),
+            ("API.Example.com", Some(("API.Example.com", None))),
+            ("api.example.com.", Some(("api.example.com", None))),
+            ("api.example.com.:80", Some(("api.example.com", Some("80")))),
+            ("api.example.com:8080", Some(("api.example.com", Some("8080")))),
+            ("my_host-1", Some(("my_host-1", None))),
+            ("127.0.0.1:7300", Some(("127.0.0.1", Some("7300")))),
+            ("[::1]", Some(("[::1]", None))),
+            ("[::1]:8080", Some(("[::1]", Some("8080")))),
+            ("[2001:db8::7]:443", Some(("[2001:db8::7]", Some("443")))),
+            ("", None),
+            (".", None),
+            (":80", None),
+            ("x, admin.example.com", None),
+            ("x,admin.example.com", None),
+            ("admin.example.com x", None),
+            (" admin.example.com", None),
+            ("\"admin.example.com\"", None),
+            ("admin.example.com/x", None),
+            ("admin.example.com\\x", None),
+            ("user@admin.example.com", None),
+            ("admin.example.com..", None),
+            ("admin..example.com", None),
+            (".admin.example.com", None),
+            ("admin.example.com:", None),
+            ("admin.example.com:80x", None),
+            ("admin.example.com:+80", None),
+            ("admin.example.com:65536", None),
+            ("admin.example.com:123456", None),
+            ("admin.example.com:80:80", None),
+            ("a%2eexample.com", None),
+            ("::1", None),
+            ("[::1", None),
+            ("[::1]x", None),
+            ("[::1]:", None),
+            ("[not-an-address]", None),
+            ("[::1%25eth0]", None),
+        ] {
+            let got = parse_host(value).ok().map(|h| (h.name, h.port));
+            assert_eq!(got, expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn the_upstream_is_told_the_normal_form() {
+        for (value, told) in [
+            ("a.test", "a.test"),
+            ("A.Test:8080", "A.Test:8080"),
+            ("a.test.", "a.test"),
+            ("a.test.:80", "a.test:80"),
+            ("[::1]:8080", "[::1]:8080"),
+        ] {
+            let request = request(Version::HTTP_11, "/v1", &[]);
+            let mut request = request;
+            request
+                .headers_mut()
+                .insert(HOST, HeaderValue::from_str(value).unwrap());
+            let host = host(&request).unwrap().unwrap();
+            assert_eq!(host.to_header_value().unwrap(), told, "{value}");
+        }
+        let h2 = request(Version::HTTP_2, "http://a.test.:443/v1", &[]);
+        let host = host(&h2).unwrap().unwrap();
+        assert_eq!(host.to_header_value().unwrap(), "a.test:443");
+    }
+
+    #[test]
+    fn an_http2_header_list_is_measured_as_rfc_9113_measures_it() {
+        let mut request = request(Version::HTTP_2, "https://a.test/v1?q=1", &[]);
+        request
+            .headers_mut()
+            .insert("x-h", HeaderValue::from_static("value"));
+        // :method GET, :scheme https, :authority a.test, :path /v1?q=1, x-h value.
+        let expected = (7 + 3 + 32) + (7 + 5 + 32) + (10 + 6 + 32) + (5 + 7 + 32) + (3 + 5 + 32);
+        assert_eq!(header_list_size(&request), expected);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod error;
 pub mod forward;
 pub mod head;
 pub mod limits;
+pub mod overrides;
 pub mod path;
 pub mod pipeline;
 pub mod router;

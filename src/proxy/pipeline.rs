@@ -8,10 +8,10 @@
 //!
 //! - 0: the head must have one reading before anything reads it ([`super::head`]): one framing
 //!   of the body, one host, at most `server.max_headers` headers (hyper counts them for HTTP/1
-//!   only). A 400 here also closes an HTTP/1 connection, since what follows on it cannot be
-//!   trusted to start where the gateway thinks. Then the method and path are put in one form
-//!   (or refused with 400), so the path that is routed and checked is the one that is
-//!   forwarded.
+//!   only) and, for HTTP/2, a header list of at most `server.max_header_bytes`. A 400 here
+//!   also closes an HTTP/1 connection, since what follows on it cannot be trusted to start
+//!   where the gateway thinks. Then the method and path are put in one form (or refused with
+//!   400), so the path that is routed and checked is the one that is forwarded.
 //! - 1 comes first because the route decides the environment, the permission and the upstream.
 //! - 2 finds and parses the key; a malformed one (bad checksum) is refused before the lookup.
 //! - 3 and 4 both answer with the one identical 401, so a caller cannot tell an unknown key from
@@ -37,7 +37,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, UPGRADE};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, UPGRADE};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Limited};
 use hyper::body::Incoming;
@@ -49,6 +49,7 @@ use super::error::{self, AuthFailure, BadRequest, Denial, Refusal, UpstreamFailu
 use super::forward::{self, method_is_canonical, Credentials, Identity, Passing, X_REQUEST_ID};
 use super::head;
 use super::limits::{Decision, LimitState};
+use super::overrides;
 use super::path::{decode_segment, normalize};
 use super::state::{RouteState, Shared, Snapshot};
 use super::table::{AuthKey, Secret};
@@ -111,6 +112,8 @@ struct Admitted {
     secret: Secret,
     uri: http::Uri,
     source: Source,
+    /// The host the client addressed, in normal form, for the upstream.
+    host: Option<HeaderValue>,
     /// Step 8 still to do, in the shared limiter: the key's limit.
     shared_limit: Option<RateLimitSpec>,
 }
@@ -275,7 +278,10 @@ fn admit<B>(
 ) -> Result<Admitted, Refusal> {
     // 0: a head with one reading, a bounded URI, and one form for the method and the path.
     let server = &snapshot.config.server;
-    if request.headers().len() > server.max_headers {
+    let http2 = request.version() == http::Version::HTTP_2;
+    if request.headers().len() > server.max_headers
+        || (http2 && head::header_list_size(request) > server.max_header_bytes)
+    {
         return Err(Refusal::TooManyHeaders);
     }
     head::on_the_wire(request).map_err(Refusal::BadRequest)?;
@@ -283,7 +289,7 @@ fn admit<B>(
     if server.underscore_headers == UnderscoreHeaders::Refuse {
         head::underscores(request.headers(), &snapshot.key_header).map_err(Refusal::BadRequest)?;
     }
-    let host = head::host(request).map_err(Refusal::BadRequest)?.map(strip_port);
+    let host = head::host(request).map_err(Refusal::BadRequest)?;
     let uri_len = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len > server.max_uri_bytes {
         return Err(Refusal::UriTooLong);
@@ -294,7 +300,10 @@ fn admit<B>(
     let path = normalize(request.uri().path()).map_err(|_| Refusal::BadRequest(BadRequest::AmbiguousPath))?;
 
     // 1: the route.
-    let matched = snapshot.router.route(host, &path).ok_or(Refusal::NoRoute)?;
+    let matched = snapshot
+        .router
+        .route(host.map(|h| h.name), &path)
+        .ok_or(Refusal::NoRoute)?;
     ctx.route = Some(matched.route);
     let route = &snapshot.routes[matched.route];
     check_freshness(shared, snapshot)?;
@@ -312,10 +321,15 @@ fn admit<B>(
         return Err(Refusal::Denied(Denial::Ip));
     }
 
-    // 6: the permission the route requires for this method, or for the one the method-override
-    // headers name where the route lets them through to the upstream.
+    // 6: the permission the route requires for this method, or for the one the method overrides
+    // (headers, `_method` in the query) name where the route lets them through to the upstream.
+    let query = request.uri().query();
     let overridden = if route.allow_method_override {
-        forward::method_override(request.headers()).map_err(|_| Refusal::BadRequest(BadRequest::Method))?
+        overrides::method_override(request.headers(), query)
+            .map_err(|_| Refusal::BadRequest(BadRequest::Method))?
+    } else if overrides::in_query(query) {
+        // The headers are stripped; a `_method` parameter cannot be, so it is refused.
+        return Err(Refusal::BadRequest(BadRequest::Method));
     } else {
         None
     };
@@ -349,6 +363,7 @@ fn admit<B>(
         secret: which,
         uri,
         source,
+        host: host.and_then(|h| h.to_header_value()),
         shared_limit,
     })
 }
@@ -483,12 +498,6 @@ fn outgoing(
     }
     let route = &snapshot.routes[admitted.route];
     let key = &admitted.key;
-    let host = request.headers().get(HOST).cloned().or_else(|| {
-        request
-            .uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
     let identity = Identity {
         key_id: &key.id,
         environment: key.environment.as_str(),
@@ -496,7 +505,7 @@ fn outgoing(
         request_id: &ctx.request_id,
         client: peer.addr.ip(),
         tls: peer.tls,
-        host: host.as_ref(),
+        host: admitted.host.as_ref(),
     };
     let passing = Passing {
         credentials: (!route.forward_credentials).then(|| Credentials {
@@ -784,34 +793,4 @@ pub(super) fn new_request_id() -> HeaderValue {
         *digit = HEX[(bits >> (4 * (31 - i)) & 0xf) as usize];
     }
     HeaderValue::from_bytes(&id).expect("hex is a valid header value")
-}
-
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.split_inclusive(']').next().unwrap_or(host);
-    }
-    // By bytes: `rsplit_once` goes through the pattern machinery, ten times the work here.
-    match host.bytes().rposition(|b| b == b':') {
-        Some(colon) => &host[..colon],
-        None => host,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::strip_port;
-
-    #[test]
-    fn the_port_is_stripped_from_names_and_addresses() {
-        for (host, name) in [
-            ("api.example.com", "api.example.com"),
-            ("api.example.com:8080", "api.example.com"),
-            ("127.0.0.1:7300", "127.0.0.1"),
-            ("[::1]:8080", "[::1]"),
-            ("[::1]", "[::1]"),
-            ("", ""),
-        ] {
-            assert_eq!(strip_port(host), name, "{host}");
-        }
-    }
 }

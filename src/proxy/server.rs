@@ -46,7 +46,10 @@ fn builder(settings: &Server) -> auto::Builder<TokioExecutor> {
         // not read: 64 KiB a stream (the RFC 9113 default), 1 MiB for the whole connection.
         .initial_stream_window_size(HTTP2_STREAM_WINDOW)
         .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
-        .max_header_list_size(settings.max_header_bytes as u32)
+        // Twice the limit the pipeline holds a header list to (step 0), so that a list past
+        // `max_header_bytes` gets the gateway's JSON 431 rather than h2's own bare one, which
+        // only a list past twice the limit still gets.
+        .max_header_list_size(u32::try_from(settings.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(settings.idle_timeout))
         .keep_alive_timeout(Duration::from_secs(20));
     builder
