@@ -1,13 +1,19 @@
 //! `deploy/` checked by the project's own tools: the configs it ships pass `keygate check`; the
 //! Kubernetes probes and ports agree with the listeners of the config they run; every
 //! `keygate_*` name in the alert rules and the dashboard is one a running gateway exports;
-//! `promtool` checks and unit-tests the rules; `systemd-analyze` verifies the unit.
+//! `promtool` checks and unit-tests the rules; `systemd-analyze` verifies the unit; the first
+//! start of the Kubernetes pod and the systemd unit, simulated on a fresh folder, creates the
+//! store, keeps it at the next start, and refuses a file that is not one (`first_start`).
 //!
 //! A test that needs a tool (kubectl, promtool, systemd-analyze) says why and skips when the
 //! tool is missing, except under CI (`CI` set), where a missing tool is a failure: `.ci/run`
 //! installs them.
 
 mod support;
+
+// The first start of the Kubernetes and systemd variants on a fresh volume, simulated.
+#[path = "deploy/first_start.rs"]
+mod first_start;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -112,20 +118,15 @@ fn the_compose_gateway_config_passes_check() {
 /// (without kubectl, outside CI) read from the files it would render.
 struct Kubernetes {
     objects: Vec<Value>,
-    /// The `gateway.toml` of the ConfigMap the Deployment mounts.
+    /// The `gateway.toml` of the ConfigMap or Secret the Deployment mounts.
     config_text: String,
 }
 
 impl Kubernetes {
+    /// The SQLite variant, `deploy/kubernetes`.
     fn load() -> Kubernetes {
         let objects = match tool("kubectl") {
-            Some(kubectl) => {
-                let rendered = run_ok(
-                    &kubectl,
-                    &["kustomize", &repo("deploy/kubernetes").to_string_lossy()],
-                );
-                yaml_documents(&String::from_utf8(rendered.stdout).unwrap())
-            }
+            Some(kubectl) => kustomize(&kubectl, &repo("deploy/kubernetes")),
             None => ["deployment.yaml", "service.yaml", "pvc.yaml", "pdb.yaml"]
                 .iter()
                 .map(|file| yaml(&format!("deploy/kubernetes/{file}")))
@@ -135,17 +136,72 @@ impl Kubernetes {
             objects,
             config_text: String::new(),
         };
-        let volume = k8s.volume("config");
-        let config_map = volume["configMap"]["name"].as_str().expect("a ConfigMap volume");
-        k8s.config_text = match k8s.objects.iter().find(|o| is_config_map_for(o, config_map)) {
-            Some(object) => object["data"]["gateway.toml"]
-                .as_str()
-                .expect("gateway.toml in the ConfigMap")
-                .into(),
+        k8s.config_text = match k8s.volume_files("config") {
+            Some(files) => files["gateway.toml"].clone(),
             // Unrendered: the generator's source file.
             None => read("deploy/kubernetes/gateway.toml"),
         };
         k8s
+    }
+
+    /// The PostgreSQL variant, `deploy/kubernetes-postgres`, rendered as an operator would
+    /// after writing its `gateway.toml` from `gateway.example.toml` (the file itself is theirs,
+    /// and not in the repository: it holds the store's password). `None` without kubectl: an
+    /// overlay has no meaning unrendered.
+    fn postgres() -> Option<Kubernetes> {
+        let kubectl = tool("kubectl")?;
+        let dir = tempfile::tempdir().unwrap();
+        for variant in ["kubernetes", "kubernetes-postgres"] {
+            copy_folder(&repo(&format!("deploy/{variant}")), &dir.path().join(variant));
+        }
+        let overlay = dir.path().join("kubernetes-postgres");
+        std::fs::copy(overlay.join("gateway.example.toml"), overlay.join("gateway.toml")).unwrap();
+        let mut k8s = Kubernetes {
+            objects: kustomize(&kubectl, &overlay),
+            config_text: String::new(),
+        };
+        let files = k8s
+            .volume_files("config")
+            .expect("the config volume's object is rendered");
+        k8s.config_text = files["gateway.toml"].clone();
+        Some(k8s)
+    }
+
+    /// The files of a ConfigMap or Secret volume, by name, from the rendered object it names;
+    /// `None` when that object is not among the objects (unrendered: a generator's).
+    fn volume_files(&self, volume: &str) -> Option<std::collections::BTreeMap<String, String>> {
+        let volume = self.volume(volume);
+        let (kind, name) = match (
+            volume["configMap"]["name"].as_str(),
+            volume["secret"]["secretName"].as_str(),
+        ) {
+            (Some(name), None) => ("ConfigMap", name),
+            (None, Some(name)) => ("Secret", name),
+            _ => panic!("not a ConfigMap or Secret volume: {volume}"),
+        };
+        let object = self
+            .objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)?;
+        let data = object["data"].as_object().expect("data");
+        let text = |value: &Value| {
+            let value = value.as_str().expect("a string");
+            if kind == "ConfigMap" {
+                return value.to_owned();
+            }
+            use base64::Engine;
+            // kubectl wraps the base64 over lines.
+            let value: String = value.split_whitespace().collect();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(value)
+                .expect("base64");
+            String::from_utf8(bytes).expect("UTF-8")
+        };
+        Some(
+            data.iter()
+                .map(|(file, value)| (file.clone(), text(value)))
+                .collect(),
+        )
     }
 
     fn object(&self, kind: &str) -> &Value {
@@ -191,22 +247,48 @@ impl Kubernetes {
     }
 }
 
-fn is_config_map_for(object: &Value, name: &str) -> bool {
-    object["kind"] == "ConfigMap" && object["metadata"]["name"] == name
+fn kustomize(kubectl: &Path, dir: &Path) -> Vec<Value> {
+    let rendered = run_ok(kubectl, &["kustomize", &dir.to_string_lossy()]);
+    yaml_documents(&String::from_utf8(rendered.stdout).unwrap())
+}
+
+fn copy_folder(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// Each variant that can be loaded here: SQLite always, PostgreSQL with kubectl.
+fn variants() -> Vec<(&'static str, Kubernetes)> {
+    let mut variants = vec![("deploy/kubernetes", Kubernetes::load())];
+    variants.extend(Kubernetes::postgres().map(|k8s| ("deploy/kubernetes-postgres", k8s)));
+    variants
 }
 
 #[test]
-fn the_kubernetes_config_map_passes_check() {
-    let k8s = Kubernetes::load();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, &k8s.config_text).unwrap();
-    keygate_check(&path);
+fn the_kubernetes_configs_pass_check() {
+    for (variant, k8s) in variants() {
+        println!("{variant}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, &k8s.config_text).unwrap();
+        keygate_check(&path);
+    }
 }
 
 #[test]
 fn the_kubernetes_probes_and_ports_match_the_listeners() {
-    let k8s = Kubernetes::load();
+    for (variant, k8s) in variants() {
+        println!("{variant}");
+        probes_and_ports_match_the_listeners(&k8s);
+    }
+}
+
+fn probes_and_ports_match_the_listeners(k8s: &Kubernetes) {
     let config = k8s.config();
     let container = k8s.container();
     let admin_port = u64::from(config.admin.listen.port());
@@ -241,7 +323,13 @@ fn the_kubernetes_probes_and_ports_match_the_listeners() {
 
 #[test]
 fn the_kubernetes_pod_outlasts_the_drain_and_runs_unprivileged() {
-    let k8s = Kubernetes::load();
+    for (variant, k8s) in variants() {
+        println!("{variant}");
+        pod_outlasts_the_drain_and_runs_unprivileged(&k8s);
+    }
+}
+
+fn pod_outlasts_the_drain_and_runs_unprivileged(k8s: &Kubernetes) {
     let config = k8s.config();
     let pod = k8s.pod();
     let pause = k8s.container()["lifecycle"]["preStop"]["sleep"]["seconds"]
@@ -256,13 +344,81 @@ fn the_kubernetes_pod_outlasts_the_drain_and_runs_unprivileged() {
     );
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
-    let security = &k8s.container()["securityContext"];
-    assert_eq!(security["readOnlyRootFilesystem"], true);
-    assert_eq!(security["allowPrivilegeEscalation"], false);
-    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
-    let replicas = k8s.object("Deployment")["spec"]["replicas"].as_u64();
-    if let keygate::config::StoreUrl::Sqlite(_) = config.store.url {
-        assert_eq!(replicas, Some(1), "a SQLite store is one replica per volume");
+    let init_containers = pod["initContainers"].as_array().into_iter().flatten();
+    for container in init_containers.chain([k8s.container()]) {
+        let security = &container["securityContext"];
+        let name = &container["name"];
+        assert_eq!(security["readOnlyRootFilesystem"], true, "{name}");
+        assert_eq!(security["allowPrivilegeEscalation"], false, "{name}");
+        assert_eq!(
+            security["capabilities"]["drop"],
+            serde_json::json!(["ALL"]),
+            "{name}"
+        );
+    }
+}
+
+/// SQLite: one replica, ever, and the old pod gone before the new one opens the file. The
+/// PostgreSQL variant: several replicas, rolling, no volume, its config (with the store's
+/// password) in a Secret, limits shared through Redis.
+#[test]
+fn the_sqlite_variant_is_one_replica_and_the_postgres_variant_several() {
+    for (variant, k8s) in variants() {
+        let config = k8s.config();
+        let deployment = &k8s.object("Deployment")["spec"];
+        let replicas = deployment["replicas"].as_u64().expect("replicas");
+        let strategy = &deployment["strategy"]["type"];
+        let claims = k8s
+            .objects
+            .iter()
+            .filter(|o| o["kind"] == "PersistentVolumeClaim");
+        match config.store.url {
+            keygate::config::StoreUrl::Sqlite(_) => {
+                assert_eq!(replicas, 1, "{variant}: a SQLite store is one replica per volume");
+                assert_eq!(strategy, "Recreate", "{variant}");
+                let manifest = read(&format!("{variant}/deployment.yaml"));
+                assert!(
+                    manifest.contains("can only ever be one replica"),
+                    "{variant} says so"
+                );
+            }
+            keygate::config::StoreUrl::Postgres(_) => {
+                assert!(replicas >= 2, "{variant}: replicas {replicas}");
+                assert_eq!(strategy, "RollingUpdate", "{variant}");
+                assert_eq!(claims.count(), 0, "{variant}: no PersistentVolumeClaim");
+                let volumes = k8s.pod()["volumes"].as_array().expect("volumes");
+                assert!(volumes.iter().all(|v| v.get("persistentVolumeClaim").is_none()));
+                assert!(
+                    k8s.volume("config")["secret"]["secretName"].is_string(),
+                    "{variant}"
+                );
+                assert!(
+                    matches!(
+                        config.rate_limit.backend,
+                        keygate::config::RateLimitBackend::Redis { .. }
+                    ),
+                    "{variant}: limits shared through Redis"
+                );
+            }
+        }
+    }
+}
+
+/// Every variant creates or updates its store in an initContainer before keygate serves it:
+/// SQLite with `--if-missing` (never touching a file that exists); PostgreSQL without it, so
+/// the tables are brought up to date under the migrations' advisory lock.
+#[test]
+fn every_kubernetes_variant_inits_its_store_before_serving() {
+    for (variant, k8s) in variants() {
+        let init = k8s.pod()["initContainers"].as_array().expect("initContainers");
+        let args: Vec<&str> = init
+            .iter()
+            .flat_map(|c| c["args"].as_array().into_iter().flatten())
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(args.starts_with(&["store", "init"]), "{variant}: {args:?}");
+        let sqlite = matches!(k8s.config().store.url, keygate::config::StoreUrl::Sqlite(_));
+        assert_eq!(args.contains(&"--if-missing"), sqlite, "{variant}: {args:?}");
     }
 }
 
