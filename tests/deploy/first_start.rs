@@ -9,7 +9,8 @@
 //!
 //! What the simulation changes in the config, and why: both listeners on 127.0.0.1 port 0
 //! (tests bind no fixed port and send only to the loopback), and the store's path to where its
-//! volume is here. Secrets the platform would inject get stand-in values.
+//! volume is here (for the PostgreSQL variant: the store and Redis URLs to the test's, in a
+//! schema of its own). Secrets the platform would inject get stand-in values.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -28,7 +29,6 @@ const NOT_A_STORE: &[u8] = b"half of a file that a restore did not finish\n";
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// Paths of the platform's filesystem, each with the temp folder that stands for it.
-#[derive(Clone)]
 struct Mounts(Vec<(PathBuf, PathBuf)>);
 
 impl Mounts {
@@ -85,8 +85,8 @@ struct Start {
     serve: Step,
     /// The config the steps read (at its temp path).
     config: PathBuf,
-    /// The SQLite store the config names (at its temp path).
-    store: PathBuf,
+    /// The SQLite store the config names (at its temp path); `None` on PostgreSQL.
+    store: Option<PathBuf>,
     /// Where the serving command's stdout goes.
     log: PathBuf,
 }
@@ -102,18 +102,30 @@ enum Outcome {
 
 impl Start {
     fn run(&self) -> Outcome {
+        if let Err(refused) = self.run_before() {
+            return refused;
+        }
+        self.serve_until_ready_then_stop();
+        Outcome::Served
+    }
+
+    /// The steps before the gateway's, up to the first that fails.
+    fn run_before(&self) -> Result<(), Outcome> {
         for step in &self.before {
             let output = finish(step.command().stdin(Stdio::null()));
             println!("$ {}\n{output}", step.argv.join(" "));
             if step.must_succeed && output.code != Some(0) {
-                return Outcome::Refused {
+                return Err(Outcome::Refused {
                     argv: step.argv.clone(),
                     code: output.code,
-                };
+                });
             }
         }
-        self.serve_until_ready_then_stop();
-        Outcome::Served
+        Ok(())
+    }
+
+    fn sqlite(&self) -> &Path {
+        self.store.as_deref().expect("a SQLite store")
     }
 
     fn serve_until_ready_then_stop(&self) {
@@ -244,14 +256,30 @@ fn readyz(admin: SocketAddr) -> Option<u16> {
     answer.split(' ').nth(1)?.parse().ok()
 }
 
+/// Where a simulated start keeps its store.
+enum Stores<'a> {
+    /// Where the config says: a SQLite file on a volume.
+    AsConfigured,
+    /// The test's PostgreSQL (a schema of its own) and Redis, in place of the config's.
+    Test { postgres: &'a str, redis: &'a str },
+}
+
 /// `text` as the simulation runs it: listeners on the loopback, port 0, and the SQLite store
-/// (an absolute path, on a volume) at the temp path `mounts` gives it. Returns the store's
-/// path on the platform too.
-fn localized(text: &str, mounts: &Mounts) -> (String, PathBuf) {
+/// (an absolute path, on a volume) at the temp path `mounts` gives it, or the test's stores.
+/// Returns the SQLite store's path on the platform too.
+fn localized(text: &str, mounts: &Mounts, stores: &Stores) -> (String, Option<PathBuf>) {
     let mut config: toml::Table = text.parse().expect("TOML");
     for section in ["server", "admin"] {
         let section = config[section].as_table_mut().expect("a table");
         section.insert("listen".into(), "127.0.0.1:0".into());
+    }
+    if let Stores::Test { postgres, redis } = stores {
+        let store = config["store"].as_table_mut().expect("[store]");
+        assert!(store["url"].as_str().unwrap().starts_with("postgres://"));
+        store.insert("url".into(), (*postgres).into());
+        let limits = config["rate_limit"].as_table_mut().expect("[rate_limit]");
+        limits.insert("redis_url".into(), (*redis).into());
+        return (toml::to_string(&config).unwrap(), None);
     }
     let store = config["store"].as_table_mut().expect("[store]");
     let url = store["url"].as_str().expect("store.url");
@@ -263,7 +291,7 @@ fn localized(text: &str, mounts: &Mounts) -> (String, PathBuf) {
     );
     let here = mounts.host(&path);
     store.insert("url".into(), format!("sqlite://{}", here.display()).into());
-    (toml::to_string(&config).unwrap(), path)
+    (toml::to_string(&config).unwrap(), Some(path))
 }
 
 /// Stand-ins for the secrets the platform injects: the admin token and the pepper the config
@@ -294,7 +322,7 @@ fn entrypoint() -> Vec<String> {
 
 /// The pod's start in `root`: each volume a folder `volumes/NAME` (a ConfigMap's or Secret's
 /// holding its files, the config localized), each container's mounts pointing there.
-fn kubernetes_start(k8s: &Kubernetes, root: &Path) -> Start {
+fn kubernetes_start(k8s: &Kubernetes, root: &Path, stores: &Stores) -> Start {
     let pod = k8s.pod();
     let volumes = pod["volumes"].as_array().expect("volumes");
     for volume in volumes {
@@ -309,14 +337,15 @@ fn kubernetes_start(k8s: &Kubernetes, root: &Path) -> Start {
         Mounts(mounts.collect())
     };
     let serving = k8s.container();
-    let (config_text, store_path) = localized(&k8s.config_text, &mounts(serving));
-    let store = mounts(serving).host(&store_path);
+    let (config_text, store_path) = localized(&k8s.config_text, &mounts(serving), stores);
+    let store = store_path.as_ref().map(|path| mounts(serving).host(path));
     let secrets = secrets(&k8s.config_text);
     let step = |container: &Value| {
         let mounts = mounts(container);
         let name = &container["name"];
         // A container that opens the store must see it where the gateway does.
-        assert_eq!(mounts.host(&store_path), store, "{name}: the store's volume");
+        let sees = store_path.as_ref().map(|path| mounts.host(path));
+        assert_eq!(sees, store, "{name}: the store's volume");
         let command = match container["command"].as_array() {
             Some(command) => command.iter().map(|a| a.as_str().unwrap().to_owned()).collect(),
             None => entrypoint(),
@@ -402,7 +431,7 @@ fn systemd_start(root: &Path) -> Start {
         (Path::new("/etc").join(one("ConfigurationDirectory")), etc),
     ]);
     let kubernetes_config = read("deploy/kubernetes/gateway.toml");
-    let (config_text, store_path) = localized(&kubernetes_config, &mounts);
+    let (config_text, store_path) = localized(&kubernetes_config, &mounts, &Stores::AsConfigured);
     let mut env = secrets(&kubernetes_config);
     for assignment in all("Environment") {
         let (name, value) = assignment.split_once('=').expect("NAME=value");
@@ -427,7 +456,7 @@ fn systemd_start(root: &Path) -> Start {
         before,
         serve,
         config,
-        store: mounts.host(&store_path),
+        store: store_path.map(|path| mounts.host(&path)),
         log: root.join("serve.log"),
     }
 }
@@ -440,9 +469,9 @@ fn systemd_start(root: &Path) -> Start {
 fn first_start_again_and_on_a_foreign_file(start_in: impl Fn(&Path) -> Start) {
     let dir = tempfile::tempdir().unwrap();
     let start = start_in(dir.path());
-    assert!(!start.store.exists(), "a fresh volume");
+    assert!(!start.sqlite().exists(), "a fresh volume");
     assert_eq!(start.run(), Outcome::Served, "the first start on a fresh volume");
-    assert!(start.store.is_file(), "the first start made the store");
+    assert!(start.sqlite().is_file(), "the first start made the store");
 
     let created = start.cli(&["create", "--name", "kept", "--env", "production", "--json"]);
     assert_eq!(
@@ -456,7 +485,7 @@ fn first_start_again_and_on_a_foreign_file(start_in: impl Fn(&Path) -> Start) {
 
     let dir = tempfile::tempdir().unwrap();
     let start = start_in(dir.path());
-    std::fs::write(&start.store, NOT_A_STORE).unwrap();
+    std::fs::write(start.sqlite(), NOT_A_STORE).unwrap();
     match start.run() {
         Outcome::Refused { argv, code } => {
             assert!(
@@ -468,7 +497,7 @@ fn first_start_again_and_on_a_foreign_file(start_in: impl Fn(&Path) -> Start) {
         Outcome::Served => panic!("served a store made over a file that was not one"),
     }
     assert_eq!(
-        std::fs::read(&start.store).unwrap(),
+        std::fs::read(start.sqlite()).unwrap(),
         NOT_A_STORE,
         "left untouched"
     );
@@ -477,7 +506,47 @@ fn first_start_again_and_on_a_foreign_file(start_in: impl Fn(&Path) -> Start) {
 #[test]
 fn kubernetes_first_start_makes_the_store_keeps_it_after_and_refuses_a_foreign_file() {
     let k8s = Kubernetes::load();
-    first_start_again_and_on_a_foreign_file(|root| kubernetes_start(&k8s, root));
+    first_start_again_and_on_a_foreign_file(|root| kubernetes_start(&k8s, root, &Stores::AsConfigured));
+}
+
+/// Two replicas of the PostgreSQL variant on an empty schema: both pods' init containers at
+/// once (the migrations' advisory lock lets each apply once), then each pod's whole start,
+/// init again included (idempotent), serving.
+#[test]
+fn kubernetes_postgres_first_start_of_two_replicas_at_once_then_each_again() {
+    let Some(k8s) = Kubernetes::postgres() else {
+        return;
+    };
+    let (Some(postgres), Some(redis)) = (support::postgres::postgres_url(), support::redis_url()) else {
+        eprintln!("skipped: no PostgreSQL or Redis for tests (see tests/support/services.rs)");
+        return;
+    };
+    let schema = support::postgres::FreshSchema::new(&postgres);
+    let stores = Stores::Test {
+        postgres: &schema.url,
+        redis: &redis,
+    };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let replicas: Vec<Start> = dirs
+        .iter()
+        .map(|dir| kubernetes_start(&k8s, dir.path(), &stores))
+        .collect();
+    let inits: Vec<Result<(), Outcome>> = std::thread::scope(|scope| {
+        let running: Vec<_> = replicas
+            .iter()
+            .map(|replica| scope.spawn(|| replica.run_before()))
+            .collect();
+        running.into_iter().map(|init| init.join().unwrap()).collect()
+    });
+    assert_eq!(
+        inits,
+        [Ok(()), Ok(())],
+        "both init containers, at once, on an empty schema"
+    );
+    for replica in &replicas {
+        assert_eq!(replica.run(), Outcome::Served);
+    }
+    assert_eq!(replicas[1].cli(&["list", "--json"]), serde_json::json!([]));
 }
 
 #[test]
