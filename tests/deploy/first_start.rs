@@ -18,6 +18,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Stdio};
 use std::time::Instant;
 
+use super::kubernetes::Kubernetes;
 use super::*;
 
 /// The binary's path in the image and in the unit.
