@@ -1,13 +1,22 @@
 //! `deploy/` checked by the project's own tools: the configs it ships pass `keygate check`; the
 //! Kubernetes probes and ports agree with the listeners of the config they run; every
 //! `keygate_*` name in the alert rules and the dashboard is one a running gateway exports;
-//! `promtool` checks and unit-tests the rules; `systemd-analyze` verifies the unit.
+//! `promtool` checks and unit-tests the rules; `systemd-analyze` verifies the unit; the first
+//! start of the Kubernetes pod and the systemd unit, simulated on a fresh folder, creates the
+//! store, keeps it at the next start, and refuses a file that is not one (`first_start`).
 //!
 //! A test that needs a tool (kubectl, promtool, systemd-analyze) says why and skips when the
 //! tool is missing, except under CI (`CI` set), where a missing tool is a failure: `.ci/run`
 //! installs them.
 
 mod support;
+
+// The first start of the Kubernetes and systemd variants on a fresh volume, simulated.
+#[path = "deploy/first_start.rs"]
+mod first_start;
+// The Kubernetes variants as rendered, and what must hold in them.
+#[path = "deploy/kubernetes.rs"]
+mod kubernetes;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -106,164 +115,6 @@ fn seconds(value: Duration) -> u64 {
 #[test]
 fn the_compose_gateway_config_passes_check() {
     keygate_check(&repo("deploy/compose/gateway.toml"));
-}
-
-/// The Kubernetes objects as `kubectl apply -k` would send them: rendered by kustomize, or
-/// (without kubectl, outside CI) read from the files it would render.
-struct Kubernetes {
-    objects: Vec<Value>,
-    /// The `gateway.toml` of the ConfigMap the Deployment mounts.
-    config_text: String,
-}
-
-impl Kubernetes {
-    fn load() -> Kubernetes {
-        let objects = match tool("kubectl") {
-            Some(kubectl) => {
-                let rendered = run_ok(
-                    &kubectl,
-                    &["kustomize", &repo("deploy/kubernetes").to_string_lossy()],
-                );
-                yaml_documents(&String::from_utf8(rendered.stdout).unwrap())
-            }
-            None => ["deployment.yaml", "service.yaml", "pvc.yaml", "pdb.yaml"]
-                .iter()
-                .map(|file| yaml(&format!("deploy/kubernetes/{file}")))
-                .collect(),
-        };
-        let mut k8s = Kubernetes {
-            objects,
-            config_text: String::new(),
-        };
-        let volume = k8s.volume("config");
-        let config_map = volume["configMap"]["name"].as_str().expect("a ConfigMap volume");
-        k8s.config_text = match k8s.objects.iter().find(|o| is_config_map_for(o, config_map)) {
-            Some(object) => object["data"]["gateway.toml"]
-                .as_str()
-                .expect("gateway.toml in the ConfigMap")
-                .into(),
-            // Unrendered: the generator's source file.
-            None => read("deploy/kubernetes/gateway.toml"),
-        };
-        k8s
-    }
-
-    fn object(&self, kind: &str) -> &Value {
-        self.objects
-            .iter()
-            .find(|o| o["kind"] == kind)
-            .unwrap_or_else(|| panic!("no {kind} in deploy/kubernetes"))
-    }
-
-    fn pod(&self) -> &Value {
-        &self.object("Deployment")["spec"]["template"]["spec"]
-    }
-
-    fn container(&self) -> &Value {
-        let containers = self.pod()["containers"].as_array().expect("containers");
-        containers
-            .iter()
-            .find(|c| c["name"] == "keygate")
-            .expect("a container named keygate")
-    }
-
-    fn volume(&self, name: &str) -> &Value {
-        let volumes = self.pod()["volumes"].as_array().expect("volumes");
-        volumes.iter().find(|v| v["name"] == name).expect("the volume")
-    }
-
-    /// A probe's or Service's port: a number, or the name of one of the container's ports.
-    fn port(&self, port: &Value) -> u64 {
-        if let Some(number) = port.as_u64() {
-            return number;
-        }
-        let name = port.as_str().expect("a port number or name");
-        let ports = self.container()["ports"].as_array().expect("container ports");
-        let named = ports.iter().find(|p| p["name"] == name);
-        named
-            .and_then(|p| p["containerPort"].as_u64())
-            .unwrap_or_else(|| panic!("no container port named {name}"))
-    }
-
-    fn config(&self) -> keygate::config::Config {
-        let dir = tempfile::tempdir().unwrap();
-        keygate::config::parse(&self.config_text, dir.path()).unwrap_or_else(|e| panic!("{e}"))
-    }
-}
-
-fn is_config_map_for(object: &Value, name: &str) -> bool {
-    object["kind"] == "ConfigMap" && object["metadata"]["name"] == name
-}
-
-#[test]
-fn the_kubernetes_config_map_passes_check() {
-    let k8s = Kubernetes::load();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, &k8s.config_text).unwrap();
-    keygate_check(&path);
-}
-
-#[test]
-fn the_kubernetes_probes_and_ports_match_the_listeners() {
-    let k8s = Kubernetes::load();
-    let config = k8s.config();
-    let container = k8s.container();
-    let admin_port = u64::from(config.admin.listen.port());
-    for (probe, path) in [
-        ("readinessProbe", "/readyz"),
-        ("livenessProbe", "/healthz"),
-        ("startupProbe", "/healthz"),
-    ] {
-        let get = &container[probe]["httpGet"];
-        assert_eq!(get["path"], path, "{probe}");
-        assert_eq!(
-            k8s.port(&get["port"]),
-            admin_port,
-            "{probe} on the admin listener"
-        );
-    }
-    assert!(
-        config.admin.listen.ip().is_unspecified(),
-        "the kubelet probes the pod IP"
-    );
-    let annotations = &k8s.object("Deployment")["spec"]["template"]["metadata"]["annotations"];
-    assert_eq!(annotations["prometheus.io/port"], admin_port.to_string());
-
-    let service = k8s.object("Service");
-    let target = k8s.port(&service["spec"]["ports"][0]["targetPort"]);
-    assert_eq!(
-        target,
-        u64::from(config.server.listen.port()),
-        "the Service sends to the proxy"
-    );
-}
-
-#[test]
-fn the_kubernetes_pod_outlasts_the_drain_and_runs_unprivileged() {
-    let k8s = Kubernetes::load();
-    let config = k8s.config();
-    let pod = k8s.pod();
-    let pause = k8s.container()["lifecycle"]["preStop"]["sleep"]["seconds"]
-        .as_u64()
-        .expect("a preStop sleep");
-    let grace = pod["terminationGracePeriodSeconds"]
-        .as_u64()
-        .expect("terminationGracePeriodSeconds");
-    assert!(
-        grace > seconds(config.server.shutdown_grace) + pause,
-        "terminationGracePeriodSeconds {grace} must exceed shutdown_grace plus the preStop pause"
-    );
-    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
-    let security = &k8s.container()["securityContext"];
-    assert_eq!(security["readOnlyRootFilesystem"], true);
-    assert_eq!(security["allowPrivilegeEscalation"], false);
-    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
-    let replicas = k8s.object("Deployment")["spec"]["replicas"].as_u64();
-    if let keygate::config::StoreUrl::Sqlite(_) = config.store.url {
-        assert_eq!(replicas, Some(1), "a SQLite store is one replica per volume");
-    }
 }
 
 #[test]
