@@ -1545,3 +1545,31 @@ async fn probe_exits_0_for_a_ready_gateway_and_1_with_the_reason_otherwise() {
         "{message}"
     );
 }
+
+#[test]
+fn store_init_if_missing_on_postgres_creates_the_tables_and_is_safe_to_run_again() {
+    let Some(url) = support::postgres::postgres_url() else {
+        return;
+    };
+    let schema = support::postgres::FreshSchema::new(&url);
+    let s = setup();
+    std::fs::write(&s.config, CONFIG.replace("sqlite://keys.db", &schema.url)).unwrap();
+    for _ in 0..2 {
+        let init = keygate(
+            &[
+                "store",
+                "init",
+                "--config",
+                s.config.to_str().unwrap(),
+                "--if-missing",
+            ],
+            None,
+        );
+        assert_eq!(code(&init), 0, "{}", String::from_utf8_lossy(&init.stderr));
+        assert!(String::from_utf8_lossy(&init.stdout).contains("tables are in place"));
+    }
+    // The tables are there (this panics otherwise), and a key can be added and listed.
+    schema.sql("SELECT count(*) FROM keys");
+    s.json(&["create", "--name", "first", "--env", "prod"]);
+    assert_eq!(s.json(&["list"]).as_array().unwrap().len(), 1);
+}

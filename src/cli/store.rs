@@ -57,8 +57,17 @@ fn folder_missing(config: &Config) -> bool {
 /// schema up to date (an existing empty file becomes an empty store). Safe to run again.
 /// With `if_missing`, an existing keygate store is left as it is and any other file (an empty
 /// one included) is refused untouched: safe to run at every start.
+///
+/// On PostgreSQL the database is the operator's to create; init connects and creates or
+/// migrates keygate's tables under the migration lock, which is safe at every start with or
+/// without `if_missing`.
 pub fn init(config_path: &Path, if_missing: bool) -> Result<(), Failure> {
     let config = super::serve::load(config_path)?;
+    if let StoreUrl::Postgres(_) = &config.store.url {
+        store::open(&config.store.url).map_err(|e| failure(e, &config, config_path))?;
+        out!("store.url: keygate's tables are in place (created where missing, migrated under the migration lock)");
+        return Ok(());
+    }
     let existed = store::check(&config.store.url);
     match existed {
         Ok(()) if if_missing => out!("{}: a keygate store exists; left as it is", describe(&config)),
