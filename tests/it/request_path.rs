@@ -1,12 +1,12 @@
 //! Every row of SPEC section 1's table, from the outside: status, body, headers.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
+use crate::support::{admin_call, basic, eventually, sample, spec, Harness};
 use keygate::core::environment::Environment;
 use keygate::core::key::RateLimitSpec;
-use support::{admin_call, basic, eventually, sample, spec, Harness};
 
 const AUTH_FAILED: &str = r#"{"error":"authentication failed"}"#;
 

@@ -519,7 +519,7 @@ fn kubernetes_postgres_first_start_of_two_replicas_at_once_then_each_again() {
         return;
     };
     let (Some(postgres), Some(redis)) = (support::postgres::postgres_url(), support::redis_url()) else {
-        eprintln!("skipped: no PostgreSQL or Redis for tests (see tests/support/services.rs)");
+        eprintln!("skipped: no PostgreSQL or Redis for tests (see tests/it/support/services.rs)");
         return;
     };
     let schema = support::postgres::FreshSchema::new(&postgres);

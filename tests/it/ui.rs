@@ -2,12 +2,12 @@
 //! harness: each story signs in, does what a person would do, checks the effect through the
 //! proxy, and leaves a screenshot in target/ui-screenshots/ for a person to look at.
 
-mod support;
+use crate::support;
 
+use crate::support::browser::Browser;
+use crate::support::{spec, Harness, ADMIN_TOKEN, READ_TOKEN};
 use http::StatusCode;
 use keygate::core::environment::Environment;
-use support::browser::Browser;
-use support::{spec, Harness, ADMIN_TOKEN, READ_TOKEN};
 
 /// A gateway and a browser, or `None` (the test skips) when there is no browser here.
 async fn setup(name: &str) -> Option<(Harness, Browser)> {
@@ -841,7 +841,7 @@ async fn the_usage_total_says_when_this_replica_last_flushed() {
 }
 
 /// The README's picture (docs/ui.png): a list with keys of every kind. Not a check; run it with
-/// `cargo test --test ui -- --ignored readme_picture` and copy target/ui-screenshots/readme.png.
+/// `cargo test --test it ui::readme_picture -- --ignored` and copy target/ui-screenshots/readme.png.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn readme_picture() {

@@ -2,7 +2,7 @@
 //! connections it accepts and holds open, and keeps them alive, closes each after one response,
 //! or closes one that sat idle. What the pool does shows in those counts and in the answers.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Barrier};
 
-use support::{basic, eventually, Harness, STANDARD};
+use crate::support::{basic, eventually, Harness, STANDARD};
 
 /// How long a test waits for the pool or the upstream to close a connection.
 const DEADLINE: Duration = Duration::from_secs(3);

@@ -2,8 +2,6 @@
 //! request up, and shared limiting that comes back by itself. Needs `KEYGATE_TEST_REDIS_URL`;
 //! each test uses a bucket prefix of its own, so tests run in parallel on one Redis.
 
-mod support;
-
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,13 +12,15 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::support::relay::{service_addr, Relay};
+use crate::support::{
+    admin_call, basic, eventually, read, redis_url, sample, spec, Answer, Harness, STANDARD,
+};
 use keygate::core::environment::Environment;
 use keygate::core::key::RateLimitSpec;
 use keygate::gateway::Gateway;
 use keygate::proxy::limits::Decision;
 use keygate::proxy::shared_limits::{RedisSettings, SharedLimits};
-use support::relay::{service_addr, Relay};
-use support::{admin_call, basic, eventually, read, redis_url, sample, spec, Answer, Harness, STANDARD};
 
 /// A bucket prefix no other test (or earlier run) uses.
 fn fresh_prefix() -> String {

@@ -2,10 +2,8 @@
 //! the page loads (followed from index.html through its imports) answers with the headers of
 //! SPEC 9 and its content type, and no HTML carries inline script, handlers or styles.
 
-mod support;
-
+use crate::support::Harness;
 use http::StatusCode;
-use support::Harness;
 
 /// The files a served text refers to: `src`/`href` under /ui/ and `from "./x.js"` imports.
 fn references(text: &str) -> Vec<String> {

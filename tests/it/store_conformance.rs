@@ -16,8 +16,7 @@ use keygate::core::environment::Environment;
 use keygate::core::key::{KeySpec, KeyStatus, StoredStatus};
 use keygate::core::secret::KeyHash;
 
-mod support;
-use support::postgres::{postgres_url, FreshSchema};
+use crate::support::postgres::{postgres_url, FreshSchema};
 
 const AUDIT: Audit = Audit {
     actor: Actor::Cli,

@@ -2,12 +2,10 @@
 //! named against what the gateway started with (issues 12 and 15), and what a reload refuses
 //! or warns of because it would stop serving (issue 19).
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{sample, spec, Harness};
 use keygate::core::environment::Environment;
-use support::{sample, spec, Harness};
 
 async fn metric(h: &Harness, series: &str) -> Option<f64> {
     sample(&h.metrics().await, series)

@@ -2,7 +2,7 @@
 //! behind the gateway, a client that upgrades through it, and what reaches the upstream when
 //! the gateway refuses.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use support::{admin_call, basic, eventually, Harness, STANDARD};
+use crate::support::{admin_call, basic, eventually, Harness, STANDARD};
 
 const DEADLINE: Duration = Duration::from_secs(5);
 

@@ -9,13 +9,11 @@
 //! tool is missing, except under CI (`CI` set), where a missing tool is a failure: `.ci/run`
 //! installs them.
 
-mod support;
+use crate::support;
 
 // The first start of the Kubernetes and systemd variants on a fresh volume, simulated.
-#[path = "deploy/first_start.rs"]
 mod first_start;
 // The Kubernetes variants as rendered, and what must hold in them.
-#[path = "deploy/kubernetes.rs"]
 mod kubernetes;
 
 use std::collections::BTreeSet;
@@ -26,7 +24,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use support::{Harness, STANDARD};
+use crate::support::{Harness, STANDARD};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)

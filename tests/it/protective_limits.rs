@@ -1,11 +1,11 @@
 //! The protective limits of SPEC section 8: URI length, head size and header count, body size,
 //! slow request heads and idle keep-alive connections.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
-use support::{Harness, STANDARD};
+use crate::support::{Harness, STANDARD};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn limited() -> Harness {

@@ -1,12 +1,13 @@
 //! The gateway when its store lets it down: a stale key table, a store file replaced or
 //! deleted under it, a store locked at start.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{eventually, sample, spec, Harness, STANDARD};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
@@ -15,7 +16,6 @@ use keygate::control::store::{Actor, SqliteStore};
 use keygate::core::clock::system_clock;
 use keygate::core::environment::Environment;
 use keygate::core::secret::Hasher;
-use support::{eventually, sample, spec, Harness, STANDARD};
 
 /// The standard config with `sync_interval` and `extra` store settings.
 fn with_store(sync_interval: &str, extra: &str) -> String {

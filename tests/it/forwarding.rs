@@ -1,12 +1,12 @@
 //! What the upstream receives: the request as sent, less hop-by-hop headers and the credential,
 //! plus identity headers nobody can forge (SPEC section 1, "What the upstream receives").
 
-mod support;
+use crate::support;
 
+use crate::support::{basic, Harness};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use support::{basic, Harness};
 
 #[tokio::test]
 async fn the_upstream_gets_the_request_less_the_credential_plus_identity() {

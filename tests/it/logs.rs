@@ -3,7 +3,7 @@
 //! and no secret. And one record for a request its client abandoned while the upstream worked
 //! (499), seen in the recent requests and the metric of the in-process gateway.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{admin_call, basic, eventually, sample, Harness, Upstream};
+use crate::support::{admin_call, basic, eventually, sample, Harness, Upstream};
 
 const FIELDS: [&str; 12] = [
     "time",

@@ -2,7 +2,7 @@
 //! reached the webhook, each exactly once, across restarts and replicas. The clock is the
 //! harness's manual one: each step sets it, sweeps and delivers.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -19,9 +19,9 @@ use jiff::Timestamp;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
+use crate::support::{sample, Harness, STANDARD};
 use keygate::core::key::KeyStatus;
 use keygate::gateway::Gateway;
-use support::{sample, Harness, STANDARD};
 
 const DAY: Duration = Duration::from_secs(86_400);
 const HOUR: Duration = Duration::from_secs(3600);

@@ -2,7 +2,7 @@
 //! certificates the test makes (rcgen), the gateway in front of it with a configured CA and,
 //! where the upstream asks for one, a client certificate.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,7 +22,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use support::{Harness, STANDARD};
+use crate::support::{Harness, STANDARD};
 
 /// A certificate authority of the test's own.
 struct Authority {

@@ -4,8 +4,6 @@
 //! forwards the decrypted stream, so what is tested is keygate's side: the handshake, the chain
 //! and the name. Needs `KEYGATE_TEST_POSTGRES_URL`.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,9 +12,9 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::support::postgres::{postgres_url, FreshSchema};
+use crate::support::relay::service_addr;
 use keygate::control::store::{KeyFilter, PgStore, Store};
-use support::postgres::{postgres_url, FreshSchema};
-use support::relay::service_addr;
 
 /// PostgreSQL's `SSLRequest`: length 8, code 80877103.
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];

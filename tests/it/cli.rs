@@ -1,6 +1,6 @@
 //! The `keygate` binary: `check` and every `keys` command, with `--json` and exit codes.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -2,14 +2,12 @@
 //! (SIGHUP) without a restart, a pair that would not serve refused (at reload, by `check` and
 //! by `serve`), and its expiry as a metric.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{sample, Harness, STANDARD};
 use rustls::pki_types::{CertificateDer, ServerName};
-use support::{sample, Harness, STANDARD};
 use tokio::net::TcpStream;
 
 /// A self-signed certificate for `localhost` and `127.0.0.1`, valid until `until` (year,

@@ -1,7 +1,7 @@
 //! The admin API of SPEC 5, from the outside: every endpoint, its errors, and every answer
 //! checked against the OpenAPI document the gateway serves, so the two cannot drift apart.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -11,8 +11,8 @@ use http::{Method, Request};
 use http_body_util::Full;
 use serde_json::{json, Value};
 
+use crate::support::{Answer, Harness, ADMIN_TOKEN, READ_TOKEN};
 use keygate::core::environment::Environment;
-use support::{Answer, Harness, ADMIN_TOKEN, READ_TOKEN};
 
 /// The document, and which operations' answers have been checked against it.
 struct Contract {

@@ -1,13 +1,13 @@
 //! Key changes reaching a running gateway: revoke, activate, regenerate (with and without
 //! grace), delete, update, expiry; usage written back to the store.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
+use crate::support::{spec, Harness};
 use keygate::control::keys::KeyPatch;
 use keygate::core::environment::Environment;
-use support::{spec, Harness};
 
 const PATH: &str = "/v1/customers/acme";
 

@@ -3,11 +3,11 @@
 //! anything may reach the upstream. Issue 12: framing, host, header forgery, method override,
 //! forwarding headers, refusals, paths, the failed-auth throttle, silent connections.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
-use support::{Harness, STANDARD};
+use crate::support::{Harness, STANDARD};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

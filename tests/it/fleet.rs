@@ -4,8 +4,6 @@
 //! is back. Needs `KEYGATE_TEST_POSTGRES_URL` and `KEYGATE_TEST_REDIS_URL`; each test has a
 //! schema and a bucket prefix of its own.
 
-mod support;
-
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,10 +12,10 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::support::postgres::{postgres_url, FreshSchema};
+use crate::support::relay::{service_addr, Relay};
+use crate::support::{admin_call, basic, eventually, loaded, redis_url, Harness, STANDARD};
 use keygate::gateway::Gateway;
-use support::postgres::{postgres_url, FreshSchema};
-use support::relay::{service_addr, Relay};
-use support::{admin_call, basic, eventually, loaded, redis_url, Harness, STANDARD};
 
 /// The standard config on PostgreSQL at `store` and Redis at `redis`, polling only hourly, so
 /// whatever arrives sooner was pushed. Redis gets a budget of a second, not the default few

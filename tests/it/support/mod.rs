@@ -1,7 +1,6 @@
 //! The integration harness: a recording upstream and a gateway started from a config, both on
 //! port 0, driven through their public interfaces. No fixed ports, no sleeps as
 //! synchronisation: waits poll with a deadline.
-#![allow(dead_code)]
 
 pub mod browser;
 pub mod postgres;

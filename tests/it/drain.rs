@@ -3,12 +3,12 @@
 //! HTTP/2 connections idle past `idle_timeout` are closed. Last, the real binary under SIGHUP
 //! and SIGTERM.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::{Harness, STANDARD};
+use crate::support::{Harness, STANDARD};
 use tokio::net::TcpStream;
 
 mod in_process {

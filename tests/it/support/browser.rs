@@ -1,4 +1,4 @@
-//! Headless Chromium over WebDriver for the page's tests (tests/ui.rs): this starts its own
+//! Headless Chromium over WebDriver for the page's tests (tests/it/ui.rs): this starts its own
 //! chromedriver on a free loopback port, one browser at a time (the machine is small), and
 //! ends it by its process id when the test ends, however it ends.
 //!

@@ -1,0 +1,29 @@
+//! keygate's integration tests, one binary: each module is one area of the product driven
+//! from the outside (the real binary, or a gateway started in-process on port 0), all sharing
+//! the harness in `support`. One binary links the crate once instead of once per file.
+
+mod support;
+
+mod admin_api;
+mod cli;
+mod deploy;
+mod drain;
+mod edge;
+mod fleet;
+mod forwarding;
+mod https_upstream;
+mod idle_expiry;
+mod lifecycle;
+mod logs;
+mod postgres_tls;
+mod protective_limits;
+mod reload;
+mod request_path;
+mod shared_limits;
+mod store_conformance;
+mod store_faults;
+mod tls;
+mod ui;
+mod ui_headers;
+mod upgrade;
+mod upstream_pool;
