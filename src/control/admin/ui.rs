@@ -16,9 +16,11 @@ use http_body_util::Full;
 
 use super::AdminBody;
 
-/// The page's Content-Security-Policy.
+/// The page's Content-Security-Policy. `require-trusted-types-for 'script'` makes the browser
+/// refuse every string-to-DOM sink (`innerHTML`, `document.write`, ...) the page never uses.
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-                       connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+                       connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; \
+                       require-trusted-types-for 'script'";
 
 const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
@@ -155,6 +157,7 @@ mod tests {
         assert!(!CSP.contains("unsafe-eval"));
         assert!(CSP.contains("frame-ancestors 'none'"));
         assert!(CSP.contains("script-src 'self'"));
+        assert!(CSP.contains("require-trusted-types-for 'script'"));
     }
 
     /// The CSP would block inline script and handlers anyway; the page must not need them.
