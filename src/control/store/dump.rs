@@ -166,7 +166,7 @@ impl std::fmt::Display for Counts {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Line {
-    Key(KeyRow),
+    Key(Box<KeyRow>),
     Usage(UsageRow),
     Event(EventRow),
     IdleWarning(WarningRow),
@@ -201,7 +201,7 @@ impl Dump {
             counts: self.counts(),
         };
         write_line(out, &header)?;
-        let lines = (self.keys.iter().cloned().map(Line::Key))
+        let lines = (self.keys.iter().cloned().map(|key| Line::Key(Box::new(key))))
             .chain(self.usage.iter().cloned().map(Line::Usage))
             .chain(self.events.iter().cloned().map(Line::Event))
             .chain(self.warnings.iter().cloned().map(Line::IdleWarning))
@@ -254,7 +254,7 @@ impl Dump {
 
     fn push(&mut self, line: Line) {
         match line {
-            Line::Key(row) => self.keys.push(row),
+            Line::Key(row) => self.keys.push(*row),
             Line::Usage(row) => self.usage.push(row),
             Line::Event(row) => self.events.push(row),
             Line::IdleWarning(row) => self.warnings.push(row),
