@@ -265,3 +265,16 @@ async fn a_dump_of_another_pepper_is_refused() {
     assert!(stderr(&imported).contains("pepper"), "{}", stderr(&imported));
     assert!(!target.path().join("restored.db").exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_onto_its_own_store_is_refused_however_the_path_is_written() {
+    let (source, _) = filled_source().await;
+    let before = export(&source.config_path);
+    let dir = source.dir.path();
+    let name = dir.file_name().unwrap().to_str().unwrap();
+    let own = format!("sqlite://{}/../{name}/keygate.db", dir.display());
+    let config = source.config_path.to_str().unwrap();
+    let copied = keygate(&["store", "copy", "--config", config, "--to", &own, "--update"]);
+    assert_eq!(copied.status.code(), Some(2), "{}", stderr(&copied));
+    assert_eq!(export(&source.config_path), before);
+}

@@ -64,7 +64,7 @@ pub fn copy(args: CopyArgs) -> Result<(), Failure> {
     let here = std::env::current_dir().map_err(|e| Failure::Runtime(format!("no current folder: {e}")))?;
     let to = crate::config::urls::store_url(&args.to, &here)
         .map_err(|why| Failure::Usage(format!("--to {why}")))?;
-    if to == config.store.url {
+    if same_store(&to, &config.store.url) {
         return Err(Failure::Usage("--to names the config's own store".into()));
     }
     let source = open(&config, &args.config, Create::Never)?;
@@ -171,6 +171,17 @@ fn read_dump(path: &Path) -> Result<(Dump, String), Failure> {
 fn fingerprint(config: &Config) -> Result<String, Failure> {
     let hasher = crate::gateway::hasher_from_env(config)?;
     Ok(pepper_fingerprint(&hasher))
+}
+
+/// Whether two URLs name one store (SQLite paths compared as files, however written).
+fn same_store(a: &StoreUrl, b: &StoreUrl) -> bool {
+    match (a, b) {
+        (StoreUrl::Sqlite(a), StoreUrl::Sqlite(b)) => match (a.canonicalize(), b.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => a == b,
+        },
+        _ => a == b,
+    }
 }
 
 fn describe(url: &StoreUrl) -> String {
