@@ -17,6 +17,7 @@ mod output;
 mod probe;
 mod serve;
 mod store;
+mod store_copy;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -99,6 +100,14 @@ enum StoreCommand {
         #[arg(long)]
         if_missing: bool,
     },
+    /// Copy the config's store (keys with their ids, hashes and grace state, usage, audit
+    /// trail, idle warnings, pending webhooks, revision) into another store, e.g. SQLite to
+    /// PostgreSQL: every key then works against the target unchanged. Verified after.
+    Copy(store_copy::CopyArgs),
+    /// Write the config's store as JSON Lines on stdout: a backup (hashes, never secrets).
+    Export(store_copy::ExportArgs),
+    /// Read a dump that `store export` wrote into the config's store.
+    Import(store_copy::ImportArgs),
 }
 
 /// What went wrong, and so which exit code.
@@ -188,6 +197,9 @@ pub fn main() -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::Keys(args) => keys::run(*args),
         Command::Store(StoreCommand::Init { config, if_missing }) => store::init(&config, if_missing),
+        Command::Store(StoreCommand::Copy(args)) => store_copy::copy(args),
+        Command::Store(StoreCommand::Export(args)) => store_copy::export_command(args),
+        Command::Store(StoreCommand::Import(args)) => store_copy::import_command(args),
         Command::Probe { config, timeout } => probe::run(&config, timeout),
     };
     if let Some(document) = result

@@ -97,7 +97,7 @@ pub(super) fn redis_url(text: &str) -> Result<(), String> {
         .map_err(|e| format!("is not a Redis URL: {e}"))
 }
 
-pub(super) fn store_url(text: &str, base_dir: &Path) -> Result<StoreUrl, String> {
+pub fn store_url(text: &str, base_dir: &Path) -> Result<StoreUrl, String> {
     let text = text.trim();
     if text.starts_with("postgres://") || text.starts_with("postgresql://") {
         // Parsed as the store will, so `check` refuses what `serve` would.

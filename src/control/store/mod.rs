@@ -6,6 +6,7 @@
 //! Both stores are synchronous and are called from blocking threads (`spawn_blocking`, the
 //! CLI); the PostgreSQL one also copes with a caller inside a runtime.
 
+pub mod dump;
 pub mod model;
 mod postgres;
 mod sqlite;
@@ -202,4 +203,6 @@ seam! {
     fn webhook_retry_at(&self, id: u64, attempts: u32, at: Timestamp) -> Result<(), StoreError>;
     fn try_lease(&self, name: &str, holder: &str, now: Timestamp, ttl: Duration) -> Result<bool, StoreError>;
     fn insert_many(&self, keys: &[NewKey], audit: Audit) -> Result<(), StoreError>;
+    fn export_dump(&self) -> Result<dump::Dump, StoreError>;
+    fn import_dump(&self, dump: &dump::Dump, onto: dump::Onto) -> Result<(), StoreError>;
 }

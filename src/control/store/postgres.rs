@@ -31,6 +31,9 @@ use super::model::{
 use super::sqlite::{changed_fields, instant, is_no_change, json, new_key_fields, to_json, RawRow, COLUMNS};
 use super::StoreError;
 use crate::config::urls::PostgresTls;
+
+#[path = "postgres_dump.rs"]
+mod dump;
 use crate::core::key::{KeyStatus, StoredStatus};
 
 /// Schema versions, applied in order under an advisory lock; `keygate_schema` records how many
