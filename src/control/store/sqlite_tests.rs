@@ -166,3 +166,23 @@ fn a_file_renamed_over_the_path_is_opened_in_place_of_the_old() {
         "no operation on a file that is gone: {read:?}"
     );
 }
+
+#[test]
+fn a_second_store_opened_on_the_same_file_in_one_process_leaves_the_first_working() {
+    // POSIX locks belong to the process and the file: a descriptor opened and closed on the
+    // store file outside SQLite (to look at its first bytes) releases the locks SQLite holds
+    // through the first store's connection.
+    let (dir, first) = store();
+    let path = dir.path().join("k.db");
+    first.insert(&new_key("key_a", secret("a")), AUDIT).unwrap();
+    let second = SqliteStore::open(&path).unwrap();
+    for (i, writer) in [&first, &second, &first, &second].into_iter().enumerate() {
+        let id = format!("key_{i}");
+        writer.insert(&new_key(&id, secret(&id)), AUDIT).unwrap();
+    }
+    for reader in [&first, &second] {
+        assert_eq!(reader.changes_since(0, 100).unwrap().keys.len(), 5);
+    }
+    assert!(matches!(SqliteStore::open(&path), Ok(_)));
+    first.insert(&new_key("key_last", secret("last")), AUDIT).unwrap();
+}
