@@ -21,6 +21,7 @@ mod reload;
 mod request_path;
 mod shared_limits;
 mod store_conformance;
+mod store_copy;
 mod store_faults;
 mod tls;
 mod ui;

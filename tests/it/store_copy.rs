@@ -4,20 +4,18 @@
 //! and its usage and audit trail; re-running is refused without `--update` and safe with it;
 //! an export imported into a fresh store gives the same store.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::postgres::{postgres_url, FreshSchema};
+use crate::support::{spec, Harness, STANDARD};
 use http::StatusCode;
 use keygate::config::StoreUrl;
 use keygate::control::store;
 use keygate::control::store::dump::Dump;
 use keygate::core::environment::Environment;
-use support::postgres::{postgres_url, FreshSchema};
-use support::{spec, Harness, STANDARD};
 
 const PATH: &str = "/v1/customers/acme";
 
