@@ -338,11 +338,13 @@ backend api
 
 
 def keygate_config(work: str, upstream: int, proxy: int, admin: int, access_log: bool = False,
-                   redis: str = "", store: str = "", recent: int = 10000) -> str:
+                   redis: str = "", store: str = "", recent: int = 10000, redis_timeout: str = "") -> str:
     # With a PostgreSQL URL: that store instead of the SQLite file.
     store = store or f"sqlite://{work}/keygate.db"
     # With a Redis URL: the shared (fleet-wide) limiter instead of the local one.
     backend = f'backend = "redis"\nredis_url = "{redis}"\nredis_prefix = "keygate-bench:{proxy}:"' if redis else ""
+    if redis and redis_timeout:
+        backend += f'\nredis_timeout = "{redis_timeout}"'
     return f"""
 [server]
 listen = "127.0.0.1:{proxy}"
@@ -595,6 +597,8 @@ def main() -> None:
                         help="also run keygate on a fresh schema of this PostgreSQL database")
     parser.add_argument("--redis", default="",
                         help="also run keygate with its limits in this Redis (redis://127.0.0.1:6379)")
+    parser.add_argument("--redis-timeout", default="",
+                        help="rate_limit.redis_timeout of keygate-redis (default: keygate's own)")
     parser.add_argument("--churn", type=int, default=0,
                         help="also run keygate's valid scenario while this many key changes go in")
     parser.add_argument("--recent", action="store_true",
@@ -671,8 +675,10 @@ def bench(work: str, args) -> None:
         # A second gateway on the same store, its limits shared in Redis: only an admitted key's
         # check goes there, so only the valid and limited scenarios differ. Redis's own CPU time
         # is not in its column (Redis runs beside the driver, not pinned).
+        redis_admin = free_port()
         with open(f"{work}/keygate-redis.toml", "w") as f:
-            f.write(keygate_config(work, upstream, ports["keygate-redis"], free_port(), redis=args.redis))
+            f.write(keygate_config(work, upstream, ports["keygate-redis"], redis_admin, redis=args.redis,
+                                   redis_timeout=args.redis_timeout))
         shared = start([KEYGATE, "serve", "--config", f"{work}/keygate-redis.toml"], CONTENDER_CPU,
                        f"{work}/keygate-redis.log", env)
         wait_for_port(ports["keygate-redis"], "keygate-redis")
@@ -796,6 +802,16 @@ def bench(work: str, args) -> None:
     rss_kib = int(re.search(r"VmRSS:\s+(\d+)", rss).group(1))
     report(results, contenders, args)
     print(f"keygate RSS after the run: {rss_kib / 1024:.0f} MiB")
+    if args.redis:
+        # How often a check at saturation was decided locally because Redis answered late.
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{redis_admin}/metrics", timeout=5).read().decode()
+        def total(name: str) -> float:
+            return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                       if line.startswith(name) and not line.startswith("#"))
+        fallbacks, requests = total("keygate_rate_limit_fallback_total"), total("keygate_requests_total")
+        timeout = args.redis_timeout or "the default"
+        print(f"keygate-redis (redis_timeout {timeout}): {fallbacks:,.0f} of {requests:,.0f} checks decided "
+              f"locally ({100 * fallbacks / max(requests, 1):.3f}%)")
 
 
 if __name__ == "__main__":

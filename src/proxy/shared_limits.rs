@@ -94,8 +94,8 @@ impl SharedLimits {
         if self.is_shared() {
             match tokio::time::timeout(self.budget, self.eval(key_id, spec)).await {
                 Ok(Ok(decision)) => return Some(decision),
-                Ok(Err(error)) => self.mark_down(&error),
-                Err(_) => self.mark_down(&format!("no answer within {:?}", self.budget)),
+                Ok(Err(error)) => self.mark_down(Down::Unreachable(&error)),
+                Err(_) => self.mark_down(Down::Slow(self.budget)),
             }
         }
         self.fallbacks.inc();
@@ -120,9 +120,18 @@ impl SharedLimits {
         Ok(decision(spec, allowed == 1, remaining, retry_us, reset_us))
     }
 
-    fn mark_down(&self, error: &dyn std::fmt::Display) {
-        if self.up.swap(false, Ordering::Relaxed) {
-            tracing::warn!(%error, "Redis rate-limit backend unreachable: limiting locally until it answers");
+    fn mark_down(&self, why: Down<'_>) {
+        if !self.up.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        match why {
+            Down::Unreachable(error) => {
+                tracing::warn!(%error, "Redis rate-limit backend unreachable: limiting locally until it answers")
+            }
+            Down::Slow(budget) => tracing::warn!(
+                budget_ms = crate::telemetry::logs::millis(budget),
+                "Redis rate-limit backend slow: a check got no answer within rate_limit.redis_timeout; limiting locally until it answers a probe in time"
+            ),
         }
     }
 
@@ -189,6 +198,12 @@ fn decision(spec: &RateLimitSpec, allowed: bool, remaining: i64, retry_us: i64, 
         },
         retry_after,
     }
+}
+
+/// Why checks went local: Redis failed, or answered later than the budget allows.
+enum Down<'a> {
+    Unreachable(&'a dyn std::fmt::Display),
+    Slow(Duration),
 }
 
 #[cfg(test)]
