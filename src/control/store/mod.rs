@@ -98,6 +98,16 @@ pub fn check(url: &crate::config::StoreUrl) -> Result<(), StoreError> {
     }
 }
 
+/// Why the user this process runs as cannot use the store a config names (the file, its owner
+/// and mode, and that user), as `keygate check` tells it: tried, then explained. `None` when
+/// nothing is refused. Not for a process that holds the store open.
+pub fn access_problem(url: &crate::config::StoreUrl) -> Option<String> {
+    match url {
+        crate::config::StoreUrl::Sqlite(path) => sqlite::access::confirmed_problem(Path::new(path)),
+        crate::config::StoreUrl::Postgres(_) => None,
+    }
+}
+
 /// Whether the store a config names exists, without opening it: [`StoreError::Missing`] when
 /// it does not.
 pub fn exists(url: &crate::config::StoreUrl) -> Result<(), StoreError> {

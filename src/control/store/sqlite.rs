@@ -27,6 +27,8 @@ pub(super) const COLUMNS: &str =
      allowed_ips, expires_at, status, created_at, updated_at, last_used_at, previous_hash, grace_until, \
      previous_last_used_at, metadata, revision, idle_from";
 
+#[path = "sqlite_access.rs"]
+pub(super) mod access;
 #[path = "sqlite_file.rs"]
 mod file;
 #[path = "sqlite_schema.rs"]
