@@ -9,8 +9,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use keygate::control::store::{
-    Actor, Audit, KeyFilter, NewKey, Origin, PgStore, SqliteStore, Store, StoreError, StoredKey, TokenKind,
-    UsageDelta,
+    Actor, Audit, KeyFilter, Modified, NewKey, Origin, PgStore, SqliteStore, Store, StoreError, StoredKey,
+    TokenKind, UsageDelta,
 };
 use keygate::core::environment::Environment;
 use keygate::core::key::{KeySpec, KeyStatus, StoredStatus};
@@ -57,7 +57,7 @@ fn audit(event: &'static str) -> Audit {
     }
 }
 
-fn revoke(store: &Store, id: &str, at: Timestamp) -> Result<StoredKey, StoreError> {
+fn revoke(store: &Store, id: &str, at: Timestamp) -> Result<Modified, StoreError> {
     store.modify(id, audit("revoked"), None, &mut |key| {
         key.status = StoredStatus::Revoked;
         key.updated_at = at;
@@ -180,13 +180,14 @@ fn a_change_that_changes_nothing_writes_nothing(store: &Store) {
     store
         .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
         .unwrap();
-    revoke(store, "key_conformance00001", t(5)).unwrap();
+    assert!(revoke(store, "key_conformance00001", t(5)).unwrap().changed);
     let (revision, events) = (
         store.revision().unwrap(),
         store.events("key_conformance00001", 0, 10).unwrap().len(),
     );
     let again = revoke(store, "key_conformance00001", t(9)).unwrap();
-    assert_eq!(again.updated_at, t(5), "the key as it was");
+    assert!(!again.changed, "the store says nothing changed");
+    assert_eq!(again.key.updated_at, t(5), "the key as it was");
     assert_eq!(store.revision().unwrap(), revision, "no revision spent");
     assert_eq!(
         store.events("key_conformance00001", 0, 10).unwrap().len(),

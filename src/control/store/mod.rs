@@ -176,7 +176,7 @@ seam! {
         audit: Audit,
         webhook: Option<&str>,
         change: &mut (dyn FnMut(&mut StoredKey) -> Result<(), StoreError> + Send)
-    ) -> Result<StoredKey, StoreError>;
+    ) -> Result<Modified, StoreError>;
     fn events(&self, id: &str, after: u64, limit: usize) -> Result<Vec<KeyEvent>, StoreError>;
     fn list(
         &self,

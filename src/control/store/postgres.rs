@@ -25,8 +25,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Row};
 
 use super::model::{
-    lease_until, Audit, Changes, DayUsage, IdleKey, KeyEvent, KeyFilter, NewKey, PendingWebhook, StoredKey,
-    Usage, UsageDelta,
+    lease_until, Audit, Changes, DayUsage, IdleKey, KeyEvent, KeyFilter, Modified, NewKey, PendingWebhook,
+    StoredKey, Usage, UsageDelta,
 };
 use super::sqlite::{changed_fields, instant, is_no_change, json, new_key_fields, to_json, RawRow, COLUMNS};
 use super::StoreError;
@@ -368,7 +368,7 @@ impl PgStore {
         audit: Audit,
         webhook: Option<&str>,
         change: &mut (dyn FnMut(&mut StoredKey) -> Result<(), StoreError> + Send),
-    ) -> Result<StoredKey, StoreError> {
+    ) -> Result<Modified, StoreError> {
         self.run(async {
             let mut client = self.pool.get().await?;
             let tx = client.transaction().await?;
@@ -386,7 +386,10 @@ impl PgStore {
             let before = key.clone();
             change(&mut key)?;
             if is_no_change(&before, &key) {
-                return Ok(before);
+                return Ok(Modified {
+                    key: before,
+                    changed: false,
+                });
             }
             key.revision = next_revision(&tx).await?;
             write_back(&tx, &key).await?;
@@ -396,7 +399,7 @@ impl PgStore {
             }
             announce(&tx, self.channel(), key.revision).await?;
             tx.commit().await?;
-            Ok(key)
+            Ok(Modified { key, changed: true })
         })
     }
 
