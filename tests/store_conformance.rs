@@ -444,9 +444,34 @@ fn postgres_passes_the_suite() {
     }
 }
 
+/// What this test binary logs from now on, `log` records (tokio-postgres's) included.
+fn capture_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .try_init()
+        .expect("the only subscriber of this test binary");
+    lines.0
+}
+
 #[test]
 fn postgres_migrations_run_once_when_replicas_start_together() {
     let Some(url) = postgres_url() else { return };
+    let logs = capture_logs();
     let schema = FreshSchema::new(&url);
     let stores: Vec<_> = std::thread::scope(|s| {
         let opening: Vec<_> = (0..4).map(|_| s.spawn(|| PgStore::open(&schema.url))).collect();
@@ -456,6 +481,11 @@ fn postgres_migrations_run_once_when_replicas_start_together() {
         .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
         .unwrap();
     assert!(stores[3].get("key_conformance00001").unwrap().is_some());
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        !logged.contains("already exists"),
+        "PostgreSQL's notices of the migration's existing tables stay out of the log: {logged}"
+    );
     schema.sql("UPDATE keygate_schema SET version = version + 1");
     let refused = PgStore::open(&schema.url).unwrap_err().to_string();
     assert!(refused.contains("newer than this keygate knows"), "{refused}");

@@ -946,9 +946,17 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), StoreErro
     const UNLOCK: &str = "SELECT pg_advisory_unlock(hashtext('keygate_migrations:' || current_schema()))";
     client.execute(LOCK, &[]).await?;
     let result = async {
-        client
-            .batch_execute("CREATE TABLE IF NOT EXISTS keygate_schema (version INTEGER NOT NULL)")
-            .await?;
+        // Looked for (in the schema a CREATE TABLE would make it in) rather than `CREATE TABLE
+        // IF NOT EXISTS`, whose NOTICE ("relation ... already exists, skipping") tokio-postgres
+        // logs at INFO on every start. The lock makes the look and the create one step.
+        const EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_tables \
+             WHERE schemaname = current_schema() AND tablename = 'keygate_schema')";
+        let exists: bool = client.query_one(EXISTS, &[]).await?.get(0);
+        if !exists {
+            client
+                .batch_execute("CREATE TABLE keygate_schema (version INTEGER NOT NULL)")
+                .await?;
+        }
         let applied: i32 = client
             .query_opt("SELECT version FROM keygate_schema", &[])
             .await?
