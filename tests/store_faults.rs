@@ -602,3 +602,54 @@ fn running_as_root() -> bool {
             .any(|line| line.starts_with("Uid:") && line.split_whitespace().nth(1) == Some("0"))
     })
 }
+
+#[test]
+fn check_warns_of_a_store_file_that_is_not_a_keygate_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("keys.db");
+    let config = dir.path().join("gateway.toml");
+    let text = STANDARD
+        .replace("{upstream}", "127.0.0.1:9")
+        .replace("sqlite://keygate.db", &format!("sqlite://{}", store.display()));
+    std::fs::write(&config, text).unwrap();
+    let foreign = rusqlite::Connection::open(dir.path().join("foreign.db")).unwrap();
+    foreign.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
+    drop(foreign);
+    for (case, make, says) in [
+        ("empty", None, "an empty file (0 bytes)"),
+        ("foreign", Some("foreign.db"), "without keygate's tables"),
+    ] {
+        match make {
+            None => std::fs::write(&store, b"").unwrap(),
+            Some(source) => {
+                std::fs::copy(dir.path().join(source), &store).unwrap();
+            }
+        }
+        let before = std::fs::read(&store).unwrap();
+        let checked = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(["check", "--config", config.to_str().unwrap()])
+            .env_remove("KEYGATE_CONFIG")
+            .env("KEYGATE_ADMIN_TOKEN", "a-token-of-thirty-two-characters-xx")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&checked.stderr);
+        assert_eq!(
+            checked.status.code(),
+            Some(0),
+            "{case}: a warning, not an error: {stderr}"
+        );
+        assert!(
+            stderr.contains("is not a keygate store") && stderr.contains(says),
+            "{case}: {stderr}"
+        );
+        assert!(
+            stderr.contains("serve refuses to start on it"),
+            "{case}: {stderr}"
+        );
+        assert_eq!(
+            std::fs::read(&store).unwrap(),
+            before,
+            "{case}: check writes nothing"
+        );
+    }
+}

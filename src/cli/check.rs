@@ -1,7 +1,8 @@
 //! `keygate check --config FILE [--json] [--print] [--file-only]`: validates a config as `serve`
 //! would, then looks on this machine for what `serve` would refuse at start (the SQLite store's
 //! folder) or never be ready with (a store its user may not read and write: run `check` as the
-//! service's user), and says what it would only warn about. With `--print`, the effective
+//! service's user), and says what it would only warn about (a store not created yet, or a file
+//! there that is not a keygate store, which `store init` may still fix). With `--print`, the effective
 //! configuration: every default filled in, secrets redacted.
 //!
 //! Errors make the exit status 1, warnings do not. Validation itself reads no environment
@@ -16,6 +17,7 @@ use super::Failure;
 use crate::config::effective::Effective;
 use crate::config::raw::RawConfig;
 use crate::config::{self, Config, ConfigError, Problem, StoreUrl};
+use crate::control::store::StoreError;
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -219,6 +221,12 @@ fn warnings(config: &Config, shown: &Path) -> Vec<String> {
             warnings.push(format!(
                 "the store {} does not exist yet; serve refuses to start without it: create it with keygate store init --config {}",
                 store.display(),
+                shown.display()
+            ));
+        } else if let Err(StoreError::NotAStore(why)) = crate::control::store::check(&config.store.url) {
+            // Read only: an empty file or a foreign one, which serve refuses to start on.
+            warnings.push(format!(
+                "{why}; serve refuses to start on it: keygate store init --config {} gives an empty file keygate's schema (and refuses any other), or point store.url at the keygate store",
                 shown.display()
             ));
         }
