@@ -9,8 +9,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use keygate::control::store::{
-    Actor, Audit, KeyFilter, Modified, NewKey, Origin, PgStore, SqliteStore, Store, StoreError, StoredKey,
-    TokenKind, UsageDelta,
+    Actor, Audit, KeyFilter, Modified, NewKey, Origin, PgStore, SqliteStore, Store, StoreError, TokenKind,
+    UsageDelta,
 };
 use keygate::core::environment::Environment;
 use keygate::core::key::{KeySpec, KeyStatus, StoredStatus};

@@ -300,7 +300,9 @@ mod tests {
             gid: 65534,
             mode: 0o660,
         };
-        let cases: [(&str, Vec<(&str, Owned)>, Option<&str>); 6] = [
+        /// A case's name, its own files, and what is said (`None`: nothing).
+        type Case = (&'static str, Vec<(&'static str, Owned)>, Option<&'static str>);
+        let cases: [Case; 6] = [
             ("owned by the user", vec![("/srv/k/keys.db", mine)], None),
             ("group may", vec![("/srv/k/keys.db", group_rw)], None),
             (
