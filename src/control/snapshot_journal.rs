@@ -88,6 +88,9 @@ pub struct Journal {
     /// A line could not be written: the files were removed, and only a whole write brings
     /// them back.
     broken: bool,
+    /// The snapshot was removed for a lost line: a whole write is due until one is installed,
+    /// even when the journal restarted since holds nothing.
+    missing: bool,
     /// How many times a line could not be written: a whole write that began before the last
     /// time may miss that change, and is not installed.
     lost: u64,
@@ -129,6 +132,7 @@ impl Journal {
             lines: 0,
             marked_ms: i64::MIN,
             broken: false,
+            missing: false,
             lost: 0,
         }
     }
@@ -176,7 +180,7 @@ impl Journal {
 
     /// Whether the snapshot should be written whole: a journal holds changes, or lost one.
     pub fn needs_rewrite(&self) -> bool {
-        self.changes > 0 || self.previous_pending || self.broken
+        self.changes > 0 || self.previous_pending || self.broken || self.missing
     }
 
     /// Empties the journal after the snapshot was written whole (and made durable) with the
@@ -186,6 +190,7 @@ impl Journal {
         remove_if_present(&self.previous)?;
         self.previous_pending = false;
         self.broken = false;
+        self.missing = false;
         self.marked_ms = synced_ms;
         Ok(())
     }
@@ -232,6 +237,7 @@ impl Journal {
         if self.lost == rotation.lost {
             remove_if_present(&self.previous)?;
             self.previous_pending = false;
+            self.missing = false;
         }
         Ok(())
     }
@@ -283,6 +289,7 @@ impl Journal {
             "cannot journal a key change beside the snapshot; removing the snapshot until it is written whole again"
         );
         self.broken = true;
+        self.missing = true;
         self.lost += 1;
         self.file = None;
         self.previous_pending = false;
@@ -412,4 +419,98 @@ fn replay_file(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::core::environment::Environment;
+    use crate::core::secret::KeyHash;
+    use crate::proxy::table::{KeyTable, NEVER};
+
+    fn key(seq: u64, revoked: bool) -> AuthKey {
+        AuthKey {
+            seq,
+            id: format!("key_{seq}").into(),
+            hash: KeyHash([seq as u8; 32]),
+            environment: Environment::Production,
+            revoked,
+            expires_at: NEVER,
+            permissions: Arc::new(PermissionSet::new(Vec::new())),
+            customer_id: None,
+            extras: None,
+        }
+    }
+
+    fn revoked_in(path: &Path, seq: u64) -> Option<bool> {
+        let intern = |p: &[Permission]| Arc::new(PermissionSet::new(p.to_vec()));
+        let loaded = super::super::read(path, intern).ok()?;
+        loaded.keys.iter().find(|k| k.seq == seq).map(|k| k.revoked)
+    }
+
+    #[test]
+    fn a_whole_write_under_way_when_a_line_is_lost_is_not_installed_and_the_next_one_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("table.snap");
+        let table = KeyTable::default();
+        table.upsert(key(1, false));
+        super::super::write(&table, &path, 0, 0).unwrap();
+        let mut journal = Journal::new(&path);
+        journal.record(&[&key(1, true)], &[], 2, 0);
+        table.upsert(key(1, true));
+        let rotation = journal.rotate().unwrap();
+        let capture = super::super::Capture::of(&table);
+
+        // The journal cannot be written: the change is applied all the same, unsaved.
+        journal.file = None;
+        std::fs::remove_file(path_of(&path)).unwrap();
+        std::fs::create_dir(path_of(&path)).unwrap();
+        journal.record(&[&key(1, false)], &[], 3, 0);
+        table.upsert(key(1, false));
+        assert!(!path.exists(), "the snapshot is removed");
+        assert!(!previous_of(&path).exists());
+
+        let temporary = super::super::write_temporary(&capture, &path, 0, 0).unwrap();
+        assert!(
+            !journal.install(&rotation, &temporary).unwrap(),
+            "older than the table"
+        );
+        assert!(!path.exists() && !temporary.exists());
+        assert!(journal.needs_rewrite());
+
+        std::fs::remove_dir(path_of(&path)).unwrap();
+        let rotation = journal.rotate().unwrap();
+        let capture = super::super::Capture::of(&table);
+        let temporary = super::super::write_temporary(&capture, &path, 0, 0).unwrap();
+        assert!(journal.install(&rotation, &temporary).unwrap());
+        journal.retire(&rotation).unwrap();
+        assert_eq!(revoked_in(&path, 1), Some(false), "the table as it is");
+        assert!(!journal.needs_rewrite());
+    }
+
+    #[test]
+    fn a_line_cut_off_by_a_crash_is_cut_away_before_the_next_is_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("table.snap");
+        let table = KeyTable::default();
+        table.upsert(key(1, false));
+        super::super::write(&table, &path, 0, 0).unwrap();
+        let mut journal = Journal::new(&path);
+        journal.record(&[&key(1, true)], &[], 2, 0);
+        drop(journal);
+        let mut text = std::fs::read(path_of(&path)).unwrap();
+        text.extend_from_slice(b"{\"synced_ms\":5,\"put\":[{\"seq\"");
+        std::fs::write(path_of(&path), &text).unwrap();
+
+        let mut journal = Journal::new(&path);
+        journal.record(&[&key(2, false)], &[], 3, 0);
+        assert_eq!(revoked_in(&path, 1), Some(true));
+        assert_eq!(
+            revoked_in(&path, 2),
+            Some(false),
+            "the line after the cut one is read"
+        );
+    }
 }
