@@ -85,8 +85,8 @@ pub struct Journal {
     lines: usize,
     /// The sync time of the last line written.
     marked_ms: i64,
-    /// A line could not be written: the files were removed, and only a whole write brings
-    /// them back.
+    /// A line could not be written: the files were removed, and no line is written until a
+    /// rotation (or a whole write with the turn held) starts a new journal.
     broken: bool,
     /// The snapshot was removed for a lost line: a whole write is due until one is installed,
     /// even when the journal restarted since holds nothing.
