@@ -1,6 +1,8 @@
 //! `keygate check --config FILE [--json] [--print] [--file-only]`: validates a config as `serve`
 //! would, then looks on this machine for what `serve` would refuse at start (the SQLite store's
-//! folder), and says what it would only warn about. With `--print`, the effective
+//! folder) or never be ready with (a store its user may not read and write: run `check` as the
+//! service's user), and says what it would only warn about (a store not created yet, or a file
+//! there that is not a keygate store, which `store init` may still fix). With `--print`, the effective
 //! configuration: every default filled in, secrets redacted.
 //!
 //! Errors make the exit status 1, warnings do not. Validation itself reads no environment
@@ -15,6 +17,7 @@ use super::Failure;
 use crate::config::effective::Effective;
 use crate::config::raw::RawConfig;
 use crate::config::{self, Config, ConfigError, Problem, StoreUrl};
+use crate::control::store::StoreError;
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -151,10 +154,12 @@ fn print_json(report: &Report<'_>) -> Result<(), Failure> {
     Ok(())
 }
 
-/// What `serve` would refuse at start that this machine shows: the SQLite store's folder, and
+/// What `serve` would refuse at start, or never be ready with, that this machine shows: the
+/// SQLite store's folder, the store's files that the user running `check` may not use, and
 /// the TLS certificate and key (missing, not PEM, not a pair, expired).
 fn host_problems(config: &Config, path: &Path) -> Vec<Problem> {
     let mut problems = store_folder_problem(config, path);
+    problems.extend(store_access_problem(config, path));
     if let Err(error) = config::check_files(config, jiff::Timestamp::now().as_second()) {
         problems.extend(error.problems);
     }
@@ -180,6 +185,19 @@ fn store_folder_problem(config: &Config, path: &Path) -> Vec<Problem> {
     }]
 }
 
+/// A store the user running `check` cannot use (made by root, served as another user): `serve`
+/// as this user would never be ready. Run `check` as the user the service runs as.
+fn store_access_problem(config: &Config, path: &Path) -> Option<Problem> {
+    let message = crate::control::store::access_problem(&config.store.url)?;
+    let (line, column) = store_url_position(path).unzip();
+    Some(Problem {
+        line,
+        column,
+        field: "store.url".into(),
+        message: format!("{message}; serve as this user would answer 503 until then"),
+    })
+}
+
 fn missing_folder(store: &Path) -> Option<&Path> {
     store
         .parent()
@@ -203,6 +221,12 @@ fn warnings(config: &Config, shown: &Path) -> Vec<String> {
             warnings.push(format!(
                 "the store {} does not exist yet; serve refuses to start without it: create it with keygate store init --config {}",
                 store.display(),
+                shown.display()
+            ));
+        } else if let Err(StoreError::NotAStore(why)) = crate::control::store::check(&config.store.url) {
+            // Read only: an empty file or a foreign one, which serve refuses to start on.
+            warnings.push(format!(
+                "{why}; serve refuses to start on it: keygate store init --config {} gives an empty file keygate's schema (and refuses any other), or point store.url at the keygate store",
                 shown.display()
             ));
         }

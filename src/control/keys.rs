@@ -542,8 +542,17 @@ impl KeyService {
         if let Some(failure) = failure {
             return Err(failure);
         }
-        let key = result.map_err(|e| KeyError::from_store(e, id))?;
-        tracing::info!(key_id = %key.id, revision = key.revision, actor = self.actor.as_str(), "key {event}");
+        let modified = result.map_err(|e| KeyError::from_store(e, id))?;
+        let key = modified.key;
+        match modified.changed {
+            true => {
+                tracing::info!(key_id = %key.id, revision = key.revision, actor = self.actor.as_str(), "key {event}")
+            }
+            // Nothing written: no revision, no audit record, so no "key updated" either.
+            false => {
+                tracing::debug!(key_id = %key.id, actor = self.actor.as_str(), asked = event, "no change to the key")
+            }
+        }
         Ok(key.view(now))
     }
 }
@@ -633,3 +642,7 @@ fn validate_spec(spec: &KeySpec, now: Timestamp) -> Result<(), KeyError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "keys_tests.rs"]
+mod tests;

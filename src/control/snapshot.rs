@@ -2,10 +2,11 @@
 //! is down can serve (control plane).
 //!
 //! The table is written whole after the first load (before the gateway is ready), then at most
-//! every few sync intervals when it changed: one JSON line of header, then one line per key
-//! with what the hot path needs of it (hashes, never secrets). It is written to a temporary
-//! file beside the target, synced and renamed over it, so a crash leaves the old snapshot or the
-//! new one, never half of one; the file is readable by its owner only. In between, every change
+//! every few sync intervals when it changed, in the background while syncs go on (the journal
+//! is rotated first, see [`journal`]): one JSON line of header, then one line per key with what
+//! the hot path needs of it (hashes, never secrets). It is written to a temporary file beside
+//! the target, synced and renamed over it, so a crash leaves the old snapshot or the new one,
+//! never half of one; the file is readable by its owner only. In between, every change
 //! set is journaled before it is applied ([`journal`]), so the snapshot and its journal are
 //! never older than the table the gateway enforces, and they record the time of the last sync
 //! they reflect: a start counts the table's age (`store.max_staleness`) from there. At start,
@@ -14,7 +15,8 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -78,35 +80,72 @@ pub struct Loaded {
     pub synced_ms: i64,
 }
 
+/// The table's keys as one whole write takes them, and the revision read before them.
+///
+/// Not one instant of the whole table: each key is as it was at some moment after the capture
+/// began, while the key sync goes on applying changes (the journal makes up the difference,
+/// see [`journal`]). Taking the keys holds one shard's read lock at a time, only to clone
+/// pointers, never while anything is serialized or written.
+pub struct Capture {
+    revision: u64,
+    keys: Vec<Arc<AuthKey>>,
+}
+
+impl Capture {
+    pub fn of(table: &KeyTable) -> Capture {
+        let revision = table.revision();
+        let mut seqs = Vec::with_capacity(table.len());
+        table.for_each(|key| seqs.push(key.seq));
+        // A key removed since is not taken: its removal is journaled.
+        let keys = seqs.into_iter().filter_map(|seq| table.get(seq)).collect();
+        Capture { revision, keys }
+    }
+}
+
 /// Writes `table` to `path`, atomically and durably, as of the sync at `synced_ms`.
 pub fn write(table: &KeyTable, path: &Path, now_ms: i64, synced_ms: i64) -> std::io::Result<()> {
-    let temporary = path.with_extension("tmp");
+    let temporary = write_temporary(&Capture::of(table), path, now_ms, synced_ms)?;
+    std::fs::rename(&temporary, path)?;
+    sync_folder(path)
+}
+
+/// `<snapshot>.tmp`, where a whole write goes before it is renamed over the snapshot.
+pub fn temporary_of(path: &Path) -> PathBuf {
+    path.with_extension("tmp")
+}
+
+/// Writes `capture` to [`temporary_of`] `path`, synced to disk; the caller renames it over
+/// `path` and then syncs the folder ([`sync_folder`]).
+pub fn write_temporary(
+    capture: &Capture,
+    path: &Path,
+    now_ms: i64,
+    synced_ms: i64,
+) -> std::io::Result<PathBuf> {
+    let temporary = temporary_of(path);
     let file = create_private(&temporary)?;
     let mut out = BufWriter::new(file);
     let header = Header {
         format: FORMAT.into(),
         version: VERSION,
-        revision: table.revision(),
+        revision: capture.revision,
         written_ms: now_ms,
         synced_ms: Some(synced_ms),
-        keys: table.len(),
+        keys: capture.keys.len(),
     };
     serde_json::to_writer(&mut out, &header)?;
     out.write_all(b"\n")?;
-    let mut failed = None;
-    table.for_each(|key| {
-        if failed.is_none() {
-            let written = serde_json::to_writer(&mut out, &entry(key)).map_err(std::io::Error::from);
-            failed = written.and_then(|()| out.write_all(b"\n")).err();
-        }
-    });
-    if let Some(error) = failed {
-        return Err(error);
+    for key in &capture.keys {
+        serde_json::to_writer(&mut out, &entry(key))?;
+        out.write_all(b"\n")?;
     }
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
-    // The rename itself made durable, before the journal it replaces is emptied.
+    Ok(temporary)
+}
+
+/// Makes a rename or a new file in `path`'s folder durable.
+pub fn sync_folder(path: &Path) -> std::io::Result<()> {
     match path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         Some(dir) => std::fs::File::open(dir)?.sync_all(),
         None => std::fs::File::open(".")?.sync_all(),
@@ -399,5 +438,145 @@ mod tests {
             read(&path, intern).is_err(),
             "a bad line before the last refuses the whole"
         );
+    }
+
+    /// One step of a whole write that runs beside the sync.
+    #[derive(Clone, Copy, Debug)]
+    enum Step {
+        /// Capture the table and write it to the temporary file.
+        Write,
+        Install,
+        Retire,
+    }
+
+    /// Every order in which `changes` changes and the write's three steps can interleave.
+    fn interleavings(changes: usize) -> Vec<Vec<Option<Step>>> {
+        let steps = [Step::Write, Step::Install, Step::Retire];
+        let total = changes + steps.len();
+        let mut orders = Vec::new();
+        for mask in 0u32..1 << total {
+            if mask.count_ones() as usize != steps.len() {
+                continue;
+            }
+            let mut next = steps.iter();
+            let order = (0..total)
+                .map(|i| (mask & 1 << i != 0).then(|| *next.next().unwrap()))
+                .collect();
+            orders.push(order);
+        }
+        orders
+    }
+
+    /// The keys as a comparable set: (seq, revoked, current hash).
+    fn state<'a>(keys: impl Iterator<Item = &'a AuthKey>) -> Vec<(u64, bool, KeyHash)> {
+        let mut state: Vec<_> = keys.map(|k| (k.seq, k.revoked, k.hash)).collect();
+        state.sort_by_key(|s| s.0);
+        state
+    }
+
+    fn table_state(table: &KeyTable) -> Vec<(u64, bool, KeyHash)> {
+        let mut keys = Vec::new();
+        table.for_each(|k| keys.push((k.seq, k.revoked, k.hash)));
+        keys.sort_by_key(|s| s.0);
+        keys
+    }
+
+    /// A change as the sync makes it: journaled, then applied.
+    fn change(journal: &mut journal::Journal, table: &KeyTable, n: usize) {
+        let (seq, revoked, removed) = [
+            (2, true, false),
+            (3, false, true),
+            (5, false, false),
+            (2, false, false),
+        ][n];
+        let revision = 10 + n as u64;
+        if removed {
+            journal.record(&[], &[seq], revision, 0);
+            table.remove(seq);
+        } else {
+            let changed = |seq| AuthKey {
+                revoked,
+                ..key(seq, None)
+            };
+            journal.record(&[&changed(seq)], &[], revision, 0);
+            table.upsert(changed(seq));
+        }
+        table.set_revision(revision);
+    }
+
+    #[test]
+    fn a_whole_write_beside_the_sync_replays_to_the_table_whatever_it_captured_and_wherever_it_stops() {
+        let intern = |p: &[Permission]| Arc::new(PermissionSet::new(p.to_vec()));
+        let orders = interleavings(4);
+        assert_eq!(orders.len(), 35);
+        for earlier_write_failed in [false, true] {
+            for order in &orders {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("table.snap");
+                let table = KeyTable::default();
+                for seq in 1..=4 {
+                    table.upsert(AuthKey {
+                        revoked: false,
+                        ..key(seq, None)
+                    });
+                }
+                write(&table, &path, 0, 0).unwrap();
+                let mut journal = journal::Journal::new(&path);
+                // A change journaled before the rotation: it goes to J.prev.
+                let before = AuthKey {
+                    revoked: true,
+                    ..key(1, None)
+                };
+                journal.record(&[&before], &[], 5, 0);
+                table.upsert(AuthKey {
+                    revoked: true,
+                    ..key(1, None)
+                });
+                if earlier_write_failed {
+                    // A rotation whose write never installed, then a change: the next
+                    // rotation appends that J to the J.prev left.
+                    journal.rotate().unwrap();
+                    let again = AuthKey {
+                        revoked: false,
+                        ..key(4, None)
+                    };
+                    journal.record(&[&again], &[], 6, 0);
+                    table.upsert(AuthKey {
+                        revoked: false,
+                        ..key(4, None)
+                    });
+                }
+                let rotation = journal.rotate().unwrap();
+                let crash_here = |table: &KeyTable, at: &str| {
+                    let loaded = read(&path, intern).unwrap_or_else(|e| panic!("{order:?} {at}: {e}"));
+                    assert_eq!(
+                        state(loaded.keys.iter()),
+                        table_state(table),
+                        "{order:?}, earlier write failed: {earlier_write_failed}, crash {at}"
+                    );
+                };
+                crash_here(&table, "after the rotation");
+                let (mut changes, mut temporary) = (0, None);
+                for step in order {
+                    match step {
+                        None => {
+                            change(&mut journal, &table, changes);
+                            changes += 1;
+                        }
+                        Some(Step::Write) => {
+                            let capture = Capture::of(&table);
+                            temporary = Some(write_temporary(&capture, &path, 1, 1).unwrap());
+                        }
+                        Some(Step::Install) => {
+                            assert!(journal.install(&rotation, temporary.as_ref().unwrap()).unwrap());
+                            sync_folder(&path).unwrap();
+                        }
+                        Some(Step::Retire) => journal.retire(&rotation).unwrap(),
+                    }
+                    crash_here(&table, &format!("after {step:?}"));
+                }
+                assert!(!journal::previous_of(&path).exists(), "{order:?}: J.prev retired");
+            }
+        }
     }
 }

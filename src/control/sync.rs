@@ -50,6 +50,8 @@ pub struct KeySync {
     journal: Mutex<Option<Journal>>,
     /// When the snapshot was last written whole.
     saved: Mutex<Option<std::time::Instant>>,
+    /// A whole write runs (in the background, without the sync's turn).
+    writing: Arc<AtomicBool>,
 }
 
 impl KeySync {
@@ -73,6 +75,7 @@ impl KeySync {
             snapshot: None,
             journal: Mutex::default(),
             saved: Mutex::default(),
+            writing: Arc::default(),
         }
     }
 
@@ -151,9 +154,10 @@ impl KeySync {
         }
     }
 
-    /// Writes the table whole to the snapshot, as of the sync at the status's last success or
-    /// `synced_ms`, and empties the journal. Call with the sync's turn held. A failure removes
-    /// nothing newer: the old snapshot and journal stay, and are as new as the table.
+    /// Writes the table whole to the snapshot, as of the sync at `synced_ms`, and empties the
+    /// journals, all with the sync's turn held: the first load, before the gateway is ready
+    /// (later ones run beside the sync, [`KeySync::write_rotated`]). A failure removes nothing
+    /// newer: the old snapshot and journals stay, and are as new as the table.
     fn write_whole(&self, synced_ms: i64) {
         let Some((path, _)) = &self.snapshot else {
             return;
@@ -337,7 +341,8 @@ impl KeySync {
 
     /// Writes the table whole when the journal holds changes and the last whole write is old
     /// enough, so the journal stays short; never a table that came from the snapshot itself.
-    /// Takes the sync's turn: a change waits for the write rather than be lost by it.
+    /// The write runs in the background, one at a time, and holds the sync's turn only to
+    /// rotate the journal ([`KeySync::write_rotated`]): syncs go on while it writes.
     async fn save_snapshot(self: &Arc<Self>) {
         let Some((_, every)) = self.snapshot.clone() else {
             return;
@@ -346,29 +351,79 @@ impl KeySync {
             Some(at) => at.elapsed() >= every,
             None => true,
         };
-        let needed = || {
-            let journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
-            journal.as_ref().is_some_and(Journal::needs_rewrite)
-        };
-        if !due || self.status.from_snapshot() || !needed() {
+        if !due || self.status.from_snapshot() || !self.needs_rewrite() {
+            return;
+        }
+        if self.writing.swap(true, Ordering::AcqRel) {
             return;
         }
         let sync = self.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let _turn = sync.running.lock().unwrap_or_else(|p| p.into_inner());
-            let needed = sync
-                .journal
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-                .is_some_and(Journal::needs_rewrite);
-            if needed && !sync.status.from_snapshot() {
-                sync.write_whole(sync.status.last_success_ms());
+        let writing = Writing(self.writing.clone());
+        tokio::task::spawn_blocking(move || {
+            let _writing = writing;
+            sync.write_rotated();
+        });
+    }
+
+    fn needs_rewrite(&self) -> bool {
+        let journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        journal.as_ref().is_some_and(Journal::needs_rewrite)
+    }
+
+    /// Writes the table whole without holding the sync's turn, but to rotate the journal first:
+    /// the snapshot plus `J.prev` plus `J` is the table whatever the write captured (the proof
+    /// is in [`super::snapshot::journal`]'s doc). Blocking.
+    fn write_rotated(&self) {
+        let Some((path, _)) = &self.snapshot else {
+            return;
+        };
+        let (rotation, synced_ms) = {
+            let _turn = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            if self.status.from_snapshot() || !self.needs_rewrite() {
+                return;
             }
-        })
-        .await;
-        if let Err(panic) = written {
-            tracing::error!(%panic, "key table snapshot task failed");
+            let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(journal) = journal.as_mut() else {
+                return;
+            };
+            match journal.rotate() {
+                Ok(rotation) => (rotation, self.status.last_success_ms()),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot rotate the key table snapshot's journal");
+                    return;
+                }
+            }
+        };
+        let started = std::time::Instant::now();
+        let now_ms = self.clock.now().as_millisecond();
+        let capture = super::snapshot::Capture::of(&self.table);
+        let written = super::snapshot::write_temporary(&capture, path, now_ms, synced_ms);
+        drop(capture);
+        *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+        // The journal's lock, not the turn: a sync waits at most for one rename or removal.
+        let journal = || self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        let installed = written.and_then(|temporary| {
+            let installed = journal()
+                .as_mut()
+                .map_or(Ok(false), |journal| journal.install(&rotation, &temporary))?;
+            if installed {
+                super::snapshot::sync_folder(path)?;
+                journal()
+                    .as_mut()
+                    .map_or(Ok(()), |journal| journal.retire(&rotation))?;
+            }
+            Ok(installed)
+        });
+        match installed {
+            Ok(true) => tracing::debug!(
+                keys = self.table.len(),
+                elapsed_ms = crate::telemetry::logs::millis(started.elapsed()),
+                "key table snapshot written whole"
+            ),
+            Ok(false) => tracing::warn!(
+                "a key change could not be journaled during the snapshot's whole write; the write is dropped"
+            ),
+            Err(error) => tracing::warn!(%error, "cannot save the key table snapshot"),
         }
     }
 
@@ -440,6 +495,15 @@ impl KeySync {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+}
+
+/// Clears the "a whole write runs" flag when the write ends, panic included.
+struct Writing(Arc<AtomicBool>);
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -551,5 +615,70 @@ mod tests {
         assert_eq!((last.keys.len(), last.more, last.revision), (1, false, 5));
         let none = store.changes_since(5, 2).unwrap();
         assert_eq!((none.keys.len(), none.more, none.revision), (0, false, 5));
+    }
+
+    /// Waits for `done` up to a generous deadline (a stall, not a speed, is what it catches).
+    fn within_deadline(done: impl Fn() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if done() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        done()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sync_goes_on_while_the_snapshot_is_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::create(&dir.path().join("k.db")).unwrap());
+        store.insert_many(&keys(0, 3), AUDIT).unwrap();
+        let table = Arc::new(KeyTable::default());
+        let snapshot = dir.path().join("table.snap");
+        let sync = Arc::new(
+            KeySync::new(
+                store.clone(),
+                table.clone(),
+                Arc::default(),
+                Metrics::new(),
+                system_clock(),
+            )
+            .with_snapshot(Some(snapshot.clone()), Duration::ZERO),
+        );
+        sync.sync_once().unwrap();
+        store.insert_many(&keys(3, 1), AUDIT).unwrap();
+        sync.sync_once().unwrap();
+        // The whole write's temporary file is a FIFO: the write stops there until it is read.
+        let temporary = super::super::snapshot::temporary_of(&snapshot);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&temporary)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let saving = sync.clone();
+        tokio::spawn(async move { saving.save_snapshot().await });
+        let previous = super::super::snapshot::journal::previous_of(&snapshot);
+        // Not asserted: without rotation there is nothing to wait for, and the sync below
+        // then shows what the write holds.
+        let _ = tokio::task::spawn_blocking(move || within_deadline(|| previous.exists())).await;
+
+        store.insert_many(&keys(4, 1), AUDIT).unwrap();
+        let (synced, result) = std::sync::mpsc::channel();
+        let syncing = sync.clone();
+        std::thread::spawn(move || {
+            let _ = synced.send(syncing.sync_once().map_err(|e| e.to_string()));
+        });
+        let outcome = tokio::task::spawn_blocking(move || result.recv_timeout(Duration::from_secs(20)))
+            .await
+            .unwrap();
+        // Let the write go on (it fails at syncing a FIFO), whatever the outcome.
+        let mut reader = std::fs::File::open(&temporary).unwrap();
+        std::io::Read::read_to_end(&mut reader, &mut Vec::new()).unwrap();
+        assert_eq!(
+            outcome.expect("the sync waited for the snapshot's whole write"),
+            Ok(1)
+        );
+        assert_eq!(table.len(), 5);
     }
 }

@@ -1,7 +1,8 @@
 //! Three gateways on one PostgreSQL store and one Redis, acting as one: a change made through
 //! any of them is in force on all (pushed by NOTIFY: the poll here is an hour), a key's limit
 //! is one limit, and with PostgreSQL cut off every replica keeps serving and catches up once it
-//! is back. Needs `KEYGATE_TEST_POSTGRES_URL` and `KEYGATE_TEST_REDIS_URL`; each test has a
+//! is back; a replica restarted from its own snapshot while PostgreSQL is down keeps every
+//! revocation it enforced. Needs `KEYGATE_TEST_POSTGRES_URL` and `KEYGATE_TEST_REDIS_URL`; each test has a
 //! schema and a bucket prefix of its own.
 
 use std::time::Duration;
@@ -205,4 +206,63 @@ async fn a_replica_started_while_postgres_is_down_is_not_ready_until_it_is_back(
     let ready = admin_call(&late, "GET", "/readyz", "").await;
     assert_eq!(ready.status, 200, "{}", ready.text());
     late.shutdown().await;
+}
+
+/// Replica B: the harness's config (through the same relay) with a snapshot of its own.
+fn replica_with_snapshot(harness: &Harness, snapshot: &str) -> keygate::config::Config {
+    let text = std::fs::read_to_string(&harness.config_path).unwrap();
+    let edited = "sync_interval = \"1h\"";
+    assert!(text.contains(edited), "the fleet config sets {edited}");
+    let text = text.replacen(edited, &format!("{edited}\nsnapshot = \"{snapshot}\""), 1);
+    keygate::config::parse(&text, harness.dir.path()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn start_replica(harness: &Harness, config: keygate::config::Config) -> Gateway {
+    let options = keygate::gateway::Options {
+        hasher: keygate::core::secret::Hasher::unkeyed(),
+        admin_token: Some(support::ADMIN_TOKEN.into()),
+        admin_read_token: Some(support::READ_TOKEN.into()),
+        clock: std::sync::Arc::new(harness.clock.clone()),
+    };
+    Gateway::start(config, options).await.unwrap()
+}
+
+// Issue 19 item 4, on PostgreSQL. Multi-threaded, as above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_restarted_from_its_snapshot_while_postgres_is_down_refuses_a_key_revoked_just_before() {
+    let Some((a, relay, _schema)) = behind_relay().await else {
+        return;
+    };
+    let (id, key) = a.key(&["*"]).await;
+    let b = start_replica(&a, replica_with_snapshot(&a, "replica-b.snap")).await;
+    loaded(&b).await;
+    assert_eq!(status(&b, &key).await, 200);
+    assert!(
+        a.dir.path().join("replica-b.snap").exists(),
+        "written whole at B's first load"
+    );
+
+    let revoked = admin_call(&a.gateway, "POST", &format!("/v1/keys/{id}/revoke"), "").await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text());
+    assert!(
+        all_answer(&[&b], &key, 401).await,
+        "pushed to B (its poll is hourly)"
+    );
+    // Stopped at once: long before B's next whole write of its snapshot (ten intervals, or a
+    // minute at most).
+    b.shutdown().await;
+
+    relay.cut();
+    let b = start_replica(&a, replica_with_snapshot(&a, "replica-b.snap")).await;
+    loaded(&b).await;
+    let ready = admin_call(&b, "GET", "/readyz", "").await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(ready.json()["table_source"], "snapshot", "{}", ready.text());
+    assert_eq!(
+        status(&b, &key).await,
+        401,
+        "the revocation B enforced before its stop is in force after its start from the snapshot"
+    );
+    relay.restore();
+    b.shutdown().await;
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use keygate::control::store::{
-    Actor, Audit, KeyFilter, NewKey, Origin, PgStore, SqliteStore, Store, StoreError, StoredKey, TokenKind,
+    Actor, Audit, KeyFilter, Modified, NewKey, Origin, PgStore, SqliteStore, Store, StoreError, TokenKind,
     UsageDelta,
 };
 use keygate::core::environment::Environment;
@@ -56,7 +56,7 @@ fn audit(event: &'static str) -> Audit {
     }
 }
 
-fn revoke(store: &Store, id: &str, at: Timestamp) -> Result<StoredKey, StoreError> {
+fn revoke(store: &Store, id: &str, at: Timestamp) -> Result<Modified, StoreError> {
     store.modify(id, audit("revoked"), None, &mut |key| {
         key.status = StoredStatus::Revoked;
         key.updated_at = at;
@@ -179,13 +179,14 @@ fn a_change_that_changes_nothing_writes_nothing(store: &Store) {
     store
         .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
         .unwrap();
-    revoke(store, "key_conformance00001", t(5)).unwrap();
+    assert!(revoke(store, "key_conformance00001", t(5)).unwrap().changed);
     let (revision, events) = (
         store.revision().unwrap(),
         store.events("key_conformance00001", 0, 10).unwrap().len(),
     );
     let again = revoke(store, "key_conformance00001", t(9)).unwrap();
-    assert_eq!(again.updated_at, t(5), "the key as it was");
+    assert!(!again.changed, "the store says nothing changed");
+    assert_eq!(again.key.updated_at, t(5), "the key as it was");
     assert_eq!(store.revision().unwrap(), revision, "no revision spent");
     assert_eq!(
         store.events("key_conformance00001", 0, 10).unwrap().len(),
@@ -442,9 +443,34 @@ fn postgres_passes_the_suite() {
     }
 }
 
+/// What this test binary logs from now on, `log` records (tokio-postgres's) included.
+fn capture_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .try_init()
+        .expect("the only subscriber of this test binary");
+    lines.0
+}
+
 #[test]
 fn postgres_migrations_run_once_when_replicas_start_together() {
     let Some(url) = postgres_url() else { return };
+    let logs = capture_logs();
     let schema = FreshSchema::new(&url);
     let stores: Vec<_> = std::thread::scope(|s| {
         let opening: Vec<_> = (0..4).map(|_| s.spawn(|| PgStore::open(&schema.url))).collect();
@@ -454,6 +480,11 @@ fn postgres_migrations_run_once_when_replicas_start_together() {
         .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
         .unwrap();
     assert!(stores[3].get("key_conformance00001").unwrap().is_some());
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        !logged.contains("already exists"),
+        "PostgreSQL's notices of the migration's existing tables stay out of the log: {logged}"
+    );
     schema.sql("UPDATE keygate_schema SET version = version + 1");
     let refused = PgStore::open(&schema.url).unwrap_err().to_string();
     assert!(refused.contains("newer than this keygate knows"), "{refused}");

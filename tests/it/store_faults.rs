@@ -1,5 +1,5 @@
 //! The gateway when its store lets it down: a stale key table, a store file replaced or
-//! deleted under it, a store locked at start.
+//! deleted under it, a store locked at start, a store its user may not open.
 
 use crate::support;
 
@@ -486,4 +486,170 @@ async fn a_start_after_a_quiet_period_counts_the_saved_table_age_from_its_last_s
 
     replica.gateway.shutdown().await;
     drop(replica.holder);
+}
+
+/// `keygate` run as `nobody` through `setpriv`: a gateway whose user is not the store's owner
+/// (systemd's `DynamicUser`). `None` where `setpriv` is not installed.
+fn as_nobody(args: &[&str]) -> Option<std::process::Command> {
+    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .into_iter()
+        .find(|path| Path::new(path).exists())?;
+    let mut command = std::process::Command::new(setpriv);
+    command
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_keygate"))
+        .args(args)
+        .env_remove("KEYGATE_CONFIG")
+        .env("KEYGATE_ADMIN_TOKEN", "a-token-of-thirty-two-characters-xx")
+        .stdin(std::process::Stdio::null());
+    Some(command)
+}
+
+/// `GET /readyz` on `admin` over a plain socket: the status code and the body.
+fn readyz(admin: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(admin).ok()?;
+    socket
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).ok()?;
+    let status = answer.get(9..12)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+// Issue 20 item 2: a store made by root, a gateway run as another user.
+#[test]
+fn a_store_its_user_may_not_open_is_named_by_check_in_the_log_and_in_readyz() {
+    if !running_as_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let store = dir.path().join("keys.db");
+    drop(SqliteStore::create(&store).unwrap());
+    let config = dir.path().join("gateway.toml");
+    let text = STANDARD
+        .replace("{upstream}", "127.0.0.1:9")
+        .replace("sqlite://keygate.db", &format!("sqlite://{}", store.display()));
+    std::fs::write(&config, text).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = config.to_str().unwrap();
+    let named = |said: &str| {
+        ["keygate runs as uid 65534", "owner uid 0", "mode 0600", "keys.db"]
+            .iter()
+            .all(|part| said.contains(part))
+    };
+
+    let Some(mut check) = as_nobody(&["check", "--config", config]) else {
+        return;
+    };
+    let checked = check.output().unwrap();
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert_eq!(checked.status.code(), Some(1), "{stderr}");
+    assert!(named(&stderr), "check names owner, mode and user: {stderr}");
+
+    let mut serve = as_nobody(&["serve", "--config", config, "--log-format", "json"])
+        .unwrap()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let stdout = serve.stdout.take().unwrap();
+    let read = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            if let Ok(line) = serde_json::from_str(&line) {
+                read.lock().unwrap().push(line);
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = None;
+    while std::time::Instant::now() < deadline && seen.is_none() {
+        std::thread::sleep(Duration::from_millis(50));
+        let admin = lines.lock().unwrap().iter().find_map(|line| {
+            (line["message"] == "keygate serving").then(|| line["admin_addr"].as_str().unwrap().to_owned())
+        });
+        let logged = lines.lock().unwrap().iter().any(|line| {
+            line["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("cannot load the key table"))
+                && line["error"].as_str().is_some_and(named)
+        });
+        seen = admin
+            .and_then(|admin| readyz(&admin))
+            .filter(|(status, body)| logged && *status == 503 && named(body));
+    }
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    assert!(
+        seen.is_some(),
+        "the log and /readyz name owner, mode and user: {:?}",
+        lines.lock().unwrap()
+    );
+}
+
+/// Whether the tests run as root (the only user that can make a store another user cannot
+/// open, and switch to that user).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .any(|line| line.starts_with("Uid:") && line.split_whitespace().nth(1) == Some("0"))
+    })
+}
+
+#[test]
+fn check_warns_of_a_store_file_that_is_not_a_keygate_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("keys.db");
+    let config = dir.path().join("gateway.toml");
+    let text = STANDARD
+        .replace("{upstream}", "127.0.0.1:9")
+        .replace("sqlite://keygate.db", &format!("sqlite://{}", store.display()));
+    std::fs::write(&config, text).unwrap();
+    let foreign = rusqlite::Connection::open(dir.path().join("foreign.db")).unwrap();
+    foreign.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
+    drop(foreign);
+    for (case, make, says) in [
+        ("empty", None, "an empty file (0 bytes)"),
+        ("foreign", Some("foreign.db"), "without keygate's tables"),
+    ] {
+        match make {
+            None => std::fs::write(&store, b"").unwrap(),
+            Some(source) => {
+                std::fs::copy(dir.path().join(source), &store).unwrap();
+            }
+        }
+        let before = std::fs::read(&store).unwrap();
+        let checked = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(["check", "--config", config.to_str().unwrap()])
+            .env_remove("KEYGATE_CONFIG")
+            .env("KEYGATE_ADMIN_TOKEN", "a-token-of-thirty-two-characters-xx")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&checked.stderr);
+        assert_eq!(
+            checked.status.code(),
+            Some(0),
+            "{case}: a warning, not an error: {stderr}"
+        );
+        assert!(
+            stderr.contains("is not a keygate store") && stderr.contains(says),
+            "{case}: {stderr}"
+        );
+        assert!(
+            stderr.contains("serve refuses to start on it"),
+            "{case}: {stderr}"
+        );
+        assert_eq!(
+            std::fs::read(&store).unwrap(),
+            before,
+            "{case}: check writes nothing"
+        );
+    }
 }

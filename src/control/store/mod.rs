@@ -99,6 +99,16 @@ pub fn check(url: &crate::config::StoreUrl) -> Result<(), StoreError> {
     }
 }
 
+/// Why the user this process runs as cannot use the store a config names (the file, its owner
+/// and mode, and that user), as `keygate check` tells it: tried, then explained. `None` when
+/// nothing is refused. Not for a process that holds the store open.
+pub fn access_problem(url: &crate::config::StoreUrl) -> Option<String> {
+    match url {
+        crate::config::StoreUrl::Sqlite(path) => sqlite::access::confirmed_problem(Path::new(path)),
+        crate::config::StoreUrl::Postgres(_) => None,
+    }
+}
+
 /// Whether the store a config names exists, without opening it: [`StoreError::Missing`] when
 /// it does not.
 pub fn exists(url: &crate::config::StoreUrl) -> Result<(), StoreError> {
@@ -167,7 +177,7 @@ seam! {
         audit: Audit,
         webhook: Option<&str>,
         change: &mut (dyn FnMut(&mut StoredKey) -> Result<(), StoreError> + Send)
-    ) -> Result<StoredKey, StoreError>;
+    ) -> Result<Modified, StoreError>;
     fn events(&self, id: &str, after: u64, limit: usize) -> Result<Vec<KeyEvent>, StoreError>;
     fn list(
         &self,

@@ -6,6 +6,15 @@ use crate::core::environment::Environment;
 use crate::core::key::{KeySpec, KeyStatus, KeyView, RateLimitSpec, StoredStatus};
 use crate::core::secret::KeyHash;
 
+/// What a store's `modify` left: the key, and whether the change changed anything. One that
+/// changes nothing but `updated_at` (revoking a revoked key, a PATCH of the values the key has)
+/// writes nothing: no revision spent, no audit record, the key as it was.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Modified {
+    pub key: StoredKey,
+    pub changed: bool,
+}
+
 /// One key row: the key object plus what only the store and the key table see.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredKey {

@@ -25,8 +25,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Row};
 
 use super::model::{
-    lease_until, Audit, Changes, DayUsage, IdleKey, KeyEvent, KeyFilter, NewKey, PendingWebhook, StoredKey,
-    Usage, UsageDelta,
+    lease_until, Audit, Changes, DayUsage, IdleKey, KeyEvent, KeyFilter, Modified, NewKey, PendingWebhook,
+    StoredKey, Usage, UsageDelta,
 };
 use super::sqlite::{changed_fields, instant, is_no_change, json, new_key_fields, to_json, RawRow, COLUMNS};
 use super::StoreError;
@@ -371,7 +371,7 @@ impl PgStore {
         audit: Audit,
         webhook: Option<&str>,
         change: &mut (dyn FnMut(&mut StoredKey) -> Result<(), StoreError> + Send),
-    ) -> Result<StoredKey, StoreError> {
+    ) -> Result<Modified, StoreError> {
         self.run(async {
             let mut client = self.pool.get().await?;
             let tx = client.transaction().await?;
@@ -389,7 +389,10 @@ impl PgStore {
             let before = key.clone();
             change(&mut key)?;
             if is_no_change(&before, &key) {
-                return Ok(before);
+                return Ok(Modified {
+                    key: before,
+                    changed: false,
+                });
             }
             key.revision = next_revision(&tx).await?;
             write_back(&tx, &key).await?;
@@ -399,7 +402,7 @@ impl PgStore {
             }
             announce(&tx, self.channel(), key.revision).await?;
             tx.commit().await?;
-            Ok(key)
+            Ok(Modified { key, changed: true })
         })
     }
 
@@ -946,9 +949,17 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), StoreErro
     const UNLOCK: &str = "SELECT pg_advisory_unlock(hashtext('keygate_migrations:' || current_schema()))";
     client.execute(LOCK, &[]).await?;
     let result = async {
-        client
-            .batch_execute("CREATE TABLE IF NOT EXISTS keygate_schema (version INTEGER NOT NULL)")
-            .await?;
+        // Looked for (in the schema a CREATE TABLE would make it in) rather than `CREATE TABLE
+        // IF NOT EXISTS`, whose NOTICE ("relation ... already exists, skipping") tokio-postgres
+        // logs at INFO on every start. The lock makes the look and the create one step.
+        const EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_tables \
+             WHERE schemaname = current_schema() AND tablename = 'keygate_schema')";
+        let exists: bool = client.query_one(EXISTS, &[]).await?.get(0);
+        if !exists {
+            client
+                .batch_execute("CREATE TABLE keygate_schema (version INTEGER NOT NULL)")
+                .await?;
+        }
         let applied: i32 = client
             .query_opt("SELECT version FROM keygate_schema", &[])
             .await?

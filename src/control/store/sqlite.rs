@@ -15,8 +15,8 @@ use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
 use super::model::{
-    lease_until, Audit, Changes, DayUsage, IdleKey, KeyEvent, KeyFilter, NewKey, PendingWebhook, StoredKey,
-    Usage, UsageDelta,
+    lease_until, Audit, Changes, DayUsage, IdleKey, KeyEvent, KeyFilter, Modified, NewKey, PendingWebhook,
+    StoredKey, Usage, UsageDelta,
 };
 use super::StoreError;
 use crate::core::key::{KeySpec, KeyStatus, StoredStatus};
@@ -27,6 +27,8 @@ pub(super) const COLUMNS: &str =
      allowed_ips, expires_at, status, created_at, updated_at, last_used_at, previous_hash, grace_until, \
      previous_last_used_at, metadata, revision, idle_from";
 
+#[path = "sqlite_access.rs"]
+pub(super) mod access;
 #[path = "sqlite_dump.rs"]
 mod dump;
 #[path = "sqlite_file.rs"]
@@ -253,7 +255,7 @@ impl SqliteStore {
         audit: Audit,
         webhook: Option<&str>,
         change: &mut (dyn FnMut(&mut StoredKey) -> Result<(), StoreError> + Send),
-    ) -> Result<StoredKey, StoreError> {
+    ) -> Result<Modified, StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut key = select_one(&tx, "id = ?1", id)?
@@ -262,7 +264,10 @@ impl SqliteStore {
         let before = key.clone();
         change(&mut key)?;
         if is_no_change(&before, &key) {
-            return Ok(before);
+            return Ok(Modified {
+                key: before,
+                changed: false,
+            });
         }
         key.revision = next_revision(&tx)?;
         write_back(&tx, &key)?;
@@ -271,7 +276,7 @@ impl SqliteStore {
             enqueue(&tx, payload, key.updated_at)?;
         }
         tx.commit()?;
-        Ok(key)
+        Ok(Modified { key, changed: true })
     }
 
     /// A key's audit trail, oldest first, from after event `after` on. Kept for deleted keys.
@@ -794,7 +799,6 @@ fn fields_of(
     fields
 }
 
-/// The audited fields that differ between `before` and `after`, with their new values.
 /// Whether a change leaves the key as it was but for its `updated_at` (revoking a revoked key):
 /// then nothing is written, no revision spent, no audit record made.
 pub(super) fn is_no_change(before: &StoredKey, after: &StoredKey) -> bool {
@@ -803,6 +807,7 @@ pub(super) fn is_no_change(before: &StoredKey, after: &StoredKey) -> bool {
     same == *before
 }
 
+/// The audited fields that differ between `before` and `after`, with their new values.
 pub(super) fn changed_fields(
     before: &StoredKey,
     after: &StoredKey,

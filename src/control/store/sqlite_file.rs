@@ -169,6 +169,10 @@ fn holds_keygate_schema(conn: &Connection, path: &Path) -> Result<bool, StoreErr
 /// `serve` and `store init --if-missing` ask before anything else. A store locked by another
 /// process is [`StoreError::Unavailable`].
 pub(crate) fn check_store(path: &Path) -> Result<(), StoreError> {
+    check_store_as_is(path).map_err(|error| explained(path, error))
+}
+
+fn check_store_as_is(path: &Path) -> Result<(), StoreError> {
     exists(path)?;
     if path == Path::new(MEMORY) {
         return Ok(());
@@ -193,6 +197,32 @@ pub(crate) fn check_store(path: &Path) -> Result<(), StoreError> {
 /// without keygate's schema is [`StoreError::NotAStore`] unless `schema` allows creating it
 /// in an empty one.
 pub(super) fn open_connection(path: &Path, schema: Schema) -> Result<Connection, StoreError> {
+    open_connection_as_is(path, schema).map_err(|error| explained(path, error))
+}
+
+/// `error` from opening the store at `path`, with the permission problem behind it named when
+/// the files' owners and modes show one: SQLite's own words ("unable to open database file")
+/// say nothing of who may not do what.
+fn explained(path: &Path, error: StoreError) -> StoreError {
+    let problem = || match path == Path::new(MEMORY) {
+        true => None,
+        false => super::access::current_problem(path),
+    };
+    // A folder that cannot be passed makes the store look missing.
+    match error {
+        StoreError::Unavailable(why) => match problem() {
+            Some(problem) => StoreError::Unavailable(format!("{problem} ({why})")),
+            None => StoreError::Unavailable(why),
+        },
+        StoreError::Missing(why) => match problem() {
+            Some(problem) => StoreError::Missing(format!("{problem} ({why})")),
+            None => StoreError::Missing(why),
+        },
+        other => other,
+    }
+}
+
+fn open_connection_as_is(path: &Path, schema: Schema) -> Result<Connection, StoreError> {
     if path != Path::new(MEMORY) {
         exists(path)?;
         if check_header(path)? == Content::Empty && schema == Schema::Existing {

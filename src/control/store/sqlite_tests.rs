@@ -29,11 +29,12 @@ fn new_key(id: &str, hash: KeyHash) -> NewKey {
 /// Gives `id` the secret `new`, keeping its current one as the previous (a regeneration
 /// with grace).
 fn regenerate_with_grace(store: &SqliteStore, id: &str, new: KeyHash) -> Result<StoredKey, StoreError> {
-    store.modify(id, AUDIT, None, &mut |key| {
+    let modified = store.modify(id, AUDIT, None, &mut |key| {
         key.previous_hash = Some(std::mem::replace(&mut key.hash, new));
         key.grace_until = Some(Timestamp::now() + Duration::from_secs(600));
         Ok(())
-    })
+    });
+    modified.map(|modified| modified.key)
 }
 
 fn store() -> (tempfile::TempDir, SqliteStore) {
