@@ -220,8 +220,8 @@ fn replica_with_snapshot(harness: &Harness, snapshot: &str) -> keygate::config::
 async fn start_replica(harness: &Harness, config: keygate::config::Config) -> Gateway {
     let options = keygate::gateway::Options {
         hasher: keygate::core::secret::Hasher::unkeyed(),
-        admin_token: Some(support::ADMIN_TOKEN.into()),
-        admin_read_token: Some(support::READ_TOKEN.into()),
+        admin_token: Some(crate::support::ADMIN_TOKEN.into()),
+        admin_read_token: Some(crate::support::READ_TOKEN.into()),
         clock: std::sync::Arc::new(harness.clock.clone()),
     };
     Gateway::start(config, options).await.unwrap()
