@@ -840,6 +840,14 @@ mod tests {
     use super::strip_port;
 
     #[test]
+    fn a_request_span_costs_a_request_without_one_one_pointer() {
+        assert_eq!(
+            std::mem::size_of::<Option<super::RequestSpan>>(),
+            std::mem::size_of::<usize>()
+        );
+    }
+
+    #[test]
     fn the_port_is_stripped_from_names_and_addresses() {
         for (host, name) in [
             ("api.example.com", "api.example.com"),

@@ -111,7 +111,7 @@ impl Traces {
             .span_builder("keygate")
             .with_kind(SpanKind::Server)
             .start_with_context(&self.tracer, &parent);
-        RequestSpan { span }
+        RequestSpan { span: Box::new(span) }
     }
 
     /// Exports the spans still queued, for at most a few seconds.
@@ -136,9 +136,10 @@ impl Drop for Traces {
     }
 }
 
-/// One request's span, from its arrival to its final phase.
+/// One request's span, from its arrival to its final phase. Boxed: the SDK's span is some
+/// hundreds of bytes, and the request's context holds an `Option` of it, off too.
 pub struct RequestSpan {
-    span: Span,
+    span: Box<Span>,
 }
 
 /// What the final phase knows of a request, for its span.
@@ -181,7 +182,7 @@ impl RequestSpan {
 
     /// Ends the span with the request's outcome.
     pub fn end(mut self, outcome: &Outcome) {
-        let span = &mut self.span;
+        let span = &mut *self.span;
         if !span.is_recording() {
             return;
         }
