@@ -1,6 +1,7 @@
 //! Criterion benches of the hot path: the whole verdict (credential parse, format check, BLAKE3
 //! hash, table lookup, environment, permission, customer and rate-limit checks) with 1 thousand
-//! and 1 million keys in the table, its parts on their own, and the header rewriting of step 9.
+//! and 1 million keys in the table, its parts on their own, the header rewriting of step 9, and
+//! a request's span with `[tracing]` on.
 //!
 //! `cargo bench --bench hot_path`
 
@@ -237,5 +238,46 @@ fn rewrite(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, verdict, parts, rewrite);
+/// A request's span with `[tracing]` on, as the request path makes it: begun from the request's
+/// headers (a `traceparent` to continue), its `traceparent` set on the upstream's request, and
+/// ended with the outcome. The exporter runs as in production, every 10 ms here, to a collector
+/// that refuses connections (its batches are dropped, so the queue does not fill).
+fn traces(c: &mut Criterion) {
+    use keygate::telemetry::traces::{Outcome, Traces};
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let _entered = runtime.enter();
+    let config = keygate::config::Tracing {
+        otlp_endpoint: Some("http://127.0.0.1:9".into()),
+        sample_ratio: 1.0,
+        service_name: "keygate".into(),
+        export_interval: Duration::from_millis(10),
+    };
+    let traces = Traces::start(&config).expect("an exporter").expect("tracing on");
+    let mut incoming = HeaderMap::new();
+    incoming.insert(
+        "traceparent",
+        HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    );
+    let method = http::Method::GET;
+    c.bench_function("traces/request_span_sampled", |b| {
+        b.iter(|| {
+            let span = traces.begin(black_box(&incoming));
+            let mut outgoing = HeaderMap::new();
+            span.propagate(&mut outgoing);
+            span.end(&Outcome {
+                method: &method,
+                route: Some("customers"),
+                key_id: Some("key_JltMfHLVnawG8RCJD3mS"),
+                environment: Some("production"),
+                status: http::StatusCode::OK,
+                allowed: true,
+                reason: None,
+                upstream_time: Some(Duration::from_micros(1723)),
+            });
+            outgoing
+        })
+    });
+}
+
+criterion_group!(benches, traces, verdict, parts, rewrite);
 criterion_main!(benches);

@@ -26,6 +26,7 @@ use crate::proxy::shared_limits::{RedisSettings, SharedLimits};
 use crate::proxy::state::Shared;
 use crate::proxy::table::KeyTable;
 use crate::proxy::tls::Tls;
+use crate::telemetry::traces::Traces;
 use crate::telemetry::Metrics;
 
 /// A gateway serving on its listeners until [`Gateway::shutdown`].
@@ -151,6 +152,9 @@ impl Gateway {
             metrics.clone(),
             clock.clone(),
         );
+        let traces =
+            Traces::start(&config.tracing).context("cannot set up the trace exporter ([tracing])")?;
+        shared = shared.with_traces(traces);
         let shared_limits = shared_limits(&config, &metrics).await?;
         if let Some(limits) = &shared_limits {
             shared = shared.with_shared_limits(limits.clone());
@@ -355,6 +359,9 @@ impl Gateway {
     pub async fn shutdown(self) {
         let _ = self.drain.send(true);
         let _ = self.proxy_server.await;
+        if let Some(traces) = &self.shared.traces {
+            traces.shutdown().await;
+        }
         self.lifecycle.stop().await;
         for task in &self.tasks {
             task.abort();
@@ -382,8 +389,8 @@ fn tls(config: &Config, metrics: &Metrics, now: jiff::Timestamp) -> anyhow::Resu
 }
 
 /// The settings of `next` that differ from what the gateway started with and that only a
-/// restart applies: what the listeners, the store, the limiter and the background jobs were
-/// built from. Everything else (routes, upstreams, auth, limits, the per-request `[server]`
+/// restart applies: what the listeners, the store, the limiter, the span exporter and the
+/// background jobs were built from. Everything else (routes, upstreams, auth, limits, the per-request `[server]`
 /// checks, the TLS certificate) a reload applies.
 fn restart_needed(started: &Config, next: &Config) -> Vec<&'static str> {
     let (a, b) = (&started.server, &next.server);
@@ -442,6 +449,7 @@ fn restart_needed(started: &Config, next: &Config) -> Vec<&'static str> {
             life.check_interval != next_life.check_interval,
         ),
         ("lifecycle.webhook", life.webhook != next_life.webhook),
+        ("tracing", started.tracing != next.tracing),
     ];
     changed
         .into_iter()

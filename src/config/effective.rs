@@ -27,6 +27,7 @@ pub struct Effective {
     lifecycle: Lifecycle,
     metrics: Metrics,
     logs: Logs,
+    tracing: Tracing,
     upstream: Vec<UpstreamOut>,
     route: Vec<RouteOut>,
 }
@@ -123,6 +124,15 @@ struct Logs {
 }
 
 #[derive(Debug, Serialize)]
+struct Tracing {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    otlp_endpoint: Option<String>,
+    sample_ratio: f64,
+    service_name: String,
+    export_interval: String,
+}
+
+#[derive(Debug, Serialize)]
 struct UpstreamOut {
     name: String,
     url: String,
@@ -167,6 +177,17 @@ impl Effective {
             },
             logs: Logs {
                 access: config.logs.access,
+            },
+            tracing: Tracing {
+                // A collector's URL may carry a password in its user part.
+                otlp_endpoint: config
+                    .tracing
+                    .otlp_endpoint
+                    .as_deref()
+                    .map(|url| redact_url(url, Keep::Path)),
+                sample_ratio: config.tracing.sample_ratio,
+                service_name: config.tracing.service_name.clone(),
+                export_interval: time(config.tracing.export_interval),
             },
             upstream: config.upstreams.iter().map(upstream).collect(),
             route: config.routes.iter().map(|r| route(r, config)).collect(),

@@ -6,6 +6,7 @@ pub mod effective;
 pub mod raw;
 mod routes;
 pub mod tls_files;
+pub mod traces;
 mod types;
 mod upstream_tls;
 mod upstream_verifier;

@@ -108,6 +108,8 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub logs: RawLogs,
+    #[serde(default)]
+    pub tracing: RawTracing,
     /// `[[upstream]]` tables.
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<Spanned<RawUpstream>>,
@@ -262,6 +264,20 @@ pub struct RawLogs {
     /// How many recent access records to keep in memory for `GET /v1/requests` and the page.
     /// Default 10000; 0 keeps none.
     pub recent: Field<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    /// `http://` or `https://` base URL of an OTLP/HTTP collector; spans are posted to its
+    /// `/v1/traces`. Default: none, no spans.
+    pub otlp_endpoint: Field<String>,
+    /// Share of root requests (no incoming sampled parent) traced, 0.0 to 1.0. Default 1.0.
+    pub sample_ratio: Field<f64>,
+    /// `service.name` of the spans. Default `"keygate"`.
+    pub service_name: Field<String>,
+    /// Duration between exports of the ended spans. Default `"5s"`.
+    pub export_interval: Field<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -24,6 +24,7 @@ pub struct Config {
     pub lifecycle: Lifecycle,
     pub metrics: Metrics,
     pub logs: Logs,
+    pub tracing: Tracing,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
 }
@@ -181,6 +182,20 @@ pub struct Logs {
     pub access: bool,
     /// Recent access records kept in memory (`GET /v1/requests`). Default 10000; 0 keeps none.
     pub recent: usize,
+}
+
+/// `[tracing]`: a span per request, exported over OTLP/HTTP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracing {
+    /// Base URL of the collector (spans go to its `/v1/traces`), no trailing slash. None: off.
+    pub otlp_endpoint: Option<String>,
+    /// Share of root requests traced, 0.0 to 1.0; a request with a parent follows its sampled
+    /// flag. Default 1.0.
+    pub sample_ratio: f64,
+    /// `service.name` of the spans. Default `keygate`.
+    pub service_name: String,
+    /// Time between two exports of the ended spans. Default 5s.
+    pub export_interval: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -20,6 +20,7 @@ use toml::Spanned;
 use super::raw::{self, Field, RawConfig};
 use super::routes;
 use super::tls_files::{self, CertificatePair, TlsFile};
+use super::traces;
 use super::urls::{redis_url, resolve, store_url};
 use super::*;
 use crate::core::environment::Environment;
@@ -252,6 +253,7 @@ impl Checker<'_> {
             access: raw.logs.access.as_ref().is_none_or(|v| *v.get_ref()),
             recent: self.recent(&raw.logs.recent),
         };
+        let tracing = traces::tracing(self, &raw.tracing);
         if admin.listen == server.listen && server.listen.port() != 0 {
             let span = raw.admin.listen.as_ref().map_or(0..0, Spanned::span);
             self.fail(&span, "admin.listen", "must differ from server.listen");
@@ -267,6 +269,7 @@ impl Checker<'_> {
             lifecycle,
             metrics,
             logs,
+            tracing,
             upstreams,
             routes,
         })

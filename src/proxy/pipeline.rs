@@ -28,6 +28,9 @@
 //!   stopped at. An admitted request keeps it in a guard ([`Final`]) that runs on drop too: a
 //!   client that leaves (or resets its stream) while the upstream works drops the exchange,
 //!   and the record, the metric and the recent entry say 499, as nginx logs it.
+//! - With `[tracing]` on, a request's span starts as it arrives (so the `traceparent` sent
+//!   upstream names it) and ends in the final phase with the outcome; off, each of the three is
+//!   one branch on an `Option`.
 //! - A request body that breaks on its way upstream (framing hyper cannot read, a client gone
 //!   mid-upload) is the client's fault: 400 (499 when it left), never the upstream's 502.
 
@@ -60,6 +63,7 @@ use crate::config::UnderscoreHeaders;
 use crate::core::key::RateLimitSpec;
 use crate::core::secret::{check_format, Format};
 use crate::telemetry::access;
+use crate::telemetry::traces::{Outcome, RequestSpan};
 
 /// Where a connection comes from.
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +88,8 @@ struct Context {
     /// The request's target as it came, for the access record's `path` (when records are kept). A clone
     /// shares the request's bytes: nothing is copied.
     target: Option<http::Uri>,
+    /// Its span, from its arrival, when `[tracing]` exports spans.
+    span: Option<RequestSpan>,
 }
 
 impl Context {
@@ -100,6 +106,7 @@ impl Context {
             upstream_time: None,
             reason: None,
             target: None,
+            span: None,
         }
     }
 }
@@ -172,7 +179,7 @@ struct Final {
 impl Final {
     fn finish(mut self, response: Response<Body>) -> Response<Body> {
         self.done = true;
-        finish(&self.snapshot, &self.ctx, &self.method, response)
+        finish(&self.snapshot, &mut self.ctx, &self.method, response)
     }
 }
 
@@ -201,6 +208,10 @@ fn begin(
     let method = request.method().clone();
     let version = request.version();
     ctx.target = keeps_records(&snapshot).then(|| request.uri().clone());
+    ctx.span = shared
+        .traces
+        .as_ref()
+        .map(|traces| traces.begin(request.headers()));
     let outgoing = admit(shared, &snapshot, &mut ctx, &request).and_then(|admitted| {
         let shared_limit = admitted.shared_limit;
         outgoing(&snapshot, &ctx, peer, admitted, request).map(|out| (shared_limit, out))
@@ -224,7 +235,7 @@ fn begin(
         }
         Err(refusal) => {
             let response = refuse(shared, &snapshot, &mut ctx, refusal, version);
-            Begun::Answered(finish(&snapshot, &ctx, &method, response))
+            Begun::Answered(finish(&snapshot, &mut ctx, &method, response))
         }
     }
 }
@@ -519,6 +530,9 @@ fn outgoing(
     let upstream = &snapshot.upstreams[route.upstream].0;
     let protocol = tunnel::requested(request.version(), request.headers());
     forward::prepare(&mut request, admitted.uri, &identity, &passing, &upstream.host);
+    if let Some(span) = &ctx.span {
+        span.propagate(request.headers_mut());
+    }
     let upgrade = protocol.map(|protocol| {
         tunnel::restore(request.headers_mut(), protocol.clone());
         // The client's side of the switch comes out of the request, so it does not go upstream.
@@ -692,7 +706,7 @@ fn refusal_response(
 /// The final phase, for every request: response headers, metrics, the access log.
 fn finish(
     snapshot: &Snapshot,
-    ctx: &Context,
+    ctx: &mut Context,
     method: &http::Method,
     mut response: Response<Body>,
 ) -> Response<Body> {
@@ -706,9 +720,9 @@ fn finish(
     response
 }
 
-/// The request metric, the access record and the recent entry, for a request answered with
-/// `status` (499 for one its client abandoned).
-fn account(snapshot: &Snapshot, ctx: &Context, method: &http::Method, status: StatusCode) {
+/// The request metric, the access record, the recent entry and the span, for a request answered
+/// with `status` (499 for one its client abandoned).
+fn account(snapshot: &Snapshot, ctx: &mut Context, method: &http::Method, status: StatusCode) {
     let route = ctx.route.map(|i| &snapshot.routes[i]);
     let elapsed = ctx.start.elapsed();
     match route {
@@ -728,6 +742,30 @@ fn account(snapshot: &Snapshot, ctx: &Context, method: &http::Method, status: St
             elapsed,
         );
     }
+    if let Some(span) = ctx.span.take() {
+        end_span(span, ctx, method, route.map(|r| r.name.as_str()), status);
+    }
+}
+
+/// The span's outcome: the request went upstream (`allowed`) or was refused, and why.
+fn end_span(
+    span: RequestSpan,
+    ctx: &Context,
+    method: &http::Method,
+    route: Option<&str>,
+    status: StatusCode,
+) {
+    let key = ctx.key.as_deref();
+    span.end(&Outcome {
+        method,
+        route,
+        key_id: key.map(|k| &*k.id),
+        environment: key.map(|k| k.environment.as_str()),
+        status,
+        allowed: ctx.sent.is_some(),
+        reason: ctx.reason,
+        upstream_time: ctx.upstream_time,
+    });
 }
 
 /// Whether this request's access record goes anywhere: to the access log or the recent ones.
@@ -793,4 +831,15 @@ pub(super) fn new_request_id() -> HeaderValue {
         *digit = HEX[(bits >> (4 * (31 - i)) & 0xf) as usize];
     }
     HeaderValue::from_bytes(&id).expect("hex is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_request_span_costs_a_request_without_one_one_pointer() {
+        assert_eq!(
+            std::mem::size_of::<Option<super::RequestSpan>>(),
+            std::mem::size_of::<usize>()
+        );
+    }
 }

@@ -26,6 +26,7 @@ use crate::core::environment::Environment;
 use crate::core::key::RateLimitSpec;
 use crate::core::secret::Hasher;
 use crate::telemetry::recent::Recent;
+use crate::telemetry::traces::Traces;
 use crate::telemetry::Metrics;
 
 /// One route, ready for the hot path, with its metric handles resolved once.
@@ -256,6 +257,8 @@ pub struct Shared {
     pub clock: Clock,
     /// The open upgrade tunnels, closed at the end of the shutdown grace.
     pub tunnels: Tunnels,
+    /// The span exporter of `[tracing] otlp_endpoint`; `None`: no spans.
+    pub traces: Option<Traces>,
     hasher: Hasher,
 }
 
@@ -286,7 +289,13 @@ impl Shared {
             sync: Arc::default(),
             clock,
             tunnels: Tunnels::default(),
+            traces: None,
         }
+    }
+
+    /// With the span exporter of `[tracing]`.
+    pub fn with_traces(self, traces: Option<Traces>) -> Self {
+        Shared { traces, ..self }
     }
 
     /// With the shared limiter of `rate_limit.backend = "redis"`.

@@ -1,9 +1,11 @@
-//! Metrics and logs, shared by both planes; the access log is the data plane's.
+//! Metrics, logs and traces, shared by both planes; the access log and the request spans are
+//! the data plane's.
 
 pub mod access;
 pub mod logs;
 pub mod metrics;
 pub mod recent;
 pub mod throttle;
+pub mod traces;
 
 pub use metrics::Metrics;

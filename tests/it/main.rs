@@ -24,6 +24,7 @@ mod store_conformance;
 mod store_copy;
 mod store_faults;
 mod tls;
+mod traces;
 mod ui;
 mod ui_headers;
 mod upgrade;
