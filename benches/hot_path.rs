@@ -80,6 +80,10 @@ fn gateway_with_keys(n: usize) -> (Shared, String) {
         }
     }
     let shared = Shared::new(Arc::new(config), table, hasher, Metrics::new(), system_clock());
+    // As the first sync does: the proxy answers 503 until the table is loaded.
+    shared
+        .sync
+        .record_success(jiff::Timestamp::now().as_millisecond());
     (shared, probe)
 }
 

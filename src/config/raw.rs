@@ -230,7 +230,7 @@ pub struct RawRateLimit {
     pub backend: Field<String>,
     /// `redis://...` or `rediss://...` (TLS), required by the redis backend.
     pub redis_url: Field<String>,
-    /// Duration a check waits on Redis before it is decided locally. Default `"5ms"`.
+    /// Duration a check waits on Redis before it is decided locally. Default `"25ms"`.
     pub redis_timeout: Field<String>,
     /// Prefix of the keygate's bucket names in Redis. Default `"keygate:"`.
     pub redis_prefix: Field<String>,

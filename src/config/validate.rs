@@ -516,7 +516,7 @@ impl Checker<'_> {
                         timeout: self.duration_or(
                             &raw.redis_timeout,
                             "rate_limit.redis_timeout",
-                            Duration::from_millis(5),
+                            super::DEFAULT_REDIS_TIMEOUT,
                         ),
                     },
                     Err(why) => {

@@ -350,7 +350,7 @@ fn the_redis_backend_takes_its_url_prefix_and_budget() {
         RateLimitBackend::Redis {
             url: "rediss://:pw@cache.internal:6380/2".into(),
             prefix: "keygate:".into(),
-            timeout: Duration::from_millis(5),
+            timeout: Duration::from_millis(25),
         }
     );
     let config = parse_ok(&format!(

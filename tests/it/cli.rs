@@ -821,7 +821,7 @@ fn check_print_shows_every_default_redacts_secrets_and_round_trips() {
         "webhook = \"https://hooks.example.com/REDACTED?token=REDACTED\"",
         "pepper_env = \"KEYGATE_PEPPER\"",
         "shutdown_grace = \"30s\"",
-        "redis_timeout = \"5ms\"",
+        "redis_timeout = \"25ms\"",
         "warn_before = [\"7d\", \"1d\"]",
         "pool_max_idle = 128",
         &format!("snapshot = \"{dir}/table.snapshot\""),
