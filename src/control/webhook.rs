@@ -16,16 +16,13 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, USER_AGENT};
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use jiff::Timestamp;
 use tokio::sync::{Mutex, Notify};
 
 use super::lifecycle::Lease;
 use super::store::{PendingWebhook, Store, StoreError};
 use crate::core::clock::Clock;
+use crate::core::outbound::{self, OutboundClient};
 use crate::telemetry::Metrics;
 
 /// How long one attempt may take, connection and answer included.
@@ -78,7 +75,7 @@ pub fn backoff(failed: u32) -> Duration {
 
 pub struct Deliverer {
     store: Arc<Store>,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: OutboundClient,
     url: Uri,
     clock: Clock,
     metrics: Metrics,
@@ -101,15 +98,9 @@ impl Deliverer {
         wake: Arc<Notify>,
     ) -> Result<Self, SetupError> {
         let url: Uri = url.parse().map_err(|_| SetupError::Url(url.to_owned()))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(provider)?
-            .https_or_http()
-            .enable_http1()
-            .build();
         Ok(Deliverer {
             store,
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: outbound::client()?,
             url,
             clock,
             metrics,

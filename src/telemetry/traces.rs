@@ -13,7 +13,6 @@
 //! probability `sample_ratio`, decided by its trace id.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,10 +20,6 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _, TracerProvider as _};
 use opentelemetry::KeyValue;
@@ -37,6 +32,7 @@ use opentelemetry_sdk::trace::{
 use opentelemetry_sdk::Resource;
 
 use crate::config::Tracing;
+use crate::core::outbound::{self, OutboundClient};
 
 /// Ended spans waiting for export at most; past it new ones are dropped.
 const QUEUE: usize = 2048;
@@ -226,7 +222,7 @@ impl RequestSpan {
 /// The exporter's HTTP client: the hyper-util client the gateway has, on the gateway's runtime
 /// (the SDK's export thread has none).
 struct Transport {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: OutboundClient,
     runtime: tokio::runtime::Handle,
 }
 
@@ -238,14 +234,8 @@ impl fmt::Debug for Transport {
 
 impl Transport {
     fn new() -> anyhow::Result<Transport> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(provider)?
-            .https_or_http()
-            .enable_http1()
-            .build();
         Ok(Transport {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: outbound::client()?,
             runtime: tokio::runtime::Handle::try_current()?,
         })
     }

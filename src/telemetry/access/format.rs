@@ -33,67 +33,122 @@ pub struct Record<'a> {
 
 /// `{"time":"...","request_id":"...",...}` and a newline.
 pub fn json(record: &Record, time: &mut TimeCache, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"time\":\"");
-    time.write(record.time_us, out);
-    out.extend_from_slice(b"\",\"request_id\":");
-    json_string(out, record.request_id);
-    out.extend_from_slice(b",\"route\":");
-    json_option(out, record.route.map(str::as_bytes));
-    out.extend_from_slice(b",\"key_id\":");
-    json_option(out, record.key_id.map(str::as_bytes));
-    out.extend_from_slice(b",\"environment\":");
-    json_option(out, record.environment.map(str::as_bytes));
-    out.extend_from_slice(b",\"client\":\"");
-    ip(out, record.client);
-    out.extend_from_slice(b"\",\"method\":");
-    json_string(out, record.method.as_bytes());
-    out.extend_from_slice(b",\"path\":");
-    json_option(out, record.path);
-    out.extend_from_slice(b",\"status\":");
-    out.extend_from_slice(itoa::Buffer::new().format(record.status).as_bytes());
-    out.extend_from_slice(b",\"duration_ms\":");
-    millis(out, record.duration);
-    out.extend_from_slice(b",\"upstream_ms\":");
-    match record.upstream {
-        Some(upstream) => millis(out, upstream),
-        None => out.extend_from_slice(b"null"),
-    }
-    out.extend_from_slice(b",\"reason\":");
-    json_option(out, record.reason.map(str::as_bytes));
-    out.extend_from_slice(b"}\n");
+    write::<Json>(record, time, out);
 }
 
 /// The layout of `tracing`'s text lines, so both read alike on one stdout:
 /// `TIME  INFO keygate::access: request_id=... route=... ... reason=-` and a newline; `-` for
 /// an absent value, a value that needs it quoted and escaped as in JSON.
 pub fn text(record: &Record, time: &mut TimeCache, out: &mut Vec<u8>) {
-    time.write(record.time_us, out);
-    out.extend_from_slice(b"  INFO keygate::access: request_id=");
-    text_value(out, Some(record.request_id));
-    out.extend_from_slice(b" route=");
-    text_value(out, record.route.map(str::as_bytes));
-    out.extend_from_slice(b" key_id=");
-    text_value(out, record.key_id.map(str::as_bytes));
-    out.extend_from_slice(b" environment=");
-    text_value(out, record.environment.map(str::as_bytes));
-    out.extend_from_slice(b" client=");
-    ip(out, record.client);
-    out.extend_from_slice(b" method=");
-    text_value(out, Some(record.method.as_bytes()));
-    out.extend_from_slice(b" path=");
-    text_value(out, record.path);
-    out.extend_from_slice(b" status=");
+    write::<Text>(record, time, out);
+}
+
+/// The fields of a record in their order, each through the layout; monomorphized, so a layout
+/// costs no more than writing its line by hand.
+fn write<L: Layout>(record: &Record, time: &mut TimeCache, out: &mut Vec<u8>) {
+    L::begin(out, time, record.time_us);
+    L::string(out, Some(record.request_id));
+    L::field(out, b"route");
+    L::string(out, record.route.map(str::as_bytes));
+    L::field(out, b"key_id");
+    L::string(out, record.key_id.map(str::as_bytes));
+    L::field(out, b"environment");
+    L::string(out, record.environment.map(str::as_bytes));
+    L::field(out, b"client");
+    L::ip(out, record.client);
+    L::field(out, b"method");
+    L::string(out, Some(record.method.as_bytes()));
+    L::field(out, b"path");
+    L::string(out, record.path);
+    L::field(out, b"status");
     out.extend_from_slice(itoa::Buffer::new().format(record.status).as_bytes());
-    out.extend_from_slice(b" duration_ms=");
+    L::field(out, b"duration_ms");
     millis(out, record.duration);
-    out.extend_from_slice(b" upstream_ms=");
+    L::field(out, b"upstream_ms");
     match record.upstream {
         Some(upstream) => millis(out, upstream),
-        None => out.push(b'-'),
+        None => L::absent(out),
     }
-    out.extend_from_slice(b" reason=");
-    text_value(out, record.reason.map(str::as_bytes));
-    out.push(b'\n');
+    L::field(out, b"reason");
+    L::string(out, record.reason.map(str::as_bytes));
+    L::end(out);
+}
+
+/// What tells the two lines apart: how the line begins and ends, how a field is named, and how
+/// a string, an absent value and an address are written.
+trait Layout {
+    /// The time, and whatever comes before the first field's value (`request_id`).
+    fn begin(out: &mut Vec<u8>, time: &mut TimeCache, time_us: u64);
+    fn field(out: &mut Vec<u8>, name: &[u8]);
+    fn string(out: &mut Vec<u8>, value: Option<&[u8]>);
+    fn absent(out: &mut Vec<u8>);
+    fn ip(out: &mut Vec<u8>, client: IpAddr);
+    fn end(out: &mut Vec<u8>);
+}
+
+struct Json;
+
+impl Layout for Json {
+    fn begin(out: &mut Vec<u8>, time: &mut TimeCache, time_us: u64) {
+        out.extend_from_slice(b"{\"time\":\"");
+        time.write(time_us, out);
+        out.extend_from_slice(b"\",\"request_id\":");
+    }
+
+    fn field(out: &mut Vec<u8>, name: &[u8]) {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(name);
+        out.extend_from_slice(b"\":");
+    }
+
+    fn string(out: &mut Vec<u8>, value: Option<&[u8]>) {
+        json_option(out, value);
+    }
+
+    fn absent(out: &mut Vec<u8>) {
+        out.extend_from_slice(b"null");
+    }
+
+    fn ip(out: &mut Vec<u8>, client: IpAddr) {
+        out.push(b'"');
+        ip(out, client);
+        out.push(b'"');
+    }
+
+    fn end(out: &mut Vec<u8>) {
+        out.extend_from_slice(b"}\n");
+    }
+}
+
+struct Text;
+
+impl Layout for Text {
+    fn begin(out: &mut Vec<u8>, time: &mut TimeCache, time_us: u64) {
+        time.write(time_us, out);
+        out.extend_from_slice(b"  INFO keygate::access: request_id=");
+    }
+
+    fn field(out: &mut Vec<u8>, name: &[u8]) {
+        out.push(b' ');
+        out.extend_from_slice(name);
+        out.push(b'=');
+    }
+
+    fn string(out: &mut Vec<u8>, value: Option<&[u8]>) {
+        text_value(out, value);
+    }
+
+    fn absent(out: &mut Vec<u8>) {
+        out.push(b'-');
+    }
+
+    fn ip(out: &mut Vec<u8>, client: IpAddr) {
+        ip(out, client);
+    }
+
+    fn end(out: &mut Vec<u8>) {
+        out.push(b'\n');
+    }
 }
 
 fn json_option(out: &mut Vec<u8>, value: Option<&[u8]>) {

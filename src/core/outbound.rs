@@ -1,0 +1,24 @@
+//! The HTTPS client of the gateway's own outgoing calls (the lifecycle webhook, span export,
+//! and whatever else the gateway itself calls out to): public roots, HTTP/1. Building it
+//! connects to nothing.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// A pooled client for `http://` and `https://` URLs, verifying servers against webpki's roots.
+pub type OutboundClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A new [`OutboundClient`] on the ring provider the gateway uses everywhere.
+pub fn client() -> Result<OutboundClient, rustls::Error> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(provider)?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
