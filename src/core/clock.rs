@@ -1,13 +1,19 @@
-//! Wall-clock time, injectable so that tests of expiry and grace periods move a clock instead of
-//! sleeping. (Rate limits use governor's own clock abstraction; see `proxy::limits`.)
+//! Time, injectable so that tests of expiry, grace periods and rate limits move a clock instead
+//! of sleeping: wall-clock instants, and a monotonic reading for intervals (the key rate limits
+//! read it through governor's clock abstraction; see `proxy::limits`).
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
 pub trait WallClock: Send + Sync + 'static {
     fn now(&self) -> Timestamp;
+
+    /// Time since some fixed start that never goes back, for intervals that a step of the wall
+    /// clock (NTP, a resumed VM) must not upset, such as a rate limit's bucket.
+    fn monotonic(&self) -> Duration;
 }
 
 /// The real clock.
@@ -17,6 +23,11 @@ pub struct SystemClock;
 impl WallClock for SystemClock {
     fn now(&self) -> Timestamp {
         Timestamp::now()
+    }
+
+    fn monotonic(&self) -> Duration {
+        static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+        START.elapsed()
     }
 }
 
@@ -41,6 +52,11 @@ impl ManualClock {
 impl WallClock for ManualClock {
     fn now(&self) -> Timestamp {
         Timestamp::from_millisecond(self.0.load(Ordering::SeqCst)).expect("stored from a Timestamp")
+    }
+
+    /// Its own time since the Unix epoch: it moves exactly as the test moves it.
+    fn monotonic(&self) -> Duration {
+        Duration::from_millis(u64::try_from(self.0.load(Ordering::SeqCst)).unwrap_or(0))
     }
 }
 

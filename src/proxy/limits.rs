@@ -1,6 +1,7 @@
 //! Rate limits on the hot path (data plane): each key's own limit, and the throttle on client
 //! IPs that keep failing authentication. Both on governor's GCRA, generic over its clock so tests
-//! move a fake clock instead of sleeping.
+//! move a fake clock instead of sleeping; the gateway's key limits run on its injected clock
+//! ([`GatewayClock`]), so an integration test moves them with the same clock as key expiry.
 
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock, Reference};
 use governor::middleware::StateInformationMiddleware;
+use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -97,6 +99,19 @@ fn quota(spec: &RateLimitSpec) -> Quota {
 
 pub(crate) fn ceil_secs(duration: Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
+
+/// governor's clock on the gateway's own ([`crate::core::clock::Clock`]): its monotonic reading,
+/// the system's in production, a test's manual clock under test.
+#[derive(Clone)]
+pub struct GatewayClock(pub crate::core::clock::Clock);
+
+impl Clock for GatewayClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        self.0.monotonic().into()
+    }
 }
 
 struct Bucket<C: Clock> {

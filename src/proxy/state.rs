@@ -13,7 +13,7 @@ use prometheus::{Histogram, IntCounter, IntCounterVec};
 
 use super::credentials::Schemes;
 use super::error::{AuthFailure, Denial};
-use super::limits::{Decision, IpThrottle, KeyLimits};
+use super::limits::{Decision, GatewayClock, IpThrottle, KeyLimits};
 use super::router::Router;
 use super::shared_limits::SharedLimits;
 use super::table::{AuthKey, KeyTable};
@@ -244,7 +244,8 @@ impl SyncStatus {
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub keys: Arc<KeyTable>,
-    pub key_limits: KeyLimits,
+    /// On the gateway's clock, so tests move it instead of sleeping.
+    pub key_limits: KeyLimits<GatewayClock>,
     /// The fleet-wide limiter of `rate_limit.backend = "redis"`; `None`: limits are local.
     pub shared_limits: Option<Arc<SharedLimits>>,
     pub usage: Arc<UsageCounters>,
@@ -274,7 +275,7 @@ impl Shared {
             hasher,
             snapshot: ArcSwap::from_pointee(Snapshot::new(config, &metrics, None)),
             keys,
-            key_limits: KeyLimits::default(),
+            key_limits: KeyLimits::with_clock(GatewayClock(clock.clone())),
             shared_limits: None,
             usage: Arc::default(),
             auth_failures: Series::new(

@@ -11,7 +11,7 @@ use http::{Method, Request};
 use http_body_util::Full;
 use serde_json::{json, Value};
 
-use crate::support::{Answer, Harness, ADMIN_TOKEN, READ_TOKEN};
+use crate::support::{Answer, ConfigEdit, Harness, ADMIN_TOKEN, READ_TOKEN};
 use keygate::core::environment::Environment;
 
 /// The document, and which operations' answers have been checked against it.
@@ -532,15 +532,13 @@ async fn the_admin_token_is_required_and_checked() {
 
 #[tokio::test]
 async fn a_gateway_without_an_admin_token_says_so_and_the_page_shows_it() {
-    use std::sync::Arc;
     let h = Harness::start().await;
     let text = std::fs::read_to_string(&h.config_path).unwrap();
     let config = keygate::config::parse(&text, h.dir.path()).unwrap();
     let options = keygate::gateway::Options {
-        hasher: keygate::core::secret::Hasher::unkeyed(),
         admin_token: None,
         admin_read_token: None,
-        clock: Arc::new(h.clock.clone()),
+        ..h.options()
     };
     let tokenless = keygate::gateway::Gateway::start(config, options).await.unwrap();
     let answer = support::admin_call(&tokenless, "GET", "/v1/token", "").await;
@@ -939,7 +937,7 @@ async fn a_revoked_key_regenerated_with_grace_cannot_bring_its_old_secret_back()
 
 #[tokio::test]
 async fn verify_fails_closed_past_max_staleness_like_the_proxy() {
-    let template = support::STANDARD.replace(
+    let template = support::STANDARD.edit(
         "sync_interval = \"100ms\"",
         "sync_interval = \"1h\"\nmax_staleness = \"5s\"",
     );
@@ -998,7 +996,7 @@ async fn an_import_of_a_secret_in_use_is_a_conflict_that_names_no_key() {
 #[tokio::test]
 async fn every_admin_change_is_in_force_on_the_answering_gateway_when_it_answers() {
     // No periodic sync within the test: only the change's own sync can bring it in.
-    let template = support::STANDARD.replace("sync_interval = \"100ms\"", "sync_interval = \"1h\"");
+    let template = support::STANDARD.edit("sync_interval = \"100ms\"", "sync_interval = \"1h\"");
     let h = Harness::with_config(&template, "").await;
     let post = |path: String, body: Option<Value>| {
         let h = &h;
@@ -1296,11 +1294,7 @@ async fn recent_requests_page_back_by_cursor_newest_first() {
 #[tokio::test]
 async fn usage_says_when_this_replica_last_wrote_its_counts() {
     // No flush but the ones the test asks for.
-    let template = support::STANDARD.replace(
-        "sync_interval = \"100ms\"",
-        "sync_interval = \"100ms\"\nusage_flush_interval = \"1h\"",
-    );
-    assert_ne!(template, support::STANDARD, "the config edit must apply");
+    let template = support::STANDARD.set("store", "usage_flush_interval = \"1h\"");
     let h = Harness::with_config(&template, "").await;
     let c = Contract::new();
     let (id, secret) = h.key(&[]).await;
@@ -1336,8 +1330,7 @@ async fn recent_requests_can_be_switched_off() {
 
 #[tokio::test]
 async fn verify_is_throttled_per_token_and_address_once_its_failures_pass_the_allowance() {
-    let template = support::STANDARD.replace("failed_per_ip = \"1000/m\"", "failed_per_ip = \"3/h\"");
-    assert_ne!(template, support::STANDARD, "the config edit must apply");
+    let template = support::STANDARD.edit("failed_per_ip = \"1000/m\"", "failed_per_ip = \"3/h\"");
     let h = Harness::with_config(&template, "").await;
     let c = Contract::new();
     let (_, secret) = h.create_key(support::spec(Environment::Production, &["*"])).await;

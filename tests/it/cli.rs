@@ -1,6 +1,7 @@
 //! The `keygate` binary: `check` and every `keys` command, with `--json` and exit codes.
 
 use crate::support;
+use crate::support::ConfigEdit;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -551,7 +552,7 @@ fn serve_refuses_a_store_that_does_not_exist_and_says_how_to_create_one() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gateway.toml");
     for (store, says) in [("keys.db", "the store "), ("unmounted/keys.db", "the folder ")] {
-        std::fs::write(&config, SERVE_ON.replace("{store}", store)).unwrap();
+        std::fs::write(&config, SERVE_ON.edit("{store}", store)).unwrap();
         let output = serve_exit(&config, Duration::from_secs(20)).expect("serve exits");
         assert_eq!(code(&output), 1);
         let stderr = one_line_stderr(&output);
@@ -586,7 +587,7 @@ fn serve_refuses_a_store_that_does_not_exist_and_says_how_to_create_one() {
 fn serve_and_keys_refuse_an_empty_or_foreign_file_and_give_it_no_schema() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gateway.toml");
-    std::fs::write(&config, SERVE_ON.replace("{store}", "keys.db")).unwrap();
+    std::fs::write(&config, SERVE_ON.edit("{store}", "keys.db")).unwrap();
     let store = dir.path().join("keys.db");
     let config_arg = config.to_str().unwrap();
     for (bytes, says) in [
@@ -849,7 +850,7 @@ fn check_print_shows_every_default_redacts_secrets_and_round_trips() {
 fn check_refuses_a_missing_store_folder_and_warns_of_a_missing_store() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gateway.toml");
-    std::fs::write(&config, SERVE_ON.replace("{store}", "unmounted/keys.db")).unwrap();
+    std::fs::write(&config, SERVE_ON.edit("{store}", "unmounted/keys.db")).unwrap();
     let line = SERVE_ON.lines().position(|l| l.contains("{store}")).unwrap() + 1;
     let output = check(&config, &[]);
     assert_eq!(code(&output), 1);
@@ -878,8 +879,8 @@ fn check_refuses_a_missing_store_folder_and_warns_of_a_missing_store() {
     assert!(report["warnings"].to_string().contains("store init"), "{report}");
     // A snapshot serve could never save: refused by check, as by serve.
     let with_snapshot = SERVE_ON
-        .replace("{store}", "unmounted/keys.db")
-        .replace("[store]\n", "[store]\nsnapshot = \"elsewhere/table.snap\"\n");
+        .edit("{store}", "unmounted/keys.db")
+        .set("store", "snapshot = \"elsewhere/table.snap\"");
     std::fs::write(&config, with_snapshot).unwrap();
     let report = json_of(&check(&config, &["--json"]));
     assert_eq!(report["ok"], false);
@@ -1110,11 +1111,7 @@ fn expiry_takes_a_date_as_midnight_utc_and_refuses_past_9999_naming_the_field() 
 #[test]
 fn check_names_the_field_of_a_value_of_the_wrong_type() {
     let s = setup();
-    let text = CONFIG.replace(
-        "url = \"sqlite://keys.db\"",
-        "url = \"sqlite://keys.db\"\nsync_interval = 1",
-    );
-    assert_ne!(text, CONFIG);
+    let text = CONFIG.set("store", "sync_interval = 1");
     std::fs::write(&s.config, &text).unwrap();
     let line = text.lines().position(|l| l.starts_with("sync_interval")).unwrap() + 1;
     let output = keygate(&["check", "--config", s.config.to_str().unwrap()], None);
@@ -1553,7 +1550,7 @@ fn store_init_if_missing_on_postgres_creates_the_tables_and_is_safe_to_run_again
     };
     let schema = support::postgres::FreshSchema::new(&url);
     let s = setup();
-    std::fs::write(&s.config, CONFIG.replace("sqlite://keys.db", &schema.url)).unwrap();
+    std::fs::write(&s.config, CONFIG.edit("sqlite://keys.db", &schema.url)).unwrap();
     for _ in 0..2 {
         let init = keygate(
             &[

@@ -24,7 +24,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::support::{Harness, STANDARD};
+use crate::support::{ConfigEdit, Harness, STANDARD};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -243,11 +243,11 @@ async fn exercised_gateway() -> Harness {
 async fn tls_gateway() -> Harness {
     let fixture = |name: &str| repo("tests/fixtures/tls").join(name);
     let tls = format!(
-        "[server]\ntls = {{ cert = {:?}, key = {:?} }}\n",
+        "tls = {{ cert = {:?}, key = {:?} }}",
         fixture("cert.pem"),
         fixture("key.pem")
     );
-    Harness::with_config(&STANDARD.replace("[server]\n", &tls), "").await
+    Harness::with_config(&STANDARD.set("server", &tls), "").await
 }
 
 #[tokio::test]

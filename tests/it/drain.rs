@@ -5,10 +5,9 @@
 
 use crate::support;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::support::{Harness, STANDARD};
+use crate::support::{ConfigEdit, Harness, STANDARD};
 use tokio::net::TcpStream;
 
 mod in_process {
@@ -20,19 +19,15 @@ mod in_process {
     use bytes::Bytes;
     use http::Request;
     use http_body_util::Full;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     use std::time::Instant;
+
+    use crate::support::clients::raw_get;
 
     const GRACE: &str = "shutdown_grace = \"60s\"\n";
 
     /// An HTTP/2 connection (prior knowledge) that has answered one request and stays open.
     async fn idle_h2(h: &Harness, key: &str) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
-        let stream = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+        let mut sender = support::clients::h2(h.gateway.proxy_addr).await;
         let request = Request::get("http://a.test/v1/status")
             .header("authorization", support::basic(key))
             .body(Full::new(Bytes::new()))
@@ -77,8 +72,7 @@ mod in_process {
 
     #[tokio::test]
     async fn an_http2_connection_whose_client_does_not_read_does_not_hold_the_drain() {
-        let h =
-            Harness::with_config(&STANDARD.replace("[server]\n", &format!("[server]\n{GRACE}")), "").await;
+        let h = Harness::with_config(&STANDARD.set("server", GRACE), "").await;
         let (_, key) = h.key(&["*"]).await;
         let _client = unread_h2(h.gateway.proxy_addr, &key).await;
         let took = drain_time(h).await;
@@ -87,8 +81,7 @@ mod in_process {
 
     #[tokio::test]
     async fn an_idle_http2_connection_does_not_hold_the_drain() {
-        let h =
-            Harness::with_config(&STANDARD.replace("[server]\n", &format!("[server]\n{GRACE}")), "").await;
+        let h = Harness::with_config(&STANDARD.set("server", GRACE), "").await;
         let (_, key) = h.key(&["*"]).await;
         let _client = idle_h2(&h, &key).await;
         let Harness { gateway, .. } = h;
@@ -101,8 +94,8 @@ mod in_process {
     #[tokio::test]
     async fn requests_in_flight_finish_during_the_drain() {
         let config = STANDARD
-            .replace("[server]\n", &format!("[server]\n{GRACE}"))
-            .replace("timeout = \"1s\"", "timeout = \"15s\"");
+            .set("server", GRACE)
+            .edit("timeout = \"1s\"", "timeout = \"15s\"");
         let h = Harness::with_config(&config, "").await;
         let (_, key) = h.key(&["*"]).await;
         let mut h2 = idle_h2(&h, &key).await;
@@ -150,7 +143,7 @@ mod in_process {
     /// good; with no stream open for `idle_timeout`, the gateway closes it.
     #[tokio::test]
     async fn an_http2_connection_idle_past_idle_timeout_is_closed_though_it_answers_pings() {
-        let config = STANDARD.replace("[server]\n", "[server]\nidle_timeout = \"1s\"\n");
+        let config = STANDARD.set("server", "idle_timeout = \"1s\"");
         let h = Harness::with_config(&config, "").await;
         let (_, key) = h.key(&["*"]).await;
         let sender = idle_h2(&h, &key).await;
@@ -162,29 +155,17 @@ mod in_process {
     }
 
     /// `GET path` on the admin listener at `addr`: status and body.
-    async fn admin_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await.unwrap();
-        let answer = String::from_utf8_lossy(&answer).into_owned();
-        let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-        (status, answer)
-    }
-
     /// Issue 15: the admin listener used to close with the proxy's; a load balancer then saw a
     /// refused probe, not a replica leaving.
     #[tokio::test]
     async fn readyz_answers_503_while_the_gateway_drains() {
         let config = STANDARD
-            .replace("[server]\n", &format!("[server]\n{GRACE}"))
-            .replace("timeout = \"1s\"", "timeout = \"15s\"");
+            .set("server", GRACE)
+            .edit("timeout = \"1s\"", "timeout = \"15s\"");
         let h = Harness::with_config(&config, "").await;
         let (_, key) = h.key(&["*"]).await;
         let (admin, proxy) = (h.gateway.admin_addr, h.gateway.proxy_addr);
-        assert_eq!(admin_get(admin, "/readyz").await.0, 200);
+        assert_eq!(raw_get(admin, "/readyz", None).await.0, 200);
         let sender = idle_h2(&h, &key).await;
         let Harness {
             gateway, upstream, ..
@@ -201,11 +182,11 @@ mod in_process {
         assert!(reached.await, "the slow request reaches the upstream");
         let shutdown = tokio::spawn(gateway.shutdown());
         let draining = support::eventually(Duration::from_secs(10), || async {
-            let (status, body) = admin_get(admin, "/readyz").await;
+            let (status, body) = raw_get(admin, "/readyz", None).await;
             status == 503 && body.contains("shutting down")
         });
         assert!(draining.await, "/readyz says the replica is leaving");
-        assert_eq!(admin_get(admin, "/healthz").await.0, 200, "still alive");
+        assert_eq!(raw_get(admin, "/healthz", None).await.0, 200, "still alive");
         let refused = support::eventually(Duration::from_secs(10), || async {
             TcpStream::connect(proxy).await.is_err()
         });
@@ -223,127 +204,7 @@ mod process {
     //! The real binary under SIGHUP and SIGTERM.
 
     use super::*;
-    use std::process::{Child, Command, Stdio};
-    use std::time::Instant;
-
-    const CONFIG: &str = r#"
-[server]
-listen = "127.0.0.1:0"
-shutdown_grace = "60s"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[store]
-url = "sqlite://keys.db"
-
-[[upstream]]
-name = "api"
-url = "http://{upstream}"
-
-[[route]]
-name = "api"
-path = "/v1"
-upstream = "api"
-"#;
-
-    /// The gateway process, killed if the test ends before it exits.
-    struct Serving {
-        child: Child,
-        log: PathBuf,
-    }
-
-    impl Drop for Serving {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    impl Serving {
-        fn start(config: &Path) -> Serving {
-            let log = config.with_file_name("stdout.log");
-            let child = Command::new(env!("CARGO_BIN_EXE_keygate"))
-                .args([
-                    "serve",
-                    "--config",
-                    config.to_str().unwrap(),
-                    "--log-format",
-                    "json",
-                ])
-                .env_remove("KEYGATE_CONFIG")
-                .env_remove("RUST_LOG")
-                .stdout(std::fs::File::create(&log).unwrap())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            Serving { child, log }
-        }
-
-        fn signal(&self, name: &str) {
-            let pid = self.child.id().to_string();
-            let sent = Command::new("kill").args([name, &pid]).status().unwrap();
-            assert!(sent.success());
-        }
-
-        fn lines(&self, containing: &str) -> Vec<serde_json::Value> {
-            std::fs::read_to_string(&self.log)
-                .unwrap_or_default()
-                .lines()
-                .filter(|line| line.contains(containing))
-                .filter_map(|line| serde_json::from_str(line).ok())
-                .collect()
-        }
-
-        /// Waits (with a deadline) until `count` lines contain `containing`.
-        async fn await_lines(&self, containing: &str, count: usize) -> Vec<serde_json::Value> {
-            let found = support::eventually(Duration::from_secs(30), || {
-                let enough = self.lines(containing).len() >= count;
-                async move { enough }
-            });
-            assert!(
-                found.await,
-                "{count} x {containing:?} in {:?}",
-                std::fs::read_to_string(&self.log)
-            );
-            self.lines(containing)
-        }
-
-        /// Waits up to `deadline` for the exit: its status and when it came.
-        fn exit(&mut self, deadline: Duration) -> (Option<i32>, Duration) {
-            let started = Instant::now();
-            while started.elapsed() < deadline {
-                if let Some(status) = self.child.try_wait().unwrap() {
-                    return (status.code(), started.elapsed());
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            panic!("still running after {deadline:?}");
-        }
-    }
-
-    fn create_key(config: &Path) -> String {
-        let output = Command::new(env!("CARGO_BIN_EXE_keygate"))
-            .args([
-                "keys",
-                "--config",
-                config.to_str().unwrap(),
-                "create",
-                "--name",
-                "k",
-            ])
-            .args(["--env", "production", "--json"])
-            .env_remove("KEYGATE_CONFIG")
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let key: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        key["key"].as_str().unwrap().to_owned()
-    }
+    use crate::support::process::{create_key, Serving, CONFIG};
 
     /// Issue 15's reproduction: change `listen`, SIGHUP, restore it, SIGHUP: one warning, for
     /// the first reload only. Then SIGTERM with an idle HTTP/2 client connection open: the
@@ -353,20 +214,24 @@ upstream = "api"
         let upstream = support::Upstream::start().await;
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("gateway.toml");
-        let text = CONFIG.replace("{upstream}", &upstream.addr.to_string());
+        let text = CONFIG.edit("{upstream}", &upstream.addr.to_string());
+        let moved = text.edit(
+            "[server]\nlisten = \"127.0.0.1:0\"",
+            "[server]\nlisten = \"127.0.0.1:1\"",
+        );
+        let [text, moved] = [text, moved].map(|t| t.set("server", "shutdown_grace = \"60s\""));
         std::fs::write(&config, &text).unwrap();
-        let key = create_key(&config);
+        let (_, key) = create_key(&config, "production");
         let mut gateway = Serving::start(&config);
-        let serving = gateway.await_lines("keygate serving", 1).await;
-        let proxy: std::net::SocketAddr = serving[0]["proxy_addr"].as_str().unwrap().parse().unwrap();
+        let (proxy, _) = gateway.addresses().await;
 
-        std::fs::write(&config, text.replacen("127.0.0.1:0", "127.0.0.1:1", 1)).unwrap();
+        std::fs::write(&config, &moved).unwrap();
         gateway.signal("-HUP");
         gateway.await_lines("config reloaded", 1).await;
         std::fs::write(&config, &text).unwrap();
         gateway.signal("-HUP");
         gateway.await_lines("config reloaded", 2).await;
-        let warnings = gateway.lines("takes effect at the next restart");
+        let warnings = gateway.records("takes effect at the next restart");
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert_eq!(warnings[0]["setting"], "server.listen");
 

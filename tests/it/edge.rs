@@ -7,7 +7,7 @@ use crate::support;
 
 use std::time::Duration;
 
-use crate::support::{Harness, STANDARD};
+use crate::support::{ConfigEdit, Harness, STANDARD};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -418,7 +418,7 @@ async fn a_host_bound_route_is_not_skipped_by_another_spelling_of_its_host() {
 /// each row; the statuses not reachable here are pinned by error.rs's unit tests).
 #[tokio::test]
 async fn refusals_are_not_cacheable() {
-    let template = STANDARD.replace("[server]\n", "[server]\nmax_request_body = 4\n");
+    let template = STANDARD.set("server", "max_request_body = 4");
     let h = Harness::with_config(&template, "").await;
     let (_, key) = h.key(&["customer:read"]).await;
     let auth = support::basic(&key);
@@ -467,7 +467,7 @@ async fn underscore_headers_are_dropped_or_refused() {
     );
     assert_eq!(got["x-custom"], "kept");
 
-    let refusing = STANDARD.replace("[server]\n", "[server]\nunderscore_headers = \"refuse\"\n");
+    let refusing = STANDARD.set("server", "underscore_headers = \"refuse\"");
     let h = Harness::with_config(&refusing, "").await;
     let (_, key) = h.key(&["*"]).await;
     let auth = support::basic(&key);
@@ -790,15 +790,14 @@ mod silent {
 
     use super::*;
     use std::path::PathBuf;
-    use std::sync::Arc;
 
     const CAP: usize = 4;
 
     fn capped(extra: &str) -> String {
-        STANDARD.replace(
-            "[server]\n",
+        STANDARD.set(
+            "server",
             &format!(
-                "[server]\nmax_connections = {CAP}\nfirst_byte_timeout = \"200ms\"\n\
+                "max_connections = {CAP}\nfirst_byte_timeout = \"200ms\"\n\
                  tls_handshake_timeout = \"200ms\"\n{extra}"
             ),
         )
@@ -837,21 +836,12 @@ mod silent {
     /// A request over TLS, trusting the fixtures' CA; the raw response.
     async fn over_tls(h: &Harness, request: &str) -> String {
         use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, ServerName};
+        use rustls::pki_types::CertificateDer;
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(fixture("ca.pem")).unwrap() {
             roots.add(cert.unwrap()).unwrap();
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        let mut stream = connector.connect(name, tcp).await.unwrap();
+        let mut stream = support::clients::tls(h.gateway.proxy_addr, roots).await;
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut out = Vec::new();
         let _ = stream.read_to_end(&mut out).await;
@@ -896,15 +886,9 @@ mod h2 {
     use bytes::Bytes;
     use http::Request;
     use http_body_util::Full;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
 
     async fn send(h: &Harness, request: Request<Full<Bytes>>) -> http::StatusCode {
-        let stream = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+        let mut sender = support::clients::h2(h.gateway.proxy_addr).await;
         let response = sender.send_request(request).await.unwrap();
         assert_eq!(
             response.headers().get("cache-control").map(|v| v.as_bytes()),
@@ -960,7 +944,7 @@ mod h2 {
     /// bare one.
     #[tokio::test]
     async fn a_header_list_past_max_header_bytes_gets_the_gateways_431() {
-        let template = STANDARD.replace("[server]\n", "[server]\nmax_header_bytes = 4096\n");
+        let template = STANDARD.set("server", "max_header_bytes = 4096");
         let h = Harness::with_config(&template, "").await;
         let (_, key) = h.key(&["*"]).await;
         let auth = support::basic(&key);
@@ -969,12 +953,7 @@ mod h2 {
                 .header("x-big", "a".repeat(size))
                 .body(Full::new(Bytes::new()))
                 .unwrap();
-            let stream = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
-            let (mut sender, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                    .await
-                    .unwrap();
-            tokio::spawn(conn);
+            let mut sender = support::clients::h2(h.gateway.proxy_addr).await;
             let response = sender.send_request(big).await.unwrap();
             assert_eq!(response.status(), 431, "{size}");
             let headers = response.headers().clone();
@@ -1025,7 +1004,7 @@ mod h2 {
 
     #[tokio::test]
     async fn max_headers_holds_for_http2_too() {
-        let template = STANDARD.replace("[server]\n", "[server]\nmax_headers = 20\n");
+        let template = STANDARD.set("server", "max_headers = 20");
         let h = Harness::with_config(&template, "").await;
         let (_, key) = h.key(&["*"]).await;
         let auth = support::basic(&key);

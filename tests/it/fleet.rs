@@ -7,15 +7,10 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-
+use crate::support::config::redis_limits;
 use crate::support::postgres::{postgres_url, FreshSchema};
 use crate::support::relay::{service_addr, Relay};
-use crate::support::{admin_call, basic, eventually, loaded, redis_url, Harness, STANDARD};
+use crate::support::{admin_call, clients, eventually, loaded, redis_url, ConfigEdit, Harness, STANDARD};
 use keygate::gateway::Gateway;
 
 /// The standard config on PostgreSQL at `store` and Redis at `redis`, polling only hourly, so
@@ -25,23 +20,13 @@ use keygate::gateway::Gateway;
 fn fleet_config(store: &str, redis: &str) -> String {
     let prefix = format!("keygate-fleet:{:016x}:", rand::random::<u64>());
     STANDARD
-        .replace("url = \"sqlite://keygate.db\"", &format!("url = \"{store}\""))
-        .replace("sync_interval = \"100ms\"", "sync_interval = \"1h\"")
-        .replace(
-            "default = \"1000/s\"",
-            &format!(
-                "default = \"1000/s\"\nbackend = \"redis\"\nredis_url = \"{redis}\"\nredis_prefix = \"{prefix}\"\nredis_timeout = \"1s\""
-            ),
-        )
+        .edit("url = \"sqlite://keygate.db\"", &format!("url = \"{store}\""))
+        .edit("sync_interval = \"100ms\"", "sync_interval = \"1h\"")
+        .set("rate_limit", &redis_limits(redis, &prefix, "1s"))
 }
 
 async fn status(gateway: &Gateway, key: &str) -> u16 {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let request = Request::get(format!("http://{}/v1/status", gateway.proxy_addr))
-        .header("authorization", basic(key))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    client.request(request).await.unwrap().status().as_u16()
+    clients::get(gateway, "/v1/status", key).await.status.as_u16()
 }
 
 /// Whether every replica answers `want` for `key` within a few seconds.
@@ -119,7 +104,7 @@ async fn behind_relay() -> Option<(Harness, Relay, FreshSchema)> {
     let relay = Relay::start(service_addr(&postgres)).await;
     let through_relay = schema
         .url
-        .replacen(&service_addr(&postgres).to_string(), &relay.addr.to_string(), 1);
+        .edit(&service_addr(&postgres).to_string(), &relay.addr.to_string());
     let harness = Harness::with_config(&fleet_config(&through_relay, &redis), "").await;
     Some((harness, relay, schema))
 }
@@ -211,20 +196,12 @@ async fn a_replica_started_while_postgres_is_down_is_not_ready_until_it_is_back(
 /// Replica B: the harness's config (through the same relay) with a snapshot of its own.
 fn replica_with_snapshot(harness: &Harness, snapshot: &str) -> keygate::config::Config {
     let text = std::fs::read_to_string(&harness.config_path).unwrap();
-    let edited = "sync_interval = \"1h\"";
-    assert!(text.contains(edited), "the fleet config sets {edited}");
-    let text = text.replacen(edited, &format!("{edited}\nsnapshot = \"{snapshot}\""), 1);
+    let text = text.set("store", &format!("snapshot = \"{snapshot}\""));
     keygate::config::parse(&text, harness.dir.path()).unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn start_replica(harness: &Harness, config: keygate::config::Config) -> Gateway {
-    let options = keygate::gateway::Options {
-        hasher: keygate::core::secret::Hasher::unkeyed(),
-        admin_token: Some(crate::support::ADMIN_TOKEN.into()),
-        admin_read_token: Some(crate::support::READ_TOKEN.into()),
-        clock: std::sync::Arc::new(harness.clock.clone()),
-    };
-    Gateway::start(config, options).await.unwrap()
+    Gateway::start(config, harness.options()).await.unwrap()
 }
 
 // Issue 19 item 4, on PostgreSQL. Multi-threaded, as above.

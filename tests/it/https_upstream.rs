@@ -22,7 +22,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::support::{Harness, STANDARD};
+use crate::support::{ConfigEdit, Harness, STANDARD};
 
 /// A certificate authority of the test's own.
 struct Authority {
@@ -143,7 +143,7 @@ fn write(dir: &Path, files: &[(&str, &str)]) -> Vec<PathBuf> {
 /// The standard gateway with its upstream at `https://localhost:PORT` and `settings` added to
 /// the upstream table.
 async fn gateway(upstream: SocketAddr, settings: &str) -> Harness {
-    let template = STANDARD.replace(
+    let template = STANDARD.edit(
         "url = \"http://{upstream}\"",
         &format!("url = \"https://localhost:{}\"\n{settings}", upstream.port()),
     );

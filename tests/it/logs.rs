@@ -6,14 +6,15 @@
 use crate::support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{admin_call, basic, eventually, sample, Harness, Upstream};
+use crate::support::clients::raw_get;
+use crate::support::process::{self, create_key, Serving};
+use crate::support::{basic, eventually, ConfigEdit, Harness, Upstream};
 
 const FIELDS: [&str; 12] = [
     "time",
@@ -32,104 +33,11 @@ const FIELDS: [&str; 12] = [
 
 fn config(dir: &Path, upstream: std::net::SocketAddr) -> std::path::PathBuf {
     let path = dir.join("gateway.toml");
-    let text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-worker_threads = 1
-
-[admin]
-listen = "127.0.0.1:0"
-
-[store]
-url = "sqlite://keys.db"
-
-[[upstream]]
-name = "api"
-url = "http://{upstream}"
-
-[[route]]
-name = "api"
-path = "/v1"
-environment = "production"
-upstream = "api"
-"#
-    );
+    let text = process::CONFIG
+        .set("server", "worker_threads = 1")
+        .edit("{upstream}", &upstream.to_string());
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// `keygate keys create ... --json`: (id, secret).
-fn create_key(config: &Path, env: &str) -> (String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .args([
-            "keys",
-            "--config",
-            config.to_str().unwrap(),
-            "create",
-            "--name",
-            env,
-        ])
-        .args(["--env", env, "--json"])
-        .env_remove("KEYGATE_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let key: Value = serde_json::from_slice(&output.stdout).unwrap();
-    (
-        key["id"].as_str().unwrap().to_owned(),
-        key["key"].as_str().unwrap().to_owned(),
-    )
-}
-
-/// The gateway, its stdout going to `log`.
-struct Gateway(Child);
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn lines(log: &Path) -> Vec<String> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Polls the log until a line satisfies `find`.
-async fn wait_for_line(log: &Path, what: &str, find: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(line) = lines(log).into_iter().find(|line| find(line)) {
-            return line;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {what} in the log: {:?}",
-            lines(log)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn get(addr: &str, target: &str, key: &str) -> u16 {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "GET {target} HTTP/1.1\r\nHost: api.test\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
-        basic(key)
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response[9..12].parse().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,43 +47,32 @@ async fn a_log_written_to_a_file_has_no_colour_and_well_formed_access_records() 
     let config = config(dir.path(), upstream.addr);
     let (production_id, production_key) = create_key(&config, "production");
     let (staging_id, staging_key) = create_key(&config, "staging");
-    let log = dir.path().join("stdout.log");
-    let _gateway = Gateway(
-        Command::new(env!("CARGO_BIN_EXE_keygate"))
-            .args([
-                "serve",
-                "--config",
-                config.to_str().unwrap(),
-                "--log-format",
-                "json",
-            ])
-            .env_remove("KEYGATE_CONFIG")
-            .env_remove("RUST_LOG")
-            .env_remove("NO_COLOR")
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let serving = wait_for_line(&log, "serving event", |line| line.contains("keygate serving")).await;
-    let serving: Value = serde_json::from_str(&serving).unwrap();
-    let proxy = serving["proxy_addr"].as_str().unwrap().to_owned();
+    let gateway = Serving::start(&config);
+    let (proxy, admin) = gateway.addresses().await;
     // Serving comes before the key table has loaded (503 until then): wait for /readyz.
-    let admin = serving["admin_addr"].as_str().unwrap().to_owned();
     let ready = eventually(Duration::from_secs(30), || async {
-        get(&admin, "/readyz", "not-a-key").await == 200
+        raw_get(admin, "/readyz", None).await.0 == 200
     })
     .await;
     assert!(ready, "the gateway never got ready");
 
     assert_eq!(
-        get(&proxy, "/v1/customers/acme?token=not-logged", &production_key).await,
+        raw_get(
+            proxy,
+            "/v1/customers/acme?token=not-logged",
+            Some(&production_key)
+        )
+        .await
+        .0,
         200
     );
-    assert_eq!(get(&proxy, "/v1/customers/acme", &staging_key).await, 401);
+    assert_eq!(
+        raw_get(proxy, "/v1/customers/acme", Some(&staging_key)).await.0,
+        401
+    );
 
-    let admitted = wait_for_line(&log, "record of the 200", |line| line.contains(r#""status":200"#)).await;
-    let refused = wait_for_line(&log, "record of the 401", |line| line.contains(r#""status":401"#)).await;
+    let admitted = gateway.await_lines(r#""status":200"#, 1).await.remove(0);
+    let refused = gateway.await_lines(r#""status":401"#, 1).await.remove(0);
     for line in [&admitted, &refused] {
         let mut at = 0;
         for field in FIELDS {
@@ -212,7 +109,7 @@ async fn a_log_written_to_a_file_has_no_colour_and_well_formed_access_records() 
     assert_eq!(refused["upstream_ms"], Value::Null);
     assert_eq!(refused["reason"], "wrong_environment");
 
-    let bytes = std::fs::read(&log).unwrap();
+    let bytes = std::fs::read(&gateway.log).unwrap();
     assert!(
         !bytes.contains(&0x1b),
         "an ANSI escape in a log written to a file"
@@ -227,24 +124,10 @@ async fn a_log_written_to_a_file_has_no_colour_and_well_formed_access_records() 
     assert!(!text.contains("not-logged"), "the query string in the log");
 }
 
-/// The recent records of `request_id`, from `GET /v1/requests`.
-async fn records_of(h: &Harness, request_id: &str) -> Vec<Value> {
-    let answer = admin_call(&h.gateway, "GET", "/v1/requests?limit=1000", "").await;
-    assert_eq!(answer.status, 200, "{}", answer.text());
-    let items = answer.json()["items"].as_array().cloned().unwrap_or_default();
-    items
-        .into_iter()
-        .filter(|record| record["request_id"] == request_id)
-        .collect()
-}
-
 /// Waits for the one record of `request_id` and checks it is the 499 of a request abandoned at
 /// the `slow` route by the key `key_id`, counted once in `keygate_requests_total`.
 async fn assert_one_499(h: &Harness, request_id: &str, key_id: &str) {
-    let deadline = Duration::from_secs(10);
-    let recorded = eventually(deadline, || async { !records_of(h, request_id).await.is_empty() }).await;
-    assert!(recorded, "no record of the abandoned request");
-    let records = records_of(h, request_id).await;
+    let records = h.recorded(request_id).await;
     assert_eq!(records.len(), 1, "{records:?}");
     let record = &records[0];
     assert_eq!(record["status"], 499, "{record}");
@@ -257,10 +140,9 @@ async fn assert_one_499(h: &Harness, request_id: &str, key_id: &str) {
         record["upstream_ms"].as_f64().is_some(),
         "the time spent at the upstream: {record}"
     );
-    let counted = sample(
-        &h.metrics().await,
-        r#"keygate_requests_total{environment="production",route="slow",status="499"}"#,
-    );
+    let counted = h
+        .metric(r#"keygate_requests_total{environment="production",route="slow",status="499"}"#)
+        .await;
     assert_eq!(counted, Some(1.0));
 }
 
@@ -316,7 +198,7 @@ async fn a_client_that_leaves_while_the_body_streams_is_recorded_with_the_status
             });
         }
     });
-    let template = support::STANDARD.replace(
+    let template = support::STANDARD.edit(
         "url = \"http://{upstream}\"",
         &format!("url = \"http://{upstream_addr}\""),
     );
@@ -340,15 +222,8 @@ async fn a_client_that_leaves_while_the_body_streams_is_recorded_with_the_status
     }
     assert!(head.starts_with(b"HTTP/1.1 200"));
     drop(stream);
-    let deadline = Duration::from_secs(10);
-    assert!(
-        eventually(deadline, || async {
-            !records_of(&h, "cut-body").await.is_empty()
-        })
-        .await
-    );
     // One record, of the status sent: the final phase ran with the head, not again at the cut.
-    let records = records_of(&h, "cut-body").await;
+    let records = h.recorded("cut-body").await;
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0]["status"], 200);
     assert_eq!(records[0]["key_id"], id.as_str());

@@ -25,6 +25,7 @@ mod store_copy;
 mod store_faults;
 mod tls;
 mod traces;
+mod transparency;
 mod ui;
 mod ui_headers;
 mod upgrade;

@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::postgres::{postgres_url, FreshSchema};
 use crate::support::relay::service_addr;
+use crate::support::ConfigEdit;
 use keygate::control::store::{KeyFilter, PgStore, Store};
 
 /// PostgreSQL's `SSLRequest`: length 8, code 80877103.
@@ -140,10 +141,9 @@ impl Setup {
 
     /// The schema's URL, through the TLS server as `localhost`, with `tls` (`{ca}`: the CA file).
     fn url(&self, tls: &str) -> String {
-        let through = self.schema.url.replacen(
+        let through = self.schema.url.edit(
             &service_addr(&self.postgres).to_string(),
             &format!("localhost:{}", self.server.addr.port()),
-            1,
         );
         format!("{through}&{}", tls.replace("{ca}", &self.ca))
     }

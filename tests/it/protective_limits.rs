@@ -5,14 +5,14 @@ use crate::support;
 
 use std::time::{Duration, Instant};
 
-use crate::support::{Harness, STANDARD};
+use crate::support::{ConfigEdit, Harness, STANDARD};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn limited() -> Harness {
-    let template = STANDARD.replace(
-        "[server]\n",
-        "[server]\nmax_uri_bytes = 200\nmax_headers = 20\nmax_header_bytes = 4096\n\
-         max_request_body = 1000\nheader_read_timeout = \"2s\"\nidle_timeout = \"1s\"\n",
+    let template = STANDARD.set(
+        "server",
+        "max_uri_bytes = 200\nmax_headers = 20\nmax_header_bytes = 4096\n\
+         max_request_body = 1000\nheader_read_timeout = \"2s\"\nidle_timeout = \"1s\"",
     );
     Harness::with_config(&template, "").await
 }

@@ -4,43 +4,37 @@
 
 use std::time::Duration;
 
-use crate::support::{sample, spec, Harness};
+use crate::support::{spec, ConfigEdit, Harness, RELOAD_FAILURES, RELOAD_SUCCESSES};
 use keygate::core::environment::Environment;
 
-async fn metric(h: &Harness, series: &str) -> Option<f64> {
-    sample(&h.metrics().await, series)
-}
-
-const SUCCESSES: &str = r#"keygate_config_reloads_total{result="success"}"#;
-const FAILURES: &str = r#"keygate_config_reloads_total{result="failure"}"#;
 const LAST_SUCCESS: &str = "keygate_config_last_reload_success_timestamp_seconds";
 
 #[tokio::test]
 async fn reload_outcomes_are_counted_and_the_last_success_is_timed() {
     let h = Harness::start().await;
     let started = h.clock_now().as_millisecond() as f64 / 1000.0;
-    assert_eq!(metric(&h, SUCCESSES).await, Some(0.0));
-    assert_eq!(metric(&h, FAILURES).await, Some(0.0));
-    assert_eq!(metric(&h, LAST_SUCCESS).await, Some(started), "the start counts");
+    assert_eq!(h.metric(RELOAD_SUCCESSES).await, Some(0.0));
+    assert_eq!(h.metric(RELOAD_FAILURES).await, Some(0.0));
+    assert_eq!(h.metric(LAST_SUCCESS).await, Some(started), "the start counts");
 
     let good = std::fs::read_to_string(&h.config_path).unwrap();
     std::fs::write(
         &h.config_path,
-        good.replace("timeout = \"1s\"", "timeout = \"soon\""),
+        good.edit("timeout = \"1s\"", "timeout = \"soon\""),
     )
     .unwrap();
     h.clock.advance(Duration::from_secs(60));
     let refused = h.gateway.reload_file(&h.config_path).unwrap_err().to_string();
     assert!(refused.contains("timeout"), "{refused}");
-    assert_eq!(metric(&h, FAILURES).await, Some(1.0));
-    assert_eq!(metric(&h, LAST_SUCCESS).await, Some(started));
+    assert_eq!(h.metric(RELOAD_FAILURES).await, Some(1.0));
+    assert_eq!(h.metric(LAST_SUCCESS).await, Some(started));
 
     std::fs::write(&h.config_path, &good).unwrap();
     h.clock.advance(Duration::from_secs(60));
     h.gateway.reload_file(&h.config_path).unwrap();
-    assert_eq!(metric(&h, SUCCESSES).await, Some(1.0));
-    assert_eq!(metric(&h, FAILURES).await, Some(1.0));
-    assert_eq!(metric(&h, LAST_SUCCESS).await, Some(started + 120.0));
+    assert_eq!(h.metric(RELOAD_SUCCESSES).await, Some(1.0));
+    assert_eq!(h.metric(RELOAD_FAILURES).await, Some(1.0));
+    assert_eq!(h.metric(LAST_SUCCESS).await, Some(started + 120.0));
 }
 
 /// Issue 15: change `listen`, reload, restore it, reload: the second reload used to warn
@@ -51,8 +45,11 @@ async fn a_restored_setting_needs_no_restart_on_the_next_reload() {
     let h = Harness::start().await;
     let original = std::fs::read_to_string(&h.config_path).unwrap();
     let moved = original
-        .replacen("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"", 1)
-        .replace("sqlite://keygate.db", "sqlite://other.db");
+        .edit(
+            "[server]\nlisten = \"127.0.0.1:0\"",
+            "[server]\nlisten = \"127.0.0.1:1\"",
+        )
+        .edit("sqlite://keygate.db", "sqlite://other.db");
     for (text, restart_needed) in [
         (&moved, vec!["server.listen", "store.url"]),
         (&original, vec![]),
@@ -73,7 +70,7 @@ async fn a_restored_setting_needs_no_restart_on_the_next_reload() {
         (("[server]\n", "[server]\nmax_uri_bytes = 100\n"), vec![]),
         (("timeout = \"1s\"", "timeout = \"2s\""), vec![]),
     ] {
-        std::fs::write(&h.config_path, original.replace(edit.0, edit.1)).unwrap();
+        std::fs::write(&h.config_path, original.edit(edit.0, edit.1)).unwrap();
         let reloaded = h.gateway.reload_file(&h.config_path).unwrap();
         assert_eq!(reloaded.restart_needed, restart_needed, "{edit:?}");
     }
@@ -107,8 +104,8 @@ async fn a_file_emptied_or_cut_short_is_refused_and_the_routes_keep_serving() {
         for (problem, says) in problems.iter().zip(says) {
             assert!(problem.starts_with(says), "{problem}");
         }
-        assert_eq!(metric(&h, FAILURES).await, Some(n as f64 + 1.0));
-        assert_eq!(metric(&h, SUCCESSES).await, Some(0.0));
+        assert_eq!(h.metric(RELOAD_FAILURES).await, Some(n as f64 + 1.0));
+        assert_eq!(h.metric(RELOAD_SUCCESSES).await, Some(0.0));
         assert_eq!(
             h.get("/v1/status", &key).await.status,
             200,
@@ -118,7 +115,7 @@ async fn a_file_emptied_or_cut_short_is_refused_and_the_routes_keep_serving() {
     // The same config handed over in process is refused the same way.
     let empty = keygate::config::parse("", h.dir.path()).unwrap();
     assert!(h.gateway.reload(empty).is_err());
-    assert_eq!(metric(&h, FAILURES).await, Some(4.0));
+    assert_eq!(h.metric(RELOAD_FAILURES).await, Some(4.0));
     assert_eq!(h.get("/v1/status", &key).await.status, 200);
 }
 
@@ -155,15 +152,14 @@ async fn a_reload_that_unroutes_an_environment_or_opens_a_route_says_so() {
     let staging_route = "[[route]]\nname = \"staging-customers\"\npath = \"/staging/customers\"\nenvironment = \"staging\"\nupstream = \"api\"\n";
     let open =
         "permissions = { GET = \"customer:read\", HEAD = \"customer:read\", \"*\" = \"customer:write\" }\n";
-    assert!(good.contains(staging_route) && good.contains(open));
 
-    std::fs::write(&h.config_path, good.replace(staging_route, "")).unwrap();
+    std::fs::write(&h.config_path, good.edit(staging_route, "")).unwrap();
     let reloaded = h.gateway.reload_file(&h.config_path).unwrap();
     assert_eq!(reloaded.environments_unrouted, vec![Environment::Staging]);
     assert!(reloaded.routes_opened.is_empty());
     assert_eq!(h.get("/staging/customers", &staging).await.status, 404);
 
-    std::fs::write(&h.config_path, good.replace(open, "")).unwrap();
+    std::fs::write(&h.config_path, good.edit(open, "")).unwrap();
     let reloaded = h.gateway.reload_file(&h.config_path).unwrap();
     assert!(
         reloaded.environments_unrouted.is_empty(),
@@ -171,5 +167,5 @@ async fn a_reload_that_unroutes_an_environment_or_opens_a_route_says_so() {
     );
     assert_eq!(reloaded.routes_opened, vec!["customers".to_owned()]);
     assert_eq!(h.get("/staging/customers", &staging).await.status, 200);
-    assert_eq!(metric(&h, SUCCESSES).await, Some(2.0));
+    assert_eq!(h.metric(RELOAD_SUCCESSES).await, Some(2.0));
 }

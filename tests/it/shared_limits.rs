@@ -6,15 +6,10 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-
+use crate::support::config::redis_limits;
 use crate::support::relay::{service_addr, Relay};
 use crate::support::{
-    admin_call, basic, eventually, read, redis_url, sample, spec, Answer, Harness, STANDARD,
+    admin_call, clients, eventually, redis_url, sample, spec, ConfigEdit, Harness, STANDARD,
 };
 use keygate::core::environment::Environment;
 use keygate::core::key::RateLimitSpec;
@@ -29,12 +24,7 @@ fn fresh_prefix() -> String {
 
 /// The standard config with the Redis backend at `url`.
 fn redis_config(url: &str, prefix: &str) -> String {
-    STANDARD.replace(
-        "default = \"1000/s\"",
-        &format!(
-            "default = \"1000/s\"\nbackend = \"redis\"\nredis_url = \"{url}\"\nredis_prefix = \"{prefix}\"\nredis_timeout = \"50ms\""
-        ),
-    )
+    STANDARD.set("rate_limit", &redis_limits(url, prefix, "50ms"))
 }
 
 fn limited(requests: u32, per_secs: u64) -> keygate::control::keys::KeySpec {
@@ -45,15 +35,6 @@ fn limited(requests: u32, per_secs: u64) -> keygate::control::keys::KeySpec {
         burst: None,
     });
     spec
-}
-
-async fn get(gateway: &Gateway, key: &str) -> Answer {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let request = Request::get(format!("http://{}/v1/status", gateway.proxy_addr))
-        .header("authorization", basic(key))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    read(client.request(request).await.unwrap()).await
 }
 
 async fn shares_limits(gateway: &Gateway) -> bool {
@@ -130,7 +111,7 @@ async fn three_replicas_admit_a_keys_limit_once_not_three_times() {
     let mut statuses = Vec::new();
     for round in 0..4 {
         for replica in replicas {
-            let answer = get(replica, &key).await;
+            let answer = clients::get(replica, "/v1/status", &key).await;
             if answer.status == 429 {
                 assert!(answer.headers.contains_key("retry-after"), "round {round}");
                 assert_eq!(answer.headers["ratelimit-remaining"], "0");
@@ -202,7 +183,7 @@ async fn a_redis_cut_off_holds_no_request_up_and_shared_limits_come_back() {
     let mut admitted = 0;
     for _ in 0..3 {
         for replica in [&harness.gateway, &second] {
-            admitted += usize::from(get(replica, &key).await.status == 200);
+            admitted += usize::from(clients::get(replica, "/v1/status", &key).await.status == 200);
         }
     }
     assert_eq!(admitted, 3);

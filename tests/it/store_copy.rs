@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::postgres::{postgres_url, FreshSchema};
-use crate::support::{spec, Harness, STANDARD};
+use crate::support::{spec, ConfigEdit, Harness, STANDARD};
 use http::StatusCode;
 use keygate::config::StoreUrl;
 use keygate::control::store;
@@ -110,8 +110,7 @@ fn assert_same_store(source: &Path, target: &Path) -> (Dump, Dump) {
 /// A gateway on the store at `url` admits the live secrets, the grace one included, and
 /// refuses the revoked and the deleted.
 async fn assert_gateway_admits(url: &str, secrets: &Secrets) {
-    let template = STANDARD.replace(r#"url = "sqlite://keygate.db""#, &format!(r#"url = "{url}""#));
-    assert_ne!(template, STANDARD);
+    let template = STANDARD.edit(r#"url = "sqlite://keygate.db""#, &format!(r#"url = "{url}""#));
     let gateway = Harness::with_config(&template, "").await;
     for secret in [&secrets.plain, &secrets.current, &secrets.grace] {
         assert_eq!(gateway.get(PATH, secret).await.status, StatusCode::OK, "{url}");

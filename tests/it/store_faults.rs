@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::{eventually, sample, spec, Harness, STANDARD};
+use crate::support::{eventually, sample, spec, ConfigEdit, Harness, STANDARD};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
@@ -19,7 +19,7 @@ use keygate::core::secret::Hasher;
 
 /// The standard config with `sync_interval` and `extra` store settings.
 fn with_store(sync_interval: &str, extra: &str) -> String {
-    STANDARD.replace(
+    STANDARD.edit(
         "sync_interval = \"100ms\"",
         &format!("sync_interval = \"{sync_interval}\"\n{extra}"),
     )
@@ -198,7 +198,7 @@ async fn an_empty_file_renamed_over_the_store_is_refused_and_the_last_table_serv
 async fn a_store_locked_at_start_delays_readiness_until_it_can_be_read() {
     let upstream = support::Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let text = STANDARD.replace("{upstream}", &upstream.addr.to_string());
+    let text = STANDARD.edit("{upstream}", &upstream.addr.to_string());
     let config = keygate::config::parse(&text, dir.path()).unwrap();
     let path = dir.path().join("keygate.db");
     let key = {
@@ -532,8 +532,8 @@ fn a_store_its_user_may_not_open_is_named_by_check_in_the_log_and_in_readyz() {
     drop(SqliteStore::create(&store).unwrap());
     let config = dir.path().join("gateway.toml");
     let text = STANDARD
-        .replace("{upstream}", "127.0.0.1:9")
-        .replace("sqlite://keygate.db", &format!("sqlite://{}", store.display()));
+        .edit("{upstream}", "127.0.0.1:9")
+        .edit("sqlite://keygate.db", &format!("sqlite://{}", store.display()));
     std::fs::write(&config, text).unwrap();
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
     let config = config.to_str().unwrap();
@@ -609,8 +609,8 @@ fn check_warns_of_a_store_file_that_is_not_a_keygate_store() {
     let store = dir.path().join("keys.db");
     let config = dir.path().join("gateway.toml");
     let text = STANDARD
-        .replace("{upstream}", "127.0.0.1:9")
-        .replace("sqlite://keygate.db", &format!("sqlite://{}", store.display()));
+        .edit("{upstream}", "127.0.0.1:9")
+        .edit("sqlite://keygate.db", &format!("sqlite://{}", store.display()));
     std::fs::write(&config, text).unwrap();
     let foreign = rusqlite::Connection::open(dir.path().join("foreign.db")).unwrap();
     foreign.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();

@@ -3,12 +3,9 @@
 //! by `serve`), and its expiry as a metric.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
-use crate::support::{sample, Harness, STANDARD};
-use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::net::TcpStream;
+use crate::support::{clients, ConfigEdit, Harness, RELOAD_FAILURES, RELOAD_SUCCESSES, STANDARD};
+use rustls::pki_types::CertificateDer;
 
 /// A self-signed certificate for `localhost` and `127.0.0.1`, valid until `until` (year,
 /// month, day): (certificate PEM, key PEM, certificate DER).
@@ -64,8 +61,8 @@ impl Files {
 
     /// The standard config serving TLS from these files.
     fn config(&self) -> String {
-        let tls = format!("tls = {{ cert = {:?}, key = {:?} }}\n", self.cert(), self.key());
-        STANDARD.replace("[server]\n", &format!("[server]\n{tls}"))
+        let tls = format!("tls = {{ cert = {:?}, key = {:?} }}", self.cert(), self.key());
+        STANDARD.set("server", &tls)
     }
 }
 
@@ -75,29 +72,11 @@ async fn served_certificate(h: &Harness, trusted: &[&[u8]]) -> Vec<u8> {
     for der in trusted {
         roots.add(CertificateDer::from(der.to_vec())).unwrap();
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let stream = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
-        .await
-        .expect("the handshake ends in time")
-        .expect("the handshake succeeds");
+    let stream = clients::tls(h.gateway.proxy_addr, roots).await;
     let (_, connection) = stream.get_ref();
     connection.peer_certificates().unwrap()[0].to_vec()
 }
 
-async fn metric(h: &Harness, series: &str) -> Option<f64> {
-    sample(&h.metrics().await, series)
-}
-
-const SUCCESSES: &str = r#"keygate_config_reloads_total{result="success"}"#;
-const FAILURES: &str = r#"keygate_config_reloads_total{result="failure"}"#;
 const EXPIRY: &str = "keygate_tls_certificate_expiry_timestamp_seconds";
 
 #[tokio::test]
@@ -108,7 +87,7 @@ async fn a_certificate_replaced_on_disk_is_served_after_a_reload_and_a_bad_pair_
     let h = Harness::with_config(&files.config(), "").await;
     let trusted = [&old_der[..]];
     assert_eq!(served_certificate(&h, &trusted).await, old_der);
-    assert_eq!(metric(&h, EXPIRY).await, Some(unix(FAR)));
+    assert_eq!(h.metric(EXPIRY).await, Some(unix(FAR)));
 
     let (new_cert, new_key, new_der) = certificate(FARTHER);
     files.write(&new_cert, &new_key);
@@ -120,8 +99,8 @@ async fn a_certificate_replaced_on_disk_is_served_after_a_reload_and_a_bad_pair_
     );
     h.gateway.reload_file(&h.config_path).unwrap();
     assert_eq!(served_certificate(&h, &trusted).await, new_der);
-    assert_eq!(metric(&h, EXPIRY).await, Some(unix(FARTHER)));
-    assert_eq!(metric(&h, SUCCESSES).await, Some(1.0));
+    assert_eq!(h.metric(EXPIRY).await, Some(unix(FARTHER)));
+    assert_eq!(h.metric(RELOAD_SUCCESSES).await, Some(1.0));
 
     // A renewal half done: the new certificate beside the old key. Refused, the last good
     // pair kept, and counted.
@@ -144,9 +123,9 @@ async fn a_certificate_replaced_on_disk_is_served_after_a_reload_and_a_bad_pair_
         "{refused}"
     );
     assert_eq!(served_certificate(&h, &trusted).await, new_der);
-    assert_eq!(metric(&h, EXPIRY).await, Some(unix(FARTHER)));
-    assert_eq!(metric(&h, FAILURES).await, Some(5.0));
-    assert_eq!(metric(&h, SUCCESSES).await, Some(1.0));
+    assert_eq!(h.metric(EXPIRY).await, Some(unix(FARTHER)));
+    assert_eq!(h.metric(RELOAD_FAILURES).await, Some(5.0));
+    assert_eq!(h.metric(RELOAD_SUCCESSES).await, Some(1.0));
 }
 
 /// The config file at `path` with a TLS pair; what `check` and `serve` say of it.
@@ -162,7 +141,7 @@ async fn check_and_serve_refuse_certificate_files_that_would_not_serve() {
     let files = Files::new();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gateway.toml");
-    let text = files.config().replace("{upstream}", "127.0.0.1:7001");
+    let text = files.config().edit("{upstream}", "127.0.0.1:7001");
     std::fs::write(&config, &text).unwrap();
     // Line of `tls = ...` in the file.
     let line = text.lines().position(|l| l.starts_with("tls = ")).unwrap() + 1;
@@ -221,7 +200,7 @@ fn keygate_check_names_the_line_of_an_expired_certificate() {
     files.write(&expired, &expired_key);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gateway.toml");
-    std::fs::write(&config, files.config().replace("{upstream}", "127.0.0.1:7001")).unwrap();
+    std::fs::write(&config, files.config().edit("{upstream}", "127.0.0.1:7001")).unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
         .args(["check", "--config", config.to_str().unwrap()])
         .env_remove("KEYGATE_CONFIG")
@@ -243,7 +222,7 @@ fn the_store_commands_do_not_read_the_certificate() {
     files.write(&expired, &expired_key);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("gateway.toml");
-    std::fs::write(&config, files.config().replace("{upstream}", "127.0.0.1:7001")).unwrap();
+    std::fs::write(&config, files.config().edit("{upstream}", "127.0.0.1:7001")).unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
         .args(["store", "init", "--config", config.to_str().unwrap()])
         .env_remove("KEYGATE_CONFIG")

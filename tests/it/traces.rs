@@ -21,7 +21,7 @@ use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode a
 use prost::Message;
 use tokio::net::TcpListener;
 
-use crate::support::{eventually, spec, Harness, STANDARD};
+use crate::support::{eventually, spec, ConfigEdit, Harness, STANDARD};
 use keygate::core::environment::Environment;
 
 /// An OTLP/HTTP receiver: every span posted to `/v1/traces`, with its resource's service name.
@@ -339,7 +339,7 @@ async fn shutdown_exports_the_spans_still_queued() {
 #[test]
 fn check_refuses_a_bad_collector_url_or_ratio_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
-    let base = STANDARD.replace("{upstream}", "127.0.0.1:9");
+    let base = STANDARD.edit("{upstream}", "127.0.0.1:9");
     for (tracing, field) in [
         ("otlp_endpoint = \"collector:4318\"", "tracing.otlp_endpoint"),
         (

@@ -5,7 +5,7 @@
 use crate::support;
 
 use crate::support::browser::Browser;
-use crate::support::{spec, Harness, ADMIN_TOKEN, READ_TOKEN};
+use crate::support::{spec, ConfigEdit, Harness, ADMIN_TOKEN, READ_TOKEN};
 use http::StatusCode;
 use keygate::core::environment::Environment;
 
@@ -816,11 +816,7 @@ async fn the_usage_total_says_when_this_replica_last_flushed() {
         return;
     };
     // No flush but the ones the test asks for.
-    let template = support::STANDARD.replace(
-        "sync_interval = \"100ms\"",
-        "sync_interval = \"100ms\"\nusage_flush_interval = \"1h\"",
-    );
-    assert_ne!(template, support::STANDARD, "the config edit must apply");
+    let template = support::STANDARD.set("store", "usage_flush_interval = \"1h\"");
     let harness = Harness::with_config(&template, "").await;
     let (id, secret) = harness.key(&[]).await;
     open_key(&harness, &browser, &id).await;

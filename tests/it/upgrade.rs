@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::support::{admin_call, basic, eventually, Harness, STANDARD};
+use crate::support::{basic, eventually, throughout, ConfigEdit, Harness, STANDARD};
 
 const DEADLINE: Duration = Duration::from_secs(5);
 
@@ -92,11 +92,11 @@ async fn gateway(upstream: &EchoUpstream, server: &str) -> Harness {
 /// [`gateway`], with `settings` added to the upstream's table too.
 async fn gateway_with(upstream: &EchoUpstream, server: &str, settings: &str) -> Harness {
     let template = STANDARD
-        .replace(
+        .edit(
             "url = \"http://{upstream}\"",
             &format!("url = \"http://{}\"\n{settings}", upstream.addr),
         )
-        .replace("[server]\n", &format!("[server]\n{server}\n"));
+        .set("server", server);
     Harness::with_config(&template, "").await
 }
 
@@ -248,12 +248,11 @@ async fn a_tunnel_holds_its_connection_slot_while_it_lives() {
             .insert("authorization", basic(&key).parse().unwrap());
         tokio::spawn(tokio_tungstenite::connect_async(request))
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !second.is_finished(),
-        "a second connection was served past the cap"
-    );
-    assert_eq!(upstream.accepted(), 1);
+    // That nothing happens takes a window to see: watched throughout, failing at once.
+    let waits = throughout(Duration::from_millis(300), || async {
+        !second.is_finished() && upstream.accepted() == 1
+    });
+    assert!(waits.await, "a second connection was served past the cap");
     ws.close(None).await.unwrap();
     drop(ws);
     let (mut ws, _) = tokio::time::timeout(DEADLINE, second)
@@ -315,27 +314,6 @@ async fn a_tunnel_holds_its_upstream_connection_s_turn() {
     assert_eq!(round_trip(&mut ws, Message::text("b")).await, Message::text("b"));
 }
 
-/// The recent records of `request_id`, from `GET /v1/requests`.
-async fn records_of(h: &Harness, request_id: &str) -> Vec<serde_json::Value> {
-    let answer = admin_call(&h.gateway, "GET", "/v1/requests?limit=1000", "").await;
-    assert_eq!(answer.status, 200, "{}", answer.text());
-    let items = answer.json()["items"].as_array().cloned().unwrap_or_default();
-    items
-        .into_iter()
-        .filter(|record| record["request_id"] == request_id)
-        .collect()
-}
-
-/// Waits for the records of `request_id` and returns them once there is one.
-async fn recorded(h: &Harness, request_id: &str) -> Vec<serde_json::Value> {
-    let found = eventually(Duration::from_secs(10), || async {
-        !records_of(h, request_id).await.is_empty()
-    })
-    .await;
-    assert!(found, "no record of {request_id}");
-    records_of(h, request_id).await
-}
-
 #[tokio::test]
 async fn an_upgrade_abandoned_before_the_upstream_answers_leaves_one_499_record() {
     // An upstream that takes the upgrade and never answers it.
@@ -353,7 +331,7 @@ async fn an_upgrade_abandoned_before_the_upstream_answers_leaves_one_499_record(
             });
         }
     });
-    let template = STANDARD.replace(
+    let template = STANDARD.edit(
         "url = \"http://{upstream}\"",
         &format!("url = \"http://{silent_addr}\""),
     );
@@ -372,7 +350,7 @@ async fn an_upgrade_abandoned_before_the_upstream_answers_leaves_one_499_record(
         .await
         .expect("the upgrade reaches the upstream");
     drop(client);
-    let records = recorded(&h, "gone-ws").await;
+    let records = h.recorded("gone-ws").await;
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0]["status"], 499, "{records:?}");
     assert_eq!(records[0]["key_id"], id.as_str());
@@ -396,7 +374,7 @@ async fn an_upgrade_the_upstream_refuses_leaves_one_record_of_its_answer() {
         .expect("the gateway answers the upgrade")
         .map(|(ws, _)| ws);
     assert_eq!(refused_status(connected), 404);
-    let records = recorded(&h, "refused-ws").await;
+    let records = h.recorded("refused-ws").await;
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0]["status"], 404, "{records:?}");
     assert_eq!(records[0]["key_id"], id.as_str());

@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Barrier};
 
-use crate::support::{basic, eventually, Harness, STANDARD};
+use crate::support::{basic, eventually, ConfigEdit, Harness, STANDARD};
 
 /// How long a test waits for the pool or the upstream to close a connection.
 const DEADLINE: Duration = Duration::from_secs(3);
@@ -264,12 +264,8 @@ impl http_body::Body for Fed {
 /// pool's) in place of the standard `timeout` line.
 async fn gateway(upstream: &Upstream, settings: &str) -> Harness {
     let template = STANDARD
-        .replace("http://{upstream}", &format!("http://{}", upstream.addr))
-        .replace("timeout = \"1s\"\n", &format!("{settings}\n"));
-    assert!(
-        template.contains(settings),
-        "STANDARD's upstream table has changed"
-    );
+        .edit("http://{upstream}", &format!("http://{}", upstream.addr))
+        .edit("timeout = \"1s\"\n", &format!("{settings}\n"));
     Harness::with_config(&template, "").await
 }
 
@@ -667,11 +663,11 @@ async fn a_config_reload_keeps_the_connections_of_an_upstream_whose_pool_setting
     assert_eq!(h.get("/v1/status", &key).await.status, 200);
     assert_eq!(upstream.accepted(), 1);
     // The response timeout is the client's, not the pool's.
-    reload(&text.replace(DEFAULTS, "timeout = \"3s\""));
+    reload(&text.edit(DEFAULTS, "timeout = \"3s\""));
     assert_eq!(h.get("/v1/status", &key).await.status, 200);
     assert_eq!(upstream.accepted(), 1);
     // New pool settings, a new pool: the old one's idle connection closes with it.
-    reload(&text.replace(DEFAULTS, "timeout = \"3s\"\npool_max_idle = 7"));
+    reload(&text.edit(DEFAULTS, "timeout = \"3s\"\npool_max_idle = 7"));
     assert_eq!(h.get("/v1/status", &key).await.status, 200);
     assert_eq!(upstream.accepted(), 2);
     assert!(
@@ -717,9 +713,9 @@ async fn an_upload_longer_than_timeout_succeeds_the_timeout_runs_from_its_end() 
 async fn a_body_that_stalls_past_body_idle_timeout_is_408_and_its_upstream_connection_closes() {
     let upstream = Upstream::start(Connections::KeepAlive).await;
     let template = STANDARD
-        .replace("http://{upstream}", &format!("http://{}", upstream.addr))
-        .replace("[server]\n", "[server]\nbody_idle_timeout = \"300ms\"\n")
-        .replace("timeout = \"1s\"\n", "timeout = \"5s\"\n");
+        .edit("http://{upstream}", &format!("http://{}", upstream.addr))
+        .set("server", "body_idle_timeout = \"300ms\"")
+        .edit("timeout = \"1s\"\n", "timeout = \"5s\"\n");
     let h = Harness::with_config(&template, "").await;
     let (_, key) = h.key(&["*"]).await;
     let mut client = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();

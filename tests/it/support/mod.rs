@@ -3,7 +3,10 @@
 //! synchronisation: waits poll with a deadline.
 
 pub mod browser;
+pub mod clients;
+pub mod config;
 pub mod postgres;
+pub mod process;
 pub mod relay;
 pub mod services;
 
@@ -28,6 +31,8 @@ use keygate::core::clock::{Clock, ManualClock};
 use keygate::core::environment::Environment;
 use keygate::core::secret::Hasher;
 use keygate::gateway::{Gateway, Options};
+
+pub use config::ConfigEdit;
 
 /// The admin token every harness gateway runs with.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
@@ -319,6 +324,32 @@ impl Harness {
         self.admin_get("/metrics").await.text()
     }
 
+    /// The value of one series of `/metrics` now (see [`sample`]).
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        sample(&self.metrics().await, series)
+    }
+
+    /// This replica's recent access records of `request_id`, from `GET /v1/requests`.
+    pub async fn records_of(&self, request_id: &str) -> Vec<serde_json::Value> {
+        let answer = admin_call(&self.gateway, "GET", "/v1/requests?limit=1000", "").await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        let items = answer.json()["items"].as_array().cloned().unwrap_or_default();
+        items
+            .into_iter()
+            .filter(|record| record["request_id"] == request_id)
+            .collect()
+    }
+
+    /// [`Harness::records_of`], once there is at least one (waiting up to 10 s).
+    pub async fn recorded(&self, request_id: &str) -> Vec<serde_json::Value> {
+        let found = eventually(Duration::from_secs(10), || async {
+            !self.records_of(request_id).await.is_empty()
+        })
+        .await;
+        assert!(found, "no record of {request_id}");
+        self.records_of(request_id).await
+    }
+
     /// Sends raw bytes on a new connection and returns the raw response head and body.
     pub async fn raw(&self, bytes: &[u8]) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -380,6 +411,27 @@ where
     }
 }
 
+/// Whether `check` holds throughout `window`, polled; `false` as soon as it does not. For what
+/// must *not* happen, which only a window can show.
+pub async fn throughout<F, Fut>(window: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + window;
+    while tokio::time::Instant::now() < end {
+        if !check().await {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check().await
+}
+
+/// Config reloads that succeeded, and that were refused.
+pub const RELOAD_SUCCESSES: &str = r#"keygate_config_reloads_total{result="success"}"#;
+pub const RELOAD_FAILURES: &str = r#"keygate_config_reloads_total{result="failure"}"#;
+
 /// The value of one sample line of the Prometheus text, e.g.
 /// `keygate_auth_failures_total{reason="unknown"}`.
 pub fn sample(metrics: &str, series: &str) -> Option<f64> {
@@ -401,13 +453,17 @@ impl Harness {
     pub async fn another_gateway_loading(&self) -> Gateway {
         let text = std::fs::read_to_string(&self.config_path).unwrap();
         let config = keygate::config::parse(&text, self.dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        let options = Options {
+        Gateway::start(config, self.options()).await.unwrap()
+    }
+
+    /// What every harness gateway starts with: both admin tokens and the harness clock.
+    pub fn options(&self) -> Options {
+        Options {
             hasher: Hasher::unkeyed(),
             admin_token: Some(ADMIN_TOKEN.into()),
             admin_read_token: Some(READ_TOKEN.into()),
             clock: Arc::new(self.clock.clone()),
-        };
-        Gateway::start(config, options).await.unwrap()
+        }
     }
 }
 
