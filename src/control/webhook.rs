@@ -42,7 +42,8 @@ const BATCH: usize = 100;
 const CLAIM: Duration = Duration::from_secs(TIMEOUT.as_secs() + 30);
 /// Most of a receiver's answer body read (and discarded), so its connection can be reused.
 const MAX_ANSWER: usize = 64 * 1024;
-const AGENT: &str = concat!("keygate/", env!("CARGO_PKG_VERSION"));
+/// The `User-Agent` of the control plane's calls out.
+pub const AGENT: &str = concat!("keygate/", env!("CARGO_PKG_VERSION"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -68,6 +69,22 @@ impl std::fmt::Display for Failure {
             Failure::Timeout => write!(f, "no answer within {TIMEOUT:?}"),
         }
     }
+}
+
+/// An HTTP/1 client for the control plane's own calls out (webhooks, GitHub's key list):
+/// `http` and `https` URLs, servers verified against the webpki roots.
+pub fn https_client<B>() -> Result<Client<HttpsConnector<HttpConnector>, B>, rustls::Error>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(provider)?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
 /// The wait before the next attempt, after `failed` attempts: 5 s, 10 s, 20 s, … at most 1 h.
@@ -101,15 +118,9 @@ impl Deliverer {
         wake: Arc<Notify>,
     ) -> Result<Self, SetupError> {
         let url: Uri = url.parse().map_err(|_| SetupError::Url(url.to_owned()))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(provider)?
-            .https_or_http()
-            .enable_http1()
-            .build();
         Ok(Deliverer {
             store,
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: https_client()?,
             url,
             clock,
             metrics,

@@ -30,6 +30,7 @@
 //!   revoked already (today a change that changes nothing writes no record).
 //! - The webhook event `key.leaked`, queued in the change's transaction as the lifecycle's are.
 
+pub mod github;
 pub mod scan;
 
 use std::collections::HashMap;
