@@ -31,6 +31,7 @@
 //! - The webhook event `key.leaked`, queued in the change's transaction as the lifecycle's are.
 
 pub mod github;
+pub mod gitlab;
 pub mod scan;
 
 use std::collections::HashMap;
