@@ -189,8 +189,16 @@ fn scan_names_the_stores_keys_by_prefix_and_reports_them_as_leaked() {
             line("docs/notes.md", 1),
             prefix(&old_secret)
         ),
-        format!("{}{}  {live} active", line("docs/notes.md", 3), prefix(&live_secret)),
-        format!("{}{}  {dev} active", line("docs/notes.md", 4), prefix(&dev_secret)),
+        format!(
+            "{}{}  {live} active",
+            line("docs/notes.md", 3),
+            prefix(&live_secret)
+        ),
+        format!(
+            "{}{}  {dev} active",
+            line("docs/notes.md", 4),
+            prefix(&dev_secret)
+        ),
         "5 key(s) found in 4 file(s), 4 active in this store".to_owned(),
     ];
     assert_eq!(text.lines().collect::<Vec<_>>(), expected, "{text}");
