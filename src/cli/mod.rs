@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `keys ...`, `store ...`, `probe`. Parses arguments, calls into the library,
+//! The command line: `serve`, `check`, `keys ...`, `store ...`, `probe`, `scan`. Parses arguments, calls into the library,
 //! maps outcomes to exit codes: 0 success, 1 runtime error, 2 usage error.
 
 /// `println!` for commands: a line on stdout, or `Err(Failure::Closed)` from the enclosing
@@ -15,6 +15,7 @@ mod import;
 mod keys;
 mod output;
 mod probe;
+mod scan;
 mod serve;
 mod store;
 mod store_copy;
@@ -79,6 +80,9 @@ enum Command {
         #[arg(long, default_value = "2s", value_parser = parse_timeout)]
         timeout: std::time::Duration,
     },
+    /// Find keygate keys in files (by format and checksum) and say which are keys of the
+    /// config's store; with --report, report those as leaked. Keys are printed by prefix only.
+    Scan(scan::ScanArgs),
 }
 
 fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
@@ -181,7 +185,11 @@ pub fn main() -> ExitCode {
         Err(error) => refuse_arguments(error),
     };
     // `check --json` prints its own document, failed or not.
-    let json = matches!(&cli.command, Command::Keys(args) if args.json());
+    let json = match &cli.command {
+        Command::Keys(args) => args.json(),
+        Command::Scan(args) => args.json(),
+        Command::Serve { .. } | Command::Check(_) | Command::Store(_) | Command::Probe { .. } => false,
+    };
     let result = match cli.command {
         Command::Serve {
             config,
@@ -201,6 +209,7 @@ pub fn main() -> ExitCode {
         Command::Store(StoreCommand::Export(args)) => store_copy::export_command(args),
         Command::Store(StoreCommand::Import(args)) => store_copy::import_command(args),
         Command::Probe { config, timeout } => probe::run(&config, timeout),
+        Command::Scan(args) => scan::run(args),
     };
     if let Some(document) = result
         .as_ref()

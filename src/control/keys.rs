@@ -441,6 +441,12 @@ impl KeyService {
         self.set_status(id, StoredStatus::Revoked, "revoked")
     }
 
+    /// Revokes a key whose secret was reported leaked (see `control::leaks`): audited as
+    /// `leaked` rather than `revoked`, so its trail says why.
+    pub fn revoke_leaked(&self, id: &str) -> Result<KeyView, KeyError> {
+        self.set_status(id, StoredStatus::Revoked, "leaked")
+    }
+
     pub fn activate(&self, id: &str) -> Result<KeyView, KeyError> {
         self.set_status(id, StoredStatus::Active, "activated")
     }

@@ -1,9 +1,10 @@
 //! The control plane: the store, the sync that feeds the key table, the key lifecycle (with the
-//! idle sweep and its webhooks), usage flushing, the admin listener. Nothing here runs per
-//! proxied request.
+//! idle sweep and its webhooks), usage flushing, the admin listener, leaked-key reports.
+//! Nothing here runs per proxied request.
 
 pub mod admin;
 pub mod keys;
+pub mod leaks;
 pub mod lifecycle;
 pub mod snapshot;
 pub mod store;

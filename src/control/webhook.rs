@@ -39,7 +39,8 @@ const BATCH: usize = 100;
 const CLAIM: Duration = Duration::from_secs(TIMEOUT.as_secs() + 30);
 /// Most of a receiver's answer body read (and discarded), so its connection can be reused.
 const MAX_ANSWER: usize = 64 * 1024;
-const AGENT: &str = concat!("keygate/", env!("CARGO_PKG_VERSION"));
+/// The `User-Agent` of the control plane's calls out.
+pub const AGENT: &str = concat!("keygate/", env!("CARGO_PKG_VERSION"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {

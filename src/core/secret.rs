@@ -12,6 +12,8 @@ use super::environment::Environment;
 
 const RANDOM_LEN: usize = 32;
 const CHECKSUM_LEN: usize = 6;
+/// What follows `kg_<env>_` in a generated key: the random part and its checksum, base62.
+pub const GENERATED_BODY_LEN: usize = RANDOM_LEN + CHECKSUM_LEN;
 const PREFIX_RANDOM_CHARS: usize = 4;
 /// Imported secrets: any printable ASCII string of this many characters.
 pub const IMPORTED_LEN: std::ops::RangeInclusive<usize> = 16..=256;
@@ -109,9 +111,7 @@ fn check_generated(rest: &[u8]) -> Format {
         .and_then(Environment::from_key_tag);
     let body = &rest[tag_end + 1..];
     match env {
-        Some(env)
-            if body.len() == RANDOM_LEN + CHECKSUM_LEN && body.iter().all(u8::is_ascii_alphanumeric) =>
-        {
+        Some(env) if body.len() == GENERATED_BODY_LEN && body.iter().all(u8::is_ascii_alphanumeric) => {
             let signed_len = 3 + tag_end + 1 + RANDOM_LEN;
             let mut full = [0u8; 3 + 4 + 1 + RANDOM_LEN];
             let signed = &mut full[..signed_len];

@@ -13,6 +13,7 @@ mod fleet;
 mod forwarding;
 mod https_upstream;
 mod idle_expiry;
+mod leaks;
 mod lifecycle;
 mod logs;
 mod postgres_tls;
