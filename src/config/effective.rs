@@ -19,25 +19,25 @@ pub const REDACTED: &str = "REDACTED";
 /// The effective configuration, field for field as in `gateway.toml`.
 #[derive(Debug, Serialize)]
 pub struct Effective {
-    server: Server,
-    admin: Admin,
-    store: Store,
-    auth: Auth,
-    rate_limit: RateLimit,
-    lifecycle: Lifecycle,
-    metrics: Metrics,
-    logs: Logs,
-    tracing: Tracing,
+    server: ServerOut,
+    admin: AdminOut,
+    store: StoreOut,
+    auth: AuthOut,
+    rate_limit: RateLimitOut,
+    lifecycle: LifecycleOut,
+    metrics: MetricsOut,
+    logs: LogsOut,
+    tracing: TracingOut,
     upstream: Vec<UpstreamOut>,
     route: Vec<RouteOut>,
 }
 
 #[derive(Debug, Serialize)]
-struct Server {
+struct ServerOut {
     listen: String,
     environment: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    tls: Option<Tls>,
+    tls: Option<TlsOut>,
     trusted_proxies: Vec<String>,
     shutdown_grace: String,
     first_byte_timeout: String,
@@ -57,19 +57,19 @@ struct Server {
 }
 
 #[derive(Debug, Serialize)]
-struct Tls {
+struct TlsOut {
     cert: String,
     key: String,
 }
 
 #[derive(Debug, Serialize)]
-struct Admin {
+struct AdminOut {
     listen: String,
     token_env: String,
 }
 
 #[derive(Debug, Serialize)]
-struct Store {
+struct StoreOut {
     url: String,
     sync_interval: String,
     usage_flush_interval: String,
@@ -82,7 +82,7 @@ struct Store {
 }
 
 #[derive(Debug, Serialize)]
-struct Auth {
+struct AuthOut {
     schemes: Vec<&'static str>,
     header: String,
     realm: String,
@@ -90,7 +90,7 @@ struct Auth {
 }
 
 #[derive(Debug, Serialize)]
-struct RateLimit {
+struct RateLimitOut {
     default: String,
     default_burst: u32,
     draft_headers: bool,
@@ -104,7 +104,7 @@ struct RateLimit {
 }
 
 #[derive(Debug, Serialize)]
-struct Lifecycle {
+struct LifecycleOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     idle_expiry: Option<String>,
     warn_before: Vec<String>,
@@ -114,17 +114,17 @@ struct Lifecycle {
 }
 
 #[derive(Debug, Serialize)]
-struct Metrics {
+struct MetricsOut {
     per_key: bool,
 }
 
 #[derive(Debug, Serialize)]
-struct Logs {
+struct LogsOut {
     access: bool,
 }
 
 #[derive(Debug, Serialize)]
-struct Tracing {
+struct TracingOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     otlp_endpoint: Option<String>,
     sample_ratio: f64,
@@ -164,7 +164,7 @@ impl Effective {
     pub fn of(config: &Config) -> Effective {
         Effective {
             server: server(config),
-            admin: Admin {
+            admin: AdminOut {
                 listen: config.admin.listen.to_string(),
                 token_env: config.admin.token_env.clone(),
             },
@@ -172,13 +172,13 @@ impl Effective {
             auth: auth(config),
             rate_limit: rate_limit(config),
             lifecycle: lifecycle(config),
-            metrics: Metrics {
+            metrics: MetricsOut {
                 per_key: config.metrics.per_key,
             },
-            logs: Logs {
+            logs: LogsOut {
                 access: config.logs.access,
             },
-            tracing: Tracing {
+            tracing: TracingOut {
                 // A collector's URL may carry a password in its user part.
                 otlp_endpoint: config
                     .tracing
@@ -204,12 +204,12 @@ fn time(duration: Duration) -> String {
     format_duration(duration)
 }
 
-fn server(config: &Config) -> Server {
+fn server(config: &Config) -> ServerOut {
     let s = &config.server;
-    Server {
+    ServerOut {
         listen: s.listen.to_string(),
         environment: s.environment.to_string(),
-        tls: s.tls.as_ref().map(|tls| Tls {
+        tls: s.tls.as_ref().map(|tls| TlsOut {
             cert: tls.cert.display().to_string(),
             key: tls.key.display().to_string(),
         }),
@@ -233,9 +233,9 @@ fn server(config: &Config) -> Server {
     }
 }
 
-fn store(config: &Config) -> Store {
+fn store(config: &Config) -> StoreOut {
     let s = &config.store;
-    Store {
+    StoreOut {
         url: match &s.url {
             StoreUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
             StoreUrl::Postgres(url) => redact_url(url, Keep::Path),
@@ -248,14 +248,14 @@ fn store(config: &Config) -> Store {
     }
 }
 
-fn auth(config: &Config) -> Auth {
+fn auth(config: &Config) -> AuthOut {
     let a = &config.auth;
     let schemes = [
         ("basic", a.basic),
         ("bearer", a.bearer),
         ("header", a.header_scheme),
     ];
-    Auth {
+    AuthOut {
         schemes: schemes
             .iter()
             .filter(|(_, on)| *on)
@@ -267,7 +267,7 @@ fn auth(config: &Config) -> Auth {
     }
 }
 
-fn rate_limit(config: &Config) -> RateLimit {
+fn rate_limit(config: &Config) -> RateLimitOut {
     let r = &config.rate_limit;
     let (backend, redis_url, redis_timeout, redis_prefix) = match &r.backend {
         RateLimitBackend::Local => ("local", None, None, None),
@@ -278,7 +278,7 @@ fn rate_limit(config: &Config) -> RateLimit {
             Some(prefix.clone()),
         ),
     };
-    RateLimit {
+    RateLimitOut {
         default: r.default.rate().to_string(),
         default_burst: r.default.burst().get(),
         draft_headers: r.draft_headers,
@@ -289,9 +289,9 @@ fn rate_limit(config: &Config) -> RateLimit {
     }
 }
 
-fn lifecycle(config: &Config) -> Lifecycle {
+fn lifecycle(config: &Config) -> LifecycleOut {
     let l = &config.lifecycle;
-    Lifecycle {
+    LifecycleOut {
         idle_expiry: l.idle_expiry.map(time),
         warn_before: l.warn_before.iter().copied().map(time).collect(),
         check_interval: time(l.check_interval),
