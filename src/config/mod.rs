@@ -4,6 +4,7 @@
 
 pub mod effective;
 pub mod raw;
+mod restart;
 mod routes;
 pub mod tls_files;
 pub mod traces;
@@ -13,6 +14,7 @@ mod upstream_verifier;
 pub mod urls;
 pub mod validate;
 
+pub use restart::RestartOnly;
 pub use routes::serving_problems;
 pub use types::*;
 pub use validate::{check_files, load, load_to_serve, parse, position, tls_pair, ConfigError, Problem};

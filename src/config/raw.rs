@@ -89,6 +89,95 @@ fn reword(field: &str, message: &str) -> String {
     }
 }
 
+/// Every setting the file takes, as dotted paths in the order of the structs below:
+/// `server.listen`, `server.tls` and its `server.tls.cert`, ..., `upstream.timeout`,
+/// `route.permissions`. Asked of the parser itself (serde names the fields a table takes when
+/// it refuses an unknown one), so that the reference in `docs/` and the classification of
+/// [`super::RestartOnly`] are checked against what is accepted, not against another list.
+pub fn settings() -> Vec<String> {
+    let mut found = Vec::new();
+    let mut path = Vec::new();
+    for section in table_fields(&path).unwrap_or_default() {
+        path.push(Segment::new(section));
+        walk(&mut path, &mut found);
+        path.pop();
+    }
+    found
+}
+
+/// One step of a setting's path: a field, and whether it holds an array of tables.
+struct Segment {
+    name: String,
+    array: bool,
+}
+
+impl Segment {
+    fn new(name: String) -> Segment {
+        Segment { name, array: false }
+    }
+}
+
+/// Adds the settings at and under `path` (a section, or a field in one) to `found`.
+fn walk(path: &mut Vec<Segment>, found: &mut Vec<String>) {
+    // A table, or an array of tables (`[[upstream]]`), or neither: a setting's value.
+    let fields = [false, true].into_iter().find_map(|array| {
+        if let Some(last) = path.last_mut() {
+            last.array = array;
+        }
+        table_fields(path)
+    });
+    let name = path.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(".");
+    let Some(fields) = fields else {
+        found.push(name);
+        return;
+    };
+    // A table inside a section is a setting of its own (`server.tls`), beside its fields.
+    if path.len() > 1 {
+        found.push(name);
+    }
+    for field in fields {
+        path.push(Segment::new(field));
+        walk(path, found);
+        path.pop();
+    }
+}
+
+/// The fields of the table at `path`, as serde lists them refusing an unknown one; `None`
+/// when the value there is not a table of named fields.
+fn table_fields(path: &[Segment]) -> Option<Vec<String>> {
+    const PROBE: &str = "__probe";
+    let mut value = format!("{{ {PROBE} = 1 }}");
+    let source = match path.split_last() {
+        None => format!("{PROBE} = 1"),
+        Some((last, outer)) => {
+            if last.array {
+                value = format!("[{value}]");
+            }
+            let mut assignment = format!("{} = {value}", last.name);
+            for segment in outer.iter().rev() {
+                let table = format!("{{ {assignment} }}");
+                let table = if segment.array {
+                    format!("[{table}]")
+                } else {
+                    table
+                };
+                assignment = format!("{} = {table}", segment.name);
+            }
+            assignment
+        }
+    };
+    let message = from_toml(&source).err()?.message;
+    let expected = message.strip_prefix(&format!("unknown field `{PROBE}`, expected "))?;
+    Some(
+        expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {

@@ -192,7 +192,7 @@ pub struct Logs {
 }
 
 /// `[tracing]`: a span per request, exported over OTLP/HTTP.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Tracing {
     /// Base URL of the collector (spans go to its `/v1/traces`), no trailing slash. None: off.
     pub otlp_endpoint: Option<String>,
