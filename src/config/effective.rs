@@ -6,6 +6,7 @@
 //! default (no TLS, no body limit, ...) are left out, as they would be from the file.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -43,6 +44,7 @@ struct ServerOut {
     first_byte_timeout: String,
     tls_handshake_timeout: String,
     header_read_timeout: String,
+    body_idle_timeout: String,
     max_header_bytes: u64,
     max_headers: u64,
     max_uri_bytes: u64,
@@ -66,6 +68,8 @@ struct TlsOut {
 struct AdminOut {
     listen: String,
     token_env: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_token_env: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -121,6 +125,7 @@ struct MetricsOut {
 #[derive(Debug, Serialize)]
 struct LogsOut {
     access: bool,
+    recent: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -136,9 +141,16 @@ struct TracingOut {
 struct UpstreamOut {
     name: String,
     url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_cert: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_key: Option<String>,
     connect_timeout: String,
     timeout: String,
     pool_max_connections: u64,
+    queue_timeout: String,
     pool_max_idle: u64,
     pool_idle_timeout: String,
 }
@@ -167,6 +179,7 @@ impl Effective {
             admin: AdminOut {
                 listen: config.admin.listen.to_string(),
                 token_env: config.admin.token_env.clone(),
+                read_token_env: config.admin.read_token_env.clone(),
             },
             store: store(config),
             auth: auth(config),
@@ -177,6 +190,7 @@ impl Effective {
             },
             logs: LogsOut {
                 access: config.logs.access,
+                recent: config.logs.recent as u64,
             },
             tracing: TracingOut {
                 // A collector's URL may carry a password in its user part.
@@ -218,6 +232,7 @@ fn server(config: &Config) -> ServerOut {
         first_byte_timeout: time(s.first_byte_timeout),
         tls_handshake_timeout: time(s.tls_handshake_timeout),
         header_read_timeout: time(s.header_read_timeout),
+        body_idle_timeout: time(s.body_idle_timeout),
         max_header_bytes: s.max_header_bytes as u64,
         max_headers: s.max_headers as u64,
         max_uri_bytes: s.max_uri_bytes as u64,
@@ -301,12 +316,18 @@ fn lifecycle(config: &Config) -> LifecycleOut {
 }
 
 fn upstream(u: &Upstream) -> UpstreamOut {
+    let file = |path: Option<&PathBuf>| path.map(|path| path.display().to_string());
+    let tls = u.tls.as_ref();
     UpstreamOut {
         name: u.name.clone(),
         url: u.url.to_string(),
+        ca: file(tls.and_then(|tls| tls.ca.as_ref())),
+        client_cert: file(tls.and_then(|tls| tls.client_cert.as_ref())),
+        client_key: file(tls.and_then(|tls| tls.client_key.as_ref())),
         connect_timeout: time(u.connect_timeout),
         timeout: time(u.timeout),
         pool_max_connections: u.pool_max_connections as u64,
+        queue_timeout: time(u.queue_timeout),
         pool_max_idle: u.pool_max_idle as u64,
         pool_idle_timeout: time(u.pool_idle_timeout),
     }
@@ -490,5 +511,75 @@ permissions = { GET = "customer:read", "*" = "customer:write" }
             printed,
             "printing is a fixed point"
         );
+    }
+
+    /// A config that sets every setting without a default, so that all are printed. A setting
+    /// added to the parser is missing from the printed config until it is set here.
+    const EVERY_SETTING: &str = r#"
+[server]
+tls = { cert = "cert.pem", key = "key.pem" }
+max_request_body = 1024
+worker_threads = 2
+[admin]
+read_token_env = "KEYGATE_ADMIN_READ_TOKEN"
+[store]
+pepper_env = "KEYGATE_PEPPER"
+max_staleness = "10m"
+snapshot = "keytable.snap"
+[rate_limit]
+default_burst = 200
+backend = "redis"
+redis_url = "redis://127.0.0.1:6379"
+[lifecycle]
+idle_expiry = "90d"
+warn_before = ["7d"]
+webhook = "https://hooks.example.com/keygate"
+[tracing]
+otlp_endpoint = "http://127.0.0.1:4318"
+[[upstream]]
+name = "api"
+url = "https://localhost:8443"
+ca = "ca.pem"
+client_cert = "client.pem"
+client_key = "client.key"
+[[route]]
+name = "r"
+host = "api.example.com"
+path = "/v1/customers/{customer}"
+upstream = "api"
+customer_param = "customer"
+permissions = { "*" = "customer:write" }
+"#;
+
+    /// The dotted paths of every value in `table`, arrays of tables taken as their tables.
+    fn paths(table: &toml::Table, prefix: &str, found: &mut Vec<String>) {
+        for (name, value) in table {
+            let path = format!("{prefix}{name}");
+            match value {
+                toml::Value::Table(inner) => paths(inner, &format!("{path}."), found),
+                toml::Value::Array(items) if items.iter().all(toml::Value::is_table) && !items.is_empty() => {
+                    for item in items.iter().filter_map(toml::Value::as_table) {
+                        paths(item, &format!("{path}."), found);
+                    }
+                }
+                _ => {}
+            }
+            found.push(path);
+        }
+    }
+
+    #[test]
+    fn the_printed_config_names_every_setting_the_parser_accepts() {
+        let dir = crate::config::upstream_tls::tests::files();
+        let config = super::super::parse(EVERY_SETTING, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let text = Effective::of(&config).to_toml();
+        let printed: toml::Table = text.parse().unwrap();
+        let mut found = Vec::new();
+        paths(&printed, "", &mut found);
+        for setting in crate::config::raw::settings() {
+            assert!(found.contains(&setting), "{setting} is not printed:\n{text}");
+        }
+        let again = super::super::parse(&text, dir.path()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(Effective::of(&again).to_toml(), text, "printing is a fixed point");
     }
 }

@@ -381,4 +381,9 @@ pub struct UpstreamTls {
     /// A digest of the files' contents and of the name: equal digests, interchangeable
     /// connections, so a reload that changes none of them keeps the pool.
     pub digest: [u8; 32],
+    /// The files `ca`, `client_cert` and `client_key` name, resolved against the config
+    /// file's folder.
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
