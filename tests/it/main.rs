@@ -17,6 +17,7 @@ mod lifecycle;
 mod logs;
 mod postgres_tls;
 mod protective_limits;
+mod reference;
 mod reload;
 mod request_path;
 mod shared_limits;
