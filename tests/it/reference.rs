@@ -206,6 +206,29 @@ fn each_documented_default_is_the_value_a_missing_setting_takes() {
     }
 }
 
+/// `gateway.toml.example` shows each setting it sets at its default, but for what its one
+/// upstream and one route must name: the same file without them is the same config.
+#[test]
+fn the_example_file_shows_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml.example");
+    let example = config(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let own = r#"
+[[upstream]]
+name = "customers"
+url = "http://127.0.0.1:7001"
+[[route]]
+name = "customers"
+path = "/v1/customers/{customer}"
+upstream = "customers"
+customer_param = "customer"
+permissions = { GET = "customer:read", HEAD = "customer:read", "*" = "customer:write" }
+"#;
+    assert_eq!(
+        Effective::of(&example).to_toml(),
+        Effective::of(&config(own).unwrap()).to_toml()
+    );
+}
+
 #[test]
 fn the_reload_column_says_which_settings_only_a_restart_applies() {
     let restart_only = RestartOnly::of(&config(MINIMAL).unwrap());
