@@ -11,7 +11,8 @@ use toml::Spanned;
 
 use super::raw::{Field, RawRoute, RawUpstream};
 use super::upstream_tls::upstream_tls;
-use super::validate::{Checker, Problem};
+use super::validate::Checker;
+use super::Problem;
 use super::{Config, PathPattern, Route, RoutePermissions, Segment, Upstream};
 use crate::core::environment::Environment;
 use crate::core::permission::Permission;

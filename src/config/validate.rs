@@ -17,6 +17,7 @@ use http::header::HeaderName;
 use ipnet::IpNet;
 use toml::Spanned;
 
+use super::problem::{position, ConfigError, Problem};
 use super::raw::{self, Field, RawConfig};
 use super::routes;
 use super::tls_files::{self, CertificatePair, TlsFile};
@@ -26,48 +27,6 @@ use super::*;
 use crate::core::environment::Environment;
 use crate::core::key::RateLimitSpec;
 use crate::core::units::{parse_duration, Rate};
-
-/// One mistake in the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// 1-based line of the offending value, when known.
-    pub line: Option<usize>,
-    /// 1-based column (in characters) of the offending value, when known.
-    pub column: Option<usize>,
-    /// Dotted path of the field, e.g. `server.listen` or `route "customers".upstream`.
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(line) = self.line {
-            write!(f, "line {line}: ")?;
-        }
-        if !self.field.is_empty() {
-            write!(f, "{}: ", self.field)?;
-        }
-        f.write_str(&self.message)
-    }
-}
-
-/// Every mistake in the file, one per line when displayed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigError {
-    pub problems: Vec<Problem>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, problem) in self.problems.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{problem}")?;
-        }
-        Ok(())
-    }
-}
 
 /// [`load`], refused when it would serve nothing (see [`super::serving_problems`]), and the
 /// files the config names read and checked as `serve` uses them: the TLS certificate and key
@@ -651,18 +610,6 @@ impl Checker<'_> {
             webhook,
         }
     }
-}
-
-/// The 1-based line and column (in characters) of byte `offset` in `source`.
-pub fn position(source: &str, offset: usize) -> (usize, usize) {
-    let mut end = offset.min(source.len());
-    while !source.is_char_boundary(end) {
-        end -= 1;
-    }
-    let before = &source[..end];
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
-    (line, before[line_start..].chars().count() + 1)
 }
 
 fn is_env_name(text: &str) -> bool {
