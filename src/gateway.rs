@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{self, Config, ConfigError, RateLimitBackend};
+use crate::config::{self, Config, ConfigError, RateLimitBackend, RestartOnly};
 use crate::control::admin::{Admin, Tokens};
 use crate::control::keys::KeyService;
 use crate::control::lifecycle::LifecycleJobs;
@@ -49,16 +49,16 @@ pub struct Gateway {
     loaded: watch::Receiver<bool>,
     /// The proxy listener's TLS, whose certificate a reload replaces.
     tls: Option<Tls>,
-    /// The config the gateway started with: what its listeners, store and limiter were built
-    /// from, which a reload does not change.
-    started: Arc<Config>,
+    /// What its listeners, store, limiter and jobs were built from at start, which a reload
+    /// does not change.
+    started: RestartOnly,
 }
 
 /// What a reload could not apply, and what it applied that the log warns of.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Reloaded {
-    /// The settings that take effect at the next restart.
-    pub restart_needed: Vec<&'static str>,
+    /// The settings that take effect at the next restart (see [`RestartOnly`]), sorted.
+    pub restart_needed: Vec<String>,
     /// The environments the running config had routes for and the new one has none for: their
     /// keys get 404 from now on.
     pub environments_unrouted: Vec<Environment>,
@@ -244,7 +244,7 @@ impl Gateway {
             lifecycle,
             loaded,
             tls,
-            started: config,
+            started: RestartOnly::of(&config),
         })
     }
 
@@ -273,7 +273,7 @@ impl Gateway {
     /// so a certificate replaced on disk is served to new connections); an upstream whose pool
     /// settings are unchanged keeps its connections. A TLS pair that would not serve refuses
     /// the whole reload, and so does a config with no route or no upstream. What needs a
-    /// restart (listen addresses, the store, the limiter's backend, see [`restart_needed`]) is
+    /// restart (listen addresses, the store, the limiter's backend: [`RestartOnly`]) is
     /// compared with the config the gateway started with, what it actually runs, and each
     /// change is logged as a warning; so is an environment left without routes, or a route
     /// left without permissions (see [`dropped`]).
@@ -287,10 +287,10 @@ impl Gateway {
             Some(_) => config::tls_pair(&config, now.as_second()).map_err(|e| self.refused(e))?,
             None => None,
         };
-        let restart_needed = restart_needed(&self.started, &config);
+        let restart_needed = self.started.changed(&RestartOnly::of(&config));
         for setting in &restart_needed {
             tracing::warn!(
-                setting,
+                setting = setting.as_str(),
                 "changed in the config; it takes effect at the next restart"
             );
         }
@@ -386,75 +386,6 @@ fn tls(config: &Config, metrics: &Metrics, now: jiff::Timestamp) -> anyhow::Resu
     };
     metrics.tls_certificate_expires(pair.not_after);
     Ok(Some(Tls::new(&pair)?))
-}
-
-/// The settings of `next` that differ from what the gateway started with and that only a
-/// restart applies: what the listeners, the store, the limiter, the span exporter and the
-/// background jobs were built from. Everything else (routes, upstreams, auth, limits, the per-request `[server]`
-/// checks, the TLS certificate) a reload applies.
-fn restart_needed(started: &Config, next: &Config) -> Vec<&'static str> {
-    let (a, b) = (&started.server, &next.server);
-    let (store, next_store) = (&started.store, &next.store);
-    let (life, next_life) = (&started.lifecycle, &next.lifecycle);
-    let changed = [
-        ("server.listen", a.listen != b.listen),
-        ("server.tls", a.tls.is_some() != b.tls.is_some()),
-        ("server.shutdown_grace", a.shutdown_grace != b.shutdown_grace),
-        (
-            "server.first_byte_timeout",
-            a.first_byte_timeout != b.first_byte_timeout,
-        ),
-        (
-            "server.tls_handshake_timeout",
-            a.tls_handshake_timeout != b.tls_handshake_timeout,
-        ),
-        (
-            "server.header_read_timeout",
-            a.header_read_timeout != b.header_read_timeout,
-        ),
-        (
-            "server.max_header_bytes",
-            a.max_header_bytes != b.max_header_bytes,
-        ),
-        // Counted per request too, but hyper's HTTP/1 parser holds the first value.
-        ("server.max_headers", a.max_headers != b.max_headers),
-        ("server.idle_timeout", a.idle_timeout != b.idle_timeout),
-        (
-            "server.http2_max_concurrent_streams",
-            a.http2_max_concurrent_streams != b.http2_max_concurrent_streams,
-        ),
-        ("server.max_connections", a.max_connections != b.max_connections),
-        ("server.worker_threads", a.worker_threads != b.worker_threads),
-        ("admin.listen", started.admin.listen != next.admin.listen),
-        ("admin.token_env", started.admin.token_env != next.admin.token_env),
-        ("store.url", store.url != next_store.url),
-        (
-            "store.sync_interval",
-            store.sync_interval != next_store.sync_interval,
-        ),
-        ("store.pepper_env", store.pepper_env != next_store.pepper_env),
-        (
-            "store.usage_flush_interval",
-            store.usage_flush_interval != next_store.usage_flush_interval,
-        ),
-        ("store.snapshot", store.snapshot != next_store.snapshot),
-        (
-            "rate_limit.backend",
-            started.rate_limit.backend != next.rate_limit.backend,
-        ),
-        ("lifecycle.idle_expiry", life.idle_expiry != next_life.idle_expiry),
-        ("lifecycle.warn_before", life.warn_before != next_life.warn_before),
-        (
-            "lifecycle.check_interval",
-            life.check_interval != next_life.check_interval,
-        ),
-        ("lifecycle.webhook", life.webhook != next_life.webhook),
-        ("tracing", started.tracing != next.tracing),
-    ];
-    changed
-        .into_iter()
-        .filter_map(|(setting, changed)| changed.then_some(setting))
-        .collect()
 }
 
 /// What `next` drops of what `running` serves, short of refusing it: the environments left

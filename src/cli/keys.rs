@@ -250,7 +250,7 @@ pub fn run(args: KeysArgs) -> Result<(), Failure> {
     let path = args
         .config
         .ok_or_else(|| Failure::Usage("--config FILE is required (or set KEYGATE_CONFIG)".into()))?;
-    let config = super::serve::load(&path)?;
+    let config = super::load(&path)?;
     let hasher = hasher_from_env(&config)?;
     // The commands that add keys may make the store they add them to; the rest need one.
     let create = match args.command {

@@ -21,12 +21,13 @@ mod store;
 mod store_copy;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::telemetry::logs::LogFormat;
+use crate::config::{self, Config, ConfigError};
+use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(name = "keygate", version, about = "API-key authentication gateway")]
@@ -116,7 +117,7 @@ enum StoreCommand {
 
 /// What went wrong, and so which exit code.
 #[derive(Debug)]
-pub enum Failure {
+enum Failure {
     /// Bad arguments or input: exit 2.
     Usage(String),
     /// Anything else: exit 1.
@@ -132,7 +133,7 @@ pub enum Failure {
 
 /// A failure with more than a line to say.
 #[derive(Debug)]
-pub struct Detailed {
+struct Detailed {
     /// A usage error (exit 2) or a runtime one (exit 1).
     pub usage: bool,
     /// The one line that sums it up: on stderr last, and the JSON document's `error`.
@@ -265,13 +266,24 @@ fn refuse_arguments(error: clap::Error) -> ! {
 }
 
 /// One line on stdout; see [`out!`].
-pub fn write_line(line: std::fmt::Arguments<'_>) -> Result<(), Failure> {
+fn write_line(line: std::fmt::Arguments<'_>) -> Result<(), Failure> {
     use std::io::Write;
     match writeln!(std::io::stdout().lock(), "{line}") {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Err(Failure::Closed),
         Err(error) => Err(Failure::Runtime(format!("cannot write to stdout: {error}"))),
     }
+}
+
+/// The config file of a command, validated: every command reads its file this way (`serve`
+/// checks more, see `serve::load_to_serve`).
+fn load(path: &Path) -> Result<Config, Failure> {
+    config::load(path).map_err(|error| not_valid(path, &error))
+}
+
+/// A config file refused, with every problem in it.
+fn not_valid(path: &Path, error: &ConfigError) -> Failure {
+    Failure::Runtime(format!("{} is not valid:\n{error}", path.display()))
 }
 
 /// `keygate serve`: with `--config FILE`, or `--dev` (`Some`, with the addresses asked for) for

@@ -14,7 +14,7 @@ use super::Failure;
 const MAX_ANSWER: u64 = 64 * 1024;
 
 pub fn run(config: &Path, timeout: Duration) -> Result<(), Failure> {
-    let config = super::serve::load(config)?;
+    let config = super::load(config)?;
     let address = reachable(config.admin.listen);
     let (status, body) = readyz(address, timeout).map_err(|why| {
         let why = match why.kind() {

@@ -9,14 +9,10 @@ use crate::config::{self, Config};
 use crate::control::store::{self, StoreError};
 use crate::gateway::{Gateway, Options};
 
-pub fn load(path: &Path) -> Result<Config, Failure> {
-    config::load(path).map_err(|error| Failure::Runtime(format!("{} is not valid:\n{error}", path.display())))
-}
-
-/// [`load`], with the files `serve` reads (the TLS pair) checked too.
+/// [`super::load`], with what would keep the gateway from serving checked too: no route or no
+/// upstream, and the files `serve` reads (the TLS pair).
 fn load_to_serve(path: &Path) -> Result<Config, Failure> {
-    config::load_to_serve(path)
-        .map_err(|error| Failure::Runtime(format!("{} is not valid:\n{error}", path.display())))
+    config::load_to_serve(path).map_err(|error| super::not_valid(path, &error))
 }
 
 pub fn run(path: std::path::PathBuf) -> Result<(), Failure> {

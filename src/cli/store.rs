@@ -62,7 +62,7 @@ fn folder_missing(config: &Config) -> bool {
 /// migrates keygate's tables under the migration lock, which is safe at every start with or
 /// without `if_missing`.
 pub fn init(config_path: &Path, if_missing: bool) -> Result<(), Failure> {
-    let config = super::serve::load(config_path)?;
+    let config = super::load(config_path)?;
     if let StoreUrl::Postgres(_) = &config.store.url {
         store::open(&config.store.url).map_err(|e| failure(e, &config, config_path))?;
         out!("store.url: keygate's tables are in place (created where missing, migrated under the migration lock)");

@@ -60,7 +60,7 @@ fn onto(update: bool) -> Onto {
 
 /// `keygate store copy --config FILE --to URL [--update]`.
 pub fn copy(args: CopyArgs) -> Result<(), Failure> {
-    let config = super::serve::load(&args.config)?;
+    let config = super::load(&args.config)?;
     let here = std::env::current_dir().map_err(|e| Failure::Runtime(format!("no current folder: {e}")))?;
     let to = crate::config::urls::store_url(&args.to, &here)
         .map_err(|why| Failure::Usage(format!("--to {why}")))?;
@@ -88,7 +88,7 @@ pub fn copy(args: CopyArgs) -> Result<(), Failure> {
 
 /// `keygate store export --config FILE`: the dump on stdout.
 pub fn export_command(args: ExportArgs) -> Result<(), Failure> {
-    let config = super::serve::load(&args.config)?;
+    let config = super::load(&args.config)?;
     let pepper = fingerprint(&config)?;
     let source = open(&config, &args.config, Create::Never)?;
     let dump = export(&*source)?;
@@ -102,7 +102,7 @@ pub fn export_command(args: ExportArgs) -> Result<(), Failure> {
 
 /// `keygate store import --config FILE DUMP [--update]`.
 pub fn import_command(args: ImportArgs) -> Result<(), Failure> {
-    let config = super::serve::load(&args.config)?;
+    let config = super::load(&args.config)?;
     let pepper = fingerprint(&config)?;
     let (dump, dumped_pepper) = read_dump(&args.dump)?;
     if dumped_pepper != pepper {

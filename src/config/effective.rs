@@ -6,6 +6,7 @@
 //! default (no TLS, no body limit, ...) are left out, as they would be from the file.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -19,30 +20,31 @@ pub const REDACTED: &str = "REDACTED";
 /// The effective configuration, field for field as in `gateway.toml`.
 #[derive(Debug, Serialize)]
 pub struct Effective {
-    server: Server,
-    admin: Admin,
-    store: Store,
-    auth: Auth,
-    rate_limit: RateLimit,
-    lifecycle: Lifecycle,
-    metrics: Metrics,
-    logs: Logs,
-    tracing: Tracing,
+    server: ServerOut,
+    admin: AdminOut,
+    store: StoreOut,
+    auth: AuthOut,
+    rate_limit: RateLimitOut,
+    lifecycle: LifecycleOut,
+    metrics: MetricsOut,
+    logs: LogsOut,
+    tracing: TracingOut,
     upstream: Vec<UpstreamOut>,
     route: Vec<RouteOut>,
 }
 
 #[derive(Debug, Serialize)]
-struct Server {
+struct ServerOut {
     listen: String,
     environment: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    tls: Option<Tls>,
+    tls: Option<TlsOut>,
     trusted_proxies: Vec<String>,
     shutdown_grace: String,
     first_byte_timeout: String,
     tls_handshake_timeout: String,
     header_read_timeout: String,
+    body_idle_timeout: String,
     max_header_bytes: u64,
     max_headers: u64,
     max_uri_bytes: u64,
@@ -57,19 +59,21 @@ struct Server {
 }
 
 #[derive(Debug, Serialize)]
-struct Tls {
+struct TlsOut {
     cert: String,
     key: String,
 }
 
 #[derive(Debug, Serialize)]
-struct Admin {
+struct AdminOut {
     listen: String,
     token_env: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_token_env: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
-struct Store {
+struct StoreOut {
     url: String,
     sync_interval: String,
     usage_flush_interval: String,
@@ -82,7 +86,7 @@ struct Store {
 }
 
 #[derive(Debug, Serialize)]
-struct Auth {
+struct AuthOut {
     schemes: Vec<&'static str>,
     header: String,
     realm: String,
@@ -90,7 +94,7 @@ struct Auth {
 }
 
 #[derive(Debug, Serialize)]
-struct RateLimit {
+struct RateLimitOut {
     default: String,
     default_burst: u32,
     draft_headers: bool,
@@ -104,7 +108,7 @@ struct RateLimit {
 }
 
 #[derive(Debug, Serialize)]
-struct Lifecycle {
+struct LifecycleOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     idle_expiry: Option<String>,
     warn_before: Vec<String>,
@@ -114,17 +118,18 @@ struct Lifecycle {
 }
 
 #[derive(Debug, Serialize)]
-struct Metrics {
+struct MetricsOut {
     per_key: bool,
 }
 
 #[derive(Debug, Serialize)]
-struct Logs {
+struct LogsOut {
     access: bool,
+    recent: u64,
 }
 
 #[derive(Debug, Serialize)]
-struct Tracing {
+struct TracingOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     otlp_endpoint: Option<String>,
     sample_ratio: f64,
@@ -136,9 +141,16 @@ struct Tracing {
 struct UpstreamOut {
     name: String,
     url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_cert: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_key: Option<String>,
     connect_timeout: String,
     timeout: String,
     pool_max_connections: u64,
+    queue_timeout: String,
     pool_max_idle: u64,
     pool_idle_timeout: String,
 }
@@ -164,21 +176,23 @@ impl Effective {
     pub fn of(config: &Config) -> Effective {
         Effective {
             server: server(config),
-            admin: Admin {
+            admin: AdminOut {
                 listen: config.admin.listen.to_string(),
                 token_env: config.admin.token_env.clone(),
+                read_token_env: config.admin.read_token_env.clone(),
             },
             store: store(config),
             auth: auth(config),
             rate_limit: rate_limit(config),
             lifecycle: lifecycle(config),
-            metrics: Metrics {
+            metrics: MetricsOut {
                 per_key: config.metrics.per_key,
             },
-            logs: Logs {
+            logs: LogsOut {
                 access: config.logs.access,
+                recent: config.logs.recent as u64,
             },
-            tracing: Tracing {
+            tracing: TracingOut {
                 // A collector's URL may carry a password in its user part.
                 otlp_endpoint: config
                     .tracing
@@ -204,12 +218,12 @@ fn time(duration: Duration) -> String {
     format_duration(duration)
 }
 
-fn server(config: &Config) -> Server {
+fn server(config: &Config) -> ServerOut {
     let s = &config.server;
-    Server {
+    ServerOut {
         listen: s.listen.to_string(),
         environment: s.environment.to_string(),
-        tls: s.tls.as_ref().map(|tls| Tls {
+        tls: s.tls.as_ref().map(|tls| TlsOut {
             cert: tls.cert.display().to_string(),
             key: tls.key.display().to_string(),
         }),
@@ -218,6 +232,7 @@ fn server(config: &Config) -> Server {
         first_byte_timeout: time(s.first_byte_timeout),
         tls_handshake_timeout: time(s.tls_handshake_timeout),
         header_read_timeout: time(s.header_read_timeout),
+        body_idle_timeout: time(s.body_idle_timeout),
         max_header_bytes: s.max_header_bytes as u64,
         max_headers: s.max_headers as u64,
         max_uri_bytes: s.max_uri_bytes as u64,
@@ -233,9 +248,9 @@ fn server(config: &Config) -> Server {
     }
 }
 
-fn store(config: &Config) -> Store {
+fn store(config: &Config) -> StoreOut {
     let s = &config.store;
-    Store {
+    StoreOut {
         url: match &s.url {
             StoreUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
             StoreUrl::Postgres(url) => redact_url(url, Keep::Path),
@@ -248,14 +263,14 @@ fn store(config: &Config) -> Store {
     }
 }
 
-fn auth(config: &Config) -> Auth {
+fn auth(config: &Config) -> AuthOut {
     let a = &config.auth;
     let schemes = [
         ("basic", a.basic),
         ("bearer", a.bearer),
         ("header", a.header_scheme),
     ];
-    Auth {
+    AuthOut {
         schemes: schemes
             .iter()
             .filter(|(_, on)| *on)
@@ -267,7 +282,7 @@ fn auth(config: &Config) -> Auth {
     }
 }
 
-fn rate_limit(config: &Config) -> RateLimit {
+fn rate_limit(config: &Config) -> RateLimitOut {
     let r = &config.rate_limit;
     let (backend, redis_url, redis_timeout, redis_prefix) = match &r.backend {
         RateLimitBackend::Local => ("local", None, None, None),
@@ -278,7 +293,7 @@ fn rate_limit(config: &Config) -> RateLimit {
             Some(prefix.clone()),
         ),
     };
-    RateLimit {
+    RateLimitOut {
         default: r.default.rate().to_string(),
         default_burst: r.default.burst().get(),
         draft_headers: r.draft_headers,
@@ -289,9 +304,9 @@ fn rate_limit(config: &Config) -> RateLimit {
     }
 }
 
-fn lifecycle(config: &Config) -> Lifecycle {
+fn lifecycle(config: &Config) -> LifecycleOut {
     let l = &config.lifecycle;
-    Lifecycle {
+    LifecycleOut {
         idle_expiry: l.idle_expiry.map(time),
         warn_before: l.warn_before.iter().copied().map(time).collect(),
         check_interval: time(l.check_interval),
@@ -301,12 +316,18 @@ fn lifecycle(config: &Config) -> Lifecycle {
 }
 
 fn upstream(u: &Upstream) -> UpstreamOut {
+    let file = |path: Option<&PathBuf>| path.map(|path| path.display().to_string());
+    let tls = u.tls.as_ref();
     UpstreamOut {
         name: u.name.clone(),
         url: u.url.to_string(),
+        ca: file(tls.and_then(|tls| tls.ca.as_ref())),
+        client_cert: file(tls.and_then(|tls| tls.client_cert.as_ref())),
+        client_key: file(tls.and_then(|tls| tls.client_key.as_ref())),
         connect_timeout: time(u.connect_timeout),
         timeout: time(u.timeout),
         pool_max_connections: u.pool_max_connections as u64,
+        queue_timeout: time(u.queue_timeout),
         pool_max_idle: u.pool_max_idle as u64,
         pool_idle_timeout: time(u.pool_idle_timeout),
     }
@@ -490,5 +511,75 @@ permissions = { GET = "customer:read", "*" = "customer:write" }
             printed,
             "printing is a fixed point"
         );
+    }
+
+    /// A config that sets every setting without a default, so that all are printed. A setting
+    /// added to the parser is missing from the printed config until it is set here.
+    const EVERY_SETTING: &str = r#"
+[server]
+tls = { cert = "cert.pem", key = "key.pem" }
+max_request_body = 1024
+worker_threads = 2
+[admin]
+read_token_env = "KEYGATE_ADMIN_READ_TOKEN"
+[store]
+pepper_env = "KEYGATE_PEPPER"
+max_staleness = "10m"
+snapshot = "keytable.snap"
+[rate_limit]
+default_burst = 200
+backend = "redis"
+redis_url = "redis://127.0.0.1:6379"
+[lifecycle]
+idle_expiry = "90d"
+warn_before = ["7d"]
+webhook = "https://hooks.example.com/keygate"
+[tracing]
+otlp_endpoint = "http://127.0.0.1:4318"
+[[upstream]]
+name = "api"
+url = "https://localhost:8443"
+ca = "ca.pem"
+client_cert = "client.pem"
+client_key = "client.key"
+[[route]]
+name = "r"
+host = "api.example.com"
+path = "/v1/customers/{customer}"
+upstream = "api"
+customer_param = "customer"
+permissions = { "*" = "customer:write" }
+"#;
+
+    /// The dotted paths of every value in `table`, arrays of tables taken as their tables.
+    fn paths(table: &toml::Table, prefix: &str, found: &mut Vec<String>) {
+        for (name, value) in table {
+            let path = format!("{prefix}{name}");
+            match value {
+                toml::Value::Table(inner) => paths(inner, &format!("{path}."), found),
+                toml::Value::Array(items) if items.iter().all(toml::Value::is_table) && !items.is_empty() => {
+                    for item in items.iter().filter_map(toml::Value::as_table) {
+                        paths(item, &format!("{path}."), found);
+                    }
+                }
+                _ => {}
+            }
+            found.push(path);
+        }
+    }
+
+    #[test]
+    fn the_printed_config_names_every_setting_the_parser_accepts() {
+        let dir = crate::config::upstream_tls::tests::files();
+        let config = super::super::parse(EVERY_SETTING, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let text = Effective::of(&config).to_toml();
+        let printed: toml::Table = text.parse().unwrap();
+        let mut found = Vec::new();
+        paths(&printed, "", &mut found);
+        for setting in crate::config::raw::settings() {
+            assert!(found.contains(&setting), "{setting} is not printed:\n{text}");
+        }
+        let again = super::super::parse(&text, dir.path()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(Effective::of(&again).to_toml(), text, "printing is a fixed point");
     }
 }

@@ -3,7 +3,9 @@
 //! check` and `keygate serve` share both.
 
 pub mod effective;
+mod problem;
 pub mod raw;
+mod restart;
 mod routes;
 pub mod tls_files;
 pub mod traces;
@@ -13,6 +15,8 @@ mod upstream_verifier;
 pub mod urls;
 pub mod validate;
 
+pub use problem::{position, ConfigError, Problem};
+pub use restart::RestartOnly;
 pub use routes::serving_problems;
 pub use types::*;
-pub use validate::{check_files, load, load_to_serve, parse, position, tls_pair, ConfigError, Problem};
+pub use validate::{check_files, load, load_to_serve, parse, tls_pair};

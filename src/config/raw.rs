@@ -1,8 +1,9 @@
 //! `gateway.toml` exactly as written: serde structs that refuse unknown fields and keep the
 //! position of every value, so [`super::validate`] can name the line of each mistake.
 //!
-//! Every section and every field is optional; the default each one takes is on its doc line and
-//! applied in validation, which owns all meaning. Nothing here interprets a value; a value of
+//! Every section and every field is optional; the default each one takes is named on its doc
+//! line (a constant beside the validated type) and applied in validation, which owns all
+//! meaning. Nothing here interprets a value; a value of
 //! the wrong type is refused here, naming its field.
 
 use std::collections::BTreeMap;
@@ -10,6 +11,9 @@ use std::ops::Range;
 
 use serde::Deserialize;
 use toml::Spanned;
+
+#[cfg(doc)]
+use super::{Admin, Auth, Lifecycle, Logs, Metrics, RateLimit, Server, Store, Tracing, Upstream};
 
 /// A value that may be absent, with its position in the file when present.
 pub type Field<T> = Option<Spanned<T>>;
@@ -89,6 +93,95 @@ fn reword(field: &str, message: &str) -> String {
     }
 }
 
+/// Every setting the file takes, as dotted paths in the order of the structs below:
+/// `server.listen`, `server.tls` and its `server.tls.cert`, ..., `upstream.timeout`,
+/// `route.permissions`. Asked of the parser itself (serde names the fields a table takes when
+/// it refuses an unknown one), so that the reference in `docs/` and the classification of
+/// [`super::RestartOnly`] are checked against what is accepted, not against another list.
+pub fn settings() -> Vec<String> {
+    let mut found = Vec::new();
+    let mut path = Vec::new();
+    for section in table_fields(&path).unwrap_or_default() {
+        path.push(Segment::new(section));
+        walk(&mut path, &mut found);
+        path.pop();
+    }
+    found
+}
+
+/// One step of a setting's path: a field, and whether it holds an array of tables.
+struct Segment {
+    name: String,
+    array: bool,
+}
+
+impl Segment {
+    fn new(name: String) -> Segment {
+        Segment { name, array: false }
+    }
+}
+
+/// Adds the settings at and under `path` (a section, or a field in one) to `found`.
+fn walk(path: &mut Vec<Segment>, found: &mut Vec<String>) {
+    // A table, or an array of tables (`[[upstream]]`), or neither: a setting's value.
+    let fields = [false, true].into_iter().find_map(|array| {
+        if let Some(last) = path.last_mut() {
+            last.array = array;
+        }
+        table_fields(path)
+    });
+    let name = path.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(".");
+    let Some(fields) = fields else {
+        found.push(name);
+        return;
+    };
+    // A table inside a section is a setting of its own (`server.tls`), beside its fields.
+    if path.len() > 1 {
+        found.push(name);
+    }
+    for field in fields {
+        path.push(Segment::new(field));
+        walk(path, found);
+        path.pop();
+    }
+}
+
+/// The fields of the table at `path`, as serde lists them refusing an unknown one; `None`
+/// when the value there is not a table of named fields.
+fn table_fields(path: &[Segment]) -> Option<Vec<String>> {
+    const PROBE: &str = "__probe";
+    let mut value = format!("{{ {PROBE} = 1 }}");
+    let source = match path.split_last() {
+        None => format!("{PROBE} = 1"),
+        Some((last, outer)) => {
+            if last.array {
+                value = format!("[{value}]");
+            }
+            let mut assignment = format!("{} = {value}", last.name);
+            for segment in outer.iter().rev() {
+                let table = format!("{{ {assignment} }}");
+                let table = if segment.array {
+                    format!("[{table}]")
+                } else {
+                    table
+                };
+                assignment = format!("{} = {table}", segment.name);
+            }
+            assignment
+        }
+    };
+    let message = from_toml(&source).err()?.message;
+    let expected = message.strip_prefix(&format!("unknown field `{PROBE}`, expected "))?;
+    Some(
+        expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -121,44 +214,49 @@ pub struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
-    /// Socket address of the proxy listener. Default `"0.0.0.0:8080"`.
+    /// Socket address of the proxy listener. Default [`Server::DEFAULT_LISTEN`].
     pub listen: Field<String>,
-    /// Environment of routes that name none: production, staging, development. Default production.
+    /// Environment of routes that name none: production, staging, development. Default
+    /// [`Server::DEFAULT_ENVIRONMENT`].
     pub environment: Field<String>,
     /// `{ cert = "cert.pem", key = "key.pem" }`, PEM files relative to the config file. Default: plain HTTP.
     pub tls: Field<RawTls>,
     /// CIDRs (or bare IPs) whose `X-Forwarded-For` is believed. Default none.
     pub trusted_proxies: Field<Vec<Spanned<String>>>,
-    /// Duration in-flight requests may finish in after SIGTERM. Default `"30s"`.
+    /// Duration in-flight requests may finish in after SIGTERM. Default
+    /// [`Server::DEFAULT_SHUTDOWN_GRACE`].
     pub shutdown_grace: Field<String>,
-    /// Duration within which a new connection must send its first byte, or it is closed.
-    /// Default `"5s"`.
+    /// Duration within which a new connection must send its first byte, or it is closed. Default
+    /// [`Server::DEFAULT_FIRST_BYTE_TIMEOUT`].
     pub first_byte_timeout: Field<String>,
-    /// Duration within which a TLS handshake must complete, or the connection is closed.
-    /// Default `"5s"`.
+    /// Duration within which a TLS handshake must complete, or the connection is closed. Default
+    /// [`Server::DEFAULT_TLS_HANDSHAKE_TIMEOUT`].
     pub tls_handshake_timeout: Field<String>,
-    /// Duration within which a request head must arrive. Default `"10s"`.
+    /// Duration within which a request head must arrive. Default
+    /// [`Server::DEFAULT_HEADER_READ_TIMEOUT`].
     pub header_read_timeout: Field<String>,
-    /// Longest pause in a request body while the upstream waits for it (408 past it).
-    /// Default `"30s"`.
+    /// Longest pause in a request body while the upstream waits for it (408 past it). Default
+    /// [`Server::DEFAULT_BODY_IDLE_TIMEOUT`].
     pub body_idle_timeout: Field<String>,
-    /// Bytes of request head at most. Default 65536.
+    /// Bytes of request head at most. Default [`Server::DEFAULT_MAX_HEADER_BYTES`].
     pub max_header_bytes: Field<u64>,
-    /// Request headers at most. Default 100.
+    /// Request headers at most. Default [`Server::DEFAULT_MAX_HEADERS`].
     pub max_headers: Field<u64>,
-    /// Bytes of request URI at most. Default 8192.
+    /// Bytes of request URI at most. Default [`Server::DEFAULT_MAX_URI_BYTES`].
     pub max_uri_bytes: Field<u64>,
     /// Duration after which an idle keep-alive connection, or an upgrade tunnel without a byte
-    /// either way, is closed. Default `"60s"`.
+    /// either way, is closed. Default [`Server::DEFAULT_IDLE_TIMEOUT`].
     pub idle_timeout: Field<String>,
-    /// Concurrent HTTP/2 streams per connection. Default 100.
+    /// Concurrent HTTP/2 streams per connection. Default
+    /// [`Server::DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS`].
     pub http2_max_concurrent_streams: Field<u64>,
-    /// Open client connections past which new ones wait. Default 10000.
+    /// Open client connections past which new ones wait. Default
+    /// [`Server::DEFAULT_MAX_CONNECTIONS`].
     pub max_connections: Field<u64>,
     /// Bytes of request body at most (413 past it). Default: no limit.
     pub max_request_body: Field<u64>,
     /// Request headers whose name has `_`: `"drop"` them before forwarding, or `"refuse"` the
-    /// request with 400. Default `"drop"`.
+    /// request with 400. Default [`Server::DEFAULT_UNDERSCORE_HEADERS`].
     pub underscore_headers: Field<String>,
     /// Threads serving requests. Default: one per CPU.
     pub worker_threads: Field<u64>,
@@ -176,9 +274,9 @@ pub struct RawTls {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
-    /// Socket address of the admin listener. Default `"127.0.0.1:9901"`.
+    /// Socket address of the admin listener. Default [`Admin::DEFAULT_LISTEN`].
     pub listen: Field<String>,
-    /// Environment variable holding the admin bearer token. Default `"KEYGATE_ADMIN_TOKEN"`.
+    /// Environment variable holding the admin bearer token. Default [`Admin::DEFAULT_TOKEN_ENV`].
     pub token_env: Field<String>,
     /// Environment variable holding a read-only admin token (every `GET`, and `verify`).
     /// Default: none.
@@ -188,11 +286,12 @@ pub struct RawAdmin {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
-    /// `sqlite://PATH` (relative to the config file) or `postgres://...`. Default `"sqlite://keygate.db"`.
+    /// `sqlite://PATH` (relative to the config file) or `postgres://...`. Default: the SQLite file
+    /// [`Store::DEFAULT_SQLITE_FILE`] beside the config file.
     pub url: Field<String>,
-    /// Duration between pulls of key changes. Default `"1s"`.
+    /// Duration between pulls of key changes. Default [`Store::DEFAULT_SYNC_INTERVAL`].
     pub sync_interval: Field<String>,
-    /// Duration between writes of per-key usage. Default `"5s"`.
+    /// Duration between writes of per-key usage. Default [`Store::DEFAULT_USAGE_FLUSH_INTERVAL`].
     pub usage_flush_interval: Field<String>,
     /// Environment variable holding the hash pepper. Default: unkeyed BLAKE3.
     pub pepper_env: Field<String>,
@@ -208,19 +307,20 @@ pub struct RawStore {
 pub struct RawAuth {
     /// Accepted credential schemes among basic, bearer, header. Default all three.
     pub schemes: Field<Vec<Spanned<String>>>,
-    /// Header name of the `header` scheme, also stripped before forwarding when that scheme is
-    /// off. Default `"X-API-Key"`.
+    /// Header name of the `header` scheme, also stripped before forwarding when that scheme is off.
+    /// Default [`Auth::DEFAULT_HEADER`].
     pub header: Field<String>,
-    /// Realm of `WWW-Authenticate: Basic`. Default `"keygate"`.
+    /// Realm of `WWW-Authenticate: Basic`. Default [`Auth::DEFAULT_REALM`].
     pub realm: Field<String>,
-    /// Rate of failed authentications allowed per client IP. Default `"30/m"`.
+    /// Rate of failed authentications allowed per client IP. Default
+    /// [`Auth::DEFAULT_FAILED_PER_IP`].
     pub failed_per_ip: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
-    /// Rate of keys without their own limit. Default `"100/s"`.
+    /// Rate of keys without their own limit. Default [`RateLimit::DEFAULT_RATE`].
     pub default: Field<String>,
     /// Requests of burst for the default rate. Default: the rate's request count.
     pub default_burst: Field<u64>,
@@ -230,9 +330,10 @@ pub struct RawRateLimit {
     pub backend: Field<String>,
     /// `redis://...` or `rediss://...` (TLS), required by the redis backend.
     pub redis_url: Field<String>,
-    /// Duration a check waits on Redis before it is decided locally. Default `"25ms"`.
+    /// Duration a check waits on Redis before it is decided locally. Default
+    /// [`RateLimit::DEFAULT_REDIS_TIMEOUT`].
     pub redis_timeout: Field<String>,
-    /// Prefix of the keygate's bucket names in Redis. Default `"keygate:"`.
+    /// Prefix of the keygate's bucket names in Redis. Default [`RateLimit::DEFAULT_REDIS_PREFIX`].
     pub redis_prefix: Field<String>,
 }
 
@@ -243,7 +344,7 @@ pub struct RawLifecycle {
     pub idle_expiry: Field<String>,
     /// Durations before idle revocation at which to warn. Default none.
     pub warn_before: Field<Vec<Spanned<String>>>,
-    /// Duration between idle sweeps. Default `"1h"`.
+    /// Duration between idle sweeps. Default [`Lifecycle::DEFAULT_CHECK_INTERVAL`].
     pub check_interval: Field<String>,
     /// `http(s)://` URL receiving lifecycle events as JSON POSTs. Default none.
     pub webhook: Field<String>,
@@ -252,17 +353,17 @@ pub struct RawLifecycle {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
-    /// Export `keygate_key_requests_total` per key. Default true.
+    /// Export `keygate_key_requests_total` per key. Default [`Metrics::DEFAULT_PER_KEY`].
     pub per_key: Field<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLogs {
-    /// Write one access record per request to stdout. Default true.
+    /// Write one access record per request to stdout. Default [`Logs::DEFAULT_ACCESS`].
     pub access: Field<bool>,
     /// How many recent access records to keep in memory for `GET /v1/requests` and the page.
-    /// Default 10000; 0 keeps none.
+    /// Default [`Logs::DEFAULT_RECENT`]; 0 keeps none.
     pub recent: Field<u64>,
 }
 
@@ -272,11 +373,12 @@ pub struct RawTracing {
     /// `http://` or `https://` base URL of an OTLP/HTTP collector; spans are posted to its
     /// `/v1/traces`. Default: none, no spans.
     pub otlp_endpoint: Field<String>,
-    /// Share of root requests (no incoming sampled parent) traced, 0.0 to 1.0. Default 1.0.
+    /// Share of root requests (no incoming sampled parent) traced, 0.0 to 1.0. Default
+    /// [`Tracing::DEFAULT_SAMPLE_RATIO`].
     pub sample_ratio: Field<f64>,
-    /// `service.name` of the spans. Default `"keygate"`.
+    /// `service.name` of the spans. Default [`Tracing::DEFAULT_SERVICE_NAME`].
     pub service_name: Field<String>,
-    /// Duration between exports of the ended spans. Default `"5s"`.
+    /// Duration between exports of the ended spans. Default [`Tracing::DEFAULT_EXPORT_INTERVAL`].
     pub export_interval: Field<String>,
 }
 
@@ -296,20 +398,23 @@ pub struct RawUpstream {
     pub client_cert: Field<String>,
     /// PEM file of `client_cert`'s private key. Default: none.
     pub client_key: Field<String>,
-    /// Duration to establish a connection (502 past it). Default `"2s"`.
+    /// Duration to establish a connection (502 past it). Default
+    /// [`Upstream::DEFAULT_CONNECT_TIMEOUT`].
     pub connect_timeout: Field<String>,
     /// Duration to the response head from the end of the request body (504 past it); also the
-    /// longest the upstream may take none of a streaming body. Default `"30s"`.
+    /// longest the upstream may take none of a streaming body. Default
+    /// [`Upstream::DEFAULT_TIMEOUT`].
     pub timeout: Field<String>,
-    /// Connections in use at most, and open at most, busy or idle; past the cap a request
-    /// queues for its turn, first come first served, within `queue_timeout`. Default 1024.
+    /// Connections in use at most, and open at most, busy or idle; past the cap a request queues
+    /// for its turn, first come first served, within `queue_timeout`. Default
+    /// [`Upstream::DEFAULT_POOL_MAX_CONNECTIONS`].
     pub pool_max_connections: Field<u64>,
     /// Duration a request waits for its turn past `pool_max_connections` before a 503 with
-    /// `Retry-After: 1`; shorter than `timeout`. Default `"100ms"`.
+    /// `Retry-After: 1`; shorter than `timeout`. Default [`Upstream::DEFAULT_QUEUE_TIMEOUT`].
     pub queue_timeout: Field<String>,
-    /// Idle pooled connections kept. Default 128.
+    /// Idle pooled connections kept. Default [`Upstream::DEFAULT_POOL_MAX_IDLE`].
     pub pool_max_idle: Field<u64>,
-    /// Duration an idle pooled connection is kept. Default `"90s"`.
+    /// Duration an idle pooled connection is kept. Default [`Upstream::DEFAULT_POOL_IDLE_TIMEOUT`].
     pub pool_idle_timeout: Field<String>,
 }
 

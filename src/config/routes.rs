@@ -11,7 +11,8 @@ use toml::Spanned;
 
 use super::raw::{Field, RawRoute, RawUpstream};
 use super::upstream_tls::upstream_tls;
-use super::validate::{Checker, Problem};
+use super::validate::Checker;
+use super::Problem;
 use super::{Config, PathPattern, Route, RoutePermissions, Segment, Upstream};
 use crate::core::environment::Environment;
 use crate::core::permission::Permission;
@@ -110,7 +111,8 @@ pub(super) fn upstreams(
                 .unwrap_or_else(|| Uri::from_static("http://127.0.0.1"));
             let field = |name: &str| format!("{label}.{name}");
             let tls = upstream_tls(checker, upstream, &label, &url, base_dir);
-            let timeout = checker.duration_or(&upstream.timeout, &field("timeout"), secs(30));
+            let timeout =
+                checker.duration_or(&upstream.timeout, &field("timeout"), Upstream::DEFAULT_TIMEOUT);
             let queue_timeout = queue_timeout(checker, upstream, &field("queue_timeout"), timeout);
             Upstream {
                 name: upstream
@@ -122,7 +124,7 @@ pub(super) fn upstreams(
                 connect_timeout: checker.duration_or(
                     &upstream.connect_timeout,
                     &field("connect_timeout"),
-                    secs(2),
+                    Upstream::DEFAULT_CONNECT_TIMEOUT,
                 ),
                 timeout,
                 queue_timeout,
@@ -132,30 +134,24 @@ pub(super) fn upstreams(
                         &field("pool_max_connections"),
                         MAX_CONNECTIONS,
                     )
-                    .map_or(1024, |n| n as usize),
+                    .map_or(Upstream::DEFAULT_POOL_MAX_CONNECTIONS, |n| n as usize),
                 pool_max_idle: checker
                     .parsed(&upstream.pool_max_idle, &field("pool_max_idle"), |&n| {
                         usize::try_from(n).map_err(|_| "is too large")
                     })
-                    .unwrap_or(128),
+                    .unwrap_or(Upstream::DEFAULT_POOL_MAX_IDLE),
                 pool_idle_timeout: checker.duration_or(
                     &upstream.pool_idle_timeout,
                     &field("pool_idle_timeout"),
-                    secs(90),
+                    Upstream::DEFAULT_POOL_IDLE_TIMEOUT,
                 ),
             }
         })
         .collect()
 }
 
-/// The default is short because a wait past the cap is only worth it when a connection is
-/// about to come free; behind a stalled upstream every waiter would wait in vain, and the
-/// client is better off with a prompt 503 to retry or go elsewhere. A tenth of a second
-/// covers a busy upstream answering in tens of milliseconds.
-const QUEUE_TIMEOUT: Duration = Duration::from_millis(100);
-
 fn queue_timeout(checker: &mut Checker, upstream: &RawUpstream, field: &str, timeout: Duration) -> Duration {
-    let default = QUEUE_TIMEOUT.min(timeout / 2);
+    let default = Upstream::DEFAULT_QUEUE_TIMEOUT.min(timeout / 2);
     checker
         .parsed(&upstream.queue_timeout, field, |text| {
             match crate::core::units::parse_duration(text) {
@@ -167,10 +163,6 @@ fn queue_timeout(checker: &mut Checker, upstream: &RawUpstream, field: &str, tim
             }
         })
         .unwrap_or(default)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
 }
 
 /// `http[s]://host[:port][/prefix]`, stored without a trailing slash.

@@ -1,19 +1,10 @@
 //! Validation of `[tracing]`: the OTLP collector spans are exported to, and the sampling.
 
-use std::time::Duration;
-
 use http::Uri;
 
 use super::raw::RawTracing;
 use super::validate::Checker;
 use super::Tracing;
-
-/// `service.name` of the exported spans by default.
-pub const DEFAULT_SERVICE_NAME: &str = "keygate";
-/// Share of root requests traced by default: all.
-pub const DEFAULT_SAMPLE_RATIO: f64 = 1.0;
-/// Time between two exports of the ended spans by default, as the OpenTelemetry SDKs do.
-pub const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_secs(5);
 
 pub(super) fn tracing(checker: &mut Checker, raw: &RawTracing) -> Tracing {
     let otlp_endpoint = checker.parsed(&raw.otlp_endpoint, "tracing.otlp_endpoint", |text| endpoint(text));
@@ -25,7 +16,7 @@ pub(super) fn tracing(checker: &mut Checker, raw: &RawTracing) -> Tracing {
                 Err(format!("{ratio} is not between 0.0 and 1.0"))
             }
         })
-        .unwrap_or(DEFAULT_SAMPLE_RATIO);
+        .unwrap_or(Tracing::DEFAULT_SAMPLE_RATIO);
     let service_name = checker
         .parsed(&raw.service_name, "tracing.service_name", |name| {
             match name.trim() {
@@ -33,11 +24,11 @@ pub(super) fn tracing(checker: &mut Checker, raw: &RawTracing) -> Tracing {
                 name => Ok(name.to_owned()),
             }
         })
-        .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_owned());
+        .unwrap_or_else(|| Tracing::DEFAULT_SERVICE_NAME.to_owned());
     let export_interval = checker.duration_or(
         &raw.export_interval,
         "tracing.export_interval",
-        DEFAULT_EXPORT_INTERVAL,
+        Tracing::DEFAULT_EXPORT_INTERVAL,
     );
     Tracing {
         otlp_endpoint,

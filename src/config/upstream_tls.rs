@@ -51,6 +51,8 @@ pub(super) fn upstream_tls(
     let ca = read(checker, &raw.ca, "ca");
     let cert = read(checker, &raw.client_cert, "client_cert");
     let key = read(checker, &raw.client_key, "client_key");
+    let path = |file: &Option<(PathBuf, Vec<u8>)>| file.as_ref().map(|(path, _)| path.clone());
+    let files = [path(&ca), path(&cert), path(&key)];
     let host = url.host()?.trim_start_matches('[').trim_end_matches(']');
     digest.update(host.as_bytes());
 
@@ -103,10 +105,14 @@ pub(super) fn upstream_tls(
         ServerName::try_from(host.to_owned())
             .map_err(|_| format!("{host:?} cannot be verified as a TLS name"))
     })?;
+    let [ca, client_cert, client_key] = files;
     Some(UpstreamTls {
         client: Arc::new(client),
         server_name,
         digest: *digest.finalize().as_bytes(),
+        ca,
+        client_cert,
+        client_key,
     })
 }
 
@@ -147,7 +153,7 @@ fn client_auth(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::path::Path;
 
     use rcgen::{CertificateParams, CertifiedIssuer, IsCa, KeyPair};
@@ -156,7 +162,7 @@ mod tests {
 
     /// A CA, a server certificate it signed for `localhost`, and a client certificate and
     /// key, as files in a temporary folder.
-    fn files() -> tempfile::TempDir {
+    pub(in crate::config) fn files() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);

@@ -17,6 +17,7 @@ use http::header::HeaderName;
 use ipnet::IpNet;
 use toml::Spanned;
 
+use super::problem::{position, ConfigError, Problem};
 use super::raw::{self, Field, RawConfig};
 use super::routes;
 use super::tls_files::{self, CertificatePair, TlsFile};
@@ -26,48 +27,6 @@ use super::*;
 use crate::core::environment::Environment;
 use crate::core::key::RateLimitSpec;
 use crate::core::units::{parse_duration, Rate};
-
-/// One mistake in the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// 1-based line of the offending value, when known.
-    pub line: Option<usize>,
-    /// 1-based column (in characters) of the offending value, when known.
-    pub column: Option<usize>,
-    /// Dotted path of the field, e.g. `server.listen` or `route "customers".upstream`.
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(line) = self.line {
-            write!(f, "line {line}: ")?;
-        }
-        if !self.field.is_empty() {
-            write!(f, "{}: ", self.field)?;
-        }
-        f.write_str(&self.message)
-    }
-}
-
-/// Every mistake in the file, one per line when displayed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigError {
-    pub problems: Vec<Problem>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, problem) in self.problems.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{problem}")?;
-        }
-        Ok(())
-    }
-}
 
 /// [`load`], refused when it would serve nothing (see [`super::serving_problems`]), and the
 /// files the config names read and checked as `serve` uses them: the TLS certificate and key
@@ -247,10 +206,18 @@ impl Checker<'_> {
         let rate_limit = self.rate_limit(&raw.rate_limit);
         let lifecycle = self.lifecycle(&raw.lifecycle);
         let metrics = Metrics {
-            per_key: raw.metrics.per_key.as_ref().is_none_or(|v| *v.get_ref()),
+            per_key: raw
+                .metrics
+                .per_key
+                .as_ref()
+                .map_or(Metrics::DEFAULT_PER_KEY, |v| *v.get_ref()),
         };
         let logs = Logs {
-            access: raw.logs.access.as_ref().is_none_or(|v| *v.get_ref()),
+            access: raw
+                .logs
+                .access
+                .as_ref()
+                .map_or(Logs::DEFAULT_ACCESS, |v| *v.get_ref()),
             recent: self.recent(&raw.logs.recent),
         };
         let tracing = traces::tracing(self, &raw.tracing);
@@ -275,8 +242,7 @@ impl Checker<'_> {
         })
     }
 
-    fn socket_addr(&mut self, value: &Field<String>, field: &str, default: &str) -> SocketAddr {
-        let default: SocketAddr = default.parse().expect("defaults are valid socket addresses");
+    fn socket_addr(&mut self, value: &Field<String>, field: &str, default: SocketAddr) -> SocketAddr {
         self.parsed(value, field, |text| {
             SocketAddr::from_str(text.trim()).map_err(|_| {
                 format!("{text:?} is not a socket address like \"0.0.0.0:8080\" or \"[::1]:8080\"")
@@ -316,41 +282,69 @@ impl Checker<'_> {
                 .collect()
         });
         Server {
-            listen: self.socket_addr(&raw.listen, "server.listen", "0.0.0.0:8080"),
+            listen: self.socket_addr(&raw.listen, "server.listen", Server::DEFAULT_LISTEN),
             environment: self
                 .environment(&raw.environment, "server.environment")
-                .unwrap_or(Environment::Production),
+                .unwrap_or(Server::DEFAULT_ENVIRONMENT),
             tls,
             trusted_proxies,
-            shutdown_grace: self.duration_or(&raw.shutdown_grace, "server.shutdown_grace", secs(30)),
+            shutdown_grace: self.duration_or(
+                &raw.shutdown_grace,
+                "server.shutdown_grace",
+                Server::DEFAULT_SHUTDOWN_GRACE,
+            ),
             first_byte_timeout: self.duration_or(
                 &raw.first_byte_timeout,
                 "server.first_byte_timeout",
-                secs(5),
+                Server::DEFAULT_FIRST_BYTE_TIMEOUT,
             ),
             tls_handshake_timeout: self.duration_or(
                 &raw.tls_handshake_timeout,
                 "server.tls_handshake_timeout",
-                secs(5),
+                Server::DEFAULT_TLS_HANDSHAKE_TIMEOUT,
             ),
             header_read_timeout: self.duration_or(
                 &raw.header_read_timeout,
                 "server.header_read_timeout",
-                secs(10),
+                Server::DEFAULT_HEADER_READ_TIMEOUT,
             ),
-            body_idle_timeout: self.duration_or(&raw.body_idle_timeout, "server.body_idle_timeout", secs(30)),
-            max_header_bytes: self.usize(&raw.max_header_bytes, "server.max_header_bytes", 65_536),
-            max_headers: self.usize(&raw.max_headers, "server.max_headers", 100),
-            max_uri_bytes: self.usize(&raw.max_uri_bytes, "server.max_uri_bytes", 8_192),
-            idle_timeout: self.duration_or(&raw.idle_timeout, "server.idle_timeout", secs(60)),
+            body_idle_timeout: self.duration_or(
+                &raw.body_idle_timeout,
+                "server.body_idle_timeout",
+                Server::DEFAULT_BODY_IDLE_TIMEOUT,
+            ),
+            max_header_bytes: self.usize(
+                &raw.max_header_bytes,
+                "server.max_header_bytes",
+                Server::DEFAULT_MAX_HEADER_BYTES,
+            ),
+            max_headers: self.usize(
+                &raw.max_headers,
+                "server.max_headers",
+                Server::DEFAULT_MAX_HEADERS,
+            ),
+            max_uri_bytes: self.usize(
+                &raw.max_uri_bytes,
+                "server.max_uri_bytes",
+                Server::DEFAULT_MAX_URI_BYTES,
+            ),
+            idle_timeout: self.duration_or(
+                &raw.idle_timeout,
+                "server.idle_timeout",
+                Server::DEFAULT_IDLE_TIMEOUT,
+            ),
             http2_max_concurrent_streams: self
                 .count(
                     &raw.http2_max_concurrent_streams,
                     "server.http2_max_concurrent_streams",
                     1 << 20,
                 )
-                .map_or(100, |n| n as u32),
-            max_connections: self.usize(&raw.max_connections, "server.max_connections", 10_000),
+                .map_or(Server::DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS, |n| n as u32),
+            max_connections: self.usize(
+                &raw.max_connections,
+                "server.max_connections",
+                Server::DEFAULT_MAX_CONNECTIONS,
+            ),
             max_request_body: self.count(&raw.max_request_body, "server.max_request_body", u64::MAX),
             worker_threads: self
                 .count(&raw.worker_threads, "server.worker_threads", 1024)
@@ -359,7 +353,7 @@ impl Checker<'_> {
                 .parsed(&raw.underscore_headers, "server.underscore_headers", |text| {
                     underscore_headers(text)
                 })
-                .unwrap_or(UnderscoreHeaders::Drop),
+                .unwrap_or(Server::DEFAULT_UNDERSCORE_HEADERS),
         }
     }
 
@@ -375,11 +369,11 @@ impl Checker<'_> {
             n if n > MAX => Err(format!("must be at most {MAX}")),
             n => Ok(n as usize),
         })
-        .unwrap_or(DEFAULT_RECENT)
+        .unwrap_or(Logs::DEFAULT_RECENT)
     }
 
     fn admin(&mut self, raw: &raw::RawAdmin) -> Admin {
-        let token_env = self.string_or(&raw.token_env, "KEYGATE_ADMIN_TOKEN");
+        let token_env = self.string_or(&raw.token_env, Admin::DEFAULT_TOKEN_ENV);
         if let Some(value) = &raw.token_env {
             if !is_env_name(value.get_ref()) {
                 self.fail(
@@ -399,7 +393,7 @@ impl Checker<'_> {
             }
         });
         Admin {
-            listen: self.socket_addr(&raw.listen, "admin.listen", "127.0.0.1:9901"),
+            listen: self.socket_addr(&raw.listen, "admin.listen", Admin::DEFAULT_LISTEN),
             token_env,
             read_token_env,
         }
@@ -408,7 +402,7 @@ impl Checker<'_> {
     fn store(&mut self, raw: &raw::RawStore, base_dir: &Path) -> Store {
         let url = self
             .parsed(&raw.url, "store.url", |text| store_url(text, base_dir))
-            .unwrap_or_else(|| StoreUrl::Sqlite(base_dir.join("keygate.db")));
+            .unwrap_or_else(|| StoreUrl::Sqlite(base_dir.join(Store::DEFAULT_SQLITE_FILE)));
         let pepper_env = raw.pepper_env.as_ref().map(|value| {
             if !is_env_name(value.get_ref()) {
                 self.fail(
@@ -421,7 +415,11 @@ impl Checker<'_> {
         });
         Store {
             url,
-            sync_interval: self.duration_or(&raw.sync_interval, "store.sync_interval", secs(1)),
+            sync_interval: self.duration_or(
+                &raw.sync_interval,
+                "store.sync_interval",
+                Store::DEFAULT_SYNC_INTERVAL,
+            ),
             pepper_env,
             max_staleness: self.duration(&raw.max_staleness, "store.max_staleness"),
             snapshot: raw.snapshot.as_ref().and_then(|value| {
@@ -435,7 +433,7 @@ impl Checker<'_> {
             usage_flush_interval: self.duration_or(
                 &raw.usage_flush_interval,
                 "store.usage_flush_interval",
-                secs(5),
+                Store::DEFAULT_USAGE_FLUSH_INTERVAL,
             ),
         }
     }
@@ -474,8 +472,8 @@ impl Checker<'_> {
         }
         let header = self
             .parsed(&raw.header, "auth.header", |text| key_header(text))
-            .unwrap_or_else(|| HeaderName::from_static("x-api-key"));
-        let realm = self.string_or(&raw.realm, "keygate");
+            .unwrap_or(Auth::DEFAULT_HEADER);
+        let realm = self.string_or(&raw.realm, Auth::DEFAULT_REALM);
         if let Some(value) = &raw.realm {
             if realm.is_empty() || realm.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
                 self.fail(
@@ -495,14 +493,14 @@ impl Checker<'_> {
                 .parsed(&raw.failed_per_ip, "auth.failed_per_ip", |text| {
                     Rate::from_str(text)
                 })
-                .unwrap_or_else(|| "30/m".parse().expect("a valid default rate")),
+                .unwrap_or(Auth::DEFAULT_FAILED_PER_IP),
         }
     }
 
     fn rate_limit(&mut self, raw: &raw::RawRateLimit) -> RateLimit {
         let rate = self
             .parsed(&raw.default, "rate_limit.default", |text| Rate::from_str(text))
-            .unwrap_or_else(|| "100/s".parse().expect("a valid default rate"));
+            .unwrap_or(RateLimit::DEFAULT_RATE);
         let burst = self
             .count(&raw.default_burst, "rate_limit.default_burst", u32::MAX.into())
             .and_then(|n| NonZeroU32::new(n as u32));
@@ -512,11 +510,11 @@ impl Checker<'_> {
                 Some(url) => match redis_url(url.get_ref()) {
                     Ok(()) => RateLimitBackend::Redis {
                         url: url.get_ref().clone(),
-                        prefix: self.string_or(&raw.redis_prefix, "keygate:"),
+                        prefix: self.string_or(&raw.redis_prefix, RateLimit::DEFAULT_REDIS_PREFIX),
                         timeout: self.duration_or(
                             &raw.redis_timeout,
                             "rate_limit.redis_timeout",
-                            super::DEFAULT_REDIS_TIMEOUT,
+                            RateLimit::DEFAULT_REDIS_TIMEOUT,
                         ),
                     },
                     Err(why) => {
@@ -604,29 +602,14 @@ impl Checker<'_> {
         Lifecycle {
             idle_expiry,
             warn_before,
-            check_interval: self.duration_or(&raw.check_interval, "lifecycle.check_interval", secs(3600)),
+            check_interval: self.duration_or(
+                &raw.check_interval,
+                "lifecycle.check_interval",
+                Lifecycle::DEFAULT_CHECK_INTERVAL,
+            ),
             webhook,
         }
     }
-}
-
-/// Recent access records kept by default: a few minutes of a busy replica, a few MB.
-const DEFAULT_RECENT: usize = 10_000;
-
-/// The 1-based line and column (in characters) of byte `offset` in `source`.
-pub fn position(source: &str, offset: usize) -> (usize, usize) {
-    let mut end = offset.min(source.len());
-    while !source.is_char_boundary(end) {
-        end -= 1;
-    }
-    let before = &source[..end];
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
-    (line, before[line_start..].chars().count() + 1)
-}
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
 }
 
 fn is_env_name(text: &str) -> bool {

@@ -17,6 +17,7 @@ use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGua
 use tracing_subscriber::EnvFilter;
 
 use super::access;
+use super::LogFormat;
 
 /// Lines the queue holds before it drops new ones.
 const QUEUED_LINES: usize = 128 * 1024;
@@ -27,12 +28,6 @@ static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 pub fn dropped_lines() -> u64 {
     let events = DROPPED.get().map_or(0, |counter| counter.dropped_lines() as u64);
     events + access::dropped()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// Keeps the log writers until exit; dropped, it writes what is still queued.

@@ -2,6 +2,10 @@
 //! global, so two gateways in one test process count apart. Label values come from bounded sets:
 //! route and upstream names, reasons, status codes, idle-warning thresholds, key ids (switchable).
 
+use std::sync::Arc;
+
+use prometheus::core::Collector;
+use prometheus::proto::MetricType;
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -16,6 +20,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// Every collector the registry may export, the one registered on demand included: what
+    /// [`Metrics::catalogue`] describes.
+    declared: Arc<Vec<Box<dyn Collector>>>,
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
     pub upstream_duration: HistogramVec,
@@ -64,229 +71,238 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric names are unique");
-    metric
+/// A registry being filled, and every collector declared to it.
+struct Registrar {
+    registry: Registry,
+    declared: Vec<Box<dyn Collector>>,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let metric = IntCounter::new(name, help).expect("static metric definition");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric names are unique");
-    metric
-}
-
-fn gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
-    let metric = Gauge::new(name, help).expect("static metric definition");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric names are unique");
-    metric
-}
-
-fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let metric = IntGauge::new(name, help).expect("static metric definition");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric names are unique");
-    metric
-}
-
-/// `keygate_config_reloads_total`, with both results at 0 from the start, so that a rule on
-/// failures sees the series before the first one.
-fn reloads(registry: &Registry) -> IntCounterVec {
-    let metric = counter_vec(
-        registry,
-        "keygate_config_reloads_total",
-        "Config reloads (SIGHUP) by result: success, or failure (refused, the running config kept)",
-        &["result"],
-    );
-    for result in ["success", "failure"] {
-        metric.with_label_values(&[result]);
+impl Registrar {
+    /// Registers `metric` and declares it.
+    fn register<C: Collector + Clone + 'static>(&mut self, metric: C) -> C {
+        self.registry
+            .register(Box::new(metric.clone()))
+            .expect("metric names are unique");
+        self.declare(metric)
     }
-    metric
+
+    /// Declares `metric` without registering it: it is exported once registered later.
+    fn declare<C: Collector + Clone + 'static>(&mut self, metric: C) -> C {
+        self.declared.push(Box::new(metric.clone()));
+        metric
+    }
+
+    fn counter_vec(&mut self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition"))
+    }
+
+    fn counter(&mut self, name: &str, help: &str) -> IntCounter {
+        self.register(IntCounter::new(name, help).expect("static metric definition"))
+    }
+
+    fn gauge(&mut self, name: &str, help: &str) -> Gauge {
+        self.register(Gauge::new(name, help).expect("static metric definition"))
+    }
+
+    fn int_gauge(&mut self, name: &str, help: &str) -> IntGauge {
+        self.register(IntGauge::new(name, help).expect("static metric definition"))
+    }
+
+    fn int_gauge_vec(&mut self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.register(IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition"))
+    }
+
+    fn histogram_vec(&mut self, name: &str, help: &str, label: &str) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        self.register(HistogramVec::new(opts, &[label]).expect("static metric definition"))
+    }
+
+    /// `keygate_config_reloads_total`, with both results at 0 from the start, so that a rule
+    /// on failures sees the series before the first one.
+    fn reloads(&mut self) -> IntCounterVec {
+        let metric = self.counter_vec(
+            "keygate_config_reloads_total",
+            "Config reloads (SIGHUP) by result: success, or failure (refused, the running config kept)",
+            &["result"],
+        );
+        for result in ["success", "failure"] {
+            metric.with_label_values(&[result]);
+        }
+        metric
+    }
 }
 
-fn histogram_vec(registry: &Registry, name: &str, help: &str, label: &str) -> HistogramVec {
-    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
-    let metric = HistogramVec::new(opts, &[label]).expect("static metric definition");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric names are unique");
-    metric
+/// One metric as `docs/metrics.md` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Described {
+    pub name: String,
+    /// `counter`, `gauge` or `histogram`.
+    pub kind: &'static str,
+    pub labels: Vec<String>,
+    pub help: String,
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let r = &registry;
-        let keys = IntGaugeVec::new(
-            Opts::new("keygate_keys", "Keys in the key table by environment and status"),
-            &["environment", "status"],
-        )
-        .expect("static metric definition");
-        let key_table_revision = IntGauge::new(
-            "keygate_key_table_revision",
-            "Store revision the key table reflects",
-        )
-        .expect("static metric definition");
-        let key_table_last_sync = Gauge::new(
-            "keygate_key_table_last_sync_timestamp_seconds",
-            "Unix time of the last successful key sync",
-        )
-        .expect("static metric definition");
-        let store_sync_errors = IntCounter::new("keygate_store_sync_errors_total", "Failed key syncs")
-            .expect("static metric definition");
-        let usage_flush_errors = IntCounter::new(
-            "keygate_usage_flush_errors_total",
-            "Failed writes of key usage to the store",
-        )
-        .expect("static metric definition");
-        let build_info = IntGaugeVec::new(Opts::new("keygate_build_info", "Always 1"), &["version"])
-            .expect("static metric definition");
-        for metric in [
-            Box::new(keys.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(key_table_revision.clone()),
-            Box::new(key_table_last_sync.clone()),
-            Box::new(store_sync_errors.clone()),
-            Box::new(usage_flush_errors.clone()),
-            Box::new(build_info.clone()),
-        ] {
-            registry.register(metric).expect("metric names are unique");
-        }
+        let mut r = Registrar {
+            registry: Registry::new(),
+            declared: Vec::new(),
+        };
+        let build_info = r.int_gauge_vec("keygate_build_info", "Always 1", &["version"]);
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         // process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total, ...
-        // (Linux; read from /proc at scrape time).
+        // (Linux; read from /proc at scrape time). Declared twice: the registry's own is boxed.
         #[cfg(target_os = "linux")]
-        registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ))
-            .expect("process metric names are unique");
+        {
+            use prometheus::process_collector::ProcessCollector;
+            r.registry
+                .register(Box::new(ProcessCollector::for_self()))
+                .expect("process metric names are unique");
+            r.declared.push(Box::new(ProcessCollector::for_self()));
+        }
         Metrics {
-            requests: counter_vec(
-                r,
+            requests: r.counter_vec(
                 "keygate_requests_total",
                 "Requests answered",
                 &["route", "environment", "status"],
             ),
-            request_duration: histogram_vec(
-                r,
+            request_duration: r.histogram_vec(
                 "keygate_request_duration_seconds",
                 "Time to answer a request",
                 "route",
             ),
-            upstream_duration: histogram_vec(
-                r,
+            upstream_duration: r.histogram_vec(
                 "keygate_upstream_duration_seconds",
                 "Time from forwarding to the upstream's response head",
                 "upstream",
             ),
-            auth_failures: counter_vec(
-                r,
+            auth_failures: r.counter_vec(
                 "keygate_auth_failures_total",
                 "Failed authentications",
                 &["reason"],
             ),
-            denied: counter_vec(
-                r,
+            denied: r.counter_vec(
                 "keygate_denied_total",
                 "Authenticated requests refused",
                 &["reason"],
             ),
-            rate_limited: counter_vec(
-                r,
+            rate_limited: r.counter_vec(
                 "keygate_rate_limited_total",
                 "Requests over their key's limit",
                 &["route"],
             ),
-            key_requests: counter_vec(
-                r,
+            key_requests: r.counter_vec(
                 "keygate_key_requests_total",
                 "Admitted requests per key",
                 &["key_id", "environment"],
             ),
-            upstream_errors: counter_vec(
-                r,
+            keys: r.int_gauge_vec(
+                "keygate_keys",
+                "Keys in the key table by environment and status",
+                &["environment", "status"],
+            ),
+            key_table_revision: r.int_gauge(
+                "keygate_key_table_revision",
+                "Store revision the key table reflects",
+            ),
+            key_table_last_sync: r.gauge(
+                "keygate_key_table_last_sync_timestamp_seconds",
+                "Unix time of the last successful key sync",
+            ),
+            store_sync_errors: r.counter("keygate_store_sync_errors_total", "Failed key syncs"),
+            usage_flush_errors: r.counter(
+                "keygate_usage_flush_errors_total",
+                "Failed writes of key usage to the store",
+            ),
+            upstream_errors: r.counter_vec(
                 "keygate_upstream_errors_total",
                 "Failed upstream exchanges",
                 &["upstream", "kind"],
             ),
-            idle_warnings: counter_vec(
-                r,
+            idle_warnings: r.counter_vec(
                 "keygate_idle_warnings_total",
                 "Idle-expiry warnings issued, by how long before revocation",
                 &["threshold"],
             ),
-            rate_limit_fallback: counter(
-                r,
+            rate_limit_fallback: r.counter(
                 "keygate_rate_limit_fallback_total",
                 "Rate-limit checks decided locally because Redis did not answer in time",
             ),
-            idle_revocations: counter(r, "keygate_idle_revocations_total", "Keys revoked for idleness"),
-            webhook_deliveries: counter(
-                r,
+            idle_revocations: r.counter("keygate_idle_revocations_total", "Keys revoked for idleness"),
+            webhook_deliveries: r.counter(
                 "keygate_webhook_deliveries_total",
                 "Lifecycle webhooks the receiver accepted",
             ),
-            webhook_failures: counter(
-                r,
+            webhook_failures: r.counter(
                 "keygate_webhook_failures_total",
                 "Failed lifecycle webhook attempts",
             ),
-            webhook_abandoned: counter(
-                r,
+            webhook_abandoned: r.counter(
                 "keygate_webhook_abandoned_total",
                 "Lifecycle webhooks given up after the last retry",
             ),
-            store_reopened: counter(
-                r,
+            store_reopened: r.counter(
                 "keygate_store_reopened_total",
                 "Times the store file was replaced under the gateway and opened again",
             ),
-            key_hash_conflicts: counter(
-                r,
+            key_hash_conflicts: r.counter(
                 "keygate_key_hash_conflicts_total",
                 "Key secrets not admitted because another key holds the same hash",
             ),
-            log_lines_dropped: counter(
-                r,
+            log_lines_dropped: r.counter(
                 "keygate_log_lines_dropped_total",
                 "Log lines dropped because stdout could not keep up",
             ),
-            config_reloads: reloads(r),
-            config_last_reload_success: gauge(
-                r,
+            config_reloads: r.reloads(),
+            config_last_reload_success: r.gauge(
                 "keygate_config_last_reload_success_timestamp_seconds",
                 "Unix time of the last config load that took effect (the start included)",
             ),
-            ready: int_gauge(
-                r,
+            ready: r.int_gauge(
                 "keygate_ready",
                 "1 while this replica answers /readyz with 200 (key table loaded and fresh, not draining)",
             ),
-            rate_limit_shared: int_gauge(
-                r,
+            rate_limit_shared: r.int_gauge(
                 "keygate_rate_limit_shared",
                 "1 while key rate limits are shared through Redis; 0 while they are decided locally",
             ),
-            tls_certificate_expiry: Gauge::new(
-                "keygate_tls_certificate_expiry_timestamp_seconds",
-                "Unix time the TLS certificate the proxy listener serves expires",
-            )
-            .expect("static metric definition"),
-            keys,
-            key_table_revision,
-            key_table_last_sync,
-            store_sync_errors,
-            usage_flush_errors,
+            // Registered by the first `tls_certificate_expires`.
+            tls_certificate_expiry: r.declare(
+                Gauge::new(
+                    "keygate_tls_certificate_expiry_timestamp_seconds",
+                    "Unix time the TLS certificate the proxy listener serves expires",
+                )
+                .expect("static metric definition"),
+            ),
             build_info,
-            registry,
+            registry: r.registry,
+            declared: Arc::new(r.declared),
         }
+    }
+
+    /// Every metric this registry may export, each once, in the order declared: those with
+    /// labels included before their first series, and the one registered on demand.
+    pub fn catalogue(&self) -> Vec<Described> {
+        let mut described = Vec::new();
+        for collector in self.declared.iter() {
+            let descs = collector.desc();
+            for family in collector.collect() {
+                let desc = descs.iter().find(|desc| desc.fq_name == family.name());
+                described.push(Described {
+                    name: family.name().to_owned(),
+                    kind: match family.get_field_type() {
+                        MetricType::COUNTER => "counter",
+                        MetricType::GAUGE => "gauge",
+                        MetricType::HISTOGRAM => "histogram",
+                        MetricType::SUMMARY => "summary",
+                        MetricType::UNTYPED => "untyped",
+                    },
+                    labels: desc.map_or_else(Vec::new, |desc| desc.variable_labels.clone()),
+                    help: family.help().to_owned(),
+                });
+            }
+        }
+        described
     }
 
     /// Records the expiry (Unix seconds) of the certificate now served, and exports the gauge
@@ -329,5 +345,33 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    #[test]
+    fn the_catalogue_names_every_exported_metric_once() {
+        let metrics = Metrics::new();
+        metrics.tls_certificate_expires(2_000_000_000);
+        let catalogue = metrics.catalogue();
+        let names: Vec<&str> = catalogue.iter().map(|metric| metric.name.as_str()).collect();
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        for line in metrics.encode().lines() {
+            if let Some(name) = line
+                .strip_prefix("# TYPE ")
+                .and_then(|rest| rest.split(' ').next())
+            {
+                assert!(
+                    names.contains(&name),
+                    "{name} is exported but not in the catalogue"
+                );
+            }
+        }
     }
 }

@@ -9,3 +9,10 @@ pub mod throttle;
 pub mod traces;
 
 pub use metrics::Metrics;
+
+/// How log lines are written on stdout, events and access records alike (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}

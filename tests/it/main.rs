@@ -18,6 +18,7 @@ mod lifecycle;
 mod logs;
 mod postgres_tls;
 mod protective_limits;
+mod reference;
 mod reload;
 mod request_path;
 mod shared_limits;

@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 pub use format::Record;
 use writer::{Settings, Slot, Writer};
 
-use super::logs::LogFormat;
+use super::LogFormat;
 
 struct AccessLog {
     writer: Writer,
