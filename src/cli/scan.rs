@@ -111,7 +111,7 @@ pub fn run(args: ScanArgs) -> Result<(), Failure> {
 
 /// The config's store, to look keys up in and report them to.
 fn open(config_path: &Path) -> Result<Leaks, Failure> {
-    let config = super::serve::load(config_path)?;
+    let config = super::load(config_path)?;
     let hasher = hasher_from_env(&config)?;
     let store = super::store::open(&config, config_path, Create::Never)?;
     Ok(Leaks::new(store, hasher, system_clock(), Action::default()))
