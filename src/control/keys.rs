@@ -644,5 +644,4 @@ fn validate_spec(spec: &KeySpec, now: Timestamp) -> Result<(), KeyError> {
 }
 
 #[cfg(test)]
-#[path = "keys_tests.rs"]
 mod tests;
