@@ -24,7 +24,7 @@ use jiff::Timestamp;
 use tokio::sync::{Mutex, Notify};
 
 use super::lifecycle::Lease;
-use super::store::{PendingWebhook, Store, StoreError};
+use super::store::{KeyStore, PendingWebhook, StoreError};
 use crate::core::clock::Clock;
 use crate::telemetry::Metrics;
 
@@ -77,7 +77,7 @@ pub fn backoff(failed: u32) -> Duration {
 }
 
 pub struct Deliverer {
-    store: Arc<Store>,
+    store: Arc<dyn KeyStore>,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     url: Uri,
     clock: Clock,
@@ -94,7 +94,7 @@ pub struct Deliverer {
 impl Deliverer {
     pub fn new(
         url: &str,
-        store: Arc<Store>,
+        store: Arc<dyn KeyStore>,
         clock: Clock,
         metrics: Metrics,
         lease: Lease,
