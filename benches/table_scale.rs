@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use jiff::Timestamp;
 
-use keygate::control::store::{NewKey, SqliteStore};
+use keygate::control::store::{KeyStore, NewKey, SqliteStore};
 use keygate::control::sync::KeySync;
 use keygate::core::clock::system_clock;
 use keygate::core::environment::Environment;

@@ -15,7 +15,7 @@ use crate::config::{self, Config, ConfigError, RateLimitBackend, RestartOnly};
 use crate::control::admin::{Admin, Tokens};
 use crate::control::keys::KeyService;
 use crate::control::lifecycle::LifecycleJobs;
-use crate::control::store::{self, Actor, Store};
+use crate::control::store::{self, Actor, KeyStore};
 use crate::control::sync::KeySync;
 use crate::control::usage::UsageFlusher;
 use crate::core::clock::{system_clock, Clock};
@@ -34,7 +34,7 @@ pub struct Gateway {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub shared: Arc<Shared>,
-    pub store: Arc<Store>,
+    pub store: Arc<dyn KeyStore>,
     /// Stops the proxy listener, and turns `/readyz` to 503.
     drain: watch::Sender<bool>,
     /// Stops the admin listener, last.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::Failure;
 use crate::config::{Config, StoreUrl};
-use crate::control::store::{self, Store, StoreError};
+use crate::control::store::{self, KeyStore, StoreError};
 
 /// Whether a command may create the store it names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub enum Create {
 }
 
 /// The store `config` (read from `config_path`) names.
-pub fn open(config: &Config, config_path: &Path, create: Create) -> Result<Arc<Store>, Failure> {
+pub fn open(config: &Config, config_path: &Path, create: Create) -> Result<Arc<dyn KeyStore>, Failure> {
     let opened = match create {
         Create::IfMissing => store::create(&config.store.url),
         Create::Never => store::open(&config.store.url),

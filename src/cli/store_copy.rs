@@ -13,7 +13,7 @@ use super::store::{open, Create};
 use super::Failure;
 use crate::config::{Config, StoreUrl};
 use crate::control::store::dump::{pepper_fingerprint, Dump, Onto};
-use crate::control::store::{self, Store};
+use crate::control::store::{self, KeyStore};
 
 #[derive(Debug, Args)]
 pub struct CopyArgs {
@@ -122,7 +122,7 @@ pub fn import_command(args: ImportArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn export(source: &Store) -> Result<Dump, Failure> {
+fn export(source: &dyn KeyStore) -> Result<Dump, Failure> {
     source
         .export_dump()
         .map_err(|e| Failure::Runtime(format!("cannot read the store: {e}")))
@@ -130,7 +130,7 @@ fn export(source: &Store) -> Result<Dump, Failure> {
 
 /// Writes `dump` into `target`, then reads the target back: every row of the dump must be in
 /// it, and into an empty store nothing else.
-fn import(target: &Store, dump: &Dump, onto: Onto) -> Result<(), Failure> {
+fn import(target: &dyn KeyStore, dump: &Dump, onto: Onto) -> Result<(), Failure> {
     target
         .import_dump(dump, onto)
         .map_err(|e| Failure::Runtime(e.to_string()))?;

@@ -8,7 +8,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use jiff::Timestamp;
 
-use super::store::{Actor, Audit, IdleKey, KeyEvent, KeyFilter, NewKey, Store, StoreError, StoredKey, Usage};
+use super::store::{
+    Actor, Audit, IdleKey, KeyEvent, KeyFilter, KeyStore, NewKey, StoreError, StoredKey, Usage,
+};
 use crate::core::clock::{whole_second, Clock};
 use crate::core::environment::Environment;
 pub use crate::core::key::KeySpec;
@@ -199,7 +201,7 @@ pub const MAX_PAGE: usize = 1000;
 
 #[derive(Clone)]
 pub struct KeyService {
-    store: Arc<Store>,
+    store: Arc<dyn KeyStore>,
     hasher: Hasher,
     clock: Clock,
     /// Who the changes made through this service are recorded as.
@@ -207,7 +209,7 @@ pub struct KeyService {
 }
 
 impl KeyService {
-    pub fn new(store: Arc<Store>, hasher: Hasher, clock: Clock, actor: Actor) -> Self {
+    pub fn new(store: Arc<dyn KeyStore>, hasher: Hasher, clock: Clock, actor: Actor) -> Self {
         KeyService {
             store,
             hasher,
@@ -650,5 +652,4 @@ fn validate_spec(spec: &KeySpec, now: Timestamp) -> Result<(), KeyError> {
 }
 
 #[cfg(test)]
-#[path = "keys_tests.rs"]
 mod tests;

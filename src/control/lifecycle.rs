@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::keys::KeyService;
-use super::store::{IdleKey, Store, StoreError};
+use super::store::{IdleKey, KeyStore, StoreError};
 use super::webhook::{Deliverer, SetupError};
 use crate::config;
 use crate::core::clock::Clock;
@@ -56,7 +56,7 @@ impl LifecycleJobs {
     /// `keys` records its changes as the lifecycle's.
     pub fn new(
         config: &config::Lifecycle,
-        store: Arc<Store>,
+        store: Arc<dyn KeyStore>,
         keys: KeyService,
         clock: Clock,
         metrics: Metrics,
@@ -119,7 +119,7 @@ impl LifecycleJobs {
 /// The store lease that lets one gateway of those sharing a store do the lifecycle work.
 #[derive(Clone)]
 pub struct Lease {
-    store: Arc<Store>,
+    store: Arc<dyn KeyStore>,
     /// Random per gateway, so two in one process (tests) or on one host contend like any two.
     holder: Arc<str>,
     ttl: Duration,
@@ -128,7 +128,7 @@ pub struct Lease {
 impl Lease {
     const NAME: &'static str = "lifecycle";
 
-    pub(crate) fn new(store: Arc<Store>, check_interval: Duration) -> Self {
+    pub(crate) fn new(store: Arc<dyn KeyStore>, check_interval: Duration) -> Self {
         Lease {
             store,
             holder: format!("{:016x}", rand::random::<u64>()).into(),
@@ -200,7 +200,7 @@ pub struct Swept {
 }
 
 pub struct Sweeper {
-    store: Arc<Store>,
+    store: Arc<dyn KeyStore>,
     keys: KeyService,
     clock: Clock,
     metrics: Metrics,

@@ -68,7 +68,6 @@ struct Entry {
     previous_until: Option<i64>,
 }
 
-#[path = "snapshot_journal.rs"]
 pub mod journal;
 
 /// A snapshot read back with its journal: the keys, the revision they reflect, when the

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::snapshot::journal::Journal;
-use super::store::{Changes, Store, StoreError, StoredKey};
+use super::store::{Changes, KeyStore, StoreError, StoredKey};
 use crate::core::clock::Clock;
 use crate::core::key::StoredStatus;
 use crate::core::permission::{Permission, PermissionSet};
@@ -30,7 +30,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct KeySync {
-    store: Arc<Store>,
+    store: Arc<dyn KeyStore>,
     table: Arc<KeyTable>,
     status: Arc<SyncStatus>,
     metrics: Metrics,
@@ -42,7 +42,7 @@ pub struct KeySync {
     running: Mutex<()>,
     /// The store file was replaced: the next sync loads the whole table again.
     reload_pending: AtomicBool,
-    /// The store's [`Store::generation`] the table reflects.
+    /// The store's [`KeyStore::generation`] the table reflects.
     generation: AtomicU64,
     /// `store.snapshot`: where the table is saved, and how often at most it is written whole.
     snapshot: Option<(PathBuf, Duration)>,
@@ -56,7 +56,7 @@ pub struct KeySync {
 
 impl KeySync {
     pub fn new(
-        store: Arc<Store>,
+        store: Arc<dyn KeyStore>,
         table: Arc<KeyTable>,
         status: Arc<SyncStatus>,
         metrics: Metrics,

@@ -7,16 +7,16 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::store::{Store, UsageDelta};
+use super::store::{KeyStore, UsageDelta};
 use crate::core::clock::Clock;
 use crate::proxy::usage::UsageCounters;
 use crate::telemetry::Metrics;
 
 pub struct UsageFlusher {
-    store: Arc<Store>,
+    store: Arc<dyn KeyStore>,
     counters: Arc<UsageCounters>,
     metrics: Metrics,
-    /// The store's [`Store::generation`] the counts were made under.
+    /// The store's [`KeyStore::generation`] the counts were made under.
     generation: AtomicU64,
     clock: Clock,
     /// When the store last took every count made before it, in Unix microseconds;
@@ -27,7 +27,12 @@ pub struct UsageFlusher {
 const NEVER: i64 = i64::MIN;
 
 impl UsageFlusher {
-    pub fn new(store: Arc<Store>, counters: Arc<UsageCounters>, metrics: Metrics, clock: Clock) -> Self {
+    pub fn new(
+        store: Arc<dyn KeyStore>,
+        counters: Arc<UsageCounters>,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> Self {
         let generation = AtomicU64::new(store.generation());
         UsageFlusher {
             store,

@@ -20,7 +20,7 @@ use jiff::Timestamp;
 use tokio::sync::{Mutex, Notify};
 
 use super::lifecycle::Lease;
-use super::store::{PendingWebhook, Store, StoreError};
+use super::store::{KeyStore, PendingWebhook, StoreError};
 use crate::core::clock::Clock;
 use crate::core::outbound::{self, OutboundClient};
 use crate::telemetry::Metrics;
@@ -75,7 +75,7 @@ pub fn backoff(failed: u32) -> Duration {
 }
 
 pub struct Deliverer {
-    store: Arc<Store>,
+    store: Arc<dyn KeyStore>,
     client: OutboundClient,
     url: Uri,
     clock: Clock,
@@ -92,7 +92,7 @@ pub struct Deliverer {
 impl Deliverer {
     pub fn new(
         url: &str,
-        store: Arc<Store>,
+        store: Arc<dyn KeyStore>,
         clock: Clock,
         metrics: Metrics,
         lease: Lease,

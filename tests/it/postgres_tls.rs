@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::support::postgres::{postgres_url, FreshSchema};
 use crate::support::relay::service_addr;
 use crate::support::ConfigEdit;
-use keygate::control::store::{KeyFilter, PgStore, Store};
+use keygate::control::store::{KeyFilter, KeyStore, PgStore};
 
 /// PostgreSQL's `SSLRequest`: length 8, code 80877103.
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
@@ -160,7 +160,7 @@ async fn open(url: String) -> Result<PgStore, String> {
 async fn usable(url: String) {
     let store = open(url).await.unwrap_or_else(|e| panic!("{e}"));
     tokio::task::spawn_blocking(move || {
-        let store: &Store = &store;
+        let store: &dyn KeyStore = &store;
         let keys = store.list(&KeyFilter::default(), jiff::Timestamp::now(), 0, 10);
         assert!(keys.unwrap().is_empty());
     })

@@ -9,7 +9,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use keygate::control::store::{
-    Actor, Audit, KeyFilter, Modified, NewKey, Origin, PgStore, SqliteStore, Store, StoreError, TokenKind,
+    Actor, Audit, KeyFilter, KeyStore, Modified, NewKey, Origin, PgStore, SqliteStore, StoreError, TokenKind,
     UsageDelta,
 };
 use keygate::core::environment::Environment;
@@ -56,7 +56,7 @@ fn audit(event: &'static str) -> Audit {
     }
 }
 
-fn revoke(store: &Store, id: &str, at: Timestamp) -> Result<Modified, StoreError> {
+fn revoke(store: &dyn KeyStore, id: &str, at: Timestamp) -> Result<Modified, StoreError> {
     store.modify(id, audit("revoked"), None, &mut |key| {
         key.status = StoredStatus::Revoked;
         key.updated_at = at;
@@ -66,7 +66,7 @@ fn revoke(store: &Store, id: &str, at: Timestamp) -> Result<Modified, StoreError
 
 // --- the suite ---------------------------------------------------------------------------
 
-fn keys_are_created_read_and_listed_in_pages(store: &Store) {
+fn keys_are_created_read_and_listed_in_pages(store: &dyn KeyStore) {
     for n in 1..=5 {
         let env = if n == 5 {
             Environment::Staging
@@ -110,7 +110,7 @@ fn keys_are_created_read_and_listed_in_pages(store: &Store) {
     assert_eq!(listed[0].id, "key_conformance00002");
 }
 
-fn every_change_bumps_the_revision_and_is_read_back_once(store: &Store) {
+fn every_change_bumps_the_revision_and_is_read_back_once(store: &dyn KeyStore) {
     let start = store.revision().unwrap();
     store
         .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
@@ -138,7 +138,7 @@ fn every_change_bumps_the_revision_and_is_read_back_once(store: &Store) {
     assert!(store.changes_since(start + 3, 10).unwrap().keys.is_empty());
 }
 
-fn a_change_is_audited_without_its_secret(store: &Store) {
+fn a_change_is_audited_without_its_secret(store: &dyn KeyStore) {
     store
         .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
         .unwrap();
@@ -175,7 +175,7 @@ fn a_change_is_audited_without_its_secret(store: &Store) {
     ));
 }
 
-fn a_change_that_changes_nothing_writes_nothing(store: &Store) {
+fn a_change_that_changes_nothing_writes_nothing(store: &dyn KeyStore) {
     store
         .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
         .unwrap();
@@ -195,7 +195,7 @@ fn a_change_that_changes_nothing_writes_nothing(store: &Store) {
     );
 }
 
-fn a_deleted_key_is_a_tombstone_that_cannot_change(store: &Store) {
+fn a_deleted_key_is_a_tombstone_that_cannot_change(store: &dyn KeyStore) {
     store
         .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
         .unwrap();
@@ -214,7 +214,7 @@ fn a_deleted_key_is_a_tombstone_that_cannot_change(store: &Store) {
     assert!(store.list(&KeyFilter::default(), t(2), 0, 10).unwrap().is_empty());
 }
 
-fn a_secret_belongs_to_one_key_current_or_in_grace(store: &Store) {
+fn a_secret_belongs_to_one_key_current_or_in_grace(store: &dyn KeyStore) {
     store
         .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
         .unwrap();
@@ -256,7 +256,7 @@ fn a_secret_belongs_to_one_key_current_or_in_grace(store: &Store) {
     );
 }
 
-fn usage_is_added_up_by_day_and_moves_last_use_forward(store: &Store) {
+fn usage_is_added_up_by_day_and_moves_last_use_forward(store: &dyn KeyStore) {
     let key = store
         .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
         .unwrap();
@@ -286,7 +286,7 @@ fn usage_is_added_up_by_day_and_moves_last_use_forward(store: &Store) {
     assert!(matches!(store.usage("key_missing"), Err(StoreError::NotFound)));
 }
 
-fn idle_keys_are_found_and_each_warning_is_recorded_once(store: &Store) {
+fn idle_keys_are_found_and_each_warning_is_recorded_once(store: &dyn KeyStore) {
     let old = store
         .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
         .unwrap();
@@ -314,7 +314,7 @@ fn idle_keys_are_found_and_each_warning_is_recorded_once(store: &Store) {
     );
 }
 
-fn a_webhook_is_claimed_by_one_deliverer_at_a_time(store: &Store) {
+fn a_webhook_is_claimed_by_one_deliverer_at_a_time(store: &dyn KeyStore) {
     store.enqueue_webhook("{\"n\":1}", t(0)).unwrap();
     store.enqueue_webhook("{\"n\":2}", t(0)).unwrap();
     let first = store.claim_webhook(t(1), t(61)).unwrap().unwrap();
@@ -334,7 +334,7 @@ fn a_webhook_is_claimed_by_one_deliverer_at_a_time(store: &Store) {
     assert_eq!((again.id, again.attempts), (first.id, 1));
 }
 
-fn a_lease_has_one_holder_until_it_runs_out(store: &Store) {
+fn a_lease_has_one_holder_until_it_runs_out(store: &dyn KeyStore) {
     let ttl = Duration::from_secs(60);
     assert!(store.try_lease("sweep", "a", t(0), ttl).unwrap());
     assert!(!store.try_lease("sweep", "b", t(30), ttl).unwrap());
@@ -349,7 +349,7 @@ fn a_lease_has_one_holder_until_it_runs_out(store: &Store) {
     );
 }
 
-fn a_batch_goes_in_whole_or_not_at_all(store: &Store) {
+fn a_batch_goes_in_whole_or_not_at_all(store: &dyn KeyStore) {
     let start = store.revision().unwrap();
     let batch: Vec<_> = (1..=3)
         .map(|n| new_key(n, Environment::Production, t(0)))
@@ -371,7 +371,7 @@ fn a_batch_goes_in_whole_or_not_at_all(store: &Store) {
 }
 
 /// One conformance test: its name and the function that runs it against a store.
-type Conformance = (&'static str, fn(&Store));
+type Conformance = (&'static str, fn(&dyn KeyStore));
 
 const SUITE: &[Conformance] = &[
     (
@@ -426,7 +426,7 @@ const SUITE: &[Conformance] = &[
 fn sqlite_passes_the_suite() {
     for (name, test) in SUITE {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<Store> = Arc::new(SqliteStore::create(&dir.path().join("keys.db")).unwrap());
+        let store: Arc<dyn KeyStore> = Arc::new(SqliteStore::create(&dir.path().join("keys.db")).unwrap());
         eprintln!("sqlite: {name}");
         test(&*store);
     }
@@ -437,7 +437,7 @@ fn postgres_passes_the_suite() {
     let Some(url) = postgres_url() else { return };
     for (name, test) in SUITE {
         let schema = FreshSchema::new(&url);
-        let store: Arc<Store> = Arc::new(PgStore::open(&schema.url).unwrap());
+        let store: Arc<dyn KeyStore> = Arc::new(PgStore::open(&schema.url).unwrap());
         eprintln!("postgres: {name}");
         test(&*store);
     }

@@ -39,7 +39,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::keys::{KeyError, KeyService};
-use super::store::{Actor, KeyFilter, Origin, Store, StoreError, StoredKey};
+use super::store::{Actor, KeyFilter, KeyStore, Origin, StoreError, StoredKey};
 use crate::core::clock::Clock;
 use crate::core::key::{KeyStatus, StoredStatus};
 use crate::core::secret::{check_format, Format, Hasher, KeyHash};
@@ -191,14 +191,14 @@ pub enum LeakError {
 /// Decides reports against one store.
 #[derive(Clone)]
 pub struct Leaks {
-    store: Arc<Store>,
+    store: Arc<dyn KeyStore>,
     keys: KeyService,
     hasher: Hasher,
     action: Action,
 }
 
 impl Leaks {
-    pub fn new(store: Arc<Store>, hasher: Hasher, clock: Clock, action: Action) -> Leaks {
+    pub fn new(store: Arc<dyn KeyStore>, hasher: Hasher, clock: Clock, action: Action) -> Leaks {
         Leaks {
             keys: KeyService::new(store.clone(), hasher.clone(), clock, Actor::Cli),
             store,
@@ -302,11 +302,11 @@ mod tests {
     struct Fixture {
         leaks: Leaks,
         keys: KeyService,
-        store: Arc<Store>,
+        store: Arc<dyn KeyStore>,
     }
 
     fn fixture(action: Action) -> Fixture {
-        let store: Arc<Store> = Arc::new(SqliteStore::open(std::path::Path::new(":memory:")).unwrap());
+        let store: Arc<dyn KeyStore> = Arc::new(SqliteStore::open(std::path::Path::new(":memory:")).unwrap());
         let hasher = Hasher::with_pepper(b"pepper");
         Fixture {
             leaks: Leaks::new(store.clone(), hasher.clone(), system_clock(), action),

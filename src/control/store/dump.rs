@@ -13,6 +13,7 @@ use std::io::{BufRead, Write};
 
 use serde::{Deserialize, Serialize};
 
+pub use super::row::{Hex, KeyRow};
 use crate::core::secret::{Hasher, KeyHash};
 
 /// The format's version, the header's `keygate_dump`.
@@ -28,32 +29,6 @@ pub struct Dump {
     pub events: Vec<EventRow>,
     pub warnings: Vec<WarningRow>,
     pub webhooks: Vec<WebhookRow>,
-}
-
-/// A key row, every column, deleted keys (tombstones) included.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct KeyRow {
-    pub seq: i64,
-    pub id: String,
-    pub name: String,
-    pub environment: String,
-    pub hash: Hex,
-    pub prefix: String,
-    pub permissions: String,
-    pub rate_limit: Option<String>,
-    pub customer_id: Option<String>,
-    pub allowed_ips: String,
-    pub expires_at: Option<i64>,
-    pub status: String,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub last_used_at: Option<i64>,
-    pub previous_hash: Option<Hex>,
-    pub grace_until: Option<i64>,
-    pub previous_last_used_at: Option<i64>,
-    pub metadata: String,
-    pub revision: i64,
-    pub idle_from: Option<i64>,
 }
 
 /// Requests of one key on one day.
@@ -94,41 +69,6 @@ pub struct WebhookRow {
     pub attempts: i64,
     pub next_attempt_at: i64,
     pub created_at: i64,
-}
-
-/// A secret's hash, written as 64 hex digits.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Hex(pub [u8; 32]);
-
-impl Hex {
-    /// From a store column; anything but 32 bytes is a corrupt row.
-    pub fn from_column(bytes: &[u8], column: &str) -> Result<Hex, super::StoreError> {
-        <[u8; 32]>::try_from(bytes)
-            .map(Hex)
-            .map_err(|_| super::StoreError::Corrupt(format!("{column} holds {} bytes, not 32", bytes.len())))
-    }
-}
-
-impl Serialize for Hex {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let text: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
-        serializer.serialize_str(&text)
-    }
-}
-
-impl<'de> Deserialize<'de> for Hex {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        let invalid = || serde::de::Error::custom("a hash is 64 hex digits");
-        if text.len() != 64 || !text.is_ascii() {
-            return Err(invalid());
-        }
-        let mut bytes = [0u8; 32];
-        for (i, byte) in bytes.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| invalid())?;
-        }
-        Ok(Hex(bytes))
-    }
 }
 
 /// The first line of a dump.

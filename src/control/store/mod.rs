@@ -1,14 +1,21 @@
 //! The backing store of keys and their usage (control plane), behind one seam: [`KeyStore`].
 //! SQLite, embedded, for one host; PostgreSQL for replicas on several hosts. The CLI, the admin
 //! API, the key sync, the lifecycle sweep, the webhook outbox and the usage flusher name only
-//! [`Store`] and the [`model`] types.
+//! [`KeyStore`] and the [`model`] types.
 //!
 //! Both stores are synchronous and are called from blocking threads (`spawn_blocking`, the
 //! CLI); the PostgreSQL one also copes with a caller inside a runtime.
+//!
+//! What both backends share lives here, beside the seam, not in either: `row` (a key's
+//! columns, listed once, and the one way a key becomes a row and back), `audit` (what an
+//! audit record says of a change), [`dump`] (a whole store as data). Each backend is a folder
+//! split along its own sections (`sqlite/`, `postgres/`).
 
+mod audit;
 pub mod dump;
 pub mod model;
 mod postgres;
+mod row;
 mod sqlite;
 
 use std::path::Path;
@@ -21,9 +28,6 @@ use tokio::sync::watch;
 pub use model::*;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
-
-/// The store a deployment uses, whichever backend it is.
-pub type Store = dyn KeyStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -48,14 +52,8 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(error: rusqlite::Error) -> Self {
-        StoreError::Unavailable(error.to_string())
-    }
-}
-
 /// Opens the existing store a config names; a missing one is [`StoreError::Missing`].
-pub fn open(url: &crate::config::StoreUrl) -> Result<Arc<Store>, StoreError> {
+pub fn open(url: &crate::config::StoreUrl) -> Result<Arc<dyn KeyStore>, StoreError> {
     match url {
         crate::config::StoreUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::open(Path::new(path))?)),
         crate::config::StoreUrl::Postgres(url) => Ok(Arc::new(PgStore::open(url)?)),
@@ -64,7 +62,7 @@ pub fn open(url: &crate::config::StoreUrl) -> Result<Arc<Store>, StoreError> {
 
 /// The existing store a config names, opened by the key sync's first attempt that can (a
 /// gateway starts while its store is locked); a missing one is [`StoreError::Missing`].
-pub fn open_later(url: &crate::config::StoreUrl) -> Result<Arc<Store>, StoreError> {
+pub fn open_later(url: &crate::config::StoreUrl) -> Result<Arc<dyn KeyStore>, StoreError> {
     match url {
         crate::config::StoreUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::open_later(Path::new(path))?)),
         crate::config::StoreUrl::Postgres(url) => Ok(Arc::new(PgStore::open_later(url)?)),
@@ -73,7 +71,7 @@ pub fn open_later(url: &crate::config::StoreUrl) -> Result<Arc<Store>, StoreErro
 
 /// Opens the store a config names, creating it first when it does not exist: the explicit act
 /// of the commands that add keys. A file that exists must be a keygate store already.
-pub fn create(url: &crate::config::StoreUrl) -> Result<Arc<Store>, StoreError> {
+pub fn create(url: &crate::config::StoreUrl) -> Result<Arc<dyn KeyStore>, StoreError> {
     match url {
         crate::config::StoreUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::create(Path::new(path))?)),
         // The database is the operator's to create; its tables are created on first open.
@@ -82,7 +80,7 @@ pub fn create(url: &crate::config::StoreUrl) -> Result<Arc<Store>, StoreError> {
 }
 
 /// `keygate store init`: [`create`], and an existing empty file gets keygate's schema too.
-pub fn init(url: &crate::config::StoreUrl) -> Result<Arc<Store>, StoreError> {
+pub fn init(url: &crate::config::StoreUrl) -> Result<Arc<dyn KeyStore>, StoreError> {
     match url {
         crate::config::StoreUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::init(Path::new(path))?)),
         crate::config::StoreUrl::Postgres(url) => Ok(Arc::new(PgStore::open(url)?)),
@@ -118,101 +116,139 @@ pub fn exists(url: &crate::config::StoreUrl) -> Result<(), StoreError> {
     }
 }
 
-/// Writes the seam once: the trait, and each backend's implementation of it by its own
-/// methods of the same names (documented there).
-macro_rules! seam {
-    ($( fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty; )*) => {
-        /// What the control plane asks of a store. Every change bumps the store revision and
-        /// writes its audit record in the same transaction.
-        pub trait KeyStore: Send + Sync + std::fmt::Debug {
-            $( fn $name(&self $(, $arg: $ty)*) -> $ret; )*
-
-            /// Wakes on each change committed anywhere, where the store pushes changes
-            /// (PostgreSQL's `NOTIFY`); `None` where readers poll.
-            fn change_feed(&self) -> Option<watch::Receiver<u64>> {
-                None
-            }
-
-            /// Opens a store not open yet, and reopens one whose file was replaced under it:
-            /// true when it was (a file store's concern; a database server's store is never
-            /// replaced under its clients).
-            fn reopen_if_replaced(&self) -> Result<bool, StoreError> {
-                Ok(false)
-            }
-
-            /// How many times the store was reopened because it was replaced.
-            fn generation(&self) -> u64 {
-                0
-            }
-        }
-
-        impl KeyStore for SqliteStore {
-            $( fn $name(&self $(, $arg: $ty)*) -> $ret { SqliteStore::$name(self $(, $arg)*) } )*
-
-            fn reopen_if_replaced(&self) -> Result<bool, StoreError> {
-                SqliteStore::reopen_if_replaced(self)
-            }
-
-            fn generation(&self) -> u64 {
-                SqliteStore::generation(self)
-            }
-        }
-
-        impl KeyStore for PgStore {
-            $( fn $name(&self $(, $arg: $ty)*) -> $ret { PgStore::$name(self $(, $arg)*) } )*
-
-            fn change_feed(&self) -> Option<watch::Receiver<u64>> {
-                Some(PgStore::change_feed(self))
-            }
-        }
-    };
-}
-
-seam! {
+/// What the control plane asks of a store, whichever backend it is. Every change to a key bumps
+/// the store-wide revision, stamps the key's row with it and writes its audit record, in one
+/// transaction; deleted keys stay as tombstones, so a reader that asks for the changes since
+/// the last revision it saw misses none.
+pub trait KeyStore: Send + Sync + std::fmt::Debug {
+    /// Inserts a new key with its creation's audit record. A secret another key holds
+    /// (current or in its grace period) is [`StoreError::SecretInUse`]; an id in use a
+    /// [`StoreError::Conflict`].
     fn insert(&self, key: &NewKey, audit: Audit) -> Result<StoredKey, StoreError>;
+
+    /// The key with this id, deleted or not.
     fn get(&self, id: &str) -> Result<Option<StoredKey>, StoreError>;
+
+    /// Reads the key, lets `change` edit it, and writes it back with a new revision and an
+    /// audit record of what changed, in one transaction, so concurrent changes cannot lose
+    /// each other. A change that changes nothing but `updated_at` writes nothing
+    /// ([`Modified::changed`] false). Deleted keys are not found. `webhook`: a payload to queue
+    /// in the same transaction (lifecycle events). An `Err` from `change` is returned as it is,
+    /// nothing written.
     fn modify(
         &self,
         id: &str,
         audit: Audit,
         webhook: Option<&str>,
-        change: &mut (dyn FnMut(&mut StoredKey) -> Result<(), StoreError> + Send)
+        change: &mut (dyn FnMut(&mut StoredKey) -> Result<(), StoreError> + Send),
     ) -> Result<Modified, StoreError>;
+
+    /// A key's audit trail, oldest first, from after event `after` on, at most `limit`. Kept
+    /// for deleted keys; an unknown id is [`StoreError::NotFound`].
     fn events(&self, id: &str, after: u64, limit: usize) -> Result<Vec<KeyEvent>, StoreError>;
+
+    /// Keys matching `filter` (statuses as of `now`), in creation order, starting after the key
+    /// with sequence number `after`, at most `limit`. Every condition is in SQL, so a page
+    /// costs the same however many keys there are.
     fn list(
         &self,
         filter: &KeyFilter,
         now: Timestamp,
         after: u64,
-        limit: usize
+        limit: usize,
     ) -> Result<Vec<StoredKey>, StoreError>;
+
+    /// Up to `limit` rows changed after `revision`, tombstones included, oldest change first,
+    /// read in one snapshot with the store's revision. [`Changes::revision`] is where the next
+    /// call starts: the last row's revision when there may be more, the store's when this was
+    /// the last batch. A row that cannot be decoded is reported in [`Changes::bad_rows`].
     fn changes_since(&self, revision: u64, limit: usize) -> Result<Changes, StoreError>;
+
+    /// Adds counted requests to the keys' daily totals and moves their `last_used_at` (or
+    /// `previous_last_used_at`) forward. Usage does not bump the revision: it does not change
+    /// what a gateway admits.
     fn record_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError>;
+
+    /// A key's usage history, deleted or not.
     fn usage(&self, id: &str) -> Result<Usage, StoreError>;
+
+    /// The current store revision.
     fn revision(&self) -> Result<u64, StoreError>;
+
+    /// Up to `limit` active keys, unexpired at `now`, idle since `cutoff` or longer, in
+    /// creation order from after the key with sequence number `after` (a page; the sweep reads
+    /// them all).
     fn idle_keys(
         &self,
         cutoff: Timestamp,
         now: Timestamp,
         after: u64,
-        limit: usize
+        limit: usize,
     ) -> Result<Vec<IdleKey>, StoreError>;
+
+    /// Records that the idle warning `threshold` (seconds before `deadline`) went out for a key,
+    /// and queues its webhook payload, in one transaction. False when it was recorded before:
+    /// each warning goes out once, whichever gateway sweeps and however often it restarts.
     fn record_warning(
         &self,
         seq: u64,
         deadline: Timestamp,
         threshold: u64,
         now: Timestamp,
-        webhook: Option<&str>
+        webhook: Option<&str>,
     ) -> Result<bool, StoreError>;
+
+    /// When the first idle warning for this key and deadline went out, if one did.
     fn first_warning_at(&self, seq: u64, deadline: Timestamp) -> Result<Option<Timestamp>, StoreError>;
+
+    /// Queues a webhook payload for delivery.
     fn enqueue_webhook(&self, payload: &str, now: Timestamp) -> Result<(), StoreError>;
+
+    /// Webhook deliveries due at `now`, oldest first, at most `limit`.
     fn due_webhooks(&self, now: Timestamp, limit: usize) -> Result<Vec<PendingWebhook>, StoreError>;
+
+    /// Takes the oldest payload due at `now` for one delivery attempt: it is not due again
+    /// before `until`, so no other deliverer (another replica included) posts it meanwhile,
+    /// and a deliverer that dies mid-attempt leaves it to be tried again after `until`.
     fn claim_webhook(&self, now: Timestamp, until: Timestamp) -> Result<Option<PendingWebhook>, StoreError>;
+
+    /// Removes a delivered (or abandoned) webhook from the outbox.
     fn webhook_done(&self, id: u64) -> Result<(), StoreError>;
+
+    /// Counts a failed delivery attempt and sets when to try again.
     fn webhook_retry_at(&self, id: u64, attempts: u32, at: Timestamp) -> Result<(), StoreError>;
+
+    /// Takes or renews the lease `name` for `holder` until `now + ttl`. True when `holder` has
+    /// it: nobody held it, its holder let it run out, or `holder` held it already.
     fn try_lease(&self, name: &str, holder: &str, now: Timestamp, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Inserts many keys in one transaction, all or none, each with its own revision and audit
+    /// record: bulk imports from another system, benchmarks.
     fn insert_many(&self, keys: &[NewKey], audit: Audit) -> Result<(), StoreError>;
+
+    /// Every row, read in one consistent snapshot while gateways write: `keygate store export`
+    /// and `copy`.
     fn export_dump(&self) -> Result<dump::Dump, StoreError>;
+
+    /// Writes `dump` in one transaction, all of it or nothing. See [`dump::Onto`] for a store
+    /// that holds keys already.
     fn import_dump(&self, dump: &dump::Dump, onto: dump::Onto) -> Result<(), StoreError>;
+
+    /// Wakes on each change committed anywhere, where the store pushes changes
+    /// (PostgreSQL's `NOTIFY`); `None` where readers poll.
+    fn change_feed(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
+
+    /// Opens a store not open yet, and reopens one whose file was replaced under it: true
+    /// when it was (a file store's concern; a database server's store is never replaced under
+    /// its clients).
+    fn reopen_if_replaced(&self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
+    /// How many times the store was reopened because it was replaced.
+    fn generation(&self) -> u64 {
+        0
+    }
 }

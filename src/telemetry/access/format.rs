@@ -344,5 +344,4 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 #[cfg(test)]
-#[path = "format_tests.rs"]
 mod tests;

@@ -264,5 +264,4 @@ impl Shared {
 }
 
 #[cfg(test)]
-#[path = "writer_tests.rs"]
 mod tests;

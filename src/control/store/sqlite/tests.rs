@@ -1,11 +1,16 @@
 //! The SQLite store's own guarantees, beyond what the key service checks first.
 
-use jiff::Timestamp;
+use std::time::Duration;
 
-use super::*;
-use crate::control::store::{Actor, NewKey};
+use jiff::Timestamp;
+use rusqlite::{params, Connection};
+
+use super::schema::MIGRATIONS;
+use super::SqliteStore;
+use crate::control::store::{Actor, Audit, KeyStore, NewKey, StoreError, StoredKey};
 use crate::core::environment::Environment;
-use crate::core::secret::Hasher;
+use crate::core::key::KeySpec;
+use crate::core::secret::{Hasher, KeyHash};
 
 const AUDIT: Audit = Audit {
     actor: Actor::Cli,

@@ -33,7 +33,7 @@ fn logged(f: impl FnOnce()) -> String {
 
 #[test]
 fn a_patch_that_changes_nothing_logs_no_update_spends_no_revision_and_records_no_event() {
-    let store: Arc<Store> = Arc::new(SqliteStore::open(std::path::Path::new(":memory:")).unwrap());
+    let store: Arc<dyn KeyStore> = Arc::new(SqliteStore::open(std::path::Path::new(":memory:")).unwrap());
     let service = KeyService::new(store.clone(), Hasher::unkeyed(), system_clock(), Actor::Cli);
     let created = service
         .create(KeySpec::new("billing", Environment::Production))
