@@ -168,5 +168,4 @@ impl RestartOnly {
 }
 
 #[cfg(test)]
-#[path = "restart_tests.rs"]
 mod tests;

@@ -661,5 +661,4 @@ fn webhook(text: &str) -> Result<String, String> {
 }
 
 #[cfg(test)]
-#[path = "validate_tests.rs"]
 mod tests;

@@ -356,5 +356,4 @@ async fn read_file(path: &std::path::Path) -> Result<Bytes, KeysError> {
 }
 
 #[cfg(test)]
-#[path = "github_tests.rs"]
 mod tests;

@@ -65,7 +65,7 @@ fn an_empty_file_takes_every_default() {
 
 #[test]
 fn the_example_file_is_valid() {
-    let example = include_str!("../../gateway.toml.example");
+    let example = include_str!("../../../gateway.toml.example");
     let config = parse_ok(example);
     assert_eq!(config.routes.len(), 1);
     let route = &config.routes[0];
