@@ -71,9 +71,9 @@ impl Activity {
     }
 
     /// Counts an exchange open until the returned guard is dropped.
-    pub fn open(&self) -> Exchange {
+    pub fn open(&self) -> OpenExchange {
         self.0.open.fetch_add(1, Ordering::AcqRel);
-        Exchange(self.0.clone())
+        OpenExchange(self.0.clone())
     }
 
     /// Resolves once no exchange has been open for `period`.
@@ -95,9 +95,9 @@ impl Activity {
 }
 
 /// An open exchange; dropped when its response body is done.
-pub struct Exchange(Arc<Counters>);
+pub struct OpenExchange(Arc<Counters>);
 
-impl Drop for Exchange {
+impl Drop for OpenExchange {
     fn drop(&mut self) {
         let counters = &self.0;
         let ms = counters.since.elapsed().as_millis();
@@ -111,11 +111,11 @@ impl Drop for Exchange {
 /// A response body that keeps its exchange open until it has been sent (or dropped).
 pub struct Tracked<B> {
     body: B,
-    _exchange: Exchange,
+    _exchange: OpenExchange,
 }
 
 impl<B> Tracked<B> {
-    pub fn new(body: B, exchange: Exchange) -> Self {
+    pub fn new(body: B, exchange: OpenExchange) -> Self {
         Tracked {
             body,
             _exchange: exchange,

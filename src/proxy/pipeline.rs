@@ -55,7 +55,7 @@ use super::limits::{Decision, LimitState};
 use super::overrides;
 use super::path::{decode_segment, normalize};
 use super::state::{RouteState, Shared, Snapshot};
-use super::table::{AuthKey, Secret};
+use super::table::{AuthKey, Presented};
 use super::tunnel;
 use super::upstream::{FromClient, OutBody, SendFailure, UpstreamBody, UpstreamClient};
 use super::Body;
@@ -116,7 +116,7 @@ struct Admitted {
     route: usize,
     key: Arc<AuthKey>,
     /// Which of the key's secrets the request presented.
-    secret: Secret,
+    secret: Presented,
     uri: http::Uri,
     source: Source,
     /// The host the client addressed, in normal form, for the upstream.
@@ -162,7 +162,7 @@ struct Exchange {
 struct Upgrade {
     protocol: HeaderValue,
     client: OnUpgrade,
-    secret: Secret,
+    secret: Presented,
 }
 
 /// An admitted request's final phase, run exactly once: by [`Final::finish`] with the answer,
@@ -323,7 +323,7 @@ fn admit<B>(
     let now = shared.clock.now().as_second();
     let (key, which, source) = authenticate(shared, snapshot, route, request, now, &mut ctx.key)
         .map_err(|refusal| throttle(snapshot, ctx.client, refusal))?;
-    let previous = matches!(which, Secret::Previous { .. });
+    let previous = matches!(which, Presented::Previous { .. });
     shared.record_use(&key, previous, now, snapshot.config.metrics.per_key);
 
     // 5: the client IP.
@@ -403,7 +403,7 @@ fn authenticate<B>(
     request: &Request<B>,
     now: i64,
     found: &mut Option<Arc<AuthKey>>,
-) -> Result<(Arc<AuthKey>, Secret, Source), Refusal> {
+) -> Result<(Arc<AuthKey>, Presented, Source), Refusal> {
     // 2: the credential; a malformed key (bad checksum) is refused before the lookup.
     let mut buf = [0; 1024];
     let (secret, source) =
@@ -423,7 +423,7 @@ fn authenticate<B>(
         .lookup(&hash)
         .ok_or(Refusal::Unauthenticated(AuthFailure::Unknown))?;
     *found = Some(key.clone());
-    usable(&key, which, now)?;
+    key.usable(which, now).map_err(Refusal::Unauthenticated)?;
 
     // 4: the key's environment is the route's.
     if key.environment != route.environment {
@@ -441,26 +441,6 @@ fn throttle(snapshot: &Snapshot, client: IpAddr, refusal: Refusal) -> Refusal {
             .throttled(client)
             .map_or(refusal, |retry_after| Refusal::IpThrottled { retry_after }),
         refusal => refusal,
-    }
-}
-
-fn usable(key: &AuthKey, which: Secret, now: i64) -> Result<(), Refusal> {
-    key_usable(key, which, now).map_err(Refusal::Unauthenticated)
-}
-
-/// Whether a key found by the secret presented may be used at `now`: not revoked, not expired,
-/// and, for a replaced secret, still in its grace period (past it, the secret is unknown). The
-/// admin API's `verify` asks the same.
-pub fn key_usable(key: &AuthKey, which: Secret, now: i64) -> Result<(), AuthFailure> {
-    if key.revoked {
-        return Err(AuthFailure::Revoked);
-    }
-    if key.expired(now) {
-        return Err(AuthFailure::Expired);
-    }
-    match which {
-        Secret::Previous { until } if until <= now => Err(AuthFailure::Unknown),
-        Secret::Current | Secret::Previous { .. } => Ok(()),
     }
 }
 

@@ -480,7 +480,7 @@ const FAILURE_WARNING_EVERY: Duration = Duration::from_secs(10);
 /// open one.
 struct Pool {
     settings: PoolSettings,
-    idle: Mutex<VecDeque<Idle>>,
+    idle: Mutex<VecDeque<Pooled>>,
     /// `pool_max_connections` permits; each open connection's socket holds one until it closes.
     slots: Arc<Semaphore>,
     /// `pool_max_connections` permits; each request holds one (its [`Turn`]) while it uses a
@@ -509,7 +509,8 @@ struct PoolSettings {
     idle_timeout: Duration,
 }
 
-struct Idle {
+/// A connection waiting in the pool for its next request, and since when.
+struct Pooled {
     sender: Sender,
     since: Instant,
 }
@@ -553,7 +554,7 @@ impl Pool {
         );
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Pooled>> {
         // The lock guards plain pushes and pops, which cannot leave the list half-changed.
         self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -579,7 +580,7 @@ impl Pool {
         if idle.len() == self.settings.max_idle {
             idle.pop_front();
         }
-        idle.push_back(Idle {
+        idle.push_back(Pooled {
             sender,
             since: Instant::now(),
         });
