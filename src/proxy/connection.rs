@@ -1,6 +1,6 @@
-//! One client connection's life after the handshake (data plane): served until the client or
-//! hyper ends it, closed when it has had no exchange open for `idle_timeout`, and at shutdown
-//! closed as soon as its work is done.
+//! One client connection's life after the handshake (data plane): where it comes from
+//! ([`Peer`]), served until the client or hyper ends it, closed when it has had no exchange
+//! open for `idle_timeout`, and at shutdown closed as soon as its work is done.
 //!
 //! hyper alone cannot end an HTTP/2 connection that way. Its graceful shutdown sends GOAWAY
 //! with a PING and waits for the client's answer before the final GOAWAY and the close (h2
@@ -16,6 +16,7 @@
 //!   when it has had no exchange open for [`AFTER_GOAWAY`], answered PING or not.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -36,6 +37,13 @@ use tokio::time::Instant;
 /// beside `shutdown_grace`. Envoy's `drain_timeout` (between its first GOAWAY and the last)
 /// defaults to the same.
 pub const AFTER_GOAWAY: Duration = Duration::from_secs(5);
+
+/// Where a connection comes from.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
 
 /// A connection's open exchanges and when the last one ended, shared by its requests. Kept
 /// with two atomics and read by a timer, so a request wakes nothing.

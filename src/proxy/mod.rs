@@ -12,6 +12,7 @@ pub mod limits;
 pub mod overrides;
 pub mod path;
 pub mod pipeline;
+pub mod request_id;
 pub mod router;
 mod sent;
 pub mod server;

@@ -35,7 +35,7 @@
 //!   mid-upload) is the client's fault: 400 (499 when it left), never the upstream's 502.
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -47,30 +47,26 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
 use super::client_ip::{client_ip, is_trusted};
+use super::connection::Peer;
 use super::credentials::{self, CredentialError, Source};
 use super::error::{self, AuthFailure, BadRequest, Denial, Refusal, UpstreamFailure};
-use super::forward::{self, method_is_canonical, Credentials, Identity, Passing, X_REQUEST_ID};
-use super::head;
+use super::forward::{self, Credentials, Identity, Passing};
+use super::head::{self, method_is_canonical};
 use super::limits::{Decision, LimitState};
 use super::overrides;
 use super::path::{decode_segment, normalize};
+use super::request_id::{self, X_REQUEST_ID};
 use super::state::{RouteState, Shared, Snapshot};
 use super::table::{AuthKey, Presented};
 use super::tunnel;
-use super::upstream::{FromClient, OutBody, SendFailure, UpstreamBody, UpstreamClient};
+use super::sent::{FromClient, OutBody};
+use super::upstream::{SendFailure, UpstreamBody, UpstreamClient};
 use super::Body;
 use crate::config::UnderscoreHeaders;
 use crate::core::key::RateLimitSpec;
 use crate::core::secret::{check_format, Format};
 use crate::telemetry::access;
 use crate::telemetry::traces::{Outcome, RequestSpan};
-
-/// Where a connection comes from.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer {
-    pub addr: SocketAddr,
-    pub tls: bool,
-}
 
 /// What one request carries through the steps, for the final phase.
 struct Context {
@@ -204,7 +200,7 @@ fn begin(
     request: Request<Incoming>,
 ) -> Begun<impl Future<Output = Response<Body>> + Send + '_> {
     let snapshot = shared.snapshot.load_full();
-    let mut ctx = Context::new(&snapshot, peer, request.headers(), request_id(&request));
+    let mut ctx = Context::new(&snapshot, peer, request.headers(), request_id::of(&request));
     let method = request.method().clone();
     let version = request.version();
     ctx.target = keeps_records(&snapshot).then(|| request.uri().clone());
@@ -364,7 +360,7 @@ fn admit<B>(
         }
     };
 
-    let upstream = &snapshot.upstreams[route.upstream].0;
+    let upstream = &snapshot.upstreams[route.upstream].client;
     let uri = upstream
         .uri(&path, request.uri().query())
         .map_err(|_| Refusal::BadRequest(BadRequest::AmbiguousPath))?;
@@ -507,7 +503,7 @@ fn outgoing(
         method_override: route.allow_method_override,
         trusted_peer: is_trusted(peer.addr.ip(), &server.trusted_proxies),
     };
-    let upstream = &snapshot.upstreams[route.upstream].0;
+    let upstream = &snapshot.upstreams[route.upstream].client;
     let protocol = tunnel::requested(request.version(), request.headers());
     forward::prepare(&mut request, admitted.uri, &identity, &passing, &upstream.host);
     if let Some(span) = &ctx.span {
@@ -540,7 +536,8 @@ async fn forward(
     ctx: &mut Context,
     (upstream, outgoing, upgrade): Outgoing,
 ) -> Result<Response<Body>, Refusal> {
-    let (upstream, histogram) = &snapshot.upstreams[upstream];
+    let upstream = &snapshot.upstreams[upstream];
+    let (histogram, upstream) = (&upstream.duration, &upstream.client);
     let sent = Instant::now();
     ctx.sent = Some(sent);
     let result = upstream
@@ -790,27 +787,6 @@ fn record(
         access::log(&record);
     }
     snapshot.recent.push(&record);
-}
-
-/// The client's request id if it sent a sane one, a new one otherwise.
-fn request_id(request: &Request<Incoming>) -> HeaderValue {
-    request
-        .headers()
-        .get(X_REQUEST_ID)
-        .filter(|v| (1..=128).contains(&v.len()) && v.as_bytes().iter().all(|b| b.is_ascii_graphic()))
-        .cloned()
-        .unwrap_or_else(new_request_id)
-}
-
-/// 128 random bits in 32 lower-case hex digits.
-pub(super) fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bits = rand::random::<u128>();
-    let mut id = [0; 32];
-    for (i, digit) in id.iter_mut().enumerate() {
-        *digit = HEX[(bits >> (4 * (31 - i)) & 0xf) as usize];
-    }
-    HeaderValue::from_bytes(&id).expect("hex is a valid header value")
 }
 
 #[cfg(test)]

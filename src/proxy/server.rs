@@ -16,8 +16,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use super::connection::{self, Activity, Tracked};
-use super::pipeline::{self, Peer};
+use super::connection::{self, Activity, Peer, Tracked};
+use super::pipeline;
 use super::state::Shared;
 use super::tls::Tls;
 use super::tunnel::Counted;
