@@ -4,8 +4,11 @@
 pub mod bare;
 pub mod client_ip;
 pub mod connection;
+mod context;
 pub mod credentials;
 pub mod error;
+mod exchange;
+mod final_phase;
 pub mod forward;
 pub mod head;
 pub mod limits;

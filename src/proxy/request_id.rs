@@ -52,7 +52,10 @@ mod tests {
     #[test]
     fn a_new_id_is_32_lower_case_hex_digits() {
         let id = new();
-        assert!(id.as_bytes().iter().all(|b| b"0123456789abcdef".contains(b)), "{id:?}");
+        assert!(
+            id.as_bytes().iter().all(|b| b"0123456789abcdef".contains(b)),
+            "{id:?}"
+        );
         assert_ne!(new(), id);
     }
 }

@@ -29,13 +29,19 @@ use super::error::BodyFault;
 /// `server.max_request_body` (bodies without a Content-Length are only counted as they pass).
 pub type OutBody = Limited<FromClient>;
 
+/// The client's `body` as it goes upstream: cut off past `max` bytes (`server.max_request_body`).
+pub fn out_body(body: Incoming, max: Option<u64>) -> OutBody {
+    let limit = max.map_or(usize::MAX, |max| usize::try_from(max).unwrap_or(usize::MAX));
+    Limited::new(FromClient::new(body), limit)
+}
+
 /// The client's request body, its errors marked as the client's ([`ClientBodyError`]): hyper's
 /// client reports a body that failed as its own error, which would otherwise read as the
 /// upstream's connection failing.
 pub struct FromClient(Incoming);
 
 impl FromClient {
-    pub fn new(body: Incoming) -> Self {
+    fn new(body: Incoming) -> Self {
         FromClient(body)
     }
 }
