@@ -25,11 +25,12 @@ use super::credentials::Source;
 use super::error::{Refusal, UpstreamFailure};
 use super::final_phase::{refuse, Final};
 use super::forward::{self, Credentials, Identity, Passing};
+use super::pool::UpstreamBody;
 use super::sent::{self, OutBody};
 use super::state::{RouteState, Shared, Snapshot, UpstreamState};
 use super::table::{AuthKey, Presented};
 use super::tunnel;
-use super::upstream::{SendFailure, UpstreamBody, UpstreamClient};
+use super::upstream::{SendFailure, UpstreamClient};
 use super::Body;
 use crate::core::key::RateLimitSpec;
 

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod overrides;
 pub mod path;
 pub mod pipeline;
+pub mod pool;
 pub mod request_id;
 pub mod router;
 mod sent;
@@ -32,4 +33,4 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 
 /// Response bodies: the upstream's, streamed, or the gateway's own small JSON.
-pub type Body = Either<upstream::UpstreamBody, Full<Bytes>>;
+pub type Body = Either<pool::UpstreamBody, Full<Bytes>>;
