@@ -1,6 +1,6 @@
-//! One client connection's life after the handshake (data plane): served until the client or
-//! hyper ends it, closed when it has had no exchange open for `idle_timeout`, and at shutdown
-//! closed as soon as its work is done.
+//! One client connection's life after the handshake (data plane): where it comes from
+//! ([`Peer`]), served until the client or hyper ends it, closed when it has had no exchange
+//! open for `idle_timeout`, and at shutdown closed as soon as its work is done.
 //!
 //! hyper alone cannot end an HTTP/2 connection that way. Its graceful shutdown sends GOAWAY
 //! with a PING and waits for the client's answer before the final GOAWAY and the close (h2
@@ -16,6 +16,7 @@
 //!   when it has had no exchange open for [`AFTER_GOAWAY`], answered PING or not.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -36,6 +37,13 @@ use tokio::time::Instant;
 /// beside `shutdown_grace`. Envoy's `drain_timeout` (between its first GOAWAY and the last)
 /// defaults to the same.
 pub const AFTER_GOAWAY: Duration = Duration::from_secs(5);
+
+/// Where a connection comes from.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
 
 /// A connection's open exchanges and when the last one ended, shared by its requests. Kept
 /// with two atomics and read by a timer, so a request wakes nothing.
@@ -71,9 +79,9 @@ impl Activity {
     }
 
     /// Counts an exchange open until the returned guard is dropped.
-    pub fn open(&self) -> Exchange {
+    pub fn open(&self) -> OpenExchange {
         self.0.open.fetch_add(1, Ordering::AcqRel);
-        Exchange(self.0.clone())
+        OpenExchange(self.0.clone())
     }
 
     /// Resolves once no exchange has been open for `period`.
@@ -95,9 +103,9 @@ impl Activity {
 }
 
 /// An open exchange; dropped when its response body is done.
-pub struct Exchange(Arc<Counters>);
+pub struct OpenExchange(Arc<Counters>);
 
-impl Drop for Exchange {
+impl Drop for OpenExchange {
     fn drop(&mut self) {
         let counters = &self.0;
         let ms = counters.since.elapsed().as_millis();
@@ -111,11 +119,11 @@ impl Drop for Exchange {
 /// A response body that keeps its exchange open until it has been sent (or dropped).
 pub struct Tracked<B> {
     body: B,
-    _exchange: Exchange,
+    _exchange: OpenExchange,
 }
 
 impl<B> Tracked<B> {
-    pub fn new(body: B, exchange: Exchange) -> Self {
+    pub fn new(body: B, exchange: OpenExchange) -> Self {
         Tracked {
             body,
             _exchange: exchange,

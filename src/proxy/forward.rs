@@ -18,9 +18,10 @@ use http::header::{
     HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, FORWARDED, HOST, PROXY_AUTHORIZATION,
 };
 use http::uri::Uri;
-use http::{Method, Request, Version};
+use http::{Request, Version};
 
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use super::request_id::X_REQUEST_ID;
+
 pub const X_KEYGATE_KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
 pub const X_KEYGATE_ENVIRONMENT: HeaderName = HeaderName::from_static("x-keygate-environment");
 pub const X_KEYGATE_CUSTOMER: HeaderName = HeaderName::from_static("x-keygate-customer");
@@ -296,12 +297,6 @@ fn ip_text(ip: IpAddr, text: &mut [u8; 39]) -> &[u8] {
     &text[..len]
 }
 
-/// Whether a method is one the gateway will forward: upper-case tokens only, so that no
-/// upstream can read `get` as `GET` when the gateway checked it as something else.
-pub fn method_is_canonical(method: &Method) -> bool {
-    !method.as_str().bytes().any(|b| b.is_ascii_lowercase())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,17 +510,6 @@ mod tests {
                 host: host.as_ref(),
             };
             assert_eq!(forwarded(&identity), expected, "{client} {host:?}");
-        }
-    }
-
-    #[test]
-    fn only_upper_case_methods_are_canonical() {
-        for (method, ok) in [("GET", true), ("PURGE", true), ("get", false), ("gEt", false)] {
-            assert_eq!(
-                method_is_canonical(&Method::from_bytes(method.as_bytes()).unwrap()),
-                ok,
-                "{method}"
-            );
         }
     }
 }

@@ -18,7 +18,8 @@
 //! - a missing, doubled or disagreeing `Host` (RFC 9112 3.2), or one that is not a valid
 //!   host\[:port\] (`x, admin.example.com`, a space, a quote, a slash, empty): the host routes
 //!   the request, so it must be one host, in one form ([`Host`]);
-//! - with `server.underscore_headers = "refuse"`, a header name with `_`.
+//! - with `server.underscore_headers = "refuse"`, a header name with `_`;
+//! - a method with a lower-case letter ([`method_is_canonical`]): one method, in one form.
 //!
 //! For HTTP/2, h2 itself refuses connection-specific fields (`Transfer-Encoding`, `TE` other
 //! than `trailers`), and no header value in either version can hold NUL, CR or LF (both hyper
@@ -33,7 +34,7 @@
 use std::net::Ipv6Addr;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::{Request, Version};
+use http::{Method, Request, Version};
 
 use super::error::BadRequest;
 use super::wire::Fold;
@@ -238,6 +239,12 @@ pub fn underscores(headers: &HeaderMap, allowed: &HeaderName) -> Result<(), BadR
     } else {
         Ok(())
     }
+}
+
+/// Whether a method is one the gateway will forward: upper-case tokens only, so that no
+/// upstream can read `get` as `GET` when the gateway checked it as something else.
+pub fn method_is_canonical(method: &Method) -> bool {
+    !method.as_str().bytes().any(|b| b.is_ascii_lowercase())
 }
 
 /// Whether a name has `_`: CGI-style upstreams read `X_Keygate_Key_Id` as `X-Keygate-Key-Id`,
@@ -564,6 +571,17 @@ mod tests {
         ];
         for (fields, expected) in cases {
             assert_eq!(underscores(&head(fields), &key), *expected, "{fields:?}");
+        }
+    }
+
+    #[test]
+    fn only_upper_case_methods_are_canonical() {
+        for (method, ok) in [("GET", true), ("PURGE", true), ("get", false), ("gEt", false)] {
+            assert_eq!(
+                method_is_canonical(&Method::from_bytes(method.as_bytes()).unwrap()),
+                ok,
+                "{method}"
+            );
         }
     }
 }

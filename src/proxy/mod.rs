@@ -4,14 +4,19 @@
 pub mod bare;
 pub mod client_ip;
 pub mod connection;
+mod context;
 pub mod credentials;
 pub mod error;
+mod exchange;
+mod final_phase;
 pub mod forward;
 pub mod head;
 pub mod limits;
 pub mod overrides;
 pub mod path;
 pub mod pipeline;
+pub mod pool;
+pub mod request_id;
 pub mod router;
 mod sent;
 pub mod server;
@@ -28,4 +33,4 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 
 /// Response bodies: the upstream's, streamed, or the gateway's own small JSON.
-pub type Body = Either<upstream::UpstreamBody, Full<Bytes>>;
+pub type Body = Either<pool::UpstreamBody, Full<Bytes>>;

@@ -22,7 +22,7 @@
 use http::header::{HeaderMap, HeaderName};
 use http::Method;
 
-use super::forward::method_is_canonical;
+use super::head::method_is_canonical;
 
 /// Headers that ask an upstream to take the request as another method than its own.
 static HEADERS: [HeaderName; 3] = [

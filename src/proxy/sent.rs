@@ -1,5 +1,5 @@
-//! The request body on its way upstream (data plane): how far it has gone, and the two clocks
-//! that run while it streams.
+//! The request body on its way upstream (data plane): the client's, its errors marked as the
+//! client's ([`OutBody`]); how far it has gone; and the two clocks that run while it streams.
 //!
 //! - The client's: a body that brings no byte for `server.body_idle_timeout` while the upstream
 //!   waits for it is cut off ([`BodyIdle`]): 408 when the upstream has not answered yet, and the
@@ -19,9 +19,89 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::Limited;
+use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use super::upstream::OutBody;
+use super::error::BodyFault;
+
+/// The request body as sent upstream: the client's, streamed, cut off past
+/// `server.max_request_body` (bodies without a Content-Length are only counted as they pass).
+pub type OutBody = Limited<FromClient>;
+
+/// The client's `body` as it goes upstream: cut off past `max` bytes (`server.max_request_body`).
+pub fn out_body(body: Incoming, max: Option<u64>) -> OutBody {
+    let limit = max.map_or(usize::MAX, |max| usize::try_from(max).unwrap_or(usize::MAX));
+    Limited::new(FromClient::new(body), limit)
+}
+
+/// The client's request body, its errors marked as the client's ([`ClientBodyError`]): hyper's
+/// client reports a body that failed as its own error, which would otherwise read as the
+/// upstream's connection failing.
+pub struct FromClient(Incoming);
+
+impl FromClient {
+    fn new(body: Incoming) -> Self {
+        FromClient(body)
+    }
+}
+
+impl http_body::Body for FromClient {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        Pin::new(&mut self.0).poll_frame(cx).map_err(ClientBodyError)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
+    }
+}
+
+/// The client's request body could not be read: its framing, or the client left.
+#[derive(Debug)]
+pub struct ClientBodyError(hyper::Error);
+
+impl ClientBodyError {
+    /// Malformed when hyper could not read the framing (its chunk decoder says `InvalidInput`
+    /// or `InvalidData`); anything else from a client's body is the client going away: the
+    /// connection closed before the body's end, or the stream reset.
+    pub fn fault(&self) -> BodyFault {
+        let mut cause = std::error::Error::source(&self.0);
+        while let Some(error) = cause {
+            if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+                ) {
+                    return BodyFault::Malformed;
+                }
+            }
+            cause = error.source();
+        }
+        BodyFault::Gone
+    }
+}
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the client's request body: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
 
 /// How far a request body has gone: known at once for requests without one, told by
 /// [`SentBody`] for the others.

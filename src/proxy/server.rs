@@ -16,8 +16,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use super::connection::{self, Activity, Tracked};
-use super::pipeline::{self, Peer};
+use super::connection::{self, Activity, Peer, Tracked};
+use super::pipeline;
 use super::state::Shared;
 use super::tls::Tls;
 use super::tunnel::Counted;
@@ -65,7 +65,7 @@ pub async fn serve(
 ) {
     let settings = shared.snapshot.load().config.server.clone();
     let (stop, stopping) = watch::channel(false);
-    let context = Arc::new(Context {
+    let connections = Arc::new(Connections {
         builder: builder(&settings),
         shared,
         tls,
@@ -92,10 +92,10 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let context = context.clone();
+        let connections = connections.clone();
         tokio::spawn(async move {
             // The slot goes with the socket: into a tunnel, when the connection becomes one.
-            context.connection(Counted::new(stream, slot), addr).await;
+            connections.connection(Counted::new(stream, slot), addr).await;
         });
     }
     drop(listener);
@@ -109,15 +109,15 @@ pub async fn serve(
     {
         tracing::warn!(
             grace_s = settings.shutdown_grace.as_secs_f64(),
-            tunnels = context.shared.tunnels.open(),
+            tunnels = connections.shared.tunnels.open(),
             "requests or tunnels still running after the shutdown grace; closing the tunnels"
         );
     }
-    context.shared.tunnels.close();
+    connections.shared.tunnels.close();
 }
 
 /// What every connection of the listener shares.
-struct Context {
+struct Connections {
     builder: auto::Builder<TokioExecutor>,
     shared: Arc<Shared>,
     tls: Option<Tls>,
@@ -126,7 +126,7 @@ struct Context {
     settings: Server,
 }
 
-impl Context {
+impl Connections {
     async fn connection(&self, stream: Counted<TcpStream>, addr: SocketAddr) {
         // hyper's head timer starts at the first byte, and rustls has none: a connection that
         // stays silent would hold its slot of the cap for good.

@@ -44,6 +44,13 @@ pub struct RouteState {
     pub requests: StatusCounters,
 }
 
+/// One upstream, ready for the hot path: its client (and connection pool) and its
+/// `keygate_upstream_duration_seconds` series.
+pub struct UpstreamState {
+    pub client: UpstreamClient,
+    pub duration: Histogram,
+}
+
 /// `keygate_requests_total` of one route, a counter per status code, each looked up in the
 /// registry the first time that status is answered and never again.
 pub struct StatusCounters {
@@ -77,7 +84,7 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     pub router: Router,
     pub routes: Vec<RouteState>,
-    pub upstreams: Vec<(UpstreamClient, Histogram)>,
+    pub upstreams: Vec<UpstreamState>,
     pub schemes: Schemes,
     /// `auth.header`, stripped before forwarding even when its scheme is off.
     pub key_header: HeaderName,
@@ -118,16 +125,15 @@ impl Snapshot {
             .upstreams
             .iter()
             .map(|upstream| {
-                let histogram = metrics.upstream_duration.with_label_values(&[&upstream.name]);
                 let previous = previous.and_then(|p| {
                     p.upstreams
                         .iter()
-                        .find(|(client, _)| client.name == upstream.name)
+                        .find(|state| state.client.name == upstream.name)
                 });
-                (
-                    UpstreamClient::new(upstream, previous.map(|(client, _)| client)),
-                    histogram,
-                )
+                UpstreamState {
+                    client: UpstreamClient::new(upstream, previous.map(|state| &state.client)),
+                    duration: metrics.upstream_duration.with_label_values(&[&upstream.name]),
+                }
             })
             .collect();
         let auth = &config.auth;

@@ -22,6 +22,7 @@ use ipnet::IpNet;
 use rustc_hash::{FxBuildHasher, FxHashMap};
 use tokio::sync::watch;
 
+use super::error::AuthFailure;
 use crate::core::environment::Environment;
 use crate::core::key::RateLimitSpec;
 use crate::core::permission::PermissionSet;
@@ -87,6 +88,22 @@ impl AuthKey {
     pub fn previous(&self) -> Option<&PreviousSecret> {
         self.extras.as_ref()?.previous.as_ref()
     }
+
+    /// Whether the key, found by the secret `presented`, may be used at `now`: not revoked, not
+    /// expired, and, for a replaced secret, still in its grace period (past it, the secret is
+    /// unknown). The request path, its open tunnels and the admin API's `verify` all ask this.
+    pub fn usable(&self, presented: Presented, now: i64) -> Result<(), AuthFailure> {
+        if self.revoked {
+            return Err(AuthFailure::Revoked);
+        }
+        if self.expired(now) {
+            return Err(AuthFailure::Expired);
+        }
+        match presented {
+            Presented::Previous { until } if until <= now => Err(AuthFailure::Unknown),
+            Presented::Current | Presented::Previous { .. } => Ok(()),
+        }
+    }
 }
 
 /// Every hash a key authenticates with: its current secret's, and the previous one's.
@@ -103,7 +120,7 @@ pub struct PreviousSecret {
 
 /// Which of a key's secrets a request presented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Secret {
+pub enum Presented {
     Current,
     /// The regenerated-away secret; valid only until `PreviousSecret::until`.
     Previous {
@@ -193,13 +210,13 @@ impl KeyTable {
     }
 
     /// The key whose secret hashes to `hash`, and which of its secrets it is.
-    pub fn lookup(&self, hash: &KeyHash) -> Option<(Arc<AuthKey>, Secret)> {
+    pub fn lookup(&self, hash: &KeyHash) -> Option<(Arc<AuthKey>, Presented)> {
         let key = self.by_hash.get(&Index::from(hash))?.value().clone();
         if key.hash.ct_eq(hash) {
-            return Some((key, Secret::Current));
+            return Some((key, Presented::Current));
         }
         let until = key.previous().filter(|previous| previous.hash.ct_eq(hash))?.until;
-        Some((key, Secret::Previous { until }))
+        Some((key, Presented::Previous { until }))
     }
 
     /// Inserts or replaces one key, dropping whatever hashes its older version was indexed by.
@@ -363,7 +380,7 @@ mod tests {
         }
     }
 
-    fn find(table: &KeyTable, secret: &str) -> Option<(u64, Secret)> {
+    fn find(table: &KeyTable, secret: &str) -> Option<(u64, Presented)> {
         table
             .lookup(&Hasher::unkeyed().hash(secret.as_bytes()))
             .map(|(key, which)| (key.seq, which))
@@ -384,7 +401,7 @@ mod tests {
     fn a_key_is_found_by_its_secret_only() {
         let table = KeyTable::default();
         table.upsert(key(1, "secret-one-0123456", None));
-        assert_eq!(find(&table, "secret-one-0123456"), Some((1, Secret::Current)));
+        assert_eq!(find(&table, "secret-one-0123456"), Some((1, Presented::Current)));
         assert_eq!(find(&table, "secret-two-0123456"), None);
     }
 
@@ -393,10 +410,10 @@ mod tests {
         let table = KeyTable::default();
         table.upsert(key(1, "old-secret-0123456", None));
         table.upsert(key(1, "new-secret-0123456", Some("old-secret-0123456")));
-        assert_eq!(find(&table, "new-secret-0123456"), Some((1, Secret::Current)));
+        assert_eq!(find(&table, "new-secret-0123456"), Some((1, Presented::Current)));
         assert_eq!(
             find(&table, "old-secret-0123456"),
-            Some((1, Secret::Previous { until: 100 }))
+            Some((1, Presented::Previous { until: 100 }))
         );
         table.upsert(key(1, "new-secret-0123456", None));
         assert_eq!(find(&table, "old-secret-0123456"), None);
@@ -410,14 +427,14 @@ mod tests {
         let upserted = table.upsert(key(2, "a-old-secret-01234", None));
         assert_eq!(upserted.contested, 1);
         assert_eq!(find(&table, "a-old-secret-01234"), None, "neither key");
-        assert_eq!(find(&table, "a-new-secret-01234"), Some((1, Secret::Current)));
+        assert_eq!(find(&table, "a-new-secret-01234"), Some((1, Presented::Current)));
         // A change to either that keeps the hash keeps it contested.
         assert_eq!(table.upsert(key(2, "a-old-secret-01234", None)).contested, 1);
         assert_eq!(find(&table, "a-old-secret-01234"), None);
         // Key 1's grace ends: the hash is key 2's alone.
         assert_eq!(table.upsert(key(1, "a-new-secret-01234", None)).contested, 0);
-        assert_eq!(find(&table, "a-old-secret-01234"), Some((2, Secret::Current)));
-        assert_eq!(find(&table, "a-new-secret-01234"), Some((1, Secret::Current)));
+        assert_eq!(find(&table, "a-old-secret-01234"), Some((2, Presented::Current)));
+        assert_eq!(find(&table, "a-new-secret-01234"), Some((1, Presented::Current)));
     }
 
     #[test]
@@ -430,7 +447,7 @@ mod tests {
         table.remove(1);
         assert_eq!(find(&table, "shared-secret-0123"), None, "still two claim it");
         table.remove(3);
-        assert_eq!(find(&table, "shared-secret-0123"), Some((2, Secret::Current)));
+        assert_eq!(find(&table, "shared-secret-0123"), Some((2, Presented::Current)));
         table.remove(2);
         assert_eq!(find(&table, "shared-secret-0123"), None);
         assert!(table.contested().is_empty());
@@ -462,6 +479,6 @@ mod tests {
         table.remove(1);
         assert_eq!(find(&table, "new-secret-0123456"), None);
         assert_eq!(find(&table, "old-secret-0123456"), None);
-        assert_eq!(find(&table, "other-secret-01234"), Some((2, Secret::Current)));
+        assert_eq!(find(&table, "other-secret-01234"), Some((2, Presented::Current)));
     }
 }

@@ -33,8 +33,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
-use super::pipeline::key_usable;
-use super::table::{AuthKey, KeyTable, Secret};
+use super::table::{AuthKey, KeyTable, Presented};
 use crate::core::clock::Clock;
 use crate::core::secret::KeyHash;
 
@@ -162,11 +161,11 @@ pub struct KeyHolder {
 }
 
 impl KeyHolder {
-    /// `secret`: which of `key`'s secrets the upgrade request presented.
-    pub fn new(table: &Arc<KeyTable>, key: Arc<AuthKey>, secret: Secret, clock: Clock) -> Self {
-        let hash = match secret {
-            Secret::Previous { .. } => key.previous().map_or(key.hash, |previous| previous.hash),
-            Secret::Current => key.hash,
+    /// `presented`: which of `key`'s secrets the upgrade request presented.
+    pub fn new(table: &Arc<KeyTable>, key: Arc<AuthKey>, presented: Presented, clock: Clock) -> Self {
+        let hash = match presented {
+            Presented::Previous { .. } => key.previous().map_or(key.hash, |previous| previous.hash),
+            Presented::Current => key.hash,
         };
         KeyHolder {
             table: table.clone(),
@@ -185,7 +184,7 @@ impl KeyHolder {
         let now = self.clock.now().as_second();
         found.seq == self.key.seq
             && found.environment == self.key.environment
-            && key_usable(&found, which, now).is_ok()
+            && found.usable(which, now).is_ok()
     }
 
     /// Resolves once a change of the table (or its tick) finds the key no longer letting its

@@ -20,7 +20,7 @@ struct Counter {
 
 /// Requests counted for one key and secret since the last drain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Counted {
+pub struct Drained {
     pub seq: u64,
     pub previous: bool,
     pub requests: u64,
@@ -62,7 +62,7 @@ impl UsageCounters {
 
     /// Takes every non-zero count, leaving zero behind. Idle counters are dropped once the
     /// metric has shown their totals, so the map holds only keys in recent use.
-    pub fn drain(&self) -> Vec<Counted> {
+    pub fn drain(&self) -> Vec<Drained> {
         let mut counted = Vec::new();
         self.counters.retain(|&(seq, previous), counter| {
             let requests = counter.requests.swap(0, Ordering::Relaxed);
@@ -71,7 +71,7 @@ impl UsageCounters {
                     counter.total.load(Ordering::Relaxed) != counter.exported.load(Ordering::Relaxed);
                 return unshown;
             }
-            counted.push(Counted {
+            counted.push(Drained {
                 seq,
                 previous,
                 requests,
@@ -83,7 +83,7 @@ impl UsageCounters {
     }
 
     /// Puts counts back after a failed write, so a store outage loses no usage.
-    pub fn restore(&self, counted: &[Counted]) {
+    pub fn restore(&self, counted: &[Drained]) {
         for c in counted {
             let counter = self.counters.entry((c.seq, c.previous)).or_default();
             counter.requests.fetch_add(c.requests, Ordering::Relaxed);
@@ -107,13 +107,13 @@ mod tests {
         assert_eq!(
             drained,
             vec![
-                Counted {
+                Drained {
                     seq: 1,
                     previous: false,
                     requests: 2,
                     last_used: 12
                 },
-                Counted {
+                Drained {
                     seq: 1,
                     previous: true,
                     requests: 1,

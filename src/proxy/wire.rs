@@ -105,7 +105,7 @@ impl<I: AsyncWrite + Unpin> Watched<I> {
             return false;
         }
         let request_id = || {
-            let id = super::pipeline::new_request_id();
+            let id = super::request_id::new();
             id.to_str().unwrap_or_default().to_owned()
         };
         match super::bare::answer(head, request_id) {

@@ -607,7 +607,7 @@ async fn requests_queued_past_the_cap_are_served_in_the_order_they_came() {
         "timeout = \"10s\"\nconnect_timeout = \"5s\"\nqueue_timeout = \"8s\"\npool_max_connections = 1";
     let h = Arc::new(gateway(&upstream, settings).await);
     let (_, key) = h.key(&["*"]).await;
-    let queued = || h.gateway.shared.snapshot.load().upstreams[0].0.queued();
+    let queued = || h.gateway.shared.snapshot.load().upstreams[0].client.queued();
     // The one connection is held by a response its client does not read.
     let mut holder = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
     let request = format!(

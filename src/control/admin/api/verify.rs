@@ -1,6 +1,6 @@
 //! `POST /v1/keys/verify`: the proxy's verdict on a key without forwarding anything, for
 //! services that check keys themselves; the same table, the same checks
-//! ([`key_usable`]) and the same limiter as the request path.
+//! ([`AuthKey::usable`]) and the same limiter as the request path.
 
 use std::sync::Arc;
 
@@ -15,9 +15,9 @@ use crate::core::permission::Permission;
 use crate::core::secret::{check_format, Format};
 use crate::proxy::error::AuthFailure;
 use crate::proxy::limits::Decision;
-use crate::proxy::pipeline::{check_freshness, key_usable};
+use crate::proxy::pipeline::check_freshness;
 use crate::proxy::state::Shared;
-use crate::proxy::table::{AuthKey, Secret as Presented};
+use crate::proxy::table::{AuthKey, Presented};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -146,7 +146,7 @@ fn authenticate(shared: &Shared, secret: &[u8], now: i64) -> Result<(Arc<AuthKey
     let Some((key, which)) = shared.keys.lookup(&shared.hasher().hash(secret)) else {
         return Err((Code::NotFound, None));
     };
-    match key_usable(&key, which, now) {
+    match key.usable(which, now) {
         Ok(()) => Ok((key, which)),
         Err(AuthFailure::Revoked) => Err((Code::Revoked, Some(key))),
         Err(AuthFailure::Expired) => Err((Code::Expired, Some(key))),

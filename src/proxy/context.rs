@@ -1,0 +1,97 @@
+//! A request's context (data plane): the one value it carries through the steps of the request
+//! path ([`super::pipeline`]) and its exchange with the upstream ([`super::exchange`]), which
+//! the final phase ([`super::final_phase`]) reads whatever step the request stopped at.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{HeaderMap, HeaderValue};
+use http::Request;
+
+use super::client_ip::client_ip;
+use super::connection::Peer;
+use super::error::{AuthFailure, Refusal};
+use super::final_phase;
+use super::limits::{Decision, LimitState};
+use super::request_id;
+use super::state::{Shared, Snapshot};
+use super::table::AuthKey;
+use crate::telemetry::traces::RequestSpan;
+
+/// What one request carries through the steps, for the final phase.
+pub(super) struct Context {
+    pub start: Instant,
+    pub request_id: HeaderValue,
+    pub client: IpAddr,
+    /// The route of step 1.
+    pub route: Option<usize>,
+    /// The key the credential named, from step 3 on whatever follows, so that a refusal's access
+    /// record names the key that was used (revoked, expired, of another environment).
+    pub key: Option<Arc<AuthKey>>,
+    /// Step 8's numbers, for the `RateLimit-*` headers.
+    pub limit: Option<LimitState>,
+    /// When the request went upstream, for the time spent there by one abandoned meanwhile.
+    pub sent: Option<Instant>,
+    pub upstream_time: Option<Duration>,
+    /// The cause of a refusal, for the log.
+    pub reason: Option<&'static str>,
+    /// The request's target as it came, for the access record's `path` (when records are kept).
+    /// A clone shares the request's bytes: nothing is copied.
+    pub target: Option<http::Uri>,
+    /// Its span, from its arrival, when `[tracing]` exports spans.
+    pub span: Option<RequestSpan>,
+}
+
+impl Context {
+    /// A request's context as it arrives: nothing decided yet.
+    pub fn new(snapshot: &Snapshot, peer: Peer, headers: &HeaderMap, request_id: HeaderValue) -> Self {
+        Context {
+            start: Instant::now(),
+            request_id,
+            client: client_ip(peer.addr.ip(), headers, &snapshot.config.server.trusted_proxies),
+            route: None,
+            key: None,
+            limit: None,
+            sent: None,
+            upstream_time: None,
+            reason: None,
+            target: None,
+            span: None,
+        }
+    }
+
+    /// The context of a request the gateway answers: with its id, its target when records are
+    /// kept, and its span when spans are exported.
+    pub fn arrived<B>(shared: &Shared, snapshot: &Snapshot, peer: Peer, request: &Request<B>) -> Self {
+        let mut ctx = Context::new(snapshot, peer, request.headers(), request_id::of(request));
+        ctx.target = final_phase::keeps_records(snapshot).then(|| request.uri().clone());
+        ctx.span = shared
+            .traces
+            .as_ref()
+            .map(|traces| traces.begin(request.headers()));
+        ctx
+    }
+
+    /// The key an admitted request authenticated with. Every admitted request has one; one
+    /// without would be refused as unknown (fail closed), never forwarded.
+    pub fn authenticated(&self) -> Result<&Arc<AuthKey>, Refusal> {
+        self.key
+            .as_ref()
+            .ok_or(Refusal::Unauthenticated(AuthFailure::Unknown))
+    }
+
+    /// Step 8's outcome: the numbers for the `RateLimit-*` headers either way.
+    pub fn apply_limit(&mut self, decision: Decision) -> Result<(), Refusal> {
+        match decision {
+            Decision::Allowed(state) => {
+                self.limit = Some(state);
+                Ok(())
+            }
+            Decision::Limited { state, retry_after } => {
+                self.limit = Some(state);
+                Err(Refusal::RateLimited { state, retry_after })
+            }
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! An admitted request on its way upstream (data plane): the one value it is from its admission
+//! to its answer ([`Exchange`]), and what happens to it, in this order:
+//!
+//! 1. a body whose declared length is past `server.max_request_body` is refused (413);
+//! 2. the request is put in the form the upstream gets (SPEC section 1, "What the upstream
+//!    receives"), and an upgrade's client side is set aside for a tunnel;
+//! 3. step 8, when the limit is shared (Redis): the one check that awaits, so the one that runs
+//!    here rather than among the others;
+//! 4. step 9: the upstream's answer, or a tunnel when it switches protocols;
+//! 5. the final phase ([`Final`]), which runs on drop too.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, UPGRADE};
+use http::{Request, Response, StatusCode};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+
+use super::client_ip::is_trusted;
+use super::connection::Peer;
+use super::context::Context;
+use super::credentials::Source;
+use super::error::{Refusal, UpstreamFailure};
+use super::final_phase::{refuse, Final};
+use super::forward::{self, Credentials, Identity, Passing};
+use super::pool::UpstreamBody;
+use super::sent::{self, OutBody};
+use super::state::{RouteState, Shared, Snapshot, UpstreamState};
+use super::table::{AuthKey, Presented};
+use super::tunnel;
+use super::upstream::{SendFailure, UpstreamClient};
+use super::Body;
+use crate::core::key::RateLimitSpec;
+
+/// What steps 0 to 8 decided that an admitted request's way upstream needs (its key is the
+/// context's).
+pub(super) struct Admission {
+    pub route: usize,
+    /// Which of the key's secrets the request presented.
+    pub presented: Presented,
+    /// Where the credential was, so that it is the one stripped.
+    pub source: Source,
+    /// The upstream's target: its path prefix, the normal path, the query.
+    pub uri: http::Uri,
+    /// The host the client addressed, in normal form, for the upstream.
+    pub host: Option<HeaderValue>,
+    /// Step 8 still to do, in the shared limiter: the key's limit.
+    pub shared_limit: Option<RateLimitSpec>,
+}
+
+/// An admitted request, from its admission to its answer: what the steps decided, the request
+/// as it came, and its final phase.
+pub(super) struct Exchange {
+    last: Final,
+    peer: Peer,
+    admission: Admission,
+    request: Request<Incoming>,
+}
+
+impl Exchange {
+    pub fn new(
+        snapshot: Arc<Snapshot>,
+        ctx: Context,
+        peer: Peer,
+        admission: Admission,
+        request: Request<Incoming>,
+    ) -> Self {
+        let method = request.method().clone();
+        Exchange {
+            last: Final::new(snapshot, ctx, method),
+            peer,
+            admission,
+            request,
+        }
+    }
+
+    /// The upstream's answer or the refusal that stopped the request on its way, then the final
+    /// phase.
+    pub async fn run(self, shared: &Shared) -> Response<Body> {
+        let Exchange {
+            mut last,
+            peer,
+            admission,
+            request,
+        } = self;
+        let version = request.version();
+        let Final { snapshot, ctx, .. } = &mut last;
+        let response = match answer(shared, snapshot, ctx, peer, admission, request).await {
+            Ok(response) => response,
+            Err(refusal) => refuse(shared, snapshot, ctx, refusal, version),
+        };
+        last.finish(response)
+    }
+}
+
+/// Points 1 to 4 of the module doc.
+async fn answer(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    ctx: &mut Context,
+    peer: Peer,
+    admission: Admission,
+    mut request: Request<Incoming>,
+) -> Result<Response<Body>, Refusal> {
+    check_declared_length(snapshot.config.server.max_request_body, request.headers())?;
+    let upgrade = Upgrade::take(&mut request, admission.presented);
+    let shared_limit = admission.shared_limit;
+    let upstream = &snapshot.upstreams[snapshot.routes[admission.route].upstream];
+    let outgoing = prepare(snapshot, ctx, peer, admission, request, upgrade.as_ref())?;
+    if let Some(spec) = shared_limit {
+        limit_shared(shared, ctx, &spec).await?;
+    }
+    send(shared, snapshot, ctx, upstream, outgoing, upgrade).await
+}
+
+/// A body declared longer than `max` is refused before any of it is read; one without a
+/// declared length is counted as it streams ([`sent::out_body`]).
+fn check_declared_length(max: Option<u64>, headers: &HeaderMap) -> Result<(), Refusal> {
+    let Some(max) = max else {
+        return Ok(());
+    };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > max => Err(Refusal::TooLarge),
+        _ => Ok(()),
+    }
+}
+
+/// What an upgrade request needs from its client for a tunnel: the protocol it asked for and
+/// its side of the switch; and which of its key's secrets it was let in with, for the tunnel to
+/// close once that secret no longer lets anyone in.
+struct Upgrade {
+    protocol: HeaderValue,
+    client: OnUpgrade,
+    presented: Presented,
+}
+
+impl Upgrade {
+    /// The upgrade `request` asks for, when it is one the gateway tunnels. The client's side of
+    /// the switch comes out of the request, so it does not go upstream.
+    fn take(request: &mut Request<Incoming>, presented: Presented) -> Option<Upgrade> {
+        let protocol = tunnel::requested(request.version(), request.headers())?;
+        Some(Upgrade {
+            protocol,
+            client: hyper::upgrade::on(request),
+            presented,
+        })
+    }
+}
+
+/// Step 9, its first half: the request as the upstream gets it, with the upgrade headers put
+/// back when it goes for a tunnel.
+fn prepare(
+    snapshot: &Snapshot,
+    ctx: &Context,
+    peer: Peer,
+    admission: Admission,
+    mut request: Request<Incoming>,
+    upgrade: Option<&Upgrade>,
+) -> Result<Request<OutBody>, Refusal> {
+    let key = ctx.authenticated()?;
+    let route = &snapshot.routes[admission.route];
+    let identity = Identity {
+        key_id: &key.id,
+        environment: key.environment.as_str(),
+        customer: key.customer_id.as_deref(),
+        request_id: &ctx.request_id,
+        client: peer.addr.ip(),
+        tls: peer.tls,
+        host: admission.host.as_ref(),
+    };
+    let passing = passing(snapshot, route, admission.source, peer);
+    let upstream = &snapshot.upstreams[route.upstream].client;
+    forward::prepare(&mut request, admission.uri, &identity, &passing, &upstream.host);
+    if let Some(span) = &ctx.span {
+        span.propagate(request.headers_mut());
+    }
+    if let Some(upgrade) = upgrade {
+        tunnel::restore(request.headers_mut(), upgrade.protocol.clone());
+    }
+    let max = snapshot.config.server.max_request_body;
+    Ok(request.map(|body| sent::out_body(body, max)))
+}
+
+/// What the route and the peer let through of the client's own headers.
+fn passing<'s>(snapshot: &'s Snapshot, route: &RouteState, source: Source, peer: Peer) -> Passing<'s> {
+    Passing {
+        credentials: (!route.forward_credentials).then(|| Credentials {
+            authorization: source == Source::Authorization,
+            header: &snapshot.key_header,
+        }),
+        preserve_host: route.preserve_host,
+        method_override: route.allow_method_override,
+        trusted_peer: is_trusted(peer.addr.ip(), &snapshot.config.server.trusted_proxies),
+    }
+}
+
+/// Step 8 in the shared limiter (which falls back to the local one when it does not answer in
+/// time).
+async fn limit_shared(shared: &Shared, ctx: &mut Context, spec: &RateLimitSpec) -> Result<(), Refusal> {
+    let decision = shared.limit(ctx.authenticated()?, spec).await;
+    ctx.apply_limit(decision)
+}
+
+/// Step 9, its second half: the upstream's answer, timed.
+async fn send(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    ctx: &mut Context,
+    upstream: &UpstreamState,
+    outgoing: Request<OutBody>,
+    upgrade: Option<Upgrade>,
+) -> Result<Response<Body>, Refusal> {
+    let sent = Instant::now();
+    ctx.sent = Some(sent);
+    let result = upstream
+        .client
+        .send(outgoing, snapshot.config.server.body_idle_timeout)
+        .await;
+    let elapsed = sent.elapsed();
+    ctx.upstream_time = Some(elapsed);
+    upstream.duration.observe(elapsed.as_secs_f64());
+    match result {
+        Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => switch(
+            shared,
+            snapshot,
+            &upstream.client,
+            ctx.key.as_ref(),
+            upgrade,
+            response,
+        ),
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            forward::strip_hop_by_hop(&mut parts.headers);
+            Ok(Response::from_parts(parts, Either::Left(body)))
+        }
+        Err(failure) => Err(unanswered(shared, &upstream.client, failure)),
+    }
+}
+
+/// Why a request got no answer: the client's body (too large, idle, broken: the client's
+/// fault, never the upstream's 502) or the upstream.
+fn unanswered(shared: &Shared, upstream: &UpstreamClient, failure: SendFailure) -> Refusal {
+    match failure {
+        SendFailure::BodyTooLarge => Refusal::TooLarge,
+        SendFailure::BodyIdle => Refusal::BodyTimeout,
+        SendFailure::ClientBody(fault) => {
+            tracing::debug!(
+                upstream = %upstream.name,
+                reason = fault.as_str(),
+                "the client's request body broke on its way upstream: the client's fault, not \
+                 the upstream's"
+            );
+            Refusal::ClientBody(fault)
+        }
+        SendFailure::Upstream(failure) => upstream_failed(shared, upstream, failure),
+    }
+}
+
+/// The upstream's failure, counted in `keygate_upstream_errors_total`.
+fn upstream_failed(shared: &Shared, upstream: &UpstreamClient, failure: UpstreamFailure) -> Refusal {
+    shared
+        .metrics
+        .upstream_errors
+        .with_label_values(&[&upstream.name, failure.as_str()])
+        .inc();
+    Refusal::Upstream(failure)
+}
+
+/// The upstream switched protocols: the 101 goes back to the client with its upgrade headers,
+/// and a tunnel joins the two once both sides have switched. A 101 to a request that asked
+/// for no upgrade (or for one the gateway does not tunnel) is the upstream's error: 502.
+fn switch(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    upstream: &UpstreamClient,
+    key: Option<&Arc<AuthKey>>,
+    upgrade: Option<Upgrade>,
+    mut response: Response<UpstreamBody>,
+) -> Result<Response<Body>, Refusal> {
+    let (Some(key), Some(upgrade)) = (key, upgrade) else {
+        return Err(upstream_failed(shared, upstream, UpstreamFailure::Reset));
+    };
+    let Upgrade {
+        protocol,
+        client,
+        presented,
+    } = upgrade;
+    let upstream_side = hyper::upgrade::on(&mut response);
+    // The tunnel keeps the connection's turn: it is one of the upstream's connections in use.
+    let turn = response.body_mut().take_turn();
+    let (mut parts, body) = response.into_parts();
+    let chosen = parts.headers.get(UPGRADE).cloned().unwrap_or(protocol);
+    forward::strip_hop_by_hop(&mut parts.headers);
+    tunnel::restore(&mut parts.headers, chosen);
+    let idle = snapshot.config.server.idle_timeout;
+    let holder = tunnel::KeyHolder::new(&shared.keys, key.clone(), presented, shared.clock.clone());
+    shared.tunnels.spawn(client, upstream_side, idle, holder, turn);
+    Ok(Response::from_parts(parts, Either::Left(body)))
+}
