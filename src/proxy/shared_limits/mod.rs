@@ -1,14 +1,27 @@
-//! Shared rate limits in Redis (data plane): one GCRA bucket per key across the whole fleet.
+//! Shared rate limits and quotas in Redis (data plane): one limit across the whole fleet.
 //!
-//! Each check is one atomic Lua script ([`GCRA`], sent as `EVALSHA`) that reads and advances
-//! the key's theoretical arrival time on Redis's own clock, so replicas never race each other
-//! (no GET-then-SET) and their clocks need not agree.
+//! Each check is one atomic Lua script (`script.rs`, sent as `EVALSHA`): every rate bucket and
+//! quota counter of the request (the key's and its customer's) is read and asked for the cost,
+//! then all are charged or none, in one round trip. Replicas never race each other (no
+//! GET-then-SET). Rate buckets run on Redis's own clock (TIME), so replicas' clocks need not
+//! agree for them; quota periods are computed by the replica ([`crate::core::quota`], the same
+//! code as the local limiter) and name the counter of that period, so a replica whose clock is
+//! off by a few seconds moves its period boundaries by as much, and still counts each request
+//! in exactly one period. The Redis keys one check touches share a hash tag, so the script
+//! runs on Redis Cluster too (the layout is in `script.rs`).
 //!
 //! Redis must never hold a request up: a check waits at most `rate_limit.redis_timeout`. Past
 //! it, or on any error, the check is decided by the replica's local limiter, counted in
 //! `keygate_rate_limit_fallback_total`, and the backend is marked down. While it is down every
 //! check is local at once (no request waits on a dead Redis) and [`SharedLimits::watch`] pings
 //! Redis until it answers; then shared limiting resumes by itself.
+//!
+//! What the fallback means for quotas: the local counters are per replica, start empty and are
+//! not merged into Redis when it returns. While Redis is down, each replica admits up to a
+//! quota's whole allowance on its own, so a fleet of N replicas may overshoot a quota by up to
+//! N times its allowance for the periods the outage spans. Quotas held in Redis also live only
+//! as long as Redis keeps its data: a Redis without persistence that restarts forgets this
+//! period's use, and the credits of period `none`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,30 +29,14 @@ use std::time::Duration;
 
 use prometheus::IntCounter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::Script;
 
-use super::limits::{ceil_secs, Decision, LimitState};
+mod script;
+
+use super::limits::{Check, Decision, Limiter, Owner, Unavailable, Verdict};
+use crate::core::clock::{system_clock, Clock};
 use crate::core::key::RateLimitSpec;
-
-/// GCRA in one step. KEYS[1]: the key's bucket. ARGV[1]: the emission interval (microseconds
-/// per request, fractional), ARGV[2]: the burst. Answers `{allowed, remaining, retry_after_us,
-/// reset_us}`. The bucket expires once it is full again, so idle keys leave nothing behind.
-const GCRA: &str = r"
-local now_parts = redis.call('TIME')
-local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - interval * burst
-if allow_at > now then
-  return {0, 0, math.ceil(allow_at - now), math.ceil(tat - now)}
-end
-local ttl_ms = math.max(1, math.ceil((new_tat - now) / 1000))
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
-return {1, math.floor((now - allow_at) / interval), 0, math.ceil(new_tat - now)}
-";
+use crate::core::quota::{QuotaChange, QuotaSpec, QuotaUse};
+use script::{At, Scripts};
 
 /// How often a down backend is pinged.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
@@ -49,11 +46,24 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The shared limiter of `rate_limit.backend = "redis"`.
 pub struct SharedLimits {
     redis: ConnectionManager,
-    script: Script,
+    scripts: Scripts,
     prefix: String,
     budget: Duration,
     up: AtomicBool,
     fallbacks: IntCounter,
+    /// The wall clock of quota periods (the gateway's).
+    clock: Clock,
+    /// Rate buckets on `clock` rather than on Redis's TIME (tests on a manual clock).
+    rates_on_clock: bool,
+}
+
+/// Whose clock the rate buckets in Redis run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateClock {
+    /// Redis's own (TIME): replicas' clocks need not agree. Production.
+    Redis,
+    /// The limiter's clock, for tests that move a manual clock.
+    Caller,
 }
 
 /// The settings of the Redis backend.
@@ -75,12 +85,24 @@ impl SharedLimits {
             .set_max_delay(PROBE_EVERY);
         Ok(SharedLimits {
             redis: ConnectionManager::new_lazy_with_config(client, config)?,
-            script: Script::new(GCRA),
+            scripts: Scripts::default(),
             prefix: settings.prefix.to_owned(),
             budget: settings.timeout,
             up: AtomicBool::new(false),
             fallbacks,
+            clock: system_clock(),
+            rates_on_clock: false,
         })
+    }
+
+    /// On `clock` for quota periods (the gateway's, so a test moves them), and for rate
+    /// buckets too with [`RateClock::Caller`].
+    pub fn with_clock(self, clock: Clock, rates: RateClock) -> Self {
+        SharedLimits {
+            clock,
+            rates_on_clock: rates == RateClock::Caller,
+            ..self
+        }
     }
 
     /// Whether checks are being decided in Redis (false while it is unreachable).
@@ -88,12 +110,20 @@ impl SharedLimits {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// Takes one request from the key's shared bucket. `None`: Redis did not answer within the
-    /// budget, or is down; the caller decides locally (counted here).
+    /// Takes one request from the key's shared bucket: a check of its rate limit alone (see
+    /// [`SharedLimits::admit`]).
     pub async fn check(&self, key_id: &str, spec: &RateLimitSpec) -> Option<Decision> {
+        let verdict = self.admit(&Check::key_rate(0, key_id, spec)).await?;
+        Some(verdict.key_decision())
+    }
+
+    /// Asks every limit of `check` for its cost and charges all or none, in one script call.
+    /// `None`: Redis did not answer within the budget, or is down; the caller decides locally
+    /// (counted here).
+    pub async fn admit(&self, check: &Check<'_>) -> Option<Verdict> {
         if self.is_shared() {
-            match tokio::time::timeout(self.budget, self.eval(key_id, spec)).await {
-                Ok(Ok(decision)) => return Some(decision),
+            match tokio::time::timeout(self.budget, self.eval(check)).await {
+                Ok(Ok(verdict)) => return Some(verdict),
                 Ok(Err(error)) => self.mark_down(Down::Unreachable(&error)),
                 Err(_) => self.mark_down(Down::Slow(self.budget)),
             }
@@ -102,22 +132,46 @@ impl SharedLimits {
         None
     }
 
-    async fn eval(&self, key_id: &str, spec: &RateLimitSpec) -> redis::RedisResult<Decision> {
-        let burst = spec.burst().get();
-        let interval_us = spec.per.as_secs_f64() * 1e6 / f64::from(spec.requests.get());
+    async fn eval(&self, check: &Check<'_>) -> redis::RedisResult<Verdict> {
+        let wall = self.clock.now();
+        let at = At {
+            wall,
+            rates: self.rates_on_clock.then_some(wall),
+        };
+        let (call, asked) = script::check(&self.scripts, &self.prefix, check, at);
         let mut redis = self.redis.clone();
-        let mut bucket = String::with_capacity(self.prefix.len() + 3 + key_id.len());
-        bucket.push_str(&self.prefix);
-        bucket.push_str("rl:");
-        bucket.push_str(key_id);
-        let (allowed, remaining, retry_us, reset_us): (i64, i64, i64, i64) = self
-            .script
-            .key(bucket)
-            .arg(interval_us)
-            .arg(burst)
-            .invoke_async(&mut redis)
-            .await?;
-        Ok(decision(spec, allowed == 1, remaining, retry_us, reset_us))
+        let reply: Vec<i64> = call.invoke_async(&mut redis).await?;
+        let answers = script::answers(&asked, &reply).ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "a short answer from the check script",
+            ))
+        })?;
+        Ok(Verdict::assemble(&answers, wall))
+    }
+
+    /// Reads, tops up or resets the current period of a quota in Redis (the admin API's
+    /// change; it waits up to a second, and does not mark the backend down).
+    pub async fn quota(
+        &self,
+        owner: Owner<'_>,
+        spec: &QuotaSpec,
+        change: QuotaChange,
+    ) -> Result<QuotaUse, Unavailable> {
+        let now = self.clock.now();
+        let window = spec.window(now);
+        let call = script::change(&self.scripts, &self.prefix, owner, &window, now, change);
+        let mut redis = self.redis.clone();
+        let reply = tokio::time::timeout(PROBE_TIMEOUT, call.invoke_async::<(i64, i64)>(&mut redis)).await;
+        match reply {
+            Ok(Ok((used, added))) => Ok(QuotaUse::new(
+                spec.limit,
+                u64::try_from(added).unwrap_or(0),
+                u64::try_from(used).unwrap_or(0),
+                &window,
+            )),
+            Ok(Err(_)) | Err(_) => Err(Unavailable),
+        }
     }
 
     fn mark_down(&self, why: Down<'_>) {
@@ -173,96 +227,23 @@ impl SharedLimits {
     }
 }
 
-/// The script's answer as the local limiter would give it: the same `RateLimit-*` numbers.
-fn decision(spec: &RateLimitSpec, allowed: bool, remaining: i64, retry_us: i64, reset_us: i64) -> Decision {
-    let limit = spec.burst().get();
-    let micros = |us: i64| Duration::from_micros(u64::try_from(us).unwrap_or(0));
-    let window = ceil_secs(spec.per).max(1);
-    let reset = ceil_secs(micros(reset_us));
-    if allowed {
-        let remaining = u32::try_from(remaining.clamp(0, i64::from(limit))).unwrap_or(limit);
-        return Decision::Allowed(LimitState {
-            limit,
-            remaining,
-            reset,
-            window,
-        });
-    }
-    let retry_after = ceil_secs(micros(retry_us)).max(1);
-    Decision::Limited {
-        state: LimitState {
-            limit,
-            remaining: 0,
-            reset: reset.max(retry_after),
-            window,
-        },
-        retry_after,
-    }
-}
-
 /// Why checks went local: Redis failed, or answered later than the budget allows.
 enum Down<'a> {
     Unreachable(&'a dyn std::fmt::Display),
     Slow(Duration),
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::num::NonZeroU32;
-
-    fn spec(requests: u32, per_secs: u64) -> RateLimitSpec {
-        RateLimitSpec {
-            requests: NonZeroU32::new(requests).unwrap(),
-            per: Duration::from_secs(per_secs),
-            burst: None,
-        }
+impl Limiter for SharedLimits {
+    async fn admit(&self, check: &Check<'_>) -> Result<Verdict, Unavailable> {
+        SharedLimits::admit(self, check).await.ok_or(Unavailable)
     }
 
-    #[test]
-    fn answers_become_the_headers_the_local_limiter_sends() {
-        let six_a_minute = spec(6, 60);
-        assert_eq!(
-            decision(&six_a_minute, true, 5, 0, 10_000_000),
-            Decision::Allowed(LimitState {
-                limit: 6,
-                remaining: 5,
-                reset: 10,
-                window: 60
-            })
-        );
-        assert_eq!(
-            decision(&six_a_minute, false, 0, 9_500_001, 59_000_000),
-            Decision::Limited {
-                state: LimitState {
-                    limit: 6,
-                    remaining: 0,
-                    reset: 59,
-                    window: 60
-                },
-                retry_after: 10
-            }
-        );
-    }
-
-    #[test]
-    fn odd_answers_stay_in_range() {
-        let one = spec(1, 1);
-        assert_eq!(
-            decision(&one, false, -3, 0, -1),
-            Decision::Limited {
-                state: LimitState {
-                    limit: 1,
-                    remaining: 0,
-                    reset: 1,
-                    window: 1
-                },
-                retry_after: 1
-            }
-        );
-        assert!(matches!(
-            decision(&one, true, i64::MAX, 0, 0),
-            Decision::Allowed(LimitState { remaining: 1, .. })
-        ));
+    async fn quota(
+        &self,
+        owner: Owner<'_>,
+        spec: &QuotaSpec,
+        change: QuotaChange,
+    ) -> Result<QuotaUse, Unavailable> {
+        SharedLimits::quota(self, owner, spec, change).await
     }
 }
