@@ -14,6 +14,7 @@ mod forwarding;
 mod https_upstream;
 mod idle_expiry;
 mod lifecycle;
+mod limiter_conformance;
 mod logs;
 mod postgres_tls;
 mod protective_limits;

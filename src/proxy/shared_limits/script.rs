@@ -153,34 +153,50 @@ pub(super) fn check<'s>(
     let mut call = scripts.check.prepare_invoke();
     let micros = at.rates.map_or(0, Timestamp::as_microsecond);
     call.arg(check.cost.get()).arg(micros);
+    let asked = plan(prefix, check, at.wall).map(|limit| {
+        let (name, asked) = limit?;
+        call.key(name);
+        match asked {
+            Asked::Rate(spec) => {
+                let interval_us = spec.per.as_secs_f64() * 1e6 / f64::from(spec.requests.get());
+                call.arg("r").arg(interval_us).arg(spec.burst().get())
+            }
+            Asked::Quota(spec, window) => call.arg("q").arg(spec.limit).arg(keep_secs(&window, at.wall)),
+        };
+        Some(asked)
+    });
+    (call, asked)
+}
+
+/// The Redis key of each limit a check asks, and what it asks of it.
+fn plan(prefix: &str, check: &Check<'_>, now: Timestamp) -> [Option<(String, Asked)>; 4] {
     let base = base(prefix, check.key.id, check.customer.map(|c| c.id));
+    let key = check.key.id;
     let customer = check.customer.unwrap_or(Subject {
         id: "",
         rate: None,
         quota: None,
     });
-    let key_rate = format!("{base}r:k:{}", check.key.id);
-    let customer_rate = format!("{base}r:c");
-    let asked = [
-        check.key.rate.map(|spec| rate(&mut call, key_rate, spec)),
-        customer.rate.map(|spec| rate(&mut call, customer_rate, spec)),
-        check.key.quota.map(|spec| {
-            let window = spec.window(at.wall);
-            let name = format!("{base}q:k:{}:{}", check.key.id, window.label());
-            quota(&mut call, name, spec, window, at.wall)
-        }),
-        customer.quota.map(|spec| {
-            let window = spec.window(at.wall);
-            quota(
-                &mut call,
-                format!("{base}q:c:{}", window.label()),
-                spec,
-                window,
-                at.wall,
-            )
-        }),
-    ];
-    (call, asked)
+    let quota = |spec: &QuotaSpec, name: &dyn Fn(i64) -> String| {
+        let window = spec.window(now);
+        (name(window.label()), Asked::Quota(*spec, window))
+    };
+    [
+        check
+            .key
+            .rate
+            .map(|spec| (format!("{base}r:k:{key}"), Asked::Rate(*spec))),
+        customer
+            .rate
+            .map(|spec| (format!("{base}r:c"), Asked::Rate(*spec))),
+        check
+            .key
+            .quota
+            .map(|spec| quota(spec, &|label| format!("{base}q:k:{key}:{label}"))),
+        customer
+            .quota
+            .map(|spec| quota(spec, &|label| format!("{base}q:c:{label}"))),
+    ]
 }
 
 /// The script call of an operator's change to a quota's current period.
@@ -241,26 +257,6 @@ fn base(prefix: &str, key_id: &str, customer: Option<&str>) -> String {
     }
 }
 
-fn rate(call: &mut ScriptInvocation<'_>, name: String, spec: &RateLimitSpec) -> Asked {
-    let interval_us = spec.per.as_secs_f64() * 1e6 / f64::from(spec.requests.get());
-    call.key(name).arg("r").arg(interval_us).arg(spec.burst().get());
-    Asked::Rate(*spec)
-}
-
-fn quota(
-    call: &mut ScriptInvocation<'_>,
-    name: String,
-    spec: &QuotaSpec,
-    window: Window,
-    now: Timestamp,
-) -> Asked {
-    call.key(name)
-        .arg("q")
-        .arg(spec.limit)
-        .arg(keep_secs(&window, now));
-    Asked::Quota(*spec, window)
-}
-
 /// Seconds a period's counter is kept from `now`: to the period's end and a margin; 0 (for
 /// ever) for a period that never ends.
 fn keep_secs(window: &Window, now: Timestamp) -> u64 {
@@ -283,10 +279,60 @@ mod tests {
     use crate::core::quota::Period;
     use std::num::NonZeroU32;
 
+    /// The part of a Redis key that Redis Cluster hashes: the text inside its first `{...}`
+    /// when that is not empty, else the whole key.
+    fn hash_tag(name: &str) -> &str {
+        let Some(open) = name.find('{') else { return name };
+        match name[open + 1..].find('}') {
+            Some(0) | None => name,
+            Some(close) => &name[open + 1..open + 1 + close],
+        }
+    }
+
     #[test]
     fn every_key_of_a_check_carries_the_customers_tag_or_else_the_keys() {
-        assert_eq!(base("kg:", "key_1", Some("acme")), "kg:{c:acme}:");
-        assert_eq!(base("kg:", "key_1", None), "kg:{k:key_1}:");
+        let now: Timestamp = "2026-01-01T23:00:00Z".parse().unwrap();
+        let spec = RateLimitSpec {
+            requests: NonZeroU32::MIN,
+            per: Duration::from_secs(1),
+            burst: None,
+        };
+        let day = QuotaSpec {
+            limit: 5,
+            period: Period::Day,
+            anchor: now,
+        };
+        let everything = |id| Subject {
+            id,
+            rate: Some(&spec),
+            quota: Some(&day),
+        };
+        for (customer, tag) in [
+            (Some("acme"), "c:acme"),
+            (Some("odd}id{"), "c:odd"),
+            (None, "k:key_1"),
+        ] {
+            let check = Check {
+                seq: 1,
+                key: everything("key_1"),
+                customer: customer.map(everything),
+                cost: NonZeroU32::MIN,
+            };
+            let names: Vec<String> = plan("kg:", &check, now)
+                .into_iter()
+                .flatten()
+                .map(|(n, _)| n)
+                .collect();
+            assert_eq!(names.len(), if customer.is_some() { 4 } else { 2 });
+            for name in &names {
+                assert_eq!(hash_tag(name), tag, "{name}");
+            }
+        }
+        let check = Check::key_rate(1, "key_1", &spec);
+        let [Some((name, _)), ..] = plan("kg:", &check, now) else {
+            panic!()
+        };
+        assert_eq!(name, "kg:{k:key_1}:r:k:key_1");
     }
 
     #[test]
