@@ -15,6 +15,7 @@ mod https_upstream;
 mod idle_expiry;
 mod leaks;
 mod lifecycle;
+mod limiter_conformance;
 mod logs;
 mod postgres_tls;
 mod protective_limits;
