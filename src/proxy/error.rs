@@ -7,7 +7,7 @@
 //! a limit that refills), and no cache between the client and the gateway may replay it.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{HeaderMap, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 
@@ -217,11 +217,19 @@ const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
 pub const JSON: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
 
+/// Room for every header a refusal can carry: its own (content type, `Cache-Control`, the
+/// challenge or `Retry-After`), and those the final phase adds (`X-Request-Id`, the five
+/// `RateLimit` ones, `Connection`). Sized once, so no insert makes the map grow: growing is a
+/// reallocation and a rehash on every refused request.
+const REFUSAL_HEADERS: usize = 12;
+
 /// A JSON response with a fixed body.
 pub fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut response = Response::new(Either::Right(Full::new(body.into())));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, JSON);
+    let headers = response.headers_mut();
+    *headers = HeaderMap::with_capacity(REFUSAL_HEADERS);
+    headers.insert(CONTENT_TYPE, JSON);
     response
 }
 

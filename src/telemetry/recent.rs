@@ -4,8 +4,9 @@
 //! A ring of slots. A request takes the next slot with one atomic increment and copies its
 //! record into it under that slot's own lock, held for those few copies and never across
 //! requests: two requests meet on a slot only when `logs.recent` others came between them.
-//! A slot keeps its buffers, so once warm a record allocates nothing. The reader locks one
-//! slot at a time, newest first.
+//! A slot keeps the record's strings in one buffer that it keeps, so a slot allocates once
+//! (when first filled, or for a longer record than it has held) and once warm a record
+//! allocates nothing. The reader locks one slot at a time, newest first.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,46 +26,37 @@ pub struct Recent {
     next: AtomicU64,
 }
 
-/// One record, in buffers that outlive it. `seq` is the record's number plus one; 0 is empty.
-/// Strings are kept as the bytes they came as and turned into text when read: the request pays
-/// for copies only.
+/// One record, its strings in a buffer that outlives it. `seq` is the record's number plus
+/// one; 0 is empty. Strings are kept as the bytes they came as and turned into text when read:
+/// the request pays for copies only.
 struct Slot {
     seq: u64,
     time_us: u64,
-    request_id: Vec<u8>,
-    route: Text,
-    key_id: Text,
-    environment: Text,
     client: IpAddr,
-    method: Vec<u8>,
-    path: Vec<u8>,
     status: u16,
     duration_us: u64,
     upstream_us: Option<u64>,
-    reason: Text,
+    /// The [`Field`]s, one after another.
+    text: Vec<u8>,
+    /// Where each field ends in `text`.
+    ends: [u32; FIELDS],
+    /// Which of the optional fields the record has, one bit each by [`Field`].
+    present: u8,
 }
 
-/// An optional string whose buffer stays when it is absent, for the next record that has one.
-#[derive(Default)]
-struct Text {
-    buffer: Vec<u8>,
-    present: bool,
+/// The strings of a record, in the order they are kept in a slot.
+#[derive(Clone, Copy)]
+enum Field {
+    RequestId,
+    Route,
+    KeyId,
+    Environment,
+    Method,
+    Path,
+    Reason,
 }
 
-impl Text {
-    fn set(&mut self, text: Option<&str>) {
-        self.present = text.is_some();
-        copy(&mut self.buffer, text.unwrap_or_default().as_bytes());
-    }
-
-    fn get(&self) -> Option<&[u8]> {
-        self.present.then_some(self.buffer.as_slice())
-    }
-
-    fn text(&self) -> Option<String> {
-        self.get().map(lossy)
-    }
-}
+const FIELDS: usize = 7;
 
 /// Which records a reader wants.
 #[derive(Debug, Default, Clone)]
@@ -190,49 +182,76 @@ impl Slot {
         Slot {
             seq: 0,
             time_us: 0,
-            request_id: Vec::new(),
-            route: Text::default(),
-            key_id: Text::default(),
-            environment: Text::default(),
             client: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            method: Vec::new(),
-            path: Vec::new(),
             status: 0,
             duration_us: 0,
             upstream_us: None,
-            reason: Text::default(),
+            text: Vec::new(),
+            ends: [0; FIELDS],
+            present: 0,
         }
     }
 
     fn fill(&mut self, seq: u64, record: &Record) {
         self.seq = seq;
         self.time_us = record.time_us;
-        copy(&mut self.request_id, record.request_id);
-        self.route.set(record.route);
-        self.key_id.set(record.key_id);
-        self.environment.set(record.environment);
         self.client = record.client;
-        copy(&mut self.method, record.method.as_bytes());
-        self.path.clear();
-        if let Some(path) = record.path {
-            if path.len() > MAX_PATH {
-                self.path.extend_from_slice(&path[..MAX_PATH]);
-                self.path.extend_from_slice(b"...");
-            } else {
-                self.path.extend_from_slice(path);
-            }
-        }
         self.status = record.status;
         self.duration_us = micros(record.duration);
         self.upstream_us = record.upstream.map(micros);
-        self.reason.set(record.reason);
+        let path = record.path.unwrap_or_default();
+        let (path, cut) = match path.len() > MAX_PATH {
+            true => (&path[..MAX_PATH], &b"..."[..]),
+            false => (path, &b""[..]),
+        };
+        let fields = [
+            Some(record.request_id),
+            record.route.map(str::as_bytes),
+            record.key_id.map(str::as_bytes),
+            record.environment.map(str::as_bytes),
+            Some(record.method.as_bytes()),
+            Some(path),
+            record.reason.map(str::as_bytes),
+        ];
+        self.text.clear();
+        // One reservation for the whole record: a slot grows at most once per fill.
+        let len = fields.iter().flatten().map(|field| field.len()).sum::<usize>() + cut.len();
+        self.text.reserve(len);
+        self.present = 0;
+        for (i, field) in fields.into_iter().enumerate() {
+            if let Some(bytes) = field {
+                self.text.extend_from_slice(bytes);
+                self.present |= 1 << i;
+            }
+            if i == Field::Path as usize {
+                self.text.extend_from_slice(cut);
+            }
+            self.ends[i] = u32::try_from(self.text.len()).unwrap_or(u32::MAX);
+        }
+    }
+
+    /// A field of the record, `None` when it has none.
+    fn get(&self, field: Field) -> Option<&[u8]> {
+        let i = field as usize;
+        let start = i.checked_sub(1).map_or(0, |before| self.ends[before] as usize);
+        let end = self.ends[i] as usize;
+        (self.present & (1 << i) != 0).then(|| self.text.get(start..end).unwrap_or_default())
+    }
+
+    fn text(&self, field: Field) -> Option<String> {
+        self.get(field).map(lossy)
+    }
+
+    /// A field every record has.
+    fn always(&self, field: Field) -> String {
+        self.text(field).unwrap_or_default()
     }
 
     fn admitted_by(&self, filter: &Filter) -> bool {
         filter
             .key_id
             .as_deref()
-            .is_none_or(|id| self.key_id.get() == Some(id.as_bytes()))
+            .is_none_or(|id| self.get(Field::KeyId) == Some(id.as_bytes()))
             && filter.status.is_none_or(|status| status.admits(self.status))
     }
 
@@ -240,28 +259,23 @@ impl Slot {
         let time_us = i64::try_from(self.time_us).unwrap_or(i64::MAX);
         RecentRequest {
             time: jiff::Timestamp::from_microsecond(time_us).unwrap_or(jiff::Timestamp::UNIX_EPOCH),
-            request_id: lossy(&self.request_id),
-            route: self.route.text(),
-            key_id: self.key_id.text(),
-            environment: self.environment.text(),
+            request_id: self.always(Field::RequestId),
+            route: self.text(Field::Route),
+            key_id: self.text(Field::KeyId),
+            environment: self.text(Field::Environment),
             client: self.client,
-            method: lossy(&self.method),
-            path: lossy(&self.path),
+            method: self.always(Field::Method),
+            path: self.always(Field::Path),
             status: self.status,
             duration_ms: self.duration_us as f64 / 1000.0,
             upstream_ms: self.upstream_us.map(|us| us as f64 / 1000.0),
-            reason: self.reason.text(),
+            reason: self.text(Field::Reason),
         }
     }
 }
 
 fn micros(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
-}
-
-fn copy(buffer: &mut Vec<u8>, bytes: &[u8]) {
-    buffer.clear();
-    buffer.extend_from_slice(bytes);
 }
 
 /// Bytes as text; a byte that is not part of valid UTF-8 as `%XX`, as the access log writes it.
