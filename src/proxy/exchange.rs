@@ -1,18 +1,17 @@
 //! An admitted request on its way upstream (data plane): the one value it is from its admission
-//! to its answer ([`Exchange`]), and what happens to it, in this order:
+//! to its answer ([`Exchange`]). Built in place, it holds the request in the form the upstream
+//! gets (SPEC section 1, "What the upstream receives"), with an upgrade's client side set aside
+//! for a tunnel; then, awaited:
 //!
-//! 1. a body whose declared length is past `server.max_request_body` is refused (413);
-//! 2. the request is put in the form the upstream gets (SPEC section 1, "What the upstream
-//!    receives"), and an upgrade's client side is set aside for a tunnel;
-//! 3. step 8, when the limit is shared (Redis): the one check that awaits, so the one that runs
+//! 1. step 8, when the limit is shared (Redis): the one check that awaits, so the one that runs
 //!    here rather than among the others;
-//! 4. step 9: the upstream's answer, or a tunnel when it switches protocols;
-//! 5. the final phase ([`Final`]), which runs on drop too.
+//! 2. step 9: the upstream's answer, or a tunnel when it switches protocols;
+//! 3. the final phase ([`Final`]), which runs on drop too.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, UPGRADE};
+use http::header::{HeaderValue, UPGRADE};
 use http::{Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -34,9 +33,10 @@ use super::upstream::{SendFailure, UpstreamClient};
 use super::Body;
 use crate::core::key::RateLimitSpec;
 
-/// What steps 0 to 8 decided that an admitted request's way upstream needs (its key is the
-/// context's).
+/// What steps 0 to 8 decided that an admitted request's way upstream needs.
 pub(super) struct Admission {
+    /// The key it authenticated with (the context's too, for the final phase).
+    pub key: Arc<AuthKey>,
     pub route: usize,
     /// Which of the key's secrets the request presented.
     pub presented: Presented,
@@ -50,83 +50,77 @@ pub(super) struct Admission {
     pub shared_limit: Option<RateLimitSpec>,
 }
 
-/// An admitted request, from its admission to its answer: what the steps decided, the request
-/// as it came, and its final phase.
+/// An admitted request, from its admission to its answer: the request as the upstream gets it,
+/// where it goes, what is left to check, and its final phase.
 pub(super) struct Exchange {
     last: Final,
-    peer: Peer,
-    admission: Admission,
-    request: Request<Incoming>,
+    version: http::Version,
+    upstream: usize,
+    shared_limit: Option<RateLimitSpec>,
+    request: Request<OutBody>,
+    upgrade: Option<Upgrade>,
 }
 
 impl Exchange {
+    /// The exchange of `request`, admitted as `admission`: step 9's first half, the request put
+    /// in the form the upstream gets, happens here, before anything is awaited.
     pub fn new(
         snapshot: Arc<Snapshot>,
         ctx: Context,
         peer: Peer,
         admission: Admission,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
     ) -> Self {
         let method = request.method().clone();
+        let version = request.version();
+        let upgrade = Upgrade::take(&mut request, admission.presented);
+        let upstream = snapshot.routes[admission.route].upstream;
+        let shared_limit = admission.shared_limit;
+        let request = outgoing(&snapshot, &ctx, peer, admission, request, upgrade.as_ref());
         Exchange {
             last: Final::new(snapshot, ctx, method),
-            peer,
-            admission,
+            version,
+            upstream,
+            shared_limit,
             request,
+            upgrade,
         }
     }
 
-    /// The upstream's answer or the refusal that stopped the request on its way, then the final
-    /// phase.
+    /// A shared step 8, step 9, then the final phase.
     pub async fn run(self, shared: &Shared) -> Response<Body> {
         let Exchange {
             mut last,
-            peer,
-            admission,
+            version,
+            upstream,
+            shared_limit,
             request,
+            upgrade,
         } = self;
-        let version = request.version();
         let Final { snapshot, ctx, .. } = &mut last;
-        let response = match answer(shared, snapshot, ctx, peer, admission, request).await {
+        let limited = match shared_limit {
+            Some(spec) => limit_shared(shared, ctx, &spec).await,
+            None => Ok(()),
+        };
+        let forwarded = match limited {
+            Ok(()) => {
+                send(
+                    shared,
+                    snapshot,
+                    ctx,
+                    &snapshot.upstreams[upstream],
+                    request,
+                    upgrade,
+                )
+                .await
+            }
+            Err(refusal) => Err(refusal),
+        };
+        let response = match forwarded {
             Ok(response) => response,
             Err(refusal) => refuse(shared, snapshot, ctx, refusal, version),
         };
         last.finish(response)
-    }
-}
-
-/// Points 1 to 4 of the module doc.
-async fn answer(
-    shared: &Shared,
-    snapshot: &Snapshot,
-    ctx: &mut Context,
-    peer: Peer,
-    admission: Admission,
-    mut request: Request<Incoming>,
-) -> Result<Response<Body>, Refusal> {
-    check_declared_length(snapshot.config.server.max_request_body, request.headers())?;
-    let upgrade = Upgrade::take(&mut request, admission.presented);
-    let shared_limit = admission.shared_limit;
-    let upstream = &snapshot.upstreams[snapshot.routes[admission.route].upstream];
-    let outgoing = prepare(snapshot, ctx, peer, admission, request, upgrade.as_ref())?;
-    if let Some(spec) = shared_limit {
-        limit_shared(shared, ctx, &spec).await?;
-    }
-    send(shared, snapshot, ctx, upstream, outgoing, upgrade).await
-}
-
-/// A body declared longer than `max` is refused before any of it is read; one without a
-/// declared length is counted as it streams ([`sent::out_body`]).
-fn check_declared_length(max: Option<u64>, headers: &HeaderMap) -> Result<(), Refusal> {
-    let Some(max) = max else {
-        return Ok(());
-    };
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    match declared {
-        Some(len) if len > max => Err(Refusal::TooLarge),
-        _ => Ok(()),
     }
 }
 
@@ -154,15 +148,15 @@ impl Upgrade {
 
 /// Step 9, its first half: the request as the upstream gets it, with the upgrade headers put
 /// back when it goes for a tunnel.
-fn prepare(
+fn outgoing(
     snapshot: &Snapshot,
     ctx: &Context,
     peer: Peer,
     admission: Admission,
     mut request: Request<Incoming>,
     upgrade: Option<&Upgrade>,
-) -> Result<Request<OutBody>, Refusal> {
-    let key = ctx.authenticated()?;
+) -> Request<OutBody> {
+    let key = &admission.key;
     let route = &snapshot.routes[admission.route];
     let identity = Identity {
         key_id: &key.id,
@@ -183,7 +177,7 @@ fn prepare(
         tunnel::restore(request.headers_mut(), upgrade.protocol.clone());
     }
     let max = snapshot.config.server.max_request_body;
-    Ok(request.map(|body| sent::out_body(body, max)))
+    request.map(|body| sent::out_body(body, max))
 }
 
 /// What the route and the peer let through of the client's own headers.

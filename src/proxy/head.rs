@@ -167,7 +167,9 @@ fn parse_host(text: &str) -> Result<Host<'_>, BadRequest> {
         let valid = !name.is_empty()
             && !name.starts_with('.')
             && !name.ends_with('.')
-            && !name.contains("..")
+            // By bytes: `contains("..")` goes through the pattern machinery, a `memcmp` call
+            // per position once it is not inlined.
+            && !name.as_bytes().windows(2).any(|pair| matches!(pair, [b'.', b'.']))
             && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));

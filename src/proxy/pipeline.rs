@@ -2,17 +2,16 @@
 //!
 //! ```text
 //!  admit: in place, nothing awaited                                        refused with
-//!   request ─▶ 0 head ─────────────────────────────────────────────────────  400, 414, 431
-//!           ─▶ 1 route ────────────────────────────────────────────────────  404
-//!           ─▶ key table fresh ────────────────────────────────────────────  503
-//!           ─▶ 2 credential ─▶ 3 lookup ─▶ 4 environment ──────────────────  401 (429)
-//!           ─▶ 5 client IP ─▶ 6 permission ─▶ 7 customer ──────────────────  403
-//!           ─▶ 8 rate limit, when local ───────────────────────────────────  429
-//!           ─▶ upstream target ────────────────────────────────────────────  400
+//!   request ─▶ 0 head ───────────────────────────────────────────────────  400, 414, 431
+//!           ─▶ 1 route ──────────────────────────────────────────────────  404
+//!           ─▶ key table fresh ──────────────────────────────────────────  503
+//!           ─▶ 2 credential ─▶ 3 lookup ─▶ 4 environment ────────────────  401 (429)
+//!           ─▶ 5 client IP ─▶ 6 permission ─▶ 7 customer ────────────────  403
+//!           ─▶ 8 rate limit, when local ─────────────────────────────────  429
+//!           ─▶ upstream target ─▶ declared body size ────────────────────  400, 413
 //!  the exchange, boxed: admitted requests only (super::exchange)
-//!           ─▶ declared body size ─────────────────────────────────────────  413
-//!           ─▶ 8 rate limit, when shared ──────────────────────────────────  429
-//!           ─▶ 9 forward ──────────────────────────────────────────────────  502, 503, 504
+//!           ─▶ 8 rate limit, when shared ────────────────────────────────  429
+//!           ─▶ 9 forward ───────────────────────────────────  502, 503, 504; 400, 408, 413
 //!  every exit
 //!           ─▶ final phase: response headers, metrics, access record, span (super::final_phase)
 //! ```
@@ -38,19 +37,20 @@
 //! - 8 comes last of the key's checks, so that a request refused by one of them does not spend
 //!   the key's allowance. A local limit is decided in place; a shared one (Redis) is the one
 //!   check that awaits, so it runs in the admitted request's exchange.
-//! - Two checks of the request as it will go upstream run after the local 8, as they always
-//!   have: its target at the upstream (the upstream's path prefix before the normal path: 400
-//!   should they not make a valid target) and a body declared longer than
-//!   `server.max_request_body` (413). Before 8 they would answer 400 or 413 where a request
-//!   refused by both gets 429 today, and a too-large request would no longer spend the key's
-//!   allowance; so they stay where they are, and a shared 8 comes after them.
+//! - Two checks of the request as it will go upstream follow the local 8, as they always have:
+//!   its target at the upstream (400 should the upstream's path prefix and the normal path not
+//!   make a valid one) and a body declared longer than `server.max_request_body` (413). Before
+//!   8 they would answer 400 or 413 where a request refused by both gets 429, and a too-large
+//!   request would no longer spend its key's allowance; so they stay there, before a shared 8.
 //! - 9 forwards; the final phase runs for every request, whatever step it stopped at, and for
 //!   an admitted request also when its client leaves first (499).
 //! - With `[tracing]` on, a request's span starts as it arrives (so the `traceparent` sent
 //!   upstream names it) and ends in the final phase with the outcome; off, each of the three is
 //!   one branch on an `Option`.
 //! - A request body that breaks on its way upstream (framing hyper cannot read, a client gone
-//!   mid-upload) is the client's fault: 400 (499 when it left), never the upstream's 502.
+//!   mid-upload) is the client's fault: 400 (499 when it left), never the upstream's 502; so
+//!   are one that stalls past `server.body_idle_timeout` (408) and one without a declared
+//!   length that grows past `server.max_request_body` (413).
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -59,7 +59,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::HeaderValue;
+use http::header::{HeaderValue, CONTENT_LENGTH};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
@@ -121,16 +121,16 @@ fn begin(
     }
 }
 
-/// Steps 0 to 8 alone, without forwarding, logging or metrics: the gateway's verdict on a
-/// request. For benchmarks and checks of the decision itself; a shared (Redis) limit is not
-/// checked here.
+/// Steps 0 to 8 and the checks that follow them (the upstream target, the declared body
+/// size) alone, without forwarding, logging or metrics: the gateway's verdict on a request. For
+/// benchmarks and checks of the decision itself; a shared (Redis) limit is not checked here.
 pub fn decide<B>(shared: &Shared, peer: Peer, request: &Request<B>) -> Result<(), Refusal> {
     let snapshot = shared.snapshot.load();
     let mut ctx = Context::new(&snapshot, peer, request.headers(), HeaderValue::from_static("-"));
     admit(shared, &snapshot, &mut ctx, request).map(drop)
 }
 
-/// Steps 0 to 8, in the order of the module doc.
+/// Everything up to the exchange, in the order of the module doc.
 fn admit<B>(
     shared: &Shared,
     snapshot: &Snapshot,
@@ -147,11 +147,14 @@ fn admit<B>(
     check_permission(route, &key, request)?;
     check_customer(route, &key, matched.customer)?;
     let shared_limit = rate_limit(shared, snapshot, ctx, &key)?;
+    let uri = upstream_target(snapshot, route, &head.path, request)?;
+    check_declared_length(snapshot, request)?;
     Ok(Admission {
+        key,
         route: matched.route,
         presented,
         source,
-        uri: upstream_target(snapshot, route, &head.path, request)?,
+        uri,
         host: head.host.and_then(|h| h.to_header_value()),
         shared_limit,
     })
@@ -303,7 +306,7 @@ fn check_client_ip(key: &AuthKey, client: IpAddr) -> Result<(), Refusal> {
 /// overrides (headers, `_method` in the query) name where the route lets them through to the
 /// upstream.
 fn check_permission<B>(route: &RouteState, key: &AuthKey, request: &Request<B>) -> Result<(), Refusal> {
-    let overridden = method_override(route, request)?;
+    let overridden = overridden_method(route, request)?;
     let Some(permissions) = &route.permissions else {
         return Ok(());
     };
@@ -315,7 +318,7 @@ fn check_permission<B>(route: &RouteState, key: &AuthKey, request: &Request<B>) 
 
 /// The method the request's overrides name, where the route lets them through. Elsewhere the
 /// headers are stripped; a `_method` parameter cannot be, so it is refused.
-fn method_override<B>(route: &RouteState, request: &Request<B>) -> Result<Option<http::Method>, Refusal> {
+fn overridden_method<B>(route: &RouteState, request: &Request<B>) -> Result<Option<http::Method>, Refusal> {
     let query = request.uri().query();
     if route.allow_method_override {
         overrides::method_override(request.headers(), query)
@@ -354,6 +357,22 @@ fn rate_limit(
     }
     ctx.apply_limit(shared.key_limits.check(key.seq, &spec))?;
     Ok(None)
+}
+
+/// A body declared longer than `server.max_request_body` is refused before any of it is read;
+/// one without a declared length is counted as it streams.
+fn check_declared_length<B>(snapshot: &Snapshot, request: &Request<B>) -> Result<(), Refusal> {
+    let Some(max) = snapshot.config.server.max_request_body else {
+        return Ok(());
+    };
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > max => Err(Refusal::TooLarge),
+        _ => Ok(()),
+    }
 }
 
 /// The request's target at the upstream: the upstream's path prefix, the normal path, the
