@@ -540,7 +540,9 @@ impl Checker<'_> {
                 RateLimitBackend::Local
             }
         };
-        if raw.backend.is_none() {
+        // Explicitly local or left to the default alike: a Redis setting would be ignored.
+        let local = raw.backend.as_ref().is_none_or(|b| b.get_ref() == "local");
+        if local {
             let redis_only = [
                 ("rate_limit.redis_url", raw.redis_url.as_ref().map(Spanned::span)),
                 (

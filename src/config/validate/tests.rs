@@ -229,6 +229,7 @@ fn each_mistake_names_its_field_and_line() {
         ("\n[rate_limit]\nbackend = \"redis\"\nredis_url = \"redis://r\"\nredis_timeout = \"0ms\"\n", "rate_limit.redis_timeout", 5),
         ("\n[rate_limit]\nredis_timeout = \"5ms\"\n", "rate_limit.redis_timeout", 3),
         ("\n[rate_limit]\nredis_prefix = \"x:\"\n", "rate_limit.redis_prefix", 3),
+        ("\n[rate_limit]\nbackend = \"local\"\nredis_url = \"redis://r\"\n", "rate_limit.redis_url", 4),
         ("\n[store]\nurl = \"postgres://u@h/db?sslmode=sometimes\"\n", "store.url", 3),
         ("\n[lifecycle]\nwarn_before = [\"1d\"]\n", "lifecycle.warn_before", 3),
         ("\n[lifecycle]\nidle_expiry = \"7d\"\nwarn_before = [\"7d\"]\n", "lifecycle.warn_before", 4),
