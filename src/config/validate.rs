@@ -442,10 +442,12 @@ impl Checker<'_> {
 
     /// `[usage]`: `retention`, an hour at least.
     fn usage(&mut self, raw: &raw::RawUsage) -> Usage {
-        let retention = self.parsed(&raw.retention, "usage.retention", |text| match parse_duration(text) {
-            Ok(duration) if duration < Usage::MIN_RETENTION => Err("must be at least 1h".to_owned()),
-            Ok(duration) => Ok(duration),
-            Err(error) => Err(error.to_string()),
+        let retention = self.parsed(&raw.retention, "usage.retention", |text| {
+            match parse_duration(text) {
+                Ok(duration) if duration < Usage::MIN_RETENTION => Err("must be at least 1h".to_owned()),
+                Ok(duration) => Ok(duration),
+                Err(error) => Err(error.to_string()),
+            }
         });
         Usage {
             retention: retention.unwrap_or(Usage::DEFAULT_RETENTION),

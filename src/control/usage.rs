@@ -180,7 +180,9 @@ fn rows(hours: &[HourCount]) -> Vec<HourRow> {
             requests: h.requests,
         })
         .collect();
-    rows.sort_unstable_by(|a, b| (a.seq, a.hour, &a.route, a.status).cmp(&(b.seq, b.hour, &b.route, b.status)));
+    rows.sort_unstable_by(|a, b| {
+        (a.seq, a.hour, &a.route, a.status).cmp(&(b.seq, b.hour, &b.route, b.status))
+    });
     rows
 }
 

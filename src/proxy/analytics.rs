@@ -76,7 +76,11 @@ impl Analytics {
         };
         match self.counts.get(&cell) {
             Some(count) => count.fetch_add(1, Ordering::Relaxed),
-            None => self.counts.entry(cell).or_default().fetch_add(1, Ordering::Relaxed),
+            None => self
+                .counts
+                .entry(cell)
+                .or_default()
+                .fetch_add(1, Ordering::Relaxed),
         };
     }
 
@@ -135,7 +139,9 @@ impl Analytics {
 pub(super) fn count(snapshot: &Snapshot, ctx: &Context, status: StatusCode) {
     if let (Some(key), Some(route)) = (&ctx.key, ctx.route) {
         let route = snapshot.routes[route].analytics_id;
-        snapshot.analytics.record(key.seq, route, status.as_u16(), ctx.key_at);
+        snapshot
+            .analytics
+            .record(key.seq, route, status.as_u16(), ctx.key_at);
     }
 }
 

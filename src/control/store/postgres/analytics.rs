@@ -5,7 +5,9 @@
 use deadpool_postgres::GenericClient;
 
 use super::Tx;
-use crate::control::store::analytics::{series_sql, whose, Dialect, HourRow, UsageOf, UsagePoint, UsageQuery};
+use crate::control::store::analytics::{
+    series_sql, whose, Dialect, HourRow, UsageOf, UsagePoint, UsageQuery,
+};
 use crate::control::store::row::signed;
 use crate::control::store::StoreError;
 

@@ -3,7 +3,9 @@
 
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Transaction};
 
-use crate::control::store::analytics::{series_sql, whose, Dialect, HourRow, UsageOf, UsagePoint, UsageQuery};
+use crate::control::store::analytics::{
+    series_sql, whose, Dialect, HourRow, UsageOf, UsagePoint, UsageQuery,
+};
 use crate::control::store::StoreError;
 
 /// Rows per statement: five parameters each keeps a statement well within SQLite's bound of
@@ -49,16 +51,13 @@ pub(super) fn series(conn: &Connection, query: &UsageQuery) -> Result<Vec<UsageP
             .ok_or(StoreError::NotFound)?;
     }
     let mut stmt = conn.prepare_cached(&series_sql(query, &DIALECT))?;
-    let rows = stmt.query_map(
-        params![whose(query), query.from, query.to, query.bucket],
-        |r| {
-            Ok(UsagePoint {
-                group: r.get(0)?,
-                t: r.get(1)?,
-                count: r.get::<_, i64>(2)? as u64,
-            })
-        },
-    )?;
+    let rows = stmt.query_map(params![whose(query), query.from, query.to, query.bucket], |r| {
+        Ok(UsagePoint {
+            group: r.get(0)?,
+            t: r.get(1)?,
+            count: r.get::<_, i64>(2)? as u64,
+        })
+    })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
