@@ -245,4 +245,60 @@ mod tests {
             "counts since go in"
         );
     }
+
+    #[test]
+    fn hourly_counts_go_in_with_the_flush_and_rows_past_retention_are_pruned_once_an_hour() {
+        use crate::control::store::{HourRow, UsageGroup, UsageOf, UsageQuery};
+        use crate::core::clock::ManualClock;
+        use crate::proxy::analytics::{Analytics, HOUR};
+
+        let t = 1_796_515_200 + 10 * HOUR;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(store_with_one_key(&dir.path().join("k.db"), "s"));
+        let clock = ManualClock::new(Timestamp::from_second(t).unwrap());
+        let analytics = Arc::new(Analytics::default());
+        let flusher = UsageFlusher::new(
+            store.clone(),
+            Arc::default(),
+            Metrics::new(),
+            Arc::new(clock.clone()),
+        )
+        .with_analytics(analytics.clone(), Duration::from_secs(2 * 3600));
+        let hours = || {
+            let query = UsageQuery {
+                of: UsageOf::Key("key_s".into()),
+                from: 0,
+                to: i64::MAX,
+                bucket: HOUR,
+                group: UsageGroup::All,
+            };
+            let points = store.usage_series(&query).unwrap();
+            points.iter().map(|p| (p.t, p.count)).collect::<Vec<_>>()
+        };
+        let orders = analytics.route_id("orders");
+        analytics.record(1, orders, 200, t - 3 * HOUR);
+        analytics.record(1, orders, 429, t + 5);
+        flusher.flush();
+        assert_eq!(hours(), [(t, 1)], "written, and the row past retention pruned");
+
+        analytics.record(1, orders, 200, t + 10);
+        let old = HourRow {
+            seq: 1,
+            route: "orders".into(),
+            status: 200,
+            hour: t - 5 * HOUR,
+            requests: 1,
+        };
+        store.record_usage_rows(&[], &[old]).unwrap();
+        flusher.flush();
+        assert_eq!(
+            hours(),
+            [(t - 5 * HOUR, 1), (t, 2)],
+            "pruned once in an hour, not at every flush"
+        );
+
+        clock.advance(Duration::from_secs(3 * 3600));
+        flusher.flush();
+        assert_eq!(hours(), [], "a later hour prunes again");
+    }
 }
