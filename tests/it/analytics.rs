@@ -9,6 +9,7 @@ use http_body_util::Full;
 use serde_json::{json, Value};
 
 use crate::support::postgres::{postgres_url, FreshSchema};
+use crate::support::relay::{service_addr, Relay};
 use crate::support::{admin_call, clients, spec, Answer, ConfigEdit, Harness, READ_TOKEN, STANDARD};
 use keygate::core::environment::Environment;
 
@@ -154,5 +155,32 @@ async fn two_replicas_on_one_postgresql_add_up() {
         series(&h, &format!("key_id={id}&from=2026-12-06T00:00:00Z")).await,
         json!([{"group": "all", "points": [{"t": "2026-12-06T10:00:00Z", "count": 5}]}]),
         "the fleet's sum, the asking replica's counts flushed first"
+    );
+}
+
+// Multi-threaded: the flush blocks its thread while the relay must go on holding connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_of_a_failed_flush_are_written_by_the_next() {
+    let Some(postgres) = postgres_url() else { return };
+    let schema = FreshSchema::new(&postgres);
+    let relay = Relay::start(service_addr(&postgres)).await;
+    let url = schema
+        .url
+        .edit(&service_addr(&postgres).to_string(), &relay.addr.to_string());
+    let config = STANDARD.edit("url = \"sqlite://keygate.db\"", &format!("url = \"{url}\""));
+    let h = Harness::with_config(&config, "").await;
+    h.clock.set(AT.parse().unwrap());
+    let (id, secret) = h.key(&[]).await;
+    for _ in 0..4 {
+        assert_eq!(h.get("/v1/status", &secret).await.status, 200);
+    }
+    relay.cut();
+    h.gateway.flush_usage().await;
+    assert_eq!(h.metric("keygate_usage_flush_errors_total").await, Some(1.0));
+    relay.restore();
+    assert_eq!(
+        series(&h, &format!("key_id={id}&from=2026-12-06T00:00:00Z")).await,
+        json!([{"group": "all", "points": [{"t": "2026-12-06T10:00:00Z", "count": 4}]}]),
+        "kept through the failed flush, none lost, none twice"
     );
 }
