@@ -194,12 +194,15 @@ impl Gateway {
                 let _ = rx.wait_for(|stopped| *stopped).await;
             }
         };
-        let flusher = Arc::new(UsageFlusher::new(
-            store.clone(),
-            shared.usage.clone(),
-            metrics.clone(),
-            clock.clone(),
-        ));
+        let flusher = Arc::new(
+            UsageFlusher::new(
+                store.clone(),
+                shared.usage.clone(),
+                metrics.clone(),
+                clock.clone(),
+            )
+            .with_analytics(shared.analytics(), config.usage.retention),
+        );
         let lifecycle = LifecycleJobs::new(
             &config.lifecycle,
             store.clone(),

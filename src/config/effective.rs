@@ -29,6 +29,7 @@ pub struct Effective {
     metrics: MetricsOut,
     logs: LogsOut,
     tracing: TracingOut,
+    usage: UsageOut,
     upstream: Vec<UpstreamOut>,
     route: Vec<RouteOut>,
 }
@@ -138,6 +139,11 @@ struct TracingOut {
 }
 
 #[derive(Debug, Serialize)]
+struct UsageOut {
+    retention: String,
+}
+
+#[derive(Debug, Serialize)]
 struct UpstreamOut {
     name: String,
     url: String,
@@ -202,6 +208,9 @@ impl Effective {
                 sample_ratio: config.tracing.sample_ratio,
                 service_name: config.tracing.service_name.clone(),
                 export_interval: time(config.tracing.export_interval),
+            },
+            usage: UsageOut {
+                retention: time(config.usage.retention),
             },
             upstream: config.upstreams.iter().map(upstream).collect(),
             route: config.routes.iter().map(|r| route(r, config)).collect(),
@@ -536,6 +545,8 @@ warn_before = ["7d"]
 webhook = "https://hooks.example.com/keygate"
 [tracing]
 otlp_endpoint = "http://127.0.0.1:4318"
+[usage]
+retention = "30d"
 [[upstream]]
 name = "api"
 url = "https://localhost:8443"

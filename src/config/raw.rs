@@ -13,7 +13,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 #[cfg(doc)]
-use super::{Admin, Auth, Lifecycle, Logs, Metrics, RateLimit, Server, Store, Tracing, Upstream};
+use super::{Admin, Auth, Lifecycle, Logs, Metrics, RateLimit, Server, Store, Tracing, Upstream, Usage};
 
 /// A value that may be absent, with its position in the file when present.
 pub type Field<T> = Option<Spanned<T>>;
@@ -203,6 +203,8 @@ pub struct RawConfig {
     pub logs: RawLogs,
     #[serde(default)]
     pub tracing: RawTracing,
+    #[serde(default)]
+    pub usage: RawUsage,
     /// `[[upstream]]` tables.
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<Spanned<RawUpstream>>,
@@ -365,6 +367,14 @@ pub struct RawLogs {
     /// How many recent access records to keep in memory for `GET /v1/requests` and the page.
     /// Default [`Logs::DEFAULT_RECENT`]; 0 keeps none.
     pub recent: Field<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUsage {
+    /// How long the hourly usage analytics rows are kept (at least `1h`). Default
+    /// [`Usage::DEFAULT_RETENTION`].
+    pub retention: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

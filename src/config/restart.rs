@@ -82,6 +82,9 @@ pub struct RestartOnly {
     webhook: Option<String>,
     /// The whole `[tracing]` section: the exporter is built once.
     tracing: Tracing,
+    /// The usage flusher, which prunes by it, is built once.
+    #[serde(rename = "usage.retention")]
+    usage_retention: Duration,
 }
 
 impl RestartOnly {
@@ -127,6 +130,7 @@ impl RestartOnly {
             check_interval: lifecycle.check_interval,
             webhook: lifecycle.webhook.clone(),
             tracing: config.tracing.clone(),
+            usage_retention: config.usage.retention,
         }
     }
 

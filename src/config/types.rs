@@ -26,6 +26,7 @@ pub struct Config {
     pub metrics: Metrics,
     pub logs: Logs,
     pub tracing: Tracing,
+    pub usage: Usage,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
 }
@@ -258,6 +259,19 @@ impl Logs {
     pub const DEFAULT_ACCESS: bool = true;
     /// A few minutes of a busy replica; a record takes at most about 800 bytes, so a few MB.
     pub const DEFAULT_RECENT: usize = 10_000;
+}
+
+/// `[usage]`: the usage analytics kept in the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Usage {
+    /// How long the hourly rows are kept; older ones are pruned at most hourly.
+    pub retention: Duration,
+}
+
+impl Usage {
+    pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 86_400);
+    /// Rows are hourly: a shorter retention would prune the hour being counted.
+    pub const MIN_RETENTION: Duration = Duration::from_secs(3_600);
 }
 
 /// `[tracing]`: a span per request, exported over OTLP/HTTP.

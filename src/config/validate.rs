@@ -221,6 +221,7 @@ impl Checker<'_> {
             recent: self.recent(&raw.logs.recent),
         };
         let tracing = traces::tracing(self, &raw.tracing);
+        let usage = self.usage(&raw.usage);
         if admin.listen == server.listen && server.listen.port() != 0 {
             let span = raw.admin.listen.as_ref().map_or(0..0, Spanned::span);
             self.fail(&span, "admin.listen", "must differ from server.listen");
@@ -237,6 +238,7 @@ impl Checker<'_> {
             metrics,
             logs,
             tracing,
+            usage,
             upstreams,
             routes,
         })
@@ -435,6 +437,20 @@ impl Checker<'_> {
                 "store.usage_flush_interval",
                 Store::DEFAULT_USAGE_FLUSH_INTERVAL,
             ),
+        }
+    }
+
+    /// `[usage]`: `retention`, an hour at least.
+    fn usage(&mut self, raw: &raw::RawUsage) -> Usage {
+        let retention = self.parsed(&raw.retention, "usage.retention", |text| {
+            match parse_duration(text) {
+                Ok(duration) if duration < Usage::MIN_RETENTION => Err("must be at least 1h".to_owned()),
+                Ok(duration) => Ok(duration),
+                Err(error) => Err(error.to_string()),
+            }
+        });
+        Usage {
+            retention: retention.unwrap_or(Usage::DEFAULT_RETENTION),
         }
     }
 

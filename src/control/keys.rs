@@ -9,7 +9,8 @@ use ipnet::IpNet;
 use jiff::Timestamp;
 
 use super::store::{
-    Actor, Audit, IdleKey, KeyEvent, KeyFilter, KeyStore, NewKey, StoreError, StoredKey, Usage,
+    Actor, Audit, IdleKey, KeyEvent, KeyFilter, KeyStore, NewKey, StoreError, StoredKey, Usage, UsageOf,
+    UsagePoint, UsageQuery,
 };
 use crate::core::clock::{whole_second, Clock};
 use crate::core::environment::Environment;
@@ -467,6 +468,17 @@ impl KeyService {
 
     pub fn usage(&self, id: &str) -> Result<Usage, KeyError> {
         self.store.usage(id).map_err(|e| KeyError::from_store(e, id))
+    }
+
+    /// The usage analytics a query asks for (`GET /v1/usage`).
+    pub fn usage_series(&self, query: &UsageQuery) -> Result<Vec<UsagePoint>, KeyError> {
+        let id = match &query.of {
+            UsageOf::Key(id) => id.as_str(),
+            UsageOf::Customer(_) => "",
+        };
+        self.store
+            .usage_series(query)
+            .map_err(|e| KeyError::from_store(e, id))
     }
 
     /// Revokes a key for idleness, unless it was used (or reactivated, or regenerated) since

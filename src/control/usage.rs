@@ -1,5 +1,7 @@
 //! Writes the hot path's per-key usage counters to the store in batches (control plane), so
-//! `last_used_at` and daily counts cost no store write per request.
+//! `last_used_at`, daily counts and the hourly analytics rows cost no store write per request.
+//! The analytics rows older than `usage.retention` are pruned here too, at most once an hour
+//! by each replica (the delete is idempotent, so replicas need not agree on who does it).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -7,9 +9,10 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use super::store::{KeyStore, UsageDelta};
+use super::store::{HourRow, KeyStore, UsageDelta};
 use crate::core::clock::Clock;
-use crate::proxy::usage::UsageCounters;
+use crate::proxy::analytics::{Analytics, HourCount, HOUR};
+use crate::proxy::usage::{Drained, UsageCounters};
 use crate::telemetry::Metrics;
 
 pub struct UsageFlusher {
@@ -22,6 +25,10 @@ pub struct UsageFlusher {
     /// When the store last took every count made before it, in Unix microseconds;
     /// [`NEVER`] until then.
     flushed_at: AtomicI64,
+    /// The hourly counts, and how long their rows are kept; `None`: not counted.
+    analytics: Option<(Arc<Analytics>, Duration)>,
+    /// The hour (Unix seconds of its start) old rows were last pruned in; [`NEVER`] until then.
+    pruned_in: AtomicI64,
 }
 
 const NEVER: i64 = i64::MIN;
@@ -41,6 +48,16 @@ impl UsageFlusher {
             generation,
             clock,
             flushed_at: AtomicI64::new(NEVER),
+            analytics: None,
+            pruned_in: AtomicI64::new(NEVER),
+        }
+    }
+
+    /// Writes the hourly counts of `analytics` too, keeping their rows for `retention`.
+    pub fn with_analytics(self, analytics: Arc<Analytics>, retention: Duration) -> Self {
+        UsageFlusher {
+            analytics: Some((analytics, retention)),
+            ..self
         }
     }
 
@@ -64,8 +81,9 @@ impl UsageFlusher {
         let generation = self.store.generation();
         let started = self.clock.now();
         let counted = self.counters.drain();
+        let hours = self.drain_hours(started.as_second());
         if self.generation.swap(generation, Ordering::AcqRel) != generation {
-            if !counted.is_empty() {
+            if !counted.is_empty() || !hours.is_empty() {
                 tracing::warn!(
                     keys = counted.len(),
                     "key usage counted before the store file was replaced is dropped"
@@ -73,25 +91,52 @@ impl UsageFlusher {
             }
             return;
         }
-        if counted.is_empty() {
+        self.write(&counted, &hours, started);
+        self.prune_if_due(started.as_second());
+    }
+
+    fn drain_hours(&self, now: i64) -> Vec<HourCount> {
+        match &self.analytics {
+            Some((analytics, _)) => analytics.drain(now),
+            None => Vec::new(),
+        }
+    }
+
+    /// Writes one flush's counts; on failure they go back, to be written next time.
+    fn write(&self, counted: &[Drained], hours: &[HourCount], started: Timestamp) {
+        if counted.is_empty() && hours.is_empty() {
             self.flushed(started);
             return;
         }
-        let deltas: Vec<UsageDelta> = counted
-            .iter()
-            .map(|c| UsageDelta {
-                seq: c.seq,
-                previous: c.previous,
-                requests: c.requests,
-                last_used_at: Timestamp::from_second(c.last_used).unwrap_or(Timestamp::UNIX_EPOCH),
-            })
-            .collect();
-        match self.store.record_usage(&deltas) {
+        let deltas: Vec<UsageDelta> = counted.iter().map(delta).collect();
+        match self.store.record_usage_rows(&deltas, &rows(hours)) {
             Ok(()) => self.flushed(started),
             Err(error) => {
                 self.metrics.usage_flush_errors.inc();
-                self.counters.restore(&counted);
+                self.counters.restore(counted);
+                if let Some((analytics, _)) = &self.analytics {
+                    analytics.restore(hours);
+                }
                 tracing::warn!(%error, "could not write key usage; will retry");
+            }
+        }
+    }
+
+    /// Deletes the analytics rows past retention, once in each hour (`now`, Unix seconds).
+    fn prune_if_due(&self, now: i64) {
+        let Some((_, retention)) = &self.analytics else {
+            return;
+        };
+        let hour = now - now.rem_euclid(HOUR);
+        if self.pruned_in.swap(hour, Ordering::AcqRel) == hour {
+            return;
+        }
+        let before = hour - i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+        match self.store.prune_usage_rows(before) {
+            Ok(rows) => tracing::debug!(rows, "usage rows past retention pruned"),
+            Err(error) => {
+                self.pruned_in.store(NEVER, Ordering::Release);
+                tracing::warn!(%error, "could not prune usage rows past retention; will retry");
             }
         }
     }
@@ -111,6 +156,34 @@ impl UsageFlusher {
             let _ = tokio::task::spawn_blocking(move || flusher.flush()).await;
         }
     }
+}
+
+fn delta(c: &Drained) -> UsageDelta {
+    UsageDelta {
+        seq: c.seq,
+        previous: c.previous,
+        requests: c.requests,
+        last_used_at: Timestamp::from_second(c.last_used).unwrap_or(Timestamp::UNIX_EPOCH),
+    }
+}
+
+/// The store's rows of the hourly counts, in primary-key order, so that replicas writing the
+/// same rows at once take their locks in the same order.
+fn rows(hours: &[HourCount]) -> Vec<HourRow> {
+    let mut rows: Vec<HourRow> = hours
+        .iter()
+        .map(|h| HourRow {
+            seq: h.seq,
+            route: h.route.clone(),
+            status: h.status,
+            hour: h.hour,
+            requests: h.requests,
+        })
+        .collect();
+    rows.sort_unstable_by(|a, b| {
+        (a.seq, a.hour, &a.route, a.status).cmp(&(b.seq, b.hour, &b.route, b.status))
+    });
+    rows
 }
 
 #[cfg(test)]
@@ -171,5 +244,61 @@ mod tests {
             1,
             "counts since go in"
         );
+    }
+
+    #[test]
+    fn hourly_counts_go_in_with_the_flush_and_rows_past_retention_are_pruned_once_an_hour() {
+        use crate::control::store::{HourRow, UsageGroup, UsageOf, UsageQuery};
+        use crate::core::clock::ManualClock;
+        use crate::proxy::analytics::{Analytics, HOUR};
+
+        let t = 1_796_515_200 + 10 * HOUR;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(store_with_one_key(&dir.path().join("k.db"), "s"));
+        let clock = ManualClock::new(Timestamp::from_second(t).unwrap());
+        let analytics = Arc::new(Analytics::default());
+        let flusher = UsageFlusher::new(
+            store.clone(),
+            Arc::default(),
+            Metrics::new(),
+            Arc::new(clock.clone()),
+        )
+        .with_analytics(analytics.clone(), Duration::from_secs(2 * 3600));
+        let hours = || {
+            let query = UsageQuery {
+                of: UsageOf::Key("key_s".into()),
+                from: 0,
+                to: i64::MAX,
+                bucket: HOUR,
+                group: UsageGroup::All,
+            };
+            let points = store.usage_series(&query).unwrap();
+            points.iter().map(|p| (p.t, p.count)).collect::<Vec<_>>()
+        };
+        let orders = analytics.route_id("orders");
+        analytics.record(1, orders, 200, t - 3 * HOUR);
+        analytics.record(1, orders, 429, t + 5);
+        flusher.flush();
+        assert_eq!(hours(), [(t, 1)], "written, and the row past retention pruned");
+
+        analytics.record(1, orders, 200, t + 10);
+        let old = HourRow {
+            seq: 1,
+            route: "orders".into(),
+            status: 200,
+            hour: t - 5 * HOUR,
+            requests: 1,
+        };
+        store.record_usage_rows(&[], &[old]).unwrap();
+        flusher.flush();
+        assert_eq!(
+            hours(),
+            [(t - 5 * HOUR, 1), (t, 2)],
+            "pruned once in an hour, not at every flush"
+        );
+
+        clock.advance(Duration::from_secs(3 * 3600));
+        flusher.flush();
+        assert_eq!(hours(), [], "a later hour prunes again");
     }
 }

@@ -29,6 +29,8 @@ pub(super) struct Context {
     /// The key the credential named, from step 3 on whatever follows, so that a refusal's access
     /// record names the key that was used (revoked, expired, of another environment).
     pub key: Option<Arc<AuthKey>>,
+    /// When the key was looked up, in Unix seconds: the hour its analytics count is in.
+    pub key_at: i64,
     /// Step 8's numbers, for the `RateLimit-*` headers.
     pub limit: Option<LimitState>,
     /// When the request went upstream, for the time spent there by one abandoned meanwhile.
@@ -52,6 +54,7 @@ impl Context {
             client: client_ip(peer.addr.ip(), headers, &snapshot.config.server.trusted_proxies),
             route: None,
             key: None,
+            key_at: 0,
             limit: None,
             sent: None,
             upstream_time: None,

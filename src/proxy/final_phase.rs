@@ -154,6 +154,7 @@ fn account(snapshot: &Snapshot, ctx: &mut Context, method: &http::Method, status
         }
         None => snapshot.unrouted.get(status).inc(),
     }
+    super::analytics::count(snapshot, ctx, status);
     if ctx.target.is_some() {
         record(
             snapshot,

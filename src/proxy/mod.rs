@@ -1,6 +1,7 @@
 //! The data plane: everything a proxied request touches. It reads the key table, the config
 //! snapshot and the metrics; it never imports the store or the admin code.
 
+pub mod analytics;
 pub mod bare;
 pub mod client_ip;
 pub mod connection;

@@ -270,6 +270,7 @@ fn find_key(
         .lookup(&hash)
         .ok_or(Refusal::Unauthenticated(AuthFailure::Unknown))?;
     ctx.key = Some(key.clone());
+    ctx.key_at = now;
     key.usable(presented, now).map_err(Refusal::Unauthenticated)?;
     Ok((key, presented))
 }

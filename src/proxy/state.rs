@@ -11,6 +11,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::StatusCode;
 use prometheus::{Histogram, IntCounter, IntCounterVec};
 
+use super::analytics::Analytics;
 use super::credentials::Schemes;
 use super::error::{AuthFailure, Denial};
 use super::limits::{Decision, GatewayClock, IpThrottle, KeyLimits};
@@ -42,6 +43,8 @@ pub struct RouteState {
     pub duration: Histogram,
     pub rate_limited: IntCounter,
     pub requests: StatusCounters,
+    /// Its name's id in [`Snapshot::analytics`].
+    pub analytics_id: u32,
 }
 
 /// One upstream, ready for the hot path: its client (and connection pool) and its
@@ -98,12 +101,15 @@ pub struct Snapshot {
     pub unrouted: StatusCounters,
     /// The last `logs.recent` access records. A reload that keeps the size keeps the records.
     pub recent: Arc<Recent>,
+    /// Requests by key, route, status and hour, kept across reloads.
+    pub analytics: Arc<Analytics>,
 }
 
 impl Snapshot {
     /// The snapshot of `config`; `previous`, the one it replaces, lends it the upstream pools
     /// that carry on unchanged.
     pub fn new(config: Arc<Config>, metrics: &Metrics, previous: Option<&Snapshot>) -> Self {
+        let analytics = previous.map_or_else(Arc::default, |p| p.analytics.clone());
         let routes = config
             .routes
             .iter()
@@ -119,6 +125,7 @@ impl Snapshot {
                 duration: metrics.request_duration.with_label_values(&[&route.name]),
                 rate_limited: metrics.rate_limited.with_label_values(&[&route.name]),
                 requests: StatusCounters::new(&metrics.requests, &route.name, route.environment.as_str()),
+                analytics_id: analytics.route_id(&route.name),
             })
             .collect();
         let upstreams = config
@@ -158,6 +165,7 @@ impl Snapshot {
                 Some(previous) if previous.recent.capacity() == config.logs.recent => previous.recent.clone(),
                 _ => Arc::new(Recent::new(config.logs.recent)),
             },
+            analytics,
             config,
         }
     }
@@ -332,6 +340,11 @@ impl Shared {
     /// Counts an authenticated request of `key` (`previous`: with its pre-regeneration secret).
     pub fn record_use(&self, key: &AuthKey, previous: bool, now: i64, per_key_metric: bool) {
         self.usage.record(key.seq, previous, now, per_key_metric);
+    }
+
+    /// The per-key analytics counts, for the usage flush.
+    pub fn analytics(&self) -> Arc<Analytics> {
+        self.snapshot.load().analytics.clone()
     }
 
     /// How old the key table is, in milliseconds, when that is past `store.max_staleness`

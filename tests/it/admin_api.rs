@@ -495,6 +495,19 @@ async fn every_endpoint_answers_as_documented() {
     let recent = call(&h, &c, Method::GET, "/v1/requests?limit=5", "/v1/requests", None).await;
     assert_eq!(recent.json()["items"][0]["status"], 401);
 
+    // Usage analytics: a series, a bad parameter, an unknown key.
+    let path = format!("/v1/usage?key_id={id}&group_by=status");
+    let usage = call(&h, &c, Method::GET, &path, "/v1/usage", None).await;
+    assert!(usage.json()["series"].is_array());
+    assert_eq!(
+        call(&h, &c, Method::GET, "/v1/usage", "/v1/usage", None)
+            .await
+            .status,
+        400
+    );
+    let unknown = call(&h, &c, Method::GET, "/v1/usage?key_id=nope", "/v1/usage", None).await;
+    assert_eq!(unknown.status, 404);
+
     // The document itself.
     let doc = call(&h, &c, Method::GET, "/v1/openapi.json", "/v1/openapi.json", None).await;
     assert_eq!(doc.json()["openapi"], "3.1.0");

@@ -5,6 +5,7 @@
 mod support;
 
 mod admin_api;
+mod analytics;
 mod cli;
 mod deploy;
 mod drain;

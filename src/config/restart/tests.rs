@@ -97,6 +97,7 @@ const SETTINGS: &[(&str, Class, Change)] = &[
     ("tracing.sample_ratio", Restart, To("0.5")),
     ("tracing.service_name", Restart, To(r#""gateway""#)),
     ("tracing.export_interval", Restart, To(r#""1s""#)),
+    ("usage.retention", Restart, To(r#""7d""#)),
     ("upstream.name", Applied, Table),
     ("upstream.url", Applied, Table),
     ("upstream.ca", Applied, Table),

@@ -418,3 +418,16 @@ fn a_file_without_routes_parses_but_would_serve_nothing() {
     assert_eq!(fields(upstream_only), ["route"]);
     assert!(fields(MINIMAL).is_empty());
 }
+
+#[test]
+fn usage_rows_are_kept_90_days_by_default_and_an_hour_at_least() {
+    assert_eq!(parse_ok("").usage.retention, Duration::from_secs(90 * 86_400));
+    assert_eq!(
+        parse_ok("[usage]\nretention = \"7d\"\n").usage.retention,
+        Duration::from_secs(7 * 86_400)
+    );
+    for bad in ["\"59m\"", "\"0s\"", "\"90\"", "90"] {
+        let found = problems(&format!("[usage]\nretention = {bad}\n"));
+        assert_eq!(found[0].field, "usage.retention", "{bad}: {found:?}");
+    }
+}

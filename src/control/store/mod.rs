@@ -11,6 +11,7 @@
 //! audit record says of a change), [`dump`] (a whole store as data). Each backend is a folder
 //! split along its own sections (`sqlite/`, `postgres/`).
 
+pub mod analytics;
 mod audit;
 pub mod dump;
 pub mod model;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use tokio::sync::watch;
 
+pub use analytics::{HourRow, UsageGroup, UsageOf, UsagePoint, UsageQuery};
 pub use model::*;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -171,6 +173,18 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
 
     /// A key's usage history, deleted or not.
     fn usage(&self, id: &str) -> Result<Usage, StoreError>;
+
+    /// [`KeyStore::record_usage`] and the hourly analytics rows of the same flush, added to
+    /// what is there (every replica adds its own), in one transaction: with one statement for
+    /// the rows on PostgreSQL, one per thousand rows on SQLite.
+    fn record_usage_rows(&self, deltas: &[UsageDelta], rows: &[HourRow]) -> Result<(), StoreError>;
+
+    /// The hourly rows a query asks for, summed by its bucket and group. An unknown key id is
+    /// [`StoreError::NotFound`]; a customer without keys has no points.
+    fn usage_series(&self, query: &UsageQuery) -> Result<Vec<UsagePoint>, StoreError>;
+
+    /// Deletes the hourly rows of hours that started before `before` (Unix seconds): how many.
+    fn prune_usage_rows(&self, before: i64) -> Result<u64, StoreError>;
 
     /// The current store revision.
     fn revision(&self) -> Result<u64, StoreError>;

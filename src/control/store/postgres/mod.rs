@@ -16,7 +16,7 @@
 //! This file connects and runs each [`KeyStore`] operation on a pooled connection, in a
 //! transaction where it writes, announcing what it changed; the sections do the work: `tls`
 //! (verifying the server), `schema` (migrations under a lock), `listen` (the change feed),
-//! `keys` (key rows and their audit trail), `usage` (counters, idle keys), `jobs` (webhook
+//! `keys` (key rows and their audit trail), `usage` (counters, idle keys), `analytics` (hourly rows), `jobs` (webhook
 //! outbox, leases), `dump` (export and import).
 
 use std::future::Future;
@@ -27,6 +27,7 @@ use jiff::Timestamp;
 use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
 
+use super::analytics::{HourRow, UsagePoint, UsageQuery};
 use super::dump::{Dump, Onto};
 use super::model::{
     Audit, Changes, IdleKey, KeyEvent, KeyFilter, Modified, NewKey, PendingWebhook, StoredKey, Usage,
@@ -34,6 +35,7 @@ use super::model::{
 };
 use super::{KeyStore, StoreError};
 
+mod analytics;
 mod dump;
 mod jobs;
 mod keys;
@@ -315,6 +317,30 @@ impl KeyStore for PgStore {
 
     fn usage(&self, id: &str) -> Result<Usage, StoreError> {
         self.run(async { usage::of_key(&self.pool.get().await?, id).await })
+    }
+
+    fn record_usage_rows(&self, deltas: &[UsageDelta], rows: &[HourRow]) -> Result<(), StoreError> {
+        if deltas.is_empty() && rows.is_empty() {
+            return Ok(());
+        }
+        self.run(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            if !deltas.is_empty() {
+                usage::record(&tx, deltas).await?;
+            }
+            analytics::record(&tx, rows).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn usage_series(&self, query: &UsageQuery) -> Result<Vec<UsagePoint>, StoreError> {
+        self.run(async { analytics::series(&self.pool.get().await?, query).await })
+    }
+
+    fn prune_usage_rows(&self, before: i64) -> Result<u64, StoreError> {
+        self.run(async { analytics::prune(&self.pool.get().await?, before).await })
     }
 
     fn revision(&self) -> Result<u64, StoreError> {

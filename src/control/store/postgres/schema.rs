@@ -98,6 +98,20 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE key_events ADD COLUMN token TEXT;
     ALTER TABLE key_events ADD COLUMN client TEXT;
 "#,
+    // Usage analytics: requests by key, route, status and hour, added by every replica's usage
+    // flush; keyed by key and hour first, as `GET /v1/usage` reads them, and by hour for the
+    // retention's prune.
+    r#"
+    CREATE TABLE usage_hours (
+        key_seq BIGINT NOT NULL,
+        route TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        hour BIGINT NOT NULL,
+        requests BIGINT NOT NULL,
+        PRIMARY KEY (key_seq, hour, route, status)
+    );
+    CREATE INDEX usage_hours_hour ON usage_hours (hour);
+"#,
 ];
 
 /// Applies the migrations this store has not run, once, even when several gateways start

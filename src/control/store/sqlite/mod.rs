@@ -20,6 +20,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
+use super::analytics::{HourRow, UsagePoint, UsageQuery};
 use super::dump::{Dump, Onto};
 use super::model::{
     Audit, Changes, IdleKey, KeyEvent, KeyFilter, Modified, NewKey, PendingWebhook, StoredKey, Usage,
@@ -28,6 +29,7 @@ use super::model::{
 use super::{KeyStore, StoreError};
 
 pub(super) mod access;
+mod analytics;
 mod dump;
 mod file;
 mod jobs;
@@ -286,6 +288,21 @@ impl KeyStore for SqliteStore {
 
     fn usage(&self, id: &str) -> Result<Usage, StoreError> {
         usage::of_key(&*self.conn()?, id)
+    }
+
+    fn record_usage_rows(&self, deltas: &[UsageDelta], rows: &[HourRow]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            usage::record(tx, deltas)?;
+            analytics::record(tx, rows)
+        })
+    }
+
+    fn usage_series(&self, query: &UsageQuery) -> Result<Vec<UsagePoint>, StoreError> {
+        analytics::series(&*self.conn()?, query)
+    }
+
+    fn prune_usage_rows(&self, before: i64) -> Result<u64, StoreError> {
+        self.write(|tx| analytics::prune(tx, before))
     }
 
     fn revision(&self) -> Result<u64, StoreError> {

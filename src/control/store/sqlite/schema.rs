@@ -116,6 +116,20 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE key_events ADD COLUMN token TEXT;
     ALTER TABLE key_events ADD COLUMN client TEXT;
 "#,
+    // Usage analytics: requests by key, route, status and hour, added by every replica's usage
+    // flush; keyed by key and hour first, as `GET /v1/usage` reads them, and by hour for the
+    // retention's prune.
+    r#"
+    CREATE TABLE usage_hours (
+        key_seq INTEGER NOT NULL,
+        route TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        hour INTEGER NOT NULL,
+        requests INTEGER NOT NULL,
+        PRIMARY KEY (key_seq, hour, route, status)
+    ) WITHOUT ROWID;
+    CREATE INDEX usage_hours_hour ON usage_hours (hour);
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
