@@ -210,6 +210,7 @@ impl Row<'_> {
         let result = match self.outcome {
             Some(Outcome::Revoked { .. }) => ", revoked now",
             Some(Outcome::Quarantined { .. }) => ", quarantined now",
+            Some(Outcome::GraceEnded { .. }) => ", its grace period ended now",
             Some(Outcome::AlreadyRevoked { .. }) => ", reported (revoked already)",
             Some(Outcome::Unknown) | None => "",
         };

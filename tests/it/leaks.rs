@@ -217,14 +217,18 @@ fn scan_names_the_stores_keys_by_prefix_and_reports_them_as_leaked() {
         [
             (prefix(&live_secret), "revoked"),
             (prefix(&stranger), "unknown"),
-            (prefix(&old_secret), "revoked"),
+            (prefix(&old_secret), "grace_ended"),
             (prefix(&live_secret), "revoked"),
             (prefix(&dev_secret), "revoked"),
         ]
     );
     assert_eq!(document["files"], 4);
+    // A grace-period secret ends the grace; the key's new secret works on.
+    assert_eq!(s.keys(&["show", &rotated])["status"], "active");
+    assert_eq!(s.keys(&["show", &rotated])["grace_until"], Value::Null);
     for id in [&live, &dev, &rotated] {
-        assert_eq!(s.keys(&["show", id])["status"], "revoked", "{id}");
+        let expected = if id == &rotated { "active" } else { "revoked" };
+        assert_eq!(s.keys(&["show", id])["status"], expected, "{id}");
         let last = events(&mut s, id).pop().unwrap();
         assert_eq!(last, ("leaked".to_owned(), "cli".to_owned()), "{id}");
     }

@@ -98,6 +98,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE key_events ADD COLUMN token TEXT;
     ALTER TABLE key_events ADD COLUMN client TEXT;
 "#,
+    // A key whose secret was reported leaked under `leaks.action = "quarantine"`.
+    r#"
+    ALTER TABLE keys ADD COLUMN quarantined BIGINT NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Applies the migrations this store has not run, once, even when several gateways start

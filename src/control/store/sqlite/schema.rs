@@ -116,6 +116,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE key_events ADD COLUMN token TEXT;
     ALTER TABLE key_events ADD COLUMN client TEXT;
 "#,
+    // A key whose secret was reported leaked under `leaks.action = "quarantine"`.
+    r#"
+    ALTER TABLE keys ADD COLUMN quarantined INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
