@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Config, RateLimitBackend, StoreUrl, Tracing};
+use super::{Config, Leaks, RateLimitBackend, StoreUrl, Tracing};
 
 /// What a gateway was built from at start and keeps until it restarts.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -82,6 +82,8 @@ pub struct RestartOnly {
     webhook: Option<String>,
     /// The whole `[tracing]` section: the exporter is built once.
     tracing: Tracing,
+    /// The whole `[leaks]` section: its endpoints and their keys are set up at start.
+    leaks: Leaks,
 }
 
 impl RestartOnly {
@@ -127,6 +129,7 @@ impl RestartOnly {
             check_interval: lifecycle.check_interval,
             webhook: lifecycle.webhook.clone(),
             tracing: config.tracing.clone(),
+            leaks: config.leaks.clone(),
         }
     }
 

@@ -26,6 +26,7 @@ pub struct Config {
     pub metrics: Metrics,
     pub logs: Logs,
     pub tracing: Tracing,
+    pub leaks: super::Leaks,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
 }

@@ -221,6 +221,7 @@ impl Checker<'_> {
             recent: self.recent(&raw.logs.recent),
         };
         let tracing = traces::tracing(self, &raw.tracing);
+        let leaks = super::leaks::leaks(self, &raw.leaks, base_dir);
         if admin.listen == server.listen && server.listen.port() != 0 {
             let span = raw.admin.listen.as_ref().map_or(0..0, Spanned::span);
             self.fail(&span, "admin.listen", "must differ from server.listen");
@@ -237,6 +238,7 @@ impl Checker<'_> {
             metrics,
             logs,
             tracing,
+            leaks,
             upstreams,
             routes,
         })

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 mod idle;
+mod leaks;
 mod verify;
 
 use super::{json, Admin, AdminBody, Caller};
@@ -160,6 +161,7 @@ async fn dispatch(admin: &Admin, caller: Caller, request: Request<Incoming>) -> 
         (["keys", id, "usage"], &Method::GET) => usage(admin, id.to_string()).await,
         (["keys", id, "events"], &Method::GET) => events(admin, id.to_string(), &request).await,
         (["idle-keys"], &Method::GET) => idle::idle_keys(admin, &request).await,
+        (["leaks"], &Method::POST) => leaks::report(admin, caller, request).await,
         (shape, _) => match allowed(shape) {
             Some(allow) => Ok(method_not_allowed(allow)),
             None => Err(ApiError::status(StatusCode::NOT_FOUND, "not found")),
@@ -177,6 +179,7 @@ fn allowed(shape: &[&str]) -> Option<&'static str> {
         ["keys", _, "regenerate" | "revoke" | "activate"] => Some("POST"),
         ["keys", _, "usage" | "events"] => Some("GET, HEAD"),
         ["idle-keys"] => Some("GET, HEAD"),
+        ["leaks"] => Some("POST"),
         _ => None,
     }
 }

@@ -72,24 +72,7 @@ impl Source {
 }
 
 /// `leaks.action`: what a report does to a live key.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    /// The key stops working at once.
-    #[default]
-    Revoke,
-    /// The key keeps working, flagged for its owner to regenerate.
-    Quarantine,
-}
-
-impl Action {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Revoke => "revoke",
-            Action::Quarantine => "quarantine",
-        }
-    }
-}
+pub use crate::config::LeakAction as Action;
 
 /// One reported token and where it was found. `Debug` never prints the token.
 pub struct Report {
