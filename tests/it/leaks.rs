@@ -1,6 +1,8 @@
 //! Leaked keys (SPEC 12), the parts that stand alone: `keygate scan` finds keys in files by
 //! format and checksum, names those of the store by prefix only, and reports them as leaked.
 
+mod endpoints;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
