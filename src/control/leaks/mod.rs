@@ -28,6 +28,7 @@ pub mod github;
 pub mod gitlab;
 pub mod scan;
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -37,7 +38,7 @@ use super::store::{Actor, KeyStore, Origin, Scanner, StoreError, StoredKey};
 use crate::core::clock::{whole_second, Clock};
 use crate::core::environment::Environment;
 use crate::core::key::{KeyStatus, StoredStatus};
-use crate::core::secret::{check_format, Format, Hasher};
+use crate::core::secret::{check_format, Format, Hasher, KeyHash};
 use crate::telemetry::Metrics;
 
 /// Who delivered a report: the audit record's actor, the metric's `source` label.
@@ -245,21 +246,25 @@ impl Leaks {
                 continue;
             }
             let hash = self.hasher.hash(token);
-            if !found.contains_key(&hash.0) {
-                let key = self.store.key_by_hash(&hash, now)?;
-                let holder = key.map(|key| {
-                    let which = if key.hash == hash {
-                        Which::Current
-                    } else {
-                        Which::Grace
-                    };
-                    Holder::of(&key, which, now)
-                });
-                found.insert(hash.0, holder);
-            }
-            holders.push(found[&hash.0].clone());
+            let holder = match found.entry(hash.0) {
+                Entry::Occupied(known) => known.get().clone(),
+                Entry::Vacant(new) => new.insert(self.holder(&hash, now)?).clone(),
+            };
+            holders.push(holder);
         }
         Ok(holders)
+    }
+
+    /// The key holding the secret of `hash`, and which of its secrets it is.
+    fn holder(&self, hash: &KeyHash, now: jiff::Timestamp) -> Result<Option<Holder>, LeakError> {
+        let key = self.store.key_by_hash(hash, now)?;
+        Ok(key.map(|key| {
+            let which = match key.hash == *hash {
+                true => Which::Current,
+                false => Which::Grace,
+            };
+            Holder::of(&key, which, now)
+        }))
     }
 
     /// Applies `leaks.action` to the key of each reported token, audited as `leaked` by
