@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 use keygate::core::environment::Environment;
 use keygate::core::secret::Secret;
 
-use crate::support::{admin_call, sample, Answer, Harness, READ_TOKEN, STANDARD};
+use crate::support::browser::Browser;
+use crate::support::{admin_call, sample, Answer, Harness, ADMIN_TOKEN, READ_TOKEN, STANDARD};
 
 /// A P-256 key pair as GitHub holds one: signs bodies, shows its public key as PEM.
 struct Signer {
@@ -366,4 +367,26 @@ async fn quarantine_keeps_the_key_working_flagged_and_the_api_takes_any_scanners
         .unwrap();
     assert_eq!(s.h.send(read_only).await.status, StatusCode::FORBIDDEN);
     assert_eq!(s.reports("api", "quarantined").await, Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_a_quarantined_key_with_a_badge() {
+    let Some(browser) = Browser::start("quarantined").await else {
+        return;
+    };
+    let s = setup("action = \"quarantine\"").await;
+    let (id, secret) = s.key().await;
+    let (other, _) = s.key().await;
+    let report = json!({"key": secret}).to_string();
+    let answer = admin_call(&s.h.gateway, "POST", "/v1/leaks", &report).await;
+    assert_eq!(answer.json()["result"], "quarantined");
+    browser.sign_in(&s.h.admin_url("/ui/"), ADMIN_TOKEN).await;
+    browser
+        .until_text(&format!("tr[data-key-id=\"{id}\"] .quarantined"), "quarantined")
+        .await;
+    let badges = browser
+        .count(&format!("tr[data-key-id=\"{other}\"] .quarantined"))
+        .await;
+    assert_eq!(badges, 0);
+    browser.finish().await;
 }
