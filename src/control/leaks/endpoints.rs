@@ -3,7 +3,9 @@
 //! `leaks.gitlab.path`. For each request, in order:
 //!
 //! 1. the method the endpoint takes (405 with `Allow` otherwise);
-//! 2. the body, bounded by `leaks.max_body` by its `Content-Length` and as it streams (413);
+//! 2. the body, bounded by `leaks.max_body` by its `Content-Length` and as it streams (413),
+//!    and in time: whole within [`BODY_TIMEOUT`] (408), so a client that trickles it cannot
+//!    hold the connection;
 //! 3. who sent it: GitHub's signature over the raw body, GitLab's token (401, nothing read
 //!    further, nothing changed; counted as `result="unauthorized"`);
 //! 4. the reports, parsed (400), then decided on the blocking pool ([`Leaks::report`]: the
@@ -11,6 +13,7 @@
 //!    so a revoked key is refused here from the next request on.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
@@ -23,6 +26,9 @@ use super::gitlab::{self, REVOKE_PATH, TYPES_PATH};
 use super::{LeakError, Leaks, Outcome, Report, Source};
 use crate::control::sync::KeySync;
 use crate::proxy::intercept::{Answer, Intercept};
+
+/// Longest a report's body may take to arrive: GitHub's batch is a few hundred KiB at most.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The endpoints a config turns on, and what they share.
 pub struct Endpoints {
@@ -172,10 +178,12 @@ impl Endpoints {
         if declared.is_some_and(|length| length > self.max_body as u64) {
             return Err(Refused::TooLarge);
         }
-        match Limited::new(request.into_body(), self.max_body).collect().await {
-            Ok(body) => Ok(body.to_bytes()),
-            Err(error) if error.is::<LengthLimitError>() => Err(Refused::TooLarge),
-            Err(_) => Err(Refused::BadBody),
+        let body = Limited::new(request.into_body(), self.max_body).collect();
+        match tokio::time::timeout(BODY_TIMEOUT, body).await {
+            Ok(Ok(body)) => Ok(body.to_bytes()),
+            Ok(Err(error)) if error.is::<LengthLimitError>() => Err(Refused::TooLarge),
+            Ok(Err(_)) => Err(Refused::BadBody),
+            Err(_) => Err(Refused::Timeout),
         }
     }
 
@@ -229,6 +237,7 @@ enum Refused {
     TooLarge,
     Unauthorized,
     BadBody,
+    Timeout,
     Unavailable,
 }
 
@@ -246,6 +255,7 @@ impl Refused {
             ),
             Refused::Unauthorized => (StatusCode::UNAUTHORIZED, r#"{"error":"unauthorized"}"#),
             Refused::BadBody => (StatusCode::BAD_REQUEST, r#"{"error":"bad request"}"#),
+            Refused::Timeout => (StatusCode::REQUEST_TIMEOUT, r#"{"error":"request timeout"}"#),
             Refused::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 r#"{"error":"service unavailable"}"#,
