@@ -82,6 +82,7 @@ fn main() {
                 keygate::control::store::Audit {
                     actor: keygate::control::store::Actor::Cli,
                     event: "imported",
+                    report: None,
                 },
             )
             .unwrap();

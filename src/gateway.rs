@@ -14,6 +14,9 @@ use tokio::task::JoinHandle;
 use crate::config::{self, Config, ConfigError, RateLimitBackend, RestartOnly};
 use crate::control::admin::{Admin, Tokens};
 use crate::control::keys::KeyService;
+use crate::control::leaks::endpoints::Endpoints;
+use crate::control::leaks::github::{KeySource, Verifier};
+use crate::control::leaks::Leaks;
 use crate::control::lifecycle::LifecycleJobs;
 use crate::control::store::{self, Actor, KeyStore};
 use crate::control::sync::KeySync;
@@ -21,6 +24,7 @@ use crate::control::usage::UsageFlusher;
 use crate::core::clock::{system_clock, Clock};
 use crate::core::environment::Environment;
 use crate::core::secret::Hasher;
+use crate::proxy::intercept::Intercept;
 use crate::proxy::server;
 use crate::proxy::shared_limits::{RedisSettings, SharedLimits};
 use crate::proxy::state::Shared;
@@ -159,7 +163,6 @@ impl Gateway {
         if let Some(limits) = &shared_limits {
             shared = shared.with_shared_limits(limits.clone());
         }
-        let shared = Arc::new(shared);
         // The snapshot is saved at most every ten sync intervals (within 1 s to 1 min): a
         // million keys take a second or two to write.
         let snapshot_every = (config.store.sync_interval * 10).clamp(
@@ -176,6 +179,13 @@ impl Gateway {
             )
             .with_snapshot(config.store.snapshot.clone(), snapshot_every),
         );
+        let leaks = Leaks::new(store.clone(), hasher.clone(), clock.clone(), config.leaks.action)
+            .with_webhooks(config.lifecycle.webhook.is_some())
+            .with_metrics(metrics.clone());
+        if let Some(endpoints) = leak_endpoints(&config.leaks, &leaks, &sync, &clock).await? {
+            shared = shared.with_intercept(endpoints);
+        }
+        let shared = Arc::new(shared);
 
         let proxy = TcpListener::bind(config.server.listen)
             .await
@@ -228,7 +238,8 @@ impl Gateway {
             },
         )
         .with_drain(drain.subscribe())
-        .with_usage(flusher.clone());
+        .with_usage(flusher.clone())
+        .with_leaks(leaks);
         let admin_server = tokio::spawn(Arc::new(admin_server).serve(admin, stopped(&stop)));
         let proxy_server = tokio::spawn(server::serve(proxy, shared.clone(), tls.clone(), stopped(&drain)));
         tracing::info!(%proxy_addr, %admin_addr, "keygate serving");
@@ -421,6 +432,47 @@ fn dropped(running: &Config, next: &Config) -> (Vec<Environment>, Vec<String>) {
         .map(|route| route.name.clone())
         .collect();
     (environments, opened)
+}
+
+/// The `[leaks]` endpoints on the proxy listener, when the config turns one on. GitHub's keys
+/// are read now (a failure is logged: an alert signed with a key not read yet has them read
+/// again); GitLab's token is read from its environment variable, which must be set.
+async fn leak_endpoints(
+    settings: &config::Leaks,
+    leaks: &Leaks,
+    sync: &Arc<KeySync>,
+    clock: &Clock,
+) -> anyhow::Result<Option<Arc<dyn Intercept>>> {
+    if settings.github.is_none() && settings.gitlab.is_none() {
+        return Ok(None);
+    }
+    let mut endpoints = Endpoints::new(leaks.clone(), sync.clone(), settings.max_body);
+    if let Some(github) = &settings.github {
+        let source = match &github.keys {
+            config::GithubKeys::Url(url) => KeySource::Url(url.parse().context("leaks.github.keys_url")?),
+            config::GithubKeys::File(path) => KeySource::File(path.clone()),
+        };
+        let verifier = Verifier::new(source, clock.clone()).context("leaks.github")?;
+        match verifier.load().await {
+            Ok(keys) => tracing::info!(keys, path = %github.path, "GitHub secret scanning endpoint on"),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read GitHub's secret scanning keys yet; tried again on the first alert")
+            }
+        }
+        endpoints = endpoints.with_github(github.path.clone(), verifier);
+    }
+    if let Some(gitlab) = &settings.gitlab {
+        let token = std::env::var(&gitlab.token_env).ok().filter(|t| !t.is_empty());
+        let Some(token) = token else {
+            anyhow::bail!(
+                "leaks.gitlab.token_env names {}, but that environment variable is not set",
+                gitlab.token_env
+            );
+        };
+        tracing::info!(path = %gitlab.path, "GitLab token revocation endpoints on");
+        endpoints = endpoints.with_gitlab(&gitlab.path, &token);
+    }
+    Ok(Some(Arc::new(endpoints)))
 }
 
 /// The Redis limiter of `rate_limit.backend = "redis"`, given a moment to connect so the first

@@ -100,6 +100,9 @@ enum KeysCommand {
         /// The key's id (key_..., as keys list shows it).
         id: String,
     },
+    /// Report a leaked secret (read from stdin) as a secret scanner would: leaks.action applies
+    /// to its key (revoke by default), audited as leaked with the URL.
+    ReportLeak(super::leaks::ReportLeakArgs),
 }
 
 #[derive(Debug, Args)]
@@ -258,7 +261,7 @@ pub fn run(args: KeysArgs) -> Result<(), Failure> {
         _ => Create::Never,
     };
     let store = super::store::open(&config, &path, create)?;
-    let service = KeyService::new(store, hasher, system_clock(), Actor::Cli);
+    let service = KeyService::new(store.clone(), hasher, system_clock(), Actor::Cli);
     let json = args.json;
     match args.command {
         KeysCommand::Create(create) => {
@@ -322,6 +325,7 @@ pub fn run(args: KeysArgs) -> Result<(), Failure> {
             output::deleted(&id, json)
         }
         KeysCommand::Usage { id } => output::usage(&service.usage(&id)?, json),
+        KeysCommand::ReportLeak(report) => super::leaks::report_leak(report, &config, store, json),
         KeysCommand::Events { id } => {
             let mut events = Vec::new();
             let mut after = 0;
@@ -378,6 +382,11 @@ fn clear_if<T>(flag: bool) -> Option<Option<T>> {
 
 /// The secret to import: the first line of stdin, without its line ending.
 fn read_secret() -> Result<Secret, Failure> {
+    Secret::import(read_line("import")?).map_err(Failure::Usage)
+}
+
+/// The first line of stdin without its line ending, for `command`; empty is a usage error.
+pub(super) fn read_line(command: &str) -> Result<String, Failure> {
     let mut input = String::new();
     std::io::stdin()
         .take(4096)
@@ -390,9 +399,9 @@ fn read_secret() -> Result<Secret, Failure> {
         .trim_end_matches('\r')
         .to_owned();
     if line.is_empty() {
-        return Err(Failure::Usage(
-            "import reads the secret from stdin, and stdin was empty".into(),
-        ));
+        return Err(Failure::Usage(format!(
+            "{command} reads the secret from stdin, and stdin was empty"
+        )));
     }
-    Secret::import(line).map_err(Failure::Usage)
+    Ok(line)
 }

@@ -13,6 +13,7 @@ mod check;
 mod dev;
 mod import;
 mod keys;
+mod leaks;
 mod output;
 mod probe;
 mod scan;

@@ -50,7 +50,16 @@ pub fn key(key: &KeyView, json: bool, verb: &str) -> Result<(), Failure> {
         ("id", key.id.clone()),
         ("name", key.spec.name.clone()),
         ("environment", key.spec.environment.to_string()),
-        ("status", key.status.to_string()),
+        (
+            "status",
+            match key.quarantined {
+                true => format!(
+                    "{} (quarantined: a secret was reported leaked; regenerate it)",
+                    key.status
+                ),
+                false => key.status.to_string(),
+            },
+        ),
         ("prefix", key.prefix.clone()),
         (
             "permissions",

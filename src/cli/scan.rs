@@ -12,7 +12,7 @@ use clap::Args;
 use super::store::Create;
 use super::Failure;
 use crate::control::leaks::scan::Stream;
-use crate::control::leaks::{Action, Holder, LeakError, Leaks, Outcome, Report, Source, Which};
+use crate::control::leaks::{Holder, LeakError, Leaks, Outcome, Report, Source, Which};
 use crate::core::clock::system_clock;
 use crate::core::key::KeyStatus;
 use crate::core::secret::Secret;
@@ -30,7 +30,8 @@ pub struct ScanArgs {
     /// The gateway.toml whose store the keys found are looked up in.
     #[arg(long, short, env = "KEYGATE_CONFIG")]
     config: Option<PathBuf>,
-    /// Report each key of the store found as leaked: it is revoked, audited as `leaked`.
+    /// Report each key of the store found as leaked: `leaks.action` applies (revoke by
+    /// default), audited as `leaked`.
     #[arg(long)]
     report: bool,
     /// Print exactly one JSON document on stdout.
@@ -114,7 +115,8 @@ fn open(config_path: &Path) -> Result<Leaks, Failure> {
     let config = super::load(config_path)?;
     let hasher = hasher_from_env(&config)?;
     let store = super::store::open(&config, config_path, Create::Never)?;
-    Ok(Leaks::new(store, hasher, system_clock(), Action::default()))
+    let leaks = Leaks::new(store, hasher, system_clock(), config.leaks.action);
+    Ok(leaks.with_webhooks(config.lifecycle.webhook.is_some()))
 }
 
 /// Searches a file, or a folder's files recursively. A path given on the command line is
@@ -210,6 +212,7 @@ impl Row<'_> {
         let result = match self.outcome {
             Some(Outcome::Revoked { .. }) => ", revoked now",
             Some(Outcome::Quarantined { .. }) => ", quarantined now",
+            Some(Outcome::GraceEnded { .. }) => ", its grace period ended now",
             Some(Outcome::AlreadyRevoked { .. }) => ", reported (revoked already)",
             Some(Outcome::Unknown) | None => "",
         };

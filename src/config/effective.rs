@@ -30,6 +30,7 @@ pub struct Effective {
     logs: LogsOut,
     tracing: TracingOut,
     usage: UsageOut,
+    leaks: super::leaks::LeaksOut,
     upstream: Vec<UpstreamOut>,
     route: Vec<RouteOut>,
 }
@@ -212,6 +213,7 @@ impl Effective {
             usage: UsageOut {
                 retention: time(config.usage.retention),
             },
+            leaks: super::leaks::effective(&config.leaks),
             upstream: config.upstreams.iter().map(upstream).collect(),
             route: config.routes.iter().map(|r| route(r, config)).collect(),
         }
@@ -377,7 +379,7 @@ fn route(r: &Route, config: &Config) -> RouteOut {
 
 /// What of a URL's path a redaction keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Keep {
+pub(super) enum Keep {
     /// The path names a database: kept.
     Path,
     /// The path may be a token: replaced.
@@ -403,7 +405,7 @@ const PLAIN_PARAMS: [&str; 12] = [
 /// `url` with the password of its userinfo, every query value that could be a secret, any
 /// fragment and (with [`Keep::Nothing`]) its path replaced by [`REDACTED`]. User names, hosts
 /// and ports stay: they say where the gateway connects.
-fn redact_url(url: &str, keep: Keep) -> String {
+pub(super) fn redact_url(url: &str, keep: Keep) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let rest = rest.split('#').next().unwrap_or(rest);
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
@@ -547,6 +549,12 @@ webhook = "https://hooks.example.com/keygate"
 otlp_endpoint = "http://127.0.0.1:4318"
 [usage]
 retention = "30d"
+[leaks.github]
+path = "/.well-known/keygate/github"
+keys_url = "https://api.github.com/meta/public_keys/secret_scanning"
+[leaks.gitlab]
+path = "/.well-known/keygate/gitlab"
+token_env = "KEYGATE_GITLAB_TOKEN"
 [[upstream]]
 name = "api"
 url = "https://localhost:8443"
@@ -579,18 +587,34 @@ permissions = { "*" = "customer:write" }
         }
     }
 
+    /// Settings that exclude one of [`EVERY_SETTING`]'s, printed from a config of their own.
+    const ALTERNATIVES: &str = r#"
+[leaks.github]
+path = "/.well-known/keygate/github"
+keys_file = "github-keys.json"
+[[upstream]]
+name = "api"
+url = "http://127.0.0.1:7001"
+[[route]]
+name = "r"
+path = "/"
+upstream = "api"
+"#;
+
     #[test]
     fn the_printed_config_names_every_setting_the_parser_accepts() {
         let dir = crate::config::upstream_tls::tests::files();
-        let config = super::super::parse(EVERY_SETTING, dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        let text = Effective::of(&config).to_toml();
-        let printed: toml::Table = text.parse().unwrap();
         let mut found = Vec::new();
-        paths(&printed, "", &mut found);
-        for setting in crate::config::raw::settings() {
-            assert!(found.contains(&setting), "{setting} is not printed:\n{text}");
+        for source in [EVERY_SETTING, ALTERNATIVES] {
+            let config = super::super::parse(source, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+            let text = Effective::of(&config).to_toml();
+            let printed: toml::Table = text.parse().unwrap();
+            paths(&printed, "", &mut found);
+            let again = super::super::parse(&text, dir.path()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(Effective::of(&again).to_toml(), text, "printing is a fixed point");
         }
-        let again = super::super::parse(&text, dir.path()).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert_eq!(Effective::of(&again).to_toml(), text, "printing is a fixed point");
+        for setting in crate::config::raw::settings() {
+            assert!(found.contains(&setting), "{setting} is not printed");
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! check` and `keygate serve` share both.
 
 pub mod effective;
+mod leaks;
 mod problem;
 pub mod raw;
 mod restart;
@@ -15,6 +16,7 @@ mod upstream_verifier;
 pub mod urls;
 pub mod validate;
 
+pub use leaks::{GithubKeys, GithubLeaks, GitlabLeaks, LeakAction, Leaks, GITHUB_KEYS_URL};
 pub use problem::{position, ConfigError, Problem};
 pub use restart::RestartOnly;
 pub use routes::serving_problems;

@@ -205,6 +205,7 @@ pub struct RawConfig {
     pub tracing: RawTracing,
     #[serde(default)]
     pub usage: RawUsage,
+    pub leaks: RawLeaks,
     /// `[[upstream]]` tables.
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<Spanned<RawUpstream>>,
@@ -390,6 +391,40 @@ pub struct RawTracing {
     pub service_name: Field<String>,
     /// Duration between exports of the ended spans. Default [`Tracing::DEFAULT_EXPORT_INTERVAL`].
     pub export_interval: Field<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLeaks {
+    /// `"revoke"` or `"quarantine"`: what a report does to a live key. Default
+    /// [`LeakAction::Revoke`](super::LeakAction::Revoke).
+    pub action: Field<String>,
+    /// Largest report body read, in bytes. Default [`Leaks::DEFAULT_MAX_BODY`](super::Leaks::DEFAULT_MAX_BODY).
+    pub max_body: Field<u64>,
+    /// GitHub's secret scanning partner endpoint. Default: off.
+    pub github: Field<RawGithubLeaks>,
+    /// GitLab's token revocation API. Default: off.
+    pub gitlab: Field<RawGitlabLeaks>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGithubLeaks {
+    /// Path on the proxy listener GitHub POSTs to. Required.
+    pub path: Spanned<String>,
+    /// URL of GitHub's public keys document. One of this and `keys_file` is required.
+    pub keys_url: Field<String>,
+    /// A copy of that document, relative to the config file.
+    pub keys_file: Field<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGitlabLeaks {
+    /// Base path on the proxy listener of GitLab's two endpoints. Required.
+    pub path: Spanned<String>,
+    /// Environment variable holding the token GitLab presents. Required.
+    pub token_env: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Config, RateLimitBackend, StoreUrl, Tracing};
+use super::{Config, Leaks, RateLimitBackend, StoreUrl, Tracing};
 
 /// What a gateway was built from at start and keeps until it restarts.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -85,6 +85,8 @@ pub struct RestartOnly {
     /// The usage flusher, which prunes by it, is built once.
     #[serde(rename = "usage.retention")]
     usage_retention: Duration,
+    /// The whole `[leaks]` section: its endpoints and their keys are set up at start.
+    leaks: Leaks,
 }
 
 impl RestartOnly {
@@ -131,6 +133,7 @@ impl RestartOnly {
             webhook: lifecycle.webhook.clone(),
             tracing: config.tracing.clone(),
             usage_retention: config.usage.retention,
+            leaks: config.leaks.clone(),
         }
     }
 

@@ -27,6 +27,7 @@ pub struct Config {
     pub logs: Logs,
     pub tracing: Tracing,
     pub usage: Usage,
+    pub leaks: super::Leaks,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
 }

@@ -222,6 +222,7 @@ impl Checker<'_> {
         };
         let tracing = traces::tracing(self, &raw.tracing);
         let usage = self.usage(&raw.usage);
+        let leaks = super::leaks::leaks(self, &raw.leaks, base_dir);
         if admin.listen == server.listen && server.listen.port() != 0 {
             let span = raw.admin.listen.as_ref().map_or(0..0, Spanned::span);
             self.fail(&span, "admin.listen", "must differ from server.listen");
@@ -239,6 +240,7 @@ impl Checker<'_> {
             logs,
             tracing,
             usage,
+            leaks,
             upstreams,
             routes,
         })

@@ -227,10 +227,11 @@ impl KeyService {
         }
     }
 
-    fn audit(&self, event: &'static str) -> Audit {
+    fn audit(&self, event: &'static str) -> Audit<'static> {
         Audit {
             actor: self.actor,
             event,
+            report: None,
         }
     }
 
@@ -416,6 +417,8 @@ impl KeyService {
             let new = Secret::generate(key.spec.environment);
             // The new secret has not had a chance to be used: idle time starts over.
             key.idle_from = Some(now);
+            // A quarantined key is flagged until this: the reported secret is replaced.
+            key.quarantined = false;
             let old_hash = std::mem::replace(&mut key.hash, self.hasher.hash(new.expose().as_bytes()));
             key.prefix = new.display_prefix();
             match grace.filter(|grace| !grace.is_zero()) {

@@ -477,6 +477,7 @@ mod tests {
         let audit = Audit {
             actor: Actor::Cli,
             event: "imported",
+            report: None,
         };
         store.insert_many(&keys, audit).unwrap();
         let (mut seen, mut after) = (std::collections::HashSet::new(), 0);

@@ -536,6 +536,7 @@ mod tests {
     const AUDIT: Audit = Audit {
         actor: Actor::Cli,
         event: "imported",
+        report: None,
     };
 
     fn keys(from: usize, n: usize) -> Vec<NewKey> {

@@ -208,6 +208,7 @@ mod tests {
         let audit = Audit {
             actor: Actor::Cli,
             event: "created",
+            report: None,
         };
         store.insert(&key, audit).unwrap();
         store

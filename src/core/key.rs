@@ -260,6 +260,10 @@ pub struct KeyView {
     pub prefix: String,
     pub grace_until: Option<Timestamp>,
     pub previous_last_used_at: Option<Timestamp>,
+    /// A secret of the key was reported leaked under `leaks.action = "quarantine"`: it works
+    /// on until it is regenerated.
+    #[serde(default)]
+    pub quarantined: bool,
 }
 
 /// A key view with its secret, for the one answer that shows it.

@@ -12,6 +12,7 @@ mod exchange;
 mod final_phase;
 pub mod forward;
 pub mod head;
+pub mod intercept;
 pub mod limits;
 pub mod overrides;
 pub mod path;

@@ -12,6 +12,7 @@
 //!  the exchange, boxed: admitted requests only (super::exchange)
 //!           ─▶ 8 rate limit, when shared ────────────────────────────────  429
 //!           ─▶ 9 forward ───────────────────────────────────  502, 503, 504; 400, 408, 413
+//!  before all of it: a path the control plane answers here ([leaks]), see super::intercept
 //!  every exit
 //!           ─▶ final phase: response headers, metrics, access record, span (super::final_phase)
 //! ```
@@ -61,6 +62,7 @@ use std::time::Duration;
 
 use http::header::{HeaderValue, CONTENT_LENGTH};
 use http::{Request, Response};
+use http_body_util::Either;
 use hyper::body::Incoming;
 
 use super::connection::Peer;
@@ -87,6 +89,11 @@ use crate::core::secret::{check_format, Format};
 /// one by value several times, so unboxed every request, refused ones too, would pay for
 /// copying it.
 pub async fn handle(shared: &Shared, peer: Peer, request: Request<Incoming>) -> Response<Body> {
+    // Before step 0: a path the control plane answers on this listener ([leaks]) is not the
+    // proxied API's, and carries no key.
+    if let Some(intercept) = shared.intercepting(request.uri().path()) {
+        return intercept.clone().answer(request).await.map(Either::Right);
+    }
     match begin(shared, peer, request) {
         Begun::Answered(response) => response,
         Begun::Admitted(exchange) => exchange.await,

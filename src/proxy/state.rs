@@ -14,6 +14,7 @@ use prometheus::{Histogram, IntCounter, IntCounterVec};
 use super::analytics::Analytics;
 use super::credentials::Schemes;
 use super::error::{AuthFailure, Denial};
+use super::intercept::Intercept;
 use super::limits::{Decision, GatewayClock, IpThrottle, KeyLimits};
 use super::router::Router;
 use super::shared_limits::SharedLimits;
@@ -274,6 +275,8 @@ pub struct Shared {
     pub tunnels: Tunnels,
     /// The span exporter of `[tracing] otlp_endpoint`; `None`: no spans.
     pub traces: Option<Traces>,
+    /// Paths answered before routing (`[leaks]` endpoints); `None`: every request is routed.
+    pub intercept: Option<Arc<dyn Intercept>>,
     hasher: Hasher,
 }
 
@@ -305,12 +308,26 @@ impl Shared {
             clock,
             tunnels: Tunnels::default(),
             traces: None,
+            intercept: None,
         }
     }
 
     /// With the span exporter of `[tracing]`.
     pub fn with_traces(self, traces: Option<Traces>) -> Self {
         Shared { traces, ..self }
+    }
+
+    /// With paths answered before routing.
+    pub fn with_intercept(self, intercept: Arc<dyn Intercept>) -> Self {
+        Shared {
+            intercept: Some(intercept),
+            ..self
+        }
+    }
+
+    /// The intercept that answers a request for `path`, if one claims it.
+    pub fn intercepting(&self, path: &str) -> Option<&Arc<dyn Intercept>> {
+        self.intercept.as_ref().filter(|intercept| intercept.claims(path))
     }
 
     /// With the shared limiter of `rate_limit.backend = "redis"`.

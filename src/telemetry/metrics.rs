@@ -50,6 +50,9 @@ pub struct Metrics {
     pub webhook_deliveries: IntCounter,
     pub webhook_failures: IntCounter,
     pub webhook_abandoned: IntCounter,
+    /// Leak reports by `source` (`github`, `gitlab`, `api`, `cli`) and `result`: the values
+    /// of `control::leaks::Outcome::as_str`, and `unauthorized` for a delivery refused whole.
+    pub leak_reports: IntCounterVec,
     /// Log lines dropped because the log queue was full (stdout too slow).
     pub log_lines_dropped: IntCounter,
     /// Config reloads by `result`: `success` or `failure` (the file or its TLS pair refused).
@@ -240,6 +243,11 @@ impl Metrics {
             webhook_abandoned: r.counter(
                 "keygate_webhook_abandoned_total",
                 "Lifecycle webhooks given up after the last retry",
+            ),
+            leak_reports: r.counter_vec(
+                "keygate_leak_reports_total",
+                "Leaked-key reports, by who delivered them and what they came to",
+                &["source", "result"],
             ),
             store_reopened: r.counter(
                 "keygate_store_reopened_total",

@@ -507,6 +507,17 @@ async fn every_endpoint_answers_as_documented() {
     );
     let unknown = call(&h, &c, Method::GET, "/v1/usage?key_id=nope", "/v1/usage", None).await;
     assert_eq!(unknown.status, 404);
+    // A leak report: a key's secret, audited as `leaked` by `api`; anything else is `unknown`.
+    let (leaked, leaked_secret) = h.key(&[]).await;
+    let report = json!({"key": leaked_secret, "source": "trufflehog", "url": "https://example.com/x"});
+    let reported = call(&h, &c, Method::POST, "/v1/leaks", "/v1/leaks", Some(report)).await;
+    assert_eq!(reported.json(), json!({"result": "revoked", "key_id": leaked}));
+    let unknown = json!({"key": "kg_prod_not_a_key_at_all"});
+    let unknown = call(&h, &c, Method::POST, "/v1/leaks", "/v1/leaks", Some(unknown)).await;
+    assert_eq!(unknown.json()["result"], "unknown");
+    let path = format!("/v1/keys/{leaked}/events");
+    let events = call(&h, &c, Method::GET, &path, "/v1/keys/{id}/events", None).await;
+    assert_eq!(events.json()[1]["actor"], "api");
 
     // The document itself.
     let doc = call(&h, &c, Method::GET, "/v1/openapi.json", "/v1/openapi.json", None).await;

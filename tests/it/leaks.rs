@@ -1,6 +1,8 @@
 //! Leaked keys (SPEC 12), the parts that stand alone: `keygate scan` finds keys in files by
 //! format and checksum, names those of the store by prefix only, and reports them as leaked.
 
+mod endpoints;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -217,14 +219,18 @@ fn scan_names_the_stores_keys_by_prefix_and_reports_them_as_leaked() {
         [
             (prefix(&live_secret), "revoked"),
             (prefix(&stranger), "unknown"),
-            (prefix(&old_secret), "revoked"),
+            (prefix(&old_secret), "grace_ended"),
             (prefix(&live_secret), "revoked"),
             (prefix(&dev_secret), "revoked"),
         ]
     );
     assert_eq!(document["files"], 4);
+    // A grace-period secret ends the grace; the key's new secret works on.
+    assert_eq!(s.keys(&["show", &rotated])["status"], "active");
+    assert_eq!(s.keys(&["show", &rotated])["grace_until"], Value::Null);
     for id in [&live, &dev, &rotated] {
-        assert_eq!(s.keys(&["show", id])["status"], "revoked", "{id}");
+        let expected = if id == &rotated { "active" } else { "revoked" };
+        assert_eq!(s.keys(&["show", id])["status"], expected, "{id}");
         let last = events(&mut s, id).pop().unwrap();
         assert_eq!(last, ("leaked".to_owned(), "cli".to_owned()), "{id}");
     }
@@ -288,4 +294,76 @@ fn scan_refuses_report_without_a_store_and_says_which_paths_it_could_not_read() 
         "{stderr}"
     );
     assert!(!stdout(&output).contains(&key));
+}
+
+/// `keygate args...` with `input` on stdin.
+fn keygate_with_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(args)
+        .env_remove("KEYGATE_CONFIG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn report_leak_takes_the_secret_on_stdin_and_records_every_report() {
+    let mut s = setup();
+    let (id, secret) = s.create("website", "prod");
+    let report = |s: &Setup, secret: &str| {
+        let args = [
+            "keys",
+            "report-leak",
+            "--config",
+            s.config(),
+            "--source",
+            "trufflehog",
+            "--url",
+            "https://ci.example.com/job/7",
+            "--json",
+        ];
+        json(&keygate_with_stdin(&args, &format!("{secret}\n")))
+    };
+    let first = report(&s, &secret);
+    assert_eq!(first, serde_json::json!({"result": "revoked", "key_id": id}));
+    assert_eq!(s.keys(&["show", &id])["status"], "revoked");
+    let again = report(&s, &secret);
+    assert_eq!(again["result"], "already_revoked");
+    let stranger = Secret::generate(Environment::Production).expose().to_owned();
+    assert_eq!(
+        report(&s, &stranger),
+        serde_json::json!({"result": "unknown", "key_id": null})
+    );
+    let leaked: Vec<(String, String)> = events(&mut s, &id)
+        .into_iter()
+        .filter(|(event, _)| event == "leaked")
+        .collect();
+    assert_eq!(leaked.len(), 2, "each report is recorded");
+    let recorded = s.keys(&["events", &id]);
+    assert_eq!(recorded[1]["changes"]["url"], "https://ci.example.com/job/7");
+
+    let empty = keygate_with_stdin(&["keys", "report-leak", "--config", s.config()], "");
+    assert_eq!(empty.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("stdin was empty"));
+}
+
+#[test]
+fn scan_report_follows_the_configured_action() {
+    let mut s = setup();
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, format!("[leaks]\naction = \"quarantine\"\n{text}")).unwrap();
+    let (id, secret) = s.create("website", "prod");
+    s.write("app.env", &format!("API_KEY={secret}\n"));
+    let reported = json(&s.scan(&["--config", s.config(), "--report", "--json"]));
+    assert_eq!(reported["keys"][0]["result"], "quarantined");
+    let key = s.keys(&["show", &id]);
+    assert_eq!(
+        (&key["status"], &key["quarantined"]),
+        (&Value::from("active"), &Value::from(true))
+    );
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use jiff::Timestamp;
 
 use keygate::control::store::{
-    Actor, Audit, KeyFilter, KeyStore, Modified, NewKey, Origin, PgStore, SqliteStore, StoreError, TokenKind,
-    UsageDelta,
+    Actor, Audit, KeyFilter, KeyStore, Modified, NewKey, Origin, PgStore, Reported, Scanner, SqliteStore,
+    StoreError, TokenKind, UsageDelta,
 };
 use keygate::core::environment::Environment;
 use keygate::core::key::{KeySpec, KeyStatus, StoredStatus};
@@ -23,6 +23,7 @@ mod analytics;
 const AUDIT: Audit = Audit {
     actor: Actor::Cli,
     event: "created",
+    report: None,
 };
 
 fn new_key(n: u8, environment: Environment, now: Timestamp) -> NewKey {
@@ -48,13 +49,14 @@ fn t(seconds: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + seconds).unwrap()
 }
 
-fn audit(event: &'static str) -> Audit {
+fn audit(event: &'static str) -> Audit<'static> {
     Audit {
         actor: Actor::AdminApi(Some(Origin {
             token: TokenKind::Write,
             client: "192.0.2.9".parse().unwrap(),
         })),
         event,
+        report: None,
     }
 }
 
@@ -258,6 +260,88 @@ fn a_secret_belongs_to_one_key_current_or_in_grace(store: &dyn KeyStore) {
     );
 }
 
+fn a_key_is_found_by_its_current_or_grace_period_secret(store: &dyn KeyStore) {
+    for n in [1, 2] {
+        store
+            .insert(&new_key(n, Environment::Production, t(0)), AUDIT)
+            .unwrap();
+    }
+    let holder = |hash: u8, at: i64| {
+        let found = store.key_by_hash(&KeyHash([hash; 32]), t(at)).unwrap();
+        found.map(|key| key.id)
+    };
+    assert_eq!(holder(1, 1).as_deref(), Some("key_conformance00001"));
+    assert_eq!(holder(9, 1), None);
+    store
+        .modify("key_conformance00001", audit("regenerated"), None, &mut |key| {
+            key.previous_hash = Some(key.hash);
+            key.hash = KeyHash([101; 32]);
+            key.grace_until = Some(t(600));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(holder(101, 10).as_deref(), Some("key_conformance00001"));
+    assert_eq!(
+        holder(1, 10).as_deref(),
+        Some("key_conformance00001"),
+        "in its grace"
+    );
+    assert_eq!(holder(1, 600), None, "its grace is over");
+    store
+        .modify("key_conformance00002", audit("deleted"), None, &mut |key| {
+            key.status = StoredStatus::Deleted;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(holder(2, 10), None, "a deleted key holds no secret");
+}
+
+fn a_leak_report_is_audited_even_when_it_changes_nothing(store: &dyn KeyStore) {
+    store
+        .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
+        .unwrap();
+    let report = Audit {
+        actor: Actor::Scanner(Scanner::Github),
+        event: "leaked",
+        report: Some(Reported {
+            url: Some("https://github.com/o/r/blob/abc/f.env"),
+            secret: "current",
+        }),
+    };
+    let quarantine = |key: &mut keygate::control::store::StoredKey| {
+        key.quarantined = true;
+        key.updated_at = t(5);
+        Ok(())
+    };
+    let first = store
+        .modify("key_conformance00001", report, None, &mut quarantine.clone())
+        .unwrap();
+    assert!(first.changed && first.key.quarantined);
+    let again = store
+        .modify("key_conformance00001", report, None, &mut quarantine.clone())
+        .unwrap();
+    assert!(!again.changed);
+    assert_eq!(store.revision().unwrap(), first.key.revision, "no revision spent");
+    let events = store.events("key_conformance00001", 0, 10).unwrap();
+    let reports: Vec<_> = events.iter().filter(|e| e.event == "leaked").collect();
+    assert_eq!(reports.len(), 2, "{events:?}");
+    for event in &reports {
+        assert_eq!(event.actor, "github");
+        assert_eq!(event.changes["url"], "https://github.com/o/r/blob/abc/f.env");
+        assert_eq!(event.changes["leaked_secret"], "current");
+    }
+    assert_eq!(reports[0].changes["quarantined"], true);
+
+    // The flag stays through other changes.
+    store
+        .modify("key_conformance00001", audit("updated"), None, &mut |key| {
+            key.spec.name = "renamed".into();
+            Ok(())
+        })
+        .unwrap();
+    assert!(store.get("key_conformance00001").unwrap().unwrap().quarantined);
+}
+
 fn usage_is_added_up_by_day_and_moves_last_use_forward(store: &dyn KeyStore) {
     let key = store
         .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
@@ -419,6 +503,14 @@ const SUITE: &[Conformance] = &[
     (
         "a_batch_goes_in_whole_or_not_at_all",
         a_batch_goes_in_whole_or_not_at_all,
+    ),
+    (
+        "a_key_is_found_by_its_current_or_grace_period_secret",
+        a_key_is_found_by_its_current_or_grace_period_secret,
+    ),
+    (
+        "a_leak_report_is_audited_even_when_it_changes_nothing",
+        a_leak_report_is_audited_even_when_it_changes_nothing,
     ),
 ];
 

@@ -21,6 +21,7 @@ enum Change {
     /// Left out.
     Removed,
     /// In `[[upstream]]` or `[[route]]`, tables a reload replaces whole: none is restart-only.
+    /// Also a setting that cannot be set beside [`BASE`]'s (`leaks.github.keys_file`).
     Table,
 }
 
@@ -36,6 +37,12 @@ backend = "redis"
 redis_url = "redis://127.0.0.1:6379"
 [lifecycle]
 idle_expiry = "90d"
+[leaks.github]
+path = "/gh"
+keys_url = "https://keys.example.com/github"
+[leaks.gitlab]
+path = "/gl"
+token_env = "GITLAB_TOKEN"
 [[upstream]]
 name = "api"
 url = "http://127.0.0.1:7001"
@@ -98,6 +105,20 @@ const SETTINGS: &[(&str, Class, Change)] = &[
     ("tracing.service_name", Restart, To(r#""gateway""#)),
     ("tracing.export_interval", Restart, To(r#""1s""#)),
     ("usage.retention", Restart, To(r#""7d""#)),
+    ("leaks.action", Restart, To(r#""quarantine""#)),
+    ("leaks.max_body", Restart, To("10")),
+    ("leaks.github", Restart, Removed),
+    ("leaks.github.path", Restart, To(r#""/other""#)),
+    (
+        "leaks.github.keys_url",
+        Restart,
+        To(r#""https://keys.example.com/other""#),
+    ),
+    // Refused beside keys_url: changed in the effective config's test instead.
+    ("leaks.github.keys_file", Restart, Table),
+    ("leaks.gitlab", Restart, Removed),
+    ("leaks.gitlab.path", Restart, To(r#""/other-gl""#)),
+    ("leaks.gitlab.token_env", Restart, To(r#""OTHER_GITLAB_TOKEN""#)),
     ("upstream.name", Applied, Table),
     ("upstream.url", Applied, Table),
     ("upstream.ca", Applied, Table),

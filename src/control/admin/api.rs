@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 mod idle;
 mod usage;
+mod leaks;
 mod verify;
 
 use super::{json, Admin, AdminBody, Caller};
@@ -162,6 +163,7 @@ async fn dispatch(admin: &Admin, caller: Caller, request: Request<Incoming>) -> 
         (["keys", id, "events"], &Method::GET) => events(admin, id.to_string(), &request).await,
         (["idle-keys"], &Method::GET) => idle::idle_keys(admin, &request).await,
         (["usage"], &Method::GET) => usage::usage(admin, &request).await,
+        (["leaks"], &Method::POST) => leaks::report(admin, caller, request).await,
         (shape, _) => match allowed(shape) {
             Some(allow) => Ok(method_not_allowed(allow)),
             None => Err(ApiError::status(StatusCode::NOT_FOUND, "not found")),
@@ -180,6 +182,7 @@ fn allowed(shape: &[&str]) -> Option<&'static str> {
         ["keys", _, "usage" | "events"] => Some("GET, HEAD"),
         ["idle-keys"] => Some("GET, HEAD"),
         ["usage"] => Some("GET, HEAD"),
+        ["leaks"] => Some("POST"),
         _ => None,
     }
 }

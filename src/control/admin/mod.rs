@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::control::keys::KeyService;
+use crate::control::leaks::Leaks;
 use crate::control::store::{Actor, Origin, TokenKind};
 use crate::control::sync::KeySync;
 use crate::control::usage::UsageFlusher;
@@ -55,6 +56,8 @@ pub struct Admin {
     draining: Option<watch::Receiver<bool>>,
     /// This replica's usage writer, for when it last wrote (`GET /v1/keys/{id}/usage`).
     usage: Option<Arc<UsageFlusher>>,
+    /// Decides `POST /v1/leaks`.
+    leaks: Option<Leaks>,
 }
 
 /// The admin tokens, as the environment gives them.
@@ -83,7 +86,14 @@ impl Admin {
             read_token: tokens.read.map(hash),
             draining: None,
             usage: None,
+            leaks: None,
         }
+    }
+
+    /// `POST /v1/leaks` reports to `leaks`.
+    pub fn with_leaks(mut self, leaks: Leaks) -> Self {
+        self.leaks = Some(leaks);
+        self
     }
 
     /// Usage answers say when `flusher` last wrote this replica's counts to the store.
@@ -121,6 +131,7 @@ impl Admin {
             read_token: None,
             draining: None,
             usage: self.usage.clone(),
+            leaks: self.leaks.clone(),
         }
     }
 

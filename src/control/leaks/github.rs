@@ -41,7 +41,7 @@ pub const IDENTIFIER_HEADER: &str = "github-public-key-identifier";
 /// The header holding the signature, base64 of DER.
 pub const SIGNATURE_HEADER: &str = "github-public-key-signature";
 /// GitHub's published keys for secret scanning.
-pub const KEYS_URL: &str = "https://api.github.com/meta/public_keys/secret_scanning";
+pub const KEYS_URL: &str = crate::config::GITHUB_KEYS_URL;
 /// Largest alert body read: a batch of 1,000 matches of 400 bytes each fits twice over.
 pub const MAX_BODY: usize = 1024 * 1024;
 /// Largest keys document read (GitHub's is about 1 KiB).

@@ -1,51 +1,45 @@
 //! Leaked keys (control plane): what happens when a secret scanner reports a token, whoever
 //! delivers the report (GitHub's partner program, GitLab's token revocation API, `POST
-//! /v1/leaks`, `keygate scan --report`). The formats of the first two are in [`github`] and
-//! [`gitlab`]; finding keys in files is [`scan`].
+//! /v1/leaks`, `keygate keys report-leak`, `keygate scan --report`). The formats of the first
+//! two are in [`github`] and [`gitlab`], their endpoints on the proxy listener in [`endpoints`];
+//! finding keys in files is [`scan`].
 //!
 //! A batch of reports is decided in this order:
 //! 1. each token's format is checked, so a malformed one costs no lookup;
-//! 2. the well-formed ones are hashed with the store's hasher and looked up together, as a
-//!    key's current secret or as the one its regeneration replaced while the grace period runs;
-//! 3. for a key that is not revoked yet, `leaks.action` applies: `revoke` (the default) or
-//!    `quarantine`; a key reported twice in one batch is changed once;
-//! 4. each report gets its [`Outcome`], which the delivery formats turn into their answers
+//! 2. the well-formed ones are hashed with the store's hasher and looked up one by one in the
+//!    store's index of secrets ([`KeyStore::key_by_hash`]), as a key's current secret or as the
+//!    one its regeneration replaced while the grace period runs;
+//! 3. [`apply`] changes the key, a key reported twice in one batch once: under `leaks.action =
+//!    "revoke"` (the default) a current secret revokes its key and a grace-period secret ends
+//!    the grace (the owner replaced it already; the key's new secret is not known to be out);
+//!    under `"quarantine"` the key keeps working, flagged until it is regenerated;
+//! 4. every report of a key is audited as `leaked` by its source with the URL, a report of a
+//!    key revoked already included; a change queues the webhook `key.leaked` in its own
+//!    transaction; each report counts in `keygate_leak_reports_total{source,result}`;
+//! 5. each report gets its [`Outcome`], which the delivery formats turn into their answers
 //!    (GitHub's `true_positive` / `false_positive`).
 //!
-//! Revoking is idempotent: a report delivered again finds the key revoked and changes nothing,
-//! so a scanner may retry a batch that failed halfway.
-//!
-//! What this first cut still needs from the store, left out while the store is reorganized
-//! (each is one call at the place named):
-//! - `KeyStore::key_by_hash(&KeyHash) -> Option<StoredKey>` over the `secret_hashes` index, for
-//!   [`Leaks::holders`], which walks every key today (fine for thousands of keys, seconds for
-//!   a million).
-//! - An `Actor` for the scanners (`Actor::Scanner(Source)`, audited as `github`, `gitlab`,
-//!   `api`): [`Source::actor`] has none for GitHub and GitLab yet, so their reports are
-//!   refused rather than recorded as someone else's.
-//! - The reported URL in the audit record (an `Audit` field written into `changes`); until then
-//!   it is in the log line of each revocation.
-//! - A key field `quarantined` (kept across changes, shown in `GET /v1/keys` and on the page)
-//!   for [`Action::Quarantine`], and with it an audit record for a report of a key that was
-//!   revoked already (today a change that changes nothing writes no record).
-//! - The webhook event `key.leaked`, queued in the change's transaction as the lifecycle's are.
+//! Revoking is idempotent: a report delivered again finds the key revoked and changes nothing
+//! but its audit trail, so a scanner may retry a batch that failed halfway.
 
+mod apply;
+pub mod endpoints;
 pub mod github;
 pub mod gitlab;
 pub mod scan;
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use super::keys::{KeyError, KeyService};
-use super::store::{Actor, KeyFilter, KeyStore, Origin, StoreError, StoredKey};
-use crate::core::clock::Clock;
+use super::keys::KeyError;
+use super::store::{Actor, KeyStore, Origin, Scanner, StoreError, StoredKey};
+use crate::core::clock::{whole_second, Clock};
+use crate::core::environment::Environment;
 use crate::core::key::{KeyStatus, StoredStatus};
 use crate::core::secret::{check_format, Format, Hasher, KeyHash};
-
-/// Keys read per store call while looking secrets up (two in unit tests, so they cross pages).
-const PAGE: usize = if cfg!(test) { 2 } else { 1000 };
+use crate::telemetry::Metrics;
 
 /// Who delivered a report: the audit record's actor, the metric's `source` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,27 +61,19 @@ impl Source {
         }
     }
 
-    /// Who the change is audited as; `None` where the store has no actor for the source yet
-    /// (see the module doc).
-    fn actor(self) -> Option<Actor> {
+    /// Who the change is audited as.
+    fn actor(self) -> Actor {
         match self {
-            Source::Api(origin) => Some(Actor::AdminApi(origin)),
-            Source::Cli => Some(Actor::Cli),
-            Source::Github | Source::Gitlab => None,
+            Source::Github => Actor::Scanner(Scanner::Github),
+            Source::Gitlab => Actor::Scanner(Scanner::Gitlab),
+            Source::Api(origin) => Actor::Scanner(Scanner::Api(origin)),
+            Source::Cli => Actor::Cli,
         }
     }
 }
 
 /// `leaks.action`: what a report does to a live key.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    /// The key stops working at once.
-    #[default]
-    Revoke,
-    /// The key keeps working, flagged for its owner to regenerate.
-    Quarantine,
-}
+pub use crate::config::LeakAction as Action;
 
 /// One reported token and where it was found. `Debug` never prints the token.
 pub struct Report {
@@ -118,6 +104,15 @@ pub enum Which {
     Grace,
 }
 
+impl Which {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Which::Current => "current",
+            Which::Grace => "grace",
+        }
+    }
+}
+
 /// The key a token is a secret of.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Holder {
@@ -125,6 +120,8 @@ pub struct Holder {
     pub status: KeyStatus,
     pub which: Which,
     stored: StoredStatus,
+    name: String,
+    environment: Environment,
 }
 
 impl Holder {
@@ -134,6 +131,8 @@ impl Holder {
             status: key.status_at(now),
             which,
             stored: key.status,
+            name: key.spec.name.clone(),
+            environment: key.spec.environment,
         }
     }
 }
@@ -145,9 +144,12 @@ pub enum Outcome {
     Unknown,
     /// The key was revoked by this report.
     Revoked { key_id: String },
-    /// The key was quarantined by this report.
+    /// The key was quarantined by this report (or was already).
     Quarantined { key_id: String },
-    /// The key was revoked already; nothing changed.
+    /// The secret was the one a regeneration replaced: its grace period ended, the key's
+    /// current secret works on.
+    GraceEnded { key_id: String },
+    /// The key was revoked already; only the report was recorded.
     AlreadyRevoked { key_id: String },
 }
 
@@ -162,16 +164,18 @@ impl Outcome {
             Outcome::Unknown => None,
             Outcome::Revoked { key_id }
             | Outcome::Quarantined { key_id }
+            | Outcome::GraceEnded { key_id }
             | Outcome::AlreadyRevoked { key_id } => Some(key_id),
         }
     }
 
-    /// The `result` label of `keygate_leak_reports_total`.
+    /// The `result` label of `keygate_leak_reports_total`, and of the answers.
     pub fn as_str(&self) -> &'static str {
         match self {
             Outcome::Unknown => "unknown",
             Outcome::Revoked { .. } => "revoked",
             Outcome::Quarantined { .. } => "quarantined",
+            Outcome::GraceEnded { .. } => "grace_ended",
             Outcome::AlreadyRevoked { .. } => "already_revoked",
         }
     }
@@ -183,64 +187,84 @@ pub enum LeakError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// A piece this first cut does not have yet (see the module doc).
-    #[error("not supported yet: {0}")]
-    NotYet(&'static str),
 }
 
 /// Decides reports against one store.
 #[derive(Clone)]
 pub struct Leaks {
     store: Arc<dyn KeyStore>,
-    keys: KeyService,
     hasher: Hasher,
+    clock: Clock,
     action: Action,
+    /// Whether to queue `key.leaked` webhooks (`lifecycle.webhook` is set).
+    webhooks: bool,
+    metrics: Option<Metrics>,
 }
 
 impl Leaks {
     pub fn new(store: Arc<dyn KeyStore>, hasher: Hasher, clock: Clock, action: Action) -> Leaks {
         Leaks {
-            keys: KeyService::new(store.clone(), hasher.clone(), clock, Actor::Cli),
             store,
             hasher,
+            clock,
             action,
+            webhooks: false,
+            metrics: None,
         }
     }
 
-    /// The key each token is a current or grace-period secret of, in the tokens' order. Deleted
-    /// keys hold none.
+    /// These reports also queue the webhook `key.leaked` with each change.
+    pub fn with_webhooks(self, webhooks: bool) -> Leaks {
+        Leaks { webhooks, ..self }
+    }
+
+    /// These reports count in `keygate_leak_reports_total`.
+    pub fn with_metrics(self, metrics: Metrics) -> Leaks {
+        Leaks {
+            metrics: Some(metrics),
+            ..self
+        }
+    }
+
+    pub fn action(&self) -> Action {
+        self.action
+    }
+
+    fn now(&self) -> jiff::Timestamp {
+        whole_second(self.clock.now())
+    }
+
+    /// The key each token is a current or grace-period secret of, in the tokens' order: one
+    /// index lookup per distinct well-formed token. Deleted keys hold none.
     pub fn holders(&self, tokens: &[&[u8]]) -> Result<Vec<Option<Holder>>, LeakError> {
-        let mut wanted: HashMap<[u8; 32], Vec<usize>> = HashMap::new();
-        for (index, token) in tokens.iter().enumerate() {
-            if let Format::Generated(_) | Format::Imported = check_format(token) {
-                wanted.entry(self.hasher.hash(token).0).or_default().push(index);
+        let now = self.now();
+        let mut found: HashMap<[u8; 32], Option<Holder>> = HashMap::new();
+        let mut holders = Vec::with_capacity(tokens.len());
+        for token in tokens {
+            if !matches!(check_format(token), Format::Generated(_) | Format::Imported) {
+                holders.push(None);
+                continue;
             }
+            let hash = self.hasher.hash(token);
+            let holder = match found.entry(hash.0) {
+                Entry::Occupied(known) => known.get().clone(),
+                Entry::Vacant(new) => new.insert(self.holder(&hash, now)?).clone(),
+            };
+            holders.push(holder);
         }
-        let mut holders = vec![None; tokens.len()];
-        if wanted.is_empty() {
-            return Ok(holders);
-        }
-        let now = self.keys.now();
-        let mut place = |hash: &KeyHash, key: &StoredKey, which| {
-            for &index in wanted.get(&hash.0).into_iter().flatten() {
-                holders[index] = Some(Holder::of(key, which, now));
-            }
-        };
-        // Every key, a page at a time: the store has no lookup by hash yet (module doc).
-        let mut after = 0;
-        loop {
-            let page = self.store.list(&KeyFilter::default(), now, after, PAGE)?;
-            for key in &page {
-                place(&key.hash, key, Which::Current);
-                if let Some(previous) = key.previous_hash.filter(|_| key.grace_until > Some(now)) {
-                    place(&previous, key, Which::Grace);
-                }
-            }
-            match page.last() {
-                Some(last) if page.len() == PAGE => after = last.seq,
-                _ => return Ok(holders),
-            }
-        }
+        Ok(holders)
+    }
+
+    /// The key holding the secret of `hash`, and which of its secrets it is.
+    fn holder(&self, hash: &KeyHash, now: jiff::Timestamp) -> Result<Option<Holder>, LeakError> {
+        let key = self.store.key_by_hash(hash, now)?;
+        Ok(key.map(|key| {
+            let which = match key.hash == *hash {
+                true => Which::Current,
+                false => Which::Grace,
+            };
+            Holder::of(&key, which, now)
+        }))
     }
 
     /// Applies `leaks.action` to the key of each reported token, audited as `leaked` by
@@ -262,31 +286,19 @@ impl Leaks {
                     }
                 },
             };
+            self.count(source, outcome.as_str());
             outcomes.push(outcome);
         }
         Ok(outcomes)
     }
 
-    /// The action on one reported key.
-    fn apply(&self, holder: &Holder, source: Source, url: Option<&str>) -> Result<Outcome, LeakError> {
-        let key_id = holder.key_id.clone();
-        // An expired key is revoked too: a later expiry would bring its known secret back.
-        if holder.stored == StoredStatus::Revoked {
-            tracing::info!(%key_id, source = source.as_str(), url, "leaked key reported again; it is revoked already");
-            return Ok(Outcome::AlreadyRevoked { key_id });
-        }
-        let actor = source.actor().ok_or(LeakError::NotYet(
-            "the store has no audit actor for GitHub or GitLab reports",
-        ))?;
-        match self.action {
-            Action::Revoke => {
-                self.keys.acting_as(actor).revoke_leaked(&key_id)?;
-                tracing::warn!(%key_id, source = source.as_str(), url, secret = ?holder.which, "leaked key revoked");
-                Ok(Outcome::Revoked { key_id })
-            }
-            Action::Quarantine => Err(LeakError::NotYet(
-                "leaks.action = \"quarantine\" needs the key field `quarantined` in the store",
-            )),
+    /// Counts a report (or a delivery refused whole) in `keygate_leak_reports_total`.
+    pub fn count(&self, source: Source, result: &str) {
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .leak_reports
+                .with_label_values(&[source.as_str(), result])
+                .inc();
         }
     }
 }
@@ -294,6 +306,7 @@ impl Leaks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::keys::KeyService;
     use crate::control::store::SqliteStore;
     use crate::core::clock::system_clock;
     use crate::core::environment::Environment;
@@ -379,7 +392,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reported_secret_revokes_its_key_once_audited_as_leaked() {
+    fn a_reported_secret_revokes_its_key_once_and_every_report_is_audited() {
         let f = fixture(Action::Revoke);
         let (id, secret) = f.key();
         let (quiet, _) = f.key();
@@ -396,37 +409,46 @@ mod tests {
             &("leaked".to_owned(), "cli".to_owned())
         );
 
-        let again = f.leaks.report(&reports(&[&secret]), Source::Cli).unwrap();
+        let again = f.leaks.report(&reports(&[&secret]), Source::Github).unwrap();
         assert_eq!(again, [Outcome::AlreadyRevoked { key_id: id.clone() }]);
-        assert_eq!(f.events(&id).len(), 2, "created, leaked: a repeat writes nothing");
+        let events = f.store.events(&id, 0, 100).unwrap();
+        assert_eq!(events.len(), 3, "created, leaked, leaked again: {events:?}");
+        assert_eq!(events[2].actor, "github");
+        assert_eq!(events[2].changes["url"], "https://example.com/leak");
+        assert_eq!(events[2].changes.get("status"), None, "nothing changed");
     }
 
     #[test]
-    fn the_grace_period_secret_of_a_key_revokes_the_key() {
+    fn the_grace_period_secret_of_a_key_ends_the_grace_and_the_key_works_on() {
         let f = fixture(Action::Revoke);
         let (id, old) = f.key();
-        f.keys
+        let new = f
+            .keys
             .regenerate(&id, Some(std::time::Duration::from_secs(600)))
-            .unwrap();
-        let outcomes = f.leaks.report(&reports(&[&old]), Source::Cli).unwrap();
-        assert_eq!(outcomes, [Outcome::Revoked { key_id: id.clone() }]);
-        assert_eq!(f.status(&id), KeyStatus::Revoked);
+            .unwrap()
+            .key;
+        let outcomes = f.leaks.report(&reports(&[&old]), Source::Gitlab).unwrap();
+        assert_eq!(outcomes, [Outcome::GraceEnded { key_id: id.clone() }]);
+        assert_eq!(f.status(&id), KeyStatus::Active);
+        let holders = f.leaks.holders(&[old.as_bytes(), new.as_bytes()]).unwrap();
+        assert_eq!(holders[0], None, "the old secret holds nothing now");
+        assert_eq!(holders[1].as_ref().unwrap().which, Which::Current);
+        let events = f.store.events(&id, 0, 100).unwrap();
+        let last = events.last().unwrap();
+        assert_eq!((last.event.as_str(), last.actor.as_str()), ("leaked", "gitlab"));
+        assert_eq!(last.changes["leaked_secret"], "grace");
     }
 
     #[test]
-    fn what_the_store_cannot_record_yet_is_refused_and_changes_nothing() {
-        let f = fixture(Action::Revoke);
+    fn quarantine_flags_the_key_which_works_on_until_it_is_regenerated() {
+        let f = fixture(Action::Quarantine);
         let (id, secret) = f.key();
-        for source in [Source::Github, Source::Gitlab] {
-            let refused = f.leaks.report(&reports(&[&secret]), source);
-            assert!(matches!(refused, Err(LeakError::NotYet(_))), "{source:?}");
-        }
-        let quarantine = fixture(Action::Quarantine);
-        let (quarantined, secret) = quarantine.key();
-        let refused = quarantine.leaks.report(&reports(&[&secret]), Source::Cli);
-        assert!(matches!(refused, Err(LeakError::NotYet(_))));
-        assert_eq!(f.status(&id), KeyStatus::Active);
-        assert_eq!(quarantine.status(&quarantined), KeyStatus::Active);
+        let outcomes = f.leaks.report(&reports(&[&secret]), Source::Github).unwrap();
+        assert_eq!(outcomes, [Outcome::Quarantined { key_id: id.clone() }]);
+        let view = f.keys.get(&id).unwrap();
+        assert_eq!((view.status, view.quarantined), (KeyStatus::Active, true));
+        f.keys.regenerate(&id, None).unwrap();
+        assert!(!f.keys.get(&id).unwrap().quarantined);
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! What a key's audit record says of a change (control plane), the same in both stores: the
 //! fields a creation sets, the fields a change touched with their new values, and whether a
-//! change changed anything at all. Secrets and hashes never appear; a new secret is
-//! `"secret": "replaced"`.
+//! change changed anything at all, and what a leak report said. Secrets and hashes never
+//! appear; a new secret is `"secret": "replaced"`.
 
 use jiff::Timestamp;
 
-use super::model::{NewKey, StoredKey};
+use super::model::{NewKey, Reported, StoredKey};
 use crate::core::key::KeySpec;
 
 /// The audit record's `changes`: field name to new value.
@@ -42,7 +42,9 @@ pub fn changed_fields(before: &StoredKey, after: &StoredKey) -> Fields {
 
 /// The fields of a key an audit record shows: its settings, never its secret or hash.
 fn audited_fields(key: &StoredKey) -> Fields {
-    fields_of(&key.spec, key.status.as_str(), &key.prefix, key.grace_until)
+    let mut fields = fields_of(&key.spec, key.status.as_str(), &key.prefix, key.grace_until);
+    fields.insert("quarantined".into(), key.quarantined.into());
+    fields
 }
 
 /// The spec as it serializes, with the status, the prefix and a grace period; no nulls.
@@ -59,4 +61,16 @@ fn fields_of(spec: &KeySpec, status: &str, prefix: &str, grace_until: Option<Tim
     }
     fields.retain(|_, value| !value.is_null());
     fields
+}
+
+/// The record's `changes` with what a leak report said, when the change comes from one:
+/// `leaked_secret` (`current` or `grace`) and `url` where the scanner gave one.
+pub fn with_report(mut changes: Fields, report: Option<Reported<'_>>) -> Fields {
+    if let Some(report) = report {
+        changes.insert("leaked_secret".into(), report.secret.into());
+        if let Some(url) = report.url {
+            changes.insert("url".into(), url.into());
+        }
+    }
+    changes
 }

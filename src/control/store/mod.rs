@@ -27,6 +27,8 @@ use jiff::Timestamp;
 use tokio::sync::watch;
 
 pub use analytics::{HourRow, UsageGroup, UsageOf, UsagePoint, UsageQuery};
+use crate::core::secret::KeyHash;
+
 pub use model::*;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -131,12 +133,18 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// The key with this id, deleted or not.
     fn get(&self, id: &str) -> Result<Option<StoredKey>, StoreError>;
 
+    /// The key that holds the secret of `hash`: as its current secret, or as the one a
+    /// regeneration replaced while its grace period runs at `now`. Deleted keys hold none.
+    /// One lookup in the index of every secret, however many keys there are.
+    fn key_by_hash(&self, hash: &KeyHash, now: Timestamp) -> Result<Option<StoredKey>, StoreError>;
+
     /// Reads the key, lets `change` edit it, and writes it back with a new revision and an
     /// audit record of what changed, in one transaction, so concurrent changes cannot lose
     /// each other. A change that changes nothing but `updated_at` writes nothing
     /// ([`Modified::changed`] false). Deleted keys are not found. `webhook`: a payload to queue
     /// in the same transaction (lifecycle events). An `Err` from `change` is returned as it is,
-    /// nothing written.
+    /// nothing written. An audit record with a leak report ([`Audit::report`]) is written even
+    /// when nothing changed.
     fn modify(
         &self,
         id: &str,

@@ -37,6 +37,9 @@ pub struct StoredKey {
     /// Idle time counts from the later of this and `last_used_at`: set when the key is
     /// reactivated or regenerated (creation when unset).
     pub idle_from: Option<Timestamp>,
+    /// A secret of the key was reported leaked with `leaks.action = "quarantine"`: the key
+    /// works on, flagged until it is regenerated. Kept across every other change.
+    pub quarantined: bool,
 }
 
 impl StoredKey {
@@ -63,6 +66,7 @@ impl StoredKey {
             prefix: self.prefix.clone(),
             grace_until,
             previous_last_used_at: grace_until.and(self.previous_last_used_at),
+            quarantined: self.quarantined,
         }
     }
 }
@@ -129,6 +133,20 @@ pub enum Actor {
     /// The admin API, and which token from where when the request is known.
     AdminApi(Option<Origin>),
     Lifecycle,
+    /// A secret scanner reporting a leaked secret.
+    Scanner(Scanner),
+}
+
+/// Which secret scanner reported a leak (`control::leaks`); `keygate scan --report` and
+/// `keygate keys report-leak` are [`Actor::Cli`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scanner {
+    /// GitHub's secret scanning partner program.
+    Github,
+    /// GitLab's token revocation API.
+    Gitlab,
+    /// `POST /v1/leaks`, and which admin token from where.
+    Api(Option<Origin>),
 }
 
 /// Where an admin API change came from.
@@ -163,25 +181,58 @@ impl Actor {
             Actor::Cli => "cli",
             Actor::AdminApi(_) => "admin_api",
             Actor::Lifecycle => "lifecycle",
+            Actor::Scanner(Scanner::Github) => "github",
+            Actor::Scanner(Scanner::Gitlab) => "gitlab",
+            Actor::Scanner(Scanner::Api(_)) => "api",
         }
     }
 
     /// The audit row's `token` and `client` columns.
     pub fn origin(self) -> (Option<&'static str>, Option<String>) {
         match self {
-            Actor::AdminApi(Some(origin)) => (Some(origin.token.as_str()), Some(origin.client.to_string())),
-            Actor::Cli | Actor::AdminApi(None) | Actor::Lifecycle => (None, None),
+            Actor::AdminApi(Some(origin)) | Actor::Scanner(Scanner::Api(Some(origin))) => {
+                (Some(origin.token.as_str()), Some(origin.client.to_string()))
+            }
+            Actor::Cli
+            | Actor::AdminApi(None)
+            | Actor::Lifecycle
+            | Actor::Scanner(Scanner::Github | Scanner::Gitlab | Scanner::Api(None)) => (None, None),
         }
     }
 }
 
 /// The audit record a change writes in the same transaction as the change.
 #[derive(Debug, Clone, Copy)]
-pub struct Audit {
+pub struct Audit<'a> {
     pub actor: Actor,
     /// `created`, `imported`, `updated`, `regenerated`, `revoked`, `activated`, `deleted`,
-    /// `idle_revoked`.
+    /// `idle_revoked`, `leaked`.
     pub event: &'static str,
+    /// A leak report's details, written into the record's `changes`. A change that carries
+    /// one is recorded even when it changes nothing (a report of a revoked key): the trail
+    /// keeps every report.
+    pub report: Option<Reported<'a>>,
+}
+
+impl Audit<'static> {
+    /// The record of `event` by `actor`, no leak report.
+    pub const fn of(actor: Actor, event: &'static str) -> Audit<'static> {
+        Audit {
+            actor,
+            event,
+            report: None,
+        }
+    }
+}
+
+/// What an audit record says of a leak report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reported<'a> {
+    /// Where the secret was found, as the scanner said.
+    pub url: Option<&'a str>,
+    /// Which of the key's secrets was reported: `current`, or `grace` (the one a regeneration
+    /// replaced, while its grace period runs).
+    pub secret: &'static str,
 }
 
 /// One entry of a key's audit trail. `changes` holds the new value of every field the change

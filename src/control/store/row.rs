@@ -17,7 +17,7 @@ use crate::core::key::KeySpec;
 use crate::core::secret::KeyHash;
 
 /// The columns of a key row, in the order every statement lists them.
-pub const KEY_COLUMNS: [&str; 21] = [
+pub const KEY_COLUMNS: [&str; 22] = [
     "seq",
     "id",
     "name",
@@ -39,6 +39,7 @@ pub const KEY_COLUMNS: [&str; 21] = [
     "metadata",
     "revision",
     "idle_from",
+    "quarantined",
 ];
 
 /// [`KEY_COLUMNS`] as a select list: `seq, id, name, ...`.
@@ -76,6 +77,9 @@ pub struct KeyRow {
     pub metadata: String,
     pub revision: i64,
     pub idle_from: Option<i64>,
+    /// 1 for a quarantined key, else 0. Absent from dumps written before it (0).
+    #[serde(default)]
+    pub quarantined: i64,
 }
 
 /// One column's value as a statement binds it; each backend turns it into its own parameter.
@@ -98,7 +102,7 @@ pub trait ReadCells {
 impl KeyRow {
     /// The row's values, in [`KEY_COLUMNS`] order. Which kind each column is does not depend
     /// on its value: the cells of any row give the column types (PostgreSQL's `COPY`).
-    pub fn cells(&self) -> [Cell<'_>; 21] {
+    pub fn cells(&self) -> [Cell<'_>; 22] {
         fn text(value: &Option<String>) -> Cell<'_> {
             Cell::Text(value.as_deref())
         }
@@ -124,6 +128,7 @@ impl KeyRow {
             Cell::Text(Some(&self.metadata)),
             Cell::Int(Some(self.revision)),
             Cell::Int(self.idle_from),
+            Cell::Int(Some(self.quarantined)),
         ]
     }
 
@@ -158,6 +163,7 @@ impl KeyRow {
                 metadata: required(cells.text(), "metadata")?,
                 revision: required(cells.int(), "revision")?,
                 idle_from: cells.int()?,
+                quarantined: required(cells.int(), "quarantined")?,
             })
         };
         rest().map_err(|why| format!("key {id}: {why}"))
@@ -181,6 +187,7 @@ impl KeyRow {
             previous_last_used_at: None,
             revision: signed(revision),
             idle_from: None,
+            quarantined: 0,
             ..spec_columns(&key.spec)
         }
     }
@@ -201,6 +208,7 @@ impl KeyRow {
             previous_last_used_at: key.previous_last_used_at.map(|at| at.as_second()),
             revision: signed(key.revision),
             idle_from: key.idle_from.map(|at| at.as_second()),
+            quarantined: i64::from(key.quarantined),
             ..spec_columns(&key.spec)
         }
     }
@@ -237,6 +245,7 @@ impl KeyRow {
                 previous_last_used_at: instant(self.previous_last_used_at)?,
                 revision: self.revision as u64,
                 idle_from: instant(self.idle_from)?,
+                quarantined: self.quarantined != 0,
             })
         })();
         decoded.map_err(|why| format!("key {id}: {why}"))
@@ -267,6 +276,7 @@ fn spec_columns(spec: &KeySpec) -> KeyRow {
         metadata: to_json(&spec.metadata),
         revision: 0,
         idle_from: None,
+        quarantined: 0,
     }
 }
 
@@ -341,7 +351,7 @@ impl KeyWrite {
     }
 
     /// The parameters of [`KeyWrite::sql`], from a row's [`KeyRow::cells`].
-    pub fn values<'c, 'a>(self, cells: &'c [Cell<'a>; 21]) -> Vec<&'c Cell<'a>> {
+    pub fn values<'c, 'a>(self, cells: &'c [Cell<'a>; 22]) -> Vec<&'c Cell<'a>> {
         let (set, by) = self.columns();
         set.into_iter().chain(by).map(|i| &cells[i]).collect()
     }
@@ -413,7 +423,10 @@ mod tests {
     fn a_change_sets_what_it_may_and_finds_the_row_by_seq() {
         let sql = KeyWrite::Change.sql(|n| format!("?{n}"));
         assert!(sql.starts_with("UPDATE keys SET name = ?1, hash = ?2,"), "{sql}");
-        assert!(sql.ends_with("idle_from = ?16 WHERE seq = ?17"), "{sql}");
+        assert!(
+            sql.ends_with("idle_from = ?16, quarantined = ?17 WHERE seq = ?18"),
+            "{sql}"
+        );
         for kept in ["id =", "environment =", "created_at =", "last_used_at ="] {
             assert!(!sql.contains(&format!(" {kept}")), "{sql}");
         }
@@ -424,8 +437,8 @@ mod tests {
         let row = KeyRow { seq: 7, ..row };
         let cells = row.cells();
         let values = KeyWrite::Change.values(&cells);
-        assert_eq!(values.len(), 17);
-        assert_eq!(values[16], &Cell::Int(Some(7)));
+        assert_eq!(values.len(), 18);
+        assert_eq!(values[17], &Cell::Int(Some(7)));
     }
 
     #[test]
@@ -435,12 +448,12 @@ mod tests {
             format!(
                 "INSERT INTO keys ({}) VALUES ({})",
                 select_list(),
-                (1..=21).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+                (1..=22).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
             )
         );
         let new = KeyWrite::New.sql(|n| format!("?{n}"));
         assert!(
-            new.starts_with("INSERT INTO keys (id, name,") && new.ends_with("?20)"),
+            new.starts_with("INSERT INTO keys (id, name,") && new.ends_with("?21)"),
             "{new}"
         );
         assert_eq!(KEY_COLUMNS[REVISION_COLUMN], "revision");

@@ -78,6 +78,15 @@ function table(keys, idle) {
     h("tbody", {}, keys.map((key) => row(key, now, idle))));
 }
 
+/** A badge for a key whose secret was reported leaked under leaks.action = "quarantine". */
+function quarantined(key) {
+  if (!key.quarantined) return null;
+  return h("span", {
+    class: "badge quarantined",
+    title: "A secret of this key was reported leaked: it works until it is regenerated",
+  }, "quarantined");
+}
+
 function row(key, now, idle) {
   const cell = (label, ...content) => h("td", { "data-label": label }, ...content);
   return h("tr", { "data-key-id": key.id },
@@ -87,7 +96,7 @@ function row(key, now, idle) {
       idleNotice(idle, key.id, now)),
     cell("Environment", h("span", { class: `env env-${key.environment}` }, key.environment)),
     cell("Permissions", h("span", { title: (key.permissions || []).join(", ") || "none" }, format.permissions(key.permissions))),
-    cell("Status", h("span", { class: `badge status-${key.status}` }, key.status)),
+    cell("Status", h("span", { class: `badge status-${key.status}` }, key.status), quarantined(key)),
     cell("Last used", h("span", { title: format.exact(key.last_used_at) || "never used" }, format.relative(key.last_used_at, now))),
     cell("Rate limit", format.rateLimit(key.rate_limit)),
     cell("Customer", key.customer_id || "—"));

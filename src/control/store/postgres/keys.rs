@@ -9,13 +9,14 @@ use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::Row;
 
 use super::{conflict, signed_len, snapshot, Tx};
-use crate::control::store::audit::{changed_fields, is_no_change, new_key_fields, Fields};
+use crate::control::store::audit::{changed_fields, is_no_change, new_key_fields, with_report, Fields};
 use crate::control::store::model::{Audit, Changes, KeyEvent, KeyFilter, Modified, NewKey, StoredKey};
 use crate::control::store::row::{
     instant, json, select_list, signed, to_json, Cell, KeyRow, KeyWrite, ReadCells, REVISION_COLUMN,
 };
 use crate::control::store::StoreError;
 use crate::core::key::{KeyStatus, StoredStatus};
+use crate::core::secret::KeyHash;
 
 /// PostgreSQL's parameter marks: `$1`, `$2`, ...
 pub(super) fn mark(n: usize) -> String {
@@ -105,6 +106,27 @@ pub(super) async fn select_one(
         .transpose()
 }
 
+/// The key that holds `hash` as its current secret, or as the one a regeneration replaced
+/// while its grace period runs at `now`; deleted keys hold none. One lookup in the index of
+/// every secret (`key_secrets`), then the key by its primary key.
+pub(super) async fn by_hash(
+    client: &impl GenericClient,
+    hash: &KeyHash,
+    now: Timestamp,
+) -> Result<Option<StoredKey>, StoreError> {
+    let sql = format!(
+        "SELECT {} FROM keys WHERE seq = (SELECT key_seq FROM key_secrets WHERE hash = $1) \
+         AND status <> 'deleted' AND (hash = $1 OR (previous_hash = $1 AND grace_until > $2))",
+        select_list()
+    );
+    let statement = client.prepare_cached(&sql).await?;
+    let row = client
+        .query_opt(&statement, &[&&hash.0[..], &now.as_second()])
+        .await?;
+    row.map(|row| read_row(&row).map_err(StoreError::Corrupt))
+        .transpose()
+}
+
 /// Bumps the store revision: the revision of the change being written. Writers queue on this
 /// row, so changes commit in revision order.
 pub(super) async fn next_revision(tx: &Tx<'_>) -> Result<u64, StoreError> {
@@ -119,7 +141,7 @@ pub(super) async fn next_revision(tx: &Tx<'_>) -> Result<u64, StoreError> {
 }
 
 /// Inserts a new key at the next revision, and reads it back.
-pub(super) async fn insert(tx: &Tx<'_>, key: &NewKey, audit: Audit) -> Result<StoredKey, StoreError> {
+pub(super) async fn insert(tx: &Tx<'_>, key: &NewKey, audit: Audit<'_>) -> Result<StoredKey, StoreError> {
     let revision = next_revision(tx).await?;
     let row = KeyRow::of_new(key, revision);
     let cells = row.cells();
@@ -136,7 +158,7 @@ pub(super) async fn insert(tx: &Tx<'_>, key: &NewKey, audit: Audit) -> Result<St
 pub(super) async fn modify(
     tx: &Tx<'_>,
     id: &str,
-    audit: Audit,
+    audit: Audit<'_>,
     webhook: Option<&str>,
     change: &mut (dyn FnMut(&mut StoredKey) -> Result<(), StoreError> + Send),
 ) -> Result<Modified, StoreError> {
@@ -154,6 +176,10 @@ pub(super) async fn modify(
     let before = key.clone();
     change(&mut key)?;
     if is_no_change(&before, &key) {
+        // A leak report is recorded even when the key was revoked already.
+        if audit.report.is_some() {
+            record_event(tx, &key.id, audit, key.updated_at, Fields::new()).await?;
+        }
         return Ok(Modified {
             key: before,
             changed: false,
@@ -174,7 +200,7 @@ pub(super) async fn modify(
 }
 
 /// The parameters of `write` as tokio-postgres takes them.
-pub(super) fn sql_values<'c>(write: KeyWrite, cells: &'c [Cell<'_>; 21]) -> Vec<&'c (dyn ToSql + Sync)> {
+pub(super) fn sql_values<'c>(write: KeyWrite, cells: &'c [Cell<'_>; 22]) -> Vec<&'c (dyn ToSql + Sync)> {
     write
         .values(cells)
         .into_iter()
@@ -189,7 +215,7 @@ pub(super) fn sql_values<'c>(write: KeyWrite, cells: &'c [Cell<'_>; 21]) -> Vec<
 pub(super) async fn insert_many(
     tx: &Tx<'_>,
     keys: &[NewKey],
-    audit: Audit,
+    audit: Audit<'_>,
     start: u64,
 ) -> Result<(), StoreError> {
     let why = "a key in the batch has the id of a stored key";
@@ -230,7 +256,7 @@ async fn copy_keys(tx: &Tx<'_>, keys: &[NewKey], start: u64) -> Result<(), tokio
 }
 
 /// `COPY`s the creation audit records of `keys` in.
-async fn copy_events(tx: &Tx<'_>, keys: &[NewKey], audit: Audit) -> Result<(), StoreError> {
+async fn copy_events(tx: &Tx<'_>, keys: &[NewKey], audit: Audit<'_>) -> Result<(), StoreError> {
     let sink = tx
         .copy_in("COPY key_events (key_id, at, actor, event, changes, token, client) FROM STDIN BINARY")
         .await?;
@@ -265,7 +291,7 @@ async fn copy_events(tx: &Tx<'_>, keys: &[NewKey], audit: Audit) -> Result<(), S
 async fn record_event(
     tx: &Tx<'_>,
     key_id: &str,
-    audit: Audit,
+    audit: Audit<'_>,
     at: Timestamp,
     changes: Fields,
 ) -> Result<(), StoreError> {
@@ -278,7 +304,7 @@ async fn record_event(
             &at.as_second(),
             &audit.actor.as_str(),
             &audit.event,
-            &to_json(&changes),
+            &to_json(&with_report(changes, audit.report)),
             &token,
             &client,
         ],

@@ -34,6 +34,7 @@ use super::model::{
     UsageDelta,
 };
 use super::{KeyStore, StoreError};
+use crate::core::secret::KeyHash;
 
 mod analytics;
 mod dump;
@@ -265,6 +266,10 @@ impl KeyStore for PgStore {
         self.run(async { keys::select_one(&self.pool.get().await?, id).await })
     }
 
+    fn key_by_hash(&self, hash: &KeyHash, now: Timestamp) -> Result<Option<StoredKey>, StoreError> {
+        self.run(async { keys::by_hash(&self.pool.get().await?, hash, now).await })
+    }
+
     fn modify(
         &self,
         id: &str,
@@ -278,8 +283,9 @@ impl KeyStore for PgStore {
             let modified = keys::modify(&tx, id, audit, webhook, change).await?;
             if modified.changed {
                 announce(&tx, self.channel(), modified.key.revision).await?;
-                tx.commit().await?;
             }
+            // Unchanged, it may still hold the audit record of a leak report.
+            tx.commit().await?;
             Ok(modified)
         })
     }

@@ -112,6 +112,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX usage_hours_hour ON usage_hours (hour);
 "#,
+    // A key whose secret was reported leaked under `leaks.action = "quarantine"`.
+    r#"
+    ALTER TABLE keys ADD COLUMN quarantined BIGINT NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Applies the migrations this store has not run, once, even when several gateways start

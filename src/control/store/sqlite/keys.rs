@@ -6,13 +6,14 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, Transaction};
 
 use super::{conflict, next_revision, read_revision};
-use crate::control::store::audit::{changed_fields, is_no_change, new_key_fields, Fields};
+use crate::control::store::audit::{changed_fields, is_no_change, new_key_fields, with_report, Fields};
 use crate::control::store::model::{Audit, Changes, KeyEvent, KeyFilter, Modified, NewKey, StoredKey};
 use crate::control::store::row::{
     instant, json, select_list, to_json, Cell, KeyRow, KeyWrite, ReadCells, REVISION_COLUMN,
 };
 use crate::control::store::StoreError;
 use crate::core::key::{KeyStatus, StoredStatus};
+use crate::core::secret::KeyHash;
 
 /// SQLite's parameter marks: `?1`, `?2`, ...
 pub(super) fn mark(n: usize) -> String {
@@ -78,6 +79,23 @@ pub(super) fn select_one(conn: &Connection, id: &str) -> Result<Option<StoredKey
     }
 }
 
+/// The key that holds `hash` as its current secret, or as the one a regeneration replaced
+/// while its grace period runs at `now`; deleted keys hold none. One lookup in the index of
+/// every secret (`secret_hashes`), then the key by its primary key.
+pub(super) fn by_hash(
+    conn: &Connection,
+    hash: &KeyHash,
+    now: Timestamp,
+) -> Result<Option<StoredKey>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {} FROM keys WHERE seq = (SELECT key_seq FROM secret_hashes WHERE hash = ?1) \
+         AND status != 'deleted' AND (hash = ?1 OR (previous_hash = ?1 AND grace_until > ?2))",
+        select_list()
+    ))?;
+    let found = stmt.query_row(params![&hash.0[..], now.as_second()], |row| Ok(read_row(row)));
+    found.optional()?.transpose().map_err(StoreError::Corrupt)
+}
+
 /// Inserts a new key at the next revision, and reads it back.
 pub(super) fn insert(tx: &Transaction<'_>, key: &NewKey, audit: Audit) -> Result<StoredKey, StoreError> {
     let revision = next_revision(tx)?;
@@ -131,6 +149,10 @@ pub(super) fn modify(
     let before = key.clone();
     change(&mut key)?;
     if is_no_change(&before, &key) {
+        // A leak report is recorded even when the key was revoked already.
+        if audit.report.is_some() {
+            record_event(tx, &key.id, audit, key.updated_at, Fields::new())?;
+        }
         return Ok(Modified {
             key: before,
             changed: false,
@@ -166,7 +188,7 @@ fn record_event(
         at.as_second(),
         audit.actor.as_str(),
         audit.event,
-        to_json(&changes),
+        to_json(&with_report(changes, audit.report)),
         token,
         client,
     ])?;

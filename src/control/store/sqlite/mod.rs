@@ -27,6 +27,7 @@ use super::model::{
     UsageDelta,
 };
 use super::{KeyStore, StoreError};
+use crate::core::secret::KeyHash;
 
 pub(super) mod access;
 mod analytics;
@@ -252,6 +253,10 @@ impl KeyStore for SqliteStore {
 
     fn get(&self, id: &str) -> Result<Option<StoredKey>, StoreError> {
         keys::select_one(&*self.conn()?, id)
+    }
+
+    fn key_by_hash(&self, hash: &KeyHash, now: Timestamp) -> Result<Option<StoredKey>, StoreError> {
+        keys::by_hash(&*self.conn()?, hash, now)
     }
 
     fn modify(

@@ -130,6 +130,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX usage_hours_hour ON usage_hours (hour);
 "#,
+    // A key whose secret was reported leaked under `leaks.action = "quarantine"`.
+    r#"
+    ALTER TABLE keys ADD COLUMN quarantined INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

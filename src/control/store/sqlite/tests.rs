@@ -15,6 +15,7 @@ use crate::core::secret::{Hasher, KeyHash};
 const AUDIT: Audit = Audit {
     actor: Actor::Cli,
     event: "imported",
+    report: None,
 };
 
 fn secret(text: &str) -> KeyHash {
