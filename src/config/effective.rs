@@ -170,6 +170,7 @@ struct RouteOut {
     forward_credentials: bool,
     preserve_host: bool,
     allow_method_override: bool,
+    cost: u32,
 }
 
 impl Effective {
@@ -363,6 +364,7 @@ fn route(r: &Route, config: &Config) -> RouteOut {
         forward_credentials: r.forward_credentials,
         preserve_host: r.preserve_host,
         allow_method_override: r.allow_method_override,
+        cost: r.cost.get(),
     }
 }
 

@@ -195,6 +195,65 @@ impl QuotaSpec {
     }
 }
 
+/// The largest quota limit: the largest integer a JSON number holds exactly, so every
+/// client reads it back as it was written (and far within Redis's signed 64-bit counters).
+pub const MAX_QUOTA_LIMIT: u64 = (1 << 53) - 1;
+
+/// A quota as a client writes it: `anchor` may be left out, for the caller to default (to the
+/// key's creation, or the time the quota is set). Any fault in it is the field `quota`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaRequest {
+    pub limit: u64,
+    pub period: Period,
+    pub anchor: Option<Timestamp>,
+}
+
+impl QuotaRequest {
+    /// The quota, anchored at `anchor` when the request names no anchor of its own.
+    pub fn anchored(self, anchor: Timestamp) -> QuotaSpec {
+        QuotaSpec {
+            limit: self.limit,
+            period: self.period,
+            anchor: self.anchor.unwrap_or(anchor),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for QuotaRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            limit: u64,
+            period: String,
+            #[serde(default)]
+            anchor: Option<String>,
+        }
+        use serde::de::Error;
+        // Read whole first, so that every fault is reported at `quota` itself.
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let raw: Raw = serde_json::from_value(value).map_err(D::Error::custom)?;
+        if !(1..=MAX_QUOTA_LIMIT).contains(&raw.limit) {
+            return Err(D::Error::custom(format!(
+                "limit must be a whole number from 1 to {MAX_QUOTA_LIMIT}"
+            )));
+        }
+        let period = raw.period.parse().map_err(D::Error::custom)?;
+        let anchor = raw
+            .anchor
+            .map(|text| {
+                text.parse::<Timestamp>()
+                    .map_err(|_| D::Error::custom(format!("anchor {text:?} is not an RFC 3339 instant")))
+            })
+            .transpose()?;
+        Ok(QuotaRequest {
+            limit: raw.limit,
+            period,
+            anchor,
+        })
+    }
+}
+
 /// A quota's state in the current period: the `quota_state` of a key or a customer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuotaUse {
@@ -363,6 +422,28 @@ mod tests {
             spec.window(at("2026-02-20T00:00:00Z")).start,
             at("2026-02-15T00:00:00Z")
         );
+    }
+
+    #[test]
+    fn a_quota_request_is_checked_whole_and_anchored_by_default() {
+        let read = |text: &str| serde_json::from_str::<QuotaRequest>(text).map_err(|e| e.to_string());
+        let request = read(r#"{"limit":100,"period":"day"}"#).unwrap();
+        let anchor = at("2026-02-01T10:00:00Z");
+        assert_eq!(request.anchored(anchor).anchor, anchor);
+        let named = read(r#"{"limit":1,"period":"none","anchor":"2026-01-15T00:00:00Z"}"#).unwrap();
+        assert_eq!(named.anchored(anchor).anchor, at("2026-01-15T00:00:00Z"));
+        for (bad, says) in [
+            (r#"{"limit":0,"period":"day"}"#, "limit must be"),
+            (r#"{"limit":9007199254740992,"period":"day"}"#, "limit must be"),
+            (r#"{"limit":-1,"period":"day"}"#, "invalid value"),
+            (r#"{"limit":1,"period":"monthly"}"#, "is not one of"),
+            (r#"{"limit":1,"period":"day","anchor":"soon"}"#, "not an RFC 3339"),
+            (r#"{"limit":1,"period":"day","every":2}"#, "unknown field"),
+            (r#"{"period":"day"}"#, "missing field"),
+        ] {
+            let error = read(bad).unwrap_err();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
     }
 
     #[test]

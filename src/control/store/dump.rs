@@ -337,6 +337,7 @@ mod tests {
             metadata: "{}".into(),
             revision: 3,
             idle_from: None,
+            quota: None,
         }
     }
 

@@ -180,7 +180,7 @@ impl Actor {
 pub struct Audit {
     pub actor: Actor,
     /// `created`, `imported`, `updated`, `regenerated`, `revoked`, `activated`, `deleted`,
-    /// `idle_revoked`.
+    /// `idle_revoked`, `quota_topped_up`, `quota_reset`.
     pub event: &'static str,
 }
 

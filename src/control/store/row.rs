@@ -17,7 +17,7 @@ use crate::core::key::KeySpec;
 use crate::core::secret::KeyHash;
 
 /// The columns of a key row, in the order every statement lists them.
-pub const KEY_COLUMNS: [&str; 21] = [
+pub const KEY_COLUMNS: [&str; 22] = [
     "seq",
     "id",
     "name",
@@ -39,6 +39,7 @@ pub const KEY_COLUMNS: [&str; 21] = [
     "metadata",
     "revision",
     "idle_from",
+    "quota",
 ];
 
 /// [`KEY_COLUMNS`] as a select list: `seq, id, name, ...`.
@@ -76,6 +77,9 @@ pub struct KeyRow {
     pub metadata: String,
     pub revision: i64,
     pub idle_from: Option<i64>,
+    /// Absent from dumps made before quotas.
+    #[serde(default)]
+    pub quota: Option<String>,
 }
 
 /// One column's value as a statement binds it; each backend turns it into its own parameter.
@@ -98,7 +102,7 @@ pub trait ReadCells {
 impl KeyRow {
     /// The row's values, in [`KEY_COLUMNS`] order. Which kind each column is does not depend
     /// on its value: the cells of any row give the column types (PostgreSQL's `COPY`).
-    pub fn cells(&self) -> [Cell<'_>; 21] {
+    pub fn cells(&self) -> [Cell<'_>; 22] {
         fn text(value: &Option<String>) -> Cell<'_> {
             Cell::Text(value.as_deref())
         }
@@ -124,6 +128,7 @@ impl KeyRow {
             Cell::Text(Some(&self.metadata)),
             Cell::Int(Some(self.revision)),
             Cell::Int(self.idle_from),
+            text(&self.quota),
         ]
     }
 
@@ -158,6 +163,7 @@ impl KeyRow {
                 metadata: required(cells.text(), "metadata")?,
                 revision: required(cells.int(), "revision")?,
                 idle_from: cells.int()?,
+                quota: cells.text()?,
             })
         };
         rest().map_err(|why| format!("key {id}: {why}"))
@@ -221,6 +227,7 @@ impl KeyRow {
                 allowed_ips: json("allowed_ips", &self.allowed_ips)?,
                 expires_at: instant(self.expires_at)?,
                 metadata: json("metadata", &self.metadata)?,
+                quota: self.quota.map(|text| json("quota", &text)).transpose()?,
             };
             Ok::<_, String>(StoredKey {
                 seq: self.seq as u64,
@@ -267,6 +274,7 @@ fn spec_columns(spec: &KeySpec) -> KeyRow {
         metadata: to_json(&spec.metadata),
         revision: 0,
         idle_from: None,
+        quota: spec.quota.as_ref().map(to_json),
     }
 }
 
@@ -341,7 +349,7 @@ impl KeyWrite {
     }
 
     /// The parameters of [`KeyWrite::sql`], from a row's [`KeyRow::cells`].
-    pub fn values<'c, 'a>(self, cells: &'c [Cell<'a>; 21]) -> Vec<&'c Cell<'a>> {
+    pub fn values<'c, 'a>(self, cells: &'c [Cell<'a>; 22]) -> Vec<&'c Cell<'a>> {
         let (set, by) = self.columns();
         set.into_iter().chain(by).map(|i| &cells[i]).collect()
     }
@@ -413,7 +421,10 @@ mod tests {
     fn a_change_sets_what_it_may_and_finds_the_row_by_seq() {
         let sql = KeyWrite::Change.sql(|n| format!("?{n}"));
         assert!(sql.starts_with("UPDATE keys SET name = ?1, hash = ?2,"), "{sql}");
-        assert!(sql.ends_with("idle_from = ?16 WHERE seq = ?17"), "{sql}");
+        assert!(
+            sql.ends_with("idle_from = ?16, quota = ?17 WHERE seq = ?18"),
+            "{sql}"
+        );
         for kept in ["id =", "environment =", "created_at =", "last_used_at ="] {
             assert!(!sql.contains(&format!(" {kept}")), "{sql}");
         }
@@ -424,8 +435,8 @@ mod tests {
         let row = KeyRow { seq: 7, ..row };
         let cells = row.cells();
         let values = KeyWrite::Change.values(&cells);
-        assert_eq!(values.len(), 17);
-        assert_eq!(values[16], &Cell::Int(Some(7)));
+        assert_eq!(values.len(), 18);
+        assert_eq!(values[17], &Cell::Int(Some(7)));
     }
 
     #[test]
@@ -435,12 +446,12 @@ mod tests {
             format!(
                 "INSERT INTO keys ({}) VALUES ({})",
                 select_list(),
-                (1..=21).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+                (1..=22).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
             )
         );
         let new = KeyWrite::New.sql(|n| format!("?{n}"));
         assert!(
-            new.starts_with("INSERT INTO keys (id, name,") && new.ends_with("?20)"),
+            new.starts_with("INSERT INTO keys (id, name,") && new.ends_with("?21)"),
             "{new}"
         );
         assert_eq!(KEY_COLUMNS[REVISION_COLUMN], "revision");

@@ -174,7 +174,7 @@ pub(super) async fn modify(
 }
 
 /// The parameters of `write` as tokio-postgres takes them.
-pub(super) fn sql_values<'c>(write: KeyWrite, cells: &'c [Cell<'_>; 21]) -> Vec<&'c (dyn ToSql + Sync)> {
+pub(super) fn sql_values<'c>(write: KeyWrite, cells: &'c [Cell<'_>; 22]) -> Vec<&'c (dyn ToSql + Sync)> {
     write
         .values(cells)
         .into_iter()
@@ -262,7 +262,7 @@ async fn copy_events(tx: &Tx<'_>, keys: &[NewKey], audit: Audit) -> Result<(), S
     Ok(())
 }
 
-async fn record_event(
+pub(super) async fn record_event(
     tx: &Tx<'_>,
     key_id: &str,
     audit: Audit,

@@ -116,6 +116,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE key_events ADD COLUMN token TEXT;
     ALTER TABLE key_events ADD COLUMN client TEXT;
 "#,
+    // A key's quota (SPEC 11), as JSON: {"limit","period","anchor"}.
+    r#"
+    ALTER TABLE keys ADD COLUMN quota TEXT;
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
