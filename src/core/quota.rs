@@ -232,7 +232,7 @@ impl<'de> Deserialize<'de> for QuotaRequest {
         use serde::de::Error;
         // Read whole first, so that every fault is reported at `quota` itself.
         let value = serde_json::Value::deserialize(deserializer)?;
-        let raw: Raw = serde_json::from_value(value).map_err(D::Error::custom)?;
+        let raw: Raw = serde_json::from_value(value).map_err(|e| D::Error::custom(within(&e)))?;
         if !(1..=MAX_QUOTA_LIMIT).contains(&raw.limit) {
             return Err(D::Error::custom(format!(
                 "limit must be a whole number from 1 to {MAX_QUOTA_LIMIT}"
@@ -252,6 +252,21 @@ impl<'de> Deserialize<'de> for QuotaRequest {
             anchor,
         })
     }
+}
+
+/// serde's message about a field inside a quota, worded so that it is not taken for one about
+/// a field of what holds the quota (`missing field` would name `period` as the faulty field).
+fn within(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    for (from, to) in [
+        ("missing field", "needs the field"),
+        ("unknown field", "has no field"),
+    ] {
+        if let Some(rest) = message.strip_prefix(from) {
+            return format!("{to}{rest}");
+        }
+    }
+    message
 }
 
 /// A quota's state in the current period: the `quota_state` of a key or a customer.
@@ -438,8 +453,8 @@ mod tests {
             (r#"{"limit":-1,"period":"day"}"#, "invalid value"),
             (r#"{"limit":1,"period":"monthly"}"#, "is not one of"),
             (r#"{"limit":1,"period":"day","anchor":"soon"}"#, "not an RFC 3339"),
-            (r#"{"limit":1,"period":"day","every":2}"#, "unknown field"),
-            (r#"{"period":"day"}"#, "missing field"),
+            (r#"{"limit":1,"period":"day","every":2}"#, "has no field `every`"),
+            (r#"{"period":"day"}"#, "needs the field `limit`"),
         ] {
             let error = read(bad).unwrap_err();
             assert!(error.contains(says), "{bad}: {error}");
