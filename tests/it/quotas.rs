@@ -346,3 +346,65 @@ async fn a_rate_limit_that_refuses_spends_no_quota() {
         assert_eq!(quota_state(&h, &id).await["used"], 2, "{mode}");
     }
 }
+
+/// `keygate keys <args> --json` on the harness's store: the exit code and stdout.
+fn cli(h: &Harness, args: &[&str]) -> (i32, String) {
+    let config = h.config_path.to_str().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["keys", "--config", config, "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    (output.status.code().unwrap(), stdout)
+}
+
+#[tokio::test]
+async fn the_cli_sets_and_removes_a_quota_and_refuses_a_bad_one() {
+    let h = harness(STANDARD).await;
+    let (code, out) = cli(
+        &h,
+        &[
+            "create", "--name", "plan", "--env", "prod", "--perm", "*", "--quota", "2/day",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["quota"]["limit"], 2);
+    assert_eq!(created["quota"]["period"], "day");
+    let (id, secret) = (created["id"].as_str().unwrap(), created["key"].as_str().unwrap());
+    h.sync().await;
+    assert_eq!(statuses(&h, "/v1/status", secret, 3).await, [200, 200, 429]);
+    let anchored = [
+        "update",
+        id,
+        "--quota",
+        "100000/month",
+        "--quota-anchor",
+        "2026-01-31T00:00:00Z",
+    ];
+    let (code, out) = cli(&h, &anchored);
+    assert_eq!(code, 0, "{out}");
+    let expected = json!({"limit": 100000, "period": "month", "anchor": "2026-01-31T00:00:00Z"});
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["quota"], expected);
+    let (code, out) = cli(&h, &["update", id, "--no-quota"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(serde_json::from_str::<Value>(&out).unwrap()["quota"].is_null());
+    for bad in [
+        &["create", "--name", "x", "--env", "prod", "--quota", "0/day"][..],
+        &["create", "--name", "x", "--env", "prod", "--quota", "5/fortnight"],
+        &["create", "--name", "x", "--env", "prod", "--quota", "lots"],
+        &[
+            "create",
+            "--name",
+            "x",
+            "--env",
+            "prod",
+            "--quota-anchor",
+            "2026-01-01T00:00:00Z",
+        ],
+        &["update", id, "--quota", "5/day", "--no-quota"],
+    ] {
+        assert_eq!(cli(&h, bad).0, 2, "{bad:?}");
+    }
+}
