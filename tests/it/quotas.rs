@@ -408,3 +408,14 @@ async fn the_cli_sets_and_removes_a_quota_and_refuses_a_bad_one() {
         assert_eq!(cli(&h, bad).0, 2, "{bad:?}");
     }
 }
+
+#[tokio::test]
+async fn verify_spends_the_quota_like_a_request_and_says_when_it_is_spent() {
+    let h = harness(STANDARD).await;
+    let (_, key) = key_with(&h, 1, Period::Day, "2026-01-01T00:00:00Z").await;
+    let body = format!(r#"{{"key": "{key}"}}"#);
+    let verify = || admin_call(&h.gateway, "POST", "/v1/keys/verify", &body);
+    assert_eq!(verify().await.json()["code"], "VALID");
+    assert_eq!(verify().await.json()["code"], "QUOTA_EXCEEDED");
+    assert_eq!(h.get("/v1/status", &key).await.status, 429);
+}

@@ -417,3 +417,21 @@ fn a_file_without_routes_parses_but_would_serve_nothing() {
     assert_eq!(fields(upstream_only), ["route"]);
     assert!(fields(MINIMAL).is_empty());
 }
+
+#[test]
+fn a_routes_cost_defaults_to_one_and_must_be_a_whole_number_from_one() {
+    assert_eq!(parse_ok(MINIMAL).routes[0].cost.get(), 1);
+    assert_eq!(
+        parse_ok(&format!("{MINIMAL}cost = 10\n")).routes[0].cost.get(),
+        10
+    );
+    for (cost, says) in [("0", "at least 1"), ("4294967296", "at most"), ("\"ten\"", "")] {
+        let found = problems(&format!("{MINIMAL}cost = {cost}\n"));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.field.ends_with(".cost") && p.message.contains(says)),
+            "cost = {cost}: {found:?}"
+        );
+    }
+}
