@@ -11,8 +11,7 @@ use http::Request;
 
 use super::client_ip::client_ip;
 use super::connection::Peer;
-use super::error::QuotaScope;
-use super::error::{AuthFailure, Refusal};
+use super::error::{AuthFailure, QuotaScope, Refusal};
 use super::final_phase;
 use super::limits::{LimitKind, LimitState, Policy, Refused, Verdict};
 use super::request_id;
