@@ -12,9 +12,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use jiff::civil::DateTime;
+use jiff::civil::{Date, DateTime};
 use jiff::tz::TimeZone;
-use jiff::{Span, Timestamp};
+use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 /// How often a quota renews.
@@ -174,9 +174,16 @@ fn month_window(anchor: Timestamp, now: Timestamp) -> Option<Window> {
     })
 }
 
-/// The anchor plus whole months; jiff clamps the day to the last day of a shorter month.
+/// The anchor plus whole months, its day clamped to the last day of a shorter month. Counted on
+/// the calendar's fields rather than with a jiff `Span`, whose general arithmetic cost a
+/// quarter of a Redis check's instructions (every check computes its period there).
 fn plus_months(anchor: DateTime, months: i64) -> Option<DateTime> {
-    anchor.checked_add(Span::new().try_months(months).ok()?).ok()
+    let index = i64::from(anchor.year()) * 12 + i64::from(anchor.month() - 1) + months;
+    let year = i16::try_from(index.div_euclid(12)).ok()?;
+    let month = i8::try_from(index.rem_euclid(12) + 1).ok()?;
+    let last = Date::new(year, month, 1).ok()?.days_in_month();
+    let date = Date::new(year, month, anchor.day().min(last)).ok()?;
+    Some(date.to_datetime(anchor.time()))
 }
 
 /// A quota: `limit` uses a `period`, the periods anchored at `anchor`.
