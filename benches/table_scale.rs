@@ -68,6 +68,7 @@ fn main() {
                         allowed_ips: Vec::new(),
                         expires_at: None,
                         metadata: serde_json::Map::new(),
+                        quota: None,
                     },
                     id: new_key_id(),
                     hash: hasher.hash(secret.expose().as_bytes()),

@@ -26,7 +26,7 @@ use crate::core::environment::Environment;
 use crate::core::secret::Hasher;
 use crate::proxy::intercept::Intercept;
 use crate::proxy::server;
-use crate::proxy::shared_limits::{RedisSettings, SharedLimits};
+use crate::proxy::shared_limits::{RateClock, RedisSettings, SharedLimits};
 use crate::proxy::state::Shared;
 use crate::proxy::table::KeyTable;
 use crate::proxy::tls::Tls;
@@ -159,7 +159,7 @@ impl Gateway {
         let traces =
             Traces::start(&config.tracing).context("cannot set up the trace exporter ([tracing])")?;
         shared = shared.with_traces(traces);
-        let shared_limits = shared_limits(&config, &metrics).await?;
+        let shared_limits = shared_limits(&config, &metrics, clock.clone()).await?;
         if let Some(limits) = &shared_limits {
             shared = shared.with_shared_limits(limits.clone());
         }
@@ -478,7 +478,13 @@ async fn leak_endpoints(
 /// The Redis limiter of `rate_limit.backend = "redis"`, given a moment to connect so the first
 /// requests are shared; a Redis that does not answer yet is no reason not to start (requests
 /// are limited locally, visibly, until it does).
-async fn shared_limits(config: &Config, metrics: &Metrics) -> anyhow::Result<Option<Arc<SharedLimits>>> {
+/// Quota periods run on the gateway's `clock` (a test's manual one moves them); rate buckets on
+/// Redis's own, so replicas need not agree on the time for them.
+async fn shared_limits(
+    config: &Config,
+    metrics: &Metrics,
+    clock: Clock,
+) -> anyhow::Result<Option<Arc<SharedLimits>>> {
     let RateLimitBackend::Redis { url, prefix, timeout } = &config.rate_limit.backend else {
         return Ok(None);
     };
@@ -488,7 +494,8 @@ async fn shared_limits(config: &Config, metrics: &Metrics) -> anyhow::Result<Opt
         timeout: *timeout,
     };
     let limits = SharedLimits::new(&settings, metrics.rate_limit_fallback.clone())
-        .context("cannot set up the Redis rate-limit backend (rate_limit.redis_url)")?;
+        .context("cannot set up the Redis rate-limit backend (rate_limit.redis_url)")?
+        .with_clock(clock, RateClock::Redis);
     let limits = Arc::new(limits);
     if !limits.connect(std::time::Duration::from_secs(2)).await {
         tracing::warn!("Redis rate-limit backend does not answer yet: limiting locally until it does");

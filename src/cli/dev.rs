@@ -74,6 +74,7 @@ fn demo_key() -> KeySpec {
         allowed_ips: Vec::new(),
         expires_at: None,
         metadata: serde_json::Map::new(),
+        quota: None,
     }
 }
 

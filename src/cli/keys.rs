@@ -15,10 +15,11 @@ use super::{import, output};
 use super::{Detailed, Failure};
 use crate::control::keys::{KeyError, KeyPatch, KeyService, KeySpec, MAX_PAGE};
 use crate::control::store::{Actor, KeyFilter};
-use crate::core::clock::system_clock;
+use crate::core::clock::{system_clock, whole_second};
 use crate::core::environment::Environment;
 use crate::core::key::{KeyStatus, RateLimitSpec};
 use crate::core::permission::Permission;
+use crate::core::quota::{Period, QuotaRequest, MAX_QUOTA_LIMIT};
 use crate::core::secret::Secret;
 use crate::core::units::{parse_duration, parse_instant, Rate};
 use crate::gateway::hasher_from_env;
@@ -118,6 +119,8 @@ struct CreateArgs {
     permissions: Vec<Permission>,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    quota: QuotaArgs,
     /// Limit the key to this customer's resources.
     #[arg(long = "customer", value_name = "ID")]
     customer_id: Option<String>,
@@ -144,6 +147,28 @@ struct LimitArgs {
 impl LimitArgs {
     fn spec(&self) -> Option<RateLimitSpec> {
         self.rate.map(|rate| RateLimitSpec::from_rate(rate, self.burst))
+    }
+}
+
+#[derive(Debug, Args)]
+struct QuotaArgs {
+    /// The key's quota: LIMIT/PERIOD, the period one of hour, day, week, month or none
+    /// (credits an operator tops up), e.g. 100000/month.
+    #[arg(long, value_name = "LIMIT/PERIOD", value_parser = quota)]
+    quota: Option<(u64, Period)>,
+    /// When the quota's periods start, an RFC 3339 instant (default: its creation; on update,
+    /// the quota's current anchor).
+    #[arg(long, value_parser = timestamp, requires = "quota")]
+    quota_anchor: Option<Timestamp>,
+}
+
+impl QuotaArgs {
+    fn request(&self) -> Option<QuotaRequest> {
+        self.quota.map(|(limit, period)| QuotaRequest {
+            limit,
+            period,
+            anchor: self.quota_anchor,
+        })
     }
 }
 
@@ -188,6 +213,11 @@ struct UpdateArgs {
     /// Go back to the gateway's default rate limit.
     #[arg(long, conflicts_with = "rate")]
     default_rate: bool,
+    #[command(flatten)]
+    quota: QuotaArgs,
+    /// Remove the key's quota.
+    #[arg(long, conflicts_with = "quota")]
+    no_quota: bool,
     /// Limit the key to this customer's resources (replaces its customer).
     #[arg(long = "customer", value_name = "ID")]
     customer_id: Option<String>,
@@ -216,6 +246,19 @@ fn duration(text: &str) -> Result<Duration, String> {
 
 fn timestamp(text: &str) -> Result<Timestamp, String> {
     parse_instant(text).map_err(|e| e.to_string())
+}
+
+/// `LIMIT/PERIOD`, e.g. `100000/month`.
+fn quota(text: &str) -> Result<(u64, Period), String> {
+    let (limit, period) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?} is not LIMIT/PERIOD like 100000/month"))?;
+    let limit = limit
+        .parse::<u64>()
+        .ok()
+        .filter(|limit| (1..=MAX_QUOTA_LIMIT).contains(limit))
+        .ok_or_else(|| format!("the limit {limit:?} is not a whole number from 1 to {MAX_QUOTA_LIMIT}"))?;
+    Ok((limit, period.parse()?))
 }
 
 fn cidr(text: &str) -> Result<IpNet, String> {
@@ -352,6 +395,10 @@ fn spec(args: CreateArgs) -> Result<KeySpec, Failure> {
         allowed_ips: args.allowed_ips,
         expires_at: args.expiry.instant()?,
         metadata: args.metadata.unwrap_or_default(),
+        quota: args
+            .quota
+            .request()
+            .map(|quota| quota.anchored(whole_second(Timestamp::now()))),
     })
 }
 
@@ -372,6 +419,7 @@ fn patch(args: UpdateArgs) -> Result<KeyPatch, Failure> {
         },
         expires_at: args.expiry.instant()?.map(Some).or(clear_if(args.no_expiry)),
         metadata: args.metadata,
+        quota: args.quota.request().map(Some).or(clear_if(args.no_quota)),
     })
 }
 

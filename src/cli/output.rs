@@ -70,6 +70,14 @@ pub fn key(key: &KeyView, json: bool, verb: &str) -> Result<(), Failure> {
             },
         ),
         ("rate limit", rate),
+        (
+            "quota",
+            or_dash(
+                key.spec
+                    .quota
+                    .map(|q| format!("{}/{} from {}", q.limit, q.period, q.anchor)),
+            ),
+        ),
         ("customer", or_dash(key.spec.customer_id.as_ref())),
         (
             "allowed ips",

@@ -177,6 +177,7 @@ struct RouteOut {
     forward_credentials: bool,
     preserve_host: bool,
     allow_method_override: bool,
+    cost: u32,
 }
 
 impl Effective {
@@ -374,6 +375,7 @@ fn route(r: &Route, config: &Config) -> RouteOut {
         forward_credentials: r.forward_credentials,
         preserve_host: r.preserve_host,
         allow_method_override: r.allow_method_override,
+        cost: r.cost.get(),
     }
 }
 

@@ -487,6 +487,8 @@ pub struct RawRoute {
     /// Forward `X-HTTP-Method-Override`, `X-Method-Override` and `X-HTTP-Method`, and check the
     /// permission of the method they name. Default false: they are stripped.
     pub allow_method_override: Field<bool>,
+    /// What a request on this route takes from its key's quota, 1 to 2^32 - 1. Default 1.
+    pub cost: Field<u64>,
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! references, permission maps, and the clashes between routes that would make one unreachable.
 
 use std::collections::HashSet;
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use super::raw::{Field, RawRoute, RawUpstream};
 use super::upstream_tls::upstream_tls;
 use super::validate::Checker;
 use super::Problem;
-use super::{Config, PathPattern, Route, RoutePermissions, Segment, Upstream};
+use super::{Config, PathPattern, Route, RoutePermissions, Segment, Upstream, DEFAULT_COST};
 use crate::core::environment::Environment;
 use crate::core::permission::Permission;
 
@@ -229,6 +230,10 @@ pub(super) fn routes(
             .permissions
             .as_ref()
             .and_then(|map| route_permissions(checker, map, &field("permissions")));
+        let cost = checker
+            .count(&route.cost, &field("cost"), u32::MAX.into())
+            .and_then(|cost| NonZeroU32::new(u32::try_from(cost).ok()?))
+            .unwrap_or(DEFAULT_COST);
         let (Some(path), Some(upstream)) = (path, upstream) else {
             continue;
         };
@@ -263,6 +268,7 @@ pub(super) fn routes(
             forward_credentials: route.forward_credentials.as_ref().is_some_and(|v| *v.get_ref()),
             preserve_host: route.preserve_host.as_ref().is_some_and(|v| *v.get_ref()),
             allow_method_override: route.allow_method_override.as_ref().is_some_and(|v| *v.get_ref()),
+            cost,
         });
     }
     routes

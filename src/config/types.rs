@@ -349,7 +349,12 @@ pub struct Route {
     pub preserve_host: bool,
     /// Forward the method-override headers and check the permission of the method they name.
     pub allow_method_override: bool,
+    /// What a request takes from its key's quota (and its rate limit).
+    pub cost: NonZeroU32,
 }
+
+/// A route's `cost` when it sets none.
+pub const DEFAULT_COST: NonZeroU32 = NonZeroU32::MIN;
 
 /// `/v1/customers/{customer}`: literal and parameter segments; matches the path and all below.
 #[derive(Debug, Clone, PartialEq, Eq)]

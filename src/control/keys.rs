@@ -9,14 +9,15 @@ use ipnet::IpNet;
 use jiff::Timestamp;
 
 use super::store::{
-    Actor, Audit, IdleKey, KeyEvent, KeyFilter, KeyStore, NewKey, StoreError, StoredKey, Usage, UsageOf,
-    UsagePoint, UsageQuery,
+    Actor, Audit, Fields, IdleKey, KeyEvent, KeyFilter, KeyStore, NewKey, StoreError, StoredKey, Usage,
+    UsageOf, UsagePoint, UsageQuery,
 };
 use crate::core::clock::{whole_second, Clock};
 use crate::core::environment::Environment;
 pub use crate::core::key::KeySpec;
 use crate::core::key::{new_key_id, KeyView, KeyWithSecret, RateLimitSpec, StoredStatus};
 use crate::core::permission::Permission;
+use crate::core::quota::{QuotaChange, QuotaRequest, MAX_QUOTA_LIMIT};
 use crate::core::secret::{check_format, Format, Hasher, KeyHash, Secret};
 use crate::core::units::parse_duration;
 
@@ -85,6 +86,9 @@ pub struct KeyRequest {
     /// An existing secret to import instead of generating one.
     #[serde(default)]
     pub key: Option<String>,
+    /// Its anchor defaults to the key's creation.
+    #[serde(default)]
+    pub quota: Option<QuotaRequest>,
 }
 
 impl KeyRequest {
@@ -114,6 +118,7 @@ impl KeyRequest {
             allowed_ips: self.allowed_ips.into_iter().map(|cidr| cidr.0).collect(),
             expires_at,
             metadata: self.metadata,
+            quota: self.quota.map(|quota| quota.anchored(whole_second(now))),
         };
         Ok((spec, self.key))
     }
@@ -155,6 +160,9 @@ pub struct KeyPatch {
     pub expires_at: Option<Option<Timestamp>>,
     #[serde(default, deserialize_with = "present_or_empty")]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Without an anchor, a quota keeps the key's current one, or else starts now.
+    #[serde(default, deserialize_with = "present")]
+    pub quota: Option<Option<QuotaRequest>>,
 }
 
 /// `Some(None)` for an explicit `null` (clear the field), `None` when the field is absent.
@@ -186,6 +194,7 @@ impl KeyPatch {
             && self.allowed_ips.is_none()
             && self.expires_at.is_none()
             && self.metadata.is_none()
+            && self.quota.is_none()
     }
 }
 
@@ -323,6 +332,30 @@ impl KeyService {
             Some(key) if key.status != StoredStatus::Deleted => Ok(key.view(self.now())),
             _ => Err(KeyError::NotFound(id.to_owned())),
         }
+    }
+
+    /// A key that is not deleted, as the store holds it: what the admin API needs to find its
+    /// quota's counters (its sequence number, its customer).
+    pub fn stored(&self, id: &str) -> Result<StoredKey, KeyError> {
+        let key = self.store.get(id).map_err(|e| KeyError::from_store(e, id))?;
+        key.filter(|key| key.status != StoredStatus::Deleted)
+            .ok_or_else(|| KeyError::NotFound(id.to_owned()))
+    }
+
+    /// Records an operator's top-up or reset of a key's quota in its audit trail (the change
+    /// itself is the limiter's: the store keeps no counters).
+    pub fn record_quota_change(&self, id: &str, change: QuotaChange) -> Result<(), KeyError> {
+        let (event, field, value) = match change {
+            QuotaChange::Read => return Ok(()),
+            QuotaChange::Add(more) => ("quota_topped_up", "add", more.into()),
+            QuotaChange::Reset => ("quota_reset", "reset", true.into()),
+        };
+        let changes = Fields::from_iter([(field.to_owned(), value)]);
+        self.store
+            .record_event(id, self.audit(event), self.now(), &changes)
+            .map_err(|e| KeyError::from_store(e, id))?;
+        tracing::info!(key_id = %id, actor = self.actor.as_str(), "key {event}");
+        Ok(())
     }
 
     /// A key whatever its status: a deleted one shows as `deleted`, as listings of deleted
@@ -630,6 +663,10 @@ fn apply_patch(key: &mut StoredKey, patch: KeyPatch, now: Timestamp) -> Result<(
     if let Some(metadata) = patch.metadata {
         key.spec.metadata = metadata;
     }
+    if let Some(quota) = patch.quota {
+        let anchor = key.spec.quota.map_or(whole_second(now), |kept| kept.anchor);
+        key.spec.quota = quota.map(|quota| quota.anchored(anchor));
+    }
     Ok(())
 }
 
@@ -662,6 +699,15 @@ fn validate_spec(spec: &KeySpec, now: Timestamp) -> Result<(), KeyError> {
                 "refilling the whole burst may take at most 366d (per / requests x burst)",
             ));
         }
+    }
+    if spec
+        .quota
+        .is_some_and(|quota| !(1..=MAX_QUOTA_LIMIT).contains(&quota.limit))
+    {
+        return Err(KeyError::invalid(
+            "quota",
+            format!("limit must be a whole number from 1 to {MAX_QUOTA_LIMIT}"),
+        ));
     }
     Ok(())
 }

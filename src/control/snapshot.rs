@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::core::environment::Environment;
 use crate::core::key::RateLimitSpec;
 use crate::core::permission::{Permission, PermissionSet};
+use crate::core::quota::QuotaSpec;
 use crate::core::secret::KeyHash;
 use crate::proxy::table::{AuthKey, Extras, KeyTable, PreviousSecret};
 
@@ -66,6 +67,8 @@ struct Entry {
     previous_hash: Option<[u8; 32]>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     previous_until: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    quota: Option<QuotaSpec>,
 }
 
 pub mod journal;
@@ -216,6 +219,7 @@ fn entry(key: &AuthKey) -> Entry {
         allowed_ips: key.allowed_ips().to_vec(),
         previous_hash: previous.map(|p| p.hash.0),
         previous_until: previous.map(|p| p.until),
+        quota: key.quota().copied(),
     }
 }
 
@@ -234,6 +238,7 @@ fn auth_key(
         rate_limit: entry.rate_limit,
         allowed_ips: entry.allowed_ips.into_boxed_slice(),
         previous,
+        quota: entry.quota,
     };
     AuthKey {
         seq: entry.seq,
@@ -341,6 +346,11 @@ mod tests {
                 previous: Some(PreviousSecret {
                     hash: KeyHash([9; 32]),
                     until: 1_900_000_000,
+                }),
+                quota: Some(QuotaSpec {
+                    limit: 1000,
+                    period: crate::core::quota::Period::Month,
+                    anchor: "2026-01-31T00:00:00Z".parse().unwrap(),
                 }),
             }),
         ));

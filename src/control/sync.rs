@@ -285,6 +285,7 @@ impl KeySync {
             rate_limit: key.spec.rate_limit,
             allowed_ips: key.spec.allowed_ips.clone().into_boxed_slice(),
             previous,
+            quota: key.spec.quota,
         };
         Some(AuthKey {
             seq: key.seq,

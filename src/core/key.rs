@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::environment::Environment;
 use super::permission::Permission;
+use super::quota::QuotaSpec;
 use super::units::{format_duration, parse_duration, parse_instant, Rate};
 
 /// A key's public id: `key_` and 20 base62 characters.
@@ -110,6 +111,10 @@ pub fn field_shape(field: &str) -> Option<&'static str> {
         }
         "expires_in" | "grace" => r#"a duration like "30d" or null"#,
         "metadata" => "a JSON object",
+        "quota" => r#"{"limit":N,"period":"month","anchor":"2026-01-15T00:00:00Z"} or null"#,
+        "quota.limit" => "a whole number from 1",
+        "quota.period" => "hour, day, week, month or none",
+        "quota.anchor" => r#"an RFC 3339 instant like "2026-01-15T00:00:00Z""#,
         "key" => "the secret to import, a string",
         _ => return None,
     })
@@ -227,6 +232,9 @@ pub struct KeySpec {
     pub allowed_ips: Vec<IpNet>,
     pub expires_at: Option<Timestamp>,
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The key's quota (SPEC 11); absent in what keygate wrote before quotas.
+    #[serde(default)]
+    pub quota: Option<QuotaSpec>,
 }
 
 impl KeySpec {
@@ -242,6 +250,7 @@ impl KeySpec {
             allowed_ips: Vec::new(),
             expires_at: None,
             metadata: serde_json::Map::new(),
+            quota: None,
         }
     }
 }

@@ -11,9 +11,9 @@ use http::Request;
 
 use super::client_ip::client_ip;
 use super::connection::Peer;
-use super::error::{AuthFailure, Refusal};
+use super::error::{AuthFailure, QuotaScope, Refusal};
 use super::final_phase;
-use super::limits::{Decision, LimitState};
+use super::limits::{LimitKind, LimitState, Policy, Refused, Verdict};
 use super::request_id;
 use super::state::{Shared, Snapshot};
 use super::table::AuthKey;
@@ -33,6 +33,8 @@ pub(super) struct Context {
     pub key_at: i64,
     /// Step 8's numbers, for the `RateLimit-*` headers.
     pub limit: Option<LimitState>,
+    /// The key's quota after step 8, for the draft `RateLimit-*` headers.
+    pub quota: Option<Policy>,
     /// When the request went upstream, for the time spent there by one abandoned meanwhile.
     pub sent: Option<Instant>,
     pub upstream_time: Option<Duration>,
@@ -56,6 +58,7 @@ impl Context {
             key: None,
             key_at: 0,
             limit: None,
+            quota: None,
             sent: None,
             upstream_time: None,
             reason: None,
@@ -84,17 +87,30 @@ impl Context {
             .ok_or(Refusal::Unauthenticated(AuthFailure::Unknown))
     }
 
-    /// Step 8's outcome: the numbers for the `RateLimit-*` headers either way.
-    pub fn apply_limit(&mut self, decision: Decision) -> Result<(), Refusal> {
-        match decision {
-            Decision::Allowed(state) => {
-                self.limit = Some(state);
-                Ok(())
-            }
-            Decision::Limited { state, retry_after } => {
-                self.limit = Some(state);
-                Err(Refusal::RateLimited { state, retry_after })
-            }
-        }
+    /// Step 8's outcome: the numbers for the `RateLimit-*` headers either way, and the refusal
+    /// of the limit that lifts last.
+    pub fn apply_limit(&mut self, verdict: &Verdict) -> Result<(), Refusal> {
+        let state = verdict.key_decision().state();
+        self.limit = Some(state);
+        self.quota = verdict.policy(LimitKind::KeyQuota).copied();
+        let Some(refused) = verdict.refused else {
+            return Ok(());
+        };
+        Err(match refused.by {
+            LimitKind::KeyQuota => quota_refusal(QuotaScope::Key, refused),
+            LimitKind::CustomerQuota => quota_refusal(QuotaScope::Customer, refused),
+            LimitKind::KeyRate | LimitKind::CustomerRate => Refusal::RateLimited {
+                state,
+                retry_after: refused.retry_after.unwrap_or(1),
+            },
+        })
+    }
+}
+
+fn quota_refusal(scope: QuotaScope, refused: Refused) -> Refusal {
+    Refusal::QuotaExceeded {
+        scope,
+        retry_after: refused.retry_after,
+        resets_at: refused.resets_at,
     }
 }

@@ -11,9 +11,37 @@ use http::header::{HeaderMap, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AF
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 
+use jiff::Timestamp;
+
 use super::limits::LimitState;
 use super::Body;
 use crate::core::permission::Permission;
+
+/// Whose quota refused a request: the `scope` label of `keygate_quota_exceeded_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaScope {
+    Key,
+    Customer,
+}
+
+impl QuotaScope {
+    pub const ALL: [QuotaScope; 2] = [QuotaScope::Key, QuotaScope::Customer];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaScope::Key => "key",
+            QuotaScope::Customer => "customer",
+        }
+    }
+
+    /// The access record's reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            QuotaScope::Key => "quota",
+            QuotaScope::Customer => "customer_quota",
+        }
+    }
+}
 
 /// Why an authentication failed; the `reason` label of `keygate_auth_failures_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +208,13 @@ pub enum Refusal {
         state: LimitState,
         retry_after: u64,
     },
+    /// A quota is spent for this period. `retry_after` and `resets_at`: when it renews; `None`
+    /// for credits that only an operator tops up (period `none`).
+    QuotaExceeded {
+        scope: QuotaScope,
+        retry_after: Option<u64>,
+        resets_at: Option<Timestamp>,
+    },
     TooLarge,
     /// The request body paused past `server.body_idle_timeout` before the upstream answered.
     BodyTimeout,
@@ -212,6 +247,17 @@ const UNAVAILABLE: &str = r#"{"error":"service unavailable"}"#;
 const BAD_GATEWAY: &str = r#"{"error":"bad gateway"}"#;
 const GATEWAY_TIMEOUT: &str = r#"{"error":"gateway timeout"}"#;
 const CLIENT_CLOSED: &str = r#"{"error":"client closed request"}"#;
+
+/// `{"error":"quota exceeded","resets_at":...}`: when the quota renews, `null` for credits that
+/// never do. Only refused requests of spent quotas pay for the formatting.
+fn quota_exceeded(resets_at: Option<Timestamp>) -> Bytes {
+    serde_json::json!({
+        "error": "quota exceeded",
+        "resets_at": resets_at.map(|at| at.to_string()),
+    })
+    .to_string()
+    .into()
+}
 
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
@@ -248,7 +294,9 @@ impl Refusal {
             Refusal::ClientBody(BodyFault::Gone) => client_closed(),
             Refusal::NoRoute => StatusCode::NOT_FOUND,
             Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            Refusal::IpThrottled { .. } | Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::IpThrottled { .. } | Refusal::RateLimited { .. } | Refusal::QuotaExceeded { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Refusal::Denied(_) | Refusal::MissingPermission(_) => StatusCode::FORBIDDEN,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -281,6 +329,7 @@ impl Refusal {
             | Refusal::Denied(_)
             | Refusal::MissingPermission(_)
             | Refusal::RateLimited { .. }
+            | Refusal::QuotaExceeded { .. }
             | Refusal::TooLarge
             | Refusal::UriTooLong
             | Refusal::Stale { .. }
@@ -298,6 +347,7 @@ impl Refusal {
             Refusal::Unauthenticated(_) => AUTH_FAILED.into(),
             Refusal::IpThrottled { .. } => AUTH_THROTTLED.into(),
             Refusal::RateLimited { .. } => RATE_LIMITED.into(),
+            Refusal::QuotaExceeded { resets_at, .. } => quota_exceeded(*resets_at),
             Refusal::Denied(_) | Refusal::MissingPermission(None) => DENIED.into(),
             Refusal::MissingPermission(Some(permission)) => serde_json::json!({
                 "error": "permission denied",
@@ -325,6 +375,10 @@ impl Refusal {
             }
             Refusal::IpThrottled { retry_after }
             | Refusal::RateLimited { retry_after, .. }
+            | Refusal::QuotaExceeded {
+                retry_after: Some(retry_after),
+                ..
+            }
             | Refusal::Stale { retry_after } => {
                 headers.insert(RETRY_AFTER, super::limits::number(retry_after));
             }
@@ -342,6 +396,10 @@ impl Refusal {
             | Refusal::BodyTimeout
             | Refusal::TooManyHeaders
             | Refusal::UriTooLong
+            // Credits that never renew: no wait would help.
+            | Refusal::QuotaExceeded {
+                retry_after: None, ..
+            }
             | Refusal::Upstream(
                 UpstreamFailure::Connect
                 | UpstreamFailure::Tls
@@ -376,6 +434,16 @@ mod tests {
                 state,
                 retry_after: 1,
             },
+            Refusal::QuotaExceeded {
+                scope: QuotaScope::Key,
+                retry_after: Some(30),
+                resets_at: Some("2026-12-08T00:00:00Z".parse().unwrap()),
+            },
+            Refusal::QuotaExceeded {
+                scope: QuotaScope::Customer,
+                retry_after: None,
+                resets_at: None,
+            },
             Refusal::TooLarge,
             Refusal::BodyTimeout,
             Refusal::TooManyHeaders,
@@ -398,6 +466,42 @@ mod tests {
             let response = refusal.clone().into_response(&challenge);
             assert_eq!(response.headers()[CACHE_CONTROL], "no-store", "{refusal:?}");
             assert_eq!(response.headers()[CONTENT_TYPE], JSON, "{refusal:?}");
+        }
+    }
+
+    #[test]
+    fn a_spent_quota_says_when_it_renews_and_credits_that_never_do_give_no_retry() {
+        let challenge = HeaderValue::from_static("Basic realm=\"k\"");
+        let renews = Refusal::QuotaExceeded {
+            scope: QuotaScope::Key,
+            retry_after: Some(30),
+            resets_at: Some("2026-12-08T00:00:00Z".parse().unwrap()),
+        }
+        .into_response(&challenge);
+        assert_eq!(renews.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(renews.headers()[RETRY_AFTER], "30");
+        let body = full_body(renews);
+        assert_eq!(
+            body,
+            r#"{"error":"quota exceeded","resets_at":"2026-12-08T00:00:00Z"}"#.as_bytes()
+        );
+        let credits = Refusal::QuotaExceeded {
+            scope: QuotaScope::Customer,
+            retry_after: None,
+            resets_at: None,
+        }
+        .into_response(&challenge);
+        assert!(credits.headers().get(RETRY_AFTER).is_none());
+        assert_eq!(
+            full_body(credits),
+            r#"{"error":"quota exceeded","resets_at":null}"#.as_bytes()
+        );
+    }
+
+    fn full_body(response: Response<Body>) -> Bytes {
+        match response.into_body() {
+            Either::Right(full) => futures_body(full),
+            Either::Left(_) => panic!("the gateway's own body"),
         }
     }
 

@@ -24,6 +24,7 @@ use super::credentials::Source;
 use super::error::{Refusal, UpstreamFailure};
 use super::final_phase::{refuse, Final};
 use super::forward::{self, Credentials, Identity, Passing};
+use super::limits::KeyAsk;
 use super::pool::UpstreamBody;
 use super::sent::{self, OutBody};
 use super::state::{RouteState, Shared, Snapshot, UpstreamState};
@@ -31,7 +32,6 @@ use super::table::{AuthKey, Presented};
 use super::tunnel;
 use super::upstream::{SendFailure, UpstreamClient};
 use super::Body;
-use crate::core::key::RateLimitSpec;
 
 /// What steps 0 to 8 decided that an admitted request's way upstream needs.
 pub(super) struct Admission {
@@ -46,8 +46,8 @@ pub(super) struct Admission {
     pub uri: http::Uri,
     /// The host the client addressed, in normal form, for the upstream.
     pub host: Option<HeaderValue>,
-    /// Step 8 still to do, in the shared limiter: the key's limit.
-    pub shared_limit: Option<RateLimitSpec>,
+    /// Step 8 still to do, in the shared limiter: what it asks of the key.
+    pub shared_limit: Option<KeyAsk>,
 }
 
 /// An admitted request, from its admission to its answer: the request as the upstream gets it,
@@ -56,7 +56,7 @@ pub(super) struct Exchange {
     last: Final,
     version: http::Version,
     upstream: usize,
-    shared_limit: Option<RateLimitSpec>,
+    shared_limit: Option<KeyAsk>,
     request: Request<OutBody>,
     upgrade: Option<Upgrade>,
 }
@@ -99,7 +99,7 @@ impl Exchange {
         } = self;
         let Final { snapshot, ctx, .. } = &mut last;
         let limited = match shared_limit {
-            Some(spec) => limit_shared(shared, ctx, &spec).await,
+            Some(ask) => limit_shared(shared, ctx, &ask).await,
             None => Ok(()),
         };
         let forwarded = match limited {
@@ -195,9 +195,9 @@ fn passing<'s>(snapshot: &'s Snapshot, route: &RouteState, source: Source, peer:
 
 /// Step 8 in the shared limiter (which falls back to the local one when it does not answer in
 /// time).
-async fn limit_shared(shared: &Shared, ctx: &mut Context, spec: &RateLimitSpec) -> Result<(), Refusal> {
-    let decision = shared.limit(ctx.authenticated()?, spec).await;
-    ctx.apply_limit(decision)
+async fn limit_shared(shared: &Shared, ctx: &mut Context, ask: &KeyAsk) -> Result<(), Refusal> {
+    let verdict = shared.limit(ctx.authenticated()?, ask).await;
+    ctx.apply_limit(&verdict)
 }
 
 /// Step 9, its second half: the upstream's answer, timed.

@@ -113,6 +113,12 @@ fn count_cause(shared: &Shared, snapshot: &Snapshot, ctx: &Context, refusal: &Re
             }
             "rate_limited"
         }
+        Refusal::QuotaExceeded { scope, .. } => {
+            if let Some(route) = ctx.route {
+                snapshot.routes[route].quota_exceeded[*scope as usize].inc();
+            }
+            scope.reason()
+        }
         Refusal::BadRequest(why) => why.as_str(),
         Refusal::NoRoute => "no_route",
         Refusal::TooLarge => "body_too_large",
@@ -136,7 +142,11 @@ pub(super) fn finish(
     headers.reserve(4);
     headers.insert(X_REQUEST_ID, ctx.request_id.clone());
     if let Some(limit) = ctx.limit {
-        limit.write_headers(headers, snapshot.config.rate_limit.draft_headers);
+        limit.write_headers(
+            headers,
+            snapshot.config.rate_limit.draft_headers,
+            ctx.quota.as_ref(),
+        );
     }
     account(snapshot, ctx, method, response.status());
     response

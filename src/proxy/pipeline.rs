@@ -7,10 +7,10 @@
 //!           ─▶ key table fresh ──────────────────────────────────────────  503
 //!           ─▶ 2 credential ─▶ 3 lookup ─▶ 4 environment ────────────────  401 (429)
 //!           ─▶ 5 client IP ─▶ 6 permission ─▶ 7 customer ────────────────  403
-//!           ─▶ 8 rate limit, when local ─────────────────────────────────  429
+//!           ─▶ 8 rate limit and quota, when local ───────────────────────  429
 //!           ─▶ upstream target ─▶ declared body size ────────────────────  400, 413
 //!  the exchange, boxed: admitted requests only (super::exchange)
-//!           ─▶ 8 rate limit, when shared ────────────────────────────────  429
+//!           ─▶ 8 rate limit and quota, when shared ──────────────────────  429
 //!           ─▶ 9 forward ───────────────────────────────────  502, 503, 504; 400, 408, 413
 //!  before all of it: a path the control plane answers here ([leaks]), see super::intercept
 //!  every exit
@@ -36,7 +36,8 @@
 //!   balancer) still passes.
 //! - 5 to 7 are the key's restrictions, cheapest first; they answer 403.
 //! - 8 comes last of the key's checks, so that a request refused by one of them does not spend
-//!   the key's allowance. A local limit is decided in place; a shared one (Redis) is the one
+//!   the key's allowance. It asks the key's rate limit and its quota for the route's `cost` at
+//!   once, and charges both or neither: a request the rate limit refuses spends no quota. A local limit is decided in place; a shared one (Redis) is the one
 //!   check that awaits, so it runs in the admitted request's exchange.
 //! - Two checks of the request as it will go upstream follow the local 8, as they always have:
 //!   its target at the upstream (400 should the upstream's path prefix and the normal path not
@@ -72,6 +73,7 @@ use super::error::{AuthFailure, BadRequest, Denial, Refusal};
 use super::exchange::{Admission, Exchange};
 use super::final_phase::{finish, refuse};
 use super::head::{self, method_is_canonical, Host};
+use super::limits::KeyAsk;
 use super::overrides;
 use super::path::{decode_segment, normalize};
 use super::router::Matched;
@@ -79,7 +81,6 @@ use super::state::{RouteState, Shared, Snapshot};
 use super::table::{AuthKey, Presented};
 use super::Body;
 use crate::config::UnderscoreHeaders;
-use crate::core::key::RateLimitSpec;
 use crate::core::secret::{check_format, Format};
 
 /// Answers one request. Never fails: every refusal is a response.
@@ -153,7 +154,7 @@ fn admit<B>(
     check_client_ip(&key, ctx.client)?;
     check_permission(route, &key, request)?;
     check_customer(route, &key, matched.customer)?;
-    let shared_limit = rate_limit(shared, snapshot, ctx, &key)?;
+    let shared_limit = rate_limit(shared, snapshot, route, ctx, &key)?;
     let uri = upstream_target(snapshot, route, &head.path, request)?;
     check_declared_length(snapshot, request)?;
     Ok(Admission {
@@ -351,19 +352,23 @@ fn check_customer(route: &RouteState, key: &AuthKey, asked: Option<&str>) -> Res
     }
 }
 
-/// Step 8, when it is local: decided here. A shared one is the exchange's to check: its spec is
-/// returned.
+/// Step 8, when it is local: the key's rate limit and quota asked for the route's cost, and
+/// decided here. A shared one is the exchange's to check: what it asks is returned.
 fn rate_limit(
     shared: &Shared,
     snapshot: &Snapshot,
+    route: &RouteState,
     ctx: &mut Context,
     key: &AuthKey,
-) -> Result<Option<RateLimitSpec>, Refusal> {
-    let spec = key.rate_limit().copied().unwrap_or(snapshot.default_limit);
+) -> Result<Option<KeyAsk>, Refusal> {
+    let ask = KeyAsk {
+        rate: key.rate_limit().copied().unwrap_or(snapshot.default_limit),
+        cost: route.cost,
+    };
     if shared.shared_limits.is_some() {
-        return Ok(Some(spec));
+        return Ok(Some(ask));
     }
-    ctx.apply_limit(shared.key_limits.check(key.seq, &spec))?;
+    ctx.apply_limit(&shared.key_limits.admit(&ask.check(key)))?;
     Ok(None)
 }
 

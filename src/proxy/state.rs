@@ -2,6 +2,7 @@
 //! long-lived shared state (key table, limits, usage counters, metrics) that outlives reloads.
 
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -13,9 +14,9 @@ use prometheus::{Histogram, IntCounter, IntCounterVec};
 
 use super::analytics::Analytics;
 use super::credentials::Schemes;
-use super::error::{AuthFailure, Denial};
+use super::error::{AuthFailure, Denial, QuotaScope};
 use super::intercept::Intercept;
-use super::limits::{Decision, GatewayClock, IpThrottle, KeyLimits};
+use super::limits::{Decision, GatewayClock, IpThrottle, KeyAsk, KeyLimits, Verdict};
 use super::router::Router;
 use super::shared_limits::SharedLimits;
 use super::table::{AuthKey, KeyTable};
@@ -43,6 +44,10 @@ pub struct RouteState {
     pub allow_method_override: bool,
     pub duration: Histogram,
     pub rate_limited: IntCounter,
+    /// `keygate_quota_exceeded_total` by [`QuotaScope`] (as its index).
+    pub quota_exceeded: [IntCounter; 2],
+    /// What a request takes from its key's limits.
+    pub cost: NonZeroU32,
     pub requests: StatusCounters,
     /// Its name's id in [`Snapshot::analytics`].
     pub analytics_id: u32,
@@ -125,6 +130,12 @@ impl Snapshot {
                 allow_method_override: route.allow_method_override,
                 duration: metrics.request_duration.with_label_values(&[&route.name]),
                 rate_limited: metrics.rate_limited.with_label_values(&[&route.name]),
+                quota_exceeded: QuotaScope::ALL.map(|scope| {
+                    metrics
+                        .quota_exceeded
+                        .with_label_values(&[&route.name, scope.as_str()])
+                }),
+                cost: route.cost,
                 requests: StatusCounters::new(&metrics.requests, &route.name, route.environment.as_str()),
                 analytics_id: analytics.route_id(&route.name),
             })
@@ -338,16 +349,17 @@ impl Shared {
         }
     }
 
-    /// Step 8 for a key: its shared bucket when there is a shared backend that answers in time,
-    /// its local one otherwise. The request path calls it only with a shared backend, and
-    /// decides locally without awaiting anything otherwise.
-    pub async fn limit(&self, key: &AuthKey, spec: &RateLimitSpec) -> Decision {
+    /// Step 8 for a key: its shared limits when there is a shared backend that answers in
+    /// time, its local ones otherwise. The request path calls it only with a shared backend,
+    /// and decides locally without awaiting anything otherwise.
+    pub async fn limit(&self, key: &AuthKey, ask: &KeyAsk) -> Verdict {
+        let check = ask.check(key);
         if let Some(shared) = &self.shared_limits {
-            if let Some(decision) = shared.check(&key.id, spec).await {
-                return decision;
+            if let Some(verdict) = shared.admit(&check).await {
+                return verdict;
             }
         }
-        self.key_limits.check(key.seq, spec)
+        self.key_limits.admit(&check)
     }
 
     pub fn hasher(&self) -> &Hasher {

@@ -26,6 +26,7 @@ use super::error::AuthFailure;
 use crate::core::environment::Environment;
 use crate::core::key::RateLimitSpec;
 use crate::core::permission::PermissionSet;
+use crate::core::quota::QuotaSpec;
 use crate::core::secret::KeyHash;
 
 /// What the hot path knows of a key: only what it needs to admit or refuse a request.
@@ -62,12 +63,17 @@ pub struct Extras {
     pub allowed_ips: Box<[IpNet]>,
     /// The secret a regeneration replaced, while its grace period runs.
     pub previous: Option<PreviousSecret>,
+    /// The key's quota (SPEC 11).
+    pub quota: Option<QuotaSpec>,
 }
 
 impl Extras {
     /// Boxed, or `None` when there is nothing in them.
     pub fn boxed(self) -> Option<Box<Extras>> {
-        let empty = self.rate_limit.is_none() && self.allowed_ips.is_empty() && self.previous.is_none();
+        let empty = self.rate_limit.is_none()
+            && self.allowed_ips.is_empty()
+            && self.previous.is_none()
+            && self.quota.is_none();
         (!empty).then(|| Box::new(self))
     }
 }
@@ -87,6 +93,10 @@ impl AuthKey {
 
     pub fn previous(&self) -> Option<&PreviousSecret> {
         self.extras.as_ref()?.previous.as_ref()
+    }
+
+    pub fn quota(&self) -> Option<&QuotaSpec> {
+        self.extras.as_ref()?.quota.as_ref()
     }
 
     /// Whether the key, found by the secret `presented`, may be used at `now`: not revoked, not

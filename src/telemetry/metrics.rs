@@ -29,6 +29,8 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     pub denied: IntCounterVec,
     pub rate_limited: IntCounterVec,
+    /// Requests refused because a quota was spent, by `route` and `scope` (`key`, `customer`).
+    pub quota_exceeded: IntCounterVec,
     pub key_requests: IntCounterVec,
     pub keys: IntGaugeVec,
     pub key_table_revision: IntGauge,
@@ -193,6 +195,11 @@ impl Metrics {
                 "keygate_rate_limited_total",
                 "Requests over their key's limit",
                 &["route"],
+            ),
+            quota_exceeded: r.counter_vec(
+                "keygate_quota_exceeded_total",
+                "Requests refused because a quota was spent",
+                &["route", "scope"],
             ),
             key_requests: r.counter_vec(
                 "keygate_key_requests_total",

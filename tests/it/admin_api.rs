@@ -414,6 +414,40 @@ async fn every_endpoint_answers_as_documented() {
     let idle = call(&h, &c, Method::GET, "/v1/idle-keys", "/v1/idle-keys", None).await;
     assert_eq!(idle.json()["idle_expiry"], Value::Null);
 
+    // A quota: set, shown with its state, topped up.
+    let quota = json!({"limit": 1000, "period": "month", "anchor": "2026-01-31T00:00:00Z"});
+    let with_quota = call(
+        &h,
+        &c,
+        Method::PATCH,
+        &format!("/v1/keys/{id}"),
+        "/v1/keys/{id}",
+        Some(json!({ "quota": quota })),
+    )
+    .await;
+    assert_eq!(with_quota.json()["quota"], quota, "{}", with_quota.text());
+    let shown = call(
+        &h,
+        &c,
+        Method::GET,
+        &format!("/v1/keys/{id}"),
+        "/v1/keys/{id}",
+        None,
+    )
+    .await;
+    assert_eq!(shown.json()["quota_state"]["limit"], 1000, "{}", shown.text());
+    let topped_up = call(
+        &h,
+        &c,
+        Method::POST,
+        &format!("/v1/keys/{id}/quota"),
+        "/v1/keys/{id}/quota",
+        Some(json!({"add": 500})),
+    )
+    .await;
+    assert_eq!(topped_up.status, 200, "{}", topped_up.text());
+    assert_eq!(topped_up.json()["limit"], 1500);
+
     // Delete: 204, then 404, and the events stay.
     let deleted = call(
         &h,
@@ -459,6 +493,8 @@ async fn every_endpoint_answers_as_documented() {
             "regenerated",
             "revoked",
             "activated",
+            "updated",
+            "quota_topped_up",
             "deleted"
         ]
     );
@@ -480,9 +516,9 @@ async fn every_endpoint_answers_as_documented() {
     .await;
     assert_eq!(page.json().as_array().unwrap().len(), 2);
     assert!(page.headers.get("x-next-cursor").is_some());
-    let path = format!("/v1/keys/{id}/events?limit=6");
+    let path = format!("/v1/keys/{id}/events?limit=8");
     let whole = call(&h, &c, Method::GET, &path, "/v1/keys/{id}/events", None).await;
-    assert_eq!(whole.json().as_array().unwrap().len(), 6);
+    assert_eq!(whole.json().as_array().unwrap().len(), 8);
     assert!(
         whole.headers.get("x-next-cursor").is_none(),
         "a full last page has no next page"

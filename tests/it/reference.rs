@@ -12,7 +12,9 @@ use http::HeaderValue;
 use http_body_util::{BodyExt, Either};
 use keygate::config::effective::Effective;
 use keygate::config::{parse, raw, Config, RestartOnly};
-use keygate::proxy::error::{AuthFailure, BadRequest, BodyFault, Denial, Refusal, UpstreamFailure};
+use keygate::proxy::error::{
+    AuthFailure, BadRequest, BodyFault, Denial, QuotaScope, Refusal, UpstreamFailure,
+};
 use keygate::proxy::limits::LimitState;
 
 use keygate::core::environment::Environment;
@@ -396,6 +398,7 @@ fn every_refusal() -> Vec<Refusal> {
         | Refusal::Denied(_)
         | Refusal::MissingPermission(_)
         | Refusal::RateLimited { .. }
+        | Refusal::QuotaExceeded { .. }
         | Refusal::TooLarge
         | Refusal::BodyTimeout
         | Refusal::TooManyHeaders
@@ -420,6 +423,11 @@ fn every_refusal() -> Vec<Refusal> {
             Refusal::RateLimited {
                 state,
                 retry_after: 1,
+            },
+            Refusal::QuotaExceeded {
+                scope: QuotaScope::Key,
+                retry_after: Some(1),
+                resets_at: Some("2026-12-08T00:00:00Z".parse().unwrap()),
             },
             Refusal::TooLarge,
             Refusal::BodyTimeout,

@@ -14,6 +14,7 @@ use keygate::control::store::{
 };
 use keygate::core::environment::Environment;
 use keygate::core::key::{KeySpec, KeyStatus, StoredStatus};
+use keygate::core::quota::{Period, QuotaSpec};
 use keygate::core::secret::KeyHash;
 
 use crate::support::postgres::{postgres_url, FreshSchema};
@@ -38,6 +39,12 @@ fn new_key(n: u8, environment: Environment, now: Timestamp) -> NewKey {
             allowed_ips: Vec::new(),
             expires_at: None,
             metadata: serde_json::Map::new(),
+            // Some keys carry a quota, so that every store keeps and reads it back.
+            quota: n.is_multiple_of(3).then(|| QuotaSpec {
+                limit: 100_000,
+                period: Period::Month,
+                anchor: "2026-01-31T10:00:00Z".parse().unwrap(),
+            }),
         },
         hash: KeyHash([n; 32]),
         prefix: format!("kg_prod_{n:04}"),

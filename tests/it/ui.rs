@@ -326,6 +326,7 @@ async fn editing_saves_the_changes_and_shows_api_errors_in_words() {
         .fill("#f-permissions", "customer:read, customer:write")
         .await;
     browser.fill("#f-requests", "5").await;
+    browser.fill("#f-quota_limit", "1000").await;
     browser
         .find("dialog button[type=\"submit\"]")
         .await
@@ -335,6 +336,8 @@ async fn editing_saves_the_changes_and_shows_api_errors_in_words() {
     browser.until_gone("dialog").await;
     browser.until_text("main h2", "renamed key").await;
     browser.until_text("dl.details", "5 per 1m").await;
+    browser.until_text("dl.details", "1000 a month").await;
+    browser.until_text("dl.details", "used 0 of 1000").await;
     assert!(
         !browser.text("dl.details").await.contains("burst"),
         "an empty burst is the default: as many as requests"
@@ -343,6 +346,7 @@ async fn editing_saves_the_changes_and_shows_api_errors_in_words() {
     assert_eq!(key.spec.name, "renamed key");
     assert_eq!(key.spec.permissions.len(), 2);
     assert_eq!(key.spec.rate_limit.unwrap().requests.get(), 5);
+    assert_eq!(key.spec.quota.map(|q| q.limit), Some(1000));
     browser.until_text("table.events", "updated").await;
     browser.finish().await;
 }

@@ -140,6 +140,7 @@ const SETTINGS: &[(&str, Class, Change)] = &[
     ("route.forward_credentials", Applied, Table),
     ("route.preserve_host", Applied, Table),
     ("route.allow_method_override", Applied, Table),
+    ("route.cost", Applied, Table),
 ];
 
 fn config(source: &str) -> Config {

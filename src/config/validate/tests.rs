@@ -431,3 +431,21 @@ fn usage_rows_are_kept_90_days_by_default_and_an_hour_at_least() {
         assert_eq!(found[0].field, "usage.retention", "{bad}: {found:?}");
     }
 }
+
+#[test]
+fn a_routes_cost_defaults_to_one_and_must_be_a_whole_number_from_one() {
+    assert_eq!(parse_ok(MINIMAL).routes[0].cost.get(), 1);
+    assert_eq!(
+        parse_ok(&format!("{MINIMAL}cost = 10\n")).routes[0].cost.get(),
+        10
+    );
+    for (cost, says) in [("0", "at least 1"), ("4294967296", "at most"), ("\"ten\"", "")] {
+        let found = problems(&format!("{MINIMAL}cost = {cost}\n"));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.field.ends_with(".cost") && p.message.contains(says)),
+            "cost = {cost}: {found:?}"
+        );
+    }
+}

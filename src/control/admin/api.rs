@@ -12,8 +12,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 mod idle;
-mod usage;
 mod leaks;
+mod quota;
+mod usage;
 mod verify;
 
 use super::{json, Admin, AdminBody, Caller};
@@ -131,12 +132,7 @@ async fn dispatch(admin: &Admin, caller: Caller, request: Request<Incoming>) -> 
         (["keys"], &Method::POST) => create(admin, request).await,
         (["keys", "verify"], &Method::POST) => verify::verify(admin, caller, request).await,
         (["keys", "verify"], _) => Ok(method_not_allowed("POST")),
-        (["keys", id], &Method::GET) => {
-            let id = id.to_string();
-            blocking(admin, move |keys| keys.get(&id))
-                .await
-                .map(|key| ok(&key))
-        }
+        (["keys", id], &Method::GET) => quota::show(admin, id.to_string()).await,
         (["keys", id], &Method::PATCH) => update(admin, id.to_string(), request).await,
         (["keys", id], &Method::DELETE) => {
             let id = id.to_string();
@@ -159,6 +155,7 @@ async fn dispatch(admin: &Admin, caller: Caller, request: Request<Incoming>) -> 
                 .await
                 .map(|key| ok(&key))
         }
+        (["keys", id, "quota"], &Method::POST) => quota::change(admin, id.to_string(), request).await,
         (["keys", id, "usage"], &Method::GET) => usage(admin, id.to_string()).await,
         (["keys", id, "events"], &Method::GET) => events(admin, id.to_string(), &request).await,
         (["idle-keys"], &Method::GET) => idle::idle_keys(admin, &request).await,
@@ -178,7 +175,7 @@ fn allowed(shape: &[&str]) -> Option<&'static str> {
         ["keys"] => Some("GET, HEAD, POST"),
         ["keys", "verify"] => Some("POST"),
         ["keys", _] => Some("GET, HEAD, PATCH, DELETE"),
-        ["keys", _, "regenerate" | "revoke" | "activate"] => Some("POST"),
+        ["keys", _, "regenerate" | "revoke" | "activate" | "quota"] => Some("POST"),
         ["keys", _, "usage" | "events"] => Some("GET, HEAD"),
         ["idle-keys"] => Some("GET, HEAD"),
         ["usage"] => Some("GET, HEAD"),

@@ -338,6 +338,7 @@ mod tests {
             revision: 3,
             idle_from: None,
             quarantined: 0,
+            quota: None,
         }
     }
 

@@ -27,6 +27,7 @@ use jiff::Timestamp;
 use tokio::sync::watch;
 
 pub use analytics::{HourRow, UsageGroup, UsageOf, UsagePoint, UsageQuery};
+pub use audit::Fields;
 use crate::core::secret::KeyHash;
 
 pub use model::*;
@@ -152,6 +153,16 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
         webhook: Option<&str>,
         change: &mut (dyn FnMut(&mut StoredKey) -> Result<(), StoreError> + Send),
     ) -> Result<Modified, StoreError>;
+
+    /// Adds an event to a key's audit trail that changes no key row: an operator's top-up or
+    /// reset of the key's quota, whose state lives in the limiters, not in the store.
+    fn record_event(
+        &self,
+        key_id: &str,
+        audit: Audit,
+        at: Timestamp,
+        changes: &Fields,
+    ) -> Result<(), StoreError>;
 
     /// A key's audit trail, oldest first, from after event `after` on, at most `limit`. Kept
     /// for deleted keys; an unknown id is [`StoreError::NotFound`].

@@ -206,7 +206,7 @@ impl Actor {
 pub struct Audit<'a> {
     pub actor: Actor,
     /// `created`, `imported`, `updated`, `regenerated`, `revoked`, `activated`, `deleted`,
-    /// `idle_revoked`, `leaked`.
+    /// `idle_revoked`, `leaked`, `quota_topped_up`, `quota_reset`.
     pub event: &'static str,
     /// A leak report's details, written into the record's `changes`. A change that carries
     /// one is recorded even when it changes nothing (a report of a revoked key): the trail

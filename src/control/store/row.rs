@@ -17,7 +17,7 @@ use crate::core::key::KeySpec;
 use crate::core::secret::KeyHash;
 
 /// The columns of a key row, in the order every statement lists them.
-pub const KEY_COLUMNS: [&str; 22] = [
+pub const KEY_COLUMNS: [&str; 23] = [
     "seq",
     "id",
     "name",
@@ -40,6 +40,7 @@ pub const KEY_COLUMNS: [&str; 22] = [
     "revision",
     "idle_from",
     "quarantined",
+    "quota",
 ];
 
 /// [`KEY_COLUMNS`] as a select list: `seq, id, name, ...`.
@@ -80,6 +81,9 @@ pub struct KeyRow {
     /// 1 for a quarantined key, else 0. Absent from dumps written before it (0).
     #[serde(default)]
     pub quarantined: i64,
+    /// Absent from dumps made before quotas.
+    #[serde(default)]
+    pub quota: Option<String>,
 }
 
 /// One column's value as a statement binds it; each backend turns it into its own parameter.
@@ -102,7 +106,7 @@ pub trait ReadCells {
 impl KeyRow {
     /// The row's values, in [`KEY_COLUMNS`] order. Which kind each column is does not depend
     /// on its value: the cells of any row give the column types (PostgreSQL's `COPY`).
-    pub fn cells(&self) -> [Cell<'_>; 22] {
+    pub fn cells(&self) -> [Cell<'_>; 23] {
         fn text(value: &Option<String>) -> Cell<'_> {
             Cell::Text(value.as_deref())
         }
@@ -129,6 +133,7 @@ impl KeyRow {
             Cell::Int(Some(self.revision)),
             Cell::Int(self.idle_from),
             Cell::Int(Some(self.quarantined)),
+            text(&self.quota),
         ]
     }
 
@@ -164,6 +169,7 @@ impl KeyRow {
                 revision: required(cells.int(), "revision")?,
                 idle_from: cells.int()?,
                 quarantined: required(cells.int(), "quarantined")?,
+                quota: cells.text()?,
             })
         };
         rest().map_err(|why| format!("key {id}: {why}"))
@@ -229,6 +235,7 @@ impl KeyRow {
                 allowed_ips: json("allowed_ips", &self.allowed_ips)?,
                 expires_at: instant(self.expires_at)?,
                 metadata: json("metadata", &self.metadata)?,
+                quota: self.quota.map(|text| json("quota", &text)).transpose()?,
             };
             Ok::<_, String>(StoredKey {
                 seq: self.seq as u64,
@@ -277,6 +284,7 @@ fn spec_columns(spec: &KeySpec) -> KeyRow {
         revision: 0,
         idle_from: None,
         quarantined: 0,
+        quota: spec.quota.as_ref().map(to_json),
     }
 }
 
@@ -351,7 +359,7 @@ impl KeyWrite {
     }
 
     /// The parameters of [`KeyWrite::sql`], from a row's [`KeyRow::cells`].
-    pub fn values<'c, 'a>(self, cells: &'c [Cell<'a>; 22]) -> Vec<&'c Cell<'a>> {
+    pub fn values<'c, 'a>(self, cells: &'c [Cell<'a>; 23]) -> Vec<&'c Cell<'a>> {
         let (set, by) = self.columns();
         set.into_iter().chain(by).map(|i| &cells[i]).collect()
     }
@@ -424,7 +432,7 @@ mod tests {
         let sql = KeyWrite::Change.sql(|n| format!("?{n}"));
         assert!(sql.starts_with("UPDATE keys SET name = ?1, hash = ?2,"), "{sql}");
         assert!(
-            sql.ends_with("idle_from = ?16, quarantined = ?17 WHERE seq = ?18"),
+            sql.ends_with("idle_from = ?16, quarantined = ?17, quota = ?18 WHERE seq = ?19"),
             "{sql}"
         );
         for kept in ["id =", "environment =", "created_at =", "last_used_at ="] {
@@ -437,8 +445,8 @@ mod tests {
         let row = KeyRow { seq: 7, ..row };
         let cells = row.cells();
         let values = KeyWrite::Change.values(&cells);
-        assert_eq!(values.len(), 18);
-        assert_eq!(values[17], &Cell::Int(Some(7)));
+        assert_eq!(values.len(), 19);
+        assert_eq!(values[18], &Cell::Int(Some(7)));
     }
 
     #[test]
@@ -448,7 +456,7 @@ mod tests {
             format!(
                 "INSERT INTO keys ({}) VALUES ({})",
                 select_list(),
-                (1..=22).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+                (1..=23).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
             )
         );
         let new = KeyWrite::New.sql(|n| format!("?{n}"));

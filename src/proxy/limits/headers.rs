@@ -23,19 +23,20 @@ pub struct LimitState {
 
 impl LimitState {
     /// The `RateLimit-*` headers, and with `draft` the IETF draft's `RateLimit-Policy` and
-    /// `RateLimit` pair.
-    pub fn write_headers(&self, headers: &mut HeaderMap, draft: bool) {
+    /// `RateLimit` pair, which name the key's `quota` beside its rate limit when it has one.
+    pub fn write_headers(&self, headers: &mut HeaderMap, draft: bool, quota: Option<&Policy>) {
         let policy = Policy {
             limit: self.limit.into(),
             remaining: self.remaining.into(),
             reset: Some(self.reset),
             window: Some(self.window),
         };
-        write(
-            headers,
-            &policy,
-            draft.then_some(&[(LimitKind::KeyRate, &policy)]),
-        );
+        let named = [
+            (LimitKind::KeyRate, &policy),
+            (LimitKind::KeyQuota, quota.unwrap_or(&policy)),
+        ];
+        let count = 1 + usize::from(quota.is_some());
+        write(headers, &policy, draft.then_some(&named[..count]));
     }
 }
 
@@ -131,14 +132,14 @@ mod tests {
             window: 1,
         };
         let mut headers = HeaderMap::new();
-        state.write_headers(&mut headers, true);
+        state.write_headers(&mut headers, true, None);
         assert_eq!(headers["ratelimit-limit"], "1000");
         assert_eq!(headers["ratelimit-remaining"], "999");
         assert_eq!(headers["ratelimit-reset"], "1");
         assert_eq!(headers["ratelimit-policy"], r#""key";q=1000;w=1"#);
         assert_eq!(headers["ratelimit"], r#""key";r=999;t=1"#);
         let mut classic = HeaderMap::new();
-        state.write_headers(&mut classic, false);
+        state.write_headers(&mut classic, false, None);
         assert_eq!(classic.len(), 3);
     }
 

@@ -33,6 +33,7 @@ pub use verdict::{Answer, LimitKind, Policy, Refused, Verdict};
 use crate::core::clock::WallClock;
 use crate::core::key::RateLimitSpec;
 use crate::core::quota::{QuotaChange, QuotaSpec, QuotaUse};
+use crate::proxy::table::AuthKey;
 
 /// A key or a customer, and the limits it holds.
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +75,36 @@ impl<'a> Check<'a> {
             },
             customer: None,
             cost: NonZeroU32::MIN,
+        }
+    }
+}
+
+/// What step 8 asks of a key: its rate limit (its own or the configured default) and its quota,
+/// at the route's cost. Made in place; checked at once locally, or in the exchange when the
+/// limits are shared.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyAsk {
+    pub rate: RateLimitSpec,
+    pub cost: NonZeroU32,
+}
+
+impl KeyAsk {
+    /// The check of `key`: its limits and, when it has a customer, the customer (without limits
+    /// of its own yet: its id names the key's Redis hash tag).
+    pub fn check<'a>(&'a self, key: &'a AuthKey) -> Check<'a> {
+        Check {
+            seq: key.seq,
+            key: Subject {
+                id: &key.id,
+                rate: Some(&self.rate),
+                quota: key.quota(),
+            },
+            customer: key.customer_id.as_deref().map(|id| Subject {
+                id,
+                rate: None,
+                quota: None,
+            }),
+            cost: self.cost,
         }
     }
 }
@@ -136,6 +167,15 @@ pub enum Decision {
         state: LimitState,
         retry_after: u64,
     },
+}
+
+impl Decision {
+    /// The limit's numbers, either way.
+    pub fn state(&self) -> LimitState {
+        match *self {
+            Decision::Allowed(state) | Decision::Limited { state, .. } => state,
+        }
+    }
 }
 
 pub(crate) fn ceil_secs(duration: Duration) -> u64 {

@@ -390,6 +390,7 @@ pub fn spec(environment: Environment, permissions: &[&str]) -> KeySpec {
         allowed_ips: Vec::new(),
         expires_at: None,
         metadata: serde_json::Map::new(),
+        quota: None,
     }
 }
 

@@ -2,6 +2,7 @@
 //! services that check keys themselves; the same table, the same checks
 //! ([`AuthKey::usable`]) and the same limiter as the request path.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use http::header::{HeaderValue, RETRY_AFTER};
@@ -14,7 +15,7 @@ use crate::core::environment::Environment;
 use crate::core::permission::Permission;
 use crate::core::secret::{check_format, Format};
 use crate::proxy::error::AuthFailure;
-use crate::proxy::limits::Decision;
+use crate::proxy::limits::{KeyAsk, LimitKind};
 use crate::proxy::pipeline::check_freshness;
 use crate::proxy::state::Shared;
 use crate::proxy::table::{AuthKey, Presented};
@@ -39,6 +40,7 @@ enum Code {
     WrongEnvironment,
     InsufficientPermissions,
     RateLimited,
+    QuotaExceeded,
 }
 
 #[derive(Serialize)]
@@ -115,14 +117,21 @@ pub(super) async fn verify(admin: &Admin, caller: Caller, request: Request<Incom
         return Ok(ok(&verdict(code, Some(&key))));
     }
     let snapshot = shared.snapshot.load();
-    let spec = key.rate_limit().copied().unwrap_or(snapshot.default_limit);
-    let (code, state) = match shared.limit(&key, &spec).await {
-        Decision::Allowed(state) => {
+    // A verification counts like a request of cost 1: against the rate limit and the quota.
+    let ask = KeyAsk {
+        rate: key.rate_limit().copied().unwrap_or(snapshot.default_limit),
+        cost: NonZeroU32::MIN,
+    };
+    let limited = shared.limit(&key, &ask).await;
+    let state = limited.key_decision().state();
+    let code = match limited.refused.map(|refused| refused.by.is_quota()) {
+        None => {
             let previous = matches!(which, Presented::Previous { .. });
             shared.record_use(&key, previous, now, snapshot.config.metrics.per_key);
-            (Code::Valid, state)
+            Code::Valid
         }
-        Decision::Limited { state, .. } => (Code::RateLimited, state),
+        Some(false) => Code::RateLimited,
+        Some(true) => Code::QuotaExceeded,
     };
     let mut answer = verdict(code, Some(&key));
     answer.rate_limit = Some(VerdictLimit {
@@ -131,7 +140,12 @@ pub(super) async fn verify(admin: &Admin, caller: Caller, request: Request<Incom
         reset: state.reset,
     });
     let mut response = ok(&answer);
-    state.write_headers(response.headers_mut(), snapshot.config.rate_limit.draft_headers);
+    let quota = limited.policy(LimitKind::KeyQuota);
+    state.write_headers(
+        response.headers_mut(),
+        snapshot.config.rate_limit.draft_headers,
+        quota,
+    );
     Ok(response)
 }
 

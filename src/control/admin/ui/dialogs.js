@@ -51,6 +51,8 @@ function keyFields(key) {
   const burst = limit && limit.burst && limit.burst !== limit.requests ? limit.burst : "";
   const per = limit ? limit.per : "1m";
   const pers = ["1s", "1m", "1h", "1d"].includes(per) ? ["1s", "1m", "1h", "1d"] : ["1s", "1m", "1h", "1d", per];
+  const quota = key ? key.quota : null;
+  const period = quota ? quota.period : "month";
   return [
     field("name", "Name", input("name", { required: true, maxlength: 200, value: key ? key.name : "" })),
     key ? null : field("environment", "Environment", h("select", { id: "f-environment", name: "environment" },
@@ -61,6 +63,10 @@ function keyFields(key) {
       field("requests", "Requests", input("requests", { type: "number", min: 1, value: limit ? limit.requests : "" }), "empty: the gateway's default"),
       field("per", "per", h("select", { id: "f-per", name: "per" }, pers.map((p) => h("option", { value: p, selected: p === per }, p)))),
       field("burst", "Burst", input("burst", { type: "number", min: 1, value: burst }), "most requests at once; empty: as many as requests")),
+    h("fieldset", { class: "inline" }, h("legend", {}, "Quota"),
+      field("quota_limit", "Requests", input("quota_limit", { type: "number", min: 1, value: quota ? quota.limit : "" }), "empty: no quota"),
+      field("quota_period", "per", h("select", { id: "f-quota_period", name: "quota_period" },
+        ["hour", "day", "week", "month", "none"].map((p) => h("option", { value: p, selected: p === period }, p === "none" ? "never renews" : p))))),
     field("customer_id", "Customer", input("customer_id", { value: key && key.customer_id ? key.customer_id : "" }), "optional: the customer this key may act for"),
     field("allowed_ips", "Allowed IPs", input("allowed_ips", { value: key ? key.allowed_ips.join(", ") : "", placeholder: "203.0.113.0/24" }),
       "addresses or CIDRs, comma separated; empty: any address"),
@@ -78,6 +84,8 @@ function readFields(form, creating) {
     customer_id: value("customer_id") || null,
     allowed_ips: format.list(value("allowed_ips")),
     expires_at: null,
+    // Without an anchor the key keeps its quota's, or starts one now.
+    quota: value("quota_limit") ? { limit: Number(value("quota_limit")), period: value("quota_period") } : null,
   };
   if (value("expires_at")) {
     const at = new Date(value("expires_at"));
@@ -125,7 +133,8 @@ function formDialog(parts, fields, label, submit) {
 function markField(form, field) {
   for (const input of form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
   // The rate limit's parts have fields of their own: "rate_limit.burst" is the burst field.
-  const name = field && (field.startsWith("rate_limit.") ? field.slice("rate_limit.".length) : field.split(/[.[]/)[0]);
+  let name = field && (field.startsWith("rate_limit.") ? field.slice("rate_limit.".length) : field.split(/[.[]/)[0]);
+  if (name === "quota") name = "quota_limit";
   const input = name && form.elements[name];
   if (input && input.setAttribute) {
     input.setAttribute("aria-invalid", "true");

@@ -62,6 +62,17 @@ export function rateLimit(limit) {
   return `${limit.requests} per ${limit.per}${burst}`;
 }
 
+/** "1000 a month" or "1000 credits" (period none). */
+export function quota(spec) {
+  return spec.period === "none" ? `${spec.limit} credits` : `${spec.limit} a ${spec.period}`;
+}
+
+/** "used 120 of 1000, renews 2026-02-15 00:00 (in 5 days)" from a key's quota_state. */
+export function quotaState(state) {
+  const renews = state.resets_at ? `renews ${exact(state.resets_at)} (${relative(state.resets_at)})` : "never renews";
+  return `used ${state.used} of ${state.limit}, ${renews}`;
+}
+
 const REASONS = {
   missing: "no key sent",
   malformed: "malformed key",
@@ -73,6 +84,7 @@ const REASONS = {
   ip: "client address not allowed",
   customer: "other customer's resource",
   rate_limited: "rate limited",
+  quota: "quota spent",
   no_route: "no route",
 };
 

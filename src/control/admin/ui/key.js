@@ -93,6 +93,8 @@ function details(key) {
     row("Environment", key.environment),
     row("Permissions", key.permissions.length ? key.permissions.join(", ") : "none"),
     row("Rate limit", key.rate_limit ? format.rateLimit(key.rate_limit) : "the gateway's default (rate_limit.default)"),
+    row("Quota", key.quota ? format.quota(key.quota) : "none"),
+    key.quota_state ? row("This period", format.quotaState(key.quota_state)) : null,
     row("Customer", key.customer_id || "—"),
     row("Allowed IPs", key.allowed_ips.length ? key.allowed_ips.join(", ") : "any address"),
     row("Expires", key.expires_at ? `${format.exact(key.expires_at)} (${format.relative(key.expires_at)})` : "never"),

@@ -288,7 +288,7 @@ async fn copy_events(tx: &Tx<'_>, keys: &[NewKey], audit: Audit<'_>) -> Result<(
     Ok(())
 }
 
-async fn record_event(
+pub(super) async fn record_event(
     tx: &Tx<'_>,
     key_id: &str,
     audit: Audit<'_>,

@@ -33,7 +33,7 @@ use super::model::{
     Audit, Changes, IdleKey, KeyEvent, KeyFilter, Modified, NewKey, PendingWebhook, StoredKey, Usage,
     UsageDelta,
 };
-use super::{KeyStore, StoreError};
+use super::{Fields, KeyStore, StoreError};
 use crate::core::secret::KeyHash;
 
 mod analytics;
@@ -306,6 +306,22 @@ impl KeyStore for PgStore {
 
     fn changes_since(&self, revision: u64, limit: usize) -> Result<Changes, StoreError> {
         self.run(async { keys::changes_since(&mut self.pool.get().await?, revision, limit).await })
+    }
+
+    fn record_event(
+        &self,
+        key_id: &str,
+        audit: Audit,
+        at: Timestamp,
+        changes: &Fields,
+    ) -> Result<(), StoreError> {
+        self.run(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            keys::record_event(&tx, key_id, audit, at, changes.clone()).await?;
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     fn record_usage(&self, deltas: &[UsageDelta]) -> Result<(), StoreError> {

@@ -116,6 +116,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE keys ADD COLUMN quarantined BIGINT NOT NULL DEFAULT 0;
 "#,
+    // A key's quota (SPEC 11), as JSON: {"limit","period","anchor"}.
+    r#"
+    ALTER TABLE keys ADD COLUMN quota TEXT;
+"#,
 ];
 
 /// Applies the migrations this store has not run, once, even when several gateways start

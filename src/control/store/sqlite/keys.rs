@@ -171,7 +171,7 @@ pub(super) fn modify(
     Ok(Modified { key, changed: true })
 }
 
-fn record_event(
+pub(super) fn record_event(
     tx: &Transaction<'_>,
     key_id: &str,
     audit: Audit,

@@ -26,7 +26,7 @@ use super::model::{
     Audit, Changes, IdleKey, KeyEvent, KeyFilter, Modified, NewKey, PendingWebhook, StoredKey, Usage,
     UsageDelta,
 };
-use super::{KeyStore, StoreError};
+use super::{Fields, KeyStore, StoreError};
 use crate::core::secret::KeyHash;
 
 pub(super) mod access;
@@ -267,6 +267,16 @@ impl KeyStore for SqliteStore {
         change: &mut (dyn FnMut(&mut StoredKey) -> Result<(), StoreError> + Send),
     ) -> Result<Modified, StoreError> {
         self.write(|tx| keys::modify(tx, id, audit, webhook, change))
+    }
+
+    fn record_event(
+        &self,
+        key_id: &str,
+        audit: Audit,
+        at: Timestamp,
+        changes: &Fields,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| keys::record_event(tx, key_id, audit, at, changes.clone()))
     }
 
     fn events(&self, id: &str, after: u64, limit: usize) -> Result<Vec<KeyEvent>, StoreError> {

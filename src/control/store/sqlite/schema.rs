@@ -134,6 +134,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE keys ADD COLUMN quarantined INTEGER NOT NULL DEFAULT 0;
 "#,
+    // A key's quota (SPEC 11), as JSON: {"limit","period","anchor"}.
+    r#"
+    ALTER TABLE keys ADD COLUMN quota TEXT;
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
