@@ -16,7 +16,7 @@ use super::analytics::Analytics;
 use super::credentials::Schemes;
 use super::error::{AuthFailure, Denial, QuotaScope};
 use super::intercept::Intercept;
-use super::limits::{Decision, GatewayClock, IpThrottle, KeyAsk, KeyLimits, Verdict};
+use super::limits::{GatewayClock, IpThrottle, KeyAsk, KeyLimits, Verdict};
 use super::router::Router;
 use super::shared_limits::SharedLimits;
 use super::table::{AuthKey, KeyTable};

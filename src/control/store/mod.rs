@@ -26,9 +26,9 @@ use std::time::Duration;
 use jiff::Timestamp;
 use tokio::sync::watch;
 
+use crate::core::secret::KeyHash;
 pub use analytics::{HourRow, UsageGroup, UsageOf, UsagePoint, UsageQuery};
 pub use audit::Fields;
-use crate::core::secret::KeyHash;
 
 pub use model::*;
 pub use postgres::PgStore;

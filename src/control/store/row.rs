@@ -16,8 +16,11 @@ use super::model::{NewKey, StoredKey};
 use crate::core::key::KeySpec;
 use crate::core::secret::KeyHash;
 
+/// How many columns a key row has.
+pub const KEY_COLUMN_COUNT: usize = 23;
+
 /// The columns of a key row, in the order every statement lists them.
-pub const KEY_COLUMNS: [&str; 23] = [
+pub const KEY_COLUMNS: [&str; KEY_COLUMN_COUNT] = [
     "seq",
     "id",
     "name",
@@ -106,7 +109,7 @@ pub trait ReadCells {
 impl KeyRow {
     /// The row's values, in [`KEY_COLUMNS`] order. Which kind each column is does not depend
     /// on its value: the cells of any row give the column types (PostgreSQL's `COPY`).
-    pub fn cells(&self) -> [Cell<'_>; 23] {
+    pub fn cells(&self) -> [Cell<'_>; KEY_COLUMN_COUNT] {
         fn text(value: &Option<String>) -> Cell<'_> {
             Cell::Text(value.as_deref())
         }
@@ -359,7 +362,7 @@ impl KeyWrite {
     }
 
     /// The parameters of [`KeyWrite::sql`], from a row's [`KeyRow::cells`].
-    pub fn values<'c, 'a>(self, cells: &'c [Cell<'a>; 23]) -> Vec<&'c Cell<'a>> {
+    pub fn values<'c, 'a>(self, cells: &'c [Cell<'a>; KEY_COLUMN_COUNT]) -> Vec<&'c Cell<'a>> {
         let (set, by) = self.columns();
         set.into_iter().chain(by).map(|i| &cells[i]).collect()
     }
@@ -456,7 +459,10 @@ mod tests {
             format!(
                 "INSERT INTO keys ({}) VALUES ({})",
                 select_list(),
-                (1..=23).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+                (1..=KEY_COLUMN_COUNT)
+                    .map(|n| format!("${n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         );
         let new = KeyWrite::New.sql(|n| format!("?{n}"));

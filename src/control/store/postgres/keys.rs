@@ -12,7 +12,8 @@ use super::{conflict, signed_len, snapshot, Tx};
 use crate::control::store::audit::{changed_fields, is_no_change, new_key_fields, with_report, Fields};
 use crate::control::store::model::{Audit, Changes, KeyEvent, KeyFilter, Modified, NewKey, StoredKey};
 use crate::control::store::row::{
-    instant, json, select_list, signed, to_json, Cell, KeyRow, KeyWrite, ReadCells, REVISION_COLUMN,
+    instant, json, select_list, signed, to_json, Cell, KeyRow, KeyWrite, ReadCells, KEY_COLUMN_COUNT,
+    REVISION_COLUMN,
 };
 use crate::control::store::StoreError;
 use crate::core::key::{KeyStatus, StoredStatus};
@@ -200,7 +201,10 @@ pub(super) async fn modify(
 }
 
 /// The parameters of `write` as tokio-postgres takes them.
-pub(super) fn sql_values<'c>(write: KeyWrite, cells: &'c [Cell<'_>; 22]) -> Vec<&'c (dyn ToSql + Sync)> {
+pub(super) fn sql_values<'c>(
+    write: KeyWrite,
+    cells: &'c [Cell<'_>; KEY_COLUMN_COUNT],
+) -> Vec<&'c (dyn ToSql + Sync)> {
     write
         .values(cells)
         .into_iter()
