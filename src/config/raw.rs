@@ -205,6 +205,7 @@ pub struct RawConfig {
     pub tracing: RawTracing,
     #[serde(default)]
     pub usage: RawUsage,
+    #[serde(default)]
     pub leaks: RawLeaks,
     /// `[[upstream]]` tables.
     #[serde(default, rename = "upstream")]
