@@ -432,3 +432,28 @@ async fn the_page_shows_a_quarantined_key_with_a_badge() {
     assert_eq!(badges, 0);
     browser.finish().await;
 }
+
+#[tokio::test]
+async fn a_gateway_refuses_to_start_without_githubs_keys_file_or_gitlabs_token() {
+    let h = Harness::start().await;
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    let missing = h.dir.path().join("no-such-keys.json");
+    for (extra, expected) in [
+        (
+            format!(
+                "[leaks.github]\npath = \"/gh\"\nkeys_file = \"{}\"",
+                missing.display()
+            ),
+            "leaks.github.keys_file",
+        ),
+        (
+            "[leaks.gitlab]\npath = \"/gl\"\ntoken_env = \"KEYGATE_TEST_UNSET_GITLAB_TOKEN\"".to_owned(),
+            "KEYGATE_TEST_UNSET_GITLAB_TOKEN",
+        ),
+    ] {
+        let config = keygate::config::parse(&format!("{text}\n{extra}"), h.dir.path()).unwrap();
+        let refused = keygate::gateway::Gateway::start(config, h.options()).await;
+        let error = format!("{:#}", refused.err().expect("refused"));
+        assert!(error.contains(expected), "{error}");
+    }
+}
