@@ -450,7 +450,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_tokens_cost_no_store_walk_and_come_back_unknown() {
+    fn malformed_tokens_cost_no_lookup_and_come_back_unknown() {
         let f = fixture(Action::Revoke);
         let outcomes = f
             .leaks
