@@ -32,7 +32,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use super::keys::KeyError;
 use super::store::{Actor, KeyStore, Origin, Scanner, StoreError, StoredKey};
 use crate::core::clock::{whole_second, Clock};
 use crate::core::environment::Environment;
@@ -184,8 +183,6 @@ impl Outcome {
 pub enum LeakError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error(transparent)]
-    Key(#[from] KeyError),
 }
 
 /// Decides reports against one store.
