@@ -435,8 +435,9 @@ fn dropped(running: &Config, next: &Config) -> (Vec<Environment>, Vec<String>) {
 }
 
 /// The `[leaks]` endpoints on the proxy listener, when the config turns one on. GitHub's keys
-/// are read now (a failure is logged: an alert signed with a key not read yet has them read
-/// again); GitLab's token is read from its environment variable, which must be set.
+/// are read now: a file must be readable, a URL that does not answer is logged (an alert
+/// signed with a key not read yet has them read again). GitLab's token is read from its
+/// environment variable, which must be set.
 async fn leak_endpoints(
     settings: &config::Leaks,
     leaks: &Leaks,
@@ -453,11 +454,16 @@ async fn leak_endpoints(
             config::GithubKeys::File(path) => KeySource::File(path.clone()),
         };
         let verifier = Verifier::new(source, clock.clone()).context("leaks.github")?;
-        match verifier.load().await {
-            Ok(keys) => tracing::info!(keys, path = %github.path, "GitHub secret scanning endpoint on"),
-            Err(error) => {
-                tracing::warn!(%error, "cannot read GitHub's secret scanning keys yet; tried again on the first alert")
+        match (verifier.load().await, &github.keys) {
+            (Ok(keys), _) => tracing::info!(keys, path = %github.path, "GitHub secret scanning endpoint on"),
+            // A file is this machine's: one that cannot be read would refuse every alert.
+            (Err(error), config::GithubKeys::File(_)) => {
+                return Err(anyhow::Error::new(error).context("leaks.github.keys_file"))
             }
+            (Err(error), config::GithubKeys::Url(_)) => tracing::warn!(
+                %error,
+                "cannot read GitHub's secret scanning keys yet; tried again on the first alert"
+            ),
         }
         endpoints = endpoints.with_github(github.path.clone(), verifier);
     }

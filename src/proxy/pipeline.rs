@@ -1,6 +1,7 @@
 //! The request path: one function of named steps, in the order of SPEC section 1 (data plane).
 //!
 //! ```text
+//!  first, and only with [leaks] endpoints: a path the control plane answers (super::intercept)
 //!  admit: in place, nothing awaited                                        refused with
 //!   request ─▶ 0 head ───────────────────────────────────────────────────  400, 414, 431
 //!           ─▶ 1 route ──────────────────────────────────────────────────  404
@@ -12,7 +13,6 @@
 //!  the exchange, boxed: admitted requests only (super::exchange)
 //!           ─▶ 8 rate limit and quota, when shared ──────────────────────  429
 //!           ─▶ 9 forward ───────────────────────────────────  502, 503, 504; 400, 408, 413
-//!  before all of it: a path the control plane answers here ([leaks]), see super::intercept
 //!  every exit
 //!           ─▶ final phase: response headers, metrics, access record, span (super::final_phase)
 //! ```

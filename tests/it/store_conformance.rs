@@ -294,6 +294,23 @@ fn a_key_is_found_by_its_current_or_grace_period_secret(store: &dyn KeyStore) {
         "in its grace"
     );
     assert_eq!(holder(1, 600), None, "its grace is over");
+    let batch: Vec<KeyHash> = [101, 9, 1, 2].map(|n| KeyHash([n; 32])).to_vec();
+    let found = store.keys_by_hash(&batch, t(10)).unwrap();
+    let ids: Vec<Option<&str>> = found
+        .iter()
+        .map(|key| key.as_ref().map(|k| k.id.as_str()))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            Some("key_conformance00001"),
+            None,
+            Some("key_conformance00001"),
+            Some("key_conformance00002")
+        ]
+    );
+    let after_grace = store.keys_by_hash(&batch[2..3], t(600)).unwrap();
+    assert_eq!(after_grace[0], None);
     store
         .modify("key_conformance00002", audit("deleted"), None, &mut |key| {
             key.status = StoredStatus::Deleted;

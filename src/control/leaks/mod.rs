@@ -28,12 +28,10 @@ pub mod github;
 pub mod gitlab;
 pub mod scan;
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use super::keys::KeyError;
 use super::store::{Actor, KeyStore, Origin, Scanner, StoreError, StoredKey};
 use crate::core::clock::{whole_second, Clock};
 use crate::core::environment::Environment;
@@ -185,8 +183,6 @@ impl Outcome {
 pub enum LeakError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error(transparent)]
-    Key(#[from] KeyError),
 }
 
 /// Decides reports against one store.
@@ -234,37 +230,36 @@ impl Leaks {
         whole_second(self.clock.now())
     }
 
-    /// The key each token is a current or grace-period secret of, in the tokens' order: one
-    /// index lookup per distinct well-formed token. Deleted keys hold none.
+    /// The key each token is a current or grace-period secret of, in the tokens' order: the
+    /// distinct well-formed ones looked up together in the store's index of secrets. Deleted
+    /// keys hold none.
     pub fn holders(&self, tokens: &[&[u8]]) -> Result<Vec<Option<Holder>>, LeakError> {
         let now = self.now();
-        let mut found: HashMap<[u8; 32], Option<Holder>> = HashMap::new();
-        let mut holders = Vec::with_capacity(tokens.len());
-        for token in tokens {
-            if !matches!(check_format(token), Format::Generated(_) | Format::Imported) {
-                holders.push(None);
-                continue;
-            }
-            let hash = self.hasher.hash(token);
-            let holder = match found.entry(hash.0) {
-                Entry::Occupied(known) => known.get().clone(),
-                Entry::Vacant(new) => new.insert(self.holder(&hash, now)?).clone(),
-            };
-            holders.push(holder);
-        }
-        Ok(holders)
-    }
-
-    /// The key holding the secret of `hash`, and which of its secrets it is.
-    fn holder(&self, hash: &KeyHash, now: jiff::Timestamp) -> Result<Option<Holder>, LeakError> {
-        let key = self.store.key_by_hash(hash, now)?;
-        Ok(key.map(|key| {
+        let hashes: Vec<Option<KeyHash>> = tokens
+            .iter()
+            .map(|token| match check_format(token) {
+                Format::Generated(_) | Format::Imported => Some(self.hasher.hash(token)),
+                _ => None,
+            })
+            .collect();
+        let mut distinct: Vec<KeyHash> = hashes.iter().flatten().copied().collect();
+        distinct.sort_unstable_by_key(|hash| hash.0);
+        distinct.dedup_by_key(|hash| hash.0);
+        let keys = self.store.keys_by_hash(&distinct, now)?;
+        let found: HashMap<[u8; 32], StoredKey> = distinct
+            .iter()
+            .zip(keys)
+            .filter_map(|(hash, key)| Some((hash.0, key?)))
+            .collect();
+        let holder = |hash: &KeyHash| {
+            let key = found.get(&hash.0)?;
             let which = match key.hash == *hash {
                 true => Which::Current,
                 false => Which::Grace,
             };
-            Holder::of(&key, which, now)
-        }))
+            Some(Holder::of(key, which, now))
+        };
+        Ok(hashes.iter().map(|hash| hash.as_ref().and_then(holder)).collect())
     }
 
     /// Applies `leaks.action` to the key of each reported token, audited as `leaked` by
@@ -452,7 +447,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_tokens_cost_no_store_walk_and_come_back_unknown() {
+    fn malformed_tokens_cost_no_lookup_and_come_back_unknown() {
         let f = fixture(Action::Revoke);
         let outcomes = f
             .leaks

@@ -15,8 +15,12 @@ use serde_json::{json, Value};
 use keygate::core::environment::Environment;
 use keygate::core::secret::Secret;
 
+use std::time::Duration;
+
 use crate::support::browser::Browser;
+use crate::support::postgres::{postgres_url, FreshSchema};
 use crate::support::{admin_call, sample, Answer, Harness, ADMIN_TOKEN, READ_TOKEN, STANDARD};
+use crate::support::{basic, eventually};
 
 /// A P-256 key pair as GitHub holds one: signs bodies, shows its public key as PEM.
 struct Signer {
@@ -53,6 +57,11 @@ struct Setup {
 }
 
 async fn setup(extra: &str) -> Setup {
+    setup_on(STANDARD, extra).await
+}
+
+/// [`setup`] on the store of `template`.
+async fn setup_on(template: &str, extra: &str) -> Setup {
     let github = Signer::new();
     let keys_dir = tempfile::tempdir().unwrap();
     let keys_file = keys_dir.path().join("github-keys.json");
@@ -69,7 +78,7 @@ async fn setup(extra: &str) -> Setup {
         keys_file.display()
     );
     Setup {
-        h: Harness::with_config(STANDARD, &config).await,
+        h: Harness::with_config(template, &config).await,
         github,
         gitlab_token,
         _keys_dir: keys_dir,
@@ -243,11 +252,43 @@ async fn a_bad_or_missing_signature_is_401_and_changes_nothing() {
     );
 }
 
-/// Correctness of a batch of 1,000 tokens; the time it took is printed, not asserted (the
-/// benchmark in the report measures it).
+/// Correctness of a batch of 1,000 tokens; the time it took is printed, not asserted.
 #[tokio::test]
 async fn a_batch_of_a_thousand_tokens_is_decided_whole() {
-    let s = setup("").await;
+    batch_of_a_thousand(&setup("").await).await;
+}
+
+/// The same on PostgreSQL, where each distinct token is one indexed lookup over the network,
+/// and a second replica on the store refuses the reported keys once it has synced.
+#[tokio::test]
+async fn on_postgres_a_batch_is_decided_whole_and_every_replica_refuses_the_keys() {
+    let Some(postgres) = postgres_url() else {
+        return;
+    };
+    let schema = FreshSchema::new(&postgres);
+    let template = STANDARD.replace("sqlite://keygate.db", &schema.url);
+    let s = setup_on(&template, "").await;
+    let replica = s.h.another_gateway().await;
+    let ours = batch_of_a_thousand(&s).await;
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    for (_, secret) in &ours {
+        let refused = eventually(Duration::from_secs(10), || {
+            let request = Request::get(format!("http://{}/v1/customers/acme", replica.proxy_addr))
+                .header("authorization", basic(secret))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let sent = client.request(request);
+            async move { sent.await.unwrap().status() == StatusCode::UNAUTHORIZED }
+        })
+        .await;
+        assert!(refused, "the replica refuses a reported key once it has synced");
+    }
+    replica.shutdown().await;
+}
+
+/// Reports 1,000 tokens, 10 of them keys of the store; checks every answer; the keys.
+async fn batch_of_a_thousand(s: &Setup) -> Vec<(String, String)> {
     let mut ours = Vec::new();
     for _ in 0..10 {
         ours.push(s.key().await);
@@ -278,6 +319,7 @@ async fn a_batch_of_a_thousand_tokens_is_decided_whole() {
     for (_, secret) in &ours {
         assert_eq!(s.works(secret).await, StatusCode::UNAUTHORIZED);
     }
+    ours
 }
 
 #[tokio::test]
@@ -389,4 +431,29 @@ async fn the_page_shows_a_quarantined_key_with_a_badge() {
         .await;
     assert_eq!(badges, 0);
     browser.finish().await;
+}
+
+#[tokio::test]
+async fn a_gateway_refuses_to_start_without_githubs_keys_file_or_gitlabs_token() {
+    let h = Harness::start().await;
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    let missing = h.dir.path().join("no-such-keys.json");
+    for (extra, expected) in [
+        (
+            format!(
+                "[leaks.github]\npath = \"/gh\"\nkeys_file = \"{}\"",
+                missing.display()
+            ),
+            "leaks.github.keys_file",
+        ),
+        (
+            "[leaks.gitlab]\npath = \"/gl\"\ntoken_env = \"KEYGATE_TEST_UNSET_GITLAB_TOKEN\"".to_owned(),
+            "KEYGATE_TEST_UNSET_GITLAB_TOKEN",
+        ),
+    ] {
+        let config = keygate::config::parse(&format!("{text}\n{extra}"), h.dir.path()).unwrap();
+        let refused = keygate::gateway::Gateway::start(config, h.options()).await;
+        let error = format!("{:#}", refused.err().expect("refused"));
+        assert!(error.contains(expected), "{error}");
+    }
 }

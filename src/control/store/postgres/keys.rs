@@ -128,6 +128,30 @@ pub(super) async fn by_hash(
         .transpose()
 }
 
+/// [`by_hash`] for many secrets, in their order, in one statement.
+pub(super) async fn by_hashes(
+    client: &impl GenericClient,
+    hashes: &[KeyHash],
+    now: Timestamp,
+) -> Result<Vec<Option<StoredKey>>, StoreError> {
+    let sql = format!(
+        "SELECT {} FROM keys WHERE seq IN (SELECT key_seq FROM key_secrets WHERE hash = ANY($1)) \
+         AND status <> 'deleted'",
+        select_list()
+    );
+    let wanted: Vec<&[u8]> = hashes.iter().map(|hash| &hash.0[..]).collect();
+    let statement = client.prepare_cached(&sql).await?;
+    let mut holders = std::collections::HashMap::new();
+    for row in client.query(&statement, &[&wanted]).await? {
+        let key = read_row(&row).map_err(StoreError::Corrupt)?;
+        if let Some(previous) = key.previous_hash.filter(|_| key.grace_until > Some(now)) {
+            holders.insert(previous.0, key.clone());
+        }
+        holders.insert(key.hash.0, key);
+    }
+    Ok(hashes.iter().map(|hash| holders.get(&hash.0).cloned()).collect())
+}
+
 /// Bumps the store revision: the revision of the change being written. Writers queue on this
 /// row, so changes commit in revision order.
 pub(super) async fn next_revision(tx: &Tx<'_>) -> Result<u64, StoreError> {

@@ -270,6 +270,10 @@ impl KeyStore for PgStore {
         self.run(async { keys::by_hash(&self.pool.get().await?, hash, now).await })
     }
 
+    fn keys_by_hash(&self, hashes: &[KeyHash], now: Timestamp) -> Result<Vec<Option<StoredKey>>, StoreError> {
+        self.run(async { keys::by_hashes(&self.pool.get().await?, hashes, now).await })
+    }
+
     fn modify(
         &self,
         id: &str,
