@@ -127,8 +127,9 @@ struct Connections {
 
 impl Connections {
     async fn connection(&self, stream: Counted<TcpStream>, addr: SocketAddr) {
-        // hyper's head timer starts at the first byte, and rustls has none: a connection that
-        // stays silent would hold its slot of the cap for good.
+        // The head timer (`connection::Quiet`) starts once the connection is served, after
+        // any handshake, and rustls has none: a connection that stays silent would hold its
+        // slot of the cap for good.
         let first = first_byte(stream.get_ref(), self.settings.first_byte_timeout);
         if self.unless_stopping(first).await != Some(true) {
             tracing::debug!(%addr, "connection closed: no first byte in time");
