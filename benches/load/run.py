@@ -15,6 +15,11 @@ Performance section.
     benches/load/run --logs     # the cost of the access log: keygate and nginx, logs on and off
     benches/load/run --recent   # the cost of the recent-requests ring: keygate with it (the
                                 # default, 10000 kept) beside keygate-norecent (logs.recent = 0)
+    benches/load/run --saturated  # keygate's fast 503 before an upstream that never answers
+
+Beside each run's req/s the table gives the contender's CPU share (its CPU seconds over the run
+divided by the wall time times the cores it may use) and the whole machine's: a contender well
+under 100% while the machine is busy was starved, and its req/s says little.
 """
 
 from __future__ import annotations
@@ -137,6 +142,13 @@ def process_tree(pid: int) -> list[int]:
     for child in children.split():
         pids.extend(process_tree(int(child)))
     return pids
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """The whole machine's CPU time so far, from /proc/stat: (busy, total) jiffies."""
+    fields = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -338,7 +350,8 @@ backend api
 
 
 def keygate_config(work: str, upstream: int, proxy: int, admin: int, access_log: bool = False,
-                   redis: str = "", store: str = "", recent: int = 10000, redis_timeout: str = "") -> str:
+                   redis: str = "", store: str = "", recent: int = 10000, redis_timeout: str = "",
+                   pool: str = "pool_max_idle = 128") -> str:
     # With a PostgreSQL URL: that store instead of the SQLite file.
     store = store or f"sqlite://{work}/keygate.db"
     # With a Redis URL: the shared (fleet-wide) limiter instead of the local one.
@@ -378,7 +391,7 @@ recent = {recent}
 [[upstream]]
 name = "api"
 url = "http://127.0.0.1:{upstream}"
-pool_max_idle = 128
+{pool}
 
 [[route]]
 name = "api"
@@ -410,7 +423,7 @@ def status_of(port: int, authorization: str) -> int:
 
 # --- load ---------------------------------------------------------------------------------
 
-EXPECTED = {"valid": 200, "wrong": 401, "scanning": 401, "limited": 429, "churn": 200}
+EXPECTED = {"valid": 200, "wrong": 401, "scanning": 401, "limited": 429, "churn": 200, "saturated": 503}
 # Past this many keys only keygate runs: the peers' credential lists are searched linearly.
 PEER_KEYS = 10_000
 
@@ -425,6 +438,10 @@ class Result:
     kernel_us: float
     requests: int
     unexpected: int
+    # The contender's CPU seconds over the run / (wall seconds x the cores it may use), in %.
+    share: float = float("nan")
+    # The whole machine's busy share over the run, in %: the other processes' load shows here.
+    machine: float = float("nan")
 
 
 def parse_latency(text: str, percentile: str) -> float:
@@ -445,9 +462,9 @@ def run_wrk(contender: Contender, scenario: str, header: str, args, scan_script:
     else:
         command += ["-H", f"Authorization: {header}"]
     command.append(f"http://127.0.0.1:{contender.port}/v1/customers/acme")
-    before = cpu_seconds(contender.pid)
+    before, machine_before, began = cpu_seconds(contender.pid), machine_jiffies(), time.time()
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    after = cpu_seconds(contender.pid)
+    after, machine_after, wall = cpu_seconds(contender.pid), machine_jiffies(), time.time() - began
     if contender.access_log:
         # Written within a second (both flush at least that often); emptied for the next run.
         deadline = time.time() + 5
@@ -472,6 +489,8 @@ def run_wrk(contender: Contender, scenario: str, header: str, args, scan_script:
         kernel_us=kernel / max(requests, 1) * 1e6,
         requests=requests,
         unexpected=unexpected,
+        share=100 * (user + kernel) / (wall * len(os.sched_getaffinity(contender.pid))),
+        machine=100 * (machine_after[0] - machine_before[0]) / max(machine_after[1] - machine_before[1], 1),
     )
 
 
@@ -505,6 +524,44 @@ request = function()
 end
 """)
     return path
+
+
+# --- a stalled upstream (--saturated) -----------------------------------------------------
+
+class Stalled(__import__("threading").Thread):
+    """An upstream that accepts connections and never answers: keygate's pool of it fills, the
+    requests holding a connection get 504 past `timeout`, and every other one waits its turn
+    for `queue_timeout`, then gets 503 (the fast 503)."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
+        self.port = self.listener.getsockname()[1]
+        self.held: list[socket.socket] = []
+
+    def run(self) -> None:
+        while True:
+            connection, _ = self.listener.accept()
+            self.held.append(connection)
+
+
+def statuses(admin: int) -> dict[str, float]:
+    """keygate_requests_total by status, from the admin listener's /metrics."""
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
+    counts: dict[str, float] = {}
+    for line in metrics.splitlines():
+        status = re.match(r'keygate_requests_total\{.*status="(\d+)".*\} (\S+)$', line)
+        if status:
+            counts[status.group(1)] = counts.get(status.group(1), 0) + float(status.group(2))
+    return counts
+
+
+def saturated_counts(contender: Contender, admins: dict[str, int]) -> str:
+    """For keygate-saturated: its 503s and 504s so far (wrk tells only 2xx from the rest)."""
+    if contender.name not in admins:
+        return ""
+    counts = statuses(admins[contender.name])
+    return f"; so far 503: {counts.get('503', 0):,.0f}, 504: {counts.get('504', 0):,.0f}"
 
 
 # --- churn --------------------------------------------------------------------------------
@@ -555,8 +612,8 @@ def report(results: dict, contenders: list[Contender], args) -> None:
           f"{args.connections} connections, wrk -t1 on CPU {DRIVER_CPU} with the upstream, "
           f"contenders on CPU {CONTENDER_CPU} with one worker; {cores} CPUs\n")
     header = (f"{'scenario':<9} {'contender':<14} {'req/s median':>12} {'(min - max)':>19} "
-              f"{'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'kernel':>6} {'log +us':>7} {'keygate x':>9} "
-              f"{'unexpected':>10}")
+              f"{'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'kernel':>6} {'CPU %':>5} {'box %':>5} "
+              f"{'log +us':>7} {'keygate x':>9} {'unexpected':>10}")
     print(header)
     print("-" * len(header))
     for scenario in EXPECTED:
@@ -579,6 +636,7 @@ def report(results: dict, contenders: list[Contender], args) -> None:
                   f"{'(' + format(min(r.rps for r in runs), ',.0f') + ' - ' + format(max(r.rps for r in runs), ',.0f') + ')':>19} "
                   f"{statistics.median(r.p50_ms for r in runs):>7.2f} {statistics.median(r.p99_ms for r in runs):>7.2f} "
                   f"{cpu_of[contender.name]:>10.1f} {statistics.median(r.kernel_us for r in runs):>6.1f} "
+                  f"{statistics.median(r.share for r in runs):>5.0f} {statistics.median(r.machine for r in runs):>5.0f} "
                   f"{cost:>7} {ratio:>9} {sum(r.unexpected for r in runs):>10}")
         print()
 
@@ -603,6 +661,13 @@ def main() -> None:
                         help="also run keygate's valid scenario while this many key changes go in")
     parser.add_argument("--recent", action="store_true",
                         help="also run keygate without its recent-requests ring (logs.recent = 0)")
+    parser.add_argument("--saturated", action="store_true",
+                        help="only keygate-saturated: keygate before an upstream that accepts and never "
+                             "answers, its pool full, so that requests get the fast 503 (or 504)")
+    parser.add_argument("--pool", type=int, default=8,
+                        help="pool_max_connections of keygate-saturated's stalled upstream")
+    parser.add_argument("--queue-timeout", default="100ms",
+                        help="queue_timeout of keygate-saturated's stalled upstream (keygate's default)")
     parser.add_argument("--logs", action="store_true",
                         help="the access log's cost: keygate, nginx auth_basic and map, each with its access "
                              "log off and on (to a file), valid and scanning only")
@@ -630,7 +695,7 @@ def main() -> None:
 
 def bench(work: str, args) -> None:
     keys = make_keys(args.keys, args.scanning_keys)
-    names = ["keygate", "keygate-norecent", "keygate-redis", "keygate-pg", "nginx-basic", "nginx-map", "haproxy", "nginx-plain", "haproxy-plain", "hyper-plain"]
+    names = ["keygate", "keygate-saturated", "keygate-norecent", "keygate-redis", "keygate-pg", "nginx-basic", "nginx-map", "haproxy", "nginx-plain", "haproxy-plain", "hyper-plain"]
     ports = {name: free_port() for name in names + [f"{name}-log" for name in LOGGED]}
     upstream = free_port()
     admin = free_port()
@@ -711,6 +776,21 @@ def bench(work: str, args) -> None:
                       f"{work}/keygate-pg.log", env)
         wait_for_port(ports["keygate-pg"], "keygate-pg")
         contenders.append(Contender("keygate-pg", ports["keygate-pg"], on_pg.pid))
+    admins: dict[str, int] = {}
+    if args.saturated:
+        stalled = Stalled()
+        stalled.start()
+        admins["keygate-saturated"] = free_port()
+        with open(f"{work}/keygate-saturated.toml", "w") as f:
+            pool = (f'pool_max_connections = {args.pool}\nqueue_timeout = "{args.queue_timeout}"\n'
+                    'timeout = "1s"')
+            f.write(keygate_config(work, stalled.port, ports["keygate-saturated"], admins["keygate-saturated"],
+                                   pool=pool))
+        saturated = start([KEYGATE, "serve", "--config", f"{work}/keygate-saturated.toml"], CONTENDER_CPU,
+                          f"{work}/keygate-saturated.log", env)
+        wait_for_port(ports["keygate-saturated"], "keygate-saturated")
+        contenders.append(Contender("keygate-saturated", ports["keygate-saturated"], saturated.pid,
+                                    ("saturated",)))
     if args.logs:
         contenders.append(Contender("keygate-log", ports["keygate-log"], logging_gateway.pid, LOG_SCENARIOS,
                                     f"{work}/keygate-access.log"))
@@ -751,6 +831,8 @@ def bench(work: str, args) -> None:
             contender.scenarios = LOG_SCENARIOS
     else:
         contenders = [c for c in contenders if not c.name.endswith("-log")]
+    if args.saturated:
+        contenders = [c for c in contenders if c.name == "keygate-saturated"]
     if args.only:
         wanted = set(args.only.split(","))
         contenders = [c for c in contenders if c.name in wanted]
@@ -760,6 +842,7 @@ def bench(work: str, args) -> None:
         "churn": basic(valid_user, valid_key),
         "wrong": basic(valid_user, keys.wrong),
         "limited": basic(*keys.limited[:2]),
+        "saturated": basic(valid_user, valid_key),
     }
     scan = scan_script(work, keys, valid_user)
     deadline = time.time() + 15
@@ -770,7 +853,8 @@ def bench(work: str, args) -> None:
             time.sleep(0.2)
     for contender in contenders:
         for scenario in contender.scenarios:
-            if scenario != "scanning":
+            # A stalled upstream answers nothing: the runs' 503s and 504s are read from keygate.
+            if scenario not in ("scanning", "saturated"):
                 check(contender, scenario, headers[scenario])
 
     churn_ids = key_ids(admin, args.churn) if args.churn else []
@@ -778,7 +862,7 @@ def bench(work: str, args) -> None:
     # Warm every contender up once (pools, caches), then the measured rounds.
     warm = argparse.Namespace(**{**vars(args), "duration": 1})
     for contender in contenders:
-        run_wrk(contender, "valid", headers["valid"], warm, scan)
+        run_wrk(contender, contender.scenarios[0], headers["valid"], warm, scan)
 
     results: dict = {}
     for round_ in range(args.rounds):
@@ -797,7 +881,9 @@ def bench(work: str, args) -> None:
                     print(f"  churn: {churn.done} key changes through the admin API during the run")
                 results.setdefault((contender.name, scenario), []).append(result)
                 print(f"round {round_ + 1} {scenario:<9} {contender.name:<14} {result.rps:>10,.0f} req/s "
-                      f"p99 {result.p99_ms:.2f} ms  cpu {result.cpu_us:.1f} us/req ({result.kernel_us:.1f} kernel)", flush=True)
+                      f"p99 {result.p99_ms:.2f} ms  cpu {result.cpu_us:.1f} us/req ({result.kernel_us:.1f} kernel), "
+                      f"CPU {result.share:.0f}% (machine {result.machine:.0f}%){saturated_counts(contender, admins)}",
+                      flush=True)
     rss = open(f"/proc/{gateway.pid}/status").read()
     rss_kib = int(re.search(r"VmRSS:\s+(\d+)", rss).group(1))
     report(results, contenders, args)

@@ -14,6 +14,13 @@
 //! - with no exchange open for `idle_timeout`, it starts hyper's graceful shutdown;
 //! - once that shutdown has started (idle, or the gateway draining), the connection is dropped
 //!   when it has had no exchange open for [`AFTER_GOAWAY`], answered PING or not.
+//!
+//! The same count bounds an HTTP/1 connection's wait for a request head: with no exchange open
+//! (before its first request, or since its last response) for `header_read_timeout` (or
+//! `idle_timeout`, when smaller), the head has not come whole in time, and the connection is
+//! dropped, as hyper's own header timer did. That timer was armed and torn down once a
+//! request (a boxed sleep, a timer-wheel entry, an extra read poll: about 1,000 instructions);
+//! this one is one sleep per connection, reset only when it fires.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -181,27 +188,71 @@ macro_rules! graceful {
 graceful!(Connection);
 graceful!(UpgradeableConnection);
 
-/// Serves `conn` until it ends, it idles past `idle_timeout`, or `stop` turns true; in the
-/// last two cases it is shut down gracefully, then dropped once nothing has been open on it
-/// for [`AFTER_GOAWAY`]. `None` when the gateway dropped it.
+/// How long a connection may have no exchange open.
+#[derive(Debug, Clone, Copy)]
+pub struct Quiet {
+    /// HTTP/1: the wait for a whole request head, the idle time between requests included.
+    pub head: Duration,
+    /// HTTP/2: with no stream open.
+    pub idle: Duration,
+}
+
+impl Quiet {
+    /// From the settings: an idle HTTP/1 connection waits for a head, so the smaller bound wins.
+    pub fn new(header_read_timeout: Duration, idle_timeout: Duration) -> Quiet {
+        Quiet {
+            head: header_read_timeout.min(idle_timeout),
+            idle: idle_timeout,
+        }
+    }
+}
+
+/// Why a connection was let go before it ended.
+enum Letting {
+    /// HTTP/1 with no whole head in time: dropped at once, as hyper's header timer did.
+    NoHead,
+    /// Closed gracefully first.
+    Told(&'static str),
+}
+
+/// Serves `conn` until it ends, it idles past its [`Quiet`] bound, or `stop` turns true; an
+/// HTTP/1 connection past `quiet.head` is dropped, otherwise it is shut down gracefully, then
+/// dropped once nothing has been open on it for [`AFTER_GOAWAY`]. `None` when the gateway
+/// dropped it. `http2` tells whether the connection speaks HTTP/2.
 pub async fn drive<C: Graceful>(
     conn: C,
     activity: Activity,
     mut stop: watch::Receiver<bool>,
-    idle_timeout: Duration,
+    quiet: Quiet,
+    http2: impl Fn() -> bool,
 ) -> Option<C::Output> {
     let mut conn = std::pin::pin!(conn);
-    let told = tokio::select! {
+    let letting = tokio::select! {
         ended = conn.as_mut() => return Some(ended),
-        _ = stop.wait_for(|stop| *stop) => "the gateway is stopping",
-        () = activity.quiet_for(idle_timeout) => "idle",
+        _ = stop.wait_for(|stop| *stop) => Letting::Told("the gateway is stopping"),
+        letting = idle(&activity, quiet, http2) => letting,
     };
-    tracing::debug!(why = told, "closing the connection gracefully");
+    let Letting::Told(why) = letting else {
+        tracing::debug!("connection closed: no whole request head within header_read_timeout");
+        return None;
+    };
+    tracing::debug!(why, "closing the connection gracefully");
     conn.as_mut().graceful_shutdown();
     tokio::select! {
         ended = conn.as_mut() => Some(ended),
         () = activity.quiet_for(AFTER_GOAWAY) => None,
     }
+}
+
+/// Resolves when the connection has been quiet past its bound: `quiet.head` for HTTP/1,
+/// `quiet.idle` for HTTP/2.
+async fn idle(activity: &Activity, quiet: Quiet, http2: impl Fn() -> bool) -> Letting {
+    activity.quiet_for(quiet.head).await;
+    if !http2() {
+        return Letting::NoHead;
+    }
+    activity.quiet_for(quiet.idle).await;
+    Letting::Told("idle")
 }
 
 #[cfg(test)]
@@ -228,6 +279,55 @@ mod tests {
         drop(activity.open());
         let quiet_at = quiet.await.unwrap();
         assert_eq!(quiet_at - started, Duration::from_secs(45));
+    }
+
+    /// A connection that never ends by itself; it notes being told to shut down.
+    struct Endless(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Future for Endless {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            Poll::Pending
+        }
+    }
+
+    impl Graceful for Endless {
+        fn graceful_shutdown(self: Pin<&mut Self>) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// When `drive` lets an endless connection go, and whether it told it to shut down first.
+    async fn let_go(activity: Activity, http2: bool) -> (Duration, bool) {
+        let told = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (_stop, stopping) = watch::channel(false);
+        let quiet = Quiet::new(Duration::from_secs(10), Duration::from_secs(60));
+        let started = Instant::now();
+        drive(Endless(told.clone()), activity, stopping, quiet, || http2).await;
+        (Instant::now() - started, told.load(Ordering::Relaxed))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http1_connection_without_a_head_in_time_is_dropped_at_once() {
+        let (after, told) = let_go(Activity::new(), false).await;
+        assert_eq!((after, told), (Duration::from_secs(10), false));
+        // A response in progress is no wait for a head: the bound starts when it ends.
+        let activity = Activity::new();
+        let exchange = activity.open();
+        let ends = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(exchange);
+        });
+        let (after, _) = let_go(activity, false).await;
+        ends.await.unwrap();
+        assert_eq!(after, Duration::from_secs(40));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_http2_connection_is_told_to_go_away_after_the_idle_timeout() {
+        // Quiet since long before: told, then dropped at once.
+        let (after, told) = let_go(Activity::new(), true).await;
+        assert_eq!((after, told), (Duration::from_secs(60), true));
     }
 
     #[tokio::test(start_paused = true)]

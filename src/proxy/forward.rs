@@ -173,7 +173,8 @@ fn is_refused(name: &HeaderName, passing: &Passing<'_>) -> bool {
 
 /// Sets the identity and forwarding headers. The `X-Keygate-` ones are appended, which costs
 /// less than replacing: [`strip`] has removed every one a client sent. `trusted_peer`: the
-/// client's `X-Forwarded-For` is a chain to extend, else it is replaced.
+/// client's `X-Forwarded-For` is a chain to extend, else it is replaced by the address alone,
+/// which is a slice of the `Forwarded` line's bytes (one allocation for both).
 fn set_identity(headers: &mut HeaderMap, identity: &Identity<'_>, trusted_peer: bool) {
     debug_assert!(!headers.keys().any(is_identity), "strip() runs first");
     if let Ok(value) = HeaderValue::from_str(identity.key_id) {
@@ -187,12 +188,11 @@ fn set_identity(headers: &mut HeaderMap, identity: &Identity<'_>, trusted_peer: 
         headers.append(X_KEYGATE_CUSTOMER, value);
     }
     headers.insert(X_REQUEST_ID, identity.request_id.clone());
+    let (forwarded, address) = forwarded(identity);
     if trusted_peer {
         append_forwarded_for(headers, identity.client);
     } else {
-        let mut text = [0; 39];
-        let ip = HeaderValue::from_bytes(ip_text(identity.client, &mut text)).expect("an address is ASCII");
-        headers.insert(X_FORWARDED_FOR, ip);
+        headers.insert(X_FORWARDED_FOR, address);
     }
     let proto = if identity.tls { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -200,13 +200,14 @@ fn set_identity(headers: &mut HeaderMap, identity: &Identity<'_>, trusted_peer: 
         Some(host) => headers.insert(X_FORWARDED_HOST, host.clone()),
         None => headers.remove(X_FORWARDED_HOST),
     };
-    headers.append(FORWARDED, forwarded(identity));
+    headers.append(FORWARDED, forwarded);
 }
 
 /// The gateway's own `Forwarded` element (RFC 7239): `for=<client>;proto=<http|https>` and
 /// `;host=<host>` when the host can be written as a quoted string. Appended as a line of its
-/// own, which reads as the last element of the list.
-fn forwarded(identity: &Identity<'_>) -> HeaderValue {
+/// own, which reads as the last element of the list. Second, the client's address alone, a
+/// slice of the same bytes.
+fn forwarded(identity: &Identity<'_>) -> (HeaderValue, HeaderValue) {
     let mut text = [0; 39];
     let ip = ip_text(identity.client, &mut text);
     let host = identity.host.map(HeaderValue::as_bytes).filter(|host| {
@@ -217,13 +218,13 @@ fn forwarded(identity: &Identity<'_>) -> HeaderValue {
     });
     let mut line = Vec::with_capacity(64 + host.map_or(0, <[u8]>::len));
     line.extend_from_slice(b"for=");
-    match identity.client {
-        IpAddr::V4(_) => line.extend_from_slice(ip),
-        IpAddr::V6(_) => {
-            line.extend_from_slice(b"\"[");
-            line.extend_from_slice(ip);
-            line.extend_from_slice(b"]\"");
-        }
+    if identity.client.is_ipv6() {
+        line.extend_from_slice(b"\"[");
+    }
+    let at = line.len()..line.len() + ip.len();
+    line.extend_from_slice(ip);
+    if identity.client.is_ipv6() {
+        line.extend_from_slice(b"]\"");
     }
     line.extend_from_slice(if identity.tls {
         b";proto=https"
@@ -235,8 +236,11 @@ fn forwarded(identity: &Identity<'_>) -> HeaderValue {
         line.extend_from_slice(host);
         line.push(b'"');
     }
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(line))
-        .unwrap_or_else(|_| HeaderValue::from_static("for=unknown"))
+    let line = bytes::Bytes::from(line);
+    let address = HeaderValue::from_maybe_shared(line.slice(at)).expect("an address is ASCII");
+    let forwarded =
+        HeaderValue::from_maybe_shared(line).unwrap_or_else(|_| HeaderValue::from_static("for=unknown"));
+    (forwarded, address)
 }
 
 /// Appends the client to `X-Forwarded-For`, folding any earlier values into one line. The line
@@ -509,7 +513,9 @@ mod tests {
                 tls,
                 host: host.as_ref(),
             };
-            assert_eq!(forwarded(&identity), expected, "{client} {host:?}");
+            let (line, address) = forwarded(&identity);
+            assert_eq!(line, expected, "{client} {host:?}");
+            assert_eq!(address, client, "the address alone, for X-Forwarded-For");
         }
     }
 }

@@ -115,10 +115,13 @@ fn begin(
     peer: Peer,
     request: Request<Incoming>,
 ) -> Begun<impl Future<Output = Response<Body>> + Send + '_> {
-    let snapshot = shared.snapshot.load_full();
+    // A guard, not a reference count: a refusal touches no line other workers write; only an
+    // admitted request, whose exchange awaits, takes a count of its own.
+    let snapshot = shared.snapshot.load();
     let mut ctx = Context::arrived(shared, &snapshot, peer, &request);
     match admit(shared, &snapshot, &mut ctx, &request) {
         Ok(admission) => {
+            let snapshot = arc_swap::Guard::into_inner(snapshot);
             let exchange = Exchange::new(snapshot, ctx, peer, admission, request);
             Begun::Admitted(Box::pin(exchange.run(shared)))
         }

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use super::connection::{self, Activity, Peer, Tracked};
+use super::connection::{self, Activity, Peer, Quiet, Tracked};
 use super::pipeline;
 use super::state::Shared;
 use super::tls::Tls;
@@ -29,12 +29,11 @@ const HTTP2_CONNECTION_WINDOW: u32 = 1 << 20;
 
 fn builder(settings: &Server) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper's HTTP/1 header timer also runs while a keep-alive connection waits for its next
-    // request, so the idle bound and the head bound are one timer: the smaller one wins.
+    // No hyper header timer (it costs a timer per request): a connection waits for a head
+    // under the connection's own bound, `connection::Quiet::head`.
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout.min(settings.idle_timeout))
+        .header_read_timeout(None)
         .max_buf_size(settings.max_header_bytes.max(8192))
         .max_headers(settings.max_headers)
         .keep_alive(true);
@@ -128,8 +127,9 @@ struct Connections {
 
 impl Connections {
     async fn connection(&self, stream: Counted<TcpStream>, addr: SocketAddr) {
-        // hyper's head timer starts at the first byte, and rustls has none: a connection that
-        // stays silent would hold its slot of the cap for good.
+        // The head timer (`connection::Quiet`) starts once the connection is served, after
+        // any handshake, and rustls has none: a connection that stays silent would hold its
+        // slot of the cap for good.
         let first = first_byte(stream.get_ref(), self.settings.first_byte_timeout);
         if self.unless_stopping(first).await != Some(true) {
             tracing::debug!(%addr, "connection closed: no first byte in time");
@@ -164,14 +164,16 @@ impl Connections {
     {
         let activity = Activity::new();
         let folded = Arc::new(Folded::default());
+        let http2 = folded.clone();
         let requests = self.shared.metrics.requests.clone();
         let io = TokioIo::new(Watched::new(stream, folded.clone(), requests));
         let service = service(self.shared.clone(), peer, activity.clone(), folded);
         let conn = self.builder.serve_connection_with_upgrades(io, service);
-        let idle = self.settings.idle_timeout;
-        match connection::drive(conn, activity, self.stopping.clone(), idle).await {
+        let quiet = Quiet::new(self.settings.header_read_timeout, self.settings.idle_timeout);
+        let http2 = || http2.http2();
+        match connection::drive(conn, activity, self.stopping.clone(), quiet, http2).await {
             Some(ended) => log_conn_error(ended),
-            None => tracing::debug!(addr = %peer.addr, "connection closed: told to go away, and idle"),
+            None => tracing::debug!(addr = %peer.addr, "connection dropped by the gateway"),
         }
     }
 }

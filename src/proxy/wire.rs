@@ -15,7 +15,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -34,11 +34,14 @@ pub enum Fold {
 }
 
 /// The first request of a connection whose head hyper folded: its 0-based index among the
-/// connection's requests, and the fold. Written by the scanner, read by the service.
+/// connection's requests, and the fold. Written by the scanner, read by the service; and
+/// whether the connection speaks HTTP/2, read by the connection's idle timer
+/// ([`super::connection::drive`]), which waits for HTTP/1 heads only.
 #[derive(Debug)]
 pub struct Folded {
     index: AtomicUsize,
     fold: AtomicU8,
+    http2: AtomicBool,
 }
 
 impl Default for Folded {
@@ -46,6 +49,7 @@ impl Default for Folded {
         Folded {
             index: AtomicUsize::new(usize::MAX),
             fold: AtomicU8::new(0),
+            http2: AtomicBool::new(false),
         }
     }
 }
@@ -66,6 +70,11 @@ impl Folded {
     pub fn first(&self) -> Option<(usize, Fold)> {
         let index = self.index.load(Ordering::Acquire);
         self.at(index).map(|fold| (index, fold))
+    }
+
+    /// Whether the connection began with the HTTP/2 preface.
+    pub fn http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
     }
 
     fn mark(&self, index: usize, fold: Fold) {
@@ -242,6 +251,8 @@ enum Framing {
     Chunked,
     /// Folded by hyper: refused by the gateway, and the last request of the connection.
     Folded(Fold),
+    /// The HTTP/2 preface: no HTTP/1 message follows.
+    Http2,
     /// Not an HTTP/1.1 request head that is followed by HTTP/1.1 messages.
     Stop,
 }
@@ -331,6 +342,10 @@ impl Scanner {
             Framing::Chunked => State::Chunked(Chunk::Size { size: 0, digits: 0 }),
             Framing::Folded(fold) => {
                 self.folded.mark(index, fold);
+                State::Stopped
+            }
+            Framing::Http2 => {
+                self.folded.http2.store(true, Ordering::Relaxed);
                 State::Stopped
             }
             Framing::Stop => State::Stopped,
@@ -436,6 +451,9 @@ fn framing(head: &[u8]) -> Framing {
     let Some(request_line) = lines.next() else {
         return Framing::Stop;
     };
+    if request_line == b"PRI * HTTP/2.0" {
+        return Framing::Http2;
+    }
     if !request_line.ends_with(b" HTTP/1.1") || request_line.starts_with(b"CONNECT ") {
         // HTTP/1.0 cannot carry Transfer-Encoding (hyper refuses it); HTTP/2 and tunnels are
         // not HTTP/1 messages.
@@ -548,6 +566,26 @@ mod tests {
         ];
         for (name, stream) in cases {
             assert_eq!(folded_in(&stream, 5), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_http2_preface_is_told_from_http1_heads() {
+        let cases: [(&[u8], bool); 3] = [
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", true),
+            (GET.as_bytes(), false),
+            (
+                b"GET / HTTP/1.1\r\nupgrade: h2c\r\n\r\nPRI * HTTP/2.0\r\n\r\n",
+                false,
+            ),
+        ];
+        for (stream, http2) in cases {
+            for piece in [1, 5, stream.len()] {
+                let folded = Arc::new(Folded::default());
+                let mut scanner = Scanner::new(folded.clone());
+                stream.chunks(piece).for_each(|part| scanner.feed(part));
+                assert_eq!(folded.http2(), http2, "{}", String::from_utf8_lossy(stream));
+            }
         }
     }
 
