@@ -44,7 +44,8 @@ enum KeysCommand {
     Import(CreateArgs),
     /// Import many existing secrets from a JSON Lines file, all or none: one object per line
     /// with key, name and environment, and optionally permissions, rate_limit, customer_id,
-    /// allowed_ips, expires_at and metadata (as in the admin API). Every bad line is reported.
+    /// allowed_ips, expires_at, metadata and quota (as in the admin API). Every bad line is
+    /// reported.
     ImportFile {
         /// The JSON Lines file.
         file: PathBuf,

@@ -419,3 +419,31 @@ async fn verify_spends_the_quota_like_a_request_and_says_when_it_is_spent() {
     assert_eq!(verify().await.json()["code"], "QUOTA_EXCEEDED");
     assert_eq!(h.get("/v1/status", &key).await.status, 429);
 }
+
+#[tokio::test]
+async fn an_import_file_carries_quotas_and_refuses_a_bad_one() {
+    let h = harness(STANDARD).await;
+    let file = h.dir.path().join("keys.jsonl");
+    let line = |secret: &str, quota: &str| {
+        format!(r#"{{"key":"{secret}","name":"n","environment":"production","quota":{quota}}}"#)
+    };
+    let lines = [
+        line("imported-secret-0123456789", r#"{"limit":5,"period":"day"}"#),
+        line("imported-secret-9876543210", r#"{"limit":0,"period":"day"}"#),
+    ];
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let (code, out) = cli(&h, &["import-file", file.to_str().unwrap()]);
+    assert_eq!(code, 1, "all or none: {out}");
+    std::fs::write(&file, &lines[0]).unwrap();
+    let (code, out) = cli(&h, &["import-file", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    // A gateway that loads the store holds the imported key to its quota.
+    let gateway = h.another_gateway().await;
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let answer = crate::support::clients::get(&gateway, "/v1/status", "imported-secret-0123456789").await;
+        seen.push(answer.status.as_u16());
+    }
+    assert_eq!(seen, [200, 200, 200, 200, 200, 429]);
+    gateway.shutdown().await;
+}
