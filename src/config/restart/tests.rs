@@ -163,6 +163,10 @@ fn changed(path: &str, change: Change) -> Config {
         To(value) => {
             let value: toml::Table = format!("v = {value}").parse().unwrap();
             parent.insert(name.to_owned(), value["v"].clone());
+            // A local backend refuses the Redis settings: an operator switching drops them.
+            if path == "rate_limit.backend" {
+                parent.retain(|setting, _| !setting.starts_with("redis_"));
+            }
         }
         Removed => {
             parent.remove(name).unwrap();
