@@ -122,6 +122,8 @@ fn main() {
 
     if let Ok(url) = std::env::var("KEYGATE_BENCH_POSTGRES_URL") {
         let pg = PgStore::open(&url).unwrap();
+        // Rows of an earlier run would turn the first flush's inserts into updates.
+        pg.prune_usage_rows(i64::MAX).unwrap();
         flush_twice("postgres", &pg, &rows);
     }
 }
