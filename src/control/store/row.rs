@@ -467,7 +467,8 @@ mod tests {
         );
         let new = KeyWrite::New.sql(|n| format!("?{n}"));
         assert!(
-            new.starts_with("INSERT INTO keys (id, name,") && new.ends_with(&format!("?{})", KEY_COLUMN_COUNT - 1)),
+            new.starts_with("INSERT INTO keys (id, name,")
+                && new.ends_with(&format!("?{})", KEY_COLUMN_COUNT - 1)),
             "{new}"
         );
         assert_eq!(KEY_COLUMNS[REVISION_COLUMN], "revision");
