@@ -393,13 +393,16 @@ impl KeyStore for PgStore {
                 .query_one("SELECT value FROM meta WHERE name = 'revision' FOR UPDATE", &[])
                 .await?
                 .get(0);
+            keys::start_import(&tx).await?;
             let mut count = 0;
             while let Some(batch) = next()? {
                 let allowed = OPERATION_TIMEOUT + Duration::from_millis(batch.len() as u64 / 10);
-                let written = keys::insert_many(&tx, &batch, audit, start as u64 + count);
+                let written = keys::insert_batch(&tx, &batch, audit, start as u64 + count);
                 within(allowed, written).await??;
                 count += batch.len() as u64;
             }
+            let allowed = OPERATION_TIMEOUT + Duration::from_millis(count / 10);
+            within(allowed, keys::claim_secrets(&tx, start as u64)).await??;
             let last = start + count as i64;
             tx.execute("UPDATE meta SET value = $1 WHERE name = 'revision'", &[&last])
                 .await?;
