@@ -1,14 +1,16 @@
-//! The key table at scale: time to load N keys from the SQLite store at start, the memory they
-//! take, and the cost of syncing one changed key into the loaded table.
+//! The key table at scale: time to load N keys from the store at start, the memory they take,
+//! and the cost of syncing one changed key into the loaded table.
 //!
-//! `cargo bench --bench table_scale` (1,000,000 keys), or with `KEYGATE_SCALE_KEYS=N`.
+//! `cargo bench --bench table_scale` (1,000,000 keys), or with `KEYGATE_SCALE_KEYS=N`; from
+//! PostgreSQL with `KEYGATE_SCALE_POSTGRES=URL` (an empty database or schema of yours: the
+//! bench writes its keys there and leaves them).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use jiff::Timestamp;
 
-use keygate::control::store::{KeyStore, NewKey, SqliteStore};
+use keygate::control::store::{KeyStore, NewKey, PgStore, SqliteStore};
 use keygate::control::sync::KeySync;
 use keygate::core::clock::system_clock;
 use keygate::core::environment::Environment;
@@ -39,13 +41,19 @@ fn main() {
     // The load is measured in a fresh process, so the RSS is that of a gateway that starts on
     // this store, not of the one that just wrote a million rows.
     if let Ok(path) = std::env::var("KEYGATE_SCALE_LOAD") {
-        return load(std::path::Path::new(&path));
+        return load(&path);
     }
     let n = keys_wanted();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("scale.db");
     let hasher = Hasher::unkeyed();
-    let store = Arc::new(SqliteStore::create(&path).unwrap());
+    let (store, location): (Arc<dyn KeyStore>, String) = match std::env::var("KEYGATE_SCALE_POSTGRES") {
+        Ok(url) => (Arc::new(PgStore::open(&url).unwrap()), url),
+        Err(_) => (
+            Arc::new(SqliteStore::create(&path).unwrap()),
+            path.to_str().unwrap().to_owned(),
+        ),
+    };
 
     let started = Instant::now();
     let now = Timestamp::now();
@@ -94,18 +102,22 @@ fn main() {
     );
     drop(store);
     let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .env("KEYGATE_SCALE_LOAD", &path)
+        .env("KEYGATE_SCALE_LOAD", &location)
         .status()
         .unwrap();
     assert!(status.success());
 }
 
-fn load(path: &std::path::Path) {
+fn load(location: &str) {
     let hasher = Hasher::unkeyed();
     let now = Timestamp::now();
     let start_rss = rss_mib();
     let n = keys_wanted();
-    let store = Arc::new(SqliteStore::open(path).unwrap());
+    let postgres = location.starts_with("postgres");
+    let store: Arc<dyn KeyStore> = match postgres {
+        true => Arc::new(PgStore::open(location).unwrap()),
+        false => Arc::new(SqliteStore::open(std::path::Path::new(location)).unwrap()),
+    };
     let table = Arc::new(KeyTable::default());
     let sync = KeySync::new(
         store.clone(),
@@ -120,7 +132,8 @@ fn load(path: &std::path::Path) {
     let load = started.elapsed();
     let after = rss_mib();
     assert_eq!(table.len(), n);
-    println!("load: {n} keys from SQLite into the table in {load:.2?}");
+    let from = if postgres { "PostgreSQL" } else { "SQLite" };
+    println!("load: {n} keys from {from} into the table in {load:.2?}");
     println!(
         "memory: process RSS {after:.0} MiB after load ({:.0} MiB added by the load; {start_rss:.0} MiB at start)",
         after - before
@@ -145,7 +158,9 @@ fn load(path: &std::path::Path) {
         "sync: one changed key applied to the {n}-key table in {:.2?}",
         started.elapsed()
     );
-    snapshot(&table, path);
+    if !postgres {
+        snapshot(&table, std::path::Path::new(location));
+    }
 }
 
 /// The snapshot's whole write, in its parts: what the sync waits for (the journal's rotation)

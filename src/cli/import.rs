@@ -1,6 +1,8 @@
-//! `keygate keys import-file FILE`: JSON Lines, one key per line, read and checked whole before
-//! anything is written. A mistake is named by its line in the file and the field at fault, with
-//! the shape the field takes (not serde's type names or its idea of a line).
+//! `keygate keys import-file FILE`: JSON Lines, one key per line, read as it is written: the
+//! keys go to the store in batches, in one transaction that a bad line calls off, so nothing
+//! of a bad file is imported and a million keys never sit in memory at once. A mistake is named
+//! by its line in the file and the field at fault, with the shape the field takes (not serde's
+//! type names or its idea of a line).
 
 use std::io::BufRead;
 use std::path::Path;
@@ -10,34 +12,77 @@ use jiff::Timestamp;
 use serde_json::Value;
 
 use super::{Detailed, Failure};
-use crate::control::keys::{KeyRequest, KeySpec};
+use crate::control::keys::{BulkImport, KeyRequest, KeyService, KeySpec};
+use crate::control::store::{NewKey, StoreError};
 use crate::core::environment::Environment;
 use crate::core::key::reword;
 use crate::core::secret::Secret;
 
 /// Most bad lines reported one by one; past it, how many more.
 const MAX_REPORTED: usize = 100;
+/// Keys handed to the store at a time: large enough that a batch's round trips do not count,
+/// small enough that a batch's memory does not.
+const BATCH: usize = 10_000;
 
-/// A key of the file: its line (from 1), what it asks for, and its secret.
-pub type Item = (usize, KeySpec, Secret);
+/// The bad lines of a file, in order: the first [`MAX_REPORTED`] with why, and how many.
+#[derive(Default)]
+pub struct BadLines {
+    reported: Vec<(usize, String)>,
+    count: usize,
+}
 
-/// Every key of the file, and every bad line with why (blank lines are skipped). Only a file
-/// that cannot be read at all is an error here.
-#[allow(clippy::type_complexity)]
-pub fn read_file(path: &Path) -> Result<(Vec<Item>, Vec<(usize, String)>), Failure> {
+impl BadLines {
+    fn push(&mut self, line: usize, why: String) {
+        if self.reported.len() < MAX_REPORTED {
+            self.reported.push((line, why));
+        }
+        self.count += 1;
+    }
+}
+
+/// Imports every key of the file at `path`, all or none: how many. Every bad line is found
+/// (the file is read to its end) before the import is called off.
+pub fn import_file(service: &KeyService, path: &Path) -> Result<u64, Failure> {
     let file = std::fs::File::open(path)
         .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", path.display())))?;
-    let mut items = Vec::new();
-    let mut bad = Vec::new();
-    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let number = index + 1;
-        match line.map_err(|e| e.to_string()).and_then(|line| read_line(&line)) {
-            Ok(Some((spec, secret))) => items.push((number, spec, secret)),
-            Ok(None) => {}
-            Err(why) => bad.push((number, why)),
+    let mut lines = std::io::BufReader::new(file).lines().enumerate();
+    let mut import = service.bulk_import();
+    let mut bad = BadLines::default();
+    let written = service.import_batches(&mut || next_batch(&mut lines, &mut import, &mut bad));
+    if bad.count > 0 {
+        return Err(bad_lines(path, bad));
+    }
+    Ok(written?)
+}
+
+/// The next keys of the file; at its end `None`, or the import called off when a line was bad.
+fn next_batch(
+    lines: &mut impl Iterator<Item = (usize, std::io::Result<String>)>,
+    import: &mut BulkImport<'_>,
+    bad: &mut BadLines,
+) -> Result<Option<Vec<NewKey>>, StoreError> {
+    let mut batch = Vec::with_capacity(BATCH);
+    while batch.len() < BATCH {
+        let Some((index, line)) = lines.next() else {
+            break;
+        };
+        let key = line.map_err(|e| e.to_string()).and_then(|line| read_line(&line));
+        let key = key.and_then(|key| {
+            key.map(|(spec, secret)| import.check(spec, &secret))
+                .transpose()
+                .map_err(|e| e.to_string())
+        });
+        match key {
+            // Past a bad line the keys are still checked, but no longer written.
+            Ok(Some(key)) if bad.count == 0 => batch.push(key),
+            Ok(_) => {}
+            Err(why) => bad.push(index + 1, why),
         }
     }
-    Ok((items, bad))
+    if bad.count > 0 {
+        return Err(StoreError::Conflict("the import file has bad lines".into()));
+    }
+    Ok((!batch.is_empty()).then_some(batch))
 }
 
 /// One line's key, `None` for a blank line.
@@ -53,13 +98,12 @@ fn read_line(line: &str) -> Result<Option<(KeySpec, Secret)>, String> {
     Ok(Some((spec, secret)))
 }
 
-/// The failure for a file with bad lines (sorted): each on stderr, up to [`MAX_REPORTED`], a
-/// count last; with `--json`, the same in the error document. Exit 1: the command was right,
-/// the file is not.
-pub fn bad_lines(path: &Path, bad: Vec<(usize, String)>) -> Failure {
+/// The failure for a file with bad lines: each on stderr, up to [`MAX_REPORTED`], a count
+/// last; with `--json`, the same in the error document. Exit 1: the command was right, the file
+/// is not.
+fn bad_lines(path: &Path, bad: BadLines) -> Failure {
     let shown = path.display();
-    let count = bad.len();
-    let reported = &bad[..count.min(MAX_REPORTED)];
+    let BadLines { reported, count } = bad;
     let mut notes: Vec<String> = reported
         .iter()
         .map(|(line, why)| format!("{shown}: line {line}: {why}"))

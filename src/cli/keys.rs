@@ -318,30 +318,7 @@ pub fn run(args: KeysArgs) -> Result<(), Failure> {
             output::key(&view, json, "Imported")
         }
         KeysCommand::ImportFile { file } => {
-            let (items, mut bad) = import::read_file(&file)?;
-            let (lines, items): (Vec<usize>, Vec<_>) = items
-                .into_iter()
-                .map(|(line, spec, secret)| (line, (spec, secret)))
-                .unzip();
-            let checked = service.check_many(&items);
-            bad.extend(
-                checked
-                    .into_iter()
-                    .map(|(index, error)| (lines[index], error.to_string())),
-            );
-            if !bad.is_empty() {
-                bad.sort_by_key(|(line, _)| *line);
-                return Err(import::bad_lines(&file, bad));
-            }
-            let imported = service.import_many(items).map_err(|errors| {
-                let mut failures = errors.into_iter().map(|(index, error)| match index {
-                    Some(index) => import::bad_lines(&file, vec![(lines[index], error.to_string())]),
-                    None => Failure::from(error),
-                });
-                failures
-                    .next()
-                    .unwrap_or_else(|| Failure::Runtime("the import failed".into()))
-            })?;
+            let imported = import::import_file(&service, &file)?;
             output::imported(imported, json)
         }
         KeysCommand::List {

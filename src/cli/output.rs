@@ -187,7 +187,7 @@ pub fn events(events: &[KeyEvent], json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-pub fn imported(count: usize, json: bool) -> Result<(), Failure> {
+pub fn imported(count: u64, json: bool) -> Result<(), Failure> {
     if json {
         return print_json(&serde_json::json!({ "imported": count }));
     }

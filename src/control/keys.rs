@@ -20,6 +20,7 @@ use crate::core::permission::Permission;
 use crate::core::quota::{QuotaChange, QuotaRequest, MAX_QUOTA_LIMIT};
 use crate::core::secret::{check_format, Format, Hasher, KeyHash, Secret};
 use crate::core::units::parse_duration;
+pub use import::BulkImport;
 
 /// Longest grace period a regeneration may give the old secret.
 const MAX_GRACE: Duration = Duration::from_secs(30 * 86_400);
@@ -264,54 +265,6 @@ impl KeyService {
     pub fn import(&self, spec: KeySpec, secret: Secret) -> Result<KeyView, KeyError> {
         check_import(&spec, &secret)?;
         self.insert(spec, &secret, "imported")
-    }
-
-    /// What is wrong with each item of an import, by index, without writing anything: every
-    /// bad item, not only the first, so a file is fixed in one go.
-    pub fn check_many(&self, items: &[(KeySpec, Secret)]) -> Vec<(usize, KeyError)> {
-        let now = self.now();
-        let mut seen = std::collections::HashSet::with_capacity(items.len());
-        let mut bad = Vec::new();
-        for (index, (spec, secret)) in items.iter().enumerate() {
-            let checked = check_import(spec, secret).and_then(|()| validate_spec(spec, now));
-            let hash = self.hasher.hash(secret.expose().as_bytes());
-            let checked = checked.and_then(|()| match seen.insert(hash.0) {
-                true => Ok(()),
-                false => Err(KeyError::invalid("key", "the same secret appears twice")),
-            });
-            if let Err(error) = checked {
-                bad.push((index, error));
-            }
-        }
-        bad
-    }
-
-    /// Imports many existing secrets at once, all or none. On bad items, each one's index and
-    /// why (see [`KeyService::check_many`]); on a failed write, `None` and why.
-    pub fn import_many(
-        &self,
-        items: Vec<(KeySpec, Secret)>,
-    ) -> Result<usize, Vec<(Option<usize>, KeyError)>> {
-        let bad = self.check_many(&items);
-        if !bad.is_empty() {
-            return Err(bad
-                .into_iter()
-                .map(|(index, error)| (Some(index), error))
-                .collect());
-        }
-        let now = self.now();
-        let keys: Vec<NewKey> = items
-            .into_iter()
-            .map(|(spec, secret)| {
-                let hash = self.hasher.hash(secret.expose().as_bytes());
-                new_key(spec, &secret, hash, now)
-            })
-            .collect();
-        self.store
-            .insert_many(&keys, self.audit("imported"))
-            .map_err(|e| vec![(None, KeyError::from_store(e, ""))])?;
-        tracing::info!(keys = keys.len(), actor = self.actor.as_str(), "keys imported");
-        Ok(keys.len())
     }
 
     fn insert(&self, spec: KeySpec, secret: &Secret, event: &'static str) -> Result<KeyView, KeyError> {
@@ -712,5 +665,6 @@ fn validate_spec(spec: &KeySpec, now: Timestamp) -> Result<(), KeyError> {
     Ok(())
 }
 
+mod import;
 #[cfg(test)]
 mod tests;

@@ -480,10 +480,79 @@ fn a_batch_goes_in_whole_or_not_at_all(store: &dyn KeyStore) {
     assert_eq!(store.revision().unwrap(), start + 3);
 }
 
+fn a_bulk_import_goes_in_batch_by_batch_and_a_called_off_one_leaves_nothing(store: &dyn KeyStore) {
+    store
+        .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
+        .unwrap();
+    store
+        .modify("key_conformance00001", audit("regenerated"), None, &mut |key| {
+            key.previous_hash = Some(key.hash);
+            key.hash = KeyHash([101; 32]);
+            key.grace_until = Some(t(600));
+            Ok(())
+        })
+        .unwrap();
+    let start = store.revision().unwrap();
+    let batches = |numbers: &[&[u8]]| -> Vec<Vec<NewKey>> {
+        let batch = |ns: &&[u8]| {
+            ns.iter()
+                .map(|&n| new_key(n, Environment::Production, t(0)))
+                .collect()
+        };
+        numbers.iter().map(batch).collect()
+    };
+
+    // Called off after a batch went in: nothing of it stays.
+    let mut source = batches(&[&[2, 3]]).into_iter();
+    let mut next = || match source.next() {
+        Some(batch) => Ok(Some(batch)),
+        None => Err(StoreError::Conflict("called off".into())),
+    };
+    let called_off = store.insert_batches(&mut next, AUDIT);
+    assert!(
+        matches!(called_off, Err(StoreError::Conflict(_))),
+        "{called_off:?}"
+    );
+    assert!(store.get("key_conformance00002").unwrap().is_none());
+    assert_eq!(store.revision().unwrap(), start);
+
+    // A key whose secret is another's previous one, in grace: refused, all of the import.
+    let mut source = batches(&[&[2], &[1]]).into_iter();
+    let mut clash = batches(&[&[4]]).remove(0);
+    clash[0].hash = KeyHash([1; 32]);
+    let mut clashing = source.next().into_iter().chain([clash]);
+    let refused = store.insert_batches(&mut || Ok(clashing.next()), AUDIT);
+    assert!(matches!(refused, Err(StoreError::SecretInUse)), "{refused:?}");
+    assert!(store.get("key_conformance00002").unwrap().is_none());
+
+    // Two batches: each key at its own revision; the secrets are guarded after as before.
+    let mut source = batches(&[&[2, 3], &[4]]).into_iter();
+    assert_eq!(store.insert_batches(&mut || Ok(source.next()), AUDIT).unwrap(), 3);
+    assert_eq!(store.revision().unwrap(), start + 3);
+    assert_eq!(store.changes_since(start, 10).unwrap().keys.len(), 3);
+    let taken = store.modify("key_conformance00001", audit("regenerated"), None, &mut |key| {
+        key.hash = KeyHash([4; 32]);
+        Ok(())
+    });
+    assert!(matches!(taken, Err(StoreError::SecretInUse)), "{taken:?}");
+    let grace_taken = store.modify("key_conformance00003", audit("regenerated"), None, &mut |key| {
+        key.previous_hash = Some(KeyHash([1; 32]));
+        Ok(())
+    });
+    assert!(
+        matches!(grace_taken, Err(StoreError::SecretInUse)),
+        "{grace_taken:?}"
+    );
+}
+
 /// One conformance test: its name and the function that runs it against a store.
 type Conformance = (&'static str, fn(&dyn KeyStore));
 
 const SUITE: &[Conformance] = &[
+    (
+        "a_bulk_import_goes_in_batch_by_batch_and_a_called_off_one_leaves_nothing",
+        a_bulk_import_goes_in_batch_by_batch_and_a_called_off_one_leaves_nothing,
+    ),
     (
         "keys_are_created_read_and_listed_in_pages",
         keys_are_created_read_and_listed_in_pages,

@@ -262,8 +262,17 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     fn try_lease(&self, name: &str, holder: &str, now: Timestamp, ttl: Duration) -> Result<bool, StoreError>;
 
     /// Inserts many keys in one transaction, all or none, each with its own revision and audit
-    /// record: bulk imports from another system, benchmarks.
-    fn insert_many(&self, keys: &[NewKey], audit: Audit) -> Result<(), StoreError>;
+    /// record: benchmarks, tests. See [`KeyStore::insert_batches`] for keys read as they come.
+    fn insert_many(&self, keys: &[NewKey], audit: Audit) -> Result<(), StoreError> {
+        let mut batch = Some(keys.to_vec());
+        self.insert_batches(&mut || Ok(batch.take()), audit).map(drop)
+    }
+
+    /// Inserts the keys `next` hands out, batch by batch as a bulk import reads them, in one
+    /// transaction: all or none, each key with its own revision and audit record. `next`
+    /// answers `Ok(None)` at the end; its error calls the import off (nothing is written) and
+    /// is the answer. How many keys went in.
+    fn insert_batches(&self, next: &mut KeyBatches<'_>, audit: Audit) -> Result<u64, StoreError>;
 
     /// Every row, read in one consistent snapshot while gateways write: `keygate store export`
     /// and `copy`.

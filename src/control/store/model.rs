@@ -81,6 +81,10 @@ pub struct NewKey {
     pub now: Timestamp,
 }
 
+/// Where a bulk import's keys come from (see [`super::KeyStore::insert_batches`]): the next
+/// batch, `None` at the end, or why the import is called off.
+pub type KeyBatches<'a> = dyn FnMut() -> Result<Option<Vec<NewKey>>, super::StoreError> + Send + 'a;
+
 /// Filters for listing keys; `None` matches everything.
 #[derive(Debug, Clone, Default)]
 pub struct KeyFilter {

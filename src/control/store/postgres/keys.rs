@@ -236,27 +236,40 @@ pub(super) fn sql_values<'c>(
         .collect()
 }
 
-/// Inserts many keys at revisions `start + 1` onwards, each with its audit record: the rows
-/// and the records go in with `COPY` (binary), a million keys in seconds rather than a million
-/// round trips. Row by row the secrets' trigger would make a million keys take minutes: the
-/// batch claims its secrets in one statement instead, before the transaction commits.
-pub(super) async fn insert_many(
+/// Starts a bulk import: the secrets' trigger lets the rows by, in this transaction only,
+/// until [`claim_secrets`] claims them all in one statement. Row by row the trigger would make
+/// a million keys take minutes.
+pub(super) async fn start_import(tx: &Tx<'_>) -> Result<(), StoreError> {
+    tx.batch_execute("SET LOCAL keygate.bulk_import = 'on'").await?;
+    Ok(())
+}
+
+/// Inserts a batch of a bulk import at revisions `start + 1` onwards, each key with its audit
+/// record: the rows and the records go in with `COPY` (binary), a million keys in seconds
+/// rather than a million round trips.
+pub(super) async fn insert_batch(
     tx: &Tx<'_>,
     keys: &[NewKey],
     audit: Audit<'_>,
     start: u64,
 ) -> Result<(), StoreError> {
     let why = "a key in the batch has the id of a stored key";
-    tx.batch_execute("SET LOCAL keygate.bulk_import = 'on'").await?;
     copy_keys(tx, keys, start).await.map_err(|e| conflict(e, why))?;
+    copy_events(tx, keys, audit).await
+}
+
+/// Ends a bulk import: claims the secrets of the keys past revision `start`, once for all the
+/// batches (per batch, the planner, blind to the rows of this transaction, scanned the whole
+/// table each time), and puts the trigger back on guard.
+pub(super) async fn claim_secrets(tx: &Tx<'_>, start: u64) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO key_secrets (hash, key_seq) SELECT hash, seq FROM keys WHERE revision > $1",
         &[&signed(start)],
     )
     .await
-    .map_err(|e| conflict(e, why))?;
+    .map_err(|e| conflict(e, "a secret of the import is in use"))?;
     tx.batch_execute("SET LOCAL keygate.bulk_import = 'off'").await?;
-    copy_events(tx, keys, audit).await
+    Ok(())
 }
 
 /// `COPY`s new key rows in, at revisions `start + 1` onwards.

@@ -30,8 +30,8 @@ use tokio_postgres::error::SqlState;
 use super::analytics::{HourRow, UsagePoint, UsageQuery};
 use super::dump::{Dump, Onto};
 use super::model::{
-    Audit, Changes, IdleKey, KeyEvent, KeyFilter, Modified, NewKey, PendingWebhook, StoredKey, Usage,
-    UsageDelta,
+    Audit, Changes, IdleKey, KeyBatches, KeyEvent, KeyFilter, Modified, NewKey, PendingWebhook, StoredKey,
+    Usage, UsageDelta,
 };
 use super::{Fields, KeyStore, StoreError};
 use crate::core::secret::KeyHash;
@@ -438,23 +438,33 @@ impl KeyStore for PgStore {
         self.run(async { jobs::try_lease(&self.pool.get().await?, name, holder, now, ttl).await })
     }
 
-    /// The time allowed grows with the batch.
-    fn insert_many(&self, keys: &[NewKey], audit: Audit) -> Result<(), StoreError> {
-        let allowed = OPERATION_TIMEOUT + Duration::from_millis(keys.len() as u64 / 10);
-        self.run_within(allowed, async {
-            let mut client = self.pool.get().await?;
+    /// Each batch has its own time, which grows with the batch; the import as a whole has as
+    /// long as its source takes to read.
+    fn insert_batches(&self, next: &mut KeyBatches<'_>, audit: Audit) -> Result<u64, StoreError> {
+        self.run_within(Duration::MAX, async {
+            let mut client = within(OPERATION_TIMEOUT, self.pool.get()).await??;
             let tx = client.transaction().await?;
             let start: i64 = tx
                 .query_one("SELECT value FROM meta WHERE name = 'revision' FOR UPDATE", &[])
                 .await?
                 .get(0);
-            keys::insert_many(&tx, keys, audit, start as u64).await?;
-            let last = start + keys.len() as i64;
+            keys::start_import(&tx).await?;
+            let mut count = 0;
+            while let Some(batch) = next()? {
+                let allowed = OPERATION_TIMEOUT + Duration::from_millis(batch.len() as u64 / 10);
+                let written = keys::insert_batch(&tx, &batch, audit, start as u64 + count);
+                within(allowed, written).await??;
+                count += batch.len() as u64;
+            }
+            let allowed = OPERATION_TIMEOUT + Duration::from_millis(count / 10);
+            within(allowed, keys::claim_secrets(&tx, start as u64)).await??;
+            let last = start + count as i64;
             tx.execute("UPDATE meta SET value = $1 WHERE name = 'revision'", &[&last])
                 .await?;
             announce(&tx, self.channel(), last as u64).await?;
-            tx.commit().await?;
-            Ok(())
+            let allowed = OPERATION_TIMEOUT + Duration::from_millis(count / 10);
+            within(allowed, tx.commit()).await??;
+            Ok(count)
         })
     }
 
@@ -486,6 +496,13 @@ impl KeyStore for PgStore {
 /// Runs `work` to completion on the store's runtime, blocking the calling thread. A caller
 /// inside another runtime (a blocking-pool thread, or async code such as a test) cannot block
 /// on a runtime from there, so the work then waits on a thread of its own.
+/// `work`'s answer, or unavailable when it takes longer than `allowed`.
+async fn within<T>(allowed: Duration, work: impl Future<Output = T>) -> Result<T, StoreError> {
+    tokio::time::timeout(allowed, work)
+        .await
+        .map_err(|_| StoreError::Unavailable(format!("PostgreSQL did not answer within {allowed:?}")))
+}
+
 fn block_on<T: Send>(handle: &tokio::runtime::Handle, work: impl Future<Output = T> + Send) -> T {
     if tokio::runtime::Handle::try_current().is_err() {
         return handle.block_on(work);

@@ -23,8 +23,8 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use super::analytics::{HourRow, UsagePoint, UsageQuery};
 use super::dump::{Dump, Onto};
 use super::model::{
-    Audit, Changes, IdleKey, KeyEvent, KeyFilter, Modified, NewKey, PendingWebhook, StoredKey, Usage,
-    UsageDelta,
+    Audit, Changes, IdleKey, KeyBatches, KeyEvent, KeyFilter, Modified, NewKey, PendingWebhook, StoredKey,
+    Usage, UsageDelta,
 };
 use super::{Fields, KeyStore, StoreError};
 use crate::core::secret::KeyHash;
@@ -373,8 +373,8 @@ impl KeyStore for SqliteStore {
         jobs::try_lease(&*self.conn()?, name, holder, now, ttl)
     }
 
-    fn insert_many(&self, keys: &[NewKey], audit: Audit) -> Result<(), StoreError> {
-        self.write(|tx| keys::insert_many(tx, keys, audit))
+    fn insert_batches(&self, next: &mut KeyBatches<'_>, audit: Audit) -> Result<u64, StoreError> {
+        self.write(|tx| keys::insert_batches(tx, next, audit))
     }
 
     fn export_dump(&self) -> Result<Dump, StoreError> {
