@@ -25,8 +25,8 @@ pub fn of<B>(request: &Request<B>) -> HeaderValue {
 thread_local! {
     /// Each thread's generator of ids, seeded from the thread-local CSPRNG (itself seeded by
     /// the OS) when the thread makes its first id. Ids need to be unique, not secret: a
-    /// xoshiro step is a few instructions where a ChaCha block and the reseeding checks of
-    /// `rand::rng()` are about ten times that, on every request that brings no id.
+    /// xoshiro step is a few instructions, where `rand::rng()` adds a ChaCha block every 64
+    /// words and its reseeding checks, on every request that brings no id.
     static IDS: RefCell<SmallRng> = RefCell::new(SmallRng::from_rng(&mut rand::rng()));
 }
 
