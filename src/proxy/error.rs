@@ -7,13 +7,17 @@
 //! a limit that refills), and no cache between the client and the gateway may replay it.
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, RETRY_AFTER,
+    WWW_AUTHENTICATE,
+};
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 
 use jiff::Timestamp;
 
 use super::limits::LimitState;
+use super::request_id::X_REQUEST_ID;
 use super::Body;
 use crate::core::permission::Permission;
 
@@ -269,13 +273,52 @@ pub const JSON: HeaderValue = HeaderValue::from_static("application/json; charse
 /// reallocation and a rehash on every refused request.
 const REFUSAL_HEADERS: usize = 12;
 
-/// A JSON response with a fixed body.
-pub fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut response = Response::new(Either::Right(Full::new(body.into())));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    *headers = HeaderMap::with_capacity(REFUSAL_HEADERS);
+/// Stands for the request's id in a template, until the final phase puts the id in its place.
+const NO_ID_YET: HeaderValue = HeaderValue::from_static("-");
+
+/// The header maps refusals start from, built once per config (the challenge names its realm)
+/// and cloned for each refusal: a clone is two copies, where building a map is a hash and a
+/// probe per header. Each holds its headers in the order they go on the wire, `X-Request-Id`
+/// last: the final phase replaces its value in place, which needs no room.
+pub struct RefusalHeaders {
+    plain: HeaderMap,
+    /// Ends an HTTP/1 connection whose next request cannot be trusted to start where it seems.
+    closing: HeaderMap,
+    /// A 401's: the realm's challenge.
+    challenge: HeaderMap,
+    /// Its `Retry-After` value is replaced by the refusal's own.
+    retry: HeaderMap,
+}
+
+impl RefusalHeaders {
+    pub fn new(www_authenticate: HeaderValue) -> Self {
+        RefusalHeaders {
+            plain: template(None),
+            closing: template(Some((CONNECTION, HeaderValue::from_static("close")))),
+            challenge: template(Some((WWW_AUTHENTICATE, www_authenticate))),
+            retry: template(Some((RETRY_AFTER, HeaderValue::from_static("1")))),
+        }
+    }
+}
+
+/// A refusal's headers, `extra` between its own two and the id. Every refusal is `no-store`:
+/// it is about this request and this moment, and no cache may keep it.
+fn template(extra: Option<(HeaderName, HeaderValue)>) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(REFUSAL_HEADERS);
     headers.insert(CONTENT_TYPE, JSON);
+    headers.insert(CACHE_CONTROL, NO_STORE);
+    if let Some((name, value)) = extra {
+        headers.insert(name, value);
+    }
+    headers.insert(X_REQUEST_ID, NO_ID_YET);
+    headers
+}
+
+/// A JSON response with a fixed body and the given headers.
+fn json_response(status: StatusCode, body: Bytes, headers: HeaderMap) -> Response<Body> {
+    let mut response = Response::new(Either::Right(Full::new(body)));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
     response
 }
 
@@ -337,10 +380,16 @@ impl Refusal {
         }
     }
 
-    /// The response; `www_authenticate` is the configured realm's challenge.
-    pub fn into_response(self, www_authenticate: &HeaderValue) -> Response<Body> {
-        let status = self.status();
-        let body: Bytes = match &self {
+    /// The response, its headers cloned from `templates`; `http1`: whether it may close its
+    /// connection with `Connection: close` (HTTP/2 has no such header, and its streams are
+    /// framed apart anyway).
+    pub fn into_response(self, templates: &RefusalHeaders, http1: bool) -> Response<Body> {
+        json_response(self.status(), self.body(), self.headers(templates, http1))
+    }
+
+    /// A fixed string that says nothing a caller could learn from.
+    fn body(&self) -> Bytes {
+        match self {
             Refusal::BadRequest(_) | Refusal::ClientBody(BodyFault::Malformed) => BAD_REQUEST.into(),
             Refusal::ClientBody(BodyFault::Gone) => CLIENT_CLOSED.into(),
             Refusal::NoRoute => NO_ROUTE.into(),
@@ -364,15 +413,13 @@ impl Refusal {
             Refusal::Upstream(UpstreamFailure::Connect | UpstreamFailure::Tls | UpstreamFailure::Reset) => {
                 BAD_GATEWAY.into()
             }
-        };
-        let mut response = json_response(status, body);
-        let headers = response.headers_mut();
-        // A refusal is about this request and this moment: no cache may keep it.
-        headers.insert(CACHE_CONTROL, NO_STORE);
-        match self {
-            Refusal::Unauthenticated(_) => {
-                headers.insert(WWW_AUTHENTICATE, www_authenticate.clone());
-            }
+        }
+    }
+
+    fn headers(&self, templates: &RefusalHeaders, http1: bool) -> HeaderMap {
+        let closes = http1 && self.closes_connection();
+        match *self {
+            Refusal::Unauthenticated(_) => templates.challenge.clone(),
             Refusal::IpThrottled { retry_after }
             | Refusal::RateLimited { retry_after, .. }
             | Refusal::QuotaExceeded {
@@ -380,13 +427,13 @@ impl Refusal {
                 ..
             }
             | Refusal::Stale { retry_after } => {
+                let mut headers = templates.retry.clone();
                 headers.insert(RETRY_AFTER, super::limits::number(retry_after));
+                headers
             }
             // A turn at the upstream comes within moments, or the upstream is stalled; either
-            // way a second is the shortest wait the header can say.
-            Refusal::Upstream(UpstreamFailure::Saturated) => {
-                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
-            }
+            // way a second is the shortest wait the header can say: the template's.
+            Refusal::Upstream(UpstreamFailure::Saturated) => templates.retry.clone(),
             Refusal::BadRequest(_)
             | Refusal::ClientBody(_)
             | Refusal::NoRoute
@@ -405,9 +452,18 @@ impl Refusal {
                 | UpstreamFailure::Tls
                 | UpstreamFailure::Timeout
                 | UpstreamFailure::Reset,
-            ) => {}
+            ) if closes => templates.closing.clone(),
+            Refusal::BadRequest(_)
+            | Refusal::ClientBody(_)
+            | Refusal::NoRoute
+            | Refusal::Denied(_)
+            | Refusal::MissingPermission(_)
+            | Refusal::TooLarge
+            | Refusal::BodyTimeout
+            | Refusal::TooManyHeaders
+            | Refusal::UriTooLong
+            | Refusal::Upstream(_) => templates.plain.clone(),
         }
-        response
     }
 }
 
@@ -461,23 +517,55 @@ mod tests {
 
     #[test]
     fn no_refusal_may_be_cached() {
-        let challenge = HeaderValue::from_static("Basic realm=\"keygate\"");
+        let templates = RefusalHeaders::new(HeaderValue::from_static("Basic realm=\"keygate\""));
         for refusal in every_refusal() {
-            let response = refusal.clone().into_response(&challenge);
+            let response = refusal.clone().into_response(&templates, true);
             assert_eq!(response.headers()[CACHE_CONTROL], "no-store", "{refusal:?}");
             assert_eq!(response.headers()[CONTENT_TYPE], JSON, "{refusal:?}");
         }
     }
 
     #[test]
+    fn a_refusal_s_headers_are_in_wire_order_with_the_id_last() {
+        let templates = RefusalHeaders::new(HeaderValue::from_static("Basic realm=\"k\""));
+        let names = |refusal: Refusal, http1| {
+            let response = refusal.into_response(&templates, http1);
+            let names: Vec<_> = response
+                .headers()
+                .keys()
+                .map(|name| name.as_str().to_owned())
+                .collect();
+            names.join(" ")
+        };
+        let own = "content-type cache-control";
+        for (refusal, http1, extra) in [
+            (
+                Refusal::Unauthenticated(AuthFailure::Unknown),
+                true,
+                " www-authenticate",
+            ),
+            (Refusal::IpThrottled { retry_after: 3 }, true, " retry-after"),
+            (Refusal::BadRequest(BadRequest::Host), true, " connection"),
+            (Refusal::BadRequest(BadRequest::Host), false, ""),
+            (Refusal::NoRoute, true, ""),
+        ] {
+            assert_eq!(
+                names(refusal.clone(), http1),
+                format!("{own}{extra} x-request-id"),
+                "{refusal:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_spent_quota_says_when_it_renews_and_credits_that_never_do_give_no_retry() {
-        let challenge = HeaderValue::from_static("Basic realm=\"k\"");
+        let templates = RefusalHeaders::new(HeaderValue::from_static("Basic realm=\"k\""));
         let renews = Refusal::QuotaExceeded {
             scope: QuotaScope::Key,
             retry_after: Some(30),
             resets_at: Some("2026-12-08T00:00:00Z".parse().unwrap()),
         }
-        .into_response(&challenge);
+        .into_response(&templates, true);
         assert_eq!(renews.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(renews.headers()[RETRY_AFTER], "30");
         let body = full_body(renews);
@@ -490,7 +578,7 @@ mod tests {
             retry_after: None,
             resets_at: None,
         }
-        .into_response(&challenge);
+        .into_response(&templates, true);
         assert!(credits.headers().get(RETRY_AFTER).is_none());
         assert_eq!(
             full_body(credits),
@@ -507,7 +595,8 @@ mod tests {
 
     #[test]
     fn too_many_headers_is_431_with_a_json_body() {
-        let response = Refusal::TooManyHeaders.into_response(&HeaderValue::from_static("x"));
+        let response =
+            Refusal::TooManyHeaders.into_response(&RefusalHeaders::new(HeaderValue::from_static("x")), true);
         assert_eq!(response.status(), 431);
         let body = match response.into_body() {
             Either::Right(full) => full,
@@ -552,8 +641,10 @@ mod tests {
             (1500, "2"),
             (3_600_000, "3600"),
         ] {
-            let response = Refusal::stale(std::time::Duration::from_millis(interval_ms))
-                .into_response(&HeaderValue::from_static("Basic realm=\"k\""));
+            let response = Refusal::stale(std::time::Duration::from_millis(interval_ms)).into_response(
+                &RefusalHeaders::new(HeaderValue::from_static("Basic realm=\"k\"")),
+                true,
+            );
             assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
             assert_eq!(response.headers()[RETRY_AFTER], seconds, "{interval_ms} ms");
         }

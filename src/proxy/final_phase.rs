@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::header::{HeaderValue, CONNECTION};
 use http::{Response, StatusCode};
 
 use super::context::Context;
@@ -74,14 +73,7 @@ pub(super) fn refuse(
     version: http::Version,
 ) -> Response<Body> {
     ctx.reason = Some(count_cause(shared, snapshot, ctx, &refusal));
-    let close = refusal.closes_connection() && version < http::Version::HTTP_2;
-    let mut response = refusal.into_response(&snapshot.www_authenticate);
-    if close {
-        response
-            .headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
+    refusal.into_response(&snapshot.refusal_headers, version < http::Version::HTTP_2)
 }
 
 /// A refusal's cause, for the log, counted in the metric of its kind; a failed authentication

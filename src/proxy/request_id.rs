@@ -2,8 +2,12 @@
 //! one. The upstream gets it, the client gets it back, and the access record names the request
 //! by it; a bare refusal written in place of hyper's ([`super::wire`]) carries a new one too.
 
+use std::cell::RefCell;
+
 use http::header::{HeaderName, HeaderValue};
 use http::Request;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -18,13 +22,23 @@ pub fn of<B>(request: &Request<B>) -> HeaderValue {
         .unwrap_or_else(new)
 }
 
-/// 128 random bits in 32 lower-case hex digits.
+thread_local! {
+    /// Each thread's generator of ids, seeded from the thread-local CSPRNG (itself seeded by
+    /// the OS) when the thread makes its first id. Ids need to be unique, not secret: a
+    /// xoshiro step is a few instructions, where `rand::rng()` adds a ChaCha block every 64
+    /// words and its reseeding checks, on every request that brings no id.
+    static IDS: RefCell<SmallRng> = RefCell::new(SmallRng::from_rng(&mut rand::rng()));
+}
+
+/// 128 random bits in 32 lower-case hex digits: as unlikely to repeat across threads, processes
+/// and replicas as any two 128-bit draws, each thread's generator being seeded apart.
 pub fn new() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bits = rand::random::<u128>();
+    let bits = IDS.with_borrow_mut(|ids| ids.random::<u128>());
     let mut id = [0; 32];
-    for (i, digit) in id.iter_mut().enumerate() {
-        *digit = HEX[(bits >> (4 * (31 - i)) & 0xf) as usize];
+    for (digits, byte) in id.chunks_exact_mut(2).zip(bits.to_be_bytes()) {
+        digits[0] = HEX[usize::from(byte >> 4)];
+        digits[1] = HEX[usize::from(byte & 0xf)];
     }
     HeaderValue::from_bytes(&id).expect("hex is a valid header value")
 }
@@ -57,5 +71,14 @@ mod tests {
             "{id:?}"
         );
         assert_ne!(new(), id);
+    }
+
+    #[test]
+    fn threads_draw_different_ids() {
+        let here: Vec<_> = (0..4).map(|_| new()).collect();
+        let there: Vec<_> = std::thread::spawn(|| (0..4).map(|_| new()).collect::<Vec<_>>())
+            .join()
+            .unwrap();
+        assert!(here.iter().all(|id| !there.contains(id)), "{here:?} {there:?}");
     }
 }

@@ -14,7 +14,7 @@ use prometheus::{Histogram, IntCounter, IntCounterVec};
 
 use super::analytics::Analytics;
 use super::credentials::Schemes;
-use super::error::{AuthFailure, Denial, QuotaScope};
+use super::error::{AuthFailure, Denial, QuotaScope, RefusalHeaders};
 use super::intercept::Intercept;
 use super::limits::{GatewayClock, IpThrottle, KeyAsk, KeyLimits, Verdict};
 use super::router::Router;
@@ -97,7 +97,8 @@ pub struct Snapshot {
     pub schemes: Schemes,
     /// `auth.header`, stripped before forwarding even when its scheme is off.
     pub key_header: HeaderName,
-    pub www_authenticate: HeaderValue,
+    /// What refusals' headers are cloned from, with the realm's challenge.
+    pub refusal_headers: RefusalHeaders,
     pub default_limit: RateLimitSpec,
     pub ip_throttle: IpThrottle,
     /// The same allowance for `POST /v1/keys/verify`, per admin token kind and client IP, so the
@@ -167,8 +168,10 @@ impl Snapshot {
                 header: auth.header_scheme.then(|| auth.header.clone()),
             },
             key_header: auth.header.clone(),
-            www_authenticate: HeaderValue::from_str(&challenge)
-                .unwrap_or_else(|_| HeaderValue::from_static("Basic realm=\"keygate\"")),
+            refusal_headers: RefusalHeaders::new(
+                HeaderValue::from_str(&challenge)
+                    .unwrap_or_else(|_| HeaderValue::from_static("Basic realm=\"keygate\"")),
+            ),
             default_limit: config.rate_limit.default,
             ip_throttle: IpThrottle::new(auth.failed_per_ip),
             verify_throttle: IpThrottle::new(auth.failed_per_ip),

@@ -296,39 +296,52 @@ impl Scanner {
 
     /// Takes bytes of a head; returns those after it.
     fn head_bytes<'b>(&mut self, bytes: &'b [u8]) -> &'b [u8] {
+        if self.head.is_empty() {
+            // Most heads come in one read: one pass over their lines finds the end and the
+            // framing together.
+            return match whole_head(bytes) {
+                Some((end, _)) if end > MAX_HEAD => self.stop_at_limit(),
+                Some((end, framing)) => {
+                    self.message(framing);
+                    &bytes[end..]
+                }
+                None => self.keep(bytes),
+            };
+        }
         // Only the new bytes (and the last three before them) can complete the head.
         let from = self.head.len().saturating_sub(3);
-        let end = if self.head.is_empty() {
-            head_end(bytes, 0)
-        } else {
-            let mut joined = self.head[from..].to_vec();
-            joined.extend_from_slice(&bytes[..bytes.len().min(4)]);
-            match head_end(&joined, 0) {
-                Some(end) => Some(end - (self.head.len() - from)),
-                None => head_end(bytes, 0),
-            }
+        let mut joined = self.head[from..].to_vec();
+        joined.extend_from_slice(&bytes[..bytes.len().min(4)]);
+        let end = match head_end(&joined, 0) {
+            Some(end) => Some(end - (self.head.len() - from)),
+            None => head_end(bytes, 0),
         };
         let Some(end) = end else {
-            self.head.extend_from_slice(bytes);
-            if self.head.len() > MAX_HEAD {
-                self.stop();
-            }
-            return &[];
+            return self.keep(bytes);
         };
         if self.head.len() + end > MAX_HEAD {
-            self.stop();
-            return &[];
+            return self.stop_at_limit();
         }
-        let framing = if self.head.is_empty() {
-            framing(&bytes[..end])
-        } else {
-            self.head.extend_from_slice(&bytes[..end]);
-            let framing = framing(&self.head);
-            self.head = Vec::new();
-            framing
-        };
+        self.head.extend_from_slice(&bytes[..end]);
+        let framing = framing(&self.head);
+        self.head = Vec::new();
         self.message(framing);
         &bytes[end..]
+    }
+
+    /// Keeps the bytes of a head still to be completed; none are left.
+    fn keep<'b>(&mut self, bytes: &[u8]) -> &'b [u8] {
+        self.head.extend_from_slice(bytes);
+        if self.head.len() > MAX_HEAD {
+            self.stop();
+        }
+        &[]
+    }
+
+    /// Past `MAX_HEAD`: hyper answers 431, and nothing after is followed.
+    fn stop_at_limit<'b>(&mut self) -> &'b [u8] {
+        self.stop();
+        &[]
     }
 
     /// Starts the body of the head just read.
@@ -447,43 +460,97 @@ fn header<'l>(line: &'l [u8], name: &[u8]) -> Option<&'l [u8]> {
 
 /// The framing a request head declares, read the way hyper reads it.
 fn framing(head: &[u8]) -> Framing {
-    let mut lines = lines(head).skip_while(|line| line.is_empty());
-    let Some(request_line) = lines.next() else {
-        return Framing::Stop;
-    };
-    if request_line == b"PRI * HTTP/2.0" {
-        return Framing::Http2;
+    let mut declared = Declared::default();
+    for line in lines(head) {
+        if line.is_empty() && declared.started {
+            break;
+        }
+        declared.line(line);
     }
-    if !request_line.ends_with(b" HTTP/1.1") || request_line.starts_with(b"CONNECT ") {
-        // HTTP/1.0 cannot carry Transfer-Encoding (hyper refuses it); HTTP/2 and tunnels are
-        // not HTTP/1 messages.
-        return Framing::Stop;
+    declared.framing()
+}
+
+/// The end of the head that `bytes` begin with and its framing, in one pass over its lines:
+/// what [`head_end`] and [`framing`] find apart. The end is the first empty line after a line
+/// end.
+fn whole_head(bytes: &[u8]) -> Option<(usize, Framing)> {
+    let mut declared = Declared::default();
+    let mut start = 0;
+    for lf in memchr::memchr_iter(b'\n', bytes) {
+        let line = &bytes[start..lf];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() && start > 0 {
+            return Some((lf + 1, declared.framing()));
+        }
+        declared.line(line);
+        start = lf + 1;
     }
-    let (mut lengths, mut chunked, mut length) = (0u32, false, 0);
-    for line in lines.take_while(|line| !line.is_empty()) {
+    None
+}
+
+/// What a head's lines declare about its body so far, a line at a time.
+#[derive(Default)]
+struct Declared {
+    /// Past the request line (empty lines before it are skipped, as hyper does).
+    started: bool,
+    /// Decided before the head's end: not HTTP/1.1 messages from here on.
+    decided: Option<Framing>,
+    lengths: u32,
+    chunked: bool,
+    length: u64,
+}
+
+impl Declared {
+    /// The next line of the head, without its line end.
+    fn line(&mut self, line: &[u8]) {
+        if self.decided.is_some() || (!self.started && line.is_empty()) {
+            return;
+        }
+        if !self.started {
+            self.started = true;
+            self.decided = request_line(line);
+            return;
+        }
         // Most lines are none of the three: one byte tells.
-        match line[0] | 0x20 {
-            b'c' => {
+        match line.first().map(|byte| byte | 0x20) {
+            Some(b'c') => {
                 if let Some(value) = header(line, b"content-length") {
-                    lengths += 1;
-                    length = match std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()) {
-                        Some(length) => length,
-                        None => return Framing::Stop,
-                    };
+                    self.lengths += 1;
+                    match std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()) {
+                        Some(length) => self.length = length,
+                        None => self.decided = Some(Framing::Stop),
+                    }
                 }
             }
-            b't' if header(line, b"transfer-encoding").is_some() => chunked = true,
-            b'u' if header(line, b"upgrade").is_some() => return Framing::Stop,
+            Some(b't') if header(line, b"transfer-encoding").is_some() => self.chunked = true,
+            Some(b'u') if header(line, b"upgrade").is_some() => self.decided = Some(Framing::Stop),
             _ => {}
         }
     }
-    match (chunked, lengths) {
-        (true, 1..) => Framing::Folded(Fold::LengthAndEncoding),
-        (false, 2..) => Framing::Folded(Fold::RepeatedLength),
-        (true, 0) => Framing::Chunked,
-        (false, 1) => Framing::Length(length),
-        (false, 0) => Framing::None,
+
+    fn framing(self) -> Framing {
+        if let Some(decided) = self.decided {
+            return decided;
+        }
+        match (self.started, self.chunked, self.lengths) {
+            (false, _, _) => Framing::Stop,
+            (true, true, 1..) => Framing::Folded(Fold::LengthAndEncoding),
+            (true, false, 2..) => Framing::Folded(Fold::RepeatedLength),
+            (true, true, 0) => Framing::Chunked,
+            (true, false, 1) => Framing::Length(self.length),
+            (true, false, 0) => Framing::None,
+        }
     }
+}
+
+/// What a request line alone decides: the HTTP/2 preface, or no HTTP/1.1 messages to follow.
+fn request_line(line: &[u8]) -> Option<Framing> {
+    if line == b"PRI * HTTP/2.0" {
+        return Some(Framing::Http2);
+    }
+    // HTTP/1.0 cannot carry Transfer-Encoding (hyper refuses it); HTTP/2 and tunnels are not
+    // HTTP/1 messages.
+    (!line.ends_with(b" HTTP/1.1") || line.starts_with(b"CONNECT ")).then_some(Framing::Stop)
 }
 
 #[cfg(test)]
@@ -586,6 +653,33 @@ mod tests {
                 stream.chunks(piece).for_each(|part| scanner.feed(part));
                 assert_eq!(folded.http2(), http2, "{}", String::from_utf8_lossy(stream));
             }
+        }
+    }
+
+    #[test]
+    fn one_pass_over_a_whole_head_finds_what_two_find() {
+        for head in [
+            GET,
+            CL_TE,
+            TE_CL,
+            CL_CL,
+            LENGTH,
+            CHUNKED,
+            "\r\nGET / HTTP/1.1\r\nhost: a\r\n\r\nrest",
+            "\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            "\n\n",
+            "GET / HTTP/1.1\nhost: a\n\nrest",
+            "GET / HTTP/1.1\r\nx: \r\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "CONNECT a:443 HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.0\r\ncontent-length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length: x\r\ntransfer-encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nUpgrade: websocket\r\ncontent-length: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: a\r\n",
+        ] {
+            let bytes = head.as_bytes();
+            let apart = head_end(bytes, 0).map(|end| (end, framing(&bytes[..end])));
+            assert_eq!(whole_head(bytes), apart, "{head:?}");
         }
     }
 

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Either};
 use keygate::config::effective::Effective;
 use keygate::config::{parse, raw, Config, RestartOnly};
 use keygate::proxy::error::{
-    AuthFailure, BadRequest, BodyFault, Denial, QuotaScope, Refusal, UpstreamFailure,
+    AuthFailure, BadRequest, BodyFault, Denial, QuotaScope, Refusal, RefusalHeaders, UpstreamFailure,
 };
 use keygate::proxy::limits::LimitState;
 
@@ -448,7 +448,8 @@ fn every_refusal() -> Vec<Refusal> {
 
 /// The status and body of `refusal`'s answer.
 async fn answer(refusal: Refusal) -> (String, String) {
-    let response = refusal.into_response(&HeaderValue::from_static("Basic realm=\"keygate\""));
+    let templates = RefusalHeaders::new(HeaderValue::from_static("Basic realm=\"keygate\""));
+    let response = refusal.into_response(&templates, true);
     let status = response.status().as_u16().to_string();
     let Either::Right(body) = response.into_body() else {
         panic!("a refusal has the gateway's own body")
