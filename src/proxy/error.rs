@@ -443,10 +443,6 @@ impl Refusal {
             | Refusal::BodyTimeout
             | Refusal::TooManyHeaders
             | Refusal::UriTooLong
-            // Credits that never renew: no wait would help.
-            | Refusal::QuotaExceeded {
-                retry_after: None, ..
-            }
             | Refusal::Upstream(
                 UpstreamFailure::Connect
                 | UpstreamFailure::Tls
@@ -462,6 +458,10 @@ impl Refusal {
             | Refusal::BodyTimeout
             | Refusal::TooManyHeaders
             | Refusal::UriTooLong
+            // Credits that never renew: no wait would help.
+            | Refusal::QuotaExceeded {
+                retry_after: None, ..
+            }
             | Refusal::Upstream(_) => templates.plain.clone(),
         }
     }
