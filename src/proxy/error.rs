@@ -443,26 +443,22 @@ impl Refusal {
             | Refusal::BodyTimeout
             | Refusal::TooManyHeaders
             | Refusal::UriTooLong
+            // Credits that never renew: no wait would help.
+            | Refusal::QuotaExceeded {
+                retry_after: None, ..
+            }
             | Refusal::Upstream(
                 UpstreamFailure::Connect
                 | UpstreamFailure::Tls
                 | UpstreamFailure::Timeout
                 | UpstreamFailure::Reset,
-            ) if closes => templates.closing.clone(),
-            Refusal::BadRequest(_)
-            | Refusal::ClientBody(_)
-            | Refusal::NoRoute
-            | Refusal::Denied(_)
-            | Refusal::MissingPermission(_)
-            | Refusal::TooLarge
-            | Refusal::BodyTimeout
-            | Refusal::TooManyHeaders
-            | Refusal::UriTooLong
-            // Credits that never renew: no wait would help.
-            | Refusal::QuotaExceeded {
-                retry_after: None, ..
+            ) => {
+                if closes {
+                    templates.closing.clone()
+                } else {
+                    templates.plain.clone()
+                }
             }
-            | Refusal::Upstream(_) => templates.plain.clone(),
         }
     }
 }
