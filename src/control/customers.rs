@@ -355,7 +355,6 @@ mod tests {
             (r#"{"id":""}"#, "id"),
             (r#"{"id":"a/b"}"#, "id"),
             (r#"{"id":"a","name":" "}"#, "name"),
-            (r#"{"id":"a","quota":{"limit":0,"period":"day"}}"#, "quota"),
             (
                 r#"{"id":"a","rate_limit":{"requests":1,"per":"1d","burst":1000}}"#,
                 "rate_limit",
