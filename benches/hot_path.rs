@@ -19,9 +19,11 @@ use keygate::core::clock::system_clock;
 use keygate::core::environment::Environment;
 use keygate::core::key::RateLimitSpec;
 use keygate::core::permission::{Permission, PermissionSet};
+use keygate::core::quota::{Period, QuotaSpec, MAX_QUOTA_LIMIT};
 use keygate::core::secret::{check_format, Hasher, Secret};
 use keygate::proxy::connection::Peer;
 use keygate::proxy::credentials::{self, Schemes};
+use keygate::proxy::customers::CustomerLimits;
 use keygate::proxy::forward::{prepare, strip_hop_by_hop, Credentials, Identity, Passing};
 use keygate::proxy::limits::KeyLimits;
 use keygate::proxy::pipeline::decide;
@@ -115,6 +117,33 @@ fn verdict(c: &mut Criterion) {
             b.iter(|| decide(&shared, peer, black_box(&unknown)))
         });
     }
+    // The customer's limits asked beside the key's: its object in the customer map, with a
+    // rate limit and a month's quota (the rows above: a customer without an object).
+    let (shared, key) = gateway_with_keys(1_000);
+    shared.customers.set(
+        "acme",
+        CustomerLimits {
+            rate: Some(RateLimitSpec {
+                requests: NonZeroU32::new(1_000_000_000).unwrap(),
+                per: Duration::from_secs(1),
+                burst: None,
+            }),
+            quota: Some(QuotaSpec {
+                limit: MAX_QUOTA_LIMIT,
+                period: Period::Month,
+                anchor: jiff::Timestamp::now(),
+            }),
+        },
+    );
+    let request = Request::get("http://api.example.com/v1/customers/acme/orders")
+        .header("host", "api.example.com")
+        .header("authorization", basic(&key))
+        .body(())
+        .unwrap();
+    assert!(decide(&shared, peer, &request).is_ok());
+    group.bench_function("valid_key/1k_keys_customer_rate_and_quota", |b| {
+        b.iter(|| decide(&shared, peer, black_box(&request)))
+    });
     group.finish();
 }
 

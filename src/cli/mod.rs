@@ -111,7 +111,7 @@ enum StoreCommand {
         if_missing: bool,
     },
     /// Copy the config's store (keys with their ids, hashes and grace state, usage, audit
-    /// trail, idle warnings, pending webhooks, revision) into another store, e.g. SQLite to
+    /// trail, idle warnings, pending webhooks, customers, revision) into another store, e.g. SQLite to
     /// PostgreSQL: every key then works against the target unchanged. Verified after.
     Copy(store_copy::CopyArgs),
     /// Write the config's store as JSON Lines on stdout: a backup (hashes, never secrets).

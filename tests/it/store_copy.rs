@@ -64,6 +64,15 @@ async fn filled_source() -> (Harness, Secrets) {
         assert_eq!(source.get(PATH, secret).await.status, StatusCode::OK);
     }
     source.gateway.flush_usage().await;
+    // Customers, a deleted one (a tombstone) among them, and their audit trail.
+    let customers = source.keys.customers();
+    for (id, quota) in [("acme", true), ("gone", false)] {
+        let request = serde_json::json!({"id": id, "quota": quota.then(|| serde_json::json!({"limit": 5, "period": "day"}))});
+        customers
+            .create(serde_json::from_value(request).unwrap())
+            .unwrap();
+    }
+    customers.delete("gone").unwrap();
     let ids = vec![plain_id, regen_id, revoked_id, deleted_id];
     let secrets = Secrets {
         plain,
@@ -135,6 +144,7 @@ async fn copy_and_recopy(source: &Harness, secrets: &Secrets, to: &str) {
     let (from, copy) = assert_same_store(&source.config_path, &target);
     assert_eq!(from.counts().keys, 4);
     assert_eq!(from.counts().usage, 2);
+    assert_eq!((from.counts().customers, from.counts().customer_events), (2, 3));
     assert_eq!(from, copy, "a copy into an empty store is exact");
     assert_gateway_admits(to, secrets).await;
 

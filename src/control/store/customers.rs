@@ -79,8 +79,9 @@ pub const CUSTOMER_COLUMNS: &str =
 /// Where `revision` is in [`CUSTOMER_COLUMNS`].
 pub const CUSTOMER_REVISION_COLUMN: usize = 8;
 
-/// A customer row's values as stored: times in Unix seconds, JSON fields as their text.
-#[derive(Debug, Clone, PartialEq)]
+/// A customer row's values as stored: times in Unix seconds, JSON fields as their text (also
+/// what a dump carries).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CustomerRow {
     pub seq: i64,
     pub id: String,
@@ -93,6 +94,22 @@ pub struct CustomerRow {
     pub revision: i64,
     pub deleted: i64,
 }
+
+/// One record of a customer's audit trail, as stored and dumped.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CustomerEventRow {
+    pub id: i64,
+    pub customer_id: String,
+    pub at: i64,
+    pub actor: String,
+    pub event: String,
+    pub changes: String,
+    pub token: Option<String>,
+    pub client: Option<String>,
+}
+
+/// The columns of a customer event row, in [`CustomerEventRow`]'s order.
+pub const CUSTOMER_EVENT_COLUMNS: &str = "id, customer_id, at, actor, event, changes, token, client";
 
 impl CustomerRow {
     /// The columns a customer's spec fills, with the times and revision given.

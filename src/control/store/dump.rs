@@ -3,7 +3,8 @@
 //! through the same format.
 //!
 //! JSON Lines: a header `{"keygate_dump":1,"revision":N,"pepper":"...",...}`, then one object a
-//! row with its `kind`: `key`, `usage`, `event`, `idle_warning`, `webhook`. Rows carry the
+//! row with its `kind`: `key`, `usage`, `event`, `idle_warning`, `webhook`, `customer`,
+//! `customer_event`. Rows carry the
 //! store's columns as they are (times in Unix seconds, webhook times in milliseconds, JSON
 //! fields as the text the store holds), so a copy is exact whatever the backends. Secrets never
 //! appear: a key has its BLAKE3 hash in hex, which only authenticates under the same pepper.
@@ -13,6 +14,7 @@ use std::io::{BufRead, Write};
 
 use serde::{Deserialize, Serialize};
 
+pub use super::customers::{CustomerEventRow, CustomerRow};
 pub use super::row::{Hex, KeyRow};
 use crate::core::secret::{Hasher, KeyHash};
 
@@ -29,6 +31,9 @@ pub struct Dump {
     pub events: Vec<EventRow>,
     pub warnings: Vec<WarningRow>,
     pub webhooks: Vec<WebhookRow>,
+    /// Customers, tombstones included (absent from dumps made before customers).
+    pub customers: Vec<CustomerRow>,
+    pub customer_events: Vec<CustomerEventRow>,
 }
 
 /// Requests of one key on one day.
@@ -90,14 +95,24 @@ pub struct Counts {
     pub events: usize,
     pub idle_warnings: usize,
     pub webhooks: usize,
+    #[serde(default)]
+    pub customers: usize,
+    #[serde(default)]
+    pub customer_events: usize,
 }
 
 impl std::fmt::Display for Counts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} keys, {} usage rows, {} audit events, {} idle warnings, {} pending webhooks",
-            self.keys, self.usage, self.events, self.idle_warnings, self.webhooks
+            "{} keys, {} usage rows, {} audit events, {} idle warnings, {} pending webhooks, {} customers, {} customer events",
+            self.keys,
+            self.usage,
+            self.events,
+            self.idle_warnings,
+            self.webhooks,
+            self.customers,
+            self.customer_events
         )
     }
 }
@@ -111,6 +126,8 @@ enum Line {
     Event(EventRow),
     IdleWarning(WarningRow),
     Webhook(WebhookRow),
+    Customer(CustomerRow),
+    CustomerEvent(CustomerEventRow),
 }
 
 /// Tells whether two deployments hash secrets alike (the same `store.pepper_env` secret, or
@@ -128,6 +145,8 @@ impl Dump {
             events: self.events.len(),
             idle_warnings: self.warnings.len(),
             webhooks: self.webhooks.len(),
+            customers: self.customers.len(),
+            customer_events: self.customer_events.len(),
         }
     }
 
@@ -145,7 +164,9 @@ impl Dump {
             .chain(self.usage.iter().cloned().map(Line::Usage))
             .chain(self.events.iter().cloned().map(Line::Event))
             .chain(self.warnings.iter().cloned().map(Line::IdleWarning))
-            .chain(self.webhooks.iter().cloned().map(Line::Webhook));
+            .chain(self.webhooks.iter().cloned().map(Line::Webhook))
+            .chain(self.customers.iter().cloned().map(Line::Customer))
+            .chain(self.customer_events.iter().cloned().map(Line::CustomerEvent));
         for line in lines {
             write_line(out, &line)?;
         }
@@ -199,6 +220,8 @@ impl Dump {
             Line::Event(row) => self.events.push(row),
             Line::IdleWarning(row) => self.warnings.push(row),
             Line::Webhook(row) => self.webhooks.push(row),
+            Line::Customer(row) => self.customers.push(row),
+            Line::CustomerEvent(row) => self.customer_events.push(row),
         }
     }
 
@@ -254,11 +277,46 @@ impl Dump {
         if let Some(webhook) = self.webhooks.iter().find(|w| !webhooks.contains_key(&w.id)) {
             problems.push(format!("pending webhook {} is missing in the target", webhook.id));
         }
+        problems.extend(self.customers_missing_in(target));
         if problems.is_empty() {
             Ok(())
         } else {
             Err(problems)
         }
+    }
+}
+
+impl Dump {
+    /// The customers (by id, but for `seq` and `revision`) and customer events (by id) of
+    /// `self` that `target` lacks or holds otherwise: the first of each kind.
+    fn customers_missing_in(&self, target: &Dump) -> Vec<String> {
+        let mut problems = Vec::new();
+        let customers: HashMap<&str, &CustomerRow> =
+            target.customers.iter().map(|c| (c.id.as_str(), c)).collect();
+        let placed = |row: &CustomerRow| CustomerRow {
+            seq: 0,
+            revision: 0,
+            ..row.clone()
+        };
+        if let Some(customer) = self.customers.iter().find(|customer| {
+            customers
+                .get(customer.id.as_str())
+                .is_none_or(|other| placed(customer) != placed(other))
+        }) {
+            problems.push(format!(
+                "customer {} differs in the target or is missing",
+                customer.id
+            ));
+        }
+        let events: HashMap<i64, &CustomerEventRow> =
+            target.customer_events.iter().map(|e| (e.id, e)).collect();
+        if let Some(event) = self.customer_events.iter().find(|e| events.get(&e.id) != Some(e)) {
+            problems.push(format!(
+                "customer audit event {} differs in the target or is missing",
+                event.id
+            ));
+        }
+        problems
     }
 }
 
@@ -363,6 +421,28 @@ mod tests {
             }],
             warnings: vec![],
             webhooks: vec![],
+            customers: vec![CustomerRow {
+                seq: 1,
+                id: "acme".into(),
+                name: "Acme".into(),
+                rate_limit: None,
+                quota: Some(r#"{"limit":5,"period":"day","anchor":"2026-01-01T00:00:00Z"}"#.into()),
+                metadata: "{}".into(),
+                created_at: 1,
+                updated_at: 2,
+                revision: 4,
+                deleted: 0,
+            }],
+            customer_events: vec![CustomerEventRow {
+                id: 1,
+                customer_id: "acme".into(),
+                at: 1,
+                actor: "cli".into(),
+                event: "created".into(),
+                changes: "{}".into(),
+                token: None,
+                client: None,
+            }],
         }
     }
 

@@ -81,6 +81,7 @@ pub(super) async fn export(client: &mut deadpool_postgres::Client) -> Result<Dum
             created_at: r.get(4),
         })
         .collect();
+    let (customers, customer_events) = super::customers::export(&tx).await?;
     tx.commit().await?;
     Ok(Dump {
         revision,
@@ -89,6 +90,8 @@ pub(super) async fn export(client: &mut deadpool_postgres::Client) -> Result<Dum
         events,
         warnings,
         webhooks,
+        customers,
+        customer_events,
     })
 }
 
@@ -167,9 +170,15 @@ pub(super) async fn import(tx: &Tx<'_>, dump: &Dump, onto: Onto) -> Result<u64, 
         )
         .await?;
     }
+    super::customers::import(tx, &dump.customers, &dump.customer_events, stamp).await?;
     // Ids given here do not advance the tables' sequences: the next row the store
     // numbers itself must come after them.
-    for (table, column) in [("keys", "seq"), ("key_events", "id"), ("webhook_outbox", "id")] {
+    for (table, column) in [
+        ("keys", "seq"),
+        ("key_events", "id"),
+        ("webhook_outbox", "id"),
+        ("customer_events", "id"),
+    ] {
         tx.execute(
             &format!(
                 "SELECT setval(pg_get_serial_sequence('{table}', '{column}'), \

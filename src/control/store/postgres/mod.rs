@@ -546,7 +546,7 @@ impl KeyStore for PgStore {
 
     /// The time allowed grows with the dump; announced to running gateways as one change.
     fn import_dump(&self, dump: &Dump, onto: Onto) -> Result<(), StoreError> {
-        let rows = dump.keys.len() + dump.usage.len() + dump.events.len();
+        let rows = dump.keys.len() + dump.usage.len() + dump.events.len() + dump.customers.len();
         let allowed = OPERATION_TIMEOUT + Duration::from_millis(rows as u64);
         self.run_within(allowed, async {
             let mut client = self.pool.get().await?;

@@ -8,8 +8,9 @@ use super::keys::Cells;
 use super::next_revision;
 use crate::control::store::audit::{with_report, Fields};
 use crate::control::store::customers::{
-    add_customer_changes, changed_customer_fields, customer_fields, CustomerEvent, CustomerRow,
-    ModifiedCustomer, NewCustomer, StoredCustomer, CUSTOMER_COLUMNS, CUSTOMER_REVISION_COLUMN,
+    add_customer_changes, changed_customer_fields, customer_fields, CustomerEvent, CustomerEventRow,
+    CustomerRow, ModifiedCustomer, NewCustomer, StoredCustomer, CUSTOMER_COLUMNS, CUSTOMER_EVENT_COLUMNS,
+    CUSTOMER_REVISION_COLUMN,
 };
 use crate::control::store::model::{Audit, Changes};
 use crate::control::store::row::{instant, json, signed, to_json};
@@ -250,5 +251,81 @@ pub(super) fn add_changes(
     })?;
     let rows = rows.collect::<Result<Vec<_>, _>>()?;
     add_customer_changes(changes, rows, limit);
+    Ok(())
+}
+
+/// Every customer row (tombstones too) and customer event, for a dump, in the caller's read.
+pub(super) fn export(conn: &Connection) -> Result<(Vec<CustomerRow>, Vec<CustomerEventRow>), StoreError> {
+    let mut stmt = conn.prepare(&format!("SELECT {CUSTOMER_COLUMNS} FROM customers ORDER BY seq"))?;
+    let customers = stmt
+        .query_map([], |row| Ok(CustomerRow::read(&mut Cells::of(row))))?
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(StoreError::Corrupt)?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {CUSTOMER_EVENT_COLUMNS} FROM customer_events ORDER BY id"
+    ))?;
+    let events = stmt
+        .query_map([], |r| {
+            Ok(CustomerEventRow {
+                id: r.get(0)?,
+                customer_id: r.get(1)?,
+                at: r.get(2)?,
+                actor: r.get(3)?,
+                event: r.get(4)?,
+                changes: r.get(5)?,
+                token: r.get(6)?,
+                client: r.get(7)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((customers, events))
+}
+
+/// Writes a dump's customers (over the target's of the same id, at `stamp` when given, else
+/// at their own revision) and the customer events the target lacks.
+pub(super) fn import(
+    tx: &Transaction<'_>,
+    customers: &[CustomerRow],
+    events: &[CustomerEventRow],
+    stamp: Option<i64>,
+) -> Result<(), StoreError> {
+    for row in customers {
+        tx.prepare_cached(
+            "INSERT INTO customers (id, name, rate_limit, quota, metadata, created_at, updated_at, revision, deleted) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
+             rate_limit = excluded.rate_limit, quota = excluded.quota, metadata = excluded.metadata, \
+             created_at = excluded.created_at, updated_at = excluded.updated_at, \
+             revision = excluded.revision, deleted = excluded.deleted",
+        )?
+        .execute(params![
+            row.id,
+            row.name,
+            row.rate_limit,
+            row.quota,
+            row.metadata,
+            row.created_at,
+            row.updated_at,
+            stamp.unwrap_or(row.revision),
+            row.deleted
+        ])?;
+    }
+    for row in events {
+        tx.prepare_cached(
+            "INSERT INTO customer_events (id, customer_id, at, actor, event, changes, token, client) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
+        )?
+        .execute(params![
+            row.id,
+            row.customer_id,
+            row.at,
+            row.actor,
+            row.event,
+            row.changes,
+            row.token,
+            row.client
+        ])?;
+    }
     Ok(())
 }

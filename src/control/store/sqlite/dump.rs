@@ -17,6 +17,7 @@ use crate::control::store::StoreError;
 pub(super) fn export(conn: &mut Connection) -> Result<Dump, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
     let keys = format!("SELECT {} FROM keys ORDER BY seq", select_list());
+    let (customers, customer_events) = super::customers::export(&tx)?;
     let dump = Dump {
             revision: read_revision(&tx)?,
             keys: rows(&tx, &keys, |row| Ok(KeyRow::read(&mut Cells::of(row))))?
@@ -71,6 +72,8 @@ pub(super) fn export(conn: &mut Connection) -> Result<Dump, StoreError> {
                     })
                 },
             )?,
+            customers,
+            customer_events,
         };
     tx.finish()?;
     Ok(dump)
@@ -142,6 +145,7 @@ pub(super) fn import(tx: &Transaction<'_>, dump: &Dump, onto: Onto) -> Result<()
             row.created_at
         ])?;
     }
+    super::customers::import(tx, &dump.customers, &dump.customer_events, stamp)?;
     let last = stamp.unwrap_or(dump.revision as i64);
     tx.execute(
         "UPDATE meta SET value = max(value, ?1) WHERE name = 'revision'",
