@@ -140,7 +140,7 @@ impl Replica {
         let mut applied = self.applied.clone();
         let mut ticker = tokio::time::interval(HEARTBEAT);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut reported = 0;
+        let (mut reported, mut reported_loaded) = (0, false);
         loop {
             let prompt = tokio::select! {
                 _ = ticker.tick() => false,
@@ -148,8 +148,11 @@ impl Replica {
                 Some(()) = changed(&mut wanted) => true,
             };
             let revision = self.shared.keys.revision();
+            let loaded = self.shared.sync.is_loaded();
             let want = wanted.as_ref().map_or(revision, |wanted| *wanted.borrow());
-            if prompt && !(want > reported && revision >= want) {
+            // The first load counts the replica in receipts: reported at once too.
+            let wanted_now = (want > reported && revision >= want) || (loaded && !reported_loaded);
+            if prompt && !wanted_now {
                 continue;
             }
             if prompt {
@@ -157,7 +160,7 @@ impl Replica {
             }
             let replica = self.clone();
             match tokio::task::spawn_blocking(move || replica.beat(prompt)).await {
-                Ok(Ok(())) => reported = revision,
+                Ok(Ok(())) => (reported, reported_loaded) = (revision, loaded),
                 Ok(Err(error)) => tracing::warn!(%error, "cannot write this replica's heartbeat"),
                 Err(panic) => tracing::error!(%panic, "replica heartbeat task failed"),
             }

@@ -555,6 +555,26 @@ async fn every_endpoint_answers_as_documented() {
     let events = call(&h, &c, Method::GET, &path, "/v1/keys/{id}/events", None).await;
     assert_eq!(events.json()[1]["actor"], "api");
 
+    // The fleet: this replica alone, its records as the fleet's, a change with its receipt.
+    let replicas = call(&h, &c, Method::GET, "/v1/replicas", "/v1/replicas", None).await;
+    assert!(replicas.json()["replicas"].is_array());
+    let fleet = call(
+        &h,
+        &c,
+        Method::GET,
+        "/v1/requests?scope=fleet",
+        "/v1/requests",
+        None,
+    )
+    .await;
+    assert_eq!(fleet.json()["missing"], json!([]));
+    let path = format!("/v1/keys/{leaked}/activate?wait=applied");
+    let receipted = call(&h, &c, Method::POST, &path, "/v1/keys/{id}/activate", None).await;
+    assert_eq!(
+        receipted.json()["receipt"]["applied"].as_array().unwrap().len(),
+        1
+    );
+
     // The document itself.
     let doc = call(&h, &c, Method::GET, "/v1/openapi.json", "/v1/openapi.json", None).await;
     assert_eq!(doc.json()["openapi"], "3.1.0");
