@@ -68,6 +68,9 @@ fn a_receipt_and_an_early_heartbeat_wake_the_replicas_that_listen(a: &dyn KeySto
         a.want_receipt(7).unwrap();
         return;
     };
+    // The listener announces itself once it listens; from then on nothing is missed.
+    let changes = b.change_feed().expect("a store that pushes changes");
+    assert!(within(|| *changes.borrow() > 0), "b listens");
     a.heartbeat(&row("rep_a", 1, t(10)), t(7), false).unwrap();
     a.want_receipt(7).unwrap();
     let wanted = within(|| *feed.wanted.borrow() == 7);
