@@ -53,13 +53,13 @@ function row(r, now) {
   const cell = (label, ...content) => h("td", { "data-label": label }, ...content);
   const flag = (on, text) => on ? h("span", { class: "badge flag" }, text) : null;
   const where = r.advertise ? `${r.host} · ${r.advertise}` : `${r.host} · not advertised`;
-  const table = r.synced_at ? `synced ${format.relative(r.synced_at, now)}` : "not loaded yet";
+  const synced = r.synced_at ? `synced ${format.relative(r.synced_at, now)}` : "not loaded yet";
   return h("tr", { "data-replica": r.id, "data-flagged": String(flagged(r)) },
     cell("Replica", h("code", {}, r.id), r.self ? h("span", { class: "muted small" }, " (this one)") : null,
       h("div", { class: "muted small" }, where)),
     cell("Version", `${r.version} `, flag(r.version_differs, "differs")),
     cell("Config", h("code", {}, r.config_digest), " ", flag(r.config_differs, "differs")),
-    cell("Key table", `revision ${r.revision} `, flag(r.lagging, "lagging"), h("div", { class: "muted small" }, table)),
+    cell("Key table", `revision ${r.revision} `, flag(r.lagging, "lagging"), h("div", { class: "muted small" }, synced)),
     cell("Limiter", r.limiter),
     cell("Heartbeat", h("span", { title: format.exact(r.heartbeat_at) }, format.relative(r.heartbeat_at, now))));
 }
