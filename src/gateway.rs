@@ -18,6 +18,7 @@ use crate::control::leaks::endpoints::Endpoints;
 use crate::control::leaks::github::{KeySource, Verifier};
 use crate::control::leaks::Leaks;
 use crate::control::lifecycle::LifecycleJobs;
+use crate::control::replicas::Replica;
 use crate::control::store::{self, Actor, KeyStore};
 use crate::control::sync::KeySync;
 use crate::control::usage::UsageFlusher;
@@ -48,6 +49,8 @@ pub struct Gateway {
     admin_server: JoinHandle<()>,
     flusher: Arc<UsageFlusher>,
     sync: Arc<KeySync>,
+    /// This gateway's row in the store's list of replicas.
+    pub replica: Arc<Replica>,
     lifecycle: LifecycleJobs,
     /// True once the key table has loaded.
     loaded: watch::Receiver<bool>,
@@ -227,6 +230,13 @@ impl Gateway {
             tokio::spawn(flusher.clone().run(config.store.usage_flush_interval)),
             tokio::spawn(housekeeping(shared.clone())),
         ];
+        let replica = Arc::new(Replica::new(
+            shared.clone(),
+            store.clone(),
+            sync.applied(),
+            admin_addr.port(),
+        ));
+        tasks.push(tokio::spawn(replica.clone().run()));
         tasks.extend(lifecycle.spawn());
         tasks.extend(shared_limits.map(|limits| tokio::spawn(limits.watch())));
         let admin_server = Admin::new(
@@ -240,7 +250,8 @@ impl Gateway {
         )
         .with_drain(drain.subscribe())
         .with_usage(flusher.clone())
-        .with_leaks(leaks);
+        .with_leaks(leaks)
+        .with_replica(replica.clone());
         let admin_server = tokio::spawn(Arc::new(admin_server).serve(admin, stopped(&stop)));
         let proxy_server = tokio::spawn(server::serve(proxy, shared.clone(), tls.clone(), stopped(&drain)));
         tracing::info!(%proxy_addr, %admin_addr, "keygate serving");
@@ -256,6 +267,7 @@ impl Gateway {
             admin_server,
             flusher,
             sync,
+            replica,
             lifecycle,
             loaded,
             tls,
@@ -388,6 +400,11 @@ impl Gateway {
         }
         let flusher = self.flusher.clone();
         let _ = tokio::task::spawn_blocking(move || flusher.flush()).await;
+        // Its heartbeat stopped above: the row goes now, not three intervals later. A store
+        // that does not answer soon does not hold the stop: the row is dropped in 3 s anyway.
+        let replica = self.replica.clone();
+        let leaving = tokio::task::spawn_blocking(move || replica.leave());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), leaving).await;
         let _ = self.stop.send(true);
         let _ = self.admin_server.await;
         tracing::info!("keygate stopped");

@@ -1,5 +1,13 @@
 """Revocation propagation across a fleet of gateways on one PostgreSQL store.
 
+Three measurements (--mode):
+- revoke (default): POST /v1/keys/{id}/revoke; the time from the admin API's answer to the
+  first 401 on every replica.
+- leak: POST /v1/leaks with the key's secret (any scanner's report, decided as GitHub's are);
+  the time from sending the report to the first 401 on every replica.
+- receipt: POST /v1/keys/{id}/revoke?wait=applied; the API's answer time (the receipt), and
+  whether any replica still admitted the key once it had answered (it must not).
+
 Starts N gateways (release build) on a fresh schema of the PostgreSQL database, with the poll
 set to an hour so that only pushed changes (NOTIFY) count. Creates the keys through the admin
 API of the first gateway, waits until every gateway admits them, then revokes them one at a
@@ -55,6 +63,10 @@ upstream = "api"
 
 
 def admin_call(port: int, method: str, path: str, body: dict | None = None) -> dict:
+    return admin_answer(port, method, path, body)[1]
+
+
+def admin_answer(port: int, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     payload = json.dumps(body) if body is not None else ""
     conn.request(method, path, payload, {"Authorization": f"Bearer {ADMIN_TOKEN}",
@@ -63,7 +75,7 @@ def admin_call(port: int, method: str, path: str, body: dict | None = None) -> d
     data = response.read()
     if response.status >= 300:
         raise SystemExit(f"{method} {path}: {response.status} {data!r}")
-    return json.loads(data) if data else {}
+    return response.status, (json.loads(data) if data else {})
 
 
 class Poller(threading.Thread):
@@ -77,6 +89,7 @@ class Poller(threading.Thread):
         self.go = threading.Event()
         self.done = threading.Event()
         self.stop = False
+        self.admitted = False
 
     def run(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -86,6 +99,7 @@ class Poller(threading.Thread):
             if self.stop:
                 return
             header = {"Authorization": basic("x", self.key)}
+            self.admitted = False
             while True:
                 conn.request("GET", "/", headers=header)
                 response = conn.getresponse()
@@ -93,6 +107,7 @@ class Poller(threading.Thread):
                 if response.status == 401:
                     self.refused_at = time.perf_counter()
                     break
+                self.admitted = True
             self.done.set()
 
 
@@ -100,6 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--revocations", type=int, default=200)
+    parser.add_argument("--mode", choices=["revoke", "leak", "receipt"], default="revoke")
     parser.add_argument("--postgres", default=os.environ.get("KEYGATE_TEST_POSTGRES_URL",
                                                              "postgres://postgres@127.0.0.1:5432/test"))
     args = parser.parse_args()
@@ -156,21 +172,42 @@ def bench(work: str, store: str, args) -> None:
                     raise SystemExit("the replicas did not all learn the keys")
                 time.sleep(0.01)
 
-    slowest, at_origin = [], []
+    slowest, at_origin, answers, admitted_after = [], [], [], 0
     for n, (key_id, key) in enumerate(keys):
         origin = n % len(replicas)
         for p in pollers:
             p.key, p.refused_at = key, None
             p.done.clear()
-        answered = None
-        admin_call(replicas[origin][1], "POST", f"/v1/keys/{key_id}/revoke")
-        answered = time.perf_counter()
-        for p in pollers:
-            p.go.set()
+        admin = replicas[origin][1]
+        if args.mode == "leak":
+            # The pollers run from before the report: the first 401 anywhere is seen.
+            for p in pollers:
+                p.go.set()
+            sent = time.perf_counter()
+            answer = admin_call(admin, "POST", "/v1/leaks", {"key": key, "source": "bench"})
+            if answer.get("result") != "revoked":
+                raise SystemExit(f"leak report {n}: {answer}")
+            since = sent
+        elif args.mode == "receipt":
+            sent = time.perf_counter()
+            status, answer = admin_answer(admin, "POST", f"/v1/keys/{key_id}/revoke?wait=applied")
+            since = time.perf_counter()
+            answers.append((since - sent) * 1000)
+            if status != 200 or len(answer["receipt"]["applied"]) != len(replicas):
+                raise SystemExit(f"receipt {n}: {status} {answer.get('receipt')}")
+            for p in pollers:
+                p.go.set()
+        else:
+            admin_call(admin, "POST", f"/v1/keys/{key_id}/revoke")
+            since = time.perf_counter()
+            for p in pollers:
+                p.go.set()
         for p in pollers:
             if not p.done.wait(10):
                 raise SystemExit(f"revocation {n} did not reach replica {pollers.index(p)} within 10 s")
-        delays = [max(0.0, p.refused_at - answered) * 1000 for p in pollers]
+        delays = [max(0.0, p.refused_at - since) * 1000 for p in pollers]
+        # After a receipt, the pollers' first request must already be refused.
+        admitted_after += sum(1 for p in pollers if p.admitted)
         slowest.append(max(delays))
         at_origin.append(delays[origin])
     for p in pollers:
@@ -181,12 +218,20 @@ def bench(work: str, store: str, args) -> None:
         ordered = sorted(values)
         return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
+    what = {"revoke": "revocations", "leak": "leak reports (POST /v1/leaks)",
+            "receipt": "revocations with ?wait=applied"}[args.mode]
     print(f"\nrevocation propagation: {args.replicas} replicas on one PostgreSQL (poll 1h: pushed only), "
-          f"{len(keys)} revocations, {os.cpu_count()} CPUs")
-    print(f"every replica refuses the key, ms after the admin API answered: "
+          f"{len(keys)} {what}, {os.cpu_count()} CPUs")
+    if args.mode == "receipt":
+        print(f"the receipt (the API's answer, every replica applied): p50 {pct(answers, 50):.2f}  "
+              f"p99 {pct(answers, 99):.2f}  max {max(answers):.2f}  mean {statistics.mean(answers):.2f} ms")
+        print(f"requests admitted by any replica after its receipt: {admitted_after} (must be 0)")
+        return
+    since = "the report was sent" if args.mode == "leak" else "the admin API answered"
+    print(f"every replica refuses the key, ms after {since}: "
           f"p50 {pct(slowest, 50):.2f}  p99 {pct(slowest, 99):.2f}  max {max(slowest):.2f}  "
           f"mean {statistics.mean(slowest):.2f}")
-    print(f"the replica that made the change: p50 {pct(at_origin, 50):.2f}  max {max(at_origin):.2f}")
+    print(f"the replica that took the change: p50 {pct(at_origin, 50):.2f}  max {max(at_origin):.2f}")
 
 
 if __name__ == "__main__":

@@ -72,6 +72,8 @@ struct AdminOut {
     token_env: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     read_token_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertise: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -188,6 +190,7 @@ impl Effective {
                 listen: config.admin.listen.to_string(),
                 token_env: config.admin.token_env.clone(),
                 read_token_env: config.admin.read_token_env.clone(),
+                advertise: config.admin.advertise.as_ref().map(ToString::to_string),
             },
             store: store(config),
             auth: auth(config),

@@ -2,6 +2,7 @@
 //! defaults filled), and [`validate`] turns it, purely, into the typed [`Config`]. `keygate
 //! check` and `keygate serve` share both.
 
+mod digest;
 pub mod effective;
 mod leaks;
 mod problem;
@@ -16,6 +17,7 @@ mod upstream_verifier;
 pub mod urls;
 pub mod validate;
 
+pub use digest::config_digest;
 pub use leaks::{GithubKeys, GithubLeaks, GitlabLeaks, LeakAction, Leaks, GITHUB_KEYS_URL};
 pub use problem::{position, ConfigError, Problem};
 pub use restart::RestartOnly;

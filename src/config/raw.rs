@@ -285,6 +285,9 @@ pub struct RawAdmin {
     /// Environment variable holding a read-only admin token (every `GET`, and `verify`).
     /// Default: none.
     pub read_token_env: Field<String>,
+    /// `http://HOST[:PORT]` where the other replicas reach this admin listener (SPEC 12); the
+    /// port defaults to the one `listen` bound. Default: none (listed, not asked for records).
+    pub advertise: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -122,6 +122,70 @@ pub struct Admin {
     pub token_env: String,
     /// Name of the environment variable holding the read-only admin token, if there is one.
     pub read_token_env: Option<String>,
+    /// Where the other replicas reach this admin listener (`admin.advertise`), if anywhere.
+    pub advertise: Option<Advertise>,
+}
+
+/// `admin.advertise`: an `http://` host, and a port unless the admin listener's own is meant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advertise {
+    /// A host name, an IPv4 address, or an IPv6 address in brackets.
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl Advertise {
+    /// Reads `http://HOST[:PORT]` (a trailing `/` allowed; no user, path, query or fragment).
+    pub fn parse(text: &str) -> Result<Advertise, String> {
+        const SHAPE: &str = "must be http://HOST or http://HOST:PORT";
+        let rest = text.strip_prefix("http://").ok_or(SHAPE)?;
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
+            return Err(SHAPE.to_owned());
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) if !port.contains(']') => {
+                let port = port
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or("the port must be 1 to 65535")?;
+                (host, Some(port))
+            }
+            _ => (authority, None),
+        };
+        let bracketed = host.starts_with('[') && host.ends_with(']');
+        let valid = if bracketed {
+            host[1..host.len() - 1].parse::<std::net::Ipv6Addr>().is_ok()
+        } else {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        };
+        if !valid {
+            return Err(format!("{host:?} is not a host name or an IP address"));
+        }
+        Ok(Advertise {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    /// The URL the other replicas call, with `bound` (the admin listener's port) when no
+    /// port was given.
+    pub fn url(&self, bound: u16) -> String {
+        format!("http://{}:{}", self.host, self.port.unwrap_or(bound))
+    }
+}
+
+impl std::fmt::Display for Advertise {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "http://{}:{port}", self.host),
+            None => write!(f, "http://{}", self.host),
+        }
+    }
 }
 
 impl Admin {

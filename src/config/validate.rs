@@ -400,6 +400,7 @@ impl Checker<'_> {
             listen: self.socket_addr(&raw.listen, "admin.listen", Admin::DEFAULT_LISTEN),
             token_env,
             read_token_env,
+            advertise: self.parsed(&raw.advertise, "admin.advertise", |text| Advertise::parse(text)),
         }
     }
 

@@ -7,6 +7,7 @@ pub mod customers;
 pub mod keys;
 pub mod leaks;
 pub mod lifecycle;
+pub mod replicas;
 pub mod snapshot;
 pub mod store;
 pub mod sync;

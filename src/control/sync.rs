@@ -62,6 +62,8 @@ pub struct KeySync {
     saved: Mutex<Option<std::time::Instant>>,
     /// A whole write runs (in the background, without the sync's turn).
     writing: Arc<AtomicBool>,
+    /// The revision the table has applied, for the replica's heartbeat to report at once.
+    applied: watch::Sender<u64>,
 }
 
 impl KeySync {
@@ -88,12 +90,19 @@ impl KeySync {
             journal: Mutex::default(),
             saved: Mutex::default(),
             writing: Arc::default(),
+            applied: watch::channel(0).0,
         }
     }
 
     /// Fills `customers` (the hot path's) with the customers' limits.
     pub fn with_customers(self, customers: Arc<CustomerMap>) -> Self {
         KeySync { customers, ..self }
+    }
+
+    /// The revision the key table has applied, as each sync (or a start from the snapshot)
+    /// moves it.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
     }
 
     /// Saves the table to `path` after changes, at most every `every`; starts from it when the
@@ -142,6 +151,9 @@ impl KeySync {
         }
         self.status.record_success(now_ms);
         self.metrics.key_table_last_sync.set(now_ms as f64 / 1000.0);
+        let revision = self.table.revision();
+        self.applied
+            .send_if_modified(|applied| std::mem::replace(applied, revision) != revision);
         Ok(applied)
     }
 

@@ -35,6 +35,11 @@ pub struct Metrics {
     pub keys: IntGaugeVec,
     pub key_table_revision: IntGauge,
     pub key_table_last_sync: Gauge,
+    /// Live replicas on the store by `state`: `current` or `lagging` (SPEC 12), as this
+    /// replica's last heartbeat read them.
+    pub fleet_replicas: IntGaugeVec,
+    /// Live replicas whose config digest differs from the one most replicas run.
+    pub fleet_config_mismatch: IntGauge,
     pub store_sync_errors: IntCounter,
     /// Times the store file was found replaced under a running gateway and reopened.
     pub store_reopened: IntCounter,
@@ -137,6 +142,21 @@ impl Registrar {
     }
 }
 
+impl Registrar {
+    /// `keygate_fleet_replicas`, with both states at 0 from the start.
+    fn fleet_replicas(&mut self) -> IntGaugeVec {
+        let metric = self.int_gauge_vec(
+            "keygate_fleet_replicas",
+            "Live replicas on the store by state: current, or lagging (their key table behind the others')",
+            &["state"],
+        );
+        for state in ["current", "lagging"] {
+            metric.with_label_values(&[state]);
+        }
+        metric
+    }
+}
+
 /// One metric as `docs/metrics.md` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Described {
@@ -218,6 +238,11 @@ impl Metrics {
             key_table_last_sync: r.gauge(
                 "keygate_key_table_last_sync_timestamp_seconds",
                 "Unix time of the last successful key sync",
+            ),
+            fleet_replicas: r.fleet_replicas(),
+            fleet_config_mismatch: r.int_gauge(
+                "keygate_fleet_config_mismatch",
+                "Live replicas whose config digest differs from the one most replicas run",
             ),
             store_sync_errors: r.counter("keygate_store_sync_errors_total", "Failed key syncs"),
             usage_flush_errors: r.counter(

@@ -617,6 +617,25 @@ async fn every_endpoint_answers_as_documented() {
     assert_eq!(trail.json().as_array().unwrap().len(), 4);
     let missing = call(&h, &c, Method::GET, "/v1/customers/acme%20co", one, None).await;
     assert_eq!(missing.status, 404);
+    // The fleet: this replica alone, its records as the fleet's, a change with its receipt.
+    let replicas = call(&h, &c, Method::GET, "/v1/replicas", "/v1/replicas", None).await;
+    assert!(replicas.json()["replicas"].is_array());
+    let fleet = call(
+        &h,
+        &c,
+        Method::GET,
+        "/v1/requests?scope=fleet",
+        "/v1/requests",
+        None,
+    )
+    .await;
+    assert_eq!(fleet.json()["missing"], json!([]));
+    let path = format!("/v1/keys/{leaked}/activate?wait=applied");
+    let receipted = call(&h, &c, Method::POST, &path, "/v1/keys/{id}/activate", None).await;
+    assert_eq!(
+        receipted.json()["receipt"]["applied"].as_array().unwrap().len(),
+        1
+    );
 
     // The document itself.
     let doc = call(&h, &c, Method::GET, "/v1/openapi.json", "/v1/openapi.json", None).await;

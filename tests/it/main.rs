@@ -24,6 +24,7 @@ mod protective_limits;
 mod quotas;
 mod reference;
 mod reload;
+mod replicas;
 mod request_path;
 mod shared_limits;
 mod store_conformance;

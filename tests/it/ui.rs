@@ -1011,3 +1011,54 @@ async fn a_gateway_keeping_no_recent_requests_says_so() {
     );
     browser.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replicas_view_lists_the_fleet_and_a_revocation_says_where_it_is_in_force() {
+    let Some(browser) = Browser::start("replicas").await else {
+        return;
+    };
+    let advertised = support::STANDARD.set("admin", "advertise = \"http://127.0.0.1\"");
+    let harness = Harness::with_config(&advertised, "").await;
+    let second = harness.another_gateway().await;
+    let (id, secret) = harness.key(&[]).await;
+    let both_listed = support::eventually(std::time::Duration::from_secs(10), || async {
+        let listing = support::admin_call(&harness.gateway, "GET", "/v1/replicas", "").await;
+        listing.json()["replicas"].as_array().map_or(0, Vec::len) == 2
+    })
+    .await;
+    assert!(both_listed);
+
+    browser.sign_in(&page(&harness), ADMIN_TOKEN).await;
+    browser
+        .find("#nav a[data-nav=\"replicas\"]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.until_text("main h2", "Replicas").await;
+    browser
+        .until_text("main .notice", "2 replicas, on one config and one version")
+        .await;
+    assert_eq!(browser.count("table.replicas tbody tr").await, 2);
+    browser.until_text("table.replicas", "(this one)").await;
+    browser.screenshot_as("replicas_view").await;
+
+    browser.goto(&format!("{}#/keys/{id}", page(&harness))).await;
+    browser.until_text("main h3", "Daily usage").await;
+    browser.click("Revoke").await;
+    browser.click("Revoke key").await;
+    browser
+        .until_text("#flash", "Key revoked on 2 of 2 replicas in")
+        .await;
+    let refused = support::clients::get(&second, "/v1/status", &secret).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "the receipt held");
+
+    browser
+        .goto(&format!("{}#/requests?scope=fleet", page(&harness)))
+        .await;
+    browser.until_text("main p.muted", "every replica").await;
+    browser.until_text("table.requests", &second.replica.id).await;
+    browser.screenshot_as("requests_fleet").await;
+    browser.finish().await;
+    second.shutdown().await;
+}

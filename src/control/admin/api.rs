@@ -15,6 +15,7 @@ mod customers;
 mod idle;
 mod leaks;
 mod quota;
+mod replicas;
 mod usage;
 mod verify;
 
@@ -96,8 +97,10 @@ type Answer = Result<Response<AdminBody>, ApiError>;
 pub(super) async fn serve(admin: &Admin, caller: Caller, request: Request<Incoming>) -> Response<AdminBody> {
     let answer = if caller.token == TokenKind::Read && !reads(&request) {
         Err(ApiError::status(StatusCode::FORBIDDEN, "read-only admin token"))
-    } else {
+    } else if reads(&request) {
         dispatch(&admin.for_caller(caller), caller, request).await
+    } else {
+        changed(&admin.for_caller(caller), caller, request).await
     };
     let mut response = answer.unwrap_or_else(ApiError::into_response);
     // Answers carry new secrets (create, regenerate) and key details: no cache keeps them.
@@ -105,6 +108,17 @@ pub(super) async fn serve(admin: &Admin, caller: Caller, request: Request<Incomi
         .headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// A change, answered with its receipt when it asks to wait for the replicas (see
+/// [`replicas`]): the one place every change passes.
+async fn changed(admin: &Admin, caller: Caller, request: Request<Incoming>) -> Answer {
+    let wait = replicas::wait_of(&request)?;
+    let answer = dispatch(admin, caller, request).await?;
+    match wait {
+        Some(wait) if answer.status().is_success() => Ok(replicas::with_receipt(admin, answer, wait).await),
+        _ => Ok(answer),
+    }
 }
 
 /// Whether a request only reads: every `GET` and `HEAD`, and `verify`, which changes no key
@@ -128,7 +142,8 @@ async fn dispatch(admin: &Admin, caller: Caller, request: Request<Incoming>) -> 
     match (segments.as_slice(), &method) {
         (["openapi.json"], &Method::GET) => Ok(openapi()),
         (["token"], &Method::GET) => Ok(ok(&serde_json::json!({ "access": caller.token.as_str() }))),
-        (["requests"], &Method::GET) => requests(admin, &request),
+        (["requests"], &Method::GET) => requests(admin, &request).await,
+        (["replicas"], &Method::GET) => replicas::list(admin).await,
         (["keys"], &Method::GET) => list(admin, &request).await,
         (["keys"], &Method::POST) => create(admin, request).await,
         (["keys", "verify"], &Method::POST) => verify::verify(admin, caller, request).await,
@@ -179,7 +194,7 @@ async fn dispatch(admin: &Admin, caller: Caller, request: Request<Incoming>) -> 
 /// The methods a known path takes, for 405's `Allow`.
 fn allowed(shape: &[&str]) -> Option<&'static str> {
     match shape {
-        ["openapi.json" | "token" | "requests"] => Some("GET, HEAD"),
+        ["openapi.json" | "token" | "requests" | "replicas"] => Some("GET, HEAD"),
         ["keys"] => Some("GET, HEAD, POST"),
         ["keys", "verify"] => Some("POST"),
         ["keys", _] => Some("GET, HEAD, PATCH, DELETE"),
@@ -469,11 +484,13 @@ async fn list(admin: &Admin, request: &Request<Incoming>) -> Answer {
 }
 
 /// `GET /v1/requests`: this replica's most recent access records, newest first, a page at a
-/// time (`cursor`: older than the last record of the page before).
-fn requests(admin: &Admin, request: &Request<Incoming>) -> Answer {
-    let pairs = query(request, &["key_id", "status", "limit", "cursor"])?;
+/// time (`cursor`: older than the last record of the page before); with `scope=fleet`, every
+/// live replica's ([`replicas::fleet_requests`]).
+async fn requests(admin: &Admin, request: &Request<Incoming>) -> Answer {
+    let pairs = query(request, &["key_id", "status", "limit", "cursor", "scope"])?;
     let mut filter = RecentFilter::default();
     let mut limit = DEFAULT_PAGE;
+    let mut fleet = false;
     for (name, value) in &pairs {
         match name.as_str() {
             "key_id" => filter.key_id = Some(value.clone()),
@@ -484,8 +501,18 @@ fn requests(admin: &Admin, request: &Request<Incoming>) -> Answer {
             }
             "limit" => limit = page_limit(value)?,
             "cursor" => filter.before = Some(cursor(value)?),
+            "scope" => {
+                fleet = match value.as_str() {
+                    "fleet" => true,
+                    "local" => false,
+                    _ => return Err(ApiError::bad("scope", "must be local or fleet")),
+                }
+            }
             _ => {}
         }
+    }
+    if fleet {
+        return replicas::fleet_requests(admin, request, &filter, limit).await;
     }
     let recent = admin.shared.snapshot.load().recent.clone();
     // A struct, not `json!`: the records keep the access log's field order.

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use crate::control::keys::KeyService;
 use crate::control::leaks::Leaks;
+use crate::control::replicas::Replica;
 use crate::control::store::{Actor, Origin, TokenKind};
 use crate::control::sync::KeySync;
 use crate::control::usage::UsageFlusher;
@@ -58,6 +59,8 @@ pub struct Admin {
     usage: Option<Arc<UsageFlusher>>,
     /// Decides `POST /v1/leaks`.
     leaks: Option<Leaks>,
+    /// This replica in the fleet: `GET /v1/replicas`, receipts, fleet-wide requests.
+    replica: Option<Arc<Replica>>,
 }
 
 /// The admin tokens, as the environment gives them.
@@ -87,7 +90,14 @@ impl Admin {
             draining: None,
             usage: None,
             leaks: None,
+            replica: None,
         }
+    }
+
+    /// The fleet endpoints and receipts read the replicas' rows as `replica` sees them.
+    pub fn with_replica(mut self, replica: Arc<Replica>) -> Self {
+        self.replica = Some(replica);
+        self
     }
 
     /// `POST /v1/leaks` reports to `leaks`.
@@ -132,6 +142,7 @@ impl Admin {
             draining: None,
             usage: self.usage.clone(),
             leaks: self.leaks.clone(),
+            replica: self.replica.clone(),
         }
     }
 

@@ -42,6 +42,7 @@ pub const ASSETS: &[(&str, &str, &str)] = &[
     ("chart.js", JS, include_str!("ui/chart.js")),
     ("idle.js", JS, include_str!("ui/idle.js")),
     ("requests.js", JS, include_str!("ui/requests.js")),
+    ("replicas.js", JS, include_str!("ui/replicas.js")),
 ];
 
 /// Whether `path` belongs to the page: `/ui` and everything under `/ui/`.

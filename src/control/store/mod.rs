@@ -17,6 +17,7 @@ pub mod customers;
 pub mod dump;
 pub mod model;
 mod postgres;
+pub mod replicas;
 mod row;
 mod sqlite;
 
@@ -34,6 +35,7 @@ pub use customers::{CustomerEvent, CustomerSpec, ModifiedCustomer, NewCustomer, 
 
 pub use model::*;
 pub use postgres::PgStore;
+pub use replicas::{FleetFeed, ReplicaRow};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -322,6 +324,35 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// Writes `dump` in one transaction, all of it or nothing. See [`dump::Onto`] for a store
     /// that holds keys already.
     fn import_dump(&self, dump: &dump::Dump, onto: dump::Onto) -> Result<(), StoreError>;
+
+    /// Writes this replica's row (inserted or replaced), drops the rows whose heartbeat is
+    /// older than `stale_before`, and answers the rows left, by id, in one transaction.
+    /// `announce`: tell the replicas that listen ([`KeyStore::fleet_feed`]) that a row changed,
+    /// so a receipt waiting for it reads the rows at once.
+    fn heartbeat(
+        &self,
+        row: &ReplicaRow,
+        stale_before: Timestamp,
+        announce: bool,
+    ) -> Result<Vec<ReplicaRow>, StoreError>;
+
+    /// The replicas whose heartbeat is at or after `live_since`, by id.
+    fn replicas(&self, live_since: Timestamp) -> Result<Vec<ReplicaRow>, StoreError>;
+
+    /// Removes a replica's row: it stopped cleanly.
+    fn remove_replica(&self, id: &str) -> Result<(), StoreError>;
+
+    /// Tells the replicas that listen that a receipt for `revision` is waited for, so each
+    /// reports at once when it has applied it. Nothing where the store pushes nothing: there
+    /// every replica reports as soon as it applies a change.
+    fn want_receipt(&self, _revision: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The wake-ups between replicas, where the store pushes them; `None` where it does not.
+    fn fleet_feed(&self) -> Option<FleetFeed> {
+        None
+    }
 
     /// Wakes on each change committed anywhere, where the store pushes changes
     /// (PostgreSQL's `NOTIFY`); `None` where readers poll.

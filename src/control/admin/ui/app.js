@@ -1,5 +1,5 @@
-// The page's entry: which view the address (#/keys, #/keys/<id>, #/requests, each with its
-// filters after a "?") asks for, and the sign-in when there is no token in this tab.
+// The page's entry: which view the address (#/keys, #/keys/<id>, #/requests, #/replicas, each
+// with its filters after a "?") asks for, and the sign-in when there is no token in this tab.
 
 import { session } from "./api.js";
 import { ageFlash, flash } from "./dom.js";
@@ -7,6 +7,7 @@ import { renderSignIn } from "./signin.js";
 import { renderKeys } from "./keys.js";
 import { renderKey } from "./key.js";
 import { renderRequests } from "./requests.js";
+import { renderReplicas } from "./replicas.js";
 import { viewPath } from "./address.js";
 
 function route() {
@@ -22,9 +23,10 @@ function route() {
   document.getElementById("access").textContent = session.canWrite() ? "Full access" : "Read-only";
   const path = viewPath();
   const key = path.match(/^#\/keys\/([^/]+)$/);
-  markNav(path === "#/requests" ? "requests" : "keys");
+  markNav(path === "#/requests" || path === "#/replicas" ? path.slice(2) : "keys");
   if (key) return renderKey(decoded(key[1]));
   if (path === "#/requests") return renderRequests();
+  if (path === "#/replicas") return renderReplicas();
   return renderKeys();
 }
 

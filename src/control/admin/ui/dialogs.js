@@ -169,8 +169,8 @@ export function regenerateDialog(key, done) {
   ];
   formDialog(parts, fields, "Regenerate", async () => {
     const body = grace.value.trim() ? { grace: grace.value.trim() } : {};
-    const { data } = await api("POST", keyPath(key.id, "/regenerate"), body);
-    showSecret(parts, data.key, done);
+    const { data } = await api("POST", `${keyPath(key.id, "/regenerate")}?wait=applied`, body);
+    showSecret(parts, data.key, () => done(data.receipt));
   });
 }
 

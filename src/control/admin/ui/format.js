@@ -108,3 +108,15 @@ export function toLocalInput(iso) {
   const local = new Date(date.getTime() - date.getTimezoneOffset() * 60000);
   return local.toISOString().slice(0, 16);
 }
+
+/** A change's receipt in words: "Key revoked on 3 of 3 replicas in 14 ms." */
+export function receipt(done, receipt) {
+  if (!receipt || receipt.error || !Array.isArray(receipt.applied)) {
+    return `${done} on this replica; the others could not be checked.`;
+  }
+  const replicas = receipt.replicas === 1 ? "replica" : "replicas";
+  const words = `${done} on ${receipt.applied.length} of ${receipt.replicas} ${replicas} in ${Math.round(receipt.waited_ms)} ms`;
+  if (!receipt.behind.length) return `${words}.`;
+  const behind = receipt.behind.map((r) => `${r.host} (${r.replica})`).join(", ");
+  return `${words}; not yet on ${behind}.`;
+}

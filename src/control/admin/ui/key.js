@@ -60,15 +60,16 @@ function actions(key) {
   };
   return h("div", { class: "actions key-actions" },
     button("Edit", () => editDialog(key, again)),
-    button("Regenerate", () => regenerateDialog(key, () => again("Key regenerated: the new secret is in force."))),
+    button("Regenerate", () => regenerateDialog(key, (receipt) => again(format.receipt("Key regenerated", receipt)))),
     key.status === "revoked" ?
       button("Activate", change("activate", "Key activated: it works again."), "") :
       button("Revoke", () => confirmDialog(`Revoke “${key.name}”?`,
         `Traffic using “${key.name}” gets 401 at once: the gateway refuses every request with this key ` +
         "until it is activated again. Nothing is deleted.", "Revoke key",
         async () => {
-          await api("POST", keyPath(key.id, "/revoke"), {});
-          again("Key revoked: the gateway refuses it from now on.");
+          // Answered once every replica refuses the key (or past 5 s, naming those that do not).
+          const { data } = await api("POST", `${keyPath(key.id, "/revoke")}?wait=applied`, {});
+          again(format.receipt("Key revoked", data.receipt));
         }), "danger"),
     button("Delete", () => confirmDialog(`Delete “${key.name}”?`,
       "The key stops working at once and cannot be brought back. Its audit trail is kept.", "Delete key",

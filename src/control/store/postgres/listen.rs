@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio_postgres::AsyncMessage;
 
 use super::{postgres_error, Tx};
+use crate::control::store::replicas::FleetSignals;
 use crate::control::store::StoreError;
 
 /// How often the listening connection proves it is alive; a silent one is replaced.
@@ -19,12 +20,14 @@ const LISTEN_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Durati
 
 /// Holds one connection that `LISTEN`s on the store's channel and passes each notification on,
 /// reconnecting with backoff when it drops. After a reconnect it wakes the reader once, since
-/// notifications sent meanwhile were lost.
+/// notifications sent meanwhile were lost. The fleet's own payloads (receipts, replica
+/// reports) go to `fleet`, not to the key sync.
 pub(super) async fn listen(
     config: tokio_postgres::Config,
     tls: tokio_postgres_rustls::MakeRustlsConnect,
     channel: String,
     changes: watch::Sender<u64>,
+    fleet: FleetSignals,
 ) {
     let mut backoff = LISTEN_BACKOFF.0;
     loop {
@@ -46,7 +49,7 @@ pub(super) async fn listen(
                 if ready {
                     backoff = LISTEN_BACKOFF.0;
                     changes.send_modify(|n| *n = n.wrapping_add(1));
-                    relay_notifications(&client, &mut messages, &changes).await;
+                    relay_notifications(&client, &mut messages, &changes, &fleet).await;
                 }
             }
             Err(error) => {
@@ -64,7 +67,14 @@ async fn relay_notifications(
     client: &tokio_postgres::Client,
     messages: &mut (impl futures_util::Stream<Item = Result<AsyncMessage, tokio_postgres::Error>> + Unpin),
     changes: &watch::Sender<u64>,
+    fleet: &FleetSignals,
 ) {
+    let pass_on = |note: &tokio_postgres::Notification| {
+        if !fleet.take(note.payload()) {
+            tracing::trace!(revision = note.payload(), "store change announced");
+            changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    };
     let mut check = tokio::time::interval(LISTEN_CHECK);
     check.tick().await;
     loop {
@@ -76,10 +86,7 @@ async fn relay_notifications(
         };
         tokio::select! {
             message = messages.next() => match message {
-                Some(Ok(AsyncMessage::Notification(note))) => {
-                    tracing::trace!(revision = note.payload(), "store change announced");
-                    changes.send_modify(|n| *n = n.wrapping_add(1));
-                }
+                Some(Ok(AsyncMessage::Notification(note))) => pass_on(&note),
                 Some(Ok(_)) => {}
                 Some(Err(error)) => {
                     tracing::warn!(error = %postgres_error(&error), "PostgreSQL change listener lost its connection");
@@ -94,9 +101,7 @@ async fn relay_notifications(
                     tokio::select! {
                         answered = &mut alive => break answered,
                         message = messages.next() => match message {
-                            Some(Ok(AsyncMessage::Notification(_))) => {
-                                changes.send_modify(|n| *n = n.wrapping_add(1));
-                            }
+                            Some(Ok(AsyncMessage::Notification(note))) => pass_on(&note),
                             Some(Ok(_)) => {}
                             Some(Err(_)) | None => break false,
                         },

@@ -34,7 +34,8 @@ use super::model::{
     Audit, Changes, IdleKey, KeyBatches, KeyEvent, KeyFilter, Modified, NewKey, PendingWebhook, StoredKey,
     Usage, UsageDelta,
 };
-use super::{Fields, KeyStore, StoreError};
+use super::replicas::FleetSignals;
+use super::{Fields, FleetFeed, KeyStore, ReplicaRow, StoreError};
 use crate::core::secret::KeyHash;
 
 mod analytics;
@@ -43,6 +44,7 @@ mod dump;
 mod jobs;
 mod keys;
 mod listen;
+mod replicas;
 mod schema;
 mod tls;
 mod usage;
@@ -70,6 +72,8 @@ pub struct PgStore {
     /// database do not wake each other).
     ready: tokio::sync::OnceCell<String>,
     changes: watch::Sender<u64>,
+    /// The receipts' wake-ups, which the listener passes on beside the changes.
+    fleet: FleetSignals,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -187,6 +191,7 @@ impl PgStore {
             handle,
             ready: tokio::sync::OnceCell::new(),
             changes: watch::channel(0).0,
+            fleet: FleetSignals::default(),
         })
     }
 
@@ -203,6 +208,7 @@ impl PgStore {
                     self.tls.clone(),
                     channel.clone(),
                     self.changes.clone(),
+                    self.fleet.clone(),
                 ));
                 Ok::<_, StoreError>(channel)
             })
@@ -560,6 +566,37 @@ impl KeyStore for PgStore {
 
     fn change_feed(&self) -> Option<watch::Receiver<u64>> {
         Some(PgStore::change_feed(self))
+    }
+
+    fn heartbeat(
+        &self,
+        row: &ReplicaRow,
+        stale_before: Timestamp,
+        announce: bool,
+    ) -> Result<Vec<ReplicaRow>, StoreError> {
+        self.run(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let live = replicas::heartbeat(&tx, self.channel(), row, stale_before, announce).await?;
+            tx.commit().await?;
+            Ok(live)
+        })
+    }
+
+    fn replicas(&self, live_since: Timestamp) -> Result<Vec<ReplicaRow>, StoreError> {
+        self.run(async { replicas::live(&self.pool.get().await?, live_since).await })
+    }
+
+    fn remove_replica(&self, id: &str) -> Result<(), StoreError> {
+        self.run(async { replicas::remove(&self.pool.get().await?, id).await })
+    }
+
+    fn want_receipt(&self, revision: u64) -> Result<(), StoreError> {
+        self.run(async { replicas::want_receipt(&self.pool.get().await?, self.channel(), revision).await })
+    }
+
+    fn fleet_feed(&self) -> Option<FleetFeed> {
+        Some(self.fleet.feed())
     }
 }
 

@@ -149,6 +149,21 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX customer_events_customer ON customer_events (customer_id, id);
 "#,
+    // The replicas on this store, each writing its own row once a second (SPEC 12).
+    r#"
+    CREATE TABLE replicas (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        version TEXT NOT NULL,
+        advertise TEXT,
+        config_digest TEXT NOT NULL,
+        revision BIGINT NOT NULL,
+        synced_at_ms BIGINT,
+        limiter TEXT NOT NULL,
+        started_at_ms BIGINT NOT NULL,
+        heartbeat_at_ms BIGINT NOT NULL
+    );
+"#,
 ];
 
 /// Applies the migrations this store has not run, once, even when several gateways start

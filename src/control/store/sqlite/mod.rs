@@ -27,7 +27,7 @@ use super::model::{
     Audit, Changes, IdleKey, KeyBatches, KeyEvent, KeyFilter, Modified, NewKey, PendingWebhook, StoredKey,
     Usage, UsageDelta,
 };
-use super::{Fields, KeyStore, StoreError};
+use super::{Fields, KeyStore, ReplicaRow, StoreError};
 use crate::core::secret::KeyHash;
 
 pub(super) mod access;
@@ -37,6 +37,7 @@ mod dump;
 mod file;
 mod jobs;
 mod keys;
+mod replicas;
 mod schema;
 mod usage;
 
@@ -424,6 +425,23 @@ impl KeyStore for SqliteStore {
 
     fn import_dump(&self, dump: &Dump, onto: Onto) -> Result<(), StoreError> {
         self.write(|tx| dump::import(tx, dump, onto))
+    }
+
+    fn heartbeat(
+        &self,
+        row: &ReplicaRow,
+        stale_before: Timestamp,
+        _announce: bool,
+    ) -> Result<Vec<ReplicaRow>, StoreError> {
+        self.write(|tx| replicas::heartbeat(tx, row, stale_before))
+    }
+
+    fn replicas(&self, live_since: Timestamp) -> Result<Vec<ReplicaRow>, StoreError> {
+        replicas::live(&*self.conn()?, live_since)
+    }
+
+    fn remove_replica(&self, id: &str) -> Result<(), StoreError> {
+        replicas::remove(&*self.conn()?, id)
     }
 
     fn reopen_if_replaced(&self) -> Result<bool, StoreError> {
