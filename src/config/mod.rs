@@ -5,6 +5,7 @@
 pub mod effective;
 mod leaks;
 mod problem;
+mod quotas;
 pub mod raw;
 mod restart;
 mod routes;
@@ -18,6 +19,7 @@ pub mod validate;
 
 pub use leaks::{GithubKeys, GithubLeaks, GitlabLeaks, LeakAction, Leaks, GITHUB_KEYS_URL};
 pub use problem::{position, ConfigError, Problem};
+pub use quotas::{Quotas, RawQuotas};
 pub use restart::RestartOnly;
 pub use routes::serving_problems;
 pub use types::*;

@@ -58,6 +58,8 @@ pub struct Admin {
     usage: Option<Arc<UsageFlusher>>,
     /// Decides `POST /v1/leaks`.
     leaks: Option<Leaks>,
+    /// The fleet's quota counters, when replicas lease quotas from the store.
+    quota_leases: Option<Arc<crate::control::quota_leases::QuotaLeases>>,
 }
 
 /// The admin tokens, as the environment gives them.
@@ -87,10 +89,17 @@ impl Admin {
             draining: None,
             usage: None,
             leaks: None,
+            quota_leases: None,
         }
     }
 
     /// `POST /v1/leaks` reports to `leaks`.
+    /// Quota states and changes go to the fleet's counters in the store.
+    pub fn with_quota_leases(mut self, leases: Arc<crate::control::quota_leases::QuotaLeases>) -> Self {
+        self.quota_leases = Some(leases);
+        self
+    }
+
     pub fn with_leaks(mut self, leaks: Leaks) -> Self {
         self.leaks = Some(leaks);
         self
@@ -132,6 +141,7 @@ impl Admin {
             draining: None,
             usage: self.usage.clone(),
             leaks: self.leaks.clone(),
+            quota_leases: self.quota_leases.clone(),
         }
     }
 

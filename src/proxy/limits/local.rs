@@ -22,6 +22,7 @@ use jiff::Timestamp;
 use rustc_hash::FxBuildHasher;
 
 use super::gcra::Gcra;
+use super::leased::{AskContext, LeaseLink, LeaseOwner, Leased, Outcome, Standing, Want};
 use super::verdict::{Answer, Verdict};
 use super::{Check, Decision, Owner, Subject};
 use crate::core::clock::{SystemClock, WallClock};
@@ -36,7 +37,13 @@ pub struct LocalLimits<C = SystemClock> {
     /// By customer id (an operator's, not a client's).
     customers: DashMap<Box<str>, Mutex<Held>, FxBuildHasher>,
     clock: C,
+    /// Quota leases from the store (`leased.rs`); `None`: quotas are counted here alone.
+    leases: Option<LeaseLink>,
 }
+
+/// A check a quota's lease cannot pay for yet: an answer from the store is awaited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending;
 
 /// The name the request path and the benches know the local limiter by.
 pub type KeyLimits<C = SystemClock> = LocalLimits<C>;
@@ -78,6 +85,8 @@ struct Counter {
     window: Window,
     used: u64,
     added: u64,
+    /// With quota leases: what this replica leased of the fleet's counter.
+    lease: Option<Box<Leased>>,
 }
 
 /// The time of one check.
@@ -101,11 +110,36 @@ impl<C: WallClock> LocalLimits<C> {
             keys: DashMap::with_hasher_and_shard_amount(FxBuildHasher, 64),
             customers: DashMap::with_hasher_and_shard_amount(FxBuildHasher, 64),
             clock,
+            leases: None,
         }
     }
 
-    /// Asks every limit of the check for its cost; charges them all, or none.
+    /// Quotas spent out of blocks leased through `link`.
+    pub fn with_leases(self, link: LeaseLink) -> Self {
+        LocalLimits {
+            leases: Some(link),
+            ..self
+        }
+    }
+
+    pub fn lease_link(&self) -> Option<&LeaseLink> {
+        self.leases.as_ref()
+    }
+
+    /// Asks every limit of the check for its cost; charges them all, or none. A quota whose
+    /// lease is pending refuses (see [`LocalLimits::try_admit`] to wait for it instead).
     pub fn admit(&self, check: &Check<'_>) -> Verdict {
+        self.decide(check, true).unwrap_or_default()
+    }
+
+    /// Like [`LocalLimits::admit`], but a quota whose lease cannot pay yet and may is
+    /// [`Pending`]: a lease has been asked for, and nothing is charged.
+    pub fn try_admit(&self, check: &Check<'_>) -> Result<Verdict, Pending> {
+        self.decide(check, false)
+    }
+
+    /// `last`: no more waiting; a lease that did not answer spends a provisional block.
+    fn decide(&self, check: &Check<'_>, last: bool) -> Result<Verdict, Pending> {
         let now = self.now(check.key.quota.is_some() || check.customer.is_some_and(|c| c.quota.is_some()));
         let key = held(&self.keys, &check.seq, || check.seq);
         let customer = check
@@ -116,24 +150,137 @@ impl<C: WallClock> LocalLimits<C> {
         let key = &mut *key_guard;
         let mut customer_guard = customer.as_ref().map(|held| lock(held));
         let cost = check.cost.get();
+        let leases = self.leases.as_ref();
+        let key_owner = || LeaseOwner::Key {
+            seq: check.seq,
+            id: check.key.id.into(),
+        };
+        let customer_id = check.customer.map_or("", |c| c.id);
+        let customer_owner = || LeaseOwner::Customer {
+            id: customer_id.into(),
+        };
         let mut limits = [
             check.key.rate.map(|spec| Limit::rate(&mut key.rate, spec)),
             None,
-            check
-                .key
-                .quota
-                .map(|spec| Limit::quota(&mut key.quota, spec, now.wall)),
+            check.key.quota.map(|spec| {
+                Limit::quota(
+                    &mut key.quota,
+                    spec,
+                    now.wall,
+                    leases.map(|l| (l, &key_owner as _)),
+                )
+            }),
             None,
         ];
         if let (Some(held), Some(subject)) = (customer_guard.as_deref_mut(), check.customer) {
             limits[1] = subject.rate.map(|spec| Limit::rate(&mut held.rate, spec));
-            limits[3] = subject
-                .quota
-                .map(|spec| Limit::quota(&mut held.quota, spec, now.wall));
+            limits[3] = subject.quota.map(|spec| {
+                Limit::quota(
+                    &mut held.quota,
+                    spec,
+                    now.wall,
+                    leases.map(|l| (l, &customer_owner as _)),
+                )
+            });
         }
-        let admitted = limits.iter().flatten().all(|limit| limit.allows(cost, now));
+        let standings = limits
+            .each_mut()
+            .map(|limit| limit.as_mut().map(|l| l.standing(cost, now, last)));
+        let refused = standings.iter().flatten().any(|s| *s == Standing::Short);
+        if !refused && standings.iter().flatten().any(|s| *s == Standing::Pending) {
+            for limit in limits.iter_mut().flatten() {
+                limit.ask_if_pending(cost, now);
+            }
+            return Err(Pending);
+        }
+        let admitted = !refused;
         let answers = limits.map(|limit| limit.map(|limit| limit.answer(admitted, cost, now)));
-        Verdict::assemble(&answers, now.wall)
+        Ok(Verdict::assemble(&answers, now.wall))
+    }
+
+    /// Takes the store's answer to `want` in; the units granted that no counter took (the
+    /// period rolled over, the key is gone) are returned, to be given back.
+    pub fn apply_lease(&self, want: &Want, outcome: Outcome) -> u64 {
+        let now = self.clock.now();
+        let granted = match outcome {
+            Outcome::Granted { granted, .. } => granted,
+            Outcome::Failed { .. } => 0,
+        };
+        let taken = self.with_lease(&want.owner, |counter| {
+            let lease = counter
+                .lease
+                .as_mut()
+                .filter(|_| counter.window.start == want.period);
+            match (lease, outcome) {
+                (None, _) => false,
+                (Some(lease), _) if want.want > 0 => {
+                    lease.apply(outcome, now);
+                    true
+                }
+                (Some(lease), Outcome::Failed { spent }) => {
+                    lease.restore(want.returned, want.generation, spent);
+                    true
+                }
+                (Some(_), Outcome::Granted { .. }) => true,
+            }
+        });
+        if let Some(link) = &self.leases {
+            link.wake();
+        }
+        if taken == Some(true) {
+            0
+        } else {
+            granted
+        }
+    }
+
+    /// An operator topped up or reset (`reset`) the owner's quota: its lease asks again at
+    /// once.
+    pub fn refresh_lease(&self, owner: &LeaseOwner, reset: bool) {
+        self.with_lease(owner, |counter| {
+            if let Some(lease) = counter.lease.as_mut() {
+                lease.refresh(reset);
+            }
+        });
+    }
+
+    /// What this replica holds of the owner's lease in the period starting at `period`: its
+    /// unspent credit, the generation it was leased in, its unreported provisional use.
+    pub fn lease_held(&self, owner: &LeaseOwner, period: Timestamp) -> Option<(u64, i64, u64)> {
+        self.with_lease(owner, |counter| {
+            let lease = counter
+                .lease
+                .as_ref()
+                .filter(|_| counter.window.start == period)?;
+            Some(lease.held())
+        })
+        .flatten()
+    }
+
+    /// The give-backs of leases held past `ttl` (every lease when `ttl` is zero: at drain).
+    pub fn lapse(&self, ttl: std::time::Duration) -> Vec<Want> {
+        let now = self.clock.now();
+        let mut wants = Vec::new();
+        let mut take = |held: &Mutex<Held>| {
+            let mut held = lock(held);
+            if let Some(counter) = held.quota.as_mut() {
+                let period = counter.window.start;
+                if let Some(lease) = counter.lease.as_mut() {
+                    wants.extend(lease.lapse(ttl, now, period));
+                }
+            }
+        };
+        self.keys.iter().for_each(|entry| take(entry.value()));
+        self.customers.iter().for_each(|entry| take(entry.value()));
+        wants
+    }
+
+    fn with_lease<T>(&self, owner: &LeaseOwner, work: impl FnOnce(&mut Counter) -> T) -> Option<T> {
+        let run = |held: &Mutex<Held>| lock(held).quota.as_mut().map(work);
+        match owner {
+            LeaseOwner::Key { seq, .. } => self.keys.get(seq).and_then(|held| run(&held)),
+            LeaseOwner::Customer { id } => self.customers.get(id).and_then(|held| run(&held)),
+        }
     }
 
     /// Takes one request from key `seq`'s rate limit: a check of that one limit, as the request
@@ -215,8 +362,11 @@ fn lock(held: &Mutex<Held>) -> MutexGuard<'_, Held> {
 /// One limit of a check, borrowed from its holder's state for the check's length.
 enum Limit<'a> {
     Rate(&'a mut Bucket),
-    Quota(&'a mut Counter, &'a QuotaSpec),
+    Quota(&'a mut Counter, &'a QuotaSpec, Option<&'a LeaseLink>),
 }
+
+/// The lease link and, for a counter's first lease, its owner.
+type Leasing<'a> = (&'a LeaseLink, &'a dyn Fn() -> LeaseOwner);
 
 impl<'a> Limit<'a> {
     fn rate(slot: &'a mut Option<Bucket>, spec: &'a RateLimitSpec) -> Self {
@@ -231,14 +381,55 @@ impl<'a> Limit<'a> {
         }))
     }
 
-    fn quota(slot: &'a mut Option<Counter>, spec: &'a QuotaSpec, now: Timestamp) -> Self {
-        Limit::Quota(current(slot, spec, now), spec)
+    fn quota(
+        slot: &'a mut Option<Counter>,
+        spec: &'a QuotaSpec,
+        now: Timestamp,
+        leasing: Option<Leasing<'a>>,
+    ) -> Self {
+        let counter = current(slot, spec, now);
+        let link = leasing.map(|(link, owner)| {
+            counter
+                .lease
+                .get_or_insert_with(|| Box::new(Leased::new(owner(), *spec)));
+            link
+        });
+        Limit::Quota(counter, spec, link)
     }
 
-    fn allows(&self, cost: u32, now: Now) -> bool {
-        match self {
+    /// `last`: a lease that cannot pay spends a provisional block, and is short if it still
+    /// cannot.
+    fn standing(&mut self, cost: u32, now: Now, last: bool) -> Standing {
+        let allowed = match self {
             Limit::Rate(bucket) => bucket.gcra.take(bucket.tat, now.tick, cost).is_ok(),
-            Limit::Quota(counter, spec) => counter.allows(spec, cost),
+            Limit::Quota(counter, spec, None) => counter.allows(spec, cost),
+            Limit::Quota(counter, spec, Some(link)) => {
+                let window = counter.window;
+                let lease = counter.lease.as_mut().expect("made with the link");
+                if last {
+                    lease.provision(&ask_context(link, spec, &window, cost, now.wall));
+                }
+                return match lease.standing(cost.into(), now.wall) {
+                    Standing::Pending if last => Standing::Short,
+                    standing => standing,
+                };
+            }
+        };
+        if allowed {
+            Standing::Enough
+        } else {
+            Standing::Short
+        }
+    }
+
+    /// Asks for a lease if this limit is one that cannot pay yet.
+    fn ask_if_pending(&mut self, cost: u32, now: Now) {
+        if let Limit::Quota(counter, spec, Some(link)) = self {
+            let window = counter.window;
+            let lease = counter.lease.as_mut().expect("made with the link");
+            if lease.standing(cost.into(), now.wall) == Standing::Pending {
+                lease.ask(&ask_context(link, spec, &window, cost, now.wall), true);
+            }
         }
     }
 
@@ -258,7 +449,7 @@ impl<'a> Limit<'a> {
                     reset,
                 }
             }
-            Limit::Quota(counter, spec) => {
+            Limit::Quota(counter, spec, None) => {
                 let allowed = counter.allows(spec, cost);
                 if admitted {
                     counter.used = counter.used.saturating_add(cost.into());
@@ -269,7 +460,38 @@ impl<'a> Limit<'a> {
                     window: counter.window,
                 }
             }
+            Limit::Quota(counter, spec, Some(link)) => {
+                let window = counter.window;
+                let lease = counter.lease.as_mut().expect("made with the link");
+                let allowed = lease.standing(cost.into(), now.wall) == Standing::Enough;
+                if admitted {
+                    counter.used = counter.used.saturating_add(cost.into());
+                    lease.spend(cost.into(), now.wall);
+                    lease.ask(&ask_context(link, spec, &window, cost, now.wall), false);
+                }
+                Answer::Quota {
+                    allowed,
+                    state: lease.state(spec, &window),
+                    window,
+                }
+            }
         }
+    }
+}
+
+fn ask_context<'a>(
+    link: &'a LeaseLink,
+    spec: &'a QuotaSpec,
+    window: &'a Window,
+    cost: u32,
+    now: Timestamp,
+) -> AskContext<'a> {
+    AskContext {
+        link,
+        spec,
+        window,
+        cost: cost.into(),
+        now,
     }
 }
 
@@ -283,6 +505,7 @@ fn current<'a>(slot: &'a mut Option<Counter>, spec: &QuotaSpec, now: Timestamp) 
         window: spec.window(now),
         used: 0,
         added: 0,
+        lease: None,
     }))
 }
 

@@ -41,6 +41,7 @@ mod dump;
 mod jobs;
 mod keys;
 mod listen;
+mod quota;
 mod schema;
 mod tls;
 mod usage;
@@ -465,6 +466,30 @@ impl KeyStore for PgStore {
             let allowed = OPERATION_TIMEOUT + Duration::from_millis(count / 10);
             within(allowed, tx.commit()).await??;
             Ok(count)
+        })
+    }
+
+    fn lease_quota(&self, ask: &super::quota::LeaseAsk<'_>) -> Result<super::quota::LeaseGrant, StoreError> {
+        self.run(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let grant = quota::lease(&tx, ask).await?;
+            tx.commit().await?;
+            Ok(grant)
+        })
+    }
+
+    fn change_quota(
+        &self,
+        counter: &super::quota::CounterId<'_>,
+        change: crate::core::quota::QuotaChange,
+    ) -> Result<super::quota::CounterRow, StoreError> {
+        self.run(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let row = quota::change(&tx, counter, change).await?;
+            tx.commit().await?;
+            Ok(row)
         })
     }
 

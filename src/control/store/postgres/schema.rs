@@ -120,6 +120,20 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE keys ADD COLUMN quota TEXT;
 "#,
+    // The fleet's quota counters, one per owner and period, that replicas lease blocks from
+    // when quotas are not shared through Redis (`control::store::quota`).
+    r#"
+    CREATE TABLE quota_counters (
+        kind TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        period BIGINT NOT NULL,
+        used BIGINT NOT NULL DEFAULT 0,
+        added BIGINT NOT NULL DEFAULT 0,
+        generation BIGINT NOT NULL DEFAULT 0,
+        warned BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (kind, owner, period)
+    );
+"#,
 ];
 
 /// Applies the migrations this store has not run, once, even when several gateways start

@@ -35,6 +35,7 @@ mod dump;
 mod file;
 mod jobs;
 mod keys;
+mod quota;
 mod schema;
 mod usage;
 
@@ -371,6 +372,18 @@ impl KeyStore for SqliteStore {
 
     fn try_lease(&self, name: &str, holder: &str, now: Timestamp, ttl: Duration) -> Result<bool, StoreError> {
         jobs::try_lease(&*self.conn()?, name, holder, now, ttl)
+    }
+
+    fn lease_quota(&self, ask: &super::quota::LeaseAsk<'_>) -> Result<super::quota::LeaseGrant, StoreError> {
+        self.write(|tx| quota::lease(tx, ask))
+    }
+
+    fn change_quota(
+        &self,
+        counter: &super::quota::CounterId<'_>,
+        change: crate::core::quota::QuotaChange,
+    ) -> Result<super::quota::CounterRow, StoreError> {
+        self.write(|tx| quota::change(tx, counter, change))
     }
 
     fn insert_batches(&self, next: &mut KeyBatches<'_>, audit: Audit) -> Result<u64, StoreError> {
