@@ -20,6 +20,7 @@ use keygate::core::secret::KeyHash;
 use crate::support::postgres::{postgres_url, FreshSchema};
 
 mod analytics;
+mod quota_counters;
 
 const AUDIT: Audit = Audit {
     actor: Actor::Cli,
@@ -646,6 +647,32 @@ fn sqlite_passes_the_analytics_suite() {
 fn postgres_passes_the_analytics_suite() {
     let Some(url) = postgres_url() else { return };
     for (name, test) in analytics::SUITE {
+        let schema = FreshSchema::new(&url);
+        let (a, b) = (
+            PgStore::open(&schema.url).unwrap(),
+            PgStore::open(&schema.url).unwrap(),
+        );
+        eprintln!("postgres: {name}");
+        test(&a, &b);
+    }
+}
+
+#[test]
+fn sqlite_passes_the_quota_counter_suite() {
+    for (name, test) in quota_counters::SUITE {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let a = SqliteStore::create(&path).unwrap();
+        let b = SqliteStore::open(&path).unwrap();
+        eprintln!("sqlite: {name}");
+        test(&a, &b);
+    }
+}
+
+#[test]
+fn postgres_passes_the_quota_counter_suite() {
+    let Some(url) = postgres_url() else { return };
+    for (name, test) in quota_counters::SUITE {
         let schema = FreshSchema::new(&url);
         let (a, b) = (
             PgStore::open(&schema.url).unwrap(),
