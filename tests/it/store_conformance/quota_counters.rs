@@ -74,19 +74,29 @@ fn provisional_use_is_counted_even_past_the_allowance(a: &dyn KeyStore, b: &dyn 
 
 fn an_operator_tops_up_and_resets_the_fleets_counter(a: &dyn KeyStore, b: &dyn KeyStore) {
     let id = counter("key_1");
-    assert_eq!(a.change_quota(&id, QuotaChange::Read).unwrap(), CounterRow::default());
+    assert_eq!(
+        a.change_quota(&id, QuotaChange::Read).unwrap(),
+        CounterRow::default()
+    );
     a.lease_quota(&ask("key_1", 100, 0, 0)).unwrap();
     assert_eq!(b.lease_quota(&ask("key_1", 10, 0, 0)).unwrap().granted, 0);
     let topped = b.change_quota(&id, QuotaChange::Add(30)).unwrap();
     assert_eq!((topped.used, topped.added), (100, 30));
     assert_eq!(b.lease_quota(&ask("key_1", 10, 0, 0)).unwrap().granted, 10);
     let reset = a.change_quota(&id, QuotaChange::Reset).unwrap();
-    assert_eq!((reset.used, reset.added, reset.generation, reset.warned), (0, 0, 1, 0));
+    assert_eq!(
+        (reset.used, reset.added, reset.generation, reset.warned),
+        (0, 0, 1, 0)
+    );
     // A give-back of units leased before the reset is not taken off after it.
     let stale = b.lease_quota(&ask("key_1", 0, 10, 0)).unwrap();
     assert_eq!(stale.row.used, 0);
     let fresh = b.lease_quota(&ask("key_1", 60, 0, 1)).unwrap();
-    assert_eq!((fresh.granted, fresh.reached.as_slice()), (60, &[0.5][..]), "warned again after a reset");
+    assert_eq!(
+        (fresh.granted, fresh.reached.as_slice()),
+        (60, &[0.5][..]),
+        "warned again after a reset"
+    );
     assert_eq!(a.change_quota(&id, QuotaChange::Read).unwrap().used, 60);
 }
 
@@ -105,7 +115,10 @@ fn replicas_leasing_at_once_never_lease_past_the_allowance(a: &dyn KeyStore, b: 
         threads.into_iter().map(|t| t.join().unwrap()).sum()
     });
     assert_eq!(granted, 100);
-    assert_eq!(a.change_quota(&counter("key_1"), QuotaChange::Read).unwrap().used, 100);
+    assert_eq!(
+        a.change_quota(&counter("key_1"), QuotaChange::Read).unwrap().used,
+        100
+    );
 }
 
 pub(super) type Case = fn(&dyn KeyStore, &dyn KeyStore);

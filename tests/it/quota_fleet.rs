@@ -1,0 +1,214 @@
+//! Quotas across replicas without Redis, and quota warnings (SPEC 11): three gateways on one
+//! PostgreSQL lease blocks of a key's quota from the store, so the fleet's total stays within
+//! the limit plus one block per replica, an operator's top-up through one replica is spent
+//! through the others, and a drain gives back what was leased and not spent, leaving the
+//! store's counter equal to what was admitted. Warnings at `[quotas] warn_at` go out once a
+//! period, as a metric and webhook payloads in the outbox, from the leases' counter and from
+//! Redis's.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde_json::Value;
+
+use crate::support::config::redis_limits;
+use crate::support::postgres::{postgres_url, FreshSchema};
+use crate::support::{
+    admin_call, clients, eventually, loaded, redis_url, sample, ConfigEdit, Harness, STANDARD,
+};
+use keygate::gateway::Gateway;
+
+/// A block is a tenth of the allowance: 20 of 200.
+const QUOTAS: &str = "\n[quotas]\nwarn_at = [0.5, 1.0]\nlease_block = 0.1\n";
+const LIMIT: u64 = 200;
+const BLOCK: u64 = 20;
+
+/// Admitted (200) answers to `count` requests of `key`, `lanes` at a time, through `replica`.
+async fn admitted(replica: &Gateway, key: &str, lanes: usize, count: usize) -> u64 {
+    let lane = |_| async move {
+        let mut passed = 0;
+        for _ in 0..count / lanes {
+            passed += u64::from(clients::get(replica, "/v1/status", key).await.status == 200);
+        }
+        passed
+    };
+    futures_util::future::join_all((0..lanes).map(lane))
+        .await
+        .into_iter()
+        .sum()
+}
+
+async fn quota_state(replica: &Gateway, id: &str) -> Value {
+    let shown = admin_call(replica, "GET", &format!("/v1/keys/{id}"), "").await;
+    assert_eq!(shown.status, 200, "{}", shown.text());
+    shown.json()["quota_state"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_stay_within_a_block_each_and_give_back_at_drain() {
+    let Some(postgres) = postgres_url() else { return };
+    let schema = FreshSchema::new(&postgres);
+    let config = STANDARD.edit(
+        "url = \"sqlite://keygate.db\"",
+        &format!("url = \"{}\"", schema.url),
+    );
+    let harness = Harness::with_config(&config, QUOTAS).await;
+    let (second, third) = (harness.another_gateway().await, harness.another_gateway().await);
+    loaded(&second).await;
+    loaded(&third).await;
+    let created = admin_call(
+        &harness.gateway,
+        "POST",
+        "/v1/keys",
+        &format!(r#"{{"name":"plan","environment":"production","permissions":["*"],"quota":{{"limit":{LIMIT},"period":"day"}}}}"#),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let created = created.json();
+    let (id, key) = (created["id"].as_str().unwrap(), created["key"].as_str().unwrap());
+    let replicas = [&harness.gateway, &second, &third];
+    for replica in replicas {
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                quota_state(replica, id).await["limit"] == LIMIT
+            })
+            .await
+        );
+    }
+
+    // Twice the limit asked, four at a time through each replica at once.
+    let runs = replicas.map(|replica| admitted(replica, key, 4, 2 * LIMIT as usize / 3));
+    let total: u64 = futures_util::future::join_all(runs).await.into_iter().sum();
+    assert!(total <= LIMIT + 3 * BLOCK, "{total} admitted of {LIMIT}");
+    assert!(
+        total + 3 * BLOCK >= LIMIT,
+        "{total} admitted of {LIMIT}: more held back than a block each"
+    );
+
+    // A top-up through one replica is spent through the others: each asks the store again a
+    // second (on the gateways' clock) after it said the quota was spent.
+    let topped = admin_call(&second, "POST", &format!("/v1/keys/{id}/quota"), r#"{"add":30}"#).await;
+    assert_eq!(topped.status, 200, "{}", topped.text());
+    harness.clock.advance(Duration::from_secs(2));
+    let more = std::sync::atomic::AtomicU64::new(0);
+    let spent = eventually(Duration::from_secs(10), || async {
+        let passed = admitted(&third, key, 1, 5).await;
+        more.fetch_add(passed, std::sync::atomic::Ordering::SeqCst) + passed >= 20
+    })
+    .await;
+    let more = more.into_inner();
+    assert!(spent, "the top-up reached the third replica: {more} admitted");
+
+    // Drained, the two replicas give back what they leased and did not spend; the first's
+    // read takes off what it holds itself: the counter is what was admitted.
+    second.shutdown().await;
+    third.shutdown().await;
+    let state = quota_state(&harness.gateway, id).await;
+    assert_eq!(state["used"], total + more, "{state}");
+    assert_eq!(state["limit"], LIMIT + 30);
+}
+
+/// Waits until the outbox holds `count` payloads, and returns them.
+async fn outbox(gateway: &Gateway, count: usize) -> Vec<Value> {
+    let mut payloads = Vec::new();
+    eventually(Duration::from_secs(5), || {
+        payloads = gateway
+            .store
+            .due_webhooks(Timestamp::MAX, 100)
+            .unwrap()
+            .into_iter()
+            .map(|pending| serde_json::from_str(&pending.payload).unwrap())
+            .collect();
+        let found = payloads.len();
+        async move { found >= count }
+    })
+    .await;
+    payloads
+}
+
+/// The events of the outbox, as (event, threshold, used, limit).
+fn events(payloads: &[Value]) -> Vec<(String, f64, u64, u64)> {
+    let mut events: Vec<_> = payloads
+        .iter()
+        .map(|p| {
+            (
+                p["event"].as_str().unwrap().to_owned(),
+                p["threshold"].as_f64().unwrap(),
+                p["used"].as_u64().unwrap(),
+                p["limit"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    events.sort_by(|a, b| a.1.total_cmp(&b.1));
+    events
+}
+
+/// Spends a quota of 10 past its end, tops it up, and checks that each share warned once.
+async fn warns_once_a_period(config: &str) {
+    // Webhooks go nowhere: only the outbox is looked at.
+    let extra = format!("{QUOTAS}\n[lifecycle]\nwebhook = \"http://127.0.0.1:9/hook\"\n");
+    let harness = Harness::with_config(config, &extra).await;
+    let created = admin_call(
+        &harness.gateway,
+        "POST",
+        "/v1/keys",
+        r#"{"name":"plan","environment":"production","permissions":["*"],"quota":{"limit":10,"period":"day"}}"#,
+    )
+    .await;
+    let created = created.json();
+    let (id, key) = (created["id"].as_str().unwrap(), created["key"].as_str().unwrap());
+    harness.sync().await;
+    assert_eq!(admitted(&harness.gateway, key, 1, 14).await, 10);
+    let payloads = outbox(&harness.gateway, 2).await;
+    let found = events(&payloads);
+    assert_eq!(found.len(), 2, "{payloads:?}");
+    assert_eq!(
+        (found[0].0.as_str(), found[0].1, found[0].3),
+        ("quota.warning", 0.5, 10)
+    );
+    assert!((5..=10).contains(&found[0].2), "{payloads:?}");
+    assert_eq!(found[1], ("quota.exhausted".to_owned(), 1.0, 10, 10));
+    let payload = &payloads[0];
+    assert_eq!(
+        (payload["kind"].as_str(), payload["id"].as_str()),
+        (Some("key"), Some(id))
+    );
+    assert!(payload["resets_at"].is_string() && payload["event_id"].is_string());
+
+    let topped = admin_call(
+        &harness.gateway,
+        "POST",
+        &format!("/v1/keys/{id}/quota"),
+        r#"{"add":5}"#,
+    )
+    .await;
+    assert_eq!(topped.status, 200);
+    let more = eventually(Duration::from_secs(5), || async {
+        clients::get(&harness.gateway, "/v1/status", key).await.status == 200
+    })
+    .await;
+    assert!(more, "the top-up is spent");
+    admitted(&harness.gateway, key, 1, 6).await;
+    let metrics = harness.metrics().await;
+    for threshold in ["0.5", "1"] {
+        let series = format!("keygate_quota_warnings_total{{scope=\"key\",threshold=\"{threshold}\"}}");
+        assert_eq!(sample(&metrics, &series), Some(1.0), "{series}\n{metrics}");
+    }
+    assert_eq!(
+        outbox(&harness.gateway, 2).await.len(),
+        2,
+        "no warning twice in a period"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_quotas_warn_once_a_period() {
+    warns_once_a_period(STANDARD).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_in_redis_warn_once_a_period() {
+    let Some(url) = redis_url() else { return };
+    let prefix = format!("keygate-test:{:032x}:", rand::random::<u128>());
+    warns_once_a_period(&STANDARD.set("rate_limit", &redis_limits(&url, &prefix, "500ms"))).await;
+}
