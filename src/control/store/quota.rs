@@ -102,11 +102,12 @@ impl CounterRow {
                 added: self.added.saturating_add(more),
                 ..self
             },
+            // The warnings given stay given: once a period, whatever an operator does.
             QuotaChange::Reset => CounterRow {
                 used: 0,
                 added: 0,
                 generation: self.generation.wrapping_add(1),
-                warned: 0,
+                warned: self.warned,
             },
         }
     }
@@ -158,7 +159,7 @@ mod tests {
     fn units_leased_before_a_reset_are_not_given_back_after_it() {
         let row = CounterRow::default().lease(&ask(0, 0, 50)).row;
         let reset = row.changed(QuotaChange::Reset);
-        assert_eq!((reset.used, reset.generation, reset.warned), (0, 1, 0));
+        assert_eq!((reset.used, reset.generation), (0, 1));
         assert_eq!(reset.lease(&ask(50, 0, 0)).row.used, 0);
         let topped = reset.changed(QuotaChange::Add(20));
         assert_eq!(topped.lease(&ask(0, 1, 500)).granted, 120);
