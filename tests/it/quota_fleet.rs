@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::support::config::redis_limits;
 use crate::support::postgres::{postgres_url, FreshSchema};
+use crate::support::relay::{service_addr, Relay};
 use crate::support::{
     admin_call, clients, eventually, loaded, redis_url, sample, ConfigEdit, Harness, STANDARD,
 };
@@ -106,6 +107,65 @@ async fn three_replicas_stay_within_a_block_each_and_give_back_at_drain() {
     let state = quota_state(&harness.gateway, id).await;
     assert_eq!(state["used"], total + more, "{state}");
     assert_eq!(state["limit"], LIMIT + 30);
+}
+
+/// Requests of `key` through `replica`, one at a time, until one is refused (at most `most`):
+/// how many were admitted.
+async fn admitted_until_refused(replica: &Gateway, key: &str, most: u64) -> u64 {
+    for passed in 0..most {
+        if clients::get(replica, "/v1/status", key).await.status != 200 {
+            return passed;
+        }
+    }
+    most
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_store_cut_off_each_replica_spends_at_most_one_block_more() {
+    let Some(postgres) = postgres_url() else { return };
+    let schema = FreshSchema::new(&postgres);
+    let relay = Relay::start(service_addr(&postgres)).await;
+    let through_relay = schema
+        .url
+        .edit(&service_addr(&postgres).to_string(), &relay.addr.to_string());
+    let config = STANDARD.edit(
+        "url = \"sqlite://keygate.db\"",
+        &format!("url = \"{through_relay}\""),
+    );
+    let harness = Harness::with_config(&config, QUOTAS).await;
+    let second = harness.another_gateway().await;
+    let created = admin_call(
+        &harness.gateway,
+        "POST",
+        "/v1/keys",
+        &format!(r#"{{"name":"plan","environment":"production","permissions":["*"],"quota":{{"limit":{LIMIT},"period":"day"}}}}"#),
+    )
+    .await;
+    let key = created.json()["key"].as_str().unwrap().to_owned();
+    let on_second = eventually(Duration::from_secs(5), || async {
+        clients::get(&second, "/v1/status", &key).await.status == 200
+    })
+    .await;
+    assert!(on_second);
+    // Most of the quota spent while the store answers, each replica holding a lease.
+    let before = 1 + admitted(&harness.gateway, &key, 1, 90).await + admitted(&second, &key, 1, 90).await;
+    assert_eq!(before, 181);
+
+    relay.cut();
+    let (first, other) = tokio::join!(
+        admitted_until_refused(&harness.gateway, &key, 3 * BLOCK),
+        admitted_until_refused(&second, &key, 3 * BLOCK),
+    );
+    assert!(
+        first < 3 * BLOCK && other < 3 * BLOCK,
+        "each is refused in the end: {first}, {other}"
+    );
+    let total = before + first + other;
+    assert!(
+        total <= LIMIT + 2 * BLOCK,
+        "{total} admitted of {LIMIT} with 2 replicas"
+    );
+    relay.restore();
 }
 
 /// Waits until the outbox holds `count` payloads, and returns them.

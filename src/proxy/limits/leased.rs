@@ -177,13 +177,15 @@ impl Leased {
         if self.credit + self.spare >= cost {
             return Standing::Enough;
         }
-        let retry_due = self
-            .asked_at
-            .is_none_or(|at| now.duration_since(at).unsigned_abs() >= RETRY);
-        if self.asking || !self.spent_out || retry_due {
-            Standing::Pending
-        } else {
+        let since_asked = self.asked_at.map(|at| now.duration_since(at).unsigned_abs());
+        // The store has not answered for longer than a request waits, and the provisional
+        // block is spent: requests are refused at once until it answers, not each after a wait.
+        let stalled = self.asking && since_asked.is_some_and(|d| d >= WAIT) && self.unrecorded > 0;
+        let retry_due = since_asked.is_none_or(|d| d >= RETRY);
+        if stalled || (self.spent_out && !self.asking && !retry_due) {
             Standing::Short
+        } else {
+            Standing::Pending
         }
     }
 
