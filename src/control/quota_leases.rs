@@ -24,7 +24,7 @@ use super::store::quota::{CounterId, CounterRow, LeaseAsk, LeaseGrant};
 use super::store::{KeyStore, StoreError};
 use crate::core::clock::Clock;
 use crate::core::quota::{QuotaChange, QuotaSpec, QuotaUse};
-use crate::proxy::limits::{Crossing, LeaseOwner, Outcome, QuotaOwner, Want};
+use crate::proxy::limits::{Crossing, LeaseOwner, Outcome, QuotaOwner, Want, LEASE_WAIT};
 use crate::proxy::state::Shared;
 
 /// The shortest pause between sweeps for unused leases.
@@ -176,6 +176,7 @@ impl QuotaLeases {
         change: QuotaChange,
     ) -> Result<QuotaUse, StoreError> {
         let window = spec.window(self.clock.now());
+        self.settled(&owner).await;
         let store = self.store.clone();
         let id = owner.clone();
         let row: CounterRow = tokio::task::spawn_blocking(move || {
@@ -195,6 +196,24 @@ impl QuotaLeases {
             _ => row.used,
         };
         Ok(QuotaUse::new(spec.limit, row.added, used, &window))
+    }
+}
+
+impl QuotaLeases {
+    /// Waits (up to a request's wait) for this replica's round trip on the owner's counter to
+    /// be answered, so that what it holds and what the store counts agree when read.
+    async fn settled(&self, owner: &LeaseOwner) {
+        let limits = &self.shared.key_limits;
+        let Some(link) = limits.lease_link() else { return };
+        let deadline = tokio::time::Instant::now() + LEASE_WAIT;
+        loop {
+            let answered = link.answered();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            if !limits.lease_asking(owner) || tokio::time::timeout_at(deadline, answered).await.is_err() {
+                return;
+            }
+        }
     }
 }
 

@@ -400,12 +400,17 @@ impl Shared {
                 return verdict;
             }
         }
-        let verdict = match self.key_limits.lease_link() {
-            Some(link) => self.wait_for_lease(link, &check).await,
-            None => self.key_limits.admit(&check),
-        };
+        let verdict = self.admit_locally(&check).await;
         self.note_warnings(&check, &verdict);
         verdict
+    }
+
+    /// A check on the local limiter, waiting for a quota lease when one is pending.
+    pub async fn admit_locally(&self, check: &Check<'_>) -> Verdict {
+        match self.key_limits.lease_link() {
+            Some(link) => self.wait_for_lease(link, check).await,
+            None => self.key_limits.admit(check),
+        }
     }
 
     /// The check, retried as lease answers come in, until [`LEASE_WAIT`] has passed; then

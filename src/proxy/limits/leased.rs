@@ -284,6 +284,10 @@ impl Leased {
         (self.credit, self.generation, self.unrecorded)
     }
 
+    pub(super) fn is_asking(&self) -> bool {
+        self.asking
+    }
+
     /// The give-back of a lease unused for `ttl` (of every lease when `ttl` is zero): the
     /// unspent credit and the unreported provisional use, taken out, for the period that
     /// starts at `period`. A replica still spending keeps its lease: it will spend it.

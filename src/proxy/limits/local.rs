@@ -186,15 +186,20 @@ impl<C: WallClock> LocalLimits<C> {
         let standings = limits
             .each_mut()
             .map(|limit| limit.as_mut().map(|l| l.standing(cost, now, last)));
-        let refused = standings.iter().flatten().any(|s| *s == Standing::Short);
-        if !refused && standings.iter().flatten().any(|s| *s == Standing::Pending) {
+        // A pending lease is waited for even when another limit refuses, so that the refusal
+        // names the limit that lifts last, as without leases.
+        if standings.iter().flatten().any(|s| *s == Standing::Pending) {
             for limit in limits.iter_mut().flatten() {
                 limit.ask_if_pending(cost, now);
             }
             return Err(Pending);
         }
-        let admitted = !refused;
-        let answers = limits.map(|limit| limit.map(|limit| limit.answer(admitted, cost, now)));
+        let admitted = !standings.iter().flatten().any(|s| *s == Standing::Short);
+        let mut standing = standings.into_iter();
+        let answers = limits.map(|limit| {
+            let standing = standing.next().flatten();
+            limit.map(|limit| limit.answer(admitted, standing, cost, now))
+        });
         Ok(Verdict::assemble(&answers, now.wall))
     }
 
@@ -242,6 +247,15 @@ impl<C: WallClock> LocalLimits<C> {
                 lease.refresh(reset);
             }
         });
+    }
+
+    /// Whether the owner's lease has a round trip out (its grant may be in the store and not
+    /// yet here).
+    pub fn lease_asking(&self, owner: &LeaseOwner) -> bool {
+        self.with_lease(owner, |counter| {
+            counter.lease.as_ref().is_some_and(|l| l.is_asking())
+        })
+        .unwrap_or(false)
     }
 
     /// What this replica holds of the owner's lease in the period starting at `period`: its
@@ -433,8 +447,9 @@ impl<'a> Limit<'a> {
         }
     }
 
-    /// Charges the limit when the check is `admitted`, and answers with its state after.
-    fn answer(self, admitted: bool, cost: u32, now: Now) -> Answer {
+    /// Charges the limit when the check is `admitted`, and answers with its state after. A
+    /// lease's `standing` is the check's: one that could still be leased did not refuse.
+    fn answer(self, admitted: bool, standing: Option<Standing>, cost: u32, now: Now) -> Answer {
         match self {
             Limit::Rate(bucket) => {
                 let taken = bucket.gcra.take(bucket.tat, now.tick, cost);
@@ -463,7 +478,7 @@ impl<'a> Limit<'a> {
             Limit::Quota(counter, spec, Some(link)) => {
                 let window = counter.window;
                 let lease = counter.lease.as_mut().expect("made with the link");
-                let allowed = lease.standing(cost.into(), now.wall) == Standing::Enough;
+                let allowed = standing != Some(Standing::Short);
                 if admitted {
                     counter.used = counter.used.saturating_add(cost.into());
                     lease.spend(cost.into(), now.wall);
