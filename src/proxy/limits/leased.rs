@@ -11,7 +11,10 @@
 //! another replica is seen). If no answer comes within [`WAIT`] (the store is unreachable),
 //! the replica spends one provisional block of its own, which it reports to the store when it
 //! answers again: so a replica overshoots by at most one block, and not again until the store
-//! has recorded it; once the store said the allowance is spent, there is none.
+//! has recorded it; once the store said the allowance is spent, there is none. With that block
+//! spent and the store still silent past [`WAIT`], checks are refused at once rather than each
+//! waiting again. A pending lease is waited for even when another limit refuses the check, so
+//! that the refusal names the limit that lifts last, as it does without leases.
 
 use std::time::Duration;
 
