@@ -168,6 +168,77 @@ async fn with_the_store_cut_off_each_replica_spends_at_most_one_block_more() {
     relay.restore();
 }
 
+/// Two replicas keep sending a key's requests while the gateways' clock crosses the hour its
+/// quota renews at: every admitted request is counted in exactly one period's counter in the
+/// store (the leases of the first period are given back to it when the second begins).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_period_boundary_under_load_is_counted_once_in_the_store() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let harness = Harness::with_config(STANDARD, QUOTAS).await;
+    harness.clock.set("2026-03-10T10:29:59Z".parse().unwrap());
+    let second = harness.another_gateway().await;
+    let created = admin_call(
+        &harness.gateway,
+        "POST",
+        "/v1/keys",
+        r#"{"name":"plan","environment":"production","permissions":["*"],"quota":{"limit":1000,"period":"hour","anchor":"2026-01-01T00:30:00Z"}}"#,
+    )
+    .await;
+    let created = created.json();
+    let (id, key) = (created["id"].as_str().unwrap(), created["key"].as_str().unwrap());
+    harness.sync().await;
+    let on_second = eventually(Duration::from_secs(5), || async {
+        clients::get(&second, "/v1/status", key).await.status == 200
+    })
+    .await;
+    assert!(on_second);
+    let (sent, stop) = (AtomicU64::new(1), AtomicBool::new(false));
+    let lane = |replica: &'static str| {
+        let (sent, stop, second, gateway) = (&sent, &stop, &second, &harness.gateway);
+        async move {
+            let replica = if replica == "second" { second } else { gateway };
+            while !stop.load(Ordering::SeqCst) {
+                assert_eq!(clients::get(replica, "/v1/status", key).await.status, 200);
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    };
+    let mover = async {
+        for (at, then) in [(150, Some("2026-03-10T10:30:00Z")), (300, None)] {
+            while sent.load(Ordering::SeqCst) < at {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            match then {
+                Some(time) => harness.clock.set(time.parse().unwrap()),
+                None => stop.store(true, Ordering::SeqCst),
+            }
+        }
+    };
+    let lanes = ["first", "second", "first", "second"].map(lane);
+    tokio::join!(futures_util::future::join_all(lanes), mover);
+    let admitted = sent.load(Ordering::SeqCst);
+    assert_eq!(harness.upstream.count() as u64, admitted);
+
+    second.shutdown().await;
+    let first_hour = keygate::control::store::quota::CounterId {
+        kind: "key",
+        owner: id,
+        period: "2026-03-10T09:30:00Z".parse::<Timestamp>().unwrap().as_second(),
+    };
+    let counted = eventually(Duration::from_secs(5), || async {
+        let first = harness
+            .gateway
+            .store
+            .change_quota(&first_hour, keygate::core::quota::QuotaChange::Read)
+            .unwrap()
+            .used;
+        let now = quota_state(&harness.gateway, id).await["used"].as_u64().unwrap();
+        first + now == admitted && first > 0 && now > 0
+    })
+    .await;
+    assert!(counted, "each of {admitted} admitted requests counted once");
+}
+
 /// Waits until the outbox holds `count` payloads, and returns them.
 async fn outbox(gateway: &Gateway, count: usize) -> Vec<Value> {
     let mut payloads = Vec::new();

@@ -116,6 +116,11 @@ impl LeaseLink {
         self.answered.notified()
     }
 
+    /// Queues a give-back (dropped when the queue is full: the units stay counted as used).
+    pub(super) fn give_back(&self, want: Want) {
+        let _ = self.wants.try_send(want);
+    }
+
     pub(super) fn wake(&self) {
         self.answered.notify_waiters();
     }

@@ -15,6 +15,7 @@
 //! period.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use dashmap::mapref::one::Ref;
 use dashmap::DashMap;
@@ -309,6 +310,9 @@ impl<'a> Limit<'a> {
         now: Timestamp,
         leasing: Option<Leasing<'a>>,
     ) -> Self {
+        if let Some((link, _)) = leasing {
+            give_back_if_over(slot, spec, now, link);
+        }
         let counter = current(slot, spec, now);
         let link = leasing.map(|(link, owner)| {
             counter
@@ -415,6 +419,24 @@ fn ask_context<'a>(
         window,
         cost: cost.into(),
         now,
+    }
+}
+
+/// A counter about to be replaced by the next period's gives its lease back to its own period's
+/// counter in the store, so that counter ends as what its period admitted.
+fn give_back_if_over(slot: &mut Option<Counter>, spec: &QuotaSpec, now: Timestamp, link: &LeaseLink) {
+    let Some(counter) = slot.as_mut() else { return };
+    let same = (counter.period, counter.anchor) == (spec.period, spec.anchor);
+    if (same && !counter.window.is_over(now)) || (!same && spec.window(now) == counter.window) {
+        return;
+    }
+    let period = counter.window.start;
+    if let Some(want) = counter
+        .lease
+        .as_mut()
+        .and_then(|lease| lease.lapse(Duration::ZERO, now, period))
+    {
+        link.give_back(want);
     }
 }
 
