@@ -19,6 +19,8 @@ use crate::control::leaks::github::{KeySource, Verifier};
 use crate::control::leaks::Leaks;
 use crate::control::lifecycle::LifecycleJobs;
 use crate::control::replicas::Replica;
+use crate::control::quota_leases::QuotaLeases;
+use crate::control::quota_warnings::Warner;
 use crate::control::store::{self, Actor, KeyStore};
 use crate::control::sync::KeySync;
 use crate::control::usage::UsageFlusher;
@@ -26,6 +28,7 @@ use crate::core::clock::{system_clock, Clock};
 use crate::core::environment::Environment;
 use crate::core::secret::Hasher;
 use crate::proxy::intercept::Intercept;
+use crate::proxy::limits::{LeaseLink, QuotaWarnings};
 use crate::proxy::server;
 use crate::proxy::shared_limits::{RateClock, RedisSettings, SharedLimits};
 use crate::proxy::state::Shared;
@@ -52,6 +55,8 @@ pub struct Gateway {
     /// This gateway's row in the store's list of replicas.
     pub replica: Arc<Replica>,
     lifecycle: LifecycleJobs,
+    /// The quota leases' task, when quotas are leased from the store: given back at drain.
+    quota_leases: Option<Arc<QuotaLeases>>,
     /// True once the key table has loaded.
     loaded: watch::Receiver<bool>,
     /// The proxy listener's TLS, whose certificate a reload replaces.
@@ -162,6 +167,21 @@ impl Gateway {
         let traces =
             Traces::start(&config.tracing).context("cannot set up the trace exporter ([tracing])")?;
         shared = shared.with_traces(traces);
+        let (quota_warnings, quota_notes) = QuotaWarnings::new(&config.quotas.warn_at);
+        // Without Redis, quotas are leased from the store, whose counter sees the warnings.
+        let (lease_link, lease_wants) = LeaseLink::new(config.quotas.lease_block);
+        let leasing = matches!(config.rate_limit.backend, RateLimitBackend::Local);
+        if leasing {
+            shared = shared.with_quota_leases(lease_link);
+        } else if !config.quotas.warn_at.is_empty() {
+            shared = shared.with_quota_warnings(quota_warnings);
+        }
+        let warner = Arc::new(Warner::new(
+            store.clone(),
+            metrics.clone(),
+            clock.clone(),
+            config.lifecycle.webhook.is_some(),
+        ));
         let shared_limits = shared_limits(&config, &metrics, clock.clone()).await?;
         if let Some(limits) = &shared_limits {
             shared = shared.with_shared_limits(limits.clone());
@@ -190,6 +210,15 @@ impl Gateway {
             shared = shared.with_intercept(endpoints);
         }
         let shared = Arc::new(shared);
+        let quota_leases = leasing.then(|| {
+            Arc::new(QuotaLeases::new(
+                store.clone(),
+                shared.clone(),
+                warner.clone(),
+                &config.quotas,
+                clock.clone(),
+            ))
+        });
 
         let proxy = TcpListener::bind(config.server.listen)
             .await
@@ -229,6 +258,7 @@ impl Gateway {
             tokio::spawn(sync.clone().run(config.store.sync_interval, loaded_tx)),
             tokio::spawn(flusher.clone().run(config.store.usage_flush_interval)),
             tokio::spawn(housekeeping(shared.clone())),
+            tokio::spawn(warner.clone().run(quota_notes)),
         ];
         let replica = Arc::new(Replica::new(
             shared.clone(),
@@ -237,6 +267,10 @@ impl Gateway {
             admin_addr.port(),
         ));
         tasks.push(tokio::spawn(replica.clone().run()));
+        if let Some(leases) = &quota_leases {
+            tasks.push(tokio::spawn(leases.clone().run(lease_wants)));
+            tasks.push(tokio::spawn(leases.clone().sweep()));
+        }
         tasks.extend(lifecycle.spawn());
         tasks.extend(shared_limits.map(|limits| tokio::spawn(limits.watch())));
         let admin_server = Admin::new(
@@ -252,6 +286,10 @@ impl Gateway {
         .with_usage(flusher.clone())
         .with_leaks(leaks)
         .with_replica(replica.clone());
+        let admin_server = match &quota_leases {
+            Some(leases) => admin_server.with_quota_leases(leases.clone()),
+            None => admin_server,
+        };
         let admin_server = tokio::spawn(Arc::new(admin_server).serve(admin, stopped(&stop)));
         let proxy_server = tokio::spawn(server::serve(proxy, shared.clone(), tls.clone(), stopped(&drain)));
         tracing::info!(%proxy_addr, %admin_addr, "keygate serving");
@@ -269,6 +307,7 @@ impl Gateway {
             sync,
             replica,
             lifecycle,
+            quota_leases,
             loaded,
             tls,
             started: RestartOnly::of(&config),
@@ -386,6 +425,9 @@ impl Gateway {
     pub async fn shutdown(self) {
         let _ = self.drain.send(true);
         let _ = self.proxy_server.await;
+        if let Some(leases) = &self.quota_leases {
+            leases.drain().await;
+        }
         if let Some(traces) = &self.shared.traces {
             traces.shutdown().await;
         }

@@ -31,6 +31,7 @@ pub struct Effective {
     tracing: TracingOut,
     usage: UsageOut,
     leaks: super::leaks::LeaksOut,
+    quotas: QuotasOut,
     upstream: Vec<UpstreamOut>,
     route: Vec<RouteOut>,
 }
@@ -142,6 +143,13 @@ struct TracingOut {
 }
 
 #[derive(Debug, Serialize)]
+struct QuotasOut {
+    warn_at: Vec<f64>,
+    lease_block: f64,
+    lease_ttl: String,
+}
+
+#[derive(Debug, Serialize)]
 struct UsageOut {
     retention: String,
 }
@@ -218,6 +226,11 @@ impl Effective {
                 retention: time(config.usage.retention),
             },
             leaks: super::leaks::effective(&config.leaks),
+            quotas: QuotasOut {
+                warn_at: config.quotas.warn_at.clone(),
+                lease_block: config.quotas.lease_block,
+                lease_ttl: time(config.quotas.lease_ttl),
+            },
             upstream: config.upstreams.iter().map(upstream).collect(),
             route: config.routes.iter().map(|r| route(r, config)).collect(),
         }

@@ -207,6 +207,8 @@ pub struct RawConfig {
     pub usage: RawUsage,
     #[serde(default)]
     pub leaks: RawLeaks,
+    #[serde(default)]
+    pub quotas: super::quotas::RawQuotas,
     /// `[[upstream]]` tables.
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<Spanned<RawUpstream>>,

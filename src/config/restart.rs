@@ -87,6 +87,8 @@ pub struct RestartOnly {
     usage_retention: Duration,
     /// The whole `[leaks]` section: its endpoints and their keys are set up at start.
     leaks: Leaks,
+    /// The whole `[quotas]` section: the warning and lease tasks are built once.
+    quotas: super::Quotas,
 }
 
 impl RestartOnly {
@@ -134,6 +136,7 @@ impl RestartOnly {
             tracing: config.tracing.clone(),
             usage_retention: config.usage.retention,
             leaks: config.leaks.clone(),
+            quotas: config.quotas.clone(),
         }
     }
 

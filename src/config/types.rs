@@ -28,6 +28,7 @@ pub struct Config {
     pub tracing: Tracing,
     pub usage: Usage,
     pub leaks: super::Leaks,
+    pub quotas: super::Quotas,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
 }

@@ -223,6 +223,7 @@ impl Checker<'_> {
         let tracing = traces::tracing(self, &raw.tracing);
         let usage = self.usage(&raw.usage);
         let leaks = super::leaks::leaks(self, &raw.leaks, base_dir);
+        let quotas = super::quotas::quotas(self, &raw.quotas);
         if admin.listen == server.listen && server.listen.port() != 0 {
             let span = raw.admin.listen.as_ref().map_or(0..0, Spanned::span);
             self.fail(&span, "admin.listen", "must differ from server.listen");
@@ -241,6 +242,7 @@ impl Checker<'_> {
             tracing,
             usage,
             leaks,
+            quotas,
             upstreams,
             routes,
         })

@@ -8,6 +8,8 @@ pub mod keys;
 pub mod leaks;
 pub mod lifecycle;
 pub mod replicas;
+pub mod quota_leases;
+pub mod quota_warnings;
 pub mod snapshot;
 pub mod store;
 pub mod sync;

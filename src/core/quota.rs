@@ -300,6 +300,12 @@ impl QuotaUse {
     }
 }
 
+/// The use at which share `share` (of `[quotas] warn_at`) of `allowance` is reached: rounded
+/// up, at least 1.
+pub fn warning_mark(share: f64, allowance: u64) -> u64 {
+    ((allowance as f64 * share).ceil() as u64).max(1)
+}
+
 /// What an operator does to a quota's current period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuotaChange {

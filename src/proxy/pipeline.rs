@@ -368,8 +368,11 @@ fn rate_limit(
     if shared.shared_limits.is_some() {
         return Ok(Some(ask));
     }
-    ctx.apply_limit(&shared.key_limits.admit(&ask.check(key)))?;
-    Ok(None)
+    match shared.limit_locally(key, &ask) {
+        Some(verdict) => ctx.apply_limit(&verdict).map(|()| None),
+        // A quota lease is pending: the exchange waits for it.
+        None => Ok(Some(ask)),
+    }
 }
 
 /// A body declared longer than `server.max_request_body` is refused before any of it is read;

@@ -17,7 +17,9 @@ use super::credentials::Schemes;
 use super::customers::CustomerMap;
 use super::error::{AuthFailure, Denial, QuotaScope, RefusalHeaders};
 use super::intercept::Intercept;
-use super::limits::{GatewayClock, IpThrottle, KeyAsk, KeyLimits, Verdict};
+use super::limits::{
+    Check, GatewayClock, IpThrottle, KeyAsk, KeyLimits, LeaseLink, QuotaWarnings, Verdict, LEASE_WAIT,
+};
 use super::router::Router;
 use super::shared_limits::SharedLimits;
 use super::table::{AuthKey, KeyTable};
@@ -280,6 +282,8 @@ pub struct Shared {
     pub key_limits: KeyLimits<GatewayClock>,
     /// The fleet-wide limiter of `rate_limit.backend = "redis"`; `None`: limits are local.
     pub shared_limits: Option<Arc<SharedLimits>>,
+    /// Where admitted checks note quota warnings; `None`: no `warn_at`, or noted elsewhere.
+    pub quota_warnings: Option<QuotaWarnings>,
     pub usage: Arc<UsageCounters>,
     pub metrics: Metrics,
     /// `keygate_auth_failures_total` by reason.
@@ -312,6 +316,7 @@ impl Shared {
             customers: Arc::default(),
             key_limits: KeyLimits::with_clock(GatewayClock(clock.clone())),
             shared_limits: None,
+            quota_warnings: None,
             usage: Arc::default(),
             auth_failures: Series::new(
                 &metrics.auth_failures,
@@ -356,17 +361,77 @@ impl Shared {
         }
     }
 
+    /// With quotas spent out of blocks leased through `link`.
+    pub fn with_quota_leases(self, link: LeaseLink) -> Self {
+        Shared {
+            key_limits: self.key_limits.with_leases(link),
+            ..self
+        }
+    }
+
+    /// With quota warnings noted from the limiter's verdicts.
+    pub fn with_quota_warnings(self, warnings: QuotaWarnings) -> Self {
+        Shared {
+            quota_warnings: Some(warnings),
+            ..self
+        }
+    }
+
+    /// Step 8 for a key, when local: decided at once, its quota warnings noted; `None` when
+    /// a quota lease is pending (the request then waits in [`Shared::limit`]).
+    pub fn limit_locally(&self, key: &AuthKey, ask: &KeyAsk) -> Option<Verdict> {
+        let check = ask.check(key);
+        let verdict = self.key_limits.try_admit(&check).ok()?;
+        self.note_warnings(&check, &verdict);
+        Some(verdict)
+    }
+
+    fn note_warnings(&self, check: &Check<'_>, verdict: &Verdict) {
+        if let Some(warnings) = &self.quota_warnings {
+            warnings.note(check, verdict);
+        }
+    }
+
     /// Step 8 for a key: its shared limits when there is a shared backend that answers in
-    /// time, its local ones otherwise. The request path calls it only with a shared backend,
-    /// and decides locally without awaiting anything otherwise.
+    /// time, its local ones otherwise, waiting up to [`LEASE_WAIT`] for a quota lease. The
+    /// request path calls it only with a shared backend or a pending lease, and decides
+    /// locally without awaiting anything otherwise.
     pub async fn limit(&self, key: &AuthKey, ask: &KeyAsk) -> Verdict {
         let check = ask.check(key);
         if let Some(shared) = &self.shared_limits {
             if let Some(verdict) = shared.admit(&check).await {
+                self.note_warnings(&check, &verdict);
                 return verdict;
             }
         }
-        self.key_limits.admit(&check)
+        let verdict = self.admit_locally(&check).await;
+        self.note_warnings(&check, &verdict);
+        verdict
+    }
+
+    /// A check on the local limiter, waiting for a quota lease when one is pending.
+    pub async fn admit_locally(&self, check: &Check<'_>) -> Verdict {
+        match self.key_limits.lease_link() {
+            Some(link) => self.wait_for_lease(link, check).await,
+            None => self.key_limits.admit(check),
+        }
+    }
+
+    /// The check, retried as lease answers come in, until [`LEASE_WAIT`] has passed; then
+    /// decided with what there is (a provisional block, see `limits::leased`).
+    async fn wait_for_lease(&self, link: &LeaseLink, check: &Check<'_>) -> Verdict {
+        let deadline = tokio::time::Instant::now() + LEASE_WAIT;
+        loop {
+            let answered = link.answered();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            if let Ok(verdict) = self.key_limits.try_admit(check) {
+                return verdict;
+            }
+            if tokio::time::timeout_at(deadline, answered).await.is_err() {
+                return self.key_limits.admit(check);
+            }
+        }
     }
 
     /// What step 8 asks of `key` at `cost`: its own rate limit (or the default) and quota, and

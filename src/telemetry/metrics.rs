@@ -53,6 +53,8 @@ pub struct Metrics {
     pub usage_flush_errors: IntCounter,
     pub build_info: IntGaugeVec,
     pub idle_warnings: IntCounterVec,
+    /// Quota warnings emitted, by `scope` (`key`, `customer`) and `threshold` (a `warn_at` share).
+    pub quota_warnings: IntCounterVec,
     pub idle_revocations: IntCounter,
     pub webhook_deliveries: IntCounter,
     pub webhook_failures: IntCounter,
@@ -253,6 +255,11 @@ impl Metrics {
                 "keygate_upstream_errors_total",
                 "Failed upstream exchanges",
                 &["upstream", "kind"],
+            ),
+            quota_warnings: r.counter_vec(
+                "keygate_quota_warnings_total",
+                "Quota warnings emitted: a period's use reached a share of quotas.warn_at",
+                &["scope", "threshold"],
             ),
             idle_warnings: r.counter_vec(
                 "keygate_idle_warnings_total",

@@ -1,7 +1,8 @@
-//! One conformance suite for both limiter backends, written once as plain functions of the seam
-//! ([`Limiter`]): each case runs against the local limiter and against Redis (the throwaway
-//! server of `support::services`), both on one manual clock (Redis's rate buckets then take
-//! their time from it too). A backend is done when it passes the same suite, so the two cannot
+//! One conformance suite for the limiter backends, written once as plain functions of the seam
+//! ([`Limiter`]): each case runs against the local limiter, the local limiter spending quotas
+//! out of blocks leased from a store (SQLite here; the lease task of a gateway), and Redis (the
+//! throwaway server of `support::services`), all on one manual clock (Redis's rate buckets then
+//! take their time from it too). A backend is done when it passes the same suite, so the two cannot
 //! drift: burst, refill, a quota's period edge, a refusal that spends nothing, top-up, reset,
 //! a cost above 1, and credits that never renew.
 
@@ -11,13 +12,21 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use keygate::core::clock::ManualClock;
+use keygate::control::quota_leases::QuotaLeases;
+use keygate::control::quota_warnings::Warner;
+use keygate::control::store::{KeyStore, SqliteStore};
+use keygate::core::clock::{Clock, ManualClock};
 use keygate::core::key::RateLimitSpec;
-use keygate::core::quota::{Period, QuotaChange, QuotaSpec};
-use keygate::proxy::limits::{Check, LimitKind, Limiter, LocalLimits, Owner, Subject, Verdict};
+use keygate::core::quota::{Period, QuotaChange, QuotaSpec, QuotaUse};
+use keygate::core::secret::Hasher;
+use keygate::proxy::limits::{
+    Check, LeaseLink, LeaseOwner, LimitKind, Limiter, LocalLimits, Owner, Subject, Unavailable, Verdict,
+};
 use keygate::proxy::shared_limits::{RateClock, RedisSettings, SharedLimits};
+use keygate::proxy::state::Shared;
+use keygate::telemetry::Metrics;
 
-use crate::support::redis_url;
+use crate::support::{redis_url, STANDARD};
 
 const START: &str = "2026-03-01T12:00:00Z";
 
@@ -353,6 +362,80 @@ macro_rules! suite {
 async fn the_local_limiter_passes_the_suite() {
     let local = async |clock: &ManualClock| Arc::new(LocalLimits::with_clock(clock.clone()));
     suite!(local);
+}
+
+/// The local limiter of a gateway without Redis: quotas leased from its store, blocks of a
+/// tenth (so the cases' small quotas lease a unit at a time, and a larger one several times).
+struct Leasing {
+    shared: Arc<Shared>,
+    leases: Arc<QuotaLeases>,
+    _dir: tempfile::TempDir,
+}
+
+impl Leasing {
+    async fn new(clock: &ManualClock) -> Arc<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{}\n[quotas]\nlease_block = 0.1\n",
+            STANDARD.replace("{upstream}", "127.0.0.1:9")
+        );
+        let config = Arc::new(keygate::config::parse(&text, dir.path()).unwrap());
+        let store: Arc<dyn KeyStore> = Arc::new(SqliteStore::create(&dir.path().join("keys.db")).unwrap());
+        let clock: Clock = Arc::new(clock.clone());
+        let metrics = Metrics::new();
+        let (link, wants) = LeaseLink::new(config.quotas.lease_block);
+        let shared = Shared::new(
+            config.clone(),
+            Arc::default(),
+            Hasher::unkeyed(),
+            metrics.clone(),
+            clock.clone(),
+        )
+        .with_quota_leases(link);
+        let shared = Arc::new(shared);
+        let warner = Arc::new(Warner::new(store.clone(), metrics, clock.clone(), false));
+        let leases = Arc::new(QuotaLeases::new(
+            store,
+            shared.clone(),
+            warner,
+            &config.quotas,
+            clock,
+        ));
+        tokio::spawn(leases.clone().run(wants));
+        Arc::new(Leasing {
+            shared,
+            leases,
+            _dir: dir,
+        })
+    }
+}
+
+impl Limiter for Leasing {
+    async fn admit(&self, check: &Check<'_>) -> Result<Verdict, Unavailable> {
+        Ok(self.shared.admit_locally(check).await)
+    }
+
+    async fn quota(
+        &self,
+        owner: Owner<'_>,
+        spec: &QuotaSpec,
+        change: QuotaChange,
+    ) -> Result<QuotaUse, Unavailable> {
+        let owner = match owner {
+            Owner::Key { seq, id, .. } => LeaseOwner::Key { seq, id: id.into() },
+            Owner::Customer { id } => LeaseOwner::Customer { id: id.into() },
+        };
+        self.leases
+            .change(owner, *spec, change)
+            .await
+            .map_err(|_| Unavailable)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leasing_limiter_passes_the_suite() {
+    let leasing = async |clock: &ManualClock| Leasing::new(clock).await;
+    suite!(leasing);
 }
 
 #[tokio::test]

@@ -21,6 +21,7 @@ mod limiter_conformance;
 mod logs;
 mod postgres_tls;
 mod protective_limits;
+mod quota_fleet;
 mod quotas;
 mod reference;
 mod reload;

@@ -21,6 +21,7 @@ use crate::support::postgres::{postgres_url, FreshSchema};
 
 mod analytics;
 mod customers;
+mod quota_counters;
 mod replicas;
 
 const AUDIT: Audit = Audit {
@@ -681,6 +682,18 @@ fn sqlite_passes_the_replicas_suite() {
 }
 
 #[test]
+fn sqlite_passes_the_quota_counter_suite() {
+    for (name, test) in quota_counters::SUITE {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let a = SqliteStore::create(&path).unwrap();
+        let b = SqliteStore::open(&path).unwrap();
+        eprintln!("sqlite: {name}");
+        test(&a, &b);
+    }
+}
+
+#[test]
 fn postgres_passes_the_customers_suite() {
     let Some(url) = postgres_url() else { return };
     for (name, test) in customers::SUITE {
@@ -695,6 +708,20 @@ fn postgres_passes_the_customers_suite() {
 fn postgres_passes_the_replicas_suite() {
     let Some(url) = postgres_url() else { return };
     for (name, test) in replicas::SUITE {
+        let schema = FreshSchema::new(&url);
+        let (a, b) = (
+            PgStore::open(&schema.url).unwrap(),
+            PgStore::open(&schema.url).unwrap(),
+        );
+        eprintln!("postgres: {name}");
+        test(&a, &b);
+    }
+}
+
+#[test]
+fn postgres_passes_the_quota_counter_suite() {
+    let Some(url) = postgres_url() else { return };
+    for (name, test) in quota_counters::SUITE {
         let schema = FreshSchema::new(&url);
         let (a, b) = (
             PgStore::open(&schema.url).unwrap(),

@@ -61,6 +61,8 @@ pub struct Admin {
     leaks: Option<Leaks>,
     /// This replica in the fleet: `GET /v1/replicas`, receipts, fleet-wide requests.
     replica: Option<Arc<Replica>>,
+    /// The fleet's quota counters, when replicas lease quotas from the store.
+    quota_leases: Option<Arc<crate::control::quota_leases::QuotaLeases>>,
 }
 
 /// The admin tokens, as the environment gives them.
@@ -91,6 +93,7 @@ impl Admin {
             usage: None,
             leaks: None,
             replica: None,
+            quota_leases: None,
         }
     }
 
@@ -101,6 +104,12 @@ impl Admin {
     }
 
     /// `POST /v1/leaks` reports to `leaks`.
+    /// Quota states and changes go to the fleet's counters in the store.
+    pub fn with_quota_leases(mut self, leases: Arc<crate::control::quota_leases::QuotaLeases>) -> Self {
+        self.quota_leases = Some(leases);
+        self
+    }
+
     pub fn with_leaks(mut self, leaks: Leaks) -> Self {
         self.leaks = Some(leaks);
         self
@@ -143,6 +152,7 @@ impl Admin {
             usage: self.usage.clone(),
             leaks: self.leaks.clone(),
             replica: self.replica.clone(),
+            quota_leases: self.quota_leases.clone(),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod dump;
 pub mod model;
 mod postgres;
 pub mod replicas;
+pub mod quota;
 mod row;
 mod sqlite;
 
@@ -303,6 +304,17 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// Takes or renews the lease `name` for `holder` until `now + ttl`. True when `holder` has
     /// it: nobody held it, its holder let it run out, or `holder` held it already.
     fn try_lease(&self, name: &str, holder: &str, now: Timestamp, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// One replica's quota lease round trip on a counter (see [`quota`]): gives back, grants,
+    /// notes the warnings reached, in one transaction that holds the row.
+    fn lease_quota(&self, ask: &quota::LeaseAsk<'_>) -> Result<quota::LeaseGrant, StoreError>;
+
+    /// Reads, tops up or resets a quota counter, for the whole fleet; the row after.
+    fn change_quota(
+        &self,
+        counter: &quota::CounterId<'_>,
+        change: crate::core::quota::QuotaChange,
+    ) -> Result<quota::CounterRow, StoreError>;
 
     /// Inserts many keys in one transaction, all or none, each with its own revision and audit
     /// record: benchmarks, tests. See [`KeyStore::insert_batches`] for keys read as they come.

@@ -15,6 +15,7 @@
 //! period.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use dashmap::mapref::one::Ref;
 use dashmap::DashMap;
@@ -22,6 +23,9 @@ use jiff::Timestamp;
 use rustc_hash::FxBuildHasher;
 
 use super::gcra::Gcra;
+use super::leased::{AskContext, LeaseLink, LeaseOwner, Leased, Standing};
+
+mod leases;
 use super::verdict::{Answer, Verdict};
 use super::{Check, Decision, Owner, Subject};
 use crate::core::clock::{SystemClock, WallClock};
@@ -36,7 +40,13 @@ pub struct LocalLimits<C = SystemClock> {
     /// By customer id (an operator's, not a client's).
     customers: DashMap<Box<str>, Mutex<Held>, FxBuildHasher>,
     clock: C,
+    /// Quota leases from the store (`leased.rs`); `None`: quotas are counted here alone.
+    leases: Option<LeaseLink>,
 }
+
+/// A check a quota's lease cannot pay for yet: an answer from the store is awaited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending;
 
 /// The name the request path and the benches know the local limiter by.
 pub type KeyLimits<C = SystemClock> = LocalLimits<C>;
@@ -78,6 +88,8 @@ struct Counter {
     window: Window,
     used: u64,
     added: u64,
+    /// With quota leases: what this replica leased of the fleet's counter.
+    lease: Option<Box<Leased>>,
 }
 
 /// The time of one check.
@@ -101,11 +113,36 @@ impl<C: WallClock> LocalLimits<C> {
             keys: DashMap::with_hasher_and_shard_amount(FxBuildHasher, 64),
             customers: DashMap::with_hasher_and_shard_amount(FxBuildHasher, 64),
             clock,
+            leases: None,
         }
     }
 
-    /// Asks every limit of the check for its cost; charges them all, or none.
+    /// Quotas spent out of blocks leased through `link`.
+    pub fn with_leases(self, link: LeaseLink) -> Self {
+        LocalLimits {
+            leases: Some(link),
+            ..self
+        }
+    }
+
+    pub fn lease_link(&self) -> Option<&LeaseLink> {
+        self.leases.as_ref()
+    }
+
+    /// Asks every limit of the check for its cost; charges them all, or none. A quota whose
+    /// lease is pending refuses (see [`LocalLimits::try_admit`] to wait for it instead).
     pub fn admit(&self, check: &Check<'_>) -> Verdict {
+        self.decide(check, true).unwrap_or_default()
+    }
+
+    /// Like [`LocalLimits::admit`], but a quota whose lease cannot pay yet and may is
+    /// [`Pending`]: a lease has been asked for, and nothing is charged.
+    pub fn try_admit(&self, check: &Check<'_>) -> Result<Verdict, Pending> {
+        self.decide(check, false)
+    }
+
+    /// `last`: no more waiting; a lease that did not answer spends a provisional block.
+    fn decide(&self, check: &Check<'_>, last: bool) -> Result<Verdict, Pending> {
         let now = self.now(check.key.quota.is_some() || check.customer.is_some_and(|c| c.quota.is_some()));
         let key = held(&self.keys, &check.seq, || check.seq);
         let customer = check
@@ -116,24 +153,57 @@ impl<C: WallClock> LocalLimits<C> {
         let key = &mut *key_guard;
         let mut customer_guard = customer.as_ref().map(|held| lock(held));
         let cost = check.cost.get();
+        let leases = self.leases.as_ref();
+        let key_owner = || LeaseOwner::Key {
+            seq: check.seq,
+            id: check.key.id.into(),
+        };
+        let customer_id = check.customer.map_or("", |c| c.id);
+        let customer_owner = || LeaseOwner::Customer {
+            id: customer_id.into(),
+        };
         let mut limits = [
             check.key.rate.map(|spec| Limit::rate(&mut key.rate, spec)),
             None,
-            check
-                .key
-                .quota
-                .map(|spec| Limit::quota(&mut key.quota, spec, now.wall)),
+            check.key.quota.map(|spec| {
+                Limit::quota(
+                    &mut key.quota,
+                    spec,
+                    now.wall,
+                    leases.map(|l| (l, &key_owner as _)),
+                )
+            }),
             None,
         ];
         if let (Some(held), Some(subject)) = (customer_guard.as_deref_mut(), check.customer) {
             limits[1] = subject.rate.map(|spec| Limit::rate(&mut held.rate, spec));
-            limits[3] = subject
-                .quota
-                .map(|spec| Limit::quota(&mut held.quota, spec, now.wall));
+            limits[3] = subject.quota.map(|spec| {
+                Limit::quota(
+                    &mut held.quota,
+                    spec,
+                    now.wall,
+                    leases.map(|l| (l, &customer_owner as _)),
+                )
+            });
         }
-        let admitted = limits.iter().flatten().all(|limit| limit.allows(cost, now));
-        let answers = limits.map(|limit| limit.map(|limit| limit.answer(admitted, cost, now)));
-        Verdict::assemble(&answers, now.wall)
+        let standings = limits
+            .each_mut()
+            .map(|limit| limit.as_mut().map(|l| l.standing(cost, now, last)));
+        // A pending lease is waited for even when another limit refuses, so that the refusal
+        // names the limit that lifts last, as without leases.
+        if standings.iter().flatten().any(|s| *s == Standing::Pending) {
+            for limit in limits.iter_mut().flatten() {
+                limit.ask_if_pending(cost, now);
+            }
+            return Err(Pending);
+        }
+        let admitted = !standings.iter().flatten().any(|s| *s == Standing::Short);
+        let mut standing = standings.into_iter();
+        let answers = limits.map(|limit| {
+            let standing = standing.next().flatten();
+            limit.map(|limit| limit.answer(admitted, standing, cost, now))
+        });
+        Ok(Verdict::assemble(&answers, now.wall))
     }
 
     /// Takes one request from key `seq`'s rate limit: a check of that one limit, as the request
@@ -215,8 +285,11 @@ fn lock(held: &Mutex<Held>) -> MutexGuard<'_, Held> {
 /// One limit of a check, borrowed from its holder's state for the check's length.
 enum Limit<'a> {
     Rate(&'a mut Bucket),
-    Quota(&'a mut Counter, &'a QuotaSpec),
+    Quota(&'a mut Counter, &'a QuotaSpec, Option<&'a LeaseLink>),
 }
+
+/// The lease link and, for a counter's first lease, its owner.
+type Leasing<'a> = (&'a LeaseLink, &'a dyn Fn() -> LeaseOwner);
 
 impl<'a> Limit<'a> {
     fn rate(slot: &'a mut Option<Bucket>, spec: &'a RateLimitSpec) -> Self {
@@ -231,19 +304,64 @@ impl<'a> Limit<'a> {
         }))
     }
 
-    fn quota(slot: &'a mut Option<Counter>, spec: &'a QuotaSpec, now: Timestamp) -> Self {
-        Limit::Quota(current(slot, spec, now), spec)
+    fn quota(
+        slot: &'a mut Option<Counter>,
+        spec: &'a QuotaSpec,
+        now: Timestamp,
+        leasing: Option<Leasing<'a>>,
+    ) -> Self {
+        if let Some((link, _)) = leasing {
+            give_back_if_over(slot, spec, now, link);
+        }
+        let counter = current(slot, spec, now);
+        let link = leasing.map(|(link, owner)| {
+            counter
+                .lease
+                .get_or_insert_with(|| Box::new(Leased::new(owner(), *spec)));
+            link
+        });
+        Limit::Quota(counter, spec, link)
     }
 
-    fn allows(&self, cost: u32, now: Now) -> bool {
-        match self {
+    /// `last`: a lease that cannot pay spends a provisional block, and is short if it still
+    /// cannot.
+    fn standing(&mut self, cost: u32, now: Now, last: bool) -> Standing {
+        let allowed = match self {
             Limit::Rate(bucket) => bucket.gcra.take(bucket.tat, now.tick, cost).is_ok(),
-            Limit::Quota(counter, spec) => counter.allows(spec, cost),
+            Limit::Quota(counter, spec, None) => counter.allows(spec, cost),
+            Limit::Quota(counter, spec, Some(link)) => {
+                let window = counter.window;
+                let lease = counter.lease.as_mut().expect("made with the link");
+                if last {
+                    lease.provision(&ask_context(link, spec, &window, cost, now.wall));
+                }
+                return match lease.standing(cost.into(), now.wall) {
+                    Standing::Pending if last => Standing::Short,
+                    standing => standing,
+                };
+            }
+        };
+        if allowed {
+            Standing::Enough
+        } else {
+            Standing::Short
         }
     }
 
-    /// Charges the limit when the check is `admitted`, and answers with its state after.
-    fn answer(self, admitted: bool, cost: u32, now: Now) -> Answer {
+    /// Asks for a lease if this limit is one that cannot pay yet.
+    fn ask_if_pending(&mut self, cost: u32, now: Now) {
+        if let Limit::Quota(counter, spec, Some(link)) = self {
+            let window = counter.window;
+            let lease = counter.lease.as_mut().expect("made with the link");
+            if lease.standing(cost.into(), now.wall) == Standing::Pending {
+                lease.ask(&ask_context(link, spec, &window, cost, now.wall), true);
+            }
+        }
+    }
+
+    /// Charges the limit when the check is `admitted`, and answers with its state after. A
+    /// lease's `standing` is the check's: one that could still be leased did not refuse.
+    fn answer(self, admitted: bool, standing: Option<Standing>, cost: u32, now: Now) -> Answer {
         match self {
             Limit::Rate(bucket) => {
                 let taken = bucket.gcra.take(bucket.tat, now.tick, cost);
@@ -258,7 +376,7 @@ impl<'a> Limit<'a> {
                     reset,
                 }
             }
-            Limit::Quota(counter, spec) => {
+            Limit::Quota(counter, spec, None) => {
                 let allowed = counter.allows(spec, cost);
                 if admitted {
                     counter.used = counter.used.saturating_add(cost.into());
@@ -269,7 +387,56 @@ impl<'a> Limit<'a> {
                     window: counter.window,
                 }
             }
+            Limit::Quota(counter, spec, Some(link)) => {
+                let window = counter.window;
+                let lease = counter.lease.as_mut().expect("made with the link");
+                let allowed = standing != Some(Standing::Short);
+                if admitted {
+                    counter.used = counter.used.saturating_add(cost.into());
+                    lease.spend(cost.into(), now.wall);
+                    lease.ask(&ask_context(link, spec, &window, cost, now.wall), false);
+                }
+                Answer::Quota {
+                    allowed,
+                    state: lease.state(spec, &window),
+                    window,
+                }
+            }
         }
+    }
+}
+
+fn ask_context<'a>(
+    link: &'a LeaseLink,
+    spec: &'a QuotaSpec,
+    window: &'a Window,
+    cost: u32,
+    now: Timestamp,
+) -> AskContext<'a> {
+    AskContext {
+        link,
+        spec,
+        window,
+        cost: cost.into(),
+        now,
+    }
+}
+
+/// A counter about to be replaced by the next period's gives its lease back to its own period's
+/// counter in the store, so that counter ends as what its period admitted.
+fn give_back_if_over(slot: &mut Option<Counter>, spec: &QuotaSpec, now: Timestamp, link: &LeaseLink) {
+    let Some(counter) = slot.as_mut() else { return };
+    let same = (counter.period, counter.anchor) == (spec.period, spec.anchor);
+    if (same && !counter.window.is_over(now)) || (!same && spec.window(now) == counter.window) {
+        return;
+    }
+    let period = counter.window.start;
+    if let Some(want) = counter
+        .lease
+        .as_mut()
+        .and_then(|lease| lease.lapse(Duration::ZERO, now, period))
+    {
+        link.give_back(want);
     }
 }
 
@@ -283,6 +450,7 @@ fn current<'a>(slot: &'a mut Option<Counter>, spec: &QuotaSpec, now: Timestamp) 
         window: spec.window(now),
         used: 0,
         added: 0,
+        lease: None,
     }))
 }
 

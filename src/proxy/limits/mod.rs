@@ -17,18 +17,22 @@
 
 mod gcra;
 mod headers;
+mod leased;
 mod local;
 mod throttle;
 mod verdict;
+mod warnings;
 
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 pub use headers::{number, LimitState};
-pub use local::{GatewayClock, KeyLimits, LocalLimits};
+pub use leased::{LeaseLink, LeaseOwner, Outcome, Want, RETRY as LEASE_RETRY, WAIT as LEASE_WAIT};
+pub use local::{GatewayClock, KeyLimits, LocalLimits, Pending};
 pub use throttle::IpThrottle;
 pub use verdict::{Answer, LimitKind, Policy, Refused, Verdict};
+pub use warnings::{crossed, Crossing, QuotaOwner, QuotaWarnings};
 
 use crate::core::clock::WallClock;
 use crate::core::key::RateLimitSpec;

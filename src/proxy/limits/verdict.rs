@@ -48,6 +48,15 @@ impl LimitKind {
     fn index(self) -> usize {
         self as usize
     }
+
+    /// 0 for the key's quota, 1 for the customer's; `None` for a rate limit.
+    fn quota_index(self) -> Option<usize> {
+        match self {
+            LimitKind::KeyQuota => Some(0),
+            LimitKind::CustomerQuota => Some(1),
+            LimitKind::KeyRate | LimitKind::CustomerRate => None,
+        }
+    }
 }
 
 /// One limit's state after a check: a draft header policy.
@@ -78,6 +87,9 @@ pub struct Refused {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Verdict {
     policies: [Option<Policy>; 4],
+    /// The periods of the key's and the customer's quota the check counted in (warnings name
+    /// them).
+    windows: [Option<Window>; 2],
     pub refused: Option<Refused>,
 }
 
@@ -154,6 +166,9 @@ impl Verdict {
         for (kind, answer) in LimitKind::ALL.into_iter().zip(answers) {
             let Some(answer) = answer else { continue };
             verdict.policies[kind.index()] = Some(answer.policy(now));
+            if let (Answer::Quota { window, .. }, Some(slot)) = (answer, kind.quota_index()) {
+                verdict.windows[slot] = Some(*window);
+            }
             if answer.allowed() {
                 continue;
             }
@@ -181,6 +196,12 @@ impl Verdict {
 
     pub fn policy(&self, kind: LimitKind) -> Option<&Policy> {
         self.policies[kind.index()].as_ref()
+    }
+
+    /// The period a quota of the check counted in; `None` for a rate limit or a quota the
+    /// check did not meet.
+    pub fn window(&self, kind: LimitKind) -> Option<Window> {
+        self.windows[kind.quota_index()?]
     }
 
     /// The limits the check met, with their states, in [`LimitKind::ALL`] order.

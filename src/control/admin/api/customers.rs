@@ -110,7 +110,7 @@ pub(super) async fn show(admin: &Admin, segment: &str) -> Answer {
     let quota_state = match &customer.spec.quota {
         Some(spec) => {
             let owner = Owner::Customer { id: &customer.id };
-            Some(quota_state(&admin.shared, owner, spec, QuotaChange::Read).await?)
+            Some(quota_state(admin, owner, spec, QuotaChange::Read).await?)
         }
         None => None,
     };
@@ -146,7 +146,7 @@ pub(super) async fn change_quota(admin: &Admin, segment: &str, request: Request<
         ));
     };
     let owner = Owner::Customer { id: &customer.id };
-    let after = quota_state(&admin.shared, owner, &spec, change).await?;
+    let after = quota_state(admin, owner, &spec, change).await?;
     let id = customer.id.clone();
     blocking(admin, move |customers| customers.record_quota_change(&id, change)).await?;
     Ok(ok(&after))

@@ -1,10 +1,12 @@
 //! A key's quota on the admin API (control plane): its state on `GET /v1/keys/{id}` and in the
 //! answer to `PATCH /v1/keys/{id}` (`quota_state`) and an operator's top-up or reset, `POST /v1/keys/{id}/quota` (SPEC 11).
 //!
-//! The counters live in the limiter that enforces them, not in the store: in Redis with
-//! `rate_limit.backend = "redis"` (the fleet's), else in this replica's memory. A read while
-//! Redis does not answer shows this replica's local counter, the one enforcing meanwhile; a
-//! change then is refused (503) rather than made where the fleet would not see it.
+//! The counters live where the limiter that enforces them keeps them: in Redis with
+//! `rate_limit.backend = "redis"` (the fleet's), else in the store's quota counters that the
+//! replicas lease blocks from (`control::quota_leases`; the use read there counts what other
+//! replicas hold leased and have not spent yet). A read while Redis does not answer shows this
+//! replica's local counter, the one enforcing meanwhile; a change then is refused (503) rather
+//! than made where the fleet would not see it, and so is one the store does not take.
 
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
@@ -15,8 +17,7 @@ use crate::control::keys::KeyPatch;
 use crate::control::store::StoredKey;
 use crate::core::key::KeyView;
 use crate::core::quota::{QuotaChange, QuotaSpec, QuotaUse, MAX_QUOTA_LIMIT};
-use crate::proxy::limits::Owner;
-use crate::proxy::state::Shared;
+use crate::proxy::limits::{LeaseOwner, Owner};
 
 /// A key as `GET /v1/keys/{id}` shows it: the key object, and its quota's state when it has
 /// a quota.
@@ -74,7 +75,7 @@ pub(super) async fn update(admin: &Admin, id: String, request: Request<Incoming>
 async fn shown(admin: &Admin, key: &StoredKey) -> Answer {
     let view = key.view(admin.keys.now());
     let quota_state = match &key.spec.quota {
-        Some(spec) => Some(state(&admin.shared, key, spec, QuotaChange::Read).await?),
+        Some(spec) => Some(state(admin, key, spec, QuotaChange::Read).await?),
         None => None,
     };
     Ok(ok(&Shown { view, quota_state }))
@@ -87,7 +88,7 @@ pub(super) async fn change(admin: &Admin, id: String, request: Request<Incoming>
     let Some(spec) = key.spec.quota else {
         return Err(ApiError::status(StatusCode::CONFLICT, "the key has no quota"));
     };
-    let after = state(&admin.shared, &key, &spec, change).await?;
+    let after = state(admin, &key, &spec, change).await?;
     let id = key.id.clone();
     blocking(admin, move |keys| keys.record_quota_change(&id, change)).await?;
     Ok(ok(&after))
@@ -95,7 +96,7 @@ pub(super) async fn change(admin: &Admin, id: String, request: Request<Incoming>
 
 /// A key's quota's state after `change`, in the limiter that enforces it.
 async fn state(
-    shared: &Shared,
+    admin: &Admin,
     key: &StoredKey,
     spec: &QuotaSpec,
     change: QuotaChange,
@@ -105,17 +106,31 @@ async fn state(
         id: &key.id,
         customer: key.spec.customer_id.as_deref(),
     };
-    quota_state(shared, owner, spec, change).await
+    quota_state(admin, owner, spec, change).await
 }
 
-/// The state of `owner`'s quota after `change`, in the limiter that enforces it: a key's or a
+/// The state of `owner`'s quota after `change`, where the fleet counts it: a key's or a
 /// customer's.
 pub(super) async fn quota_state(
-    shared: &Shared,
+    admin: &Admin,
     owner: Owner<'_>,
     spec: &QuotaSpec,
     change: QuotaChange,
 ) -> Result<QuotaUse, ApiError> {
+    if let Some(leases) = &admin.quota_leases {
+        let owner = match owner {
+            Owner::Key { seq, id, .. } => LeaseOwner::Key { seq, id: id.into() },
+            Owner::Customer { id } => LeaseOwner::Customer { id: id.into() },
+        };
+        return leases.change(owner, *spec, change).await.map_err(|error| {
+            tracing::error!(%error, "the quota counter could not be read or changed");
+            ApiError::status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store did not answer; the quota is unchanged",
+            )
+        });
+    }
+    let shared = &admin.shared;
     let Some(redis) = shared.shared_limits.as_ref().filter(|redis| redis.is_shared()) else {
         return Ok(shared.key_limits.quota(owner, spec, change));
     };

@@ -45,6 +45,7 @@ mod jobs;
 mod keys;
 mod listen;
 mod replicas;
+mod quota;
 mod schema;
 mod tls;
 mod usage;
@@ -542,6 +543,30 @@ impl KeyStore for PgStore {
 
     fn customer_events(&self, id: &str, after: u64, limit: usize) -> Result<Vec<CustomerEvent>, StoreError> {
         self.run(async { customers::events(&self.pool.get().await?, id, after, limit).await })
+    }
+
+    fn lease_quota(&self, ask: &super::quota::LeaseAsk<'_>) -> Result<super::quota::LeaseGrant, StoreError> {
+        self.run(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let grant = quota::lease(&tx, ask).await?;
+            tx.commit().await?;
+            Ok(grant)
+        })
+    }
+
+    fn change_quota(
+        &self,
+        counter: &super::quota::CounterId<'_>,
+        change: crate::core::quota::QuotaChange,
+    ) -> Result<super::quota::CounterRow, StoreError> {
+        self.run(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let row = quota::change(&tx, counter, change).await?;
+            tx.commit().await?;
+            Ok(row)
+        })
     }
 
     fn export_dump(&self) -> Result<Dump, StoreError> {

@@ -162,6 +162,19 @@ pub(super) const MIGRATIONS: &[&str] = &[
         limiter TEXT NOT NULL,
         started_at_ms BIGINT NOT NULL,
         heartbeat_at_ms BIGINT NOT NULL
+"#,
+    // The fleet's quota counters, one per owner and period, that replicas lease blocks from
+    // when quotas are not shared through Redis (`control::store::quota`).
+    r#"
+    CREATE TABLE quota_counters (
+        kind TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        period BIGINT NOT NULL,
+        used BIGINT NOT NULL DEFAULT 0,
+        added BIGINT NOT NULL DEFAULT 0,
+        generation BIGINT NOT NULL DEFAULT 0,
+        warned BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (kind, owner, period)
     );
 "#,
 ];

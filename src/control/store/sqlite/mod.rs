@@ -38,6 +38,7 @@ mod file;
 mod jobs;
 mod keys;
 mod replicas;
+mod quota;
 mod schema;
 mod usage;
 
@@ -374,6 +375,18 @@ impl KeyStore for SqliteStore {
 
     fn try_lease(&self, name: &str, holder: &str, now: Timestamp, ttl: Duration) -> Result<bool, StoreError> {
         jobs::try_lease(&*self.conn()?, name, holder, now, ttl)
+    }
+
+    fn lease_quota(&self, ask: &super::quota::LeaseAsk<'_>) -> Result<super::quota::LeaseGrant, StoreError> {
+        self.write(|tx| quota::lease(tx, ask))
+    }
+
+    fn change_quota(
+        &self,
+        counter: &super::quota::CounterId<'_>,
+        change: crate::core::quota::QuotaChange,
+    ) -> Result<super::quota::CounterRow, StoreError> {
+        self.write(|tx| quota::change(tx, counter, change))
     }
 
     fn insert_batches(&self, next: &mut KeyBatches<'_>, audit: Audit) -> Result<u64, StoreError> {

@@ -182,6 +182,20 @@ pub(super) const MIGRATIONS: &[&str] = &[
         heartbeat_at_ms INTEGER NOT NULL
     );
 "#,
+    // The fleet's quota counters, one per owner and period, that replicas lease blocks from
+    // when quotas are not shared through Redis (`control::store::quota`).
+    r#"
+    CREATE TABLE quota_counters (
+        kind TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        period INTEGER NOT NULL,
+        used INTEGER NOT NULL DEFAULT 0,
+        added INTEGER NOT NULL DEFAULT 0,
+        generation INTEGER NOT NULL DEFAULT 0,
+        warned INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (kind, owner, period)
+    ) WITHOUT ROWID;
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

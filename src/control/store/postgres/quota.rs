@@ -1,0 +1,76 @@
+//! The PostgreSQL store's quota counters (control plane): the row is made if missing, then
+//! read `FOR UPDATE` inside the caller's transaction, so replicas leasing from one counter take
+//! turns; what the row becomes is [`CounterRow`]'s to compute, the same for both stores.
+
+use deadpool_postgres::GenericClient;
+
+use crate::control::store::quota::{from_column, to_column, CounterId, CounterRow, LeaseAsk, LeaseGrant};
+use crate::control::store::StoreError;
+use crate::core::quota::QuotaChange;
+
+pub(super) async fn lease(client: &impl GenericClient, ask: &LeaseAsk<'_>) -> Result<LeaseGrant, StoreError> {
+    let grant = held(client, &ask.counter).await?.lease(ask);
+    write(client, &ask.counter, &grant.row).await?;
+    Ok(grant)
+}
+
+pub(super) async fn change(
+    client: &impl GenericClient,
+    counter: &CounterId<'_>,
+    change: QuotaChange,
+) -> Result<CounterRow, StoreError> {
+    let row = held(client, counter).await?.changed(change);
+    if change != QuotaChange::Read {
+        write(client, counter, &row).await?;
+    }
+    Ok(row)
+}
+
+/// The counter's row, made if missing, locked until the transaction ends.
+async fn held(client: &impl GenericClient, counter: &CounterId<'_>) -> Result<CounterRow, StoreError> {
+    let id: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+        [&counter.kind, &counter.owner, &counter.period];
+    client
+        .execute(
+            "INSERT INTO quota_counters (kind, owner, period) VALUES ($1, $2, $3) \
+             ON CONFLICT (kind, owner, period) DO NOTHING",
+            &id,
+        )
+        .await?;
+    let row = client
+        .query_one(
+            "SELECT used, added, generation, warned FROM quota_counters \
+             WHERE kind = $1 AND owner = $2 AND period = $3 FOR UPDATE",
+            &id,
+        )
+        .await?;
+    Ok(CounterRow {
+        used: from_column(row.get(0)),
+        added: from_column(row.get(1)),
+        generation: row.get(2),
+        warned: row.get::<_, i64>(3) as u64,
+    })
+}
+
+async fn write(
+    client: &impl GenericClient,
+    counter: &CounterId<'_>,
+    row: &CounterRow,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "UPDATE quota_counters SET used = $4, added = $5, generation = $6, warned = $7 \
+             WHERE kind = $1 AND owner = $2 AND period = $3",
+            &[
+                &counter.kind,
+                &counter.owner,
+                &counter.period,
+                &to_column(row.used),
+                &to_column(row.added),
+                &row.generation,
+                &(row.warned as i64),
+            ],
+        )
+        .await?;
+    Ok(())
+}
