@@ -551,6 +551,7 @@ max_request_body = 1024
 worker_threads = 2
 [admin]
 read_token_env = "KEYGATE_ADMIN_READ_TOKEN"
+advertise = "http://10.0.0.5:9901"
 [store]
 pepper_env = "KEYGATE_PEPPER"
 max_staleness = "10m"

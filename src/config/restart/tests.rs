@@ -76,6 +76,7 @@ const SETTINGS: &[(&str, Class, Change)] = &[
     ("admin.listen", Restart, To(r#""127.0.0.1:2""#)),
     ("admin.token_env", Restart, To(r#""OTHER_TOKEN""#)),
     ("admin.read_token_env", Restart, To(r#""READ_TOKEN""#)),
+    ("admin.advertise", Applied, To(r#""http://10.0.0.2""#)),
     ("store.url", Restart, To(r#""sqlite://other.db""#)),
     ("store.sync_interval", Restart, To(r#""5s""#)),
     ("store.usage_flush_interval", Restart, To(r#""1s""#)),
