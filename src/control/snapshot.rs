@@ -16,7 +16,6 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -90,7 +89,7 @@ pub struct Loaded {
 /// pointers, never while anything is serialized or written.
 pub struct Capture {
     revision: u64,
-    keys: Vec<Arc<AuthKey>>,
+    keys: Vec<AuthKey>,
 }
 
 impl Capture {
@@ -249,7 +248,7 @@ fn auth_key(
         expires_at: entry.expires_at,
         permissions: intern(&entry.permissions),
         customer_id: entry.customer_id.map(Into::into),
-        extras: extras.boxed(),
+        extras: extras.shared(),
     }
 }
 
@@ -330,7 +329,7 @@ mod tests {
             expires_at: NEVER,
             permissions: Arc::new(PermissionSet::new(vec!["customer:read".parse().unwrap()])),
             customer_id: Some("acme".into()),
-            extras: extras.and_then(Extras::boxed),
+            extras: extras.and_then(Extras::shared),
         }
     }
 

@@ -1,0 +1,123 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::core::environment::Environment;
+use crate::core::secret::Hasher;
+
+fn key(seq: u64, secret: &str, previous: Option<&str>) -> AuthKey {
+    let hasher = Hasher::unkeyed();
+    AuthKey {
+        seq,
+        id: format!("key_{seq}").into(),
+        hash: hasher.hash(secret.as_bytes()),
+        environment: Environment::Production,
+        revoked: false,
+        expires_at: NEVER,
+        permissions: Arc::default(),
+        customer_id: None,
+        extras: Extras {
+            previous: previous.map(|p| PreviousSecret {
+                hash: hasher.hash(p.as_bytes()),
+                until: 100,
+            }),
+            ..Extras::default()
+        }
+        .shared(),
+    }
+}
+
+fn find(table: &KeyTable, secret: &str) -> Option<(u64, Presented)> {
+    table
+        .lookup(&Hasher::unkeyed().hash(secret.as_bytes()))
+        .map(|(key, which)| (key.seq, which))
+}
+
+#[test]
+fn a_plain_key_has_no_extras() {
+    assert!(key(1, "secret-one-0123456", None).extras.is_none());
+}
+
+#[test]
+fn a_key_is_found_by_its_secret_only() {
+    let table = KeyTable::default();
+    table.upsert(key(1, "secret-one-0123456", None));
+    assert_eq!(find(&table, "secret-one-0123456"), Some((1, Presented::Current)));
+    assert_eq!(find(&table, "secret-two-0123456"), None);
+}
+
+#[test]
+fn regeneration_with_grace_indexes_both_secrets_and_replacing_drops_the_old() {
+    let table = KeyTable::default();
+    table.upsert(key(1, "old-secret-0123456", None));
+    table.upsert(key(1, "new-secret-0123456", Some("old-secret-0123456")));
+    assert_eq!(find(&table, "new-secret-0123456"), Some((1, Presented::Current)));
+    assert_eq!(
+        find(&table, "old-secret-0123456"),
+        Some((1, Presented::Previous { until: 100 }))
+    );
+    table.upsert(key(1, "new-secret-0123456", None));
+    assert_eq!(find(&table, "old-secret-0123456"), None);
+    assert_eq!(table.len(), 1);
+}
+
+#[test]
+fn a_hash_two_keys_claim_admits_neither_until_one_lets_go() {
+    let table = KeyTable::default();
+    table.upsert(key(1, "a-new-secret-01234", Some("a-old-secret-01234")));
+    let upserted = table.upsert(key(2, "a-old-secret-01234", None));
+    assert_eq!(upserted.contested, 1);
+    assert_eq!(find(&table, "a-old-secret-01234"), None, "neither key");
+    assert_eq!(find(&table, "a-new-secret-01234"), Some((1, Presented::Current)));
+    // A change to either that keeps the hash keeps it contested.
+    assert_eq!(table.upsert(key(2, "a-old-secret-01234", None)).contested, 1);
+    assert_eq!(find(&table, "a-old-secret-01234"), None);
+    // Key 1's grace ends: the hash is key 2's alone.
+    assert_eq!(table.upsert(key(1, "a-new-secret-01234", None)).contested, 0);
+    assert_eq!(find(&table, "a-old-secret-01234"), Some((2, Presented::Current)));
+    assert_eq!(find(&table, "a-new-secret-01234"), Some((1, Presented::Current)));
+}
+
+#[test]
+fn a_contested_hash_goes_to_the_key_left_when_the_other_is_removed() {
+    let table = KeyTable::default();
+    table.upsert(key(1, "shared-secret-0123", None));
+    table.upsert(key(2, "shared-secret-0123", None));
+    table.upsert(key(3, "shared-secret-0123", None));
+    assert_eq!(find(&table, "shared-secret-0123"), None);
+    table.remove(1);
+    assert_eq!(find(&table, "shared-secret-0123"), None, "still two claim it");
+    table.remove(3);
+    assert_eq!(find(&table, "shared-secret-0123"), Some((2, Presented::Current)));
+    table.remove(2);
+    assert_eq!(find(&table, "shared-secret-0123"), None);
+    assert!(!table.any_contested());
+}
+
+#[test]
+fn watchers_are_told_of_each_sync_and_each_removal() {
+    let table = KeyTable::default();
+    table.upsert(key(1, "secret-one-0123456", None));
+    let mut changes = table.changes();
+    assert!(!changes.has_changed().unwrap());
+    table.set_revision(1);
+    assert!(
+        changes.has_changed().unwrap(),
+        "a sync's batch, or its quiet tick"
+    );
+    changes.mark_unchanged();
+    table.remove(2);
+    assert!(!changes.has_changed().unwrap(), "nothing was removed");
+    table.remove(1);
+    assert!(changes.has_changed().unwrap());
+}
+
+#[test]
+fn removal_forgets_every_secret_of_the_key() {
+    let table = KeyTable::default();
+    table.upsert(key(1, "new-secret-0123456", Some("old-secret-0123456")));
+    table.upsert(key(2, "other-secret-01234", None));
+    table.remove(1);
+    assert_eq!(find(&table, "new-secret-0123456"), None);
+    assert_eq!(find(&table, "old-secret-0123456"), None);
+    assert_eq!(find(&table, "other-secret-01234"), Some((2, Presented::Current)));
+}
