@@ -1,6 +1,6 @@
 //! The in-memory key table the hot path authenticates against (data plane state).
 //!
-//! Keys are packed records of 80 bytes ([`shard`]) in 64 shards chosen by the hash of the
+//! Keys are packed records of 76 bytes ([`shard`]) in 64 shards chosen by the hash of the
 //! secret that finds them, each shard behind its own read-write lock: a lookup takes one
 //! shard's read lock, finds the record by the first 16 bytes of the BLAKE3 hash, compares the
 //! full hash in constant time and copies the key out ([`AuthKey`], a value). A key being

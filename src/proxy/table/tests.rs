@@ -121,3 +121,84 @@ fn removal_forgets_every_secret_of_the_key() {
     assert_eq!(find(&table, "old-secret-0123456"), None);
     assert_eq!(find(&table, "other-secret-01234"), Some((2, Presented::Current)));
 }
+
+fn full_key(seq: u64, secret: &str) -> AuthKey {
+    AuthKey {
+        id: format!("key_{seq:020}").into(),
+        customer_id: Some(CustomerId::new(&format!("cust_{seq}"))),
+        permissions: Arc::new(crate::core::permission::PermissionSet::new(vec!["customer:read"
+            .parse()
+            .unwrap()])),
+        environment: Environment::Staging,
+        revoked: seq % 2 == 0,
+        expires_at: 1_000 + seq as i64,
+        ..key(seq, secret, None)
+    }
+}
+
+#[test]
+fn a_key_comes_out_as_it_went_in() {
+    let table = KeyTable::default();
+    let long_customer = CustomerId::new("a-customer-id-longer-than-inline");
+    table.upsert(AuthKey {
+        customer_id: Some(long_customer.clone()),
+        ..full_key(7, "secret-seven-01234")
+    });
+    table.upsert(key(8, "secret-eight-01234", Some("secret-old-8-01234")));
+    let (found, _) = table
+        .lookup(&Hasher::unkeyed().hash(b"secret-seven-01234"))
+        .unwrap();
+    assert_eq!(&*found.id, "key_00000000000000000007");
+    assert_eq!(found.customer_id, Some(long_customer));
+    assert_eq!(found.environment, Environment::Staging);
+    assert_eq!((found.revoked, found.expires_at), (false, 1_007));
+    assert!(found.permissions.grants(&"customer:read".parse().unwrap()));
+    let (old, which) = table
+        .lookup(&Hasher::unkeyed().hash(b"secret-old-8-01234"))
+        .unwrap();
+    assert_eq!(which, Presented::Previous { until: 100 });
+    assert_eq!(
+        old.hash,
+        Hasher::unkeyed().hash(b"secret-eight-01234"),
+        "the current hash"
+    );
+    assert_eq!(&*old.id, "key_8", "an id of another shape");
+    assert_eq!(table.get(8).map(|k| k.seq), Some(8));
+    assert_eq!(table.get(9).map(|k| k.seq), None);
+}
+
+#[test]
+fn many_changes_leave_every_key_found_by_its_secrets_only() {
+    let table = KeyTable::default();
+    let secret = |seq: u64, round: u64| format!("secret-{seq}-{round}-0123456789");
+    for seq in 0..3_000 {
+        table.upsert(full_key(seq, &secret(seq, 0)));
+    }
+    // Every third key regenerated with a grace period, every third removed.
+    for seq in (0..3_000).step_by(3) {
+        table.upsert(key(seq, &secret(seq, 1), Some(&secret(seq, 0))));
+        table.remove(seq + 1);
+    }
+    for seq in (0..3_000).step_by(3) {
+        table.upsert(full_key(seq + 1, &secret(seq + 1, 2)));
+    }
+    assert_eq!(table.len(), 3_000);
+    let mut seen = 0;
+    table.for_each(|_| seen += 1);
+    assert_eq!(seen, 3_000);
+    for seq in 0..3_000u64 {
+        let found = |round| find(&table, &secret(seq, round));
+        match seq % 3 {
+            0 => {
+                assert_eq!(found(1), Some((seq, Presented::Current)));
+                assert_eq!(found(0), Some((seq, Presented::Previous { until: 100 })));
+            }
+            1 => {
+                assert_eq!((found(0), found(2)), (None, Some((seq, Presented::Current))));
+            }
+            _ => assert_eq!(found(0), Some((seq, Presented::Current))),
+        }
+        assert!(table.contains(seq));
+    }
+    assert!(!table.any_contested());
+}
