@@ -130,7 +130,7 @@ fn full_key(seq: u64, secret: &str) -> AuthKey {
             .parse()
             .unwrap()])),
         environment: Environment::Staging,
-        revoked: seq % 2 == 0,
+        revoked: seq.is_multiple_of(2),
         expires_at: 1_000 + seq as i64,
         ..key(seq, secret, None)
     }
