@@ -33,6 +33,7 @@ use self::key::Role;
 pub use self::key::{AuthKey, Extras, Presented, PreviousSecret, NEVER};
 use self::shard::Shard;
 pub use self::text::{CustomerId, KeyId, Text};
+use crate::core::environment::Environment;
 use crate::core::secret::KeyHash;
 
 /// Shards: enough that two workers rarely meet on one lock and a shard's index grows in short
@@ -258,6 +259,14 @@ impl KeyTable {
     pub fn for_each(&self, mut visit: impl FnMut(&AuthKey)) {
         for shard in 0..SHARDS {
             self.read(shard).for_each(&mut visit);
+        }
+    }
+
+    /// Calls `visit` with every key's environment, whether it is revoked, and its expiry: the
+    /// key gauge's count, without copying each key out.
+    pub fn for_each_state(&self, mut visit: impl FnMut(Environment, bool, i64)) {
+        for shard in 0..SHARDS {
+            self.read(shard).for_each_state(&mut visit);
         }
     }
 

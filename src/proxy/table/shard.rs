@@ -499,6 +499,20 @@ impl Shard {
         }
     }
 
+    /// Calls `visit` with every key's environment, revocation and expiry, without copying the
+    /// key out.
+    pub fn for_each_state(&self, visit: &mut impl FnMut(Environment, bool, i64)) {
+        for &slot in self.index.iter() {
+            if let Some(record) = self.data.record(slot).filter(|r| r.role() == Role::Current) {
+                visit(
+                    record.environment(),
+                    record.meta & REVOKED != 0,
+                    record.expires_at(),
+                );
+            }
+        }
+    }
+
     /// Whether any record is flagged contested (for tests).
     #[cfg(test)]
     pub fn is_contested(&self) -> bool {

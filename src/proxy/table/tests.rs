@@ -186,6 +186,14 @@ fn many_changes_leave_every_key_found_by_its_secrets_only() {
     let mut seen = 0;
     table.for_each(|_| seen += 1);
     assert_eq!(seen, 3_000);
+    let mut revoked = 0;
+    table.for_each_state(|_, r, _| revoked += usize::from(r));
+    // The keys left as `full_key` made them: seqs 2, 5, ... (one in three) and seqs 1, 4, ...
+    // (made again); the even ones among them are revoked.
+    let expected = (0..3_000u64)
+        .filter(|s| s % 3 != 0 && s.is_multiple_of(2))
+        .count();
+    assert_eq!(revoked, expected);
     for seq in 0..3_000u64 {
         let found = |round| find(&table, &secret(seq, round));
         match seq % 3 {
