@@ -3,7 +3,8 @@
 //!
 //! `cargo bench --bench table_scale` (1,000,000 keys), or with `KEYGATE_SCALE_KEYS=N`; from
 //! PostgreSQL with `KEYGATE_SCALE_POSTGRES=URL` (an empty database or schema of yours: the
-//! bench writes its keys there and leaves them).
+//! bench writes its keys there and leaves them). `KEYGATE_SCALE_SQLITE=PATH` writes the SQLite
+//! store there and keeps it (to start a gateway on it), instead of in a temporary folder.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -45,7 +46,8 @@ fn main() {
     }
     let n = keys_wanted();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("scale.db");
+    let path =
+        std::env::var_os("KEYGATE_SCALE_SQLITE").map_or_else(|| dir.path().join("scale.db"), Into::into);
     let hasher = Hasher::unkeyed();
     let (store, location): (Arc<dyn KeyStore>, String) = match std::env::var("KEYGATE_SCALE_POSTGRES") {
         Ok(url) => (Arc::new(PgStore::open(&url).unwrap()), url),

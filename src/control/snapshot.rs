@@ -14,9 +14,8 @@
 //! the store replaces it whole.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufRead, BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -82,26 +81,45 @@ pub struct Loaded {
     pub synced_ms: i64,
 }
 
-/// The table's keys as one whole write takes them, and the revision read before them.
+/// The table's keys as one whole write takes them: the revision read before them, and their
+/// seqs.
 ///
-/// Not one instant of the whole table: each key is as it was at some moment after the capture
-/// began, while the key sync goes on applying changes (the journal makes up the difference,
-/// see [`journal`]). Taking the keys holds one shard's read lock at a time, only to clone
-/// pointers, never while anything is serialized or written.
-pub struct Capture {
+/// Not one instant of the whole table: each key is copied out as it is when the write reaches
+/// it, while the key sync goes on applying changes (the journal makes up the difference, see
+/// [`journal`]); a key removed since is left out (its removal is journaled). The capture
+/// holds 8 bytes a key, and the write one key at a time, each taken under the table's writer
+/// lock for a lookup's time.
+pub struct Capture<'a> {
+    table: &'a KeyTable,
     revision: u64,
-    keys: Vec<Arc<AuthKey>>,
+    seqs: Vec<u64>,
 }
 
-impl Capture {
-    pub fn of(table: &KeyTable) -> Capture {
+impl Capture<'_> {
+    pub fn of(table: &KeyTable) -> Capture<'_> {
         let revision = table.revision();
         let mut seqs = Vec::with_capacity(table.len());
         table.for_each(|key| seqs.push(key.seq));
-        // A key removed since is not taken: its removal is journaled.
-        let keys = seqs.into_iter().filter_map(|seq| table.get(seq)).collect();
-        Capture { revision, keys }
+        Capture {
+            table,
+            revision,
+            seqs,
+        }
     }
+}
+
+/// The header line's width: written first with a count of none, then again over itself with
+/// the count of keys written, padded with spaces (which JSON allows after the object).
+const HEADER_WIDTH: usize = 256;
+
+fn header_line(header: &Header) -> std::io::Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(header)?;
+    if line.len() >= HEADER_WIDTH {
+        return Err(std::io::Error::other("snapshot header longer than its place"));
+    }
+    line.resize(HEADER_WIDTH - 1, b' ');
+    line.push(b'\n');
+    Ok(line)
 }
 
 /// Writes `table` to `path`, atomically and durably, as of the sync at `synced_ms`.
@@ -127,21 +145,24 @@ pub fn write_temporary(
     let temporary = temporary_of(path);
     let file = create_private(&temporary)?;
     let mut out = BufWriter::new(file);
-    let header = Header {
+    let header = |keys| Header {
         format: FORMAT.into(),
         version: VERSION,
         revision: capture.revision,
         written_ms: now_ms,
         synced_ms: Some(synced_ms),
-        keys: capture.keys.len(),
+        keys,
     };
-    serde_json::to_writer(&mut out, &header)?;
-    out.write_all(b"\n")?;
-    for key in &capture.keys {
-        serde_json::to_writer(&mut out, &entry(key))?;
+    out.write_all(&header_line(&header(0))?)?;
+    let mut keys = 0;
+    for key in capture.seqs.iter().filter_map(|seq| capture.table.get(*seq)) {
+        serde_json::to_writer(&mut out, &entry(&key))?;
         out.write_all(b"\n")?;
+        keys += 1;
     }
-    let file = out.into_inner().map_err(|e| e.into_error())?;
+    let mut file = out.into_inner().map_err(|e| e.into_error())?;
+    file.seek(std::io::SeekFrom::Start(0))?;
+    file.write_all(&header_line(&header(keys))?)?;
     file.sync_all()?;
     Ok(temporary)
 }
@@ -249,7 +270,7 @@ fn auth_key(
         expires_at: entry.expires_at,
         permissions: intern(&entry.permissions),
         customer_id: entry.customer_id.map(Into::into),
-        extras: extras.boxed(),
+        extras: extras.shared(),
     }
 }
 
@@ -330,7 +351,7 @@ mod tests {
             expires_at: NEVER,
             permissions: Arc::new(PermissionSet::new(vec!["customer:read".parse().unwrap()])),
             customer_id: Some("acme".into()),
-            extras: extras.and_then(Extras::boxed),
+            extras: extras.and_then(Extras::shared),
         }
     }
 
@@ -387,6 +408,24 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600);
         }
+    }
+
+    #[test]
+    fn a_key_removed_between_the_capture_and_the_write_is_left_out_and_counted_out() {
+        let table = KeyTable::default();
+        for seq in 1..=3 {
+            table.upsert(key(seq, None));
+        }
+        let capture = Capture::of(&table);
+        table.remove(2);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("table.snap");
+        let temporary = write_temporary(&capture, &path, 0, 0).unwrap();
+        std::fs::rename(&temporary, &path).unwrap();
+        let loaded = read(&path, |p| Arc::new(PermissionSet::new(p.to_vec()))).unwrap();
+        let mut seqs: Vec<u64> = loaded.keys.iter().map(|k| k.seq).collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, [1, 3]);
     }
 
     #[test]

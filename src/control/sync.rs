@@ -365,7 +365,7 @@ impl KeySync {
             expires_at: key.spec.expires_at.map_or(NEVER, |at| at.as_second()),
             permissions: self.intern(&key.spec.permissions),
             customer_id: key.spec.customer_id.as_deref().map(Into::into),
-            extras: extras.boxed(),
+            extras: extras.shared(),
         })
     }
 

@@ -3,7 +3,6 @@
 //! the final phase ([`super::final_phase`]) reads whatever step the request stopped at.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{HeaderMap, HeaderValue};
@@ -28,7 +27,7 @@ pub(super) struct Context {
     pub route: Option<usize>,
     /// The key the credential named, from step 3 on whatever follows, so that a refusal's access
     /// record names the key that was used (revoked, expired, of another environment).
-    pub key: Option<Arc<AuthKey>>,
+    pub key: Option<AuthKey>,
     /// When the key was looked up, in Unix seconds: the hour its analytics count is in.
     pub key_at: i64,
     /// Step 8's numbers, for the `RateLimit-*` headers.
@@ -81,7 +80,7 @@ impl Context {
 
     /// The key an admitted request authenticated with. Every admitted request has one; one
     /// without would be refused as unknown (fail closed), never forwarded.
-    pub fn authenticated(&self) -> Result<&Arc<AuthKey>, Refusal> {
+    pub fn authenticated(&self) -> Result<&AuthKey, Refusal> {
         self.key
             .as_ref()
             .ok_or(Refusal::Unauthenticated(AuthFailure::Unknown))

@@ -36,7 +36,7 @@ use super::Body;
 /// What steps 0 to 8 decided that an admitted request's way upstream needs.
 pub(super) struct Admission {
     /// The key it authenticated with (the context's too, for the final phase).
-    pub key: Arc<AuthKey>,
+    pub key: AuthKey,
     pub route: usize,
     /// Which of the key's secrets the request presented.
     pub presented: Presented,
@@ -272,7 +272,7 @@ fn switch(
     shared: &Shared,
     snapshot: &Snapshot,
     upstream: &UpstreamClient,
-    key: Option<&Arc<AuthKey>>,
+    key: Option<&AuthKey>,
     upgrade: Option<Upgrade>,
     mut response: Response<UpstreamBody>,
 ) -> Result<Response<Body>, Refusal> {

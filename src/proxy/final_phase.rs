@@ -183,7 +183,7 @@ fn end_span(
     route: Option<&str>,
     status: StatusCode,
 ) {
-    let key = ctx.key.as_deref();
+    let key = ctx.key.as_ref();
     span.end(&Outcome {
         method,
         route,

@@ -58,7 +58,6 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HeaderValue, CONTENT_LENGTH};
@@ -237,7 +236,7 @@ fn authenticate<B>(
     route: &RouteState,
     request: &Request<B>,
     ctx: &mut Context,
-) -> Result<(Arc<AuthKey>, Presented, Source), Refusal> {
+) -> Result<(AuthKey, Presented, Source), Refusal> {
     let now = shared.clock.now().as_second();
     let mut buf = [0; 1024];
     let (secret, source) = find_credential(snapshot, request, &mut buf)?;
@@ -274,7 +273,7 @@ fn find_key(
     ctx: &mut Context,
     secret: &[u8],
     now: i64,
-) -> Result<(Arc<AuthKey>, Presented), Refusal> {
+) -> Result<(AuthKey, Presented), Refusal> {
     let hash = shared.hasher().hash(secret);
     let (key, presented) = shared
         .keys

@@ -154,7 +154,7 @@ impl Tunnels {
 /// The key a tunnel was opened with, and what tells whether it still lets its holder in.
 pub struct KeyHolder {
     table: Arc<KeyTable>,
-    key: Arc<AuthKey>,
+    key: AuthKey,
     /// The hash of the secret presented.
     hash: KeyHash,
     clock: Clock,
@@ -162,7 +162,7 @@ pub struct KeyHolder {
 
 impl KeyHolder {
     /// `presented`: which of `key`'s secrets the upgrade request presented.
-    pub fn new(table: &Arc<KeyTable>, key: Arc<AuthKey>, presented: Presented, clock: Clock) -> Self {
+    pub fn new(table: &Arc<KeyTable>, key: AuthKey, presented: Presented, clock: Clock) -> Self {
         let hash = match presented {
             Presented::Previous { .. } => key.previous().map_or(key.hash, |previous| previous.hash),
             Presented::Current => key.hash,

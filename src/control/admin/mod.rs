@@ -297,14 +297,16 @@ impl Admin {
     fn update_key_gauge(&self) {
         let now = self.shared.clock.now().as_second();
         let mut counts = [[0i64; 3]; 3];
-        self.shared.keys.for_each(|key| {
-            let status = match (key.revoked, key.expired(now)) {
-                (true, _) => 1,
-                (false, true) => 2,
-                (false, false) => 0,
-            };
-            counts[key.environment as usize][status] += 1;
-        });
+        self.shared
+            .keys
+            .for_each_state(|environment, revoked, expires_at| {
+                let status = match (revoked, expires_at <= now) {
+                    (true, _) => 1,
+                    (false, true) => 2,
+                    (false, false) => 0,
+                };
+                counts[environment as usize][status] += 1;
+            });
         let statuses = [KeyStatus::Active, KeyStatus::Revoked, KeyStatus::Expired];
         for env in Environment::ALL {
             for (i, status) in statuses.iter().enumerate() {

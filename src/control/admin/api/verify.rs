@@ -3,7 +3,6 @@
 //! ([`AuthKey::usable`]) and the same limiter as the request path.
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
 
 use http::header::{HeaderValue, RETRY_AFTER};
 use http::{Request, Response, StatusCode};
@@ -147,10 +146,10 @@ pub(super) async fn verify(admin: &Admin, caller: Caller, request: Request<Incom
 }
 
 /// A verdict other than valid, with the key when the secret is one of its (revoked, expired).
-type NotUsable = (Code, Option<Arc<AuthKey>>);
+type NotUsable = (Code, Option<Box<AuthKey>>);
 
 /// The key a secret presents, and which of its secrets, if it authenticates now.
-fn authenticate(shared: &Shared, secret: &[u8], now: i64) -> Result<(Arc<AuthKey>, Presented), NotUsable> {
+fn authenticate(shared: &Shared, secret: &[u8], now: i64) -> Result<(AuthKey, Presented), NotUsable> {
     if secret.is_empty() || check_format(secret) == Format::Malformed {
         return Err((Code::NotFound, None));
     }
@@ -159,8 +158,8 @@ fn authenticate(shared: &Shared, secret: &[u8], now: i64) -> Result<(Arc<AuthKey
     };
     match key.usable(which, now) {
         Ok(()) => Ok((key, which)),
-        Err(AuthFailure::Revoked) => Err((Code::Revoked, Some(key))),
-        Err(AuthFailure::Expired) => Err((Code::Expired, Some(key))),
+        Err(AuthFailure::Revoked) => Err((Code::Revoked, Some(Box::new(key)))),
+        Err(AuthFailure::Expired) => Err((Code::Expired, Some(Box::new(key)))),
         // A replaced secret past its grace period is unknown, as on the proxy.
         Err(
             AuthFailure::Unknown

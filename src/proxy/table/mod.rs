@@ -1,0 +1,299 @@
+//! The in-memory key table the hot path authenticates against (data plane state).
+//!
+//! Keys are packed records of 76 bytes ([`shard`]) in 64 shards chosen by the hash of the
+//! secret that finds them, each shard behind its own read-write lock: a lookup takes one
+//! shard's read lock, finds the record by the first 16 bytes of the BLAKE3 hash, compares the
+//! full hash in constant time and copies the key out ([`AuthKey`], a value). A key being
+//! regenerated with a grace period has a second record, found by the previous secret's hash.
+//! The control plane's sync writes single keys in O(1) ([`KeyTable::upsert`],
+//! [`KeyTable::remove`]), each record under one shard's short write lock; readers never wait on
+//! more than that. A writer finds a key by its seq through `by_seq`, an index of record
+//! locations the hot path never takes.
+//!
+//! One hash, one key: the store refuses a secret that another key holds, but the table does
+//! not count on it (a store written by an older keygate, by hand, or two rows met mid-sync). A
+//! hash that two keys claim is *contested*: it finds neither until only one claims it again.
+//! Failing closed for both is the one safe choice: the table cannot tell which key the
+//! secret's holder was meant to be, and letting either win would admit a caller with another
+//! key's permissions. The key's other secret (current or previous) keeps working.
+
+mod key;
+mod shard;
+mod text;
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use hashbrown::HashTable;
+use rustc_hash::FxBuildHasher;
+use tokio::sync::watch;
+
+use self::key::Role;
+pub use self::key::{AuthKey, Extras, Presented, PreviousSecret, NEVER};
+use self::shard::Shard;
+pub use self::text::{CustomerId, KeyId, Text};
+use crate::core::environment::Environment;
+use crate::core::secret::KeyHash;
+
+/// Shards: enough that two workers rarely meet on one lock and a shard's index grows in short
+/// steps. A power of two: a location keeps the shard in its low 6 bits.
+const SHARDS: usize = 64;
+const SHARD_BITS: u32 = 6;
+
+/// Where a record is: its slot in the shard (high 26 bits) and the shard (low 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Loc(u32);
+
+impl Loc {
+    fn new(shard: usize, slot: u32) -> Loc {
+        Loc(slot << SHARD_BITS | shard as u32)
+    }
+
+    fn shard(self) -> usize {
+        (self.0 & (SHARDS as u32 - 1)) as usize
+    }
+
+    fn slot(self) -> u32 {
+        self.0 >> SHARD_BITS
+    }
+}
+
+/// The shard of the records found by `hash`: bits the shard's own index does not use first
+/// (it takes the low bits for the bucket and the top 7 for the control byte).
+fn shard_of(hash: &KeyHash) -> usize {
+    (hash.short()[0] >> 40) as usize % SHARDS
+}
+
+#[derive(Debug)]
+pub struct KeyTable {
+    shards: Box<[RwLock<Shard>]>,
+    /// Each key's current record, by seq: the locations, compared through the records. Held
+    /// through a whole write, so writers take turns; the hot path never takes it.
+    by_seq: Mutex<HashTable<Loc>>,
+    keys: AtomicUsize,
+    revision: AtomicU64,
+    /// Told of every applied batch of changes (each sync, changes or not) and every removal,
+    /// for the open tunnels to check their keys ([`super::tunnel::KeyHolder`]).
+    changed: watch::Sender<()>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shard")
+    }
+}
+
+/// What an upsert could not index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Upserted {
+    /// Hashes of the key that another key holds too: indexed for neither.
+    pub contested: usize,
+    /// The table holds as many keys as it can number (about four billion, or 16 million
+    /// permission sets in a shard): the key was not taken, and its older version, if any,
+    /// stays.
+    pub full: bool,
+}
+
+impl Default for KeyTable {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
+}
+
+impl KeyTable {
+    /// A table with room for `keys` keys in its seq index.
+    pub fn with_capacity(keys: usize) -> Self {
+        KeyTable {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            by_seq: Mutex::new(HashTable::with_capacity(keys)),
+            keys: AtomicUsize::new(0),
+            revision: AtomicU64::new(0),
+            changed: watch::Sender::new(()),
+        }
+    }
+
+    fn read(&self, shard: usize) -> RwLockReadGuard<'_, Shard> {
+        // A shard is consistent between statements; a panic cannot leave it half-written.
+        self.shards[shard].read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self, shard: usize) -> RwLockWriteGuard<'_, Shard> {
+        self.shards[shard].write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn writer(&self) -> MutexGuard<'_, HashTable<Loc>> {
+        self.by_seq.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The key whose secret hashes to `hash`, and which of its secrets it is.
+    pub fn lookup(&self, hash: &KeyHash) -> Option<(AuthKey, Presented)> {
+        self.read(shard_of(hash)).lookup(hash)
+    }
+
+    fn seq_at(&self, loc: Loc) -> Option<u64> {
+        self.read(loc.shard()).seq(loc.slot())
+    }
+
+    fn seq_hash(seq: u64) -> u64 {
+        FxBuildHasher.hash_one(seq)
+    }
+
+    /// Where `seq`'s current record is. Takes each candidate's shard read lock in turn: call it
+    /// holding no shard lock.
+    fn find(&self, by_seq: &HashTable<Loc>, seq: u64) -> Option<Loc> {
+        by_seq
+            .find(Self::seq_hash(seq), |&loc| self.seq_at(loc) == Some(seq))
+            .copied()
+    }
+
+    /// Inserts or replaces one key, dropping whatever hashes its older version was found by.
+    /// A hash another key holds finds neither (see the module doc).
+    pub fn upsert(&self, key: AuthKey) -> Upserted {
+        let mut by_seq = self.writer();
+        let old = self
+            .find(&by_seq, key.seq)
+            .and_then(|loc| Some((loc, self.read(loc.shard()).view(loc.slot())?)));
+        let claims: Vec<(KeyHash, Role)> = key.claims().collect();
+        if !claims
+            .iter()
+            .all(|(hash, _)| self.read(shard_of(hash)).has_room(claims.len()))
+        {
+            return Upserted {
+                full: true,
+                ..Upserted::default()
+            };
+        }
+        let mut upserted = Upserted::default();
+        let mut current = None;
+        // The new hashes first, so a hash both versions hold never finds nothing in between.
+        for &(hash, role) in &claims {
+            let shard = shard_of(&hash);
+            let put = self.write(shard).put(&key, hash, role);
+            match put {
+                Ok((slot, contested)) => {
+                    upserted.contested += usize::from(contested);
+                    if role == Role::Current {
+                        current = Some(Loc::new(shard, slot));
+                    }
+                }
+                Err(shard::Full) => upserted.full = true,
+            }
+        }
+        let Some(current) = current else {
+            // Not taken: the older version stays as it was.
+            return upserted;
+        };
+        if let Some((_, old)) = &old {
+            for (hash, _) in old
+                .claims()
+                .filter(|(h, _)| !claims.iter().any(|(new, _)| new.short() == h.short()))
+            {
+                self.write(shard_of(&hash)).drop_claim(key.seq, hash);
+            }
+        }
+        self.place(&mut by_seq, key.seq, old.map(|(loc, _)| loc), Some(current));
+        upserted
+    }
+
+    /// Points `seq`'s entry in `by_seq` at `new`, its current record now.
+    fn place(&self, by_seq: &mut HashTable<Loc>, seq: u64, old: Option<Loc>, new: Option<Loc>) {
+        match (old, new) {
+            (Some(old), Some(new)) if old == new => {}
+            (Some(old), new) => {
+                if let Ok(entry) = by_seq.find_entry(Self::seq_hash(seq), |&loc| loc == old) {
+                    match new {
+                        Some(new) => *entry.into_mut() = new,
+                        None => {
+                            entry.remove();
+                            self.keys.fetch_sub(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            (None, Some(new)) => {
+                by_seq.insert_unique(Self::seq_hash(seq), new, |&loc| {
+                    Self::seq_hash(self.seq_at(loc).unwrap_or_default())
+                });
+                self.keys.fetch_add(1, Ordering::Relaxed);
+            }
+            (None, None) => {}
+        }
+    }
+
+    pub fn remove(&self, seq: u64) {
+        let mut by_seq = self.writer();
+        let Some(loc) = self.find(&by_seq, seq) else {
+            return;
+        };
+        let old = self.read(loc.shard()).view(loc.slot());
+        for (hash, _) in old.iter().flat_map(AuthKey::claims) {
+            self.write(shard_of(&hash)).drop_claim(seq, hash);
+        }
+        self.place(&mut by_seq, seq, Some(loc), None);
+        drop(by_seq);
+        self.changed.send_replace(());
+    }
+
+    /// The key with sequence number `seq`.
+    pub fn get(&self, seq: u64) -> Option<AuthKey> {
+        let by_seq = self.writer();
+        let loc = self.find(&by_seq, seq)?;
+        self.read(loc.shard()).view(loc.slot())
+    }
+
+    pub fn contains(&self, seq: u64) -> bool {
+        let by_seq = self.writer();
+        self.find(&by_seq, seq).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Calls `visit` for every key (for gauges; holds one shard's read lock at a time).
+    pub fn for_each(&self, mut visit: impl FnMut(&AuthKey)) {
+        for shard in 0..SHARDS {
+            self.read(shard).for_each(&mut visit);
+        }
+    }
+
+    /// Calls `visit` with every key's environment, whether it is revoked, and its expiry: the
+    /// key gauge's count, without copying each key out.
+    pub fn for_each_state(&self, mut visit: impl FnMut(Environment, bool, i64)) {
+        for shard in 0..SHARDS {
+            self.read(shard).for_each_state(&mut visit);
+        }
+    }
+
+    /// The store revision the table reflects.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    /// Records the store revision the table now reflects, after a sync's batch of changes
+    /// (none, on a quiet tick), and tells whoever watches the table ([`KeyTable::changes`]).
+    pub fn set_revision(&self, revision: u64) {
+        self.revision.store(revision, Ordering::Release);
+        self.changed.send_replace(());
+    }
+
+    /// Told after each batch of changes, each sync tick and each removal: a time to look
+    /// again at a key held since (a tunnel's), including its expiry.
+    pub fn changes(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+
+    /// Whether any hash is contested (for tests).
+    #[cfg(test)]
+    fn any_contested(&self) -> bool {
+        (0..SHARDS).any(|shard| self.read(shard).is_contested())
+    }
+}
+
+#[cfg(test)]
+mod tests;

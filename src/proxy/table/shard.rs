@@ -1,0 +1,567 @@
+//! One shard of the key table (data plane): packed records, the index that finds them by hash,
+//! and the few things records point at.
+//!
+//! A record is a whole key in 76 bytes: the full hash (compared after the index), the seq, the
+//! expiry, the id's 20 characters after `key_` in 6 bits each, and three `u32` slots: the
+//! permission set (interned, with the flags beside it), the customer id and the extras (only
+//! keys with one).
+//! A key with a previous secret in its grace period has a second record, found by that secret's
+//! hash, in the shard of that hash. The index is a `HashTable<u32>` of record slots keyed by
+//! the first word of the hash: 4 bytes and a control byte a bucket.
+
+use std::sync::Arc;
+
+use hashbrown::HashTable;
+use rustc_hash::FxHashMap;
+
+use super::key::{AuthKey, Extras, Presented, Role};
+use super::text::{CustomerId, KeyId};
+use crate::core::environment::Environment;
+use crate::core::permission::PermissionSet;
+use crate::core::secret::KeyHash;
+
+/// Records are allocated this many at a time: a shard grows without copying its records, and
+/// wastes at most one chunk.
+const CHUNK: usize = 256;
+/// A shard's records are numbered in 26 bits (the location beside its 6-bit shard number).
+pub(super) const MAX_RECORDS: usize = 1 << 26;
+/// Interned permission sets a shard can hold: 24 bits, beside the flags.
+const MAX_SETS: usize = 1 << 24;
+
+const SET_MASK: u32 = (1 << 24) - 1;
+const ENV_SHIFT: u32 = 24;
+const REVOKED: u32 = 1 << 26;
+const PREVIOUS: u32 = 1 << 27;
+const CONTESTED: u32 = 1 << 28;
+const ODD_ID: u32 = 1 << 29;
+
+/// One key, found by one of its hashes. 76 bytes, aligned to 4 (checked by a test).
+#[derive(Clone, Copy)]
+pub(super) struct Record {
+    /// The key's current hash (a [`Role::Previous`] record is found by the previous one, kept
+    /// in the extras).
+    hash: KeyHash,
+    /// The seq and the expiry as pairs of words: 64-bit fields would align the record to 8
+    /// and pad it to 80 bytes.
+    seq: [u32; 2],
+    expires_at: [u32; 2],
+    /// The id's 20 characters after `key_`, 6 bits each ([`pack_id`]); for an id of another
+    /// shape ([`ODD_ID`]), its slot in [`Data::odd_ids`] in the first four bytes.
+    id: [u8; 16],
+    /// The permission set's slot (24 bits) and the flags.
+    meta: u32,
+    /// 0: none; else the slot in [`Data::customers`] plus one.
+    customer: u32,
+    /// 0: none; else the slot in [`Data::extras`] plus one.
+    extras: u32,
+}
+
+fn split(word: u64) -> [u32; 2] {
+    [word as u32, (word >> 32) as u32]
+}
+
+fn join([low, high]: [u32; 2]) -> u64 {
+    u64::from(low) | u64::from(high) << 32
+}
+
+/// The 62 characters of an id keygate makes, in the order of their 6-bit codes.
+const ID_CHARS: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+fn code(byte: u8) -> Option<u128> {
+    let code = match byte {
+        b'0'..=b'9' => byte - b'0',
+        b'A'..=b'Z' => byte - b'A' + 10,
+        b'a'..=b'z' => byte - b'a' + 36,
+        _ => return None,
+    };
+    Some(u128::from(code))
+}
+
+/// The 20 characters after `key_` in 120 bits; `None` for an id of another shape.
+fn pack_id(id: &str) -> Option<[u8; 16]> {
+    let rest = id.strip_prefix("key_").filter(|rest| rest.len() == 20)?;
+    let mut packed = 0u128;
+    for (i, byte) in rest.bytes().enumerate() {
+        packed |= code(byte)? << (6 * i);
+    }
+    Some(packed.to_le_bytes())
+}
+
+fn unpack_id(packed: [u8; 16]) -> KeyId {
+    let packed = u128::from_le_bytes(packed);
+    let mut bytes = [0; 30];
+    bytes[..4].copy_from_slice(b"key_");
+    for (i, byte) in bytes[4..24].iter_mut().enumerate() {
+        *byte = ID_CHARS[((packed >> (6 * i)) & 63) as usize % ID_CHARS.len()];
+    }
+    KeyId::Inline { len: 24, bytes }
+}
+
+impl Record {
+    pub fn seq(&self) -> u64 {
+        join(self.seq)
+    }
+
+    fn expires_at(&self) -> i64 {
+        join(self.expires_at) as i64
+    }
+
+    fn role(&self) -> Role {
+        match self.meta & PREVIOUS {
+            0 => Role::Current,
+            _ => Role::Previous,
+        }
+    }
+
+    fn contested(&self) -> bool {
+        self.meta & CONTESTED != 0
+    }
+
+    fn environment(&self) -> Environment {
+        Environment::ALL
+            .get(((self.meta >> ENV_SHIFT) & 3) as usize)
+            .copied()
+            .unwrap_or(Environment::Production)
+    }
+}
+
+/// Values records point at, one slot each, reused once freed.
+struct Slots<T> {
+    values: Vec<Option<T>>,
+    free: Vec<u32>,
+}
+
+impl<T> Default for Slots<T> {
+    fn default() -> Self {
+        Slots {
+            values: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<T> Slots<T> {
+    /// The slot plus one (0 means none).
+    fn put(&mut self, value: T) -> u32 {
+        match self.free.pop() {
+            Some(slot) => {
+                self.values[slot as usize] = Some(value);
+                slot + 1
+            }
+            None => {
+                self.values.push(Some(value));
+                self.values.len() as u32
+            }
+        }
+    }
+
+    fn get(&self, handle: u32) -> Option<&T> {
+        self.values.get((handle as usize).checked_sub(1)?)?.as_ref()
+    }
+
+    fn take(&mut self, handle: u32) {
+        if let Some(value) = handle
+            .checked_sub(1)
+            .and_then(|slot| self.values.get_mut(slot as usize))
+        {
+            if value.take().is_some() {
+                self.free.push(handle - 1);
+            }
+        }
+    }
+}
+
+/// Permission sets, each kept once per shard however many records hold it, by the identity of
+/// the sync's interned `Arc` (a set equal to another but not interned is kept beside it).
+#[derive(Default)]
+struct Sets {
+    slots: Slots<(Arc<PermissionSet>, u32)>,
+    by_pointer: FxHashMap<usize, u32>,
+}
+
+impl Sets {
+    fn acquire(&mut self, set: &Arc<PermissionSet>) -> Option<u32> {
+        let pointer = Arc::as_ptr(set) as usize;
+        if let Some(&handle) = self.by_pointer.get(&pointer) {
+            if let Some((_, count)) = self
+                .slots
+                .values
+                .get_mut(handle as usize - 1)
+                .and_then(Option::as_mut)
+            {
+                *count += 1;
+                return Some(handle);
+            }
+        }
+        if self.slots.values.len() >= MAX_SETS - 1 && self.slots.free.is_empty() {
+            return None;
+        }
+        let handle = self.slots.put((set.clone(), 1));
+        self.by_pointer.insert(pointer, handle);
+        Some(handle)
+    }
+
+    fn release(&mut self, handle: u32) {
+        let Some((set, count)) = self
+            .slots
+            .values
+            .get_mut((handle as usize).wrapping_sub(1))
+            .and_then(Option::as_mut)
+        else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.by_pointer.remove(&(Arc::as_ptr(set) as usize));
+            self.slots.take(handle);
+        }
+    }
+
+    fn get(&self, handle: u32) -> Arc<PermissionSet> {
+        // A record always holds its set; an empty one (granting nothing) if it did not.
+        self.slots
+            .get(handle)
+            .map(|(set, _)| set.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A shard: its records, and the index over them.
+#[derive(Default)]
+pub(super) struct Shard {
+    /// Every record, by the first word of the hash it is found by. Contested records too: the
+    /// flag on each says the hash is another key's as well.
+    index: HashTable<u32>,
+    data: Data,
+}
+
+#[derive(Default)]
+struct Data {
+    chunks: Vec<Vec<Record>>,
+    free: Vec<u32>,
+    sets: Sets,
+    customers: Slots<CustomerId>,
+    extras: Slots<Arc<Extras>>,
+    odd_ids: Slots<KeyId>,
+}
+
+/// A change a shard could not make: it holds as many records or sets as it can number.
+#[derive(Debug)]
+pub(super) struct Full;
+
+impl Data {
+    fn record(&self, slot: u32) -> Option<&Record> {
+        self.chunks.get(slot as usize / CHUNK)?.get(slot as usize % CHUNK)
+    }
+
+    /// The hash `record` is found by.
+    fn claim(&self, record: &Record) -> KeyHash {
+        match record.role() {
+            Role::Current => record.hash,
+            Role::Previous => self
+                .extras
+                .get(record.extras)
+                .and_then(|extras| extras.previous)
+                .map_or(record.hash, |previous| previous.hash),
+        }
+    }
+
+    fn word(&self, slot: u32) -> u64 {
+        self.record(slot)
+            .map_or(0, |record| self.claim(record).short()[0])
+    }
+
+    fn claims(&self, slot: u32, short: [u64; 2]) -> bool {
+        self.record(slot)
+            .is_some_and(|record| self.claim(record).short() == short)
+    }
+
+    fn view(&self, record: &Record) -> AuthKey {
+        AuthKey {
+            seq: record.seq(),
+            id: self.id(record),
+            hash: record.hash,
+            environment: record.environment(),
+            revoked: record.meta & REVOKED != 0,
+            expires_at: record.expires_at(),
+            permissions: self.sets.get(record.meta & SET_MASK),
+            customer_id: self.customers.get(record.customer).cloned(),
+            extras: self.extras.get(record.extras).cloned(),
+        }
+    }
+
+    fn id(&self, record: &Record) -> KeyId {
+        if record.meta & ODD_ID != 0 {
+            let slot = u32::from_le_bytes([record.id[0], record.id[1], record.id[2], record.id[3]]);
+            return self.odd_ids.get(slot).cloned().unwrap_or_else(|| KeyId::new(""));
+        }
+        unpack_id(record.id)
+    }
+
+    /// `key`'s record found by its `role` hash, with the shard's slots it needs taken.
+    fn pack(&mut self, key: &AuthKey, role: Role, contested: bool) -> Result<Record, Full> {
+        let set = self.sets.acquire(&key.permissions).ok_or(Full)?;
+        let mut meta = set | (key.environment as u32) << ENV_SHIFT;
+        meta |= if key.revoked { REVOKED } else { 0 };
+        meta |= if role == Role::Previous { PREVIOUS } else { 0 };
+        meta |= if contested { CONTESTED } else { 0 };
+        let id = pack_id(&key.id).unwrap_or_else(|| {
+            meta |= ODD_ID;
+            let mut id = [0; 16];
+            id[..4].copy_from_slice(&self.odd_ids.put(key.id.clone()).to_le_bytes());
+            id
+        });
+        Ok(Record {
+            hash: key.hash,
+            seq: split(key.seq),
+            expires_at: split(key.expires_at as u64),
+            id,
+            meta,
+            customer: key
+                .customer_id
+                .clone()
+                .map_or(0, |customer| self.customers.put(customer)),
+            extras: key.extras.clone().map_or(0, |extras| self.extras.put(extras)),
+        })
+    }
+
+    /// Gives back the slots `record` took.
+    fn unpack(&mut self, record: &Record) {
+        self.sets.release(record.meta & SET_MASK);
+        self.customers.take(record.customer);
+        self.extras.take(record.extras);
+        if record.meta & ODD_ID != 0 {
+            self.odd_ids.take(u32::from_le_bytes([
+                record.id[0],
+                record.id[1],
+                record.id[2],
+                record.id[3],
+            ]));
+        }
+    }
+
+    fn allocate(&mut self, record: Record) -> Result<u32, Full> {
+        if let Some(slot) = self.free.pop() {
+            if let Some(place) = self
+                .chunks
+                .get_mut(slot as usize / CHUNK)
+                .and_then(|c| c.get_mut(slot as usize % CHUNK))
+            {
+                *place = record;
+                return Ok(slot);
+            }
+        }
+        let used = self.chunks.len() * CHUNK;
+        let last = match self.chunks.last_mut() {
+            Some(last) if last.len() < CHUNK => last,
+            _ if used >= MAX_RECORDS => return Err(Full),
+            _ => {
+                self.chunks.push(Vec::with_capacity(CHUNK));
+                self.chunks.last_mut().expect("a chunk was just pushed")
+            }
+        };
+        last.push(record);
+        let offset = last.len() - 1;
+        Ok(((self.chunks.len() - 1) * CHUNK + offset) as u32)
+    }
+
+    fn set(&mut self, slot: u32, record: Record) {
+        if let Some(place) = self
+            .chunks
+            .get_mut(slot as usize / CHUNK)
+            .and_then(|c| c.get_mut(slot as usize % CHUNK))
+        {
+            *place = record;
+        }
+    }
+}
+
+impl Shard {
+    /// The key found by `hash`, unless another key claims the hash too.
+    pub fn lookup(&self, hash: &KeyHash) -> Option<(AuthKey, Presented)> {
+        let short = hash.short();
+        let slot = *self.index.find(short[0], |&slot| self.data.claims(slot, short))?;
+        let record = self.data.record(slot)?;
+        if record.contested() || !self.data.claim(record).ct_eq(hash) {
+            return None;
+        }
+        let key = self.data.view(record);
+        let presented = match record.role() {
+            Role::Current => Presented::Current,
+            Role::Previous => Presented::Previous {
+                until: key.previous()?.until,
+            },
+        };
+        Some((key, presented))
+    }
+
+    /// The record at `slot`, as the key it holds, and its seq.
+    pub fn view(&self, slot: u32) -> Option<AuthKey> {
+        self.data.record(slot).map(|record| self.data.view(record))
+    }
+
+    pub fn seq(&self, slot: u32) -> Option<u64> {
+        self.data.record(slot).map(Record::seq)
+    }
+
+    /// Whether another key's record than `seq`'s is found by a hash of `short`.
+    fn others(&self, seq: u64, short: [u64; 2]) -> Vec<u32> {
+        self.index
+            .iter_hash(short[0])
+            .copied()
+            .filter(|&slot| {
+                self.data
+                    .record(slot)
+                    .is_some_and(|r| r.seq() != seq && self.data.claim(r).short() == short)
+            })
+            .collect()
+    }
+
+    fn mine(&self, seq: u64, short: [u64; 2]) -> Option<u32> {
+        self.index
+            .find(short[0], |&slot| {
+                self.data
+                    .record(slot)
+                    .is_some_and(|r| r.seq() == seq && self.data.claim(r).short() == short)
+            })
+            .copied()
+    }
+
+    /// Writes `key`'s record found by `hash` (its `role` one), over the one the key had for the
+    /// hash if any; the slot, and whether another key claims the hash too (then every record of
+    /// the hash is flagged, and the hash finds no key).
+    pub fn put(&mut self, key: &AuthKey, hash: KeyHash, role: Role) -> Result<(u32, bool), Full> {
+        let short = hash.short();
+        let others = self.others(key.seq, short);
+        let contested = !others.is_empty();
+        let record = self.data.pack(key, role, contested)?;
+        let slot = match self.mine(key.seq, short) {
+            Some(slot) => {
+                if let Some(old) = self.data.record(slot).copied() {
+                    self.data.unpack(&old);
+                }
+                self.data.set(slot, record);
+                slot
+            }
+            None => {
+                let slot = self
+                    .data
+                    .allocate(record)
+                    .inspect_err(|_| self.data.unpack(&record))?;
+                let Shard { index, data } = self;
+                index.insert_unique(short[0], slot, |&slot| data.word(slot));
+                slot
+            }
+        };
+        for other in others {
+            self.flag(other, true);
+        }
+        Ok((slot, contested))
+    }
+
+    /// Drops `seq`'s record found by `hash`; the key left claiming the hash alone, if one,
+    /// is found by it again.
+    pub fn drop_claim(&mut self, seq: u64, hash: KeyHash) {
+        let short = hash.short();
+        let Some(slot) = self.mine(seq, short) else {
+            return;
+        };
+        if let Ok(entry) = self.index.find_entry(short[0], |&s| s == slot) {
+            entry.remove();
+        }
+        if let Some(old) = self.data.record(slot).copied() {
+            self.data.unpack(&old);
+        }
+        self.data.free.push(slot);
+        if let [last] = self.others(seq, short)[..] {
+            self.flag(last, false);
+        }
+    }
+
+    fn flag(&mut self, slot: u32, contested: bool) {
+        if let Some(mut record) = self.data.record(slot).copied() {
+            record.meta = (record.meta & !CONTESTED) | if contested { CONTESTED } else { 0 };
+            self.data.set(slot, record);
+        }
+    }
+
+    /// Whether `claims` more records fit.
+    pub fn has_room(&self, claims: usize) -> bool {
+        self.index.len() + claims + CHUNK <= MAX_RECORDS
+    }
+
+    /// Calls `visit` with every key's current record.
+    pub fn for_each(&self, visit: &mut impl FnMut(&AuthKey)) {
+        for &slot in self.index.iter() {
+            if let Some(record) = self.data.record(slot).filter(|r| r.role() == Role::Current) {
+                visit(&self.data.view(record));
+            }
+        }
+    }
+
+    /// Calls `visit` with every key's environment, revocation and expiry, without copying the
+    /// key out.
+    pub fn for_each_state(&self, visit: &mut impl FnMut(Environment, bool, i64)) {
+        for &slot in self.index.iter() {
+            if let Some(record) = self.data.record(slot).filter(|r| r.role() == Role::Current) {
+                visit(
+                    record.environment(),
+                    record.meta & REVOKED != 0,
+                    record.expires_at(),
+                );
+            }
+        }
+    }
+
+    /// Whether any record is flagged contested (for tests).
+    #[cfg(test)]
+    pub fn is_contested(&self) -> bool {
+        self.index
+            .iter()
+            .any(|&slot| self.data.record(slot).is_some_and(Record::contested))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_is_76_bytes() {
+        // The 1M-key memory budget counts on this; grow it only on purpose.
+        assert_eq!(std::mem::size_of::<Record>(), 76);
+    }
+
+    #[test]
+    fn an_id_keygate_makes_packs_into_120_bits_and_others_do_not() {
+        for _ in 0..100 {
+            let id = crate::core::key::new_key_id();
+            assert_eq!(&*unpack_id(pack_id(&id).unwrap()), id);
+        }
+        let edge = "key_09AZaz09AZaz09AZaz09";
+        assert_eq!(&*unpack_id(pack_id(edge).unwrap()), edge);
+        for odd in [
+            "key_0123456789abcdefghi",
+            "key_0123456789abcdefghi-",
+            "kex_0123456789abcdefghij",
+            "key_0123456789abcdefghijk",
+            "",
+        ] {
+            assert_eq!(pack_id(odd), None, "{odd}");
+        }
+    }
+
+    #[test]
+    fn seqs_and_expiries_keep_all_64_bits() {
+        for word in [
+            0,
+            1,
+            u64::MAX,
+            i64::MAX as u64,
+            i64::MIN as u64,
+            0x1234_5678_9abc_def0,
+        ] {
+            assert_eq!(join(split(word)), word);
+        }
+    }
+}

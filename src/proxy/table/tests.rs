@@ -1,0 +1,212 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::core::environment::Environment;
+use crate::core::secret::Hasher;
+
+fn key(seq: u64, secret: &str, previous: Option<&str>) -> AuthKey {
+    let hasher = Hasher::unkeyed();
+    AuthKey {
+        seq,
+        id: format!("key_{seq}").into(),
+        hash: hasher.hash(secret.as_bytes()),
+        environment: Environment::Production,
+        revoked: false,
+        expires_at: NEVER,
+        permissions: Arc::default(),
+        customer_id: None,
+        extras: Extras {
+            previous: previous.map(|p| PreviousSecret {
+                hash: hasher.hash(p.as_bytes()),
+                until: 100,
+            }),
+            ..Extras::default()
+        }
+        .shared(),
+    }
+}
+
+fn find(table: &KeyTable, secret: &str) -> Option<(u64, Presented)> {
+    table
+        .lookup(&Hasher::unkeyed().hash(secret.as_bytes()))
+        .map(|(key, which)| (key.seq, which))
+}
+
+#[test]
+fn a_plain_key_has_no_extras() {
+    assert!(key(1, "secret-one-0123456", None).extras.is_none());
+}
+
+#[test]
+fn a_key_is_found_by_its_secret_only() {
+    let table = KeyTable::default();
+    table.upsert(key(1, "secret-one-0123456", None));
+    assert_eq!(find(&table, "secret-one-0123456"), Some((1, Presented::Current)));
+    assert_eq!(find(&table, "secret-two-0123456"), None);
+}
+
+#[test]
+fn regeneration_with_grace_indexes_both_secrets_and_replacing_drops_the_old() {
+    let table = KeyTable::default();
+    table.upsert(key(1, "old-secret-0123456", None));
+    table.upsert(key(1, "new-secret-0123456", Some("old-secret-0123456")));
+    assert_eq!(find(&table, "new-secret-0123456"), Some((1, Presented::Current)));
+    assert_eq!(
+        find(&table, "old-secret-0123456"),
+        Some((1, Presented::Previous { until: 100 }))
+    );
+    table.upsert(key(1, "new-secret-0123456", None));
+    assert_eq!(find(&table, "old-secret-0123456"), None);
+    assert_eq!(table.len(), 1);
+}
+
+#[test]
+fn a_hash_two_keys_claim_admits_neither_until_one_lets_go() {
+    let table = KeyTable::default();
+    table.upsert(key(1, "a-new-secret-01234", Some("a-old-secret-01234")));
+    let upserted = table.upsert(key(2, "a-old-secret-01234", None));
+    assert_eq!(upserted.contested, 1);
+    assert_eq!(find(&table, "a-old-secret-01234"), None, "neither key");
+    assert_eq!(find(&table, "a-new-secret-01234"), Some((1, Presented::Current)));
+    // A change to either that keeps the hash keeps it contested.
+    assert_eq!(table.upsert(key(2, "a-old-secret-01234", None)).contested, 1);
+    assert_eq!(find(&table, "a-old-secret-01234"), None);
+    // Key 1's grace ends: the hash is key 2's alone.
+    assert_eq!(table.upsert(key(1, "a-new-secret-01234", None)).contested, 0);
+    assert_eq!(find(&table, "a-old-secret-01234"), Some((2, Presented::Current)));
+    assert_eq!(find(&table, "a-new-secret-01234"), Some((1, Presented::Current)));
+}
+
+#[test]
+fn a_contested_hash_goes_to_the_key_left_when_the_other_is_removed() {
+    let table = KeyTable::default();
+    table.upsert(key(1, "shared-secret-0123", None));
+    table.upsert(key(2, "shared-secret-0123", None));
+    table.upsert(key(3, "shared-secret-0123", None));
+    assert_eq!(find(&table, "shared-secret-0123"), None);
+    table.remove(1);
+    assert_eq!(find(&table, "shared-secret-0123"), None, "still two claim it");
+    table.remove(3);
+    assert_eq!(find(&table, "shared-secret-0123"), Some((2, Presented::Current)));
+    table.remove(2);
+    assert_eq!(find(&table, "shared-secret-0123"), None);
+    assert!(!table.any_contested());
+}
+
+#[test]
+fn watchers_are_told_of_each_sync_and_each_removal() {
+    let table = KeyTable::default();
+    table.upsert(key(1, "secret-one-0123456", None));
+    let mut changes = table.changes();
+    assert!(!changes.has_changed().unwrap());
+    table.set_revision(1);
+    assert!(
+        changes.has_changed().unwrap(),
+        "a sync's batch, or its quiet tick"
+    );
+    changes.mark_unchanged();
+    table.remove(2);
+    assert!(!changes.has_changed().unwrap(), "nothing was removed");
+    table.remove(1);
+    assert!(changes.has_changed().unwrap());
+}
+
+#[test]
+fn removal_forgets_every_secret_of_the_key() {
+    let table = KeyTable::default();
+    table.upsert(key(1, "new-secret-0123456", Some("old-secret-0123456")));
+    table.upsert(key(2, "other-secret-01234", None));
+    table.remove(1);
+    assert_eq!(find(&table, "new-secret-0123456"), None);
+    assert_eq!(find(&table, "old-secret-0123456"), None);
+    assert_eq!(find(&table, "other-secret-01234"), Some((2, Presented::Current)));
+}
+
+fn full_key(seq: u64, secret: &str) -> AuthKey {
+    AuthKey {
+        id: format!("key_{seq:020}").into(),
+        customer_id: Some(CustomerId::new(&format!("cust_{seq}"))),
+        permissions: Arc::new(crate::core::permission::PermissionSet::new(vec!["customer:read"
+            .parse()
+            .unwrap()])),
+        environment: Environment::Staging,
+        revoked: seq.is_multiple_of(2),
+        expires_at: 1_000 + seq as i64,
+        ..key(seq, secret, None)
+    }
+}
+
+#[test]
+fn a_key_comes_out_as_it_went_in() {
+    let table = KeyTable::default();
+    let long_customer = CustomerId::new("a-customer-id-longer-than-inline");
+    table.upsert(AuthKey {
+        customer_id: Some(long_customer.clone()),
+        ..full_key(7, "secret-seven-01234")
+    });
+    table.upsert(key(8, "secret-eight-01234", Some("secret-old-8-01234")));
+    let (found, _) = table
+        .lookup(&Hasher::unkeyed().hash(b"secret-seven-01234"))
+        .unwrap();
+    assert_eq!(&*found.id, "key_00000000000000000007");
+    assert_eq!(found.customer_id, Some(long_customer));
+    assert_eq!(found.environment, Environment::Staging);
+    assert_eq!((found.revoked, found.expires_at), (false, 1_007));
+    assert!(found.permissions.grants(&"customer:read".parse().unwrap()));
+    let (old, which) = table
+        .lookup(&Hasher::unkeyed().hash(b"secret-old-8-01234"))
+        .unwrap();
+    assert_eq!(which, Presented::Previous { until: 100 });
+    assert_eq!(
+        old.hash,
+        Hasher::unkeyed().hash(b"secret-eight-01234"),
+        "the current hash"
+    );
+    assert_eq!(&*old.id, "key_8", "an id of another shape");
+    assert_eq!(table.get(8).map(|k| k.seq), Some(8));
+    assert_eq!(table.get(9).map(|k| k.seq), None);
+}
+
+#[test]
+fn many_changes_leave_every_key_found_by_its_secrets_only() {
+    let table = KeyTable::default();
+    let secret = |seq: u64, round: u64| format!("secret-{seq}-{round}-0123456789");
+    for seq in 0..3_000 {
+        table.upsert(full_key(seq, &secret(seq, 0)));
+    }
+    // Every third key regenerated with a grace period, every third removed.
+    for seq in (0..3_000).step_by(3) {
+        table.upsert(key(seq, &secret(seq, 1), Some(&secret(seq, 0))));
+        table.remove(seq + 1);
+    }
+    for seq in (0..3_000).step_by(3) {
+        table.upsert(full_key(seq + 1, &secret(seq + 1, 2)));
+    }
+    assert_eq!(table.len(), 3_000);
+    let mut seen = 0;
+    table.for_each(|_| seen += 1);
+    assert_eq!(seen, 3_000);
+    let mut revoked = 0;
+    table.for_each_state(|_, r, _| revoked += usize::from(r));
+    // The keys left as `full_key` made them: seqs 2, 5, ... (one in three) and seqs 1, 4, ...
+    // (made again); the even ones among them are revoked.
+    let expected = (0..3_000u64)
+        .filter(|s| s % 3 != 0 && s.is_multiple_of(2))
+        .count();
+    assert_eq!(revoked, expected);
+    for seq in 0..3_000u64 {
+        let found = |round| find(&table, &secret(seq, round));
+        match seq % 3 {
+            0 => {
+                assert_eq!(found(1), Some((seq, Presented::Current)));
+                assert_eq!(found(0), Some((seq, Presented::Previous { until: 100 })));
+            }
+            1 => {
+                assert_eq!((found(0), found(2)), (None, Some((seq, Presented::Current))));
+            }
+            _ => assert_eq!(found(0), Some((seq, Presented::Current))),
+        }
+        assert!(table.contains(seq));
+    }
+    assert!(!table.any_contested());
+}
