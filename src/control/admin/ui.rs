@@ -40,6 +40,8 @@ pub const ASSETS: &[(&str, &str, &str)] = &[
     ("dialogs.js", JS, include_str!("ui/dialogs.js")),
     ("key.js", JS, include_str!("ui/key.js")),
     ("chart.js", JS, include_str!("ui/chart.js")),
+    ("usage.js", JS, include_str!("ui/usage.js")),
+    ("quota.js", JS, include_str!("ui/quota.js")),
     ("idle.js", JS, include_str!("ui/idle.js")),
     ("requests.js", JS, include_str!("ui/requests.js")),
 ];

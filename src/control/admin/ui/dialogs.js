@@ -108,7 +108,7 @@ function rateLimit(requests, per, burst) {
 }
 
 /** A form in a dialog that sends `submit(form)` and shows API errors beside it. */
-function formDialog(parts, fields, label, submit) {
+export function formDialog(parts, fields, label, submit) {
   const error = h("p", { class: "form-error", role: "alert" });
   const send = h("button", { type: "submit", class: "primary" }, label);
   const form = h("form", { class: "key-form", method: "dialog", on: { submit: async (event) => {

@@ -67,10 +67,21 @@ export function quota(spec) {
   return spec.period === "none" ? `${spec.limit} credits` : `${spec.limit} a ${spec.period}`;
 }
 
-/** "used 120 of 1000, renews 2026-02-15 00:00 (in 5 days)" from a key's quota_state. */
-export function quotaState(state) {
-  const renews = state.resets_at ? `renews ${exact(state.resets_at)} (${relative(state.resets_at)})` : "never renews";
-  return `used ${state.used} of ${state.limit}, ${renews}`;
+/**
+ * "120 of 1000 requests used this period (12%), 880 left." from a key's quota and quota_state
+ * (a period starts at the quota's anchor, not at midnight: its renewal says when it ends).
+ */
+export function quotaUsed(spec, state) {
+  const share = state.limit > 0 ? Math.floor((state.used * 100) / state.limit) : 100;
+  const what = spec.period === "none" ? "credits used" : "requests used this period";
+  const added = state.limit > spec.limit ? ` The allowance includes ${state.limit - spec.limit} topped up.` : "";
+  return `${state.used} of ${state.limit} ${what} (${share}%), ${state.remaining} left.${added}`;
+}
+
+/** "Renews 2026-02-15 00:00:00 UTC (in 5 days)." or, for credits, that only a top-up adds more. */
+export function quotaRenews(spec, state) {
+  if (!state.resets_at) return "Never renews: only a top-up adds more.";
+  return `Renews ${exact(state.resets_at)} (${relative(state.resets_at)}).`;
 }
 
 const REASONS = {
