@@ -28,7 +28,9 @@ export function keyUsage(target, id, counted = () => {}) {
       if (mine !== asked) return;
       const dates = lastDates();
       const chart = usageChart(dates, layers(series, split.by, dates), split.what, usage.total_requests);
-      toggle.hidden = chart.tagName !== "FIGURE";
+      // Without requests there is nothing to split (and no button to offer).
+      if (chart.tagName !== "FIGURE") toggle.remove();
+      else if (!toggle.isConnected) target.prepend(toggle);
       body.replaceChildren(chart, flushedNote(usage));
       counted(usage);
     } catch (error) {
@@ -44,8 +46,7 @@ export function keyUsage(target, id, counted = () => {}) {
     } },
   }, one.label));
   toggle.append(...buttons);
-  toggle.hidden = true;
-  target.replaceChildren(toggle, body);
+  target.replaceChildren(body);
   load();
 }
 
