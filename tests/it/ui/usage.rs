@@ -310,3 +310,51 @@ async fn stacking_and_quota_words_follow_the_api_values() {
     assert_eq!(out, expected);
     browser.finish().await;
 }
+
+/// The README's picture of a key (docs/ui-key.png): two weeks of traffic and a monthly quota.
+/// Not a check; run it with `cargo test --test it ui::usage::readme_key_picture -- --ignored`
+/// and copy target/ui-screenshots/readme_key.png.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn readme_key_picture() {
+    let Some((harness, browser)) = setup("readme_key").await else {
+        return;
+    };
+    let now = harness.clock_now();
+    let start = now.checked_sub(SignedDuration::from_hours(24 * 14)).unwrap();
+    harness.clock.set(start);
+    let mut key = spec(Environment::Production, &["customer:read", "report:read"]);
+    key.name = "Main website".into();
+    key.customer_id = Some("acme".into());
+    key.quota = Some(QuotaSpec {
+        limit: 500,
+        period: Period::Month,
+        anchor: start,
+    });
+    let (id, secret) = harness.create_key(key).await;
+    for day in 0..=14 {
+        let at = start.checked_add(SignedDuration::from_hours(24 * day)).unwrap();
+        harness.clock.set(at.min(now));
+        for _ in 0..(8 + (day * 7) % 13) {
+            harness.get("/v1/customers/acme", &secret).await;
+        }
+        for _ in 0..(3 + day % 4) {
+            harness.get("/v1/status", &secret).await;
+        }
+        for _ in 0..(day % 3) {
+            harness
+                .call("POST", "/v1/customers/acme", Some(&secret), &[])
+                .await;
+        }
+        if day % 6 == 5 {
+            harness.get("/slow", &secret).await;
+        }
+    }
+    browser.client.set_window_size(1280, 900).await.unwrap();
+    open_key(&harness, &browser, &id).await;
+    browser.until_text(".legend", "2xx").await;
+    browser
+        .eval("document.querySelector('.quota-bar').closest('section').scrollIntoView(); return true;")
+        .await;
+    browser.finish().await;
+}
