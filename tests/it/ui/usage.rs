@@ -9,7 +9,7 @@ use keygate::core::environment::Environment;
 use keygate::core::quota::{Period, QuotaSpec};
 use serde_json::Value;
 
-use super::{main_buttons, open_key, page, setup};
+use super::{main_buttons, open_key, page, rows, setup};
 use crate::support::browser::Browser;
 use crate::support::{spec, Harness, READ_TOKEN};
 
@@ -130,6 +130,60 @@ async fn a_key_without_requests_says_so_and_offers_no_split() {
         main_buttons(&browser).await,
         ["Edit", "Regenerate", "Revoke", "Delete", "Refresh"]
     );
+    browser.finish().await;
+}
+
+/// A key of customer `customer` that may read customers.
+async fn customer_key(harness: &Harness, customer: &str) -> String {
+    let mut key = spec(Environment::Production, &["customer:read"]);
+    key.customer_id = Some(customer.into());
+    harness.create_key(key).await.1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtered_by_customer_the_list_shows_the_usage_of_its_keys() {
+    let Some((harness, browser)) = setup("customer_usage").await else {
+        return;
+    };
+    let (one, two, other) = (
+        customer_key(&harness, "acme").await,
+        customer_key(&harness, "acme").await,
+        customer_key(&harness, "globex").await,
+    );
+    for _ in 0..2 {
+        let answer = harness.get("/v1/customers/acme", &one).await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    assert_eq!(harness.get("/v1/status", &two).await.status, StatusCode::OK);
+    let refused = harness.call("POST", "/v1/customers/acme", Some(&two), &[]).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    for _ in 0..5 {
+        assert_eq!(harness.get("/v1/status", &other).await.status, StatusCode::OK);
+    }
+
+    browser.sign_in(&page(&harness), READ_TOKEN).await;
+    assert_eq!(
+        browser.count(".customer-usage").await,
+        0,
+        "not without a customer"
+    );
+    browser
+        .goto(&harness.admin_url("/ui/#/keys?customer_id=acme"))
+        .await;
+    rows(&browser, 2).await;
+    browser
+        .until_text(".customer-usage h3", "Daily usage of customer “acme”")
+        .await;
+    browser
+        .until_text(".customer-usage figcaption", "4 requests in the last 30 days.")
+        .await;
+    assert_eq!(texts(&browser, ".legend li").await, ["2xx 3", "4xx 1", "5xx 0"]);
+    browser
+        .until_text(".customer-usage .flushed", "counted up to now")
+        .await;
+    browser.click("By route").await;
+    browser.until_text(".legend", "customers").await;
+    assert_eq!(texts(&browser, ".legend li").await, ["customers 3", "status 1"]);
     browser.finish().await;
 }
 

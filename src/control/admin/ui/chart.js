@@ -80,14 +80,15 @@ export function dayTotals(dates, stack) {
 
 /**
  * The chart of `stack` over `dates` ("by status class" or "by route" in `what`), its legend,
- * caption (`total`: the key's requests since it was created) and table; a notice when the
- * days hold nothing.
+ * caption (`total`: the key's requests since it was created, or null) and table; a notice
+ * when the days hold nothing.
  */
 export function usageChart(dates, stack, what, total) {
   const totals = dayTotals(dates, stack);
   const inWindow = totals.reduce((sum, n) => sum + n, 0);
   if (inWindow === 0) {
-    return h("p", { class: "notice" }, `No requests in the last ${DAYS} days (${total} in all).`);
+    const all = total === null ? "" : ` (${total} in all)`;
+    return h("p", { class: "notice" }, `No requests in the last ${DAYS} days${all}.`);
   }
   const max = Math.max(1, ...totals);
   const spread = stack.map((one) => `${one.name} ${one.total}`).join(", ");
@@ -99,7 +100,8 @@ export function usageChart(dates, stack, what, total) {
     h("div", { class: "chart-frame" }, h("span", { class: "chart-max muted small", title: "the busiest day" }, `${max}`), chart),
     h("div", { class: "chart-axis muted small" }, h("span", {}, dates[0]), h("span", {}, "today (UTC)")),
     legend(stack, what),
-    h("figcaption", {}, `${requests(total)} in all; ${inWindow} in the last ${DAYS} days.`),
+    h("figcaption", {}, total === null ? `${requests(inWindow)} in the last ${DAYS} days.` :
+      `${requests(total)} in all; ${inWindow} in the last ${DAYS} days.`),
     numbers(dates, stack, totals));
 }
 

@@ -1,4 +1,5 @@
-// The key list: filters, one row per key, paging by the API's cursor, and the create button.
+// The key list: filters, one row per key, paging by the API's cursor, and the create button;
+// filtered by a customer, that customer's usage above its keys.
 // The filters and the cursor are in the address (#/keys?environment=staging&cursor=42).
 
 import { api, query, session } from "./api.js";
@@ -7,6 +8,7 @@ import * as format from "./format.js";
 import { createDialog } from "./dialogs.js";
 import { loadIdle, idleNotice } from "./idle.js";
 import { go, pager, viewParams } from "./address.js";
+import { customerUsage } from "./usage.js";
 
 const PAGE = 50;
 const PATH = "#/keys";
@@ -20,8 +22,17 @@ export function renderKeys() {
       h("h2", {}, "API keys"),
       session.canWrite() ? button("Create key", () => createDialog(() => renderKeys()), "primary") : null),
     filters(state),
+    customerCard(state.customer_id),
     results));
   load(results, state);
+}
+
+/** Filtered by a customer: the usage of all its keys, above them. */
+function customerCard(customer) {
+  if (!customer) return null;
+  const body = h("div", {});
+  customerUsage(body, customer);
+  return h("section", { class: "card customer-usage" }, h("h3", {}, `Daily usage of customer “${customer}”`), body);
 }
 
 function filters(state) {
