@@ -134,10 +134,10 @@ async fn a_key_without_requests_says_so_and_offers_no_split() {
 }
 
 /// A key of customer `customer` that may read customers.
-async fn customer_key(harness: &Harness, customer: &str) -> String {
+async fn customer_key(harness: &Harness, customer: &str) -> (String, String) {
     let mut key = spec(Environment::Production, &["customer:read"]);
     key.customer_id = Some(customer.into());
-    harness.create_key(key).await.1
+    harness.create_key(key).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,11 +145,9 @@ async fn filtered_by_customer_the_list_shows_the_usage_of_its_keys() {
     let Some((harness, browser)) = setup("customer_usage").await else {
         return;
     };
-    let (one, two, other) = (
-        customer_key(&harness, "acme").await,
-        customer_key(&harness, "acme").await,
-        customer_key(&harness, "globex").await,
-    );
+    let (acme, one) = customer_key(&harness, "acme").await;
+    let (_, two) = customer_key(&harness, "acme").await;
+    let (_, other) = customer_key(&harness, "globex").await;
     for _ in 0..2 {
         let answer = harness.get("/v1/customers/acme", &one).await;
         assert_eq!(answer.status, StatusCode::OK);
@@ -162,14 +160,15 @@ async fn filtered_by_customer_the_list_shows_the_usage_of_its_keys() {
     }
 
     browser.sign_in(&page(&harness), READ_TOKEN).await;
+    rows(&browser, 3).await;
     assert_eq!(
         browser.count(".customer-usage").await,
         0,
         "not without a customer"
     );
-    browser
-        .goto(&harness.admin_url("/ui/#/keys?customer_id=acme"))
-        .await;
+    // The customer in a key's row leads to its keys and their usage.
+    let link = format!("tr[data-key-id=\"{acme}\"] td[data-label=\"Customer\"] a");
+    browser.find(&link).await.click().await.unwrap();
     rows(&browser, 2).await;
     browser
         .until_text(".customer-usage h3", "Daily usage of customer “acme”")
@@ -233,11 +232,17 @@ async fn the_quota_bar_shows_this_period_and_tops_up_and_resets() {
     );
     browser.screenshot().await;
 
+    // At a phone's width: the card and the dialog fit.
+    browser.client.set_window_size(390, 844).await.unwrap();
+    let fits = "return document.documentElement.scrollWidth <= window.innerWidth;";
+    assert_eq!(browser.eval(fits).await, true, "the card fits the phone");
     browser.click("Top up").await;
     browser
         .until_text("dialog h2", "Top up the quota of “metered”")
         .await;
     browser.fill("#f-add", "5").await;
+    browser.screenshot_as("quota_top_up_phone").await;
+    assert_eq!(browser.eval(fits).await, true, "the dialog fits the phone");
     browser
         .find("dialog button[type=\"submit\"]")
         .await
@@ -245,6 +250,7 @@ async fn the_quota_bar_shows_this_period_and_tops_up_and_resets() {
         .await
         .unwrap();
     browser.until_gone("dialog").await;
+    browser.client.set_window_size(1280, 1100).await.unwrap();
     browser.until_text("#flash", "Quota topped up by 5.").await;
     browser
         .until_text(

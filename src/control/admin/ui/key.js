@@ -7,6 +7,7 @@ import * as format from "./format.js";
 import { confirmDialog, editDialog, regenerateDialog } from "./dialogs.js";
 import { keyUsage } from "./usage.js";
 import { quotaCard } from "./quota.js";
+import { customerLink } from "./keys.js";
 import { keyRequests } from "./requests.js";
 import { idleNotice, loadIdle } from "./idle.js";
 
@@ -100,7 +101,7 @@ function details(key) {
     row("Permissions", key.permissions.length ? key.permissions.join(", ") : "none"),
     row("Rate limit", key.rate_limit ? format.rateLimit(key.rate_limit) : "the gateway's default (rate_limit.default)"),
     row("Quota", key.quota ? format.quota(key.quota) : "none"),
-    row("Customer", key.customer_id || "—"),
+    row("Customer", customerLink(key.customer_id)),
     row("Allowed IPs", key.allowed_ips.length ? key.allowed_ips.join(", ") : "any address"),
     row("Expires", key.expires_at ? `${format.exact(key.expires_at)} (${format.relative(key.expires_at)})` : "never"),
     row("Last used", format.relative(key.last_used_at), format.exact(key.last_used_at), "last-used"),

@@ -7,7 +7,7 @@ import { button, errorBox, h, notice, show } from "./dom.js";
 import * as format from "./format.js";
 import { createDialog } from "./dialogs.js";
 import { loadIdle, idleNotice } from "./idle.js";
-import { go, pager, viewParams } from "./address.js";
+import { address, go, pager, viewParams } from "./address.js";
 import { customerUsage } from "./usage.js";
 
 const PAGE = 50;
@@ -110,5 +110,11 @@ function row(key, now, idle) {
     cell("Status", h("span", { class: `badge status-${key.status}` }, key.status), quarantined(key)),
     cell("Last used", h("span", { title: format.exact(key.last_used_at) || "never used" }, format.relative(key.last_used_at, now))),
     cell("Rate limit", format.rateLimit(key.rate_limit)),
-    cell("Customer", key.customer_id || "—"));
+    cell("Customer", customerLink(key.customer_id)));
+}
+
+/** A customer id as a link to its keys and their usage, or "—". */
+export function customerLink(customer) {
+  if (!customer) return "—";
+  return h("a", { href: address(PATH, { customer_id: customer }), title: `The keys of “${customer}” and their usage` }, customer);
 }

@@ -41,7 +41,7 @@ function topUpDialog(key, again) {
   const input = h("input", { id: "f-add", name: "add", type: "number", min: 1, step: 1, required: true, "aria-describedby": "h-add" });
   const help = key.quota.period === "none" ?
     "credits added to what is left; they stay until used" :
-    `added to this ${key.quota.period}'s allowance only; the next period starts from ${key.quota.limit} again`;
+    `added to this period's allowance only; the next period (a ${key.quota.period}) starts from ${key.quota.limit} again`;
   formDialog(parts, [h("div", { class: "field" }, h("label", { for: "f-add" }, "Requests to add"), input,
     h("small", { class: "muted", id: "h-add" }, help))], "Top up", async () => {
     const add = Number(input.value);
