@@ -832,7 +832,10 @@ async fn the_usage_counts_up_to_the_moment_the_page_asks() {
     open_key(&harness, &browser, &id).await;
     browser.until_text(".flushed", &format!("as of {at}")).await;
     browser
-        .until_text("figure.usage figcaption", "1 request in all")
+        .until_text(
+            "figure.usage figcaption",
+            "1 authenticated since the key was created",
+        )
         .await;
     browser
         .eval("document.querySelector('.flushed').scrollIntoView(); return true;")

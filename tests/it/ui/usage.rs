@@ -61,7 +61,7 @@ async fn usage_is_stacked_by_status_class_and_by_route() {
     browser
         .until_text(
             "figure.usage figcaption",
-            "7 requests in all; 7 in the last 30 days",
+            "7 requests in the last 30 days, refusals included; 7 authenticated since the key was created.",
         )
         .await;
     assert_eq!(texts(&browser, ".legend li").await, ["2xx 5", "4xx 1", "5xx 1"]);
@@ -123,13 +123,41 @@ async fn a_key_without_requests_says_so_and_offers_no_split() {
     let (id, _) = harness.key(&[]).await;
     open_key(&harness, &browser, &id).await;
     browser
-        .until_text("main", "No requests in the last 30 days (0 in all).")
+        .until_text(
+            "main",
+            "No requests in the last 30 days (0 authenticated since the key was created).",
+        )
         .await;
     assert_eq!(browser.count("svg.chart").await, 0);
     assert_eq!(
         main_buttons(&browser).await,
         ["Edit", "Regenerate", "Revoke", "Delete", "Refresh"]
     );
+    browser.finish().await;
+}
+
+/// A leaked key revoked: its refusals still show, apart from what it authenticated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_still_shows_the_requests_refused_with_it() {
+    let Some((harness, browser)) = setup("usage_revoked").await else {
+        return;
+    };
+    let (id, secret) = harness.key(&[]).await;
+    assert_eq!(harness.get("/v1/status", &secret).await.status, StatusCode::OK);
+    harness.keys.revoke(&id).unwrap();
+    harness.sync().await;
+    for _ in 0..2 {
+        let refused = harness.get("/v1/status", &secret).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    }
+    open_key(&harness, &browser, &id).await;
+    browser
+        .until_text(
+            "figure.usage figcaption",
+            "3 requests in the last 30 days, refusals included; 1 authenticated since the key was created.",
+        )
+        .await;
+    assert_eq!(texts(&browser, ".legend li").await, ["2xx 1", "4xx 2", "5xx 0"]);
     browser.finish().await;
 }
 
@@ -174,7 +202,10 @@ async fn filtered_by_customer_the_list_shows_the_usage_of_its_keys() {
         .until_text(".customer-usage h3", "Daily usage of customer “acme”")
         .await;
     browser
-        .until_text(".customer-usage figcaption", "4 requests in the last 30 days.")
+        .until_text(
+            ".customer-usage figcaption",
+            "4 requests in the last 30 days, refusals included.",
+        )
         .await;
     assert_eq!(texts(&browser, ".legend li").await, ["2xx 3", "4xx 1", "5xx 0"]);
     browser

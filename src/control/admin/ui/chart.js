@@ -80,14 +80,14 @@ export function dayTotals(dates, stack) {
 
 /**
  * The chart of `stack` over `dates` ("by status class" or "by route" in `what`), its legend,
- * caption (`total`: the key's requests since it was created, or null) and table; a notice
+ * caption (`total`: the requests the key authenticated since it was created, or null) and table; a notice
  * when the days hold nothing.
  */
 export function usageChart(dates, stack, what, total) {
   const totals = dayTotals(dates, stack);
   const inWindow = totals.reduce((sum, n) => sum + n, 0);
   if (inWindow === 0) {
-    const all = total === null ? "" : ` (${total} in all)`;
+    const all = total === null ? "" : ` (${total} authenticated since the key was created)`;
     return h("p", { class: "notice" }, `No requests in the last ${DAYS} days${all}.`);
   }
   const max = Math.max(1, ...totals);
@@ -100,8 +100,7 @@ export function usageChart(dates, stack, what, total) {
     h("div", { class: "chart-frame" }, h("span", { class: "chart-max muted small", title: "the busiest day" }, `${max}`), chart),
     h("div", { class: "chart-axis muted small" }, h("span", {}, dates[0]), h("span", {}, "today (UTC)")),
     legend(stack, what),
-    h("figcaption", {}, total === null ? `${requests(inWindow)} in the last ${DAYS} days.` :
-      `${requests(total)} in all; ${inWindow} in the last ${DAYS} days.`),
+    h("figcaption", {}, caption(inWindow, total)),
     numbers(dates, stack, totals));
 }
 
@@ -139,6 +138,15 @@ function numbers(dates, stack, totals) {
       h("thead", {}, h("tr", {}, head.map((name) => h("th", { scope: "col" }, name)))),
       h("tbody", {}, rows.map((row) => h("tr", { "data-date": row[0] },
         row.map((value, i) => h("td", { "data-label": head[i] }, String(value))))))));
+}
+
+/**
+ * The chart counts every answer to a request that named the key (a revoked key's 401s too);
+ * the key's total counts the requests it authenticated, so the two are named apart.
+ */
+function caption(inWindow, total) {
+  const shown = `${requests(inWindow)} in the last ${DAYS} days, refusals included`;
+  return total === null ? `${shown}.` : `${shown}; ${total} authenticated since the key was created.`;
 }
 
 function requests(n) {
