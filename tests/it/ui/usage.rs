@@ -106,6 +106,23 @@ async fn usage_is_stacked_by_status_class_and_by_route() {
     );
     browser.screenshot_as("usage_by_route").await;
 
+    // From the keyboard: Enter on "By status" splits by status again, and the focus stays put.
+    browser
+        .eval("document.querySelector('.split [data-split=status]').focus(); return true;")
+        .await;
+    browser
+        .client
+        .active_element()
+        .await
+        .unwrap()
+        .send_keys("\u{E007}")
+        .await
+        .unwrap();
+    browser.until_text(".legend", "2xx 5").await;
+    let focused = "return document.activeElement.dataset.split === 'status' \
+                   && document.activeElement.getAttribute('aria-pressed') === 'true';";
+    assert_eq!(browser.eval(focused).await, true);
+
     // At a phone's width nothing is wider than the screen, the numbers included.
     browser.client.set_window_size(390, 844).await.unwrap();
     browser.eval("document.querySelector('.usage-numbers').open = true; document.querySelector('figure.usage').scrollIntoView(); return true;").await;
