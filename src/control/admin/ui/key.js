@@ -1,5 +1,6 @@
 // One key: its details, the actions on it (for a full-access token), its quota, daily usage,
-// the audit trail and its recent requests. Each part loads on its own, so one failure hides nothing else.
+// the audit trail and its recent requests. Each part loads on its own, so one failure hides
+// nothing else.
 
 import { api, keyPath, session } from "./api.js";
 import { button, errorBox, flash, h, notice, section, show } from "./dom.js";
@@ -110,7 +111,6 @@ function details(key) {
     row("Metadata", metadata)));
 }
 
-/** The audit trail in the order it happened, a page at a time. */
 /** "Last used" as the usage counts have it, once they include this replica's latest requests. */
 function showLastUsed(view, at) {
   const cell = view.querySelector("dd.last-used");
@@ -119,6 +119,7 @@ function showLastUsed(view, at) {
   cell.title = format.exact(at);
 }
 
+/** The audit trail in the order it happened, a page at a time. */
 async function loadEvents(id, target, cursor = "") {
   const more = cursor ? `&cursor=${encodeURIComponent(cursor)}` : "";
   try {
