@@ -177,7 +177,8 @@ impl Gateway {
                 metrics.clone(),
                 clock.clone(),
             )
-            .with_snapshot(config.store.snapshot.clone(), snapshot_every),
+            .with_snapshot(config.store.snapshot.clone(), snapshot_every)
+            .with_customers(shared.customers.clone()),
         );
         let leaks = Leaks::new(store.clone(), hasher.clone(), clock.clone(), config.leaks.action)
             .with_webhooks(config.lifecycle.webhook.is_some())

@@ -245,12 +245,12 @@ fn duration(text: &str) -> Result<Duration, String> {
     parse_duration(text).map_err(|e| e.to_string())
 }
 
-fn timestamp(text: &str) -> Result<Timestamp, String> {
+pub(super) fn timestamp(text: &str) -> Result<Timestamp, String> {
     parse_instant(text).map_err(|e| e.to_string())
 }
 
 /// `LIMIT/PERIOD`, e.g. `100000/month`.
-fn quota(text: &str) -> Result<(u64, Period), String> {
+pub(super) fn quota(text: &str) -> Result<(u64, Period), String> {
     let (limit, period) = text
         .split_once('/')
         .ok_or_else(|| format!("{text:?} is not LIMIT/PERIOD like 100000/month"))?;
@@ -268,7 +268,7 @@ fn cidr(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{text:?} is not a CIDR like 10.0.0.0/8 or an IP address"))
 }
 
-fn metadata(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+pub(super) fn metadata(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
     serde_json::from_str(text).map_err(|e| format!("metadata must be a JSON object: {e}"))
 }
 

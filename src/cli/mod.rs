@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `keys ...`, `store ...`, `probe`, `scan`. Parses arguments, calls into the library,
+//! The command line: `serve`, `check`, `keys ...`, `customers ...`, `store ...`, `probe`, `scan`. Parses arguments, calls into the library,
 //! maps outcomes to exit codes: 0 success, 1 runtime error, 2 usage error.
 
 /// `println!` for commands: a line on stdout, or `Err(Failure::Closed)` from the enclosing
@@ -10,6 +10,7 @@ macro_rules! out {
 }
 
 mod check;
+mod customers;
 mod dev;
 mod import;
 mod keys;
@@ -69,6 +70,9 @@ enum Command {
     Check(check::CheckArgs),
     /// Manage API keys in the store the config names (running gateway or not).
     Keys(Box<keys::KeysArgs>),
+    /// Manage customers (their shared rate limit, quota and metadata) in the store the config
+    /// names (running gateway or not).
+    Customers(customers::CustomersArgs),
     /// Manage the store itself.
     #[command(subcommand)]
     Store(StoreCommand),
@@ -189,6 +193,7 @@ pub fn main() -> ExitCode {
     // `check --json` prints its own document, failed or not.
     let json = match &cli.command {
         Command::Keys(args) => args.json(),
+        Command::Customers(args) => args.json(),
         Command::Scan(args) => args.json(),
         Command::Serve { .. } | Command::Check(_) | Command::Store(_) | Command::Probe { .. } => false,
     };
@@ -206,6 +211,7 @@ pub fn main() -> ExitCode {
         ),
         Command::Check(args) => check::run(args),
         Command::Keys(args) => keys::run(*args),
+        Command::Customers(args) => customers::run(args),
         Command::Store(StoreCommand::Init { config, if_missing }) => store::init(&config, if_missing),
         Command::Store(StoreCommand::Copy(args)) => store_copy::copy(args),
         Command::Store(StoreCommand::Export(args)) => store_copy::export_command(args),

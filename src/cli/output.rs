@@ -6,13 +6,13 @@ use super::Failure;
 use crate::control::store::{KeyEvent, Usage};
 use crate::core::key::{KeyView, KeyWithSecret};
 
-fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), Failure> {
+pub(super) fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value).map_err(|e| Failure::Runtime(e.to_string()))?;
     out!("{text}");
     Ok(())
 }
 
-fn or_dash<T: ToString>(value: Option<T>) -> String {
+pub(super) fn or_dash<T: ToString>(value: Option<T>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
@@ -121,7 +121,7 @@ pub fn list(keys: &[KeyView], json: bool) -> Result<(), Failure> {
 
 /// Rows under a header, each column as wide as its widest cell (in characters) and two spaces
 /// apart; the last column is not padded, so no line ends in spaces.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> Vec<String> {
+pub(super) fn table(header: &[&str], rows: Vec<Vec<String>>) -> Vec<String> {
     let header: Vec<String> = header.iter().map(|&cell| cell.to_owned()).collect();
     let mut widths: Vec<usize> = header.iter().map(|cell| cell.chars().count()).collect();
     for row in &rows {

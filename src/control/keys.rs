@@ -17,7 +17,7 @@ use crate::core::environment::Environment;
 pub use crate::core::key::KeySpec;
 use crate::core::key::{new_key_id, KeyView, KeyWithSecret, RateLimitSpec, StoredStatus};
 use crate::core::permission::Permission;
-use crate::core::quota::{QuotaChange, QuotaRequest, MAX_QUOTA_LIMIT};
+use crate::core::quota::{QuotaChange, QuotaRequest, QuotaSpec, MAX_QUOTA_LIMIT};
 use crate::core::secret::{check_format, Format, Hasher, KeyHash, Secret};
 use crate::core::units::parse_duration;
 pub use import::BulkImport;
@@ -227,6 +227,11 @@ impl KeyService {
             clock,
             actor,
         }
+    }
+
+    /// The customer lifecycle on the same store and clock, recorded as made by the same actor.
+    pub fn customers(&self) -> super::customers::CustomerService {
+        super::customers::CustomerService::new(self.store.clone(), self.clock.clone(), self.actor)
     }
 
     /// This service, recording its changes as made by `actor`.
@@ -624,26 +629,22 @@ fn apply_patch(key: &mut StoredKey, patch: KeyPatch, now: Timestamp) -> Result<(
 }
 
 fn validate_spec(spec: &KeySpec, now: Timestamp) -> Result<(), KeyError> {
-    let name = spec.name.trim();
-    if name.is_empty() || spec.name.len() > MAX_NAME_LEN || spec.name.chars().any(char::is_control) {
-        return Err(KeyError::invalid(
-            "name",
-            format!("must be 1 to {MAX_NAME_LEN} characters without control characters"),
-        ));
-    }
+    check_name(&spec.name)?;
     if let Some(customer) = &spec.customer_id {
-        let printable = customer.chars().all(|c| !c.is_control() && c != '/');
-        if customer.is_empty() || customer.len() > MAX_CUSTOMER_LEN || !printable {
-            return Err(KeyError::invalid(
-                "customer_id",
-                format!("must be 1 to {MAX_CUSTOMER_LEN} characters, without '/' or control characters"),
-            ));
-        }
+        check_customer_id(customer)?;
     }
     if spec.expires_at.is_some_and(|at| whole_second(at) <= now) {
         return Err(KeyError::invalid("expires_at", "must be in the future"));
     }
-    if let Some(limit) = &spec.rate_limit {
+    check_limits(spec.rate_limit.as_ref(), spec.quota.as_ref())
+}
+
+/// The rules a rate limit and a quota follow, a key's or a customer's.
+pub(crate) fn check_limits(
+    rate_limit: Option<&RateLimitSpec>,
+    quota: Option<&QuotaSpec>,
+) -> Result<(), KeyError> {
+    if let Some(limit) = rate_limit {
         // The bucket refills one request every per/requests; a full one must stay within a year.
         let refill = limit.per / limit.requests.get();
         if refill.saturating_mul(limit.burst().get()) > MAX_BUCKET_REFILL {
@@ -653,13 +654,33 @@ fn validate_spec(spec: &KeySpec, now: Timestamp) -> Result<(), KeyError> {
             ));
         }
     }
-    if spec
-        .quota
-        .is_some_and(|quota| !(1..=MAX_QUOTA_LIMIT).contains(&quota.limit))
-    {
+    if quota.is_some_and(|quota| !(1..=MAX_QUOTA_LIMIT).contains(&quota.limit)) {
         return Err(KeyError::invalid(
             "quota",
             format!("limit must be a whole number from 1 to {MAX_QUOTA_LIMIT}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `id` may name a customer: 1 to 256 characters, without '/' or control characters.
+pub(crate) fn check_customer_id(id: &str) -> Result<(), KeyError> {
+    let printable = id.chars().all(|c| !c.is_control() && c != '/');
+    if id.is_empty() || id.len() > MAX_CUSTOMER_LEN || !printable {
+        return Err(KeyError::invalid(
+            "customer_id",
+            format!("must be 1 to {MAX_CUSTOMER_LEN} characters, without '/' or control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `name` may name a key or a customer.
+pub(crate) fn check_name(name: &str) -> Result<(), KeyError> {
+    if name.trim().is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+        return Err(KeyError::invalid(
+            "name",
+            format!("must be 1 to {MAX_NAME_LEN} characters without control characters"),
         ));
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! Nothing here runs per proxied request.
 
 pub mod admin;
+pub mod customers;
 pub mod keys;
 pub mod leaks;
 pub mod lifecycle;

@@ -5,6 +5,11 @@
 //! `store.sync_interval` in any case, the fallback for an announcement that was lost. Each changed key is one O(1) upsert or removal, so a change to
 //! one key of a million rebuilds nothing. A row that cannot be read is logged, counted and
 //! skipped; the rest still apply.
+//!
+//! The same reads bring the changed customers (they share the store's revision), whose limits
+//! go into the hot path's customer map beside the table ([`crate::proxy::customers`]); the
+//! customers are also read whole once the store first answers, since a table started from the
+//! snapshot holds none.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -15,10 +20,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::snapshot::journal::Journal;
-use super::store::{Changes, KeyStore, StoreError, StoredKey};
+use super::store::{Changes, KeyStore, StoreError, StoredCustomer, StoredKey};
 use crate::core::clock::Clock;
 use crate::core::key::StoredStatus;
 use crate::core::permission::{Permission, PermissionSet};
+use crate::proxy::customers::{CustomerLimits, CustomerMap};
 use crate::proxy::state::SyncStatus;
 use crate::proxy::table::{AuthKey, Extras, KeyTable, PreviousSecret, NEVER};
 use crate::telemetry::Metrics;
@@ -32,6 +38,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub struct KeySync {
     store: Arc<dyn KeyStore>,
     table: Arc<KeyTable>,
+    /// The customers' limits, beside the table: the same change reads fill both.
+    customers: Arc<CustomerMap>,
+    /// Whether every customer has been read whole ([`KeySync::load_customers`]).
+    customers_loaded: AtomicBool,
     status: Arc<SyncStatus>,
     metrics: Metrics,
     clock: Clock,
@@ -65,6 +75,8 @@ impl KeySync {
         KeySync {
             store,
             table,
+            customers: Arc::default(),
+            customers_loaded: AtomicBool::new(false),
             status,
             metrics,
             clock,
@@ -77,6 +89,11 @@ impl KeySync {
             saved: Mutex::default(),
             writing: Arc::default(),
         }
+    }
+
+    /// Fills `customers` (the hot path's) with the customers' limits.
+    pub fn with_customers(self, customers: Arc<CustomerMap>) -> Self {
+        KeySync { customers, ..self }
     }
 
     /// Saves the table to `path` after changes, at most every `every`; starts from it when the
@@ -111,6 +128,7 @@ impl KeySync {
             } else {
                 self.pull(self.table.revision(), |_| {}, !first)
             }
+            .and_then(|applied| self.load_customers().map(|()| applied))
         });
         let applied = result.inspect_err(|error| {
             self.metrics.store_sync_errors.inc();
@@ -221,6 +239,7 @@ impl KeySync {
         for seq in &gone {
             self.table.remove(*seq);
         }
+        self.customers_loaded.store(false, Ordering::Release);
         self.reload_pending.store(false, Ordering::Release);
         tracing::info!(
             keys = self.table.len(),
@@ -230,13 +249,51 @@ impl KeySync {
         Ok(applied + gone.len())
     }
 
+    /// Reads every customer whole, once the store answers: at the first sync (a table that
+    /// came from the snapshot, which holds no customers, then pulls only later changes) and
+    /// after a reload from another store file (whose customers are others). Forgets the
+    /// customers the store no longer holds.
+    fn load_customers(&self) -> Result<(), StoreError> {
+        if self.customers_loaded.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut live = HashSet::new();
+        let mut after = 0;
+        loop {
+            let page = self.store.customers(after, BATCH)?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            self.apply_customers(&page);
+            live.extend(page.into_iter().map(|customer| customer.id));
+        }
+        self.customers.retain(|id| live.contains(id));
+        self.customers_loaded.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Applies the customers of a batch of changes: their limits, or their removal.
+    fn apply_customers(&self, customers: &[StoredCustomer]) {
+        for customer in customers {
+            if customer.deleted {
+                self.customers.remove(&customer.id);
+                continue;
+            }
+            let limits = CustomerLimits {
+                rate: customer.spec.rate_limit,
+                quota: customer.spec.quota,
+            };
+            self.customers.set(&customer.id, limits);
+        }
+    }
+
     /// Applies one batch of changes, journaled first when `journal` (and a snapshot is kept).
     fn apply(&self, changes: Changes, journal: bool) -> usize {
         for why in &changes.bad_rows {
             self.metrics.store_sync_errors.inc();
-            tracing::error!(error = %why, "skipping a key row the store holds in a form keygate cannot read");
+            tracing::error!(error = %why, "skipping a row the store holds in a form keygate cannot read");
         }
-        let applied = changes.keys.len();
+        self.apply_customers(&changes.customers);
+        let applied = changes.keys.len() + changes.customers.len();
         let keys: Vec<(&StoredKey, Option<AuthKey>)> =
             changes.keys.iter().map(|key| (key, self.auth_key(key))).collect();
         if journal && !keys.is_empty() {

@@ -99,11 +99,33 @@ impl Context {
         Err(match refused.by {
             LimitKind::KeyQuota => quota_refusal(QuotaScope::Key, refused),
             LimitKind::CustomerQuota => quota_refusal(QuotaScope::Customer, refused),
-            LimitKind::KeyRate | LimitKind::CustomerRate => Refusal::RateLimited {
+            LimitKind::KeyRate => Refusal::RateLimited {
                 state,
                 retry_after: refused.retry_after.unwrap_or(1),
+                scope: QuotaScope::Key,
             },
+            // The refusal's headers show the bucket that refused: the customer's.
+            LimitKind::CustomerRate => {
+                let state = verdict.policy(LimitKind::CustomerRate).map_or(state, rate_state);
+                self.limit = Some(state);
+                Refusal::RateLimited {
+                    state,
+                    retry_after: refused.retry_after.unwrap_or(1),
+                    scope: QuotaScope::Customer,
+                }
+            }
         })
+    }
+}
+
+/// A rate limit's policy as the numbers of the classic `RateLimit-*` headers.
+fn rate_state(policy: &Policy) -> LimitState {
+    let narrow = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    LimitState {
+        limit: narrow(policy.limit),
+        remaining: narrow(policy.remaining),
+        reset: policy.reset.unwrap_or(0),
+        window: policy.window.unwrap_or(1),
     }
 }
 

@@ -21,7 +21,8 @@ use super::request_id::X_REQUEST_ID;
 use super::Body;
 use crate::core::permission::Permission;
 
-/// Whose quota refused a request: the `scope` label of `keygate_quota_exceeded_total`.
+/// Whose limit refused a request, the key's or its customer's: the `scope` label of
+/// `keygate_quota_exceeded_total`, and the access record's reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuotaScope {
     Key,
@@ -211,6 +212,8 @@ pub enum Refusal {
     RateLimited {
         state: LimitState,
         retry_after: u64,
+        /// Whose rate limit refused: the key's own, or its customer's.
+        scope: QuotaScope,
     },
     /// A quota is spent for this period. `retry_after` and `resets_at`: when it renews; `None`
     /// for credits that only an operator tops up (period `none`).
@@ -485,6 +488,7 @@ mod tests {
             Refusal::RateLimited {
                 state,
                 retry_after: 1,
+                scope: QuotaScope::Key,
             },
             Refusal::QuotaExceeded {
                 scope: QuotaScope::Key,

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use http::{Response, StatusCode};
 
 use super::context::Context;
-use super::error::{self, AuthFailure, Refusal};
+use super::error::{self, AuthFailure, QuotaScope, Refusal};
 use super::request_id::X_REQUEST_ID;
 use super::state::{Shared, Snapshot};
 use super::Body;
@@ -99,11 +99,14 @@ fn count_cause(shared: &Shared, snapshot: &Snapshot, ctx: &Context, refusal: &Re
             shared.denied.inc("permission");
             "permission"
         }
-        Refusal::RateLimited { .. } => {
+        Refusal::RateLimited { scope, .. } => {
             if let Some(route) = ctx.route {
                 snapshot.routes[route].rate_limited.inc();
             }
-            "rate_limited"
+            match scope {
+                QuotaScope::Key => "rate_limited",
+                QuotaScope::Customer => "customer_rate_limited",
+            }
         }
         Refusal::QuotaExceeded { scope, .. } => {
             if let Some(route) = ctx.route {

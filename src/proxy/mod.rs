@@ -7,6 +7,7 @@ pub mod client_ip;
 pub mod connection;
 mod context;
 pub mod credentials;
+pub mod customers;
 pub mod error;
 mod exchange;
 mod final_phase;

@@ -364,10 +364,7 @@ fn rate_limit(
     ctx: &mut Context,
     key: &AuthKey,
 ) -> Result<Option<KeyAsk>, Refusal> {
-    let ask = KeyAsk {
-        rate: key.rate_limit().copied().unwrap_or(snapshot.default_limit),
-        cost: route.cost,
-    };
+    let ask = shared.ask(snapshot, key, route.cost);
     if shared.shared_limits.is_some() {
         return Ok(Some(ask));
     }

@@ -14,6 +14,7 @@ use prometheus::{Histogram, IntCounter, IntCounterVec};
 
 use super::analytics::Analytics;
 use super::credentials::Schemes;
+use super::customers::CustomerMap;
 use super::error::{AuthFailure, Denial, QuotaScope, RefusalHeaders};
 use super::intercept::Intercept;
 use super::limits::{GatewayClock, IpThrottle, KeyAsk, KeyLimits, Verdict};
@@ -273,6 +274,8 @@ impl SyncStatus {
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub keys: Arc<KeyTable>,
+    /// The customers' limits beside the key table, filled by the key sync.
+    pub customers: Arc<CustomerMap>,
     /// On the gateway's clock, so tests move it instead of sleeping.
     pub key_limits: KeyLimits<GatewayClock>,
     /// The fleet-wide limiter of `rate_limit.backend = "redis"`; `None`: limits are local.
@@ -306,6 +309,7 @@ impl Shared {
             hasher,
             snapshot: ArcSwap::from_pointee(Snapshot::new(config, &metrics, None)),
             keys,
+            customers: Arc::default(),
             key_limits: KeyLimits::with_clock(GatewayClock(clock.clone())),
             shared_limits: None,
             usage: Arc::default(),
@@ -363,6 +367,16 @@ impl Shared {
             }
         }
         self.key_limits.admit(&check)
+    }
+
+    /// What step 8 asks of `key` at `cost`: its own rate limit (or the default) and quota, and
+    /// its customer's limits when the customer has some.
+    pub fn ask(&self, snapshot: &Snapshot, key: &AuthKey, cost: std::num::NonZeroU32) -> KeyAsk {
+        KeyAsk {
+            rate: key.rate_limit().copied().unwrap_or(snapshot.default_limit),
+            cost,
+            customer: key.customer_id.as_deref().and_then(|id| self.customers.get(id)),
+        }
     }
 
     pub fn hasher(&self) -> &Hasher {

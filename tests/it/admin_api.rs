@@ -555,6 +555,53 @@ async fn every_endpoint_answers_as_documented() {
     let events = call(&h, &c, Method::GET, &path, "/v1/keys/{id}/events", None).await;
     assert_eq!(events.json()[1]["actor"], "api");
 
+    // Customers: created with every field, read with its quota's state, listed, changed,
+    // topped up, audited, refused while a key names it, deleted.
+    let acme = json!({"id": "acme co", "name": "Acme", "rate_limit": {"requests": 10, "per": "1s"},
+                      "quota": {"limit": 100, "period": "month"}, "metadata": {"plan": "gold"}});
+    let created = call(&h, &c, Method::POST, "/v1/customers", "/v1/customers", Some(acme.clone())).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let again = call(&h, &c, Method::POST, "/v1/customers", "/v1/customers", Some(acme)).await;
+    assert_eq!(again.status, 409);
+    let one = "/v1/customers/{id}";
+    let shown = call(&h, &c, Method::GET, "/v1/customers/acme%20co", one, None).await;
+    assert_eq!(shown.json()["quota_state"]["remaining"], 100);
+    let listed = call(&h, &c, Method::GET, "/v1/customers?limit=10", "/v1/customers", None).await;
+    assert_eq!(listed.json()[0]["id"], "acme co");
+    let patch = json!({"name": "Acme Co", "rate_limit": null, "metadata": null});
+    let patched = call(&h, &c, Method::PATCH, "/v1/customers/acme%20co", one, Some(patch)).await;
+    assert_eq!(patched.json()["name"], "Acme Co");
+    let topped = call(
+        &h,
+        &c,
+        Method::POST,
+        "/v1/customers/acme%20co/quota",
+        "/v1/customers/{id}/quota",
+        Some(json!({"add": 5})),
+    )
+    .await;
+    assert_eq!(topped.json()["limit"], 105);
+    let mut scoped = support::spec(Environment::Production, &[]);
+    scoped.customer_id = Some("acme co".into());
+    let (scoped_id, _) = h.create_key(scoped).await;
+    let busy = call(&h, &c, Method::DELETE, "/v1/customers/acme%20co", one, None).await;
+    assert_eq!(busy.status, 409);
+    h.keys.delete(&scoped_id).unwrap();
+    let gone = call(&h, &c, Method::DELETE, "/v1/customers/acme%20co", one, None).await;
+    assert_eq!(gone.status, 204);
+    let trail = call(
+        &h,
+        &c,
+        Method::GET,
+        "/v1/customers/acme%20co/events",
+        "/v1/customers/{id}/events",
+        None,
+    )
+    .await;
+    assert_eq!(trail.json().as_array().unwrap().len(), 4);
+    let missing = call(&h, &c, Method::GET, "/v1/customers/acme%20co", one, None).await;
+    assert_eq!(missing.status, 404);
+
     // The document itself.
     let doc = call(&h, &c, Method::GET, "/v1/openapi.json", "/v1/openapi.json", None).await;
     assert_eq!(doc.json()["openapi"], "3.1.0");

@@ -7,6 +7,7 @@ mod support;
 mod admin_api;
 mod analytics;
 mod cli;
+mod customers;
 mod deploy;
 mod drain;
 mod edge;

@@ -423,6 +423,7 @@ fn every_refusal() -> Vec<Refusal> {
             Refusal::RateLimited {
                 state,
                 retry_after: 1,
+                scope: QuotaScope::Key,
             },
             Refusal::QuotaExceeded {
                 scope: QuotaScope::Key,

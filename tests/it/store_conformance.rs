@@ -20,6 +20,7 @@ use keygate::core::secret::KeyHash;
 use crate::support::postgres::{postgres_url, FreshSchema};
 
 mod analytics;
+mod customers;
 
 const AUDIT: Audit = Audit {
     actor: Actor::Cli,
@@ -653,6 +654,27 @@ fn postgres_passes_the_analytics_suite() {
         );
         eprintln!("postgres: {name}");
         test(&a, &b);
+    }
+}
+
+#[test]
+fn sqlite_passes_the_customers_suite() {
+    for (name, test) in customers::SUITE {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::create(&dir.path().join("keys.db")).unwrap();
+        eprintln!("sqlite: {name}");
+        test(&store);
+    }
+}
+
+#[test]
+fn postgres_passes_the_customers_suite() {
+    let Some(url) = postgres_url() else { return };
+    for (name, test) in customers::SUITE {
+        let schema = FreshSchema::new(&url);
+        let store = PgStore::open(&schema.url).unwrap();
+        eprintln!("postgres: {name}");
+        test(&store);
     }
 }
 

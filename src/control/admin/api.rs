@@ -1,4 +1,4 @@
-//! The admin API under `/v1` (SPEC 5): key management over HTTP through the same
+//! The admin API under `/v1` (SPEC 5): key and customer management over HTTP through the same
 //! [`KeyService`] the CLI uses, so no lifecycle rule exists twice. The document that describes
 //! it is `openapi.json` beside this file; the tests check every answer against it.
 
@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+mod customers;
 mod idle;
 mod leaks;
 mod quota;
@@ -18,7 +19,7 @@ mod usage;
 mod verify;
 
 use super::{json, Admin, AdminBody, Caller};
-use crate::control::keys::{KeyError, KeyPatch, KeyRequest, KeyService};
+use crate::control::keys::{KeyError, KeyRequest, KeyService};
 use crate::control::store::{KeyFilter, TokenKind, Usage};
 use crate::core::key::KeyStatus;
 use crate::core::secret::Secret;
@@ -133,7 +134,7 @@ async fn dispatch(admin: &Admin, caller: Caller, request: Request<Incoming>) -> 
         (["keys", "verify"], &Method::POST) => verify::verify(admin, caller, request).await,
         (["keys", "verify"], _) => Ok(method_not_allowed("POST")),
         (["keys", id], &Method::GET) => quota::show(admin, id.to_string()).await,
-        (["keys", id], &Method::PATCH) => update(admin, id.to_string(), request).await,
+        (["keys", id], &Method::PATCH) => quota::update(admin, id.to_string(), request).await,
         (["keys", id], &Method::DELETE) => {
             let id = id.to_string();
             changing(admin, move |keys| keys.delete(&id))
@@ -158,6 +159,13 @@ async fn dispatch(admin: &Admin, caller: Caller, request: Request<Incoming>) -> 
         (["keys", id, "quota"], &Method::POST) => quota::change(admin, id.to_string(), request).await,
         (["keys", id, "usage"], &Method::GET) => usage(admin, id.to_string()).await,
         (["keys", id, "events"], &Method::GET) => events(admin, id.to_string(), &request).await,
+        (["customers"], &Method::GET) => customers::list(admin, &request).await,
+        (["customers"], &Method::POST) => customers::create(admin, request).await,
+        (["customers", id], &Method::GET) => customers::show(admin, id).await,
+        (["customers", id], &Method::PATCH) => customers::update(admin, id, request).await,
+        (["customers", id], &Method::DELETE) => customers::delete(admin, id).await,
+        (["customers", id, "quota"], &Method::POST) => customers::change_quota(admin, id, request).await,
+        (["customers", id, "events"], &Method::GET) => customers::events(admin, id, &request).await,
         (["idle-keys"], &Method::GET) => idle::idle_keys(admin, &request).await,
         (["usage"], &Method::GET) => usage::usage(admin, &request).await,
         (["leaks"], &Method::POST) => leaks::report(admin, caller, request).await,
@@ -177,6 +185,10 @@ fn allowed(shape: &[&str]) -> Option<&'static str> {
         ["keys", _] => Some("GET, HEAD, PATCH, DELETE"),
         ["keys", _, "regenerate" | "revoke" | "activate" | "quota"] => Some("POST"),
         ["keys", _, "usage" | "events"] => Some("GET, HEAD"),
+        ["customers"] => Some("GET, HEAD, POST"),
+        ["customers", _] => Some("GET, HEAD, PATCH, DELETE"),
+        ["customers", _, "quota"] => Some("POST"),
+        ["customers", _, "events"] => Some("GET, HEAD"),
         ["idle-keys"] => Some("GET, HEAD"),
         ["usage"] => Some("GET, HEAD"),
         ["leaks"] => Some("POST"),
@@ -522,12 +534,6 @@ async fn create(admin: &Admin, request: Request<Incoming>) -> Answer {
             Ok(with_status(StatusCode::CREATED, &imported))
         }
     }
-}
-
-async fn update(admin: &Admin, id: String, request: Request<Incoming>) -> Answer {
-    let patch: KeyPatch = read_json(request).await?;
-    let key = changing(admin, move |keys| keys.update(&id, patch)).await?;
-    Ok(ok(&key))
 }
 
 #[derive(Deserialize)]

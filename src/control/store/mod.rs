@@ -13,6 +13,7 @@
 
 pub mod analytics;
 mod audit;
+pub mod customers;
 pub mod dump;
 pub mod model;
 mod postgres;
@@ -29,6 +30,7 @@ use tokio::sync::watch;
 use crate::core::secret::KeyHash;
 pub use analytics::{HourRow, UsageGroup, UsageOf, UsagePoint, UsageQuery};
 pub use audit::Fields;
+pub use customers::{CustomerEvent, CustomerSpec, ModifiedCustomer, NewCustomer, StoredCustomer};
 
 pub use model::*;
 pub use postgres::PgStore;
@@ -213,6 +215,45 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
 
     /// The current store revision.
     fn revision(&self) -> Result<u64, StoreError>;
+
+    /// Inserts a customer with its creation's audit record, at a new revision. An id that a
+    /// customer holds is a [`StoreError::Conflict`]; a deleted one's is taken over (its audit
+    /// trail goes on).
+    fn insert_customer(&self, customer: &NewCustomer, audit: Audit) -> Result<StoredCustomer, StoreError>;
+
+    /// The customer with this id, unless it is deleted.
+    fn customer(&self, id: &str) -> Result<Option<StoredCustomer>, StoreError>;
+
+    /// Customers that are not deleted, in creation order, after sequence number `after`, at
+    /// most `limit`.
+    fn customers(&self, after: u64, limit: usize) -> Result<Vec<StoredCustomer>, StoreError>;
+
+    /// Reads the customer, lets `change` edit it, and writes it back at a new revision with an
+    /// audit record of what changed, in one transaction; a change that changes nothing but
+    /// `updated_at` writes nothing. Deleted customers are not found.
+    fn modify_customer(
+        &self,
+        id: &str,
+        audit: Audit,
+        change: &mut (dyn FnMut(&mut StoredCustomer) -> Result<(), StoreError> + Send),
+    ) -> Result<ModifiedCustomer, StoreError>;
+
+    /// Deletes the customer (a tombstone, at a new revision, audited) unless a key that is not
+    /// deleted names it: then [`StoreError::Conflict`], checked in the same transaction.
+    fn delete_customer(&self, id: &str, audit: Audit, now: Timestamp) -> Result<(), StoreError>;
+
+    /// Adds an event to a customer's audit trail that changes no row (a quota top-up or reset).
+    fn record_customer_event(
+        &self,
+        id: &str,
+        audit: Audit,
+        at: Timestamp,
+        changes: &Fields,
+    ) -> Result<(), StoreError>;
+
+    /// A customer's audit trail, oldest first, after event `after`, at most `limit`; kept after
+    /// its deletion. An id no customer ever had is [`StoreError::NotFound`].
+    fn customer_events(&self, id: &str, after: u64, limit: usize) -> Result<Vec<CustomerEvent>, StoreError>;
 
     /// Up to `limit` active keys, unexpired at `now`, idle since `cutoff` or longer, in
     /// creation order from after the key with sequence number `after` (a page; the sweep reads

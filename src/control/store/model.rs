@@ -123,6 +123,8 @@ pub struct DayUsage {
 #[derive(Debug, Default)]
 pub struct Changes {
     pub keys: Vec<StoredKey>,
+    /// The customers changed in the same revisions, tombstones included.
+    pub customers: Vec<super::customers::StoredCustomer>,
     /// Rows that could not be read back, with why; skipped, never fatal.
     pub bad_rows: Vec<String>,
     pub revision: u64,

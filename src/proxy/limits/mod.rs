@@ -33,6 +33,7 @@ pub use verdict::{Answer, LimitKind, Policy, Refused, Verdict};
 use crate::core::clock::WallClock;
 use crate::core::key::RateLimitSpec;
 use crate::core::quota::{QuotaChange, QuotaSpec, QuotaUse};
+use crate::proxy::customers::CustomerLimits;
 use crate::proxy::table::AuthKey;
 
 /// A key or a customer, and the limits it holds.
@@ -86,12 +87,16 @@ impl<'a> Check<'a> {
 pub struct KeyAsk {
     pub rate: RateLimitSpec,
     pub cost: NonZeroU32,
+    /// The limits of the key's customer, when it has a customer object with limits
+    /// ([`crate::proxy::customers::CustomerMap`]).
+    pub customer: Option<CustomerLimits>,
 }
 
 impl KeyAsk {
-    /// The check of `key`: its limits and, when it has a customer, the customer (without limits
-    /// of its own yet: its id names the key's Redis hash tag).
+    /// The check of `key`: its limits and, when it has a customer, the customer's (none when
+    /// the customer has no object; its id still names the key's Redis hash tag).
     pub fn check<'a>(&'a self, key: &'a AuthKey) -> Check<'a> {
+        let limits = self.customer.as_ref();
         Check {
             seq: key.seq,
             key: Subject {
@@ -101,8 +106,8 @@ impl KeyAsk {
             },
             customer: key.customer_id.as_deref().map(|id| Subject {
                 id,
-                rate: None,
-                quota: None,
+                rate: limits.and_then(|limits| limits.rate.as_ref()),
+                quota: limits.and_then(|limits| limits.quota.as_ref()),
             }),
             cost: self.cost,
         }

@@ -1,5 +1,5 @@
-//! A key's quota on the admin API (control plane): its state on `GET /v1/keys/{id}`
-//! (`quota_state`) and an operator's top-up or reset, `POST /v1/keys/{id}/quota` (SPEC 11).
+//! A key's quota on the admin API (control plane): its state on `GET /v1/keys/{id}` and in the
+//! answer to `PATCH /v1/keys/{id}` (`quota_state`) and an operator's top-up or reset, `POST /v1/keys/{id}/quota` (SPEC 11).
 //!
 //! The counters live in the limiter that enforces them, not in the store: in Redis with
 //! `rate_limit.backend = "redis"` (the fleet's), else in this replica's memory. A read while
@@ -10,7 +10,8 @@ use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use super::{blocking, ok, read_json, Admin, Answer, ApiError};
+use super::{blocking, changing, ok, read_json, Admin, Answer, ApiError};
+use crate::control::keys::KeyPatch;
 use crate::control::store::StoredKey;
 use crate::core::key::KeyView;
 use crate::core::quota::{QuotaChange, QuotaSpec, QuotaUse, MAX_QUOTA_LIMIT};
@@ -30,7 +31,7 @@ struct Shown {
 /// `POST /v1/keys/{id}/quota`: `{"add": N}` or `{"reset": true}`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ChangeBody {
+pub(super) struct ChangeBody {
     #[serde(default)]
     add: Option<u64>,
     #[serde(default)]
@@ -38,7 +39,7 @@ struct ChangeBody {
 }
 
 impl ChangeBody {
-    fn change(self) -> Result<QuotaChange, ApiError> {
+    pub(super) fn change(self) -> Result<QuotaChange, ApiError> {
         match (self.add, self.reset) {
             (Some(more), None) if (1..=MAX_QUOTA_LIMIT).contains(&more) => Ok(QuotaChange::Add(more)),
             (Some(_), None) => Err(ApiError::bad(
@@ -55,9 +56,25 @@ impl ChangeBody {
 /// `GET /v1/keys/{id}`.
 pub(super) async fn show(admin: &Admin, id: String) -> Answer {
     let key = blocking(admin, move |keys| keys.stored(&id)).await?;
+    shown(admin, &key).await
+}
+
+/// `PATCH /v1/keys/{id}`: the key after the change, with its quota's state as `GET` shows it.
+pub(super) async fn update(admin: &Admin, id: String, request: Request<Incoming>) -> Answer {
+    let patch: KeyPatch = read_json(request).await?;
+    let key = changing(admin, move |keys| {
+        keys.update(&id, patch)?;
+        keys.stored(&id)
+    })
+    .await?;
+    shown(admin, &key).await
+}
+
+/// The key object and its quota's state.
+async fn shown(admin: &Admin, key: &StoredKey) -> Answer {
     let view = key.view(admin.keys.now());
     let quota_state = match &key.spec.quota {
-        Some(spec) => Some(state(&admin.shared, &key, spec, QuotaChange::Read).await?),
+        Some(spec) => Some(state(&admin.shared, key, spec, QuotaChange::Read).await?),
         None => None,
     };
     Ok(ok(&Shown { view, quota_state }))
@@ -76,7 +93,7 @@ pub(super) async fn change(admin: &Admin, id: String, request: Request<Incoming>
     Ok(ok(&after))
 }
 
-/// The quota's state after `change`, in the limiter that enforces it.
+/// A key's quota's state after `change`, in the limiter that enforces it.
 async fn state(
     shared: &Shared,
     key: &StoredKey,
@@ -88,6 +105,17 @@ async fn state(
         id: &key.id,
         customer: key.spec.customer_id.as_deref(),
     };
+    quota_state(shared, owner, spec, change).await
+}
+
+/// The state of `owner`'s quota after `change`, in the limiter that enforces it: a key's or a
+/// customer's.
+pub(super) async fn quota_state(
+    shared: &Shared,
+    owner: Owner<'_>,
+    spec: &QuotaSpec,
+    change: QuotaChange,
+) -> Result<QuotaUse, ApiError> {
     let Some(redis) = shared.shared_limits.as_ref().filter(|redis| redis.is_shared()) else {
         return Ok(shared.key_limits.quota(owner, spec, change));
     };

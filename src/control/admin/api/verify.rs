@@ -15,7 +15,7 @@ use crate::core::environment::Environment;
 use crate::core::permission::Permission;
 use crate::core::secret::{check_format, Format};
 use crate::proxy::error::AuthFailure;
-use crate::proxy::limits::{KeyAsk, LimitKind};
+use crate::proxy::limits::LimitKind;
 use crate::proxy::pipeline::check_freshness;
 use crate::proxy::state::Shared;
 use crate::proxy::table::{AuthKey, Presented};
@@ -118,10 +118,7 @@ pub(super) async fn verify(admin: &Admin, caller: Caller, request: Request<Incom
     }
     let snapshot = shared.snapshot.load();
     // A verification counts like a request of cost 1: against the rate limit and the quota.
-    let ask = KeyAsk {
-        rate: key.rate_limit().copied().unwrap_or(snapshot.default_limit),
-        cost: NonZeroU32::MIN,
-    };
+    let ask = shared.ask(&snapshot, &key, NonZeroU32::MIN);
     let limited = shared.limit(&key, &ask).await;
     let state = limited.key_decision().state();
     let code = match limited.refused.map(|refused| refused.by.is_quota()) {

@@ -449,7 +449,6 @@ pub(super) async fn changes_since(
             &[&signed(revision), &signed_len(limit)],
         )
         .await?;
-    tx.commit().await?;
     let mut changes = Changes::default();
     let mut last = revision;
     for row in &rows {
@@ -461,5 +460,8 @@ pub(super) async fn changes_since(
     }
     changes.more = rows.len() == limit;
     changes.revision = if changes.more { last } else { current.max(last) };
+    // The customers changed in the same revisions, in the same snapshot and round of reads.
+    super::customers::add_changes(&tx, revision, &mut changes, limit).await?;
+    tx.commit().await?;
     Ok(changes)
 }

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
 
 use super::analytics::{HourRow, UsagePoint, UsageQuery};
+use super::customers::{CustomerEvent, ModifiedCustomer, NewCustomer, StoredCustomer};
 use super::dump::{Dump, Onto};
 use super::model::{
     Audit, Changes, IdleKey, KeyBatches, KeyEvent, KeyFilter, Modified, NewKey, PendingWebhook, StoredKey,
@@ -37,6 +38,7 @@ use super::{Fields, KeyStore, StoreError};
 use crate::core::secret::KeyHash;
 
 mod analytics;
+mod customers;
 mod dump;
 mod jobs;
 mod keys;
@@ -466,6 +468,74 @@ impl KeyStore for PgStore {
             within(allowed, tx.commit()).await??;
             Ok(count)
         })
+    }
+
+    fn insert_customer(&self, customer: &NewCustomer, audit: Audit) -> Result<StoredCustomer, StoreError> {
+        self.run(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let stored = customers::insert(&tx, customer, audit).await?;
+            announce(&tx, self.channel(), stored.revision).await?;
+            tx.commit().await?;
+            Ok(stored)
+        })
+    }
+
+    fn customer(&self, id: &str) -> Result<Option<StoredCustomer>, StoreError> {
+        self.run(async { customers::select_one(&self.pool.get().await?, id).await })
+    }
+
+    fn customers(&self, after: u64, limit: usize) -> Result<Vec<StoredCustomer>, StoreError> {
+        self.run(async { customers::list(&self.pool.get().await?, after, limit).await })
+    }
+
+    fn modify_customer(
+        &self,
+        id: &str,
+        audit: Audit,
+        change: &mut (dyn FnMut(&mut StoredCustomer) -> Result<(), StoreError> + Send),
+    ) -> Result<ModifiedCustomer, StoreError> {
+        self.run(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let modified = customers::modify(&tx, id, audit, change).await?;
+            if modified.changed {
+                announce(&tx, self.channel(), modified.customer.revision).await?;
+                tx.commit().await?;
+            }
+            Ok(modified)
+        })
+    }
+
+    fn delete_customer(&self, id: &str, audit: Audit, now: Timestamp) -> Result<(), StoreError> {
+        self.run(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let revision = customers::delete(&tx, id, audit, now).await?;
+            announce(&tx, self.channel(), revision).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn record_customer_event(
+        &self,
+        id: &str,
+        audit: Audit,
+        at: Timestamp,
+        changes: &Fields,
+    ) -> Result<(), StoreError> {
+        self.run(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            customers::record_event(&tx, id, audit, at, changes.clone()).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn customer_events(&self, id: &str, after: u64, limit: usize) -> Result<Vec<CustomerEvent>, StoreError> {
+        self.run(async { customers::events(&self.pool.get().await?, id, after, limit).await })
     }
 
     fn export_dump(&self) -> Result<Dump, StoreError> {

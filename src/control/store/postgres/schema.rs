@@ -120,6 +120,35 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE keys ADD COLUMN quota TEXT;
 "#,
+    // Customers (SPEC 11): their own rate limit, quota and metadata, shared by their keys;
+    // stamped with the store-wide revision like keys, deleted ones kept as tombstones; and
+    // their audit trail.
+    r#"
+    CREATE TABLE customers (
+        seq BIGSERIAL PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        rate_limit TEXT,
+        quota TEXT,
+        metadata TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        revision BIGINT NOT NULL,
+        deleted BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE INDEX customers_revision ON customers (revision);
+    CREATE TABLE customer_events (
+        id BIGSERIAL PRIMARY KEY,
+        customer_id TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        actor TEXT NOT NULL,
+        event TEXT NOT NULL,
+        changes TEXT NOT NULL,
+        token TEXT,
+        client TEXT
+    );
+    CREATE INDEX customer_events_customer ON customer_events (customer_id, id);
+"#,
 ];
 
 /// Applies the migrations this store has not run, once, even when several gateways start

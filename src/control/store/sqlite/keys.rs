@@ -353,6 +353,12 @@ pub(super) fn changes_since(conn: &Connection, revision: u64, limit: usize) -> R
     changes.more = rows == limit;
     changes.revision = if changes.more { last } else { current.max(last) };
     drop(stmt);
+    super::customers::add_changes(
+        &tx,
+        revision,
+        &mut changes,
+        usize::try_from(limit).unwrap_or(usize::MAX),
+    )?;
     tx.finish()?;
     Ok(changes)
 }

@@ -21,6 +21,7 @@ use jiff::Timestamp;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use super::analytics::{HourRow, UsagePoint, UsageQuery};
+use super::customers::{CustomerEvent, ModifiedCustomer, NewCustomer, StoredCustomer};
 use super::dump::{Dump, Onto};
 use super::model::{
     Audit, Changes, IdleKey, KeyBatches, KeyEvent, KeyFilter, Modified, NewKey, PendingWebhook, StoredKey,
@@ -31,6 +32,7 @@ use crate::core::secret::KeyHash;
 
 pub(super) mod access;
 mod analytics;
+mod customers;
 mod dump;
 mod file;
 mod jobs;
@@ -375,6 +377,45 @@ impl KeyStore for SqliteStore {
 
     fn insert_batches(&self, next: &mut KeyBatches<'_>, audit: Audit) -> Result<u64, StoreError> {
         self.write(|tx| keys::insert_batches(tx, next, audit))
+    }
+
+    fn insert_customer(&self, customer: &NewCustomer, audit: Audit) -> Result<StoredCustomer, StoreError> {
+        self.write(|tx| customers::insert(tx, customer, audit))
+    }
+
+    fn customer(&self, id: &str) -> Result<Option<StoredCustomer>, StoreError> {
+        customers::select_one(&*self.conn()?, id)
+    }
+
+    fn customers(&self, after: u64, limit: usize) -> Result<Vec<StoredCustomer>, StoreError> {
+        customers::list(&*self.conn()?, after, limit)
+    }
+
+    fn modify_customer(
+        &self,
+        id: &str,
+        audit: Audit,
+        change: &mut (dyn FnMut(&mut StoredCustomer) -> Result<(), StoreError> + Send),
+    ) -> Result<ModifiedCustomer, StoreError> {
+        self.write(|tx| customers::modify(tx, id, audit, change))
+    }
+
+    fn delete_customer(&self, id: &str, audit: Audit, now: Timestamp) -> Result<(), StoreError> {
+        self.write(|tx| customers::delete(tx, id, audit, now))
+    }
+
+    fn record_customer_event(
+        &self,
+        id: &str,
+        audit: Audit,
+        at: Timestamp,
+        changes: &Fields,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| customers::record_event(tx, id, audit, at, changes.clone()))
+    }
+
+    fn customer_events(&self, id: &str, after: u64, limit: usize) -> Result<Vec<CustomerEvent>, StoreError> {
+        customers::events(&*self.conn()?, id, after, limit)
     }
 
     fn export_dump(&self) -> Result<Dump, StoreError> {
