@@ -559,14 +559,30 @@ async fn every_endpoint_answers_as_documented() {
     // topped up, audited, refused while a key names it, deleted.
     let acme = json!({"id": "acme co", "name": "Acme", "rate_limit": {"requests": 10, "per": "1s"},
                       "quota": {"limit": 100, "period": "month"}, "metadata": {"plan": "gold"}});
-    let created = call(&h, &c, Method::POST, "/v1/customers", "/v1/customers", Some(acme.clone())).await;
+    let created = call(
+        &h,
+        &c,
+        Method::POST,
+        "/v1/customers",
+        "/v1/customers",
+        Some(acme.clone()),
+    )
+    .await;
     assert_eq!(created.status, 201, "{}", created.text());
     let again = call(&h, &c, Method::POST, "/v1/customers", "/v1/customers", Some(acme)).await;
     assert_eq!(again.status, 409);
     let one = "/v1/customers/{id}";
     let shown = call(&h, &c, Method::GET, "/v1/customers/acme%20co", one, None).await;
     assert_eq!(shown.json()["quota_state"]["remaining"], 100);
-    let listed = call(&h, &c, Method::GET, "/v1/customers?limit=10", "/v1/customers", None).await;
+    let listed = call(
+        &h,
+        &c,
+        Method::GET,
+        "/v1/customers?limit=10",
+        "/v1/customers",
+        None,
+    )
+    .await;
     assert_eq!(listed.json()[0]["id"], "acme co");
     let patch = json!({"name": "Acme Co", "rate_limit": null, "metadata": null});
     let patched = call(&h, &c, Method::PATCH, "/v1/customers/acme%20co", one, Some(patch)).await;

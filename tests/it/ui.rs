@@ -2,6 +2,7 @@
 //! harness: each story signs in, does what a person would do, checks the effect through the
 //! proxy, and leaves a screenshot in target/ui-screenshots/ for a person to look at.
 
+mod customers;
 mod usage;
 
 use crate::support;

@@ -44,6 +44,10 @@ pub const ASSETS: &[(&str, &str, &str)] = &[
     ("quota.js", JS, include_str!("ui/quota.js")),
     ("idle.js", JS, include_str!("ui/idle.js")),
     ("requests.js", JS, include_str!("ui/requests.js")),
+    ("events.js", JS, include_str!("ui/events.js")),
+    ("customers.js", JS, include_str!("ui/customers.js")),
+    ("customer.js", JS, include_str!("ui/customer.js")),
+    ("customer-form.js", JS, include_str!("ui/customer-form.js")),
 ];
 
 /// Whether `path` belongs to the page: `/ui` and everything under `/ui/`.

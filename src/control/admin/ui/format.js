@@ -84,6 +84,20 @@ export function quotaRenews(spec, state) {
   return `Renews ${exact(state.resets_at)} (${relative(state.resets_at)}).`;
 }
 
+/** "8 of 10 (80%), renews in 23 hours" or "5 of 50 credits (10%), never renews": a list's line. */
+export function quotaBrief(spec, state, now = Date.now()) {
+  const share = state.limit > 0 ? Math.floor((state.used * 100) / state.limit) : 100;
+  const what = spec.period === "none" ? " credits" : "";
+  const renews = state.resets_at ? `renews ${relative(state.resets_at, now)}` : "never renews";
+  return `${state.used} of ${state.limit}${what} (${share}%), ${renews}`;
+}
+
+/** "no keys", "1 key", "3 keys", or "100+ keys" when there are `more` than counted. */
+export function keyCount(n, more = false) {
+  if (more) return `${n}+ keys`;
+  return n === 0 ? "no keys" : `${n} key${n === 1 ? "" : "s"}`;
+}
+
 const REASONS = {
   missing: "no key sent",
   malformed: "malformed key",
@@ -95,7 +109,9 @@ const REASONS = {
   ip: "client address not allowed",
   customer: "other customer's resource",
   rate_limited: "rate limited",
+  customer_rate_limited: "customer's rate limit reached",
   quota: "quota spent",
+  customer_quota: "customer's quota spent",
   no_route: "no route",
 };
 

@@ -11,6 +11,7 @@ import { quotaCard } from "./quota.js";
 import { customerLink } from "./keys.js";
 import { keyRequests } from "./requests.js";
 import { idleNotice, loadIdle } from "./idle.js";
+import { auditTrail } from "./events.js";
 
 export async function renderKey(id) {
   const back = h("p", {}, h("a", { href: "#/keys" }, "← All keys"));
@@ -28,12 +29,12 @@ export async function renderKey(id) {
   const usage = h("div", {}, notice("Loading usage…"));
   const events = h("div", {}, notice("Loading the audit trail…"));
   const requests = h("div", {}, notice("Loading recent requests…"));
-  const parts = [back, header(key), grace(key), idle, details(key), quotaCard(key, again(key)),
+  const parts = [back, header(key), grace(key), idle, details(key), quotaCard(key, keyPath(key.id, "/quota"), again(key)),
     section("Daily usage", usage), section("Recent requests", requests), section("Audit trail", events)];
   view.replaceChildren(...parts.filter(Boolean));
   loadIdle().then((data) => idle.replaceChildren(idleNotice(data, key.id) || "")).catch(() => {});
   keyUsage(usage, key.id, (counts) => showLastUsed(view, counts.last_used_at));
-  loadEvents(key.id, events);
+  auditTrail(events, keyPath(key.id, "/events"));
   const newest = keyRequests(requests, key.id);
   requests.before(h("p", { class: "muted small section-note" },
     "This key's latest requests on this gateway replica, newest first, with why each refusal happened. ",
@@ -117,44 +118,4 @@ function showLastUsed(view, at) {
   if (!cell || !at) return;
   cell.textContent = format.relative(at);
   cell.title = format.exact(at);
-}
-
-/** The audit trail in the order it happened, a page at a time. */
-async function loadEvents(id, target, cursor = "") {
-  const more = cursor ? `&cursor=${encodeURIComponent(cursor)}` : "";
-  try {
-    const { data, headers } = await api("GET", keyPath(id, `/events?limit=100${more}`));
-    const next = headers.get("x-next-cursor");
-    const table = target.querySelector("table.events");
-    if (table) table.tBodies[0].append(...data.map(eventRow));
-    else target.replaceChildren(data.length ? eventsTable(data) : notice("No changes recorded."));
-    const button = target.querySelector("button.more");
-    if (button) button.remove();
-    if (next) target.append(h("button", { type: "button", class: "more", on: { click: () => loadEvents(id, target, next) } }, "Show later changes"));
-  } catch (error) {
-    target.replaceChildren(errorBox(error, () => loadEvents(id, target)));
-  }
-}
-
-function eventsTable(events) {
-  const head = ["When", "Event", "By", "Token", "Client", "Changes"];
-  return h("table", { class: "list events" },
-    h("thead", {}, h("tr", {}, head.map((name) => h("th", { scope: "col" }, name)))),
-    h("tbody", {}, events.map(eventRow)));
-}
-
-function eventRow(event) {
-  return h("tr", {},
-    h("td", { "data-label": "When", title: format.exact(event.at) }, format.relative(event.at)),
-    h("td", { "data-label": "Event" }, event.event),
-    h("td", { "data-label": "By" }, event.actor),
-    h("td", { "data-label": "Token" }, event.token ? `${event.token} token` : "—"),
-    h("td", { "data-label": "Client" }, event.client || "—"),
-    h("td", { "data-label": "Changes", class: "changes" }, changes(event.changes)));
-}
-
-function changes(map) {
-  const entries = Object.entries(map || {});
-  if (entries.length === 0) return "—";
-  return entries.map(([name, value]) => `${name}: ${typeof value === "string" ? value : JSON.stringify(value)}`).join("; ");
 }

@@ -32,7 +32,9 @@ function customerCard(customer) {
   if (!customer) return null;
   const body = h("div", {});
   customerUsage(body, customer);
-  return h("section", { class: "card customer-usage" }, h("h3", {}, `Daily usage of customer “${customer}”`), body);
+  const view = h("a", { href: `#/customers/${encodeURIComponent(customer)}`, class: "customer-view" }, `Customer “${customer}”: its limits and quota →`);
+  return h("section", { class: "card customer-usage" },
+    h("div", { class: "view-head" }, h("h3", {}, `Daily usage of customer “${customer}”`), view), body);
 }
 
 function filters(state) {
