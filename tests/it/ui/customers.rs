@@ -124,6 +124,17 @@ async fn customers_are_listed_with_limits_quota_and_keys_and_created_from_the_pa
     browser.client.set_window_size(390, 844).await.unwrap();
     assert_eq!(browser.eval(FITS).await, true, "the list fits the phone");
     browser.screenshot_as("customers_list_phone").await;
+    browser.click("Create customer").await;
+    browser
+        .until(
+            "the id field focused",
+            "return document.activeElement.id === 'f-id';",
+        )
+        .await;
+    assert_eq!(browser.eval(FITS).await, true, "the dialog fits the phone");
+    browser.screenshot_as("customers_create_phone").await;
+    browser.click("Cancel").await;
+    browser.until_gone("dialog").await;
     browser.client.set_window_size(1280, 1100).await.unwrap();
 
     // A taken id and metadata that is no object are refused in words, beside their fields.

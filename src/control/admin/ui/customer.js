@@ -3,7 +3,7 @@
 // failure hides nothing else.
 
 import { api, customerPath, query, session } from "./api.js";
-import { button, errorBox, flash, h, notice, section, show } from "./dom.js";
+import { button, cell, errorBox, flash, h, notice, section, show } from "./dom.js";
 import * as format from "./format.js";
 import { address } from "./address.js";
 import { confirmDialog } from "./dialogs.js";
@@ -118,7 +118,6 @@ async function loadKeys(target, id) {
 function keysTable(keys) {
   const now = Date.now();
   const head = ["Name", "Environment", "Status", "Last used", "Quota"];
-  const cell = (label, ...content) => h("td", { "data-label": label }, ...content);
   return h("table", { class: "list customer-keys" },
     h("thead", {}, h("tr", {}, head.map((name) => h("th", { scope: "col" }, name)))),
     h("tbody", {}, keys.map((key) => h("tr", { "data-key-id": key.id },

@@ -4,7 +4,7 @@
 // neither the quota's state nor the keys, so each row asks for them on its own after it shows.
 
 import { api, customerPath, query, session } from "./api.js";
-import { button, errorBox, h, notice, show } from "./dom.js";
+import { button, cell, errorBox, h, notice, show } from "./dom.js";
 import * as format from "./format.js";
 import { address, pager, viewParams } from "./address.js";
 import { quotaBar } from "./quota.js";
@@ -52,8 +52,6 @@ function table(customers) {
 }
 
 function row(customer) {
-  // One block a cell: at a phone's width each cell is a label beside its content.
-  const cell = (label, ...content) => h("td", { "data-label": label }, h("div", {}, ...content));
   const quota = h("div", { class: "quota-cell" }, customer.quota ? h("span", { class: "muted" }, "…") : "none");
   const keys = h("a", { href: address("#/keys", { customer_id: customer.id }), class: "key-count" }, "…");
   if (customer.quota) quotaState(quota, customer);

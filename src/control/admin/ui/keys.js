@@ -3,7 +3,7 @@
 // The filters and the cursor are in the address (#/keys?environment=staging&cursor=42).
 
 import { api, query, session } from "./api.js";
-import { button, errorBox, h, notice, show } from "./dom.js";
+import { button, cell, errorBox, h, notice, show } from "./dom.js";
 import * as format from "./format.js";
 import { createDialog } from "./dialogs.js";
 import { loadIdle, idleNotice } from "./idle.js";
@@ -101,7 +101,6 @@ function quarantined(key) {
 }
 
 function row(key, now, idle) {
-  const cell = (label, ...content) => h("td", { "data-label": label }, ...content);
   return h("tr", { "data-key-id": key.id },
     cell("Name",
       h("a", { href: `#/keys/${encodeURIComponent(key.id)}`, class: "key-name" }, key.name || "(no name)"),

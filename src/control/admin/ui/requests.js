@@ -3,7 +3,7 @@
 // the page in the address, #/requests?status=4xx&cursor=42), and per key in the key view.
 
 import { api, keyPath, query } from "./api.js";
-import { button, errorBox, h, notice, show } from "./dom.js";
+import { button, cell, errorBox, h, notice, show } from "./dom.js";
 import * as format from "./format.js";
 import { go, pager, viewParams } from "./address.js";
 
@@ -109,7 +109,6 @@ function requestsTable(items, withKey) {
 }
 
 function requestRow(item, withKey, now) {
-  const cell = (label, ...content) => h("td", { "data-label": label }, ...content);
   const keyCell = item.key_id ?
     h("a", { href: `#/keys/${encodeURIComponent(item.key_id)}`, "data-key": item.key_id }, item.key_id) : h("span", { class: "muted" }, "no key");
   return h("tr", { "data-request-id": item.request_id || null, "data-status": item.status },
