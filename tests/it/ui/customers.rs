@@ -445,3 +445,46 @@ async fn the_customer_words_follow_the_api_values() {
     assert_eq!(out, expected);
     browser.finish().await;
 }
+
+/// The README's picture of the Customers view (docs/ui-customers.png). Not a check; run it with
+/// `cargo test --test it ui::customers::readme_customers_picture -- --ignored` and copy
+/// target/ui-screenshots/readme_customers.png.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn readme_customers_picture() {
+    let Some((harness, browser)) = setup("readme_customers").await else {
+        return;
+    };
+    let plans = [
+        json!({"id": "acme", "name": "Acme Corp", "rate_limit": {"requests": 50, "per": "1s"},
+               "quota": {"limit": 60, "period": "day"}, "metadata": {"plan": "pro"}}),
+        json!({"id": "globex", "name": "Globex", "quota": {"limit": 20, "period": "none"},
+               "metadata": {"plan": "credits"}}),
+        json!({"id": "hooli", "name": "Hooli", "quota": {"limit": 10, "period": "week"}}),
+        json!({"id": "initech", "name": "Initech"}),
+    ];
+    for plan in plans {
+        customer(&harness, plan).await;
+    }
+    // The manual clock stands still, so a rate limit never refills: keep under Acme's 50.
+    let spend = [
+        ("acme", 3, 45),
+        ("globex", 1, 18),
+        ("hooli", 2, 12),
+        ("initech", 1, 0),
+    ];
+    for (id, keys, requests) in spend {
+        let mut secrets = Vec::new();
+        for n in 0..keys {
+            secrets.push(key_of(&harness, id, &format!("{id} key {n}")).await.1);
+        }
+        for n in 0..requests {
+            harness.get("/v1/status", &secrets[n % keys]).await;
+        }
+    }
+    browser.client.set_window_size(1280, 600).await.unwrap();
+    open_customers(&harness, &browser, ADMIN_TOKEN).await;
+    row_of(&browser, "initech").await;
+    row_of(&browser, "acme").await;
+    browser.finish().await;
+}
