@@ -299,6 +299,13 @@ async fn a_customer_shows_its_keys_their_usage_and_its_quota_topped_up_and_reset
         .await;
     browser.find("a.customer-view").await.click().await.unwrap();
     browser.until_text("main h2", "Acme Inc").await;
+
+    // From one of its keys back to the customer.
+    let key = format!("table.customer-keys tr[data-key-id=\"{berlin}\"] a");
+    browser.find(&key).await.click().await.unwrap();
+    browser.until_text("main h2", "Acme Berlin").await;
+    browser.find("dd a.customer-view").await.click().await.unwrap();
+    browser.until_text("main h2", "Acme Inc").await;
     browser.finish().await;
 }
 
