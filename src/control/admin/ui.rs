@@ -40,9 +40,15 @@ pub const ASSETS: &[(&str, &str, &str)] = &[
     ("dialogs.js", JS, include_str!("ui/dialogs.js")),
     ("key.js", JS, include_str!("ui/key.js")),
     ("chart.js", JS, include_str!("ui/chart.js")),
+    ("usage.js", JS, include_str!("ui/usage.js")),
+    ("quota.js", JS, include_str!("ui/quota.js")),
     ("idle.js", JS, include_str!("ui/idle.js")),
     ("requests.js", JS, include_str!("ui/requests.js")),
     ("replicas.js", JS, include_str!("ui/replicas.js")),
+    ("events.js", JS, include_str!("ui/events.js")),
+    ("customers.js", JS, include_str!("ui/customers.js")),
+    ("customer.js", JS, include_str!("ui/customer.js")),
+    ("customer-form.js", JS, include_str!("ui/customer-form.js")),
 ];
 
 /// Whether `path` belongs to the page: `/ui` and everything under `/ui/`.

@@ -71,3 +71,4 @@ export function query(params) {
 }
 
 export const keyPath = (id, rest = "") => `/v1/keys/${encodeURIComponent(id)}${rest}`;
+export const customerPath = (id, rest = "") => `/v1/customers/${encodeURIComponent(id)}${rest}`;

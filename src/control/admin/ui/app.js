@@ -1,5 +1,6 @@
-// The page's entry: which view the address (#/keys, #/keys/<id>, #/requests, #/replicas, each
-// with its filters after a "?") asks for, and the sign-in when there is no token in this tab.
+// The page's entry: which view the address (#/keys, #/keys/<id>, #/customers,
+// #/customers/<id>, #/requests, #/replicas, each with its filters after a "?") asks for,
+// and the sign-in when there is no token in this tab.
 
 import { session } from "./api.js";
 import { ageFlash, flash } from "./dom.js";
@@ -8,6 +9,8 @@ import { renderKeys } from "./keys.js";
 import { renderKey } from "./key.js";
 import { renderRequests } from "./requests.js";
 import { renderReplicas } from "./replicas.js";
+import { renderCustomers } from "./customers.js";
+import { renderCustomer } from "./customer.js";
 import { viewPath } from "./address.js";
 
 function route() {
@@ -22,15 +25,22 @@ function route() {
   nav.hidden = false;
   document.getElementById("access").textContent = session.canWrite() ? "Full access" : "Read-only";
   const path = viewPath();
-  const key = path.match(/^#\/keys\/([^/]+)$/);
-  markNav(path === "#/requests" || path === "#/replicas" ? path.slice(2) : "keys");
-  if (key) return renderKey(decoded(key[1]));
-  if (path === "#/requests") return renderRequests();
-  if (path === "#/replicas") return renderReplicas();
-  return renderKeys();
+  const [, view, id] = path.match(/^#\/([a-z]+)(?:\/([^/]+))?$/) || [];
+  const known = Object.hasOwn(VIEWS, view || "") ? view : "keys";
+  markNav(known);
+  const [list, one] = VIEWS[known];
+  return id !== undefined && one ? one(decoded(id)) : list();
 }
 
-/** A key id from the address; a malformed escape is kept as typed (and is no key). */
+/** Each view of the navigation: its list, and the view of one item (#/keys/<id>). */
+const VIEWS = {
+  keys: [renderKeys, renderKey],
+  customers: [renderCustomers, renderCustomer],
+  requests: [renderRequests, null],
+  replicas: [renderReplicas, null],
+};
+
+/** An id from the address; a malformed escape is kept as typed (and is no key). */
 function decoded(text) {
   try {
     return decodeURIComponent(text);

@@ -41,37 +41,64 @@ export function showSecret({ dialog, heading, body }, secret, done) {
   copy.focus();
 }
 
-/** The fields shared by create and edit, filled from `key` when editing. */
-function keyFields(key) {
-  const field = (name, label, input, help) => h("div", { class: "field" },
+/** A labelled field: `f-<name>` is the input's id, `h-<name>` its help's. */
+export function field(name, label, input, help) {
+  return h("div", { class: "field" },
     h("label", { for: `f-${name}` }, label), input, help ? h("small", { class: "muted", id: `h-${name}` }, help) : null);
-  const input = (name, attrs = {}) => h("input", { id: `f-${name}`, name, "aria-describedby": `h-${name}`, ...attrs });
-  const limit = key ? key.rate_limit : null;
+}
+
+/** An input for `field`. */
+export function input(name, attrs = {}) {
+  return h("input", { id: `f-${name}`, name, "aria-describedby": `h-${name}`, ...attrs });
+}
+
+/** The rate limit's fields (requests, per, burst), filled from `limit`; empty: `none` says what. */
+export function limitFields(limit, none) {
   // The API spells out the default burst (one period's requests); the field shows only another.
   const burst = limit && limit.burst && limit.burst !== limit.requests ? limit.burst : "";
   const per = limit ? limit.per : "1m";
   const pers = ["1s", "1m", "1h", "1d"].includes(per) ? ["1s", "1m", "1h", "1d"] : ["1s", "1m", "1h", "1d", per];
-  const quota = key ? key.quota : null;
+  return h("fieldset", { class: "inline" }, h("legend", {}, "Rate limit"),
+    field("requests", "Requests", input("requests", { type: "number", min: 1, value: limit ? limit.requests : "" }), `empty: ${none}`),
+    field("per", "per", h("select", { id: "f-per", name: "per" }, pers.map((p) => h("option", { value: p, selected: p === per }, p)))),
+    field("burst", "Burst", input("burst", { type: "number", min: 1, value: burst }), "most requests at once; empty: as many as requests"));
+}
+
+/** The quota's fields (requests, period), filled from `quota`. */
+export function quotaFields(quota) {
   const period = quota ? quota.period : "month";
+  return h("fieldset", { class: "inline" }, h("legend", {}, "Quota"),
+    field("quota_limit", "Requests", input("quota_limit", { type: "number", min: 1, value: quota ? quota.limit : "" }), "empty: no quota"),
+    field("quota_period", "per", h("select", { id: "f-quota_period", name: "quota_period" },
+      ["hour", "day", "week", "month", "none"].map((p) => h("option", { value: p, selected: p === period }, p === "none" ? "never renews" : p)))));
+}
+
+/** The fields shared by create and edit, filled from `key` when editing. */
+function keyFields(key) {
   return [
     field("name", "Name", input("name", { required: true, maxlength: 200, value: key ? key.name : "" })),
     key ? null : field("environment", "Environment", h("select", { id: "f-environment", name: "environment" },
       ["production", "staging", "development"].map((env) => h("option", { value: env }, env)))),
     field("permissions", "Permissions", input("permissions", { value: key ? key.permissions.join(", ") : "", placeholder: "customer:read, invoice:*" }),
       "resource:action, comma separated; * grants everything; empty grants nothing"),
-    h("fieldset", { class: "inline" }, h("legend", {}, "Rate limit"),
-      field("requests", "Requests", input("requests", { type: "number", min: 1, value: limit ? limit.requests : "" }), "empty: the gateway's default"),
-      field("per", "per", h("select", { id: "f-per", name: "per" }, pers.map((p) => h("option", { value: p, selected: p === per }, p)))),
-      field("burst", "Burst", input("burst", { type: "number", min: 1, value: burst }), "most requests at once; empty: as many as requests")),
-    h("fieldset", { class: "inline" }, h("legend", {}, "Quota"),
-      field("quota_limit", "Requests", input("quota_limit", { type: "number", min: 1, value: quota ? quota.limit : "" }), "empty: no quota"),
-      field("quota_period", "per", h("select", { id: "f-quota_period", name: "quota_period" },
-        ["hour", "day", "week", "month", "none"].map((p) => h("option", { value: p, selected: p === period }, p === "none" ? "never renews" : p))))),
-    field("customer_id", "Customer", input("customer_id", { value: key && key.customer_id ? key.customer_id : "" }), "optional: the customer this key may act for"),
+    limitFields(key ? key.rate_limit : null, "the gateway's default"),
+    quotaFields(key ? key.quota : null),
+    field("customer_id", "Customer", input("customer_id", { value: key && key.customer_id ? key.customer_id : "", list: "customer-ids", autocomplete: "off" }),
+      "optional: the customer this key may act for"),
+    customerChoices(),
     field("allowed_ips", "Allowed IPs", input("allowed_ips", { value: key ? key.allowed_ips.join(", ") : "", placeholder: "203.0.113.0/24" }),
       "addresses or CIDRs, comma separated; empty: any address"),
     field("expires_at", "Expires", input("expires_at", { type: "datetime-local", value: format.toLocalInput(key && key.expires_at) }), "your local time; empty: never"),
   ];
+}
+
+/** The ids of existing customers (a first page), offered by the customer field as it is typed. */
+function customerChoices() {
+  const list = h("datalist", { id: "customer-ids" });
+  api("GET", "/v1/customers?limit=1000").then(({ data }) => {
+    list.append(...(data || []).map((customer) => h("option", { value: customer.id }, customer.name)));
+  }, () => {});
+  return list;
 }
 
 /** The body of a create or edit request from the form; throws an Error with words. */
@@ -80,12 +107,11 @@ function readFields(form, creating) {
   const body = {
     name: value("name"),
     permissions: format.list(value("permissions")),
-    rate_limit: rateLimit(value("requests"), value("per"), value("burst")),
+    rate_limit: readRateLimit(form),
     customer_id: value("customer_id") || null,
     allowed_ips: format.list(value("allowed_ips")),
     expires_at: null,
-    // Without an anchor the key keeps its quota's, or starts one now.
-    quota: value("quota_limit") ? { limit: Number(value("quota_limit")), period: value("quota_period") } : null,
+    quota: readQuota(form),
   };
   if (value("expires_at")) {
     const at = new Date(value("expires_at"));
@@ -96,8 +122,10 @@ function readFields(form, creating) {
   return body;
 }
 
-/** The `rate_limit` of the form's fields: null (the gateway's default) without requests. */
-function rateLimit(requests, per, burst) {
+/** The `rate_limit` of the form's `limitFields`: null (none of its own) without requests. */
+export function readRateLimit(form) {
+  const value = (name) => form.elements[name].value.trim();
+  const [requests, per, burst] = [value("requests"), value("per"), value("burst")];
   if (!requests) {
     if (burst) throw Object.assign(new Error("A burst needs a rate: fill in Requests as well."), { field: "requests" });
     return null;
@@ -107,8 +135,14 @@ function rateLimit(requests, per, burst) {
   return limit;
 }
 
+/** The `quota` of the form's `quotaFields`, or null. Without an anchor, one keeps its quota's, or starts now. */
+export function readQuota(form) {
+  const limit = form.elements.quota_limit.value.trim();
+  return limit ? { limit: Number(limit), period: form.elements.quota_period.value } : null;
+}
+
 /** A form in a dialog that sends `submit(form)` and shows API errors beside it. */
-function formDialog(parts, fields, label, submit) {
+export function formDialog(parts, fields, label, submit) {
   const error = h("p", { class: "form-error", role: "alert" });
   const send = h("button", { type: "submit", class: "primary" }, label);
   const form = h("form", { class: "key-form", method: "dialog", on: { submit: async (event) => {

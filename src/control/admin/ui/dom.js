@@ -86,6 +86,14 @@ export function ageFlash() {
   node.textContent = "";
 }
 
+/**
+ * A table cell labelled `label`; its content in one block, so that at a phone's width, where
+ * each cell is its label beside its content, the content stays beside the label.
+ */
+export function cell(label, ...content) {
+  return h("td", { "data-label": label }, h("div", {}, ...content));
+}
+
 /** A titled section whose body is filled later. */
 export function section(title, ...children) {
   return h("section", { class: "card" }, h("h3", {}, title), ...children);

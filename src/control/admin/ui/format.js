@@ -67,10 +67,35 @@ export function quota(spec) {
   return spec.period === "none" ? `${spec.limit} credits` : `${spec.limit} a ${spec.period}`;
 }
 
-/** "used 120 of 1000, renews 2026-02-15 00:00 (in 5 days)" from a key's quota_state. */
-export function quotaState(state) {
-  const renews = state.resets_at ? `renews ${exact(state.resets_at)} (${relative(state.resets_at)})` : "never renews";
-  return `used ${state.used} of ${state.limit}, ${renews}`;
+/**
+ * "120 of 1000 requests used this period (12%), 880 left." from a key's quota and quota_state
+ * (a period starts at the quota's anchor, not at midnight: its renewal says when it ends).
+ */
+export function quotaUsed(spec, state) {
+  const share = state.limit > 0 ? Math.floor((state.used * 100) / state.limit) : 100;
+  const what = spec.period === "none" ? "credits used" : "requests used this period";
+  const added = state.limit > spec.limit ? ` The allowance includes ${state.limit - spec.limit} topped up.` : "";
+  return `${state.used} of ${state.limit} ${what} (${share}%), ${state.remaining} left.${added}`;
+}
+
+/** "Renews 2026-02-15 00:00:00 UTC (in 5 days)." or, for credits, that only a top-up adds more. */
+export function quotaRenews(spec, state) {
+  if (!state.resets_at) return "Never renews: only a top-up adds more.";
+  return `Renews ${exact(state.resets_at)} (${relative(state.resets_at)}).`;
+}
+
+/** "8 of 10 (80%), renews in 23 hours" or "5 of 50 credits (10%), never renews": a list's line. */
+export function quotaBrief(spec, state, now = Date.now()) {
+  const share = state.limit > 0 ? Math.floor((state.used * 100) / state.limit) : 100;
+  const what = spec.period === "none" ? " credits" : "";
+  const renews = state.resets_at ? `renews ${relative(state.resets_at, now)}` : "never renews";
+  return `${state.used} of ${state.limit}${what} (${share}%), ${renews}`;
+}
+
+/** "no keys", "1 key", "3 keys", or "100+ keys" when there are `more` than counted. */
+export function keyCount(n, more = false) {
+  if (more) return `${n}+ keys`;
+  return n === 0 ? "no keys" : `${n} key${n === 1 ? "" : "s"}`;
 }
 
 const REASONS = {
@@ -84,7 +109,9 @@ const REASONS = {
   ip: "client address not allowed",
   customer: "other customer's resource",
   rate_limited: "rate limited",
+  customer_rate_limited: "customer's rate limit reached",
   quota: "quota spent",
+  customer_quota: "customer's quota spent",
   no_route: "no route",
 };
 

@@ -1,13 +1,17 @@
-// One key: its details, the actions on it (for a full-access token), daily usage, the audit
-// trail and its recent requests. Each part loads on its own, so one failure hides nothing else.
+// One key: its details, the actions on it (for a full-access token), its quota, daily usage,
+// the audit trail and its recent requests. Each part loads on its own, so one failure hides
+// nothing else.
 
 import { api, keyPath, session } from "./api.js";
 import { button, errorBox, flash, h, notice, section, show } from "./dom.js";
 import * as format from "./format.js";
 import { confirmDialog, editDialog, regenerateDialog } from "./dialogs.js";
-import { flushedNote, usageChart } from "./chart.js";
+import { keyUsage } from "./usage.js";
+import { quotaCard } from "./quota.js";
+import { customerLink } from "./keys.js";
 import { keyRequests } from "./requests.js";
 import { idleNotice, loadIdle } from "./idle.js";
+import { auditTrail } from "./events.js";
 
 export async function renderKey(id) {
   const back = h("p", {}, h("a", { href: "#/keys" }, "← All keys"));
@@ -25,12 +29,12 @@ export async function renderKey(id) {
   const usage = h("div", {}, notice("Loading usage…"));
   const events = h("div", {}, notice("Loading the audit trail…"));
   const requests = h("div", {}, notice("Loading recent requests…"));
-  const parts = [back, header(key), grace(key), idle, details(key),
+  const parts = [back, header(key), grace(key), idle, details(key), quotaCard(key, keyPath(key.id, "/quota"), again(key)),
     section("Daily usage", usage), section("Recent requests", requests), section("Audit trail", events)];
   view.replaceChildren(...parts.filter(Boolean));
   loadIdle().then((data) => idle.replaceChildren(idleNotice(data, key.id) || "")).catch(() => {});
-  loadUsage(key.id, usage);
-  loadEvents(key.id, events);
+  keyUsage(usage, key.id, (counts) => showLastUsed(view, counts.last_used_at));
+  auditTrail(events, keyPath(key.id, "/events"));
   const newest = keyRequests(requests, key.id);
   requests.before(h("p", { class: "muted small section-note" },
     "This key's latest requests on this gateway replica, newest first, with why each refusal happened. ",
@@ -45,22 +49,27 @@ function header(key) {
     session.canWrite() ? actions(key) : null);
 }
 
-function actions(key) {
-  const again = (message) => {
+/** Shows `key` again after a change, saying what changed. */
+function again(key) {
+  return (message) => {
     if (message) flash(message);
     renderKey(key.id);
   };
+}
+
+function actions(key) {
+  const shown = again(key);
   const change = (verb, done) => async () => {
     try {
       await api("POST", keyPath(key.id, `/${verb}`), {});
-      again(done);
+      shown(done);
     } catch (error) {
       flash(`Could not ${verb} the key: ${error.message}`);
     }
   };
   return h("div", { class: "actions key-actions" },
-    button("Edit", () => editDialog(key, again)),
-    button("Regenerate", () => regenerateDialog(key, (receipt) => again(format.receipt("Key regenerated", receipt)))),
+    button("Edit", () => editDialog(key, shown)),
+    button("Regenerate", () => regenerateDialog(key, (receipt) => shown(format.receipt("Key regenerated", receipt)))),
     key.status === "revoked" ?
       button("Activate", change("activate", "Key activated: it works again."), "") :
       button("Revoke", () => confirmDialog(`Revoke “${key.name}”?`,
@@ -69,7 +78,7 @@ function actions(key) {
         async () => {
           // Answered once every replica refuses the key (or past 5 s, naming those that do not).
           const { data } = await api("POST", `${keyPath(key.id, "/revoke")}?wait=applied`, {});
-          again(format.receipt("Key revoked", data.receipt));
+          shown(format.receipt("Key revoked", data.receipt));
         }), "danger"),
     button("Delete", () => confirmDialog(`Delete “${key.name}”?`,
       "The key stops working at once and cannot be brought back. Its audit trail is kept.", "Delete key",
@@ -88,68 +97,27 @@ function grace(key) {
 }
 
 function details(key) {
-  const row = (term, value, title) => [h("dt", {}, term), h("dd", { title: title || null }, value)];
+  const row = (term, value, title, name) => [h("dt", {}, term), h("dd", { title: title || null, class: name || null }, value)];
   const metadata = Object.keys(key.metadata || {}).length ? JSON.stringify(key.metadata) : "none";
   return h("section", { class: "card" }, h("h3", {}, "Details"), h("dl", { class: "details" },
     row("Environment", key.environment),
     row("Permissions", key.permissions.length ? key.permissions.join(", ") : "none"),
     row("Rate limit", key.rate_limit ? format.rateLimit(key.rate_limit) : "the gateway's default (rate_limit.default)"),
     row("Quota", key.quota ? format.quota(key.quota) : "none"),
-    key.quota_state ? row("This period", format.quotaState(key.quota_state)) : null,
-    row("Customer", key.customer_id || "—"),
+    row("Customer", key.customer_id ? [customerLink(key.customer_id), " · ",
+      h("a", { href: `#/customers/${encodeURIComponent(key.customer_id)}`, class: "customer-view" }, "its limits and quota")] : "—"),
     row("Allowed IPs", key.allowed_ips.length ? key.allowed_ips.join(", ") : "any address"),
     row("Expires", key.expires_at ? `${format.exact(key.expires_at)} (${format.relative(key.expires_at)})` : "never"),
-    row("Last used", format.relative(key.last_used_at), format.exact(key.last_used_at)),
+    row("Last used", format.relative(key.last_used_at), format.exact(key.last_used_at), "last-used"),
     row("Created", format.exact(key.created_at)),
     row("Updated", format.exact(key.updated_at)),
     row("Metadata", metadata)));
 }
 
-async function loadUsage(id, target) {
-  try {
-    const { data } = await api("GET", keyPath(id, "/usage"));
-    target.replaceChildren(usageChart(data), flushedNote(data));
-  } catch (error) {
-    target.replaceChildren(errorBox(error, () => loadUsage(id, target)));
-  }
-}
-
-/** The audit trail in the order it happened, a page at a time. */
-async function loadEvents(id, target, cursor = "") {
-  const more = cursor ? `&cursor=${encodeURIComponent(cursor)}` : "";
-  try {
-    const { data, headers } = await api("GET", keyPath(id, `/events?limit=100${more}`));
-    const next = headers.get("x-next-cursor");
-    const table = target.querySelector("table.events");
-    if (table) table.tBodies[0].append(...data.map(eventRow));
-    else target.replaceChildren(data.length ? eventsTable(data) : notice("No changes recorded."));
-    const button = target.querySelector("button.more");
-    if (button) button.remove();
-    if (next) target.append(h("button", { type: "button", class: "more", on: { click: () => loadEvents(id, target, next) } }, "Show later changes"));
-  } catch (error) {
-    target.replaceChildren(errorBox(error, () => loadEvents(id, target)));
-  }
-}
-
-function eventsTable(events) {
-  const head = ["When", "Event", "By", "Token", "Client", "Changes"];
-  return h("table", { class: "list events" },
-    h("thead", {}, h("tr", {}, head.map((name) => h("th", { scope: "col" }, name)))),
-    h("tbody", {}, events.map(eventRow)));
-}
-
-function eventRow(event) {
-  return h("tr", {},
-    h("td", { "data-label": "When", title: format.exact(event.at) }, format.relative(event.at)),
-    h("td", { "data-label": "Event" }, event.event),
-    h("td", { "data-label": "By" }, event.actor),
-    h("td", { "data-label": "Token" }, event.token ? `${event.token} token` : "—"),
-    h("td", { "data-label": "Client" }, event.client || "—"),
-    h("td", { "data-label": "Changes", class: "changes" }, changes(event.changes)));
-}
-
-function changes(map) {
-  const entries = Object.entries(map || {});
-  if (entries.length === 0) return "—";
-  return entries.map(([name, value]) => `${name}: ${typeof value === "string" ? value : JSON.stringify(value)}`).join("; ");
+/** "Last used" as the usage counts have it, once they include this replica's latest requests. */
+function showLastUsed(view, at) {
+  const cell = view.querySelector("dd.last-used");
+  if (!cell || !at) return;
+  cell.textContent = format.relative(at);
+  cell.title = format.exact(at);
 }

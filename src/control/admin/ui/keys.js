@@ -1,12 +1,14 @@
-// The key list: filters, one row per key, paging by the API's cursor, and the create button.
+// The key list: filters, one row per key, paging by the API's cursor, and the create button;
+// filtered by a customer, that customer's usage above its keys.
 // The filters and the cursor are in the address (#/keys?environment=staging&cursor=42).
 
 import { api, query, session } from "./api.js";
-import { button, errorBox, h, notice, show } from "./dom.js";
+import { button, cell, errorBox, h, notice, show } from "./dom.js";
 import * as format from "./format.js";
 import { createDialog } from "./dialogs.js";
 import { loadIdle, idleNotice } from "./idle.js";
-import { go, pager, viewParams } from "./address.js";
+import { address, go, pager, viewParams } from "./address.js";
+import { customerUsage } from "./usage.js";
 
 const PAGE = 50;
 const PATH = "#/keys";
@@ -20,8 +22,19 @@ export function renderKeys() {
       h("h2", {}, "API keys"),
       session.canWrite() ? button("Create key", () => createDialog(() => renderKeys()), "primary") : null),
     filters(state),
+    customerCard(state.customer_id),
     results));
   load(results, state);
+}
+
+/** Filtered by a customer: the usage of all its keys, above them. */
+function customerCard(customer) {
+  if (!customer) return null;
+  const body = h("div", {});
+  customerUsage(body, customer);
+  const view = h("a", { href: `#/customers/${encodeURIComponent(customer)}`, class: "customer-view" }, `Customer “${customer}”: its limits and quota →`);
+  return h("section", { class: "card customer-usage" },
+    h("div", { class: "view-head" }, h("h3", {}, `Daily usage of customer “${customer}”`), view), body);
 }
 
 function filters(state) {
@@ -88,7 +101,6 @@ function quarantined(key) {
 }
 
 function row(key, now, idle) {
-  const cell = (label, ...content) => h("td", { "data-label": label }, ...content);
   return h("tr", { "data-key-id": key.id },
     cell("Name",
       h("a", { href: `#/keys/${encodeURIComponent(key.id)}`, class: "key-name" }, key.name || "(no name)"),
@@ -99,5 +111,11 @@ function row(key, now, idle) {
     cell("Status", h("span", { class: `badge status-${key.status}` }, key.status), quarantined(key)),
     cell("Last used", h("span", { title: format.exact(key.last_used_at) || "never used" }, format.relative(key.last_used_at, now))),
     cell("Rate limit", format.rateLimit(key.rate_limit)),
-    cell("Customer", key.customer_id || "—"));
+    cell("Customer", customerLink(key.customer_id)));
+}
+
+/** A customer id as a link to its keys and their usage, or "—". */
+export function customerLink(customer) {
+  if (!customer) return "—";
+  return h("a", { href: address(PATH, { customer_id: customer }), title: `The keys of “${customer}” and their usage` }, customer);
 }

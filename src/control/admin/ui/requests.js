@@ -5,7 +5,7 @@
 // each record with the replica that served it, and the replicas that could not be asked.
 
 import { api, keyPath, query } from "./api.js";
-import { button, errorBox, h, notice, show } from "./dom.js";
+import { button, cell, errorBox, h, notice, show } from "./dom.js";
 import * as format from "./format.js";
 import { go, pager, viewParams } from "./address.js";
 
@@ -136,7 +136,6 @@ function requestsTable(items, withKey, withReplica = false) {
 }
 
 function requestRow(item, withKey, now, withReplica) {
-  const cell = (label, ...content) => h("td", { "data-label": label }, ...content);
   const keyCell = item.key_id ?
     h("a", { href: `#/keys/${encodeURIComponent(item.key_id)}`, "data-key": item.key_id }, item.key_id) : h("span", { class: "muted" }, "no key");
   return h("tr", { "data-request-id": item.request_id || null, "data-status": item.status },
