@@ -33,6 +33,7 @@ pub(super) mod access;
 mod analytics;
 mod dump;
 mod file;
+mod import;
 mod jobs;
 mod keys;
 mod schema;
@@ -374,7 +375,7 @@ impl KeyStore for SqliteStore {
     }
 
     fn insert_batches(&self, next: &mut KeyBatches<'_>, audit: Audit) -> Result<u64, StoreError> {
-        self.write(|tx| keys::insert_batches(tx, next, audit))
+        self.write(|tx| import::insert_batches(tx, next, audit))
     }
 
     fn export_dump(&self) -> Result<Dump, StoreError> {
