@@ -7,6 +7,7 @@
 use std::io::BufRead;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::mpsc::{Receiver, SyncSender};
 
 use jiff::Timestamp;
 use serde_json::Value;
@@ -42,47 +43,93 @@ impl BadLines {
 
 /// Imports every key of the file at `path`, all or none: how many. Every bad line is found
 /// (the file is read to its end) before the import is called off.
+///
+/// The file is read, checked and hashed on a thread of its own while the store writes the
+/// batch before: a channel of [`QUEUED`] batches between them, so the two overlap without the
+/// reader running far ahead (memory stays a few batches). The first bad line calls the import
+/// off at once (the store rolls back while the rest of the file is read for its bad lines).
 pub fn import_file(service: &KeyService, path: &Path) -> Result<u64, Failure> {
     let file = std::fs::File::open(path)
         .map_err(|e| Failure::Runtime(format!("cannot read {}: {e}", path.display())))?;
-    let mut lines = std::io::BufReader::new(file).lines().enumerate();
-    let mut import = service.bulk_import();
-    let mut bad = BadLines::default();
-    let written = service.import_batches(&mut || next_batch(&mut lines, &mut import, &mut bad));
+    let lines = std::io::BufReader::with_capacity(READ_BUFFER, file).lines();
+    let (sender, receiver) = std::sync::mpsc::sync_channel(QUEUED);
+    let (written, bad) = std::thread::scope(|scope| {
+        let reader = std::thread::Builder::new()
+            .name("import-reader".into())
+            .spawn_scoped(scope, || read_file(lines, service.bulk_import(), sender))
+            .map_err(|e| Failure::Runtime(format!("cannot start the file's reader: {e}")))?;
+        let mut next = move || receive(&receiver);
+        let written = service.import_batches(&mut next);
+        // A store that gave up leaves the reader no one to hand batches to: it stops.
+        drop(next);
+        let bad = reader
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        Ok::<_, Failure>((written, bad))
+    })?;
     if bad.count > 0 {
         return Err(bad_lines(path, bad));
     }
     Ok(written?)
 }
 
-/// The next keys of the file; at its end `None`, or the import called off when a line was bad.
-fn next_batch(
-    lines: &mut impl Iterator<Item = (usize, std::io::Result<String>)>,
-    import: &mut BulkImport<'_>,
-    bad: &mut BadLines,
-) -> Result<Option<Vec<NewKey>>, StoreError> {
+/// Batches read ahead of the store: one being written, [`QUEUED`] waiting.
+const QUEUED: usize = 2;
+/// The file is read in large pieces: a million lines are 140 MiB.
+const READ_BUFFER: usize = 1 << 20;
+
+/// The next batch for the store: `None` at the end of the file; the import called off when the
+/// reader found a bad line (it hangs up without saying the file ended).
+fn receive(receiver: &Receiver<Option<Vec<NewKey>>>) -> Result<Option<Vec<NewKey>>, StoreError> {
+    receiver
+        .recv()
+        .map_err(|_| StoreError::Conflict("the import file has bad lines".into()))
+}
+
+/// Reads the file to its end, sending its keys in batches, then `None`; after a bad line it
+/// sends nothing more (hanging up calls the import off) but still reads on for the bad lines.
+/// Stops early when the store hangs up. The bad lines found.
+fn read_file(
+    lines: impl Iterator<Item = std::io::Result<String>>,
+    mut import: BulkImport<'_>,
+    sender: SyncSender<Option<Vec<NewKey>>>,
+) -> BadLines {
+    let mut bad = BadLines::default();
+    let mut sender = Some(sender);
     let mut batch = Vec::with_capacity(BATCH);
-    while batch.len() < BATCH {
-        let Some((index, line)) = lines.next() else {
-            break;
-        };
-        let key = line.map_err(|e| e.to_string()).and_then(|line| read_line(&line));
-        let key = key.and_then(|key| {
-            key.map(|(spec, secret)| import.check(spec, &secret))
-                .transpose()
-                .map_err(|e| e.to_string())
-        });
-        match key {
-            // Past a bad line the keys are still checked, but no longer written.
+    for (index, line) in lines.enumerate() {
+        match read_key(line, &mut import) {
             Ok(Some(key)) if bad.count == 0 => batch.push(key),
             Ok(_) => {}
-            Err(why) => bad.push(index + 1, why),
+            Err(why) => {
+                bad.push(index + 1, why);
+                sender = None;
+            }
+        }
+        if batch.len() == BATCH {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+            if sender.as_ref().is_some_and(|s| s.send(Some(full)).is_err()) {
+                return bad;
+            }
         }
     }
-    if bad.count > 0 {
-        return Err(StoreError::Conflict("the import file has bad lines".into()));
+    if let Some(sender) = sender {
+        let last = (!batch.is_empty()).then_some(batch);
+        // The store may have given up meanwhile: then nobody listens, and it has said why.
+        let _ = last.map_or(Ok(()), |last| sender.send(Some(last)));
+        let _ = sender.send(None);
     }
-    Ok((!batch.is_empty()).then_some(batch))
+    bad
+}
+
+/// One line's key, checked and hashed; `None` for a blank line.
+fn read_key(line: std::io::Result<String>, import: &mut BulkImport<'_>) -> Result<Option<NewKey>, String> {
+    let key = line
+        .map_err(|e| e.to_string())
+        .and_then(|line| read_line(&line))?;
+    key.map(|(spec, secret)| import.check(spec, &secret))
+        .transpose()
+        .map_err(|e| e.to_string())
 }
 
 /// One line's key, `None` for a blank line.

@@ -7,9 +7,7 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, Tra
 
 use super::{conflict, next_revision, read_revision};
 use crate::control::store::audit::{changed_fields, is_no_change, new_key_fields, with_report, Fields};
-use crate::control::store::model::{
-    Audit, Changes, KeyBatches, KeyEvent, KeyFilter, Modified, NewKey, StoredKey,
-};
+use crate::control::store::model::{Audit, Changes, KeyEvent, KeyFilter, Modified, NewKey, StoredKey};
 use crate::control::store::row::{
     instant, json, select_list, to_json, Cell, KeyRow, KeyWrite, ReadCells, REVISION_COLUMN,
 };
@@ -113,62 +111,6 @@ pub(super) fn insert(tx: &Transaction<'_>, key: &NewKey, audit: Audit) -> Result
     select_one(tx, &key.id)?.ok_or(StoreError::NotFound)
 }
 
-/// Inserts the keys `next` hands out, each at its own revision with its own audit record.
-/// Their secrets are claimed in `secret_hashes` at the end, in one statement in hash order,
-/// with the claiming trigger set aside meanwhile (in this transaction only: it is back before
-/// the commit, and no other writer runs in between). Row by row, each secret went into that
-/// index at a random place, and a million keys took minutes.
-pub(super) fn insert_batches(
-    tx: &Transaction<'_>,
-    next: &mut KeyBatches<'_>,
-    audit: Audit,
-) -> Result<u64, StoreError> {
-    let cache: i64 = tx.pragma_query_value(None, "cache_size", |r| r.get(0))?;
-    tx.pragma_update(None, "cache_size", -IMPORT_CACHE_KIB)?;
-    let written = insert_all(tx, next, audit);
-    tx.pragma_update(None, "cache_size", cache)?;
-    written
-}
-
-/// The page cache a bulk import works with, in KiB (SQLite's default is 2 MiB). The key
-/// indexes take new entries in random places: once they outgrow the cache, each insert reads
-/// and rewrites pages the cache had to let go. A million keys: 29 s of CPU with 64 MiB, 27 s
-/// with 128 MiB, but then the CLI passes 200 MB.
-const IMPORT_CACHE_KIB: i64 = 64 * 1024;
-
-fn insert_all(tx: &Transaction<'_>, next: &mut KeyBatches<'_>, audit: Audit) -> Result<u64, StoreError> {
-    let start = read_revision(tx)?;
-    let last_seq: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM keys", [], |r| r.get(0))?;
-    let trigger: String = tx.query_row(
-        "SELECT sql FROM sqlite_schema WHERE type = 'trigger' AND name = 'keys_secrets_insert'",
-        [],
-        |r| r.get(0),
-    )?;
-    tx.execute_batch("DROP TRIGGER keys_secrets_insert")?;
-    let sql = KeyWrite::New.sql(mark);
-    let mut count = 0;
-    while let Some(batch) = next()? {
-        for key in &batch {
-            count += 1;
-            let why = "a key in the batch has the id of a stored key";
-            insert_row(tx, &sql, key, start + count, audit, why)?;
-        }
-    }
-    // Imported keys have no previous secret: one claim each.
-    tx.execute(
-        "INSERT INTO secret_hashes (hash, key_seq, kind) \
-         SELECT hash, seq, 'current' FROM keys WHERE seq > ?1 ORDER BY hash",
-        [last_seq],
-    )
-    .map_err(|e| conflict(e, "a secret of the batch is in use"))?;
-    tx.execute_batch(&trigger)?;
-    tx.execute(
-        "UPDATE meta SET value = ?1 WHERE name = 'revision'",
-        [(start + count) as i64],
-    )?;
-    Ok(count)
-}
-
 /// Inserts one new key row at `revision` with its creation's audit record (`sql`: the insert
 /// statement, made once per import); a secret in use is [`StoreError::SecretInUse`], a clash of
 /// ids a conflict saying `clash`.
@@ -225,6 +167,11 @@ pub(super) fn modify(
     Ok(Modified { key, changed: true })
 }
 
+/// An audit record's insert: key id, time, actor, event, changes, token, client.
+pub(super) const EVENT_INSERT: &str =
+    "INSERT INTO key_events (key_id, at, actor, event, changes, token, client) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
 pub(super) fn record_event(
     tx: &Transaction<'_>,
     key_id: &str,
@@ -233,11 +180,7 @@ pub(super) fn record_event(
     changes: Fields,
 ) -> Result<(), StoreError> {
     let (token, client) = audit.actor.origin();
-    tx.prepare_cached(
-        "INSERT INTO key_events (key_id, at, actor, event, changes, token, client) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
+    tx.prepare_cached(EVENT_INSERT)?.execute(params![
         key_id,
         at.as_second(),
         audit.actor.as_str(),

@@ -35,6 +35,7 @@ mod analytics;
 mod customers;
 mod dump;
 mod file;
+mod import;
 mod jobs;
 mod keys;
 mod replicas;
@@ -390,7 +391,7 @@ impl KeyStore for SqliteStore {
     }
 
     fn insert_batches(&self, next: &mut KeyBatches<'_>, audit: Audit) -> Result<u64, StoreError> {
-        self.write(|tx| keys::insert_batches(tx, next, audit))
+        self.write(|tx| import::insert_batches(tx, next, audit))
     }
 
     fn insert_customer(&self, customer: &NewCustomer, audit: Audit) -> Result<StoredCustomer, StoreError> {

@@ -193,3 +193,61 @@ fn a_second_store_opened_on_the_same_file_in_one_process_leaves_the_first_workin
     assert!(SqliteStore::open(&path).is_ok());
     first.insert(&new_key("key_last", secret("last")), AUDIT).unwrap();
 }
+
+/// The schema's objects and how they are made, to compare before and after an import.
+fn schema(dir: &tempfile::TempDir) -> Vec<(String, String)> {
+    let conn = Connection::open(dir.path().join("k.db")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT name, coalesce(sql, '') FROM sqlite_schema ORDER BY name")
+        .unwrap();
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
+#[test]
+fn a_bulk_import_puts_back_what_it_set_aside_whether_it_succeeds_or_not() {
+    let (dir, store) = store();
+    let before = schema(&dir);
+    let keys = |from: usize, count: usize| -> Vec<NewKey> {
+        (from..from + count)
+            .map(|n| new_key(&format!("key_{n}"), secret(&n.to_string())))
+            .collect()
+    };
+    // Into an empty store, in three batches: the random-order indexes go and come back.
+    let mut batches = [keys(0, 3), keys(3, 3), keys(6, 3)].into_iter();
+    assert_eq!(
+        store.insert_batches(&mut || Ok(batches.next()), AUDIT).unwrap(),
+        9
+    );
+    assert_eq!(schema(&dir), before);
+    // Called off after the indexes went: they are back, and nothing of the import stays.
+    let mut batches = [keys(10, 9), keys(19, 9)].into_iter();
+    let mut next = || {
+        batches
+            .next()
+            .map(Some)
+            .ok_or(StoreError::Conflict("called off".into()))
+    };
+    assert!(store.insert_batches(&mut next, AUDIT).is_err());
+    assert_eq!(schema(&dir), before);
+    assert!(store.get("key_10").unwrap().is_none());
+    // A small import into a larger store (its secrets sorted from its own rows), one
+    // clashing with a stored secret: refused whole; the same without the clash goes in.
+    let mut clash = keys(30, 2);
+    clash[1].hash = secret("4");
+    let mut clash = Some(clash);
+    let refused = store.insert_batches(&mut || Ok(clash.take()), AUDIT);
+    assert!(matches!(refused, Err(StoreError::SecretInUse)), "{refused:?}");
+    assert_eq!(schema(&dir), before);
+    let mut small = Some(keys(30, 2));
+    assert_eq!(store.insert_batches(&mut || Ok(small.take()), AUDIT).unwrap(), 2);
+    assert_eq!(
+        store
+            .key_by_hash(&secret("31"), Timestamp::now())
+            .unwrap()
+            .unwrap()
+            .id,
+        "key_31"
+    );
+    assert_eq!(schema(&dir), before);
+}
