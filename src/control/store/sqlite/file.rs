@@ -104,7 +104,9 @@ pub(super) enum Schema {
 }
 
 /// What the file at `path` holds, by its first bytes, read without SQLite: a replaced file is
-/// judged before the open store lets go of its own (see [`set_aside_old_log`]).
+/// judged before the open store lets go of its own (see [`set_aside_old_log`]). Only for a file
+/// this process holds no SQLite connection to (a replacement is another inode): see
+/// [`empty_file`] for why.
 pub(super) fn check_header(path: &Path) -> Result<Content, StoreError> {
     use std::io::Read;
     let unreadable =
@@ -123,6 +125,18 @@ pub(super) fn check_header(path: &Path) -> Result<Content, StoreError> {
         _ if header[..read] == SQLITE_MAGIC[..read] && read == SQLITE_MAGIC.len() => Ok(Content::Sqlite),
         _ => Err(not_a_store(path, "not a SQLite database")),
     }
+}
+
+/// Whether the file at `path` is 0 bytes, asked of its metadata. Never by opening it: closing
+/// any descriptor of a file drops every POSIX lock this process holds on it, SQLite's too, so
+/// a check of a store this process already has open (a second handle in one process, as the
+/// tests have) would let another process checkpoint and delete the write-ahead log under it.
+/// What a non-empty file holds is SQLite's to judge when it is opened
+/// ([`holds_keygate_schema`] names a file that is not a database).
+fn empty_file(path: &Path) -> Result<bool, StoreError> {
+    std::fs::metadata(path)
+        .map(|meta| meta.len() == 0)
+        .map_err(|e| StoreError::Unavailable(format!("cannot read {}: {e}", path.display())))
 }
 
 /// The first 16 bytes of every SQLite database file.
@@ -177,7 +191,7 @@ fn check_store_as_is(path: &Path) -> Result<(), StoreError> {
     if path == Path::new(MEMORY) {
         return Ok(());
     }
-    if check_header(path)? == Content::Empty {
+    if empty_file(path)? {
         return Err(not_a_store(path, "an empty file (0 bytes)"));
     }
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -225,7 +239,7 @@ fn explained(path: &Path, error: StoreError) -> StoreError {
 fn open_connection_as_is(path: &Path, schema: Schema) -> Result<Connection, StoreError> {
     if path != Path::new(MEMORY) {
         exists(path)?;
-        if check_header(path)? == Content::Empty && schema == Schema::Existing {
+        if empty_file(path)? && schema == Schema::Existing {
             return Err(not_a_store(path, "an empty file (0 bytes)"));
         }
     }
