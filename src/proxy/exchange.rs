@@ -26,6 +26,7 @@ use super::final_phase::{refuse, Final};
 use super::forward::{self, Credentials, Identity, Passing};
 use super::limits::KeyAsk;
 use super::pool::UpstreamBody;
+use super::request_id::X_REQUEST_ID;
 use super::sent::{self, OutBody};
 use super::state::{RouteState, Shared, Snapshot, UpstreamState};
 use super::table::{AuthKey, Presented};
@@ -117,7 +118,13 @@ impl Exchange {
             Err(refusal) => Err(refusal),
         };
         let response = match forwarded {
-            Ok(response) => response,
+            Ok(mut response) => {
+                let headers = response.headers_mut();
+                // Room for the id and the final phase's `RateLimit-*` headers: one growth.
+                headers.reserve(4);
+                headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+                response
+            }
             Err(refusal) => refuse(shared, snapshot, ctx, refusal, version),
         };
         last.finish(response)
