@@ -100,7 +100,10 @@ impl Exchange {
         } = self;
         let Final { snapshot, ctx, .. } = &mut last;
         let limited = match shared_limit {
-            Some(ask) => limit_shared(shared, ctx, &ask).await,
+            // Boxed: a Redis call's future is most of this one's size otherwise, and this one
+            // is moved by value (into its box, among others) on every admitted request,
+            // limits shared or not.
+            Some(ask) => Box::pin(limit_shared(shared, ctx, &ask)).await,
             None => Ok(()),
         };
         let forwarded = match limited {
