@@ -572,7 +572,11 @@ mod tests {
             let plain = refusal.clone().into_response(&templates, true);
             let answered = refusal.clone().answer(&templates, true, &id);
             assert_eq!(answered.headers().len(), plain.headers().len(), "{refusal:?}");
-            let last = answered.headers().iter().last().map(|(name, value)| (name.clone(), value.clone()));
+            let last = answered
+                .headers()
+                .iter()
+                .last()
+                .map(|(name, value)| (name.clone(), value.clone()));
             assert_eq!(last, Some((X_REQUEST_ID, id.clone())), "{refusal:?}");
         }
     }

@@ -89,7 +89,8 @@ impl Exchange {
     }
 
     /// A shared step 8, step 9, then the final phase.
-    pub async fn run(self, shared: &Shared) -> Response<Body> {
+    pub async fn run(self, shared: Arc<Shared>) -> Response<Body> {
+        let shared = &*shared;
         let Exchange {
             mut last,
             version,

@@ -201,9 +201,7 @@ fn split_name(text: &str) -> Result<(&str, Option<&str>), BadRequest> {
 fn split_literal(text: &str) -> Result<(&str, Option<&str>), BadRequest> {
     let close = text.find(']').ok_or(BadRequest::Host)?;
     let (name, rest) = text.split_at(close + 1);
-    name[1..close]
-        .parse::<Ipv6Addr>()
-        .map_err(|_| BadRequest::Host)?;
+    name[1..close].parse::<Ipv6Addr>().map_err(|_| BadRequest::Host)?;
     match rest {
         "" => Ok((name, None)),
         rest => Ok((name, Some(rest.strip_prefix(':').ok_or(BadRequest::Host)?))),
