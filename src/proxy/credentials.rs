@@ -156,7 +156,7 @@ const INVALID: u8 = 0xff;
 /// crate's general decoder, its estimate and its suffix handling cost twice this loop. `out`
 /// must hold three bytes for every four of `encoded`.
 fn decode_base64(encoded: &[u8], out: &mut [u8]) -> Option<usize> {
-    if encoded.len() % 4 != 0 || out.len() < encoded.len() / 4 * 3 {
+    if !encoded.len().is_multiple_of(4) || out.len() < encoded.len() / 4 * 3 {
         return None;
     }
     let (groups, last) = encoded.split_at(encoded.len().saturating_sub(4));
