@@ -282,7 +282,7 @@ const NO_ID_YET: HeaderValue = HeaderValue::from_static("-");
 /// The header maps refusals start from, built once per config (the challenge names its realm)
 /// and cloned for each refusal: a clone is two copies, where building a map is a hash and a
 /// probe per header. Each holds its headers in the order they go on the wire, `X-Request-Id`
-/// last: the final phase replaces its value in place, which needs no room.
+/// last: [`Refusal::answer`] replaces its value in place, which needs no room.
 pub struct RefusalHeaders {
     plain: HeaderMap,
     /// Ends an HTTP/1 connection whose next request cannot be trusted to start where it seems.
@@ -387,7 +387,18 @@ impl Refusal {
     /// connection with `Connection: close` (HTTP/2 has no such header, and its streams are
     /// framed apart anyway).
     pub fn into_response(self, templates: &RefusalHeaders, http1: bool) -> Response<Body> {
-        json_response(self.status(), self.body(), self.headers(templates, http1))
+        self.answer(templates, http1, &NO_ID_YET)
+    }
+
+    /// The same, with the request's id in its `X-Request-Id`: written in the template's own
+    /// entry, found by a walk over its four or five headers rather than by a hash and a probe.
+    pub fn answer(self, templates: &RefusalHeaders, http1: bool, request_id: &HeaderValue) -> Response<Body> {
+        let mut headers = self.headers(templates, http1);
+        match headers.iter_mut().find(|(name, _)| *name == X_REQUEST_ID) {
+            Some((_, id)) => *id = request_id.clone(),
+            None => drop(headers.insert(X_REQUEST_ID, request_id.clone())),
+        }
+        json_response(self.status(), self.body(), headers)
     }
 
     /// A fixed string that says nothing a caller could learn from.
@@ -554,6 +565,23 @@ mod tests {
                 format!("{own}{extra} x-request-id"),
                 "{refusal:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_request_id_takes_the_place_of_the_template_s_own_last_entry() {
+        let templates = RefusalHeaders::new(HeaderValue::from_static("Basic realm=\"k\""));
+        let id = HeaderValue::from_static("0123abcd");
+        for refusal in every_refusal() {
+            let plain = refusal.clone().into_response(&templates, true);
+            let answered = refusal.clone().answer(&templates, true, &id);
+            assert_eq!(answered.headers().len(), plain.headers().len(), "{refusal:?}");
+            let last = answered
+                .headers()
+                .iter()
+                .last()
+                .map(|(name, value)| (name.clone(), value.clone()));
+            assert_eq!(last, Some((X_REQUEST_ID, id.clone())), "{refusal:?}");
         }
     }
 

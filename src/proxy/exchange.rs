@@ -26,6 +26,7 @@ use super::final_phase::{refuse, Final};
 use super::forward::{self, Credentials, Identity, Passing};
 use super::limits::KeyAsk;
 use super::pool::UpstreamBody;
+use super::request_id::X_REQUEST_ID;
 use super::sent::{self, OutBody};
 use super::state::{RouteState, Shared, Snapshot, UpstreamState};
 use super::table::{AuthKey, Presented};
@@ -88,7 +89,8 @@ impl Exchange {
     }
 
     /// A shared step 8, step 9, then the final phase.
-    pub async fn run(self, shared: &Shared) -> Response<Body> {
+    pub async fn run(self, shared: Arc<Shared>) -> Response<Body> {
+        let shared = &*shared;
         let Exchange {
             mut last,
             version,
@@ -99,7 +101,10 @@ impl Exchange {
         } = self;
         let Final { snapshot, ctx, .. } = &mut last;
         let limited = match shared_limit {
-            Some(ask) => limit_shared(shared, ctx, &ask).await,
+            // Boxed: a Redis call's future is most of this one's size otherwise, and this one
+            // is moved by value (into its box, among others) on every admitted request,
+            // limits shared or not.
+            Some(ask) => Box::pin(limit_shared(shared, ctx, &ask)).await,
             None => Ok(()),
         };
         let forwarded = match limited {
@@ -117,7 +122,13 @@ impl Exchange {
             Err(refusal) => Err(refusal),
         };
         let response = match forwarded {
-            Ok(response) => response,
+            Ok(mut response) => {
+                let headers = response.headers_mut();
+                // Room for the id and the final phase's `RateLimit-*` headers: one growth.
+                headers.reserve(4);
+                headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+                response
+            }
             Err(refusal) => refuse(shared, snapshot, ctx, refusal, version),
         };
         last.finish(response)

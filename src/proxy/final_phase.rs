@@ -1,5 +1,6 @@
 //! The request path's final phase (data plane): what every request leaves behind, whatever step
-//! it stopped at. The response gets its `X-Request-Id` and `RateLimit-*` headers; the request
+//! it stopped at. The response gets its `RateLimit-*` headers (its `X-Request-Id` it has from
+//! [`refuse`] or the exchange); the request
 //! counts in `keygate_requests_total` and the duration histogram; its access record goes to the
 //! log and among the recent ones; its span ends with its outcome. A refused request also counts
 //! under its cause ([`refuse`]).
@@ -15,7 +16,6 @@ use http::{Response, StatusCode};
 
 use super::context::Context;
 use super::error::{self, AuthFailure, QuotaScope, Refusal};
-use super::request_id::X_REQUEST_ID;
 use super::state::{Shared, Snapshot};
 use super::Body;
 use crate::telemetry::access;
@@ -73,7 +73,8 @@ pub(super) fn refuse(
     version: http::Version,
 ) -> Response<Body> {
     ctx.reason = Some(count_cause(shared, snapshot, ctx, &refusal));
-    refusal.into_response(&snapshot.refusal_headers, version < http::Version::HTTP_2)
+    let http1 = version < http::Version::HTTP_2;
+    refusal.answer(&snapshot.refusal_headers, http1, &ctx.request_id)
 }
 
 /// A refusal's cause, for the log, counted in the metric of its kind; a failed authentication
@@ -126,19 +127,18 @@ fn count_cause(shared: &Shared, snapshot: &Snapshot, ctx: &Context, refusal: &Re
     }
 }
 
-/// The final phase, for every request: response headers, metrics, the access log.
+/// The final phase, for every request: the `RateLimit-*` headers, metrics, the access log. The
+/// response has its `X-Request-Id` already: a refusal's from [`refuse`], the upstream's answer
+/// from the exchange.
 pub(super) fn finish(
     snapshot: &Snapshot,
     ctx: &mut Context,
     method: &http::Method,
     mut response: Response<Body>,
 ) -> Response<Body> {
-    let headers = response.headers_mut();
-    headers.reserve(4);
-    headers.insert(X_REQUEST_ID, ctx.request_id.clone());
     if let Some(limit) = ctx.limit {
         limit.write_headers(
-            headers,
+            response.headers_mut(),
             snapshot.config.rate_limit.draft_headers,
             ctx.quota.as_ref(),
         );

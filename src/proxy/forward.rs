@@ -64,7 +64,12 @@ fn strip(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
         return;
     };
     let more: Vec<HeaderName> = found.cloned().collect();
-    let (listed, lists_close) = connection_options(headers);
+    // `Connection` is among those found when there is one: without it, no lookup of its options.
+    let has_connection = first == CONNECTION || more.contains(&CONNECTION);
+    let (listed, lists_close) = match has_connection {
+        true => connection_options(headers),
+        false => (Vec::new(), false),
+    };
     for name in std::iter::once(first).chain(more).chain(listed) {
         headers.remove(name);
     }

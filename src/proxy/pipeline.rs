@@ -82,38 +82,37 @@ use super::Body;
 use crate::config::UnderscoreHeaders;
 use crate::core::secret::{check_format, Format};
 
-/// Answers one request. Never fails: every refusal is a response.
+/// The rest of a request's way that has to wait for something: an admitted request's exchange
+/// or an intercepted path's answer.
+pub type Later = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+
+/// How far a request got without waiting for anything.
+pub enum Handled {
+    /// Refused, and the final phase done.
+    Now(Response<Body>),
+    /// Admitted (or intercepted): the rest of its way, boxed.
+    Later(Later),
+}
+
+/// Answers one request, as far as it can without waiting. Never fails: every refusal is a
+/// response.
 ///
-/// Steps 0 to 8 run synchronously, and only an admitted request awaits anything: the upstream's
-/// answer. That exchange is boxed. Its future is most of this one's size, and hyper moves this
-/// one by value several times, so unboxed every request, refused ones too, would pay for
-/// copying it.
-pub async fn handle(shared: &Shared, peer: Peer, request: Request<Incoming>) -> Response<Body> {
+/// Steps 0 to 8 run synchronously, before anything is awaited: a refused request is answered
+/// here, and no future is built for it (the request would be moved into one, and it out again,
+/// for nothing). Only an admitted request awaits anything: the upstream's answer. That
+/// exchange is boxed; it owns a reference count of `shared`, so that it outlives this call.
+pub fn handle(shared: &Arc<Shared>, peer: Peer, request: Request<Incoming>) -> Handled {
     // Before step 0: a path the control plane answers on this listener ([leaks]) is not the
     // proxied API's, and carries no key.
     if let Some(intercept) = shared.intercepting(request.uri().path()) {
-        return intercept.clone().answer(request).await.map(Either::Right);
+        let answer = intercept.clone().answer(request);
+        return Handled::Later(Box::pin(async move { answer.await.map(Either::Right) }));
     }
-    match begin(shared, peer, request) {
-        Begun::Answered(response) => response,
-        Begun::Admitted(exchange) => exchange.await,
-    }
-}
-
-/// How far a request got without waiting for anything.
-enum Begun<F> {
-    /// Refused, and the final phase done.
-    Answered(Response<Body>),
-    /// Admitted: the rest of its way, boxed.
-    Admitted(Pin<Box<F>>),
+    begin(shared, peer, request)
 }
 
 /// Steps 0 to 8, then the exchange of an admitted request or the final phase of a refused one.
-fn begin(
-    shared: &Shared,
-    peer: Peer,
-    request: Request<Incoming>,
-) -> Begun<impl Future<Output = Response<Body>> + Send + '_> {
+fn begin(shared: &Arc<Shared>, peer: Peer, request: Request<Incoming>) -> Handled {
     // A guard, not a reference count: a refusal touches no line other workers write; only an
     // admitted request, whose exchange awaits, takes a count of its own.
     let snapshot = shared.snapshot.load();
@@ -122,11 +121,11 @@ fn begin(
         Ok(admission) => {
             let snapshot = arc_swap::Guard::into_inner(snapshot);
             let exchange = Exchange::new(snapshot, ctx, peer, admission, request);
-            Begun::Admitted(Box::pin(exchange.run(shared)))
+            Handled::Later(Box::pin(exchange.run(shared.clone())))
         }
         Err(refusal) => {
             let response = refuse(shared, &snapshot, &mut ctx, refusal, request.version());
-            Begun::Answered(finish(&snapshot, &mut ctx, request.method(), response))
+            Handled::Now(finish(&snapshot, &mut ctx, request.method(), response))
         }
     }
 }

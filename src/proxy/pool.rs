@@ -123,6 +123,13 @@ impl Pool {
         if let Ok(permit) = self.busy.try_acquire() {
             return Some(Turn::taking(&self.busy, permit));
         }
+        // Boxed: only past the cap, and its timer and queue entry would otherwise enlarge
+        // every request's future, which is moved by value.
+        Box::pin(self.queue_for_turn(queue_timeout)).await
+    }
+
+    /// Past the cap: in the queue for a turn, within `queue_timeout`.
+    async fn queue_for_turn(&self, queue_timeout: Duration) -> Option<Turn> {
         let queued = self.busy.acquire();
         let in_queue = InQueue::enter(&self.queued);
         let waited = tokio::time::timeout(queue_timeout, queued).await;

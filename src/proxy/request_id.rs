@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 
+use bytes::BytesMut;
 use http::header::{HeaderName, HeaderValue};
 use http::Request;
 use rand::rngs::SmallRng;
@@ -22,25 +23,45 @@ pub fn of<B>(request: &Request<B>) -> HeaderValue {
         .unwrap_or_else(new)
 }
 
+/// Ids made from one buffer before the next: one allocation for this many requests.
+const IDS_PER_BUFFER: usize = 64;
+
+/// Each thread's generator of ids and the buffer its ids are cut from.
+struct Ids {
+    rng: SmallRng,
+    buffer: BytesMut,
+}
+
 thread_local! {
-    /// Each thread's generator of ids, seeded from the thread-local CSPRNG (itself seeded by
-    /// the OS) when the thread makes its first id. Ids need to be unique, not secret: a
-    /// xoshiro step is a few instructions, where `rand::rng()` adds a ChaCha block every 64
-    /// words and its reseeding checks, on every request that brings no id.
-    static IDS: RefCell<SmallRng> = RefCell::new(SmallRng::from_rng(&mut rand::rng()));
+    /// Seeded from the thread-local CSPRNG (itself seeded by the OS) when the thread makes its
+    /// first id. Ids need to be unique, not secret: a xoshiro step is a few instructions, where
+    /// `rand::rng()` adds a ChaCha block every 64 words and its reseeding checks, on every
+    /// request that brings no id.
+    static IDS: RefCell<Ids> = RefCell::new(Ids {
+        rng: SmallRng::from_rng(&mut rand::rng()),
+        buffer: BytesMut::new(),
+    });
 }
 
 /// 128 random bits in 32 lower-case hex digits: as unlikely to repeat across threads, processes
-/// and replicas as any two 128-bit draws, each thread's generator being seeded apart.
+/// and replicas as any two 128-bit draws, each thread's generator being seeded apart. Cut from
+/// a buffer shared by [`IDS_PER_BUFFER`] ids, so an id costs a reference count, not an
+/// allocation of its own.
 pub fn new() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bits = IDS.with_borrow_mut(|ids| ids.random::<u128>());
-    let mut id = [0; 32];
-    for (digits, byte) in id.chunks_exact_mut(2).zip(bits.to_be_bytes()) {
-        digits[0] = HEX[usize::from(byte >> 4)];
-        digits[1] = HEX[usize::from(byte & 0xf)];
-    }
-    HeaderValue::from_bytes(&id).expect("hex is a valid header value")
+    IDS.with_borrow_mut(|ids| {
+        let bits = ids.rng.random::<u128>();
+        let mut id = [0; 32];
+        for (digits, byte) in id.chunks_exact_mut(2).zip(bits.to_be_bytes()) {
+            digits[0] = HEX[usize::from(byte >> 4)];
+            digits[1] = HEX[usize::from(byte & 0xf)];
+        }
+        if ids.buffer.capacity() < id.len() {
+            ids.buffer = BytesMut::with_capacity(id.len() * IDS_PER_BUFFER);
+        }
+        ids.buffer.extend_from_slice(&id);
+        HeaderValue::from_maybe_shared(ids.buffer.split().freeze()).expect("hex is a valid header value")
+    })
 }
 
 #[cfg(test)]
@@ -71,6 +92,16 @@ mod tests {
             "{id:?}"
         );
         assert_ne!(new(), id);
+    }
+
+    #[test]
+    fn ids_cut_from_one_buffer_and_past_it_are_whole_and_distinct() {
+        let ids: Vec<_> = (0..IDS_PER_BUFFER * 2 + 3).map(|_| new()).collect();
+        for id in &ids {
+            assert_eq!(id.len(), 32, "{id:?}");
+        }
+        let distinct: std::collections::HashSet<_> = ids.iter().map(|id| id.as_bytes()).collect();
+        assert_eq!(distinct.len(), ids.len());
     }
 
     #[test]

@@ -5,8 +5,10 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -16,8 +18,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use super::connection::{self, Activity, Peer, Quiet, Tracked};
-use super::pipeline;
+use super::connection::{self, Activity, OpenExchange, Peer, Quiet, Tracked};
+use super::pipeline::{self, Handled};
 use super::state::Shared;
 use super::tls::Tls;
 use super::tunnel::Counted;
@@ -200,20 +202,55 @@ fn service(
     http::Request<hyper::body::Incoming>,
     Response = http::Response<Tracked<super::Body>>,
     Error = Infallible,
-    Future = impl Future<Output = Result<http::Response<Tracked<super::Body>>, Infallible>> + Send,
+    Future = Answering,
 > + Clone {
     let requests = Arc::new(AtomicUsize::new(0));
     service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-        let shared = shared.clone();
         let exchange = activity.open();
         if let Some(fold) = folded.at(requests.fetch_add(1, Ordering::Relaxed)) {
             request.extensions_mut().insert(fold);
         }
-        async move {
-            let response = pipeline::handle(&shared, peer, request).await;
-            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, exchange)))
+        let answer = match pipeline::handle(&shared, peer, request) {
+            Handled::Now(response) => Answer::Ready(Some(response)),
+            Handled::Later(later) => Answer::Later(later),
+        };
+        Answering {
+            answer,
+            exchange: Some(exchange),
         }
     })
+}
+
+/// The service's answer to one request: a refusal's, ready as it is made, or the rest of an
+/// admitted (or intercepted) request's way, boxed. Its exchange stays open until the response
+/// body has been sent.
+struct Answering {
+    answer: Answer,
+    exchange: Option<OpenExchange>,
+}
+
+enum Answer {
+    Ready(Option<http::Response<super::Body>>),
+    Later(pipeline::Later),
+}
+
+impl Future for Answering {
+    type Output = Result<http::Response<Tracked<super::Body>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let response = match &mut this.answer {
+            Answer::Ready(response) => response.take(),
+            Answer::Later(later) => Some(std::task::ready!(later.as_mut().poll(cx))),
+        };
+        // Both are taken once, by the one poll that answers; hyper polls no further.
+        match (response, this.exchange.take()) {
+            (Some(response), Some(exchange)) => {
+                Poll::Ready(Ok(response.map(|body| Tracked::new(body, exchange))))
+            }
+            _ => Poll::Pending,
+        }
+    }
 }
 
 fn log_conn_error(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {

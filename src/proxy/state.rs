@@ -208,7 +208,14 @@ impl Series {
     }
 
     pub fn inc(&self, label: &'static str) {
-        match self.by_label.iter().find(|(known, _)| *known == label) {
+        // Callers pass the very `&'static str`s the series were made with: found by address,
+        // with no text compared; a label from elsewhere is then found by its text.
+        let by_address = self
+            .by_label
+            .iter()
+            .find(|(known, _)| std::ptr::eq(*known, label));
+        let found = by_address.or_else(|| self.by_label.iter().find(|(known, _)| *known == label));
+        match found {
             Some((_, counter)) => counter.inc(),
             None => self.family.with_label_values(&[label]).inc(),
         }

@@ -3,6 +3,7 @@
 
 use std::hash::Hash;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -35,6 +36,10 @@ pub struct IpThrottle<C: Clock = DefaultClock, K = IpAddr> {
     /// Each failing client's bucket and when it last failed.
     failures: DashMap<K, (Limiter<C>, C::Instant)>,
     blocked: DashMap<K, C::Instant>,
+    /// At least the entries of `blocked` (it may count one being added or removed): when it is
+    /// 0, no IP is blocked, known without reading the map. `DashMap::is_empty` takes every
+    /// shard's read lock, which every failed authentication would pay.
+    blocked_count: AtomicUsize,
     quota: Quota,
     clock: C,
 }
@@ -51,6 +56,7 @@ impl<C: Clock + Clone, K: Eq + Hash + Copy> IpThrottle<C, K> {
         IpThrottle {
             failures: DashMap::new(),
             blocked: DashMap::new(),
+            blocked_count: AtomicUsize::new(0),
             quota: quota(&spec),
             clock,
         }
@@ -58,7 +64,7 @@ impl<C: Clock + Clone, K: Eq + Hash + Copy> IpThrottle<C, K> {
 
     /// Seconds the IP must still wait, if it is throttled now.
     pub fn throttled(&self, ip: K) -> Option<u64> {
-        if self.blocked.is_empty() {
+        if self.blocked_count.load(Ordering::Acquire) == 0 {
             return None;
         }
         let until = *self.blocked.get(&ip)?;
@@ -67,7 +73,9 @@ impl<C: Clock + Clone, K: Eq + Hash + Copy> IpThrottle<C, K> {
             let wait: Duration = until.duration_since(now).into();
             return Some(ceil_secs(wait).max(1));
         }
-        self.blocked.remove_if(&ip, |_, until| *until <= now);
+        if self.blocked.remove_if(&ip, |_, until| *until <= now).is_some() {
+            self.blocked_count.fetch_sub(1, Ordering::AcqRel);
+        }
         None
     }
 
@@ -91,13 +99,23 @@ impl<C: Clock + Clone, K: Eq + Hash + Copy> IpThrottle<C, K> {
             Ok(_) => return,
             Err(not_until) => not_until.earliest_possible(),
         };
-        self.blocked.insert(ip, until);
+        // Counted before it is in the map, uncounted after it has left: never fewer.
+        self.blocked_count.fetch_add(1, Ordering::AcqRel);
+        if self.blocked.insert(ip, until).is_some() {
+            self.blocked_count.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Drops the state of IPs whose buckets are full again, so the maps stay small.
     pub fn forget_idle(&self) {
         let now = self.clock.now();
-        self.blocked.retain(|_, until| *until > now);
+        let mut removed = 0;
+        self.blocked.retain(|_, until| {
+            let keep = *until > now;
+            removed += usize::from(!keep);
+            keep
+        });
+        self.blocked_count.fetch_sub(removed, Ordering::AcqRel);
         let refill: Duration = self.quota.replenish_interval() * self.quota.burst_size().get();
         self.failures
             .retain(|_, (_, last)| Duration::from(now.duration_since(*last)) < refill);
@@ -124,5 +142,26 @@ mod tests {
         assert_eq!(throttle.throttled(other), None);
         clock.advance(Duration::from_secs(20));
         assert_eq!(throttle.throttled(ip), None);
+    }
+
+    #[test]
+    fn an_ip_blocked_again_after_its_block_was_forgotten_is_throttled_again() {
+        let clock = FakeRelativeClock::default();
+        let throttle = IpThrottle::with_clock("1/m".parse().unwrap(), clock.clone());
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        throttle.record_failure(ip);
+        throttle.record_failure(ip);
+        assert!(throttle.throttled(ip).is_some());
+        clock.advance(Duration::from_secs(120));
+        throttle.forget_idle();
+        assert_eq!(throttle.throttled(ip), None);
+        for _ in 0..3 {
+            throttle.record_failure(ip);
+        }
+        assert!(throttle.throttled(ip).is_some());
+        // Blocked twice while blocked: one entry, and its expiry uncounts it once.
+        clock.advance(Duration::from_secs(600));
+        assert_eq!(throttle.throttled(ip), None);
+        assert_eq!(throttle.blocked_count.load(Ordering::Relaxed), 0);
     }
 }
