@@ -58,6 +58,7 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HeaderValue, CONTENT_LENGTH};
