@@ -17,8 +17,8 @@ pub mod customers;
 pub mod dump;
 pub mod model;
 mod postgres;
-pub mod replicas;
 pub mod quota;
+pub mod replicas;
 mod row;
 mod sqlite;
 

@@ -38,8 +38,8 @@ mod file;
 mod import;
 mod jobs;
 mod keys;
-mod replicas;
 mod quota;
+mod replicas;
 mod schema;
 mod usage;
 
