@@ -162,6 +162,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
         limiter TEXT NOT NULL,
         started_at_ms BIGINT NOT NULL,
         heartbeat_at_ms BIGINT NOT NULL
+    );
 "#,
     // The fleet's quota counters, one per owner and period, that replicas lease blocks from
     // when quotas are not shared through Redis (`control::store::quota`).
