@@ -180,13 +180,30 @@ async fn a_redis_cut_off_holds_no_request_up_and_shared_limits_come_back() {
     let (_, key) = harness.create_key(limited(3, 60)).await;
     let second = harness.another_gateway().await;
     assert!(eventually(Duration::from_secs(10), || shares_limits(&second)).await);
+    let fallbacks = || async {
+        let mut sum = 0.0;
+        for replica in [&harness.gateway, &second] {
+            let metrics = admin_call(replica, "GET", "/metrics", "").await.text();
+            sum += sample(&metrics, "keygate_rate_limit_fallback_total").unwrap_or(0.0);
+        }
+        sum
+    };
+    let fallbacks_before = fallbacks().await;
     let mut admitted = 0;
     for _ in 0..3 {
         for replica in [&harness.gateway, &second] {
             admitted += usize::from(clients::get(replica, "/v1/status", &key).await.status == 200);
         }
     }
-    assert_eq!(admitted, 3);
+    // A check that Redis does not answer within its budget is decided locally by design (SPEC
+    // 8: no request waits on Redis longer than a few milliseconds), and a local decision may
+    // admit. On a loaded machine that happens; each such check is counted, and only those may
+    // admit beyond the shared limit.
+    let fell_back = (fallbacks().await - fallbacks_before) as usize;
+    assert!(
+        (3..=3 + fell_back).contains(&admitted),
+        "admitted {admitted} of a shared limit of 3 with {fell_back} checks decided locally"
+    );
     second.shutdown().await;
 }
 
