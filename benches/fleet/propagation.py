@@ -152,9 +152,15 @@ class Poller(threading.Thread):
             header = {"Authorization": basic("x", self.key)}
             self.admitted = False
             while True:
-                conn.request("GET", "/", headers=header)
-                response = conn.getresponse()
-                response.read()
+                try:
+                    conn.request("GET", "/", headers=header)
+                    response = conn.getresponse()
+                    response.read()
+                except (http.client.HTTPException, OSError):
+                    # An idle keep-alive connection closed between measurements: open another.
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                    continue
                 if response.status == 401:
                     self.refused_at = time.perf_counter()
                     break
