@@ -20,7 +20,7 @@ use crate::control::leaks::Leaks;
 use crate::control::lifecycle::LifecycleJobs;
 use crate::control::quota_leases::QuotaLeases;
 use crate::control::quota_warnings::Warner;
-use crate::control::replicas::Replica;
+use crate::control::replicas::{self, Replica};
 use crate::control::store::{self, Actor, KeyStore};
 use crate::control::sync::KeySync;
 use crate::control::usage::UsageFlusher;
@@ -151,6 +151,7 @@ impl Gateway {
         if !problems.is_empty() {
             return Err(ConfigError { problems }.into());
         }
+        let advertise_from_env = replicas::advertise_from_env(&config)?;
         let config = Arc::new(config);
         let metrics = Metrics::new();
         let tls = tls(&config, &metrics, clock.now())?;
@@ -260,12 +261,10 @@ impl Gateway {
             tokio::spawn(housekeeping(shared.clone())),
             tokio::spawn(warner.clone().run(quota_notes)),
         ];
-        let replica = Arc::new(Replica::new(
-            shared.clone(),
-            store.clone(),
-            sync.applied(),
-            admin_addr.port(),
-        ));
+        let replica = Arc::new(
+            Replica::new(shared.clone(), store.clone(), sync.applied(), admin_addr.port())
+                .advertising(advertise_from_env),
+        );
         tasks.push(tokio::spawn(replica.clone().run()));
         if let Some(leases) = &quota_leases {
             tasks.push(tokio::spawn(leases.clone().run(lease_wants)));

@@ -237,6 +237,11 @@ fn warnings(config: &Config, shown: &Path) -> Vec<String> {
             "store.pepper_env names {name}, which is not set here; serve refuses to start without it"
         ));
     }
+    if let Some(name) = config.admin.advertise_env.as_deref().filter(|name| unset(name)) {
+        warnings.push(format!(
+            "admin.advertise_env names {name}, which is not set here; serve refuses to start without it"
+        ));
+    }
     if unset(&config.admin.token_env) {
         warnings.push(format!(
             "admin.token_env names {}, which is not set here; without it the admin API refuses every request",

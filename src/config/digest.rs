@@ -1,18 +1,24 @@
 //! The digest of a config that replicas compare (SPEC 12): BLAKE3 of the effective config
 //! ([`super::effective`], whose secrets are already redacted), less what differs from replica
-//! to replica by design: the listen addresses, `admin.advertise` and `store.snapshot` (a file
-//! of each replica's own). Two replicas with the same digest serve the same routes, keys and
-//! limits.
+//! to replica by design: the listen addresses, `admin.advertise` (and its environment form),
+//! `store.snapshot` (a file of each replica's own), and the addresses of shared services,
+//! which carry credentials and which replicas may reach by other names (the store's URL, the
+//! Redis URL, the trace collector's). Two replicas with the same digest serve the same routes,
+//! keys and limits.
 
 use super::effective::Effective;
 use super::Config;
 
 /// The settings left out of the digest: `(section, name)`.
-const PER_REPLICA: [(&str, &str); 4] = [
+const PER_REPLICA: [(&str, &str); 8] = [
     ("server", "listen"),
     ("admin", "listen"),
     ("admin", "advertise"),
+    ("admin", "advertise_env"),
     ("store", "snapshot"),
+    ("store", "url"),
+    ("rate_limit", "redis_url"),
+    ("tracing", "otlp_endpoint"),
 ];
 
 /// 16 hex digits of BLAKE3 over the effective config without [`PER_REPLICA`], its keys
@@ -48,6 +54,23 @@ mod tests {
         );
         assert_eq!(config_digest(&a), config_digest(&b));
         assert_eq!(config_digest(&a).len(), 16);
+    }
+
+    #[test]
+    fn the_shared_services_reached_by_another_name_or_credential_are_one_digest() {
+        let a = config(
+            "[store]\nurl = \"postgres://keygate:one@db-1.internal/keygate\"\n\
+             [rate_limit]\nbackend = \"redis\"\nredis_url = \"redis://10.0.0.9:6379\"\n\
+             [tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\n",
+        );
+        let b = config(
+            "[store]\nurl = \"postgres://keygate:two@db.service.consul/keygate\"\n\
+             [rate_limit]\nbackend = \"redis\"\nredis_url = \"redis://redis.internal:6379\"\n\
+             [tracing]\notlp_endpoint = \"http://otel-agent:4318\"\n",
+        );
+        assert_eq!(config_digest(&a), config_digest(&b));
+        let c = config("[admin]\nadvertise_env = \"POD_IP\"\n");
+        assert_eq!(config_digest(&c), config_digest(&config("")));
     }
 
     #[test]

@@ -75,6 +75,8 @@ struct AdminOut {
     read_token_env: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     advertise: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advertise_env: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -199,6 +201,7 @@ impl Effective {
                 token_env: config.admin.token_env.clone(),
                 read_token_env: config.admin.read_token_env.clone(),
                 advertise: config.admin.advertise.as_ref().map(ToString::to_string),
+                advertise_env: config.admin.advertise_env.clone(),
             },
             store: store(config),
             auth: auth(config),
@@ -606,8 +609,11 @@ permissions = { "*" = "customer:write" }
         }
     }
 
-    /// Settings that exclude one of [`EVERY_SETTING`]'s, printed from a config of their own.
+    /// Settings that exclude one of [`EVERY_SETTING`]'s (`admin.advertise_env` and
+    /// `admin.advertise`, GitHub's keys file and URL), printed from a config of their own.
     const ALTERNATIVES: &str = r#"
+[admin]
+advertise_env = "KEYGATE_ADVERTISE"
 [leaks.github]
 path = "/.well-known/keygate/github"
 keys_file = "github-keys.json"

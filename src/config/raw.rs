@@ -290,6 +290,10 @@ pub struct RawAdmin {
     /// `http://HOST[:PORT]` where the other replicas reach this admin listener (SPEC 12); the
     /// port defaults to the one `listen` bound. Default: none (listed, not asked for records).
     pub advertise: Field<String>,
+    /// Environment variable holding `admin.advertise`'s value (a URL as there, or a bare host
+    /// such as a pod IP), read by `serve` at start: one config file for replicas that each
+    /// advertise their own address. Default: none. Not with `advertise`.
+    pub advertise_env: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

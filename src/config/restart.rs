@@ -52,6 +52,9 @@ pub struct RestartOnly {
     token_env: String,
     #[serde(rename = "admin.read_token_env")]
     read_token_env: Option<String>,
+    /// Its variable is read once, at start.
+    #[serde(rename = "admin.advertise_env")]
+    advertise_env: Option<String>,
     #[serde(rename = "store.url")]
     store_url: String,
     #[serde(rename = "store.sync_interval")]
@@ -116,6 +119,7 @@ impl RestartOnly {
             admin_listen: config.admin.listen,
             token_env: config.admin.token_env.clone(),
             read_token_env: config.admin.read_token_env.clone(),
+            advertise_env: config.admin.advertise_env.clone(),
             // Both gateways' paths were resolved against the same config file's folder.
             store_url: match &store.url {
                 StoreUrl::Sqlite(path) => format!("sqlite://{}", path.display()),

@@ -125,6 +125,9 @@ pub struct Admin {
     pub read_token_env: Option<String>,
     /// Where the other replicas reach this admin listener (`admin.advertise`), if anywhere.
     pub advertise: Option<Advertise>,
+    /// Environment variable holding this replica's advertised address (`admin.advertise_env`),
+    /// read at start ([`Advertise::from_env_value`]); never set with `advertise`.
+    pub advertise_env: Option<String>,
 }
 
 /// `admin.advertise`: an `http://` host, and a port unless the admin listener's own is meant.
@@ -171,6 +174,19 @@ impl Advertise {
             host: host.to_ascii_lowercase(),
             port,
         })
+    }
+
+    /// The value of `admin.advertise_env`'s variable: a URL as `admin.advertise` takes, or a
+    /// bare host (a pod IP from Kubernetes' `status.podIP`, IPv6 without brackets too).
+    pub fn from_env_value(text: &str) -> Result<Advertise, String> {
+        let text = text.trim();
+        if text.starts_with("http://") {
+            Advertise::parse(text)
+        } else if text.parse::<std::net::Ipv6Addr>().is_ok() {
+            Advertise::parse(&format!("http://[{text}]"))
+        } else {
+            Advertise::parse(&format!("http://{text}"))
+        }
     }
 
     /// The URL the other replicas call, with `bound` (the admin listener's port) when no

@@ -398,11 +398,21 @@ impl Checker<'_> {
                 Ok(name.clone())
             }
         });
+        let advertise_env = self.parsed(&raw.advertise_env, "admin.advertise_env", |name| {
+            if !is_env_name(name) {
+                Err("must be an environment variable name")
+            } else if raw.advertise.is_some() {
+                Err("set admin.advertise or admin.advertise_env, not both")
+            } else {
+                Ok(name.clone())
+            }
+        });
         Admin {
             listen: self.socket_addr(&raw.listen, "admin.listen", Admin::DEFAULT_LISTEN),
             token_env,
             read_token_env,
             advertise: self.parsed(&raw.advertise, "admin.advertise", |text| Advertise::parse(text)),
+            advertise_env,
         }
     }
 

@@ -17,8 +17,10 @@ use serde_json::Value;
 use crate::support::postgres::{postgres_url, FreshSchema};
 use crate::support::relay::{service_addr, Relay};
 use crate::support::{
-    admin_call, clients, eventually, loaded, read, Answer, ConfigEdit, Harness, ADMIN_TOKEN, STANDARD,
+    admin_call, clients, eventually, loaded, read, Answer, ConfigEdit, Harness, Upstream, ADMIN_TOKEN,
+    READ_TOKEN, STANDARD,
 };
+use keygate::control::store::ReplicaRow;
 use keygate::gateway::Gateway;
 
 /// Every replica advertises its admin listener on loopback, at the port it bound.
@@ -86,11 +88,23 @@ async fn lists(gateway: &Gateway, expected: &[&Gateway]) -> bool {
 
 /// An admin call with extra headers.
 async fn admin_with(gateway: &Gateway, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    admin_as(gateway, &bearer, method, path, headers).await
+}
+
+/// An admin call with `authorization` and extra headers.
+async fn admin_as(
+    gateway: &Gateway,
+    authorization: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut request = Request::builder()
         .method(method)
         .uri(format!("http://{}{path}", gateway.admin_addr))
-        .header("authorization", format!("Bearer {ADMIN_TOKEN}"));
+        .header("authorization", authorization);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -410,4 +424,151 @@ async fn gateways_sharing_one_sqlite_file_list_each_other_and_give_receipts() {
     );
     second.shutdown().await;
     assert!(lists(first, &[first]).await);
+}
+
+/// A row that says "I am a replica" at `address`, written as any holder of a store credential
+/// could write it, heartbeat now.
+fn false_replica(gateway: &Gateway, address: &str, now: jiff::Timestamp) {
+    let row = ReplicaRow {
+        id: "rep_00000000deadbeef".into(),
+        host: "attacker".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        advertise: Some(format!("http://{address}")),
+        config_digest: "0000000000000000".into(),
+        revision: 0,
+        synced_at: Some(now),
+        limiter: "local".into(),
+        started_at: now,
+        heartbeat_at: now,
+    };
+    let since = keygate::control::replicas::live_since(now);
+    gateway.store.heartbeat(&row, since, false).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_false_replica_row_receives_no_admin_token_and_nothing_it_can_reuse() {
+    let harness = Harness::with_config(&STANDARD.set("admin", ADVERTISE), "").await;
+    let second = harness.another_gateway().await;
+    let first = &harness.gateway;
+    assert!(lists(&second, &[first, &second]).await);
+    let (_, key) = harness.key(&["*"]).await;
+    assert!(all_admit(&[first, &second], &key).await);
+    let recorder = Upstream::start().await;
+    false_replica(first, &recorder.addr.to_string(), harness.clock_now());
+
+    for token in [ADMIN_TOKEN, READ_TOKEN] {
+        let path = "/v1/requests?scope=fleet&status=200";
+        let answer = admin_as(first, &format!("Bearer {token}"), "GET", path, &[]).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        let body = answer.json();
+        assert_eq!(
+            body["replicas"].as_array().unwrap().len(),
+            2,
+            "the real ones answer: {body}"
+        );
+        let from_second = body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["replica"] == second.replica.id.as_str());
+        assert!(from_second, "{body}");
+        assert_eq!(body["missing"][0]["replica"], "rep_00000000deadbeef", "{body}");
+    }
+
+    let asked = recorder.requests();
+    assert_eq!(asked.len(), 2, "the false replica was asked once per fleet read");
+    for request in asked {
+        let authorization = request.headers["authorization"].to_str().unwrap().to_owned();
+        assert!(!authorization.contains(ADMIN_TOKEN) && !authorization.contains(READ_TOKEN));
+        assert!(authorization.starts_with("KeygateFleet ts="), "{authorization}");
+        // What the false replica got opens nothing on a real one: not the call it was made
+        // for, not any other.
+        let same = request.uri.path_and_query().unwrap().as_str().to_owned();
+        for (method, path) in [
+            ("GET", same.as_str()),
+            ("GET", "/v1/requests?scope=local"),
+            ("GET", "/v1/keys"),
+            ("POST", "/v1/keys"),
+        ] {
+            for replica in [first, &second] {
+                let answer = admin_as(replica, &authorization, method, path, &[]).await;
+                assert_eq!(answer.status, 401, "{method} {path}: {}", answer.text());
+            }
+        }
+    }
+    second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_advertises_the_address_its_environment_gives() {
+    let harness = Harness::with_config(&STANDARD.set("admin", ADVERTISE), "").await;
+    // A name of this test's own: no other test reads or sets it.
+    let variable = "KEYGATE_TEST_ADVERTISE_FROM_ENV";
+    std::env::set_var(variable, "127.0.0.1");
+    let from_env = format!("advertise_env = \"{variable}\"");
+    let pod = replica_with(&harness, |text| text.edit(ADVERTISE, &from_env)).await;
+    let first = &harness.gateway;
+    assert!(lists(first, &[first, &pod]).await);
+    let seen = listing(first).await;
+    let row = seen["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == pod.replica.id.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        row["advertise"],
+        format!("http://127.0.0.1:{}", pod.admin_addr.port()).as_str()
+    );
+    let answer = admin_with(first, "GET", "/v1/requests?scope=fleet", &[]).await;
+    assert_eq!(
+        answer.json()["missing"],
+        serde_json::json!([]),
+        "{}",
+        answer.text()
+    );
+
+    let unset = std::fs::read_to_string(&harness.config_path)
+        .unwrap()
+        .edit(ADVERTISE, "advertise_env = \"KEYGATE_TEST_ADVERTISE_NEVER_SET\"");
+    let config = keygate::config::parse(&unset, harness.dir.path()).unwrap();
+    let refused = Gateway::start(config, harness.options())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        refused.to_string().contains("KEYGATE_TEST_ADVERTISE_NEVER_SET"),
+        "{refused}"
+    );
+    pod.shutdown().await;
+}
+
+/// The receipt's answer comes from the replicas' announcements, not from the fallback poll:
+/// with the poll set to an hour, every change still gets its full receipt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_complete_on_the_replicas_announcements_alone() {
+    let Some((harness, second, third, _schema)) = three_on_postgres().await else {
+        return;
+    };
+    let replicas = [&harness.gateway, &second, &third];
+    assert!(lists(&second, &replicas).await);
+    for replica in replicas {
+        replica.replica.set_receipt_poll(Duration::from_secs(3600));
+    }
+    let mut keys = Vec::new();
+    for _ in 0..5 {
+        keys.push(harness.key(&["*"]).await);
+    }
+    for (n, (id, key)) in keys.iter().enumerate() {
+        assert!(all_admit(&replicas, key).await);
+        let asking = replicas[n % 3];
+        let path = format!("/v1/keys/{id}/revoke");
+        let revoked = admin_with(asking, "POST", &path, &[("prefer", "wait=10")]).await;
+        assert_eq!(revoked.status, 200, "{}", revoked.text());
+        let receipt = &revoked.json()["receipt"];
+        assert_eq!(receipt["applied"].as_array().unwrap().len(), 3, "{receipt}");
+    }
+    second.shutdown().await;
+    third.shutdown().await;
 }

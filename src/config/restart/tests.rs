@@ -77,6 +77,7 @@ const SETTINGS: &[(&str, Class, Change)] = &[
     ("admin.token_env", Restart, To(r#""OTHER_TOKEN""#)),
     ("admin.read_token_env", Restart, To(r#""READ_TOKEN""#)),
     ("admin.advertise", Applied, To(r#""http://10.0.0.2""#)),
+    ("admin.advertise_env", Restart, To(r#""POD_ADDRESS""#)),
     ("store.url", Restart, To(r#""sqlite://other.db""#)),
     ("store.sync_interval", Restart, To(r#""5s""#)),
     ("store.usage_flush_interval", Restart, To(r#""1s""#)),

@@ -406,6 +406,52 @@ fn the_read_only_token_is_optional_and_differs_from_the_admin_token() {
 }
 
 #[test]
+fn the_advertised_address_comes_from_the_file_or_from_a_variable_not_both() {
+    let config = parse_ok("[admin]\nadvertise_env = \"KEYGATE_ADVERTISE\"\n");
+    assert_eq!(config.admin.advertise_env.as_deref(), Some("KEYGATE_ADVERTISE"));
+    assert_eq!(
+        config.admin.advertise, None,
+        "the variable is read by serve, not here"
+    );
+    for (text, why) in [
+        (
+            "[admin]\nadvertise = \"http://10.0.0.2\"\nadvertise_env = \"KEYGATE_ADVERTISE\"\n",
+            "not both",
+        ),
+        (
+            "[admin]\nadvertise_env = \"not a name\"\n",
+            "environment variable name",
+        ),
+    ] {
+        let error = parse(text, Path::new("/")).unwrap_err().to_string();
+        assert!(
+            error.contains("admin.advertise_env") && error.contains(why),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn a_variables_address_is_a_url_or_a_bare_host() {
+    use crate::config::Advertise;
+    let cases = [
+        ("http://10.0.0.2:9901", "http://10.0.0.2:9901"),
+        ("10.1.2.3", "http://10.1.2.3:9901"),
+        (" 10.1.2.3\n", "http://10.1.2.3:9901"),
+        ("fd00::1", "http://[fd00::1]:9901"),
+        ("gw-1.keygate.svc", "http://gw-1.keygate.svc:9901"),
+        ("gw-1:9999", "http://gw-1:9999"),
+    ];
+    for (value, url) in cases {
+        let advertise = Advertise::from_env_value(value).unwrap_or_else(|e| panic!("{value}: {e}"));
+        assert_eq!(advertise.url(9901), url);
+    }
+    for bad in ["", "https://10.0.0.2", "10.0.0.2/path", "user@host", "a b"] {
+        assert!(Advertise::from_env_value(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
 fn a_file_without_routes_parses_but_would_serve_nothing() {
     let fields = |source: &str| -> Vec<String> {
         crate::config::serving_problems(&parse_ok(source))

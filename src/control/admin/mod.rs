@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use crate::control::keys::KeyService;
 use crate::control::leaks::Leaks;
+use crate::control::replicas::credential::{Audience, FleetKey, SCHEME};
 use crate::control::replicas::Replica;
 use crate::control::store::{Actor, Origin, TokenKind};
 use crate::control::sync::KeySync;
@@ -53,6 +54,8 @@ pub struct Admin {
     /// BLAKE3 of the admin tokens: compared in constant time, whatever the lengths.
     write_token: Option<KeyHash>,
     read_token: Option<KeyHash>,
+    /// Derived from the admin token: signs this replica's fleet asks and checks the others'.
+    fleet_key: Option<Arc<FleetKey>>,
     /// True once the gateway drains (SIGTERM): `/readyz` answers 503 until the process exits.
     draining: Option<watch::Receiver<bool>>,
     /// This replica's usage writer, for when it last wrote (`GET /v1/keys/{id}/usage`).
@@ -83,10 +86,13 @@ pub(super) struct Caller {
 impl Admin {
     pub fn new(shared: Arc<Shared>, keys: KeyService, sync: Arc<KeySync>, tokens: Tokens) -> Self {
         let hash = |token: String| Hasher::unkeyed().hash(token.as_bytes());
+        // The write token when set: every replica of one config derives the same key.
+        let fleet_key = tokens.write.as_ref().or(tokens.read.as_ref());
         Admin {
             shared,
             keys,
             sync,
+            fleet_key: fleet_key.map(|token| Arc::new(FleetKey::derive(token))),
             write_token: tokens.write.map(hash),
             read_token: tokens.read.map(hash),
             draining: None,
@@ -148,6 +154,7 @@ impl Admin {
             sync: self.sync.clone(),
             write_token: None,
             read_token: None,
+            fleet_key: self.fleet_key.clone(),
             draining: None,
             usage: self.usage.clone(),
             leaks: self.leaks.clone(),
@@ -177,13 +184,41 @@ impl Admin {
         }
     }
 
+    /// A replica of the fleet asking for this one's recent requests with a fleet credential:
+    /// read-only, and only that call (see [`crate::control::replicas::credential`]).
+    fn fleet_caller<B>(&self, request: &Request<B>, peer: SocketAddr) -> Option<TokenKind> {
+        let mut presented = request.headers().get_all(AUTHORIZATION).iter();
+        let (Some(value), None) = (presented.next(), presented.next()) else {
+            return None;
+        };
+        let value = value.to_str().ok().filter(|v| v.starts_with(SCHEME))?;
+        let (key, replica) = (self.fleet_key.as_ref()?, self.replica.as_ref()?);
+        let advertise = replica.advertised()?;
+        let audience = Audience {
+            id: &replica.id,
+            advertise: &advertise,
+        };
+        let path = request.uri().path_and_query().map_or("", |p| p.as_str());
+        let now = self.shared.clock.now();
+        match key.verify(value, request.method(), path, audience, now) {
+            Ok(()) => Some(TokenKind::Read),
+            Err(refused) => {
+                tracing::warn!(%refused, %peer, "admin API: fleet credential refused");
+                None
+            }
+        }
+    }
+
     async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<AdminBody> {
         let path = request.uri().path();
         if ui::is_ui(path) {
             return ui::serve(request.method(), path);
         }
         if path == "/v1" || path.starts_with("/v1/") {
-            let Some(token) = self.token_kind(&request) else {
+            let token = self
+                .token_kind(&request)
+                .or_else(|| self.fleet_caller(&request, peer));
+            let Some(token) = token else {
                 let mut response = json(StatusCode::UNAUTHORIZED, self.refusal().into());
                 response.headers_mut().insert(
                     WWW_AUTHENTICATE,

@@ -1,12 +1,18 @@
 //! `GET /v1/requests?scope=fleet` (SPEC 12): every live replica's recent requests, asked of it
-//! at its advertised admin address with the caller's own token, merged newest first, each
-//! record marked with its replica. A replica that advertises nothing, or does not answer well
-//! within [`BUDGET`], is named in `missing`; the others' records are answered all the same.
+//! at its advertised admin address, merged newest first, each record marked with its replica.
+//! A replica that advertises nothing, or does not answer well within [`BUDGET`], is named in
+//! `missing`; the others' records are answered all the same.
+//!
+//! The addresses come from the store, which this replica does not trust with a secret: each
+//! replica is asked with a [`credential`](super::credential) made for it alone (that call, that
+//! replica, once, within seconds), never with the caller's admin token. Redirects are not
+//! followed (the client has no such layer: a 3xx is an answer like any other failure), and an
+//! answer is read up to [`MAX_ANSWER`].
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION};
+use http::header::AUTHORIZATION;
 use http::Request;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -15,6 +21,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::credential::{Audience, FleetKey};
 use crate::control::store::ReplicaRow;
 
 /// How long one replica has to answer.
@@ -39,21 +46,27 @@ pub struct Missing {
     pub reason: String,
 }
 
-/// Asks each of `others` for `query` (the caller's filters and limit, `scope=local` added),
-/// merges their records with `own` (this replica's, as `this` gives them), newest first, and
-/// keeps `limit`.
+/// What a gathering asks: the caller's filters and limit (`scope=local` is added), signed
+/// with `key` at `now`.
+pub struct Ask<'a> {
+    pub query: &'a str,
+    pub key: &'a FleetKey,
+    pub now: jiff::Timestamp,
+}
+
+/// Asks each of `others` as `asked` says, merges their records with `own` (this replica's, as
+/// `this` gives them), newest first, and keeps `limit`.
 pub async fn gather(
     this: &str,
     own: Vec<Value>,
     others: &[ReplicaRow],
-    query: &str,
-    authorization: &HeaderValue,
+    asked: &Ask<'_>,
     limit: usize,
 ) -> Gathered {
     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let asks = others.iter().map(|row| {
         let client = client.clone();
-        async move { (row, ask(&client, row, query, authorization).await) }
+        async move { (row, ask(&client, row, asked).await) }
     });
     let answers = futures_util::future::join_all(asks).await;
     let mut items = marked(own, this);
@@ -85,16 +98,19 @@ pub async fn gather(
 async fn ask(
     client: &Client<HttpConnector, Full<Bytes>>,
     row: &ReplicaRow,
-    query: &str,
-    authorization: &HeaderValue,
+    asked: &Ask<'_>,
 ) -> Result<Vec<Value>, String> {
     let Some(base) = &row.advertise else {
         return Err("not advertised (admin.advertise)".to_owned());
     };
-    let separator = if query.is_empty() { "" } else { "&" };
-    let uri = format!("{base}/v1/requests?{query}{separator}scope=local");
-    let request = Request::get(&uri)
-        .header(AUTHORIZATION, authorization.clone())
+    let path = path_and_query(asked.query);
+    let audience = Audience {
+        id: &row.id,
+        advertise: base,
+    };
+    tracing::info!(replica = %row.id, host = %row.host, address = %base, "asking a replica for its recent requests");
+    let request = Request::get(format!("{base}{path}"))
+        .header(AUTHORIZATION, asked.key.sign(audience, &path, asked.now))
         .body(Full::new(Bytes::new()))
         .map_err(|e| format!("bad address {base}: {e}"))?;
     let call = async {
@@ -121,6 +137,12 @@ async fn ask(
         Ok(answer) => answer,
         Err(_) => Err(format!("timed out ({} ms)", BUDGET.as_millis())),
     }
+}
+
+/// The path and query asked of each replica: the caller's filters, `scope=local`.
+fn path_and_query(query: &str) -> String {
+    let separator = if query.is_empty() { "" } else { "&" };
+    format!("{}?{query}{separator}scope=local", super::credential::PATH)
 }
 
 /// Each record with `"replica": id` added.

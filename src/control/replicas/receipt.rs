@@ -72,6 +72,9 @@ impl Receipt {
 /// rows cannot be read at the start; a failure later ends the wait with what it has.
 pub async fn wait(replica: &Replica, revision: u64, within: Duration) -> Result<Receipt, StoreError> {
     let started = Instant::now();
+    // Subscribed before the receipt is announced: a replica's report that arrives while the
+    // first rows are read must still wake the wait.
+    let feed = replica.store().fleet_feed();
     let store = replica.store().clone();
     let live_since = replica.live_since();
     let rows = tokio::task::spawn_blocking(move || {
@@ -83,15 +86,17 @@ pub async fn wait(replica: &Replica, revision: u64, within: Duration) -> Result<
     .await
     .map_err(|e| StoreError::Unavailable(format!("receipt task failed: {e}")))??;
     let mut wait = Wait::new(replica, revision, &rows);
-    let feed = replica.store().fleet_feed();
-    let poll = if feed.is_some() { POLL } else { POLL_UNPUSHED };
+    let poll = replica
+        .receipt_poll()
+        .unwrap_or(if feed.is_some() { POLL } else { POLL_UNPUSHED });
     let mut reported = feed.map(|feed| feed.reported);
     let deadline = started + within;
+    let mut reads = Reads::default();
     while !wait.pending.is_empty() {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
-            _ = tokio::time::sleep(poll) => {}
-            Some(()) = next(&mut reported) => {}
+            _ = tokio::time::sleep(poll) => reads.polled += 1,
+            Some(()) = next(&mut reported) => reads.announced += 1,
         }
         let store = replica.store().clone();
         let live_since = replica.live_since();
@@ -107,7 +112,22 @@ pub async fn wait(replica: &Replica, revision: u64, within: Duration) -> Result<
             }
         }
     }
+    tracing::debug!(
+        revision,
+        after_announcements = reads.announced,
+        after_polls = reads.polled,
+        pending = wait.pending.len(),
+        "receipt: rows read again"
+    );
     Ok(wait.receipt(started.elapsed()))
+}
+
+/// Why the rows were read again during a wait: a replica's announcement, or the poll. A
+/// receipt answered on PostgreSQL within the poll owes nothing to it.
+#[derive(Debug, Default)]
+struct Reads {
+    announced: u32,
+    polled: u32,
 }
 
 /// A wait in progress: who has reported the revision, who has not yet.

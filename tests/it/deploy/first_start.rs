@@ -360,8 +360,11 @@ fn kubernetes_start(k8s: &Kubernetes, root: &Path, stores: &Stores) -> Start {
             .collect();
         let env = container["env"].as_array().into_iter().flatten().map(|var| {
             let name = var["name"].as_str().unwrap().to_owned();
+            // The downward API's pod IP (admin.advertise_env): here, loopback.
+            let pod_ip = var["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP";
             let value = match var["value"].as_str() {
                 Some(value) => value.to_owned(),
+                None if pod_ip => "127.0.0.1".to_owned(),
                 None => secrets
                     .get(&name)
                     .cloned()

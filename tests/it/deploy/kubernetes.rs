@@ -290,9 +290,26 @@ fn the_sqlite_variant_is_one_replica_and_the_postgres_variant_several() {
                     ),
                     "{variant}: limits shared through Redis"
                 );
+                advertises_the_pod_ip(&k8s, &config, variant);
             }
         }
     }
+}
+
+/// Replicas of one config file each advertise their own admin address: `admin.advertise_env`
+/// names a variable the pod sets from its IP.
+fn advertises_the_pod_ip(k8s: &Kubernetes, config: &keygate::config::Config, variant: &str) {
+    let name = config
+        .admin
+        .advertise_env
+        .as_deref()
+        .unwrap_or_else(|| panic!("{variant}: admin.advertise_env, for the fleet's requests"));
+    let env = k8s.container()["env"].as_array().expect("env");
+    let set = env.iter().find(|e| e["name"] == name);
+    let field = set.map(|e| &e["valueFrom"]["fieldRef"]["fieldPath"]);
+    assert_eq!(field, Some(&Value::from("status.podIP")), "{variant}: {env:?}");
+    let others = env.iter().filter(|e| e["name"] == "KEYGATE_ADMIN_TOKEN").count();
+    assert_eq!(others, 1, "{variant}: the patch keeps the base's variables");
 }
 
 /// Every variant creates or updates its store in an initContainer before keygate serves it:

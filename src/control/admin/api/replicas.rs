@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::{ok, Admin, AdminBody, Answer, ApiError};
 use crate::control::replicas::fleet::Fleet;
-use crate::control::replicas::gather::gather;
+use crate::control::replicas::gather::{gather, Ask};
 use crate::control::replicas::receipt::{self, Receipt, DEFAULT_WAIT, MAX_WAIT};
 use crate::telemetry::recent::Filter;
 
@@ -171,7 +171,8 @@ pub(super) async fn list(admin: &Admin) -> Answer {
 }
 
 /// `GET /v1/requests?scope=fleet`: this replica's records and every other live replica's,
-/// asked with the caller's token.
+/// asked with a fleet credential for each (never the caller's token: see
+/// [`crate::control::replicas::credential`]).
 pub(super) async fn fleet_requests(
     admin: &Admin,
     request: &Request<Incoming>,
@@ -184,7 +185,7 @@ pub(super) async fn fleet_requests(
             "scope=fleet answers one page, newest first",
         ));
     }
-    let Some(replica) = admin.replica.clone() else {
+    let (Some(replica), Some(key)) = (admin.replica.clone(), admin.fleet_key.clone()) else {
         return Err(ApiError::status(
             StatusCode::SERVICE_UNAVAILABLE,
             "replicas are not recorded",
@@ -211,12 +212,13 @@ pub(super) async fn fleet_requests(
         .split('&')
         .filter(|pair| !pair.is_empty() && !pair.starts_with("scope="))
         .collect();
-    let authorization = request
-        .headers()
-        .get(AUTHORIZATION)
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from_static(""));
-    let gathered = gather(&replica.id, own, &others, &query.join("&"), &authorization, limit).await;
+    let query = query.join("&");
+    let asked = Ask {
+        query: &query,
+        key: &key,
+        now: admin.shared.clock.now(),
+    };
+    let gathered = gather(&replica.id, own, &others, &asked, limit).await;
     Ok(ok(&gathered))
 }
 
