@@ -205,7 +205,11 @@ impl CustomerService {
     }
 
     /// A page as the store holds it, and the next page's cursor.
-    fn stored_page(&self, after: u64, limit: usize) -> Result<(Vec<StoredCustomer>, Option<u64>), CustomerError> {
+    fn stored_page(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<StoredCustomer>, Option<u64>), CustomerError> {
         let limit = limit.clamp(1, MAX_PAGE);
         let mut found = self
             .store
@@ -226,7 +230,10 @@ impl CustomerService {
     ) -> Result<(Vec<(StoredCustomer, u64)>, Option<u64>), CustomerError> {
         let (found, next) = self.stored_page(after, limit)?;
         let ids: Vec<&str> = found.iter().map(|customer| customer.id.as_str()).collect();
-        let counts = self.store.customer_key_counts(&ids).map_err(CustomerError::Store)?;
+        let counts = self
+            .store
+            .customer_key_counts(&ids)
+            .map_err(CustomerError::Store)?;
         let counted = found
             .into_iter()
             .map(|customer| {

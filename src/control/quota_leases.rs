@@ -106,7 +106,9 @@ impl QuotaLeases {
                 let _ = task.await;
             }
             if asking {
-                tracing::warn!("quota lease round trips still unanswered at drain; their blocks stay counted as used");
+                tracing::warn!(
+                    "quota lease round trips still unanswered at drain; their blocks stay counted as used"
+                );
                 break;
             }
         }

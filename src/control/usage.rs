@@ -140,7 +140,11 @@ impl UsageFlusher {
         });
         match pruned {
             Ok((rows, counters)) => {
-                tracing::debug!(rows, counters, "usage rows and quota counters past retention pruned");
+                tracing::debug!(
+                    rows,
+                    counters,
+                    "usage rows and quota counters past retention pruned"
+                );
             }
             Err(error) => {
                 self.pruned_in.store(NEVER, Ordering::Release);
@@ -308,8 +312,17 @@ mod tests {
         }
         flusher.flush();
         assert_eq!(hours(), [(t, 1)], "written, and the row past retention pruned");
-        let used = |period| store.change_quota(&counter(period), QuotaChange::Read).unwrap().used;
-        assert_eq!(used(t - 5 * HOUR), 0, "a period that ended past retention is pruned");
+        let used = |period| {
+            store
+                .change_quota(&counter(period), QuotaChange::Read)
+                .unwrap()
+                .used
+        };
+        assert_eq!(
+            used(t - 5 * HOUR),
+            0,
+            "a period that ended past retention is pruned"
+        );
         assert_eq!(used(t - 3 * HOUR), 1, "one that ended within retention is kept");
 
         analytics.record(1, orders, 200, t + 10);

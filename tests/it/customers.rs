@@ -195,10 +195,21 @@ async fn the_list_gives_each_customers_key_count_and_quota_state() {
         assert_eq!(listed[0]["id"], "acme", "{store}: {listed}");
         assert_eq!(listed[0]["key_count"], 2, "{store}: a deleted key is not counted");
         let state = &listed[0]["quota_state"];
-        assert_eq!((&state["used"], &state["remaining"]), (&json!(1), &json!(9)), "{store}: {state}");
-        assert_eq!(listed[0]["quota_state"], quota_state(&h, "/v1/customers/acme").await, "{store}");
+        assert_eq!(
+            (&state["used"], &state["remaining"]),
+            (&json!(1), &json!(9)),
+            "{store}: {state}"
+        );
+        assert_eq!(
+            listed[0]["quota_state"],
+            quota_state(&h, "/v1/customers/acme").await,
+            "{store}"
+        );
         assert_eq!(listed[1]["key_count"], 0, "{store}");
-        assert!(listed[1].get("quota_state").is_none(), "{store}: no quota, no state");
+        assert!(
+            listed[1].get("quota_state").is_none(),
+            "{store}: no quota, no state"
+        );
     }
 }
 

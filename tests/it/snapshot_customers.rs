@@ -19,7 +19,10 @@ async fn a_start_from_the_saved_table_enforces_the_customers_limits() {
     let (id, key) = h.create_key(key_spec).await;
     written_whole_with(&h, &id).await;
     let text = std::fs::read_to_string(h.dir.path().join("table.snap")).unwrap();
-    assert!(text.contains(r#""customer":"acme""#), "the customer is saved: {text}");
+    assert!(
+        text.contains(r#""customer":"acme""#),
+        "the customer is saved: {text}"
+    );
 
     // Tightened after the whole write: the journal has it before the gateway enforces it.
     let tighter = json!({"rate_limit": {"requests": 2, "per": "1h"}}).to_string();
@@ -34,6 +37,10 @@ async fn a_start_from_the_saved_table_enforces_the_customers_limits() {
     for _ in 0..3 {
         seen.push(replica.status(&key).await);
     }
-    assert_eq!(seen, [200, 200, 429], "the customer's limit holds with the store down");
+    assert_eq!(
+        seen,
+        [200, 200, 429],
+        "the customer's limit holds with the store down"
+    );
     replica.gateway.shutdown().await;
 }

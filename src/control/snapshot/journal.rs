@@ -50,8 +50,8 @@ use serde::{Deserialize, Serialize};
 
 use super::customers::{CustomerEntry, Customers};
 use super::Entry;
-use crate::proxy::customers::CustomerLimits;
 use crate::core::permission::{Permission, PermissionSet};
+use crate::proxy::customers::CustomerLimits;
 use crate::proxy::table::AuthKey;
 
 /// Lines of sync times alone past which the journal is rewritten as its last one.
@@ -484,7 +484,14 @@ mod tests {
         table.upsert(key(1, false));
         super::super::write(&table, &path, 0, 0).unwrap();
         let mut journal = Journal::new(&path);
-        journal.record(&Change { put: &[&key(1, true)], ..Change::default() }, 2, 0);
+        journal.record(
+            &Change {
+                put: &[&key(1, true)],
+                ..Change::default()
+            },
+            2,
+            0,
+        );
         table.upsert(key(1, true));
         let rotation = journal.rotate().unwrap();
         let capture = super::super::Capture::of(&table, &crate::proxy::customers::CustomerMap::default());
@@ -493,7 +500,14 @@ mod tests {
         journal.file = None;
         std::fs::remove_file(path_of(&path)).unwrap();
         std::fs::create_dir(path_of(&path)).unwrap();
-        journal.record(&Change { put: &[&key(1, false)], ..Change::default() }, 3, 0);
+        journal.record(
+            &Change {
+                put: &[&key(1, false)],
+                ..Change::default()
+            },
+            3,
+            0,
+        );
         table.upsert(key(1, false));
         assert!(!path.exists(), "the snapshot is removed");
         assert!(!previous_of(&path).exists());
@@ -524,14 +538,28 @@ mod tests {
         table.upsert(key(1, false));
         super::super::write(&table, &path, 0, 0).unwrap();
         let mut journal = Journal::new(&path);
-        journal.record(&Change { put: &[&key(1, true)], ..Change::default() }, 2, 0);
+        journal.record(
+            &Change {
+                put: &[&key(1, true)],
+                ..Change::default()
+            },
+            2,
+            0,
+        );
         drop(journal);
         let mut text = std::fs::read(path_of(&path)).unwrap();
         text.extend_from_slice(b"{\"synced_ms\":5,\"put\":[{\"seq\"");
         std::fs::write(path_of(&path), &text).unwrap();
 
         let mut journal = Journal::new(&path);
-        journal.record(&Change { put: &[&key(2, false)], ..Change::default() }, 3, 0);
+        journal.record(
+            &Change {
+                put: &[&key(2, false)],
+                ..Change::default()
+            },
+            3,
+            0,
+        );
         assert_eq!(revoked_in(&path, 1), Some(true));
         assert_eq!(
             revoked_in(&path, 2),

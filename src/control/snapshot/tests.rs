@@ -128,7 +128,15 @@ fn the_journal_replays_over_the_snapshot_and_a_cut_off_last_line_was_never_appli
         revoked: true,
         ..key(3, None)
     };
-    journal.record(&Change { put: &[&revoked], del: &[1], ..Change::default() }, 7, 20);
+    journal.record(
+        &Change {
+            put: &[&revoked],
+            del: &[1],
+            ..Change::default()
+        },
+        7,
+        20,
+    );
     journal.mark(30, 5);
     let intern = |p: &[Permission]| Arc::new(PermissionSet::new(p.to_vec()));
     let loaded = read(&path, intern).unwrap();
@@ -205,14 +213,28 @@ fn change(journal: &mut journal::Journal, table: &KeyTable, n: usize) {
     ][n];
     let revision = 10 + n as u64;
     if removed {
-        journal.record(&Change { del: &[seq], ..Change::default() }, revision, 0);
+        journal.record(
+            &Change {
+                del: &[seq],
+                ..Change::default()
+            },
+            revision,
+            0,
+        );
         table.remove(seq);
     } else {
         let changed = |seq| AuthKey {
             revoked,
             ..key(seq, None)
         };
-        journal.record(&Change { put: &[&changed(seq)], ..Change::default() }, revision, 0);
+        journal.record(
+            &Change {
+                put: &[&changed(seq)],
+                ..Change::default()
+            },
+            revision,
+            0,
+        );
         table.upsert(changed(seq));
     }
     table.set_revision(revision);
@@ -241,7 +263,14 @@ fn a_whole_write_beside_the_sync_replays_to_the_table_whatever_it_captured_and_w
                 revoked: true,
                 ..key(1, None)
             };
-            journal.record(&Change { put: &[&before], ..Change::default() }, 5, 0);
+            journal.record(
+                &Change {
+                    put: &[&before],
+                    ..Change::default()
+                },
+                5,
+                0,
+            );
             table.upsert(AuthKey {
                 revoked: true,
                 ..key(1, None)
@@ -254,7 +283,14 @@ fn a_whole_write_beside_the_sync_replays_to_the_table_whatever_it_captured_and_w
                     revoked: false,
                     ..key(4, None)
                 };
-                journal.record(&Change { put: &[&again], ..Change::default() }, 6, 0);
+                journal.record(
+                    &Change {
+                        put: &[&again],
+                        ..Change::default()
+                    },
+                    6,
+                    0,
+                );
                 table.upsert(AuthKey {
                     revoked: false,
                     ..key(4, None)
@@ -322,8 +358,24 @@ fn customers_are_written_after_the_keys_and_their_journaled_changes_replay_over_
 
     // Acme's limit changes and Globex loses its object: journaled, replayed.
     let mut journal = journal::Journal::new(&path);
-    let change = [("acme", limits(3)), ("globex", CustomerLimits { rate: None, quota: None })];
-    journal.record(&Change { customers: &change, ..Change::default() }, 2, 20);
+    let change = [
+        ("acme", limits(3)),
+        (
+            "globex",
+            CustomerLimits {
+                rate: None,
+                quota: None,
+            },
+        ),
+    ];
+    journal.record(
+        &Change {
+            customers: &change,
+            ..Change::default()
+        },
+        2,
+        20,
+    );
     let loaded = read(&path, intern).unwrap();
     assert_eq!(loaded.customers.len(), 1);
     assert_eq!(loaded.customers["acme"], limits(3));

@@ -317,7 +317,8 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
 
     /// How many keys that are not deleted name each of the customers `ids`, in one query; a
     /// customer no key names is absent.
-    fn customer_key_counts(&self, ids: &[&str]) -> Result<std::collections::HashMap<String, u64>, StoreError>;
+    fn customer_key_counts(&self, ids: &[&str])
+        -> Result<std::collections::HashMap<String, u64>, StoreError>;
 
     /// Reads, tops up or resets a quota counter, for the whole fleet; the row after.
     fn change_quota(

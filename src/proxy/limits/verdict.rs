@@ -216,7 +216,10 @@ impl Verdict {
     /// whose reset is hours or days away and which a 429 names with `resets_at`, are named
     /// only in the draft headers. A check that met no rate limit shows an empty one.
     pub fn classic(&self) -> LimitState {
-        let refusing = self.refused.map(|refused| refused.by).filter(|kind| !kind.is_quota());
+        let refusing = self
+            .refused
+            .map(|refused| refused.by)
+            .filter(|kind| !kind.is_quota());
         let policy = match refusing {
             Some(kind) => self.policy(kind),
             None => [LimitKind::KeyRate, LimitKind::CustomerRate]
@@ -284,7 +287,11 @@ mod tests {
                 per: Duration::from_secs(1),
                 burst: None,
             },
-            allowed: if remaining == 0 { Err(Duration::from_millis(20)) } else { Ok(()) },
+            allowed: if remaining == 0 {
+                Err(Duration::from_millis(20))
+            } else {
+                Ok(())
+            },
             remaining,
             reset: Duration::from_millis(600),
         })

@@ -104,7 +104,10 @@ async fn changing<T: Send + 'static>(
 pub(super) async fn list(admin: &Admin, request: &Request<Incoming>) -> Answer {
     let pairs = query(request, &["limit", "cursor"])?;
     let (after, limit) = paging(&pairs)?;
-    let (page, next) = blocking(admin, move |customers| customers.page_with_key_counts(after, limit)).await?;
+    let (page, next) = blocking(admin, move |customers| {
+        customers.page_with_key_counts(after, limit)
+    })
+    .await?;
     // Read at once; a state that cannot be read is left out of its row, not the page's failure.
     let states = page.iter().map(|(customer, _)| async move {
         let spec = customer.spec.quota.as_ref()?;

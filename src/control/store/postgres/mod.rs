@@ -496,7 +496,10 @@ impl KeyStore for PgStore {
         self.run(async { customers::list(&self.pool.get().await?, after, limit).await })
     }
 
-    fn customer_key_counts(&self, ids: &[&str]) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+    fn customer_key_counts(
+        &self,
+        ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
         self.run(async { customers::key_counts(&self.pool.get().await?, ids).await })
     }
 

@@ -410,7 +410,10 @@ impl KeyStore for SqliteStore {
         customers::list(&*self.conn()?, after, limit)
     }
 
-    fn customer_key_counts(&self, ids: &[&str]) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+    fn customer_key_counts(
+        &self,
+        ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
         customers::key_counts(&*self.conn()?, ids)
     }
 

@@ -5,7 +5,7 @@
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use crate::control::store::quota::{
-    from_column, to_column, CounterId, CounterRow, LeaseAsk, LeaseGrant, forever_period,
+    forever_period, from_column, to_column, CounterId, CounterRow, LeaseAsk, LeaseGrant,
 };
 use crate::control::store::StoreError;
 use crate::core::quota::QuotaChange;
