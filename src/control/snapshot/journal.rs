@@ -482,7 +482,14 @@ mod tests {
         let path = dir.path().join("table.snap");
         let table = KeyTable::default();
         table.upsert(key(1, false));
-        super::super::write(&table, &path, 0, 0).unwrap();
+        super::super::write(
+            &table,
+            &crate::proxy::customers::CustomerMap::default(),
+            &path,
+            0,
+            0,
+        )
+        .unwrap();
         let mut journal = Journal::new(&path);
         journal.record(
             &Change {
@@ -536,7 +543,14 @@ mod tests {
         let path = dir.path().join("table.snap");
         let table = KeyTable::default();
         table.upsert(key(1, false));
-        super::super::write(&table, &path, 0, 0).unwrap();
+        super::super::write(
+            &table,
+            &crate::proxy::customers::CustomerMap::default(),
+            &path,
+            0,
+            0,
+        )
+        .unwrap();
         let mut journal = Journal::new(&path);
         journal.record(
             &Change {
