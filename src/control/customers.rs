@@ -139,6 +139,9 @@ pub struct CustomerPage {
     pub next: Option<u64>,
 }
 
+/// A customer as the store holds it, and how many keys (not deleted) name it.
+pub type KeyCounted = (StoredCustomer, u64);
+
 #[derive(Clone)]
 pub struct CustomerService {
     store: Arc<dyn KeyStore>,
@@ -227,7 +230,7 @@ impl CustomerService {
         &self,
         after: u64,
         limit: usize,
-    ) -> Result<(Vec<(StoredCustomer, u64)>, Option<u64>), CustomerError> {
+    ) -> Result<(Vec<KeyCounted>, Option<u64>), CustomerError> {
         let (found, next) = self.stored_page(after, limit)?;
         let ids: Vec<&str> = found.iter().map(|customer| customer.id.as_str()).collect();
         let counts = self
