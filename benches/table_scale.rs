@@ -174,12 +174,16 @@ fn snapshot(table: &KeyTable, store: &std::path::Path) {
     let mut seq = 0;
     table.for_each(|key| seq = key.seq);
     let key = table.get(seq).unwrap();
-    journal.record(&[&key], &[], table.revision(), 0);
+    let change = snapshot::journal::Change {
+        put: &[&key],
+        ..Default::default()
+    };
+    journal.record(&change, table.revision(), 0);
     let started = Instant::now();
     let rotation = journal.rotate().unwrap();
     let rotated = started.elapsed();
     let started = Instant::now();
-    let capture = snapshot::Capture::of(table);
+    let capture = snapshot::Capture::of(table, &keygate::proxy::customers::CustomerMap::default());
     let captured = started.elapsed();
     let started = Instant::now();
     let temporary = snapshot::write_temporary(&capture, &path, 0, 0).unwrap();

@@ -139,6 +139,9 @@ pub struct CustomerPage {
     pub next: Option<u64>,
 }
 
+/// A customer as the store holds it, and how many keys (not deleted) name it.
+pub type KeyCounted = (StoredCustomer, u64);
+
 #[derive(Clone)]
 pub struct CustomerService {
     store: Arc<dyn KeyStore>,
@@ -197,6 +200,19 @@ impl CustomerService {
 
     /// A page of customers in creation order, after `after`, at most `limit`.
     pub fn page(&self, after: u64, limit: usize) -> Result<CustomerPage, CustomerError> {
+        let (found, next) = self.stored_page(after, limit)?;
+        Ok(CustomerPage {
+            customers: found.iter().map(CustomerView::of).collect(),
+            next,
+        })
+    }
+
+    /// A page as the store holds it, and the next page's cursor.
+    fn stored_page(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<StoredCustomer>, Option<u64>), CustomerError> {
         let limit = limit.clamp(1, MAX_PAGE);
         let mut found = self
             .store
@@ -205,10 +221,30 @@ impl CustomerService {
         let more = found.len() > limit;
         found.truncate(limit);
         let next = more.then(|| found.last().map(|customer| customer.seq)).flatten();
-        Ok(CustomerPage {
-            customers: found.iter().map(CustomerView::of).collect(),
-            next,
-        })
+        Ok((found, next))
+    }
+
+    /// A page as the store holds it, each customer with how many keys (not deleted) name it,
+    /// counted in one query; and the next page's cursor.
+    pub fn page_with_key_counts(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<KeyCounted>, Option<u64>), CustomerError> {
+        let (found, next) = self.stored_page(after, limit)?;
+        let ids: Vec<&str> = found.iter().map(|customer| customer.id.as_str()).collect();
+        let counts = self
+            .store
+            .customer_key_counts(&ids)
+            .map_err(CustomerError::Store)?;
+        let counted = found
+            .into_iter()
+            .map(|customer| {
+                let keys = counts.get(&customer.id).copied().unwrap_or(0);
+                (customer, keys)
+            })
+            .collect();
+        Ok((counted, next))
     }
 
     /// Every customer, page after page.

@@ -27,6 +27,12 @@ use crate::core::quota::{QuotaChange, QuotaSpec, QuotaUse};
 use crate::proxy::limits::{Crossing, LeaseOwner, Outcome, QuotaOwner, Want, LEASE_WAIT};
 use crate::proxy::state::Shared;
 
+/// The longest a drain waits for the answers of lease round trips still out.
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
+
+/// The most give-back rounds a drain makes.
+const DRAIN_ROUNDS: usize = 4;
+
 /// The shortest pause between sweeps for unused leases.
 const MIN_SWEEP: Duration = Duration::from_millis(100);
 
@@ -77,19 +83,57 @@ impl QuotaLeases {
         }
     }
 
-    /// At drain: gives every lease back and reports the provisional use.
+    /// At drain, once the proxy no longer admits: gives every lease back and reports the
+    /// provisional use, including the blocks of round trips still out when it began (their
+    /// grants arrive during the drain). Rounds until no lease holds anything and none is
+    /// asking (at most [`DRAIN_ROUNDS`]), waiting for answers at most [`DRAIN_WAIT`] in all.
     pub async fn drain(self: &Arc<Self>) {
-        let wants = self.shared.key_limits.lapse(Duration::ZERO);
-        let count = wants.len();
-        let tasks: Vec<_> = wants
-            .into_iter()
-            .map(|want| tokio::spawn(self.clone().serve(want)))
-            .collect();
-        for task in tasks {
-            let _ = task.await;
+        let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
+        let mut count = 0;
+        // A give-back the store refused is restored to its lease: a few rounds, not forever.
+        for _ in 0..DRAIN_ROUNDS {
+            let asking = self.answers_out(deadline).await;
+            let wants = self.shared.key_limits.lapse(Duration::ZERO);
+            if wants.is_empty() && !asking {
+                break;
+            }
+            count += wants.len();
+            let tasks: Vec<_> = wants
+                .into_iter()
+                .map(|want| tokio::spawn(self.clone().serve(want)))
+                .collect();
+            for task in tasks {
+                let _ = task.await;
+            }
+            if asking {
+                tracing::warn!(
+                    "quota lease round trips still unanswered at drain; their blocks stay counted as used"
+                );
+                break;
+            }
         }
         if count > 0 {
             tracing::info!(leases = count, "quota leases given back");
+        }
+    }
+
+    /// Waits until no lease of this replica has a round trip out, or `deadline`: whether one
+    /// still has.
+    async fn answers_out(&self, deadline: tokio::time::Instant) -> bool {
+        let limits = &self.shared.key_limits;
+        let Some(link) = limits.lease_link() else {
+            return false;
+        };
+        loop {
+            let answered = link.answered();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            if !limits.leases_asking() {
+                return false;
+            }
+            if tokio::time::timeout_at(deadline, answered).await.is_err() {
+                return limits.leases_asking();
+            }
         }
     }
 

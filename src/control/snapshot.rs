@@ -4,7 +4,8 @@
 //! The table is written whole after the first load (before the gateway is ready), then at most
 //! every few sync intervals when it changed, in the background while syncs go on (the journal
 //! is rotated first, see [`journal`]): one JSON line of header, then one line per key with what
-//! the hot path needs of it (hashes, never secrets). It is written to a temporary file beside
+//! the hot path needs of it (hashes, never secrets), then one per customer with limits
+//! ([`customers`], from format version 2; a version 1 file, without them, still loads). It is written to a temporary file beside
 //! the target, synced and renamed over it, so a crash leaves the old snapshot or the new one,
 //! never half of one; the file is readable by its owner only. In between, every change
 //! set is journaled before it is applied ([`journal`]), so the snapshot and its journal are
@@ -25,10 +26,14 @@ use crate::core::key::RateLimitSpec;
 use crate::core::permission::{Permission, PermissionSet};
 use crate::core::quota::QuotaSpec;
 use crate::core::secret::KeyHash;
+use crate::proxy::customers::{CustomerLimits, CustomerMap};
 use crate::proxy::table::{AuthKey, Extras, KeyTable, PreviousSecret};
 
 const FORMAT: &str = "keygate-key-table";
-const VERSION: u32 = 1;
+/// The version written: 2 adds the customers' lines after the keys'.
+const VERSION: u32 = 2;
+/// The versions read.
+const READABLE: [u32; 2] = [1, VERSION];
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Header {
@@ -43,6 +48,9 @@ struct Header {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     synced_ms: Option<i64>,
     keys: usize,
+    /// Lines of customers after the keys' (absent in version 1: none).
+    #[serde(default)]
+    customers: usize,
 }
 
 /// One key as the hot path needs it.
@@ -70,12 +78,17 @@ struct Entry {
     quota: Option<QuotaSpec>,
 }
 
+pub mod customers;
 pub mod journal;
+
+use customers::{CustomerEntry, Customers};
 
 /// A snapshot read back with its journal: the keys, the revision they reflect, when the
 /// snapshot was written and the last successful sync they reflect.
 pub struct Loaded {
     pub keys: Vec<AuthKey>,
+    /// The customers' limits, by id (none from a version 1 snapshot without a journal).
+    pub customers: Customers,
     pub revision: u64,
     pub written_ms: i64,
     pub synced_ms: i64,
@@ -93,10 +106,12 @@ pub struct Capture<'a> {
     table: &'a KeyTable,
     revision: u64,
     seqs: Vec<u64>,
+    /// The customers with limits, copied whole (they are few beside the keys).
+    customers: Vec<(Box<str>, CustomerLimits)>,
 }
 
 impl Capture<'_> {
-    pub fn of(table: &KeyTable) -> Capture<'_> {
+    pub fn of<'a>(table: &'a KeyTable, customers: &CustomerMap) -> Capture<'a> {
         let revision = table.revision();
         let mut seqs = Vec::with_capacity(table.len());
         table.for_each(|key| seqs.push(key.seq));
@@ -104,6 +119,7 @@ impl Capture<'_> {
             table,
             revision,
             seqs,
+            customers: customers.entries(),
         }
     }
 }
@@ -122,9 +138,16 @@ fn header_line(header: &Header) -> std::io::Result<Vec<u8>> {
     Ok(line)
 }
 
-/// Writes `table` to `path`, atomically and durably, as of the sync at `synced_ms`.
-pub fn write(table: &KeyTable, path: &Path, now_ms: i64, synced_ms: i64) -> std::io::Result<()> {
-    let temporary = write_temporary(&Capture::of(table), path, now_ms, synced_ms)?;
+/// Writes `table` and `customers` to `path`, atomically and durably, as of the sync at
+/// `synced_ms`.
+pub fn write(
+    table: &KeyTable,
+    customers: &CustomerMap,
+    path: &Path,
+    now_ms: i64,
+    synced_ms: i64,
+) -> std::io::Result<()> {
+    let temporary = write_temporary(&Capture::of(table, customers), path, now_ms, synced_ms)?;
     std::fs::rename(&temporary, path)?;
     sync_folder(path)
 }
@@ -145,24 +168,29 @@ pub fn write_temporary(
     let temporary = temporary_of(path);
     let file = create_private(&temporary)?;
     let mut out = BufWriter::new(file);
-    let header = |keys| Header {
+    let header = |keys, customers| Header {
         format: FORMAT.into(),
         version: VERSION,
         revision: capture.revision,
         written_ms: now_ms,
         synced_ms: Some(synced_ms),
         keys,
+        customers,
     };
-    out.write_all(&header_line(&header(0))?)?;
+    out.write_all(&header_line(&header(0, 0))?)?;
     let mut keys = 0;
     for key in capture.seqs.iter().filter_map(|seq| capture.table.get(*seq)) {
         serde_json::to_writer(&mut out, &entry(&key))?;
         out.write_all(b"\n")?;
         keys += 1;
     }
+    for (id, limits) in &capture.customers {
+        serde_json::to_writer(&mut out, &CustomerEntry::of(id, limits))?;
+        out.write_all(b"\n")?;
+    }
     let mut file = out.into_inner().map_err(|e| e.into_error())?;
     file.seek(std::io::SeekFrom::Start(0))?;
-    file.write_all(&header_line(&header(keys))?)?;
+    file.write_all(&header_line(&header(keys, capture.customers.len()))?)?;
     file.sync_all()?;
     Ok(temporary)
 }
@@ -191,7 +219,7 @@ pub fn read(
         }
         None => return Err(format!("{} is empty", path.display())),
     };
-    if header.format != FORMAT || header.version != VERSION {
+    if header.format != FORMAT || !READABLE.contains(&header.version) {
         return Err(format!(
             "{}: a snapshot of format {} version {}, not {FORMAT} version {VERSION}",
             path.display(),
@@ -200,25 +228,36 @@ pub fn read(
         ));
     }
     let mut keys = Vec::with_capacity(header.keys);
+    let mut customers = Customers::new();
+    let mut customer_lines = 0;
     for (n, line) in lines.enumerate() {
         let line = line.map_err(|e| e.to_string())?;
-        let entry: Entry =
-            serde_json::from_str(&line).map_err(|e| format!("{}: line {}: {e}", path.display(), n + 2))?;
-        keys.push(auth_key(entry, &mut intern));
+        let bad = |e: serde_json::Error| format!("{}: line {}: {e}", path.display(), n + 2);
+        if n < header.keys {
+            keys.push(auth_key(serde_json::from_str(&line).map_err(bad)?, &mut intern));
+        } else {
+            serde_json::from_str::<CustomerEntry>(&line)
+                .map_err(bad)?
+                .apply_to(&mut customers);
+            customer_lines += 1;
+        }
     }
-    if keys.len() != header.keys {
+    if keys.len() != header.keys || customer_lines != header.customers {
         return Err(format!(
-            "{}: {} keys where the header says {} (a cut-off file)",
+            "{}: {} keys and {customer_lines} customers where the header says {} and {} (a \
+             cut-off file)",
             path.display(),
             keys.len(),
-            header.keys
+            header.keys,
+            header.customers
         ));
     }
     let mut keys: HashMap<u64, AuthKey> = keys.into_iter().map(|key| (key.seq, key)).collect();
-    let replayed = journal::replay(path, &mut keys, &mut intern)?;
+    let replayed = journal::replay(path, &mut keys, &mut customers, &mut intern)?;
     let synced_ms = header.synced_ms.unwrap_or(header.written_ms);
     Ok(Loaded {
         keys: keys.into_values().collect(),
+        customers,
         revision: replayed.revision.unwrap_or(header.revision),
         written_ms: header.written_ms,
         synced_ms: replayed.synced_ms.map_or(synced_ms, |at| at.max(synced_ms)),
@@ -335,296 +374,4 @@ mod hex_opt {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use super::*;
-    use crate::proxy::table::NEVER;
-
-    fn key(seq: u64, extras: Option<Extras>) -> AuthKey {
-        AuthKey {
-            seq,
-            id: format!("key_{seq}").into(),
-            hash: KeyHash([seq as u8; 32]),
-            environment: Environment::Production,
-            revoked: seq.is_multiple_of(2),
-            expires_at: NEVER,
-            permissions: Arc::new(PermissionSet::new(vec!["customer:read".parse().unwrap()])),
-            customer_id: Some("acme".into()),
-            extras: extras.and_then(Extras::shared),
-        }
-    }
-
-    #[test]
-    fn a_table_written_and_read_back_is_the_same_table() {
-        let table = KeyTable::default();
-        table.upsert(key(1, None));
-        table.upsert(key(
-            2,
-            Some(Extras {
-                rate_limit: Some(RateLimitSpec::from_rate("6/m".parse().unwrap(), None)),
-                allowed_ips: vec!["10.0.0.0/8".parse().unwrap()].into_boxed_slice(),
-                previous: Some(PreviousSecret {
-                    hash: KeyHash([9; 32]),
-                    until: 1_900_000_000,
-                }),
-                quota: Some(QuotaSpec {
-                    limit: 1000,
-                    period: crate::core::quota::Period::Month,
-                    anchor: "2026-01-31T00:00:00Z".parse().unwrap(),
-                }),
-            }),
-        ));
-        table.set_revision(42);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("table.snap");
-        write(&table, &path, 1_234, 1_000).unwrap();
-        let loaded = read(&path, |p| Arc::new(PermissionSet::new(p.to_vec()))).unwrap();
-        assert_eq!(
-            (
-                loaded.revision,
-                loaded.written_ms,
-                loaded.synced_ms,
-                loaded.keys.len()
-            ),
-            (42, 1_234, 1_000, 2)
-        );
-        let mut keys = loaded.keys;
-        keys.sort_by_key(|k| k.seq);
-        let (plain, rich) = (&keys[0], &keys[1]);
-        assert_eq!(
-            (plain.seq, &*plain.id, plain.hash, plain.revoked),
-            (1, "key_1", KeyHash([1; 32]), false)
-        );
-        assert_eq!(plain.customer_id.as_deref(), Some("acme"));
-        assert!(plain.extras.is_none());
-        assert_eq!(rich.rate_limit().map(|r| r.requests.get()), Some(6));
-        assert_eq!(rich.allowed_ips().len(), 1);
-        let previous = rich.extras.as_ref().and_then(|e| e.previous.as_ref()).unwrap();
-        assert_eq!((previous.hash, previous.until), (KeyHash([9; 32]), 1_900_000_000));
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode, 0o600);
-        }
-    }
-
-    #[test]
-    fn a_key_removed_between_the_capture_and_the_write_is_left_out_and_counted_out() {
-        let table = KeyTable::default();
-        for seq in 1..=3 {
-            table.upsert(key(seq, None));
-        }
-        let capture = Capture::of(&table);
-        table.remove(2);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("table.snap");
-        let temporary = write_temporary(&capture, &path, 0, 0).unwrap();
-        std::fs::rename(&temporary, &path).unwrap();
-        let loaded = read(&path, |p| Arc::new(PermissionSet::new(p.to_vec()))).unwrap();
-        let mut seqs: Vec<u64> = loaded.keys.iter().map(|k| k.seq).collect();
-        seqs.sort_unstable();
-        assert_eq!(seqs, [1, 3]);
-    }
-
-    #[test]
-    fn a_cut_off_or_foreign_file_is_refused_not_half_loaded() {
-        let table = KeyTable::default();
-        for seq in 1..=3 {
-            table.upsert(key(seq, None));
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("table.snap");
-        write(&table, &path, 0, 0).unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let cut: Vec<&str> = text.lines().take(3).collect();
-        std::fs::write(&path, cut.join("\n")).unwrap();
-        let intern = |p: &[Permission]| Arc::new(PermissionSet::new(p.to_vec()));
-        assert!(read(&path, intern).err().unwrap().contains("cut-off"));
-        std::fs::write(&path, "{\"not\":\"a snapshot\"}\n").unwrap();
-        assert!(read(&path, intern).is_err());
-        std::fs::write(&path, "").unwrap();
-        assert!(read(&path, intern).is_err());
-    }
-
-    #[test]
-    fn the_journal_replays_over_the_snapshot_and_a_cut_off_last_line_was_never_applied() {
-        let table = KeyTable::default();
-        for seq in [1, 3] {
-            table.upsert(key(seq, None));
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("table.snap");
-        write(&table, &path, 10, 10).unwrap();
-        let mut journal = journal::Journal::new(&path);
-        let revoked = AuthKey {
-            revoked: true,
-            ..key(3, None)
-        };
-        journal.record(&[&revoked], &[1], 7, 20);
-        journal.mark(30, 5);
-        let intern = |p: &[Permission]| Arc::new(PermissionSet::new(p.to_vec()));
-        let loaded = read(&path, intern).unwrap();
-        assert_eq!(
-            (loaded.revision, loaded.synced_ms, loaded.written_ms),
-            (7, 30, 10)
-        );
-        assert_eq!(loaded.keys.len(), 1, "key 1 removed");
-        assert!(loaded.keys[0].revoked, "key 3 revoked");
-
-        let journal_path = journal::path_of(&path);
-        let mut text = std::fs::read(&journal_path).unwrap();
-        text.extend_from_slice(b"{\"synced_ms\":40,\"revision\":8,\"del\":[3");
-        std::fs::write(&journal_path, &text).unwrap();
-        let loaded = read(&path, intern).unwrap();
-        assert_eq!((loaded.revision, loaded.synced_ms, loaded.keys.len()), (7, 30, 1));
-
-        text.extend_from_slice(b"\n{\"synced_ms\":50}\n");
-        std::fs::write(&journal_path, &text).unwrap();
-        assert!(
-            read(&path, intern).is_err(),
-            "a bad line before the last refuses the whole"
-        );
-    }
-
-    /// One step of a whole write that runs beside the sync.
-    #[derive(Clone, Copy, Debug)]
-    enum Step {
-        /// Capture the table and write it to the temporary file.
-        Write,
-        Install,
-        Retire,
-    }
-
-    /// Every order in which `changes` changes and the write's three steps can interleave.
-    fn interleavings(changes: usize) -> Vec<Vec<Option<Step>>> {
-        let steps = [Step::Write, Step::Install, Step::Retire];
-        let total = changes + steps.len();
-        let mut orders = Vec::new();
-        for mask in 0u32..1 << total {
-            if mask.count_ones() as usize != steps.len() {
-                continue;
-            }
-            let mut next = steps.iter();
-            let order = (0..total)
-                .map(|i| (mask & 1 << i != 0).then(|| *next.next().unwrap()))
-                .collect();
-            orders.push(order);
-        }
-        orders
-    }
-
-    /// The keys as a comparable set: (seq, revoked, current hash).
-    fn state<'a>(keys: impl Iterator<Item = &'a AuthKey>) -> Vec<(u64, bool, KeyHash)> {
-        let mut state: Vec<_> = keys.map(|k| (k.seq, k.revoked, k.hash)).collect();
-        state.sort_by_key(|s| s.0);
-        state
-    }
-
-    fn table_state(table: &KeyTable) -> Vec<(u64, bool, KeyHash)> {
-        let mut keys = Vec::new();
-        table.for_each(|k| keys.push((k.seq, k.revoked, k.hash)));
-        keys.sort_by_key(|s| s.0);
-        keys
-    }
-
-    /// A change as the sync makes it: journaled, then applied.
-    fn change(journal: &mut journal::Journal, table: &KeyTable, n: usize) {
-        let (seq, revoked, removed) = [
-            (2, true, false),
-            (3, false, true),
-            (5, false, false),
-            (2, false, false),
-        ][n];
-        let revision = 10 + n as u64;
-        if removed {
-            journal.record(&[], &[seq], revision, 0);
-            table.remove(seq);
-        } else {
-            let changed = |seq| AuthKey {
-                revoked,
-                ..key(seq, None)
-            };
-            journal.record(&[&changed(seq)], &[], revision, 0);
-            table.upsert(changed(seq));
-        }
-        table.set_revision(revision);
-    }
-
-    #[test]
-    fn a_whole_write_beside_the_sync_replays_to_the_table_whatever_it_captured_and_wherever_it_stops() {
-        let intern = |p: &[Permission]| Arc::new(PermissionSet::new(p.to_vec()));
-        let orders = interleavings(4);
-        assert_eq!(orders.len(), 35);
-        for earlier_write_failed in [false, true] {
-            for order in &orders {
-                let dir = tempfile::tempdir().unwrap();
-                let path = dir.path().join("table.snap");
-                let table = KeyTable::default();
-                for seq in 1..=4 {
-                    table.upsert(AuthKey {
-                        revoked: false,
-                        ..key(seq, None)
-                    });
-                }
-                write(&table, &path, 0, 0).unwrap();
-                let mut journal = journal::Journal::new(&path);
-                // A change journaled before the rotation: it goes to J.prev.
-                let before = AuthKey {
-                    revoked: true,
-                    ..key(1, None)
-                };
-                journal.record(&[&before], &[], 5, 0);
-                table.upsert(AuthKey {
-                    revoked: true,
-                    ..key(1, None)
-                });
-                if earlier_write_failed {
-                    // A rotation whose write never installed, then a change: the next
-                    // rotation appends that J to the J.prev left.
-                    journal.rotate().unwrap();
-                    let again = AuthKey {
-                        revoked: false,
-                        ..key(4, None)
-                    };
-                    journal.record(&[&again], &[], 6, 0);
-                    table.upsert(AuthKey {
-                        revoked: false,
-                        ..key(4, None)
-                    });
-                }
-                let rotation = journal.rotate().unwrap();
-                let crash_here = |table: &KeyTable, at: &str| {
-                    let loaded = read(&path, intern).unwrap_or_else(|e| panic!("{order:?} {at}: {e}"));
-                    assert_eq!(
-                        state(loaded.keys.iter()),
-                        table_state(table),
-                        "{order:?}, earlier write failed: {earlier_write_failed}, crash {at}"
-                    );
-                };
-                crash_here(&table, "after the rotation");
-                let (mut changes, mut temporary) = (0, None);
-                for step in order {
-                    match step {
-                        None => {
-                            change(&mut journal, &table, changes);
-                            changes += 1;
-                        }
-                        Some(Step::Write) => {
-                            let capture = Capture::of(&table);
-                            temporary = Some(write_temporary(&capture, &path, 1, 1).unwrap());
-                        }
-                        Some(Step::Install) => {
-                            assert!(journal.install(&rotation, temporary.as_ref().unwrap()).unwrap());
-                            sync_folder(&path).unwrap();
-                        }
-                        Some(Step::Retire) => journal.retire(&rotation).unwrap(),
-                    }
-                    crash_here(&table, &format!("after {step:?}"));
-                }
-                assert!(!journal::previous_of(&path).exists(), "{order:?}: J.prev retired");
-            }
-        }
-    }
-}
+mod tests;

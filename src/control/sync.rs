@@ -8,8 +8,8 @@
 //!
 //! The same reads bring the changed customers (they share the store's revision), whose limits
 //! go into the hot path's customer map beside the table ([`crate::proxy::customers`]); the
-//! customers are also read whole once the store first answers, since a table started from the
-//! snapshot holds none.
+//! customers are also read whole once the store first answers, since those a table started
+//! from the snapshot holds may be older than the store's.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::snapshot::journal::Journal;
+use super::snapshot::journal::{Change, Journal};
 use super::store::{Changes, KeyStore, StoreError, StoredCustomer, StoredKey};
 use crate::core::clock::Clock;
 use crate::core::key::StoredStatus;
@@ -137,7 +137,7 @@ impl KeySync {
             } else {
                 self.pull(self.table.revision(), |_| {}, !first)
             }
-            .and_then(|applied| self.load_customers().map(|()| applied))
+            .and_then(|applied| self.load_customers(!first).map(|()| applied))
         });
         let applied = result.inspect_err(|error| {
             self.metrics.store_sync_errors.inc();
@@ -194,7 +194,7 @@ impl KeySync {
         };
         let now_ms = self.clock.now().as_millisecond();
         let started = std::time::Instant::now();
-        let written = super::snapshot::write(&self.table, path, now_ms, synced_ms);
+        let written = super::snapshot::write(&self.table, &self.customers, path, now_ms, synced_ms);
         *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
         let emptied = written.and_then(|()| {
             let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
@@ -246,7 +246,11 @@ impl KeySync {
         });
         if !gone.is_empty() {
             let (revision, now_ms) = (self.table.revision(), self.clock.now().as_millisecond());
-            self.with_journal(|journal, _| journal.record(&[], &gone, revision, now_ms));
+            let change = Change {
+                del: &gone,
+                ..Change::default()
+            };
+            self.with_journal(|journal, _| journal.record(&change, revision, now_ms));
         }
         for seq in &gone {
             self.table.remove(*seq);
@@ -262,23 +266,43 @@ impl KeySync {
     }
 
     /// Reads every customer whole, once the store answers: at the first sync (a table that
-    /// came from the snapshot, which holds no customers, then pulls only later changes) and
-    /// after a reload from another store file (whose customers are others). Forgets the
-    /// customers the store no longer holds.
-    fn load_customers(&self) -> Result<(), StoreError> {
+    /// came from the snapshot, whose customers may be older than the store's, then pulls only
+    /// later changes) and after a reload from another store file (whose customers are
+    /// others). Forgets the customers the store no longer holds. All of it is journaled first
+    /// when `journal`, as one change set.
+    fn load_customers(&self, journal: bool) -> Result<(), StoreError> {
         if self.customers_loaded.load(Ordering::Acquire) {
             return Ok(());
         }
-        let mut live = HashSet::new();
+        let mut all = Vec::new();
         let mut after = 0;
         loop {
             let page = self.store.customers(after, BATCH)?;
             let Some(last) = page.last() else { break };
             after = last.seq;
-            self.apply_customers(&page);
-            live.extend(page.into_iter().map(|customer| customer.id));
+            all.extend(page);
         }
-        self.customers.retain(|id| live.contains(id));
+        let live: HashSet<&str> = all.iter().map(|customer| customer.id.as_str()).collect();
+        let mut gone = Vec::new();
+        for (id, _) in self.customers.entries() {
+            if !live.contains(&*id) {
+                gone.push(id);
+            }
+        }
+        if journal {
+            let mut change = customer_change(&all);
+            change.extend(gone.iter().map(|id| (&**id, CustomerLimits::NONE)));
+            let (revision, now_ms) = (self.table.revision(), self.clock.now().as_millisecond());
+            let change = Change {
+                customers: &change,
+                ..Change::default()
+            };
+            self.with_journal(|journal, _| journal.record(&change, revision, now_ms));
+        }
+        self.apply_customers(&all);
+        for id in &gone {
+            self.customers.remove(id);
+        }
         self.customers_loaded.store(true, Ordering::Release);
         Ok(())
     }
@@ -286,15 +310,7 @@ impl KeySync {
     /// Applies the customers of a batch of changes: their limits, or their removal.
     fn apply_customers(&self, customers: &[StoredCustomer]) {
         for customer in customers {
-            if customer.deleted {
-                self.customers.remove(&customer.id);
-                continue;
-            }
-            let limits = CustomerLimits {
-                rate: customer.spec.rate_limit,
-                quota: customer.spec.quota,
-            };
-            self.customers.set(&customer.id, limits);
+            self.customers.set(&customer.id, limits_of(customer));
         }
     }
 
@@ -304,20 +320,26 @@ impl KeySync {
             self.metrics.store_sync_errors.inc();
             tracing::error!(error = %why, "skipping a row the store holds in a form keygate cannot read");
         }
-        self.apply_customers(&changes.customers);
         let applied = changes.keys.len() + changes.customers.len();
         let keys: Vec<(&StoredKey, Option<AuthKey>)> =
             changes.keys.iter().map(|key| (key, self.auth_key(key))).collect();
-        if journal && !keys.is_empty() {
+        if journal && applied > 0 {
             let put: Vec<&AuthKey> = keys.iter().filter_map(|(_, auth)| auth.as_ref()).collect();
             let del: Vec<u64> = keys
                 .iter()
                 .filter(|(_, auth)| auth.is_none())
                 .map(|(key, _)| key.seq)
                 .collect();
+            let customers = customer_change(&changes.customers);
+            let change = Change {
+                put: &put,
+                del: &del,
+                customers: &customers,
+            };
             let now_ms = self.clock.now().as_millisecond();
-            self.with_journal(|journal, _| journal.record(&put, &del, changes.revision, now_ms));
+            self.with_journal(|journal, _| journal.record(&change, changes.revision, now_ms));
         }
+        self.apply_customers(&changes.customers);
         for (key, auth) in keys {
             match auth {
                 Some(auth) => {
@@ -466,7 +488,7 @@ impl KeySync {
         };
         let started = std::time::Instant::now();
         let now_ms = self.clock.now().as_millisecond();
-        let capture = super::snapshot::Capture::of(&self.table);
+        let capture = super::snapshot::Capture::of(&self.table, &self.customers);
         let written = super::snapshot::write_temporary(&capture, path, now_ms, synced_ms);
         drop(capture);
         *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
@@ -513,9 +535,12 @@ impl KeySync {
         .await;
         match read {
             Ok(Ok(snapshot)) => {
-                let keys = snapshot.keys.len();
+                let (keys, customers) = (snapshot.keys.len(), snapshot.customers.len());
                 for key in snapshot.keys {
                     self.table.upsert(key);
+                }
+                for (id, limits) in &snapshot.customers {
+                    self.customers.set(id, *limits);
                 }
                 self.table.set_revision(snapshot.revision);
                 // The next sync that reaches the store loads it whole: the snapshot may be of
@@ -525,6 +550,7 @@ impl KeySync {
                 let _ = loaded.send(true);
                 tracing::warn!(
                     keys,
+                    customers,
                     revision = snapshot.revision,
                     synced_ms = snapshot.synced_ms,
                     "store unreachable: serving the key table saved locally until it answers"
@@ -590,6 +616,25 @@ async fn changed(feed: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Option
         },
         None => None,
     }
+}
+
+/// A customer's limits as the hot path holds them: none for one deleted.
+fn limits_of(customer: &StoredCustomer) -> CustomerLimits {
+    if customer.deleted {
+        return CustomerLimits::NONE;
+    }
+    CustomerLimits {
+        rate: customer.spec.rate_limit,
+        quota: customer.spec.quota,
+    }
+}
+
+/// Customers as a journal line takes them.
+fn customer_change(customers: &[StoredCustomer]) -> Vec<(&str, CustomerLimits)> {
+    customers
+        .iter()
+        .map(|customer| (customer.id.as_str(), limits_of(customer)))
+        .collect()
 }
 
 #[cfg(test)]

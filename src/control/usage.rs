@@ -1,7 +1,8 @@
 //! Writes the hot path's per-key usage counters to the store in batches (control plane), so
 //! `last_used_at`, daily counts and the hourly analytics rows cost no store write per request.
 //! The analytics rows older than `usage.retention` are pruned here too, at most once an hour
-//! by each replica (the delete is idempotent, so replicas need not agree on who does it).
+//! by each replica (the delete is idempotent, so replicas need not agree on who does it), and
+//! with them the quota counters of periods that ended longer than `usage.retention` ago.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -122,7 +123,8 @@ impl UsageFlusher {
         }
     }
 
-    /// Deletes the analytics rows past retention, once in each hour (`now`, Unix seconds).
+    /// Deletes the analytics rows and the quota counters past retention, once in each hour
+    /// (`now`, Unix seconds).
     fn prune_if_due(&self, now: i64) {
         let Some((_, retention)) = &self.analytics else {
             return;
@@ -132,8 +134,18 @@ impl UsageFlusher {
             return;
         }
         let before = hour - i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
-        match self.store.prune_usage_rows(before) {
-            Ok(rows) => tracing::debug!(rows, "usage rows past retention pruned"),
+        let pruned = self.store.prune_usage_rows(before).and_then(|rows| {
+            let counters = self.store.prune_quota_counters(before)?;
+            Ok((rows, counters))
+        });
+        match pruned {
+            Ok((rows, counters)) => {
+                tracing::debug!(
+                    rows,
+                    counters,
+                    "usage rows and quota counters past retention pruned"
+                );
+            }
             Err(error) => {
                 self.pruned_in.store(NEVER, Ordering::Release);
                 tracing::warn!(%error, "could not prune usage rows past retention; will retry");
@@ -249,8 +261,10 @@ mod tests {
 
     #[test]
     fn hourly_counts_go_in_with_the_flush_and_rows_past_retention_are_pruned_once_an_hour() {
+        use crate::control::store::quota::{CounterId, LeaseAsk};
         use crate::control::store::{HourRow, UsageGroup, UsageOf, UsageQuery};
         use crate::core::clock::ManualClock;
+        use crate::core::quota::QuotaChange;
         use crate::proxy::analytics::{Analytics, HOUR};
 
         let t = 1_796_515_200 + 10 * HOUR;
@@ -279,8 +293,37 @@ mod tests {
         let orders = analytics.route_id("orders");
         analytics.record(1, orders, 200, t - 3 * HOUR);
         analytics.record(1, orders, 429, t + 5);
+        let counter = |period| CounterId {
+            kind: "key",
+            owner: "key_s",
+            period,
+        };
+        for period in [t - 5 * HOUR, t - 3 * HOUR, t] {
+            let ask = LeaseAsk {
+                counter: counter(period),
+                limit: 10,
+                returned: 0,
+                generation: 0,
+                want: 1,
+                spent: 0,
+                warn_at: &[],
+            };
+            store.lease_quota(&ask).unwrap();
+        }
         flusher.flush();
         assert_eq!(hours(), [(t, 1)], "written, and the row past retention pruned");
+        let used = |period| {
+            store
+                .change_quota(&counter(period), QuotaChange::Read)
+                .unwrap()
+                .used
+        };
+        assert_eq!(
+            used(t - 5 * HOUR),
+            0,
+            "a period that ended past retention is pruned"
+        );
+        assert_eq!(used(t - 3 * HOUR), 1, "one that ended within retention is kept");
 
         analytics.record(1, orders, 200, t + 10);
         let old = HourRow {

@@ -12,7 +12,7 @@ use super::client_ip::client_ip;
 use super::connection::Peer;
 use super::error::{AuthFailure, QuotaScope, Refusal};
 use super::final_phase;
-use super::limits::{LimitKind, LimitState, Policy, Refused, Verdict};
+use super::limits::{DraftPolicies, LimitKind, LimitState, Refused, Verdict};
 use super::request_id;
 use super::state::{Shared, Snapshot};
 use super::table::AuthKey;
@@ -32,8 +32,10 @@ pub(super) struct Context {
     pub key_at: i64,
     /// Step 8's numbers, for the `RateLimit-*` headers.
     pub limit: Option<LimitState>,
-    /// The key's quota after step 8, for the draft `RateLimit-*` headers.
-    pub quota: Option<Policy>,
+    /// Whether the draft `RateLimit-*` headers are on (`rate_limit.draft_headers`).
+    pub draft: bool,
+    /// Every limit step 8 met, for the draft headers; kept only when they are on.
+    pub policies: Option<Box<DraftPolicies>>,
     /// When the request went upstream, for the time spent there by one abandoned meanwhile.
     pub sent: Option<Instant>,
     pub upstream_time: Option<Duration>,
@@ -57,7 +59,8 @@ impl Context {
             key: None,
             key_at: 0,
             limit: None,
-            quota: None,
+            draft: snapshot.config.rate_limit.draft_headers,
+            policies: None,
             sent: None,
             upstream_time: None,
             reason: None,
@@ -89,9 +92,11 @@ impl Context {
     /// Step 8's outcome: the numbers for the `RateLimit-*` headers either way, and the refusal
     /// of the limit that lifts last.
     pub fn apply_limit(&mut self, verdict: &Verdict) -> Result<(), Refusal> {
-        let state = verdict.key_decision().state();
+        let state = verdict.classic();
         self.limit = Some(state);
-        self.quota = verdict.policy(LimitKind::KeyQuota).copied();
+        if self.draft {
+            self.policies = Some(Box::new(DraftPolicies::of(verdict)));
+        }
         let Some(refused) = verdict.refused else {
             return Ok(());
         };
@@ -103,28 +108,13 @@ impl Context {
                 retry_after: refused.retry_after.unwrap_or(1),
                 scope: QuotaScope::Key,
             },
-            // The refusal's headers show the bucket that refused: the customer's.
-            LimitKind::CustomerRate => {
-                let state = verdict.policy(LimitKind::CustomerRate).map_or(state, rate_state);
-                self.limit = Some(state);
-                Refusal::RateLimited {
-                    state,
-                    retry_after: refused.retry_after.unwrap_or(1),
-                    scope: QuotaScope::Customer,
-                }
-            }
+            // The classic headers show the bucket that refused: here the customer's.
+            LimitKind::CustomerRate => Refusal::RateLimited {
+                state,
+                retry_after: refused.retry_after.unwrap_or(1),
+                scope: QuotaScope::Customer,
+            },
         })
-    }
-}
-
-/// A rate limit's policy as the numbers of the classic `RateLimit-*` headers.
-fn rate_state(policy: &Policy) -> LimitState {
-    let narrow = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
-    LimitState {
-        limit: narrow(policy.limit),
-        remaining: narrow(policy.remaining),
-        reset: policy.reset.unwrap_or(0),
-        window: policy.window.unwrap_or(1),
     }
 }
 

@@ -21,6 +21,12 @@ pub struct CustomerLimits {
 }
 
 impl CustomerLimits {
+    /// No limits: a customer without an object, or deleted.
+    pub const NONE: CustomerLimits = CustomerLimits {
+        rate: None,
+        quota: None,
+    };
+
     pub fn is_empty(&self) -> bool {
         self.rate.is_none() && self.quota.is_none()
     }
@@ -56,6 +62,14 @@ impl CustomerMap {
     /// Keeps only the customers `keep` says yes to (a whole reload drops the rest).
     pub fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
         self.limits.retain(|id, _| keep(id));
+    }
+
+    /// Every customer with limits, copied out (a snapshot's whole write takes them).
+    pub fn entries(&self) -> Vec<(Box<str>, CustomerLimits)> {
+        self.limits
+            .iter()
+            .map(|entry| (entry.key().clone(), *entry.value()))
+            .collect()
     }
 
     /// How many customers have limits.

@@ -137,11 +137,7 @@ pub(super) fn finish(
     mut response: Response<Body>,
 ) -> Response<Body> {
     if let Some(limit) = ctx.limit {
-        limit.write_headers(
-            response.headers_mut(),
-            snapshot.config.rate_limit.draft_headers,
-            ctx.quota.as_ref(),
-        );
+        limit.write_headers(response.headers_mut(), ctx.policies.as_deref());
     }
     account(snapshot, ctx, method, response.status());
     response

@@ -179,6 +179,41 @@ async fn customers_are_created_read_listed_changed_and_deleted_through_the_api()
 }
 
 #[tokio::test]
+async fn the_list_gives_each_customers_key_count_and_quota_state() {
+    for (store, config, _schema) in stores() {
+        let h = harness(&config).await;
+        let day = json!({"limit": 10, "period": "day", "anchor": "2026-01-01T00:00:00Z"});
+        customer(&h, json!({"id": "acme", "quota": day})).await;
+        customer(&h, json!({"id": "globex"})).await;
+        let (_, key) = key_of(&h, "acme", None).await;
+        key_of(&h, "acme", None).await;
+        let (gone, _) = key_of(&h, "acme", None).await;
+        let deleted = call(&h, "DELETE", &format!("/v1/keys/{gone}"), "").await;
+        assert!(deleted.status.is_success(), "{store}: {}", deleted.text());
+        assert_eq!(h.get("/v1/status", &key).await.status, 200, "{store}");
+        let listed = call(&h, "GET", "/v1/customers", "").await.json();
+        assert_eq!(listed[0]["id"], "acme", "{store}: {listed}");
+        assert_eq!(listed[0]["key_count"], 2, "{store}: a deleted key is not counted");
+        let state = &listed[0]["quota_state"];
+        assert_eq!(
+            (&state["used"], &state["remaining"]),
+            (&json!(1), &json!(9)),
+            "{store}: {state}"
+        );
+        assert_eq!(
+            listed[0]["quota_state"],
+            quota_state(&h, "/v1/customers/acme").await,
+            "{store}"
+        );
+        assert_eq!(listed[1]["key_count"], 0, "{store}");
+        assert!(
+            listed[1].get("quota_state").is_none(),
+            "{store}: no quota, no state"
+        );
+    }
+}
+
+#[tokio::test]
 async fn bad_customers_are_refused_by_field_and_unknown_ones_are_404() {
     let h = harness(STANDARD).await;
     customer(&h, json!({"id": "acme"})).await;
@@ -338,6 +373,33 @@ async fn two_keys_of_a_customer_share_its_rate_limit() {
         let record = &h.recorded("customer-rate").await[0];
         assert_eq!(record["reason"], "customer_rate_limited", "{mode}: {record}");
         assert_eq!(h.get("/v1/status", &first).await.status, 429, "{mode}");
+    }
+}
+
+#[tokio::test]
+async fn the_draft_headers_name_the_customers_limits_and_the_classic_ones_the_tightest() {
+    for (mode, config) in limiters() {
+        let h = harness(&config.set("rate_limit", "draft_headers = true")).await;
+        let day = json!({"limit": 1000, "period": "day", "anchor": "2026-01-01T00:00:00Z"});
+        let limits = json!({"id": "acme", "rate_limit": {"requests": 3, "per": "1h"}, "quota": day});
+        customer(&h, limits).await;
+        let (_, key) = key_of(&h, "acme", Some(100)).await;
+        let answer = h.get("/v1/status", &key).await;
+        assert_eq!(answer.status, 200, "{mode}");
+        assert_eq!(
+            answer.headers["ratelimit-policy"],
+            r#""key";q=1000;w=1, "customer";q=3;w=3600, "quota";q=100;w=86400, "customer_quota";q=1000;w=86400"#,
+            "{mode}"
+        );
+        assert_eq!(
+            answer.headers["ratelimit"],
+            r#""key";r=999;t=1, "customer";r=2;t=1200, "quota";r=99;t=50400, "customer_quota";r=999;t=50400"#,
+            "{mode}"
+        );
+        // The classic triple: the rate limit with the least room, the customer's.
+        assert_eq!(answer.headers["ratelimit-limit"], "3", "{mode}");
+        assert_eq!(answer.headers["ratelimit-remaining"], "2", "{mode}");
+        assert_eq!(answer.headers["ratelimit-reset"], "1200", "{mode}");
     }
 }
 

@@ -28,6 +28,7 @@ mod reload;
 mod replicas;
 mod request_path;
 mod shared_limits;
+mod snapshot_customers;
 mod store_conformance;
 mod store_copy;
 mod store_faults;

@@ -18,7 +18,7 @@ use keygate::core::environment::Environment;
 use keygate::core::secret::Hasher;
 
 /// The standard config with `sync_interval` and `extra` store settings.
-fn with_store(sync_interval: &str, extra: &str) -> String {
+pub(crate) fn with_store(sync_interval: &str, extra: &str) -> String {
     STANDARD.edit(
         "sync_interval = \"100ms\"",
         &format!("sync_interval = \"{sync_interval}\"\n{extra}"),
@@ -353,8 +353,8 @@ async fn a_gateway_starts_from_its_saved_table_while_the_store_is_locked() {
 }
 
 /// What a gateway restarted on its saved table needs kept alive.
-struct Restarted {
-    gateway: keygate::gateway::Gateway,
+pub(crate) struct Restarted {
+    pub gateway: keygate::gateway::Gateway,
     /// Holds the store locked; drop it to let the store answer.
     holder: rusqlite::Connection,
     client: Client,
@@ -365,13 +365,13 @@ struct Restarted {
 }
 
 impl Restarted {
-    async fn readyz(&self) -> support::Answer {
+    pub async fn readyz(&self) -> support::Answer {
         self.client
             .get(&format!("http://{}/readyz", self.gateway.admin_addr))
             .await
     }
 
-    async fn status(&self, key: &str) -> u16 {
+    pub async fn status(&self, key: &str) -> u16 {
         let url = format!("http://{}/v1/status", self.gateway.proxy_addr);
         self.client.get_with_key(&url, key).await.status.as_u16()
     }
@@ -379,7 +379,7 @@ impl Restarted {
 
 /// Stops the harness's gateway, locks its store as another process would, and starts it again
 /// on the same config and clock: it can only start from its saved table.
-async fn restart_with_the_store_locked(h: Harness) -> Restarted {
+pub(crate) async fn restart_with_the_store_locked(h: Harness) -> Restarted {
     let support::Harness {
         gateway,
         keys,
@@ -416,7 +416,7 @@ async fn restart_with_the_store_locked(h: Harness) -> Restarted {
 }
 
 /// Waits until the snapshot file itself (not only its journal) holds `id`.
-async fn written_whole_with(h: &Harness, id: &str) {
+pub(crate) async fn written_whole_with(h: &Harness, id: &str) {
     let snapshot = h.dir.path().join("table.snap");
     let saved = eventually(Duration::from_secs(20), || async {
         std::fs::read_to_string(&snapshot).is_ok_and(|text| text.contains(id))

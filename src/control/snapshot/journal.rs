@@ -48,8 +48,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::customers::{CustomerEntry, Customers};
 use super::Entry;
 use crate::core::permission::{Permission, PermissionSet};
+use crate::proxy::customers::CustomerLimits;
 use crate::proxy::table::AuthKey;
 
 /// Lines of sync times alone past which the journal is rewritten as its last one.
@@ -66,6 +68,9 @@ struct Line {
     put: Vec<Entry>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     del: Vec<u64>,
+    /// Customers whose limits changed: each one's limits now, none for one removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    customers: Vec<CustomerEntry>,
 }
 
 /// The journal beside the snapshot at `snapshot`, as the key sync writes it.
@@ -94,6 +99,15 @@ pub struct Journal {
     /// How many times a line could not be written: a whole write that began before the last
     /// time may miss that change, and is not installed.
     lost: u64,
+}
+
+/// One change set, as the key sync applies it: keys put and removed (by seq), and customers'
+/// limits (empty ones: removed).
+#[derive(Debug, Default)]
+pub struct Change<'a> {
+    pub put: &'a [&'a AuthKey],
+    pub del: &'a [u64],
+    pub customers: &'a [(&'a str, CustomerLimits)],
 }
 
 /// A rotation of the journal, which the whole write it began then installs and retires.
@@ -140,15 +154,20 @@ impl Journal {
     /// Appends a change set and syncs it to disk; call before the table applies it. On failure
     /// the saved table is removed (it would be older than the one enforced) until the next
     /// whole write.
-    pub fn record(&mut self, put: &[&AuthKey], del: &[u64], revision: u64, synced_ms: i64) {
+    pub fn record(&mut self, change: &Change<'_>, revision: u64, synced_ms: i64) {
         if self.broken {
             return;
         }
         let line = Line {
             synced_ms,
             revision: Some(revision),
-            put: put.iter().map(|key| super::entry(key)).collect(),
-            del: del.to_vec(),
+            put: change.put.iter().map(|key| super::entry(key)).collect(),
+            del: change.del.to_vec(),
+            customers: change
+                .customers
+                .iter()
+                .map(|(id, limits)| CustomerEntry::of(id, limits))
+                .collect(),
         };
         match self.append(&line, true) {
             Ok(()) => self.changes += 1,
@@ -166,6 +185,7 @@ impl Journal {
             revision: None,
             put: Vec::new(),
             del: Vec::new(),
+            customers: Vec::new(),
         };
         if let Err(error) = self.append(&line, false) {
             tracing::warn!(%error, journal = %self.path.display(), "cannot record the sync in the snapshot's journal");
@@ -365,12 +385,14 @@ pub struct Replayed {
     pub synced_ms: Option<i64>,
 }
 
-/// Applies the journals beside `snapshot` to `keys` (by seq): `J.prev` if present, then `J`,
+/// Applies the journals beside `snapshot` to `keys` (by seq) and `customers` (by id): `J.prev`
+/// if present, then `J`,
 /// each in order. A last line cut off is ignored (it was never applied); a bad line before the
 /// last refuses the whole.
 pub fn replay(
     snapshot: &Path,
     keys: &mut HashMap<u64, AuthKey>,
+    customers: &mut Customers,
     intern: &mut impl FnMut(&[Permission]) -> std::sync::Arc<PermissionSet>,
 ) -> Result<Replayed, String> {
     let mut replayed = Replayed {
@@ -378,7 +400,7 @@ pub fn replay(
         synced_ms: None,
     };
     for path in [previous_of(snapshot), path_of(snapshot)] {
-        replay_file(&path, keys, intern, &mut replayed)?;
+        replay_file(&path, keys, customers, intern, &mut replayed)?;
     }
     Ok(replayed)
 }
@@ -386,6 +408,7 @@ pub fn replay(
 fn replay_file(
     path: &Path,
     keys: &mut HashMap<u64, AuthKey>,
+    customers: &mut Customers,
     intern: &mut impl FnMut(&[Permission]) -> std::sync::Arc<PermissionSet>,
     replayed: &mut Replayed,
 ) -> Result<(), String> {
@@ -410,6 +433,9 @@ fn replay_file(
         }
         for seq in line.del {
             keys.remove(&seq);
+        }
+        for customer in line.customers {
+            customer.apply_to(customers);
         }
         replayed.revision = line.revision.or(replayed.revision);
         replayed.synced_ms = Some(
@@ -456,18 +482,39 @@ mod tests {
         let path = dir.path().join("table.snap");
         let table = KeyTable::default();
         table.upsert(key(1, false));
-        super::super::write(&table, &path, 0, 0).unwrap();
+        super::super::write(
+            &table,
+            &crate::proxy::customers::CustomerMap::default(),
+            &path,
+            0,
+            0,
+        )
+        .unwrap();
         let mut journal = Journal::new(&path);
-        journal.record(&[&key(1, true)], &[], 2, 0);
+        journal.record(
+            &Change {
+                put: &[&key(1, true)],
+                ..Change::default()
+            },
+            2,
+            0,
+        );
         table.upsert(key(1, true));
         let rotation = journal.rotate().unwrap();
-        let capture = super::super::Capture::of(&table);
+        let capture = super::super::Capture::of(&table, &crate::proxy::customers::CustomerMap::default());
 
         // The journal cannot be written: the change is applied all the same, unsaved.
         journal.file = None;
         std::fs::remove_file(path_of(&path)).unwrap();
         std::fs::create_dir(path_of(&path)).unwrap();
-        journal.record(&[&key(1, false)], &[], 3, 0);
+        journal.record(
+            &Change {
+                put: &[&key(1, false)],
+                ..Change::default()
+            },
+            3,
+            0,
+        );
         table.upsert(key(1, false));
         assert!(!path.exists(), "the snapshot is removed");
         assert!(!previous_of(&path).exists());
@@ -482,7 +529,7 @@ mod tests {
 
         std::fs::remove_dir(path_of(&path)).unwrap();
         let rotation = journal.rotate().unwrap();
-        let capture = super::super::Capture::of(&table);
+        let capture = super::super::Capture::of(&table, &crate::proxy::customers::CustomerMap::default());
         let temporary = super::super::write_temporary(&capture, &path, 0, 0).unwrap();
         assert!(journal.install(&rotation, &temporary).unwrap());
         journal.retire(&rotation).unwrap();
@@ -496,16 +543,37 @@ mod tests {
         let path = dir.path().join("table.snap");
         let table = KeyTable::default();
         table.upsert(key(1, false));
-        super::super::write(&table, &path, 0, 0).unwrap();
+        super::super::write(
+            &table,
+            &crate::proxy::customers::CustomerMap::default(),
+            &path,
+            0,
+            0,
+        )
+        .unwrap();
         let mut journal = Journal::new(&path);
-        journal.record(&[&key(1, true)], &[], 2, 0);
+        journal.record(
+            &Change {
+                put: &[&key(1, true)],
+                ..Change::default()
+            },
+            2,
+            0,
+        );
         drop(journal);
         let mut text = std::fs::read(path_of(&path)).unwrap();
         text.extend_from_slice(b"{\"synced_ms\":5,\"put\":[{\"seq\"");
         std::fs::write(path_of(&path), &text).unwrap();
 
         let mut journal = Journal::new(&path);
-        journal.record(&[&key(2, false)], &[], 3, 0);
+        journal.record(
+            &Change {
+                put: &[&key(2, false)],
+                ..Change::default()
+            },
+            3,
+            0,
+        );
         assert_eq!(revoked_in(&path, 1), Some(true));
         assert_eq!(
             revoked_in(&path, 2),

@@ -309,6 +309,17 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// notes the warnings reached, in one transaction that holds the row.
     fn lease_quota(&self, ask: &quota::LeaseAsk<'_>) -> Result<quota::LeaseGrant, StoreError>;
 
+    /// Deletes the quota counters of periods that ended before `before` (Unix seconds): a row
+    /// is deleted when a later period of the same owner started by then (a period ends when
+    /// the next starts). The one counter of a quota that never renews (period `none`) and each
+    /// owner's latest period are kept. How many rows went.
+    fn prune_quota_counters(&self, before: i64) -> Result<u64, StoreError>;
+
+    /// How many keys that are not deleted name each of the customers `ids`, in one query; a
+    /// customer no key names is absent.
+    fn customer_key_counts(&self, ids: &[&str])
+        -> Result<std::collections::HashMap<String, u64>, StoreError>;
+
     /// Reads, tops up or resets a quota counter, for the whole fleet; the row after.
     fn change_quota(
         &self,

@@ -113,6 +113,12 @@ impl CounterRow {
     }
 }
 
+/// The `period` column of the counter of a quota that never renews (period `none`), which no
+/// prune deletes.
+pub fn forever_period() -> i64 {
+    crate::core::quota::Window::FOREVER.start.as_second()
+}
+
 /// A count as a BIGINT column (saturating), and back.
 pub(crate) fn to_column(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)

@@ -1,6 +1,8 @@
-//! The `RateLimit-*` response headers: the classic triple for one policy, and with
-//! `rate_limit.draft_headers` the IETF draft's `RateLimit-Policy` and `RateLimit` lists, one
-//! named policy per limit the request met (`"key";q=100;w=1, "quota";q=100000;w=2592000`).
+//! The `RateLimit-*` response headers (data plane, the final phase): the classic triple for the
+//! tightest rate limit a request met, and with `rate_limit.draft_headers` the IETF draft's
+//! `RateLimit-Policy` and `RateLimit` lists, one named policy per limit the request met:
+//! `"key";q=100;w=1, "customer";q=50;w=1, "quota";q=100000;w=2592000,
+//! "customer_quota";q=1000000;w=2592000`.
 
 use std::fmt::Write;
 use std::sync::LazyLock;
@@ -9,7 +11,8 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::verdict::{LimitKind, Policy, Verdict};
 
-/// The numbers behind the `RateLimit-*` headers of a key's rate limit.
+/// The numbers behind the classic `RateLimit-*` headers: the tightest rate limit a request met
+/// ([`Verdict::classic`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitState {
     /// Requests a full bucket allows at once.
@@ -17,54 +20,45 @@ pub struct LimitState {
     pub remaining: u32,
     /// Whole seconds until the bucket is full again.
     pub reset: u64,
-    /// The policy window, in whole seconds (at least 1), for the draft headers.
+    /// The policy window, in whole seconds (at least 1).
     pub window: u64,
 }
 
+/// Every limit a check met, by [`LimitKind`], for the draft headers' named policies. Kept for a
+/// request only when `rate_limit.draft_headers` is on, so the classic headers cost no copy of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DraftPolicies([Option<Policy>; 4]);
+
+impl DraftPolicies {
+    pub fn of(verdict: &Verdict) -> Self {
+        DraftPolicies(LimitKind::ALL.map(|kind| verdict.policy(kind).copied()))
+    }
+
+    fn named(&self) -> impl Iterator<Item = (LimitKind, &Policy)> {
+        LimitKind::ALL
+            .into_iter()
+            .zip(&self.0)
+            .filter_map(|(kind, policy)| Some((kind, policy.as_ref()?)))
+    }
+}
+
 impl LimitState {
-    /// The `RateLimit-*` headers, and with `draft` the IETF draft's `RateLimit-Policy` and
-    /// `RateLimit` pair, which name the key's `quota` beside its rate limit when it has one.
-    pub fn write_headers(&self, headers: &mut HeaderMap, draft: bool, quota: Option<&Policy>) {
-        let policy = Policy {
-            limit: self.limit.into(),
-            remaining: self.remaining.into(),
-            reset: Some(self.reset),
-            window: Some(self.window),
-        };
-        let named = [
-            (LimitKind::KeyRate, &policy),
-            (LimitKind::KeyQuota, quota.unwrap_or(&policy)),
-        ];
-        let count = 1 + usize::from(quota.is_some());
-        write(headers, &policy, draft.then_some(&named[..count]));
+    /// The classic `RateLimit-Limit/Remaining/Reset` triple, and with `draft` the IETF draft's
+    /// `RateLimit-Policy` and `RateLimit` lists: one named policy per limit the request met
+    /// (`"key"`, `"customer"`, `"quota"`, `"customer_quota"`, in that order).
+    pub fn write_headers(&self, headers: &mut HeaderMap, draft: Option<&DraftPolicies>) {
+        headers.insert(RATELIMIT_LIMIT, number(self.limit.into()));
+        headers.insert(RATELIMIT_REMAINING, number(self.remaining.into()));
+        headers.insert(RATELIMIT_RESET, number(self.reset));
+        if let Some(draft) = draft {
+            write_draft(headers, draft.named());
+        }
     }
 }
 
-impl Verdict {
-    /// The `RateLimit-*` headers of every limit the check met: the classic triple for the
-    /// [`Verdict::headline`] policy, and with `draft` every policy by name.
-    pub fn write_headers(&self, headers: &mut HeaderMap, draft: bool) {
-        let Some((_, headline)) = self.headline() else {
-            return;
-        };
-        let policies: Vec<_> = if draft {
-            self.policies().collect()
-        } else {
-            Vec::new()
-        };
-        write(headers, headline, draft.then_some(&policies[..]));
-    }
-}
-
-fn write(headers: &mut HeaderMap, headline: &Policy, draft: Option<&[(LimitKind, &Policy)]>) {
-    headers.insert(RATELIMIT_LIMIT, number(headline.limit));
-    headers.insert(RATELIMIT_REMAINING, number(headline.remaining));
-    if let Some(reset) = headline.reset {
-        headers.insert(RATELIMIT_RESET, number(reset));
-    }
-    let Some(policies) = draft else { return };
+fn write_draft<'a>(headers: &mut HeaderMap, policies: impl Iterator<Item = (LimitKind, &'a Policy)>) {
     let (mut declared, mut current) = (String::new(), String::new());
-    for (i, (kind, policy)) in policies.iter().enumerate() {
+    for (i, (kind, policy)) in policies.enumerate() {
         let separator = if i == 0 { "" } else { ", " };
         let name = kind.as_str();
         // Writing to a String cannot fail.
@@ -76,6 +70,9 @@ fn write(headers: &mut HeaderMap, headline: &Policy, draft: Option<&[(LimitKind,
         if let Some(reset) = policy.reset {
             let _ = write!(current, ";t={reset}");
         }
+    }
+    if declared.is_empty() {
+        return;
     }
     for (name, value) in [(RATELIMIT_POLICY, declared), (RATELIMIT, current)] {
         if let Ok(value) = HeaderValue::from_str(&value) {
@@ -123,23 +120,37 @@ mod tests {
         }
     }
 
+    fn rate(requests: u32, remaining: u32) -> Option<Answer> {
+        Some(Answer::Rate {
+            spec: RateLimitSpec {
+                requests: NonZeroU32::new(requests).unwrap(),
+                per: Duration::from_secs(1),
+                burst: None,
+            },
+            allowed: Ok(()),
+            remaining,
+            reset: Duration::from_millis(10),
+        })
+    }
+
+    fn written(answers: &[Option<Answer>; 4], now: jiff::Timestamp, draft: bool) -> HeaderMap {
+        let verdict = Verdict::assemble(answers, now);
+        let mut headers = HeaderMap::new();
+        let named = draft.then(|| DraftPolicies::of(&verdict));
+        verdict.classic().write_headers(&mut headers, named.as_ref());
+        headers
+    }
+
     #[test]
     fn a_key_limit_alone_writes_the_classic_triple_and_one_draft_policy() {
-        let state = LimitState {
-            limit: 1000,
-            remaining: 999,
-            reset: 1,
-            window: 1,
-        };
-        let mut headers = HeaderMap::new();
-        state.write_headers(&mut headers, true, None);
+        let now: jiff::Timestamp = "2026-01-31T00:00:00Z".parse().unwrap();
+        let headers = written(&[rate(1000, 999), None, None, None], now, true);
         assert_eq!(headers["ratelimit-limit"], "1000");
         assert_eq!(headers["ratelimit-remaining"], "999");
         assert_eq!(headers["ratelimit-reset"], "1");
         assert_eq!(headers["ratelimit-policy"], r#""key";q=1000;w=1"#);
         assert_eq!(headers["ratelimit"], r#""key";r=999;t=1"#);
-        let mut classic = HeaderMap::new();
-        state.write_headers(&mut classic, false, None);
+        let classic = written(&[rate(1000, 999), None, None, None], now, false);
         assert_eq!(classic.len(), 3);
     }
 
@@ -148,17 +159,8 @@ mod tests {
         let now: jiff::Timestamp = "2026-01-31T00:00:00Z".parse().unwrap();
         let month = Period::Month.window("2026-01-01T00:00:00Z".parse().unwrap(), now);
         let answers = [
-            Some(Answer::Rate {
-                spec: RateLimitSpec {
-                    requests: NonZeroU32::new(100).unwrap(),
-                    per: Duration::from_secs(1),
-                    burst: None,
-                },
-                allowed: Ok(()),
-                remaining: 99,
-                reset: Duration::from_millis(10),
-            }),
-            None,
+            rate(100, 99),
+            rate(50, 20),
             Some(Answer::Quota {
                 allowed: true,
                 state: QuotaUse::new(100_000, 0, 99_990, &month),
@@ -170,18 +172,19 @@ mod tests {
                 window: crate::core::quota::Window::FOREVER,
             }),
         ];
-        let mut headers = HeaderMap::new();
-        Verdict::assemble(&answers, now).write_headers(&mut headers, true);
+        let headers = written(&answers, now, true);
         assert_eq!(
             headers["ratelimit-policy"],
-            r#""key";q=100;w=1, "quota";q=100000;w=2678400, "customer_quota";q=50"#
+            r#""key";q=100;w=1, "customer";q=50;w=1, "quota";q=100000;w=2678400, "customer_quota";q=50"#
         );
         assert_eq!(
             headers["ratelimit"],
-            r#""key";r=99;t=1, "quota";r=10;t=86400, "customer_quota";r=49"#
+            r#""key";r=99;t=1, "customer";r=20;t=1, "quota";r=10;t=86400, "customer_quota";r=49"#
         );
-        // The classic triple: the policy with the least room.
-        assert_eq!(headers["ratelimit-remaining"], "10");
-        assert_eq!(headers["ratelimit-limit"], "100000");
+        // The classic triple: the rate limit with the least room, the customer's here; the
+        // quotas, whose reset is days away, only in the draft pair.
+        assert_eq!(headers["ratelimit-limit"], "50");
+        assert_eq!(headers["ratelimit-remaining"], "20");
+        assert_eq!(written(&answers, now, false).len(), 3);
     }
 }

@@ -27,7 +27,7 @@ use std::future::Future;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-pub use headers::{number, LimitState};
+pub use headers::{number, DraftPolicies, LimitState};
 pub use leased::{LeaseLink, LeaseOwner, Outcome, Want, RETRY as LEASE_RETRY, WAIT as LEASE_WAIT};
 pub use local::{GatewayClock, KeyLimits, LocalLimits, Pending};
 pub use throttle::IpThrottle;

@@ -211,24 +211,23 @@ impl Verdict {
             .filter_map(|kind| Some((kind, self.policy(kind)?)))
     }
 
-    /// The policy the classic `RateLimit-Limit/Remaining/Reset` headers show: the refusing
-    /// one, or the one with the least room left.
-    pub fn headline(&self) -> Option<(LimitKind, &Policy)> {
-        if let Some(refused) = self.refused {
-            return Some((refused.by, self.policy(refused.by)?));
-        }
-        self.policies().reduce(|least, next| {
-            if next.1.remaining < least.1.remaining {
-                next
-            } else {
-                least
-            }
-        })
-    }
-
-    /// The verdict of a check of the key's rate limit alone, as the one-limit callers know it.
-    pub fn key_decision(&self) -> Decision {
-        let state = self.policy(LimitKind::KeyRate).map_or(
+    /// The rate limit the classic `RateLimit-Limit/Remaining/Reset` headers show: the one
+    /// that refused, else the one with the least room left (the key's among equals). Quotas,
+    /// whose reset is hours or days away and which a 429 names with `resets_at`, are named
+    /// only in the draft headers. A check that met no rate limit shows an empty one.
+    pub fn classic(&self) -> LimitState {
+        let refusing = self
+            .refused
+            .map(|refused| refused.by)
+            .filter(|kind| !kind.is_quota());
+        let policy = match refusing {
+            Some(kind) => self.policy(kind),
+            None => [LimitKind::KeyRate, LimitKind::CustomerRate]
+                .into_iter()
+                .filter_map(|kind| self.policy(kind))
+                .min_by_key(|policy| policy.remaining),
+        };
+        policy.map_or(
             LimitState {
                 limit: 0,
                 remaining: 0,
@@ -241,7 +240,13 @@ impl Verdict {
                 reset: policy.reset.unwrap_or(0),
                 window: policy.window.unwrap_or(1),
             },
-        );
+        )
+    }
+
+    /// The verdict as a one-limit decision, with the numbers of [`Verdict::classic`]: for a
+    /// check of the key's rate limit alone, that limit's.
+    pub fn key_decision(&self) -> Decision {
+        let state = self.classic();
         match self.refused {
             None => Decision::Allowed(state),
             Some(refused) => Decision::Limited {
@@ -275,6 +280,23 @@ mod tests {
         })
     }
 
+    fn rate_of(requests: u32, remaining: u32) -> Option<Answer> {
+        Some(Answer::Rate {
+            spec: RateLimitSpec {
+                requests: NonZeroU32::new(requests).unwrap(),
+                per: Duration::from_secs(1),
+                burst: None,
+            },
+            allowed: if remaining == 0 {
+                Err(Duration::from_millis(20))
+            } else {
+                Ok(())
+            },
+            remaining,
+            reset: Duration::from_millis(600),
+        })
+    }
+
     fn quota(period: Period, used: u64, allowed: bool) -> Option<Answer> {
         let window = period.window(at("2026-01-01T00:00:00Z"), at("2026-01-20T00:00:00Z"));
         Some(Answer::Quota {
@@ -285,16 +307,20 @@ mod tests {
     }
 
     #[test]
-    fn an_admitted_check_reports_every_limit_and_headlines_the_tightest() {
+    fn an_admitted_check_reports_every_limit_and_shows_the_tightest_rate_limit() {
         let now = at("2026-01-20T00:00:00Z");
         let verdict = Verdict::assemble(&[rate(Ok(())), None, quota(Period::Month, 990, true), None], now);
         assert!(verdict.is_admitted());
         let names: Vec<_> = verdict.policies().map(|(kind, _)| kind.as_str()).collect();
         assert_eq!(names, ["key", "quota"]);
-        let (kind, headline) = verdict.headline().unwrap();
-        assert_eq!((kind, headline.remaining), (LimitKind::KeyQuota, 10));
-        assert_eq!(headline.window, Some(31 * 86_400));
-        assert_eq!(headline.reset, Some(12 * 86_400));
+        let quota = verdict.policy(LimitKind::KeyQuota).unwrap();
+        assert_eq!(quota.remaining, 10);
+        assert_eq!(quota.window, Some(31 * 86_400));
+        assert_eq!(quota.reset, Some(12 * 86_400));
+        // The classic triple stays a rate limit's, though the quota has less room.
+        assert_eq!((verdict.classic().limit, verdict.classic().remaining), (100, 40));
+        let tighter = Verdict::assemble(&[rate(Ok(())), rate_of(50, 3), None, None], now);
+        assert_eq!((tighter.classic().limit, tighter.classic().remaining), (50, 3));
     }
 
     #[test]
@@ -318,7 +344,10 @@ mod tests {
                 resets_at: None
             })
         );
-        assert_eq!(credits.headline().unwrap().1.reset, None);
+        assert_eq!(credits.policy(LimitKind::KeyQuota).unwrap().reset, None);
+        // Refused by the customer's rate limit: its bucket is shown.
+        let refusing = Verdict::assemble(&[rate(Ok(())), rate_of(50, 0), None, None], now);
+        assert_eq!(refusing.classic().limit, 50);
     }
 
     #[test]

@@ -118,6 +118,49 @@ fn replicas_leasing_at_once_never_lease_past_the_allowance(a: &dyn KeyStore, b: 
     );
 }
 
+fn counters_of_periods_long_over_are_pruned_and_the_current_ones_kept(a: &dyn KeyStore, b: &dyn KeyStore) {
+    const DAY: i64 = 86_400;
+    let day0 = counter("key_1").period;
+    let lease = |owner: &'static str, period: i64, want: u64| LeaseAsk {
+        counter: CounterId {
+            period,
+            ..counter(owner)
+        },
+        ..ask(owner, want, 0, 0)
+    };
+    // key_1 counted in three days; key_2 in one, long ago: its latest, kept.
+    for day in 0..3 {
+        a.lease_quota(&lease("key_1", day0 + day * DAY, 10 + day as u64))
+            .unwrap();
+    }
+    b.lease_quota(&lease("key_2", day0, 5)).unwrap();
+    // Credits that never renew have one counter, at the earliest period: never pruned.
+    let forever = keygate::control::store::quota::forever_period();
+    b.lease_quota(&lease("key_1", forever, 7)).unwrap();
+    let read = |owner: &'static str, period: i64| {
+        let id = CounterId {
+            period,
+            ..counter(owner)
+        };
+        a.change_quota(&id, QuotaChange::Read).unwrap().used
+    };
+    // Nothing ended before day 1 started: nothing goes.
+    assert_eq!(b.prune_quota_counters(day0 + DAY - 1).unwrap(), 0);
+    // Day 0 ended when day 1 started.
+    assert_eq!(b.prune_quota_counters(day0 + DAY).unwrap(), 1);
+    // (Not read back: a read on PostgreSQL makes the row it reads.)
+    assert_eq!(
+        read("key_1", day0 + DAY),
+        11,
+        "day 1's is kept: day 2 starts later"
+    );
+    assert_eq!(a.prune_quota_counters(day0 + 10 * DAY).unwrap(), 1, "day 1's");
+    assert_eq!(a.prune_quota_counters(day0 + 10 * DAY).unwrap(), 0, "idempotent");
+    assert_eq!(read("key_1", day0 + 2 * DAY), 12, "the latest period is kept");
+    assert_eq!(read("key_2", day0), 5, "another owner's latest is kept");
+    assert_eq!(read("key_1", forever), 7, "credits are kept");
+}
+
 pub(super) type Case = fn(&dyn KeyStore, &dyn KeyStore);
 
 pub(super) const SUITE: &[(&str, Case)] = &[
@@ -136,5 +179,9 @@ pub(super) const SUITE: &[(&str, Case)] = &[
     (
         "replicas_leasing_at_once_never_lease_past_the_allowance",
         replicas_leasing_at_once_never_lease_past_the_allowance,
+    ),
+    (
+        "counters_of_periods_long_over_are_pruned_and_the_current_ones_kept",
+        counters_of_periods_long_over_are_pruned_and_the_current_ones_kept,
     ),
 ];

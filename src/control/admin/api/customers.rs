@@ -2,7 +2,8 @@
 //! `GET|PATCH|DELETE /v1/customers/{id}` (`DELETE` is 409 while keys name the customer),
 //! `POST /v1/customers/{id}/quota` and `GET /v1/customers/{id}/events`, through the same
 //! [`CustomerService`] the CLI uses. `GET` shows the quota's state (`quota_state`) from the
-//! limiter that enforces it, as for keys ([`super::quota`]).
+//! limiter that enforces it, as for keys ([`super::quota`]); the list adds to each customer
+//! how many keys name it (`key_count`, one store query a page).
 //!
 //! The id in the path is percent-decoded: a customer id may hold any character but `/`.
 
@@ -44,6 +45,15 @@ struct Shown {
     view: CustomerView,
     #[serde(skip_serializing_if = "Option::is_none")]
     quota_state: Option<QuotaUse>,
+}
+
+/// A customer as `GET /v1/customers` lists it: as shown alone, and how many keys (not
+/// deleted) name it.
+#[derive(Serialize)]
+struct Listed {
+    #[serde(flatten)]
+    shown: Shown,
+    key_count: u64,
 }
 
 /// The customer id of a path segment, percent-decoded.
@@ -88,12 +98,35 @@ async fn changing<T: Send + 'static>(
     .await
 }
 
-/// `GET /v1/customers`: a page in creation order.
+/// `GET /v1/customers`: a page in creation order, each customer with how many keys name it
+/// (one store query for the page) and its quota's state when it has a quota (left out when
+/// the limiter cannot say).
 pub(super) async fn list(admin: &Admin, request: &Request<Incoming>) -> Answer {
     let pairs = query(request, &["limit", "cursor"])?;
     let (after, limit) = paging(&pairs)?;
-    let page = blocking(admin, move |customers| customers.page(after, limit)).await?;
-    Ok(paged(&page.customers, page.next, request))
+    let (page, next) = blocking(admin, move |customers| {
+        customers.page_with_key_counts(after, limit)
+    })
+    .await?;
+    // Read at once; a state that cannot be read is left out of its row, not the page's failure.
+    let states = page.iter().map(|(customer, _)| async move {
+        let spec = customer.spec.quota.as_ref()?;
+        let owner = Owner::Customer { id: &customer.id };
+        quota_state(admin, owner, spec, QuotaChange::Read).await.ok()
+    });
+    let states = futures_util::future::join_all(states).await;
+    let listed: Vec<Listed> = page
+        .iter()
+        .zip(states)
+        .map(|((customer, key_count), quota_state)| Listed {
+            shown: Shown {
+                view: CustomerView::of(customer),
+                quota_state,
+            },
+            key_count: *key_count,
+        })
+        .collect();
+    Ok(paged(&listed, next, request))
 }
 
 /// `POST /v1/customers`: 201 with the customer.

@@ -14,7 +14,7 @@ use crate::core::environment::Environment;
 use crate::core::permission::Permission;
 use crate::core::secret::{check_format, Format};
 use crate::proxy::error::AuthFailure;
-use crate::proxy::limits::LimitKind;
+use crate::proxy::limits::DraftPolicies;
 use crate::proxy::pipeline::check_freshness;
 use crate::proxy::state::Shared;
 use crate::proxy::table::{AuthKey, Presented};
@@ -136,12 +136,9 @@ pub(super) async fn verify(admin: &Admin, caller: Caller, request: Request<Incom
         reset: state.reset,
     });
     let mut response = ok(&answer);
-    let quota = limited.policy(LimitKind::KeyQuota);
-    state.write_headers(
-        response.headers_mut(),
-        snapshot.config.rate_limit.draft_headers,
-        quota,
-    );
+    let draft = snapshot.config.rate_limit.draft_headers;
+    let named = draft.then(|| DraftPolicies::of(&limited));
+    state.write_headers(response.headers_mut(), named.as_ref());
     Ok(response)
 }
 

@@ -1,9 +1,9 @@
 // The Customers view (SPEC 11): one row per customer with its rate limit, this period's quota
 // as a bar and how many keys name it, a page at a time by the API's cursor (in the address,
 // #/customers?cursor=42), and the create button for a full-access token. The list answer holds
-// neither the quota's state nor the keys, so each row asks for them on its own after it shows.
+// each customer's quota state and key count: one request for the page, none per row.
 
-import { api, customerPath, query, session } from "./api.js";
+import { api, query, session } from "./api.js";
 import { button, cell, errorBox, h, notice, show } from "./dom.js";
 import * as format from "./format.js";
 import { address, pager, viewParams } from "./address.js";
@@ -12,8 +12,6 @@ import { createCustomerDialog } from "./customer-form.js";
 
 const PAGE = 50;
 const PATH = "#/customers";
-/** Keys counted for a row; past this the row says "100+ keys". */
-const COUNTED = 100;
 
 export function renderCustomers() {
   const state = viewParams(["cursor"]);
@@ -52,10 +50,12 @@ function table(customers) {
 }
 
 function row(customer) {
-  const quota = h("div", { class: "quota-cell" }, customer.quota ? h("span", { class: "muted" }, "…") : "none");
-  const keys = h("a", { href: address("#/keys", { customer_id: customer.id }), class: "key-count" }, "…");
-  if (customer.quota) quotaState(quota, customer);
-  countKeys(keys, customer.id);
+  const quota = h("div", { class: "quota-cell" }, customer.quota ? quotaState(customer) : "none");
+  const keys = h("a", {
+    href: address("#/keys", { customer_id: customer.id }),
+    class: "key-count",
+    title: `The keys of “${customer.id}” and their usage`,
+  }, format.keyCount(customer.key_count || 0));
   return h("tr", { "data-customer-id": customer.id },
     cell("Customer",
       h("a", { href: `${PATH}/${encodeURIComponent(customer.id)}`, class: "key-name" }, customer.name || customer.id),
@@ -65,29 +65,13 @@ function row(customer) {
     cell("Keys", keys));
 }
 
-/** Fills `target` with the customer's quota bar and a line of words, from GET /v1/customers/{id}. */
-async function quotaState(target, customer) {
-  try {
-    const { data } = await api("GET", customerPath(customer.id));
-    const state = data && data.quota_state;
-    if (!state) {
-      target.replaceChildren(format.quota(customer.quota));
-      return;
-    }
-    target.replaceChildren(quotaBar(state),
-      h("div", { class: "muted small", title: format.exact(state.resets_at) || null }, format.quotaBrief(data.quota, state)));
-  } catch (error) {
-    target.replaceChildren(h("span", { class: "muted", title: error.message }, `${format.quota(customer.quota)} (state unknown)`));
+/** The customer's quota bar and a line of words, from the list's `quota_state` (absent when
+ * the limiter could not say). */
+function quotaState(customer) {
+  const state = customer.quota_state;
+  if (!state) {
+    return h("span", { class: "muted" }, `${format.quota(customer.quota)} (state unknown)`);
   }
-}
-
-/** "3 keys" (not deleted), from the key list filtered by the customer. */
-async function countKeys(link, id) {
-  try {
-    const { data, headers } = await api("GET", `/v1/keys${query({ customer_id: id, limit: COUNTED })}`);
-    link.textContent = format.keyCount((data || []).length, Boolean(headers.get("x-next-cursor")));
-    link.title = `The keys of “${id}” and their usage`;
-  } catch {
-    link.textContent = "its keys";
-  }
+  return [quotaBar(state),
+    h("div", { class: "muted small", title: format.exact(state.resets_at) || null }, format.quotaBrief(customer.quota, state))];
 }

@@ -4,6 +4,8 @@
 //! each other and with key writes: a delete's check of the keys that name the customer sees
 //! every key committed before it.
 
+use std::collections::HashMap;
+
 use deadpool_postgres::GenericClient;
 use jiff::Timestamp;
 use tokio_postgres::Row;
@@ -53,6 +55,24 @@ pub(super) async fn list(
     rows.iter()
         .map(|row| read_row(row).map_err(StoreError::Corrupt))
         .collect()
+}
+
+/// How many keys that are not deleted name each of `ids`: one statement.
+pub(super) async fn key_counts(
+    client: &impl GenericClient,
+    ids: &[&str],
+) -> Result<HashMap<String, u64>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT customer_id, count(*) FROM keys WHERE status <> 'deleted' \
+             AND customer_id = ANY($1) GROUP BY customer_id",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get(0), row.get::<_, i64>(1) as u64))
+        .collect())
 }
 
 /// Inserts the customer at the next revision, or takes over a deleted one's row.

@@ -496,6 +496,13 @@ impl KeyStore for PgStore {
         self.run(async { customers::list(&self.pool.get().await?, after, limit).await })
     }
 
+    fn customer_key_counts(
+        &self,
+        ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        self.run(async { customers::key_counts(&self.pool.get().await?, ids).await })
+    }
+
     fn modify_customer(
         &self,
         id: &str,
@@ -553,6 +560,10 @@ impl KeyStore for PgStore {
             tx.commit().await?;
             Ok(grant)
         })
+    }
+
+    fn prune_quota_counters(&self, before: i64) -> Result<u64, StoreError> {
+        self.run(async { quota::prune(&self.pool.get().await?, before).await })
     }
 
     fn change_quota(

@@ -4,7 +4,9 @@
 
 use deadpool_postgres::GenericClient;
 
-use crate::control::store::quota::{from_column, to_column, CounterId, CounterRow, LeaseAsk, LeaseGrant};
+use crate::control::store::quota::{
+    forever_period, from_column, to_column, CounterId, CounterRow, LeaseAsk, LeaseGrant,
+};
 use crate::control::store::StoreError;
 use crate::core::quota::QuotaChange;
 
@@ -24,6 +26,18 @@ pub(super) async fn change(
         write(client, counter, &row).await?;
     }
     Ok(row)
+}
+
+/// Deletes the counters of periods a later one of the same owner followed by `before`.
+pub(super) async fn prune(client: &impl GenericClient, before: i64) -> Result<u64, StoreError> {
+    Ok(client
+        .execute(
+            "DELETE FROM quota_counters AS old WHERE old.period > $2 AND EXISTS (SELECT 1 \
+             FROM quota_counters AS later WHERE later.kind = old.kind \
+             AND later.owner = old.owner AND later.period > old.period AND later.period <= $1)",
+            &[&before, &forever_period()],
+        )
+        .await?)
 }
 
 /// The counter's row, made if missing, locked until the transaction ends.

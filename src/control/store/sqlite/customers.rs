@@ -1,6 +1,8 @@
 //! The SQLite store's customer rows and their audit trail (control plane), read through the
 //! shared row decoding of [`crate::control::store::customers`].
 
+use std::collections::HashMap;
+
 use jiff::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
@@ -43,6 +45,18 @@ pub(super) fn list(conn: &Connection, after: u64, limit: usize) -> Result<Vec<St
         Ok(read_row(row))
     })?;
     rows.map(|row| row?.map_err(StoreError::Corrupt)).collect()
+}
+
+/// How many keys that are not deleted name each of `ids`: one statement, the ids passed as one
+/// JSON array.
+pub(super) fn key_counts(conn: &Connection, ids: &[&str]) -> Result<HashMap<String, u64>, StoreError> {
+    let ids = serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT customer_id, count(*) FROM keys WHERE status != 'deleted' \
+         AND customer_id IN (SELECT value FROM json_each(?1)) GROUP BY customer_id",
+    )?;
+    let rows = stmt.query_map([ids], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Inserts the customer at the next revision, or takes over a deleted one's row.

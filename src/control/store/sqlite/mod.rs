@@ -382,6 +382,10 @@ impl KeyStore for SqliteStore {
         self.write(|tx| quota::lease(tx, ask))
     }
 
+    fn prune_quota_counters(&self, before: i64) -> Result<u64, StoreError> {
+        self.write(|tx| quota::prune(tx, before))
+    }
+
     fn change_quota(
         &self,
         counter: &super::quota::CounterId<'_>,
@@ -404,6 +408,13 @@ impl KeyStore for SqliteStore {
 
     fn customers(&self, after: u64, limit: usize) -> Result<Vec<StoredCustomer>, StoreError> {
         customers::list(&*self.conn()?, after, limit)
+    }
+
+    fn customer_key_counts(
+        &self,
+        ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        customers::key_counts(&*self.conn()?, ids)
     }
 
     fn modify_customer(

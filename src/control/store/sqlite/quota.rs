@@ -4,7 +4,9 @@
 
 use rusqlite::{params, OptionalExtension, Transaction};
 
-use crate::control::store::quota::{from_column, to_column, CounterId, CounterRow, LeaseAsk, LeaseGrant};
+use crate::control::store::quota::{
+    forever_period, from_column, to_column, CounterId, CounterRow, LeaseAsk, LeaseGrant,
+};
 use crate::control::store::StoreError;
 use crate::core::quota::QuotaChange;
 
@@ -24,6 +26,17 @@ pub(super) fn change(
         write(tx, counter, &row)?;
     }
     Ok(row)
+}
+
+/// Deletes the counters of periods a later one of the same owner followed by `before`.
+pub(super) fn prune(tx: &Transaction<'_>, before: i64) -> Result<u64, StoreError> {
+    let deleted = tx.execute(
+        "DELETE FROM quota_counters WHERE period > ?2 AND EXISTS (SELECT 1 FROM quota_counters \
+         AS later WHERE later.kind = quota_counters.kind AND later.owner = quota_counters.owner \
+         AND later.period > quota_counters.period AND later.period <= ?1)",
+        params![before, forever_period()],
+    )?;
+    Ok(deleted as u64)
 }
 
 fn read(tx: &Transaction<'_>, counter: &CounterId<'_>) -> Result<CounterRow, StoreError> {

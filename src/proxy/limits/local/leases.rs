@@ -66,6 +66,17 @@ impl<C: WallClock> LocalLimits<C> {
         .unwrap_or(false)
     }
 
+    /// Whether any lease has a round trip out (a drain waits for their grants).
+    pub fn leases_asking(&self) -> bool {
+        let asking = |held: &Mutex<Held>| {
+            let held = lock(held);
+            let lease = held.quota.as_ref().and_then(|counter| counter.lease.as_ref());
+            lease.is_some_and(|lease| lease.is_asking())
+        };
+        self.keys.iter().any(|entry| asking(entry.value()))
+            || self.customers.iter().any(|entry| asking(entry.value()))
+    }
+
     /// What this replica holds of the owner's lease in the period starting at `period`: its
     /// unspent credit, the generation it was leased in, its unreported provisional use.
     pub fn lease_held(&self, owner: &LeaseOwner, period: Timestamp) -> Option<(u64, i64, u64)> {
