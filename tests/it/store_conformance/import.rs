@@ -79,10 +79,10 @@ fn postgres_refuses_an_import_that_repeats_an_id_and_puts_back_what_it_set_aside
 /// The schema's indexes, constraints and triggers (with whether each is enabled), sorted.
 fn objects(url: &str) -> Vec<String> {
     let sql = "SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = current_schema() \
-        UNION ALL SELECT 'constraint ' || conrelid::regclass || ' ' || conname || ' ' \
+        UNION ALL SELECT 'constraint ' || conrelid::regclass::text || ' ' || conname || ' ' \
             || pg_get_constraintdef(oid) FROM pg_constraint \
             WHERE connamespace = current_schema()::regnamespace \
-        UNION ALL SELECT 'trigger ' || tgname || ' ' || tgenabled FROM pg_trigger \
+        UNION ALL SELECT 'trigger ' || tgname || ' ' || tgenabled::text FROM pg_trigger \
             JOIN pg_class c ON c.oid = tgrelid \
             WHERE NOT tgisinternal AND c.relnamespace = current_schema()::regnamespace";
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -24,7 +24,7 @@ use tokio_postgres::types::{ToSql, Type};
 use super::keys::sql_values;
 use super::{conflict, Tx};
 use crate::control::store::audit::new_key_fields;
-use crate::control::store::model::{Audit, KeyBatches, NewKey};
+use crate::control::store::model::{Audit, NewKey};
 use crate::control::store::row::{signed, to_json, KeyRow, KeyWrite};
 use crate::control::store::StoreError;
 
