@@ -21,6 +21,7 @@ use crate::support::postgres::{postgres_url, FreshSchema};
 
 mod analytics;
 mod customers;
+mod import;
 mod quota_counters;
 mod replicas;
 

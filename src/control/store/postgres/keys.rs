@@ -47,7 +47,7 @@ impl ToSql for Cell<'_> {
 
 impl Cell<'_> {
     /// The column type of this cell, for binary `COPY`.
-    fn pg_type(&self) -> Type {
+    pub(super) fn pg_type(&self) -> Type {
         match self {
             Cell::Int(_) => Type::INT8,
             Cell::Text(_) => Type::TEXT,
@@ -234,99 +234,6 @@ pub(super) fn sql_values<'c>(
         .into_iter()
         .map(|cell| cell as &(dyn ToSql + Sync))
         .collect()
-}
-
-/// Starts a bulk import: the secrets' trigger lets the rows by, in this transaction only,
-/// until [`claim_secrets`] claims them all in one statement. Row by row the trigger would make
-/// a million keys take minutes.
-pub(super) async fn start_import(tx: &Tx<'_>) -> Result<(), StoreError> {
-    tx.batch_execute("SET LOCAL keygate.bulk_import = 'on'").await?;
-    Ok(())
-}
-
-/// Inserts a batch of a bulk import at revisions `start + 1` onwards, each key with its audit
-/// record: the rows and the records go in with `COPY` (binary), a million keys in seconds
-/// rather than a million round trips.
-pub(super) async fn insert_batch(
-    tx: &Tx<'_>,
-    keys: &[NewKey],
-    audit: Audit<'_>,
-    start: u64,
-) -> Result<(), StoreError> {
-    let why = "a key in the batch has the id of a stored key";
-    copy_keys(tx, keys, start).await.map_err(|e| conflict(e, why))?;
-    copy_events(tx, keys, audit).await
-}
-
-/// Ends a bulk import: claims the secrets of the keys past revision `start`, once for all the
-/// batches (per batch, the planner, blind to the rows of this transaction, scanned the whole
-/// table each time), and puts the trigger back on guard.
-pub(super) async fn claim_secrets(tx: &Tx<'_>, start: u64) -> Result<(), StoreError> {
-    tx.execute(
-        "INSERT INTO key_secrets (hash, key_seq) SELECT hash, seq FROM keys WHERE revision > $1",
-        &[&signed(start)],
-    )
-    .await
-    .map_err(|e| conflict(e, "a secret of the import is in use"))?;
-    tx.batch_execute("SET LOCAL keygate.bulk_import = 'off'").await?;
-    Ok(())
-}
-
-/// `COPY`s new key rows in, at revisions `start + 1` onwards.
-async fn copy_keys(tx: &Tx<'_>, keys: &[NewKey], start: u64) -> Result<(), tokio_postgres::Error> {
-    let Some(first) = keys.first() else {
-        return Ok(());
-    };
-    let first = KeyRow::of_new(first, start);
-    let types: Vec<Type> = KeyWrite::New
-        .values(&first.cells())
-        .iter()
-        .map(|cell| cell.pg_type())
-        .collect();
-    let copy = format!("COPY keys ({}) FROM STDIN BINARY", KeyWrite::New.names());
-    let sink = tx.copy_in(&copy).await?;
-    let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, &types);
-    let mut writer = std::pin::pin!(writer);
-    for (i, key) in (1..).zip(keys) {
-        let row = KeyRow::of_new(key, start + i);
-        let cells = row.cells();
-        writer.as_mut().write(&sql_values(KeyWrite::New, &cells)).await?;
-    }
-    writer.finish().await?;
-    Ok(())
-}
-
-/// `COPY`s the creation audit records of `keys` in.
-async fn copy_events(tx: &Tx<'_>, keys: &[NewKey], audit: Audit<'_>) -> Result<(), StoreError> {
-    let sink = tx
-        .copy_in("COPY key_events (key_id, at, actor, event, changes, token, client) FROM STDIN BINARY")
-        .await?;
-    let types = [
-        Type::TEXT,
-        Type::INT8,
-        Type::TEXT,
-        Type::TEXT,
-        Type::TEXT,
-        Type::TEXT,
-        Type::TEXT,
-    ];
-    let (token, client) = audit.actor.origin();
-    let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(sink, &types);
-    let mut writer = std::pin::pin!(writer);
-    for key in keys {
-        let row: [&(dyn ToSql + Sync); 7] = [
-            &key.id,
-            &key.now.as_second(),
-            &audit.actor.as_str(),
-            &audit.event,
-            &to_json(&new_key_fields(key)),
-            &token,
-            &client,
-        ];
-        writer.as_mut().write(&row).await?;
-    }
-    writer.finish().await?;
-    Ok(())
 }
 
 pub(super) async fn record_event(

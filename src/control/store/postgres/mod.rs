@@ -16,7 +16,7 @@
 //! This file connects and runs each [`KeyStore`] operation on a pooled connection, in a
 //! transaction where it writes, announcing what it changed; the sections do the work: `tls`
 //! (verifying the server), `schema` (migrations under a lock), `listen` (the change feed),
-//! `keys` (key rows and their audit trail), `usage` (counters, idle keys), `analytics` (hourly rows), `jobs` (webhook
+//! `keys` (key rows and their audit trail), `import` (bulk import), `usage` (counters, idle keys), `analytics` (hourly rows), `jobs` (webhook
 //! outbox, leases), `dump` (export and import).
 
 use std::future::Future;
@@ -41,6 +41,7 @@ use crate::core::secret::KeyHash;
 mod analytics;
 mod customers;
 mod dump;
+mod import;
 mod jobs;
 mod keys;
 mod listen;
@@ -457,17 +458,14 @@ impl KeyStore for PgStore {
                 .query_one("SELECT value FROM meta WHERE name = 'revision' FOR UPDATE", &[])
                 .await?
                 .get(0);
-            keys::start_import(&tx).await?;
-            let mut count = 0;
+            let mut import = import::Import::start(&tx, start as u64).await?;
             while let Some(batch) = next()? {
                 let allowed = OPERATION_TIMEOUT + Duration::from_millis(batch.len() as u64 / 10);
-                let written = keys::insert_batch(&tx, &batch, audit, start as u64 + count);
-                within(allowed, written).await??;
-                count += batch.len() as u64;
+                within(allowed, import.write(&batch, audit)).await??;
             }
+            let count = import.count();
             let allowed = OPERATION_TIMEOUT + Duration::from_millis(count / 10);
-            within(allowed, keys::claim_secrets(&tx, start as u64)).await??;
-            let last = start + count as i64;
+            let last = within(allowed, import.finish()).await?? as i64;
             tx.execute("UPDATE meta SET value = $1 WHERE name = 'revision'", &[&last])
                 .await?;
             announce(&tx, self.channel(), last as u64).await?;

@@ -7,9 +7,9 @@
 //! - the trigger that claims each key's secret in `secret_hashes` is set aside; the secrets are
 //!   claimed at the end in one statement, in hash order. A clash with another key's secret
 //!   fails the whole import as before.
-//! - once the import has written as many keys as the store held before it, the two indexes
-//!   whose entries would land at random places (`key_events_key`, by key id, and
-//!   `secret_hashes_key`, by key) are dropped and built again at the end, from a sort: a
+//! - once the import has written as many keys as the store held before it, the indexes whose
+//!   entries would land at random places (`key_events_key`, by key id, `secret_hashes_key`, by
+//!   key, and `keys_customer`, by customer) are dropped and built again at the end, from a sort: a
 //!   million random inserts into a B-tree cost several times one sort. Into a large store, a
 //!   small import keeps them (building them again would read the whole store).
 
@@ -26,8 +26,9 @@ use crate::control::store::StoreError;
 /// indexes of the keys still take entries at random places.
 const IMPORT_CACHE_KIB: i64 = 64 * 1024;
 
-/// The indexes set aside while a large import runs: entries in random order, one a key.
-const RANDOM_ORDER_INDEXES: [&str; 2] = ["key_events_key", "secret_hashes_key"];
+/// The indexes set aside while a large import runs: entries in random order, one a key (a
+/// customer's, for the keys that have one).
+const RANDOM_ORDER_INDEXES: [&str; 3] = ["key_events_key", "secret_hashes_key", "keys_customer"];
 
 /// Inserts the keys `next` hands out, each at its own revision with its own audit record, and
 /// claims their secrets; how many. See the module doc for what is set aside meanwhile.
