@@ -1,6 +1,6 @@
 //! The in-memory key table the hot path authenticates against (data plane state).
 //!
-//! Keys are packed records of 76 bytes ([`shard`]) in 64 shards chosen by the hash of the
+//! Keys are packed records of 68 bytes ([`shard`]) in 64 shards chosen by the hash of the
 //! secret that finds them, each shard behind its own read-write lock: a lookup takes one
 //! shard's read lock, finds the record by the first 16 bytes of the BLAKE3 hash, compares the
 //! full hash in constant time and copies the key out ([`AuthKey`], a value). A key being
@@ -8,7 +8,16 @@
 //! The control plane's sync writes single keys in O(1) ([`KeyTable::upsert`],
 //! [`KeyTable::remove`]), each record under one shard's short write lock; readers never wait on
 //! more than that. A writer finds a key by its seq through `by_seq`, an index of record
-//! locations the hot path never takes.
+//! locations the hot path never takes, in 64 parts chosen by the seq's hash.
+//!
+//! The shards are of unequal sizes on purpose ([`Spread`]): the last takes twice the first's
+//! share of keys, the others in between by equal ratios. An index (a `hashbrown` table) doubles
+//! when it is 7/8 full, so equal shards all double at the same key count and the table's
+//! indexes are all between 44% and 88% full together, depending on where the key count falls
+//! (44% at a million keys: 21 bytes a key for the two indexes). Spread over an octave, the
+//! shards double one after another and the indexes stay about 63% full at any count (16 bytes
+//! a key). The seq index's parts take the same spread, and a part's doubling rehashes a 64th
+//! of the keys, not all: at ten million keys, one change never waits for a whole rehash.
 //!
 //! One hash, one key: the store refuses a secret that another key holds, but the table does
 //! not count on it (a store written by an older keygate, by hand, or two rows met mid-sync). A
@@ -40,6 +49,46 @@ use crate::core::secret::KeyHash;
 /// steps. A power of two: a location keeps the shard in its low 6 bits.
 const SHARDS: usize = 64;
 const SHARD_BITS: u32 = 6;
+/// Entries of the [`Spread`]: a shard takes 11 to 22 of them.
+const SPREAD: usize = 1024;
+
+/// Which shard a hash word picks, by 10 of its bits: shard `s` takes a share of the words
+/// proportional to `2^(s/64)` (see the module doc).
+struct Spread([u8; SPREAD]);
+
+impl std::fmt::Debug for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Spread")
+    }
+}
+
+impl Spread {
+    fn new() -> Self {
+        let weight = |shard: usize| (shard as f64 / SHARDS as f64).exp2();
+        let total: f64 = (0..SHARDS).map(weight).sum();
+        let mut map = [0; SPREAD];
+        let mut from = 0;
+        let mut sum = 0.0;
+        for shard in 0..SHARDS {
+            sum += weight(shard);
+            let to = ((sum / total * SPREAD as f64).round() as usize).min(SPREAD);
+            map[from..to].fill(shard as u8);
+            from = to;
+        }
+        Spread(map)
+    }
+
+    /// The shard of a word: bits a shard's own index does not use (it takes the low bits for
+    /// the bucket and the top 7 for the control byte).
+    fn of(&self, word: u64) -> usize {
+        usize::from(self.0[(word >> 40) as usize % SPREAD])
+    }
+
+    /// How many of the entries pick `shard`.
+    fn entries(&self, shard: usize) -> usize {
+        self.0.iter().filter(|&&s| usize::from(s) == shard).count()
+    }
+}
 
 /// Where a record is: its slot in the shard (high 26 bits) and the shard (low 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,18 +108,13 @@ impl Loc {
     }
 }
 
-/// The shard of the records found by `hash`: bits the shard's own index does not use first
-/// (it takes the low bits for the bucket and the top 7 for the control byte).
-fn shard_of(hash: &KeyHash) -> usize {
-    (hash.short()[0] >> 40) as usize % SHARDS
-}
-
 #[derive(Debug)]
 pub struct KeyTable {
     shards: Box<[RwLock<Shard>]>,
-    /// Each key's current record, by seq: the locations, compared through the records. Held
-    /// through a whole write, so writers take turns; the hot path never takes it.
-    by_seq: Mutex<HashTable<Loc>>,
+    spread: Spread,
+    /// Each key's current record, by seq, in 64 parts: the locations, compared through the
+    /// records. Held through a whole write, so writers take turns; the hot path never takes it.
+    by_seq: Mutex<BySeq>,
     keys: AtomicUsize,
     revision: AtomicU64,
     /// Told of every applied batch of changes (each sync, changes or not) and every removal,
@@ -95,6 +139,8 @@ pub struct Upserted {
     pub full: bool,
 }
 
+type BySeq = Box<[HashTable<Loc>]>;
+
 impl Default for KeyTable {
     fn default() -> Self {
         Self::with_capacity(0)
@@ -102,11 +148,20 @@ impl Default for KeyTable {
 }
 
 impl KeyTable {
-    /// A table with room for `keys` keys in its seq index.
+    /// A table with room for `keys` keys in its indexes, each shard and part its share.
     pub fn with_capacity(keys: usize) -> Self {
+        let spread = Spread::new();
+        let share = |shard: usize| keys * spread.entries(shard) / SPREAD;
         KeyTable {
-            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
-            by_seq: Mutex::new(HashTable::with_capacity(keys)),
+            shards: (0..SHARDS)
+                .map(|shard| RwLock::new(Shard::with_capacity(share(shard))))
+                .collect(),
+            by_seq: Mutex::new(
+                (0..SHARDS)
+                    .map(|part| HashTable::with_capacity(share(part)))
+                    .collect(),
+            ),
+            spread,
             keys: AtomicUsize::new(0),
             revision: AtomicU64::new(0),
             changed: watch::Sender::new(()),
@@ -122,13 +177,23 @@ impl KeyTable {
         self.shards[shard].write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn writer(&self) -> MutexGuard<'_, HashTable<Loc>> {
+    fn writer(&self) -> MutexGuard<'_, BySeq> {
         self.by_seq.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The key whose secret hashes to `hash`, and which of its secrets it is.
     pub fn lookup(&self, hash: &KeyHash) -> Option<(AuthKey, Presented)> {
-        self.read(shard_of(hash)).lookup(hash)
+        self.read(self.shard_of(hash)).lookup(hash)
+    }
+
+    /// The shard of the records found by `hash`.
+    fn shard_of(&self, hash: &KeyHash) -> usize {
+        self.spread.of(hash.short()[0])
+    }
+
+    /// The part of `by_seq` that holds `seq`.
+    fn part_of(&self, seq: u64) -> usize {
+        self.spread.of(Self::seq_hash(seq))
     }
 
     fn seq_at(&self, loc: Loc) -> Option<u64> {
@@ -141,8 +206,8 @@ impl KeyTable {
 
     /// Where `seq`'s current record is. Takes each candidate's shard read lock in turn: call it
     /// holding no shard lock.
-    fn find(&self, by_seq: &HashTable<Loc>, seq: u64) -> Option<Loc> {
-        by_seq
+    fn find(&self, by_seq: &BySeq, seq: u64) -> Option<Loc> {
+        by_seq[self.part_of(seq)]
             .find(Self::seq_hash(seq), |&loc| self.seq_at(loc) == Some(seq))
             .copied()
     }
@@ -157,7 +222,7 @@ impl KeyTable {
         let claims: Vec<(KeyHash, Role)> = key.claims().collect();
         if !claims
             .iter()
-            .all(|(hash, _)| self.read(shard_of(hash)).has_room(claims.len()))
+            .all(|(hash, _)| self.read(self.shard_of(hash)).has_room(claims.len()))
         {
             return Upserted {
                 full: true,
@@ -168,7 +233,7 @@ impl KeyTable {
         let mut current = None;
         // The new hashes first, so a hash both versions hold never finds nothing in between.
         for &(hash, role) in &claims {
-            let shard = shard_of(&hash);
+            let shard = self.shard_of(&hash);
             let put = self.write(shard).put(&key, hash, role);
             match put {
                 Ok((slot, contested)) => {
@@ -189,7 +254,7 @@ impl KeyTable {
                 .claims()
                 .filter(|(h, _)| !claims.iter().any(|(new, _)| new.short() == h.short()))
             {
-                self.write(shard_of(&hash)).drop_claim(key.seq, hash);
+                self.write(self.shard_of(&hash)).drop_claim(key.seq, hash);
             }
         }
         self.place(&mut by_seq, key.seq, old.map(|(loc, _)| loc), Some(current));
@@ -197,7 +262,8 @@ impl KeyTable {
     }
 
     /// Points `seq`'s entry in `by_seq` at `new`, its current record now.
-    fn place(&self, by_seq: &mut HashTable<Loc>, seq: u64, old: Option<Loc>, new: Option<Loc>) {
+    fn place(&self, by_seq: &mut BySeq, seq: u64, old: Option<Loc>, new: Option<Loc>) {
+        let by_seq = &mut by_seq[self.part_of(seq)];
         match (old, new) {
             (Some(old), Some(new)) if old == new => {}
             (Some(old), new) => {
@@ -228,7 +294,7 @@ impl KeyTable {
         };
         let old = self.read(loc.shard()).view(loc.slot());
         for (hash, _) in old.iter().flat_map(AuthKey::claims) {
-            self.write(shard_of(&hash)).drop_claim(seq, hash);
+            self.write(self.shard_of(&hash)).drop_claim(seq, hash);
         }
         self.place(&mut by_seq, seq, Some(loc), None);
         drop(by_seq);

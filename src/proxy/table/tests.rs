@@ -210,3 +210,86 @@ fn many_changes_leave_every_key_found_by_its_secrets_only() {
     }
     assert!(!table.any_contested());
 }
+
+#[test]
+fn every_expiry_comes_back_as_it_went_in_whether_it_fits_a_word_or_not() {
+    let table = KeyTable::default();
+    let expiries = [
+        NEVER,
+        0,
+        1_900_000_000,
+        -1,
+        i64::MIN,
+        1 << 40,
+        i64::from(u32::MAX),
+    ];
+    for (seq, &expires_at) in (1..).zip(&expiries) {
+        table.upsert(AuthKey {
+            expires_at,
+            ..key(seq, &format!("secret-expiry-{seq:04}"), None)
+        });
+    }
+    for (seq, &expires_at) in (1..).zip(&expiries) {
+        assert_eq!(table.get(seq).unwrap().expires_at, expires_at, "key {seq}");
+    }
+    let mut states = Vec::new();
+    table.for_each_state(|_, _, expires_at| states.push(expires_at));
+    states.sort_unstable();
+    let mut want = expiries.to_vec();
+    want.sort_unstable();
+    assert_eq!(states, want);
+    // Replaced by an expiry that fits, then back: the slot beside is given back and taken again.
+    table.upsert(AuthKey {
+        expires_at: 5,
+        ..key(6, "secret-expiry-0006", None)
+    });
+    assert_eq!(table.get(6).unwrap().expires_at, 5);
+    table.upsert(AuthKey {
+        expires_at: 1 << 41,
+        ..key(6, "secret-expiry-0006", None)
+    });
+    assert_eq!(table.get(6).unwrap().expires_at, 1 << 41);
+    assert_eq!(find(&table, "secret-expiry-0006"), Some((6, Presented::Current)));
+}
+
+#[test]
+fn a_key_with_a_customer_and_extras_keeps_both_in_its_one_side_slot() {
+    let table = KeyTable::default();
+    let with_both = |seq, customer: Option<&str>, previous| AuthKey {
+        customer_id: customer.map(CustomerId::new),
+        ..key(seq, "secret-both-0123456", previous)
+    };
+    let check = |customer: Option<&str>, previous: bool| {
+        let (found, _) = table
+            .lookup(&Hasher::unkeyed().hash(b"secret-both-0123456"))
+            .unwrap();
+        assert_eq!(found.customer_id.as_deref(), customer);
+        assert_eq!(found.previous().is_some(), previous);
+        let old = find(&table, "secret-old-both-012");
+        assert_eq!(old.is_some(), previous);
+    };
+    table.upsert(with_both(3, Some("cust_both"), Some("secret-old-both-012")));
+    check(Some("cust_both"), true);
+    table.upsert(with_both(3, None, Some("secret-old-both-012")));
+    check(None, true);
+    table.upsert(with_both(3, Some("cust_only"), None));
+    check(Some("cust_only"), false);
+    table.upsert(with_both(3, None, None));
+    check(None, false);
+    assert_eq!(table.len(), 1);
+}
+
+#[test]
+fn the_spread_gives_every_shard_a_share_growing_to_twice_the_first() {
+    let spread = Spread::new();
+    let shares: Vec<usize> = (0..SHARDS).map(|shard| spread.entries(shard)).collect();
+    assert_eq!(shares.iter().sum::<usize>(), SPREAD);
+    assert!(shares.windows(2).all(|pair| pair[0] <= pair[1] + 1), "{shares:?}");
+    let (first, last) = (shares[0] as f64, shares[SHARDS - 1] as f64);
+    assert!((1.7..=2.3).contains(&(last / first)), "{shares:?}");
+    // Each shard is picked by words whose bits 40 to 49 fall in its range.
+    for shard in [0, 31, 63] {
+        let entry = spread.0.iter().position(|&s| usize::from(s) == shard).unwrap();
+        assert_eq!(spread.of((entry as u64) << 40 | 0xff), shard);
+    }
+}
