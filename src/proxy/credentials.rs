@@ -59,7 +59,7 @@ pub fn extract<'a>(
 
 /// The one value of a header, if present; repeated headers are ambiguous.
 fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a [u8]>, CredentialError> {
-    let mut values = super::find::values(headers, name);
+    let mut values = headers.get_all(name).iter();
     let first = values.next();
     if values.next().is_some() {
         return Err(CredentialError::Ambiguous);

@@ -37,15 +37,13 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, HOST, TRA
 use http::{Method, Request, Version};
 
 use super::error::BadRequest;
-use super::find;
 use super::wire::Fold;
 
 /// The framing of the head: how its body is delimited must have one reading.
 pub fn framing(headers: &HeaderMap) -> Result<(), BadRequest> {
-    let (length_name, coding_name) = (CONTENT_LENGTH, TRANSFER_ENCODING);
-    let mut lengths = find::values(headers, &length_name);
+    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
     let (length, another_length) = (lengths.next(), lengths.next());
-    let mut codings = find::values(headers, &coding_name);
+    let mut codings = headers.get_all(TRANSFER_ENCODING).iter();
     match (codings.next(), codings.next()) {
         (None, _) => {}
         (Some(coding), None) if coding.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") => {
@@ -123,8 +121,7 @@ impl Host<'_> {
 /// `Host` is repeated or not a valid host\[:port\] (a list, a space, a quote, a slash, empty),
 /// or when it disagrees with the authority.
 pub fn host<B>(request: &Request<B>) -> Result<Option<Host<'_>>, BadRequest> {
-    let name = HOST;
-    let mut hosts = find::values(request.headers(), &name);
+    let mut hosts = request.headers().get_all(HOST).iter();
     let header = match (hosts.next(), hosts.next()) {
         (None, _) => None,
         (Some(value), None) => {

@@ -11,7 +11,6 @@ pub mod customers;
 pub mod error;
 mod exchange;
 mod final_phase;
-mod find;
 pub mod forward;
 pub mod head;
 mod identity_values;

@@ -72,7 +72,6 @@ use super::credentials::{self, CredentialError, DecodeBuf, Source};
 use super::error::{AuthFailure, BadRequest, Denial, Refusal};
 use super::exchange::{Admission, Exchange};
 use super::final_phase::{finish, refuse};
-use super::find;
 use super::head::{self, method_is_canonical, Host};
 use super::limits::KeyAsk;
 use super::overrides;
@@ -381,7 +380,9 @@ fn check_declared_length<B>(snapshot: &Snapshot, request: &Request<B>) -> Result
     let Some(max) = snapshot.config.server.max_request_body else {
         return Ok(());
     };
-    let declared = find::first(request.headers(), &CONTENT_LENGTH)
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     match declared {
         Some(len) if len > max => Err(Refusal::TooLarge),

@@ -15,7 +15,9 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The client's request id if it sent a sane one (1 to 128 visible ASCII characters), a new
 /// one otherwise.
 pub fn of<B>(request: &Request<B>) -> HeaderValue {
-    super::find::first(request.headers(), &X_REQUEST_ID)
+    request
+        .headers()
+        .get(X_REQUEST_ID)
         .filter(|v| (1..=128).contains(&v.len()) && v.as_bytes().iter().all(|b| b.is_ascii_graphic()))
         .cloned()
         .unwrap_or_else(new)

@@ -44,8 +44,7 @@ pub fn requested(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
     if version != Version::HTTP_11 {
         return None;
     }
-    let name = UPGRADE;
-    let mut upgrades = super::find::values(headers, &name);
+    let mut upgrades = headers.get_all(UPGRADE).iter();
     let protocol = upgrades.next()?;
     if upgrades.next().is_some() || protocol.is_empty() || !lists_upgrade(headers) {
         return None;

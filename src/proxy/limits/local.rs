@@ -564,8 +564,17 @@ mod tests {
     #[test]
     fn the_rate_only_path_answers_as_the_whole_check() {
         let clock = clock();
-        let (short, whole) = (KeyLimits::with_clock(clock.clone()), KeyLimits::with_clock(clock.clone()));
-        let plans = [spec(3, 1, 3), spec(3, 1, 3), spec(3, 1, 3), spec(3, 1, 3), spec(1, 60, 2)];
+        let (short, whole) = (
+            KeyLimits::with_clock(clock.clone()),
+            KeyLimits::with_clock(clock.clone()),
+        );
+        let plans = [
+            spec(3, 1, 3),
+            spec(3, 1, 3),
+            spec(3, 1, 3),
+            spec(3, 1, 3),
+            spec(1, 60, 2),
+        ];
         for (step, plan) in plans.iter().chain(&plans).enumerate() {
             let check = Check::key_rate(9, "key_9", plan);
             let cost = NonZeroU32::new(1 + u32::from(step % 4 == 3)).unwrap();
