@@ -224,6 +224,7 @@ fn rewrite(c: &mut Criterion) {
             |mut request| {
                 let host = request.headers().get(http::header::HOST).cloned();
                 let identity = Identity {
+                    seq: 1,
                     key_id: "key_2Vx9c8aQe1",
                     environment: "production",
                     customer: None,

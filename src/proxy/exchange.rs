@@ -170,6 +170,7 @@ fn outgoing(
     let key = &admission.key;
     let route = &snapshot.routes[admission.route];
     let identity = Identity {
+        seq: key.seq,
         key_id: &key.id,
         environment: key.environment.as_str(),
         customer: key.customer_id.as_deref(),

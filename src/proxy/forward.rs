@@ -20,6 +20,7 @@ use http::header::{
 use http::uri::Uri;
 use http::{Request, Version};
 
+use super::identity_values;
 use super::request_id::X_REQUEST_ID;
 
 pub const X_KEYGATE_KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
@@ -108,6 +109,9 @@ fn is_identity(name: &HeaderName) -> bool {
 
 /// What the gateway tells the upstream about an admitted request.
 pub struct Identity<'a> {
+    /// The key's sequence number: where the thread keeps its id's header value
+    /// ([`super::identity_values`]).
+    pub seq: u64,
     pub key_id: &'a str,
     pub environment: &'static str,
     pub customer: Option<&'a str>,
@@ -182,14 +186,17 @@ fn is_refused(name: &HeaderName, passing: &Passing<'_>) -> bool {
 /// which is a slice of the `Forwarded` line's bytes (one allocation for both).
 fn set_identity(headers: &mut HeaderMap, identity: &Identity<'_>, trusted_peer: bool) {
     debug_assert!(!headers.keys().any(is_identity), "strip() runs first");
-    if let Ok(value) = HeaderValue::from_str(identity.key_id) {
+    if let Some(value) = identity_values::key_id(identity.seq, identity.key_id) {
         headers.append(X_KEYGATE_KEY_ID, value);
     }
     headers.append(
         X_KEYGATE_ENVIRONMENT,
         HeaderValue::from_static(identity.environment),
     );
-    if let Some(value) = identity.customer.and_then(|c| HeaderValue::from_str(c).ok()) {
+    if let Some(value) = identity
+        .customer
+        .and_then(|c| identity_values::customer(identity.seq, c))
+    {
         headers.append(X_KEYGATE_CUSTOMER, value);
     }
     headers.insert(X_REQUEST_ID, identity.request_id.clone());
@@ -376,6 +383,7 @@ mod tests {
             set_identity(
                 &mut headers,
                 &Identity {
+                    seq: 1,
                     key_id: "key_1",
                     environment: "production",
                     customer: Some("acme"),
@@ -510,6 +518,7 @@ mod tests {
         ] {
             let host = host.map(|h| HeaderValue::from_str(h).unwrap());
             let identity = Identity {
+                seq: 1,
                 key_id: "k",
                 environment: "production",
                 customer: None,

@@ -13,6 +13,7 @@ mod exchange;
 mod final_phase;
 pub mod forward;
 pub mod head;
+mod identity_values;
 pub mod intercept;
 pub mod limits;
 pub mod overrides;

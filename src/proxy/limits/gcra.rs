@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use super::verdict::Answer;
 use crate::core::key::RateLimitSpec;
 
 /// A rate limit as GCRA holds it.
@@ -55,6 +56,43 @@ impl Gcra {
 
 fn nanos(n: i128) -> Duration {
     Duration::from_nanos(u64::try_from(n.max(0)).unwrap_or(u64::MAX))
+}
+
+/// One rate limit's bucket in the local limiter: its spec, its arithmetic and its TAT.
+pub(super) struct Bucket {
+    pub spec: RateLimitSpec,
+    pub gcra: Gcra,
+    /// Theoretical arrival time, in nanoseconds of the monotonic clock.
+    pub tat: u64,
+}
+
+impl Bucket {
+    /// The bucket in `slot` for `spec`; a changed limit starts afresh.
+    pub fn of<'a>(slot: &'a mut Option<Bucket>, spec: &RateLimitSpec) -> &'a mut Bucket {
+        if slot.as_ref().is_none_or(|bucket| bucket.spec != *spec) {
+            *slot = None;
+        }
+        slot.get_or_insert_with(|| Bucket {
+            spec: *spec,
+            gcra: Gcra::new(spec),
+            tat: 0,
+        })
+    }
+
+    /// Charges the bucket when the check is `admitted`, and answers with its state after.
+    pub fn answer(&mut self, admitted: bool, cost: u32, tick: u64) -> Answer {
+        let taken = self.gcra.take(self.tat, tick, cost);
+        if let (true, Ok(tat)) = (admitted, taken) {
+            self.tat = tat;
+        }
+        let (remaining, reset) = self.gcra.state(self.tat, tick);
+        Answer::Rate {
+            spec: self.spec,
+            allowed: taken.map(drop),
+            remaining,
+            reset,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -69,6 +69,18 @@ pub struct Check<'a> {
 }
 
 impl<'a> Check<'a> {
+    /// The key's rate limit, when it is the check's one limit: no quota, and no customer
+    /// with limits of its own (the common case, which the local limiter answers on its own
+    /// short path).
+    pub fn rate_only(&self) -> Option<&'a RateLimitSpec> {
+        let others = self.key.quota.is_some() || self.customer.is_some_and(|c| c.has_limits());
+        if others {
+            None
+        } else {
+            self.key.rate
+        }
+    }
+
     /// A check of a key's rate limit alone, at cost 1.
     pub fn key_rate(seq: u64, id: &'a str, spec: &'a RateLimitSpec) -> Self {
         Check {
