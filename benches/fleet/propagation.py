@@ -210,7 +210,8 @@ def main() -> None:
         bench(work, store, args)
     finally:
         stop_all()
-        shutil.rmtree(work, ignore_errors=True)
+        if not os.environ.get("KEYGATE_BENCH_LOG"):
+            shutil.rmtree(work, ignore_errors=True)
         subprocess.run(["psql", "-q", args.postgres, "-c", "SET client_min_messages = warning",
                         "-c", f"DROP SCHEMA {schema} CASCADE"], check=False)
 
@@ -247,7 +248,12 @@ def load_average() -> str:
 
 def bench(work: str, store: str, args) -> None:
     """Starts the fleet once (keys imported, load running), then measures each mode in turn."""
-    env = dict(os.environ, KEYGATE_BENCH_ADMIN_TOKEN=ADMIN_TOKEN, RUST_LOG="warn")
+    # KEYGATE_BENCH_LOG: the gateways' RUST_LOG (e.g. keygate::control::replicas=debug to see
+    # what woke each receipt's reads), their logs kept in the folder printed.
+    log = os.environ.get("KEYGATE_BENCH_LOG")
+    env = dict(os.environ, KEYGATE_BENCH_ADMIN_TOKEN=ADMIN_TOKEN, RUST_LOG=log or "warn")
+    if log:
+        print(f"gateway logs in {work}")
     keygate = args.keygate
     upstream = 9
     if args.load:
