@@ -19,15 +19,20 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use self::customers::customer_change;
+
 use super::snapshot::journal::{Change, Journal};
-use super::store::{Changes, KeyStore, StoreError, StoredCustomer, StoredKey};
+use super::store::{Changes, KeyStore, StoreError, StoredKey};
 use crate::core::clock::Clock;
 use crate::core::key::StoredStatus;
 use crate::core::permission::{Permission, PermissionSet};
-use crate::proxy::customers::{CustomerLimits, CustomerMap};
+use crate::proxy::customers::CustomerMap;
 use crate::proxy::state::SyncStatus;
 use crate::proxy::table::{AuthKey, Extras, KeyTable, PreviousSecret, NEVER};
 use crate::telemetry::Metrics;
+
+mod customers;
+mod saving;
 
 /// Rows read per store query: bounds the memory a full load needs beside the table itself.
 const BATCH: usize = 10_000;
@@ -175,43 +180,6 @@ impl KeySync {
         Ok(())
     }
 
-    /// Runs `f` on the snapshot's journal, if there is one. Call with the sync's turn held.
-    fn with_journal(&self, f: impl FnOnce(&mut Journal, Duration)) {
-        if let Some((_, every)) = &self.snapshot {
-            if let Some(journal) = self.journal.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-                f(journal, *every);
-            }
-        }
-    }
-
-    /// Writes the table whole to the snapshot, as of the sync at `synced_ms`, and empties the
-    /// journals, all with the sync's turn held: the first load, before the gateway is ready
-    /// (later ones run beside the sync, [`KeySync::write_rotated`]). A failure removes nothing
-    /// newer: the old snapshot and journals stay, and are as new as the table.
-    fn write_whole(&self, synced_ms: i64) {
-        let Some((path, _)) = &self.snapshot else {
-            return;
-        };
-        let now_ms = self.clock.now().as_millisecond();
-        let started = std::time::Instant::now();
-        let written = super::snapshot::write(&self.table, &self.customers, path, now_ms, synced_ms);
-        *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
-        let emptied = written.and_then(|()| {
-            let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
-            journal
-                .as_mut()
-                .map_or(Ok(()), |journal| journal.written_whole(synced_ms))
-        });
-        match emptied {
-            Ok(()) => tracing::debug!(
-                revision = self.table.revision(),
-                elapsed_ms = crate::telemetry::logs::millis(started.elapsed()),
-                "key table snapshot written whole"
-            ),
-            Err(error) => tracing::warn!(%error, "cannot save the key table snapshot"),
-        }
-    }
-
     /// Applies every change after `revision`, batch by batch, showing each changed key's seq
     /// to `seen`, journaling each batch first when `journal`; how many.
     fn pull(&self, mut revision: u64, mut seen: impl FnMut(u64), journal: bool) -> Result<usize, StoreError> {
@@ -263,55 +231,6 @@ impl KeySync {
             "key table reloaded"
         );
         Ok(applied + gone.len())
-    }
-
-    /// Reads every customer whole, once the store answers: at the first sync (a table that
-    /// came from the snapshot, whose customers may be older than the store's, then pulls only
-    /// later changes) and after a reload from another store file (whose customers are
-    /// others). Forgets the customers the store no longer holds. All of it is journaled first
-    /// when `journal`, as one change set.
-    fn load_customers(&self, journal: bool) -> Result<(), StoreError> {
-        if self.customers_loaded.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let mut all = Vec::new();
-        let mut after = 0;
-        loop {
-            let page = self.store.customers(after, BATCH)?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            all.extend(page);
-        }
-        let live: HashSet<&str> = all.iter().map(|customer| customer.id.as_str()).collect();
-        let mut gone = Vec::new();
-        for (id, _) in self.customers.entries() {
-            if !live.contains(&*id) {
-                gone.push(id);
-            }
-        }
-        if journal {
-            let mut change = customer_change(&all);
-            change.extend(gone.iter().map(|id| (&**id, CustomerLimits::NONE)));
-            let (revision, now_ms) = (self.table.revision(), self.clock.now().as_millisecond());
-            let change = Change {
-                customers: &change,
-                ..Change::default()
-            };
-            self.with_journal(|journal, _| journal.record(&change, revision, now_ms));
-        }
-        self.apply_customers(&all);
-        for id in &gone {
-            self.customers.remove(id);
-        }
-        self.customers_loaded.store(true, Ordering::Release);
-        Ok(())
-    }
-
-    /// Applies the customers of a batch of changes: their limits, or their removal.
-    fn apply_customers(&self, customers: &[StoredCustomer]) {
-        for customer in customers {
-            self.customers.set(&customer.id, limits_of(customer));
-        }
     }
 
     /// Applies one batch of changes, journaled first when `journal` (and a snapshot is kept).
@@ -431,136 +350,6 @@ impl KeySync {
         }
     }
 
-    /// Writes the table whole when the journal holds changes and the last whole write is old
-    /// enough, so the journal stays short; never a table that came from the snapshot itself.
-    /// The write runs in the background, one at a time, and holds the sync's turn only to
-    /// rotate the journal ([`KeySync::write_rotated`]): syncs go on while it writes.
-    async fn save_snapshot(self: &Arc<Self>) {
-        let Some((_, every)) = self.snapshot.clone() else {
-            return;
-        };
-        let due = match *self.saved.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(at) => at.elapsed() >= every,
-            None => true,
-        };
-        if !due || self.status.from_snapshot() || !self.needs_rewrite() {
-            return;
-        }
-        if self.writing.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let sync = self.clone();
-        let writing = Writing(self.writing.clone());
-        tokio::task::spawn_blocking(move || {
-            let _writing = writing;
-            sync.write_rotated();
-        });
-    }
-
-    fn needs_rewrite(&self) -> bool {
-        let journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
-        journal.as_ref().is_some_and(Journal::needs_rewrite)
-    }
-
-    /// Writes the table whole without holding the sync's turn, but to rotate the journal first:
-    /// the snapshot plus `J.prev` plus `J` is the table whatever the write captured (the proof
-    /// is in [`super::snapshot::journal`]'s doc). Blocking.
-    fn write_rotated(&self) {
-        let Some((path, _)) = &self.snapshot else {
-            return;
-        };
-        let (rotation, synced_ms) = {
-            let _turn = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            if self.status.from_snapshot() || !self.needs_rewrite() {
-                return;
-            }
-            let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(journal) = journal.as_mut() else {
-                return;
-            };
-            match journal.rotate() {
-                Ok(rotation) => (rotation, self.status.last_success_ms()),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot rotate the key table snapshot's journal");
-                    return;
-                }
-            }
-        };
-        let started = std::time::Instant::now();
-        let now_ms = self.clock.now().as_millisecond();
-        let capture = super::snapshot::Capture::of(&self.table, &self.customers);
-        let written = super::snapshot::write_temporary(&capture, path, now_ms, synced_ms);
-        drop(capture);
-        *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
-        // The journal's lock, not the turn: a sync waits at most for one rename or removal.
-        let journal = || self.journal.lock().unwrap_or_else(|p| p.into_inner());
-        let installed = written.and_then(|temporary| {
-            let installed = journal()
-                .as_mut()
-                .map_or(Ok(false), |journal| journal.install(&rotation, &temporary))?;
-            if installed {
-                super::snapshot::sync_folder(path)?;
-                journal()
-                    .as_mut()
-                    .map_or(Ok(()), |journal| journal.retire(&rotation))?;
-            }
-            Ok(installed)
-        });
-        match installed {
-            Ok(true) => tracing::debug!(
-                keys = self.table.len(),
-                elapsed_ms = crate::telemetry::logs::millis(started.elapsed()),
-                "key table snapshot written whole"
-            ),
-            Ok(false) => tracing::warn!(
-                "a key change could not be journaled during the snapshot's whole write; the write is dropped"
-            ),
-            Err(error) => tracing::warn!(%error, "cannot save the key table snapshot"),
-        }
-    }
-
-    /// Loads the saved table, once, while the store cannot be read: the gateway serves the keys
-    /// it had, and is ready, until the first sync that reaches the store replaces them whole.
-    async fn start_from_snapshot(self: &Arc<Self>, loaded: &watch::Sender<bool>) {
-        let Some((path, _)) = self.snapshot.clone() else {
-            return;
-        };
-        if *loaded.borrow() {
-            return;
-        }
-        let sync = self.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            super::snapshot::read(&path, |permissions| sync.intern(permissions))
-        })
-        .await;
-        match read {
-            Ok(Ok(snapshot)) => {
-                let (keys, customers) = (snapshot.keys.len(), snapshot.customers.len());
-                for key in snapshot.keys {
-                    self.table.upsert(key);
-                }
-                for (id, limits) in &snapshot.customers {
-                    self.customers.set(id, *limits);
-                }
-                self.table.set_revision(snapshot.revision);
-                // The next sync that reaches the store loads it whole: the snapshot may be of
-                // another store, or older than its tombstones.
-                self.reload_pending.store(true, Ordering::Release);
-                self.status.record_snapshot(snapshot.synced_ms);
-                let _ = loaded.send(true);
-                tracing::warn!(
-                    keys,
-                    customers,
-                    revision = snapshot.revision,
-                    synced_ms = snapshot.synced_ms,
-                    "store unreachable: serving the key table saved locally until it answers"
-                );
-            }
-            Ok(Err(error)) => tracing::warn!(%error, "no key table snapshot to start from"),
-            Err(panic) => tracing::error!(%panic, "key table snapshot task failed"),
-        }
-    }
-
     /// The first load, tried until the store answers: a store locked or unreachable at start
     /// delays readiness, it does not stop the gateway. Waits 100 ms after the first failure,
     /// doubling up to 5 s.
@@ -594,15 +383,6 @@ impl KeySync {
     }
 }
 
-/// Clears the "a whole write runs" flag when the write ends, panic included.
-struct Writing(Arc<AtomicBool>);
-
-impl Drop for Writing {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
-}
-
 /// The next announcement of a change; `None` when the store announces none (or stopped),
 /// which leaves the ticker alone to wake the sync.
 async fn changed(feed: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Option<()> {
@@ -618,183 +398,5 @@ async fn changed(feed: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Option
     }
 }
 
-/// A customer's limits as the hot path holds them: none for one deleted.
-fn limits_of(customer: &StoredCustomer) -> CustomerLimits {
-    if customer.deleted {
-        return CustomerLimits::NONE;
-    }
-    CustomerLimits {
-        rate: customer.spec.rate_limit,
-        quota: customer.spec.quota,
-    }
-}
-
-/// Customers as a journal line takes them.
-fn customer_change(customers: &[StoredCustomer]) -> Vec<(&str, CustomerLimits)> {
-    customers
-        .iter()
-        .map(|customer| (customer.id.as_str(), limits_of(customer)))
-        .collect()
-}
-
 #[cfg(test)]
-mod tests {
-    use jiff::Timestamp;
-
-    use super::*;
-    use crate::control::store::{Actor, Audit, NewKey, SqliteStore};
-    use crate::core::clock::system_clock;
-    use crate::core::environment::Environment;
-    use crate::core::key::KeySpec;
-    use crate::core::secret::Hasher;
-
-    const AUDIT: Audit = Audit {
-        actor: Actor::Cli,
-        event: "imported",
-        report: None,
-    };
-
-    fn keys(from: usize, n: usize) -> Vec<NewKey> {
-        (from..from + n)
-            .map(|i| NewKey {
-                spec: KeySpec::new(format!("key {i}"), Environment::Production),
-                id: format!("key_{i}"),
-                hash: Hasher::unkeyed().hash(format!("secret-number-{i:08}").as_bytes()),
-                prefix: "kg_prod_x".into(),
-                now: Timestamp::now(),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_load_larger_than_a_batch_arrives_whole_and_at_the_store_revision() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::create(&dir.path().join("k.db")).unwrap());
-        store.insert_many(&keys(0, BATCH * 2 + 3), AUDIT).unwrap();
-        let table = Arc::new(KeyTable::default());
-        let sync = KeySync::new(
-            store.clone(),
-            table.clone(),
-            Arc::default(),
-            Metrics::new(),
-            system_clock(),
-        );
-        assert_eq!(sync.sync_once().unwrap(), BATCH * 2 + 3);
-        assert_eq!(table.len(), BATCH * 2 + 3);
-        assert_eq!(table.revision(), store.revision().unwrap());
-        store.insert_many(&keys(BATCH * 2 + 3, 2), AUDIT).unwrap();
-        assert_eq!(sync.sync_once().unwrap(), 2, "only what changed since");
-        assert_eq!(table.revision(), store.revision().unwrap());
-    }
-
-    #[test]
-    fn rows_that_share_a_secret_past_the_store_guard_admit_neither_and_are_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("k.db");
-        let store = Arc::new(SqliteStore::create(&path).unwrap());
-        store.insert_many(&keys(0, 2), AUDIT).unwrap();
-        // Rows written straight into the file by something that removed the guard first.
-        let raw = rusqlite::Connection::open(&path).unwrap();
-        raw.execute_batch(
-            "DROP TRIGGER keys_secrets_update; \
-             UPDATE meta SET value = value + 1 WHERE name = 'revision'; \
-             UPDATE keys SET previous_hash = (SELECT hash FROM keys WHERE id = 'key_0'), \
-             grace_until = 4000000000, revision = (SELECT value FROM meta WHERE name = 'revision') \
-             WHERE id = 'key_1';",
-        )
-        .unwrap();
-        let table = Arc::new(KeyTable::default());
-        let metrics = Metrics::new();
-        let sync = KeySync::new(
-            store,
-            table.clone(),
-            Arc::default(),
-            metrics.clone(),
-            system_clock(),
-        );
-        sync.sync_once().unwrap();
-        let shared = Hasher::unkeyed().hash(b"secret-number-00000000");
-        assert!(table.lookup(&shared).is_none(), "neither key_0 nor key_1");
-        let own = Hasher::unkeyed().hash(b"secret-number-00000001");
-        assert!(table.lookup(&own).is_some(), "key_1's own secret still works");
-        assert_eq!(metrics.key_hash_conflicts.get(), 1);
-    }
-
-    #[test]
-    fn batches_end_at_their_last_row_until_the_last_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::create(&dir.path().join("k.db")).unwrap();
-        store.insert_many(&keys(0, 5), AUDIT).unwrap();
-        let first = store.changes_since(0, 2).unwrap();
-        assert_eq!((first.keys.len(), first.more, first.revision), (2, true, 2));
-        let last = store.changes_since(4, 2).unwrap();
-        assert_eq!((last.keys.len(), last.more, last.revision), (1, false, 5));
-        let none = store.changes_since(5, 2).unwrap();
-        assert_eq!((none.keys.len(), none.more, none.revision), (0, false, 5));
-    }
-
-    /// Waits for `done` up to a generous deadline (a stall, not a speed, is what it catches).
-    fn within_deadline(done: impl Fn() -> bool) -> bool {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::time::Instant::now() < deadline {
-            if done() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        done()
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_sync_goes_on_while_the_snapshot_is_written_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::create(&dir.path().join("k.db")).unwrap());
-        store.insert_many(&keys(0, 3), AUDIT).unwrap();
-        let table = Arc::new(KeyTable::default());
-        let snapshot = dir.path().join("table.snap");
-        let sync = Arc::new(
-            KeySync::new(
-                store.clone(),
-                table.clone(),
-                Arc::default(),
-                Metrics::new(),
-                system_clock(),
-            )
-            .with_snapshot(Some(snapshot.clone()), Duration::ZERO),
-        );
-        sync.sync_once().unwrap();
-        store.insert_many(&keys(3, 1), AUDIT).unwrap();
-        sync.sync_once().unwrap();
-        // The whole write's temporary file is a FIFO: the write stops there until it is read.
-        let temporary = super::super::snapshot::temporary_of(&snapshot);
-        let made = std::process::Command::new("mkfifo")
-            .arg(&temporary)
-            .status()
-            .unwrap();
-        assert!(made.success());
-        let saving = sync.clone();
-        tokio::spawn(async move { saving.save_snapshot().await });
-        let previous = super::super::snapshot::journal::previous_of(&snapshot);
-        // Not asserted: without rotation there is nothing to wait for, and the sync below
-        // then shows what the write holds.
-        let _ = tokio::task::spawn_blocking(move || within_deadline(|| previous.exists())).await;
-
-        store.insert_many(&keys(4, 1), AUDIT).unwrap();
-        let (synced, result) = std::sync::mpsc::channel();
-        let syncing = sync.clone();
-        std::thread::spawn(move || {
-            let _ = synced.send(syncing.sync_once().map_err(|e| e.to_string()));
-        });
-        let outcome = tokio::task::spawn_blocking(move || result.recv_timeout(Duration::from_secs(20)))
-            .await
-            .unwrap();
-        // Let the write go on (it fails at syncing a FIFO), whatever the outcome.
-        let mut reader = std::fs::File::open(&temporary).unwrap();
-        std::io::Read::read_to_end(&mut reader, &mut Vec::new()).unwrap();
-        assert_eq!(
-            outcome.expect("the sync waited for the snapshot's whole write"),
-            Ok(1)
-        );
-        assert_eq!(table.len(), 5);
-    }
-}
+mod tests;
