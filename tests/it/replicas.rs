@@ -391,7 +391,7 @@ async fn the_fleets_recent_requests_are_merged_and_the_replicas_not_asked_are_na
             assert!(reason.starts_with("not advertised"), "{reason}");
         } else {
             assert_eq!(replica, unreachable.replica.id);
-            assert!(reason.starts_with("cannot reach"), "{reason}");
+            assert_eq!(reason, "unreachable", "no connection error text");
         }
     }
     let cursor = admin_with(first, "GET", "/v1/requests?scope=fleet&cursor=3", &[]).await;
@@ -429,11 +429,16 @@ async fn gateways_sharing_one_sqlite_file_list_each_other_and_give_receipts() {
 /// A row that says "I am a replica" at `address`, written as any holder of a store credential
 /// could write it, heartbeat now.
 fn false_replica(gateway: &Gateway, address: &str, now: jiff::Timestamp) {
+    false_row(gateway, "rep_00000000deadbeef", &format!("http://{address}"), now);
+}
+
+/// A row of id `id` advertising `advertise` (written whole), heartbeat now.
+fn false_row(gateway: &Gateway, id: &str, advertise: &str, now: jiff::Timestamp) {
     let row = ReplicaRow {
-        id: "rep_00000000deadbeef".into(),
+        id: id.into(),
         host: "attacker".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        advertise: Some(format!("http://{address}")),
+        advertise: Some(advertise.into()),
         config_digest: "0000000000000000".into(),
         revision: 0,
         synced_at: Some(now),
@@ -496,7 +501,76 @@ async fn a_false_replica_row_receives_no_admin_token_and_nothing_it_can_reuse() 
             }
         }
     }
+    // Refusals anyone can cause are counted (and logged at debug only): the same call and
+    // the local read are for another replica (signature), the others not allowed at all.
+    let metrics = harness.metrics().await;
+    let refusals = |reason: &str| {
+        let series = format!("keygate_fleet_credential_refusals_total{{reason=\"{reason}\"}}");
+        crate::support::sample(&metrics, &series)
+    };
+    assert_eq!(refusals("signature"), Some(4.0), "{metrics}");
+    assert_eq!(refusals("not_allowed"), Some(4.0), "{metrics}");
     second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_advertising_more_than_an_address_is_not_asked() {
+    let harness = Harness::with_config(&STANDARD.set("admin", ADVERTISE), "").await;
+    let first = &harness.gateway;
+    let recorder = Upstream::start().await;
+    let at = recorder.addr;
+    let now = harness.clock_now();
+    let rows = [
+        ("rep_00000000000000b1", format!("http://{at}/v1/keys?x=")),
+        ("rep_00000000000000b2", format!("http://user@{at}")),
+        ("rep_00000000000000b3", format!("http://{at}?")),
+        ("rep_00000000000000b4", format!("https://{at}")),
+    ];
+    for (id, advertise) in &rows {
+        false_row(first, id, advertise, now);
+    }
+    let answer = admin_with(first, "GET", "/v1/requests?scope=fleet", &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let body = answer.json();
+    let missing = body["missing"].as_array().unwrap();
+    assert_eq!(missing.len(), rows.len(), "{body}");
+    assert!(missing.iter().all(|m| m["reason"] == "bad address"), "{body}");
+    assert!(recorder.requests().is_empty(), "none was asked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_admin_token_signs_no_fleet_request_and_says_why() {
+    let harness = Harness::with_config(&STANDARD.set("admin", ADVERTISE), "").await;
+    let short = "s".repeat(31);
+    let mut options = harness.options();
+    options.admin_token = Some(short.clone());
+    let text = std::fs::read_to_string(&harness.config_path).unwrap();
+    let config = keygate::config::parse(&text, harness.dir.path()).unwrap();
+    let warned = keygate::control::replicas::credential::short_token_warning(&config, Some(&short));
+    assert!(
+        warned.is_some_and(|w| w.contains("admin.advertise")),
+        "serve and check warn"
+    );
+    let gateway = Gateway::start(config, options).await.unwrap();
+    crate::support::loaded(&gateway).await;
+    let first = &harness.gateway;
+    assert!(lists(first, &[first, &gateway]).await);
+    let answer = admin_as(
+        &gateway,
+        &format!("Bearer {short}"),
+        "GET",
+        "/v1/requests?scope=fleet",
+        &[],
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let body = answer.json();
+    assert_eq!(body["missing"][0]["replica"], first.replica.id.as_str(), "{body}");
+    assert_eq!(
+        body["missing"][0]["reason"],
+        "the admin token is too short to sign fleet requests (at least 32 characters)"
+    );
+    gateway.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
