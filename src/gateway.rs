@@ -111,6 +111,10 @@ impl Options {
         if admin_token.is_some() && admin_token == admin_read_token {
             anyhow::bail!("the read-only admin token equals the admin token: set two different tokens");
         }
+        let signing = admin_token.as_deref().or(admin_read_token.as_deref());
+        if let Some(warning) = crate::control::replicas::credential::short_token_warning(config, signing) {
+            tracing::warn!("{warning}");
+        }
         Ok(Options {
             hasher: hasher_from_env(config)?,
             admin_token,

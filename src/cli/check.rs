@@ -242,6 +242,11 @@ fn warnings(config: &Config, shown: &Path) -> Vec<String> {
             "admin.advertise_env names {name}, which is not set here; serve refuses to start without it"
         ));
     }
+    let token = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+    let signing =
+        token(&config.admin.token_env).or_else(|| config.admin.read_token_env.as_deref().and_then(token));
+    let short = crate::control::replicas::credential::short_token_warning(config, signing.as_deref());
+    warnings.extend(short);
     if unset(&config.admin.token_env) {
         warnings.push(format!(
             "admin.token_env names {}, which is not set here; without it the admin API refuses every request",

@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use rand::distr::{Alphanumeric, SampleString};
 use tokio::net::TcpListener;
 
 use super::{runtime, serve::serve_until_stopped, Failure};
@@ -47,7 +48,8 @@ pub fn run(addresses: Addresses) -> Result<(), Failure> {
         let store = store::create(&config.store.url).map_err(|e| Failure::Runtime(e.to_string()))?;
         let service = KeyService::new(store, Hasher::unkeyed(), system_clock(), Actor::Cli);
         let demo = service.create(demo_key())?;
-        let admin_token = crate::core::key::new_key_id().replace("key_", "adm_");
+        // Long enough to sign fleet requests (credential::MIN_TOKEN_CHARS), like any token should be.
+        let admin_token = format!("adm_{}", Alphanumeric.sample_string(&mut rand::rng(), 32));
         let options = Options {
             hasher: Hasher::unkeyed(),
             admin_token: Some(admin_token.clone()),

@@ -64,6 +64,9 @@ pub struct Metrics {
     pub leak_reports: IntCounterVec,
     /// Log lines dropped because the log queue was full (stdout too slow).
     pub log_lines_dropped: IntCounter,
+    /// Fleet credentials refused by `reason`: the values of
+    /// `control::replicas::credential::Refused::name`.
+    pub fleet_credential_refusals: IntCounterVec,
     /// Config reloads by `result`: `success` or `failure` (the file or its TLS pair refused).
     pub config_reloads: IntCounterVec,
     /// Unix time of the last config load that took effect (the start counts as one).
@@ -299,6 +302,11 @@ impl Metrics {
             log_lines_dropped: r.counter(
                 "keygate_log_lines_dropped_total",
                 "Log lines dropped because stdout could not keep up",
+            ),
+            fleet_credential_refusals: r.counter_vec(
+                "keygate_fleet_credential_refusals_total",
+                "Fleet credentials (another replica asking for recent requests) refused, by reason",
+                &["reason"],
             ),
             config_reloads: r.reloads(),
             config_last_reload_success: r.gauge(

@@ -512,7 +512,7 @@ async fn requests(admin: &Admin, request: &Request<Incoming>) -> Answer {
         }
     }
     if fleet {
-        return replicas::fleet_requests(admin, request, &filter, limit).await;
+        return replicas::fleet_requests(admin, &filter, limit).await;
     }
     let recent = admin.shared.snapshot.load().recent.clone();
     // A struct, not `json!`: the records keep the access log's field order.

@@ -203,7 +203,18 @@ impl Admin {
         match key.verify(value, request.method(), path, audience, now) {
             Ok(()) => Some(TokenKind::Read),
             Err(refused) => {
-                tracing::warn!(%refused, %peer, "admin API: fleet credential refused");
+                let metrics = &self.shared.metrics;
+                metrics
+                    .fleet_credential_refusals
+                    .with_label_values(&[refused.name()])
+                    .inc();
+                // Only a holder of the key can cause these; the others anyone can send, as
+                // often as they like, so they are counted and not logged above debug.
+                if refused.needed_the_key() {
+                    tracing::warn!(%refused, %peer, "admin API: fleet credential refused");
+                } else {
+                    tracing::debug!(%refused, %peer, "admin API: fleet credential refused");
+                }
                 None
             }
         }

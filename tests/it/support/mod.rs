@@ -35,9 +35,9 @@ use keygate::gateway::{Gateway, Options};
 pub use config::ConfigEdit;
 
 /// The admin token every harness gateway runs with.
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdefghijkl";
 /// The read-only admin token every harness gateway also takes.
-pub const READ_TOKEN: &str = "test-read-token-0123456789";
+pub const READ_TOKEN: &str = "test-read-token-0123456789abcdefghijkl";
 
 /// What the upstream received.
 #[derive(Debug, Clone)]

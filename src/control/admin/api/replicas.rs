@@ -14,14 +14,13 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use serde_json::Value;
 
 use super::{ok, Admin, AdminBody, Answer, ApiError};
 use crate::control::replicas::fleet::Fleet;
 use crate::control::replicas::gather::{gather, Ask};
 use crate::control::replicas::receipt::{self, Receipt, DEFAULT_WAIT, MAX_WAIT};
-use crate::telemetry::recent::Filter;
+use crate::telemetry::recent::{Filter, StatusFilter};
 
 /// What a change asked to wait for.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -173,12 +172,7 @@ pub(super) async fn list(admin: &Admin) -> Answer {
 /// `GET /v1/requests?scope=fleet`: this replica's records and every other live replica's,
 /// asked with a fleet credential for each (never the caller's token: see
 /// [`crate::control::replicas::credential`]).
-pub(super) async fn fleet_requests(
-    admin: &Admin,
-    request: &Request<Incoming>,
-    filter: &Filter,
-    limit: usize,
-) -> Answer {
+pub(super) async fn fleet_requests(admin: &Admin, filter: &Filter, limit: usize) -> Answer {
     if filter.before.is_some() {
         return Err(ApiError::bad(
             "cursor",
@@ -205,14 +199,7 @@ pub(super) async fn fleet_requests(
         .iter()
         .filter_map(|record| serde_json::to_value(record).ok())
         .collect();
-    let query: Vec<&str> = request
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|pair| !pair.is_empty() && !pair.starts_with("scope="))
-        .collect();
-    let query = query.join("&");
+    let query = fleet_query(filter, limit);
     let asked = Ask {
         query: &query,
         key: &key,
@@ -220,6 +207,36 @@ pub(super) async fn fleet_requests(
     };
     let gathered = gather(&replica.id, own, &others, &asked, limit).await;
     Ok(ok(&gathered))
+}
+
+/// The filters and limit asked of each replica, written from what this one parsed (never the
+/// caller's text passed on): `key_id`, `status`, `limit`.
+fn fleet_query(filter: &Filter, limit: usize) -> String {
+    let mut pairs = Vec::new();
+    if let Some(key_id) = &filter.key_id {
+        pairs.push(format!("key_id={}", encode(key_id)));
+    }
+    match filter.status {
+        Some(StatusFilter::Code(code)) => pairs.push(format!("status={code}")),
+        Some(StatusFilter::Class(class)) => pairs.push(format!("status={class}xx")),
+        None => {}
+    }
+    pairs.push(format!("limit={limit}"));
+    pairs.join("&")
+}
+
+/// `text` percent-encoded but for RFC 3986's unreserved characters.
+fn encode(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                encoded.push(char::from(byte));
+            }
+            _ => encoded.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    encoded
 }
 
 #[cfg(test)]
@@ -238,6 +255,24 @@ mod tests {
         wait_of(&request(uri, prefer))
             .map(|wait| wait.map(|w| w.within.as_secs()))
             .map_err(|e| e.message)
+    }
+
+    #[test]
+    fn the_fleet_query_is_written_from_the_parsed_filter() {
+        let filter = Filter {
+            key_id: Some("key_a&scope=fleet é".to_owned()),
+            status: Some(StatusFilter::Class(4)),
+            before: None,
+        };
+        assert_eq!(
+            fleet_query(&filter, 20),
+            "key_id=key_a%26scope%3Dfleet%20%C3%A9&status=4xx&limit=20"
+        );
+        let filter = Filter {
+            status: Some(StatusFilter::Code(403)),
+            ..Filter::default()
+        };
+        assert_eq!(fleet_query(&filter, 1000), "status=403&limit=1000");
     }
 
     #[test]
