@@ -39,6 +39,19 @@ async fn admitted(replica: &Gateway, key: &str, lanes: usize, count: usize) -> u
         .sum()
 }
 
+/// Three replicas with quota leases on a fresh PostgreSQL schema (kept while the value lives);
+/// `None` when no PostgreSQL is at hand.
+async fn three_replicas_on_postgres() -> Option<(FreshSchema, Harness, Gateway, Gateway)> {
+    let schema = FreshSchema::new(&postgres_url()?);
+    let config = STANDARD.edit(
+        "url = \"sqlite://keygate.db\"",
+        &format!("url = \"{}\"", schema.url),
+    );
+    let harness = Harness::with_config(&config, QUOTAS).await;
+    let (second, third) = (harness.another_gateway().await, harness.another_gateway().await);
+    Some((schema, harness, second, third))
+}
+
 async fn quota_state(replica: &Gateway, id: &str) -> Value {
     let shown = admin_call(replica, "GET", &format!("/v1/keys/{id}"), "").await;
     assert_eq!(shown.status, 200, "{}", shown.text());
@@ -47,14 +60,9 @@ async fn quota_state(replica: &Gateway, id: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_stay_within_a_block_each_and_give_back_at_drain() {
-    let Some(postgres) = postgres_url() else { return };
-    let schema = FreshSchema::new(&postgres);
-    let config = STANDARD.edit(
-        "url = \"sqlite://keygate.db\"",
-        &format!("url = \"{}\"", schema.url),
-    );
-    let harness = Harness::with_config(&config, QUOTAS).await;
-    let (second, third) = (harness.another_gateway().await, harness.another_gateway().await);
+    let Some((_schema, harness, second, third)) = three_replicas_on_postgres().await else {
+        return;
+    };
     loaded(&second).await;
     loaded(&third).await;
     let created = admin_call(
@@ -366,14 +374,9 @@ async fn try_status(addr: std::net::SocketAddr, key: &str) -> Option<u16> {
 async fn replicas_stopped_under_load_give_back_every_block_the_counter_is_what_was_admitted() {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
-    let Some(postgres) = postgres_url() else { return };
-    let schema = FreshSchema::new(&postgres);
-    let config = STANDARD.edit(
-        "url = \"sqlite://keygate.db\"",
-        &format!("url = \"{}\"", schema.url),
-    );
-    let harness = Harness::with_config(&config, QUOTAS).await;
-    let (second, third) = (harness.another_gateway().await, harness.another_gateway().await);
+    let Some((schema, harness, second, third)) = three_replicas_on_postgres().await else {
+        return;
+    };
     let body = format!(
         r#"{{"name":"credits","environment":"production","permissions":["*"],"quota":{{"limit":{}, "period":"none"}}}}"#,
         10 * LIMIT
