@@ -148,7 +148,13 @@ fn counters_of_periods_long_over_are_pruned_and_the_current_ones_kept(a: &dyn Ke
     assert_eq!(b.prune_quota_counters(day0 + DAY - 1).unwrap(), 0);
     // Day 0 ended when day 1 started.
     assert_eq!(b.prune_quota_counters(day0 + DAY).unwrap(), 1);
-    // (Not read back: a read on PostgreSQL makes the row it reads.)
+    // Read back: gone (a read shows zero and, on either store, makes no row).
+    assert_eq!(read("key_1", day0), 0, "day 0's is gone");
+    assert_eq!(
+        b.prune_quota_counters(day0 + DAY).unwrap(),
+        0,
+        "the read made no row to prune"
+    );
     assert_eq!(
         read("key_1", day0 + DAY),
         11,

@@ -21,10 +21,15 @@ pub(super) async fn change(
     counter: &CounterId<'_>,
     change: QuotaChange,
 ) -> Result<CounterRow, StoreError> {
-    let row = held(client, counter).await?.changed(change);
-    if change != QuotaChange::Read {
-        write(client, counter, &row).await?;
+    if change == QuotaChange::Read {
+        // A read takes no lock and makes no row: showing a quota writes nothing.
+        return Ok(current(client, counter)
+            .await?
+            .unwrap_or_default()
+            .changed(change));
     }
+    let row = held(client, counter).await?.changed(change);
+    write(client, counter, &row).await?;
     Ok(row)
 }
 
@@ -42,28 +47,43 @@ pub(super) async fn prune(client: &impl GenericClient, before: i64) -> Result<u6
 
 /// The counter's row, made if missing, locked until the transaction ends.
 async fn held(client: &impl GenericClient, counter: &CounterId<'_>) -> Result<CounterRow, StoreError> {
-    let id: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-        [&counter.kind, &counter.owner, &counter.period];
     client
         .execute(
             "INSERT INTO quota_counters (kind, owner, period) VALUES ($1, $2, $3) \
              ON CONFLICT (kind, owner, period) DO NOTHING",
-            &id,
+            &[&counter.kind, &counter.owner, &counter.period],
         )
         .await?;
     let row = client
         .query_one(
-            "SELECT used, added, generation, warned FROM quota_counters \
-             WHERE kind = $1 AND owner = $2 AND period = $3 FOR UPDATE",
-            &id,
+            &format!("{SELECT_ROW} FOR UPDATE"),
+            &[&counter.kind, &counter.owner, &counter.period],
         )
         .await?;
-    Ok(CounterRow {
+    Ok(counter_row(&row))
+}
+
+/// The counter's row as it stands, if there is one; no lock.
+async fn current(
+    client: &impl GenericClient,
+    counter: &CounterId<'_>,
+) -> Result<Option<CounterRow>, StoreError> {
+    let row = client
+        .query_opt(SELECT_ROW, &[&counter.kind, &counter.owner, &counter.period])
+        .await?;
+    Ok(row.as_ref().map(counter_row))
+}
+
+const SELECT_ROW: &str = "SELECT used, added, generation, warned FROM quota_counters \
+                          WHERE kind = $1 AND owner = $2 AND period = $3";
+
+fn counter_row(row: &tokio_postgres::Row) -> CounterRow {
+    CounterRow {
         used: from_column(row.get(0)),
         added: from_column(row.get(1)),
         generation: row.get(2),
         warned: row.get::<_, i64>(3) as u64,
-    })
+    }
 }
 
 async fn write(
