@@ -225,7 +225,7 @@ fn rewrite(c: &mut Criterion) {
                 let host = request.headers().get(http::header::HOST).cloned();
                 let identity = Identity {
                     seq: 1,
-                    key_id: "key_2Vx9c8aQe1",
+                    key_id: b"key_2Vx9c8aQe1",
                     environment: "production",
                     customer: None,
                     request_id: &request_id,

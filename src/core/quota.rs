@@ -117,14 +117,13 @@ impl Window {
     /// for a window that never ends.
     pub fn seconds_left(&self, now: Timestamp) -> Option<u64> {
         let end = self.end?;
-        let nanos = end.as_nanosecond() - now.as_nanosecond();
-        Some(ceil_seconds(nanos).max(1))
+        Some(ceil_seconds_between(now, end).max(1))
     }
 
     /// The window's length in whole seconds (a policy's `w`); `None` for `none`.
     pub fn length_seconds(&self) -> Option<u64> {
         let end = self.end?;
-        Some(ceil_seconds(end.as_nanosecond() - self.start.as_nanosecond()))
+        Some(ceil_seconds_between(self.start, end))
     }
 
     /// A number naming this window among the quota's windows (its start in Unix seconds), for
@@ -134,9 +133,21 @@ impl Window {
     }
 }
 
-fn ceil_seconds(nanos: i128) -> u64 {
-    let nanos = u128::try_from(nanos).unwrap_or(0);
-    u64::try_from(nanos.div_ceil(1_000_000_000)).unwrap_or(u64::MAX)
+/// Whole seconds from `from` to `to`, rounded up; 0 when `to` is not after `from`. On the
+/// instants' seconds and nanoseconds apart (every check's headers ask this of its quotas, and
+/// 128-bit nanosecond division is a library call).
+fn ceil_seconds_between(from: Timestamp, to: Timestamp) -> u64 {
+    // Both within jiff's range (about ±3.8e11 s): neither difference overflows.
+    let seconds = to.as_second() - from.as_second();
+    // Each part has its instant's sign, so this is within (-2e9, 2e9).
+    let nanos = to.subsec_nanosecond() - from.subsec_nanosecond();
+    let carry = match nanos {
+        1_000_000_001.. => 2,
+        1..=1_000_000_000 => 1,
+        -999_999_999..=0 => 0,
+        _ => -1,
+    };
+    u64::try_from(seconds + carry).unwrap_or(0)
 }
 
 /// The start of the period that `now` falls in (see [`Period::window`]).
@@ -433,6 +444,30 @@ mod tests {
         assert_eq!(window.length_seconds(), Some(3600));
         let month = Period::Month.window(at("2026-02-01T00:00:00Z"), at("2026-02-10T00:00:00Z"));
         assert_eq!(month.length_seconds(), Some(28 * 86_400));
+    }
+
+    /// The seconds-and-nanoseconds arithmetic rounds as dividing the nanoseconds apart would,
+    /// across the epoch (where jiff's parts are negative) and at every carry.
+    #[test]
+    fn whole_seconds_between_round_up_as_nanosecond_division() {
+        let instants = [
+            "1969-12-31T23:59:58.25Z",
+            "1969-12-31T23:59:59.75Z",
+            "1970-01-01T00:00:00Z",
+            "1970-01-01T00:00:00.000000001Z",
+            "1970-01-01T00:00:01.5Z",
+            "2026-01-01T00:59:59.999999999Z",
+            "2026-01-01T01:00:00Z",
+            "2026-01-01T01:00:00.5Z",
+            "2026-01-01T01:00:01Z",
+        ];
+        for from in instants.map(at) {
+            for to in instants.map(at) {
+                let nanos = u128::try_from(to.as_nanosecond() - from.as_nanosecond()).unwrap_or(0);
+                let expected = u64::try_from(nanos.div_ceil(1_000_000_000)).unwrap();
+                assert_eq!(ceil_seconds_between(from, to), expected, "{from} to {to}");
+            }
+        }
     }
 
     #[test]

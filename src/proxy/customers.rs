@@ -7,6 +7,10 @@
 //! an object here, or one whose object sets no limits, limits nothing: its keys keep working
 //! as before (scoping only). A change to one customer is one O(1) insert or removal.
 
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
 use dashmap::DashMap;
 use rustc_hash::FxBuildHasher;
 
@@ -32,43 +36,77 @@ impl CustomerLimits {
     }
 }
 
+/// A customer with limits, as step 8 finds it: its id (so the request needs not read the
+/// key's copy of it, a UTF-8 check) and its limits. Replaced whole when the customer changes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Customer {
+    pub id: Box<str>,
+    pub limits: CustomerLimits,
+}
+
+/// A customer id as the map's key, hashed and compared as bytes: the request path looks a key's
+/// customer up by the bytes the key table holds ([`crate::proxy::table::Text::as_bytes`]).
+#[derive(PartialEq, Eq)]
+struct Id(Box<str>);
+
+impl Hash for Id {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.as_bytes().hash(state);
+    }
+}
+
+impl Borrow<[u8]> for Id {
+    fn borrow(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 /// The limits of every customer that has some, by id. Ids are an operator's, not a client's:
 /// a fast hash is safe.
 #[derive(Default)]
 pub struct CustomerMap {
-    limits: DashMap<Box<str>, CustomerLimits, FxBuildHasher>,
+    limits: DashMap<Id, Arc<Customer>, FxBuildHasher>,
 }
 
 impl CustomerMap {
+    /// The customer `id` (its bytes), when it has limits: a shared pointer, not a copy.
+    pub fn get(&self, id: &[u8]) -> Option<Arc<Customer>> {
+        self.limits.get(id).map(|found| found.clone())
+    }
+
     /// The limits of the customer `id`, when it has any.
-    pub fn get(&self, id: &str) -> Option<CustomerLimits> {
-        self.limits.get(id).map(|found| *found)
+    pub fn limits(&self, id: &str) -> Option<CustomerLimits> {
+        self.get(id.as_bytes()).map(|customer| customer.limits)
     }
 
     /// Sets a customer's limits; one without any is removed (nothing to ask).
     pub fn set(&self, id: &str, limits: CustomerLimits) {
         if limits.is_empty() {
-            self.limits.remove(id);
+            self.limits.remove(id.as_bytes());
         } else {
-            self.limits.insert(id.into(), limits);
+            let customer = Customer {
+                id: id.into(),
+                limits,
+            };
+            self.limits.insert(Id(id.into()), Arc::new(customer));
         }
     }
 
     /// Forgets a customer (deleted).
     pub fn remove(&self, id: &str) {
-        self.limits.remove(id);
+        self.limits.remove(id.as_bytes());
     }
 
     /// Keeps only the customers `keep` says yes to (a whole reload drops the rest).
     pub fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
-        self.limits.retain(|id, _| keep(id));
+        self.limits.retain(|id, _| keep(&id.0));
     }
 
     /// Every customer with limits, copied out (a snapshot's whole write takes them).
     pub fn entries(&self) -> Vec<(Box<str>, CustomerLimits)> {
         self.limits
             .iter()
-            .map(|entry| (entry.key().clone(), *entry.value()))
+            .map(|entry| (entry.key().0.clone(), entry.value().limits))
             .collect()
     }
 
@@ -110,7 +148,7 @@ mod tests {
     fn a_customer_without_limits_is_not_kept() {
         let map = CustomerMap::default();
         map.set("acme", rate(5));
-        assert_eq!(map.get("acme"), Some(rate(5)));
+        assert_eq!(map.limits("acme"), Some(rate(5)));
         map.set(
             "acme",
             CustomerLimits {
@@ -118,7 +156,7 @@ mod tests {
                 quota: None,
             },
         );
-        assert_eq!(map.get("acme"), None);
+        assert_eq!(map.limits("acme"), None);
         assert!(map.is_empty());
     }
 
@@ -128,7 +166,8 @@ mod tests {
         map.set("a", rate(1));
         map.set("b", rate(2));
         map.retain(|id| id == "b");
-        assert_eq!((map.get("a"), map.get("b")), (None, Some(rate(2))));
+        assert_eq!((map.limits("a"), map.limits("b")), (None, Some(rate(2))));
+        assert_eq!(map.get(b"b").unwrap().id.as_ref(), "b");
         map.remove("b");
         assert_eq!(map.len(), 0);
     }

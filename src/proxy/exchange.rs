@@ -69,14 +69,14 @@ impl Exchange {
         snapshot: Arc<Snapshot>,
         ctx: Context,
         peer: Peer,
-        admission: Admission,
+        mut admission: Admission,
         mut request: Request<Incoming>,
     ) -> Self {
         let method = request.method().clone();
         let version = request.version();
         let upgrade = Upgrade::take(&mut request, admission.presented);
         let upstream = snapshot.routes[admission.route].upstream;
-        let shared_limit = admission.shared_limit;
+        let shared_limit = admission.shared_limit.take();
         let request = outgoing(&snapshot, &ctx, peer, admission, request, upgrade.as_ref());
         Exchange {
             last: Final::new(snapshot, ctx, method),
@@ -171,9 +171,9 @@ fn outgoing(
     let route = &snapshot.routes[admission.route];
     let identity = Identity {
         seq: key.seq,
-        key_id: &key.id,
+        key_id: key.id.as_bytes(),
         environment: key.environment.as_str(),
-        customer: key.customer_id.as_deref(),
+        customer: key.customer_id.as_ref().map(|id| id.as_bytes()),
         request_id: &ctx.request_id,
         client: peer.addr.ip(),
         tls: peer.tls,

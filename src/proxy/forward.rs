@@ -112,9 +112,11 @@ pub struct Identity<'a> {
     /// The key's sequence number: where the thread keeps its id's header value
     /// ([`super::identity_values`]).
     pub seq: u64,
-    pub key_id: &'a str,
+    /// The key's id and its customer's, as bytes (`Text::as_bytes`): they become header values
+    /// without a UTF-8 check.
+    pub key_id: &'a [u8],
     pub environment: &'static str,
-    pub customer: Option<&'a str>,
+    pub customer: Option<&'a [u8]>,
     pub request_id: &'a HeaderValue,
     pub client: IpAddr,
     pub tls: bool,
@@ -384,9 +386,9 @@ mod tests {
                 &mut headers,
                 &Identity {
                     seq: 1,
-                    key_id: "key_1",
+                    key_id: b"key_1",
                     environment: "production",
-                    customer: Some("acme"),
+                    customer: Some(b"acme"),
                     request_id: &request_id,
                     client: "203.0.113.5".parse().unwrap(),
                     tls: false,
@@ -519,7 +521,7 @@ mod tests {
             let host = host.map(|h| HeaderValue::from_str(h).unwrap());
             let identity = Identity {
                 seq: 1,
-                key_id: "k",
+                key_id: b"k",
                 environment: "production",
                 customer: None,
                 request_id: &request_id,

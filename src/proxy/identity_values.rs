@@ -24,22 +24,24 @@ thread_local! {
 }
 
 /// Key `seq`'s id as a header value; `None` if it cannot be one.
-pub fn key_id(seq: u64, id: &str) -> Option<HeaderValue> {
+pub fn key_id(seq: u64, id: &[u8]) -> Option<HeaderValue> {
     KEY_IDS.with_borrow_mut(|slots| cached(slots, seq, id))
 }
 
 /// The customer id of key `seq` as a header value; `None` if it cannot be one.
-pub fn customer(seq: u64, id: &str) -> Option<HeaderValue> {
+pub fn customer(seq: u64, id: &[u8]) -> Option<HeaderValue> {
     CUSTOMERS.with_borrow_mut(|slots| cached(slots, seq, id))
 }
 
-fn cached(slots: &mut Slots, seq: u64, text: &str) -> Option<HeaderValue> {
+/// `text` is the id's bytes ([`crate::proxy::table::Text::as_bytes`]): compared and made a
+/// header value as bytes, so no request pays for a UTF-8 check of an id.
+fn cached(slots: &mut Slots, seq: u64, text: &[u8]) -> Option<HeaderValue> {
     // The remainder is below SLOTS: the cast cannot truncate.
     let slot = &mut slots[(seq % SLOTS as u64) as usize];
-    if let Some(value) = slot.as_ref().filter(|value| value.as_bytes() == text.as_bytes()) {
+    if let Some(value) = slot.as_ref().filter(|value| value.as_bytes() == text) {
         return Some(value.clone());
     }
-    let value = HeaderValue::from_str(text).ok()?;
+    let value = HeaderValue::from_bytes(text).ok()?;
     *slot = Some(value.clone());
     Some(value)
 }
@@ -50,19 +52,19 @@ mod tests {
 
     #[test]
     fn a_value_is_always_the_text_asked_for_whoever_held_the_slot() {
-        assert_eq!(key_id(1, "key_a").unwrap(), "key_a");
-        assert_eq!(key_id(1, "key_a").unwrap(), "key_a");
+        assert_eq!(key_id(1, b"key_a").unwrap(), "key_a");
+        assert_eq!(key_id(1, b"key_a").unwrap(), "key_a");
         // The same slot: another key (1 + SLOTS), then key 1 with a changed id.
-        assert_eq!(key_id(1 + SLOTS as u64, "key_b").unwrap(), "key_b");
-        assert_eq!(key_id(1, "key_c").unwrap(), "key_c");
-        assert_eq!(customer(1, "acme").unwrap(), "acme");
-        assert_eq!(key_id(1, "key_c").unwrap(), "key_c");
+        assert_eq!(key_id(1 + SLOTS as u64, b"key_b").unwrap(), "key_b");
+        assert_eq!(key_id(1, b"key_c").unwrap(), "key_c");
+        assert_eq!(customer(1, b"acme").unwrap(), "acme");
+        assert_eq!(key_id(1, b"key_c").unwrap(), "key_c");
     }
 
     #[test]
     fn text_that_cannot_be_a_header_value_is_none_and_not_kept() {
-        assert_eq!(customer(2, "bad\nid"), None);
-        assert_eq!(customer(2, "ok").unwrap(), "ok");
-        assert_eq!(customer(2, "bad\rid"), None);
+        assert_eq!(customer(2, b"bad\nid"), None);
+        assert_eq!(customer(2, b"ok").unwrap(), "ok");
+        assert_eq!(customer(2, b"bad\rid"), None);
     }
 }

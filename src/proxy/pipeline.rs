@@ -65,6 +65,7 @@ use http::header::{HeaderValue, CONTENT_LENGTH};
 use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
+use jiff::Timestamp;
 
 use super::connection::Peer;
 use super::context::Context;
@@ -151,12 +152,14 @@ fn admit<B>(
     let matched = find_route(snapshot, ctx, &head)?;
     check_freshness(shared, snapshot)?;
     let route = &snapshot.routes[matched.route];
-    let (key, presented, source) = authenticate(shared, snapshot, route, request, ctx)
+    // The clock, read once: a key's expiry (step 3) and its quotas' periods (step 8).
+    let now = shared.clock.now();
+    let (key, presented, source) = authenticate(shared, snapshot, route, request, ctx, now)
         .map_err(|refusal| throttle(snapshot, ctx.client, refusal))?;
     check_client_ip(&key, ctx.client)?;
     check_permission(route, &key, request)?;
     check_customer(route, &key, matched.customer)?;
-    let shared_limit = rate_limit(shared, snapshot, route, ctx, &key)?;
+    let shared_limit = rate_limit(shared, snapshot, route, ctx, &key, now)?;
     let uri = upstream_target(snapshot, route, &head.path, request)?;
     check_declared_length(snapshot, request)?;
     Ok(Admission {
@@ -236,8 +239,9 @@ fn authenticate<B>(
     route: &RouteState,
     request: &Request<B>,
     ctx: &mut Context,
+    now: Timestamp,
 ) -> Result<(AuthKey, Presented, Source), Refusal> {
-    let now = shared.clock.now().as_second();
+    let now = now.as_second();
     let mut buf = [0; 1024];
     let (secret, source) = find_credential(snapshot, request, &mut buf)?;
     let (key, presented) = find_key(shared, ctx, secret, now)?;
@@ -344,7 +348,11 @@ fn overridden_method<B>(route: &RouteState, request: &Request<B>) -> Result<Opti
 /// Step 7: a customer-scoped key reaches only its own customer (`asked`, the route's customer
 /// segment).
 fn check_customer(route: &RouteState, key: &AuthKey, asked: Option<&str>) -> Result<(), Refusal> {
-    let (Some(own), true) = (key.customer_id.as_deref(), route.has_customer_param) else {
+    // The route first: a customer id is read (a UTF-8 check) only where a route names one.
+    if !route.has_customer_param {
+        return Ok(());
+    }
+    let Some(own) = key.customer_id.as_deref() else {
         return Ok(());
     };
     if asked.map(decode_segment).as_deref() == Some(own) {
@@ -362,12 +370,13 @@ fn rate_limit(
     route: &RouteState,
     ctx: &mut Context,
     key: &AuthKey,
+    now: Timestamp,
 ) -> Result<Option<KeyAsk>, Refusal> {
     let ask = shared.ask(snapshot, key, route.cost);
     if shared.shared_limits.is_some() {
         return Ok(Some(ask));
     }
-    match shared.limit_locally(key, &ask) {
+    match shared.limit_locally(key, &ask, now) {
         Some(verdict) => ctx.apply_limit(&verdict).map(|()| None),
         // A quota lease is pending: the exchange waits for it.
         None => Ok(Some(ask)),

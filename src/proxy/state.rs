@@ -384,11 +384,12 @@ impl Shared {
         }
     }
 
-    /// Step 8 for a key, when local: decided at once, its quota warnings noted; `None` when
-    /// a quota lease is pending (the request then waits in [`Shared::limit`]).
-    pub fn limit_locally(&self, key: &AuthKey, ask: &KeyAsk) -> Option<Verdict> {
+    /// Step 8 for a key, when local: decided at once at `now` (the request's reading of the
+    /// gateway's clock), its quota warnings noted; `None` when a quota lease is pending (the
+    /// request then waits in [`Shared::limit`]).
+    pub fn limit_locally(&self, key: &AuthKey, ask: &KeyAsk, now: jiff::Timestamp) -> Option<Verdict> {
         let check = ask.check(key);
-        let verdict = self.key_limits.try_admit(&check).ok()?;
+        let verdict = self.key_limits.try_admit_at(&check, now).ok()?;
         self.note_warnings(&check, &verdict);
         Some(verdict)
     }
@@ -447,7 +448,10 @@ impl Shared {
         KeyAsk {
             rate: key.rate_limit().copied().unwrap_or(snapshot.default_limit),
             cost,
-            customer: key.customer_id.as_deref().and_then(|id| self.customers.get(id)),
+            customer: key
+                .customer_id
+                .as_ref()
+                .and_then(|id| self.customers.get(id.as_bytes())),
         }
     }
 

@@ -126,8 +126,12 @@ impl LeaseLink {
     }
 
     fn block_of(&self, allowance: u64, cost: u64) -> u64 {
-        let share = (allowance as f64 * self.block).ceil() as u64;
-        share.max(1).max(cost)
+        self.share_of(allowance).max(cost)
+    }
+
+    /// The block's share of `allowance`, at least 1.
+    fn share_of(&self, allowance: u64) -> u64 {
+        ((allowance as f64 * self.block).ceil() as u64).max(1)
     }
 }
 
@@ -162,6 +166,9 @@ pub(super) struct Leased {
     used_at: Option<Timestamp>,
     /// The fleet's use and allowance at the last answer.
     fleet: Option<(u64, u64)>,
+    /// The last allowance a block was sized for, and the block's share of it: a check that
+    /// may ask sizes the block, and the allowance hardly ever changes.
+    share: (u64, u64),
 }
 
 impl Leased {
@@ -178,6 +185,7 @@ impl Leased {
             asked_at: None,
             used_at: None,
             fleet: None,
+            share: (0, 0),
         }
     }
 
@@ -209,9 +217,12 @@ impl Leased {
 
     /// Asks for the next block when the credit is low (or `needed`), unless an ask is out.
     pub(super) fn ask(&mut self, ctx: &AskContext<'_>, needed: bool) {
-        let block = ctx.link.block_of(self.allowance(ctx.spec), ctx.cost);
+        if self.asking || (self.spent_out && !needed) {
+            return;
+        }
+        let block = self.block(ctx);
         let low = self.credit + self.spare < block.div_ceil(2).max(ctx.cost);
-        if self.asking || !(needed || low) || (self.spent_out && !needed) {
+        if !(needed || low) {
             return;
         }
         self.spec = *ctx.spec;
@@ -315,6 +326,16 @@ impl Leased {
             generation: self.generation,
             spent: std::mem::take(&mut self.unrecorded),
         })
+    }
+
+    /// The block to ask for: [`LeaseLink::block_of`] the allowance, its share kept for the next
+    /// check (every admitted check asks whether the credit is low).
+    fn block(&mut self, ctx: &AskContext<'_>) -> u64 {
+        let allowance = self.allowance(ctx.spec);
+        if self.share.0 != allowance || self.share.1 == 0 {
+            self.share = (allowance, ctx.link.share_of(allowance));
+        }
+        self.share.1.max(ctx.cost)
     }
 
     fn allowance(&self, spec: &QuotaSpec) -> u64 {

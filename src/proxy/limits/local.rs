@@ -125,26 +125,40 @@ impl<C: WallClock> LocalLimits<C> {
     /// Asks every limit of the check for its cost; charges them all, or none. A quota whose
     /// lease is pending refuses (see [`LocalLimits::try_admit`] to wait for it instead).
     pub fn admit(&self, check: &Check<'_>) -> Verdict {
-        self.decide(check, true).unwrap_or_default()
+        self.decide(check, true, None).unwrap_or_default()
     }
 
     /// Like [`LocalLimits::admit`], but a quota whose lease cannot pay yet and may is
     /// [`Pending`]: a lease has been asked for, and nothing is charged.
     pub fn try_admit(&self, check: &Check<'_>) -> Result<Verdict, Pending> {
-        self.decide(check, false)
+        self.decide(check, false, None)
+    }
+
+    /// Like [`LocalLimits::try_admit`], with the wall-clock time `wall` the caller read from
+    /// this limiter's clock for the request (the request path reads it once, at step 3): the
+    /// quotas' periods are taken at it rather than at a second reading.
+    pub fn try_admit_at(&self, check: &Check<'_>, wall: Timestamp) -> Result<Verdict, Pending> {
+        self.decide(check, false, Some(wall))
     }
 
     /// `last`: no more waiting; a lease that did not answer spends a provisional block.
-    fn decide(&self, check: &Check<'_>, last: bool) -> Result<Verdict, Pending> {
+    /// `wall`: the time already read, if any.
+    fn decide(&self, check: &Check<'_>, last: bool, wall: Option<Timestamp>) -> Result<Verdict, Pending> {
         match check.rate_only() {
             Some(spec) => Ok(self.rate_only(check.seq, spec, check.cost.get())),
-            None => self.every_limit(check, last),
+            None => self.every_limit(check, last, wall),
         }
     }
 
     /// The whole check: up to four limits, quota leases among them.
-    fn every_limit(&self, check: &Check<'_>, last: bool) -> Result<Verdict, Pending> {
-        let now = self.now(check.key.quota.is_some() || check.customer.is_some_and(|c| c.quota.is_some()));
+    fn every_limit(
+        &self,
+        check: &Check<'_>,
+        last: bool,
+        wall: Option<Timestamp>,
+    ) -> Result<Verdict, Pending> {
+        let quotas = check.key.quota.is_some() || check.customer.is_some_and(|c| c.quota.is_some());
+        let now = self.now(quotas, wall);
         let key = held(&self.keys, &check.seq, || check.seq);
         let customer = check
             .customer
@@ -213,7 +227,7 @@ impl<C: WallClock> LocalLimits<C> {
     /// wall-clock reading, no lease, nothing of the other three limits built. The same answer
     /// as the whole check's (the conformance suite runs both).
     fn rate_only(&self, seq: u64, spec: &RateLimitSpec, cost: u32) -> Verdict {
-        let tick = self.now(false).tick;
+        let tick = self.now(false, None).tick;
         let entry = held(&self.keys, &seq, || seq);
         let mut state = lock(&entry);
         let bucket = Bucket::of(&mut state.rate, spec);
@@ -265,14 +279,16 @@ impl<C: WallClock> LocalLimits<C> {
         self.customers.retain(|id, _| keep(id));
     }
 
-    fn now(&self, quotas: bool) -> Now {
+    /// The time of a check; the wall clock is read only for quotas, and not again when the
+    /// caller has (`wall`).
+    fn now(&self, quotas: bool, wall: Option<Timestamp>) -> Now {
         let tick = self.clock.monotonic().as_nanos();
         Now {
             tick: u64::try_from(tick).unwrap_or(u64::MAX),
-            wall: if quotas {
-                self.clock.now()
-            } else {
-                Timestamp::UNIX_EPOCH
+            wall: match (quotas, wall) {
+                (false, _) => Timestamp::UNIX_EPOCH,
+                (true, Some(wall)) => wall,
+                (true, None) => self.clock.now(),
             },
         }
     }
@@ -582,7 +598,7 @@ mod tests {
             assert_eq!(check.rate_only(), Some(plan));
             assert_eq!(
                 short.try_admit(&check),
-                whole.every_limit(&check, false),
+                whole.every_limit(&check, false, None),
                 "step {step}"
             );
             clock.advance(Duration::from_millis(170));

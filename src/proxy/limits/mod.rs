@@ -25,6 +25,7 @@ mod warnings;
 
 use std::future::Future;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use headers::{number, DraftPolicies, LimitState};
@@ -37,7 +38,7 @@ pub use warnings::{crossed, Crossing, QuotaOwner, QuotaWarnings};
 use crate::core::clock::WallClock;
 use crate::core::key::RateLimitSpec;
 use crate::core::quota::{QuotaChange, QuotaSpec, QuotaUse};
-use crate::proxy::customers::CustomerLimits;
+use crate::proxy::customers::Customer;
 use crate::proxy::table::AuthKey;
 
 /// A key or a customer, and the limits it holds.
@@ -99,20 +100,33 @@ impl<'a> Check<'a> {
 /// What step 8 asks of a key: its rate limit (its own or the configured default) and its quota,
 /// at the route's cost. Made in place; checked at once locally, or in the exchange when the
 /// limits are shared.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct KeyAsk {
     pub rate: RateLimitSpec,
     pub cost: NonZeroU32,
-    /// The limits of the key's customer, when it has a customer object with limits
-    /// ([`crate::proxy::customers::CustomerMap`]).
-    pub customer: Option<CustomerLimits>,
+    /// The key's customer, when it has a customer object with limits
+    /// ([`crate::proxy::customers::CustomerMap`]): shared, not copied.
+    pub customer: Option<Arc<Customer>>,
 }
 
 impl KeyAsk {
     /// The check of `key`: its limits and, when it has a customer, the customer's (none when
-    /// the customer has no object; its id still names the key's Redis hash tag).
+    /// the customer has no object; its id still names the key's Redis hash tag). The
+    /// customer's id is the map's copy when there is one (no UTF-8 check of the key's).
     pub fn check<'a>(&'a self, key: &'a AuthKey) -> Check<'a> {
-        let limits = self.customer.as_ref();
+        let customer = match (&self.customer, &key.customer_id) {
+            (Some(customer), _) => Some(Subject {
+                id: &customer.id,
+                rate: customer.limits.rate.as_ref(),
+                quota: customer.limits.quota.as_ref(),
+            }),
+            (None, Some(id)) => Some(Subject {
+                id,
+                rate: None,
+                quota: None,
+            }),
+            (None, None) => None,
+        };
         Check {
             seq: key.seq,
             key: Subject {
@@ -120,11 +134,7 @@ impl KeyAsk {
                 rate: Some(&self.rate),
                 quota: key.quota(),
             },
-            customer: key.customer_id.as_deref().map(|id| Subject {
-                id,
-                rate: limits.and_then(|limits| limits.rate.as_ref()),
-                quota: limits.and_then(|limits| limits.quota.as_ref()),
-            }),
+            customer,
             cost: self.cost,
         }
     }
