@@ -443,4 +443,21 @@ mod tests {
         let give_back = lease.lapse(Duration::ZERO, now, now).unwrap();
         assert_eq!((give_back.want, give_back.returned, give_back.spent), (0, 0, 10));
     }
+
+    /// A give-back the store failed to take (`restore`) is held again, and the next lapse
+    /// (the sweep's, or the drain's next round) gives it back again: not lost.
+    #[test]
+    fn a_give_back_the_store_refused_is_given_back_at_the_next_lapse() {
+        let now = at("2026-01-01T00:00:00Z");
+        let mut lease = Leased::new(LeaseOwner::Customer { id: "acme".into() }, SPEC);
+        lease.apply(granted(10, true), now);
+        lease.spend(3, now);
+        let give_back = lease.lapse(Duration::ZERO, now, now).unwrap();
+        assert_eq!((give_back.returned, lease.held().0), (7, 0));
+        lease.restore(give_back.returned, give_back.generation, give_back.spent);
+        let later = at("2026-01-01T00:00:30Z");
+        assert!(lease.lapse(Duration::from_secs(60), later, now).is_none(), "not yet unused for the ttl");
+        let again = lease.lapse(Duration::from_secs(30), later, now).unwrap();
+        assert_eq!((again.want, again.returned), (0, 7));
+    }
 }

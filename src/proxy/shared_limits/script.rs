@@ -18,6 +18,7 @@
 //! slot (one cluster node carries a customer's whole traffic), and a key that gains, loses or
 //! changes its customer starts its Redis buckets and this period's quota counter afresh.
 
+use std::fmt::Write;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -29,7 +30,7 @@ use crate::proxy::limits::{Answer, Check, Owner, Subject};
 
 /// One check, all or nothing. KEYS: one per limit. ARGV[1]: the cost; ARGV[2]: now in
 /// microseconds since the Unix epoch, or 0 for Redis's own clock (TIME); then three arguments
-/// per key: `r`, emission interval (µs, fractional), burst; or `q`, limit, seconds to keep the
+/// per key: `r`, emission interval (whole ns, as the local limiter's GCRA), burst; or `q`, limit, seconds to keep the
 /// counter (0: for ever). Every limit is read and asked first; only if all allow the cost is
 /// each charged. Answers four integers per key: rate `{allowed, remaining, wait_us, reset_us}`,
 /// quota `{allowed, used, added, 0}`, each the state after the check.
@@ -46,6 +47,7 @@ for i = 1, #KEYS do
   local a = 3 * i
   local x = tonumber(ARGV[a + 1])
   if ARGV[a] == 'r' then
+    x = x / 1000
     local tat = math.max(tonumber(redis.call('GET', KEYS[i])) or now, now)
     local new_tat = tat + x * cost
     local allow_at = new_tat - x * tonumber(ARGV[a + 2])
@@ -65,6 +67,7 @@ for i = 1, #KEYS do
   local ok = 0
   if s[1] then ok = 1 end
   if ARGV[a] == 'r' then
+    x = x / 1000
     local tat = s[2]
     if admit then
       tat = s[3]
@@ -157,10 +160,7 @@ pub(super) fn check<'s>(
         let (name, asked) = limit?;
         call.key(name);
         match asked {
-            Asked::Rate(spec) => {
-                let interval_us = spec.per.as_secs_f64() * 1e6 / f64::from(spec.requests.get());
-                call.arg("r").arg(interval_us).arg(spec.burst().get())
-            }
+            Asked::Rate(spec) => call.arg("r").arg(interval_ns(&spec)).arg(spec.burst().get()),
             Asked::Quota(spec, window) => call.arg("q").arg(spec.limit).arg(keep_secs(&window, at.wall)),
         };
         Some(asked)
@@ -177,25 +177,25 @@ fn plan(prefix: &str, check: &Check<'_>, now: Timestamp) -> [Option<(String, Ask
         rate: None,
         quota: None,
     });
-    let quota = |spec: &QuotaSpec, name: &dyn Fn(i64) -> String| {
+    let quota = |spec: &QuotaSpec, named: &dyn Fn(i64) -> String| {
         let window = spec.window(now);
-        (name(window.label()), Asked::Quota(*spec, window))
+        (named(window.label()), Asked::Quota(*spec, window))
     };
     [
         check
             .key
             .rate
-            .map(|spec| (format!("{base}r:k:{key}"), Asked::Rate(*spec))),
+            .map(|spec| (name(&base, &["r:k:", key], None), Asked::Rate(*spec))),
         customer
             .rate
-            .map(|spec| (format!("{base}r:c"), Asked::Rate(*spec))),
+            .map(|spec| (name(&base, &["r:c"], None), Asked::Rate(*spec))),
         check
             .key
             .quota
-            .map(|spec| quota(spec, &|label| format!("{base}q:k:{key}:{label}"))),
+            .map(|spec| quota(spec, &|label| name(&base, &["q:k:", key, ":"], Some(label)))),
         customer
             .quota
-            .map(|spec| quota(spec, &|label| format!("{base}q:c:{label}"))),
+            .map(|spec| quota(spec, &|label| name(&base, &["q:c:"], Some(label)))),
     ]
 }
 
@@ -251,10 +251,41 @@ pub(super) fn answers(asked: &[Option<Asked>; 4], reply: &[i64]) -> Option<[Opti
 
 /// The hash-tagged start of every Redis key of a check (see the module doc).
 fn base(prefix: &str, key_id: &str, customer: Option<&str>) -> String {
-    match customer {
-        Some(customer) => format!("{prefix}{{c:{customer}}}:"),
-        None => format!("{prefix}{{k:{key_id}}}:"),
+    let (kind, id) = match customer {
+        Some(customer) => ("{c:", customer),
+        None => ("{k:", key_id),
+    };
+    // Pushed, not `format!`: every check names two to four keys, and the formatting machinery
+    // cost several times the copies.
+    let mut base = String::with_capacity(prefix.len() + id.len() + 48);
+    for part in [prefix, kind, id, "}:"] {
+        base.push_str(part);
     }
+    base
+}
+
+/// A Redis key of a check: `base`, then `parts`, then a period's label when it has one.
+fn name(base: &str, parts: &[&str], label: Option<i64>) -> String {
+    let mut name = String::with_capacity(base.len() + 48);
+    name.push_str(base);
+    for part in parts {
+        name.push_str(part);
+    }
+    if let Some(label) = label {
+        // Writing to a String cannot fail.
+        let _ = write!(name, "{label}");
+    }
+    name
+}
+
+/// A rate limit's emission interval in whole nanoseconds, at least 1: the local limiter's
+/// (`limits::gcra`), so the two backends take the same steps. An integer, which costs far less
+/// to send than a float's shortest decimal form.
+fn interval_ns(spec: &RateLimitSpec) -> u64 {
+    let requests = u128::from(spec.requests.get());
+    u64::try_from(spec.per.as_nanos() / requests)
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// Seconds a period's counter is kept from `now`: to the period's end and a margin; 0 (for
