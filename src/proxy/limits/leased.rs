@@ -456,7 +456,10 @@ mod tests {
         assert_eq!((give_back.returned, lease.held().0), (7, 0));
         lease.restore(give_back.returned, give_back.generation, give_back.spent);
         let later = at("2026-01-01T00:00:30Z");
-        assert!(lease.lapse(Duration::from_secs(60), later, now).is_none(), "not yet unused for the ttl");
+        assert!(
+            lease.lapse(Duration::from_secs(60), later, now).is_none(),
+            "not yet unused for the ttl"
+        );
         let again = lease.lapse(Duration::from_secs(30), later, now).unwrap();
         assert_eq!((again.want, again.returned), (0, 7));
     }
