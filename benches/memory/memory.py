@@ -249,7 +249,7 @@ def main():
         if "postgres" in only and args.database:
             stores.append(("PostgreSQL", with_database(args.postgres, args.database)))
         elif "postgres" in only:
-            database = f"kg_mem_{os.getpid()}"
+            database = f"mem_{os.getpid()}"
             psql(args.postgres, f"CREATE DATABASE {database}")
             url = with_database(args.postgres, database)
             started = time.time()
