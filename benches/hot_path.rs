@@ -70,7 +70,7 @@ fn gateway_with_keys(n: usize) -> (Shared, String) {
         table.upsert(AuthKey {
             seq,
             id: format!("key_{seq:020}").into(),
-            hash: hasher.hash(secret.expose().as_bytes()),
+            hash: hasher.hash(secret.expose().as_bytes()).into(),
             environment: Environment::Production,
             revoked: false,
             expires_at: NEVER,

@@ -5,6 +5,10 @@
 //! PostgreSQL with `KEYGATE_SCALE_POSTGRES=URL` (an empty database or schema of yours: the
 //! bench writes its keys there and leaves them). `KEYGATE_SCALE_SQLITE=PATH` writes the SQLite
 //! store there and keeps it (to start a gateway on it), instead of in a temporary folder.
+//! `KEYGATE_SCALE_LOAD=URL-or-PATH` with `KEYGATE_SCALE_KEYS=N` measures an existing store of N
+//! keys (ten million filled by `benches/memory/run --fill-sql --keep-database`) without writing
+//! any. Then `KEYGATE_SCALE_CHANGES` changes (2,000) are applied to the loaded table one at a
+//! time, and 50 syncs of one revoked key run: p50, p99 and the worst of each.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -160,9 +164,69 @@ fn load(location: &str) {
         "sync: one changed key applied to the {n}-key table in {:.2?}",
         started.elapsed()
     );
+    changes(&table, &store, &sync, &service);
     if !postgres {
         snapshot(&table, std::path::Path::new(location));
     }
+}
+
+/// A change to one key applied to the loaded table, many times: the table's upsert alone (a key
+/// taken out and put back revoked or not, as the sync applies a changed row), and the whole
+/// sync of one changed key (the store's read of it included). p50, p99 and the worst.
+fn changes(
+    table: &KeyTable,
+    store: &Arc<dyn KeyStore>,
+    sync: &KeySync,
+    service: &keygate::control::keys::KeyService,
+) {
+    let rounds: usize = std::env::var("KEYGATE_SCALE_CHANGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let mut seqs = Vec::with_capacity(table.len());
+    table.for_each(|key| seqs.push(key.seq));
+    let step = (seqs.len() / rounds.max(1)).max(1);
+    let mut upserts = Vec::with_capacity(rounds);
+    for seq in seqs.iter().step_by(step).take(rounds) {
+        let Some(mut key) = table.get(*seq) else { continue };
+        key.revoked = !key.revoked;
+        let started = Instant::now();
+        table.upsert(key);
+        upserts.push(started.elapsed());
+    }
+    report("the table's upsert of one changed key", table.len(), &mut upserts);
+    let listed = store.list(&Default::default(), Timestamp::now(), 0, 50).unwrap();
+    let mut syncs = Vec::with_capacity(listed.len());
+    for key in listed.iter().skip(1) {
+        if service.revoke(&key.id).is_err() {
+            continue;
+        }
+        let started = Instant::now();
+        sync.sync_once().unwrap();
+        syncs.push(started.elapsed());
+    }
+    report(
+        "a sync of one changed key (store read included)",
+        table.len(),
+        &mut syncs,
+    );
+}
+
+fn report(what: &str, keys: usize, times: &mut [std::time::Duration]) {
+    times.sort();
+    let at = |q: f64| {
+        times
+            .get(((times.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "change: {what}, {keys}-key table, {} rounds: p50 {:.1?}, p99 {:.1?}, max {:.1?}",
+        times.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
 }
 
 /// The snapshot's whole write, in its parts: what the sync waits for (the journal's rotation)

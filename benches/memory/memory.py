@@ -154,8 +154,16 @@ def status(pid):
     return fields
 
 
+def cpu_seconds(pid):
+    """User and system CPU time of `pid` so far (a figure a busy machine does not stretch much,
+    unlike the load's wall time)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(keygate, url, work, settle, timeout):
-    """(load seconds, RSS MiB, peak MiB) of `keygate serve` on `url`."""
+    """(load seconds, load CPU seconds, RSS MiB, peak MiB) of `keygate serve` on `url`."""
     config = config_for(url, work, "serve")
     with open(config) as f:
         # The second `listen` is the admin listener's.
@@ -178,9 +186,10 @@ def measure(keygate, url, work, settle, timeout):
                 pass
             time.sleep(0.05)
         loaded = time.time() - started
+        cpu = cpu_seconds(server.pid)
         time.sleep(settle)
         fields = status(server.pid)
-        return loaded, fields["VmRSS"], fields["VmHWM"]
+        return (loaded, cpu), fields["VmRSS"], fields["VmHWM"]
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -193,7 +202,7 @@ def measure(keygate, url, work, settle, timeout):
 
 def row(store, binary, keys, loaded, rss, peak, per_key, load):
     label = os.path.relpath(binary, ROOT) if binary.startswith(ROOT) else binary
-    print(f"| {store} | {label} | {keys:,} | {loaded:.1f} s | {rss:.1f} MiB ({rss * 1.048576:.0f} MB) "
+    print(f"| {store} | {label} | {keys:,} | {loaded[0]:.1f} s ({loaded[1]:.1f} s CPU) | {rss:.1f} MiB ({rss * 1.048576:.0f} MB) "
           f"| {peak:.1f} MiB | {per_key} | {load:.1f} |", flush=True)
 
 
@@ -235,7 +244,8 @@ def main():
 
     print(f"machine: {machine()}, load {os.getloadavg()[0]:.2f} at start")
     print(f"method: `keygate serve` (access log off, per-key metrics off) on {args.keys:,} keys; "
-          f"VmRSS and VmHWM {args.settle:g} s after /readyz answered 200; load = start to /readyz")
+          f"VmRSS and VmHWM {args.settle:g} s after /readyz answered 200; load = start to /readyz "
+          f"(and keygate's CPU time until then)")
     print()
     print("| store | binary | keys | load | RSS | peak (VmHWM) | bytes a key over the empty store | load average |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
@@ -249,7 +259,7 @@ def main():
         if "postgres" in only and args.database:
             stores.append(("PostgreSQL", with_database(args.postgres, args.database)))
         elif "postgres" in only:
-            database = f"kg_mem_{os.getpid()}"
+            database = f"mem_{os.getpid()}"
             psql(args.postgres, f"CREATE DATABASE {database}")
             url = with_database(args.postgres, database)
             started = time.time()

@@ -4,8 +4,10 @@
 //! The table is written whole after the first load (before the gateway is ready), then at most
 //! every few sync intervals when it changed, in the background while syncs go on (the journal
 //! is rotated first, see [`journal`]): one JSON line of header, then one line per key with what
-//! the hot path needs of it (hashes, never secrets), then one per customer with limits
-//! ([`customers`], from format version 2; a version 1 file, without them, still loads). It is written to a temporary file beside
+//! the hot path needs of it (the 16 bytes of each hash the table keeps, never secrets), then one
+//! per customer with limits ([`customers`], from format version 2; a version 1 file, without
+//! them, still loads). Versions 1 and 2 held whole 32-byte hashes: read, their first 16 bytes
+//! are kept (version 3 writes only those). It is written to a temporary file beside
 //! the target, synced and renamed over it, so a crash leaves the old snapshot or the new one,
 //! never half of one; the file is readable by its owner only. In between, every change
 //! set is journaled before it is applied ([`journal`]), so the snapshot and its journal are
@@ -25,15 +27,15 @@ use crate::core::environment::Environment;
 use crate::core::key::RateLimitSpec;
 use crate::core::permission::{Permission, PermissionSet};
 use crate::core::quota::QuotaSpec;
-use crate::core::secret::KeyHash;
 use crate::proxy::customers::{CustomerLimits, CustomerMap};
-use crate::proxy::table::{AuthKey, Extras, KeyTable, PreviousSecret};
+use crate::proxy::table::{AuthKey, Extras, KeyTable, PreviousSecret, ShortHash};
 
 const FORMAT: &str = "keygate-key-table";
-/// The version written: 2 adds the customers' lines after the keys'.
-const VERSION: u32 = 2;
+/// The version written: 2 adds the customers' lines after the keys'; 3 writes the hashes'
+/// first 16 bytes ([`ShortHash`]) where 1 and 2 wrote all 32.
+const VERSION: u32 = 3;
 /// The versions read.
-const READABLE: [u32; 2] = [1, VERSION];
+const READABLE: [u32; 3] = [1, 2, VERSION];
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Header {
@@ -59,7 +61,7 @@ struct Entry {
     seq: u64,
     id: String,
     #[serde(with = "hex")]
-    hash: [u8; 32],
+    hash: [u8; 16],
     environment: Environment,
     revoked: bool,
     expires_at: i64,
@@ -71,7 +73,7 @@ struct Entry {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     allowed_ips: Vec<IpNet>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "hex_opt")]
-    previous_hash: Option<[u8; 32]>,
+    previous_hash: Option<[u8; 16]>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     previous_until: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -289,7 +291,7 @@ fn auth_key(
 ) -> AuthKey {
     let previous = match (entry.previous_hash, entry.previous_until) {
         (Some(hash), Some(until)) => Some(PreviousSecret {
-            hash: KeyHash(hash),
+            hash: ShortHash(hash),
             until,
         }),
         _ => None,
@@ -303,7 +305,7 @@ fn auth_key(
     AuthKey {
         seq: entry.seq,
         id: entry.id.into(),
-        hash: KeyHash(entry.hash),
+        hash: ShortHash(entry.hash),
         environment: entry.environment,
         revoked: entry.revoked,
         expires_at: entry.expires_at,
@@ -325,27 +327,32 @@ fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
     options.open(path)
 }
 
+/// A hash as hex: 16 bytes written (32 digits); 32 digits or 64 (a version 1 or 2 file's whole
+/// hash) read, the first 16 bytes kept.
 mod hex {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(bytes: &[u8; 32], serializer: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(bytes: &[u8; 16], serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&encode(bytes))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u8; 32], D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u8; 16], D::Error> {
         let text = <&str>::deserialize(deserializer)?;
-        decode(text).ok_or_else(|| serde::de::Error::custom("not 64 hex digits"))
+        decode(text).ok_or_else(|| serde::de::Error::custom("not 32 or 64 hex digits"))
     }
 
-    pub fn encode(bytes: &[u8; 32]) -> String {
+    pub fn encode(bytes: &[u8; 16]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    pub fn decode(text: &str) -> Option<[u8; 32]> {
-        if text.len() != 64 {
+    pub fn decode(text: &str) -> Option<[u8; 16]> {
+        if text.len() != 32 && text.len() != 64 {
             return None;
         }
-        let mut out = [0; 32];
+        if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let mut out = [0; 16];
         for (i, byte) in out.iter_mut().enumerate() {
             *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
         }
@@ -356,18 +363,18 @@ mod hex {
 mod hex_opt {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(bytes: &Option<[u8; 32]>, serializer: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(bytes: &Option<[u8; 16]>, serializer: S) -> Result<S::Ok, S::Error> {
         match bytes {
             Some(bytes) => serializer.serialize_str(&super::hex::encode(bytes)),
             None => serializer.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<[u8; 32]>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<[u8; 16]>, D::Error> {
         match Option::<&str>::deserialize(deserializer)? {
             Some(text) => super::hex::decode(text)
                 .map(Some)
-                .ok_or_else(|| serde::de::Error::custom("not 64 hex digits")),
+                .ok_or_else(|| serde::de::Error::custom("not 32 or 64 hex digits")),
             None => Ok(None),
         }
     }

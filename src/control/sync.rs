@@ -34,7 +34,8 @@ use crate::telemetry::Metrics;
 mod customers;
 mod saving;
 
-/// Rows read per store query: bounds the memory a full load needs beside the table itself.
+/// Rows a batch: bounds the memory a full load needs beside the table itself (PostgreSQL reads
+/// them through one cursor, a batch a fetch; SQLite one query a batch).
 const BATCH: usize = 10_000;
 /// Waits between attempts of the first load.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -182,18 +183,18 @@ impl KeySync {
 
     /// Applies every change after `revision`, batch by batch, showing each changed key's seq
     /// to `seen`, journaling each batch first when `journal`; how many.
-    fn pull(&self, mut revision: u64, mut seen: impl FnMut(u64), journal: bool) -> Result<usize, StoreError> {
+    fn pull(
+        &self,
+        revision: u64,
+        mut seen: impl FnMut(u64) + Send,
+        journal: bool,
+    ) -> Result<usize, StoreError> {
         let mut applied = 0;
-        loop {
-            let changes = self.store.changes_since(revision, BATCH)?;
-            let more = changes.more;
-            revision = changes.revision;
+        self.store.stream_changes(revision, BATCH, &mut |changes| {
             changes.keys.iter().for_each(|key| seen(key.seq));
             applied += self.apply(changes, journal);
-            if !more {
-                return Ok(applied);
-            }
-        }
+        })?;
+        Ok(applied)
     }
 
     /// Loads the whole store again, then drops the keys the table holds that it does not.
@@ -286,7 +287,7 @@ impl KeySync {
         }
         let previous = match (key.previous_hash, key.grace_until) {
             (Some(hash), Some(until)) => Some(PreviousSecret {
-                hash,
+                hash: hash.into(),
                 until: until.as_second(),
             }),
             _ => None,
@@ -300,7 +301,7 @@ impl KeySync {
         Some(AuthKey {
             seq: key.seq,
             id: key.id.as_str().into(),
-            hash: key.hash,
+            hash: key.hash.into(),
             environment: key.spec.environment,
             revoked: key.status == StoredStatus::Revoked,
             expires_at: key.spec.expires_at.map_or(NEVER, |at| at.as_second()),

@@ -33,9 +33,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
-use super::table::{AuthKey, KeyTable, Presented};
+use super::table::{AuthKey, KeyTable, Presented, ShortHash};
 use crate::core::clock::Clock;
-use crate::core::secret::KeyHash;
 
 /// The protocol an HTTP/1.1 request asks to upgrade to, when it asks in the way RFC 9110
 /// 7.8 says (an `Upgrade` field and `upgrade` among the `Connection` options) and the protocol
@@ -155,8 +154,8 @@ impl Tunnels {
 pub struct KeyHolder {
     table: Arc<KeyTable>,
     key: AuthKey,
-    /// The hash of the secret presented.
-    hash: KeyHash,
+    /// The hash of the secret presented (the table's 16 bytes of it).
+    hash: ShortHash,
     clock: Clock,
 }
 
@@ -178,7 +177,7 @@ impl KeyHolder {
     /// Whether the secret still finds the same key, in the same environment, usable now: as
     /// steps 3 and 4 of the request path would decide for a new request with it.
     fn lets_in(&self) -> bool {
-        let Some((found, which)) = self.table.lookup(&self.hash) else {
+        let Some((found, which)) = self.table.lookup_short(self.hash) else {
             return false;
         };
         let now = self.clock.now().as_second();

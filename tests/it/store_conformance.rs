@@ -153,6 +153,46 @@ fn every_change_bumps_the_revision_and_is_read_back_once(store: &dyn KeyStore) {
     assert!(store.changes_since(start + 3, 10).unwrap().keys.is_empty());
 }
 
+/// The sync's pulls: every changed row once, whatever the batch, and the last batch at the
+/// store's revision; a batch before it records no revision past the rows already handed out.
+fn a_stream_of_changes_hands_out_every_row_once_and_ends_at_the_store_revision(store: &dyn KeyStore) {
+    let start = store.revision().unwrap();
+    for n in 1..=5 {
+        store
+            .insert(&new_key(n, Environment::Production, t(0)), AUDIT)
+            .unwrap();
+    }
+    revoke(store, "key_conformance00003", t(5)).unwrap();
+    let end = store.revision().unwrap();
+    let mut batches = Vec::new();
+    store
+        .stream_changes(start, 2, &mut |changes| batches.push(changes))
+        .unwrap();
+    let (last, before) = batches.split_last().unwrap();
+    assert!(
+        !last.more && last.revision == end,
+        "{:?}",
+        (last.more, last.revision)
+    );
+    assert!(before
+        .iter()
+        .all(|b| b.more && b.revision <= end && b.keys.len() <= 2));
+    let mut ids: Vec<_> = batches
+        .iter()
+        .flat_map(|b| &b.keys)
+        .map(|k| (k.id.clone(), k.status))
+        .collect();
+    ids.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert_eq!(ids[2], ("key_conformance00003".into(), StoredStatus::Revoked));
+    let mut none = Vec::new();
+    store
+        .stream_changes(end, 2, &mut |changes| none.push(changes))
+        .unwrap();
+    assert!(none.iter().all(|b| b.keys.is_empty()));
+    assert_eq!(none.last().map(|b| (b.more, b.revision)), Some((false, end)));
+}
+
 fn a_change_is_audited_without_its_secret(store: &dyn KeyStore) {
     store
         .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
@@ -608,6 +648,10 @@ const SUITE: &[Conformance] = &[
     (
         "a_leak_report_is_audited_even_when_it_changes_nothing",
         a_leak_report_is_audited_even_when_it_changes_nothing,
+    ),
+    (
+        "a_stream_of_changes_hands_out_every_row_once_and_ends_at_the_store_revision",
+        a_stream_of_changes_hands_out_every_row_once_and_ends_at_the_store_revision,
     ),
 ];
 

@@ -453,14 +453,13 @@ mod tests {
 
     use super::*;
     use crate::core::environment::Environment;
-    use crate::core::secret::KeyHash;
     use crate::proxy::table::{KeyTable, NEVER};
 
     fn key(seq: u64, revoked: bool) -> AuthKey {
         AuthKey {
             seq,
             id: format!("key_{seq}").into(),
-            hash: KeyHash([seq as u8; 32]),
+            hash: crate::proxy::table::ShortHash([seq as u8; 16]),
             environment: Environment::Production,
             revoked,
             expires_at: NEVER,

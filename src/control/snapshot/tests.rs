@@ -11,7 +11,7 @@ fn key(seq: u64, extras: Option<Extras>) -> AuthKey {
     AuthKey {
         seq,
         id: format!("key_{seq}").into(),
-        hash: KeyHash([seq as u8; 32]),
+        hash: ShortHash([seq as u8; 16]),
         environment: Environment::Production,
         revoked: seq.is_multiple_of(2),
         expires_at: NEVER,
@@ -31,7 +31,7 @@ fn a_table_written_and_read_back_is_the_same_table() {
             rate_limit: Some(RateLimitSpec::from_rate("6/m".parse().unwrap(), None)),
             allowed_ips: vec!["10.0.0.0/8".parse().unwrap()].into_boxed_slice(),
             previous: Some(PreviousSecret {
-                hash: KeyHash([9; 32]),
+                hash: ShortHash([9; 16]),
                 until: 1_900_000_000,
             }),
             quota: Some(QuotaSpec {
@@ -60,14 +60,17 @@ fn a_table_written_and_read_back_is_the_same_table() {
     let (plain, rich) = (&keys[0], &keys[1]);
     assert_eq!(
         (plain.seq, &*plain.id, plain.hash, plain.revoked),
-        (1, "key_1", KeyHash([1; 32]), false)
+        (1, "key_1", ShortHash([1; 16]), false)
     );
     assert_eq!(plain.customer_id.as_deref(), Some("acme"));
     assert!(plain.extras.is_none());
     assert_eq!(rich.rate_limit().map(|r| r.requests.get()), Some(6));
     assert_eq!(rich.allowed_ips().len(), 1);
     let previous = rich.extras.as_ref().and_then(|e| e.previous.as_ref()).unwrap();
-    assert_eq!((previous.hash, previous.until), (KeyHash([9; 32]), 1_900_000_000));
+    assert_eq!(
+        (previous.hash, previous.until),
+        (ShortHash([9; 16]), 1_900_000_000)
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -190,13 +193,13 @@ fn interleavings(changes: usize) -> Vec<Vec<Option<Step>>> {
 }
 
 /// The keys as a comparable set: (seq, revoked, current hash).
-fn state<'a>(keys: impl Iterator<Item = &'a AuthKey>) -> Vec<(u64, bool, KeyHash)> {
+fn state<'a>(keys: impl Iterator<Item = &'a AuthKey>) -> Vec<(u64, bool, ShortHash)> {
     let mut state: Vec<_> = keys.map(|k| (k.seq, k.revoked, k.hash)).collect();
     state.sort_by_key(|s| s.0);
     state
 }
 
-fn table_state(table: &KeyTable) -> Vec<(u64, bool, KeyHash)> {
+fn table_state(table: &KeyTable) -> Vec<(u64, bool, ShortHash)> {
     let mut keys = Vec::new();
     table.for_each(|k| keys.push((k.seq, k.revoked, k.hash)));
     keys.sort_by_key(|s| s.0);
@@ -391,8 +394,61 @@ fn a_version_1_snapshot_without_customers_still_loads() {
     let loaded = read(&path, |p| Arc::new(PermissionSet::new(p.to_vec()))).unwrap();
     assert_eq!((loaded.revision, loaded.synced_ms, loaded.keys.len()), (4, 7, 1));
     assert!(loaded.customers.is_empty());
+    // The whole hash of versions 1 and 2: its first 16 bytes are what the table keeps.
+    assert_eq!(loaded.keys[0].hash, ShortHash([1; 16]));
     // A version this binary does not know is refused.
-    let future = header.replace("\"version\":1", "\"version\":3");
+    let future = header.replace("\"version\":1", "\"version\":4");
     std::fs::write(&path, format!("{future}\n{line}\n")).unwrap();
+    assert!(read(&path, |p| Arc::new(PermissionSet::new(p.to_vec()))).is_err());
+}
+
+#[test]
+fn version_3_writes_16_bytes_of_each_hash_and_a_version_2_file_still_loads() {
+    let table = KeyTable::default();
+    table.upsert(key(
+        3,
+        Some(Extras {
+            previous: Some(PreviousSecret {
+                hash: ShortHash([7; 16]),
+                until: 1_900_000_000,
+            }),
+            ..Extras::default()
+        }),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("table.snap");
+    write(&table, &CustomerMap::default(), &path, 1, 1).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.starts_with(r#"{"format":"keygate-key-table","version":3,"#),
+        "{text}"
+    );
+    let line = text.lines().nth(1).unwrap();
+    assert!(
+        line.contains(&format!(r#""hash":"{}""#, "03".repeat(16))),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(r#""previous_hash":"{}""#, "07".repeat(16))),
+        "{line}"
+    );
+
+    let header =
+        r#"{"format":"keygate-key-table","version":2,"revision":4,"written_ms":7,"keys":1,"customers":0}"#;
+    let old = format!(
+        r#"{{"seq":5,"id":"key_5","hash":"{}","environment":"production","revoked":false,"expires_at":9223372036854775807,"permissions":[],"previous_hash":"{}","previous_until":1900000000}}"#,
+        "05".repeat(16) + &"ff".repeat(16),
+        "06".repeat(32)
+    );
+    std::fs::write(&path, format!("{header}\n{old}\n")).unwrap();
+    let loaded = read(&path, |p| Arc::new(PermissionSet::new(p.to_vec()))).unwrap();
+    assert_eq!(loaded.keys[0].hash, ShortHash([5; 16]));
+    assert_eq!(
+        loaded.keys[0].previous().map(|p| p.hash),
+        Some(ShortHash([6; 16]))
+    );
+    // Neither 32 nor 64 hex digits: refused, not cut.
+    let odd = old.replace(&"05".repeat(16), "05");
+    std::fs::write(&path, format!("{header}\n{odd}\n")).unwrap();
     assert!(read(&path, |p| Arc::new(PermissionSet::new(p.to_vec()))).is_err());
 }

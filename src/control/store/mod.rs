@@ -196,6 +196,30 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// the last batch. A row that cannot be decoded is reported in [`Changes::bad_rows`].
     fn changes_since(&self, revision: u64, limit: usize) -> Result<Changes, StoreError>;
 
+    /// Every row changed after `revision`, handed to `apply` in batches of up to `batch` keys
+    /// as they are read; what the key sync's pulls (the first load of a whole table among them)
+    /// go through. A batch's [`Changes::revision`] is one the table may record once it has
+    /// taken the batch, and the last batch's (its `more` false) is where the next pull starts.
+    /// By default, [`KeyStore::changes_since`] page after page; a store that can read all of it
+    /// in one snapshot with one cursor does so (PostgreSQL: one query, not one per batch).
+    fn stream_changes(
+        &self,
+        revision: u64,
+        batch: usize,
+        apply: &mut (dyn FnMut(Changes) + Send),
+    ) -> Result<(), StoreError> {
+        let mut revision = revision;
+        loop {
+            let changes = self.changes_since(revision, batch)?;
+            let more = changes.more;
+            revision = changes.revision;
+            apply(changes);
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
     /// Adds counted requests to the keys' daily totals and moves their `last_used_at` (or
     /// `previous_last_used_at`) forward. Usage does not bump the revision: it does not change
     /// what a gateway admits.

@@ -23,8 +23,9 @@ use crate::proxy::error::AuthFailure;
 pub struct AuthKey {
     pub seq: u64,
     pub id: KeyId,
-    /// The current secret's hash (also when the request presented the previous secret).
-    pub hash: KeyHash,
+    /// The current secret's hash, its first 16 bytes (also when the request presented the
+    /// previous secret).
+    pub hash: ShortHash,
     pub environment: Environment,
     /// Revoked keys stay in the table so their refusals are told apart from unknown keys.
     pub revoked: bool,
@@ -35,6 +36,57 @@ pub struct AuthKey {
     pub customer_id: Option<CustomerId>,
     /// `None` for a key with none of them (most keys).
     pub extras: Option<Arc<Extras>>,
+}
+
+/// What the table keeps of a secret's BLAKE3 hash: its first 16 bytes (the store keeps all 32).
+///
+/// 128 bits are what a lookup compares, and enough: finding a secret whose hash begins with a
+/// given key's 16 bytes is a second preimage of 128-bit BLAKE3, about 2^128 hashes (and
+/// 2^128 / n to hit any of n keys: 2^108 for a million), far past any attacker; a collision
+/// between two keys' own secrets is about n^2 / 2^129, 10^-25 for ten million keys, and the
+/// table refuses such a hash for both keys anyway (it is *contested*). Neither bound depends on
+/// the pepper, which only decides who can compute hashes at all. A low-entropy imported secret
+/// is as guessable as it ever was: a guess is checked by hashing it, and 16 bytes or 32 make
+/// the same answer for the right guess.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ShortHash(pub [u8; 16]);
+
+impl ShortHash {
+    /// The two words: the first is the index's hash, both are compared.
+    pub(super) fn words(&self) -> [u64; 2] {
+        let word = |at: usize| {
+            let mut bytes = [0; 8];
+            bytes.copy_from_slice(&self.0[at..at + 8]);
+            u64::from_le_bytes(bytes)
+        };
+        [word(0), word(8)]
+    }
+
+    /// Compared without an early exit, so a lookup's timing says nothing about how much of a
+    /// guess's hash matched.
+    pub(super) fn ct_eq_words(a: [u64; 2], b: [u64; 2]) -> bool {
+        std::hint::black_box((a[0] ^ b[0]) | (a[1] ^ b[1])) == 0
+    }
+}
+
+impl From<&KeyHash> for ShortHash {
+    fn from(hash: &KeyHash) -> Self {
+        let mut short = [0; 16];
+        short.copy_from_slice(&hash.0[..16]);
+        ShortHash(short)
+    }
+}
+
+impl From<KeyHash> for ShortHash {
+    fn from(hash: KeyHash) -> Self {
+        ShortHash::from(&hash)
+    }
+}
+
+impl std::fmt::Debug for ShortHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ShortHash({:02x}{:02x}..)", self.0[0], self.0[1])
+    }
 }
 
 /// [`AuthKey::expires_at`] of a key that does not expire.
@@ -102,10 +154,8 @@ impl AuthKey {
 
     /// The hash of each secret the key authenticates with, and which it is: the current one's,
     /// and the previous one's unless it is the same.
-    pub(super) fn claims(&self) -> impl Iterator<Item = (KeyHash, Role)> + '_ {
-        let previous = self
-            .previous()
-            .filter(|previous| previous.hash.short() != self.hash.short());
+    pub(super) fn claims(&self) -> impl Iterator<Item = (ShortHash, Role)> + '_ {
+        let previous = self.previous().filter(|previous| previous.hash != self.hash);
         std::iter::once((self.hash, Role::Current)).chain(previous.map(|p| (p.hash, Role::Previous)))
     }
 }
@@ -119,7 +169,7 @@ pub(super) enum Role {
 
 #[derive(Debug, Clone, Copy)]
 pub struct PreviousSecret {
-    pub hash: KeyHash,
+    pub hash: ShortHash,
     /// Unix seconds at which the old secret stops.
     pub until: i64,
 }

@@ -1,9 +1,10 @@
 //! The in-memory key table the hot path authenticates against (data plane state).
 //!
-//! Keys are packed records of 68 bytes ([`shard`]) in 64 shards chosen by the hash of the
+//! Keys are packed records of 52 bytes ([`shard`]) in 64 shards chosen by the hash of the
 //! secret that finds them, each shard behind its own read-write lock: a lookup takes one
-//! shard's read lock, finds the record by the first 16 bytes of the BLAKE3 hash, compares the
-//! full hash in constant time and copies the key out ([`AuthKey`], a value). A key being
+//! shard's read lock, finds the record by the first 16 bytes of the BLAKE3 hash, the only
+//! ones the table keeps ([`ShortHash`], which says why 128 bits are enough), compared without
+//! an early exit, and copies the key out ([`AuthKey`], a value). A key being
 //! regenerated with a grace period has a second record, found by the previous secret's hash.
 //! The control plane's sync writes single keys in O(1) ([`KeyTable::upsert`],
 //! [`KeyTable::remove`]), each record under one shard's short write lock; readers never wait on
@@ -39,7 +40,7 @@ use rustc_hash::FxBuildHasher;
 use tokio::sync::watch;
 
 use self::key::Role;
-pub use self::key::{AuthKey, Extras, Presented, PreviousSecret, NEVER};
+pub use self::key::{AuthKey, Extras, Presented, PreviousSecret, ShortHash, NEVER};
 use self::shard::Shard;
 pub use self::text::{CustomerId, KeyId, Text};
 use crate::core::environment::Environment;
@@ -183,12 +184,18 @@ impl KeyTable {
 
     /// The key whose secret hashes to `hash`, and which of its secrets it is.
     pub fn lookup(&self, hash: &KeyHash) -> Option<(AuthKey, Presented)> {
-        self.read(self.shard_of(hash)).lookup(hash)
+        self.lookup_short(ShortHash::from(hash))
+    }
+
+    /// [`KeyTable::lookup`] by the 16 bytes of a hash the table keeps (an open tunnel's
+    /// check of its key holds those).
+    pub fn lookup_short(&self, hash: ShortHash) -> Option<(AuthKey, Presented)> {
+        self.read(self.shard_of(&hash)).lookup(hash)
     }
 
     /// The shard of the records found by `hash`.
-    fn shard_of(&self, hash: &KeyHash) -> usize {
-        self.spread.of(hash.short()[0])
+    fn shard_of(&self, hash: &ShortHash) -> usize {
+        self.spread.of(hash.words()[0])
     }
 
     /// The part of `by_seq` that holds `seq`.
@@ -219,7 +226,7 @@ impl KeyTable {
         let old = self
             .find(&by_seq, key.seq)
             .and_then(|loc| Some((loc, self.read(loc.shard()).view(loc.slot())?)));
-        let claims: Vec<(KeyHash, Role)> = key.claims().collect();
+        let claims: Vec<(ShortHash, Role)> = key.claims().collect();
         if !claims
             .iter()
             .all(|(hash, _)| self.read(self.shard_of(hash)).has_room(claims.len()))
@@ -252,7 +259,7 @@ impl KeyTable {
         if let Some((_, old)) = &old {
             for (hash, _) in old
                 .claims()
-                .filter(|(h, _)| !claims.iter().any(|(new, _)| new.short() == h.short()))
+                .filter(|(h, _)| !claims.iter().any(|(new, _)| new == h))
             {
                 self.write(self.shard_of(&hash)).drop_claim(key.seq, hash);
             }

@@ -1,7 +1,8 @@
 //! One shard of the key table (data plane): packed records, the index that finds them by hash,
 //! and the few things records point at.
 //!
-//! A record is a whole key in 68 bytes: the full hash (compared after the index), the seq, the
+//! A record is a whole key in 52 bytes: the hash's first 16 bytes ([`ShortHash`], all of it
+//! compared), the seq, the
 //! expiry in 32 bits (Unix seconds up to 2106; another expiry is kept beside, in the shard), the
 //! id's 20 characters after `key_` in 6 bits each, and two `u32` slots: the permission set
 //! (interned, with the flags beside it), and what only some keys have, the customer id and the
@@ -15,16 +16,15 @@ use std::sync::Arc;
 use hashbrown::HashTable;
 use rustc_hash::FxHashMap;
 
-use super::key::{AuthKey, Extras, Presented, Role, NEVER};
+use super::key::{AuthKey, Extras, Presented, Role, ShortHash, NEVER};
 use super::text::{CustomerId, KeyId};
 use crate::core::environment::Environment;
 use crate::core::permission::PermissionSet;
-use crate::core::secret::KeyHash;
 
 /// Records are allocated this many at a time, 32 KiB less a few bytes: a shard grows without
 /// copying its records, and wastes at most one chunk. 32 KiB is one of jemalloc's size
 /// classes (the binary's allocator): 256 records of 76 bytes took its 20 KiB class, 5% more
-/// than they used.
+/// than they used. 630 records of 52 bytes leave 8 bytes of it unused.
 const CHUNK: usize = 32 * 1024 / std::mem::size_of::<Record>();
 /// A shard's records are numbered in 26 bits (the location beside its 6-bit shard number).
 pub(super) const MAX_RECORDS: usize = 1 << 26;
@@ -42,12 +42,12 @@ const ODD_EXPIRY: u32 = 1 << 30;
 /// [`Record::expires_at`] of a key that never expires.
 const NEVER_WORD: u32 = u32::MAX;
 
-/// One key, found by one of its hashes. 68 bytes, aligned to 4 (checked by a test).
+/// One key, found by one of its hashes. 52 bytes, aligned to 4 (checked by a test).
 #[derive(Clone, Copy)]
 pub(super) struct Record {
     /// The key's current hash (a [`Role::Previous`] record is found by the previous one, kept
     /// in the extras).
-    hash: KeyHash,
+    hash: ShortHash,
     /// The seq as a pair of words: a 64-bit field would align the record to 8.
     seq: [u32; 2],
     /// Unix seconds, [`NEVER_WORD`] for a key that never expires; for an expiry before 1970 or
@@ -300,7 +300,7 @@ impl Data {
     }
 
     /// The hash `record` is found by.
-    fn claim(&self, record: &Record) -> KeyHash {
+    fn claim(&self, record: &Record) -> ShortHash {
         match record.role() {
             Role::Current => record.hash,
             Role::Previous => self
@@ -312,12 +312,12 @@ impl Data {
 
     fn word(&self, slot: u32) -> u64 {
         self.record(slot)
-            .map_or(0, |record| self.claim(record).short()[0])
+            .map_or(0, |record| self.claim(record).words()[0])
     }
 
     fn claims(&self, slot: u32, short: [u64; 2]) -> bool {
         self.record(slot)
-            .is_some_and(|record| self.claim(record).short() == short)
+            .is_some_and(|record| ShortHash::ct_eq_words(self.claim(record).words(), short))
     }
 
     fn extras(&self, record: &Record) -> Option<&Arc<Extras>> {
@@ -444,11 +444,11 @@ impl Shard {
     }
 
     /// The key found by `hash`, unless another key claims the hash too.
-    pub fn lookup(&self, hash: &KeyHash) -> Option<(AuthKey, Presented)> {
-        let short = hash.short();
+    pub fn lookup(&self, hash: ShortHash) -> Option<(AuthKey, Presented)> {
+        let short = hash.words();
         let slot = *self.index.find(short[0], |&slot| self.data.claims(slot, short))?;
         let record = self.data.record(slot)?;
-        if record.contested() || !self.data.claim(record).ct_eq(hash) {
+        if record.contested() {
             return None;
         }
         let key = self.data.view(record);
@@ -478,7 +478,7 @@ impl Shard {
             .filter(|&slot| {
                 self.data
                     .record(slot)
-                    .is_some_and(|r| r.seq() != seq && self.data.claim(r).short() == short)
+                    .is_some_and(|r| r.seq() != seq && self.data.claim(r).words() == short)
             })
             .collect()
     }
@@ -488,7 +488,7 @@ impl Shard {
             .find(short[0], |&slot| {
                 self.data
                     .record(slot)
-                    .is_some_and(|r| r.seq() == seq && self.data.claim(r).short() == short)
+                    .is_some_and(|r| r.seq() == seq && self.data.claim(r).words() == short)
             })
             .copied()
     }
@@ -496,8 +496,8 @@ impl Shard {
     /// Writes `key`'s record found by `hash` (its `role` one), over the one the key had for the
     /// hash if any; the slot, and whether another key claims the hash too (then every record of
     /// the hash is flagged, and the hash finds no key).
-    pub fn put(&mut self, key: &AuthKey, hash: KeyHash, role: Role) -> Result<(u32, bool), Full> {
-        let short = hash.short();
+    pub fn put(&mut self, key: &AuthKey, hash: ShortHash, role: Role) -> Result<(u32, bool), Full> {
+        let short = hash.words();
         let others = self.others(key.seq, short);
         let contested = !others.is_empty();
         let record = self.data.pack(key, role, contested)?;
@@ -527,8 +527,8 @@ impl Shard {
 
     /// Drops `seq`'s record found by `hash`; the key left claiming the hash alone, if one,
     /// is found by it again.
-    pub fn drop_claim(&mut self, seq: u64, hash: KeyHash) {
-        let short = hash.short();
+    pub fn drop_claim(&mut self, seq: u64, hash: ShortHash) {
+        let short = hash.words();
         let Some(slot) = self.mine(seq, short) else {
             return;
         };
@@ -593,11 +593,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_record_is_68_bytes_its_side_24_and_a_chunk_fills_32_kib() {
+    fn a_record_is_52_bytes_its_side_24_and_a_chunk_fills_32_kib() {
         // The 1M-key memory budget counts on this; grow it only on purpose.
-        assert_eq!(std::mem::size_of::<Record>(), 68);
+        assert_eq!(std::mem::size_of::<Record>(), 52);
         assert_eq!(std::mem::size_of::<Option<Side>>(), 24);
-        assert!(32 * 1024 - CHUNK * std::mem::size_of::<Record>() < 68);
+        assert!(32 * 1024 - CHUNK * std::mem::size_of::<Record>() < 52);
     }
 
     #[test]

@@ -9,7 +9,7 @@ fn key(seq: u64, secret: &str, previous: Option<&str>) -> AuthKey {
     AuthKey {
         seq,
         id: format!("key_{seq}").into(),
-        hash: hasher.hash(secret.as_bytes()),
+        hash: hasher.hash(secret.as_bytes()).into(),
         environment: Environment::Production,
         revoked: false,
         expires_at: NEVER,
@@ -17,7 +17,7 @@ fn key(seq: u64, secret: &str, previous: Option<&str>) -> AuthKey {
         customer_id: None,
         extras: Extras {
             previous: previous.map(|p| PreviousSecret {
-                hash: hasher.hash(p.as_bytes()),
+                hash: hasher.hash(p.as_bytes()).into(),
                 until: 100,
             }),
             ..Extras::default()
@@ -159,7 +159,7 @@ fn a_key_comes_out_as_it_went_in() {
     assert_eq!(which, Presented::Previous { until: 100 });
     assert_eq!(
         old.hash,
-        Hasher::unkeyed().hash(b"secret-eight-01234"),
+        Hasher::unkeyed().hash(b"secret-eight-01234").into(),
         "the current hash"
     );
     assert_eq!(&*old.id, "key_8", "an id of another shape");
@@ -292,4 +292,25 @@ fn the_spread_gives_every_shard_a_share_growing_to_twice_the_first() {
         let entry = spread.0.iter().position(|&s| usize::from(s) == shard).unwrap();
         assert_eq!(spread.of((entry as u64) << 40 | 0xff), shard);
     }
+}
+
+#[test]
+fn a_lookup_compares_all_16_bytes_the_table_keeps() {
+    let table = KeyTable::default();
+    let kept = ShortHash([1; 16]);
+    table.upsert(AuthKey {
+        hash: kept,
+        ..key(1, "secret-one-0123456", None)
+    });
+    let mut second_word = kept;
+    second_word.0[15] ^= 1;
+    let mut first_word = kept;
+    first_word.0[0] ^= 1;
+    assert_eq!(table.lookup_short(kept).map(|(key, _)| key.seq), Some(1));
+    assert!(table.lookup_short(second_word).is_none());
+    assert!(table.lookup_short(first_word).is_none());
+    // A full hash is looked up by its first 16 bytes.
+    let mut full = crate::core::secret::KeyHash([1; 32]);
+    full.0[31] = 9;
+    assert_eq!(table.lookup(&full).map(|(key, _)| key.seq), Some(1));
 }

@@ -372,3 +372,61 @@ pub(super) async fn changes_since(
     tx.commit().await?;
     Ok(changes)
 }
+
+/// Every row changed after `revision`, in one snapshot through one cursor (one query, however
+/// many rows): `batch` rows a fetch, each batch decoded and handed to `apply` before the next
+/// is fetched, so memory beside the table is one batch's. The rows come in the order the
+/// server finds cheapest, not by revision, so a batch before the last records `revision` (the
+/// table holds at least what it did, and the rest of the snapshot is coming); the last records
+/// the snapshot's revision and brings the customers changed up to it, read once. Each fetch is
+/// allowed `each`; the whole read as long as it takes.
+pub(super) async fn stream_changes(
+    client: &mut deadpool_postgres::Client,
+    revision: u64,
+    batch: usize,
+    each: std::time::Duration,
+    apply: &mut (dyn FnMut(Changes) + Send),
+) -> Result<(), StoreError> {
+    let within = |what| StoreError::Unavailable(format!("PostgreSQL did not answer {what} within {each:?}"));
+    let (tx, current) = tokio::time::timeout(each, snapshot(client))
+        .await
+        .map_err(|_| within("the snapshot's start"))??;
+    let sql = format!("SELECT {} FROM keys WHERE revision > $1", select_list());
+    let portal = tokio::time::timeout(each, tx.bind(sql.as_str(), &[&signed(revision)]))
+        .await
+        .map_err(|_| within("the key query"))??;
+    let fetch = i32::try_from(batch.max(1)).unwrap_or(i32::MAX);
+    let mut last = revision;
+    loop {
+        let rows = tokio::time::timeout(each, tx.query_portal(&portal, fetch))
+            .await
+            .map_err(|_| within("a batch of keys"))??;
+        let more = rows.len() == fetch as usize;
+        let mut changes = Changes {
+            more,
+            revision,
+            ..Changes::default()
+        };
+        for row in &rows {
+            last = last.max(row.get::<_, i64>(REVISION_COLUMN) as u64);
+            match read_row(row) {
+                Ok(key) => changes.keys.push(key),
+                Err(why) => changes.bad_rows.push(why),
+            }
+        }
+        drop(rows);
+        if !more {
+            changes.revision = current.max(last);
+            tokio::time::timeout(
+                each,
+                super::customers::add_changes(&tx, revision, &mut changes, usize::MAX),
+            )
+            .await
+            .map_err(|_| within("the customers"))??;
+            tx.commit().await?;
+            apply(changes);
+            return Ok(());
+        }
+        apply(changes);
+    }
+}

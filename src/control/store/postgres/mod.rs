@@ -322,6 +322,22 @@ impl KeyStore for PgStore {
         self.run(async { keys::changes_since(&mut self.pool.get().await?, revision, limit).await })
     }
 
+    /// One cursor in one snapshot; each fetch within [`OPERATION_TIMEOUT`], the whole read
+    /// unbounded (ten million keys take longer than one operation is allowed).
+    fn stream_changes(
+        &self,
+        revision: u64,
+        batch: usize,
+        apply: &mut (dyn FnMut(Changes) + Send),
+    ) -> Result<(), StoreError> {
+        self.run_within(Duration::MAX, async {
+            let mut client = tokio::time::timeout(OPERATION_TIMEOUT, self.pool.get())
+                .await
+                .map_err(|_| StoreError::Unavailable("no PostgreSQL connection within 10 s".into()))??;
+            keys::stream_changes(&mut client, revision, batch, OPERATION_TIMEOUT, apply).await
+        })
+    }
+
     fn record_event(
         &self,
         key_id: &str,
