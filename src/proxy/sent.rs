@@ -9,6 +9,7 @@
 //!   streams, the same `timeout` bounds the time without progress when the gateway is not
 //!   waiting on the client, that is when the upstream does not take what is sent.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +22,7 @@ use http::Request;
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::Limited;
 use hyper::body::Incoming;
+use tokio::runtime;
 use tokio::time::{Instant, Sleep};
 
 use super::error::BodyFault;
@@ -148,19 +150,86 @@ impl Sent {
 /// not waiting on the client. A client that stalls is [`SentBody`]'s to cut off.
 pub(super) async fn response_deadline(sent: &Sent, started: Instant, timeout: Duration) {
     let Sent::Streaming(progress) = sent else {
-        return tokio::time::sleep_until(started + timeout).await;
+        return Spare::until(started + timeout).await;
     };
     loop {
         let due = progress.last() + timeout;
-        tokio::time::sleep_until(due).await;
+        Spare::until(due).await;
         if progress.waiting_on_client.load(Ordering::Acquire) && !progress.done.load(Ordering::Acquire) {
             // The client's idle clock runs; look again a timeout later.
-            tokio::time::sleep(timeout).await;
+            Spare::until(Instant::now() + timeout).await;
             continue;
         }
         if progress.last() + timeout <= Instant::now() {
             return;
         }
+    }
+}
+
+/// How many spare timers each thread keeps: about the requests it has waiting upstream at once.
+const SPARES: usize = 64;
+
+/// A thread's spare timers and the runtime whose timer wheel they are in.
+type Spares = (Option<runtime::Id>, Vec<Pin<Box<Sleep>>>);
+
+thread_local! {
+    static SPARE: RefCell<Spares> = const { RefCell::new((None, Vec::new())) };
+}
+
+/// A timer taken from this thread's spares (a new one when there is none), back among them when
+/// dropped. Every request without a body waits for its response under one: a new `Sleep` is
+/// put in tokio's timer wheel at its first poll and taken out again when dropped (a lock and a
+/// list update each way, about 900 instructions a request), where a spare one, still in the
+/// wheel, is moved to a later deadline by one compare-and-swap; the wheel finds the new deadline
+/// when the old one comes, once a `timeout` at most.
+struct Spare(Option<Pin<Box<Sleep>>>);
+
+impl Spare {
+    fn until(deadline: Instant) -> Spare {
+        let runtime = runtime::Handle::try_current().ok().map(|handle| handle.id());
+        let spare = SPARE.with_borrow_mut(|(owner, spares)| {
+            if *owner != runtime {
+                // Another runtime's (one test's after another's on this thread): not ours.
+                spares.clear();
+                *owner = runtime;
+            }
+            spares.pop()
+        });
+        Spare(Some(match spare {
+            Some(mut sleep) => {
+                sleep.as_mut().reset(deadline);
+                sleep
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        }))
+    }
+}
+
+impl Future for Spare {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.0 {
+            Some(sleep) => sleep.as_mut().poll(cx),
+            None => Poll::Ready(()),
+        }
+    }
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        let Some(sleep) = self.0.take() else {
+            return;
+        };
+        // It keeps the waker of its last poll until it is used again (or fires, which then
+        // wakes that task once for nothing): a poll to clear it would panic in a runtime
+        // shutting down.
+        let _ = SPARE.try_with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.1.len() < SPARES {
+                spare.1.push(sleep);
+            }
+        });
     }
 }
 
@@ -275,6 +344,25 @@ mod tests {
         let started = Instant::now();
         response_deadline(&Sent::Empty, started, Duration::from_secs(5)).await;
         assert_eq!(Instant::now() - started, Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spare_timer_fires_at_its_new_deadline_later_or_earlier() {
+        for (first, then) in [(5, 20), (20, 5)] {
+            // Polled, so in the wheel, then left among the spares before it fires.
+            let waited = tokio::time::timeout(
+                Duration::from_secs(1),
+                Spare::until(Instant::now() + Duration::from_secs(first)),
+            );
+            assert!(waited.await.is_err());
+            let reused = Instant::now();
+            Spare::until(reused + Duration::from_secs(then)).await;
+            assert_eq!(
+                Instant::now() - reused,
+                Duration::from_secs(then),
+                "{first} then {then}"
+            );
+        }
     }
 
     fn streaming() -> Arc<Progress> {
