@@ -22,7 +22,6 @@ use http::Request;
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::Limited;
 use hyper::body::Incoming;
-use tokio::runtime;
 use tokio::time::{Instant, Sleep};
 
 use super::error::BodyFault;
@@ -169,11 +168,8 @@ pub(super) async fn response_deadline(sent: &Sent, started: Instant, timeout: Du
 /// How many spare timers each thread keeps: about the requests it has waiting upstream at once.
 const SPARES: usize = 64;
 
-/// A thread's spare timers and the runtime whose timer wheel they are in.
-type Spares = (Option<runtime::Id>, Vec<Pin<Box<Sleep>>>);
-
 thread_local! {
-    static SPARE: RefCell<Spares> = const { RefCell::new((None, Vec::new())) };
+    static SPARE: RefCell<Vec<Pin<Box<Sleep>>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A timer taken from this thread's spares (a new one when there is none), back among them when
@@ -182,26 +178,27 @@ thread_local! {
 /// list update each way, about 900 instructions a request), where a spare one, still in the
 /// wheel, is moved to a later deadline by one compare-and-swap; the wheel finds the new deadline
 /// when the old one comes, once a `timeout` at most.
-struct Spare(Option<Pin<Box<Sleep>>>);
+///
+/// Only a timer still in a wheel is kept or reused: one that has fired would go back in by the
+/// slow way anyway, and a runtime that shuts down fires all of its own, so a spare left by a
+/// runtime gone (one test's, before the next runs on the same thread) is never polled again.
+struct Spare {
+    sleep: Option<Pin<Box<Sleep>>>,
+    polled: bool,
+}
 
 impl Spare {
     fn until(deadline: Instant) -> Spare {
-        let runtime = runtime::Handle::try_current().ok().map(|handle| handle.id());
-        let spare = SPARE.with_borrow_mut(|(owner, spares)| {
-            if *owner != runtime {
-                // Another runtime's (one test's after another's on this thread): not ours.
-                spares.clear();
-                *owner = runtime;
-            }
-            spares.pop()
+        let spare = SPARE.with_borrow_mut(|spares| {
+            // One that fired while it waited here (or whose runtime is gone) is dropped.
+            let mut spare = std::iter::from_fn(|| spares.pop()).find(|spare| !spare.is_elapsed())?;
+            spare.as_mut().reset(deadline);
+            Some(spare)
         });
-        Spare(Some(match spare {
-            Some(mut sleep) => {
-                sleep.as_mut().reset(deadline);
-                sleep
-            }
-            None => Box::pin(tokio::time::sleep_until(deadline)),
-        }))
+        Spare {
+            sleep: Some(spare.unwrap_or_else(|| Box::pin(tokio::time::sleep_until(deadline)))),
+            polled: false,
+        }
     }
 }
 
@@ -209,7 +206,8 @@ impl Future for Spare {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        match &mut self.0 {
+        self.polled = true;
+        match &mut self.sleep {
             Some(sleep) => sleep.as_mut().poll(cx),
             None => Poll::Ready(()),
         }
@@ -218,16 +216,19 @@ impl Future for Spare {
 
 impl Drop for Spare {
     fn drop(&mut self) {
-        let Some(sleep) = self.0.take() else {
+        let Some(sleep) = self.sleep.take() else {
             return;
         };
+        if !self.polled || sleep.is_elapsed() {
+            return;
+        }
         // It keeps the waker of its last poll until it is used again (or fires, which then
         // wakes that task once for nothing): a poll to clear it would panic in a runtime
         // shutting down.
-        let _ = SPARE.try_with(|spare| {
-            let mut spare = spare.borrow_mut();
-            if spare.1.len() < SPARES {
-                spare.1.push(sleep);
+        let _ = SPARE.try_with(|spares| {
+            let mut spares = spares.borrow_mut();
+            if spares.len() < SPARES {
+                spares.push(sleep);
             }
         });
     }
@@ -363,6 +364,30 @@ mod tests {
                 "{first} then {then}"
             );
         }
+    }
+
+    #[test]
+    fn a_spare_left_by_a_runtime_gone_is_not_used_by_the_next() {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap()
+        };
+        runtime().block_on(async {
+            let waited = tokio::time::timeout(
+                Duration::from_secs(1),
+                Spare::until(Instant::now() + Duration::from_secs(60)),
+            );
+            assert!(waited.await.is_err());
+        });
+        // The first runtime is dropped; its spare, left on this thread, fired at its shutdown.
+        runtime().block_on(async {
+            let started = Instant::now();
+            Spare::until(started + Duration::from_secs(2)).await;
+            assert_eq!(Instant::now() - started, Duration::from_secs(2));
+        });
     }
 
     fn streaming() -> Arc<Progress> {
