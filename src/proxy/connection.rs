@@ -25,9 +25,9 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
@@ -227,10 +227,11 @@ pub async fn drive<C: Graceful>(
     http2: impl Fn() -> bool,
 ) -> Option<C::Output> {
     let mut conn = std::pin::pin!(conn);
+    let watch = std::pin::pin!(letting_go(&activity, &mut stop, quiet, http2));
     let letting = tokio::select! {
+        biased;
         ended = conn.as_mut() => return Some(ended),
-        _ = stop.wait_for(|stop| *stop) => Letting::Told("the gateway is stopping"),
-        letting = idle(&activity, quiet, http2) => letting,
+        letting = when_woken(watch) => letting,
     };
     let Letting::Told(why) = letting else {
         tracing::debug!("connection closed: no whole request head within header_read_timeout");
@@ -241,6 +242,70 @@ pub async fn drive<C: Graceful>(
     tokio::select! {
         ended = conn.as_mut() => Some(ended),
         () = activity.quiet_for(AFTER_GOAWAY) => None,
+    }
+}
+
+/// Why the connection is to be let go: the gateway stopping, or the connection quiet too long.
+async fn letting_go(
+    activity: &Activity,
+    stop: &mut watch::Receiver<bool>,
+    quiet: Quiet,
+    http2: impl Fn() -> bool,
+) -> Letting {
+    tokio::select! {
+        _ = stop.wait_for(|stop| *stop) => Letting::Told("the gateway is stopping"),
+        letting = idle(activity, quiet, http2) => letting,
+    }
+}
+
+/// `future`, polled only when its own waker has fired (and once at first). The connection's
+/// task is woken for every read and write of its requests; the shutdown signal and the idle
+/// timer beside hyper's connection were polled each time (a watch channel's check and a
+/// timer's, about 350 instructions a request), where now a wake of theirs is noted by a flag.
+async fn when_woken<F: Future>(mut future: Pin<&mut F>) -> F::Output {
+    let signal = Arc::new(Signal {
+        woken: AtomicBool::new(true),
+        task: Mutex::new(None),
+    });
+    let waker = Waker::from(signal.clone());
+    std::future::poll_fn(|cx| {
+        signal.wake_with(cx.waker());
+        if !signal.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        future.as_mut().poll(&mut Context::from_waker(&waker))
+    })
+    .await
+}
+
+/// The waker [`when_woken`] polls its future with: it notes the wake, then wakes the task.
+struct Signal {
+    woken: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Signal {
+    /// The task to wake from now on (set before the flag is read: a wake in between is kept).
+    fn wake_with(&self, task: &Waker) {
+        let mut kept = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        match &mut *kept {
+            Some(kept) if kept.will_wake(task) => {}
+            kept => *kept = Some(task.clone()),
+        }
+    }
+}
+
+impl Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(task) = task {
+            task.wake();
+        }
     }
 }
 

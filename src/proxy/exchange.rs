@@ -89,18 +89,12 @@ impl Exchange {
     }
 
     /// A shared step 8, step 9, then the final phase.
-    pub async fn run(self, shared: Arc<Shared>) -> Response<Body> {
+    pub async fn run(mut self, shared: Arc<Shared>) -> Response<Body> {
         let shared = &*shared;
-        let Exchange {
-            mut last,
-            version,
-            upstream,
-            shared_limit,
-            request,
-            upgrade,
-        } = self;
-        let Final { snapshot, ctx, .. } = &mut last;
-        let limited = match shared_limit {
+        // Fields used where they are, not moved out into locals first: each move of the
+        // request or the final phase's context is a copy of a few hundred bytes.
+        let Final { snapshot, ctx, .. } = &mut self.last;
+        let limited = match self.shared_limit.take() {
             // Boxed: a Redis call's future is most of this one's size otherwise, and this one
             // is moved by value (into its box, among others) on every admitted request,
             // limits shared or not.
@@ -113,9 +107,9 @@ impl Exchange {
                     shared,
                     snapshot,
                     ctx,
-                    &snapshot.upstreams[upstream],
-                    request,
-                    upgrade,
+                    &snapshot.upstreams[self.upstream],
+                    self.request,
+                    self.upgrade,
                 )
                 .await
             }
@@ -129,9 +123,9 @@ impl Exchange {
                 headers.insert(X_REQUEST_ID, ctx.request_id.clone());
                 response
             }
-            Err(refusal) => refuse(shared, snapshot, ctx, refusal, version),
+            Err(refusal) => refuse(shared, snapshot, ctx, refusal, self.version),
         };
-        last.finish(response)
+        self.last.finish(response)
     }
 }
 

@@ -23,6 +23,18 @@ pub fn of<B>(request: &Request<B>) -> HeaderValue {
         .unwrap_or_else(new)
 }
 
+/// Each byte's two lower-case hex digits: one lookup a byte instead of two shifts and lookups.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        pairs[byte] = [HEX[byte >> 4], HEX[byte & 0xf]];
+        byte += 1;
+    }
+    pairs
+};
+
 /// Ids made from one buffer before the next: one allocation for this many requests.
 const IDS_PER_BUFFER: usize = 64;
 
@@ -48,13 +60,11 @@ thread_local! {
 /// a buffer shared by [`IDS_PER_BUFFER`] ids, so an id costs a reference count, not an
 /// allocation of its own.
 pub fn new() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     IDS.with_borrow_mut(|ids| {
         let bits = ids.rng.random::<u128>();
         let mut id = [0; 32];
         for (digits, byte) in id.chunks_exact_mut(2).zip(bits.to_be_bytes()) {
-            digits[0] = HEX[usize::from(byte >> 4)];
-            digits[1] = HEX[usize::from(byte & 0xf)];
+            digits.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
         }
         if ids.buffer.capacity() < id.len() {
             ids.buffer = BytesMut::with_capacity(id.len() * IDS_PER_BUFFER);
