@@ -10,14 +10,15 @@ MODE joins with '+': base (everything kept up row by row; the trigger on and tol
 rows by, as keygate does); noidx (the trigger disabled, the keys' unique id and hash and
 keys_customer dropped, made again at the end); evidx (key_events_key too); fkset (key_secrets'
 foreign key dropped before the claim and added after: checked in one join); sort (the claim
-in hash order). URL: a server to use (default postgres://postgres@127.0.0.1:5432/), in a
-database `keygate_import_phases` made and dropped here. Writes its CSV files to /tmp/imp."""
+in hash order); pkset (key_secrets' primary key dropped before the claim and added after);
+mem (maintenance_work_mem 256MB for the index builds). URL: a server to use (default postgres://postgres@127.0.0.1:5432/), in a
+database `import_phases` made and dropped here. Writes its CSV files to /tmp/imp."""
 import os, random, secrets, string, subprocess, sys
 
 N = int(sys.argv[1])
 mode = sys.argv[2]
 url = sys.argv[3] if len(sys.argv) > 3 else "postgres://postgres@127.0.0.1:5432/"
-db = "keygate_import_phases"
+db = "import_phases"
 os.makedirs("/tmp/imp", exist_ok=True)
 alnum = string.ascii_letters + string.digits
 keys_csv, events_csv = f"/tmp/imp/keys-{N}.csv", f"/tmp/imp/events-{N}.csv"
@@ -46,6 +47,11 @@ if "evidx" in mode:
     post.append("CREATE INDEX key_events_key ON key_events (key_id, id)")
 claim = ("EXPLAIN (ANALYZE, BUFFERS, WAL) INSERT INTO key_secrets (hash, key_seq) "
          "SELECT hash, seq FROM keys WHERE revision > 0" + (" ORDER BY hash" if "sort" in mode else ""))
+if "pkset" in mode:
+    claim = ("ALTER TABLE key_secrets DROP CONSTRAINT key_secrets_pkey;\n" + claim + ";\n"
+             "ALTER TABLE key_secrets ADD CONSTRAINT key_secrets_pkey PRIMARY KEY (hash)")
+if "mem" in mode:
+    pre.insert(0, "SET LOCAL maintenance_work_mem = '256MB'")
 if "fkset" in mode:
     claim = ("ALTER TABLE key_secrets DROP CONSTRAINT key_secrets_key_seq_fkey;\n" + claim + ";\n"
              "ALTER TABLE key_secrets ADD CONSTRAINT key_secrets_key_seq_fkey "

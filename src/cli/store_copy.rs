@@ -2,7 +2,9 @@
 //! PostgreSQL) or kept as a JSON Lines dump, hashes and never secrets ([`Dump`]). A copy is an
 //! export read back and imported, in-process, so every copy goes through the dump format.
 //! Every import is one transaction, and is checked after it commits: each row of the source
-//! must be in the target as it was.
+//! must be in the target as it was. Into an empty store the check compares digests (see
+//! [`Dump::digest`]), so the source's rows are let go before the target is read back: a copy
+//! holds one store's rows at a time, not three (the source, its text, the target).
 
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -68,19 +70,14 @@ pub fn copy(args: CopyArgs) -> Result<(), Failure> {
         return Err(Failure::Usage("--to names the config's own store".into()));
     }
     let source = open(&config, &args.config, Create::Never)?;
-    let dump = export(&*source)?;
     // Through the format, as `export | import` would.
-    let pepper = pepper_fingerprint(&crate::core::secret::Hasher::unkeyed());
-    let mut text = Vec::new();
-    dump.write(&mut text, &pepper)
-        .map_err(|e| Failure::Runtime(format!("cannot write the dump: {e}")))?;
-    let (dump, _) = Dump::read(&mut text.as_slice()).map_err(Failure::Runtime)?;
+    let dump = export(&*source)?.through_format().map_err(Failure::Runtime)?;
+    drop(source);
     let target = store::create(&to).map_err(|e| Failure::Runtime(format!("the target store: {e}")))?;
-    import(&*target, &dump, onto(args.update))?;
+    let (counts, revision) = (dump.counts(), dump.revision);
+    import(&*target, dump, onto(args.update))?;
     out!(
-        "copied {} at revision {} to {}; verified: each is in the target as in the source",
-        dump.counts(),
-        dump.revision,
+        "copied {counts} at revision {revision} to {}; verified: each is in the target as in the source",
         describe(&to)
     );
     Ok(())
@@ -112,13 +109,10 @@ pub fn import_command(args: ImportArgs) -> Result<(), Failure> {
         )));
     }
     let target = open(&config, &args.config, Create::IfMissing)?;
-    import(&*target, &dump, onto(args.update))
+    let (counts, revision) = (dump.counts(), dump.revision);
+    import(&*target, dump, onto(args.update))
         .map_err(|e| e.map(|why| format!("{}: {why}", args.dump.display())))?;
-    out!(
-        "imported {} at revision {}; verified: each is in the store as in the dump",
-        dump.counts(),
-        dump.revision
-    );
+    out!("imported {counts} at revision {revision}; verified: each is in the store as in the dump");
     Ok(())
 }
 
@@ -128,25 +122,32 @@ fn export(source: &dyn KeyStore) -> Result<Dump, Failure> {
         .map_err(|e| Failure::Runtime(format!("cannot read the store: {e}")))
 }
 
-/// Writes `dump` into `target`, then reads the target back: every row of the dump must be in
-/// it, and into an empty store nothing else.
-fn import(target: &dyn KeyStore, dump: &Dump, onto: Onto) -> Result<(), Failure> {
+/// Writes `dump` into `target`, then reads the target back: into an empty store it must hold
+/// exactly the dump's rows (digests compared, the dump let go first); with `--update`, every
+/// row of the dump must be in it.
+fn import(target: &dyn KeyStore, dump: Dump, onto: Onto) -> Result<(), Failure> {
     target
-        .import_dump(dump, onto)
+        .import_dump(&dump, onto)
         .map_err(|e| Failure::Runtime(e.to_string()))?;
+    let (expected, counts) = (dump.digest(), dump.counts());
+    let dump = (onto == Onto::Update).then_some(dump);
     let after = target.export_dump().map_err(|e| {
         Failure::Runtime(format!(
             "imported, but cannot read the target back to verify: {e}"
         ))
     })?;
-    let mut problems = dump.check_contained_in(&after).err().unwrap_or_default();
-    if onto == Onto::EmptyOnly && after.counts() != dump.counts() {
-        problems.push(format!(
-            "the target holds {}, the source {}",
-            after.counts(),
-            dump.counts()
-        ));
-    }
+    let problems = match dump {
+        Some(dump) => dump.check_contained_in(&after).err().unwrap_or_default(),
+        None if after.counts() != counts => {
+            vec![format!(
+                "the target holds {}, the source {counts}",
+                after.counts()
+            )]
+        }
+        None => (after.digest().differences(&expected).into_iter())
+            .map(|kind| format!("its {kind} differ from the source's"))
+            .collect(),
+    };
     if problems.is_empty() {
         return Ok(());
     }

@@ -108,7 +108,12 @@ pub(super) async fn import(tx: &Tx<'_>, dump: &Dump, onto: Onto) -> Result<u64, 
     }
     let stamp = dump::import_revision(revision as u64, keys > 0, dump.revision).map(|r| r as i64);
     let mut seqs = HashMap::new();
-    for key in &dump.keys {
+    if keys == 0 {
+        // Into an empty key table each key keeps its seq: all in one go.
+        super::restore::keys(tx, &dump.keys, stamp).await?;
+        seqs.extend(dump.keys.iter().map(|key| (key.seq, key.seq)));
+    }
+    for key in dump.keys.iter().filter(|_| keys > 0) {
         seqs.insert(key.seq, put_key(tx, key, stamp.unwrap_or(key.revision)).await?);
     }
     let seq_of = |seq: i64| {
@@ -116,38 +121,8 @@ pub(super) async fn import(tx: &Tx<'_>, dump: &Dump, onto: Onto) -> Result<u64, 
             .copied()
             .ok_or_else(|| StoreError::Corrupt(format!("the dump's rows name key seq {seq}, which it lacks")))
     };
-    let usage = tx
-        .prepare(
-            "INSERT INTO key_usage (key_seq, day, requests) VALUES ($1, $2, $3) \
-                     ON CONFLICT (key_seq, day) DO UPDATE SET requests = excluded.requests",
-        )
-        .await?;
-    for row in &dump.usage {
-        tx.execute(&usage, &[&seq_of(row.key_seq)?, &row.day, &row.requests])
-            .await?;
-    }
-    let event = tx
-        .prepare(
-            "INSERT INTO key_events (id, key_id, at, actor, event, changes, token, client) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
-        )
-        .await?;
-    for row in &dump.events {
-        tx.execute(
-            &event,
-            &[
-                &row.id,
-                &row.key_id,
-                &row.at,
-                &row.actor,
-                &row.event,
-                &row.changes,
-                &row.token,
-                &row.client,
-            ],
-        )
-        .await?;
-    }
+    super::restore::usage(tx, &dump.usage, seq_of).await?;
+    super::restore::events(tx, &dump.events).await?;
     for row in &dump.warnings {
         tx.execute(
             "INSERT INTO idle_warnings (key_seq, deadline, threshold, sent_at) VALUES ($1, $2, $3, $4) \

@@ -10,19 +10,29 @@
 //! - once the import has written as many keys as the store held before it, what would cost a
 //!   random index insertion or a lookup per key is set aside ([`SET_ASIDE`]): the trigger is
 //!   disabled, the keys' unique `id` and `hash` constraints and the `keys_customer` and
-//!   `key_events_key` indexes are dropped, and so is `key_secrets`' foreign key (a lookup and a
-//!   row lock per claimed secret). At the end each is made again from its catalog definition:
-//!   an index from one sort, the foreign key checked in one join; a duplicate id still fails
-//!   the import. This takes `keys`, `key_events` and `key_secrets` for the rest of the import
+//!   `key_events_key` indexes are dropped, and so are `key_secrets`' foreign key (a lookup and a
+//!   row lock per claimed secret) and its primary key (the secrets are then claimed unsorted).
+//!   At the end each is made again from its catalog definition: an index from one sort, the
+//!   foreign key checked in one join; a duplicate id or secret still fails the import. This takes `keys`, `key_events` and `key_secrets` for the rest of the import
 //!   (readers wait until it commits: a gateway serves from its table meanwhile and catches up
 //!   after), so a small import into a large store keeps them, and so does a role that may not
-//!   alter the tables (the import goes on the slower way).
+//!   alter the tables (the import goes on the slower way). The indexes are built with a
+//!   `maintenance_work_mem` of at least [`BUILD_MEMORY_KB`], so a million entries sort in memory.
+//!
+//! How long a step may take is not set by the number of keys (a busy server takes longer for
+//! the same work, and what is made again at the end is as large as the table): the import waits
+//! as long as the server is working on its statement, asking it on another connection every
+//! few seconds ([`patiently`]), and gives up only when the server stops answering or its
+//! backend no longer runs the statement.
 
+use std::future::Future;
+
+use deadpool_postgres::Pool;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::keys::sql_values;
-use super::{conflict, Tx};
+use super::{conflict, within, Tx, OPERATION_TIMEOUT};
 use crate::control::store::audit::new_key_fields;
 use crate::control::store::model::{Audit, NewKey};
 use crate::control::store::row::{signed, to_json, KeyRow, KeyWrite};
@@ -30,14 +40,19 @@ use crate::control::store::StoreError;
 
 /// What a large import sets aside, each `(table, kind, name)`, in the order it is dropped; it is
 /// made again in the same order.
-const SET_ASIDE: [(&str, Aside, &str); 6] = [
+const SET_ASIDE: [(&str, Aside, &str); 7] = [
     ("keys", Aside::Trigger, "keys_claim_secrets"),
     ("keys", Aside::Constraint, "keys_id_key"),
     ("keys", Aside::Constraint, "keys_hash_key"),
     ("keys", Aside::Index, "keys_customer"),
     ("key_events", Aside::Index, "key_events_key"),
     ("key_secrets", Aside::Constraint, "key_secrets_key_seq_fkey"),
+    ("key_secrets", Aside::Constraint, "key_secrets_pkey"),
 ];
+
+/// The memory each index of a large import is sorted in, at least (PostgreSQL's default
+/// `maintenance_work_mem` is 64 MB: a million secrets' hashes would sort on disk), in kB.
+const BUILD_MEMORY_KB: i64 = 256 * 1024;
 
 #[derive(Clone, Copy)]
 enum Aside {
@@ -97,13 +112,20 @@ impl<'t, 'c> Import<'t, 'c> {
         Ok(())
     }
 
-    /// Claims the secrets of the imported keys in one statement, in hash order, and makes again
-    /// what was set aside; then the trigger is on guard again. The revision the import ends at.
+    /// Claims the secrets of the imported keys in one statement, in hash order while the
+    /// primary key of `key_secrets` is there, and makes again what was set aside; then the
+    /// trigger is on guard again. The revision the import ends at.
     pub(super) async fn finish(self) -> Result<u64, StoreError> {
-        let claim = "INSERT INTO key_secrets (hash, key_seq) \
-                     SELECT hash, seq FROM keys WHERE revision > $1 ORDER BY hash";
+        let order = if self.set_aside.as_ref().is_some_and(|made| !made.is_empty()) {
+            ""
+        } else {
+            " ORDER BY hash"
+        };
+        let claim = format!(
+            "INSERT INTO key_secrets (hash, key_seq) SELECT hash, seq FROM keys WHERE revision > $1{order}"
+        );
         self.tx
-            .execute(claim, &[&signed(self.start)])
+            .execute(&claim, &[&signed(self.start)])
             .await
             .map_err(|e| conflict(e, "a secret of the import is in use"))?;
         for sql in self.set_aside.unwrap_or_default() {
@@ -139,6 +161,17 @@ async fn set_aside(tx: &Tx<'_>) -> Result<Vec<String>, StoreError> {
 }
 
 async fn drop_all(tx: &Tx<'_>) -> Result<Vec<String>, tokio_postgres::Error> {
+    let memory: i64 = tx
+        .query_one(
+            "SELECT setting::bigint FROM pg_settings WHERE name = 'maintenance_work_mem'",
+            &[],
+        )
+        .await?
+        .get(0);
+    if memory < BUILD_MEMORY_KB {
+        tx.batch_execute(&format!("SET LOCAL maintenance_work_mem = '{BUILD_MEMORY_KB}kB'"))
+            .await?;
+    }
     let mut restore = Vec::new();
     for (table, kind, name) in SET_ASIDE {
         let (read, drop, make) = match kind {
@@ -229,4 +262,50 @@ async fn copy_events(tx: &Tx<'_>, keys: &[NewKey], audit: Audit<'_>) -> Result<(
     }
     writer.finish().await?;
     Ok(())
+}
+
+/// The server's process for the import's connection, for [`patiently`] to ask after.
+pub(super) async fn backend(tx: &Tx<'_>) -> Result<i32, StoreError> {
+    Ok(tx.query_one("SELECT pg_backend_pid()", &[]).await?.get(0))
+}
+
+/// `work`'s answer, a step of the import on the connection served by `backend`, however long
+/// it takes while the server works on it: every [`OPERATION_TIMEOUT`] another connection asks
+/// whether that backend still runs a statement. Unavailable when the server does not answer
+/// that, or twice in a row says the backend runs nothing (the answer to the step was lost).
+pub(super) async fn patiently<T>(
+    pool: &Pool,
+    backend: i32,
+    work: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let mut work = std::pin::pin!(work);
+    let mut idle = 0;
+    loop {
+        if let Ok(done) = tokio::time::timeout(OPERATION_TIMEOUT, work.as_mut()).await {
+            return done;
+        }
+        if working(pool, backend).await? {
+            idle = 0;
+        } else if idle > 0 {
+            return Err(StoreError::Unavailable(
+                "PostgreSQL stopped working on the import and did not answer it".into(),
+            ));
+        } else {
+            idle += 1;
+        }
+    }
+}
+
+/// Whether `backend` runs a statement, asked on another connection within
+/// [`OPERATION_TIMEOUT`]; `Ok(false)` when it is gone or idle.
+async fn working(pool: &Pool, backend: i32) -> Result<bool, StoreError> {
+    within(OPERATION_TIMEOUT, async {
+        let client = pool.get().await?;
+        let state: Option<String> = client
+            .query_opt("SELECT state FROM pg_stat_activity WHERE pid = $1", &[&backend])
+            .await?
+            .and_then(|row| row.get(0));
+        Ok::<_, StoreError>(state.as_deref() == Some("active"))
+    })
+    .await?
 }

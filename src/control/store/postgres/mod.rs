@@ -47,6 +47,7 @@ mod keys;
 mod listen;
 mod quota;
 mod replicas;
+mod restore;
 mod schema;
 mod tls;
 mod usage;
@@ -470,23 +471,21 @@ impl KeyStore for PgStore {
         self.run_within(Duration::MAX, async {
             let mut client = within(OPERATION_TIMEOUT, self.pool.get()).await??;
             let tx = client.transaction().await?;
+            let backend = import::backend(&tx).await?;
             let start: i64 = tx
                 .query_one("SELECT value FROM meta WHERE name = 'revision' FOR UPDATE", &[])
                 .await?
                 .get(0);
             let mut import = import::Import::start(&tx, start as u64).await?;
             while let Some(batch) = next()? {
-                let allowed = OPERATION_TIMEOUT + Duration::from_millis(batch.len() as u64 / 10);
-                within(allowed, import.write(&batch, audit)).await??;
+                import::patiently(&self.pool, backend, import.write(&batch, audit)).await?;
             }
             let count = import.count();
-            let allowed = OPERATION_TIMEOUT + Duration::from_millis(count / 10);
-            let last = within(allowed, import.finish()).await?? as i64;
+            let last = import::patiently(&self.pool, backend, import.finish()).await? as i64;
             tx.execute("UPDATE meta SET value = $1 WHERE name = 'revision'", &[&last])
                 .await?;
             announce(&tx, self.channel(), last as u64).await?;
-            let allowed = OPERATION_TIMEOUT + Duration::from_millis(count / 10);
-            within(allowed, tx.commit()).await??;
+            import::patiently(&self.pool, backend, async { Ok(tx.commit().await?) }).await?;
             Ok(count)
         })
     }

@@ -8,10 +8,11 @@
 //!   claimed at the end in one statement, in hash order. A clash with another key's secret
 //!   fails the whole import as before.
 //! - once the import has written as many keys as the store held before it, the indexes whose
-//!   entries would land at random places (`key_events_key`, by key id, `secret_hashes_key`, by
-//!   key, and `keys_customer`, by customer) are dropped and built again at the end, from a sort: a
-//!   million random inserts into a B-tree cost several times one sort. Into a large store, a
-//!   small import keeps them (building them again would read the whole store).
+//!   entries would land at random places (`keys_id`, the keys' unique ids, `key_events_key`, by
+//!   key id, `secret_hashes_key`, by key, and `keys_customer`, by customer) are dropped and built
+//!   again at the end, from a sort: a million random inserts into a B-tree cost several times
+//!   one sort. An id given twice fails the import when `keys_id` is made again. Into a large
+//!   store, a small import keeps them (building them again would read the whole store).
 
 use rusqlite::{params, params_from_iter, Statement, Transaction};
 
@@ -22,13 +23,13 @@ use crate::control::store::model::{Audit, KeyBatches, NewKey};
 use crate::control::store::row::{to_json, KeyRow, KeyWrite};
 use crate::control::store::StoreError;
 
-/// The page cache a bulk import works with, in KiB (SQLite's default is 2 MiB): the id and hash
-/// indexes of the keys still take entries at random places.
+/// The page cache a bulk import works with, in KiB (SQLite's default is 2 MiB): a small import
+/// into a large store keeps its indexes, whose entries go to random places.
 const IMPORT_CACHE_KIB: i64 = 64 * 1024;
 
 /// The indexes set aside while a large import runs: entries in random order, one a key (a
 /// customer's, for the keys that have one).
-const RANDOM_ORDER_INDEXES: [&str; 3] = ["key_events_key", "secret_hashes_key", "keys_customer"];
+const RANDOM_ORDER_INDEXES: [&str; 4] = ["keys_id", "key_events_key", "secret_hashes_key", "keys_customer"];
 
 /// Inserts the keys `next` hands out, each at its own revision with its own audit record, and
 /// claims their secrets; how many. See the module doc for what is set aside meanwhile.
@@ -61,7 +62,7 @@ fn insert_all(tx: &Transaction<'_>, next: &mut KeyBatches<'_>, audit: Audit) -> 
         }
     }
     drop(rows);
-    claim_secrets(tx, before, count)?;
+    claim_secrets(tx, before)?;
     indexes.map_or(Ok(()), |indexes| indexes.restore(tx))?;
     trigger.restore(tx)?;
     let last = start as i64 + count;
@@ -71,20 +72,11 @@ fn insert_all(tx: &Transaction<'_>, next: &mut KeyBatches<'_>, audit: Audit) -> 
 
 /// Claims the secrets of the keys past sequence number `before`, in hash order: `secret_hashes`
 /// is keyed by hash, so each goes in next to the last. Imported keys have no previous secret:
-/// one claim each. When the import is most of the table, the hash index of the keys hands them
-/// out in order; into a larger store, the import's own rows (by rowid) are sorted instead of
-/// walking every key's hash.
-fn claim_secrets(tx: &Transaction<'_>, before: i64, count: i64) -> Result<(), StoreError> {
-    let from = if count >= before {
-        "keys"
-    } else {
-        "keys NOT INDEXED"
-    };
+/// one claim each. The import's own rows (a range of rowids) are read and sorted.
+fn claim_secrets(tx: &Transaction<'_>, before: i64) -> Result<(), StoreError> {
     tx.execute(
-        &format!(
-            "INSERT INTO secret_hashes (hash, key_seq, kind) \
-             SELECT hash, seq, 'current' FROM {from} WHERE seq > ?1 ORDER BY hash"
-        ),
+        "INSERT INTO secret_hashes (hash, key_seq, kind) \
+         SELECT hash, seq, 'current' FROM keys WHERE seq > ?1 ORDER BY hash",
         [before],
     )
     .map_err(|e| conflict(e, "a secret of the import is in use"))?;
@@ -115,9 +107,12 @@ impl SetAside {
         Ok(SetAside(made))
     }
 
+    /// Makes the objects again; a unique index that its rows now break (an id the import
+    /// repeats) is a conflict.
     fn restore(self, tx: &Transaction<'_>) -> Result<(), StoreError> {
         for sql in self.0 {
-            tx.execute_batch(&sql)?;
+            tx.execute_batch(&sql)
+                .map_err(|e| conflict(e, "a key of the import has the id of a stored key"))?;
         }
         Ok(())
     }

@@ -196,6 +196,73 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (kind, owner, period)
     ) WITHOUT ROWID;
 "#,
+    // The keys' uniqueness as indexes of their own, so a bulk import can set them aside and
+    // build them again from one sort (`sqlite::import`): a column's UNIQUE makes an index that
+    // cannot be dropped, and a million entries at random places cost several times a sort.
+    // A key's id stays unique (`keys_id`). Its secret's hash has no index of its own any more:
+    // `secret_hashes` holds every secret that authenticates, each once (current and previous
+    // alike, kept by the triggers), and lookups by hash go through it; the keys' own UNIQUE on
+    // hash was a second copy of that guarantee, 45 MB for a million keys.
+    //
+    // SQLite changes a column's constraints only by making the table again: the rows are
+    // copied with their seq, so the rows that name a key by seq still point at it (foreign keys
+    // are off while migrations run, see `migrate`), and the indexes and triggers dropped with
+    // the old table are made again as they were.
+    r#"
+    CREATE TABLE keys_new (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        environment TEXT NOT NULL,
+        hash BLOB NOT NULL,
+        prefix TEXT NOT NULL,
+        permissions TEXT NOT NULL,
+        rate_limit TEXT,
+        customer_id TEXT,
+        allowed_ips TEXT NOT NULL,
+        expires_at INTEGER,
+        status TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        last_used_at INTEGER,
+        previous_hash BLOB,
+        grace_until INTEGER,
+        previous_last_used_at INTEGER,
+        metadata TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        idle_from INTEGER,
+        quarantined INTEGER NOT NULL DEFAULT 0,
+        quota TEXT
+    );
+    INSERT INTO keys_new (seq, id, name, environment, hash, prefix, permissions, rate_limit,
+        customer_id, allowed_ips, expires_at, status, created_at, updated_at, last_used_at,
+        previous_hash, grace_until, previous_last_used_at, metadata, revision, idle_from,
+        quarantined, quota)
+    SELECT seq, id, name, environment, hash, prefix, permissions, rate_limit,
+        customer_id, allowed_ips, expires_at, status, created_at, updated_at, last_used_at,
+        previous_hash, grace_until, previous_last_used_at, metadata, revision, idle_from,
+        quarantined, quota
+    FROM keys ORDER BY seq;
+    DROP TABLE keys;
+    ALTER TABLE keys_new RENAME TO keys;
+    CREATE UNIQUE INDEX keys_id ON keys (id);
+    CREATE INDEX keys_revision ON keys (revision);
+    CREATE INDEX keys_customer ON keys (customer_id);
+    CREATE TRIGGER keys_secrets_insert AFTER INSERT ON keys BEGIN
+        INSERT INTO secret_hashes (hash, key_seq, kind) VALUES (NEW.hash, NEW.seq, 'current');
+        INSERT INTO secret_hashes (hash, key_seq, kind)
+            SELECT NEW.previous_hash, NEW.seq, 'previous' WHERE NEW.previous_hash IS NOT NULL;
+    END;
+    CREATE TRIGGER keys_secrets_update AFTER UPDATE OF seq, hash, previous_hash ON keys BEGIN
+        DELETE FROM secret_hashes WHERE key_seq = OLD.seq;
+        INSERT INTO secret_hashes (hash, key_seq, kind) VALUES (NEW.hash, NEW.seq, 'current');
+        INSERT INTO secret_hashes (hash, key_seq, kind)
+            SELECT NEW.previous_hash, NEW.seq, 'previous' WHERE NEW.previous_hash IS NOT NULL;
+    END;
+    CREATE TRIGGER keys_secrets_delete AFTER DELETE ON keys BEGIN
+        DELETE FROM secret_hashes WHERE key_seq = OLD.seq;
+    END;
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -206,7 +273,21 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             MIGRATIONS.len()
         )));
     }
-    for (version, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+    if applied as usize == MIGRATIONS.len() {
+        return Ok(());
+    }
+    // A migration that makes a table again drops the old one: with foreign keys on, that
+    // would check (and refuse) the rows that name its keys, though the new table holds the
+    // same seqs. The pragma is a no-op inside a transaction, so it is off around them.
+    let checked: i64 = conn.pragma_query_value(None, "foreign_keys", |r| r.get(0))?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    let migrated = apply(conn, applied as usize);
+    conn.pragma_update(None, "foreign_keys", checked)?;
+    migrated
+}
+
+fn apply(conn: &mut Connection, applied: usize) -> Result<(), StoreError> {
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", version as i64 + 1)?;

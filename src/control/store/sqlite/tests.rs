@@ -251,3 +251,90 @@ fn a_bulk_import_puts_back_what_it_set_aside_whether_it_succeeds_or_not() {
     );
     assert_eq!(schema(&dir), before);
 }
+
+#[test]
+fn a_store_made_before_the_keys_uniqueness_moved_to_indexes_keeps_its_rows_and_guarantees() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.db");
+    {
+        // A store as keygate left it with the keys' UNIQUE columns: two keys, one with a
+        // rotated secret in its grace period, usage and an idle warning naming keys by seq.
+        let conn = Connection::open(&path).unwrap();
+        let before = MIGRATIONS.len() - 1;
+        for sql in &MIGRATIONS[..before] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", before as i64).unwrap();
+        let row = "INSERT INTO keys (seq, id, name, environment, hash, prefix, permissions, \
+                   allowed_ips, status, created_at, updated_at, metadata, revision, previous_hash, \
+                   grace_until) \
+                   VALUES (?1, ?2, 'k', 'production', ?3, 'p', '[]', '[]', 'active', 1, 1, '{}', ?1, ?4, ?5)";
+        conn.execute(
+            row,
+            params![1, "key_a", &secret("a").0[..], None::<Vec<u8>>, None::<i64>],
+        )
+        .unwrap();
+        conn.execute(
+            row,
+            params![
+                2,
+                "key_b",
+                &secret("b-new").0[..],
+                &secret("b").0[..],
+                4_000_000_000_i64
+            ],
+        )
+        .unwrap();
+        conn.execute_batch(
+            "INSERT INTO key_usage (key_seq, day, requests) VALUES (2, '2026-12-01', 5);
+             INSERT INTO idle_warnings (key_seq, deadline, threshold, sent_at) VALUES (1, 9, 1, 1);
+             UPDATE meta SET value = 2 WHERE name = 'revision';",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let objects = schema(&dir);
+    let keys_sql = &objects.iter().find(|(name, _)| name == "keys").unwrap().1;
+    assert!(!keys_sql.contains("UNIQUE"), "{keys_sql}");
+    for object in ["keys_id", "keys_revision", "keys_customer", "keys_secrets_insert"] {
+        assert!(objects.iter().any(|(name, _)| name == object), "{object}");
+    }
+    let b = store.get("key_b").unwrap().unwrap();
+    assert_eq!(
+        (b.seq, b.hash, b.previous_hash),
+        (2, secret("b-new"), Some(secret("b")))
+    );
+    assert_eq!(
+        store
+            .key_by_hash(&secret("b"), Timestamp::now())
+            .unwrap()
+            .unwrap()
+            .id,
+        "key_b",
+        "the secret in its grace period still authenticates"
+    );
+    assert_eq!(store.revision().unwrap(), 2);
+    let conn = store.conn().unwrap();
+    let usage: i64 = conn
+        .query_row("SELECT requests FROM key_usage WHERE key_seq = 2", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(usage, 5);
+    // The guarantees hold as before: one id, one secret, and foreign keys are on again.
+    let orphan = conn.execute(
+        "INSERT INTO key_usage (key_seq, day, requests) VALUES (99, '2026-12-01', 1)",
+        [],
+    );
+    assert!(orphan.is_err(), "usage of a key the store lacks is refused");
+    drop(conn);
+    let same_id = store.insert(&new_key("key_a", secret("c")), AUDIT);
+    assert!(matches!(same_id, Err(StoreError::Conflict(_))), "{same_id:?}");
+    for taken in ["a", "b", "b-new"] {
+        let clash = store.insert(&new_key("key_c", secret(taken)), AUDIT);
+        assert!(
+            matches!(clash, Err(StoreError::SecretInUse)),
+            "{taken}: {clash:?}"
+        );
+    }
+}
