@@ -2,15 +2,25 @@
 //! any of them is in force on all (pushed by NOTIFY: the poll here is an hour), a key's limit
 //! is one limit, and with PostgreSQL cut off every replica keeps serving and catches up once it
 //! is back; a replica restarted from its own snapshot while PostgreSQL is down keeps every
-//! revocation it enforced. Needs `KEYGATE_TEST_POSTGRES_URL` and `KEYGATE_TEST_REDIS_URL`; each test has a
+//! revocation it enforced; and a key change finds the key's secrets by index however many the
+//! store holds. Needs `KEYGATE_TEST_POSTGRES_URL` and `KEYGATE_TEST_REDIS_URL`; each test has a
 //! schema and a bucket prefix of its own.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::config::redis_limits;
 use crate::support::postgres::{postgres_url, FreshSchema};
 use crate::support::relay::{service_addr, Relay};
-use crate::support::{admin_call, clients, eventually, loaded, redis_url, ConfigEdit, Harness, STANDARD};
+use crate::support::{
+    admin_call, clients, eventually, loaded, redis_url, spec, ConfigEdit, Harness, STANDARD,
+};
+use keygate::config::StoreUrl;
+use keygate::control::keys::KeyService;
+use keygate::control::store;
+use keygate::core::clock::ManualClock;
+use keygate::core::environment::Environment;
+use keygate::core::secret::Hasher;
 use keygate::gateway::Gateway;
 
 /// The standard config on PostgreSQL at `store` and Redis at `redis`, polling only hourly, so
@@ -242,4 +252,56 @@ async fn a_replica_restarted_from_its_snapshot_while_postgres_is_down_refuses_a_
     );
     relay.restore();
     b.shutdown().await;
+}
+
+/// Every change to a key (a revocation, a leak report, a regeneration) runs the secrets'
+/// trigger, which must find the key's own secrets through an index: reading every secret took
+/// 60 ms at a million keys idle and about a second under load, and every revocation, leak
+/// report and receipt waited for it (issue 24). Sequential scans are switched off in the
+/// transaction, so that even these few rows go through an index when one can serve; the
+/// transaction's own statistics count a scan that could not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_change_finds_the_keys_secrets_by_index_not_by_reading_them_all() {
+    let Some(postgres) = postgres_url() else {
+        return;
+    };
+    let schema = FreshSchema::new(&postgres);
+    let store = store::open(&StoreUrl::Postgres(schema.url.clone())).unwrap();
+    let clock = Arc::new(ManualClock::new(jiff::Timestamp::now()));
+    let keys = KeyService::new(store, Hasher::unkeyed(), clock, store::Actor::Cli);
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(keys.create(spec(Environment::Production, &[])).unwrap().view.id);
+    }
+    // One key with a grace-period secret too: two rows of its own.
+    keys.regenerate(&ids[7], Some(Duration::from_secs(3600))).unwrap();
+
+    let (client, connection) = tokio_postgres::connect(&schema.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let scans = "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relid = 'key_secrets'::regclass";
+    for id in [&ids[3], &ids[7]] {
+        client
+            .batch_execute("BEGIN; SET LOCAL enable_seqscan = off")
+            .await
+            .unwrap();
+        let before: i64 = client.query_one(scans, &[]).await.unwrap().get(0);
+        // As the store writes a change: the secrets' columns are set, so the trigger runs.
+        let changed = client
+            .execute(
+                "UPDATE keys SET status = 'revoked', hash = hash, previous_hash = previous_hash WHERE id = $1",
+                &[id],
+            )
+            .await
+            .unwrap();
+        let after: i64 = client.query_one(scans, &[]).await.unwrap().get(0);
+        client.batch_execute("ROLLBACK").await.unwrap();
+        assert_eq!(changed, 1);
+        assert_eq!(
+            after - before,
+            0,
+            "the trigger read every secret to change key {id}"
+        );
+    }
 }

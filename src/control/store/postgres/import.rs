@@ -10,8 +10,9 @@
 //! - once the import has written as many keys as the store held before it, what would cost a
 //!   random index insertion or a lookup per key is set aside ([`SET_ASIDE`]): the trigger is
 //!   disabled, the keys' unique `id` and `hash` constraints and the `keys_customer` and
-//!   `key_events_key` indexes are dropped, and so is `key_secrets`' foreign key (a lookup and a
-//!   row lock per claimed secret). At the end each is made again from its catalog definition:
+//!   `key_events_key` indexes are dropped, and so are `key_secrets`' foreign key (a lookup and a
+//!   row lock per claimed secret) and its index by key (claimed in hash order, the keys come
+//!   in at random places). At the end each is made again from its catalog definition:
 //!   an index from one sort, the foreign key checked in one join; a duplicate id still fails
 //!   the import. This takes `keys`, `key_events` and `key_secrets` for the rest of the import
 //!   (readers wait until it commits: a gateway serves from its table meanwhile and catches up
@@ -30,13 +31,14 @@ use crate::control::store::StoreError;
 
 /// What a large import sets aside, each `(table, kind, name)`, in the order it is dropped; it is
 /// made again in the same order.
-const SET_ASIDE: [(&str, Aside, &str); 6] = [
+const SET_ASIDE: [(&str, Aside, &str); 7] = [
     ("keys", Aside::Trigger, "keys_claim_secrets"),
     ("keys", Aside::Constraint, "keys_id_key"),
     ("keys", Aside::Constraint, "keys_hash_key"),
     ("keys", Aside::Index, "keys_customer"),
     ("key_events", Aside::Index, "key_events_key"),
     ("key_secrets", Aside::Constraint, "key_secrets_key_seq_fkey"),
+    ("key_secrets", Aside::Index, "key_secrets_key_seq"),
 ];
 
 #[derive(Clone, Copy)]
