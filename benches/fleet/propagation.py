@@ -248,8 +248,11 @@ def load_average() -> str:
 
 def bench(work: str, store: str, args) -> None:
     """Starts the fleet once (keys imported, load running), then measures each mode in turn."""
-    # KEYGATE_BENCH_LOG: the gateways' RUST_LOG (e.g. keygate::control::replicas=debug to see
-    # what woke each receipt's reads), their logs kept in the folder printed.
+    # KEYGATE_BENCH_LOG: the gateways' RUST_LOG, their logs kept in the folder printed. With
+    # "warn,keygate::control=debug" each step's time is logged: a leak report's lookup, store
+    # change and sync (`leak reports decided`, `leak report in force on this gateway`), each
+    # sync a NOTIFY woke (`key changes synced`), each early heartbeat, and what woke each
+    # receipt's reads and how long it waited (`receipt: rows read again`).
     log = os.environ.get("KEYGATE_BENCH_LOG")
     env = dict(os.environ, KEYGATE_BENCH_ADMIN_TOKEN=ADMIN_TOKEN, RUST_LOG=log or "warn")
     if log:

@@ -207,12 +207,20 @@ impl Replica {
             if prompt {
                 ticker.reset();
             }
-            if early {
-                tracing::debug!(revision, want, "replica heartbeat written early for a receipt");
-            }
-            let replica = self.clone();
+            let (replica, started) = (self.clone(), std::time::Instant::now());
             match tokio::task::spawn_blocking(move || replica.beat(early)).await {
-                Ok(Ok(())) => owed.written(early, revision, loaded),
+                Ok(Ok(())) => {
+                    owed.written(early, revision, loaded);
+                    if early {
+                        let beat_ms = crate::telemetry::logs::millis(started.elapsed());
+                        tracing::debug!(
+                            revision,
+                            want,
+                            beat_ms,
+                            "replica heartbeat written early for a receipt"
+                        );
+                    }
+                }
                 Ok(Err(error)) => tracing::warn!(%error, "cannot write this replica's heartbeat"),
                 Err(panic) => tracing::error!(%panic, "replica heartbeat task failed"),
             }

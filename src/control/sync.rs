@@ -338,12 +338,15 @@ impl KeySync {
                 _ = ticker.tick() => {}
                 Some(()) = changed(&mut announced) => {}
             }
-            let sync = self.clone();
+            let (sync, started) = (self.clone(), std::time::Instant::now());
             match tokio::task::spawn_blocking(move || sync.sync_once()).await {
                 Ok(Ok(0)) => {}
-                Ok(Ok(applied)) => {
-                    tracing::info!(applied, revision = self.table.revision(), "key changes synced")
-                }
+                Ok(Ok(applied)) => tracing::info!(
+                    applied,
+                    revision = self.table.revision(),
+                    elapsed_ms = crate::telemetry::logs::millis(started.elapsed()),
+                    "key changes synced"
+                ),
                 Ok(Err(error)) => tracing::warn!(%error, "key sync failed; serving the last table"),
                 Err(panic) => tracing::error!(%panic, "key sync task failed"),
             }

@@ -2,15 +2,25 @@
 //! any of them is in force on all (pushed by NOTIFY: the poll here is an hour), a key's limit
 //! is one limit, and with PostgreSQL cut off every replica keeps serving and catches up once it
 //! is back; a replica restarted from its own snapshot while PostgreSQL is down keeps every
-//! revocation it enforced. Needs `KEYGATE_TEST_POSTGRES_URL` and `KEYGATE_TEST_REDIS_URL`; each test has a
+//! revocation it enforced; and a key change finds the key's secrets by index however many the
+//! store holds, or leaves them alone when it keeps them. Needs `KEYGATE_TEST_POSTGRES_URL` and `KEYGATE_TEST_REDIS_URL`; each test has a
 //! schema and a bucket prefix of its own.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::config::redis_limits;
 use crate::support::postgres::{postgres_url, FreshSchema};
 use crate::support::relay::{service_addr, Relay};
-use crate::support::{admin_call, clients, eventually, loaded, redis_url, ConfigEdit, Harness, STANDARD};
+use crate::support::{
+    admin_call, clients, eventually, loaded, redis_url, spec, ConfigEdit, Harness, STANDARD,
+};
+use keygate::config::StoreUrl;
+use keygate::control::keys::KeyService;
+use keygate::control::store;
+use keygate::core::clock::ManualClock;
+use keygate::core::environment::Environment;
+use keygate::core::secret::Hasher;
 use keygate::gateway::Gateway;
 
 /// The standard config on PostgreSQL at `store` and Redis at `redis`, polling only hourly, so
@@ -242,4 +252,79 @@ async fn a_replica_restarted_from_its_snapshot_while_postgres_is_down_refuses_a_
     );
     relay.restore();
     b.shutdown().await;
+}
+
+/// A store of 20 keys on a fresh schema, one of them (the 8th) with a grace-period secret too
+/// (two rows of its own), and a connection of its own; the schema goes with the first.
+async fn keys_and_a_connection(postgres: &str) -> (FreshSchema, Vec<String>, tokio_postgres::Client) {
+    let schema = FreshSchema::new(postgres);
+    let store = store::open(&StoreUrl::Postgres(schema.url.clone())).unwrap();
+    let clock = Arc::new(ManualClock::new(jiff::Timestamp::now()));
+    let keys = KeyService::new(store, Hasher::unkeyed(), clock, store::Actor::Cli);
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(keys.create(spec(Environment::Production, &[])).unwrap().view.id);
+    }
+    keys.regenerate(&ids[7], Some(Duration::from_secs(3600))).unwrap();
+    let (client, connection) = tokio_postgres::connect(&schema.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    (schema, ids, client)
+}
+
+/// Runs `update` (with `$1` the key's id) in a transaction that is rolled back, with sequential
+/// scans switched off (so that even these few rows go through an index when one can serve),
+/// and answers the scans of `key_secrets` it made: `(sequential, by index)`, from the
+/// transaction's own statistics.
+async fn secrets_scans(client: &tokio_postgres::Client, update: &str, id: &str) -> (i64, i64) {
+    let scans = "SELECT seq_scan, COALESCE(idx_scan, 0) FROM pg_stat_xact_user_tables \
+         WHERE relid = 'key_secrets'::regclass";
+    client
+        .batch_execute("BEGIN; SET LOCAL enable_seqscan = off")
+        .await
+        .unwrap();
+    let before = client.query_one(scans, &[]).await.unwrap();
+    let changed = client.execute(update, &[&id]).await.unwrap();
+    let after = client.query_one(scans, &[]).await.unwrap();
+    client.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(changed, 1);
+    let count = |column: usize| after.get::<_, i64>(column) - before.get::<_, i64>(column);
+    (count(0), count(1))
+}
+
+/// A change to a key's secrets (a regeneration) runs the secrets' trigger, which must find the
+/// key's own secrets through an index: reading every secret took 60 ms at a million keys idle
+/// and about a second under load, and every revocation, leak report and receipt waited for it
+/// (issue 24).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_change_finds_the_keys_secrets_by_index_not_by_reading_them_all() {
+    let Some(postgres) = postgres_url() else {
+        return;
+    };
+    let (_schema, ids, client) = keys_and_a_connection(&postgres).await;
+    // A new current secret: the trigger releases the old one and claims the new.
+    let update = "UPDATE keys SET hash = hash || '\\x01'::bytea, previous_hash = previous_hash \
+         WHERE id = $1";
+    for id in [&ids[3], &ids[7]] {
+        let (sequential, _) = secrets_scans(&client, update, id).await;
+        assert_eq!(sequential, 0, "the trigger read every secret to change key {id}");
+    }
+}
+
+/// A change that leaves a key's secrets as they were (a revocation, a leak report, an edit)
+/// does not touch `key_secrets` at all, though the store's write sets the secrets' columns
+/// too, as every key write does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_change_that_keeps_its_secrets_leaves_the_secrets_alone() {
+    let Some(postgres) = postgres_url() else {
+        return;
+    };
+    let (_schema, ids, client) = keys_and_a_connection(&postgres).await;
+    let update = "UPDATE keys SET status = 'revoked', hash = hash, previous_hash = previous_hash \
+         WHERE id = $1";
+    for id in [&ids[3], &ids[7]] {
+        let scans = secrets_scans(&client, update, id).await;
+        assert_eq!(scans, (0, 0), "revoking key {id} read its secrets");
+    }
 }

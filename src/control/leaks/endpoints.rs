@@ -26,6 +26,7 @@ use super::gitlab::{self, REVOKE_PATH, TYPES_PATH};
 use super::{LeakError, Leaks, Outcome, Report, Source};
 use crate::control::sync::KeySync;
 use crate::proxy::intercept::{Answer, Intercept};
+use crate::telemetry::logs::millis;
 
 /// Longest a report's body may take to arrive: GitHub's batch is a few hundred KiB at most.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -126,10 +127,15 @@ impl Endpoints {
         };
         let (identifier, signature) = (header(IDENTIFIER_HEADER), header(SIGNATURE_HEADER));
         let body = self.body(request).await?;
+        let started = std::time::Instant::now();
         let verified = github
             .verifier
             .verify(&body, identifier.as_deref(), signature.as_deref())
             .await;
+        tracing::debug!(
+            verify_ms = millis(started.elapsed()),
+            "GitHub alert's signature checked"
+        );
         if let Err(error) = verified {
             tracing::warn!(%error, "GitHub leak report refused: bad signature");
             return Err(self.unauthorized(Source::Github));
@@ -198,9 +204,14 @@ impl Endpoints {
         let decided = tokio::task::spawn_blocking(move || {
             let outcomes = leaks.report(&reports, source)?;
             if outcomes.iter().any(|outcome| outcome.key_id().is_some()) {
+                let started = std::time::Instant::now();
                 if let Err(error) = sync.sync_once() {
                     tracing::error!(%error, "leak report stored, but not yet in force on this gateway");
                 }
+                tracing::debug!(
+                    sync_ms = millis(started.elapsed()),
+                    "leak report in force on this gateway"
+                );
             }
             Ok::<_, LeakError>(outcomes)
         })

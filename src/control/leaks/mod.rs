@@ -37,6 +37,7 @@ use crate::core::clock::{whole_second, Clock};
 use crate::core::environment::Environment;
 use crate::core::key::{KeyStatus, StoredStatus};
 use crate::core::secret::{check_format, Format, Hasher, KeyHash};
+use crate::telemetry::logs::millis;
 use crate::telemetry::Metrics;
 
 /// Who delivered a report: the audit record's actor, the metric's `source` label.
@@ -265,8 +266,10 @@ impl Leaks {
     /// Applies `leaks.action` to the key of each reported token, audited as `leaked` by
     /// `source`; the outcomes in the reports' order.
     pub fn report(&self, reports: &[Report], source: Source) -> Result<Vec<Outcome>, LeakError> {
+        let started = std::time::Instant::now();
         let tokens: Vec<&[u8]> = reports.iter().map(|report| report.token.as_bytes()).collect();
         let holders = self.holders(&tokens)?;
+        let looked_up = started.elapsed();
         let mut decided: HashMap<String, Outcome> = HashMap::new();
         let mut outcomes = Vec::with_capacity(reports.len());
         for (report, holder) in reports.iter().zip(holders) {
@@ -284,6 +287,13 @@ impl Leaks {
             self.count(source, outcome.as_str());
             outcomes.push(outcome);
         }
+        // The steps' times, to tell a slow lookup from a slow change (issue 24).
+        tracing::debug!(
+            reports = reports.len(),
+            lookup_ms = millis(looked_up),
+            change_ms = millis(started.elapsed() - looked_up),
+            "leak reports decided"
+        );
         Ok(outcomes)
     }
 

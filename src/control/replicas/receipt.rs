@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use super::Replica;
 use crate::control::store::{ReplicaRow, StoreError};
+use crate::telemetry::logs::millis;
 
 /// The longest wait a caller may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -85,6 +86,7 @@ pub async fn wait(replica: &Replica, revision: u64, within: Duration) -> Result<
     })
     .await
     .map_err(|e| StoreError::Unavailable(format!("receipt task failed: {e}")))??;
+    let announced = started.elapsed();
     let mut wait = Wait::new(replica, revision, &rows);
     let poll = replica
         .receipt_poll()
@@ -117,6 +119,8 @@ pub async fn wait(replica: &Replica, revision: u64, within: Duration) -> Result<
         after_announcements = reads.announced,
         after_polls = reads.polled,
         pending = wait.pending.len(),
+        announce_ms = millis(announced),
+        waited_ms = millis(started.elapsed()),
         "receipt: rows read again"
     );
     Ok(wait.receipt(started.elapsed()))

@@ -11,9 +11,10 @@
 //!   random index insertion or a lookup per key is set aside ([`SET_ASIDE`]): the trigger is
 //!   disabled, the keys' unique `id` and `hash` constraints and the `keys_customer` and
 //!   `key_events_key` indexes are dropped, and so are `key_secrets`' foreign key (a lookup and a
-//!   row lock per claimed secret) and its primary key (the secrets are then claimed unsorted).
-//!   At the end each is made again from its catalog definition: an index from one sort, the
-//!   foreign key checked in one join; a duplicate id or secret still fails the import. This takes `keys`, `key_events` and `key_secrets` for the rest of the import
+//!   row lock per claimed secret), its primary key (the secrets are then claimed unsorted) and
+//!   its index by key. At the end each is made again from its catalog definition: an index
+//!   from one sort, the foreign key checked in one join; a duplicate id or secret still fails
+//!   the import. This takes `keys`, `key_events` and `key_secrets` for the rest of the import
 //!   (readers wait until it commits: a gateway serves from its table meanwhile and catches up
 //!   after), so a small import into a large store keeps them, and so does a role that may not
 //!   alter the tables (the import goes on the slower way). The indexes are built with a
@@ -40,7 +41,7 @@ use crate::control::store::StoreError;
 
 /// What a large import sets aside, each `(table, kind, name)`, in the order it is dropped; it is
 /// made again in the same order.
-const SET_ASIDE: [(&str, Aside, &str); 7] = [
+const SET_ASIDE: [(&str, Aside, &str); 8] = [
     ("keys", Aside::Trigger, "keys_claim_secrets"),
     ("keys", Aside::Constraint, "keys_id_key"),
     ("keys", Aside::Constraint, "keys_hash_key"),
@@ -48,6 +49,7 @@ const SET_ASIDE: [(&str, Aside, &str); 7] = [
     ("key_events", Aside::Index, "key_events_key"),
     ("key_secrets", Aside::Constraint, "key_secrets_key_seq_fkey"),
     ("key_secrets", Aside::Constraint, "key_secrets_pkey"),
+    ("key_secrets", Aside::Index, "key_secrets_key_seq"),
 ];
 
 /// The memory each index of a large import is sorted in, at least (PostgreSQL's default

@@ -208,6 +208,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // copied with their seq, so the rows that name a key by seq still point at it (foreign keys
     // are off while migrations run, see `migrate`), and the indexes and triggers dropped with
     // the old table are made again as they were.
+    //
+    // The secrets' rows are rewritten only when an update changes a secret: the store's key
+    // writes set every column, so a revocation or a leak report rewrote them too (`UPDATE OF`
+    // fires on the columns named, not on the values changed).
     r#"
     CREATE TABLE keys_new (
         seq INTEGER PRIMARY KEY,
@@ -253,7 +257,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
         INSERT INTO secret_hashes (hash, key_seq, kind)
             SELECT NEW.previous_hash, NEW.seq, 'previous' WHERE NEW.previous_hash IS NOT NULL;
     END;
-    CREATE TRIGGER keys_secrets_update AFTER UPDATE OF seq, hash, previous_hash ON keys BEGIN
+    CREATE TRIGGER keys_secrets_update AFTER UPDATE OF seq, hash, previous_hash ON keys
+    WHEN OLD.seq IS NOT NEW.seq OR OLD.hash IS NOT NEW.hash
+        OR OLD.previous_hash IS NOT NEW.previous_hash
+    BEGIN
         DELETE FROM secret_hashes WHERE key_seq = OLD.seq;
         INSERT INTO secret_hashes (hash, key_seq, kind) VALUES (NEW.hash, NEW.seq, 'current');
         INSERT INTO secret_hashes (hash, key_seq, kind)

@@ -338,3 +338,24 @@ fn a_store_made_before_the_keys_uniqueness_moved_to_indexes_keeps_its_rows_and_g
         );
     }
 }
+
+#[test]
+fn an_update_that_keeps_a_keys_secrets_leaves_their_rows_alone() {
+    let (_dir, store) = store();
+    store.insert(&new_key("key_a", secret("a")), AUDIT).unwrap();
+    let conn = store.conn().unwrap();
+    // Rows changed by the statement and its triggers: the trigger's delete and insert count.
+    let changed_by = |sql: &str| {
+        let total = "SELECT total_changes()";
+        let before: i64 = conn.query_row(total, [], |r| r.get(0)).unwrap();
+        conn.execute(sql, []).unwrap();
+        let after: i64 = conn.query_row(total, [], |r| r.get(0)).unwrap();
+        after - before
+    };
+    // As the store writes a revocation: every column set, the secrets to what they were.
+    let kept = "UPDATE keys SET status = 'revoked', hash = hash, previous_hash = previous_hash \
+                WHERE id = 'key_a'";
+    assert_eq!(changed_by(kept), 1);
+    let moved = "UPDATE keys SET previous_hash = hash, hash = X'01' WHERE id = 'key_a'";
+    assert_eq!(changed_by(moved), 4, "the key, its old row out, two rows in");
+}
