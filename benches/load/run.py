@@ -16,6 +16,7 @@ Performance section.
     benches/load/run --recent   # the cost of the recent-requests ring: keygate with it (the
                                 # default, 10000 kept) beside keygate-norecent (logs.recent = 0)
     benches/load/run --saturated  # keygate's fast 503 before an upstream that never answers
+    benches/load/run --only keygate --quotas   # the CPU a key quota and a customer quota add
 
 Beside each run's req/s the table gives the contender's CPU share (its CPU seconds over the run
 divided by the wall time times the cores it may use) and the whole machine's: a contender well
@@ -86,6 +87,8 @@ def ssha(password: str) -> str:
 class Keys:
     valid: list[tuple[str, str, str]]  # (user, key, key id)
     limited: tuple[str, str, str]
+    # With --quotas: a key with a quota whose customer has one too (issue 23's CPU budget).
+    quota: tuple[str, str, str]
     wrong: str
     scanning: list[str]
 
@@ -93,7 +96,8 @@ class Keys:
 def make_keys(n: int, scanning: int) -> Keys:
     valid = [(f"u{i:07d}", generated_key(), f"key_bench{i:07d}") for i in range(n)]
     limited = ("ulimited", generated_key(), "key_benchlimited")
-    return Keys(valid, limited, generated_key(), [generated_key() for _ in range(scanning)])
+    quota = ("uquota", generated_key(), "key_benchquota")
+    return Keys(valid, limited, quota, generated_key(), [generated_key() for _ in range(scanning)])
 
 
 # --- processes ----------------------------------------------------------------------------
@@ -423,7 +427,10 @@ def status_of(port: int, authorization: str) -> int:
 
 # --- load ---------------------------------------------------------------------------------
 
-EXPECTED = {"valid": 200, "wrong": 401, "scanning": 401, "limited": 429, "churn": 200, "saturated": 503}
+EXPECTED = {"valid": 200, "quota": 200, "wrong": 401, "scanning": 401, "limited": 429, "churn": 200,
+            "saturated": 503}
+# The monthly quota of --quotas' key and of its customer: never reached in a run.
+BENCH_QUOTA = "1000000000/month"
 # Past this many keys only keygate runs: the peers' credential lists are searched linearly.
 PEER_KEYS = 10_000
 
@@ -606,6 +613,17 @@ def start_churn(admin: int, ids: list[str], seconds: float) -> Churn:
 
 # --- report -------------------------------------------------------------------------------
 
+def quota_cost(results: dict) -> None:
+    """keygate's CPU a request with a key quota and a customer quota beside the valid key's."""
+    valid, quota = results.get(("keygate", "valid")), results.get(("keygate", "quota"))
+    if not valid or not quota:
+        return
+    plain = statistics.median(r.cpu_us for r in valid)
+    quoted = statistics.median(r.cpu_us for r in quota)
+    print(f"keygate, key quota + customer quota: {quoted:.2f} us/req against {plain:.2f} without, "
+          f"{100 * (quoted / plain - 1):+.1f}% (issue 23 allows +5%)")
+
+
 def report(results: dict, contenders: list[Contender], args) -> None:
     cores = os.cpu_count()
     print(f"\nkeygate load benchmark: {args.keys} keys, {args.rounds} rounds x {args.duration}s, "
@@ -661,6 +679,9 @@ def main() -> None:
                         help="also run keygate's valid scenario while this many key changes go in")
     parser.add_argument("--recent", action="store_true",
                         help="also run keygate without its recent-requests ring (logs.recent = 0)")
+    parser.add_argument("--quotas", action="store_true",
+                        help="also run keygate's valid scenario with a key that has a quota and whose "
+                             "customer has one too (scenario 'quota'; the CPU it adds)")
     parser.add_argument("--saturated", action="store_true",
                         help="only keygate-saturated: keygate before an upstream that accepts and never "
                              "answers, its pool full, so that requests get the fast 503 (or 504)")
@@ -715,6 +736,15 @@ def bench(work: str, args) -> None:
         user, key, _ = keys.limited
         f.write(json.dumps({"name": user, "environment": "production", "key": key,
                             "rate_limit": {"requests": 1, "per": "1m"}}) + "\n")
+        if args.quotas:
+            user, key, _ = keys.quota
+            limit, period = BENCH_QUOTA.split("/")
+            f.write(json.dumps({"name": user, "environment": "production", "key": key,
+                                "quota": {"limit": int(limit), "period": period},
+                                "customer_id": "bench-quota"}) + "\n")
+    if args.quotas:
+        subprocess.run([KEYGATE, "customers", "--config", f"{work}/keygate.toml", "create", "bench-quota",
+                        "--quota", BENCH_QUOTA], check=True, stdout=subprocess.DEVNULL)
     began = time.time()
     subprocess.run([KEYGATE, "keys", "--config", f"{work}/keygate.toml", "import-file",
                     f"{work}/keys.jsonl"], check=True, stdout=subprocess.DEVNULL)
@@ -734,7 +764,8 @@ def bench(work: str, args) -> None:
                                 dict(env, RUST_LOG="warn,keygate::access=info"))
         wait_for_port(ports["keygate-log"], "keygate-log")
 
-    keygate_scenarios = ("valid", "wrong", "scanning", "limited") + (("churn",) if args.churn else ())
+    keygate_scenarios = (("valid",) + (("quota",) if args.quotas else ()) + ("wrong", "scanning", "limited")
+                         + (("churn",) if args.churn else ()))
     contenders = [Contender("keygate", ports["keygate"], gateway.pid, keygate_scenarios)]
     if args.redis:
         # A second gateway on the same store, its limits shared in Redis: only an admitted key's
@@ -842,6 +873,7 @@ def bench(work: str, args) -> None:
         "churn": basic(valid_user, valid_key),
         "wrong": basic(valid_user, keys.wrong),
         "limited": basic(*keys.limited[:2]),
+        "quota": basic(*keys.quota[:2]),
         "saturated": basic(valid_user, valid_key),
     }
     scan = scan_script(work, keys, valid_user)
@@ -887,6 +919,8 @@ def bench(work: str, args) -> None:
     rss = open(f"/proc/{gateway.pid}/status").read()
     rss_kib = int(re.search(r"VmRSS:\s+(\d+)", rss).group(1))
     report(results, contenders, args)
+    if args.quotas:
+        quota_cost(results)
     print(f"keygate RSS after the run: {rss_kib / 1024:.0f} MiB")
     if args.redis:
         # How often a check at saturation was decided locally because Redis answered late.
