@@ -137,6 +137,9 @@ impl KeySync {
         // The first load fills an empty table the proxy does not use yet: nothing to journal,
         // it is written whole below.
         let first = !self.status.is_loaded();
+        if first {
+            self.size_table();
+        }
         let result = self.check_file().and_then(|()| {
             if self.reload_pending.load(Ordering::Acquire) {
                 self.reload()
@@ -161,6 +164,21 @@ impl KeySync {
         self.applied
             .send_if_modified(|applied| std::mem::replace(applied, revision) != revision);
         Ok(applied)
+    }
+
+    /// Makes room in the table for the keys the store holds beyond those it has, before the
+    /// first load: its indexes are allocated once, not doubled step by step under the load.
+    /// A count that fails changes nothing (the load reports the store's error).
+    fn size_table(&self) {
+        match self.store.live_keys() {
+            Ok(keys) => {
+                let missing = usize::try_from(keys)
+                    .unwrap_or(usize::MAX)
+                    .saturating_sub(self.table.len());
+                self.table.reserve(missing);
+            }
+            Err(error) => tracing::debug!(%error, "cannot count the store's keys to size the table"),
+        }
     }
 
     /// Notices a replaced store file, whichever operation reopened it (this check, or a write

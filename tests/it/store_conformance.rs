@@ -269,6 +269,23 @@ fn a_deleted_key_is_a_tombstone_that_cannot_change(store: &dyn KeyStore) {
     assert!(store.list(&KeyFilter::default(), t(2), 0, 10).unwrap().is_empty());
 }
 
+fn the_live_keys_counted_before_a_load_leave_out_the_tombstones(store: &dyn KeyStore) {
+    assert_eq!(store.live_keys().unwrap(), 0);
+    for n in 1..=3 {
+        store
+            .insert(&new_key(n, Environment::Production, t(0)), AUDIT)
+            .unwrap();
+    }
+    revoke(store, "key_conformance00002", t(1)).unwrap();
+    store
+        .modify("key_conformance00001", audit("deleted"), None, &mut |key| {
+            key.status = StoredStatus::Deleted;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(store.live_keys().unwrap(), 2);
+}
+
 fn a_secret_belongs_to_one_key_current_or_in_grace(store: &dyn KeyStore) {
     store
         .insert(&new_key(1, Environment::Production, t(0)), AUDIT)
@@ -652,6 +669,10 @@ const SUITE: &[Conformance] = &[
     (
         "a_stream_of_changes_hands_out_every_row_once_and_ends_at_the_store_revision",
         a_stream_of_changes_hands_out_every_row_once_and_ends_at_the_store_revision,
+    ),
+    (
+        "the_live_keys_counted_before_a_load_leave_out_the_tombstones",
+        the_live_keys_counted_before_a_load_leave_out_the_tombstones,
     ),
 ];
 

@@ -243,6 +243,10 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// The current store revision.
     fn revision(&self) -> Result<u64, StoreError>;
 
+    /// How many keys are not deleted: what a whole load of the key table takes, counted
+    /// before it to size the table (one `count(*)`, no row read).
+    fn live_keys(&self) -> Result<u64, StoreError>;
+
     /// Inserts a customer with its creation's audit record, at a new revision. An id that a
     /// customer holds is a [`StoreError::Conflict`]; a deleted one's is taken over (its audit
     /// trail goes on).

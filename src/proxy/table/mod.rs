@@ -35,6 +35,7 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 use rustc_hash::FxBuildHasher;
 use tokio::sync::watch;
@@ -88,6 +89,11 @@ impl Spread {
     /// How many of the entries pick `shard`.
     fn entries(&self, shard: usize) -> usize {
         self.0.iter().filter(|&&s| usize::from(s) == shard).count()
+    }
+
+    /// `shard`'s share of `keys`.
+    fn share(&self, keys: usize, shard: usize) -> usize {
+        keys / SPREAD * self.entries(shard) + keys % SPREAD * self.entries(shard) / SPREAD
     }
 }
 
@@ -152,7 +158,7 @@ impl KeyTable {
     /// A table with room for `keys` keys in its indexes, each shard and part its share.
     pub fn with_capacity(keys: usize) -> Self {
         let spread = Spread::new();
-        let share = |shard: usize| keys * spread.entries(shard) / SPREAD;
+        let share = |shard: usize| spread.share(keys, shard);
         KeyTable {
             shards: (0..SHARDS)
                 .map(|shard| RwLock::new(Shard::with_capacity(share(shard))))
@@ -221,11 +227,24 @@ impl KeyTable {
 
     /// Inserts or replaces one key, dropping whatever hashes its older version was found by.
     /// A hash another key holds finds neither (see the module doc).
+    ///
+    /// One probe of the seq index finds the key's current record or, for a new key (each key
+    /// of a first load), the place of its entry: a new key is not looked for and then placed.
     pub fn upsert(&self, key: AuthKey) -> Upserted {
         let mut by_seq = self.writer();
-        let old = self
-            .find(&by_seq, key.seq)
-            .and_then(|loc| Some((loc, self.read(loc.shard()).view(loc.slot())?)));
+        let part = self.part_of(key.seq);
+        let entry = by_seq[part].entry(
+            Self::seq_hash(key.seq),
+            |&loc| self.seq_at(loc) == Some(key.seq),
+            |&loc| Self::seq_hash(self.seq_at(loc).unwrap_or_default()),
+        );
+        let old = match &entry {
+            Entry::Occupied(found) => {
+                let loc = *found.get();
+                self.read(loc.shard()).view(loc.slot())
+            }
+            Entry::Vacant(_) => None,
+        };
         let claims: Vec<(ShortHash, Role)> = key.claims().collect();
         if !claims
             .iter()
@@ -236,12 +255,37 @@ impl KeyTable {
                 ..Upserted::default()
             };
         }
+        let (upserted, current) = self.put_claims(&key, &claims);
+        let Some(current) = current else {
+            // Not taken: the older version stays as it was.
+            return upserted;
+        };
+        for (hash, _) in old
+            .iter()
+            .flat_map(AuthKey::claims)
+            .filter(|(h, _)| !claims.iter().any(|(new, _)| new == h))
+        {
+            self.write(self.shard_of(&hash)).drop_claim(key.seq, hash);
+        }
+        match entry {
+            Entry::Occupied(mut found) => *found.get_mut() = current,
+            Entry::Vacant(place) => {
+                place.insert(current);
+                self.keys.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        upserted
+    }
+
+    /// Writes `key`'s records, one a claim: what could not be indexed, and where its current
+    /// record is if it was taken. The new hashes first, so a hash both versions hold never
+    /// finds nothing in between.
+    fn put_claims(&self, key: &AuthKey, claims: &[(ShortHash, Role)]) -> (Upserted, Option<Loc>) {
         let mut upserted = Upserted::default();
         let mut current = None;
-        // The new hashes first, so a hash both versions hold never finds nothing in between.
-        for &(hash, role) in &claims {
+        for &(hash, role) in claims {
             let shard = self.shard_of(&hash);
-            let put = self.write(shard).put(&key, hash, role);
+            let put = self.write(shard).put(key, hash, role);
             match put {
                 Ok((slot, contested)) => {
                     upserted.contested += usize::from(contested);
@@ -252,45 +296,31 @@ impl KeyTable {
                 Err(shard::Full) => upserted.full = true,
             }
         }
-        let Some(current) = current else {
-            // Not taken: the older version stays as it was.
-            return upserted;
-        };
-        if let Some((_, old)) = &old {
-            for (hash, _) in old
-                .claims()
-                .filter(|(h, _)| !claims.iter().any(|(new, _)| new == h))
-            {
-                self.write(self.shard_of(&hash)).drop_claim(key.seq, hash);
-            }
-        }
-        self.place(&mut by_seq, key.seq, old.map(|(loc, _)| loc), Some(current));
-        upserted
+        (upserted, current)
     }
 
-    /// Points `seq`'s entry in `by_seq` at `new`, its current record now.
-    fn place(&self, by_seq: &mut BySeq, seq: u64, old: Option<Loc>, new: Option<Loc>) {
+    /// Makes room in the indexes for `keys` more keys, each shard and part its share, so a
+    /// first load sized from the store's count does not double them step by step: each
+    /// doubling re-reads every record the index points at and leaves the old array to the
+    /// allocator. A hint: room it cannot get is left for the keys to grow into.
+    pub fn reserve(&self, keys: usize) {
+        let mut by_seq = self.writer();
+        for (part, index) in by_seq.iter_mut().enumerate() {
+            let _ = index.try_reserve(self.spread.share(keys, part), |&loc| {
+                Self::seq_hash(self.seq_at(loc).unwrap_or_default())
+            });
+        }
+        for shard in 0..SHARDS {
+            self.write(shard).reserve(self.spread.share(keys, shard));
+        }
+    }
+
+    /// Drops `seq`'s entry in `by_seq`, which points at `old`.
+    fn unplace(&self, by_seq: &mut BySeq, seq: u64, old: Loc) {
         let by_seq = &mut by_seq[self.part_of(seq)];
-        match (old, new) {
-            (Some(old), Some(new)) if old == new => {}
-            (Some(old), new) => {
-                if let Ok(entry) = by_seq.find_entry(Self::seq_hash(seq), |&loc| loc == old) {
-                    match new {
-                        Some(new) => *entry.into_mut() = new,
-                        None => {
-                            entry.remove();
-                            self.keys.fetch_sub(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            }
-            (None, Some(new)) => {
-                by_seq.insert_unique(Self::seq_hash(seq), new, |&loc| {
-                    Self::seq_hash(self.seq_at(loc).unwrap_or_default())
-                });
-                self.keys.fetch_add(1, Ordering::Relaxed);
-            }
-            (None, None) => {}
+        if let Ok(entry) = by_seq.find_entry(Self::seq_hash(seq), |&loc| loc == old) {
+            entry.remove();
+            self.keys.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -303,7 +333,7 @@ impl KeyTable {
         for (hash, _) in old.iter().flat_map(AuthKey::claims) {
             self.write(self.shard_of(&hash)).drop_claim(seq, hash);
         }
-        self.place(&mut by_seq, seq, Some(loc), None);
+        self.unplace(&mut by_seq, seq, loc);
         drop(by_seq);
         self.changed.send_replace(());
     }

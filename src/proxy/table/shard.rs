@@ -443,6 +443,13 @@ impl Shard {
         }
     }
 
+    /// Makes room in the index for `records` more, if it can (a hint: without it the index
+    /// grows as records come).
+    pub fn reserve(&mut self, records: usize) {
+        let Shard { index, data } = self;
+        let _ = index.try_reserve(records, |&slot| data.word(slot));
+    }
+
     /// The key found by `hash`, unless another key claims the hash too.
     pub fn lookup(&self, hash: ShortHash) -> Option<(AuthKey, Presented)> {
         let short = hash.words();
@@ -577,6 +584,12 @@ impl Shard {
                 );
             }
         }
+    }
+
+    /// How many records the index has room for (for tests).
+    #[cfg(test)]
+    pub fn index_capacity(&self) -> usize {
+        self.index.capacity()
     }
 
     /// Whether any record is flagged contested (for tests).

@@ -314,3 +314,28 @@ fn a_lookup_compares_all_16_bytes_the_table_keeps() {
     full.0[31] = 9;
     assert_eq!(table.lookup(&full).map(|(key, _)| key.seq), Some(1));
 }
+
+#[test]
+fn a_table_reserved_for_its_keys_takes_them_without_growing_its_indexes() {
+    let table = KeyTable::default();
+    table.upsert(key(1, "secret-0-0123456789", None));
+    // Room for twice the keys: a shard's keys by hash vary around its share.
+    table.reserve(4_000);
+    let capacities = |table: &KeyTable| -> Vec<usize> {
+        let by_seq = table.writer();
+        let parts = by_seq.iter().map(HashTable::capacity);
+        let shards = (0..SHARDS).map(|shard| table.read(shard).index_capacity());
+        parts.chain(shards).collect()
+    };
+    let reserved = capacities(&table);
+    for seq in 2..=2_000 {
+        table.upsert(key(seq, &format!("secret-{seq}-0123456789"), None));
+    }
+    assert_eq!(capacities(&table), reserved);
+    assert_eq!(table.len(), 2_000);
+    for seq in [1, 2, 1_000, 2_000] {
+        let secret = format!("secret-{}-0123456789", if seq == 1 { 0 } else { seq });
+        assert_eq!(find(&table, &secret), Some((seq, Presented::Current)));
+        assert_eq!(table.get(seq).map(|key| key.seq), Some(seq));
+    }
+}

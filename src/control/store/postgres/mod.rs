@@ -410,6 +410,17 @@ impl KeyStore for PgStore {
         })
     }
 
+    fn live_keys(&self) -> Result<u64, StoreError> {
+        self.run(async {
+            let client = self.pool.get().await?;
+            let count: i64 = client
+                .query_one("SELECT count(*) FROM keys WHERE status <> 'deleted'", &[])
+                .await?
+                .get(0);
+            Ok(count as u64)
+        })
+    }
+
     fn idle_keys(
         &self,
         cutoff: Timestamp,

@@ -329,6 +329,15 @@ impl KeyStore for SqliteStore {
         read_revision(&*self.conn()?)
     }
 
+    fn live_keys(&self) -> Result<u64, StoreError> {
+        let count: i64 =
+            self.conn()?
+                .query_row("SELECT count(*) FROM keys WHERE status <> 'deleted'", [], |r| {
+                    r.get(0)
+                })?;
+        Ok(count as u64)
+    }
+
     fn idle_keys(
         &self,
         cutoff: Timestamp,
