@@ -18,6 +18,18 @@ async fn setup(name: &str) -> Option<(Harness, Browser)> {
     Some((Harness::start().await, browser))
 }
 
+/// Sets the gateway's clock a minute back. The page words a time by the browser's clock, the
+/// gateway counts by the harness's: a quota anchored at the harness's now renews a little under
+/// a day from the browser's, "in 23 hours", however fast the page opens (at once, it was
+/// "in 1 day").
+fn a_minute_back(harness: &Harness) {
+    let back = harness
+        .clock_now()
+        .checked_sub(jiff::SignedDuration::from_mins(1))
+        .unwrap();
+    harness.clock.set(back);
+}
+
 fn page(harness: &Harness) -> String {
     harness.admin_url("/ui/")
 }

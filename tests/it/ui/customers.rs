@@ -8,7 +8,7 @@ use http::StatusCode;
 use jiff::SignedDuration;
 use serde_json::{json, Value};
 
-use super::{main_buttons, page, rows, setup};
+use super::{a_minute_back, main_buttons, page, rows, setup};
 use crate::support::browser::Browser;
 use crate::support::{admin_call, spec, Harness, ADMIN_TOKEN, READ_TOKEN};
 use keygate::core::environment::Environment;
@@ -87,6 +87,7 @@ async fn customers_are_listed_with_limits_quota_and_keys_and_created_from_the_pa
     let Some((harness, browser)) = setup("customers_create").await else {
         return;
     };
+    a_minute_back(&harness);
     acme(&harness).await;
     customer(
         &harness,

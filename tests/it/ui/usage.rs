@@ -9,7 +9,7 @@ use keygate::core::environment::Environment;
 use keygate::core::quota::{Period, QuotaSpec};
 use serde_json::Value;
 
-use super::{main_buttons, open_key, page, rows, setup};
+use super::{a_minute_back, main_buttons, open_key, page, rows, setup};
 use crate::support::browser::Browser;
 use crate::support::{spec, Harness, READ_TOKEN};
 
@@ -258,6 +258,7 @@ async fn the_quota_bar_shows_this_period_and_tops_up_and_resets() {
     let Some((harness, browser)) = setup("quota").await else {
         return;
     };
+    a_minute_back(&harness);
     let (id, secret) = metered(&harness, 10).await;
     for _ in 0..8 {
         assert_eq!(harness.get("/v1/status", &secret).await.status, StatusCode::OK);
